@@ -1,0 +1,47 @@
+# kvmig front door. Everything real happens in Meson; this file only names
+# the jobs. Each target first makes sure the build dependencies are there.
+
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+
+.PHONY: all deps demo check unit bench fuzz clean format
+
+all: $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/build.ninja: | deps
+	meson setup $(BUILD) >/dev/null
+
+$(ASAN_BUILD)/build.ninja: | deps
+	meson setup $(ASAN_BUILD) -Db_sanitize=address,undefined \
+		-Db_lundef=false -Dintegration=false >/dev/null
+
+$(FUZZ_BUILD)/build.ninja: | deps
+	CC=clang meson setup $(FUZZ_BUILD) -Dfuzz=true -Dtests=false \
+		-Db_lundef=false >/dev/null
+
+demo: all
+	scripts/demo.sh $(BUILD)
+
+check: $(BUILD)/build.ninja $(ASAN_BUILD)/build.ninja
+	ninja -C $(BUILD) >/dev/null
+	ninja -C $(ASAN_BUILD) >/dev/null
+	scripts/check.sh $(BUILD) $(ASAN_BUILD)
+
+bench: all
+	bench/run.sh $(BUILD)
+
+fuzz: $(FUZZ_BUILD)/build.ninja
+	ninja -C $(FUZZ_BUILD)
+	scripts/fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

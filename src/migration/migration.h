@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The migration driver: the source's state machine and phase loop, and the
+ * destination's incoming side. One struct kv_migration per migration; two can
+ * run in one process.
+ *
+ * Source loop (kv_mig_run, on the caller's thread):
+ *   SETUP:  header, setup of every handler
+ *   ACTIVE: iterate; after each pass measure bandwidth; when
+ *           pending <= bandwidth * downtime_limit (exact pending, after a
+ *           dirty sync) switch over; fail after converge_timeout
+ *   DEVICE: stop_vm hook; complete (last pages, device sections, EOF)
+ *   then, with a return path, wait for the destination's SHUT(0);
+ *   COMPLETED. On any failure or cancel before SHUT(0): resume_vm if the
+ *   workload was stopped; FAILED or CANCELLED. The source always survives.
+ *
+ * Status changes go through one function against a transition table
+ * (docs/DESIGN.md draws it).
+ */
+#ifndef KV_MIGRATION_MIGRATION_H
+#define KV_MIGRATION_MIGRATION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base/error.h"
+#include "io/stream.h"
+#include "migration/ram.h"
+#include "migration/savevm.h"
+
+enum kv_mig_status {
+	KV_MIG_NONE,
+	KV_MIG_SETUP,
+	KV_MIG_ACTIVE,
+	KV_MIG_DEVICE,     /* workload stopped, sending the rest */
+	KV_MIG_COMPLETED,
+	KV_MIG_FAILED,
+	KV_MIG_CANCELLING,
+	KV_MIG_CANCELLED,
+};
+
+/* QEMU's query-migrate status names: "setup", "active", ... */
+const char *kv_mig_status_name(enum kv_mig_status st);
+
+struct kv_mig_params {
+	uint64_t downtime_limit_ms;   /* default 300 */
+	uint64_t max_bandwidth;       /* bytes/s, 0 = unlimited (default) */
+	uint64_t converge_timeout_ms; /* 0 = never give up; default 0 */
+	int rp_timeout_ms;            /* wait for SHUT; default 30000 */
+};
+
+void kv_mig_params_default(struct kv_mig_params *p);
+
+struct kv_mig_progress {
+	enum kv_mig_status status;
+	uint64_t pass;             /* 1 = the first full pass */
+	uint64_t transferred;      /* bytes on the wire so far */
+	uint64_t remaining;        /* bytes still dirty */
+	uint64_t total;            /* RAM bytes */
+	double bandwidth;          /* bytes/s over the last pass */
+	double expected_downtime_ms;
+	uint64_t pass_pages;       /* pages sent in the pass just ended */
+	int64_t elapsed_ms;
+};
+
+struct kv_mig_hooks {
+	/* Stop the workload for switch-over (required). */
+	int (*stop_vm)(void *opaque, struct kv_error *err);
+	/* Resume it after a failure in DEVICE (required). */
+	void (*resume_vm)(void *opaque);
+	/* Called at the end of every pass and at every status change. */
+	void (*progress)(void *opaque, const struct kv_mig_progress *p);
+	void *opaque;
+};
+
+struct kv_mig_stats {
+	enum kv_mig_status status;
+	int64_t total_time_ms;
+	int64_t setup_time_ms;
+	int64_t downtime_ms;       /* stop_vm -> destination confirmed (or EOF) */
+	uint64_t transferred;
+	uint64_t passes;           /* dirty syncs */
+	uint64_t zero_pages;
+	uint64_t normal_pages;
+	uint64_t pages_per_pass[64]; /* first 64 passes */
+	double bandwidth;          /* bytes/s, last pass */
+};
+
+struct kv_migration;
+
+/* sv and rs must outlive the migration; rs may be NULL if nothing is RAM. */
+struct kv_migration *kv_mig_new(struct kv_savevm *sv, struct kv_ram_state *rs,
+				const struct kv_mig_params *params,
+				const struct kv_mig_hooks *hooks);
+void kv_mig_free(struct kv_migration *m);
+
+/* Run a whole source migration over s (which it does not close). Returns
+ * 0 when COMPLETED; <0 with err set otherwise. */
+int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
+	       struct kv_error *err);
+
+/* From any thread. */
+void kv_mig_cancel(struct kv_migration *m);
+void kv_mig_set_downtime_limit(struct kv_migration *m, uint64_t ms);
+void kv_mig_set_max_bandwidth(struct kv_migration *m, uint64_t bytes_per_sec);
+enum kv_mig_status kv_mig_status(const struct kv_migration *m);
+void kv_mig_get_stats(const struct kv_migration *m, struct kv_mig_stats *st);
+
+/* Destination: load the stream into sv's handlers; if the source asked for
+ * a return path, answer SHUT(0) on success and SHUT(1) on failure. */
+int kv_mig_incoming(struct kv_savevm *sv, struct kv_stream *s,
+		    struct kv_error *err);
+
+#endif

@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * RAM migration: the "ram" live handler (instance 0, version 4), source and
+ * destination, byte-compatible with QEMU's RAM section.
+ *
+ * Source: setup writes the MEM_SIZE preamble (be64 total | 0x04, then per
+ * block str8 idstr + be64 length) and EOS. The first pass sends every page;
+ * later passes the pages the dirty tracker reported. The page search claims
+ * a dirty page (test-and-clear) in the same step that finds it. Zero pages
+ * go as ZERO records (1 byte 0), others as PAGE records (4096 bytes, sent by
+ * reference without a copy); CONTINUE when the block is the one of the
+ * previous record. Every section payload ends with EOS.
+ *
+ * Destination: every record is checked before use (flags, block, offset,
+ * alignment, CONTINUE context, MEM_SIZE totals); errors name the stream
+ * offset, the record number, its address and flags.
+ */
+#ifndef KV_MIGRATION_RAM_H
+#define KV_MIGRATION_RAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/error.h"
+#include "migration/dirty_tracker.h"
+#include "migration/savevm.h"
+
+#define KV_PAGE_SIZE 4096U
+#define KV_PAGE_SHIFT 12
+
+/* Record flags in the low bits of the be64 address (QEMU's values). */
+#define KV_RAM_FLAG_ZERO 0x002U
+#define KV_RAM_FLAG_MEM_SIZE 0x004U
+#define KV_RAM_FLAG_PAGE 0x008U
+#define KV_RAM_FLAG_EOS 0x010U
+#define KV_RAM_FLAG_CONTINUE 0x020U
+#define KV_RAM_FLAG_XBZRLE 0x040U
+#define KV_RAM_FLAG_HOOK 0x080U          /* RDMA; never valid here */
+#define KV_RAM_FLAG_COMPRESS_PAGE 0x100U /* removed in QEMU; never valid */
+#define KV_RAM_FLAG_MULTIFD_FLUSH 0x200U
+
+#define KV_RAM_SECTION_VERSION 4
+
+struct kv_ram_block {
+	char idstr[256];
+	uint8_t *host;          /* host address of page 0 */
+	uint64_t length;        /* bytes, a multiple of KV_PAGE_SIZE */
+	size_t npages;
+	unsigned long *dirty;   /* migration bitmap: pages still to send */
+};
+
+/* Per-pass and overall counters, read by the migration driver. */
+struct kv_ram_stats {
+	uint64_t zero_pages;     /* ZERO records sent (or loaded) */
+	uint64_t normal_pages;   /* PAGE records sent (or loaded) */
+	uint64_t dirty_sync_count;
+	uint64_t pass_pages;     /* pages sent in the current pass */
+	uint64_t dirty_pages;    /* pages still marked in the bitmaps */
+};
+
+struct kv_ram_state;
+
+struct kv_ram_state *kv_ram_new(void);
+void kv_ram_free(struct kv_ram_state *rs);
+
+/* Add a block; host must stay valid while rs lives. Fails on a duplicate
+ * idstr, an idstr longer than 255, or a length not page-aligned. */
+int kv_ram_add_block(struct kv_ram_state *rs, const char *idstr, void *host,
+		     uint64_t length, struct kv_error *err);
+size_t kv_ram_block_count(const struct kv_ram_state *rs);
+struct kv_ram_block *kv_ram_block(struct kv_ram_state *rs, size_t i);
+
+/* Source: where dirty pages come from (required before setup). */
+void kv_ram_set_tracker(struct kv_ram_state *rs, struct kv_dirty_tracker t);
+
+/* Destination: allow blocks announced in MEM_SIZE that were not added to be
+ * created by this callback (memtest does; a VMM does not). The callback
+ * returns host memory of `length` bytes or NULL with err set; the block is
+ * released with release(). max_total caps what a stream may ask for. */
+struct kv_ram_allocator {
+	void *(*alloc)(void *opaque, const char *idstr, uint64_t length,
+		       struct kv_error *err);
+	void (*release)(void *opaque, void *host, uint64_t length);
+	void *opaque;
+	uint64_t max_total;
+};
+void kv_ram_set_allocator(struct kv_ram_state *rs, struct kv_ram_allocator a);
+
+/* Register the "ram" live handler in sv (source or destination). */
+int kv_ram_register(struct kv_ram_state *rs, struct kv_savevm *sv,
+		    struct kv_error *err);
+
+void kv_ram_get_stats(const struct kv_ram_state *rs, struct kv_ram_stats *st);
+
+#endif

@@ -1,0 +1,148 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The state-handler registry and the section framing of the stream (the
+ * role of QEMU's savevm.c with SaveStateEntry / SaveVMHandlers).
+ *
+ * One registry per migration instance (source or destination); no globals.
+ * Entries are ordered by priority (higher first), then registration order.
+ * Two kinds of entry:
+ *  - live handlers (RAM): setup / iterate / complete phases over
+ *    START / PART / END sections, with pending-bytes estimates;
+ *  - plain devices described by a kv_vmstate_desc: one FULL section each,
+ *    written during the complete phase (the workload is stopped then).
+ *
+ * Stream layout written by the source (every byte: docs/FORMAT.md):
+ *   be32 0x5145564d "QEVM", be32 3
+ *   0x07 CONFIGURATION: be32 len, machine name
+ *   [0x08 COMMAND OPEN_RETURN_PATH when the channel has a return path]
+ *   setup:    0x01 START  be32 id, str8 idstr, be32 instance, be32 version,
+ *             data, 0x7e FOOTER be32 id            (each live handler)
+ *   iterate:  0x02 PART   be32 id, data, footer    (repeated)
+ *   complete: 0x03 END    be32 id, data, footer    (each live handler)
+ *             0x04 FULL   like START, data, footer (each device)
+ *   0x00 EOF
+ *   0x06 VMDESCRIPTION: be32 len, JSON {"page_size", "devices":[...]}
+ */
+#ifndef KV_MIGRATION_SAVEVM_H
+#define KV_MIGRATION_SAVEVM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/error.h"
+#include "io/stream.h"
+#include "migration/vmstate.h"
+
+#define KV_VM_FILE_MAGIC 0x5145564dU
+#define KV_VM_FILE_VERSION 3U
+
+enum kv_section_type {
+	KV_SEC_EOF = 0x00,
+	KV_SEC_START = 0x01,
+	KV_SEC_PART = 0x02,
+	KV_SEC_END = 0x03,
+	KV_SEC_FULL = 0x04,
+	KV_SEC_SUBSECTION = 0x05,
+	KV_SEC_VMDESCRIPTION = 0x06,
+	KV_SEC_CONFIGURATION = 0x07,
+	KV_SEC_COMMAND = 0x08,
+	KV_SEC_FOOTER = 0x7e,
+};
+
+/* QEMU_VM_COMMAND sub-commands we use. */
+enum kv_mig_cmd {
+	KV_MIG_CMD_OPEN_RETURN_PATH = 1,
+	KV_MIG_CMD_PING = 3,
+};
+
+/* Priorities (higher saves first), as QEMU's MigrationPriority. */
+enum kv_savevm_priority {
+	KV_PRI_DEFAULT = 0,
+	KV_PRI_DEVICE = 10,
+	KV_PRI_RAM = 20,
+};
+
+/* Callbacks of a live handler. Every callback gets the opaque given at
+ * registration. Source callbacks run on the migration thread; load
+ * callbacks on the loading thread. Required: save_setup, save_iterate,
+ * save_complete, pending_estimate, load_state. */
+struct kv_savevm_live_ops {
+	/* Write the START section's payload (e.g. RAM's block list). */
+	int (*save_setup)(struct kv_stream *s, void *opaque,
+			  struct kv_error *err);
+	/* Write one PART payload, bounded in time (about 50 ms) and by the
+	 * stream's rate limit. Returns 1 when the handler has nothing left
+	 * to send right now, 0 if it has more, <0 on error. */
+	int (*save_iterate)(struct kv_stream *s, void *opaque,
+			    struct kv_error *err);
+	/* With the workload stopped: write everything left (END payload). */
+	int (*save_complete)(struct kv_stream *s, void *opaque,
+			     struct kv_error *err);
+	/* Bytes still to send: cheap estimate, and exact (may sync the dirty
+	 * log; NULL means the estimate is exact). */
+	uint64_t (*pending_estimate)(void *opaque);
+	uint64_t (*pending_exact)(void *opaque, struct kv_error *err);
+	/* Source done (success or not): free what setup allocated. */
+	void (*save_cleanup)(void *opaque);
+
+	int (*load_setup)(void *opaque, struct kv_error *err);
+	/* Read one section payload (START, PART or END). */
+	int (*load_state)(struct kv_stream *s, void *opaque, int version_id,
+			  struct kv_error *err);
+	/* Destination done; failed = drop everything that was loaded. */
+	void (*load_cleanup)(void *opaque, bool failed);
+};
+
+struct kv_savevm;
+
+/* machine: the name carried in the configuration section; the loader
+ * requires the source's to equal its own. */
+struct kv_savevm *kv_savevm_new(const char *machine);
+void kv_savevm_free(struct kv_savevm *sv);
+
+int kv_savevm_register_live(struct kv_savevm *sv, const char *idstr,
+			    uint32_t instance_id, int version_id, int priority,
+			    const struct kv_savevm_live_ops *ops, void *opaque,
+			    struct kv_error *err);
+int kv_savevm_register_device(struct kv_savevm *sv, const char *idstr,
+			      uint32_t instance_id,
+			      const struct kv_vmstate_desc *vmsd, int priority,
+			      void *opaque, struct kv_error *err);
+
+/* For tests and tools: the idstr of the i-th entry in save order. */
+const char *kv_savevm_entry_idstr(const struct kv_savevm *sv, size_t i);
+size_t kv_savevm_entry_count(const struct kv_savevm *sv);
+
+/* --- source side, in this order --- */
+/* Magic, version, configuration; OPEN_RETURN_PATH if return_path. */
+int kv_savevm_save_header(struct kv_savevm *sv, struct kv_stream *s,
+			  bool return_path, struct kv_error *err);
+int kv_savevm_save_setup(struct kv_savevm *sv, struct kv_stream *s,
+			 struct kv_error *err);
+/* One round of PART sections. Returns 1 when every live handler reported
+ * nothing left, 0 otherwise, <0 on error. */
+int kv_savevm_save_iterate(struct kv_savevm *sv, struct kv_stream *s,
+			   struct kv_error *err);
+uint64_t kv_savevm_pending_estimate(struct kv_savevm *sv);
+int kv_savevm_pending_exact(struct kv_savevm *sv, uint64_t *pending,
+			    struct kv_error *err);
+/* END sections, FULL device sections, EOF, VM description; flushes. */
+int kv_savevm_save_complete(struct kv_savevm *sv, struct kv_stream *s,
+			    struct kv_error *err);
+void kv_savevm_save_cleanup(struct kv_savevm *sv);
+
+/* --- destination side --- */
+struct kv_load_result {
+	bool return_path_requested; /* the source sent OPEN_RETURN_PATH */
+	uint64_t bytes;             /* stream bytes consumed */
+};
+
+/* Load a whole stream: header, every section into its handler, EOF and the
+ * VM description (validated as JSON). On any failure, every handler's
+ * load_cleanup runs with failed = true and err names the stream offset,
+ * the section and the record. */
+int kv_savevm_load(struct kv_savevm *sv, struct kv_stream *s,
+		   struct kv_load_result *res, struct kv_error *err);
+
+#endif
