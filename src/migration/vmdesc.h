@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The JSON VM description written after EOF (internal to migration/).
+ *
+ * Layout, as QEMU writes it and scripts/analyze-migration.py reads it:
+ *   {"page_size": 4096,
+ *    "devices": [{"name": idstr, "instance_id": N, "vmsd_name": ...,
+ *                 "version": N, "fields": [...], "subsections": [...]}]}
+ * Only plain devices (vmstate) appear; live handlers such as "ram" are
+ * decoded by readers that know their format.
+ */
+#ifndef KV_MIGRATION_VMDESC_H
+#define KV_MIGRATION_VMDESC_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/error.h"
+#include "migration/vmstate.h"
+
+#define KV_VMDESC_PAGE_SIZE 4096
+/* Largest description the loader accepts. */
+#define KV_VMDESC_MAX_LEN (16U << 20)
+
+/* Description of d as it is sent for opaque: with opaque, only the
+ * subsections whose needed() holds are listed (a reader expects exactly
+ * those on the wire) and sizes include them; with opaque NULL, every
+ * subsection is listed. */
+json_t *kv_vmdesc_describe_vmsd(const struct kv_vmstate_desc *d,
+				void *opaque);
+
+/* The root object with page_size and an empty devices array. */
+json_t *kv_vmdesc_new(void);
+/* Append one device entry to root's devices. */
+int kv_vmdesc_add_device(json_t *root, const char *idstr,
+			 uint32_t instance_id,
+			 const struct kv_vmstate_desc *vmsd, void *opaque,
+			 struct kv_error *err);
+
+/* Check a received description: length cap, valid JSON, the layout above
+ * (object, integer page_size 4096, devices array of objects with string
+ * name and vmsd_name, integer instance_id and version). */
+int kv_vmdesc_validate(const char *json, size_t len, struct kv_error *err);
+
+#endif
