@@ -1,1 +1,1064 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * The state-handler registry and the section framing (see savevm.h and
+ * docs/FORMAT.md for every byte).
+ */
+#include "migration/savevm.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "migration/vmdesc.h"
+
+#define SV_IDSTR_MAX 255
+#define SV_MACHINE_MAX 255
+
+struct sv_entry {
+	char idstr[SV_IDSTR_MAX + 1];
+	uint32_t instance_id;
+	int version_id;
+	int priority;
+	uint32_t section_id; /* as sent by this side */
+	const struct kv_savevm_live_ops *ops; /* live handlers */
+	const struct kv_vmstate_desc *vmsd;   /* plain devices */
+	void *opaque;
+
+	/* destination bookkeeping, reset by every load */
+	bool load_setup_called;
+	bool got_start; /* START (live) or FULL (device) seen */
+	bool got_end;
+	uint32_t stream_section_id; /* the source's id for this entry */
+	int stream_version;         /* version_id its START carried */
+};
+
+struct kv_savevm {
+	char machine[SV_MACHINE_MAX + 1];
+	struct sv_entry **entries; /* in save order */
+	size_t count;
+	size_t cap;
+	uint32_t next_section_id;
+};
+
+struct kv_savevm *kv_savevm_new(const char *machine)
+{
+	struct kv_savevm *sv = calloc(1, sizeof(*sv));
+
+	if (!sv)
+		return NULL;
+	snprintf(sv->machine, sizeof(sv->machine), "%s",
+		 machine ? machine : "");
+	return sv;
+}
+
+void kv_savevm_free(struct kv_savevm *sv)
+{
+	size_t i;
+
+	if (!sv)
+		return;
+	for (i = 0; i < sv->count; i++)
+		free(sv->entries[i]);
+	free(sv->entries);
+	free(sv);
+}
+
+const char *kv_savevm_entry_idstr(const struct kv_savevm *sv, size_t i)
+{
+	return i < sv->count ? sv->entries[i]->idstr : NULL;
+}
+
+size_t kv_savevm_entry_count(const struct kv_savevm *sv)
+{
+	return sv->count;
+}
+
+static bool is_live(const struct sv_entry *e)
+{
+	return e->ops != NULL;
+}
+
+static struct sv_entry *find_entry(struct kv_savevm *sv, const char *idstr,
+				   uint32_t instance_id)
+{
+	size_t i;
+
+	for (i = 0; i < sv->count; i++)
+		if (sv->entries[i]->instance_id == instance_id &&
+		    strcmp(sv->entries[i]->idstr, idstr) == 0)
+			return sv->entries[i];
+	return NULL;
+}
+
+static bool idstr_known(struct kv_savevm *sv, const char *idstr)
+{
+	size_t i;
+
+	for (i = 0; i < sv->count; i++)
+		if (strcmp(sv->entries[i]->idstr, idstr) == 0)
+			return true;
+	return false;
+}
+
+static int check_identity(struct kv_savevm *sv, const char *idstr,
+			  uint32_t instance_id, struct kv_error *err)
+{
+	if (!idstr || !idstr[0])
+		return kv_error_set(err, -EINVAL,
+				    "state handler without an idstr");
+	if (strlen(idstr) > SV_IDSTR_MAX)
+		return kv_error_set(err, -ENAMETOOLONG,
+				    "state handler idstr '%.40s...' is longer "
+				    "than %d bytes",
+				    idstr, SV_IDSTR_MAX);
+	if (find_entry(sv, idstr, instance_id))
+		return kv_error_set(err, -EEXIST,
+				    "state handler '%s' instance %" PRIu32
+				    " is already registered",
+				    idstr, instance_id);
+	return 0;
+}
+
+/* Insert after every entry of the same or higher priority: higher
+ * priorities save first, equal ones in registration order. */
+static int insert_entry(struct kv_savevm *sv, struct sv_entry *e,
+			struct kv_error *err)
+{
+	size_t pos;
+
+	if (sv->count == sv->cap) {
+		size_t cap = sv->cap ? sv->cap * 2 : 8;
+		struct sv_entry **n = realloc(sv->entries, cap * sizeof(*n));
+
+		if (!n) {
+			kv_error_set(err, -ENOMEM,
+				     "registering '%s': out of memory",
+				     e->idstr);
+			free(e);
+			return -ENOMEM;
+		}
+		sv->entries = n;
+		sv->cap = cap;
+	}
+	for (pos = sv->count; pos > 0; pos--)
+		if (sv->entries[pos - 1]->priority >= e->priority)
+			break;
+	memmove(&sv->entries[pos + 1], &sv->entries[pos],
+		(sv->count - pos) * sizeof(*sv->entries));
+	sv->entries[pos] = e;
+	sv->count++;
+	e->section_id = sv->next_section_id++;
+	return 0;
+}
+
+static struct sv_entry *new_entry(const char *idstr, uint32_t instance_id,
+				  int version_id, int priority, void *opaque,
+				  struct kv_error *err)
+{
+	struct sv_entry *e = calloc(1, sizeof(*e));
+
+	if (!e) {
+		kv_error_set(err, -ENOMEM, "registering '%s': out of memory",
+			     idstr);
+		return NULL;
+	}
+	snprintf(e->idstr, sizeof(e->idstr), "%s", idstr);
+	e->instance_id = instance_id;
+	e->version_id = version_id;
+	e->priority = priority;
+	e->opaque = opaque;
+	return e;
+}
+
+static const char *missing_live_op(const struct kv_savevm_live_ops *ops)
+{
+	if (!ops)
+		return "ops";
+	if (!ops->save_setup)
+		return "save_setup";
+	if (!ops->save_iterate)
+		return "save_iterate";
+	if (!ops->save_complete)
+		return "save_complete";
+	if (!ops->pending_estimate)
+		return "pending_estimate";
+	if (!ops->load_state)
+		return "load_state";
+	return NULL;
+}
+
+int kv_savevm_register_live(struct kv_savevm *sv, const char *idstr,
+			    uint32_t instance_id, int version_id, int priority,
+			    const struct kv_savevm_live_ops *ops, void *opaque,
+			    struct kv_error *err)
+{
+	const char *missing = missing_live_op(ops);
+	struct sv_entry *e;
+	int ret;
+
+	ret = check_identity(sv, idstr, instance_id, err);
+	if (ret < 0)
+		return ret;
+	if (missing)
+		return kv_error_set(err, -EINVAL,
+				    "live handler '%s': required callback %s "
+				    "is missing",
+				    idstr, missing);
+	if (version_id < 0)
+		return kv_error_set(err, -EINVAL,
+				    "live handler '%s': negative version %d",
+				    idstr, version_id);
+	e = new_entry(idstr, instance_id, version_id, priority, opaque, err);
+	if (!e)
+		return -ENOMEM;
+	e->ops = ops;
+	return insert_entry(sv, e, err);
+}
+
+int kv_savevm_register_device(struct kv_savevm *sv, const char *idstr,
+			      uint32_t instance_id,
+			      const struct kv_vmstate_desc *vmsd, int priority,
+			      void *opaque, struct kv_error *err)
+{
+	struct sv_entry *e;
+	int ret;
+
+	ret = check_identity(sv, idstr, instance_id, err);
+	if (ret < 0)
+		return ret;
+	ret = kv_vmstate_validate(vmsd, err);
+	if (ret < 0) {
+		kv_error_prefix(err, "device '%s'", idstr);
+		return ret;
+	}
+	e = new_entry(idstr, instance_id, vmsd->version_id, priority, opaque,
+		      err);
+	if (!e)
+		return -ENOMEM;
+	e->vmsd = vmsd;
+	return insert_entry(sv, e, err);
+}
+
+/* ------------------------------------------------------------------ */
+/* source side                                                        */
+/* ------------------------------------------------------------------ */
+
+static const char *section_type_name(int type)
+{
+	switch (type) {
+	case KV_SEC_EOF:
+		return "EOF";
+	case KV_SEC_START:
+		return "START";
+	case KV_SEC_PART:
+		return "PART";
+	case KV_SEC_END:
+		return "END";
+	case KV_SEC_FULL:
+		return "FULL";
+	case KV_SEC_SUBSECTION:
+		return "SUBSECTION";
+	case KV_SEC_VMDESCRIPTION:
+		return "VMDESCRIPTION";
+	case KV_SEC_CONFIGURATION:
+		return "CONFIGURATION";
+	case KV_SEC_COMMAND:
+		return "COMMAND";
+	case KV_SEC_FOOTER:
+		return "FOOTER";
+	}
+	return "unknown";
+}
+
+/* The stream's sticky error, as ours, with context. */
+static int stream_error_to(struct kv_stream *s, struct kv_error *err,
+			   const char *what)
+{
+	struct kv_error se = { 0 };
+
+	kv_stream_error_get(s, &se);
+	if (!se.code)
+		return 0;
+	kv_error_set(err, se.code, "%s at stream offset %" PRIu64 ": %s",
+		     what, kv_stream_offset(s), se.msg);
+	return se.code;
+}
+
+static void put_section_header(struct kv_stream *s, int type,
+			       const struct sv_entry *e)
+{
+	kv_stream_put_u8(s, (uint8_t)type);
+	kv_stream_put_be32(s, e->section_id);
+	if (type == KV_SEC_START || type == KV_SEC_FULL) {
+		kv_stream_put_str8(s, e->idstr);
+		kv_stream_put_be32(s, e->instance_id);
+		kv_stream_put_be32(s, (uint32_t)e->version_id);
+	}
+}
+
+static void put_footer(struct kv_stream *s, const struct sv_entry *e)
+{
+	kv_stream_put_u8(s, KV_SEC_FOOTER);
+	kv_stream_put_be32(s, e->section_id);
+}
+
+/* A handler returned ret: make sure err says so, with the section. */
+static int handler_failed(struct kv_stream *s, const struct sv_entry *e,
+			  int type, int ret, struct kv_error *err)
+{
+	if (!kv_error_is_set(err)) {
+		struct kv_error se = { 0 };
+
+		kv_stream_error_get(s, &se);
+		if (se.code)
+			kv_error_propagate(err, &se);
+		else
+			kv_error_set(err, ret, "handler failed (%d)", ret);
+	}
+	kv_error_prefix(err, "saving section %s id %" PRIu32 " '%s'",
+			section_type_name(type), e->section_id, e->idstr);
+	return ret < 0 ? ret : -EIO;
+}
+
+int kv_savevm_save_header(struct kv_savevm *sv, struct kv_stream *s,
+			  bool return_path, struct kv_error *err)
+{
+	size_t len = strlen(sv->machine);
+
+	kv_stream_put_be32(s, KV_VM_FILE_MAGIC);
+	kv_stream_put_be32(s, KV_VM_FILE_VERSION);
+	kv_stream_put_u8(s, KV_SEC_CONFIGURATION);
+	kv_stream_put_be32(s, (uint32_t)len);
+	kv_stream_put_buffer(s, sv->machine, len);
+	if (return_path) {
+		kv_stream_put_u8(s, KV_SEC_COMMAND);
+		kv_stream_put_be16(s, KV_MIG_CMD_OPEN_RETURN_PATH);
+		kv_stream_put_be16(s, 0);
+	}
+	return stream_error_to(s, err, "writing the stream header");
+}
+
+typedef int (*live_phase_fn)(struct kv_stream *s, void *opaque,
+			     struct kv_error *err);
+
+static live_phase_fn live_phase(const struct sv_entry *e, int type)
+{
+	if (type == KV_SEC_START)
+		return e->ops->save_setup;
+	if (type == KV_SEC_PART)
+		return e->ops->save_iterate;
+	return e->ops->save_complete;
+}
+
+/* One section of type for every live handler; *all_done tells whether
+ * every handler returned 1. */
+static int save_live_round(struct kv_savevm *sv, struct kv_stream *s,
+			   int type, bool *all_done, struct kv_error *err)
+{
+	size_t i;
+	int ret;
+
+	*all_done = true;
+	for (i = 0; i < sv->count; i++) {
+		struct sv_entry *e = sv->entries[i];
+
+		if (!is_live(e))
+			continue;
+		put_section_header(s, type, e);
+		ret = live_phase(e, type)(s, e->opaque, err);
+		if (ret < 0 || kv_stream_error(s))
+			return handler_failed(s, e, type, ret, err);
+		if (ret != 1)
+			*all_done = false;
+		put_footer(s, e);
+	}
+	return stream_error_to(s, err, "writing sections");
+}
+
+int kv_savevm_save_setup(struct kv_savevm *sv, struct kv_stream *s,
+			 struct kv_error *err)
+{
+	bool done;
+	int ret;
+
+	ret = save_live_round(sv, s, KV_SEC_START, &done, err);
+	if (ret < 0)
+		return ret;
+	kv_stream_flush(s);
+	return stream_error_to(s, err, "flushing setup sections");
+}
+
+int kv_savevm_save_iterate(struct kv_savevm *sv, struct kv_stream *s,
+			   struct kv_error *err)
+{
+	bool done;
+	int ret;
+
+	ret = save_live_round(sv, s, KV_SEC_PART, &done, err);
+	if (ret < 0)
+		return ret;
+	return done ? 1 : 0;
+}
+
+uint64_t kv_savevm_pending_estimate(struct kv_savevm *sv)
+{
+	uint64_t total = 0;
+	size_t i;
+
+	for (i = 0; i < sv->count; i++)
+		if (is_live(sv->entries[i]))
+			total += sv->entries[i]->ops->pending_estimate(
+				sv->entries[i]->opaque);
+	return total;
+}
+
+int kv_savevm_pending_exact(struct kv_savevm *sv, uint64_t *pending,
+			    struct kv_error *err)
+{
+	uint64_t total = 0;
+	size_t i;
+
+	for (i = 0; i < sv->count; i++) {
+		struct sv_entry *e = sv->entries[i];
+
+		if (!is_live(e))
+			continue;
+		if (!e->ops->pending_exact) {
+			total += e->ops->pending_estimate(e->opaque);
+			continue;
+		}
+		total += e->ops->pending_exact(e->opaque, err);
+		if (kv_error_is_set(err)) {
+			kv_error_prefix(err, "pending bytes of '%s'",
+					e->idstr);
+			return err->code;
+		}
+	}
+	*pending = total;
+	return 0;
+}
+
+static int save_devices(struct kv_savevm *sv, struct kv_stream *s,
+			struct kv_error *err)
+{
+	size_t i;
+	int ret;
+
+	for (i = 0; i < sv->count; i++) {
+		struct sv_entry *e = sv->entries[i];
+
+		if (is_live(e))
+			continue;
+		put_section_header(s, KV_SEC_FULL, e);
+		ret = kv_vmstate_save(s, e->vmsd, e->opaque, err);
+		if (ret < 0 || kv_stream_error(s))
+			return handler_failed(s, e, KV_SEC_FULL, ret, err);
+		put_footer(s, e);
+	}
+	return 0;
+}
+
+static int save_vmdesc(struct kv_savevm *sv, struct kv_stream *s,
+		       struct kv_error *err)
+{
+	json_t *root = kv_vmdesc_new();
+	char *text;
+	size_t i, len;
+	int ret = 0;
+
+	if (!root)
+		return kv_error_set(err, -ENOMEM,
+				    "VM description: out of memory");
+	for (i = 0; i < sv->count && ret == 0; i++) {
+		struct sv_entry *e = sv->entries[i];
+
+		if (!is_live(e))
+			ret = kv_vmdesc_add_device(root, e->idstr,
+						   e->instance_id, e->vmsd,
+						   e->opaque, err);
+	}
+	text = ret == 0 ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER)
+			: NULL;
+	json_decref(root);
+	if (ret < 0)
+		return ret;
+	if (!text)
+		return kv_error_set(err, -ENOMEM,
+				    "VM description: out of memory");
+	len = strlen(text);
+	kv_stream_put_u8(s, KV_SEC_VMDESCRIPTION);
+	kv_stream_put_be32(s, (uint32_t)len);
+	kv_stream_put_buffer(s, text, len);
+	free(text);
+	return 0;
+}
+
+int kv_savevm_save_complete(struct kv_savevm *sv, struct kv_stream *s,
+			    struct kv_error *err)
+{
+	bool done;
+	int ret;
+
+	ret = save_live_round(sv, s, KV_SEC_END, &done, err);
+	if (ret < 0)
+		return ret;
+	ret = save_devices(sv, s, err);
+	if (ret < 0)
+		return ret;
+	kv_stream_put_u8(s, KV_SEC_EOF);
+	ret = save_vmdesc(sv, s, err);
+	if (ret < 0)
+		return ret;
+	kv_stream_flush(s);
+	return stream_error_to(s, err, "completing the stream");
+}
+
+void kv_savevm_save_cleanup(struct kv_savevm *sv)
+{
+	size_t i;
+
+	for (i = 0; i < sv->count; i++) {
+		struct sv_entry *e = sv->entries[i];
+
+		if (is_live(e) && e->ops->save_cleanup)
+			e->ops->save_cleanup(e->opaque);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* destination side                                                   */
+/* ------------------------------------------------------------------ */
+
+/* What the loader is looking at, for error messages. */
+struct load_ctx {
+	struct kv_savevm *sv;
+	struct kv_stream *s;
+	struct kv_load_result *res;
+	struct kv_error *err;
+	uint64_t offset;    /* where the current section started */
+	int type;           /* -1: file header */
+	bool has_id;
+	uint32_t section_id;
+	char idstr[256];
+	uint32_t instance_id;
+	bool has_instance;
+};
+
+static void section_where(const struct load_ctx *c, char *buf, size_t size)
+{
+	int n;
+
+	if (c->type < 0) {
+		snprintf(buf, size, "stream offset %" PRIu64 ", file header",
+			 c->offset);
+		return;
+	}
+	n = snprintf(buf, size, "stream offset %" PRIu64 ", section %s",
+		     c->offset, section_type_name(c->type));
+	if (n < 0 || (size_t)n >= size)
+		return;
+	if (c->has_id)
+		n += snprintf(buf + n, size - n, " id %" PRIu32,
+			      c->section_id);
+	if ((size_t)n < size && c->idstr[0])
+		n += snprintf(buf + n, size - n, " '%s'", c->idstr);
+	if ((size_t)n < size && c->has_instance)
+		snprintf(buf + n, size - n, " instance %" PRIu32,
+			 c->instance_id);
+}
+
+/* Prefix whatever err holds with where the loader is. */
+static int load_wrap(struct load_ctx *c, int ret)
+{
+	char where[400];
+
+	section_where(c, where, sizeof(where));
+	kv_error_prefix(c->err, "%s", where);
+	return ret < 0 ? ret : -EINVAL;
+}
+
+static int load_fail(struct load_ctx *c, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int load_fail(struct load_ctx *c, int code, const char *fmt, ...)
+{
+	char msg[KV_ERROR_MSG_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	kv_error_set(c->err, code, "%s", msg);
+	return load_wrap(c, code);
+}
+
+/* After reads: turn a sticky stream error (truncation, I/O) into ours. */
+static int load_check_stream(struct load_ctx *c)
+{
+	struct kv_error se = { 0 };
+
+	kv_stream_error_get(c->s, &se);
+	if (!se.code)
+		return 0;
+	return load_fail(c, se.code, "%s (at stream offset %" PRIu64 ")",
+			 se.msg[0] ? se.msg : "stream error",
+			 kv_stream_offset(c->s));
+}
+
+static void begin_section(struct load_ctx *c, int type)
+{
+	c->offset = kv_stream_offset(c->s);
+	c->type = type;
+	c->has_id = false;
+	c->has_instance = false;
+	c->idstr[0] = '\0';
+}
+
+static int load_header(struct load_ctx *c)
+{
+	uint8_t magic[4];
+	uint32_t v, version;
+
+	c->type = -1;
+	c->offset = 0;
+	kv_stream_get_buffer(c->s, magic, sizeof(magic));
+	if (load_check_stream(c))
+		return c->err->code;
+	v = (uint32_t)magic[0] << 24 | (uint32_t)magic[1] << 16 |
+	    (uint32_t)magic[2] << 8 | magic[3];
+	if (v != KV_VM_FILE_MAGIC)
+		return load_fail(c, -EINVAL,
+				 "bad magic %02x %02x %02x %02x ('%c%c%c%c'),"
+				 " expected 'QEVM' (51 45 56 4d): not a "
+				 "migration stream",
+				 magic[0], magic[1], magic[2], magic[3],
+				 magic[0] >= 0x20 && magic[0] < 0x7f ? magic[0] : '.',
+				 magic[1] >= 0x20 && magic[1] < 0x7f ? magic[1] : '.',
+				 magic[2] >= 0x20 && magic[2] < 0x7f ? magic[2] : '.',
+				 magic[3] >= 0x20 && magic[3] < 0x7f ? magic[3] : '.');
+	c->offset = kv_stream_offset(c->s);
+	version = kv_stream_get_be32(c->s);
+	if (load_check_stream(c))
+		return c->err->code;
+	if (version != KV_VM_FILE_VERSION)
+		return load_fail(c, -EINVAL,
+				 "unsupported stream version %" PRIu32
+				 " (this destination reads version %u)",
+				 version, KV_VM_FILE_VERSION);
+	return 0;
+}
+
+static int load_configuration(struct load_ctx *c)
+{
+	char name[SV_MACHINE_MAX + 1];
+	uint32_t len;
+	uint8_t type;
+
+	begin_section(c, KV_SEC_CONFIGURATION);
+	type = kv_stream_get_u8(c->s);
+	if (load_check_stream(c))
+		return c->err->code;
+	if (type != KV_SEC_CONFIGURATION) {
+		c->type = type;
+		return load_fail(c, -EINVAL,
+				 "expected the CONFIGURATION section (0x07) "
+				 "first, found section type 0x%02x",
+				 type);
+	}
+	len = kv_stream_get_be32(c->s);
+	if (load_check_stream(c))
+		return c->err->code;
+	if (len > SV_MACHINE_MAX)
+		return load_fail(c, -EINVAL,
+				 "machine name of %" PRIu32
+				 " bytes (at most %d allowed)",
+				 len, SV_MACHINE_MAX);
+	kv_stream_get_buffer(c->s, name, len);
+	if (load_check_stream(c))
+		return c->err->code;
+	name[len] = '\0';
+	if (strlen(name) != len || strcmp(name, c->sv->machine) != 0)
+		return load_fail(c, -EINVAL,
+				 "stream is for machine '%s', this "
+				 "destination is '%s'",
+				 name, c->sv->machine);
+	return 0;
+}
+
+static int load_command(struct load_ctx *c)
+{
+	uint16_t cmd, len;
+
+	cmd = kv_stream_get_be16(c->s);
+	len = kv_stream_get_be16(c->s);
+	if (load_check_stream(c))
+		return c->err->code;
+	switch (cmd) {
+	case KV_MIG_CMD_OPEN_RETURN_PATH:
+		if (len != 0)
+			return load_fail(c, -EINVAL,
+					 "command OPEN_RETURN_PATH with "
+					 "length %u (expected 0)",
+					 len);
+		if (c->res)
+			c->res->return_path_requested = true;
+		return 0;
+	case KV_MIG_CMD_PING:
+		if (len != 4)
+			return load_fail(c, -EINVAL,
+					 "command PING with length %u "
+					 "(expected 4)",
+					 len);
+		kv_stream_get_be32(c->s);
+		return load_check_stream(c);
+	default:
+		return load_fail(c, -EINVAL,
+				 "unknown command %u (length %u)", cmd, len);
+	}
+}
+
+static int load_footer(struct load_ctx *c)
+{
+	uint64_t off = kv_stream_offset(c->s);
+	uint8_t type;
+	uint32_t id;
+
+	type = kv_stream_get_u8(c->s);
+	if (load_check_stream(c))
+		return c->err->code;
+	if (type != KV_SEC_FOOTER)
+		return load_fail(c, -EINVAL,
+				 "expected section footer (0x7e) at stream "
+				 "offset %" PRIu64 ", found 0x%02x: the "
+				 "handler read too little or too much",
+				 off, type);
+	id = kv_stream_get_be32(c->s);
+	if (load_check_stream(c))
+		return c->err->code;
+	if (id != c->section_id)
+		return load_fail(c, -EINVAL,
+				 "footer at stream offset %" PRIu64
+				 " has section id %" PRIu32
+				 ", expected %" PRIu32,
+				 off, id, c->section_id);
+	return 0;
+}
+
+/* Run the handler of e over the section payload. */
+static int load_payload(struct load_ctx *c, struct sv_entry *e, int version)
+{
+	int ret;
+
+	if (is_live(e))
+		ret = e->ops->load_state(c->s, e->opaque, version, c->err);
+	else
+		ret = kv_vmstate_load(c->s, e->vmsd, e->opaque, version,
+				      c->err);
+	if (ret >= 0 && !kv_error_is_set(c->err))
+		return load_check_stream(c);
+	if (!kv_error_is_set(c->err)) {
+		struct kv_error se = { 0 };
+
+		kv_stream_error_get(c->s, &se);
+		if (se.code)
+			kv_error_propagate(c->err, &se);
+		else
+			kv_error_set(c->err, ret, "handler failed (%d)", ret);
+	}
+	return load_wrap(c, ret);
+}
+
+static struct sv_entry *entry_by_stream_id(struct kv_savevm *sv,
+					   uint32_t id)
+{
+	size_t i;
+
+	for (i = 0; i < sv->count; i++)
+		if (sv->entries[i]->got_start &&
+		    sv->entries[i]->stream_section_id == id)
+			return sv->entries[i];
+	return NULL;
+}
+
+static int load_start_full(struct load_ctx *c, int type)
+{
+	struct sv_entry *e;
+	uint32_t version;
+	int min_version;
+
+	c->section_id = kv_stream_get_be32(c->s);
+	c->has_id = true;
+	kv_stream_get_str8(c->s, c->idstr, sizeof(c->idstr));
+	c->instance_id = kv_stream_get_be32(c->s);
+	version = kv_stream_get_be32(c->s);
+	if (load_check_stream(c))
+		return c->err->code;
+	c->has_instance = true;
+	e = find_entry(c->sv, c->idstr, c->instance_id);
+	if (!e && idstr_known(c->sv, c->idstr))
+		return load_fail(c, -ENOENT,
+				 "unknown instance %" PRIu32 " of '%s'",
+				 c->instance_id, c->idstr);
+	if (!e)
+		return load_fail(c, -ENOENT,
+				 "unknown section '%s': no such device or "
+				 "handler on this destination",
+				 c->idstr);
+	if (is_live(e) != (type == KV_SEC_START))
+		return load_fail(c, -EINVAL,
+				 "'%s' is a %s here and cannot arrive in a "
+				 "%s section",
+				 c->idstr,
+				 is_live(e) ? "live handler" : "device",
+				 section_type_name(type));
+	if (e->got_start)
+		return load_fail(c, -EINVAL, "'%s' arrived twice", c->idstr);
+	if (entry_by_stream_id(c->sv, c->section_id))
+		return load_fail(c, -EINVAL,
+				 "section id %" PRIu32 " is already used by "
+				 "'%s'",
+				 c->section_id,
+				 entry_by_stream_id(c->sv, c->section_id)
+					 ->idstr);
+	min_version = e->vmsd ? e->vmsd->minimum_version_id : 0;
+	if (version > (uint32_t)e->version_id)
+		return load_fail(c, -EINVAL,
+				 "version %" PRIu32 " is newer than supported "
+				 "version %d",
+				 version, e->version_id);
+	if (version < (uint32_t)min_version)
+		return load_fail(c, -EINVAL,
+				 "version %" PRIu32 " is older than the oldest "
+				 "supported version %d",
+				 version, min_version);
+	e->got_start = true;
+	e->stream_section_id = c->section_id;
+	e->stream_version = (int)version;
+	if (type == KV_SEC_FULL)
+		e->got_end = true;
+	if (load_payload(c, e, (int)version) < 0)
+		return c->err->code;
+	return load_footer(c);
+}
+
+static int load_part_end(struct load_ctx *c, int type)
+{
+	struct sv_entry *e;
+
+	c->section_id = kv_stream_get_be32(c->s);
+	c->has_id = true;
+	if (load_check_stream(c))
+		return c->err->code;
+	e = entry_by_stream_id(c->sv, c->section_id);
+	if (!e)
+		return load_fail(c, -ENOENT,
+				 "section id %" PRIu32 " was not opened by a "
+				 "START section",
+				 c->section_id);
+	snprintf(c->idstr, sizeof(c->idstr), "%s", e->idstr);
+	if (!is_live(e) || e->got_end)
+		return load_fail(c, -EINVAL,
+				 "section '%s' is already complete",
+				 e->idstr);
+	if (type == KV_SEC_END)
+		e->got_end = true;
+	if (load_payload(c, e, e->stream_version) < 0)
+		return c->err->code;
+	return load_footer(c);
+}
+
+/* At EOF: every registered entry must have arrived, live ones ended. */
+static int check_complete(struct load_ctx *c)
+{
+	size_t i;
+
+	for (i = 0; i < c->sv->count; i++) {
+		struct sv_entry *e = c->sv->entries[i];
+
+		if (!e->got_start)
+			return load_fail(c, -EINVAL,
+					 "stream incomplete: %s '%s' "
+					 "instance %" PRIu32 " never arrived",
+					 is_live(e) ? "live handler" : "device",
+					 e->idstr, e->instance_id);
+		if (!e->got_end)
+			return load_fail(c, -EINVAL,
+					 "stream incomplete: '%s' got START "
+					 "but no END section",
+					 e->idstr);
+	}
+	return 0;
+}
+
+static int load_vmdesc(struct load_ctx *c)
+{
+	uint32_t len;
+	uint8_t type;
+	char *buf;
+	int ret;
+
+	begin_section(c, KV_SEC_VMDESCRIPTION);
+	type = kv_stream_get_u8(c->s);
+	if (load_check_stream(c))
+		return c->err->code;
+	if (type != KV_SEC_VMDESCRIPTION)
+		return load_fail(c, -EINVAL,
+				 "expected the VM description (0x06) after "
+				 "EOF, found 0x%02x",
+				 type);
+	len = kv_stream_get_be32(c->s);
+	if (load_check_stream(c))
+		return c->err->code;
+	if (len > KV_VMDESC_MAX_LEN)
+		return load_fail(c, -EINVAL,
+				 "VM description of %" PRIu32
+				 " bytes exceeds the limit of %u",
+				 len, KV_VMDESC_MAX_LEN);
+	buf = malloc(len ? len : 1);
+	if (!buf)
+		return load_fail(c, -ENOMEM, "VM description: out of memory");
+	kv_stream_get_buffer(c->s, buf, len);
+	ret = load_check_stream(c);
+	if (ret == 0) {
+		ret = kv_vmdesc_validate(buf, len, c->err);
+		if (ret < 0)
+			load_wrap(c, ret);
+	}
+	free(buf);
+	return ret;
+}
+
+/* Nothing may follow the description. With a return path the source
+ * keeps the connection open waiting for our answer, so EOF never comes. */
+static int load_trailer(struct load_ctx *c)
+{
+	if (c->res && c->res->return_path_requested)
+		return 0;
+	if (kv_stream_at_eof(c->s))
+		return 0;
+	if (load_check_stream(c))
+		return c->err->code;
+	c->offset = kv_stream_offset(c->s);
+	return load_fail(c, -EINVAL,
+			 "unexpected data after the VM description "
+			 "(next byte 0x%02x)",
+			 kv_stream_peek_u8(c->s));
+}
+
+static int load_sections(struct load_ctx *c)
+{
+	int ret;
+
+	for (;;) {
+		uint8_t type;
+
+		begin_section(c, KV_SEC_EOF);
+		type = kv_stream_get_u8(c->s);
+		if (load_check_stream(c))
+			return c->err->code;
+		c->type = type;
+		switch (type) {
+		case KV_SEC_START:
+		case KV_SEC_FULL:
+			ret = load_start_full(c, type);
+			break;
+		case KV_SEC_PART:
+		case KV_SEC_END:
+			ret = load_part_end(c, type);
+			break;
+		case KV_SEC_COMMAND:
+			ret = load_command(c);
+			break;
+		case KV_SEC_EOF:
+			return check_complete(c);
+		default:
+			return load_fail(c, -EINVAL,
+					 "unknown or misplaced section type "
+					 "0x%02x",
+					 type);
+		}
+		if (ret < 0)
+			return ret;
+	}
+}
+
+static int load_setup_all(struct load_ctx *c)
+{
+	size_t i;
+	int ret;
+
+	for (i = 0; i < c->sv->count; i++) {
+		struct sv_entry *e = c->sv->entries[i];
+
+		e->got_start = false;
+		e->got_end = false;
+		e->load_setup_called = false;
+	}
+	for (i = 0; i < c->sv->count; i++) {
+		struct sv_entry *e = c->sv->entries[i];
+
+		if (!is_live(e))
+			continue;
+		e->load_setup_called = true;
+		if (!e->ops->load_setup)
+			continue;
+		ret = e->ops->load_setup(e->opaque, c->err);
+		if (ret < 0) {
+			if (!kv_error_is_set(c->err))
+				kv_error_set(c->err, ret, "failed (%d)", ret);
+			kv_error_prefix(c->err, "load setup of '%s'",
+					e->idstr);
+			return ret;
+		}
+	}
+	return 0;
+}
+
+static void load_cleanup_all(struct kv_savevm *sv, bool failed)
+{
+	size_t i;
+
+	for (i = 0; i < sv->count; i++) {
+		struct sv_entry *e = sv->entries[i];
+
+		if (is_live(e) && e->load_setup_called &&
+		    e->ops->load_cleanup)
+			e->ops->load_cleanup(e->opaque, failed);
+		e->load_setup_called = false;
+	}
+}
+
+int kv_savevm_load(struct kv_savevm *sv, struct kv_stream *s,
+		   struct kv_load_result *res, struct kv_error *err)
+{
+	struct kv_error local = { 0 };
+	struct load_ctx c = {
+		.sv = sv,
+		.s = s,
+		.res = res,
+		.err = err ? err : &local,
+		.type = -1,
+	};
+	int ret;
+
+	if (res)
+		memset(res, 0, sizeof(*res));
+	ret = load_setup_all(&c);
+	if (ret == 0)
+		ret = load_header(&c);
+	if (ret == 0)
+		ret = load_configuration(&c);
+	if (ret == 0)
+		ret = load_sections(&c);
+	if (ret == 0)
+		ret = load_vmdesc(&c);
+	if (ret == 0)
+		ret = load_trailer(&c);
+	if (res)
+		res->bytes = kv_stream_offset(s);
+	load_cleanup_all(sv, ret < 0);
+	return ret < 0 ? ret : 0;
+}
