@@ -1,1 +1,464 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * RAM precopy, destination side: reads the "ram" section's records and
+ * checks every one before it touches memory.
+ *
+ * A record is a be64 whose low 12 bits are flags and whose upper bits are a
+ * page offset (or, for MEM_SIZE, the total RAM size):
+ *   MEM_SIZE  total|0x04, then per block str8 idstr + be64 length, until
+ *             the lengths add up to the total
+ *   ZERO      off|0x02 [|0x20 CONTINUE], str8 idstr unless CONTINUE, u8 fill
+ *   PAGE      off|0x08 [|0x20], str8 idstr unless CONTINUE, 4096 bytes
+ *   EOS       0x10, ends the section payload
+ * Decisions beyond QEMU's own loader:
+ *  - MEM_SIZE must come first and only in the first section; every block of
+ *    this side must be announced, once, with its exact length.
+ *  - A ZERO record's fill byte must be 0. QEMU memsets any byte, but no
+ *    QEMU since 2.x sends anything but 0; accepting others would only widen
+ *    what a corrupt stream can do.
+ *  - EOS carries no address.
+ * Zero pages are only written if they are not zero already, so an idle
+ * guest's memory is not faulted in on the destination.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "base/bitmap.h"
+#include "base/zero.h"
+#include "io/stream.h"
+#include "migration/ram_internal.h"
+
+#define FLAG_MASK ((uint64_t)KV_PAGE_SIZE - 1)
+#define KNOWN_FLAGS                                                        \
+	(KV_RAM_FLAG_ZERO | KV_RAM_FLAG_MEM_SIZE | KV_RAM_FLAG_PAGE |      \
+	 KV_RAM_FLAG_EOS | KV_RAM_FLAG_CONTINUE | KV_RAM_FLAG_XBZRLE |     \
+	 KV_RAM_FLAG_HOOK | KV_RAM_FLAG_COMPRESS_PAGE |                    \
+	 KV_RAM_FLAG_MULTIFD_FLUSH)
+
+/* The record being loaded, for error messages. */
+struct ram_rec {
+	uint64_t number;   /* 1-based within the section */
+	uint64_t offset;   /* stream offset of its first byte */
+	uint64_t addr;     /* address bits (flags masked off) */
+	unsigned int flags;
+	bool header_read;  /* addr and flags are valid */
+};
+
+static const struct {
+	unsigned int flag;
+	const char *name;
+} flag_names[] = {
+	{ KV_RAM_FLAG_ZERO, "ZERO" },
+	{ KV_RAM_FLAG_MEM_SIZE, "MEM_SIZE" },
+	{ KV_RAM_FLAG_PAGE, "PAGE" },
+	{ KV_RAM_FLAG_EOS, "EOS" },
+	{ KV_RAM_FLAG_CONTINUE, "CONTINUE" },
+	{ KV_RAM_FLAG_XBZRLE, "XBZRLE" },
+	{ KV_RAM_FLAG_HOOK, "HOOK" },
+	{ KV_RAM_FLAG_COMPRESS_PAGE, "COMPRESS_PAGE" },
+	{ KV_RAM_FLAG_MULTIFD_FLUSH, "MULTIFD_FLUSH" },
+};
+
+static void describe_flags(unsigned int flags, char *buf, size_t size)
+{
+	size_t len = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < sizeof(flag_names) / sizeof(flag_names[0]);
+	     i++) {
+		if (!(flags & flag_names[i].flag))
+			continue;
+		len += (size_t)snprintf(buf + len, size - len, "%s%s",
+					len ? "|" : "", flag_names[i].name);
+		if (len >= size)
+			return;
+	}
+	if (flags & ~KNOWN_FLAGS)
+		snprintf(buf + len, size - len, "%sunknown 0x%x", len ? "|" : "",
+			 flags & ~KNOWN_FLAGS);
+	else if (!flags)
+		snprintf(buf, size, "none");
+}
+
+static int rec_error(struct kv_error *err, const struct ram_rec *r, int code,
+		     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int rec_error(struct kv_error *err, const struct ram_rec *r, int code,
+		     const char *fmt, ...)
+{
+	char what[KV_ERROR_MSG_MAX];
+	char names[96];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	if (!r->header_read)
+		return kv_error_set(err, code, "ram: record %llu at stream "
+				    "offset %llu: %s",
+				    (unsigned long long)r->number,
+				    (unsigned long long)r->offset, what);
+	describe_flags(r->flags, names, sizeof(names));
+	return kv_error_set(err, code, "ram: record %llu at stream offset %llu "
+			    "(addr 0x%llx flags 0x%x %s): %s",
+			    (unsigned long long)r->number,
+			    (unsigned long long)r->offset,
+			    (unsigned long long)r->addr, r->flags, names, what);
+}
+
+/* The stream's sticky error, reported in the record's terms. */
+static int rec_stream_error(struct kv_stream *s, const struct ram_rec *r,
+			    const char *reading, struct kv_error *err)
+{
+	struct kv_error serr = { 0 };
+
+	kv_stream_error_get(s, &serr);
+	return rec_error(err, r, serr.code ? serr.code : -EIO,
+			 "stream failed while reading %s: %s", reading,
+			 serr.msg[0] ? serr.msg : "unknown error");
+}
+
+/* Reject flags that are unknown, not valid in this mode, or that do not
+ * form exactly one record type (CONTINUE only with ZERO or PAGE). */
+static int check_flags(const struct ram_rec *r, struct kv_error *err)
+{
+	unsigned int f = r->flags, type = f & ~KV_RAM_FLAG_CONTINUE;
+
+	if (f & ~KNOWN_FLAGS)
+		return rec_error(err, r, -EINVAL, "unknown flag bits 0x%x",
+				 f & ~KNOWN_FLAGS);
+	if (f & KV_RAM_FLAG_HOOK)
+		return rec_error(err, r, -EINVAL, "HOOK (RDMA) records are "
+				 "never valid in this stream");
+	if (f & KV_RAM_FLAG_COMPRESS_PAGE)
+		return rec_error(err, r, -EINVAL, "COMPRESS_PAGE records are "
+				 "not supported (removed from QEMU, never "
+				 "negotiated)");
+	if (f & KV_RAM_FLAG_XBZRLE)
+		return rec_error(err, r, -EINVAL, "XBZRLE record but XBZRLE "
+				 "was not enabled for this migration");
+	if (f & KV_RAM_FLAG_MULTIFD_FLUSH)
+		return rec_error(err, r, -EINVAL, "MULTIFD_FLUSH record but "
+				 "multifd was not enabled for this migration");
+	if (type == 0 || (type & (type - 1)))
+		return rec_error(err, r, -EINVAL, "a record must have exactly "
+				 "one type (ZERO, MEM_SIZE, PAGE or EOS)");
+	if ((f & KV_RAM_FLAG_CONTINUE) &&
+	    !(type & (KV_RAM_FLAG_ZERO | KV_RAM_FLAG_PAGE)))
+		return rec_error(err, r, -EINVAL, "CONTINUE is only valid on "
+				 "ZERO and PAGE records");
+	return 0;
+}
+
+static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
+			  const char *idstr, uint64_t length,
+			  struct kv_error *err)
+{
+	size_t bi = kv_ram_find_block(rs, idstr);
+	struct kv_error aerr = { 0 };
+	const struct kv_ram_allocator *a = &rs->allocator;
+	void *host;
+	int ret;
+
+	if (bi != KV_RAM_NO_BLOCK) {
+		const struct kv_ram_block *b = &rs->blocks[bi];
+
+		if (rs->priv[bi].announced)
+			return rec_error(err, r, -EINVAL, "block '%s' is "
+					 "announced twice", idstr);
+		if (b->length != length)
+			return rec_error(err, r, -EINVAL, "block '%s' has "
+					 "length 0x%llx in the stream but "
+					 "0x%llx here", idstr,
+					 (unsigned long long)length,
+					 (unsigned long long)b->length);
+		rs->priv[bi].announced = true;
+		return 0;
+	}
+	if (!rs->has_allocator)
+		return rec_error(err, r, -ENOENT, "block '%s' (length 0x%llx) "
+				 "not found: this side has no such RAM block",
+				 idstr, (unsigned long long)length);
+	if (length > a->max_total || rs->allocated > a->max_total - length)
+		return rec_error(err, r, -E2BIG, "block '%s' (length 0x%llx) "
+				 "would take the RAM created for this stream "
+				 "beyond its limit of 0x%llx bytes", idstr,
+				 (unsigned long long)length,
+				 (unsigned long long)a->max_total);
+	host = a->alloc(a->opaque, idstr, length, &aerr);
+	if (!host)
+		return rec_error(err, r, aerr.code ? aerr.code : -ENOMEM,
+				 "creating block '%s' (length 0x%llx): %s",
+				 idstr, (unsigned long long)length,
+				 aerr.msg[0] ? aerr.msg : "allocation failed");
+	ret = kv_ram_append_block(rs, idstr, host, length, true, &aerr);
+	if (ret < 0) {
+		a->release(a->opaque, host, length);
+		return rec_error(err, r, ret, "%s", aerr.msg);
+	}
+	rs->allocated += length;
+	rs->priv[ret].announced = true;
+	return 0;
+}
+
+/* The block list: entries until their lengths add up to the total. */
+static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
+			 const struct ram_rec *r, struct kv_error *err)
+{
+	uint64_t left = r->addr;
+	char idstr[256];
+	int ret;
+
+	if (rs->load_sections > 1 || rs->mem_size_seen)
+		return rec_error(err, r, -EINVAL, "MEM_SIZE %s: only the "
+				 "first section may announce the blocks",
+				 rs->mem_size_seen ? "repeated" :
+						     "in a later section");
+	while (left > 0) {
+		uint64_t length;
+
+		kv_stream_get_str8(s, idstr, sizeof(idstr));
+		length = kv_stream_get_be64(s);
+		if (kv_stream_error(s))
+			return rec_stream_error(s, r, "the block list", err);
+		if (length == 0 || length % KV_PAGE_SIZE)
+			return rec_error(err, r, -EINVAL, "block '%s' length "
+					 "0x%llx is not a positive multiple "
+					 "of the page size", idstr,
+					 (unsigned long long)length);
+		if (length > left)
+			return rec_error(err, r, -EINVAL, "block lengths add "
+					 "up to more than the total: block "
+					 "'%s' length 0x%llx with only 0x%llx "
+					 "left", idstr,
+					 (unsigned long long)length,
+					 (unsigned long long)left);
+		ret = announce_block(rs, r, idstr, length, err);
+		if (ret < 0)
+			return ret;
+		left -= length;
+	}
+	for (size_t i = 0; i < rs->nblocks; i++)
+		if (!rs->priv[i].announced)
+			return rec_error(err, r, -EINVAL, "block '%s' exists "
+					 "here but the stream does not "
+					 "announce it", rs->blocks[i].idstr);
+	for (size_t i = 0; i < rs->nblocks; i++) {
+		struct kv_ram_block_priv *p = &rs->priv[i];
+
+		if (p->from_allocator || p->touched)
+			continue;
+		p->touched = kv_bitmap_new(rs->blocks[i].npages);
+		if (!p->touched)
+			return rec_error(err, r, -ENOMEM, "out of memory for "
+					 "the bookkeeping of block '%s'",
+					 rs->blocks[i].idstr);
+	}
+	rs->mem_size_seen = true;
+	return 0;
+}
+
+/* The block a ZERO or PAGE record names (or continues) and its page. */
+static int resolve_page(struct kv_stream *s, struct kv_ram_state *rs,
+			const struct ram_rec *r, size_t *bi_out,
+			struct kv_error *err)
+{
+	char idstr[256];
+	size_t bi;
+
+	if (!rs->mem_size_seen)
+		return rec_error(err, r, -EINVAL, "page record before the "
+				 "MEM_SIZE block list");
+	if (r->flags & KV_RAM_FLAG_CONTINUE) {
+		bi = rs->last_recv;
+		if (bi == KV_RAM_NO_BLOCK)
+			return rec_error(err, r, -EINVAL, "CONTINUE with no "
+					 "previous block");
+	} else {
+		kv_stream_get_str8(s, idstr, sizeof(idstr));
+		if (kv_stream_error(s))
+			return rec_stream_error(s, r, "the block name", err);
+		bi = kv_ram_find_block(rs, idstr);
+		if (bi == KV_RAM_NO_BLOCK)
+			return rec_error(err, r, -ENOENT, "block '%s' not "
+					 "found", idstr);
+	}
+	if (r->addr >= rs->blocks[bi].length)
+		return rec_error(err, r, -ERANGE, "offset beyond block '%s' "
+				 "length 0x%llx", rs->blocks[bi].idstr,
+				 (unsigned long long)rs->blocks[bi].length);
+	rs->last_recv = bi;
+	*bi_out = bi;
+	return 0;
+}
+
+static void mark_touched(struct kv_ram_state *rs, size_t bi, size_t page)
+{
+	if (rs->priv[bi].touched)
+		kv_bitmap_set_atomic(rs->priv[bi].touched, page);
+}
+
+static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
+		     const struct ram_rec *r, struct kv_error *err)
+{
+	size_t bi, page;
+	uint8_t *p, fill;
+	int ret = resolve_page(s, rs, r, &bi, err);
+
+	if (ret < 0)
+		return ret;
+	fill = kv_stream_get_u8(s);
+	if (kv_stream_error(s))
+		return rec_stream_error(s, r, "the fill byte", err);
+	if (fill != 0)
+		return rec_error(err, r, -EINVAL, "ZERO record with fill byte "
+				 "0x%02x (only 0 is valid)", fill);
+	page = (size_t)(r->addr >> KV_PAGE_SHIFT);
+	p = rs->blocks[bi].host + r->addr;
+	/* Leave memory that is zero alone: no fault, no RSS. */
+	if (!kv_buffer_is_zero(p, KV_PAGE_SIZE)) {
+		mark_touched(rs, bi, page);
+		memset(p, 0, KV_PAGE_SIZE);
+	}
+	kv_ram_stat_add(&rs->zero_pages, 1);
+	return 0;
+}
+
+static int load_page(struct kv_stream *s, struct kv_ram_state *rs,
+		     const struct ram_rec *r, struct kv_error *err)
+{
+	size_t bi;
+	int ret = resolve_page(s, rs, r, &bi, err);
+
+	if (ret < 0)
+		return ret;
+	mark_touched(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
+	kv_stream_get_buffer(s, rs->blocks[bi].host + r->addr, KV_PAGE_SIZE);
+	if (kv_stream_error(s))
+		return rec_stream_error(s, r, "the page data", err);
+	kv_ram_stat_add(&rs->normal_pages, 1);
+	return 0;
+}
+
+int kv_ram_load_setup(void *opaque, struct kv_error *err)
+{
+	struct kv_ram_state *rs = opaque;
+
+	(void)err;
+	rs->load_sections = 0;
+	rs->last_recv = KV_RAM_NO_BLOCK;
+	rs->mem_size_seen = false;
+	for (size_t i = 0; i < rs->nblocks; i++)
+		rs->priv[i].announced = false;
+	kv_ram_stat_set(&rs->zero_pages, 0);
+	kv_ram_stat_set(&rs->normal_pages, 0);
+	return 0;
+}
+
+int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,
+		      struct kv_error *err)
+{
+	struct kv_ram_state *rs = opaque;
+	struct ram_rec r = { 0 };
+	int ret;
+
+	if (version_id != KV_RAM_SECTION_VERSION)
+		return kv_error_set(err, -EINVAL, "ram: section version %d "
+				    "is not supported (only %d)", version_id,
+				    KV_RAM_SECTION_VERSION);
+	rs->load_sections++;
+	for (r.number = 1;; r.number++) {
+		uint64_t v;
+
+		r.offset = kv_stream_offset(s);
+		r.header_read = false;
+		v = kv_stream_get_be64(s);
+		if (kv_stream_error(s))
+			return rec_stream_error(s, &r, "the record header",
+						err);
+		r.header_read = true;
+		r.flags = (unsigned int)(v & FLAG_MASK);
+		r.addr = v & ~FLAG_MASK;
+		ret = check_flags(&r, err);
+		if (ret < 0)
+			return ret;
+		switch (r.flags & ~KV_RAM_FLAG_CONTINUE) {
+		case KV_RAM_FLAG_MEM_SIZE:
+			ret = load_mem_size(s, rs, &r, err);
+			break;
+		case KV_RAM_FLAG_ZERO:
+			ret = load_zero(s, rs, &r, err);
+			break;
+		case KV_RAM_FLAG_PAGE:
+			ret = load_page(s, rs, &r, err);
+			break;
+		case KV_RAM_FLAG_EOS:
+			if (r.addr)
+				return rec_error(err, &r, -EINVAL,
+						 "EOS with a non-zero "
+						 "address");
+			if (!rs->mem_size_seen)
+				return rec_error(err, &r, -EINVAL,
+						 "section ends before the "
+						 "MEM_SIZE block list");
+			return 0;
+		default: /* check_flags() leaves no other type */
+			ret = rec_error(err, &r, -EINVAL, "bad record type");
+		}
+		if (ret < 0)
+			return ret;
+	}
+}
+
+/* Undo what the loader wrote to a block that belongs to the caller. */
+static void drop_loaded_pages(struct kv_ram_block *b, unsigned long *touched)
+{
+	long os_page = sysconf(_SC_PAGESIZE);
+	bool can_madvise = os_page == (long)KV_PAGE_SIZE &&
+			   ((uintptr_t)b->host % KV_PAGE_SIZE) == 0;
+	size_t first = kv_bitmap_find_next(touched, b->npages, 0);
+
+	while (first < b->npages) {
+		size_t end = first + 1;
+
+		while (end < b->npages && kv_bitmap_test(touched, end))
+			end++;
+		/* Anonymous private memory gives its pages back; any other
+		 * kind keeps them, so check and clear what is left. */
+		if (can_madvise)
+			madvise(b->host + ((uint64_t)first << KV_PAGE_SHIFT),
+				(end - first) * KV_PAGE_SIZE, MADV_DONTNEED);
+		for (size_t pg = first; pg < end; pg++) {
+			uint8_t *p = b->host + ((uint64_t)pg << KV_PAGE_SHIFT);
+
+			if (!kv_buffer_is_zero(p, KV_PAGE_SIZE))
+				memset(p, 0, KV_PAGE_SIZE);
+		}
+		first = kv_bitmap_find_next(touched, b->npages, end);
+	}
+}
+
+void kv_ram_load_cleanup(void *opaque, bool failed)
+{
+	struct kv_ram_state *rs = opaque;
+
+	if (failed) {
+		if (rs->has_allocator)
+			kv_ram_release_allocated(rs);
+		for (size_t i = 0; i < rs->nblocks; i++)
+			if (rs->priv[i].touched)
+				drop_loaded_pages(&rs->blocks[i],
+						  rs->priv[i].touched);
+	}
+	for (size_t i = 0; i < rs->nblocks; i++) {
+		kv_bitmap_free(rs->priv[i].touched);
+		rs->priv[i].touched = NULL;
+		rs->priv[i].announced = false;
+	}
+	rs->last_recv = KV_RAM_NO_BLOCK;
+	rs->mem_size_seen = false;
+}

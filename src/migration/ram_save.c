@@ -1,1 +1,313 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * RAM precopy, source side: the "ram" section's payloads.
+ *
+ * The migration bitmap of every block starts all set (the first pass sends
+ * everything); a sync ORs in what the tracker saw since. The page search
+ * resumes where it stopped and claims a page (find + test-and-clear in one
+ * step) before reading it, so a write that races the send is marked again
+ * by the tracker and goes in a later pass; a page is never found twice.
+ */
+#include <errno.h>
+
+#include "base/bitmap.h"
+#include "base/clock.h"
+#include "base/zero.h"
+#include "io/stream.h"
+#include "migration/ram_internal.h"
+
+/* How many pages between two looks at the clock and the stream's error. */
+#define CHECK_EVERY_PAGES 64U
+
+static int stream_failed(struct kv_stream *s, struct kv_error *err,
+			 const char *what)
+{
+	int code = kv_stream_error(s);
+
+	if (!code)
+		return 0;
+	kv_stream_error_get(s, err);
+	kv_error_prefix(err, "ram: %s", what);
+	return code;
+}
+
+static void free_save_bitmaps(struct kv_ram_state *rs)
+{
+	for (size_t i = 0; i < rs->nblocks; i++) {
+		kv_bitmap_free(rs->blocks[i].dirty);
+		rs->blocks[i].dirty = NULL;
+		kv_bitmap_free(rs->priv[i].clear_chunks);
+		rs->priv[i].clear_chunks = NULL;
+	}
+}
+
+static size_t chunk_count(const struct kv_ram_block *b)
+{
+	return (b->npages + KV_RAM_CLEAR_CHUNK_PAGES - 1) /
+	       KV_RAM_CLEAR_CHUNK_PAGES;
+}
+
+static int alloc_save_bitmaps(struct kv_ram_state *rs, struct kv_error *err)
+{
+	for (size_t i = 0; i < rs->nblocks; i++) {
+		struct kv_ram_block *b = &rs->blocks[i];
+		struct kv_ram_block_priv *p = &rs->priv[i];
+
+		if (!b->dirty)
+			b->dirty = kv_bitmap_new(b->npages);
+		if (!p->clear_chunks)
+			p->clear_chunks = kv_bitmap_new(chunk_count(b));
+		if (!b->dirty || !p->clear_chunks) {
+			free_save_bitmaps(rs);
+			return kv_error_set(err, -ENOMEM, "ram: out of memory "
+					    "for the dirty bitmap of block "
+					    "'%s' (%zu pages)", b->idstr,
+					    b->npages);
+		}
+		kv_bitmap_set_all(b->dirty, b->npages);
+		kv_bitmap_set_all(p->clear_chunks, chunk_count(b));
+	}
+	return 0;
+}
+
+static uint64_t count_dirty(const struct kv_ram_state *rs)
+{
+	uint64_t n = 0;
+
+	for (size_t i = 0; i < rs->nblocks; i++)
+		n += kv_bitmap_count(rs->blocks[i].dirty, rs->blocks[i].npages);
+	return n;
+}
+
+static void put_mem_size(struct kv_stream *s, const struct kv_ram_state *rs)
+{
+	uint64_t total = 0;
+
+	for (size_t i = 0; i < rs->nblocks; i++)
+		total += rs->blocks[i].length;
+	kv_stream_put_be64(s, total | KV_RAM_FLAG_MEM_SIZE);
+	for (size_t i = 0; i < rs->nblocks; i++) {
+		kv_stream_put_str8(s, rs->blocks[i].idstr);
+		kv_stream_put_be64(s, rs->blocks[i].length);
+	}
+}
+
+int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
+{
+	struct kv_ram_state *rs = opaque;
+	int ret;
+
+	if (!rs->has_tracker)
+		return kv_error_set(err, -EINVAL, "ram: no dirty tracker: "
+				    "call kv_ram_set_tracker() before "
+				    "migrating");
+	ret = alloc_save_bitmaps(rs, err);
+	if (ret < 0)
+		return ret;
+	rs->search_block = 0;
+	rs->search_page = 0;
+	rs->last_sent = KV_RAM_NO_BLOCK;
+	rs->completed = false;
+	kv_ram_stat_set(&rs->zero_pages, 0);
+	kv_ram_stat_set(&rs->normal_pages, 0);
+	kv_ram_stat_set(&rs->pass_pages, 0);
+	/* Pass 1 is the full pass; every later sync starts a new one. */
+	kv_ram_stat_set(&rs->dirty_sync_count, 1);
+	kv_ram_stat_set(&rs->dirty_pages, count_dirty(rs));
+
+	ret = rs->tracker.ops->start(rs->tracker.opaque, err);
+	if (ret < 0) {
+		kv_error_prefix(err, "ram: starting dirty tracking");
+		free_save_bitmaps(rs);
+		return ret;
+	}
+	rs->tracker_started = true;
+
+	put_mem_size(s, rs);
+	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
+	return stream_failed(s, err, "writing the block list");
+}
+
+/* Re-arm tracking of the page's chunk if this is the chunk's first page
+ * sent since the last sync (manual-protect trackers only). */
+static int rearm_chunk(struct kv_ram_state *rs, size_t bi, size_t page,
+		       struct kv_error *err)
+{
+	struct kv_ram_block *b = &rs->blocks[bi];
+	size_t chunk = page / KV_RAM_CLEAR_CHUNK_PAGES;
+	size_t first = chunk * KV_RAM_CLEAR_CHUNK_PAGES;
+	size_t count = b->npages - first;
+	int ret;
+
+	if (!rs->tracker.ops->clear)
+		return 0;
+	if (!kv_bitmap_test_and_clear(rs->priv[bi].clear_chunks, chunk))
+		return 0;
+	if (count > KV_RAM_CLEAR_CHUNK_PAGES)
+		count = KV_RAM_CLEAR_CHUNK_PAGES;
+	ret = rs->tracker.ops->clear(rs->tracker.opaque, b, first, count, err);
+	if (ret < 0)
+		kv_error_prefix(err, "ram: re-arming dirty tracking of block "
+				"'%s' pages %zu..%zu", b->idstr, first,
+				first + count - 1);
+	return ret;
+}
+
+/* One ZERO or PAGE record; the block's name only when it changes. */
+static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
+		      size_t page)
+{
+	const struct kv_ram_block *b = &rs->blocks[bi];
+	const uint8_t *p = b->host + ((uint64_t)page << KV_PAGE_SHIFT);
+	uint64_t hdr = (uint64_t)page << KV_PAGE_SHIFT;
+	bool cont = rs->last_sent == bi;
+
+	if (cont)
+		hdr |= KV_RAM_FLAG_CONTINUE;
+	if (kv_buffer_is_zero(p, KV_PAGE_SIZE)) {
+		kv_stream_put_be64(s, hdr | KV_RAM_FLAG_ZERO);
+		if (!cont)
+			kv_stream_put_str8(s, b->idstr);
+		kv_stream_put_u8(s, 0);
+		kv_ram_stat_add(&rs->zero_pages, 1);
+	} else {
+		kv_stream_put_be64(s, hdr | KV_RAM_FLAG_PAGE);
+		if (!cont)
+			kv_stream_put_str8(s, b->idstr);
+		kv_stream_put_page_ref(s, p, KV_PAGE_SIZE);
+		kv_ram_stat_add(&rs->normal_pages, 1);
+	}
+	rs->last_sent = bi;
+}
+
+/*
+ * Send dirty pages until every bitmap is empty (returns 1), the deadline
+ * passes (0; deadline_ns 0 = none) or something fails (<0).
+ */
+static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
+			    int64_t deadline_ns, struct kv_error *err)
+{
+	size_t empty_scans = 0;
+	unsigned int sent = 0;
+	int ret;
+
+	if (rs->nblocks == 0)
+		return 1;
+	/* Starting mid-block, a full round visits nblocks + 1 segments. */
+	while (empty_scans <= rs->nblocks) {
+		size_t bi = rs->search_block;
+		struct kv_ram_block *b = &rs->blocks[bi];
+		size_t page = kv_bitmap_claim_next(b->dirty, b->npages,
+						   rs->search_page);
+
+		if (page >= b->npages) {
+			rs->search_block = (bi + 1) % rs->nblocks;
+			rs->search_page = 0;
+			empty_scans++;
+			continue;
+		}
+		empty_scans = 0;
+		rs->search_page = page + 1;
+		kv_ram_stat_add(&rs->dirty_pages, (uint64_t)-1);
+		kv_ram_stat_add(&rs->pass_pages, 1);
+		ret = rearm_chunk(rs, bi, page, err);
+		if (ret < 0)
+			return ret;
+		send_page(s, rs, bi, page);
+		if (++sent % CHECK_EVERY_PAGES)
+			continue;
+		ret = stream_failed(s, err, "sending pages");
+		if (ret < 0)
+			return ret;
+		if (deadline_ns && kv_now_ns() >= deadline_ns)
+			return 0;
+	}
+	return 1;
+}
+
+int kv_ram_save_iterate(struct kv_stream *s, void *opaque,
+			struct kv_error *err)
+{
+	struct kv_ram_state *rs = opaque;
+	int ret;
+
+	/* Every section names its first block: a reader can start anywhere
+	 * at a section boundary. */
+	rs->last_sent = KV_RAM_NO_BLOCK;
+	ret = send_dirty_pages(s, rs, kv_now_ns() + KV_RAM_ITERATE_NS, err);
+	if (ret < 0)
+		return ret;
+	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
+	return stream_failed(s, err, "sending pages") ?: ret;
+}
+
+/* Pull the tracker's pages into the migration bitmaps: a new pass. */
+static int ram_sync(struct kv_ram_state *rs, struct kv_error *err)
+{
+	int64_t added;
+
+	if (!rs->tracker_started)
+		return kv_error_set(err, -EINVAL, "ram: dirty sync requested "
+				    "before setup started the tracker");
+	added = rs->tracker.ops->sync(rs->tracker.opaque, rs->blocks,
+				      rs->nblocks, err);
+	if (added < 0) {
+		kv_error_prefix(err, "ram: dirty log sync %llu",
+				(unsigned long long)kv_ram_stat_get(
+					&rs->dirty_sync_count));
+		return (int)added;
+	}
+	for (size_t i = 0; i < rs->nblocks; i++)
+		kv_bitmap_set_all(rs->priv[i].clear_chunks,
+				  chunk_count(&rs->blocks[i]));
+	kv_ram_stat_add(&rs->dirty_sync_count, 1);
+	kv_ram_stat_set(&rs->pass_pages, 0);
+	kv_ram_stat_set(&rs->dirty_pages, count_dirty(rs));
+	return 0;
+}
+
+uint64_t kv_ram_pending_estimate(void *opaque)
+{
+	const struct kv_ram_state *rs = opaque;
+
+	return kv_ram_stat_get(&rs->dirty_pages) * KV_PAGE_SIZE;
+}
+
+uint64_t kv_ram_pending_exact(void *opaque, struct kv_error *err)
+{
+	struct kv_ram_state *rs = opaque;
+
+	ram_sync(rs, err);
+	return kv_ram_pending_estimate(rs);
+}
+
+int kv_ram_save_complete(struct kv_stream *s, void *opaque,
+			 struct kv_error *err)
+{
+	struct kv_ram_state *rs = opaque;
+	int ret;
+
+	/* The workload is stopped: what it wrote since the last sync is the
+	 * last thing to send. */
+	ret = ram_sync(rs, err);
+	if (ret < 0)
+		return ret;
+	rs->last_sent = KV_RAM_NO_BLOCK;
+	ret = send_dirty_pages(s, rs, 0, err);
+	if (ret < 0)
+		return ret;
+	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
+	return stream_failed(s, err, "sending the last pages");
+}
+
+void kv_ram_save_cleanup(void *opaque)
+{
+	struct kv_ram_state *rs = opaque;
+
+	if (rs->tracker_started) {
+		/* A failed attempt keeps the tracker's marks for a retry. */
+		rs->tracker.ops->stop(rs->tracker.opaque, !rs->completed);
+		rs->tracker_started = false;
+	}
+	free_save_bitmaps(rs);
+}

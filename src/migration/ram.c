@@ -1,0 +1,200 @@
+/* SPDX-License-Identifier: MIT */
+/* The RAM handler's bookkeeping: blocks, tracker, allocator, registration. */
+#include "migration/ram.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/bitmap.h"
+#include "migration/ram_internal.h"
+
+struct kv_ram_state *kv_ram_new(void)
+{
+	struct kv_ram_state *rs = calloc(1, sizeof(*rs));
+
+	if (!rs)
+		return NULL;
+	rs->last_sent = KV_RAM_NO_BLOCK;
+	rs->last_recv = KV_RAM_NO_BLOCK;
+	return rs;
+}
+
+void kv_ram_free(struct kv_ram_state *rs)
+{
+	if (!rs)
+		return;
+	kv_ram_release_allocated(rs);
+	for (size_t i = 0; i < rs->nblocks; i++) {
+		kv_bitmap_free(rs->blocks[i].dirty);
+		kv_bitmap_free(rs->priv[i].clear_chunks);
+		kv_bitmap_free(rs->priv[i].touched);
+	}
+	free(rs->blocks);
+	free(rs->priv);
+	free(rs);
+}
+
+size_t kv_ram_find_block(const struct kv_ram_state *rs, const char *idstr)
+{
+	for (size_t i = 0; i < rs->nblocks; i++)
+		if (!strcmp(rs->blocks[i].idstr, idstr))
+			return i;
+	return KV_RAM_NO_BLOCK;
+}
+
+static int grow_blocks(struct kv_ram_state *rs, struct kv_error *err)
+{
+	size_t cap = rs->cap ? rs->cap * 2 : 8;
+	struct kv_ram_block *b;
+	struct kv_ram_block_priv *p;
+
+	b = realloc(rs->blocks, cap * sizeof(*b));
+	if (!b)
+		return kv_error_set(err, -ENOMEM, "ram: out of memory for "
+				    "%zu block descriptors", cap);
+	rs->blocks = b;
+	p = realloc(rs->priv, cap * sizeof(*p));
+	if (!p)
+		return kv_error_set(err, -ENOMEM, "ram: out of memory for "
+				    "%zu block descriptors", cap);
+	rs->priv = p;
+	rs->cap = cap;
+	return 0;
+}
+
+int kv_ram_append_block(struct kv_ram_state *rs, const char *idstr,
+			void *host, uint64_t length, bool from_allocator,
+			struct kv_error *err)
+{
+	size_t len = strlen(idstr);
+	struct kv_ram_block *b;
+	int ret;
+
+	if (len == 0 || len > 255)
+		return kv_error_set(err, -EINVAL, "ram: block name '%.40s' "
+				    "must be 1 to 255 bytes long (is %zu)",
+				    idstr, len);
+	if (!host)
+		return kv_error_set(err, -EINVAL, "ram: block '%s' has no "
+				    "host memory", idstr);
+	if (length == 0 || length % KV_PAGE_SIZE)
+		return kv_error_set(err, -EINVAL, "ram: block '%s' length "
+				    "0x%llx is not a positive multiple of the "
+				    "page size (%u)", idstr,
+				    (unsigned long long)length, KV_PAGE_SIZE);
+	if ((length >> KV_PAGE_SHIFT) > SIZE_MAX)
+		return kv_error_set(err, -EINVAL, "ram: block '%s' length "
+				    "0x%llx is too large for this host",
+				    idstr, (unsigned long long)length);
+	if (kv_ram_find_block(rs, idstr) != KV_RAM_NO_BLOCK)
+		return kv_error_set(err, -EEXIST, "ram: block '%s' is "
+				    "already registered", idstr);
+	if (rs->nblocks == rs->cap) {
+		ret = grow_blocks(rs, err);
+		if (ret < 0)
+			return ret;
+	}
+	b = &rs->blocks[rs->nblocks];
+	memset(b, 0, sizeof(*b));
+	memcpy(b->idstr, idstr, len + 1);
+	b->host = host;
+	b->length = length;
+	b->npages = (size_t)(length >> KV_PAGE_SHIFT);
+	memset(&rs->priv[rs->nblocks], 0, sizeof(rs->priv[0]));
+	rs->priv[rs->nblocks].from_allocator = from_allocator;
+	return (int)rs->nblocks++;
+}
+
+int kv_ram_add_block(struct kv_ram_state *rs, const char *idstr, void *host,
+		     uint64_t length, struct kv_error *err)
+{
+	int ret = kv_ram_append_block(rs, idstr, host, length, false, err);
+
+	return ret < 0 ? ret : 0;
+}
+
+void kv_ram_release_allocated(struct kv_ram_state *rs)
+{
+	size_t kept = 0;
+
+	for (size_t i = 0; i < rs->nblocks; i++) {
+		struct kv_ram_block *b = &rs->blocks[i];
+		struct kv_ram_block_priv *p = &rs->priv[i];
+
+		if (!p->from_allocator) {
+			rs->blocks[kept] = *b;
+			rs->priv[kept] = *p;
+			kept++;
+			continue;
+		}
+		rs->allocator.release(rs->allocator.opaque, b->host, b->length);
+		rs->allocated -= b->length;
+		kv_bitmap_free(b->dirty);
+		kv_bitmap_free(p->clear_chunks);
+		kv_bitmap_free(p->touched);
+	}
+	rs->nblocks = kept;
+	rs->last_recv = KV_RAM_NO_BLOCK;
+	rs->last_sent = KV_RAM_NO_BLOCK;
+}
+
+size_t kv_ram_block_count(const struct kv_ram_state *rs)
+{
+	return rs->nblocks;
+}
+
+struct kv_ram_block *kv_ram_block(struct kv_ram_state *rs, size_t i)
+{
+	return i < rs->nblocks ? &rs->blocks[i] : NULL;
+}
+
+void kv_ram_set_tracker(struct kv_ram_state *rs, struct kv_dirty_tracker t)
+{
+	rs->tracker = t;
+	rs->has_tracker = t.ops != NULL;
+}
+
+void kv_ram_set_allocator(struct kv_ram_state *rs, struct kv_ram_allocator a)
+{
+	rs->allocator = a;
+	rs->has_allocator = a.alloc != NULL && a.release != NULL;
+}
+
+void kv_ram_set_outcome(struct kv_ram_state *rs, bool completed)
+{
+	rs->completed = completed;
+}
+
+static const struct kv_savevm_live_ops ram_live_ops = {
+	.save_setup = kv_ram_save_setup,
+	.save_iterate = kv_ram_save_iterate,
+	.save_complete = kv_ram_save_complete,
+	.pending_estimate = kv_ram_pending_estimate,
+	.pending_exact = kv_ram_pending_exact,
+	.save_cleanup = kv_ram_save_cleanup,
+	.load_setup = kv_ram_load_setup,
+	.load_state = kv_ram_load_state,
+	.load_cleanup = kv_ram_load_cleanup,
+};
+
+const struct kv_savevm_live_ops *kv_ram_live_ops(void)
+{
+	return &ram_live_ops;
+}
+
+int kv_ram_register(struct kv_ram_state *rs, struct kv_savevm *sv,
+		    struct kv_error *err)
+{
+	return kv_savevm_register_live(sv, "ram", 0, KV_RAM_SECTION_VERSION,
+				       KV_PRI_RAM, &ram_live_ops, rs, err);
+}
+
+void kv_ram_get_stats(const struct kv_ram_state *rs, struct kv_ram_stats *st)
+{
+	st->zero_pages = kv_ram_stat_get(&rs->zero_pages);
+	st->normal_pages = kv_ram_stat_get(&rs->normal_pages);
+	st->dirty_sync_count = kv_ram_stat_get(&rs->dirty_sync_count);
+	st->pass_pages = kv_ram_stat_get(&rs->pass_pages);
+	st->dirty_pages = kv_ram_stat_get(&rs->dirty_pages);
+}

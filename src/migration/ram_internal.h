@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What the RAM handler's source side (ram_save.c), destination side
+ * (ram_load.c) and bookkeeping (ram.c) share. Not a public contract: only
+ * migration/ and its unit tests include it.
+ *
+ * Threading: the save callbacks run on the migration thread, the load
+ * callbacks on the loading thread; one kv_ram_state is either a source or
+ * a destination at a time. The counters are written by that one thread
+ * and read with relaxed atomics by kv_ram_get_stats() from any thread.
+ */
+#ifndef KV_MIGRATION_RAM_INTERNAL_H
+#define KV_MIGRATION_RAM_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "migration/ram.h"
+
+/* Tracking is re-armed (tracker->clear) per chunk of this many pages, just
+ * before the first page of the chunk is sent after a sync. */
+#define KV_RAM_CLEAR_CHUNK_PAGES 512U
+
+/* A save_iterate call stops after about this long. */
+#define KV_RAM_ITERATE_NS (50 * 1000 * 1000LL)
+
+#define KV_RAM_NO_BLOCK ((size_t)-1)
+
+/* Per-block state that is not part of the public kv_ram_block. */
+struct kv_ram_block_priv {
+	/* Source: chunks whose tracking is still to be re-armed. */
+	unsigned long *clear_chunks;
+	/* Destination: pages the loader wrote (dropped on failure). */
+	unsigned long *touched;
+	bool from_allocator; /* destination: created for the stream */
+	bool announced;      /* destination: named in MEM_SIZE */
+};
+
+struct kv_ram_state {
+	struct kv_ram_block *blocks; /* contiguous: trackers get the array */
+	struct kv_ram_block_priv *priv;
+	size_t nblocks, cap;
+
+	struct kv_dirty_tracker tracker;
+	bool has_tracker;
+	struct kv_ram_allocator allocator;
+	bool has_allocator;
+	uint64_t allocated; /* bytes obtained from the allocator */
+
+	/* Source. */
+	size_t search_block;   /* the page search resumes here */
+	size_t search_page;
+	size_t last_sent;      /* block of the previous record, for CONTINUE */
+	bool tracker_started;
+	bool completed;        /* outcome for save_cleanup's tracker stop */
+
+	/* Destination. */
+	uint64_t load_sections; /* sections handed to load_state so far */
+	size_t last_recv;       /* block of the previous record */
+	bool mem_size_seen;
+
+	/* Counters (see struct kv_ram_stats). */
+	uint64_t zero_pages;
+	uint64_t normal_pages;
+	uint64_t dirty_sync_count;
+	uint64_t pass_pages;
+	uint64_t dirty_pages;
+};
+
+/* Single writer, readers on other threads: relaxed atomics suffice. */
+static inline void kv_ram_stat_set(uint64_t *ctr, uint64_t v)
+{
+	__atomic_store_n(ctr, v, __ATOMIC_RELAXED);
+}
+
+static inline void kv_ram_stat_add(uint64_t *ctr, uint64_t d)
+{
+	__atomic_store_n(ctr, __atomic_load_n(ctr, __ATOMIC_RELAXED) + d,
+			 __ATOMIC_RELAXED);
+}
+
+static inline uint64_t kv_ram_stat_get(const uint64_t *ctr)
+{
+	return __atomic_load_n(ctr, __ATOMIC_RELAXED);
+}
+
+/* ram.c */
+/* Append a block; from_allocator marks memory to release with the
+ * allocator. Returns the new block's index or <0. */
+int kv_ram_append_block(struct kv_ram_state *rs, const char *idstr,
+			void *host, uint64_t length, bool from_allocator,
+			struct kv_error *err);
+/* Release (through the allocator) and remove every block the allocator
+ * created; pre-registered blocks keep their order. */
+void kv_ram_release_allocated(struct kv_ram_state *rs);
+/* Index of the block named idstr, or KV_RAM_NO_BLOCK. */
+size_t kv_ram_find_block(const struct kv_ram_state *rs, const char *idstr);
+/* The callbacks registered by kv_ram_register (tests call them directly). */
+const struct kv_savevm_live_ops *kv_ram_live_ops(void);
+/* The driver tells the handler how the migration ended before save_cleanup,
+ * so the tracker is stopped with the right `failed` flag. */
+void kv_ram_set_outcome(struct kv_ram_state *rs, bool completed);
+
+/* ram_save.c */
+int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err);
+int kv_ram_save_iterate(struct kv_stream *s, void *opaque,
+			struct kv_error *err);
+int kv_ram_save_complete(struct kv_stream *s, void *opaque,
+			 struct kv_error *err);
+uint64_t kv_ram_pending_estimate(void *opaque);
+uint64_t kv_ram_pending_exact(void *opaque, struct kv_error *err);
+void kv_ram_save_cleanup(void *opaque);
+
+/* ram_load.c */
+int kv_ram_load_setup(void *opaque, struct kv_error *err);
+int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,
+		      struct kv_error *err);
+void kv_ram_load_cleanup(void *opaque, bool failed);
+
+#endif
