@@ -603,9 +603,8 @@ static int load_check_stream(struct load_ctx *c)
 	kv_stream_error_get(c->s, &se);
 	if (!se.code)
 		return 0;
-	return load_fail(c, se.code, "%s (at stream offset %" PRIu64 ")",
-			 se.msg[0] ? se.msg : "stream error",
-			 kv_stream_offset(c->s));
+	return load_fail(c, se.code, "%s",
+			 se.msg[0] ? se.msg : "stream error");
 }
 
 static void begin_section(struct load_ctx *c, int type)
