@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvmig_testlib import (SIGINT, SIGTERM, Procs, Tap,  # noqa: E402
                            digest_of, kvmig_path, tempdir)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvmig_testlib import Tap, kvmig_path  # noqa: E402
 

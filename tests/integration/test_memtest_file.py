@@ -8,6 +8,7 @@ import shutil
 import struct
 import sys
 
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvmig_testlib import (Procs, Tap, digest_of, kvmig_path,  # noqa: E402
                            tempdir)

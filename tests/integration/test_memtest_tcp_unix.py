@@ -6,6 +6,7 @@ import os
 import re
 import sys
 
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvmig_testlib import Procs, Tap, kvmig_path, tempdir  # noqa: E402
 
