@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include "io/channel.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -354,34 +355,411 @@ void kv_chan_close(struct kv_chan *c)
 		c->ops->close(c);
 }
 
-/* ---- connecting and listening ---- */
+/* ---- connecting ---- */
+
+static int tcp_connect_fd(const struct kv_uri *u, const char *uri,
+			  struct kv_error *err)
+{
+	struct addrinfo hints = {
+		.ai_family = AF_UNSPEC,
+		.ai_socktype = SOCK_STREAM,
+	};
+	struct addrinfo *res, *ai;
+	int r, fd = -1, last = -ECONNREFUSED;
+
+	r = getaddrinfo(u->host[0] ? u->host : NULL, u->port, &hints, &res);
+	if (r != 0)
+		return kv_error_set(err, -EHOSTUNREACH,
+				    "%s: cannot resolve '%s': %s", uri,
+				    u->host, gai_strerror(r));
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+			    ai->ai_protocol);
+		if (fd < 0) {
+			last = -errno;
+			continue;
+		}
+		do {
+			r = connect(fd, ai->ai_addr, ai->ai_addrlen);
+		} while (r < 0 && errno == EINTR);
+		if (r == 0)
+			break;
+		last = -errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return kv_error_set_errno(err, last, "%s: cannot connect",
+					  uri);
+	/* The return path sends small messages that must not wait. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
+	return fd;
+}
+
+static void unix_addr(const struct kv_uri *u, struct sockaddr_un *sun)
+{
+	memset(sun, 0, sizeof(*sun));
+	sun->sun_family = AF_UNIX;
+	/* kv_uri_parse checked that the path fits. */
+	memcpy(sun->sun_path, u->path, strlen(u->path) + 1);
+}
+
+static int unix_connect_fd(const struct kv_uri *u, const char *uri,
+			   struct kv_error *err)
+{
+	struct sockaddr_un sun;
+	int fd, r;
+
+	unix_addr(u, &sun);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return kv_error_set_errno(err, -errno, "%s: socket", uri);
+	do {
+		r = connect(fd, (struct sockaddr *)&sun, sizeof(sun));
+	} while (r < 0 && errno == EINTR);
+	if (r < 0) {
+		r = -errno;
+		close(fd);
+		return kv_error_set_errno(err, r, "%s: cannot connect", uri);
+	}
+	return fd;
+}
 
 struct kv_chan *kv_chan_connect(const char *uri, struct kv_error *err)
 {
-	kv_error_set(err, -ENOSYS, "%s: connect not implemented yet", uri);
-	return NULL;
+	struct kv_uri u;
+	struct kv_chan *c;
+	int fd;
+
+	if (kv_uri_parse(uri, &u, err) < 0)
+		return NULL;
+	switch (u.kind) {
+	case KV_URI_TCP:
+		fd = tcp_connect_fd(&u, uri, err);
+		break;
+	case KV_URI_UNIX:
+		fd = unix_connect_fd(&u, uri, err);
+		break;
+	case KV_URI_FILE:
+		fd = open(u.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+			  0600);
+		if (fd < 0)
+			fd = kv_error_set_errno(err, -errno,
+						"%s: cannot create file", uri);
+		break;
+	case KV_URI_FD:
+	default:
+		fd = u.fd;
+		break;
+	}
+	if (fd < 0)
+		return NULL;
+	c = kv_chan_from_fd(fd, uri, err);
+	if (!c && u.kind != KV_URI_FD)
+		close(fd);
+	return c;
+}
+
+/* ---- listening ---- */
+
+struct kv_listener {
+	struct kv_uri uri;
+	char text[300]; /* the bound address as a URI */
+	int fd;         /* listening socket; -1 for file: and fd: */
+	int cancel_fd;  /* eventfd signalled by kv_listener_shutdown */
+	int shutdown_req;
+	bool handed_out;  /* file: and fd: accept once */
+	bool unlink_path; /* we created the unix socket file */
+};
+
+static int sockaddr_port(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+	return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+}
+
+/* Fill l->text with the real address (the port may have been 0). */
+static void tcp_describe(struct kv_listener *l)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char host[INET6_ADDRSTRLEN];
+	const char *h = l->uri.host;
+
+	if (getsockname(l->fd, (struct sockaddr *)&ss, &len) < 0) {
+		snprintf(l->text, sizeof(l->text), "tcp:%s:%s", h,
+			 l->uri.port);
+		return;
+	}
+	if (!*h && getnameinfo((struct sockaddr *)&ss, len, host,
+			       sizeof(host), NULL, 0, NI_NUMERICHOST) == 0)
+		h = host;
+	if (strchr(h, ':'))
+		snprintf(l->text, sizeof(l->text), "tcp:[%s]:%d", h,
+			 sockaddr_port(&ss));
+	else
+		snprintf(l->text, sizeof(l->text), "tcp:%s:%d", h,
+			 sockaddr_port(&ss));
+}
+
+static int tcp_listen_fd(struct kv_listener *l, const char *uri,
+			 struct kv_error *err)
+{
+	struct addrinfo hints = {
+		.ai_family = AF_UNSPEC,
+		.ai_socktype = SOCK_STREAM,
+		.ai_flags = AI_PASSIVE,
+	};
+	struct addrinfo *res, *ai;
+	int r, fd = -1, last = -EADDRNOTAVAIL;
+
+	r = getaddrinfo(l->uri.host[0] ? l->uri.host : NULL, l->uri.port,
+			&hints, &res);
+	if (r != 0)
+		return kv_error_set(err, -EADDRNOTAVAIL,
+				    "%s: cannot resolve '%s': %s", uri,
+				    l->uri.host, gai_strerror(r));
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+			    ai->ai_protocol);
+		if (fd < 0) {
+			last = -errno;
+			continue;
+		}
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &(int){ 1 },
+			   sizeof(int));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+		    listen(fd, 16) == 0)
+			break;
+		last = -errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return kv_error_set_errno(err, last, "%s: cannot listen", uri);
+	l->fd = fd;
+	tcp_describe(l);
+	return 0;
+}
+
+/*
+ * A unix socket path left by a dead process is replaced; a live socket (some
+ * other process listens) or any other kind of file is refused.
+ */
+static int unix_prepare_path(const struct kv_uri *u, const char *uri,
+			     struct kv_error *err)
+{
+	struct kv_error probe = { 0 };
+	struct stat st;
+	int fd;
+
+	if (lstat(u->path, &st) < 0)
+		return errno == ENOENT ? 0
+				       : kv_error_set_errno(err, -errno,
+							    "%s: cannot stat "
+							    "path",
+							    uri);
+	if (!S_ISSOCK(st.st_mode))
+		return kv_error_set(err, -EEXIST,
+				    "%s: '%s' exists and is not a socket; "
+				    "refusing to replace it",
+				    uri, u->path);
+	fd = unix_connect_fd(u, uri, &probe);
+	if (fd >= 0) {
+		close(fd);
+		return kv_error_set(err, -EADDRINUSE,
+				    "%s: another process is listening on "
+				    "'%s'",
+				    uri, u->path);
+	}
+	if (unlink(u->path) < 0 && errno != ENOENT)
+		return kv_error_set_errno(err, -errno,
+					  "%s: cannot remove stale socket",
+					  uri);
+	return 0;
+}
+
+static int unix_listen_fd(struct kv_listener *l, const char *uri,
+			  struct kv_error *err)
+{
+	struct sockaddr_un sun;
+	int fd, r;
+
+	r = unix_prepare_path(&l->uri, uri, err);
+	if (r < 0)
+		return r;
+	unix_addr(&l->uri, &sun);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return kv_error_set_errno(err, -errno, "%s: socket", uri);
+	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 ||
+	    listen(fd, 16) < 0) {
+		r = -errno;
+		close(fd);
+		return kv_error_set_errno(err, r, "%s: cannot listen", uri);
+	}
+	l->fd = fd;
+	l->unlink_path = true;
+	return 0;
 }
 
 struct kv_listener *kv_listener_open(const char *uri, struct kv_error *err)
 {
-	kv_error_set(err, -ENOSYS, "%s: listen not implemented yet", uri);
+	struct kv_listener *l = calloc(1, sizeof(*l));
+	int r = 0;
+
+	if (!l) {
+		kv_error_set(err, -ENOMEM, "%s: out of memory", uri);
+		return NULL;
+	}
+	l->fd = -1;
+	l->cancel_fd = -1;
+	if (kv_uri_parse(uri, &l->uri, err) < 0)
+		goto fail;
+	snprintf(l->text, sizeof(l->text), "%s", uri);
+	l->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (l->cancel_fd < 0) {
+		kv_error_set_errno(err, -errno, "%s: eventfd", uri);
+		goto fail;
+	}
+	switch (l->uri.kind) {
+	case KV_URI_TCP:
+		r = tcp_listen_fd(l, uri, err);
+		break;
+	case KV_URI_UNIX:
+		r = unix_listen_fd(l, uri, err);
+		break;
+	case KV_URI_FILE:
+		/* Opened at accept; tell about a missing file now. */
+		if (access(l->uri.path, R_OK) < 0)
+			r = kv_error_set_errno(err, -errno,
+					       "%s: cannot read file", uri);
+		break;
+	case KV_URI_FD:
+		break;
+	}
+	if (r < 0)
+		goto fail;
+	if (l->fd >= 0 && set_nonblock(l->fd) < 0) {
+		kv_error_set_errno(err, -errno, "%s: set O_NONBLOCK", uri);
+		goto fail;
+	}
+	return l;
+fail:
+	kv_listener_close(l);
 	return NULL;
+}
+
+static bool listener_cancelled(const struct kv_listener *l)
+{
+	return __atomic_load_n(&l->shutdown_req, __ATOMIC_ACQUIRE) != 0;
+}
+
+static int accept_socket(struct kv_listener *l, struct kv_error *err)
+{
+	for (;;) {
+		int fd, r;
+
+		if (listener_cancelled(l))
+			break;
+		fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0) {
+			if (l->uri.kind == KV_URI_TCP)
+				setsockopt(fd, IPPROTO_TCP, TCP_NODELAY,
+					   &(int){ 1 }, sizeof(int));
+			return fd;
+		}
+		if (errno == EINTR || errno == ECONNABORTED)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return kv_error_set_errno(err, -errno,
+						  "%s: accept failed",
+						  l->text);
+		r = wait_fd_or_cancel(l->fd, POLLIN, l->cancel_fd);
+		if (r == -ECANCELED)
+			break;
+		if (r < 0)
+			return kv_error_set_errno(err, r, "%s: poll", l->text);
+	}
+	return kv_error_set(err, -ECANCELED,
+			    "%s: accept cancelled by shutdown", l->text);
 }
 
 struct kv_chan *kv_listener_accept(struct kv_listener *l, struct kv_error *err)
 {
-	return NULL;
+	struct kv_chan *c;
+	int fd;
+
+	if (listener_cancelled(l)) {
+		kv_error_set(err, -ECANCELED,
+			     "%s: accept cancelled by shutdown", l->text);
+		return NULL;
+	}
+	switch (l->uri.kind) {
+	case KV_URI_TCP:
+	case KV_URI_UNIX:
+		fd = accept_socket(l, err);
+		break;
+	case KV_URI_FILE:
+	case KV_URI_FD:
+	default:
+		if (l->handed_out) {
+			kv_error_set(err, -EALREADY,
+				     "%s: already accepted once", l->text);
+			return NULL;
+		}
+		if (l->uri.kind == KV_URI_FD) {
+			fd = l->uri.fd;
+		} else {
+			fd = open(l->uri.path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				fd = kv_error_set_errno(err, -errno,
+							"%s: cannot open "
+							"file",
+							l->text);
+		}
+		if (fd >= 0)
+			l->handed_out = true;
+		break;
+	}
+	if (fd < 0)
+		return NULL;
+	c = kv_chan_from_fd(fd, l->text, err);
+	if (!c && l->uri.kind != KV_URI_FD)
+		close(fd);
+	return c;
 }
 
 const char *kv_listener_uri(const struct kv_listener *l)
 {
-	return "";
+	return l->text;
 }
 
 void kv_listener_shutdown(struct kv_listener *l)
 {
+	uint64_t one = 1;
+	ssize_t n;
+
+	if (!l)
+		return;
+	__atomic_store_n(&l->shutdown_req, 1, __ATOMIC_RELEASE);
+	do {
+		n = write(l->cancel_fd, &one, sizeof(one));
+	} while (n < 0 && errno == EINTR);
 }
 
 void kv_listener_close(struct kv_listener *l)
 {
+	if (!l)
+		return;
+	if (l->fd >= 0)
+		close(l->fd);
+	if (l->cancel_fd >= 0)
+		close(l->cancel_fd);
+	if (l->unlink_path)
+		unlink(l->uri.path);
+	free(l);
 }

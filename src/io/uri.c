@@ -1,1 +1,177 @@
 /* SPDX-License-Identifier: MIT */
+/* Migration URIs, in QEMU's spelling: tcp:, unix:, file:, fd:. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+
+#include "io/channel.h"
+
+static bool has_prefix(const char *s, const char *prefix)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* Decimal digits only, value <= max. */
+static bool parse_decimal(const char *s, long max, long *out)
+{
+	long v = 0;
+
+	if (*s == '\0')
+		return false;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return false;
+		v = v * 10 + (*s - '0');
+		if (v > max)
+			return false;
+	}
+	*out = v;
+	return true;
+}
+
+static bool all_digits(const char *s)
+{
+	if (*s == '\0')
+		return false;
+	for (; *s; s++)
+		if (*s < '0' || *s > '9')
+			return false;
+	return true;
+}
+
+static int parse_port(const char *text, const char *port, struct kv_uri *uri,
+		      struct kv_error *err)
+{
+	long v;
+
+	if (*port == '\0')
+		return kv_error_set(err, -EINVAL,
+				    "'%s': missing port (expected "
+				    "tcp:HOST:PORT)",
+				    text);
+	if (!all_digits(port))
+		return kv_error_set(err, -EINVAL,
+				    "'%s': port '%s' is not a number", text,
+				    port);
+	if (!parse_decimal(port, 65535, &v))
+		return kv_error_set(err, -EINVAL,
+				    "'%s': port %s is out of range (0-65535)",
+				    text, port);
+	snprintf(uri->port, sizeof(uri->port), "%ld", v);
+	return 0;
+}
+
+static int parse_tcp(const char *text, const char *rest, struct kv_uri *uri,
+		     struct kv_error *err)
+{
+	const char *port;
+	size_t host_len;
+
+	uri->kind = KV_URI_TCP;
+	if (*rest == '[') {
+		const char *end = strchr(rest, ']');
+
+		if (!end)
+			return kv_error_set(err, -EINVAL,
+					    "'%s': missing ']' after IPv6 "
+					    "address",
+					    text);
+		host_len = (size_t)(end - rest - 1);
+		if (host_len == 0)
+			return kv_error_set(err, -EINVAL,
+					    "'%s': empty IPv6 address", text);
+		if (end[1] != ':')
+			return kv_error_set(err, -EINVAL,
+					    "'%s': missing port (expected "
+					    "tcp:[IPV6]:PORT)",
+					    text);
+		rest++;
+		port = end + 2;
+	} else {
+		const char *colon = strrchr(rest, ':');
+
+		if (!colon)
+			return kv_error_set(err, -EINVAL,
+					    "'%s': missing port (expected "
+					    "tcp:HOST:PORT)",
+					    text);
+		host_len = (size_t)(colon - rest);
+		if (memchr(rest, ':', host_len))
+			return kv_error_set(err, -EINVAL,
+					    "'%s': an IPv6 address needs "
+					    "brackets: tcp:[ADDR]:PORT",
+					    text);
+		port = colon + 1;
+	}
+	if (host_len >= sizeof(uri->host))
+		return kv_error_set(err, -ENAMETOOLONG,
+				    "'%s': host name too long (%zu bytes, at "
+				    "most %zu)",
+				    text, host_len, sizeof(uri->host) - 1);
+	memcpy(uri->host, rest, host_len);
+	uri->host[host_len] = '\0';
+	return parse_port(text, port, uri, err);
+}
+
+static int parse_path(const char *text, const char *path, size_t max,
+		      struct kv_uri *uri, struct kv_error *err)
+{
+	size_t len = strlen(path);
+
+	if (len == 0)
+		return kv_error_set(err, -EINVAL, "'%s': empty path", text);
+	if (len > max)
+		return kv_error_set(err, -ENAMETOOLONG,
+				    "'%s': path too long (%zu bytes, at most "
+				    "%zu)",
+				    text, len, max);
+	memcpy(uri->path, path, len + 1);
+	return 0;
+}
+
+static int parse_fd(const char *text, const char *num, struct kv_uri *uri,
+		    struct kv_error *err)
+{
+	long v;
+
+	uri->kind = KV_URI_FD;
+	if (!parse_decimal(num, 1 << 30, &v))
+		return kv_error_set(err, -EINVAL,
+				    "'%s': '%s' is not a file descriptor "
+				    "number",
+				    text, num);
+	uri->fd = (int)v;
+	return 0;
+}
+
+int kv_uri_parse(const char *text, struct kv_uri *uri, struct kv_error *err)
+{
+	struct sockaddr_un sun;
+
+	memset(uri, 0, sizeof(*uri));
+	uri->fd = -1;
+	if (!text || *text == '\0')
+		return kv_error_set(err, -EINVAL,
+				    "empty migration URI: use tcp:, unix:, "
+				    "file: or fd:");
+	if (has_prefix(text, "tcp:"))
+		return parse_tcp(text, text + 4, uri, err);
+	if (has_prefix(text, "unix:")) {
+		uri->kind = KV_URI_UNIX;
+		return parse_path(text, text + 5, sizeof(sun.sun_path) - 1,
+				  uri, err);
+	}
+	if (has_prefix(text, "file:")) {
+		uri->kind = KV_URI_FILE;
+		return parse_path(text, text + 5, sizeof(uri->path) - 1, uri,
+				  err);
+	}
+	if (has_prefix(text, "fd:"))
+		return parse_fd(text, text + 3, uri, err);
+	return kv_error_set(err, -EINVAL,
+			    "'%s': unknown scheme: use tcp:, unix:, file: or "
+			    "fd:",
+			    text);
+}
