@@ -805,7 +805,9 @@ static int run_dest(struct memtest_opts *o)
 		kv_error_prefix(&err, "cannot listen on %s", o->incoming);
 		goto out;
 	}
-	printf("memtest: listening on %s\n", kv_listener_uri(l));
+	printf("memtest: %s %s\n",
+	       strncmp(o->incoming, "file:", 5) ? "listening on" : "reading",
+	       kv_listener_uri(l));
 	fflush(stdout);
 	sigwatch_set(&d.sig, NULL, NULL, l);
 	chan = kv_listener_accept(l, &err);

@@ -41,7 +41,7 @@ def cancel(tap, procs, what, listen_uri, sig):
 
 def main():
     kvmig = kvmig_path()
-    tap = Tap(10)
+    tap = Tap(9)
     with tempdir() as tmp, Procs(kvmig) as procs:
         cancel(tap, procs, "SIGINT over tcp", "tcp:127.0.0.1:0", SIGINT)
         cancel(tap, procs, "SIGTERM over unix", f"unix:{tmp}/c.sock",
