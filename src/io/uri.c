@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Migration URIs, in QEMU's spelling: tcp:, unix:, file:, fd:. */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,7 +60,7 @@ static int parse_port(const char *text, const char *port, struct kv_uri *uri,
 		return kv_error_set(err, -EINVAL,
 				    "'%s': port %s is out of range (0-65535)",
 				    text, port);
-	snprintf(uri->port, sizeof(uri->port), "%ld", v);
+	snprintf(uri->port, sizeof(uri->port), "%u", (unsigned)(uint16_t)v);
 	return 0;
 }
 

@@ -309,6 +309,226 @@ static void test_write_to_closed_pipe(void **state)
 	assert_int_equal(kv_stream_close(out), -EPIPE);
 }
 
+/* ---- rate limit ---- */
+
+/* Reads and discards until EOF or error, counting bytes. */
+struct sink {
+	struct kv_stream *in;
+	uint64_t bytes;
+	int64_t blocked_ns; /* how long the last get waited (shutdown test) */
+	int err;
+};
+
+static void *sink_thread(void *arg)
+{
+	struct sink *k = arg;
+	uint8_t buf[PAGE];
+
+	while (kv_stream_get_buffer(k->in, buf, 1) == 0)
+		k->bytes++;
+	return NULL;
+}
+
+static void *sink_pages_thread(void *arg)
+{
+	struct sink *k = arg;
+	uint8_t buf[PAGE];
+
+	while (kv_stream_get_buffer(k->in, buf, sizeof(buf)) == 0)
+		k->bytes += sizeof(buf);
+	return NULL;
+}
+
+static void write_pages(struct kv_stream *out, size_t bytes)
+{
+	static uint8_t page[PAGE];
+
+	for (size_t done = 0; done < bytes; done += PAGE)
+		kv_stream_put_page_ref(out, page, PAGE);
+	kv_stream_flush(out);
+}
+
+static void test_rate_limit_slows_writer(void **state)
+{
+	int sv[2];
+	struct kv_stream *out;
+	struct sink k = { 0 };
+	pthread_t t;
+	int64_t t0, elapsed;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	out = stream_on_fd(sv[1], KV_STREAM_WRITE);
+	k.in = stream_on_fd(sv[0], KV_STREAM_READ);
+	assert_int_equal(pthread_create(&t, NULL, sink_pages_thread, &k), 0);
+	kv_stream_set_rate_limit(out, 4 << 20);
+	assert_true(kv_stream_rate_limit(out) == 4 << 20);
+	t0 = kv_now_ns();
+	write_pages(out, 2 << 20);
+	elapsed = kv_now_ns() - t0;
+	assert_int_equal(kv_stream_error(out), 0);
+	assert_true(kv_stream_transferred(out) == 2 << 20);
+	/* 2 MiB at 4 MiB/s is 0.5 s; the first window is free. */
+	if (elapsed < 350000000LL)
+		fail_msg("2 MiB at 4 MiB/s took only %lld ms",
+			 (long long)(elapsed / 1000000));
+	assert_int_equal(kv_stream_close(out), 0);
+	pthread_join(t, NULL);
+	assert_true(k.bytes == 2 << 20);
+	kv_stream_close(k.in);
+}
+
+struct limiter {
+	struct kv_stream *out;
+	uint64_t new_limit;
+};
+
+static void *lift_limit_thread(void *arg)
+{
+	struct limiter *m = arg;
+
+	kv_sleep_ns(200 * 1000000LL);
+	kv_stream_set_rate_limit(m->out, m->new_limit);
+	return NULL;
+}
+
+static void test_rate_limit_change_takes_effect(void **state)
+{
+	int sv[2];
+	struct kv_stream *out;
+	struct sink k = { 0 };
+	struct limiter m;
+	pthread_t t, lt;
+	int64_t t0, elapsed;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	out = stream_on_fd(sv[1], KV_STREAM_WRITE);
+	k.in = stream_on_fd(sv[0], KV_STREAM_READ);
+	assert_int_equal(pthread_create(&t, NULL, sink_pages_thread, &k), 0);
+	/* 8 MiB at 100 KiB/s would take 80 s; lifting the limit after
+	 * 0.2 s must let it finish in a few seconds at most. */
+	kv_stream_set_rate_limit(out, 100 << 10);
+	m.out = out;
+	m.new_limit = 0;
+	assert_int_equal(pthread_create(&lt, NULL, lift_limit_thread, &m), 0);
+	t0 = kv_now_ns();
+	write_pages(out, 8 << 20);
+	elapsed = kv_now_ns() - t0;
+	pthread_join(lt, NULL);
+	assert_int_equal(kv_stream_error(out), 0);
+	if (elapsed > 10000000000LL)
+		fail_msg("lifting the limit was ignored: %lld ms",
+			 (long long)(elapsed / 1000000));
+	assert_true(elapsed >= 150000000LL);
+	assert_int_equal(kv_stream_close(out), 0);
+	pthread_join(t, NULL);
+	assert_true(k.bytes == 8 << 20);
+	kv_stream_close(k.in);
+}
+
+/* ---- shutdown from another thread ---- */
+
+struct canceller {
+	struct kv_stream *s;
+	int64_t when_ns;
+};
+
+static void *shutdown_later_thread(void *arg)
+{
+	struct canceller *c = arg;
+
+	kv_sleep_ns(100 * 1000000LL);
+	c->when_ns = kv_now_ns();
+	kv_stream_shutdown(c->s);
+	return NULL;
+}
+
+static void test_shutdown_unblocks_reader(void **state)
+{
+	int fds[2];
+	struct kv_stream *in;
+	struct canceller c;
+	struct kv_error err = { 0 };
+	pthread_t t;
+	int64_t done;
+
+	make_pipe(fds);
+	in = stream_on_fd(fds[0], KV_STREAM_READ);
+	c.s = in;
+	assert_int_equal(pthread_create(&t, NULL, shutdown_later_thread, &c),
+			 0);
+	/* Nobody writes: this blocks until the shutdown. */
+	assert_true(kv_stream_get_be32(in) == 0);
+	done = kv_now_ns();
+	pthread_join(t, NULL);
+	assert_int_equal(kv_stream_error(in), -ECANCELED);
+	if (done - c.when_ns > 2000000000LL)
+		fail_msg("reader took %lld ms to notice the shutdown",
+			 (long long)((done - c.when_ns) / 1000000));
+	kv_stream_error_get(in, &err);
+	assert_non_null(strstr(err.msg, "cancelled"));
+	assert_int_equal(kv_stream_close(in), -ECANCELED);
+	close(fds[1]);
+}
+
+static void shutdown_blocked_writer(int rate_limit)
+{
+	int fds[2];
+	struct kv_stream *out;
+	struct canceller c;
+	pthread_t t;
+	int64_t done;
+
+	make_pipe(fds);
+	out = stream_on_fd(fds[1], KV_STREAM_WRITE);
+	kv_stream_set_rate_limit(out, (uint64_t)rate_limit);
+	c.s = out;
+	assert_int_equal(pthread_create(&t, NULL, shutdown_later_thread, &c),
+			 0);
+	/* Nobody reads: the pipe fills (or the limit holds) and we block. */
+	write_pages(out, 16 << 20);
+	done = kv_now_ns();
+	pthread_join(t, NULL);
+	assert_int_equal(kv_stream_error(out), -ECANCELED);
+	if (done - c.when_ns > 2000000000LL)
+		fail_msg("writer took %lld ms to notice the shutdown",
+			 (long long)((done - c.when_ns) / 1000000));
+	assert_int_equal(kv_stream_close(out), -ECANCELED);
+	close(fds[0]);
+}
+
+static void test_shutdown_unblocks_writer_on_full_pipe(void **state)
+{
+	shutdown_blocked_writer(0);
+}
+
+static void test_shutdown_unblocks_rate_limited_writer(void **state)
+{
+	shutdown_blocked_writer(1024);
+}
+
+static void test_byte_sink_counts(void **state)
+{
+	int sv[2];
+	struct kv_stream *out;
+	struct sink k = { 0 };
+	pthread_t t;
+
+	/* Byte-sized gets across many buffer refills. */
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	out = stream_on_fd(sv[1], KV_STREAM_WRITE);
+	k.in = stream_on_fd(sv[0], KV_STREAM_READ);
+	assert_int_equal(pthread_create(&t, NULL, sink_thread, &k), 0);
+	write_pages(out, 1 << 20);
+	assert_int_equal(kv_stream_close(out), 0);
+	pthread_join(t, NULL);
+	assert_true(k.bytes == 1 << 20);
+	assert_true(kv_stream_offset(k.in) == 1 << 20);
+	kv_stream_close(k.in);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -320,6 +540,12 @@ int main(void)
 		cmocka_unit_test(test_set_error_keeps_first),
 		cmocka_unit_test(test_str8_too_long),
 		cmocka_unit_test(test_write_to_closed_pipe),
+		cmocka_unit_test(test_rate_limit_slows_writer),
+		cmocka_unit_test(test_rate_limit_change_takes_effect),
+		cmocka_unit_test(test_shutdown_unblocks_reader),
+		cmocka_unit_test(test_shutdown_unblocks_writer_on_full_pipe),
+		cmocka_unit_test(test_shutdown_unblocks_rate_limited_writer),
+		cmocka_unit_test(test_byte_sink_counts),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
