@@ -755,6 +755,23 @@ static void dest_release_all(struct memtest_dest *d)
 	pthread_mutex_unlock(&d->lock);
 }
 
+/* After a failed load the engine must have dropped every block it had us
+ * create: say so, so that it can be checked from outside. */
+static void report_release(struct memtest_dest *d)
+{
+	size_t left;
+
+	pthread_mutex_lock(&d->lock);
+	left = d->nblocks;
+	pthread_mutex_unlock(&d->lock);
+	if (!left)
+		printf("memtest: received memory released\n");
+	else
+		printf("memtest: warning: %zu block(s) still mapped after the "
+		       "failed load; releasing them\n",
+		       left);
+}
+
 static int dest_build(struct memtest_dest *d, struct kv_ram_state **rs,
 		      struct kv_savevm **sv, struct kv_error *err)
 {
@@ -833,6 +850,8 @@ static int run_dest(struct memtest_opts *o)
 				  "section: nothing was verified");
 	}
 	kv_ram_get_stats(rs, &rst);
+	if (rc < 0)
+		report_release(&d);
 
 out:
 	ms = t0 ? (kv_now_ns() - t0) / 1000000 : 0;

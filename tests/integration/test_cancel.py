@@ -35,7 +35,8 @@ def cancel(tap, procs, what, listen_uri, sig):
     tap.ok(len(digests) == 2 and digests[0] == digests[1],
            f"{what}: the source's memory is unchanged", diag)
     tap.ok(dest_rc is not None and dest_rc != 0
-           and "incoming migration failed" in dest.output,
+           and "incoming migration failed" in dest.output
+           and "memtest: received memory released" in dest.output,
            f"{what}: the destination reports failure within 5 s", diag)
 
 

@@ -41,7 +41,8 @@ def kill_source(tap, procs):
     src.signal(SIGKILL)
     rc = dest.wait(5)
     tap.ok(started is not None and rc == 1
-           and "incoming migration failed:" in dest.output,
+           and "incoming migration failed:" in dest.output
+           and "memtest: received memory released" in dest.output,
            "source killed: the destination fails with an error within 5 s",
            dest.describe())
 
