@@ -69,6 +69,10 @@ void kv_soft_tracker_mark(struct kv_soft_tracker *t, size_t block,
 	struct soft_region *r;
 	size_t page;
 
+	/* The fence orders the caller's page write before the look at
+	 * `started`: either start sees the write (the first pass reads the
+	 * page after start) or this sees start and marks. */
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	if (!__atomic_load_n(&t->started, __ATOMIC_ACQUIRE))
 		return;
 	if (block >= t->nregions)
@@ -85,7 +89,7 @@ static int soft_start(void *opaque, struct kv_error *err)
 
 	(void)err;
 	/* Marks kept from a failed attempt stay: a retry resends them. */
-	__atomic_store_n(&t->started, 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&t->started, 1, __ATOMIC_SEQ_CST);
 	return 0;
 }
 
