@@ -12,14 +12,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define KV_EXIT_OK 0
+#define KV_EXIT_OK	0
 #define KV_EXIT_FAILURE 1
-#define KV_EXIT_USAGE 2
+#define KV_EXIT_USAGE	2
 
 /* One option of a subcommand. Options are "--name VALUE", "--name=VALUE"
  * or, when takes_value is false, a plain "--name" flag. */
 struct kv_cli_opt {
-	const char *name;  /* without the leading "--"; NULL ends the table */
+	const char *name; /* without the leading "--"; NULL ends the table */
 	bool takes_value;
 	const char **value; /* where the value (or "1" for a flag) goes */
 };
@@ -32,7 +32,7 @@ int kv_cli_parse(const char *cmd, int argc, char **argv,
 
 /* Print "kvmig <cmd>: <message>" and the usage hint; returns KV_EXIT_USAGE. */
 int kv_cli_usage_error(const char *cmd, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 /* "64M", "1G", "4096", "2.5G": bytes with binary suffixes K, M, G, T
  * (optionally followed by "iB" or "B"). */

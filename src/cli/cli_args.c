@@ -25,7 +25,8 @@ static const struct kv_cli_opt *find_opt(const struct kv_cli_opt *opts,
 					 const char *name, size_t len)
 {
 	for (; opts->name; opts++)
-		if (strlen(opts->name) == len && !strncmp(opts->name, name, len))
+		if (strlen(opts->name) == len &&
+		    !strncmp(opts->name, name, len))
 			return opts;
 	return NULL;
 }
@@ -45,20 +46,20 @@ int kv_cli_parse(const char *cmd, int argc, char **argv,
 			continue;
 		}
 		if (strncmp(arg, "--", 2) || !arg[2])
-			return kv_cli_usage_error(cmd, "unexpected argument '%s'",
-						  arg);
+			return kv_cli_usage_error(
+			    cmd, "unexpected argument '%s'", arg);
 		name = arg + 2;
 		eq = strchr(name, '=');
 		len = eq ? (size_t)(eq - name) : strlen(name);
 		o = find_opt(opts, name, len);
 		if (!o)
-			return kv_cli_usage_error(cmd, "unknown option '--%.*s'",
-						  (int)len, name);
+			return kv_cli_usage_error(
+			    cmd, "unknown option '--%.*s'", (int)len, name);
 		if (!o->takes_value) {
 			if (eq)
 				return kv_cli_usage_error(
-					cmd, "option '--%s' takes no value",
-					o->name);
+				    cmd, "option '--%s' takes no value",
+				    o->name);
 			*o->value = "1";
 			continue;
 		}
@@ -68,11 +69,11 @@ int kv_cli_parse(const char *cmd, int argc, char **argv,
 			*o->value = argv[++i];
 		} else {
 			return kv_cli_usage_error(
-				cmd, "option '--%s' needs a value", o->name);
+			    cmd, "option '--%s' needs a value", o->name);
 		}
 		if (!**o->value)
 			return kv_cli_usage_error(
-				cmd, "option '--%s' has an empty value", o->name);
+			    cmd, "option '--%s' has an empty value", o->name);
 	}
 	return KV_EXIT_OK;
 }
@@ -112,18 +113,23 @@ static int suffix_shift(const char *s)
 	switch (*s) {
 	case '\0':
 		return 0;
-	case 'b': case 'B':
+	case 'b':
+	case 'B':
 		return s[1] ? -1 : 0;
-	case 'k': case 'K':
+	case 'k':
+	case 'K':
 		shift = 10;
 		break;
-	case 'm': case 'M':
+	case 'm':
+	case 'M':
 		shift = 20;
 		break;
-	case 'g': case 'G':
+	case 'g':
+	case 'G':
 		shift = 30;
 		break;
-	case 't': case 'T':
+	case 't':
+	case 'T':
 		shift = 40;
 		break;
 	default:

@@ -20,12 +20,13 @@ static int cmd_version(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 static const struct kv_subcommand subcommands[] = {
-	{ "memtest", "migrate a memory region between two kvmig processes "
-		     "(or through a file)", kv_cmd_memtest },
-	{ "version", "print the version", cmd_version },
-	{ "help", "print this help, or a subcommand's with 'help CMD'",
-	  cmd_help },
-	{ NULL, NULL, NULL },
+    {"memtest",
+     "migrate a memory region between two kvmig processes "
+     "(or through a file)",
+     kv_cmd_memtest},
+    {"version", "print the version", cmd_version},
+    {"help", "print this help, or a subcommand's with 'help CMD'", cmd_help},
+    {NULL, NULL, NULL},
 };
 
 static void print_usage(FILE *f)
@@ -48,7 +49,7 @@ static const struct kv_subcommand *find_subcommand(const char *name)
 static int cmd_version(int argc, char **argv)
 {
 	bool help;
-	static const struct kv_cli_opt opts[] = { { NULL, false, NULL } };
+	static const struct kv_cli_opt opts[] = {{NULL, false, NULL}};
 	int rc = kv_cli_parse("version", argc, argv, opts, &help);
 
 	if (rc)
@@ -77,7 +78,7 @@ static int cmd_help(int argc, char **argv)
 	if (!c || c->run == cmd_help) {
 		if (!c)
 			return kv_cli_usage_error(
-				"help", "unknown command '%s'", argv[1]);
+			    "help", "unknown command '%s'", argv[1]);
 		print_usage(stdout);
 		return KV_EXIT_OK;
 	}
@@ -108,7 +109,8 @@ int main(int argc, char **argv)
 	c = find_subcommand(argv[1]);
 	if (!c) {
 		if (argv[1][0] == '-')
-			fprintf(stderr, "kvmig: unknown option '%s'\n", argv[1]);
+			fprintf(stderr, "kvmig: unknown option '%s'\n",
+				argv[1]);
 		else
 			fprintf(stderr, "kvmig: unknown command '%s'\n",
 				argv[1]);

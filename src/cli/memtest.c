@@ -42,48 +42,48 @@
 #include "migration/vmstate.h"
 
 #define MEMTEST_MACHINE "kvmig-memtest"
-#define MIB (1024.0 * 1024.0)
+#define MIB		(1024.0 * 1024.0)
 
 static const char memtest_help[] =
-	"Usage:\n"
-	"  kvmig memtest --size SIZE --to URI [OPTIONS]     (source)\n"
-	"  kvmig memtest --incoming URI [--max-size SIZE]   (destination)\n"
-	"\n"
-	"Migrate a memory region filled with zero, random and repeated pages\n"
-	"while a thread keeps dirtying it, and verify on the destination that\n"
-	"it arrived intact (XXH3-128 digest taken with the workload stopped).\n"
-	"\n"
-	"URIs: tcp:HOST:PORT, tcp:[IPV6]:PORT, unix:PATH, file:PATH.\n"
-	"  --to file:PATH saves the whole stream into a file; --incoming\n"
-	"  file:PATH loads one. tcp port 0 picks a free port (printed).\n"
-	"\n"
-	"Source options:\n"
-	"  --size SIZE            region size: bytes, or with a binary suffix\n"
-	"                         K, M, G, T (64M, 1G, 1.5G)\n"
-	"  --to URI               where to send the migration\n"
-	"  --dirty-rate MIBPS     pages dirtied per second, in MiB/s of pages\n"
-	"                         (default 0: an idle region)\n"
-	"  --downtime-limit MS    switch over when what is left fits in this\n"
-	"                         time at the measured bandwidth (default 300)\n"
-	"  --max-bandwidth RATE   cap the stream at RATE bytes per second;\n"
-	"                         suffixes are binary: 100M = 100 MiB/s\n"
-	"                         (default 0: unlimited)\n"
-	"  --timeout SECONDS      fail if not converged in time (default:\n"
-	"                         never give up)\n"
-	"  --blocks N             split the region into N RAM blocks (default 1)\n"
-	"  --pattern P            mixed (default: a third each of zero, random\n"
-	"                         and repeated pages), zero or random\n"
-	"  --seed N               fill seed (default 1)\n"
-	"  --print-digest         print the region's digest before migrating\n"
-	"\n"
-	"Destination options:\n"
-	"  --incoming URI         listen on URI (or read file:PATH) and load\n"
-	"  --max-size SIZE        refuse streams announcing more RAM than this\n"
-	"                         (default 64G)\n"
-	"\n"
-	"SIGINT or SIGTERM cancels: the source prints 'cancelled' and the\n"
-	"digest of its region; the destination drops what it loaded.\n"
-	"Exit status: 0 success, 1 failure or cancel, 2 usage error.\n";
+    "Usage:\n"
+    "  kvmig memtest --size SIZE --to URI [OPTIONS]     (source)\n"
+    "  kvmig memtest --incoming URI [--max-size SIZE]   (destination)\n"
+    "\n"
+    "Migrate a memory region filled with zero, random and repeated pages\n"
+    "while a thread keeps dirtying it, and verify on the destination that\n"
+    "it arrived intact (XXH3-128 digest taken with the workload stopped).\n"
+    "\n"
+    "URIs: tcp:HOST:PORT, tcp:[IPV6]:PORT, unix:PATH, file:PATH.\n"
+    "  --to file:PATH saves the whole stream into a file; --incoming\n"
+    "  file:PATH loads one. tcp port 0 picks a free port (printed).\n"
+    "\n"
+    "Source options:\n"
+    "  --size SIZE            region size: bytes, or with a binary suffix\n"
+    "                         K, M, G, T (64M, 1G, 1.5G)\n"
+    "  --to URI               where to send the migration\n"
+    "  --dirty-rate MIBPS     pages dirtied per second, in MiB/s of pages\n"
+    "                         (default 0: an idle region)\n"
+    "  --downtime-limit MS    switch over when what is left fits in this\n"
+    "                         time at the measured bandwidth (default 300)\n"
+    "  --max-bandwidth RATE   cap the stream at RATE bytes per second;\n"
+    "                         suffixes are binary: 100M = 100 MiB/s\n"
+    "                         (default 0: unlimited)\n"
+    "  --timeout SECONDS      fail if not converged in time (default:\n"
+    "                         never give up)\n"
+    "  --blocks N             split the region into N RAM blocks (default 1)\n"
+    "  --pattern P            mixed (default: a third each of zero, random\n"
+    "                         and repeated pages), zero or random\n"
+    "  --seed N               fill seed (default 1)\n"
+    "  --print-digest         print the region's digest before migrating\n"
+    "\n"
+    "Destination options:\n"
+    "  --incoming URI         listen on URI (or read file:PATH) and load\n"
+    "  --max-size SIZE        refuse streams announcing more RAM than this\n"
+    "                         (default 64G)\n"
+    "\n"
+    "SIGINT or SIGTERM cancels: the source prints 'cancelled' and the\n"
+    "digest of its region; the destination drops what it loaded.\n"
+    "Exit status: 0 success, 1 failure or cancel, 2 usage error.\n";
 
 struct memtest_opts {
 	uint64_t size;
@@ -139,8 +139,8 @@ static void *sigwatch_thread(void *arg)
 {
 	struct sigwatch *w = arg;
 	struct pollfd fds[2] = {
-		{ .fd = w->sfd, .events = POLLIN },
-		{ .fd = w->stop_pipe[0], .events = POLLIN },
+	    {.fd = w->sfd, .events = POLLIN},
+	    {.fd = w->stop_pipe[0], .events = POLLIN},
 	};
 
 	for (;;) {
@@ -248,8 +248,7 @@ static int digest_pre_save(void *opaque, struct kv_error *err)
 	return kv_memtest_digest(d->blocks, *d->nblocks, d->hash, err);
 }
 
-static int digest_post_load(void *opaque, int version_id,
-			    struct kv_error *err)
+static int digest_post_load(void *opaque, int version_id, struct kv_error *err)
 {
 	struct memtest_digest *d = opaque;
 	char src_hex[33], dst_hex[33];
@@ -281,42 +280,41 @@ static int digest_post_load(void *opaque, int version_id,
 }
 
 static const struct kv_vmstate_field digest_fields[] = {
-	KV_VMS_FIELD(struct memtest_digest, region_size, KV_VMS_U64, 1),
-	KV_VMS_BUF(struct memtest_digest, hash, 1),
-	KV_VMS_END,
+    KV_VMS_FIELD(struct memtest_digest, region_size, KV_VMS_U64, 1),
+    KV_VMS_BUF(struct memtest_digest, hash, 1),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc digest_vmsd = {
-	.name = "memtest/digest",
-	.version_id = 1,
-	.minimum_version_id = 1,
-	.fields = digest_fields,
-	.pre_save = digest_pre_save,
-	.post_load = digest_post_load,
+    .name = "memtest/digest",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = digest_fields,
+    .pre_save = digest_pre_save,
+    .post_load = digest_post_load,
 };
 
 /* --- options --- */
 
-static int parse_opts(int argc, char **argv, struct memtest_opts *o,
-		      bool *help)
+static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 {
 	const char *size = NULL, *rate = NULL, *downtime = NULL, *bw = NULL,
 		   *timeout = NULL, *blocks = NULL, *pattern = NULL,
 		   *seed = NULL, *print_digest = NULL, *max_size = NULL;
 	const struct kv_cli_opt opts[] = {
-		{ "size", true, &size },
-		{ "dirty-rate", true, &rate },
-		{ "to", true, &o->to },
-		{ "incoming", true, &o->incoming },
-		{ "downtime-limit", true, &downtime },
-		{ "max-bandwidth", true, &bw },
-		{ "timeout", true, &timeout },
-		{ "blocks", true, &blocks },
-		{ "pattern", true, &pattern },
-		{ "seed", true, &seed },
-		{ "print-digest", false, &print_digest },
-		{ "max-size", true, &max_size },
-		{ NULL, false, NULL },
+	    {"size", true, &size},
+	    {"dirty-rate", true, &rate},
+	    {"to", true, &o->to},
+	    {"incoming", true, &o->incoming},
+	    {"downtime-limit", true, &downtime},
+	    {"max-bandwidth", true, &bw},
+	    {"timeout", true, &timeout},
+	    {"blocks", true, &blocks},
+	    {"pattern", true, &pattern},
+	    {"seed", true, &seed},
+	    {"print-digest", false, &print_digest},
+	    {"max-size", true, &max_size},
+	    {NULL, false, NULL},
 	};
 	int rc;
 
@@ -363,10 +361,10 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o,
 		if (!kv_cli_parse_u64(downtime, &o->downtime_ms) ||
 		    !o->downtime_ms)
 			return kv_cli_usage_error(
-				"memtest",
-				"invalid --downtime-limit '%s' (expected "
-				"milliseconds, at least 1)",
-				downtime);
+			    "memtest",
+			    "invalid --downtime-limit '%s' (expected "
+			    "milliseconds, at least 1)",
+			    downtime);
 		o->has_downtime = true;
 	}
 	if (bw && !kv_cli_parse_size(bw, &o->max_bandwidth))
@@ -400,10 +398,10 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o,
 			o->pattern = KV_MEMTEST_RANDOM;
 		else
 			return kv_cli_usage_error(
-				"memtest",
-				"invalid --pattern '%s' (expected mixed, "
-				"zero or random)",
-				pattern);
+			    "memtest",
+			    "invalid --pattern '%s' (expected mixed, "
+			    "zero or random)",
+			    pattern);
 	}
 	o->print_digest = print_digest != NULL;
 	return KV_EXIT_OK;
@@ -477,7 +475,7 @@ static void source_progress(void *opaque, const struct kv_mig_progress *p)
 static void print_digest_line(const char *what,
 			      const struct kv_memtest_region *r)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	uint8_t hash[16];
 	char hex[33];
 
@@ -516,17 +514,18 @@ static int source_build(struct memtest_source *src, struct kv_error *err)
 	uint64_t lengths[KV_MEMTEST_MAX_BLOCKS];
 	struct kv_mig_params params;
 	struct kv_mig_hooks hooks = {
-		.stop_vm = source_stop_vm,
-		.resume_vm = source_resume_vm,
-		.progress = source_progress,
-		.opaque = src,
+	    .stop_vm = source_stop_vm,
+	    .resume_vm = source_resume_vm,
+	    .progress = source_progress,
+	    .opaque = src,
 	};
 	int rc;
 
 	src->rs = kv_ram_new();
 	src->sv = kv_savevm_new(MEMTEST_MACHINE);
 	if (!src->rs || !src->sv)
-		return kv_error_set(err, -ENOMEM, "no memory for the migration");
+		return kv_error_set(err, -ENOMEM,
+				    "no memory for the migration");
 	for (size_t i = 0; i < src->region.nblocks; i++) {
 		struct kv_memtest_block *b = &src->region.blocks[i];
 
@@ -558,7 +557,8 @@ static int source_build(struct memtest_source *src, struct kv_error *err)
 	params.converge_timeout_ms = o->timeout_s * 1000;
 	src->mig = kv_mig_new(src->sv, src->rs, &params, &hooks);
 	if (!src->mig)
-		return kv_error_set(err, -ENOMEM, "no memory for the migration");
+		return kv_error_set(err, -ENOMEM,
+				    "no memory for the migration");
 	return 0;
 }
 
@@ -613,8 +613,8 @@ static int source_report(struct memtest_source *src, int rc,
 
 static int run_source(struct memtest_opts *o)
 {
-	struct memtest_source src = { .opts = o };
-	struct kv_error err = { 0 };
+	struct memtest_source src = {.opts = o};
+	struct kv_error err = {0};
 	struct kv_chan *chan;
 	bool return_path;
 	int64_t t0;
@@ -710,8 +710,9 @@ static void *dest_alloc(void *opaque, const char *idstr, uint64_t length,
 		int e = -errno;
 
 		pthread_mutex_unlock(&d->lock);
-		kv_error_set_errno(err, e, "cannot map %" PRIu64
-				   " bytes for block '%s'", length, idstr);
+		kv_error_set_errno(
+		    err, e, "cannot map %" PRIu64 " bytes for block '%s'",
+		    length, idstr);
 		return NULL;
 	}
 	madvise(p, length, MADV_HUGEPAGE);
@@ -776,37 +777,37 @@ static int dest_build(struct memtest_dest *d, struct kv_ram_state **rs,
 		      struct kv_savevm **sv, struct kv_error *err)
 {
 	struct kv_ram_allocator a = {
-		.alloc = dest_alloc,
-		.release = dest_release,
-		.opaque = d,
-		.max_total = d->opts->max_size,
+	    .alloc = dest_alloc,
+	    .release = dest_release,
+	    .opaque = d,
+	    .max_total = d->opts->max_size,
 	};
 	int rc;
 
 	*rs = kv_ram_new();
 	*sv = kv_savevm_new(MEMTEST_MACHINE);
 	if (!*rs || !*sv)
-		return kv_error_set(err, -ENOMEM, "no memory for the migration");
+		return kv_error_set(err, -ENOMEM,
+				    "no memory for the migration");
 	kv_ram_set_allocator(*rs, a);
 	rc = kv_ram_register(*rs, *sv, err);
 	if (rc < 0)
 		return rc;
 	d->digest.blocks = d->blocks;
 	d->digest.nblocks = &d->nblocks;
-	return kv_savevm_register_device(*sv, "memtest/digest", 0,
-					 &digest_vmsd, KV_PRI_DEVICE,
-					 &d->digest, err);
+	return kv_savevm_register_device(*sv, "memtest/digest", 0, &digest_vmsd,
+					 KV_PRI_DEVICE, &d->digest, err);
 }
 
 static int run_dest(struct memtest_opts *o)
 {
-	struct memtest_dest d = { .opts = o };
-	struct kv_error err = { 0 };
+	struct memtest_dest d = {.opts = o};
+	struct kv_error err = {0};
 	struct kv_listener *l = NULL;
 	struct kv_stream *s = NULL;
 	struct kv_ram_state *rs = NULL;
 	struct kv_savevm *sv = NULL;
-	struct kv_ram_stats rst = { 0 };
+	struct kv_ram_stats rst = {0};
 	struct kv_chan *chan;
 	int64_t t0 = 0, ms;
 	int rc = -1;

@@ -12,7 +12,7 @@
 #include "base/clock.h"
 #include "migration/ram.h"
 
-#define WORDS_PER_PAGE (KV_PAGE_SIZE / sizeof(uint64_t))
+#define WORDS_PER_PAGE	 (KV_PAGE_SIZE / sizeof(uint64_t))
 #define FILL_MAX_THREADS 4
 
 static uint64_t splitmix64(uint64_t x)
@@ -150,7 +150,7 @@ static void fill_range(uint8_t *host, uint64_t first_page, uint64_t npages,
 {
 	struct fill_job jobs[FILL_MAX_THREADS];
 	pthread_t threads[FILL_MAX_THREADS];
-	bool started[FILL_MAX_THREADS] = { false };
+	bool started[FILL_MAX_THREADS] = {false};
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	size_t n = cpus < 1 ? 1 : (size_t)cpus;
 	uint64_t per;
@@ -162,11 +162,11 @@ static void fill_range(uint8_t *host, uint64_t first_page, uint64_t npages,
 	per = npages / n;
 	for (size_t i = 0; i < n; i++) {
 		jobs[i] = (struct fill_job){
-			.host = host + i * per * KV_PAGE_SIZE,
-			.first_page = first_page + i * per,
-			.npages = i == n - 1 ? npages - i * per : per,
-			.pattern = pattern,
-			.seed = seed,
+		    .host = host + i * per * KV_PAGE_SIZE,
+		    .first_page = first_page + i * per,
+		    .npages = i == n - 1 ? npages - i * per : per,
+		    .pattern = pattern,
+		    .seed = seed,
 		};
 		if (i > 0)
 			started[i] = !pthread_create(&threads[i], NULL,

@@ -18,7 +18,7 @@
 #define KV_MEMTEST_MAX_BLOCKS 64
 
 enum kv_memtest_pattern {
-	KV_MEMTEST_MIXED,  /* a third each of zero, random, repeated pages */
+	KV_MEMTEST_MIXED, /* a third each of zero, random, repeated pages */
 	KV_MEMTEST_ZERO,
 	KV_MEMTEST_RANDOM,
 };
