@@ -786,15 +786,20 @@ static int load_start_full(struct load_ctx *c, int type)
 {
 	struct sv_entry *e;
 	uint32_t version;
+	uint32_t id, instance;
+	char idstr[256];
 	int min_version;
 
-	c->section_id = kv_stream_get_be32(c->s);
-	c->has_id = true;
-	kv_stream_get_str8(c->s, c->idstr, sizeof(c->idstr));
-	c->instance_id = kv_stream_get_be32(c->s);
+	id = kv_stream_get_be32(c->s);
+	kv_stream_get_str8(c->s, idstr, sizeof(idstr));
+	instance = kv_stream_get_be32(c->s);
 	version = kv_stream_get_be32(c->s);
 	if (load_check_stream(c))
 		return c->err->code;
+	c->section_id = id;
+	c->has_id = true;
+	snprintf(c->idstr, sizeof(c->idstr), "%s", idstr);
+	c->instance_id = instance;
 	c->has_instance = true;
 	e = find_entry(c->sv, c->idstr, c->instance_id);
 	if (!e && idstr_known(c->sv, c->idstr))
@@ -848,9 +853,9 @@ static int load_part_end(struct load_ctx *c, int type)
 	struct sv_entry *e;
 
 	c->section_id = kv_stream_get_be32(c->s);
-	c->has_id = true;
 	if (load_check_stream(c))
 		return c->err->code;
+	c->has_id = true;
 	e = entry_by_stream_id(c->sv, c->section_id);
 	if (!e)
 		return load_fail(c, -ENOENT,
