@@ -41,6 +41,24 @@ int kv_error_set_errno(struct kv_error *err, int code, const char *fmt, ...)
 	return code;
 }
 
+/* dst = "<a>: <b>", cut to size (snprintf would warn about the cut). */
+static void append_joined(char *dst, size_t size, const char *a,
+			  const char *b)
+{
+	const char *parts[3] = { a, ": ", b };
+	size_t used = 0;
+
+	for (int i = 0; i < 3; i++) {
+		size_t len = strlen(parts[i]);
+
+		if (len > size - 1 - used)
+			len = size - 1 - used;
+		memcpy(dst + used, parts[i], len);
+		used += len;
+	}
+	dst[used] = '\0';
+}
+
 void kv_error_prefix(struct kv_error *err, const char *fmt, ...)
 {
 	char prefix[KV_ERROR_MSG_MAX];
@@ -53,7 +71,7 @@ void kv_error_prefix(struct kv_error *err, const char *fmt, ...)
 	vsnprintf(prefix, sizeof(prefix), fmt, ap);
 	va_end(ap);
 	memcpy(old, err->msg, sizeof(old));
-	snprintf(err->msg, sizeof(err->msg), "%s: %s", prefix, old);
+	append_joined(err->msg, sizeof(err->msg), prefix, old);
 }
 
 void kv_error_propagate(struct kv_error *dst, const struct kv_error *src)
