@@ -103,16 +103,18 @@ static const uint64_t everything_len =
 	1 + 2 + 4 + 8 + 7 + 1 + 100000 +
 	(uint64_t)ROUNDS * (8 + PAGE) + (ROUNDS + 6) / 7 + 4;
 
-struct getter {
-	struct kv_stream *in;
+struct putter {
+	struct kv_stream *out;
+	int flush_result;
 };
 
-static void *get_everything_thread(void *arg)
+/* The writer runs in a thread so the main thread (and its asserts) reads. */
+static void *put_everything_thread(void *arg)
 {
-	struct getter *g = arg;
+	struct putter *p = arg;
 
-	get_everything(g->in);
-	assert_true(kv_stream_at_eof(g->in));
+	put_everything(p->out);
+	p->flush_result = kv_stream_flush(p->out);
 	return NULL;
 }
 
@@ -120,18 +122,19 @@ static void round_trip_over(int rfd, int wfd)
 {
 	struct kv_stream *out = stream_on_fd(wfd, KV_STREAM_WRITE);
 	struct kv_stream *in = stream_on_fd(rfd, KV_STREAM_READ);
-	struct getter g = { in };
+	struct putter p = { out, -1 };
 	pthread_t t;
 
 	fill_pages();
-	assert_int_equal(pthread_create(&t, NULL, get_everything_thread, &g),
+	assert_int_equal(pthread_create(&t, NULL, put_everything_thread, &p),
 			 0);
-	put_everything(out);
-	assert_int_equal(kv_stream_flush(out), 0);
+	get_everything(in);
+	pthread_join(t, NULL);
+	assert_int_equal(p.flush_result, 0);
 	assert_true(kv_stream_offset(out) == everything_len);
 	assert_true(kv_stream_transferred(out) == everything_len);
 	assert_int_equal(kv_stream_close(out), 0);
-	pthread_join(t, NULL);
+	assert_true(kv_stream_at_eof(in));
 	assert_true(kv_stream_offset(in) == everything_len);
 	assert_true(kv_stream_transferred(in) == everything_len);
 	assert_int_equal(kv_stream_close(in), 0);
