@@ -490,7 +490,7 @@ static int gen_record_cases(const char *dir, struct kv_error *err)
 	if (ret)
 		return ret;
 
-	/* A START for an idstr that is not registered. */
+	/* A FULL section for an idstr that is not registered. */
 	b.len = 0;
 	g_prefix(&b, FUZZ_MEM0_SIZE + FUZZ_MEM1_SIZE);
 	g_u8(&b, KV_SEC_FULL);
