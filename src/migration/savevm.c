@@ -14,7 +14,7 @@
 
 #include "migration/vmdesc.h"
 
-#define SV_IDSTR_MAX 255
+#define SV_IDSTR_MAX   255
 #define SV_MACHINE_MAX 255
 
 struct sv_entry {
@@ -22,7 +22,7 @@ struct sv_entry {
 	uint32_t instance_id;
 	int version_id;
 	int priority;
-	uint32_t section_id; /* as sent by this side */
+	uint32_t section_id;		      /* as sent by this side */
 	const struct kv_savevm_live_ops *ops; /* live handlers */
 	const struct kv_vmstate_desc *vmsd;   /* plain devices */
 	void *opaque;
@@ -32,7 +32,7 @@ struct sv_entry {
 	bool got_start; /* START (live) or FULL (device) seen */
 	bool got_end;
 	uint32_t stream_section_id; /* the source's id for this entry */
-	int stream_version;         /* version_id its START carried */
+	int stream_version;	    /* version_id its START carried */
 };
 
 struct kv_savevm {
@@ -277,13 +277,13 @@ static const char *section_type_name(int type)
 static int stream_error_to(struct kv_stream *s, struct kv_error *err,
 			   const char *what)
 {
-	struct kv_error se = { 0 };
+	struct kv_error se = {0};
 
 	kv_stream_error_get(s, &se);
 	if (!se.code)
 		return 0;
-	kv_error_set(err, se.code, "%s at stream offset %" PRIu64 ": %s",
-		     what, kv_stream_offset(s), se.msg);
+	kv_error_set(err, se.code, "%s at stream offset %" PRIu64 ": %s", what,
+		     kv_stream_offset(s), se.msg);
 	return se.code;
 }
 
@@ -310,7 +310,7 @@ static int handler_failed(struct kv_stream *s, const struct sv_entry *e,
 			  int type, int ret, struct kv_error *err)
 {
 	if (!kv_error_is_set(err)) {
-		struct kv_error se = { 0 };
+		struct kv_error se = {0};
 
 		kv_stream_error_get(s, &se);
 		if (se.code)
@@ -355,8 +355,8 @@ static live_phase_fn live_phase(const struct sv_entry *e, int type)
 
 /* One section of type for every live handler; *all_done tells whether
  * every handler returned 1. */
-static int save_live_round(struct kv_savevm *sv, struct kv_stream *s,
-			   int type, bool *all_done, struct kv_error *err)
+static int save_live_round(struct kv_savevm *sv, struct kv_stream *s, int type,
+			   bool *all_done, struct kv_error *err)
 {
 	size_t i;
 	int ret;
@@ -411,7 +411,7 @@ uint64_t kv_savevm_pending_estimate(struct kv_savevm *sv)
 	for (i = 0; i < sv->count; i++)
 		if (is_live(sv->entries[i]))
 			total += sv->entries[i]->ops->pending_estimate(
-				sv->entries[i]->opaque);
+			    sv->entries[i]->opaque);
 	return total;
 }
 
@@ -432,8 +432,7 @@ int kv_savevm_pending_exact(struct kv_savevm *sv, uint64_t *pending,
 		}
 		total += e->ops->pending_exact(e->opaque, err);
 		if (kv_error_is_set(err)) {
-			kv_error_prefix(err, "pending bytes of '%s'",
-					e->idstr);
+			kv_error_prefix(err, "pending bytes of '%s'", e->idstr);
 			return err->code;
 		}
 	}
@@ -476,9 +475,9 @@ static int save_vmdesc(struct kv_savevm *sv, struct kv_stream *s,
 		struct sv_entry *e = sv->entries[i];
 
 		if (!is_live(e))
-			ret = kv_vmdesc_add_device(root, e->idstr,
-						   e->instance_id, e->vmsd,
-						   e->opaque, err);
+			ret =
+			    kv_vmdesc_add_device(root, e->idstr, e->instance_id,
+						 e->vmsd, e->opaque, err);
 	}
 	text = ret == 0 ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER)
 			: NULL;
@@ -538,8 +537,8 @@ struct load_ctx {
 	struct kv_stream *s;
 	struct kv_load_result *res;
 	struct kv_error *err;
-	uint64_t offset;    /* where the current section started */
-	int type;           /* -1: file header */
+	uint64_t offset; /* where the current section started */
+	int type;	 /* -1: file header */
 	bool has_id;
 	uint32_t section_id;
 	char idstr[256];
@@ -561,8 +560,7 @@ static void section_where(const struct load_ctx *c, char *buf, size_t size)
 	if (n < 0 || (size_t)n >= size)
 		return;
 	if (c->has_id)
-		n += snprintf(buf + n, size - n, " id %" PRIu32,
-			      c->section_id);
+		n += snprintf(buf + n, size - n, " id %" PRIu32, c->section_id);
 	if ((size_t)n < size && c->idstr[0])
 		n += snprintf(buf + n, size - n, " '%s'", c->idstr);
 	if ((size_t)n < size && c->has_instance)
@@ -581,7 +579,7 @@ static int load_wrap(struct load_ctx *c, int ret)
 }
 
 static int load_fail(struct load_ctx *c, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static int load_fail(struct load_ctx *c, int code, const char *fmt, ...)
 {
@@ -598,13 +596,12 @@ static int load_fail(struct load_ctx *c, int code, const char *fmt, ...)
 /* After reads: turn a sticky stream error (truncation, I/O) into ours. */
 static int load_check_stream(struct load_ctx *c)
 {
-	struct kv_error se = { 0 };
+	struct kv_error se = {0};
 
 	kv_stream_error_get(c->s, &se);
 	if (!se.code)
 		return 0;
-	return load_fail(c, se.code, "%s",
-			 se.msg[0] ? se.msg : "stream error");
+	return load_fail(c, se.code, "%s", se.msg[0] ? se.msg : "stream error");
 }
 
 static void begin_section(struct load_ctx *c, int type)
@@ -629,15 +626,16 @@ static int load_header(struct load_ctx *c)
 	v = (uint32_t)magic[0] << 24 | (uint32_t)magic[1] << 16 |
 	    (uint32_t)magic[2] << 8 | magic[3];
 	if (v != KV_VM_FILE_MAGIC)
-		return load_fail(c, -EINVAL,
-				 "bad magic %02x %02x %02x %02x ('%c%c%c%c'),"
-				 " expected 'QEVM' (51 45 56 4d): not a "
-				 "migration stream",
-				 magic[0], magic[1], magic[2], magic[3],
-				 magic[0] >= 0x20 && magic[0] < 0x7f ? magic[0] : '.',
-				 magic[1] >= 0x20 && magic[1] < 0x7f ? magic[1] : '.',
-				 magic[2] >= 0x20 && magic[2] < 0x7f ? magic[2] : '.',
-				 magic[3] >= 0x20 && magic[3] < 0x7f ? magic[3] : '.');
+		return load_fail(
+		    c, -EINVAL,
+		    "bad magic %02x %02x %02x %02x ('%c%c%c%c'),"
+		    " expected 'QEVM' (51 45 56 4d): not a "
+		    "migration stream",
+		    magic[0], magic[1], magic[2], magic[3],
+		    magic[0] >= 0x20 && magic[0] < 0x7f ? magic[0] : '.',
+		    magic[1] >= 0x20 && magic[1] < 0x7f ? magic[1] : '.',
+		    magic[2] >= 0x20 && magic[2] < 0x7f ? magic[2] : '.',
+		    magic[3] >= 0x20 && magic[3] < 0x7f ? magic[3] : '.');
 	c->offset = kv_stream_offset(c->s);
 	version = kv_stream_get_be32(c->s);
 	if (load_check_stream(c))
@@ -714,8 +712,8 @@ static int load_command(struct load_ctx *c)
 		kv_stream_get_be32(c->s);
 		return load_check_stream(c);
 	default:
-		return load_fail(c, -EINVAL,
-				 "unknown command %u (length %u)", cmd, len);
+		return load_fail(c, -EINVAL, "unknown command %u (length %u)",
+				 cmd, len);
 	}
 }
 
@@ -754,12 +752,12 @@ static int load_payload(struct load_ctx *c, struct sv_entry *e, int version)
 	if (is_live(e))
 		ret = e->ops->load_state(c->s, e->opaque, version, c->err);
 	else
-		ret = kv_vmstate_load(c->s, e->vmsd, e->opaque, version,
-				      c->err);
+		ret =
+		    kv_vmstate_load(c->s, e->vmsd, e->opaque, version, c->err);
 	if (ret >= 0 && !kv_error_is_set(c->err))
 		return load_check_stream(c);
 	if (!kv_error_is_set(c->err)) {
-		struct kv_error se = { 0 };
+		struct kv_error se = {0};
 
 		kv_stream_error_get(c->s, &se);
 		if (se.code)
@@ -770,8 +768,7 @@ static int load_payload(struct load_ctx *c, struct sv_entry *e, int version)
 	return load_wrap(c, ret);
 }
 
-static struct sv_entry *entry_by_stream_id(struct kv_savevm *sv,
-					   uint32_t id)
+static struct sv_entry *entry_by_stream_id(struct kv_savevm *sv, uint32_t id)
 {
 	size_t i;
 
@@ -821,12 +818,12 @@ static int load_start_full(struct load_ctx *c, int type)
 	if (e->got_start)
 		return load_fail(c, -EINVAL, "'%s' arrived twice", c->idstr);
 	if (entry_by_stream_id(c->sv, c->section_id))
-		return load_fail(c, -EINVAL,
-				 "section id %" PRIu32 " is already used by "
-				 "'%s'",
-				 c->section_id,
-				 entry_by_stream_id(c->sv, c->section_id)
-					 ->idstr);
+		return load_fail(
+		    c, -EINVAL,
+		    "section id %" PRIu32 " is already used by "
+		    "'%s'",
+		    c->section_id,
+		    entry_by_stream_id(c->sv, c->section_id)->idstr);
 	min_version = e->vmsd ? e->vmsd->minimum_version_id : 0;
 	if (version > (uint32_t)e->version_id)
 		return load_fail(c, -EINVAL,
@@ -864,8 +861,7 @@ static int load_part_end(struct load_ctx *c, int type)
 				 c->section_id);
 	snprintf(c->idstr, sizeof(c->idstr), "%s", e->idstr);
 	if (!is_live(e) || e->got_end)
-		return load_fail(c, -EINVAL,
-				 "section '%s' is already complete",
+		return load_fail(c, -EINVAL, "section '%s' is already complete",
 				 e->idstr);
 	if (type == KV_SEC_END)
 		e->got_end = true;
@@ -1013,8 +1009,7 @@ static int load_setup_all(struct load_ctx *c)
 		if (ret < 0) {
 			if (!kv_error_is_set(c->err))
 				kv_error_set(c->err, ret, "failed (%d)", ret);
-			kv_error_prefix(c->err, "load setup of '%s'",
-					e->idstr);
+			kv_error_prefix(c->err, "load setup of '%s'", e->idstr);
 			return ret;
 		}
 	}
@@ -1028,8 +1023,7 @@ static void load_cleanup_all(struct kv_savevm *sv, bool failed)
 	for (i = 0; i < sv->count; i++) {
 		struct sv_entry *e = sv->entries[i];
 
-		if (is_live(e) && e->load_setup_called &&
-		    e->ops->load_cleanup)
+		if (is_live(e) && e->load_setup_called && e->ops->load_cleanup)
 			e->ops->load_cleanup(e->opaque, failed);
 		e->load_setup_called = false;
 	}
@@ -1038,13 +1032,13 @@ static void load_cleanup_all(struct kv_savevm *sv, bool failed)
 int kv_savevm_load(struct kv_savevm *sv, struct kv_stream *s,
 		   struct kv_load_result *res, struct kv_error *err)
 {
-	struct kv_error local = { 0 };
+	struct kv_error local = {0};
 	struct load_ctx c = {
-		.sv = sv,
-		.s = s,
-		.res = res,
-		.err = err ? err : &local,
-		.type = -1,
+	    .sv = sv,
+	    .s = s,
+	    .res = res,
+	    .err = err ? err : &local,
+	    .type = -1,
 	};
 	int ret;
 

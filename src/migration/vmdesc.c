@@ -81,8 +81,8 @@ static bool sub_sent(const struct kv_vmstate_desc *sub, void *opaque)
 	return !sub->needed || sub->needed(opaque);
 }
 
-static uint64_t vmsd_wire_size(const struct kv_vmstate_desc *d,
-			       void *opaque, int depth);
+static uint64_t vmsd_wire_size(const struct kv_vmstate_desc *d, void *opaque,
+			       int depth);
 
 /* Bytes one element of f takes on the wire. Without opaque, a nested
  * struct counts its fields only (its subsections depend on the state). */
@@ -94,8 +94,8 @@ static uint64_t elem_wire_size(const struct kv_vmstate_field *f, void *elem,
 	return wire_width(f);
 }
 
-static uint64_t vmsd_wire_size(const struct kv_vmstate_desc *d,
-			       void *opaque, int depth)
+static uint64_t vmsd_wire_size(const struct kv_vmstate_desc *d, void *opaque,
+			       int depth)
 {
 	const struct kv_vmstate_desc *const *sub;
 	const struct kv_vmstate_field *f;
@@ -108,8 +108,8 @@ static uint64_t vmsd_wire_size(const struct kv_vmstate_desc *d,
 		if (f->version_id > d->version_id)
 			continue;
 		for (i = 0; i < field_count(f); i++)
-			total += elem_wire_size(f, elem_ptr(opaque, f, i),
-						depth);
+			total +=
+			    elem_wire_size(f, elem_ptr(opaque, f, i), depth);
 	}
 	if (!opaque)
 		return total;
@@ -146,9 +146,9 @@ static int append_field(json_t *fields, const struct kv_vmstate_field *f,
 		if (f->type == KV_VMS_STRUCT)
 			json_object_set_new(o, "struct",
 					    describe(f->vmsd, elem, depth + 1));
-		json_object_set_new(o, "size",
-				    json_integer((json_int_t)elem_wire_size(
-					    f, elem, depth)));
+		json_object_set_new(
+		    o, "size",
+		    json_integer((json_int_t)elem_wire_size(f, elem, depth)));
 		if (json_array_append_new(fields, o) < 0)
 			return -ENOMEM;
 		if (f->type != KV_VMS_STRUCT)
@@ -199,8 +199,7 @@ fail:
 	return NULL;
 }
 
-json_t *kv_vmdesc_describe_vmsd(const struct kv_vmstate_desc *d,
-				void *opaque)
+json_t *kv_vmdesc_describe_vmsd(const struct kv_vmstate_desc *d, void *opaque)
 {
 	return describe(d, opaque, 0);
 }
@@ -225,8 +224,7 @@ json_t *kv_vmdesc_new(void)
 	return root;
 }
 
-int kv_vmdesc_add_device(json_t *root, const char *idstr,
-			 uint32_t instance_id,
+int kv_vmdesc_add_device(json_t *root, const char *idstr, uint32_t instance_id,
 			 const struct kv_vmstate_desc *vmsd, void *opaque,
 			 struct kv_error *err)
 {

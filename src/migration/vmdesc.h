@@ -27,14 +27,12 @@
  * subsections whose needed() holds are listed (a reader expects exactly
  * those on the wire) and sizes include them; with opaque NULL, every
  * subsection is listed. */
-json_t *kv_vmdesc_describe_vmsd(const struct kv_vmstate_desc *d,
-				void *opaque);
+json_t *kv_vmdesc_describe_vmsd(const struct kv_vmstate_desc *d, void *opaque);
 
 /* The root object with page_size and an empty devices array. */
 json_t *kv_vmdesc_new(void);
 /* Append one device entry to root's devices. */
-int kv_vmdesc_add_device(json_t *root, const char *idstr,
-			 uint32_t instance_id,
+int kv_vmdesc_add_device(json_t *root, const char *idstr, uint32_t instance_id,
 			 const struct kv_vmstate_desc *vmsd, void *opaque,
 			 struct kv_error *err);
 

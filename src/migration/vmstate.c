@@ -181,7 +181,7 @@ static int vms_save(struct kv_stream *s, const struct kv_vmstate_desc *d,
 	if (ret < 0)
 		return ret;
 	if (kv_stream_error(s)) {
-		struct kv_error se = { 0 };
+		struct kv_error se = {0};
 
 		kv_stream_error_get(s, &se);
 		kv_error_propagate(err, &se);
@@ -203,7 +203,7 @@ int kv_vmstate_save(struct kv_stream *s, const struct kv_vmstate_desc *d,
 static int stream_fail(struct kv_stream *s, const struct kv_vmstate_desc *d,
 		       const char *field, uint64_t off, struct kv_error *err)
 {
-	struct kv_error se = { 0 };
+	struct kv_error se = {0};
 
 	kv_stream_error_get(s, &se);
 	if (!se.code)
@@ -271,8 +271,8 @@ static int unexpected_subsection(const struct kv_vmstate_desc *d,
 }
 
 static int load_field(struct kv_stream *s, const struct kv_vmstate_desc *d,
-		      const struct kv_vmstate_field *f, void *opaque,
-		      int depth, struct pending_sub *ps, struct kv_error *err)
+		      const struct kv_vmstate_field *f, void *opaque, int depth,
+		      struct pending_sub *ps, struct kv_error *err)
 {
 	uint8_t *base = (uint8_t *)opaque + f->offset;
 	size_t esz = elem_size(f);
@@ -363,15 +363,13 @@ static int load_subsections(struct kv_stream *s,
 		ps->pending = false;
 		if (ps->version > (uint32_t)sub->version_id ||
 		    ps->version < (uint32_t)sub->minimum_version_id)
-			return kv_error_set(err, -EINVAL,
-					    "device '%s' at stream offset "
-					    "%" PRIu64 ": subsection '%s' "
-					    "version %" PRIu32
-					    " outside supported %d..%d",
-					    d->name, ps->offset, sub->name,
-					    ps->version,
-					    sub->minimum_version_id,
-					    sub->version_id);
+			return kv_error_set(
+			    err, -EINVAL,
+			    "device '%s' at stream offset "
+			    "%" PRIu64 ": subsection '%s' "
+			    "version %" PRIu32 " outside supported %d..%d",
+			    d->name, ps->offset, sub->name, ps->version,
+			    sub->minimum_version_id, sub->version_id);
 		ret = vms_load(s, sub, opaque, (int)ps->version, depth + 1, ps,
 			       err);
 		if (ret < 0)
@@ -433,7 +431,7 @@ static int vms_load(struct kv_stream *s, const struct kv_vmstate_desc *d,
 int kv_vmstate_load(struct kv_stream *s, const struct kv_vmstate_desc *d,
 		    void *opaque, int version_id, struct kv_error *err)
 {
-	struct pending_sub ps = { 0 };
+	struct pending_sub ps = {0};
 
 	return vms_load(s, d, opaque, version_id, 0, &ps, err);
 }
@@ -479,8 +477,7 @@ static int vms_validate(const struct kv_vmstate_desc *d, int depth,
 	for (sub = d->subsections; sub && *sub; sub++) {
 		ret = vms_validate(*sub, depth + 1, err);
 		if (ret < 0) {
-			kv_error_prefix(err, "device '%s' subsection",
-					d->name);
+			kv_error_prefix(err, "device '%s' subsection", d->name);
 			return ret;
 		}
 		for (other = d->subsections; other != sub; other++)
@@ -531,9 +528,9 @@ static int validate_field(const struct kv_vmstate_desc *d,
 				    "a vmsd",
 				    d->name, f->name);
 	if (f->size == 0)
-		return kv_error_set(err, -EINVAL,
-				    "device '%s' field '%s': STRUCT with size 0",
-				    d->name, f->name);
+		return kv_error_set(
+		    err, -EINVAL, "device '%s' field '%s': STRUCT with size 0",
+		    d->name, f->name);
 	/* The loader only finds a nested struct's subsections unambiguously
 	 * when nothing of its parent follows them but the parent's own. */
 	if (has_subsections(f->vmsd) && (!last || elem_count(f) > 1))

@@ -25,7 +25,7 @@
 
 static struct kv_stream *open_write(char *path, size_t size)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_chan *c;
 	int fd;
 
@@ -61,7 +61,7 @@ static uint8_t *close_and_read(struct kv_stream *s, const char *path,
 static struct kv_stream *open_read_bytes(const uint8_t *b, size_t n)
 {
 	char path[64] = "/tmp/kvmig-test-savevm-in-XXXXXX";
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_chan *c;
 	int fd = mkstemp(path);
 
@@ -79,8 +79,8 @@ static struct kv_stream *open_read_bytes(const uint8_t *b, size_t n)
 
 enum { FAKE_SETUP = 1, FAKE_PART = 2, FAKE_END = 3 };
 #define FAKE_SETUP_VALUE 0xc0ffeeU
-#define FAKE_END_VALUE 0xe7dU
-#define FAKE_PARTS 3
+#define FAKE_END_VALUE	 0xe7dU
+#define FAKE_PARTS	 3
 
 struct fake {
 	/* source */
@@ -194,14 +194,14 @@ static void fake_load_cleanup(void *opaque, bool failed)
 }
 
 static const struct kv_savevm_live_ops fake_ops = {
-	.save_setup = fake_save_setup,
-	.save_iterate = fake_save_iterate,
-	.save_complete = fake_save_complete,
-	.pending_estimate = fake_pending,
-	.save_cleanup = fake_save_cleanup,
-	.load_setup = fake_load_setup,
-	.load_state = fake_load_state,
-	.load_cleanup = fake_load_cleanup,
+    .save_setup = fake_save_setup,
+    .save_iterate = fake_save_iterate,
+    .save_complete = fake_save_complete,
+    .pending_estimate = fake_pending,
+    .save_cleanup = fake_save_cleanup,
+    .load_setup = fake_load_setup,
+    .load_state = fake_load_state,
+    .load_cleanup = fake_load_cleanup,
 };
 
 /* ---- two devices ---- */
@@ -212,16 +212,16 @@ struct dev_a {
 };
 
 static const struct kv_vmstate_field dev_a_fields[] = {
-	KV_VMS_FIELD(struct dev_a, x, KV_VMS_U32, 1),
-	KV_VMS_FIELD(struct dev_a, y, KV_VMS_U64, 2),
-	KV_VMS_END,
+    KV_VMS_FIELD(struct dev_a, x, KV_VMS_U32, 1),
+    KV_VMS_FIELD(struct dev_a, y, KV_VMS_U64, 2),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc dev_a_desc = {
-	.name = "dev-a",
-	.version_id = 2,
-	.minimum_version_id = 1,
-	.fields = dev_a_fields,
+    .name = "dev-a",
+    .version_id = 2,
+    .minimum_version_id = 1,
+    .fields = dev_a_fields,
 };
 
 struct dev_b {
@@ -229,20 +229,20 @@ struct dev_b {
 };
 
 static const struct kv_vmstate_field dev_b_fields[] = {
-	KV_VMS_BUF(struct dev_b, blob, 0),
-	KV_VMS_END,
+    KV_VMS_BUF(struct dev_b, blob, 0),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc dev_b_desc = {
-	.name = "dev-b",
-	.version_id = 1,
-	.minimum_version_id = 1,
-	.fields = dev_b_fields,
+    .name = "dev-b",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = dev_b_fields,
 };
 
 #define DEV_A_X 0x11223344U
 #define DEV_A_Y 0x5566778899aabbccULL
-static const uint8_t dev_b_blob[6] = { 'k', 'v', 'm', 'i', 'g', '!' };
+static const uint8_t dev_b_blob[6] = {'k', 'v', 'm', 'i', 'g', '!'};
 
 struct side {
 	struct kv_savevm *sv;
@@ -253,11 +253,11 @@ struct side {
 
 static void side_init(struct side *sd, bool source)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 
 	memset(sd, 0, sizeof(*sd));
 	if (source) {
-		sd->a = (struct dev_a){ DEV_A_X, DEV_A_Y };
+		sd->a = (struct dev_a){DEV_A_X, DEV_A_Y};
 		memcpy(sd->b.blob, dev_b_blob, sizeof(dev_b_blob));
 	}
 	sd->sv = kv_savevm_new(MACHINE);
@@ -271,16 +271,15 @@ static void side_init(struct side *sd, bool source)
 						   &sd->a, &err),
 			 0);
 	assert_int_equal(kv_savevm_register_device(sd->sv, "dev-b", 1,
-						   &dev_b_desc,
-						   KV_PRI_DEFAULT, &sd->b,
-						   &err),
+						   &dev_b_desc, KV_PRI_DEFAULT,
+						   &sd->b, &err),
 			 0);
 }
 
 /* The stream a source writes (with or without return path). */
 static uint8_t *save_stream(bool return_path, size_t *len)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct side src;
 	char path[64];
 	struct kv_stream *s;
@@ -289,8 +288,8 @@ static uint8_t *save_stream(bool return_path, size_t *len)
 
 	side_init(&src, true);
 	s = open_write(path, sizeof(path));
-	assert_int_equal(
-		kv_savevm_save_header(src.sv, s, return_path, &err), 0);
+	assert_int_equal(kv_savevm_save_header(src.sv, s, return_path, &err),
+			 0);
 	assert_int_equal(kv_savevm_save_setup(src.sv, s, &err), 0);
 	assert_true(kv_savevm_pending_estimate(src.sv) > 0);
 	for (i = 0; i < 100 && ret == 0; i++)
@@ -368,29 +367,29 @@ static void putstr8(struct buf *b, const char *s)
 
 /* Knobs: zero values give the stream the saver writes (up to EOF). */
 struct variant {
-	uint32_t magic;           /* 0: QEVM */
-	uint32_t version;         /* 0: 3 */
+	uint32_t magic;	  /* 0: QEVM */
+	uint32_t version; /* 0: 3 */
 	const char *machine;
 	bool return_path;
-	const uint8_t *inject;    /* bytes after the configuration */
+	const uint8_t *inject; /* bytes after the configuration */
 	size_t inject_len;
 	const char *fake_idstr;
-	uint32_t fake_version;    /* 0: 2 */
+	uint32_t fake_version; /* 0: 2 */
 	uint32_t dev_a_instance;
-	uint32_t dev_a_version;   /* 0: 2 */
-	uint32_t footer_id_xor;   /* applied to the first PART's footer */
-	uint32_t part_id_xor;     /* applied to the first PART's id */
+	uint32_t dev_a_version; /* 0: 2 */
+	uint32_t footer_id_xor; /* applied to the first PART's footer */
+	uint32_t part_id_xor;	/* applied to the first PART's id */
 	bool skip_end;
 	bool skip_dev_b;
 	bool dev_a_twice;
-	const char *json;         /* NULL: a valid description */
+	const char *json; /* NULL: a valid description */
 	const char *trailer;
 };
 
 static const char valid_json[] =
-	"{\"page_size\":4096,\"devices\":[{\"name\":\"dev-a\","
-	"\"instance_id\":0,\"vmsd_name\":\"dev-a\",\"version\":2,"
-	"\"fields\":[]}]}";
+    "{\"page_size\":4096,\"devices\":[{\"name\":\"dev-a\","
+    "\"instance_id\":0,\"vmsd_name\":\"dev-a\",\"version\":2,"
+    "\"fields\":[]}]}";
 
 static void put_footer(struct buf *b, uint32_t id)
 {
@@ -415,7 +414,7 @@ static uint8_t *craft(const struct variant *v, size_t *len)
 {
 	const char *machine = v->machine ? v->machine : MACHINE;
 	const char *json = v->json ? v->json : valid_json;
-	struct buf b = { 0 };
+	struct buf b = {0};
 	uint32_t i;
 
 	put32(&b, v->magic ? v->magic : KV_VM_FILE_MAGIC);
@@ -479,7 +478,7 @@ static uint8_t *craft(const struct variant *v, size_t *len)
  * the live handler told to drop its state. */
 static void expect_reject(const struct variant *v, const char *needle)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct side dst;
 	uint8_t *b;
 	size_t n;
@@ -499,7 +498,7 @@ static void expect_reject(const struct variant *v, const char *needle)
 
 static void test_registry_order(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_savevm *sv = kv_savevm_new(MACHINE);
 	int dummy;
 
@@ -509,8 +508,7 @@ static void test_registry_order(void **state)
 						   &err),
 			 0);
 	assert_int_equal(kv_savevm_register_device(sv, "d2", 0, &dev_b_desc,
-						   KV_PRI_DEVICE, &dummy,
-						   &err),
+						   KV_PRI_DEVICE, &dummy, &err),
 			 0);
 	assert_int_equal(kv_savevm_register_live(sv, "ram", 0, 4, KV_PRI_RAM,
 						 &fake_ops, &dummy, &err),
@@ -520,8 +518,7 @@ static void test_registry_order(void **state)
 						   &err),
 			 0);
 	assert_int_equal(kv_savevm_register_device(sv, "d4", 0, &dev_b_desc,
-						   KV_PRI_DEVICE, &dummy,
-						   &err),
+						   KV_PRI_DEVICE, &dummy, &err),
 			 0);
 	assert_int_equal(kv_savevm_register_device(sv, "d1", 1, &dev_b_desc,
 						   KV_PRI_DEFAULT, &dummy,
@@ -542,12 +539,12 @@ static void test_registry_rejects(void **state)
 {
 	struct kv_savevm_live_ops no_iterate = fake_ops;
 	struct kv_vmstate_field bad_fields[] = {
-		{ .name = "s", .type = KV_VMS_STRUCT, .size = 4 },
-		KV_VMS_END,
+	    {.name = "s", .type = KV_VMS_STRUCT, .size = 4},
+	    KV_VMS_END,
 	};
-	struct kv_vmstate_desc bad = { .name = "bad", .version_id = 1,
-				       .fields = bad_fields };
-	struct kv_error err = { 0 };
+	struct kv_vmstate_desc bad = {
+	    .name = "bad", .version_id = 1, .fields = bad_fields};
+	struct kv_error err = {0};
 	struct kv_savevm *sv = kv_savevm_new(MACHINE);
 	char long_id[300];
 	int dummy;
@@ -562,8 +559,8 @@ static void test_registry_rejects(void **state)
 			 -EEXIST);
 	assert_non_null(strstr(err.msg, "'ram' instance 0 is already"));
 	kv_error_clear(&err);
-	assert_int_equal(kv_savevm_register_device(sv, "ram", 0, &dev_b_desc,
-						   0, &dummy, &err),
+	assert_int_equal(kv_savevm_register_device(sv, "ram", 0, &dev_b_desc, 0,
+						   &dummy, &err),
 			 -EEXIST);
 	kv_error_clear(&err);
 	assert_int_equal(kv_savevm_register_live(sv, "other", 0, 1, 0,
@@ -577,9 +574,9 @@ static void test_registry_rejects(void **state)
 					      &dummy, &err) < 0);
 	assert_non_null(strstr(err.msg, "longer than 255"));
 	kv_error_clear(&err);
-	assert_int_equal(kv_savevm_register_device(sv, "bad", 0, &bad, 0,
-						   &dummy, &err),
-			 -EINVAL);
+	assert_int_equal(
+	    kv_savevm_register_device(sv, "bad", 0, &bad, 0, &dummy, &err),
+	    -EINVAL);
 	assert_non_null(strstr(err.msg, "STRUCT without a vmsd"));
 	assert_int_equal(kv_savevm_entry_count(sv), 1);
 	kv_savevm_free(sv);
@@ -590,7 +587,7 @@ static void test_registry_rejects(void **state)
 static void test_round_trip(void **state)
 {
 	struct kv_load_result res;
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct side dst;
 	uint8_t *b;
 	size_t n;
@@ -616,7 +613,7 @@ static void test_round_trip(void **state)
 
 static void test_saver_matches_builder(void **state)
 {
-	struct variant v = { 0 };
+	struct variant v = {0};
 	uint8_t *saved, *crafted;
 	size_t n_saved, n_crafted, eof_at;
 
@@ -654,18 +651,16 @@ static void test_vm_description_layout(void **state)
 	assert_int_equal(eof_at + 4 + len, n);
 	root = json_loadb((const char *)b + eof_at + 4, len, 0, &jerr);
 	assert_non_null(root);
-	assert_int_equal(json_integer_value(json_object_get(root,
-							    "page_size")),
+	assert_int_equal(json_integer_value(json_object_get(root, "page_size")),
 			 4096);
 	assert_int_equal(json_array_size(json_object_get(root, "devices")), 2);
 	dev = json_array_get(json_object_get(root, "devices"), 1);
 	assert_string_equal(json_string_value(json_object_get(dev, "name")),
 			    "dev-b");
-	assert_int_equal(json_integer_value(json_object_get(dev,
-							    "instance_id")),
-			 1);
+	assert_int_equal(
+	    json_integer_value(json_object_get(dev, "instance_id")), 1);
 	assert_string_equal(
-		json_string_value(json_object_get(dev, "vmsd_name")), "dev-b");
+	    json_string_value(json_object_get(dev, "vmsd_name")), "dev-b");
 	dev = json_array_get(json_object_get(dev, "fields"), 0);
 	assert_string_equal(json_string_value(json_object_get(dev, "type")),
 			    "buffer");
@@ -676,13 +671,14 @@ static void test_vm_description_layout(void **state)
 
 static void test_return_path_and_ping_commands(void **state)
 {
-	static const uint8_t ping[] = { KV_SEC_COMMAND, 0, KV_MIG_CMD_PING,
-					0, 4, 1, 2, 3, 4 };
-	struct variant v = { .return_path = true, .inject = ping,
-			     .inject_len = sizeof(ping),
-			     .trailer = "ignored while the return path is open" };
+	static const uint8_t ping[] = {
+	    KV_SEC_COMMAND, 0, KV_MIG_CMD_PING, 0, 4, 1, 2, 3, 4};
+	struct variant v = {.return_path = true,
+			    .inject = ping,
+			    .inject_len = sizeof(ping),
+			    .trailer = "ignored while the return path is open"};
 	struct kv_load_result res;
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct side dst;
 	uint8_t *b;
 	size_t n;
@@ -706,7 +702,7 @@ static void test_return_path_and_ping_commands(void **state)
 
 static void test_reject_bad_magic(void **state)
 {
-	struct variant v = { .magic = 0x47455420 /* "GET " */ };
+	struct variant v = {.magic = 0x47455420 /* "GET " */};
 
 	(void)state;
 	expect_reject(&v, "bad magic 47 45 54 20 ('GET ')");
@@ -715,7 +711,7 @@ static void test_reject_bad_magic(void **state)
 
 static void test_reject_bad_version(void **state)
 {
-	struct variant v = { .version = 2 };
+	struct variant v = {.version = 2};
 
 	(void)state;
 	expect_reject(&v, "unsupported stream version 2");
@@ -723,7 +719,7 @@ static void test_reject_bad_version(void **state)
 
 static void test_reject_wrong_machine(void **state)
 {
-	struct variant v = { .machine = "q35" };
+	struct variant v = {.machine = "q35"};
 
 	(void)state;
 	expect_reject(&v, "stream is for machine 'q35', this destination is "
@@ -732,10 +728,10 @@ static void test_reject_wrong_machine(void **state)
 
 static void test_reject_unknown_section_type(void **state)
 {
-	static const uint8_t t9[] = { 0x09 };
-	static const uint8_t t5[] = { KV_SEC_SUBSECTION };
-	static const uint8_t cfg[] = { KV_SEC_CONFIGURATION };
-	struct variant v = { .inject = t9, .inject_len = 1 };
+	static const uint8_t t9[] = {0x09};
+	static const uint8_t t5[] = {KV_SEC_SUBSECTION};
+	static const uint8_t cfg[] = {KV_SEC_CONFIGURATION};
+	struct variant v = {.inject = t9, .inject_len = 1};
 
 	(void)state;
 	expect_reject(&v, "stream offset 20, section unknown: unknown or "
@@ -748,9 +744,9 @@ static void test_reject_unknown_section_type(void **state)
 
 static void test_reject_unknown_command(void **state)
 {
-	static const uint8_t cmd[] = { KV_SEC_COMMAND, 0, 0x42, 0, 0 };
-	static const uint8_t bad_len[] = { KV_SEC_COMMAND, 0, 1, 0, 2, 0, 0 };
-	struct variant v = { .inject = cmd, .inject_len = sizeof(cmd) };
+	static const uint8_t cmd[] = {KV_SEC_COMMAND, 0, 0x42, 0, 0};
+	static const uint8_t bad_len[] = {KV_SEC_COMMAND, 0, 1, 0, 2, 0, 0};
+	struct variant v = {.inject = cmd, .inject_len = sizeof(cmd)};
 
 	(void)state;
 	expect_reject(&v, "unknown command 66");
@@ -761,7 +757,7 @@ static void test_reject_unknown_command(void **state)
 
 static void test_reject_unknown_idstr(void **state)
 {
-	struct variant v = { .fake_idstr = "ghost" };
+	struct variant v = {.fake_idstr = "ghost"};
 
 	(void)state;
 	expect_reject(&v, "section START id 0 'ghost' instance 0: unknown "
@@ -770,7 +766,7 @@ static void test_reject_unknown_idstr(void **state)
 
 static void test_reject_unknown_instance(void **state)
 {
-	struct variant v = { .dev_a_instance = 7 };
+	struct variant v = {.dev_a_instance = 7};
 
 	(void)state;
 	expect_reject(&v, "unknown instance 7 of 'dev-a'");
@@ -778,7 +774,7 @@ static void test_reject_unknown_instance(void **state)
 
 static void test_reject_footer_mismatch(void **state)
 {
-	struct variant v = { .footer_id_xor = 5 };
+	struct variant v = {.footer_id_xor = 5};
 
 	(void)state;
 	expect_reject(&v, "section PART id 0 'fake'");
@@ -787,19 +783,19 @@ static void test_reject_footer_mismatch(void **state)
 
 static void test_reject_version_too_new(void **state)
 {
-	struct variant v = { .fake_version = 3 };
+	struct variant v = {.fake_version = 3};
 
 	(void)state;
 	expect_reject(&v, "'fake' instance 0: version 3 is newer than "
 			  "supported version 2");
-	v = (struct variant){ .dev_a_version = 9 };
+	v = (struct variant){.dev_a_version = 9};
 	expect_reject(&v, "'dev-a' instance 0: version 9 is newer");
 }
 
 static void test_older_device_version_accepted(void **state)
 {
-	struct variant v = { .dev_a_version = 1 };
-	struct kv_error err = { 0 };
+	struct variant v = {.dev_a_version = 1};
+	struct kv_error err = {0};
 	struct side dst;
 	uint8_t *b;
 	size_t n;
@@ -815,7 +811,7 @@ static void test_older_device_version_accepted(void **state)
 
 static void test_reject_part_unknown_id(void **state)
 {
-	struct variant v = { .part_id_xor = 9 };
+	struct variant v = {.part_id_xor = 9};
 
 	(void)state;
 	expect_reject(&v, "section PART id 9: section id 9 was not opened by "
@@ -824,7 +820,7 @@ static void test_reject_part_unknown_id(void **state)
 
 static void test_reject_missing_end(void **state)
 {
-	struct variant v = { .skip_end = true };
+	struct variant v = {.skip_end = true};
 
 	(void)state;
 	expect_reject(&v, "'fake' got START but no END section");
@@ -832,7 +828,7 @@ static void test_reject_missing_end(void **state)
 
 static void test_reject_missing_device(void **state)
 {
-	struct variant v = { .skip_dev_b = true };
+	struct variant v = {.skip_dev_b = true};
 
 	(void)state;
 	expect_reject(&v, "stream incomplete: device 'dev-b' instance 1 "
@@ -841,7 +837,7 @@ static void test_reject_missing_device(void **state)
 
 static void test_reject_device_twice(void **state)
 {
-	struct variant v = { .dev_a_twice = true };
+	struct variant v = {.dev_a_twice = true};
 
 	(void)state;
 	expect_reject(&v, "'dev-a' arrived twice");
@@ -849,8 +845,8 @@ static void test_reject_device_twice(void **state)
 
 static void test_reject_handler_error_wrapped(void **state)
 {
-	struct variant v = { 0 };
-	struct kv_error err = { 0 };
+	struct variant v = {0};
+	struct kv_error err = {0};
 	struct side dst;
 	uint8_t *b;
 	size_t n;
@@ -893,7 +889,7 @@ static void test_reject_truncated_everywhere(void **state)
 
 static void test_reject_malformed_json(void **state)
 {
-	struct variant v = { .json = "{\"page_size\":4096,\"devices\":[" };
+	struct variant v = {.json = "{\"page_size\":4096,\"devices\":["};
 
 	(void)state;
 	expect_reject(&v, "section VMDESCRIPTION: VM description is not valid "
@@ -911,7 +907,7 @@ static void test_reject_malformed_json(void **state)
 
 static void test_reject_garbage_after_description(void **state)
 {
-	struct variant v = { .trailer = "X" };
+	struct variant v = {.trailer = "X"};
 
 	(void)state;
 	expect_reject(&v, "unexpected data after the VM description (next "
@@ -921,30 +917,30 @@ static void test_reject_garbage_after_description(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_registry_order),
-		cmocka_unit_test(test_registry_rejects),
-		cmocka_unit_test(test_round_trip),
-		cmocka_unit_test(test_saver_matches_builder),
-		cmocka_unit_test(test_vm_description_layout),
-		cmocka_unit_test(test_return_path_and_ping_commands),
-		cmocka_unit_test(test_reject_bad_magic),
-		cmocka_unit_test(test_reject_bad_version),
-		cmocka_unit_test(test_reject_wrong_machine),
-		cmocka_unit_test(test_reject_unknown_section_type),
-		cmocka_unit_test(test_reject_unknown_command),
-		cmocka_unit_test(test_reject_unknown_idstr),
-		cmocka_unit_test(test_reject_unknown_instance),
-		cmocka_unit_test(test_reject_footer_mismatch),
-		cmocka_unit_test(test_reject_version_too_new),
-		cmocka_unit_test(test_older_device_version_accepted),
-		cmocka_unit_test(test_reject_part_unknown_id),
-		cmocka_unit_test(test_reject_missing_end),
-		cmocka_unit_test(test_reject_missing_device),
-		cmocka_unit_test(test_reject_device_twice),
-		cmocka_unit_test(test_reject_handler_error_wrapped),
-		cmocka_unit_test(test_reject_truncated_everywhere),
-		cmocka_unit_test(test_reject_malformed_json),
-		cmocka_unit_test(test_reject_garbage_after_description),
+	    cmocka_unit_test(test_registry_order),
+	    cmocka_unit_test(test_registry_rejects),
+	    cmocka_unit_test(test_round_trip),
+	    cmocka_unit_test(test_saver_matches_builder),
+	    cmocka_unit_test(test_vm_description_layout),
+	    cmocka_unit_test(test_return_path_and_ping_commands),
+	    cmocka_unit_test(test_reject_bad_magic),
+	    cmocka_unit_test(test_reject_bad_version),
+	    cmocka_unit_test(test_reject_wrong_machine),
+	    cmocka_unit_test(test_reject_unknown_section_type),
+	    cmocka_unit_test(test_reject_unknown_command),
+	    cmocka_unit_test(test_reject_unknown_idstr),
+	    cmocka_unit_test(test_reject_unknown_instance),
+	    cmocka_unit_test(test_reject_footer_mismatch),
+	    cmocka_unit_test(test_reject_version_too_new),
+	    cmocka_unit_test(test_older_device_version_accepted),
+	    cmocka_unit_test(test_reject_part_unknown_id),
+	    cmocka_unit_test(test_reject_missing_end),
+	    cmocka_unit_test(test_reject_missing_device),
+	    cmocka_unit_test(test_reject_device_twice),
+	    cmocka_unit_test(test_reject_handler_error_wrapped),
+	    cmocka_unit_test(test_reject_truncated_everywhere),
+	    cmocka_unit_test(test_reject_malformed_json),
+	    cmocka_unit_test(test_reject_garbage_after_description),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

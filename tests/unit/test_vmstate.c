@@ -22,7 +22,7 @@
 
 static struct kv_stream *open_write(char *path, size_t size)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_chan *c;
 	int fd;
 
@@ -58,7 +58,7 @@ static uint8_t *close_and_read(struct kv_stream *s, const char *path,
 static struct kv_stream *open_read_bytes(const uint8_t *b, size_t n)
 {
 	char path[64] = "/tmp/kvmig-test-vmstate-in-XXXXXX";
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_chan *c;
 	int fd = mkstemp(path);
 
@@ -75,7 +75,7 @@ static struct kv_stream *open_read_bytes(const uint8_t *b, size_t n)
 static uint8_t *save_bytes(const struct kv_vmstate_desc *d, void *opaque,
 			   size_t *len)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	char path[64];
 	struct kv_stream *s = open_write(path, sizeof(path));
 
@@ -113,39 +113,45 @@ struct scalars {
 };
 
 static const struct kv_vmstate_field scalar_fields[] = {
-	KV_VMS_FIELD(struct scalars, u8, KV_VMS_U8, 0),
-	KV_VMS_FIELD(struct scalars, u16, KV_VMS_U16, 0),
-	KV_VMS_FIELD(struct scalars, u32, KV_VMS_U32, 0),
-	KV_VMS_FIELD(struct scalars, u64, KV_VMS_U64, 0),
-	KV_VMS_FIELD(struct scalars, i8, KV_VMS_I8, 0),
-	KV_VMS_FIELD(struct scalars, i16, KV_VMS_I16, 0),
-	KV_VMS_FIELD(struct scalars, i32, KV_VMS_I32, 0),
-	KV_VMS_FIELD(struct scalars, i64, KV_VMS_I64, 0),
-	KV_VMS_FIELD(struct scalars, b, KV_VMS_BOOL, 0),
-	KV_VMS_END,
+    KV_VMS_FIELD(struct scalars, u8, KV_VMS_U8, 0),
+    KV_VMS_FIELD(struct scalars, u16, KV_VMS_U16, 0),
+    KV_VMS_FIELD(struct scalars, u32, KV_VMS_U32, 0),
+    KV_VMS_FIELD(struct scalars, u64, KV_VMS_U64, 0),
+    KV_VMS_FIELD(struct scalars, i8, KV_VMS_I8, 0),
+    KV_VMS_FIELD(struct scalars, i16, KV_VMS_I16, 0),
+    KV_VMS_FIELD(struct scalars, i32, KV_VMS_I32, 0),
+    KV_VMS_FIELD(struct scalars, i64, KV_VMS_I64, 0),
+    KV_VMS_FIELD(struct scalars, b, KV_VMS_BOOL, 0),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc scalar_desc = {
-	.name = "scalars",
-	.version_id = 1,
-	.minimum_version_id = 1,
-	.fields = scalar_fields,
+    .name = "scalars",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = scalar_fields,
 };
 
 static void test_scalars_round_trip(void **state)
 {
 	struct scalars in = {
-		.u8 = 0xab, .u16 = 0x1234, .u32 = 0xdeadbeef,
-		.u64 = 0x0102030405060708ULL, .i8 = -2, .i16 = -300,
-		.i32 = -70000, .i64 = INT64_MIN + 5, .b = true,
+	    .u8 = 0xab,
+	    .u16 = 0x1234,
+	    .u32 = 0xdeadbeef,
+	    .u64 = 0x0102030405060708ULL,
+	    .i8 = -2,
+	    .i16 = -300,
+	    .i32 = -70000,
+	    .i64 = INT64_MIN + 5,
+	    .b = true,
 	};
 	static const uint8_t expect[] = {
-		0xab, 0x12, 0x34, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7,
-		8, 0xfe, 0xfe, 0xd4, 0xff, 0xfe, 0xee, 0x90, 0x80, 0, 0, 0, 0,
-		0, 0, 5, 1,
+	    0xab, 0x12, 0x34, 0xde, 0xad, 0xbe, 0xef, 1,    2,	  3,	4,
+	    5,	  6,	7,    8,    0xfe, 0xfe, 0xd4, 0xff, 0xfe, 0xee, 0x90,
+	    0x80, 0,	0,    0,    0,	  0,	0,    5,    1,
 	};
 	struct scalars out;
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	uint8_t *b;
 	size_t n;
 
@@ -169,16 +175,15 @@ static void test_scalars_round_trip(void **state)
 
 static void test_bool_not_0_or_1_rejected(void **state)
 {
-	struct scalars in = { .b = false }, out;
-	struct kv_error err = { 0 };
+	struct scalars in = {.b = false}, out;
+	struct kv_error err = {0};
 	uint8_t *b;
 	size_t n;
 
 	(void)state;
 	b = save_bytes(&scalar_desc, &in, &n);
 	b[n - 1] = 2;
-	assert_int_not_equal(load_bytes(b, n, &scalar_desc, &out, 1, &err),
-			     0);
+	assert_int_not_equal(load_bytes(b, n, &scalar_desc, &out, 1, &err), 0);
 	assert_non_null(strstr(err.msg, "field 'b'"));
 	assert_non_null(strstr(err.msg, "bool value 2"));
 	free(b);
@@ -186,16 +191,15 @@ static void test_bool_not_0_or_1_rejected(void **state)
 
 static void test_truncated_field_names_field_and_offset(void **state)
 {
-	struct scalars in = { 0 }, out;
-	struct kv_error err = { 0 };
+	struct scalars in = {0}, out;
+	struct kv_error err = {0};
 	uint8_t *b;
 	size_t n;
 
 	(void)state;
 	b = save_bytes(&scalar_desc, &in, &n);
 	/* Cut inside u32 (offset 3..6). */
-	assert_int_not_equal(load_bytes(b, 5, &scalar_desc, &out, 1, &err),
-			     0);
+	assert_int_not_equal(load_bytes(b, 5, &scalar_desc, &out, 1, &err), 0);
 	assert_non_null(strstr(err.msg, "device 'scalars' field 'u32' at "
 					"stream offset 3"));
 	assert_non_null(strstr(err.msg, "unexpected end of stream"));
@@ -210,15 +214,15 @@ struct point {
 };
 
 static const struct kv_vmstate_field point_fields[] = {
-	KV_VMS_FIELD(struct point, x, KV_VMS_I32, 0),
-	KV_VMS_FIELD(struct point, y, KV_VMS_I32, 0),
-	KV_VMS_END,
+    KV_VMS_FIELD(struct point, x, KV_VMS_I32, 0),
+    KV_VMS_FIELD(struct point, y, KV_VMS_I32, 0),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc point_desc = {
-	.name = "point",
-	.version_id = 1,
-	.fields = point_fields,
+    .name = "point",
+    .version_id = 1,
+    .fields = point_fields,
 };
 
 struct shape {
@@ -230,34 +234,36 @@ struct shape {
 };
 
 static const struct kv_vmstate_field shape_fields[] = {
-	KV_VMS_ARRAY(struct shape, regs, KV_VMS_U16, 4, 0),
-	KV_VMS_BUF(struct shape, blob, 0),
-	KV_VMS_STRUCT_FIELD(struct shape, origin, &point_desc, struct point,
-			    0),
-	{ .name = "corners", .type = KV_VMS_STRUCT,
-	  .offset = offsetof(struct shape, corners),
-	  .size = sizeof(struct point), .count = 2, .vmsd = &point_desc },
-	KV_VMS_ARRAY(struct shape, flags, KV_VMS_BOOL, 3, 0),
-	KV_VMS_END,
+    KV_VMS_ARRAY(struct shape, regs, KV_VMS_U16, 4, 0),
+    KV_VMS_BUF(struct shape, blob, 0),
+    KV_VMS_STRUCT_FIELD(struct shape, origin, &point_desc, struct point, 0),
+    {.name = "corners",
+     .type = KV_VMS_STRUCT,
+     .offset = offsetof(struct shape, corners),
+     .size = sizeof(struct point),
+     .count = 2,
+     .vmsd = &point_desc},
+    KV_VMS_ARRAY(struct shape, flags, KV_VMS_BOOL, 3, 0),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc shape_desc = {
-	.name = "shape",
-	.version_id = 1,
-	.fields = shape_fields,
+    .name = "shape",
+    .version_id = 1,
+    .fields = shape_fields,
 };
 
 static void test_arrays_buffers_nested(void **state)
 {
 	struct shape in = {
-		.regs = { 1, 2, 0xfffe, 4 },
-		.blob = { 'h', 'e', 'l', 'l', 'o' },
-		.origin = { -1, 7 },
-		.corners = { { 10, 20 }, { -30, -40 } },
-		.flags = { true, false, true },
+	    .regs = {1, 2, 0xfffe, 4},
+	    .blob = {'h', 'e', 'l', 'l', 'o'},
+	    .origin = {-1, 7},
+	    .corners = {{10, 20}, {-30, -40}},
+	    .flags = {true, false, true},
 	};
 	struct shape out;
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	uint8_t *b;
 	size_t n;
 
@@ -290,30 +296,30 @@ struct versioned {
 };
 
 static const struct kv_vmstate_field versioned_fields[] = {
-	KV_VMS_FIELD(struct versioned, a, KV_VMS_U32, 0),
-	KV_VMS_FIELD(struct versioned, added_in_2, KV_VMS_U32, 2),
-	KV_VMS_FIELD(struct versioned, c, KV_VMS_U8, 1),
-	KV_VMS_END,
+    KV_VMS_FIELD(struct versioned, a, KV_VMS_U32, 0),
+    KV_VMS_FIELD(struct versioned, added_in_2, KV_VMS_U32, 2),
+    KV_VMS_FIELD(struct versioned, c, KV_VMS_U8, 1),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc versioned_v1 = {
-	.name = "ver",
-	.version_id = 1,
-	.minimum_version_id = 1,
-	.fields = versioned_fields,
+    .name = "ver",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = versioned_fields,
 };
 
 static const struct kv_vmstate_desc versioned_v2 = {
-	.name = "ver",
-	.version_id = 2,
-	.minimum_version_id = 1,
-	.fields = versioned_fields,
+    .name = "ver",
+    .version_id = 2,
+    .minimum_version_id = 1,
+    .fields = versioned_fields,
 };
 
 static void test_field_added_later_skipped_for_old_version(void **state)
 {
-	struct versioned in = { .a = 11, .added_in_2 = 22, .c = 33 }, out;
-	struct kv_error err = { 0 };
+	struct versioned in = {.a = 11, .added_in_2 = 22, .c = 33}, out;
+	struct kv_error err = {0};
 	uint8_t *b;
 	size_t n;
 
@@ -321,7 +327,7 @@ static void test_field_added_later_skipped_for_old_version(void **state)
 	/* A version-1 source does not write added_in_2. */
 	b = save_bytes(&versioned_v1, &in, &n);
 	assert_int_equal(n, 5);
-	out = (struct versioned){ .added_in_2 = 999 };
+	out = (struct versioned){.added_in_2 = 999};
 	assert_int_equal(load_bytes(b, n, &versioned_v2, &out, 1, &err), 0);
 	assert_int_equal(out.a, 11);
 	assert_int_equal(out.added_in_2, 999);
@@ -338,8 +344,8 @@ static void test_field_added_later_skipped_for_old_version(void **state)
 
 static void test_newer_version_rejected(void **state)
 {
-	struct versioned in = { 0 }, out;
-	struct kv_error err = { 0 };
+	struct versioned in = {0}, out;
+	struct kv_error err = {0};
 	uint8_t *b;
 	size_t n;
 
@@ -349,7 +355,7 @@ static void test_newer_version_rejected(void **state)
 			 -EINVAL);
 	assert_non_null(strstr(err.msg, "device 'ver'"));
 	assert_non_null(
-		strstr(err.msg, "version 2 is newer than supported version 1"));
+	    strstr(err.msg, "version 2 is newer than supported version 1"));
 	kv_error_clear(&err);
 	assert_int_equal(load_bytes(b, n, &versioned_v2, &out, 0, &err),
 			 -EINVAL);
@@ -382,29 +388,29 @@ static bool more_needed(void *opaque)
 }
 
 static const struct kv_vmstate_field extra_fields[] = {
-	KV_VMS_FIELD(struct dev, extra, KV_VMS_U16, 0),
-	KV_VMS_END,
+    KV_VMS_FIELD(struct dev, extra, KV_VMS_U16, 0),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc extra_desc = {
-	.name = "dev/extra",
-	.version_id = 1,
-	.minimum_version_id = 1,
-	.fields = extra_fields,
-	.needed = extra_needed,
+    .name = "dev/extra",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = extra_fields,
+    .needed = extra_needed,
 };
 
 static const struct kv_vmstate_field more_fields[] = {
-	KV_VMS_FIELD(struct dev, more, KV_VMS_U64, 0),
-	KV_VMS_END,
+    KV_VMS_FIELD(struct dev, more, KV_VMS_U64, 0),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc more_desc = {
-	.name = "dev/more",
-	.version_id = 3,
-	.minimum_version_id = 2,
-	.fields = more_fields,
-	.needed = more_needed,
+    .name = "dev/more",
+    .version_id = 3,
+    .minimum_version_id = 2,
+    .fields = more_fields,
+    .needed = more_needed,
 };
 
 static int dev_pre_save(void *opaque, struct kv_error *err)
@@ -427,41 +433,44 @@ static int dev_post_load(void *opaque, int version_id, struct kv_error *err)
 }
 
 static const struct kv_vmstate_field dev_fields[] = {
-	KV_VMS_FIELD(struct dev, base, KV_VMS_U32, 0),
-	KV_VMS_END,
+    KV_VMS_FIELD(struct dev, base, KV_VMS_U32, 0),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc *const dev_subs[] = {
-	&extra_desc, &more_desc, NULL,
+    &extra_desc,
+    &more_desc,
+    NULL,
 };
 
 static const struct kv_vmstate_desc dev_desc = {
-	.name = "dev",
-	.version_id = 1,
-	.minimum_version_id = 1,
-	.fields = dev_fields,
-	.subsections = dev_subs,
-	.pre_save = dev_pre_save,
-	.post_load = dev_post_load,
+    .name = "dev",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = dev_fields,
+    .subsections = dev_subs,
+    .pre_save = dev_pre_save,
+    .post_load = dev_post_load,
 };
 
 static const struct kv_vmstate_desc *const dev_subs_only_extra[] = {
-	&extra_desc, NULL,
+    &extra_desc,
+    NULL,
 };
 
 static const struct kv_vmstate_desc dev_desc_no_more = {
-	.name = "dev",
-	.version_id = 1,
-	.minimum_version_id = 1,
-	.fields = dev_fields,
-	.subsections = dev_subs_only_extra,
+    .name = "dev",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = dev_fields,
+    .subsections = dev_subs_only_extra,
 };
 
 static void test_subsections_absent(void **state)
 {
-	struct dev in = { .base = 5, .extra = 77, .more = 88 };
-	struct dev out = { .extra = 1, .more = 2 };
-	struct kv_error err = { 0 };
+	struct dev in = {.base = 5, .extra = 77, .more = 88};
+	struct dev out = {.extra = 1, .more = 2};
+	struct kv_error err = {0};
 	uint8_t *b;
 	size_t n;
 
@@ -477,16 +486,20 @@ static void test_subsections_absent(void **state)
 
 static void test_subsections_present(void **state)
 {
-	struct dev in = { .base = 5, .want_extra = true, .want_more = true,
-			  .extra = 0x7788, .more = 0x1122334455667788ULL };
-	struct dev out = { 0 };
-	struct kv_error err = { 0 };
+	struct dev in = {.base = 5,
+			 .want_extra = true,
+			 .want_more = true,
+			 .extra = 0x7788,
+			 .more = 0x1122334455667788ULL};
+	struct dev out = {0};
+	struct kv_error err = {0};
 	uint8_t *b;
 	size_t n;
 
 	(void)state;
 	b = save_bytes(&dev_desc, &in, &n);
-	/* base, 05 str8 "dev/extra" be32 1 u16, 05 str8 "dev/more" be32 3 u64 */
+	/* base, 05 str8 "dev/extra" be32 1 u16, 05 str8 "dev/more" be32 3 u64
+	 */
 	assert_int_equal(n, 4 + (1 + 1 + 9 + 4 + 2) + (1 + 1 + 8 + 4 + 8));
 	assert_int_equal(b[4], 0x05);
 	assert_int_equal(b[5], 9);
@@ -502,10 +515,13 @@ static void test_subsections_present(void **state)
 
 static void test_subsections_any_order(void **state)
 {
-	struct dev in = { .base = 5, .want_extra = true, .want_more = true,
-			  .extra = 0x7788, .more = 9 };
-	struct dev out = { 0 };
-	struct kv_error err = { 0 };
+	struct dev in = {.base = 5,
+			 .want_extra = true,
+			 .want_more = true,
+			 .extra = 0x7788,
+			 .more = 9};
+	struct dev out = {0};
+	struct kv_error err = {0};
 	uint8_t *b, *swapped;
 	size_t n, first = 1 + 1 + 9 + 4 + 2;
 
@@ -524,15 +540,15 @@ static void test_subsections_any_order(void **state)
 
 static void test_unknown_subsection_rejected(void **state)
 {
-	struct dev in = { .want_more = true }, out = { 0 };
-	struct kv_error err = { 0 };
+	struct dev in = {.want_more = true}, out = {0};
+	struct kv_error err = {0};
 	uint8_t *b;
 	size_t n;
 
 	(void)state;
 	b = save_bytes(&dev_desc, &in, &n);
-	assert_int_not_equal(
-		load_bytes(b, n, &dev_desc_no_more, &out, 1, &err), 0);
+	assert_int_not_equal(load_bytes(b, n, &dev_desc_no_more, &out, 1, &err),
+			     0);
 	assert_non_null(strstr(err.msg, "unknown subsection 'dev/more'"));
 	assert_non_null(strstr(err.msg, "stream offset 4"));
 	free(b);
@@ -540,8 +556,8 @@ static void test_unknown_subsection_rejected(void **state)
 
 static void test_subsection_version_out_of_range(void **state)
 {
-	struct dev in = { .want_more = true }, out = { 0 };
-	struct kv_error err = { 0 };
+	struct dev in = {.want_more = true}, out = {0};
+	struct kv_error err = {0};
 	uint8_t *b;
 	size_t n;
 
@@ -561,8 +577,8 @@ static void test_subsection_version_out_of_range(void **state)
 
 static void test_hooks_called_and_post_load_error(void **state)
 {
-	struct dev in = { .base = 42 }, out = { 0 };
-	struct kv_error err = { 0 };
+	struct dev in = {.base = 42}, out = {0};
+	struct kv_error err = {0};
 	uint8_t *b;
 	size_t n;
 
@@ -573,7 +589,7 @@ static void test_hooks_called_and_post_load_error(void **state)
 	assert_int_equal(out.post_load_calls, 1);
 	assert_int_equal(out.post_load_version, 1);
 
-	out = (struct dev){ .fail_post_load = true };
+	out = (struct dev){.fail_post_load = true};
 	assert_int_equal(load_bytes(b, n, &dev_desc, &out, 1, &err), -ERANGE);
 	assert_non_null(strstr(err.msg, "device 'dev' post_load"));
 	assert_non_null(strstr(err.msg, "base 42 out of range"));
@@ -594,43 +610,44 @@ static bool outer_flag_needed(void *opaque)
 }
 
 static const struct kv_vmstate_field outer_flag_fields[] = {
-	KV_VMS_FIELD(struct outer, flag, KV_VMS_U8, 0),
-	KV_VMS_END,
+    KV_VMS_FIELD(struct outer, flag, KV_VMS_U8, 0),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc outer_flag_desc = {
-	.name = "outer/flag",
-	.version_id = 1,
-	.fields = outer_flag_fields,
-	.needed = outer_flag_needed,
+    .name = "outer/flag",
+    .version_id = 1,
+    .fields = outer_flag_fields,
+    .needed = outer_flag_needed,
 };
 
 static const struct kv_vmstate_desc *const outer_subs[] = {
-	&outer_flag_desc, NULL,
+    &outer_flag_desc,
+    NULL,
 };
 
 static const struct kv_vmstate_field outer_fields[] = {
-	KV_VMS_FIELD(struct outer, tag, KV_VMS_U8, 0),
-	KV_VMS_STRUCT_FIELD(struct outer, inner, &dev_desc, struct dev, 0),
-	KV_VMS_END,
+    KV_VMS_FIELD(struct outer, tag, KV_VMS_U8, 0),
+    KV_VMS_STRUCT_FIELD(struct outer, inner, &dev_desc, struct dev, 0),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc outer_desc = {
-	.name = "outer",
-	.version_id = 1,
-	.fields = outer_fields,
-	.subsections = outer_subs,
+    .name = "outer",
+    .version_id = 1,
+    .fields = outer_fields,
+    .subsections = outer_subs,
 };
 
 static void test_nested_subsections_and_parent_subsection(void **state)
 {
-	struct outer in = { .tag = 9, .flag = 3 }, out = { 0 };
-	struct kv_error err = { 0 };
+	struct outer in = {.tag = 9, .flag = 3}, out = {0};
+	struct kv_error err = {0};
 	uint8_t *b;
 	size_t n;
 
 	(void)state;
-	in.inner = (struct dev){ .base = 1, .want_extra = true, .extra = 5 };
+	in.inner = (struct dev){.base = 1, .want_extra = true, .extra = 5};
 	assert_int_equal(kv_vmstate_validate(&outer_desc, &err), 0);
 	b = save_bytes(&outer_desc, &in, &n);
 	assert_int_equal(load_bytes(b, n, &outer_desc, &out, 1, &err), 0);
@@ -652,9 +669,11 @@ static void expect_invalid(const struct kv_vmstate_field *fields,
 			   const char *name, const char *needle)
 {
 	struct kv_vmstate_desc d = {
-		.name = name, .version_id = 1, .fields = fields,
+	    .name = name,
+	    .version_id = 1,
+	    .fields = fields,
 	};
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 
 	assert_int_not_equal(kv_vmstate_validate(&d, &err), 0);
 	if (!strstr(err.msg, needle))
@@ -664,35 +683,34 @@ static void expect_invalid(const struct kv_vmstate_field *fields,
 static void test_validate_rejects_bad_tables(void **state)
 {
 	const struct kv_vmstate_field no_vmsd[] = {
-		{ .name = "s", .type = KV_VMS_STRUCT, .size = 4 },
-		KV_VMS_END,
+	    {.name = "s", .type = KV_VMS_STRUCT, .size = 4},
+	    KV_VMS_END,
 	};
 	const struct kv_vmstate_field empty_buf[] = {
-		{ .name = "b", .type = KV_VMS_BUFFER, .size = 0 },
-		KV_VMS_END,
+	    {.name = "b", .type = KV_VMS_BUFFER, .size = 0},
+	    KV_VMS_END,
 	};
 	const struct kv_vmstate_field bad_type[] = {
-		{ .name = "t", .type = (enum kv_vmstate_type)42 },
-		KV_VMS_END,
+	    {.name = "t", .type = (enum kv_vmstate_type)42},
+	    KV_VMS_END,
 	};
 	const struct kv_vmstate_field too_new[] = {
-		KV_VMS_FIELD(struct anything, v, KV_VMS_U32, 2),
-		KV_VMS_END,
+	    KV_VMS_FIELD(struct anything, v, KV_VMS_U32, 2),
+	    KV_VMS_END,
 	};
 	const struct kv_vmstate_field nested_not_last[] = {
-		KV_VMS_STRUCT_FIELD(struct outer, inner, &dev_desc, struct dev,
-				    0),
-		KV_VMS_FIELD(struct outer, tag, KV_VMS_U8, 0),
-		KV_VMS_END,
+	    KV_VMS_STRUCT_FIELD(struct outer, inner, &dev_desc, struct dev, 0),
+	    KV_VMS_FIELD(struct outer, tag, KV_VMS_U8, 0),
+	    KV_VMS_END,
 	};
 	const struct kv_vmstate_field good[] = {
-		KV_VMS_FIELD(struct anything, v, KV_VMS_U32, 0),
-		KV_VMS_BUF(struct anything, buf, 1),
-		KV_VMS_END,
+	    KV_VMS_FIELD(struct anything, v, KV_VMS_U32, 0),
+	    KV_VMS_BUF(struct anything, buf, 1),
+	    KV_VMS_END,
 	};
-	struct kv_vmstate_desc d = { .name = "good", .version_id = 1,
-				     .fields = good };
-	struct kv_error err = { 0 };
+	struct kv_vmstate_desc d = {
+	    .name = "good", .version_id = 1, .fields = good};
+	struct kv_error err = {0};
 
 	(void)state;
 	assert_int_equal(kv_vmstate_validate(&d, &err), 0);
@@ -719,40 +737,39 @@ static void test_describe_json(void **state)
 	assert_non_null(j);
 	text = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	assert_string_equal(
-		text,
-		"{\"vmsd_name\":\"shape\",\"version\":1,\"fields\":["
-		"{\"name\":\"regs\",\"array_len\":4,\"type\":\"uint16\","
-		"\"size\":2},"
-		"{\"name\":\"blob\",\"type\":\"buffer\",\"size\":5},"
-		"{\"name\":\"origin\",\"type\":\"struct\",\"struct\":"
-		"{\"vmsd_name\":\"point\",\"version\":1,\"fields\":["
-		"{\"name\":\"x\",\"type\":\"int32\",\"size\":4},"
-		"{\"name\":\"y\",\"type\":\"int32\",\"size\":4}]},"
-		"\"size\":8},"
-		"{\"name\":\"corners\",\"index\":0,\"type\":\"struct\","
-		"\"struct\":{\"vmsd_name\":\"point\",\"version\":1,\"fields\":["
-		"{\"name\":\"x\",\"type\":\"int32\",\"size\":4},"
-		"{\"name\":\"y\",\"type\":\"int32\",\"size\":4}]},\"size\":8},"
-		"{\"name\":\"corners\",\"index\":1,\"type\":\"struct\","
-		"\"struct\":{\"vmsd_name\":\"point\",\"version\":1,\"fields\":["
-		"{\"name\":\"x\",\"type\":\"int32\",\"size\":4},"
-		"{\"name\":\"y\",\"type\":\"int32\",\"size\":4}]},\"size\":8},"
-		"{\"name\":\"flags\",\"array_len\":3,\"type\":\"bool\","
-		"\"size\":1}]}");
+	    text,
+	    "{\"vmsd_name\":\"shape\",\"version\":1,\"fields\":["
+	    "{\"name\":\"regs\",\"array_len\":4,\"type\":\"uint16\","
+	    "\"size\":2},"
+	    "{\"name\":\"blob\",\"type\":\"buffer\",\"size\":5},"
+	    "{\"name\":\"origin\",\"type\":\"struct\",\"struct\":"
+	    "{\"vmsd_name\":\"point\",\"version\":1,\"fields\":["
+	    "{\"name\":\"x\",\"type\":\"int32\",\"size\":4},"
+	    "{\"name\":\"y\",\"type\":\"int32\",\"size\":4}]},"
+	    "\"size\":8},"
+	    "{\"name\":\"corners\",\"index\":0,\"type\":\"struct\","
+	    "\"struct\":{\"vmsd_name\":\"point\",\"version\":1,\"fields\":["
+	    "{\"name\":\"x\",\"type\":\"int32\",\"size\":4},"
+	    "{\"name\":\"y\",\"type\":\"int32\",\"size\":4}]},\"size\":8},"
+	    "{\"name\":\"corners\",\"index\":1,\"type\":\"struct\","
+	    "\"struct\":{\"vmsd_name\":\"point\",\"version\":1,\"fields\":["
+	    "{\"name\":\"x\",\"type\":\"int32\",\"size\":4},"
+	    "{\"name\":\"y\",\"type\":\"int32\",\"size\":4}]},\"size\":8},"
+	    "{\"name\":\"flags\",\"array_len\":3,\"type\":\"bool\","
+	    "\"size\":1}]}");
 	free(text);
 	json_decref(j);
 
 	j = kv_vmstate_describe(&dev_desc);
 	text = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	assert_string_equal(
-		text,
-		"{\"vmsd_name\":\"dev\",\"version\":1,\"fields\":["
-		"{\"name\":\"base\",\"type\":\"uint32\",\"size\":4}],"
-		"\"subsections\":["
-		"{\"vmsd_name\":\"dev/extra\",\"version\":1,\"fields\":["
-		"{\"name\":\"extra\",\"type\":\"uint16\",\"size\":2}]},"
-		"{\"vmsd_name\":\"dev/more\",\"version\":3,\"fields\":["
-		"{\"name\":\"more\",\"type\":\"uint64\",\"size\":8}]}]}");
+	    text, "{\"vmsd_name\":\"dev\",\"version\":1,\"fields\":["
+		  "{\"name\":\"base\",\"type\":\"uint32\",\"size\":4}],"
+		  "\"subsections\":["
+		  "{\"vmsd_name\":\"dev/extra\",\"version\":1,\"fields\":["
+		  "{\"name\":\"extra\",\"type\":\"uint16\",\"size\":2}]},"
+		  "{\"vmsd_name\":\"dev/more\",\"version\":3,\"fields\":["
+		  "{\"name\":\"more\",\"type\":\"uint64\",\"size\":8}]}]}");
 	free(text);
 	json_decref(j);
 }
@@ -760,21 +777,21 @@ static void test_describe_json(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_scalars_round_trip),
-		cmocka_unit_test(test_bool_not_0_or_1_rejected),
-		cmocka_unit_test(test_truncated_field_names_field_and_offset),
-		cmocka_unit_test(test_arrays_buffers_nested),
-		cmocka_unit_test(test_field_added_later_skipped_for_old_version),
-		cmocka_unit_test(test_newer_version_rejected),
-		cmocka_unit_test(test_subsections_absent),
-		cmocka_unit_test(test_subsections_present),
-		cmocka_unit_test(test_subsections_any_order),
-		cmocka_unit_test(test_unknown_subsection_rejected),
-		cmocka_unit_test(test_subsection_version_out_of_range),
-		cmocka_unit_test(test_hooks_called_and_post_load_error),
-		cmocka_unit_test(test_nested_subsections_and_parent_subsection),
-		cmocka_unit_test(test_validate_rejects_bad_tables),
-		cmocka_unit_test(test_describe_json),
+	    cmocka_unit_test(test_scalars_round_trip),
+	    cmocka_unit_test(test_bool_not_0_or_1_rejected),
+	    cmocka_unit_test(test_truncated_field_names_field_and_offset),
+	    cmocka_unit_test(test_arrays_buffers_nested),
+	    cmocka_unit_test(test_field_added_later_skipped_for_old_version),
+	    cmocka_unit_test(test_newer_version_rejected),
+	    cmocka_unit_test(test_subsections_absent),
+	    cmocka_unit_test(test_subsections_present),
+	    cmocka_unit_test(test_subsections_any_order),
+	    cmocka_unit_test(test_unknown_subsection_rejected),
+	    cmocka_unit_test(test_subsection_version_out_of_range),
+	    cmocka_unit_test(test_hooks_called_and_post_load_error),
+	    cmocka_unit_test(test_nested_subsections_and_parent_subsection),
+	    cmocka_unit_test(test_validate_rejects_bad_tables),
+	    cmocka_unit_test(test_describe_json),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
