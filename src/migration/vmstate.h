@@ -90,8 +90,9 @@ int kv_vmstate_validate(const struct kv_vmstate_desc *d, struct kv_error *err);
 
 /* JSON description of d, as QEMU writes in its VM description:
  * {"vmsd_name","version","fields":[{"name"[,"array_len"|"index"],"type",
- *  ["struct",]"size"}],"subsections":[...]} (every subsection listed). Returns a new jansson json_t * (void * here so
- * this header does not pull in jansson). */
+ *  ["struct",]"size"}],"subsections":[...]} (every subsection listed).
+ * Returns a new jansson json_t * (void * here so this header does not pull
+ * in jansson). */
 void *kv_vmstate_describe(const struct kv_vmstate_desc *d);
 
 #endif
