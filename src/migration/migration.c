@@ -1,1 +1,515 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * The migration driver: the source's phase loop and state machine, and the
+ * destination's incoming side.
+ *
+ * State changes go through mig_set_status() only, a compare-and-swap
+ * against the transition table below; kv_mig_cancel() may race the
+ * migration thread and whichever CAS wins decides.
+ *
+ *   NONE -> SETUP -> ACTIVE -> DEVICE -> COMPLETED
+ *     \        \        \         \
+ *      `--------`--------`---------`--> CANCELLING -> CANCELLED
+ *               \        \         \
+ *                `--------`---------`-> FAILED
+ *
+ * plus CANCELLING -> COMPLETED when the destination confirmed (SHUT(0))
+ * just before a cancel arrived: its answer is final, the source must not
+ * resume.
+ * Locking: `lock` guards `stream` (so cancel and bandwidth changes from
+ * other threads never touch a stream the run has let go of) and `stats`.
+ */
+#include "migration/migration.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "migration/ram_internal.h"
+#include "migration/return_path.h"
+
+#define MIB (1024.0 * 1024.0)
+/* After a stream error, how long to look for the destination's SHUT that
+ * explains it. */
+#define RP_EXPLAIN_TIMEOUT_MS 2000
+
+struct kv_migration {
+	struct kv_savevm *sv;
+	struct kv_ram_state *rs;
+	struct kv_mig_params params; /* limits: atomic access */
+	struct kv_mig_hooks hooks;
+	int status;                  /* enum kv_mig_status, atomic */
+
+	pthread_mutex_t lock;
+	struct kv_stream *stream;    /* while kv_mig_run runs */
+	struct kv_mig_stats stats;
+
+	/* Owned by the migration thread. */
+	int64_t start_ns;
+	uint64_t pass;
+	double bandwidth;
+};
+
+static const char *const status_names[] = {
+	[KV_MIG_NONE] = "none",
+	[KV_MIG_SETUP] = "setup",
+	[KV_MIG_ACTIVE] = "active",
+	[KV_MIG_DEVICE] = "device",
+	[KV_MIG_COMPLETED] = "completed",
+	[KV_MIG_FAILED] = "failed",
+	[KV_MIG_CANCELLING] = "cancelling",
+	[KV_MIG_CANCELLED] = "cancelled",
+};
+
+#define ST(s) (1U << (s))
+
+static const unsigned int transitions[] = {
+	[KV_MIG_NONE] = ST(KV_MIG_SETUP) | ST(KV_MIG_CANCELLING),
+	[KV_MIG_SETUP] = ST(KV_MIG_ACTIVE) | ST(KV_MIG_FAILED) |
+			 ST(KV_MIG_CANCELLING),
+	[KV_MIG_ACTIVE] = ST(KV_MIG_DEVICE) | ST(KV_MIG_FAILED) |
+			  ST(KV_MIG_CANCELLING),
+	[KV_MIG_DEVICE] = ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) |
+			  ST(KV_MIG_CANCELLING),
+	[KV_MIG_COMPLETED] = 0,
+	[KV_MIG_FAILED] = 0,
+	/* COMPLETED: a cancel that lost the race against the destination's
+	 * SHUT(0); the destination owns the workload then. */
+	[KV_MIG_CANCELLING] = ST(KV_MIG_CANCELLED) | ST(KV_MIG_COMPLETED),
+	[KV_MIG_CANCELLED] = 0,
+};
+
+const char *kv_mig_status_name(enum kv_mig_status st)
+{
+	if ((unsigned int)st >= sizeof(status_names) / sizeof(status_names[0]))
+		return "unknown";
+	return status_names[st];
+}
+
+void kv_mig_params_default(struct kv_mig_params *p)
+{
+	p->downtime_limit_ms = 300;
+	p->max_bandwidth = 0;
+	p->converge_timeout_ms = 0;
+	p->rp_timeout_ms = 30000;
+}
+
+struct kv_migration *kv_mig_new(struct kv_savevm *sv, struct kv_ram_state *rs,
+				const struct kv_mig_params *params,
+				const struct kv_mig_hooks *hooks)
+{
+	struct kv_migration *m;
+
+	if (!sv || !hooks || !hooks->stop_vm || !hooks->resume_vm)
+		return NULL;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return NULL;
+	m->sv = sv;
+	m->rs = rs;
+	if (params)
+		m->params = *params;
+	else
+		kv_mig_params_default(&m->params);
+	m->hooks = *hooks;
+	m->status = KV_MIG_NONE;
+	pthread_mutex_init(&m->lock, NULL);
+	return m;
+}
+
+void kv_mig_free(struct kv_migration *m)
+{
+	if (!m)
+		return;
+	pthread_mutex_destroy(&m->lock);
+	free(m);
+}
+
+enum kv_mig_status kv_mig_status(const struct kv_migration *m)
+{
+	return (enum kv_mig_status)__atomic_load_n(&m->status,
+						   __ATOMIC_ACQUIRE);
+}
+
+static void report_progress(struct kv_migration *m, uint64_t remaining,
+			    uint64_t pass_pages)
+{
+	struct kv_mig_progress p = { 0 };
+	uint64_t total = 0;
+
+	if (!m->hooks.progress)
+		return;
+	if (m->rs)
+		for (size_t i = 0; i < kv_ram_block_count(m->rs); i++)
+			total += kv_ram_block(m->rs, i)->length;
+	pthread_mutex_lock(&m->lock);
+	p.transferred = m->stats.transferred;
+	pthread_mutex_unlock(&m->lock);
+	p.status = kv_mig_status(m);
+	p.pass = m->pass;
+	p.remaining = remaining;
+	p.total = total;
+	p.bandwidth = m->bandwidth;
+	p.expected_downtime_ms =
+		m->bandwidth > 0 ? (double)remaining * 1000.0 / m->bandwidth
+				 : 0;
+	p.pass_pages = pass_pages;
+	p.elapsed_ms = (kv_now_ns() - m->start_ns) / 1000000;
+	m->hooks.progress(m->hooks.opaque, &p);
+}
+
+/* The one place a status changes. notify: called on the migration thread,
+ * which is where the progress hook runs. */
+static bool mig_set_status(struct kv_migration *m, enum kv_mig_status from,
+			   enum kv_mig_status to, bool notify)
+{
+	int expected = (int)from;
+
+	if (!(transitions[from] & ST(to)))
+		return false;
+	if (!__atomic_compare_exchange_n(&m->status, &expected, (int)to, false,
+					 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return false;
+	pthread_mutex_lock(&m->lock);
+	m->stats.status = to;
+	pthread_mutex_unlock(&m->lock);
+	if (notify)
+		report_progress(m, m->rs ? kv_ram_pending_estimate(m->rs) : 0,
+				0);
+	return true;
+}
+
+static bool cancel_requested(const struct kv_migration *m)
+{
+	return kv_mig_status(m) == KV_MIG_CANCELLING;
+}
+
+void kv_mig_cancel(struct kv_migration *m)
+{
+	for (;;) {
+		enum kv_mig_status st = kv_mig_status(m);
+
+		if (!(transitions[st] & ST(KV_MIG_CANCELLING)))
+			return; /* finished, or cancelling already */
+		if (mig_set_status(m, st, KV_MIG_CANCELLING, false))
+			break;
+	}
+	pthread_mutex_lock(&m->lock);
+	if (m->stream)
+		kv_stream_shutdown(m->stream);
+	pthread_mutex_unlock(&m->lock);
+}
+
+void kv_mig_set_downtime_limit(struct kv_migration *m, uint64_t ms)
+{
+	__atomic_store_n(&m->params.downtime_limit_ms, ms, __ATOMIC_RELAXED);
+}
+
+void kv_mig_set_max_bandwidth(struct kv_migration *m, uint64_t bytes_per_sec)
+{
+	__atomic_store_n(&m->params.max_bandwidth, bytes_per_sec,
+			 __ATOMIC_RELAXED);
+	pthread_mutex_lock(&m->lock);
+	if (m->stream)
+		kv_stream_set_rate_limit(m->stream, bytes_per_sec);
+	pthread_mutex_unlock(&m->lock);
+}
+
+void kv_mig_get_stats(const struct kv_migration *m, struct kv_mig_stats *st)
+{
+	struct kv_migration *mm = (struct kv_migration *)m;
+
+	pthread_mutex_lock(&mm->lock);
+	*st = m->stats;
+	pthread_mutex_unlock(&mm->lock);
+	st->status = kv_mig_status(m);
+	if (m->rs) {
+		struct kv_ram_stats rst;
+
+		kv_ram_get_stats(m->rs, &rst);
+		st->zero_pages = rst.zero_pages;
+		st->normal_pages = rst.normal_pages;
+		st->passes = rst.dirty_sync_count;
+	}
+}
+
+static void update_stats(struct kv_migration *m, struct kv_stream *s)
+{
+	uint64_t transferred = kv_stream_transferred(s);
+
+	pthread_mutex_lock(&m->lock);
+	m->stats.transferred = transferred;
+	m->stats.bandwidth = m->bandwidth;
+	m->stats.total_time_ms = (kv_now_ns() - m->start_ns) / 1000000;
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Pages the pass just ended sent, kept for the summary. */
+static uint64_t record_pass_pages(struct kv_migration *m)
+{
+	struct kv_ram_stats rst;
+
+	if (!m->rs)
+		return 0;
+	kv_ram_get_stats(m->rs, &rst);
+	pthread_mutex_lock(&m->lock);
+	if (rst.dirty_sync_count >= 1 && rst.dirty_sync_count <= 64)
+		m->stats.pages_per_pass[rst.dirty_sync_count - 1] =
+			rst.pass_pages;
+	pthread_mutex_unlock(&m->lock);
+	return rst.pass_pages;
+}
+
+static int not_converged(struct kv_migration *m, uint64_t pending,
+			 uint64_t downtime_ms, struct kv_error *err)
+{
+	double bw = m->bandwidth;
+	double allowed = bw * (double)downtime_ms / 1000.0;
+	double needed_ms = bw > 0 ? (double)pending * 1000.0 / bw : 0;
+
+	return kv_error_set(err, -ETIMEDOUT,
+			    "migration did not converge within %llu ms: "
+			    "%.1f MiB still dirty after pass %llu at %.1f "
+			    "MiB/s, and a downtime limit of %llu ms allows "
+			    "%.1f MiB at switch-over (about %.0f ms needed); "
+			    "raise the downtime limit or the bandwidth limit, "
+			    "or slow the workload's dirtying; the source "
+			    "keeps running",
+			    (unsigned long long)m->params.converge_timeout_ms,
+			    (double)pending / MIB, (unsigned long long)m->pass,
+			    bw / MIB, (unsigned long long)downtime_ms,
+			    allowed / MIB, needed_ms);
+}
+
+/*
+ * ACTIVE: iterate; at the end of every pass measure its bandwidth, sync
+ * and decide. Returns 0 when the rest fits in the downtime limit.
+ */
+static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
+				   struct kv_error *err)
+{
+	int64_t active_start = kv_now_ns(), pass_start = active_start;
+	uint64_t pass_bytes0 = kv_stream_transferred(s);
+	uint64_t timeout_ms = m->params.converge_timeout_ms;
+	int ret;
+
+	m->pass = 1;
+	for (;;) {
+		uint64_t pending, downtime_ms, pass_pages;
+		int64_t now, pass_ns;
+		double threshold;
+
+		if (cancel_requested(m))
+			return -ECANCELED;
+		ret = kv_savevm_save_iterate(m->sv, s, err);
+		if (ret < 0)
+			return ret;
+		now = kv_now_ns();
+		if (ret == 1) {
+			if (kv_stream_flush(s) < 0) {
+				kv_stream_error_get(s, err);
+				return kv_stream_error(s);
+			}
+			now = kv_now_ns();
+			pass_ns = now - pass_start;
+			if (pass_ns < 1000000)
+				pass_ns = 1000000;
+			m->bandwidth = (double)(kv_stream_transferred(s) -
+						pass_bytes0) *
+				       1e9 / (double)pass_ns;
+			pass_pages = record_pass_pages(m);
+			ret = kv_savevm_pending_exact(m->sv, &pending, err);
+			if (ret < 0)
+				return ret;
+			downtime_ms = __atomic_load_n(
+				&m->params.downtime_limit_ms, __ATOMIC_RELAXED);
+			threshold = m->bandwidth * (double)downtime_ms / 1000.0;
+			update_stats(m, s);
+			report_progress(m, pending, pass_pages);
+			if ((double)pending <= threshold)
+				return 0;
+			m->pass++;
+			pass_start = now;
+			pass_bytes0 = kv_stream_transferred(s);
+		}
+		if (timeout_ms &&
+		    (uint64_t)(now - active_start) / 1000000 >= timeout_ms)
+			return not_converged(
+				m, kv_savevm_pending_estimate(m->sv),
+				__atomic_load_n(&m->params.downtime_limit_ms,
+						__ATOMIC_RELAXED),
+				err);
+	}
+}
+
+/* After a stream failure with a return path: if the destination said why
+ * (it failed and answered SHUT(1)), say that instead of "broken pipe". */
+static void explain_by_destination(struct kv_stream *s, struct kv_error *err)
+{
+	struct kv_error rerr = { 0 };
+	uint32_t status;
+
+	if (kv_rp_wait_shut(kv_stream_chan(s), RP_EXPLAIN_TIMEOUT_MS, &status,
+			    &rerr) < 0 ||
+	    status == 0)
+		return;
+	kv_error_prefix(err, "the destination failed to load the migration "
+			"stream (it answered SHUT with status %u; see its "
+			"log); here", status);
+}
+
+static void stop_and_cleanup(struct kv_migration *m, bool completed)
+{
+	if (m->rs)
+		kv_ram_set_outcome(m->rs, completed);
+	kv_savevm_save_cleanup(m->sv);
+}
+
+/* Switch-over: stop, send the rest, wait for the destination's verdict. */
+static int switch_over(struct kv_migration *m, struct kv_stream *s,
+		       bool return_path, bool *stopped, struct kv_error *err)
+{
+	int64_t stop_ns;
+	uint32_t status;
+	int ret;
+
+	ret = m->hooks.stop_vm(m->hooks.opaque, err);
+	*stopped = true; /* even a failed stop may have stopped a part */
+	if (ret < 0) {
+		kv_error_prefix(err, "stopping the workload for switch-over");
+		return ret;
+	}
+	stop_ns = kv_now_ns();
+	if (!mig_set_status(m, KV_MIG_ACTIVE, KV_MIG_DEVICE, true))
+		return -ECANCELED;
+	ret = kv_savevm_save_complete(m->sv, s, err);
+	if (ret < 0)
+		return ret;
+	record_pass_pages(m);
+	if (return_path) {
+		ret = kv_rp_wait_shut(kv_stream_chan(s), m->params.rp_timeout_ms,
+				      &status, err);
+		if (ret < 0)
+			return ret;
+		if (status != 0)
+			return kv_error_set(err, -EREMOTEIO, "the destination "
+					    "failed to load the migration "
+					    "stream (it answered SHUT with "
+					    "status %u; see its log); the "
+					    "source resumes", status);
+	}
+	pthread_mutex_lock(&m->lock);
+	m->stats.downtime_ms = (kv_now_ns() - stop_ns) / 1000000;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+static int run_phases(struct kv_migration *m, struct kv_stream *s,
+		      bool return_path, bool *stopped, struct kv_error *err)
+{
+	int ret;
+
+	ret = kv_savevm_save_header(m->sv, s, return_path, err);
+	if (ret < 0)
+		return ret;
+	ret = kv_savevm_save_setup(m->sv, s, err);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&m->lock);
+	m->stats.setup_time_ms = (kv_now_ns() - m->start_ns) / 1000000;
+	pthread_mutex_unlock(&m->lock);
+	if (!mig_set_status(m, KV_MIG_SETUP, KV_MIG_ACTIVE, true))
+		return -ECANCELED;
+	ret = iterate_until_converged(m, s, err);
+	if (ret < 0)
+		return ret;
+	return switch_over(m, s, return_path, stopped, err);
+}
+
+int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
+	       struct kv_error *err)
+{
+	struct kv_error lerr = { 0 };
+	bool return_path = false, stopped = false, cancelled;
+	enum kv_mig_status st;
+	int ret;
+
+	m->start_ns = kv_now_ns();
+	pthread_mutex_lock(&m->lock);
+	m->stream = s;
+	pthread_mutex_unlock(&m->lock);
+	if (!mig_set_status(m, KV_MIG_NONE, KV_MIG_SETUP, true)) {
+		ret = cancel_requested(m) ? -ECANCELED : -EBUSY;
+		if (ret == -EBUSY) {
+			pthread_mutex_lock(&m->lock);
+			m->stream = NULL;
+			pthread_mutex_unlock(&m->lock);
+			return kv_error_set(err, -EBUSY, "migration: this "
+					    "migration already ran (status "
+					    "%s)", kv_mig_status_name(
+						    kv_mig_status(m)));
+		}
+		goto out;
+	}
+	kv_stream_set_rate_limit(s, __atomic_load_n(&m->params.max_bandwidth,
+						    __ATOMIC_RELAXED));
+	return_path = kv_stream_chan(s)->is_socket;
+	ret = run_phases(m, s, return_path, &stopped, &lerr);
+	if (ret == 0 &&
+	    !mig_set_status(m, KV_MIG_DEVICE, KV_MIG_COMPLETED, true))
+		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_COMPLETED, true);
+out:
+	cancelled = ret < 0 && cancel_requested(m);
+	if (ret < 0 && !cancelled && return_path && kv_stream_error(s) &&
+	    kv_stream_error(s) != -ECANCELED)
+		explain_by_destination(s, &lerr);
+	stop_and_cleanup(m, ret == 0);
+	if (ret < 0 && stopped)
+		m->hooks.resume_vm(m->hooks.opaque);
+	update_stats(m, s);
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (ret == 0)
+		return 0;
+	if (cancelled) {
+		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_CANCELLED, true);
+		kv_error_clear(&lerr);
+		kv_error_set(&lerr, -ECANCELED, "migration cancelled%s",
+			     stopped ? "; the source resumed" : "");
+		ret = -ECANCELED;
+	} else {
+		/* A cancel may still race the failure: it then wins. */
+		do
+			st = kv_mig_status(m);
+		while (st != KV_MIG_CANCELLING &&
+		       !mig_set_status(m, st, KV_MIG_FAILED, true));
+		if (st == KV_MIG_CANCELLING)
+			mig_set_status(m, st, KV_MIG_CANCELLED, true);
+		if (!kv_error_is_set(&lerr))
+			kv_error_set(&lerr, ret, "migration failed");
+	}
+	kv_error_propagate(err, &lerr);
+	return ret;
+}
+
+int kv_mig_incoming(struct kv_savevm *sv, struct kv_stream *s,
+		    struct kv_error *err)
+{
+	struct kv_load_result res = { 0 };
+	struct kv_chan *c = kv_stream_chan(s);
+	int ret, rp;
+
+	ret = kv_savevm_load(sv, s, &res, err);
+	/* On failure, answer on any socket: the source may have asked in a
+	 * part of the stream we never got to read. */
+	if (!res.return_path_requested && !(ret < 0 && c->is_socket))
+		return ret;
+	rp = kv_rp_send_shut(c, ret < 0 ? 1 : 0, ret < 0 ? NULL : err);
+	/* Unconfirmed, the source resumes: this side must not run too. */
+	if (ret == 0 && rp < 0)
+		ret = rp;
+	return ret;
+}
