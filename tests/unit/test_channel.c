@@ -353,6 +353,89 @@ static void test_chan_shutdown_unblocks_socket_read(void **state)
 	close(sv[1]);
 }
 
+static void test_write_to_closed_socket_is_epipe(void **state)
+{
+	struct kv_error err = { 0 };
+	struct kv_chan *c;
+	struct iovec iov = { "x", 1 };
+	int sv[2];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	close(sv[1]);
+	c = kv_chan_from_fd(sv[0], "peer-gone", &err);
+	assert_non_null(c);
+	/* Without MSG_NOSIGNAL the process would die of SIGPIPE here. */
+	assert_int_equal(kv_chan_writev_full(c, &iov, 1, &err), -EPIPE);
+	assert_non_null(strstr(err.msg, "peer-gone"));
+	kv_chan_close(c);
+}
+
+static void test_fd_uri(void **state)
+{
+	struct kv_error err = { 0 };
+	struct kv_listener *l;
+	struct kv_chan *w, *r;
+	char uri[32], back[4] = { 0 };
+	struct iovec iov = { "abc", 3 };
+	int fds[2];
+
+	assert_int_equal(pipe(fds), 0);
+	snprintf(uri, sizeof(uri), "fd:%d", fds[1]);
+	w = kv_chan_connect(uri, &err);
+	assert_non_null(w);
+	assert_string_equal(w->name, uri);
+	assert_false(w->is_socket);
+	snprintf(uri, sizeof(uri), "fd:%d", fds[0]);
+	l = kv_listener_open(uri, &err);
+	assert_non_null(l);
+	r = kv_listener_accept(l, &err);
+	assert_non_null(r);
+	assert_null(kv_listener_accept(l, &err)); /* only once */
+	assert_int_equal(kv_chan_writev_full(w, &iov, 1, &err), 0);
+	assert_int_equal(kv_chan_read_full(r, back, 3, &err), 0);
+	assert_string_equal(back, "abc");
+	kv_chan_close(w);
+	kv_chan_close(r);
+	kv_listener_close(l);
+	assert_null(kv_chan_connect("fd:100000", &err));
+}
+
+struct blocked_reader {
+	struct kv_chan *c;
+	ssize_t result;
+};
+
+static void *blocked_read_thread(void *arg)
+{
+	struct blocked_reader *b = arg;
+	char x;
+
+	b->result = b->c->ops->read(b->c, &x, 1);
+	return NULL;
+}
+
+static void test_chan_shutdown_unblocks_pipe_read(void **state)
+{
+	struct kv_error err = { 0 };
+	struct blocked_reader b = { 0 };
+	pthread_t t;
+	int64_t t0;
+	int fds[2];
+
+	assert_int_equal(pipe(fds), 0);
+	b.c = kv_chan_from_fd(fds[0], NULL, &err);
+	assert_non_null(b.c);
+	assert_int_equal(pthread_create(&t, NULL, blocked_read_thread, &b), 0);
+	kv_sleep_ns(50 * 1000000LL);
+	t0 = kv_now_ns();
+	kv_chan_shutdown(b.c);
+	pthread_join(t, NULL);
+	assert_true(kv_now_ns() - t0 < 2000000000LL);
+	assert_int_equal(b.result, -ECANCELED);
+	kv_chan_close(b.c);
+	close(fds[1]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -367,6 +450,9 @@ int main(void)
 		cmocka_unit_test(test_connect_refused_names_address),
 		cmocka_unit_test(test_listener_shutdown_unblocks_accept),
 		cmocka_unit_test(test_chan_shutdown_unblocks_socket_read),
+		cmocka_unit_test(test_write_to_closed_socket_is_epipe),
+		cmocka_unit_test(test_fd_uri),
+		cmocka_unit_test(test_chan_shutdown_unblocks_pipe_read),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
