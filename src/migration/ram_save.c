@@ -241,8 +241,10 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque,
 	return stream_failed(s, err, "sending pages") ?: ret;
 }
 
-/* Pull the tracker's pages into the migration bitmaps: a new pass. */
-static int ram_sync(struct kv_ram_state *rs, struct kv_error *err)
+/* Pull the tracker's pages into the migration bitmaps. new_pass: false for
+ * the last sync in complete, whose pages finish the pass already begun. */
+static int ram_sync(struct kv_ram_state *rs, bool new_pass,
+		    struct kv_error *err)
 {
 	int64_t added;
 
@@ -260,8 +262,10 @@ static int ram_sync(struct kv_ram_state *rs, struct kv_error *err)
 	for (size_t i = 0; i < rs->nblocks; i++)
 		kv_bitmap_set_all(rs->priv[i].clear_chunks,
 				  chunk_count(&rs->blocks[i]));
-	kv_ram_stat_add(&rs->dirty_sync_count, 1);
-	kv_ram_stat_set(&rs->pass_pages, 0);
+	if (new_pass) {
+		kv_ram_stat_add(&rs->dirty_sync_count, 1);
+		kv_ram_stat_set(&rs->pass_pages, 0);
+	}
 	kv_ram_stat_set(&rs->dirty_pages, count_dirty(rs));
 	return 0;
 }
@@ -277,7 +281,7 @@ uint64_t kv_ram_pending_exact(void *opaque, struct kv_error *err)
 {
 	struct kv_ram_state *rs = opaque;
 
-	ram_sync(rs, err);
+	ram_sync(rs, true, err);
 	return kv_ram_pending_estimate(rs);
 }
 
@@ -288,8 +292,8 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	int ret;
 
 	/* The workload is stopped: what it wrote since the last sync is the
-	 * last thing to send. */
-	ret = ram_sync(rs, err);
+	 * last thing to send, in the pass the driver's last sync began. */
+	ret = ram_sync(rs, false, err);
 	if (ret < 0)
 		return ret;
 	rs->last_sent = KV_RAM_NO_BLOCK;
