@@ -42,10 +42,9 @@ int kv_error_set_errno(struct kv_error *err, int code, const char *fmt, ...)
 }
 
 /* dst = "<a>: <b>", cut to size (snprintf would warn about the cut). */
-static void append_joined(char *dst, size_t size, const char *a,
-			  const char *b)
+static void append_joined(char *dst, size_t size, const char *a, const char *b)
 {
-	const char *parts[3] = { a, ": ", b };
+	const char *parts[3] = {a, ": ", b};
 	size_t used = 0;
 
 	for (int i = 0; i < 3; i++) {

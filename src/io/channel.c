@@ -53,8 +53,8 @@ static bool chan_cancelled(const struct kv_chan *c)
 static int wait_fd_or_cancel(int fd, short events, int cancel_fd)
 {
 	struct pollfd pfd[2] = {
-		{ .fd = fd, .events = events },
-		{ .fd = cancel_fd, .events = POLLIN },
+	    {.fd = fd, .events = events},
+	    {.fd = cancel_fd, .events = POLLIN},
 	};
 
 	for (;;) {
@@ -94,8 +94,8 @@ static ssize_t chan_read(struct kv_chan *c, void *buf, size_t len)
 static ssize_t sock_writev_once(int fd, const struct iovec *iov, int iovcnt)
 {
 	struct msghdr msg = {
-		.msg_iov = (struct iovec *)iov,
-		.msg_iovlen = (size_t)iovcnt,
+	    .msg_iov = (struct iovec *)iov,
+	    .msg_iovlen = (size_t)iovcnt,
 	};
 
 	return sendmsg(fd, &msg, MSG_NOSIGNAL);
@@ -205,24 +205,24 @@ static void fd_close(struct kv_chan *c)
 }
 
 static const struct kv_chan_ops sock_ops = {
-	.read = chan_read,
-	.writev = sock_writev,
-	.shutdown = sock_shutdown,
-	.close = fd_close,
+    .read = chan_read,
+    .writev = sock_writev,
+    .shutdown = sock_shutdown,
+    .close = fd_close,
 };
 
 static const struct kv_chan_ops pipe_ops = {
-	.read = chan_read,
-	.writev = pipe_writev,
-	.shutdown = signal_cancel,
-	.close = fd_close,
+    .read = chan_read,
+    .writev = pipe_writev,
+    .shutdown = signal_cancel,
+    .close = fd_close,
 };
 
 static const struct kv_chan_ops file_ops = {
-	.read = chan_read,
-	.writev = file_writev,
-	.shutdown = signal_cancel,
-	.close = fd_close,
+    .read = chan_read,
+    .writev = file_writev,
+    .shutdown = signal_cancel,
+    .close = fd_close,
 };
 
 static int set_nonblock(int fd)
@@ -301,8 +301,8 @@ int kv_chan_read_full(struct kv_chan *c, void *buf, size_t len,
 					    "%s: read cancelled by shutdown",
 					    c->name);
 		if (n < 0)
-			return kv_error_set_errno(err, (int)n, "%s: read failed",
-						  c->name);
+			return kv_error_set_errno(err, (int)n,
+						  "%s: read failed", c->name);
 		done += (size_t)n;
 	}
 	return 0;
@@ -328,8 +328,8 @@ int kv_chan_writev_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 			return kv_error_set_errno(err, (int)n,
 						  "%s: write failed", c->name);
 		while (n > 0) {
-			size_t step = (size_t)n < iov->iov_len ? (size_t)n
-							      : iov->iov_len;
+			size_t step =
+			    (size_t)n < iov->iov_len ? (size_t)n : iov->iov_len;
 
 			iov->iov_base = (char *)iov->iov_base + step;
 			iov->iov_len -= step;
@@ -361,8 +361,8 @@ static int tcp_connect_fd(const struct kv_uri *u, const char *uri,
 			  struct kv_error *err)
 {
 	struct addrinfo hints = {
-		.ai_family = AF_UNSPEC,
-		.ai_socktype = SOCK_STREAM,
+	    .ai_family = AF_UNSPEC,
+	    .ai_socktype = SOCK_STREAM,
 	};
 	struct addrinfo *res, *ai;
 	int r, fd = -1, last = -ECONNREFUSED;
@@ -370,8 +370,8 @@ static int tcp_connect_fd(const struct kv_uri *u, const char *uri,
 	r = getaddrinfo(u->host[0] ? u->host : NULL, u->port, &hints, &res);
 	if (r != 0)
 		return kv_error_set(err, -EHOSTUNREACH,
-				    "%s: cannot resolve '%s': %s", uri,
-				    u->host, gai_strerror(r));
+				    "%s: cannot resolve '%s': %s", uri, u->host,
+				    gai_strerror(r));
 	for (ai = res; ai; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
 			    ai->ai_protocol);
@@ -390,10 +390,9 @@ static int tcp_connect_fd(const struct kv_uri *u, const char *uri,
 	}
 	freeaddrinfo(res);
 	if (fd < 0)
-		return kv_error_set_errno(err, last, "%s: cannot connect",
-					  uri);
+		return kv_error_set_errno(err, last, "%s: cannot connect", uri);
 	/* The return path sends small messages that must not wait. */
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){1}, sizeof(int));
 	return fd;
 }
 
@@ -466,8 +465,8 @@ struct kv_chan *kv_chan_connect(const char *uri, struct kv_error *err)
 struct kv_listener {
 	struct kv_uri uri;
 	char text[300]; /* the bound address as a URI */
-	int fd;         /* listening socket; -1 for file: and fd: */
-	int cancel_fd;  /* eventfd signalled by kv_listener_shutdown */
+	int fd;		/* listening socket; -1 for file: and fd: */
+	int cancel_fd;	/* eventfd signalled by kv_listener_shutdown */
 	int shutdown_req;
 	bool handed_out;  /* file: and fd: accept once */
 	bool unlink_path; /* we created the unix socket file */
@@ -489,12 +488,11 @@ static void tcp_describe(struct kv_listener *l)
 	const char *h = l->uri.host;
 
 	if (getsockname(l->fd, (struct sockaddr *)&ss, &len) < 0) {
-		snprintf(l->text, sizeof(l->text), "tcp:%s:%s", h,
-			 l->uri.port);
+		snprintf(l->text, sizeof(l->text), "tcp:%s:%s", h, l->uri.port);
 		return;
 	}
-	if (!*h && getnameinfo((struct sockaddr *)&ss, len, host,
-			       sizeof(host), NULL, 0, NI_NUMERICHOST) == 0)
+	if (!*h && getnameinfo((struct sockaddr *)&ss, len, host, sizeof(host),
+			       NULL, 0, NI_NUMERICHOST) == 0)
 		h = host;
 	if (strchr(h, ':'))
 		snprintf(l->text, sizeof(l->text), "tcp:[%s]:%d", h,
@@ -508,9 +506,9 @@ static int tcp_listen_fd(struct kv_listener *l, const char *uri,
 			 struct kv_error *err)
 {
 	struct addrinfo hints = {
-		.ai_family = AF_UNSPEC,
-		.ai_socktype = SOCK_STREAM,
-		.ai_flags = AI_PASSIVE,
+	    .ai_family = AF_UNSPEC,
+	    .ai_socktype = SOCK_STREAM,
+	    .ai_flags = AI_PASSIVE,
 	};
 	struct addrinfo *res, *ai;
 	int r, fd = -1, last = -EADDRNOTAVAIL;
@@ -528,7 +526,7 @@ static int tcp_listen_fd(struct kv_listener *l, const char *uri,
 			last = -errno;
 			continue;
 		}
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &(int){ 1 },
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &(int){1},
 			   sizeof(int));
 		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
 		    listen(fd, 16) == 0)
@@ -552,7 +550,7 @@ static int tcp_listen_fd(struct kv_listener *l, const char *uri,
 static int unix_prepare_path(const struct kv_uri *u, const char *uri,
 			     struct kv_error *err)
 {
-	struct kv_error probe = { 0 };
+	struct kv_error probe = {0};
 	struct stat st;
 	int fd;
 
@@ -576,9 +574,8 @@ static int unix_prepare_path(const struct kv_uri *u, const char *uri,
 				    uri, u->path);
 	}
 	if (unlink(u->path) < 0 && errno != ENOENT)
-		return kv_error_set_errno(err, -errno,
-					  "%s: cannot remove stale socket",
-					  uri);
+		return kv_error_set_errno(
+		    err, -errno, "%s: cannot remove stale socket", uri);
 	return 0;
 }
 
@@ -669,23 +666,22 @@ static int accept_socket(struct kv_listener *l, struct kv_error *err)
 		if (fd >= 0) {
 			if (l->uri.kind == KV_URI_TCP)
 				setsockopt(fd, IPPROTO_TCP, TCP_NODELAY,
-					   &(int){ 1 }, sizeof(int));
+					   &(int){1}, sizeof(int));
 			return fd;
 		}
 		if (errno == EINTR || errno == ECONNABORTED)
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return kv_error_set_errno(err, -errno,
-						  "%s: accept failed",
-						  l->text);
+						  "%s: accept failed", l->text);
 		r = wait_fd_or_cancel(l->fd, POLLIN, l->cancel_fd);
 		if (r == -ECANCELED)
 			break;
 		if (r < 0)
 			return kv_error_set_errno(err, r, "%s: poll", l->text);
 	}
-	return kv_error_set(err, -ECANCELED,
-			    "%s: accept cancelled by shutdown", l->text);
+	return kv_error_set(err, -ECANCELED, "%s: accept cancelled by shutdown",
+			    l->text);
 }
 
 struct kv_chan *kv_listener_accept(struct kv_listener *l, struct kv_error *err)

@@ -24,7 +24,7 @@
 #include "base/clock.h"
 
 #define STREAM_BUF_SIZE (256 * 1024)
-#define STREAM_IOV_MAX IOV_MAX
+#define STREAM_IOV_MAX	IOV_MAX
 /* A get at least this big bypasses the read buffer when it is empty. */
 #define STREAM_DIRECT_READ_MIN 4096
 /* Refs smaller than this are cheaper copied than given an iovec slot. */
@@ -146,11 +146,10 @@ static void set_io_error(struct kv_stream *s, int code, const char *what)
 				    s->chan->name, what,
 				    (unsigned long long)s->offset);
 	else
-		kv_stream_set_error(s, code,
-				    "%s: %s failed at stream offset %llu: %s",
-				    s->chan->name, what,
-				    (unsigned long long)s->offset,
-				    strerror(-code));
+		kv_stream_set_error(
+		    s, code, "%s: %s failed at stream offset %llu: %s",
+		    s->chan->name, what, (unsigned long long)s->offset,
+		    strerror(-code));
 }
 
 /* ---- counters, rate limit, shutdown ---- */
@@ -214,7 +213,7 @@ static size_t rate_budget(struct kv_stream *s)
 		}
 		left = s->window_start_ns + RATE_WINDOW_NS - now;
 		kv_sleep_ns(left < RATE_SLEEP_SLICE_NS ? left
-						      : RATE_SLEEP_SLICE_NS);
+						       : RATE_SLEEP_SLICE_NS);
 	}
 }
 
@@ -254,8 +253,8 @@ static int write_iov(struct kv_stream *s, struct iovec *iov, int cnt)
 		s->transferred += (uint64_t)n;
 		s->window_bytes += (uint64_t)n;
 		while (n > 0) {
-			size_t step = (size_t)n < iov->iov_len ? (size_t)n
-							      : iov->iov_len;
+			size_t step =
+			    (size_t)n < iov->iov_len ? (size_t)n : iov->iov_len;
 
 			iov->iov_base = (char *)iov->iov_base + step;
 			iov->iov_len -= step;

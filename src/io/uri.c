@@ -161,8 +161,8 @@ int kv_uri_parse(const char *text, struct kv_uri *uri, struct kv_error *err)
 		return parse_tcp(text, text + 4, uri, err);
 	if (has_prefix(text, "unix:")) {
 		uri->kind = KV_URI_UNIX;
-		return parse_path(text, text + 5, sizeof(sun.sun_path) - 1,
-				  uri, err);
+		return parse_path(text, text + 5, sizeof(sun.sun_path) - 1, uri,
+				  err);
 	}
 	if (has_prefix(text, "file:")) {
 		uri->kind = KV_URI_FILE;

@@ -18,7 +18,7 @@
 #include "base/zero.h"
 
 /* Sizes around word boundaries, and not multiples of 64. */
-static const size_t sizes[] = { 1, 2, 63, 64, 65, 127, 128, 129, 200, 1000 };
+static const size_t sizes[] = {1, 2, 63, 64, 65, 127, 128, 129, 200, 1000};
 
 /* ---- bitmaps ---- */
 
@@ -36,7 +36,7 @@ static void test_bitmap_set_all_count(void **state)
 		/* No bit past the end may be set in the last word. */
 		if (n % KV_BITS_PER_LONG)
 			assert_int_equal(map[KV_BITMAP_LONGS(n) - 1] >>
-						 (n % KV_BITS_PER_LONG),
+					     (n % KV_BITS_PER_LONG),
 					 0);
 		assert_true(kv_bitmap_test(map, n - 1));
 		kv_bitmap_clear_all(map, n);
@@ -120,7 +120,7 @@ static void test_bitmap_two_claimers(void **state)
 	unsigned long *map = kv_bitmap_new(CLAIM_BITS);
 	unsigned char *seen = calloc(CLAIM_BITS, 1);
 	pthread_barrier_t start;
-	struct claimer a = { map, seen, &start, 0 }, b = { map, seen, &start, 0 };
+	struct claimer a = {map, seen, &start, 0}, b = {map, seen, &start, 0};
 	pthread_t ta, tb;
 
 	pthread_barrier_init(&start, NULL, 2);
@@ -216,7 +216,7 @@ static void test_zero_single_byte_anywhere(void **state)
 
 static void test_error_first_wins(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 
 	assert_false(kv_error_is_set(&err));
 	assert_int_equal(kv_error_set(&err, -EINVAL, "bad %s %d", "thing", 7),
@@ -237,12 +237,11 @@ static void test_error_first_wins(void **state)
 
 static void test_error_errno_and_prefix(void **state)
 {
-	struct kv_error err = { 0 };
-	struct kv_error copy = { 0 };
+	struct kv_error err = {0};
+	struct kv_error copy = {0};
 	char expect[KV_ERROR_MSG_MAX];
 
-	kv_error_set_errno(&err, -ECONNREFUSED, "tcp:%s:%d", "127.0.0.1",
-			   4444);
+	kv_error_set_errno(&err, -ECONNREFUSED, "tcp:%s:%d", "127.0.0.1", 4444);
 	snprintf(expect, sizeof(expect), "tcp:127.0.0.1:4444: %s",
 		 strerror(ECONNREFUSED));
 	assert_string_equal(err.msg, expect);
@@ -251,8 +250,8 @@ static void test_error_errno_and_prefix(void **state)
 	assert_string_equal(err.msg, expect);
 
 	kv_error_prefix(&err, "section '%s'", "ram");
-	assert_true(strncmp(err.msg, "section 'ram': tcp:127.0.0.1:4444: ",
-			    35) == 0);
+	assert_true(
+	    strncmp(err.msg, "section 'ram': tcp:127.0.0.1:4444: ", 35) == 0);
 	kv_error_propagate(&copy, &err);
 	assert_int_equal(copy.code, -ECONNREFUSED);
 	assert_string_equal(copy.msg, err.msg);
@@ -269,7 +268,7 @@ static void test_error_errno_and_prefix(void **state)
 
 static void test_error_prefix_truncates(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	char long_msg[KV_ERROR_MSG_MAX];
 
 	memset(long_msg, 'm', sizeof(long_msg) - 1);
@@ -284,16 +283,16 @@ static void test_error_prefix_truncates(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_bitmap_set_all_count),
-		cmocka_unit_test(test_bitmap_find_next),
-		cmocka_unit_test(test_bitmap_claim),
-		cmocka_unit_test(test_bitmap_two_claimers),
-		cmocka_unit_test(test_bitmap_or_and_drain),
-		cmocka_unit_test(test_zero_sizes),
-		cmocka_unit_test(test_zero_single_byte_anywhere),
-		cmocka_unit_test(test_error_first_wins),
-		cmocka_unit_test(test_error_errno_and_prefix),
-		cmocka_unit_test(test_error_prefix_truncates),
+	    cmocka_unit_test(test_bitmap_set_all_count),
+	    cmocka_unit_test(test_bitmap_find_next),
+	    cmocka_unit_test(test_bitmap_claim),
+	    cmocka_unit_test(test_bitmap_two_claimers),
+	    cmocka_unit_test(test_bitmap_or_and_drain),
+	    cmocka_unit_test(test_zero_sizes),
+	    cmocka_unit_test(test_zero_single_byte_anywhere),
+	    cmocka_unit_test(test_error_first_wins),
+	    cmocka_unit_test(test_error_errno_and_prefix),
+	    cmocka_unit_test(test_error_prefix_truncates),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -25,7 +25,7 @@
 
 static void test_uri_good(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_uri u;
 
 	assert_int_equal(kv_uri_parse("tcp:127.0.0.1:4444", &u, &err), 0);
@@ -59,7 +59,7 @@ static void test_uri_good(void **state)
 
 static void expect_bad_uri(const char *text, const char *needle)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_uri u;
 
 	assert_true(kv_uri_parse(text, &u, &err) < 0);
@@ -109,10 +109,10 @@ struct peer {
 static void *echo_peer(void *arg)
 {
 	struct peer *p = arg;
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_chan *c = kv_listener_accept(p->l, &err);
 	char reply[5];
-	struct iovec iov = { reply, sizeof(reply) };
+	struct iovec iov = {reply, sizeof(reply)};
 
 	if (!c) {
 		p->result = err.code ? err.code : -EIO;
@@ -129,11 +129,11 @@ static void *echo_peer(void *arg)
 
 static void exchange_with(struct kv_listener *l)
 {
-	struct kv_error err = { 0 };
-	struct peer p = { .l = l };
+	struct kv_error err = {0};
+	struct peer p = {.l = l};
 	struct kv_chan *c;
-	char out1[] = "he", out2[] = "llo", back[6] = { 0 };
-	struct iovec iov[2] = { { out1, 2 }, { out2, 3 } };
+	char out1[] = "he", out2[] = "llo", back[6] = {0};
+	struct iovec iov[2] = {{out1, 2}, {out2, 3}};
 	pthread_t t;
 
 	assert_int_equal(pthread_create(&t, NULL, echo_peer, &p), 0);
@@ -155,7 +155,7 @@ static void exchange_with(struct kv_listener *l)
 
 static void test_tcp_ipv4_port0(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_listener *l = kv_listener_open("tcp:127.0.0.1:0", &err);
 	const char *uri;
 
@@ -170,7 +170,7 @@ static void test_tcp_ipv4_port0(void **state)
 
 static void test_tcp_port_in_use(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_listener *l = kv_listener_open("tcp:127.0.0.1:0", &err);
 	struct kv_listener *l2;
 
@@ -184,7 +184,7 @@ static void test_tcp_port_in_use(void **state)
 
 static void test_tcp_ipv6(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_listener *l = kv_listener_open("tcp:[::1]:0", &err);
 
 	if (!l) {
@@ -204,7 +204,7 @@ static void temp_path(char *buf, size_t size, const char *what)
 
 static void test_unix_socket(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	char path[100], uri[120];
 	struct sockaddr_un sun;
 	struct kv_listener *l;
@@ -239,7 +239,7 @@ static void test_unix_socket(void **state)
 
 static void test_unix_refuses_regular_file(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	char path[100], uri[120];
 	int fd;
 
@@ -256,9 +256,9 @@ static void test_unix_refuses_regular_file(void **state)
 
 static void test_file_write_then_read(void **state)
 {
-	struct kv_error err = { 0 };
-	char path[100], uri[120], back[8] = { 0 };
-	struct iovec iov = { "payload", 7 };
+	struct kv_error err = {0};
+	char path[100], uri[120], back[8] = {0};
+	struct iovec iov = {"payload", 7};
 	struct kv_listener *l;
 	struct kv_chan *c;
 
@@ -290,7 +290,7 @@ static void test_file_write_then_read(void **state)
 
 static void test_connect_refused_names_address(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_listener *l = kv_listener_open("tcp:127.0.0.1:0", &err);
 	char uri[64];
 
@@ -320,7 +320,7 @@ static void *accept_thread(void *arg)
 
 static void test_listener_shutdown_unblocks_accept(void **state)
 {
-	struct acceptor a = { 0 };
+	struct acceptor a = {0};
 	pthread_t t;
 	int64_t t0;
 
@@ -339,7 +339,7 @@ static void test_listener_shutdown_unblocks_accept(void **state)
 
 static void test_chan_shutdown_unblocks_socket_read(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_chan *c;
 	int sv[2];
 	char b;
@@ -355,9 +355,9 @@ static void test_chan_shutdown_unblocks_socket_read(void **state)
 
 static void test_write_to_closed_socket_is_epipe(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_chan *c;
-	struct iovec iov = { "x", 1 };
+	struct iovec iov = {"x", 1};
 	int sv[2];
 
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
@@ -372,11 +372,11 @@ static void test_write_to_closed_socket_is_epipe(void **state)
 
 static void test_fd_uri(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_listener *l;
 	struct kv_chan *w, *r;
-	char uri[32], back[4] = { 0 };
-	struct iovec iov = { "abc", 3 };
+	char uri[32], back[4] = {0};
+	struct iovec iov = {"abc", 3};
 	int fds[2];
 
 	assert_int_equal(pipe(fds), 0);
@@ -416,8 +416,8 @@ static void *blocked_read_thread(void *arg)
 
 static void test_chan_shutdown_unblocks_pipe_read(void **state)
 {
-	struct kv_error err = { 0 };
-	struct blocked_reader b = { 0 };
+	struct kv_error err = {0};
+	struct blocked_reader b = {0};
 	pthread_t t;
 	int64_t t0;
 	int fds[2];
@@ -439,20 +439,20 @@ static void test_chan_shutdown_unblocks_pipe_read(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_uri_good),
-		cmocka_unit_test(test_uri_bad),
-		cmocka_unit_test(test_tcp_ipv4_port0),
-		cmocka_unit_test(test_tcp_port_in_use),
-		cmocka_unit_test(test_tcp_ipv6),
-		cmocka_unit_test(test_unix_socket),
-		cmocka_unit_test(test_unix_refuses_regular_file),
-		cmocka_unit_test(test_file_write_then_read),
-		cmocka_unit_test(test_connect_refused_names_address),
-		cmocka_unit_test(test_listener_shutdown_unblocks_accept),
-		cmocka_unit_test(test_chan_shutdown_unblocks_socket_read),
-		cmocka_unit_test(test_write_to_closed_socket_is_epipe),
-		cmocka_unit_test(test_fd_uri),
-		cmocka_unit_test(test_chan_shutdown_unblocks_pipe_read),
+	    cmocka_unit_test(test_uri_good),
+	    cmocka_unit_test(test_uri_bad),
+	    cmocka_unit_test(test_tcp_ipv4_port0),
+	    cmocka_unit_test(test_tcp_port_in_use),
+	    cmocka_unit_test(test_tcp_ipv6),
+	    cmocka_unit_test(test_unix_socket),
+	    cmocka_unit_test(test_unix_refuses_regular_file),
+	    cmocka_unit_test(test_file_write_then_read),
+	    cmocka_unit_test(test_connect_refused_names_address),
+	    cmocka_unit_test(test_listener_shutdown_unblocks_accept),
+	    cmocka_unit_test(test_chan_shutdown_unblocks_socket_read),
+	    cmocka_unit_test(test_write_to_closed_socket_is_epipe),
+	    cmocka_unit_test(test_fd_uri),
+	    cmocka_unit_test(test_chan_shutdown_unblocks_pipe_read),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

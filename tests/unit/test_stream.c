@@ -23,7 +23,7 @@
 
 static struct kv_stream *stream_on_fd(int fd, enum kv_stream_mode mode)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_chan *c = kv_chan_from_fd(fd, NULL, &err);
 
 	assert_non_null(c);
@@ -89,7 +89,8 @@ static void get_everything(struct kv_stream *in)
 		if (blob[i] != (uint8_t)(i * 13))
 			fail_msg("blob byte %zu differs", i);
 	for (int r = 0; r < ROUNDS; r++) {
-		assert_true(kv_stream_get_be64(in) == ((uint64_t)r << 12 | 0x8));
+		assert_true(kv_stream_get_be64(in) ==
+			    ((uint64_t)r << 12 | 0x8));
 		assert_int_equal(kv_stream_get_buffer(in, page, PAGE), 0);
 		assert_memory_equal(page, pages[r % 8], PAGE);
 		if (r % 7 == 0)
@@ -99,9 +100,9 @@ static void get_everything(struct kv_stream *in)
 	assert_int_equal(kv_stream_error(in), 0);
 }
 
-static const uint64_t everything_len =
-	1 + 2 + 4 + 8 + 7 + 1 + 100000 +
-	(uint64_t)ROUNDS * (8 + PAGE) + (ROUNDS + 6) / 7 + 4;
+static const uint64_t everything_len = 1 + 2 + 4 + 8 + 7 + 1 + 100000 +
+				       (uint64_t)ROUNDS * (8 + PAGE) +
+				       (ROUNDS + 6) / 7 + 4;
 
 struct putter {
 	struct kv_stream *out;
@@ -122,7 +123,7 @@ static void round_trip_over(int rfd, int wfd)
 {
 	struct kv_stream *out = stream_on_fd(wfd, KV_STREAM_WRITE);
 	struct kv_stream *in = stream_on_fd(rfd, KV_STREAM_READ);
-	struct putter p = { out, -1 };
+	struct putter p = {out, -1};
 	pthread_t t;
 
 	fill_pages();
@@ -225,7 +226,7 @@ static void test_truncated_read_is_sticky(void **state)
 {
 	int fds[2];
 	struct kv_stream *out, *in;
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	uint8_t buf[16];
 
 	make_pipe(fds);
@@ -263,7 +264,7 @@ static void test_set_error_keeps_first(void **state)
 {
 	int fds[2];
 	struct kv_stream *out;
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 
 	make_pipe(fds);
 	close(fds[0]);
@@ -299,7 +300,7 @@ static void test_write_to_closed_pipe(void **state)
 {
 	int fds[2];
 	struct kv_stream *out;
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 
 	make_pipe(fds);
 	close(fds[0]);
@@ -355,7 +356,7 @@ static void test_rate_limit_slows_writer(void **state)
 {
 	int sv[2];
 	struct kv_stream *out;
-	struct sink k = { 0 };
+	struct sink k = {0};
 	pthread_t t;
 	int64_t t0, elapsed;
 
@@ -399,7 +400,7 @@ static void test_rate_limit_change_takes_effect(void **state)
 {
 	int sv[2];
 	struct kv_stream *out;
-	struct sink k = { 0 };
+	struct sink k = {0};
 	struct limiter m;
 	pthread_t t, lt;
 	int64_t t0, elapsed;
@@ -452,7 +453,7 @@ static void test_shutdown_unblocks_reader(void **state)
 	int fds[2];
 	struct kv_stream *in;
 	struct canceller c;
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	pthread_t t;
 	int64_t done;
 
@@ -515,7 +516,7 @@ static void test_byte_sink_counts(void **state)
 {
 	int sv[2];
 	struct kv_stream *out;
-	struct sink k = { 0 };
+	struct sink k = {0};
 	pthread_t t;
 
 	/* Byte-sized gets across many buffer refills. */
@@ -535,20 +536,20 @@ static void test_byte_sink_counts(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_round_trip_pipe),
-		cmocka_unit_test(test_round_trip_socketpair),
-		cmocka_unit_test(test_round_trip_file),
-		cmocka_unit_test(test_offsets_and_peek),
-		cmocka_unit_test(test_truncated_read_is_sticky),
-		cmocka_unit_test(test_set_error_keeps_first),
-		cmocka_unit_test(test_str8_too_long),
-		cmocka_unit_test(test_write_to_closed_pipe),
-		cmocka_unit_test(test_rate_limit_slows_writer),
-		cmocka_unit_test(test_rate_limit_change_takes_effect),
-		cmocka_unit_test(test_shutdown_unblocks_reader),
-		cmocka_unit_test(test_shutdown_unblocks_writer_on_full_pipe),
-		cmocka_unit_test(test_shutdown_unblocks_rate_limited_writer),
-		cmocka_unit_test(test_byte_sink_counts),
+	    cmocka_unit_test(test_round_trip_pipe),
+	    cmocka_unit_test(test_round_trip_socketpair),
+	    cmocka_unit_test(test_round_trip_file),
+	    cmocka_unit_test(test_offsets_and_peek),
+	    cmocka_unit_test(test_truncated_read_is_sticky),
+	    cmocka_unit_test(test_set_error_keeps_first),
+	    cmocka_unit_test(test_str8_too_long),
+	    cmocka_unit_test(test_write_to_closed_pipe),
+	    cmocka_unit_test(test_rate_limit_slows_writer),
+	    cmocka_unit_test(test_rate_limit_change_takes_effect),
+	    cmocka_unit_test(test_shutdown_unblocks_reader),
+	    cmocka_unit_test(test_shutdown_unblocks_writer_on_full_pipe),
+	    cmocka_unit_test(test_shutdown_unblocks_rate_limited_writer),
+	    cmocka_unit_test(test_byte_sink_counts),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
