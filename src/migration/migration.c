@@ -262,10 +262,10 @@ static uint64_t record_pass_pages(struct kv_migration *m)
 	return rst.pass_pages;
 }
 
+/* bw: the last pass's bandwidth, or the current one's when none ended. */
 static int not_converged(struct kv_migration *m, uint64_t pending,
-			 uint64_t downtime_ms, struct kv_error *err)
+			 uint64_t downtime_ms, double bw, struct kv_error *err)
 {
-	double bw = m->bandwidth;
 	double allowed = bw * (double)downtime_ms / 1000.0;
 	double needed_ms = bw > 0 ? (double)pending * 1000.0 / bw : 0;
 
@@ -340,6 +340,12 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 				m, kv_savevm_pending_estimate(m->sv),
 				__atomic_load_n(&m->params.downtime_limit_ms,
 						__ATOMIC_RELAXED),
+				m->pass > 1 ? m->bandwidth
+					    : (double)(kv_stream_transferred(s) -
+						       pass_bytes0) *
+						      1e9 /
+						      (double)(now - pass_start +
+							       1),
 				err);
 	}
 }

@@ -1,7 +1,757 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * The migration driver end to end, in one process: kv_mig_run on one
+ * thread, kv_mig_incoming on another, over a socketpair (so the return path
+ * exists). The "workload" is a thread that dirties pages through the soft
+ * tracker until stop_vm stops it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "base/clock.h"
+#include "io/channel.h"
+#include "io/stream.h"
+#include "migration/migration.h"
+#include "migration/return_path.h"
+#include "migration/soft_tracker.h"
+
+#define PG KV_PAGE_SIZE
+#define NBLOCKS 2
+#define MAX_STATUSES 16
+
+static uint64_t rng_next(uint64_t *state)
+{
+	uint64_t x = *state;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	*state = x;
+	return x;
+}
+
+/* ---- a device with state, whose load can be made to fail ---- */
+
+struct dev {
+	uint64_t value;
+	uint32_t fail_load;
+};
+
+static int dev_post_load(void *opaque, int version_id, struct kv_error *err)
+{
+	struct dev *d = opaque;
+
+	(void)version_id;
+	if (d->fail_load)
+		return kv_error_set(err, -EINVAL, "dev: refusing the state "
+				    "(test)");
+	return 0;
+}
+
+static const struct kv_vmstate_field dev_fields[] = {
+	KV_VMS_FIELD(struct dev, value, KV_VMS_U64, 1),
+	KV_VMS_END,
+};
+
+static const struct kv_vmstate_desc dev_vmsd = {
+	.name = "testdev",
+	.version_id = 1,
+	.minimum_version_id = 1,
+	.fields = dev_fields,
+	.post_load = dev_post_load,
+};
+
+/* ---- one side of a migration ---- */
+
+struct vm {
+	struct kv_savevm *sv;
+	struct kv_ram_state *rs;
+	struct kv_soft_tracker *tracker;
+	uint8_t *mem[NBLOCKS];
+	size_t npages[NBLOCKS];
+	struct dev dev;
+
+	/* workload */
+	pthread_t dirtier;
+	bool dirtier_running;
+	int stop_dirtier;
+	uint64_t writes;
+	uint64_t seed;
+
+	/* hooks */
+	int stop_calls, resume_calls;
+	enum kv_mig_status statuses[MAX_STATUSES];
+	int nstatuses;
+	uint64_t progress_passes;
+};
+
+static uint8_t *map_pages(size_t n)
+{
+	void *p = mmap(NULL, n * PG, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	assert_true(p != MAP_FAILED);
+	return p;
+}
+
+static void fill(struct vm *v, uint64_t seed)
+{
+	uint64_t st = seed | 1;
+
+	for (size_t b = 0; b < NBLOCKS; b++)
+		for (size_t pg = 0; pg < v->npages[b]; pg++) {
+			uint8_t *p = v->mem[b] + pg * PG;
+
+			if (pg % 3 == 0)
+				continue; /* zero */
+			for (size_t i = 0; i < PG; i += 8) {
+				uint64_t r = rng_next(&st);
+
+				memcpy(p + i, &r, 8);
+			}
+		}
+}
+
+/* machine: configuration name; npages0/1: block sizes; with_blocks: add
+ * the blocks (a destination may get them from an allocator instead). */
+static void vm_init(struct vm *v, const char *machine, size_t np0, size_t np1,
+		    bool with_blocks)
+{
+	struct kv_error err = { 0 };
+	uint64_t lens[NBLOCKS];
+
+	memset(v, 0, sizeof(*v));
+	v->sv = kv_savevm_new(machine);
+	v->rs = kv_ram_new();
+	assert_non_null(v->sv);
+	assert_non_null(v->rs);
+	v->npages[0] = np0;
+	v->npages[1] = np1;
+	for (size_t b = 0; b < NBLOCKS; b++) {
+		char name[16];
+
+		lens[b] = v->npages[b] * PG;
+		if (!with_blocks)
+			continue;
+		v->mem[b] = map_pages(v->npages[b]);
+		snprintf(name, sizeof(name), "blk%zu", b);
+		assert_int_equal(kv_ram_add_block(v->rs, name, v->mem[b],
+						  lens[b], &err),
+				 0);
+	}
+	v->tracker = kv_soft_tracker_new(lens, NBLOCKS);
+	kv_ram_set_tracker(v->rs, kv_soft_tracker_iface(v->tracker));
+	assert_int_equal(kv_ram_register(v->rs, v->sv, &err), 0);
+	assert_int_equal(kv_savevm_register_device(v->sv, "testdev", 0,
+						   &dev_vmsd, KV_PRI_DEVICE,
+						   &v->dev, &err),
+			 0);
+}
+
+static void vm_free(struct vm *v)
+{
+	kv_savevm_free(v->sv);
+	kv_ram_free(v->rs);
+	kv_soft_tracker_free(v->tracker);
+	for (size_t b = 0; b < NBLOCKS; b++)
+		if (v->mem[b])
+			munmap(v->mem[b], v->npages[b] * PG);
+}
+
+static void *dirtier_main(void *arg)
+{
+	struct vm *v = arg;
+	uint64_t st = v->seed | 1;
+
+	while (!__atomic_load_n(&v->stop_dirtier, __ATOMIC_ACQUIRE)) {
+		uint64_t r = rng_next(&st);
+		size_t b = (size_t)(r % NBLOCKS);
+		size_t pg = (size_t)((r >> 8) % v->npages[b]);
+		size_t off = pg * PG + (size_t)((r >> 40) % (PG / 8)) * 8;
+
+		__atomic_store_n((uint64_t *)(v->mem[b] + off), r,
+				 __ATOMIC_RELAXED);
+		kv_soft_tracker_mark(v->tracker, b, off);
+		__atomic_store_n(&v->writes, v->writes + 1, __ATOMIC_RELAXED);
+	}
+	return NULL;
+}
+
+static void dirtier_start(struct vm *v)
+{
+	v->stop_dirtier = 0;
+	assert_int_equal(pthread_create(&v->dirtier, NULL, dirtier_main, v),
+			 0);
+	v->dirtier_running = true;
+}
+
+static void dirtier_stop(struct vm *v)
+{
+	if (!v->dirtier_running)
+		return;
+	__atomic_store_n(&v->stop_dirtier, 1, __ATOMIC_RELEASE);
+	pthread_join(v->dirtier, NULL);
+	v->dirtier_running = false;
+}
+
+static int hook_stop(void *opaque, struct kv_error *err)
+{
+	struct vm *v = opaque;
+
+	(void)err;
+	dirtier_stop(v);
+	v->stop_calls++;
+	return 0;
+}
+
+static void hook_resume(void *opaque)
+{
+	struct vm *v = opaque;
+
+	v->resume_calls++;
+}
+
+static void hook_progress(void *opaque, const struct kv_mig_progress *p)
+{
+	struct vm *v = opaque;
+
+	if (v->nstatuses == 0 || v->statuses[v->nstatuses - 1] != p->status) {
+		if (v->nstatuses < MAX_STATUSES)
+			v->statuses[v->nstatuses++] = p->status;
+	}
+	if (p->pass > v->progress_passes)
+		v->progress_passes = p->pass;
+}
+
+static struct kv_mig_hooks vm_hooks(struct vm *v)
+{
+	struct kv_mig_hooks h = {
+		.stop_vm = hook_stop,
+		.resume_vm = hook_resume,
+		.progress = hook_progress,
+		.opaque = v,
+	};
+
+	return h;
+}
+
+static void assert_same_memory(const struct vm *a, const struct vm *b)
+{
+	for (size_t i = 0; i < NBLOCKS; i++) {
+		const uint8_t *bm = kv_ram_block(b->rs, i)->host;
+
+		assert_int_equal(kv_ram_block(b->rs, i)->length,
+				 a->npages[i] * PG);
+		for (size_t pg = 0; pg < a->npages[i]; pg++)
+			if (memcmp(a->mem[i] + pg * PG, bm + pg * PG, PG))
+				fail_msg("block %zu page %zu differs", i, pg);
+	}
+}
+
+/* ---- the two ends ---- */
+
+struct job {
+	struct vm *vm;
+	struct kv_migration *m; /* source only */
+	struct kv_stream *s;
+	pthread_t thread;
+	int ret;
+	struct kv_error err;
+};
+
+static struct kv_stream *stream_on(int fd, enum kv_stream_mode mode)
+{
+	struct kv_error err = { 0 };
+	struct kv_chan *c = kv_chan_from_fd(fd, "socketpair", &err);
+
+	assert_non_null(c);
+	return kv_stream_new(c, mode);
+}
+
+static void *source_main(void *arg)
+{
+	struct job *j = arg;
+
+	j->ret = kv_mig_run(j->m, j->s, &j->err);
+	return NULL;
+}
+
+static void *dest_main(void *arg)
+{
+	struct job *j = arg;
+
+	j->ret = kv_mig_incoming(j->vm->sv, j->s, &j->err);
+	/* As a real destination process would on exit. */
+	kv_stream_close(j->s);
+	j->s = NULL;
+	return NULL;
+}
+
+struct pair {
+	struct job src, dst;
+};
+
+static void pair_start(struct pair *p, struct vm *src, struct vm *dst,
+		       const struct kv_mig_params *params)
+{
+	int sv[2];
+	struct kv_mig_hooks h = vm_hooks(src);
+
+	memset(p, 0, sizeof(*p));
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	p->src.vm = src;
+	p->src.m = kv_mig_new(src->sv, src->rs, params, &h);
+	assert_non_null(p->src.m);
+	p->src.s = stream_on(sv[0], KV_STREAM_WRITE);
+	p->dst.vm = dst;
+	p->dst.s = stream_on(sv[1], KV_STREAM_READ);
+	assert_int_equal(pthread_create(&p->dst.thread, NULL, dest_main,
+					&p->dst),
+			 0);
+	assert_int_equal(pthread_create(&p->src.thread, NULL, source_main,
+					&p->src),
+			 0);
+}
+
+/* Join both ends. The source's stream is closed before the destination
+ * is joined: one still reading then sees the end, as from a real peer. */
+static void pair_join(struct pair *p)
+{
+	pthread_join(p->src.thread, NULL);
+	kv_stream_close(p->src.s);
+	pthread_join(p->dst.thread, NULL);
+}
+
+static void pair_free(struct pair *p)
+{
+	kv_mig_free(p->src.m);
+}
+
+static void wait_status(struct kv_migration *m, enum kv_mig_status st)
+{
+	int64_t deadline = kv_now_ms() + 10000;
+
+	while (kv_mig_status(m) != st) {
+		assert_true(kv_now_ms() < deadline);
+		kv_sleep_ns(1000000);
+	}
+}
+
+/* ---- tests ---- */
+
+struct full {
+	struct vm src, dst;
+	struct pair p;
+	uint64_t seed;
+	size_t np0, np1;
+};
+
+/* Set up and start a migration with a dirtying workload. */
+static void full_start(struct full *f, uint64_t seed, size_t np0, size_t np1)
+{
+	f->seed = seed;
+	f->np0 = np0;
+	f->np1 = np1;
+	vm_init(&f->src, "kvmig-test", np0, np1, true);
+	vm_init(&f->dst, "kvmig-test", np0, np1, true);
+	fill(&f->src, seed);
+	f->src.dev.value = seed * 3 + 1;
+	f->src.seed = seed;
+	dirtier_start(&f->src);
+	while (__atomic_load_n(&f->src.writes, __ATOMIC_RELAXED) < 1000)
+		sched_yield();
+	pair_start(&f->p, &f->src, &f->dst, NULL);
+}
+
+/* Wait for it and check everything arrived. */
+static void full_finish(struct full *f)
+{
+	struct kv_mig_stats st;
+	size_t total = f->np0 + f->np1;
+
+	pair_join(&f->p);
+	if (f->p.src.ret || f->p.dst.ret)
+		fail_msg("source %d '%s', destination %d '%s'", f->p.src.ret,
+			 f->p.src.err.msg, f->p.dst.ret, f->p.dst.err.msg);
+	assert_int_equal(kv_mig_status(f->p.src.m), KV_MIG_COMPLETED);
+	assert_int_equal(f->src.stop_calls, 1);
+	assert_int_equal(f->src.resume_calls, 0);
+	assert_true(f->src.writes > 1000);
+	assert_same_memory(&f->src, &f->dst);
+	assert_int_equal(f->dst.dev.value, f->seed * 3 + 1);
+
+	kv_mig_get_stats(f->p.src.m, &st);
+	assert_int_equal(st.status, KV_MIG_COMPLETED);
+	assert_true(st.passes >= 1);
+	assert_int_equal(st.pages_per_pass[0], total);
+	assert_true(st.transferred > total / 2 * PG);
+	/* The workload wrote into zero pages too: only the sum is known. */
+	assert_true(st.zero_pages + st.normal_pages >= total);
+	assert_true(st.normal_pages >= total / 2);
+	assert_true(st.downtime_ms >= 0 && st.downtime_ms <= st.total_time_ms);
+	assert_true(f->src.progress_passes >= 1);
+	pair_free(&f->p);
+	vm_free(&f->src);
+	vm_free(&f->dst);
+}
+
+static void test_full_migration(void **state)
+{
+	struct full f;
+
+	(void)state;
+	full_start(&f, 11, 1100, 301);
+	full_finish(&f);
+}
+
+static void test_status_transitions(void **state)
+{
+	struct vm src, dst;
+	struct pair p;
+	struct kv_error err = { 0 };
+	static const enum kv_mig_status want[] = {
+		KV_MIG_SETUP, KV_MIG_ACTIVE, KV_MIG_DEVICE, KV_MIG_COMPLETED
+	};
+
+	(void)state;
+	assert_string_equal(kv_mig_status_name(KV_MIG_ACTIVE), "active");
+	assert_string_equal(kv_mig_status_name(KV_MIG_CANCELLING),
+			    "cancelling");
+	assert_string_equal(kv_mig_status_name((enum kv_mig_status)99),
+			    "unknown");
+	vm_init(&src, "m", 40, 9, true);
+	vm_init(&dst, "m", 40, 9, true);
+	fill(&src, 5);
+	pair_start(&p, &src, &dst, NULL);
+	pair_join(&p);
+	assert_int_equal(p.src.ret, 0);
+	assert_int_equal(src.nstatuses, 4);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(src.statuses[i], want[i]);
+	/* Finished: a cancel changes nothing, a second run is refused. */
+	kv_mig_cancel(p.src.m);
+	assert_int_equal(kv_mig_status(p.src.m), KV_MIG_COMPLETED);
+	assert_int_equal(kv_mig_run(p.src.m, p.src.s, &err), -EBUSY);
+	assert_non_null(strstr(err.msg, "already ran"));
+	pair_free(&p);
+	vm_free(&src);
+	vm_free(&dst);
+}
+
+/* Two migrations at once (4 threads): no shared state between them. */
+static void test_two_at_once(void **state)
+{
+	struct full *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
+
+	(void)state;
+	full_start(a, 21, 700, 150);
+	full_start(b, 22, 900, 77);
+	full_finish(a);
+	full_finish(b);
+	free(a);
+	free(b);
+}
+
+/* Destination memory from an allocator, to see it released. */
+struct track_alloc {
+	uint64_t live;
+	int allocs, releases;
+};
+
+static void *ta_alloc(void *o, const char *id, uint64_t len,
+		      struct kv_error *err)
+{
+	struct track_alloc *t = o;
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED) {
+		kv_error_set(err, -ENOMEM, "no memory for %s", id);
+		return NULL;
+	}
+	__atomic_add_fetch(&t->live, len, __ATOMIC_RELAXED);
+	t->allocs++;
+	return p;
+}
+
+static void ta_release(void *o, void *host, uint64_t len)
+{
+	struct track_alloc *t = o;
+
+	munmap(host, len);
+	__atomic_sub_fetch(&t->live, len, __ATOMIC_RELAXED);
+	t->releases++;
+}
+
+static uint64_t digest(const struct vm *v)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (size_t b = 0; b < NBLOCKS; b++)
+		for (size_t i = 0; i < v->npages[b] * PG; i += 64) {
+			uint64_t w;
+
+			memcpy(&w, v->mem[b] + i, 8);
+			h = (h ^ w) * 1099511628211ULL;
+		}
+	return h;
+}
+
+static void test_cancel_during_iterate(void **state)
+{
+	struct vm src, dst;
+	struct pair p;
+	struct kv_mig_params params;
+	struct track_alloc ta = { 0 };
+	struct kv_ram_allocator a = { ta_alloc, ta_release, &ta, 1 << 30 };
+	uint64_t before;
+
+	(void)state;
+	vm_init(&src, "m", 2048, 2048, true);
+	vm_init(&dst, "m", 2048, 2048, false);
+	kv_ram_set_allocator(dst.rs, a);
+	fill(&src, 9);
+	before = digest(&src);
+	kv_mig_params_default(&params);
+	params.max_bandwidth = 2 << 20; /* 16 MiB would take 8 s */
+	pair_start(&p, &src, &dst, &params);
+	wait_status(p.src.m, KV_MIG_ACTIVE);
+	kv_sleep_ns(200 * 1000000LL);
+	assert_int_equal(kv_mig_status(p.src.m), KV_MIG_ACTIVE);
+	kv_mig_cancel(p.src.m);
+	pair_join(&p);
+
+	assert_int_equal(p.src.ret, -ECANCELED);
+	assert_int_equal(kv_mig_status(p.src.m), KV_MIG_CANCELLED);
+	assert_non_null(strstr(p.src.err.msg, "cancelled"));
+	assert_int_equal(src.stop_calls, 0);
+	assert_int_equal(src.resume_calls, 0);
+	assert_int_equal(digest(&src), before);
+	/* The destination saw a broken stream and let everything go. */
+	assert_true(p.dst.ret < 0);
+	assert_true(kv_error_is_set(&p.dst.err));
+	assert_int_equal(ta.allocs, NBLOCKS);
+	assert_int_equal(ta.releases, NBLOCKS);
+	assert_int_equal(ta.live, 0);
+	assert_int_equal(kv_ram_block_count(dst.rs), 0);
+	pair_free(&p);
+	vm_free(&src);
+	vm_free(&dst);
+}
+
+static void test_cancel_before_run(void **state)
+{
+	struct vm src, dst;
+	struct pair p;
+	struct kv_mig_hooks h;
+	int sv[2];
+
+	(void)state;
+	vm_init(&src, "m", 8, 8, true);
+	vm_init(&dst, "m", 8, 8, true);
+	h = vm_hooks(&src);
+	memset(&p, 0, sizeof(p));
+	p.src.m = kv_mig_new(src.sv, src.rs, NULL, &h);
+	kv_mig_cancel(p.src.m);
+	assert_int_equal(kv_mig_status(p.src.m), KV_MIG_CANCELLING);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	p.src.s = stream_on(sv[0], KV_STREAM_WRITE);
+	assert_int_equal(kv_mig_run(p.src.m, p.src.s, &p.src.err),
+			 -ECANCELED);
+	assert_int_equal(kv_mig_status(p.src.m), KV_MIG_CANCELLED);
+	kv_stream_close(p.src.s);
+	close(sv[1]);
+	pair_free(&p);
+	vm_free(&src);
+	vm_free(&dst);
+}
+
+static void test_non_convergence(void **state)
+{
+	struct vm src, dst;
+	struct pair p;
+	struct kv_mig_params params;
+	int64_t t0;
+
+	(void)state;
+	vm_init(&src, "m", 200, 56, true);
+	vm_init(&dst, "m", 200, 56, true);
+	fill(&src, 4);
+	src.seed = 4;
+	dirtier_start(&src);
+	kv_mig_params_default(&params);
+	params.max_bandwidth = 2 << 20;
+	params.downtime_limit_ms = 1;
+	params.converge_timeout_ms = 1000;
+	t0 = kv_now_ms();
+	pair_start(&p, &src, &dst, &params);
+	pthread_join(p.src.thread, NULL);
+	/* Failed cleanly, in time, and the workload never stopped. */
+	assert_true(kv_now_ms() - t0 < 8000);
+	assert_true(src.dirtier_running);
+	assert_int_equal(src.stop_calls, 0);
+	assert_int_equal(src.resume_calls, 0);
+	dirtier_stop(&src);
+	kv_stream_close(p.src.s);
+	pthread_join(p.dst.thread, NULL);
+
+	assert_int_equal(p.src.ret, -ETIMEDOUT);
+	assert_int_equal(kv_mig_status(p.src.m), KV_MIG_FAILED);
+	assert_non_null(strstr(p.src.err.msg, "did not converge within "
+					      "1000 ms"));
+	assert_non_null(strstr(p.src.err.msg, "MiB/s"));
+	assert_non_null(strstr(p.src.err.msg, "downtime limit of 1 ms"));
+	assert_non_null(strstr(p.src.err.msg, "raise the downtime limit"));
+	assert_non_null(strstr(p.src.err.msg, "source keeps running"));
+	assert_true(p.dst.ret < 0);
+	pair_free(&p);
+	vm_free(&src);
+	vm_free(&dst);
+}
+
+/* The destination fails after everything arrived: the source, stopped
+ * for switch-over, must resume and say why. */
+static void test_destination_failure_resumes_source(void **state)
+{
+	struct vm src, dst;
+	struct pair p;
+
+	(void)state;
+	vm_init(&src, "m", 64, 64, true);
+	vm_init(&dst, "m", 64, 64, true);
+	fill(&src, 8);
+	dst.dev.fail_load = 1;
+	pair_start(&p, &src, &dst, NULL);
+	pair_join(&p);
+	assert_true(p.src.ret < 0);
+	assert_int_equal(kv_mig_status(p.src.m), KV_MIG_FAILED);
+	assert_int_equal(src.stop_calls, 1);
+	assert_int_equal(src.resume_calls, 1);
+	assert_non_null(strstr(p.src.err.msg, "destination failed to load"));
+	assert_true(p.dst.ret < 0);
+	assert_non_null(strstr(p.dst.err.msg, "refusing the state"));
+	/* And what it had loaded is gone. */
+	for (size_t b = 0; b < NBLOCKS; b++)
+		for (size_t i = 0; i < dst.npages[b] * PG; i++)
+			if (dst.mem[b][i])
+				fail_msg("destination block %zu byte %zu kept",
+					 b, i);
+	pair_free(&p);
+	vm_free(&src);
+	vm_free(&dst);
+}
+
+/* A destination for another machine refuses at once; the source reports
+ * the destination's verdict and its workload keeps running. */
+static void test_wrong_machine(void **state)
+{
+	struct vm src, dst;
+	struct pair p;
+
+	(void)state;
+	vm_init(&src, "pc-a", 1024, 1024, true);
+	vm_init(&dst, "pc-b", 1024, 1024, true);
+	fill(&src, 3);
+	pair_start(&p, &src, &dst, NULL);
+	pair_join(&p);
+	assert_true(p.dst.ret < 0);
+	assert_non_null(strstr(p.dst.err.msg, "pc-a"));
+	assert_true(p.src.ret < 0);
+	assert_int_equal(kv_mig_status(p.src.m), KV_MIG_FAILED);
+	assert_non_null(strstr(p.src.err.msg, "destination failed"));
+	assert_int_equal(src.resume_calls, src.stop_calls);
+	pair_free(&p);
+	vm_free(&src);
+	vm_free(&dst);
+}
+
+/* ---- the return path on its own ---- */
+
+static void test_return_path_messages(void **state)
+{
+	struct kv_error err = { 0 };
+	struct kv_chan *a, *b;
+	uint32_t status = 99;
+	int sv[2];
+	static const uint8_t pong_then_shut[] = { 0, 2, 0, 4, 0, 0, 0, 7,
+						  0, 1, 0, 4, 0, 0, 0, 1 };
+	static const uint8_t bad_len[] = { 0, 1, 0, 9, 0, 0, 0, 0 };
+	static const uint8_t bad_type[] = { 0, 5, 0, 4, 0, 0, 0, 0 };
+	static const uint8_t half[] = { 0, 1, 0 };
+
+	(void)state;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	a = kv_chan_from_fd(sv[0], "src", &err);
+	b = kv_chan_from_fd(sv[1], "dst", &err);
+	assert_non_null(a);
+	assert_non_null(b);
+
+	assert_int_equal(kv_rp_send_shut(b, 0, &err), 0);
+	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), 0);
+	assert_int_equal(status, 0);
+
+	assert_int_equal(write(sv[1], pong_then_shut, sizeof(pong_then_shut)),
+			 sizeof(pong_then_shut));
+	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), 0);
+	assert_int_equal(status, 1);
+
+	assert_int_equal(kv_rp_wait_shut(a, 100, &status, &err), -ETIMEDOUT);
+	assert_non_null(strstr(err.msg, "within 100 ms"));
+	kv_error_clear(&err);
+
+	assert_int_equal(write(sv[1], bad_len, sizeof(bad_len)),
+			 sizeof(bad_len));
+	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), -EPROTO);
+	assert_non_null(strstr(err.msg, "type 1, length 9"));
+	kv_error_clear(&err);
+	/* Drop the 4 bytes of bad_len's would-be payload. */
+	assert_int_equal(read(sv[0], (char[4]){ 0 }, 4), 4);
+
+	assert_int_equal(write(sv[1], bad_type, sizeof(bad_type)),
+			 sizeof(bad_type));
+	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), -EPROTO);
+	kv_error_clear(&err);
+	assert_int_equal(read(sv[0], (char[4]){ 0 }, 4), 4);
+
+	assert_int_equal(write(sv[1], half, sizeof(half)), sizeof(half));
+	kv_chan_close(b);
+	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), -EPIPE);
+	assert_non_null(strstr(err.msg, "without confirming"));
+	kv_error_clear(&err);
+
+	kv_chan_shutdown(a);
+	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), -ECANCELED);
+	kv_chan_close(a);
+}
+
 int main(void)
 {
-	puts("1..0 # SKIP not written yet");
-	return 0;
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_return_path_messages),
+		cmocka_unit_test(test_full_migration),
+		cmocka_unit_test(test_status_transitions),
+		cmocka_unit_test(test_two_at_once),
+		cmocka_unit_test(test_cancel_before_run),
+		cmocka_unit_test(test_cancel_during_iterate),
+		cmocka_unit_test(test_non_convergence),
+		cmocka_unit_test(test_destination_failure_resumes_source),
+		cmocka_unit_test(test_wrong_machine),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
 }
