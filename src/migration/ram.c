@@ -1,10 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /* The RAM handler's bookkeeping: blocks, tracker, allocator, registration. */
+#define _GNU_SOURCE
 #include "migration/ram.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/bitmap.h"
 #include "migration/ram_internal.h"
@@ -17,6 +22,7 @@ struct kv_ram_state *kv_ram_new(void)
 		return NULL;
 	rs->last_sent = KV_RAM_NO_BLOCK;
 	rs->last_recv = KV_RAM_NO_BLOCK;
+	rs->pagemap_fd = -1;
 	return rs;
 }
 
@@ -25,6 +31,8 @@ void kv_ram_free(struct kv_ram_state *rs)
 	if (!rs)
 		return;
 	kv_ram_release_allocated(rs);
+	if (rs->pagemap_fd >= 0)
+		close(rs->pagemap_fd);
 	for (size_t i = 0; i < rs->nblocks; i++) {
 		kv_bitmap_free(rs->blocks[i].dirty);
 		kv_bitmap_free(rs->priv[i].clear_chunks);
@@ -135,8 +143,108 @@ void kv_ram_release_allocated(struct kv_ram_state *rs)
 		kv_bitmap_free(p->touched);
 	}
 	rs->nblocks = kept;
+	rs->pm_valid = false; /* indices moved */
 	rs->last_recv = KV_RAM_NO_BLOCK;
 	rs->last_sent = KV_RAM_NO_BLOCK;
+}
+
+/* The block lies in private anonymous mappings only (per /proc/self/maps):
+ * no file or shared memory whose pages could hold data while unmapped. */
+static bool range_is_private_anon(uintptr_t start, uintptr_t end)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	uintptr_t covered = start;
+	char line[512];
+
+	if (!f)
+		return false;
+	while (covered < end && fgets(line, sizeof(line), f)) {
+		uintptr_t lo, hi;
+		unsigned long long inode;
+		char perms[8], path[256] = "";
+		int n = sscanf(line, "%" SCNxPTR "-%" SCNxPTR " %7s %*s %*s %llu "
+			       "%255s", &lo, &hi, perms, &inode, path);
+
+		if (n < 4 || hi <= covered)
+			continue;
+		if (lo > covered)
+			break; /* a hole: not all mapped */
+		if (perms[3] != 'p' || inode != 0 ||
+		    (path[0] && strcmp(path, "[heap]") &&
+		     strncmp(path, "[anon:", 6)))
+			break;
+		covered = hi;
+	}
+	fclose(f);
+	return covered >= end;
+}
+
+void kv_ram_pagemap_open(struct kv_ram_state *rs)
+{
+	bool any = false;
+
+	rs->pm_valid = false;
+	if (sysconf(_SC_PAGESIZE) != (long)KV_PAGE_SIZE)
+		return;
+	for (size_t i = 0; i < rs->nblocks; i++) {
+		struct kv_ram_block *b = &rs->blocks[i];
+		uintptr_t start = (uintptr_t)b->host;
+
+		rs->priv[i].anon_private =
+			start % KV_PAGE_SIZE == 0 &&
+			range_is_private_anon(start, start + b->length);
+		any |= rs->priv[i].anon_private;
+	}
+	if (any && rs->pagemap_fd < 0)
+		rs->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+}
+
+void kv_ram_pagemap_close(struct kv_ram_state *rs)
+{
+	if (rs->pagemap_fd >= 0)
+		close(rs->pagemap_fd);
+	rs->pagemap_fd = -1;
+	rs->pm_valid = false;
+}
+
+#define PM_PRESENT (1ULL << 63)
+#define PM_SWAPPED (1ULL << 62)
+
+bool kv_ram_page_unpopulated(struct kv_ram_state *rs, size_t bi, size_t page)
+{
+	const struct kv_ram_block *b = &rs->blocks[bi];
+	size_t chunk = page / KV_RAM_CLEAR_CHUNK_PAGES;
+
+	if (!rs->priv[bi].anon_private || rs->pagemap_fd < 0)
+		return false;
+	if (!rs->pm_valid || rs->pm_block != bi || rs->pm_chunk != chunk) {
+		size_t first = chunk * KV_RAM_CLEAR_CHUNK_PAGES;
+		size_t count = b->npages - first;
+		uintptr_t addr = (uintptr_t)b->host + first * KV_PAGE_SIZE;
+		ssize_t want, n;
+
+		if (count > KV_RAM_CLEAR_CHUNK_PAGES)
+			count = KV_RAM_CLEAR_CHUNK_PAGES;
+		want = (ssize_t)(count * sizeof(uint64_t));
+		n = pread(rs->pagemap_fd, rs->pm_ent, (size_t)want,
+			  (off_t)(addr / KV_PAGE_SIZE * sizeof(uint64_t)));
+		if (n != want) {
+			kv_ram_pagemap_close(rs); /* read pages instead */
+			return false;
+		}
+		rs->pm_valid = true;
+		rs->pm_block = bi;
+		rs->pm_chunk = chunk;
+	}
+	return !(rs->pm_ent[page % KV_RAM_CLEAR_CHUNK_PAGES] &
+		 (PM_PRESENT | PM_SWAPPED));
+}
+
+void kv_ram_page_populated(struct kv_ram_state *rs, size_t bi, size_t page)
+{
+	if (rs->pm_valid && rs->pm_block == bi &&
+	    rs->pm_chunk == page / KV_RAM_CLEAR_CHUNK_PAGES)
+		rs->pm_ent[page % KV_RAM_CLEAR_CHUNK_PAGES] |= PM_PRESENT;
 }
 
 size_t kv_ram_block_count(const struct kv_ram_state *rs)

@@ -33,6 +33,10 @@ struct kv_ram_block_priv {
 	unsigned long *clear_chunks;
 	/* Destination: pages the loader wrote (dropped on failure). */
 	unsigned long *touched;
+	/* Source: private anonymous memory, page-aligned: a page the kernel
+	 * never populated reads as zero, which /proc/self/pagemap tells
+	 * without touching (and faulting in) the page. */
+	bool anon_private;
 	bool from_allocator; /* destination: created for the stream */
 	bool announced;      /* destination: named in MEM_SIZE */
 };
@@ -54,6 +58,12 @@ struct kv_ram_state {
 	size_t last_sent;      /* block of the previous record, for CONTINUE */
 	bool tracker_started;
 	bool completed;        /* outcome for save_cleanup's tracker stop */
+	/* Pagemap entries of one chunk, read after the chunk was re-armed
+	 * and dropped at every sync and every section (see ram_save.c). */
+	int pagemap_fd;        /* -1: not used */
+	bool pm_valid;
+	size_t pm_block, pm_chunk;
+	uint64_t pm_ent[KV_RAM_CLEAR_CHUNK_PAGES];
 
 	/* Destination. */
 	uint64_t load_sections; /* sections handed to load_state so far */
@@ -96,6 +106,17 @@ int kv_ram_append_block(struct kv_ram_state *rs, const char *idstr,
 void kv_ram_release_allocated(struct kv_ram_state *rs);
 /* Index of the block named idstr, or KV_RAM_NO_BLOCK. */
 size_t kv_ram_find_block(const struct kv_ram_state *rs, const char *idstr);
+/*
+ * Never-populated pages of private anonymous blocks (/proc/self/pagemap):
+ * open finds the eligible blocks; unpopulated answers from entries cached
+ * per chunk (the caller drops the cache with pm_valid = false whenever
+ * someone else may have written since); populated records a write of our
+ * own in the cache. Without pagemap every page is "populated".
+ */
+void kv_ram_pagemap_open(struct kv_ram_state *rs);
+void kv_ram_pagemap_close(struct kv_ram_state *rs);
+bool kv_ram_page_unpopulated(struct kv_ram_state *rs, size_t bi, size_t page);
+void kv_ram_page_populated(struct kv_ram_state *rs, size_t bi, size_t page);
 /* The callbacks registered by kv_ram_register (tests call them directly). */
 const struct kv_savevm_live_ops *kv_ram_live_ops(void);
 /* The driver tells the handler how the migration ended before save_cleanup,

@@ -259,6 +259,7 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 					 rs->blocks[i].idstr);
 	}
 	rs->mem_size_seen = true;
+	kv_ram_pagemap_open(rs);
 	return 0;
 }
 
@@ -319,8 +320,10 @@ static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
 				 "0x%02x (only 0 is valid)", fill);
 	page = (size_t)(r->addr >> KV_PAGE_SHIFT);
 	p = rs->blocks[bi].host + r->addr;
-	/* Leave memory that is zero alone: no fault, no RSS. */
-	if (!kv_buffer_is_zero(p, KV_PAGE_SIZE)) {
+	/* Leave memory that is zero alone: no fault, no RSS. A page never
+	 * populated is not even read (that would fault it in). */
+	if (!kv_ram_page_unpopulated(rs, bi, page) &&
+	    !kv_buffer_is_zero(p, KV_PAGE_SIZE)) {
 		mark_touched(rs, bi, page);
 		memset(p, 0, KV_PAGE_SIZE);
 	}
@@ -337,6 +340,7 @@ static int load_page(struct kv_stream *s, struct kv_ram_state *rs,
 	if (ret < 0)
 		return ret;
 	mark_touched(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
+	kv_ram_page_populated(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
 	kv_stream_get_buffer(s, rs->blocks[bi].host + r->addr, KV_PAGE_SIZE);
 	if (kv_stream_error(s))
 		return rec_stream_error(s, r, "the page data", err);
@@ -352,6 +356,7 @@ int kv_ram_load_setup(void *opaque, struct kv_error *err)
 	rs->load_sections = 0;
 	rs->last_recv = KV_RAM_NO_BLOCK;
 	rs->mem_size_seen = false;
+	rs->pm_valid = false;
 	for (size_t i = 0; i < rs->nblocks; i++)
 		rs->priv[i].announced = false;
 	kv_ram_stat_set(&rs->zero_pages, 0);
@@ -446,6 +451,7 @@ void kv_ram_load_cleanup(void *opaque, bool failed)
 {
 	struct kv_ram_state *rs = opaque;
 
+	kv_ram_pagemap_close(rs);
 	if (failed) {
 		if (rs->has_allocator)
 			kv_ram_release_allocated(rs);

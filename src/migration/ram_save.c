@@ -7,6 +7,15 @@
  * resumes where it stopped and claims a page (find + test-and-clear in one
  * step) before reading it, so a write that races the send is marked again
  * by the tracker and goes in a later pass; a page is never found twice.
+ *
+ * Never-populated pages: an idle guest's memory is mostly pages nobody
+ * ever touched. Reading them would fault every one in (a page-table entry
+ * for the zero page each: ~1.5 us a page, most of an idle migration). For
+ * private anonymous blocks, /proc/self/pagemap says which pages are neither
+ * present nor swapped, i.e. read as zero, for 8 bytes a page. Entries are
+ * read per chunk, after the chunk's tracking was re-armed, and dropped at
+ * every sync and every section: a write after the read is then always seen
+ * by the tracker and sent again in a later pass.
  */
 #include <errno.h>
 
@@ -122,6 +131,7 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 		return ret;
 	}
 	rs->tracker_started = true;
+	kv_ram_pagemap_open(rs);
 
 	put_mem_size(s, rs);
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
@@ -164,7 +174,8 @@ static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 
 	if (cont)
 		hdr |= KV_RAM_FLAG_CONTINUE;
-	if (kv_buffer_is_zero(p, KV_PAGE_SIZE)) {
+	if (kv_ram_page_unpopulated(rs, bi, page) ||
+	    kv_buffer_is_zero(p, KV_PAGE_SIZE)) {
 		kv_stream_put_be64(s, hdr | KV_RAM_FLAG_ZERO);
 		if (!cont)
 			kv_stream_put_str8(s, b->idstr);
@@ -234,6 +245,7 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque,
 	/* Every section names its first block: a reader can start anywhere
 	 * at a section boundary. */
 	rs->last_sent = KV_RAM_NO_BLOCK;
+	rs->pm_valid = false;
 	ret = send_dirty_pages(s, rs, kv_now_ns() + KV_RAM_ITERATE_NS, err);
 	if (ret < 0)
 		return ret;
@@ -262,6 +274,7 @@ static int ram_sync(struct kv_ram_state *rs, bool new_pass,
 	for (size_t i = 0; i < rs->nblocks; i++)
 		kv_bitmap_set_all(rs->priv[i].clear_chunks,
 				  chunk_count(&rs->blocks[i]));
+	rs->pm_valid = false;
 	if (new_pass) {
 		kv_ram_stat_add(&rs->dirty_sync_count, 1);
 		kv_ram_stat_set(&rs->pass_pages, 0);
@@ -297,6 +310,7 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	if (ret < 0)
 		return ret;
 	rs->last_sent = KV_RAM_NO_BLOCK;
+	rs->pm_valid = false;
 	ret = send_dirty_pages(s, rs, 0, err);
 	if (ret < 0)
 		return ret;
@@ -313,5 +327,6 @@ void kv_ram_save_cleanup(void *opaque)
 		rs->tracker.ops->stop(rs->tracker.opaque, !rs->completed);
 		rs->tracker_started = false;
 	}
+	kv_ram_pagemap_close(rs);
 	free_save_bitmaps(rs);
 }

@@ -435,6 +435,54 @@ static void test_roundtrip_with_dirtying(void **state)
 	tstream_free(&t);
 }
 
+/* Pages of anonymous memory nobody touched go as ZERO without being read,
+ * so the scan of an idle region does not fault it in. */
+static void test_untouched_pages_not_faulted(void **state)
+{
+	static const size_t np[] = { 600 };
+	struct side src, dst;
+	struct tstream t = tstream_new();
+	struct kv_error err = { 0 };
+	struct kv_soft_tracker *tr;
+	struct kv_ram_stats st;
+	unsigned char vec[600];
+
+	(void)state;
+	side_init(&src, np, 1);
+	side_init(&dst, np, 1);
+	src.mem[0][3 * PG + 1] = 0x33;
+	src.mem[0][550 * PG + 4095] = 0x55;
+	src.mem[0][10 * PG] = 0; /* populated, but zero */
+	memset(src.mem[0] + 20 * PG, 0x20, PG);
+	madvise(src.mem[0] + 20 * PG, PG, MADV_DONTNEED); /* zero again */
+	tr = attach_soft(&src);
+	save_all(src.rs, &t, 1, NULL);
+	kv_ram_get_stats(src.rs, &st);
+	assert_int_equal(st.normal_pages, 2);
+	assert_int_equal(st.zero_pages, 598);
+	assert_int_equal(mincore(src.mem[0], 600 * PG, vec), 0);
+	assert_true(vec[3] & 1);
+	assert_true(vec[10] & 1);
+	assert_true(vec[550] & 1);
+	assert_false(vec[0] & 1);
+	assert_false(vec[20] & 1);
+	assert_false(vec[599] & 1);
+
+	assert_int_equal(load_all(dst.rs, &t, &err, true), 0);
+	/* Nor does the destination fault in what it receives as ZERO
+	 * (checked before the comparison reads every page). */
+	assert_int_equal(mincore(dst.mem[0], 600 * PG, vec), 0);
+	assert_true(vec[3] & 1);
+	assert_false(vec[0] & 1);
+	assert_false(vec[10] & 1);
+	assert_false(vec[599] & 1);
+	assert_same_memory(&src, &dst);
+	kv_soft_tracker_free(tr);
+	side_free(&src);
+	side_free(&dst);
+	tstream_free(&t);
+}
+
 /* Manual-protect trackers get clear() once per chunk sent after a sync. */
 static void test_clear_per_chunk(void **state)
 {
@@ -1011,6 +1059,36 @@ static void test_zero_record_clears_page(void **state)
 	tstream_free(&c.t);
 }
 
+/* ZERO after PAGE on the same page in one chunk: the loader's view of
+ * which pages are populated follows its own writes. */
+static void test_zero_after_page_same_chunk(void **state)
+{
+	static const size_t np[] = { 4 };
+	struct kv_error err = { 0 };
+	struct craft c;
+	struct side dst;
+
+	(void)state;
+	craft_begin(&c);
+	craft_std_setup(&c);
+	kv_stream_put_be64(c.s, 0 | KV_RAM_FLAG_ZERO);
+	kv_stream_put_str8(c.s, "mem0");
+	kv_stream_put_u8(c.s, 0);
+	craft_page(&c, PG | KV_RAM_FLAG_PAGE | KV_RAM_FLAG_CONTINUE, NULL, 0x61);
+	kv_stream_put_be64(c.s, PG | KV_RAM_FLAG_ZERO | KV_RAM_FLAG_CONTINUE);
+	kv_stream_put_u8(c.s, 0);
+	kv_stream_put_be64(c.s, KV_RAM_FLAG_EOS);
+	craft_end(&c);
+	side_init(&dst, np, 1);
+	assert_int_equal(load_all(dst.rs, &c.t, &err, true), 0);
+	for (size_t i = 0; i < 4 * PG; i++)
+		if (dst.mem[0][i])
+			fail_msg("byte %zu is 0x%x, expected 0", i,
+				 dst.mem[0][i]);
+	side_free(&dst);
+	tstream_free(&c.t);
+}
+
 /* ---- blocks created through the allocator ---- */
 
 struct test_alloc {
@@ -1177,6 +1255,7 @@ int main(void)
 		cmocka_unit_test(test_roundtrip_random),
 		cmocka_unit_test(test_roundtrip_mixed),
 		cmocka_unit_test(test_roundtrip_with_dirtying),
+		cmocka_unit_test(test_untouched_pages_not_faulted),
 		cmocka_unit_test(test_clear_per_chunk),
 		cmocka_unit_test(test_wire_layout_and_continue),
 		cmocka_unit_test(test_reject_unknown_flag),
@@ -1208,6 +1287,7 @@ int main(void)
 		cmocka_unit_test(test_reject_version),
 		cmocka_unit_test(test_failed_load_drops_memory),
 		cmocka_unit_test(test_zero_record_clears_page),
+		cmocka_unit_test(test_zero_after_page_same_chunk),
 		cmocka_unit_test(test_allocator_creates_and_releases),
 		cmocka_unit_test(test_allocator_limit),
 	};
