@@ -680,6 +680,74 @@ static void test_wrong_machine(void **state)
 	vm_free(&dst);
 }
 
+/* A file has no return path: the run completes once the stream is flushed,
+ * and the file loads later. */
+static void test_file_round_trip(void **state)
+{
+	struct vm src, dst;
+	struct kv_mig_hooks h;
+	struct kv_migration *m;
+	struct kv_error err = { 0 };
+	struct kv_stream *s;
+	struct kv_mig_stats st;
+	int fd = memfd_create("mig", MFD_CLOEXEC);
+
+	(void)state;
+	assert_true(fd >= 0);
+	vm_init(&src, "m", 300, 40, true);
+	vm_init(&dst, "m", 300, 40, true);
+	fill(&src, 6);
+	src.dev.value = 4242;
+	h = vm_hooks(&src);
+	m = kv_mig_new(src.sv, src.rs, NULL, &h);
+	s = stream_on(dup(fd), KV_STREAM_WRITE);
+	assert_int_equal(kv_mig_run(m, s, &err), 0);
+	assert_int_equal(kv_stream_close(s), 0);
+	kv_mig_get_stats(m, &st);
+	assert_int_equal(st.status, KV_MIG_COMPLETED);
+	assert_int_equal(src.stop_calls, 1);
+
+	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+	s = stream_on(dup(fd), KV_STREAM_READ);
+	assert_int_equal(kv_mig_incoming(dst.sv, s, &err), 0);
+	kv_stream_close(s);
+	assert_same_memory(&src, &dst);
+	assert_int_equal(dst.dev.value, 4242);
+	kv_mig_free(m);
+	close(fd);
+	vm_free(&src);
+	vm_free(&dst);
+}
+
+/* The bandwidth limit changes while the migration runs. */
+static void test_bandwidth_change_live(void **state)
+{
+	struct vm src, dst;
+	struct pair p;
+	struct kv_mig_params params;
+	int64_t t0;
+
+	(void)state;
+	vm_init(&src, "m", 2048, 2048, true);
+	vm_init(&dst, "m", 2048, 2048, true);
+	fill(&src, 12);
+	kv_mig_params_default(&params);
+	params.max_bandwidth = 1 << 20; /* 11 MiB of data: 11 s */
+	pair_start(&p, &src, &dst, &params);
+	wait_status(p.src.m, KV_MIG_ACTIVE);
+	kv_sleep_ns(100 * 1000000LL);
+	t0 = kv_now_ms();
+	kv_mig_set_max_bandwidth(p.src.m, 0);
+	pair_join(&p);
+	assert_int_equal(p.src.ret, 0);
+	assert_int_equal(p.dst.ret, 0);
+	assert_true(kv_now_ms() - t0 < 5000);
+	assert_same_memory(&src, &dst);
+	pair_free(&p);
+	vm_free(&src);
+	vm_free(&dst);
+}
+
 /* ---- the return path on its own ---- */
 
 static void test_return_path_messages(void **state)
@@ -751,6 +819,8 @@ int main(void)
 		cmocka_unit_test(test_non_convergence),
 		cmocka_unit_test(test_destination_failure_resumes_source),
 		cmocka_unit_test(test_wrong_machine),
+		cmocka_unit_test(test_file_round_trip),
+		cmocka_unit_test(test_bandwidth_change_live),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
