@@ -40,10 +40,10 @@ struct kv_migration {
 	struct kv_ram_state *rs;
 	struct kv_mig_params params; /* limits: atomic access */
 	struct kv_mig_hooks hooks;
-	int status;                  /* enum kv_mig_status, atomic */
+	int status; /* enum kv_mig_status, atomic */
 
 	pthread_mutex_t lock;
-	struct kv_stream *stream;    /* while kv_mig_run runs */
+	struct kv_stream *stream; /* while kv_mig_run runs */
 	struct kv_mig_stats stats;
 
 	/* Owned by the migration thread. */
@@ -53,32 +53,32 @@ struct kv_migration {
 };
 
 static const char *const status_names[] = {
-	[KV_MIG_NONE] = "none",
-	[KV_MIG_SETUP] = "setup",
-	[KV_MIG_ACTIVE] = "active",
-	[KV_MIG_DEVICE] = "device",
-	[KV_MIG_COMPLETED] = "completed",
-	[KV_MIG_FAILED] = "failed",
-	[KV_MIG_CANCELLING] = "cancelling",
-	[KV_MIG_CANCELLED] = "cancelled",
+    [KV_MIG_NONE] = "none",
+    [KV_MIG_SETUP] = "setup",
+    [KV_MIG_ACTIVE] = "active",
+    [KV_MIG_DEVICE] = "device",
+    [KV_MIG_COMPLETED] = "completed",
+    [KV_MIG_FAILED] = "failed",
+    [KV_MIG_CANCELLING] = "cancelling",
+    [KV_MIG_CANCELLED] = "cancelled",
 };
 
 #define ST(s) (1U << (s))
 
 static const unsigned int transitions[] = {
-	[KV_MIG_NONE] = ST(KV_MIG_SETUP) | ST(KV_MIG_CANCELLING),
-	[KV_MIG_SETUP] = ST(KV_MIG_ACTIVE) | ST(KV_MIG_FAILED) |
-			 ST(KV_MIG_CANCELLING),
-	[KV_MIG_ACTIVE] = ST(KV_MIG_DEVICE) | ST(KV_MIG_FAILED) |
-			  ST(KV_MIG_CANCELLING),
-	[KV_MIG_DEVICE] = ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) |
-			  ST(KV_MIG_CANCELLING),
-	[KV_MIG_COMPLETED] = 0,
-	[KV_MIG_FAILED] = 0,
-	/* COMPLETED: a cancel that lost the race against the destination's
-	 * SHUT(0); the destination owns the workload then. */
-	[KV_MIG_CANCELLING] = ST(KV_MIG_CANCELLED) | ST(KV_MIG_COMPLETED),
-	[KV_MIG_CANCELLED] = 0,
+    [KV_MIG_NONE] = ST(KV_MIG_SETUP) | ST(KV_MIG_CANCELLING),
+    [KV_MIG_SETUP] =
+	ST(KV_MIG_ACTIVE) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
+    [KV_MIG_ACTIVE] =
+	ST(KV_MIG_DEVICE) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
+    [KV_MIG_DEVICE] =
+	ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
+    [KV_MIG_COMPLETED] = 0,
+    [KV_MIG_FAILED] = 0,
+    /* COMPLETED: a cancel that lost the race against the destination's
+     * SHUT(0); the destination owns the workload then. */
+    [KV_MIG_CANCELLING] = ST(KV_MIG_CANCELLED) | ST(KV_MIG_COMPLETED),
+    [KV_MIG_CANCELLED] = 0,
 };
 
 const char *kv_mig_status_name(enum kv_mig_status st)
@@ -136,7 +136,7 @@ enum kv_mig_status kv_mig_status(const struct kv_migration *m)
 static void report_progress(struct kv_migration *m, uint64_t remaining,
 			    uint64_t pass_pages)
 {
-	struct kv_mig_progress p = { 0 };
+	struct kv_mig_progress p = {0};
 	uint64_t total = 0;
 
 	if (!m->hooks.progress)
@@ -153,8 +153,7 @@ static void report_progress(struct kv_migration *m, uint64_t remaining,
 	p.total = total;
 	p.bandwidth = m->bandwidth;
 	p.expected_downtime_ms =
-		m->bandwidth > 0 ? (double)remaining * 1000.0 / m->bandwidth
-				 : 0;
+	    m->bandwidth > 0 ? (double)remaining * 1000.0 / m->bandwidth : 0;
 	p.pass_pages = pass_pages;
 	p.elapsed_ms = (kv_now_ns() - m->start_ns) / 1000000;
 	m->hooks.progress(m->hooks.opaque, &p);
@@ -257,7 +256,7 @@ static uint64_t record_pass_pages(struct kv_migration *m)
 	pthread_mutex_lock(&m->lock);
 	if (rst.dirty_sync_count >= 1 && rst.dirty_sync_count <= 64)
 		m->stats.pages_per_pass[rst.dirty_sync_count - 1] =
-			rst.pass_pages;
+		    rst.pass_pages;
 	pthread_mutex_unlock(&m->lock);
 	return rst.pass_pages;
 }
@@ -316,15 +315,15 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 			pass_ns = now - pass_start;
 			if (pass_ns < 1000000)
 				pass_ns = 1000000;
-			m->bandwidth = (double)(kv_stream_transferred(s) -
-						pass_bytes0) *
-				       1e9 / (double)pass_ns;
+			m->bandwidth =
+			    (double)(kv_stream_transferred(s) - pass_bytes0) *
+			    1e9 / (double)pass_ns;
 			pass_pages = record_pass_pages(m);
 			ret = kv_savevm_pending_exact(m->sv, &pending, err);
 			if (ret < 0)
 				return ret;
 			downtime_ms = __atomic_load_n(
-				&m->params.downtime_limit_ms, __ATOMIC_RELAXED);
+			    &m->params.downtime_limit_ms, __ATOMIC_RELAXED);
 			threshold = m->bandwidth * (double)downtime_ms / 1000.0;
 			update_stats(m, s);
 			report_progress(m, pending, pass_pages);
@@ -337,16 +336,15 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 		if (timeout_ms &&
 		    (uint64_t)(now - active_start) / 1000000 >= timeout_ms)
 			return not_converged(
-				m, kv_savevm_pending_estimate(m->sv),
-				__atomic_load_n(&m->params.downtime_limit_ms,
-						__ATOMIC_RELAXED),
-				m->pass > 1 ? m->bandwidth
-					    : (double)(kv_stream_transferred(s) -
-						       pass_bytes0) *
-						      1e9 /
-						      (double)(now - pass_start +
-							       1),
-				err);
+			    m, kv_savevm_pending_estimate(m->sv),
+			    __atomic_load_n(&m->params.downtime_limit_ms,
+					    __ATOMIC_RELAXED),
+			    m->pass > 1
+				? m->bandwidth
+				: (double)(kv_stream_transferred(s) -
+					   pass_bytes0) *
+				      1e9 / (double)(now - pass_start + 1),
+			    err);
 	}
 }
 
@@ -354,16 +352,18 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
  * (it failed and answered SHUT(1)), say that instead of "broken pipe". */
 static void explain_by_destination(struct kv_stream *s, struct kv_error *err)
 {
-	struct kv_error rerr = { 0 };
+	struct kv_error rerr = {0};
 	uint32_t status;
 
 	if (kv_rp_wait_shut(kv_stream_chan(s), RP_EXPLAIN_TIMEOUT_MS, &status,
 			    &rerr) < 0 ||
 	    status == 0)
 		return;
-	kv_error_prefix(err, "the destination failed to load the migration "
+	kv_error_prefix(err,
+			"the destination failed to load the migration "
 			"stream (it answered SHUT with status %u; see its "
-			"log); here", status);
+			"log); here",
+			status);
 }
 
 static void stop_and_cleanup(struct kv_migration *m, bool completed)
@@ -395,16 +395,18 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 		return ret;
 	record_pass_pages(m);
 	if (return_path) {
-		ret = kv_rp_wait_shut(kv_stream_chan(s), m->params.rp_timeout_ms,
-				      &status, err);
+		ret = kv_rp_wait_shut(kv_stream_chan(s),
+				      m->params.rp_timeout_ms, &status, err);
 		if (ret < 0)
 			return ret;
 		if (status != 0)
-			return kv_error_set(err, -EREMOTEIO, "the destination "
+			return kv_error_set(err, -EREMOTEIO,
+					    "the destination "
 					    "failed to load the migration "
 					    "stream (it answered SHUT with "
 					    "status %u; see its log); the "
-					    "source resumes", status);
+					    "source resumes",
+					    status);
 	}
 	pthread_mutex_lock(&m->lock);
 	m->stats.downtime_ms = (kv_now_ns() - stop_ns) / 1000000;
@@ -437,7 +439,7 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 	       struct kv_error *err)
 {
-	struct kv_error lerr = { 0 };
+	struct kv_error lerr = {0};
 	bool return_path = false, stopped = false, cancelled;
 	enum kv_mig_status st;
 	int ret;
@@ -452,15 +454,17 @@ int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 			pthread_mutex_lock(&m->lock);
 			m->stream = NULL;
 			pthread_mutex_unlock(&m->lock);
-			return kv_error_set(err, -EBUSY, "migration: this "
-					    "migration already ran (status "
-					    "%s)", kv_mig_status_name(
-						    kv_mig_status(m)));
+			return kv_error_set(
+			    err, -EBUSY,
+			    "migration: this "
+			    "migration already ran (status "
+			    "%s)",
+			    kv_mig_status_name(kv_mig_status(m)));
 		}
 		goto out;
 	}
-	kv_stream_set_rate_limit(s, __atomic_load_n(&m->params.max_bandwidth,
-						    __ATOMIC_RELAXED));
+	kv_stream_set_rate_limit(
+	    s, __atomic_load_n(&m->params.max_bandwidth, __ATOMIC_RELAXED));
 	return_path = kv_stream_chan(s)->is_socket;
 	ret = run_phases(m, s, return_path, &stopped, &lerr);
 	if (ret == 0 &&
@@ -504,7 +508,7 @@ out:
 int kv_mig_incoming(struct kv_savevm *sv, struct kv_stream *s,
 		    struct kv_error *err)
 {
-	struct kv_load_result res = { 0 };
+	struct kv_load_result res = {0};
 	struct kv_chan *c = kv_stream_chan(s);
 	int ret, rp;
 

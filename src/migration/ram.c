@@ -59,20 +59,24 @@ static int grow_blocks(struct kv_ram_state *rs, struct kv_error *err)
 
 	b = realloc(rs->blocks, cap * sizeof(*b));
 	if (!b)
-		return kv_error_set(err, -ENOMEM, "ram: out of memory for "
-				    "%zu block descriptors", cap);
+		return kv_error_set(err, -ENOMEM,
+				    "ram: out of memory for "
+				    "%zu block descriptors",
+				    cap);
 	rs->blocks = b;
 	p = realloc(rs->priv, cap * sizeof(*p));
 	if (!p)
-		return kv_error_set(err, -ENOMEM, "ram: out of memory for "
-				    "%zu block descriptors", cap);
+		return kv_error_set(err, -ENOMEM,
+				    "ram: out of memory for "
+				    "%zu block descriptors",
+				    cap);
 	rs->priv = p;
 	rs->cap = cap;
 	return 0;
 }
 
-int kv_ram_append_block(struct kv_ram_state *rs, const char *idstr,
-			void *host, uint64_t length, bool from_allocator,
+int kv_ram_append_block(struct kv_ram_state *rs, const char *idstr, void *host,
+			uint64_t length, bool from_allocator,
 			struct kv_error *err)
 {
 	size_t len = strlen(idstr);
@@ -80,24 +84,32 @@ int kv_ram_append_block(struct kv_ram_state *rs, const char *idstr,
 	int ret;
 
 	if (len == 0 || len > 255)
-		return kv_error_set(err, -EINVAL, "ram: block name '%.40s' "
+		return kv_error_set(err, -EINVAL,
+				    "ram: block name '%.40s' "
 				    "must be 1 to 255 bytes long (is %zu)",
 				    idstr, len);
 	if (!host)
-		return kv_error_set(err, -EINVAL, "ram: block '%s' has no "
-				    "host memory", idstr);
+		return kv_error_set(err, -EINVAL,
+				    "ram: block '%s' has no "
+				    "host memory",
+				    idstr);
 	if (length == 0 || length % KV_PAGE_SIZE)
-		return kv_error_set(err, -EINVAL, "ram: block '%s' length "
+		return kv_error_set(err, -EINVAL,
+				    "ram: block '%s' length "
 				    "0x%llx is not a positive multiple of the "
-				    "page size (%u)", idstr,
-				    (unsigned long long)length, KV_PAGE_SIZE);
+				    "page size (%u)",
+				    idstr, (unsigned long long)length,
+				    KV_PAGE_SIZE);
 	if ((length >> KV_PAGE_SHIFT) > SIZE_MAX)
-		return kv_error_set(err, -EINVAL, "ram: block '%s' length "
+		return kv_error_set(err, -EINVAL,
+				    "ram: block '%s' length "
 				    "0x%llx is too large for this host",
 				    idstr, (unsigned long long)length);
 	if (kv_ram_find_block(rs, idstr) != KV_RAM_NO_BLOCK)
-		return kv_error_set(err, -EEXIST, "ram: block '%s' is "
-				    "already registered", idstr);
+		return kv_error_set(err, -EEXIST,
+				    "ram: block '%s' is "
+				    "already registered",
+				    idstr);
 	if (rs->nblocks == rs->cap) {
 		ret = grow_blocks(rs, err);
 		if (ret < 0)
@@ -162,8 +174,10 @@ static bool range_is_private_anon(uintptr_t start, uintptr_t end)
 		uintptr_t lo, hi;
 		unsigned long long inode;
 		char perms[8], path[256] = "";
-		int n = sscanf(line, "%" SCNxPTR "-%" SCNxPTR " %7s %*s %*s %llu "
-			       "%255s", &lo, &hi, perms, &inode, path);
+		int n = sscanf(line,
+			       "%" SCNxPTR "-%" SCNxPTR " %7s %*s %*s %llu "
+			       "%255s",
+			       &lo, &hi, perms, &inode, path);
 
 		if (n < 4 || hi <= covered)
 			continue;
@@ -191,12 +205,13 @@ void kv_ram_pagemap_open(struct kv_ram_state *rs)
 		uintptr_t start = (uintptr_t)b->host;
 
 		rs->priv[i].anon_private =
-			start % KV_PAGE_SIZE == 0 &&
-			range_is_private_anon(start, start + b->length);
+		    start % KV_PAGE_SIZE == 0 &&
+		    range_is_private_anon(start, start + b->length);
 		any |= rs->priv[i].anon_private;
 	}
 	if (any && rs->pagemap_fd < 0)
-		rs->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		rs->pagemap_fd =
+		    open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 }
 
 void kv_ram_pagemap_close(struct kv_ram_state *rs)
@@ -275,15 +290,15 @@ void kv_ram_set_outcome(struct kv_ram_state *rs, bool completed)
 }
 
 static const struct kv_savevm_live_ops ram_live_ops = {
-	.save_setup = kv_ram_save_setup,
-	.save_iterate = kv_ram_save_iterate,
-	.save_complete = kv_ram_save_complete,
-	.pending_estimate = kv_ram_pending_estimate,
-	.pending_exact = kv_ram_pending_exact,
-	.save_cleanup = kv_ram_save_cleanup,
-	.load_setup = kv_ram_load_setup,
-	.load_state = kv_ram_load_state,
-	.load_cleanup = kv_ram_load_cleanup,
+    .save_setup = kv_ram_save_setup,
+    .save_iterate = kv_ram_save_iterate,
+    .save_complete = kv_ram_save_complete,
+    .pending_estimate = kv_ram_pending_estimate,
+    .pending_exact = kv_ram_pending_exact,
+    .save_cleanup = kv_ram_save_cleanup,
+    .load_setup = kv_ram_load_setup,
+    .load_state = kv_ram_load_state,
+    .load_cleanup = kv_ram_load_cleanup,
 };
 
 const struct kv_savevm_live_ops *kv_ram_live_ops(void)

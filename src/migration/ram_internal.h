@@ -38,7 +38,7 @@ struct kv_ram_block_priv {
 	 * without touching (and faulting in) the page. */
 	bool anon_private;
 	bool from_allocator; /* destination: created for the stream */
-	bool announced;      /* destination: named in MEM_SIZE */
+	bool announced;	     /* destination: named in MEM_SIZE */
 };
 
 struct kv_ram_state {
@@ -53,21 +53,21 @@ struct kv_ram_state {
 	uint64_t allocated; /* bytes obtained from the allocator */
 
 	/* Source. */
-	size_t search_block;   /* the page search resumes here */
+	size_t search_block; /* the page search resumes here */
 	size_t search_page;
-	size_t last_sent;      /* block of the previous record, for CONTINUE */
+	size_t last_sent; /* block of the previous record, for CONTINUE */
 	bool tracker_started;
-	bool completed;        /* outcome for save_cleanup's tracker stop */
+	bool completed; /* outcome for save_cleanup's tracker stop */
 	/* Pagemap entries of one chunk, read after the chunk was re-armed
 	 * and dropped at every sync and every section (see ram_save.c). */
-	int pagemap_fd;        /* -1: not used */
+	int pagemap_fd; /* -1: not used */
 	bool pm_valid;
 	size_t pm_block, pm_chunk;
 	uint64_t pm_ent[KV_RAM_CLEAR_CHUNK_PAGES];
 
 	/* Destination. */
 	uint64_t load_sections; /* sections handed to load_state so far */
-	size_t last_recv;       /* block of the previous record */
+	size_t last_recv;	/* block of the previous record */
 	bool mem_size_seen;
 
 	/* Counters (see struct kv_ram_stats). */
@@ -98,8 +98,8 @@ static inline uint64_t kv_ram_stat_get(const uint64_t *ctr)
 /* ram.c */
 /* Append a block; from_allocator marks memory to release with the
  * allocator. Returns the new block's index or <0. */
-int kv_ram_append_block(struct kv_ram_state *rs, const char *idstr,
-			void *host, uint64_t length, bool from_allocator,
+int kv_ram_append_block(struct kv_ram_state *rs, const char *idstr, void *host,
+			uint64_t length, bool from_allocator,
 			struct kv_error *err);
 /* Release (through the allocator) and remove every block the allocator
  * created; pre-registered blocks keep their order. */

@@ -33,34 +33,34 @@
 #include "migration/ram_internal.h"
 
 #define FLAG_MASK ((uint64_t)KV_PAGE_SIZE - 1)
-#define KNOWN_FLAGS                                                        \
-	(KV_RAM_FLAG_ZERO | KV_RAM_FLAG_MEM_SIZE | KV_RAM_FLAG_PAGE |      \
-	 KV_RAM_FLAG_EOS | KV_RAM_FLAG_CONTINUE | KV_RAM_FLAG_XBZRLE |     \
-	 KV_RAM_FLAG_HOOK | KV_RAM_FLAG_COMPRESS_PAGE |                    \
+#define KNOWN_FLAGS                                                            \
+	(KV_RAM_FLAG_ZERO | KV_RAM_FLAG_MEM_SIZE | KV_RAM_FLAG_PAGE |          \
+	 KV_RAM_FLAG_EOS | KV_RAM_FLAG_CONTINUE | KV_RAM_FLAG_XBZRLE |         \
+	 KV_RAM_FLAG_HOOK | KV_RAM_FLAG_COMPRESS_PAGE |                        \
 	 KV_RAM_FLAG_MULTIFD_FLUSH)
 
 /* The record being loaded, for error messages. */
 struct ram_rec {
-	uint64_t number;   /* 1-based within the section */
-	uint64_t offset;   /* stream offset of its first byte */
-	uint64_t addr;     /* address bits (flags masked off) */
+	uint64_t number; /* 1-based within the section */
+	uint64_t offset; /* stream offset of its first byte */
+	uint64_t addr;	 /* address bits (flags masked off) */
 	unsigned int flags;
-	bool header_read;  /* addr and flags are valid */
+	bool header_read; /* addr and flags are valid */
 };
 
 static const struct {
 	unsigned int flag;
 	const char *name;
 } flag_names[] = {
-	{ KV_RAM_FLAG_ZERO, "ZERO" },
-	{ KV_RAM_FLAG_MEM_SIZE, "MEM_SIZE" },
-	{ KV_RAM_FLAG_PAGE, "PAGE" },
-	{ KV_RAM_FLAG_EOS, "EOS" },
-	{ KV_RAM_FLAG_CONTINUE, "CONTINUE" },
-	{ KV_RAM_FLAG_XBZRLE, "XBZRLE" },
-	{ KV_RAM_FLAG_HOOK, "HOOK" },
-	{ KV_RAM_FLAG_COMPRESS_PAGE, "COMPRESS_PAGE" },
-	{ KV_RAM_FLAG_MULTIFD_FLUSH, "MULTIFD_FLUSH" },
+    {KV_RAM_FLAG_ZERO, "ZERO"},
+    {KV_RAM_FLAG_MEM_SIZE, "MEM_SIZE"},
+    {KV_RAM_FLAG_PAGE, "PAGE"},
+    {KV_RAM_FLAG_EOS, "EOS"},
+    {KV_RAM_FLAG_CONTINUE, "CONTINUE"},
+    {KV_RAM_FLAG_XBZRLE, "XBZRLE"},
+    {KV_RAM_FLAG_HOOK, "HOOK"},
+    {KV_RAM_FLAG_COMPRESS_PAGE, "COMPRESS_PAGE"},
+    {KV_RAM_FLAG_MULTIFD_FLUSH, "MULTIFD_FLUSH"},
 };
 
 static void describe_flags(unsigned int flags, char *buf, size_t size)
@@ -78,14 +78,15 @@ static void describe_flags(unsigned int flags, char *buf, size_t size)
 			return;
 	}
 	if (flags & ~KNOWN_FLAGS)
-		snprintf(buf + len, size - len, "%sunknown 0x%x", len ? "|" : "",
-			 flags & ~KNOWN_FLAGS);
+		snprintf(buf + len, size - len, "%sunknown 0x%x",
+			 len ? "|" : "", flags & ~KNOWN_FLAGS);
 	else if (!flags)
 		snprintf(buf, size, "none");
 }
 
 static int rec_error(struct kv_error *err, const struct ram_rec *r, int code,
-		     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+		     const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 static int rec_error(struct kv_error *err, const struct ram_rec *r, int code,
 		     const char *fmt, ...)
@@ -98,12 +99,14 @@ static int rec_error(struct kv_error *err, const struct ram_rec *r, int code,
 	vsnprintf(what, sizeof(what), fmt, ap);
 	va_end(ap);
 	if (!r->header_read)
-		return kv_error_set(err, code, "ram: record %llu at stream "
+		return kv_error_set(err, code,
+				    "ram: record %llu at stream "
 				    "offset %llu: %s",
 				    (unsigned long long)r->number,
 				    (unsigned long long)r->offset, what);
 	describe_flags(r->flags, names, sizeof(names));
-	return kv_error_set(err, code, "ram: record %llu at stream offset %llu "
+	return kv_error_set(err, code,
+			    "ram: record %llu at stream offset %llu "
 			    "(addr 0x%llx flags 0x%x %s): %s",
 			    (unsigned long long)r->number,
 			    (unsigned long long)r->offset,
@@ -114,7 +117,7 @@ static int rec_error(struct kv_error *err, const struct ram_rec *r, int code,
 static int rec_stream_error(struct kv_stream *s, const struct ram_rec *r,
 			    const char *reading, struct kv_error *err)
 {
-	struct kv_error serr = { 0 };
+	struct kv_error serr = {0};
 
 	kv_stream_error_get(s, &serr);
 	return rec_error(err, r, serr.code ? serr.code : -EIO,
@@ -132,24 +135,30 @@ static int check_flags(const struct ram_rec *r, struct kv_error *err)
 		return rec_error(err, r, -EINVAL, "unknown flag bits 0x%x",
 				 f & ~KNOWN_FLAGS);
 	if (f & KV_RAM_FLAG_HOOK)
-		return rec_error(err, r, -EINVAL, "HOOK (RDMA) records are "
+		return rec_error(err, r, -EINVAL,
+				 "HOOK (RDMA) records are "
 				 "never valid in this stream");
 	if (f & KV_RAM_FLAG_COMPRESS_PAGE)
-		return rec_error(err, r, -EINVAL, "COMPRESS_PAGE records are "
+		return rec_error(err, r, -EINVAL,
+				 "COMPRESS_PAGE records are "
 				 "not supported (removed from QEMU, never "
 				 "negotiated)");
 	if (f & KV_RAM_FLAG_XBZRLE)
-		return rec_error(err, r, -EINVAL, "XBZRLE record but XBZRLE "
+		return rec_error(err, r, -EINVAL,
+				 "XBZRLE record but XBZRLE "
 				 "was not enabled for this migration");
 	if (f & KV_RAM_FLAG_MULTIFD_FLUSH)
-		return rec_error(err, r, -EINVAL, "MULTIFD_FLUSH record but "
+		return rec_error(err, r, -EINVAL,
+				 "MULTIFD_FLUSH record but "
 				 "multifd was not enabled for this migration");
 	if (type == 0 || (type & (type - 1)))
-		return rec_error(err, r, -EINVAL, "a record must have exactly "
+		return rec_error(err, r, -EINVAL,
+				 "a record must have exactly "
 				 "one type (ZERO, MEM_SIZE, PAGE or EOS)");
 	if ((f & KV_RAM_FLAG_CONTINUE) &&
 	    !(type & (KV_RAM_FLAG_ZERO | KV_RAM_FLAG_PAGE)))
-		return rec_error(err, r, -EINVAL, "CONTINUE is only valid on "
+		return rec_error(err, r, -EINVAL,
+				 "CONTINUE is only valid on "
 				 "ZERO and PAGE records");
 	return 0;
 }
@@ -159,7 +168,7 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 			  struct kv_error *err)
 {
 	size_t bi = kv_ram_find_block(rs, idstr);
-	struct kv_error aerr = { 0 };
+	struct kv_error aerr = {0};
 	const struct kv_ram_allocator *a = &rs->allocator;
 	void *host;
 	int ret;
@@ -168,26 +177,31 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 		const struct kv_ram_block *b = &rs->blocks[bi];
 
 		if (rs->priv[bi].announced)
-			return rec_error(err, r, -EINVAL, "block '%s' is "
-					 "announced twice", idstr);
+			return rec_error(err, r, -EINVAL,
+					 "block '%s' is "
+					 "announced twice",
+					 idstr);
 		if (b->length != length)
-			return rec_error(err, r, -EINVAL, "block '%s' has "
+			return rec_error(err, r, -EINVAL,
+					 "block '%s' has "
 					 "length 0x%llx in the stream but "
-					 "0x%llx here", idstr,
-					 (unsigned long long)length,
+					 "0x%llx here",
+					 idstr, (unsigned long long)length,
 					 (unsigned long long)b->length);
 		rs->priv[bi].announced = true;
 		return 0;
 	}
 	if (!rs->has_allocator)
-		return rec_error(err, r, -ENOENT, "block '%s' (length 0x%llx) "
+		return rec_error(err, r, -ENOENT,
+				 "block '%s' (length 0x%llx) "
 				 "not found: this side has no such RAM block",
 				 idstr, (unsigned long long)length);
 	if (length > a->max_total || rs->allocated > a->max_total - length)
-		return rec_error(err, r, -E2BIG, "block '%s' (length 0x%llx) "
+		return rec_error(err, r, -E2BIG,
+				 "block '%s' (length 0x%llx) "
 				 "would take the RAM created for this stream "
-				 "beyond its limit of 0x%llx bytes", idstr,
-				 (unsigned long long)length,
+				 "beyond its limit of 0x%llx bytes",
+				 idstr, (unsigned long long)length,
 				 (unsigned long long)a->max_total);
 	host = a->alloc(a->opaque, idstr, length, &aerr);
 	if (!host)
@@ -214,10 +228,11 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 	int ret;
 
 	if (rs->load_sections > 1 || rs->mem_size_seen)
-		return rec_error(err, r, -EINVAL, "MEM_SIZE %s: only the "
+		return rec_error(err, r, -EINVAL,
+				 "MEM_SIZE %s: only the "
 				 "first section may announce the blocks",
-				 rs->mem_size_seen ? "repeated" :
-						     "in a later section");
+				 rs->mem_size_seen ? "repeated"
+						   : "in a later section");
 	while (left > 0) {
 		uint64_t length;
 
@@ -226,16 +241,18 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 		if (kv_stream_error(s))
 			return rec_stream_error(s, r, "the block list", err);
 		if (length == 0 || length % KV_PAGE_SIZE)
-			return rec_error(err, r, -EINVAL, "block '%s' length "
+			return rec_error(err, r, -EINVAL,
+					 "block '%s' length "
 					 "0x%llx is not a positive multiple "
-					 "of the page size", idstr,
-					 (unsigned long long)length);
+					 "of the page size",
+					 idstr, (unsigned long long)length);
 		if (length > left)
-			return rec_error(err, r, -EINVAL, "block lengths add "
+			return rec_error(err, r, -EINVAL,
+					 "block lengths add "
 					 "up to more than the total: block "
 					 "'%s' length 0x%llx with only 0x%llx "
-					 "left", idstr,
-					 (unsigned long long)length,
+					 "left",
+					 idstr, (unsigned long long)length,
 					 (unsigned long long)left);
 		ret = announce_block(rs, r, idstr, length, err);
 		if (ret < 0)
@@ -244,9 +261,11 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 	}
 	for (size_t i = 0; i < rs->nblocks; i++)
 		if (!rs->priv[i].announced)
-			return rec_error(err, r, -EINVAL, "block '%s' exists "
+			return rec_error(err, r, -EINVAL,
+					 "block '%s' exists "
 					 "here but the stream does not "
-					 "announce it", rs->blocks[i].idstr);
+					 "announce it",
+					 rs->blocks[i].idstr);
 	for (size_t i = 0; i < rs->nblocks; i++) {
 		struct kv_ram_block_priv *p = &rs->priv[i];
 
@@ -254,7 +273,8 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 			continue;
 		p->touched = kv_bitmap_new(rs->blocks[i].npages);
 		if (!p->touched)
-			return rec_error(err, r, -ENOMEM, "out of memory for "
+			return rec_error(err, r, -ENOMEM,
+					 "out of memory for "
 					 "the bookkeeping of block '%s'",
 					 rs->blocks[i].idstr);
 	}
@@ -272,12 +292,14 @@ static int resolve_page(struct kv_stream *s, struct kv_ram_state *rs,
 	size_t bi;
 
 	if (!rs->mem_size_seen)
-		return rec_error(err, r, -EINVAL, "page record before the "
+		return rec_error(err, r, -EINVAL,
+				 "page record before the "
 				 "MEM_SIZE block list");
 	if (r->flags & KV_RAM_FLAG_CONTINUE) {
 		bi = rs->last_recv;
 		if (bi == KV_RAM_NO_BLOCK)
-			return rec_error(err, r, -EINVAL, "CONTINUE with no "
+			return rec_error(err, r, -EINVAL,
+					 "CONTINUE with no "
 					 "previous block");
 	} else {
 		kv_stream_get_str8(s, idstr, sizeof(idstr));
@@ -285,12 +307,16 @@ static int resolve_page(struct kv_stream *s, struct kv_ram_state *rs,
 			return rec_stream_error(s, r, "the block name", err);
 		bi = kv_ram_find_block(rs, idstr);
 		if (bi == KV_RAM_NO_BLOCK)
-			return rec_error(err, r, -ENOENT, "block '%s' not "
-					 "found", idstr);
+			return rec_error(err, r, -ENOENT,
+					 "block '%s' not "
+					 "found",
+					 idstr);
 	}
 	if (r->addr >= rs->blocks[bi].length)
-		return rec_error(err, r, -ERANGE, "offset beyond block '%s' "
-				 "length 0x%llx", rs->blocks[bi].idstr,
+		return rec_error(err, r, -ERANGE,
+				 "offset beyond block '%s' "
+				 "length 0x%llx",
+				 rs->blocks[bi].idstr,
 				 (unsigned long long)rs->blocks[bi].length);
 	rs->last_recv = bi;
 	*bi_out = bi;
@@ -316,8 +342,10 @@ static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
 	if (kv_stream_error(s))
 		return rec_stream_error(s, r, "the fill byte", err);
 	if (fill != 0)
-		return rec_error(err, r, -EINVAL, "ZERO record with fill byte "
-				 "0x%02x (only 0 is valid)", fill);
+		return rec_error(err, r, -EINVAL,
+				 "ZERO record with fill byte "
+				 "0x%02x (only 0 is valid)",
+				 fill);
 	page = (size_t)(r->addr >> KV_PAGE_SHIFT);
 	p = rs->blocks[bi].host + r->addr;
 	/* Leave memory that is zero alone: no fault, no RSS. A page never
@@ -368,13 +396,14 @@ int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,
 		      struct kv_error *err)
 {
 	struct kv_ram_state *rs = opaque;
-	struct ram_rec r = { 0 };
+	struct ram_rec r = {0};
 	int ret;
 
 	if (version_id != KV_RAM_SECTION_VERSION)
-		return kv_error_set(err, -EINVAL, "ram: section version %d "
-				    "is not supported (only %d)", version_id,
-				    KV_RAM_SECTION_VERSION);
+		return kv_error_set(err, -EINVAL,
+				    "ram: section version %d "
+				    "is not supported (only %d)",
+				    version_id, KV_RAM_SECTION_VERSION);
 	rs->load_sections++;
 	for (r.number = 1;; r.number++) {
 		uint64_t v;

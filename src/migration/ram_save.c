@@ -68,10 +68,11 @@ static int alloc_save_bitmaps(struct kv_ram_state *rs, struct kv_error *err)
 			p->clear_chunks = kv_bitmap_new(chunk_count(b));
 		if (!b->dirty || !p->clear_chunks) {
 			free_save_bitmaps(rs);
-			return kv_error_set(err, -ENOMEM, "ram: out of memory "
+			return kv_error_set(err, -ENOMEM,
+					    "ram: out of memory "
 					    "for the dirty bitmap of block "
-					    "'%s' (%zu pages)", b->idstr,
-					    b->npages);
+					    "'%s' (%zu pages)",
+					    b->idstr, b->npages);
 		}
 		kv_bitmap_set_all(b->dirty, b->npages);
 		kv_bitmap_set_all(p->clear_chunks, chunk_count(b));
@@ -107,7 +108,8 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	int ret;
 
 	if (!rs->has_tracker)
-		return kv_error_set(err, -EINVAL, "ram: no dirty tracker: "
+		return kv_error_set(err, -EINVAL,
+				    "ram: no dirty tracker: "
 				    "call kv_ram_set_tracker() before "
 				    "migrating");
 	ret = alloc_save_bitmaps(rs, err);
@@ -157,9 +159,10 @@ static int rearm_chunk(struct kv_ram_state *rs, size_t bi, size_t page,
 		count = KV_RAM_CLEAR_CHUNK_PAGES;
 	ret = rs->tracker.ops->clear(rs->tracker.opaque, b, first, count, err);
 	if (ret < 0)
-		kv_error_prefix(err, "ram: re-arming dirty tracking of block "
-				"'%s' pages %zu..%zu", b->idstr, first,
-				first + count - 1);
+		kv_error_prefix(err,
+				"ram: re-arming dirty tracking of block "
+				"'%s' pages %zu..%zu",
+				b->idstr, first, first + count - 1);
 	return ret;
 }
 
@@ -208,8 +211,8 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 	while (empty_scans <= rs->nblocks) {
 		size_t bi = rs->search_block;
 		struct kv_ram_block *b = &rs->blocks[bi];
-		size_t page = kv_bitmap_claim_next(b->dirty, b->npages,
-						   rs->search_page);
+		size_t page =
+		    kv_bitmap_claim_next(b->dirty, b->npages, rs->search_page);
 
 		if (page >= b->npages) {
 			rs->search_block = (bi + 1) % rs->nblocks;
@@ -236,8 +239,7 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 	return 1;
 }
 
-int kv_ram_save_iterate(struct kv_stream *s, void *opaque,
-			struct kv_error *err)
+int kv_ram_save_iterate(struct kv_stream *s, void *opaque, struct kv_error *err)
 {
 	struct kv_ram_state *rs = opaque;
 	int ret;
@@ -261,14 +263,15 @@ static int ram_sync(struct kv_ram_state *rs, bool new_pass,
 	int64_t added;
 
 	if (!rs->tracker_started)
-		return kv_error_set(err, -EINVAL, "ram: dirty sync requested "
+		return kv_error_set(err, -EINVAL,
+				    "ram: dirty sync requested "
 				    "before setup started the tracker");
 	added = rs->tracker.ops->sync(rs->tracker.opaque, rs->blocks,
 				      rs->nblocks, err);
 	if (added < 0) {
-		kv_error_prefix(err, "ram: dirty log sync %llu",
-				(unsigned long long)kv_ram_stat_get(
-					&rs->dirty_sync_count));
+		kv_error_prefix(
+		    err, "ram: dirty log sync %llu",
+		    (unsigned long long)kv_ram_stat_get(&rs->dirty_sync_count));
 		return (int)added;
 	}
 	for (size_t i = 0; i < rs->nblocks; i++)

@@ -12,8 +12,8 @@
 
 #include "base/clock.h"
 
-#define RP_HEADER_LEN 4
-#define RP_SHUT_LEN 4
+#define RP_HEADER_LEN	 4
+#define RP_SHUT_LEN	 4
 #define RP_POLL_SLICE_MS 100
 
 static void put_be16(uint8_t *p, uint16_t v)
@@ -41,7 +41,7 @@ static uint32_t get_be32(const uint8_t *p)
 int kv_rp_send_shut(struct kv_chan *c, uint32_t status, struct kv_error *err)
 {
 	uint8_t msg[RP_HEADER_LEN + RP_SHUT_LEN];
-	struct iovec iov = { .iov_base = msg, .iov_len = sizeof(msg) };
+	struct iovec iov = {.iov_base = msg, .iov_len = sizeof(msg)};
 	int ret;
 
 	put_be16(msg, KV_RP_MSG_SHUT);
@@ -60,40 +60,48 @@ static int rp_read(struct kv_chan *c, void *buf, size_t len,
 	size_t done = 0;
 
 	while (done < len) {
-		struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
+		struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
 		int64_t left_ms = (deadline_ns - kv_now_ns()) / 1000000;
 		ssize_t n;
 		int r;
 
 		if (__atomic_load_n(&c->shutdown_req, __ATOMIC_ACQUIRE))
-			return kv_error_set(err, -ECANCELED, "return path: "
+			return kv_error_set(err, -ECANCELED,
+					    "return path: "
 					    "cancelled while waiting for the "
 					    "destination");
 		if (left_ms <= 0)
-			return kv_error_set(err, -ETIMEDOUT, "return path: no "
+			return kv_error_set(err, -ETIMEDOUT,
+					    "return path: no "
 					    "answer from the destination on "
-					    "%s within %d ms", c->name,
-					    timeout_ms);
-		r = poll(&pfd, 1, left_ms < RP_POLL_SLICE_MS ? (int)left_ms :
-							     RP_POLL_SLICE_MS);
+					    "%s within %d ms",
+					    c->name, timeout_ms);
+		r = poll(&pfd, 1,
+			 left_ms < RP_POLL_SLICE_MS ? (int)left_ms
+						    : RP_POLL_SLICE_MS);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
-			return kv_error_set_errno(err, -errno, "return path: "
-						  "poll on %s", c->name);
+			return kv_error_set_errno(err, -errno,
+						  "return path: "
+						  "poll on %s",
+						  c->name);
 		if (r == 0)
 			continue;
 		n = c->ops->read(c, (uint8_t *)buf + done, len - done);
 		if (n == 0)
-			return kv_error_set(err, -EPIPE, "return path: the "
+			return kv_error_set(err, -EPIPE,
+					    "return path: the "
 					    "destination closed %s without "
 					    "confirming the migration",
 					    c->name);
 		if (n == -ECANCELED)
 			continue; /* reported at the top of the loop */
 		if (n < 0)
-			return kv_error_set_errno(err, (int)n, "return path: "
-						  "reading from %s", c->name);
+			return kv_error_set_errno(err, (int)n,
+						  "return path: "
+						  "reading from %s",
+						  c->name);
 		done += (size_t)n;
 	}
 	return 0;
@@ -115,13 +123,15 @@ int kv_rp_wait_shut(struct kv_chan *c, int timeout_ms, uint32_t *status,
 		len = get_be16(hdr + 2);
 		if ((type != KV_RP_MSG_SHUT && type != KV_RP_MSG_PONG) ||
 		    len != RP_SHUT_LEN)
-			return kv_error_set(err, -EPROTO, "return path: "
+			return kv_error_set(err, -EPROTO,
+					    "return path: "
 					    "malformed message from the "
 					    "destination (type %u, length %u; "
 					    "expected SHUT or PONG with 4 "
-					    "bytes)", type, len);
-		ret = rp_read(c, payload, sizeof(payload), deadline,
-			      timeout_ms, err);
+					    "bytes)",
+					    type, len);
+		ret = rp_read(c, payload, sizeof(payload), deadline, timeout_ms,
+			      err);
 		if (ret < 0)
 			return ret;
 		if (type == KV_RP_MSG_SHUT) {

@@ -137,15 +137,15 @@ static void soft_stop(void *opaque, int failed)
 }
 
 static const struct kv_dirty_tracker_ops soft_tracker_ops = {
-	.start = soft_start,
-	.sync = soft_sync,
-	.clear = NULL, /* marks are always armed: nothing to re-protect */
-	.stop = soft_stop,
+    .start = soft_start,
+    .sync = soft_sync,
+    .clear = NULL, /* marks are always armed: nothing to re-protect */
+    .stop = soft_stop,
 };
 
 struct kv_dirty_tracker kv_soft_tracker_iface(struct kv_soft_tracker *t)
 {
-	struct kv_dirty_tracker it = { .ops = &soft_tracker_ops, .opaque = t };
+	struct kv_dirty_tracker it = {.ops = &soft_tracker_ops, .opaque = t};
 
 	return it;
 }

@@ -29,8 +29,8 @@
 #include "migration/return_path.h"
 #include "migration/soft_tracker.h"
 
-#define PG KV_PAGE_SIZE
-#define NBLOCKS 2
+#define PG	     KV_PAGE_SIZE
+#define NBLOCKS	     2
 #define MAX_STATUSES 16
 
 static uint64_t rng_next(uint64_t *state)
@@ -57,22 +57,23 @@ static int dev_post_load(void *opaque, int version_id, struct kv_error *err)
 
 	(void)version_id;
 	if (d->fail_load)
-		return kv_error_set(err, -EINVAL, "dev: refusing the state "
+		return kv_error_set(err, -EINVAL,
+				    "dev: refusing the state "
 				    "(test)");
 	return 0;
 }
 
 static const struct kv_vmstate_field dev_fields[] = {
-	KV_VMS_FIELD(struct dev, value, KV_VMS_U64, 1),
-	KV_VMS_END,
+    KV_VMS_FIELD(struct dev, value, KV_VMS_U64, 1),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc dev_vmsd = {
-	.name = "testdev",
-	.version_id = 1,
-	.minimum_version_id = 1,
-	.fields = dev_fields,
-	.post_load = dev_post_load,
+    .name = "testdev",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = dev_fields,
+    .post_load = dev_post_load,
 };
 
 /* ---- one side of a migration ---- */
@@ -131,7 +132,7 @@ static void fill(struct vm *v, uint64_t seed)
 static void vm_init(struct vm *v, const char *machine, size_t np0, size_t np1,
 		    bool with_blocks)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	uint64_t lens[NBLOCKS];
 
 	memset(v, 0, sizeof(*v));
@@ -149,9 +150,8 @@ static void vm_init(struct vm *v, const char *machine, size_t np0, size_t np1,
 			continue;
 		v->mem[b] = map_pages(v->npages[b]);
 		snprintf(name, sizeof(name), "blk%zu", b);
-		assert_int_equal(kv_ram_add_block(v->rs, name, v->mem[b],
-						  lens[b], &err),
-				 0);
+		assert_int_equal(
+		    kv_ram_add_block(v->rs, name, v->mem[b], lens[b], &err), 0);
 	}
 	v->tracker = kv_soft_tracker_new(lens, NBLOCKS);
 	kv_ram_set_tracker(v->rs, kv_soft_tracker_iface(v->tracker));
@@ -194,8 +194,7 @@ static void *dirtier_main(void *arg)
 static void dirtier_start(struct vm *v)
 {
 	v->stop_dirtier = 0;
-	assert_int_equal(pthread_create(&v->dirtier, NULL, dirtier_main, v),
-			 0);
+	assert_int_equal(pthread_create(&v->dirtier, NULL, dirtier_main, v), 0);
 	v->dirtier_running = true;
 }
 
@@ -240,10 +239,10 @@ static void hook_progress(void *opaque, const struct kv_mig_progress *p)
 static struct kv_mig_hooks vm_hooks(struct vm *v)
 {
 	struct kv_mig_hooks h = {
-		.stop_vm = hook_stop,
-		.resume_vm = hook_resume,
-		.progress = hook_progress,
-		.opaque = v,
+	    .stop_vm = hook_stop,
+	    .resume_vm = hook_resume,
+	    .progress = hook_progress,
+	    .opaque = v,
 	};
 
 	return h;
@@ -275,7 +274,7 @@ struct job {
 
 static struct kv_stream *stream_on(int fd, enum kv_stream_mode mode)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_chan *c = kv_chan_from_fd(fd, "socketpair", &err);
 
 	assert_non_null(c);
@@ -320,12 +319,10 @@ static void pair_start(struct pair *p, struct vm *src, struct vm *dst,
 	p->src.s = stream_on(sv[0], KV_STREAM_WRITE);
 	p->dst.vm = dst;
 	p->dst.s = stream_on(sv[1], KV_STREAM_READ);
-	assert_int_equal(pthread_create(&p->dst.thread, NULL, dest_main,
-					&p->dst),
-			 0);
-	assert_int_equal(pthread_create(&p->src.thread, NULL, source_main,
-					&p->src),
-			 0);
+	assert_int_equal(
+	    pthread_create(&p->dst.thread, NULL, dest_main, &p->dst), 0);
+	assert_int_equal(
+	    pthread_create(&p->src.thread, NULL, source_main, &p->src), 0);
 }
 
 /* Join both ends. The source's stream is closed before the destination
@@ -423,10 +420,9 @@ static void test_status_transitions(void **state)
 {
 	struct vm src, dst;
 	struct pair p;
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	static const enum kv_mig_status want[] = {
-		KV_MIG_SETUP, KV_MIG_ACTIVE, KV_MIG_DEVICE, KV_MIG_COMPLETED
-	};
+	    KV_MIG_SETUP, KV_MIG_ACTIVE, KV_MIG_DEVICE, KV_MIG_COMPLETED};
 
 	(void)state;
 	assert_string_equal(kv_mig_status_name(KV_MIG_ACTIVE), "active");
@@ -517,8 +513,8 @@ static void test_cancel_during_iterate(void **state)
 	struct vm src, dst;
 	struct pair p;
 	struct kv_mig_params params;
-	struct track_alloc ta = { 0 };
-	struct kv_ram_allocator a = { ta_alloc, ta_release, &ta, 1 << 30 };
+	struct track_alloc ta = {0};
+	struct kv_ram_allocator a = {ta_alloc, ta_release, &ta, 1 << 30};
 	uint64_t before;
 
 	(void)state;
@@ -571,8 +567,7 @@ static void test_cancel_before_run(void **state)
 	assert_int_equal(kv_mig_status(p.src.m), KV_MIG_CANCELLING);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
 	p.src.s = stream_on(sv[0], KV_STREAM_WRITE);
-	assert_int_equal(kv_mig_run(p.src.m, p.src.s, &p.src.err),
-			 -ECANCELED);
+	assert_int_equal(kv_mig_run(p.src.m, p.src.s, &p.src.err), -ECANCELED);
 	assert_int_equal(kv_mig_status(p.src.m), KV_MIG_CANCELLED);
 	kv_stream_close(p.src.s);
 	close(sv[1]);
@@ -687,7 +682,7 @@ static void test_file_round_trip(void **state)
 	struct vm src, dst;
 	struct kv_mig_hooks h;
 	struct kv_migration *m;
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_stream *s;
 	struct kv_mig_stats st;
 	int fd = memfd_create("mig", MFD_CLOEXEC);
@@ -752,15 +747,15 @@ static void test_bandwidth_change_live(void **state)
 
 static void test_return_path_messages(void **state)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_chan *a, *b;
 	uint32_t status = 99;
 	int sv[2];
-	static const uint8_t pong_then_shut[] = { 0, 2, 0, 4, 0, 0, 0, 7,
-						  0, 1, 0, 4, 0, 0, 0, 1 };
-	static const uint8_t bad_len[] = { 0, 1, 0, 9, 0, 0, 0, 0 };
-	static const uint8_t bad_type[] = { 0, 5, 0, 4, 0, 0, 0, 0 };
-	static const uint8_t half[] = { 0, 1, 0 };
+	static const uint8_t pong_then_shut[] = {0, 2, 0, 4, 0, 0, 0, 7,
+						 0, 1, 0, 4, 0, 0, 0, 1};
+	static const uint8_t bad_len[] = {0, 1, 0, 9, 0, 0, 0, 0};
+	static const uint8_t bad_type[] = {0, 5, 0, 4, 0, 0, 0, 0};
+	static const uint8_t half[] = {0, 1, 0};
 
 	(void)state;
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
@@ -788,13 +783,13 @@ static void test_return_path_messages(void **state)
 	assert_non_null(strstr(err.msg, "type 1, length 9"));
 	kv_error_clear(&err);
 	/* Drop the 4 bytes of bad_len's would-be payload. */
-	assert_int_equal(read(sv[0], (char[4]){ 0 }, 4), 4);
+	assert_int_equal(read(sv[0], (char[4]){0}, 4), 4);
 
 	assert_int_equal(write(sv[1], bad_type, sizeof(bad_type)),
 			 sizeof(bad_type));
 	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), -EPROTO);
 	kv_error_clear(&err);
-	assert_int_equal(read(sv[0], (char[4]){ 0 }, 4), 4);
+	assert_int_equal(read(sv[0], (char[4]){0}, 4), 4);
 
 	assert_int_equal(write(sv[1], half, sizeof(half)), sizeof(half));
 	kv_chan_close(b);
@@ -810,17 +805,17 @@ static void test_return_path_messages(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_return_path_messages),
-		cmocka_unit_test(test_full_migration),
-		cmocka_unit_test(test_status_transitions),
-		cmocka_unit_test(test_two_at_once),
-		cmocka_unit_test(test_cancel_before_run),
-		cmocka_unit_test(test_cancel_during_iterate),
-		cmocka_unit_test(test_non_convergence),
-		cmocka_unit_test(test_destination_failure_resumes_source),
-		cmocka_unit_test(test_wrong_machine),
-		cmocka_unit_test(test_file_round_trip),
-		cmocka_unit_test(test_bandwidth_change_live),
+	    cmocka_unit_test(test_return_path_messages),
+	    cmocka_unit_test(test_full_migration),
+	    cmocka_unit_test(test_status_transitions),
+	    cmocka_unit_test(test_two_at_once),
+	    cmocka_unit_test(test_cancel_before_run),
+	    cmocka_unit_test(test_cancel_during_iterate),
+	    cmocka_unit_test(test_non_convergence),
+	    cmocka_unit_test(test_destination_failure_resumes_source),
+	    cmocka_unit_test(test_wrong_machine),
+	    cmocka_unit_test(test_file_round_trip),
+	    cmocka_unit_test(test_bandwidth_change_live),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -88,7 +88,7 @@ struct tstream {
 
 static struct tstream tstream_new(void)
 {
-	struct tstream t = { .fd = memfd_create("ramtest", MFD_CLOEXEC) };
+	struct tstream t = {.fd = memfd_create("ramtest", MFD_CLOEXEC)};
 
 	assert_true(t.fd >= 0);
 	return t;
@@ -97,7 +97,7 @@ static struct tstream tstream_new(void)
 static struct kv_stream *tstream_open(struct tstream *t,
 				      enum kv_stream_mode mode)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_chan *c;
 	struct kv_stream *s;
 
@@ -152,8 +152,8 @@ static int64_t cl_sync(void *o, struct kv_ram_block *b, size_t n,
 	return l->inner.ops->sync(l->inner.opaque, b, n, err);
 }
 
-static int cl_clear(void *o, struct kv_ram_block *b, size_t first,
-		    size_t count, struct kv_error *err)
+static int cl_clear(void *o, struct kv_ram_block *b, size_t first, size_t count,
+		    struct kv_error *err)
 {
 	struct clear_log *l = o;
 
@@ -174,10 +174,10 @@ static void cl_stop(void *o, int failed)
 }
 
 static const struct kv_dirty_tracker_ops clear_log_ops = {
-	.start = cl_start,
-	.sync = cl_sync,
-	.clear = cl_clear,
-	.stop = cl_stop,
+    .start = cl_start,
+    .sync = cl_sync,
+    .clear = cl_clear,
+    .stop = cl_stop,
 };
 
 /* ---- a source and a destination with the same block layout ---- */
@@ -193,7 +193,7 @@ struct side {
 
 static void side_init(struct side *sd, const size_t *npages, size_t nblocks)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	char name[32];
 
 	memset(sd, 0, sizeof(*sd));
@@ -302,7 +302,7 @@ static void dirtier_stop(struct dirtier *d)
 static void save_all(struct kv_ram_state *rs, struct tstream *t, int passes,
 		     struct dirtier *workload)
 {
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_stream *s = tstream_open(t, KV_STREAM_WRITE);
 	int ret;
 
@@ -346,7 +346,7 @@ static void roundtrip(const size_t *npages, size_t nblocks,
 {
 	struct side src, dst;
 	struct tstream t = tstream_new();
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_soft_tracker *tr;
 	struct kv_ram_stats st;
 
@@ -380,7 +380,7 @@ static void fill_random_pages(uint8_t *p, size_t npages, uint64_t seed)
 
 static void test_roundtrip_zero(void **state)
 {
-	static const size_t np[] = { 700, 3 };
+	static const size_t np[] = {700, 3};
 
 	(void)state;
 	roundtrip(np, 2, NULL, 703, 0);
@@ -388,7 +388,7 @@ static void test_roundtrip_zero(void **state)
 
 static void test_roundtrip_random(void **state)
 {
-	static const size_t np[] = { 517, 1 };
+	static const size_t np[] = {517, 1};
 
 	(void)state;
 	roundtrip(np, 2, fill_random_pages, 0, 518);
@@ -396,7 +396,7 @@ static void test_roundtrip_random(void **state)
 
 static void test_roundtrip_mixed(void **state)
 {
-	static const size_t np[] = { 513, 37, 1029 };
+	static const size_t np[] = {513, 37, 1029};
 
 	(void)state;
 	roundtrip(np, 3, fill_mixed, 1579 / 3, 1579 / 2);
@@ -405,11 +405,11 @@ static void test_roundtrip_mixed(void **state)
 /* Dirtying through the soft tracker while the passes run. */
 static void test_roundtrip_with_dirtying(void **state)
 {
-	static const size_t np[] = { 1029, 513, 77 };
+	static const size_t np[] = {1029, 513, 77};
 	struct side src, dst;
 	struct tstream t = tstream_new();
-	struct kv_error err = { 0 };
-	struct dirtier d = { 0 };
+	struct kv_error err = {0};
+	struct dirtier d = {0};
 	struct kv_ram_stats st;
 
 	(void)state;
@@ -439,10 +439,10 @@ static void test_roundtrip_with_dirtying(void **state)
  * so the scan of an idle region does not fault it in. */
 static void test_untouched_pages_not_faulted(void **state)
 {
-	static const size_t np[] = { 600 };
+	static const size_t np[] = {600};
 	struct side src, dst;
 	struct tstream t = tstream_new();
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	struct kv_soft_tracker *tr;
 	struct kv_ram_stats st;
 	unsigned char vec[600];
@@ -486,14 +486,14 @@ static void test_untouched_pages_not_faulted(void **state)
 /* Manual-protect trackers get clear() once per chunk sent after a sync. */
 static void test_clear_per_chunk(void **state)
 {
-	static const size_t np[] = { 1100, 5 };
+	static const size_t np[] = {1100, 5};
 	struct side src;
 	struct tstream t = tstream_new();
-	struct clear_log log = { 0 };
-	struct kv_dirty_tracker it = { &clear_log_ops, &log };
-	struct kv_error err = { 0 };
+	struct clear_log log = {0};
+	struct kv_dirty_tracker it = {&clear_log_ops, &log};
+	struct kv_error err = {0};
 	struct kv_stream *s;
-	uint64_t lens[2] = { np[0] * PG, np[1] * PG };
+	uint64_t lens[2] = {np[0] * PG, np[1] * PG};
 	int ret;
 
 	(void)state;
@@ -540,7 +540,7 @@ static uint64_t be64_at(const uint8_t *p)
 
 static void test_wire_layout_and_continue(void **state)
 {
-	static const size_t np[] = { 2, 1 };
+	static const size_t np[] = {2, 1};
 	struct side src;
 	struct tstream t = tstream_new();
 	struct kv_soft_tracker *tr;
@@ -622,8 +622,8 @@ static void craft_mem_size(struct craft *c, const char *const *names,
 /* The usual preamble for one block "mem0" of 4 pages, then EOS. */
 static void craft_std_setup(struct craft *c)
 {
-	static const char *const names[] = { "mem0" };
-	static const uint64_t lens[] = { 4 * PG };
+	static const char *const names[] = {"mem0"};
+	static const uint64_t lens[] = {4 * PG};
 
 	craft_mem_size(c, names, lens, 1, 4 * PG);
 	kv_stream_put_be64(c->s, KV_RAM_FLAG_EOS);
@@ -651,8 +651,8 @@ static void craft_end(struct craft *c)
  * "mem0"; expect failure with every `want` string in the message. */
 static void expect_reject(struct craft *c, ...)
 {
-	static const size_t np[] = { 4 };
-	struct kv_error err = { 0 };
+	static const size_t np[] = {4};
+	struct kv_error err = {0};
 	struct side dst;
 	const char *want;
 	va_list ap;
@@ -777,34 +777,38 @@ static void test_reject_continue_on_eos(void **state)
 
 static void test_reject_unknown_block_in_mem_size(void **state)
 {
-	static const char *const names[] = { "pc.ram" };
-	static const uint64_t lens[] = { 4 * PG };
+	static const char *const names[] = {"pc.ram"};
+	static const uint64_t lens[] = {4 * PG};
 	struct craft c;
 
 	(void)state;
 	craft_begin(&c);
 	craft_mem_size(&c, names, lens, 1, 4 * PG);
-	expect_reject(&c, "MEM_SIZE", "block 'pc.ram' (length 0x4000) not "
-		      "found", NULL);
+	expect_reject(&c, "MEM_SIZE",
+		      "block 'pc.ram' (length 0x4000) not "
+		      "found",
+		      NULL);
 }
 
 static void test_reject_length_mismatch(void **state)
 {
-	static const char *const names[] = { "mem0" };
-	static const uint64_t lens[] = { 8 * PG };
+	static const char *const names[] = {"mem0"};
+	static const uint64_t lens[] = {8 * PG};
 	struct craft c;
 
 	(void)state;
 	craft_begin(&c);
 	craft_mem_size(&c, names, lens, 1, 8 * PG);
-	expect_reject(&c, "block 'mem0' has length 0x8000 in the stream but "
-		      "0x4000 here", NULL);
+	expect_reject(&c,
+		      "block 'mem0' has length 0x8000 in the stream but "
+		      "0x4000 here",
+		      NULL);
 }
 
 static void test_reject_unaligned_length(void **state)
 {
-	static const char *const names[] = { "mem0" };
-	static const uint64_t lens[] = { 4 * PG + 12 };
+	static const char *const names[] = {"mem0"};
+	static const uint64_t lens[] = {4 * PG + 12};
 	struct craft c;
 
 	(void)state;
@@ -815,8 +819,8 @@ static void test_reject_unaligned_length(void **state)
 
 static void test_reject_total_exceeded(void **state)
 {
-	static const char *const names[] = { "mem0" };
-	static const uint64_t lens[] = { 4 * PG };
+	static const char *const names[] = {"mem0"};
+	static const uint64_t lens[] = {4 * PG};
 	struct craft c;
 
 	(void)state;
@@ -827,8 +831,8 @@ static void test_reject_total_exceeded(void **state)
 
 static void test_reject_total_larger_than_blocks(void **state)
 {
-	static const char *const names[] = { "mem0" };
-	static const uint64_t lens[] = { 4 * PG };
+	static const char *const names[] = {"mem0"};
+	static const uint64_t lens[] = {4 * PG};
 	struct craft c;
 
 	(void)state;
@@ -837,8 +841,10 @@ static void test_reject_total_larger_than_blocks(void **state)
 	craft_begin(&c);
 	craft_mem_size(&c, names, lens, 1, 5 * PG);
 	kv_stream_put_be64(c.s, KV_RAM_FLAG_EOS);
-	expect_reject(&c, "MEM_SIZE", "stream failed while reading the block "
-		      "list", NULL);
+	expect_reject(&c, "MEM_SIZE",
+		      "stream failed while reading the block "
+		      "list",
+		      NULL);
 }
 
 static void test_reject_unannounced_block(void **state)
@@ -848,14 +854,16 @@ static void test_reject_unannounced_block(void **state)
 	(void)state;
 	craft_begin(&c);
 	kv_stream_put_be64(c.s, 0 | KV_RAM_FLAG_MEM_SIZE);
-	expect_reject(&c, "block 'mem0' exists here but the stream does not "
-		      "announce it", NULL);
+	expect_reject(&c,
+		      "block 'mem0' exists here but the stream does not "
+		      "announce it",
+		      NULL);
 }
 
 static void test_reject_mem_size_twice(void **state)
 {
-	static const char *const names[] = { "mem0" };
-	static const uint64_t lens[] = { 4 * PG };
+	static const char *const names[] = {"mem0"};
+	static const uint64_t lens[] = {4 * PG};
 	struct craft c;
 
 	(void)state;
@@ -867,8 +875,8 @@ static void test_reject_mem_size_twice(void **state)
 
 static void test_reject_mem_size_later_section(void **state)
 {
-	static const char *const names[] = { "mem0" };
-	static const uint64_t lens[] = { 4 * PG };
+	static const char *const names[] = {"mem0"};
+	static const uint64_t lens[] = {4 * PG};
 	struct craft c;
 
 	(void)state;
@@ -909,7 +917,8 @@ static void test_reject_offset_beyond_block(void **state)
 	craft_begin(&c);
 	craft_std_setup(&c);
 	craft_page(&c, 4 * PG | KV_RAM_FLAG_PAGE, "mem0", 1);
-	expect_reject(&c, "record 1 at stream offset 29 (addr 0x4000 flags "
+	expect_reject(&c,
+		      "record 1 at stream offset 29 (addr 0x4000 flags "
 		      "0x8 PAGE): offset beyond block 'mem0' length 0x4000",
 		      NULL);
 }
@@ -968,7 +977,7 @@ static void test_reject_truncated_page(void **state)
 static void test_reject_truncated_header(void **state)
 {
 	struct craft c;
-	uint8_t three[3] = { 0, 0, 0 };
+	uint8_t three[3] = {0, 0, 0};
 
 	(void)state;
 	craft_begin(&c);
@@ -992,8 +1001,8 @@ static void test_reject_eos_with_address(void **state)
 
 static void test_reject_version(void **state)
 {
-	static const size_t np[] = { 4 };
-	struct kv_error err = { 0 };
+	static const size_t np[] = {4};
+	struct kv_error err = {0};
 	struct craft c;
 	struct side dst;
 	struct kv_stream *s;
@@ -1036,8 +1045,8 @@ static void test_failed_load_drops_memory(void **state)
  * page clears it. */
 static void test_zero_record_clears_page(void **state)
 {
-	static const size_t np[] = { 4 };
-	struct kv_error err = { 0 };
+	static const size_t np[] = {4};
+	struct kv_error err = {0};
 	struct craft c;
 	struct side dst;
 
@@ -1045,8 +1054,8 @@ static void test_zero_record_clears_page(void **state)
 	craft_begin(&c);
 	craft_std_setup(&c);
 	craft_page(&c, 1 * PG | KV_RAM_FLAG_PAGE, "mem0", 0x44);
-	kv_stream_put_be64(c.s, 2 * PG | KV_RAM_FLAG_ZERO |
-				       KV_RAM_FLAG_CONTINUE);
+	kv_stream_put_be64(c.s,
+			   2 * PG | KV_RAM_FLAG_ZERO | KV_RAM_FLAG_CONTINUE);
 	kv_stream_put_u8(c.s, 0);
 	kv_stream_put_be64(c.s, KV_RAM_FLAG_EOS);
 	craft_end(&c);
@@ -1063,8 +1072,8 @@ static void test_zero_record_clears_page(void **state)
  * which pages are populated follows its own writes. */
 static void test_zero_after_page_same_chunk(void **state)
 {
-	static const size_t np[] = { 4 };
-	struct kv_error err = { 0 };
+	static const size_t np[] = {4};
+	struct kv_error err = {0};
 	struct craft c;
 	struct side dst;
 
@@ -1074,7 +1083,8 @@ static void test_zero_after_page_same_chunk(void **state)
 	kv_stream_put_be64(c.s, 0 | KV_RAM_FLAG_ZERO);
 	kv_stream_put_str8(c.s, "mem0");
 	kv_stream_put_u8(c.s, 0);
-	craft_page(&c, PG | KV_RAM_FLAG_PAGE | KV_RAM_FLAG_CONTINUE, NULL, 0x61);
+	craft_page(&c, PG | KV_RAM_FLAG_PAGE | KV_RAM_FLAG_CONTINUE, NULL,
+		   0x61);
 	kv_stream_put_be64(c.s, PG | KV_RAM_FLAG_ZERO | KV_RAM_FLAG_CONTINUE);
 	kv_stream_put_u8(c.s, 0);
 	kv_stream_put_be64(c.s, KV_RAM_FLAG_EOS);
@@ -1123,11 +1133,11 @@ static void ta_release(void *o, void *host, uint64_t len)
 
 static void test_allocator_creates_and_releases(void **state)
 {
-	static const char *const names[] = { "a", "b" };
-	static const uint64_t lens[] = { 2 * PG, 3 * PG };
-	struct test_alloc ta = { 0 };
-	struct kv_ram_allocator a = { ta_alloc, ta_release, &ta, 1 << 20 };
-	struct kv_error err = { 0 };
+	static const char *const names[] = {"a", "b"};
+	static const uint64_t lens[] = {2 * PG, 3 * PG};
+	struct test_alloc ta = {0};
+	struct kv_ram_allocator a = {ta_alloc, ta_release, &ta, 1 << 20};
+	struct kv_error err = {0};
 	struct kv_ram_state *rs = kv_ram_new();
 	struct craft c;
 
@@ -1164,11 +1174,11 @@ static void test_allocator_creates_and_releases(void **state)
 
 static void test_allocator_limit(void **state)
 {
-	static const char *const names[] = { "a", "b" };
-	static const uint64_t lens[] = { 2 * PG, 3 * PG };
-	struct test_alloc ta = { 0 };
-	struct kv_ram_allocator a = { ta_alloc, ta_release, &ta, 4 * PG };
-	struct kv_error err = { 0 };
+	static const char *const names[] = {"a", "b"};
+	static const uint64_t lens[] = {2 * PG, 3 * PG};
+	struct test_alloc ta = {0};
+	struct kv_ram_allocator a = {ta_alloc, ta_release, &ta, 4 * PG};
+	struct kv_error err = {0};
 	struct kv_ram_state *rs = kv_ram_new();
 	struct craft c;
 
@@ -1178,9 +1188,10 @@ static void test_allocator_limit(void **state)
 	craft_end(&c);
 	kv_ram_set_allocator(rs, a);
 	assert_true(load_all(rs, &c.t, &err, true) < 0);
-	assert_non_null(strstr(err.msg, "block 'b' (length 0x3000) would take "
-				       "the RAM created for this stream beyond "
-				       "its limit of 0x4000"));
+	assert_non_null(strstr(err.msg,
+			       "block 'b' (length 0x3000) would take "
+			       "the RAM created for this stream beyond "
+			       "its limit of 0x4000"));
 	assert_int_equal(ta.allocs, 1);
 	assert_int_equal(ta.releases, 1);
 	kv_ram_free(rs);
@@ -1190,14 +1201,13 @@ static void test_allocator_limit(void **state)
 static void test_add_block_rejects(void **state)
 {
 	struct kv_ram_state *rs = kv_ram_new();
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	static uint8_t mem[4 * PG];
 	char longname[300];
 
 	(void)state;
 	assert_int_equal(kv_ram_add_block(rs, "a", mem, 4 * PG, &err), 0);
-	assert_int_equal(kv_ram_add_block(rs, "a", mem, 4 * PG, &err),
-			 -EEXIST);
+	assert_int_equal(kv_ram_add_block(rs, "a", mem, 4 * PG, &err), -EEXIST);
 	kv_error_clear(&err);
 	assert_int_equal(kv_ram_add_block(rs, "b", mem, 100, &err), -EINVAL);
 	assert_non_null(strstr(err.msg, "not a positive multiple"));
@@ -1215,8 +1225,8 @@ static void test_soft_tracker_lifecycle(void **state)
 	uint64_t len = 130 * PG;
 	struct kv_soft_tracker *t = kv_soft_tracker_new(&len, 1);
 	struct kv_dirty_tracker it = kv_soft_tracker_iface(t);
-	struct kv_ram_block b = { .length = len, .npages = 130 };
-	struct kv_error err = { 0 };
+	struct kv_ram_block b = {.length = len, .npages = 130};
+	struct kv_error err = {0};
 
 	(void)state;
 	b.dirty = kv_bitmap_new(130);
@@ -1226,7 +1236,7 @@ static void test_soft_tracker_lifecycle(void **state)
 	kv_soft_tracker_mark(t, 0, 129 * PG + 17);
 	kv_soft_tracker_mark(t, 0, 129 * PG);
 	kv_soft_tracker_mark(t, 0, 130 * PG); /* outside: ignored */
-	kv_soft_tracker_mark(t, 3, 0);        /* no such block: ignored */
+	kv_soft_tracker_mark(t, 3, 0);	      /* no such block: ignored */
 	assert_int_equal(it.ops->sync(it.opaque, &b, 1, &err), 1);
 	assert_true(kv_bitmap_test(b.dirty, 129));
 	assert_int_equal(kv_bitmap_count(b.dirty, 130), 1);
@@ -1249,47 +1259,47 @@ static void test_soft_tracker_lifecycle(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_soft_tracker_lifecycle),
-		cmocka_unit_test(test_add_block_rejects),
-		cmocka_unit_test(test_roundtrip_zero),
-		cmocka_unit_test(test_roundtrip_random),
-		cmocka_unit_test(test_roundtrip_mixed),
-		cmocka_unit_test(test_roundtrip_with_dirtying),
-		cmocka_unit_test(test_untouched_pages_not_faulted),
-		cmocka_unit_test(test_clear_per_chunk),
-		cmocka_unit_test(test_wire_layout_and_continue),
-		cmocka_unit_test(test_reject_unknown_flag),
-		cmocka_unit_test(test_reject_obsolete_full_flag),
-		cmocka_unit_test(test_reject_hook),
-		cmocka_unit_test(test_reject_compress_page),
-		cmocka_unit_test(test_reject_xbzrle),
-		cmocka_unit_test(test_reject_multifd_flush),
-		cmocka_unit_test(test_reject_two_types),
-		cmocka_unit_test(test_reject_no_type),
-		cmocka_unit_test(test_reject_continue_on_eos),
-		cmocka_unit_test(test_reject_unknown_block_in_mem_size),
-		cmocka_unit_test(test_reject_length_mismatch),
-		cmocka_unit_test(test_reject_unaligned_length),
-		cmocka_unit_test(test_reject_total_exceeded),
-		cmocka_unit_test(test_reject_total_larger_than_blocks),
-		cmocka_unit_test(test_reject_unannounced_block),
-		cmocka_unit_test(test_reject_mem_size_twice),
-		cmocka_unit_test(test_reject_mem_size_later_section),
-		cmocka_unit_test(test_reject_page_before_mem_size),
-		cmocka_unit_test(test_reject_block_not_found),
-		cmocka_unit_test(test_reject_offset_beyond_block),
-		cmocka_unit_test(test_reject_offset_huge),
-		cmocka_unit_test(test_reject_continue_without_block),
-		cmocka_unit_test(test_reject_zero_fill_byte),
-		cmocka_unit_test(test_reject_truncated_page),
-		cmocka_unit_test(test_reject_truncated_header),
-		cmocka_unit_test(test_reject_eos_with_address),
-		cmocka_unit_test(test_reject_version),
-		cmocka_unit_test(test_failed_load_drops_memory),
-		cmocka_unit_test(test_zero_record_clears_page),
-		cmocka_unit_test(test_zero_after_page_same_chunk),
-		cmocka_unit_test(test_allocator_creates_and_releases),
-		cmocka_unit_test(test_allocator_limit),
+	    cmocka_unit_test(test_soft_tracker_lifecycle),
+	    cmocka_unit_test(test_add_block_rejects),
+	    cmocka_unit_test(test_roundtrip_zero),
+	    cmocka_unit_test(test_roundtrip_random),
+	    cmocka_unit_test(test_roundtrip_mixed),
+	    cmocka_unit_test(test_roundtrip_with_dirtying),
+	    cmocka_unit_test(test_untouched_pages_not_faulted),
+	    cmocka_unit_test(test_clear_per_chunk),
+	    cmocka_unit_test(test_wire_layout_and_continue),
+	    cmocka_unit_test(test_reject_unknown_flag),
+	    cmocka_unit_test(test_reject_obsolete_full_flag),
+	    cmocka_unit_test(test_reject_hook),
+	    cmocka_unit_test(test_reject_compress_page),
+	    cmocka_unit_test(test_reject_xbzrle),
+	    cmocka_unit_test(test_reject_multifd_flush),
+	    cmocka_unit_test(test_reject_two_types),
+	    cmocka_unit_test(test_reject_no_type),
+	    cmocka_unit_test(test_reject_continue_on_eos),
+	    cmocka_unit_test(test_reject_unknown_block_in_mem_size),
+	    cmocka_unit_test(test_reject_length_mismatch),
+	    cmocka_unit_test(test_reject_unaligned_length),
+	    cmocka_unit_test(test_reject_total_exceeded),
+	    cmocka_unit_test(test_reject_total_larger_than_blocks),
+	    cmocka_unit_test(test_reject_unannounced_block),
+	    cmocka_unit_test(test_reject_mem_size_twice),
+	    cmocka_unit_test(test_reject_mem_size_later_section),
+	    cmocka_unit_test(test_reject_page_before_mem_size),
+	    cmocka_unit_test(test_reject_block_not_found),
+	    cmocka_unit_test(test_reject_offset_beyond_block),
+	    cmocka_unit_test(test_reject_offset_huge),
+	    cmocka_unit_test(test_reject_continue_without_block),
+	    cmocka_unit_test(test_reject_zero_fill_byte),
+	    cmocka_unit_test(test_reject_truncated_page),
+	    cmocka_unit_test(test_reject_truncated_header),
+	    cmocka_unit_test(test_reject_eos_with_address),
+	    cmocka_unit_test(test_reject_version),
+	    cmocka_unit_test(test_failed_load_drops_memory),
+	    cmocka_unit_test(test_zero_record_clears_page),
+	    cmocka_unit_test(test_zero_after_page_same_chunk),
+	    cmocka_unit_test(test_allocator_creates_and_releases),
+	    cmocka_unit_test(test_allocator_limit),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
