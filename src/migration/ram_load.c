@@ -39,6 +39,10 @@
 	 KV_RAM_FLAG_HOOK | KV_RAM_FLAG_COMPRESS_PAGE |                        \
 	 KV_RAM_FLAG_MULTIFD_FLUSH)
 
+/* A stream may create at most this many blocks (QEMU guests have a few
+ * dozen): bounds the work a hostile block list can cause. */
+#define KV_RAM_MAX_LOAD_BLOCKS 1024U
+
 /* The record being loaded, for error messages. */
 struct ram_rec {
 	uint64_t number; /* 1-based within the section */
@@ -196,6 +200,10 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 				 "block '%s' (length 0x%llx) "
 				 "not found: this side has no such RAM block",
 				 idstr, (unsigned long long)length);
+	if (rs->nblocks >= KV_RAM_MAX_LOAD_BLOCKS)
+		return rec_error(err, r, -E2BIG,
+				 "block '%s': more than %u blocks announced",
+				 idstr, KV_RAM_MAX_LOAD_BLOCKS);
 	if (length > a->max_total || rs->allocated > a->max_total - length)
 		return rec_error(err, r, -E2BIG,
 				 "block '%s' (length 0x%llx) "

@@ -1198,6 +1198,33 @@ static void test_allocator_limit(void **state)
 	tstream_free(&c.t);
 }
 
+static void test_allocator_block_count_limit(void **state)
+{
+	struct test_alloc ta = {0};
+	struct kv_ram_allocator a = {ta_alloc, ta_release, &ta, 1ULL << 40};
+	struct kv_error err = {0};
+	struct kv_ram_state *rs = kv_ram_new();
+	struct craft c;
+	char name[16];
+
+	(void)state;
+	craft_begin(&c);
+	kv_stream_put_be64(c.s, 2000ULL * PG | KV_RAM_FLAG_MEM_SIZE);
+	for (int i = 0; i < 2000; i++) {
+		snprintf(name, sizeof(name), "b%d", i);
+		kv_stream_put_str8(c.s, name);
+		kv_stream_put_be64(c.s, PG);
+	}
+	craft_end(&c);
+	kv_ram_set_allocator(rs, a);
+	assert_true(load_all(rs, &c.t, &err, true) < 0);
+	assert_non_null(strstr(err.msg, "more than 1024 blocks announced"));
+	assert_int_equal(ta.allocs, 1024);
+	assert_int_equal(ta.releases, 1024);
+	kv_ram_free(rs);
+	tstream_free(&c.t);
+}
+
 static void test_add_block_rejects(void **state)
 {
 	struct kv_ram_state *rs = kv_ram_new();
@@ -1300,6 +1327,7 @@ int main(void)
 	    cmocka_unit_test(test_zero_after_page_same_chunk),
 	    cmocka_unit_test(test_allocator_creates_and_releases),
 	    cmocka_unit_test(test_allocator_limit),
+	    cmocka_unit_test(test_allocator_block_count_limit),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
