@@ -270,7 +270,7 @@ static int not_converged(struct kv_migration *m, uint64_t pending,
 
 	return kv_error_set(err, -ETIMEDOUT,
 			    "migration did not converge within %llu ms: "
-			    "%.1f MiB still dirty after pass %llu at %.1f "
+			    "%.1f MiB still to send in pass %llu at %.1f "
 			    "MiB/s, and a downtime limit of %llu ms allows "
 			    "%.1f MiB at switch-over (about %.0f ms needed); "
 			    "raise the downtime limit or the bandwidth limit, "
@@ -475,6 +475,8 @@ out:
 	if (ret < 0 && !cancelled && return_path && kv_stream_error(s) &&
 	    kv_stream_error(s) != -ECANCELED)
 		explain_by_destination(s, &lerr);
+	if (ret < 0)
+		record_pass_pages(m); /* the pass it stopped in */
 	stop_and_cleanup(m, ret == 0);
 	if (ret < 0 && stopped)
 		m->hooks.resume_vm(m->hooks.opaque);

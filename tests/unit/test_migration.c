@@ -609,11 +609,19 @@ static void test_non_convergence(void **state)
 	assert_int_equal(kv_mig_status(p.src.m), KV_MIG_FAILED);
 	assert_non_null(strstr(p.src.err.msg, "did not converge within "
 					      "1000 ms"));
+	assert_non_null(strstr(p.src.err.msg, "MiB still to send in pass"));
 	assert_non_null(strstr(p.src.err.msg, "MiB/s"));
 	assert_non_null(strstr(p.src.err.msg, "downtime limit of 1 ms"));
 	assert_non_null(strstr(p.src.err.msg, "raise the downtime limit"));
 	assert_non_null(strstr(p.src.err.msg, "source keeps running"));
 	assert_true(p.dst.ret < 0);
+	{
+		struct kv_mig_stats st;
+
+		kv_mig_get_stats(p.src.m, &st);
+		assert_int_equal(st.status, KV_MIG_FAILED);
+		assert_true(st.pages_per_pass[0] > 0);
+	}
 	pair_free(&p);
 	vm_free(&src);
 	vm_free(&dst);
