@@ -135,6 +135,18 @@ static void sigwatch_act(struct sigwatch *w)
 		kv_listener_shutdown(w->listener);
 }
 
+static const char *signal_name(int signo)
+{
+	switch (signo) {
+	case SIGINT:
+		return "SIGINT";
+	case SIGTERM:
+		return "SIGTERM";
+	default:
+		return "a signal";
+	}
+}
+
 static void *sigwatch_thread(void *arg)
 {
 	struct sigwatch *w = arg;
@@ -161,7 +173,7 @@ static void *sigwatch_thread(void *arg)
 		if (!w->signo) {
 			w->signo = (int)si.ssi_signo;
 			printf("memtest: %s received, cancelling\n",
-			       strsignal((int)si.ssi_signo));
+			       signal_name((int)si.ssi_signo));
 		}
 		sigwatch_act(w);
 		pthread_mutex_unlock(&w->lock);
@@ -643,11 +655,12 @@ static int run_source(struct memtest_opts *o)
 		return KV_EXIT_FAILURE;
 	}
 
+	printf("memtest: migrating to %s (dirty rate %.1f MiB/s)\n", o->to,
+	       o->dirty_rate_mib);
+	fflush(stdout);
 	chan = kv_chan_connect(o->to, &err);
-	if (!chan) {
-		kv_error_prefix(&err, "cannot connect to %s", o->to);
+	if (!chan)
 		goto fail;
-	}
 	return_path = chan->is_socket;
 	src.stream = kv_stream_new(chan, KV_STREAM_WRITE);
 	if (!src.stream) {
@@ -659,9 +672,6 @@ static int run_source(struct memtest_opts *o)
 	    kv_memtest_dirtier_start(&src.dirtier, &src.region, src.tracker,
 				     o->dirty_rate_mib, &err) < 0)
 		goto fail;
-	printf("memtest: migrating to %s (dirty rate %.1f MiB/s)\n", o->to,
-	       o->dirty_rate_mib);
-	fflush(stdout);
 
 	rc = kv_mig_run(src.mig, src.stream, &err);
 	/* The digest printed after a cancel must be of quiet memory. */
@@ -820,7 +830,6 @@ static int run_dest(struct memtest_opts *o)
 		goto out;
 	l = kv_listener_open(o->incoming, &err);
 	if (!l) {
-		kv_error_prefix(&err, "cannot listen on %s", o->incoming);
 		goto out;
 	}
 	printf("memtest: %s %s\n",
@@ -830,8 +839,6 @@ static int run_dest(struct memtest_opts *o)
 	sigwatch_set(&d.sig, NULL, NULL, l);
 	chan = kv_listener_accept(l, &err);
 	if (!chan) {
-		kv_error_prefix(&err, "waiting for the source on %s",
-				o->incoming);
 		goto out;
 	}
 	s = kv_stream_new(chan, KV_STREAM_READ);
@@ -867,7 +874,7 @@ out:
 	} else {
 		if (sigwatch_signo(&d.sig))
 			printf("memtest: interrupted by %s\n",
-			       strsignal(sigwatch_signo(&d.sig)));
+			       signal_name(sigwatch_signo(&d.sig)));
 		fprintf(stderr, "memtest: incoming migration failed: %s\n",
 			err.msg[0] ? err.msg : "unknown error");
 	}
