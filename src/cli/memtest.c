@@ -467,11 +467,12 @@ static void source_progress(void *opaque, const struct kv_mig_progress *p)
 {
 	struct memtest_source *src = opaque;
 
+	/* The engine calls at every status change (with the pass still in
+	 * progress) and at the end of every pass (status unchanged). */
 	if (p->status != src->last_status) {
 		src->last_status = p->status;
 		printf("memtest: status %s\n", kv_mig_status_name(p->status));
-	}
-	if (p->pass > src->last_pass) {
+	} else if (p->pass > src->last_pass) {
 		src->last_pass = p->pass;
 		printf("memtest: pass %" PRIu64 ": transferred %.1f MiB, "
 		       "remaining %.1f MiB, bandwidth %.1f MiB/s, expected "
