@@ -37,15 +37,35 @@ def migrate(tap, procs, what, listen_uri, source_args):
     return True
 
 
+def refused(tap, procs):
+    """A destination that refuses the stream: the source hears about it."""
+    dest, uri = procs.destination("tcp:127.0.0.1:0", "--max-size", "16M")
+    if uri is None:
+        tap.ok(False, "refused: destination listens", dest.describe())
+        tap.skip("refused: source", "no destination")
+        return
+    src = procs.source(uri, "--size", "32M")
+    src_rc = src.wait(TIMEOUT)
+    dest_rc = dest.wait(15)
+    diag = src.describe() + "\n" + dest.describe()
+    tap.ok(dest_rc == 1 and "beyond its limit" in dest.output
+           and "memtest: received memory released" in dest.output,
+           "refused: the destination names the limit and exits 1", diag)
+    tap.ok(src_rc == 1 and "memtest: migration failed:" in src.output
+           and "destination failed" in src.output,
+           "refused: the source reports the destination's failure", diag)
+
+
 def main():
     kvmig = kvmig_path()
-    tap = Tap(10)
+    tap = Tap(12)
     with tempdir() as tmp, Procs(kvmig) as procs:
         migrate(tap, procs, "tcp", "tcp:127.0.0.1:0",
                 ["--size", "128M", "--dirty-rate", "32", "--timeout", "60"])
         migrate(tap, procs, "unix", f"unix:{tmp}/mig.sock",
                 ["--size", "64M", "--blocks", "3", "--dirty-rate", "8",
                  "--timeout", "60"])
+        refused(tap, procs)
     return tap.finish()
 
 
