@@ -12,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include "io/channel.h"
+#include "io/iov.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -327,18 +328,7 @@ int kv_chan_writev_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 		if (n < 0)
 			return kv_error_set_errno(err, (int)n,
 						  "%s: write failed", c->name);
-		while (n > 0) {
-			size_t step =
-			    (size_t)n < iov->iov_len ? (size_t)n : iov->iov_len;
-
-			iov->iov_base = (char *)iov->iov_base + step;
-			iov->iov_len -= step;
-			n -= (ssize_t)step;
-			if (iov->iov_len == 0) {
-				iov++;
-				iovcnt--;
-			}
-		}
+		kv_iov_advance(&iov, &iovcnt, (size_t)n);
 	}
 	return 0;
 }

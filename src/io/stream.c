@@ -13,6 +13,7 @@
  */
 #define _GNU_SOURCE
 #include "io/stream.h"
+#include "io/iov.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -107,8 +108,8 @@ struct kv_chan *kv_stream_chan(struct kv_stream *s)
 
 /* ---- errors ---- */
 
-static void stream_verror(struct kv_stream *s, int code, const char *fmt,
-			  va_list ap)
+__attribute__((format(printf, 3, 0))) static void
+stream_verror(struct kv_stream *s, int code, const char *fmt, va_list ap)
 {
 	if (s->err.code != 0)
 		return;
@@ -252,18 +253,7 @@ static int write_iov(struct kv_stream *s, struct iovec *iov, int cnt)
 			return (int)n;
 		s->transferred += (uint64_t)n;
 		s->window_bytes += (uint64_t)n;
-		while (n > 0) {
-			size_t step =
-			    (size_t)n < iov->iov_len ? (size_t)n : iov->iov_len;
-
-			iov->iov_base = (char *)iov->iov_base + step;
-			iov->iov_len -= step;
-			n -= (ssize_t)step;
-			if (iov->iov_len == 0) {
-				iov++;
-				cnt--;
-			}
-		}
+		kv_iov_advance(&iov, &cnt, (size_t)n);
 	}
 	return 0;
 }

@@ -40,25 +40,8 @@ static const char *type_name(enum kv_vmstate_type t)
 
 static size_t wire_width(const struct kv_vmstate_field *f)
 {
-	switch (f->type) {
-	case KV_VMS_U8:
-	case KV_VMS_I8:
-	case KV_VMS_BOOL:
-		return 1;
-	case KV_VMS_U16:
-	case KV_VMS_I16:
-		return 2;
-	case KV_VMS_U32:
-	case KV_VMS_I32:
-		return 4;
-	case KV_VMS_U64:
-	case KV_VMS_I64:
-		return 8;
-	case KV_VMS_BUFFER:
-		return f->size;
-	default:
-		return 0;
-	}
+	return f->type == KV_VMS_BUFFER ? f->size
+					: kv_vmstate_scalar_width(f->type);
 }
 
 static uint32_t field_count(const struct kv_vmstate_field *f)

@@ -36,6 +36,10 @@ int kv_vmdesc_add_device(json_t *root, const char *idstr, uint32_t instance_id,
 			 const struct kv_vmstate_desc *vmsd, void *opaque,
 			 struct kv_error *err);
 
+/* Wire width of a scalar type (u8..u64, i8..i64, bool); 0 for others.
+ * Defined in vmstate.c: one table of widths for encoding and description. */
+size_t kv_vmstate_scalar_width(enum kv_vmstate_type t);
+
 /* Check a received description: length cap, valid JSON, the layout above
  * (object, integer page_size 4096, devices array of objects with string
  * name and vmsd_name, integer instance_id and version). */

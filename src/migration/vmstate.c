@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "migration/savevm.h"
+#include "migration/vmdesc.h"
 
 /* Nesting bound for structs and subsections: guards against cyclic tables. */
 #define VMS_MAX_DEPTH 16
@@ -26,7 +27,7 @@ struct pending_sub {
 	uint32_t version;
 };
 
-static size_t scalar_width(enum kv_vmstate_type t)
+size_t kv_vmstate_scalar_width(enum kv_vmstate_type t)
 {
 	switch (t) {
 	case KV_VMS_U8:
@@ -54,7 +55,7 @@ static size_t elem_size(const struct kv_vmstate_field *f)
 		return f->size;
 	if (f->type == KV_VMS_BOOL)
 		return sizeof(bool);
-	return scalar_width(f->type);
+	return kv_vmstate_scalar_width(f->type);
 }
 
 static uint32_t elem_count(const struct kv_vmstate_field *f)
@@ -71,7 +72,7 @@ static void put_scalar(struct kv_stream *s, enum kv_vmstate_type t,
 	uint64_t v64;
 	bool b;
 
-	switch (scalar_width(t)) {
+	switch (kv_vmstate_scalar_width(t)) {
 	case 1:
 		if (t == KV_VMS_BOOL) {
 			memcpy(&b, p, sizeof(b));
@@ -224,7 +225,7 @@ static int get_scalar(struct kv_stream *s, const struct kv_vmstate_desc *d,
 	uint64_t v64;
 	bool b;
 
-	switch (scalar_width(f->type)) {
+	switch (kv_vmstate_scalar_width(f->type)) {
 	case 1:
 		v8 = kv_stream_get_u8(s);
 		if (f->type != KV_VMS_BOOL) {
