@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The QMP monitor: QEMU's JSON machine protocol on a unix (or tcp) socket,
+ * several clients at once, one thread polling the listener and clients.
+ *
+ * Protocol (QEMU's, docs/interop/qmp-spec): on connect the server sends
+ *   {"QMP": {"version": {"qemu": {"major","minor","micro"}, "package"},
+ *            "capabilities": []}}
+ * the client must send {"execute": "qmp_capabilities"} first; then every
+ * {"execute": NAME, "arguments": {...}, "id": ANY} gets exactly one
+ * {"return": ...} or {"error": {"class": CLASS, "desc": TEXT}} carrying the
+ * same "id". Events: {"event": NAME, "data": {...}, "timestamp":
+ * {"seconds", "microseconds"}} to every client past negotiation.
+ * Parsing uses jansson; a bad JSON document gets a GenericError and the
+ * connection stays usable; a client that sends more than 1 MiB without a
+ * complete document is dropped. No input can crash or wedge the monitor.
+ *
+ * Commands are a const table (name -> handler); the VMM supplies their
+ * behaviour through struct kv_qmp_ops.
+ */
+#ifndef KV_MONITOR_QMP_H
+#define KV_MONITOR_QMP_H
+
+#include <stdint.h>
+
+#include "base/error.h"
+
+/* What the monitor needs from the VMM. Every callback is called on the
+ * monitor thread; it must not block for long (start work, return). JSON
+ * values are jansson json_t * passed as void * to keep jansson out of
+ * this header. A callback returns 0, or <0 with err set: the monitor turns
+ * that into {"error": {"class": "GenericError", "desc": err->msg}}. */
+struct kv_qmp_ops {
+	/* {"status": "running"|"paused"|"postmigrate"|"inmigrate"|...,
+	 *  "running": bool} */
+	int (*query_status)(void *opaque, void **ret, struct kv_error *err);
+	int (*stop)(void *opaque, struct kv_error *err);
+	int (*cont)(void *opaque, struct kv_error *err);
+	/* The monitor replies first, then calls quit. */
+	void (*quit)(void *opaque);
+	int (*migrate)(void *opaque, const char *uri, struct kv_error *err);
+	int (*migrate_incoming)(void *opaque, const char *uri,
+				struct kv_error *err);
+	int (*migrate_cancel)(void *opaque, struct kv_error *err);
+	/* QEMU's MigrationInfo object. */
+	int (*query_migrate)(void *opaque, void **ret, struct kv_error *err);
+	void *opaque;
+};
+
+struct kv_qmp;
+
+/* Listen on "unix:PATH" or "tcp:HOST:PORT" and start the monitor thread. */
+int kv_qmp_start(const char *uri, const struct kv_qmp_ops *ops,
+		 struct kv_qmp **out, struct kv_error *err);
+/* Stop the thread, close every client and the listener. */
+void kv_qmp_stop(struct kv_qmp *q);
+/* Send an event to every negotiated client; data is a json_t * (stolen)
+ * or NULL. Any thread. */
+void kv_qmp_event(struct kv_qmp *q, const char *name, void *data);
+
+#endif
