@@ -17,6 +17,7 @@
  */
 #define _GNU_SOURCE /* pipe2 */
 #include <errno.h>
+#include <jansson.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -47,7 +48,7 @@
 static const char memtest_help[] =
     "Usage:\n"
     "  kvmig memtest --size SIZE --to URI [OPTIONS]     (source)\n"
-    "  kvmig memtest --incoming URI [--max-size SIZE]   (destination)\n"
+    "  kvmig memtest --incoming URI [OPTIONS]           (destination)\n"
     "\n"
     "Migrate a memory region filled with zero, random and repeated pages\n"
     "while a thread keeps dirtying it, and verify on the destination that\n"
@@ -78,8 +79,19 @@ static const char memtest_help[] =
     "\n"
     "Destination options:\n"
     "  --incoming URI         listen on URI (or read file:PATH) and load\n"
-    "  --max-size SIZE        refuse streams announcing more RAM than this\n"
-    "                         (default 64G)\n"
+    "  --size SIZE            pre-allocate the region before listening, as\n"
+    "                         a VMM's destination owns its RAM (QEMU's\n"
+    "                         -mem-prealloc): blocks named and split as the\n"
+    "                         source's, every page faulted in; the stream\n"
+    "                         must announce exactly these blocks\n"
+    "  --blocks N             with --size: the number of blocks (default 1)\n"
+    "  --max-size SIZE        without --size, blocks are created as the\n"
+    "                         stream announces them: refuse streams\n"
+    "                         announcing more RAM than this (default 64G)\n"
+    "\n"
+    "Both sides:\n"
+    "  --json                 print the summary as one JSON object on a\n"
+    "                         line of its own instead of the table\n"
     "\n"
     "SIGINT or SIGTERM cancels: the source prints 'cancelled' and the\n"
     "digest of its region; the destination drops what it loaded.\n"
@@ -99,6 +111,7 @@ struct memtest_opts {
 	uint64_t seed;
 	bool print_digest;
 	uint64_t max_size;
+	bool json;
 };
 
 /* The "memtest/digest" device. Only region_size and hash go on the wire. */
@@ -107,8 +120,9 @@ struct memtest_digest {
 	uint8_t hash[16];
 	const struct kv_memtest_block *blocks; /* what to hash */
 	const size_t *nblocks;
-	bool verified; /* destination: post_load matched */
-	bool seen;     /* destination: the section arrived */
+	int64_t digest_ns; /* how long the last hash took */
+	bool verified;	   /* destination: post_load matched */
+	bool seen;	   /* destination: the section arrived */
 };
 
 /* --- the signal watcher --- */
@@ -250,14 +264,29 @@ static int sigwatch_signo(struct sigwatch *w)
 
 /* --- the digest device --- */
 
+/* The digest runs while the workload is stopped (source) or after the load
+ * (destination), when the migration itself leaves the CPUs idle. */
+static size_t digest_threads(void)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return cpus < 1 ? 1 : cpus > 4 ? 4 : (size_t)cpus;
+}
+
 static int digest_pre_save(void *opaque, struct kv_error *err)
 {
 	struct memtest_digest *d = opaque;
 
+	int64_t t0 = kv_now_ns();
+	int rc;
+
 	d->region_size = 0;
 	for (size_t i = 0; i < *d->nblocks; i++)
 		d->region_size += d->blocks[i].length;
-	return kv_memtest_digest(d->blocks, *d->nblocks, d->hash, err);
+	rc = kv_memtest_digest(d->blocks, *d->nblocks, digest_threads(),
+			       d->hash, err);
+	d->digest_ns = kv_now_ns() - t0;
+	return rc;
 }
 
 static int digest_post_load(void *opaque, int version_id, struct kv_error *err)
@@ -266,6 +295,7 @@ static int digest_post_load(void *opaque, int version_id, struct kv_error *err)
 	char src_hex[33], dst_hex[33];
 	uint8_t local[16];
 	uint64_t size = 0;
+	int64_t t0;
 	int rc;
 
 	d->seen = true;
@@ -276,7 +306,10 @@ static int digest_post_load(void *opaque, int version_id, struct kv_error *err)
 				    "region size mismatch: source %" PRIu64
 				    " bytes, destination %" PRIu64 " bytes",
 				    d->region_size, size);
-	rc = kv_memtest_digest(d->blocks, *d->nblocks, local, err);
+	t0 = kv_now_ns();
+	rc = kv_memtest_digest(d->blocks, *d->nblocks, digest_threads(), local,
+			       err);
+	d->digest_ns = kv_now_ns() - t0;
 	if (rc < 0)
 		return rc;
 	if (memcmp(local, d->hash, sizeof(local))) {
@@ -312,7 +345,8 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 {
 	const char *size = NULL, *rate = NULL, *downtime = NULL, *bw = NULL,
 		   *timeout = NULL, *blocks = NULL, *pattern = NULL,
-		   *seed = NULL, *print_digest = NULL, *max_size = NULL;
+		   *seed = NULL, *print_digest = NULL, *max_size = NULL,
+		   *json = NULL;
 	const struct kv_cli_opt opts[] = {
 	    {"size", true, &size},
 	    {"dirty-rate", true, &rate},
@@ -326,6 +360,7 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 	    {"seed", true, &seed},
 	    {"print-digest", false, &print_digest},
 	    {"max-size", true, &max_size},
+	    {"json", false, &json},
 	    {NULL, false, NULL},
 	};
 	int rc;
@@ -343,12 +378,21 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 						     "--to URI (source) and "
 						     "--incoming URI "
 						     "(destination)");
-	if (o->incoming && (size || rate || downtime || bw || timeout ||
-			    blocks || pattern || seed || print_digest))
+	if (o->incoming && (rate || downtime || bw || timeout || pattern ||
+			    seed || print_digest))
 		return kv_cli_usage_error("memtest",
-					  "--incoming takes only --max-size; "
-					  "the size and workload come from "
-					  "the source");
+					  "--incoming takes only --size, "
+					  "--blocks, --max-size and --json; "
+					  "the workload comes from the source");
+	if (o->incoming && blocks && !size)
+		return kv_cli_usage_error("memtest",
+					  "--blocks on the destination needs "
+					  "--size (pre-allocated blocks)");
+	if (o->incoming && size && max_size)
+		return kv_cli_usage_error("memtest",
+					  "--max-size limits blocks created on "
+					  "demand; with --size the destination "
+					  "takes exactly SIZE");
 	if (o->to && max_size)
 		return kv_cli_usage_error("memtest",
 					  "--max-size is a destination option");
@@ -416,6 +460,7 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 			    pattern);
 	}
 	o->print_digest = print_digest != NULL;
+	o->json = json != NULL;
 	return KV_EXIT_OK;
 }
 
@@ -492,7 +537,8 @@ static void print_digest_line(const char *what,
 	uint8_t hash[16];
 	char hex[33];
 
-	if (kv_memtest_digest(r->blocks, r->nblocks, hash, &err) < 0) {
+	if (kv_memtest_digest(r->blocks, r->nblocks, digest_threads(), hash,
+			      &err) < 0) {
 		fprintf(stderr, "memtest: error: %s\n", err.msg);
 		return;
 	}
@@ -500,7 +546,64 @@ static void print_digest_line(const char *what,
 	printf("memtest: %s %s\n", what, hex);
 }
 
-static void print_summary(const struct kv_mig_stats *st)
+/* One JSON object on one line, for scripts (bench/run.sh). */
+static void print_json(json_t *o)
+{
+	char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER |
+				       JSON_REAL_PRECISION(10));
+
+	if (text)
+		printf("%s\n", text);
+	else
+		fprintf(stderr, "memtest: error: cannot format the summary\n");
+	free(text);
+	json_decref(o);
+}
+
+static json_t *json_ms(int64_t ns)
+{
+	return json_real((double)ns / 1e6);
+}
+
+static void print_source_json(const struct kv_mig_stats *st,
+			      const struct memtest_source *src,
+			      const char *error)
+{
+	uint64_t n = st->passes < 64 ? st->passes : 64;
+	json_t *o = json_object(), *pp = json_array();
+	char hex[33];
+
+	for (uint64_t i = 0; i < n; i++)
+		json_array_append_new(
+		    pp, json_integer((json_int_t)st->pages_per_pass[i]));
+	kv_cli_hex(src->digest.hash, 16, hex);
+	json_object_set_new(o, "role", json_string("source"));
+	json_object_set_new(o, "status",
+			    json_string(kv_mig_status_name(st->status)));
+	json_object_set_new(o, "size",
+			    json_integer((json_int_t)src->region.total));
+	json_object_set_new(o, "blocks",
+			    json_integer((json_int_t)src->region.nblocks));
+	json_object_set_new(o, "total_ms", json_integer(st->total_time_ms));
+	json_object_set_new(o, "setup_ms", json_integer(st->setup_time_ms));
+	json_object_set_new(o, "downtime_ms", json_integer(st->downtime_ms));
+	json_object_set_new(o, "digest_ms", json_ms(src->digest.digest_ns));
+	json_object_set_new(o, "transferred",
+			    json_integer((json_int_t)st->transferred));
+	json_object_set_new(o, "bandwidth", json_real(st->bandwidth));
+	json_object_set_new(o, "zero_pages",
+			    json_integer((json_int_t)st->zero_pages));
+	json_object_set_new(o, "normal_pages",
+			    json_integer((json_int_t)st->normal_pages));
+	json_object_set_new(o, "passes", json_integer((json_int_t)st->passes));
+	json_object_set_new(o, "pages_per_pass", pp);
+	json_object_set_new(o, "digest", json_string(hex));
+	json_object_set_new(o, "error",
+			    error ? json_string(error) : json_null());
+	print_json(o);
+}
+
+static void print_summary(const struct kv_mig_stats *st, int64_t digest_ns)
 {
 	uint64_t n = st->passes < 64 ? st->passes : 64;
 
@@ -508,6 +611,9 @@ static void print_summary(const struct kv_mig_stats *st)
 	printf("  total time      %" PRId64 " ms\n", st->total_time_ms);
 	printf("  setup time      %" PRId64 " ms\n", st->setup_time_ms);
 	printf("  downtime        %" PRId64 " ms\n", st->downtime_ms);
+	printf("  digest          %.0f ms (verification, included in "
+	       "downtime)\n",
+	       digest_ns / 1e6);
 	printf("  transferred     %.1f MiB (%" PRIu64 " bytes)\n",
 	       st->transferred / MIB, st->transferred);
 	printf("  bandwidth       %.1f MiB/s (last pass)\n",
@@ -601,7 +707,12 @@ static int source_report(struct memtest_source *src, int rc,
 	char hex[33];
 
 	kv_mig_get_stats(src->mig, &st);
-	print_summary(&st);
+	if (src->opts->json)
+		print_source_json(
+		    &st, src,
+		    rc < 0 ? (err->msg[0] ? err->msg : "unknown error") : NULL);
+	else
+		print_summary(&st, src->digest.digest_ns);
 	if (st.status == KV_MIG_CANCELLED ||
 	    (rc < 0 && sigwatch_signo(&src->sig))) {
 		printf("memtest: cancelled\n");
@@ -696,9 +807,47 @@ struct memtest_dest {
 	struct kv_memtest_block blocks[KV_MEMTEST_MAX_BLOCKS];
 	size_t nblocks;
 	uint64_t total;
+	struct kv_memtest_region pre; /* --size: owned by us, not the engine */
+	int64_t prealloc_ns;
 	struct memtest_digest digest;
 	struct sigwatch sig;
 };
+
+/* --size: the region, made and faulted in before anything listens. */
+static int dest_prealloc(struct memtest_dest *d, struct kv_error *err)
+{
+	int64_t t0 = kv_now_ns();
+	int rc;
+
+	rc =
+	    kv_memtest_region_map(&d->pre, d->opts->size, d->opts->blocks, err);
+	if (rc < 0)
+		return rc;
+	rc = kv_memtest_region_prefault(&d->pre, 2, err);
+	if (rc < 0)
+		return rc;
+	d->prealloc_ns = kv_now_ns() - t0;
+	printf("memtest: destination: pre-allocated %.0f MiB in %zu "
+	       "block(s) in %.0f ms\n",
+	       d->pre.total / MIB, d->pre.nblocks, d->prealloc_ns / 1e6);
+	return 0;
+}
+
+/* A stream whose block list does not match pre-allocated blocks fails in
+ * the RAM loader's MEM_SIZE record; say what this side has. */
+static void dest_explain_mismatch(const struct memtest_dest *d,
+				  const struct kv_error *err)
+{
+	if (!d->pre.nblocks || !strstr(err->msg, "MEM_SIZE"))
+		return;
+	fprintf(stderr,
+		"memtest: this destination was pre-allocated with --size "
+		"%" PRIu64 " (%.0f MiB) --blocks %zu (blocks '%s'..'%s'); the "
+		"source must migrate the same --size and --blocks\n",
+		d->pre.total, d->pre.total / MIB, d->pre.nblocks,
+		d->pre.blocks[0].idstr,
+		d->pre.blocks[d->pre.nblocks - 1].idstr);
+}
 
 static void *dest_alloc(void *opaque, const char *idstr, uint64_t length,
 			struct kv_error *err)
@@ -800,14 +949,61 @@ static int dest_build(struct memtest_dest *d, struct kv_ram_state **rs,
 	if (!*rs || !*sv)
 		return kv_error_set(err, -ENOMEM,
 				    "no memory for the migration");
-	kv_ram_set_allocator(*rs, a);
+	if (d->pre.nblocks) {
+		/* Fixed blocks, as in a VMM: the loader checks the stream's
+		 * block list against them and creates nothing. */
+		for (size_t i = 0; i < d->pre.nblocks; i++) {
+			rc = kv_ram_add_block(*rs, d->pre.blocks[i].idstr,
+					      d->pre.blocks[i].host,
+					      d->pre.blocks[i].length, err);
+			if (rc < 0)
+				return rc;
+		}
+		d->digest.blocks = d->pre.blocks;
+		d->digest.nblocks = &d->pre.nblocks;
+	} else {
+		kv_ram_set_allocator(*rs, a);
+		d->digest.blocks = d->blocks;
+		d->digest.nblocks = &d->nblocks;
+	}
 	rc = kv_ram_register(*rs, *sv, err);
 	if (rc < 0)
 		return rc;
-	d->digest.blocks = d->blocks;
-	d->digest.nblocks = &d->nblocks;
 	return kv_savevm_register_device(*sv, "memtest/digest", 0, &digest_vmsd,
 					 KV_PRI_DEVICE, &d->digest, err);
+}
+
+static void print_dest_json(const struct memtest_dest *d, int rc,
+			    const struct kv_error *err,
+			    const struct kv_ram_stats *rst, int64_t load_ns,
+			    uint64_t transferred)
+{
+	json_t *o = json_object();
+	uint64_t size = d->pre.nblocks ? d->pre.total : d->total;
+	char hex[33];
+
+	kv_cli_hex(d->digest.hash, 16, hex);
+	json_object_set_new(o, "role", json_string("destination"));
+	json_object_set_new(o, "status",
+			    json_string(rc == 0 ? "completed" : "failed"));
+	json_object_set_new(o, "size", json_integer((json_int_t)size));
+	json_object_set_new(o, "preallocated", json_boolean(d->pre.nblocks));
+	json_object_set_new(o, "prealloc_ms", json_ms(d->prealloc_ns));
+	json_object_set_new(o, "load_ms", json_ms(load_ns));
+	json_object_set_new(o, "digest_ms", json_ms(d->digest.digest_ns));
+	json_object_set_new(o, "transferred",
+			    json_integer((json_int_t)transferred));
+	json_object_set_new(o, "zero_pages",
+			    json_integer((json_int_t)rst->zero_pages));
+	json_object_set_new(o, "normal_pages",
+			    json_integer((json_int_t)rst->normal_pages));
+	json_object_set_new(o, "digest_ok", json_boolean(d->digest.verified));
+	json_object_set_new(o, "digest", json_string(hex));
+	json_object_set_new(
+	    o, "error",
+	    rc == 0 ? json_null()
+		    : json_string(err->msg[0] ? err->msg : "unknown error"));
+	print_json(o);
 }
 
 static int run_dest(struct memtest_opts *o)
@@ -820,28 +1016,29 @@ static int run_dest(struct memtest_opts *o)
 	struct kv_savevm *sv = NULL;
 	struct kv_ram_stats rst = {0};
 	struct kv_chan *chan;
-	int64_t t0 = 0, ms;
+	uint64_t transferred = 0;
+	int64_t t0 = 0, load_ns = 0;
 	int rc = -1;
 	char hex[33];
 
 	pthread_mutex_init(&d.lock, NULL);
 	if (sigwatch_start(&d.sig, &err) < 0)
 		goto out;
+	if (o->size && dest_prealloc(&d, &err) < 0)
+		goto out;
 	if (dest_build(&d, &rs, &sv, &err) < 0)
 		goto out;
 	l = kv_listener_open(o->incoming, &err);
-	if (!l) {
+	if (!l)
 		goto out;
-	}
 	printf("memtest: %s %s\n",
 	       strncmp(o->incoming, "file:", 5) ? "listening on" : "reading",
 	       kv_listener_uri(l));
 	fflush(stdout);
 	sigwatch_set(&d.sig, NULL, NULL, l);
 	chan = kv_listener_accept(l, &err);
-	if (!chan) {
+	if (!chan)
 		goto out;
-	}
 	s = kv_stream_new(chan, KV_STREAM_READ);
 	if (!s) {
 		kv_chan_close(chan);
@@ -853,32 +1050,37 @@ static int run_dest(struct memtest_opts *o)
 	fflush(stdout);
 	t0 = kv_now_ns();
 	rc = kv_mig_incoming(sv, s, &err);
+	load_ns = kv_now_ns() - t0;
+	transferred = kv_stream_transferred(s);
 	if (rc == 0 && !d.digest.verified) {
 		rc = kv_error_set(&err, -EIO,
 				  "the stream carried no memtest/digest "
 				  "section: nothing was verified");
 	}
 	kv_ram_get_stats(rs, &rst);
-	if (rc < 0)
+	if (rc < 0 && !d.pre.nblocks)
 		report_release(&d);
 
 out:
-	ms = t0 ? (kv_now_ns() - t0) / 1000000 : 0;
 	sigwatch_set(&d.sig, NULL, NULL, NULL);
 	if (rc == 0) {
 		kv_cli_hex(d.digest.hash, 16, hex);
-		printf("memtest: loaded in %" PRId64 " ms: zero pages %" PRIu64
-		       ", normal pages %" PRIu64 "\n",
-		       ms, rst.zero_pages, rst.normal_pages);
+		printf("memtest: loaded in %.0f ms (digest %.0f ms): zero "
+		       "pages %" PRIu64 ", normal pages %" PRIu64 "\n",
+		       load_ns / 1e6, d.digest.digest_ns / 1e6, rst.zero_pages,
+		       rst.normal_pages);
 		printf("memtest: digest OK (%s), %.0f MiB\n", hex,
-		       d.total / MIB);
+		       (d.pre.nblocks ? d.pre.total : d.total) / MIB);
 	} else {
 		if (sigwatch_signo(&d.sig))
 			printf("memtest: interrupted by %s\n",
 			       signal_name(sigwatch_signo(&d.sig)));
 		fprintf(stderr, "memtest: incoming migration failed: %s\n",
 			err.msg[0] ? err.msg : "unknown error");
+		dest_explain_mismatch(&d, &err);
 	}
+	if (o->json)
+		print_dest_json(&d, rc, &err, &rst, load_ns, transferred);
 	fflush(stdout);
 	sigwatch_stop(&d.sig);
 	if (s)
@@ -891,6 +1093,11 @@ out:
 		kv_ram_free(rs);
 	/* Whatever the engine did not hand back: the memory goes now. */
 	dest_release_all(&d);
+	if (d.pre.nblocks) {
+		kv_memtest_region_unmap(&d.pre);
+		if (rc < 0 && t0)
+			printf("memtest: received memory released\n");
+	}
 	pthread_mutex_destroy(&d.lock);
 	return rc == 0 ? KV_EXIT_OK : KV_EXIT_FAILURE;
 }

@@ -46,9 +46,26 @@ void kv_memtest_region_unmap(struct kv_memtest_region *r);
 void kv_memtest_region_fill(struct kv_memtest_region *r,
 			    enum kv_memtest_pattern pattern, uint64_t seed);
 
-/* XXH3-128 over the blocks in order, in canonical (big-endian) bytes. */
+/* Fault every page of the region in for writing (MADV_POPULATE_WRITE,
+ * or a write to one byte per page where the kernel lacks it), in up to
+ * nthreads threads, the way a VMM's destination owns its RAM before a
+ * migration starts. */
+int kv_memtest_region_prefault(struct kv_memtest_region *r, size_t nthreads,
+			       struct kv_error *err);
+
+/* The region's digest, the same on every machine for the same bytes:
+ *   every block is cut into chunks of KV_MEMTEST_DIGEST_CHUNK bytes (the
+ *   last one of a block may be shorter); each chunk's digest is the
+ *   XXH3-128 of its bytes in canonical (big-endian) form; the region's
+ *   digest is the XXH3-128, canonical, of all chunk digests concatenated
+ *   in block and chunk order.
+ * A chunk of a private anonymous mapping that /proc/self/pagemap shows as
+ * wholly unpopulated (no page present or swapped) reads as zeros, so its
+ * digest is that of zeros, computed once, without reading (or faulting in)
+ * the chunk. Chunks are hashed in up to nthreads threads. */
+#define KV_MEMTEST_DIGEST_CHUNK (2ULL << 20)
 int kv_memtest_digest(const struct kv_memtest_block *blocks, size_t nblocks,
-		      uint8_t out[16], struct kv_error *err);
+		      size_t nthreads, uint8_t out[16], struct kv_error *err);
 
 /* The dirtying thread: writes a varying word into random pages at
  * rate_mib MiB/s of pages (one page counts as dirtied once per write),
