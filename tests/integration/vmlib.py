@@ -1,0 +1,224 @@
+# SPDX-License-Identifier: MIT
+"""VM-level helpers for kvmig's integration tests (standard library only).
+
+- Qmp: a small synchronous QMP client (greeting, negotiation, commands,
+  events kept aside).
+- Vm: a `kvmig run` process whose console (stdout) is read by a thread that
+  timestamps every chunk with the host's monotonic clock, so heartbeats can
+  be counted and the guest-observed pause measured.
+- guest_downtime_ms(): the largest gap between heartbeat arrivals across the
+  source's and the destination's consoles, as issue 3 defines it.
+"""
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+
+HEARTBEAT = b"*"
+
+
+def have_kvm():
+    if not os.path.exists("/dev/kvm"):
+        return "no /dev/kvm on this machine"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is not accessible to this user"
+    return None
+
+
+class QmpError(Exception):
+    pass
+
+
+class Qmp:
+    def __init__(self, path, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(path)
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.sock.settimeout(timeout)
+        self.buf = b""
+        self.events = []
+        self.greeting = self._recv()
+        self.cmd("qmp_capabilities")
+
+    def _recv(self):
+        dec = json.JSONDecoder()
+        while True:
+            text = self.buf.decode("utf-8", "replace").lstrip()
+            if text:
+                try:
+                    obj, end = dec.raw_decode(text)
+                    self.buf = text[end:].encode()
+                    return obj
+                except ValueError:
+                    pass
+            data = self.sock.recv(65536)
+            if not data:
+                raise QmpError("QMP connection closed")
+            self.buf += data
+
+    def execute(self, name, **args):
+        """The whole reply object ({"return": ..} or {"error": ..})."""
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            obj = self._recv()
+            if "event" in obj:
+                self.events.append(obj)
+                continue
+            return obj
+
+    def cmd(self, name, **args):
+        r = self.execute(name, **args)
+        if "error" in r:
+            raise QmpError(f"{name}: {r['error']}")
+        return r["return"]
+
+    def wait_event(self, name, timeout=30, pred=None):
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, e in enumerate(self.events):
+                if e["event"] == name and (pred is None or pred(e)):
+                    return self.events.pop(i)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                obj = self._recv()
+            except (socket.timeout, QmpError):
+                return None
+            if "event" in obj:
+                self.events.append(obj)
+
+    def close(self):
+        self.sock.close()
+
+
+class Vm:
+    """A `kvmig run` process. Console = stdout (timestamped chunks);
+    stderr is kept as text for diagnostics."""
+
+    def __init__(self, argv, label):
+        self.label = label
+        self.argv = argv
+        self.chunks = []          # (monotonic time, bytes)
+        self.cond = threading.Condition()
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        self.err_lines = []
+        self.exit_time = None
+        threading.Thread(target=self._read_console, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_console(self):
+        fd = self.p.stdout.fileno()
+        while True:
+            data = os.read(fd, 4096)
+            now = time.monotonic()
+            with self.cond:
+                if not data:
+                    self.exit_time = now
+                    self.cond.notify_all()
+                    return
+                self.chunks.append((now, data))
+                self.cond.notify_all()
+
+    def _read_stderr(self):
+        for line in self.p.stderr:
+            with self.cond:
+                self.err_lines.append(line.decode("utf-8", "replace")
+                                      .rstrip("\n"))
+                self.cond.notify_all()
+
+    @property
+    def console(self):
+        with self.cond:
+            return b"".join(c for _, c in self.chunks)
+
+    @property
+    def stderr(self):
+        with self.cond:
+            return "\n".join(self.err_lines)
+
+    def heartbeat_times(self):
+        with self.cond:
+            return [t for t, c in self.chunks for _ in range(c.count(HEARTBEAT))]
+
+    def heartbeats_since(self, t0):
+        return sum(1 for t in self.heartbeat_times() if t >= t0)
+
+    def wait_console(self, pattern, timeout):
+        rx = re.compile(pattern.encode() if isinstance(pattern, str) else pattern)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                m = rx.search(b"".join(c for _, c in self.chunks))
+                if m:
+                    return m
+                left = deadline - time.monotonic()
+                if left <= 0 or self.exit_time is not None:
+                    return None
+                self.cond.wait(min(left, 0.5))
+
+    def wait_heartbeats(self, n, timeout, since=0.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.heartbeats_since(since) >= n:
+                return True
+            if self.p.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return False
+
+    def send_console(self, data):
+        self.p.stdin.write(data)
+        self.p.stdin.flush()
+
+    def wait(self, timeout):
+        try:
+            return self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def describe(self):
+        tail = self.console[-2000:].decode("utf-8", "replace")
+        tail = tail.replace(HEARTBEAT.decode(), "")
+        return (f"[{self.label}] {' '.join(self.argv)} rc={self.p.poll()}\n"
+                f"--- stderr ---\n{self.stderr}\n--- console (no heartbeats) ---\n{tail}")
+
+
+def guest_downtime_ms(*vms, since=0.0):
+    """Largest gap between consecutive heartbeats, all consoles merged."""
+    times = sorted(t for vm in vms for t in vm.heartbeat_times() if t >= since)
+    if len(times) < 2:
+        return None
+    return max(b - a for a, b in zip(times, times[1:])) * 1000.0
+
+
+def corrupt_lines(*vms):
+    out = []
+    for vm in vms:
+        out += re.findall(rb"CORRUPT[^\n]*", vm.console)
+    return out
