@@ -507,14 +507,22 @@ out:
 	return ret;
 }
 
-int kv_mig_incoming(struct kv_savevm *sv, struct kv_stream *s,
-		    struct kv_error *err)
+int kv_mig_incoming_commit(struct kv_savevm *sv, struct kv_stream *s,
+			   int (*commit)(void *opaque, struct kv_error *err),
+			   void *opaque, struct kv_error *err)
 {
 	struct kv_load_result res = {0};
 	struct kv_chan *c = kv_stream_chan(s);
 	int ret, rp;
 
 	ret = kv_savevm_load(sv, s, &res, err);
+	/* Commit before confirming: the source must hear SHUT(0) only once
+	 * this side can really run the workload. */
+	if (ret == 0 && commit) {
+		ret = commit(opaque, err);
+		if (ret < 0)
+			kv_error_prefix(err, "committing the loaded state");
+	}
 	/* On failure, answer on any socket: the source may have asked in a
 	 * part of the stream we never got to read. */
 	if (!res.return_path_requested && !(ret < 0 && c->is_socket))
@@ -524,4 +532,10 @@ int kv_mig_incoming(struct kv_savevm *sv, struct kv_stream *s,
 	if (ret == 0 && rp < 0)
 		ret = rp;
 	return ret;
+}
+
+int kv_mig_incoming(struct kv_savevm *sv, struct kv_stream *s,
+		    struct kv_error *err)
+{
+	return kv_mig_incoming_commit(sv, s, NULL, NULL, err);
 }

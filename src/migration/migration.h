@@ -110,5 +110,11 @@ void kv_mig_get_stats(const struct kv_migration *m, struct kv_mig_stats *st);
  * a return path, answer SHUT(0) on success and SHUT(1) on failure. */
 int kv_mig_incoming(struct kv_savevm *sv, struct kv_stream *s,
 		    struct kv_error *err);
+/* The same, calling commit() after a successful load and before answering
+ * SHUT(0): a VMM writes the loaded state into KVM there, so a failure to
+ * do so still reaches the source as SHUT(1) and the source resumes. */
+int kv_mig_incoming_commit(struct kv_savevm *sv, struct kv_stream *s,
+			   int (*commit)(void *opaque, struct kv_error *err),
+			   void *opaque, struct kv_error *err);
 
 #endif
