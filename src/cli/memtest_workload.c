@@ -12,6 +12,7 @@
 #include <xxhash.h>
 
 #include "base/clock.h"
+#include "cli/memtest_hash.h"
 #include "migration/ram.h"
 
 #define WORDS_PER_PAGE	 (KV_PAGE_SIZE / sizeof(uint64_t))
@@ -304,6 +305,7 @@ struct digest_ctx {
 	int pagemap_fd;		 /* -1: read every chunk */
 	const uint8_t *zeros;	 /* KV_MEMTEST_DIGEST_CHUNK bytes of zeros */
 	uint8_t zero_digest[16]; /* of a whole chunk of zeros */
+	bool avx2;		 /* hash with kv_memtest_xxh3_128_avx2 */
 };
 
 struct digest_job {
@@ -311,10 +313,15 @@ struct digest_job {
 	size_t first, stride;
 };
 
-static void hash_bytes(const void *p, uint64_t len, uint8_t out[16])
+static void hash_bytes(const struct digest_ctx *ctx, const void *p,
+		       uint64_t len, uint8_t out[16])
 {
 	XXH128_canonical_t canon;
 
+	if (ctx->avx2) {
+		kv_memtest_xxh3_128_avx2(p, (size_t)len, out);
+		return;
+	}
 	XXH128_canonicalFromHash(&canon, XXH3_128bits(p, (size_t)len));
 	memcpy(out, canon.digest, 16);
 }
@@ -349,11 +356,11 @@ static void *digest_thread(void *arg)
 		const struct digest_chunk *c = &ctx->chunks[i];
 
 		if (!chunk_unpopulated(ctx, c))
-			hash_bytes(c->host, c->length, ctx->digests[i]);
+			hash_bytes(ctx, c->host, c->length, ctx->digests[i]);
 		else if (c->length == KV_MEMTEST_DIGEST_CHUNK)
 			memcpy(ctx->digests[i], ctx->zero_digest, 16);
 		else
-			hash_bytes(ctx->zeros, c->length, ctx->digests[i]);
+			hash_bytes(ctx, ctx->zeros, c->length, ctx->digests[i]);
 	}
 	return NULL;
 }
@@ -434,11 +441,12 @@ int kv_memtest_digest(const struct kv_memtest_block *blocks, size_t nblocks,
 	ctx.nchunks = n;
 	ctx.digests = digests;
 	ctx.zeros = zeros;
-	hash_bytes(zeros, KV_MEMTEST_DIGEST_CHUNK, ctx.zero_digest);
+	ctx.avx2 = kv_memtest_have_avx2();
+	hash_bytes(&ctx, zeros, KV_MEMTEST_DIGEST_CHUNK, ctx.zero_digest);
 	/* Without pagemap every chunk is read: slower, same digest. */
 	ctx.pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	run_digest_jobs(&ctx, nthreads);
-	hash_bytes(digests, n * sizeof(*digests), out);
+	hash_bytes(&ctx, digests, n * sizeof(*digests), out);
 	if (ctx.pagemap_fd >= 0)
 		close(ctx.pagemap_fd);
 	munmap(zeros, KV_MEMTEST_DIGEST_CHUNK);
