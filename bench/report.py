@@ -117,6 +117,8 @@ def main():
     ft_path = os.path.join(a.tmp, "firsttouch")
     ft_bps = statistics.median(kv_lines(ft_path, "first_bytes_per_sec"))
     ft2_bps = statistics.median(kv_lines(ft_path, "second_bytes_per_sec"))
+    fti_path = os.path.join(a.tmp, "firsttouch-idle")
+    fti_bps = statistics.median(kv_lines(fti_path, "first_bytes_per_sec"))
     idle = memtest_runs(a.tmp, "idle")
     rndpre = memtest_runs(a.tmp, "rndpre")
     rndfresh = memtest_runs(a.tmp, "rndfresh")
@@ -125,6 +127,7 @@ def main():
     idle_total, idle_mig = med(idle, "total_ms"), med(idle, "migration_ms")
     fresh_ref = min(tcp_bps, ft_bps)
     fresh_ref_name = "TCP" if tcp_bps <= ft_bps else "first-touch"
+    fresh_t = med(rndfresh, "bps_total")
     rs, ri = a.random_size, a.idle_size
 
     rows = [
@@ -136,11 +139,16 @@ def main():
         f"| first touch of fresh anonymous memory, 1 GiB (memset) | "
         f"{gibs(ft_bps)} (second touch {gibs(ft2_bps)}) | (yardstick: "
         "what a destination receiving into fresh memory can reach) | | |",
+        f"| first touch of fresh anonymous memory after 3 s idle, 1 GiB | "
+        f"{gibs(fti_bps)} | (yardstick: the same once the host has taken "
+        "back free memory) | | |",
         random_row(f"memtest {rs} random pages, pre-allocated destination "
                    "(`--incoming --size`)", rndpre, tcp_bps, "TCP", True),
         random_row(f"memtest {rs} random pages, destination in fresh "
                    "memory", rndfresh, fresh_ref,
-                   f"min(TCP, first-touch) = {fresh_ref_name}", False),
+                   f"min(TCP, first-touch) = {fresh_ref_name}", False)
+        [:-len(" |")] + f"; total time vs first touch after idle: "
+        f"{fresh_t / fti_bps:.2f} x |",
         f"| memtest idle {ri} (zero pages) | migration time "
         f"{idle_mig:.0f} ms = total {idle_total:.0f} ms - digests "
         f"{med(idle, 'digest_src_ms'):.0f} + "
@@ -170,6 +178,8 @@ def main():
 
     with open(os.path.join(a.tmp, "firsttouch")) as f:
         ft_lines = [line.strip() for line in f if line.strip()]
+    with open(fti_path) as f:
+        fti_lines = [line.strip() for line in f if line.strip()]
     with open(a.out, "w") as f:
         f.write(f"""# kvmig benchmarks
 
@@ -199,6 +209,7 @@ Runs:
 - memcpy (bytes/s): {' '.join(f'{v:.0f}' for v in numbers(os.path.join(a.tmp, 'membw')))}
 - TCP (bytes/s): {' '.join(f'{v:.0f}' for v in numbers(os.path.join(a.tmp, 'tcpbw')))}
 - first touch: {' | '.join(ft_lines)}
+- first touch after 3 s idle: {' | '.join(fti_lines)}
 - idle {ri}: {run_list(idle)}
 - random {rs}, pre-allocated destination: {run_list(rndpre)}
 - random {rs}, fresh destination: {run_list(rndfresh)}
