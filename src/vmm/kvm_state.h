@@ -40,6 +40,20 @@ struct kv_msr_list;
 struct kv_msr_list *kv_msr_list_probe(int kvm_fd, int vcpu_fd,
 				      struct kv_error *err);
 void kv_msr_list_free(struct kv_msr_list *l);
+/* The probed MSR indices (for logs and tests). */
+uint32_t kv_msr_list_count(const struct kv_msr_list *l);
+uint32_t kv_msr_list_index(const struct kv_msr_list *l, uint32_t i);
+
+/* The loader checks every MSR index in a stream against this list (an MSR
+ * this host cannot restore is an error naming it): bind the destination's
+ * probed list to each state holder before loading into it.
+ * kv_vcpu_state_get() binds the list it is given. */
+void kv_vcpu_state_bind_msrs(struct kv_vcpu_state *st,
+			     const struct kv_msr_list *msrs);
+/* Read access to the saved MSRs (diagnosis, tests). */
+uint32_t kv_vcpu_state_msr_count(const struct kv_vcpu_state *st);
+int kv_vcpu_state_msr(const struct kv_vcpu_state *st, uint32_t i,
+		      uint32_t *index, uint64_t *data);
 
 /* Read every piece of a stopped vCPU's state into st. */
 int kv_vcpu_state_get(int vcpu_fd, const struct kv_msr_list *msrs,
