@@ -36,7 +36,9 @@ struct kv_qmp_ops {
 	int (*query_status)(void *opaque, void **ret, struct kv_error *err);
 	int (*stop)(void *opaque, struct kv_error *err);
 	int (*cont)(void *opaque, struct kv_error *err);
-	/* The monitor replies first, then calls quit. */
+	/* The monitor replies first, then calls quit. quit runs on the
+	 * monitor thread, so it must not call kv_qmp_stop() itself (that
+	 * joins the thread): it tells the main loop to stop instead. */
 	void (*quit)(void *opaque);
 	int (*migrate)(void *opaque, const char *uri, struct kv_error *err);
 	int (*migrate_incoming)(void *opaque, const char *uri,
@@ -52,10 +54,14 @@ struct kv_qmp;
 /* Listen on "unix:PATH" or "tcp:HOST:PORT" and start the monitor thread. */
 int kv_qmp_start(const char *uri, const struct kv_qmp_ops *ops,
 		 struct kv_qmp **out, struct kv_error *err);
-/* Stop the thread, close every client and the listener. */
+/* The address listened on, as a URI ("unix:PATH", "tcp:HOST:PORT" with the
+ * real port when PORT was 0). */
+const char *kv_qmp_address(const struct kv_qmp *q);
+/* Stop the thread, close every client and the listener (a unix socket file
+ * is removed). Not from an ops callback. */
 void kv_qmp_stop(struct kv_qmp *q);
 /* Send an event to every negotiated client; data is a json_t * (stolen)
- * or NULL. Any thread. */
+ * or NULL. Any thread, until kv_qmp_stop() is called. */
 void kv_qmp_event(struct kv_qmp *q, const char *name, void *data);
 
 #endif

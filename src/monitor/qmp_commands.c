@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The QMP commands: one const table of {name, handler, arguments}. A new
+ * command is one handler and one table row; argument presence and types
+ * are checked by the dispatcher from the row, so handlers only read.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "monitor/qmp_internal.h"
+
+static int missing_op(struct kv_qmp_call *call, const char *name)
+{
+	return kv_error_set(&call->err, -ENOTSUP,
+			    "The command %s is not supported by this VM", name);
+}
+
+/* A callback's result must be an object; anything else is the VMM's bug,
+ * reported to the client rather than sent on as a malformed reply. */
+static int take_object(struct kv_qmp_call *call, const char *name, int rc,
+		       void *ret)
+{
+	json_t *j = ret;
+
+	if (rc < 0) {
+		json_decref(j);
+		if (!kv_error_is_set(&call->err))
+			kv_error_set(&call->err, rc, "%s failed", name);
+		return rc;
+	}
+	if (j && !json_is_object(j)) {
+		json_decref(j);
+		return kv_error_set(&call->err, -EINVAL,
+				    "%s returned a non-object result", name);
+	}
+	call->ret = j;
+	return 0;
+}
+
+static int cmd_qmp_capabilities(struct kv_qmp_call *call)
+{
+	json_t *enable = json_object_get(call->args, "enable");
+	json_t *cap = json_array_get(enable, 0);
+
+	if (call->client->negotiated) {
+		call->err_class = "CommandNotFound";
+		return kv_error_set(&call->err, -EINVAL,
+				    "Capabilities negotiation is already complete, command ignored");
+	}
+	/* We announce no capabilities, so any requested one is unknown. */
+	if (cap)
+		return kv_error_set(&call->err, -EINVAL,
+				    "Capability '%s' not available",
+				    json_is_string(cap) ? json_string_value(cap)
+							: "?");
+	call->client->negotiated = true;
+	return 0;
+}
+
+static int cmd_query_commands(struct kv_qmp_call *call)
+{
+	json_t *list = json_array();
+	size_t i;
+
+	if (!list)
+		return kv_error_set(&call->err, -ENOMEM, "out of memory");
+	for (i = 0; i < kv_qmp_n_commands; i++)
+		json_array_append_new(list, json_pack("{s:s}", "name",
+						      kv_qmp_commands[i].name));
+	call->ret = list;
+	return 0;
+}
+
+static int cmd_query_version(struct kv_qmp_call *call)
+{
+	call->ret = kv_qmp_version();
+	return call->ret ? 0 : kv_error_set(&call->err, -ENOMEM, "out of memory");
+}
+
+static int cmd_query_status(struct kv_qmp_call *call)
+{
+	void *ret = NULL;
+	int rc;
+
+	if (!call->ops->query_status)
+		return missing_op(call, "query-status");
+	rc = call->ops->query_status(call->ops->opaque, &ret, &call->err);
+	return take_object(call, "query-status", rc, ret);
+}
+
+static int cmd_stop(struct kv_qmp_call *call)
+{
+	if (!call->ops->stop)
+		return missing_op(call, "stop");
+	return call->ops->stop(call->ops->opaque, &call->err);
+}
+
+static int cmd_cont(struct kv_qmp_call *call)
+{
+	if (!call->ops->cont)
+		return missing_op(call, "cont");
+	return call->ops->cont(call->ops->opaque, &call->err);
+}
+
+/* The reply goes out first; the server calls ops->quit once it is sent. */
+static int cmd_quit(struct kv_qmp_call *call)
+{
+	if (!call->ops->quit)
+		return missing_op(call, "quit");
+	call->client->quit_requested = true;
+	return 0;
+}
+
+static int cmd_migrate(struct kv_qmp_call *call)
+{
+	const char *uri = json_string_value(json_object_get(call->args, "uri"));
+
+	if (!call->ops->migrate)
+		return missing_op(call, "migrate");
+	return call->ops->migrate(call->ops->opaque, uri, &call->err);
+}
+
+static int cmd_migrate_incoming(struct kv_qmp_call *call)
+{
+	const char *uri = json_string_value(json_object_get(call->args, "uri"));
+
+	if (!call->ops->migrate_incoming)
+		return missing_op(call, "migrate-incoming");
+	return call->ops->migrate_incoming(call->ops->opaque, uri, &call->err);
+}
+
+static int cmd_migrate_cancel(struct kv_qmp_call *call)
+{
+	if (!call->ops->migrate_cancel)
+		return missing_op(call, "migrate_cancel");
+	return call->ops->migrate_cancel(call->ops->opaque, &call->err);
+}
+
+static int cmd_query_migrate(struct kv_qmp_call *call)
+{
+	void *ret = NULL;
+	int rc;
+
+	if (!call->ops->query_migrate)
+		return missing_op(call, "query-migrate");
+	rc = call->ops->query_migrate(call->ops->opaque, &ret, &call->err);
+	return take_object(call, "query-migrate", rc, ret);
+}
+
+const struct kv_qmp_command kv_qmp_commands[] = {
+	{ "qmp_capabilities", cmd_qmp_capabilities,
+	  { { "enable", KV_QMP_ARG_ARRAY, true } } },
+	{ "query-commands", cmd_query_commands, { { 0 } } },
+	{ "query-version", cmd_query_version, { { 0 } } },
+	{ "query-status", cmd_query_status, { { 0 } } },
+	{ "stop", cmd_stop, { { 0 } } },
+	{ "cont", cmd_cont, { { 0 } } },
+	{ "quit", cmd_quit, { { 0 } } },
+	/* "detach" is accepted and ignored, as QEMU does, for old clients. */
+	{ "migrate", cmd_migrate,
+	  { { "uri", KV_QMP_ARG_STRING, false },
+	    { "detach", KV_QMP_ARG_BOOL, true } } },
+	{ "migrate-incoming", cmd_migrate_incoming,
+	  { { "uri", KV_QMP_ARG_STRING, false } } },
+	{ "migrate_cancel", cmd_migrate_cancel, { { 0 } } },
+	{ "query-migrate", cmd_query_migrate, { { 0 } } },
+};
+
+const size_t kv_qmp_n_commands =
+	sizeof(kv_qmp_commands) / sizeof(kv_qmp_commands[0]);
+
+const struct kv_qmp_command *kv_qmp_command_find(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < kv_qmp_n_commands; i++)
+		if (!strcmp(kv_qmp_commands[i].name, name))
+			return &kv_qmp_commands[i];
+	return NULL;
+}

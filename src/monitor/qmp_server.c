@@ -1,0 +1,586 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The QMP server: a listening socket, its clients, and one thread that
+ * polls them all plus an eventfd (stop requests and queued events).
+ *
+ * Every socket is non-blocking and the thread only ever blocks in poll(),
+ * so a client that stops reading cannot stall the others: its replies wait
+ * in its output buffer, and when that passes KV_QMP_MAX_OUTPUT it is
+ * dropped.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "io/channel.h"
+#include "monitor/qmp_internal.h"
+
+#define QMP_SUBSYS "qmp"
+#define QMP_MAX_CLIENTS 64
+#define QMP_READ_CHUNK 65536
+/* Events waiting for the monitor thread; past this they are dropped (the
+ * thread is stuck or gone, and memory must stay bounded). */
+#define QMP_MAX_QUEUED_EVENTS 4096
+
+struct qmp_event {
+	struct qmp_event *next;
+	json_t *msg;
+};
+
+struct kv_qmp {
+	struct kv_qmp_ops ops; /* a copy: the caller's may be on its stack */
+	int listen_fd;
+	int wake_fd;           /* eventfd: stop or events queued */
+	char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char address[300];     /* as kv_qmp_address() reports it */
+	pthread_t thread;
+
+	/* Owned by the monitor thread. */
+	struct kv_qmp_client *clients[QMP_MAX_CLIENTS];
+	size_t n_clients;
+	unsigned next_client_id;
+
+	pthread_mutex_t lock;  /* protects the fields below */
+	bool stopping;
+	struct qmp_event *ev_head, **ev_tail;
+	size_t n_events;
+};
+
+/* ---- listening ---- */
+
+/* A socket file left by a dead process is removed; a live one (something
+ * answers) or anything that is not a socket is refused. */
+static int clear_unix_path(const char *uri, const struct sockaddr_un *sa,
+			   struct kv_error *err)
+{
+	struct stat st;
+	int fd, rc;
+
+	if (lstat(sa->sun_path, &st) < 0)
+		return errno == ENOENT ? 0 :
+		       kv_error_set_errno(err, -errno, "QMP %s: cannot stat",
+					  uri);
+	if (!S_ISSOCK(st.st_mode))
+		return kv_error_set(err, -EEXIST,
+				    "QMP %s: path exists and is not a socket; remove it or choose another path",
+				    uri);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return kv_error_set_errno(err, -errno, "QMP %s: socket", uri);
+	rc = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
+	close(fd);
+	if (rc == 0)
+		return kv_error_set(err, -EADDRINUSE,
+				    "QMP %s: another process is listening on this socket",
+				    uri);
+	if (unlink(sa->sun_path) < 0 && errno != ENOENT)
+		return kv_error_set_errno(err, -errno,
+					  "QMP %s: cannot remove stale socket",
+					  uri);
+	kv_info(QMP_SUBSYS, "removed stale socket %s", sa->sun_path);
+	return 0;
+}
+
+static int listen_unix(struct kv_qmp *q, const char *uri, const char *path,
+		       struct kv_error *err)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd, rc;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return kv_error_set(err, -ENAMETOOLONG,
+				    "QMP %s: socket path longer than %zu bytes",
+				    uri, sizeof(sa.sun_path) - 1);
+	strcpy(sa.sun_path, path);
+	rc = clear_unix_path(uri, &sa, err);
+	if (rc)
+		return rc;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return kv_error_set_errno(err, -errno, "QMP %s: socket", uri);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		rc = kv_error_set_errno(err, -errno, "QMP %s: bind", uri);
+		close(fd);
+		return rc;
+	}
+	strcpy(q->unix_path, path);
+	if (listen(fd, 16) < 0) {
+		rc = kv_error_set_errno(err, -errno, "QMP %s: listen", uri);
+		close(fd);
+		unlink(q->unix_path);
+		q->unix_path[0] = '\0';
+		return rc;
+	}
+	q->listen_fd = fd;
+	snprintf(q->address, sizeof(q->address), "unix:%s", path);
+	return 0;
+}
+
+static void note_tcp_address(struct kv_qmp *q)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char host[NI_MAXHOST], port[NI_MAXSERV];
+
+	if (getsockname(q->listen_fd, (struct sockaddr *)&ss, &len) < 0 ||
+	    getnameinfo((struct sockaddr *)&ss, len, host, sizeof(host), port,
+			sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV))
+		return;
+	snprintf(q->address, sizeof(q->address),
+		 ss.ss_family == AF_INET6 ? "tcp:[%s]:%s" : "tcp:%s:%s", host,
+		 port);
+}
+
+static int listen_tcp(struct kv_qmp *q, const char *uri, const char *host,
+		      const char *port, struct kv_error *err)
+{
+	struct addrinfo hints = {
+		.ai_family = AF_UNSPEC,
+		.ai_socktype = SOCK_STREAM,
+		.ai_flags = AI_PASSIVE,
+	};
+	struct addrinfo *res, *ai;
+	int fd = -1, rc, one = 1, last = -EADDRNOTAVAIL;
+
+	rc = getaddrinfo(*host ? host : NULL, port, &hints, &res);
+	if (rc)
+		return kv_error_set(err, -EINVAL, "QMP %s: %s", uri,
+				    gai_strerror(rc));
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family,
+			    ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (fd < 0) {
+			last = -errno;
+			continue;
+		}
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+		    listen(fd, 16) == 0)
+			break;
+		last = -errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return kv_error_set_errno(err, last, "QMP %s: cannot listen",
+					  uri);
+	q->listen_fd = fd;
+	note_tcp_address(q);
+	return 0;
+}
+
+static int open_listener(struct kv_qmp *q, const char *uri,
+			 struct kv_error *err)
+{
+	struct kv_uri u;
+	int rc;
+
+	rc = kv_uri_parse(uri, &u, err);
+	if (rc) {
+		kv_error_prefix(err, "QMP");
+		return rc;
+	}
+	switch (u.kind) {
+	case KV_URI_UNIX:
+		return listen_unix(q, uri, u.path, err);
+	case KV_URI_TCP:
+		return listen_tcp(q, uri, u.host, u.port, err);
+	default:
+		return kv_error_set(err, -EINVAL,
+				    "QMP %s: only unix:PATH and tcp:HOST:PORT can be listened on",
+				    uri);
+	}
+}
+
+/* ---- clients ---- */
+
+static void drop_client(struct kv_qmp *q, size_t i, const char *why)
+{
+	struct kv_qmp_client *c = q->clients[i];
+
+	if (why)
+		kv_warn(QMP_SUBSYS, "dropping client %u: %s", c->id, why);
+	else
+		kv_debug(QMP_SUBSYS, "client %u disconnected", c->id);
+	close(c->fd);
+	kv_qmp_client_free(c);
+	q->clients[i] = q->clients[--q->n_clients];
+	q->clients[q->n_clients] = NULL;
+}
+
+/* Send what the socket takes now. Returns <0 when the peer is gone. */
+static int flush_client(struct kv_qmp_client *c)
+{
+	while (kv_qmp_buf_pending(&c->out)) {
+		ssize_t n = send(c->fd, c->out.data + c->out.head,
+				 kv_qmp_buf_pending(&c->out),
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return 0;
+			return -errno;
+		}
+		kv_qmp_buf_consume(&c->out, (size_t)n);
+	}
+	return 0;
+}
+
+static void accept_clients(struct kv_qmp *q)
+{
+	for (;;) {
+		struct kv_qmp_client *c;
+		json_t *greeting;
+		int fd;
+
+		fd = accept4(q->listen_fd, NULL, NULL,
+			     SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				kv_warn(QMP_SUBSYS, "accept: %s",
+					strerror(errno));
+			return;
+		}
+		if (q->n_clients == QMP_MAX_CLIENTS) {
+			kv_warn(QMP_SUBSYS,
+				"refusing a client: %d already connected",
+				QMP_MAX_CLIENTS);
+			close(fd);
+			continue;
+		}
+		c = kv_qmp_client_new(fd, ++q->next_client_id, &q->ops);
+		greeting = kv_qmp_greeting();
+		if (!c || !greeting || kv_qmp_client_send(c, greeting)) {
+			kv_warn(QMP_SUBSYS, "out of memory for a new client");
+			json_decref(greeting);
+			kv_qmp_client_free(c);
+			close(fd);
+			continue;
+		}
+		json_decref(greeting);
+		q->clients[q->n_clients++] = c;
+		kv_debug(QMP_SUBSYS, "client %u connected", c->id);
+		if (flush_client(c) < 0)
+			drop_client(q, q->n_clients - 1, NULL); /* peer gone */
+	}
+}
+
+/* The reply to quit is on its way (or the peer is gone): now act. */
+static void run_quit(struct kv_qmp *q, struct kv_qmp_client *c)
+{
+	c->quit_requested = false;
+	flush_client(c);
+	kv_info(QMP_SUBSYS, "client %u asked to quit", c->id);
+	q->ops.quit(q->ops.opaque);
+}
+
+/* Returns false when the client must be dropped (why says why). */
+static bool read_client(struct kv_qmp *q, struct kv_qmp_client *c,
+			const char **why)
+{
+	char buf[QMP_READ_CHUNK];
+	ssize_t n;
+	int rc;
+
+	n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			return true;
+		*why = strerror(errno);
+		return false;
+	}
+	if (n == 0) {
+		c->eof = true;
+		return true;
+	}
+	rc = kv_qmp_feed(c, buf, (size_t)n);
+	if (rc == -EMSGSIZE) {
+		*why = "more than 1 MiB without a complete JSON document";
+		return false;
+	}
+	if (rc == -ENOBUFS) {
+		*why = "not reading its replies (output buffer full)";
+		return false;
+	}
+	if (rc < 0) {
+		*why = strerror(-rc);
+		return false;
+	}
+	if (c->quit_requested)
+		run_quit(q, c);
+	return true;
+}
+
+static void service_client(struct kv_qmp *q, size_t i, short revents)
+{
+	struct kv_qmp_client *c = q->clients[i];
+	const char *why = NULL;
+
+	if (revents & POLLIN) {
+		if (!read_client(q, c, &why)) {
+			drop_client(q, i, why);
+			return;
+		}
+	} else if (revents & (POLLERR | POLLHUP | POLLNVAL)) {
+		drop_client(q, i, NULL);
+		return;
+	}
+	if (flush_client(c) < 0) {
+		drop_client(q, i, NULL);
+		return;
+	}
+	/* A peer that closed its side is done once it has its replies. */
+	if (c->eof && !kv_qmp_buf_pending(&c->out))
+		drop_client(q, i, NULL);
+}
+
+/* ---- events ---- */
+
+static void deliver_events(struct kv_qmp *q)
+{
+	struct qmp_event *ev, *next;
+	size_t i;
+
+	pthread_mutex_lock(&q->lock);
+	ev = q->ev_head;
+	q->ev_head = NULL;
+	q->ev_tail = &q->ev_head;
+	q->n_events = 0;
+	pthread_mutex_unlock(&q->lock);
+
+	for (; ev; ev = next) {
+		next = ev->next;
+		for (i = 0; i < q->n_clients;) {
+			struct kv_qmp_client *c = q->clients[i];
+
+			if (c->negotiated &&
+			    kv_qmp_client_send(c, ev->msg) == -ENOBUFS) {
+				drop_client(q, i,
+					    "not reading its events (output buffer full)");
+				continue;
+			}
+			i++;
+		}
+		json_decref(ev->msg);
+		free(ev);
+	}
+	for (i = 0; i < q->n_clients;) {
+		if (flush_client(q->clients[i]) < 0) {
+			drop_client(q, i, NULL);
+			continue;
+		}
+		i++;
+	}
+}
+
+void kv_qmp_event(struct kv_qmp *q, const char *name, void *data)
+{
+	struct qmp_event *ev;
+	struct timeval tv;
+	uint64_t one = 1;
+	json_t *msg;
+
+	gettimeofday(&tv, NULL); /* QMP timestamps are wall-clock time */
+	msg = json_pack("{s:s}", "event", name);
+	if (msg && data)
+		json_object_set_new(msg, "data", data);
+	else
+		json_decref(data);
+	if (msg)
+		json_object_set_new(msg, "timestamp",
+				    json_pack("{s:I,s:I}", "seconds",
+					      (json_int_t)tv.tv_sec,
+					      "microseconds",
+					      (json_int_t)tv.tv_usec));
+	ev = msg ? calloc(1, sizeof(*ev)) : NULL;
+	if (!ev) {
+		json_decref(msg);
+		kv_warn(QMP_SUBSYS, "event %s lost: out of memory", name);
+		return;
+	}
+	ev->msg = msg;
+
+	pthread_mutex_lock(&q->lock);
+	if (q->stopping || q->n_events >= QMP_MAX_QUEUED_EVENTS) {
+		pthread_mutex_unlock(&q->lock);
+		kv_warn(QMP_SUBSYS, "event %s dropped: monitor %s", name,
+			q->stopping ? "stopping" : "queue full");
+		json_decref(msg);
+		free(ev);
+		return;
+	}
+	*q->ev_tail = ev;
+	q->ev_tail = &ev->next;
+	q->n_events++;
+	pthread_mutex_unlock(&q->lock);
+	if (write(q->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		kv_warn(QMP_SUBSYS, "eventfd write: %s", strerror(errno));
+}
+
+/* ---- the thread ---- */
+
+static bool stop_requested(struct kv_qmp *q)
+{
+	bool stop;
+
+	pthread_mutex_lock(&q->lock);
+	stop = q->stopping;
+	pthread_mutex_unlock(&q->lock);
+	return stop;
+}
+
+static void *monitor_thread(void *arg)
+{
+	struct kv_qmp *q = arg;
+	struct pollfd pfd[2 + QMP_MAX_CLIENTS];
+	struct kv_qmp_client *polled[QMP_MAX_CLIENTS];
+
+	for (;;) {
+		size_t n = 2, i, j;
+
+		pfd[0] = (struct pollfd){ .fd = q->wake_fd, .events = POLLIN };
+		pfd[1] = (struct pollfd){ .fd = q->listen_fd, .events = POLLIN };
+		for (i = 0; i < q->n_clients; i++) {
+			struct kv_qmp_client *c = q->clients[i];
+
+			polled[i] = c;
+			pfd[n].fd = c->fd;
+			pfd[n].events = c->eof ? 0 : POLLIN;
+			if (kv_qmp_buf_pending(&c->out))
+				pfd[n].events |= POLLOUT;
+			pfd[n++].revents = 0;
+		}
+		if (poll(pfd, n, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			kv_err(QMP_SUBSYS, "poll: %s; monitor stops",
+			       strerror(errno));
+			break;
+		}
+		if (pfd[0].revents) {
+			uint64_t v;
+
+			if (read(q->wake_fd, &v, sizeof(v)) < 0 &&
+			    errno != EAGAIN)
+				kv_warn(QMP_SUBSYS, "eventfd read: %s",
+					strerror(errno));
+			if (stop_requested(q))
+				break;
+			deliver_events(q);
+		}
+		/* Clients may have been dropped above; find each by identity. */
+		for (j = 0; j + 2 < n; j++) {
+			short rev = pfd[j + 2].revents;
+
+			if (!rev)
+				continue;
+			for (i = 0; i < q->n_clients; i++) {
+				if (q->clients[i] == polled[j]) {
+					service_client(q, i, rev);
+					break;
+				}
+			}
+		}
+		if (pfd[1].revents)
+			accept_clients(q);
+	}
+	return NULL;
+}
+
+/* ---- start / stop ---- */
+
+static void free_qmp(struct kv_qmp *q)
+{
+	struct qmp_event *ev, *next;
+
+	while (q->n_clients)
+		drop_client(q, q->n_clients - 1, NULL);
+	for (ev = q->ev_head; ev; ev = next) {
+		next = ev->next;
+		json_decref(ev->msg);
+		free(ev);
+	}
+	if (q->listen_fd >= 0)
+		close(q->listen_fd);
+	if (q->unix_path[0])
+		unlink(q->unix_path);
+	if (q->wake_fd >= 0)
+		close(q->wake_fd);
+	pthread_mutex_destroy(&q->lock);
+	free(q);
+}
+
+int kv_qmp_start(const char *uri, const struct kv_qmp_ops *ops,
+		 struct kv_qmp **out, struct kv_error *err)
+{
+	struct kv_qmp *q;
+	int rc;
+
+	*out = NULL;
+	q = calloc(1, sizeof(*q));
+	if (!q)
+		return kv_error_set(err, -ENOMEM, "QMP %s: out of memory", uri);
+	q->ops = *ops;
+	q->listen_fd = -1;
+	q->ev_tail = &q->ev_head;
+	pthread_mutex_init(&q->lock, NULL);
+	q->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (q->wake_fd < 0) {
+		rc = kv_error_set_errno(err, -errno, "QMP %s: eventfd", uri);
+		free_qmp(q);
+		return rc;
+	}
+	rc = open_listener(q, uri, err);
+	if (rc) {
+		free_qmp(q);
+		return rc;
+	}
+	rc = pthread_create(&q->thread, NULL, monitor_thread, q);
+	if (rc) {
+		rc = kv_error_set_errno(err, -rc, "QMP %s: starting the thread",
+					uri);
+		free_qmp(q);
+		return rc;
+	}
+	kv_info(QMP_SUBSYS, "QMP monitor listening on %s", q->address);
+	*out = q;
+	return 0;
+}
+
+const char *kv_qmp_address(const struct kv_qmp *q)
+{
+	return q->address;
+}
+
+void kv_qmp_stop(struct kv_qmp *q)
+{
+	uint64_t one = 1;
+
+	if (!q)
+		return;
+	pthread_mutex_lock(&q->lock);
+	q->stopping = true;
+	pthread_mutex_unlock(&q->lock);
+	if (write(q->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		kv_warn(QMP_SUBSYS, "eventfd write: %s", strerror(errno));
+	pthread_join(q->thread, NULL);
+	free_qmp(q);
+}
