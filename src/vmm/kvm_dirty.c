@@ -345,7 +345,8 @@ static int64_t log_sync(void *opaque, struct kv_ram_block *blocks,
 
 	if (!b)
 		return -EINVAL;
-	for (int i = 0; i < d->nslots; i++) {
+	/* Stopped (after a failed attempt): only the kept bits remain. */
+	for (int i = 0; d->started && i < d->nslots; i++) {
 		struct dirty_slot *sl = &d->slots[i];
 		int ret = log_fetch(d, sl, err);
 
