@@ -45,14 +45,14 @@ static int cmd_qmp_capabilities(struct kv_qmp_call *call)
 	if (call->client->negotiated) {
 		call->err_class = "CommandNotFound";
 		return kv_error_set(&call->err, -EINVAL,
-				    "Capabilities negotiation is already complete, command ignored");
+				    "Capabilities negotiation is already "
+				    "complete, command ignored");
 	}
 	/* We announce no capabilities, so any requested one is unknown. */
 	if (cap)
-		return kv_error_set(&call->err, -EINVAL,
-				    "Capability '%s' not available",
-				    json_is_string(cap) ? json_string_value(cap)
-							: "?");
+		return kv_error_set(
+		    &call->err, -EINVAL, "Capability '%s' not available",
+		    json_is_string(cap) ? json_string_value(cap) : "?");
 	call->client->negotiated = true;
 	return 0;
 }
@@ -65,8 +65,8 @@ static int cmd_query_commands(struct kv_qmp_call *call)
 	if (!list)
 		return kv_error_set(&call->err, -ENOMEM, "out of memory");
 	for (i = 0; i < kv_qmp_n_commands; i++)
-		json_array_append_new(list, json_pack("{s:s}", "name",
-						      kv_qmp_commands[i].name));
+		json_array_append_new(
+		    list, json_pack("{s:s}", "name", kv_qmp_commands[i].name));
 	call->ret = list;
 	return 0;
 }
@@ -74,7 +74,8 @@ static int cmd_query_commands(struct kv_qmp_call *call)
 static int cmd_query_version(struct kv_qmp_call *call)
 {
 	call->ret = kv_qmp_version();
-	return call->ret ? 0 : kv_error_set(&call->err, -ENOMEM, "out of memory");
+	return call->ret ? 0
+			 : kv_error_set(&call->err, -ENOMEM, "out of memory");
 }
 
 static int cmd_query_status(struct kv_qmp_call *call)
@@ -148,26 +149,28 @@ static int cmd_query_migrate(struct kv_qmp_call *call)
 }
 
 const struct kv_qmp_command kv_qmp_commands[] = {
-	{ "qmp_capabilities", cmd_qmp_capabilities,
-	  { { "enable", KV_QMP_ARG_ARRAY, true } } },
-	{ "query-commands", cmd_query_commands, { { 0 } } },
-	{ "query-version", cmd_query_version, { { 0 } } },
-	{ "query-status", cmd_query_status, { { 0 } } },
-	{ "stop", cmd_stop, { { 0 } } },
-	{ "cont", cmd_cont, { { 0 } } },
-	{ "quit", cmd_quit, { { 0 } } },
-	/* "detach" is accepted and ignored, as QEMU does, for old clients. */
-	{ "migrate", cmd_migrate,
-	  { { "uri", KV_QMP_ARG_STRING, false },
-	    { "detach", KV_QMP_ARG_BOOL, true } } },
-	{ "migrate-incoming", cmd_migrate_incoming,
-	  { { "uri", KV_QMP_ARG_STRING, false } } },
-	{ "migrate_cancel", cmd_migrate_cancel, { { 0 } } },
-	{ "query-migrate", cmd_query_migrate, { { 0 } } },
+    {"qmp_capabilities",
+     cmd_qmp_capabilities,
+     {{"enable", KV_QMP_ARG_ARRAY, true}}},
+    {"query-commands", cmd_query_commands, {{0}}},
+    {"query-version", cmd_query_version, {{0}}},
+    {"query-status", cmd_query_status, {{0}}},
+    {"stop", cmd_stop, {{0}}},
+    {"cont", cmd_cont, {{0}}},
+    {"quit", cmd_quit, {{0}}},
+    /* "detach" is accepted and ignored, as QEMU does, for old clients. */
+    {"migrate",
+     cmd_migrate,
+     {{"uri", KV_QMP_ARG_STRING, false}, {"detach", KV_QMP_ARG_BOOL, true}}},
+    {"migrate-incoming",
+     cmd_migrate_incoming,
+     {{"uri", KV_QMP_ARG_STRING, false}}},
+    {"migrate_cancel", cmd_migrate_cancel, {{0}}},
+    {"query-migrate", cmd_query_migrate, {{0}}},
 };
 
 const size_t kv_qmp_n_commands =
-	sizeof(kv_qmp_commands) / sizeof(kv_qmp_commands[0]);
+    sizeof(kv_qmp_commands) / sizeof(kv_qmp_commands[0]);
 
 const struct kv_qmp_command *kv_qmp_command_find(const char *name)
 {

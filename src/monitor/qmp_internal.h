@@ -34,30 +34,30 @@ struct kv_qmp_buf {
 
 /* Where the framer is inside the current document. */
 struct kv_qmp_framer {
-	size_t scan;      /* next byte of in to look at (absolute offset) */
-	size_t start;     /* first byte of the current document */
-	size_t depth;     /* open { and [ */
-	bool in_doc;      /* a document has started at start */
+	size_t scan;  /* next byte of in to look at (absolute offset) */
+	size_t start; /* first byte of the current document */
+	size_t depth; /* open { and [ */
+	bool in_doc;  /* a document has started at start */
 	bool in_string;
-	bool escape;      /* previous byte was a backslash inside a string */
-	bool bare;        /* document is a top-level token, not { or [ */
-	bool recovering;  /* skipping garbage up to a newline, { or [ */
+	bool escape;	 /* previous byte was a backslash inside a string */
+	bool bare;	 /* document is a top-level token, not { or [ */
+	bool recovering; /* skipping garbage up to a newline, { or [ */
 };
 
 struct kv_qmp_client {
-	int fd;           /* -1 when driven without a socket */
-	unsigned id;      /* for log lines */
+	int fd;	     /* -1 when driven without a socket */
+	unsigned id; /* for log lines */
 	const struct kv_qmp_ops *ops;
 	bool negotiated;
 	bool quit_requested; /* quit was answered; the server calls ops->quit */
-	bool eof;            /* peer closed its sending side */
+	bool eof;	     /* peer closed its sending side */
 	struct kv_qmp_buf in;
 	struct kv_qmp_framer fr;
 	struct kv_qmp_buf out;
 };
 
 struct kv_qmp_client *kv_qmp_client_new(int fd, unsigned id,
-					 const struct kv_qmp_ops *ops);
+					const struct kv_qmp_ops *ops);
 /* Does not close fd (the server owns it). */
 void kv_qmp_client_free(struct kv_qmp_client *c);
 

@@ -28,9 +28,9 @@
 #include "io/channel.h"
 #include "monitor/qmp_internal.h"
 
-#define QMP_SUBSYS "qmp"
+#define QMP_SUBSYS	"qmp"
 #define QMP_MAX_CLIENTS 64
-#define QMP_READ_CHUNK 65536
+#define QMP_READ_CHUNK	65536
 /* Events waiting for the monitor thread; past this they are dropped (the
  * thread is stuck or gone, and memory must stay bounded). */
 #define QMP_MAX_QUEUED_EVENTS 4096
@@ -43,9 +43,9 @@ struct qmp_event {
 struct kv_qmp {
 	struct kv_qmp_ops ops; /* a copy: the caller's may be on its stack */
 	int listen_fd;
-	int wake_fd;           /* eventfd: stop or events queued */
+	int wake_fd; /* eventfd: stop or events queued */
 	char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	char address[300];     /* as kv_qmp_address() reports it */
+	char address[300]; /* as kv_qmp_address() reports it */
 	pthread_t thread;
 
 	/* Owned by the monitor thread. */
@@ -53,7 +53,7 @@ struct kv_qmp {
 	size_t n_clients;
 	unsigned next_client_id;
 
-	pthread_mutex_t lock;  /* protects the fields below */
+	pthread_mutex_t lock; /* protects the fields below */
 	bool stopping;
 	struct qmp_event *ev_head, **ev_tail;
 	size_t n_events;
@@ -70,12 +70,14 @@ static int clear_unix_path(const char *uri, const struct sockaddr_un *sa,
 	int fd, rc;
 
 	if (lstat(sa->sun_path, &st) < 0)
-		return errno == ENOENT ? 0 :
-		       kv_error_set_errno(err, -errno, "QMP %s: cannot stat",
-					  uri);
+		return errno == ENOENT
+			   ? 0
+			   : kv_error_set_errno(err, -errno,
+						"QMP %s: cannot stat", uri);
 	if (!S_ISSOCK(st.st_mode))
 		return kv_error_set(err, -EEXIST,
-				    "QMP %s: path exists and is not a socket; remove it or choose another path",
+				    "QMP %s: path exists and is not a socket; "
+				    "remove it or choose another path",
 				    uri);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -83,13 +85,12 @@ static int clear_unix_path(const char *uri, const struct sockaddr_un *sa,
 	rc = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
 	close(fd);
 	if (rc == 0)
-		return kv_error_set(err, -EADDRINUSE,
-				    "QMP %s: another process is listening on this socket",
-				    uri);
+		return kv_error_set(
+		    err, -EADDRINUSE,
+		    "QMP %s: another process is listening on this socket", uri);
 	if (unlink(sa->sun_path) < 0 && errno != ENOENT)
-		return kv_error_set_errno(err, -errno,
-					  "QMP %s: cannot remove stale socket",
-					  uri);
+		return kv_error_set_errno(
+		    err, -errno, "QMP %s: cannot remove stale socket", uri);
 	kv_info(QMP_SUBSYS, "removed stale socket %s", sa->sun_path);
 	return 0;
 }
@@ -97,7 +98,7 @@ static int clear_unix_path(const char *uri, const struct sockaddr_un *sa,
 static int listen_unix(struct kv_qmp *q, const char *uri, const char *path,
 		       struct kv_error *err)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fd, rc;
 
 	if (strlen(path) >= sizeof(sa.sun_path))
@@ -148,9 +149,9 @@ static int listen_tcp(struct kv_qmp *q, const char *uri, const char *host,
 		      const char *port, struct kv_error *err)
 {
 	struct addrinfo hints = {
-		.ai_family = AF_UNSPEC,
-		.ai_socktype = SOCK_STREAM,
-		.ai_flags = AI_PASSIVE,
+	    .ai_family = AF_UNSPEC,
+	    .ai_socktype = SOCK_STREAM,
+	    .ai_flags = AI_PASSIVE,
 	};
 	struct addrinfo *res, *ai;
 	int fd = -1, rc, one = 1, last = -EADDRNOTAVAIL;
@@ -201,7 +202,8 @@ static int open_listener(struct kv_qmp *q, const char *uri,
 		return listen_tcp(q, uri, u.host, u.port, err);
 	default:
 		return kv_error_set(err, -EINVAL,
-				    "QMP %s: only unix:PATH and tcp:HOST:PORT can be listened on",
+				    "QMP %s: only unix:PATH and tcp:HOST:PORT "
+				    "can be listened on",
 				    uri);
 	}
 }
@@ -374,7 +376,8 @@ static void deliver_events(struct kv_qmp *q)
 			if (c->negotiated &&
 			    kv_qmp_client_send(c, ev->msg) == -ENOBUFS) {
 				drop_client(q, i,
-					    "not reading its events (output buffer full)");
+					    "not reading its events (output "
+					    "buffer full)");
 				continue;
 			}
 			i++;
@@ -398,6 +401,11 @@ void kv_qmp_event(struct kv_qmp *q, const char *name, void *data)
 	uint64_t one = 1;
 	json_t *msg;
 
+	if (!name) {
+		json_decref(data);
+		kv_warn(QMP_SUBSYS, "event without a name dropped");
+		return;
+	}
 	gettimeofday(&tv, NULL); /* QMP timestamps are wall-clock time */
 	msg = json_pack("{s:s}", "event", name);
 	if (msg && data)
@@ -405,11 +413,10 @@ void kv_qmp_event(struct kv_qmp *q, const char *name, void *data)
 	else
 		json_decref(data);
 	if (msg)
-		json_object_set_new(msg, "timestamp",
-				    json_pack("{s:I,s:I}", "seconds",
-					      (json_int_t)tv.tv_sec,
-					      "microseconds",
-					      (json_int_t)tv.tv_usec));
+		json_object_set_new(
+		    msg, "timestamp",
+		    json_pack("{s:I,s:I}", "seconds", (json_int_t)tv.tv_sec,
+			      "microseconds", (json_int_t)tv.tv_usec));
 	ev = msg ? calloc(1, sizeof(*ev)) : NULL;
 	if (!ev) {
 		json_decref(msg);
@@ -456,8 +463,8 @@ static void *monitor_thread(void *arg)
 	for (;;) {
 		size_t n = 2, i, j;
 
-		pfd[0] = (struct pollfd){ .fd = q->wake_fd, .events = POLLIN };
-		pfd[1] = (struct pollfd){ .fd = q->listen_fd, .events = POLLIN };
+		pfd[0] = (struct pollfd){.fd = q->wake_fd, .events = POLLIN};
+		pfd[1] = (struct pollfd){.fd = q->listen_fd, .events = POLLIN};
 		for (i = 0; i < q->n_clients; i++) {
 			struct kv_qmp_client *c = q->clients[i];
 
@@ -486,7 +493,8 @@ static void *monitor_thread(void *arg)
 				break;
 			deliver_events(q);
 		}
-		/* Clients may have been dropped above; find each by identity. */
+		/* Clients may have been dropped above; find each by identity.
+		 */
 		for (j = 0; j + 2 < n; j++) {
 			short rev = pfd[j + 2].revents;
 

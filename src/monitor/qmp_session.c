@@ -69,7 +69,7 @@ static void buf_free(struct kv_qmp_buf *b)
 /* ---- client ---- */
 
 struct kv_qmp_client *kv_qmp_client_new(int fd, unsigned id,
-					 const struct kv_qmp_ops *ops)
+					const struct kv_qmp_ops *ops)
 {
 	struct kv_qmp_client *c = calloc(1, sizeof(*c));
 
@@ -180,7 +180,8 @@ static int send_reply(struct kv_qmp_client *c, json_t *reply, json_t *id)
 }
 
 static int reply_error(struct kv_qmp_client *c, json_t *id, const char *cls,
-		       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+		       const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 static int reply_error(struct kv_qmp_client *c, json_t *id, const char *cls,
 		       const char *fmt, ...)
@@ -202,13 +203,20 @@ static int reply_error(struct kv_qmp_client *c, json_t *id, const char *cls,
 static const char *arg_type_name(enum kv_qmp_arg_type t)
 {
 	switch (t) {
-	case KV_QMP_ARG_STRING: return "string";
-	case KV_QMP_ARG_BOOL: return "boolean";
-	case KV_QMP_ARG_INT: return "integer";
-	case KV_QMP_ARG_NUMBER: return "number";
-	case KV_QMP_ARG_OBJECT: return "object";
-	case KV_QMP_ARG_ARRAY: return "array";
-	case KV_QMP_ARG_ANY: return "any";
+	case KV_QMP_ARG_STRING:
+		return "string";
+	case KV_QMP_ARG_BOOL:
+		return "boolean";
+	case KV_QMP_ARG_INT:
+		return "integer";
+	case KV_QMP_ARG_NUMBER:
+		return "number";
+	case KV_QMP_ARG_OBJECT:
+		return "object";
+	case KV_QMP_ARG_ARRAY:
+		return "array";
+	case KV_QMP_ARG_ANY:
+		return "any";
 	}
 	return "?";
 }
@@ -216,13 +224,20 @@ static const char *arg_type_name(enum kv_qmp_arg_type t)
 static bool arg_type_ok(enum kv_qmp_arg_type t, const json_t *v)
 {
 	switch (t) {
-	case KV_QMP_ARG_STRING: return json_is_string(v);
-	case KV_QMP_ARG_BOOL: return json_is_boolean(v);
-	case KV_QMP_ARG_INT: return json_is_integer(v);
-	case KV_QMP_ARG_NUMBER: return json_is_number(v);
-	case KV_QMP_ARG_OBJECT: return json_is_object(v);
-	case KV_QMP_ARG_ARRAY: return json_is_array(v);
-	case KV_QMP_ARG_ANY: return true;
+	case KV_QMP_ARG_STRING:
+		return json_is_string(v);
+	case KV_QMP_ARG_BOOL:
+		return json_is_boolean(v);
+	case KV_QMP_ARG_INT:
+		return json_is_integer(v);
+	case KV_QMP_ARG_NUMBER:
+		return json_is_number(v);
+	case KV_QMP_ARG_OBJECT:
+		return json_is_object(v);
+	case KV_QMP_ARG_ARRAY:
+		return json_is_array(v);
+	case KV_QMP_ARG_ANY:
+		return true;
 	}
 	return false;
 }
@@ -238,6 +253,37 @@ static const struct kv_qmp_arg *arg_find(const struct kv_qmp_command *cmd,
 	return NULL;
 }
 
+static const char *const request_members[] = {"execute", "arguments", "id",
+					      NULL};
+
+static bool name_in(const char *const *names, const char *name)
+{
+	for (; *names; names++)
+		if (!strcmp(*names, name))
+			return true;
+	return false;
+}
+
+/* The first key of obj that is neither a parameter of cmd (when given)
+ * nor in names (when given), or NULL. */
+static const char *first_unknown_key(json_t *obj,
+				     const struct kv_qmp_command *cmd,
+				     const char *const *names)
+{
+	void *it;
+
+	for (it = json_object_iter(obj); it;
+	     it = json_object_iter_next(obj, it)) {
+		const char *key = json_object_iter_key(it);
+
+		if (cmd && !arg_find(cmd, key))
+			return key;
+		if (names && !name_in(names, key))
+			return key;
+	}
+	return NULL;
+}
+
 /* Declared parameters first, in table order, then anything extra: the
  * order QEMU reports them in. */
 static int check_args(const struct kv_qmp_command *cmd, json_t *args,
@@ -250,20 +296,18 @@ static int check_args(const struct kv_qmp_command *cmd, json_t *args,
 	for (a = cmd->args; a < cmd->args + KV_QMP_MAX_ARGS && a->name; a++) {
 		v = json_object_get(args, a->name);
 		if (!v && !a->optional)
-			return kv_error_set(err, -EINVAL,
-					    "Parameter '%s' is missing",
-					    a->name);
+			return kv_error_set(
+			    err, -EINVAL, "Parameter '%s' is missing", a->name);
 		if (v && !arg_type_ok(a->type, v))
-			return kv_error_set(err, -EINVAL,
-					    "Invalid parameter type for '%s', expected: %s",
-					    a->name, arg_type_name(a->type));
+			return kv_error_set(
+			    err, -EINVAL,
+			    "Invalid parameter type for '%s', expected: %s",
+			    a->name, arg_type_name(a->type));
 	}
-	json_object_foreach(args, key, v) {
-		if (!arg_find(cmd, key))
-			return kv_error_set(err, -EINVAL,
-					    "Parameter '%s' is unexpected",
-					    key);
-	}
+	key = first_unknown_key(args, cmd, NULL);
+	if (key)
+		return kv_error_set(err, -EINVAL,
+				    "Parameter '%s' is unexpected", key);
 	return 0;
 }
 
@@ -274,9 +318,9 @@ static int run_command(struct kv_qmp_client *c,
 		       json_t *id)
 {
 	struct kv_qmp_call call = {
-		.client = c,
-		.ops = c->ops,
-		.args = args,
+	    .client = c,
+	    .ops = c->ops,
+	    .args = args,
 	};
 	json_t *reply;
 	int rc;
@@ -288,10 +332,9 @@ static int run_command(struct kv_qmp_client *c,
 		json_decref(call.ret);
 		if (!kv_error_is_set(&call.err))
 			kv_error_set(&call.err, rc, "%s failed", cmd->name);
-		return reply_error(c, id,
-				   call.err_class ? call.err_class
-						  : "GenericError",
-				   "%s", call.err.msg);
+		return reply_error(
+		    c, id, call.err_class ? call.err_class : "GenericError",
+		    "%s", call.err.msg);
 	}
 	reply = json_object();
 	if (reply)
@@ -306,7 +349,7 @@ static int run_command(struct kv_qmp_client *c,
 static int dispatch(struct kv_qmp_client *c, json_t *req)
 {
 	json_t *id = json_object_get(req, "id");
-	json_t *exec, *args, *v;
+	json_t *exec, *args;
 	const struct kv_qmp_command *cmd;
 	const char *key, *name;
 	int rc;
@@ -314,28 +357,28 @@ static int dispatch(struct kv_qmp_client *c, json_t *req)
 	if (!json_is_object(req))
 		return reply_error(c, NULL, "GenericError",
 				   "QMP input must be a JSON object");
-	json_object_foreach(req, key, v) {
-		if (strcmp(key, "execute") && strcmp(key, "arguments") &&
-		    strcmp(key, "id"))
-			return reply_error(c, id, "GenericError",
-					   "QMP input member '%s' is unexpected",
-					   key);
-	}
+	key = first_unknown_key(req, NULL, request_members);
+	if (key)
+		return reply_error(c, id, "GenericError",
+				   "QMP input member '%s' is unexpected", key);
 	exec = json_object_get(req, "execute");
 	if (!exec)
 		return reply_error(c, id, "GenericError",
 				   "QMP input lacks member 'execute'");
 	if (!json_is_string(exec))
-		return reply_error(c, id, "GenericError",
-				   "QMP input member 'execute' must be a string");
+		return reply_error(
+		    c, id, "GenericError",
+		    "QMP input member 'execute' must be a string");
 	args = json_object_get(req, "arguments");
 	if (args && !json_is_object(args))
-		return reply_error(c, id, "GenericError",
-				   "QMP input member 'arguments' must be an object");
+		return reply_error(
+		    c, id, "GenericError",
+		    "QMP input member 'arguments' must be an object");
 	name = json_string_value(exec);
 	if (!c->negotiated && strcmp(name, "qmp_capabilities"))
 		return reply_error(c, id, "CommandNotFound",
-				   "Expecting capabilities negotiation with 'qmp_capabilities'");
+				   "Expecting capabilities negotiation with "
+				   "'qmp_capabilities'");
 	cmd = kv_qmp_command_find(name);
 	if (!cmd)
 		return reply_error(c, id, "CommandNotFound",
@@ -350,8 +393,8 @@ static int dispatch(struct kv_qmp_client *c, json_t *req)
 	return rc;
 }
 
-static int handle_document(struct kv_qmp_client *c, const char *doc,
-			   size_t len, bool bare)
+static int handle_document(struct kv_qmp_client *c, const char *doc, size_t len,
+			   bool bare)
 {
 	json_error_t jerr;
 	json_t *req;

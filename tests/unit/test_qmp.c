@@ -100,7 +100,8 @@ static int fake_migrate(void *opaque, const char *uri, struct kv_error *err)
 	f->migrate_calls++;
 	snprintf(f->migrate_uri, sizeof(f->migrate_uri), "%s", uri);
 	if (f->fail_migrate)
-		rc = kv_error_set(err, -EBUSY, "a migration is already running");
+		rc =
+		    kv_error_set(err, -EBUSY, "a migration is already running");
 	pthread_mutex_unlock(&f->lock);
 	return rc;
 }
@@ -135,8 +136,8 @@ static int fake_query_migrate(void *opaque, void **ret, struct kv_error *err)
 	f->query_migrate_calls++;
 	*ret = json_pack("{s:s,s:I,s:{s:I,s:I,s:I}}", "status", "active",
 			 "total-time", (json_int_t)1234, "ram", "transferred",
-			 (json_int_t)1000, "remaining", (json_int_t)24,
-			 "total", (json_int_t)1024 + f->query_migrate_calls);
+			 (json_int_t)1000, "remaining", (json_int_t)24, "total",
+			 (json_int_t)1024 + f->query_migrate_calls);
 	pthread_mutex_unlock(&f->lock);
 	return 0;
 }
@@ -167,15 +168,15 @@ static void fixture_ops(struct fixture *fx)
 	pthread_mutex_init(&fx->vm.lock, NULL);
 	fx->vm.running = true;
 	fx->ops = (struct kv_qmp_ops){
-		.query_status = fake_query_status,
-		.stop = fake_stop,
-		.cont = fake_cont,
-		.quit = fake_quit,
-		.migrate = fake_migrate,
-		.migrate_incoming = fake_migrate_incoming,
-		.migrate_cancel = fake_migrate_cancel,
-		.query_migrate = fake_query_migrate,
-		.opaque = &fx->vm,
+	    .query_status = fake_query_status,
+	    .stop = fake_stop,
+	    .cont = fake_cont,
+	    .quit = fake_quit,
+	    .migrate = fake_migrate,
+	    .migrate_incoming = fake_migrate_incoming,
+	    .migrate_cancel = fake_migrate_cancel,
+	    .query_migrate = fake_query_migrate,
+	    .opaque = &fx->vm,
 	};
 }
 
@@ -218,7 +219,7 @@ struct client {
 
 static void set_timeouts(int fd, int seconds)
 {
-	struct timeval tv = { .tv_sec = seconds };
+	struct timeval tv = {.tv_sec = seconds};
 
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
@@ -226,7 +227,7 @@ static void set_timeouts(int fd, int seconds)
 
 static struct client *client_connect(const char *path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	struct client *c = calloc(1, sizeof(*c));
 
 	assert_non_null(c);
@@ -345,9 +346,9 @@ static void expect_error(struct client *c, const char *text, const char *cls,
 {
 	json_t *r = client_cmd(c, text);
 	const char *got_cls = json_string_value(
-		json_object_get(json_object_get(r, "error"), "class"));
+	    json_object_get(json_object_get(r, "error"), "class"));
 	const char *got_desc = json_string_value(
-		json_object_get(json_object_get(r, "error"), "desc"));
+	    json_object_get(json_object_get(r, "error"), "desc"));
 
 	if (!got_cls || !got_desc || strcmp(got_cls, cls) ||
 	    strncmp(got_desc, desc_prefix, strlen(desc_prefix))) {
@@ -407,10 +408,12 @@ static void test_negotiation_first(void **state)
 	struct fixture *fx = *state;
 	struct client *c = client_greeted(fx);
 
-	expect_error(c, "{\"execute\": \"query-status\"}", "CommandNotFound",
-		     "Expecting capabilities negotiation with 'qmp_capabilities'");
-	expect_error(c, "{\"execute\": \"stop\"}", "CommandNotFound",
-		     "Expecting capabilities negotiation with 'qmp_capabilities'");
+	expect_error(
+	    c, "{\"execute\": \"query-status\"}", "CommandNotFound",
+	    "Expecting capabilities negotiation with 'qmp_capabilities'");
+	expect_error(
+	    c, "{\"execute\": \"stop\"}", "CommandNotFound",
+	    "Expecting capabilities negotiation with 'qmp_capabilities'");
 	/* Unknown commands get the same answer before negotiation. */
 	expect_error(c, "{\"execute\": \"nope\"}", "CommandNotFound",
 		     "Expecting capabilities negotiation");
@@ -420,7 +423,8 @@ static void test_negotiation_first(void **state)
 	/* We offer no capabilities, so enabling one fails, and still not
 	 * negotiated. */
 	expect_error(c,
-		     "{\"execute\": \"qmp_capabilities\", \"arguments\": {\"enable\": [\"oob\"]}}",
+		     "{\"execute\": \"qmp_capabilities\", \"arguments\": "
+		     "{\"enable\": [\"oob\"]}}",
 		     "GenericError", "Capability 'oob' not available");
 	expect_error(c, "{\"execute\": \"query-status\"}", "CommandNotFound",
 		     "Expecting capabilities negotiation");
@@ -500,8 +504,8 @@ static void test_migrate_commands(void **state)
 			    "active");
 	assert_int_equal(json_integer_value(json_object_get(ret, "total-time")),
 			 1234);
-	assert_int_equal(json_integer_value(json_object_get(ram, "transferred")),
-			 1000);
+	assert_int_equal(
+	    json_integer_value(json_object_get(ram, "transferred")), 1000);
 	assert_int_equal(json_integer_value(json_object_get(ram, "remaining")),
 			 24);
 	/* Proves the reply comes from this call, not a cached one. */
@@ -513,8 +517,9 @@ static void test_migrate_commands(void **state)
 	pthread_mutex_lock(&fx->vm.lock);
 	fx->vm.fail_migrate = true;
 	pthread_mutex_unlock(&fx->vm.lock);
-	expect_error(c, "{\"execute\": \"migrate\", \"arguments\": "
-			"{\"uri\": \"tcp:127.0.0.1:4444\"}}",
+	expect_error(c,
+		     "{\"execute\": \"migrate\", \"arguments\": "
+		     "{\"uri\": \"tcp:127.0.0.1:4444\"}}",
 		     "GenericError", "a migration is already running");
 	assert_int_equal(fake_get(&fx->vm, &fx->vm.migrate_calls), 3);
 
@@ -533,18 +538,24 @@ static void test_query_version_and_commands(void **state)
 	struct client *c = client_connect(fx->path);
 	json_t *g = client_recv(c);
 	json_t *r, *list, *item;
-	const char *expected[] = { "qmp_capabilities", "query-status", "stop",
-				   "cont", "quit", "migrate",
-				   "migrate-incoming", "migrate_cancel",
-				   "query-migrate", "query-commands",
-				   "query-version" };
+	const char *expected[] = {"qmp_capabilities",
+				  "query-status",
+				  "stop",
+				  "cont",
+				  "quit",
+				  "migrate",
+				  "migrate-incoming",
+				  "migrate_cancel",
+				  "query-migrate",
+				  "query-commands",
+				  "query-version"};
 	size_t i, k;
 
 	expect_return_empty(c, "{\"execute\": \"qmp_capabilities\"}");
 	r = client_cmd(c, "{\"execute\": \"query-version\"}");
-	assert_true(json_equal(json_object_get(r, "return"),
-			       json_object_get(json_object_get(g, "QMP"),
-					       "version")));
+	assert_true(
+	    json_equal(json_object_get(r, "return"),
+		       json_object_get(json_object_get(g, "QMP"), "version")));
 	json_decref(r);
 	json_decref(g);
 
@@ -555,10 +566,11 @@ static void test_query_version_and_commands(void **state)
 	for (k = 0; k < sizeof(expected) / sizeof(expected[0]); k++) {
 		bool found = false;
 
-		json_array_foreach(list, i, item) {
+		for (i = 0; i < json_array_size(list); i++) {
+			item = json_array_get(list, i);
 			assert_int_equal(json_object_size(item), 1);
-			if (!strcmp(json_string_value(json_object_get(item,
-								      "name")),
+			if (!strcmp(json_string_value(
+					json_object_get(item, "name")),
 				    expected[k]))
 				found = true;
 		}
@@ -634,7 +646,8 @@ static void test_errors(void **state)
 	struct client *c = client_negotiated(fx);
 	json_t *r;
 
-	expect_error(c, "{\"execute\": }", "GenericError", "JSON parse error, ");
+	expect_error(c, "{\"execute\": }", "GenericError",
+		     "JSON parse error, ");
 	expect_error(c, "{\"execute\": \"stop\",}", "GenericError",
 		     "JSON parse error, ");
 	expect_error(c, "nonsense\n", "GenericError", "JSON parse error, ");
@@ -657,19 +670,23 @@ static void test_errors(void **state)
 		     "Parameter 'uri' is missing");
 	expect_error(c, "{\"execute\": \"migrate\", \"arguments\": {}}",
 		     "GenericError", "Parameter 'uri' is missing");
-	expect_error(c, "{\"execute\": \"migrate\", \"arguments\": {\"uri\": 1}}",
+	expect_error(c,
+		     "{\"execute\": \"migrate\", \"arguments\": {\"uri\": 1}}",
 		     "GenericError",
 		     "Invalid parameter type for 'uri', expected: string");
 	expect_error(c,
-		     "{\"execute\": \"migrate-incoming\", \"arguments\": {\"uri\": null}}",
+		     "{\"execute\": \"migrate-incoming\", \"arguments\": "
+		     "{\"uri\": null}}",
 		     "GenericError",
 		     "Invalid parameter type for 'uri', expected: string");
 	expect_error(c,
-		     "{\"execute\": \"migrate\", \"arguments\": {\"uri\": \"unix:/a\", \"detach\": 1}}",
+		     "{\"execute\": \"migrate\", \"arguments\": {\"uri\": "
+		     "\"unix:/a\", \"detach\": 1}}",
 		     "GenericError",
 		     "Invalid parameter type for 'detach', expected: boolean");
 	expect_error(c,
-		     "{\"execute\": \"migrate\", \"arguments\": {\"uri\": \"tcp:h:1\", \"foo\": 1}}",
+		     "{\"execute\": \"migrate\", \"arguments\": {\"uri\": "
+		     "\"tcp:h:1\", \"foo\": 1}}",
 		     "GenericError", "Parameter 'foo' is unexpected");
 	expect_error(c, "{\"execute\": \"stop\", \"arguments\": {\"foo\": 1}}",
 		     "GenericError", "Parameter 'foo' is unexpected");
@@ -691,9 +708,10 @@ static void test_split_and_batched(void **state)
 {
 	struct fixture *fx = *state;
 	struct client *c = client_negotiated(fx);
-	const char *parts[] = { "{\"exec", "ute\": \"migr", "ate\", \"argu",
-				"ments\": {\"uri\": \"unix:/tmp/{x}\\\"]\\\\\"}",
-				", \"id\"", ": 1}" };
+	const char *parts[] = {
+	    "{\"exec",	     "ute\": \"migr",
+	    "ate\", \"argu", "ments\": {\"uri\": \"unix:/tmp/{x}\\\"]\\\\\"}",
+	    ", \"id\"",	     ": 1}"};
 	json_t *r;
 	size_t i;
 	int id;
@@ -724,8 +742,7 @@ static void test_split_and_batched(void **state)
 			assert_null(json_object_get(r, "id"));
 		} else {
 			assert_int_equal(
-				json_integer_value(json_object_get(r, "id")),
-				id);
+			    json_integer_value(json_object_get(r, "id")), id);
 		}
 		json_decref(r);
 	}
@@ -793,10 +810,9 @@ static void check_event(json_t *ev, const char *name, bool has_data)
 	assert_true(json_integer_value(json_object_get(ts, "microseconds")) <
 		    1000000);
 	if (has_data)
-		assert_string_equal(
-			json_string_value(json_object_get(
-				json_object_get(ev, "data"), "status")),
-			"completed");
+		assert_string_equal(json_string_value(json_object_get(
+					json_object_get(ev, "data"), "status")),
+				    "completed");
 	else
 		assert_null(json_object_get(ev, "data"));
 }
@@ -807,7 +823,7 @@ static void test_events(void **state)
 	struct client *a = client_negotiated(fx);
 	struct client *b = client_negotiated(fx);
 	struct client *late = client_greeted(fx);
-	struct event_arg ea = { fx->q };
+	struct event_arg ea = {fx->q};
 	pthread_t t;
 	json_t *r;
 
@@ -840,8 +856,8 @@ static void test_events(void **state)
 
 /* ---- abuse ---- */
 
-static void send_big(struct client *c, const char *head, size_t size,
-		     char fill, const char *tail)
+static void send_big(struct client *c, const char *head, size_t size, char fill,
+		     const char *tail)
 {
 	char *big = malloc(size);
 	size_t hl = strlen(head), tl = strlen(tail);
@@ -964,7 +980,7 @@ static void test_listener_paths(void **state)
 	struct kv_error err = {0};
 	struct kv_qmp *q2 = NULL;
 	char path[100], uri[120];
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	struct client *c;
 	json_t *g;
 	int fd;
@@ -1018,9 +1034,9 @@ static void test_tcp(void **state)
 	struct fixture *fx = *state;
 	struct kv_error err = {0};
 	struct kv_qmp *q2 = NULL;
-	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct sockaddr_in sa = {.sin_family = AF_INET};
 	const char *addr, *port;
-	struct client c = { .fd = -1 };
+	struct client c = {.fd = -1};
 	json_t *r;
 
 	if (kv_qmp_start("tcp:127.0.0.1:0", &fx->ops, &q2, &err))
@@ -1054,10 +1070,13 @@ static struct kv_qmp_client *feed_client(struct fixture *fx)
 
 static json_t *take_output(struct kv_qmp_client *c)
 {
-	char *start = c->out.data + c->out.head;
-	char *nl = memchr(start, '\n', kv_qmp_buf_pending(&c->out));
+	char *start, *nl;
 	json_t *j;
 
+	if (!kv_qmp_buf_pending(&c->out))
+		return NULL;
+	start = c->out.data + c->out.head;
+	nl = memchr(start, '\n', kv_qmp_buf_pending(&c->out));
 	if (!nl)
 		return NULL;
 	j = json_loadb(start, (size_t)(nl - start) + 1, 0, NULL);
@@ -1083,15 +1102,14 @@ static void test_feed_bytewise(void **state)
 	assert_non_null(json_object_get(r, "return"));
 	json_decref(r);
 	r = take_output(c);
-	assert_string_equal(
-		json_string_value(json_object_get(json_object_get(r, "error"),
-						  "desc")),
-		"QMP input must be a JSON object");
+	assert_string_equal(json_string_value(json_object_get(
+				json_object_get(r, "error"), "desc")),
+			    "QMP input must be a JSON object");
 	json_decref(r);
 	r = take_output(c);
-	assert_string_equal(json_string_value(json_array_get(
-				    json_object_get(r, "id"), 0)),
-			    "{");
+	assert_string_equal(
+	    json_string_value(json_array_get(json_object_get(r, "id"), 0)),
+	    "{");
 	assert_non_null(json_object_get(r, "return"));
 	json_decref(r);
 	assert_null(take_output(c));
@@ -1155,10 +1173,11 @@ static void test_feed_random(void **state)
 {
 	struct fixture *fx = *state;
 	const char *seeds[] = {
-		"{\"execute\":\"qmp_capabilities\"}",
-		"{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:a:1\"},\"id\":1}",
-		"{\"execute\":\"query-migrate\",\"id\":[1,{\"a\":\"\\u00e9\"}]}",
-		"[[[{\"\\\"\":1}]]] \"x\" true null 1e400",
+	    "{\"execute\":\"qmp_capabilities\"}",
+	    "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:a:1\"},"
+	    "\"id\":1}",
+	    "{\"execute\":\"query-migrate\",\"id\":[1,{\"a\":\"\\u00e9\"}]}",
+	    "[[[{\"\\\"\":1}]]] \"x\" true null 1e400",
 	};
 	unsigned seed = 12345;
 	int round;
@@ -1197,38 +1216,35 @@ static void test_feed_random(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_greeting, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_negotiation_first, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_query_status_stop_cont,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_migrate_commands, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_query_version_and_commands,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_quit, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_id_echo, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_split_and_batched, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_two_clients, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_events, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_oversized_and_garbage,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_client_not_reading, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_stop_with_clients, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_listener_paths, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_tcp, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_feed_bytewise, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_feed_limits, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_feed_random, setup,
-						teardown),
+	    cmocka_unit_test_setup_teardown(test_greeting, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_negotiation_first, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_query_status_stop_cont, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_migrate_commands, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_query_version_and_commands,
+					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_quit, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_id_echo, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_split_and_batched, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_two_clients, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_events, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_oversized_and_garbage, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_client_not_reading, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_stop_with_clients, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_listener_paths, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_tcp, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_feed_bytewise, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_feed_limits, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_feed_random, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
