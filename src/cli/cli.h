@@ -46,5 +46,6 @@ bool kv_cli_parse_u64(const char *text, uint64_t *out);
 void kv_cli_hex(const uint8_t *bytes, int n, char *buf);
 
 int kv_cmd_memtest(int argc, char **argv);
+int kv_cmd_run(int argc, char **argv);
 
 #endif

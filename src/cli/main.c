@@ -24,6 +24,7 @@ static const struct kv_subcommand subcommands[] = {
      "migrate a memory region between two kvmig processes "
      "(or through a file)",
      kv_cmd_memtest},
+    {"run", "run a multiboot kernel in a KVM virtual machine", kv_cmd_run},
     {"version", "print the version", cmd_version},
     {"help", "print this help, or a subcommand's with 'help CMD'", cmd_help},
     {NULL, NULL, NULL},

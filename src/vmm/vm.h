@@ -80,4 +80,31 @@ struct kv_serial *kv_vm_serial(struct kv_vm *vm);
 /* Mark guest RAM the VMM itself wrote as dirty (offset in "pc.ram"). */
 void kv_vm_mark_dirty(struct kv_vm *vm, uint64_t ram_offset, uint64_t len);
 
+/* The /dev/kvm fd (for KVM_GET_MSR_INDEX_LIST and friends). */
+int kv_vm_kvm_fd(const struct kv_vm *vm);
+/* The configuration the VM was created with. */
+const struct kv_vm_config *kv_vm_get_config(const struct kv_vm *vm);
+
+/* The KVM memory slots backing "pc.ram" (to build a dirty tracker). */
+struct kv_kvm_slot;
+const struct kv_kvm_slot *kv_vm_slots(const struct kv_vm *vm, int *n);
+
+/* Dirty-tracking hooks installed by the migration glue. `mark` receives
+ * every range the VMM writes into guest RAM (kv_vm_mark_dirty); `ring_full`
+ * runs on the vCPU's own thread at KVM_EXIT_DIRTY_RING_FULL (with the ring
+ * tracker: kv_kvm_ring_harvest) and a negative return fails the VM. The
+ * struct must outlive its installation; NULL uninstalls. Any thread, any
+ * time: vCPU threads load the pointer atomically. */
+struct kv_vm_dirty_hooks {
+	void (*mark)(void *opaque, uint64_t ram_offset, uint64_t len);
+	int (*ring_full)(void *opaque, int vcpu_index, struct kv_error *err);
+	void *opaque;
+};
+void kv_vm_set_dirty_hooks(struct kv_vm *vm,
+			   const struct kv_vm_dirty_hooks *hooks);
+
+/* How long the last kv_vm_pause took, from the request until every vCPU
+ * was parked (part of the downtime). */
+int64_t kv_vm_last_pause_ns(const struct kv_vm *vm);
+
 #endif

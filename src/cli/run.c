@@ -1,0 +1,222 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvmig run: boot a multiboot kernel in a KVM VM and wait until the guest
+ * powers off (exit 0), fails (exit 1) or kvmig is told to stop by a signal
+ * (exit 128 + signal).
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "base/error.h"
+#include "cli/cli.h"
+#include "vmm/vm.h"
+
+#define MIB (1024ULL * 1024)
+
+struct run_args {
+	struct kv_vm_config cfg;
+	const char *qmp;
+	const char *incoming;
+	bool verify_ram;
+};
+
+struct signal_waiter {
+	pthread_t thread;
+	sigset_t set;
+	struct kv_vm *vm;
+};
+
+static void print_help(void)
+{
+	printf(
+	    "Usage: kvmig run --kernel ELF [OPTIONS]\n"
+	    "\n"
+	    "Run a multiboot v1 kernel in a KVM virtual machine until it "
+	    "powers off\n"
+	    "(a 16-bit write of 0x2000 to port 0x604 or 0xb004).\n"
+	    "\n"
+	    "Options:\n"
+	    "  --memory SIZE          guest RAM, a multiple of 2M "
+	    "(default 1G)\n"
+	    "  --cpus N               vCPUs, 1 to %d (default 2)\n"
+	    "  --kernel ELF           multiboot v1 kernel (32-bit ELF)\n"
+	    "  --append CMDLINE       kernel command line\n"
+	    "  --console stdio|file:PATH|none\n"
+	    "                         where the serial console goes "
+	    "(default stdio;\n"
+	    "                         stdio also feeds stdin to the guest)\n"
+	    "  --dirty-tracker log|ring\n"
+	    "                         KVM dirty tracking for migration "
+	    "(default log)\n"
+	    "  --qmp unix:PATH        QMP monitor socket\n"
+	    "  --incoming URI|defer   wait for a migration instead of "
+	    "booting\n"
+	    "  --verify-ram           hash all guest RAM at switch-over "
+	    "(debug)\n"
+	    "\n"
+	    "Exit status: 0 the guest powered off, 1 failure, 2 usage "
+	    "error,\n"
+	    "128+N stopped by signal N.\n",
+	    KV_VM_MAX_VCPUS);
+}
+
+static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
+{
+	const char *memory = NULL, *cpus = NULL, *tracker = NULL;
+	const char *verify = NULL;
+	const struct kv_cli_opt opts[] = {
+	    {"memory", true, &memory},
+	    {"cpus", true, &cpus},
+	    {"kernel", true, &a->cfg.kernel},
+	    {"append", true, &a->cfg.cmdline},
+	    {"console", true, &a->cfg.console},
+	    {"dirty-tracker", true, &tracker},
+	    {"qmp", true, &a->qmp},
+	    {"incoming", true, &a->incoming},
+	    {"verify-ram", false, &verify},
+	    {NULL, false, NULL},
+	};
+	uint64_t n;
+	int rc = kv_cli_parse("run", argc, argv, opts, help);
+
+	if (rc || *help)
+		return rc;
+	a->cfg.mem_size = 1024 * MIB;
+	a->cfg.ncpus = 2;
+	if (memory && (!kv_cli_parse_size(memory, &a->cfg.mem_size) ||
+		       a->cfg.mem_size % (2 * MIB) ||
+		       a->cfg.mem_size < 4 * MIB))
+		return kv_cli_usage_error(
+		    "run", "--memory '%s': need a size of at least 4M, a "
+			   "multiple of 2M",
+		    memory);
+	if (cpus && (!kv_cli_parse_u64(cpus, &n) || n < 1 ||
+		     n > KV_VM_MAX_VCPUS))
+		return kv_cli_usage_error("run",
+					  "--cpus '%s': need 1 to %d", cpus,
+					  KV_VM_MAX_VCPUS);
+	if (cpus)
+		a->cfg.ncpus = (int)n;
+	if (!a->cfg.console)
+		a->cfg.console = "stdio";
+	if (strcmp(a->cfg.console, "stdio") &&
+	    strcmp(a->cfg.console, "none") &&
+	    (strncmp(a->cfg.console, "file:", 5) || !a->cfg.console[5]))
+		return kv_cli_usage_error(
+		    "run", "--console '%s': expected stdio, none or file:PATH",
+		    a->cfg.console);
+	if (!tracker || !strcmp(tracker, "log"))
+		a->cfg.dirty_mode = KV_DIRTY_LOG;
+	else if (!strcmp(tracker, "ring"))
+		a->cfg.dirty_mode = KV_DIRTY_RING;
+	else
+		return kv_cli_usage_error(
+		    "run", "--dirty-tracker '%s': expected log or ring",
+		    tracker);
+	if (a->qmp && strncmp(a->qmp, "unix:", 5))
+		return kv_cli_usage_error(
+		    "run", "--qmp '%s': expected unix:PATH", a->qmp);
+	if (!a->cfg.kernel && !a->incoming)
+		return kv_cli_usage_error("run",
+					  "--kernel ELF is required (or "
+					  "--incoming)");
+	if (a->cfg.kernel && a->incoming)
+		return kv_cli_usage_error(
+		    "run", "--kernel and --incoming exclude each other");
+	a->verify_ram = verify != NULL;
+	return KV_EXIT_OK;
+}
+
+static void *signal_main(void *arg)
+{
+	struct signal_waiter *w = arg;
+	int sig;
+
+	if (sigwait(&w->set, &sig) == 0 && sig != SIGUSR2) {
+		fprintf(stderr, "kvmig run: %s, stopping the VM\n",
+			strsignal(sig));
+		kv_vm_request_exit(w->vm, 128 + sig);
+	}
+	return NULL;
+}
+
+/* Termination signals are blocked everywhere (vCPU threads inherit the
+ * mask) and taken by one thread; SIGUSR2 tells it to leave. */
+static void block_signals(struct signal_waiter *w)
+{
+	sigemptyset(&w->set);
+	sigaddset(&w->set, SIGINT);
+	sigaddset(&w->set, SIGTERM);
+	sigaddset(&w->set, SIGHUP);
+	sigaddset(&w->set, SIGUSR2);
+	pthread_sigmask(SIG_BLOCK, &w->set, NULL);
+}
+
+static int boot_and_wait(struct run_args *a, struct kv_error *err)
+{
+	struct signal_waiter w = {0};
+	struct kv_vm *vm = NULL;
+	int64_t t0 = kv_now_ns();
+	bool waiter = false;
+	int rc;
+
+	block_signals(&w);
+	rc = kv_vm_create(&a->cfg, &vm, err);
+	if (!rc)
+		rc = kv_vm_boot_kernel(vm, err);
+	if (!rc) {
+		w.vm = vm;
+		waiter = !pthread_create(&w.thread, NULL, signal_main, &w);
+		rc = kv_vm_start(vm, err);
+	}
+	if (!rc) {
+		fprintf(stderr,
+			"kvmig run: guest started: %d vCPU(s), %llu MiB, "
+			"set up in %.1f ms\n",
+			a->cfg.ncpus,
+			(unsigned long long)(a->cfg.mem_size / MIB),
+			(double)(kv_now_ns() - t0) / 1e6);
+		rc = kv_vm_wait(vm, err);
+	}
+	if (waiter) {
+		pthread_kill(w.thread, SIGUSR2);
+		pthread_join(w.thread, NULL);
+	}
+	kv_vm_destroy(vm);
+	return rc;
+}
+
+int kv_cmd_run(int argc, char **argv)
+{
+	struct run_args a;
+	struct kv_error err;
+	bool help;
+	int rc;
+
+	memset(&a, 0, sizeof(a));
+	kv_error_clear(&err);
+	rc = parse_args(argc, argv, &a, &help);
+	if (rc)
+		return rc;
+	if (help) {
+		print_help();
+		return KV_EXIT_OK;
+	}
+	if (a.qmp || a.incoming) {
+		fprintf(stderr, "kvmig run: %s is not implemented yet\n",
+			a.qmp ? "--qmp" : "--incoming");
+		return KV_EXIT_FAILURE;
+	}
+	rc = boot_and_wait(&a, &err);
+	if (rc < 0) {
+		fprintf(stderr, "kvmig run: %s\n",
+			err.msg[0] ? err.msg : strerror(-rc));
+		return KV_EXIT_FAILURE;
+	}
+	return rc;
+}
