@@ -964,6 +964,9 @@ static void test_stop_with_clients(void **state)
 	struct stat st;
 
 	client_send(a, "{\"execute\": \"query-st"); /* half a document */
+	/* Events still queued at stop are freed, not delivered late. */
+	kv_qmp_event(fx->q, "RESUME", json_pack("{s:i}", "n", 1));
+	kv_qmp_event(fx->q, "RESUME", NULL);
 	kv_qmp_stop(fx->q);
 	fx->q = NULL;
 	expect_dropped(a);
@@ -972,6 +975,29 @@ static void test_stop_with_clients(void **state)
 	assert_true(stat(fx->path, &st) < 0 && errno == ENOENT);
 	client_close(a);
 	client_close(b);
+}
+
+/* A client that sends its commands then shuts down its sending side
+ * still gets every reply before the server closes. */
+static void test_half_close(void **state)
+{
+	struct fixture *fx = *state;
+	struct client *c = client_greeted(fx);
+	json_t *r;
+
+	client_send(c, "{\"execute\": \"qmp_capabilities\", \"id\": 1}\n"
+		       "{\"execute\": \"stop\", \"id\": 2}\n");
+	assert_int_equal(shutdown(c->fd, SHUT_WR), 0);
+	r = client_recv(c);
+	assert_int_equal(json_integer_value(json_object_get(r, "id")), 1);
+	json_decref(r);
+	r = client_recv(c);
+	assert_int_equal(json_integer_value(json_object_get(r, "id")), 2);
+	assert_non_null(json_object_get(r, "return"));
+	json_decref(r);
+	assert_null(client_recv_or_eof(c));
+	assert_int_equal(fake_get(&fx->vm, &fx->vm.stop_calls), 1);
+	client_close(c);
 }
 
 static void test_listener_paths(void **state)
@@ -1167,6 +1193,36 @@ static void test_feed_limits(void **state)
 	kv_qmp_client_free(c);
 }
 
+/* A VMM that leaves a callback out gets a clear error, not a crash. */
+static void test_missing_ops(void **state)
+{
+	struct kv_qmp_ops none = {0};
+	struct kv_qmp_client *c = kv_qmp_client_new(-1, 1, &none);
+	const char *cmds[] = {
+	    "query-status", "stop",	      "cont",
+	    "quit",	    "migrate_cancel", "query-migrate",
+	};
+	char text[128];
+	json_t *r;
+	size_t i;
+
+	assert_non_null(c);
+	c->negotiated = true;
+	for (i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		snprintf(text, sizeof(text), "{\"execute\": \"%s\"}", cmds[i]);
+		assert_int_equal(kv_qmp_feed(c, text, strlen(text)), 0);
+		r = take_output(c);
+		assert_non_null(r);
+		assert_non_null(
+		    strstr(json_string_value(json_object_get(
+			       json_object_get(r, "error"), "desc")),
+			   "is not supported"));
+		json_decref(r);
+	}
+	assert_false(c->quit_requested);
+	kv_qmp_client_free(c);
+}
+
 /* Random bytes and mutations of valid requests: every call returns, and
  * every byte of output is a valid JSON message. */
 static void test_feed_random(void **state)
@@ -1238,6 +1294,8 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_stop_with_clients, setup,
 					    teardown),
+	    cmocka_unit_test_setup_teardown(test_half_close, setup, teardown),
+	    cmocka_unit_test(test_missing_ops),
 	    cmocka_unit_test_setup_teardown(test_listener_paths, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_tcp, setup, teardown),
