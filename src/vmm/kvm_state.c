@@ -767,7 +767,8 @@ static int check_pit(const struct kvm_pit_state2 *pit, struct kv_error *err)
 	for (int i = 0; i < 3; i++) {
 		const struct kvm_pit_channel_state *c = &pit->channels[i];
 
-		if (c->mode > 5 || c->bcd > 1 || c->gate > 1 ||
+		/* 0xff: never programmed (how KVM resets a channel). */
+		if ((c->mode > 7 && c->mode != 0xff) || c->bcd > 1 || c->gate > 1 ||
 		    c->read_state > 4 || c->write_state > 4 ||
 		    c->rw_mode > 4 || c->count > 0x10000)
 			return kv_error_set(err, -EINVAL,
