@@ -51,7 +51,9 @@ struct kv_qmp_ops {
 
 struct kv_qmp;
 
-/* Listen on "unix:PATH" or "tcp:HOST:PORT" and start the monitor thread. */
+/* Listen on "unix:PATH" or "tcp:HOST:PORT" and start the monitor thread
+ * (which blocks every signal). A stale unix socket file is replaced; a path
+ * that is not a socket, or a socket someone listens on, is refused. */
 int kv_qmp_start(const char *uri, const struct kv_qmp_ops *ops,
 		 struct kv_qmp **out, struct kv_error *err);
 /* The address listened on, as a URI ("unix:PATH", "tcp:HOST:PORT" with the

@@ -14,6 +14,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,10 +80,14 @@ static int clear_unix_path(const char *uri, const struct sockaddr_un *sa,
 				    "QMP %s: path exists and is not a socket; "
 				    "remove it or choose another path",
 				    uri);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	/* Non-blocking: a live listener with a full backlog answers EAGAIN
+	 * instead of making us wait. */
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return kv_error_set_errno(err, -errno, "QMP %s: socket", uri);
 	rc = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
+	if (rc < 0 && errno == EAGAIN)
+		rc = 0;
 	close(fd);
 	if (rc == 0)
 		return kv_error_set(
@@ -536,6 +541,20 @@ static void free_qmp(struct kv_qmp *q)
 	free(q);
 }
 
+/* The thread blocks every signal, so process-wide ones (SIGINT, SIGTERM)
+ * reach the VMM's own threads and never interrupt the monitor. */
+static int start_thread(struct kv_qmp *q)
+{
+	sigset_t all, old;
+	int rc;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(&q->thread, NULL, monitor_thread, q);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return rc;
+}
+
 int kv_qmp_start(const char *uri, const struct kv_qmp_ops *ops,
 		 struct kv_qmp **out, struct kv_error *err)
 {
@@ -561,7 +580,7 @@ int kv_qmp_start(const char *uri, const struct kv_qmp_ops *ops,
 		free_qmp(q);
 		return rc;
 	}
-	rc = pthread_create(&q->thread, NULL, monitor_thread, q);
+	rc = start_thread(q);
 	if (rc) {
 		rc = kv_error_set_errno(err, -rc, "QMP %s: starting the thread",
 					uri);
