@@ -11,11 +11,18 @@
  *    exists, else KVM_GET_XSAVE. The wire carries a fixed 4096-byte area;
  *    a host whose XSAVE2 size is larger is rejected at probe time with a
  *    message naming the size (we would lose AMX-like state otherwise).
- *  - kvmclock: the destination sets the saved clock value with flags 0,
- *    not KVM_CLOCK_REALTIME: the guest's kvmclock goes on from where it
- *    stopped, as the TSC does (the TSC MSR is restored to its saved value),
- *    so both clocks agree and neither jumps by the downtime. REALTIME would
- *    advance kvmclock by the downtime while the TSC did not.
+ *  - kvmclock goes on in host real time across the downtime: the
+ *    destination sets it to the saved value plus the host time elapsed
+ *    since the save (KVM_SET_CLOCK with KVM_CLOCK_REALTIME when the source's
+ *    KVM_GET_CLOCK offered a realtime stamp, else our own CLOCK_REALTIME
+ *    stamp taken next to KVM_GET_CLOCK). Why not freeze it at the saved
+ *    value: on this platform (PVM) the guest reads the host's TSC directly
+ *    and KVM silently ignores writes to the TSC MSR (measured), so the
+ *    guest's TSC keeps running during the downtime; a frozen kvmclock
+ *    would then fall behind the TSC by every downtime. Advancing both keeps
+ *    the two clocks consistent with each other. The TSC MSR is still
+ *    restored: where KVM can offset the TSC, the guest TSC continues from
+ *    the saved value.
  */
 #include "vmm/kvm_state.h"
 
@@ -26,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 
 #define MSR_IA32_TSC 0x10U
 #define MSR_IA32_TSC_DEADLINE 0x6e0U
@@ -743,6 +751,36 @@ static int put_irqchip(int vm_fd, uint32_t chip, const void *in, size_t len,
 	return 0;
 }
 
+static uint64_t host_realtime_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* What to hand KVM_SET_CLOCK: the saved clock advanced by the host time
+ * since the save (see the file comment). With KVM's own realtime stamp the
+ * kernel does the arithmetic against the same clock it stamped with. */
+static void restore_clock(const struct kvm_clock_data *saved,
+			  struct kvm_clock_data *out)
+{
+	uint64_t now;
+
+	memset(out, 0, sizeof(*out));
+	out->clock = saved->clock;
+	if (saved->flags & KVM_CLOCK_REALTIME) {
+		out->flags = KVM_CLOCK_REALTIME;
+		out->realtime = saved->realtime;
+		return;
+	}
+	now = host_realtime_ns();
+	/* A host clock that went backwards (another host, a step) must not
+	 * move the guest's clock back: then no advance at all. */
+	if (saved->realtime && now > saved->realtime)
+		out->clock += now - saved->realtime;
+}
+
 int kv_vm_state_get(int vm_fd, struct kv_vm_state *st, struct kv_error *err)
 {
 	int ret;
@@ -757,6 +795,8 @@ int kv_vm_state_get(int vm_fd, struct kv_vm_state *st, struct kv_error *err)
 				err);
 	ret = ret ?: vcpu_ioctl(vm_fd, KVM_GET_CLOCK, &st->clock,
 				"KVM_GET_CLOCK", err);
+	if (!ret && !(st->clock.flags & KVM_CLOCK_REALTIME))
+		st->clock.realtime = host_realtime_ns();
 	if (ret)
 		kv_error_prefix(err, "reading VM state");
 	return ret;
@@ -814,9 +854,7 @@ int kv_vm_state_put(int vm_fd, const struct kv_vm_state *st,
 				 sizeof(st->ioapic), err);
 	ret = ret ?: vcpu_ioctl(vm_fd, KVM_SET_PIT2, (void *)&st->pit,
 				"KVM_SET_PIT2", err);
-	/* The saved value only, flags 0: see the file comment. */
-	memset(&clk, 0, sizeof(clk));
-	clk.clock = st->clock.clock;
+	restore_clock(&st->clock, &clk);
 	ret = ret ?: vcpu_ioctl(vm_fd, KVM_SET_CLOCK, &clk, "KVM_SET_CLOCK",
 				err);
 	if (ret)
@@ -930,8 +968,8 @@ const struct kv_vmstate_desc *kv_pit_vmsd(void)
 	return &pit_vmsd;
 }
 
-/* flags, realtime and host_tsc are carried for diagnosis; the restore uses
- * the clock value alone (see the file comment). */
+/* clock and realtime (KVM's stamp when flags has KVM_CLOCK_REALTIME, else
+ * ours) drive the restore; host_tsc is carried for diagnosis. */
 static const struct kv_vmstate_field kvmclock_fields[] = {
 	U64(struct kv_vm_state, clock.clock),
 	U32(struct kv_vm_state, clock.flags),
