@@ -41,7 +41,7 @@ struct dirty_slot {
 	uint64_t npages;
 	uint64_t block_page;
 	unsigned long *reported; /* log: bits of the last GET_DIRTY_LOG */
-	unsigned long *scratch;  /* log: bits handed to CLEAR_DIRTY_LOG */
+	unsigned long *scratch;	 /* log: bits handed to CLEAR_DIRTY_LOG */
 };
 
 struct dirty_ring {
@@ -89,9 +89,10 @@ static int log_enable(int vm_fd, struct kv_error *err)
 	int want;
 
 	if (have <= 0 || !(have & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE))
-		return kv_error_set(err, -ENOTSUP,
-				    "KVM lacks KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2"
-				    ": the dirty log tracker needs it");
+		return kv_error_set(
+		    err, -ENOTSUP,
+		    "KVM lacks KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2"
+		    ": the dirty log tracker needs it");
 	want = have & (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE |
 		       KVM_DIRTY_LOG_INITIALLY_SET);
 	if (enable_cap(vm_fd, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, (uint64_t)want,
@@ -110,8 +111,8 @@ int kv_kvm_dirty_log_enable_cap(int vm_fd, struct kv_error *err)
 /* The ring capability to use: the acquire/release flavour when offered. */
 static uint32_t ring_cap(int vm_fd, int *max_bytes)
 {
-	int n = ioctl(vm_fd, KVM_CHECK_EXTENSION,
-		      KVM_CAP_DIRTY_LOG_RING_ACQ_REL);
+	int n =
+	    ioctl(vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING_ACQ_REL);
 
 	if (n > 0) {
 		*max_bytes = n;
@@ -132,17 +133,17 @@ int kv_kvm_dirty_ring_enable_cap(int vm_fd, uint32_t entries,
 	if (!max_bytes)
 		return kv_error_set(err, -ENOTSUP,
 				    "KVM lacks KVM_CAP_DIRTY_LOG_RING");
-	if (!entries || (entries & (entries - 1)) || bytes > (uint64_t)max_bytes)
-		return kv_error_set(err, -EINVAL,
-				    "dirty ring of %u entries: need a power "
-				    "of two of at most %zu entries",
-				    entries,
-				    (size_t)max_bytes /
-					sizeof(struct kvm_dirty_gfn));
+	if (!entries || (entries & (entries - 1)) ||
+	    bytes > (uint64_t)max_bytes)
+		return kv_error_set(
+		    err, -EINVAL,
+		    "dirty ring of %u entries: need a power "
+		    "of two of at most %zu entries",
+		    entries, (size_t)max_bytes / sizeof(struct kvm_dirty_gfn));
 	return enable_cap(vm_fd, cap, bytes, err,
 			  cap == KVM_CAP_DIRTY_LOG_RING_ACQ_REL
-				  ? "KVM_CAP_DIRTY_LOG_RING_ACQ_REL"
-				  : "KVM_CAP_DIRTY_LOG_RING");
+			      ? "KVM_CAP_DIRTY_LOG_RING_ACQ_REL"
+			      : "KVM_CAP_DIRTY_LOG_RING");
 }
 
 /* ---- common ---- */
@@ -151,11 +152,11 @@ static int set_slot_flags(struct kv_kvm_dirty *d, struct dirty_slot *sl,
 			  uint32_t flags, struct kv_error *err)
 {
 	struct kvm_userspace_memory_region r = {
-		.slot = sl->s.slot,
-		.flags = flags,
-		.guest_phys_addr = sl->s.gpa,
-		.memory_size = sl->s.size,
-		.userspace_addr = (uint64_t)(uintptr_t)sl->s.host,
+	    .slot = sl->s.slot,
+	    .flags = flags,
+	    .guest_phys_addr = sl->s.gpa,
+	    .memory_size = sl->s.size,
+	    .userspace_addr = (uint64_t)(uintptr_t)sl->s.host,
 	};
 
 	if (ioctl(d->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
@@ -174,8 +175,9 @@ static struct kv_kvm_dirty *dirty_new(enum tracker_kind kind, int vm_fd,
 {
 	struct kv_kvm_dirty *d = calloc(1, sizeof(*d));
 
-	if (!d || !(d->slots = calloc(nslots > 0 ? (size_t)nslots : 1,
-				      sizeof(*d->slots))) ||
+	if (!d ||
+	    !(d->slots =
+		  calloc(nslots > 0 ? (size_t)nslots : 1, sizeof(*d->slots))) ||
 	    !(d->soft = kv_bitmap_new(block_pages))) {
 		kv_kvm_dirty_free(d);
 		kv_error_set(err, -ENOMEM, "dirty tracker: no memory");
@@ -192,7 +194,7 @@ static struct kv_kvm_dirty *dirty_new(enum tracker_kind kind, int vm_fd,
 		sl->npages = slots[i].size >> KV_PAGE_SHIFT;
 		sl->block_page = slots[i].block_offset >> KV_PAGE_SHIFT;
 		if ((slots[i].size | slots[i].block_offset) &
-			    (KV_PAGE_SIZE - 1) ||
+			(KV_PAGE_SIZE - 1) ||
 		    !sl->npages || sl->block_page + sl->npages > block_pages) {
 			kv_error_set(err, -EINVAL,
 				     "dirty tracker: slot %u (%llu bytes at "
@@ -268,9 +270,8 @@ static uint64_t or_slot_bits(struct kv_ram_block *b,
 	uint64_t added = 0;
 
 	if (sl->block_page % KV_BITS_PER_LONG == 0)
-		return kv_bitmap_or_atomic(b->dirty +
-						   sl->block_page /
-							   KV_BITS_PER_LONG,
+		return kv_bitmap_or_atomic(b->dirty + sl->block_page /
+							  KV_BITS_PER_LONG,
 					   bits, sl->npages);
 	for (size_t p = kv_bitmap_find_next(bits, sl->npages, 0);
 	     p < sl->npages; p = kv_bitmap_find_next(bits, sl->npages, p + 1))
@@ -282,9 +283,8 @@ static int start_logging(struct kv_kvm_dirty *d, struct kv_error *err)
 {
 	for (int i = 0; i < d->nslots; i++) {
 		struct dirty_slot *sl = &d->slots[i];
-		int ret = set_slot_flags(d, sl,
-					 sl->s.flags | KVM_MEM_LOG_DIRTY_PAGES,
-					 err);
+		int ret = set_slot_flags(
+		    d, sl, sl->s.flags | KVM_MEM_LOG_DIRTY_PAGES, err);
 
 		if (ret < 0)
 			return ret;
@@ -325,9 +325,8 @@ static int log_fetch(struct kv_kvm_dirty *d, struct dirty_slot *sl,
 	log.slot = sl->s.slot;
 	log.dirty_bitmap = sl->reported;
 	if (ioctl(d->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0)
-		return kv_error_set_errno(err, -errno,
-					  "KVM_GET_DIRTY_LOG (slot %u)",
-					  sl->s.slot);
+		return kv_error_set_errno(
+		    err, -errno, "KVM_GET_DIRTY_LOG (slot %u)", sl->s.slot);
 	return 0;
 }
 
@@ -366,8 +365,8 @@ static int log_clear_slot(struct kv_kvm_dirty *d, struct dirty_slot *sl,
 			  uint64_t first, uint64_t end, struct kv_error *err)
 {
 	uint64_t a = first & ~(uint64_t)(CLEAR_ALIGN_PAGES - 1);
-	uint64_t z = (end + CLEAR_ALIGN_PAGES - 1) &
-		     ~(uint64_t)(CLEAR_ALIGN_PAGES - 1);
+	uint64_t z =
+	    (end + CLEAR_ALIGN_PAGES - 1) & ~(uint64_t)(CLEAR_ALIGN_PAGES - 1);
 	struct kvm_clear_dirty_log cl;
 	bool any = false;
 
@@ -378,9 +377,9 @@ static int log_clear_slot(struct kv_kvm_dirty *d, struct dirty_slot *sl,
 		if (!kv_bitmap_test(sl->reported, p))
 			continue;
 		sl->scratch[(p - a) / KV_BITS_PER_LONG] |=
-			1UL << ((p - a) % KV_BITS_PER_LONG);
+		    1UL << ((p - a) % KV_BITS_PER_LONG);
 		sl->reported[p / KV_BITS_PER_LONG] &=
-			~(1UL << (p % KV_BITS_PER_LONG));
+		    ~(1UL << (p % KV_BITS_PER_LONG));
 		any = true;
 	}
 	if (!any)
@@ -436,7 +435,8 @@ static void log_keep_bits(struct kv_kvm_dirty *d)
 
 		if (log_fetch(d, sl, NULL) < 0)
 			continue;
-		for (size_t p = kv_bitmap_find_next(sl->reported, sl->npages, 0);
+		for (size_t p =
+			 kv_bitmap_find_next(sl->reported, sl->npages, 0);
 		     p < sl->npages;
 		     p = kv_bitmap_find_next(sl->reported, sl->npages, p + 1))
 			kv_bitmap_set_atomic(d->soft, sl->block_page + p);
@@ -457,10 +457,10 @@ static void log_stop(void *opaque, int failed)
 }
 
 static const struct kv_dirty_tracker_ops log_ops = {
-	.start = log_start,
-	.sync = log_sync,
-	.clear = log_clear,
-	.stop = log_stop,
+    .start = log_start,
+    .sync = log_sync,
+    .clear = log_clear,
+    .stop = log_stop,
 };
 
 struct kv_kvm_dirty *kv_kvm_dirty_log_new(int vm_fd,
@@ -504,8 +504,7 @@ static struct dirty_slot *ring_slot(struct kv_kvm_dirty *d, uint32_t id)
 
 /* Collect every published entry of one ring into the soft bitmap and hand
  * the entries back (RESET). Caller holds the ring's lock. */
-static int ring_collect(struct kv_kvm_dirty *d, int vcpu,
-			struct kv_error *err)
+static int ring_collect(struct kv_kvm_dirty *d, int vcpu, struct kv_error *err)
 {
 	struct dirty_ring *r = &d->rings[vcpu];
 	uint32_t mask = d->ring_entries - 1;
@@ -559,8 +558,7 @@ int kv_kvm_ring_harvest(struct kv_kvm_dirty *d, int vcpu_index,
 {
 	int ret;
 
-	if (d->kind != TRACK_RING || vcpu_index < 0 ||
-	    vcpu_index >= d->nrings)
+	if (d->kind != TRACK_RING || vcpu_index < 0 || vcpu_index >= d->nrings)
 		return kv_error_set(err, -EINVAL,
 				    "dirty ring harvest: no ring for vCPU %d",
 				    vcpu_index);
@@ -599,8 +597,7 @@ static int64_t ring_sync(void *opaque, struct kv_ram_block *blocks,
 	ret = ring_harvest_all(d, err);
 	if (ret < 0)
 		return ret;
-	return (int64_t)kv_bitmap_drain_into(b->dirty, d->soft,
-					     d->block_pages);
+	return (int64_t)kv_bitmap_drain_into(b->dirty, d->soft, d->block_pages);
 }
 
 static void ring_stop(void *opaque, int failed)
@@ -618,10 +615,10 @@ static void ring_stop(void *opaque, int failed)
 }
 
 static const struct kv_dirty_tracker_ops ring_ops = {
-	.start = ring_start,
-	.sync = ring_sync,
-	.clear = NULL, /* KVM_RESET_DIRTY_RINGS re-protects at sync */
-	.stop = ring_stop,
+    .start = ring_start,
+    .sync = ring_sync,
+    .clear = NULL, /* KVM_RESET_DIRTY_RINGS re-protects at sync */
+    .stop = ring_stop,
 };
 
 static int map_ring(struct dirty_ring *r, int vcpu_fd, uint32_t entries,
@@ -643,12 +640,10 @@ static int map_ring(struct dirty_ring *r, int vcpu_fd, uint32_t entries,
 	return 0;
 }
 
-struct kv_kvm_dirty *kv_kvm_dirty_ring_new(int vm_fd,
-					   const struct kv_kvm_slot *slots,
-					   int nslots, uint64_t block_pages,
-					   const int *vcpu_fds, int nvcpus,
-					   uint32_t entries,
-					   struct kv_error *err)
+struct kv_kvm_dirty *
+kv_kvm_dirty_ring_new(int vm_fd, const struct kv_kvm_slot *slots, int nslots,
+		      uint64_t block_pages, const int *vcpu_fds, int nvcpus,
+		      uint32_t entries, struct kv_error *err)
 {
 	struct kv_kvm_dirty *d;
 
@@ -682,8 +677,8 @@ struct kv_kvm_dirty *kv_kvm_dirty_ring_new(int vm_fd,
 struct kv_dirty_tracker kv_kvm_dirty_iface(struct kv_kvm_dirty *d)
 {
 	struct kv_dirty_tracker t = {
-		.ops = d->kind == TRACK_LOG ? &log_ops : &ring_ops,
-		.opaque = d,
+	    .ops = d->kind == TRACK_LOG ? &log_ops : &ring_ops,
+	    .opaque = d,
 	};
 
 	return t;

@@ -35,10 +35,10 @@
 #include <sys/ioctl.h>
 #include <time.h>
 
-#define MSR_IA32_TSC 0x10U
+#define MSR_IA32_TSC	      0x10U
 #define MSR_IA32_TSC_DEADLINE 0x6e0U
-#define IOAPIC_DEFAULT_BASE 0xfec00000ULL
-#define LAPIC_TMCCT_OFFSET 0x390U
+#define IOAPIC_DEFAULT_BASE   0xfec00000ULL
+#define LAPIC_TMCCT_OFFSET    0x390U
 
 /* On-the-wire shapes of KVM's variable-length arrays. */
 struct kv_xcr_entry {
@@ -127,8 +127,7 @@ static int fetch_msr_index_list(int kvm_fd, struct kvm_msr_list **out,
 	struct kvm_msr_list probe = {.nmsrs = 0};
 	struct kvm_msr_list *l;
 
-	if (ioctl(kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe) < 0 &&
-	    errno != E2BIG)
+	if (ioctl(kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno != E2BIG)
 		return kv_error_set_errno(err, -errno,
 					  "KVM_GET_MSR_INDEX_LIST (size)");
 	l = calloc(1, sizeof(*l) + probe.nmsrs * sizeof(uint32_t));
@@ -145,8 +144,7 @@ static int fetch_msr_index_list(int kvm_fd, struct kvm_msr_list **out,
 	return 0;
 }
 
-static int probe_xsave(int kvm_fd, struct kv_msr_list *ml,
-		       struct kv_error *err)
+static int probe_xsave(int kvm_fd, struct kv_msr_list *ml, struct kv_error *err)
 {
 	int size;
 
@@ -251,16 +249,15 @@ static int get_xsave(int vcpu_fd, const struct kv_msr_list *ml,
 		ret = vcpu_ioctl(vcpu_fd, KVM_GET_XSAVE2, x, "KVM_GET_XSAVE2",
 				 err);
 	else
-		ret = vcpu_ioctl(vcpu_fd, KVM_GET_XSAVE, x, "KVM_GET_XSAVE",
-				 err);
+		ret =
+		    vcpu_ioctl(vcpu_fd, KVM_GET_XSAVE, x, "KVM_GET_XSAVE", err);
 	if (!ret)
 		memcpy(st->xsave_area, x, KV_XSAVE_BYTES);
 	free(x);
 	return ret;
 }
 
-static int get_xcrs(int vcpu_fd, struct kv_vcpu_state *st,
-		    struct kv_error *err)
+static int get_xcrs(int vcpu_fd, struct kv_vcpu_state *st, struct kv_error *err)
 {
 	struct kvm_xcrs x;
 	int ret;
@@ -284,7 +281,7 @@ static int get_xcrs(int vcpu_fd, struct kv_vcpu_state *st,
 static struct kvm_msrs *msr_buffer(uint32_t n)
 {
 	return calloc(1, sizeof(struct kvm_msrs) +
-				 n * sizeof(struct kvm_msr_entry));
+			     n * sizeof(struct kvm_msr_entry));
 }
 
 static int get_msrs(int vcpu_fd, const struct kv_msr_list *ml,
@@ -333,22 +330,27 @@ int kv_vcpu_state_get(int vcpu_fd, const struct kv_msr_list *msrs,
 	st->known_msrs = msrs;
 	ret = vcpu_ioctl(vcpu_fd, KVM_GET_SREGS, &st->sregs, "KVM_GET_SREGS",
 			 err);
-	ret = ret ?: vcpu_ioctl(vcpu_fd, KVM_GET_REGS, &st->regs,
+	ret = ret
+		  ?: vcpu_ioctl(vcpu_fd, KVM_GET_REGS, &st->regs,
 				"KVM_GET_REGS", err);
 	ret = ret ?: get_xsave(vcpu_fd, msrs, st, err);
 	ret = ret ?: get_xcrs(vcpu_fd, st, err);
 	ret = ret ?: get_msrs(vcpu_fd, msrs, st, err);
-	ret = ret ?: vcpu_ioctl(vcpu_fd, KVM_GET_LAPIC, &lapic,
-				"KVM_GET_LAPIC", err);
+	ret = ret
+		  ?: vcpu_ioctl(vcpu_fd, KVM_GET_LAPIC, &lapic, "KVM_GET_LAPIC",
+				err);
 	if (!ret)
 		memcpy(st->lapic_regs, lapic.regs, KV_LAPIC_BYTES);
-	ret = ret ?: vcpu_ioctl(vcpu_fd, KVM_GET_DEBUGREGS, &st->debugregs,
+	ret = ret
+		  ?: vcpu_ioctl(vcpu_fd, KVM_GET_DEBUGREGS, &st->debugregs,
 				"KVM_GET_DEBUGREGS", err);
-	ret = ret ?: vcpu_ioctl(vcpu_fd, KVM_GET_MP_STATE, &mp,
+	ret = ret
+		  ?: vcpu_ioctl(vcpu_fd, KVM_GET_MP_STATE, &mp,
 				"KVM_GET_MP_STATE", err);
 	if (!ret)
 		st->mp_state = mp.mp_state;
-	ret = ret ?: vcpu_ioctl(vcpu_fd, KVM_GET_VCPU_EVENTS, &st->events,
+	ret = ret
+		  ?: vcpu_ioctl(vcpu_fd, KVM_GET_VCPU_EVENTS, &st->events,
 				"KVM_GET_VCPU_EVENTS", err);
 	if (ret)
 		kv_error_prefix(err, "reading vCPU state");
@@ -357,9 +359,9 @@ int kv_vcpu_state_get(int vcpu_fd, const struct kv_msr_list *msrs,
 
 /* ---- validation of what came from the wire ---- */
 
-#define KNOWN_EVENT_FLAGS                                                 \
-	(KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR | \
-	 KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_SMM |             \
+#define KNOWN_EVENT_FLAGS                                                      \
+	(KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR |   \
+	 KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_SMM |                \
 	 KVM_VCPUEVENT_VALID_PAYLOAD | KVM_VCPUEVENT_VALID_TRIPLE_FAULT)
 
 static int check_msrs(const struct kv_vcpu_state *st, struct kv_error *err)
@@ -406,10 +408,9 @@ static int check_vcpu_state(const struct kv_vcpu_state *st,
 				    "cpu: unknown MP state %u in the stream",
 				    st->mp_state);
 	if (st->events.flags & ~(uint32_t)KNOWN_EVENT_FLAGS)
-		return kv_error_set(err, -EINVAL,
-				    "cpu: unknown vCPU event flags %#x",
-				    st->events.flags &
-					~(uint32_t)KNOWN_EVENT_FLAGS);
+		return kv_error_set(
+		    err, -EINVAL, "cpu: unknown vCPU event flags %#x",
+		    st->events.flags & ~(uint32_t)KNOWN_EVENT_FLAGS);
 	return check_msrs(st, err);
 }
 
@@ -451,8 +452,8 @@ static int put_xcrs(int vcpu_fd, const struct kv_vcpu_state *st,
 
 /* Write entries [first, first + n) of st->msrs; only = UINT32_MAX for all,
  * else just the MSR with that index. */
-static int put_msrs(int vcpu_fd, const struct kv_vcpu_state *st,
-		    uint32_t only, struct kv_error *err)
+static int put_msrs(int vcpu_fd, const struct kv_vcpu_state *st, uint32_t only,
+		    struct kv_error *err)
 {
 	struct kvm_msrs *m = msr_buffer(st->nmsrs ? st->nmsrs : 1);
 	int set;
@@ -482,8 +483,8 @@ static int put_msrs(int vcpu_fd, const struct kv_vcpu_state *st,
 
 		free(m);
 		return kv_error_set(err, -EINVAL,
-				    "KVM_SET_MSRS refused MSR %#x = %#llx",
-				    bad, (unsigned long long)val);
+				    "KVM_SET_MSRS refused MSR %#x = %#llx", bad,
+				    (unsigned long long)val);
 	}
 	free(m);
 	return 0;
@@ -495,8 +496,7 @@ static int put_lapic(int vcpu_fd, const struct kv_vcpu_state *st,
 	struct kvm_lapic_state lapic;
 
 	memcpy(lapic.regs, st->lapic_regs, KV_LAPIC_BYTES);
-	return vcpu_ioctl(vcpu_fd, KVM_SET_LAPIC, &lapic, "KVM_SET_LAPIC",
-			  err);
+	return vcpu_ioctl(vcpu_fd, KVM_SET_LAPIC, &lapic, "KVM_SET_LAPIC", err);
 }
 
 static int put_events(int vcpu_fd, const struct kv_vcpu_state *st,
@@ -506,8 +506,8 @@ static int put_events(int vcpu_fd, const struct kv_vcpu_state *st,
 
 	/* NMI_PENDING and SIPI_VECTOR are set-only flags: KVM_GET never
 	 * reports them, but the values we carry are complete. */
-	ev.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING |
-		    KVM_VCPUEVENT_VALID_SIPI_VECTOR;
+	ev.flags |=
+	    KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR;
 	return vcpu_ioctl(vcpu_fd, KVM_SET_VCPU_EVENTS, &ev,
 			  "KVM_SET_VCPU_EVENTS", err);
 }
@@ -535,19 +535,23 @@ int kv_vcpu_state_put(int vcpu_fd, const struct kv_vcpu_state *st,
 	int ret;
 
 	ret = check_vcpu_state(st, err);
-	ret = ret ?: vcpu_ioctl(vcpu_fd, KVM_SET_SREGS, (void *)&st->sregs,
+	ret = ret
+		  ?: vcpu_ioctl(vcpu_fd, KVM_SET_SREGS, (void *)&st->sregs,
 				"KVM_SET_SREGS", err);
-	ret = ret ?: vcpu_ioctl(vcpu_fd, KVM_SET_REGS, (void *)&st->regs,
+	ret = ret
+		  ?: vcpu_ioctl(vcpu_fd, KVM_SET_REGS, (void *)&st->regs,
 				"KVM_SET_REGS", err);
 	ret = ret ?: put_xsave(vcpu_fd, st, err);
 	ret = ret ?: put_xcrs(vcpu_fd, st, err);
 	ret = ret ?: put_msrs(vcpu_fd, st, UINT32_MAX, err);
 	ret = ret ?: put_lapic(vcpu_fd, st, err);
 	ret = ret ?: put_msrs(vcpu_fd, st, MSR_IA32_TSC_DEADLINE, err);
-	ret = ret ?: vcpu_ioctl(vcpu_fd, KVM_SET_DEBUGREGS,
-				(void *)&st->debugregs, "KVM_SET_DEBUGREGS",
-				err);
-	ret = ret ?: vcpu_ioctl(vcpu_fd, KVM_SET_MP_STATE, &mp,
+	ret =
+	    ret
+		?: vcpu_ioctl(vcpu_fd, KVM_SET_DEBUGREGS,
+			      (void *)&st->debugregs, "KVM_SET_DEBUGREGS", err);
+	ret = ret
+		  ?: vcpu_ioctl(vcpu_fd, KVM_SET_MP_STATE, &mp,
 				"KVM_SET_MP_STATE", err);
 	ret = ret ?: put_events(vcpu_fd, st, err);
 	if (ret)
@@ -560,160 +564,220 @@ int kv_vcpu_state_put(int vcpu_fd, const struct kv_vcpu_state *st,
 #define U64(st, m) KV_VMS_FIELD(st, m, KV_VMS_U64, 1)
 #define U32(st, m) KV_VMS_FIELD(st, m, KV_VMS_U32, 1)
 #define U16(st, m) KV_VMS_FIELD(st, m, KV_VMS_U16, 1)
-#define U8(st, m) KV_VMS_FIELD(st, m, KV_VMS_U8, 1)
+#define U8(st, m)  KV_VMS_FIELD(st, m, KV_VMS_U8, 1)
 
 static const struct kv_vmstate_field regs_fields[] = {
-	U64(struct kvm_regs, rax), U64(struct kvm_regs, rbx),
-	U64(struct kvm_regs, rcx), U64(struct kvm_regs, rdx),
-	U64(struct kvm_regs, rsi), U64(struct kvm_regs, rdi),
-	U64(struct kvm_regs, rsp), U64(struct kvm_regs, rbp),
-	U64(struct kvm_regs, r8),  U64(struct kvm_regs, r9),
-	U64(struct kvm_regs, r10), U64(struct kvm_regs, r11),
-	U64(struct kvm_regs, r12), U64(struct kvm_regs, r13),
-	U64(struct kvm_regs, r14), U64(struct kvm_regs, r15),
-	U64(struct kvm_regs, rip), U64(struct kvm_regs, rflags),
-	KV_VMS_END,
+    U64(struct kvm_regs, rax),
+    U64(struct kvm_regs, rbx),
+    U64(struct kvm_regs, rcx),
+    U64(struct kvm_regs, rdx),
+    U64(struct kvm_regs, rsi),
+    U64(struct kvm_regs, rdi),
+    U64(struct kvm_regs, rsp),
+    U64(struct kvm_regs, rbp),
+    U64(struct kvm_regs, r8),
+    U64(struct kvm_regs, r9),
+    U64(struct kvm_regs, r10),
+    U64(struct kvm_regs, r11),
+    U64(struct kvm_regs, r12),
+    U64(struct kvm_regs, r13),
+    U64(struct kvm_regs, r14),
+    U64(struct kvm_regs, r15),
+    U64(struct kvm_regs, rip),
+    U64(struct kvm_regs, rflags),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc regs_vmsd = {
-	.name = "regs", .version_id = 1, .minimum_version_id = 1,
-	.fields = regs_fields,
+    .name = "regs",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = regs_fields,
 };
 
 static const struct kv_vmstate_field segment_fields[] = {
-	U64(struct kvm_segment, base),	  U32(struct kvm_segment, limit),
-	U16(struct kvm_segment, selector), U8(struct kvm_segment, type),
-	U8(struct kvm_segment, present),  U8(struct kvm_segment, dpl),
-	U8(struct kvm_segment, db),	  U8(struct kvm_segment, s),
-	U8(struct kvm_segment, l),	  U8(struct kvm_segment, g),
-	U8(struct kvm_segment, avl),	  U8(struct kvm_segment, unusable),
-	KV_VMS_END,
+    U64(struct kvm_segment, base),
+    U32(struct kvm_segment, limit),
+    U16(struct kvm_segment, selector),
+    U8(struct kvm_segment, type),
+    U8(struct kvm_segment, present),
+    U8(struct kvm_segment, dpl),
+    U8(struct kvm_segment, db),
+    U8(struct kvm_segment, s),
+    U8(struct kvm_segment, l),
+    U8(struct kvm_segment, g),
+    U8(struct kvm_segment, avl),
+    U8(struct kvm_segment, unusable),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc segment_vmsd = {
-	.name = "segment", .version_id = 1, .minimum_version_id = 1,
-	.fields = segment_fields,
+    .name = "segment",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = segment_fields,
 };
 
 static const struct kv_vmstate_field dtable_fields[] = {
-	U64(struct kvm_dtable, base),
-	U16(struct kvm_dtable, limit),
-	KV_VMS_END,
+    U64(struct kvm_dtable, base),
+    U16(struct kvm_dtable, limit),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc dtable_vmsd = {
-	.name = "dtable", .version_id = 1, .minimum_version_id = 1,
-	.fields = dtable_fields,
+    .name = "dtable",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = dtable_fields,
 };
 
-#define SEG(m) \
-	KV_VMS_STRUCT_FIELD(struct kvm_sregs, m, &segment_vmsd, \
+#define SEG(m)                                                                 \
+	KV_VMS_STRUCT_FIELD(struct kvm_sregs, m, &segment_vmsd,                \
 			    struct kvm_segment, 1)
-#define DTAB(m) \
-	KV_VMS_STRUCT_FIELD(struct kvm_sregs, m, &dtable_vmsd, \
+#define DTAB(m)                                                                \
+	KV_VMS_STRUCT_FIELD(struct kvm_sregs, m, &dtable_vmsd,                 \
 			    struct kvm_dtable, 1)
 
 static const struct kv_vmstate_field sregs_fields[] = {
-	SEG(cs), SEG(ds), SEG(es), SEG(fs), SEG(gs), SEG(ss), SEG(tr),
-	SEG(ldt), DTAB(gdt), DTAB(idt),
-	U64(struct kvm_sregs, cr0), U64(struct kvm_sregs, cr2),
-	U64(struct kvm_sregs, cr3), U64(struct kvm_sregs, cr4),
-	U64(struct kvm_sregs, cr8), U64(struct kvm_sregs, efer),
-	U64(struct kvm_sregs, apic_base),
-	KV_VMS_ARRAY(struct kvm_sregs, interrupt_bitmap, KV_VMS_U64,
-		     (KVM_NR_INTERRUPTS + 63) / 64, 1),
-	KV_VMS_END,
+    SEG(cs),
+    SEG(ds),
+    SEG(es),
+    SEG(fs),
+    SEG(gs),
+    SEG(ss),
+    SEG(tr),
+    SEG(ldt),
+    DTAB(gdt),
+    DTAB(idt),
+    U64(struct kvm_sregs, cr0),
+    U64(struct kvm_sregs, cr2),
+    U64(struct kvm_sregs, cr3),
+    U64(struct kvm_sregs, cr4),
+    U64(struct kvm_sregs, cr8),
+    U64(struct kvm_sregs, efer),
+    U64(struct kvm_sregs, apic_base),
+    KV_VMS_ARRAY(struct kvm_sregs, interrupt_bitmap, KV_VMS_U64,
+		 (KVM_NR_INTERRUPTS + 63) / 64, 1),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc sregs_vmsd = {
-	.name = "sregs", .version_id = 1, .minimum_version_id = 1,
-	.fields = sregs_fields,
+    .name = "sregs",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = sregs_fields,
 };
 
 static const struct kv_vmstate_field xcr_fields[] = {
-	U32(struct kv_xcr_entry, xcr),
-	U64(struct kv_xcr_entry, value),
-	KV_VMS_END,
+    U32(struct kv_xcr_entry, xcr),
+    U64(struct kv_xcr_entry, value),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc xcr_vmsd = {
-	.name = "xcr", .version_id = 1, .minimum_version_id = 1,
-	.fields = xcr_fields,
+    .name = "xcr",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = xcr_fields,
 };
 
 static const struct kv_vmstate_field msr_fields[] = {
-	U32(struct kv_msr_value, index),
-	U64(struct kv_msr_value, data),
-	KV_VMS_END,
+    U32(struct kv_msr_value, index),
+    U64(struct kv_msr_value, data),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc msr_vmsd = {
-	.name = "msr", .version_id = 1, .minimum_version_id = 1,
-	.fields = msr_fields,
+    .name = "msr",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = msr_fields,
 };
 
 static const struct kv_vmstate_field debugregs_fields[] = {
-	KV_VMS_ARRAY(struct kvm_debugregs, db, KV_VMS_U64, 4, 1),
-	U64(struct kvm_debugregs, dr6),
-	U64(struct kvm_debugregs, dr7),
-	U64(struct kvm_debugregs, flags),
-	KV_VMS_END,
+    KV_VMS_ARRAY(struct kvm_debugregs, db, KV_VMS_U64, 4, 1),
+    U64(struct kvm_debugregs, dr6),
+    U64(struct kvm_debugregs, dr7),
+    U64(struct kvm_debugregs, flags),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc debugregs_vmsd = {
-	.name = "debugregs", .version_id = 1, .minimum_version_id = 1,
-	.fields = debugregs_fields,
+    .name = "debugregs",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = debugregs_fields,
 };
 
 #define EV8(m) U8(struct kvm_vcpu_events, m)
 static const struct kv_vmstate_field events_fields[] = {
-	EV8(exception.injected), EV8(exception.nr),
-	EV8(exception.has_error_code), EV8(exception.pending),
-	U32(struct kvm_vcpu_events, exception.error_code),
-	EV8(interrupt.injected), EV8(interrupt.nr), EV8(interrupt.soft),
-	EV8(interrupt.shadow),
-	EV8(nmi.injected), EV8(nmi.pending), EV8(nmi.masked),
-	U32(struct kvm_vcpu_events, sipi_vector),
-	U32(struct kvm_vcpu_events, flags),
-	EV8(smi.smm), EV8(smi.pending), EV8(smi.smm_inside_nmi),
-	EV8(smi.latched_init),
-	EV8(triple_fault.pending),
-	EV8(exception_has_payload),
-	U64(struct kvm_vcpu_events, exception_payload),
-	KV_VMS_END,
+    EV8(exception.injected),
+    EV8(exception.nr),
+    EV8(exception.has_error_code),
+    EV8(exception.pending),
+    U32(struct kvm_vcpu_events, exception.error_code),
+    EV8(interrupt.injected),
+    EV8(interrupt.nr),
+    EV8(interrupt.soft),
+    EV8(interrupt.shadow),
+    EV8(nmi.injected),
+    EV8(nmi.pending),
+    EV8(nmi.masked),
+    U32(struct kvm_vcpu_events, sipi_vector),
+    U32(struct kvm_vcpu_events, flags),
+    EV8(smi.smm),
+    EV8(smi.pending),
+    EV8(smi.smm_inside_nmi),
+    EV8(smi.latched_init),
+    EV8(triple_fault.pending),
+    EV8(exception_has_payload),
+    U64(struct kvm_vcpu_events, exception_payload),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc events_vmsd = {
-	.name = "vcpu_events", .version_id = 1, .minimum_version_id = 1,
-	.fields = events_fields,
+    .name = "vcpu_events",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = events_fields,
 };
 
 #define VS struct kv_vcpu_state
 static const struct kv_vmstate_field cpu_fields[] = {
-	KV_VMS_STRUCT_FIELD(VS, sregs, &sregs_vmsd, struct kvm_sregs, 1),
-	KV_VMS_STRUCT_FIELD(VS, regs, &regs_vmsd, struct kvm_regs, 1),
-	KV_VMS_BUF(VS, xsave_area, 1),
-	U32(VS, nr_xcrs),
-	{.name = "xcrs", .type = KV_VMS_STRUCT, .offset = offsetof(VS, xcrs),
-	 .size = sizeof(struct kv_xcr_entry), .count = KVM_MAX_XCRS,
-	 .vmsd = &xcr_vmsd, .version_id = 1},
-	U32(VS, nmsrs),
-	{.name = "msrs", .type = KV_VMS_STRUCT, .offset = offsetof(VS, msrs),
-	 .size = sizeof(struct kv_msr_value), .count = KV_MAX_SAVED_MSRS,
-	 .vmsd = &msr_vmsd, .version_id = 1},
-	KV_VMS_BUF(VS, lapic_regs, 1),
-	KV_VMS_STRUCT_FIELD(VS, debugregs, &debugregs_vmsd,
-			    struct kvm_debugregs, 1),
-	U32(VS, mp_state),
-	KV_VMS_STRUCT_FIELD(VS, events, &events_vmsd, struct kvm_vcpu_events,
-			    1),
-	KV_VMS_END,
+    KV_VMS_STRUCT_FIELD(VS, sregs, &sregs_vmsd, struct kvm_sregs, 1),
+    KV_VMS_STRUCT_FIELD(VS, regs, &regs_vmsd, struct kvm_regs, 1),
+    KV_VMS_BUF(VS, xsave_area, 1),
+    U32(VS, nr_xcrs),
+    {.name = "xcrs",
+     .type = KV_VMS_STRUCT,
+     .offset = offsetof(VS, xcrs),
+     .size = sizeof(struct kv_xcr_entry),
+     .count = KVM_MAX_XCRS,
+     .vmsd = &xcr_vmsd,
+     .version_id = 1},
+    U32(VS, nmsrs),
+    {.name = "msrs",
+     .type = KV_VMS_STRUCT,
+     .offset = offsetof(VS, msrs),
+     .size = sizeof(struct kv_msr_value),
+     .count = KV_MAX_SAVED_MSRS,
+     .vmsd = &msr_vmsd,
+     .version_id = 1},
+    KV_VMS_BUF(VS, lapic_regs, 1),
+    KV_VMS_STRUCT_FIELD(VS, debugregs, &debugregs_vmsd, struct kvm_debugregs,
+			1),
+    U32(VS, mp_state),
+    KV_VMS_STRUCT_FIELD(VS, events, &events_vmsd, struct kvm_vcpu_events, 1),
+    KV_VMS_END,
 };
 #undef VS
 
 static const struct kv_vmstate_desc cpu_vmsd = {
-	.name = "cpu", .version_id = 1, .minimum_version_id = 1,
-	.fields = cpu_fields, .post_load = cpu_post_load,
+    .name = "cpu",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = cpu_fields,
+    .post_load = cpu_post_load,
 };
 
 const struct kv_vmstate_desc *kv_vcpu_state_vmsd(void)
@@ -787,13 +851,17 @@ int kv_vm_state_get(int vm_fd, struct kv_vm_state *st, struct kv_error *err)
 
 	ret = get_irqchip(vm_fd, KVM_IRQCHIP_PIC_MASTER, &st->pic_master,
 			  sizeof(st->pic_master), err);
-	ret = ret ?: get_irqchip(vm_fd, KVM_IRQCHIP_PIC_SLAVE, &st->pic_slave,
+	ret = ret
+		  ?: get_irqchip(vm_fd, KVM_IRQCHIP_PIC_SLAVE, &st->pic_slave,
 				 sizeof(st->pic_slave), err);
-	ret = ret ?: get_irqchip(vm_fd, KVM_IRQCHIP_IOAPIC, &st->ioapic,
+	ret = ret
+		  ?: get_irqchip(vm_fd, KVM_IRQCHIP_IOAPIC, &st->ioapic,
 				 sizeof(st->ioapic), err);
-	ret = ret ?: vcpu_ioctl(vm_fd, KVM_GET_PIT2, &st->pit, "KVM_GET_PIT2",
+	ret = ret
+		  ?: vcpu_ioctl(vm_fd, KVM_GET_PIT2, &st->pit, "KVM_GET_PIT2",
 				err);
-	ret = ret ?: vcpu_ioctl(vm_fd, KVM_GET_CLOCK, &st->clock,
+	ret = ret
+		  ?: vcpu_ioctl(vm_fd, KVM_GET_CLOCK, &st->clock,
 				"KVM_GET_CLOCK", err);
 	if (!ret && !(st->clock.flags & KVM_CLOCK_REALTIME))
 		st->clock.realtime = host_realtime_ns();
@@ -808,8 +876,8 @@ static int check_pit(const struct kvm_pit_state2 *pit, struct kv_error *err)
 		const struct kvm_pit_channel_state *c = &pit->channels[i];
 
 		/* 0xff: never programmed (how KVM resets a channel). */
-		if ((c->mode > 7 && c->mode != 0xff) || c->bcd > 1 || c->gate > 1 ||
-		    c->read_state > 4 || c->write_state > 4 ||
+		if ((c->mode > 7 && c->mode != 0xff) || c->bcd > 1 ||
+		    c->gate > 1 || c->read_state > 4 || c->write_state > 4 ||
 		    c->rw_mode > 4 || c->count > 0x10000)
 			return kv_error_set(err, -EINVAL,
 					    "pit: channel %d state out of "
@@ -826,8 +894,7 @@ static int check_pit(const struct kvm_pit_state2 *pit, struct kv_error *err)
 	return 0;
 }
 
-static int check_ioapic(const struct kvm_ioapic_state *io,
-			struct kv_error *err)
+static int check_ioapic(const struct kvm_ioapic_state *io, struct kv_error *err)
 {
 	if (io->base_address != IOAPIC_DEFAULT_BASE)
 		return kv_error_set(err, -EINVAL,
@@ -846,17 +913,21 @@ int kv_vm_state_put(int vm_fd, const struct kv_vm_state *st,
 
 	ret = check_ioapic(&st->ioapic, err);
 	ret = ret ?: check_pit(&st->pit, err);
-	ret = ret ?: put_irqchip(vm_fd, KVM_IRQCHIP_PIC_MASTER,
-				 &st->pic_master, sizeof(st->pic_master), err);
-	ret = ret ?: put_irqchip(vm_fd, KVM_IRQCHIP_PIC_SLAVE, &st->pic_slave,
+	ret = ret
+		  ?: put_irqchip(vm_fd, KVM_IRQCHIP_PIC_MASTER, &st->pic_master,
+				 sizeof(st->pic_master), err);
+	ret = ret
+		  ?: put_irqchip(vm_fd, KVM_IRQCHIP_PIC_SLAVE, &st->pic_slave,
 				 sizeof(st->pic_slave), err);
-	ret = ret ?: put_irqchip(vm_fd, KVM_IRQCHIP_IOAPIC, &st->ioapic,
+	ret = ret
+		  ?: put_irqchip(vm_fd, KVM_IRQCHIP_IOAPIC, &st->ioapic,
 				 sizeof(st->ioapic), err);
-	ret = ret ?: vcpu_ioctl(vm_fd, KVM_SET_PIT2, (void *)&st->pit,
+	ret = ret
+		  ?: vcpu_ioctl(vm_fd, KVM_SET_PIT2, (void *)&st->pit,
 				"KVM_SET_PIT2", err);
 	restore_clock(&st->clock, &clk);
-	ret = ret ?: vcpu_ioctl(vm_fd, KVM_SET_CLOCK, &clk, "KVM_SET_CLOCK",
-				err);
+	ret =
+	    ret ?: vcpu_ioctl(vm_fd, KVM_SET_CLOCK, &clk, "KVM_SET_CLOCK", err);
 	if (ret)
 		kv_error_prefix(err, "writing VM state");
 	return ret;
@@ -864,49 +935,60 @@ int kv_vm_state_put(int vm_fd, const struct kv_vm_state *st,
 
 #define PIC(m) U8(struct kvm_pic_state, m)
 static const struct kv_vmstate_field pic_fields[] = {
-	PIC(last_irr),	 PIC(irr),
-	PIC(imr),	 PIC(isr),
-	PIC(priority_add), PIC(irq_base),
-	PIC(read_reg_select), PIC(poll),
-	PIC(special_mask), PIC(init_state),
-	PIC(auto_eoi),	 PIC(rotate_on_auto_eoi),
-	PIC(special_fully_nested_mode), PIC(init4),
-	PIC(elcr),	 PIC(elcr_mask),
-	KV_VMS_END,
+    PIC(last_irr),
+    PIC(irr),
+    PIC(imr),
+    PIC(isr),
+    PIC(priority_add),
+    PIC(irq_base),
+    PIC(read_reg_select),
+    PIC(poll),
+    PIC(special_mask),
+    PIC(init_state),
+    PIC(auto_eoi),
+    PIC(rotate_on_auto_eoi),
+    PIC(special_fully_nested_mode),
+    PIC(init4),
+    PIC(elcr),
+    PIC(elcr_mask),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc pic_vmsd = {
-	.name = "pic", .version_id = 1, .minimum_version_id = 1,
-	.fields = pic_fields,
+    .name = "pic",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = pic_fields,
 };
 
 static const struct kv_vmstate_field ioapic_fields[] = {
-	U64(struct kvm_ioapic_state, base_address),
-	U32(struct kvm_ioapic_state, ioregsel),
-	U32(struct kvm_ioapic_state, id),
-	U32(struct kvm_ioapic_state, irr),
-	KV_VMS_ARRAY(struct kvm_ioapic_state, redirtbl, KV_VMS_U64,
-		     KVM_IOAPIC_NUM_PINS, 1),
-	KV_VMS_END,
+    U64(struct kvm_ioapic_state, base_address),
+    U32(struct kvm_ioapic_state, ioregsel),
+    U32(struct kvm_ioapic_state, id),
+    U32(struct kvm_ioapic_state, irr),
+    KV_VMS_ARRAY(struct kvm_ioapic_state, redirtbl, KV_VMS_U64,
+		 KVM_IOAPIC_NUM_PINS, 1),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc ioapic_vmsd = {
-	.name = "ioapic", .version_id = 1, .minimum_version_id = 1,
-	.fields = ioapic_fields,
+    .name = "ioapic",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = ioapic_fields,
 };
 
 static const struct kv_vmstate_field irqchip_fields[] = {
-	KV_VMS_STRUCT_FIELD(struct kv_vm_state, pic_master, &pic_vmsd,
-			    struct kvm_pic_state, 1),
-	KV_VMS_STRUCT_FIELD(struct kv_vm_state, pic_slave, &pic_vmsd,
-			    struct kvm_pic_state, 1),
-	KV_VMS_STRUCT_FIELD(struct kv_vm_state, ioapic, &ioapic_vmsd,
-			    struct kvm_ioapic_state, 1),
-	KV_VMS_END,
+    KV_VMS_STRUCT_FIELD(struct kv_vm_state, pic_master, &pic_vmsd,
+			struct kvm_pic_state, 1),
+    KV_VMS_STRUCT_FIELD(struct kv_vm_state, pic_slave, &pic_vmsd,
+			struct kvm_pic_state, 1),
+    KV_VMS_STRUCT_FIELD(struct kv_vm_state, ioapic, &ioapic_vmsd,
+			struct kvm_ioapic_state, 1),
+    KV_VMS_END,
 };
 
-static int irqchip_post_load(void *opaque, int version_id,
-			     struct kv_error *err)
+static int irqchip_post_load(void *opaque, int version_id, struct kv_error *err)
 {
 	const struct kv_vm_state *st = opaque;
 
@@ -915,8 +997,11 @@ static int irqchip_post_load(void *opaque, int version_id,
 }
 
 static const struct kv_vmstate_desc irqchip_vmsd = {
-	.name = "irqchip", .version_id = 1, .minimum_version_id = 1,
-	.fields = irqchip_fields, .post_load = irqchip_post_load,
+    .name = "irqchip",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = irqchip_fields,
+    .post_load = irqchip_post_load,
 };
 
 const struct kv_vmstate_desc *kv_irqchip_vmsd(void)
@@ -926,28 +1011,39 @@ const struct kv_vmstate_desc *kv_irqchip_vmsd(void)
 
 #define PCH(m) U8(struct kvm_pit_channel_state, m)
 static const struct kv_vmstate_field pit_channel_fields[] = {
-	U32(struct kvm_pit_channel_state, count),
-	U16(struct kvm_pit_channel_state, latched_count),
-	PCH(count_latched), PCH(status_latched), PCH(status),
-	PCH(read_state), PCH(write_state), PCH(write_latch), PCH(rw_mode),
-	PCH(mode), PCH(bcd), PCH(gate),
-	KV_VMS_FIELD(struct kvm_pit_channel_state, count_load_time,
-		     KV_VMS_I64, 1),
-	KV_VMS_END,
+    U32(struct kvm_pit_channel_state, count),
+    U16(struct kvm_pit_channel_state, latched_count),
+    PCH(count_latched),
+    PCH(status_latched),
+    PCH(status),
+    PCH(read_state),
+    PCH(write_state),
+    PCH(write_latch),
+    PCH(rw_mode),
+    PCH(mode),
+    PCH(bcd),
+    PCH(gate),
+    KV_VMS_FIELD(struct kvm_pit_channel_state, count_load_time, KV_VMS_I64, 1),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc pit_channel_vmsd = {
-	.name = "pit_channel", .version_id = 1, .minimum_version_id = 1,
-	.fields = pit_channel_fields,
+    .name = "pit_channel",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = pit_channel_fields,
 };
 
 static const struct kv_vmstate_field pit_fields[] = {
-	{.name = "channels", .type = KV_VMS_STRUCT,
-	 .offset = offsetof(struct kv_vm_state, pit.channels),
-	 .size = sizeof(struct kvm_pit_channel_state), .count = 3,
-	 .vmsd = &pit_channel_vmsd, .version_id = 1},
-	U32(struct kv_vm_state, pit.flags),
-	KV_VMS_END,
+    {.name = "channels",
+     .type = KV_VMS_STRUCT,
+     .offset = offsetof(struct kv_vm_state, pit.channels),
+     .size = sizeof(struct kvm_pit_channel_state),
+     .count = 3,
+     .vmsd = &pit_channel_vmsd,
+     .version_id = 1},
+    U32(struct kv_vm_state, pit.flags),
+    KV_VMS_END,
 };
 
 static int pit_post_load(void *opaque, int version_id, struct kv_error *err)
@@ -959,8 +1055,11 @@ static int pit_post_load(void *opaque, int version_id, struct kv_error *err)
 }
 
 static const struct kv_vmstate_desc pit_vmsd = {
-	.name = "pit", .version_id = 1, .minimum_version_id = 1,
-	.fields = pit_fields, .post_load = pit_post_load,
+    .name = "pit",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = pit_fields,
+    .post_load = pit_post_load,
 };
 
 const struct kv_vmstate_desc *kv_pit_vmsd(void)
@@ -971,16 +1070,18 @@ const struct kv_vmstate_desc *kv_pit_vmsd(void)
 /* clock and realtime (KVM's stamp when flags has KVM_CLOCK_REALTIME, else
  * ours) drive the restore; host_tsc is carried for diagnosis. */
 static const struct kv_vmstate_field kvmclock_fields[] = {
-	U64(struct kv_vm_state, clock.clock),
-	U32(struct kv_vm_state, clock.flags),
-	U64(struct kv_vm_state, clock.realtime),
-	U64(struct kv_vm_state, clock.host_tsc),
-	KV_VMS_END,
+    U64(struct kv_vm_state, clock.clock),
+    U32(struct kv_vm_state, clock.flags),
+    U64(struct kv_vm_state, clock.realtime),
+    U64(struct kv_vm_state, clock.host_tsc),
+    KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc kvmclock_vmsd = {
-	.name = "kvmclock", .version_id = 1, .minimum_version_id = 1,
-	.fields = kvmclock_fields,
+    .name = "kvmclock",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = kvmclock_fields,
 };
 
 const struct kv_vmstate_desc *kv_kvmclock_vmsd(void)

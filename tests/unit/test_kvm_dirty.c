@@ -25,15 +25,15 @@
 #include "migration/ram.h"
 #include "vmm/kvm_dirty.h"
 
-#define SLOT_PAGES 256U
-#define CODE_GPA 0x1000U
-#define PAGE_PORT 0x10
+#define SLOT_PAGES   256U
+#define CODE_GPA     0x1000U
+#define PAGE_PORT    0x10
 #define RING_ENTRIES 256U /* the smallest ring KVM takes (one page) */
 
 /* in ax,0x10; shl ax,8; mov es,ax; inc byte [es:0]; jmp back */
 static const uint8_t page_writer[] = {
-	0xe5, PAGE_PORT, 0xc1, 0xe0, 0x08, 0x8e, 0xc0,
-	0x26, 0xfe, 0x06, 0x00, 0x00, 0xeb, 0xf2,
+    0xe5, PAGE_PORT, 0xc1, 0xe0, 0x08, 0x8e, 0xc0,
+    0x26, 0xfe,	     0x06, 0x00, 0x00, 0xeb, 0xf2,
 };
 
 struct tiny_vm {
@@ -50,7 +50,8 @@ struct tiny_vm {
 
 static void set_cpuid(struct tiny_vm *v)
 {
-	size_t sz = sizeof(struct kvm_cpuid2) + 256 * sizeof(struct kvm_cpuid_entry2);
+	size_t sz =
+	    sizeof(struct kvm_cpuid2) + 256 * sizeof(struct kvm_cpuid_entry2);
 	struct kvm_cpuid2 *c = calloc(1, sz);
 
 	c->nent = 256;
@@ -91,10 +92,8 @@ static void tiny_vm_open(struct tiny_vm *v, uint32_t ring_entries)
 	v->vm = ioctl(v->kvm, KVM_CREATE_VM, 0);
 	assert_true(v->vm >= 0);
 	if (ring_entries)
-		assert_int_equal(kv_kvm_dirty_ring_enable_cap(v->vm,
-							      ring_entries,
-							      &err),
-				 0);
+		assert_int_equal(
+		    kv_kvm_dirty_ring_enable_cap(v->vm, ring_entries, &err), 0);
 	else
 		assert_int_equal(kv_kvm_dirty_log_enable_cap(v->vm, &err), 0);
 	assert_int_equal(ioctl(v->vm, KVM_CREATE_IRQCHIP, 0), 0);
@@ -151,8 +150,7 @@ static void run_to_page_request(struct tiny_vm *v)
 		assert_int_equal(ioctl(v->vcpu, KVM_RUN, 0), 0);
 		if (v->run->exit_reason == KVM_EXIT_DIRTY_RING_FULL) {
 			v->ring_full_exits++;
-			assert_int_equal(kv_kvm_ring_harvest(v->d, 0, &err),
-					 0);
+			assert_int_equal(kv_kvm_ring_harvest(v->d, 0, &err), 0);
 			continue;
 		}
 		if (v->run->exit_reason != KVM_EXIT_IO)
@@ -215,8 +213,9 @@ static bool have_kvm(void)
 	return false;
 }
 
-#define PAGES(...) (const uint16_t[]){__VA_ARGS__}, \
-	sizeof((const uint16_t[]){__VA_ARGS__}) / sizeof(uint16_t)
+#define PAGES(...)                                                             \
+	(const uint16_t[]){__VA_ARGS__},                                       \
+	    sizeof((const uint16_t[]){__VA_ARGS__}) / sizeof(uint16_t)
 
 static void test_log_reports_written_pages(void **state)
 {
@@ -397,7 +396,8 @@ static void test_ring_full_harvested_by_vcpu(void **state)
 
 static void test_bad_slots_rejected(void **state)
 {
-	struct kv_kvm_slot s = {.slot = 0, .size = 8 * KV_PAGE_SIZE,
+	struct kv_kvm_slot s = {.slot = 0,
+				.size = 8 * KV_PAGE_SIZE,
 				.block_offset = 4 * KV_PAGE_SIZE};
 	struct kv_error err = {0};
 	int fd = -1;
@@ -414,12 +414,12 @@ static void test_bad_slots_rejected(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_log_reports_written_pages),
-		cmocka_unit_test(test_log_clear_unaligned_range),
-		cmocka_unit_test(test_log_failed_stop_keeps_bits),
-		cmocka_unit_test(test_ring_reports_written_pages),
-		cmocka_unit_test(test_ring_full_harvested_by_vcpu),
-		cmocka_unit_test(test_bad_slots_rejected),
+	    cmocka_unit_test(test_log_reports_written_pages),
+	    cmocka_unit_test(test_log_clear_unaligned_range),
+	    cmocka_unit_test(test_log_failed_stop_keeps_bits),
+	    cmocka_unit_test(test_ring_reports_written_pages),
+	    cmocka_unit_test(test_ring_full_harvested_by_vcpu),
+	    cmocka_unit_test(test_bad_slots_rejected),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,22 +26,22 @@
 #include "migration/vmstate.h"
 #include "vmm/kvm_state.h"
 
-#define MEM_BYTES (64U * 4096U)
-#define CODE_GPA 0x1000U
+#define MEM_BYTES   (64U * 4096U)
+#define CODE_GPA    0x1000U
 #define COUNTER_GPA 0x3000U
-#define STEP_PORT 0x11
-#define MSR_TSC 0x10U
-#define MSR_STAR 0xc0000081U
-#define STAR_VALUE 0x0023001000000000ULL
-#define TSC_VALUE (1ULL << 40)
+#define STEP_PORT   0x11
+#define MSR_TSC	    0x10U
+#define MSR_STAR    0xc0000081U
+#define STAR_VALUE  0x0023001000000000ULL
+#define TSC_VALUE   (1ULL << 40)
 #define CLOCK_VALUE 5000000000000ULL /* 5000 s in ns */
-#define LAPIC_TPR 0x80
-#define PIT1_COUNT 0xabcdU
+#define LAPIC_TPR   0x80
+#define PIT1_COUNT  0xabcdU
 #define DOWNTIME_NS 200000000ULL
 
 /* inc bx; mov [0x3000],bx; out 0x11,al; jmp back */
 static const uint8_t counter_code[] = {
-	0x43, 0x89, 0x1e, 0x00, 0x30, 0xe6, STEP_PORT, 0xeb, 0xf7,
+    0x43, 0x89, 0x1e, 0x00, 0x30, 0xe6, STEP_PORT, 0xeb, 0xf7,
 };
 
 struct tiny_vm {
@@ -53,8 +53,8 @@ struct tiny_vm {
 
 static void tiny_vm_open(struct tiny_vm *v)
 {
-	size_t sz = sizeof(struct kvm_cpuid2) +
-		    256 * sizeof(struct kvm_cpuid_entry2);
+	size_t sz =
+	    sizeof(struct kvm_cpuid2) + 256 * sizeof(struct kvm_cpuid_entry2);
 	struct kvm_cpuid2 *cpuid = calloc(1, sz);
 	struct kvm_pit_config pit = {.flags = 0};
 	struct kvm_userspace_memory_region r;
@@ -198,8 +198,7 @@ static void save_cpu(int fd, struct kv_vcpu_state *st)
 	struct kv_error err = {0};
 	struct kv_stream *s = stream_on(fd, KV_STREAM_WRITE);
 
-	assert_int_equal(kv_vmstate_save(s, kv_vcpu_state_vmsd(), st, &err),
-			 0);
+	assert_int_equal(kv_vmstate_save(s, kv_vcpu_state_vmsd(), st, &err), 0);
 	assert_int_equal(kv_stream_close(s), 0);
 }
 
@@ -526,8 +525,7 @@ static void test_vm_state_round_trip(void **state)
 	 * PVM; the upper bound only catches nonsense. */
 	assert_int_equal(ioctl(b.vm, KVM_GET_CLOCK, &clk), 0);
 	printf("# kvmclock: %llu ns saved at least, %llu ns restored\n",
-	       (unsigned long long)CLOCK_VALUE,
-	       (unsigned long long)clk.clock);
+	       (unsigned long long)CLOCK_VALUE, (unsigned long long)clk.clock);
 	assert_true(clk.clock >= CLOCK_VALUE + DOWNTIME_NS &&
 		    clk.clock < CLOCK_VALUE + 20000000000ULL);
 
@@ -552,9 +550,9 @@ static void test_vm_state_round_trip(void **state)
 
 static void test_descriptors_valid(void **state)
 {
-	const struct kv_vmstate_desc *d[] = {
-		kv_vcpu_state_vmsd(), kv_irqchip_vmsd(), kv_pit_vmsd(),
-		kv_kvmclock_vmsd()};
+	const struct kv_vmstate_desc *d[] = {kv_vcpu_state_vmsd(),
+					     kv_irqchip_vmsd(), kv_pit_vmsd(),
+					     kv_kvmclock_vmsd()};
 	const char *names[] = {"cpu", "irqchip", "pit", "kvmclock"};
 	struct kv_error err = {0};
 
@@ -569,11 +567,11 @@ static void test_descriptors_valid(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_descriptors_valid),
-		cmocka_unit_test(test_msr_list_has_tsc),
-		cmocka_unit_test(test_vcpu_round_trip_continues),
-		cmocka_unit_test(test_bad_msrs_rejected),
-		cmocka_unit_test(test_vm_state_round_trip),
+	    cmocka_unit_test(test_descriptors_valid),
+	    cmocka_unit_test(test_msr_list_has_tsc),
+	    cmocka_unit_test(test_vcpu_round_trip_continues),
+	    cmocka_unit_test(test_bad_msrs_rejected),
+	    cmocka_unit_test(test_vm_state_round_trip),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
