@@ -14,7 +14,12 @@
  *
  * Both also OR in a software bitmap of pages the VMM itself wrote
  * (kv_kvm_dirty_mark). A failed migration keeps every bit it collected:
- * stop(failed) leaves them for the next attempt's first sync.
+ * stop(failed) fetches KVM's bits into that software bitmap, so the next
+ * attempt's first sync (or a sync while stopped) reports them.
+ * kv_kvm_dirty_log_new() enables the manual-protect cap itself too (again,
+ * harmlessly), to learn whether KVM_DIRTY_LOG_INITIALLY_SET is in effect.
+ * Both trackers cover exactly one RAM block (sync with any other block
+ * list is an error).
  *
  * A tracker maps KVM memory slots onto RAM-block offsets: slot i covers
  * guest pages [gfn_start, gfn_start + npages) = block pages

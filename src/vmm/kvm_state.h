@@ -14,7 +14,14 @@
  * ("pit"), kvmclock ("kvmclock").
  *
  * Restore order matters to KVM and is encoded in kv_vcpu_state_put():
- * sregs, regs, xsave, xcrs, msrs, lapic, debugregs, mp_state, events.
+ * sregs, regs, xsave, xcrs, msrs, lapic, debugregs, mp_state, events (the
+ * TSC deadline MSR is written once more right after the LAPIC).
+ *
+ * Clocks: kv_vm_state_put() sets kvmclock to the saved value advanced by
+ * the host time since kv_vm_state_get() (KVM_CLOCK_REALTIME when KVM gave
+ * a stamp, else our own CLOCK_REALTIME stamp): under PVM the guest's TSC
+ * is the host's and cannot be set, so it runs on through the downtime and
+ * kvmclock follows it. kvm_state.c explains the choice.
  */
 #ifndef KV_VMM_KVM_STATE_H
 #define KV_VMM_KVM_STATE_H
