@@ -1,0 +1,540 @@
+/* SPDX-License-Identifier: MIT */
+#include "vmm/vm_migration.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "io/channel.h"
+#include "io/stream.h"
+#include "migration/ram.h"
+#include "migration/savevm.h"
+#include "vmm/kvm_dirty.h"
+#include "vmm/kvm_state.h"
+#include "vmm/serial.h"
+
+/* --verify-ram: what the source hashed with the vCPUs stopped. */
+struct ram_verify {
+	uint64_t size;
+	uint8_t hash[16];
+	struct kv_vm *vm; /* not on the wire */
+};
+
+struct kv_vm_mig {
+	struct kv_vm *vm;
+	bool verify_ram;
+	struct kv_vm_mig_events ev;
+
+	struct kv_savevm *sv;
+	struct kv_ram_state *rs;
+	struct kv_kvm_dirty *dirty;
+	struct kv_vm_dirty_hooks dirty_hooks;
+	struct kv_msr_list *msrs;
+	struct kv_vcpu_state *cpus[KV_VM_MAX_VCPUS];
+	struct kv_vm_state *vmst;
+	struct kv_serial_state serial;
+	struct ram_verify verify;
+
+	pthread_mutex_t lock; /* guards everything below */
+	struct kv_migration *mig;
+	pthread_t thread;
+	bool thread_live;
+	char uri[300];
+	struct kv_mig_params params;
+	struct kv_mig_progress progress;
+	char error[KV_ERROR_MSG_MAX];
+	struct kv_listener *listener; /* incoming, for abort */
+	struct kv_stream *in_stream;  /* incoming, for abort */
+	bool in_abort;
+};
+
+/* ---- the --verify-ram device ---- */
+
+static void hash_ram(struct kv_vm *vm, uint8_t out[16])
+{
+	XXH128_hash_t h = XXH3_128bits(kv_vm_ram(vm), kv_vm_ram_size(vm));
+	XXH128_canonical_t c;
+
+	XXH128_canonicalFromHash(&c, h);
+	memcpy(out, c.digest, 16);
+}
+
+static void hex16(const uint8_t *h, char out[33])
+{
+	for (int i = 0; i < 16; i++)
+		snprintf(out + 2 * i, 3, "%02x", h[i]);
+}
+
+static int verify_post_load(void *opaque, int version_id,
+			    struct kv_error *err)
+{
+	struct ram_verify *v = opaque;
+	uint8_t here[16];
+	char a[33], b[33];
+
+	if (v->size != kv_vm_ram_size(v->vm))
+		return kv_error_set(err, -EINVAL,
+				    "ram-verify: source RAM is %llu bytes, "
+				    "this VM has %llu",
+				    (unsigned long long)v->size,
+				    (unsigned long long)kv_vm_ram_size(v->vm));
+	hash_ram(v->vm, here);
+	if (memcmp(here, v->hash, 16) != 0) {
+		hex16(v->hash, a);
+		hex16(here, b);
+		return kv_error_set(err, -EIO,
+				    "ram-verify: RAM differs after loading: "
+				    "source %s, destination %s",
+				    a, b);
+	}
+	kv_info("vmm", "ram-verify: RAM identical (XXH3-128 of %llu bytes)",
+		(unsigned long long)v->size);
+	return 0;
+}
+
+static const struct kv_vmstate_field verify_fields[] = {
+	KV_VMS_FIELD(struct ram_verify, size, KV_VMS_U64, 1),
+	KV_VMS_BUF(struct ram_verify, hash, 1),
+	KV_VMS_END,
+};
+
+static const struct kv_vmstate_desc verify_vmsd = {
+	.name = "ram-verify",
+	.version_id = 1,
+	.minimum_version_id = 1,
+	.fields = verify_fields,
+	.post_load = verify_post_load,
+};
+
+/* ---- dirty tracking ---- */
+
+static void hook_mark(void *opaque, uint64_t off, uint64_t len)
+{
+	struct kv_vm_mig *g = opaque;
+
+	kv_kvm_dirty_mark(g->dirty, off, len);
+}
+
+static int hook_ring_full(void *opaque, int vcpu, struct kv_error *err)
+{
+	struct kv_vm_mig *g = opaque;
+
+	return kv_kvm_ring_harvest(g->dirty, vcpu, err);
+}
+
+static int make_tracker(struct kv_vm_mig *g, struct kv_error *err)
+{
+	const struct kv_vm_config *cfg = kv_vm_get_config(g->vm);
+	uint64_t pages = kv_vm_ram_size(g->vm) / KV_PAGE_SIZE;
+	const struct kv_kvm_slot *slots;
+	int nslots, fds[KV_VM_MAX_VCPUS];
+
+	slots = kv_vm_slots(g->vm, &nslots);
+	if (cfg->dirty_mode == KV_DIRTY_RING) {
+		for (int i = 0; i < kv_vm_ncpus(g->vm); i++)
+			fds[i] = kv_vm_vcpu_fd(g->vm, i);
+		g->dirty = kv_kvm_dirty_ring_new(
+		    kv_vm_fd(g->vm), slots, nslots, pages, fds,
+		    kv_vm_ncpus(g->vm), cfg->dirty_ring_entries, err);
+	} else {
+		g->dirty = kv_kvm_dirty_log_new(kv_vm_fd(g->vm), slots, nslots,
+						pages, err);
+	}
+	if (!g->dirty)
+		return err && err->code ? err->code : -ENOMEM;
+	g->dirty_hooks.mark = hook_mark;
+	g->dirty_hooks.ring_full =
+	    cfg->dirty_mode == KV_DIRTY_RING ? hook_ring_full : NULL;
+	g->dirty_hooks.opaque = g;
+	kv_vm_set_dirty_hooks(g->vm, &g->dirty_hooks);
+	return 0;
+}
+
+/* ---- registration ---- */
+
+static int register_devices(struct kv_vm_mig *g, struct kv_error *err)
+{
+	int ret, n = kv_vm_ncpus(g->vm);
+
+	for (int i = 0; i < n; i++) {
+		g->cpus[i] = kv_vcpu_state_new();
+		if (!g->cpus[i])
+			return kv_error_set(err, -ENOMEM, "vCPU state: no memory");
+		kv_vcpu_state_bind_msrs(g->cpus[i], g->msrs);
+		ret = kv_savevm_register_device(g->sv, "cpu", (uint32_t)i,
+						kv_vcpu_state_vmsd(),
+						KV_PRI_DEVICE, g->cpus[i], err);
+		if (ret < 0)
+			return ret;
+	}
+	g->vmst = kv_vm_state_new();
+	if (!g->vmst)
+		return kv_error_set(err, -ENOMEM, "VM state: no memory");
+	ret = kv_savevm_register_device(g->sv, "irqchip", 0, kv_irqchip_vmsd(),
+					KV_PRI_DEVICE, g->vmst, err);
+	if (!ret)
+		ret = kv_savevm_register_device(g->sv, "pit", 0, kv_pit_vmsd(),
+						KV_PRI_DEVICE, g->vmst, err);
+	if (!ret)
+		ret = kv_savevm_register_device(g->sv, "serial", 0,
+						kv_serial_vmsd(), KV_PRI_DEVICE,
+						&g->serial, err);
+	if (!ret && g->verify_ram)
+		ret = kv_savevm_register_device(g->sv, "ram-verify", 0,
+						&verify_vmsd, KV_PRI_DEVICE,
+						&g->verify, err);
+	/* Lowest priority: the clock goes last on the wire. */
+	if (!ret)
+		ret = kv_savevm_register_device(g->sv, "kvmclock", 0,
+						kv_kvmclock_vmsd(),
+						KV_PRI_DEFAULT, g->vmst, err);
+	return ret;
+}
+
+int kv_vm_mig_new(struct kv_vm *vm, bool verify_ram,
+		  const struct kv_vm_mig_events *ev, struct kv_vm_mig **out,
+		  struct kv_error *err)
+{
+	struct kv_vm_mig *g = calloc(1, sizeof(*g));
+	int ret;
+
+	if (!g)
+		return kv_error_set(err, -ENOMEM, "migration: no memory");
+	g->vm = vm;
+	g->verify_ram = verify_ram;
+	g->verify.vm = vm;
+	if (ev)
+		g->ev = *ev;
+	pthread_mutex_init(&g->lock, NULL);
+	kv_mig_params_default(&g->params);
+
+	g->sv = kv_savevm_new(KV_VM_MACHINE_NAME);
+	g->rs = kv_ram_new();
+	if (!g->sv || !g->rs) {
+		ret = kv_error_set(err, -ENOMEM, "migration: no memory");
+		goto fail;
+	}
+	ret = kv_ram_add_block(g->rs, "pc.ram", kv_vm_ram(vm),
+			       kv_vm_ram_size(vm), err);
+	if (ret < 0)
+		goto fail;
+	ret = make_tracker(g, err);
+	if (ret < 0)
+		goto fail;
+	kv_ram_set_tracker(g->rs, kv_kvm_dirty_iface(g->dirty));
+	ret = kv_ram_register(g->rs, g->sv, err);
+	if (ret < 0)
+		goto fail;
+	g->msrs = kv_msr_list_probe(kv_vm_kvm_fd(vm), kv_vm_vcpu_fd(vm, 0), err);
+	if (!g->msrs) {
+		ret = err && err->code ? err->code : -EIO;
+		goto fail;
+	}
+	ret = register_devices(g, err);
+	if (ret < 0)
+		goto fail;
+	*out = g;
+	return 0;
+fail:
+	kv_error_prefix(err, "setting up migration");
+	kv_vm_mig_free(g);
+	return ret;
+}
+
+/* ---- source ---- */
+
+static int capture_state(struct kv_vm_mig *g, struct kv_error *err)
+{
+	int ret, n = kv_vm_ncpus(g->vm);
+
+	for (int i = 0; i < n; i++) {
+		ret = kv_vcpu_state_get(kv_vm_vcpu_fd(g->vm, i), g->msrs,
+					g->cpus[i], err);
+		if (ret < 0) {
+			kv_error_prefix(err, "saving vCPU %d", i);
+			return ret;
+		}
+	}
+	ret = kv_vm_state_get(kv_vm_fd(g->vm), g->vmst, err);
+	if (ret < 0)
+		return ret;
+	kv_serial_state_get(kv_vm_serial(g->vm), &g->serial);
+	if (g->verify_ram) {
+		g->verify.size = kv_vm_ram_size(g->vm);
+		hash_ram(g->vm, g->verify.hash);
+	}
+	return 0;
+}
+
+static int hook_stop_vm(void *opaque, struct kv_error *err)
+{
+	struct kv_vm_mig *g = opaque;
+	int ret = kv_vm_pause(g->vm, err);
+
+	if (ret < 0)
+		return ret;
+	ret = capture_state(g, err);
+	if (ret < 0)
+		kv_vm_resume(g->vm);
+	return ret;
+}
+
+static void hook_resume_vm(void *opaque)
+{
+	struct kv_vm_mig *g = opaque;
+
+	kv_vm_resume(g->vm);
+}
+
+static void hook_progress(void *opaque, const struct kv_mig_progress *p)
+{
+	struct kv_vm_mig *g = opaque;
+	bool new_pass;
+
+	pthread_mutex_lock(&g->lock);
+	new_pass = p->pass != g->progress.pass;
+	g->progress = *p;
+	pthread_mutex_unlock(&g->lock);
+	if (new_pass && g->ev.pass)
+		g->ev.pass(g->ev.opaque, p->pass);
+}
+
+static void *migration_thread(void *arg)
+{
+	struct kv_vm_mig *g = arg;
+	struct kv_error err = {0};
+	struct kv_stream *s = NULL;
+	struct kv_chan *c;
+	int ret;
+
+	c = kv_chan_connect(g->uri, &err);
+	if (c) {
+		s = kv_stream_new(c, KV_STREAM_WRITE);
+		ret = s ? kv_mig_run(g->mig, s, &err)
+			: kv_error_set(&err, -ENOMEM, "no memory for stream");
+	} else {
+		ret = err.code ? err.code : -EIO;
+		kv_mig_cancel(g->mig); /* never ran: let status say so */
+	}
+	if (s)
+		kv_stream_close(s);
+	pthread_mutex_lock(&g->lock);
+	snprintf(g->error, sizeof(g->error), "%s", ret < 0 ? err.msg : "");
+	pthread_mutex_unlock(&g->lock);
+	if (ret < 0)
+		kv_err("migration", "migration to %s failed: %s", g->uri,
+		       err.msg);
+	if (g->ev.status)
+		g->ev.status(g->ev.opaque, kv_mig_status(g->mig));
+	return NULL;
+}
+
+int kv_vm_mig_join(struct kv_vm_mig *g, struct kv_error *err)
+{
+	pthread_t t;
+	bool live;
+
+	pthread_mutex_lock(&g->lock);
+	live = g->thread_live;
+	t = g->thread;
+	g->thread_live = false;
+	pthread_mutex_unlock(&g->lock);
+	if (live)
+		pthread_join(t, NULL);
+	if (!g->mig)
+		return 0;
+	if (kv_mig_status(g->mig) == KV_MIG_COMPLETED)
+		return 0;
+	return kv_error_set(err, -EIO, "%s",
+			    g->error[0] ? g->error : "migration did not complete");
+}
+
+int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
+		    const struct kv_mig_params *params, struct kv_error *err)
+{
+	struct kv_mig_hooks hooks = {
+	    .stop_vm = hook_stop_vm,
+	    .resume_vm = hook_resume_vm,
+	    .progress = hook_progress,
+	    .opaque = g,
+	};
+	struct kv_uri parsed;
+	enum kv_mig_status st;
+	int ret;
+
+	ret = kv_uri_parse(uri, &parsed, err);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&g->lock);
+	st = g->mig ? kv_mig_status(g->mig) : KV_MIG_NONE;
+	if (g->mig && (st == KV_MIG_COMPLETED)) {
+		pthread_mutex_unlock(&g->lock);
+		return kv_error_set(err, -EBUSY,
+				    "this VM already migrated away; it cannot "
+				    "migrate again");
+	}
+	if (g->thread_live && st != KV_MIG_FAILED && st != KV_MIG_CANCELLED) {
+		pthread_mutex_unlock(&g->lock);
+		return kv_error_set(err, -EBUSY,
+				    "a migration is already in progress "
+				    "(status %s)",
+				    kv_mig_status_name(st));
+	}
+	pthread_mutex_unlock(&g->lock);
+	kv_vm_mig_join(g, NULL);
+
+	pthread_mutex_lock(&g->lock);
+	if (g->mig)
+		kv_mig_free(g->mig);
+	if (params)
+		g->params = *params;
+	g->mig = kv_mig_new(g->sv, g->rs, &g->params, &hooks);
+	snprintf(g->uri, sizeof(g->uri), "%s", uri);
+	memset(&g->progress, 0, sizeof(g->progress));
+	g->error[0] = '\0';
+	if (!g->mig) {
+		pthread_mutex_unlock(&g->lock);
+		return kv_error_set(err, -ENOMEM, "migration: no memory");
+	}
+	ret = pthread_create(&g->thread, NULL, migration_thread, g);
+	g->thread_live = ret == 0;
+	pthread_mutex_unlock(&g->lock);
+	if (ret != 0)
+		return kv_error_set_errno(err, -ret,
+					  "cannot start the migration thread");
+	return 0;
+}
+
+int kv_vm_mig_cancel(struct kv_vm_mig *g, struct kv_error *err)
+{
+	pthread_mutex_lock(&g->lock);
+	if (g->mig)
+		kv_mig_cancel(g->mig);
+	pthread_mutex_unlock(&g->lock);
+	return 0;
+}
+
+void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info)
+{
+	memset(info, 0, sizeof(*info));
+	pthread_mutex_lock(&g->lock);
+	info->started = g->mig != NULL;
+	if (g->mig) {
+		info->status = kv_mig_status(g->mig);
+		kv_mig_get_stats(g->mig, &info->stats);
+	}
+	info->progress = g->progress;
+	snprintf(info->error, sizeof(info->error), "%s", g->error);
+	pthread_mutex_unlock(&g->lock);
+	info->ram_total = kv_vm_ram_size(g->vm);
+	info->pause_ms = kv_vm_last_pause_ns(g->vm) / 1000000;
+}
+
+/* ---- destination ---- */
+
+static int commit_state(void *opaque, struct kv_error *err)
+{
+	struct kv_vm_mig *g = opaque;
+	int ret, n = kv_vm_ncpus(g->vm);
+
+	/* The interrupt controllers and PIT first: a vCPU's LAPIC state
+	 * refers to vectors the IOAPIC routes. */
+	ret = kv_vm_state_put(kv_vm_fd(g->vm), g->vmst, err);
+	if (ret < 0)
+		return ret;
+	for (int i = 0; i < n; i++) {
+		ret = kv_vcpu_state_put(kv_vm_vcpu_fd(g->vm, i), g->cpus[i],
+					err);
+		if (ret < 0) {
+			kv_error_prefix(err, "restoring vCPU %d", i);
+			return ret;
+		}
+	}
+	return kv_serial_state_put(kv_vm_serial(g->vm), &g->serial, err);
+}
+
+int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
+		       struct kv_error *err)
+{
+	struct kv_listener *l;
+	struct kv_stream *s;
+	struct kv_chan *c;
+	int ret;
+
+	l = kv_listener_open(uri, err);
+	if (!l)
+		return err && err->code ? err->code : -EIO;
+	pthread_mutex_lock(&g->lock);
+	g->listener = l;
+	ret = g->in_abort ? -ECANCELED : 0;
+	pthread_mutex_unlock(&g->lock);
+	kv_info("vmm", "waiting for an incoming migration on %s",
+		kv_listener_uri(l));
+	c = ret ? NULL : kv_listener_accept(l, err);
+	pthread_mutex_lock(&g->lock);
+	g->listener = NULL;
+	pthread_mutex_unlock(&g->lock);
+	kv_listener_close(l);
+	if (!c)
+		return kv_error_set(err, -ECANCELED,
+				    "incoming migration on %s aborted", uri);
+
+	s = kv_stream_new(c, KV_STREAM_READ);
+	if (!s) {
+		kv_chan_close(c);
+		return kv_error_set(err, -ENOMEM, "no memory for stream");
+	}
+	pthread_mutex_lock(&g->lock);
+	g->in_stream = s;
+	if (g->in_abort)
+		kv_stream_shutdown(s);
+	pthread_mutex_unlock(&g->lock);
+	ret = kv_mig_incoming_commit(g->sv, s, commit_state, g, err);
+	pthread_mutex_lock(&g->lock);
+	g->in_stream = NULL;
+	pthread_mutex_unlock(&g->lock);
+	kv_stream_close(s);
+	if (ret < 0)
+		kv_error_prefix(err, "incoming migration from %s", uri);
+	return ret;
+}
+
+void kv_vm_mig_incoming_abort(struct kv_vm_mig *g)
+{
+	pthread_mutex_lock(&g->lock);
+	g->in_abort = true;
+	if (g->listener)
+		kv_listener_shutdown(g->listener);
+	if (g->in_stream)
+		kv_stream_shutdown(g->in_stream);
+	pthread_mutex_unlock(&g->lock);
+}
+
+void kv_vm_mig_free(struct kv_vm_mig *g)
+{
+	if (!g)
+		return;
+	kv_vm_mig_cancel(g, NULL);
+	kv_vm_mig_join(g, NULL);
+	if (g->mig)
+		kv_mig_free(g->mig);
+	if (g->dirty) {
+		kv_vm_set_dirty_hooks(g->vm, NULL);
+		kv_kvm_dirty_free(g->dirty);
+	}
+	if (g->sv)
+		kv_savevm_free(g->sv);
+	if (g->rs)
+		kv_ram_free(g->rs);
+	for (int i = 0; i < KV_VM_MAX_VCPUS; i++)
+		kv_vcpu_state_free(g->cpus[i]);
+	kv_vm_state_free(g->vmst);
+	kv_msr_list_free(g->msrs);
+	pthread_mutex_destroy(&g->lock);
+	free(g);
+}

@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The glue between a VM and the migration engine: what a running VM is, in
+ * sections, and how it stops, resumes and confirms.
+ *
+ * Sections (same registration on both sides, in this order):
+ *   "ram"       instance 0  live, the RAM block "pc.ram" (both KVM slots)
+ *   "cpu"       instance i  each vCPU's KVM state (kvm_state.h)
+ *   "irqchip"   0           PIC master/slave + IOAPIC
+ *   "pit"       0           the in-kernel PIT
+ *   "serial"    0           the 16550 UART's registers
+ *   "ram-verify" 0          with --verify-ram: size + XXH3-128 of all RAM
+ *   "kvmclock"  0           last, so the clock is read as late as possible
+ * Source: the stop hook pauses every vCPU and captures all of this (and the
+ * RAM hash); complete writes it. Destination: the whole stream is loaded
+ * and validated, then committed into KVM (VM state, every vCPU, serial),
+ * and only then confirmed with SHUT(0); the caller starts the vCPUs after.
+ */
+#ifndef KV_VMM_VM_MIGRATION_H
+#define KV_VMM_VM_MIGRATION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base/error.h"
+#include "migration/migration.h"
+#include "vmm/vm.h"
+
+#define KV_VM_MACHINE_NAME "kvmig-pc-1"
+
+struct kv_vm_mig_events {
+	/* Status changes and finished passes (QMP events). Any thread. */
+	void (*status)(void *opaque, enum kv_mig_status st);
+	void (*pass)(void *opaque, uint64_t pass);
+	void *opaque;
+};
+
+struct kv_vm_mig;
+
+int kv_vm_mig_new(struct kv_vm *vm, bool verify_ram,
+		  const struct kv_vm_mig_events *ev, struct kv_vm_mig **out,
+		  struct kv_error *err);
+/* Cancels and joins a running migration first. */
+void kv_vm_mig_free(struct kv_vm_mig *g);
+
+/* Source: start migrating to uri on a thread of its own. Fails if one is
+ * already running. On success the VM stays paused ("postmigrate"); on
+ * failure or cancel it runs on. */
+int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
+		    const struct kv_mig_params *params, struct kv_error *err);
+int kv_vm_mig_cancel(struct kv_vm_mig *g, struct kv_error *err);
+/* Wait for a started migration's thread to end; returns its result. */
+int kv_vm_mig_join(struct kv_vm_mig *g, struct kv_error *err);
+
+struct kv_vm_mig_info {
+	bool started;                 /* a migration was ever started */
+	enum kv_mig_status status;
+	struct kv_mig_stats stats;
+	struct kv_mig_progress progress; /* last reported */
+	uint64_t ram_total;
+	char error[KV_ERROR_MSG_MAX]; /* when failed */
+	int64_t pause_ms;             /* time to park the vCPUs */
+};
+void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info);
+
+/* Destination: listen on uri, receive one migration, validate it, commit
+ * it into KVM and confirm. Blocks. On success the VM is ready to start;
+ * on failure nothing of the stream reaches the vCPUs. */
+int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
+		       struct kv_error *err);
+/* Abort a blocked kv_vm_mig_incoming (accept or load) from another
+ * thread. */
+void kv_vm_mig_incoming_abort(struct kv_vm_mig *g);
+
+#endif
