@@ -319,7 +319,6 @@ static void *migration_thread(void *arg)
 			: kv_error_set(&err, -ENOMEM, "no memory for stream");
 	} else {
 		ret = err.code ? err.code : -EIO;
-		kv_mig_cancel(g->mig); /* never ran: let status say so */
 	}
 	if (s)
 		kv_stream_close(s);
@@ -330,7 +329,8 @@ static void *migration_thread(void *arg)
 		kv_err("migration", "migration to %s failed: %s", g->uri,
 		       err.msg);
 	if (g->ev.status)
-		g->ev.status(g->ev.opaque, kv_mig_status(g->mig));
+		g->ev.status(g->ev.opaque, ret < 0 && !c ? KV_MIG_FAILED
+						      : kv_mig_status(g->mig));
 	return NULL;
 }
 
@@ -427,6 +427,9 @@ void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info)
 	if (g->mig) {
 		info->status = kv_mig_status(g->mig);
 		kv_mig_get_stats(g->mig, &info->stats);
+		/* It failed before the driver ran (could not connect). */
+		if (info->status == KV_MIG_NONE && g->error[0])
+			info->status = KV_MIG_FAILED;
 	}
 	info->progress = g->progress;
 	snprintf(info->error, sizeof(info->error), "%s", g->error);
