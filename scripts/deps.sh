@@ -4,7 +4,7 @@
 # to run and fail.
 set -euo pipefail
 
-PKGS=(build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
+PKGS=(build-essential meson ninja-build pkg-config clang libclang-rt-14-dev qemu-system-x86
       libcmocka-dev libjansson-dev libxxhash-dev libzstd-dev liblz4-dev
       zlib1g-dev python3 iproute2)
 
