@@ -47,6 +47,7 @@ struct kv_vm_mig {
 	char uri[300];
 	struct kv_mig_params params;
 	struct kv_mig_progress progress;
+	enum kv_mig_status last_status; /* last announced */
 	char error[KV_ERROR_MSG_MAX];
 	struct kv_listener *listener; /* incoming, for abort */
 	struct kv_stream *in_stream;  /* incoming, for abort */
@@ -294,12 +295,16 @@ static void hook_resume_vm(void *opaque)
 static void hook_progress(void *opaque, const struct kv_mig_progress *p)
 {
 	struct kv_vm_mig *g = opaque;
-	bool new_pass;
+	bool new_pass, new_status;
 
 	pthread_mutex_lock(&g->lock);
 	new_pass = p->pass != g->progress.pass;
+	new_status = p->status != g->last_status;
+	g->last_status = p->status;
 	g->progress = *p;
 	pthread_mutex_unlock(&g->lock);
+	if (new_status && g->ev.status)
+		g->ev.status(g->ev.opaque, p->status);
 	if (new_pass && g->ev.pass)
 		g->ev.pass(g->ev.opaque, p->pass);
 }
@@ -309,7 +314,9 @@ static void *migration_thread(void *arg)
 	struct kv_vm_mig *g = arg;
 	struct kv_error err = {0};
 	struct kv_stream *s = NULL;
+	enum kv_mig_status final;
 	struct kv_chan *c;
+	bool announce;
 	int ret;
 
 	c = kv_chan_connect(g->uri, &err);
@@ -328,9 +335,13 @@ static void *migration_thread(void *arg)
 	if (ret < 0)
 		kv_err("migration", "migration to %s failed: %s", g->uri,
 		       err.msg);
-	if (g->ev.status)
-		g->ev.status(g->ev.opaque, ret < 0 && !c ? KV_MIG_FAILED
-						      : kv_mig_status(g->mig));
+	final = ret < 0 && !c ? KV_MIG_FAILED : kv_mig_status(g->mig);
+	pthread_mutex_lock(&g->lock);
+	announce = final != g->last_status;
+	g->last_status = final;
+	pthread_mutex_unlock(&g->lock);
+	if (announce && g->ev.status)
+		g->ev.status(g->ev.opaque, final);
 	return NULL;
 }
 
@@ -396,6 +407,7 @@ int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 	g->mig = kv_mig_new(g->sv, g->rs, &g->params, &hooks);
 	snprintf(g->uri, sizeof(g->uri), "%s", uri);
 	memset(&g->progress, 0, sizeof(g->progress));
+	g->last_status = KV_MIG_NONE;
 	g->error[0] = '\0';
 	if (!g->mig) {
 		pthread_mutex_unlock(&g->lock);
