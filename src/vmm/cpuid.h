@@ -8,6 +8,7 @@
 #define KV_VMM_CPUID_H
 
 #include <linux/kvm.h>
+#include <stdint.h>
 
 #include "base/error.h"
 
@@ -18,7 +19,11 @@ struct kvm_cpuid2 *kv_cpuid_supported(int kvm_fd, struct kv_error *err);
 int kv_cpuid_set_vcpu(int vcpu_fd, const struct kvm_cpuid2 *base,
 		      unsigned apic_id, int ncpus, struct kv_error *err);
 
-/* Patch one copy of the table for a vCPU (exposed for tests). */
-void kv_cpuid_patch(struct kvm_cpuid2 *c, unsigned apic_id, int ncpus);
+/* Patch one copy of the table for a vCPU (exposed for tests). When
+ * tsc_khz is non-zero, also offer the timing leaf 0x40000010 (EAX = TSC
+ * kHz, EBX = LAPIC bus kHz, as VMware and QEMU do): c must have room for
+ * one more entry than c->nent. */
+void kv_cpuid_patch(struct kvm_cpuid2 *c, unsigned apic_id, int ncpus,
+		    uint32_t tsc_khz);
 
 #endif

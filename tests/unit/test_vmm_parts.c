@@ -709,9 +709,11 @@ static void test_uart_input_thread(void **state)
 static void test_cpuid_patch(void **state)
 {
 	struct kvm_cpuid2 *c =
-	    calloc(1, sizeof(*c) + 3 * sizeof(struct kvm_cpuid_entry2));
+	    calloc(1, sizeof(*c) + 5 * sizeof(struct kvm_cpuid_entry2));
 
-	c->nent = 3;
+	c->nent = 4;
+	c->entries[3].function = 0x40000000;
+	c->entries[3].eax = 0x40000001;
 	c->entries[0].function = 1;
 	c->entries[0].ebx = 0xff00abcd;
 	c->entries[1].function = 0xb;
@@ -719,8 +721,14 @@ static void test_cpuid_patch(void **state)
 	c->entries[1].edx = 99;
 	c->entries[2].function = 0;
 	c->entries[2].ebx = 0x756e6547;
-	kv_cpuid_patch(c, 5, 8);
+	kv_cpuid_patch(c, 5, 8, 2500000);
 	assert_int_equal(c->entries[0].ebx, 0x0508abcd);
+	/* The timing leaf is added and announced. */
+	assert_int_equal(c->nent, 5);
+	assert_int_equal(c->entries[3].eax, 0x40000010);
+	assert_int_equal(c->entries[4].function, 0x40000010);
+	assert_int_equal(c->entries[4].eax, 2500000);
+	assert_int_equal(c->entries[4].ebx, 1000000);
 	assert_true(c->entries[0].ecx & (1u << 31));
 	assert_int_equal(c->entries[1].edx, 5);
 	assert_int_equal(c->entries[2].ebx, 0x756e6547);
