@@ -431,8 +431,8 @@ int kv_vm_pause(struct kv_vm *vm, struct kv_error *err)
 	int rc = 0;
 
 	pthread_mutex_lock(&vm->lock);
+	/* Not started: nothing runs, and kv_vm_start will start it. */
 	if (vm->pause_req || !vm->started) {
-		vm->pause_req = true;
 		pthread_mutex_unlock(&vm->lock);
 		return 0;
 	}

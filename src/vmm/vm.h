@@ -93,8 +93,9 @@ const struct kv_kvm_slot *kv_vm_slots(const struct kv_vm *vm, int *n);
  * every range the VMM writes into guest RAM (kv_vm_mark_dirty); `ring_full`
  * runs on the vCPU's own thread at KVM_EXIT_DIRTY_RING_FULL (with the ring
  * tracker: kv_kvm_ring_harvest) and a negative return fails the VM. The
- * struct must outlive its installation; NULL uninstalls. Any thread, any
- * time: vCPU threads load the pointer atomically. */
+ * struct must outlive its installation; NULL uninstalls. Install at any
+ * time (vCPU threads load the pointer atomically); uninstall with the vCPUs
+ * paused before freeing what the hooks use, as a vCPU may be inside one. */
 struct kv_vm_dirty_hooks {
 	void (*mark)(void *opaque, uint64_t ram_offset, uint64_t len);
 	int (*ring_full)(void *opaque, int vcpu_index, struct kv_error *err);
