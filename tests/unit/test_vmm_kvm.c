@@ -85,7 +85,7 @@ static bool kvm_available(void)
 #define SKIP_WITHOUT_KVM()                                       \
 	do {                                                     \
 		if (!kvm_available()) {                          \
-			print_message("no /dev/kvm: skipped\n"); \
+			print_message("# no /dev/kvm: skipped\n"); \
 			skip();                                  \
 		}                                                \
 	} while (0)
@@ -204,7 +204,7 @@ static void test_pause_resume_spinning_guest(void **state)
 		assert_true(kv_now_ns() - t0 < 3000000000LL);
 		assert_true(kv_vm_last_pause_ns(g.vm) > 0);
 		assert_false(kv_vm_running(g.vm));
-		print_message("pause %d took %.3f ms\n", round,
+		print_message("# pause %d took %.3f ms\n", round,
 			      (double)kv_vm_last_pause_ns(g.vm) / 1e6);
 		c_paused = guest_counter(g.vm);
 		usleep(20000);
@@ -238,7 +238,7 @@ static void test_triple_fault_reported(void **state)
 	make_guest(&g, crash_code, sizeof(crash_code));
 	boot_guest(&g, 1, "");
 	assert_true(kv_vm_wait(g.vm, &err) < 0);
-	print_message("reported: %s\n", err.msg);
+	print_message("# reported: %s\n", err.msg);
 	assert_non_null(strstr(err.msg, "vCPU 0"));
 	assert_non_null(strstr(err.msg, "rip="));
 	cleanup_guest(&g);
