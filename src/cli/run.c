@@ -33,36 +33,35 @@ struct signal_waiter {
 
 static void print_help(void)
 {
-	printf(
-	    "Usage: kvmig run --kernel ELF [OPTIONS]\n"
-	    "\n"
-	    "Run a multiboot v1 kernel in a KVM virtual machine until it "
-	    "powers off\n"
-	    "(a 16-bit write of 0x2000 to port 0x604 or 0xb004).\n"
-	    "\n"
-	    "Options:\n"
-	    "  --memory SIZE          guest RAM, a multiple of 2M "
-	    "(default 1G)\n"
-	    "  --cpus N               vCPUs, 1 to %d (default 2)\n"
-	    "  --kernel ELF           multiboot v1 kernel (32-bit ELF)\n"
-	    "  --append CMDLINE       kernel command line\n"
-	    "  --console stdio|file:PATH|none\n"
-	    "                         where the serial console goes "
-	    "(default stdio;\n"
-	    "                         stdio also feeds stdin to the guest)\n"
-	    "  --dirty-tracker log|ring\n"
-	    "                         KVM dirty tracking for migration "
-	    "(default log)\n"
-	    "  --qmp unix:PATH        QMP monitor socket\n"
-	    "  --incoming URI|defer   wait for a migration instead of "
-	    "booting\n"
-	    "  --verify-ram           hash all guest RAM at switch-over "
-	    "(debug)\n"
-	    "\n"
-	    "Exit status: 0 the guest powered off, 1 failure, 2 usage "
-	    "error,\n"
-	    "128+N stopped by signal N.\n",
-	    KV_VM_MAX_VCPUS);
+	printf("Usage: kvmig run --kernel ELF [OPTIONS]\n"
+	       "\n"
+	       "Run a multiboot v1 kernel in a KVM virtual machine until it "
+	       "powers off\n"
+	       "(a 16-bit write of 0x2000 to port 0x604 or 0xb004).\n"
+	       "\n"
+	       "Options:\n"
+	       "  --memory SIZE          guest RAM, a multiple of 2M "
+	       "(default 1G)\n"
+	       "  --cpus N               vCPUs, 1 to %d (default 2)\n"
+	       "  --kernel ELF           multiboot v1 kernel (32-bit ELF)\n"
+	       "  --append CMDLINE       kernel command line\n"
+	       "  --console stdio|file:PATH|none\n"
+	       "                         where the serial console goes "
+	       "(default stdio;\n"
+	       "                         stdio also feeds stdin to the guest)\n"
+	       "  --dirty-tracker log|ring\n"
+	       "                         KVM dirty tracking for migration "
+	       "(default log)\n"
+	       "  --qmp unix:PATH        QMP monitor socket\n"
+	       "  --incoming URI|defer   wait for a migration instead of "
+	       "booting\n"
+	       "  --verify-ram           hash all guest RAM at switch-over "
+	       "(debug)\n"
+	       "\n"
+	       "Exit status: 0 the guest powered off, 1 failure, 2 usage "
+	       "error,\n"
+	       "128+N stopped by signal N.\n",
+	       KV_VM_MAX_VCPUS);
 }
 
 static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
@@ -88,24 +87,23 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 		return rc;
 	a->cfg.mem_size = 1024 * MIB;
 	a->cfg.ncpus = 2;
-	if (memory && (!kv_cli_parse_size(memory, &a->cfg.mem_size) ||
-		       a->cfg.mem_size % (2 * MIB) ||
-		       a->cfg.mem_size < 4 * MIB))
+	if (memory &&
+	    (!kv_cli_parse_size(memory, &a->cfg.mem_size) ||
+	     a->cfg.mem_size % (2 * MIB) || a->cfg.mem_size < 4 * MIB))
 		return kv_cli_usage_error(
-		    "run", "--memory '%s': need a size of at least 4M, a "
-			   "multiple of 2M",
+		    "run",
+		    "--memory '%s': need a size of at least 4M, a "
+		    "multiple of 2M",
 		    memory);
-	if (cpus && (!kv_cli_parse_u64(cpus, &n) || n < 1 ||
-		     n > KV_VM_MAX_VCPUS))
-		return kv_cli_usage_error("run",
-					  "--cpus '%s': need 1 to %d", cpus,
-					  KV_VM_MAX_VCPUS);
+	if (cpus &&
+	    (!kv_cli_parse_u64(cpus, &n) || n < 1 || n > KV_VM_MAX_VCPUS))
+		return kv_cli_usage_error("run", "--cpus '%s': need 1 to %d",
+					  cpus, KV_VM_MAX_VCPUS);
 	if (cpus)
 		a->cfg.ncpus = (int)n;
 	if (!a->cfg.console)
 		a->cfg.console = "stdio";
-	if (strcmp(a->cfg.console, "stdio") &&
-	    strcmp(a->cfg.console, "none") &&
+	if (strcmp(a->cfg.console, "stdio") && strcmp(a->cfg.console, "none") &&
 	    (strncmp(a->cfg.console, "file:", 5) || !a->cfg.console[5]))
 		return kv_cli_usage_error(
 		    "run", "--console '%s': expected stdio, none or file:PATH",
@@ -122,9 +120,8 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 		return kv_cli_usage_error(
 		    "run", "--qmp '%s': expected unix:PATH", a->qmp);
 	if (!a->cfg.kernel && !a->incoming)
-		return kv_cli_usage_error("run",
-					  "--kernel ELF is required (or "
-					  "--incoming)");
+		return kv_cli_usage_error("run", "--kernel ELF is required (or "
+						 "--incoming)");
 	if (a->cfg.kernel && a->incoming)
 		return kv_cli_usage_error(
 		    "run", "--kernel and --incoming exclude each other");

@@ -7,9 +7,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
-#define CPUID_MAX_ENTRIES 1024
+#define CPUID_MAX_ENTRIES      1024
 #define CPUID_1_ECX_HYPERVISOR (1u << 31)
-#define CPUID_1_EDX_HTT (1u << 28)
+#define CPUID_1_EDX_HTT	       (1u << 28)
 
 static size_t cpuid_bytes(unsigned nent)
 {
@@ -42,7 +42,7 @@ struct kvm_cpuid2 *kv_cpuid_supported(int kvm_fd, struct kv_error *err)
 	return NULL;
 }
 
-#define CPUID_HV_BASE 0x40000000U
+#define CPUID_HV_BASE	0x40000000U
 #define CPUID_HV_TIMING 0x40000010U
 /* KVM's in-kernel LAPIC counts at 1 GHz. */
 #define LAPIC_BUS_KHZ 1000000U

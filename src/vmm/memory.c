@@ -11,8 +11,8 @@
 
 #include "vmm/vm.h"
 
-#define MIB (1024ULL * 1024)
-#define MIN_RAM (4 * MIB)
+#define MIB	  (1024ULL * 1024)
+#define MIN_RAM	  (4 * MIB)
 #define RAM_ALIGN (2 * MIB)
 /* 1 TiB: keeps every gpa computation far from overflow. */
 #define MAX_RAM (1ULL << 40)
@@ -72,11 +72,11 @@ int kv_gmem_register(struct kv_gmem *m, int vm_fd, struct kv_error *err)
 	for (int i = 0; i < m->nslots; i++) {
 		const struct kv_kvm_slot *s = &m->slots[i];
 		struct kvm_userspace_memory_region r = {
-			.slot = s->slot,
-			.flags = s->flags,
-			.guest_phys_addr = s->gpa,
-			.memory_size = s->size,
-			.userspace_addr = (uintptr_t)s->host,
+		    .slot = s->slot,
+		    .flags = s->flags,
+		    .guest_phys_addr = s->gpa,
+		    .memory_size = s->size,
+		    .userspace_addr = (uintptr_t)s->host,
 		};
 
 		if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
@@ -90,8 +90,8 @@ int kv_gmem_register(struct kv_gmem *m, int vm_fd, struct kv_error *err)
 	return 0;
 }
 
-bool kv_gmem_gpa_to_offset(const struct kv_gmem *m, uint64_t gpa,
-			   uint64_t len, uint64_t *offset)
+bool kv_gmem_gpa_to_offset(const struct kv_gmem *m, uint64_t gpa, uint64_t len,
+			   uint64_t *offset)
 {
 	for (int i = 0; i < m->nslots; i++) {
 		const struct kv_kvm_slot *s = &m->slots[i];

@@ -20,9 +20,9 @@
 #define KV_GMEM_MAX_SLOTS 2
 
 struct kv_gmem {
-	uint8_t *host;      /* start of "pc.ram" */
-	uint64_t size;      /* bytes in "pc.ram" */
-	uint64_t lowmem;    /* bytes mapped below the hole */
+	uint8_t *host;	 /* start of "pc.ram" */
+	uint64_t size;	 /* bytes in "pc.ram" */
+	uint64_t lowmem; /* bytes mapped below the hole */
 	struct kv_kvm_slot slots[KV_GMEM_MAX_SLOTS];
 	int nslots;
 	/* Called after every VMM write (offset in "pc.ram"); may be NULL. */
@@ -39,8 +39,8 @@ int kv_gmem_register(struct kv_gmem *m, int vm_fd, struct kv_error *err);
 
 /* Where [gpa, gpa + len) lives in "pc.ram": false when any byte of it is
  * outside RAM or the range crosses the hole. Overflow-safe. */
-bool kv_gmem_gpa_to_offset(const struct kv_gmem *m, uint64_t gpa,
-			   uint64_t len, uint64_t *offset);
+bool kv_gmem_gpa_to_offset(const struct kv_gmem *m, uint64_t gpa, uint64_t len,
+			   uint64_t *offset);
 /* Copy len bytes into guest memory at gpa (bounds-checked, reported to the
  * written hook). */
 int kv_gmem_write(struct kv_gmem *m, uint64_t gpa, const void *src,

@@ -7,10 +7,10 @@
 
 #include "vmm/vm.h"
 
-#define MP_SPEC_REV 4 /* 1.4 */
-#define MP_FLOAT_LEN 16
-#define MP_HEADER_LEN 44
-#define MP_PROC_LEN 20
+#define MP_SPEC_REV	   4 /* 1.4 */
+#define MP_FLOAT_LEN	   16
+#define MP_HEADER_LEN	   44
+#define MP_PROC_LEN	   20
 #define MP_SHORT_ENTRY_LEN 8
 
 enum mp_entry_type {
@@ -23,12 +23,12 @@ enum mp_entry_type {
 
 enum mp_intr_type { MP_INT = 0, MP_NMI = 1, MP_SMI = 2, MP_EXTINT = 3 };
 
-#define MP_CPU_ENABLED 0x01
-#define MP_CPU_BSP 0x02
-#define MP_LAPIC_VERSION 0x14
+#define MP_CPU_ENABLED	  0x01
+#define MP_CPU_BSP	  0x02
+#define MP_LAPIC_VERSION  0x14
 #define MP_IOAPIC_VERSION 0x11
-#define MP_ALL_LAPICS 0xff
-#define MP_ISA_BUS 0
+#define MP_ALL_LAPICS	  0xff
+#define MP_ISA_BUS	  0
 
 struct mp_writer {
 	uint8_t *buf;

@@ -19,9 +19,9 @@
 
 #include "base/error.h"
 
-#define KV_MPTABLE_ADDR 0xf0000U
+#define KV_MPTABLE_ADDR	     0xf0000U
 #define KV_MPTABLE_MAX_BYTES 4096U
-#define KV_MP_IOAPIC_PINS 24
+#define KV_MP_IOAPIC_PINS    24
 
 /* Build the floating pointer (at gpa `addr`) and the configuration table
  * right after it into buf. Returns the number of bytes written, or <0 if

@@ -13,13 +13,13 @@
 #include "vmm/vm.h"
 
 #define MAX_KERNEL_BYTES (256u << 20)
-#define LOW_RAM_END 0x9fc00U /* conventional memory, minus the EBDA */
-#define HIGH_MEM_START 0x100000U
+#define LOW_RAM_END	 0x9fc00U /* conventional memory, minus the EBDA */
+#define HIGH_MEM_START	 0x100000U
 /* Header flag bits 0-15 are requirements: we honour page alignment (every
  * load address is ours to pick anyway) and memory information; a video mode
  * request is advisory, so a kernel asking for one still boots, without a
  * framebuffer. Bits 16-31 are optional features. */
-#define SUPPORTED_REQUIRED_FLAGS \
+#define SUPPORTED_REQUIRED_FLAGS                                               \
 	(KV_MB_FLAG_PAGE_ALIGN | KV_MB_FLAG_MEMORY_INFO | KV_MB_FLAG_VIDEO_MODE)
 #define LOADER_NAME "kvmig"
 
@@ -78,8 +78,8 @@ static int find_header(const uint8_t *image, size_t len, uint32_t *offset,
 			    KV_MB_HEADER_MAGIC, KV_MB_SEARCH_BYTES);
 }
 
-static int check_segment(const struct kv_mb_segment *s, int index,
-			 size_t len, uint64_t lowmem, struct kv_error *err)
+static int check_segment(const struct kv_mb_segment *s, int index, size_t len,
+			 uint64_t lowmem, struct kv_error *err)
 {
 	uint64_t end = (uint64_t)s->paddr + s->mem_size;
 
@@ -89,10 +89,11 @@ static int check_segment(const struct kv_mb_segment *s, int index,
 				    "size %u",
 				    index, s->file_size, s->mem_size);
 	if ((uint64_t)s->file_offset + s->file_size > len)
-		return kv_error_set(err, -ENOEXEC,
-				    "segment %d: bytes [%u, +%u) lie beyond the "
-				    "end of the file (%zu bytes)",
-				    index, s->file_offset, s->file_size, len);
+		return kv_error_set(
+		    err, -ENOEXEC,
+		    "segment %d: bytes [%u, +%u) lie beyond the "
+		    "end of the file (%zu bytes)",
+		    index, s->file_offset, s->file_size, len);
 	if (s->paddr < KV_MB_LOAD_MIN)
 		return kv_error_set(err, -ENOEXEC,
 				    "segment %d: load address 0x%x is below "
@@ -107,9 +108,8 @@ static int check_segment(const struct kv_mb_segment *s, int index,
 	return 0;
 }
 
-static int parse_aout_kludge(const uint8_t *image, size_t len,
-			     uint64_t lowmem, struct kv_mb_kernel *k,
-			     struct kv_error *err)
+static int parse_aout_kludge(const uint8_t *image, size_t len, uint64_t lowmem,
+			     struct kv_mb_kernel *k, struct kv_error *err)
 {
 	const uint8_t *h = image + k->header_offset;
 	uint32_t header_addr, load_addr, load_end, bss_end;
@@ -325,9 +325,9 @@ static int build_mmap(struct mb_info_writer *w, const struct kv_gmem *mem,
 				KV_VM_HIGH_START - KV_VM_HOLE_START,
 				KV_MB_MEM_RESERVED};
 	if (mem->size > mem->lowmem)
-		e[n++] = (typeof(e[0])){KV_VM_HIGH_START,
-					mem->size - mem->lowmem,
-					KV_MB_MEM_AVAILABLE};
+		e[n++] =
+		    (typeof(e[0])){KV_VM_HIGH_START, mem->size - mem->lowmem,
+				   KV_MB_MEM_AVAILABLE};
 	if (info_alloc(w, (uint32_t)n * 24, &gpa, err))
 		return -E2BIG;
 	for (int i = 0; i < n; i++)
@@ -361,8 +361,7 @@ static int build_info(struct mb_info_writer *w, const struct kv_gmem *mem,
 		return -E2BIG;
 	info = w->buf + (gpa - KV_MB_INFO_ADDR);
 	put_le32(info + KV_MBI_OFF_FLAGS, KV_MBI_MEMORY | KV_MBI_CMDLINE |
-					      KV_MBI_MMAP |
-					      KV_MBI_LOADER_NAME);
+					      KV_MBI_MMAP | KV_MBI_LOADER_NAME);
 	put_le32(info + KV_MBI_OFF_MEM_LOWER, LOW_RAM_END / 1024);
 	put_le32(info + KV_MBI_OFF_MEM_UPPER,
 		 (uint32_t)((mem->lowmem - HIGH_MEM_START) / 1024));

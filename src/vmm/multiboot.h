@@ -20,41 +20,41 @@
 #include "vmm/memory.h"
 
 #define KV_MB_HEADER_MAGIC 0x1BADB002U
-#define KV_MB_BOOT_MAGIC 0x2BADB002U
+#define KV_MB_BOOT_MAGIC   0x2BADB002U
 #define KV_MB_SEARCH_BYTES 8192U
 /* Multiboot information, memory map and command line live in
  * [KV_MB_INFO_ADDR, KV_MB_INFO_END): below the 0x8000 where guests put
  * their AP trampoline, above the real-mode IVT/BDA. */
-#define KV_MB_INFO_ADDR 0x5000U
-#define KV_MB_INFO_END 0x8000U
+#define KV_MB_INFO_ADDR	   0x5000U
+#define KV_MB_INFO_END	   0x8000U
 #define KV_MB_MAX_SEGMENTS 16
 /* Kernels must load at or above 1 MiB, as GRUB requires. */
 #define KV_MB_LOAD_MIN 0x100000U
 
 /* Header flags. */
-#define KV_MB_FLAG_PAGE_ALIGN (1u << 0)
+#define KV_MB_FLAG_PAGE_ALIGN  (1u << 0)
 #define KV_MB_FLAG_MEMORY_INFO (1u << 1)
-#define KV_MB_FLAG_VIDEO_MODE (1u << 2)
+#define KV_MB_FLAG_VIDEO_MODE  (1u << 2)
 #define KV_MB_FLAG_AOUT_KLUDGE (1u << 16)
 
 /* Information flags (what the info structure holds). */
-#define KV_MBI_MEMORY (1u << 0)
-#define KV_MBI_CMDLINE (1u << 2)
-#define KV_MBI_MMAP (1u << 6)
+#define KV_MBI_MEMORY	   (1u << 0)
+#define KV_MBI_CMDLINE	   (1u << 2)
+#define KV_MBI_MMAP	   (1u << 6)
 #define KV_MBI_LOADER_NAME (1u << 9)
 
 /* Offsets in the multiboot information structure. */
-#define KV_MBI_OFF_FLAGS 0
-#define KV_MBI_OFF_MEM_LOWER 4
-#define KV_MBI_OFF_MEM_UPPER 8
-#define KV_MBI_OFF_CMDLINE 16
+#define KV_MBI_OFF_FLAGS       0
+#define KV_MBI_OFF_MEM_LOWER   4
+#define KV_MBI_OFF_MEM_UPPER   8
+#define KV_MBI_OFF_CMDLINE     16
 #define KV_MBI_OFF_MMAP_LENGTH 44
-#define KV_MBI_OFF_MMAP_ADDR 48
+#define KV_MBI_OFF_MMAP_ADDR   48
 #define KV_MBI_OFF_LOADER_NAME 64
-#define KV_MBI_SIZE 88
+#define KV_MBI_SIZE	       88
 
 #define KV_MB_MEM_AVAILABLE 1
-#define KV_MB_MEM_RESERVED 2
+#define KV_MB_MEM_RESERVED  2
 
 struct kv_mb_segment {
 	uint32_t paddr;
@@ -65,8 +65,8 @@ struct kv_mb_segment {
 
 struct kv_mb_kernel {
 	uint32_t header_offset; /* where the header is in the file */
-	uint32_t flags;         /* header flags */
-	uint32_t entry;         /* physical entry point */
+	uint32_t flags;		/* header flags */
+	uint32_t entry;		/* physical entry point */
 	int nsegments;
 	struct kv_mb_segment segments[KV_MB_MAX_SEGMENTS];
 };

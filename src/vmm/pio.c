@@ -36,17 +36,17 @@ static void serial_access(struct kv_vm *vm, uint16_t port, bool is_write,
 	data[0] = kv_serial_read(vm->serial, offset);
 }
 
-static void unhandled(struct kv_vm *vm, uint16_t port, bool is_write,
-		      int size, uint8_t *data)
+static void unhandled(struct kv_vm *vm, uint16_t port, bool is_write, int size,
+		      uint8_t *data)
 {
-	uint64_t n = __atomic_add_fetch(&vm->unhandled_io, 1,
-					__ATOMIC_RELAXED);
+	uint64_t n = __atomic_add_fetch(&vm->unhandled_io, 1, __ATOMIC_RELAXED);
 
 	if (!is_write)
 		memset(data, 0xff, (size_t)size);
 	if (n <= UNHANDLED_LOG_FIRST || n % UNHANDLED_LOG_EVERY == 0)
-		kv_debug("pio", "unhandled %s of %d bytes at port 0x%x (%llu "
-				"so far)",
+		kv_debug("pio",
+			 "unhandled %s of %d bytes at port 0x%x (%llu "
+			 "so far)",
 			 is_write ? "write" : "read", size, port,
 			 (unsigned long long)n);
 }

@@ -17,11 +17,11 @@
 
 struct kv_serial {
 	pthread_mutex_t lock;
-	pthread_cond_t room;    /* the FIFO has space, or input stops */
+	pthread_cond_t room; /* the FIFO has space, or input stops */
 	struct kv_serial_state r;
 	int irq_level;
 	int out_fd;
-	bool out_failed;        /* logged once */
+	bool out_failed; /* logged once */
 	void (*set_irq)(void *opaque, int level);
 	void *irq_opaque;
 	/* Input thread. */
@@ -63,7 +63,7 @@ static void reset_registers(struct kv_serial_state *r)
 {
 	memset(r, 0, sizeof(*r));
 	r->divisor = 12; /* 9600 baud */
-	r->lcr = 0x03;   /* 8N1 */
+	r->lcr = 0x03;	 /* 8N1 */
 	r->lsr = KV_UART_LSR_THRE | KV_UART_LSR_TEMT;
 	r->msr = MSR_CONNECTED;
 }
@@ -245,13 +245,12 @@ static void write_locked(struct kv_serial *s, unsigned offset, uint8_t value)
 		break;
 	case KV_UART_IER:
 		if (dlab) {
-			r->divisor = (uint16_t)((r->divisor & 0x00ff) |
-						(value << 8));
+			r->divisor =
+			    (uint16_t)((r->divisor & 0x00ff) | (value << 8));
 			break;
 		}
 		/* Enabling THRI with THR empty raises it at once. */
-		if ((value & KV_UART_IER_THRI) &&
-		    !(r->ier & KV_UART_IER_THRI))
+		if ((value & KV_UART_IER_THRI) && !(r->ier & KV_UART_IER_THRI))
 			r->thr_pending = true;
 		r->ier = value & 0x0f;
 		break;
@@ -348,8 +347,7 @@ static void *input_main(void *arg)
 	return NULL;
 }
 
-int kv_serial_start_input(struct kv_serial *s, int in_fd,
-			  struct kv_error *err)
+int kv_serial_start_input(struct kv_serial *s, int in_fd, struct kv_error *err)
 {
 	int rc;
 
@@ -391,8 +389,7 @@ int kv_serial_state_put(struct kv_serial *s, const struct kv_serial_state *st,
 	return 0;
 }
 
-static int serial_post_load(void *opaque, int version_id,
-			    struct kv_error *err)
+static int serial_post_load(void *opaque, int version_id, struct kv_error *err)
 {
 	const struct kv_serial_state *st = opaque;
 

@@ -22,34 +22,34 @@
 #include "migration/vmstate.h"
 
 #define KV_SERIAL_COM1_BASE 0x3f8
-#define KV_SERIAL_COM1_IRQ 4
-#define KV_SERIAL_FIFO 16
+#define KV_SERIAL_COM1_IRQ  4
+#define KV_SERIAL_FIFO	    16
 
 /* Register offsets from the base port. */
 #define KV_UART_RBR_THR 0 /* DLL when LCR.DLAB */
-#define KV_UART_IER 1     /* DLM when LCR.DLAB */
+#define KV_UART_IER	1 /* DLM when LCR.DLAB */
 #define KV_UART_IIR_FCR 2
-#define KV_UART_LCR 3
-#define KV_UART_MCR 4
-#define KV_UART_LSR 5
-#define KV_UART_MSR 6
-#define KV_UART_SCR 7
+#define KV_UART_LCR	3
+#define KV_UART_MCR	4
+#define KV_UART_LSR	5
+#define KV_UART_MSR	6
+#define KV_UART_SCR	7
 
-#define KV_UART_IER_RDI 0x01
-#define KV_UART_IER_THRI 0x02
-#define KV_UART_IIR_NO_INT 0x01
-#define KV_UART_IIR_THRI 0x02
-#define KV_UART_IIR_RDI 0x04
-#define KV_UART_IIR_FIFO 0xc0
-#define KV_UART_FCR_ENABLE 0x01
+#define KV_UART_IER_RDI	     0x01
+#define KV_UART_IER_THRI     0x02
+#define KV_UART_IIR_NO_INT   0x01
+#define KV_UART_IIR_THRI     0x02
+#define KV_UART_IIR_RDI	     0x04
+#define KV_UART_IIR_FIFO     0xc0
+#define KV_UART_FCR_ENABLE   0x01
 #define KV_UART_FCR_CLEAR_RX 0x02
-#define KV_UART_LCR_DLAB 0x80
-#define KV_UART_MCR_OUT2 0x08
-#define KV_UART_MCR_LOOP 0x10
-#define KV_UART_LSR_DR 0x01
-#define KV_UART_LSR_OE 0x02
-#define KV_UART_LSR_THRE 0x20
-#define KV_UART_LSR_TEMT 0x40
+#define KV_UART_LCR_DLAB     0x80
+#define KV_UART_MCR_OUT2     0x08
+#define KV_UART_MCR_LOOP     0x10
+#define KV_UART_LSR_DR	     0x01
+#define KV_UART_LSR_OE	     0x02
+#define KV_UART_LSR_THRE     0x20
+#define KV_UART_LSR_TEMT     0x40
 
 /* The device's registers: section "serial", version 1. */
 struct kv_serial_state {
@@ -61,8 +61,8 @@ struct kv_serial_state {
 	uint8_t msr;
 	uint8_t scr;
 	uint8_t fcr;
-	bool thr_pending;   /* THR-empty interrupt waiting to be seen */
-	uint8_t rx_count;   /* bytes in rx_fifo, oldest first */
+	bool thr_pending; /* THR-empty interrupt waiting to be seen */
+	uint8_t rx_count; /* bytes in rx_fifo, oldest first */
 	uint8_t rx_fifo[KV_SERIAL_FIFO];
 };
 
@@ -95,7 +95,6 @@ const struct kv_vmstate_desc *kv_serial_vmsd(void);
 
 /* Start a thread reading in_fd into the receive FIFO until EOF or
  * kv_serial_free. */
-int kv_serial_start_input(struct kv_serial *s, int in_fd,
-			  struct kv_error *err);
+int kv_serial_start_input(struct kv_serial *s, int in_fd, struct kv_error *err);
 
 #endif

@@ -54,8 +54,8 @@ int kv_vcpu_init(struct kv_vm *vm, int index, struct kv_error *err)
 		return kv_error_set_errno(err, -errno,
 					  "mapping kvm_run of vCPU %d", index);
 	v->run = run;
-	return kv_cpuid_set_vcpu(v->fd, vm->cpuid, (unsigned)index,
-				 vm->ncpus, err);
+	return kv_cpuid_set_vcpu(v->fd, vm->cpuid, (unsigned)index, vm->ncpus,
+				 err);
 }
 
 void kv_vcpu_fini(struct kv_vcpu *v)
@@ -68,8 +68,7 @@ void kv_vcpu_fini(struct kv_vcpu *v)
 	v->fd = -1;
 }
 
-static void flat_segment(struct kvm_segment *s, uint16_t selector,
-			 uint8_t type)
+static void flat_segment(struct kvm_segment *s, uint16_t selector, uint8_t type)
 {
 	memset(s, 0, sizeof(*s));
 	s->base = 0;
@@ -158,8 +157,7 @@ static enum exit_action handle_io(struct kv_vcpu *v)
 	for (uint32_t i = 0; i < run->io.count; i++, data += run->io.size) {
 		if (kv_pio_access(v->vm, run->io.port, is_write, run->io.size,
 				  data)) {
-			kv_info("vcpu", "vCPU %d: guest powered off",
-				v->index);
+			kv_info("vcpu", "vCPU %d: guest powered off", v->index);
 			kv_vm_finish(v->vm, 0, NULL);
 			return EXIT_STOP;
 		}
@@ -250,8 +248,7 @@ static enum exit_action handle_exit(struct kv_vcpu *v)
 		vcpu_fail(v, what);
 		return EXIT_STOP;
 	case KVM_EXIT_FAIL_ENTRY:
-		snprintf(what, sizeof(what),
-			 "VM entry failed, reason 0x%llx",
+		snprintf(what, sizeof(what), "VM entry failed, reason 0x%llx",
 			 (unsigned long long)
 			     run->fail_entry.hardware_entry_failure_reason);
 		vcpu_fail(v, what);
@@ -332,9 +329,8 @@ int kv_vcpu_start_thread(struct kv_vcpu *v, struct kv_error *err)
 	int rc = pthread_create(&v->thread, NULL, vcpu_main, v);
 
 	if (rc)
-		return kv_error_set_errno(err, -rc,
-					  "creating the thread of vCPU %d",
-					  v->index);
+		return kv_error_set_errno(
+		    err, -rc, "creating the thread of vCPU %d", v->index);
 	v->thread_started = true;
 	snprintf(name, sizeof(name), "vcpu%d", v->index);
 	pthread_setname_np(v->thread, name);

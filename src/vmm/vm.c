@@ -22,12 +22,12 @@
 #define KVM_DEVICE "/dev/kvm"
 /* TSS (3 pages) and EPT identity map page: in the hole, clear of the
  * IOAPIC (0xfec00000) and LAPIC (0xfee00000) pages. */
-#define KV_TSS_ADDR 0xfeffd000UL
-#define KV_IDENTITY_MAP_ADDR 0xfeffc000ULL
-#define KV_IOAPIC_PINS 24
+#define KV_TSS_ADDR		0xfeffd000UL
+#define KV_IDENTITY_MAP_ADDR	0xfeffc000ULL
+#define KV_IOAPIC_PINS		24
 #define KV_DEFAULT_RING_ENTRIES 16384
-#define PAUSE_REKICK_NS (100 * 1000 * 1000LL)
-#define PAUSE_TIMEOUT_NS (10 * 1000 * 1000 * 1000LL)
+#define PAUSE_REKICK_NS		(100 * 1000 * 1000LL)
+#define PAUSE_TIMEOUT_NS	(10 * 1000 * 1000 * 1000LL)
 
 struct kvm_cap_need {
 	int cap;
@@ -84,8 +84,7 @@ static int open_kvm(struct kv_vm *vm, struct kv_error *err)
 	if (check_caps(vm->kvm_fd, base_caps, err))
 		return -ENOTSUP;
 	if (vm->cfg.dirty_mode == KV_DIRTY_RING &&
-	    ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING) <=
-		0)
+	    ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING) <= 0)
 		return kv_error_set(err, -ENOTSUP,
 				    "this KVM lacks KVM_CAP_DIRTY_LOG_RING "
 				    "(needed by --dirty-tracker ring)");
@@ -163,8 +162,8 @@ static int create_vm(struct kv_vm *vm, struct kv_error *err)
 		uint64_t addr = KV_IDENTITY_MAP_ADDR;
 
 		if (ioctl(vm->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &addr) < 0)
-			return kv_error_set_errno(
-			    err, -errno, "KVM_SET_IDENTITY_MAP_ADDR");
+			return kv_error_set_errno(err, -errno,
+						  "KVM_SET_IDENTITY_MAP_ADDR");
 	}
 	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
 		return kv_error_set_errno(err, -errno, "KVM_CREATE_IRQCHIP");
@@ -203,9 +202,8 @@ static int open_console(struct kv_vm *vm, struct kv_error *err)
 	} else if (!strcmp(c, "none")) {
 		vm->console_fd = -1;
 	} else if (!strncmp(c, "file:", 5) && c[5]) {
-		vm->console_fd = open(c + 5,
-				      O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-				      0644);
+		vm->console_fd =
+		    open(c + 5, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 		if (vm->console_fd < 0)
 			return kv_error_set_errno(err, -errno,
 						  "console file '%s'", c + 5);
@@ -232,9 +230,8 @@ static void gmem_written(void *opaque, uint64_t off, uint64_t len)
 static int check_config(const struct kv_vm_config *cfg, struct kv_error *err)
 {
 	if (cfg->ncpus < 1 || cfg->ncpus > KV_VM_MAX_VCPUS)
-		return kv_error_set(err, -EINVAL,
-				    "%d vCPUs: must be 1 to %d", cfg->ncpus,
-				    KV_VM_MAX_VCPUS);
+		return kv_error_set(err, -EINVAL, "%d vCPUs: must be 1 to %d",
+				    cfg->ncpus, KV_VM_MAX_VCPUS);
 	if (cfg->dirty_mode == KV_DIRTY_RING && cfg->dirty_ring_entries &&
 	    (cfg->dirty_ring_entries & (cfg->dirty_ring_entries - 1)))
 		return kv_error_set(err, -EINVAL,
@@ -359,8 +356,8 @@ void kv_vm_destroy(struct kv_vm *vm)
 static int write_mptable(struct kv_vm *vm, struct kv_error *err)
 {
 	uint8_t buf[KV_MPTABLE_MAX_BYTES];
-	int n = kv_mptable_build(buf, sizeof(buf), KV_MPTABLE_ADDR, vm->ncpus,
-				 err);
+	int n =
+	    kv_mptable_build(buf, sizeof(buf), KV_MPTABLE_ADDR, vm->ncpus, err);
 
 	if (n < 0)
 		return n;
@@ -396,8 +393,8 @@ int kv_vm_boot_kernel(struct kv_vm *vm, struct kv_error *err)
 		kv_error_prefix(err, "kernel '%s'", vm->cfg.kernel);
 		return rc;
 	}
-	kv_info("vm", "kernel '%s': entry 0x%x, %d segment(s)",
-		vm->cfg.kernel, k.entry, k.nsegments);
+	kv_info("vm", "kernel '%s': entry 0x%x, %d segment(s)", vm->cfg.kernel,
+		k.entry, k.nsegments);
 	vm->booted = true;
 	return 0;
 }

@@ -43,20 +43,20 @@ struct kv_vm {
 	const struct kv_vm_dirty_hooks *hooks;
 
 	pthread_mutex_t lock;
-	pthread_cond_t cond;     /* any change below */
+	pthread_cond_t cond; /* any change below */
 	bool booted;
-	bool started;            /* vCPU threads exist */
+	bool started; /* vCPU threads exist */
 	bool pause_req;
-	bool stop_req;           /* threads must leave */
-	int parked;              /* threads waiting in the pause */
-	int live_threads;        /* threads not yet returned */
-	bool finished;           /* kv_vm_wait may return */
+	bool stop_req;	  /* threads must leave */
+	int parked;	  /* threads waiting in the pause */
+	int live_threads; /* threads not yet returned */
+	bool finished;	  /* kv_vm_wait may return */
 	int exit_code;
 	struct kv_error fail;
 	int64_t last_pause_ns;
 
-	uint64_t unhandled_io;   /* atomic */
-	int mmio_logged;         /* atomic */
+	uint64_t unhandled_io; /* atomic */
+	int mmio_logged;       /* atomic */
 };
 
 /* vcpu.c */

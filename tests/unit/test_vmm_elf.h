@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TEST_MB_BASE 0x100000U
-#define TEST_MB_HDR_OFF 0x60U
+#define TEST_MB_BASE	 0x100000U
+#define TEST_MB_HDR_OFF	 0x60U
 #define TEST_MB_CODE_OFF 0x80U
 
 static inline void test_put32(uint8_t *p, uint32_t v)

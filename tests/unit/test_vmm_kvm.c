@@ -26,39 +26,39 @@
 #include "vmm/kvm_dirty.h"
 #include "vmm/vm.h"
 
-#define MIB (1024ULL * 1024)
+#define MIB	    (1024ULL * 1024)
 #define COUNTER_GPA 0x200000U
 
 /* cmp eax, 0x2BADB002; jne bad; print the multiboot command line on COM1;
  * bad: print '!'; then power off (outw 0x2000 -> 0x604) and halt. */
 static const uint8_t print_cmdline_code[] = {
     0x3d, 0x02, 0xb0, 0xad, 0x2b, /* cmp eax, 0x2badb002 */
-    0x75, 0x12,                   /* jne bad */
-    0x8b, 0x73, 0x10,             /* mov esi, [ebx + 16] */
-    0x66, 0xba, 0xf8, 0x03,       /* mov dx, 0x3f8 */
-    0xac,                         /* next: lodsb */
-    0x84, 0xc0,                   /* test al, al */
-    0x74, 0x03,                   /* jz done */
-    0xee,                         /* out dx, al */
-    0xeb, 0xf8,                   /* jmp next */
-    0xeb, 0x07,                   /* done: jmp off */
-    0x66, 0xba, 0xf8, 0x03,       /* bad: mov dx, 0x3f8 */
-    0xb0, 0x21,                   /* mov al, '!' */
-    0xee,                         /* out dx, al */
-    0x66, 0xba, 0x04, 0x06,       /* off: mov dx, 0x604 */
-    0x66, 0xb8, 0x00, 0x20,       /* mov ax, 0x2000 */
-    0x66, 0xef,                   /* out dx, ax */
-    0xf4,                         /* hlt */
-    0xeb, 0xfd,                   /* jmp hlt */
+    0x75, 0x12,			  /* jne bad */
+    0x8b, 0x73, 0x10,		  /* mov esi, [ebx + 16] */
+    0x66, 0xba, 0xf8, 0x03,	  /* mov dx, 0x3f8 */
+    0xac,			  /* next: lodsb */
+    0x84, 0xc0,			  /* test al, al */
+    0x74, 0x03,			  /* jz done */
+    0xee,			  /* out dx, al */
+    0xeb, 0xf8,			  /* jmp next */
+    0xeb, 0x07,			  /* done: jmp off */
+    0x66, 0xba, 0xf8, 0x03,	  /* bad: mov dx, 0x3f8 */
+    0xb0, 0x21,			  /* mov al, '!' */
+    0xee,			  /* out dx, al */
+    0x66, 0xba, 0x04, 0x06,	  /* off: mov dx, 0x604 */
+    0x66, 0xb8, 0x00, 0x20,	  /* mov ax, 0x2000 */
+    0x66, 0xef,			  /* out dx, ax */
+    0xf4,			  /* hlt */
+    0xeb, 0xfd,			  /* jmp hlt */
 };
 
 /* Print 'S', then count forever in guest memory at COUNTER_GPA. */
 static const uint8_t spin_code[] = {
-    0x66, 0xba, 0xf8, 0x03,             /* mov dx, 0x3f8 */
-    0xb0, 0x53,                         /* mov al, 'S' */
-    0xee,                               /* out dx, al */
+    0x66, 0xba, 0xf8, 0x03,		/* mov dx, 0x3f8 */
+    0xb0, 0x53,				/* mov al, 'S' */
+    0xee,				/* out dx, al */
     0xff, 0x05, 0x00, 0x00, 0x20, 0x00, /* loop: inc dword [0x200000] */
-    0xeb, 0xf8,                         /* jmp loop */
+    0xeb, 0xf8,				/* jmp loop */
 };
 
 /* ud2 with no usable IDT: #UD -> #GP/#DF -> triple fault. */
@@ -82,12 +82,12 @@ static bool kvm_available(void)
 	return true;
 }
 
-#define SKIP_WITHOUT_KVM()                                       \
-	do {                                                     \
-		if (!kvm_available()) {                          \
-			print_message("# no /dev/kvm: skipped\n"); \
-			skip();                                  \
-		}                                                \
+#define SKIP_WITHOUT_KVM()                                                     \
+	do {                                                                   \
+		if (!kvm_available()) {                                        \
+			print_message("# no /dev/kvm: skipped\n");             \
+			skip();                                                \
+		}                                                              \
 	} while (0)
 
 static void make_guest(struct guest *g, const uint8_t *code, size_t n)
@@ -168,9 +168,9 @@ static void test_boot_print_poweroff(void **state)
 
 static uint32_t guest_counter(struct kv_vm *vm)
 {
-	return __atomic_load_n((uint32_t *)((uint8_t *)kv_vm_ram(vm) +
-					    COUNTER_GPA),
-			       __ATOMIC_RELAXED);
+	return __atomic_load_n(
+	    (uint32_t *)((uint8_t *)kv_vm_ram(vm) + COUNTER_GPA),
+	    __ATOMIC_RELAXED);
 }
 
 static void wait_counter_moves(struct kv_vm *vm)
@@ -210,9 +210,8 @@ static void test_pause_resume_spinning_guest(void **state)
 		usleep(20000);
 		assert_int_equal(guest_counter(g.vm), c_paused);
 		/* Stopped vCPUs answer state ioctls: RIP is in the loop. */
-		assert_int_equal(ioctl(kv_vm_vcpu_fd(g.vm, 0), KVM_GET_REGS,
-				       &regs),
-				 0);
+		assert_int_equal(
+		    ioctl(kv_vm_vcpu_fd(g.vm, 0), KVM_GET_REGS, &regs), 0);
 		assert_true(regs.rip >= TEST_MB_BASE + TEST_MB_CODE_OFF + 7 &&
 			    regs.rip < TEST_MB_BASE + TEST_MB_CODE_OFF +
 					   sizeof(spin_code));
@@ -309,8 +308,7 @@ static void test_boot_writes_are_marked_dirty(void **state)
 	struct guest g = {0};
 	struct kv_error err = {0};
 	struct mark_log log = {0};
-	struct kv_vm_dirty_hooks hooks = {.mark = count_marks,
-					  .opaque = &log};
+	struct kv_vm_dirty_hooks hooks = {.mark = count_marks, .opaque = &log};
 	struct kv_vm_config cfg = {
 	    .mem_size = 16 * MIB,
 	    .ncpus = 1,

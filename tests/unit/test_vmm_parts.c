@@ -74,7 +74,7 @@ static void walk_mp_entries(const uint8_t *t, struct mp_counts *c, int ncpus)
 		switch (e[0]) {
 		case 0:
 			assert_int_equal(e[1], c->cpus); /* APIC id = index */
-			assert_true(e[3] & 1);           /* enabled */
+			assert_true(e[3] & 1);		 /* enabled */
 			if (e[3] & 2) {
 				assert_int_equal(e[1], 0);
 				c->bsp++;
@@ -167,9 +167,9 @@ static void test_mptable_rejects(void **state)
 	uint8_t buf[KV_MPTABLE_MAX_BYTES];
 	struct kv_error err = {0};
 
-	assert_int_equal(kv_mptable_build(buf, sizeof(buf), KV_MPTABLE_ADDR,
-					  0, &err),
-			 -EINVAL);
+	assert_int_equal(
+	    kv_mptable_build(buf, sizeof(buf), KV_MPTABLE_ADDR, 0, &err),
+	    -EINVAL);
 	kv_error_clear(&err);
 	assert_int_equal(kv_mptable_build(buf, sizeof(buf), KV_MPTABLE_ADDR,
 					  KV_VM_MAX_VCPUS + 1, &err),
@@ -323,13 +323,12 @@ static void test_multiboot_aout_kludge(void **state)
 	test_put32(img + 20, flags);
 	test_put32(img + 24, -(KV_MB_HEADER_MAGIC + flags));
 	test_put32(img + 28, load + 16);   /* header_addr */
-	test_put32(img + 32, load);        /* load_addr */
+	test_put32(img + 32, load);	   /* load_addr */
 	test_put32(img + 36, load + 200);  /* load_end_addr */
 	test_put32(img + 40, load + 4096); /* bss_end_addr */
 	test_put32(img + 44, load + 64);   /* entry */
-	assert_int_equal(kv_multiboot_parse(img, sizeof(img), 64 * MIB, &k,
-					    &err),
-			 0);
+	assert_int_equal(
+	    kv_multiboot_parse(img, sizeof(img), 64 * MIB, &k, &err), 0);
 	assert_int_equal(k.entry, load + 64);
 	assert_int_equal(k.nsegments, 1);
 	assert_int_equal(k.segments[0].paddr, load);
@@ -380,11 +379,10 @@ static void test_multiboot_load_and_info(void **state)
 	assert_int_equal(kv_gmem_init(&mem, 16 * MIB, &err), 0);
 	mem.written = note_written;
 	mem.written_opaque = &wl;
-	assert_int_equal(kv_multiboot_parse(img, len, mem.lowmem, &k, &err),
-			 0);
-	assert_int_equal(kv_multiboot_load(img, &k, &mem, "wss=64 pattern=x",
-					   &info, &err),
-			 0);
+	assert_int_equal(kv_multiboot_parse(img, len, mem.lowmem, &k, &err), 0);
+	assert_int_equal(
+	    kv_multiboot_load(img, &k, &mem, "wss=64 pattern=x", &info, &err),
+	    0);
 	assert_int_equal(info, KV_MB_INFO_ADDR);
 	assert_memory_equal(mem.host + TEST_MB_BASE, img, len);
 	assert_true(wl.calls >= 2);
@@ -431,8 +429,7 @@ static void test_multiboot_cmdline_too_long(void **state)
 	memset(cmd, 'a', 19999);
 	cmd[19999] = 0;
 	assert_int_equal(kv_gmem_init(&mem, 16 * MIB, &err), 0);
-	assert_int_equal(kv_multiboot_parse(img, len, mem.lowmem, &k, &err),
-			 0);
+	assert_int_equal(kv_multiboot_parse(img, len, mem.lowmem, &k, &err), 0);
 	assert_int_equal(kv_multiboot_load(img, &k, &mem, cmd, &info, &err),
 			 -E2BIG);
 	assert_non_null(strstr(err.msg, "command line"));
@@ -447,9 +444,9 @@ static void test_multiboot_read_file_errors(void **state)
 	uint8_t *img;
 	size_t len;
 
-	assert_int_equal(kv_multiboot_read_file("/nonexistent/kernel.elf",
-						&img, &len, &err),
-			 -ENOENT);
+	assert_int_equal(
+	    kv_multiboot_read_file("/nonexistent/kernel.elf", &img, &len, &err),
+	    -ENOENT);
 	assert_non_null(strstr(err.msg, "/nonexistent/kernel.elf"));
 	kv_error_clear(&err);
 	assert_true(kv_multiboot_read_file("/tmp", &img, &len, &err) < 0);
@@ -481,8 +478,7 @@ static void test_gmem_layout(void **state)
 	assert_false(kv_gmem_gpa_to_offset(&mem, (6ULL << 30) - 4, 8, &off));
 	assert_false(kv_gmem_gpa_to_offset(&mem, ~0ULL - 2, 8, &off));
 	assert_false(kv_gmem_gpa_to_offset(&mem, 16, ~0ULL, &off));
-	assert_int_equal(kv_gmem_write(&mem, 0xfec00000, &b, 1, &err),
-			 -EFAULT);
+	assert_int_equal(kv_gmem_write(&mem, 0xfec00000, &b, 1, &err), -EFAULT);
 	kv_gmem_fini(&mem);
 
 	kv_error_clear(&err);
@@ -690,8 +686,9 @@ static void test_uart_input_thread(void **state)
 	assert_int_equal(write(in[1], "hello", 5), 5);
 	for (int i = 0; i < 5; i++) {
 		/* Wait up to ~5 s per byte: the thread may be slow. */
-		for (int t = 0; t < 5000 && !(kv_serial_read(f->s, KV_UART_LSR) &
-					      KV_UART_LSR_DR);
+		for (int t = 0;
+		     t < 5000 &&
+		     !(kv_serial_read(f->s, KV_UART_LSR) & KV_UART_LSR_DR);
 		     t++)
 			usleep(1000);
 		got[i] = (char)kv_serial_read(f->s, KV_UART_RBR_THR);
@@ -763,14 +760,14 @@ int main(void)
 	    cmocka_unit_test(test_gmem_layout),
 	    cmocka_unit_test_setup_teardown(test_uart_transmit_and_thri,
 					    uart_setup, uart_teardown),
-	    cmocka_unit_test_setup_teardown(test_uart_receive_fifo,
-					    uart_setup, uart_teardown),
+	    cmocka_unit_test_setup_teardown(test_uart_receive_fifo, uart_setup,
+					    uart_teardown),
 	    cmocka_unit_test_setup_teardown(test_uart_registers, uart_setup,
 					    uart_teardown),
 	    cmocka_unit_test_setup_teardown(test_uart_state_roundtrip,
 					    uart_setup, uart_teardown),
-	    cmocka_unit_test_setup_teardown(test_uart_input_thread,
-					    uart_setup, uart_teardown),
+	    cmocka_unit_test_setup_teardown(test_uart_input_thread, uart_setup,
+					    uart_teardown),
 	    cmocka_unit_test(test_cpuid_patch),
 	    cmocka_unit_test(test_poweroff_decoding),
 	};
