@@ -130,6 +130,7 @@ tr_pm:
 	movw	%ax, %ds
 	movw	%ax, %es
 	movw	%ax, %ss
+	movl	ap_boot_rsp, %esp	/* below 4 GiB; enter_long_mode pushes */
 	movl	$ap_entry32, %eax
 	jmp	*%eax
 	.balign 8

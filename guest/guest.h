@@ -59,6 +59,7 @@ struct guest {
 
 	uint32_t ncpus;		/* from the MP table */
 	uint64_t mp_addr;	/* its floating pointer; 0: none found */
+	bool cpus_from_madt;	/* the ACPI MADT listed more CPUs */
 	uint32_t apic_ids[MAX_CPUS];
 	volatile uint32_t cpus_up;
 	uint32_t workers;

@@ -125,6 +125,7 @@ struct mb_mmap {
 
 struct region {
 	uint64_t base, end;
+	bool ram;	/* type 1; others (ACPI, reserved) are mapped too */
 };
 
 struct desc_ptr {
@@ -185,18 +186,21 @@ static int read_memory_map(const struct mb_info *mbi, struct region *r)
 			const struct mb_mmap *e =
 				(const struct mb_mmap *)(uintptr_t)p;
 
-			if (e->type == 1 && e->len) {
+			if (e->len) {
 				r[n].base = e->base;
 				r[n].end = e->base + e->len;
+				r[n].ram = e->type == 1;
 				n++;
 			}
 			p += e->size + 4;
 		}
 	} else if (mbi->flags & MB_INFO_MEM) {
-		r[n].base = 0;
-		r[n++].end = (uint64_t)mbi->mem_lower << 10;
-		r[n].base = 0x100000;
-		r[n++].end = 0x100000 + ((uint64_t)mbi->mem_upper << 10);
+		r[n] = (struct region){ 0, (uint64_t)mbi->mem_lower << 10,
+					true };
+		n++;
+		r[n] = (struct region){ 0x100000, 0x100000 +
+					((uint64_t)mbi->mem_upper << 10), true };
+		n++;
 	}
 	return n;
 }
@@ -211,7 +215,8 @@ static void map_2m(uint64_t addr, uint64_t flags)
 	pdpt[pdi] = (uintptr_t)pds[pdi] | PTE_BOOT;
 }
 
-/* Identity map with 2 MiB user pages: every RAM region, the first 2 MiB
+/* Identity map with 2 MiB user pages: every memory-map region (RAM, and
+ * ACPI tables the CPU search reads), the first 2 MiB
  * (BIOS data, MP table, trampoline) and the LAPIC/IOAPIC uncached. */
 static void build_page_tables(const struct region *r, int n)
 {
@@ -245,6 +250,8 @@ static void plan_working_set(const struct region *r, int n)
 		uint64_t lo = (r[i].base + HUGE_SIZE - 1) & ~(HUGE_SIZE - 1);
 		uint64_t hi = r[i].end & ~(HUGE_SIZE - 1);
 
+		if (!r[i].ram)
+			continue;
 		g.ram_bytes += r[i].end - r[i].base;
 		if (lo < floor)
 			lo = floor;
@@ -396,9 +403,13 @@ static void cpu_setup(uint32_t i)
 	struct cpu_local *cl = (struct cpu_local *)kstacks[i];
 
 	cl->index = i;
-	cl->apic_id = lapic_read(LAPIC_ID) >> 24;
 	cpu_locals[i] = cl;
 	cpu_tables_load(i);
+}
+
+static void cpu_timer_setup(uint32_t i)
+{
+	cpu_locals[i]->apic_id = lapic_read(LAPIC_ID) >> 24;
 	lapic_enable();
 	lapic_timer_start();
 }
@@ -459,18 +470,82 @@ static const uint8_t *mp_find(void)
 	return p;
 }
 
-/* CPUs in MP-table order, the BSP first. */
+static void add_cpu(uint32_t apic_id, uint32_t *ids, uint32_t *n)
+{
+	if (apic_id != ids[0] && *n < MAX_CPUS)
+		ids[(*n)++] = apic_id;
+}
+
+static const uint8_t *acpi_scan(uint64_t base, uint64_t len)
+{
+	for (uint64_t a = base; a + 20 <= base + len; a += 16) {
+		const uint8_t *p = (const uint8_t *)(uintptr_t)a;
+
+		if (*(const uint64_t *)p == 0x2052545020445352ULL && /* RSD PTR */
+		    checksum_ok(p, 20))
+			return p;
+	}
+	return NULL;
+}
+
+/* ACPI MADT: QEMU's own list of CPUs. SeaBIOS's MP table lists only the
+ * CPUs that answered its SIPI in time, which under emulated CPL0 may be
+ * the BSP alone. */
+static uint32_t madt_cpus(uint32_t *ids)
+{
+	uint64_t ebda = (uint64_t)bda_read16(0x40e) << 4;
+	const uint8_t *rsdp = NULL, *rsdt, *madt = NULL, *e, *end;
+	uint32_t n = 1;
+
+	if (ebda >= 0x80000 && ebda < 0xa0000)
+		rsdp = acpi_scan(ebda, 1024);
+	if (!rsdp)
+		rsdp = acpi_scan(0xe0000, 0x20000);
+	if (!rsdp)
+		return 0;
+	rsdt = (const uint8_t *)(uintptr_t)*(const uint32_t *)(rsdp + 16);
+	if (!rsdt || *(const uint32_t *)rsdt != 0x54445352) /* "RSDT" */
+		return 0;
+	for (uint32_t off = 36; off + 4 <= *(const uint32_t *)(rsdt + 4);
+	     off += 4) {
+		const uint8_t *t = (const uint8_t *)(uintptr_t)
+			*(const uint32_t *)(rsdt + off);
+
+		if (t && *(const uint32_t *)t == 0x43495041) { /* "APIC" */
+			madt = t;
+			break;
+		}
+	}
+	if (!madt)
+		return 0;
+	end = madt + *(const uint32_t *)(madt + 4);
+	for (e = madt + 44; e + 2 <= end && e[1] >= 2; e += e[1]) {
+		if (e[0] == 0 && (e[4] & 1)) /* enabled local APIC */
+			add_cpu(e[3], ids, &n);
+	}
+	return n;
+}
+
+/* CPUs in MP-table (or MADT) order, the BSP first. */
 static void find_cpus(void)
 {
 	const uint8_t *fp = mp_find(), *cfg, *e;
 	uint32_t bsp = lapic_read(LAPIC_ID) >> 24;
+	uint32_t madt_ids[MAX_CPUS] = { bsp }, nmadt = madt_cpus(madt_ids);
 	uint16_t count;
 
 	g.apic_ids[0] = bsp;
 	g.ncpus = 1;
+	if (fp)
+		g.mp_addr = (uintptr_t)fp;
+	if (nmadt > 1) {
+		memcpy(g.apic_ids, madt_ids, nmadt * sizeof(madt_ids[0]));
+		g.ncpus = nmadt;
+		g.cpus_from_madt = true;
+		return;
+	}
 	if (!fp)
 		return;
-	g.mp_addr = (uintptr_t)fp;
 	cfg = (const uint8_t *)(uintptr_t)*(const uint32_t *)(fp + 4);
 	if (!cfg || *(const uint32_t *)cfg != 0x504d4350 || /* "PCMP" */
 	    !checksum_ok(cfg, *(const uint16_t *)(cfg + 4)))
@@ -482,8 +557,8 @@ static void find_cpus(void)
 			e += 8;
 			continue;
 		}
-		if ((e[3] & 1) && e[1] != bsp && g.ncpus < MAX_CPUS)
-			g.apic_ids[g.ncpus++] = e[1];
+		if (e[3] & 1)
+			add_cpu(e[1], g.apic_ids, &g.ncpus);
 		e += 20;
 	}
 }
@@ -554,6 +629,7 @@ void kernel_main(void)
 	int nr;
 
 	serial_init();
+	cpu_setup(0); /* exceptions are reported from here on */
 	if (boot_magic != MB_BOOTLOADER_MAGIC)
 		fatal("not started by a multiboot loader (EAX)");
 	g.boot_tsc = boot_tsc;
@@ -584,7 +660,7 @@ void kernel_main(void)
 	lapic_enable();
 	calibrate_lapic_timer();
 	find_cpus();
-	cpu_setup(0);
+	cpu_timer_setup(0);
 	start_aps();
 	g.workers = g.opt.vcpus && g.opt.vcpus < g.ncpus ? g.opt.vcpus
 							  : g.ncpus;
@@ -595,5 +671,6 @@ void kernel_main(void)
 void ap_main(uint32_t index)
 {
 	cpu_setup(index);
+	cpu_timer_setup(index);
 	go_user(index);
 }

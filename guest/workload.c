@@ -335,9 +335,10 @@ static void banner(uint64_t hz)
 	gprintf("guest: tsc %lu kHz (pit %lu kHz, cpuid %lu kHz), lapic "
 		"timer 100 Hz = %u ticks/10 ms",
 		g.tsc_khz, g.tsc_khz_pit, g.tsc_khz_cpuid, g.lapic_ticks_10ms);
-	gprintf("guest: cpus %u (mp table at 0x%lx), workload vcpus %u, "
+	gprintf("guest: cpus %u (%s; mp table at 0x%lx), workload vcpus %u, "
 		"ram %lu MiB",
-		g.ncpus, g.mp_addr, g.workers, g.ram_bytes >> 20);
+		g.ncpus, g.cpus_from_madt ? "acpi madt" : "mp table", g.mp_addr,
+		g.workers, g.ram_bytes >> 20);
 	gprintf("guest: working set %lu MiB (%lu pages) at 0x%lx, pattern %s, "
 		"rate %lu MiB/s, seed %lu, sweep %u s, runtime %lu s",
 		g.ws_pages >> 8, g.ws_pages, g.ext[0].base,
