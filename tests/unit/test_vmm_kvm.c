@@ -109,7 +109,8 @@ static void make_guest(struct guest *g, const uint8_t *code, size_t n)
 	free(img);
 }
 
-static void boot_guest(struct guest *g, int ncpus, const char *cmdline)
+static void boot_guest_mode(struct guest *g, int ncpus, const char *cmdline,
+			    enum kv_dirty_mode mode)
 {
 	struct kv_vm_config cfg = {
 	    .mem_size = 16 * MIB,
@@ -117,7 +118,8 @@ static void boot_guest(struct guest *g, int ncpus, const char *cmdline)
 	    .kernel = g->kernel,
 	    .cmdline = cmdline,
 	    .console = g->console_spec,
-	    .dirty_mode = KV_DIRTY_LOG,
+	    .dirty_mode = mode,
+	    .dirty_ring_entries = 4096,
 	};
 	struct kv_error err = {0};
 
@@ -127,6 +129,11 @@ static void boot_guest(struct guest *g, int ncpus, const char *cmdline)
 		fail_msg("kv_vm_boot_kernel: %s", err.msg);
 	if (kv_vm_start(g->vm, &err))
 		fail_msg("kv_vm_start: %s", err.msg);
+}
+
+static void boot_guest(struct guest *g, int ncpus, const char *cmdline)
+{
+	boot_guest_mode(g, ncpus, cmdline, KV_DIRTY_LOG);
 }
 
 static size_t read_console(struct guest *g, char *buf, size_t size)
@@ -158,12 +165,15 @@ static void test_boot_print_poweroff(void **state)
 	char out[128];
 
 	SKIP_WITHOUT_KVM();
-	make_guest(&g, print_cmdline_code, sizeof(print_cmdline_code));
-	boot_guest(&g, 2, "hello from the guest");
-	assert_int_equal(kv_vm_wait(g.vm, &err), 0);
-	read_console(&g, out, sizeof(out));
-	assert_string_equal(out, "hello from the guest");
-	cleanup_guest(&g);
+	/* Both dirty-tracking set-ups (capabilities enabled at creation). */
+	for (int mode = KV_DIRTY_LOG; mode <= KV_DIRTY_RING; mode++) {
+		make_guest(&g, print_cmdline_code, sizeof(print_cmdline_code));
+		boot_guest_mode(&g, 2, "hello from the guest", mode);
+		assert_int_equal(kv_vm_wait(g.vm, &err), 0);
+		read_console(&g, out, sizeof(out));
+		assert_string_equal(out, "hello from the guest");
+		cleanup_guest(&g);
+	}
 }
 
 static uint32_t guest_counter(struct kv_vm *vm)
