@@ -173,9 +173,11 @@ isr_timer:
 isr_spurious:
 	iretq
 
-/* int $0x80 from CPL3: park this vCPU (not a workload vCPU). */
-	.globl isr_park
-isr_park:
+/* A vCPU that runs no workload waits here at CPL0 with interrupts on,
+ * costing the host nothing between timer ticks. (It cannot come down from
+ * CPL3 later: `int $n` from CPL3 raises #UD under PVM.) */
+	.globl idle_forever
+idle_forever:
 	sti
 1:	hlt
 	jmp	1b

@@ -31,6 +31,7 @@ struct options {
 	uint64_t seed;
 	uint64_t runtime_s;	/* 0: until 'q' */
 	uint32_t sweep_s;	/* full verification sweep period */
+	bool inject;		/* self-test: corrupt one page after 1 s */
 };
 
 /* At the base of each vCPU's kernel stack; the timer stub bumps ticks. */

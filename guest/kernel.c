@@ -54,7 +54,7 @@ extern const char trampoline_start[], trampoline_end[];
 extern char _end[];
 void isr_timer(void);
 void isr_spurious(void);
-void isr_park(void);
+void idle_forever(void) __attribute__((noreturn));
 void halt_forever(void) __attribute__((noreturn));
 void enter_user(void (*rip)(uint64_t), uint64_t arg, uint64_t rsp)
 	__attribute__((noreturn));
@@ -392,7 +392,6 @@ static void cpu_tables_load(uint32_t i)
 	for (int v = 0; v < 32; v++)
 		set_gate(&pc->idt[v], exc_stubs[v], 0);
 	set_gate(&pc->idt[VEC_TIMER], (uintptr_t)isr_timer, 0);
-	set_gate(&pc->idt[VEC_PARK], (uintptr_t)isr_park, 3);
 	set_gate(&pc->idt[VEC_SPURIOUS], (uintptr_t)isr_spurious, 0);
 	load_gdt_tss(&gdtr);
 	__asm__ volatile("lidt %0" : : "m"(idtr));
@@ -418,6 +417,8 @@ static void go_user(uint32_t i) __attribute__((noreturn));
 static void go_user(uint32_t i)
 {
 	__atomic_add_fetch(&g.cpus_up, 1, __ATOMIC_SEQ_CST);
+	if (g.opt.vcpus && i >= g.opt.vcpus)
+		idle_forever();
 	/* As if called: RSP = 8 mod 16 at function entry. */
 	enter_user(user_main, i, (uintptr_t)ustacks[i] + USTACK_SIZE - 8);
 }

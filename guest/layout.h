@@ -20,7 +20,6 @@
 #define SEL_TSS		0x28
 
 #define VEC_TIMER	32
-#define VEC_PARK	0x80
 #define VEC_SPURIOUS	0xff
 
 #define PTE_P		0x001

@@ -251,6 +251,8 @@ static void parse_option(const char *key, size_t klen, const char *val,
 		o->seed = v;
 	else if (word_is(key, klen, "runtime") && num)
 		o->runtime_s = v;
+	else if (word_is(key, klen, "inject") && num)
+		o->inject = v != 0;
 	else if (word_is(key, klen, "sweep") && num && v)
 		o->sweep_s = (uint32_t)v;
 	else if (word_is(key, klen, "pattern") &&

@@ -31,6 +31,7 @@ struct wl {
 	uint64_t writes, verified, sweeps, hb, corrupt;
 	uint64_t iv_writes, iv_start, iv_corrupt_lines, maxgap;
 	bool stopping;
+	bool injected;
 };
 
 static uint64_t mix(uint64_t p, uint32_t gen, uint64_t i)
@@ -214,8 +215,16 @@ static void tick(struct wl *w)
 	}
 	if (now >= w->next_hb)
 		heartbeat(w, now);
-	if (now >= w->next_status)
+	if (now >= w->next_status) {
+		if (g.opt.inject && w->cpu == 0 && now - w->start >= w->hz &&
+		    !w->injected) {
+			/* Self-test (inject=1): break one page behind the
+			 * generation table's back; verification must see it. */
+			page_addr(w->first)[7] ^= 1;
+			w->injected = true;
+		}
 		status(w, now);
+	}
 	if (w->cpu == 0 && now >= w->next_poll)
 		poll_stop(w, now);
 }
@@ -299,11 +308,12 @@ static void power_off(struct wl *w)
 	gprintf("guest: still running after the power-off ports");
 }
 
+/* Done: wait for the power-off at CPL3 (no way down to CPL0 under PVM). */
 static void park(void) __attribute__((noreturn));
 static void park(void)
 {
 	for (;;)
-		__asm__ volatile("int $0x80");
+		cpu_relax();
 }
 
 /* Timer-interrupt cost as seen from CPL3: gaps in a tight TSC loop. */
@@ -335,9 +345,11 @@ static void banner(uint64_t hz)
 	gprintf("guest: tsc %lu kHz (pit %lu kHz, cpuid %lu kHz), lapic "
 		"timer 100 Hz = %u ticks/10 ms",
 		g.tsc_khz, g.tsc_khz_pit, g.tsc_khz_cpuid, g.lapic_ticks_10ms);
-	gprintf("guest: cpus %u (%s; mp table at 0x%lx), workload vcpus %u, "
+	gprintf("guest: cpus %u (%s, mp table at 0x%lx), workload vcpus %u, "
 		"ram %lu MiB",
-		g.ncpus, g.cpus_from_madt ? "acpi madt" : "mp table", g.mp_addr,
+		g.ncpus,
+		g.cpus_from_madt ? "from the acpi madt" : "from the mp table",
+		g.mp_addr,
 		g.workers, g.ram_bytes >> 20);
 	gprintf("guest: working set %lu MiB (%lu pages) at 0x%lx, pattern %s, "
 		"rate %lu MiB/s, seed %lu, sweep %u s, runtime %lu s",
