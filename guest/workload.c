@@ -305,7 +305,11 @@ static void power_off(struct wl *w)
 	gprintf("guest: power off");
 	outw(0x604, POWEROFF_VALUE);
 	outw(0xb004, POWEROFF_VALUE);
-	gprintf("guest: still running after the power-off ports");
+	/* The VMM may take a moment to stop the vCPUs. */
+	end = rdtsc() + w->hz;
+	while (rdtsc() < end)
+		cpu_relax();
+	gprintf("guest: still running 1 s after the power-off ports");
 }
 
 /* Done: wait for the power-off at CPL3 (no way down to CPL0 under PVM). */
