@@ -14,6 +14,7 @@
 #include "base/clock.h"
 #include "base/error.h"
 #include "cli/cli.h"
+#include "cli/run_control.h"
 #include "vmm/vm.h"
 
 #define MIB (1024ULL * 1024)
@@ -52,7 +53,8 @@ static void print_help(void)
 	       "  --dirty-tracker log|ring\n"
 	       "                         KVM dirty tracking for migration "
 	       "(default log)\n"
-	       "  --qmp unix:PATH        QMP monitor socket\n"
+	       "  --qmp unix:PATH|tcp:HOST:PORT\n"
+	       "                         QMP monitor socket\n"
 	       "  --incoming URI|defer   wait for a migration instead of "
 	       "booting\n"
 	       "  --verify-ram           hash all guest RAM at switch-over "
@@ -116,9 +118,10 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 		return kv_cli_usage_error(
 		    "run", "--dirty-tracker '%s': expected log or ring",
 		    tracker);
-	if (a->qmp && strncmp(a->qmp, "unix:", 5))
+	if (a->qmp && strncmp(a->qmp, "unix:", 5) && strncmp(a->qmp, "tcp:", 4))
 		return kv_cli_usage_error(
-		    "run", "--qmp '%s': expected unix:PATH", a->qmp);
+		    "run", "--qmp '%s': expected unix:PATH or tcp:HOST:PORT",
+		    a->qmp);
 	if (!a->cfg.kernel && !a->incoming)
 		return kv_cli_usage_error("run", "--kernel ELF is required (or "
 						 "--incoming)");
@@ -154,38 +157,64 @@ static void block_signals(struct signal_waiter *w)
 	pthread_sigmask(SIG_BLOCK, &w->set, NULL);
 }
 
-static int boot_and_wait(struct run_args *a, struct kv_error *err)
+/* Boot the kernel, or wait for an incoming migration, then run until the
+ * guest powers off, QMP says quit or a signal arrives. */
+static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
+		  struct kv_error *err)
 {
-	struct signal_waiter w = {0};
-	struct kv_vm *vm = NULL;
 	int64_t t0 = kv_now_ns();
-	bool waiter = false;
-	int rc;
+	int ret;
 
-	block_signals(&w);
-	rc = kv_vm_create(&a->cfg, &vm, err);
-	if (!rc)
-		rc = kv_vm_boot_kernel(vm, err);
-	if (!rc) {
-		w.vm = vm;
-		waiter = !pthread_create(&w.thread, NULL, signal_main, &w);
-		rc = kv_vm_start(vm, err);
-	}
-	if (!rc) {
+	if (a->incoming) {
+		ret = run_ctl_incoming(rc, a->incoming, err);
+		if (ret < 0)
+			return ret;
+		fprintf(stderr, "kvmig run: waiting for an incoming migration "
+				"on %s\n",
+			a->incoming);
+	} else {
+		ret = kv_vm_boot_kernel(vm, err);
+		if (!ret)
+			ret = kv_vm_start(vm, err);
+		if (ret < 0)
+			return ret;
+		run_ctl_booted(rc);
 		fprintf(stderr,
 			"kvmig run: guest started: %d vCPU(s), %llu MiB, "
 			"set up in %.1f ms\n",
 			a->cfg.ncpus,
 			(unsigned long long)(a->cfg.mem_size / MIB),
 			(double)(kv_now_ns() - t0) / 1e6);
-		rc = kv_vm_wait(vm, err);
+	}
+	return kv_vm_wait(vm, err);
+}
+
+static int boot_and_wait(struct run_args *a, struct kv_error *err)
+{
+	struct signal_waiter w = {0};
+	struct run_ctl *rc = NULL;
+	struct kv_vm *vm = NULL;
+	bool waiter = false;
+	int ret;
+
+	block_signals(&w);
+	ret = kv_vm_create(&a->cfg, &vm, err);
+	if (!ret)
+		ret = run_ctl_new(vm, a->verify_ram, a->qmp, &rc, err);
+	if (!ret) {
+		w.vm = vm;
+		waiter = !pthread_create(&w.thread, NULL, signal_main, &w);
+		ret = run_vm(a, vm, rc, err);
+		run_ctl_shutdown(rc);
 	}
 	if (waiter) {
 		pthread_kill(w.thread, SIGUSR2);
 		pthread_join(w.thread, NULL);
 	}
+	/* The controller's threads use the VM: stop them first. */
+	run_ctl_free(rc);
 	kv_vm_destroy(vm);
-	return rc;
+	return ret;
 }
 
 int kv_cmd_run(int argc, char **argv)
@@ -203,11 +232,6 @@ int kv_cmd_run(int argc, char **argv)
 	if (help) {
 		print_help();
 		return KV_EXIT_OK;
-	}
-	if (a.qmp || a.incoming) {
-		fprintf(stderr, "kvmig run: %s is not implemented yet\n",
-			a.qmp ? "--qmp" : "--incoming");
-		return KV_EXIT_FAILURE;
 	}
 	rc = boot_and_wait(&a, &err);
 	if (rc < 0) {
