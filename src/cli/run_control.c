@@ -262,6 +262,47 @@ static int qmp_query_migrate(void *opaque, void **ret, struct kv_error *err)
 	return 0;
 }
 
+static int qmp_migrate_set_parameters(void *opaque, void *args,
+				      struct kv_error *err)
+{
+	struct run_ctl *rc = opaque;
+	json_t *dl = json_object_get(args, "downtime-limit");
+	json_t *bw = json_object_get(args, "max-bandwidth");
+	struct kv_mig_params p;
+
+	kv_vm_mig_get_params(rc->mig, &p);
+	/* QEMU's bounds: downtime-limit up to 2000 s, in ms. */
+	if (dl && (json_integer_value(dl) < 0 ||
+		   json_integer_value(dl) > 2000000))
+		return kv_error_set(err, -EINVAL,
+				    "Parameter 'downtime-limit' expects an "
+				    "integer in the range of 0 to 2000000 "
+				    "milliseconds");
+	if (bw && json_integer_value(bw) < 0)
+		return kv_error_set(err, -EINVAL,
+				    "Parameter 'max-bandwidth' expects a "
+				    "non-negative number of bytes per second");
+	if (dl)
+		p.downtime_limit_ms = (uint64_t)json_integer_value(dl);
+	if (bw)
+		p.max_bandwidth = (uint64_t)json_integer_value(bw);
+	kv_vm_mig_set_params(rc->mig, &p);
+	return 0;
+}
+
+static int qmp_query_migrate_parameters(void *opaque, void **ret,
+					struct kv_error *err)
+{
+	struct run_ctl *rc = opaque;
+	struct kv_mig_params p;
+
+	kv_vm_mig_get_params(rc->mig, &p);
+	*ret = json_pack("{s:I,s:I}", "downtime-limit",
+			 (json_int_t)p.downtime_limit_ms, "max-bandwidth",
+			 (json_int_t)p.max_bandwidth);
+	return *ret ? 0 : kv_error_set(err, -ENOMEM, "out of memory");
+}
+
 static const struct kv_qmp_ops qmp_ops_template = {
     .query_status = qmp_query_status,
     .stop = qmp_stop,
@@ -271,6 +312,8 @@ static const struct kv_qmp_ops qmp_ops_template = {
     .migrate_incoming = qmp_migrate_incoming,
     .migrate_cancel = qmp_migrate_cancel,
     .query_migrate = qmp_query_migrate,
+    .migrate_set_parameters = qmp_migrate_set_parameters,
+    .query_migrate_parameters = qmp_query_migrate_parameters,
 };
 
 /* ---- incoming ---- */

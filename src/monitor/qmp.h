@@ -46,6 +46,13 @@ struct kv_qmp_ops {
 	int (*migrate_cancel)(void *opaque, struct kv_error *err);
 	/* QEMU's MigrationInfo object. */
 	int (*query_migrate)(void *opaque, void **ret, struct kv_error *err);
+	/* args: the checked "arguments" object (json_t *): every member is
+	 * a parameter to set; unknown ones are the VMM's to reject. */
+	int (*migrate_set_parameters)(void *opaque, void *args,
+				      struct kv_error *err);
+	/* QEMU's MigrationParameters object. */
+	int (*query_migrate_parameters)(void *opaque, void **ret,
+					struct kv_error *err);
 	void *opaque;
 };
 

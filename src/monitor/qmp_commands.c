@@ -148,6 +148,26 @@ static int cmd_query_migrate(struct kv_qmp_call *call)
 	return take_object(call, "query-migrate", rc, ret);
 }
 
+static int cmd_migrate_set_parameters(struct kv_qmp_call *call)
+{
+	if (!call->ops->migrate_set_parameters)
+		return missing_op(call, "migrate-set-parameters");
+	return call->ops->migrate_set_parameters(call->ops->opaque, call->args,
+						 &call->err);
+}
+
+static int cmd_query_migrate_parameters(struct kv_qmp_call *call)
+{
+	void *ret = NULL;
+	int rc;
+
+	if (!call->ops->query_migrate_parameters)
+		return missing_op(call, "query-migrate-parameters");
+	rc = call->ops->query_migrate_parameters(call->ops->opaque, &ret,
+						 &call->err);
+	return take_object(call, "query-migrate-parameters", rc, ret);
+}
+
 const struct kv_qmp_command kv_qmp_commands[] = {
     {"qmp_capabilities",
      cmd_qmp_capabilities,
@@ -167,6 +187,11 @@ const struct kv_qmp_command kv_qmp_commands[] = {
      {{"uri", KV_QMP_ARG_STRING, false}}},
     {"migrate_cancel", cmd_migrate_cancel, {{0}}},
     {"query-migrate", cmd_query_migrate, {{0}}},
+    {"migrate-set-parameters",
+     cmd_migrate_set_parameters,
+     {{"downtime-limit", KV_QMP_ARG_INT, true},
+      {"max-bandwidth", KV_QMP_ARG_INT, true}}},
+    {"query-migrate-parameters", cmd_query_migrate_parameters, {{0}}},
 };
 
 const size_t kv_qmp_n_commands =

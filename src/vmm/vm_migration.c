@@ -431,6 +431,25 @@ int kv_vm_mig_cancel(struct kv_vm_mig *g, struct kv_error *err)
 	return 0;
 }
 
+void kv_vm_mig_set_params(struct kv_vm_mig *g,
+			  const struct kv_mig_params *params)
+{
+	pthread_mutex_lock(&g->lock);
+	g->params = *params;
+	if (g->mig) {
+		kv_mig_set_downtime_limit(g->mig, params->downtime_limit_ms);
+		kv_mig_set_max_bandwidth(g->mig, params->max_bandwidth);
+	}
+	pthread_mutex_unlock(&g->lock);
+}
+
+void kv_vm_mig_get_params(struct kv_vm_mig *g, struct kv_mig_params *params)
+{
+	pthread_mutex_lock(&g->lock);
+	*params = g->params;
+	pthread_mutex_unlock(&g->lock);
+}
+
 void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info)
 {
 	memset(info, 0, sizeof(*info));

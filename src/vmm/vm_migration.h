@@ -49,6 +49,11 @@ void kv_vm_mig_free(struct kv_vm_mig *g);
 int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 		    const struct kv_mig_params *params, struct kv_error *err);
 int kv_vm_mig_cancel(struct kv_vm_mig *g, struct kv_error *err);
+/* Parameters for the next migration; downtime limit and bandwidth also
+ * apply at once to one in progress. params NULL in start = these. */
+void kv_vm_mig_set_params(struct kv_vm_mig *g,
+			  const struct kv_mig_params *params);
+void kv_vm_mig_get_params(struct kv_vm_mig *g, struct kv_mig_params *params);
 /* Wait for a started migration's thread to end; returns its result. */
 int kv_vm_mig_join(struct kv_vm_mig *g, struct kv_error *err);
 
