@@ -15,6 +15,8 @@
 #   first-touch bandwidth, 1 GiB          bench/firsttouch (fresh anonymous
 #                                         memory, measured last: at once and
 #                                         after 3 s idle)
+#   VM live migration (issue 3)           bench/run_vm.sh, afterwards: see
+#                                         there; writes results/vm-latest.md
 #
 # Each is run BENCH_RUNS times (default 3) and the median is used. Targets:
 #   random pages throughput >= 0.8 x loopback TCP throughput
@@ -179,3 +181,7 @@ python3 "$here/report.py" --tmp "$tmp" --runs "$runs" \
 	--machine "$(machine)" --out "$results/latest.md"
 echo
 echo "bench: wrote $results/latest.md"
+
+# Issue 3: the VMM, a running guest migrated between two kvmig processes.
+echo "bench: VM live migration (bench/run_vm.sh)" >&2
+"$here/run_vm.sh" "$build"

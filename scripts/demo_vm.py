@@ -21,6 +21,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -278,6 +279,8 @@ class Progress:
                 0.5 * self.rate + 0.5 * inst
         self.last_sent, self.last_t = sent, t
         npass = ram.get("dirty-sync-count", 0)
+        if info.get("status") in ("none", "setup"):
+            return
         line = (f"[migrate] {t:5.2f} s  {info.get('status', '?'):9s} "
                 f"pass {npass:2d}  sent {mib(sent):7.1f} MiB  "
                 f"remaining {mib(ram.get('remaining')):7.1f} MiB  "
@@ -397,6 +400,14 @@ def demo(args):
         "destination and powered off there")
 
 
+def exit_on_sigterm():
+    """Turn SIGTERM into SystemExit so `finally` blocks stop the kvmig
+    processes instead of leaving them behind."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default="build")
@@ -412,11 +423,15 @@ def main():
     if why:
         print(f"demo: cannot run: {why}", file=sys.stderr)
         return 1
+    exit_on_sigterm()
     try:
         demo(args)
     except (DemoError, vmlib.QmpError, OSError) as e:
         print(f"\n== demo FAILED: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\n== demo interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
