@@ -5,6 +5,7 @@
  * (exit 128 + signal).
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -165,8 +166,14 @@ static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
 	int64_t t0 = kv_now_ns();
 	int ret;
 
+	if (a->incoming && !strcmp(a->incoming, "defer") && !a->qmp)
+		return kv_error_set(err, -EINVAL,
+				    "--incoming defer needs --qmp "
+				    "(migrate-incoming gives the URI)");
 	if (a->incoming) {
 		ret = run_ctl_incoming(rc, a->incoming, err);
+		if (!ret)
+			ret = run_ctl_start_monitor(rc, a->qmp, err);
 		if (ret < 0)
 			return ret;
 		fprintf(stderr, "kvmig run: waiting for an incoming migration "
@@ -174,6 +181,8 @@ static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
 			a->incoming);
 	} else {
 		ret = kv_vm_boot_kernel(vm, err);
+		if (!ret)
+			ret = run_ctl_start_monitor(rc, a->qmp, err);
 		if (!ret)
 			ret = kv_vm_start(vm, err);
 		if (ret < 0)
@@ -200,7 +209,7 @@ static int boot_and_wait(struct run_args *a, struct kv_error *err)
 	block_signals(&w);
 	ret = kv_vm_create(&a->cfg, &vm, err);
 	if (!ret)
-		ret = run_ctl_new(vm, a->verify_ram, a->qmp, &rc, err);
+		ret = run_ctl_new(vm, a->verify_ram, &rc, err);
 	if (!ret) {
 		w.vm = vm;
 		waiter = !pthread_create(&w.thread, NULL, signal_main, &w);

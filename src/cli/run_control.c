@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "base/log.h"
 #include "migration/migration.h"
 #include "monitor/qmp.h"
 #include "vmm/vm_migration.h"
@@ -328,6 +329,8 @@ static void *incoming_main(void *arg)
 	ret = kv_vm_mig_incoming(rc->mig, rc->in_uri, &err);
 	if (ret == 0)
 		ret = kv_vm_start(rc->vm, &err);
+	kv_debug("switchover", "@%.3f dst: vCPUs started (%d)",
+		 (double)kv_now_ns() / 1e6, ret);
 	if (ret < 0) {
 		/* Nothing of the stream reached a running vCPU. */
 		fprintf(stderr, "kvmig run: %s\n", err.msg);
@@ -359,6 +362,11 @@ static int start_incoming(struct run_ctl *rc, const char *uri,
 	ret = kv_uri_parse(uri, &parsed, err);
 	if (ret < 0)
 		return ret;
+	/* Listening before this returns: a peer (or a QMP client told the
+	 * destination is ready) can connect at once. */
+	ret = kv_vm_mig_listen(rc->mig, uri, err);
+	if (ret < 0)
+		return ret;
 	pthread_mutex_lock(&rc->lock);
 	snprintf(rc->in_uri, sizeof(rc->in_uri), "%s", uri);
 	ret = pthread_create(&rc->in_thread, NULL, incoming_main, rc);
@@ -378,10 +386,6 @@ int run_ctl_incoming(struct run_ctl *rc, const char *uri,
 		pthread_mutex_lock(&rc->lock);
 		rc->defer = true;
 		pthread_mutex_unlock(&rc->lock);
-		if (!rc->qmp)
-			return kv_error_set(err, -EINVAL,
-					    "--incoming defer needs --qmp "
-					    "(migrate-incoming gives the URI)");
 		return 0;
 	}
 	return start_incoming(rc, uri, err);
@@ -389,14 +393,24 @@ int run_ctl_incoming(struct run_ctl *rc, const char *uri,
 
 /* ---- lifecycle ---- */
 
-int run_ctl_new(struct kv_vm *vm, bool verify_ram, const char *qmp_uri,
-		struct run_ctl **out, struct kv_error *err)
+int run_ctl_start_monitor(struct run_ctl *rc, const char *qmp_uri,
+			  struct kv_error *err)
+{
+	struct kv_qmp_ops ops = qmp_ops_template;
+
+	if (!qmp_uri)
+		return 0;
+	ops.opaque = rc;
+	return kv_qmp_start(qmp_uri, &ops, &rc->qmp, err);
+}
+
+int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
+		struct kv_error *err)
 {
 	struct kv_vm_mig_events ev = {
 	    .status = on_mig_status,
 	    .pass = on_mig_pass,
 	};
-	struct kv_qmp_ops ops = qmp_ops_template;
 	struct run_ctl *rc = calloc(1, sizeof(*rc));
 	int ret;
 
@@ -407,10 +421,6 @@ int run_ctl_new(struct kv_vm *vm, bool verify_ram, const char *qmp_uri,
 	pthread_mutex_init(&rc->lock, NULL);
 	ev.opaque = rc;
 	ret = kv_vm_mig_new(vm, verify_ram, &ev, &rc->mig, err);
-	if (ret == 0 && qmp_uri) {
-		ops.opaque = rc;
-		ret = kv_qmp_start(qmp_uri, &ops, &rc->qmp, err);
-	}
 	if (ret < 0) {
 		run_ctl_free(rc);
 		return ret;

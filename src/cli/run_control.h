@@ -18,17 +18,22 @@
 
 struct run_ctl;
 
-/* vm must outlive the controller. qmp_uri may be NULL. */
-int run_ctl_new(struct kv_vm *vm, bool verify_ram, const char *qmp_uri,
-		struct run_ctl **out, struct kv_error *err);
+/* vm must outlive the controller. */
+int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
+		struct kv_error *err);
+/* Start the QMP monitor on qmp_uri (NULL: none). Called once the VM is
+ * booted or listening for its migration, so that a client who sees the
+ * monitor can rely on the incoming listener being there. */
+int run_ctl_start_monitor(struct run_ctl *rc, const char *qmp_uri,
+			  struct kv_error *err);
 void run_ctl_free(struct run_ctl *rc);
 
 /* The VM booted a kernel and its vCPUs run. */
 void run_ctl_booted(struct run_ctl *rc);
 
-/* Receive a migration on uri (on the controller's thread); on success the
- * vCPUs start; on failure the process is asked to exit with status 1.
- * With uri "defer", wait for QMP migrate-incoming. */
+/* Listen on uri now, then receive a migration on the controller's
+ * thread; on success the vCPUs start; on failure the process is asked to
+ * exit with status 1. With uri "defer", wait for QMP migrate-incoming. */
 int run_ctl_incoming(struct run_ctl *rc, const char *uri,
 		     struct kv_error *err);
 

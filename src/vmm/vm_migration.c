@@ -18,6 +18,10 @@
 #include "vmm/kvm_state.h"
 #include "vmm/serial.h"
 
+#define SWITCH_LOG(fmt, ...)                                                   \
+	kv_debug("switchover", "@%.3f " fmt, (double)kv_now_ns() / 1e6,        \
+		 ##__VA_ARGS__)
+
 /* --verify-ram: what the source hashed with the vCPUs stopped. */
 struct ram_verify {
 	uint64_t size;
@@ -44,6 +48,7 @@ struct kv_vm_mig {
 	struct kv_migration *mig;
 	pthread_t thread;
 	bool thread_live;
+	bool thread_done; /* the current migration's thread has ended */
 	char uri[300];
 	struct kv_mig_params params;
 	struct kv_mig_progress progress;
@@ -261,10 +266,12 @@ static int capture_state(struct kv_vm_mig *g, struct kv_error *err)
 			return ret;
 		}
 	}
+	SWITCH_LOG("vCPU states read");
 	ret = kv_vm_state_get(kv_vm_fd(g->vm), g->vmst, err);
 	if (ret < 0)
 		return ret;
 	kv_serial_state_get(kv_vm_serial(g->vm), &g->serial);
+	SWITCH_LOG("VM state read");
 	if (g->verify_ram) {
 		g->verify.size = kv_vm_ram_size(g->vm);
 		hash_ram(g->vm, g->verify.hash);
@@ -279,6 +286,7 @@ static int hook_stop_vm(void *opaque, struct kv_error *err)
 
 	if (ret < 0)
 		return ret;
+	SWITCH_LOG("paused");
 	ret = capture_state(g, err);
 	if (ret < 0)
 		kv_vm_resume(g->vm);
@@ -331,6 +339,7 @@ static void *migration_thread(void *arg)
 		kv_stream_close(s);
 	pthread_mutex_lock(&g->lock);
 	snprintf(g->error, sizeof(g->error), "%s", ret < 0 ? err.msg : "");
+	g->thread_done = true;
 	pthread_mutex_unlock(&g->lock);
 	if (ret < 0)
 		kv_err("migration", "migration to %s failed: %s", g->uri,
@@ -408,6 +417,7 @@ int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 	snprintf(g->uri, sizeof(g->uri), "%s", uri);
 	memset(&g->progress, 0, sizeof(g->progress));
 	g->last_status = KV_MIG_NONE;
+	g->thread_done = false;
 	g->error[0] = '\0';
 	if (!g->mig) {
 		pthread_mutex_unlock(&g->lock);
@@ -458,9 +468,12 @@ void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info)
 	if (g->mig) {
 		info->status = kv_mig_status(g->mig);
 		kv_mig_get_stats(g->mig, &info->stats);
-		/* It failed before the driver ran (could not connect). */
-		if (info->status == KV_MIG_NONE && g->error[0])
-			info->status = KV_MIG_FAILED;
+		/* It ended before the driver ran (could not connect, or
+		 * was cancelled while connecting). */
+		if (g->thread_done && (info->status == KV_MIG_NONE ||
+				       info->status == KV_MIG_CANCELLING))
+			info->status =
+			    g->error[0] ? KV_MIG_FAILED : KV_MIG_CANCELLED;
 	}
 	info->progress = g->progress;
 	snprintf(info->error, sizeof(info->error), "%s", g->error);
@@ -481,6 +494,7 @@ static int commit_state(void *opaque, struct kv_error *err)
 	ret = kv_vm_state_put(kv_vm_fd(g->vm), g->vmst, err);
 	if (ret < 0)
 		return ret;
+	SWITCH_LOG("dst: VM state written");
 	for (int i = 0; i < n; i++) {
 		ret = kv_vcpu_state_put(kv_vm_vcpu_fd(g->vm, i), g->cpus[i],
 					err);
@@ -492,24 +506,51 @@ static int commit_state(void *opaque, struct kv_error *err)
 	return kv_serial_state_put(kv_vm_serial(g->vm), &g->serial, err);
 }
 
+int kv_vm_mig_listen(struct kv_vm_mig *g, const char *uri,
+		     struct kv_error *err)
+{
+	struct kv_listener *l = kv_listener_open(uri, err);
+
+	if (!l)
+		return err && err->code ? err->code : -EIO;
+	pthread_mutex_lock(&g->lock);
+	if (g->listener) {
+		pthread_mutex_unlock(&g->lock);
+		kv_listener_close(l);
+		return kv_error_set(err, -EBUSY,
+				    "already waiting for an incoming migration");
+	}
+	g->listener = l;
+	pthread_mutex_unlock(&g->lock);
+	kv_info("vmm", "waiting for an incoming migration on %s",
+		kv_listener_uri(l));
+	return 0;
+}
+
 int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
 		       struct kv_error *err)
 {
 	struct kv_listener *l;
 	struct kv_stream *s;
 	struct kv_chan *c;
+	bool abort;
 	int ret;
 
-	l = kv_listener_open(uri, err);
-	if (!l)
-		return err && err->code ? err->code : -EIO;
 	pthread_mutex_lock(&g->lock);
-	g->listener = l;
-	ret = g->in_abort ? -ECANCELED : 0;
+	l = g->listener;
 	pthread_mutex_unlock(&g->lock);
-	kv_info("vmm", "waiting for an incoming migration on %s",
-		kv_listener_uri(l));
-	c = ret ? NULL : kv_listener_accept(l, err);
+	if (!l) {
+		ret = kv_vm_mig_listen(g, uri, err);
+		if (ret < 0)
+			return ret;
+		pthread_mutex_lock(&g->lock);
+		l = g->listener;
+		pthread_mutex_unlock(&g->lock);
+	}
+	pthread_mutex_lock(&g->lock);
+	abort = g->in_abort;
+	pthread_mutex_unlock(&g->lock);
+	c = abort ? NULL : kv_listener_accept(l, err);
 	pthread_mutex_lock(&g->lock);
 	g->listener = NULL;
 	pthread_mutex_unlock(&g->lock);
@@ -557,6 +598,8 @@ void kv_vm_mig_free(struct kv_vm_mig *g)
 	kv_vm_mig_join(g, NULL);
 	if (g->mig)
 		kv_mig_free(g->mig);
+	if (g->listener)
+		kv_listener_close(g->listener);
 	if (g->dirty) {
 		kv_vm_set_dirty_hooks(g->vm, NULL);
 		kv_kvm_dirty_free(g->dirty);

@@ -68,7 +68,12 @@ struct kv_vm_mig_info {
 };
 void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info);
 
-/* Destination: listen on uri, receive one migration, validate it, commit
+/* Destination: open the listener now, so that "address in use" is
+ * reported at once and a peer can connect as soon as this returns. */
+int kv_vm_mig_listen(struct kv_vm_mig *g, const char *uri,
+		     struct kv_error *err);
+/* Destination: (listen on uri unless kv_vm_mig_listen did,) receive one
+ * migration, validate it, commit
  * it into KVM and confirm. Blocks. On success the VM is ready to start;
  * on failure nothing of the stream reaches the vCPUs. */
 int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,

@@ -222,3 +222,76 @@ def corrupt_lines(*vms):
     for vm in vms:
         out += re.findall(rb"CORRUPT[^\n]*", vm.console)
     return out
+
+
+# ---- test scaffolding shared by test_vm_*.py ----
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class VmSet:
+    """Starts kvmig VMs for one test and kills whatever is left at exit."""
+
+    def __init__(self, kvmig, guest, tmpdir):
+        self.kvmig = kvmig
+        self.guest = guest
+        self.tmp = tmpdir
+        self.vms = []
+        self.qmps = []
+        self.n = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for q in self.qmps:
+            try:
+                q.close()
+            except OSError:
+                pass
+        for vm in self.vms:
+            vm.kill()
+        return False
+
+    def _start(self, label, args):
+        self.n += 1
+        sock = os.path.join(self.tmp, f"qmp{self.n}.sock")
+        vm = Vm([self.kvmig, "run", "--qmp", f"unix:{sock}", *args], label)
+        vm.qmp_path = sock
+        self.vms.append(vm)
+        return vm
+
+    def qmp(self, vm, timeout=10):
+        q = Qmp(vm.qmp_path, timeout=timeout)
+        self.qmps.append(q)
+        return q
+
+    def boot(self, label, append, memory="1G", cpus=2, extra=()):
+        return self._start(label, ["--memory", memory, "--cpus", str(cpus),
+                                   "--kernel", self.guest, "--append", append,
+                                   *extra])
+
+    def incoming(self, label, uri, memory="1G", cpus=2, extra=()):
+        return self._start(label, ["--memory", memory, "--cpus", str(cpus),
+                                   "--incoming", uri, *extra])
+
+
+def wait_migration(q, timeout=60):
+    """Poll query-migrate until a final status; the last reply."""
+    deadline = time.monotonic() + timeout
+    r = {}
+    while time.monotonic() < deadline:
+        r = q.cmd("query-migrate")
+        if r.get("status") in ("completed", "failed", "cancelled"):
+            return r
+        time.sleep(0.05)
+    return r
+
+
+def workload_started(vm, timeout=30):
+    return vm.wait_console(rb"guest: workload started", timeout) is not None
