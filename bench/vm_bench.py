@@ -34,7 +34,7 @@ import demo_vm  # noqa: E402
 from demo_vm import DemoError, VmPair  # noqa: E402
 import vmlib  # noqa: E402  (tests/integration, put on the path by demo_vm)
 
-WARMUP_S = 1.2          # the workload reaches its rate; one status line
+WARMUP_S = 2.2          # the workload settles at its rate; status lines
 IDLE_TARGET_MS = 1000   # idle 4 GiB guest, total migration time
 DOWNTIME_TARGET_MS = 20  # guest-observed, with 64 MiB/s of dirtying
 
@@ -83,7 +83,9 @@ def cell_summary(runs):
     ok = [r for r in runs if r["converged"]]
     s = {"n": len(runs), "converged": len(ok)}
     for key in ("total_ms", "downtime_ms", "guest_downtime_ms",
-                "switchover_gap_ms", "precopy_gap_ms", "transferred",
+                "switchover_gap_ms", "precopy_gap_ms", "dest_gap_ms",
+                "hb_to_stop_ms", "stop_to_resume_ms", "resume_to_hb_ms",
+                "transferred",
                 "passes", "guest_rate", "wall_ms"):
         s[key] = median(r.get(key) for r in ok)
     s["corrupt"] = sum(r.get("corrupt", 0) for r in runs)
@@ -110,7 +112,10 @@ def machine():
         rev = "unknown"
     kvm = "kvm_pvm (PVM)" if os.path.exists("/sys/module/kvm_pvm") \
         else "kvm"
-    return [f"CPU: {cpu}, {os.cpu_count()} cores online",
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [f"CPU: {cpu}, {os.cpu_count()} cores online "
+            f"(load average {load} when the report was written: the "
+            f"machine is shared, numbers are noisy)",
             f"memory: {mem_kib / 2**20:.1f} GiB",
             f"kernel: {platform.system()} {platform.release()}, {kvm}",
             f"kvmig: {rev}"]
@@ -192,9 +197,11 @@ def report(args, started, boots, cells, all_runs):
     L.append("")
     L.append("| guest | dirty rate (MiB/s) | guest rate (MiB/s) | total "
              "time (ms) | VMM downtime (ms) | guest-observed downtime (ms) "
-             "| switch-over gap (ms) | precopy stall (ms) | bytes sent "
+             "| switch-over gap (ms) | of which STOP->RESUME (ms) | "
+             "precopy stall (ms) | destination stall (ms) | bytes sent "
              "(MiB) | passes | converged |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+             "|---|")
     for size in args.sizes:
         for rate in args.rates:
             c = cells[(size, rate)]
@@ -208,7 +215,9 @@ def report(args, started, boots, cells, all_runs):
                      f"{fmt(c['total_ms'])} | {fmt(c['downtime_ms'])} | "
                      f"{fmt(c['guest_downtime_ms'], 1)} | "
                      f"{fmt(c['switchover_gap_ms'], 1)} | "
-                     f"{fmt(c['precopy_gap_ms'], 1)} | {fmt(sent, 1)} | "
+                     f"{fmt(c['stop_to_resume_ms'], 1)} | "
+                     f"{fmt(c['precopy_gap_ms'], 1)} | "
+                     f"{fmt(c['dest_gap_ms'], 1)} | {fmt(sent, 1)} | "
                      f"{fmt(c['passes'])} | {conv} |")
     L.append("")
     L.append("## Targets")
@@ -217,16 +226,26 @@ def report(args, started, boots, cells, all_runs):
     L.append("")
     L.append("## Runs")
     L.append("")
-    L.append("| guest | rate | run | boot (ms) | total (ms) | VMM downtime "
-             "(ms) | guest downtime (ms) | switch-over gap (ms) | precopy "
-             "stall (ms) | bytes | passes | status |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    L.append("| guest | rate | run | boot (ms) | guest rate | total (ms) "
+             "| VMM downtime (ms) | guest downtime (ms) | switch-over gap "
+             "(ms) = last hb->STOP + STOP->RESUME + RESUME->first hb | "
+             "precopy stall (ms) | destination stall (ms) | bytes | "
+             "passes | status |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:"
+             "|---:|---|")
     for (size, rate, i, r) in all_runs:
+        split = "–"
+        if r.get("stop_to_resume_ms") is not None:
+            split = (f"{r['switchover_gap_ms']:.1f} = "
+                     f"{r['hb_to_stop_ms']:.1f} + "
+                     f"{r['stop_to_resume_ms']:.1f} + "
+                     f"{r['resume_to_hb_ms']:.1f}")
         L.append(f"| {size} | {rate} | {i} | {fmt(r['boot_ms'])} | "
+                 f"{fmt(r.get('guest_rate'), 1)} | "
                  f"{fmt(r['total_ms'])} | {fmt(r['downtime_ms'])} | "
-                 f"{fmt(r.get('guest_downtime_ms'), 1)} | "
-                 f"{fmt(r.get('switchover_gap_ms'), 1)} | "
+                 f"{fmt(r.get('guest_downtime_ms'), 1)} | {split} | "
                  f"{fmt(r.get('precopy_gap_ms'), 1)} | "
+                 f"{fmt(r.get('dest_gap_ms'), 1)} | "
                  f"{r['transferred']} | {r['passes']} | {r['status']} |")
     return "\n".join(L) + "\n"
 

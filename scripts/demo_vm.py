@@ -225,7 +225,32 @@ class VmPair:
             r["precopy_gap_ms"] = max(
                 (b - a for a, b in zip(src_hb, src_hb[1:])),
                 default=0.0) * 1000.0
+            # ... or after it, on the destination (in the first
+            # settle_heartbeats heartbeats).
+            r["dest_gap_ms"] = max(
+                (b - a for a, b in zip(dst_hb, dst_hb[1:])),
+                default=0.0) * 1000.0
+            r.update(self._switchover_split(src_hb, dst_hb))
         return r
+
+    def _switchover_split(self, src_hb, dst_hb):
+        """Split the switch-over gap with the QMP events' timestamps (the
+        host's realtime clock, mapped onto the monotonic clock of the
+        heartbeats): the source's last heartbeat -> its STOP event, STOP ->
+        the destination's RESUME, RESUME -> the first heartbeat there."""
+        stop = self.qsrc.wait_event("STOP", timeout=2)
+        resume = self.qdst.wait_event("RESUME", timeout=2)
+        if not (stop and resume and src_hb and dst_hb):
+            return {}
+        shift = time.time() - time.monotonic()
+
+        def mono(ev):
+            ts = ev["timestamp"]
+            return ts["seconds"] + ts["microseconds"] / 1e6 - shift
+        t_stop, t_resume = mono(stop), mono(resume)
+        return {"hb_to_stop_ms": (t_stop - src_hb[-1]) * 1000.0,
+                "stop_to_resume_ms": (t_resume - t_stop) * 1000.0,
+                "resume_to_hb_ms": (dst_hb[0] - t_resume) * 1000.0}
 
     def power_off_destination(self, timeout=15):
         self.dst.send_console(b"q")
@@ -325,20 +350,30 @@ def show_console(vm, label, start, seconds):
 
 
 def summary(r, pair):
+    def row(label, text):
+        say(f"   {label:<25s} {text}")
     say("== summary")
-    say(f"   total time             {r['total_ms']} ms "
-        f"(setup {r['setup_ms']} ms)")
-    say(f"   VMM downtime           {r['downtime_ms']} ms "
-        "(vCPUs stopped on the source -> running on the destination)")
-    say(f"   guest-observed downtime {r['guest_downtime_ms']:.1f} ms "
+    row("total time", f"{r['total_ms']} ms (setup {r['setup_ms']} ms)")
+    row("VMM downtime", f"{r['downtime_ms']} ms (vCPUs stopped on the "
+        "source -> running on the destination)")
+    row("guest-observed downtime", f"{r['guest_downtime_ms']:.1f} ms "
         "(largest heartbeat gap across both consoles)")
-    say(f"      at the switch-over  {r['switchover_gap_ms']:.1f} ms; "
-        f"largest stall during precopy {r['precopy_gap_ms']:.1f} ms")
-    say(f"   bytes sent             {r['transferred']} "
+    row("  at the switch-over", f"{r['switchover_gap_ms']:.1f} ms "
+        "(last heartbeat on the source -> first on the destination)")
+    if "stop_to_resume_ms" in r:
+        row("    = last hb->STOP", f"{r['hb_to_stop_ms']:.1f} ms "
+            "+ STOP->RESUME (QMP events) "
+            f"{r['stop_to_resume_ms']:.1f} ms + RESUME->first heartbeat "
+            f"{r['resume_to_hb_ms']:.1f} ms")
+    row("  during precopy", f"{r['precopy_gap_ms']:.1f} ms (largest "
+        "stall of the guest on the source)")
+    row("  on the destination", f"{r['dest_gap_ms']:.1f} ms (largest "
+        "stall of the guest there, first heartbeats after the resume)")
+    row("bytes sent", f"{r['transferred']} "
         f"({mib(r['transferred']):.1f} MiB)")
-    say(f"   zero pages             {r['zero_pages']}, "
-        f"normal pages {r['normal_pages']}")
-    say(f"   passes                 {r['passes']}")
+    row("zero pages", f"{r['zero_pages']} (normal pages "
+        f"{r['normal_pages']})")
+    row("passes", f"{r['passes']}")
 
 
 def check_corrupt(pair):
