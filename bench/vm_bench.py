@@ -190,10 +190,16 @@ def report(args, started, boots, cells, all_runs):
              "destination). Guest-observed downtime is the largest gap "
              "between heartbeats (1 ms per vCPU) across both consoles from "
              "`migrate` on; it is split into the gap at the switch-over "
-             "(last heartbeat on the source -> first on the destination) "
-             "and the largest stall of the guest during precopy (dirty "
-             "tracking's write faults). Guest rate is what the guest "
-             "reported dirtying just before the migration.")
+             "(last heartbeat on the source -> first on the destination), "
+             "the largest stall of the guest during precopy (dirty "
+             "tracking's write faults), and the largest stall on the "
+             "destination in its first heartbeats. The switch-over gap is "
+             "split again with the QMP events' timestamps (STOP on the "
+             "source, RESUME on the destination; realtime stamps mapped "
+             "onto the monotonic clock, so a part can read slightly "
+             "negative) in the Runs table. Guest rate is what the guest "
+             "reported dirtying just before the migration. Each column is "
+             "the median of its own values over the converged runs.")
     L.append("")
     L.append("| guest | dirty rate (MiB/s) | guest rate (MiB/s) | total "
              "time (ms) | VMM downtime (ms) | guest-observed downtime (ms) "
