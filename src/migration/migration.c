@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "base/log.h"
 #include "migration/ram_internal.h"
 #include "migration/return_path.h"
 
@@ -34,6 +35,12 @@
 /* After a stream error, how long to look for the destination's SHUT that
  * explains it. */
 #define RP_EXPLAIN_TIMEOUT_MS 2000
+
+/* Switch-over timeline at debug level: host monotonic time in ms, so the
+ * two sides' lines and the guest's heartbeats line up. */
+#define SWITCH_LOG(fmt, ...)                                                   \
+	kv_debug("switchover", "@%.3f " fmt, (double)kv_now_ns() / 1e6,        \
+		 ##__VA_ARGS__)
 
 struct kv_migration {
 	struct kv_savevm *sv;
@@ -322,6 +329,16 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 			ret = kv_savevm_pending_exact(m->sv, &pending, err);
 			if (ret < 0)
 				return ret;
+			SWITCH_LOG("pass %llu ended: %.1f ms, %llu pages, "
+				   "%.0f MiB/s; sync %.3f ms, %llu pages "
+				   "dirty",
+				   (unsigned long long)m->pass,
+				   (double)pass_ns / 1e6,
+				   (unsigned long long)pass_pages,
+				   m->bandwidth / MIB,
+				   (double)(kv_now_ns() - now) / 1e6,
+				   (unsigned long long)(pending /
+							KV_PAGE_SIZE));
 			downtime_ms = __atomic_load_n(
 			    &m->params.downtime_limit_ms, __ATOMIC_RELAXED);
 			threshold = m->bandwidth * (double)downtime_ms / 1000.0;
@@ -381,6 +398,7 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 	uint32_t status;
 	int ret;
 
+	SWITCH_LOG("stop");
 	ret = m->hooks.stop_vm(m->hooks.opaque, err);
 	*stopped = true; /* even a failed stop may have stopped a part */
 	if (ret < 0) {
@@ -390,9 +408,11 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 	stop_ns = kv_now_ns();
 	if (!mig_set_status(m, KV_MIG_ACTIVE, KV_MIG_DEVICE, true))
 		return -ECANCELED;
+	SWITCH_LOG("stopped");
 	ret = kv_savevm_save_complete(m->sv, s, err);
 	if (ret < 0)
 		return ret;
+	SWITCH_LOG("complete sent");
 	record_pass_pages(m);
 	if (return_path) {
 		ret = kv_rp_wait_shut(kv_stream_chan(s),
@@ -407,6 +427,7 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 					    "status %u; see its log); the "
 					    "source resumes",
 					    status);
+		SWITCH_LOG("SHUT(0) received");
 	}
 	pthread_mutex_lock(&m->lock);
 	m->stats.downtime_ms = (kv_now_ns() - stop_ns) / 1000000;
@@ -516,6 +537,7 @@ int kv_mig_incoming_commit(struct kv_savevm *sv, struct kv_stream *s,
 	int ret, rp;
 
 	ret = kv_savevm_load(sv, s, &res, err);
+	SWITCH_LOG("dst: loaded (%d)", ret);
 	/* Commit before confirming: the source must hear SHUT(0) only once
 	 * this side can really run the workload. */
 	if (ret == 0 && commit) {
@@ -527,7 +549,9 @@ int kv_mig_incoming_commit(struct kv_savevm *sv, struct kv_stream *s,
 	 * part of the stream we never got to read. */
 	if (!res.return_path_requested && !(ret < 0 && c->is_socket))
 		return ret;
+	SWITCH_LOG("dst: committed (%d)", ret);
 	rp = kv_rp_send_shut(c, ret < 0 ? 1 : 0, ret < 0 ? NULL : err);
+	SWITCH_LOG("dst: SHUT sent");
 	/* Unconfirmed, the source resumes: this side must not run too. */
 	if (ret == 0 && rp < 0)
 		ret = rp;

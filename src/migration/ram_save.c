@@ -21,6 +21,7 @@
 
 #include "base/bitmap.h"
 #include "base/clock.h"
+#include "base/log.h"
 #include "base/zero.h"
 #include "io/stream.h"
 #include "migration/ram_internal.h"
@@ -312,11 +313,16 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	ret = ram_sync(rs, false, err);
 	if (ret < 0)
 		return ret;
+	kv_debug("switchover", "@%.3f ram: last sync, %llu pages dirty",
+		 (double)kv_now_ns() / 1e6,
+		 (unsigned long long)kv_ram_stat_get(&rs->dirty_pages));
 	rs->last_sent = KV_RAM_NO_BLOCK;
 	rs->pm_valid = false;
 	ret = send_dirty_pages(s, rs, 0, err);
 	if (ret < 0)
 		return ret;
+	kv_debug("switchover", "@%.3f ram: last pages queued",
+		 (double)kv_now_ns() / 1e6);
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
 	return stream_failed(s, err, "sending the last pages");
 }

@@ -13,6 +13,7 @@
 #define KV_MIGRATION_VMDESC_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,24 @@ int kv_vmdesc_add_device(json_t *root, const char *idstr, uint32_t instance_id,
 /* Wire width of a scalar type (u8..u64, i8..i64, bool); 0 for others.
  * Defined in vmstate.c: one table of widths for encoding and description. */
 size_t kv_vmstate_scalar_width(enum kv_vmstate_type t);
+
+/* One device of the description, for kv_vmdesc_render. */
+struct kv_vmdesc_dev {
+	const char *idstr;
+	uint32_t instance_id;
+	const struct kv_vmstate_desc *vmsd;
+	void *opaque;
+};
+
+/* The description of devs as compact JSON text: byte for byte what
+ * json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER) gives for the root
+ * kv_vmdesc_new() and kv_vmdesc_add_device() build for the same devices,
+ * in a fraction of the time (it runs while the guest is stopped). Returns
+ * malloc'ed, NUL-terminated text and its length, or NULL when out of
+ * memory or for input the tree handles its own way (nesting deeper than
+ * 16, names that are not ASCII): the caller then builds the tree. */
+char *kv_vmdesc_render(const struct kv_vmdesc_dev *devs, size_t n,
+		       size_t *len);
 
 /* Check a received description: length cap, valid JSON, the layout above
  * (object, integer page_size 4096, devices array of objects with string
