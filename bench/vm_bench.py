@@ -118,7 +118,7 @@ def machine():
             f"machine is shared, numbers are noisy)",
             f"memory: {mem_kib / 2**20:.1f} GiB",
             f"kernel: {platform.system()} {platform.release()}, {kvm}",
-            f"kvmig: {rev}"]
+            f"kvmig: {rev} (HEAD of the tree the binaries were built from)"]
 
 
 def target_lines(cells, sizes):
