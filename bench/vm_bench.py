@@ -228,7 +228,9 @@ def report(args, started, boots, cells, all_runs):
     L.append("")
     L.append("## Targets")
     L.append("")
-    L += target_lines(cells, args.sizes)
+    L += target_lines(cells, args.sizes) or [
+        "- (no target cell measured: the targets need the 4G idle and "
+        "the 64 MiB/s cells)"]
     L.append("")
     L.append("## Runs")
     L.append("")
