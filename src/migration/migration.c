@@ -30,11 +30,28 @@
 #include "base/log.h"
 #include "migration/ram_internal.h"
 #include "migration/return_path.h"
+#include "migration/savevm.h"
 
 #define MIB (1024.0 * 1024.0)
 /* After a stream error, how long to look for the destination's SHUT that
  * explains it. */
 #define RP_EXPLAIN_TIMEOUT_MS 2000
+
+/*
+ * When to switch over. The downtime limit only says when switching is
+ * allowed (pending <= bandwidth x limit, as QEMU); with QEMU's default of
+ * 300 ms that is the first pass that leaves less than about 1 GB here,
+ * while a few more short passes shrink the rest to what the guest dirties
+ * in a few milliseconds. So past the limit the driver keeps iterating while
+ * each pass leaves clearly less than the one before (pending below
+ * SHRINK_NUM/SHRINK_DEN of the previous pass's), and switches as soon as
+ * that stops, or when what is left is already tiny, or after
+ * MAX_EXTRA_PASSES passes.
+ */
+#define SHRINK_NUM 3
+#define SHRINK_DEN 4
+#define SMALL_PENDING (256 * 1024ULL)
+#define MAX_EXTRA_PASSES 32
 
 /* Switch-over timeline at debug level: host monotonic time in ms, so the
  * two sides' lines and the guest's heartbeats line up. */
@@ -57,6 +74,8 @@ struct kv_migration {
 	int64_t start_ns;
 	uint64_t pass;
 	double bandwidth;
+	bool return_path;
+	uint32_t ping; /* value of the last PING sent */
 };
 
 static const char *const status_names[] = {
@@ -289,9 +308,47 @@ static int not_converged(struct kv_migration *m, uint64_t pending,
 			    allowed / MIB, needed_ms);
 }
 
+/* Whether to stop iterating: pending fits the downtime limit and more
+ * passes would not shrink it much (see SHRINK_NUM). extra: passes run so
+ * far past the limit. */
+static bool time_to_switch(uint64_t pending, uint64_t prev_pending,
+			   double threshold, unsigned int extra)
+{
+	if ((double)pending > threshold)
+		return false;
+	if (pending <= SMALL_PENDING || extra >= MAX_EXTRA_PASSES)
+		return true;
+	/* prev_pending is UINT64_MAX before the first sync: doubles. */
+	return (double)pending * SHRINK_DEN >=
+	       (double)prev_pending * SHRINK_NUM;
+}
+
+/* With a return path: PING and wait for the PONG, so the pass is counted
+ * as done once the destination has read it. The bandwidth is then what
+ * the destination absorbs, and no backlog sits in socket buffers when the
+ * workload stops (it would add to the downtime). */
+static int wait_destination(struct kv_migration *m, struct kv_stream *s,
+			    struct kv_error *err)
+{
+	int ret;
+
+	if (!m->return_path)
+		return 0;
+	ret = kv_savevm_save_ping(s, ++m->ping, err);
+	if (ret < 0)
+		return ret;
+	ret = kv_rp_wait_pong(kv_stream_chan(s), m->params.rp_timeout_ms,
+			      m->ping, err);
+	if (ret < 0)
+		kv_error_prefix(err, "waiting for the destination to read "
+				     "pass %llu",
+				(unsigned long long)m->pass);
+	return ret;
+}
+
 /*
  * ACTIVE: iterate; at the end of every pass measure its bandwidth, sync
- * and decide. Returns 0 when the rest fits in the downtime limit.
+ * and decide (time_to_switch). Returns 0 when it is time to switch over.
  */
 static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 				   struct kv_error *err)
@@ -299,6 +356,8 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 	int64_t active_start = kv_now_ns(), pass_start = active_start;
 	uint64_t pass_bytes0 = kv_stream_transferred(s);
 	uint64_t timeout_ms = m->params.converge_timeout_ms;
+	uint64_t prev_pending = UINT64_MAX;
+	unsigned int extra = 0;
 	int ret;
 
 	m->pass = 1;
@@ -318,6 +377,9 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 				kv_stream_error_get(s, err);
 				return kv_stream_error(s);
 			}
+			ret = wait_destination(m, s, err);
+			if (ret < 0)
+				return ret;
 			now = kv_now_ns();
 			pass_ns = now - pass_start;
 			if (pass_ns < 1000000)
@@ -344,8 +406,12 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 			threshold = m->bandwidth * (double)downtime_ms / 1000.0;
 			update_stats(m, s);
 			report_progress(m, pending, pass_pages);
-			if ((double)pending <= threshold)
+			if (time_to_switch(pending, prev_pending, threshold,
+					   extra))
 				return 0;
+			if ((double)pending <= threshold)
+				extra++;
+			prev_pending = pending;
 			m->pass++;
 			pass_start = now;
 			pass_bytes0 = kv_stream_transferred(s);
@@ -487,6 +553,7 @@ int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 	kv_stream_set_rate_limit(
 	    s, __atomic_load_n(&m->params.max_bandwidth, __ATOMIC_RELAXED));
 	return_path = kv_stream_chan(s)->is_socket;
+	m->return_path = return_path;
 	ret = run_phases(m, s, return_path, &stopped, &lerr);
 	if (ret == 0 &&
 	    !mig_set_status(m, KV_MIG_DEVICE, KV_MIG_COMPLETED, true))

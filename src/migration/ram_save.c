@@ -120,6 +120,7 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	rs->search_page = 0;
 	rs->last_sent = KV_RAM_NO_BLOCK;
 	rs->completed = false;
+	rs->in_complete = false;
 	kv_ram_stat_set(&rs->zero_pages, 0);
 	kv_ram_stat_set(&rs->normal_pages, 0);
 	kv_ram_stat_set(&rs->pass_pages, 0);
@@ -142,7 +143,10 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 }
 
 /* Re-arm tracking of the page's chunk if this is the chunk's first page
- * sent since the last sync (manual-protect trackers only). */
+ * sent since the last sync (manual-protect trackers only). Not in
+ * complete: the workload is stopped, and re-protecting pages there only
+ * lengthens the downtime (a failed attempt then finds those pages still
+ * dirty in the tracker and sends them again, which is what it must do). */
 static int rearm_chunk(struct kv_ram_state *rs, size_t bi, size_t page,
 		       struct kv_error *err)
 {
@@ -152,7 +156,7 @@ static int rearm_chunk(struct kv_ram_state *rs, size_t bi, size_t page,
 	size_t count = b->npages - first;
 	int ret;
 
-	if (!rs->tracker.ops->clear)
+	if (!rs->tracker.ops->clear || rs->in_complete)
 		return 0;
 	if (!kv_bitmap_test_and_clear(rs->priv[bi].clear_chunks, chunk))
 		return 0;
@@ -318,7 +322,9 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 		 (unsigned long long)kv_ram_stat_get(&rs->dirty_pages));
 	rs->last_sent = KV_RAM_NO_BLOCK;
 	rs->pm_valid = false;
+	rs->in_complete = true;
 	ret = send_dirty_pages(s, rs, 0, err);
+	rs->in_complete = false;
 	if (ret < 0)
 		return ret;
 	kv_debug("switchover", "@%.3f ram: last pages queued",

@@ -14,6 +14,7 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "migration/return_path.h"
 #include "migration/vmdesc.h"
 
 #define SWITCH_LOG(fmt, ...)                                                   \
@@ -565,6 +566,17 @@ int kv_savevm_save_complete(struct kv_savevm *sv, struct kv_stream *s,
 	return stream_error_to(s, err, "completing the stream");
 }
 
+int kv_savevm_save_ping(struct kv_stream *s, uint32_t value,
+			struct kv_error *err)
+{
+	kv_stream_put_u8(s, KV_SEC_COMMAND);
+	kv_stream_put_be16(s, KV_MIG_CMD_PING);
+	kv_stream_put_be16(s, 4);
+	kv_stream_put_be32(s, value);
+	kv_stream_flush(s);
+	return stream_error_to(s, err, "sending PING");
+}
+
 void kv_savevm_save_cleanup(struct kv_savevm *sv)
 {
 	size_t i;
@@ -594,6 +606,7 @@ struct load_ctx {
 	char idstr[256];
 	uint32_t instance_id;
 	bool has_instance;
+	bool return_path; /* OPEN_RETURN_PATH seen */
 };
 
 static void section_where(const struct load_ctx *c, char *buf, size_t size)
@@ -735,9 +748,27 @@ static int load_configuration(struct load_ctx *c)
 	return 0;
 }
 
+/* PONG through the return path: the source waits for it to know that
+ * everything before the PING was read (and where the path is not open,
+ * or not a socket, nobody waits). */
+static int answer_ping(struct load_ctx *c, uint32_t value)
+{
+	struct kv_chan *ch = kv_stream_chan(c->s);
+	struct kv_error perr = {0};
+	int ret;
+
+	if (!c->return_path || !ch || !ch->is_socket)
+		return 0;
+	ret = kv_rp_send_pong(ch, value, &perr);
+	if (ret < 0)
+		return load_fail(c, ret, "%s", perr.msg);
+	return 0;
+}
+
 static int load_command(struct load_ctx *c)
 {
 	uint16_t cmd, len;
+	uint32_t value;
 
 	cmd = kv_stream_get_be16(c->s);
 	len = kv_stream_get_be16(c->s);
@@ -752,6 +783,7 @@ static int load_command(struct load_ctx *c)
 					 len);
 		if (c->res)
 			c->res->return_path_requested = true;
+		c->return_path = true;
 		return 0;
 	case KV_MIG_CMD_PING:
 		if (len != 4)
@@ -759,8 +791,10 @@ static int load_command(struct load_ctx *c)
 					 "command PING with length %u "
 					 "(expected 4)",
 					 len);
-		kv_stream_get_be32(c->s);
-		return load_check_stream(c);
+		value = kv_stream_get_be32(c->s);
+		if (load_check_stream(c))
+			return c->err->code;
+		return answer_ping(c, value);
 	default:
 		return load_fail(c, -EINVAL, "unknown command %u (length %u)",
 				 cmd, len);

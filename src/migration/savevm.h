@@ -127,6 +127,11 @@ int kv_savevm_save_iterate(struct kv_savevm *sv, struct kv_stream *s,
 uint64_t kv_savevm_pending_estimate(struct kv_savevm *sv);
 int kv_savevm_pending_exact(struct kv_savevm *sv, uint64_t *pending,
 			    struct kv_error *err);
+/* A PING command (QEMU's MIG_CMD_PING) between sections, flushed: a
+ * destination with the return path open answers PONG(value) once it has
+ * read everything before it (return_path.h). */
+int kv_savevm_save_ping(struct kv_stream *s, uint32_t value,
+			struct kv_error *err);
 /* END sections, FULL device sections, EOF, VM description; flushes. */
 int kv_savevm_save_complete(struct kv_savevm *sv, struct kv_stream *s,
 			    struct kv_error *err);
