@@ -178,7 +178,9 @@ static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
 			return ret;
 		fprintf(stderr, "kvmig run: waiting for an incoming migration "
 				"on %s\n",
-			a->incoming);
+			strcmp(a->incoming, "defer") ? run_ctl_listen_uri(rc)
+						     : "(deferred: QMP "
+						       "migrate-incoming)");
 	} else {
 		ret = kv_vm_boot_kernel(vm, err);
 		if (!ret)

@@ -378,6 +378,11 @@ static int start_incoming(struct run_ctl *rc, const char *uri,
 	return 0;
 }
 
+const char *run_ctl_listen_uri(struct run_ctl *rc)
+{
+	return kv_vm_mig_listen_uri(rc->mig);
+}
+
 int run_ctl_incoming(struct run_ctl *rc, const char *uri,
 		     struct kv_error *err)
 {

@@ -37,6 +37,9 @@ void run_ctl_booted(struct run_ctl *rc);
 int run_ctl_incoming(struct run_ctl *rc, const char *uri,
 		     struct kv_error *err);
 
+/* The incoming listener's bound address (real port for tcp port 0). */
+const char *run_ctl_listen_uri(struct run_ctl *rc);
+
 /* Main loop ended: no more events. */
 void run_ctl_shutdown(struct run_ctl *rc);
 

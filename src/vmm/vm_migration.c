@@ -50,6 +50,7 @@ struct kv_vm_mig {
 	bool thread_live;
 	bool thread_done; /* the current migration's thread has ended */
 	char uri[300];
+	char listen_uri[300]; /* incoming: the bound address */
 	struct kv_mig_params params;
 	struct kv_mig_progress progress;
 	enum kv_mig_status last_status; /* last announced */
@@ -521,10 +522,15 @@ int kv_vm_mig_listen(struct kv_vm_mig *g, const char *uri,
 				    "already waiting for an incoming migration");
 	}
 	g->listener = l;
+	snprintf(g->listen_uri, sizeof(g->listen_uri), "%s",
+		 kv_listener_uri(l));
 	pthread_mutex_unlock(&g->lock);
-	kv_info("vmm", "waiting for an incoming migration on %s",
-		kv_listener_uri(l));
 	return 0;
+}
+
+const char *kv_vm_mig_listen_uri(struct kv_vm_mig *g)
+{
+	return g->listen_uri;
 }
 
 int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,

@@ -72,6 +72,9 @@ void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info);
  * reported at once and a peer can connect as soon as this returns. */
 int kv_vm_mig_listen(struct kv_vm_mig *g, const char *uri,
 		     struct kv_error *err);
+/* The address listened on ("tcp:HOST:PORT" with the real port for port
+ * 0); empty before kv_vm_mig_listen. */
+const char *kv_vm_mig_listen_uri(struct kv_vm_mig *g);
 /* Destination: (listen on uri unless kv_vm_mig_listen did,) receive one
  * migration, validate it, commit
  * it into KVM and confirm. Blocks. On success the VM is ready to start;
