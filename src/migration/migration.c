@@ -464,6 +464,9 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 	uint32_t status;
 	int ret;
 
+	/* The downtime starts with the request to stop: parking the vCPUs
+	 * and reading their state are part of it. */
+	stop_ns = kv_now_ns();
 	SWITCH_LOG("stop");
 	ret = m->hooks.stop_vm(m->hooks.opaque, err);
 	*stopped = true; /* even a failed stop may have stopped a part */
@@ -471,7 +474,6 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 		kv_error_prefix(err, "stopping the workload for switch-over");
 		return ret;
 	}
-	stop_ns = kv_now_ns();
 	if (!mig_set_status(m, KV_MIG_ACTIVE, KV_MIG_DEVICE, true))
 		return -ECANCELED;
 	SWITCH_LOG("stopped");

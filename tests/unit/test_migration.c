@@ -27,6 +27,7 @@
 #include "io/stream.h"
 #include "migration/migration.h"
 #include "migration/return_path.h"
+#include "migration/savevm.h"
 #include "migration/soft_tracker.h"
 
 #define PG	     KV_PAGE_SIZE
@@ -810,10 +811,328 @@ static void test_return_path_messages(void **state)
 	kv_chan_close(a);
 }
 
+static void test_pong_messages(void **state)
+{
+	struct kv_error err = {0};
+	struct kv_chan *a, *b;
+	int sv[2];
+	static const uint8_t stale_then_pong[] = {0, 2, 0, 4, 0, 0, 0, 4,
+						  0, 2, 0, 4, 0, 0, 0, 5};
+	static const uint8_t shut_fail[] = {0, 1, 0, 4, 0, 0, 0, 1};
+
+	(void)state;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	a = kv_chan_from_fd(sv[0], "src", &err);
+	b = kv_chan_from_fd(sv[1], "dst", &err);
+	assert_non_null(a);
+	assert_non_null(b);
+
+	assert_int_equal(kv_rp_send_pong(b, 0xdeadbeef, &err), 0);
+	assert_int_equal(kv_rp_wait_pong(a, 1000, 0xdeadbeef, &err), 0);
+
+	/* An answer to an older PING is skipped. */
+	assert_int_equal(
+	    write(sv[1], stale_then_pong, sizeof(stale_then_pong)),
+	    sizeof(stale_then_pong));
+	assert_int_equal(kv_rp_wait_pong(a, 1000, 5, &err), 0);
+
+	/* Nothing comes: a timeout, not a hang. */
+	assert_int_equal(kv_rp_wait_pong(a, 100, 6, &err), -ETIMEDOUT);
+	kv_error_clear(&err);
+
+	/* The destination gave up instead of answering. */
+	assert_int_equal(write(sv[1], shut_fail, sizeof(shut_fail)),
+			 sizeof(shut_fail));
+	assert_int_equal(kv_rp_wait_pong(a, 1000, 6, &err), -EREMOTEIO);
+	assert_non_null(strstr(err.msg, "status 1"));
+	assert_non_null(strstr(err.msg, "PONG 6"));
+	kv_error_clear(&err);
+
+	/* A PONG while waiting for SHUT is still skipped. */
+	assert_int_equal(kv_rp_send_pong(b, 9, &err), 0);
+	assert_int_equal(kv_rp_send_shut(b, 0, &err), 0);
+	{
+		uint32_t status = 7;
+
+		assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), 0);
+		assert_int_equal(status, 0);
+	}
+	kv_chan_close(b);
+	assert_int_equal(kv_rp_wait_pong(a, 1000, 1, &err), -EPIPE);
+	kv_chan_close(a);
+}
+
+/* The destination answers PING with PONG only when the source opened the
+ * return path (as QEMU): nothing else is written back. */
+static void ping_stream(bool return_path, bool *ponged)
+{
+	struct kv_savevm *a = kv_savevm_new("p"), *b = kv_savevm_new("p");
+	struct kv_load_result res;
+	struct kv_error err = {0};
+	struct kv_stream *w, *r;
+	char byte;
+	int sv[2];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	w = stream_on(sv[0], KV_STREAM_WRITE);
+	r = stream_on(sv[1], KV_STREAM_READ);
+	assert_int_equal(kv_savevm_save_header(a, w, return_path, &err), 0);
+	assert_int_equal(kv_savevm_save_setup(a, w, &err), 0);
+	assert_int_equal(kv_savevm_save_ping(w, 7, &err), 0);
+	assert_int_equal(kv_savevm_save_complete(a, w, &err), 0);
+	/* Without a return path the loader reads up to the end. */
+	assert_int_equal(shutdown(sv[0], SHUT_WR), 0);
+	assert_int_equal(kv_savevm_load(b, r, &res, &err), 0);
+	assert_int_equal(res.return_path_requested, return_path);
+	*ponged = recv(sv[0], &byte, 1, MSG_DONTWAIT | MSG_PEEK) == 1;
+	if (*ponged)
+		assert_int_equal(
+		    kv_rp_wait_pong(kv_stream_chan(w), 1000, 7, &err), 0);
+	kv_stream_close(w);
+	kv_stream_close(r);
+	kv_savevm_free(a);
+	kv_savevm_free(b);
+}
+
+static void test_ping_answered_with_return_path_only(void **state)
+{
+	bool ponged;
+
+	(void)state;
+	ping_stream(true, &ponged);
+	assert_true(ponged);
+	ping_stream(false, &ponged);
+	assert_false(ponged);
+}
+
+/* ---- when the driver switches over ---- */
+
+/*
+ * A live handler whose pending_exact follows a script, to check the
+ * switch-over policy: the downtime limit only permits switching; past it
+ * the driver iterates while each pass leaves at most 3/4 of the previous
+ * one, and stops when that plateaus, when the rest is tiny (256 KiB) or
+ * after 32 such passes. Each pass writes 64 KiB so the bandwidth, and with
+ * a huge downtime limit the threshold, is far above every scripted value.
+ */
+#define SCRIPT_PASS_BYTES (64 * 1024)
+
+struct script {
+	uint64_t (*pending)(unsigned int call); /* call: 1, 2, ... */
+	unsigned int calls;
+	unsigned int iterations;
+	bool completed;
+	/* destination */
+	unsigned int loaded;
+	uint8_t pad[SCRIPT_PASS_BYTES];
+};
+
+static int script_setup(struct kv_stream *s, void *opaque,
+			struct kv_error *err)
+{
+	(void)opaque;
+	(void)err;
+	kv_stream_put_be64(s, 0);
+	return 0;
+}
+
+static int script_iterate(struct kv_stream *s, void *opaque,
+			  struct kv_error *err)
+{
+	struct script *sc = opaque;
+
+	(void)err;
+	sc->iterations++;
+	kv_stream_put_buffer(s, sc->pad, sizeof(sc->pad));
+	return 1;
+}
+
+static int script_complete(struct kv_stream *s, void *opaque,
+			   struct kv_error *err)
+{
+	struct script *sc = opaque;
+
+	(void)err;
+	sc->completed = true;
+	kv_stream_put_be64(s, 2);
+	return 0;
+}
+
+static uint64_t script_estimate(void *opaque)
+{
+	struct script *sc = opaque;
+
+	return sc->calls ? sc->pending(sc->calls) : UINT64_MAX / 2;
+}
+
+static uint64_t script_exact(void *opaque, struct kv_error *err)
+{
+	struct script *sc = opaque;
+
+	(void)err;
+	return sc->pending(++sc->calls);
+}
+
+/* Setup and complete carry a be64 (first byte 0); a pass its 64 KiB of
+ * 0x11. */
+static int script_load(struct kv_stream *s, void *opaque, int version_id,
+		       struct kv_error *err)
+{
+	struct script *sc = opaque;
+
+	(void)version_id;
+	(void)err;
+	sc->loaded++;
+	if (kv_stream_peek_u8(s) == 0x11)
+		kv_stream_get_buffer(s, sc->pad, sizeof(sc->pad));
+	else
+		kv_stream_get_be64(s);
+	return kv_stream_error(s) ? -EIO : 0;
+}
+
+static const struct kv_savevm_live_ops script_ops = {
+    .save_setup = script_setup,
+    .save_iterate = script_iterate,
+    .save_complete = script_complete,
+    .pending_estimate = script_estimate,
+    .pending_exact = script_exact,
+    .load_state = script_load,
+};
+
+static int script_stop(void *opaque, struct kv_error *err)
+{
+	(void)opaque;
+	(void)err;
+	return 0;
+}
+
+static void script_resume(void *opaque)
+{
+	(void)opaque;
+}
+
+struct script_side {
+	struct kv_savevm *sv;
+	struct kv_stream *s;
+	struct script sc;
+	int ret;
+	struct kv_error err;
+};
+
+static void *script_dest_main(void *arg)
+{
+	struct script_side *d = arg;
+
+	d->ret = kv_mig_incoming(d->sv, d->s, &d->err);
+	kv_stream_close(d->s);
+	return NULL;
+}
+
+/* Run one migration with the script; returns the pending_exact calls the
+ * driver made before it switched over. */
+static unsigned int run_script(uint64_t (*pending)(unsigned int))
+{
+	struct kv_mig_hooks h = {.stop_vm = script_stop,
+				 .resume_vm = script_resume};
+	struct script_side *src = calloc(1, sizeof(*src));
+	struct script_side *dst = calloc(1, sizeof(*dst));
+	struct kv_mig_params params;
+	struct kv_error err = {0};
+	struct kv_migration *m;
+	pthread_t t;
+	unsigned int calls;
+	int sv[2];
+
+	assert_non_null(src);
+	assert_non_null(dst);
+	memset(src->sc.pad, 0x11, sizeof(src->sc.pad));
+	src->sc.pending = pending;
+	src->sv = kv_savevm_new("script");
+	dst->sv = kv_savevm_new("script");
+	assert_int_equal(kv_savevm_register_live(src->sv, "script", 0, 1,
+						 KV_PRI_RAM, &script_ops,
+						 &src->sc, &err),
+			 0);
+	assert_int_equal(kv_savevm_register_live(dst->sv, "script", 0, 1,
+						 KV_PRI_RAM, &script_ops,
+						 &dst->sc, &err),
+			 0);
+	kv_mig_params_default(&params);
+	params.downtime_limit_ms = 1000000000000000ULL;
+	params.rp_timeout_ms = 10000;
+	m = kv_mig_new(src->sv, NULL, &params, &h);
+	assert_non_null(m);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	src->s = stream_on(sv[0], KV_STREAM_WRITE);
+	dst->s = stream_on(sv[1], KV_STREAM_READ);
+	assert_int_equal(pthread_create(&t, NULL, script_dest_main, dst), 0);
+	src->ret = kv_mig_run(m, src->s, &src->err);
+	kv_stream_close(src->s);
+	pthread_join(t, NULL);
+	if (src->ret || dst->ret)
+		fail_msg("source %d '%s', destination %d '%s'", src->ret,
+			 src->err.msg, dst->ret, dst->err.msg);
+	assert_true(src->sc.completed);
+	/* One pass, then one sync, each time: the passes went through the
+	 * PING/PONG wait (a socketpair has a return path). */
+	assert_int_equal(src->sc.iterations, src->sc.calls);
+	calls = src->sc.calls;
+	kv_mig_free(m);
+	kv_savevm_free(src->sv);
+	kv_savevm_free(dst->sv);
+	free(src);
+	free(dst);
+	return calls;
+}
+
+/* 1 GiB, 100, 50, 30, 29 MiB: 29 is not below 3/4 of 30. */
+static uint64_t plateau(unsigned int call)
+{
+	static const uint64_t mib[] = {1024, 100, 50, 30, 29, 1, 1, 1};
+
+	return mib[call < 8 ? call - 1 : 7] << 20;
+}
+
+/* Tiny after the first pass. */
+static uint64_t tiny(unsigned int call)
+{
+	return call == 1 ? 1ULL << 30 : 200 * 1024;
+}
+
+/* Shrinks by 0.7 forever, from 2^50: only the pass cap ends it. */
+static uint64_t shrinking(unsigned int call)
+{
+	uint64_t v = 1ULL << 50;
+
+	for (unsigned int i = 1; i < call; i++)
+		v = v / 10 * 7;
+	return v;
+}
+
+/* Grows after the first pass: the dirty set is not shrinking at all. */
+static uint64_t growing(unsigned int call)
+{
+	return (uint64_t)call << 30;
+}
+
+static void test_switch_over_policy(void **state)
+{
+	(void)state;
+	assert_int_equal(run_script(plateau), 5);
+	assert_int_equal(run_script(tiny), 2);
+	assert_int_equal(run_script(shrinking), 33);
+	assert_int_equal(run_script(growing), 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_return_path_messages),
+	    cmocka_unit_test(test_pong_messages),
+	    cmocka_unit_test(test_switch_over_policy),
+	    cmocka_unit_test(test_ping_answered_with_return_path_only),
 	    cmocka_unit_test(test_full_migration),
 	    cmocka_unit_test(test_status_transitions),
 	    cmocka_unit_test(test_two_at_once),
