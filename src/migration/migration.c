@@ -48,9 +48,9 @@
  * that stops, or when what is left is already tiny, or after
  * MAX_EXTRA_PASSES passes.
  */
-#define SHRINK_NUM 3
-#define SHRINK_DEN 4
-#define SMALL_PENDING (256 * 1024ULL)
+#define SHRINK_NUM	 3
+#define SHRINK_DEN	 4
+#define SMALL_PENDING	 (256 * 1024ULL)
 #define MAX_EXTRA_PASSES 32
 
 /* Switch-over timeline at debug level: host monotonic time in ms, so the
@@ -340,8 +340,9 @@ static int wait_destination(struct kv_migration *m, struct kv_stream *s,
 	ret = kv_rp_wait_pong(kv_stream_chan(s), m->params.rp_timeout_ms,
 			      m->ping, err);
 	if (ret < 0)
-		kv_error_prefix(err, "waiting for the destination to read "
-				     "pass %llu",
+		kv_error_prefix(err,
+				"waiting for the destination to read "
+				"pass %llu",
 				(unsigned long long)m->pass);
 	return ret;
 }
@@ -391,16 +392,14 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 			ret = kv_savevm_pending_exact(m->sv, &pending, err);
 			if (ret < 0)
 				return ret;
-			SWITCH_LOG("pass %llu ended: %.1f ms, %llu pages, "
-				   "%.0f MiB/s; sync %.3f ms, %llu pages "
-				   "dirty",
-				   (unsigned long long)m->pass,
-				   (double)pass_ns / 1e6,
-				   (unsigned long long)pass_pages,
-				   m->bandwidth / MIB,
-				   (double)(kv_now_ns() - now) / 1e6,
-				   (unsigned long long)(pending /
-							KV_PAGE_SIZE));
+			SWITCH_LOG(
+			    "pass %llu ended: %.1f ms, %llu pages, "
+			    "%.0f MiB/s; sync %.3f ms, %llu pages "
+			    "dirty",
+			    (unsigned long long)m->pass, (double)pass_ns / 1e6,
+			    (unsigned long long)pass_pages, m->bandwidth / MIB,
+			    (double)(kv_now_ns() - now) / 1e6,
+			    (unsigned long long)(pending / KV_PAGE_SIZE));
 			downtime_ms = __atomic_load_n(
 			    &m->params.downtime_limit_ms, __ATOMIC_RELAXED);
 			threshold = m->bandwidth * (double)downtime_ms / 1000.0;

@@ -57,7 +57,7 @@ struct kv_ram_state {
 	size_t search_page;
 	size_t last_sent; /* block of the previous record, for CONTINUE */
 	bool tracker_started;
-	bool completed; /* outcome for save_cleanup's tracker stop */
+	bool completed;	  /* outcome for save_cleanup's tracker stop */
 	bool in_complete; /* save_complete runs: the workload is stopped */
 	/* Pagemap entries of one chunk, read after the chunk was re-armed
 	 * and dropped at every sync and every section (see ram_save.c). */

@@ -471,8 +471,8 @@ static int save_devices(struct kv_savevm *sv, struct kv_stream *s,
  * the renderer declines (the caller then builds the jansson tree). */
 static char *render_vmdesc(struct kv_savevm *sv, size_t *len)
 {
-	struct kv_vmdesc_dev *devs = calloc(sv->count ? sv->count : 1,
-					    sizeof(*devs));
+	struct kv_vmdesc_dev *devs =
+	    calloc(sv->count ? sv->count : 1, sizeof(*devs));
 	size_t n = 0;
 	char *text;
 

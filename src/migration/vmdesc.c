@@ -503,8 +503,7 @@ static void render_vmsd(struct text_buf *b, const struct kv_vmstate_desc *d,
 	tb_raw(b, "}");
 }
 
-char *kv_vmdesc_render(const struct kv_vmdesc_dev *devs, size_t n,
-		       size_t *len)
+char *kv_vmdesc_render(const struct kv_vmdesc_dev *devs, size_t n, size_t *len)
 {
 	struct text_buf b = {0};
 

@@ -56,8 +56,7 @@ struct kv_vmdesc_dev {
  * malloc'ed, NUL-terminated text and its length, or NULL when out of
  * memory or for input the tree handles its own way (nesting deeper than
  * 16, names that are not ASCII): the caller then builds the tree. */
-char *kv_vmdesc_render(const struct kv_vmdesc_dev *devs, size_t n,
-		       size_t *len);
+char *kv_vmdesc_render(const struct kv_vmdesc_dev *devs, size_t n, size_t *len);
 
 /* Check a received description: length cap, valid JSON, the layout above
  * (object, integer page_size 4096, devices array of objects with string

@@ -831,9 +831,8 @@ static void test_pong_messages(void **state)
 	assert_int_equal(kv_rp_wait_pong(a, 1000, 0xdeadbeef, &err), 0);
 
 	/* An answer to an older PING is skipped. */
-	assert_int_equal(
-	    write(sv[1], stale_then_pong, sizeof(stale_then_pong)),
-	    sizeof(stale_then_pong));
+	assert_int_equal(write(sv[1], stale_then_pong, sizeof(stale_then_pong)),
+			 sizeof(stale_then_pong));
 	assert_int_equal(kv_rp_wait_pong(a, 1000, 5, &err), 0);
 
 	/* Nothing comes: a timeout, not a hang. */
@@ -928,8 +927,7 @@ struct script {
 	uint8_t pad[SCRIPT_PASS_BYTES];
 };
 
-static int script_setup(struct kv_stream *s, void *opaque,
-			struct kv_error *err)
+static int script_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 {
 	(void)opaque;
 	(void)err;

@@ -786,10 +786,9 @@ static char *tree_text(const struct kv_vmdesc_dev *devs, size_t n)
 
 	assert_non_null(root);
 	for (size_t i = 0; i < n; i++)
-		assert_int_equal(kv_vmdesc_add_device(root, devs[i].idstr,
-						      devs[i].instance_id,
-						      devs[i].vmsd,
-						      devs[i].opaque, &err),
+		assert_int_equal(kv_vmdesc_add_device(
+				     root, devs[i].idstr, devs[i].instance_id,
+				     devs[i].vmsd, devs[i].opaque, &err),
 				 0);
 	text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(root);
