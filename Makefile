@@ -36,6 +36,9 @@ check: $(BUILD)/build.ninja $(ASAN_BUILD)/build.ninja
 bench: all
 	bench/run.sh $(BUILD)
 
+bench-compare: all
+	bench/compare.sh $(BUILD)
+
 fuzz: $(FUZZ_BUILD)/build.ninja
 	ninja -C $(FUZZ_BUILD)
 	scripts/fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)

@@ -1,0 +1,135 @@
+# SPDX-License-Identifier: MIT
+"""One migration of the guest under one VMM, driven through QMP.
+
+The pair (source booting the guest, destination waiting for it) is
+scripts/demo_vm.py's VmPair with only the process start replaced: its
+migrate() (migrate, poll query-migrate, cancel after the timeout) and its
+measurements (query-migrate fields; guest-observed downtime = largest gap
+between host-timestamped heartbeats across both consoles; the split of
+that gap) are the very code bench/vm_bench.py uses, so both VMMs are
+measured identically.
+
+Source and destination start at the same time (QEMU's emulated firmware
+makes its boot the slow part); the destination can run in a network
+namespace (`ip netns exec NS ...`, the pid is the VMM's own since `ip`
+execs it).
+"""
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import demo_vm  # noqa: E402
+from demo_vm import DemoError, VmPair  # noqa: E402
+import vmlib  # noqa: E402  (tests/integration, put on the path by demo_vm)
+
+WARMUP_S = 2.2       # as bench/vm_bench.py: the workload settles at its rate
+BOOT_TIMEOUT_S = 90  # QEMU's firmware runs emulated here
+
+
+class ComparePair(VmPair):
+    """A VmPair whose processes come from a vmms.Vmm."""
+
+    def __init__(self, build, vmm, memory, cpus, append, dest_host,
+                 dest_port, netns=None):
+        super().__init__(build, memory, cpus, append)
+        self.vmm = vmm
+        self.dest_host = dest_host
+        self.dest_port = dest_port
+        self.netns = netns
+
+    def start_both(self):
+        """Start the source (booting) and the destination (listening)
+        together; returns once both are up, with the source's
+        boot-to-workload time in s."""
+        spath = os.path.join(self.tmp, "src.qmp")
+        dpath = os.path.join(self.tmp, "dst.qmp")
+        self.uri = f"tcp:{self.dest_host}:{self.dest_port}"
+        self.t_start = time.monotonic()
+        self.src = vmlib.Vm(self.vmm.source_argv(self.memory, self.cpus,
+                                                 self.append, spath),
+                            f"{self.vmm.name} source")
+        dargv = self.vmm.dest_argv(self.memory, self.cpus, self.uri, dpath)
+        if self.netns:
+            dargv = ["ip", "netns", "exec", self.netns] + dargv
+        self.dst = vmlib.Vm(dargv, f"{self.vmm.name} destination")
+        self.qdst = self._connect(self.dst, dpath)
+        self._wait_listening()
+        if not self.src.wait_console(r"workload started", BOOT_TIMEOUT_S):
+            raise DemoError(f"the {self.vmm.name} source guest did not start "
+                            f"its workload within {BOOT_TIMEOUT_S} s\n"
+                            + self.src.describe())
+        self.boot_s = self._console_time(self.src, b"workload started") \
+            - self.t_start
+        self.qsrc = self._connect(self.src, spath)
+        return self.boot_s
+
+    def _connect(self, vm, path, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            if vm.p.poll() is not None or time.monotonic() > deadline:
+                raise DemoError(f"{vm.label}: no QMP socket at {path}\n"
+                                + vm.describe())
+            time.sleep(0.02)
+        return vmlib.Qmp(path, timeout=timeout)
+
+    def _wait_listening(self, timeout=30):
+        """Both VMMs set up the incoming listener before their monitor
+        answers; check that the destination says it is waiting."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.qdst.cmd("query-status")
+            if st.get("status") == "inmigrate":
+                return
+            if self.dst.p.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise DemoError(f"{self.dst.label} is not waiting for the "
+                        f"migration\n" + self.dst.describe())
+
+
+def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
+            netns=None):
+    """Boot, warm up, migrate once; a dict of measurements (see
+    VmPair._result), plus boot_ms, guest_rate, corrupt, and error (a
+    string) when the run itself failed."""
+    mem = max(64, rate)
+    append = f"mem={mem} rate={rate} pattern=random"
+    pair = ComparePair(build, vmm, size, 2, append, dest_host, dest_port,
+                       netns)
+    try:
+        boot_s = pair.start_both()
+        time.sleep(WARMUP_S)
+        guest_rate = pair.guest_rate()
+        pair.set_parameters(**params)
+        got = pair.qsrc.cmd("query-migrate-parameters")
+        for k, v in params.items():
+            if got.get(k) != v:
+                raise DemoError(f"{vmm.name}: {k} is {got.get(k)} after "
+                                f"migrate-set-parameters {k}={v}")
+        r = pair.migrate(timeout=timeout)
+        r["boot_ms"] = boot_s * 1000.0
+        r["guest_rate"] = guest_rate
+        r["corrupt"] = len(vmlib.corrupt_lines(pair.src, pair.dst))
+        if r["converged"]:
+            state = pair.qdst.cmd("query-status")
+            if not state.get("running"):
+                raise DemoError(f"{vmm.name}: the destination is not "
+                                f"running after the migration")
+            pair.qdst.execute("quit")
+            pair.dst.wait(10)
+        try:
+            pair.quit_source()
+        except DemoError:
+            pass  # killed by close(); the measurement is taken
+        return r
+    except (DemoError, vmlib.QmpError, OSError) as e:
+        return {"converged": False, "status": "error", "error": str(e)}
+    finally:
+        pair.close()
+
+
+def exit_on_sigterm():
+    demo_vm.exit_on_sigterm()
