@@ -47,5 +47,10 @@ void kv_cli_hex(const uint8_t *bytes, int n, char *buf);
 
 int kv_cmd_memtest(int argc, char **argv);
 int kv_cmd_run(int argc, char **argv);
+/* ctl.c: drive a VM's migration over QMP */
+int kv_cmd_migrate(int argc, char **argv);
+int kv_cmd_status(int argc, char **argv);
+int kv_cmd_cancel(int argc, char **argv);
+int kv_cmd_set(int argc, char **argv);
 
 #endif

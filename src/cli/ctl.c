@@ -1,0 +1,1046 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvmig migrate | status | cancel | set: drive a running VM's migration
+ * over QMP (kvmig run --qmp, or QEMU's -qmp: the same protocol).
+ *
+ * Exit codes: 0 success (for a waited-for migration: it completed), 1 the
+ * command ran and failed (connection, QMP error reply, a migration that
+ * failed or was cancelled), 2 usage error.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "base/clock.h"
+#include "base/error.h"
+#include "cli/cli.h"
+#include "cli/qmp_client.h"
+
+#define CTL_TIMEOUT_MS		 10000
+#define CTL_DEFAULT_INTERVAL_MS	 500
+#define CTL_CANCEL_WAIT_MS	 30000
+
+/* ---- argument splitting ---- */
+
+/* kv_cli_parse() knows options only; the control commands also take
+ * positional arguments (URI, NAME=VALUE) and a repeatable --capability.
+ * This separates them before the options go to kv_cli_parse(). */
+struct ctl_args {
+	int argc;
+	char **argv; /* argv[0] and the options */
+	int npos;
+	char **pos;
+	int ncaps;
+	char **caps;
+};
+
+static const struct kv_cli_opt *ctl_find_opt(const struct kv_cli_opt *opts,
+					     const char *name, size_t len)
+{
+	for (; opts->name; opts++)
+		if (strlen(opts->name) == len && !strncmp(opts->name, name, len))
+			return opts;
+	return NULL;
+}
+
+static void ctl_args_free(struct ctl_args *a)
+{
+	free(a->argv);
+	free(a->pos);
+	free(a->caps);
+}
+
+static int ctl_split(const char *cmd, int argc, char **argv,
+		     const struct kv_cli_opt *opts, bool want_caps,
+		     struct ctl_args *a)
+{
+	bool options_done = false;
+
+	a->argc = a->npos = a->ncaps = 0;
+	a->argv = calloc((size_t)argc + 1, sizeof(char *));
+	a->pos = calloc((size_t)argc + 1, sizeof(char *));
+	a->caps = calloc((size_t)argc + 1, sizeof(char *));
+	if (!a->argv || !a->pos || !a->caps) {
+		fprintf(stderr, "kvmig %s: out of memory\n", cmd);
+		return KV_EXIT_FAILURE;
+	}
+	a->argv[a->argc++] = argv[0];
+	for (int i = 1; i < argc; i++) {
+		char *arg = argv[i];
+		const struct kv_cli_opt *o;
+		const char *eq;
+		size_t len;
+
+		if (options_done || arg[0] != '-' || !arg[1]) {
+			a->pos[a->npos++] = arg;
+			continue;
+		}
+		if (!strcmp(arg, "--")) {
+			options_done = true;
+			continue;
+		}
+		a->argv[a->argc++] = arg;
+		if (strncmp(arg, "--", 2))
+			continue; /* "-h", or an error for kv_cli_parse */
+		eq = strchr(arg + 2, '=');
+		len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+		if (want_caps && len == 10 && !strncmp(arg + 2, "capability", 10)) {
+			a->argc--;
+			if (eq) {
+				a->caps[a->ncaps++] = (char *)eq + 1;
+			} else if (i + 1 < argc) {
+				a->caps[a->ncaps++] = argv[++i];
+			} else {
+				return kv_cli_usage_error(
+				    cmd, "option '--capability' needs a value");
+			}
+			continue;
+		}
+		o = ctl_find_opt(opts, arg + 2, len);
+		if (o && o->takes_value && !eq && i + 1 < argc)
+			a->argv[a->argc++] = argv[++i];
+	}
+	return KV_EXIT_OK;
+}
+
+/* ---- formatting ---- */
+
+static const char *fmt_bytes(double v, char *buf, size_t len)
+{
+	static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	int u = 0;
+
+	while (v >= 1024 && u < 4) {
+		v /= 1024;
+		u++;
+	}
+	if (u == 0)
+		snprintf(buf, len, "%.0f B", v);
+	else
+		snprintf(buf, len, "%.*f %s", v < 10 ? 2 : 1, v, units[u]);
+	return buf;
+}
+
+static bool status_is_final(const char *s)
+{
+	return s && (!strcmp(s, "completed") || !strcmp(s, "failed") ||
+		     !strcmp(s, "cancelled"));
+}
+
+static int64_t jint(json_t *o, const char *key, int64_t dflt)
+{
+	json_t *v = json_object_get(o, key);
+
+	if (json_is_integer(v))
+		return json_integer_value(v);
+	if (json_is_real(v))
+		return (int64_t)json_real_value(v);
+	return dflt;
+}
+
+/* What the displays need from a query-migrate reply. */
+struct mig_view {
+	const char *status; /* NULL: no migration yet */
+	int64_t total_time, setup_time, downtime, expected_downtime;
+	int64_t transferred, remaining, total, passes;
+	double mbps;
+	const char *error;
+	double percent; /* pass-aware, 0..100 */
+	double rate;    /* bytes per second */
+};
+
+/* Successive samples, for the transfer rate. */
+struct progress {
+	bool have_sample;
+	int64_t last_ms;
+	int64_t last_transferred;
+	double rate;
+};
+
+static void mig_view_read(json_t *mig, struct mig_view *v)
+{
+	json_t *ram = json_object_get(mig, "ram");
+
+	memset(v, 0, sizeof(*v));
+	v->status = json_string_value(json_object_get(mig, "status"));
+	v->total_time = jint(mig, "total-time", -1);
+	v->setup_time = jint(mig, "setup-time", -1);
+	v->downtime = jint(mig, "downtime", -1);
+	v->expected_downtime = jint(mig, "expected-downtime", -1);
+	v->transferred = jint(ram, "transferred", 0);
+	v->remaining = jint(ram, "remaining", 0);
+	v->total = jint(ram, "total", 0);
+	v->passes = jint(ram, "dirty-sync-count", 0);
+	v->mbps = json_number_value(json_object_get(ram, "mbps"));
+	v->error = json_string_value(json_object_get(mig, "error-desc"));
+	v->rate = v->mbps * 1e6 / 8; /* QEMU's mbps is megabits per second */
+}
+
+/*
+ * Percent done. The first pass walks all of RAM, so it is measured against
+ * the total (zero pages cost almost no bytes on the wire, so "transferred"
+ * would understate it); a later pass re-sends only what was dirtied, so
+ * there it is transferred / (transferred + remaining).
+ */
+static void progress_update(struct progress *p, struct mig_view *v,
+			    int64_t now_ms)
+{
+	/* The VM's own clock when it gives one: a VM that refreshes its
+	 * counters only now and then must not look like a falling rate. */
+	int64_t t = v->total_time >= 0 ? v->total_time : now_ms;
+
+	if (p->have_sample && t > p->last_ms &&
+	    v->transferred >= p->last_transferred) {
+		double sample = (double)(v->transferred - p->last_transferred) *
+				1000.0 / (double)(t - p->last_ms);
+
+		p->rate = p->rate > 0 ? 0.5 * p->rate + 0.5 * sample : sample;
+	}
+	if (p->rate > 0)
+		v->rate = p->rate;
+	if (!p->have_sample || t != p->last_ms) {
+		p->have_sample = true;
+		p->last_ms = t;
+		p->last_transferred = v->transferred;
+	}
+
+	if (v->status && !strcmp(v->status, "completed"))
+		v->percent = 100;
+	else if (v->passes <= 1 && v->total > 0)
+		v->percent = 100.0 * (double)(v->total - v->remaining) /
+			     (double)v->total;
+	else if (v->transferred + v->remaining > 0)
+		v->percent = 100.0 * (double)v->transferred /
+			     (double)(v->transferred + v->remaining);
+	if (v->percent < 0)
+		v->percent = 0;
+	if (v->percent > 100)
+		v->percent = 100;
+}
+
+static void print_summary(FILE *f, const struct mig_view *v)
+{
+	char b1[32], b2[32];
+
+	if (!strcmp(v->status, "completed")) {
+		double avg = v->total_time > 0 ? (double)v->transferred *
+						     1000.0 /
+						     (double)v->total_time
+					       : 0;
+
+		fprintf(f,
+			"migration completed in %lld ms: downtime %lld ms, "
+			"setup %lld ms, %s transferred in %lld passes, "
+			"%s/s average\n",
+			(long long)v->total_time, (long long)v->downtime,
+			(long long)v->setup_time,
+			fmt_bytes((double)v->transferred, b1, sizeof(b1)),
+			(long long)v->passes, fmt_bytes(avg, b2, sizeof(b2)));
+	} else if (!strcmp(v->status, "failed")) {
+		fprintf(f, "migration failed after %lld ms: %s\n",
+			(long long)v->total_time,
+			v->error ? v->error : "(no error-desc given)");
+	} else {
+		fprintf(f,
+			"migration %s after %lld ms (%s transferred in %lld "
+			"passes)\n",
+			v->status, (long long)v->total_time,
+			fmt_bytes((double)v->transferred, b1, sizeof(b1)),
+			(long long)v->passes);
+	}
+}
+
+/* One plain line per update, for logs and pipes. */
+static void print_progress_line(FILE *f, const struct mig_view *v)
+{
+	char b1[32], b2[32], b3[32];
+
+	fprintf(f,
+		"migration %s: pass %lld, %.1f%%, %s/s, transferred %s, "
+		"remaining %s, expected downtime %lld ms, total time %lld "
+		"ms\n",
+		v->status, (long long)v->passes, v->percent,
+		fmt_bytes(v->rate, b1, sizeof(b1)),
+		fmt_bytes((double)v->transferred, b2, sizeof(b2)),
+		fmt_bytes((double)v->remaining, b3, sizeof(b3)),
+		(long long)v->expected_downtime, (long long)v->total_time);
+	fflush(f);
+}
+
+static int terminal_columns(int fd)
+{
+	struct winsize ws;
+
+	if (ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 20)
+		return ws.ws_col;
+	return 80;
+}
+
+/* The live bar, redrawn in place; it never wraps (wrapping would break the
+ * carriage-return redraw). */
+static void draw_bar(FILE *f, int cols, const struct mig_view *v)
+{
+	char tail[256], line[512], bar[128];
+	char b1[32], b2[32], b3[32];
+	int width, fill;
+
+	snprintf(tail, sizeof(tail),
+		 " %5.1f%% pass %lld | %s/s | sent %s | left %s | "
+		 "downtime ~%lld ms",
+		 v->percent, (long long)v->passes,
+		 fmt_bytes(v->rate, b1, sizeof(b1)),
+		 fmt_bytes((double)v->transferred, b2, sizeof(b2)),
+		 fmt_bytes((double)v->remaining, b3, sizeof(b3)),
+		 (long long)v->expected_downtime);
+	width = cols - 1 - (int)strlen(tail) - (int)strlen(v->status) - 3;
+	if (width > 50)
+		width = 50;
+	if (width < 10)
+		width = 10;
+	fill = (int)(v->percent * width / 100.0 + 0.5);
+	for (int i = 0; i < width; i++)
+		bar[i] = i < fill ? '#' : '.';
+	bar[width] = '\0';
+	snprintf(line, sizeof(line), "%s [%s]%s", v->status, bar, tail);
+	if ((int)strlen(line) > cols - 1)
+		line[cols - 1] = '\0';
+	fprintf(f, "\r\033[K%s", line);
+	fflush(f);
+}
+
+/* ---- talking to the VM ---- */
+
+struct ctl {
+	const char *cmd;
+	struct kv_qmpc *qmp;
+};
+
+static int ctl_fail(const struct ctl *c, const struct kv_error *err)
+{
+	fprintf(stderr, "kvmig %s: %s\n", c->cmd, err->msg);
+	return KV_EXIT_FAILURE;
+}
+
+static int ctl_connect(struct ctl *c, const char *cmd, const char *addr)
+{
+	struct kv_error err = {0};
+
+	c->cmd = cmd;
+	c->qmp = NULL;
+	if (kv_qmpc_connect(addr, CTL_TIMEOUT_MS, &c->qmp, &err) < 0)
+		return ctl_fail(c, &err);
+	return KV_EXIT_OK;
+}
+
+/* Run a command; on failure print the error (a QMP error reply with its
+ * class and desc) and return KV_EXIT_FAILURE. */
+static int ctl_exec(struct ctl *c, const char *name, json_t *args,
+		    json_t **ret)
+{
+	struct kv_error err = {0};
+
+	if (kv_qmpc_execute(c->qmp, name, args, ret, CTL_TIMEOUT_MS, &err) < 0)
+		return ctl_fail(c, &err);
+	return KV_EXIT_OK;
+}
+
+/* query-migrate and query-status as one JSON object for scripts. */
+static json_t *status_json(json_t *mig, json_t *vm, const struct mig_view *v)
+{
+	json_t *o = json_object();
+
+	json_object_set_new(o, "status",
+			    json_string(v->status ? v->status : "none"));
+	if (vm) {
+		json_object_set(o, "vm-status", json_object_get(vm, "status"));
+		json_object_set(o, "running", json_object_get(vm, "running"));
+	}
+	json_object_set_new(o, "progress",
+			    json_pack("{s:f,s:I,s:f}", "percent", v->percent,
+				      "pass", (json_int_t)v->passes,
+				      "bytes-per-second", v->rate));
+	json_object_set(o, "migrate", mig);
+	return o;
+}
+
+static void print_json_line(json_t *o)
+{
+	char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+
+	if (text) {
+		printf("%s\n", text);
+		fflush(stdout);
+		free(text);
+	}
+}
+
+/* Sleep for interval_ms while taking events off the socket, so they do not
+ * pile up; a MIGRATION event ends the wait early (the status changed). */
+static int ctl_pause(struct ctl *c, int interval_ms)
+{
+	int64_t deadline = kv_now_ms() + interval_ms;
+	struct kv_error err = {0};
+
+	for (;;) {
+		int64_t left = deadline - kv_now_ms();
+		json_t *ev;
+		int rc;
+		bool migration;
+
+		if (left <= 0)
+			return KV_EXIT_OK;
+		rc = kv_qmpc_next_event(c->qmp, (int)left, &ev, &err);
+		if (rc < 0)
+			return ctl_fail(c, &err);
+		if (rc == 0)
+			return KV_EXIT_OK;
+		migration = !strcmp(
+		    json_string_value(json_object_get(ev, "event")) ?: "",
+		    "MIGRATION");
+		json_decref(ev);
+		if (migration)
+			return KV_EXIT_OK;
+	}
+}
+
+enum watch_style {
+	WATCH_LINES,	  /* one plain line per update, then the summary */
+	WATCH_BAR,	  /* a bar redrawn in place, then the summary */
+	WATCH_JSON,	  /* one JSON object per update */
+	WATCH_SUMMARY,	  /* only the summary at the end */
+	WATCH_JSON_FINAL, /* only the final JSON object */
+};
+
+/* Poll until the migration reaches a final status: 0 if it completed. */
+static int ctl_watch(struct ctl *c, enum watch_style style, int interval_ms)
+{
+	struct progress prog = {0};
+	bool told_waiting = false, drawn = false;
+	int cols = terminal_columns(STDOUT_FILENO);
+
+	for (;;) {
+		json_t *mig = NULL, *vm = NULL;
+		struct mig_view v;
+		bool json = style == WATCH_JSON || style == WATCH_JSON_FINAL;
+		bool final;
+		int rc;
+
+		rc = ctl_exec(c, "query-migrate", NULL, &mig);
+		if (!rc && json)
+			rc = ctl_exec(c, "query-status", NULL, &vm);
+		if (rc) {
+			json_decref(mig);
+			if (drawn)
+				printf("\n");
+			return rc;
+		}
+		mig_view_read(mig, &v);
+		progress_update(&prog, &v, kv_now_ms());
+		final = status_is_final(v.status);
+		if (json && (final || style == WATCH_JSON)) {
+			json_t *o = status_json(mig, vm, &v);
+
+			print_json_line(o);
+			json_decref(o);
+		} else if (!v.status) {
+			if (!told_waiting && !json)
+				fprintf(stderr, "kvmig %s: no migration yet, "
+						"waiting for one\n",
+					c->cmd);
+			told_waiting = true;
+		} else if (final) {
+			if (drawn)
+				printf("\r\033[K");
+			print_summary(stdout, &v);
+		} else if (style == WATCH_BAR) {
+			draw_bar(stdout, cols, &v);
+			drawn = true;
+		} else if (style == WATCH_LINES) {
+			print_progress_line(stdout, &v);
+		}
+		/* v points into mig: decide before letting it go. */
+		rc = final && strcmp(v.status, "completed") ? KV_EXIT_FAILURE
+							    : KV_EXIT_OK;
+		json_decref(mig);
+		json_decref(vm);
+		if (final)
+			return rc;
+		rc = ctl_pause(c, interval_ms);
+		if (rc) {
+			if (drawn)
+				printf("\n");
+			return rc;
+		}
+	}
+}
+
+static int parse_interval(const char *cmd, const char *text, int *out)
+{
+	uint64_t v;
+
+	*out = CTL_DEFAULT_INTERVAL_MS;
+	if (!text)
+		return KV_EXIT_OK;
+	if (!kv_cli_parse_u64(text, &v) || v < 10 || v > 3600000)
+		return kv_cli_usage_error(cmd,
+					  "--interval '%s': expected "
+					  "milliseconds, 10 to 3600000",
+					  text);
+	*out = (int)v;
+	return KV_EXIT_OK;
+}
+
+static int need_qmp(const char *cmd, const char *qmp)
+{
+	if (!qmp)
+		return kv_cli_usage_error(cmd, "--qmp PATH is required (the VM's "
+					       "QMP socket: PATH, unix:PATH or "
+					       "tcp:HOST:PORT)");
+	return KV_EXIT_OK;
+}
+
+/* ---- kvmig status ---- */
+
+static void print_status_text(json_t *vm, const struct mig_view *v)
+{
+	char b1[32], b2[32], b3[32], b4[32];
+
+	printf("VM: %s\n", json_string_value(json_object_get(vm, "status"))
+			       ?: "unknown");
+	if (!v->status) {
+		printf("migration: none\n");
+		return;
+	}
+	printf("migration: %s, pass %lld, %.1f%%\n", v->status,
+	       (long long)v->passes, v->percent);
+	printf("  total time %lld ms, setup %lld ms", (long long)v->total_time,
+	       (long long)v->setup_time);
+	if (v->downtime >= 0)
+		printf(", downtime %lld ms", (long long)v->downtime);
+	else if (v->expected_downtime >= 0)
+		printf(", expected downtime %lld ms",
+		       (long long)v->expected_downtime);
+	printf("\n  transferred %s, remaining %s, RAM %s, rate %s/s\n",
+	       fmt_bytes((double)v->transferred, b1, sizeof(b1)),
+	       fmt_bytes((double)v->remaining, b2, sizeof(b2)),
+	       fmt_bytes((double)v->total, b3, sizeof(b3)),
+	       fmt_bytes(v->rate, b4, sizeof(b4)));
+	if (v->error)
+		printf("  error: %s\n", v->error);
+}
+
+static void status_help(void)
+{
+	printf("Usage: kvmig status --qmp PATH [--watch] [--json] "
+	       "[--interval MS]\n"
+	       "\n"
+	       "Show the VM's run state and its migration (query-status and "
+	       "query-migrate).\n"
+	       "\n"
+	       "Options:\n"
+	       "  --qmp PATH|unix:PATH|tcp:HOST:PORT\n"
+	       "                  the VM's QMP socket (kvmig run --qmp, or "
+	       "QEMU's -qmp)\n"
+	       "  --watch         follow the migration until it completes, "
+	       "fails or is\n"
+	       "                  cancelled: a live progress bar on a "
+	       "terminal, one line per\n"
+	       "                  update otherwise, then a summary; exit 0 "
+	       "only if it completed\n"
+	       "  --json          machine-readable: one JSON object (one per "
+	       "line with --watch)\n"
+	       "                  {status, vm-status, running, progress "
+	       "{percent, pass,\n"
+	       "                  bytes-per-second}, migrate: the raw "
+	       "query-migrate reply}\n"
+	       "  --interval MS   time between updates with --watch (default "
+	       "%d)\n",
+	       CTL_DEFAULT_INTERVAL_MS);
+}
+
+int kv_cmd_status(int argc, char **argv)
+{
+	const char *qmp = NULL, *watch = NULL, *json = NULL, *interval = NULL;
+	const struct kv_cli_opt opts[] = {
+	    {"qmp", true, &qmp},	   {"watch", false, &watch},
+	    {"json", false, &json},	   {"interval", true, &interval},
+	    {NULL, false, NULL},
+	};
+	struct ctl_args a;
+	struct ctl c;
+	json_t *mig = NULL, *vm = NULL;
+	struct mig_view v;
+	struct progress prog = {0};
+	bool help;
+	int interval_ms;
+	int rc;
+
+	rc = ctl_split("status", argc, argv, opts, false, &a);
+	if (!rc)
+		rc = kv_cli_parse("status", a.argc, a.argv, opts, &help);
+	if (!rc && help) {
+		status_help();
+		ctl_args_free(&a);
+		return KV_EXIT_OK;
+	}
+	if (!rc && a.npos)
+		rc = kv_cli_usage_error("status", "unexpected argument '%s'",
+					a.pos[0]);
+	ctl_args_free(&a);
+	if (!rc)
+		rc = need_qmp("status", qmp);
+	if (!rc)
+		rc = parse_interval("status", interval, &interval_ms);
+	if (rc)
+		return rc;
+	rc = ctl_connect(&c, "status", qmp);
+	if (rc)
+		return rc;
+	if (watch) {
+		enum watch_style style = json ? WATCH_JSON
+				       : isatty(STDOUT_FILENO) ? WATCH_BAR
+							       : WATCH_LINES;
+
+		rc = ctl_watch(&c, style, interval_ms);
+		kv_qmpc_close(c.qmp);
+		return rc;
+	}
+	rc = ctl_exec(&c, "query-status", NULL, &vm);
+	if (!rc)
+		rc = ctl_exec(&c, "query-migrate", NULL, &mig);
+	if (!rc) {
+		mig_view_read(mig, &v);
+		progress_update(&prog, &v, kv_now_ms());
+		if (json) {
+			json_t *o = status_json(mig, vm, &v);
+
+			print_json_line(o);
+			json_decref(o);
+		} else {
+			print_status_text(vm, &v);
+		}
+	}
+	json_decref(mig);
+	json_decref(vm);
+	kv_qmpc_close(c.qmp);
+	return rc;
+}
+
+/* ---- kvmig migrate ---- */
+
+static void migrate_help(void)
+{
+	printf("Usage: kvmig migrate --qmp PATH URI [--wait] [--json] "
+	       "[--downtime-limit MS]\n"
+	       "                     [--max-bandwidth RATE] "
+	       "[--interval MS]\n"
+	       "\n"
+	       "Start a live migration of the VM behind PATH to URI "
+	       "(tcp:HOST:PORT, unix:PATH,\n"
+	       "file:PATH), where a destination waits (kvmig run --incoming, "
+	       "or QEMU's\n"
+	       "-incoming).\n"
+	       "\n"
+	       "Options:\n"
+	       "  --qmp PATH|unix:PATH|tcp:HOST:PORT\n"
+	       "                        the source VM's QMP socket\n"
+	       "  --wait                wait for the end (a progress bar on a "
+	       "terminal) and\n"
+	       "                        print a summary; exit 0 only if it "
+	       "completed\n"
+	       "  --json                with --wait: print the final status "
+	       "as JSON instead\n"
+	       "  --downtime-limit MS   set downtime-limit first\n"
+	       "  --max-bandwidth RATE  set max-bandwidth first, bytes per "
+	       "second (64M, 1G)\n"
+	       "  --interval MS         progress update interval (default "
+	       "%d)\n",
+	       CTL_DEFAULT_INTERVAL_MS);
+}
+
+static int migrate_parameters(const char *dl, const char *bw, json_t **out)
+{
+	uint64_t v;
+
+	*out = NULL;
+	if (!dl && !bw)
+		return KV_EXIT_OK;
+	*out = json_object();
+	if (dl) {
+		if (!kv_cli_parse_u64(dl, &v))
+			return kv_cli_usage_error(
+			    "migrate",
+			    "--downtime-limit '%s': expected milliseconds",
+			    dl);
+		json_object_set_new(*out, "downtime-limit",
+				    json_integer((json_int_t)v));
+	}
+	if (bw) {
+		if (!kv_cli_parse_size(bw, &v) || v > INT64_MAX)
+			return kv_cli_usage_error(
+			    "migrate",
+			    "--max-bandwidth '%s': expected bytes per second "
+			    "(64M, 1G)",
+			    bw);
+		json_object_set_new(*out, "max-bandwidth",
+				    json_integer((json_int_t)v));
+	}
+	return KV_EXIT_OK;
+}
+
+int kv_cmd_migrate(int argc, char **argv)
+{
+	const char *qmp = NULL, *wait = NULL, *json = NULL, *interval = NULL;
+	const char *dl = NULL, *bw = NULL;
+	const struct kv_cli_opt opts[] = {
+	    {"qmp", true, &qmp},
+	    {"wait", false, &wait},
+	    {"json", false, &json},
+	    {"interval", true, &interval},
+	    {"downtime-limit", true, &dl},
+	    {"max-bandwidth", true, &bw},
+	    {NULL, false, NULL},
+	};
+	struct ctl_args a;
+	struct ctl c;
+	json_t *params = NULL;
+	const char *uri = NULL;
+	bool help;
+	int interval_ms;
+	int rc;
+
+	rc = ctl_split("migrate", argc, argv, opts, false, &a);
+	if (!rc)
+		rc = kv_cli_parse("migrate", a.argc, a.argv, opts, &help);
+	if (!rc && help) {
+		migrate_help();
+		ctl_args_free(&a);
+		return KV_EXIT_OK;
+	}
+	if (!rc && a.npos != 1)
+		rc = a.npos ? kv_cli_usage_error("migrate",
+						 "unexpected argument '%s'",
+						 a.pos[1])
+			    : kv_cli_usage_error(
+				  "migrate", "missing the destination URI "
+					     "(e.g. tcp:HOST:PORT)");
+	if (!rc)
+		uri = a.pos[0];
+	ctl_args_free(&a);
+	if (!rc)
+		rc = need_qmp("migrate", qmp);
+	if (!rc)
+		rc = parse_interval("migrate", interval, &interval_ms);
+	if (!rc && json && !wait)
+		rc = kv_cli_usage_error("migrate", "--json needs --wait");
+	if (!rc)
+		rc = migrate_parameters(dl, bw, &params);
+	if (rc) {
+		json_decref(params);
+		return rc;
+	}
+	rc = ctl_connect(&c, "migrate", qmp);
+	if (rc) {
+		json_decref(params);
+		return rc;
+	}
+	if (params)
+		rc = ctl_exec(&c, "migrate-set-parameters", params, NULL);
+	if (!rc)
+		rc = ctl_exec(&c, "migrate", json_pack("{s:s}", "uri", uri),
+			      NULL);
+	if (!rc && !json)
+		fprintf(wait ? stderr : stdout, "migration to %s started\n",
+			uri);
+	if (!rc && wait) {
+		enum watch_style style = json ? WATCH_JSON_FINAL
+				       : isatty(STDOUT_FILENO) ? WATCH_BAR
+							       : WATCH_SUMMARY;
+
+		rc = ctl_watch(&c, style, interval_ms);
+	}
+	kv_qmpc_close(c.qmp);
+	return rc;
+}
+
+/* ---- kvmig cancel ---- */
+
+static int query_status_name(struct ctl *c, char *buf, size_t len)
+{
+	json_t *mig = NULL;
+	const char *s;
+	int rc = ctl_exec(c, "query-migrate", NULL, &mig);
+
+	if (rc)
+		return rc;
+	s = json_string_value(json_object_get(mig, "status"));
+	snprintf(buf, len, "%s", s ? s : "none");
+	json_decref(mig);
+	return KV_EXIT_OK;
+}
+
+int kv_cmd_cancel(int argc, char **argv)
+{
+	const char *qmp = NULL;
+	const struct kv_cli_opt opts[] = {
+	    {"qmp", true, &qmp},
+	    {NULL, false, NULL},
+	};
+	char status[64];
+	struct ctl c;
+	bool help;
+	int64_t deadline;
+	int rc;
+
+	rc = kv_cli_parse("cancel", argc, argv, opts, &help);
+	if (!rc && help) {
+		printf("Usage: kvmig cancel --qmp PATH\n\n"
+		       "Cancel the VM's outgoing migration (migrate_cancel) "
+		       "and wait until it\n"
+		       "is cancelled; the VM keeps running on the source. "
+		       "Exit 1 if no migration\n"
+		       "was in progress or it ended another way.\n");
+		return KV_EXIT_OK;
+	}
+	if (!rc)
+		rc = need_qmp("cancel", qmp);
+	if (rc)
+		return rc;
+	rc = ctl_connect(&c, "cancel", qmp);
+	if (!rc)
+		rc = query_status_name(&c, status, sizeof(status));
+	if (!rc && (!strcmp(status, "none") || status_is_final(status))) {
+		fprintf(stderr,
+			"kvmig cancel: no migration in progress (status: "
+			"%s)\n",
+			status);
+		rc = KV_EXIT_FAILURE;
+	}
+	if (!rc)
+		rc = ctl_exec(&c, "migrate_cancel", NULL, NULL);
+	deadline = kv_now_ms() + CTL_CANCEL_WAIT_MS;
+	while (!rc && !status_is_final(status) && kv_now_ms() < deadline) {
+		rc = ctl_pause(&c, 50);
+		if (!rc)
+			rc = query_status_name(&c, status, sizeof(status));
+	}
+	if (!rc && !strcmp(status, "cancelled")) {
+		printf("migration cancelled\n");
+	} else if (!rc) {
+		fprintf(stderr,
+			"kvmig cancel: the migration is %s, not cancelled\n",
+			status);
+		rc = KV_EXIT_FAILURE;
+	}
+	kv_qmpc_close(c.qmp);
+	return rc;
+}
+
+/* ---- kvmig set ---- */
+
+/* Byte counts (max-bandwidth, xbzrle-cache-size, ...) take size suffixes. */
+static bool name_takes_size(const char *name, size_t len)
+{
+	static const char *const suffixes[] = {"-bandwidth", "-size"};
+
+	for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+		size_t n = strlen(suffixes[i]);
+
+		if (len > n && !strncmp(name + len - n, suffixes[i], n))
+			return true;
+	}
+	return false;
+}
+
+/* NAME=VALUE as QMP wants it: a size for byte counts, on/off/yes/no as
+ * booleans, JSON when it parses (numbers, true, "text", {...}), else a
+ * string. The server says which type it expects if we guessed wrong. */
+static json_t *parameter_value(const char *name, size_t name_len,
+			       const char *text)
+{
+	uint64_t size;
+	json_t *v;
+
+	if (name_takes_size(name, name_len) && kv_cli_parse_size(text, &size) &&
+	    size <= INT64_MAX)
+		return json_integer((json_int_t)size);
+	if (!strcmp(text, "on") || !strcmp(text, "yes"))
+		return json_true();
+	if (!strcmp(text, "off") || !strcmp(text, "no"))
+		return json_false();
+	v = json_loads(text, JSON_DECODE_ANY, NULL);
+	return v ? v : json_string(text);
+}
+
+static int parse_bool(const char *text, bool *out)
+{
+	static const char *const yes[] = {"on", "true", "yes", "1"};
+	static const char *const no[] = {"off", "false", "no", "0"};
+
+	for (int i = 0; i < 4; i++) {
+		if (!strcmp(text, yes[i])) {
+			*out = true;
+			return 0;
+		}
+		if (!strcmp(text, no[i])) {
+			*out = false;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+static int build_set_requests(struct ctl_args *a, json_t *params,
+			      json_t *caps)
+{
+	for (int i = 0; i < a->npos; i++) {
+		const char *eq = strchr(a->pos[i], '=');
+		size_t len = eq ? (size_t)(eq - a->pos[i]) : 0;
+		char name[128];
+
+		if (!eq || !len || len >= sizeof(name))
+			return kv_cli_usage_error(
+			    "set", "'%s': expected NAME=VALUE", a->pos[i]);
+		memcpy(name, a->pos[i], len);
+		name[len] = '\0';
+		json_object_set_new(params, name,
+				    parameter_value(name, len, eq + 1));
+	}
+	for (int i = 0; i < a->ncaps; i++) {
+		const char *eq = strchr(a->caps[i], '=');
+		char name[128];
+		bool state;
+
+		if (!eq || eq == a->caps[i] ||
+		    (size_t)(eq - a->caps[i]) >= sizeof(name) ||
+		    parse_bool(eq + 1, &state))
+			return kv_cli_usage_error(
+			    "set", "--capability '%s': expected NAME=on|off",
+			    a->caps[i]);
+		memcpy(name, a->caps[i], (size_t)(eq - a->caps[i]));
+		name[eq - a->caps[i]] = '\0';
+		json_array_append_new(caps,
+				      json_pack("{s:s,s:b}", "capability",
+						name, "state", state));
+	}
+	return KV_EXIT_OK;
+}
+
+/* Echo what the VM now has for the names that were set. Best effort: a
+ * VM without the query commands still got the settings. */
+static void print_settings(struct ctl *c, json_t *params, json_t *caps)
+{
+	struct kv_error err = {0};
+	json_t *now = NULL, *v;
+	const char *name;
+	size_t i;
+
+	if (json_object_size(params) &&
+	    kv_qmpc_execute(c->qmp, "query-migrate-parameters", NULL, &now,
+			    CTL_TIMEOUT_MS, &err) == 0) {
+		json_object_foreach(params, name, v)
+		{
+			json_t *cur = json_object_get(now, name);
+			char *text = cur ? json_dumps(cur, JSON_ENCODE_ANY)
+					 : NULL;
+
+			printf("%s = %s\n", name, text ? text : "(not shown)");
+			free(text);
+		}
+		json_decref(now);
+		now = NULL;
+	}
+	if (!json_array_size(caps) ||
+	    kv_qmpc_execute(c->qmp, "query-migrate-capabilities", NULL, &now,
+			    CTL_TIMEOUT_MS, &err) < 0)
+		return;
+	json_array_foreach(caps, i, v)
+	{
+		const char *want =
+		    json_string_value(json_object_get(v, "capability"));
+		size_t j;
+		json_t *e;
+
+		json_array_foreach(now, j, e)
+		{
+			if (!strcmp(json_string_value(json_object_get(
+					e, "capability")) ?: "",
+				    want))
+				printf("capability %s = %s\n", want,
+				       json_is_true(json_object_get(e, "state"))
+					   ? "on"
+					   : "off");
+		}
+	}
+	json_decref(now);
+}
+
+static void set_help(void)
+{
+	printf("Usage: kvmig set --qmp PATH NAME=VALUE... "
+	       "[--capability NAME=on|off]...\n"
+	       "\n"
+	       "Set migration parameters (migrate-set-parameters) and "
+	       "capabilities\n"
+	       "(migrate-set-capabilities), with QEMU's names, e.g.\n"
+	       "  kvmig set --qmp vm.sock downtime-limit=50 max-bandwidth=1G\n"
+	       "  kvmig set --qmp vm.sock --capability xbzrle=on\n"
+	       "\n"
+	       "VALUE: byte counts (NAME ending in -bandwidth or -size) take "
+	       "K/M/G/T\n"
+	       "suffixes; on/off/yes/no/true/false are booleans; numbers are "
+	       "numbers;\n"
+	       "anything else is a string (JSON such as \"42\" or {...} is "
+	       "passed as is).\n"
+	       "The VM rejects unknown names and wrong types with its own "
+	       "message.\n");
+}
+
+int kv_cmd_set(int argc, char **argv)
+{
+	const char *qmp = NULL;
+	const struct kv_cli_opt opts[] = {
+	    {"qmp", true, &qmp},
+	    {NULL, false, NULL},
+	};
+	json_t *params = json_object(), *caps = json_array();
+	struct ctl_args a = {0};
+	struct ctl c = {0};
+	bool help = false;
+	int rc;
+
+	rc = ctl_split("set", argc, argv, opts, true, &a);
+	if (!rc)
+		rc = kv_cli_parse("set", a.argc, a.argv, opts, &help);
+	if (!rc && help) {
+		set_help();
+		goto out;
+	}
+	if (!rc && !a.npos && !a.ncaps)
+		rc = kv_cli_usage_error("set", "nothing to set (give NAME=VALUE "
+					       "or --capability NAME=on|off)");
+	if (!rc)
+		rc = need_qmp("set", qmp);
+	if (!rc)
+		rc = build_set_requests(&a, params, caps);
+	if (!rc)
+		rc = ctl_connect(&c, "set", qmp);
+	if (!rc && json_array_size(caps))
+		rc = ctl_exec(&c, "migrate-set-capabilities",
+			      json_pack("{s:O}", "capabilities", caps), NULL);
+	if (!rc && json_object_size(params))
+		rc = ctl_exec(&c, "migrate-set-parameters", json_incref(params),
+			      NULL);
+	if (!rc)
+		print_settings(&c, params, caps);
+out:
+	kv_qmpc_close(c.qmp);
+	ctl_args_free(&a);
+	json_decref(params);
+	json_decref(caps);
+	return rc;
+}
