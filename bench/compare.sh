@@ -37,5 +37,7 @@ if ! command -v gnuplot >/dev/null; then
 	fi
 fi
 
+# The report names the subset it was run with.
+subset=$(env | grep '^COMPARE_' | sort | tr '\n' ' ' || true)
 exec python3 "$here/compare/main.py" --build "$build" \
-	--command "bench/compare.sh $build" "$@"
+	--command "${subset}bench/compare.sh $build${*:+ $*}" "$@"

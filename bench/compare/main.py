@@ -98,6 +98,9 @@ def load_runs(paths):
         with open(p) as f:
             data = json.load(f)
         runs += data.get("runs", [])
+        cmd = data.get("meta", {}).get("command")
+        if cmd:
+            meta.setdefault("commands", []).append(cmd)
         for k, v in data.get("meta", {}).items():
             meta.setdefault(k, v)
         for k, v in data.get("links", {}).items():

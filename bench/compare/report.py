@@ -310,7 +310,8 @@ def write(runs, meta, args):
     rates = ordered(r["rate"] for r in runs)
     nruns = max(r["run"] for r in runs)
     L = ["# kvmig against QEMU: live migration side by side (issue 4)", ""]
-    L.append(f"- command: `{meta.get('command', args.command)}`")
+    cmds = meta.get("commands") or [args.command]
+    L.append("- command: " + ", then ".join(f"`{c}`" for c in cmds))
     L.append(f"- date: {meta.get('started', '?')}")
     for m in meta.get("machine") or machine():
         L.append(f"- {m}")
