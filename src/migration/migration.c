@@ -510,9 +510,11 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 	ret = kv_savevm_save_header(m->sv, s, return_path, err);
 	if (ret < 0)
 		return ret;
+	SWITCH_LOG("setup begins");
 	ret = kv_savevm_save_setup(m->sv, s, err);
 	if (ret < 0)
 		return ret;
+	SWITCH_LOG("setup done (tracking on)");
 	pthread_mutex_lock(&m->lock);
 	m->stats.setup_time_ms = (kv_now_ns() - m->start_ns) / 1000000;
 	pthread_mutex_unlock(&m->lock);
