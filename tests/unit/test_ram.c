@@ -520,6 +520,24 @@ static void test_clear_per_chunk(void **state)
 	while (ret == 0);
 	assert_int_equal(log.calls, 5);
 	assert_int_equal(log.bad_ranges, 0);
+
+	/* With the workload stopped (complete) nothing is re-armed: the
+	 * pages still go out, the dirty log is left as it is. */
+	kv_soft_tracker_mark(log.soft, 0, 10 * PG);
+	kv_soft_tracker_mark(log.soft, 0, 1099 * PG);
+	kv_soft_tracker_mark(log.soft, 1, 4 * PG);
+	assert_int_equal(ops()->pending_exact(src.rs, &err), 3 * PG);
+	kv_soft_tracker_mark(log.soft, 0, 700 * PG);
+	assert_int_equal(ops()->save_complete(s, src.rs, &err), 0);
+	assert_int_equal(log.calls, 5);
+	assert_int_equal(ops()->pending_estimate(src.rs), 0);
+	/* A later attempt re-arms again. */
+	kv_soft_tracker_mark(log.soft, 0, 20 * PG);
+	assert_int_equal(ops()->pending_exact(src.rs, &err), PG);
+	do
+		ret = ops()->save_iterate(s, src.rs, &err);
+	while (ret == 0);
+	assert_int_equal(log.calls, 6);
 	ops()->save_cleanup(src.rs);
 	kv_stream_close(s);
 	kv_soft_tracker_free(log.soft);
