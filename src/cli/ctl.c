@@ -210,6 +210,8 @@ static void progress_update(struct progress *p, struct mig_view *v,
 
 	if (v->status && !strcmp(v->status, "completed"))
 		v->percent = 100;
+	else if (v->passes == 0 && v->transferred == 0)
+		v->percent = 0; /* not started (or failed before sending) */
 	else if (v->passes <= 1 && v->total > 0)
 		v->percent = 100.0 * (double)(v->total - v->remaining) /
 			     (double)v->total;
