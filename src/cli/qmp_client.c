@@ -205,6 +205,8 @@ static int send_message(struct kv_qmpc *c, json_t *msg, struct kv_error *err)
 
 static void consume(struct kv_qmpc *c, size_t n)
 {
+	if (!n)
+		return; /* buf may still be NULL */
 	memmove(c->buf, c->buf + n, c->len - n);
 	c->len -= n;
 }
