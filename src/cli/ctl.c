@@ -149,6 +149,7 @@ struct mig_view {
 	int64_t transferred, remaining, total, passes;
 	double mbps;
 	const char *error;
+	bool has_ram;
 	double percent; /* pass-aware, 0..100 */
 	double rate;    /* bytes per second */
 };
@@ -167,10 +168,13 @@ static void mig_view_read(json_t *mig, struct mig_view *v)
 
 	memset(v, 0, sizeof(*v));
 	v->status = json_string_value(json_object_get(mig, "status"));
+	if (v->status && !strcmp(v->status, "none"))
+		v->status = NULL; /* QEMU's word for "no migration yet" */
 	v->total_time = jint(mig, "total-time", -1);
 	v->setup_time = jint(mig, "setup-time", -1);
 	v->downtime = jint(mig, "downtime", -1);
 	v->expected_downtime = jint(mig, "expected-downtime", -1);
+	v->has_ram = json_is_object(ram);
 	v->transferred = jint(ram, "transferred", 0);
 	v->remaining = jint(ram, "remaining", 0);
 	v->total = jint(ram, "total", 0);
@@ -256,20 +260,30 @@ static void print_summary(FILE *f, const struct mig_view *v)
 	}
 }
 
+/* QEMU reports expected-downtime only once it has measured a pass. */
+static const char *fmt_expected_downtime(const struct mig_view *v, char *buf,
+					 size_t len)
+{
+	if (v->expected_downtime < 0)
+		return "? ms";
+	snprintf(buf, len, "~%lld ms", (long long)v->expected_downtime);
+	return buf;
+}
+
 /* One plain line per update, for logs and pipes. */
 static void print_progress_line(FILE *f, const struct mig_view *v)
 {
-	char b1[32], b2[32], b3[32];
+	char b1[32], b2[32], b3[32], dt[32];
 
 	fprintf(f,
 		"migration %s: pass %lld, %.1f%%, %s/s, transferred %s, "
-		"remaining %s, expected downtime %lld ms, total time %lld "
-		"ms\n",
+		"remaining %s, expected downtime %s, total time %lld ms\n",
 		v->status, (long long)v->passes, v->percent,
 		fmt_bytes(v->rate, b1, sizeof(b1)),
 		fmt_bytes((double)v->transferred, b2, sizeof(b2)),
 		fmt_bytes((double)v->remaining, b3, sizeof(b3)),
-		(long long)v->expected_downtime, (long long)v->total_time);
+		fmt_expected_downtime(v, dt, sizeof(dt)),
+		(long long)v->total_time);
 	fflush(f);
 }
 
@@ -282,32 +296,28 @@ static int terminal_columns(int fd)
 	return 80;
 }
 
-/* The live bar, redrawn in place; it never wraps (wrapping would break the
- * carriage-return redraw). */
+/* The live bar, redrawn in place. Fields have fixed widths so nothing
+ * jumps between redraws; the line never wraps (that would break the
+ * carriage-return redraw): a narrow terminal loses the last fields, so the
+ * least needed one ("sent") comes last. */
 static void draw_bar(FILE *f, int cols, const struct mig_view *v)
 {
-	char tail[256], line[512], bar[128];
-	char b1[32], b2[32], b3[32];
-	int width, fill;
+	char line[512], bar[64];
+	char b1[32], b2[32], b3[32], dt[32];
+	int width = cols >= 130 ? 30 : cols >= 100 ? 20 : 10;
+	int fill = (int)(v->percent * width / 100.0 + 0.5);
 
-	snprintf(tail, sizeof(tail),
-		 " %5.1f%% pass %lld | %s/s | sent %s | left %s | "
-		 "downtime ~%lld ms",
-		 v->percent, (long long)v->passes,
-		 fmt_bytes(v->rate, b1, sizeof(b1)),
-		 fmt_bytes((double)v->transferred, b2, sizeof(b2)),
-		 fmt_bytes((double)v->remaining, b3, sizeof(b3)),
-		 (long long)v->expected_downtime);
-	width = cols - 1 - (int)strlen(tail) - (int)strlen(v->status) - 3;
-	if (width > 50)
-		width = 50;
-	if (width < 10)
-		width = 10;
-	fill = (int)(v->percent * width / 100.0 + 0.5);
 	for (int i = 0; i < width; i++)
 		bar[i] = i < fill ? '#' : '.';
 	bar[width] = '\0';
-	snprintf(line, sizeof(line), "%s [%s]%s", v->status, bar, tail);
+	snprintf(line, sizeof(line),
+		 "%s [%s] %5.1f%% pass %lld %10s/s  left %9s  downtime %s  "
+		 "sent %s",
+		 v->status, bar, v->percent, (long long)v->passes,
+		 fmt_bytes(v->rate, b1, sizeof(b1)),
+		 fmt_bytes((double)v->remaining, b2, sizeof(b2)),
+		 fmt_expected_downtime(v, dt, sizeof(dt)),
+		 fmt_bytes((double)v->transferred, b3, sizeof(b3)));
 	if ((int)strlen(line) > cols - 1)
 		line[cols - 1] = '\0';
 	fprintf(f, "\r\033[K%s", line);
@@ -418,7 +428,8 @@ enum watch_style {
 };
 
 /* Poll until the migration reaches a final status: 0 if it completed. */
-static int ctl_watch(struct ctl *c, enum watch_style style, int interval_ms)
+static int ctl_watch(struct ctl *c, enum watch_style style, int interval_ms,
+		     bool announce_wait)
 {
 	struct progress prog = {0};
 	bool told_waiting = false, drawn = false;
@@ -449,7 +460,7 @@ static int ctl_watch(struct ctl *c, enum watch_style style, int interval_ms)
 			print_json_line(o);
 			json_decref(o);
 		} else if (!v.status) {
-			if (!told_waiting && !json)
+			if (!told_waiting && !json && announce_wait)
 				fprintf(stderr, "kvmig %s: no migration yet, "
 						"waiting for one\n",
 					c->cmd);
@@ -507,6 +518,30 @@ static int need_qmp(const char *cmd, const char *qmp)
 
 /* ---- kvmig status ---- */
 
+/* One line of "label value" items, leaving out what the VM did not report
+ * (a destination has no times or RAM counters). */
+static void print_ms_items(const struct mig_view *v)
+{
+	const char *sep = "  ";
+
+	if (v->total_time >= 0) {
+		printf("%stotal time %lld ms", sep, (long long)v->total_time);
+		sep = ", ";
+	}
+	if (v->setup_time >= 0) {
+		printf("%ssetup %lld ms", sep, (long long)v->setup_time);
+		sep = ", ";
+	}
+	if (v->downtime >= 0)
+		printf("%sdowntime %lld ms", sep, (long long)v->downtime);
+	else if (v->expected_downtime >= 0)
+		printf("%sexpected downtime %lld ms", sep,
+		       (long long)v->expected_downtime);
+	else if (!strcmp(sep, "  "))
+		return;
+	printf("\n");
+}
+
 static void print_status_text(json_t *vm, const struct mig_view *v)
 {
 	char b1[32], b2[32], b3[32], b4[32];
@@ -517,20 +552,18 @@ static void print_status_text(json_t *vm, const struct mig_view *v)
 		printf("migration: none\n");
 		return;
 	}
-	printf("migration: %s, pass %lld, %.1f%%\n", v->status,
-	       (long long)v->passes, v->percent);
-	printf("  total time %lld ms, setup %lld ms", (long long)v->total_time,
-	       (long long)v->setup_time);
-	if (v->downtime >= 0)
-		printf(", downtime %lld ms", (long long)v->downtime);
-	else if (v->expected_downtime >= 0)
-		printf(", expected downtime %lld ms",
-		       (long long)v->expected_downtime);
-	printf("\n  transferred %s, remaining %s, RAM %s, rate %s/s\n",
-	       fmt_bytes((double)v->transferred, b1, sizeof(b1)),
-	       fmt_bytes((double)v->remaining, b2, sizeof(b2)),
-	       fmt_bytes((double)v->total, b3, sizeof(b3)),
-	       fmt_bytes(v->rate, b4, sizeof(b4)));
+	if (v->has_ram)
+		printf("migration: %s, pass %lld, %.1f%%\n", v->status,
+		       (long long)v->passes, v->percent);
+	else
+		printf("migration: %s\n", v->status);
+	print_ms_items(v);
+	if (v->has_ram)
+		printf("  transferred %s, remaining %s, RAM %s, rate %s/s\n",
+		       fmt_bytes((double)v->transferred, b1, sizeof(b1)),
+		       fmt_bytes((double)v->remaining, b2, sizeof(b2)),
+		       fmt_bytes((double)v->total, b3, sizeof(b3)),
+		       fmt_bytes(v->rate, b4, sizeof(b4)));
 	if (v->error)
 		printf("  error: %s\n", v->error);
 }
@@ -607,7 +640,7 @@ int kv_cmd_status(int argc, char **argv)
 				       : isatty(STDOUT_FILENO) ? WATCH_BAR
 							       : WATCH_LINES;
 
-		rc = ctl_watch(&c, style, interval_ms);
+		rc = ctl_watch(&c, style, interval_ms, true);
 		kv_qmpc_close(c.qmp);
 		return rc;
 	}
@@ -763,7 +796,7 @@ int kv_cmd_migrate(int argc, char **argv)
 				       : isatty(STDOUT_FILENO) ? WATCH_BAR
 							       : WATCH_SUMMARY;
 
-		rc = ctl_watch(&c, style, interval_ms);
+		rc = ctl_watch(&c, style, interval_ms, false);
 	}
 	kv_qmpc_close(c.qmp);
 	return rc;

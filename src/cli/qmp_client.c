@@ -326,7 +326,8 @@ static int read_greeting(struct kv_qmpc *c, int timeout_ms,
 	if (rc == -ETIMEDOUT)
 		return kv_error_set(err, rc,
 				    "QMP socket %s sent no greeting within "
-				    "%d ms (is it a QMP monitor?)",
+				    "%d ms (is it a QMP monitor? QEMU serves "
+				    "one client per socket at a time)",
 				    c->addr, timeout_ms);
 	if (rc < 0)
 		return rc;
