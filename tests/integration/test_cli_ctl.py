@@ -7,6 +7,7 @@ a failed migration; QMP over tcp; bad sockets, names and usage.
 Usage: test_cli_ctl.py KVMIG GUEST_ELF"""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,9 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (Vm, VmSet, free_port, have_kvm,  # noqa: E402
                    workload_started)
 
-PLAN = 34
+QEMU = "qemu-system-x86_64"
+QEMU_CHECKS = 8
+PLAN = 34 + QEMU_CHECKS
 
 
 def ctl(kvmig, *args, timeout=90):
@@ -89,6 +92,8 @@ def main():
             return tap.finish()
         with VmSet(kvmig, guest, tmp) as vms:
             run_vms(tap, kvmig, vms)
+        with VmSet(kvmig, guest, tmp) as vms:
+            run_qemu(tap, kvmig, guest, vms, tmp)
     return tap.finish()
 
 
@@ -275,6 +280,94 @@ def run_vms(tap, kvmig, vms):
     tap.ok(all(v.p.poll() is None for v in (src, dst, d3)),
            "no kvmig run process died",
            "\n".join(v.describe() for v in (src, dst, d3)))
+
+
+
+def qemu(vms, guest, tmp, label, extra=()):
+    """A QEMU VM (console on stdout, like kvmig run's) with a QMP socket.
+    QEMU serves one QMP client per socket at a time, so the test holds no
+    connection of its own: every command goes through kvmig."""
+    sock = os.path.join(tmp, f"{label}.sock")
+    vm = Vm([QEMU, "-enable-kvm", "-cpu", "host,-arch-capabilities",
+             "-nodefaults", "-display", "none", "-no-reboot",
+             "-kernel", guest, "-append", "mem=64 rate=64",
+             "-qmp", f"unix:{sock},server=on,wait=off", "-serial", "stdio",
+             "-m", "1G", "-smp", "2", *extra], label)
+    vms.vms.append(vm)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(sock) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return vm, sock
+
+
+def qemu_listening(kvmig, sock, timeout=30):
+    """QEMU's QMP comes up before -incoming listens; query-migrate shows
+    the socket-address once it does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        o = parse_json(ctl(kvmig, "status", "--qmp", sock, "--json")[1])
+        if o.get("migrate", {}).get("socket-address"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def run_qemu(tap, kvmig, guest, vms, tmp):
+    """The same commands against QEMU's QMP."""
+    if not shutil.which(QEMU):
+        for _ in range(QEMU_CHECKS):
+            tap.skip("kvmig against QEMU", f"{QEMU} not installed")
+        return
+    start = tap.n
+    port = free_port()
+    src, S = qemu(vms, guest, tmp, "qemu-src")
+    dst, D = qemu(vms, guest, tmp, "qemu-dst",
+                  ("-incoming", f"tcp:127.0.0.1:{port}"))
+    if not workload_started(src, timeout=90) or \
+            not qemu_listening(kvmig, D):
+        while tap.n < start + QEMU_CHECKS:
+            tap.skip("kvmig against QEMU",
+                     "the guest did not start under QEMU")
+        return
+    r = ctl(kvmig, "set", "--qmp", S, "downtime-limit=100",
+            "--capability", "events=on")
+    tap.ok(r[0] == 0 and "downtime-limit = 100" in r[1] and
+           "capability events = on" in r[1],
+           "QEMU: set a parameter and a capability", show(r))
+    r = ctl(kvmig, "set", "--qmp", S, "no-such-parameter=1")
+    tap.ok(r[0] == 1 and "GenericError" in r[2] and
+           "no-such-parameter" in r[2],
+           "QEMU: set with an unknown NAME: exit 1, QEMU's error", show(r))
+    r = ctl(kvmig, "migrate", "--qmp", S, f"tcp:127.0.0.1:{port}", "--wait")
+    tap.ok(r[0] == 0 and "migration completed in" in r[1],
+           "QEMU: migrate --wait completes", show(r))
+    o = parse_json(ctl(kvmig, "status", "--qmp", S, "--json")[1])
+    tap.ok(o.get("status") == "completed" and
+           o.get("vm-status") == "postmigrate" and
+           o.get("migrate", {}).get("ram", {}).get("transferred", 0) > 0,
+           "QEMU: status --json on the source: completed", f"{o}")
+    o = parse_json(ctl(kvmig, "status", "--qmp", D, "--json")[1])
+    tap.ok(o.get("vm-status") == "running" and
+           dst.wait_heartbeats(50, 10, since=time.monotonic()),
+           "QEMU: the guest runs on at the destination",
+           f"{o}\n{dst.describe()}")
+
+    port2 = free_port()
+    _, D2 = qemu(vms, guest, tmp, "qemu-dst2",
+                 ("-incoming", f"tcp:127.0.0.1:{port2}"))
+    qemu_listening(kvmig, D2)
+    r = ctl(kvmig, "migrate", "--qmp", D, f"tcp:127.0.0.1:{port2}",
+            "--max-bandwidth", "16M")
+    time.sleep(1)
+    r2 = ctl(kvmig, "status", "--qmp", D)
+    tap.ok(r[0] == 0 and "migration: active" in r2[1],
+           "QEMU: a 16M/s migration is active", f"{show(r)}\n{show(r2)}")
+    r = ctl(kvmig, "cancel", "--qmp", D)
+    tap.ok(r[0] == 0 and "migration cancelled" in r[1],
+           "QEMU: cancel gives cancelled", show(r))
+    o = parse_json(ctl(kvmig, "status", "--qmp", D, "--json")[1])
+    tap.ok(o.get("status") == "cancelled" and o.get("running") is True,
+           "QEMU: after cancel the source runs on", f"{o}")
 
 
 if __name__ == "__main__":
