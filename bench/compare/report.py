@@ -274,9 +274,9 @@ def plots(cells, links, sizes, rates, img_dir):
                     "set terminal pngcairo size 800,500 noenhanced",
                     f"set output '{os.path.join(img_dir, png)}'",
                     "set datafile missing '?'",
-                    f"set title '{kind} against dirty rate: {size} guest, "
-                    f"{link} (missing point = no convergence in the time "
-                    f"limit)'",
+                    f'set title "{kind} against dirty rate: {size} guest, '
+                    f'{link}\\n(median; a missing point = no convergence '
+                    f'in the time limit)"',
                     "set xlabel 'guest dirty rate (MiB/s)'",
                     f"set ylabel '{ylabel}'",
                     "set key top left", "set grid",
