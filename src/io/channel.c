@@ -537,12 +537,31 @@ static int tcp_listen_fd(struct kv_listener *l, const char *uri,
  * A unix socket path left by a dead process is replaced; a live socket (some
  * other process listens) or any other kind of file is refused.
  */
+/* Does a process accept connections on this socket file? Non-blocking,
+ * so a live listener with a full backlog answers EAGAIN at once instead of
+ * making us wait in connect(). */
+static bool unix_socket_live(const struct kv_uri *u)
+{
+	struct sockaddr_un sun;
+	int fd, r;
+
+	unix_addr(u, &sun);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return false;
+	do {
+		r = connect(fd, (struct sockaddr *)&sun, sizeof(sun));
+	} while (r < 0 && errno == EINTR);
+	if (r < 0 && errno == EAGAIN)
+		r = 0;
+	close(fd);
+	return r == 0;
+}
+
 static int unix_prepare_path(const struct kv_uri *u, const char *uri,
 			     struct kv_error *err)
 {
-	struct kv_error probe = {0};
 	struct stat st;
-	int fd;
 
 	if (lstat(u->path, &st) < 0)
 		return errno == ENOENT ? 0
@@ -555,14 +574,11 @@ static int unix_prepare_path(const struct kv_uri *u, const char *uri,
 				    "%s: '%s' exists and is not a socket; "
 				    "refusing to replace it",
 				    uri, u->path);
-	fd = unix_connect_fd(u, uri, &probe);
-	if (fd >= 0) {
-		close(fd);
+	if (unix_socket_live(u))
 		return kv_error_set(err, -EADDRINUSE,
 				    "%s: another process is listening on "
 				    "'%s'",
 				    uri, u->path);
-	}
 	if (unlink(u->path) < 0 && errno != ENOENT)
 		return kv_error_set_errno(
 		    err, -errno, "%s: cannot remove stale socket", uri);
@@ -645,15 +661,15 @@ static bool listener_cancelled(const struct kv_listener *l)
 	return __atomic_load_n(&l->shutdown_req, __ATOMIC_ACQUIRE) != 0;
 }
 
-static int accept_socket(struct kv_listener *l, struct kv_error *err)
+/* One accept4() (retried on EINTR and aborted handshakes): the fd,
+ * -EAGAIN when no peer waits, or another -errno with err set. */
+static int accept_once(struct kv_listener *l, int flags, struct kv_error *err)
 {
 	for (;;) {
-		int fd, r;
+		int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | flags);
 
-		if (listener_cancelled(l))
-			break;
-		fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd >= 0) {
+			/* Small messages (return path, QMP) must not wait. */
 			if (l->uri.kind == KV_URI_TCP)
 				setsockopt(fd, IPPROTO_TCP, TCP_NODELAY,
 					   &(int){1}, sizeof(int));
@@ -661,9 +677,23 @@ static int accept_socket(struct kv_listener *l, struct kv_error *err)
 		}
 		if (errno == EINTR || errno == ECONNABORTED)
 			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			return kv_error_set_errno(err, -errno,
-						  "%s: accept failed", l->text);
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return -EAGAIN;
+		return kv_error_set_errno(err, -errno, "%s: accept failed",
+					  l->text);
+	}
+}
+
+static int accept_socket(struct kv_listener *l, struct kv_error *err)
+{
+	for (;;) {
+		int fd, r;
+
+		if (listener_cancelled(l))
+			break;
+		fd = accept_once(l, 0, err);
+		if (fd != -EAGAIN)
+			return fd;
 		r = wait_fd_or_cancel(l->fd, POLLIN, l->cancel_fd);
 		if (r == -ECANCELED)
 			break;
@@ -722,6 +752,19 @@ struct kv_chan *kv_listener_accept(struct kv_listener *l, struct kv_error *err)
 const char *kv_listener_uri(const struct kv_listener *l)
 {
 	return l->text;
+}
+
+int kv_listener_fd(const struct kv_listener *l)
+{
+	return l->fd;
+}
+
+int kv_listener_accept_fd(struct kv_listener *l, struct kv_error *err)
+{
+	if (l->fd < 0)
+		return kv_error_set(err, -EINVAL,
+				    "%s: not a socket listener", l->text);
+	return accept_once(l, SOCK_NONBLOCK, err);
 }
 
 void kv_listener_shutdown(struct kv_listener *l)

@@ -69,6 +69,13 @@ struct kv_listener *kv_listener_open(const char *uri, struct kv_error *err);
 struct kv_chan *kv_listener_accept(struct kv_listener *l, struct kv_error *err);
 /* The bound address as a URI (useful with tcp port 0). */
 const char *kv_listener_uri(const struct kv_listener *l);
+/* The listening socket (tcp, unix; -1 for file: and fd:), non-blocking,
+ * for a caller that polls it in its own loop. The listener owns it. */
+int kv_listener_fd(const struct kv_listener *l);
+/* Take one waiting peer without blocking: a connected socket the caller
+ * owns (non-blocking, close-on-exec), -EAGAIN when nobody waits, or
+ * another negative errno with err set. tcp and unix listeners only. */
+int kv_listener_accept_fd(struct kv_listener *l, struct kv_error *err);
 void kv_listener_shutdown(struct kv_listener *l); /* unblock accept */
 void kv_listener_close(struct kv_listener *l);
 

@@ -10,8 +10,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
-#include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -20,9 +18,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/time.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "base/log.h"
@@ -43,9 +39,8 @@ struct qmp_event {
 
 struct kv_qmp {
 	struct kv_qmp_ops ops; /* a copy: the caller's may be on its stack */
-	int listen_fd;
-	int wake_fd; /* eventfd: stop or events queued */
-	char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct kv_listener *listener;
+	int wake_fd;	   /* eventfd: stop or events queued */
 	char address[300]; /* as kv_qmp_address() reports it */
 	pthread_t thread;
 
@@ -62,133 +57,9 @@ struct kv_qmp {
 
 /* ---- listening ---- */
 
-/* A socket file left by a dead process is removed; a live one (something
- * answers) or anything that is not a socket is refused. */
-static int clear_unix_path(const char *uri, const struct sockaddr_un *sa,
-			   struct kv_error *err)
-{
-	struct stat st;
-	int fd, rc;
-
-	if (lstat(sa->sun_path, &st) < 0)
-		return errno == ENOENT
-			   ? 0
-			   : kv_error_set_errno(err, -errno,
-						"QMP %s: cannot stat", uri);
-	if (!S_ISSOCK(st.st_mode))
-		return kv_error_set(err, -EEXIST,
-				    "QMP %s: path exists and is not a socket; "
-				    "remove it or choose another path",
-				    uri);
-	/* Non-blocking: a live listener with a full backlog answers EAGAIN
-	 * instead of making us wait. */
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return kv_error_set_errno(err, -errno, "QMP %s: socket", uri);
-	rc = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
-	if (rc < 0 && errno == EAGAIN)
-		rc = 0;
-	close(fd);
-	if (rc == 0)
-		return kv_error_set(
-		    err, -EADDRINUSE,
-		    "QMP %s: another process is listening on this socket", uri);
-	if (unlink(sa->sun_path) < 0 && errno != ENOENT)
-		return kv_error_set_errno(
-		    err, -errno, "QMP %s: cannot remove stale socket", uri);
-	kv_info(QMP_SUBSYS, "removed stale socket %s", sa->sun_path);
-	return 0;
-}
-
-static int listen_unix(struct kv_qmp *q, const char *uri, const char *path,
-		       struct kv_error *err)
-{
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	int fd, rc;
-
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return kv_error_set(err, -ENAMETOOLONG,
-				    "QMP %s: socket path longer than %zu bytes",
-				    uri, sizeof(sa.sun_path) - 1);
-	strcpy(sa.sun_path, path);
-	rc = clear_unix_path(uri, &sa, err);
-	if (rc)
-		return rc;
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return kv_error_set_errno(err, -errno, "QMP %s: socket", uri);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		rc = kv_error_set_errno(err, -errno, "QMP %s: bind", uri);
-		close(fd);
-		return rc;
-	}
-	strcpy(q->unix_path, path);
-	if (listen(fd, 16) < 0) {
-		rc = kv_error_set_errno(err, -errno, "QMP %s: listen", uri);
-		close(fd);
-		unlink(q->unix_path);
-		q->unix_path[0] = '\0';
-		return rc;
-	}
-	q->listen_fd = fd;
-	snprintf(q->address, sizeof(q->address), "unix:%s", path);
-	return 0;
-}
-
-static void note_tcp_address(struct kv_qmp *q)
-{
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof(ss);
-	char host[NI_MAXHOST], port[NI_MAXSERV];
-
-	if (getsockname(q->listen_fd, (struct sockaddr *)&ss, &len) < 0 ||
-	    getnameinfo((struct sockaddr *)&ss, len, host, sizeof(host), port,
-			sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV))
-		return;
-	snprintf(q->address, sizeof(q->address),
-		 ss.ss_family == AF_INET6 ? "tcp:[%s]:%s" : "tcp:%s:%s", host,
-		 port);
-}
-
-static int listen_tcp(struct kv_qmp *q, const char *uri, const char *host,
-		      const char *port, struct kv_error *err)
-{
-	struct addrinfo hints = {
-	    .ai_family = AF_UNSPEC,
-	    .ai_socktype = SOCK_STREAM,
-	    .ai_flags = AI_PASSIVE,
-	};
-	struct addrinfo *res, *ai;
-	int fd = -1, rc, one = 1, last = -EADDRNOTAVAIL;
-
-	rc = getaddrinfo(*host ? host : NULL, port, &hints, &res);
-	if (rc)
-		return kv_error_set(err, -EINVAL, "QMP %s: %s", uri,
-				    gai_strerror(rc));
-	for (ai = res; ai; ai = ai->ai_next) {
-		fd = socket(ai->ai_family,
-			    ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-		if (fd < 0) {
-			last = -errno;
-			continue;
-		}
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
-		    listen(fd, 16) == 0)
-			break;
-		last = -errno;
-		close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(res);
-	if (fd < 0)
-		return kv_error_set_errno(err, last, "QMP %s: cannot listen",
-					  uri);
-	q->listen_fd = fd;
-	note_tcp_address(q);
-	return 0;
-}
-
+/* The socket code is the migration listener's (io/channel.h): a stale unix
+ * socket is replaced, a live one or a non-socket path refused, tcp port 0
+ * reports the real port. Only the URI kinds a monitor can serve pass. */
 static int open_listener(struct kv_qmp *q, const char *uri,
 			 struct kv_error *err)
 {
@@ -200,17 +71,19 @@ static int open_listener(struct kv_qmp *q, const char *uri,
 		kv_error_prefix(err, "QMP");
 		return rc;
 	}
-	switch (u.kind) {
-	case KV_URI_UNIX:
-		return listen_unix(q, uri, u.path, err);
-	case KV_URI_TCP:
-		return listen_tcp(q, uri, u.host, u.port, err);
-	default:
+	if (u.kind != KV_URI_UNIX && u.kind != KV_URI_TCP)
 		return kv_error_set(err, -EINVAL,
 				    "QMP %s: only unix:PATH and tcp:HOST:PORT "
 				    "can be listened on",
 				    uri);
+	q->listener = kv_listener_open(uri, err);
+	if (!q->listener) {
+		kv_error_prefix(err, "QMP");
+		return err->code < 0 ? err->code : -EINVAL;
 	}
+	snprintf(q->address, sizeof(q->address), "%s",
+		 kv_listener_uri(q->listener));
+	return 0;
 }
 
 /* ---- clients ---- */
@@ -256,14 +129,12 @@ static void accept_clients(struct kv_qmp *q)
 		json_t *greeting;
 		int fd;
 
-		fd = accept4(q->listen_fd, NULL, NULL,
-			     SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct kv_error err = {0};
+
+		fd = kv_listener_accept_fd(q->listener, &err);
 		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			if (errno != EAGAIN && errno != EWOULDBLOCK)
-				kv_warn(QMP_SUBSYS, "accept: %s",
-					strerror(errno));
+			if (fd != -EAGAIN)
+				kv_warn(QMP_SUBSYS, "%s", err.msg);
 			return;
 		}
 		if (q->n_clients == QMP_MAX_CLIENTS) {
@@ -469,7 +340,8 @@ static void *monitor_thread(void *arg)
 		size_t n = 2, i, j;
 
 		pfd[0] = (struct pollfd){.fd = q->wake_fd, .events = POLLIN};
-		pfd[1] = (struct pollfd){.fd = q->listen_fd, .events = POLLIN};
+		pfd[1] = (struct pollfd){.fd = kv_listener_fd(q->listener),
+					 .events = POLLIN};
 		for (i = 0; i < q->n_clients; i++) {
 			struct kv_qmp_client *c = q->clients[i];
 
@@ -531,10 +403,7 @@ static void free_qmp(struct kv_qmp *q)
 		json_decref(ev->msg);
 		free(ev);
 	}
-	if (q->listen_fd >= 0)
-		close(q->listen_fd);
-	if (q->unix_path[0])
-		unlink(q->unix_path);
+	kv_listener_close(q->listener); /* removes a unix socket file */
 	if (q->wake_fd >= 0)
 		close(q->wake_fd);
 	pthread_mutex_destroy(&q->lock);
@@ -566,7 +435,6 @@ int kv_qmp_start(const char *uri, const struct kv_qmp_ops *ops,
 	if (!q)
 		return kv_error_set(err, -ENOMEM, "QMP %s: out of memory", uri);
 	q->ops = *ops;
-	q->listen_fd = -1;
 	q->ev_tail = &q->ev_head;
 	pthread_mutex_init(&q->lock, NULL);
 	q->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
