@@ -20,9 +20,11 @@
 #include "cli/cli.h"
 #include "cli/qmp_client.h"
 
-#define CTL_TIMEOUT_MS		 10000
-#define CTL_DEFAULT_INTERVAL_MS	 500
-#define CTL_CANCEL_WAIT_MS	 30000
+#define CTL_TIMEOUT_MS		10000
+#define CTL_DEFAULT_INTERVAL_MS 500
+#define CTL_CANCEL_WAIT_MS	30000
+#define CTL_SETTLE_TRIES	40
+#define CTL_SETTLE_STEP_MS	50
 
 /* ---- argument splitting ---- */
 
@@ -42,7 +44,8 @@ static const struct kv_cli_opt *ctl_find_opt(const struct kv_cli_opt *opts,
 					     const char *name, size_t len)
 {
 	for (; opts->name; opts++)
-		if (strlen(opts->name) == len && !strncmp(opts->name, name, len))
+		if (strlen(opts->name) == len &&
+		    !strncmp(opts->name, name, len))
 			return opts;
 	return NULL;
 }
@@ -88,7 +91,8 @@ static int ctl_split(const char *cmd, int argc, char **argv,
 			continue; /* "-h", or an error for kv_cli_parse */
 		eq = strchr(arg + 2, '=');
 		len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
-		if (want_caps && len == 10 && !strncmp(arg + 2, "capability", 10)) {
+		if (want_caps && len == 10 &&
+		    !strncmp(arg + 2, "capability", 10)) {
 			a->argc--;
 			if (eq) {
 				a->caps[a->ncaps++] = (char *)eq + 1;
@@ -151,7 +155,7 @@ struct mig_view {
 	const char *error;
 	bool has_ram;
 	double percent; /* pass-aware, 0..100 */
-	double rate;    /* bytes per second */
+	double rate;	/* bytes per second */
 };
 
 /* Successive samples, for the transfer rate. */
@@ -233,10 +237,10 @@ static void print_summary(FILE *f, const struct mig_view *v)
 	char b1[32], b2[32];
 
 	if (!strcmp(v->status, "completed")) {
-		double avg = v->total_time > 0 ? (double)v->transferred *
-						     1000.0 /
-						     (double)v->total_time
-					       : 0;
+		double avg = v->total_time > 0
+				 ? (double)v->transferred * 1000.0 /
+				       (double)v->total_time
+				 : 0;
 
 		fprintf(f,
 			"migration completed in %lld ms: downtime %lld ms, "
@@ -350,8 +354,7 @@ static int ctl_connect(struct ctl *c, const char *cmd, const char *addr)
 
 /* Run a command; on failure print the error (a QMP error reply with its
  * class and desc) and return KV_EXIT_FAILURE. */
-static int ctl_exec(struct ctl *c, const char *name, json_t *args,
-		    json_t **ret)
+static int ctl_exec(struct ctl *c, const char *name, json_t *args, json_t **ret)
 {
 	struct kv_error err = {0};
 
@@ -388,6 +391,48 @@ static void print_json_line(json_t *o)
 		fflush(stdout);
 		free(text);
 	}
+}
+
+static bool completed_unsettled(json_t *mig, json_t *vm)
+{
+	const char *st = json_string_value(json_object_get(mig, "status"));
+	const char *run = json_string_value(json_object_get(vm, "status"));
+
+	if (!st || strcmp(st, "completed"))
+		return false;
+	if (run && !strcmp(run, "finish-migrate"))
+		return true;
+	/* only a source has RAM counters and times */
+	return json_is_object(json_object_get(mig, "ram")) &&
+	       jint(mig, "total-time", 0) <= 0;
+}
+
+/*
+ * QEMU says "completed" a moment before it fills in total-time and
+ * downtime and leaves finish-migrate: ask again (briefly) so a summary
+ * does not show zeros. *vm is fetched if NULL; both may be replaced.
+ */
+static int settle_completed(struct ctl *c, json_t **mig, json_t **vm)
+{
+	for (int i = 0; i < CTL_SETTLE_TRIES; i++) {
+		int rc;
+
+		if (!*vm) {
+			rc = ctl_exec(c, "query-status", NULL, vm);
+			if (rc)
+				return rc;
+		}
+		if (!completed_unsettled(*mig, *vm))
+			return KV_EXIT_OK;
+		kv_sleep_ns(CTL_SETTLE_STEP_MS * 1000000LL);
+		json_decref(*mig);
+		json_decref(*vm);
+		*mig = *vm = NULL;
+		rc = ctl_exec(c, "query-migrate", NULL, mig);
+		if (rc)
+			return rc;
+	}
+	return KV_EXIT_OK;
 }
 
 /* Sleep for interval_ms while taking events off the socket, so they do not
@@ -445,8 +490,11 @@ static int ctl_watch(struct ctl *c, enum watch_style style, int interval_ms,
 		rc = ctl_exec(c, "query-migrate", NULL, &mig);
 		if (!rc && json)
 			rc = ctl_exec(c, "query-status", NULL, &vm);
+		if (!rc)
+			rc = settle_completed(c, &mig, &vm);
 		if (rc) {
 			json_decref(mig);
+			json_decref(vm);
 			if (drawn)
 				printf("\n");
 			return rc;
@@ -461,8 +509,9 @@ static int ctl_watch(struct ctl *c, enum watch_style style, int interval_ms,
 			json_decref(o);
 		} else if (!v.status) {
 			if (!told_waiting && !json && announce_wait)
-				fprintf(stderr, "kvmig %s: no migration yet, "
-						"waiting for one\n",
+				fprintf(stderr,
+					"kvmig %s: no migration yet, "
+					"waiting for one\n",
 					c->cmd);
 			told_waiting = true;
 		} else if (final) {
@@ -510,9 +559,10 @@ static int parse_interval(const char *cmd, const char *text, int *out)
 static int need_qmp(const char *cmd, const char *qmp)
 {
 	if (!qmp)
-		return kv_cli_usage_error(cmd, "--qmp PATH is required (the VM's "
-					       "QMP socket: PATH, unix:PATH or "
-					       "tcp:HOST:PORT)");
+		return kv_cli_usage_error(cmd,
+					  "--qmp PATH is required (the VM's "
+					  "QMP socket: PATH, unix:PATH or "
+					  "tcp:HOST:PORT)");
 	return KV_EXIT_OK;
 }
 
@@ -546,8 +596,8 @@ static void print_status_text(json_t *vm, const struct mig_view *v)
 {
 	char b1[32], b2[32], b3[32], b4[32];
 
-	printf("VM: %s\n", json_string_value(json_object_get(vm, "status"))
-			       ?: "unknown");
+	printf("VM: %s\n",
+	       json_string_value(json_object_get(vm, "status")) ?: "unknown");
 	if (!v->status) {
 		printf("migration: none\n");
 		return;
@@ -601,8 +651,8 @@ int kv_cmd_status(int argc, char **argv)
 {
 	const char *qmp = NULL, *watch = NULL, *json = NULL, *interval = NULL;
 	const struct kv_cli_opt opts[] = {
-	    {"qmp", true, &qmp},	   {"watch", false, &watch},
-	    {"json", false, &json},	   {"interval", true, &interval},
+	    {"qmp", true, &qmp},    {"watch", false, &watch},
+	    {"json", false, &json}, {"interval", true, &interval},
 	    {NULL, false, NULL},
 	};
 	struct ctl_args a;
@@ -636,17 +686,19 @@ int kv_cmd_status(int argc, char **argv)
 	if (rc)
 		return rc;
 	if (watch) {
-		enum watch_style style = json ? WATCH_JSON
-				       : isatty(STDOUT_FILENO) ? WATCH_BAR
-							       : WATCH_LINES;
+		enum watch_style style = json			 ? WATCH_JSON
+					 : isatty(STDOUT_FILENO) ? WATCH_BAR
+								 : WATCH_LINES;
 
 		rc = ctl_watch(&c, style, interval_ms, true);
 		kv_qmpc_close(c.qmp);
 		return rc;
 	}
-	rc = ctl_exec(&c, "query-status", NULL, &vm);
+	rc = ctl_exec(&c, "query-migrate", NULL, &mig);
 	if (!rc)
-		rc = ctl_exec(&c, "query-migrate", NULL, &mig);
+		rc = ctl_exec(&c, "query-status", NULL, &vm);
+	if (!rc)
+		rc = settle_completed(&c, &mig, &vm);
 	if (!rc) {
 		mig_view_read(mig, &v);
 		progress_update(&prog, &v, kv_now_ms());
@@ -709,8 +761,7 @@ static int migrate_parameters(const char *dl, const char *bw, json_t **out)
 		if (!kv_cli_parse_u64(dl, &v))
 			return kv_cli_usage_error(
 			    "migrate",
-			    "--downtime-limit '%s': expected milliseconds",
-			    dl);
+			    "--downtime-limit '%s': expected milliseconds", dl);
 		json_object_set_new(*out, "downtime-limit",
 				    json_integer((json_int_t)v));
 	}
@@ -732,12 +783,9 @@ int kv_cmd_migrate(int argc, char **argv)
 	const char *qmp = NULL, *wait = NULL, *json = NULL, *interval = NULL;
 	const char *dl = NULL, *bw = NULL;
 	const struct kv_cli_opt opts[] = {
-	    {"qmp", true, &qmp},
-	    {"wait", false, &wait},
-	    {"json", false, &json},
-	    {"interval", true, &interval},
-	    {"downtime-limit", true, &dl},
-	    {"max-bandwidth", true, &bw},
+	    {"qmp", true, &qmp},	   {"wait", false, &wait},
+	    {"json", false, &json},	   {"interval", true, &interval},
+	    {"downtime-limit", true, &dl}, {"max-bandwidth", true, &bw},
 	    {NULL, false, NULL},
 	};
 	struct ctl_args a;
@@ -760,9 +808,9 @@ int kv_cmd_migrate(int argc, char **argv)
 		rc = a.npos ? kv_cli_usage_error("migrate",
 						 "unexpected argument '%s'",
 						 a.pos[1])
-			    : kv_cli_usage_error(
-				  "migrate", "missing the destination URI "
-					     "(e.g. tcp:HOST:PORT)");
+			    : kv_cli_usage_error("migrate",
+						 "missing the destination URI "
+						 "(e.g. tcp:HOST:PORT)");
 	if (!rc)
 		uri = a.pos[0];
 	ctl_args_free(&a);
@@ -793,8 +841,9 @@ int kv_cmd_migrate(int argc, char **argv)
 			uri);
 	if (!rc && wait) {
 		enum watch_style style = json ? WATCH_JSON_FINAL
-				       : isatty(STDOUT_FILENO) ? WATCH_BAR
-							       : WATCH_SUMMARY;
+					 : isatty(STDOUT_FILENO)
+					     ? WATCH_BAR
+					     : WATCH_SUMMARY;
 
 		rc = ctl_watch(&c, style, interval_ms, false);
 	}
@@ -929,8 +978,7 @@ static int parse_bool(const char *text, bool *out)
 	return -EINVAL;
 }
 
-static int build_set_requests(struct ctl_args *a, json_t *params,
-			      json_t *caps)
+static int build_set_requests(struct ctl_args *a, json_t *params, json_t *caps)
 {
 	for (int i = 0; i < a->npos; i++) {
 		const char *eq = strchr(a->pos[i], '=');
@@ -958,9 +1006,8 @@ static int build_set_requests(struct ctl_args *a, json_t *params,
 			    a->caps[i]);
 		memcpy(name, a->caps[i], (size_t)(eq - a->caps[i]));
 		name[eq - a->caps[i]] = '\0';
-		json_array_append_new(caps,
-				      json_pack("{s:s,s:b}", "capability",
-						name, "state", state));
+		json_array_append_new(caps, json_pack("{s:s,s:b}", "capability",
+						      name, "state", state));
 	}
 	return KV_EXIT_OK;
 }
@@ -980,8 +1027,8 @@ static void print_settings(struct ctl *c, json_t *params, json_t *caps)
 		json_object_foreach(params, name, v)
 		{
 			json_t *cur = json_object_get(now, name);
-			char *text = cur ? json_dumps(cur, JSON_ENCODE_ANY)
-					 : NULL;
+			char *text =
+			    cur ? json_dumps(cur, JSON_ENCODE_ANY) : NULL;
 
 			printf("%s = %s\n", name, text ? text : "(not shown)");
 			free(text);
@@ -1002,8 +1049,9 @@ static void print_settings(struct ctl *c, json_t *params, json_t *caps)
 
 		json_array_foreach(now, j, e)
 		{
-			if (!strcmp(json_string_value(json_object_get(
-					e, "capability")) ?: "",
+			if (!strcmp(json_string_value(
+					json_object_get(e, "capability"))
+					?: "",
 				    want))
 				printf("capability %s = %s\n", want,
 				       json_is_true(json_object_get(e, "state"))
@@ -1056,8 +1104,9 @@ int kv_cmd_set(int argc, char **argv)
 		goto out;
 	}
 	if (!rc && !a.npos && !a.ncaps)
-		rc = kv_cli_usage_error("set", "nothing to set (give NAME=VALUE "
-					       "or --capability NAME=on|off)");
+		rc =
+		    kv_cli_usage_error("set", "nothing to set (give NAME=VALUE "
+					      "or --capability NAME=on|off)");
 	if (!rc)
 		rc = need_qmp("set", qmp);
 	if (!rc)

@@ -123,9 +123,8 @@ static int connect_tcp(const char *host, const char *port, int timeout_ms,
 	}
 	freeaddrinfo(res);
 	if (rc < 0)
-		return kv_error_set_errno(err, rc,
-					  "cannot connect to QMP socket %s",
-					  addr);
+		return kv_error_set_errno(
+		    err, rc, "cannot connect to QMP socket %s", addr);
 	return 0;
 }
 
@@ -167,9 +166,8 @@ unix_done:
 				    "socket (is the VM running with --qmp?)",
 				    addr);
 	if (rc < 0)
-		return kv_error_set_errno(err, rc,
-					  "cannot connect to QMP socket %s",
-					  addr);
+		return kv_error_set_errno(
+		    err, rc, "cannot connect to QMP socket %s", addr);
 	return 0;
 }
 
@@ -193,9 +191,8 @@ static int send_message(struct kv_qmpc *c, json_t *msg, struct kv_error *err)
 			int rc = -errno;
 
 			free(text);
-			return kv_error_set_errno(err, rc,
-						  "writing to QMP socket %s",
-						  c->addr);
+			return kv_error_set_errno(
+			    err, rc, "writing to QMP socket %s", c->addr);
 		}
 		off += (size_t)n;
 	}
@@ -213,8 +210,7 @@ static void consume(struct kv_qmpc *c, size_t n)
 
 /* One complete document from the buffer: 1 with *msg, 0 when more bytes
  * are needed, <0 for a malformed one. */
-static int parse_buffered(struct kv_qmpc *c, json_t **msg,
-			  struct kv_error *err)
+static int parse_buffered(struct kv_qmpc *c, json_t **msg, struct kv_error *err)
 {
 	json_error_t je;
 	size_t skip = 0;
@@ -272,17 +268,16 @@ static int fill_buffer(struct kv_qmpc *c, int64_t deadline_ms,
 		rc = poll(&p, 1, left > 0x7fffffff ? 0x7fffffff : (int)left);
 	while (rc < 0 && errno == EINTR);
 	if (rc < 0)
-		return kv_error_set_errno(err, -errno, "waiting on QMP socket %s",
-					  c->addr);
+		return kv_error_set_errno(err, -errno,
+					  "waiting on QMP socket %s", c->addr);
 	if (rc == 0)
 		return -ETIMEDOUT; /* the caller says what it waited for */
 	do
 		n = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
-		return kv_error_set_errno(err, -errno,
-					  "reading from QMP socket %s",
-					  c->addr);
+		return kv_error_set_errno(
+		    err, -errno, "reading from QMP socket %s", c->addr);
 	if (n == 0)
 		return kv_error_set(err, -ECONNRESET,
 				    "QMP socket %s: the connection was closed "

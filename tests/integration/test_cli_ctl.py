@@ -70,6 +70,16 @@ def usage_checks(tap, kvmig, tmp):
            show(r))
 
 
+def poll_ctl(kvmig, done, *args, timeout=10):
+    """Run a control command until done(result) or the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = ctl(kvmig, *args)
+        if done(r) or time.monotonic() > deadline:
+            return r
+        time.sleep(0.1)
+
+
 def wait_status(q, want, timeout=30):
     deadline = time.monotonic() + timeout
     st = None
@@ -194,7 +204,12 @@ def run_vms(tap, kvmig, vms):
            objs[0].get("status") == "completed",
            "status --watch --json on a finished migration: one line, exit 0",
            show(r))
-    st = qd.cmd("query-status")["status"]
+    deadline = time.monotonic() + 10
+    while True:
+        st = qd.cmd("query-status")["status"]
+        if st == "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     tap.ok(st == "running" and
            dst.wait_heartbeats(50, 10, since=time.monotonic()),
            "the guest runs on at the destination", f"{st}\n{dst.describe()}")
@@ -253,7 +268,8 @@ def run_vms(tap, kvmig, vms):
     tap.ok(r[0] == 0 and o.get("status") == "completed" and
            o.get("migrate", {}).get("status") == "completed",
            "migrate --wait --json: one final JSON object, completed", show(r))
-    r = ctl(kvmig, "status", "--qmp", T)
+    # the destination resumes a moment after the source reports completed
+    r = poll_ctl(kvmig, lambda r: "VM: running" in r[1], "status", "--qmp", T)
     tap.ok(r[0] == 0 and "VM: running" in r[1],
            "the tcp-monitored destination runs the guest", show(r))
     r = ctl(kvmig, "set", "--qmp", T, "--capability", "no-such-cap=on")
@@ -346,7 +362,8 @@ def run_qemu(tap, kvmig, guest, vms, tmp):
            o.get("vm-status") == "postmigrate" and
            o.get("migrate", {}).get("ram", {}).get("transferred", 0) > 0,
            "QEMU: status --json on the source: completed", f"{o}")
-    o = parse_json(ctl(kvmig, "status", "--qmp", D, "--json")[1])
+    o = parse_json(poll_ctl(kvmig, lambda r: '"running":true' in r[1],
+                            "status", "--qmp", D, "--json")[1])
     tap.ok(o.get("vm-status") == "running" and
            dst.wait_heartbeats(50, 10, since=time.monotonic()),
            "QEMU: the guest runs on at the destination",

@@ -181,9 +181,9 @@ static void test_split_event_and_stray_reply(void **state)
 	script_start(&s, &t, steps);
 	assert_int_equal(kv_qmpc_connect(t.sock, TIMEOUT_MS, &c, &err), 0);
 	assert_non_null(json_object_get(kv_qmpc_greeting(c), "capabilities"));
-	assert_int_equal(kv_qmpc_execute(c, "query-migrate", NULL, &ret,
-					 TIMEOUT_MS, &err),
-			 0);
+	assert_int_equal(
+	    kv_qmpc_execute(c, "query-migrate", NULL, &ret, TIMEOUT_MS, &err),
+	    0);
 	assert_string_equal(json_string_value(json_object_get(ret, "status")),
 			    "active");
 	assert_int_equal(kv_qmpc_next_event(c, 0, &ev, &err), 1);
@@ -224,11 +224,11 @@ static void test_error_reply_and_arguments(void **state)
 	tmpdir_make(&t);
 	script_start(&s, &t, steps);
 	assert_int_equal(kv_qmpc_connect(t.sock, TIMEOUT_MS, &c, &err), 0);
-	assert_int_equal(kv_qmpc_execute(c, "migrate-set-parameters",
-					 json_pack("{s:i}", "downtime-limit",
-						   50),
-					 NULL, TIMEOUT_MS, &err),
-			 -EREMOTEIO);
+	assert_int_equal(
+	    kv_qmpc_execute(c, "migrate-set-parameters",
+			    json_pack("{s:i}", "downtime-limit", 50), NULL,
+			    TIMEOUT_MS, &err),
+	    -EREMOTEIO);
 	assert_string_equal(kv_qmpc_error_class(c), "GenericError");
 	assert_string_equal(kv_qmpc_error_desc(c),
 			    "Parameter 'x' is unexpected");
@@ -260,9 +260,9 @@ static void test_malformed_json(void **state)
 	tmpdir_make(&t);
 	script_start(&s, &t, steps);
 	assert_int_equal(kv_qmpc_connect(t.sock, TIMEOUT_MS, &c, &err), 0);
-	assert_int_equal(kv_qmpc_execute(c, "query-status", NULL, NULL,
-					 TIMEOUT_MS, &err),
-			 -EPROTO);
+	assert_int_equal(
+	    kv_qmpc_execute(c, "query-status", NULL, NULL, TIMEOUT_MS, &err),
+	    -EPROTO);
 	assert_non_null(strstr(err.msg, "malformed JSON"));
 	assert_non_null(strstr(err.msg, t.sock));
 	kv_qmpc_close(c);
@@ -365,31 +365,30 @@ static void test_real_monitor(void **state)
 	snprintf(addr, sizeof(addr), "unix:%s", t.sock);
 	assert_int_equal(kv_qmp_start(addr, &ops, &mon, &err), 0);
 	assert_int_equal(kv_qmpc_connect(addr, TIMEOUT_MS, &c, &err), 0);
-	assert_int_equal(kv_qmpc_execute(c, "query-status", NULL, &ret,
-					 TIMEOUT_MS, &err),
-			 0);
+	assert_int_equal(
+	    kv_qmpc_execute(c, "query-status", NULL, &ret, TIMEOUT_MS, &err),
+	    0);
 	assert_true(json_is_true(json_object_get(ret, "running")));
 	json_decref(ret);
-	assert_int_equal(kv_qmpc_execute(c, "migrate",
-					 json_pack("{s:s}", "uri",
-						   "tcp:127.0.0.1:4444"),
-					 NULL, TIMEOUT_MS, &err),
-			 0);
+	assert_int_equal(
+	    kv_qmpc_execute(c, "migrate",
+			    json_pack("{s:s}", "uri", "tcp:127.0.0.1:4444"),
+			    NULL, TIMEOUT_MS, &err),
+	    0);
 	assert_string_equal(uri_seen, "tcp:127.0.0.1:4444");
 	kv_error_clear(&err);
-	assert_int_equal(kv_qmpc_execute(c, "no-such-command", NULL, NULL,
-					 TIMEOUT_MS, &err),
-			 -EREMOTEIO);
+	assert_int_equal(
+	    kv_qmpc_execute(c, "no-such-command", NULL, NULL, TIMEOUT_MS, &err),
+	    -EREMOTEIO);
 	assert_string_equal(kv_qmpc_error_class(c), "CommandNotFound");
 	/* events reach the client between commands */
 	kv_qmp_event(mon, "MIGRATION_PASS", json_pack("{s:i}", "pass", 3));
 	assert_int_equal(kv_qmpc_next_event(c, TIMEOUT_MS, &ev, &err), 1);
 	assert_string_equal(json_string_value(json_object_get(ev, "event")),
 			    "MIGRATION_PASS");
-	assert_int_equal(
-	    json_integer_value(json_object_get(json_object_get(ev, "data"),
-					       "pass")),
-	    3);
+	assert_int_equal(json_integer_value(json_object_get(
+			     json_object_get(ev, "data"), "pass")),
+			 3);
 	json_decref(ev);
 	assert_int_equal(kv_qmpc_next_event(c, 50, &ev, &err), 0);
 	kv_qmpc_close(c);
