@@ -90,6 +90,31 @@ class ComparePair(VmPair):
                         f"migration\n" + self.dst.describe())
 
 
+class PassTimeline:
+    """When each pass ended, as seen by polling query-migrate (every
+    50 ms, the same for both VMMs): ram.dirty-sync-count and
+    ram.transferred at each change of the count."""
+
+    def __init__(self):
+        self.marks = []
+        self.last = None
+
+    def __call__(self, info, t):
+        ram = info.get("ram") or {}
+        n = ram.get("dirty-sync-count")
+        if n is not None and n != self.last:
+            self.marks.append((round(t * 1000.0, 1), n,
+                               ram.get("transferred")))
+            self.last = n
+
+    def result(self):
+        """pass_marks: [(ms since migrate, count, bytes)]; first_pass_ms:
+        from migrate to the count reaching 2 (both VMMs count the sync
+        that starts tracking as 1, so 2 ends the first full pass)."""
+        first = next((t for t, n, _ in self.marks if n >= 2), None)
+        return {"pass_marks": self.marks, "first_pass_ms": first}
+
+
 def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
             netns=None):
     """Boot, warm up, migrate once; a dict of measurements (see
@@ -109,7 +134,9 @@ def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
             if got.get(k) != v:
                 raise DemoError(f"{vmm.name}: {k} is {got.get(k)} after "
                                 f"migrate-set-parameters {k}={v}")
-        r = pair.migrate(timeout=timeout)
+        passes = PassTimeline()
+        r = pair.migrate(timeout=timeout, on_progress=passes)
+        r.update(passes.result())
         r["boot_ms"] = boot_s * 1000.0
         r["guest_rate"] = guest_rate
         r["corrupt"] = len(vmlib.corrupt_lines(pair.src, pair.dst))
