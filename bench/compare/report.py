@@ -35,10 +35,19 @@ def fmt(v, digits=0):
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def first_pass_ms(r):
+    """When ram.dirty-sync-count reached 2 (see driver.PassTimeline)."""
+    marks = r.get("pass_marks")
+    if not marks:
+        return None
+    return next((t for t, n, _ in marks if n >= 2), None)
+
+
 def summarize(runs):
     """{(link, size, rate): {vmm: summary}}"""
     cells = {}
     for r in runs:
+        r["first_pass_ms"] = first_pass_ms(r)
         cells.setdefault((r["link"], r["size"], r["rate"]), {}) \
             .setdefault(r["vmm"], []).append(r)
     out = {}
