@@ -4,14 +4,17 @@
 #include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "cli/mig_caps.h"
 #include "migration/migration.h"
 #include "monitor/qmp.h"
+#include "vmm/serial.h"
 #include "vmm/vm_migration.h"
 
 #define MIB (1024.0 * 1024.0)
@@ -28,6 +31,12 @@ struct run_ctl {
 	bool in_live;
 	pthread_t in_thread;
 	char in_uri[300];
+	struct mig_caps caps;
+	/* Stored and reported for QEMU clients; the driver does not use it
+	 * yet. */
+	uint64_t avail_switchover_bw;
+	bool quit_requested;  /* SHUTDOWN reason host-qmp-quit */
+	bool incoming_failed; /* SHUTDOWN reason host-error */
 };
 
 static void set_state(struct run_ctl *rc, const char *state)
@@ -51,6 +60,22 @@ static void event(struct run_ctl *rc, const char *name, json_t *data)
 {
 	if (rc->qmp)
 		kv_qmp_event(rc->qmp, name, data);
+	else
+		json_decref(data);
+}
+
+/* MIGRATION and MIGRATION_PASS go out only with the "events" capability,
+ * as in QEMU (where it is off by default; here it is on). */
+static void migration_event(struct run_ctl *rc, const char *name,
+			    json_t *data)
+{
+	bool on;
+
+	pthread_mutex_lock(&rc->lock);
+	on = mig_caps_get(&rc->caps, MIG_CAP_EVENTS);
+	pthread_mutex_unlock(&rc->lock);
+	if (on)
+		event(rc, name, data);
 	else
 		json_decref(data);
 }
@@ -83,8 +108,8 @@ static void on_mig_status(void *opaque, enum kv_mig_status st)
 {
 	struct run_ctl *rc = opaque;
 
-	event(rc, "MIGRATION",
-	      json_pack("{s:s}", "status", kv_mig_status_name(st)));
+	migration_event(rc, "MIGRATION",
+			json_pack("{s:s}", "status", kv_mig_status_name(st)));
 	switch (st) {
 	case KV_MIG_DEVICE:
 		set_state(rc, "finish-migrate");
@@ -113,7 +138,8 @@ static void on_mig_pass(void *opaque, uint64_t pass)
 {
 	struct run_ctl *rc = opaque;
 
-	event(rc, "MIGRATION_PASS", json_pack("{s:I}", "pass", (json_int_t)pass));
+	migration_event(rc, "MIGRATION_PASS",
+			json_pack("{s:I}", "pass", (json_int_t)pass));
 }
 
 /* ---- QMP commands ---- */
@@ -176,6 +202,9 @@ static void qmp_quit(void *opaque)
 {
 	struct run_ctl *rc = opaque;
 
+	pthread_mutex_lock(&rc->lock);
+	rc->quit_requested = true;
+	pthread_mutex_unlock(&rc->lock);
 	kv_vm_request_exit(rc->vm, 0);
 }
 
@@ -263,31 +292,84 @@ static int qmp_query_migrate(void *opaque, void **ret, struct kv_error *err)
 	return 0;
 }
 
+/* One integer parameter's bounds; the message names the parameter as the
+ * client spelled it, with its unit. */
+struct param_range {
+	const char *name;
+	json_int_t min, max;
+	const char *expects;
+};
+
+/* QEMU's bounds where QEMU has the parameter (downtime-limit up to
+ * 2000 s); kvmig's own ones are "x-" parameters. */
+static const struct param_range param_ranges[] = {
+    {"downtime-limit", 0, 2000000,
+     "an integer in the range of 0 to 2000000 milliseconds"},
+    {"max-bandwidth", 0, INT64_MAX,
+     "a non-negative number of bytes per second (0: no limit)"},
+    {"avail-switchover-bandwidth", 0, INT64_MAX,
+     "a non-negative number of bytes per second (0: use the measured "
+     "bandwidth)"},
+    {"x-converge-timeout", 0, INT64_MAX,
+     "a non-negative number of milliseconds (0: never give up)"},
+    {"x-return-path-timeout", 1, 3600000,
+     "an integer in the range of 1 to 3600000 milliseconds"},
+};
+
+static int check_param_ranges(json_t *args, struct kv_error *err)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(param_ranges) / sizeof(param_ranges[0]); i++) {
+		const struct param_range *r = &param_ranges[i];
+		json_t *v = json_object_get(args, r->name);
+
+		if (!v)
+			continue;
+		/* The monitor checked the type; a VMM never trusts that. */
+		if (!json_is_integer(v) || json_integer_value(v) < r->min ||
+		    json_integer_value(v) > r->max)
+			return kv_error_set(err, -EINVAL,
+					    "Parameter '%s' expects %s",
+					    r->name, r->expects);
+	}
+	return 0;
+}
+
+/* The value of an already range-checked parameter, or keep. */
+static uint64_t param_or(json_t *args, const char *name, uint64_t keep)
+{
+	json_t *v = json_object_get(args, name);
+
+	return v ? (uint64_t)json_integer_value(v) : keep;
+}
+
+/* All or nothing: every value is checked before any is applied.
+ * downtime-limit and max-bandwidth also reach a migration in progress;
+ * the x- timeouts apply from the next one. */
 static int qmp_migrate_set_parameters(void *opaque, void *args,
 				      struct kv_error *err)
 {
 	struct run_ctl *rc = opaque;
-	json_t *dl = json_object_get(args, "downtime-limit");
-	json_t *bw = json_object_get(args, "max-bandwidth");
 	struct kv_mig_params p;
+	int ret;
 
+	ret = check_param_ranges(args, err);
+	if (ret < 0)
+		return ret;
 	kv_vm_mig_get_params(rc->mig, &p);
-	/* QEMU's bounds: downtime-limit up to 2000 s, in ms. */
-	if (dl && (json_integer_value(dl) < 0 ||
-		   json_integer_value(dl) > 2000000))
-		return kv_error_set(err, -EINVAL,
-				    "Parameter 'downtime-limit' expects an "
-				    "integer in the range of 0 to 2000000 "
-				    "milliseconds");
-	if (bw && json_integer_value(bw) < 0)
-		return kv_error_set(err, -EINVAL,
-				    "Parameter 'max-bandwidth' expects a "
-				    "non-negative number of bytes per second");
-	if (dl)
-		p.downtime_limit_ms = (uint64_t)json_integer_value(dl);
-	if (bw)
-		p.max_bandwidth = (uint64_t)json_integer_value(bw);
+	p.downtime_limit_ms =
+	    param_or(args, "downtime-limit", p.downtime_limit_ms);
+	p.max_bandwidth = param_or(args, "max-bandwidth", p.max_bandwidth);
+	p.converge_timeout_ms =
+	    param_or(args, "x-converge-timeout", p.converge_timeout_ms);
+	p.rp_timeout_ms = (int)param_or(args, "x-return-path-timeout",
+					(uint64_t)p.rp_timeout_ms);
 	kv_vm_mig_set_params(rc->mig, &p);
+	pthread_mutex_lock(&rc->lock);
+	rc->avail_switchover_bw = param_or(args, "avail-switchover-bandwidth",
+					   rc->avail_switchover_bw);
+	pthread_mutex_unlock(&rc->lock);
 	return 0;
 }
 
@@ -296,12 +378,123 @@ static int qmp_query_migrate_parameters(void *opaque, void **ret,
 {
 	struct run_ctl *rc = opaque;
 	struct kv_mig_params p;
+	uint64_t avail;
 
 	kv_vm_mig_get_params(rc->mig, &p);
-	*ret = json_pack("{s:I,s:I}", "downtime-limit",
+	pthread_mutex_lock(&rc->lock);
+	avail = rc->avail_switchover_bw;
+	pthread_mutex_unlock(&rc->lock);
+	*ret = json_pack("{s:I,s:I,s:I,s:I,s:I}", "downtime-limit",
 			 (json_int_t)p.downtime_limit_ms, "max-bandwidth",
-			 (json_int_t)p.max_bandwidth);
+			 (json_int_t)p.max_bandwidth,
+			 "avail-switchover-bandwidth", (json_int_t)avail,
+			 "x-converge-timeout",
+			 (json_int_t)p.converge_timeout_ms,
+			 "x-return-path-timeout", (json_int_t)p.rp_timeout_ms);
 	return *ret ? 0 : kv_error_set(err, -ENOMEM, "out of memory");
+}
+
+/* An outgoing migration that has not ended (connecting counts). */
+static bool migration_running(struct run_ctl *rc)
+{
+	struct kv_vm_mig_info i;
+
+	kv_vm_mig_query(rc->mig, &i);
+	return i.started && i.status != KV_MIG_COMPLETED &&
+	       i.status != KV_MIG_FAILED && i.status != KV_MIG_CANCELLED;
+}
+
+/* Every QMP op runs on the monitor thread, as does migrate: no migration
+ * can start between the check and the change. */
+static int qmp_migrate_set_capabilities(void *opaque, void *caps,
+					struct kv_error *err)
+{
+	struct run_ctl *rc = opaque;
+	int ret;
+
+	if (migration_running(rc))
+		return kv_error_set(err, -EBUSY,
+				    "There's a migration process in progress");
+	pthread_mutex_lock(&rc->lock);
+	ret = mig_caps_apply(&rc->caps, caps, err);
+	pthread_mutex_unlock(&rc->lock);
+	return ret;
+}
+
+static int qmp_query_migrate_capabilities(void *opaque, void **ret,
+					  struct kv_error *err)
+{
+	struct run_ctl *rc = opaque;
+
+	pthread_mutex_lock(&rc->lock);
+	*ret = mig_caps_query(&rc->caps);
+	pthread_mutex_unlock(&rc->lock);
+	return *ret ? 0 : kv_error_set(err, -ENOMEM, "out of memory");
+}
+
+/* QEMU's CpuInfoFast. The topology is the one CPUID shows the guest: one
+ * socket, one core per vCPU, one thread per core. thread-id is 0 until
+ * the vCPU's thread has run (a destination before its migration). */
+static json_t *cpu_info(struct run_ctl *rc, int i)
+{
+	char qom[64];
+
+	snprintf(qom, sizeof(qom), "/machine/unattached/device[%d]", i);
+	return json_pack("{s:i,s:s,s:i,s:{s:i,s:i,s:i},s:s}", "cpu-index", i,
+			 "qom-path", qom, "thread-id",
+			 kv_vm_vcpu_tid(rc->vm, i), "props", "core-id", i,
+			 "thread-id", 0, "socket-id", 0, "target", "x86_64");
+}
+
+static int qmp_query_cpus_fast(void *opaque, void **ret, struct kv_error *err)
+{
+	struct run_ctl *rc = opaque;
+	int n = kv_vm_ncpus(rc->vm);
+	json_t *list = json_array();
+
+	for (int i = 0; list && i < n; i++) {
+		json_t *cpu = cpu_info(rc, i);
+
+		if (!cpu || json_array_append_new(list, cpu)) {
+			json_decref(list);
+			list = NULL;
+		}
+	}
+	*ret = list;
+	return list ? 0 : kv_error_set(err, -ENOMEM, "out of memory");
+}
+
+/*
+ * kvmig has no ACPI: the guest's documented power button is a 'q' on its
+ * console (guest/README.md), so that byte goes into the UART's receive
+ * FIFO; the guest checks its workload and powers off (SHUTDOWN follows,
+ * reason guest-shutdown). A paused guest acts on it once continued.
+ */
+static int qmp_system_powerdown(void *opaque, struct kv_error *err)
+{
+	struct run_ctl *rc = opaque;
+	const char *st = get_state(rc);
+	static const uint8_t button = 'q';
+
+	if (!strcmp(st, "inmigrate"))
+		return kv_error_set(err, -EBUSY,
+				    "no guest runs here yet: it is waiting "
+				    "for an incoming migration");
+	if (!strcmp(st, "postmigrate") || !strcmp(st, "finish-migrate"))
+		return kv_error_set(err, -EBUSY,
+				    "the guest migrated to another kvmig; "
+				    "power it down there");
+	if (strcmp(st, "running") && strcmp(st, "paused"))
+		return kv_error_set(err, -EINVAL,
+				    "cannot power down a guest in state '%s'",
+				    st);
+	if (kv_serial_receive(kv_vm_serial(rc->vm), &button, 1) != 1)
+		return kv_error_set(err, -EAGAIN,
+				    "the guest's console input is full (the "
+				    "guest is not reading its UART); try "
+				    "again later");
+	event(rc, "POWERDOWN", NULL);
+	return 0;
 }
 
 static const struct kv_qmp_ops qmp_ops_template = {
@@ -315,6 +508,10 @@ static const struct kv_qmp_ops qmp_ops_template = {
     .query_migrate = qmp_query_migrate,
     .migrate_set_parameters = qmp_migrate_set_parameters,
     .query_migrate_parameters = qmp_query_migrate_parameters,
+    .migrate_set_capabilities = qmp_migrate_set_capabilities,
+    .query_migrate_capabilities = qmp_query_migrate_capabilities,
+    .query_cpus_fast = qmp_query_cpus_fast,
+    .system_powerdown = qmp_system_powerdown,
 };
 
 /* ---- incoming ---- */
@@ -335,7 +532,11 @@ static void *incoming_main(void *arg)
 		/* Nothing of the stream reached a running vCPU. */
 		fprintf(stderr, "kvmig run: %s\n", err.msg);
 		fprintf(stderr, "kvmig run: no guest was started\n");
-		event(rc, "MIGRATION", json_pack("{s:s}", "status", "failed"));
+		migration_event(rc, "MIGRATION",
+				json_pack("{s:s}", "status", "failed"));
+		pthread_mutex_lock(&rc->lock);
+		rc->incoming_failed = true;
+		pthread_mutex_unlock(&rc->lock);
 		set_state(rc, "shutdown");
 		kv_vm_request_exit(rc->vm, 1);
 		return NULL;
@@ -344,7 +545,8 @@ static void *incoming_main(void *arg)
 	rc->state = "running";
 	rc->started = true;
 	pthread_mutex_unlock(&rc->lock);
-	event(rc, "MIGRATION", json_pack("{s:s}", "status", "completed"));
+	migration_event(rc, "MIGRATION",
+			json_pack("{s:s}", "status", "completed"));
 	event(rc, "RESUME", NULL);
 	fprintf(stderr,
 		"kvmig run: incoming migration complete, guest running "
@@ -423,6 +625,7 @@ int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
 		return kv_error_set(err, -ENOMEM, "out of memory");
 	rc->vm = vm;
 	rc->state = "paused";
+	mig_caps_init(&rc->caps);
 	pthread_mutex_init(&rc->lock, NULL);
 	ev.opaque = rc;
 	ret = kv_vm_mig_new(vm, verify_ram, &ev, &rc->mig, err);
@@ -442,11 +645,24 @@ void run_ctl_booted(struct run_ctl *rc)
 	pthread_mutex_unlock(&rc->lock);
 }
 
+/* QEMU's SHUTDOWN {guest, reason}: guest is true when the guest itself
+ * asked (a power-off, also after system_powerdown). The main loop does not
+ * say why it ended, so a signal or a failed vCPU reads as guest-shutdown
+ * too. */
 void run_ctl_shutdown(struct run_ctl *rc)
 {
-	set_state(rc, "shutdown");
-	event(rc, "SHUTDOWN", json_pack("{s:b,s:s}", "guest", 1, "reason",
-					"guest-shutdown"));
+	const char *reason = "guest-shutdown";
+
+	pthread_mutex_lock(&rc->lock);
+	if (rc->quit_requested)
+		reason = "host-qmp-quit";
+	else if (rc->incoming_failed)
+		reason = "host-error";
+	rc->state = "shutdown";
+	pthread_mutex_unlock(&rc->lock);
+	event(rc, "SHUTDOWN",
+	      json_pack("{s:b,s:s}", "guest", !strcmp(reason, "guest-shutdown"),
+			"reason", reason));
 }
 
 void run_ctl_free(struct run_ctl *rc)

@@ -53,6 +53,19 @@ struct kv_qmp_ops {
 	/* QEMU's MigrationParameters object. */
 	int (*query_migrate_parameters)(void *opaque, void **ret,
 					struct kv_error *err);
+	/* caps: the checked "capabilities" array (json_t *): every element
+	 * is {"capability": string, "state": bool} and nothing else; the
+	 * names are the VMM's to check. All or nothing. */
+	int (*migrate_set_capabilities)(void *opaque, void *caps,
+					struct kv_error *err);
+	/* A list of QEMU's MigrationCapabilityStatus: every capability the
+	 * VMM knows, [{"capability": NAME, "state": bool}, ...]. */
+	int (*query_migrate_capabilities)(void *opaque, void **ret,
+					  struct kv_error *err);
+	/* A list of QEMU's CpuInfoFast, one per vCPU. */
+	int (*query_cpus_fast)(void *opaque, void **ret, struct kv_error *err);
+	/* Ask the guest to power itself off (and send POWERDOWN). */
+	int (*system_powerdown)(void *opaque, struct kv_error *err);
 	void *opaque;
 };
 

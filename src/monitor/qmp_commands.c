@@ -37,6 +37,27 @@ static int take_object(struct kv_qmp_call *call, const char *name, int rc,
 	return 0;
 }
 
+/* The same for callbacks whose result is a list. */
+static int take_list(struct kv_qmp_call *call, const char *name, int rc,
+		     void *ret)
+{
+	json_t *j = ret;
+
+	if (rc < 0) {
+		json_decref(j);
+		if (!kv_error_is_set(&call->err))
+			kv_error_set(&call->err, rc, "%s failed", name);
+		return rc;
+	}
+	if (!json_is_array(j)) {
+		json_decref(j);
+		return kv_error_set(&call->err, -EINVAL,
+				    "%s returned a non-list result", name);
+	}
+	call->ret = j;
+	return 0;
+}
+
 static int cmd_qmp_capabilities(struct kv_qmp_call *call)
 {
 	json_t *enable = json_object_get(call->args, "enable");
@@ -168,6 +189,104 @@ static int cmd_query_migrate_parameters(struct kv_qmp_call *call)
 	return take_object(call, "query-migrate-parameters", rc, ret);
 }
 
+/* One MigrationCapabilityStatus: exactly {"capability": str, "state": bool},
+ * reported with QEMU's member paths ("capabilities[2].state"). */
+static int check_capability(struct kv_qmp_call *call, size_t i, json_t *el)
+{
+	static const struct {
+		const char *name;
+		enum kv_qmp_arg_type type;
+		const char *type_name;
+	} members[] = {
+	    {"capability", KV_QMP_ARG_STRING, "string"},
+	    {"state", KV_QMP_ARG_BOOL, "boolean"},
+	};
+	const char *key;
+	json_t *v;
+	size_t m;
+
+	if (!json_is_object(el))
+		return kv_error_set(&call->err, -EINVAL,
+				    "Invalid parameter type for "
+				    "'capabilities[%zu]', expected: object",
+				    i);
+	for (m = 0; m < 2; m++) {
+		v = json_object_get(el, members[m].name);
+		if (!v)
+			return kv_error_set(&call->err, -EINVAL,
+					    "Parameter 'capabilities[%zu].%s' "
+					    "is missing",
+					    i, members[m].name);
+		if ((members[m].type == KV_QMP_ARG_STRING &&
+		     !json_is_string(v)) ||
+		    (members[m].type == KV_QMP_ARG_BOOL && !json_is_boolean(v)))
+			return kv_error_set(&call->err, -EINVAL,
+					    "Invalid parameter type for "
+					    "'capabilities[%zu].%s', expected: "
+					    "%s",
+					    i, members[m].name,
+					    members[m].type_name);
+	}
+	json_object_foreach(el, key, v)
+	{
+		if (strcmp(key, "capability") && strcmp(key, "state"))
+			return kv_error_set(&call->err, -EINVAL,
+					    "Parameter 'capabilities[%zu].%s' "
+					    "is unexpected",
+					    i, key);
+	}
+	return 0;
+}
+
+static int cmd_migrate_set_capabilities(struct kv_qmp_call *call)
+{
+	json_t *caps = json_object_get(call->args, "capabilities");
+	json_t *el;
+	size_t i;
+	int rc;
+
+	if (!call->ops->migrate_set_capabilities)
+		return missing_op(call, "migrate-set-capabilities");
+	json_array_foreach(caps, i, el)
+	{
+		rc = check_capability(call, i, el);
+		if (rc < 0)
+			return rc;
+	}
+	return call->ops->migrate_set_capabilities(call->ops->opaque, caps,
+						   &call->err);
+}
+
+static int cmd_query_migrate_capabilities(struct kv_qmp_call *call)
+{
+	void *ret = NULL;
+	int rc;
+
+	if (!call->ops->query_migrate_capabilities)
+		return missing_op(call, "query-migrate-capabilities");
+	rc = call->ops->query_migrate_capabilities(call->ops->opaque, &ret,
+						   &call->err);
+	return take_list(call, "query-migrate-capabilities", rc, ret);
+}
+
+static int cmd_query_cpus_fast(struct kv_qmp_call *call)
+{
+	void *ret = NULL;
+	int rc;
+
+	if (!call->ops->query_cpus_fast)
+		return missing_op(call, "query-cpus-fast");
+	rc = call->ops->query_cpus_fast(call->ops->opaque, &ret, &call->err);
+	return take_list(call, "query-cpus-fast", rc, ret);
+}
+
+static int cmd_system_powerdown(struct kv_qmp_call *call)
+{
+	if (!call->ops->system_powerdown)
+		return missing_op(call, "system_powerdown");
+	return call->ops->system_powerdown(call->ops->opaque, &call->err);
+}
+
 const struct kv_qmp_command kv_qmp_commands[] = {
     {"qmp_capabilities",
      cmd_qmp_capabilities,
@@ -187,11 +306,22 @@ const struct kv_qmp_command kv_qmp_commands[] = {
      {{"uri", KV_QMP_ARG_STRING, false}}},
     {"migrate_cancel", cmd_migrate_cancel, {{0}}},
     {"query-migrate", cmd_query_migrate, {{0}}},
+    /* Every parameter the engine has; ranges are the VMM's to check.
+     * Non-QEMU ones carry QEMU's "x-" prefix. */
     {"migrate-set-parameters",
      cmd_migrate_set_parameters,
      {{"downtime-limit", KV_QMP_ARG_INT, true},
-      {"max-bandwidth", KV_QMP_ARG_INT, true}}},
+      {"max-bandwidth", KV_QMP_ARG_INT, true},
+      {"avail-switchover-bandwidth", KV_QMP_ARG_INT, true},
+      {"x-converge-timeout", KV_QMP_ARG_INT, true},
+      {"x-return-path-timeout", KV_QMP_ARG_INT, true}}},
     {"query-migrate-parameters", cmd_query_migrate_parameters, {{0}}},
+    {"migrate-set-capabilities",
+     cmd_migrate_set_capabilities,
+     {{"capabilities", KV_QMP_ARG_ARRAY, false}}},
+    {"query-migrate-capabilities", cmd_query_migrate_capabilities, {{0}}},
+    {"query-cpus-fast", cmd_query_cpus_fast, {{0}}},
+    {"system_powerdown", cmd_system_powerdown, {{0}}},
 };
 
 const size_t kv_qmp_n_commands =

@@ -295,6 +295,7 @@ static void *vcpu_main(void *arg)
 	sigset_t kick;
 	char what[96];
 
+	__atomic_store_n(&v->tid, (int)gettid(), __ATOMIC_RELEASE);
 	sigemptyset(&kick);
 	sigaddset(&kick, KICK_SIGNAL);
 	pthread_sigmask(SIG_UNBLOCK, &kick, NULL);

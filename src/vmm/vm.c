@@ -558,6 +558,13 @@ int kv_vm_vcpu_fd(const struct kv_vm *vm, int index)
 	return vm->vcpus[index].fd;
 }
 
+int kv_vm_vcpu_tid(const struct kv_vm *vm, int index)
+{
+	if (index < 0 || index >= vm->ncpus)
+		return -1;
+	return __atomic_load_n(&vm->vcpus[index].tid, __ATOMIC_ACQUIRE);
+}
+
 void *kv_vm_ram(const struct kv_vm *vm)
 {
 	return vm->mem.host;

@@ -74,6 +74,9 @@ void kv_vm_request_exit(struct kv_vm *vm, int code);
 int kv_vm_fd(const struct kv_vm *vm);
 int kv_vm_ncpus(const struct kv_vm *vm);
 int kv_vm_vcpu_fd(const struct kv_vm *vm, int index);
+/* The Linux thread id of a vCPU's thread (QMP query-cpus-fast), 0 before
+ * the thread first runs, -1 for an index out of range. */
+int kv_vm_vcpu_tid(const struct kv_vm *vm, int index);
 void *kv_vm_ram(const struct kv_vm *vm);         /* host address of "pc.ram" */
 uint64_t kv_vm_ram_size(const struct kv_vm *vm);
 struct kv_serial *kv_vm_serial(struct kv_vm *vm);

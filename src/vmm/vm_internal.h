@@ -22,6 +22,7 @@ struct kv_vcpu {
 	struct kvm_run *run;
 	pthread_t thread;
 	bool thread_started;
+	int tid; /* the thread's Linux id once it runs, else 0 (atomic) */
 };
 
 struct kv_vm {

@@ -42,6 +42,12 @@ struct fake_vm {
 	bool running;
 	bool fail_migrate; /* migrate returns an error */
 	bool bad_status;   /* query-status returns a non-object */
+	/* New in issue 4: what the set-* ops saw (compact JSON). */
+	int set_caps_calls, set_params_calls, powerdown_calls;
+	char caps_seen[512];
+	char params_seen[512];
+	bool xbzrle; /* the one settable capability of the fake */
+	bool bad_lists; /* list queries return an object */
 };
 
 static int fake_query_status(void *opaque, void **ret, struct kv_error *err)
@@ -142,6 +148,107 @@ static int fake_query_migrate(void *opaque, void **ret, struct kv_error *err)
 	return 0;
 }
 
+static void dump_into(char *buf, size_t len, const json_t *j)
+{
+	char *text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+
+	snprintf(buf, len, "%s", text ? text : "?");
+	free(text);
+}
+
+/* Knows "xbzrle" (settable) and "postcopy-ram" (never true). */
+static int fake_set_caps(void *opaque, void *caps, struct kv_error *err)
+{
+	struct fake_vm *f = opaque;
+	json_t *el;
+	size_t i;
+	int rc = 0;
+
+	pthread_mutex_lock(&f->lock);
+	f->set_caps_calls++;
+	dump_into(f->caps_seen, sizeof(f->caps_seen), caps);
+	json_array_foreach((json_t *)caps, i, el)
+	{
+		const char *name =
+		    json_string_value(json_object_get(el, "capability"));
+		bool on = json_is_true(json_object_get(el, "state"));
+
+		if (!strcmp(name, "xbzrle")) {
+			f->xbzrle = on;
+		} else if (strcmp(name, "postcopy-ram") || on) {
+			rc = kv_error_set(err, -EINVAL,
+					  "Capability '%s' is not supported",
+					  name);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&f->lock);
+	return rc;
+}
+
+static int fake_query_caps(void *opaque, void **ret, struct kv_error *err)
+{
+	struct fake_vm *f = opaque;
+
+	pthread_mutex_lock(&f->lock);
+	if (f->bad_lists)
+		*ret = json_object();
+	else
+		*ret = json_pack("[{s:s,s:b},{s:s,s:b}]", "capability",
+				 "xbzrle", "state", f->xbzrle, "capability",
+				 "postcopy-ram", "state", 0);
+	pthread_mutex_unlock(&f->lock);
+	return 0;
+}
+
+static int fake_set_params(void *opaque, void *args, struct kv_error *err)
+{
+	struct fake_vm *f = opaque;
+	json_t *dl = json_object_get(args, "downtime-limit");
+
+	pthread_mutex_lock(&f->lock);
+	f->set_params_calls++;
+	dump_into(f->params_seen, sizeof(f->params_seen), args);
+	pthread_mutex_unlock(&f->lock);
+	if (dl && json_integer_value(dl) < 0)
+		return kv_error_set(err, -EINVAL,
+				    "Parameter 'downtime-limit' expects a "
+				    "non-negative integer");
+	return 0;
+}
+
+static int fake_query_params(void *opaque, void **ret, struct kv_error *err)
+{
+	*ret = json_pack("{s:I,s:I}", "downtime-limit", (json_int_t)300,
+			 "x-converge-timeout", (json_int_t)0);
+	return 0;
+}
+
+static int fake_query_cpus(void *opaque, void **ret, struct kv_error *err)
+{
+	struct fake_vm *f = opaque;
+
+	pthread_mutex_lock(&f->lock);
+	if (f->bad_lists)
+		*ret = json_string("cpu");
+	else
+		*ret = json_pack("[{s:i,s:s,s:i,s:s}]", "cpu-index", 0,
+				 "qom-path", "/machine/unattached/device[0]",
+				 "thread-id", 4242, "target", "x86_64");
+	pthread_mutex_unlock(&f->lock);
+	return 0;
+}
+
+static int fake_powerdown(void *opaque, struct kv_error *err)
+{
+	struct fake_vm *f = opaque;
+
+	pthread_mutex_lock(&f->lock);
+	f->powerdown_calls++;
+	pthread_mutex_unlock(&f->lock);
+	return 0;
+}
+
 static int fake_get(struct fake_vm *f, const int *counter)
 {
 	int v;
@@ -176,6 +283,12 @@ static void fixture_ops(struct fixture *fx)
 	    .migrate_incoming = fake_migrate_incoming,
 	    .migrate_cancel = fake_migrate_cancel,
 	    .query_migrate = fake_query_migrate,
+	    .migrate_set_parameters = fake_set_params,
+	    .query_migrate_parameters = fake_query_params,
+	    .migrate_set_capabilities = fake_set_caps,
+	    .query_migrate_capabilities = fake_query_caps,
+	    .query_cpus_fast = fake_query_cpus,
+	    .system_powerdown = fake_powerdown,
 	    .opaque = &fx->vm,
 	};
 }
@@ -548,7 +661,13 @@ static void test_query_version_and_commands(void **state)
 				  "migrate_cancel",
 				  "query-migrate",
 				  "query-commands",
-				  "query-version"};
+				  "query-version",
+				  "migrate-set-parameters",
+				  "query-migrate-parameters",
+				  "migrate-set-capabilities",
+				  "query-migrate-capabilities",
+				  "query-cpus-fast",
+				  "system_powerdown"};
 	size_t i, k;
 
 	expect_return_empty(c, "{\"execute\": \"qmp_capabilities\"}");
@@ -593,6 +712,200 @@ static void test_quit(void **state)
 	       kv_now_ms() < deadline)
 		kv_sleep_ns(1000000);
 	assert_int_equal(fake_get(&fx->vm, &fx->vm.quit_calls), 1);
+	client_close(c);
+}
+
+/* ---- migration capabilities and parameters, vCPUs, power ---- */
+
+static void expect_seen(struct fixture *fx, const char *field,
+			const char *want)
+{
+	pthread_mutex_lock(&fx->vm.lock);
+	if (strcmp(field, want)) {
+		pthread_mutex_unlock(&fx->vm.lock);
+		fail_msg("the op saw %s, expected %s", field, want);
+	}
+	pthread_mutex_unlock(&fx->vm.lock);
+}
+
+static void test_capabilities(void **state)
+{
+	struct fixture *fx = *state;
+	struct client *c = client_negotiated(fx);
+	json_t *r, *list;
+
+	expect_return_empty(
+	    c, "{\"execute\": \"migrate-set-capabilities\", \"arguments\": "
+	       "{\"capabilities\": [{\"capability\": \"xbzrle\", "
+	       "\"state\": true}]}}");
+	expect_seen(fx, fx->vm.caps_seen,
+		    "[{\"capability\":\"xbzrle\",\"state\":true}]");
+	r = client_cmd(c, "{\"execute\": \"query-migrate-capabilities\"}");
+	list = json_object_get(r, "return");
+	assert_int_equal(json_array_size(list), 2);
+	assert_string_equal(json_string_value(json_object_get(
+				json_array_get(list, 0), "capability")),
+			    "xbzrle");
+	assert_true(
+	    json_is_true(json_object_get(json_array_get(list, 0), "state")));
+	json_decref(r);
+
+	/* The op's refusal (an unsupported capability) reaches the client. */
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-capabilities\", "
+		     "\"arguments\": {\"capabilities\": [{\"capability\": "
+		     "\"postcopy-ram\", \"state\": true}]}}",
+		     "GenericError", "Capability 'postcopy-ram' is not supported");
+	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_caps_calls), 2);
+
+	/* Malformed lists never reach the op; QEMU's member paths. */
+	expect_error(c, "{\"execute\": \"migrate-set-capabilities\"}",
+		     "GenericError", "Parameter 'capabilities' is missing");
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-capabilities\", "
+		     "\"arguments\": {\"capabilities\": {}}}",
+		     "GenericError",
+		     "Invalid parameter type for 'capabilities', expected: "
+		     "array");
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-capabilities\", "
+		     "\"arguments\": {\"capabilities\": [{\"capability\": "
+		     "\"xbzrle\", \"state\": true}, 7]}}",
+		     "GenericError",
+		     "Invalid parameter type for 'capabilities[1]', expected: "
+		     "object");
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-capabilities\", "
+		     "\"arguments\": {\"capabilities\": [{\"state\": "
+		     "true}]}}",
+		     "GenericError",
+		     "Parameter 'capabilities[0].capability' is missing");
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-capabilities\", "
+		     "\"arguments\": {\"capabilities\": [{\"capability\": "
+		     "\"xbzrle\", \"state\": \"on\"}]}}",
+		     "GenericError",
+		     "Invalid parameter type for 'capabilities[0].state', "
+		     "expected: boolean");
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-capabilities\", "
+		     "\"arguments\": {\"capabilities\": [{\"capability\": "
+		     "1, \"state\": true}]}}",
+		     "GenericError",
+		     "Invalid parameter type for 'capabilities[0].capability', "
+		     "expected: string");
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-capabilities\", "
+		     "\"arguments\": {\"capabilities\": [{\"capability\": "
+		     "\"xbzrle\", \"state\": false, \"extra\": 1}]}}",
+		     "GenericError",
+		     "Parameter 'capabilities[0].extra' is unexpected");
+	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_caps_calls), 2);
+
+	/* An empty list is a valid no-op call. */
+	expect_return_empty(c, "{\"execute\": \"migrate-set-capabilities\", "
+			       "\"arguments\": {\"capabilities\": []}}");
+	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_caps_calls), 3);
+
+	/* A VMM answering a list query with a non-list is reported. */
+	pthread_mutex_lock(&fx->vm.lock);
+	fx->vm.bad_lists = true;
+	pthread_mutex_unlock(&fx->vm.lock);
+	expect_error(c, "{\"execute\": \"query-migrate-capabilities\"}",
+		     "GenericError",
+		     "query-migrate-capabilities returned a non-list result");
+	client_close(c);
+}
+
+static void test_parameters(void **state)
+{
+	struct fixture *fx = *state;
+	struct client *c = client_negotiated(fx);
+	const char *names[] = {"downtime-limit", "max-bandwidth",
+			       "avail-switchover-bandwidth",
+			       "x-converge-timeout", "x-return-path-timeout"};
+	char text[256], want[64];
+	json_t *r;
+	size_t i;
+
+	expect_return_empty(
+	    c, "{\"execute\": \"migrate-set-parameters\", \"arguments\": "
+	       "{\"downtime-limit\": 50, \"max-bandwidth\": 0, "
+	       "\"avail-switchover-bandwidth\": 1000, "
+	       "\"x-converge-timeout\": 60000, "
+	       "\"x-return-path-timeout\": 5000}}");
+	expect_seen(fx, fx->vm.params_seen,
+		    "{\"avail-switchover-bandwidth\":1000,\"downtime-limit\":"
+		    "50,\"max-bandwidth\":0,\"x-converge-timeout\":60000,"
+		    "\"x-return-path-timeout\":5000}");
+
+	/* Every parameter is an integer; the error names it. */
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(text, sizeof(text),
+			 "{\"execute\": \"migrate-set-parameters\", "
+			 "\"arguments\": {\"%s\": \"10\"}}",
+			 names[i]);
+		snprintf(want, sizeof(want),
+			 "Invalid parameter type for '%s', expected: integer",
+			 names[i]);
+		expect_error(c, text, "GenericError", want);
+	}
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-parameters\", "
+		     "\"arguments\": {\"downtime-limit\": 1.5}}",
+		     "GenericError",
+		     "Invalid parameter type for 'downtime-limit'");
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-parameters\", "
+		     "\"arguments\": {\"multifd-channels\": 4}}",
+		     "GenericError", "Parameter 'multifd-channels' is unexpected");
+	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_params_calls), 1);
+	/* Ranges are the VMM's: its message passes through. */
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-parameters\", "
+		     "\"arguments\": {\"downtime-limit\": -1}}",
+		     "GenericError", "Parameter 'downtime-limit' expects");
+	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_params_calls), 2);
+
+	r = client_cmd(c, "{\"execute\": \"query-migrate-parameters\"}");
+	assert_int_equal(json_integer_value(json_object_get(
+			     json_object_get(r, "return"), "downtime-limit")),
+			 300);
+	json_decref(r);
+	client_close(c);
+}
+
+static void test_cpus_and_powerdown(void **state)
+{
+	struct fixture *fx = *state;
+	struct client *c = client_negotiated(fx);
+	json_t *r, *cpu;
+
+	r = client_cmd(c, "{\"execute\": \"query-cpus-fast\", \"id\": 3}");
+	cpu = json_array_get(json_object_get(r, "return"), 0);
+	assert_int_equal(json_integer_value(json_object_get(cpu, "thread-id")),
+			 4242);
+	assert_string_equal(
+	    json_string_value(json_object_get(cpu, "qom-path")),
+	    "/machine/unattached/device[0]");
+	assert_int_equal(json_integer_value(json_object_get(r, "id")), 3);
+	json_decref(r);
+	expect_error(c,
+		     "{\"execute\": \"query-cpus-fast\", \"arguments\": "
+		     "{\"all\": true}}",
+		     "GenericError", "Parameter 'all' is unexpected");
+
+	expect_return_empty(c, "{\"execute\": \"system_powerdown\"}");
+	assert_int_equal(fake_get(&fx->vm, &fx->vm.powerdown_calls), 1);
+	expect_error(c, "{\"execute\": \"system-powerdown\"}",
+		     "CommandNotFound",
+		     "The command system-powerdown has not been found");
+
+	pthread_mutex_lock(&fx->vm.lock);
+	fx->vm.bad_lists = true;
+	pthread_mutex_unlock(&fx->vm.lock);
+	expect_error(c, "{\"execute\": \"query-cpus-fast\"}", "GenericError",
+		     "query-cpus-fast returned a non-list result");
 	client_close(c);
 }
 
@@ -1199,8 +1512,20 @@ static void test_missing_ops(void **state)
 	struct kv_qmp_ops none = {0};
 	struct kv_qmp_client *c = kv_qmp_client_new(-1, 1, &none);
 	const char *cmds[] = {
-	    "query-status", "stop",	      "cont",
-	    "quit",	    "migrate_cancel", "query-migrate",
+	    "query-status",
+	    "stop",
+	    "cont",
+	    "quit",
+	    "migrate_cancel",
+	    "query-migrate",
+	    "query-migrate-parameters",
+	    "query-migrate-capabilities",
+	    "query-cpus-fast",
+	    "system_powerdown",
+	    "{\"execute\": \"migrate-set-capabilities\", \"arguments\": "
+	    "{\"capabilities\": []}}",
+	    "{\"execute\": \"migrate-set-parameters\", \"arguments\": "
+	    "{\"downtime-limit\": 1}}",
 	};
 	char text[128];
 	json_t *r;
@@ -1209,7 +1534,11 @@ static void test_missing_ops(void **state)
 	assert_non_null(c);
 	c->negotiated = true;
 	for (i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
-		snprintf(text, sizeof(text), "{\"execute\": \"%s\"}", cmds[i]);
+		if (cmds[i][0] == '{')
+			snprintf(text, sizeof(text), "%s", cmds[i]);
+		else
+			snprintf(text, sizeof(text), "{\"execute\": \"%s\"}",
+				 cmds[i]);
 		assert_int_equal(kv_qmp_feed(c, text, strlen(text)), 0);
 		r = take_output(c);
 		assert_non_null(r);
@@ -1281,6 +1610,11 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_query_version_and_commands,
 					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_capabilities, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_parameters, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cpus_and_powerdown, setup,
+					    teardown),
 	    cmocka_unit_test_setup_teardown(test_quit, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_id_echo, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
