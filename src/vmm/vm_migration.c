@@ -399,7 +399,10 @@ int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 				    "this VM already migrated away; it cannot "
 				    "migrate again");
 	}
-	if (g->thread_live && st != KV_MIG_FAILED && st != KV_MIG_CANCELLED) {
+	/* A thread that ended (even before the driver ran, e.g. it could
+	 * not connect) leaves room for the next attempt. */
+	if (g->thread_live && !g->thread_done && st != KV_MIG_FAILED &&
+	    st != KV_MIG_CANCELLED) {
 		pthread_mutex_unlock(&g->lock);
 		return kv_error_set(err, -EBUSY,
 				    "a migration is already in progress "
