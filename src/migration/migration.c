@@ -36,6 +36,8 @@
 /* After a stream error, how long to look for the destination's SHUT that
  * explains it. */
 #define RP_EXPLAIN_TIMEOUT_MS 2000
+/* How often a pass in progress refreshes the statistics and progress. */
+#define PROGRESS_EVERY_NS (100 * 1000000LL)
 
 /*
  * When to switch over. The downtime limit only says when switching is
@@ -358,6 +360,7 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 	uint64_t pass_bytes0 = kv_stream_transferred(s);
 	uint64_t timeout_ms = m->params.converge_timeout_ms;
 	uint64_t prev_pending = UINT64_MAX;
+	int64_t last_report_ns = active_start;
 	unsigned int extra = 0;
 	int ret;
 
@@ -373,6 +376,14 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 		if (ret < 0)
 			return ret;
 		now = kv_now_ns();
+		/* Mid-pass: keep query-migrate and progress watchers current
+		 * (bytes, pages, what is left of this pass). */
+		if (ret == 0 && now - last_report_ns >= PROGRESS_EVERY_NS) {
+			update_stats(m, s);
+			report_progress(m, kv_savevm_pending_estimate(m->sv),
+					0);
+			last_report_ns = now;
+		}
 		if (ret == 1) {
 			if (kv_stream_flush(s) < 0) {
 				kv_stream_error_get(s, err);
