@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "fuzz_target.h"
 #include "fuzz_vm.h"
 #include "io/channel.h"
 #include "io/stream.h"
@@ -116,6 +117,11 @@ int fuzz_load_stream(const uint8_t *data, size_t size, struct kv_error *err)
 	fuzz_check(vm.alloc.live_blocks == 0 && vm.alloc.live_bytes == 0,
 		   "allocated RAM blocks were not released", NULL);
 	return ret;
+}
+
+int fuzz_target_run(const uint8_t *data, size_t size, struct kv_error *err)
+{
+	return fuzz_load_stream(data, size, err);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

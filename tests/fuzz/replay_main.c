@@ -1,22 +1,23 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Replays every file of the loader's seed corpus through the fuzz target,
- * without libFuzzer, as a TAP test:
+ * Replays every file of a seed corpus through a fuzz target (fuzz_target.h),
+ * without libFuzzer, as a TAP test; linked once per target:
  *
- *   replay_loader DIR|FILE...
+ *   replay_loader DIR|FILE...     replay_qmp DIR|FILE...
  *
- * The file name says what must happen: "valid-*" streams must load, "bad-*"
- * streams must be rejected with an error message; any other file (a
- * reproducer saved by a fuzz run) must only not crash, leak or hang.
+ * The file name says what must happen: "valid-*" inputs must be accepted,
+ * "bad-*" ones rejected with an error message; any other file (a reproducer
+ * saved by a fuzz run) must only not crash, leak or hang.
  */
 #include <dirent.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "fuzz_loader.h"
+#include "fuzz_target.h"
 
 #define REPLAY_MAX_FILES 4096
 #define REPLAY_MAX_SIZE (64U << 20)
@@ -120,22 +121,22 @@ static int replay_one(size_t num, const char *path)
 		       strerror(-ret));
 		return 0;
 	}
-	ret = fuzz_load_stream(data, size, &err);
+	ret = fuzz_target_run(data, size, &err);
 	free(data);
 	if (must_load && ret < 0) {
-		printf("not ok %zu - %s: a valid stream was rejected: %s\n",
+		printf("not ok %zu - %s: a valid input was rejected: %s\n",
 		       num, name, err.msg);
 		return 0;
 	}
 	if (must_fail && ret == 0) {
-		printf("not ok %zu - %s: a malformed stream was accepted\n",
+		printf("not ok %zu - %s: a malformed input was accepted\n",
 		       num, name);
 		return 0;
 	}
 	if (ret < 0)
 		printf("ok %zu - %s: rejected (%s)\n", num, name, err.msg);
 	else
-		printf("ok %zu - %s: loaded %zu bytes\n", num, name, size);
+		printf("ok %zu - %s: accepted %zu bytes\n", num, name, size);
 	return 1;
 }
 
