@@ -366,9 +366,11 @@ static void *monitor_thread(void *arg)
 			    errno != EAGAIN)
 				kv_warn(QMP_SUBSYS, "eventfd read: %s",
 					strerror(errno));
+			/* Events queued before the stop (SHUTDOWN) still go
+			 * out, as far as the sockets take them now. */
+			deliver_events(q);
 			if (stop_requested(q))
 				break;
-			deliver_events(q);
 		}
 		/* Clients may have been dropped above; find each by identity.
 		 */
