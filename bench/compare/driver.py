@@ -98,9 +98,12 @@ class PassTimeline:
     def __init__(self):
         self.marks = []
         self.last = None
+        self.last_ram = {}
 
     def __call__(self, info, t):
         ram = info.get("ram") or {}
+        if ram:
+            self.last_ram = ram
         n = ram.get("dirty-sync-count")
         if n is not None and n != self.last:
             self.marks.append((round(t * 1000.0, 1), n,
@@ -137,6 +140,13 @@ def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
         passes = PassTimeline()
         r = pair.migrate(timeout=timeout, on_progress=passes)
         r.update(passes.result())
+        if not r["converged"]:
+            # A cancelled migration may no longer report its counters
+            # (QEMU drops "ram" once cancelled): keep the last seen.
+            for key, field in (("passes", "dirty-sync-count"),
+                               ("transferred", "transferred")):
+                if r.get(key) is None:
+                    r[key] = passes.last_ram.get(field)
         r["boot_ms"] = boot_s * 1000.0
         r["guest_rate"] = guest_rate
         r["corrupt"] = len(vmlib.corrupt_lines(pair.src, pair.dst))

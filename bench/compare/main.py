@@ -214,7 +214,8 @@ def main():
             log("interrupted: reporting what was measured")
             rc = 130
         finally:
-            netlink.teardown()
+            if any(x != "loopback" for x in args.links):
+                netlink.teardown()  # ours only (named after this pid)
         if rc == 1:
             return rc
     runs, meta = load_runs(args.json)

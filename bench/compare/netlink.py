@@ -9,18 +9,24 @@
   so the migration stream crosses the shaped link.
 
 A ShapedLink is a context manager: it always deletes its namespace (and so
-the veth pair) on exit, and deletes a namespace of the same name left by
-an earlier, killed run before creating its own.
+the veth pair) on exit, and deletes the namespaces left by earlier,
+killed runs (kvcmpPID whose PID is gone) before creating its own.
 """
+import os
+import re
 import socket
 import subprocess
 import time
 
-NS = "kvcmp"
-HOST_IF = "kvcmp-h"
-NS_IF = "kvcmp-n"
-HOST_ADDR = "10.213.0.1"
-NS_ADDR = "10.213.0.2"
+# Named after this process, so that two harnesses never touch each
+# other's link (and a leftover of a killed one can be told apart).
+PREFIX = "kvcmp"
+PID = os.getpid()
+NS = f"{PREFIX}{PID}"
+HOST_IF = f"kvc{PID}h"
+NS_IF = f"kvc{PID}n"
+HOST_ADDR = f"10.213.{PID % 250}.1"
+NS_ADDR = f"10.213.{PID % 250}.2"
 
 
 class LinkError(Exception):
@@ -80,6 +86,7 @@ class ShapedLink:
                 f"{self.rate} each way{m}")
 
     def __enter__(self):
+        remove_stale()
         teardown()
         try:
             self._setup()
@@ -110,6 +117,13 @@ class ShapedLink:
             sh("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
                self.rate, "burst", str(burst), "latency", "20ms", ns=ns)
         self.measured_bps = measure(2.0)
+
+
+def remove_stale():
+    out = sh("ip", "netns", "list", check=False).stdout
+    for name in re.findall(rf"^{PREFIX}(\d+)\b", out, re.M):
+        if not os.path.exists(f"/proc/{name}"):
+            sh("ip", "netns", "del", f"{PREFIX}{name}", check=False)
 
 
 def teardown():
