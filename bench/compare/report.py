@@ -126,6 +126,15 @@ def triple(k, q, key, scale=1.0, digits=0):
     return text
 
 
+def passes_text(s):
+    if s is None:
+        return "–"
+    if s["ok"]:
+        return fmt(s["passes"])
+    # Not converged: how far it got before the cancel.
+    return f"({fmt(s['passes_nc'])} at cancel)"
+
+
 def main_table(cells, link, sizes, rates, timeout):
     L = ["| guest | dirty rate (MiB/s) | total time (ms) | downtime, VMM "
          "(ms) | downtime, guest-observed (ms) | bytes (MiB) | passes | "
@@ -145,8 +154,7 @@ def main_table(cells, link, sizes, rates, timeout):
             if conv is not None:
                 marks.append("converges where QEMU does: "
                              + ("met" if conv else "**missed**"))
-            passes = (f"{fmt(k and k['passes'])} / "
-                      f"{fmt(q and q['passes'])}")
+            passes = f"{passes_text(k)} / {passes_text(q)}"
             L.append(f"| {size} | {rate} | {triple(k, q, 'total_ms')} | "
                      f"{triple(k, q, 'downtime_ms')} | "
                      f"{triple(k, q, 'guest_downtime_ms', digits=1)} | "
