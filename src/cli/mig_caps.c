@@ -22,8 +22,7 @@ struct cap_info {
 static const struct cap_info caps[MIG_CAP_COUNT] = {
     [MIG_CAP_XBZRLE] = {"xbzrle", CAP_UNSUPPORTED, false, NULL},
     [MIG_CAP_RDMA_PIN_ALL] = {"rdma-pin-all", CAP_UNSUPPORTED, false, NULL},
-    [MIG_CAP_AUTO_CONVERGE] = {"auto-converge", CAP_UNSUPPORTED, false,
-			       NULL},
+    [MIG_CAP_AUTO_CONVERGE] = {"auto-converge", CAP_UNSUPPORTED, false, NULL},
     [MIG_CAP_ZERO_BLOCKS] = {"zero-blocks", CAP_UNSUPPORTED, false, NULL},
     [MIG_CAP_EVENTS] = {"events", CAP_SETTABLE, true, NULL},
     [MIG_CAP_POSTCOPY_RAM] = {"postcopy-ram", CAP_UNSUPPORTED, false, NULL},
@@ -35,24 +34,20 @@ static const struct cap_info caps[MIG_CAP_COUNT] = {
     [MIG_CAP_PAUSE_BEFORE_SWITCHOVER] = {"pause-before-switchover",
 					 CAP_UNSUPPORTED, false, NULL},
     [MIG_CAP_MULTIFD] = {"multifd", CAP_UNSUPPORTED, false, NULL},
-    [MIG_CAP_DIRTY_BITMAPS] = {"dirty-bitmaps", CAP_UNSUPPORTED, false,
-			       NULL},
+    [MIG_CAP_DIRTY_BITMAPS] = {"dirty-bitmaps", CAP_UNSUPPORTED, false, NULL},
     [MIG_CAP_POSTCOPY_BLOCKTIME] = {"postcopy-blocktime", CAP_UNSUPPORTED,
 				    false, NULL},
     [MIG_CAP_LATE_BLOCK_ACTIVATE] = {"late-block-activate", CAP_UNSUPPORTED,
 				     false, NULL},
     [MIG_CAP_X_IGNORE_SHARED] = {"x-ignore-shared", CAP_UNSUPPORTED, false,
 				 NULL},
-    [MIG_CAP_VALIDATE_UUID] = {"validate-uuid", CAP_UNSUPPORTED, false,
-			       NULL},
+    [MIG_CAP_VALIDATE_UUID] = {"validate-uuid", CAP_UNSUPPORTED, false, NULL},
     [MIG_CAP_BACKGROUND_SNAPSHOT] = {"background-snapshot", CAP_UNSUPPORTED,
 				     false, NULL},
-    [MIG_CAP_ZERO_COPY_SEND] = {"zero-copy-send", CAP_UNSUPPORTED, false,
-				NULL},
+    [MIG_CAP_ZERO_COPY_SEND] = {"zero-copy-send", CAP_UNSUPPORTED, false, NULL},
     [MIG_CAP_POSTCOPY_PREEMPT] = {"postcopy-preempt", CAP_UNSUPPORTED, false,
 				  NULL},
-    [MIG_CAP_SWITCHOVER_ACK] = {"switchover-ack", CAP_UNSUPPORTED, false,
-				NULL},
+    [MIG_CAP_SWITCHOVER_ACK] = {"switchover-ack", CAP_UNSUPPORTED, false, NULL},
     [MIG_CAP_DIRTY_LIMIT] = {"dirty-limit", CAP_UNSUPPORTED, false, NULL},
 };
 
@@ -92,8 +87,7 @@ static int cap_check(int i, bool on, struct kv_error *err)
 	return 0;
 }
 
-int mig_caps_apply(struct mig_caps *c, const json_t *list,
-		   struct kv_error *err)
+int mig_caps_apply(struct mig_caps *c, const json_t *list, struct kv_error *err)
 {
 	struct mig_caps next = *c;
 	const json_t *el;

@@ -26,8 +26,8 @@ struct run_ctl {
 
 	pthread_mutex_t lock; /* guards the fields below */
 	const char *state;    /* QEMU RunState name */
-	bool started;         /* the vCPUs ran at least once */
-	bool defer;           /* --incoming defer, not yet given a URI */
+	bool started;	      /* the vCPUs ran at least once */
+	bool defer;	      /* --incoming defer, not yet given a URI */
 	bool in_live;
 	pthread_t in_thread;
 	char in_uri[300];
@@ -66,8 +66,7 @@ static void event(struct run_ctl *rc, const char *name, json_t *data)
 
 /* MIGRATION and MIGRATION_PASS go out only with the "events" capability,
  * as in QEMU (where it is off by default; here it is on). */
-static void migration_event(struct run_ctl *rc, const char *name,
-			    json_t *data)
+static void migration_event(struct run_ctl *rc, const char *name, json_t *data)
 {
 	bool on;
 
@@ -187,8 +186,9 @@ static int qmp_cont(void *opaque, struct kv_error *err)
 				    "the guest migrated to another kvmig; "
 				    "resuming it here would run it twice");
 	if (strcmp(st, "paused"))
-		return kv_error_set(err, -EINVAL, "cannot continue a guest in "
-						  "state '%s'",
+		return kv_error_set(err, -EINVAL,
+				    "cannot continue a guest in "
+				    "state '%s'",
 				    st);
 	ret = kv_vm_start(rc->vm, err);
 	if (ret < 0)
@@ -260,8 +260,9 @@ static int qmp_query_migrate(void *opaque, void **ret, struct kv_error *err)
 		return 0;
 	}
 	remaining = i.status == KV_MIG_COMPLETED ? 0 : i.progress.remaining;
-	elapsed_ms = i.stats.total_time_ms > 0 ? (uint64_t)i.stats.total_time_ms
-					       : (uint64_t)i.progress.elapsed_ms;
+	elapsed_ms = i.stats.total_time_ms > 0
+			 ? (uint64_t)i.stats.total_time_ms
+			 : (uint64_t)i.progress.elapsed_ms;
 	mbps = i.stats.bandwidth * 8.0 / 1e6;
 	ram = json_pack(
 	    "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I}", "transferred",
@@ -384,13 +385,13 @@ static int qmp_query_migrate_parameters(void *opaque, void **ret,
 	pthread_mutex_lock(&rc->lock);
 	avail = rc->avail_switchover_bw;
 	pthread_mutex_unlock(&rc->lock);
-	*ret = json_pack("{s:I,s:I,s:I,s:I,s:I}", "downtime-limit",
-			 (json_int_t)p.downtime_limit_ms, "max-bandwidth",
-			 (json_int_t)p.max_bandwidth,
-			 "avail-switchover-bandwidth", (json_int_t)avail,
-			 "x-converge-timeout",
-			 (json_int_t)p.converge_timeout_ms,
-			 "x-return-path-timeout", (json_int_t)p.rp_timeout_ms);
+	*ret =
+	    json_pack("{s:I,s:I,s:I,s:I,s:I}", "downtime-limit",
+		      (json_int_t)p.downtime_limit_ms, "max-bandwidth",
+		      (json_int_t)p.max_bandwidth, "avail-switchover-bandwidth",
+		      (json_int_t)avail, "x-converge-timeout",
+		      (json_int_t)p.converge_timeout_ms,
+		      "x-return-path-timeout", (json_int_t)p.rp_timeout_ms);
 	return *ret ? 0 : kv_error_set(err, -ENOMEM, "out of memory");
 }
 
@@ -585,8 +586,7 @@ const char *run_ctl_listen_uri(struct run_ctl *rc)
 	return kv_vm_mig_listen_uri(rc->mig);
 }
 
-int run_ctl_incoming(struct run_ctl *rc, const char *uri,
-		     struct kv_error *err)
+int run_ctl_incoming(struct run_ctl *rc, const char *uri, struct kv_error *err)
 {
 	set_state(rc, "inmigrate");
 	if (!strcmp(uri, "defer")) {

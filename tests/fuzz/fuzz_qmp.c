@@ -198,10 +198,11 @@ static int fake_set_caps(void *opaque, void *caps, struct kv_error *err)
 		   NULL);
 	json_array_foreach((json_t *)caps, i, el)
 	{
-		fuzz_check(json_is_object(el) && json_object_size(el) == 2 &&
-			       json_is_string(json_object_get(el, "capability")) &&
-			       json_is_boolean(json_object_get(el, "state")),
-			   "the monitor passed a malformed capability", NULL);
+		fuzz_check(
+		    json_is_object(el) && json_object_size(el) == 2 &&
+			json_is_string(json_object_get(el, "capability")) &&
+			json_is_boolean(json_object_get(el, "state")),
+		    "the monitor passed a malformed capability", NULL);
 	}
 	if (f->migrating)
 		return kv_error_set(err, -EBUSY,
@@ -310,8 +311,8 @@ static void run_session(struct session *s, const uint8_t *data, size_t size,
 
 static bool known_class(const char *cls)
 {
-	return cls &&
-	       (!strcmp(cls, "GenericError") || !strcmp(cls, "CommandNotFound"));
+	return cls && (!strcmp(cls, "GenericError") ||
+		       !strcmp(cls, "CommandNotFound"));
 }
 
 /* Check one reply; returns its error desc, or NULL for a return. */
@@ -333,11 +334,11 @@ static const char *check_reply(json_t *r, const char *line)
 	if (!e)
 		return NULL;
 	desc = json_string_value(json_object_get(e, "desc"));
-	fuzz_check(json_is_object(e) && json_object_size(e) == 2 &&
-		       known_class(json_string_value(
-			   json_object_get(e, "class"))) &&
-		       desc && desc[0],
-		   "a malformed error reply", line);
+	fuzz_check(
+	    json_is_object(e) && json_object_size(e) == 2 &&
+		known_class(json_string_value(json_object_get(e, "class"))) &&
+		desc && desc[0],
+	    "a malformed error reply", line);
 	return desc;
 }
 

@@ -20,7 +20,7 @@
 #include "fuzz_target.h"
 
 #define REPLAY_MAX_FILES 4096
-#define REPLAY_MAX_SIZE (64U << 20)
+#define REPLAY_MAX_SIZE	 (64U << 20)
 
 struct replay_list {
 	char *paths[REPLAY_MAX_FILES];
@@ -110,7 +110,7 @@ static int replay_one(size_t num, const char *path)
 	const char *name = base_name(path);
 	bool must_load = !strncmp(name, "valid-", 6);
 	bool must_fail = !strncmp(name, "bad-", 4);
-	struct kv_error err = { 0 };
+	struct kv_error err = {0};
 	uint8_t *data = NULL;
 	size_t size = 0;
 	int ret;
@@ -124,13 +124,13 @@ static int replay_one(size_t num, const char *path)
 	ret = fuzz_target_run(data, size, &err);
 	free(data);
 	if (must_load && ret < 0) {
-		printf("not ok %zu - %s: a valid input was rejected: %s\n",
-		       num, name, err.msg);
+		printf("not ok %zu - %s: a valid input was rejected: %s\n", num,
+		       name, err.msg);
 		return 0;
 	}
 	if (must_fail && ret == 0) {
-		printf("not ok %zu - %s: a malformed input was accepted\n",
-		       num, name);
+		printf("not ok %zu - %s: a malformed input was accepted\n", num,
+		       name);
 		return 0;
 	}
 	if (ret < 0)

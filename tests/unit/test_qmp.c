@@ -46,7 +46,7 @@ struct fake_vm {
 	int set_caps_calls, set_params_calls, powerdown_calls;
 	char caps_seen[512];
 	char params_seen[512];
-	bool xbzrle; /* the one settable capability of the fake */
+	bool xbzrle;	/* the one settable capability of the fake */
 	bool bad_lists; /* list queries return an object */
 };
 
@@ -717,8 +717,7 @@ static void test_quit(void **state)
 
 /* ---- migration capabilities and parameters, vCPUs, power ---- */
 
-static void expect_seen(struct fixture *fx, const char *field,
-			const char *want)
+static void expect_seen(struct fixture *fx, const char *field, const char *want)
 {
 	pthread_mutex_lock(&fx->vm.lock);
 	if (strcmp(field, want)) {
@@ -755,7 +754,8 @@ static void test_capabilities(void **state)
 		     "{\"execute\": \"migrate-set-capabilities\", "
 		     "\"arguments\": {\"capabilities\": [{\"capability\": "
 		     "\"postcopy-ram\", \"state\": true}]}}",
-		     "GenericError", "Capability 'postcopy-ram' is not supported");
+		     "GenericError",
+		     "Capability 'postcopy-ram' is not supported");
 	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_caps_calls), 2);
 
 	/* Malformed lists never reach the op; QEMU's member paths. */
@@ -858,7 +858,8 @@ static void test_parameters(void **state)
 	expect_error(c,
 		     "{\"execute\": \"migrate-set-parameters\", "
 		     "\"arguments\": {\"multifd-channels\": 4}}",
-		     "GenericError", "Parameter 'multifd-channels' is unexpected");
+		     "GenericError",
+		     "Parameter 'multifd-channels' is unexpected");
 	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_params_calls), 1);
 	/* Ranges are the VMM's: its message passes through. */
 	expect_error(c,
@@ -885,9 +886,8 @@ static void test_cpus_and_powerdown(void **state)
 	cpu = json_array_get(json_object_get(r, "return"), 0);
 	assert_int_equal(json_integer_value(json_object_get(cpu, "thread-id")),
 			 4242);
-	assert_string_equal(
-	    json_string_value(json_object_get(cpu, "qom-path")),
-	    "/machine/unattached/device[0]");
+	assert_string_equal(json_string_value(json_object_get(cpu, "qom-path")),
+			    "/machine/unattached/device[0]");
 	assert_int_equal(json_integer_value(json_object_get(r, "id")), 3);
 	json_decref(r);
 	expect_error(c,
@@ -1623,8 +1623,7 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_query_version_and_commands,
 					    setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_capabilities, setup,
-					    teardown),
+	    cmocka_unit_test_setup_teardown(test_capabilities, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_parameters, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cpus_and_powerdown, setup,
 					    teardown),
