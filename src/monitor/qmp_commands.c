@@ -15,44 +15,36 @@ static int missing_op(struct kv_qmp_call *call, const char *name)
 			    "The command %s is not supported by this VM", name);
 }
 
-/* A callback's result must be an object; anything else is the VMM's bug,
+/* The shape a query callback promises (QEMU's schema). */
+enum result_kind { RESULT_OBJECT, RESULT_LIST };
+
+typedef int (*query_fn)(void *opaque, void **ret, struct kv_error *err);
+
+/* Run a query callback. A result of the wrong shape is the VMM's bug,
  * reported to the client rather than sent on as a malformed reply. */
-static int take_object(struct kv_qmp_call *call, const char *name, int rc,
-		       void *ret)
+static int run_query(struct kv_qmp_call *call, const char *name, query_fn fn,
+		     enum result_kind kind)
 {
-	json_t *j = ret;
+	void *ret = NULL;
+	json_t *j;
+	int rc;
 
+	if (!fn)
+		return missing_op(call, name);
+	rc = fn(call->ops->opaque, &ret, &call->err);
+	j = ret;
 	if (rc < 0) {
 		json_decref(j);
 		if (!kv_error_is_set(&call->err))
 			kv_error_set(&call->err, rc, "%s failed", name);
 		return rc;
 	}
-	if (j && !json_is_object(j)) {
+	if (kind == RESULT_OBJECT ? j && !json_is_object(j)
+				  : !json_is_array(j)) {
 		json_decref(j);
 		return kv_error_set(&call->err, -EINVAL,
-				    "%s returned a non-object result", name);
-	}
-	call->ret = j;
-	return 0;
-}
-
-/* The same for callbacks whose result is a list. */
-static int take_list(struct kv_qmp_call *call, const char *name, int rc,
-		     void *ret)
-{
-	json_t *j = ret;
-
-	if (rc < 0) {
-		json_decref(j);
-		if (!kv_error_is_set(&call->err))
-			kv_error_set(&call->err, rc, "%s failed", name);
-		return rc;
-	}
-	if (!json_is_array(j)) {
-		json_decref(j);
-		return kv_error_set(&call->err, -EINVAL,
-				    "%s returned a non-list result", name);
+				    "%s returned a non-%s result", name,
+				    kind == RESULT_OBJECT ? "object" : "list");
 	}
 	call->ret = j;
 	return 0;
@@ -101,13 +93,8 @@ static int cmd_query_version(struct kv_qmp_call *call)
 
 static int cmd_query_status(struct kv_qmp_call *call)
 {
-	void *ret = NULL;
-	int rc;
-
-	if (!call->ops->query_status)
-		return missing_op(call, "query-status");
-	rc = call->ops->query_status(call->ops->opaque, &ret, &call->err);
-	return take_object(call, "query-status", rc, ret);
+	return run_query(call, "query-status", call->ops->query_status,
+			 RESULT_OBJECT);
 }
 
 static int cmd_stop(struct kv_qmp_call *call)
@@ -160,13 +147,8 @@ static int cmd_migrate_cancel(struct kv_qmp_call *call)
 
 static int cmd_query_migrate(struct kv_qmp_call *call)
 {
-	void *ret = NULL;
-	int rc;
-
-	if (!call->ops->query_migrate)
-		return missing_op(call, "query-migrate");
-	rc = call->ops->query_migrate(call->ops->opaque, &ret, &call->err);
-	return take_object(call, "query-migrate", rc, ret);
+	return run_query(call, "query-migrate", call->ops->query_migrate,
+			 RESULT_OBJECT);
 }
 
 static int cmd_migrate_set_parameters(struct kv_qmp_call *call)
@@ -179,14 +161,8 @@ static int cmd_migrate_set_parameters(struct kv_qmp_call *call)
 
 static int cmd_query_migrate_parameters(struct kv_qmp_call *call)
 {
-	void *ret = NULL;
-	int rc;
-
-	if (!call->ops->query_migrate_parameters)
-		return missing_op(call, "query-migrate-parameters");
-	rc = call->ops->query_migrate_parameters(call->ops->opaque, &ret,
-						 &call->err);
-	return take_object(call, "query-migrate-parameters", rc, ret);
+	return run_query(call, "query-migrate-parameters",
+			 call->ops->query_migrate_parameters, RESULT_OBJECT);
 }
 
 /* One MigrationCapabilityStatus: exactly {"capability": str, "state": bool},
@@ -259,25 +235,14 @@ static int cmd_migrate_set_capabilities(struct kv_qmp_call *call)
 
 static int cmd_query_migrate_capabilities(struct kv_qmp_call *call)
 {
-	void *ret = NULL;
-	int rc;
-
-	if (!call->ops->query_migrate_capabilities)
-		return missing_op(call, "query-migrate-capabilities");
-	rc = call->ops->query_migrate_capabilities(call->ops->opaque, &ret,
-						   &call->err);
-	return take_list(call, "query-migrate-capabilities", rc, ret);
+	return run_query(call, "query-migrate-capabilities",
+			 call->ops->query_migrate_capabilities, RESULT_LIST);
 }
 
 static int cmd_query_cpus_fast(struct kv_qmp_call *call)
 {
-	void *ret = NULL;
-	int rc;
-
-	if (!call->ops->query_cpus_fast)
-		return missing_op(call, "query-cpus-fast");
-	rc = call->ops->query_cpus_fast(call->ops->opaque, &ret, &call->err);
-	return take_list(call, "query-cpus-fast", rc, ret);
+	return run_query(call, "query-cpus-fast", call->ops->query_cpus_fast,
+			 RESULT_LIST);
 }
 
 static int cmd_system_powerdown(struct kv_qmp_call *call)
