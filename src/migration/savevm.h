@@ -53,7 +53,7 @@ enum kv_section_type {
 /* QEMU_VM_COMMAND sub-commands we use. */
 enum kv_mig_cmd {
 	KV_MIG_CMD_OPEN_RETURN_PATH = 1,
-	KV_MIG_CMD_PING = 3,
+	KV_MIG_CMD_PING = 2,
 };
 
 /* Priorities (higher saves first), as QEMU's MigrationPriority. */
