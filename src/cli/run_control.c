@@ -570,6 +570,10 @@ static int start_incoming(struct run_ctl *rc, const char *uri,
 	ret = kv_vm_mig_listen(rc->mig, uri, err);
 	if (ret < 0)
 		return ret;
+	/* QEMU's destination reports "setup" once it listens (only clients
+	 * of a deferred incoming are connected yet to see it). */
+	migration_event(rc, "MIGRATION",
+			json_pack("{s:s}", "status", "setup"));
 	pthread_mutex_lock(&rc->lock);
 	snprintf(rc->in_uri, sizeof(rc->in_uri), "%s", uri);
 	ret = pthread_create(&rc->in_thread, NULL, incoming_main, rc);

@@ -202,7 +202,7 @@ def migrate_two_clients(tap, vms, tmp):
               "--memory", MEMORY, "--cpus", "2", "--kernel", guest,
               "--append", APPEND], "src")
     vms.vms.append(src)
-    dst = vms.incoming("dst", f"tcp:127.0.0.1:{dport}", memory=MEMORY)
+    dst = vms.incoming("dst", "defer", memory=MEMORY)
     if not tap.ok(workload_started(src), "source guest reaches its workload",
                   src.describe()):
         tap.skip_rest("no source guest")
@@ -210,6 +210,7 @@ def migrate_two_clients(tap, vms, tmp):
     qa, qb = TcpQmp(qport), TcpQmp(qport)
     vms.qmps += [qa, qb]
     qd = vms.qmp(dst)
+    qd.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{dport}")
 
     # Slow enough (the working set is ~32 MiB) to act during the migration.
     qa.cmd("migrate-set-parameters", **{"max-bandwidth": 8 << 20})
@@ -231,12 +232,11 @@ def migrate_two_clients(tap, vms, tmp):
                for q in (qa, qb)),
            "both also get MIGRATION_PASS {pass} and STOP",
            (qa.events, qb.events))
-    done = qd.wait_event("MIGRATION", timeout=30,
-                         pred=lambda e: e["data"]["status"] == "completed")
+    sd = statuses_until_completed(qd)
     resume = qd.wait_event("RESUME", timeout=10)
-    tap.ok(done is not None and resume is not None,
-           "the destination's client gets MIGRATION completed and RESUME",
-           qd.events)
+    tap.ok(sd == ["setup", "completed"] and resume is not None,
+           "the deferred destination's client gets MIGRATION setup, "
+           "completed and RESUME", (sd, qd.events))
 
     r = qa.execute("system_powerdown")
     tap.ok(error_desc(r) and "migrated" in error_desc(r),
