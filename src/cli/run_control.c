@@ -143,10 +143,24 @@ static void on_mig_pass(void *opaque, uint64_t pass)
 
 /* ---- QMP commands ---- */
 
+/* The driver makes COMPLETED visible to query-migrate a moment before the
+ * status callback moves the run state on; a client that saw "completed"
+ * must not then see "finish-migrate" here. */
+static const char *current_state(struct run_ctl *rc)
+{
+	const char *st = get_state(rc);
+	struct kv_vm_mig_info i;
+
+	if (strcmp(st, "finish-migrate"))
+		return st;
+	kv_vm_mig_query(rc->mig, &i);
+	return i.status == KV_MIG_COMPLETED ? "postmigrate" : st;
+}
+
 static int qmp_query_status(void *opaque, void **ret, struct kv_error *err)
 {
 	struct run_ctl *rc = opaque;
-	const char *st = get_state(rc);
+	const char *st = current_state(rc);
 
 	*ret = json_pack("{s:s,s:b,s:b}", "status", st, "running",
 			 !strcmp(st, "running"), "singlestep", 0);
