@@ -101,6 +101,14 @@ def load_runs(paths):
         cmd = data.get("meta", {}).get("command")
         if cmd:
             meta.setdefault("commands", []).append(cmd)
+        if data.get("meta", {}).get("started"):
+            meta.setdefault("dates", []).append(data["meta"]["started"])
+    # Runs of one cell from several files: number them 1..n.
+    seen = {}
+    for r in runs:
+        key = (r["link"], r["size"], r["rate"], r["vmm"])
+        seen[key] = seen.get(key, 0) + 1
+        r["run"] = seen[key]
         for k, v in data.get("meta", {}).items():
             meta.setdefault(k, v)
         for k, v in data.get("links", {}).items():
@@ -188,6 +196,17 @@ def describe_run(r):
             f"{r['passes']} passes, boot {r['boot_ms']:.0f} ms")
 
 
+def binary_stamp(build):
+    path = os.path.join(build, "src", "cli", "kvmig")
+    try:
+        t = os.stat(path).st_mtime
+    except OSError:
+        return None
+    return (f"{path} built {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(t))}"
+            f" (the tree's HEAD when measured: "
+            f"{report.git_head()})")
+
+
 def main():
     args = parse_args()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -206,6 +225,7 @@ def main():
                 "downtime_limit": args.downtime_limit,
                 "max_bandwidth": args.max_bandwidth,
                 "qemu": vmms.Qemu(args.build).version(),
+                "kvmig_binary": binary_stamp(args.build),
                 "machine": report.machine()}
         log_file = RunLog(args.json[0], meta)
         try:

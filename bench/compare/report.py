@@ -26,6 +26,15 @@ def machine():
     return vm_bench.machine()
 
 
+def git_head():
+    try:
+        return subprocess.run(["git", "-C", os.path.dirname(os.path.dirname(
+            HERE)), "rev-parse", "--short", "HEAD"], capture_output=True,
+            text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -330,13 +339,20 @@ def write(runs, meta, args):
     L = ["# kvmig against QEMU: live migration side by side (issue 4)", ""]
     cmds = meta.get("commands") or [args.command]
     L.append("- command: " + ", then ".join(f"`{c}`" for c in cmds))
-    L.append(f"- date: {meta.get('started', '?')}")
+    dates = sorted(meta.get("dates") or [meta.get("started", "?")])
+    L.append(f"- date: {dates[0]}" + (f" to {dates[-1]} (runs files "
+                                       f"started)" if len(dates) > 1
+                                       else ""))
     for m in meta.get("machine") or machine():
+        if m.startswith("kvmig:") and meta.get("kvmig_binary"):
+            m = f"kvmig: {meta['kvmig_binary']}"
         L.append(f"- {m}")
     L.append(f"- QEMU: {meta.get('qemu', '?')}, `-enable-kvm -cpu "
              f"host,-arch-capabilities -nodefaults -display none -no-reboot "
              f"-serial stdio -m SIZE -smp 2 -kernel guest.elf -append ...`; "
-             f"destination the same with `-incoming tcp:HOST:PORT`")
+             f"destination the same without `-append`, with `-incoming "
+             f"tcp:HOST:PORT` (`-kernel` kept: the multiboot option ROM "
+             f"is a RAM block both sides must have)")
     L.append("- kvmig: `kvmig run --memory SIZE --cpus 2 --kernel guest.elf "
              "--append ... --console stdio`; destination `kvmig run "
              "--memory SIZE --cpus 2 --incoming tcp:HOST:PORT`")
