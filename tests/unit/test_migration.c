@@ -585,8 +585,11 @@ static void test_non_convergence(void **state)
 	int64_t t0;
 
 	(void)state;
-	vm_init(&src, "m", 200, 56, true);
-	vm_init(&dst, "m", 200, 56, true);
+	/* 1080 pages take 2 s at 2 MiB/s: even a dirtier starved of CPU on
+	 * a loaded machine cannot let the first pass end (and switch over
+	 * with nothing dirty) before the 1 s timeout. */
+	vm_init(&src, "m", 1024, 56, true);
+	vm_init(&dst, "m", 1024, 56, true);
 	fill(&src, 4);
 	src.seed = 4;
 	dirtier_start(&src);
