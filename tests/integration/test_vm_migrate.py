@@ -48,7 +48,14 @@ def migrate(tap, vms, src, name, tracker=(), verify=(), dst_extra=()):
               f"{r.get('downtime')} ms, {r['ram']['transferred']} bytes, "
               f"{r['ram']['dirty-sync-count']} passes")
     ss = qs.cmd("query-status")["status"]
-    ds = qd.cmd("query-status")["status"]
+    # The destination runs once it has confirmed and started its vCPUs,
+    # a moment after the source reads "completed".
+    deadline = time.monotonic() + 5
+    while True:
+        ds = qd.cmd("query-status")["status"]
+        if ds == "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     tap.ok(ss == "postmigrate" and ds == "running",
            f"{name}: source postmigrate, destination running",
            f"source {ss}, destination {ds}")
