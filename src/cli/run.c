@@ -216,7 +216,7 @@ static int boot_and_wait(struct run_args *a, struct kv_error *err)
 		w.vm = vm;
 		waiter = !pthread_create(&w.thread, NULL, signal_main, &w);
 		ret = run_vm(a, vm, rc, err);
-		run_ctl_shutdown(rc);
+		run_ctl_shutdown(rc, ret);
 	}
 	if (waiter) {
 		pthread_kill(w.thread, SIGUSR2);

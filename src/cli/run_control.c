@@ -667,15 +667,17 @@ void run_ctl_booted(struct run_ctl *rc)
  * asked (a power-off, also after system_powerdown). The main loop does not
  * say why it ended, so a signal or a failed vCPU reads as guest-shutdown
  * too. */
-void run_ctl_shutdown(struct run_ctl *rc)
+void run_ctl_shutdown(struct run_ctl *rc, int exit_code)
 {
 	const char *reason = "guest-shutdown";
 
 	pthread_mutex_lock(&rc->lock);
 	if (rc->quit_requested)
 		reason = "host-qmp-quit";
-	else if (rc->incoming_failed)
+	else if (rc->incoming_failed || exit_code < 0 || exit_code == 1)
 		reason = "host-error";
+	else if (exit_code > 128)
+		reason = "host-signal";
 	rc->state = "shutdown";
 	pthread_mutex_unlock(&rc->lock);
 	event(rc, "SHUTDOWN",

@@ -41,6 +41,8 @@ int run_ctl_incoming(struct run_ctl *rc, const char *uri,
 const char *run_ctl_listen_uri(struct run_ctl *rc);
 
 /* Main loop ended: no more events. */
-void run_ctl_shutdown(struct run_ctl *rc);
+/* exit_code: what the main loop ended with (0 power-off or quit, 128+N a
+ * signal, <0 or 1 a failure): it decides SHUTDOWN's reason. */
+void run_ctl_shutdown(struct run_ctl *rc, int exit_code);
 
 #endif
