@@ -40,8 +40,7 @@ int run_ctl_incoming(struct run_ctl *rc, const char *uri,
 /* The incoming listener's bound address (real port for tcp port 0). */
 const char *run_ctl_listen_uri(struct run_ctl *rc);
 
-/* Main loop ended: no more events. */
-/* exit_code: what the main loop ended with (0 power-off or quit, 128+N a
+/* Main loop ended: the last event. exit_code: what the main loop ended with (0 power-off or quit, 128+N a
  * signal, <0 or 1 a failure): it decides SHUTDOWN's reason. */
 void run_ctl_shutdown(struct run_ctl *rc, int exit_code);
 
