@@ -26,27 +26,6 @@ QEMU_CAPS = ("xbzrle", "auto-converge", "zero-blocks", "events",
              "pause-before-switchover", "dirty-bitmaps", "switchover-ack")
 
 
-class TcpQmp(Qmp):
-    """The same client over tcp."""
-
-    def __init__(self, port, timeout=10):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.create_connection(("127.0.0.1", port),
-                                                     timeout=timeout)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.sock.settimeout(timeout)
-        self.buf = b""
-        self.events = []
-        self.greeting = self._recv()
-        self.cmd("qmp_capabilities")
-
-
 def error_desc(reply):
     """desc of a GenericError reply, or None."""
     err = reply.get("error") or {}
@@ -207,7 +186,8 @@ def migrate_two_clients(tap, vms, tmp):
                   src.describe()):
         tap.skip_rest("no source guest")
         return
-    qa, qb = TcpQmp(qport), TcpQmp(qport)
+    qa, qb = (Qmp(f"tcp:127.0.0.1:{qport}"),
+              Qmp(f"tcp:127.0.0.1:{qport}"))
     vms.qmps += [qa, qb]
     qd = vms.qmp(dst)
     qd.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{dport}")

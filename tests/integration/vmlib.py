@@ -33,15 +33,15 @@ class QmpError(Exception):
 
 
 class Qmp:
-    def __init__(self, path, timeout=10):
+    """address: a unix socket path, "unix:PATH" or "tcp:HOST:PORT"."""
+
+    def __init__(self, address, timeout=10):
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
+                self.sock = self._connect(address, timeout)
                 break
             except OSError:
-                self.sock.close()
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
@@ -50,6 +50,21 @@ class Qmp:
         self.events = []
         self.greeting = self._recv()
         self.cmd("qmp_capabilities")
+
+    @staticmethod
+    def _connect(address, timeout):
+        if address.startswith("tcp:"):
+            host, port = address[4:].rsplit(":", 1)
+            return socket.create_connection((host.strip("[]"), int(port)),
+                                            timeout=timeout)
+        path = address[5:] if address.startswith("unix:") else address
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def _recv(self):
         dec = json.JSONDecoder()
