@@ -5,7 +5,6 @@ parameters (round trips and errors), query-cpus-fast thread ids,
 system_powerdown, SHUTDOWN reasons, and two clients at once (over tcp) that
 both see a migration's events. Usage: test_qmp_vm.py KVMIG GUEST_ELF"""
 import os
-import socket
 import sys
 import tempfile
 import time
