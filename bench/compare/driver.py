@@ -27,6 +27,7 @@ import vmlib  # noqa: E402  (tests/integration, put on the path by demo_vm)
 
 WARMUP_S = 2.2       # as bench/vm_bench.py: the workload settles at its rate
 BOOT_TIMEOUT_S = 90  # QEMU's firmware runs emulated here
+BASELINE_S = 2.0     # stall baseline: this much of the warm-up
 
 
 class ComparePair(VmPair):
@@ -137,9 +138,17 @@ def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
             if got.get(k) != v:
                 raise DemoError(f"{vmm.name}: {k} is {got.get(k)} after "
                                 f"migrate-set-parameters {k}={v}")
+        # The guest's largest stall with no migration running (the last
+        # 2 s of the warm-up): what the host's scheduling alone costs.
+        now = time.monotonic()
+        before = [t for t in pair.src.heartbeat_times()
+                  if now - BASELINE_S <= t <= now]
+        baseline = max((b - a for a, b in zip(before, before[1:])),
+                       default=None)
         passes = PassTimeline()
         r = pair.migrate(timeout=timeout, on_progress=passes)
         r.update(passes.result())
+        r["baseline_gap_ms"] = None if baseline is None else baseline * 1e3
         if not r["converged"]:
             # A cancelled migration may no longer report its counters
             # (QEMU drops "ram" once cancelled): keep the last seen.
