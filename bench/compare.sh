@@ -10,7 +10,7 @@
 #   COMPARE_SIZES=1G          guest sizes          (1G,4G)
 #   COMPARE_RATES=0,256       dirty rates, MiB/s   (0,64,256,1024)
 #   COMPARE_RUNS=1            runs per cell        (3)
-#   COMPARE_LINKS=loopback    links                (loopback,1g=1gbit,10g=10gbit)
+#   COMPARE_LINKS=loopback    links         (loopback,1g=1gbit,10g=10gbit)
 #   COMPARE_SHAPED_CELLS=4G:256   only these SIZE:RATE cells on shaped links
 #   COMPARE_VMMS=kvmig        VMMs                 (kvmig,qemu)
 #   COMPARE_TIMEOUT=60        s before a migration counts as not converging

@@ -202,7 +202,8 @@ def binary_stamp(build):
         t = os.stat(path).st_mtime
     except OSError:
         return None
-    return (f"{path} built {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(t))}"
+    built = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+    return (f"{path} built {built}"
             f" (the tree's HEAD when measured: "
             f"{report.git_head()})")
 

@@ -181,7 +181,8 @@ def breakdown_table(cells, link, sizes, rates):
          "+ RESUME->first hb | precopy stall (ms) | destination stall (ms) "
          "| stall without migration (ms) | boot to workload (ms) | guest rate "
          "(MiB/s) |",
-         "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+         "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:"
+         "|---:|"]
     for size in sizes:
         for rate in rates:
             c = cells.get((link, size, rate)) or {}
@@ -197,7 +198,8 @@ def breakdown_table(cells, link, sizes, rates):
                                   f"{fmt(s['stop_to_resume_ms'], 1)} + "
                                   f"{fmt(s['resume_to_hb_ms'], 1)}")
                 L.append(f"| {size} | {rate} | {vmm} | {fmt(s['setup_ms'])} "
-                         f"| {fmt(s['first_pass_ms'])} | {fmt(s['mbps'])} | {fmt(s['normal_pages'])} | "
+                         f"| {fmt(s['first_pass_ms'])} | {fmt(s['mbps'])} "
+                         f"| {fmt(s['normal_pages'])} | "
                          f"{fmt(s['zero_pages'])} | {split} | "
                          f"{fmt(s['precopy_gap_ms'], 1)} | "
                          f"{fmt(s['dest_gap_ms'], 1)} | "
