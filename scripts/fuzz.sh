@@ -6,6 +6,7 @@
 # Targets (default: all, one after the other, SECONDS each):
 #   loader  the migration stream loader, seeds in tests/fuzz/corpus
 #   qmp     a QMP client session against the monitor, tests/fuzz/corpus-qmp
+#   xbzrle  the XBZRLE decoder and encoder, tests/fuzz/corpus-xbzrle
 # BUILD_DIR is a build configured with CC=clang -Dfuzz=true. Each harness
 # runs over a copy of its corpus (the committed seeds stay as they are), with
 # a 5 s per-input timeout and a 2 GiB RSS limit. Exits 1 if libFuzzer found
@@ -17,13 +18,14 @@ build=${1:?usage: scripts/fuzz.sh BUILD_DIR [SECONDS] [TARGET...]}
 seconds=${2:-60}
 shift $(($# < 2 ? $# : 2))
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(loader qmp)
+[ ${#targets[@]} -gt 0 ] || targets=(loader qmp xbzrle)
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 corpus_of() {
 	case $1 in
 	loader) echo "$root/tests/fuzz/corpus" ;;
 	qmp) echo "$root/tests/fuzz/corpus-qmp" ;;
+	xbzrle) echo "$root/tests/fuzz/corpus-xbzrle" ;;
 	*) return 1 ;;
 	esac
 }
@@ -34,7 +36,7 @@ fuzz_one() {
 	local found f
 
 	corpus=$(corpus_of "$name") || {
-		echo "fuzz: unknown target '$name' (known: loader qmp)" >&2
+		echo "fuzz: unknown target '$name' (known: loader qmp xbzrle)" >&2
 		return 1
 	}
 	if [ ! -x "$harness" ]; then
