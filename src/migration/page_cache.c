@@ -17,7 +17,7 @@ struct page_cache_slot {
 /* The slot arrays of one size; replaced whole on resize. */
 struct page_cache_store {
 	struct page_cache_slot *slots; /* nsets * ways, a set contiguous */
-	uint8_t *data;                 /* one page per slot, same order */
+	uint8_t *data;		       /* one page per slot, same order */
 	size_t nslots;
 	size_t ways;
 	size_t set_mask; /* nsets - 1 */
@@ -58,7 +58,8 @@ static int check_size(uint64_t size, struct kv_error *err)
 				    " must be a power of two of at least %u "
 				    "bytes",
 				    size, KV_PAGE_CACHE_PAGE);
-	if (size / KV_PAGE_CACHE_PAGE > SIZE_MAX / sizeof(struct page_cache_slot))
+	if (size / KV_PAGE_CACHE_PAGE >
+	    SIZE_MAX / sizeof(struct page_cache_slot))
 		return kv_error_set(err, -EINVAL,
 				    "xbzrle-cache-size %" PRIu64
 				    " is too large for this host",
@@ -284,11 +285,10 @@ void kv_xbzrle_rates_update(struct kv_xbzrle_rates *r,
 	if (!handled)
 		return;
 	r->cache_miss_rate =
-		(double)(now->cache_miss - r->cache_miss_prev) / (double)handled;
-	r->encoding_rate = pages && bytes ? (double)pages *
-						    KV_PAGE_CACHE_PAGE /
-						    (double)bytes
-					  : 0.0;
+	    (double)(now->cache_miss - r->cache_miss_prev) / (double)handled;
+	r->encoding_rate =
+	    pages && bytes ? (double)pages * KV_PAGE_CACHE_PAGE / (double)bytes
+			   : 0.0;
 	r->handled_prev = handled_total;
 	r->cache_miss_prev = now->cache_miss;
 	r->pages_prev = now->pages;

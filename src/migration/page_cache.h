@@ -58,10 +58,10 @@
  */
 struct kv_xbzrle_stats {
 	uint64_t cache_size; /* bytes, the configured xbzrle-cache-size */
-	uint64_t bytes;      /* XBZRLE records' bytes, as QEMU counts them:
+	uint64_t bytes;	     /* XBZRLE records' bytes, as QEMU counts them:
 			      * everything after the 8-byte offset/flags word
 			      * (encoding flag, 16-bit length, delta) */
-	uint64_t pages;      /* pages sent as XBZRLE */
+	uint64_t pages;	     /* pages sent as XBZRLE */
 	uint64_t cache_miss; /* lookups that found no copy */
 	uint64_t overflow;   /* deltas that did not fit: sent raw */
 	/* Not in query-migrate, for tests and logs: */

@@ -90,8 +90,8 @@ static size_t find_same_scalar(const uint8_t *a, const uint8_t *b, size_t i,
 }
 
 static const struct xbzrle_finders finders_scalar = {
-	.diff = find_diff_scalar,
-	.same = find_same_scalar,
+    .diff = find_diff_scalar,
+    .same = find_same_scalar,
 };
 
 #if XBZRLE_HAVE_X86
@@ -104,7 +104,8 @@ static inline uint64_t eq_mask64_sse2(const uint8_t *a, const uint8_t *b)
 	for (int k = 0; k < 4; k++) {
 		__m128i va = _mm_loadu_si128((const __m128i *)(a + 16 * k));
 		__m128i vb = _mm_loadu_si128((const __m128i *)(b + 16 * k));
-		uint32_t e = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(va, vb));
+		uint32_t e =
+		    (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(va, vb));
 
 		m |= (uint64_t)e << (16 * k);
 	}
@@ -136,8 +137,8 @@ static size_t find_same_sse2(const uint8_t *a, const uint8_t *b, size_t i,
 }
 
 static const struct xbzrle_finders finders_sse2 = {
-	.diff = find_diff_sse2,
-	.same = find_same_sse2,
+    .diff = find_diff_sse2,
+    .same = find_same_sse2,
 };
 
 __attribute__((target("avx2"))) static inline uint64_t
@@ -160,17 +161,17 @@ find_diff_avx2(const uint8_t *a, const uint8_t *b, size_t i, size_t n)
 	 * test per step, the exact byte found only once something differs. */
 	for (; i + 128 <= n; i += 128) {
 		__m256i x0 = _mm256_xor_si256(
-			_mm256_loadu_si256((const __m256i *)(a + i)),
-			_mm256_loadu_si256((const __m256i *)(b + i)));
+		    _mm256_loadu_si256((const __m256i *)(a + i)),
+		    _mm256_loadu_si256((const __m256i *)(b + i)));
 		__m256i x1 = _mm256_xor_si256(
-			_mm256_loadu_si256((const __m256i *)(a + i + 32)),
-			_mm256_loadu_si256((const __m256i *)(b + i + 32)));
+		    _mm256_loadu_si256((const __m256i *)(a + i + 32)),
+		    _mm256_loadu_si256((const __m256i *)(b + i + 32)));
 		__m256i x2 = _mm256_xor_si256(
-			_mm256_loadu_si256((const __m256i *)(a + i + 64)),
-			_mm256_loadu_si256((const __m256i *)(b + i + 64)));
+		    _mm256_loadu_si256((const __m256i *)(a + i + 64)),
+		    _mm256_loadu_si256((const __m256i *)(b + i + 64)));
 		__m256i x3 = _mm256_xor_si256(
-			_mm256_loadu_si256((const __m256i *)(a + i + 96)),
-			_mm256_loadu_si256((const __m256i *)(b + i + 96)));
+		    _mm256_loadu_si256((const __m256i *)(a + i + 96)),
+		    _mm256_loadu_si256((const __m256i *)(b + i + 96)));
 		__m256i o = _mm256_or_si256(_mm256_or_si256(x0, x1),
 					    _mm256_or_si256(x2, x3));
 
@@ -199,8 +200,8 @@ find_same_avx2(const uint8_t *a, const uint8_t *b, size_t i, size_t n)
 }
 
 static const struct xbzrle_finders finders_avx2 = {
-	.diff = find_diff_avx2,
-	.same = find_same_avx2,
+    .diff = find_diff_avx2,
+    .same = find_same_avx2,
 };
 
 #endif /* XBZRLE_HAVE_X86 */
@@ -279,7 +280,7 @@ static const struct xbzrle_finders *best_finders(void)
 	 * from any thread. */
 	static const struct xbzrle_finders *best;
 	const struct xbzrle_finders *f =
-		__atomic_load_n(&best, __ATOMIC_RELAXED);
+	    __atomic_load_n(&best, __ATOMIC_RELAXED);
 
 	if (!f) {
 		f = finders_of(KV_XBZRLE_IMPL_AVX2);
@@ -303,7 +304,7 @@ int kv_xbzrle_encode_impl(enum kv_xbzrle_impl impl, const uint8_t *old,
 			  size_t dst_max)
 {
 	const struct xbzrle_finders *f =
-		impl == KV_XBZRLE_IMPL_AUTO ? best_finders() : finders_of(impl);
+	    impl == KV_XBZRLE_IMPL_AUTO ? best_finders() : finders_of(impl);
 
 	if (!f)
 		return -2;
@@ -313,10 +314,10 @@ int kv_xbzrle_encode_impl(enum kv_xbzrle_impl impl, const uint8_t *old,
 const char *kv_xbzrle_impl_name(enum kv_xbzrle_impl impl)
 {
 	static const char *const names[KV_XBZRLE_IMPL_COUNT] = {
-		[KV_XBZRLE_IMPL_AUTO] = "auto",
-		[KV_XBZRLE_IMPL_SCALAR] = "scalar",
-		[KV_XBZRLE_IMPL_SSE2] = "sse2",
-		[KV_XBZRLE_IMPL_AVX2] = "avx2",
+	    [KV_XBZRLE_IMPL_AUTO] = "auto",
+	    [KV_XBZRLE_IMPL_SCALAR] = "scalar",
+	    [KV_XBZRLE_IMPL_SSE2] = "sse2",
+	    [KV_XBZRLE_IMPL_AVX2] = "avx2",
 	};
 
 	return (unsigned)impl < KV_XBZRLE_IMPL_COUNT ? names[impl] : "?";
@@ -372,11 +373,12 @@ static int walk_delta(const uint8_t *src, size_t len, uint8_t *page,
 		uint32_t zrun, nzrun;
 
 		if (d == page_size)
-			return kv_error_set(err, -EINVAL,
-					    "XBZRLE delta offset %zu: %zu "
-					    "trailing bytes after the runs "
-					    "that cover the whole %zu-byte page",
-					    pos, len - pos, page_size);
+			return kv_error_set(
+			    err, -EINVAL,
+			    "XBZRLE delta offset %zu: %zu "
+			    "trailing bytes after the runs "
+			    "that cover the whole %zu-byte page",
+			    pos, len - pos, page_size);
 		ret = get_length(src, len, &pos, "zero-run", &zrun, err);
 		if (ret < 0)
 			return ret;
@@ -394,11 +396,12 @@ static int walk_delta(const uint8_t *src, size_t len, uint8_t *page,
 					    pair_at, zrun, d, page_size);
 		d += zrun;
 		if (pos == len)
-			return kv_error_set(err, -EINVAL,
-					    "XBZRLE delta offset %zu: the delta "
-					    "ends after a zero run; a non-zero "
-					    "run must follow",
-					    pos);
+			return kv_error_set(
+			    err, -EINVAL,
+			    "XBZRLE delta offset %zu: the delta "
+			    "ends after a zero run; a non-zero "
+			    "run must follow",
+			    pos);
 		nzrun_at = pos;
 		ret = get_length(src, len, &pos, "non-zero-run", &nzrun, err);
 		if (ret < 0)
@@ -409,17 +412,19 @@ static int walk_delta(const uint8_t *src, size_t len, uint8_t *page,
 					    "run of length 0",
 					    nzrun_at);
 		if (nzrun > page_size - d)
-			return kv_error_set(err, -EINVAL,
-					    "XBZRLE delta offset %zu: non-zero "
-					    "run of %u bytes at page offset %zu "
-					    "goes past the page end (%zu)",
-					    nzrun_at, nzrun, d, page_size);
+			return kv_error_set(
+			    err, -EINVAL,
+			    "XBZRLE delta offset %zu: non-zero "
+			    "run of %u bytes at page offset %zu "
+			    "goes past the page end (%zu)",
+			    nzrun_at, nzrun, d, page_size);
 		if (nzrun > len - pos)
-			return kv_error_set(err, -EINVAL,
-					    "XBZRLE delta offset %zu: non-zero "
-					    "run of %u bytes needs data past the "
-					    "end of the delta (%zu bytes left)",
-					    nzrun_at, nzrun, len - pos);
+			return kv_error_set(
+			    err, -EINVAL,
+			    "XBZRLE delta offset %zu: non-zero "
+			    "run of %u bytes needs data past the "
+			    "end of the delta (%zu bytes left)",
+			    nzrun_at, nzrun, len - pos);
 		if (apply)
 			memcpy(page + d, src + pos, nzrun);
 		pos += nzrun;

@@ -29,7 +29,7 @@
 
 #define FUZZ_PAGE 4096U
 /* Exact runs need up to 3 bytes per 2 page bytes (alternating changes). */
-#define FUZZ_DST  (2 * FUZZ_PAGE)
+#define FUZZ_DST (2 * FUZZ_PAGE)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -91,7 +91,7 @@ static int fuzz_decode(const uint8_t *data, size_t size, const uint8_t *old,
 	ret = kv_xbzrle_decode(data, size, work, FUZZ_PAGE, err);
 	if (ret < 0) {
 		fuzz_check(ret == -EINVAL && kv_error_is_set(err) &&
-				   !strncmp(err->msg, "XBZRLE delta", 12),
+			       !strncmp(err->msg, "XBZRLE delta", 12),
 			   "a rejection without its error", err->msg);
 		fuzz_check(!memcmp(work, old, FUZZ_PAGE),
 			   "a rejected delta changed the page", err->msg);
@@ -110,7 +110,8 @@ static void fuzz_encode(const uint8_t *data, size_t size, const uint8_t *old)
 {
 	uint8_t *new = page_alloc();
 	uint8_t *dst = malloc(FUZZ_DST), *alt = malloc(FUZZ_DST);
-	size_t at = size >= 2 ? ((size_t)data[0] << 8 | data[1]) % FUZZ_PAGE : 0;
+	size_t at =
+	    size >= 2 ? ((size_t)data[0] << 8 | data[1]) % FUZZ_PAGE : 0;
 	int n;
 
 	fuzz_check(dst && alt, "out of memory", NULL);
@@ -130,8 +131,8 @@ static void fuzz_encode(const uint8_t *data, size_t size, const uint8_t *old)
 	}
 	if (n > 0) {
 		/* Less room, chosen by the input: -1 exactly when short. */
-		size_t room = size ? data[size - 1] * (size_t)17 % (FUZZ_DST + 1)
-				   : 0;
+		size_t room =
+		    size ? data[size - 1] * (size_t)17 % (FUZZ_DST + 1) : 0;
 		int m = kv_xbzrle_encode(old, new, FUZZ_PAGE, alt, room);
 
 		fuzz_check((size_t)n > room ? m == -1 : m == n,

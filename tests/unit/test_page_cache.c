@@ -133,9 +133,8 @@ static void test_set_fills_then_replaces_oldest(void **state)
 	/* Other sets are untouched by them. */
 	for (uint64_t k = 0; k < 4; k++) {
 		fill_page(page, 200 + k);
-		assert_int_equal(kv_page_cache_insert(c, k * stride, page, 10,
-						      NULL),
-				 0);
+		assert_int_equal(
+		    kv_page_cache_insert(c, k * stride, page, 10, NULL), 0);
 	}
 	/* At generation 14 a page of age 12 or less may go (QEMU: hot when
 	 * age + 2 > generation), the oldest first. */
@@ -149,9 +148,8 @@ static void test_set_fills_then_replaces_oldest(void **state)
 	}
 	/* Now the set holds ages 13, 14, 14, 14: all hot at 14. */
 	fill_page(page, 160);
-	assert_int_equal(kv_page_cache_insert(c, PG + 8 * stride, page, 14,
-					      NULL),
-			 -EBUSY);
+	assert_int_equal(
+	    kv_page_cache_insert(c, PG + 8 * stride, page, 14, NULL), -EBUSY);
 	assert_false(kv_page_cache_contains(c, PG + 8 * stride));
 	assert_holds(c, PG + 3 * stride, 103, 14);
 	assert_holds(c, PG + 6 * stride, 152, 14);
@@ -181,9 +179,8 @@ static void test_hit_keeps_page_hot(void **state)
 		fill_page(page, 1000 + gen);
 		assert_non_null(kv_page_cache_lookup(c, 0, gen));
 		/* Another page wants the slot: refused, 0 was just hit. */
-		assert_int_equal(kv_page_cache_insert(c, 0x5000, page, gen,
-						      NULL),
-				 -EBUSY);
+		assert_int_equal(
+		    kv_page_cache_insert(c, 0x5000, page, gen, NULL), -EBUSY);
 	}
 	/* Generations 10 and 11 without a hit: at 11 the page (age 9) is
 	 * still hot (9 + 2 > 10 at 10, 9 + 2 > 11 is false at 11). */
@@ -322,14 +319,14 @@ static void test_rates(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_sizes),
-		cmocka_unit_test(test_hit_miss_and_update),
-		cmocka_unit_test(test_set_fills_then_replaces_oldest),
-		cmocka_unit_test(test_hit_keeps_page_hot),
-		cmocka_unit_test(test_young_generations_refuse),
-		cmocka_unit_test(test_resize_drops_contents),
-		cmocka_unit_test(test_two_caches_independent),
-		cmocka_unit_test(test_rates),
+	    cmocka_unit_test(test_sizes),
+	    cmocka_unit_test(test_hit_miss_and_update),
+	    cmocka_unit_test(test_set_fills_then_replaces_oldest),
+	    cmocka_unit_test(test_hit_keeps_page_hot),
+	    cmocka_unit_test(test_young_generations_refuse),
+	    cmocka_unit_test(test_resize_drops_contents),
+	    cmocka_unit_test(test_two_caches_independent),
+	    cmocka_unit_test(test_rates),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -106,15 +106,15 @@ static void test_qemu_doc_example(void **state)
 	/* docs/xbzrle.txt: 1001 zero bytes, 21 bytes of which some change,
 	 * 3074 zero bytes. */
 	static const uint8_t old_run[21] = {
-		0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f,
-		0x10, 0x11, 0x12, 0x13, 0x68, 0x00, 0x00, 0x6b, 0x00, 0x6d};
+	    0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f,
+	    0x10, 0x11, 0x12, 0x13, 0x68, 0x00, 0x00, 0x6b, 0x00, 0x6d};
 	static const uint8_t new_run[21] = {
-		0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b,
-		0x0c, 0x0d, 0x0e, 0x0f, 0x68, 0x00, 0x00, 0x67, 0x00, 0x69};
-	static const uint8_t expect[24] = {
-		0xe9, 0x07, 0x0f, 0x01, 0x02, 0x03, 0x04, 0x05,
-		0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d,
-		0x0e, 0x0f, 0x03, 0x01, 0x67, 0x01, 0x01, 0x69};
+	    0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b,
+	    0x0c, 0x0d, 0x0e, 0x0f, 0x68, 0x00, 0x00, 0x67, 0x00, 0x69};
+	static const uint8_t expect[24] = {0xe9, 0x07, 0x0f, 0x01, 0x02, 0x03,
+					   0x04, 0x05, 0x06, 0x07, 0x08, 0x09,
+					   0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f,
+					   0x03, 0x01, 0x67, 0x01, 0x01, 0x69};
 	struct pages *p = pages_new();
 	uint8_t dst[DST_MAX];
 	int n;
@@ -226,7 +226,8 @@ static void test_round_trip_alternating_bytes(void **state)
 	assert_int_equal(kv_xbzrle_encode(p->old, p->new, PAGE, dst, PAGE), -1);
 	{
 		static uint8_t big[2 * PAGE];
-		int n = kv_xbzrle_encode(p->old, p->new, PAGE, big, sizeof(big));
+		int n =
+		    kv_xbzrle_encode(p->old, p->new, PAGE, big, sizeof(big));
 
 		assert_int_equal(n, PAGE / 2 * 3);
 	}
@@ -236,7 +237,8 @@ static void test_round_trip_alternating_bytes(void **state)
 		p->new[i] = 0x55;
 	{
 		static uint8_t big[2 * PAGE];
-		int n = kv_xbzrle_encode(p->old, p->new, PAGE, big, sizeof(big));
+		int n =
+		    kv_xbzrle_encode(p->old, p->new, PAGE, big, sizeof(big));
 
 		/* 2048 pairs of 3 bytes; the last byte is unchanged, not
 		 * sent. */
@@ -321,12 +323,11 @@ static void test_round_trip_uleb_boundaries(void **state)
 	/* 16384 bytes would need a third ULEB byte: refused, sent raw. */
 	{
 		static uint8_t o2[KV_XBZRLE_PAGE_MAX + 1],
-			n2[KV_XBZRLE_PAGE_MAX + 1];
+		    n2[KV_XBZRLE_PAGE_MAX + 1];
 
 		memset(n2, 1, sizeof(n2));
-		assert_int_equal(kv_xbzrle_encode(o2, n2, sizeof(o2), dst,
-						  sizeof(dst)),
-				 -1);
+		assert_int_equal(
+		    kv_xbzrle_encode(o2, n2, sizeof(o2), dst, sizeof(dst)), -1);
 	}
 }
 
@@ -363,17 +364,15 @@ static void test_encode_overflow_exact_bound(void **state)
 	full = kv_xbzrle_encode(p->old, p->new, PAGE, dst, DST_MAX);
 	assert_true(full > 0);
 	/* Exactly enough room works; one byte less fails. */
-	assert_int_equal(kv_xbzrle_encode(p->old, p->new, PAGE, dst,
-					  (size_t)full),
-			 full);
+	assert_int_equal(
+	    kv_xbzrle_encode(p->old, p->new, PAGE, dst, (size_t)full), full);
 	for (size_t max = 0; max < (size_t)full; max++)
-		assert_int_equal(kv_xbzrle_encode(p->old, p->new, PAGE, dst,
-						  max),
-				 -1);
+		assert_int_equal(
+		    kv_xbzrle_encode(p->old, p->new, PAGE, dst, max), -1);
 	for (int i = KV_XBZRLE_IMPL_SCALAR; i < KV_XBZRLE_IMPL_COUNT; i++) {
-		int r = kv_xbzrle_encode_impl((enum kv_xbzrle_impl)i, p->old,
-					      p->new, PAGE, dst,
-					      (size_t)full - 1);
+		int r =
+		    kv_xbzrle_encode_impl((enum kv_xbzrle_impl)i, p->old,
+					  p->new, PAGE, dst, (size_t)full - 1);
 
 		assert_true(r == -1 || r == -2);
 	}
@@ -527,8 +526,8 @@ static void test_decode_every_truncation(void **state)
 	int n;
 
 	for (size_t i = 0; i < PAGE; i += 97)
-		memset(p->new + i, 0x3c, 1 + i % 200 < PAGE - i ? 1 + i % 200
-							       : PAGE - i);
+		memset(p->new + i, 0x3c,
+		       1 + i % 200 < PAGE - i ? 1 + i % 200 : PAGE - i);
 	n = kv_xbzrle_encode(p->old, p->new, PAGE, dst, DST_MAX);
 	assert_true(n > 0);
 	for (int len = 0; len < n; len++) {
@@ -570,9 +569,8 @@ static double pages_per_s(enum kv_xbzrle_impl impl, const uint8_t *old,
 
 		do {
 			for (int k = 0; k < 256; k++)
-				sink += kv_xbzrle_encode_impl(impl, old, new,
-							      PAGE, dst,
-							      dst_max);
+				sink += kv_xbzrle_encode_impl(
+				    impl, old, new, PAGE, dst, dst_max);
 			n += 256;
 			dt = now_s() - t0;
 		} while (dt < 0.05);
@@ -620,26 +618,26 @@ static void test_encoder_speed(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_qemu_doc_example),
-		cmocka_unit_test(test_equal_pages_encode_to_nothing),
-		cmocka_unit_test(test_round_trip_zero_to_random),
-		cmocka_unit_test(test_round_trip_mixed),
-		cmocka_unit_test(test_round_trip_every_byte_changed),
-		cmocka_unit_test(test_round_trip_alternating_bytes),
-		cmocka_unit_test(test_round_trip_edges),
-		cmocka_unit_test(test_round_trip_uleb_boundaries),
-		cmocka_unit_test(test_round_trip_odd_sizes),
-		cmocka_unit_test(test_encode_overflow_exact_bound),
-		cmocka_unit_test(test_reject_empty),
-		cmocka_unit_test(test_reject_truncated_uleb),
-		cmocka_unit_test(test_reject_overlong_uleb),
-		cmocka_unit_test(test_reject_run_past_page_end),
-		cmocka_unit_test(test_reject_data_past_input),
-		cmocka_unit_test(test_reject_trailing_bytes),
-		cmocka_unit_test(test_reject_zero_length_runs),
-		cmocka_unit_test(test_decode_accepts_two_byte_small_length),
-		cmocka_unit_test(test_decode_every_truncation),
-		cmocka_unit_test(test_encoder_speed),
+	    cmocka_unit_test(test_qemu_doc_example),
+	    cmocka_unit_test(test_equal_pages_encode_to_nothing),
+	    cmocka_unit_test(test_round_trip_zero_to_random),
+	    cmocka_unit_test(test_round_trip_mixed),
+	    cmocka_unit_test(test_round_trip_every_byte_changed),
+	    cmocka_unit_test(test_round_trip_alternating_bytes),
+	    cmocka_unit_test(test_round_trip_edges),
+	    cmocka_unit_test(test_round_trip_uleb_boundaries),
+	    cmocka_unit_test(test_round_trip_odd_sizes),
+	    cmocka_unit_test(test_encode_overflow_exact_bound),
+	    cmocka_unit_test(test_reject_empty),
+	    cmocka_unit_test(test_reject_truncated_uleb),
+	    cmocka_unit_test(test_reject_overlong_uleb),
+	    cmocka_unit_test(test_reject_run_past_page_end),
+	    cmocka_unit_test(test_reject_data_past_input),
+	    cmocka_unit_test(test_reject_trailing_bytes),
+	    cmocka_unit_test(test_reject_zero_length_runs),
+	    cmocka_unit_test(test_decode_accepts_two_byte_small_length),
+	    cmocka_unit_test(test_decode_every_truncation),
+	    cmocka_unit_test(test_encoder_speed),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
