@@ -60,7 +60,8 @@ struct kv_xbzrle_stats {
 	uint64_t cache_size; /* bytes, the configured xbzrle-cache-size */
 	uint64_t bytes;	     /* XBZRLE records' bytes, as QEMU counts them:
 			      * everything after the 8-byte offset/flags word
-			      * (encoding flag, 16-bit length, delta) */
+			      * (the block name when not CONTINUE, encoding
+			      * flag, 16-bit length, delta) */
 	uint64_t pages;	     /* pages sent as XBZRLE */
 	uint64_t cache_miss; /* lookups that found no copy */
 	uint64_t overflow;   /* deltas that did not fit: sent raw */
@@ -116,7 +117,8 @@ size_t kv_page_cache_slots(const struct kv_page_cache *c);
 size_t kv_page_cache_ways(const struct kv_page_cache *c);
 
 /* The RAM handler's share of the counters. record_bytes: the XBZRLE
- * record's bytes after the 8-byte offset/flags word (1 + 2 + delta). */
+ * record's bytes after the 8-byte offset/flags word: the block name if the
+ * record carries one (1 + length), then 1 + 2 + delta length. */
 void kv_page_cache_count_xbzrle(struct kv_page_cache *c, uint64_t record_bytes);
 void kv_page_cache_count_overflow(struct kv_page_cache *c);
 
