@@ -16,7 +16,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, free_port, guest_downtime_ms,  # noqa: E402
                    have_kvm, wait_migration, workload_started)
 
-PLAN = 14
+PLAN = 13
 SLOW = 64 * 1024 * 1024  # bytes/s: keeps a 1 GiB migration in flight
 
 
