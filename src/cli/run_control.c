@@ -277,7 +277,12 @@ static int qmp_query_migrate(void *opaque, void **ret, struct kv_error *err)
 	elapsed_ms = i.stats.total_time_ms > 0
 			 ? (uint64_t)i.stats.total_time_ms
 			 : (uint64_t)i.progress.elapsed_ms;
+	/* QEMU's meaning: the current throughput while active, the average
+	 * over the whole migration once it completed. */
 	mbps = i.stats.bandwidth * 8.0 / 1e6;
+	if (i.status == KV_MIG_COMPLETED && elapsed_ms > 0)
+		mbps = (double)i.stats.transferred * 8.0 /
+		       ((double)elapsed_ms / 1000.0) / 1e6;
 	ram = json_pack(
 	    "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I}", "transferred",
 	    (json_int_t)i.stats.transferred, "remaining", (json_int_t)remaining,
