@@ -71,6 +71,7 @@ enum kv_xbzrle_impl {
 	KV_XBZRLE_IMPL_SCALAR, /* 8 bytes at a time */
 	KV_XBZRLE_IMPL_SSE2,
 	KV_XBZRLE_IMPL_AVX2,
+	KV_XBZRLE_IMPL_AVX512, /* AVX-512BW */
 	KV_XBZRLE_IMPL_COUNT,
 };
 

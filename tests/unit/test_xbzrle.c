@@ -211,6 +211,15 @@ static void test_round_trip_every_byte_changed(void **state)
 	assert_int_equal(dst[1], 0x80);
 	assert_int_equal(dst[2], 0x20);
 	assert_memory_equal(dst + 3, p->new, PAGE);
+	/* Too little room, found before the scan reaches the page end. */
+	for (int i = KV_XBZRLE_IMPL_SCALAR; i < KV_XBZRLE_IMPL_COUNT; i++) {
+		int r = kv_xbzrle_encode_impl((enum kv_xbzrle_impl)i, p->old,
+					      p->new, PAGE, dst, 100);
+
+		assert_true(r == -1 || r == -2);
+	}
+	assert_int_equal(kv_xbzrle_encode(p->old, p->new, PAGE, dst, 2 + PAGE),
+			 -1);
 	free(p);
 }
 
