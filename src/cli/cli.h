@@ -10,6 +10,7 @@
 #define KV_CLI_CLI_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define KV_EXIT_OK	0
@@ -27,6 +28,9 @@ struct kv_cli_opt {
 /* Parse argv[1..argc) against opts. "-h" and "--help" set *help. Prints a
  * message naming the offending argument and a hint to run
  * "kvmig <cmd> --help" on error; returns KV_EXIT_OK or KV_EXIT_USAGE. */
+/* The option named name[0..len) in opts (NULL-name terminated), or NULL. */
+const struct kv_cli_opt *kv_cli_find_opt(const struct kv_cli_opt *opts,
+					 const char *name, size_t len);
 int kv_cli_parse(const char *cmd, int argc, char **argv,
 		 const struct kv_cli_opt *opts, bool *help);
 

@@ -21,7 +21,7 @@ int kv_cli_usage_error(const char *cmd, const char *fmt, ...)
 	return KV_EXIT_USAGE;
 }
 
-static const struct kv_cli_opt *find_opt(const struct kv_cli_opt *opts,
+const struct kv_cli_opt *kv_cli_find_opt(const struct kv_cli_opt *opts,
 					 const char *name, size_t len)
 {
 	for (; opts->name; opts++)
@@ -51,7 +51,7 @@ int kv_cli_parse(const char *cmd, int argc, char **argv,
 		name = arg + 2;
 		eq = strchr(name, '=');
 		len = eq ? (size_t)(eq - name) : strlen(name);
-		o = find_opt(opts, name, len);
+		o = kv_cli_find_opt(opts, name, len);
 		if (!o)
 			return kv_cli_usage_error(
 			    cmd, "unknown option '--%.*s'", (int)len, name);

@@ -40,16 +40,6 @@ struct ctl_args {
 	char **caps;
 };
 
-static const struct kv_cli_opt *ctl_find_opt(const struct kv_cli_opt *opts,
-					     const char *name, size_t len)
-{
-	for (; opts->name; opts++)
-		if (strlen(opts->name) == len &&
-		    !strncmp(opts->name, name, len))
-			return opts;
-	return NULL;
-}
-
 static void ctl_args_free(struct ctl_args *a)
 {
 	free(a->argv);
@@ -104,7 +94,7 @@ static int ctl_split(const char *cmd, int argc, char **argv,
 			}
 			continue;
 		}
-		o = ctl_find_opt(opts, arg + 2, len);
+		o = kv_cli_find_opt(opts, arg + 2, len);
 		if (o && o->takes_value && !eq && i + 1 < argc)
 			a->argv[a->argc++] = argv[++i];
 	}
