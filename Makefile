@@ -6,7 +6,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps demo check unit bench fuzz clean format
+.PHONY: all deps demo check bench bench-compare fuzz clean format
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
