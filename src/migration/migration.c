@@ -546,6 +546,7 @@ int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 	int ret;
 
 	m->start_ns = kv_now_ns();
+	SWITCH_LOG("run begins");
 	pthread_mutex_lock(&m->lock);
 	m->stream = s;
 	pthread_mutex_unlock(&m->lock);

@@ -116,6 +116,8 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	ret = alloc_save_bitmaps(rs, err);
 	if (ret < 0)
 		return ret;
+	kv_debug("switchover", "@%.3f ram: setup: bitmaps ready",
+		 (double)kv_now_ns() / 1e6);
 	rs->search_block = 0;
 	rs->search_page = 0;
 	rs->last_sent = KV_RAM_NO_BLOCK;
@@ -135,7 +137,11 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 		return ret;
 	}
 	rs->tracker_started = true;
+	kv_debug("switchover", "@%.3f ram: setup: tracker started",
+		 (double)kv_now_ns() / 1e6);
 	kv_ram_pagemap_open(rs);
+	kv_debug("switchover", "@%.3f ram: setup: pagemap open",
+		 (double)kv_now_ns() / 1e6);
 
 	put_mem_size(s, rs);
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
