@@ -22,6 +22,8 @@
 
 #include <cmocka.h>
 
+#include "kvm_skip.h"
+
 #include "base/bitmap.h"
 #include "migration/ram.h"
 #include "vmm/kvm_dirty.h"
@@ -412,47 +414,6 @@ static void test_bad_slots_rejected(void **state)
 	assert_int_equal(kv_kvm_dirty_ring_enable_cap(-1, 100, &err) < 0, 1);
 }
 
-/* Without /dev/kvm, cmocka's skip() reports "not ok # SKIP", which TAP
- * consumers count as a failure: write the TAP here instead, with
- * "ok N - name # SKIP no /dev/kvm" for the KVM cases, and run the others
- * one by one in a child whose own cmocka output is discarded. */
-static int run_without_kvm(const struct CMUnitTest *tests,
-			   const bool *needs_kvm, size_t n, const char *why)
-{
-	int failed = 0;
-
-	printf("1..%zu\n", n);
-	for (size_t i = 0; i < n; i++) {
-		int status = 1;
-		pid_t pid;
-
-		if (needs_kvm[i]) {
-			printf("ok %zu - %s # SKIP no /dev/kvm: %s\n", i + 1,
-			       tests[i].name, why);
-			continue;
-		}
-		fflush(stdout);
-		pid = fork();
-		if (pid == 0) {
-			int fd = open("/dev/null", O_WRONLY);
-
-			if (fd >= 0)
-				dup2(fd, STDOUT_FILENO);
-			else
-				close(STDOUT_FILENO);
-			_exit(_cmocka_run_group_tests(tests[i].name, &tests[i],
-						      1, NULL, NULL)
-				  ? 1
-				  : 0);
-		}
-		if (pid > 0)
-			waitpid(pid, &status, 0);
-		failed += status != 0;
-		printf("%s %zu - %s\n", status ? "not ok" : "ok", i + 1,
-		       tests[i].name);
-	}
-	return failed;
-}
 
 int main(void)
 {
