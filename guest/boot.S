@@ -174,8 +174,30 @@ isr_spurious:
 	iretq
 
 /* A vCPU that runs no workload waits here at CPL0 with interrupts on,
- * costing the host nothing between timer ticks. (It cannot come down from
- * CPL3 later: `int $n` from CPL3 raises #UD under PVM.) */
+ * costing the host nothing between timer ticks. */
+/* #GP. A HLT at CPL3 (halt_until_tick) lands here: halt at CPL0 until
+ * the next interrupt, then resume the workload after the HLT. A real OS
+ * idles this way; a vCPU that spins instead takes a host core from
+ * everything else. (SYSCALL and `int $n` do not reach CPL0 from CPL3
+ * under PVM; a fault does.) Any other #GP is reported.
+ * Stack: saved RAX, error code, RIP, CS, RFLAGS, RSP, SS. */
+	.globl isr_gp
+isr_gp:
+	pushq	%rax
+	testb	$3, 24(%rsp)
+	jz	1f
+	movq	16(%rsp), %rax
+	cmpb	$0xf4, (%rax)
+	jne	1f
+	incq	16(%rsp)
+	popq	%rax
+	addq	$8, %rsp
+	sti
+	hlt
+	iretq
+1:	popq	%rax
+	jmp	isr_exc13
+
 	.globl idle_forever
 idle_forever:
 	sti

@@ -32,6 +32,7 @@ struct options {
 	uint64_t runtime_s;	/* 0: until 'q' */
 	uint32_t sweep_s;	/* full verification sweep period */
 	bool inject;		/* self-test: corrupt one page after 1 s */
+	bool idle_spin;		/* idle=spin: never halt between steps */
 };
 
 /* At the base of each vCPU's kernel stack; the timer stub bumps ticks. */
@@ -132,6 +133,13 @@ void gprintf_nolock(const char *fmt, ...)
 	__attribute__((format(printf, 1, 2)));
 void parse_cmdline(const char *s, struct options *o);
 const char *pattern_name(enum pattern p);
+
+/* From CPL3: halt this vCPU until its next timer tick. HLT faults at CPL3;
+ * boot.S's #GP handler halts at CPL0 and resumes after it. */
+static inline void halt_until_tick(void)
+{
+	__asm__ volatile("hlt" : : : "memory");
+}
 
 /* workload.c: runs at CPL3. */
 void user_main(uint64_t cpu);

@@ -255,6 +255,10 @@ static void parse_option(const char *key, size_t klen, const char *val,
 		o->inject = v != 0;
 	else if (word_is(key, klen, "sweep") && num && v)
 		o->sweep_s = (uint32_t)v;
+	else if (word_is(key, klen, "idle") && word_is(val, vlen, "spin"))
+		o->idle_spin = true;
+	else if (word_is(key, klen, "idle") && word_is(val, vlen, "halt"))
+		o->idle_spin = false;
 	else if (word_is(key, klen, "pattern") &&
 		 word_is(val, vlen, "random"))
 		o->pattern = PAT_RANDOM;

@@ -246,11 +246,13 @@ static uint64_t take_credit(uint64_t *credit, uint64_t dt, uint64_t per_s,
 	return n;
 }
 
-static void step(struct wl *w, uint64_t dt)
+/* Returns whether the step did all it was owed (then the vCPU may halt
+ * until its next tick). */
+static bool step(struct wl *w, uint64_t dt)
 {
 	uint64_t total_pps = g.opt.rate_mib * 256;
 	uint64_t sweep_pps = w->pages / g.opt.sweep_s + 1;
-	uint64_t n;
+	uint64_t n, sweep_n;
 
 	n = take_credit(&w->write_credit, dt, total_pps, w->hz * g.workers,
 			BATCH);
@@ -261,14 +263,15 @@ static void step(struct wl *w, uint64_t dt)
 	w->writes += n;
 	w->iv_writes += n;
 
-	n = take_credit(&w->sweep_credit, dt, sweep_pps, w->hz, BATCH);
-	for (uint64_t i = 0; i < n; i++) {
+	sweep_n = take_credit(&w->sweep_credit, dt, sweep_pps, w->hz, BATCH);
+	for (uint64_t i = 0; i < sweep_n; i++) {
 		verify_page(w, w->first + w->sweep_pos);
 		if (++w->sweep_pos == w->pages) {
 			w->sweep_pos = 0;
 			w->sweeps++;
 		}
 	}
+	return n < BATCH && sweep_n < BATCH;
 }
 
 static void first_fill(struct wl *w)
@@ -358,8 +361,10 @@ static void banner(uint64_t hz)
 
 	gprintf("guest: kvmig guest booted, command line \"%s\"", g.cmdline);
 	gprintf("guest: tsc %lu kHz (pit %lu kHz, cpuid %lu kHz), lapic "
-		"timer 100 Hz = %u ticks/10 ms",
-		g.tsc_khz, g.tsc_khz_pit, g.tsc_khz_cpuid, g.lapic_ticks_10ms);
+		"timer %s Hz (%u ticks/10 ms), idle %s",
+		g.tsc_khz, g.tsc_khz_pit, g.tsc_khz_cpuid,
+		g.opt.idle_spin ? "100" : "1000", g.lapic_ticks_10ms,
+		g.opt.idle_spin ? "spins" : "halts until the next tick");
 	gprintf("guest: cpus %u (%s, mp table at 0x%lx), workload vcpus %u, "
 		"ram %lu MiB",
 		g.ncpus,
@@ -419,7 +424,9 @@ void user_main(uint64_t cpu)
 		uint64_t prev = w.last_now;
 
 		tick(&w);
-		step(&w, w.last_now - prev);
+		if (step(&w, w.last_now - prev) && !g.opt.idle_spin &&
+		    !w.stopping)
+			halt_until_tick();
 	}
 	final_check(&w);
 	if (cpu == 0)
