@@ -70,6 +70,7 @@ struct kv_ram_state {
 	uint64_t load_sections; /* sections handed to load_state so far */
 	size_t last_recv;	/* block of the previous record */
 	bool mem_size_seen;
+	struct kv_ram_prefault *prefault; /* NULL: none (see ram_prefault.c) */
 
 	/* Counters (see struct kv_ram_stats). */
 	uint64_t zero_pages;

@@ -31,6 +31,7 @@
 #include "base/zero.h"
 #include "io/stream.h"
 #include "migration/ram_internal.h"
+#include "migration/ram_prefault.h"
 
 #define FLAG_MASK ((uint64_t)KV_PAGE_SIZE - 1)
 #define KNOWN_FLAGS                                                            \
@@ -288,6 +289,8 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 	}
 	rs->mem_size_seen = true;
 	kv_ram_pagemap_open(rs);
+	if (!rs->prefault)
+		rs->prefault = kv_ram_prefault_start();
 	return 0;
 }
 
@@ -377,6 +380,9 @@ static int load_page(struct kv_stream *s, struct kv_ram_state *rs,
 		return ret;
 	mark_touched(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
 	kv_ram_page_populated(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
+	if (rs->prefault)
+		kv_ram_prefault_note(rs->prefault, bi, rs->blocks[bi].host,
+				     rs->blocks[bi].length, r->addr);
 	kv_stream_get_buffer(s, rs->blocks[bi].host + r->addr, KV_PAGE_SIZE);
 	if (kv_stream_error(s))
 		return rec_stream_error(s, r, "the page data", err);
@@ -488,6 +494,8 @@ void kv_ram_load_cleanup(void *opaque, bool failed)
 {
 	struct kv_ram_state *rs = opaque;
 
+	kv_ram_prefault_stop(rs->prefault);
+	rs->prefault = NULL;
 	kv_ram_pagemap_close(rs);
 	if (failed) {
 		if (rs->has_allocator)

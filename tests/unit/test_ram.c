@@ -470,12 +470,14 @@ static void test_untouched_pages_not_faulted(void **state)
 
 	assert_int_equal(load_all(dst.rs, &t, &err, true), 0);
 	/* Nor does the destination fault in what it receives as ZERO
-	 * (checked before the comparison reads every page). */
+	 * (checked before the comparison reads every page). Pages past the
+	 * first 2 MiB (512 pages) lie in the prefault helper's window ahead
+	 * of the data (test_ram_prefault.c), so only the first step says. */
 	assert_int_equal(mincore(dst.mem[0], 600 * PG, vec), 0);
 	assert_true(vec[3] & 1);
 	assert_false(vec[0] & 1);
 	assert_false(vec[10] & 1);
-	assert_false(vec[599] & 1);
+	assert_false(vec[511] & 1);
 	assert_same_memory(&src, &dst);
 	kv_soft_tracker_free(tr);
 	side_free(&src);

@@ -1,0 +1,175 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests of the destination's prefault helper
+ * (src/migration/ram_prefault.c): it faults memory in a window ahead of the
+ * pages the loader reports, never far past the last one, stops for good
+ * when pages go backwards (a new pass), and never changes what memory
+ * holds. Residency is read with mincore(2) on real anonymous memory.
+ */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "migration/ram_prefault.h"
+
+#define MIB	   (1ULL << 20)
+#define BLOCK_SIZE (128 * MIB)
+
+static uint8_t *map_block(void)
+{
+	void *p = mmap(NULL, BLOCK_SIZE, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	assert_true(p != MAP_FAILED);
+	/* 4 KiB pages: residency is then exactly what was faulted in. */
+	(void)madvise(p, BLOCK_SIZE, MADV_NOHUGEPAGE);
+	return p;
+}
+
+static size_t resident_pages(uint8_t *base, uint64_t off, uint64_t len)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	size_t n = (size_t)(len / (uint64_t)pg), count = 0;
+	unsigned char *vec = malloc(n);
+
+	assert_non_null(vec);
+	assert_int_equal(mincore(base + off, len, vec), 0);
+	for (size_t i = 0; i < n; i++)
+		count += vec[i] & 1;
+	free(vec);
+	return count;
+}
+
+/* Waits up to 5 s for [off, off+len) to be fully resident. */
+static bool wait_resident(uint8_t *base, uint64_t off, uint64_t len)
+{
+	size_t want = (size_t)(len / (uint64_t)sysconf(_SC_PAGESIZE));
+	struct timespec ms = {0, 1000000};
+
+	for (int i = 0; i < 5000; i++) {
+		if (resident_pages(base, off, len) == want)
+			return true;
+		nanosleep(&ms, NULL);
+	}
+	return false;
+}
+
+static void settle(void)
+{
+	struct timespec t = {0, 50 * 1000000};
+
+	nanosleep(&t, NULL);
+}
+
+static void test_faults_in_ahead_of_the_loader(void **state)
+{
+	uint8_t *b = map_block();
+	struct kv_ram_prefault *pf = kv_ram_prefault_start();
+
+	(void)state;
+	assert_non_null(pf);
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 0);
+	/* The window (32 MiB) past the loader's 2 MiB step fills in... */
+	assert_true(wait_resident(b, 2 * MIB, 32 * MIB));
+	settle();
+	/* ...and nothing beyond it: memory the stream never writes stays
+	 * out. The loader's own step is left to the loader. */
+	assert_int_equal(resident_pages(b, 40 * MIB, BLOCK_SIZE - 40 * MIB), 0);
+	assert_int_equal(resident_pages(b, 0, 2 * MIB), 0);
+	/* The window follows the pages. */
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 20 * MIB + 4096);
+	assert_true(wait_resident(b, 22 * MIB, 32 * MIB));
+	settle();
+	assert_int_equal(resident_pages(b, 60 * MIB, BLOCK_SIZE - 60 * MIB), 0);
+	kv_ram_prefault_stop(pf);
+	munmap(b, BLOCK_SIZE);
+}
+
+static void test_retires_when_pages_go_backwards(void **state)
+{
+	uint8_t *b = map_block();
+	struct kv_ram_prefault *pf = kv_ram_prefault_start();
+
+	(void)state;
+	assert_non_null(pf);
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 64 * MIB);
+	assert_true(wait_resident(b, 66 * MIB, 32 * MIB));
+	/* A page behind the last one: the second pass began. */
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 0);
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 4 * MIB);
+	settle();
+	assert_int_equal(resident_pages(b, 0, 64 * MIB), 0);
+	kv_ram_prefault_stop(pf);
+	munmap(b, BLOCK_SIZE);
+}
+
+static void test_another_block_restarts_the_window(void **state)
+{
+	uint8_t *b0 = map_block(), *b1 = map_block();
+	struct kv_ram_prefault *pf = kv_ram_prefault_start();
+
+	(void)state;
+	assert_non_null(pf);
+	kv_ram_prefault_note(pf, 0, b0, 8 * MIB, 0);
+	/* The window stops at the block's end. */
+	assert_true(wait_resident(b0, 2 * MIB, 6 * MIB));
+	kv_ram_prefault_note(pf, 1, b1, BLOCK_SIZE, 0);
+	assert_true(wait_resident(b1, 2 * MIB, 32 * MIB));
+	settle();
+	assert_int_equal(resident_pages(b0, 8 * MIB, BLOCK_SIZE - 8 * MIB), 0);
+	kv_ram_prefault_stop(pf);
+	munmap(b0, BLOCK_SIZE);
+	munmap(b1, BLOCK_SIZE);
+}
+
+static void test_contents_are_kept(void **state)
+{
+	uint8_t *b = map_block();
+	struct kv_ram_prefault *pf;
+
+	(void)state;
+	/* Pages the loader already wrote, inside the helper's window. */
+	for (uint64_t off = 2 * MIB; off < 34 * MIB; off += 1 * MIB)
+		memset(b + off, (int)(off / MIB), 4096);
+	pf = kv_ram_prefault_start();
+	assert_non_null(pf);
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 0);
+	assert_true(wait_resident(b, 2 * MIB, 32 * MIB));
+	for (uint64_t off = 2 * MIB; off < 34 * MIB; off += 1 * MIB) {
+		assert_int_equal(b[off], (uint8_t)(off / MIB));
+		assert_int_equal(b[off + 4095], (uint8_t)(off / MIB));
+		assert_int_equal(b[off + 4096], 0);
+	}
+	kv_ram_prefault_stop(pf);
+	munmap(b, BLOCK_SIZE);
+}
+
+static void test_stop_without_notes(void **state)
+{
+	(void)state;
+	kv_ram_prefault_stop(kv_ram_prefault_start());
+	kv_ram_prefault_stop(NULL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_faults_in_ahead_of_the_loader),
+	    cmocka_unit_test(test_retires_when_pages_go_backwards),
+	    cmocka_unit_test(test_another_block_restarts_the_window),
+	    cmocka_unit_test(test_contents_are_kept),
+	    cmocka_unit_test(test_stop_without_notes),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
