@@ -13,6 +13,7 @@
 
 #include "base/bitmap.h"
 #include "migration/ram_internal.h"
+#include "migration/ram_prefault.h"
 
 struct kv_ram_state *kv_ram_new(void)
 {
@@ -30,6 +31,7 @@ void kv_ram_free(struct kv_ram_state *rs)
 {
 	if (!rs)
 		return;
+	kv_ram_prefault_stop(rs->prefault);
 	kv_ram_release_allocated(rs);
 	if (rs->pagemap_fd >= 0)
 		close(rs->pagemap_fd);

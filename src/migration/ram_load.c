@@ -289,8 +289,8 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 	}
 	rs->mem_size_seen = true;
 	kv_ram_pagemap_open(rs);
-	if (!rs->prefault)
-		rs->prefault = kv_ram_prefault_start();
+	kv_ram_prefault_stop(rs->prefault); /* a previous load's */
+	rs->prefault = kv_ram_prefault_start();
 	return 0;
 }
 
@@ -359,6 +359,8 @@ static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
 				 fill);
 	page = (size_t)(r->addr >> KV_PAGE_SHIFT);
 	p = rs->blocks[bi].host + r->addr;
+	if (rs->prefault)
+		kv_ram_prefault_note_zero(rs->prefault, bi, r->addr);
 	/* Leave memory that is zero alone: no fault, no RSS. A page never
 	 * populated is not even read (that would fault it in). */
 	if (!kv_ram_page_unpopulated(rs, bi, page) &&
@@ -494,8 +496,9 @@ void kv_ram_load_cleanup(void *opaque, bool failed)
 {
 	struct kv_ram_state *rs = opaque;
 
-	kv_ram_prefault_stop(rs->prefault);
-	rs->prefault = NULL;
+	/* Not joined here: a step in flight would add milliseconds to the
+	 * downtime. kv_ram_free() or the next load joins it. */
+	kv_ram_prefault_retire(rs->prefault);
 	kv_ram_pagemap_close(rs);
 	if (failed) {
 		if (rs->has_allocator)

@@ -10,9 +10,11 @@
  * those faults (MADV_POPULATE_WRITE) a few MiB ahead of the last page
  * received, on another core, while the loading thread only copies.
  *
- * It follows the data: the window moves only when a page arrives, so
- * memory the stream never writes (an idle guest's untouched RAM) is never
- * populated beyond one window past each written region. It retires when
+ * It follows the data: the window moves only when a page arrives, and a
+ * zero page in it cuts it back (the data ended there), so memory the
+ * stream never writes (an idle guest's untouched RAM) is not populated,
+ * and the helper is idle long before the switch-over, where its faults
+ * would hold the mm lock against the loader's own. It retires when
  * the pages stop arriving in order (the second pass has begun: its few
  * dirty pages land in memory that is already there, and a helper walking
  * windows then would only contend with the loader for the mm's lock, in
@@ -55,10 +57,13 @@ struct kv_ram_prefault {
 	uint64_t claimed_end;
 	bool stop;
 	bool retired; /* refused by the kernel, or the first pass is over */
-	/* Loader thread only: the step it last announced. */
+	/* Loader thread only: the step it last announced, the window it
+	 * asked for, the step of the last zero page that cut it. */
 	size_t last_block;
 	uint64_t last_step;
 	bool noted;
+	uint64_t asked_end;
+	uint64_t last_zero_step;
 	uint64_t populated; /* bytes, for the log (atomic) */
 };
 
@@ -185,6 +190,33 @@ void kv_ram_prefault_note(struct kv_ram_prefault *pf, size_t block,
 		pf->want_end = end;
 		pthread_cond_broadcast(&pf->cond);
 	}
+	pthread_mutex_unlock(&pf->lock);
+	pf->asked_end = end;
+	pf->last_zero_step = UINT64_MAX;
+}
+
+void kv_ram_prefault_note_zero(struct kv_ram_prefault *pf, size_t block,
+			       uint64_t offset)
+{
+	uint64_t step = align_down(offset, PREFAULT_STEP);
+
+	if (!pf->noted || block != pf->last_block || offset >= pf->asked_end ||
+	    step == pf->last_zero_step)
+		return;
+	pf->last_zero_step = step;
+	pf->asked_end = step > pf->last_step ? step : pf->last_step;
+	pthread_mutex_lock(&pf->lock);
+	if (pf->want_end > pf->asked_end)
+		pf->want_end = pf->asked_end;
+	pthread_mutex_unlock(&pf->lock);
+}
+
+void kv_ram_prefault_retire(struct kv_ram_prefault *pf)
+{
+	if (!pf)
+		return;
+	pthread_mutex_lock(&pf->lock);
+	pf->retired = true;
 	pthread_mutex_unlock(&pf->lock);
 }
 

@@ -23,7 +23,18 @@ void kv_ram_prefault_note(struct kv_ram_prefault *pf, size_t block,
 			  uint8_t *block_host, uint64_t block_length,
 			  uint64_t offset);
 
-/* Stops and joins the helper; NULL is a no-op. */
+/* The loader received a zero page (ZERO record) at offset in block: the
+ * data in front of the window ended, so the window is cut back to it.
+ * Loading thread only; cheap when nothing changes. */
+void kv_ram_prefault_note_zero(struct kv_ram_prefault *pf, size_t block,
+			       uint64_t offset);
+
+/* Asks the helper to stop after the step in flight, without waiting;
+ * memory it still faults in meanwhile only becomes resident (as zero if
+ * it was not). NULL is a no-op. */
+void kv_ram_prefault_retire(struct kv_ram_prefault *pf);
+
+/* Stops, joins and frees the helper; NULL is a no-op. */
 void kv_ram_prefault_stop(struct kv_ram_prefault *pf);
 
 #endif

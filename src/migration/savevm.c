@@ -607,6 +607,10 @@ struct load_ctx {
 	uint32_t instance_id;
 	bool has_instance;
 	bool return_path; /* OPEN_RETURN_PATH seen */
+	/* Our own description, rendered before the stream began (see
+	 * load_vmdesc); NULL if that failed. */
+	char *own_vmdesc;
+	size_t own_vmdesc_len;
 };
 
 static void section_where(const struct load_ctx *c, char *buf, size_t size)
@@ -979,16 +983,23 @@ static int check_complete(struct load_ctx *c)
 	return 0;
 }
 
-/* Whether text is exactly the description this side renders for the
- * devices it just loaded: then it is well-formed by construction and the
- * (slower) parse is not needed. Anything else, e.g. from QEMU, is parsed
- * and checked. */
-static bool is_own_vmdesc(struct kv_savevm *sv, const char *text, size_t len)
+/* Whether text is exactly the description this side renders for its
+ * devices: then it is well-formed by construction and the (slower) parse
+ * is not needed. Anything else, e.g. from QEMU, is parsed and checked.
+ * The rendering made before the stream began answers without delay at
+ * switch-over (rendering takes milliseconds, and the guest is stopped);
+ * a description whose sizes depend on loaded values is rendered again. */
+static bool is_own_vmdesc(struct load_ctx *c, const char *text, size_t len)
 {
 	size_t own_len;
-	char *own = render_vmdesc(sv, &own_len);
-	bool same = own && own_len == len && memcmp(own, text, len) == 0;
+	char *own;
+	bool same;
 
+	if (c->own_vmdesc && c->own_vmdesc_len == len &&
+	    memcmp(c->own_vmdesc, text, len) == 0)
+		return true;
+	own = render_vmdesc(c->sv, &own_len);
+	same = own && own_len == len && memcmp(own, text, len) == 0;
 	free(own);
 	return same;
 }
@@ -1022,7 +1033,7 @@ static int load_vmdesc(struct load_ctx *c)
 		return load_fail(c, -ENOMEM, "VM description: out of memory");
 	kv_stream_get_buffer(c->s, buf, len);
 	ret = load_check_stream(c);
-	if (ret == 0 && !is_own_vmdesc(c->sv, buf, len)) {
+	if (ret == 0 && !is_own_vmdesc(c, buf, len)) {
 		ret = kv_vmdesc_validate(buf, len, c->err);
 		if (ret < 0)
 			load_wrap(c, ret);
@@ -1145,6 +1156,7 @@ int kv_savevm_load(struct kv_savevm *sv, struct kv_stream *s,
 
 	if (res)
 		memset(res, 0, sizeof(*res));
+	c.own_vmdesc = render_vmdesc(sv, &c.own_vmdesc_len);
 	ret = load_setup_all(&c);
 	if (ret == 0)
 		ret = load_header(&c);
@@ -1161,5 +1173,6 @@ int kv_savevm_load(struct kv_savevm *sv, struct kv_stream *s,
 	if (res)
 		res->bytes = kv_stream_offset(s);
 	load_cleanup_all(sv, ret < 0);
+	free(c.own_vmdesc);
 	return ret < 0 ? ret : 0;
 }

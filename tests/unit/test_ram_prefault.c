@@ -132,6 +132,29 @@ static void test_another_block_restarts_the_window(void **state)
 	munmap(b1, BLOCK_SIZE);
 }
 
+static void test_zero_page_cuts_the_window(void **state)
+{
+	uint8_t *b = map_block();
+	struct kv_ram_prefault *pf = kv_ram_prefault_start();
+
+	(void)state;
+	assert_non_null(pf);
+	/* Data ends at 4 MiB: the window asked for reaches 38 MiB, but a
+	 * zero page at 6 MiB says nothing more is coming there. */
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 4 * MIB);
+	kv_ram_prefault_note_zero(pf, 0, 6 * MIB + 4096);
+	settle();
+	settle();
+	/* Only steps claimed before the cut (2 MiB each, in the few
+	 * microseconds between the two calls) may lie past it. */
+	assert_true(resident_pages(b, 20 * MIB, BLOCK_SIZE - 20 * MIB) == 0);
+	/* Data again: the window opens again from there. */
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 8 * MIB);
+	assert_true(wait_resident(b, 10 * MIB, 32 * MIB));
+	kv_ram_prefault_stop(pf);
+	munmap(b, BLOCK_SIZE);
+}
+
 static void test_contents_are_kept(void **state)
 {
 	uint8_t *b = map_block();
@@ -167,6 +190,7 @@ int main(void)
 	    cmocka_unit_test(test_faults_in_ahead_of_the_loader),
 	    cmocka_unit_test(test_retires_when_pages_go_backwards),
 	    cmocka_unit_test(test_another_block_restarts_the_window),
+	    cmocka_unit_test(test_zero_page_cuts_the_window),
 	    cmocka_unit_test(test_contents_are_kept),
 	    cmocka_unit_test(test_stop_without_notes),
 	};
