@@ -17,8 +17,8 @@ void kv_autoconv_params_default(struct kv_autoconv_params *p)
 	p->tailslow = false;
 }
 
-static int check_range(const char *name, unsigned v, unsigned lo,
-		       unsigned hi, struct kv_error *err)
+static int check_range(const char *name, unsigned v, unsigned lo, unsigned hi,
+		       struct kv_error *err)
 {
 	if (v >= lo && v <= hi)
 		return 0;
@@ -33,8 +33,8 @@ int kv_autoconv_params_check(const struct kv_autoconv_params *p,
 {
 	int rc;
 
-	if ((rc = check_range("cpu-throttle-initial", p->initial, 1, 99,
-			      err)) ||
+	if ((rc =
+		 check_range("cpu-throttle-initial", p->initial, 1, 99, err)) ||
 	    (rc = check_range("cpu-throttle-increment", p->increment, 1, 100,
 			      err)) ||
 	    (rc = check_range("max-cpu-throttle", p->max, 1, 99, err)) ||
@@ -107,8 +107,7 @@ unsigned kv_autoconv_after_sync(struct kv_autoconv *ac,
 				uint64_t bytes_sent_in_period)
 {
 	/* The product stays in 64 bits for any sent below 2^57 bytes. */
-	uint64_t allowed =
-	    bytes_sent_in_period * ac->p.trigger_threshold / 100;
+	uint64_t allowed = bytes_sent_in_period * ac->p.trigger_threshold / 100;
 
 	if (bytes_dirtied_in_period <= allowed)
 		return ac->pct;

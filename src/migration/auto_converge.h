@@ -26,9 +26,9 @@
 
 #include "base/error.h"
 
-#define KV_AUTOCONV_DEFAULT_INITIAL 20
+#define KV_AUTOCONV_DEFAULT_INITIAL   20
 #define KV_AUTOCONV_DEFAULT_INCREMENT 10
-#define KV_AUTOCONV_DEFAULT_MAX 99
+#define KV_AUTOCONV_DEFAULT_MAX	      99
 #define KV_AUTOCONV_DEFAULT_THRESHOLD 50
 /* QEMU looks at the dirty rate only once a period lasted this long. */
 #define KV_AUTOCONV_MIN_PERIOD_NS 1000000000LL
@@ -43,9 +43,9 @@ struct kv_autoconv_params {
 
 struct kv_autoconv {
 	struct kv_autoconv_params p;
-	unsigned pct;	      /* current throttle, 0 = none */
-	unsigned high_count;  /* QEMU's dirty_rate_high_cnt */
-	uint64_t steps;	      /* times the throttle was raised */
+	unsigned pct;	     /* current throttle, 0 = none */
+	unsigned high_count; /* QEMU's dirty_rate_high_cnt */
+	uint64_t steps;	     /* times the throttle was raised */
 	/* kv_autoconv_note_sync's accumulation of the current period */
 	int64_t period_start_ns;
 	uint64_t period_dirtied;

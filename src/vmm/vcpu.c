@@ -261,15 +261,17 @@ static enum exit_action handle_exit(struct kv_vcpu *v)
 	}
 }
 
-/* After KVM_RUN returned EINTR: park while a pause is requested. Returns
- * false when the thread must leave. */
+/* After KVM_RUN returned EINTR: serve a throttle kick (sleep), park while
+ * a pause is requested. Returns false when the thread must leave. */
 static bool park_if_asked(struct kv_vcpu *v)
 {
 	struct kv_vm *vm = v->vm;
 	bool keep_running;
 
 	pthread_mutex_lock(&vm->lock);
+	kv_cpu_throttle_vcpu_locked(v);
 	if (vm->pause_req && !vm->stop_req) {
+		kv_cpu_throttle_forget_locked(v);
 		vm->parked++;
 		pthread_cond_broadcast(&vm->cond);
 		while (vm->pause_req && !vm->stop_req)
@@ -277,6 +279,10 @@ static bool park_if_asked(struct kv_vcpu *v)
 		vm->parked--;
 	}
 	keep_running = !vm->stop_req;
+	/* A throttle kick set immediate_exit outside any pause; a pause or
+	 * stop sets it under this lock, and resume clears it itself. */
+	if (keep_running && !vm->pause_req)
+		__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
 	pthread_mutex_unlock(&vm->lock);
 	return keep_running;
 }

@@ -305,6 +305,7 @@ int kv_vm_create(const struct kv_vm_config *cfg, struct kv_vm **out,
 	}
 	pthread_mutex_init(&vm->lock, NULL);
 	pthread_cond_init(&vm->cond, NULL);
+	kv_cpu_throttle_init(&vm->throttle);
 	kv_vcpu_install_kick_handler();
 	rc = build_vm(vm, cfg, err);
 	if (rc) {
@@ -333,6 +334,8 @@ void kv_vm_destroy(struct kv_vm *vm)
 {
 	if (!vm)
 		return;
+	/* Before the joins: the throttle thread signals vCPU threads. */
+	kv_cpu_throttle_stop(vm);
 	stop_threads(vm);
 	kv_serial_free(vm->serial);
 	for (int i = 0; i < vm->ncpus; i++)
@@ -348,6 +351,7 @@ void kv_vm_destroy(struct kv_vm *vm)
 	free(vm->kernel);
 	free(vm->cmdline);
 	free(vm->console);
+	kv_cpu_throttle_fini(&vm->throttle);
 	pthread_cond_destroy(&vm->cond);
 	pthread_mutex_destroy(&vm->lock);
 	free(vm);
@@ -435,6 +439,8 @@ int kv_vm_pause(struct kv_vm *vm, struct kv_error *err)
 	}
 	vm->pause_req = true;
 	kv_vm_kick_all(vm);
+	/* A vCPU in a throttle sleep waits on the cond: wake it to park. */
+	pthread_cond_broadcast(&vm->cond);
 	last_kick = kv_now_ns();
 	while (vm->parked < vm->live_threads) {
 		struct timespec ts;

@@ -107,6 +107,16 @@ struct kv_vm_dirty_hooks {
 void kv_vm_set_dirty_hooks(struct kv_vm *vm,
 			   const struct kv_vm_dirty_hooks *hooks);
 
+/* Throttle every vCPU to run (100 - pct) % of the time (auto-converge):
+ * each sleeps pct/(100-pct) x 10 ms after every 10 ms it runs. pct 0..99,
+ * 0 stops throttling; -EINVAL with a message otherwise. Any thread, any
+ * time (also before start and while paused: it applies while running). A
+ * pause does not wait for a sleeping vCPU; kv_vm_destroy stops it. */
+int kv_vm_set_throttle(struct kv_vm *vm, unsigned pct, struct kv_error *err);
+unsigned kv_vm_throttle_pct(const struct kv_vm *vm);
+/* Total time the vCPUs spent in throttle sleeps (all vCPUs added). */
+uint64_t kv_vm_throttle_slept_ns(const struct kv_vm *vm);
+
 /* How long the last kv_vm_pause took, from the request until every vCPU
  * was parked (part of the downtime). */
 int64_t kv_vm_last_pause_ns(const struct kv_vm *vm);

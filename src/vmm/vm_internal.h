@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "vmm/cpu_throttle.h"
 #include "vmm/memory.h"
 #include "vmm/serial.h"
 #include "vmm/vm.h"
@@ -55,6 +56,7 @@ struct kv_vm {
 	int exit_code;
 	struct kv_error fail;
 	int64_t last_pause_ns;
+	struct kv_cpu_throttle throttle; /* auto-converge (cpu_throttle.c) */
 
 	uint64_t unhandled_io; /* atomic */
 	int mmio_logged;       /* atomic */

@@ -17,9 +17,9 @@
 
 /* A period that dirtied more than half of what was sent (default 50 %). */
 #define HIGH_DIRTY (64 * MIB)
-#define HIGH_SENT (32 * MIB)
-#define LOW_DIRTY (8 * MIB)
-#define LOW_SENT (32 * MIB)
+#define HIGH_SENT  (32 * MIB)
+#define LOW_DIRTY  (8 * MIB)
+#define LOW_SENT   (32 * MIB)
 
 static void init_default(struct kv_autoconv *ac)
 {
@@ -352,9 +352,9 @@ static void test_note_sync_periods(void **state)
 	assert_int_equal(ac.high_count, 1);
 	/* A second period is decided on its sums: its first sync alone
 	 * would be high, but the second sent enough to make the sum low. */
-	assert_int_equal(kv_autoconv_note_sync(&ac, t + SEC + SEC / 2,
-					       20 * MIB, 8 * MIB),
-			 0);
+	assert_int_equal(
+	    kv_autoconv_note_sync(&ac, t + SEC + SEC / 2, 20 * MIB, 8 * MIB),
+	    0);
 	assert_int_equal(kv_autoconv_note_sync(&ac, t + 2 * SEC, 0, 64 * MIB),
 			 0);
 	assert_int_equal(ac.high_count, 1);
