@@ -20,7 +20,7 @@ struct cap_info {
 
 /* Indexed by enum mig_cap; QEMU's order (qapi/migration.json). */
 static const struct cap_info caps[MIG_CAP_COUNT] = {
-    [MIG_CAP_XBZRLE] = {"xbzrle", CAP_UNSUPPORTED, false, NULL},
+    [MIG_CAP_XBZRLE] = {"xbzrle", CAP_SETTABLE, false, NULL},
     [MIG_CAP_RDMA_PIN_ALL] = {"rdma-pin-all", CAP_UNSUPPORTED, false, NULL},
     [MIG_CAP_AUTO_CONVERGE] = {"auto-converge", CAP_UNSUPPORTED, false, NULL},
     [MIG_CAP_ZERO_BLOCKS] = {"zero-blocks", CAP_UNSUPPORTED, false, NULL},

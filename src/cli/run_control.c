@@ -19,6 +19,42 @@
 
 #define MIB (1024.0 * 1024.0)
 
+/* Migration parameters kept here, in QEMU's names and units, and handed
+ * to the engine when a migration starts (migrate_params()). The live ones
+ * (downtime-limit, max-bandwidth, the x- timeouts) live in the engine's
+ * kv_mig_params. */
+struct run_mig_params {
+	uint64_t avail_switchover_bw; /* bytes/s, 0: measured */
+	uint64_t xbzrle_cache_size;   /* bytes */
+	uint64_t multifd_channels;
+	const char *multifd_compression; /* "none", "zlib", "zstd", "lz4" */
+	uint64_t multifd_zlib_level;
+	uint64_t multifd_zstd_level;
+	const char *zero_page_detection; /* "none", "legacy", "multifd" */
+	uint64_t cpu_throttle_initial;	 /* percent */
+	uint64_t cpu_throttle_increment;
+	bool cpu_throttle_tailslow;
+	uint64_t max_cpu_throttle;
+	uint64_t throttle_trigger_threshold;
+};
+
+/* QEMU's defaults. */
+static void run_mig_params_default(struct run_mig_params *p)
+{
+	*p = (struct run_mig_params){
+	    .xbzrle_cache_size = 64ULL << 20,
+	    .multifd_channels = 2,
+	    .multifd_compression = "none",
+	    .multifd_zlib_level = 1,
+	    .multifd_zstd_level = 1,
+	    .zero_page_detection = "multifd",
+	    .cpu_throttle_initial = 20,
+	    .cpu_throttle_increment = 10,
+	    .max_cpu_throttle = 99,
+	    .throttle_trigger_threshold = 50,
+	};
+}
+
 struct run_ctl {
 	struct kv_vm *vm;
 	struct kv_vm_mig *mig;
@@ -32,9 +68,8 @@ struct run_ctl {
 	pthread_t in_thread;
 	char in_uri[300];
 	struct mig_caps caps;
-	/* Stored and reported for QEMU clients; the driver does not use it
-	 * yet. */
-	uint64_t avail_switchover_bw;
+	struct run_mig_params mp; /* QMP parameters the engine takes at
+				   * migrate (not the live ones) */
 	bool quit_requested;  /* SHUTDOWN reason host-qmp-quit */
 	bool incoming_failed; /* SHUTDOWN reason host-error */
 };
@@ -222,15 +257,29 @@ static void qmp_quit(void *opaque)
 	kv_vm_request_exit(rc->vm, 0);
 }
 
+/* What the capabilities and the kept parameters ask of the engine. */
+static void migrate_params(struct run_ctl *rc, struct kv_mig_params *p)
+{
+	pthread_mutex_lock(&rc->lock);
+	p->xbzrle_cache_size = mig_caps_get(&rc->caps, MIG_CAP_XBZRLE)
+				   ? rc->mp.xbzrle_cache_size
+				   : 0;
+	pthread_mutex_unlock(&rc->lock);
+}
+
 static int qmp_migrate(void *opaque, const char *uri, struct kv_error *err)
 {
 	struct run_ctl *rc = opaque;
 	const char *st = get_state(rc);
 
+	struct kv_mig_params p;
+
 	if (strcmp(st, "running") && strcmp(st, "paused"))
 		return kv_error_set(err, -EBUSY,
 				    "cannot migrate a guest in state '%s'", st);
-	return kv_vm_mig_start(rc->mig, uri, NULL, err);
+	kv_vm_mig_get_params(rc->mig, &p);
+	migrate_params(rc, &p);
+	return kv_vm_mig_start(rc->mig, uri, &p, err);
 }
 
 static int start_incoming(struct run_ctl *rc, const char *uri,
@@ -258,6 +307,18 @@ static int qmp_migrate_cancel(void *opaque, struct kv_error *err)
 	struct run_ctl *rc = opaque;
 
 	return kv_vm_mig_cancel(rc->mig, err);
+}
+
+/* QEMU's XBZRLECacheStats. */
+static json_t *xbzrle_cache_json(const struct kv_ram_xbzrle_stats *x)
+{
+	return json_pack("{s:I,s:I,s:I,s:I,s:f,s:f,s:I}", "cache-size",
+			 (json_int_t)x->cache_size, "bytes",
+			 (json_int_t)x->bytes, "pages", (json_int_t)x->pages,
+			 "cache-miss", (json_int_t)x->cache_miss,
+			 "cache-miss-rate", x->cache_miss_rate,
+			 "encoding-rate", x->encoding_rate, "overflow",
+			 (json_int_t)x->overflow);
 }
 
 static int qmp_query_migrate(void *opaque, void **ret, struct kv_error *err)
@@ -306,6 +367,9 @@ static int qmp_query_migrate(void *opaque, void **ret, struct kv_error *err)
 		json_object_set_new(
 		    o, "expected-downtime",
 		    json_integer((json_int_t)i.progress.expected_downtime_ms));
+	if (i.stats.xbzrle.enabled)
+		json_object_set_new(o, "xbzrle-cache",
+				    xbzrle_cache_json(&i.stats.xbzrle));
 	if (i.error[0])
 		json_object_set_new(o, "error-desc", json_string(i.error));
 	*ret = o;
@@ -334,7 +398,45 @@ static const struct param_range param_ranges[] = {
      "a non-negative number of milliseconds (0: never give up)"},
     {"x-return-path-timeout", 1, 3600000,
      "an integer in the range of 1 to 3600000 milliseconds"},
+    {"xbzrle-cache-size", 4096, INT64_MAX,
+     "a number of bytes of at least one page (4096); it is rounded down "
+     "to a power of two"},
+    {"multifd-channels", 1, 255, "an integer in the range of 1 to 255"},
+    {"multifd-zlib-level", 0, 9, "an integer in the range of 0 to 9"},
+    {"multifd-zstd-level", 0, 20, "an integer in the range of 0 to 20"},
+    {"cpu-throttle-initial", 1, 99, "an integer in the range of 1 to 99"},
+    {"cpu-throttle-increment", 1, 100,
+     "an integer in the range of 1 to 100"},
+    {"max-cpu-throttle", 1, 99, "an integer in the range of 1 to 99"},
+    {"throttle-trigger-threshold", 1, 100,
+     "an integer in the range of 1 to 100"},
 };
+
+/* String parameters: each value QEMU's enum allows (and lz4, kvmig's). */
+static const char *const compression_names[] = {"none", "zlib", "zstd",
+						 "lz4", NULL};
+static const char *const zero_page_names[] = {"none", "legacy", "multifd",
+					       NULL};
+
+static const struct {
+	const char *name;
+	const char *const *values;
+	const char *expects;
+} param_enums[] = {
+    {"multifd-compression", compression_names,
+     "one of 'none', 'zlib', 'zstd', 'lz4'"},
+    {"zero-page-detection", zero_page_names,
+     "one of 'none', 'legacy', 'multifd'"},
+};
+
+/* The table's own copy of value (static storage), or NULL. */
+static const char *enum_value(const char *const *values, const char *value)
+{
+	for (size_t i = 0; values[i]; i++)
+		if (!strcmp(values[i], value))
+			return values[i];
+	return NULL;
+}
 
 static int check_param_ranges(json_t *args, struct kv_error *err)
 {
@@ -353,6 +455,22 @@ static int check_param_ranges(json_t *args, struct kv_error *err)
 					    "Parameter '%s' expects %s",
 					    r->name, r->expects);
 	}
+	for (i = 0; i < sizeof(param_enums) / sizeof(param_enums[0]); i++) {
+		json_t *v = json_object_get(args, param_enums[i].name);
+
+		if (v && (!json_is_string(v) ||
+			  !enum_value(param_enums[i].values,
+				      json_string_value(v))))
+			return kv_error_set(err, -EINVAL,
+					    "Parameter '%s' expects %s",
+					    param_enums[i].name,
+					    param_enums[i].expects);
+	}
+	if (json_object_get(args, "cpu-throttle-tailslow") &&
+	    !json_is_boolean(json_object_get(args, "cpu-throttle-tailslow")))
+		return kv_error_set(err, -EINVAL,
+				    "Parameter 'cpu-throttle-tailslow' "
+				    "expects a boolean");
 	return 0;
 }
 
@@ -364,9 +482,49 @@ static uint64_t param_or(json_t *args, const char *name, uint64_t keep)
 	return v ? (uint64_t)json_integer_value(v) : keep;
 }
 
+static const char *param_enum_or(json_t *args, const char *name,
+				 const char *const *values, const char *keep)
+{
+	json_t *v = json_object_get(args, name);
+
+	return v ? enum_value(values, json_string_value(v)) : keep;
+}
+
+static void apply_run_params(struct run_mig_params *p, json_t *args)
+{
+	json_t *tailslow = json_object_get(args, "cpu-throttle-tailslow");
+
+	p->avail_switchover_bw = param_or(args, "avail-switchover-bandwidth",
+					  p->avail_switchover_bw);
+	p->xbzrle_cache_size =
+	    param_or(args, "xbzrle-cache-size", p->xbzrle_cache_size);
+	p->multifd_channels =
+	    param_or(args, "multifd-channels", p->multifd_channels);
+	p->multifd_compression =
+	    param_enum_or(args, "multifd-compression", compression_names,
+			  p->multifd_compression);
+	p->multifd_zlib_level =
+	    param_or(args, "multifd-zlib-level", p->multifd_zlib_level);
+	p->multifd_zstd_level =
+	    param_or(args, "multifd-zstd-level", p->multifd_zstd_level);
+	p->zero_page_detection =
+	    param_enum_or(args, "zero-page-detection", zero_page_names,
+			  p->zero_page_detection);
+	p->cpu_throttle_initial =
+	    param_or(args, "cpu-throttle-initial", p->cpu_throttle_initial);
+	p->cpu_throttle_increment = param_or(args, "cpu-throttle-increment",
+					     p->cpu_throttle_increment);
+	if (tailslow)
+		p->cpu_throttle_tailslow = json_is_true(tailslow);
+	p->max_cpu_throttle =
+	    param_or(args, "max-cpu-throttle", p->max_cpu_throttle);
+	p->throttle_trigger_threshold = param_or(
+	    args, "throttle-trigger-threshold", p->throttle_trigger_threshold);
+}
+
 /* All or nothing: every value is checked before any is applied.
  * downtime-limit and max-bandwidth also reach a migration in progress;
- * the x- timeouts apply from the next one. */
+ * the others apply from the next one. */
 static int qmp_migrate_set_parameters(void *opaque, void *args,
 				      struct kv_error *err)
 {
@@ -387,8 +545,7 @@ static int qmp_migrate_set_parameters(void *opaque, void *args,
 					(uint64_t)p.rp_timeout_ms);
 	kv_vm_mig_set_params(rc->mig, &p);
 	pthread_mutex_lock(&rc->lock);
-	rc->avail_switchover_bw = param_or(args, "avail-switchover-bandwidth",
-					   rc->avail_switchover_bw);
+	apply_run_params(&rc->mp, args);
 	pthread_mutex_unlock(&rc->lock);
 	return 0;
 }
@@ -397,20 +554,32 @@ static int qmp_query_migrate_parameters(void *opaque, void **ret,
 					struct kv_error *err)
 {
 	struct run_ctl *rc = opaque;
+	struct run_mig_params mp;
 	struct kv_mig_params p;
-	uint64_t avail;
 
 	kv_vm_mig_get_params(rc->mig, &p);
 	pthread_mutex_lock(&rc->lock);
-	avail = rc->avail_switchover_bw;
+	mp = rc->mp;
 	pthread_mutex_unlock(&rc->lock);
-	*ret =
-	    json_pack("{s:I,s:I,s:I,s:I,s:I}", "downtime-limit",
-		      (json_int_t)p.downtime_limit_ms, "max-bandwidth",
-		      (json_int_t)p.max_bandwidth, "avail-switchover-bandwidth",
-		      (json_int_t)avail, "x-converge-timeout",
-		      (json_int_t)p.converge_timeout_ms,
-		      "x-return-path-timeout", (json_int_t)p.rp_timeout_ms);
+	*ret = json_pack(
+	    "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s,s:I,s:I,s:s,s:I,s:I,s:b,s:I,s:I}",
+	    "downtime-limit", (json_int_t)p.downtime_limit_ms,
+	    "max-bandwidth", (json_int_t)p.max_bandwidth,
+	    "avail-switchover-bandwidth", (json_int_t)mp.avail_switchover_bw,
+	    "x-converge-timeout", (json_int_t)p.converge_timeout_ms,
+	    "x-return-path-timeout", (json_int_t)p.rp_timeout_ms,
+	    "xbzrle-cache-size", (json_int_t)mp.xbzrle_cache_size,
+	    "multifd-channels", (json_int_t)mp.multifd_channels,
+	    "multifd-compression", mp.multifd_compression,
+	    "multifd-zlib-level", (json_int_t)mp.multifd_zlib_level,
+	    "multifd-zstd-level", (json_int_t)mp.multifd_zstd_level,
+	    "zero-page-detection", mp.zero_page_detection,
+	    "cpu-throttle-initial", (json_int_t)mp.cpu_throttle_initial,
+	    "cpu-throttle-increment", (json_int_t)mp.cpu_throttle_increment,
+	    "cpu-throttle-tailslow", mp.cpu_throttle_tailslow,
+	    "max-cpu-throttle", (json_int_t)mp.max_cpu_throttle,
+	    "throttle-trigger-threshold",
+	    (json_int_t)mp.throttle_trigger_threshold);
 	return *ret ? 0 : kv_error_set(err, -ENOMEM, "out of memory");
 }
 
@@ -649,6 +818,7 @@ int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
 	rc->vm = vm;
 	rc->state = "paused";
 	mig_caps_init(&rc->caps);
+	run_mig_params_default(&rc->mp);
 	pthread_mutex_init(&rc->lock, NULL);
 	ev.opaque = rc;
 	ret = kv_vm_mig_new(vm, verify_ram, &ev, &rc->mig, err);

@@ -122,6 +122,7 @@ void kv_mig_params_default(struct kv_mig_params *p)
 	p->max_bandwidth = 0;
 	p->converge_timeout_ms = 0;
 	p->rp_timeout_ms = 30000;
+	p->xbzrle_cache_size = 0;
 }
 
 struct kv_migration *kv_mig_new(struct kv_savevm *sv, struct kv_ram_state *rs,
@@ -259,6 +260,7 @@ void kv_mig_get_stats(const struct kv_migration *m, struct kv_mig_stats *st)
 		st->zero_pages = rst.zero_pages;
 		st->normal_pages = rst.normal_pages;
 		st->passes = rst.dirty_sync_count;
+		kv_ram_get_xbzrle_stats(m->rs, &st->xbzrle);
 	}
 }
 
@@ -518,6 +520,12 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 {
 	int ret;
 
+	if (m->rs) {
+		ret = kv_ram_set_xbzrle(m->rs, m->params.xbzrle_cache_size,
+					err);
+		if (ret < 0)
+			return ret;
+	}
 	ret = kv_savevm_save_header(m->sv, s, return_path, err);
 	if (ret < 0)
 		return ret;

@@ -47,6 +47,8 @@ struct kv_mig_params {
 	uint64_t max_bandwidth;       /* bytes/s, 0 = unlimited (default) */
 	uint64_t converge_timeout_ms; /* 0 = never give up; default 0 */
 	int rp_timeout_ms;            /* wait for SHUT; default 30000 */
+	/* XBZRLE (ram.h): cache bytes, 0 = off; default off. */
+	uint64_t xbzrle_cache_size;
 };
 
 void kv_mig_params_default(struct kv_mig_params *p);
@@ -84,6 +86,7 @@ struct kv_mig_stats {
 	uint64_t normal_pages;
 	uint64_t pages_per_pass[64]; /* first 64 passes */
 	double bandwidth;          /* bytes/s, last pass */
+	struct kv_ram_xbzrle_stats xbzrle;
 };
 
 struct kv_migration;

@@ -93,4 +93,31 @@ int kv_ram_register(struct kv_ram_state *rs, struct kv_savevm *sv,
 
 void kv_ram_get_stats(const struct kv_ram_state *rs, struct kv_ram_stats *st);
 
+/*
+ * Source: XBZRLE (QEMU's "xbzrle" capability). From the second pass on, a
+ * page sent before whose copy is in the cache (cache_size bytes, QEMU's
+ * xbzrle-cache-size, rounded down to a power of two; 0 = off) goes as the
+ * delta against that copy (record flag 0x40, docs/FORMAT.md), or as a raw
+ * page when the delta would not be smaller. Takes effect at the next
+ * migration's setup. Fails if cache_size is between 1 and 4095.
+ * A destination always accepts XBZRLE records (QEMU's do too).
+ */
+int kv_ram_set_xbzrle(struct kv_ram_state *rs, uint64_t cache_size,
+		      struct kv_error *err);
+
+/* query-migrate's "xbzrle-cache" (QEMU's names and meanings). */
+struct kv_ram_xbzrle_stats {
+	bool enabled;
+	uint64_t cache_size;
+	uint64_t bytes;	     /* XBZRLE records after their offset word */
+	uint64_t pages;	     /* pages sent as XBZRLE */
+	uint64_t cache_miss; /* re-sent pages not in the cache */
+	uint64_t overflow;   /* deltas not smaller than the page: sent raw */
+	uint64_t skipped;    /* unchanged since their copy: nothing sent */
+	double cache_miss_rate; /* of the pages handled in the last pass */
+	double encoding_rate;	/* page bytes per XBZRLE byte, last pass */
+};
+void kv_ram_get_xbzrle_stats(const struct kv_ram_state *rs,
+			     struct kv_ram_xbzrle_stats *st);
+
 #endif

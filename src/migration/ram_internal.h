@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "migration/page_cache.h"
 #include "migration/ram.h"
 
 /* Tracking is re-armed (tracker->clear) per chunk of this many pages, just
@@ -39,6 +40,25 @@ struct kv_ram_block_priv {
 	bool anon_private;
 	bool from_allocator; /* destination: created for the stream */
 	bool announced;	     /* destination: named in MEM_SIZE */
+};
+
+/* XBZRLE (ram_xbzrle.c). The source's cache holds, for each cached page,
+ * exactly what the destination has: every later send of that page goes
+ * through it (delta, unchanged, raw snapshot or zero). */
+struct kv_ram_xbzrle {
+	uint64_t cache_size; /* configured, bytes; 0 = off */
+	struct kv_page_cache *cache; /* source, while a migration runs */
+	bool active;		     /* from the second pass on */
+	uint8_t *snap;		     /* the page as read once, 4 KiB */
+	uint8_t *enc;		     /* its delta, 4 KiB */
+	uint8_t *dec;		     /* destination: a received delta */
+	uint64_t skipped;	     /* unchanged: nothing sent */
+	struct kv_xbzrle_rates rates;
+	/* Published for other threads (relaxed atomics). */
+	struct kv_xbzrle_stats pub;
+	uint64_t pub_skipped;
+	double pub_miss_rate, pub_encoding_rate;
+	uint64_t load_pages; /* destination: XBZRLE records loaded */
 };
 
 struct kv_ram_state {
@@ -71,6 +91,8 @@ struct kv_ram_state {
 	size_t last_recv;	/* block of the previous record */
 	bool mem_size_seen;
 	struct kv_ram_prefault *prefault; /* NULL: none (see ram_prefault.c) */
+
+	struct kv_ram_xbzrle xb;
 
 	/* Counters (see struct kv_ram_stats). */
 	uint64_t zero_pages;
@@ -134,6 +156,26 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 uint64_t kv_ram_pending_estimate(void *opaque);
 uint64_t kv_ram_pending_exact(void *opaque, struct kv_error *err);
 void kv_ram_save_cleanup(void *opaque);
+
+/* ram_xbzrle.c */
+/* Save setup: a fresh cache when XBZRLE is on (nothing from an earlier
+ * attempt: the destination may be another one). */
+int kv_ram_xbzrle_setup(struct kv_ram_state *rs, struct kv_error *err);
+/* Send the non-zero page bi/page through XBZRLE when it is active: as a
+ * delta, as nothing (unchanged), or as a raw copy of what was read (which
+ * the cache then holds). hdr: the record's offset word with CONTINUE if
+ * due. Returns false when XBZRLE is not active (send it normally). */
+bool kv_ram_xbzrle_send(struct kv_stream *s, struct kv_ram_state *rs,
+			size_t bi, size_t page, uint64_t hdr);
+/* A page that went as ZERO: its cached copy, if any, becomes zero. */
+void kv_ram_xbzrle_zero(struct kv_ram_state *rs, size_t bi, size_t page);
+/* At every sync: the second pass turns XBZRLE on; the rates' period. */
+void kv_ram_xbzrle_sync(struct kv_ram_state *rs);
+/* Publish the counters for kv_ram_get_xbzrle_stats(). */
+void kv_ram_xbzrle_publish(struct kv_ram_state *rs);
+void kv_ram_xbzrle_cleanup(struct kv_ram_state *rs);
+/* kv_ram_free: everything. */
+void kv_ram_xbzrle_free(struct kv_ram_state *rs);
 
 /* ram_load.c */
 int kv_ram_load_setup(void *opaque, struct kv_error *err);

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -32,6 +33,7 @@
 #include "io/stream.h"
 #include "migration/ram_internal.h"
 #include "migration/ram_prefault.h"
+#include "migration/xbzrle.h"
 
 #define FLAG_MASK ((uint64_t)KV_PAGE_SIZE - 1)
 #define KNOWN_FLAGS                                                            \
@@ -148,23 +150,20 @@ static int check_flags(const struct ram_rec *r, struct kv_error *err)
 				 "COMPRESS_PAGE records are "
 				 "not supported (removed from QEMU, never "
 				 "negotiated)");
-	if (f & KV_RAM_FLAG_XBZRLE)
-		return rec_error(err, r, -EINVAL,
-				 "XBZRLE record but XBZRLE "
-				 "was not enabled for this migration");
 	if (f & KV_RAM_FLAG_MULTIFD_FLUSH)
 		return rec_error(err, r, -EINVAL,
 				 "MULTIFD_FLUSH record but "
 				 "multifd was not enabled for this migration");
 	if (type == 0 || (type & (type - 1)))
 		return rec_error(err, r, -EINVAL,
-				 "a record must have exactly "
-				 "one type (ZERO, MEM_SIZE, PAGE or EOS)");
+				 "a record must have exactly one type (ZERO, "
+				 "MEM_SIZE, PAGE, XBZRLE or EOS)");
 	if ((f & KV_RAM_FLAG_CONTINUE) &&
-	    !(type & (KV_RAM_FLAG_ZERO | KV_RAM_FLAG_PAGE)))
+	    !(type &
+	      (KV_RAM_FLAG_ZERO | KV_RAM_FLAG_PAGE | KV_RAM_FLAG_XBZRLE)))
 		return rec_error(err, r, -EINVAL,
 				 "CONTINUE is only valid on "
-				 "ZERO and PAGE records");
+				 "ZERO, PAGE and XBZRLE records");
 	return 0;
 }
 
@@ -392,6 +391,51 @@ static int load_page(struct kv_stream *s, struct kv_ram_state *rs,
 	return 0;
 }
 
+/* An XBZRLE record: encoding byte 0x01, be16 length (1..4096), the delta,
+ * applied onto what the page holds (the copy the source encoded against).
+ * The decoder checks every run before it writes a byte. */
+static int load_xbzrle(struct kv_stream *s, struct kv_ram_state *rs,
+		       const struct ram_rec *r, struct kv_error *err)
+{
+	struct kv_error derr = {0};
+	uint8_t encoding;
+	uint16_t len;
+	size_t bi;
+	int ret = resolve_page(s, rs, r, &bi, err);
+
+	if (ret < 0)
+		return ret;
+	encoding = kv_stream_get_u8(s);
+	len = kv_stream_get_be16(s);
+	if (kv_stream_error(s))
+		return rec_stream_error(s, r, "the XBZRLE header", err);
+	if (encoding != 0x01)
+		return rec_error(err, r, -EINVAL,
+				 "unknown XBZRLE encoding 0x%02x (only 0x01)",
+				 encoding);
+	if (len == 0 || len > KV_PAGE_SIZE)
+		return rec_error(err, r, -EINVAL,
+				 "XBZRLE delta of %u bytes (must be 1..%u)",
+				 len, KV_PAGE_SIZE);
+	if (!rs->xb.dec) {
+		rs->xb.dec = malloc(KV_PAGE_SIZE);
+		if (!rs->xb.dec)
+			return rec_error(err, r, -ENOMEM,
+					 "out of memory for XBZRLE");
+	}
+	kv_stream_get_buffer(s, rs->xb.dec, len);
+	if (kv_stream_error(s))
+		return rec_stream_error(s, r, "the XBZRLE delta", err);
+	mark_touched(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
+	kv_ram_page_populated(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
+	if (kv_xbzrle_decode(rs->xb.dec, len, rs->blocks[bi].host + r->addr,
+			     KV_PAGE_SIZE, &derr) < 0)
+		return rec_error(err, r, -EINVAL, "bad XBZRLE delta: %s",
+				 derr.msg);
+	kv_ram_stat_add(&rs->xb.load_pages, 1);
+	return 0;
+}
+
 int kv_ram_load_setup(void *opaque, struct kv_error *err)
 {
 	struct kv_ram_state *rs = opaque;
@@ -405,6 +449,7 @@ int kv_ram_load_setup(void *opaque, struct kv_error *err)
 		rs->priv[i].announced = false;
 	kv_ram_stat_set(&rs->zero_pages, 0);
 	kv_ram_stat_set(&rs->normal_pages, 0);
+	kv_ram_stat_set(&rs->xb.load_pages, 0);
 	return 0;
 }
 
@@ -445,6 +490,9 @@ int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,
 			break;
 		case KV_RAM_FLAG_PAGE:
 			ret = load_page(s, rs, &r, err);
+			break;
+		case KV_RAM_FLAG_XBZRLE:
+			ret = load_xbzrle(s, rs, &r, err);
 			break;
 		case KV_RAM_FLAG_EOS:
 			if (r.addr)

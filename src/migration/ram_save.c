@@ -129,6 +129,11 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	/* Pass 1 is the full pass; every later sync starts a new one. */
 	kv_ram_stat_set(&rs->dirty_sync_count, 1);
 	kv_ram_stat_set(&rs->dirty_pages, count_dirty(rs));
+	ret = kv_ram_xbzrle_setup(rs, err);
+	if (ret < 0) {
+		free_save_bitmaps(rs);
+		return ret;
+	}
 
 	ret = rs->tracker.ops->start(rs->tracker.opaque, err);
 	if (ret < 0) {
@@ -195,7 +200,8 @@ static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 			kv_stream_put_str8(s, b->idstr);
 		kv_stream_put_u8(s, 0);
 		kv_ram_stat_add(&rs->zero_pages, 1);
-	} else {
+		kv_ram_xbzrle_zero(rs, bi, page);
+	} else if (!kv_ram_xbzrle_send(s, rs, bi, page, hdr)) {
 		kv_stream_put_be64(s, hdr | KV_RAM_FLAG_PAGE);
 		if (!cont)
 			kv_stream_put_str8(s, b->idstr);
@@ -260,6 +266,7 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque, struct kv_error *err)
 	rs->last_sent = KV_RAM_NO_BLOCK;
 	rs->pm_valid = false;
 	ret = send_dirty_pages(s, rs, kv_now_ns() + KV_RAM_ITERATE_NS, err);
+	kv_ram_xbzrle_publish(rs);
 	if (ret < 0)
 		return ret;
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
@@ -292,6 +299,7 @@ static int ram_sync(struct kv_ram_state *rs, bool new_pass,
 	if (new_pass) {
 		kv_ram_stat_add(&rs->dirty_sync_count, 1);
 		kv_ram_stat_set(&rs->pass_pages, 0);
+		kv_ram_xbzrle_sync(rs);
 	}
 	kv_ram_stat_set(&rs->dirty_pages, count_dirty(rs));
 	return 0;
@@ -331,6 +339,7 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	rs->in_complete = true;
 	ret = send_dirty_pages(s, rs, 0, err);
 	rs->in_complete = false;
+	kv_ram_xbzrle_publish(rs);
 	if (ret < 0)
 		return ret;
 	kv_debug("switchover", "@%.3f ram: last pages queued",
@@ -349,5 +358,6 @@ void kv_ram_save_cleanup(void *opaque)
 		rs->tracker_started = false;
 	}
 	kv_ram_pagemap_close(rs);
+	kv_ram_xbzrle_cleanup(rs);
 	free_save_bitmaps(rs);
 }

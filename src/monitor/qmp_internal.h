@@ -101,7 +101,7 @@ struct kv_qmp_arg {
 	bool optional;
 };
 
-#define KV_QMP_MAX_ARGS 8
+#define KV_QMP_MAX_ARGS 20
 
 /* One command being executed. The handler reads args (checked against the
  * table: every required argument present, every present one known and of

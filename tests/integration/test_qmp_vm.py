@@ -15,7 +15,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (Qmp, Vm, VmSet, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 
-PLAN = 23
+PLAN = 24
 MEMORY = "256M"
 APPEND = "mem=32 rate=16"
 PARAMS = ("downtime-limit", "max-bandwidth", "avail-switchover-bandwidth",
@@ -52,9 +52,9 @@ def check_capabilities(tap, q):
            "query-migrate-capabilities lists QEMU's names "
            "(events and return-path on, xbzrle off)", listed)
 
-    r = set_caps(q, xbzrle=True)
-    tap.ok(error_desc(r) == "Capability 'xbzrle' is not supported by "
-           "kvmig yet", "an unsupported capability set to true is a "
+    r = set_caps(q, postcopy_ram=True)
+    tap.ok(error_desc(r) == "Capability 'postcopy-ram' is not supported "
+           "by kvmig yet", "an unsupported capability set to true is a "
            "GenericError naming it", r)
 
     bad = [
@@ -64,7 +64,7 @@ def check_capabilities(tap, q):
         ([{"capability": "return-path", "state": False}],
          "'return-path' cannot be turned off"),
         ([{"capability": "events", "state": False},
-          {"capability": "multifd", "state": True}], "'multifd'"),
+          {"capability": "x-colo", "state": True}], "'x-colo'"),
     ]
     descs = [error_desc(q.execute("migrate-set-capabilities",
                                   capabilities=c)) for c, _ in bad]
@@ -109,9 +109,31 @@ def check_parameters(tap, q):
     after = q.cmd("query-migrate-parameters")
     tap.ok("error" in r and after == got,
            "a refused call changes no parameter", (r, after))
-    r = q.execute("migrate-set-parameters", **{"multifd-channels": 4})
-    tap.ok(error_desc(r) == "Parameter 'multifd-channels' is unexpected",
+    r = q.execute("migrate-set-parameters", **{"x-no-such-thing": 4})
+    tap.ok(error_desc(r) == "Parameter 'x-no-such-thing' is unexpected",
            "an unknown parameter is refused", r)
+    # Issue 5's parameters round-trip; enums and ranges are checked.
+    want5 = {"xbzrle-cache-size": 32 << 20, "multifd-channels": 3,
+             "multifd-compression": "zstd", "multifd-zlib-level": 6,
+             "multifd-zstd-level": 3, "zero-page-detection": "legacy",
+             "cpu-throttle-initial": 30, "cpu-throttle-increment": 15,
+             "cpu-throttle-tailslow": True, "max-cpu-throttle": 90,
+             "throttle-trigger-threshold": 40}
+    q.cmd("migrate-set-parameters", **want5)
+    got5 = q.cmd("query-migrate-parameters")
+    bad5 = [("multifd-compression", "gzip"), ("zero-page-detection", "yes"),
+            ("multifd-channels", 0), ("multifd-zstd-level", 21),
+            ("cpu-throttle-initial", 100), ("xbzrle-cache-size", 100)]
+    d5 = [error_desc(q.execute("migrate-set-parameters", **{k: v}))
+          for k, v in bad5]
+    tap.ok(all(got5.get(k) == v for k, v in want5.items()) and
+           all(d and f"'{k}'" in d for d, (k, _) in zip(d5, bad5)),
+           "issue 5's parameters round-trip; bad values name the "
+           "parameter", (got5, d5))
+    q.cmd("migrate-set-parameters", **{
+        "xbzrle-cache-size": 64 << 20, "multifd-channels": 2,
+        "multifd-compression": "none", "zero-page-detection": "multifd",
+        "cpu-throttle-tailslow": False})
     q.cmd("migrate-set-parameters", **{"downtime-limit": 300,
                                        "max-bandwidth": 0,
                                        "x-converge-timeout": 0,

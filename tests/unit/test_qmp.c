@@ -857,9 +857,22 @@ static void test_parameters(void **state)
 		     "Invalid parameter type for 'downtime-limit'");
 	expect_error(c,
 		     "{\"execute\": \"migrate-set-parameters\", "
-		     "\"arguments\": {\"multifd-channels\": 4}}",
+		     "\"arguments\": {\"x-no-such-parameter\": 4}}",
 		     "GenericError",
-		     "Parameter 'multifd-channels' is unexpected");
+		     "Parameter 'x-no-such-parameter' is unexpected");
+	/* Issue 5's parameters: the types the monitor checks. */
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-parameters\", "
+		     "\"arguments\": {\"multifd-compression\": 1}}",
+		     "GenericError",
+		     "Invalid parameter type for 'multifd-compression', "
+		     "expected: string");
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-parameters\", "
+		     "\"arguments\": {\"cpu-throttle-tailslow\": 1}}",
+		     "GenericError",
+		     "Invalid parameter type for 'cpu-throttle-tailslow', "
+		     "expected: bool");
 	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_params_calls), 1);
 	/* Ranges are the VMM's: its message passes through. */
 	expect_error(c,

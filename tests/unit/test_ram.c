@@ -739,16 +739,245 @@ static void test_reject_compress_page(void **state)
 	expect_reject(&c, "COMPRESS_PAGE records are not supported", NULL);
 }
 
-static void test_reject_xbzrle(void **state)
+/* An XBZRLE record for page 2 of "mem0": encoding, length, delta. */
+static void craft_xbzrle(struct craft *c, uint8_t encoding, uint16_t len,
+			 const uint8_t *delta, size_t delta_len)
 {
+	kv_stream_put_be64(c->s, 2 * PG | KV_RAM_FLAG_XBZRLE);
+	kv_stream_put_str8(c->s, "mem0");
+	kv_stream_put_u8(c->s, encoding);
+	kv_stream_put_be16(c->s, len);
+	kv_stream_put_buffer(c->s, delta, delta_len);
+	kv_stream_put_be64(c->s, KV_RAM_FLAG_EOS);
+}
+
+static void test_reject_xbzrle_bad_encoding(void **state)
+{
+	static const uint8_t delta[] = {0, 1, 0x55};
 	struct craft c;
 
 	(void)state;
 	craft_begin(&c);
 	craft_std_setup(&c);
-	craft_page(&c, 2 * PG | KV_RAM_FLAG_XBZRLE, "mem0", 1);
+	craft_xbzrle(&c, 0x02, sizeof(delta), delta, sizeof(delta));
 	expect_reject(&c, "addr 0x2000 flags 0x40 XBZRLE",
-		      "XBZRLE was not enabled", NULL);
+		      "unknown XBZRLE encoding 0x02", NULL);
+}
+
+static void test_reject_xbzrle_bad_length(void **state)
+{
+	static const uint8_t delta[] = {0, 1, 0x55};
+	struct craft c;
+
+	(void)state;
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_xbzrle(&c, 0x01, 0, delta, 0);
+	expect_reject(&c, "XBZRLE delta of 0 bytes (must be 1..4096)", NULL);
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_xbzrle(&c, 0x01, PG + 1, delta, sizeof(delta));
+	expect_reject(&c, "XBZRLE delta of 4097 bytes", NULL);
+}
+
+/* A run past the page: rejected by the decoder, nothing written. */
+static void test_reject_xbzrle_run_past_page(void **state)
+{
+	/* zero run 4095, then 2 changed bytes: ends 1 byte past the page */
+	static const uint8_t delta[] = {0xff, 0x1f, 2, 0xaa, 0xbb};
+	struct craft c;
+
+	(void)state;
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_xbzrle(&c, 0x01, sizeof(delta), delta, sizeof(delta));
+	expect_reject(&c, "bad XBZRLE delta", NULL);
+}
+
+static void test_reject_xbzrle_truncated(void **state)
+{
+	static const uint8_t delta[] = {0, 4, 1, 2};
+	struct craft c;
+
+	(void)state;
+	craft_begin(&c);
+	craft_std_setup(&c);
+	/* says 10 bytes, 4 follow, then the EOS word is read as delta */
+	kv_stream_put_be64(c.s, 2 * PG | KV_RAM_FLAG_XBZRLE);
+	kv_stream_put_str8(c.s, "mem0");
+	kv_stream_put_u8(c.s, 0x01);
+	kv_stream_put_be16(c.s, 20);
+	kv_stream_put_buffer(c.s, delta, sizeof(delta));
+	expect_reject(&c, "the XBZRLE delta", NULL);
+}
+
+/* A delta applied onto the page the destination has. */
+static void test_load_xbzrle_applies_delta(void **state)
+{
+	static const size_t np[] = {4};
+	/* zero run 100, then 3 new bytes */
+	static const uint8_t delta[] = {100, 3, 0xa1, 0xa2, 0xa3};
+	struct kv_error err = {0};
+	struct side dst;
+	struct craft c;
+	uint8_t expect[PG];
+
+	(void)state;
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_page(&c, 2 * PG | KV_RAM_FLAG_PAGE, "mem0", 0x11);
+	kv_stream_put_be64(c.s, KV_RAM_FLAG_EOS);
+	kv_stream_put_be64(c.s, 2 * PG | KV_RAM_FLAG_XBZRLE);
+	kv_stream_put_str8(c.s, "mem0");
+	kv_stream_put_u8(c.s, 0x01);
+	kv_stream_put_be16(c.s, sizeof(delta));
+	kv_stream_put_buffer(c.s, delta, sizeof(delta));
+	kv_stream_put_be64(c.s, KV_RAM_FLAG_EOS);
+	craft_end(&c);
+	side_init(&dst, np, 1);
+	assert_int_equal(load_all(dst.rs, &c.t, &err, true), 0);
+	memset(expect, 0x11, PG);
+	expect[100] = 0xa1;
+	expect[101] = 0xa2;
+	expect[102] = 0xa3;
+	assert_memory_equal(dst.mem[0] + 2 * PG, expect, PG);
+	side_free(&dst);
+	tstream_free(&c.t);
+}
+
+/* Passes that rewrite a few bytes of every page: from the third pass on
+ * the pages go as deltas; unchanged pages go as nothing; a page rewritten
+ * whole goes raw (overflow); the destination ends equal. */
+static void test_xbzrle_roundtrip_small_writes(void **state)
+{
+	static const size_t np[] = {300, 20};
+	struct side src, dst;
+	struct tstream t = tstream_new();
+	struct kv_error err = {0};
+	struct kv_soft_tracker *tr;
+	struct kv_stream *s;
+	struct kv_ram_xbzrle_stats xs;
+	struct kv_ram_stats st;
+	uint64_t bytes_pass3;
+	int ret;
+
+	(void)state;
+	side_init(&src, np, 2);
+	side_init(&dst, np, 2);
+	for (size_t i = 0; i < 2; i++)
+		fill_random(src.mem[i], np[i] * PG, 11 + i);
+	tr = attach_soft(&src);
+	/* 2 MiB: 512 slots in sets of 4, room for all 320 pages. */
+	assert_int_equal(kv_ram_set_xbzrle(src.rs, 2 << 20, &err), 0);
+	s = tstream_open(&t, KV_STREAM_WRITE);
+	assert_int_equal(ops()->save_setup(s, src.rs, &err), 0);
+	for (int pass = 1; pass <= 4; pass++) {
+		do
+			ret = ops()->save_iterate(s, src.rs, &err);
+		while (ret == 0);
+		assert_int_equal(ret, 1);
+		if (pass == 3) {
+			kv_ram_get_xbzrle_stats(src.rs, &xs);
+			bytes_pass3 = xs.bytes;
+		}
+		/* Every page of block 0 gets 8 new bytes; block 1 page 0
+		 * is rewritten whole, page 1 is marked but unchanged. */
+		for (size_t pg = 0; pg < np[0]; pg++) {
+			uint64_t v = pass * 1000003ULL + pg;
+
+			memcpy(src.mem[0] + pg * PG + (pg % 500) * 8, &v, 8);
+			kv_soft_tracker_mark(tr, 0, pg * PG);
+		}
+		fill_random(src.mem[1], PG, 100 + 2 * pass);
+		kv_soft_tracker_mark(tr, 1, 0);
+		kv_soft_tracker_mark(tr, 1, PG);
+		ops()->pending_exact(src.rs, &err);
+		assert_false(kv_error_is_set(&err));
+	}
+	assert_int_equal(ops()->save_complete(s, src.rs, &err), 0);
+	kv_ram_set_outcome(src.rs, true);
+	kv_ram_get_xbzrle_stats(src.rs, &xs);
+	ops()->save_cleanup(src.rs);
+	assert_int_equal(kv_stream_close(s), 0);
+
+	assert_true(xs.enabled);
+	assert_int_equal(xs.cache_size, 2 << 20);
+	/* Pass 2 only fills the cache (302 misses); passes 3, 4 and the
+	 * complete stage send block 0 as deltas: 3 x 300 pages. */
+	assert_int_equal(xs.cache_miss, 302);
+	assert_int_equal(xs.pages, 900);
+	assert_true(xs.bytes > bytes_pass3);
+	/* A delta of 8 bytes in a page: about 16 bytes with its header. */
+	assert_true(xs.bytes < 900 * 32);
+	/* Block 1 page 0: rewritten whole every time. */
+	assert_int_equal(xs.overflow, 3);
+	/* Block 1 page 1: marked, never changed. */
+	assert_int_equal(xs.skipped, 3);
+
+	assert_int_equal(load_all(dst.rs, &t, &err, true), 0);
+	assert_same_memory(&src, &dst);
+	kv_ram_get_stats(src.rs, &st);
+	assert_int_equal(st.dirty_pages, 0);
+	kv_soft_tracker_free(tr);
+	side_free(&src);
+	side_free(&dst);
+	tstream_free(&t);
+}
+
+/* With a workload writing while the passes run: what arrives is equal,
+ * whatever mix of deltas, raw pages and skips the races produced. */
+static void test_xbzrle_roundtrip_with_dirtying(void **state)
+{
+	static const size_t np[] = {1029, 77};
+	struct side src, dst;
+	struct tstream t = tstream_new();
+	struct kv_error err = {0};
+	struct dirtier d = {0};
+	struct kv_ram_xbzrle_stats xs;
+
+	(void)state;
+	side_init(&src, np, 2);
+	side_init(&dst, np, 2);
+	for (size_t i = 0; i < 2; i++)
+		fill_mixed(src.mem[i], np[i], 5 * i);
+	d.sd = &src;
+	d.tracker = attach_soft(&src);
+	/* 64 KiB: 16 slots, far fewer than the pages, so replacement and
+	 * refused inserts happen too. */
+	assert_int_equal(kv_ram_set_xbzrle(src.rs, 64 << 10, &err), 0);
+	dirtier_start(&d);
+	save_all(src.rs, &t, 6, &d);
+	kv_ram_get_xbzrle_stats(src.rs, &xs);
+	assert_true(xs.pages > 0);
+	assert_true(xs.cache_miss > 0);
+	if (load_all(dst.rs, &t, &err, true) < 0)
+		fail_msg("%s", err.msg);
+	assert_same_memory(&src, &dst);
+	kv_soft_tracker_free(d.tracker);
+	side_free(&src);
+	side_free(&dst);
+	tstream_free(&t);
+}
+
+static void test_xbzrle_cache_size_checks(void **state)
+{
+	struct kv_ram_state *rs = kv_ram_new();
+	struct kv_ram_xbzrle_stats xs;
+	struct kv_error err = {0};
+
+	(void)state;
+	assert_true(kv_ram_set_xbzrle(rs, 100, &err) < 0);
+	assert_non_null(strstr(err.msg, "xbzrle-cache-size 100 is smaller "
+					"than one page"));
+	/* Rounded down to a power of two, as QEMU does. */
+	assert_int_equal(kv_ram_set_xbzrle(rs, (3 << 20) + 5, &err), 0);
+	kv_ram_get_xbzrle_stats(rs, &xs);
+	assert_true(xs.enabled);
+	assert_int_equal(xs.cache_size, 2 << 20);
+	assert_int_equal(kv_ram_set_xbzrle(rs, 0, &err), 0);
+	kv_ram_get_xbzrle_stats(rs, &xs);
+	assert_false(xs.enabled);
+	kv_ram_free(rs);
 }
 
 static void test_reject_multifd_flush(void **state)
@@ -792,7 +1021,7 @@ static void test_reject_continue_on_eos(void **state)
 	craft_begin(&c);
 	craft_std_setup(&c);
 	kv_stream_put_be64(c.s, KV_RAM_FLAG_EOS | KV_RAM_FLAG_CONTINUE);
-	expect_reject(&c, "CONTINUE is only valid on ZERO and PAGE", NULL);
+	expect_reject(&c, "CONTINUE is only valid on ZERO, PAGE and XBZRLE", NULL);
 }
 
 static void test_reject_unknown_block_in_mem_size(void **state)
@@ -1319,7 +1548,14 @@ int main(void)
 	    cmocka_unit_test(test_reject_obsolete_full_flag),
 	    cmocka_unit_test(test_reject_hook),
 	    cmocka_unit_test(test_reject_compress_page),
-	    cmocka_unit_test(test_reject_xbzrle),
+	    cmocka_unit_test(test_reject_xbzrle_bad_encoding),
+	    cmocka_unit_test(test_reject_xbzrle_bad_length),
+	    cmocka_unit_test(test_reject_xbzrle_run_past_page),
+	    cmocka_unit_test(test_reject_xbzrle_truncated),
+	    cmocka_unit_test(test_load_xbzrle_applies_delta),
+	    cmocka_unit_test(test_xbzrle_roundtrip_small_writes),
+	    cmocka_unit_test(test_xbzrle_roundtrip_with_dirtying),
+	    cmocka_unit_test(test_xbzrle_cache_size_checks),
 	    cmocka_unit_test(test_reject_multifd_flush),
 	    cmocka_unit_test(test_reject_two_types),
 	    cmocka_unit_test(test_reject_no_type),

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Live migration of a running guest with issue 5's capabilities: XBZRLE
+(small writes, so deltas are sent), and the RAM compared byte for byte
+with --verify-ram on both sides. After each, heartbeats go on at the
+destination, its LAPIC timer ticks, and no CORRUPT line appears anywhere.
+Usage: test_vm_capabilities.py KVMIG GUEST_ELF"""
+import os
+import sys
+import tempfile
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kvmig_testlib import Tap  # noqa: E402
+from test_vm_migrate import migrate  # noqa: E402
+from vmlib import VmSet, corrupt_lines, have_kvm, workload_started  # noqa: E402
+
+VERIFY = ("--verify-ram",)
+PLAN = 4 + 3
+
+
+def xbzrle(tap, vms):
+    """small-writes dirties 8 bytes of a page: re-sent pages go as
+    deltas. A 1 ms downtime limit makes the driver run several passes."""
+    src = vms.boot("xbzrle", "mem=64 rate=64 pattern=small-writes",
+                   extra=VERIFY)
+    if not workload_started(src):
+        return False
+    time.sleep(0.5)
+    q = vms.qmp(src)
+    q.cmd("migrate-set-capabilities",
+          capabilities=[{"capability": "xbzrle", "state": True}])
+    q.cmd("migrate-set-parameters", **{"xbzrle-cache-size": 32 << 20,
+                                       "downtime-limit": 1})
+    dst, _ = migrate(tap, vms, src, "xbzrle", verify=VERIFY)
+    r = q.cmd("query-migrate")
+    x = r.get("xbzrle-cache", {})
+    print(f"# xbzrle-cache: {x}")
+    tap.ok(x.get("cache-size") == 32 << 20 and x.get("pages", 0) > 0 and
+           x.get("bytes", 0) < x.get("pages", 0) * 4096,
+           "xbzrle: pages went as deltas smaller than pages",
+           f"{r}")
+    tap.ok(not any("ram-verify: RAM differs" in v.stderr
+                   for v in (src, dst)),
+           "xbzrle: --verify-ram found no difference",
+           f"{src.describe()}\n{dst.describe()}")
+    return True
+
+
+def main():
+    tap = Tap(PLAN)
+    reason = have_kvm()
+    if reason:
+        tap.skip_rest(reason)
+        return tap.finish()
+    kvmig, guest = sys.argv[1], sys.argv[2]
+    with tempfile.TemporaryDirectory(prefix="kvmig-cap-") as tmp, \
+            VmSet(kvmig, guest, tmp) as vms:
+        if not xbzrle(tap, vms):
+            tap.skip_rest("the guest did not start: " +
+                          vms.vms[-1].describe())
+            return tap.finish()
+        tap.ok(not corrupt_lines(*vms.vms), "no CORRUPT in any console",
+               f"{corrupt_lines(*vms.vms)}")
+    return tap.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
