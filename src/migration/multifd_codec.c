@@ -319,6 +319,9 @@ static int zlib_inflate_page(z_stream *zs, uint8_t *dst, size_t page,
  * leave the stream between two blocks. */
 static int zlib_check_end(z_stream *zs, size_t n, struct kv_error *err)
 {
+	/* data_type as the last call that moved the stream left it: a call
+	 * that makes no progress resets its "between blocks" bit. */
+	int type = zs->data_type;
 	uint8_t extra;
 
 	do {
@@ -336,14 +339,20 @@ static int zlib_check_end(z_stream *zs, size_t n, struct kv_error *err)
 			break;
 		if (ret != Z_OK)
 			return zlib_error(zs, ret, n, n, err);
+		type = zs->data_type;
 	} while (zs->avail_in > 0);
-	if (zs->avail_in > 0 || !(zs->data_type & 128) ||
-	    (zs->data_type & 64))
+	if (zs->avail_in > 0)
 		return kv_error_set(err, -EINVAL,
 				    "zlib payload: %u bytes left over after "
-				    "%zu pages, or it does not end between "
-				    "two blocks",
+				    "%zu pages",
 				    zs->avail_in, n);
+	/* 128: between two blocks; 64: in the last block (never sent). */
+	if (!(type & 128) || (type & 64))
+		return kv_error_set(err, -EINVAL,
+				    "zlib payload: does not end between two "
+				    "deflate blocks after %zu pages (cut "
+				    "short, or extra data)",
+				    n);
 	return 0;
 }
 
