@@ -211,6 +211,16 @@ void kv_ram_prefault_note_zero(struct kv_ram_prefault *pf, size_t block,
 	pthread_mutex_unlock(&pf->lock);
 }
 
+uint64_t kv_ram_prefault_window_end(struct kv_ram_prefault *pf)
+{
+	uint64_t end;
+
+	pthread_mutex_lock(&pf->lock);
+	end = pf->want_end;
+	pthread_mutex_unlock(&pf->lock);
+	return end;
+}
+
 void kv_ram_prefault_retire(struct kv_ram_prefault *pf)
 {
 	if (!pf)

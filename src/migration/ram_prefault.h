@@ -34,6 +34,10 @@ void kv_ram_prefault_note_zero(struct kv_ram_prefault *pf, size_t block,
  * it was not). NULL is a no-op. */
 void kv_ram_prefault_retire(struct kv_ram_prefault *pf);
 
+/* Where the window asked of the helpers ends now (an offset in the block
+ * of the last note); for tests and logs. */
+uint64_t kv_ram_prefault_window_end(struct kv_ram_prefault *pf);
+
 /* Stops, joins and frees the helper; NULL is a no-op. */
 void kv_ram_prefault_stop(struct kv_ram_prefault *pf);
 

@@ -136,20 +136,31 @@ static void test_zero_page_cuts_the_window(void **state)
 {
 	uint8_t *b = map_block();
 	struct kv_ram_prefault *pf = kv_ram_prefault_start();
+	size_t before, after;
 
 	(void)state;
 	assert_non_null(pf);
-	/* Data ends at 4 MiB: the window asked for reaches 38 MiB, but a
+	/* Data ends at 4 MiB: the window asked for reaches 38 MiB, until a
 	 * zero page at 6 MiB says nothing more is coming there. */
 	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 4 * MIB);
+	assert_int_equal(kv_ram_prefault_window_end(pf), 38 * MIB);
 	kv_ram_prefault_note_zero(pf, 0, 6 * MIB + 4096);
+	assert_int_equal(kv_ram_prefault_window_end(pf), 6 * MIB);
+	/* Only steps claimed before the cut may still complete: once they
+	 * did, nothing more becomes resident. */
 	settle();
 	settle();
-	/* Only steps claimed before the cut (2 MiB each, in the few
-	 * microseconds between the two calls) may lie past it. */
-	assert_true(resident_pages(b, 20 * MIB, BLOCK_SIZE - 20 * MIB) == 0);
-	/* Data again: the window opens again from there. */
+	before = resident_pages(b, 6 * MIB, BLOCK_SIZE - 6 * MIB);
+	settle();
+	settle();
+	after = resident_pages(b, 6 * MIB, BLOCK_SIZE - 6 * MIB);
+	assert_int_equal(before, after);
+	/* More zero pages of the same step change nothing; data again opens
+	 * the window from there. */
+	kv_ram_prefault_note_zero(pf, 0, 6 * MIB + 8192);
+	assert_int_equal(kv_ram_prefault_window_end(pf), 6 * MIB);
 	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 8 * MIB);
+	assert_int_equal(kv_ram_prefault_window_end(pf), 42 * MIB);
 	assert_true(wait_resident(b, 10 * MIB, 32 * MIB));
 	kv_ram_prefault_stop(pf);
 	munmap(b, BLOCK_SIZE);
