@@ -36,10 +36,10 @@ struct kv_mfd_codec {
 };
 
 static const char *const method_names[KV_MFD_METHOD_COUNT] = {
-	[KV_MFD_METHOD_NONE] = "none",
-	[KV_MFD_METHOD_ZLIB] = "zlib",
-	[KV_MFD_METHOD_ZSTD] = "zstd",
-	[KV_MFD_METHOD_LZ4] = "lz4",
+    [KV_MFD_METHOD_NONE] = "none",
+    [KV_MFD_METHOD_ZLIB] = "zlib",
+    [KV_MFD_METHOD_ZSTD] = "zstd",
+    [KV_MFD_METHOD_LZ4] = "lz4",
 };
 
 const char *kv_mfd_method_name(enum kv_mfd_method method)
@@ -167,8 +167,9 @@ struct kv_mfd_codec *kv_mfd_codec_new(enum kv_mfd_method method, int level,
 	int ret = 0;
 
 	if ((unsigned)method >= KV_MFD_METHOD_COUNT) {
-		kv_error_set(err, -EINVAL, "multifd compression method %d "
-					   "unknown",
+		kv_error_set(err, -EINVAL,
+			     "multifd compression method %d "
+			     "unknown",
 			     (int)method);
 		return NULL;
 	}
@@ -289,8 +290,8 @@ static int zlib_error(const z_stream *zs, int ret, size_t page, size_t n,
 }
 
 /* Inflate exactly one page into dst: 0 or -EINVAL. */
-static int zlib_inflate_page(z_stream *zs, uint8_t *dst, size_t page,
-			     size_t n, struct kv_error *err)
+static int zlib_inflate_page(z_stream *zs, uint8_t *dst, size_t page, size_t n,
+			     struct kv_error *err)
 {
 	zs->next_out = dst;
 	zs->avail_out = PAGE;
@@ -365,9 +366,8 @@ static int zlib_decompress(struct kv_mfd_codec *c, const uint8_t *in,
 	int ret;
 
 	/* Every packet's deflate ended with Z_SYNC_FLUSH. */
-	if (len < sizeof(sync_flush) ||
-	    memcmp(in + len - sizeof(sync_flush), sync_flush,
-		   sizeof(sync_flush)))
+	if (len < sizeof(sync_flush) || memcmp(in + len - sizeof(sync_flush),
+					       sync_flush, sizeof(sync_flush)))
 		return kv_error_set(err, -EINVAL,
 				    "zlib payload: %zu bytes that do not end "
 				    "with a sync flush (00 00 ff ff): "
@@ -401,8 +401,8 @@ static int zstd_compress(struct kv_mfd_codec *c, const uint8_t *const pages[],
 
 		for (;;) {
 			size_t in0 = ib.pos, out0 = ob.pos;
-			size_t r = ZSTD_compressStream2(c->cctx, &ob, &ib,
-							mode);
+			size_t r =
+			    ZSTD_compressStream2(c->cctx, &ob, &ib, mode);
 
 			if (ZSTD_isError(r))
 				return kv_error_set(err, -EIO,
@@ -489,8 +489,8 @@ static int zstd_decompress(struct kv_mfd_codec *c, const uint8_t *in,
 /* ---- lz4 ---- */
 
 static int lz4_compress(struct kv_mfd_codec *c, const uint8_t *const pages[],
-			size_t n, uint8_t *out, size_t out_max,
-			size_t *out_len, struct kv_error *err)
+			size_t n, uint8_t *out, size_t out_max, size_t *out_len,
+			struct kv_error *err)
 {
 	int room = out_max > INT_MAX ? INT_MAX : (int)out_max;
 	int ret = scratch_reserve(c, n, err);
@@ -510,8 +510,8 @@ static int lz4_compress(struct kv_mfd_codec *c, const uint8_t *const pages[],
 	return 0;
 }
 
-static int lz4_decompress(struct kv_mfd_codec *c, const uint8_t *in,
-			  size_t len, uint8_t *const pages[], size_t n,
+static int lz4_decompress(struct kv_mfd_codec *c, const uint8_t *in, size_t len,
+			  uint8_t *const pages[], size_t n,
 			  struct kv_error *err)
 {
 	uint8_t *dst = pages[0];
@@ -581,12 +581,12 @@ int kv_mfd_compress(struct kv_mfd_codec *codec, const uint8_t *const pages[],
 		return ret;
 	switch (codec->method) {
 	case KV_MFD_METHOD_ZLIB:
-		ret = zlib_compress(codec, pages, n, out, out_max, out_len,
-				    err);
+		ret =
+		    zlib_compress(codec, pages, n, out, out_max, out_len, err);
 		break;
 	case KV_MFD_METHOD_ZSTD:
-		ret = zstd_compress(codec, pages, n, out, out_max, out_len,
-				    err);
+		ret =
+		    zstd_compress(codec, pages, n, out, out_max, out_len, err);
 		break;
 	case KV_MFD_METHOD_LZ4:
 		return lz4_compress(codec, pages, n, out, out_max, out_len,
@@ -599,9 +599,8 @@ int kv_mfd_compress(struct kv_mfd_codec *codec, const uint8_t *const pages[],
 	return ret;
 }
 
-int kv_mfd_decompress(struct kv_mfd_codec *codec, const uint8_t *in,
-		      size_t len, uint8_t *const pages[], size_t n,
-		      struct kv_error *err)
+int kv_mfd_decompress(struct kv_mfd_codec *codec, const uint8_t *in, size_t len,
+		      uint8_t *const pages[], size_t n, struct kv_error *err)
 {
 	int ret = check_call(codec, false, n, err);
 

@@ -40,7 +40,7 @@
 
 /* The library's default level: 1 for zlib and zstd (QEMU's defaults of
  * multifd-zlib-level and multifd-zstd-level). */
-#define KV_MFD_LEVEL_DEFAULT (-1)
+#define KV_MFD_LEVEL_DEFAULT  (-1)
 #define KV_MFD_ZLIB_LEVEL_MAX 9
 #define KV_MFD_ZSTD_LEVEL_MAX 20
 /* The decoder's zstd window limit (2^25 = 32 MiB: what zstd level 20, the
@@ -86,8 +86,7 @@ int kv_mfd_compress(struct kv_mfd_codec *codec, const uint8_t *const pages[],
  * decodes to fewer or more than n pages, or has bytes left over. On error
  * the pages may hold partial data (never more than their 4096 bytes).
  */
-int kv_mfd_decompress(struct kv_mfd_codec *codec, const uint8_t *in,
-		      size_t len, uint8_t *const pages[], size_t n,
-		      struct kv_error *err);
+int kv_mfd_decompress(struct kv_mfd_codec *codec, const uint8_t *in, size_t len,
+		      uint8_t *const pages[], size_t n, struct kv_error *err);
 
 #endif

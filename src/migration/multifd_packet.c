@@ -82,9 +82,9 @@ void kv_mfd_init_encode(const struct kv_mfd_init *msg,
 	buf[INIT_OFF_ID] = msg->id;
 }
 
-int kv_mfd_init_decode(const uint8_t buf[KV_MFD_INIT_SIZE],
-		       unsigned channels, const uint8_t *expect_uuid,
-		       struct kv_mfd_init *msg, struct kv_error *err)
+int kv_mfd_init_decode(const uint8_t buf[KV_MFD_INIT_SIZE], unsigned channels,
+		       const uint8_t *expect_uuid, struct kv_mfd_init *msg,
+		       struct kv_error *err)
 {
 	uint32_t magic = get_be32(buf + INIT_OFF_MAGIC);
 	uint32_t version = get_be32(buf + INIT_OFF_VERSION);
@@ -105,7 +105,8 @@ int kv_mfd_init_decode(const uint8_t buf[KV_MFD_INIT_SIZE],
 				    "multifd init message: channel id %u, but "
 				    "only %u channel%s configured (multifd-"
 				    "channels must match on both sides)",
-				    id, channels, channels == 1 ? " is" : "s are");
+				    id, channels,
+				    channels == 1 ? " is" : "s are");
 	if (expect_uuid &&
 	    memcmp(buf + INIT_OFF_UUID, expect_uuid, KV_MFD_UUID_SIZE))
 		return kv_error_set(err, -EINVAL,
@@ -142,7 +143,8 @@ long kv_mfd_packet_encode(const struct kv_mfd_packet *pkt, uint8_t *buf,
 		return kv_error_set(err, -EINVAL,
 				    "multifd packet %" PRIu64 ": block name "
 				    "longer than %u bytes",
-				    pkt->packet_num, KV_MFD_BLOCK_NAME_SIZE - 1);
+				    pkt->packet_num,
+				    KV_MFD_BLOCK_NAME_SIZE - 1);
 	if (buf_len < size)
 		return kv_error_set(err, -ENOSPC,
 				    "multifd packet %" PRIu64 ": %zu bytes of "
@@ -224,16 +226,15 @@ static int check_counts(const struct kv_mfd_recv_params *rp,
 			const struct kv_mfd_packet *pkt, struct kv_error *err)
 {
 	uint32_t limit = rp->max_pages < KV_MFD_PAGES_LIMIT
-				 ? rp->max_pages
-				 : KV_MFD_PAGES_LIMIT;
+			     ? rp->max_pages
+			     : KV_MFD_PAGES_LIMIT;
 
 	if (pkt->pages_alloc == 0 || pkt->pages_alloc > limit)
-		return kv_error_set(err, -EINVAL,
-				    "multifd channel %u, packet %" PRIu64
-				    ": pages_alloc %" PRIu32
-				    " outside 1..%" PRIu32,
-				    rp->channel, pkt->packet_num,
-				    pkt->pages_alloc, limit);
+		return kv_error_set(
+		    err, -EINVAL,
+		    "multifd channel %u, packet %" PRIu64
+		    ": pages_alloc %" PRIu32 " outside 1..%" PRIu32,
+		    rp->channel, pkt->packet_num, pkt->pages_alloc, limit);
 	if (pkt->normal > pkt->pages_alloc ||
 	    pkt->zero > pkt->pages_alloc - pkt->normal)
 		return kv_error_set(err, -EINVAL,
@@ -344,8 +345,7 @@ int kv_mfd_packet_decode_header(const uint8_t *buf, size_t len,
 	if (magic != KV_MFD_MAGIC)
 		return kv_error_set(err, -EINVAL,
 				    "multifd channel %u, packet %" PRIu64
-				    ": magic 0x%08" PRIx32
-				    " (expected 0x%08x)",
+				    ": magic 0x%08" PRIx32 " (expected 0x%08x)",
 				    rp->channel, pkt->packet_num, magic,
 				    KV_MFD_MAGIC);
 	if (version != KV_MFD_VERSION)
@@ -371,7 +371,8 @@ size_t kv_mfd_packet_offsets_size(const struct kv_mfd_packet *pkt)
 
 int kv_mfd_packet_decode_offsets(const uint8_t *buf, size_t len,
 				 const struct kv_mfd_recv_params *rp,
-				 struct kv_mfd_packet *pkt, struct kv_error *err)
+				 struct kv_mfd_packet *pkt,
+				 struct kv_error *err)
 {
 	uint32_t used = pkt->normal + pkt->zero;
 
@@ -386,22 +387,22 @@ int kv_mfd_packet_decode_offsets(const uint8_t *buf, size_t len,
 		const char *kind = i < pkt->normal ? "normal" : "zero";
 
 		if (off % KV_MFD_PAGE_SIZE)
-			return kv_error_set(err, -EINVAL,
-					    "multifd channel %u, packet %" PRIu64
-					    ": offset[%" PRIu32 "] 0x%" PRIx64
-					    " not page-aligned (%s page)",
-					    rp->channel, pkt->packet_num, i,
-					    off, kind);
+			return kv_error_set(
+			    err, -EINVAL,
+			    "multifd channel %u, packet %" PRIu64
+			    ": offset[%" PRIu32 "] 0x%" PRIx64
+			    " not page-aligned (%s page)",
+			    rp->channel, pkt->packet_num, i, off, kind);
 		if (pkt->block_len < KV_MFD_PAGE_SIZE ||
 		    off > pkt->block_len - KV_MFD_PAGE_SIZE)
-			return kv_error_set(err, -EINVAL,
-					    "multifd channel %u, packet %" PRIu64
-					    ": offset[%" PRIu32 "] 0x%" PRIx64
-					    " beyond ramblock '%s' of 0x%" PRIx64
-					    " bytes (%s page)",
-					    rp->channel, pkt->packet_num, i,
-					    off, pkt->block, pkt->block_len,
-					    kind);
+			return kv_error_set(
+			    err, -EINVAL,
+			    "multifd channel %u, packet %" PRIu64
+			    ": offset[%" PRIu32 "] 0x%" PRIx64
+			    " beyond ramblock '%s' of 0x%" PRIx64
+			    " bytes (%s page)",
+			    rp->channel, pkt->packet_num, i, off, pkt->block,
+			    pkt->block_len, kind);
 		pkt->offsets[i] = off;
 	}
 	return 0;

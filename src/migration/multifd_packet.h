@@ -81,7 +81,7 @@ uint32_t kv_mfd_method_flag(enum kv_mfd_method method);
  * honest sender always fits, and small enough that a receive buffer of this
  * size is no risk.
  */
-#define KV_MFD_PAYLOAD_MAX(normal) \
+#define KV_MFD_PAYLOAD_MAX(normal)                                             \
 	((size_t)(normal) * (KV_MFD_PAGE_SIZE + 64U) + 1024U)
 
 /* ---- init message ---- */
@@ -100,9 +100,9 @@ void kv_mfd_init_encode(const struct kv_mfd_init *msg,
  * and the UUID equal to expect_uuid unless that is NULL. Reserved bytes are
  * ignored (QEMU does). Returns 0, or -EINVAL with err naming the field.
  */
-int kv_mfd_init_decode(const uint8_t buf[KV_MFD_INIT_SIZE],
-		       unsigned channels, const uint8_t *expect_uuid,
-		       struct kv_mfd_init *msg, struct kv_error *err);
+int kv_mfd_init_decode(const uint8_t buf[KV_MFD_INIT_SIZE], unsigned channels,
+		       const uint8_t *expect_uuid, struct kv_mfd_init *msg,
+		       struct kv_error *err);
 
 /* ---- packets ---- */
 
@@ -142,8 +142,8 @@ typedef int (*kv_mfd_block_len_fn)(void *opaque, const char *name,
 
 /* What the receiver of one channel accepts. */
 struct kv_mfd_recv_params {
-	unsigned channel;	   /* for messages only */
-	uint32_t max_pages;	   /* pages_alloc limit, <= KV_MFD_PAGES_LIMIT */
+	unsigned channel;   /* for messages only */
+	uint32_t max_pages; /* pages_alloc limit, <= KV_MFD_PAGES_LIMIT */
 	enum kv_mfd_method method; /* negotiated compression */
 	kv_mfd_block_len_fn block_len;
 	void *opaque;

@@ -76,10 +76,10 @@ static int fuzz_packet(const uint8_t *data, size_t size, uint8_t arg,
 {
 	static uint64_t offs[KV_MFD_PAGES_DEFAULT], again[KV_MFD_PAGES_DEFAULT];
 	struct kv_mfd_recv_params rp = {
-		.channel = 0,
-		.max_pages = KV_MFD_PAGES_DEFAULT,
-		.method = (enum kv_mfd_method)(arg % KV_MFD_METHOD_COUNT),
-		.block_len = fuzz_block_len,
+	    .channel = 0,
+	    .max_pages = KV_MFD_PAGES_DEFAULT,
+	    .method = (enum kv_mfd_method)(arg % KV_MFD_METHOD_COUNT),
+	    .block_len = fuzz_block_len,
 	};
 	struct kv_mfd_packet pkt = {.offsets = offs};
 	struct kv_mfd_packet back = {.offsets = again};
@@ -94,14 +94,13 @@ static int fuzz_packet(const uint8_t *data, size_t size, uint8_t arg,
 		return (int)n;
 	}
 	fuzz_check((size_t)n == kv_mfd_packet_header_size(pkt.pages_alloc) &&
-			   (size_t)n <= size,
+		       (size_t)n <= size,
 		   "the decoder consumed a wrong size", NULL);
 	buf = malloc((size_t)n);
 	fuzz_check(buf != NULL, "out of memory", NULL);
 	fuzz_check(kv_mfd_packet_encode(&pkt, buf, (size_t)n, &err2) == n,
 		   "an accepted packet does not encode", err2.msg);
-	fuzz_check(kv_mfd_packet_decode(buf, (size_t)n, &rp, &back, &err2) ==
-			   n,
+	fuzz_check(kv_mfd_packet_decode(buf, (size_t)n, &rp, &back, &err2) == n,
 		   "a re-encoded packet is rejected", err2.msg);
 	fuzz_check(same_packet(&pkt, &back),
 		   "a re-encoded packet decodes differently", NULL);
@@ -133,10 +132,10 @@ static void pages_free(struct fuzz_pages *pg)
 static void check_round_trip(enum kv_mfd_method m, struct fuzz_pages *pg)
 {
 	struct kv_error err = {0};
-	struct kv_mfd_codec *tx = kv_mfd_codec_new(m, KV_MFD_LEVEL_DEFAULT,
-						   true, &err);
-	struct kv_mfd_codec *rx = kv_mfd_codec_new(m, KV_MFD_LEVEL_DEFAULT,
-						   false, &err);
+	struct kv_mfd_codec *tx =
+	    kv_mfd_codec_new(m, KV_MFD_LEVEL_DEFAULT, true, &err);
+	struct kv_mfd_codec *rx =
+	    kv_mfd_codec_new(m, KV_MFD_LEVEL_DEFAULT, false, &err);
 	size_t bound = kv_mfd_compress_bound(m, pg->n), len = 0;
 	uint8_t *wire = malloc(bound);
 	struct fuzz_pages out;
@@ -178,8 +177,7 @@ static int fuzz_payloads(enum kv_mfd_method m, size_t n, const uint8_t *data,
 			const char *name = kv_mfd_method_name(m);
 
 			fuzz_check(ret == -EINVAL && kv_error_is_set(err) &&
-					   !strncmp(err->msg, name,
-						    strlen(name)),
+				       !strncmp(err->msg, name, strlen(name)),
 				   "a rejected payload without its message",
 				   err->msg);
 		} else {

@@ -58,14 +58,14 @@ enum kind {
 };
 
 static const char *const kind_names[K_COUNT] = {
-	"zero", "random", "mixed", "half", "same-byte", "one-byte", "text",
+    "zero", "random", "mixed", "half", "same-byte", "one-byte", "text",
 };
 
 static void fill_text(uint8_t *p, size_t len, uint64_t *s)
 {
 	static const char *const words[] = {
-	    "migration ", "page ", "dirty ", "kvm ", "channel ", "zero ",
-	    "stream ", "packet ", "\n", "the ", "of ", "0x1000 ",
+	    "migration ", "page ",   "dirty ", "kvm ", "channel ", "zero ",
+	    "stream ",	  "packet ", "\n",     "the ", "of ",	   "0x1000 ",
 	};
 	size_t at = 0;
 
@@ -201,8 +201,8 @@ static void recv_packet(struct pair *p, struct bufs *b, size_t len, size_t n)
 		memset(b->dst[i], 0xa5, PAGE);
 	if (kv_mfd_decompress(p->rx, b->wire, len, b->dst, n, &err))
 		fail_msg("%s decompress of %zu pages (%zu bytes): %s",
-			 kv_mfd_method_name(kv_mfd_codec_method(p->rx)), n,
-			 len, err.msg);
+			 kv_mfd_method_name(kv_mfd_codec_method(p->rx)), n, len,
+			 err.msg);
 	for (size_t i = 0; i < n; i++) {
 		if (memcmp(b->dst[i], b->src[i], PAGE))
 			fail_msg("%s: page %zu of %zu differs",
@@ -268,8 +268,10 @@ static void test_levels(void **state)
 		enum kv_mfd_method m;
 		int level;
 	} cases[] = {
-	    {KV_MFD_METHOD_ZLIB, 0}, {KV_MFD_METHOD_ZLIB, 9},
-	    {KV_MFD_METHOD_ZSTD, 0}, {KV_MFD_METHOD_ZSTD, 19},
+	    {KV_MFD_METHOD_ZLIB, 0},
+	    {KV_MFD_METHOD_ZLIB, 9},
+	    {KV_MFD_METHOD_ZSTD, 0},
+	    {KV_MFD_METHOD_ZSTD, 19},
 	};
 	struct bufs *b = bufs_new();
 	uint64_t seed = 99;
@@ -337,8 +339,8 @@ static void test_bounds(void **state)
 	(void)state;
 	for (int m = 0; m < NMETH; m++) {
 		for (size_t n = 1; n <= KV_MFD_PAGES_LIMIT; n = n * 2 + 1) {
-			size_t b = kv_mfd_compress_bound((enum kv_mfd_method)m,
-							 n);
+			size_t b =
+			    kv_mfd_compress_bound((enum kv_mfd_method)m, n);
 
 			assert_true(b >= n * PAGE);
 			assert_true(b <= KV_MFD_PAYLOAD_MAX(n));
@@ -523,7 +525,8 @@ static void test_bit_flips(void **state)
 		int rejected = 0;
 
 		for (int t = 0; t < 200; t++) {
-			struct kv_mfd_codec *rx = fresh_rx((enum kv_mfd_method)m);
+			struct kv_mfd_codec *rx =
+			    fresh_rx((enum kv_mfd_method)m);
 			struct kv_error err = {0};
 			int ret;
 
@@ -561,13 +564,13 @@ static void test_error_latch_and_misuse(void **state)
 		fill_pages(b->src, 4, K_TEXT, &seed);
 		len = send_packet(&p, b, 4);
 		kv_error_clear(&err);
-		assert_int_equal(kv_mfd_decompress(p.rx, b->wire, len - 1,
-						   b->dst, 4, &err),
-				 -EINVAL);
+		assert_int_equal(
+		    kv_mfd_decompress(p.rx, b->wire, len - 1, b->dst, 4, &err),
+		    -EINVAL);
 		kv_error_clear(&err);
-		assert_int_equal(kv_mfd_decompress(p.rx, b->wire, len, b->dst,
-						   4, &err),
-				 -EIO);
+		assert_int_equal(
+		    kv_mfd_decompress(p.rx, b->wire, len, b->dst, 4, &err),
+		    -EIO);
 		assert_non_null(strstr(err.msg, "unusable after an earlier"));
 		/* Too little room latches the sender too. */
 		kv_error_clear(&err);
@@ -586,38 +589,35 @@ static void test_error_latch_and_misuse(void **state)
 		struct pair p = pair_new(KV_MFD_METHOD_LZ4);
 
 		kv_error_clear(&err);
-		assert_int_equal(kv_mfd_compress(p.rx,
-						 (const uint8_t *const *)b->src,
-						 1, b->wire, b->wire_max,
-						 &out_len, &err),
-				 -EINVAL);
+		assert_int_equal(
+		    kv_mfd_compress(p.rx, (const uint8_t *const *)b->src, 1,
+				    b->wire, b->wire_max, &out_len, &err),
+		    -EINVAL);
 		assert_non_null(strstr(err.msg, "made to decompress"));
 		kv_error_clear(&err);
-		assert_int_equal(kv_mfd_decompress(p.tx, b->wire, 10, b->dst, 1,
-						   &err),
-				 -EINVAL);
+		assert_int_equal(
+		    kv_mfd_decompress(p.tx, b->wire, 10, b->dst, 1, &err),
+		    -EINVAL);
 		kv_error_clear(&err);
-		assert_int_equal(kv_mfd_decompress(p.rx, b->wire, 10, b->dst, 0,
-						   &err),
-				 -EINVAL);
+		assert_int_equal(
+		    kv_mfd_decompress(p.rx, b->wire, 10, b->dst, 0, &err),
+		    -EINVAL);
 		assert_non_null(strstr(err.msg, "0 pages"));
 		kv_error_clear(&err);
-		assert_int_equal(kv_mfd_compress(p.tx,
-						 (const uint8_t *const *)b->src,
-						 4, b->wire, 100, &out_len,
-						 &err),
-				 -ENOSPC);
+		assert_int_equal(
+		    kv_mfd_compress(p.tx, (const uint8_t *const *)b->src, 4,
+				    b->wire, 100, &out_len, &err),
+		    -ENOSPC);
 		pair_free(&p);
 	}
 	{
 		struct pair p = pair_new(KV_MFD_METHOD_NONE);
 
 		kv_error_clear(&err);
-		assert_int_equal(kv_mfd_compress(p.tx,
-						 (const uint8_t *const *)b->src,
-						 2, b->wire, 2 * PAGE - 1,
-						 &out_len, &err),
-				 -ENOSPC);
+		assert_int_equal(
+		    kv_mfd_compress(p.tx, (const uint8_t *const *)b->src, 2,
+				    b->wire, 2 * PAGE - 1, &out_len, &err),
+		    -ENOSPC);
 		pair_free(&p);
 	}
 	bufs_free(b);

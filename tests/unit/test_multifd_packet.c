@@ -20,7 +20,7 @@
 #include "base/error.h"
 #include "migration/multifd_packet.h"
 
-#define PAGE KV_MFD_PAGE_SIZE
+#define PAGE	KV_MFD_PAGE_SIZE
 #define RAM_LEN (64ULL << 20)
 
 static uint32_t be32_at(const uint8_t *p)
@@ -69,10 +69,10 @@ static int lookup_block(void *opaque, const char *name, uint64_t *len)
 static struct kv_mfd_recv_params params(enum kv_mfd_method m)
 {
 	struct kv_mfd_recv_params rp = {
-		.channel = 1,
-		.max_pages = KV_MFD_PAGES_DEFAULT,
-		.method = m,
-		.block_len = lookup_block,
+	    .channel = 1,
+	    .max_pages = KV_MFD_PAGES_DEFAULT,
+	    .method = m,
+	    .block_len = lookup_block,
 	};
 	return rp;
 }
@@ -163,13 +163,13 @@ static void test_packet_layout(void **state)
 {
 	uint64_t offs[3] = {0x1000, 0x3000, 0x200000};
 	struct kv_mfd_packet pkt = {
-		.flags = KV_MFD_FLAG_SYNC | KV_MFD_FLAG_ZSTD,
-		.pages_alloc = 4,
-		.normal = 2,
-		.zero = 1,
-		.next_size = 777,
-		.packet_num = 0x0102030405060708ULL,
-		.offsets = offs,
+	    .flags = KV_MFD_FLAG_SYNC | KV_MFD_FLAG_ZSTD,
+	    .pages_alloc = 4,
+	    .normal = 2,
+	    .zero = 1,
+	    .next_size = 777,
+	    .packet_num = 0x0102030405060708ULL,
+	    .offsets = offs,
 	};
 	struct kv_error err = {0};
 	uint8_t buf[400];
@@ -224,8 +224,9 @@ static void test_packet_round_trip(void **state)
 			uint32_t used = pkt.normal + pkt.zero;
 			long n;
 
-			pkt.next_size =
-			    m == 0 ? normal * PAGE : normal ? 100 + normal : 0;
+			pkt.next_size = m == 0	 ? normal * PAGE
+					: normal ? 100 + normal
+						 : 0;
 			strcpy(pkt.block, "pc.ram");
 			for (uint32_t i = 0; i < used; i++)
 				offs[i] = (uint64_t)(i * 37 % 16384) * PAGE;
@@ -253,9 +254,9 @@ static void test_sync_packet(void **state)
 {
 	struct kv_mfd_recv_params rp = params(KV_MFD_METHOD_ZLIB);
 	struct kv_mfd_packet pkt = {
-		.flags = KV_MFD_FLAG_SYNC,
-		.pages_alloc = 128,
-		.packet_num = 9,
+	    .flags = KV_MFD_FLAG_SYNC,
+	    .pages_alloc = 128,
+	    .packet_num = 9,
 	};
 	struct kv_mfd_packet got = {0};
 	struct kv_error err = {0};
@@ -266,16 +267,16 @@ static void test_sync_packet(void **state)
 	rp.opaque = &calls;
 	assert_int_equal(kv_mfd_packet_encode(&pkt, buf, sizeof(buf), &err),
 			 sizeof(buf));
-	assert_int_equal(kv_mfd_packet_decode(buf, sizeof(buf), &rp, &got,
-					      &err),
-			 sizeof(buf));
+	assert_int_equal(
+	    kv_mfd_packet_decode(buf, sizeof(buf), &rp, &got, &err),
+	    sizeof(buf));
 	assert_int_equal(got.flags, KV_MFD_FLAG_SYNC);
 	assert_int_equal(calls, 0); /* no block looked up */
 	/* Stale offsets in unused slots are ignored. */
 	set_be64(buf + 320, 0x123);
-	assert_int_equal(kv_mfd_packet_decode(buf, sizeof(buf), &rp, &got,
-					      &err),
-			 sizeof(buf));
+	assert_int_equal(
+	    kv_mfd_packet_decode(buf, sizeof(buf), &rp, &got, &err),
+	    sizeof(buf));
 }
 
 static void test_two_step_decode(void **state)
@@ -283,8 +284,12 @@ static void test_two_step_decode(void **state)
 	struct kv_mfd_recv_params rp = params(KV_MFD_METHOD_NONE);
 	uint64_t offs[2] = {0, PAGE}, got_offs[128];
 	struct kv_mfd_packet pkt = {
-		.pages_alloc = 128, .normal = 1, .zero = 1,
-		.next_size = PAGE, .packet_num = 5, .offsets = offs,
+	    .pages_alloc = 128,
+	    .normal = 1,
+	    .zero = 1,
+	    .next_size = PAGE,
+	    .packet_num = 5,
+	    .offsets = offs,
 	};
 	struct kv_mfd_packet got = {.offsets = got_offs};
 	struct kv_error err = {0};
@@ -293,13 +298,11 @@ static void test_two_step_decode(void **state)
 	(void)state;
 	strcpy(pkt.block, "pc.ram");
 	kv_mfd_packet_encode(&pkt, buf, sizeof(buf), &err);
-	assert_int_equal(kv_mfd_packet_decode_header(buf, 320, &rp, &got,
-						     &err),
+	assert_int_equal(kv_mfd_packet_decode_header(buf, 320, &rp, &got, &err),
 			 0);
 	assert_int_equal(kv_mfd_packet_offsets_size(&got), 1024);
-	assert_int_equal(kv_mfd_packet_decode_offsets(buf + 320, 1024, &rp,
-						      &got, &err),
-			 0);
+	assert_int_equal(
+	    kv_mfd_packet_decode_offsets(buf + 320, 1024, &rp, &got, &err), 0);
 	assert_true(got_offs[1] == PAGE);
 }
 
@@ -307,7 +310,10 @@ static void test_encode_rejects(void **state)
 {
 	uint64_t offs[4] = {0};
 	struct kv_mfd_packet pkt = {
-		.pages_alloc = 2, .normal = 2, .zero = 1, .offsets = offs,
+	    .pages_alloc = 2,
+	    .normal = 2,
+	    .zero = 1,
+	    .offsets = offs,
 	};
 	struct kv_error err = {0};
 	uint8_t buf[400];
@@ -333,8 +339,13 @@ static void good_packet(uint8_t *buf, size_t len, uint32_t flags,
 {
 	uint64_t offs[3] = {0, 0x10000, 0x3fff000};
 	struct kv_mfd_packet pkt = {
-		.flags = flags, .pages_alloc = 4, .normal = 2, .zero = 1,
-		.next_size = next_size, .packet_num = 57, .offsets = offs,
+	    .flags = flags,
+	    .pages_alloc = 4,
+	    .normal = 2,
+	    .zero = 1,
+	    .next_size = next_size,
+	    .packet_num = 57,
+	    .offsets = offs,
 	};
 	struct kv_error err = {0};
 
@@ -365,11 +376,11 @@ static void test_decode_rejects_header(void **state)
 	good_packet(good, sizeof(good), 0, 2 * PAGE);
 	expect_reject(good, 319, &rp, -EINVAL, "header of 319 bytes");
 
-#define BREAK(stmt, needle)                                                   \
-	do {                                                                  \
-		memcpy(buf, good, sizeof(buf));                               \
-		stmt;                                                         \
-		expect_reject(buf, sizeof(buf), &rp, -EINVAL, needle);        \
+#define BREAK(stmt, needle)                                                    \
+	do {                                                                   \
+		memcpy(buf, good, sizeof(buf));                                \
+		stmt;                                                          \
+		expect_reject(buf, sizeof(buf), &rp, -EINVAL, needle);         \
 	} while (0)
 
 	BREAK(set_be32(buf, 0x11223355),
@@ -456,9 +467,9 @@ static void test_decode_rejects_offsets(void **state)
 		struct kv_mfd_packet got = {.offsets = offs};
 		struct kv_error err = {0};
 
-		assert_int_equal(kv_mfd_packet_decode(buf, sizeof(buf), &rp,
-						      &got, &err),
-				 352);
+		assert_int_equal(
+		    kv_mfd_packet_decode(buf, sizeof(buf), &rp, &got, &err),
+		    352);
 	}
 	set_be64(buf + 320 + 16, PAGE);
 	expect_reject(buf, sizeof(buf), &rp, -EINVAL,
