@@ -23,10 +23,14 @@
 
 enum pattern { PAT_RANDOM, PAT_SEQUENTIAL, PAT_HOT_COLD, PAT_SMALL };
 
+/* What a page holds besides its generation stamp (see workload.c). */
+enum fill { FILL_RANDOM, FILL_SPARSE };
+
 struct options {
 	uint64_t mem_mib;	/* working set */
 	uint64_t rate_mib;	/* MiB/s dirtied, all workload vCPUs together */
 	enum pattern pattern;
+	enum fill fill;
 	uint32_t vcpus;		/* 0: all */
 	uint64_t seed;
 	uint64_t runtime_s;	/* 0: until 'q' */
@@ -133,6 +137,7 @@ void gprintf_nolock(const char *fmt, ...)
 	__attribute__((format(printf, 1, 2)));
 void parse_cmdline(const char *s, struct options *o);
 const char *pattern_name(enum pattern p);
+const char *fill_name(enum fill f);
 
 /* From CPL3: halt this vCPU until its next timer tick. HLT faults at CPL3;
  * boot.S's #GP handler halts at CPL0 and resumes after it. */

@@ -210,6 +210,17 @@ const char *pattern_name(enum pattern p)
 	return "?";
 }
 
+const char *fill_name(enum fill f)
+{
+	switch (f) {
+	case FILL_RANDOM:
+		return "random";
+	case FILL_SPARSE:
+		return "sparse";
+	}
+	return "?";
+}
+
 static bool word_is(const char *s, size_t n, const char *w)
 {
 	if (strlen(w) != n)
@@ -271,6 +282,10 @@ static void parse_option(const char *key, size_t klen, const char *val,
 	else if (word_is(key, klen, "pattern") &&
 		 word_is(val, vlen, "small-writes"))
 		o->pattern = PAT_SMALL;
+	else if (word_is(key, klen, "fill") && word_is(val, vlen, "random"))
+		o->fill = FILL_RANDOM;
+	else if (word_is(key, klen, "fill") && word_is(val, vlen, "sparse"))
+		o->fill = FILL_SPARSE;
 }
 
 /* "key=value key=value ...": unknown words (a loader may prepend the
