@@ -24,7 +24,7 @@
 enum pattern { PAT_RANDOM, PAT_SEQUENTIAL, PAT_HOT_COLD, PAT_SMALL };
 
 /* What a page holds besides its generation stamp (see workload.c). */
-enum fill { FILL_RANDOM, FILL_SPARSE };
+enum fill { FILL_MIX, FILL_SPARSE, FILL_NOISE };
 
 struct options {
 	uint64_t mem_mib;	/* working set */

@@ -213,10 +213,12 @@ const char *pattern_name(enum pattern p)
 const char *fill_name(enum fill f)
 {
 	switch (f) {
-	case FILL_RANDOM:
-		return "random";
+	case FILL_MIX:
+		return "mix";
 	case FILL_SPARSE:
 		return "sparse";
+	case FILL_NOISE:
+		return "noise";
 	}
 	return "?";
 }
@@ -282,10 +284,12 @@ static void parse_option(const char *key, size_t klen, const char *val,
 	else if (word_is(key, klen, "pattern") &&
 		 word_is(val, vlen, "small-writes"))
 		o->pattern = PAT_SMALL;
-	else if (word_is(key, klen, "fill") && word_is(val, vlen, "random"))
-		o->fill = FILL_RANDOM;
+	else if (word_is(key, klen, "fill") && word_is(val, vlen, "mix"))
+		o->fill = FILL_MIX;
 	else if (word_is(key, klen, "fill") && word_is(val, vlen, "sparse"))
 		o->fill = FILL_SPARSE;
+	else if (word_is(key, klen, "fill") && word_is(val, vlen, "noise"))
+		o->fill = FILL_NOISE;
 }
 
 /* "key=value key=value ...": unknown words (a loader may prepend the
