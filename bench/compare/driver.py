@@ -21,6 +21,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import caps  # noqa: E402
 import demo_vm  # noqa: E402
 from demo_vm import DemoError, VmPair  # noqa: E402
 import vmlib  # noqa: E402  (tests/integration, put on the path by demo_vm)
@@ -34,12 +35,15 @@ class ComparePair(VmPair):
     """A VmPair whose processes come from a vmms.Vmm."""
 
     def __init__(self, build, vmm, memory, cpus, append, dest_host,
-                 dest_port, netns=None):
+                 dest_port, netns=None, configure_dest=None):
         super().__init__(build, memory, cpus, append)
         self.vmm = vmm
         self.dest_host = dest_host
         self.dest_port = dest_port
         self.netns = netns
+        # configure_dest(qmp): the destination starts with `incoming
+        # defer`, is configured, then told migrate-incoming (multifd).
+        self.configure_dest = configure_dest
 
     def start_both(self):
         """Start the source (booting) and the destination (listening)
@@ -52,11 +56,15 @@ class ComparePair(VmPair):
         self.src = vmlib.Vm(self.vmm.source_argv(self.memory, self.cpus,
                                                  self.append, spath),
                             f"{self.vmm.name} source")
-        dargv = self.vmm.dest_argv(self.memory, self.cpus, self.uri, dpath)
+        incoming = "defer" if self.configure_dest else self.uri
+        dargv = self.vmm.dest_argv(self.memory, self.cpus, incoming, dpath)
         if self.netns:
             dargv = ["ip", "netns", "exec", self.netns] + dargv
         self.dst = vmlib.Vm(dargv, f"{self.vmm.name} destination")
         self.qdst = self._connect(self.dst, dpath)
+        if self.configure_dest:
+            self.configure_dest(self.qdst)
+            self.qdst.cmd("migrate-incoming", uri=self.uri)
         self._wait_listening()
         if not self.src.wait_console(r"workload started", BOOT_TIMEOUT_S):
             raise DemoError(f"the {self.vmm.name} source guest did not start "
@@ -100,11 +108,21 @@ class PassTimeline:
         self.marks = []
         self.last = None
         self.last_ram = {}
+        self.max_throttle = None
+        self.xbzrle = None
 
     def __call__(self, info, t):
         ram = info.get("ram") or {}
         if ram:
             self.last_ram = ram
+        # auto-converge and XBZRLE (issue 5): present only while the
+        # capability is on (QEMU drops the throttle once it ends).
+        thr = info.get("cpu-throttle-percentage")
+        if thr is not None and (self.max_throttle is None or
+                                thr > self.max_throttle):
+            self.max_throttle = thr
+        if info.get("xbzrle-cache"):
+            self.xbzrle = info["xbzrle-cache"]
         n = ram.get("dirty-sync-count")
         if n is not None and n != self.last:
             self.marks.append((round(t * 1000.0, 1), n,
@@ -116,23 +134,50 @@ class PassTimeline:
         from migrate to the count reaching 2 (both VMMs count the sync
         that starts tracking as 1, so 2 ends the first full pass)."""
         first = next((t for t, n, _ in self.marks if n >= 2), None)
-        return {"pass_marks": self.marks, "first_pass_ms": first}
+        out = {"pass_marks": self.marks, "first_pass_ms": first}
+        if self.max_throttle is not None:
+            out["max_throttle"] = self.max_throttle
+        if self.xbzrle is not None:
+            out["xbzrle_cache"] = self.xbzrle
+        return out
+
+
+def guest_append(rate, workload=None):
+    """The guest's command line: `mem=max(64,rate) rate=RATE
+    pattern=random`, with WORKLOAD ({word: value}) replacing or adding
+    words."""
+    words = {"mem": max(64, rate), "rate": rate, "pattern": "random"}
+    words.update(workload or {})
+    return " ".join(f"{k}={v}" for k, v in words.items())
 
 
 def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
-            netns=None):
+            netns=None, profile=None, workload=None):
     """Boot, warm up, migrate once; a dict of measurements (see
     VmPair._result), plus boot_ms, guest_rate, corrupt, and error (a
-    string) when the run itself failed."""
-    mem = max(64, rate)
-    append = f"mem={mem} rate={rate} pattern=random"
+    string) when the run itself failed. PROFILE (caps.Profile): its
+    capabilities and parameters (PARAMS win) on the source, and on the
+    destination when it needs them; WORKLOAD: guest_append's words."""
+    append = guest_append(rate, workload)
+    configure_dest = None
+    cap_params = {}
+    if profile is not None:
+        cap_params = dict(profile.params)
+        cap_params.update(params)
+        if profile.dest:
+            def configure_dest(q):
+                caps.set_on(q, profile, cap_params,
+                            f"{vmm.name} destination")
     pair = ComparePair(build, vmm, size, 2, append, dest_host, dest_port,
-                       netns)
+                       netns, configure_dest)
     try:
         boot_s = pair.start_both()
         time.sleep(WARMUP_S)
         guest_rate = pair.guest_rate()
-        pair.set_parameters(**params)
+        if profile is not None:
+            caps.set_on(pair.qsrc, profile, cap_params, f"{vmm.name} source")
+        else:
+            pair.set_parameters(**params)
         got = pair.qsrc.cmd("query-migrate-parameters")
         for k, v in params.items():
             if got.get(k) != v:
@@ -171,8 +216,10 @@ def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
         except DemoError:
             pass  # killed by close(); the measurement is taken
         return r
-    except (DemoError, vmlib.QmpError, OSError) as e:
-        return {"converged": False, "status": "error", "error": str(e)}
+    except (DemoError, vmlib.QmpError, OSError, ValueError, KeyError,
+            TypeError) as e:
+        return {"converged": False, "status": "error",
+                "error": str(e) or type(e).__name__}
     finally:
         pair.close()
 

@@ -9,6 +9,21 @@ workload, the same migration parameters, one QMP driver for both VMMs.
         [--shaped-cells 4G:256,...] [--json FILE] [--out FILE] [--img DIR]
     bench/compare/main.py --report-only --json FILE [--json FILE ...]
 
+Capability profiles (issue 5; bench/caps.sh runs the issue's benchmarks):
+
+    bench/compare/main.py --build BUILD --caps plain,xbzrle,multifd,...
+        [--bench NAME] [--workload 'pattern=small-writes mem=256']
+        [--params KEY=VALUE,...] [the options above]
+    bench/compare/main.py --caps-report --json FILE [--json FILE ...]
+        [--tcp-limit FILE] [--memtest FILE]
+
+Each profile (bench/compare/caps.py) is a set of capabilities and
+parameters applied identically to both VMMs (and to the destination,
+started with `incoming defer`, when the capability needs it); a profile
+QEMU lacks runs for kvmig only. Runs are tagged with --bench and the
+profile; the report (bench/results/caps-latest.md) has one table per
+benchmark.
+
 Every run boots the guest (BUILD/guest/guest.elf, 2 vCPUs, `mem=max(64,
 rate) rate=RATE pattern=random`) on a source VMM while its destination
 starts (in the link's network namespace for a shaped link), waits for the
@@ -31,6 +46,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import caps  # noqa: E402
+import caps_report  # noqa: E402
 import driver  # noqa: E402
 import netlink  # noqa: E402
 import report  # noqa: E402
@@ -78,6 +95,28 @@ def parse_args():
         ROOT, "bench", "results", "compare-latest.md"))
     ap.add_argument("--img", default=os.path.join(ROOT, "docs", "img"))
     ap.add_argument("--command", default=None)
+    ap.add_argument("--caps", default=env_default("COMPARE_CAPS", ""),
+                    help="capability profiles, e.g. plain,xbzrle,multifd,"
+                         "multifd-zlib,multifd-zstd,multifd-lz4,"
+                         "auto-converge (bench/compare/caps.py)")
+    ap.add_argument("--bench", default=env_default("COMPARE_BENCH", "caps"),
+                    help="with --caps: the benchmark the runs belong to "
+                         "(a table of the caps report)")
+    ap.add_argument("--workload", default=env_default("COMPARE_WORKLOAD",
+                                                      ""),
+                    help="guest words replacing the defaults (and a "
+                         "profile's own), e.g. 'pattern=small-writes "
+                         "mem=256'")
+    ap.add_argument("--params", default=env_default("COMPARE_PARAMS", ""),
+                    help="with --caps: KEY=VALUE,... migration parameters "
+                         "over the profiles' own")
+    ap.add_argument("--caps-report", action="store_true",
+                    help="write the caps report from --json files")
+    ap.add_argument("--tcp-limit", default=None,
+                    help="caps report: bench/tcp_limit's JSON output")
+    ap.add_argument("--memtest", default=None,
+                    help="caps report: kvmig memtest --json summaries "
+                         "(one per line) of the multifd throughput runs")
     args = ap.parse_args()
     args.sizes = [s for s in args.sizes.split(",") if s]
     args.rates = [int(r) for r in args.rates.split(",") if r]
@@ -85,10 +124,23 @@ def parse_args():
     args.vmms = [x for x in args.vmms.split(",") if x]
     args.shaped_cells = [(c.split(":")[0], int(c.split(":")[1]))
                          for c in args.shaped_cells.split(",") if c]
+    args.profiles = caps.parse([x for x in args.caps.split(",") if x])
+    args.workload_words = dict(w.split("=", 1) for w in
+                               args.workload.split() if "=" in w)
+    args.extra_params = caps.parse_params(args.params)
+    if args.caps_report and not args.profiles:
+        args.report_only = True
+    if args.caps_report or args.profiles:
+        args.caps_report = True
+        if "--out" not in sys.argv:
+            args.out = os.path.join(ROOT, "bench", "results",
+                                    "caps-latest.md")
     if args.command is None:
         args.command = " ".join(["bench/compare/main.py"] + sys.argv[1:])
     if not args.json:
-        args.json = [os.path.join(args.build, "bench-compare-runs.json")]
+        name = "bench-caps-runs.json" if args.caps_report else \
+            "bench-compare-runs.json"
+        args.json = [os.path.join(args.build, name)]
     return args
 
 
@@ -106,7 +158,8 @@ def load_runs(paths):
     # Runs of one cell from several files: number them 1..n.
     seen = {}
     for r in runs:
-        key = (r["link"], r["size"], r["rate"], r["vmm"])
+        key = (r["link"], r["size"], r["rate"], r["vmm"], r.get("bench"),
+               r.get("profile"), r.get("workload"))
         seen[key] = seen.get(key, 0) + 1
         r["run"] = seen[key]
         for k, v in data.get("meta", {}).items():
@@ -155,6 +208,8 @@ def measure(args, log_file):
             return 1
     params = {"downtime-limit": args.downtime_limit,
               "max-bandwidth": args.max_bandwidth}
+    if args.profiles:
+        return measure_profiles(args, log_file, vs, params)
     for spec in args.links:
         link = netlink.make(spec)
         with link:
@@ -176,6 +231,41 @@ def measure(args, log_file):
     return 0
 
 
+def measure_profiles(args, log_file, vs, params):
+    """The capability runs: for each link, cell and run number, every
+    profile on every VMM that has it (alternating, as the matrix)."""
+    params = dict(params, **args.extra_params)
+    for spec in args.links:
+        link = netlink.make(spec)
+        with link:
+            log_file.link(link.name, link.describe())
+            log(f"link {link.name}: {link.describe()}")
+            for size, rate in cells_for(args, link):
+                for i in range(1, args.runs + 1):
+                    for prof in args.profiles:
+                        for v in vs:
+                            if prof.supported_by(v.name):
+                                one_profile_run(args, log_file, link, v,
+                                                size, rate, i, prof, params)
+    return 0
+
+
+def one_profile_run(args, log_file, link, v, size, rate, i, prof, params):
+    workload = dict(prof.workload)
+    workload.update(args.workload_words)
+    t0 = time.time()
+    r = driver.one_run(args.build, v, size, rate, params, args.timeout,
+                       link.dest_host, netlink_port(link), link.netns,
+                       profile=prof, workload=workload)
+    r.update(vmm=v.name, size=size, rate=rate, link=link.name, run=i,
+             bench=args.bench, profile=prof.name,
+             workload=driver.guest_append(rate, workload),
+             cap_params=dict(prof.params, **args.extra_params),
+             started=t0, load=os.getloadavg()[0])
+    log_file.add(r)
+    log(f"[{args.bench} {prof.name}] " + describe_run(r))
+
+
 def netlink_port(link):
     if link.netns is None:
         return driver.demo_vm.free_port()
@@ -190,10 +280,18 @@ def describe_run(r):
     if not r["converged"]:
         return f"{head} no convergence in the time limit " \
             f"({r.get('passes')} passes, {r.get('transferred')} bytes)"
+    extra = ""
+    if r.get("max_throttle") is not None:
+        extra += f", max throttle {r['max_throttle']}%"
+    if r.get("xbzrle_cache"):
+        x = r["xbzrle_cache"]
+        extra += (f", xbzrle {x.get('pages')} pages "
+                  f"{(x.get('bytes') or 0) / 2**20:.1f} MiB, "
+                  f"miss rate {x.get('cache-miss-rate')}")
     return (f"{head} total {r['total_ms']} ms, downtime {r['downtime_ms']} "
             f"ms, guest {r['guest_downtime_ms']:.1f} ms, "
             f"{(r['transferred'] or 0) / 2**20:.0f} MiB, "
-            f"{r['passes']} passes, boot {r['boot_ms']:.0f} ms")
+            f"{r['passes']} passes, boot {r['boot_ms']:.0f} ms{extra}")
 
 
 def binary_stamp(build):
@@ -243,7 +341,10 @@ def main():
     if not runs:
         log("no runs to report")
         return 1
-    text = report.write(runs, meta, args)
+    if args.caps_report:
+        text = caps_report.write(runs, meta, args)
+    else:
+        text = report.write(runs, meta, args)
     print(text)
     log(f"wrote {args.out}")
     return 0

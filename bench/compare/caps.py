@@ -1,0 +1,139 @@
+# SPDX-License-Identifier: MIT
+"""Capability profiles (issue 5): the migration capabilities and parameters
+a run sets, with QEMU's names, identically on both VMMs.
+
+A profile sets its capabilities and parameters on the source after the
+warm-up (with downtime-limit and max-bandwidth); a profile whose
+capability both ends must know (multifd: the destination opens the
+channels and decodes the packets) starts the destination with `-incoming
+defer` / `--incoming defer`, sets the same capabilities and parameters on
+it, then `migrate-incoming` (what QEMU requires, and kvmig accepts the
+same way). Each profile may name a guest workload of its own (used when
+the run does not give one): the one its capability is for.
+
+    PROFILES[name] -> Profile
+"""
+
+MIB = 1 << 20
+
+
+class Profile:
+    def __init__(self, name, caps=(), params=None, dest=False, qemu=True,
+                 workload=None, what=""):
+        self.name = name
+        self.caps = list(caps)
+        self.params = dict(params or {})
+        self.dest = dest            # configure the destination too (defer)
+        self.qemu = qemu            # QEMU 7.2 has it
+        self.workload = dict(workload or {})
+        self.what = what
+
+    def supported_by(self, vmm_name):
+        return vmm_name != "qemu" or self.qemu
+
+    def capabilities_arg(self):
+        return [{"capability": c, "state": True} for c in self.caps]
+
+    def describe(self):
+        parts = [f"capabilities {', '.join(self.caps) or 'none'}"]
+        if self.params:
+            parts.append("parameters " + ", ".join(
+                f"{k}={fmt_value(v)}" for k, v in self.params.items()))
+        if self.dest:
+            parts.append("destination too (defer, then migrate-incoming)")
+        if not self.qemu:
+            parts.append("kvmig only (QEMU lacks it)")
+        return "; ".join(parts)
+
+
+def fmt_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int) and v >= MIB and v % MIB == 0:
+        return f"{v // MIB} MiB"
+    return str(v)
+
+
+def _multifd(compression, level=None, qemu=True, workload=None):
+    params = {"multifd-channels": 2, "multifd-compression": compression}
+    if level is not None:
+        params[f"multifd-{compression}-level"] = level
+    return dict(caps=["multifd"], params=params, dest=True, qemu=qemu,
+                workload=workload)
+
+
+SPARSE = {"fill": "sparse"}
+
+PROFILES = {p.name: p for p in (
+    Profile("plain", what="plain precopy, one stream"),
+    # QEMU's cache is direct-mapped on the page address: twice the
+    # largest working set used here (256 MiB) keeps all of it (the
+    # default, 64 MiB, would measure cache misses, not XBZRLE).
+    Profile("xbzrle", caps=["xbzrle"],
+            params={"xbzrle-cache-size": 512 * MIB},
+            workload={"pattern": "small-writes"},
+            what="XBZRLE deltas against a cache of the pages sent"),
+    Profile("multifd", **_multifd("none"),
+            what="2 multifd channels, no compression"),
+    Profile("multifd-zlib", **_multifd("zlib", 1, workload=SPARSE),
+            what="2 multifd channels, zlib level 1"),
+    Profile("multifd-zstd", **_multifd("zstd", 1, workload=SPARSE),
+            what="2 multifd channels, zstd level 1"),
+    Profile("multifd-lz4", **_multifd("lz4", qemu=False, workload=SPARSE),
+            what="2 multifd channels, lz4 (kvmig only)"),
+    Profile("auto-converge", caps=["auto-converge"],
+            params={"cpu-throttle-initial": 20,
+                    "cpu-throttle-increment": 10,
+                    "cpu-throttle-tailslow": False,
+                    "max-cpu-throttle": 99},
+            what="vCPU throttling when passes stop shrinking"),
+)}
+
+
+def parse(names):
+    """'plain,xbzrle' -> [Profile]; ValueError naming an unknown one."""
+    out = []
+    for n in names:
+        if n not in PROFILES:
+            raise ValueError(f"unknown capability profile {n!r} (known: "
+                             f"{', '.join(PROFILES)})")
+        out.append(PROFILES[n])
+    return out
+
+
+def parse_params(text):
+    """'k=v,k=v' -> {k: int|bool|str} (overrides for every profile)."""
+    out = {}
+    for item in (x for x in text.split(",") if x):
+        if "=" not in item:
+            raise ValueError(f"bad parameter {item!r}: KEY=VALUE")
+        k, v = item.split("=", 1)
+        if v in ("true", "false"):
+            out[k] = v == "true"
+        elif v.isdigit():
+            out[k] = int(v)
+        else:
+            out[k] = v
+    return out
+
+
+def set_on(qmp, profile, params, label):
+    """Set the profile's capabilities and PARAMS (profile's, with the
+    run's) on one VMM's monitor and read them back."""
+    from vmlib import QmpError  # noqa: E402  (put on the path by driver)
+    if profile.caps:
+        qmp.cmd("migrate-set-capabilities",
+                capabilities=profile.capabilities_arg())
+        got = {c["capability"]: c["state"]
+               for c in qmp.cmd("query-migrate-capabilities")}
+        for c in profile.caps:
+            if got.get(c) is not True:
+                raise QmpError(f"{label}: capability {c} is {got.get(c)} "
+                               f"after migrate-set-capabilities")
+    if params:
+        qmp.cmd("migrate-set-parameters", **params)
+        got = qmp.cmd("query-migrate-parameters")
+        for k, v in params.items():
+            if got.get(k) != v:
+                raise QmpError(f"{label}: {k} is {got.get(k)!r} after "
+                               f"migrate-set-parameters {k}={v!r}")
