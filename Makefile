@@ -6,7 +6,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps demo check bench bench-compare fuzz clean format
+.PHONY: all deps demo check bench bench-compare bench-caps fuzz clean format
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -38,6 +38,9 @@ bench: all
 
 bench-compare: all
 	bench/compare.sh $(BUILD)
+
+bench-caps: all
+	bench/caps.sh $(BUILD)
 
 fuzz: $(FUZZ_BUILD)/build.ninja
 	ninja -C $(FUZZ_BUILD)

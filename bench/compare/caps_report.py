@@ -265,16 +265,18 @@ def load_memtest(path):
 
 
 def memtest_rate(m):
-    """Bytes per second of one memtest summary (the field names of kvmig
-    memtest --json; the first one present)."""
-    for k in ("bytes_per_sec", "throughput_bytes_per_sec", "bps"):
-        if m.get(k):
-            return float(m[k])
-    total = m.get("transferred") or m.get("bytes")
-    ms = m.get("total_ms") or m.get("total-time")
-    if total and ms:
-        return float(total) * 1000.0 / float(ms)
-    return None
+    """Bytes per second of one `kvmig memtest --json` source summary:
+    ram transferred over the time pages moved (total_ms less setup_ms and
+    downtime_ms, which holds the digest check); None for another line or
+    a failed run."""
+    if m.get("role") != "source" or m.get("error") or \
+            m.get("status") != "completed":
+        return None
+    total, ms = m.get("transferred"), m.get("total_ms")
+    if not total or not ms:
+        return None
+    moving = ms - (m.get("setup_ms") or 0) - (m.get("downtime_ms") or 0)
+    return float(total) * 1000.0 / float(moving if moving > 0 else ms)
 
 
 def multifd_section(args):
@@ -302,9 +304,10 @@ def multifd_section(args):
                  f"({args.memtest})")
     else:
         r = median(rates)
-        line = (f"- kvmig memtest, 1 GiB of random pages, multifd 2 "
-                f"channels, no compression: **{r / MIB:.0f} MiB/s** "
-                f"(median of {len(rates)})")
+        line = (f"- kvmig memtest, 1 GiB of random pages, idle, multifd "
+                f"2 channels, no compression: **{r / MIB:.0f} MiB/s** "
+                f"(median of {len(rates)}; `transferred` over `total_ms` "
+                f"less `setup_ms` and `downtime_ms`)")
         if two:
             ratio = r / two
             line += (f" = **{ratio:.2f}** × the 2-stream limit (target ≥ "
