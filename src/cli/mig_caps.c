@@ -33,7 +33,7 @@ static const struct cap_info caps[MIG_CAP_COUNT] = {
 			     "migrations (file: migrations have none)"},
     [MIG_CAP_PAUSE_BEFORE_SWITCHOVER] = {"pause-before-switchover",
 					 CAP_UNSUPPORTED, false, NULL},
-    [MIG_CAP_MULTIFD] = {"multifd", CAP_UNSUPPORTED, false, NULL},
+    [MIG_CAP_MULTIFD] = {"multifd", CAP_SETTABLE, false, NULL},
     [MIG_CAP_DIRTY_BITMAPS] = {"dirty-bitmaps", CAP_UNSUPPORTED, false, NULL},
     [MIG_CAP_POSTCOPY_BLOCKTIME] = {"postcopy-blocktime", CAP_UNSUPPORTED,
 				    false, NULL},

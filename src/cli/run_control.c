@@ -257,13 +257,30 @@ static void qmp_quit(void *opaque)
 	kv_vm_request_exit(rc->vm, 0);
 }
 
-/* What the capabilities and the kept parameters ask of the engine. */
+/* What the capabilities and the kept parameters ask of the engine (the
+ * names were checked when they were set). */
 static void migrate_params(struct run_ctl *rc, struct kv_mig_params *p)
 {
+	struct kv_error ignored = {0};
+
 	pthread_mutex_lock(&rc->lock);
 	p->xbzrle_cache_size = mig_caps_get(&rc->caps, MIG_CAP_XBZRLE)
 				   ? rc->mp.xbzrle_cache_size
 				   : 0;
+	p->multifd_channels = mig_caps_get(&rc->caps, MIG_CAP_MULTIFD)
+				  ? (unsigned)rc->mp.multifd_channels
+				  : 0;
+	kv_mfd_method_parse(rc->mp.multifd_compression, &p->multifd_method,
+			    &ignored);
+	p->multifd_level =
+	    p->multifd_method == KV_MFD_METHOD_ZLIB
+		? (int)rc->mp.multifd_zlib_level
+		: p->multifd_method == KV_MFD_METHOD_ZSTD
+		      ? (int)rc->mp.multifd_zstd_level
+		      : KV_MFD_LEVEL_DEFAULT;
+	kv_mfd_zero_parse(rc->mp.zero_page_detection, &p->zero_page_detection,
+			  &ignored);
+	p->avail_switchover_bw = rc->mp.avail_switchover_bw;
 	pthread_mutex_unlock(&rc->lock);
 }
 
@@ -747,12 +764,17 @@ static void *incoming_main(void *arg)
 static int start_incoming(struct run_ctl *rc, const char *uri,
 			  struct kv_error *err)
 {
+	struct kv_mig_params p;
 	struct kv_uri parsed;
 	int ret;
 
 	ret = kv_uri_parse(uri, &parsed, err);
 	if (ret < 0)
 		return ret;
+	/* multifd must be set on both sides, as in QEMU. */
+	kv_vm_mig_get_params(rc->mig, &p);
+	migrate_params(rc, &p);
+	kv_vm_mig_set_params(rc->mig, &p);
 	/* Listening before this returns: a peer (or a QMP client told the
 	 * destination is ready) can connect at once. */
 	ret = kv_vm_mig_listen(rc->mig, uri, err);

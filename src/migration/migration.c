@@ -64,6 +64,7 @@
 struct kv_migration {
 	struct kv_savevm *sv;
 	struct kv_ram_state *rs;
+	struct kv_mfd_send *mfd; /* multifd channels, under lock */
 	struct kv_mig_params params; /* limits: atomic access */
 	struct kv_mig_hooks hooks;
 	int status; /* enum kv_mig_status, atomic */
@@ -123,6 +124,11 @@ void kv_mig_params_default(struct kv_mig_params *p)
 	p->converge_timeout_ms = 0;
 	p->rp_timeout_ms = 30000;
 	p->xbzrle_cache_size = 0;
+	p->multifd_channels = 0;
+	p->multifd_method = KV_MFD_METHOD_NONE;
+	p->multifd_level = KV_MFD_LEVEL_DEFAULT;
+	p->zero_page_detection = KV_MFD_ZERO_MULTIFD;
+	p->avail_switchover_bw = 0;
 }
 
 struct kv_migration *kv_mig_new(struct kv_savevm *sv, struct kv_ram_state *rs,
@@ -227,6 +233,8 @@ void kv_mig_cancel(struct kv_migration *m)
 	pthread_mutex_lock(&m->lock);
 	if (m->stream)
 		kv_stream_shutdown(m->stream);
+	if (m->mfd)
+		kv_mfd_send_cancel(m->mfd);
 	pthread_mutex_unlock(&m->lock);
 }
 
@@ -235,13 +243,34 @@ void kv_mig_set_downtime_limit(struct kv_migration *m, uint64_t ms)
 	__atomic_store_n(&m->params.downtime_limit_ms, ms, __ATOMIC_RELAXED);
 }
 
+/* max-bandwidth holds for everything together: with multifd the pages
+ * go over the channels, which share the limit, and the main stream (a
+ * few records and the device state) is not held back. */
+static void apply_rate_limit(struct kv_migration *m, struct kv_stream *s)
+{
+	uint64_t bw = __atomic_load_n(&m->params.max_bandwidth,
+				      __ATOMIC_RELAXED);
+
+	if (m->rs && kv_ram_multifd_set_rate_limit(m->rs, bw))
+		bw = 0;
+	kv_stream_set_rate_limit(s, bw);
+}
+
+/* Bytes on the wire: the main stream and any multifd channels. */
+static uint64_t transferred(const struct kv_migration *m,
+			    struct kv_stream *s)
+{
+	return kv_stream_transferred(s) +
+	       (m->rs ? kv_ram_multifd_bytes(m->rs) : 0);
+}
+
 void kv_mig_set_max_bandwidth(struct kv_migration *m, uint64_t bytes_per_sec)
 {
 	__atomic_store_n(&m->params.max_bandwidth, bytes_per_sec,
 			 __ATOMIC_RELAXED);
 	pthread_mutex_lock(&m->lock);
 	if (m->stream)
-		kv_stream_set_rate_limit(m->stream, bytes_per_sec);
+		apply_rate_limit(m, m->stream);
 	pthread_mutex_unlock(&m->lock);
 }
 
@@ -266,10 +295,10 @@ void kv_mig_get_stats(const struct kv_migration *m, struct kv_mig_stats *st)
 
 static void update_stats(struct kv_migration *m, struct kv_stream *s)
 {
-	uint64_t transferred = kv_stream_transferred(s);
+	uint64_t bytes = transferred(m, s);
 
 	pthread_mutex_lock(&m->lock);
-	m->stats.transferred = transferred;
+	m->stats.transferred = bytes;
 	m->stats.bandwidth = m->bandwidth;
 	m->stats.total_time_ms = (kv_now_ns() - m->start_ns) / 1000000;
 	pthread_mutex_unlock(&m->lock);
@@ -310,6 +339,17 @@ static int not_converged(struct kv_migration *m, uint64_t pending,
 			    (double)pending / MIB, (unsigned long long)m->pass,
 			    bw / MIB, (unsigned long long)downtime_ms,
 			    allowed / MIB, needed_ms);
+}
+
+/* What the switch-over can move per second: the measured bandwidth, or
+ * what the user says is available for it (avail-switchover-bandwidth,
+ * e.g. when the migration shares the link and precopy was capped). */
+static double switchover_bandwidth(const struct kv_migration *m)
+{
+	uint64_t avail = __atomic_load_n(&m->params.avail_switchover_bw,
+					 __ATOMIC_RELAXED);
+
+	return avail ? (double)avail : m->bandwidth;
 }
 
 /* Whether to stop iterating: pending fits the downtime limit and more
@@ -359,7 +399,7 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 				   struct kv_error *err)
 {
 	int64_t active_start = kv_now_ns(), pass_start = active_start;
-	uint64_t pass_bytes0 = kv_stream_transferred(s);
+	uint64_t pass_bytes0 = transferred(m, s);
 	uint64_t timeout_ms = m->params.converge_timeout_ms;
 	uint64_t prev_pending = UINT64_MAX;
 	int64_t last_report_ns = active_start;
@@ -399,7 +439,7 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 			if (pass_ns < 1000000)
 				pass_ns = 1000000;
 			m->bandwidth =
-			    (double)(kv_stream_transferred(s) - pass_bytes0) *
+			    (double)(transferred(m, s) - pass_bytes0) *
 			    1e9 / (double)pass_ns;
 			pass_pages = record_pass_pages(m);
 			ret = kv_savevm_pending_exact(m->sv, &pending, err);
@@ -415,7 +455,8 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 			    (unsigned long long)(pending / KV_PAGE_SIZE));
 			downtime_ms = __atomic_load_n(
 			    &m->params.downtime_limit_ms, __ATOMIC_RELAXED);
-			threshold = m->bandwidth * (double)downtime_ms / 1000.0;
+			threshold = switchover_bandwidth(m) *
+				    (double)downtime_ms / 1000.0;
 			update_stats(m, s);
 			report_progress(m, pending, pass_pages);
 			if (time_to_switch(pending, prev_pending, threshold,
@@ -426,7 +467,7 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 			prev_pending = pending;
 			m->pass++;
 			pass_start = now;
-			pass_bytes0 = kv_stream_transferred(s);
+			pass_bytes0 = transferred(m, s);
 		}
 		if (timeout_ms &&
 		    (uint64_t)(now - active_start) / 1000000 >= timeout_ms)
@@ -436,7 +477,7 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 					    __ATOMIC_RELAXED),
 			    m->pass > 1
 				? m->bandwidth
-				: (double)(kv_stream_transferred(s) -
+				: (double)(transferred(m, s) -
 					   pass_bytes0) *
 				      1e9 / (double)(now - pass_start + 1),
 			    err);
@@ -545,6 +586,88 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 	return switch_over(m, s, return_path, stopped, err);
 }
 
+int kv_mig_multifd_connect(struct kv_migration *m, const char *uri,
+			   struct kv_error *err)
+{
+	struct kv_mfd_config cfg = {
+	    .channels = m->params.multifd_channels,
+	    .method = m->params.multifd_method,
+	    .level = m->params.multifd_level,
+	    .zero = m->params.zero_page_detection,
+	};
+	struct kv_mfd_send *mfd;
+
+	if (!cfg.channels || !m->rs)
+		return 0;
+	if (m->params.xbzrle_cache_size)
+		return kv_error_set(err, -EINVAL,
+				    "the xbzrle and multifd capabilities "
+				    "cannot be used together (as in QEMU): "
+				    "turn one of them off");
+	mfd = kv_mfd_send_start(uri, &cfg, err);
+	if (!mfd)
+		return err->code ? err->code : -EIO;
+	pthread_mutex_lock(&m->lock);
+	m->mfd = mfd;
+	pthread_mutex_unlock(&m->lock);
+	kv_ram_set_multifd_send(m->rs, mfd, cfg.zero);
+	return 0;
+}
+
+/* The channels close when the run ends: after SHUT(0), or on failure. */
+static void multifd_close(struct kv_migration *m)
+{
+	struct kv_mfd_send *mfd;
+
+	pthread_mutex_lock(&m->lock);
+	mfd = m->mfd;
+	m->mfd = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (!mfd)
+		return;
+	kv_ram_set_multifd_send(m->rs, NULL, KV_MFD_ZERO_LEGACY);
+	kv_mfd_send_free(mfd);
+}
+
+int kv_mig_incoming_multifd(const struct kv_mig_params *p,
+			    struct kv_ram_state *rs, struct kv_listener *l,
+			    struct kv_chan *main, struct kv_mfd_recv **out,
+			    struct kv_error *err)
+{
+	struct kv_mfd_config cfg = {
+	    .channels = p->multifd_channels,
+	    .method = p->multifd_method,
+	    .level = p->multifd_level,
+	    .zero = p->zero_page_detection,
+	};
+	struct kv_mfd_target target = kv_ram_multifd_target(rs);
+	struct kv_mfd_recv *r;
+
+	*out = NULL;
+	if (!cfg.channels)
+		return 0;
+	r = kv_mfd_recv_new(&cfg, &target, main, err);
+	if (!r)
+		return err->code ? err->code : -ENOMEM;
+	if (kv_mfd_recv_accept(r, l, err) < 0) {
+		kv_mfd_recv_free(r, NULL);
+		return err->code;
+	}
+	kv_ram_set_multifd_recv(rs, r);
+	*out = r;
+	return 0;
+}
+
+void kv_mig_incoming_multifd_end(struct kv_ram_state *rs,
+				 struct kv_mfd_recv *r)
+{
+	if (!r)
+		return;
+	kv_mfd_recv_stop(r);
+	kv_ram_set_multifd_recv(rs, NULL);
+	kv_mfd_recv_free(r, NULL);
+}
+
 int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 	       struct kv_error *err)
 {
@@ -573,8 +696,7 @@ int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 		}
 		goto out;
 	}
-	kv_stream_set_rate_limit(
-	    s, __atomic_load_n(&m->params.max_bandwidth, __ATOMIC_RELAXED));
+	apply_rate_limit(m, s);
 	return_path = kv_stream_chan(s)->is_socket;
 	m->return_path = return_path;
 	ret = run_phases(m, s, return_path, &stopped, &lerr);
@@ -595,6 +717,7 @@ out:
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
+	multifd_close(m);
 	if (ret == 0)
 		return 0;
 	if (cancelled) {

@@ -25,6 +25,8 @@
 
 #include "base/error.h"
 #include "io/stream.h"
+#include "migration/multifd.h"
+#include "migration/multifd_codec.h"
 #include "migration/ram.h"
 #include "migration/savevm.h"
 
@@ -49,6 +51,15 @@ struct kv_mig_params {
 	int rp_timeout_ms;            /* wait for SHUT; default 30000 */
 	/* XBZRLE (ram.h): cache bytes, 0 = off; default off. */
 	uint64_t xbzrle_cache_size;
+	/* multifd (multifd.h): extra channels, 0 = off (default); their
+	 * compression and level, and where zero pages are found. */
+	unsigned multifd_channels;
+	enum kv_mfd_method multifd_method;
+	int multifd_level;
+	enum kv_mfd_zero zero_page_detection;
+	/* Bytes/s the switch-over may assume instead of the measured
+	 * bandwidth (QEMU's avail-switchover-bandwidth); 0 = measured. */
+	uint64_t avail_switchover_bw;
 };
 
 void kv_mig_params_default(struct kv_mig_params *p);
@@ -101,6 +112,23 @@ void kv_mig_free(struct kv_migration *m);
  * 0 when COMPLETED; <0 with err set otherwise. */
 int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 	       struct kv_error *err);
+
+/* Source, after the main channel connected and before kv_mig_run: with
+ * params.multifd_channels, connect that many channels to uri and send
+ * the pages over them (kv_mig_run closes them when it ends). */
+int kv_mig_multifd_connect(struct kv_migration *m, const char *uri,
+			   struct kv_error *err);
+
+/* Destination, after the main channel was accepted from l: with
+ * p->multifd_channels, a receiver that accepts the channels from l and
+ * writes pages into rs (*out NULL without multifd). */
+int kv_mig_incoming_multifd(const struct kv_mig_params *p,
+			    struct kv_ram_state *rs, struct kv_listener *l,
+			    struct kv_chan *main, struct kv_mfd_recv **out,
+			    struct kv_error *err);
+/* After kv_mig_incoming*: detach and free it (NULL: nothing). */
+void kv_mig_incoming_multifd_end(struct kv_ram_state *rs,
+				 struct kv_mfd_recv *r);
 
 /* From any thread. */
 void kv_mig_cancel(struct kv_migration *m);

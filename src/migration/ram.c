@@ -318,9 +318,68 @@ int kv_ram_register(struct kv_ram_state *rs, struct kv_savevm *sv,
 
 void kv_ram_get_stats(const struct kv_ram_state *rs, struct kv_ram_stats *st)
 {
-	st->zero_pages = kv_ram_stat_get(&rs->zero_pages);
-	st->normal_pages = kv_ram_stat_get(&rs->normal_pages);
+	uint64_t mfd_normal = 0, mfd_zero = 0;
+
+	if (rs->mfd_send)
+		kv_mfd_send_pages(rs->mfd_send, &mfd_normal, &mfd_zero);
+	else if (rs->mfd_recv)
+		kv_mfd_recv_pages(rs->mfd_recv, &mfd_normal, &mfd_zero);
+	st->zero_pages = kv_ram_stat_get(&rs->zero_pages) + mfd_zero;
+	st->normal_pages = kv_ram_stat_get(&rs->normal_pages) + mfd_normal;
 	st->dirty_sync_count = kv_ram_stat_get(&rs->dirty_sync_count);
 	st->pass_pages = kv_ram_stat_get(&rs->pass_pages);
 	st->dirty_pages = kv_ram_stat_get(&rs->dirty_pages);
+}
+
+/* The channels' page counts become the handler's own when they go. */
+static void fold_counts(struct kv_ram_state *rs, uint64_t normal,
+			uint64_t zero)
+{
+	kv_ram_stat_add(&rs->normal_pages, normal);
+	kv_ram_stat_add(&rs->zero_pages, zero);
+}
+
+void kv_ram_set_multifd_send(struct kv_ram_state *rs, struct kv_mfd_send *m,
+			     enum kv_mfd_zero zero)
+{
+	uint64_t normal, zeros;
+
+	if (rs->mfd_send && rs->mfd_send != m) {
+		kv_mfd_send_pages(rs->mfd_send, &normal, &zeros);
+		fold_counts(rs, normal, zeros);
+	}
+	rs->mfd_send = m;
+	rs->mfd_zero = zero;
+}
+
+void kv_ram_set_multifd_recv(struct kv_ram_state *rs, struct kv_mfd_recv *r)
+{
+	uint64_t normal, zeros;
+
+	if (rs->mfd_recv && rs->mfd_recv != r) {
+		kv_mfd_recv_pages(rs->mfd_recv, &normal, &zeros);
+		fold_counts(rs, normal, zeros);
+	}
+	rs->mfd_recv = r;
+}
+
+uint64_t kv_ram_multifd_bytes(const struct kv_ram_state *rs)
+{
+	return rs->mfd_send ? kv_mfd_send_bytes(rs->mfd_send) : 0;
+}
+
+bool kv_ram_multifd_set_rate_limit(struct kv_ram_state *rs, uint64_t bps)
+{
+	if (!rs->mfd_send)
+		return false;
+	kv_mfd_send_set_rate_limit(rs->mfd_send, bps);
+	return true;
+}
+
+void kv_ram_multifd_cancel(struct kv_ram_state *rs)
+{
+	if (rs->mfd_send)
+		kv_mfd_send_cancel(rs->mfd_send);
+	if (rs->mfd_recv)
+		kv_mfd_recv_abort(rs->mfd_recv);
 }

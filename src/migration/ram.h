@@ -105,6 +105,32 @@ void kv_ram_get_stats(const struct kv_ram_state *rs, struct kv_ram_stats *st);
 int kv_ram_set_xbzrle(struct kv_ram_state *rs, uint64_t cache_size,
 		      struct kv_error *err);
 
+struct kv_mfd_send;
+struct kv_mfd_recv;
+enum kv_mfd_zero;
+
+/*
+ * multifd (multifd.h). Source: PAGE data goes over m's channels, zero
+ * pages as zero-page-detection says (legacy: ZERO records on the main
+ * stream; multifd: found by the channel threads; none: sent as data);
+ * every pass ends with a channel sync and a MULTIFD_FLUSH record. Set
+ * before the migration, cleared (NULL) after it; the caller owns m.
+ * Destination: MULTIFD_FLUSH records sync with r's channels, which write
+ * pages straight into the blocks (kv_ram_multifd_target()).
+ */
+void kv_ram_set_multifd_send(struct kv_ram_state *rs, struct kv_mfd_send *m,
+			     enum kv_mfd_zero zero);
+void kv_ram_set_multifd_recv(struct kv_ram_state *rs, struct kv_mfd_recv *r);
+/* Where a multifd receiver writes: rs's blocks by name. */
+struct kv_mfd_target kv_ram_multifd_target(struct kv_ram_state *rs);
+/* Bytes on the multifd channels (source), for the driver's counts. */
+uint64_t kv_ram_multifd_bytes(const struct kv_ram_state *rs);
+/* max-bandwidth for the channels together; false without multifd (the
+ * main stream then carries the pages and its own limit applies). */
+bool kv_ram_multifd_set_rate_limit(struct kv_ram_state *rs, uint64_t bps);
+/* Fail everything blocked on the channels (any thread). */
+void kv_ram_multifd_cancel(struct kv_ram_state *rs);
+
 /* query-migrate's "xbzrle-cache" (QEMU's names and meanings). */
 struct kv_ram_xbzrle_stats {
 	bool enabled;

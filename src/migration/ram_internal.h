@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "migration/multifd.h"
 #include "migration/page_cache.h"
 #include "migration/ram.h"
 
@@ -93,6 +94,12 @@ struct kv_ram_state {
 	struct kv_ram_prefault *prefault; /* NULL: none (see ram_prefault.c) */
 
 	struct kv_ram_xbzrle xb;
+
+	/* multifd (multifd.h): pages go over channels; NULL: all on the
+	 * main stream. */
+	struct kv_mfd_send *mfd_send;
+	enum kv_mfd_zero mfd_zero;
+	struct kv_mfd_recv *mfd_recv;
 
 	/* Counters (see struct kv_ram_stats). */
 	uint64_t zero_pages;

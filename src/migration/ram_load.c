@@ -150,14 +150,11 @@ static int check_flags(const struct ram_rec *r, struct kv_error *err)
 				 "COMPRESS_PAGE records are "
 				 "not supported (removed from QEMU, never "
 				 "negotiated)");
-	if (f & KV_RAM_FLAG_MULTIFD_FLUSH)
-		return rec_error(err, r, -EINVAL,
-				 "MULTIFD_FLUSH record but "
-				 "multifd was not enabled for this migration");
 	if (type == 0 || (type & (type - 1)))
 		return rec_error(err, r, -EINVAL,
 				 "a record must have exactly one type (ZERO, "
-				 "MEM_SIZE, PAGE, XBZRLE or EOS)");
+				 "MEM_SIZE, PAGE, XBZRLE, MULTIFD_FLUSH or "
+				 "EOS)");
 	if ((f & KV_RAM_FLAG_CONTINUE) &&
 	    !(type &
 	      (KV_RAM_FLAG_ZERO | KV_RAM_FLAG_PAGE | KV_RAM_FLAG_XBZRLE)))
@@ -289,7 +286,10 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 	rs->mem_size_seen = true;
 	kv_ram_pagemap_open(rs);
 	kv_ram_prefault_stop(rs->prefault); /* a previous load's */
-	rs->prefault = kv_ram_prefault_start();
+	/* With multifd the channel threads write the pages, in parallel. */
+	rs->prefault = rs->mfd_recv ? NULL : kv_ram_prefault_start();
+	if (rs->mfd_recv)
+		kv_mfd_recv_blocks_ready(rs->mfd_recv);
 	return 0;
 }
 
@@ -436,6 +436,52 @@ static int load_xbzrle(struct kv_stream *s, struct kv_ram_state *rs,
 	return 0;
 }
 
+/* Everything the channels had before this point is in memory once this
+ * returns (multifd.h). */
+static int load_multifd_flush(struct kv_ram_state *rs, const struct ram_rec *r,
+			      struct kv_error *err)
+{
+	struct kv_error serr = {0};
+
+	if (r->addr)
+		return rec_error(err, r, -EINVAL,
+				 "MULTIFD_FLUSH with a non-zero address");
+	if (!rs->mfd_recv)
+		return rec_error(err, r, -EINVAL,
+				 "MULTIFD_FLUSH record but multifd is not on "
+				 "here: set the multifd capability and "
+				 "multifd-channels on the destination too "
+				 "(kvmig run --incoming defer, then "
+				 "migrate-set-capabilities, "
+				 "migrate-incoming)");
+	/* The channels wrote pages behind the pagemap cache's back. */
+	rs->pm_valid = false;
+	if (kv_mfd_recv_sync(rs->mfd_recv, &serr) < 0)
+		return rec_error(err, r, serr.code, "%s", serr.msg);
+	return 0;
+}
+
+/* kv_ram_multifd_target(): a block's memory, length and written-pages
+ * bitmap, by name. */
+static int mfd_block(void *opaque, const char *name, uint8_t **host,
+		     uint64_t *len, unsigned long **written)
+{
+	struct kv_ram_state *rs = opaque;
+	size_t bi = kv_ram_find_block(rs, name);
+
+	if (bi == KV_RAM_NO_BLOCK || !rs->priv[bi].announced)
+		return -ENOENT;
+	*host = rs->blocks[bi].host;
+	*len = rs->blocks[bi].length;
+	*written = rs->priv[bi].touched;
+	return 0;
+}
+
+struct kv_mfd_target kv_ram_multifd_target(struct kv_ram_state *rs)
+{
+	return (struct kv_mfd_target){.block = mfd_block, .opaque = rs};
+}
+
 int kv_ram_load_setup(void *opaque, struct kv_error *err)
 {
 	struct kv_ram_state *rs = opaque;
@@ -494,6 +540,9 @@ int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,
 		case KV_RAM_FLAG_XBZRLE:
 			ret = load_xbzrle(s, rs, &r, err);
 			break;
+		case KV_RAM_FLAG_MULTIFD_FLUSH:
+			ret = load_multifd_flush(rs, &r, err);
+			break;
 		case KV_RAM_FLAG_EOS:
 			if (r.addr)
 				return rec_error(err, &r, -EINVAL,
@@ -547,6 +596,12 @@ void kv_ram_load_cleanup(void *opaque, bool failed)
 	/* Not joined here: a step in flight would add milliseconds to the
 	 * downtime. kv_ram_free() or the next load joins it. */
 	kv_ram_prefault_retire(rs->prefault);
+	/* No channel thread may write once the pages are dropped below. */
+	if (rs->mfd_recv) {
+		if (failed)
+			kv_mfd_recv_abort(rs->mfd_recv);
+		kv_mfd_recv_stop(rs->mfd_recv);
+	}
 	kv_ram_pagemap_close(rs);
 	if (failed) {
 		if (rs->has_allocator)

@@ -113,6 +113,11 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 				    "ram: no dirty tracker: "
 				    "call kv_ram_set_tracker() before "
 				    "migrating");
+	if (rs->mfd_send && rs->xb.cache_size)
+		return kv_error_set(err, -EINVAL,
+				    "the xbzrle and multifd capabilities "
+				    "cannot be used together (as in QEMU): "
+				    "turn one of them off");
 	ret = alloc_save_bitmaps(rs, err);
 	if (ret < 0)
 		return ret;
@@ -182,6 +187,58 @@ static int rearm_chunk(struct kv_ram_state *rs, size_t bi, size_t page,
 	return ret;
 }
 
+/* multifd: the page goes to a channel, unless legacy zero-page
+ * detection finds it zero here (a ZERO record on the main stream). A page
+ * the pagemap shows never populated is known zero without a read. */
+static int send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
+			     size_t bi, size_t page, struct kv_error *err)
+{
+	const struct kv_ram_block *b = &rs->blocks[bi];
+	const uint8_t *p = b->host + ((uint64_t)page << KV_PAGE_SHIFT);
+	bool unpopulated = rs->mfd_zero != KV_MFD_ZERO_NONE &&
+			   kv_ram_page_unpopulated(rs, bi, page);
+	int ret;
+
+	if (rs->mfd_zero == KV_MFD_ZERO_LEGACY &&
+	    (unpopulated || kv_buffer_is_zero(p, KV_PAGE_SIZE))) {
+		kv_stream_put_be64(s, ((uint64_t)page << KV_PAGE_SHIFT) |
+					  KV_RAM_FLAG_ZERO |
+					  (rs->last_sent == bi
+					       ? KV_RAM_FLAG_CONTINUE
+					       : 0));
+		if (rs->last_sent != bi)
+			kv_stream_put_str8(s, b->idstr);
+		kv_stream_put_u8(s, 0);
+		kv_ram_stat_add(&rs->zero_pages, 1);
+		rs->last_sent = bi;
+		return 0;
+	}
+	ret = kv_mfd_send_page(rs->mfd_send, b->idstr, p,
+			       (uint64_t)page << KV_PAGE_SHIFT, unpopulated,
+			       err);
+	if (ret < 0)
+		kv_error_prefix(err, "ram");
+	return ret;
+}
+
+/* The end of a pass (or of the switch-over) with multifd: everything on
+ * the channels before the MULTIFD_FLUSH record (multifd.h). */
+static int multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
+			 struct kv_error *err)
+{
+	int ret;
+
+	if (!rs->mfd_send)
+		return 0;
+	ret = kv_mfd_send_sync(rs->mfd_send, err);
+	if (ret < 0) {
+		kv_error_prefix(err, "ram: multifd sync");
+		return ret;
+	}
+	kv_stream_put_be64(s, KV_RAM_FLAG_MULTIFD_FLUSH);
+	return 0;
+}
+
 /* One ZERO or PAGE record; the block's name only when it changes. */
 static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		      size_t page)
@@ -244,7 +301,13 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 		ret = rearm_chunk(rs, bi, page, err);
 		if (ret < 0)
 			return ret;
-		send_page(s, rs, bi, page);
+		if (rs->mfd_send) {
+			ret = send_page_multifd(s, rs, bi, page, err);
+			if (ret < 0)
+				return ret;
+		} else {
+			send_page(s, rs, bi, page);
+		}
 		if (++sent % CHECK_EVERY_PAGES)
 			continue;
 		ret = stream_failed(s, err, "sending pages");
@@ -267,6 +330,8 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque, struct kv_error *err)
 	rs->pm_valid = false;
 	ret = send_dirty_pages(s, rs, kv_now_ns() + KV_RAM_ITERATE_NS, err);
 	kv_ram_xbzrle_publish(rs);
+	if (ret == 1 && multifd_flush(s, rs, err) < 0)
+		return err->code;
 	if (ret < 0)
 		return ret;
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
@@ -340,6 +405,9 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	ret = send_dirty_pages(s, rs, 0, err);
 	rs->in_complete = false;
 	kv_ram_xbzrle_publish(rs);
+	if (ret < 0)
+		return ret;
+	ret = multifd_flush(s, rs, err);
 	if (ret < 0)
 		return ret;
 	kv_debug("switchover", "@%.3f ram: last pages queued",

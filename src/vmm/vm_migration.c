@@ -57,6 +57,7 @@ struct kv_vm_mig {
 	char error[KV_ERROR_MSG_MAX];
 	struct kv_listener *listener; /* incoming, for abort */
 	struct kv_stream *in_stream;  /* incoming, for abort */
+	struct kv_mfd_recv *in_mfd;   /* incoming multifd, for abort */
 	bool in_abort;
 };
 
@@ -325,16 +326,21 @@ static void *migration_thread(void *arg)
 	struct kv_stream *s = NULL;
 	enum kv_mig_status final;
 	struct kv_chan *c;
-	bool announce;
+	bool announce, ran = true;
 	int ret;
 
 	c = kv_chan_connect(g->uri, &err);
 	if (c) {
 		s = kv_stream_new(c, KV_STREAM_WRITE);
-		ret = s ? kv_mig_run(g->mig, s, &err)
+		ret = s ? kv_mig_multifd_connect(g->mig, g->uri, &err)
 			: kv_error_set(&err, -ENOMEM, "no memory for stream");
+		if (ret == 0)
+			ret = kv_mig_run(g->mig, s, &err);
+		else
+			ran = false;
 	} else {
 		ret = err.code ? err.code : -EIO;
+		ran = false;
 	}
 	if (s)
 		kv_stream_close(s);
@@ -345,7 +351,7 @@ static void *migration_thread(void *arg)
 	if (ret < 0)
 		kv_err("migration", "migration to %s failed: %s", g->uri,
 		       err.msg);
-	final = ret < 0 && !c ? KV_MIG_FAILED : kv_mig_status(g->mig);
+	final = ret < 0 && !ran ? KV_MIG_FAILED : kv_mig_status(g->mig);
 	pthread_mutex_lock(&g->lock);
 	announce = final != g->last_status;
 	g->last_status = final;
@@ -539,6 +545,7 @@ const char *kv_vm_mig_listen_uri(struct kv_vm_mig *g)
 int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
 		       struct kv_error *err)
 {
+	struct kv_mfd_recv *mfd = NULL;
 	struct kv_listener *l;
 	struct kv_stream *s;
 	struct kv_chan *c;
@@ -563,25 +570,42 @@ int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
 	pthread_mutex_lock(&g->lock);
 	g->listener = NULL;
 	pthread_mutex_unlock(&g->lock);
-	kv_listener_close(l);
-	if (!c)
+	if (!c) {
+		kv_listener_close(l);
 		return kv_error_set(err, -ECANCELED,
 				    "incoming migration on %s aborted", uri);
+	}
 
 	s = kv_stream_new(c, KV_STREAM_READ);
 	if (!s) {
 		kv_chan_close(c);
+		kv_listener_close(l);
 		return kv_error_set(err, -ENOMEM, "no memory for stream");
+	}
+	/* multifd: the channels connect to the same address after the
+	 * main one; the listener stays open for them. */
+	ret = kv_mig_incoming_multifd(&g->params, g->rs, l, c, &mfd, err);
+	if (ret < 0) {
+		kv_stream_close(s);
+		kv_listener_close(l);
+		return ret;
 	}
 	pthread_mutex_lock(&g->lock);
 	g->in_stream = s;
-	if (g->in_abort)
+	g->in_mfd = mfd;
+	if (g->in_abort) {
 		kv_stream_shutdown(s);
+		if (mfd)
+			kv_mfd_recv_abort(mfd);
+	}
 	pthread_mutex_unlock(&g->lock);
 	ret = kv_mig_incoming_commit(g->sv, s, commit_state, g, err);
 	pthread_mutex_lock(&g->lock);
 	g->in_stream = NULL;
+	g->in_mfd = NULL;
 	pthread_mutex_unlock(&g->lock);
+	kv_mig_incoming_multifd_end(g->rs, mfd);
+	kv_listener_close(l);
 	kv_stream_close(s);
 	if (ret < 0)
 		kv_error_prefix(err, "incoming migration from %s", uri);
@@ -596,6 +620,8 @@ void kv_vm_mig_incoming_abort(struct kv_vm_mig *g)
 		kv_listener_shutdown(g->listener);
 	if (g->in_stream)
 		kv_stream_shutdown(g->in_stream);
+	if (g->in_mfd)
+		kv_mfd_recv_abort(g->in_mfd);
 	pthread_mutex_unlock(&g->lock);
 }
 

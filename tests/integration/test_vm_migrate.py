@@ -29,16 +29,24 @@ def last_ticks(vm):
     return out
 
 
-def migrate(tap, vms, src, name, tracker=(), verify=(), dst_extra=()):
-    """Migrate src to a new destination; 4 checks. Returns (dst, t_switch)."""
+def migrate(tap, vms, src, name, tracker=(), verify=(), dst_extra=(),
+            prepare=None):
+    """Migrate src to a new destination; 4 checks. Returns (dst, t_switch).
+    prepare(qmp): called on both sides before the migration (capabilities
+    and parameters); the destination then starts with --incoming defer."""
     port = free_port()
-    dst = vms.incoming(f"{name}-dst", f"tcp:127.0.0.1:{port}",
+    uri = f"tcp:127.0.0.1:{port}"
+    dst = vms.incoming(f"{name}-dst", "defer" if prepare else uri,
                        extra=(*verify, *dst_extra))
     qs = vms.qmp(src)
     qd = vms.qmp(dst)
+    if prepare:
+        prepare(qs)
+        prepare(qd)
+        qd.cmd("migrate-incoming", uri=uri)
     st = qd.cmd("query-status")
     t0 = time.monotonic()
-    qs.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
+    qs.cmd("migrate", uri=uri)
     r = wait_migration(qs)
     ok = tap.ok(r.get("status") == "completed" and st["status"] == "inmigrate",
                 f"{name}: migration completes", f"{r}\n{src.describe()}\n"

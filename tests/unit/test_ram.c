@@ -988,7 +988,14 @@ static void test_reject_multifd_flush(void **state)
 	craft_begin(&c);
 	craft_std_setup(&c);
 	kv_stream_put_be64(c.s, KV_RAM_FLAG_MULTIFD_FLUSH);
-	expect_reject(&c, "multifd was not enabled", NULL);
+	expect_reject(&c, "MULTIFD_FLUSH record but multifd is not on here",
+		      "set the multifd capability and multifd-channels on "
+		      "the destination too",
+		      NULL);
+	craft_begin(&c);
+	craft_std_setup(&c);
+	kv_stream_put_be64(c.s, PG | KV_RAM_FLAG_MULTIFD_FLUSH);
+	expect_reject(&c, "MULTIFD_FLUSH with a non-zero address", NULL);
 }
 
 static void test_reject_two_types(void **state)

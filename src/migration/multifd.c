@@ -1,0 +1,952 @@
+// SPDX-License-Identifier: MIT
+/*
+ * multifd channels: the sender's and the receiver's threads (see
+ * multifd.h for the ordering and failure rules, multifd_packet.h for the
+ * bytes, multifd_codec.h for compression).
+ *
+ * Source. The migration thread fills one job (up to 128 pages of one
+ * block) and hands it to an idle channel thread; a channel thread sorts
+ * out zero pages (zero-page-detection=multifd), compresses the rest or
+ * sends them straight from guest memory, and writes the packet. A sync
+ * hands every channel a SYNC job and waits until all are idle again.
+ *
+ * Destination. One thread per channel reads a packet, checks every field
+ * (the decoder) before it touches guest memory, writes the pages in place
+ * and, at a SYNC packet, waits for the loader to reach MULTIFD_FLUSH.
+ */
+#include "migration/multifd.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include "base/bitmap.h"
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/zero.h"
+#include "migration/multifd_codec.h"
+
+#define PAGE	      KV_MFD_PAGE_SIZE
+#define JOB_PAGES     KV_MFD_PAGES_DEFAULT
+#define RATE_WINDOW_NS (100 * 1000000LL)
+/* How long the loader waits at MULTIFD_FLUSH for channels that never
+ * connected (a peer configured with fewer channels). */
+#define CONNECT_TIMEOUT_NS (30 * 1000000000LL)
+
+int kv_mfd_zero_parse(const char *name, enum kv_mfd_zero *zero,
+		      struct kv_error *err)
+{
+	static const char *const names[] = {"none", "legacy", "multifd"};
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (!strcmp(name, names[i])) {
+			*zero = (enum kv_mfd_zero)i;
+			return 0;
+		}
+	return kv_error_set(err, -EINVAL,
+			    "zero-page-detection '%s': expected 'none', "
+			    "'legacy' or 'multifd'",
+			    name);
+}
+
+/* ==== source ==== */
+
+struct mfd_job {
+	char block[KV_MFD_BLOCK_NAME_SIZE];
+	uint32_t n;
+	bool sync; /* a SYNC packet (no pages) */
+	const uint8_t *pages[JOB_PAGES];
+	uint64_t offsets[JOB_PAGES];
+	bool known_zero[JOB_PAGES];
+};
+
+struct mfd_send_chan {
+	struct kv_mfd_send *m;
+	unsigned id;
+	struct kv_chan *chan;
+	pthread_t thread;
+	bool started;
+	bool busy; /* under m->lock: job belongs to the thread */
+	struct mfd_job job;
+	struct kv_mfd_codec *codec;
+	uint8_t *hdr;  /* header + offset slots */
+	uint8_t *cbuf; /* compressed payload */
+	size_t cbuf_size;
+};
+
+struct kv_mfd_send {
+	struct kv_mfd_config cfg;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct mfd_send_chan *ch;
+	unsigned next; /* round-robin start for the next job */
+	bool stop;
+	int error; /* first failure; under lock */
+	struct kv_error err;
+	struct mfd_job cur; /* the migration thread's job being filled */
+	uint64_t packet_num; /* atomic */
+	uint64_t bytes, normal, zero; /* atomic */
+	/* Rate limit over all channels. */
+	uint64_t rate_bps; /* atomic */
+	pthread_mutex_t rl_lock;
+	int64_t rl_start;
+	uint64_t rl_sent;
+};
+
+/* Record the first failure and stop every channel. Called with lock. */
+static void send_fail_locked(struct kv_mfd_send *m, int code,
+			     const struct kv_error *err)
+{
+	if (!m->error) {
+		m->error = code;
+		if (err)
+			m->err = *err;
+		else
+			kv_error_set(&m->err, code, "multifd: %s",
+				     strerror(-code));
+	}
+	for (unsigned i = 0; i < m->cfg.channels; i++)
+		kv_chan_shutdown(m->ch[i].chan);
+	pthread_cond_broadcast(&m->cond);
+}
+
+static void rate_wait(struct kv_mfd_send *m, uint64_t bytes)
+{
+	uint64_t bps = __atomic_load_n(&m->rate_bps, __ATOMIC_RELAXED);
+	int64_t now, due;
+
+	if (!bps)
+		return;
+	pthread_mutex_lock(&m->rl_lock);
+	now = kv_now_ns();
+	if (now - m->rl_start > RATE_WINDOW_NS && m->rl_start +
+	    (int64_t)(m->rl_sent * 1000000000ULL / bps) < now) {
+		m->rl_start = now;
+		m->rl_sent = 0;
+	}
+	m->rl_sent += bytes;
+	due = m->rl_start + (int64_t)((double)m->rl_sent * 1e9 / (double)bps);
+	pthread_mutex_unlock(&m->rl_lock);
+	/* Short sleeps so that a cancel is noticed. */
+	while (due > (now = kv_now_ns()) &&
+	       !__atomic_load_n(&m->error, __ATOMIC_RELAXED))
+		kv_sleep_ns(due - now < 10000000 ? due - now : 10000000);
+}
+
+/* Write one packet for c->job: zero pages sorted out, the rest raw or
+ * compressed. */
+static int send_job(struct mfd_send_chan *c, struct kv_error *err)
+{
+	struct kv_mfd_send *m = c->m;
+	struct mfd_job *j = &c->job;
+	const uint8_t *normal[JOB_PAGES];
+	uint64_t offsets[JOB_PAGES], zero_offs[JOB_PAGES];
+	struct iovec iov[1 + JOB_PAGES];
+	struct kv_mfd_packet pkt = {0};
+	uint32_t nn = 0, nz = 0;
+	size_t payload = 0;
+	long hlen;
+	int iovcnt = 1;
+
+	for (uint32_t i = 0; i < j->n; i++) {
+		if (j->known_zero[i] ||
+		    (m->cfg.zero == KV_MFD_ZERO_MULTIFD &&
+		     kv_buffer_is_zero(j->pages[i], PAGE))) {
+			zero_offs[nz++] = j->offsets[i];
+		} else {
+			normal[nn] = j->pages[i];
+			offsets[nn++] = j->offsets[i];
+		}
+	}
+	memcpy(offsets + nn, zero_offs, nz * sizeof(uint64_t));
+	pkt.flags = kv_mfd_method_flag(m->cfg.method) |
+		    (j->sync ? KV_MFD_FLAG_SYNC : 0);
+	pkt.pages_alloc = JOB_PAGES;
+	pkt.normal = nn;
+	pkt.zero = nz;
+	pkt.packet_num = __atomic_fetch_add(&m->packet_num, 1,
+					    __ATOMIC_RELAXED);
+	snprintf(pkt.block, sizeof(pkt.block), "%s", j->block);
+	pkt.offsets = offsets;
+	if (nn && m->cfg.method != KV_MFD_METHOD_NONE) {
+		int ret = kv_mfd_compress(c->codec, normal, nn, c->cbuf,
+					  c->cbuf_size, &payload, err);
+
+		if (ret < 0)
+			return ret;
+		iov[iovcnt].iov_base = c->cbuf;
+		iov[iovcnt++].iov_len = payload;
+	} else {
+		for (uint32_t i = 0; i < nn; i++) {
+			iov[iovcnt].iov_base = (void *)normal[i];
+			iov[iovcnt++].iov_len = PAGE;
+		}
+		payload = (size_t)nn * PAGE;
+	}
+	pkt.next_size = (uint32_t)payload;
+	hlen = kv_mfd_packet_encode(&pkt, c->hdr,
+				    kv_mfd_packet_header_size(JOB_PAGES), err);
+	if (hlen < 0)
+		return (int)hlen;
+	iov[0].iov_base = c->hdr;
+	iov[0].iov_len = (size_t)hlen;
+	rate_wait(m, (size_t)hlen + payload);
+	if (kv_chan_writev_full(c->chan, iov, iovcnt, err) < 0)
+		return err->code;
+	__atomic_add_fetch(&m->bytes, (uint64_t)hlen + payload,
+			   __ATOMIC_RELAXED);
+	__atomic_add_fetch(&m->normal, nn, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&m->zero, nz, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static void *send_main(void *opaque)
+{
+	struct mfd_send_chan *c = opaque;
+	struct kv_mfd_send *m = c->m;
+
+	pthread_mutex_lock(&m->lock);
+	for (;;) {
+		struct kv_error err = {0};
+		int ret;
+
+		while (!c->busy && !m->stop)
+			pthread_cond_wait(&m->cond, &m->lock);
+		if (m->stop)
+			break;
+		pthread_mutex_unlock(&m->lock);
+		ret = m->error ? 0 : send_job(c, &err);
+		pthread_mutex_lock(&m->lock);
+		if (ret < 0) {
+			kv_error_prefix(&err, "multifd channel %u", c->id);
+			send_fail_locked(m, ret, &err);
+		}
+		c->busy = false;
+		pthread_cond_broadcast(&m->cond);
+	}
+	pthread_mutex_unlock(&m->lock);
+	return NULL;
+}
+
+static int send_chan_open(struct kv_mfd_send *m, unsigned id,
+			  const char *uri, struct kv_error *err)
+{
+	struct mfd_send_chan *c = &m->ch[id];
+	struct kv_mfd_init init = {.id = (uint8_t)id};
+	uint8_t buf[KV_MFD_INIT_SIZE];
+	struct iovec iov = {buf, sizeof(buf)};
+
+	c->m = m;
+	c->id = id;
+	c->hdr = malloc(kv_mfd_packet_header_size(JOB_PAGES));
+	if (m->cfg.method != KV_MFD_METHOD_NONE) {
+		c->cbuf_size = kv_mfd_compress_bound(m->cfg.method, JOB_PAGES);
+		c->cbuf = malloc(c->cbuf_size);
+		c->codec = kv_mfd_codec_new(m->cfg.method, m->cfg.level, true,
+					    err);
+		if (!c->codec)
+			return -EINVAL;
+	}
+	if (!c->hdr || (m->cfg.method != KV_MFD_METHOD_NONE && !c->cbuf))
+		return kv_error_set(err, -ENOMEM, "out of memory");
+	c->chan = kv_chan_connect(uri, err);
+	if (!c->chan)
+		return err->code ? err->code : -EIO;
+	kv_mfd_init_encode(&init, buf);
+	if (kv_chan_writev_full(c->chan, &iov, 1, err) < 0)
+		return err->code;
+	if (pthread_create(&c->thread, NULL, send_main, c))
+		return kv_error_set(err, -EAGAIN, "cannot start its thread");
+	c->started = true;
+	return 0;
+}
+
+struct kv_mfd_send *kv_mfd_send_start(const char *uri,
+				      const struct kv_mfd_config *cfg,
+				      struct kv_error *err)
+{
+	struct kv_mfd_send *m = calloc(1, sizeof(*m));
+
+	if (!m || cfg->channels < 1 || cfg->channels > 255) {
+		free(m);
+		kv_error_set(err, m ? -EINVAL : -ENOMEM,
+			     "multifd: %u channels (1 to 255)", cfg->channels);
+		return NULL;
+	}
+	m->cfg = *cfg;
+	pthread_mutex_init(&m->lock, NULL);
+	pthread_cond_init(&m->cond, NULL);
+	pthread_mutex_init(&m->rl_lock, NULL);
+	m->ch = calloc(cfg->channels, sizeof(*m->ch));
+	if (!m->ch) {
+		kv_mfd_send_free(m);
+		kv_error_set(err, -ENOMEM, "multifd: out of memory");
+		return NULL;
+	}
+	for (unsigned i = 0; i < cfg->channels; i++) {
+		if (send_chan_open(m, i, uri, err) < 0) {
+			kv_error_prefix(err, "multifd channel %u of %u to %s",
+					i, cfg->channels, uri);
+			kv_mfd_send_free(m);
+			return NULL;
+		}
+	}
+	return m;
+}
+
+void kv_mfd_send_set_rate_limit(struct kv_mfd_send *m, uint64_t bps)
+{
+	__atomic_store_n(&m->rate_bps, bps, __ATOMIC_RELAXED);
+}
+
+static int send_error(struct kv_mfd_send *m, struct kv_error *err)
+{
+	kv_error_set(err, m->error, "%s", m->err.msg);
+	return m->error;
+}
+
+/* Hand job to an idle channel (waits for one). */
+static int dispatch(struct kv_mfd_send *m, const struct mfd_job *job,
+		    struct kv_error *err)
+{
+	unsigned n = m->cfg.channels;
+	int ret = 0;
+
+	pthread_mutex_lock(&m->lock);
+	for (;;) {
+		if (m->error) {
+			ret = send_error(m, err);
+			break;
+		}
+		for (unsigned k = 0; k < n; k++) {
+			struct mfd_send_chan *c = &m->ch[(m->next + k) % n];
+
+			if (c->busy)
+				continue;
+			c->job = *job;
+			c->busy = true;
+			m->next = (c->id + 1) % n;
+			pthread_cond_broadcast(&m->cond);
+			goto out;
+		}
+		pthread_cond_wait(&m->cond, &m->lock);
+	}
+out:
+	pthread_mutex_unlock(&m->lock);
+	return ret;
+}
+
+static int flush_cur(struct kv_mfd_send *m, struct kv_error *err)
+{
+	int ret;
+
+	if (!m->cur.n)
+		return 0;
+	ret = dispatch(m, &m->cur, err);
+	m->cur.n = 0;
+	return ret;
+}
+
+int kv_mfd_send_page(struct kv_mfd_send *m, const char *block,
+		     const uint8_t *page, uint64_t offset, bool known_zero,
+		     struct kv_error *err)
+{
+	struct mfd_job *j = &m->cur;
+	int ret;
+
+	if (j->n && (j->n == JOB_PAGES || strcmp(j->block, block))) {
+		ret = flush_cur(m, err);
+		if (ret < 0)
+			return ret;
+	}
+	if (!j->n) {
+		snprintf(j->block, sizeof(j->block), "%s", block);
+		j->sync = false;
+	}
+	j->pages[j->n] = page;
+	j->offsets[j->n] = offset;
+	j->known_zero[j->n] = known_zero;
+	j->n++;
+	return 0;
+}
+
+int kv_mfd_send_sync(struct kv_mfd_send *m, struct kv_error *err)
+{
+	bool idle;
+	int ret = flush_cur(m, err);
+
+	/* One SYNC per channel, each after that channel's pages. */
+	for (unsigned i = 0; ret == 0 && i < m->cfg.channels; i++) {
+		struct mfd_send_chan *c = &m->ch[i];
+
+		pthread_mutex_lock(&m->lock);
+		while (c->busy && !m->error)
+			pthread_cond_wait(&m->cond, &m->lock);
+		if (m->error) {
+			ret = send_error(m, err);
+		} else {
+			c->job.n = 0;
+			c->job.sync = true;
+			c->job.block[0] = '\0';
+			c->busy = true;
+			pthread_cond_broadcast(&m->cond);
+		}
+		pthread_mutex_unlock(&m->lock);
+	}
+	pthread_mutex_lock(&m->lock);
+	do {
+		idle = true;
+		for (unsigned i = 0; i < m->cfg.channels; i++)
+			idle = idle && !m->ch[i].busy;
+		if (!idle && !m->error)
+			pthread_cond_wait(&m->cond, &m->lock);
+	} while (!idle && !m->error);
+	if (m->error && ret == 0)
+		ret = send_error(m, err);
+	pthread_mutex_unlock(&m->lock);
+	return ret;
+}
+
+uint64_t kv_mfd_send_bytes(const struct kv_mfd_send *m)
+{
+	return __atomic_load_n(&m->bytes, __ATOMIC_RELAXED);
+}
+
+void kv_mfd_send_pages(const struct kv_mfd_send *m, uint64_t *normal,
+		       uint64_t *zero)
+{
+	*normal = __atomic_load_n(&m->normal, __ATOMIC_RELAXED);
+	*zero = __atomic_load_n(&m->zero, __ATOMIC_RELAXED);
+}
+
+void kv_mfd_send_cancel(struct kv_mfd_send *m)
+{
+	pthread_mutex_lock(&m->lock);
+	send_fail_locked(m, -ECANCELED, NULL);
+	kv_error_set(&m->err, -ECANCELED, "multifd: cancelled");
+	pthread_mutex_unlock(&m->lock);
+}
+
+void kv_mfd_send_free(struct kv_mfd_send *m)
+{
+	if (!m)
+		return;
+	if (m->ch) {
+		/* A thread blocked on a hung peer must come back too. */
+		pthread_mutex_lock(&m->lock);
+		m->stop = true;
+		for (unsigned i = 0; i < m->cfg.channels; i++)
+			kv_chan_shutdown(m->ch[i].chan);
+		pthread_cond_broadcast(&m->cond);
+		pthread_mutex_unlock(&m->lock);
+		for (unsigned i = 0; i < m->cfg.channels; i++) {
+			struct mfd_send_chan *c = &m->ch[i];
+
+			if (c->started)
+				pthread_join(c->thread, NULL);
+			kv_chan_close(c->chan);
+			kv_mfd_codec_free(c->codec);
+			free(c->hdr);
+			free(c->cbuf);
+		}
+		free(m->ch);
+	}
+	pthread_mutex_destroy(&m->rl_lock);
+	pthread_cond_destroy(&m->cond);
+	pthread_mutex_destroy(&m->lock);
+	free(m);
+}
+
+/* ==== destination ==== */
+
+struct mfd_recv_chan {
+	struct kv_mfd_recv *r;
+	unsigned id;
+	struct kv_chan *chan;
+	pthread_t thread;
+	bool started;
+	bool gone;   /* under r->lock: the thread ended */
+	bool synced; /* under r->lock: waiting at a SYNC */
+	struct kv_mfd_codec *codec;
+	uint8_t *hdr;
+	uint8_t *payload;
+	size_t payload_size;
+	uint64_t offsets[KV_MFD_PAGES_DEFAULT];
+};
+
+struct kv_mfd_recv {
+	struct kv_mfd_config cfg;
+	struct kv_mfd_target target;
+	struct kv_chan *main;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct mfd_recv_chan *ch; /* by channel id; chan NULL until it came */
+	unsigned connected;
+	bool blocks_ready;
+	unsigned synced;
+	uint64_t release; /* bumped by the loader at each sync */
+	bool aborted;
+	bool closing; /* kv_mfd_recv_free: channel ends are not errors */
+	int error;
+	struct kv_error err;
+	struct kv_listener *listener;
+	pthread_t acceptor;
+	bool acceptor_started;
+	uint64_t normal, zero; /* atomic */
+};
+
+static void recv_fail_locked(struct kv_mfd_recv *r, int code,
+			     const struct kv_error *err)
+{
+	if (!r->error) {
+		r->error = code;
+		r->err = *err;
+		kv_err("migration", "%s", err->msg);
+	}
+	r->aborted = true;
+	/* The loader may be reading the main stream: stop it too. */
+	kv_chan_shutdown(r->main);
+	for (unsigned i = 0; i < r->cfg.channels; i++)
+		kv_chan_shutdown(r->ch[i].chan);
+	if (r->listener)
+		kv_listener_shutdown(r->listener);
+	pthread_cond_broadcast(&r->cond);
+}
+
+static int block_len(void *opaque, const char *name, uint64_t *len)
+{
+	struct kv_mfd_recv *r = opaque;
+	unsigned long *written;
+	uint8_t *host;
+
+	return r->target.block(r->target.opaque, name, &host, len, &written);
+}
+
+static bool wait_blocks_ready(struct kv_mfd_recv *r)
+{
+	bool ok;
+
+	pthread_mutex_lock(&r->lock);
+	while (!r->blocks_ready && !r->aborted && !r->closing)
+		pthread_cond_wait(&r->cond, &r->lock);
+	ok = !r->aborted && !r->closing;
+	pthread_mutex_unlock(&r->lock);
+	return ok;
+}
+
+/* Zero pages: fresh memory the load never wrote is zero already; a page
+ * it wrote is cleared unless it reads as zero. */
+static void apply_zero(uint8_t *host, unsigned long *written,
+		       const uint64_t *offs, uint32_t nz)
+{
+	for (uint32_t i = 0; i < nz; i++) {
+		uint8_t *p = host + offs[i];
+
+		if (written && !kv_bitmap_test(written, offs[i] / PAGE))
+			continue;
+		if (!kv_buffer_is_zero(p, PAGE))
+			memset(p, 0, PAGE);
+	}
+}
+
+static int recv_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
+		      struct kv_error *err)
+{
+	struct kv_mfd_recv *r = c->r;
+	uint8_t *pages[KV_MFD_PAGES_DEFAULT];
+	unsigned long *written;
+	uint8_t *host;
+	uint64_t len;
+	int ret;
+
+	ret = r->target.block(r->target.opaque, pkt->block, &host, &len,
+			      &written);
+	if (ret < 0)
+		return kv_error_set(err, ret, "packet %llu: block '%s' is gone",
+				    (unsigned long long)pkt->packet_num,
+				    pkt->block);
+	ret = kv_chan_read_full(c->chan, c->payload, pkt->next_size, err);
+	if (ret < 0)
+		return ret;
+	for (uint32_t i = 0; i < pkt->normal; i++)
+		pages[i] = host + pkt->offsets[i];
+	if (pkt->normal && r->cfg.method != KV_MFD_METHOD_NONE) {
+		ret = kv_mfd_decompress(c->codec, c->payload, pkt->next_size,
+					pages, pkt->normal, err);
+		if (ret < 0) {
+			kv_error_prefix(err, "packet %llu",
+					(unsigned long long)pkt->packet_num);
+			return ret;
+		}
+	} else {
+		for (uint32_t i = 0; i < pkt->normal; i++)
+			memcpy(pages[i], c->payload + (size_t)i * PAGE, PAGE);
+	}
+	for (uint32_t i = 0; written && i < pkt->normal; i++)
+		kv_bitmap_set_atomic(written, pkt->offsets[i] / PAGE);
+	apply_zero(host, written, pkt->offsets + pkt->normal, pkt->zero);
+	__atomic_add_fetch(&r->normal, pkt->normal, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&r->zero, pkt->zero, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/* At a SYNC packet: tell the loader, wait for its release. */
+static bool wait_release(struct mfd_recv_chan *c)
+{
+	struct kv_mfd_recv *r = c->r;
+	uint64_t gen;
+	bool ok;
+
+	pthread_mutex_lock(&r->lock);
+	gen = r->release;
+	c->synced = true;
+	r->synced++;
+	pthread_cond_broadcast(&r->cond);
+	while (r->release == gen && !r->aborted && !r->closing)
+		pthread_cond_wait(&r->cond, &r->lock);
+	ok = !r->aborted && !r->closing;
+	pthread_mutex_unlock(&r->lock);
+	return ok;
+}
+
+/* One packet. Returns 1 at a clean end of the channel, 0 to go on, <0. */
+static int recv_packet(struct mfd_recv_chan *c, struct kv_error *err)
+{
+	struct kv_mfd_recv *r = c->r;
+	struct kv_mfd_recv_params rp = {
+	    .channel = c->id,
+	    .max_pages = KV_MFD_PAGES_DEFAULT,
+	    .method = r->cfg.method,
+	    .block_len = block_len,
+	    .opaque = r,
+	};
+	struct kv_mfd_packet pkt = {.offsets = c->offsets};
+	ssize_t n;
+	int ret;
+
+	/* A clean end: the peer closed between two packets. */
+	n = c->chan->ops->read(c->chan, c->hdr, 1);
+	if (n == 0)
+		return 1;
+	if (n < 0)
+		return kv_error_set_errno(err, (int)n, "%s: read failed",
+					  c->chan->name);
+	ret = kv_chan_read_full(c->chan, c->hdr + 1, KV_MFD_HDR_SIZE - 1,
+				err);
+	if (ret < 0)
+		return ret;
+	if (!wait_blocks_ready(r))
+		return kv_error_set(err, -ECANCELED, "aborted");
+	ret = kv_mfd_packet_decode_header(c->hdr, KV_MFD_HDR_SIZE, &rp, &pkt,
+					  err);
+	if (ret < 0)
+		return ret;
+	ret = kv_chan_read_full(c->chan, c->hdr + KV_MFD_HDR_SIZE,
+				kv_mfd_packet_offsets_size(&pkt), err);
+	if (ret < 0)
+		return ret;
+	ret = kv_mfd_packet_decode_offsets(c->hdr + KV_MFD_HDR_SIZE,
+					   kv_mfd_packet_offsets_size(&pkt),
+					   &rp, &pkt, err);
+	if (ret < 0)
+		return ret;
+	if (pkt.normal + pkt.zero) {
+		ret = recv_pages(c, &pkt, err);
+		if (ret < 0)
+			return ret;
+	} else if (pkt.next_size) {
+		return kv_error_set(err, -EINVAL,
+				    "packet %llu: %u payload bytes and no page",
+				    (unsigned long long)pkt.packet_num,
+				    pkt.next_size);
+	}
+	if ((pkt.flags & KV_MFD_FLAG_SYNC) && !wait_release(c))
+		return kv_error_set(err, -ECANCELED, "aborted");
+	return 0;
+}
+
+static void *recv_main(void *opaque)
+{
+	struct mfd_recv_chan *c = opaque;
+	struct kv_mfd_recv *r = c->r;
+	struct kv_error err = {0};
+	int ret;
+
+	do
+		ret = recv_packet(c, &err);
+	while (ret == 0);
+	pthread_mutex_lock(&r->lock);
+	if (ret < 0 && !r->aborted && !r->closing) {
+		kv_error_prefix(&err, "multifd channel %u", c->id);
+		recv_fail_locked(r, ret, &err);
+	}
+	c->gone = true;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	return NULL;
+}
+
+struct kv_mfd_recv *kv_mfd_recv_new(const struct kv_mfd_config *cfg,
+				    const struct kv_mfd_target *target,
+				    struct kv_chan *main, struct kv_error *err)
+{
+	struct kv_mfd_recv *r = calloc(1, sizeof(*r));
+
+	if (!r || cfg->channels < 1 || cfg->channels > 255) {
+		free(r);
+		kv_error_set(err, r ? -EINVAL : -ENOMEM,
+			     "multifd: %u channels (1 to 255)", cfg->channels);
+		return NULL;
+	}
+	r->cfg = *cfg;
+	r->target = *target;
+	r->main = main;
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->cond, NULL);
+	r->ch = calloc(cfg->channels, sizeof(*r->ch));
+	if (!r->ch) {
+		kv_mfd_recv_free(r, NULL);
+		kv_error_set(err, -ENOMEM, "multifd: out of memory");
+		return NULL;
+	}
+	return r;
+}
+
+static int recv_chan_setup(struct kv_mfd_recv *r, struct mfd_recv_chan *c,
+			   struct kv_error *err)
+{
+	c->hdr = malloc(kv_mfd_packet_header_size(KV_MFD_PAGES_DEFAULT));
+	c->payload_size = KV_MFD_PAYLOAD_MAX(KV_MFD_PAGES_DEFAULT);
+	c->payload = malloc(c->payload_size);
+	if (!c->hdr || !c->payload)
+		return kv_error_set(err, -ENOMEM, "out of memory");
+	if (r->cfg.method != KV_MFD_METHOD_NONE) {
+		c->codec = kv_mfd_codec_new(r->cfg.method, r->cfg.level, false,
+					    err);
+		if (!c->codec)
+			return -EINVAL;
+	}
+	if (pthread_create(&c->thread, NULL, recv_main, c))
+		return kv_error_set(err, -EAGAIN, "cannot start its thread");
+	c->started = true;
+	return 0;
+}
+
+int kv_mfd_recv_add_channel(struct kv_mfd_recv *r, struct kv_chan *chan,
+			    struct kv_error *err)
+{
+	uint8_t buf[KV_MFD_INIT_SIZE];
+	struct kv_mfd_init init;
+	struct mfd_recv_chan *c;
+	int ret;
+
+	ret = kv_chan_read_full(chan, buf, sizeof(buf), err);
+	if (ret == 0)
+		ret = kv_mfd_init_decode(buf, r->cfg.channels, NULL, &init,
+					 err);
+	if (ret < 0) {
+		kv_error_prefix(err,
+				"multifd: a channel's init message (set the "
+				"same multifd-channels on both sides)");
+		kv_chan_close(chan);
+		return ret;
+	}
+	pthread_mutex_lock(&r->lock);
+	c = &r->ch[init.id];
+	if (c->chan || r->aborted) {
+		pthread_mutex_unlock(&r->lock);
+		kv_chan_close(chan);
+		return r->aborted ? kv_error_set(err, -ECANCELED, "aborted")
+				  : kv_error_set(err, -EINVAL,
+						 "multifd: channel %u "
+						 "connected twice",
+						 init.id);
+	}
+	c->r = r;
+	c->id = init.id;
+	c->chan = chan;
+	r->connected++;
+	ret = recv_chan_setup(r, c, err);
+	if (ret < 0) {
+		kv_error_prefix(err, "multifd channel %u", c->id);
+		c->gone = true;
+	}
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
+static void *accept_main(void *opaque)
+{
+	struct kv_mfd_recv *r = opaque;
+
+	for (;;) {
+		struct kv_error err = {0};
+		struct kv_chan *c = kv_listener_accept(r->listener, &err);
+		int ret;
+
+		if (!c)
+			break; /* shut down: the load ended or failed */
+		ret = kv_mfd_recv_add_channel(r, c, &err);
+		if (ret < 0 && ret != -ECANCELED) {
+			pthread_mutex_lock(&r->lock);
+			recv_fail_locked(r, ret, &err);
+			pthread_mutex_unlock(&r->lock);
+			break;
+		}
+	}
+	return NULL;
+}
+
+int kv_mfd_recv_accept(struct kv_mfd_recv *r, struct kv_listener *l,
+		       struct kv_error *err)
+{
+	r->listener = l;
+	if (pthread_create(&r->acceptor, NULL, accept_main, r))
+		return kv_error_set(err, -EAGAIN,
+				    "multifd: cannot start the accept thread");
+	r->acceptor_started = true;
+	return 0;
+}
+
+void kv_mfd_recv_blocks_ready(struct kv_mfd_recv *r)
+{
+	pthread_mutex_lock(&r->lock);
+	r->blocks_ready = true;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+}
+
+int kv_mfd_recv_sync(struct kv_mfd_recv *r, struct kv_error *err)
+{
+	int64_t deadline = kv_now_ns() + CONNECT_TIMEOUT_NS;
+	int ret = 0;
+
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		struct timespec ts;
+		unsigned gone = 0;
+
+		if (r->aborted) {
+			ret = r->error ? r->error : -ECANCELED;
+			kv_error_set(err, ret, "%s",
+				     r->error ? r->err.msg
+					      : "multifd: aborted");
+			break;
+		}
+		if (r->synced == r->cfg.channels)
+			break;
+		for (unsigned i = 0; i < r->cfg.channels; i++)
+			gone += r->ch[i].chan && r->ch[i].gone &&
+				!r->ch[i].synced;
+		if (gone) {
+			ret = kv_error_set(err, -EIO,
+					   "multifd: %u channel(s) closed "
+					   "before their SYNC",
+					   gone);
+			break;
+		}
+		if (r->connected < r->cfg.channels &&
+		    kv_now_ns() > deadline) {
+			ret = kv_error_set(err, -ETIMEDOUT,
+					   "multifd: only %u of %u channels "
+					   "connected in 30 s; set the same "
+					   "multifd-channels on both sides",
+					   r->connected, r->cfg.channels);
+			break;
+		}
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 100000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+	}
+	if (ret == 0) {
+		r->synced = 0;
+		for (unsigned i = 0; i < r->cfg.channels; i++)
+			r->ch[i].synced = false;
+		r->release++;
+		pthread_cond_broadcast(&r->cond);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
+void kv_mfd_recv_pages(const struct kv_mfd_recv *r, uint64_t *normal,
+		       uint64_t *zero)
+{
+	*normal = __atomic_load_n(&r->normal, __ATOMIC_RELAXED);
+	*zero = __atomic_load_n(&r->zero, __ATOMIC_RELAXED);
+}
+
+void kv_mfd_recv_abort(struct kv_mfd_recv *r)
+{
+	struct kv_error err = {0};
+
+	kv_error_set(&err, -ECANCELED, "multifd: aborted");
+	pthread_mutex_lock(&r->lock);
+	r->aborted = true;
+	for (unsigned i = 0; i < r->cfg.channels; i++)
+		kv_chan_shutdown(r->ch[i].chan);
+	if (r->listener)
+		kv_listener_shutdown(r->listener);
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+}
+
+void kv_mfd_recv_stop(struct kv_mfd_recv *r)
+{
+	/* The load is over (or failed): nothing more may come on any
+	 * channel, and the source closes them only after our answer. */
+	pthread_mutex_lock(&r->lock);
+	r->closing = true;
+	for (unsigned i = 0; r->ch && i < r->cfg.channels; i++)
+		kv_chan_shutdown(r->ch[i].chan);
+	if (r->listener)
+		kv_listener_shutdown(r->listener);
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	if (r->acceptor_started) {
+		pthread_join(r->acceptor, NULL);
+		r->acceptor_started = false;
+	}
+	for (unsigned i = 0; r->ch && i < r->cfg.channels; i++) {
+		struct mfd_recv_chan *c = &r->ch[i];
+
+		if (c->started) {
+			pthread_join(c->thread, NULL);
+			c->started = false;
+		}
+	}
+}
+
+int kv_mfd_recv_free(struct kv_mfd_recv *r, struct kv_error *err)
+{
+	int ret;
+
+	if (!r)
+		return 0;
+	kv_mfd_recv_stop(r);
+	for (unsigned i = 0; r->ch && i < r->cfg.channels; i++) {
+		struct mfd_recv_chan *c = &r->ch[i];
+
+		kv_chan_close(c->chan);
+		kv_mfd_codec_free(c->codec);
+		free(c->hdr);
+		free(c->payload);
+	}
+	ret = r->error;
+	if (ret < 0 && r->error != -ECANCELED && err)
+		kv_error_set(err, ret, "%s", r->err.msg);
+	free(r->ch);
+	pthread_cond_destroy(&r->cond);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+	return ret == -ECANCELED ? 0 : ret;
+}
