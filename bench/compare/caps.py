@@ -66,9 +66,9 @@ SPARSE = {"fill": "sparse"}
 
 PROFILES = {p.name: p for p in (
     Profile("plain", what="plain precopy, one stream"),
-    # QEMU's cache is direct-mapped on the page address: twice the
-    # largest working set used here (256 MiB) keeps all of it (the
-    # default, 64 MiB, would measure cache misses, not XBZRLE).
+    # QEMU's cache is direct-mapped on the page address: as large as the
+    # largest working set used here (512 MiB, contiguous) keeps all of it
+    # (the default, 64 MiB, would measure cache misses, not XBZRLE).
     Profile("xbzrle", caps=["xbzrle"],
             params={"xbzrle-cache-size": 512 * MIB},
             workload={"pattern": "small-writes"},
