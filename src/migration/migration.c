@@ -48,12 +48,17 @@
  * each pass leaves clearly less than the one before (pending below
  * SHRINK_NUM/SHRINK_DEN of the previous pass's), and switches as soon as
  * that stops, or when what is left is already tiny, or after
- * MAX_EXTRA_PASSES passes.
+ * MAX_EXTRA_PASSES passes, or when the next pass would make the passes
+ * past the limit take more than extra_pass_time_pct % of the time
+ * migrated so far: on a slow link each extra pass costs real time and bytes (at
+ * 1 Gbit/s, unbounded extra passes cost 26 % more bytes than QEMU for a
+ * downtime already far below the limit).
  */
 #define SHRINK_NUM	 3
 #define SHRINK_DEN	 4
 #define SMALL_PENDING	 (256 * 1024ULL)
 #define MAX_EXTRA_PASSES 32
+#define EXTRA_TIME_PCT	 10 /* the default of extra_pass_time_pct */
 
 /* Switch-over timeline at debug level: host monotonic time in ms, so the
  * two sides' lines and the guest's heartbeats line up. */
@@ -129,6 +134,7 @@ void kv_mig_params_default(struct kv_mig_params *p)
 	p->multifd_level = KV_MFD_LEVEL_DEFAULT;
 	p->zero_page_detection = KV_MFD_ZERO_MULTIFD;
 	p->avail_switchover_bw = 0;
+	p->extra_pass_time_pct = EXTRA_TIME_PCT;
 }
 
 struct kv_migration *kv_mig_new(struct kv_savevm *sv, struct kv_ram_state *rs,
@@ -356,15 +362,34 @@ static double switchover_bandwidth(const struct kv_migration *m)
  * passes would not shrink it much (see SHRINK_NUM). extra: passes run so
  * far past the limit. */
 static bool time_to_switch(uint64_t pending, uint64_t prev_pending,
-			   double threshold, unsigned int extra)
+			   double threshold, unsigned int extra,
+			   bool over_budget)
 {
 	if ((double)pending > threshold)
 		return false;
-	if (pending <= SMALL_PENDING || extra >= MAX_EXTRA_PASSES)
+	if (pending <= SMALL_PENDING || extra >= MAX_EXTRA_PASSES ||
+	    over_budget)
 		return true;
 	/* prev_pending is UINT64_MAX before the first sync: doubles. */
 	return (double)pending * SHRINK_DEN >=
 	       (double)prev_pending * SHRINK_NUM;
+}
+
+/* Would one more pass past the limit (about pending / bandwidth) bring
+ * the extra passes' time above extra_pass_time_pct % of the time so far?
+ * Asked
+ * from the second extra pass on: the first pass's bandwidth (bound by the
+ * destination faulting its memory in) says little about later ones. */
+static bool over_budget(const struct kv_migration *m, uint64_t pending,
+			int64_t extra_ns, int64_t elapsed_ns)
+{
+	double next_ns = m->bandwidth > 0
+			     ? (double)pending * 1e9 / m->bandwidth
+			     : 0.0;
+
+	return m->params.extra_pass_time_pct &&
+	       ((double)extra_ns + next_ns) * 100.0 >
+		   (double)elapsed_ns * m->params.extra_pass_time_pct;
 }
 
 /* With a return path: PING and wait for the PONG, so the pass is counted
@@ -402,7 +427,7 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 	uint64_t pass_bytes0 = transferred(m, s);
 	uint64_t timeout_ms = m->params.converge_timeout_ms;
 	uint64_t prev_pending = UINT64_MAX;
-	int64_t last_report_ns = active_start;
+	int64_t last_report_ns = active_start, extra_ns = 0;
 	unsigned int extra = 0;
 	int ret;
 
@@ -459,8 +484,13 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 				    (double)downtime_ms / 1000.0;
 			update_stats(m, s);
 			report_progress(m, pending, pass_pages);
+			if (extra)
+				extra_ns += pass_ns;
 			if (time_to_switch(pending, prev_pending, threshold,
-					   extra))
+					   extra,
+					   extra &&
+					       over_budget(m, pending, extra_ns,
+							   now - active_start)))
 				return 0;
 			if ((double)pending <= threshold)
 				extra++;

@@ -60,6 +60,9 @@ struct kv_mig_params {
 	/* Bytes/s the switch-over may assume instead of the measured
 	 * bandwidth (QEMU's avail-switchover-bandwidth); 0 = measured. */
 	uint64_t avail_switchover_bw;
+	/* Passes past the downtime limit may take at most this % of the
+	 * time migrated so far (migration.c); 0 = no bound. Default 10. */
+	unsigned extra_pass_time_pct;
 };
 
 void kv_mig_params_default(struct kv_mig_params *p);
