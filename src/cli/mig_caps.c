@@ -22,7 +22,7 @@ struct cap_info {
 static const struct cap_info caps[MIG_CAP_COUNT] = {
     [MIG_CAP_XBZRLE] = {"xbzrle", CAP_SETTABLE, false, NULL},
     [MIG_CAP_RDMA_PIN_ALL] = {"rdma-pin-all", CAP_UNSUPPORTED, false, NULL},
-    [MIG_CAP_AUTO_CONVERGE] = {"auto-converge", CAP_UNSUPPORTED, false, NULL},
+    [MIG_CAP_AUTO_CONVERGE] = {"auto-converge", CAP_SETTABLE, false, NULL},
     [MIG_CAP_ZERO_BLOCKS] = {"zero-blocks", CAP_UNSUPPORTED, false, NULL},
     [MIG_CAP_EVENTS] = {"events", CAP_SETTABLE, true, NULL},
     [MIG_CAP_POSTCOPY_RAM] = {"postcopy-ram", CAP_UNSUPPORTED, false, NULL},

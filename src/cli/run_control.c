@@ -281,6 +281,14 @@ static void migrate_params(struct run_ctl *rc, struct kv_mig_params *p)
 	kv_mfd_zero_parse(rc->mp.zero_page_detection, &p->zero_page_detection,
 			  &ignored);
 	p->avail_switchover_bw = rc->mp.avail_switchover_bw;
+	p->auto_converge = mig_caps_get(&rc->caps, MIG_CAP_AUTO_CONVERGE);
+	p->throttle = (struct kv_autoconv_params){
+	    .initial = (unsigned)rc->mp.cpu_throttle_initial,
+	    .increment = (unsigned)rc->mp.cpu_throttle_increment,
+	    .max = (unsigned)rc->mp.max_cpu_throttle,
+	    .trigger_threshold = (unsigned)rc->mp.throttle_trigger_threshold,
+	    .tailslow = rc->mp.cpu_throttle_tailslow,
+	};
 	pthread_mutex_unlock(&rc->lock);
 }
 
@@ -384,6 +392,9 @@ static int qmp_query_migrate(void *opaque, void **ret, struct kv_error *err)
 		json_object_set_new(
 		    o, "expected-downtime",
 		    json_integer((json_int_t)i.progress.expected_downtime_ms));
+	if (i.auto_converge)
+		json_object_set_new(o, "cpu-throttle-percentage",
+				    json_integer(i.stats.throttle_pct));
 	if (i.stats.xbzrle.enabled)
 		json_object_set_new(o, "xbzrle-cache",
 				    xbzrle_cache_json(&i.stats.xbzrle));

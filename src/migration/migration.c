@@ -135,6 +135,8 @@ void kv_mig_params_default(struct kv_mig_params *p)
 	p->zero_page_detection = KV_MFD_ZERO_MULTIFD;
 	p->avail_switchover_bw = 0;
 	p->extra_pass_time_pct = EXTRA_TIME_PCT;
+	p->auto_converge = false;
+	kv_autoconv_params_default(&p->throttle);
 }
 
 struct kv_migration *kv_mig_new(struct kv_savevm *sv, struct kv_ram_state *rs,
@@ -392,6 +394,46 @@ static bool over_budget(const struct kv_migration *m, uint64_t pending,
 		   (double)elapsed_ns * m->params.extra_pass_time_pct;
 }
 
+/* auto-converge: after each sync, let the policy decide and apply a new
+ * throttle. dirtied: what the pass left dirty (the bitmaps are empty
+ * when a pass ends); sent: the pass's bytes. */
+static int throttle_after_sync(struct kv_migration *m, struct kv_autoconv *ac,
+			       uint64_t dirtied, uint64_t sent,
+			       struct kv_error *err)
+{
+	unsigned before = kv_autoconv_pct(ac), pct;
+	int ret;
+
+	if (!m->params.auto_converge || !m->hooks.set_throttle)
+		return 0;
+	pct = kv_autoconv_note_sync(ac, kv_now_ns(), dirtied, sent);
+	if (pct == before)
+		return 0;
+	ret = m->hooks.set_throttle(m->hooks.opaque, pct, err);
+	if (ret < 0) {
+		kv_error_prefix(err, "auto-converge: throttling to %u %%", pct);
+		return ret;
+	}
+	SWITCH_LOG("auto-converge: throttle %u %%", pct);
+	pthread_mutex_lock(&m->lock);
+	m->stats.throttle_pct = pct;
+	if (pct > m->stats.throttle_max_pct)
+		m->stats.throttle_max_pct = pct;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+/* The workload runs at full speed again (QEMU's cpu_throttle_stop). */
+static void throttle_off(struct kv_migration *m)
+{
+	struct kv_error ignored = {0};
+
+	if (!m->params.auto_converge || !m->hooks.set_throttle)
+		return;
+	/* stats.throttle_pct keeps the last value: what it took. */
+	m->hooks.set_throttle(m->hooks.opaque, 0, &ignored);
+}
+
 /* With a return path: PING and wait for the PONG, so the pass is counted
  * as done once the destination has read it. The bandwidth is then what
  * the destination absorbs, and no backlog sits in socket buffers when the
@@ -429,7 +471,12 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 	uint64_t prev_pending = UINT64_MAX;
 	int64_t last_report_ns = active_start, extra_ns = 0;
 	unsigned int extra = 0;
+	struct kv_autoconv ac;
 	int ret;
+
+	kv_autoconv_init(&ac, &m->params.throttle);
+	/* The setup sync saw all of RAM dirty: not a period to judge. */
+	kv_autoconv_note_sync(&ac, active_start, 0, 0);
 
 	m->pass = 1;
 	for (;;) {
@@ -478,6 +525,11 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 			    (unsigned long long)pass_pages, m->bandwidth / MIB,
 			    (double)(kv_now_ns() - now) / 1e6,
 			    (unsigned long long)(pending / KV_PAGE_SIZE));
+			ret = throttle_after_sync(
+			    m, &ac, pending, transferred(m, s) - pass_bytes0,
+			    err);
+			if (ret < 0)
+				return ret;
 			downtime_ms = __atomic_load_n(
 			    &m->params.downtime_limit_ms, __ATOMIC_RELAXED);
 			threshold = switchover_bandwidth(m) *
@@ -741,6 +793,7 @@ out:
 	if (ret < 0)
 		record_pass_pages(m); /* the pass it stopped in */
 	stop_and_cleanup(m, ret == 0);
+	throttle_off(m);
 	if (ret < 0 && stopped)
 		m->hooks.resume_vm(m->hooks.opaque);
 	update_stats(m, s);

@@ -25,6 +25,7 @@
 
 #include "base/error.h"
 #include "io/stream.h"
+#include "migration/auto_converge.h"
 #include "migration/multifd.h"
 #include "migration/multifd_codec.h"
 #include "migration/ram.h"
@@ -60,6 +61,10 @@ struct kv_mig_params {
 	/* Bytes/s the switch-over may assume instead of the measured
 	 * bandwidth (QEMU's avail-switchover-bandwidth); 0 = measured. */
 	uint64_t avail_switchover_bw;
+	/* auto-converge: throttle the workload (hooks.set_throttle) when
+	 * passes stop shrinking the dirty set; QEMU's cpu-throttle-*. */
+	bool auto_converge;
+	struct kv_autoconv_params throttle;
 	/* Passes past the downtime limit may take at most this % of the
 	 * time migrated so far (migration.c); 0 = no bound. Default 10. */
 	unsigned extra_pass_time_pct;
@@ -84,6 +89,9 @@ struct kv_mig_hooks {
 	int (*stop_vm)(void *opaque, struct kv_error *err);
 	/* Resume it after a failure in DEVICE (required). */
 	void (*resume_vm)(void *opaque);
+	/* auto-converge: make the workload run only (100 - pct) % of the
+	 * time; 0 = full speed (optional; any thread). */
+	int (*set_throttle)(void *opaque, unsigned pct, struct kv_error *err);
 	/* Called at the end of every pass and at every status change. */
 	void (*progress)(void *opaque, const struct kv_mig_progress *p);
 	void *opaque;
@@ -101,6 +109,9 @@ struct kv_mig_stats {
 	uint64_t pages_per_pass[64]; /* first 64 passes */
 	double bandwidth;          /* bytes/s, last pass */
 	struct kv_ram_xbzrle_stats xbzrle;
+	unsigned throttle_pct;     /* auto-converge: now, or the last one
+				    * once the migration ended */
+	unsigned throttle_max_pct; /* the highest it went */
 };
 
 struct kv_migration;

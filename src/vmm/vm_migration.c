@@ -302,6 +302,13 @@ static void hook_resume_vm(void *opaque)
 	kv_vm_resume(g->vm);
 }
 
+static int hook_set_throttle(void *opaque, unsigned pct, struct kv_error *err)
+{
+	struct kv_vm_mig *g = opaque;
+
+	return kv_vm_set_throttle(g->vm, pct, err);
+}
+
 static void hook_progress(void *opaque, const struct kv_mig_progress *p)
 {
 	struct kv_vm_mig *g = opaque;
@@ -387,6 +394,7 @@ int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 	struct kv_mig_hooks hooks = {
 	    .stop_vm = hook_stop_vm,
 	    .resume_vm = hook_resume_vm,
+	    .set_throttle = hook_set_throttle,
 	    .progress = hook_progress,
 	    .opaque = g,
 	};
@@ -486,6 +494,7 @@ void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info)
 			    g->error[0] ? KV_MIG_FAILED : KV_MIG_CANCELLED;
 	}
 	info->progress = g->progress;
+	info->auto_converge = g->params.auto_converge;
 	snprintf(info->error, sizeof(info->error), "%s", g->error);
 	pthread_mutex_unlock(&g->lock);
 	info->ram_total = kv_vm_ram_size(g->vm);

@@ -65,6 +65,7 @@ struct kv_vm_mig_info {
 	uint64_t ram_total;
 	char error[KV_ERROR_MSG_MAX]; /* when failed */
 	int64_t pause_ms;             /* time to park the vCPUs */
+	bool auto_converge;           /* the migration may throttle */
 };
 void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info);
 

@@ -17,7 +17,7 @@ from test_vm_migrate import migrate  # noqa: E402
 from vmlib import VmSet, corrupt_lines, have_kvm, workload_started  # noqa: E402
 
 VERIFY = ("--verify-ram",)
-PLAN = 4 + 3 + 4 * 5
+PLAN = 4 + 3 + 4 * 5 + 5
 
 
 def xbzrle(tap, vms):
@@ -72,6 +72,29 @@ def multifd(tap, vms, compression):
     return True
 
 
+def auto_converge(tap, vms):
+    """64 MiB/s of writes over a link capped at 24 MiB/s never converges;
+    auto-converge throttles the vCPUs until it does."""
+    src = vms.boot("auto-converge", "mem=64 rate=64 pattern=random",
+                   extra=VERIFY)
+    if not workload_started(src):
+        return False
+    time.sleep(0.5)
+    q = vms.qmp(src)
+    q.cmd("migrate-set-capabilities",
+          capabilities=[{"capability": "auto-converge", "state": True}])
+    q.cmd("migrate-set-parameters", **{
+        "max-bandwidth": 24 << 20, "downtime-limit": 50,
+        "cpu-throttle-initial": 50, "cpu-throttle-increment": 20})
+    dst, _ = migrate(tap, vms, src, "auto-converge", verify=VERIFY)
+    r = q.cmd("query-migrate")
+    print(f"# auto-converge: throttle {r.get('cpu-throttle-percentage')} %")
+    tap.ok(r.get("cpu-throttle-percentage", 0) >= 50,
+           "auto-converge: the source throttled its vCPUs (>= 50 %)", r)
+    q.cmd("migrate-set-parameters", **{"max-bandwidth": 0})
+    return True
+
+
 def main():
     tap = Tap(PLAN)
     reason = have_kvm()
@@ -87,6 +110,7 @@ def main():
             return tap.finish()
         for comp in ("none", "zlib", "zstd", "lz4"):
             multifd(tap, vms, comp)
+        auto_converge(tap, vms)
         tap.ok(not corrupt_lines(*vms.vms), "no CORRUPT in any console",
                f"{corrupt_lines(*vms.vms)}")
     return tap.finish()
