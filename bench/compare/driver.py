@@ -192,6 +192,13 @@ def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
                        default=None)
         passes = PassTimeline()
         r = pair.migrate(timeout=timeout, on_progress=passes)
+        if r["converged"] and not r.get("total_ms"):
+            # QEMU 7.2 may show "completed" before it has filled in
+            # total-time and downtime (seen with multifd): ask again.
+            time.sleep(0.2)
+            info = pair.qsrc.cmd("query-migrate")
+            r["total_ms"] = info.get("total-time")
+            r["downtime_ms"] = info.get("downtime")
         r.update(passes.result())
         r["baseline_gap_ms"] = None if baseline is None else baseline * 1e3
         if not r["converged"]:
