@@ -258,14 +258,15 @@ static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		kv_stream_put_u8(s, 0);
 		kv_ram_stat_add(&rs->zero_pages, 1);
 		kv_ram_xbzrle_zero(rs, bi, page);
+		rs->last_sent = bi;
 	} else if (!kv_ram_xbzrle_send(s, rs, bi, page, hdr)) {
 		kv_stream_put_be64(s, hdr | KV_RAM_FLAG_PAGE);
 		if (!cont)
 			kv_stream_put_str8(s, b->idstr);
 		kv_stream_put_page_ref(s, p, KV_PAGE_SIZE);
 		kv_ram_stat_add(&rs->normal_pages, 1);
+		rs->last_sent = bi;
 	}
-	rs->last_sent = bi;
 }
 
 /*

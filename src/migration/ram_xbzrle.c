@@ -90,12 +90,15 @@ int kv_ram_xbzrle_setup(struct kv_ram_state *rs, struct kv_error *err)
 	return 0;
 }
 
-static void put_header(struct kv_stream *s, const struct kv_ram_state *rs,
+/* A record goes out: the next one may CONTINUE its block. (A skipped,
+ * unchanged page sends nothing and must not move last_sent.) */
+static void put_header(struct kv_stream *s, struct kv_ram_state *rs,
 		       size_t bi, uint64_t hdr, unsigned int flag)
 {
 	kv_stream_put_be64(s, hdr | flag);
 	if (!(hdr & KV_RAM_FLAG_CONTINUE))
 		kv_stream_put_str8(s, rs->blocks[bi].idstr);
+	rs->last_sent = bi;
 }
 
 /* A raw page whose bytes are the snapshot (copied into the stream). */
