@@ -11,9 +11,15 @@
  * (the slot may be reused before the stream is flushed). A zero page
  * overwrites its cached copy with zeros.
  *
- * As in QEMU, the first pass does not use the cache (every page goes once
- * anyway, and caching them all would only churn); from the second pass on,
- * a page not in the cache is inserted and sent raw (a miss), a cached one
+ * Unlike QEMU, the first pass fills the cache too: a page it sends is
+ * inserted, so a page dirtied again during the first pass can already go
+ * as a delta in the second (QEMU starts caching in the second pass and
+ * sends every such page raw once more: with a working set of the cache's
+ * size that halves what XBZRLE saves). The first pass cannot churn the
+ * cache: its pages are all of one generation, and a full set refuses
+ * young pages (page_cache.h), so the cache keeps the first pages that
+ * fit and the rest go by reference as usual. From the second pass on, a
+ * page not in the cache is inserted and sent raw (a miss), a cached one
  * goes as its delta, as nothing when it did not change, or raw when the
  * delta would not be smaller than the page (an overflow).
  */
@@ -119,10 +125,21 @@ bool kv_ram_xbzrle_send(struct kv_stream *s, struct kv_ram_state *rs,
 	uint64_t key;
 	int len;
 
-	if (!xb->cache || !xb->active)
+	if (!xb->cache)
 		return false;
 	live = rs->blocks[bi].host + ((uint64_t)page << KV_PAGE_SHIFT);
 	key = page_key(bi, page);
+	if (!xb->active) {
+		/* First pass: the slot's copy is the snapshot, sent as is;
+		 * not a miss. A refused insert sends by reference. */
+		if (kv_page_cache_insert(xb->cache, key, live, generation(rs),
+					 &cached) < 0)
+			return false;
+		put_header(s, rs, bi, hdr, KV_RAM_FLAG_PAGE);
+		kv_stream_put_buffer(s, cached, KV_PAGE_SIZE);
+		kv_ram_stat_add(&rs->normal_pages, 1);
+		return true;
+	}
 	memcpy(xb->snap, live, KV_PAGE_SIZE);
 	cached = kv_page_cache_lookup(xb->cache, key, generation(rs));
 	if (!cached) {
@@ -162,7 +179,7 @@ void kv_ram_xbzrle_zero(struct kv_ram_state *rs, size_t bi, size_t page)
 	struct kv_ram_xbzrle *xb = &rs->xb;
 	uint8_t *cached;
 
-	if (!xb->cache || !xb->active)
+	if (!xb->cache)
 		return;
 	/* contains(), not lookup(): a zero page is not a cache miss. */
 	if (!kv_page_cache_contains(xb->cache, page_key(bi, page)))
