@@ -90,6 +90,11 @@ static const char memtest_help[] =
     "                         announcing more RAM than this (default 64G)\n"
     "\n"
     "Both sides:\n"
+    "  --multifd-channels N   send the pages over N extra connections to\n"
+    "                         the same URI, a thread each (QEMU's multifd;\n"
+    "                         give the same N on both sides; not file:)\n"
+    "  --multifd-compression M  none (default), zlib, zstd or lz4: the\n"
+    "                         same on both sides\n"
     "  --json                 print the summary as one JSON object on a\n"
     "                         line of its own instead of the table\n"
     "\n"
@@ -105,6 +110,8 @@ struct memtest_opts {
 	uint64_t downtime_ms;
 	bool has_downtime;
 	uint64_t max_bandwidth;
+	uint64_t multifd_channels; /* 0: off */
+	enum kv_mfd_method multifd_method;
 	uint64_t timeout_s;
 	uint64_t blocks;
 	enum kv_memtest_pattern pattern;
@@ -346,7 +353,8 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 	const char *size = NULL, *rate = NULL, *downtime = NULL, *bw = NULL,
 		   *timeout = NULL, *blocks = NULL, *pattern = NULL,
 		   *seed = NULL, *print_digest = NULL, *max_size = NULL,
-		   *json = NULL;
+		   *json = NULL, *mfd_chans = NULL, *mfd_comp = NULL;
+	struct kv_error merr = {0};
 	const struct kv_cli_opt opts[] = {
 	    {"size", true, &size},
 	    {"dirty-rate", true, &rate},
@@ -361,6 +369,8 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 	    {"print-digest", false, &print_digest},
 	    {"max-size", true, &max_size},
 	    {"json", false, &json},
+	    {"multifd-channels", true, &mfd_chans},
+	    {"multifd-compression", true, &mfd_comp},
 	    {NULL, false, NULL},
 	};
 	int rc;
@@ -459,6 +469,26 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 			    "zero or random)",
 			    pattern);
 	}
+	if (mfd_chans && (!kv_cli_parse_u64(mfd_chans, &o->multifd_channels) ||
+			  o->multifd_channels < 1 ||
+			  o->multifd_channels > 255))
+		return kv_cli_usage_error("memtest",
+					  "invalid --multifd-channels '%s' "
+					  "(expected 1 to 255)",
+					  mfd_chans);
+	if (mfd_comp && kv_mfd_method_parse(mfd_comp, &o->multifd_method,
+					    &merr) < 0)
+		return kv_cli_usage_error("memtest",
+					  "invalid --multifd-compression: %s",
+					  merr.msg);
+	if (mfd_comp && !mfd_chans)
+		return kv_cli_usage_error("memtest",
+					  "--multifd-compression needs "
+					  "--multifd-channels");
+	if (mfd_chans && !strncmp(o->to ? o->to : o->incoming, "file:", 5))
+		return kv_cli_usage_error("memtest",
+					  "multifd needs a socket URI (tcp: "
+					  "or unix:), not file:");
 	o->print_digest = print_digest != NULL;
 	o->json = json != NULL;
 	return KV_EXIT_OK;
@@ -674,6 +704,8 @@ static int source_build(struct memtest_source *src, struct kv_error *err)
 		params.downtime_limit_ms = o->downtime_ms;
 	params.max_bandwidth = o->max_bandwidth;
 	params.converge_timeout_ms = o->timeout_s * 1000;
+	params.multifd_channels = (unsigned)o->multifd_channels;
+	params.multifd_method = o->multifd_method;
 	src->mig = kv_mig_new(src->sv, src->rs, &params, &hooks);
 	if (!src->mig)
 		return kv_error_set(err, -ENOMEM,
@@ -780,6 +812,8 @@ static int run_source(struct memtest_opts *o)
 		kv_error_set(&err, -ENOMEM, "no memory for the stream");
 		goto fail;
 	}
+	if (kv_mig_multifd_connect(src.mig, o->to, &err) < 0)
+		goto fail;
 	if (o->dirty_rate_mib > 0 &&
 	    kv_memtest_dirtier_start(&src.dirtier, &src.region, src.tracker,
 				     o->dirty_rate_mib, &err) < 0)
@@ -1015,6 +1049,8 @@ static int run_dest(struct memtest_opts *o)
 	struct kv_ram_state *rs = NULL;
 	struct kv_savevm *sv = NULL;
 	struct kv_ram_stats rst = {0};
+	struct kv_mfd_recv *mfd = NULL;
+	struct kv_mig_params params;
 	struct kv_chan *chan;
 	uint64_t transferred = 0;
 	int64_t t0 = 0, load_ns = 0;
@@ -1049,9 +1085,16 @@ static int run_dest(struct memtest_opts *o)
 	printf("memtest: incoming migration from %s\n", chan->name);
 	fflush(stdout);
 	t0 = kv_now_ns();
-	rc = kv_mig_incoming(sv, s, &err);
+	kv_mig_params_default(&params);
+	params.multifd_channels = (unsigned)o->multifd_channels;
+	params.multifd_method = o->multifd_method;
+	rc = kv_mig_incoming_multifd(&params, rs, l, chan, &mfd, &err);
+	if (rc == 0)
+		rc = kv_mig_incoming(sv, s, &err);
 	load_ns = kv_now_ns() - t0;
 	transferred = kv_stream_transferred(s);
+	kv_ram_get_stats(rs, &rst);
+	kv_mig_incoming_multifd_end(rs, mfd);
 	if (rc == 0 && !d.digest.verified) {
 		rc = kv_error_set(&err, -EIO,
 				  "the stream carried no memtest/digest "

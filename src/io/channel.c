@@ -92,6 +92,29 @@ static ssize_t chan_read(struct kv_chan *c, void *buf, size_t len)
 	}
 }
 
+/* Like chan_read, into several buffers with one system call. */
+static ssize_t chan_readv(struct kv_chan *c, const struct iovec *iov,
+			  int iovcnt)
+{
+	for (;;) {
+		ssize_t n;
+		int r;
+
+		if (chan_cancelled(c))
+			return -ECANCELED;
+		n = readv(c->fd, iov, iovcnt);
+		if (n >= 0)
+			return n;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return -errno;
+		r = wait_fd_or_cancel(c->fd, POLLIN, to_fd_chan(c)->cancel_fd);
+		if (r < 0)
+			return r;
+	}
+}
+
 static ssize_t sock_writev_once(int fd, const struct iovec *iov, int iovcnt)
 {
 	struct msghdr msg = {
@@ -207,6 +230,7 @@ static void fd_close(struct kv_chan *c)
 
 static const struct kv_chan_ops sock_ops = {
     .read = chan_read,
+    .readv = chan_readv,
     .writev = sock_writev,
     .shutdown = sock_shutdown,
     .close = fd_close,
@@ -214,6 +238,7 @@ static const struct kv_chan_ops sock_ops = {
 
 static const struct kv_chan_ops pipe_ops = {
     .read = chan_read,
+    .readv = chan_readv,
     .writev = pipe_writev,
     .shutdown = signal_cancel,
     .close = fd_close,
@@ -221,6 +246,7 @@ static const struct kv_chan_ops pipe_ops = {
 
 static const struct kv_chan_ops file_ops = {
     .read = chan_read,
+    .readv = chan_readv,
     .writev = file_writev,
     .shutdown = signal_cancel,
     .close = fd_close,
@@ -305,6 +331,41 @@ int kv_chan_read_full(struct kv_chan *c, void *buf, size_t len,
 			return kv_error_set_errno(err, (int)n,
 						  "%s: read failed", c->name);
 		done += (size_t)n;
+	}
+	return 0;
+}
+
+int kv_chan_readv_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
+		       struct kv_error *err)
+{
+	size_t want = 0, done = 0;
+
+	for (int i = 0; i < iovcnt; i++)
+		want += iov[i].iov_len;
+	while (done < want) {
+		ssize_t n;
+
+		while (iovcnt > 0 && iov->iov_len == 0) {
+			iov++;
+			iovcnt--;
+		}
+		n = c->ops->readv ? c->ops->readv(c, iov, iovcnt)
+				  : c->ops->read(c, iov->iov_base,
+						 iov->iov_len);
+		if (n == 0)
+			return kv_error_set(err, -EIO,
+					    "%s: unexpected end of input after "
+					    "%zu of %zu bytes",
+					    c->name, done, want);
+		if (n == -ECANCELED)
+			return kv_error_set(err, -ECANCELED,
+					    "%s: read cancelled by shutdown",
+					    c->name);
+		if (n < 0)
+			return kv_error_set_errno(err, (int)n,
+						  "%s: read failed", c->name);
+		done += (size_t)n;
+		kv_iov_advance(&iov, &iovcnt, (size_t)n);
 	}
 	return 0;
 }

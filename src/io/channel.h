@@ -39,6 +39,9 @@ struct kv_chan;
 struct kv_chan_ops {
 	/* Read up to len bytes; returns bytes read, 0 at EOF, -errno. */
 	ssize_t (*read)(struct kv_chan *c, void *buf, size_t len);
+	/* Read into some of iov (optional: NULL falls back to read). */
+	ssize_t (*readv)(struct kv_chan *c, const struct iovec *iov,
+			 int iovcnt);
 	/* Write some of iov; returns bytes written or -errno. */
 	ssize_t (*writev)(struct kv_chan *c, const struct iovec *iov, int iovcnt);
 	void (*shutdown)(struct kv_chan *c);
@@ -84,6 +87,9 @@ int kv_chan_read_full(struct kv_chan *c, void *buf, size_t len,
 		      struct kv_error *err);
 int kv_chan_writev_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 			struct kv_error *err);
+/* Fill every buffer of iov (which it advances, like writev_full). */
+int kv_chan_readv_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
+		       struct kv_error *err);
 
 void kv_chan_shutdown(struct kv_chan *c);
 void kv_chan_close(struct kv_chan *c);

@@ -569,12 +569,13 @@ static int recv_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
 		return kv_error_set(err, ret, "packet %llu: block '%s' is gone",
 				    (unsigned long long)pkt->packet_num,
 				    pkt->block);
-	ret = kv_chan_read_full(c->chan, c->payload, pkt->next_size, err);
-	if (ret < 0)
-		return ret;
 	for (uint32_t i = 0; i < pkt->normal; i++)
 		pages[i] = host + pkt->offsets[i];
 	if (pkt->normal && r->cfg.method != KV_MFD_METHOD_NONE) {
+		ret = kv_chan_read_full(c->chan, c->payload, pkt->next_size,
+					err);
+		if (ret < 0)
+			return ret;
 		ret = kv_mfd_decompress(c->codec, c->payload, pkt->next_size,
 					pages, pkt->normal, err);
 		if (ret < 0) {
@@ -582,9 +583,18 @@ static int recv_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
 					(unsigned long long)pkt->packet_num);
 			return ret;
 		}
-	} else {
-		for (uint32_t i = 0; i < pkt->normal; i++)
-			memcpy(pages[i], c->payload + (size_t)i * PAGE, PAGE);
+	} else if (pkt->normal) {
+		/* Raw: straight into guest memory (the decoder checked that
+		 * next_size is exactly normal pages, each inside the block). */
+		struct iovec iov[KV_MFD_PAGES_DEFAULT];
+
+		for (uint32_t i = 0; i < pkt->normal; i++) {
+			iov[i].iov_base = pages[i];
+			iov[i].iov_len = PAGE;
+		}
+		ret = kv_chan_readv_full(c->chan, iov, (int)pkt->normal, err);
+		if (ret < 0)
+			return ret;
 	}
 	for (uint32_t i = 0; written && i < pkt->normal; i++)
 		kv_bitmap_set_atomic(written, pkt->offsets[i] / PAGE);
