@@ -1094,7 +1094,7 @@ static int run_dest(struct memtest_opts *o)
 	load_ns = kv_now_ns() - t0;
 	transferred = kv_stream_transferred(s);
 	kv_ram_get_stats(rs, &rst);
-	kv_mig_incoming_multifd_end(rs, mfd);
+	rc = kv_mig_incoming_multifd_end(rs, mfd, rc, &err);
 	if (rc == 0 && !d.digest.verified) {
 		rc = kv_error_set(&err, -EIO,
 				  "the stream carried no memtest/digest "

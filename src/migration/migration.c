@@ -740,14 +740,26 @@ int kv_mig_incoming_multifd(const struct kv_mig_params *p,
 	return 0;
 }
 
-void kv_mig_incoming_multifd_end(struct kv_ram_state *rs,
-				 struct kv_mfd_recv *r)
+int kv_mig_incoming_multifd_end(struct kv_ram_state *rs,
+				struct kv_mfd_recv *r, int ret,
+				struct kv_error *err)
 {
+	struct kv_error cerr = {0};
+	int cret;
+
 	if (!r)
-		return;
+		return ret;
 	kv_mfd_recv_stop(r);
 	kv_ram_set_multifd_recv(rs, NULL);
-	kv_mfd_recv_free(r, NULL);
+	cret = kv_mfd_recv_free(r, &cerr);
+	/* A channel that failed shut the main stream down: its error is
+	 * the cause, the loader's "cancelled" only the consequence. */
+	if (ret < 0 && cret < 0) {
+		kv_error_clear(err);
+		kv_error_set(err, cret, "%s", cerr.msg);
+		return cret;
+	}
+	return ret;
 }
 
 int kv_mig_run(struct kv_migration *m, struct kv_stream *s,

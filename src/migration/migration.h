@@ -140,9 +140,12 @@ int kv_mig_incoming_multifd(const struct kv_mig_params *p,
 			    struct kv_ram_state *rs, struct kv_listener *l,
 			    struct kv_chan *main, struct kv_mfd_recv **out,
 			    struct kv_error *err);
-/* After kv_mig_incoming*: detach and free it (NULL: nothing). */
-void kv_mig_incoming_multifd_end(struct kv_ram_state *rs,
-				 struct kv_mfd_recv *r);
+/* After kv_mig_incoming* returned ret: detach and free r (NULL:
+ * nothing). Returns ret, or a channel's error, which then replaces err
+ * (the loader only saw the main stream shut down because of it). */
+int kv_mig_incoming_multifd_end(struct kv_ram_state *rs,
+				struct kv_mfd_recv *r, int ret,
+				struct kv_error *err);
 
 /* From any thread. */
 void kv_mig_cancel(struct kv_migration *m);

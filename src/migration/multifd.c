@@ -223,6 +223,12 @@ static void *send_main(void *opaque)
 		pthread_mutex_lock(&m->lock);
 		if (ret < 0) {
 			kv_error_prefix(&err, "multifd channel %u", c->id);
+			if (ret == -EPIPE || ret == -ECONNRESET)
+				kv_error_prefix(&err,
+						"the destination closed it "
+						"(is multifd on at the "
+						"destination too, with the "
+						"same multifd-channels?)");
 			send_fail_locked(m, ret, &err);
 		}
 		c->busy = false;
@@ -289,7 +295,10 @@ struct kv_mfd_send *kv_mfd_send_start(const char *uri,
 	}
 	for (unsigned i = 0; i < cfg->channels; i++) {
 		if (send_chan_open(m, i, uri, err) < 0) {
-			kv_error_prefix(err, "multifd channel %u of %u to %s",
+			kv_error_prefix(err,
+					"multifd channel %u of %u to %s (is "
+					"multifd on at the destination too, "
+					"with the same multifd-channels?)",
 					i, cfg->channels, uri);
 			kv_mfd_send_free(m);
 			return NULL;
@@ -691,7 +700,9 @@ static void *recv_main(void *opaque)
 	while (ret == 0);
 	pthread_mutex_lock(&r->lock);
 	if (ret < 0 && !r->aborted && !r->closing) {
-		kv_error_prefix(&err, "multifd channel %u", c->id);
+		/* The packet decoder names the channel itself. */
+		if (strncmp(err.msg, "multifd channel", 15))
+			kv_error_prefix(&err, "multifd channel %u", c->id);
 		recv_fail_locked(r, ret, &err);
 	}
 	c->gone = true;

@@ -594,9 +594,14 @@ int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
 	/* multifd: the channels connect to the same address after the
 	 * main one; the listener stays open for them. */
 	ret = kv_mig_incoming_multifd(&g->params, g->rs, l, c, &mfd, err);
+	if (ret < 0 || !mfd) {
+		/* Without multifd nobody else may connect: a source that
+		 * tries to open channels is refused at once. */
+		kv_listener_close(l);
+		l = NULL;
+	}
 	if (ret < 0) {
 		kv_stream_close(s);
-		kv_listener_close(l);
 		return ret;
 	}
 	pthread_mutex_lock(&g->lock);
@@ -613,8 +618,9 @@ int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
 	g->in_stream = NULL;
 	g->in_mfd = NULL;
 	pthread_mutex_unlock(&g->lock);
-	kv_mig_incoming_multifd_end(g->rs, mfd);
-	kv_listener_close(l);
+	ret = kv_mig_incoming_multifd_end(g->rs, mfd, ret, err);
+	if (l)
+		kv_listener_close(l);
 	kv_stream_close(s);
 	if (ret < 0)
 		kv_error_prefix(err, "incoming migration from %s", uri);
