@@ -88,13 +88,12 @@ multifd_limit() {
 		log "$tcp is missing: build first (ninja -C $build)"
 	fi
 	rm -f "$dir/memtest-multifd.jsonl"
-	# TODO(lead): the flags below are a guess at memtest's multifd
-	# options (--multifd-channels N on both ends); adjust them to what
-	# `kvmig memtest --help` offers once --multifd lands. Each source's
-	# --json summary line is collected; the report takes transferred
-	# over (total_ms - setup_ms - downtime_ms).
+	# memtest --multifd-channels N on both ends (2 channels, raw pages
+	# into a pre-allocated destination). Each source's --json summary
+	# line is collected; the report takes transferred over (total_ms -
+	# setup_ms - downtime_ms).
 	if ! "$kvmig" memtest --help 2>&1 | grep -q -- '--multifd'; then
-		log "TODO: kvmig memtest has no --multifd yet: the multifd" \
+		log "kvmig memtest has no --multifd: the multifd" \
 			"throughput is not measured"
 		return 0
 	fi
@@ -116,10 +115,10 @@ if want multifd-limit; then
 	multifd_limit
 fi
 if want xbzrle; then
-	# XBZRLE (QEMU's design, kvmig's too) starts caching at the second
-	# pass and sends deltas from the third: its cut grows with the
-	# passes plain precopy needs, hence a rate near the link's and a
-	# 50 ms downtime limit (plain: ~30 passes).
+	# XBZRLE: QEMU starts caching at the second pass and sends deltas
+	# from the third; kvmig caches from the first pass. The cut grows
+	# with the passes plain precopy needs, hence a rate near the link's
+	# and a 50 ms downtime limit (plain: ~30 passes).
 	bench xbzrle xbzrle --caps plain,xbzrle --links "$link" --sizes 1G \
 		--rates "${CAPS_XBZRLE_RATE:-100}" \
 		--downtime-limit "${CAPS_XBZRLE_DOWNTIME:-50}" \
