@@ -190,6 +190,7 @@ struct outcome {
 	int src_ret, dst_ret;
 	char src_msg[KV_ERROR_MSG_MAX], dst_msg[KV_ERROR_MSG_MAX];
 	uint64_t writes, passes, transferred;
+	int64_t total_ms;
 };
 
 static void sock_uri(char *buf, size_t len)
@@ -200,10 +201,12 @@ static void sock_uri(char *buf, size_t len)
 		 n++);
 }
 
-/* Migrate with src_p on the source and dst_p on the destination; with
- * check, the destination's memory must equal the source's. */
+/* Migrate with src_p on the source and dst_p on the destination (with a
+ * thread writing on the source if writer); with check, the
+ * destination's memory must equal the source's. */
 static struct outcome migrate(const struct kv_mig_params *src_p,
-			      const struct kv_mig_params *dst_p, bool check)
+			      const struct kv_mig_params *dst_p, bool check,
+			      bool writer)
 {
 	struct source *src = calloc(1, sizeof(*src));
 	struct side dst;
@@ -223,8 +226,11 @@ static struct outcome migrate(const struct kv_mig_params *src_p,
 	src->params = *src_p;
 	l = kv_listener_open(uri, &err);
 	assert_non_null(l);
-	assert_int_equal(pthread_create(&src->writer, NULL, writer_main, src),
-			 0);
+	if (writer)
+		assert_int_equal(
+		    pthread_create(&src->writer, NULL, writer_main, src), 0);
+	else
+		src->stop = 1;
 	assert_int_equal(pthread_create(&src->runner, NULL, runner_main, src),
 			 0);
 	c = kv_listener_accept(l, &err);
@@ -252,6 +258,7 @@ static struct outcome migrate(const struct kv_mig_params *src_p,
 	out.writes = src->writes;
 	out.passes = src->stats.passes;
 	out.transferred = src->stats.transferred;
+	out.total_ms = src->stats.total_time_ms;
 	if (check) {
 		if (out.src_ret || out.dst_ret)
 			fail_msg("source %d '%s', destination %d '%s'",
@@ -289,7 +296,7 @@ static void roundtrip(enum kv_mfd_method method, enum kv_mfd_zero zero,
 	struct outcome o;
 
 	params_multifd(&p, channels, method, zero);
-	o = migrate(&p, &p, true);
+	o = migrate(&p, &p, true, true);
 	/* The writer ran during the passes, and more than one pass went
 	 * (each ending with a sync). */
 	assert_true(o.writes > 0);
@@ -333,6 +340,27 @@ static void test_lz4(void **state)
 	roundtrip(KV_MFD_METHOD_LZ4, KV_MFD_ZERO_MULTIFD, 4);
 }
 
+/* max-bandwidth holds for the channels together: 2 MiB/s for about
+ * 5 MiB of data pages (plus the zero ones, which cost only offsets). */
+static void test_max_bandwidth_across_channels(void **state)
+{
+	struct kv_mig_params p;
+	struct outcome o;
+	double rate;
+
+	(void)state;
+	params_multifd(&p, 3, KV_MFD_METHOD_NONE, KV_MFD_ZERO_MULTIFD);
+	p.max_bandwidth = 2 << 20;
+	o = migrate(&p, &p, true, false);
+	rate = (double)o.transferred / ((double)o.total_ms / 1000.0);
+	print_message("%.2f MiB in %lld ms: %.2f MiB/s\n",
+		      (double)o.transferred / (1 << 20), (long long)o.total_ms,
+		      rate / (1 << 20));
+	/* Three channels at the cap each would be 6 MiB/s. */
+	assert_true(rate < 1.3 * (2 << 20));
+	assert_true(o.transferred > (4 << 20));
+}
+
 /* The destination decodes zstd, the source sends raw: the first packet's
  * flags are refused, and both sides fail (the source resumes). */
 static void test_compression_mismatch_fails_both(void **state)
@@ -343,7 +371,7 @@ static void test_compression_mismatch_fails_both(void **state)
 	(void)state;
 	params_multifd(&sp, 2, KV_MFD_METHOD_NONE, KV_MFD_ZERO_MULTIFD);
 	params_multifd(&dp, 2, KV_MFD_METHOD_ZSTD, KV_MFD_ZERO_MULTIFD);
-	o = migrate(&sp, &dp, false);
+	o = migrate(&sp, &dp, false, true);
 	assert_true(o.dst_ret < 0);
 	assert_true(o.src_ret < 0);
 	if (!strstr(o.dst_msg, "multifd channel"))
@@ -360,7 +388,7 @@ static void test_channel_count_mismatch(void **state)
 	(void)state;
 	params_multifd(&sp, 3, KV_MFD_METHOD_NONE, KV_MFD_ZERO_MULTIFD);
 	params_multifd(&dp, 2, KV_MFD_METHOD_NONE, KV_MFD_ZERO_MULTIFD);
-	o = migrate(&sp, &dp, false);
+	o = migrate(&sp, &dp, false, true);
 	assert_true(o.dst_ret < 0);
 	assert_true(o.src_ret < 0);
 	if (!strstr(o.dst_msg, "set the same multifd-channels on both sides"))
@@ -377,7 +405,7 @@ static void test_destination_without_multifd(void **state)
 	(void)state;
 	params_multifd(&sp, 2, KV_MFD_METHOD_NONE, KV_MFD_ZERO_MULTIFD);
 	params_multifd(&dp, 0, KV_MFD_METHOD_NONE, KV_MFD_ZERO_MULTIFD);
-	o = migrate(&sp, &dp, false);
+	o = migrate(&sp, &dp, false, true);
 	assert_true(o.src_ret < 0);
 	if (!strstr(o.src_msg, "is multifd on at the destination too"))
 		fail_msg("source: '%s'", o.src_msg);
@@ -392,7 +420,7 @@ static void test_xbzrle_with_multifd_refused(void **state)
 	params_multifd(&sp, 2, KV_MFD_METHOD_NONE, KV_MFD_ZERO_MULTIFD);
 	sp.xbzrle_cache_size = 1 << 20;
 	params_multifd(&dp, 2, KV_MFD_METHOD_NONE, KV_MFD_ZERO_MULTIFD);
-	o = migrate(&sp, &dp, false);
+	o = migrate(&sp, &dp, false, true);
 	assert_true(o.src_ret < 0);
 	if (!strstr(o.src_msg, "xbzrle and multifd capabilities cannot be "
 			       "used together"))
@@ -423,6 +451,7 @@ int main(void)
 	    cmocka_unit_test(test_zlib),
 	    cmocka_unit_test(test_zstd),
 	    cmocka_unit_test(test_lz4),
+	    cmocka_unit_test(test_max_bandwidth_across_channels),
 	    cmocka_unit_test(test_compression_mismatch_fails_both),
 	    cmocka_unit_test(test_channel_count_mismatch),
 	    cmocka_unit_test(test_destination_without_multifd),
