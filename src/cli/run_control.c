@@ -392,6 +392,10 @@ static int qmp_query_migrate(void *opaque, void **ret, struct kv_error *err)
 		json_object_set_new(
 		    o, "expected-downtime",
 		    json_integer((json_int_t)i.progress.expected_downtime_ms));
+	if (i.stats.multifd_bytes)
+		json_object_set_new(ram, "multifd-bytes",
+				    json_integer((json_int_t)
+						     i.stats.multifd_bytes));
 	if (i.auto_converge)
 		json_object_set_new(o, "cpu-throttle-percentage",
 				    json_integer(i.stats.throttle_pct));

@@ -71,28 +71,7 @@ static int wait_fd_or_cancel(int fd, short events, int cancel_fd)
 	}
 }
 
-static ssize_t chan_read(struct kv_chan *c, void *buf, size_t len)
-{
-	for (;;) {
-		ssize_t n;
-		int r;
-
-		if (chan_cancelled(c))
-			return -ECANCELED;
-		n = read(c->fd, buf, len);
-		if (n >= 0)
-			return n;
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			return -errno;
-		r = wait_fd_or_cancel(c->fd, POLLIN, to_fd_chan(c)->cancel_fd);
-		if (r < 0)
-			return r;
-	}
-}
-
-/* Like chan_read, into several buffers with one system call. */
+/* Read into some of iov; waits (cancellably) for data. */
 static ssize_t chan_readv(struct kv_chan *c, const struct iovec *iov,
 			  int iovcnt)
 {
@@ -113,6 +92,13 @@ static ssize_t chan_readv(struct kv_chan *c, const struct iovec *iov,
 		if (r < 0)
 			return r;
 	}
+}
+
+static ssize_t chan_read(struct kv_chan *c, void *buf, size_t len)
+{
+	struct iovec v = {buf, len};
+
+	return chan_readv(c, &v, 1);
 }
 
 static ssize_t sock_writev_once(int fd, const struct iovec *iov, int iovcnt)

@@ -304,9 +304,11 @@ void kv_mig_get_stats(const struct kv_migration *m, struct kv_mig_stats *st)
 static void update_stats(struct kv_migration *m, struct kv_stream *s)
 {
 	uint64_t bytes = transferred(m, s);
+	uint64_t mfd = m->rs ? kv_ram_multifd_bytes(m->rs) : 0;
 
 	pthread_mutex_lock(&m->lock);
 	m->stats.transferred = bytes;
+	m->stats.multifd_bytes = mfd;
 	m->stats.bandwidth = m->bandwidth;
 	m->stats.total_time_ms = (kv_now_ns() - m->start_ns) / 1000000;
 	pthread_mutex_unlock(&m->lock);

@@ -102,7 +102,8 @@ struct kv_mig_stats {
 	int64_t total_time_ms;
 	int64_t setup_time_ms;
 	int64_t downtime_ms;       /* stop_vm -> destination confirmed (or EOF) */
-	uint64_t transferred;
+	uint64_t transferred;      /* all channels */
+	uint64_t multifd_bytes;    /* of which on multifd channels */
 	uint64_t passes;           /* dirty syncs */
 	uint64_t zero_pages;
 	uint64_t normal_pages;
