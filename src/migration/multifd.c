@@ -70,8 +70,12 @@ struct mfd_send_chan {
 	struct kv_chan *chan;
 	pthread_t thread;
 	bool started;
-	bool busy; /* under m->lock: job belongs to the thread */
-	struct mfd_job job;
+	/* Under m->lock: a queue of two, so the migration thread fills the
+	 * next job while this one is on the wire. The thread works on
+	 * jobs[head] while queued > 0; it waits on cond. */
+	struct mfd_job jobs[2];
+	unsigned head, queued;
+	pthread_cond_t cond;
 	struct kv_mfd_codec *codec;
 	uint8_t *hdr;  /* header + offset slots */
 	uint8_t *cbuf; /* compressed payload */
@@ -81,7 +85,7 @@ struct mfd_send_chan {
 struct kv_mfd_send {
 	struct kv_mfd_config cfg;
 	pthread_mutex_t lock;
-	pthread_cond_t cond;
+	pthread_cond_t cond; /* the migration thread waits: room, idle */
 	struct mfd_send_chan *ch;
 	unsigned next; /* round-robin start for the next job */
 	bool stop;
@@ -109,8 +113,10 @@ static void send_fail_locked(struct kv_mfd_send *m, int code,
 			kv_error_set(&m->err, code, "multifd: %s",
 				     strerror(-code));
 	}
-	for (unsigned i = 0; i < m->cfg.channels; i++)
+	for (unsigned i = 0; i < m->cfg.channels; i++) {
 		kv_chan_shutdown(m->ch[i].chan);
+		pthread_cond_signal(&m->ch[i].cond);
+	}
 	pthread_cond_broadcast(&m->cond);
 }
 
@@ -137,12 +143,12 @@ static void rate_wait(struct kv_mfd_send *m, uint64_t bytes)
 		kv_sleep_ns(due - now < 10000000 ? due - now : 10000000);
 }
 
-/* Write one packet for c->job: zero pages sorted out, the rest raw or
+/* Write one packet for job j: zero pages sorted out, the rest raw or
  * compressed. */
-static int send_job(struct mfd_send_chan *c, struct kv_error *err)
+static int send_job(struct mfd_send_chan *c, const struct mfd_job *j,
+		    struct kv_error *err)
 {
 	struct kv_mfd_send *m = c->m;
-	struct mfd_job *j = &c->job;
 	const uint8_t *normal[JOB_PAGES];
 	uint64_t offsets[JOB_PAGES], zero_offs[JOB_PAGES];
 	struct iovec iov[1 + JOB_PAGES];
@@ -214,12 +220,12 @@ static void *send_main(void *opaque)
 		struct kv_error err = {0};
 		int ret;
 
-		while (!c->busy && !m->stop)
-			pthread_cond_wait(&m->cond, &m->lock);
+		while (!c->queued && !m->stop)
+			pthread_cond_wait(&c->cond, &m->lock);
 		if (m->stop)
 			break;
 		pthread_mutex_unlock(&m->lock);
-		ret = m->error ? 0 : send_job(c, &err);
+		ret = m->error ? 0 : send_job(c, &c->jobs[c->head], &err);
 		pthread_mutex_lock(&m->lock);
 		if (ret < 0) {
 			kv_error_prefix(&err, "multifd channel %u", c->id);
@@ -231,8 +237,9 @@ static void *send_main(void *opaque)
 						"same multifd-channels?)");
 			send_fail_locked(m, ret, &err);
 		}
-		c->busy = false;
-		pthread_cond_broadcast(&m->cond);
+		c->head ^= 1;
+		c->queued--;
+		pthread_cond_signal(&m->cond);
 	}
 	pthread_mutex_unlock(&m->lock);
 	return NULL;
@@ -288,6 +295,8 @@ struct kv_mfd_send *kv_mfd_send_start(const char *uri,
 	pthread_cond_init(&m->cond, NULL);
 	pthread_mutex_init(&m->rl_lock, NULL);
 	m->ch = calloc(cfg->channels, sizeof(*m->ch));
+	for (unsigned i = 0; m->ch && i < cfg->channels; i++)
+		pthread_cond_init(&m->ch[i].cond, NULL);
 	if (!m->ch) {
 		kv_mfd_send_free(m);
 		kv_error_set(err, -ENOMEM, "multifd: out of memory");
@@ -318,33 +327,44 @@ static int send_error(struct kv_mfd_send *m, struct kv_error *err)
 	return m->error;
 }
 
-/* Hand job to an idle channel (waits for one). */
-static int dispatch(struct kv_mfd_send *m, const struct mfd_job *job,
-		    struct kv_error *err)
+/* Queue job on a channel: an idle one if any (round robin), else one
+ * that has room for a next job; waits while every queue is full. */
+static struct mfd_send_chan *pick_channel(struct kv_mfd_send *m)
 {
 	unsigned n = m->cfg.channels;
-	int ret = 0;
 
-	pthread_mutex_lock(&m->lock);
-	for (;;) {
-		if (m->error) {
-			ret = send_error(m, err);
-			break;
-		}
+	for (unsigned want = 0; want < 2; want++)
 		for (unsigned k = 0; k < n; k++) {
 			struct mfd_send_chan *c = &m->ch[(m->next + k) % n];
 
-			if (c->busy)
-				continue;
-			c->job = *job;
-			c->busy = true;
-			m->next = (c->id + 1) % n;
-			pthread_cond_broadcast(&m->cond);
-			goto out;
+			if (c->queued == want)
+				return c;
 		}
+	return NULL;
+}
+
+static void enqueue(struct mfd_send_chan *c, const struct mfd_job *job)
+{
+	c->jobs[(c->head + c->queued) % 2] = *job;
+	if (c->queued++ == 0)
+		pthread_cond_signal(&c->cond);
+}
+
+static int dispatch(struct kv_mfd_send *m, const struct mfd_job *job,
+		    struct kv_error *err)
+{
+	struct mfd_send_chan *c;
+	int ret = 0;
+
+	pthread_mutex_lock(&m->lock);
+	while (!m->error && !(c = pick_channel(m)))
 		pthread_cond_wait(&m->cond, &m->lock);
+	if (m->error) {
+		ret = send_error(m, err);
+	} else {
+		enqueue(c, job);
+		m->next = (c->id + 1) % m->cfg.channels;
 	}
-out:
 	pthread_mutex_unlock(&m->lock);
 	return ret;
 }
@@ -385,36 +405,31 @@ int kv_mfd_send_page(struct kv_mfd_send *m, const char *block,
 
 int kv_mfd_send_sync(struct kv_mfd_send *m, struct kv_error *err)
 {
+	static const struct mfd_job sync_job = {.sync = true};
 	bool idle;
 	int ret = flush_cur(m, err);
 
-	/* One SYNC per channel, each after that channel's pages. */
-	for (unsigned i = 0; ret == 0 && i < m->cfg.channels; i++) {
+	if (ret < 0)
+		return ret;
+	/* One SYNC per channel, each after that channel's pages, then
+	 * wait until every channel wrote everything. */
+	pthread_mutex_lock(&m->lock);
+	for (unsigned i = 0; !m->error && i < m->cfg.channels; i++) {
 		struct mfd_send_chan *c = &m->ch[i];
 
-		pthread_mutex_lock(&m->lock);
-		while (c->busy && !m->error)
+		while (c->queued == 2 && !m->error)
 			pthread_cond_wait(&m->cond, &m->lock);
-		if (m->error) {
-			ret = send_error(m, err);
-		} else {
-			c->job.n = 0;
-			c->job.sync = true;
-			c->job.block[0] = '\0';
-			c->busy = true;
-			pthread_cond_broadcast(&m->cond);
-		}
-		pthread_mutex_unlock(&m->lock);
+		if (!m->error)
+			enqueue(c, &sync_job);
 	}
-	pthread_mutex_lock(&m->lock);
 	do {
 		idle = true;
 		for (unsigned i = 0; i < m->cfg.channels; i++)
-			idle = idle && !m->ch[i].busy;
+			idle = idle && !m->ch[i].queued;
 		if (!idle && !m->error)
 			pthread_cond_wait(&m->cond, &m->lock);
 	} while (!idle && !m->error);
-	if (m->error && ret == 0)
+	if (m->error)
 		ret = send_error(m, err);
 	pthread_mutex_unlock(&m->lock);
 	return ret;
@@ -448,8 +463,10 @@ void kv_mfd_send_free(struct kv_mfd_send *m)
 		/* A thread blocked on a hung peer must come back too. */
 		pthread_mutex_lock(&m->lock);
 		m->stop = true;
-		for (unsigned i = 0; i < m->cfg.channels; i++)
+		for (unsigned i = 0; i < m->cfg.channels; i++) {
 			kv_chan_shutdown(m->ch[i].chan);
+			pthread_cond_signal(&m->ch[i].cond);
+		}
 		pthread_cond_broadcast(&m->cond);
 		pthread_mutex_unlock(&m->lock);
 		for (unsigned i = 0; i < m->cfg.channels; i++) {
@@ -457,6 +474,7 @@ void kv_mfd_send_free(struct kv_mfd_send *m)
 
 			if (c->started)
 				pthread_join(c->thread, NULL);
+			pthread_cond_destroy(&c->cond);
 			kv_chan_close(c->chan);
 			kv_mfd_codec_free(c->codec);
 			free(c->hdr);
