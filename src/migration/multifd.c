@@ -665,15 +665,16 @@ static int recv_packet(struct mfd_recv_chan *c, struct kv_error *err)
 	ssize_t n;
 	int ret;
 
-	/* A clean end: the peer closed between two packets. */
-	n = c->chan->ops->read(c->chan, c->hdr, 1);
+	/* A clean end: the peer closed between two packets. One read
+	 * usually brings the whole header. */
+	n = c->chan->ops->read(c->chan, c->hdr, KV_MFD_HDR_SIZE);
 	if (n == 0)
 		return 1;
 	if (n < 0)
 		return kv_error_set_errno(err, (int)n, "%s: read failed",
 					  c->chan->name);
-	ret = kv_chan_read_full(c->chan, c->hdr + 1, KV_MFD_HDR_SIZE - 1,
-				err);
+	ret = kv_chan_read_full(c->chan, c->hdr + n,
+				KV_MFD_HDR_SIZE - (size_t)n, err);
 	if (ret < 0)
 		return ret;
 	if (!wait_blocks_ready(r))
