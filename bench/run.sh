@@ -5,7 +5,7 @@
 #   bench/run.sh [BUILD_DIR]          (make bench)
 #
 #   memcpy bandwidth, 1 GiB buffer        bench/membw (best of 5 copies)
-#   single-stream loopback TCP            bench/tcpbw (3 s of 4 MiB writes)
+#   single-stream loopback TCP            bench/tcp_limit --streams 1 (3 s of 4 MiB writes)
 #   memtest precopy, idle 4 GiB           --pattern zero, two processes, TCP
 #   memtest precopy, 1 GiB random pages   --pattern random, two processes,
 #                                         TCP; once into a destination that
@@ -37,10 +37,10 @@ idle_size=${BENCH_IDLE_SIZE:-4G}
 random_size=${BENCH_RANDOM_SIZE:-1G}
 
 membw="$build/bench/membw"
-tcpbw="$build/bench/tcpbw"
+tcp_limit="$build/bench/tcp_limit"
 firsttouch="$build/bench/firsttouch"
 kvmig="$build/src/cli/kvmig"
-for tool in "$membw" "$tcpbw" "$firsttouch" "$kvmig"; do
+for tool in "$membw" "$tcp_limit" "$firsttouch" "$kvmig"; do
 	if [ ! -x "$tool" ]; then
 		echo "bench: $tool is missing: build first (ninja -C $build)" >&2
 		exit 1
@@ -133,7 +133,8 @@ done >"$tmp/membw"
 
 echo "bench: loopback TCP, one stream, 3 s x $runs" >&2
 for r in $(seq "$runs"); do
-	kv_field bytes_per_sec "$("$tcpbw" --seconds 3)"
+	"$tcp_limit" --seconds 3 --streams 1 | python3 -c \
+		'import json, sys; print(json.load(sys.stdin)["streams"]["1"])'
 done >"$tmp/tcpbw"
 
 echo "bench: memtest idle $idle_size (--pattern zero) x $runs" >&2
