@@ -226,7 +226,9 @@ static void *send_main(void *opaque)
 		if (m->stop)
 			break;
 		pthread_mutex_unlock(&m->lock);
-		ret = m->error ? 0 : send_job(c, &c->jobs[c->head], &err);
+		ret = __atomic_load_n(&m->error, __ATOMIC_RELAXED)
+			  ? 0
+			  : send_job(c, &c->jobs[c->head], &err);
 		pthread_mutex_lock(&m->lock);
 		if (ret < 0) {
 			kv_error_prefix(&err, "multifd channel %u", c->id);
