@@ -296,31 +296,6 @@ struct kv_chan *kv_chan_from_fd(int fd, const char *name, struct kv_error *err)
 	return &fc->pub;
 }
 
-int kv_chan_read_full(struct kv_chan *c, void *buf, size_t len,
-		      struct kv_error *err)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = c->ops->read(c, (char *)buf + done, len - done);
-
-		if (n == 0)
-			return kv_error_set(err, -EIO,
-					    "%s: unexpected end of input after "
-					    "%zu of %zu bytes",
-					    c->name, done, len);
-		if (n == -ECANCELED)
-			return kv_error_set(err, -ECANCELED,
-					    "%s: read cancelled by shutdown",
-					    c->name);
-		if (n < 0)
-			return kv_error_set_errno(err, (int)n,
-						  "%s: read failed", c->name);
-		done += (size_t)n;
-	}
-	return 0;
-}
-
 int kv_chan_readv_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 		       struct kv_error *err)
 {
@@ -354,6 +329,14 @@ int kv_chan_readv_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 		kv_iov_advance(&iov, &iovcnt, (size_t)n);
 	}
 	return 0;
+}
+
+int kv_chan_read_full(struct kv_chan *c, void *buf, size_t len,
+		      struct kv_error *err)
+{
+	struct iovec v = {buf, len};
+
+	return kv_chan_readv_full(c, &v, 1, err);
 }
 
 int kv_chan_writev_full(struct kv_chan *c, struct iovec *iov, int iovcnt,

@@ -670,15 +670,20 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 	return switch_over(m, s, return_path, stopped, err);
 }
 
+static struct kv_mfd_config mfd_config(const struct kv_mig_params *p)
+{
+	return (struct kv_mfd_config){
+	    .channels = p->multifd_channels,
+	    .method = p->multifd_method,
+	    .level = p->multifd_level,
+	    .zero = p->zero_page_detection,
+	};
+}
+
 int kv_mig_multifd_connect(struct kv_migration *m, const char *uri,
 			   struct kv_error *err)
 {
-	struct kv_mfd_config cfg = {
-	    .channels = m->params.multifd_channels,
-	    .method = m->params.multifd_method,
-	    .level = m->params.multifd_level,
-	    .zero = m->params.zero_page_detection,
-	};
+	struct kv_mfd_config cfg = mfd_config(&m->params);
 	struct kv_mfd_send *mfd;
 
 	if (!cfg.channels || !m->rs)
@@ -718,12 +723,7 @@ int kv_mig_incoming_multifd(const struct kv_mig_params *p,
 			    struct kv_chan *main, struct kv_mfd_recv **out,
 			    struct kv_error *err)
 {
-	struct kv_mfd_config cfg = {
-	    .channels = p->multifd_channels,
-	    .method = p->multifd_method,
-	    .level = p->multifd_level,
-	    .zero = p->zero_page_detection,
-	};
+	struct kv_mfd_config cfg = mfd_config(p);
 	struct kv_mfd_target target = kv_ram_multifd_target(rs);
 	struct kv_mfd_recv *r;
 
@@ -751,9 +751,8 @@ int kv_mig_incoming_multifd_end(struct kv_ram_state *rs,
 
 	if (!r)
 		return ret;
-	kv_mfd_recv_stop(r);
 	kv_ram_set_multifd_recv(rs, NULL);
-	cret = kv_mfd_recv_free(r, &cerr);
+	cret = kv_mfd_recv_free(r, &cerr); /* stops the threads first */
 	/* A channel that failed shut the main stream down: its error is
 	 * the cause, the loader's "cancelled" only the consequence. */
 	if (ret < 0 && cret < 0) {

@@ -54,6 +54,15 @@ int kv_mfd_zero_parse(const char *name, enum kv_mfd_zero *zero,
 			    name);
 }
 
+static int check_config(const struct kv_mfd_config *cfg, struct kv_error *err)
+{
+	if (cfg->channels < 1 || cfg->channels > 255)
+		return kv_error_set(err, -EINVAL,
+				    "multifd: %u channels (1 to 255)",
+				    cfg->channels);
+	return 0;
+}
+
 /* ==== source ==== */
 
 struct mfd_job {
@@ -93,6 +102,7 @@ struct kv_mfd_send {
 	int error; /* first failure; under lock */
 	struct kv_error err;
 	struct mfd_job cur; /* the migration thread's job being filled */
+	const char *cur_block; /* the caller's name pointer for cur's block */
 	uint64_t packet_num; /* atomic */
 	uint64_t bytes, normal, zero; /* atomic */
 	/* Rate limit over all channels. */
@@ -285,12 +295,13 @@ struct kv_mfd_send *kv_mfd_send_start(const char *uri,
 				      const struct kv_mfd_config *cfg,
 				      struct kv_error *err)
 {
-	struct kv_mfd_send *m = calloc(1, sizeof(*m));
+	struct kv_mfd_send *m;
 
-	if (!m || cfg->channels < 1 || cfg->channels > 255) {
-		free(m);
-		kv_error_set(err, m ? -EINVAL : -ENOMEM,
-			     "multifd: %u channels (1 to 255)", cfg->channels);
+	if (check_config(cfg, err) < 0)
+		return NULL;
+	m = calloc(1, sizeof(*m));
+	if (!m) {
+		kv_error_set(err, -ENOMEM, "multifd: out of memory");
 		return NULL;
 	}
 	m->cfg = *cfg;
@@ -390,13 +401,16 @@ int kv_mfd_send_page(struct kv_mfd_send *m, const char *block,
 	struct mfd_job *j = &m->cur;
 	int ret;
 
-	if (j->n && (j->n == JOB_PAGES || strcmp(j->block, block))) {
+	/* The caller passes its block's own name: comparing the pointer
+	 * is enough, and costs nothing per page. */
+	if (j->n && (j->n == JOB_PAGES || m->cur_block != block)) {
 		ret = flush_cur(m, err);
 		if (ret < 0)
 			return ret;
 	}
 	if (!j->n) {
 		snprintf(j->block, sizeof(j->block), "%s", block);
+		m->cur_block = block;
 		j->sync = false;
 	}
 	j->pages[j->n] = page;
@@ -757,12 +771,13 @@ struct kv_mfd_recv *kv_mfd_recv_new(const struct kv_mfd_config *cfg,
 				    const struct kv_mfd_target *target,
 				    struct kv_chan *main, struct kv_error *err)
 {
-	struct kv_mfd_recv *r = calloc(1, sizeof(*r));
+	struct kv_mfd_recv *r;
 
-	if (!r || cfg->channels < 1 || cfg->channels > 255) {
-		free(r);
-		kv_error_set(err, r ? -EINVAL : -ENOMEM,
-			     "multifd: %u channels (1 to 255)", cfg->channels);
+	if (check_config(cfg, err) < 0)
+		return NULL;
+	r = calloc(1, sizeof(*r));
+	if (!r) {
+		kv_error_set(err, -ENOMEM, "multifd: out of memory");
 		return NULL;
 	}
 	r->cfg = *cfg;

@@ -60,8 +60,10 @@ struct kv_mfd_send *kv_mfd_send_start(const char *uri,
 /* Bytes per second for all channels together; 0 = no limit. Any thread. */
 void kv_mfd_send_set_rate_limit(struct kv_mfd_send *m, uint64_t bps);
 /* Queue one page (block name, its host address, its offset in the block)
- * for a channel; known_zero: the caller knows it reads as zero. Blocks
- * while every channel is busy. Returns 0 or a channel's error. */
+ * for a channel; known_zero: the caller knows it reads as zero. The same
+ * block must always come with the same name pointer (a page of another
+ * block starts a new packet). Blocks while every channel is busy. Returns
+ * 0 or a channel's error. */
 int kv_mfd_send_page(struct kv_mfd_send *m, const char *block,
 		     const uint8_t *page, uint64_t offset, bool known_zero,
 		     struct kv_error *err);

@@ -155,6 +155,13 @@ const struct kv_savevm_live_ops *kv_ram_live_ops(void);
 void kv_ram_set_outcome(struct kv_ram_state *rs, bool completed);
 
 /* ram_save.c */
+/* A record's offset word (page | flag, with CONTINUE when the previous
+ * record named the same block), then the block's name unless continued;
+ * the next record may continue this one's block. Returns the bytes after
+ * the offset word (0, or 1 + the name's length). Only for a record that
+ * really goes out: a page sent as nothing must not move last_sent. */
+size_t kv_ram_put_header(struct kv_stream *s, struct kv_ram_state *rs,
+			 size_t bi, size_t page, unsigned int flag);
 int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err);
 int kv_ram_save_iterate(struct kv_stream *s, void *opaque,
 			struct kv_error *err);
@@ -168,12 +175,12 @@ void kv_ram_save_cleanup(void *opaque);
 /* Save setup: a fresh cache when XBZRLE is on (nothing from an earlier
  * attempt: the destination may be another one). */
 int kv_ram_xbzrle_setup(struct kv_ram_state *rs, struct kv_error *err);
-/* Send the non-zero page bi/page through XBZRLE when it is active: as a
+/* Send the non-zero page bi/page through XBZRLE when it is on: as a
  * delta, as nothing (unchanged), or as a raw copy of what was read (which
- * the cache then holds). hdr: the record's offset word with CONTINUE if
- * due. Returns false when XBZRLE is not active (send it normally). */
+ * the cache then holds). Returns false when the page is to go normally
+ * (XBZRLE off, or a first-pass page the cache refused). */
 bool kv_ram_xbzrle_send(struct kv_stream *s, struct kv_ram_state *rs,
-			size_t bi, size_t page, uint64_t hdr);
+			size_t bi, size_t page);
 /* A page that went as ZERO: its cached copy, if any, becomes zero. */
 void kv_ram_xbzrle_zero(struct kv_ram_state *rs, size_t bi, size_t page);
 /* At every sync: the second pass turns XBZRLE on; the rates' period. */

@@ -18,6 +18,7 @@
  * by the tracker and sent again in a later pass.
  */
 #include <errno.h>
+#include <string.h>
 
 #include "base/bitmap.h"
 #include "base/clock.h"
@@ -187,6 +188,29 @@ static int rearm_chunk(struct kv_ram_state *rs, size_t bi, size_t page,
 	return ret;
 }
 
+size_t kv_ram_put_header(struct kv_stream *s, struct kv_ram_state *rs,
+			 size_t bi, size_t page, unsigned int flag)
+{
+	bool cont = rs->last_sent == bi;
+
+	kv_stream_put_be64(s, ((uint64_t)page << KV_PAGE_SHIFT) | flag |
+				  (cont ? KV_RAM_FLAG_CONTINUE : 0));
+	rs->last_sent = bi;
+	if (cont)
+		return 0;
+	kv_stream_put_str8(s, rs->blocks[bi].idstr);
+	return 1 + strlen(rs->blocks[bi].idstr);
+}
+
+/* A ZERO record: fill byte 0. */
+static void send_zero(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
+		      size_t page)
+{
+	kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_ZERO);
+	kv_stream_put_u8(s, 0);
+	kv_ram_stat_add(&rs->zero_pages, 1);
+}
+
 /* multifd: the page goes to a channel, unless legacy zero-page
  * detection finds it zero here (a ZERO record on the main stream). A page
  * the pagemap shows never populated is known zero without a read. */
@@ -201,16 +225,7 @@ static int send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
 
 	if (rs->mfd_zero == KV_MFD_ZERO_LEGACY &&
 	    (unpopulated || kv_buffer_is_zero(p, KV_PAGE_SIZE))) {
-		kv_stream_put_be64(s, ((uint64_t)page << KV_PAGE_SHIFT) |
-					  KV_RAM_FLAG_ZERO |
-					  (rs->last_sent == bi
-					       ? KV_RAM_FLAG_CONTINUE
-					       : 0));
-		if (rs->last_sent != bi)
-			kv_stream_put_str8(s, b->idstr);
-		kv_stream_put_u8(s, 0);
-		kv_ram_stat_add(&rs->zero_pages, 1);
-		rs->last_sent = bi;
+		send_zero(s, rs, bi, page);
 		return 0;
 	}
 	ret = kv_mfd_send_page(rs->mfd_send, b->idstr, p,
@@ -239,33 +254,20 @@ static int multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
 	return 0;
 }
 
-/* One ZERO or PAGE record; the block's name only when it changes. */
+/* One ZERO or PAGE record (or XBZRLE's choice). */
 static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		      size_t page)
 {
-	const struct kv_ram_block *b = &rs->blocks[bi];
-	const uint8_t *p = b->host + ((uint64_t)page << KV_PAGE_SHIFT);
-	uint64_t hdr = (uint64_t)page << KV_PAGE_SHIFT;
-	bool cont = rs->last_sent == bi;
+	const uint8_t *p = rs->blocks[bi].host + ((uint64_t)page << KV_PAGE_SHIFT);
 
-	if (cont)
-		hdr |= KV_RAM_FLAG_CONTINUE;
 	if (kv_ram_page_unpopulated(rs, bi, page) ||
 	    kv_buffer_is_zero(p, KV_PAGE_SIZE)) {
-		kv_stream_put_be64(s, hdr | KV_RAM_FLAG_ZERO);
-		if (!cont)
-			kv_stream_put_str8(s, b->idstr);
-		kv_stream_put_u8(s, 0);
-		kv_ram_stat_add(&rs->zero_pages, 1);
+		send_zero(s, rs, bi, page);
 		kv_ram_xbzrle_zero(rs, bi, page);
-		rs->last_sent = bi;
-	} else if (!kv_ram_xbzrle_send(s, rs, bi, page, hdr)) {
-		kv_stream_put_be64(s, hdr | KV_RAM_FLAG_PAGE);
-		if (!cont)
-			kv_stream_put_str8(s, b->idstr);
+	} else if (!kv_ram_xbzrle_send(s, rs, bi, page)) {
+		kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_PAGE);
 		kv_stream_put_page_ref(s, p, KV_PAGE_SIZE);
 		kv_ram_stat_add(&rs->normal_pages, 1);
-		rs->last_sent = bi;
 	}
 }
 

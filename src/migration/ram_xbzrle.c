@@ -96,33 +96,24 @@ int kv_ram_xbzrle_setup(struct kv_ram_state *rs, struct kv_error *err)
 	return 0;
 }
 
-/* A record goes out: the next one may CONTINUE its block. (A skipped,
- * unchanged page sends nothing and must not move last_sent.) */
-static void put_header(struct kv_stream *s, struct kv_ram_state *rs,
-		       size_t bi, uint64_t hdr, unsigned int flag)
+/* A raw page from a copy of ours (the snapshot or the cache slot): copied
+ * into the stream, as the copy may change before the stream is flushed. */
+static void send_copy(struct kv_stream *s, struct kv_ram_state *rs,
+		      size_t bi, size_t page, const uint8_t *copy)
 {
-	kv_stream_put_be64(s, hdr | flag);
-	if (!(hdr & KV_RAM_FLAG_CONTINUE))
-		kv_stream_put_str8(s, rs->blocks[bi].idstr);
-	rs->last_sent = bi;
-}
-
-/* A raw page whose bytes are the snapshot (copied into the stream). */
-static void send_snapshot(struct kv_stream *s, struct kv_ram_state *rs,
-			  size_t bi, uint64_t hdr)
-{
-	put_header(s, rs, bi, hdr, KV_RAM_FLAG_PAGE);
-	kv_stream_put_buffer(s, rs->xb.snap, KV_PAGE_SIZE);
+	kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_PAGE);
+	kv_stream_put_buffer(s, copy, KV_PAGE_SIZE);
 	kv_ram_stat_add(&rs->normal_pages, 1);
 }
 
 bool kv_ram_xbzrle_send(struct kv_stream *s, struct kv_ram_state *rs,
-			size_t bi, size_t page, uint64_t hdr)
+			size_t bi, size_t page)
 {
 	struct kv_ram_xbzrle *xb = &rs->xb;
 	const uint8_t *live;
 	uint8_t *cached;
 	uint64_t key;
+	size_t name;
 	int len;
 
 	if (!xb->cache)
@@ -135,9 +126,7 @@ bool kv_ram_xbzrle_send(struct kv_stream *s, struct kv_ram_state *rs,
 		if (kv_page_cache_insert(xb->cache, key, live, generation(rs),
 					 &cached) < 0)
 			return false;
-		put_header(s, rs, bi, hdr, KV_RAM_FLAG_PAGE);
-		kv_stream_put_buffer(s, cached, KV_PAGE_SIZE);
-		kv_ram_stat_add(&rs->normal_pages, 1);
+		send_copy(s, rs, bi, page, cached);
 		return true;
 	}
 	memcpy(xb->snap, live, KV_PAGE_SIZE);
@@ -147,7 +136,7 @@ bool kv_ram_xbzrle_send(struct kv_stream *s, struct kv_ram_state *rs,
 		 * of the cache: a miss again next time, still correct. */
 		(void)kv_page_cache_insert(xb->cache, key, xb->snap,
 					   generation(rs), NULL);
-		send_snapshot(s, rs, bi, hdr);
+		send_copy(s, rs, bi, page, xb->snap);
 		return true;
 	}
 	len = kv_xbzrle_encode(cached, xb->snap, KV_PAGE_SIZE, xb->enc,
@@ -159,18 +148,15 @@ bool kv_ram_xbzrle_send(struct kv_stream *s, struct kv_ram_state *rs,
 	}
 	if (len < 0) {
 		kv_page_cache_count_overflow(xb->cache);
-		send_snapshot(s, rs, bi, hdr);
+		send_copy(s, rs, bi, page, xb->snap);
 		return true;
 	}
-	put_header(s, rs, bi, hdr, KV_RAM_FLAG_XBZRLE);
+	name = kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_XBZRLE);
 	kv_stream_put_u8(s, XBZRLE_ENCODING);
 	kv_stream_put_be16(s, (uint16_t)len);
 	kv_stream_put_buffer(s, xb->enc, (size_t)len);
-	kv_page_cache_count_xbzrle(
-	    xb->cache, (hdr & KV_RAM_FLAG_CONTINUE
-			    ? 0
-			    : 1 + strlen(rs->blocks[bi].idstr)) +
-			   XBZRLE_REC_OVERHEAD + (uint64_t)len);
+	kv_page_cache_count_xbzrle(xb->cache, name + XBZRLE_REC_OVERHEAD +
+						  (uint64_t)len);
 	return true;
 }
 

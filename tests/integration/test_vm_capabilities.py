@@ -20,17 +20,29 @@ VERIFY = ("--verify-ram",)
 PLAN = 4 + 3 + 4 * 5 + 5
 
 
+def boot_running(vms, name, append):
+    """A source with --verify-ram whose workload runs; None if it did not
+    start."""
+    src = vms.boot(name, append, extra=VERIFY)
+    if not workload_started(src):
+        return None
+    time.sleep(0.5)
+    return src
+
+
+def set_capability(q, cap):
+    q.cmd("migrate-set-capabilities",
+          capabilities=[{"capability": cap, "state": True}])
+
+
 def xbzrle(tap, vms):
     """small-writes dirties 8 bytes of a page: re-sent pages go as
     deltas. A 1 ms downtime limit makes the driver run several passes."""
-    src = vms.boot("xbzrle", "mem=64 rate=64 pattern=small-writes",
-                   extra=VERIFY)
-    if not workload_started(src):
+    src = boot_running(vms, "xbzrle", "mem=64 rate=64 pattern=small-writes")
+    if not src:
         return False
-    time.sleep(0.5)
     q = vms.qmp(src)
-    q.cmd("migrate-set-capabilities",
-          capabilities=[{"capability": "xbzrle", "state": True}])
+    set_capability(q, "xbzrle")
     q.cmd("migrate-set-parameters", **{"xbzrle-cache-size": 32 << 20,
                                        "downtime-limit": 1})
     dst, _ = migrate(tap, vms, src, "xbzrle", verify=VERIFY)
@@ -53,14 +65,12 @@ def multifd(tap, vms, compression):
     threads; 16 MiB/s of random writes while it runs (zlib moves
     about 60 MiB/s a channel here)."""
     name = f"multifd+{compression}"
-    src = vms.boot(name, "mem=128 rate=16 pattern=random", extra=VERIFY)
-    if not workload_started(src):
+    src = boot_running(vms, name, "mem=128 rate=16 pattern=random")
+    if not src:
         return False
-    time.sleep(0.5)
 
     def prepare(q):
-        q.cmd("migrate-set-capabilities",
-              capabilities=[{"capability": "multifd", "state": True}])
+        set_capability(q, "multifd")
         q.cmd("migrate-set-parameters", **{
             "multifd-channels": 2, "multifd-compression": compression,
             "zero-page-detection": "multifd"})
@@ -78,14 +88,11 @@ def multifd(tap, vms, compression):
 def auto_converge(tap, vms):
     """64 MiB/s of writes over a link capped at 24 MiB/s never converges;
     auto-converge throttles the vCPUs until it does."""
-    src = vms.boot("auto-converge", "mem=64 rate=64 pattern=random",
-                   extra=VERIFY)
-    if not workload_started(src):
+    src = boot_running(vms, "auto-converge", "mem=64 rate=64 pattern=random")
+    if not src:
         return False
-    time.sleep(0.5)
     q = vms.qmp(src)
-    q.cmd("migrate-set-capabilities",
-          capabilities=[{"capability": "auto-converge", "state": True}])
+    set_capability(q, "auto-converge")
     q.cmd("migrate-set-parameters", **{
         "max-bandwidth": 24 << 20, "downtime-limit": 50,
         "cpu-throttle-initial": 50, "cpu-throttle-increment": 20})
