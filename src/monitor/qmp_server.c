@@ -361,15 +361,20 @@ static void *monitor_thread(void *arg)
 		}
 		if (pfd[0].revents) {
 			uint64_t v;
+			bool stop;
 
 			if (read(q->wake_fd, &v, sizeof(v)) < 0 &&
 			    errno != EAGAIN)
 				kv_warn(QMP_SUBSYS, "eventfd read: %s",
 					strerror(errno));
 			/* Events queued before the stop (SHUTDOWN) still go
-			 * out, as far as the sockets take them now. */
+			 * out, as far as the sockets take them now. The flag
+			 * is read before the queue is drained: once it is set
+			 * nothing more is queued, so this drain sees every
+			 * event the VMM raised before stopping us. */
+			stop = stop_requested(q);
 			deliver_events(q);
-			if (stop_requested(q))
+			if (stop)
 				break;
 		}
 		/* Clients may have been dropped above; find each by identity.

@@ -1316,6 +1316,42 @@ static void test_stop_with_clients(void **state)
 	client_close(b);
 }
 
+/* The monitor may be draining the queue for the first event while the
+ * VMM raises the second and stops it; no event raised before the stop may
+ * be lost. Many rounds, because the window is a few instructions wide. */
+static void test_stop_delivers_every_event_raised_before_it(void **state)
+{
+	struct fixture *fx = *state;
+	int round;
+
+	for (round = 0; round < 200; round++) {
+		struct client *a = client_negotiated(fx);
+		struct kv_error err = {0};
+		const char *names[] = {"MIGRATION", "STOP", "SHUTDOWN"};
+		size_t i;
+
+		for (i = 0; i < 3; i++)
+			kv_qmp_event(fx->q, names[i], NULL);
+		kv_qmp_stop(fx->q);
+		fx->q = NULL;
+		for (i = 0; i < 3; i++) {
+			json_t *ev = client_recv_or_eof(a);
+
+			if (!ev)
+				fail_msg("round %d: event %s lost at stop",
+					 round, names[i]);
+			assert_string_equal(
+			    json_string_value(json_object_get(ev, "event")),
+			    names[i]);
+			json_decref(ev);
+		}
+		assert_null(client_recv_or_eof(a));
+		client_close(a);
+		if (kv_qmp_start(fx->uri, &fx->ops, &fx->q, &err))
+			fail_msg("kv_qmp_start: %s", err.msg);
+	}
+}
+
 /* A client that sends its commands then shuts down its sending side
  * still gets every reply before the server closes. */
 static void test_half_close(void **state)
@@ -1653,6 +1689,8 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_stop_with_clients, setup,
 					    teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_stop_delivers_every_event_raised_before_it, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_half_close, setup, teardown),
 	    cmocka_unit_test(test_missing_ops),
 	    cmocka_unit_test_setup_teardown(test_listener_paths, setup,
