@@ -486,11 +486,14 @@ void kv_mfd_send_free(struct kv_mfd_send *m)
 		}
 		pthread_cond_broadcast(&m->cond);
 		pthread_mutex_unlock(&m->lock);
+		/* Every thread is joined before any channel is closed: a
+		 * thread still running may fail and shut all channels down. */
+		for (unsigned i = 0; i < m->cfg.channels; i++)
+			if (m->ch[i].started)
+				pthread_join(m->ch[i].thread, NULL);
 		for (unsigned i = 0; i < m->cfg.channels; i++) {
 			struct mfd_send_chan *c = &m->ch[i];
 
-			if (c->started)
-				pthread_join(c->thread, NULL);
 			pthread_cond_destroy(&c->cond);
 			kv_chan_close(c->chan);
 			kv_mfd_codec_free(c->codec);
