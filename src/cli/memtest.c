@@ -76,6 +76,9 @@ static const char memtest_help[] =
     "                         and repeated pages), zero or random\n"
     "  --seed N               fill seed (default 1)\n"
     "  --print-digest         print the region's digest before migrating\n"
+    "  --compress MODE        pages on the main stream: off, auto (default:\n"
+    "                         zstd while the link is the bottleneck and it\n"
+    "                         pays) or always (kvmig's x-compress)\n"
     "\n"
     "Destination options:\n"
     "  --incoming URI         listen on URI (or read file:PATH) and load\n"
@@ -112,6 +115,7 @@ struct memtest_opts {
 	uint64_t max_bandwidth;
 	uint64_t multifd_channels; /* 0: off */
 	enum kv_mfd_method multifd_method;
+	enum kv_ram_compress compress;
 	uint64_t timeout_s;
 	uint64_t blocks;
 	enum kv_memtest_pattern pattern;
@@ -353,7 +357,8 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 	const char *size = NULL, *rate = NULL, *downtime = NULL, *bw = NULL,
 		   *timeout = NULL, *blocks = NULL, *pattern = NULL,
 		   *seed = NULL, *print_digest = NULL, *max_size = NULL,
-		   *json = NULL, *mfd_chans = NULL, *mfd_comp = NULL;
+		   *json = NULL, *mfd_chans = NULL, *mfd_comp = NULL,
+		   *compress = NULL;
 	struct kv_error merr = {0};
 	const struct kv_cli_opt opts[] = {
 	    {"size", true, &size},
@@ -371,6 +376,7 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 	    {"json", false, &json},
 	    {"multifd-channels", true, &mfd_chans},
 	    {"multifd-compression", true, &mfd_comp},
+	    {"compress", true, &compress},
 	    {NULL, false, NULL},
 	};
 	int rc;
@@ -389,7 +395,7 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 						     "--incoming URI "
 						     "(destination)");
 	if (o->incoming && (rate || downtime || bw || timeout || pattern ||
-			    seed || print_digest))
+			    seed || print_digest || compress))
 		return kv_cli_usage_error("memtest",
 					  "--incoming takes only --size, "
 					  "--blocks, --max-size and --json; "
@@ -480,6 +486,11 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 					    &merr) < 0)
 		return kv_cli_usage_error("memtest",
 					  "invalid --multifd-compression: %s",
+					  merr.msg);
+	o->compress = KV_RAM_COMPRESS_AUTO;
+	if (compress && kv_ram_compress_parse(compress, &o->compress, &merr) <
+			    0)
+		return kv_cli_usage_error("memtest", "invalid --compress: %s",
 					  merr.msg);
 	if (mfd_comp && !mfd_chans)
 		return kv_cli_usage_error("memtest",
@@ -627,6 +638,11 @@ static void print_source_json(const struct kv_mig_stats *st,
 			    json_integer((json_int_t)st->normal_pages));
 	json_object_set_new(o, "passes", json_integer((json_int_t)st->passes));
 	json_object_set_new(o, "pages_per_pass", pp);
+	json_object_set_new(o, "compressed_pages",
+			    json_integer((json_int_t)st->compress.pages));
+	json_object_set_new(o, "compressed_bytes",
+			    json_integer(
+				(json_int_t)st->compress.compressed_size));
 	json_object_set_new(o, "digest", json_string(hex));
 	json_object_set_new(o, "error",
 			    error ? json_string(error) : json_null());
@@ -651,6 +667,12 @@ static void print_summary(const struct kv_mig_stats *st, int64_t digest_ns)
 	printf("  zero pages      %" PRIu64 "\n", st->zero_pages);
 	printf("  normal pages    %" PRIu64 "\n", st->normal_pages);
 	printf("  passes          %" PRIu64 "\n", st->passes);
+	if (st->compress.pages)
+		printf("  compressed      %" PRIu64 " pages in %.1f MiB "
+		       "(%.1fx, x-compress %s)\n",
+		       st->compress.pages, st->compress.compressed_size / MIB,
+		       st->compress.compression_rate,
+		       kv_ram_compress_name(st->compress.mode));
 	printf("  pages per pass ");
 	for (uint64_t i = 0; i < n; i++)
 		printf(" %" PRIu64, st->pages_per_pass[i]);
@@ -706,6 +728,7 @@ static int source_build(struct memtest_source *src, struct kv_error *err)
 	params.converge_timeout_ms = o->timeout_s * 1000;
 	params.multifd_channels = (unsigned)o->multifd_channels;
 	params.multifd_method = o->multifd_method;
+	params.compress = o->compress;
 	src->mig = kv_mig_new(src->sv, src->rs, &params, &hooks);
 	if (!src->mig)
 		return kv_error_set(err, -ENOMEM,

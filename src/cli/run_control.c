@@ -36,6 +36,7 @@ struct run_mig_params {
 	bool cpu_throttle_tailslow;
 	uint64_t max_cpu_throttle;
 	uint64_t throttle_trigger_threshold;
+	const char *x_compress; /* "off", "auto", "always" (kvmig's) */
 };
 
 /* QEMU's defaults. */
@@ -52,6 +53,7 @@ static void run_mig_params_default(struct run_mig_params *p)
 	    .cpu_throttle_increment = 10,
 	    .max_cpu_throttle = 99,
 	    .throttle_trigger_threshold = 50,
+	    .x_compress = "auto",
 	};
 }
 
@@ -282,6 +284,7 @@ static void migrate_params(struct run_ctl *rc, struct kv_mig_params *p)
 			  &ignored);
 	p->avail_switchover_bw = rc->mp.avail_switchover_bw;
 	p->auto_converge = mig_caps_get(&rc->caps, MIG_CAP_AUTO_CONVERGE);
+	kv_ram_compress_parse(rc->mp.x_compress, &p->compress, &ignored);
 	p->throttle = (struct kv_autoconv_params){
 	    .initial = (unsigned)rc->mp.cpu_throttle_initial,
 	    .increment = (unsigned)rc->mp.cpu_throttle_increment,
@@ -332,6 +335,18 @@ static int qmp_migrate_cancel(void *opaque, struct kv_error *err)
 	struct run_ctl *rc = opaque;
 
 	return kv_vm_mig_cancel(rc->mig, err);
+}
+
+/* QEMU's CompressionStats ("busy": kvmig's one compressing thread never
+ * waits for another), with kvmig's x-active and x-switches (auto). */
+static json_t *compression_json(const struct kv_ram_compress_stats *c)
+{
+	return json_pack("{s:I,s:i,s:f,s:I,s:f,s:s,s:b,s:I}", "pages",
+			 (json_int_t)c->pages, "busy", 0, "busy-rate", 0.0,
+			 "compressed-size", (json_int_t)c->compressed_size,
+			 "compression-rate", c->compression_rate, "x-mode",
+			 kv_ram_compress_name(c->mode), "x-active", c->active,
+			 "x-switches", (json_int_t)c->switches);
 }
 
 /* QEMU's XBZRLECacheStats. */
@@ -402,6 +417,10 @@ static int qmp_query_migrate(void *opaque, void **ret, struct kv_error *err)
 	if (i.stats.xbzrle.enabled)
 		json_object_set_new(o, "xbzrle-cache",
 				    xbzrle_cache_json(&i.stats.xbzrle));
+	if (i.stats.compress.mode != KV_RAM_COMPRESS_OFF &&
+	    !i.stats.multifd_bytes)
+		json_object_set_new(o, "compression",
+				    compression_json(&i.stats.compress));
 	if (i.error[0])
 		json_object_set_new(o, "error-desc", json_string(i.error));
 	*ret = o;
@@ -449,6 +468,7 @@ static const char *const compression_names[] = {"none", "zlib", "zstd",
 						 "lz4", NULL};
 static const char *const zero_page_names[] = {"none", "legacy", "multifd",
 					       NULL};
+static const char *const x_compress_names[] = {"off", "auto", "always", NULL};
 
 static const struct {
 	const char *name;
@@ -459,6 +479,7 @@ static const struct {
      "one of 'none', 'zlib', 'zstd', 'lz4'"},
     {"zero-page-detection", zero_page_names,
      "one of 'none', 'legacy', 'multifd'"},
+    {"x-compress", x_compress_names, "one of 'off', 'auto', 'always'"},
 };
 
 /* The table's own copy of value (static storage), or NULL. */
@@ -552,6 +573,8 @@ static void apply_run_params(struct run_mig_params *p, json_t *args)
 	    param_or(args, "max-cpu-throttle", p->max_cpu_throttle);
 	p->throttle_trigger_threshold = param_or(
 	    args, "throttle-trigger-threshold", p->throttle_trigger_threshold);
+	p->x_compress = param_enum_or(args, "x-compress", x_compress_names,
+				      p->x_compress);
 }
 
 /* All or nothing: every value is checked before any is applied.
@@ -594,7 +617,8 @@ static int qmp_query_migrate_parameters(void *opaque, void **ret,
 	mp = rc->mp;
 	pthread_mutex_unlock(&rc->lock);
 	*ret = json_pack(
-	    "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s,s:I,s:I,s:s,s:I,s:I,s:b,s:I,s:I}",
+	    "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s,s:I,s:I,s:s,s:I,s:I,s:b,s:I,s:I,"
+	    "s:s}",
 	    "downtime-limit", (json_int_t)p.downtime_limit_ms,
 	    "max-bandwidth", (json_int_t)p.max_bandwidth,
 	    "avail-switchover-bandwidth", (json_int_t)mp.avail_switchover_bw,
@@ -611,7 +635,8 @@ static int qmp_query_migrate_parameters(void *opaque, void **ret,
 	    "cpu-throttle-tailslow", mp.cpu_throttle_tailslow,
 	    "max-cpu-throttle", (json_int_t)mp.max_cpu_throttle,
 	    "throttle-trigger-threshold",
-	    (json_int_t)mp.throttle_trigger_threshold);
+	    (json_int_t)mp.throttle_trigger_threshold, "x-compress",
+	    mp.x_compress);
 	return *ret ? 0 : kv_error_set(err, -ENOMEM, "out of memory");
 }
 

@@ -12,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include "io/channel.h"
+#include "base/clock.h"
 #include "io/iov.h"
 
 #include <arpa/inet.h>
@@ -28,7 +29,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -143,6 +146,15 @@ static ssize_t file_writev_once(int fd, const struct iovec *iov, int iovcnt)
 	return writev(fd, iov, iovcnt);
 }
 
+static int wait_writable(struct kv_chan *c)
+{
+	int64_t t0 = kv_now_ns();
+	int r = wait_fd_or_cancel(c->fd, POLLOUT, to_fd_chan(c)->cancel_fd);
+
+	c->write_wait_ns += (uint64_t)(kv_now_ns() - t0);
+	return r;
+}
+
 static ssize_t chan_writev_with(struct kv_chan *c, const struct iovec *iov,
 				int iovcnt,
 				ssize_t (*once)(int, const struct iovec *, int))
@@ -162,7 +174,7 @@ static ssize_t chan_writev_with(struct kv_chan *c, const struct iovec *iov,
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return -errno;
-		r = wait_fd_or_cancel(c->fd, POLLOUT, to_fd_chan(c)->cancel_fd);
+		r = wait_writable(c);
 		if (r < 0)
 			return r;
 	}
@@ -361,6 +373,15 @@ int kv_chan_writev_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 		kv_iov_advance(&iov, &iovcnt, (size_t)n);
 	}
 	return 0;
+}
+
+int64_t kv_chan_unsent(const struct kv_chan *c)
+{
+	int v;
+
+	if (!c->is_socket || ioctl(c->fd, SIOCOUTQ, &v) < 0 || v < 0)
+		return -1;
+	return v;
 }
 
 void kv_chan_shutdown(struct kv_chan *c)

@@ -16,6 +16,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -54,6 +55,10 @@ struct kv_chan {
 	bool is_socket;   /* has a return path */
 	bool is_file;     /* seekable file: no return path */
 	int shutdown_req; /* set atomically by kv_chan_shutdown */
+	/* Time the writing thread spent waiting for the transport to take
+	 * more (a full socket buffer) or for the stream's rate limit: how
+	 * link-bound a sender is. Written and read by that thread only. */
+	uint64_t write_wait_ns;
 	char name[300];   /* for messages: "tcp:127.0.0.1:4444" */
 };
 
@@ -90,6 +95,11 @@ int kv_chan_writev_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 /* Fill every buffer of iov (which it advances, like writev_full). */
 int kv_chan_readv_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 		       struct kv_error *err);
+
+/* Bytes written that the peer has not received yet (a socket's SIOCOUTQ:
+ * not yet acknowledged over TCP, not yet read over unix), or -1 when the
+ * transport cannot tell (files, pipes). */
+int64_t kv_chan_unsent(const struct kv_chan *c);
 
 void kv_chan_shutdown(struct kv_chan *c);
 void kv_chan_close(struct kv_chan *c);

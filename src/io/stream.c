@@ -213,8 +213,11 @@ static size_t rate_budget(struct kv_stream *s)
 			return b > SIZE_MAX ? SIZE_MAX : (size_t)b;
 		}
 		left = s->window_start_ns + RATE_WINDOW_NS - now;
-		kv_sleep_ns(left < RATE_SLEEP_SLICE_NS ? left
-						       : RATE_SLEEP_SLICE_NS);
+		if (left > RATE_SLEEP_SLICE_NS)
+			left = RATE_SLEEP_SLICE_NS;
+		kv_sleep_ns(left);
+		/* To a sender, a cap is a slow link (kv_chan.write_wait_ns). */
+		s->chan->write_wait_ns += (uint64_t)left;
 	}
 }
 

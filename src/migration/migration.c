@@ -82,6 +82,9 @@ struct kv_migration {
 	int64_t start_ns;
 	uint64_t pass;
 	double bandwidth;
+	/* Page bytes per wire byte in the last pass (x-compress): what a
+	 * byte of bandwidth is worth to the switch-over. */
+	double wire_factor;
 	bool return_path;
 	uint32_t ping; /* value of the last PING sent */
 };
@@ -137,6 +140,7 @@ void kv_mig_params_default(struct kv_mig_params *p)
 	p->extra_pass_time_pct = EXTRA_TIME_PCT;
 	p->auto_converge = false;
 	kv_autoconv_params_default(&p->throttle);
+	p->compress = KV_RAM_COMPRESS_AUTO;
 }
 
 struct kv_migration *kv_mig_new(struct kv_savevm *sv, struct kv_ram_state *rs,
@@ -196,7 +200,9 @@ static void report_progress(struct kv_migration *m, uint64_t remaining,
 	p.total = total;
 	p.bandwidth = m->bandwidth;
 	p.expected_downtime_ms =
-	    m->bandwidth > 0 ? (double)remaining * 1000.0 / m->bandwidth : 0;
+	    m->bandwidth > 0 ? (double)remaining * 1000.0 /
+				   (m->bandwidth * m->wire_factor)
+			     : 0;
 	p.pass_pages = pass_pages;
 	p.elapsed_ms = (kv_now_ns() - m->start_ns) / 1000000;
 	m->hooks.progress(m->hooks.opaque, &p);
@@ -298,6 +304,7 @@ void kv_mig_get_stats(const struct kv_migration *m, struct kv_mig_stats *st)
 		st->normal_pages = rst.normal_pages;
 		st->passes = rst.dirty_sync_count;
 		kv_ram_get_xbzrle_stats(m->rs, &st->xbzrle);
+		kv_ram_get_compress_stats(m->rs, &st->compress);
 	}
 }
 
@@ -359,7 +366,7 @@ static double switchover_bandwidth(const struct kv_migration *m)
 	uint64_t avail = __atomic_load_n(&m->params.avail_switchover_bw,
 					 __ATOMIC_RELAXED);
 
-	return avail ? (double)avail : m->bandwidth;
+	return (avail ? (double)avail : m->bandwidth) * m->wire_factor;
 }
 
 /* Whether to stop iterating: pending fits the downtime limit and more
@@ -387,9 +394,10 @@ static bool time_to_switch(uint64_t pending, uint64_t prev_pending,
 static bool over_budget(const struct kv_migration *m, uint64_t pending,
 			int64_t extra_ns, int64_t elapsed_ns)
 {
-	double next_ns = m->bandwidth > 0
-			     ? (double)pending * 1e9 / m->bandwidth
-			     : 0.0;
+	double next_ns =
+	    m->bandwidth > 0
+		? (double)pending * 1e9 / (m->bandwidth * m->wire_factor)
+		: 0.0;
 
 	return m->params.extra_pass_time_pct &&
 	       ((double)extra_ns + next_ns) * 100.0 >
@@ -515,6 +523,8 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 			m->bandwidth =
 			    (double)(transferred(m, s) - pass_bytes0) *
 			    1e9 / (double)pass_ns;
+			if (m->rs)
+				m->wire_factor = kv_ram_wire_factor(m->rs);
 			pass_pages = record_pass_pages(m);
 			ret = kv_savevm_pending_exact(m->sv, &pending, err);
 			if (ret < 0)
@@ -650,6 +660,7 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 					err);
 		if (ret < 0)
 			return ret;
+		kv_ram_set_compress(m->rs, m->params.compress);
 	}
 	ret = kv_savevm_save_header(m->sv, s, return_path, err);
 	if (ret < 0)
@@ -772,6 +783,7 @@ int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 	int ret;
 
 	m->start_ns = kv_now_ns();
+	m->wire_factor = 1.0;
 	SWITCH_LOG("run begins");
 	pthread_mutex_lock(&m->lock);
 	m->stream = s;

@@ -68,6 +68,10 @@ struct kv_mig_params {
 	/* Passes past the downtime limit may take at most this % of the
 	 * time migrated so far (migration.c); 0 = no bound. Default 10. */
 	unsigned extra_pass_time_pct;
+	/* Pages on the main stream compressed: off, auto (the default:
+	 * while the link is the bottleneck and it pays) or always (ram.h,
+	 * x-compress). */
+	enum kv_ram_compress compress;
 };
 
 void kv_mig_params_default(struct kv_mig_params *p);
@@ -110,6 +114,7 @@ struct kv_mig_stats {
 	uint64_t pages_per_pass[64]; /* first 64 passes */
 	double bandwidth;          /* bytes/s, last pass */
 	struct kv_ram_xbzrle_stats xbzrle;
+	struct kv_ram_compress_stats compress;
 	unsigned throttle_pct;     /* auto-converge: now, or the last one
 				    * once the migration ended */
 	unsigned throttle_max_pct; /* the highest it went */

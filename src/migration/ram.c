@@ -33,6 +33,7 @@ void kv_ram_free(struct kv_ram_state *rs)
 		return;
 	kv_ram_prefault_stop(rs->prefault);
 	kv_ram_xbzrle_free(rs);
+	kv_ram_zc_cleanup(rs);
 	kv_ram_release_allocated(rs);
 	if (rs->pagemap_fd >= 0)
 		close(rs->pagemap_fd);

@@ -39,6 +39,9 @@
 #define KV_RAM_FLAG_HOOK 0x080U          /* RDMA; never valid here */
 #define KV_RAM_FLAG_COMPRESS_PAGE 0x100U /* removed in QEMU; never valid */
 #define KV_RAM_FLAG_MULTIFD_FLUSH 0x200U
+/* kvmig only: a batch of pages in the main stream's zstd stream
+ * (ram_compress.c, docs/FORMAT.md 5.3). */
+#define KV_RAM_FLAG_ZPAGES 0x400U
 
 #define KV_RAM_SECTION_VERSION 4
 
@@ -130,6 +133,44 @@ uint64_t kv_ram_multifd_bytes(const struct kv_ram_state *rs);
 bool kv_ram_multifd_set_rate_limit(struct kv_ram_state *rs, uint64_t bps);
 /* Fail everything blocked on the channels (any thread). */
 void kv_ram_multifd_cancel(struct kv_ram_state *rs);
+
+/*
+ * Source: compression of the pages on the main stream (kvmig's
+ * x-compress parameter; not with multifd, whose channels compress on
+ * their own). off: never. always: every non-zero page that does not go
+ * as XBZRLE goes in a ZPAGES record. auto (the default): only while it
+ * moves pages faster than sending them raw, that is while the sender
+ * waits on a link that compressed pages would cross faster than the
+ * compressor makes them (ram_compress.c). Takes effect at the next
+ * migration's setup. A destination always accepts ZPAGES records.
+ */
+enum kv_ram_compress {
+	KV_RAM_COMPRESS_OFF,
+	KV_RAM_COMPRESS_AUTO,
+	KV_RAM_COMPRESS_ALWAYS,
+};
+const char *kv_ram_compress_name(enum kv_ram_compress mode);
+/* "off", "auto", "always"; -EINVAL with err listing them. */
+int kv_ram_compress_parse(const char *name, enum kv_ram_compress *mode,
+			  struct kv_error *err);
+void kv_ram_set_compress(struct kv_ram_state *rs, enum kv_ram_compress mode);
+
+/* query-migrate's "compression" (QEMU's names; "busy" is always 0: one
+ * thread compresses and never waits for another). */
+struct kv_ram_compress_stats {
+	enum kv_ram_compress mode;
+	bool active;		  /* compressing now */
+	uint64_t pages;		  /* pages sent in ZPAGES records */
+	uint64_t compressed_size; /* their compressed bytes */
+	double compression_rate;  /* page bytes per compressed byte */
+	uint64_t switches;	  /* auto: times it turned on or off */
+};
+void kv_ram_get_compress_stats(const struct kv_ram_state *rs,
+			       struct kv_ram_compress_stats *st);
+/* Page bytes per byte on the wire for the pages sent in full since the
+ * last call of this (1 without compression): what the switch-over may
+ * count on per byte of measured bandwidth. Source, migration thread. */
+double kv_ram_wire_factor(struct kv_ram_state *rs);
 
 /* query-migrate's "xbzrle-cache" (QEMU's names and meanings). */
 struct kv_ram_xbzrle_stats {

@@ -62,6 +62,33 @@ struct kv_ram_xbzrle {
 	uint64_t load_pages; /* destination: XBZRLE records loaded */
 };
 
+/* Main-stream compression (ram_compress.c). */
+#define KV_RAM_ZC_BATCH 64U /* pages per ZPAGES record, at most */
+struct kv_mfd_codec;
+struct kv_ram_zc {
+	enum kv_ram_compress mode;
+	bool active;		    /* pages go into batches now */
+	bool probe;		    /* auto: compress one batch to measure */
+	struct kv_mfd_codec *codec; /* source: encoder; destination: decoder */
+	/* The batch being filled: pages of one block, in the order sent. */
+	size_t n, bi;
+	size_t page[KV_RAM_ZC_BATCH];
+	uint8_t *buf; /* compressed payload (source) or input (destination) */
+	size_t buf_size;
+	/* auto's measurements: a window of the link, the compressor's
+	 * speed and ratio (bytes/s, EWMA; 0 = not measured yet). */
+	int64_t win_start;
+	uint64_t win_delivered, win_wait_ns;
+	uint64_t win_in, win_out, win_ns;
+	double link_bps, comp_bps, ratio;
+	int64_t next_probe;
+	/* For kv_ram_wire_factor: full pages since its last call. */
+	uint64_t fac_raw_pages, fac_zc_pages, fac_zc_bytes;
+	/* Counters (relaxed atomics; see kv_ram_compress_stats). */
+	uint64_t pages, bytes, switches;
+	bool pub_active;
+};
+
 struct kv_ram_state {
 	struct kv_ram_block *blocks; /* contiguous: trackers get the array */
 	struct kv_ram_block_priv *priv;
@@ -94,6 +121,7 @@ struct kv_ram_state {
 	struct kv_ram_prefault *prefault; /* NULL: none (see ram_prefault.c) */
 
 	struct kv_ram_xbzrle xb;
+	struct kv_ram_zc zc;
 
 	/* multifd (multifd.h): pages go over channels; NULL: all on the
 	 * main stream. */
@@ -190,6 +218,24 @@ void kv_ram_xbzrle_publish(struct kv_ram_state *rs);
 void kv_ram_xbzrle_cleanup(struct kv_ram_state *rs);
 /* kv_ram_free: everything. */
 void kv_ram_xbzrle_free(struct kv_ram_state *rs);
+
+/* ram_compress.c */
+/* Save setup: a fresh zstd stream (the destination starts one too). */
+int kv_ram_zc_setup(struct kv_ram_state *rs, struct kv_error *err);
+/* Queue the non-zero page bi/page for a ZPAGES record when compressing
+ * (writing the batch out when it is full or the block changes). Returns
+ * false when the page is to go as a PAGE record. */
+bool kv_ram_zc_send(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
+		    size_t page);
+/* Write out the batch being filled (end of a section, before EOS). */
+void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs);
+/* auto: every few dozen pages, measure and decide. */
+void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs);
+void kv_ram_zc_cleanup(struct kv_ram_state *rs);
+/* Destination: the decoder, made at the first ZPAGES record (NULL and
+ * err set when the library cannot allocate it). */
+struct kv_mfd_codec *kv_ram_zc_decoder(struct kv_ram_state *rs,
+				       struct kv_error *err);
 
 /* ram_load.c */
 int kv_ram_load_setup(void *opaque, struct kv_error *err);

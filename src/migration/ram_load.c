@@ -31,6 +31,7 @@
 #include "base/bitmap.h"
 #include "base/zero.h"
 #include "io/stream.h"
+#include "migration/multifd_codec.h"
 #include "migration/ram_internal.h"
 #include "migration/ram_prefault.h"
 #include "migration/xbzrle.h"
@@ -40,7 +41,7 @@
 	(KV_RAM_FLAG_ZERO | KV_RAM_FLAG_MEM_SIZE | KV_RAM_FLAG_PAGE |          \
 	 KV_RAM_FLAG_EOS | KV_RAM_FLAG_CONTINUE | KV_RAM_FLAG_XBZRLE |         \
 	 KV_RAM_FLAG_HOOK | KV_RAM_FLAG_COMPRESS_PAGE |                        \
-	 KV_RAM_FLAG_MULTIFD_FLUSH)
+	 KV_RAM_FLAG_MULTIFD_FLUSH | KV_RAM_FLAG_ZPAGES)
 
 /* A stream may create at most this many blocks (QEMU guests have a few
  * dozen): bounds the work a hostile block list can cause. */
@@ -68,6 +69,7 @@ static const struct {
     {KV_RAM_FLAG_HOOK, "HOOK"},
     {KV_RAM_FLAG_COMPRESS_PAGE, "COMPRESS_PAGE"},
     {KV_RAM_FLAG_MULTIFD_FLUSH, "MULTIFD_FLUSH"},
+    {KV_RAM_FLAG_ZPAGES, "ZPAGES"},
 };
 
 static void describe_flags(unsigned int flags, char *buf, size_t size)
@@ -153,14 +155,14 @@ static int check_flags(const struct ram_rec *r, struct kv_error *err)
 	if (type == 0 || (type & (type - 1)))
 		return rec_error(err, r, -EINVAL,
 				 "a record must have exactly one type (ZERO, "
-				 "MEM_SIZE, PAGE, XBZRLE, MULTIFD_FLUSH or "
-				 "EOS)");
+				 "MEM_SIZE, PAGE, XBZRLE, MULTIFD_FLUSH, "
+				 "ZPAGES or EOS)");
 	if ((f & KV_RAM_FLAG_CONTINUE) &&
-	    !(type &
-	      (KV_RAM_FLAG_ZERO | KV_RAM_FLAG_PAGE | KV_RAM_FLAG_XBZRLE)))
+	    !(type & (KV_RAM_FLAG_ZERO | KV_RAM_FLAG_PAGE |
+		      KV_RAM_FLAG_XBZRLE | KV_RAM_FLAG_ZPAGES)))
 		return rec_error(err, r, -EINVAL,
 				 "CONTINUE is only valid on "
-				 "ZERO, PAGE and XBZRLE records");
+				 "ZERO, PAGE, XBZRLE and ZPAGES records");
 	return 0;
 }
 
@@ -436,6 +438,97 @@ static int load_xbzrle(struct kv_stream *s, struct kv_ram_state *rs,
 	return 0;
 }
 
+/* The offsets of a ZPAGES record's pages: the header's, then n - 1 more,
+ * each page-aligned and inside block b. */
+static int read_zpages_offsets(struct kv_stream *s, const struct ram_rec *r,
+			       const struct kv_ram_block *b, uint64_t *off,
+			       size_t n, struct kv_error *err)
+{
+	off[0] = r->addr;
+	for (size_t i = 1; i < n; i++) {
+		off[i] = kv_stream_get_be64(s);
+		if (kv_stream_error(s))
+			return rec_stream_error(s, r, "the ZPAGES offsets",
+						err);
+		if (off[i] & (KV_PAGE_SIZE - 1) || off[i] >= b->length)
+			return rec_error(err, r, -ERANGE,
+					 "page %zu of %zu: offset 0x%llx is "
+					 "not a page of block '%s' (length "
+					 "0x%llx)",
+					 i + 1, n, (unsigned long long)off[i],
+					 b->idstr,
+					 (unsigned long long)b->length);
+	}
+	return 0;
+}
+
+/* A ZPAGES record (kvmig; docs/FORMAT.md 5.3): u8 method (zstd), be16
+ * count, the other pages' offsets, be32 length, that many bytes of the
+ * stream's one zstd stream, which must decode to exactly count pages. */
+static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
+		       const struct ram_rec *r, struct kv_error *err)
+{
+	struct kv_error derr = {0};
+	uint64_t off[KV_RAM_ZC_BATCH];
+	uint8_t *pages[KV_RAM_ZC_BATCH];
+	const struct kv_ram_block *b;
+	struct kv_mfd_codec *dec;
+	uint8_t method;
+	uint16_t n;
+	uint32_t len;
+	size_t bi;
+	int ret = resolve_page(s, rs, r, &bi, err);
+
+	if (ret < 0)
+		return ret;
+	b = &rs->blocks[bi];
+	method = kv_stream_get_u8(s);
+	n = kv_stream_get_be16(s);
+	if (kv_stream_error(s))
+		return rec_stream_error(s, r, "the ZPAGES header", err);
+	if (method != KV_MFD_METHOD_ZSTD)
+		return rec_error(err, r, -EINVAL,
+				 "ZPAGES compression method %u is unknown "
+				 "(only %u, zstd)",
+				 method, KV_MFD_METHOD_ZSTD);
+	if (n == 0 || n > KV_RAM_ZC_BATCH)
+		return rec_error(err, r, -EINVAL,
+				 "ZPAGES record of %u pages (must be 1..%u)",
+				 n, KV_RAM_ZC_BATCH);
+	ret = read_zpages_offsets(s, r, b, off, n, err);
+	if (ret < 0)
+		return ret;
+	len = kv_stream_get_be32(s);
+	if (kv_stream_error(s))
+		return rec_stream_error(s, r, "the ZPAGES length", err);
+	dec = kv_ram_zc_decoder(rs, &derr);
+	if (!dec)
+		return rec_error(err, r, derr.code, "%s", derr.msg);
+	if (len == 0 || len > rs->zc.buf_size)
+		return rec_error(err, r, -EINVAL,
+				 "ZPAGES payload of %u bytes for %u pages "
+				 "(must be 1..%zu)",
+				 len, n, rs->zc.buf_size);
+	kv_stream_get_buffer(s, rs->zc.buf, len);
+	if (kv_stream_error(s))
+		return rec_stream_error(s, r, "the ZPAGES payload", err);
+	for (size_t i = 0; i < n; i++) {
+		size_t page = (size_t)(off[i] >> KV_PAGE_SHIFT);
+
+		pages[i] = b->host + off[i];
+		mark_touched(rs, bi, page);
+		kv_ram_page_populated(rs, bi, page);
+		if (rs->prefault)
+			kv_ram_prefault_note(rs->prefault, bi, b->host,
+					     b->length, off[i]);
+	}
+	if (kv_mfd_decompress(dec, rs->zc.buf, len, pages, n, &derr) < 0)
+		return rec_error(err, r, -EINVAL, "bad compressed pages: %s",
+				 derr.msg);
+	kv_ram_stat_add(&rs->normal_pages, n);
+	return 0;
+}
+
 /* Everything the channels had before this point is in memory once this
  * returns (multifd.h). */
 static int load_multifd_flush(struct kv_ram_state *rs, const struct ram_rec *r,
@@ -496,6 +589,7 @@ int kv_ram_load_setup(void *opaque, struct kv_error *err)
 	kv_ram_stat_set(&rs->zero_pages, 0);
 	kv_ram_stat_set(&rs->normal_pages, 0);
 	kv_ram_stat_set(&rs->xb.load_pages, 0);
+	kv_ram_zc_cleanup(rs); /* a new stream starts a new zstd stream */
 	return 0;
 }
 
@@ -542,6 +636,9 @@ int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,
 			break;
 		case KV_RAM_FLAG_MULTIFD_FLUSH:
 			ret = load_multifd_flush(rs, &r, err);
+			break;
+		case KV_RAM_FLAG_ZPAGES:
+			ret = load_zpages(s, rs, &r, err);
 			break;
 		case KV_RAM_FLAG_EOS:
 			if (r.addr)
@@ -618,4 +715,5 @@ void kv_ram_load_cleanup(void *opaque, bool failed)
 	}
 	rs->last_recv = KV_RAM_NO_BLOCK;
 	rs->mem_size_seen = false;
+	kv_ram_zc_cleanup(rs);
 }

@@ -136,6 +136,8 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	kv_ram_stat_set(&rs->dirty_sync_count, 1);
 	kv_ram_stat_set(&rs->dirty_pages, count_dirty(rs));
 	ret = kv_ram_xbzrle_setup(rs, err);
+	if (ret == 0)
+		ret = kv_ram_zc_setup(rs, err);
 	if (ret < 0) {
 		free_save_bitmaps(rs);
 		return ret;
@@ -264,7 +266,8 @@ static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 	    kv_buffer_is_zero(p, KV_PAGE_SIZE)) {
 		send_zero(s, rs, bi, page);
 		kv_ram_xbzrle_zero(rs, bi, page);
-	} else if (!kv_ram_xbzrle_send(s, rs, bi, page)) {
+	} else if (!kv_ram_xbzrle_send(s, rs, bi, page) &&
+		   !kv_ram_zc_send(s, rs, bi, page)) {
 		kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_PAGE);
 		kv_stream_put_page_ref(s, p, KV_PAGE_SIZE);
 		kv_ram_stat_add(&rs->normal_pages, 1);
@@ -313,6 +316,7 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 		}
 		if (++sent % CHECK_EVERY_PAGES)
 			continue;
+		kv_ram_zc_tick(s, rs);
 		ret = stream_failed(s, err, "sending pages");
 		if (ret < 0)
 			return ret;
@@ -332,6 +336,7 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque, struct kv_error *err)
 	rs->last_sent = KV_RAM_NO_BLOCK;
 	rs->pm_valid = false;
 	ret = send_dirty_pages(s, rs, kv_now_ns() + KV_RAM_ITERATE_NS, err);
+	kv_ram_zc_flush(s, rs);
 	kv_ram_xbzrle_publish(rs);
 	if (ret == 1 && multifd_flush(s, rs, err) < 0)
 		return err->code;
@@ -406,6 +411,7 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	rs->pm_valid = false;
 	rs->in_complete = true;
 	ret = send_dirty_pages(s, rs, 0, err);
+	kv_ram_zc_flush(s, rs);
 	rs->in_complete = false;
 	kv_ram_xbzrle_publish(rs);
 	if (ret < 0)
@@ -430,5 +436,6 @@ void kv_ram_save_cleanup(void *opaque)
 	}
 	kv_ram_pagemap_close(rs);
 	kv_ram_xbzrle_cleanup(rs);
+	kv_ram_zc_cleanup(rs);
 	free_save_bitmaps(rs);
 }

@@ -24,6 +24,7 @@
 #include "io/channel.h"
 #include "io/stream.h"
 #include "migration/ram.h"
+#include "migration/multifd_codec.h"
 #include "migration/ram_internal.h"
 #include "migration/soft_tracker.h"
 
@@ -701,9 +702,9 @@ static void test_reject_unknown_flag(void **state)
 	(void)state;
 	craft_begin(&c);
 	craft_std_setup(&c);
-	craft_page(&c, PG | KV_RAM_FLAG_PAGE | 0x400, "mem0", 1);
-	expect_reject(&c, "record 1 at stream offset 29", "flags 0x408",
-		      "unknown flag bits 0x400", NULL);
+	craft_page(&c, PG | KV_RAM_FLAG_PAGE | 0x800, "mem0", 1);
+	expect_reject(&c, "record 1 at stream offset 29", "flags 0x808",
+		      "unknown flag bits 0x800", NULL);
 }
 
 static void test_reject_obsolete_full_flag(void **state)
@@ -1033,7 +1034,7 @@ static void test_reject_continue_on_eos(void **state)
 	craft_begin(&c);
 	craft_std_setup(&c);
 	kv_stream_put_be64(c.s, KV_RAM_FLAG_EOS | KV_RAM_FLAG_CONTINUE);
-	expect_reject(&c, "CONTINUE is only valid on ZERO, PAGE and XBZRLE", NULL);
+	expect_reject(&c, "CONTINUE is only valid on ZERO, PAGE, XBZRLE and ZPAGES", NULL);
 }
 
 static void test_reject_unknown_block_in_mem_size(void **state)
@@ -1544,6 +1545,283 @@ static void test_soft_tracker_lifecycle(void **state)
 	kv_soft_tracker_free(t);
 }
 
+
+/* ---- x-compress: ZPAGES records ---- */
+
+/* Pages alike from one to the next, as a guest's memory mostly is: the
+ * page number in the first qword, the rest the same in every page. */
+static void fill_alike(uint8_t *p, size_t npages, uint64_t seed)
+{
+	for (size_t pg = 0; pg < npages; pg++)
+		for (size_t i = 0; i < PG / 8; i++) {
+			uint64_t v = i ? (seed + i) * 0x9e3779b97f4a7c15ULL
+				       : pg + 1;
+
+			memcpy(p + pg * PG + i * 8, &v, 8);
+		}
+}
+
+/* cap: a rate limit, one pass, no workload; 0: no limit, 4 passes with
+ * a workload writing (unthrottled: pages drift towards noise). */
+static void compress_roundtrip(enum kv_ram_compress mode, uint64_t cap,
+			       const size_t *np, size_t nblocks,
+			       struct kv_ram_compress_stats *cs)
+{
+	struct side src, dst;
+	struct tstream t = tstream_new();
+	struct kv_error err = {0};
+	struct dirtier d = {0};
+
+	side_init(&src, np, nblocks);
+	side_init(&dst, np, nblocks);
+	for (size_t i = 0; i < nblocks; i++)
+		fill_alike(src.mem[i], np[i], 3 * i);
+	d.sd = &src;
+	d.tracker = attach_soft(&src);
+	kv_ram_set_compress(src.rs, mode);
+	if (cap) {
+		/* save_all's stream, capped: a slow link to the sender. */
+		struct kv_stream *s = tstream_open(&t, KV_STREAM_WRITE);
+		int ret;
+
+		kv_stream_set_rate_limit(s, cap);
+		assert_int_equal(ops()->save_setup(s, src.rs, &err), 0);
+		do
+			ret = ops()->save_iterate(s, src.rs, &err);
+		while (ret == 0);
+		assert_int_equal(ret, 1);
+		ops()->pending_exact(src.rs, &err);
+		assert_int_equal(ops()->save_complete(s, src.rs, &err), 0);
+		kv_ram_set_outcome(src.rs, true);
+		ops()->save_cleanup(src.rs);
+		assert_int_equal(kv_stream_close(s), 0);
+	} else {
+		dirtier_start(&d);
+		save_all(src.rs, &t, 4, &d);
+	}
+	kv_ram_get_compress_stats(src.rs, cs);
+	if (load_all(dst.rs, &t, &err, true) < 0)
+		fail_msg("%s", err.msg);
+	assert_same_memory(&src, &dst);
+	kv_soft_tracker_free(d.tracker);
+	side_free(&src);
+	side_free(&dst);
+	tstream_free(&t);
+}
+
+/* always: every page that is not zero goes in ZPAGES records, across
+ * blocks and passes with a workload writing; the destination ends
+ * equal. */
+static void test_compress_always_roundtrip(void **state)
+{
+	static const size_t np[] = {1029, 77, 3};
+	struct kv_ram_compress_stats cs;
+
+	(void)state;
+	compress_roundtrip(KV_RAM_COMPRESS_ALWAYS, 0, np, 3, &cs);
+	assert_true(cs.pages >= 1029 + 77 + 3);
+	assert_true(cs.active);
+	/* Without a workload (a cap too high to matter): alike pages go far
+	 * smaller than they are. */
+	compress_roundtrip(KV_RAM_COMPRESS_ALWAYS, 1ULL << 40, np, 3, &cs);
+	assert_int_equal(cs.pages, 1029 + 77 + 3);
+	if (cs.compression_rate <= 4.0)
+		fail_msg("compression rate %.2f", cs.compression_rate);
+}
+
+/* auto with nothing to wait for (a file takes every write at once):
+ * compressing cannot pay, nothing is compressed. */
+static void test_compress_auto_off_without_bottleneck(void **state)
+{
+	static const size_t np[] = {2048};
+	struct kv_ram_compress_stats cs;
+
+	(void)state;
+	compress_roundtrip(KV_RAM_COMPRESS_AUTO, 0, np, 1, &cs);
+	assert_int_equal(cs.pages, 0);
+	assert_int_equal(cs.switches, 0);
+}
+
+/* auto under a 16 MiB/s cap (the sender waits on it as on a slow link):
+ * it measures, turns compression on, and most pages go compressed. */
+static void test_compress_auto_on_when_link_bound(void **state)
+{
+	static const size_t np[] = {4096};
+	struct kv_ram_compress_stats cs;
+
+	(void)state;
+	compress_roundtrip(KV_RAM_COMPRESS_AUTO, 16 << 20, np, 1, &cs);
+	assert_true(cs.switches >= 1);
+	if (cs.pages < 4096 / 2)
+		fail_msg("only %llu of 4096 pages compressed",
+			 (unsigned long long)cs.pages);
+}
+
+static void test_compress_mode_names(void **state)
+{
+	struct kv_error err = {0};
+	enum kv_ram_compress m;
+
+	(void)state;
+	assert_int_equal(kv_ram_compress_parse("always", &m, &err), 0);
+	assert_int_equal(m, KV_RAM_COMPRESS_ALWAYS);
+	assert_string_equal(kv_ram_compress_name(KV_RAM_COMPRESS_AUTO),
+			    "auto");
+	assert_int_equal(kv_ram_compress_parse("zstd", &m, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "off, auto, always"));
+}
+
+/* A ZPAGES record of "mem0": method, count, the offsets after the first,
+ * the length (as said), the payload (as given). */
+static void craft_zpages(struct craft *c, uint64_t hdr, uint8_t method,
+			 uint16_t n, const uint64_t *more_offs, size_t n_more,
+			 uint32_t len, const uint8_t *payload, size_t plen)
+{
+	kv_stream_put_be64(c->s, hdr);
+	kv_stream_put_str8(c->s, "mem0");
+	kv_stream_put_u8(c->s, method);
+	kv_stream_put_be16(c->s, n);
+	for (size_t i = 0; i < n_more; i++)
+		kv_stream_put_be64(c->s, more_offs[i]);
+	kv_stream_put_be32(c->s, len);
+	kv_stream_put_buffer(c->s, payload, plen);
+	kv_stream_put_be64(c->s, KV_RAM_FLAG_EOS);
+}
+
+/* n pages of byte values 0x31, 0x32, ... through a fresh zstd stream. */
+static size_t zstd_pages(size_t n, uint8_t *out, size_t out_max)
+{
+	struct kv_error err = {0};
+	struct kv_mfd_codec *enc = kv_mfd_codec_new(
+	    KV_MFD_METHOD_ZSTD, KV_MFD_LEVEL_DEFAULT, true, &err);
+	static uint8_t pages[4][PG];
+	const uint8_t *pp[4];
+	size_t len;
+
+	assert_non_null(enc);
+	for (size_t i = 0; i < n; i++) {
+		memset(pages[i], 0x31 + (int)i, PG);
+		pp[i] = pages[i];
+	}
+	assert_int_equal(
+	    kv_mfd_compress(enc, pp, n, out, out_max, &len, &err), 0);
+	kv_mfd_codec_free(enc);
+	return len;
+}
+
+static void test_load_zpages(void **state)
+{
+	static const size_t np[] = {4};
+	static const uint64_t more[] = {3 * PG};
+	struct kv_error err = {0};
+	uint8_t payload[1024], expect[PG];
+	struct side dst;
+	struct craft c;
+	size_t len = zstd_pages(2, payload, sizeof(payload));
+
+	(void)state;
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_zpages(&c, PG | KV_RAM_FLAG_ZPAGES, KV_MFD_METHOD_ZSTD, 2, more,
+		     1, (uint32_t)len, payload, len);
+	craft_end(&c);
+	side_init(&dst, np, 1);
+	if (load_all(dst.rs, &c.t, &err, true) < 0)
+		fail_msg("%s", err.msg);
+	memset(expect, 0x31, PG);
+	assert_memory_equal(dst.mem[0] + PG, expect, PG);
+	memset(expect, 0x32, PG);
+	assert_memory_equal(dst.mem[0] + 3 * PG, expect, PG);
+	side_free(&dst);
+	tstream_free(&c.t);
+}
+
+static void test_reject_zpages_header(void **state)
+{
+	static const uint64_t unaligned[] = {3 * PG + 8}, beyond[] = {4 * PG};
+	uint8_t payload[1024];
+	size_t len = zstd_pages(2, payload, sizeof(payload));
+	struct craft c;
+
+	(void)state;
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_zpages(&c, PG | KV_RAM_FLAG_ZPAGES, 1, 1, NULL, 0,
+		     (uint32_t)len, payload, len);
+	expect_reject(&c, "flags 0x400 ZPAGES",
+		      "ZPAGES compression method 1 is unknown", NULL);
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_zpages(&c, PG | KV_RAM_FLAG_ZPAGES, KV_MFD_METHOD_ZSTD, 0, NULL,
+		     0, (uint32_t)len, payload, len);
+	expect_reject(&c, "ZPAGES record of 0 pages (must be 1..64)", NULL);
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_zpages(&c, PG | KV_RAM_FLAG_ZPAGES, KV_MFD_METHOD_ZSTD, 65, NULL,
+		     0, (uint32_t)len, payload, len);
+	expect_reject(&c, "ZPAGES record of 65 pages", NULL);
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_zpages(&c, PG | KV_RAM_FLAG_ZPAGES, KV_MFD_METHOD_ZSTD, 2,
+		     unaligned, 1, (uint32_t)len, payload, len);
+	expect_reject(&c, "page 2 of 2: offset 0x3008 is not a page of block "
+			  "'mem0'",
+		      NULL);
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_zpages(&c, PG | KV_RAM_FLAG_ZPAGES, KV_MFD_METHOD_ZSTD, 2,
+		     beyond, 1, (uint32_t)len, payload, len);
+	expect_reject(&c, "offset 0x4000 is not a page", NULL);
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_zpages(&c, 4 * PG | KV_RAM_FLAG_ZPAGES, KV_MFD_METHOD_ZSTD, 1,
+		     NULL, 0, (uint32_t)len, payload, len);
+	expect_reject(&c, "offset beyond block 'mem0'", NULL);
+}
+
+static void test_reject_zpages_payload(void **state)
+{
+	static const uint64_t more[] = {2 * PG};
+	uint8_t payload[1024], bad[1024];
+	size_t len = zstd_pages(2, payload, sizeof(payload));
+	struct craft c;
+
+	(void)state;
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_zpages(&c, PG | KV_RAM_FLAG_ZPAGES, KV_MFD_METHOD_ZSTD, 2, more,
+		     1, 0, payload, 0);
+	expect_reject(&c, "ZPAGES payload of 0 bytes for 2 pages", NULL);
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_zpages(&c, PG | KV_RAM_FLAG_ZPAGES, KV_MFD_METHOD_ZSTD, 2, more,
+		     1, 1u << 30, payload, len);
+	expect_reject(&c, "ZPAGES payload of 1073741824 bytes", NULL);
+	/* says 2 pages, decodes to 2, but the record claims 1: left over */
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_zpages(&c, PG | KV_RAM_FLAG_ZPAGES, KV_MFD_METHOD_ZSTD, 1, NULL,
+		     0, (uint32_t)len, payload, len);
+	expect_reject(&c, "bad compressed pages", NULL);
+	/* garbage where the zstd data should be */
+	memset(bad, 0xa5, sizeof(bad));
+	craft_begin(&c);
+	craft_std_setup(&c);
+	craft_zpages(&c, PG | KV_RAM_FLAG_ZPAGES, KV_MFD_METHOD_ZSTD, 2, more,
+		     1, (uint32_t)len, bad, len);
+	expect_reject(&c, "bad compressed pages", "zstd", NULL);
+	/* the payload cut short: the stream ends inside it */
+	craft_begin(&c);
+	craft_std_setup(&c);
+	kv_stream_put_be64(c.s, PG | KV_RAM_FLAG_ZPAGES);
+	kv_stream_put_str8(c.s, "mem0");
+	kv_stream_put_u8(c.s, KV_MFD_METHOD_ZSTD);
+	kv_stream_put_be16(c.s, 1);
+	kv_stream_put_be32(c.s, (uint32_t)len);
+	kv_stream_put_buffer(c.s, payload, len / 2);
+	expect_reject(&c, "the ZPAGES payload", NULL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1568,6 +1846,13 @@ int main(void)
 	    cmocka_unit_test(test_xbzrle_roundtrip_small_writes),
 	    cmocka_unit_test(test_xbzrle_roundtrip_with_dirtying),
 	    cmocka_unit_test(test_xbzrle_cache_size_checks),
+	    cmocka_unit_test(test_compress_always_roundtrip),
+	    cmocka_unit_test(test_compress_auto_off_without_bottleneck),
+	    cmocka_unit_test(test_compress_auto_on_when_link_bound),
+	    cmocka_unit_test(test_compress_mode_names),
+	    cmocka_unit_test(test_load_zpages),
+	    cmocka_unit_test(test_reject_zpages_header),
+	    cmocka_unit_test(test_reject_zpages_payload),
 	    cmocka_unit_test(test_reject_multifd_flush),
 	    cmocka_unit_test(test_reject_two_types),
 	    cmocka_unit_test(test_reject_no_type),

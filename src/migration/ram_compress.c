@@ -1,0 +1,328 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Compression of the pages on the main stream (kvmig's x-compress), and
+ * when it pays.
+ *
+ * Pages that would go as PAGE records are gathered, up to KV_RAM_ZC_BATCH
+ * of one block, and go as one ZPAGES record: their offsets and their bytes
+ * through ONE zstd stream that lasts the whole migration, flushed at the
+ * end of every record (the multifd zstd codec, multifd_codec.h). Memory of
+ * a guest is mostly alike from page to page, so matches a page or more
+ * back are what makes the ratio; a stream per record would lose them.
+ *
+ * Compression costs the migration thread about 2.5 ns a byte here (zstd
+ * level 1: ~400 MB/s). It only pays while the link, not that thread, is
+ * what limits the migration: then the thread waits on a full socket
+ * buffer anyway, and compressed pages cross the link r times faster. So
+ * auto measures, in windows of ZC_WINDOW_NS:
+ *  - the share of the window the thread waited for the socket to take
+ *    more (kv_chan's write_wait_ns): link-bound when >= ZC_LINK_BOUND;
+ *  - the link's rate: bytes the peer received (written minus SIOCOUTQ);
+ *  - the compressor's rate and ratio, over the batches it compressed.
+ * Compressed, pages move at min(C, L * r) bytes/s; raw at L. auto turns
+ * compression on when that is ZC_GAIN_ON times L or more, off again below
+ * ZC_GAIN_OFF (hysteresis: a window's noise must not flip it back and
+ * forth). While raw and link-bound it compresses one batch every
+ * ZC_PROBE_NS, to know C and r for the pages being sent now. On loopback
+ * and 10 Gbit/s links L is above C and nothing changes; at 1 Gbit/s
+ * pages of a typical guest go several times faster.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "io/stream.h"
+#include "migration/multifd_codec.h"
+#include "migration/ram_internal.h"
+
+#define ZC_WINDOW_NS  (20 * 1000 * 1000LL)
+#define ZC_PROBE_NS   (500 * 1000 * 1000LL)
+#define ZC_LINK_BOUND 0.25
+#define ZC_GAIN_ON    1.3
+#define ZC_GAIN_OFF   1.1
+#define ZC_EWMA	      0.5 /* weight of the newest window */
+#define ZC_METHOD     KV_MFD_METHOD_ZSTD
+
+static const char *const mode_names[] = {
+    [KV_RAM_COMPRESS_OFF] = "off",
+    [KV_RAM_COMPRESS_AUTO] = "auto",
+    [KV_RAM_COMPRESS_ALWAYS] = "always",
+};
+
+const char *kv_ram_compress_name(enum kv_ram_compress mode)
+{
+	if ((unsigned)mode >= sizeof(mode_names) / sizeof(mode_names[0]))
+		return "unknown";
+	return mode_names[mode];
+}
+
+int kv_ram_compress_parse(const char *name, enum kv_ram_compress *mode,
+			  struct kv_error *err)
+{
+	for (unsigned i = 0; i < sizeof(mode_names) / sizeof(mode_names[0]);
+	     i++) {
+		if (!strcmp(name, mode_names[i])) {
+			*mode = (enum kv_ram_compress)i;
+			return 0;
+		}
+	}
+	return kv_error_set(err, -EINVAL,
+			    "x-compress '%s' is not one of off, auto, always",
+			    name);
+}
+
+void kv_ram_set_compress(struct kv_ram_state *rs, enum kv_ram_compress mode)
+{
+	rs->zc.mode = mode;
+}
+
+static void set_active(struct kv_ram_zc *zc, bool on)
+{
+	if (zc->active == on)
+		return;
+	zc->active = on;
+	kv_ram_stat_add(&zc->switches, 1);
+	__atomic_store_n(&zc->pub_active, on, __ATOMIC_RELAXED);
+	kv_debug("migration",
+		 "x-compress auto: %s (link %.0f MiB/s, zstd %.0f MiB/s at "
+		 "%.1fx)",
+		 on ? "on" : "off", zc->link_bps / 1048576.0,
+		 zc->comp_bps / 1048576.0, zc->ratio);
+}
+
+static int alloc_codec(struct kv_ram_zc *zc, bool compress,
+		       struct kv_error *err)
+{
+	zc->codec = kv_mfd_codec_new(ZC_METHOD, KV_MFD_LEVEL_DEFAULT, compress,
+				     err);
+	if (!zc->codec)
+		return err->code ? err->code : -ENOMEM;
+	zc->buf_size = kv_mfd_compress_bound(ZC_METHOD, KV_RAM_ZC_BATCH);
+	zc->buf = malloc(zc->buf_size);
+	if (!zc->buf) {
+		kv_mfd_codec_free(zc->codec);
+		zc->codec = NULL;
+		return kv_error_set(err, -ENOMEM,
+				    "ram: out of memory for compression");
+	}
+	return 0;
+}
+
+void kv_ram_zc_cleanup(struct kv_ram_state *rs)
+{
+	struct kv_ram_zc *zc = &rs->zc;
+
+	kv_mfd_codec_free(zc->codec);
+	zc->codec = NULL;
+	free(zc->buf);
+	zc->buf = NULL;
+	zc->n = 0;
+}
+
+int kv_ram_zc_setup(struct kv_ram_state *rs, struct kv_error *err)
+{
+	struct kv_ram_zc *zc = &rs->zc;
+	enum kv_ram_compress mode = zc->mode;
+
+	kv_ram_zc_cleanup(rs);
+	zc->active = zc->probe = false;
+	zc->win_start = zc->next_probe = 0;
+	zc->link_bps = zc->comp_bps = zc->ratio = 0;
+	zc->fac_raw_pages = zc->fac_zc_pages = zc->fac_zc_bytes = 0;
+	kv_ram_stat_set(&zc->pages, 0);
+	kv_ram_stat_set(&zc->bytes, 0);
+	kv_ram_stat_set(&zc->switches, 0);
+	__atomic_store_n(&zc->pub_active, false, __ATOMIC_RELAXED);
+	/* multifd's channels carry the pages, compressed on their own. */
+	if (mode == KV_RAM_COMPRESS_OFF || rs->mfd_send)
+		return 0;
+	if (alloc_codec(zc, true, err) < 0) {
+		kv_error_prefix(err, "ram: x-compress");
+		return err->code;
+	}
+	if (mode == KV_RAM_COMPRESS_ALWAYS) {
+		zc->active = true;
+		__atomic_store_n(&zc->pub_active, true, __ATOMIC_RELAXED);
+	}
+	return 0;
+}
+
+struct kv_mfd_codec *kv_ram_zc_decoder(struct kv_ram_state *rs,
+				       struct kv_error *err)
+{
+	if (!rs->zc.codec && alloc_codec(&rs->zc, false, err) < 0)
+		return NULL;
+	return rs->zc.codec;
+}
+
+/* The ZPAGES record of the batch (docs/FORMAT.md 5.3). */
+static void write_batch(struct kv_stream *s, struct kv_ram_state *rs)
+{
+	struct kv_ram_zc *zc = &rs->zc;
+	const struct kv_ram_block *b = &rs->blocks[zc->bi];
+	const uint8_t *pages[KV_RAM_ZC_BATCH];
+	struct kv_error err = {0};
+	size_t len, n = zc->n;
+	int64_t t0;
+
+	zc->n = 0;
+	if (!n || kv_stream_error(s))
+		return;
+	for (size_t i = 0; i < n; i++)
+		pages[i] = b->host + ((uint64_t)zc->page[i] << KV_PAGE_SHIFT);
+	t0 = kv_now_ns();
+	if (kv_mfd_compress(zc->codec, pages, n, zc->buf, zc->buf_size, &len,
+			    &err) < 0) {
+		kv_stream_set_error(s, err.code, "ram: compressing pages: %s",
+				    err.msg);
+		return;
+	}
+	zc->win_ns += (uint64_t)(kv_now_ns() - t0);
+	zc->win_in += n * KV_PAGE_SIZE;
+	zc->win_out += len;
+	kv_ram_put_header(s, rs, zc->bi, zc->page[0], KV_RAM_FLAG_ZPAGES);
+	kv_stream_put_u8(s, ZC_METHOD);
+	kv_stream_put_be16(s, (uint16_t)n);
+	for (size_t i = 1; i < n; i++)
+		kv_stream_put_be64(s, (uint64_t)zc->page[i] << KV_PAGE_SHIFT);
+	kv_stream_put_be32(s, (uint32_t)len);
+	kv_stream_put_buffer(s, zc->buf, len);
+	zc->fac_zc_pages += n;
+	zc->fac_zc_bytes += len;
+	kv_ram_stat_add(&zc->pages, n);
+	kv_ram_stat_add(&zc->bytes, len);
+	kv_ram_stat_add(&rs->normal_pages, n);
+}
+
+void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs)
+{
+	write_batch(s, rs);
+}
+
+bool kv_ram_zc_send(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
+		    size_t page)
+{
+	struct kv_ram_zc *zc = &rs->zc;
+
+	if (!zc->codec || (!zc->active && !zc->probe)) {
+		zc->fac_raw_pages++;
+		return false;
+	}
+	if (zc->n && zc->bi != bi)
+		write_batch(s, rs);
+	zc->bi = bi;
+	zc->page[zc->n++] = page;
+	if (zc->n == KV_RAM_ZC_BATCH) {
+		write_batch(s, rs);
+		zc->probe = false;
+	}
+	return true;
+}
+
+/* min(C, L * r) against L: how much faster compressed pages move. */
+static double gain(const struct kv_ram_zc *zc)
+{
+	double compressed = zc->link_bps * zc->ratio;
+
+	if (zc->comp_bps < compressed)
+		compressed = zc->comp_bps;
+	return zc->link_bps > 0 ? compressed / zc->link_bps : 0;
+}
+
+static void decide(struct kv_ram_zc *zc, bool link_bound, int64_t now)
+{
+	if (zc->active) {
+		if (gain(zc) < ZC_GAIN_OFF) {
+			set_active(zc, false);
+			zc->next_probe = now + ZC_PROBE_NS;
+		}
+		return;
+	}
+	if (!link_bound)
+		return;
+	if (!zc->comp_bps || now >= zc->next_probe) {
+		zc->probe = true;
+		zc->next_probe = now + ZC_PROBE_NS;
+		return;
+	}
+	if (gain(zc) >= ZC_GAIN_ON)
+		set_active(zc, true);
+}
+
+static double ewma(double old, double v)
+{
+	return old > 0 ? old + ZC_EWMA * (v - old) : v;
+}
+
+void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
+{
+	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_chan *chan = kv_stream_chan(s);
+	int64_t now, dt, unsent;
+	uint64_t delivered;
+	double link, waited;
+	bool link_bound;
+
+	if (zc->mode != KV_RAM_COMPRESS_AUTO || !zc->codec)
+		return;
+	now = kv_now_ns();
+	dt = now - zc->win_start;
+	if (zc->win_start && dt < ZC_WINDOW_NS)
+		return;
+	unsent = kv_chan_unsent(chan);
+	delivered = kv_stream_transferred(s) - (unsent > 0 ? (uint64_t)unsent
+							    : 0);
+	if (zc->win_start) {
+		link = (double)(delivered - zc->win_delivered) * 1e9 /
+		       (double)dt;
+		waited = (double)(chan->write_wait_ns - zc->win_wait_ns) /
+			 (double)dt;
+		link_bound = waited >= ZC_LINK_BOUND;
+		if (zc->win_ns && zc->win_out) {
+			zc->comp_bps = ewma(zc->comp_bps,
+					    (double)zc->win_in * 1e9 /
+						(double)zc->win_ns);
+			zc->ratio = ewma(zc->ratio, (double)zc->win_in /
+							(double)zc->win_out);
+		}
+		/* Waiting on the socket, the sender sees the link's rate;
+		 * compressing without waiting, at least that much. */
+		if (link_bound || (zc->active && link > zc->link_bps))
+			zc->link_bps = link;
+		decide(zc, link_bound, now);
+	}
+	zc->win_start = now;
+	zc->win_delivered = delivered;
+	zc->win_wait_ns = chan->write_wait_ns;
+	zc->win_in = zc->win_out = zc->win_ns = 0;
+}
+
+double kv_ram_wire_factor(struct kv_ram_state *rs)
+{
+	struct kv_ram_zc *zc = &rs->zc;
+	double raw = (double)zc->fac_raw_pages * KV_PAGE_SIZE;
+	double zpages = (double)zc->fac_zc_pages * KV_PAGE_SIZE;
+	double wire = raw + (double)zc->fac_zc_bytes;
+	double f = wire > 0 ? (raw + zpages) / wire : 1;
+
+	zc->fac_raw_pages = zc->fac_zc_pages = zc->fac_zc_bytes = 0;
+	return f > 1 ? f : 1;
+}
+
+void kv_ram_get_compress_stats(const struct kv_ram_state *rs,
+			       struct kv_ram_compress_stats *st)
+{
+	const struct kv_ram_zc *zc = &rs->zc;
+
+	st->mode = zc->mode;
+	st->active = __atomic_load_n(&zc->pub_active, __ATOMIC_RELAXED);
+	st->pages = kv_ram_stat_get(&zc->pages);
+	st->compressed_size = kv_ram_stat_get(&zc->bytes);
+	st->compression_rate =
+	    st->compressed_size
+		? (double)st->pages * KV_PAGE_SIZE / (double)st->compressed_size
+		: 0;
+	st->switches = kv_ram_stat_get(&zc->switches);
+}
