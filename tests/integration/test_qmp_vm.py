@@ -118,12 +118,13 @@ def check_parameters(tap, q):
              "multifd-zstd-level": 3, "zero-page-detection": "legacy",
              "cpu-throttle-initial": 30, "cpu-throttle-increment": 15,
              "cpu-throttle-tailslow": True, "max-cpu-throttle": 90,
-             "throttle-trigger-threshold": 40}
+             "throttle-trigger-threshold": 40, "x-compress": "always"}
     q.cmd("migrate-set-parameters", **want5)
     got5 = q.cmd("query-migrate-parameters")
     bad5 = [("multifd-compression", "gzip"), ("zero-page-detection", "yes"),
             ("multifd-channels", 0), ("multifd-zstd-level", 21),
-            ("cpu-throttle-initial", 100), ("xbzrle-cache-size", 100)]
+            ("cpu-throttle-initial", 100), ("xbzrle-cache-size", 100),
+            ("x-compress", "zstd")]
     d5 = [error_desc(q.execute("migrate-set-parameters", **{k: v}))
           for k, v in bad5]
     tap.ok(all(got5.get(k) == v for k, v in want5.items()) and
@@ -133,7 +134,7 @@ def check_parameters(tap, q):
     q.cmd("migrate-set-parameters", **{
         "xbzrle-cache-size": 64 << 20, "multifd-channels": 2,
         "multifd-compression": "none", "zero-page-detection": "multifd",
-        "cpu-throttle-tailslow": False})
+        "cpu-throttle-tailslow": False, "x-compress": "auto"})
     q.cmd("migrate-set-parameters", **{"downtime-limit": 300,
                                        "max-bandwidth": 0,
                                        "x-converge-timeout": 0,

@@ -17,7 +17,7 @@ from test_vm_migrate import migrate  # noqa: E402
 from vmlib import VmSet, corrupt_lines, have_kvm, workload_started  # noqa: E402
 
 VERIFY = ("--verify-ram",)
-PLAN = 4 + 3 + 4 * 5 + 5
+PLAN = 4 + 3 + 4 * 5 + 5 + 5
 
 
 def boot_running(vms, name, append):
@@ -93,7 +93,10 @@ def auto_converge(tap, vms):
         return False
     q = vms.qmp(src)
     set_capability(q, "auto-converge")
+    # x-compress off: compressed, the guest's pages would cross the cap
+    # fast enough to converge without a throttle.
     q.cmd("migrate-set-parameters", **{
+        "x-compress": "off",
         "max-bandwidth": 24 << 20, "downtime-limit": 50,
         "cpu-throttle-initial": 50, "cpu-throttle-increment": 20})
     dst, _ = migrate(tap, vms, src, "auto-converge", verify=VERIFY)
@@ -102,6 +105,29 @@ def auto_converge(tap, vms):
     tap.ok(r.get("cpu-throttle-percentage", 0) >= 50,
            "auto-converge: the source throttled its vCPUs (>= 50 %)", r)
     q.cmd("migrate-set-parameters", **{"max-bandwidth": 0})
+    return True
+
+
+def compress(tap, vms):
+    """x-compress always: every page that is not zero goes through the
+    main stream's zstd stream, 64 MiB/s of writes while it runs."""
+    src = boot_running(vms, "x-compress", "mem=64 rate=64 pattern=random")
+    if not src:
+        return False
+    q = vms.qmp(src)
+    q.cmd("migrate-set-parameters", **{"x-compress": "always"})
+    dst, _ = migrate(tap, vms, src, "x-compress", verify=VERIFY)
+    r = q.cmd("query-migrate")
+    c = r.get("compression", {})
+    print(f"# compression: {c}")
+    tap.ok(c.get("pages", 0) > 0 and
+           0 < c.get("compressed-size", 0) < c.get("pages", 0) * 4096 and
+           c.get("x-mode") == "always" and
+           not any("ram-verify: RAM differs" in v.stderr
+                   for v in (src, dst)),
+           "x-compress always: pages went compressed, and --verify-ram "
+           "found no difference", f"{r}\n{src.describe()}\n"
+           f"{dst.describe()}")
     return True
 
 
@@ -121,6 +147,7 @@ def main():
         for comp in ("none", "zlib", "zstd", "lz4"):
             multifd(tap, vms, comp)
         auto_converge(tap, vms)
+        compress(tap, vms)
         tap.ok(not corrupt_lines(*vms.vms), "no CORRUPT in any console",
                f"{corrupt_lines(*vms.vms)}")
     return tap.finish()
