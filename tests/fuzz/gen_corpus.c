@@ -106,6 +106,7 @@ struct gen_seed {
 	bool extra;        /* send the device subsection */
 	bool driver;       /* run kv_mig_run instead of the phases by hand */
 	uint64_t mem2;     /* a third block the destination must allocate */
+	bool compress;     /* x-compress always: ZPAGES records */
 };
 
 struct gen_src {
@@ -243,6 +244,8 @@ static int gen_valid(const char *dir, const struct gen_seed *seed,
 		goto out;
 	}
 	kv_ram_set_tracker(g.vm.rs, kv_soft_tracker_iface(g.tracker));
+	if (seed->compress)
+		kv_ram_set_compress(g.vm.rs, KV_RAM_COMPRESS_ALWAYS);
 	ret = open_out(dir, seed->name, &s, err);
 	if (ret < 0)
 		goto out;
@@ -270,14 +273,15 @@ out:
 }
 
 static const struct gen_seed valid_seeds[] = {
-	{ "valid-zero.bin", FILL_ZERO, 1, false, false, 0 },
-	{ "valid-random.bin", FILL_RANDOM, 1, true, false, 0 },
-	{ "valid-mixed.bin", FILL_MIXED, 1, true, false, 0 },
-	{ "valid-mixed-passes.bin", FILL_MIXED, 3, true, false, 0 },
-	{ "valid-zero-passes-nosub.bin", FILL_ZERO, 3, false, false, 0 },
-	{ "valid-driver-mixed.bin", FILL_MIXED, 1, true, true, 0 },
+	{ "valid-zero.bin", FILL_ZERO, 1, false, false, 0, false },
+	{ "valid-random.bin", FILL_RANDOM, 1, true, false, 0, false },
+	{ "valid-mixed.bin", FILL_MIXED, 1, true, false, 0, false },
+	{ "valid-mixed-passes.bin", FILL_MIXED, 3, true, false, 0, false },
+	{ "valid-zero-passes-nosub.bin", FILL_ZERO, 3, false, false, 0, false },
+	{ "valid-driver-mixed.bin", FILL_MIXED, 1, true, true, 0, false },
 	{ "valid-alloc-block.bin", FILL_MIXED, 2, false, false,
-	  8 * KV_PAGE_SIZE },
+	  8 * KV_PAGE_SIZE, false },
+	{ "valid-zpages-passes.bin", FILL_MIXED, 3, true, false, 0, true },
 };
 
 /* --- hand-made edge cases --- */
@@ -390,7 +394,7 @@ static void g_record_stream(struct gbuf *b, uint64_t addr, uint64_t flags,
 		g_str8(b, idstr);
 	if (flags & KV_RAM_FLAG_ZERO)
 		g_u8(b, 0);
-	if (flags & KV_RAM_FLAG_PAGE) {
+	if (flags & (KV_RAM_FLAG_PAGE | KV_RAM_FLAG_ZPAGES)) {
 		for (size_t i = 0; i < KV_PAGE_SIZE; i++)
 			g_u8(b, (uint8_t)i);
 	}
@@ -409,6 +413,8 @@ static const struct gen_record_case record_cases[] = {
 	{ "bad-ram-hook-flag.bin", 0, KV_RAM_FLAG_HOOK, "mem0" },
 	{ "bad-ram-xbzrle-not-enabled.bin", 0, KV_RAM_FLAG_XBZRLE, "mem0" },
 	{ "bad-ram-unknown-flag.bin", 0, 0x800 | KV_RAM_FLAG_ZERO, "mem0" },
+	/* ZPAGES whose count, length and zstd data are a PAGE's bytes */
+	{ "bad-ram-zpages-garbage.bin", 0, KV_RAM_FLAG_ZPAGES, "mem0" },
 	{ "bad-ram-block-not-found.bin", 0, KV_RAM_FLAG_ZERO, "nope" },
 	{ "bad-ram-offset-beyond.bin", FUZZ_MEM1_SIZE, KV_RAM_FLAG_PAGE,
 	  "mem1" },
