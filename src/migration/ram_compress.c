@@ -20,10 +20,13 @@
  *  - the link's rate: bytes the peer received (written minus SIOCOUTQ);
  *  - the compressor's rate and ratio, over the batches it compressed.
  * Compressed, pages move at min(C, L * r) bytes/s; raw at L. auto turns
- * compression on when that is ZC_GAIN_ON times L or more, off again below
- * ZC_GAIN_OFF (hysteresis: a window's noise must not flip it back and
- * forth). While raw and link-bound it compresses one batch every
- * ZC_PROBE_NS, to know C and r for the pages being sent now. On loopback
+ * compression on when that is ZC_GAIN_ON times L or more, off again only
+ * when it is clearly slower, below ZC_GAIN_OFF: at a tie the bytes it
+ * saves still count, and a window's noise (another thread preempting the
+ * compressor on a busy host) must not flip it back and forth. The first
+ * batch is compressed to know C and r from the start; while raw and
+ * link-bound, one batch every ZC_PROBE_NS, to follow the pages being sent
+ * now. On loopback
  * and 10 Gbit/s links L is above C and nothing changes; at 1 Gbit/s
  * pages of a typical guest go several times faster.
  */
@@ -41,8 +44,8 @@
 #define ZC_PROBE_NS   (500 * 1000 * 1000LL)
 #define ZC_LINK_BOUND 0.25
 #define ZC_GAIN_ON    1.3
-#define ZC_GAIN_OFF   1.1
-#define ZC_EWMA	      0.5 /* weight of the newest window */
+#define ZC_GAIN_OFF   0.9
+#define ZC_EWMA	      0.25 /* weight of the newest window */
 #define ZC_METHOD     KV_MFD_METHOD_ZSTD
 
 static const char *const mode_names[] = {
@@ -146,6 +149,8 @@ int kv_ram_zc_setup(struct kv_ram_state *rs, struct kv_error *err)
 		zc->active = true;
 		__atomic_store_n(&zc->pub_active, true, __ATOMIC_RELAXED);
 	}
+	zc->probe = mode == KV_RAM_COMPRESS_AUTO;
+	zc->next_probe = kv_now_ns() + ZC_PROBE_NS;
 	return 0;
 }
 
@@ -274,19 +279,18 @@ void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 	unsent = kv_chan_unsent(chan);
 	delivered = kv_stream_transferred(s) - (unsent > 0 ? (uint64_t)unsent
 							    : 0);
+	if (zc->win_ns && zc->win_out) {
+		zc->comp_bps = ewma(zc->comp_bps,
+				    (double)zc->win_in * 1e9 / (double)zc->win_ns);
+		zc->ratio =
+		    ewma(zc->ratio, (double)zc->win_in / (double)zc->win_out);
+	}
 	if (zc->win_start) {
 		link = (double)(delivered - zc->win_delivered) * 1e9 /
 		       (double)dt;
 		waited = (double)(chan->write_wait_ns - zc->win_wait_ns) /
 			 (double)dt;
 		link_bound = waited >= ZC_LINK_BOUND;
-		if (zc->win_ns && zc->win_out) {
-			zc->comp_bps = ewma(zc->comp_bps,
-					    (double)zc->win_in * 1e9 /
-						(double)zc->win_ns);
-			zc->ratio = ewma(zc->ratio, (double)zc->win_in /
-							(double)zc->win_out);
-		}
 		/* Waiting on the socket, the sender sees the link's rate;
 		 * compressing without waiting, at least that much. */
 		if (link_bound || (zc->active && link > zc->link_bps))
