@@ -101,6 +101,16 @@ int kv_chan_readv_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
  * transport cannot tell (files, pipes). */
 int64_t kv_chan_unsent(const struct kv_chan *c);
 
+/* A TCP connection's cumulative times (TCP_INFO), in microseconds: busy
+ * sending, and of that, held back by the receiver's window (the peer
+ * does not read fast enough). -ENOTSOCK / -EOPNOTSUPP when the channel
+ * is not TCP or the kernel does not say. */
+struct kv_tcp_limits {
+	uint64_t busy_us;
+	uint64_t rwnd_limited_us;
+};
+int kv_chan_tcp_limits(const struct kv_chan *c, struct kv_tcp_limits *out);
+
 void kv_chan_shutdown(struct kv_chan *c);
 void kv_chan_close(struct kv_chan *c);
 

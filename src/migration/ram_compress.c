@@ -16,7 +16,11 @@
  * buffer anyway, and compressed pages cross the link r times faster. So
  * auto measures, in windows of ZC_WINDOW_NS:
  *  - the share of the window the thread waited for the socket to take
- *    more (kv_chan's write_wait_ns): link-bound when >= ZC_LINK_BOUND;
+ *    more (kv_chan's write_wait_ns): link-bound when >= ZC_LINK_BOUND,
+ *    unless TCP says the receiver's window held the data back for half
+ *    the time or more. Then the destination is what is slow (on loopback,
+ *    faulting its memory in), and compressing would only add
+ *    decompression to its work;
  *  - the link's rate: bytes the peer received (written minus SIOCOUTQ);
  *  - the compressor's rate and ratio, over the batches it compressed.
  * Compressed, pages move at min(C, L * r) bytes/s; raw at L. auto turns
@@ -132,6 +136,7 @@ int kv_ram_zc_setup(struct kv_ram_state *rs, struct kv_error *err)
 	kv_ram_zc_cleanup(rs);
 	zc->active = zc->probe = false;
 	zc->win_start = zc->next_probe = 0;
+	memset(&zc->win_tcp, 0, sizeof(zc->win_tcp));
 	zc->link_bps = zc->comp_bps = zc->ratio = 0;
 	zc->fac_raw_pages = zc->fac_zc_pages = zc->fac_zc_bytes = 0;
 	kv_ram_stat_set(&zc->pages, 0);
@@ -261,6 +266,21 @@ static double ewma(double old, double v)
 	return old > 0 ? old + ZC_EWMA * (v - old) : v;
 }
 
+/* Did the receiver's window hold the sender back for half the window's
+ * busy time or more? (false when the channel is not TCP) */
+static bool receiver_bound(struct kv_ram_zc *zc, const struct kv_chan *chan)
+{
+	struct kv_tcp_limits now = {0};
+	uint64_t busy, rwnd;
+
+	if (kv_chan_tcp_limits(chan, &now) < 0)
+		return false;
+	busy = now.busy_us - zc->win_tcp.busy_us;
+	rwnd = now.rwnd_limited_us - zc->win_tcp.rwnd_limited_us;
+	zc->win_tcp = now;
+	return busy && 2 * rwnd >= busy;
+}
+
 void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 {
 	struct kv_ram_zc *zc = &rs->zc;
@@ -268,7 +288,7 @@ void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 	int64_t now, dt, unsent;
 	uint64_t delivered;
 	double link, waited;
-	bool link_bound;
+	bool link_bound, peer_slow;
 
 	if (zc->mode != KV_RAM_COMPRESS_AUTO || !zc->codec)
 		return;
@@ -285,12 +305,13 @@ void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 		zc->ratio =
 		    ewma(zc->ratio, (double)zc->win_in / (double)zc->win_out);
 	}
+	peer_slow = receiver_bound(zc, chan);
 	if (zc->win_start) {
 		link = (double)(delivered - zc->win_delivered) * 1e9 /
 		       (double)dt;
 		waited = (double)(chan->write_wait_ns - zc->win_wait_ns) /
 			 (double)dt;
-		link_bound = waited >= ZC_LINK_BOUND;
+		link_bound = waited >= ZC_LINK_BOUND && !peer_slow;
 		/* Waiting on the socket, the sender sees the link's rate;
 		 * compressing without waiting, at least that much. */
 		if (link_bound || (zc->active && link > zc->link_bps))

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "io/channel.h"
 #include "migration/multifd.h"
 #include "migration/page_cache.h"
 #include "migration/ram.h"
@@ -79,6 +80,7 @@ struct kv_ram_zc {
 	 * speed and ratio (bytes/s, EWMA; 0 = not measured yet). */
 	int64_t win_start;
 	uint64_t win_delivered, win_wait_ns;
+	struct kv_tcp_limits win_tcp; /* zero: not TCP */
 	uint64_t win_in, win_out, win_ns;
 	double link_bps, comp_bps, ratio;
 	int64_t next_probe;
