@@ -162,7 +162,7 @@ def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
     configure_dest = None
     cap_params = {}
     if profile is not None:
-        cap_params = dict(profile.params)
+        cap_params = profile.params_for(vmm.name)
         cap_params.update(params)
         if profile.dest:
             def configure_dest(q):
