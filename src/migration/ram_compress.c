@@ -30,7 +30,12 @@
  * compressor on a busy host) must not flip it back and forth. The first
  * batch is compressed to know C and r from the start; while raw and
  * link-bound, one batch every ZC_PROBE_NS, to follow the pages being sent
- * now. On loopback
+ * now. It turns on after ZC_BOUND_WINDOWS link-bound windows in a row
+ * (the start of a TCP connection makes any link look slow for a while),
+ * and while on it sends a window of raw pages now and then
+ * (ZC_RAW_PROBE_NS, doubling while it confirms compression): while
+ * compressing the link is not what limits the sender, so only raw pages
+ * tell whether it is still slow. On loopback
  * and 10 Gbit/s links L is above C and nothing changes; at 1 Gbit/s
  * pages of a typical guest go several times faster.
  */
@@ -46,6 +51,14 @@
 
 #define ZC_WINDOW_NS  (20 * 1000 * 1000LL)
 #define ZC_PROBE_NS   (500 * 1000 * 1000LL)
+/* While compressing, a raw window after this long, then twice as long
+ * after each one that confirms compression, up to ZC_RAW_PROBE_MAX_NS. */
+#define ZC_RAW_PROBE_NS	    (100 * 1000 * 1000LL)
+#define ZC_RAW_PROBE_MAX_NS (2000 * 1000 * 1000LL)
+/* Link-bound windows in a row before compression turns on: the first
+ * windows of a connection (slow start, a send buffer still growing) make
+ * a fast link look slow. */
+#define ZC_BOUND_WINDOWS 2
 #define ZC_LINK_BOUND 0.25
 #define ZC_GAIN_ON    1.3
 #define ZC_GAIN_OFF   0.9
@@ -82,7 +95,7 @@ int kv_ram_compress_parse(const char *name, enum kv_ram_compress *mode,
 
 void kv_ram_set_compress(struct kv_ram_state *rs, enum kv_ram_compress mode)
 {
-	rs->zc.mode = mode;
+	__atomic_store_n(&rs->zc.mode, mode, __ATOMIC_RELAXED);
 }
 
 static void set_active(struct kv_ram_zc *zc, bool on)
@@ -134,8 +147,10 @@ int kv_ram_zc_setup(struct kv_ram_state *rs, struct kv_error *err)
 	enum kv_ram_compress mode = zc->mode;
 
 	kv_ram_zc_cleanup(rs);
-	zc->active = zc->probe = false;
-	zc->win_start = zc->next_probe = 0;
+	zc->active = zc->probe = zc->raw_probe = false;
+	zc->win_start = zc->next_probe = zc->next_raw_probe = 0;
+	zc->raw_probe_ns = ZC_RAW_PROBE_NS;
+	zc->bound_windows = 0;
 	memset(&zc->win_tcp, 0, sizeof(zc->win_tcp));
 	zc->link_bps = zc->comp_bps = zc->ratio = 0;
 	zc->fac_raw_pages = zc->fac_zc_pages = zc->fac_zc_bytes = 0;
@@ -216,7 +231,7 @@ bool kv_ram_zc_send(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 {
 	struct kv_ram_zc *zc = &rs->zc;
 
-	if (!zc->codec || (!zc->active && !zc->probe)) {
+	if (!zc->codec || ((!zc->active || zc->raw_probe) && !zc->probe)) {
 		zc->fac_raw_pages++;
 		return false;
 	}
@@ -241,15 +256,41 @@ static double gain(const struct kv_ram_zc *zc)
 	return zc->link_bps > 0 ? compressed / zc->link_bps : 0;
 }
 
+static void turn_off(struct kv_ram_zc *zc, int64_t now)
+{
+	set_active(zc, false);
+	zc->next_probe = now + ZC_PROBE_NS;
+	zc->raw_probe_ns = ZC_RAW_PROBE_NS;
+	zc->bound_windows = 0;
+}
+
+/* On: the window that was sent raw says whether the link still limits. */
+static void decide_on(struct kv_ram_zc *zc, bool link_bound, int64_t now)
+{
+	if (zc->raw_probe) {
+		zc->raw_probe = false;
+		if (!link_bound) {
+			turn_off(zc, now); /* raw pages did not wait: fast link */
+			return;
+		}
+		if (zc->raw_probe_ns < ZC_RAW_PROBE_MAX_NS)
+			zc->raw_probe_ns *= 2;
+		zc->next_raw_probe = now + zc->raw_probe_ns;
+	} else if (now >= zc->next_raw_probe) {
+		zc->raw_probe = true;
+		return;
+	}
+	if (gain(zc) < ZC_GAIN_OFF)
+		turn_off(zc, now);
+}
+
 static void decide(struct kv_ram_zc *zc, bool link_bound, int64_t now)
 {
 	if (zc->active) {
-		if (gain(zc) < ZC_GAIN_OFF) {
-			set_active(zc, false);
-			zc->next_probe = now + ZC_PROBE_NS;
-		}
+		decide_on(zc, link_bound, now);
 		return;
 	}
+	zc->bound_windows = link_bound ? zc->bound_windows + 1 : 0;
 	if (!link_bound)
 		return;
 	if (!zc->comp_bps || now >= zc->next_probe) {
@@ -257,8 +298,10 @@ static void decide(struct kv_ram_zc *zc, bool link_bound, int64_t now)
 		zc->next_probe = now + ZC_PROBE_NS;
 		return;
 	}
-	if (gain(zc) >= ZC_GAIN_ON)
+	if (zc->bound_windows >= ZC_BOUND_WINDOWS && gain(zc) >= ZC_GAIN_ON) {
 		set_active(zc, true);
+		zc->next_raw_probe = now + zc->raw_probe_ns;
+	}
 }
 
 static double ewma(double old, double v)
@@ -341,7 +384,7 @@ void kv_ram_get_compress_stats(const struct kv_ram_state *rs,
 {
 	const struct kv_ram_zc *zc = &rs->zc;
 
-	st->mode = zc->mode;
+	st->mode = __atomic_load_n(&zc->mode, __ATOMIC_RELAXED);
 	st->active = __atomic_load_n(&zc->pub_active, __ATOMIC_RELAXED);
 	st->pages = kv_ram_stat_get(&zc->pages);
 	st->compressed_size = kv_ram_stat_get(&zc->bytes);

@@ -70,6 +70,7 @@ struct kv_ram_zc {
 	enum kv_ram_compress mode;
 	bool active;		    /* pages go into batches now */
 	bool probe;		    /* auto: compress one batch to measure */
+	bool raw_probe;		    /* auto: a window of raw pages, to measure */
 	struct kv_mfd_codec *codec; /* source: encoder; destination: decoder */
 	/* The batch being filled: pages of one block, in the order sent. */
 	size_t n, bi;
@@ -84,6 +85,8 @@ struct kv_ram_zc {
 	uint64_t win_in, win_out, win_ns;
 	double link_bps, comp_bps, ratio;
 	int64_t next_probe;
+	int64_t next_raw_probe, raw_probe_ns; /* raw_probe_ns: backoff */
+	unsigned bound_windows; /* consecutive link-bound windows, raw */
 	/* For kv_ram_wire_factor: full pages since its last call. */
 	uint64_t fac_raw_pages, fac_zc_pages, fac_zc_bytes;
 	/* Counters (relaxed atomics; see kv_ram_compress_stats). */
