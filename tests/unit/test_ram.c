@@ -1659,6 +1659,57 @@ static void test_compress_auto_on_when_link_bound(void **state)
 			 (unsigned long long)cs.pages);
 }
 
+/* auto recovers when the link gets fast: on under a cap, the cap is
+ * lifted, and the next raw window (which does not wait any more) turns
+ * compression off again. */
+static void test_compress_auto_off_when_link_gets_fast(void **state)
+{
+	static const size_t np[] = {32768};
+	struct kv_ram_compress_stats cs;
+	struct side src, dst;
+	struct tstream t = tstream_new();
+	struct kv_error err = {0};
+	struct kv_soft_tracker *tr;
+	struct kv_stream *s;
+	bool lifted = false;
+	int ret;
+
+	(void)state;
+	side_init(&src, np, 1);
+	side_init(&dst, np, 1);
+	fill_alike(src.mem[0], np[0], 11);
+	tr = attach_soft(&src);
+	kv_ram_set_compress(src.rs, KV_RAM_COMPRESS_AUTO);
+	s = tstream_open(&t, KV_STREAM_WRITE);
+	kv_stream_set_rate_limit(s, 16 << 20);
+	assert_int_equal(ops()->save_setup(s, src.rs, &err), 0);
+	do {
+		ret = ops()->save_iterate(s, src.rs, &err);
+		kv_ram_get_compress_stats(src.rs, &cs);
+		if (cs.active && !lifted) {
+			kv_stream_set_rate_limit(s, 0);
+			lifted = true;
+		}
+	} while (ret == 0);
+	assert_int_equal(ret, 1);
+	ops()->pending_exact(src.rs, &err);
+	assert_int_equal(ops()->save_complete(s, src.rs, &err), 0);
+	kv_ram_set_outcome(src.rs, true);
+	ops()->save_cleanup(src.rs);
+	assert_int_equal(kv_stream_close(s), 0);
+	kv_ram_get_compress_stats(src.rs, &cs);
+	if (!lifted || cs.switches < 2 || cs.active)
+		fail_msg("lifted %d, %llu switches, active %d", lifted,
+			 (unsigned long long)cs.switches, cs.active);
+	if (load_all(dst.rs, &t, &err, true) < 0)
+		fail_msg("%s", err.msg);
+	assert_same_memory(&src, &dst);
+	kv_soft_tracker_free(tr);
+	side_free(&src);
+	side_free(&dst);
+	tstream_free(&t);
+}
+
 static void test_compress_mode_names(void **state)
 {
 	struct kv_error err = {0};
@@ -1851,6 +1902,7 @@ int main(void)
 	    cmocka_unit_test(test_compress_always_roundtrip),
 	    cmocka_unit_test(test_compress_auto_off_without_bottleneck),
 	    cmocka_unit_test(test_compress_auto_on_when_link_bound),
+	    cmocka_unit_test(test_compress_auto_off_when_link_gets_fast),
 	    cmocka_unit_test(test_compress_mode_names),
 	    cmocka_unit_test(test_load_zpages),
 	    cmocka_unit_test(test_reject_zpages_header),
