@@ -1664,8 +1664,8 @@ static void test_compress_auto_on_when_link_bound(void **state)
  * compression off again. */
 static void test_compress_auto_off_when_link_gets_fast(void **state)
 {
-	static const size_t np[] = {32768};
-	struct kv_ram_compress_stats cs;
+	static const size_t np[] = {8192};
+	struct kv_ram_compress_stats cs = {0};
 	struct side src, dst;
 	struct tstream t = tstream_new();
 	struct kv_error err = {0};
@@ -1683,16 +1683,24 @@ static void test_compress_auto_off_when_link_gets_fast(void **state)
 	s = tstream_open(&t, KV_STREAM_WRITE);
 	kv_stream_set_rate_limit(s, 16 << 20);
 	assert_int_equal(ops()->save_setup(s, src.rs, &err), 0);
-	do {
-		ret = ops()->save_iterate(s, src.rs, &err);
-		kv_ram_get_compress_stats(src.rs, &cs);
-		if (cs.active && !lifted) {
-			kv_stream_set_rate_limit(s, 0);
-			lifted = true;
+	/* Passes over the whole region (a workload rewriting all of it)
+	 * until auto has turned on and off again, at most 200. */
+	for (int pass = 0; pass < 200 && cs.switches < 2; pass++) {
+		do {
+			ret = ops()->save_iterate(s, src.rs, &err);
+			kv_ram_get_compress_stats(src.rs, &cs);
+			if (cs.active && !lifted) {
+				kv_stream_set_rate_limit(s, 0);
+				lifted = true;
+			}
+		} while (ret == 0);
+		assert_int_equal(ret, 1);
+		for (size_t pg = 0; pg < np[0]; pg++) {
+			src.mem[0][pg * PG + 8] ^= 1;
+			kv_soft_tracker_mark(tr, 0, pg * PG + 8);
 		}
-	} while (ret == 0);
-	assert_int_equal(ret, 1);
-	ops()->pending_exact(src.rs, &err);
+		ops()->pending_exact(src.rs, &err);
+	}
 	assert_int_equal(ops()->save_complete(s, src.rs, &err), 0);
 	kv_ram_set_outcome(src.rs, true);
 	ops()->save_cleanup(src.rs);
