@@ -44,7 +44,8 @@ def main():
     with tempdir() as tmp, Procs(kvmig) as procs:
         path = os.path.join(tmp, "memtest.mig")
         src = procs.source(f"file:{path}", "--size", "64M", "--pattern",
-                           "random", "--print-digest", "--dirty-rate", "16")
+                           "random", "--print-digest", "--dirty-rate", "16",
+                           "--compress", "off")  # PAGE records to flip
         rc = src.wait(TIMEOUT)
         tap.ok(rc == 0 and "memtest: saved" in src.output,
                "save to file: source exits 0 and says saved", src.describe())
