@@ -300,13 +300,15 @@ static void dirtier_stop(struct dirtier *d)
  * A whole source run through the callbacks: setup, `passes` passes of
  * iterate + exact pending, then stop (the workload) and complete.
  */
-static void save_all(struct kv_ram_state *rs, struct tstream *t, int passes,
-		     struct dirtier *workload)
+/* cap: the stream's rate limit in bytes/s, 0 = none. */
+static void save_all_capped(struct kv_ram_state *rs, struct tstream *t,
+			    int passes, struct dirtier *workload, uint64_t cap)
 {
 	struct kv_error err = {0};
 	struct kv_stream *s = tstream_open(t, KV_STREAM_WRITE);
 	int ret;
 
+	kv_stream_set_rate_limit(s, cap);
 	assert_int_equal(ops()->save_setup(s, rs, &err), 0);
 	for (int p = 0; p < passes; p++) {
 		if (workload)
@@ -326,6 +328,23 @@ static void save_all(struct kv_ram_state *rs, struct tstream *t, int passes,
 	kv_ram_set_outcome(rs, true);
 	ops()->save_cleanup(rs);
 	assert_int_equal(kv_stream_close(s), 0);
+}
+
+static void save_all(struct kv_ram_state *rs, struct tstream *t, int passes,
+		     struct dirtier *workload)
+{
+	save_all_capped(rs, t, passes, workload, 0);
+}
+
+/* The destination loads what src sent and ends equal to it. */
+static void load_and_compare(const struct side *src, struct side *dst,
+			     struct tstream *t)
+{
+	struct kv_error err = {0};
+
+	if (load_all(dst->rs, t, &err, true) < 0)
+		fail_msg("%s", err.msg);
+	assert_same_memory(src, dst);
 }
 
 static struct kv_soft_tracker *attach_soft(struct side *sd)
@@ -956,9 +975,7 @@ static void test_xbzrle_roundtrip_with_dirtying(void **state)
 	kv_ram_get_xbzrle_stats(src.rs, &xs);
 	assert_true(xs.pages > 0);
 	assert_true(xs.cache_miss > 0);
-	if (load_all(dst.rs, &t, &err, true) < 0)
-		fail_msg("%s", err.msg);
-	assert_same_memory(&src, &dst);
+	load_and_compare(&src, &dst, &t);
 	kv_soft_tracker_free(d.tracker);
 	side_free(&src);
 	side_free(&dst);
@@ -1569,7 +1586,6 @@ static void compress_roundtrip(enum kv_ram_compress mode, uint64_t cap,
 {
 	struct side src, dst;
 	struct tstream t = tstream_new();
-	struct kv_error err = {0};
 	struct dirtier d = {0};
 
 	side_init(&src, np, nblocks);
@@ -1580,29 +1596,14 @@ static void compress_roundtrip(enum kv_ram_compress mode, uint64_t cap,
 	d.tracker = attach_soft(&src);
 	kv_ram_set_compress(src.rs, mode);
 	if (cap) {
-		/* save_all's stream, capped: a slow link to the sender. */
-		struct kv_stream *s = tstream_open(&t, KV_STREAM_WRITE);
-		int ret;
-
-		kv_stream_set_rate_limit(s, cap);
-		assert_int_equal(ops()->save_setup(s, src.rs, &err), 0);
-		do
-			ret = ops()->save_iterate(s, src.rs, &err);
-		while (ret == 0);
-		assert_int_equal(ret, 1);
-		ops()->pending_exact(src.rs, &err);
-		assert_int_equal(ops()->save_complete(s, src.rs, &err), 0);
-		kv_ram_set_outcome(src.rs, true);
-		ops()->save_cleanup(src.rs);
-		assert_int_equal(kv_stream_close(s), 0);
+		/* a cap is a slow link to the sender */
+		save_all_capped(src.rs, &t, 1, NULL, cap);
 	} else {
 		dirtier_start(&d);
 		save_all(src.rs, &t, 4, &d);
 	}
 	kv_ram_get_compress_stats(src.rs, cs);
-	if (load_all(dst.rs, &t, &err, true) < 0)
-		fail_msg("%s", err.msg);
-	assert_same_memory(&src, &dst);
+	load_and_compare(&src, &dst, &t);
 	kv_soft_tracker_free(d.tracker);
 	side_free(&src);
 	side_free(&dst);
@@ -1709,9 +1710,7 @@ static void test_compress_auto_off_when_link_gets_fast(void **state)
 	if (!lifted || cs.switches < 2 || cs.active)
 		fail_msg("lifted %d, %llu switches, active %d", lifted,
 			 (unsigned long long)cs.switches, cs.active);
-	if (load_all(dst.rs, &t, &err, true) < 0)
-		fail_msg("%s", err.msg);
-	assert_same_memory(&src, &dst);
+	load_and_compare(&src, &dst, &t);
 	kv_soft_tracker_free(tr);
 	side_free(&src);
 	side_free(&dst);
