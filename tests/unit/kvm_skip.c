@@ -6,8 +6,10 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -52,4 +54,12 @@ int run_without_kvm(const struct CMUnitTest *tests, const bool *needs_kvm,
 		       tests[i].name);
 	}
 	return failed;
+}
+
+int run_tests_kvm_optional(const char *group, const struct CMUnitTest *tests,
+			   const bool *needs_kvm, size_t n)
+{
+	if (access("/dev/kvm", R_OK | W_OK) != 0)
+		return run_without_kvm(tests, needs_kvm, n, strerror(errno));
+	return _cmocka_run_group_tests(group, tests, n, NULL, NULL);
 }

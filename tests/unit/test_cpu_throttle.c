@@ -309,12 +309,5 @@ int main(void)
 	};
 	const bool needs_kvm[] = {false, true, true, true, true};
 
-	_Static_assert(sizeof(needs_kvm) / sizeof(needs_kvm[0]) ==
-			   sizeof(tests) / sizeof(tests[0]),
-		       "one needs_kvm flag per test");
-	if (access("/dev/kvm", R_OK | W_OK) != 0)
-		return run_without_kvm(tests, needs_kvm,
-				       sizeof(tests) / sizeof(tests[0]),
-				       strerror(errno));
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return RUN_TESTS_KVM_OPTIONAL(tests, needs_kvm);
 }
