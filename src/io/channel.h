@@ -56,8 +56,8 @@ struct kv_chan {
 	bool is_file;     /* seekable file: no return path */
 	int shutdown_req; /* set atomically by kv_chan_shutdown */
 	/* Time the writing thread spent waiting for the transport to take
-	 * more (a full socket buffer) or for the stream's rate limit: how
-	 * link-bound a sender is. Written and read by that thread only. */
+	 * more (a full socket buffer): how link-bound a sender is. Written
+	 * and read by that thread only. */
 	uint64_t write_wait_ns;
 	char name[300];   /* for messages: "tcp:127.0.0.1:4444" */
 };

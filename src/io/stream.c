@@ -48,6 +48,7 @@ struct kv_stream {
 	uint64_t rate_limit; /* bytes/s, 0 = none; atomic */
 	int64_t window_start_ns;
 	uint64_t window_bytes;
+	uint64_t rate_wait_ns; /* slept for the rate limit (writer only) */
 
 	uint8_t *buf;
 
@@ -165,6 +166,11 @@ uint64_t kv_stream_transferred(const struct kv_stream *s)
 	return s->transferred;
 }
 
+uint64_t kv_stream_write_wait_ns(const struct kv_stream *s)
+{
+	return s->rate_wait_ns + s->chan->write_wait_ns;
+}
+
 void kv_stream_set_rate_limit(struct kv_stream *s, uint64_t bytes_per_sec)
 {
 	__atomic_store_n(&s->rate_limit, bytes_per_sec, __ATOMIC_RELAXED);
@@ -216,8 +222,7 @@ static size_t rate_budget(struct kv_stream *s)
 		if (left > RATE_SLEEP_SLICE_NS)
 			left = RATE_SLEEP_SLICE_NS;
 		kv_sleep_ns(left);
-		/* To a sender, a cap is a slow link (kv_chan.write_wait_ns). */
-		s->chan->write_wait_ns += (uint64_t)left;
+		s->rate_wait_ns += (uint64_t)left;
 	}
 }
 

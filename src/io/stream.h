@@ -82,6 +82,9 @@ void kv_stream_set_error(struct kv_stream *s, int code, const char *fmt, ...)
 uint64_t kv_stream_offset(const struct kv_stream *s);
 /* Bytes actually written to / read from the channel. */
 uint64_t kv_stream_transferred(const struct kv_stream *s);
+/* Time the writer waited for the channel to take more or for the rate
+ * limit (to a sender a cap is a slow link). The writing thread only. */
+uint64_t kv_stream_write_wait_ns(const struct kv_stream *s);
 
 /* --- rate limit and cancellation --- */
 void kv_stream_set_rate_limit(struct kv_stream *s, uint64_t bytes_per_sec);

@@ -16,7 +16,8 @@
  * buffer anyway, and compressed pages cross the link r times faster. So
  * auto measures, in windows of ZC_WINDOW_NS:
  *  - the share of the window the thread waited for the socket to take
- *    more (kv_chan's write_wait_ns): link-bound when >= ZC_LINK_BOUND,
+ *    more or for the cap (kv_stream_write_wait_ns): link-bound when
+ *    >= ZC_LINK_BOUND,
  *    unless TCP says the receiver's window held the data back for half
  *    the time or more. Then the destination is what is slow (on loopback,
  *    faulting its memory in), and compressing would only add
@@ -183,7 +184,7 @@ struct kv_mfd_codec *kv_ram_zc_decoder(struct kv_ram_state *rs,
 }
 
 /* The ZPAGES record of the batch (docs/FORMAT.md 5.3). */
-static void write_batch(struct kv_stream *s, struct kv_ram_state *rs)
+void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs)
 {
 	struct kv_ram_zc *zc = &rs->zc;
 	const struct kv_ram_block *b = &rs->blocks[zc->bi];
@@ -221,11 +222,6 @@ static void write_batch(struct kv_stream *s, struct kv_ram_state *rs)
 	kv_ram_stat_add(&rs->normal_pages, n);
 }
 
-void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs)
-{
-	write_batch(s, rs);
-}
-
 bool kv_ram_zc_send(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		    size_t page)
 {
@@ -236,11 +232,11 @@ bool kv_ram_zc_send(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		return false;
 	}
 	if (zc->n && zc->bi != bi)
-		write_batch(s, rs);
+		kv_ram_zc_flush(s, rs);
 	zc->bi = bi;
 	zc->page[zc->n++] = page;
 	if (zc->n == KV_RAM_ZC_BATCH) {
-		write_batch(s, rs);
+		kv_ram_zc_flush(s, rs);
 		zc->probe = false;
 	}
 	return true;
@@ -329,7 +325,7 @@ void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 	struct kv_ram_zc *zc = &rs->zc;
 	struct kv_chan *chan = kv_stream_chan(s);
 	int64_t now, dt, unsent;
-	uint64_t delivered;
+	uint64_t delivered, wait_ns;
 	double link, waited;
 	bool link_bound, peer_slow;
 
@@ -349,11 +345,11 @@ void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 		    ewma(zc->ratio, (double)zc->win_in / (double)zc->win_out);
 	}
 	peer_slow = receiver_bound(zc, chan);
+	wait_ns = kv_stream_write_wait_ns(s);
 	if (zc->win_start) {
 		link = (double)(delivered - zc->win_delivered) * 1e9 /
 		       (double)dt;
-		waited = (double)(chan->write_wait_ns - zc->win_wait_ns) /
-			 (double)dt;
+		waited = (double)(wait_ns - zc->win_wait_ns) / (double)dt;
 		link_bound = waited >= ZC_LINK_BOUND && !peer_slow;
 		/* Waiting on the socket, the sender sees the link's rate;
 		 * compressing without waiting, at least that much. */
@@ -363,7 +359,7 @@ void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 	}
 	zc->win_start = now;
 	zc->win_delivered = delivered;
-	zc->win_wait_ns = chan->write_wait_ns;
+	zc->win_wait_ns = wait_ns;
 	zc->win_in = zc->win_out = zc->win_ns = 0;
 }
 
