@@ -8,7 +8,8 @@
  * later passes the pages the dirty tracker reported. The page search claims
  * a dirty page (test-and-clear) in the same step that finds it. Zero pages
  * go as ZERO records (1 byte 0), others as PAGE records (4096 bytes, sent by
- * reference without a copy); CONTINUE when the block is the one of the
+ * reference without a copy) or, while x-compress compresses them, in
+ * ZPAGES batches (kvmig's); CONTINUE when the block is the one of the
  * previous record. Every section payload ends with EOS.
  *
  * Destination: every record is checked before use (flags, block, offset,

@@ -10,6 +10,8 @@
  *   ZERO      off|0x02 [|0x20 CONTINUE], str8 idstr unless CONTINUE, u8 fill
  *   PAGE      off|0x08 [|0x20], str8 idstr unless CONTINUE, 4096 bytes
  *   EOS       0x10, ends the section payload
+ *   XBZRLE, MULTIFD_FLUSH and kvmig's ZPAGES (0x400): see below and
+ *   docs/FORMAT.md 5
  * Decisions beyond QEMU's own loader:
  *  - MEM_SIZE must come first and only in the first section; every block of
  *    this side must be announced, once, with its exact length.
