@@ -37,10 +37,10 @@
 #include "io/channel.h"
 #include "io/stream.h"
 #include "migration/migration.h"
-#include "migration/ram.h"
-#include "migration/savevm.h"
-#include "migration/soft_tracker.h"
-#include "migration/vmstate.h"
+#include "migration/ram/ram.h"
+#include "migration/savevm/savevm.h"
+#include "migration/dirty/soft_tracker.h"
+#include "migration/savevm/vmstate.h"
 
 #define MEMTEST_MACHINE "kvmig-memtest"
 #define MIB		(1024.0 * 1024.0)

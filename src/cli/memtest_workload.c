@@ -13,7 +13,7 @@
 
 #include "base/clock.h"
 #include "cli/memtest_hash.h"
-#include "migration/ram.h"
+#include "migration/ram/ram.h"
 
 #define WORDS_PER_PAGE	 (KV_PAGE_SIZE / sizeof(uint64_t))
 #define FILL_MAX_THREADS 4

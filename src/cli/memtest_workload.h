@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
-#include "migration/soft_tracker.h"
+#include "migration/dirty/soft_tracker.h"
 
 #define KV_MEMTEST_MAX_BLOCKS 64
 

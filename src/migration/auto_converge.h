@@ -5,7 +5,7 @@
  * during the period. Pure logic (no threads, no clock of its own); the
  * mechanism that makes vCPUs sleep is kv_vm_set_throttle (vmm/vm.h).
  *
- * QEMU's rules (migration/ram.c), parameters under QEMU's QMP names:
+ * QEMU's rules (migration/ram/ram.c), parameters under QEMU's QMP names:
  *  - a period is "high" when bytes dirtied > throttle-trigger-threshold %
  *    of bytes transferred;
  *  - the second high period since the last throttle step (QEMU counts high

@@ -28,9 +28,9 @@
 
 #include "base/clock.h"
 #include "base/log.h"
-#include "migration/ram_internal.h"
+#include "migration/ram/ram_internal.h"
 #include "migration/return_path.h"
-#include "migration/savevm.h"
+#include "migration/savevm/savevm.h"
 
 #define MIB (1024.0 * 1024.0)
 /* After a stream error, how long to look for the destination's SHUT that

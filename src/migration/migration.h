@@ -26,10 +26,10 @@
 #include "base/error.h"
 #include "io/stream.h"
 #include "migration/auto_converge.h"
-#include "migration/multifd.h"
-#include "migration/multifd_codec.h"
-#include "migration/ram.h"
-#include "migration/savevm.h"
+#include "migration/multifd/multifd.h"
+#include "migration/codec/multifd_codec.h"
+#include "migration/ram/ram.h"
+#include "migration/savevm/savevm.h"
 
 enum kv_mig_status {
 	KV_MIG_NONE,

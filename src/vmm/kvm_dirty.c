@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 #include "base/bitmap.h"
-#include "migration/ram.h"
+#include "migration/ram/ram.h"
 
 #define CLEAR_ALIGN_PAGES 64U
 

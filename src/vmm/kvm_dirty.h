@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Dirty trackers backed by KVM, implementing migration/dirty_tracker.h:
+ * Dirty trackers backed by KVM, implementing migration/dirty/dirty_tracker.h:
  *
  *  - log:  KVM_MEM_LOG_DIRTY_PAGES + KVM_GET_DIRTY_LOG with manual protect
  *          (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, initially-all-set): sync
@@ -32,7 +32,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
-#include "migration/dirty_tracker.h"
+#include "migration/dirty/dirty_tracker.h"
 
 struct kv_kvm_slot {
 	uint32_t slot;       /* KVM slot id */

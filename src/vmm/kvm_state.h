@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The KVM-held state of a VM, as plain structs with field descriptors
- * (migration/vmstate.h), read and written through KVM ioctls on raw fds so
+ * (migration/savevm/vmstate.h), read and written through KVM ioctls on raw fds so
  * that this file knows nothing of the VMM's threads.
  *
  * Per vCPU (section "cpu", instance = vCPU index): general registers,
@@ -29,7 +29,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
-#include "migration/vmstate.h"
+#include "migration/savevm/vmstate.h"
 
 #define KV_MAX_SAVED_MSRS 128
 #define KV_XSAVE_BYTES 4096

@@ -19,7 +19,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
-#include "migration/vmstate.h"
+#include "migration/savevm/vmstate.h"
 
 #define KV_SERIAL_COM1_BASE 0x3f8
 #define KV_SERIAL_COM1_IRQ  4

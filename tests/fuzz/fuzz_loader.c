@@ -25,7 +25,7 @@
 #include "fuzz_vm.h"
 #include "io/channel.h"
 #include "io/stream.h"
-#include "migration/savevm.h"
+#include "migration/savevm/savevm.h"
 
 static void fuzz_check(int ok, const char *what, const struct kv_error *err)
 {

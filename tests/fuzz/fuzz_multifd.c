@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * libFuzzer target over the multifd receive side: the packet decoder
- * (src/migration/multifd_packet.c) and every payload decompressor
- * (src/migration/multifd_codec.c). An input is
+ * (src/migration/multifd/multifd_packet.c) and every payload decompressor
+ * (src/migration/codec/multifd_codec.c). An input is
  *
  *     u8 target | u8 arg | be16 len1 | bytes...
  *
@@ -28,8 +28,8 @@
 #include <string.h>
 
 #include "fuzz_target.h"
-#include "migration/multifd_codec.h"
-#include "migration/multifd_packet.h"
+#include "migration/codec/multifd_codec.h"
+#include "migration/multifd/multifd_packet.h"
 
 #define FUZZ_PAGE      KV_MFD_PAGE_SIZE
 #define FUZZ_MAX_PAGES 32U

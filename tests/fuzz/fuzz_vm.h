@@ -14,9 +14,9 @@
 #include <stdint.h>
 
 #include "base/error.h"
-#include "migration/ram.h"
-#include "migration/savevm.h"
-#include "migration/vmstate.h"
+#include "migration/ram/ram.h"
+#include "migration/savevm/savevm.h"
+#include "migration/savevm/vmstate.h"
 
 #define FUZZ_MACHINE "kvmig-fuzz"
 #define FUZZ_MEM0_SIZE (64U * 1024)

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * libFuzzer target over XBZRLE (src/migration/xbzrle.c). One input is used
+ * libFuzzer target over XBZRLE (src/migration/ram/xbzrle.c). One input is used
  * twice:
  *
  *  1. as a delta received from a peer, decoded onto a fixed old page held
@@ -25,7 +25,7 @@
 #include <string.h>
 
 #include "fuzz_target.h"
-#include "migration/xbzrle.h"
+#include "migration/ram/xbzrle.h"
 
 #define FUZZ_PAGE 4096U
 /* Exact runs need up to 3 bytes per 2 page bytes (alternating changes). */

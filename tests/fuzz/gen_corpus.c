@@ -26,7 +26,7 @@
 #include "io/channel.h"
 #include "io/stream.h"
 #include "migration/migration.h"
-#include "migration/soft_tracker.h"
+#include "migration/dirty/soft_tracker.h"
 
 /* --- deterministic filler --- */
 

@@ -25,7 +25,7 @@
 #include "kvm_skip.h"
 
 #include "base/bitmap.h"
-#include "migration/ram.h"
+#include "migration/ram/ram.h"
 #include "vmm/kvm_dirty.h"
 
 #define SLOT_PAGES   256U

@@ -26,7 +26,7 @@
 
 #include "io/channel.h"
 #include "io/stream.h"
-#include "migration/vmstate.h"
+#include "migration/savevm/vmstate.h"
 #include "vmm/kvm_state.h"
 
 #define MEM_BYTES   (64U * 4096U)

@@ -27,8 +27,8 @@
 #include "io/stream.h"
 #include "migration/migration.h"
 #include "migration/return_path.h"
-#include "migration/savevm.h"
-#include "migration/soft_tracker.h"
+#include "migration/savevm/savevm.h"
+#include "migration/dirty/soft_tracker.h"
 
 #define PG	     KV_PAGE_SIZE
 #define NBLOCKS	     2

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * multifd end to end through the real driver (src/migration/multifd.c with
+ * multifd end to end through the real driver (src/migration/multifd/multifd.c with
  * migration.c and the RAM handler): a source and a destination in one
  * process, over a unix socket listener, with channels of their own. Memory
  * is dirtied while the passes run and must arrive equal, for every
@@ -26,10 +26,10 @@
 #include "io/channel.h"
 #include "io/stream.h"
 #include "migration/migration.h"
-#include "migration/multifd.h"
-#include "migration/ram.h"
-#include "migration/savevm.h"
-#include "migration/soft_tracker.h"
+#include "migration/multifd/multifd.h"
+#include "migration/ram/ram.h"
+#include "migration/savevm/savevm.h"
+#include "migration/dirty/soft_tracker.h"
 
 #define PG	  4096U
 #define NBLOCKS	  2

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit tests of the multifd wire format (src/migration/multifd_packet.c):
+ * Unit tests of the multifd wire format (src/migration/multifd/multifd_packet.c):
  * the init message and the packet header byte for byte against QEMU's
  * layout, encode/decode round trips, and one rejection per decoder check,
  * each with the message that names channel, packet and field.
@@ -18,7 +18,7 @@
 #include <cmocka.h>
 
 #include "base/error.h"
-#include "migration/multifd_packet.h"
+#include "migration/multifd/multifd_packet.h"
 
 #define PAGE	KV_MFD_PAGE_SIZE
 #define RAM_LEN (64ULL << 20)

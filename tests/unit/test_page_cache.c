@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit tests of the XBZRLE page cache (src/migration/page_cache.c): size
+ * Unit tests of the XBZRLE page cache (src/migration/ram/page_cache.c): size
  * checks, hits and misses, the replacement rule with its hot-page
  * protection, resize, the counters and the rates computed from them.
  */
@@ -17,7 +17,7 @@
 #include <cmocka.h>
 
 #include "base/error.h"
-#include "migration/page_cache.h"
+#include "migration/ram/page_cache.h"
 
 #define PG KV_PAGE_CACHE_PAGE
 

@@ -23,10 +23,10 @@
 #include "base/bitmap.h"
 #include "io/channel.h"
 #include "io/stream.h"
-#include "migration/ram.h"
-#include "migration/multifd_codec.h"
-#include "migration/ram_internal.h"
-#include "migration/soft_tracker.h"
+#include "migration/ram/ram.h"
+#include "migration/codec/multifd_codec.h"
+#include "migration/ram/ram_internal.h"
+#include "migration/dirty/soft_tracker.h"
 
 #define PG KV_PAGE_SIZE
 

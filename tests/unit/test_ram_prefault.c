@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Unit tests of the destination's prefault helper
- * (src/migration/ram_prefault.c): it faults memory in a window ahead of the
+ * (src/migration/ram/ram_prefault.c): it faults memory in a window ahead of the
  * pages the loader reports, never far past the last one, stops for good
  * when pages go backwards (a new pass), and never changes what memory
  * holds. Residency is read with mincore(2) on real anonymous memory.
@@ -20,7 +20,7 @@
 
 #include <cmocka.h>
 
-#include "migration/ram_prefault.h"
+#include "migration/ram/ram_prefault.h"
 
 #define MIB	   (1ULL << 20)
 #define BLOCK_SIZE (128 * MIB)

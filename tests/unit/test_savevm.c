@@ -18,7 +18,7 @@
 #include "io/channel.h"
 #include "io/stream.h"
 #include "stream_file.h"
-#include "migration/savevm.h"
+#include "migration/savevm/savevm.h"
 
 #define MACHINE "pc-test"
 

@@ -17,7 +17,7 @@
 
 #include "io/channel.h"
 #include "io/stream.h"
-#include "migration/vmstate.h"
+#include "migration/savevm/vmstate.h"
 #include "test_vmm_elf.h"
 #include "vmm/cpuid.h"
 #include "vmm/memory.h"

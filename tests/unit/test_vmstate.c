@@ -17,8 +17,8 @@
 #include "io/channel.h"
 #include "io/stream.h"
 #include "stream_file.h"
-#include "migration/vmdesc.h"
-#include "migration/vmstate.h"
+#include "migration/savevm/vmdesc.h"
+#include "migration/savevm/vmstate.h"
 
 /* ---- stream helpers ---- */
 

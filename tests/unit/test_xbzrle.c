@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit tests of the XBZRLE encoder and decoder (src/migration/xbzrle.c):
+ * Unit tests of the XBZRLE encoder and decoder (src/migration/ram/xbzrle.c):
  * QEMU's documented example byte for byte, round trips over zero, random,
  * mixed and adversarial pages with every encoder implementation, the
  * overflow rule, one rejection per decoder check (with its message), and a
@@ -20,7 +20,7 @@
 #include <cmocka.h>
 
 #include "base/error.h"
-#include "migration/xbzrle.h"
+#include "migration/ram/xbzrle.h"
 
 #define PAGE 4096U
 /* Room for any delta of a 4 KiB page (worst case: 2 + 2 + 4096). */

@@ -3,14 +3,14 @@
  * Field-descriptor interpreter: save, load and validate plain device state
  * in QEMU's VMState encoding (see vmstate.h and docs/FORMAT.md).
  */
-#include "migration/vmstate.h"
+#include "migration/savevm/vmstate.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
 
-#include "migration/savevm.h"
-#include "migration/vmdesc.h"
+#include "migration/savevm/savevm.h"
+#include "migration/savevm/vmdesc.h"
 
 /* Nesting bound for structs and subsections: guards against cyclic tables. */
 #define VMS_MAX_DEPTH 16

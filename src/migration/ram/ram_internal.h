@@ -17,9 +17,9 @@
 #include <stdint.h>
 
 #include "io/channel.h"
-#include "migration/multifd.h"
-#include "migration/page_cache.h"
-#include "migration/ram.h"
+#include "migration/multifd/multifd.h"
+#include "migration/ram/page_cache.h"
+#include "migration/ram/ram.h"
 
 /* Tracking is re-armed (tracker->clear) per chunk of this many pages, just
  * before the first page of the chunk is sent after a sync. */

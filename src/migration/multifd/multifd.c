@@ -14,7 +14,7 @@
  * (the decoder) before it touches guest memory, writes the pages in place
  * and, at a SYNC packet, waits for the loader to reach MULTIFD_FLUSH.
  */
-#include "migration/multifd.h"
+#include "migration/multifd/multifd.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -29,7 +29,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/zero.h"
-#include "migration/multifd_codec.h"
+#include "migration/codec/multifd_codec.h"
 
 #define PAGE	      KV_MFD_PAGE_SIZE
 #define JOB_PAGES     KV_MFD_PAGES_DEFAULT

@@ -3,7 +3,7 @@
  * The state-handler registry and the section framing (see savevm.h and
  * docs/FORMAT.md for every byte).
  */
-#include "migration/savevm.h"
+#include "migration/savevm/savevm.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -15,7 +15,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "migration/return_path.h"
-#include "migration/vmdesc.h"
+#include "migration/savevm/vmdesc.h"
 
 #define SWITCH_LOG(fmt, ...)                                                   \
 	kv_debug("switchover", "@%.3f " fmt, (double)kv_now_ns() / 1e6,        \

@@ -32,7 +32,7 @@
 
 #include "base/error.h"
 #include "io/stream.h"
-#include "migration/vmstate.h"
+#include "migration/savevm/vmstate.h"
 
 #define KV_VM_FILE_MAGIC 0x5145564dU
 #define KV_VM_FILE_VERSION 3U

@@ -33,10 +33,10 @@
 #include "base/bitmap.h"
 #include "base/zero.h"
 #include "io/stream.h"
-#include "migration/multifd_codec.h"
-#include "migration/ram_internal.h"
-#include "migration/ram_prefault.h"
-#include "migration/xbzrle.h"
+#include "migration/codec/multifd_codec.h"
+#include "migration/ram/ram_internal.h"
+#include "migration/ram/ram_prefault.h"
+#include "migration/ram/xbzrle.h"
 
 #define FLAG_MASK ((uint64_t)KV_PAGE_SIZE - 1)
 #define KNOWN_FLAGS                                                            \

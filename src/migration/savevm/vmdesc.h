@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
-#include "migration/vmstate.h"
+#include "migration/savevm/vmstate.h"
 
 #define KV_VMDESC_PAGE_SIZE 4096
 /* Largest description the loader accepts. */

@@ -3,7 +3,7 @@
  * The multifd init message and packet header (multifd_packet.h): byte
  * layout, encoder and strict decoder.
  */
-#include "migration/multifd_packet.h"
+#include "migration/multifd/multifd_packet.h"
 
 #include <errno.h>
 #include <inttypes.h>

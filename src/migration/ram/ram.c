@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The RAM handler's bookkeeping: blocks, tracker, allocator, registration. */
 #define _GNU_SOURCE
-#include "migration/ram.h"
+#include "migration/ram/ram.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,8 +12,8 @@
 #include <unistd.h>
 
 #include "base/bitmap.h"
-#include "migration/ram_internal.h"
-#include "migration/ram_prefault.h"
+#include "migration/ram/ram_internal.h"
+#include "migration/ram/ram_prefault.h"
 
 struct kv_ram_state *kv_ram_new(void)
 {

@@ -12,7 +12,7 @@
  * The decoder walks the delta twice: a checking pass that touches nothing,
  * then the applying pass, so a bad delta never leaves a half-patched page.
  */
-#include "migration/xbzrle.h"
+#include "migration/ram/xbzrle.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -6,7 +6,7 @@
  * caller's pages (zlib's avail_out, zstd's output buffer, LZ4's
  * dstCapacity), then proves the payload was exactly n pages.
  */
-#include "migration/multifd_codec.h"
+#include "migration/codec/multifd_codec.h"
 
 #include <errno.h>
 #include <limits.h>

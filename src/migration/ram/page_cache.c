@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The XBZRLE page cache: set-associative, age-protected (page_cache.h). */
-#include "migration/page_cache.h"
+#include "migration/ram/page_cache.h"
 
 #include <errno.h>
 #include <inttypes.h>

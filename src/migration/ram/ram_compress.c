@@ -47,8 +47,8 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "io/stream.h"
-#include "migration/multifd_codec.h"
-#include "migration/ram_internal.h"
+#include "migration/codec/multifd_codec.h"
+#include "migration/ram/ram_internal.h"
 
 #define ZC_WINDOW_NS  (20 * 1000 * 1000LL)
 #define ZC_PROBE_NS   (500 * 1000 * 1000LL)

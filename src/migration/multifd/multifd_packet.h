@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The multifd wire format: what travels on each extra channel of a multifd
- * migration, in QEMU's layout (migration/multifd.c, MultiFDInit_t and
+ * migration, in QEMU's layout (migration/multifd/multifd.c, MultiFDInit_t and
  * MultiFDPacket_t of QEMU 9.x, with zero pages) so that kvmig and QEMU can
  * talk to each other. Every integer is big-endian. docs/FORMAT.md, section
  * "multifd channels", describes every byte.

@@ -25,7 +25,7 @@
 #include "base/log.h"
 #include "base/zero.h"
 #include "io/stream.h"
-#include "migration/ram_internal.h"
+#include "migration/ram/ram_internal.h"
 
 /* How many pages between two looks at the clock and the stream's error. */
 #define CHECK_EVERY_PAGES 64U

@@ -30,7 +30,7 @@
 #include <sys/mman.h>
 
 #include "base/log.h"
-#include "migration/ram_prefault.h"
+#include "migration/ram/ram_prefault.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */

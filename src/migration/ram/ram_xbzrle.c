@@ -29,8 +29,8 @@
 
 #include "base/log.h"
 #include "io/stream.h"
-#include "migration/ram_internal.h"
-#include "migration/xbzrle.h"
+#include "migration/ram/ram_internal.h"
+#include "migration/ram/xbzrle.h"
 
 #define XBZRLE_ENCODING 0x01 /* QEMU's ENCODING_FLAG_XBZRLE */
 /* Record bytes after the offset word besides the delta: encoding byte and

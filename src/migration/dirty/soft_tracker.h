@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "migration/dirty_tracker.h"
+#include "migration/dirty/dirty_tracker.h"
 
 struct kv_soft_tracker;
 

@@ -3,7 +3,7 @@
  * The dirty-tracker interface: "which pages were written since the last
  * sync". The engine knows nothing of how: the VMM implements it with KVM's
  * dirty log or dirty ring, tests and memtest with a software bitmap that the
- * writer marks (migration/soft_tracker.h).
+ * writer marks (migration/dirty/soft_tracker.h).
  */
 #ifndef KV_MIGRATION_DIRTY_TRACKER_H
 #define KV_MIGRATION_DIRTY_TRACKER_H

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The XBZRLE page cache (the role of QEMU's migration/page_cache.c): copies
+ * The XBZRLE page cache (the role of QEMU's migration/ram/page_cache.c): copies
  * of pages already sent, keyed by page address, so that a page dirtied again
  * can be sent as a delta against what the destination already has
  * (xbzrle.h). One cache per migration; no global state.

@@ -24,8 +24,8 @@
 #include <stdint.h>
 
 #include "base/error.h"
-#include "migration/dirty_tracker.h"
-#include "migration/savevm.h"
+#include "migration/dirty/dirty_tracker.h"
+#include "migration/savevm/savevm.h"
 
 #define KV_PAGE_SIZE 4096U
 #define KV_PAGE_SHIFT 12

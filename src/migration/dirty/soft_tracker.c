@@ -5,13 +5,13 @@
  * the engine's migration bitmap, so a mark racing a sync lands in exactly
  * one of the two syncs and is never lost.
  */
-#include "migration/soft_tracker.h"
+#include "migration/dirty/soft_tracker.h"
 
 #include <errno.h>
 #include <stdlib.h>
 
 #include "base/bitmap.h"
-#include "migration/ram.h"
+#include "migration/ram/ram.h"
 
 struct soft_region {
 	uint64_t length;

@@ -28,7 +28,7 @@
 
 #include "base/error.h"
 #include "io/channel.h"
-#include "migration/multifd_packet.h"
+#include "migration/multifd/multifd_packet.h"
 
 /* zero-page-detection (QEMU's names). */
 enum kv_mfd_zero {

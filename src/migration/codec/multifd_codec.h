@@ -36,7 +36,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
-#include "migration/multifd_packet.h"
+#include "migration/multifd/multifd_packet.h"
 
 /* The library's default level: 1 for zlib and zstd (QEMU's defaults of
  * multifd-zlib-level and multifd-zstd-level). */

@@ -4,7 +4,7 @@
  * stream tools can decode every device section, and checked by the
  * destination before it accepts a stream.
  */
-#include "migration/vmdesc.h"
+#include "migration/savevm/vmdesc.h"
 
 #include <errno.h>
 #include <stdio.h>
