@@ -5,6 +5,9 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
+# CI builds treat every warning as an error (.ci/run sets WERROR=1).
+WERROR     ?= 0
+MESON_WERROR := $(if $(filter 1,$(WERROR)),--werror,)
 
 .PHONY: all deps demo check bench bench-compare bench-caps fuzz clean format
 
@@ -15,10 +18,10 @@ deps:
 	@scripts/deps.sh
 
 $(BUILD)/build.ninja: | deps
-	meson setup $(BUILD) >/dev/null
+	meson setup $(MESON_WERROR) $(BUILD) >/dev/null
 
 $(ASAN_BUILD)/build.ninja: | deps
-	meson setup $(ASAN_BUILD) -Db_sanitize=address,undefined \
+	meson setup $(MESON_WERROR) $(ASAN_BUILD) -Db_sanitize=address,undefined \
 		-Db_lundef=false -Dintegration=false >/dev/null
 
 $(FUZZ_BUILD)/build.ninja: | deps
