@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* Unit tests of src/base: bitmaps, zero detection, the error object. */
+/* Unit tests of src/base: bitmaps, zero detection, the error object, the
+ * rate limiter. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -14,6 +15,8 @@
 #include <cmocka.h>
 
 #include "base/bitmap.h"
+#include "base/clock.h"
+#include "base/rate_limit.h"
 #include "base/error.h"
 #include "base/zero.h"
 
@@ -280,6 +283,131 @@ static void test_error_prefix_truncates(void **state)
 	assert_true(strncmp(err.msg, "ctx: mmm", 8) == 0);
 }
 
+/* ---- the rate limiter ---- */
+
+static void test_rate_unlimited_never_waits(void **state)
+{
+	struct kv_rate_limit rl;
+	int64_t before = kv_now_ns();
+
+	(void)state;
+	kv_rate_limit_init(&rl, 0);
+	assert_true(kv_rate_limit_charge(&rl, 1ULL << 40) <= kv_now_ns());
+	assert_true(kv_rate_limit_charge(&rl, 1ULL << 40) >= before);
+	assert_true(kv_rate_limit_chunk(&rl) == UINT64_MAX);
+	kv_rate_limit_destroy(&rl);
+}
+
+/* Back-to-back charges are scheduled one after the other: 5 x 1 MB at
+ * 10 MB/s may finish 500 ms after the schedule started, whatever the
+ * clock did meanwhile (no sleeping here, so no timing is asserted). */
+static void test_rate_charges_add_up(void **state)
+{
+	struct kv_rate_limit rl;
+	int64_t due = 0;
+
+	(void)state;
+	kv_rate_limit_init(&rl, 10000000);
+	assert_int_equal(kv_rate_limit_chunk(&rl), 1000000);
+	for (int i = 0; i < 5; i++)
+		due = kv_rate_limit_charge(&rl, 1000000);
+	assert_true(llabs(due - rl.start_ns - 500000000LL) < 1000);
+	kv_rate_limit_destroy(&rl);
+}
+
+/* A sender idle for longer than a window gets no credit for it: the
+ * schedule starts again at the next charge. */
+static void test_rate_idle_gives_no_credit(void **state)
+{
+	struct kv_rate_limit rl;
+	int64_t now, due;
+
+	(void)state;
+	kv_rate_limit_init(&rl, 1000000);
+	rl.start_ns = kv_now_ns() - 10 * KV_RATE_WINDOW_NS;
+	rl.charged = 1000; /* 1 ms of the old schedule, long past */
+	now = kv_now_ns();
+	due = kv_rate_limit_charge(&rl, 500000); /* 0.5 s at 1 MB/s */
+	assert_true(rl.start_ns >= now);
+	assert_true(due >= now + 500000000LL - 1000);
+	kv_rate_limit_destroy(&rl);
+}
+
+/* A limit changed during a migration (migrate-set-parameters) applies
+ * from the next charge on. */
+static void test_rate_new_limit_applies_to_next_charge(void **state)
+{
+	struct kv_rate_limit rl;
+	int64_t due;
+
+	(void)state;
+	kv_rate_limit_init(&rl, 1000000);
+	kv_rate_limit_set(&rl, 2000000);
+	assert_int_equal(kv_rate_limit_get(&rl), 2000000);
+	due = kv_rate_limit_charge(&rl, 1000000);
+	assert_true(llabs(due - rl.start_ns - 500000000LL) < 1000);
+	kv_rate_limit_destroy(&rl);
+}
+
+static bool cancel_second_time(void *opaque)
+{
+	int *calls = opaque;
+
+	return ++*calls >= 2;
+}
+
+static void test_rate_wait_stops_on_cancel(void **state)
+{
+	int calls = 0;
+	bool cancelled = false;
+	uint64_t slept;
+
+	(void)state;
+	slept = kv_rate_limit_wait(kv_now_ns() + 60LL * 1000000000,
+				   cancel_second_time, &calls, &cancelled);
+	assert_true(cancelled);
+	assert_int_equal(calls, 2);
+	assert_true(slept < 5ULL * 1000000000); /* one slice, not a minute */
+	assert_true(slept > 0);
+	slept = kv_rate_limit_wait(kv_now_ns() - 1, NULL, NULL, &cancelled);
+	assert_false(cancelled);
+	assert_int_equal(slept, 0);
+}
+
+struct charger {
+	struct kv_rate_limit *rl;
+	int n;
+};
+
+static void *charge_many(void *arg)
+{
+	struct charger *c = arg;
+
+	for (int i = 0; i < c->n; i++)
+		kv_rate_limit_charge(c->rl, 100);
+	return NULL;
+}
+
+/* Several senders (multifd channels and the main stream) charge one
+ * limiter: every byte counts once. */
+static void test_rate_shared_by_threads(void **state)
+{
+	struct kv_rate_limit rl;
+	struct charger c;
+	pthread_t t[4];
+
+	(void)state;
+	kv_rate_limit_init(&rl, 1ULL << 40);
+	c.rl = &rl;
+	c.n = 10000;
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, charge_many, &c), 0);
+	for (int i = 0; i < 4; i++)
+		pthread_join(t[i], NULL);
+	assert_int_equal(rl.charged, 4ULL * 10000 * 100);
+	kv_rate_limit_destroy(&rl);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -293,6 +421,12 @@ int main(void)
 	    cmocka_unit_test(test_error_first_wins),
 	    cmocka_unit_test(test_error_errno_and_prefix),
 	    cmocka_unit_test(test_error_prefix_truncates),
+	    cmocka_unit_test(test_rate_unlimited_never_waits),
+	    cmocka_unit_test(test_rate_charges_add_up),
+	    cmocka_unit_test(test_rate_idle_gives_no_credit),
+	    cmocka_unit_test(test_rate_new_limit_applies_to_next_charge),
+	    cmocka_unit_test(test_rate_wait_stops_on_cancel),
+	    cmocka_unit_test(test_rate_shared_by_threads),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
