@@ -180,8 +180,8 @@ static ssize_t file_writev_once(int fd, const struct iovec *iov, int iovcnt)
 static int wait_writable(struct kv_chan *c)
 {
 	int64_t t0 = kv_now_ns();
-	int r = wait_fd_or_cancel(chan_fd(c), POLLOUT,
-				  to_fd_chan(c)->cancel_fd);
+	int r =
+	    wait_fd_or_cancel(chan_fd(c), POLLOUT, to_fd_chan(c)->cancel_fd);
 
 	c->write_wait_ns += (uint64_t)(kv_now_ns() - t0);
 	return r;
@@ -266,8 +266,7 @@ static int fd_wait_readable(struct kv_chan *c, int64_t deadline_ns)
 			     deadline_ns);
 }
 
-static int sock_set_int(const struct kv_chan *c, int level, int name,
-			int value)
+static int sock_set_int(const struct kv_chan *c, int level, int name, int value)
 {
 	if (setsockopt(chan_fd(c), level, name, &value, sizeof(value)) < 0)
 		return -errno;
@@ -404,7 +403,10 @@ static int readv_step(struct kv_chan *c, struct iovec **iov, int *iovcnt,
 	n = c->ops->readv ? c->ops->readv(c, *iov, *iovcnt)
 			  : c->ops->read(c, (*iov)->iov_base, (*iov)->iov_len);
 	if (n == 0)
-		return kv_error_set(err, -EIO, "%s: unexpected end of input after %zu of %zu bytes", c->name, *done, want);
+		return kv_error_set(
+		    err, -EIO,
+		    "%s: unexpected end of input after %zu of %zu bytes",
+		    c->name, *done, want);
 	if (n == -ECANCELED)
 		return kv_error_set(err, -ECANCELED,
 				    "%s: read cancelled by shutdown", c->name);
@@ -442,8 +444,8 @@ int kv_chan_readv_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
  * parts would leave the socket unreadable for its last part until bytes
  * beyond it arrive, which at a SYNC never happens.
  */
-int kv_chan_readv_full_batched(struct kv_chan *c, struct iovec *iov,
-			       int iovcnt, size_t batch, struct kv_error *err)
+int kv_chan_readv_full_batched(struct kv_chan *c, struct iovec *iov, int iovcnt,
+			       size_t batch, struct kv_error *err)
 {
 	size_t want = iov_total(iov, iovcnt), done = 0, lowat = 1;
 	int ret = 0;

@@ -135,8 +135,8 @@ int kv_chan_readv_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
  * than once per network segment: the receive low-water mark follows what
  * is left (never more than batch), so the last part of a payload does not
  * wait for bytes that are not coming, and it is back to 1 on return. */
-int kv_chan_readv_full_batched(struct kv_chan *c, struct iovec *iov,
-			       int iovcnt, size_t batch, struct kv_error *err);
+int kv_chan_readv_full_batched(struct kv_chan *c, struct iovec *iov, int iovcnt,
+			       size_t batch, struct kv_error *err);
 
 /* Wait until a read would not block, or deadline_ns (kv_now_ns() clock;
  * negative: no deadline) passes. 1 readable (data, EOF or an error to

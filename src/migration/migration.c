@@ -583,8 +583,8 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
  * A stream cancelled with no cancel requested was shut down by the
  * return path's reader (or a multifd channel): the reader's verdict, if
  * it has one already, is then the whole story. */
-static void explain_by_destination(struct kv_migration *m,
-				   struct kv_stream *s, struct kv_error *err)
+static void explain_by_destination(struct kv_migration *m, struct kv_stream *s,
+				   struct kv_error *err)
 {
 	bool shut_here = kv_stream_error(s) == -ECANCELED;
 	struct kv_error rerr = {0};
@@ -602,9 +602,15 @@ static void explain_by_destination(struct kv_migration *m,
 	if (ret < 0)
 		kv_error_propagate(err, &rerr);
 	else if (shut_here)
-		kv_error_set(err, -EREMOTEIO, "the destination failed to load the migration stream (it answered SHUT with status %u; see its log)", status);
+		kv_error_set(
+		    err, -EREMOTEIO,
+		    "the destination failed to load the migration stream (it answered SHUT with status %u; see its log)",
+		    status);
 	else
-		kv_error_prefix(err, "the destination failed to load the migration stream (it answered SHUT with status %u; see its log); here", status);
+		kv_error_prefix(
+		    err,
+		    "the destination failed to load the migration stream (it answered SHUT with status %u; see its log); here",
+		    status);
 }
 
 static void stop_and_cleanup(struct kv_migration *m, bool completed)

@@ -93,14 +93,26 @@ int kv_rp_check_header(uint16_t type, uint16_t len, struct kv_error *err)
 	const struct rp_msg_desc *d = rp_msg_find(type);
 
 	if (!d)
-		return kv_error_set(err, -EPROTO, "return path: unknown message from the destination (type %u, length %u)", type, len);
+		return kv_error_set(
+		    err, -EPROTO,
+		    "return path: unknown message from the destination (type %u, length %u)",
+		    type, len);
 	if (d->rule == RP_LEN_FIXED && len != d->len)
-		return kv_error_set(err, -EPROTO, "return path: malformed %s message from the destination (type %u, length %u; expected %u bytes)", d->name, type, len, d->len);
+		return kv_error_set(
+		    err, -EPROTO,
+		    "return path: malformed %s message from the destination (type %u, length %u; expected %u bytes)",
+		    d->name, type, len, d->len);
 	if (d->rule == RP_LEN_NAMED &&
 	    (len < d->len + 1 || len > d->len + 1 + 255))
-		return kv_error_set(err, -EPROTO, "return path: malformed %s message from the destination (type %u, length %u; expected %u bytes, a name length byte and the name)", d->name, type, len, d->len);
+		return kv_error_set(
+		    err, -EPROTO,
+		    "return path: malformed %s message from the destination (type %u, length %u; expected %u bytes, a name length byte and the name)",
+		    d->name, type, len, d->len);
 	if (len > KV_RP_MAX_PAYLOAD)
-		return kv_error_set(err, -EPROTO, "return path: %s message from the destination too long (type %u, length %u; at most %u bytes)", d->name, type, len, KV_RP_MAX_PAYLOAD);
+		return kv_error_set(
+		    err, -EPROTO,
+		    "return path: %s message from the destination too long (type %u, length %u; at most %u bytes)",
+		    d->name, type, len, KV_RP_MAX_PAYLOAD);
 	return 0;
 }
 
@@ -113,7 +125,11 @@ int kv_rp_check_message(uint16_t type, const uint8_t *payload, uint16_t len,
 	if (ret < 0 || d->rule != RP_LEN_NAMED)
 		return ret;
 	if (len != d->len + 1 + payload[d->len])
-		return kv_error_set(err, -EPROTO, "return path: malformed %s message from the destination (type %u, length %u; its name of %u bytes makes it %u)", d->name, type, len, payload[d->len], d->len + 1 + payload[d->len]);
+		return kv_error_set(
+		    err, -EPROTO,
+		    "return path: malformed %s message from the destination (type %u, length %u; its name of %u bytes makes it %u)",
+		    d->name, type, len, payload[d->len],
+		    d->len + 1 + payload[d->len]);
 	return 0;
 }
 
@@ -212,17 +228,26 @@ static int rp_read(struct kv_rp_reader *r, void *buf, size_t len,
 		int w;
 
 		if (stop_requested(r))
-			return kv_error_set(err, -ECANCELED, "return path: reader stopped");
+			return kv_error_set(err, -ECANCELED,
+					    "return path: reader stopped");
 		w = kv_chan_wait_readable(c, kv_now_ns() + RP_STOP_SLICE_NS);
 		if (w == 0)
 			continue;
-		n = w < 0 ? w : c->ops->read(c, (uint8_t *)buf + done, len - done);
+		n = w < 0 ? w
+			  : c->ops->read(c, (uint8_t *)buf + done, len - done);
 		if (n == 0)
-			return kv_error_set(err, -EPIPE, "return path: the destination closed %s without confirming the migration", c->name);
+			return kv_error_set(
+			    err, -EPIPE,
+			    "return path: the destination closed %s without confirming the migration",
+			    c->name);
 		if (n == -ECANCELED)
-			return kv_error_set(err, -ECANCELED, "return path: cancelled while waiting for the destination");
+			return kv_error_set(
+			    err, -ECANCELED,
+			    "return path: cancelled while waiting for the destination");
 		if (n < 0)
-			return kv_error_set_errno(err, (int)n, "return path: reading from %s", c->name);
+			return kv_error_set_errno(
+			    err, (int)n, "return path: reading from %s",
+			    c->name);
 		done += (size_t)n;
 	}
 	return 0;
@@ -252,7 +277,10 @@ static int rp_read_message(struct kv_rp_reader *r, struct kv_error *err)
 		return ret;
 	d = rp_msg_find(type);
 	if (!d->handle)
-		return kv_error_set(err, -EPROTO, "return path: the destination sent %s (type %u, length %u), which this source does not support", d->name, type, len);
+		return kv_error_set(
+		    err, -EPROTO,
+		    "return path: the destination sent %s (type %u, length %u), which this source does not support",
+		    d->name, type, len);
 	return d->handle(r, payload, err);
 }
 
@@ -288,8 +316,7 @@ static void *reader_main(void *opaque)
 	return NULL;
 }
 
-struct kv_rp_reader *kv_rp_reader_start(struct kv_chan *c,
-					struct kv_error *err)
+struct kv_rp_reader *kv_rp_reader_start(struct kv_chan *c, struct kv_error *err)
 {
 	struct kv_rp_reader *r = calloc(1, sizeof(*r));
 	pthread_condattr_t attr;
@@ -305,7 +332,10 @@ struct kv_rp_reader *kv_rp_reader_start(struct kv_chan *c,
 	pthread_cond_init(&r->cond, &attr);
 	pthread_condattr_destroy(&attr);
 	if (pthread_create(&r->thread, NULL, reader_main, r) != 0) {
-		kv_error_set(err, -EAGAIN, "return path: cannot start the reader thread on %s", c->name);
+		kv_error_set(
+		    err, -EAGAIN,
+		    "return path: cannot start the reader thread on %s",
+		    c->name);
 		pthread_cond_destroy(&r->cond);
 		pthread_mutex_destroy(&r->lock);
 		free(r);
@@ -344,7 +374,8 @@ static bool wait_news(struct kv_rp_reader *r, const struct timespec *until)
 static int reader_failure(struct kv_rp_reader *r, struct kv_error *err)
 {
 	if (!r->fail.code)
-		kv_error_set(&r->fail, -EPIPE, "return path: the reader on %s ended", r->c->name);
+		kv_error_set(&r->fail, -EPIPE,
+			     "return path: the reader on %s ended", r->c->name);
 	kv_error_propagate(err, &r->fail);
 	return r->fail.code;
 }
@@ -352,7 +383,10 @@ static int reader_failure(struct kv_rp_reader *r, struct kv_error *err)
 static int no_answer(const struct kv_rp_reader *r, int timeout_ms,
 		     struct kv_error *err)
 {
-	return kv_error_set(err, -ETIMEDOUT, "return path: no answer from the destination on %s within %d ms", r->c->name, timeout_ms);
+	return kv_error_set(
+	    err, -ETIMEDOUT,
+	    "return path: no answer from the destination on %s within %d ms",
+	    r->c->name, timeout_ms);
 }
 
 static bool pong_arrived(const struct kv_rp_reader *r, uint32_t value)
@@ -374,7 +408,10 @@ int kv_rp_reader_wait_pong(struct kv_rp_reader *r, uint32_t value,
 			break;
 		}
 		if (r->shut_seen) {
-			ret = kv_error_set(err, -EREMOTEIO, "the destination failed to load the migration stream (it answered SHUT with status %u while the source waited for PONG %u; see its log)", r->shut_status, value);
+			ret = kv_error_set(
+			    err, -EREMOTEIO,
+			    "the destination failed to load the migration stream (it answered SHUT with status %u while the source waited for PONG %u; see its log)",
+			    r->shut_status, value);
 			break;
 		}
 		if (r->ended) {

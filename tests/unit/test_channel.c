@@ -632,8 +632,7 @@ static void *batched_read_thread(void *arg)
 	struct iovec iov[2] = {{br->buf, br->len / 2},
 			       {br->buf + br->len / 2, br->len - br->len / 2}};
 
-	br->result =
-	    kv_chan_readv_full_batched(br->c, iov, 2, 256 << 10, &err);
+	br->result = kv_chan_readv_full_batched(br->c, iov, 2, 256 << 10, &err);
 	__atomic_store_n(&br->done, 1, __ATOMIC_RELEASE);
 	return NULL;
 }
@@ -655,8 +654,7 @@ static void test_batched_read_gets_last_part(void **state)
 	br.len = 512 << 10;
 	br.buf = malloc(br.len);
 	assert_non_null(br.buf);
-	assert_int_equal(pthread_create(&t, NULL, batched_read_thread, &br),
-			 0);
+	assert_int_equal(pthread_create(&t, NULL, batched_read_thread, &br), 0);
 	write_bytes(a, 300 << 10, 7);
 	kv_sleep_ns(100 * 1000000LL);
 	write_bytes(a, br.len - (300 << 10), 7);

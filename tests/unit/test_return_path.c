@@ -52,7 +52,7 @@ static void expect_header_bad(uint16_t type, uint16_t len)
 static void test_table_names_and_numbers(void **state)
 {
 	static const char *const names[] = {
-	    NULL,	  "SHUT",	"PONG",	      "REQ_PAGES_ID",
+	    NULL,	 "SHUT",	"PONG",	      "REQ_PAGES_ID",
 	    "REQ_PAGES", "RECV_BITMAP", "RESUME_ACK", "SWITCHOVER_ACK",
 	};
 
@@ -74,8 +74,8 @@ static void test_table_fixed_lengths(void **state)
 	static const struct {
 		uint16_t type, len;
 	} fixed[] = {
-	    {KV_RP_MSG_SHUT, 4},	  {KV_RP_MSG_PONG, 4},
-	    {KV_RP_MSG_REQ_PAGES, 12},  {KV_RP_MSG_RESUME_ACK, 4},
+	    {KV_RP_MSG_SHUT, 4},	   {KV_RP_MSG_PONG, 4},
+	    {KV_RP_MSG_REQ_PAGES, 12},	   {KV_RP_MSG_RESUME_ACK, 4},
 	    {KV_RP_MSG_SWITCHOVER_ACK, 0},
 	};
 
@@ -386,8 +386,7 @@ static void test_reader_eof_fails_waiter(void **state)
 	l = (struct later){p.dst, 2, 0};
 	assert_int_equal(pthread_create(&t, NULL, later_thread, &l), 0);
 	t0 = kv_now_ns();
-	assert_int_equal(kv_rp_reader_wait_pong(p.r, 1, LONG_MS, &err),
-			 -EPIPE);
+	assert_int_equal(kv_rp_reader_wait_pong(p.r, 1, LONG_MS, &err), -EPIPE);
 	assert_true(ms_since(t0) < 5000);
 	assert_non_null(strstr(err.msg, "without confirming"));
 	pthread_join(t, NULL);
@@ -439,8 +438,8 @@ static void expect_reader_refuses(const uint8_t *bytes, size_t len,
 
 static void test_reader_refuses_malformed(void **state)
 {
-	static const uint8_t long_shut[] = {0, 1, 0, 9, 0, 0, 0, 0, 0,
-					    0, 0, 0, 0};
+	static const uint8_t long_shut[] = {0, 1, 0, 9, 0, 0, 0,
+					    0, 0, 0, 0, 0, 0};
 	static const uint8_t short_pong[] = {0, 2, 0, 2, 0, 0};
 	static const uint8_t unknown[] = {0, 9, 0, 4, 0, 0, 0, 0};
 	static const uint8_t invalid[] = {0, 0, 0, 0};
@@ -462,11 +461,10 @@ static void test_reader_refuses_malformed(void **state)
 /* Known to the format, not served yet: a clear failure, not a hang. */
 static void test_reader_refuses_unsupported(void **state)
 {
-	static const uint8_t req_pages[] = {0, 4, 0, 12, 0, 0, 0, 0, 0, 0,
-					    0x10, 0, 0, 0, 0x10, 0};
-	static const uint8_t req_pages_id[] = {0, 3, 0, 15, 0, 0, 0, 0, 0,
-					       0, 0, 0, 0, 0, 0x10, 0,
-					       2, 'p', 'c'};
+	static const uint8_t req_pages[] = {0, 4, 0,	12, 0, 0, 0,	0,
+					    0, 0, 0x10, 0,  0, 0, 0x10, 0};
+	static const uint8_t req_pages_id[] = {
+	    0, 3, 0, 15, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 2, 'p', 'c'};
 	static const uint8_t resume_ack[] = {0, 6, 0, 4, 0, 0, 0, 1};
 	static const uint8_t switchover_ack[] = {0, 7, 0, 0};
 	static const uint8_t recv_bitmap[] = {0, 5, 0, 3, 2, 'p', 'c'};
