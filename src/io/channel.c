@@ -14,6 +14,7 @@
 #include "io/channel.h"
 #include "base/clock.h"
 #include "io/iov.h"
+#include "io/tcp_info.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -40,6 +41,7 @@
 /* The public struct plus what only this file needs. */
 struct fd_chan {
 	struct kv_chan pub;
+	int fd;
 	int cancel_fd; /* eventfd: readable once shutdown was requested */
 };
 
@@ -48,13 +50,36 @@ static struct fd_chan *to_fd_chan(struct kv_chan *c)
 	return (struct fd_chan *)c;
 }
 
+static int chan_fd(const struct kv_chan *c)
+{
+	return ((const struct fd_chan *)c)->fd;
+}
+
 static bool chan_cancelled(const struct kv_chan *c)
 {
 	return __atomic_load_n(&c->shutdown_req, __ATOMIC_ACQUIRE) != 0;
 }
 
-/* Wait until fd is ready for events or the channel is shut down. */
-static int wait_fd_or_cancel(int fd, short events, int cancel_fd)
+/* poll()'s timeout for an absolute deadline: rounded up, so a wait never
+ * ends just before it and spins; -1 without a deadline. */
+static int poll_timeout_ms(int64_t deadline_ns)
+{
+	int64_t left;
+
+	if (deadline_ns < 0)
+		return -1;
+	left = deadline_ns - kv_now_ns();
+	if (left <= 0)
+		return 0;
+	left = (left + 999999) / 1000000;
+	return left > INT_MAX ? INT_MAX : (int)left;
+}
+
+/* Wait until fd is ready for events (1; POLLERR/POLLHUP count: the next
+ * call reports them), the deadline passes (0; negative: none) or the
+ * channel is shut down (-ECANCELED). */
+static int wait_fd_until(int fd, short events, int cancel_fd,
+			 int64_t deadline_ns)
 {
 	struct pollfd pfd[2] = {
 	    {.fd = fd, .events = events},
@@ -62,7 +87,7 @@ static int wait_fd_or_cancel(int fd, short events, int cancel_fd)
 	};
 
 	for (;;) {
-		int r = poll(pfd, 2, -1);
+		int r = poll(pfd, 2, poll_timeout_ms(deadline_ns));
 
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -70,8 +95,13 @@ static int wait_fd_or_cancel(int fd, short events, int cancel_fd)
 			return -errno;
 		if (pfd[1].revents)
 			return -ECANCELED;
-		return 0; /* ready, or POLLERR/POLLHUP: the retry reports it */
+		return r > 0;
 	}
+}
+
+static int wait_fd_or_cancel(int fd, short events, int cancel_fd)
+{
+	return wait_fd_until(fd, events, cancel_fd, -1);
 }
 
 /* Read into some of iov; waits (cancellably) for data. */
@@ -84,14 +114,15 @@ static ssize_t chan_readv(struct kv_chan *c, const struct iovec *iov,
 
 		if (chan_cancelled(c))
 			return -ECANCELED;
-		n = readv(c->fd, iov, iovcnt);
+		n = readv(chan_fd(c), iov, iovcnt);
 		if (n >= 0)
 			return n;
 		if (errno == EINTR)
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return -errno;
-		r = wait_fd_or_cancel(c->fd, POLLIN, to_fd_chan(c)->cancel_fd);
+		r = wait_fd_or_cancel(chan_fd(c), POLLIN,
+				      to_fd_chan(c)->cancel_fd);
 		if (r < 0)
 			return r;
 	}
@@ -149,7 +180,8 @@ static ssize_t file_writev_once(int fd, const struct iovec *iov, int iovcnt)
 static int wait_writable(struct kv_chan *c)
 {
 	int64_t t0 = kv_now_ns();
-	int r = wait_fd_or_cancel(c->fd, POLLOUT, to_fd_chan(c)->cancel_fd);
+	int r =
+	    wait_fd_or_cancel(chan_fd(c), POLLOUT, to_fd_chan(c)->cancel_fd);
 
 	c->write_wait_ns += (uint64_t)(kv_now_ns() - t0);
 	return r;
@@ -167,7 +199,7 @@ static ssize_t chan_writev_with(struct kv_chan *c, const struct iovec *iov,
 
 		if (chan_cancelled(c))
 			return -ECANCELED;
-		n = once(c->fd, iov, iovcnt);
+		n = once(chan_fd(c), iov, iovcnt);
 		if (n >= 0)
 			return n;
 		if (errno == EINTR)
@@ -213,17 +245,60 @@ static void sock_shutdown(struct kv_chan *c)
 {
 	signal_cancel(c);
 	/* Let the peer see the end too, so it does not wait on us. */
-	shutdown(c->fd, SHUT_RDWR);
+	shutdown(chan_fd(c), SHUT_RDWR);
 }
 
 static void fd_close(struct kv_chan *c)
 {
 	struct fd_chan *fc = to_fd_chan(c);
 
-	if (c->fd >= 0)
-		close(c->fd);
+	if (fc->fd >= 0)
+		close(fc->fd);
 	close(fc->cancel_fd);
 	free(fc);
+}
+
+static int fd_wait_readable(struct kv_chan *c, int64_t deadline_ns)
+{
+	if (chan_cancelled(c))
+		return -ECANCELED;
+	return wait_fd_until(chan_fd(c), POLLIN, to_fd_chan(c)->cancel_fd,
+			     deadline_ns);
+}
+
+static int sock_set_int(const struct kv_chan *c, int level, int name, int value)
+{
+	if (setsockopt(chan_fd(c), level, name, &value, sizeof(value)) < 0)
+		return -errno;
+	return 0;
+}
+
+static int sock_set_recv_lowat(struct kv_chan *c, size_t bytes)
+{
+	int v = bytes == 0 ? 1 : bytes > INT_MAX ? INT_MAX : (int)bytes;
+
+	/* A hint: a kernel that refuses it only costs wake-ups. */
+	(void)sock_set_int(c, SOL_SOCKET, SO_RCVLOWAT, v);
+	return 0;
+}
+
+static int sock_set_nodelay(struct kv_chan *c, bool on)
+{
+	return sock_set_int(c, IPPROTO_TCP, TCP_NODELAY, on);
+}
+
+static int64_t sock_unsent(const struct kv_chan *c)
+{
+	int v;
+
+	if (ioctl(chan_fd(c), SIOCOUTQ, &v) < 0 || v < 0)
+		return -1;
+	return v;
+}
+
+static int sock_tcp_limits(const struct kv_chan *c, struct kv_tcp_limits *out)
+{
+	return kv_tcp_info_limits(chan_fd(c), out);
 }
 
 static const struct kv_chan_ops sock_ops = {
@@ -232,6 +307,11 @@ static const struct kv_chan_ops sock_ops = {
     .writev = sock_writev,
     .shutdown = sock_shutdown,
     .close = fd_close,
+    .wait_readable = fd_wait_readable,
+    .set_recv_lowat = sock_set_recv_lowat,
+    .set_nodelay = sock_set_nodelay,
+    .unsent = sock_unsent,
+    .tcp_limits = sock_tcp_limits,
 };
 
 static const struct kv_chan_ops pipe_ops = {
@@ -240,6 +320,7 @@ static const struct kv_chan_ops pipe_ops = {
     .writev = pipe_writev,
     .shutdown = signal_cancel,
     .close = fd_close,
+    .wait_readable = fd_wait_readable,
 };
 
 static const struct kv_chan_ops file_ops = {
@@ -286,7 +367,7 @@ struct kv_chan *kv_chan_from_fd(int fd, const char *name, struct kv_error *err)
 		free(fc);
 		return NULL;
 	}
-	fc->pub.fd = fd;
+	fc->fd = fd;
 	fc->pub.is_socket = S_ISSOCK(st.st_mode);
 	fc->pub.is_file = S_ISREG(st.st_mode);
 	if (fc->pub.is_socket)
@@ -308,39 +389,78 @@ struct kv_chan *kv_chan_from_fd(int fd, const char *name, struct kv_error *err)
 	return &fc->pub;
 }
 
+/* One read into the first non-empty buffers of *iov, which it advances;
+ * *done counts the bytes of want read so far. */
+static int readv_step(struct kv_chan *c, struct iovec **iov, int *iovcnt,
+		      size_t *done, size_t want, struct kv_error *err)
+{
+	ssize_t n;
+
+	while (*iovcnt > 0 && (*iov)->iov_len == 0) {
+		(*iov)++;
+		(*iovcnt)--;
+	}
+	n = c->ops->readv ? c->ops->readv(c, *iov, *iovcnt)
+			  : c->ops->read(c, (*iov)->iov_base, (*iov)->iov_len);
+	if (n == 0)
+		return kv_error_set(
+		    err, -EIO,
+		    "%s: unexpected end of input after %zu of %zu bytes",
+		    c->name, *done, want);
+	if (n == -ECANCELED)
+		return kv_error_set(err, -ECANCELED,
+				    "%s: read cancelled by shutdown", c->name);
+	if (n < 0)
+		return kv_error_set_errno(err, (int)n, "%s: read failed",
+					  c->name);
+	*done += (size_t)n;
+	kv_iov_advance(iov, iovcnt, (size_t)n);
+	return 0;
+}
+
+static size_t iov_total(const struct iovec *iov, int iovcnt)
+{
+	size_t len = 0;
+
+	for (int i = 0; i < iovcnt; i++)
+		len += iov[i].iov_len;
+	return len;
+}
+
 int kv_chan_readv_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 		       struct kv_error *err)
 {
-	size_t want = 0, done = 0;
+	size_t want = iov_total(iov, iovcnt), done = 0;
+	int ret = 0;
 
-	for (int i = 0; i < iovcnt; i++)
-		want += iov[i].iov_len;
-	while (done < want) {
-		ssize_t n;
+	while (done < want && ret == 0)
+		ret = readv_step(c, &iov, &iovcnt, &done, want, err);
+	return ret;
+}
 
-		while (iovcnt > 0 && iov->iov_len == 0) {
-			iov++;
-			iovcnt--;
-		}
-		n = c->ops->readv ? c->ops->readv(c, iov, iovcnt)
-				  : c->ops->read(c, iov->iov_base,
-						 iov->iov_len);
-		if (n == 0)
-			return kv_error_set(err, -EIO,
-					    "%s: unexpected end of input after "
-					    "%zu of %zu bytes",
-					    c->name, done, want);
-		if (n == -ECANCELED)
-			return kv_error_set(err, -ECANCELED,
-					    "%s: read cancelled by shutdown",
-					    c->name);
-		if (n < 0)
-			return kv_error_set_errno(err, (int)n,
-						  "%s: read failed", c->name);
-		done += (size_t)n;
-		kv_iov_advance(&iov, &iovcnt, (size_t)n);
+/*
+ * Before every wait the low-water mark is what is still missing (at most
+ * batch). Set once to the whole payload and left there, a payload read in
+ * parts would leave the socket unreadable for its last part until bytes
+ * beyond it arrive, which at a SYNC never happens.
+ */
+int kv_chan_readv_full_batched(struct kv_chan *c, struct iovec *iov, int iovcnt,
+			       size_t batch, struct kv_error *err)
+{
+	size_t want = iov_total(iov, iovcnt), done = 0, lowat = 1;
+	int ret = 0;
+
+	while (done < want && ret == 0) {
+		size_t left = want - done;
+		size_t mark = left < batch ? left : batch;
+
+		if (mark != lowat && kv_chan_set_recv_lowat(c, mark) == 0)
+			lowat = mark;
+		ret = readv_step(c, &iov, &iovcnt, &done, want, err);
 	}
-	return 0;
+	if (lowat != 1)
+		kv_chan_set_recv_lowat(c, 1);
+	return ret;
 }
 
 int kv_chan_read_full(struct kv_chan *c, void *buf, size_t len,
@@ -375,13 +495,31 @@ int kv_chan_writev_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 	return 0;
 }
 
+int kv_chan_wait_readable(struct kv_chan *c, int64_t deadline_ns)
+{
+	if (c->ops->wait_readable)
+		return c->ops->wait_readable(c, deadline_ns);
+	return chan_cancelled(c) ? -ECANCELED : 1;
+}
+
+int kv_chan_set_recv_lowat(struct kv_chan *c, size_t bytes)
+{
+	return c->ops->set_recv_lowat ? c->ops->set_recv_lowat(c, bytes) : 0;
+}
+
+int kv_chan_set_nodelay(struct kv_chan *c, bool on)
+{
+	return c->ops->set_nodelay ? c->ops->set_nodelay(c, on) : -EOPNOTSUPP;
+}
+
 int64_t kv_chan_unsent(const struct kv_chan *c)
 {
-	int v;
+	return c->ops->unsent ? c->ops->unsent(c) : -1;
+}
 
-	if (!c->is_socket || ioctl(c->fd, SIOCOUTQ, &v) < 0 || v < 0)
-		return -1;
-	return v;
+int kv_chan_tcp_limits(const struct kv_chan *c, struct kv_tcp_limits *out)
+{
+	return c->ops->tcp_limits ? c->ops->tcp_limits(c, out) : -ENOTSOCK;
 }
 
 void kv_chan_shutdown(struct kv_chan *c)
@@ -432,8 +570,6 @@ static int tcp_connect_fd(const struct kv_uri *u, const char *uri,
 	freeaddrinfo(res);
 	if (fd < 0)
 		return kv_error_set_errno(err, last, "%s: cannot connect", uri);
-	/* The return path sends small messages that must not wait. */
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){1}, sizeof(int));
 	return fd;
 }
 
@@ -498,6 +634,9 @@ struct kv_chan *kv_chan_connect(const char *uri, struct kv_error *err)
 	c = kv_chan_from_fd(fd, uri, err);
 	if (!c && u.kind != KV_URI_FD)
 		close(fd);
+	/* The return path sends small messages that must not wait. */
+	if (c && u.kind == KV_URI_TCP)
+		kv_chan_set_nodelay(c, true);
 	return c;
 }
 

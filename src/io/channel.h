@@ -10,6 +10,13 @@
  * Cancellation: kv_chan_shutdown() may be called from any thread; it makes
  * every blocked and later read/write on the channel return -ECANCELED (or the
  * transport's error) promptly, so a hung peer never hangs the process.
+ *
+ * Nothing outside src/io/ sees a file descriptor: whatever a caller needs
+ * from the transport (waiting with a deadline, a receive low-water mark,
+ * socket options, what the kernel knows about the connection) is an
+ * operation in struct kv_chan_ops. A channel that wraps another (TLS over
+ * a socket) implements each by asking the inner channel, adjusted for what
+ * it buffers itself; so every caller works over both unchanged.
  */
 #ifndef KV_IO_CHANNEL_H
 #define KV_IO_CHANNEL_H
@@ -37,6 +44,17 @@ int kv_uri_parse(const char *text, struct kv_uri *uri, struct kv_error *err);
 
 struct kv_chan;
 
+/* What TCP_INFO says limited a sender; see kv_chan_tcp_limits(). */
+struct kv_tcp_limits {
+	uint64_t busy_us;
+	uint64_t rwnd_limited_us;
+};
+
+/*
+ * One const table per back end. read, writev, shutdown and close are
+ * required; for the others NULL means "the transport has no such thing"
+ * and the kv_chan_* wrapper below answers what such a transport would.
+ */
 struct kv_chan_ops {
 	/* Read up to len bytes; returns bytes read, 0 at EOF, -errno. */
 	ssize_t (*read)(struct kv_chan *c, void *buf, size_t len);
@@ -47,11 +65,28 @@ struct kv_chan_ops {
 	ssize_t (*writev)(struct kv_chan *c, const struct iovec *iov, int iovcnt);
 	void (*shutdown)(struct kv_chan *c);
 	void (*close)(struct kv_chan *c);
+
+	/* Wait until a read would not block: data is there (for a wrapper:
+	 * plaintext it already buffered counts), or EOF or an error the
+	 * read will report. 1 readable, 0 deadline passed, -ECANCELED once
+	 * shut down, other -errno. NULL: always readable (files). */
+	int (*wait_readable)(struct kv_chan *c, int64_t deadline_ns);
+	/* Receive low-water mark: a waiting reader wakes only once this many
+	 * bytes are buffered (1: at every byte). A hint: 0 when set or when
+	 * the transport has none. */
+	int (*set_recv_lowat)(struct kv_chan *c, size_t bytes);
+	/* Send small writes at once (TCP_NODELAY). 0, or -errno. */
+	int (*set_nodelay)(struct kv_chan *c, bool on);
+	/* Bytes written that the peer has not received yet, or -1. */
+	int64_t (*unsent)(const struct kv_chan *c);
+	/* The connection's TCP_INFO times; -ENOTSOCK / -EOPNOTSUPP. */
+	int (*tcp_limits)(const struct kv_chan *c, struct kv_tcp_limits *out);
 };
 
+/* The descriptor lives in the back end's private struct (channel.c): code
+ * above io/ cannot reach it, so it cannot bypass a wrapping channel. */
 struct kv_chan {
 	const struct kv_chan_ops *ops;
-	int fd;
 	bool is_socket;   /* has a return path */
 	bool is_file;     /* seekable file: no return path */
 	int shutdown_req; /* set atomically by kv_chan_shutdown */
@@ -96,6 +131,28 @@ int kv_chan_writev_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 int kv_chan_readv_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 		       struct kv_error *err);
 
+/* Fill every buffer of iov, waking up about once per `batch` bytes rather
+ * than once per network segment: the receive low-water mark follows what
+ * is left (never more than batch), so the last part of a payload does not
+ * wait for bytes that are not coming, and it is back to 1 on return. */
+int kv_chan_readv_full_batched(struct kv_chan *c, struct iovec *iov, int iovcnt,
+			       size_t batch, struct kv_error *err);
+
+/* Wait until a read would not block, or deadline_ns (kv_now_ns() clock;
+ * negative: no deadline) passes. 1 readable (data, EOF or an error to
+ * read), 0 timed out, -ECANCELED after kv_chan_shutdown, other -errno. */
+int kv_chan_wait_readable(struct kv_chan *c, int64_t deadline_ns);
+
+/* Receive low-water mark (SO_RCVLOWAT): wake a waiting reader only once
+ * `bytes` are buffered; 1 restores the default. 0 also where the transport
+ * has none (a hint, never an error to the caller). */
+int kv_chan_set_recv_lowat(struct kv_chan *c, size_t bytes);
+
+/* TCP_NODELAY: small messages (the return path, QMP) must not wait for
+ * more. kv_chan_connect and kv_listener_accept set it on tcp channels.
+ * 0, or -errno (-EOPNOTSUPP where the transport has no such option). */
+int kv_chan_set_nodelay(struct kv_chan *c, bool on);
+
 /* Bytes written that the peer has not received yet (a socket's SIOCOUTQ:
  * not yet acknowledged over TCP, not yet read over unix), or -1 when the
  * transport cannot tell (files, pipes). */
@@ -105,10 +162,6 @@ int64_t kv_chan_unsent(const struct kv_chan *c);
  * sending, and of that, held back by the receiver's window (the peer
  * does not read fast enough). -ENOTSOCK / -EOPNOTSUPP when the channel
  * is not TCP or the kernel does not say. */
-struct kv_tcp_limits {
-	uint64_t busy_us;
-	uint64_t rwnd_limited_us;
-};
 int kv_chan_tcp_limits(const struct kv_chan *c, struct kv_tcp_limits *out);
 
 void kv_chan_shutdown(struct kv_chan *c);

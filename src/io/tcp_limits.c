@@ -13,17 +13,15 @@
 
 #include <linux/tcp.h>
 
-#include "io/channel.h"
+#include "io/tcp_info.h"
 
-int kv_chan_tcp_limits(const struct kv_chan *c, struct kv_tcp_limits *out)
+int kv_tcp_info_limits(int fd, struct kv_tcp_limits *out)
 {
 	struct tcp_info ti;
 	socklen_t len = sizeof(ti);
 
-	if (!c->is_socket)
-		return -ENOTSOCK;
 	memset(&ti, 0, sizeof(ti));
-	if (getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
 		return -errno; /* EOPNOTSUPP on a unix socket */
 	/* An older kernel fills less: the fields are then absent. */
 	if (len < offsetof(struct tcp_info, tcpi_sndbuf_limited) +

@@ -85,7 +85,7 @@ struct kv_migration {
 	/* Page bytes per wire byte in the last pass (x-compress): what a
 	 * byte of bandwidth is worth to the switch-over. */
 	double wire_factor;
-	bool return_path;
+	struct kv_rp_reader *rp; /* the return path's reader, during a run */
 	uint32_t ping; /* value of the last PING sent */
 };
 
@@ -453,13 +453,13 @@ static int wait_destination(struct kv_migration *m, struct kv_stream *s,
 {
 	int ret;
 
-	if (!m->return_path)
+	if (!m->rp)
 		return 0;
 	ret = kv_savevm_save_ping(s, ++m->ping, err);
 	if (ret < 0)
 		return ret;
-	ret = kv_rp_wait_pong(kv_stream_chan(s), m->params.rp_timeout_ms,
-			      m->ping, err);
+	ret = kv_rp_reader_wait_pong(m->rp, m->ping, m->params.rp_timeout_ms,
+				     err);
 	if (ret < 0)
 		kv_error_prefix(err,
 				"waiting for the destination to read "
@@ -579,21 +579,38 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 }
 
 /* After a stream failure with a return path: if the destination said why
- * (it failed and answered SHUT(1)), say that instead of "broken pipe". */
-static void explain_by_destination(struct kv_stream *s, struct kv_error *err)
+ * (it failed and answered SHUT(1)), say that instead of "broken pipe".
+ * A stream cancelled with no cancel requested was shut down by the
+ * return path's reader (or a multifd channel): the reader's verdict, if
+ * it has one already, is then the whole story. */
+static void explain_by_destination(struct kv_migration *m, struct kv_stream *s,
+				   struct kv_error *err)
 {
+	bool shut_here = kv_stream_error(s) == -ECANCELED;
 	struct kv_error rerr = {0};
 	uint32_t status;
+	int ret;
 
-	if (kv_rp_wait_shut(kv_stream_chan(s), RP_EXPLAIN_TIMEOUT_MS, &status,
-			    &rerr) < 0 ||
-	    status == 0)
+	ret = kv_rp_reader_wait_shut(
+	    m->rp, shut_here ? 0 : RP_EXPLAIN_TIMEOUT_MS, &status, &rerr);
+	if (ret == 0 && status == 0)
 		return;
-	kv_error_prefix(err,
-			"the destination failed to load the migration "
-			"stream (it answered SHUT with status %u; see its "
-			"log); here",
-			status);
+	if (ret < 0 && (!shut_here || ret == -ECANCELED || ret == -ETIMEDOUT))
+		return;
+	if (shut_here)
+		kv_error_clear(err);
+	if (ret < 0)
+		kv_error_propagate(err, &rerr);
+	else if (shut_here)
+		kv_error_set(
+		    err, -EREMOTEIO,
+		    "the destination failed to load the migration stream (it answered SHUT with status %u; see its log)",
+		    status);
+	else
+		kv_error_prefix(
+		    err,
+		    "the destination failed to load the migration stream (it answered SHUT with status %u; see its log); here",
+		    status);
 }
 
 static void stop_and_cleanup(struct kv_migration *m, bool completed)
@@ -630,8 +647,8 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 	SWITCH_LOG("complete sent");
 	record_pass_pages(m);
 	if (return_path) {
-		ret = kv_rp_wait_shut(kv_stream_chan(s),
-				      m->params.rp_timeout_ms, &status, err);
+		ret = kv_rp_reader_wait_shut(m->rp, m->params.rp_timeout_ms,
+					     &status, err);
 		if (ret < 0)
 			return ret;
 		if (status != 0)
@@ -805,16 +822,21 @@ int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 	}
 	apply_rate_limit(m, s);
 	return_path = kv_stream_chan(s)->is_socket;
-	m->return_path = return_path;
+	if (return_path) {
+		m->rp = kv_rp_reader_start(kv_stream_chan(s), &lerr);
+		if (!m->rp) {
+			ret = lerr.code;
+			goto out;
+		}
+	}
 	ret = run_phases(m, s, return_path, &stopped, &lerr);
 	if (ret == 0 &&
 	    !mig_set_status(m, KV_MIG_DEVICE, KV_MIG_COMPLETED, true))
 		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_COMPLETED, true);
 out:
 	cancelled = ret < 0 && cancel_requested(m);
-	if (ret < 0 && !cancelled && return_path && kv_stream_error(s) &&
-	    kv_stream_error(s) != -ECANCELED)
-		explain_by_destination(s, &lerr);
+	if (ret < 0 && !cancelled && m->rp && kv_stream_error(s))
+		explain_by_destination(m, s, &lerr);
 	if (ret < 0)
 		record_pass_pages(m); /* the pass it stopped in */
 	stop_and_cleanup(m, ret == 0);
@@ -825,6 +847,8 @@ out:
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
+	kv_rp_reader_stop(m->rp); /* before the caller closes the channel */
+	m->rp = NULL;
 	multifd_close(m);
 	if (ret == 0)
 		return 0;

@@ -2,19 +2,138 @@
 /*
  * The return path over the migration channel. Messages are tiny and rare,
  * so they bypass the stream: the destination writes straight to the
- * channel, and the source polls the channel's fd with a deadline, in short
- * slices so a shutdown of the channel is noticed promptly.
+ * channel; on the source one reader thread reads them (the stream only
+ * writes there) and records what they say for the migration thread.
  */
 #include "migration/return_path.h"
 
 #include <errno.h>
-#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
 
 #include "base/clock.h"
 
-#define RP_HEADER_LEN	 4
-#define RP_SHUT_LEN	 4
-#define RP_POLL_SLICE_MS 100
+#define RP_HEADER_LEN 4
+/* How often a reader waiting for the destination looks whether it was
+ * asked to stop (a shutdown of the channel wakes it at once anyway). */
+#define RP_STOP_SLICE_NS (20 * 1000000LL)
+
+struct kv_rp_reader {
+	struct kv_chan *c;
+	pthread_t thread;
+	int stop; /* atomic: kv_rp_reader_stop asked */
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* CLOCK_MONOTONIC: a wait has a deadline */
+	/* Under lock: what the messages said, and how the reader ended. */
+	bool pong_seen;
+	uint32_t pong_last;
+	bool shut_seen;
+	uint32_t shut_status;
+	bool ended;
+	struct kv_error fail; /* why it ended, unless after SHUT */
+};
+
+/* ---- the message table ---- */
+
+/* FIXED: the payload is exactly len bytes. NAMED: len bytes, then a
+ * length byte n, then an n-byte name (a RAM block's idstr). */
+enum rp_len_rule { RP_LEN_FIXED, RP_LEN_NAMED };
+
+struct rp_msg_desc {
+	const char *name;
+	enum rp_len_rule rule;
+	uint16_t len;
+	/* 0 go on, 1 the last message (the reader ends), <0 fail. NULL:
+	 * known to the format but not served by this source. */
+	int (*handle)(struct kv_rp_reader *r, const uint8_t *payload,
+		      struct kv_error *err);
+};
+
+static int handle_shut(struct kv_rp_reader *r, const uint8_t *payload,
+		       struct kv_error *err);
+static int handle_pong(struct kv_rp_reader *r, const uint8_t *payload,
+		       struct kv_error *err);
+
+/* QEMU's rp_cmd_args, with the handler beside each: docs/DESIGN.md has
+ * the same table for readers. */
+static const struct rp_msg_desc rp_msgs[] = {
+    [KV_RP_MSG_SHUT] = {"SHUT", RP_LEN_FIXED, 4, handle_shut},
+    [KV_RP_MSG_PONG] = {"PONG", RP_LEN_FIXED, 4, handle_pong},
+    /* be64 start, be32 length, then the block's idstr */
+    [KV_RP_MSG_REQ_PAGES_ID] = {"REQ_PAGES_ID", RP_LEN_NAMED, 12, NULL},
+    /* be64 start, be32 length, in the last block named */
+    [KV_RP_MSG_REQ_PAGES] = {"REQ_PAGES", RP_LEN_FIXED, 12, NULL},
+    /* the block's idstr; its bitmap follows on the stream */
+    [KV_RP_MSG_RECV_BITMAP] = {"RECV_BITMAP", RP_LEN_NAMED, 0, NULL},
+    /* be32 1: the destination is ready to resume postcopy */
+    [KV_RP_MSG_RESUME_ACK] = {"RESUME_ACK", RP_LEN_FIXED, 4, NULL},
+    [KV_RP_MSG_SWITCHOVER_ACK] = {"SWITCHOVER_ACK", RP_LEN_FIXED, 0, NULL},
+};
+
+#define RP_NMSGS (sizeof(rp_msgs) / sizeof(rp_msgs[0]))
+
+static const struct rp_msg_desc *rp_msg_find(uint16_t type)
+{
+	if (type >= RP_NMSGS || !rp_msgs[type].name)
+		return NULL;
+	return &rp_msgs[type];
+}
+
+const char *kv_rp_msg_name(uint16_t type)
+{
+	const struct rp_msg_desc *d = rp_msg_find(type);
+
+	return d ? d->name : NULL;
+}
+
+int kv_rp_check_header(uint16_t type, uint16_t len, struct kv_error *err)
+{
+	const struct rp_msg_desc *d = rp_msg_find(type);
+
+	if (!d)
+		return kv_error_set(
+		    err, -EPROTO,
+		    "return path: unknown message from the destination (type %u, length %u)",
+		    type, len);
+	if (d->rule == RP_LEN_FIXED && len != d->len)
+		return kv_error_set(
+		    err, -EPROTO,
+		    "return path: malformed %s message from the destination (type %u, length %u; expected %u bytes)",
+		    d->name, type, len, d->len);
+	if (d->rule == RP_LEN_NAMED &&
+	    (len < d->len + 1 || len > d->len + 1 + 255))
+		return kv_error_set(
+		    err, -EPROTO,
+		    "return path: malformed %s message from the destination (type %u, length %u; expected %u bytes, a name length byte and the name)",
+		    d->name, type, len, d->len);
+	if (len > KV_RP_MAX_PAYLOAD)
+		return kv_error_set(
+		    err, -EPROTO,
+		    "return path: %s message from the destination too long (type %u, length %u; at most %u bytes)",
+		    d->name, type, len, KV_RP_MAX_PAYLOAD);
+	return 0;
+}
+
+int kv_rp_check_message(uint16_t type, const uint8_t *payload, uint16_t len,
+			struct kv_error *err)
+{
+	const struct rp_msg_desc *d = rp_msg_find(type);
+	int ret = kv_rp_check_header(type, len, err);
+
+	if (ret < 0 || d->rule != RP_LEN_NAMED)
+		return ret;
+	if (len != d->len + 1 + payload[d->len])
+		return kv_error_set(
+		    err, -EPROTO,
+		    "return path: malformed %s message from the destination (type %u, length %u; its name of %u bytes makes it %u)",
+		    d->name, type, len, payload[d->len],
+		    d->len + 1 + payload[d->len]);
+	return 0;
+}
+
+/* ---- sending (destination) ---- */
 
 static void put_be16(uint8_t *p, uint16_t v)
 {
@@ -39,160 +158,300 @@ static uint32_t get_be32(const uint8_t *p)
 }
 
 /* SHUT and PONG both carry one be32. */
-static int rp_send(struct kv_chan *c, uint16_t type, uint32_t value,
-		   struct kv_error *err)
+static int rp_send_u32(struct kv_chan *c, uint16_t type, uint32_t value,
+		       struct kv_error *err)
 {
-	uint8_t msg[RP_HEADER_LEN + RP_SHUT_LEN];
+	uint8_t msg[RP_HEADER_LEN + 4];
 	struct iovec iov = {.iov_base = msg, .iov_len = sizeof(msg)};
 	int ret;
 
 	put_be16(msg, type);
-	put_be16(msg + 2, RP_SHUT_LEN);
+	put_be16(msg + 2, 4);
 	put_be32(msg + 4, value);
 	ret = kv_chan_writev_full(c, &iov, 1, err);
 	if (ret < 0)
 		kv_error_prefix(err, "return path: sending %s(%u)",
-				type == KV_RP_MSG_SHUT ? "SHUT" : "PONG",
-				value);
+				kv_rp_msg_name(type), value);
 	return ret;
 }
 
 int kv_rp_send_shut(struct kv_chan *c, uint32_t status, struct kv_error *err)
 {
-	return rp_send(c, KV_RP_MSG_SHUT, status, err);
+	return rp_send_u32(c, KV_RP_MSG_SHUT, status, err);
 }
 
 int kv_rp_send_pong(struct kv_chan *c, uint32_t value, struct kv_error *err)
 {
-	return rp_send(c, KV_RP_MSG_PONG, value, err);
+	return rp_send_u32(c, KV_RP_MSG_PONG, value, err);
 }
 
-/* Read exactly len bytes before deadline_ns. */
-static int rp_read(struct kv_chan *c, void *buf, size_t len,
-		   int64_t deadline_ns, int timeout_ms, struct kv_error *err)
+/* ---- the reader (source) ---- */
+
+static int handle_shut(struct kv_rp_reader *r, const uint8_t *payload,
+		       struct kv_error *err)
 {
+	(void)err;
+	pthread_mutex_lock(&r->lock);
+	r->shut_seen = true;
+	r->shut_status = get_be32(payload);
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	return 1; /* the destination sends nothing after it */
+}
+
+static int handle_pong(struct kv_rp_reader *r, const uint8_t *payload,
+		       struct kv_error *err)
+{
+	(void)err;
+	pthread_mutex_lock(&r->lock);
+	r->pong_seen = true;
+	r->pong_last = get_be32(payload);
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	return 0;
+}
+
+static bool stop_requested(const struct kv_rp_reader *r)
+{
+	return __atomic_load_n(&r->stop, __ATOMIC_ACQUIRE) != 0;
+}
+
+/* Read exactly len bytes, looking at the stop request between waits. */
+static int rp_read(struct kv_rp_reader *r, void *buf, size_t len,
+		   struct kv_error *err)
+{
+	struct kv_chan *c = r->c;
 	size_t done = 0;
 
 	while (done < len) {
-		struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
-		int64_t left_ms = (deadline_ns - kv_now_ns()) / 1000000;
 		ssize_t n;
-		int r;
+		int w;
 
-		if (__atomic_load_n(&c->shutdown_req, __ATOMIC_ACQUIRE))
+		if (stop_requested(r))
 			return kv_error_set(err, -ECANCELED,
-					    "return path: "
-					    "cancelled while waiting for the "
-					    "destination");
-		if (left_ms <= 0)
-			return kv_error_set(err, -ETIMEDOUT,
-					    "return path: no "
-					    "answer from the destination on "
-					    "%s within %d ms",
-					    c->name, timeout_ms);
-		r = poll(&pfd, 1,
-			 left_ms < RP_POLL_SLICE_MS ? (int)left_ms
-						    : RP_POLL_SLICE_MS);
-		if (r < 0 && errno == EINTR)
+					    "return path: reader stopped");
+		w = kv_chan_wait_readable(c, kv_now_ns() + RP_STOP_SLICE_NS);
+		if (w == 0)
 			continue;
-		if (r < 0)
-			return kv_error_set_errno(err, -errno,
-						  "return path: "
-						  "poll on %s",
-						  c->name);
-		if (r == 0)
-			continue;
-		n = c->ops->read(c, (uint8_t *)buf + done, len - done);
+		n = w < 0 ? w
+			  : c->ops->read(c, (uint8_t *)buf + done, len - done);
 		if (n == 0)
-			return kv_error_set(err, -EPIPE,
-					    "return path: the "
-					    "destination closed %s without "
-					    "confirming the migration",
-					    c->name);
+			return kv_error_set(
+			    err, -EPIPE,
+			    "return path: the destination closed %s without confirming the migration",
+			    c->name);
 		if (n == -ECANCELED)
-			continue; /* reported at the top of the loop */
+			return kv_error_set(
+			    err, -ECANCELED,
+			    "return path: cancelled while waiting for the destination");
 		if (n < 0)
-			return kv_error_set_errno(err, (int)n,
-						  "return path: "
-						  "reading from %s",
-						  c->name);
+			return kv_error_set_errno(
+			    err, (int)n, "return path: reading from %s",
+			    c->name);
 		done += (size_t)n;
 	}
 	return 0;
 }
 
-/* One SHUT or PONG message and its value. */
-static int rp_read_msg(struct kv_chan *c, int64_t deadline, int timeout_ms,
-		       uint16_t *type, uint32_t *value, struct kv_error *err)
+/* One message, checked against the table and handed to its handler. */
+static int rp_read_message(struct kv_rp_reader *r, struct kv_error *err)
 {
-	uint8_t hdr[RP_HEADER_LEN], payload[RP_SHUT_LEN];
-	uint16_t len;
+	uint8_t hdr[RP_HEADER_LEN], payload[KV_RP_MAX_PAYLOAD];
+	const struct rp_msg_desc *d;
+	uint16_t type, len;
 	int ret;
 
-	ret = rp_read(c, hdr, sizeof(hdr), deadline, timeout_ms, err);
+	ret = rp_read(r, hdr, sizeof(hdr), err);
 	if (ret < 0)
 		return ret;
-	*type = get_be16(hdr);
+	type = get_be16(hdr);
 	len = get_be16(hdr + 2);
-	if ((*type != KV_RP_MSG_SHUT && *type != KV_RP_MSG_PONG) ||
-	    len != RP_SHUT_LEN)
-		return kv_error_set(err, -EPROTO,
-				    "return path: "
-				    "malformed message from the "
-				    "destination (type %u, length %u; "
-				    "expected SHUT or PONG with 4 "
-				    "bytes)",
-				    *type, len);
-	ret = rp_read(c, payload, sizeof(payload), deadline, timeout_ms, err);
+	ret = kv_rp_check_header(type, len, err);
 	if (ret < 0)
 		return ret;
-	*value = get_be32(payload);
-	return 0;
+	ret = rp_read(r, payload, len, err);
+	if (ret < 0)
+		return ret;
+	ret = kv_rp_check_message(type, payload, len, err);
+	if (ret < 0)
+		return ret;
+	d = rp_msg_find(type);
+	if (!d->handle)
+		return kv_error_set(
+		    err, -EPROTO,
+		    "return path: the destination sent %s (type %u, length %u), which this source does not support",
+		    d->name, type, len);
+	return d->handle(r, payload, err);
 }
 
-int kv_rp_wait_shut(struct kv_chan *c, int timeout_ms, uint32_t *status,
-		    struct kv_error *err)
+/* A destination that failed or broke the return path will not take the
+ * rest of the stream: shut the channel so the migration thread stops
+ * writing to it now. A cancel or a stop is not the destination's doing. */
+static bool destination_gave_up(const struct kv_rp_reader *r, int ret)
 {
-	int64_t deadline = kv_now_ns() + (int64_t)timeout_ms * 1000000;
-	uint16_t type;
-	uint32_t value;
+	if (ret < 0)
+		return ret != -ECANCELED;
+	return r->shut_status != 0;
+}
+
+static void *reader_main(void *opaque)
+{
+	struct kv_rp_reader *r = opaque;
+	struct kv_error err = {0};
+	bool gave_up;
 	int ret;
 
+	do
+		ret = rp_read_message(r, &err);
+	while (ret == 0);
+	pthread_mutex_lock(&r->lock);
+	if (ret < 0)
+		kv_error_propagate(&r->fail, &err);
+	r->ended = true;
+	gave_up = destination_gave_up(r, ret);
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	if (gave_up)
+		kv_chan_shutdown(r->c);
+	return NULL;
+}
+
+struct kv_rp_reader *kv_rp_reader_start(struct kv_chan *c, struct kv_error *err)
+{
+	struct kv_rp_reader *r = calloc(1, sizeof(*r));
+	pthread_condattr_t attr;
+
+	if (!r) {
+		kv_error_set(err, -ENOMEM, "return path: out of memory");
+		return NULL;
+	}
+	r->c = c;
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&r->cond, &attr);
+	pthread_condattr_destroy(&attr);
+	if (pthread_create(&r->thread, NULL, reader_main, r) != 0) {
+		kv_error_set(
+		    err, -EAGAIN,
+		    "return path: cannot start the reader thread on %s",
+		    c->name);
+		pthread_cond_destroy(&r->cond);
+		pthread_mutex_destroy(&r->lock);
+		free(r);
+		return NULL;
+	}
+	return r;
+}
+
+void kv_rp_reader_stop(struct kv_rp_reader *r)
+{
+	if (!r)
+		return;
+	__atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
+	pthread_join(r->thread, NULL);
+	pthread_cond_destroy(&r->cond);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
+
+static struct timespec deadline_after_ms(int timeout_ms)
+{
+	int64_t ns = kv_now_ns() + (int64_t)timeout_ms * 1000000;
+
+	return (struct timespec){.tv_sec = ns / 1000000000,
+				 .tv_nsec = ns % 1000000000};
+}
+
+/* Under lock: wait for news until the deadline; false once it passed
+ * (the caller looks once more: news may have come with the deadline). */
+static bool wait_news(struct kv_rp_reader *r, const struct timespec *until)
+{
+	return pthread_cond_timedwait(&r->cond, &r->lock, until) != ETIMEDOUT;
+}
+
+/* Under lock: the reader ended without SHUT; say why. */
+static int reader_failure(struct kv_rp_reader *r, struct kv_error *err)
+{
+	if (!r->fail.code)
+		kv_error_set(&r->fail, -EPIPE,
+			     "return path: the reader on %s ended", r->c->name);
+	kv_error_propagate(err, &r->fail);
+	return r->fail.code;
+}
+
+static int no_answer(const struct kv_rp_reader *r, int timeout_ms,
+		     struct kv_error *err)
+{
+	return kv_error_set(
+	    err, -ETIMEDOUT,
+	    "return path: no answer from the destination on %s within %d ms",
+	    r->c->name, timeout_ms);
+}
+
+static bool pong_arrived(const struct kv_rp_reader *r, uint32_t value)
+{
+	return r->pong_seen && (int32_t)(r->pong_last - value) >= 0;
+}
+
+int kv_rp_reader_wait_pong(struct kv_rp_reader *r, uint32_t value,
+			   int timeout_ms, struct kv_error *err)
+{
+	struct timespec until = deadline_after_ms(timeout_ms);
+	bool late = false;
+	int ret;
+
+	pthread_mutex_lock(&r->lock);
 	for (;;) {
-		ret = rp_read_msg(c, deadline, timeout_ms, &type, &value, err);
-		if (ret < 0)
-			return ret;
-		if (type == KV_RP_MSG_SHUT) {
-			*status = value;
-			return 0;
+		if (pong_arrived(r, value)) {
+			ret = 0;
+			break;
 		}
-		/* PONG answers a PING we may have sent: not what we wait
-		 * for, keep reading. */
+		if (r->shut_seen) {
+			ret = kv_error_set(
+			    err, -EREMOTEIO,
+			    "the destination failed to load the migration stream (it answered SHUT with status %u while the source waited for PONG %u; see its log)",
+			    r->shut_status, value);
+			break;
+		}
+		if (r->ended) {
+			ret = reader_failure(r, err);
+			break;
+		}
+		if (late) {
+			ret = no_answer(r, timeout_ms, err);
+			break;
+		}
+		late = !wait_news(r, &until);
 	}
+	pthread_mutex_unlock(&r->lock);
+	return ret;
 }
 
-int kv_rp_wait_pong(struct kv_chan *c, int timeout_ms, uint32_t value,
-		    struct kv_error *err)
+int kv_rp_reader_wait_shut(struct kv_rp_reader *r, int timeout_ms,
+			   uint32_t *status, struct kv_error *err)
 {
-	int64_t deadline = kv_now_ns() + (int64_t)timeout_ms * 1000000;
-	uint16_t type;
-	uint32_t got;
+	struct timespec until = deadline_after_ms(timeout_ms);
+	bool late = false;
 	int ret;
 
+	pthread_mutex_lock(&r->lock);
 	for (;;) {
-		ret = rp_read_msg(c, deadline, timeout_ms, &type, &got, err);
-		if (ret < 0)
-			return ret;
-		if (type == KV_RP_MSG_SHUT)
-			return kv_error_set(err, -EREMOTEIO,
-					    "the destination failed to load "
-					    "the migration stream (it "
-					    "answered SHUT with status %u "
-					    "while the source waited for "
-					    "PONG %u; see its log)",
-					    got, value);
-		if (got == value)
-			return 0;
-		/* An answer to an earlier PING: keep reading. */
+		if (r->shut_seen) {
+			*status = r->shut_status;
+			ret = 0;
+			break;
+		}
+		if (r->ended) {
+			ret = reader_failure(r, err);
+			break;
+		}
+		if (late) {
+			ret = no_answer(r, timeout_ms, err);
+			break;
+		}
+		late = !wait_news(r, &until);
 	}
+	pthread_mutex_unlock(&r->lock);
+	return ret;
 }

@@ -7,6 +7,14 @@
  * and verified, 1 = failed). Only after SHUT(0) may the source give up its
  * workload. A PING command in the stream is answered with PONG carrying
  * the PING's value (as QEMU's destination does).
+ *
+ * On the source a reader thread reads every message as it comes, checks it
+ * against the message table in return_path.c (type, name, length rule,
+ * handler) and hands it to its handler; the migration thread waits on what
+ * the handlers recorded. So the source notices a SHUT(1) or a broken
+ * return path while it is still sending, not only when it next waits, and
+ * messages that need an answer at any time (postcopy's page requests) have
+ * a thread to serve them.
  */
 #ifndef KV_MIGRATION_RETURN_PATH_H
 #define KV_MIGRATION_RETURN_PATH_H
@@ -16,11 +24,32 @@
 #include "base/error.h"
 #include "io/channel.h"
 
+/* QEMU's numbers (enum mig_rp_message_type in its migration.c). */
 enum kv_rp_msg {
 	KV_RP_MSG_INVALID = 0,
 	KV_RP_MSG_SHUT = 1,
 	KV_RP_MSG_PONG = 2,
+	KV_RP_MSG_REQ_PAGES_ID = 3,
+	KV_RP_MSG_REQ_PAGES = 4,
+	KV_RP_MSG_RECV_BITMAP = 5,
+	KV_RP_MSG_RESUME_ACK = 6,
+	KV_RP_MSG_SWITCHOVER_ACK = 7,
 };
+
+/* The longest payload a source accepts (QEMU's return-path buffer). */
+#define KV_RP_MAX_PAYLOAD 512
+
+/* The table's name of a message type ("SHUT"), NULL for an unknown one. */
+const char *kv_rp_msg_name(uint16_t type);
+
+/* Is a header acceptable, before its payload is read: a known type, and a
+ * length its rule allows? 0, or -EPROTO with err naming type and length. */
+int kv_rp_check_header(uint16_t type, uint16_t len, struct kv_error *err);
+
+/* The whole message, for rules that depend on the payload (a name length
+ * byte inside it). 0 or -EPROTO. */
+int kv_rp_check_message(uint16_t type, const uint8_t *payload, uint16_t len,
+			struct kv_error *err);
 
 /* Destination: send SHUT(status). */
 int kv_rp_send_shut(struct kv_chan *c, uint32_t status, struct kv_error *err);
@@ -28,16 +57,30 @@ int kv_rp_send_shut(struct kv_chan *c, uint32_t status, struct kv_error *err);
 /* Destination: answer a PING command (savevm.h) with PONG(value). */
 int kv_rp_send_pong(struct kv_chan *c, uint32_t value, struct kv_error *err);
 
-/* Source: wait up to timeout_ms for PONG(value), the destination's answer
- * to PING(value), which it sends once it has read everything before the
- * PING. PONGs with other values are skipped; a SHUT (the destination
- * failed) or anything malformed is an error. */
-int kv_rp_wait_pong(struct kv_chan *c, int timeout_ms, uint32_t value,
-		    struct kv_error *err);
+/*
+ * Source: the reader thread. Started when the migration opens its return
+ * path; it ends by itself after SHUT, at EOF, on a malformed or
+ * unsupported message, or when the channel is shut down. A failure (and
+ * SHUT with a non-zero status) also shuts the channel down, so a
+ * migration thread blocked writing to a destination that gave up returns
+ * at once. Stop it (joins) before closing the channel.
+ */
+struct kv_rp_reader;
 
-/* Source: wait up to timeout_ms for SHUT; returns 0 and sets *status, or
- * <0 (peer closed, timeout, malformed message) with err set. */
-int kv_rp_wait_shut(struct kv_chan *c, int timeout_ms, uint32_t *status,
-		    struct kv_error *err);
+struct kv_rp_reader *kv_rp_reader_start(struct kv_chan *c,
+					struct kv_error *err);
+void kv_rp_reader_stop(struct kv_rp_reader *r);
+
+/* Wait up to timeout_ms for PONG(value), the destination's answer to
+ * PING(value), which it sends once it has read everything before the
+ * PING. PONGs answer PINGs in order: a later value means value came too.
+ * A SHUT (the destination failed) or the reader's failure is an error. */
+int kv_rp_reader_wait_pong(struct kv_rp_reader *r, uint32_t value,
+			   int timeout_ms, struct kv_error *err);
+
+/* Wait up to timeout_ms (0: just look) for SHUT; returns 0 and sets
+ * *status, or <0 (peer closed, timeout, malformed message) with err set. */
+int kv_rp_reader_wait_shut(struct kv_rp_reader *r, int timeout_ms,
+			   uint32_t *status, struct kv_error *err);
 
 #endif

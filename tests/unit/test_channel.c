@@ -436,6 +436,283 @@ static void test_chan_shutdown_unblocks_pipe_read(void **state)
 	close(fds[1]);
 }
 
+/* ---- operations beyond read and write ---- */
+
+/* A connected tcp pair over loopback: *a connected, *b accepted. */
+static void tcp_pair(struct kv_chan **a, struct kv_chan **b)
+{
+	struct acceptor acc = {0};
+	struct kv_error err = {0};
+	pthread_t t;
+
+	acc.l = kv_listener_open("tcp:127.0.0.1:0", &acc.err);
+	assert_non_null(acc.l);
+	assert_int_equal(pthread_create(&t, NULL, accept_thread, &acc), 0);
+	*a = kv_chan_connect(kv_listener_uri(acc.l), &err);
+	pthread_join(t, NULL);
+	if (!*a || !acc.c)
+		fail_msg("tcp pair: %s%s", err.msg, acc.err.msg);
+	*b = acc.c;
+	kv_listener_close(acc.l);
+}
+
+static void write_bytes(struct kv_chan *c, size_t len, uint8_t fill)
+{
+	struct kv_error err = {0};
+	uint8_t *buf = malloc(len);
+	struct iovec iov = {buf, len};
+
+	assert_non_null(buf);
+	memset(buf, fill, len);
+	assert_int_equal(kv_chan_writev_full(c, &iov, 1, &err), 0);
+	free(buf);
+}
+
+static int64_t ms_since(int64_t t0)
+{
+	return (kv_now_ns() - t0) / 1000000;
+}
+
+struct delayed_write {
+	struct kv_chan *c;
+	int64_t delay_ns;
+	size_t len;
+};
+
+static void *delayed_write_thread(void *arg)
+{
+	struct delayed_write *d = arg;
+
+	kv_sleep_ns(d->delay_ns);
+	write_bytes(d->c, d->len, 0x5a);
+	return NULL;
+}
+
+struct waiter {
+	struct kv_chan *c;
+	int result;
+};
+
+static void *wait_forever_thread(void *arg)
+{
+	struct waiter *w = arg;
+
+	w->result = kv_chan_wait_readable(w->c, -1);
+	return NULL;
+}
+
+static void test_wait_readable_deadline(void **state)
+{
+	struct delayed_write d;
+	struct waiter w = {0};
+	struct kv_chan *a, *b;
+	pthread_t t;
+	int64_t t0;
+	char x;
+
+	tcp_pair(&a, &b);
+	/* Nothing comes: the deadline ends the wait, not before it. */
+	t0 = kv_now_ns();
+	assert_int_equal(kv_chan_wait_readable(b, t0 + 80 * 1000000LL), 0);
+	assert_true(ms_since(t0) >= 79);
+	assert_true(ms_since(t0) < 2000);
+	/* A deadline already past: a look, no wait. */
+	assert_int_equal(kv_chan_wait_readable(b, t0), 0);
+
+	/* Data wakes it long before a far deadline. */
+	d = (struct delayed_write){a, 50 * 1000000LL, 1};
+	assert_int_equal(pthread_create(&t, NULL, delayed_write_thread, &d), 0);
+	t0 = kv_now_ns();
+	assert_int_equal(kv_chan_wait_readable(b, t0 + 10000000000LL), 1);
+	assert_true(ms_since(t0) < 5000);
+	pthread_join(t, NULL);
+	assert_int_equal(b->ops->read(b, &x, 1), 1);
+
+	/* A shutdown from another thread wakes a wait without deadline. */
+	w.c = b;
+	assert_int_equal(pthread_create(&t, NULL, wait_forever_thread, &w), 0);
+	kv_sleep_ns(50 * 1000000LL);
+	t0 = kv_now_ns();
+	kv_chan_shutdown(b);
+	pthread_join(t, NULL);
+	assert_true(ms_since(t0) < 2000);
+	assert_int_equal(w.result, -ECANCELED);
+	assert_int_equal(kv_chan_wait_readable(b, -1), -ECANCELED);
+	kv_chan_close(a);
+	kv_chan_close(b);
+
+	/* EOF is readable: the read says 0. */
+	tcp_pair(&a, &b);
+	kv_chan_close(a);
+	assert_int_equal(kv_chan_wait_readable(b, kv_now_ns() + 5000000000LL),
+			 1);
+	assert_int_equal(b->ops->read(b, &x, 1), 0);
+	kv_chan_close(b);
+}
+
+static void test_wait_readable_pipe_and_file(void **state)
+{
+	struct kv_error err = {0};
+	struct kv_chan *r, *f;
+	char path[64];
+	int fds[2], fd;
+
+	assert_int_equal(pipe(fds), 0);
+	r = kv_chan_from_fd(fds[0], "pipe", &err);
+	assert_non_null(r);
+	assert_int_equal(kv_chan_wait_readable(r, kv_now_ns() + 20000000), 0);
+	assert_int_equal(write(fds[1], "x", 1), 1);
+	assert_int_equal(kv_chan_wait_readable(r, -1), 1);
+	kv_chan_close(r);
+	close(fds[1]);
+
+	/* A regular file never blocks: always readable, until shut down. */
+	snprintf(path, sizeof(path), "/tmp/kvmig-wait-%d", getpid());
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	assert_true(fd >= 0);
+	unlink(path);
+	f = kv_chan_from_fd(fd, "file", &err);
+	assert_non_null(f);
+	assert_int_equal(kv_chan_wait_readable(f, kv_now_ns()), 1);
+	kv_chan_shutdown(f);
+	assert_int_equal(kv_chan_wait_readable(f, -1), -ECANCELED);
+	kv_chan_close(f);
+}
+
+static void test_recv_lowat(void **state)
+{
+	struct kv_error err = {0};
+	struct kv_chan *a, *b, *p;
+	char buf[1000];
+	int64_t t0;
+	int fds[2];
+
+	tcp_pair(&a, &b);
+	assert_int_equal(kv_chan_set_recv_lowat(b, 1000), 0);
+	write_bytes(a, 500, 1);
+	/* 500 of 1000 buffered: not readable yet. */
+	t0 = kv_now_ns();
+	assert_int_equal(kv_chan_wait_readable(b, t0 + 100 * 1000000LL), 0);
+	write_bytes(a, 500, 2);
+	assert_int_equal(kv_chan_wait_readable(b, kv_now_ns() + 5000000000LL),
+			 1);
+	assert_int_equal(kv_chan_read_full(b, buf, sizeof(buf), &err), 0);
+	/* Back to 1: a single byte wakes the reader again. */
+	assert_int_equal(kv_chan_set_recv_lowat(b, 1), 0);
+	write_bytes(a, 1, 3);
+	assert_int_equal(kv_chan_wait_readable(b, kv_now_ns() + 5000000000LL),
+			 1);
+	kv_chan_close(a);
+	kv_chan_close(b);
+
+	/* A pipe has no low-water mark: a hint, silently nothing. */
+	assert_int_equal(pipe(fds), 0);
+	p = kv_chan_from_fd(fds[0], "pipe", &err);
+	assert_non_null(p);
+	assert_int_equal(kv_chan_set_recv_lowat(p, 4096), 0);
+	assert_int_equal(write(fds[1], "x", 1), 1);
+	assert_int_equal(kv_chan_wait_readable(p, kv_now_ns() + 5000000000LL),
+			 1);
+	kv_chan_close(p);
+	close(fds[1]);
+}
+
+struct batched_reader {
+	struct kv_chan *c;
+	uint8_t *buf;
+	size_t len;
+	int result;
+	int done; /* atomic */
+};
+
+static void *batched_read_thread(void *arg)
+{
+	struct batched_reader *br = arg;
+	struct kv_error err = {0};
+	struct iovec iov[2] = {{br->buf, br->len / 2},
+			       {br->buf + br->len / 2, br->len - br->len / 2}};
+
+	br->result = kv_chan_readv_full_batched(br->c, iov, 2, 256 << 10, &err);
+	__atomic_store_n(&br->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/*
+ * Issue 10's stall: a payload read in parts, then nothing after it (a
+ * multifd SYNC). A low-water mark left at the whole payload kept the
+ * socket unreadable with its last part buffered; it must follow what is
+ * left. And it is back to 1 afterwards.
+ */
+static void test_batched_read_gets_last_part(void **state)
+{
+	struct batched_reader br = {0};
+	struct kv_chan *a;
+	int64_t t0;
+	pthread_t t;
+
+	tcp_pair(&a, &br.c);
+	br.len = 512 << 10;
+	br.buf = malloc(br.len);
+	assert_non_null(br.buf);
+	assert_int_equal(pthread_create(&t, NULL, batched_read_thread, &br), 0);
+	write_bytes(a, 300 << 10, 7);
+	kv_sleep_ns(100 * 1000000LL);
+	write_bytes(a, br.len - (300 << 10), 7);
+	t0 = kv_now_ns();
+	while (!__atomic_load_n(&br.done, __ATOMIC_ACQUIRE) &&
+	       ms_since(t0) < 5000)
+		kv_sleep_ns(1000000);
+	if (!__atomic_load_n(&br.done, __ATOMIC_ACQUIRE))
+		kv_chan_shutdown(br.c);
+	pthread_join(t, NULL);
+	assert_int_equal(br.result, 0);
+	for (size_t i = 0; i < br.len; i++)
+		if (br.buf[i] != 7)
+			fail_msg("byte %zu is %u", i, br.buf[i]);
+	write_bytes(a, 1, 8);
+	assert_int_equal(
+	    kv_chan_wait_readable(br.c, kv_now_ns() + 5000000000LL), 1);
+	free(br.buf);
+	kv_chan_close(a);
+	kv_chan_close(br.c);
+}
+
+static void test_socket_options_and_counters(void **state)
+{
+	struct kv_error err = {0};
+	struct kv_tcp_limits lim;
+	struct kv_chan *a, *b, *u, *p;
+	int sv[2], fds[2];
+
+	tcp_pair(&a, &b);
+	assert_int_equal(kv_chan_set_nodelay(a, false), 0);
+	assert_int_equal(kv_chan_set_nodelay(a, true), 0);
+	assert_int_equal(kv_chan_unsent(a), 0);
+	assert_int_equal(kv_chan_tcp_limits(a, &lim), 0);
+	kv_chan_close(a);
+	kv_chan_close(b);
+
+	/* unix: a socket, but not TCP. */
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	u = kv_chan_from_fd(sv[0], "unix", &err);
+	assert_non_null(u);
+	assert_true(kv_chan_set_nodelay(u, true) < 0);
+	assert_int_equal(kv_chan_tcp_limits(u, &lim), -EOPNOTSUPP);
+	assert_int_equal(write(sv[1], "x", 1), 1);
+	kv_chan_close(u);
+	close(sv[1]);
+
+	/* A pipe has none of it. */
+	assert_int_equal(pipe(fds), 0);
+	p = kv_chan_from_fd(fds[1], "pipe", &err);
+	assert_non_null(p);
+	assert_int_equal(kv_chan_set_nodelay(p, true), -EOPNOTSUPP);
+	assert_int_equal(kv_chan_unsent(p), -1);
+	assert_int_equal(kv_chan_tcp_limits(p, &lim), -ENOTSOCK);
+	kv_chan_close(p);
+	close(fds[0]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -453,6 +730,11 @@ int main(void)
 	    cmocka_unit_test(test_write_to_closed_socket_is_epipe),
 	    cmocka_unit_test(test_fd_uri),
 	    cmocka_unit_test(test_chan_shutdown_unblocks_pipe_read),
+	    cmocka_unit_test(test_wait_readable_deadline),
+	    cmocka_unit_test(test_wait_readable_pipe_and_file),
+	    cmocka_unit_test(test_recv_lowat),
+	    cmocka_unit_test(test_batched_read_gets_last_part),
+	    cmocka_unit_test(test_socket_options_and_counters),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -755,115 +755,6 @@ static void test_bandwidth_change_live(void **state)
 	vm_free(&dst);
 }
 
-/* ---- the return path on its own ---- */
-
-static void test_return_path_messages(void **state)
-{
-	struct kv_error err = {0};
-	struct kv_chan *a, *b;
-	uint32_t status = 99;
-	int sv[2];
-	static const uint8_t pong_then_shut[] = {0, 2, 0, 4, 0, 0, 0, 7,
-						 0, 1, 0, 4, 0, 0, 0, 1};
-	static const uint8_t bad_len[] = {0, 1, 0, 9, 0, 0, 0, 0};
-	static const uint8_t bad_type[] = {0, 5, 0, 4, 0, 0, 0, 0};
-	static const uint8_t half[] = {0, 1, 0};
-
-	(void)state;
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-	a = kv_chan_from_fd(sv[0], "src", &err);
-	b = kv_chan_from_fd(sv[1], "dst", &err);
-	assert_non_null(a);
-	assert_non_null(b);
-
-	assert_int_equal(kv_rp_send_shut(b, 0, &err), 0);
-	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), 0);
-	assert_int_equal(status, 0);
-
-	assert_int_equal(write(sv[1], pong_then_shut, sizeof(pong_then_shut)),
-			 sizeof(pong_then_shut));
-	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), 0);
-	assert_int_equal(status, 1);
-
-	assert_int_equal(kv_rp_wait_shut(a, 100, &status, &err), -ETIMEDOUT);
-	assert_non_null(strstr(err.msg, "within 100 ms"));
-	kv_error_clear(&err);
-
-	assert_int_equal(write(sv[1], bad_len, sizeof(bad_len)),
-			 sizeof(bad_len));
-	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), -EPROTO);
-	assert_non_null(strstr(err.msg, "type 1, length 9"));
-	kv_error_clear(&err);
-	/* Drop the 4 bytes of bad_len's would-be payload. */
-	assert_int_equal(read(sv[0], (char[4]){0}, 4), 4);
-
-	assert_int_equal(write(sv[1], bad_type, sizeof(bad_type)),
-			 sizeof(bad_type));
-	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), -EPROTO);
-	kv_error_clear(&err);
-	assert_int_equal(read(sv[0], (char[4]){0}, 4), 4);
-
-	assert_int_equal(write(sv[1], half, sizeof(half)), sizeof(half));
-	kv_chan_close(b);
-	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), -EPIPE);
-	assert_non_null(strstr(err.msg, "without confirming"));
-	kv_error_clear(&err);
-
-	kv_chan_shutdown(a);
-	assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), -ECANCELED);
-	kv_chan_close(a);
-}
-
-static void test_pong_messages(void **state)
-{
-	struct kv_error err = {0};
-	struct kv_chan *a, *b;
-	int sv[2];
-	static const uint8_t stale_then_pong[] = {0, 2, 0, 4, 0, 0, 0, 4,
-						  0, 2, 0, 4, 0, 0, 0, 5};
-	static const uint8_t shut_fail[] = {0, 1, 0, 4, 0, 0, 0, 1};
-
-	(void)state;
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-	a = kv_chan_from_fd(sv[0], "src", &err);
-	b = kv_chan_from_fd(sv[1], "dst", &err);
-	assert_non_null(a);
-	assert_non_null(b);
-
-	assert_int_equal(kv_rp_send_pong(b, 0xdeadbeef, &err), 0);
-	assert_int_equal(kv_rp_wait_pong(a, 1000, 0xdeadbeef, &err), 0);
-
-	/* An answer to an older PING is skipped. */
-	assert_int_equal(write(sv[1], stale_then_pong, sizeof(stale_then_pong)),
-			 sizeof(stale_then_pong));
-	assert_int_equal(kv_rp_wait_pong(a, 1000, 5, &err), 0);
-
-	/* Nothing comes: a timeout, not a hang. */
-	assert_int_equal(kv_rp_wait_pong(a, 100, 6, &err), -ETIMEDOUT);
-	kv_error_clear(&err);
-
-	/* The destination gave up instead of answering. */
-	assert_int_equal(write(sv[1], shut_fail, sizeof(shut_fail)),
-			 sizeof(shut_fail));
-	assert_int_equal(kv_rp_wait_pong(a, 1000, 6, &err), -EREMOTEIO);
-	assert_non_null(strstr(err.msg, "status 1"));
-	assert_non_null(strstr(err.msg, "PONG 6"));
-	kv_error_clear(&err);
-
-	/* A PONG while waiting for SHUT is still skipped. */
-	assert_int_equal(kv_rp_send_pong(b, 9, &err), 0);
-	assert_int_equal(kv_rp_send_shut(b, 0, &err), 0);
-	{
-		uint32_t status = 7;
-
-		assert_int_equal(kv_rp_wait_shut(a, 1000, &status, &err), 0);
-		assert_int_equal(status, 0);
-	}
-	kv_chan_close(b);
-	assert_int_equal(kv_rp_wait_pong(a, 1000, 1, &err), -EPIPE);
-	kv_chan_close(a);
-}
-
 /* The destination answers PING with PONG only when the source opened the
  * return path (as QEMU): nothing else is written back. */
 static void ping_stream(bool return_path, bool *ponged)
@@ -888,9 +779,14 @@ static void ping_stream(bool return_path, bool *ponged)
 	assert_int_equal(kv_savevm_load(b, r, &res, &err), 0);
 	assert_int_equal(res.return_path_requested, return_path);
 	*ponged = recv(sv[0], &byte, 1, MSG_DONTWAIT | MSG_PEEK) == 1;
-	if (*ponged)
-		assert_int_equal(
-		    kv_rp_wait_pong(kv_stream_chan(w), 1000, 7, &err), 0);
+	if (*ponged) {
+		struct kv_rp_reader *rp =
+		    kv_rp_reader_start(kv_stream_chan(w), &err);
+
+		assert_non_null(rp);
+		assert_int_equal(kv_rp_reader_wait_pong(rp, 7, 1000, &err), 0);
+		kv_rp_reader_stop(rp);
+	}
 	kv_stream_close(w);
 	kv_stream_close(r);
 	kv_savevm_free(a);
@@ -1139,8 +1035,6 @@ static void test_switch_over_policy(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_return_path_messages),
-	    cmocka_unit_test(test_pong_messages),
 	    cmocka_unit_test(test_switch_over_policy),
 	    cmocka_unit_test(test_ping_answered_with_return_path_only),
 	    cmocka_unit_test(test_full_migration),

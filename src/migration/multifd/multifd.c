@@ -601,22 +601,12 @@ static void apply_zero(uint8_t *host, unsigned long *written,
 }
 
 /* A payload arrives in many segments; waking the thread for each costs
- * more than the copy. SO_RCVLOWAT makes the socket readable only once
- * the whole payload (up to the buffer's half) is there; it goes back to
- * 1 for the next header, as a SYNC packet has nothing after it. */
+ * more than the copy. The channel's receive low-water mark makes it wake
+ * once what is left of the payload (up to the buffer's half) is there. */
 static int read_payload(struct kv_chan *chan, struct iovec *iov, int iovcnt,
-			size_t len, struct kv_error *err)
+			struct kv_error *err)
 {
-	int low = len > (256U << 10) ? (256 << 10) : (int)len, one = 1;
-	bool set = chan->is_socket &&
-		   !setsockopt(chan->fd, SOL_SOCKET, SO_RCVLOWAT, &low,
-			       sizeof(low));
-	int ret = kv_chan_readv_full(chan, iov, iovcnt, err);
-
-	if (set)
-		setsockopt(chan->fd, SOL_SOCKET, SO_RCVLOWAT, &one,
-			   sizeof(one));
-	return ret;
+	return kv_chan_readv_full_batched(chan, iov, iovcnt, 256U << 10, err);
 }
 
 static int recv_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
@@ -658,8 +648,7 @@ static int recv_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
 			iov[i].iov_base = pages[i];
 			iov[i].iov_len = PAGE;
 		}
-		ret = read_payload(c->chan, iov, (int)pkt->normal,
-				   pkt->next_size, err);
+		ret = read_payload(c->chan, iov, (int)pkt->normal, err);
 		if (ret < 0)
 			return ret;
 	}
