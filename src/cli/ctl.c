@@ -985,6 +985,7 @@ static int build_set_requests(struct ctl_args *a, json_t *params, json_t *caps)
 	const char *text;
 	char name[128];
 	json_t *v;
+	bool on;
 	int rc;
 
 	for (int i = 0; i < a->npos; i++) {
@@ -1002,19 +1003,12 @@ static int build_set_requests(struct ctl_args *a, json_t *params, json_t *caps)
 	for (int i = 0; i < a->ncaps; i++) {
 		rc = split_setting(a->caps[i], "--capability ", name,
 				   sizeof(name), &text);
-		o = rc ? NULL : kv_mig_cap_find(name);
-		v = NULL;
-		if (!rc && o) {
-			rc = table_value(o, text, &v);
-		} else if (!rc) {
-			bool on;
-
-			if (!kv_cli_mig_parse_bool(text, &on))
-				return kv_cli_usage_error("set", "--capability '%s': expected NAME=on|off", a->caps[i]);
-			v = json_boolean(on);
-		}
 		if (rc)
 			return rc;
+		/* A capability's state is on or off, whatever its name. */
+		if (!kv_cli_mig_parse_bool(text, &on))
+			return kv_cli_usage_error("set", "--capability '%s': expected NAME=on|off", a->caps[i]);
+		v = json_boolean(on);
 		json_array_append_new(caps, json_pack("{s:s,s:o}", "capability",
 						      name, "state", v));
 	}
