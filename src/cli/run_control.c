@@ -260,9 +260,7 @@ static int mig_incoming(void *opaque, const char *uri, struct kv_error *err)
 	rc->defer = false;
 	pthread_mutex_unlock(&rc->lock);
 	if (!defer)
-		return kv_error_set(err, -EINVAL,
-				    "migrate-incoming needs kvmig run "
-				    "--incoming defer (and is accepted once)");
+		return kv_error_set(err, -EINVAL, "migrate-incoming needs kvmig run --incoming defer (and is accepted once)");
 	return start_incoming(rc, uri, err);
 }
 
