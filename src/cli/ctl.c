@@ -20,6 +20,7 @@
 #include "cli/cli.h"
 #include "cli/option_args.h"
 #include "cli/qmp_client.h"
+#include "vmm/runstate.h"
 
 #define CTL_TIMEOUT_MS		10000
 #define CTL_DEFAULT_INTERVAL_MS 500
@@ -388,10 +389,11 @@ static bool completed_unsettled(json_t *mig, json_t *vm)
 {
 	const char *st = json_string_value(json_object_get(mig, "status"));
 	const char *run = json_string_value(json_object_get(vm, "status"));
+	enum kv_runstate rs;
 
 	if (!st || strcmp(st, "completed"))
 		return false;
-	if (run && !strcmp(run, "finish-migrate"))
+	if (kv_runstate_parse(run, &rs) && rs == KV_RUNSTATE_FINISH_MIGRATE)
 		return true;
 	/* only a source has RAM counters and times */
 	return json_is_object(json_object_get(mig, "ram")) &&

@@ -2,6 +2,8 @@
 /* The run-state table (runstate.h). */
 #include "vmm/runstate.h"
 
+#include <string.h>
+
 #define BIT(st) (1u << (st))
 
 struct runstate_info {
@@ -35,6 +37,16 @@ static const struct runstate_info states[KV_RUNSTATE_COUNT] = {
 const char *kv_runstate_name(enum kv_runstate st)
 {
 	return (unsigned)st < KV_RUNSTATE_COUNT ? states[st].name : "unknown";
+}
+
+bool kv_runstate_parse(const char *name, enum kv_runstate *out)
+{
+	for (int i = 0; name && i < KV_RUNSTATE_COUNT; i++)
+		if (!strcmp(states[i].name, name)) {
+			*out = (enum kv_runstate)i;
+			return true;
+		}
+	return false;
 }
 
 bool kv_runstate_can_move(enum kv_runstate from, enum kv_runstate to)

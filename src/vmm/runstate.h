@@ -28,6 +28,9 @@ enum kv_runstate {
 
 /* QEMU's name ("finish-migrate"); "unknown" out of range. */
 const char *kv_runstate_name(enum kv_runstate st);
+/* The state named name (a VM's query-status, maybe QEMU's); false for a
+ * name kvmig does not use. */
+bool kv_runstate_parse(const char *name, enum kv_runstate *out);
 /* May a VM in state from move to state to? Staying put is always
  * allowed. */
 bool kv_runstate_can_move(enum kv_runstate from, enum kv_runstate to);

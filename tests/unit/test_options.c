@@ -4,7 +4,8 @@
  * the generic check / set / get, the defaults, what a migration gets from
  * the settings, the QMP apply and query (monitor/qmp_migration.c), the
  * command-line values (cli/option_args.c), and README.md's table, which
- * must say what the table says (KVMIG_README names the file).
+ * must say what the table says (KVMIG_README names the file). Also the
+ * run state's table (vmm/runstate.c).
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -23,6 +24,7 @@
 #include "migration/codec/multifd_codec.h"
 #include "migration/options.h"
 #include "monitor/qmp_internal.h"
+#include "vmm/runstate.h"
 
 static const struct kv_mig_option *row(const char *name)
 {
@@ -469,6 +471,31 @@ static void test_readme_matches_table(void **state)
 	assert_int_equal(bad, 0);
 }
 
+/* ---- the run state's table ---- */
+
+static void test_runstate(void **state)
+{
+	enum kv_runstate st;
+
+	(void)state;
+	for (int i = 0; i < KV_RUNSTATE_COUNT; i++) {
+		assert_true(kv_runstate_parse(kv_runstate_name(i), &st));
+		assert_int_equal(st, i);
+		assert_true(kv_runstate_can_move(i, i));
+	}
+	assert_string_equal(kv_runstate_name(KV_RUNSTATE_FINISH_MIGRATE), "finish-migrate");
+	assert_false(kv_runstate_parse("prelaunch", &st));
+	assert_false(kv_runstate_parse(NULL, &st));
+	assert_true(kv_runstate_can_move(KV_RUNSTATE_PAUSED, KV_RUNSTATE_INMIGRATE));
+	assert_true(kv_runstate_can_move(KV_RUNSTATE_FINISH_MIGRATE, KV_RUNSTATE_RUNNING));
+	/* a migrated guest never runs here again; shutdown is final */
+	assert_false(kv_runstate_can_move(KV_RUNSTATE_POSTMIGRATE, KV_RUNSTATE_RUNNING));
+	assert_false(kv_runstate_can_move(KV_RUNSTATE_INMIGRATE, KV_RUNSTATE_PAUSED));
+	for (int i = 0; i < KV_RUNSTATE_COUNT; i++)
+		assert_int_equal(kv_runstate_can_move(KV_RUNSTATE_SHUTDOWN, i), i == KV_RUNSTATE_SHUTDOWN);
+	assert_false(kv_runstate_can_move(KV_RUNSTATE_COUNT, KV_RUNSTATE_RUNNING));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -481,6 +508,7 @@ int main(void)
 	    cmocka_unit_test(test_qmp_caps),
 	    cmocka_unit_test(test_cli_values),
 	    cmocka_unit_test(test_readme_matches_table),
+	    cmocka_unit_test(test_runstate),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
