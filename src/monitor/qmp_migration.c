@@ -343,13 +343,26 @@ json_t *kv_qmp_mig_info_json(const struct kv_vm_mig_info *i)
 
 /* ---- the commands ---- */
 
-static struct kv_qmp_mig *mig_of(struct kv_qmp_call *call, const char *cmd)
-{
-	struct kv_qmp_mig *m = call->ops->migration;
+/* The migration object, if the VM has one and gives it op (an op the VM
+ * left out is reported as a missing command, never called). */
+#define MIG_WITH(call, cmd, op)                                               \
+	mig_of(call, cmd,                                                     \
+	       (call)->ops->migration && (call)->ops->migration->ops.op)
 
-	if (!m)
+static struct kv_qmp_mig *mig_of(struct kv_qmp_call *call, const char *cmd,
+				 bool has_op)
+{
+	if (!has_op) {
 		kv_qmp_missing_op(call, cmd);
-	return m;
+		return NULL;
+	}
+	return call->ops->migration;
+}
+
+static void notify_params(struct kv_qmp_mig *m, const struct kv_mig_params *p)
+{
+	if (m->ops.set_params)
+		m->ops.set_params(m->ops.opaque, p);
 }
 
 static int no_memory(struct kv_qmp_call *call)
@@ -360,7 +373,7 @@ static int no_memory(struct kv_qmp_call *call)
 int kv_qmp_cmd_migrate(struct kv_qmp_call *call)
 {
 	const char *uri = json_string_value(json_object_get(call->args, "uri"));
-	struct kv_qmp_mig *m = mig_of(call, "migrate");
+	struct kv_qmp_mig *m = MIG_WITH(call, "migrate", start);
 	struct kv_mig_params p;
 
 	if (!m)
@@ -372,7 +385,7 @@ int kv_qmp_cmd_migrate(struct kv_qmp_call *call)
 int kv_qmp_cmd_migrate_incoming(struct kv_qmp_call *call)
 {
 	const char *uri = json_string_value(json_object_get(call->args, "uri"));
-	struct kv_qmp_mig *m = mig_of(call, "migrate-incoming");
+	struct kv_qmp_mig *m = MIG_WITH(call, "migrate-incoming", incoming);
 
 	if (!m)
 		return -ENOTSUP;
@@ -381,7 +394,7 @@ int kv_qmp_cmd_migrate_incoming(struct kv_qmp_call *call)
 
 int kv_qmp_cmd_migrate_cancel(struct kv_qmp_call *call)
 {
-	struct kv_qmp_mig *m = mig_of(call, "migrate_cancel");
+	struct kv_qmp_mig *m = MIG_WITH(call, "migrate_cancel", cancel);
 
 	if (!m)
 		return -ENOTSUP;
@@ -390,7 +403,7 @@ int kv_qmp_cmd_migrate_cancel(struct kv_qmp_call *call)
 
 int kv_qmp_cmd_query_migrate(struct kv_qmp_call *call)
 {
-	struct kv_qmp_mig *m = mig_of(call, "query-migrate");
+	struct kv_qmp_mig *m = MIG_WITH(call, "query-migrate", query);
 	struct kv_vm_mig_info i;
 
 	if (!m)
@@ -404,7 +417,8 @@ int kv_qmp_cmd_query_migrate(struct kv_qmp_call *call)
  * (the rows marked live); the others apply from the next one. */
 int kv_qmp_cmd_migrate_set_parameters(struct kv_qmp_call *call)
 {
-	struct kv_qmp_mig *m = mig_of(call, "migrate-set-parameters");
+	struct kv_qmp_mig *m =
+	    mig_of(call, "migrate-set-parameters", call->ops->migration != NULL);
 	struct kv_mig_params p;
 	int ret;
 
@@ -415,13 +429,14 @@ int kv_qmp_cmd_migrate_set_parameters(struct kv_qmp_call *call)
 	kv_mig_settings_params(&m->settings, &p);
 	pthread_mutex_unlock(&m->lock);
 	if (ret == 0)
-		m->ops.set_params(m->ops.opaque, &p);
+		notify_params(m, &p);
 	return ret;
 }
 
 int kv_qmp_cmd_query_migrate_parameters(struct kv_qmp_call *call)
 {
-	struct kv_qmp_mig *m = mig_of(call, "query-migrate-parameters");
+	struct kv_qmp_mig *m =
+	    mig_of(call, "query-migrate-parameters", call->ops->migration != NULL);
 	struct kv_mig_settings s;
 
 	if (!m)
@@ -436,6 +451,8 @@ static bool migration_running(struct kv_qmp_mig *m)
 {
 	struct kv_vm_mig_info i;
 
+	if (!m->ops.query)
+		return false;
 	m->ops.query(m->ops.opaque, &i);
 	return i.started && i.status != KV_MIG_COMPLETED &&
 	       i.status != KV_MIG_FAILED && i.status != KV_MIG_CANCELLED;
@@ -474,7 +491,8 @@ static int check_capability(struct kv_qmp_call *call, size_t i, json_t *el)
  * migration can start between the check and the change. */
 int kv_qmp_cmd_migrate_set_capabilities(struct kv_qmp_call *call)
 {
-	struct kv_qmp_mig *m = mig_of(call, "migrate-set-capabilities");
+	struct kv_qmp_mig *m =
+	    mig_of(call, "migrate-set-capabilities", call->ops->migration != NULL);
 	json_t *caps = json_object_get(call->args, "capabilities");
 	struct kv_mig_params p;
 	json_t *el;
@@ -496,13 +514,14 @@ int kv_qmp_cmd_migrate_set_capabilities(struct kv_qmp_call *call)
 	kv_mig_settings_params(&m->settings, &p);
 	pthread_mutex_unlock(&m->lock);
 	if (ret == 0)
-		m->ops.set_params(m->ops.opaque, &p);
+		notify_params(m, &p);
 	return ret;
 }
 
 int kv_qmp_cmd_query_migrate_capabilities(struct kv_qmp_call *call)
 {
-	struct kv_qmp_mig *m = mig_of(call, "query-migrate-capabilities");
+	struct kv_qmp_mig *m =
+	    mig_of(call, "query-migrate-capabilities", call->ops->migration != NULL);
 	struct kv_mig_settings s;
 
 	if (!m)
