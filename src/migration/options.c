@@ -174,7 +174,8 @@ const struct kv_mig_option kv_mig_options[] = {
 	 "zstd on the main stream: auto while the link is the bottleneck and it pays, always, or off"),
 };
 
-const size_t kv_mig_n_options = sizeof(kv_mig_options) / sizeof(kv_mig_options[0]);
+const size_t kv_mig_n_options =
+    sizeof(kv_mig_options) / sizeof(kv_mig_options[0]);
 
 const struct kv_mig_option *kv_mig_option_find(const char *name)
 {
