@@ -18,7 +18,9 @@
 #include "base/clock.h"
 #include "base/error.h"
 #include "cli/cli.h"
+#include "cli/option_args.h"
 #include "cli/qmp_client.h"
+#include "vmm/runstate.h"
 
 #define CTL_TIMEOUT_MS		10000
 #define CTL_DEFAULT_INTERVAL_MS 500
@@ -387,10 +389,11 @@ static bool completed_unsettled(json_t *mig, json_t *vm)
 {
 	const char *st = json_string_value(json_object_get(mig, "status"));
 	const char *run = json_string_value(json_object_get(vm, "status"));
+	enum kv_runstate rs;
 
 	if (!st || strcmp(st, "completed"))
 		return false;
-	if (run && !strcmp(run, "finish-migrate"))
+	if (kv_runstate_parse(run, &rs) && rs == KV_RUNSTATE_FINISH_MIGRATE)
 		return true;
 	/* only a source has RAM counters and times */
 	return json_is_object(json_object_get(mig, "ram")) &&
@@ -916,32 +919,13 @@ int kv_cmd_cancel(int argc, char **argv)
 
 /* ---- kvmig set ---- */
 
-/* Byte counts (max-bandwidth, xbzrle-cache-size, ...) take size suffixes. */
-static bool name_takes_size(const char *name, size_t len)
+/* A name the options table does not know (QEMU has more): on/off/yes/no
+ * as booleans, JSON when it parses (numbers, true, "text", {...}), else a
+ * string. The VM says which type it expects if we guessed wrong. */
+static json_t *guessed_value(const char *text)
 {
-	static const char *const suffixes[] = {"-bandwidth", "-size"};
-
-	for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
-		size_t n = strlen(suffixes[i]);
-
-		if (len > n && !strncmp(name + len - n, suffixes[i], n))
-			return true;
-	}
-	return false;
-}
-
-/* NAME=VALUE as QMP wants it: a size for byte counts, on/off/yes/no as
- * booleans, JSON when it parses (numbers, true, "text", {...}), else a
- * string. The server says which type it expects if we guessed wrong. */
-static json_t *parameter_value(const char *name, size_t name_len,
-			       const char *text)
-{
-	uint64_t size;
 	json_t *v;
 
-	if (name_takes_size(name, name_len) && kv_cli_parse_size(text, &size) &&
-	    size <= INT64_MAX)
-		return json_integer((json_int_t)size);
 	if (!strcmp(text, "on") || !strcmp(text, "yes"))
 		return json_true();
 	if (!strcmp(text, "off") || !strcmp(text, "no"))
@@ -950,54 +934,85 @@ static json_t *parameter_value(const char *name, size_t name_len,
 	return v ? v : json_string(text);
 }
 
-static int parse_bool(const char *text, bool *out)
+static json_t *table_value_json(const struct kv_mig_option *o,
+				const struct kv_mig_value *v)
 {
-	static const char *const yes[] = {"on", "true", "yes", "1"};
-	static const char *const no[] = {"off", "false", "no", "0"};
-
-	for (int i = 0; i < 4; i++) {
-		if (!strcmp(text, yes[i])) {
-			*out = true;
-			return 0;
-		}
-		if (!strcmp(text, no[i])) {
-			*out = false;
-			return 0;
-		}
+	switch (o->kind) {
+	case KV_MIG_OPT_CAPABILITY:
+	case KV_MIG_OPT_BOOL:
+		return json_boolean(v->u);
+	case KV_MIG_OPT_ENUM:
+		return json_string(kv_mig_option_enum_name(o, v->u));
+	case KV_MIG_OPT_UINT:
+		break;
 	}
-	return -EINVAL;
+	return json_integer((json_int_t)v->u);
+}
+
+/* NAME=VALUE (or, for --capability, NAME=on|off) split at the '='. */
+static int split_setting(const char *arg, const char *what, char *name,
+			 size_t len, const char **value)
+{
+	const char *eq = strchr(arg, '=');
+
+	if (!eq || eq == arg || (size_t)(eq - arg) >= len)
+		return kv_cli_usage_error("set", "%s'%s': expected %s", what,
+					  arg,
+					  *what ? "NAME=on|off" : "NAME=VALUE");
+	memcpy(name, arg, (size_t)(eq - arg));
+	name[eq - arg] = '\0';
+	*value = eq + 1;
+	return KV_EXIT_OK;
+}
+
+/* A value of a name in the options table, checked against its row (a
+ * wrong value changes nothing: exit 1 before anything is sent). */
+static int table_value(const struct kv_mig_option *o, const char *text,
+		       json_t **out)
+{
+	struct kv_error err = {0};
+	struct kv_mig_value v;
+
+	if (kv_cli_mig_value(o, text, &v, &err) < 0) {
+		fprintf(stderr, "kvmig set: %s=%s: %s\n", o->name, text, err.msg);
+		return KV_EXIT_FAILURE;
+	}
+	*out = table_value_json(o, &v);
+	return KV_EXIT_OK;
 }
 
 static int build_set_requests(struct ctl_args *a, json_t *params, json_t *caps)
 {
-	for (int i = 0; i < a->npos; i++) {
-		const char *eq = strchr(a->pos[i], '=');
-		size_t len = eq ? (size_t)(eq - a->pos[i]) : 0;
-		char name[128];
+	const struct kv_mig_option *o;
+	const char *text;
+	char name[128];
+	json_t *v;
+	bool on;
+	int rc;
 
-		if (!eq || !len || len >= sizeof(name))
-			return kv_cli_usage_error(
-			    "set", "'%s': expected NAME=VALUE", a->pos[i]);
-		memcpy(name, a->pos[i], len);
-		name[len] = '\0';
-		json_object_set_new(params, name,
-				    parameter_value(name, len, eq + 1));
+	for (int i = 0; i < a->npos; i++) {
+		rc = split_setting(a->pos[i], "", name, sizeof(name), &text);
+		o = rc ? NULL : kv_mig_param_find(name);
+		v = NULL;
+		if (!rc && o)
+			rc = table_value(o, text, &v);
+		else if (!rc)
+			v = guessed_value(text);
+		if (rc)
+			return rc;
+		json_object_set_new(params, name, v);
 	}
 	for (int i = 0; i < a->ncaps; i++) {
-		const char *eq = strchr(a->caps[i], '=');
-		char name[128];
-		bool state;
-
-		if (!eq || eq == a->caps[i] ||
-		    (size_t)(eq - a->caps[i]) >= sizeof(name) ||
-		    parse_bool(eq + 1, &state))
-			return kv_cli_usage_error(
-			    "set", "--capability '%s': expected NAME=on|off",
-			    a->caps[i]);
-		memcpy(name, a->caps[i], (size_t)(eq - a->caps[i]));
-		name[eq - a->caps[i]] = '\0';
-		json_array_append_new(caps, json_pack("{s:s,s:b}", "capability",
-						      name, "state", state));
+		rc = split_setting(a->caps[i], "--capability ", name,
+				   sizeof(name), &text);
+		if (rc)
+			return rc;
+		/* A capability's state is on or off, whatever its name. */
+		if (!kv_cli_mig_parse_bool(text, &on))
+			return kv_cli_usage_error("set", "--capability '%s': expected NAME=on|off", a->caps[i]);
+		v = json_boolean(on);
+		json_array_append_new(caps, json_pack("{s:s,s:o}", "capability",
+						      name, "state", v));
 	}
 	return KV_EXIT_OK;
 }
@@ -1063,14 +1078,16 @@ static void set_help(void)
 	       "  kvmig set --qmp vm.sock downtime-limit=50 max-bandwidth=1G\n"
 	       "  kvmig set --qmp vm.sock --capability xbzrle=on\n"
 	       "\n"
-	       "VALUE: byte counts (NAME ending in -bandwidth or -size) take "
-	       "K/M/G/T\n"
-	       "suffixes; on/off/yes/no/true/false are booleans; numbers are "
-	       "numbers;\n"
-	       "anything else is a string (JSON such as \"42\" or {...} is "
-	       "passed as is).\n"
-	       "The VM rejects unknown names and wrong types with its own "
-	       "message.\n");
+	       "VALUE: bytes take K/M/G/T suffixes (64M, 1G), milliseconds "
+	       "500, 500ms or 2s,\n"
+	       "booleans on/off/yes/no/true/false. Values of the names below "
+	       "are checked\n"
+	       "here; other names (QEMU has more) go to the VM as they are.\n"
+	       "\n"
+	       "Parameters (kind, range, default, the side they act on):\n");
+	kv_cli_mig_options_help(stdout, false);
+	printf("\nCapabilities (default):\n");
+	kv_cli_mig_options_help(stdout, true);
 }
 
 int kv_cmd_set(int argc, char **argv)

@@ -34,6 +34,7 @@
 #include "base/error.h"
 #include "cli/cli.h"
 #include "cli/memtest_workload.h"
+#include "cli/option_args.h"
 #include "io/channel.h"
 #include "io/stream.h"
 #include "migration/migration.h"
@@ -352,6 +353,28 @@ static const struct kv_vmstate_desc digest_vmsd = {
 
 /* --- options --- */
 
+/* --as VALUE for the options-table row name (same parsing, range and
+ * message as `kvmig set`); *out is left alone when text is NULL. */
+static int table_opt_as(const char *as, const char *name, const char *text,
+			uint64_t *out)
+{
+	const struct kv_mig_option *row = kv_mig_param_find(name);
+	struct kv_error err = {0};
+	struct kv_mig_value v;
+
+	if (!text)
+		return KV_EXIT_OK;
+	if (kv_cli_mig_value(row, text, &v, &err) < 0)
+		return kv_cli_usage_error("memtest", "invalid --%s '%s': %s", as, text, err.msg);
+	*out = v.u;
+	return KV_EXIT_OK;
+}
+
+static int table_opt(const char *name, const char *text, uint64_t *out)
+{
+	return table_opt_as(name, name, text, out);
+}
+
 static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 {
 	const char *size = NULL, *rate = NULL, *downtime = NULL, *bw = NULL,
@@ -359,7 +382,7 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 		   *seed = NULL, *print_digest = NULL, *max_size = NULL,
 		   *json = NULL, *mfd_chans = NULL, *mfd_comp = NULL,
 		   *compress = NULL;
-	struct kv_error merr = {0};
+	uint64_t v = KV_MFD_METHOD_NONE;
 	const struct kv_cli_opt opts[] = {
 	    {"size", true, &size},
 	    {"dirty-rate", true, &rate},
@@ -429,22 +452,12 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 					  "invalid --dirty-rate '%s' (expected "
 					  "MiB/s, a number such as 64)",
 					  rate);
-	if (downtime) {
-		if (!kv_cli_parse_u64(downtime, &o->downtime_ms) ||
-		    !o->downtime_ms)
-			return kv_cli_usage_error(
-			    "memtest",
-			    "invalid --downtime-limit '%s' (expected "
-			    "milliseconds, at least 1)",
-			    downtime);
-		o->has_downtime = true;
-	}
-	if (bw && !kv_cli_parse_size(bw, &o->max_bandwidth))
-		return kv_cli_usage_error("memtest",
-					  "invalid --max-bandwidth '%s' "
-					  "(expected bytes/s such as 100M "
-					  "for 100 MiB/s)",
-					  bw);
+	rc = table_opt("downtime-limit", downtime, &o->downtime_ms);
+	if (!rc)
+		rc = table_opt("max-bandwidth", bw, &o->max_bandwidth);
+	if (rc)
+		return rc;
+	o->has_downtime = downtime != NULL;
 	if (timeout && !kv_cli_parse_u64(timeout, &o->timeout_s))
 		return kv_cli_usage_error("memtest",
 					  "invalid --timeout '%s' (expected "
@@ -475,23 +488,17 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 			    "zero or random)",
 			    pattern);
 	}
-	if (mfd_chans && (!kv_cli_parse_u64(mfd_chans, &o->multifd_channels) ||
-			  o->multifd_channels < 1 ||
-			  o->multifd_channels > 255))
-		return kv_cli_usage_error("memtest",
-					  "invalid --multifd-channels '%s' "
-					  "(expected 1 to 255)",
-					  mfd_chans);
-	if (mfd_comp && kv_mfd_method_parse(mfd_comp, &o->multifd_method,
-					    &merr) < 0)
-		return kv_cli_usage_error("memtest",
-					  "invalid --multifd-compression: %s",
-					  merr.msg);
-	o->compress = KV_RAM_COMPRESS_AUTO;
-	if (compress && kv_ram_compress_parse(compress, &o->compress, &merr) <
-			    0)
-		return kv_cli_usage_error("memtest", "invalid --compress: %s",
-					  merr.msg);
+	rc = table_opt("multifd-channels", mfd_chans, &o->multifd_channels);
+	if (!rc)
+		rc = table_opt("multifd-compression", mfd_comp, &v);
+	o->multifd_method = (enum kv_mfd_method)v;
+	v = KV_RAM_COMPRESS_AUTO;
+	/* --compress is kvmig's x-compress parameter. */
+	if (!rc)
+		rc = table_opt_as("compress", "x-compress", compress, &v);
+	o->compress = (enum kv_ram_compress)v;
+	if (rc)
+		return rc;
 	if (mfd_comp && !mfd_chans)
 		return kv_cli_usage_error("memtest",
 					  "--multifd-compression needs "

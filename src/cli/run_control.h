@@ -1,12 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The run controller of `kvmig run`: one VM, its migration glue, its QMP
- * monitor and its run state (QEMU's RunState names: "running", "paused",
- * "inmigrate", "finish-migrate", "postmigrate", "shutdown").
+ * monitor and its run state (vmm/runstate.h: an enum with QEMU's names and
+ * a table of allowed moves).
  *
- * It answers QMP commands, turns migration progress into QMP events
- * (MIGRATION, MIGRATION_PASS, STOP, RESUME) and runs the incoming side on a
- * thread of its own, so that the monitor stays responsive throughout.
+ * It answers the run-state QMP commands (query-status, stop, cont,
+ * system_powerdown, ...), gives the monitor's migration commands
+ * (monitor/qmp_migration.h) their access to the VM, turns migration
+ * progress into QMP events (MIGRATION, MIGRATION_PASS, STOP, RESUME) and
+ * runs the incoming side on a thread of its own, so that the monitor stays
+ * responsive throughout.
  */
 #ifndef KV_CLI_RUN_CONTROL_H
 #define KV_CLI_RUN_CONTROL_H

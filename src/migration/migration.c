@@ -28,6 +28,7 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "migration/options.h"
 #include "migration/ram/ram_internal.h"
 #include "migration/return_path.h"
 #include "migration/savevm/savevm.h"
@@ -58,7 +59,6 @@
 #define SHRINK_DEN	 4
 #define SMALL_PENDING	 (256 * 1024ULL)
 #define MAX_EXTRA_PASSES 32
-#define EXTRA_TIME_PCT	 10 /* the default of extra_pass_time_pct */
 
 /* Switch-over timeline at debug level: host monotonic time in ms, so the
  * two sides' lines and the guest's heartbeats line up. */
@@ -127,20 +127,10 @@ const char *kv_mig_status_name(enum kv_mig_status st)
 
 void kv_mig_params_default(struct kv_mig_params *p)
 {
-	p->downtime_limit_ms = 300;
-	p->max_bandwidth = 0;
-	p->converge_timeout_ms = 0;
-	p->rp_timeout_ms = 30000;
-	p->xbzrle_cache_size = 0;
-	p->multifd_channels = 0;
-	p->multifd_method = KV_MFD_METHOD_NONE;
-	p->multifd_level = KV_MFD_LEVEL_DEFAULT;
-	p->zero_page_detection = KV_MFD_ZERO_MULTIFD;
-	p->avail_switchover_bw = 0;
-	p->extra_pass_time_pct = EXTRA_TIME_PCT;
-	p->auto_converge = false;
-	kv_autoconv_params_default(&p->throttle);
-	p->compress = KV_RAM_COMPRESS_AUTO;
+	struct kv_mig_settings s;
+
+	kv_mig_settings_default(&s);
+	kv_mig_settings_params(&s, p);
 }
 
 struct kv_migration *kv_mig_new(struct kv_savevm *sv, struct kv_ram_state *rs,

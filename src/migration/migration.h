@@ -74,6 +74,11 @@ struct kv_mig_params {
 	enum kv_ram_compress compress;
 };
 
+/* The default of extra_pass_time_pct (not a client's setting). */
+#define KV_MIG_EXTRA_PASS_TIME_PCT 10
+
+/* The defaults of the options table (migration/options.h): every
+ * capability and parameter at its default. */
 void kv_mig_params_default(struct kv_mig_params *p);
 
 struct kv_mig_progress {

@@ -16,7 +16,8 @@
  * complete document is dropped. No input can crash or wedge the monitor.
  *
  * Commands are a const table (name -> handler); the VMM supplies their
- * behaviour through struct kv_qmp_ops.
+ * behaviour through struct kv_qmp_ops, the migration commands through the
+ * object of qmp_migration.h.
  */
 #ifndef KV_MONITOR_QMP_H
 #define KV_MONITOR_QMP_H
@@ -24,6 +25,8 @@
 #include <stdint.h>
 
 #include "base/error.h"
+
+struct kv_qmp_mig;
 
 /* What the monitor needs from the VMM. Every callback is called on the
  * monitor thread; it must not block for long (start work, return). JSON
@@ -40,28 +43,9 @@ struct kv_qmp_ops {
 	 * monitor thread, so it must not call kv_qmp_stop() itself (that
 	 * joins the thread): it tells the main loop to stop instead. */
 	void (*quit)(void *opaque);
-	int (*migrate)(void *opaque, const char *uri, struct kv_error *err);
-	int (*migrate_incoming)(void *opaque, const char *uri,
-				struct kv_error *err);
-	int (*migrate_cancel)(void *opaque, struct kv_error *err);
-	/* QEMU's MigrationInfo object. */
-	int (*query_migrate)(void *opaque, void **ret, struct kv_error *err);
-	/* args: the checked "arguments" object (json_t *): every member is
-	 * a parameter to set; unknown ones are the VMM's to reject. */
-	int (*migrate_set_parameters)(void *opaque, void *args,
-				      struct kv_error *err);
-	/* QEMU's MigrationParameters object. */
-	int (*query_migrate_parameters)(void *opaque, void **ret,
-					struct kv_error *err);
-	/* caps: the checked "capabilities" array (json_t *): every element
-	 * is {"capability": string, "state": bool} and nothing else; the
-	 * names are the VMM's to check. All or nothing. */
-	int (*migrate_set_capabilities)(void *opaque, void *caps,
-					struct kv_error *err);
-	/* A list of QEMU's MigrationCapabilityStatus: every capability the
-	 * VMM knows, [{"capability": NAME, "state": bool}, ...]. */
-	int (*query_migrate_capabilities)(void *opaque, void **ret,
-					  struct kv_error *err);
+	/* The migration commands (qmp_migration.h); NULL: the VM has
+	 * none. */
+	struct kv_qmp_mig *migration;
 	/* A list of QEMU's CpuInfoFast, one per vCPU. */
 	int (*query_cpus_fast)(void *opaque, void **ret, struct kv_error *err);
 	/* Ask the guest to power itself off (and send POWERDOWN). */

@@ -9,7 +9,7 @@
 
 #include "monitor/qmp_internal.h"
 
-static int missing_op(struct kv_qmp_call *call, const char *name)
+int kv_qmp_missing_op(struct kv_qmp_call *call, const char *name)
 {
 	return kv_error_set(&call->err, -ENOTSUP,
 			    "The command %s is not supported by this VM", name);
@@ -30,7 +30,7 @@ static int run_query(struct kv_qmp_call *call, const char *name, query_fn fn,
 	int rc;
 
 	if (!fn)
-		return missing_op(call, name);
+		return kv_qmp_missing_op(call, name);
 	rc = fn(call->ops->opaque, &ret, &call->err);
 	j = ret;
 	if (rc < 0) {
@@ -100,14 +100,14 @@ static int cmd_query_status(struct kv_qmp_call *call)
 static int cmd_stop(struct kv_qmp_call *call)
 {
 	if (!call->ops->stop)
-		return missing_op(call, "stop");
+		return kv_qmp_missing_op(call, "stop");
 	return call->ops->stop(call->ops->opaque, &call->err);
 }
 
 static int cmd_cont(struct kv_qmp_call *call)
 {
 	if (!call->ops->cont)
-		return missing_op(call, "cont");
+		return kv_qmp_missing_op(call, "cont");
 	return call->ops->cont(call->ops->opaque, &call->err);
 }
 
@@ -115,128 +115,9 @@ static int cmd_cont(struct kv_qmp_call *call)
 static int cmd_quit(struct kv_qmp_call *call)
 {
 	if (!call->ops->quit)
-		return missing_op(call, "quit");
+		return kv_qmp_missing_op(call, "quit");
 	call->client->quit_requested = true;
 	return 0;
-}
-
-static int cmd_migrate(struct kv_qmp_call *call)
-{
-	const char *uri = json_string_value(json_object_get(call->args, "uri"));
-
-	if (!call->ops->migrate)
-		return missing_op(call, "migrate");
-	return call->ops->migrate(call->ops->opaque, uri, &call->err);
-}
-
-static int cmd_migrate_incoming(struct kv_qmp_call *call)
-{
-	const char *uri = json_string_value(json_object_get(call->args, "uri"));
-
-	if (!call->ops->migrate_incoming)
-		return missing_op(call, "migrate-incoming");
-	return call->ops->migrate_incoming(call->ops->opaque, uri, &call->err);
-}
-
-static int cmd_migrate_cancel(struct kv_qmp_call *call)
-{
-	if (!call->ops->migrate_cancel)
-		return missing_op(call, "migrate_cancel");
-	return call->ops->migrate_cancel(call->ops->opaque, &call->err);
-}
-
-static int cmd_query_migrate(struct kv_qmp_call *call)
-{
-	return run_query(call, "query-migrate", call->ops->query_migrate,
-			 RESULT_OBJECT);
-}
-
-static int cmd_migrate_set_parameters(struct kv_qmp_call *call)
-{
-	if (!call->ops->migrate_set_parameters)
-		return missing_op(call, "migrate-set-parameters");
-	return call->ops->migrate_set_parameters(call->ops->opaque, call->args,
-						 &call->err);
-}
-
-static int cmd_query_migrate_parameters(struct kv_qmp_call *call)
-{
-	return run_query(call, "query-migrate-parameters",
-			 call->ops->query_migrate_parameters, RESULT_OBJECT);
-}
-
-/* One MigrationCapabilityStatus: exactly {"capability": str, "state": bool},
- * reported with QEMU's member paths ("capabilities[2].state"). */
-static int check_capability(struct kv_qmp_call *call, size_t i, json_t *el)
-{
-	static const struct {
-		const char *name;
-		enum kv_qmp_arg_type type;
-		const char *type_name;
-	} members[] = {
-	    {"capability", KV_QMP_ARG_STRING, "string"},
-	    {"state", KV_QMP_ARG_BOOL, "boolean"},
-	};
-	const char *key;
-	json_t *v;
-	size_t m;
-
-	if (!json_is_object(el))
-		return kv_error_set(&call->err, -EINVAL,
-				    "Invalid parameter type for "
-				    "'capabilities[%zu]', expected: object",
-				    i);
-	for (m = 0; m < 2; m++) {
-		v = json_object_get(el, members[m].name);
-		if (!v)
-			return kv_error_set(&call->err, -EINVAL,
-					    "Parameter 'capabilities[%zu].%s' "
-					    "is missing",
-					    i, members[m].name);
-		if ((members[m].type == KV_QMP_ARG_STRING &&
-		     !json_is_string(v)) ||
-		    (members[m].type == KV_QMP_ARG_BOOL && !json_is_boolean(v)))
-			return kv_error_set(&call->err, -EINVAL,
-					    "Invalid parameter type for "
-					    "'capabilities[%zu].%s', expected: "
-					    "%s",
-					    i, members[m].name,
-					    members[m].type_name);
-	}
-	json_object_foreach(el, key, v)
-	{
-		if (strcmp(key, "capability") && strcmp(key, "state"))
-			return kv_error_set(&call->err, -EINVAL,
-					    "Parameter 'capabilities[%zu].%s' "
-					    "is unexpected",
-					    i, key);
-	}
-	return 0;
-}
-
-static int cmd_migrate_set_capabilities(struct kv_qmp_call *call)
-{
-	json_t *caps = json_object_get(call->args, "capabilities");
-	json_t *el;
-	size_t i;
-	int rc;
-
-	if (!call->ops->migrate_set_capabilities)
-		return missing_op(call, "migrate-set-capabilities");
-	json_array_foreach(caps, i, el)
-	{
-		rc = check_capability(call, i, el);
-		if (rc < 0)
-			return rc;
-	}
-	return call->ops->migrate_set_capabilities(call->ops->opaque, caps,
-						   &call->err);
-}
-
-static int cmd_query_migrate_capabilities(struct kv_qmp_call *call)
-{
-	return run_query(call, "query-migrate-capabilities",
-			 call->ops->query_migrate_capabilities, RESULT_LIST);
 }
 
 static int cmd_query_cpus_fast(struct kv_qmp_call *call)
@@ -248,7 +129,7 @@ static int cmd_query_cpus_fast(struct kv_qmp_call *call)
 static int cmd_system_powerdown(struct kv_qmp_call *call)
 {
 	if (!call->ops->system_powerdown)
-		return missing_op(call, "system_powerdown");
+		return kv_qmp_missing_op(call, "system_powerdown");
 	return call->ops->system_powerdown(call->ops->opaque, &call->err);
 }
 
@@ -262,41 +143,27 @@ const struct kv_qmp_command kv_qmp_commands[] = {
     {"stop", cmd_stop, {{0}}},
     {"cont", cmd_cont, {{0}}},
     {"quit", cmd_quit, {{0}}},
-    /* "detach" is accepted and ignored, as QEMU does, for old clients. */
+    /* The migration commands live in qmp_migration.c. "detach" is
+     * accepted and ignored, as QEMU does, for old clients. */
     {"migrate",
-     cmd_migrate,
+     kv_qmp_cmd_migrate,
      {{"uri", KV_QMP_ARG_STRING, false}, {"detach", KV_QMP_ARG_BOOL, true}}},
     {"migrate-incoming",
-     cmd_migrate_incoming,
+     kv_qmp_cmd_migrate_incoming,
      {{"uri", KV_QMP_ARG_STRING, false}}},
-    {"migrate_cancel", cmd_migrate_cancel, {{0}}},
-    {"query-migrate", cmd_query_migrate, {{0}}},
-    /* Every parameter the engine has; ranges are the VMM's to check.
-     * Non-QEMU ones carry QEMU's "x-" prefix. */
+    {"migrate_cancel", kv_qmp_cmd_migrate_cancel, {{0}}},
+    {"query-migrate", kv_qmp_cmd_query_migrate, {{0}}},
+    /* Every parameter of the options table (migration/options.h). */
     {"migrate-set-parameters",
-     cmd_migrate_set_parameters,
-     {{"downtime-limit", KV_QMP_ARG_INT, true},
-      {"max-bandwidth", KV_QMP_ARG_INT, true},
-      {"avail-switchover-bandwidth", KV_QMP_ARG_INT, true},
-      {"x-converge-timeout", KV_QMP_ARG_INT, true},
-      {"x-return-path-timeout", KV_QMP_ARG_INT, true},
-      {"xbzrle-cache-size", KV_QMP_ARG_INT, true},
-      {"multifd-channels", KV_QMP_ARG_INT, true},
-      {"multifd-compression", KV_QMP_ARG_STRING, true},
-      {"multifd-zlib-level", KV_QMP_ARG_INT, true},
-      {"multifd-zstd-level", KV_QMP_ARG_INT, true},
-      {"zero-page-detection", KV_QMP_ARG_STRING, true},
-      {"cpu-throttle-initial", KV_QMP_ARG_INT, true},
-      {"cpu-throttle-increment", KV_QMP_ARG_INT, true},
-      {"cpu-throttle-tailslow", KV_QMP_ARG_BOOL, true},
-      {"max-cpu-throttle", KV_QMP_ARG_INT, true},
-      {"throttle-trigger-threshold", KV_QMP_ARG_INT, true},
-      {"x-compress", KV_QMP_ARG_STRING, true}}},
-    {"query-migrate-parameters", cmd_query_migrate_parameters, {{0}}},
+     kv_qmp_cmd_migrate_set_parameters,
+     {{KV_QMP_ARGS_FROM_HANDLER, KV_QMP_ARG_ANY, true}}},
+    {"query-migrate-parameters", kv_qmp_cmd_query_migrate_parameters, {{0}}},
     {"migrate-set-capabilities",
-     cmd_migrate_set_capabilities,
+     kv_qmp_cmd_migrate_set_capabilities,
      {{"capabilities", KV_QMP_ARG_ARRAY, false}}},
-    {"query-migrate-capabilities", cmd_query_migrate_capabilities, {{0}}},
+    {"query-migrate-capabilities",
+     kv_qmp_cmd_query_migrate_capabilities,
+     {{0}}},
     {"query-cpus-fast", cmd_query_cpus_fast, {{0}}},
     {"system_powerdown", cmd_system_powerdown, {{0}}},
 };

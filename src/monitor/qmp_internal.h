@@ -123,9 +123,47 @@ struct kv_qmp_command {
 	struct kv_qmp_arg args[KV_QMP_MAX_ARGS];
 };
 
+/* As a command's only argument name: every argument goes to the handler,
+ * which checks them against a table of its own (migrate-set-parameters:
+ * the options table). */
+#define KV_QMP_ARGS_FROM_HANDLER "*"
+
+
 extern const struct kv_qmp_command kv_qmp_commands[];
 extern const size_t kv_qmp_n_commands;
 
 const struct kv_qmp_command *kv_qmp_command_find(const char *name);
+
+/* "The command NAME is not supported by this VM"; returns -ENOTSUP. */
+int kv_qmp_missing_op(struct kv_qmp_call *call, const char *name);
+
+/* ---- The migration commands (qmp_migration.c) ---- */
+
+int kv_qmp_cmd_migrate(struct kv_qmp_call *call);
+int kv_qmp_cmd_migrate_incoming(struct kv_qmp_call *call);
+int kv_qmp_cmd_migrate_cancel(struct kv_qmp_call *call);
+int kv_qmp_cmd_query_migrate(struct kv_qmp_call *call);
+int kv_qmp_cmd_migrate_set_parameters(struct kv_qmp_call *call);
+int kv_qmp_cmd_query_migrate_parameters(struct kv_qmp_call *call);
+int kv_qmp_cmd_migrate_set_capabilities(struct kv_qmp_call *call);
+int kv_qmp_cmd_query_migrate_capabilities(struct kv_qmp_call *call);
+
+struct kv_mig_settings;
+struct kv_vm_mig_info;
+
+/* migrate-set-parameters' arguments into s, all or nothing: every type,
+ * then every name, then every value is checked before anything changes;
+ * err names the first parameter refused. */
+int kv_qmp_mig_apply_params(struct kv_mig_settings *s, json_t *args,
+			    struct kv_error *err);
+/* migrate-set-capabilities' list (shape already checked) into s, all or
+ * nothing. */
+int kv_qmp_mig_apply_caps(struct kv_mig_settings *s, json_t *list,
+			  struct kv_error *err);
+/* QEMU's MigrationParameters / list of MigrationCapabilityStatus /
+ * MigrationInfo. New references, NULL when out of memory. */
+json_t *kv_qmp_mig_query_params(const struct kv_mig_settings *s);
+json_t *kv_qmp_mig_query_caps(const struct kv_mig_settings *s);
+json_t *kv_qmp_mig_info_json(const struct kv_vm_mig_info *i);
 
 #endif

@@ -293,6 +293,9 @@ static int check_args(const struct kv_qmp_command *cmd, json_t *args,
 	const char *key;
 	json_t *v;
 
+	if (cmd->args[0].name &&
+	    !strcmp(cmd->args[0].name, KV_QMP_ARGS_FROM_HANDLER))
+		return 0;
 	for (a = cmd->args; a < cmd->args + KV_QMP_MAX_ARGS && a->name; a++) {
 		v = json_object_get(args, a->name);
 		if (!v && !a->optional)

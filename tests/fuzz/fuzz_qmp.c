@@ -3,7 +3,8 @@
  * libFuzzer target over the QMP monitor's protocol side: one input = the
  * bytes a client sends in one session. It goes through the socket-free
  * entry point (kv_qmp_client_new(-1, ...) + kv_qmp_feed) against a fake VMM
- * whose capability table is kvmig's own (src/cli/mig_caps.c).
+ * behind kvmig's own migration commands and options table
+ * (monitor/qmp_migration.c, migration/options.c).
  *
  * Beyond "no crash, no leak, no hang", every input checks that:
  *  - kv_qmp_feed only fails with -EMSGSIZE or -ENOBUFS (drop the client);
@@ -25,9 +26,9 @@
 
 #include <jansson.h>
 
-#include "cli/mig_caps.h"
 #include "fuzz_target.h"
 #include "monitor/qmp_internal.h"
+#include "monitor/qmp_migration.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -47,8 +48,8 @@ struct fake_vmm {
 	bool migrating;
 	unsigned calls; /* every op call, in order, hashed below */
 	unsigned long long trace;
-	struct mig_caps caps;
-	json_int_t downtime_ms, bandwidth, converge_ms, rp_ms;
+	struct kv_qmp_mig *mig;
+	struct kv_mig_params params; /* the last set_params */
 };
 
 static void note_call(struct fake_vmm *f, unsigned op)
@@ -93,11 +94,14 @@ static void fake_quit(void *opaque)
 	note_call(opaque, 4);
 }
 
-static int fake_migrate(void *opaque, const char *uri, struct kv_error *err)
+static int fake_migrate(void *opaque, const char *uri,
+			const struct kv_mig_params *p, struct kv_error *err)
 {
 	struct fake_vmm *f = opaque;
 
 	note_call(f, 5);
+	fuzz_check(p->downtime_limit_ms <= 2000000 && p->rp_timeout_ms > 0,
+		   "the monitor passed parameters out of their range", uri);
 	if (strncmp(uri, "tcp:", 4) && strncmp(uri, "unix:", 5))
 		return kv_error_set(err, -EINVAL, "'%s': not a socket URI",
 				    uri);
@@ -123,100 +127,23 @@ static int fake_migrate_cancel(void *opaque, struct kv_error *err)
 	return 0;
 }
 
-static int fake_query_migrate(void *opaque, void **ret, struct kv_error *err)
+static void fake_query_migrate(void *opaque, struct kv_vm_mig_info *info)
 {
 	struct fake_vmm *f = opaque;
 
 	note_call(f, 8);
-	*ret = f->migrating ? json_pack("{s:s,s:{s:I}}", "status", "active",
-					"ram", "total", (json_int_t)1 << 30)
-			    : json_object();
-	return *ret ? 0 : kv_error_set(err, -ENOMEM, "out of memory");
+	memset(info, 0, sizeof(*info));
+	info->started = f->migrating;
+	info->status = KV_MIG_ACTIVE;
+	info->ram_total = 1ULL << 30;
 }
 
-/* The same rule as kvmig's: every value checked before any is set. */
-static int fake_set_params(void *opaque, void *args, struct kv_error *err)
+static void fake_set_params(void *opaque, const struct kv_mig_params *p)
 {
 	struct fake_vmm *f = opaque;
-	json_t *dl = json_object_get(args, "downtime-limit");
-	json_t *rp = json_object_get(args, "x-return-path-timeout");
-	const char *key;
-	json_t *v;
 
 	note_call(f, 9);
-	json_object_foreach(args, key, v)
-	{
-		fuzz_check(json_is_integer(v),
-			   "the monitor passed a parameter of the wrong type",
-			   key);
-		if (json_integer_value(v) < 0)
-			return kv_error_set(err, -EINVAL,
-					    "Parameter '%s' expects a "
-					    "non-negative integer",
-					    key);
-	}
-	if (dl && json_integer_value(dl) > 2000000)
-		return kv_error_set(err, -EINVAL,
-				    "Parameter 'downtime-limit' is too large");
-	if (rp && json_integer_value(rp) == 0)
-		return kv_error_set(err, -EINVAL,
-				    "Parameter 'x-return-path-timeout' must "
-				    "be positive");
-	if (dl)
-		f->downtime_ms = json_integer_value(dl);
-	if (rp)
-		f->rp_ms = json_integer_value(rp);
-	v = json_object_get(args, "max-bandwidth");
-	if (v)
-		f->bandwidth = json_integer_value(v);
-	v = json_object_get(args, "x-converge-timeout");
-	if (v)
-		f->converge_ms = json_integer_value(v);
-	return 0;
-}
-
-static int fake_query_params(void *opaque, void **ret, struct kv_error *err)
-{
-	struct fake_vmm *f = opaque;
-
-	note_call(f, 10);
-	*ret = json_pack("{s:I,s:I,s:I,s:I}", "downtime-limit", f->downtime_ms,
-			 "max-bandwidth", f->bandwidth, "x-converge-timeout",
-			 f->converge_ms, "x-return-path-timeout", f->rp_ms);
-	return *ret ? 0 : kv_error_set(err, -ENOMEM, "out of memory");
-}
-
-static int fake_set_caps(void *opaque, void *caps, struct kv_error *err)
-{
-	struct fake_vmm *f = opaque;
-	json_t *el;
-	size_t i;
-
-	note_call(f, 11);
-	/* What the monitor promises mig_caps_apply. */
-	fuzz_check(json_is_array((json_t *)caps), "capabilities not a list",
-		   NULL);
-	json_array_foreach((json_t *)caps, i, el)
-	{
-		fuzz_check(
-		    json_is_object(el) && json_object_size(el) == 2 &&
-			json_is_string(json_object_get(el, "capability")) &&
-			json_is_boolean(json_object_get(el, "state")),
-		    "the monitor passed a malformed capability", NULL);
-	}
-	if (f->migrating)
-		return kv_error_set(err, -EBUSY,
-				    "There's a migration process in progress");
-	return mig_caps_apply(&f->caps, caps, err);
-}
-
-static int fake_query_caps(void *opaque, void **ret, struct kv_error *err)
-{
-	struct fake_vmm *f = opaque;
-
-	note_call(f, 12);
-	*ret = mig_caps_query(&f->caps);
-	return *ret ? 0 : kv_error_set(err, -ENOMEM, "out of memory");
+	f->params = *p;
 }
 
 static int fake_query_cpus(void *opaque, void **ret, struct kv_error *err)
@@ -240,24 +167,25 @@ static int fake_powerdown(void *opaque, struct kv_error *err)
 
 static void fake_init(struct fake_vmm *f, struct kv_qmp_ops *ops)
 {
+	const struct kv_qmp_mig_ops mig_ops = {
+	    .start = fake_migrate,
+	    .incoming = fake_migrate_incoming,
+	    .cancel = fake_migrate_cancel,
+	    .query = fake_query_migrate,
+	    .set_params = fake_set_params,
+	    .opaque = f,
+	};
+
 	memset(f, 0, sizeof(*f));
 	f->running = true;
-	f->downtime_ms = 300;
-	f->rp_ms = 30000;
-	mig_caps_init(&f->caps);
+	f->mig = kv_qmp_mig_new(&mig_ops);
+	fuzz_check(f->mig != NULL, "kv_qmp_mig_new failed", NULL);
 	*ops = (struct kv_qmp_ops){
 	    .query_status = fake_query_status,
 	    .stop = fake_stop,
 	    .cont = fake_cont,
 	    .quit = fake_quit,
-	    .migrate = fake_migrate,
-	    .migrate_incoming = fake_migrate_incoming,
-	    .migrate_cancel = fake_migrate_cancel,
-	    .query_migrate = fake_query_migrate,
-	    .migrate_set_parameters = fake_set_params,
-	    .query_migrate_parameters = fake_query_params,
-	    .migrate_set_capabilities = fake_set_caps,
-	    .query_migrate_capabilities = fake_query_caps,
+	    .migration = f->mig,
 	    .query_cpus_fast = fake_query_cpus,
 	    .system_powerdown = fake_powerdown,
 	    .opaque = f,
@@ -307,6 +235,7 @@ static void run_session(struct session *s, const uint8_t *data, size_t size,
 		memcpy(s->out, c->out.data + c->out.head, s->out_len);
 	s->out[s->out_len] = '\0';
 	kv_qmp_client_free(c);
+	kv_qmp_mig_free(s->vmm.mig);
 }
 
 static bool known_class(const char *cls)

@@ -30,6 +30,7 @@
 #include "base/clock.h"
 #include "monitor/qmp.h"
 #include "monitor/qmp_internal.h"
+#include "monitor/qmp_migration.h"
 
 /* ---- fake VMM ---- */
 
@@ -42,11 +43,11 @@ struct fake_vm {
 	bool running;
 	bool fail_migrate; /* migrate returns an error */
 	bool bad_status;   /* query-status returns a non-object */
-	/* New in issue 4: what the set-* ops saw (compact JSON). */
-	int set_caps_calls, set_params_calls, powerdown_calls;
-	char caps_seen[512];
-	char params_seen[512];
-	bool xbzrle;	/* the one settable capability of the fake */
+	/* What the migration commands handed the VM: every change of the
+	 * settings (set_params), and what migrate was given. */
+	int set_params_calls, powerdown_calls;
+	struct kv_mig_params params_seen;
+	struct kv_mig_params migrate_params;
 	bool bad_lists; /* list queries return an object */
 };
 
@@ -97,7 +98,8 @@ static void fake_quit(void *opaque)
 	pthread_mutex_unlock(&f->lock);
 }
 
-static int fake_migrate(void *opaque, const char *uri, struct kv_error *err)
+static int fake_migrate(void *opaque, const char *uri,
+			const struct kv_mig_params *p, struct kv_error *err)
 {
 	struct fake_vm *f = opaque;
 	int rc = 0;
@@ -105,6 +107,7 @@ static int fake_migrate(void *opaque, const char *uri, struct kv_error *err)
 	pthread_mutex_lock(&f->lock);
 	f->migrate_calls++;
 	snprintf(f->migrate_uri, sizeof(f->migrate_uri), "%s", uri);
+	f->migrate_params = *p;
 	if (f->fail_migrate)
 		rc =
 		    kv_error_set(err, -EBUSY, "a migration is already running");
@@ -134,94 +137,31 @@ static int fake_migrate_cancel(void *opaque, struct kv_error *err)
 	return 0;
 }
 
-static int fake_query_migrate(void *opaque, void **ret, struct kv_error *err)
+/* An active migration once migrate was called. */
+static void fake_query_migrate(void *opaque, struct kv_vm_mig_info *i)
 {
 	struct fake_vm *f = opaque;
 
 	pthread_mutex_lock(&f->lock);
 	f->query_migrate_calls++;
-	*ret = json_pack("{s:s,s:I,s:{s:I,s:I,s:I}}", "status", "active",
-			 "total-time", (json_int_t)1234, "ram", "transferred",
-			 (json_int_t)1000, "remaining", (json_int_t)24, "total",
-			 (json_int_t)1024 + f->query_migrate_calls);
+	memset(i, 0, sizeof(*i));
+	i->started = f->migrate_calls > 0;
+	i->status = KV_MIG_ACTIVE;
+	i->stats.total_time_ms = 1234;
+	i->stats.transferred = 1000;
+	i->progress.remaining = 24;
+	i->ram_total = 1024 + (uint64_t)f->query_migrate_calls;
 	pthread_mutex_unlock(&f->lock);
-	return 0;
 }
 
-static void dump_into(char *buf, size_t len, const json_t *j)
-{
-	char *text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
-
-	snprintf(buf, len, "%s", text ? text : "?");
-	free(text);
-}
-
-/* Knows "xbzrle" (settable) and "postcopy-ram" (never true). */
-static int fake_set_caps(void *opaque, void *caps, struct kv_error *err)
+static void fake_set_params(void *opaque, const struct kv_mig_params *p)
 {
 	struct fake_vm *f = opaque;
-	json_t *el;
-	size_t i;
-	int rc = 0;
-
-	pthread_mutex_lock(&f->lock);
-	f->set_caps_calls++;
-	dump_into(f->caps_seen, sizeof(f->caps_seen), caps);
-	json_array_foreach((json_t *)caps, i, el)
-	{
-		const char *name =
-		    json_string_value(json_object_get(el, "capability"));
-		bool on = json_is_true(json_object_get(el, "state"));
-
-		if (!strcmp(name, "xbzrle")) {
-			f->xbzrle = on;
-		} else if (strcmp(name, "postcopy-ram") || on) {
-			rc = kv_error_set(err, -EINVAL,
-					  "Capability '%s' is not supported",
-					  name);
-			break;
-		}
-	}
-	pthread_mutex_unlock(&f->lock);
-	return rc;
-}
-
-static int fake_query_caps(void *opaque, void **ret, struct kv_error *err)
-{
-	struct fake_vm *f = opaque;
-
-	pthread_mutex_lock(&f->lock);
-	if (f->bad_lists)
-		*ret = json_object();
-	else
-		*ret = json_pack("[{s:s,s:b},{s:s,s:b}]", "capability",
-				 "xbzrle", "state", f->xbzrle, "capability",
-				 "postcopy-ram", "state", 0);
-	pthread_mutex_unlock(&f->lock);
-	return 0;
-}
-
-static int fake_set_params(void *opaque, void *args, struct kv_error *err)
-{
-	struct fake_vm *f = opaque;
-	json_t *dl = json_object_get(args, "downtime-limit");
 
 	pthread_mutex_lock(&f->lock);
 	f->set_params_calls++;
-	dump_into(f->params_seen, sizeof(f->params_seen), args);
+	f->params_seen = *p;
 	pthread_mutex_unlock(&f->lock);
-	if (dl && json_integer_value(dl) < 0)
-		return kv_error_set(err, -EINVAL,
-				    "Parameter 'downtime-limit' expects a "
-				    "non-negative integer");
-	return 0;
-}
-
-static int fake_query_params(void *opaque, void **ret, struct kv_error *err)
-{
-	*ret = json_pack("{s:I,s:I}", "downtime-limit", (json_int_t)300,
-			 "x-converge-timeout", (json_int_t)0);
-	return 0;
 }
 
 static int fake_query_cpus(void *opaque, void **ret, struct kv_error *err)
@@ -266,27 +206,32 @@ struct fixture {
 	char path[128];
 	char uri[160];
 	struct fake_vm vm;
+	struct kv_qmp_mig *mig;
 	struct kv_qmp_ops ops;
 	struct kv_qmp *q;
 };
 
 static void fixture_ops(struct fixture *fx)
 {
+	const struct kv_qmp_mig_ops mig_ops = {
+	    .start = fake_migrate,
+	    .incoming = fake_migrate_incoming,
+	    .cancel = fake_migrate_cancel,
+	    .query = fake_query_migrate,
+	    .set_params = fake_set_params,
+	    .opaque = &fx->vm,
+	};
+
 	pthread_mutex_init(&fx->vm.lock, NULL);
 	fx->vm.running = true;
+	fx->mig = kv_qmp_mig_new(&mig_ops);
+	assert_non_null(fx->mig);
 	fx->ops = (struct kv_qmp_ops){
 	    .query_status = fake_query_status,
 	    .stop = fake_stop,
 	    .cont = fake_cont,
 	    .quit = fake_quit,
-	    .migrate = fake_migrate,
-	    .migrate_incoming = fake_migrate_incoming,
-	    .migrate_cancel = fake_migrate_cancel,
-	    .query_migrate = fake_query_migrate,
-	    .migrate_set_parameters = fake_set_params,
-	    .query_migrate_parameters = fake_query_params,
-	    .migrate_set_capabilities = fake_set_caps,
-	    .query_migrate_capabilities = fake_query_caps,
+	    .migration = fx->mig,
 	    .query_cpus_fast = fake_query_cpus,
 	    .system_powerdown = fake_powerdown,
 	    .opaque = &fx->vm,
@@ -315,6 +260,7 @@ static int teardown(void **state)
 	struct fixture *fx = *state;
 
 	kv_qmp_stop(fx->q);
+	kv_qmp_mig_free(fx->mig);
 	unlink(fx->path);
 	rmdir(fx->dir);
 	pthread_mutex_destroy(&fx->vm.lock);
@@ -717,14 +663,13 @@ static void test_quit(void **state)
 
 /* ---- migration capabilities and parameters, vCPUs, power ---- */
 
-static void expect_seen(struct fixture *fx, const char *field, const char *want)
+static size_t n_capabilities(void)
 {
-	pthread_mutex_lock(&fx->vm.lock);
-	if (strcmp(field, want)) {
-		pthread_mutex_unlock(&fx->vm.lock);
-		fail_msg("the op saw %s, expected %s", field, want);
-	}
-	pthread_mutex_unlock(&fx->vm.lock);
+	size_t n = 0;
+
+	for (size_t i = 0; i < kv_mig_n_options; i++)
+		n += kv_mig_options[i].kind == KV_MIG_OPT_CAPABILITY;
+	return n;
 }
 
 static void test_capabilities(void **state)
@@ -737,11 +682,14 @@ static void test_capabilities(void **state)
 	    c, "{\"execute\": \"migrate-set-capabilities\", \"arguments\": "
 	       "{\"capabilities\": [{\"capability\": \"xbzrle\", "
 	       "\"state\": true}]}}");
-	expect_seen(fx, fx->vm.caps_seen,
-		    "[{\"capability\":\"xbzrle\",\"state\":true}]");
+	/* The VM hears of it: xbzrle's cache now reaches the engine. */
+	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_params_calls), 1);
+	pthread_mutex_lock(&fx->vm.lock);
+	assert_int_equal(fx->vm.params_seen.xbzrle_cache_size, 64 << 20);
+	pthread_mutex_unlock(&fx->vm.lock);
 	r = client_cmd(c, "{\"execute\": \"query-migrate-capabilities\"}");
 	list = json_object_get(r, "return");
-	assert_int_equal(json_array_size(list), 2);
+	assert_int_equal(json_array_size(list), n_capabilities());
 	assert_string_equal(json_string_value(json_object_get(
 				json_array_get(list, 0), "capability")),
 			    "xbzrle");
@@ -749,16 +697,29 @@ static void test_capabilities(void **state)
 	    json_is_true(json_object_get(json_array_get(list, 0), "state")));
 	json_decref(r);
 
-	/* The op's refusal (an unsupported capability) reaches the client. */
+	/* The table's refusal (an unsupported capability) reaches the
+	 * client and changes nothing. */
 	expect_error(c,
 		     "{\"execute\": \"migrate-set-capabilities\", "
 		     "\"arguments\": {\"capabilities\": [{\"capability\": "
+		     "\"xbzrle\", \"state\": false}, {\"capability\": "
 		     "\"postcopy-ram\", \"state\": true}]}}",
 		     "GenericError",
-		     "Capability 'postcopy-ram' is not supported");
-	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_caps_calls), 2);
+		     "Capability 'postcopy-ram' is not supported by kvmig yet");
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-capabilities\", "
+		     "\"arguments\": {\"capabilities\": [{\"capability\": "
+		     "\"warp-drive\", \"state\": false}]}}",
+		     "GenericError",
+		     "Parameter 'capabilities[0].capability' does not accept "
+		     "value 'warp-drive'");
+	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_params_calls), 1);
+	r = client_cmd(c, "{\"execute\": \"query-migrate-capabilities\"}");
+	assert_true(json_is_true(json_object_get(
+	    json_array_get(json_object_get(r, "return"), 0), "state")));
+	json_decref(r);
 
-	/* Malformed lists never reach the op; QEMU's member paths. */
+	/* Malformed lists never reach the table; QEMU's member paths. */
 	expect_error(c, "{\"execute\": \"migrate-set-capabilities\"}",
 		     "GenericError", "Parameter 'capabilities' is missing");
 	expect_error(c,
@@ -800,20 +761,25 @@ static void test_capabilities(void **state)
 		     "\"xbzrle\", \"state\": false, \"extra\": 1}]}}",
 		     "GenericError",
 		     "Parameter 'capabilities[0].extra' is unexpected");
-	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_caps_calls), 2);
+	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_params_calls), 1);
 
 	/* An empty list is a valid no-op call. */
 	expect_return_empty(c, "{\"execute\": \"migrate-set-capabilities\", "
 			       "\"arguments\": {\"capabilities\": []}}");
-	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_caps_calls), 3);
+	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_params_calls), 2);
 
-	/* A VMM answering a list query with a non-list is reported. */
+	/* Not while a migration runs (QEMU's message). */
+	expect_return_empty(c, "{\"execute\": \"migrate\", \"arguments\": "
+			       "{\"uri\": \"tcp:127.0.0.1:4444\"}}");
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-capabilities\", "
+		     "\"arguments\": {\"capabilities\": []}}",
+		     "GenericError", "There's a migration process in progress");
+	/* migrate took the settings as the engine wants them. */
 	pthread_mutex_lock(&fx->vm.lock);
-	fx->vm.bad_lists = true;
+	assert_int_equal(fx->vm.migrate_params.xbzrle_cache_size, 64 << 20);
+	assert_int_equal(fx->vm.migrate_params.downtime_limit_ms, 300);
 	pthread_mutex_unlock(&fx->vm.lock);
-	expect_error(c, "{\"execute\": \"query-migrate-capabilities\"}",
-		     "GenericError",
-		     "query-migrate-capabilities returned a non-list result");
 	client_close(c);
 }
 
@@ -834,10 +800,13 @@ static void test_parameters(void **state)
 	       "\"avail-switchover-bandwidth\": 1000, "
 	       "\"x-converge-timeout\": 60000, "
 	       "\"x-return-path-timeout\": 5000}}");
-	expect_seen(fx, fx->vm.params_seen,
-		    "{\"avail-switchover-bandwidth\":1000,\"downtime-limit\":"
-		    "50,\"max-bandwidth\":0,\"x-converge-timeout\":60000,"
-		    "\"x-return-path-timeout\":5000}");
+	pthread_mutex_lock(&fx->vm.lock);
+	assert_int_equal(fx->vm.params_seen.downtime_limit_ms, 50);
+	assert_int_equal(fx->vm.params_seen.max_bandwidth, 0);
+	assert_int_equal(fx->vm.params_seen.avail_switchover_bw, 1000);
+	assert_int_equal(fx->vm.params_seen.converge_timeout_ms, 60000);
+	assert_int_equal(fx->vm.params_seen.rp_timeout_ms, 5000);
+	pthread_mutex_unlock(&fx->vm.lock);
 
 	/* Every parameter is an integer; the error names it. */
 	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -860,7 +829,7 @@ static void test_parameters(void **state)
 		     "\"arguments\": {\"x-no-such-parameter\": 4}}",
 		     "GenericError",
 		     "Parameter 'x-no-such-parameter' is unexpected");
-	/* Issue 5's parameters: the types the monitor checks. */
+	/* Issue 5's parameters: their types. */
 	expect_error(c,
 		     "{\"execute\": \"migrate-set-parameters\", "
 		     "\"arguments\": {\"multifd-compression\": 1}}",
@@ -873,18 +842,29 @@ static void test_parameters(void **state)
 		     "GenericError",
 		     "Invalid parameter type for 'cpu-throttle-tailslow', "
 		     "expected: bool");
-	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_params_calls), 1);
-	/* Ranges are the VMM's: its message passes through. */
+	/* Ranges and values: the table's message names the parameter; a
+	 * refused call changes nothing, so the VM hears nothing. */
 	expect_error(c,
 		     "{\"execute\": \"migrate-set-parameters\", "
 		     "\"arguments\": {\"downtime-limit\": -1}}",
 		     "GenericError", "Parameter 'downtime-limit' expects");
-	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_params_calls), 2);
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-parameters\", "
+		     "\"arguments\": {\"downtime-limit\": 7, "
+		     "\"multifd-compression\": \"gzip\"}}",
+		     "GenericError",
+		     "Parameter 'multifd-compression' expects one of 'none', "
+		     "'zlib', 'zstd', 'lz4'");
+	assert_int_equal(fake_get(&fx->vm, &fx->vm.set_params_calls), 1);
 
 	r = client_cmd(c, "{\"execute\": \"query-migrate-parameters\"}");
 	assert_int_equal(json_integer_value(json_object_get(
 			     json_object_get(r, "return"), "downtime-limit")),
-			 300);
+			 50);
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(r, "return"),
+					      "multifd-compression")),
+	    "none");
 	json_decref(r);
 	client_close(c);
 }

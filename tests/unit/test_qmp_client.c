@@ -25,6 +25,7 @@
 
 #include "cli/qmp_client.h"
 #include "monitor/qmp.h"
+#include "monitor/qmp_migration.h"
 
 #define TIMEOUT_MS 5000
 
@@ -338,9 +339,11 @@ static int fake_query_status(void *opaque, void **ret, struct kv_error *err)
 	return 0;
 }
 
-static int fake_migrate(void *opaque, const char *uri, struct kv_error *err)
+static int fake_migrate(void *opaque, const char *uri,
+			const struct kv_mig_params *p, struct kv_error *err)
 {
 	snprintf(opaque, 256, "%s", uri);
+	(void)p;
 	(void)err;
 	return 0;
 }
@@ -348,9 +351,14 @@ static int fake_migrate(void *opaque, const char *uri, struct kv_error *err)
 static void test_real_monitor(void **state)
 {
 	char uri_seen[256] = "";
+	const struct kv_qmp_mig_ops mig_ops = {
+	    .start = fake_migrate,
+	    .opaque = uri_seen,
+	};
+	struct kv_qmp_mig *mig = kv_qmp_mig_new(&mig_ops);
 	const struct kv_qmp_ops ops = {
 	    .query_status = fake_query_status,
-	    .migrate = fake_migrate,
+	    .migration = mig,
 	    .opaque = uri_seen,
 	};
 	struct kv_error err = {0};
@@ -393,6 +401,7 @@ static void test_real_monitor(void **state)
 	assert_int_equal(kv_qmpc_next_event(c, 50, &ev, &err), 0);
 	kv_qmpc_close(c);
 	kv_qmp_stop(mon);
+	kv_qmp_mig_free(mig);
 	tmpdir_remove(&t);
 }
 

@@ -38,13 +38,20 @@
  * connected (a peer configured with fewer channels). */
 #define CONNECT_TIMEOUT_NS (30 * 1000000000LL)
 
+static const char *const zero_names[] = {"none", "legacy", "multifd"};
+
+const char *kv_mfd_zero_name(enum kv_mfd_zero zero)
+{
+	if ((unsigned)zero >= sizeof(zero_names) / sizeof(zero_names[0]))
+		return "unknown";
+	return zero_names[zero];
+}
+
 int kv_mfd_zero_parse(const char *name, enum kv_mfd_zero *zero,
 		      struct kv_error *err)
 {
-	static const char *const names[] = {"none", "legacy", "multifd"};
-
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		if (!strcmp(name, names[i])) {
+	for (size_t i = 0; i < sizeof(zero_names) / sizeof(zero_names[0]); i++)
+		if (!strcmp(name, zero_names[i])) {
 			*zero = (enum kv_mfd_zero)i;
 			return 0;
 		}

@@ -47,6 +47,7 @@ struct kv_mfd_config {
 /* "none", "legacy", "multifd" <-> enum; -EINVAL with err on a bad name. */
 int kv_mfd_zero_parse(const char *name, enum kv_mfd_zero *zero,
 		      struct kv_error *err);
+const char *kv_mfd_zero_name(enum kv_mfd_zero zero);
 
 /* ---- source ---- */
 

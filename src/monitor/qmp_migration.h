@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The monitor's migration commands: migrate, migrate-incoming,
+ * migrate_cancel, query-migrate, migrate-set-parameters /
+ * query-migrate-parameters, migrate-set-capabilities /
+ * query-migrate-capabilities. Capabilities and parameters are read, checked
+ * and shown from the options table (migration/options.h) and kept here,
+ * in one struct kv_mig_settings per VM; what the commands do to the VM goes
+ * through struct kv_qmp_mig_ops.
+ *
+ * The object exists without a QMP server too (a VM started without --qmp
+ * still migrates with the defaults): create it, then hand it to the server
+ * in struct kv_qmp_ops.migration.
+ */
+#ifndef KV_MONITOR_QMP_MIGRATION_H
+#define KV_MONITOR_QMP_MIGRATION_H
+
+#include "base/error.h"
+#include "migration/options.h"
+#include "vmm/vm_migration.h"
+
+/* What the commands need from the VM. Called on the monitor thread; none
+ * may block for long. */
+struct kv_qmp_mig_ops {
+	/* migrate: start an outgoing migration to uri with p (the
+	 * settings as the engine takes them). */
+	int (*start)(void *opaque, const char *uri,
+		     const struct kv_mig_params *p, struct kv_error *err);
+	/* migrate-incoming. */
+	int (*incoming)(void *opaque, const char *uri, struct kv_error *err);
+	int (*cancel)(void *opaque, struct kv_error *err);
+	/* query-migrate's figures (also: is a migration in progress?). */
+	void (*query)(void *opaque, struct kv_vm_mig_info *info);
+	/* Parameters changed: p is what the next migration gets; the live
+	 * ones also reach a migration in progress. */
+	void (*set_params)(void *opaque, const struct kv_mig_params *p);
+	void *opaque;
+};
+
+struct kv_qmp_mig;
+
+/* Every setting at its default. NULL when out of memory. */
+struct kv_qmp_mig *kv_qmp_mig_new(const struct kv_qmp_mig_ops *ops);
+void kv_qmp_mig_free(struct kv_qmp_mig *m);
+
+/* Any thread: a copy of the settings, or what a migration gets from
+ * them. */
+void kv_qmp_mig_settings(struct kv_qmp_mig *m, struct kv_mig_settings *out);
+void kv_qmp_mig_params(struct kv_qmp_mig *m, struct kv_mig_params *out);
+
+#endif
