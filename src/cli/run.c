@@ -36,6 +36,8 @@ struct signal_waiter {
 static void print_help(void)
 {
 	printf("Usage: kvmig run --kernel ELF [OPTIONS]\n"
+	       "       kvmig run [--kernel ELF ...] --incoming URI|defer "
+	       "[OPTIONS]\n"
 	       "\n"
 	       "Run a multiboot v1 kernel in a KVM virtual machine until it "
 	       "powers off\n"
@@ -57,7 +59,12 @@ static void print_help(void)
 	       "  --qmp unix:PATH|tcp:HOST:PORT\n"
 	       "                         QMP monitor socket\n"
 	       "  --incoming URI|defer   wait for a migration instead of "
-	       "booting\n"
+	       "booting; the rest\n"
+	       "                         of the source's command line may "
+	       "be repeated\n"
+	       "                         (--kernel is checked, not run; "
+	       "--memory and --cpus\n"
+	       "                         must match the source's)\n"
 	       "  --verify-ram           hash all guest RAM at switch-over "
 	       "(debug)\n"
 	       "\n"
@@ -124,11 +131,7 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 		    "run", "--qmp '%s': expected unix:PATH or tcp:HOST:PORT",
 		    a->qmp);
 	if (!a->cfg.kernel && !a->incoming)
-		return kv_cli_usage_error("run", "--kernel ELF is required (or "
-						 "--incoming)");
-	if (a->cfg.kernel && a->incoming)
-		return kv_cli_usage_error(
-		    "run", "--kernel and --incoming exclude each other");
+		return kv_cli_usage_error("run", "--kernel ELF is required (or --incoming)");
 	a->verify_ram = verify != NULL;
 	return KV_EXIT_OK;
 }
@@ -171,7 +174,13 @@ static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
 				    "--incoming defer needs --qmp "
 				    "(migrate-incoming gives the URI)");
 	if (a->incoming) {
-		ret = run_ctl_incoming(rc, a->incoming, err);
+		/* The source's command line plus --incoming (QEMU's and
+		 * libvirt's way): the kernel must be one this VM could boot,
+		 * but it is never loaded nor run here; the stream brings RAM
+		 * and the vCPUs start only once it is loaded. */
+		ret = kv_vm_check_kernel(vm, err);
+		if (!ret)
+			ret = run_ctl_incoming(rc, a->incoming, err);
 		if (!ret)
 			ret = run_ctl_start_monitor(rc, a->qmp, err);
 		if (ret < 0)

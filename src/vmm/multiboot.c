@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "vmm/mptable.h"
 #include "vmm/vm.h"
 
 #define MAX_KERNEL_BYTES (256u << 20)
@@ -78,6 +79,34 @@ static int find_header(const uint8_t *image, size_t len, uint32_t *offset,
 			    KV_MB_HEADER_MAGIC, KV_MB_SEARCH_BYTES);
 }
 
+static const struct kv_mb_region vmm_regions[] = {
+    {KV_MB_INFO_ADDR, KV_MB_INFO_END, "the multiboot information"},
+    {KV_MPTABLE_ADDR, KV_MPTABLE_ADDR + KV_MPTABLE_MAX_BYTES, "the MP table"},
+};
+
+const struct kv_mb_region *kv_mb_vmm_regions(size_t *n)
+{
+	*n = sizeof(vmm_regions) / sizeof(vmm_regions[0]);
+	return vmm_regions;
+}
+
+/* A segment may load anywhere in RAM (QEMU's rule, not GRUB's 1 MiB)
+ * except over what the VMM writes there itself. */
+static int check_vmm_overlap(const struct kv_mb_segment *s, int index,
+			     struct kv_error *err)
+{
+	uint64_t end = (uint64_t)s->paddr + s->mem_size;
+
+	for (size_t i = 0; i < sizeof(vmm_regions) / sizeof(vmm_regions[0]);
+	     i++) {
+		const struct kv_mb_region *r = &vmm_regions[i];
+
+		if (s->paddr < r->end && end > r->start)
+			return kv_error_set(err, -ENOEXEC, "segment %d [0x%x, 0x%llx) overlaps %s [0x%x, 0x%x), which kvmig places there: link the kernel elsewhere", index, s->paddr, (unsigned long long)end, r->what, r->start, r->end);
+	}
+	return 0;
+}
+
 static int check_segment(const struct kv_mb_segment *s, int index, size_t len,
 			 uint64_t lowmem, struct kv_error *err)
 {
@@ -94,18 +123,13 @@ static int check_segment(const struct kv_mb_segment *s, int index, size_t len,
 		    "segment %d: bytes [%u, +%u) lie beyond the "
 		    "end of the file (%zu bytes)",
 		    index, s->file_offset, s->file_size, len);
-	if (s->paddr < KV_MB_LOAD_MIN)
-		return kv_error_set(err, -ENOEXEC,
-				    "segment %d: load address 0x%x is below "
-				    "1 MiB",
-				    index, s->paddr);
 	if (end > lowmem)
 		return kv_error_set(err, -ENOEXEC,
 				    "segment %d: [0x%x, 0x%llx) ends beyond "
 				    "guest RAM below 4 GiB (0x%llx)",
 				    index, s->paddr, (unsigned long long)end,
 				    (unsigned long long)lowmem);
-	return 0;
+	return check_vmm_overlap(s, index, err);
 }
 
 static int parse_aout_kludge(const uint8_t *image, size_t len, uint64_t lowmem,
@@ -371,6 +395,19 @@ static int build_info(struct mb_info_writer *w, const struct kv_gmem *mem,
 	    put_string(w, LOADER_NAME, info, KV_MBI_OFF_LOADER_NAME, err))
 		return -E2BIG;
 	return 0;
+}
+
+int kv_multiboot_check_info(const struct kv_gmem *mem, const char *cmdline,
+			    struct kv_error *err)
+{
+	struct mb_info_writer *w = calloc(1, sizeof(*w));
+	int rc;
+
+	if (!w)
+		return kv_error_set(err, -ENOMEM, "multiboot information");
+	rc = build_info(w, mem, cmdline, err);
+	free(w);
+	return rc;
 }
 
 int kv_multiboot_load(const uint8_t *image, const struct kv_mb_kernel *k,
