@@ -1254,6 +1254,30 @@ static void test_reject_length_mismatch(void **state)
 		      NULL);
 }
 
+/* The owner named the option that sets the block's length (a VMM's
+ * --memory): the message says what to do, with both sizes. */
+static void test_reject_length_mismatch_names_option(void **state)
+{
+	static const char *const names[] = {"mem0"};
+	static const uint64_t lens[] = {512 * PG};
+	static const size_t np[] = {256};
+	struct kv_error err = {0};
+	struct side dst;
+	struct craft c;
+
+	(void)state;
+	craft_begin(&c);
+	craft_mem_size(&c, names, lens, 1, 512 * PG);
+	craft_end(&c);
+	side_init(&dst, np, 1);
+	kv_ram_block(dst.rs, 0)->size_option = "--size";
+	assert_true(load_all(dst.rs, &c.t, &err, true) < 0);
+	if (!strstr(err.msg, "the stream's guest has 2 MiB of RAM (block 'mem0'), this VM was started with --size 1M: start the destination with the source's options"))
+		fail_msg("%s", err.msg);
+	side_free(&dst);
+	tstream_free(&c.t);
+}
+
 static void test_reject_unaligned_length(void **state)
 {
 	static const char *const names[] = {"mem0"};
@@ -2141,6 +2165,7 @@ int main(void)
 	    cmocka_unit_test(test_reject_continue_on_eos),
 	    cmocka_unit_test(test_reject_unknown_block_in_mem_size),
 	    cmocka_unit_test(test_reject_length_mismatch),
+	    cmocka_unit_test(test_reject_length_mismatch_names_option),
 	    cmocka_unit_test(test_reject_unaligned_length),
 	    cmocka_unit_test(test_reject_total_exceeded),
 	    cmocka_unit_test(test_reject_total_larger_than_blocks),
