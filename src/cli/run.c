@@ -100,11 +100,7 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 	if (memory &&
 	    (!kv_cli_parse_size(memory, &a->cfg.mem_size) ||
 	     a->cfg.mem_size % (2 * MIB) || a->cfg.mem_size < 4 * MIB))
-		return kv_cli_usage_error(
-		    "run",
-		    "--memory '%s': need a size of at least 4M, a "
-		    "multiple of 2M",
-		    memory);
+		return kv_cli_usage_error("run", "--memory '%s': need a size of at least 4M, a multiple of 2M", memory);
 	if (cpus &&
 	    (!kv_cli_parse_u64(cpus, &n) || n < 1 || n > KV_VM_MAX_VCPUS))
 		return kv_cli_usage_error("run", "--cpus '%s': need 1 to %d",
@@ -170,9 +166,7 @@ static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
 	int ret;
 
 	if (a->incoming && !strcmp(a->incoming, "defer") && !a->qmp)
-		return kv_error_set(err, -EINVAL,
-				    "--incoming defer needs --qmp "
-				    "(migrate-incoming gives the URI)");
+		return kv_error_set(err, -EINVAL, "--incoming defer needs --qmp (migrate-incoming gives the URI)");
 	if (a->incoming) {
 		/* The source's command line plus --incoming (QEMU's and
 		 * libvirt's way): the kernel must be one this VM could boot,
@@ -185,11 +179,9 @@ static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
 			ret = run_ctl_start_monitor(rc, a->qmp, err);
 		if (ret < 0)
 			return ret;
-		fprintf(stderr, "kvmig run: waiting for an incoming migration "
-				"on %s\n",
+		fprintf(stderr, "kvmig run: waiting for an incoming migration on %s\n",
 			strcmp(a->incoming, "defer") ? run_ctl_listen_uri(rc)
-						     : "(deferred: QMP "
-						       "migrate-incoming)");
+						     : "(deferred: QMP migrate-incoming)");
 	} else {
 		ret = kv_vm_boot_kernel(vm, err);
 		if (!ret)
@@ -200,8 +192,7 @@ static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
 			return ret;
 		run_ctl_booted(rc);
 		fprintf(stderr,
-			"kvmig run: guest started: %d vCPU(s), %llu MiB, "
-			"set up in %.1f ms\n",
+			"kvmig run: guest started: %d vCPU(s), %llu MiB, set up in %.1f ms\n",
 			a->cfg.ncpus,
 			(unsigned long long)(a->cfg.mem_size / MIB),
 			(double)(kv_now_ns() - t0) / 1e6);
