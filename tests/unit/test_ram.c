@@ -1845,8 +1845,10 @@ static void test_compress_always_roundtrip(void **state)
 
 /* auto over a socket with nothing to wait for: it samples zstd off the
  * wire and sends a QEMU stream, PAGE records only, no ZPAGES (QEMU's
- * tools reject flag 0x400). The pass ends before two windows could even
- * find the link slow. */
+ * tools reject flag 0x400). The pass normally ends before two windows
+ * could even find the link slow; on a host so loaded that the socket's
+ * reader lags, auto may choose compression, but only after pages went
+ * raw, never with the first batch. */
 static void test_compress_auto_samples_off_the_wire(void **state)
 {
 	static const size_t np[] = {2048};
@@ -1856,11 +1858,15 @@ static void test_compress_auto_samples_off_the_wire(void **state)
 	(void)state;
 	compress_roundtrip(KV_RAM_COMPRESS_AUTO, 1ULL << 40, true, np, 1, &cs,
 			   &rc);
-	assert_int_equal(cs.pages, 0);
-	assert_int_equal(cs.switches, 0);
-	assert_false(cs.active);
-	assert_int_equal(rc.zpages, 0);
-	assert_int_equal(rc.page, 2048);
+	assert_int_equal(rc.first_data, KV_RAM_FLAG_PAGE);
+	if (cs.switches == 0) {
+		assert_int_equal(cs.pages, 0);
+		assert_int_equal(rc.zpages, 0);
+		assert_int_equal(rc.page, 2048);
+	} else {
+		print_message("# auto chose compression: the socket's reader lagged\n");
+		assert_true(rc.page >= KV_RAM_ZC_BATCH);
+	}
 }
 
 /* auto to a file (no link to measure) never compresses, not even under
@@ -1914,7 +1920,7 @@ static void test_compress_auto_off_when_link_gets_fast(void **state)
 	struct kv_error err = {0};
 	struct kv_soft_tracker *tr;
 	struct kv_stream *s;
-	bool lifted = false;
+	bool lifted = false, off_again = false;
 	int ret;
 
 	(void)state;
@@ -1929,8 +1935,10 @@ static void test_compress_auto_off_when_link_gets_fast(void **state)
 	kv_stream_set_rate_limit(s, 16 << 20);
 	assert_int_equal(ops()->save_setup(s, src.rs, &err), 0);
 	/* Passes over the whole region (a workload rewriting all of it)
-	 * until auto has turned on and off again, at most 200. */
-	for (int pass = 0; pass < 200 && cs.switches < 2; pass++) {
+	 * until auto has turned on and off again, at most 200. (Whether it
+	 * stays off depends on this host: with zstd faster than the socket
+	 * and its reader, as under ASan, compressing pays again.) */
+	for (int pass = 0; pass < 200 && !off_again; pass++) {
 		do {
 			ret = ops()->save_iterate(s, src.rs, &err);
 			kv_ram_get_compress_stats(src.rs, &cs);
@@ -1938,6 +1946,7 @@ static void test_compress_auto_off_when_link_gets_fast(void **state)
 				kv_stream_set_rate_limit(s, 0);
 				lifted = true;
 			}
+			off_again |= lifted && !cs.active;
 		} while (ret == 0);
 		assert_int_equal(ret, 1);
 		for (size_t pg = 0; pg < np[0]; pg++) {
@@ -1951,9 +1960,9 @@ static void test_compress_auto_off_when_link_gets_fast(void **state)
 	ops()->save_cleanup(src.rs);
 	assert_int_equal(kv_stream_close(s), 0);
 	kv_ram_get_compress_stats(src.rs, &cs);
-	if (!lifted || cs.switches < 2 || cs.active)
-		fail_msg("lifted %d, %llu switches, active %d", lifted,
-			 (unsigned long long)cs.switches, cs.active);
+	if (!lifted || !off_again || cs.switches < 2)
+		fail_msg("lifted %d, off again %d, %llu switches", lifted,
+			 off_again, (unsigned long long)cs.switches);
 	load_and_compare(&src, &dst, &t);
 	kv_soft_tracker_free(tr);
 	side_free(&src);
