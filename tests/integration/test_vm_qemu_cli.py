@@ -62,6 +62,8 @@ def ram_payload(r, census):
         flags = v & 0xfff
         kind = flags & ~CONTINUE
         census[kind] = census.get(kind, 0) + 1
+        if kind in (PAGE, XBZRLE, ZPAGES):
+            census.setdefault("first", kind)
         if kind in (ZERO, PAGE, XBZRLE, ZPAGES) and not flags & CONTINUE:
             r.str8()
         if kind == MEM_SIZE:
@@ -212,8 +214,13 @@ def same_command_line(tap, vms, guest, how, tmp):
             rr = ram_census(bytes(tee.data))
             c = r.get("compression", {})
             print(f"# loopback stream's RAM records: {rr}, source: {c}")
-            tap.ok(r.get("status") == "completed" and rr.get(PAGE, 0) > 0
-                   and ZPAGES not in rr and c.get("pages", 0) == 0,
+            # A host loaded enough to make loopback slower than zstd may
+            # have auto choose compression (the source says so); even
+            # then the first pages went raw.
+            chose = c.get("x-switches", 0) > 0
+            tap.ok(r.get("status") == "completed" and
+                   rr.get("first") == PAGE and
+                   (chose or (ZPAGES not in rr and c.get("pages") == 0)),
                    "a default-settings loopback stream has no ZPAGES "
                    "record", f"{r} {rr}")
     tap.ok(r.get("status") == "completed" and resumed(dst),
