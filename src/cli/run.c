@@ -36,6 +36,8 @@ struct signal_waiter {
 static void print_help(void)
 {
 	printf("Usage: kvmig run --kernel ELF [OPTIONS]\n"
+	       "       kvmig run [--kernel ELF ...] --incoming URI|defer "
+	       "[OPTIONS]\n"
 	       "\n"
 	       "Run a multiboot v1 kernel in a KVM virtual machine until it "
 	       "powers off\n"
@@ -57,7 +59,12 @@ static void print_help(void)
 	       "  --qmp unix:PATH|tcp:HOST:PORT\n"
 	       "                         QMP monitor socket\n"
 	       "  --incoming URI|defer   wait for a migration instead of "
-	       "booting\n"
+	       "booting; the rest\n"
+	       "                         of the source's command line may "
+	       "be repeated\n"
+	       "                         (--kernel is checked, not run; "
+	       "--memory and --cpus\n"
+	       "                         must match the source's)\n"
 	       "  --verify-ram           hash all guest RAM at switch-over "
 	       "(debug)\n"
 	       "\n"
@@ -93,11 +100,7 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 	if (memory &&
 	    (!kv_cli_parse_size(memory, &a->cfg.mem_size) ||
 	     a->cfg.mem_size % (2 * MIB) || a->cfg.mem_size < 4 * MIB))
-		return kv_cli_usage_error(
-		    "run",
-		    "--memory '%s': need a size of at least 4M, a "
-		    "multiple of 2M",
-		    memory);
+		return kv_cli_usage_error("run", "--memory '%s': need a size of at least 4M, a multiple of 2M", memory);
 	if (cpus &&
 	    (!kv_cli_parse_u64(cpus, &n) || n < 1 || n > KV_VM_MAX_VCPUS))
 		return kv_cli_usage_error("run", "--cpus '%s': need 1 to %d",
@@ -124,11 +127,7 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 		    "run", "--qmp '%s': expected unix:PATH or tcp:HOST:PORT",
 		    a->qmp);
 	if (!a->cfg.kernel && !a->incoming)
-		return kv_cli_usage_error("run", "--kernel ELF is required (or "
-						 "--incoming)");
-	if (a->cfg.kernel && a->incoming)
-		return kv_cli_usage_error(
-		    "run", "--kernel and --incoming exclude each other");
+		return kv_cli_usage_error("run", "--kernel ELF is required (or --incoming)");
 	a->verify_ram = verify != NULL;
 	return KV_EXIT_OK;
 }
@@ -167,20 +166,22 @@ static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
 	int ret;
 
 	if (a->incoming && !strcmp(a->incoming, "defer") && !a->qmp)
-		return kv_error_set(err, -EINVAL,
-				    "--incoming defer needs --qmp "
-				    "(migrate-incoming gives the URI)");
+		return kv_error_set(err, -EINVAL, "--incoming defer needs --qmp (migrate-incoming gives the URI)");
 	if (a->incoming) {
-		ret = run_ctl_incoming(rc, a->incoming, err);
+		/* The source's command line plus --incoming (QEMU's and
+		 * libvirt's way): the kernel must be one this VM could boot,
+		 * but it is never loaded nor run here; the stream brings RAM
+		 * and the vCPUs start only once it is loaded. */
+		ret = kv_vm_check_kernel(vm, err);
+		if (!ret)
+			ret = run_ctl_incoming(rc, a->incoming, err);
 		if (!ret)
 			ret = run_ctl_start_monitor(rc, a->qmp, err);
 		if (ret < 0)
 			return ret;
-		fprintf(stderr, "kvmig run: waiting for an incoming migration "
-				"on %s\n",
+		fprintf(stderr, "kvmig run: waiting for an incoming migration on %s\n",
 			strcmp(a->incoming, "defer") ? run_ctl_listen_uri(rc)
-						     : "(deferred: QMP "
-						       "migrate-incoming)");
+						     : "(deferred: QMP migrate-incoming)");
 	} else {
 		ret = kv_vm_boot_kernel(vm, err);
 		if (!ret)
@@ -191,8 +192,7 @@ static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
 			return ret;
 		run_ctl_booted(rc);
 		fprintf(stderr,
-			"kvmig run: guest started: %d vCPU(s), %llu MiB, "
-			"set up in %.1f ms\n",
+			"kvmig run: guest started: %d vCPU(s), %llu MiB, set up in %.1f ms\n",
 			a->cfg.ncpus,
 			(unsigned long long)(a->cfg.mem_size / MIB),
 			(double)(kv_now_ns() - t0) / 1e6);

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "vmm/mptable.h"
 #include "vmm/vm.h"
 
 #define MAX_KERNEL_BYTES (256u << 20)
@@ -70,12 +71,38 @@ static int find_header(const uint8_t *image, size_t len, uint32_t *offset,
 	}
 	if (bad_checksum)
 		return kv_error_set(err, -ENOEXEC,
-				    "multiboot header has a bad checksum "
-				    "(magic + flags + checksum must be 0)");
+				    "multiboot header has a bad checksum (magic + flags + checksum must be 0)");
 	return kv_error_set(err, -ENOEXEC,
-			    "no multiboot v1 header (magic 0x%08x) in the "
-			    "first %u bytes: not a multiboot kernel",
+			    "no multiboot v1 header (magic 0x%08x) in the first %u bytes: not a multiboot kernel",
 			    KV_MB_HEADER_MAGIC, KV_MB_SEARCH_BYTES);
+}
+
+static const struct kv_mb_region vmm_regions[] = {
+    {KV_MB_INFO_ADDR, KV_MB_INFO_END, "the multiboot information"},
+    {KV_MPTABLE_ADDR, KV_MPTABLE_ADDR + KV_MPTABLE_MAX_BYTES, "the MP table"},
+};
+
+const struct kv_mb_region *kv_mb_vmm_regions(size_t *n)
+{
+	*n = sizeof(vmm_regions) / sizeof(vmm_regions[0]);
+	return vmm_regions;
+}
+
+/* A segment may load anywhere in RAM (QEMU's rule, not GRUB's 1 MiB)
+ * except over what the VMM writes there itself. */
+static int check_vmm_overlap(const struct kv_mb_segment *s, int index,
+			     struct kv_error *err)
+{
+	uint64_t end = (uint64_t)s->paddr + s->mem_size;
+
+	for (size_t i = 0; i < sizeof(vmm_regions) / sizeof(vmm_regions[0]);
+	     i++) {
+		const struct kv_mb_region *r = &vmm_regions[i];
+
+		if (s->paddr < r->end && end > r->start)
+			return kv_error_set(err, -ENOEXEC, "segment %d [0x%x, 0x%llx) overlaps %s [0x%x, 0x%x), which kvmig places there: link the kernel elsewhere", index, s->paddr, (unsigned long long)end, r->what, r->start, r->end);
+	}
+	return 0;
 }
 
 static int check_segment(const struct kv_mb_segment *s, int index, size_t len,
@@ -85,27 +112,19 @@ static int check_segment(const struct kv_mb_segment *s, int index, size_t len,
 
 	if (s->file_size > s->mem_size)
 		return kv_error_set(err, -ENOEXEC,
-				    "segment %d: file size %u exceeds memory "
-				    "size %u",
+				    "segment %d: file size %u exceeds memory size %u",
 				    index, s->file_size, s->mem_size);
 	if ((uint64_t)s->file_offset + s->file_size > len)
 		return kv_error_set(
 		    err, -ENOEXEC,
-		    "segment %d: bytes [%u, +%u) lie beyond the "
-		    "end of the file (%zu bytes)",
+		    "segment %d: bytes [%u, +%u) lie beyond the end of the file (%zu bytes)",
 		    index, s->file_offset, s->file_size, len);
-	if (s->paddr < KV_MB_LOAD_MIN)
-		return kv_error_set(err, -ENOEXEC,
-				    "segment %d: load address 0x%x is below "
-				    "1 MiB",
-				    index, s->paddr);
 	if (end > lowmem)
 		return kv_error_set(err, -ENOEXEC,
-				    "segment %d: [0x%x, 0x%llx) ends beyond "
-				    "guest RAM below 4 GiB (0x%llx)",
+				    "segment %d: [0x%x, 0x%llx) ends beyond guest RAM below 4 GiB (0x%llx)",
 				    index, s->paddr, (unsigned long long)end,
 				    (unsigned long long)lowmem);
-	return 0;
+	return check_vmm_overlap(s, index, err);
 }
 
 static int parse_aout_kludge(const uint8_t *image, size_t len, uint64_t lowmem,
@@ -118,8 +137,7 @@ static int parse_aout_kludge(const uint8_t *image, size_t len, uint64_t lowmem,
 
 	if ((size_t)k->header_offset + 32 > len)
 		return kv_error_set(err, -ENOEXEC,
-				    "multiboot header with the a.out kludge "
-				    "flag is cut short by the end of the file");
+				    "multiboot header with the a.out kludge flag is cut short by the end of the file");
 	header_addr = le32(h + 12);
 	load_addr = le32(h + 16);
 	load_end = le32(h + 20);
@@ -128,9 +146,7 @@ static int parse_aout_kludge(const uint8_t *image, size_t len, uint64_t lowmem,
 	if (header_addr < load_addr ||
 	    header_addr - load_addr > k->header_offset)
 		return kv_error_set(err, -ENOEXEC,
-				    "a.out kludge: header_addr 0x%x and "
-				    "load_addr 0x%x do not fit the header's "
-				    "file offset %u",
+				    "a.out kludge: header_addr 0x%x and load_addr 0x%x do not fit the header's file offset %u",
 				    header_addr, load_addr, k->header_offset);
 	file_start = k->header_offset - (header_addr - load_addr);
 	s->paddr = load_addr;
@@ -139,8 +155,7 @@ static int parse_aout_kludge(const uint8_t *image, size_t len, uint64_t lowmem,
 		s->file_size = (uint32_t)(len - file_start);
 	else if (load_end < load_addr)
 		return kv_error_set(err, -ENOEXEC,
-				    "a.out kludge: load_end_addr 0x%x is "
-				    "below load_addr 0x%x",
+				    "a.out kludge: load_end_addr 0x%x is below load_addr 0x%x",
 				    load_end, load_addr);
 	else
 		s->file_size = load_end - load_addr;
@@ -148,8 +163,7 @@ static int parse_aout_kludge(const uint8_t *image, size_t len, uint64_t lowmem,
 	if (bss_end) {
 		if (bss_end < load_addr + s->file_size)
 			return kv_error_set(err, -ENOEXEC,
-					    "a.out kludge: bss_end_addr 0x%x "
-					    "is below the loaded image's end",
+					    "a.out kludge: bss_end_addr 0x%x is below the loaded image's end",
 					    bss_end);
 		s->mem_size = bss_end - load_addr;
 	}
@@ -158,8 +172,7 @@ static int parse_aout_kludge(const uint8_t *image, size_t len, uint64_t lowmem,
 		return -ENOEXEC;
 	if (k->entry < s->paddr || k->entry >= s->paddr + s->mem_size)
 		return kv_error_set(err, -ENOEXEC,
-				    "a.out kludge: entry 0x%x is outside the "
-				    "loaded image",
+				    "a.out kludge: entry 0x%x is outside the loaded image",
 				    k->entry);
 	return 0;
 }
@@ -171,12 +184,10 @@ static int check_elf_header(const uint8_t *image, size_t len,
 
 	if (len < sizeof(Elf32_Ehdr) || memcmp(id, ELFMAG, SELFMAG))
 		return kv_error_set(err, -ENOEXEC,
-				    "not an ELF file and no a.out kludge in "
-				    "the multiboot header");
+				    "not an ELF file and no a.out kludge in the multiboot header");
 	if (id[EI_CLASS] != ELFCLASS32 || id[EI_DATA] != ELFDATA2LSB)
 		return kv_error_set(err, -ENOEXEC,
-				    "not a 32-bit little-endian ELF (a "
-				    "multiboot v1 kernel is ELF32 i386)");
+				    "not a 32-bit little-endian ELF (a multiboot v1 kernel is ELF32 i386)");
 	if (le16(image + offsetof(Elf32_Ehdr, e_type)) != ET_EXEC ||
 	    le16(image + offsetof(Elf32_Ehdr, e_machine)) != EM_386)
 		return kv_error_set(err, -ENOEXEC,
@@ -221,8 +232,7 @@ static int parse_elf(const uint8_t *image, size_t len, uint64_t lowmem,
 	phnum = le16(image + offsetof(Elf32_Ehdr, e_phnum));
 	if ((uint64_t)phoff + (uint64_t)phnum * sizeof(Elf32_Phdr) > len)
 		return kv_error_set(err, -ENOEXEC,
-				    "ELF program headers lie beyond the end "
-				    "of the file");
+				    "ELF program headers lie beyond the end of the file");
 	ph = image + phoff;
 	k->nsegments = 0;
 	for (uint16_t i = 0; i < phnum; i++) {
@@ -234,8 +244,7 @@ static int parse_elf(const uint8_t *image, size_t len, uint64_t lowmem,
 			continue;
 		if (k->nsegments == KV_MB_MAX_SEGMENTS)
 			return kv_error_set(err, -ENOEXEC,
-					    "more than %d loadable ELF "
-					    "segments",
+					    "more than %d loadable ELF segments",
 					    KV_MB_MAX_SEGMENTS);
 		s = &k->segments[k->nsegments];
 		s->paddr = le32(p + offsetof(Elf32_Phdr, p_paddr));
@@ -268,8 +277,7 @@ int kv_multiboot_parse(const uint8_t *image, size_t len, uint64_t lowmem,
 	unsupported = k->flags & 0xffff & ~SUPPORTED_REQUIRED_FLAGS;
 	if (unsupported)
 		return kv_error_set(err, -ENOEXEC,
-				    "multiboot header requires features we "
-				    "do not provide (flags 0x%x)",
+				    "multiboot header requires features we do not provide (flags 0x%x)",
 				    unsupported);
 	if (k->flags & KV_MB_FLAG_AOUT_KLUDGE)
 		return parse_aout_kludge(image, len, lowmem, k, err);
@@ -289,8 +297,7 @@ static int info_alloc(struct mb_info_writer *w, uint32_t n, uint32_t *gpa,
 
 	if (n > sizeof(w->buf) - start)
 		return kv_error_set(err, -E2BIG,
-				    "multiboot information does not fit in "
-				    "%zu bytes (command line too long?)",
+				    "multiboot information does not fit in %zu bytes (command line too long?)",
 				    sizeof(w->buf));
 	w->used = start + n;
 	*gpa = KV_MB_INFO_ADDR + start;
@@ -373,6 +380,19 @@ static int build_info(struct mb_info_writer *w, const struct kv_gmem *mem,
 	return 0;
 }
 
+int kv_multiboot_check_info(const struct kv_gmem *mem, const char *cmdline,
+			    struct kv_error *err)
+{
+	struct mb_info_writer *w = calloc(1, sizeof(*w));
+	int rc;
+
+	if (!w)
+		return kv_error_set(err, -ENOMEM, "multiboot information");
+	rc = build_info(w, mem, cmdline, err);
+	free(w);
+	return rc;
+}
+
 int kv_multiboot_load(const uint8_t *image, const struct kv_mb_kernel *k,
 		      struct kv_gmem *mem, const char *cmdline,
 		      uint32_t *info_addr, struct kv_error *err)
@@ -415,8 +435,7 @@ int kv_multiboot_read_file(const char *path, uint8_t **image, size_t *len,
 	    st.st_size > MAX_KERNEL_BYTES || st.st_size == 0) {
 		close(fd);
 		return kv_error_set(err, -EINVAL,
-				    "kernel '%s': not a regular file of 1 "
-				    "byte to 256 MiB",
+				    "kernel '%s': not a regular file of 1 byte to 256 MiB",
 				    path);
 	}
 	buf = malloc((size_t)st.st_size);

@@ -5,7 +5,11 @@
  * kv_multiboot_parse() validates a kernel image held in memory (header in
  * the first 8 KiB, magic, checksum, flags we can honour; then either the
  * a.out kludge addresses or the 32-bit ELF program headers) and lists the
- * pieces to load, checked against guest RAM below the hole.
+ * pieces to load, checked against guest RAM below the hole and against
+ * what the VMM itself places in low memory (kv_mb_vmm_regions). Like
+ * QEMU, and unlike GRUB, a piece may load below 1 MiB: GNU ld's default
+ * layout puts the ELF headers in a read-only segment just below the text
+ * (0xff000 for a kernel linked at 1 MiB).
  * kv_multiboot_load() copies them into guest RAM and writes the multiboot
  * information (memory sizes, command line, memory map, loader name) at
  * KV_MB_INFO_ADDR. Neither needs KVM.
@@ -28,8 +32,6 @@
 #define KV_MB_INFO_ADDR	   0x5000U
 #define KV_MB_INFO_END	   0x8000U
 #define KV_MB_MAX_SEGMENTS 16
-/* Kernels must load at or above 1 MiB, as GRUB requires. */
-#define KV_MB_LOAD_MIN 0x100000U
 
 /* Header flags. */
 #define KV_MB_FLAG_PAGE_ALIGN  (1u << 0)
@@ -71,11 +73,25 @@ struct kv_mb_kernel {
 	struct kv_mb_segment segments[KV_MB_MAX_SEGMENTS];
 };
 
+/* What the VMM writes into guest RAM at boot, [start, end): no kernel
+ * segment may overlap it. One table, in multiboot.c. */
+struct kv_mb_region {
+	uint32_t start, end;
+	const char *what;
+};
+const struct kv_mb_region *kv_mb_vmm_regions(size_t *n);
+
 /* Validate image[0, len) as a multiboot v1 kernel loadable into
- * [KV_MB_LOAD_MIN, lowmem). Errors name what is wrong ("no multiboot
- * header in the first 8 KiB", "segment 2 ends beyond guest RAM", ...). */
+ * [0, lowmem) clear of kv_mb_vmm_regions. Errors name what is wrong ("no
+ * multiboot header in the first 8 KiB", "segment 2 ends beyond guest
+ * RAM", "segment 0 [0xf0000, 0xf0094) overlaps the MP table ..."). */
 int kv_multiboot_parse(const uint8_t *image, size_t len, uint64_t lowmem,
 		       struct kv_mb_kernel *k, struct kv_error *err);
+
+/* Whether the information structure for cmdline fits its area (what
+ * kv_multiboot_load would fail on), without writing guest RAM. */
+int kv_multiboot_check_info(const struct kv_gmem *mem, const char *cmdline,
+			    struct kv_error *err);
 
 /* Copy the segments into guest RAM (which must be fresh: memory beyond a
  * segment's file bytes is assumed zero) and write the information

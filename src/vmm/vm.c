@@ -368,6 +368,41 @@ static int write_mptable(struct kv_vm *vm, struct kv_error *err)
 	return kv_gmem_write(&vm->mem, KV_MPTABLE_ADDR, buf, (uint64_t)n, err);
 }
 
+/* Read the kernel and check it fits this VM: its segments in RAM clear
+ * of what the VMM places there, the command line in its area. */
+static int read_kernel(struct kv_vm *vm, uint8_t **image, size_t *len,
+		       struct kv_mb_kernel *k, struct kv_error *err)
+{
+	int rc = kv_multiboot_read_file(vm->cfg.kernel, image, len, err);
+
+	if (rc)
+		return rc;
+	rc = kv_multiboot_parse(*image, *len, vm->mem.lowmem, k, err);
+	if (!rc)
+		rc = kv_multiboot_check_info(&vm->mem, vm->cfg.cmdline, err);
+	if (rc) {
+		free(*image);
+		*image = NULL;
+	}
+	return rc;
+}
+
+int kv_vm_check_kernel(struct kv_vm *vm, struct kv_error *err)
+{
+	struct kv_mb_kernel k;
+	uint8_t *image = NULL;
+	size_t len = 0;
+	int rc;
+
+	if (!vm->cfg.kernel)
+		return 0;
+	rc = read_kernel(vm, &image, &len, &k, err);
+	free(image);
+	if (rc)
+		kv_error_prefix(err, "kernel '%s'", vm->cfg.kernel);
+	return rc;
+}
+
 int kv_vm_boot_kernel(struct kv_vm *vm, struct kv_error *err)
 {
 	struct kv_mb_kernel k;
@@ -381,10 +416,7 @@ int kv_vm_boot_kernel(struct kv_vm *vm, struct kv_error *err)
 	if (vm->booted || vm->started)
 		return kv_error_set(err, -EBUSY,
 				    "the VM was already booted or started");
-	rc = kv_multiboot_read_file(vm->cfg.kernel, &image, &len, err);
-	if (rc)
-		return rc;
-	rc = kv_multiboot_parse(image, len, vm->mem.lowmem, &k, err);
+	rc = read_kernel(vm, &image, &len, &k, err);
 	if (!rc)
 		rc = kv_multiboot_load(image, &k, &vm->mem, vm->cfg.cmdline,
 				       &info, err);

@@ -40,7 +40,7 @@ enum kv_dirty_mode { KV_DIRTY_LOG, KV_DIRTY_RING };
 struct kv_vm_config {
 	uint64_t mem_size;          /* bytes, multiple of 2 MiB */
 	int ncpus;
-	const char *kernel;         /* multiboot v1 ELF; NULL when incoming */
+	const char *kernel;         /* multiboot v1 ELF; may be NULL when incoming */
 	const char *cmdline;        /* multiboot command line */
 	const char *console;        /* "stdio" or "file:PATH" */
 	enum kv_dirty_mode dirty_mode;
@@ -56,6 +56,14 @@ void kv_vm_destroy(struct kv_vm *vm);
 /* Load the kernel, build multiboot info + MP table, set the boot vCPU's
  * registers (32-bit protected mode, EAX = 0x2BADB002, EBX = info). */
 int kv_vm_boot_kernel(struct kv_vm *vm, struct kv_error *err);
+/* For a destination started with the source's command line (--kernel
+ * plus --incoming, QEMU's convention): check that the kernel could boot
+ * in this VM (readable, a multiboot kernel whose segments fit its RAM,
+ * the command line fits) without writing guest RAM or vCPU state. As
+ * QEMU does not load ROMs on an incoming migration, RAM stays fresh for
+ * the stream, which brings the kernel along with everything else; a zero
+ * page the loader skips must read as zero. 0 when there is no kernel. */
+int kv_vm_check_kernel(struct kv_vm *vm, struct kv_error *err);
 
 /* Start (or restart after kv_vm_pause) every vCPU thread. */
 int kv_vm_start(struct kv_vm *vm, struct kv_error *err);

@@ -180,6 +180,9 @@ static int register_devices(struct kv_vm_mig *g, struct kv_error *err)
 		if (ret < 0)
 			return ret;
 	}
+	ret = kv_savevm_set_count_option(g->sv, "cpu", "vCPU", "--cpus", err);
+	if (ret < 0)
+		return ret;
 	g->vmst = kv_vm_state_new();
 	if (!g->vmst)
 		return kv_error_set(err, -ENOMEM, "VM state: no memory");
@@ -231,6 +234,8 @@ int kv_vm_mig_new(struct kv_vm *vm, bool verify_ram,
 			       kv_vm_ram_size(vm), err);
 	if (ret < 0)
 		goto fail;
+	/* What a destination started with other options is told to fix. */
+	kv_ram_block(g->rs, 0)->size_option = "--memory";
 	ret = make_tracker(g, err);
 	if (ret < 0)
 		goto fail;

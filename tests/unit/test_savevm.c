@@ -721,6 +721,60 @@ static void test_reject_unknown_instance(void **state)
 	expect_reject(&v, "unknown instance 7 of 'dev-a'");
 }
 
+/* Load v into a destination whose 'dev-a' and 'dev-b' counts are set
+ * by an option; returns the load's result. */
+static int load_counted(const struct variant *v, struct kv_error *err)
+{
+	struct side dst;
+	uint8_t *b;
+	size_t n;
+	int ret;
+
+	b = craft(v, &n);
+	side_init(&dst, false);
+	assert_int_equal(kv_savevm_set_count_option(dst.sv, "dev-a", "widget",
+						    "--widgets", err),
+			 0);
+	assert_int_equal(kv_savevm_set_count_option(dst.sv, "dev-b", "gadget",
+						    "--gadgets", err),
+			 0);
+	{
+		struct kv_stream *s = open_read_bytes(b, n);
+
+		ret = kv_savevm_load(dst.sv, s, NULL, err);
+		kv_stream_close(s);
+	}
+	kv_savevm_free(dst.sv);
+	free(b);
+	return ret;
+}
+
+/* A count set by an option (a VMM's --cpus): more or fewer instances in
+ * the stream are refused naming the option and both numbers. */
+static void test_reject_instance_count_names_option(void **state)
+{
+	struct variant v = {.dev_a_instance = 1};
+	struct kv_error err = {0};
+	struct kv_savevm *sv;
+
+	(void)state;
+	assert_true(load_counted(&v, &err) < 0);
+	if (!strstr(err.msg, "'dev-a' instance 1: the stream's guest has at least 2 widgets (it carries widget 1), this VM was started with --widgets 1: start the destination with the source's options"))
+		fail_msg("%s", err.msg);
+	v = (struct variant){.skip_dev_b = true};
+	kv_error_clear(&err);
+	assert_true(load_counted(&v, &err) < 0);
+	if (!strstr(err.msg, "the stream's guest has 0 gadgets, this VM was started with --gadgets 1: start the destination with the source's options"))
+		fail_msg("%s", err.msg);
+	sv = kv_savevm_new(MACHINE);
+	kv_error_clear(&err);
+	assert_int_equal(kv_savevm_set_count_option(sv, "cpu", "vCPU", "--cpus",
+						    &err),
+			 -ENOENT);
+	assert_non_null(strstr(err.msg, "no state handler 'cpu'"));
+	kv_savevm_free(sv);
+}
+
 static void test_reject_footer_mismatch(void **state)
 {
 	struct variant v = {.footer_id_xor = 5};
@@ -879,6 +933,7 @@ int main(void)
 	    cmocka_unit_test(test_reject_unknown_command),
 	    cmocka_unit_test(test_reject_unknown_idstr),
 	    cmocka_unit_test(test_reject_unknown_instance),
+	    cmocka_unit_test(test_reject_instance_count_names_option),
 	    cmocka_unit_test(test_reject_footer_mismatch),
 	    cmocka_unit_test(test_reject_version_too_new),
 	    cmocka_unit_test(test_older_device_version_accepted),

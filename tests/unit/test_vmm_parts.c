@@ -276,11 +276,13 @@ static void test_multiboot_rejects(void **state)
 	/* Overflowing offset. */
 	ph->p_offset = 0xfffffff0;
 	expect_reject(copy, len, 64 * MIB, "beyond the end of the file");
-	/* Below 1 MiB. */
+	/* Over what the VMM places in low memory: both ranges named. */
 	memcpy(copy, img, len);
 	ph = (Elf32_Phdr *)(copy + sizeof(Elf32_Ehdr));
-	ph->p_paddr = 0x8000;
-	expect_reject(copy, len, 64 * MIB, "below 1 MiB");
+	ph->p_paddr = 0x4000;
+	expect_reject(copy, len, 64 * MIB, "segment 0 [0x4000, 0x5083) overlaps the multiboot information [0x5000, 0x8000)");
+	ph->p_paddr = 0xef800;
+	expect_reject(copy, len, 64 * MIB, "overlaps the MP table [0xf0000, 0xf1000)");
 	/* Load address near 4 GiB: no wrap-around. */
 	ph->p_paddr = 0xfffff000;
 	expect_reject(copy, len, 64 * MIB, "beyond guest RAM");
@@ -308,6 +310,72 @@ static void test_multiboot_rejects(void **state)
 	free(big);
 	free(copy);
 	free(img);
+}
+
+/* GNU ld's default layout for a kernel linked at 1 MiB: the ELF headers
+ * in a read-only segment at 0xff000, then the text. QEMU loads it, and
+ * so do we: below 1 MiB is RAM like any other, apart from what the VMM
+ * writes there (kv_mb_vmm_regions, all of which the checks cover). */
+static void test_multiboot_segment_below_1mib(void **state)
+{
+	struct kv_gmem mem;
+	struct kv_mb_kernel k;
+	struct kv_error err = {0};
+	size_t len, nreg;
+	uint8_t *img = test_mb_elf(some_code, sizeof(some_code), 0x3, &len);
+	Elf32_Phdr *ph = (Elf32_Phdr *)(img + sizeof(Elf32_Ehdr));
+	const struct kv_mb_region *reg = kv_mb_vmm_regions(&nreg);
+	uint32_t info = 0;
+
+	(void)state;
+	ph->p_paddr = ph->p_vaddr = 0xff000;
+	((Elf32_Ehdr *)img)->e_entry = 0xff000 + TEST_MB_CODE_OFF;
+	assert_int_equal(kv_gmem_init(&mem, 16 * MIB, &err), 0);
+	assert_int_equal(kv_multiboot_parse(img, len, mem.lowmem, &k, &err), 0);
+	assert_int_equal(k.segments[0].paddr, 0xff000);
+	assert_int_equal(k.entry, 0xff000 + TEST_MB_CODE_OFF);
+	assert_int_equal(kv_multiboot_load(img, &k, &mem, "", &info, &err), 0);
+	assert_memory_equal(mem.host + 0xff000, img, len);
+	/* Right below and right above every region: accepted; one byte
+	 * into it: refused. */
+	for (size_t i = 0; i < nreg; i++) {
+		uint32_t size = ph->p_memsz;
+
+		ph->p_paddr = reg[i].start - size;
+		assert_int_equal(
+		    kv_multiboot_parse(img, len, mem.lowmem, &k, &err), 0);
+		ph->p_paddr = reg[i].end;
+		assert_int_equal(
+		    kv_multiboot_parse(img, len, mem.lowmem, &k, &err), 0);
+		ph->p_paddr = reg[i].start - size + 1;
+		expect_reject(img, len, mem.lowmem, reg[i].what);
+		ph->p_paddr = reg[i].end - 1;
+		expect_reject(img, len, mem.lowmem, reg[i].what);
+	}
+	kv_gmem_fini(&mem);
+	free(img);
+}
+
+/* The command line is checked without writing guest RAM (a destination
+ * started with the source's options checks it and loads nothing). */
+static void test_multiboot_check_info(void **state)
+{
+	struct kv_gmem mem;
+	struct kv_error err = {0};
+	char *cmd = malloc(20000);
+
+	(void)state;
+	memset(cmd, 'a', 19999);
+	cmd[19999] = 0;
+	assert_int_equal(kv_gmem_init(&mem, 16 * MIB, &err), 0);
+	assert_int_equal(kv_multiboot_check_info(&mem, "mem=64", &err), 0);
+	assert_int_equal(kv_multiboot_check_info(&mem, cmd, &err), -E2BIG);
+	assert_non_null(strstr(err.msg, "command line"));
+	for (size_t i = 0; i < 16 * MIB; i++)
+		if (mem.host[i])
+			fail_msg("guest RAM written at 0x%zx", i);
+	kv_gmem_fini(&mem);
+	free(cmd);
 }
 
 static void test_multiboot_aout_kludge(void **state)
@@ -753,6 +821,8 @@ int main(void)
 	    cmocka_unit_test(test_multiboot_parse_elf),
 	    cmocka_unit_test(test_multiboot_entry_translated),
 	    cmocka_unit_test(test_multiboot_rejects),
+	    cmocka_unit_test(test_multiboot_segment_below_1mib),
+	    cmocka_unit_test(test_multiboot_check_info),
 	    cmocka_unit_test(test_multiboot_aout_kludge),
 	    cmocka_unit_test(test_multiboot_load_and_info),
 	    cmocka_unit_test(test_multiboot_cmdline_too_long),

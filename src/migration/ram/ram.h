@@ -52,6 +52,10 @@ struct kv_ram_block {
 	uint64_t length;        /* bytes, a multiple of KV_PAGE_SIZE */
 	size_t npages;
 	unsigned long *dirty;   /* migration bitmap: pages still to send */
+	/* Destination: the owner's option that sets the length ("--memory"),
+	 * for the message when the stream's length differs; NULL: none. Not
+	 * copied. */
+	const char *size_option;
 };
 
 /* Per-pass and overall counters, read by the migration driver. */

@@ -29,7 +29,7 @@
  * when it is clearly slower, below ZC_GAIN_OFF: at a tie the bytes it
  * saves still count, and a window's noise (another thread preempting the
  * compressor on a busy host) must not flip it back and forth. The first
- * batch is compressed to know C and r from the start; while raw and
+ * batch is sampled to know C and r from the start; while raw and
  * link-bound, one batch every ZC_PROBE_NS, to follow the pages being sent
  * now. It turns on after ZC_BOUND_WINDOWS link-bound windows in a row
  * (the start of a TCP connection makes any link look slow for a while),
@@ -39,6 +39,17 @@
  * tell whether it is still slow. On loopback
  * and 10 Gbit/s links L is above C and nothing changes; at 1 Gbit/s
  * pages of a typical guest go several times faster.
+ *
+ * Until compression is chosen nothing kvmig-only goes on the wire: the
+ * stream stays a QEMU stream (docs/FORMAT.md 5.3). The sample is a batch
+ * of pages that went out raw as PAGE records, compressed by a zstd
+ * stream of the sampler's own into a scratch buffer, whose bytes are
+ * thrown away: it costs one batch of CPU per ZC_PROBE_NS at most. The
+ * wire's zstd stream starts when compression is first chosen, with the
+ * first ZPAGES record (where the destination starts decoding), and lasts
+ * the migration. A channel that cannot say how much the peer received (a
+ * file) has no link to measure: there auto samples nothing and never
+ * compresses.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -99,36 +110,84 @@ void kv_ram_set_compress(struct kv_ram_state *rs, enum kv_ram_compress mode)
 	__atomic_store_n(&rs->zc.mode, mode, __ATOMIC_RELAXED);
 }
 
-static void set_active(struct kv_ram_zc *zc, bool on)
+/* auto's sampler: a batch of pages that went raw, compressed off the
+ * wire by a zstd stream that is not the wire's. */
+struct kv_ram_zc_sample {
+	struct kv_mfd_codec *codec;
+	uint8_t *buf; /* scratch: the compressed bytes are thrown away */
+	size_t buf_size, n;
+	const uint8_t *pages[KV_RAM_ZC_BATCH];
+};
+
+/* A zstd stream and a buffer for a batch's compressed bytes. */
+static int codec_new(bool compress, struct kv_mfd_codec **codec,
+		     uint8_t **buf, size_t *buf_size, struct kv_error *err)
 {
-	if (zc->active == on)
-		return;
-	zc->active = on;
-	kv_ram_stat_add(&zc->switches, 1);
-	__atomic_store_n(&zc->pub_active, on, __ATOMIC_RELAXED);
-	kv_debug("migration",
-		 "x-compress auto: %s (link %.0f MiB/s, zstd %.0f MiB/s at "
-		 "%.1fx)",
-		 on ? "on" : "off", zc->link_bps / 1048576.0,
-		 zc->comp_bps / 1048576.0, zc->ratio);
+	*codec = kv_mfd_codec_new(ZC_METHOD, KV_MFD_LEVEL_DEFAULT, compress,
+				  err);
+	if (!*codec)
+		return err->code ? err->code : -ENOMEM;
+	*buf_size = kv_mfd_compress_bound(ZC_METHOD, KV_RAM_ZC_BATCH);
+	*buf = malloc(*buf_size);
+	if (!*buf) {
+		kv_mfd_codec_free(*codec);
+		*codec = NULL;
+		return kv_error_set(err, -ENOMEM, "ram: out of memory for compression");
+	}
+	return 0;
 }
 
 static int alloc_codec(struct kv_ram_zc *zc, bool compress,
 		       struct kv_error *err)
 {
-	zc->codec = kv_mfd_codec_new(ZC_METHOD, KV_MFD_LEVEL_DEFAULT, compress,
-				     err);
-	if (!zc->codec)
-		return err->code ? err->code : -ENOMEM;
-	zc->buf_size = kv_mfd_compress_bound(ZC_METHOD, KV_RAM_ZC_BATCH);
-	zc->buf = malloc(zc->buf_size);
-	if (!zc->buf) {
-		kv_mfd_codec_free(zc->codec);
-		zc->codec = NULL;
-		return kv_error_set(err, -ENOMEM,
-				    "ram: out of memory for compression");
+	return codec_new(compress, &zc->codec, &zc->buf, &zc->buf_size, err);
+}
+
+static void sample_free(struct kv_ram_zc_sample *sm)
+{
+	if (!sm)
+		return;
+	kv_mfd_codec_free(sm->codec);
+	free(sm->buf);
+	free(sm);
+}
+
+static struct kv_ram_zc_sample *sample_new(struct kv_error *err)
+{
+	struct kv_ram_zc_sample *sm = calloc(1, sizeof(*sm));
+
+	if (!sm) {
+		kv_error_set(err, -ENOMEM, "ram: out of memory for compression");
+		return NULL;
 	}
-	return 0;
+	if (codec_new(true, &sm->codec, &sm->buf, &sm->buf_size, err) < 0) {
+		free(sm);
+		return NULL;
+	}
+	return sm;
+}
+
+static void set_active(struct kv_ram_zc *zc, bool on)
+{
+	struct kv_error err = {0};
+
+	if (zc->active == on)
+		return;
+	/* The wire's zstd stream starts with the first ZPAGES record and
+	 * lasts the migration (on, off and on again continue it). */
+	if (on && !zc->codec && alloc_codec(zc, true, &err) < 0) {
+		kv_warn("migration", "x-compress auto: cannot start compressing, pages go raw: %s", err.msg);
+		sample_free(zc->sample);
+		zc->sample = NULL;
+		return;
+	}
+	zc->active = on;
+	kv_ram_stat_add(&zc->switches, 1);
+	__atomic_store_n(&zc->pub_active, on, __ATOMIC_RELAXED);
+	kv_debug("migration",
+		 "x-compress auto: %s (link %.0f MiB/s, zstd %.0f MiB/s at %.1fx)",
+		 on ? "on" : "off", zc->link_bps / 1048576.0,
+		 zc->comp_bps / 1048576.0, zc->ratio);
 }
 
 void kv_ram_zc_cleanup(struct kv_ram_state *rs)
@@ -140,9 +199,12 @@ void kv_ram_zc_cleanup(struct kv_ram_state *rs)
 	free(zc->buf);
 	zc->buf = NULL;
 	zc->n = 0;
+	sample_free(zc->sample);
+	zc->sample = NULL;
 }
 
-int kv_ram_zc_setup(struct kv_ram_state *rs, struct kv_error *err)
+int kv_ram_zc_setup(struct kv_stream *s, struct kv_ram_state *rs,
+		    struct kv_error *err)
 {
 	struct kv_ram_zc *zc = &rs->zc;
 	enum kv_ram_compress mode = zc->mode;
@@ -162,7 +224,12 @@ int kv_ram_zc_setup(struct kv_ram_state *rs, struct kv_error *err)
 	/* multifd's channels carry the pages, compressed on their own. */
 	if (mode == KV_RAM_COMPRESS_OFF || rs->mfd_send)
 		return 0;
-	if (alloc_codec(zc, true, err) < 0) {
+	/* No link to measure (a file): auto never compresses there. */
+	if (mode == KV_RAM_COMPRESS_AUTO &&
+	    kv_chan_unsent(kv_stream_chan(s)) < 0)
+		return 0;
+	if (mode == KV_RAM_COMPRESS_ALWAYS ? alloc_codec(zc, true, err) < 0
+					   : !(zc->sample = sample_new(err))) {
 		kv_error_prefix(err, "ram: x-compress");
 		return err->code;
 	}
@@ -222,23 +289,54 @@ void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs)
 	kv_ram_stat_add(&rs->normal_pages, n);
 }
 
+/* A page that went raw joins the sample; a full sample is compressed
+ * into the scratch buffer for C and r, and the bytes are dropped. */
+static void sample_page(struct kv_ram_zc *zc, const uint8_t *page)
+{
+	struct kv_ram_zc_sample *sm = zc->sample;
+	struct kv_error err = {0};
+	size_t len = 0, n;
+	int64_t t0;
+
+	sm->pages[sm->n++] = page;
+	if (sm->n < KV_RAM_ZC_BATCH)
+		return;
+	n = sm->n;
+	sm->n = 0;
+	zc->probe = false;
+	t0 = kv_now_ns();
+	if (kv_mfd_compress(sm->codec, sm->pages, n, sm->buf, sm->buf_size,
+			    &len, &err) < 0) {
+		/* Nothing on the wire depends on the sampler's stream: auto
+		 * stays raw for the rest of this migration. */
+		kv_warn("migration", "x-compress auto: sampling failed, pages go raw: %s", err.msg);
+		sample_free(zc->sample);
+		zc->sample = NULL;
+		return;
+	}
+	zc->win_ns += (uint64_t)(kv_now_ns() - t0);
+	zc->win_in += n * KV_PAGE_SIZE;
+	zc->win_out += len;
+}
+
 bool kv_ram_zc_send(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		    size_t page)
 {
 	struct kv_ram_zc *zc = &rs->zc;
 
-	if (!zc->codec || ((!zc->active || zc->raw_probe) && !zc->probe)) {
+	if (!zc->active || zc->raw_probe) {
 		zc->fac_raw_pages++;
+		if (zc->probe && zc->sample)
+			sample_page(zc, rs->blocks[bi].host +
+					    ((uint64_t)page << KV_PAGE_SHIFT));
 		return false;
 	}
 	if (zc->n && zc->bi != bi)
 		kv_ram_zc_flush(s, rs);
 	zc->bi = bi;
 	zc->page[zc->n++] = page;
-	if (zc->n == KV_RAM_ZC_BATCH) {
+	if (zc->n == KV_RAM_ZC_BATCH)
 		kv_ram_zc_flush(s, rs);
-		zc->probe = false;
-	}
 	return true;
 }
 
@@ -329,7 +427,7 @@ void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 	double link, waited;
 	bool link_bound, peer_slow;
 
-	if (zc->mode != KV_RAM_COMPRESS_AUTO || !zc->codec)
+	if (zc->mode != KV_RAM_COMPRESS_AUTO || !zc->sample)
 		return;
 	now = kv_now_ns();
 	dt = now - zc->win_start;

@@ -66,12 +66,15 @@ struct kv_ram_xbzrle {
 /* Main-stream compression (ram_compress.c). */
 #define KV_RAM_ZC_BATCH 64U /* pages per ZPAGES record, at most */
 struct kv_mfd_codec;
+struct kv_ram_zc_sample; /* ram_compress.c: auto's off-the-wire measure */
 struct kv_ram_zc {
 	enum kv_ram_compress mode;
 	bool active;		    /* pages go into batches now */
-	bool probe;		    /* auto: compress one batch to measure */
+	bool probe;		    /* auto: sample one batch to measure */
 	bool raw_probe;		    /* auto: a window of raw pages, to measure */
-	struct kv_mfd_codec *codec; /* source: encoder; destination: decoder */
+	struct kv_mfd_codec *codec; /* source: encoder, made when compression
+				     * is first chosen; destination: decoder */
+	struct kv_ram_zc_sample *sample; /* auto over a socket, else NULL */
 	/* The batch being filled: pages of one block, in the order sent. */
 	size_t n, bi;
 	size_t page[KV_RAM_ZC_BATCH];
@@ -225,8 +228,11 @@ void kv_ram_xbzrle_cleanup(struct kv_ram_state *rs);
 void kv_ram_xbzrle_free(struct kv_ram_state *rs);
 
 /* ram_compress.c */
-/* Save setup: a fresh zstd stream (the destination starts one too). */
-int kv_ram_zc_setup(struct kv_ram_state *rs, struct kv_error *err);
+/* Save setup on stream s: always makes the zstd stream now; auto makes
+ * only its sampler, and only when s's channel can tell how much the peer
+ * received (a socket): on a file auto never compresses. */
+int kv_ram_zc_setup(struct kv_stream *s, struct kv_ram_state *rs,
+		    struct kv_error *err);
 /* Queue the non-zero page bi/page for a ZPAGES record when compressing
  * (writing the batch out when it is full or the block changes). Returns
  * false when the page is to go as a PAGE record. */

@@ -168,6 +168,27 @@ static int check_flags(const struct ram_rec *r, struct kv_error *err)
 	return 0;
 }
 
+/* "2048 MiB" / "2048M" when whole MiB, else bytes in hex. */
+static void format_size(uint64_t v, bool option, char *buf, size_t size)
+{
+	if (v % (1024 * 1024))
+		snprintf(buf, size, "0x%llx bytes", (unsigned long long)v);
+	else
+		snprintf(buf, size, option ? "%lluM" : "%llu MiB",
+			 (unsigned long long)(v >> 20));
+}
+
+/* The block's length is set by an option of the owner's: name it. */
+static int length_mismatch(struct kv_error *err, const struct ram_rec *r,
+			   const struct kv_ram_block *b, uint64_t length)
+{
+	char theirs[48], ours[48];
+
+	format_size(length, false, theirs, sizeof(theirs));
+	format_size(b->length, true, ours, sizeof(ours));
+	return rec_error(err, r, -EINVAL, "the stream's guest has %s of RAM (block '%s'), this VM was started with %s %s: start the destination with the source's options", theirs, b->idstr, b->size_option, ours);
+}
+
 static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 			  const char *idstr, uint64_t length,
 			  struct kv_error *err)
@@ -186,6 +207,8 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 					 "block '%s' is "
 					 "announced twice",
 					 idstr);
+		if (b->length != length && b->size_option)
+			return length_mismatch(err, r, b, length);
 		if (b->length != length)
 			return rec_error(err, r, -EINVAL,
 					 "block '%s' has "

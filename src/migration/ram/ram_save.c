@@ -137,7 +137,7 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	kv_ram_stat_set(&rs->dirty_pages, count_dirty(rs));
 	ret = kv_ram_xbzrle_setup(rs, err);
 	if (ret == 0)
-		ret = kv_ram_zc_setup(rs, err);
+		ret = kv_ram_zc_setup(s, rs, err);
 	if (ret < 0) {
 		free_save_bitmaps(rs);
 		return ret;

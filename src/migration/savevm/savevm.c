@@ -33,6 +33,8 @@ struct sv_entry {
 	const struct kv_savevm_live_ops *ops; /* live handlers */
 	const struct kv_vmstate_desc *vmsd;   /* plain devices */
 	void *opaque;
+	/* kv_savevm_set_count_option: what sets the number of instances */
+	const char *count_noun, *count_option;
 
 	/* destination bookkeeping, reset by every load */
 	bool load_setup_called;
@@ -108,6 +110,41 @@ static bool idstr_known(struct kv_savevm *sv, const char *idstr)
 		if (strcmp(sv->entries[i]->idstr, idstr) == 0)
 			return true;
 	return false;
+}
+
+int kv_savevm_set_count_option(struct kv_savevm *sv, const char *idstr,
+			       const char *noun, const char *option,
+			       struct kv_error *err)
+{
+	bool found = false;
+
+	for (size_t i = 0; i < sv->count; i++) {
+		if (strcmp(sv->entries[i]->idstr, idstr))
+			continue;
+		sv->entries[i]->count_noun = noun;
+		sv->entries[i]->count_option = option;
+		found = true;
+	}
+	if (!found)
+		return kv_error_set(err, -ENOENT, "no state handler '%s' is registered", idstr);
+	return 0;
+}
+
+/* The number of instances of e's idstr registered here, and how many of
+ * them the stream brought so far. */
+static uint32_t count_instances(const struct kv_savevm *sv,
+				const struct sv_entry *e, uint32_t *arrived)
+{
+	uint32_t n = 0;
+
+	*arrived = 0;
+	for (size_t i = 0; i < sv->count; i++) {
+		if (strcmp(sv->entries[i]->idstr, e->idstr))
+			continue;
+		n++;
+		*arrived += sv->entries[i]->got_start;
+	}
+	return n;
 }
 
 static int check_identity(struct kv_savevm *sv, const char *idstr,
@@ -867,6 +904,22 @@ static struct sv_entry *entry_by_stream_id(struct kv_savevm *sv, uint32_t id)
 	return NULL;
 }
 
+/* A section for an instance this side lacks, of an idstr it knows.
+ * Instances arrive in order, so the stream has at least one more. */
+static int load_unknown_instance(struct load_ctx *c)
+{
+	struct sv_entry *e = NULL;
+	uint32_t n, arrived;
+
+	for (size_t i = 0; i < c->sv->count && !e; i++)
+		if (!strcmp(c->sv->entries[i]->idstr, c->idstr))
+			e = c->sv->entries[i];
+	if (!e->count_option)
+		return load_fail(c, -ENOENT, "unknown instance %" PRIu32 " of '%s'", c->instance_id, c->idstr);
+	n = count_instances(c->sv, e, &arrived);
+	return load_fail(c, -ENOENT, "the stream's guest has at least %" PRIu32 " %ss (it carries %s %" PRIu32 "), this VM was started with %s %" PRIu32 ": start the destination with the source's options", c->instance_id + 1, e->count_noun, e->count_noun, c->instance_id, e->count_option, n);
+}
+
 static int load_start_full(struct load_ctx *c, int type)
 {
 	struct sv_entry *e;
@@ -888,9 +941,7 @@ static int load_start_full(struct load_ctx *c, int type)
 	c->has_instance = true;
 	e = find_entry(c->sv, c->idstr, c->instance_id);
 	if (!e && idstr_known(c->sv, c->idstr))
-		return load_fail(c, -ENOENT,
-				 "unknown instance %" PRIu32 " of '%s'",
-				 c->instance_id, c->idstr);
+		return load_unknown_instance(c);
 	if (!e)
 		return load_fail(c, -ENOENT,
 				 "unknown section '%s': no such device or "
@@ -964,10 +1015,15 @@ static int load_part_end(struct load_ctx *c, int type)
 static int check_complete(struct load_ctx *c)
 {
 	size_t i;
+	uint32_t n, arrived;
 
 	for (i = 0; i < c->sv->count; i++) {
 		struct sv_entry *e = c->sv->entries[i];
 
+		if (!e->got_start && e->count_option) {
+			n = count_instances(c->sv, e, &arrived);
+			return load_fail(c, -EINVAL, "the stream's guest has %" PRIu32 " %s%s, this VM was started with %s %" PRIu32 ": start the destination with the source's options", arrived, e->count_noun, arrived == 1 ? "" : "s", e->count_option, n);
+		}
 		if (!e->got_start)
 			return load_fail(c, -EINVAL,
 					 "stream incomplete: %s '%s' "

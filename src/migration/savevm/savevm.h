@@ -110,6 +110,16 @@ int kv_savevm_register_device(struct kv_savevm *sv, const char *idstr,
 			      const struct kv_vmstate_desc *vmsd, int priority,
 			      void *opaque, struct kv_error *err);
 
+/* The instances of idstr are numbered 0..n-1 and their number is set by
+ * an option of the owner's (a VMM's "--cpus" for "cpu"): a stream with
+ * more or fewer is refused naming it, e.g. "the stream's guest has 2
+ * vCPUs, this VM was started with --cpus 1: start the destination with
+ * the source's options". noun ("vCPU") and option are not copied; call
+ * after registering the instances. -ENOENT when idstr is not registered. */
+int kv_savevm_set_count_option(struct kv_savevm *sv, const char *idstr,
+			       const char *noun, const char *option,
+			       struct kv_error *err);
+
 /* For tests and tools: the idstr of the i-th entry in save order. */
 const char *kv_savevm_entry_idstr(const struct kv_savevm *sv, size_t i);
 size_t kv_savevm_entry_count(const struct kv_savevm *sv);
