@@ -261,38 +261,56 @@ static void qmp_quit(void *opaque)
 
 /* What the capabilities and the kept parameters ask of the engine (the
  * names were checked when they were set). */
-static void migrate_params(struct run_ctl *rc, struct kv_mig_params *p)
+static void engine_params(const struct mig_caps *caps,
+			  const struct run_mig_params *mp,
+			  struct kv_mig_params *p)
 {
 	struct kv_error ignored = {0};
 
-	pthread_mutex_lock(&rc->lock);
-	p->xbzrle_cache_size = mig_caps_get(&rc->caps, MIG_CAP_XBZRLE)
-				   ? rc->mp.xbzrle_cache_size
+	p->xbzrle_cache_size = mig_caps_get(caps, MIG_CAP_XBZRLE)
+				   ? mp->xbzrle_cache_size
 				   : 0;
-	p->multifd_channels = mig_caps_get(&rc->caps, MIG_CAP_MULTIFD)
-				  ? (unsigned)rc->mp.multifd_channels
+	p->multifd_channels = mig_caps_get(caps, MIG_CAP_MULTIFD)
+				  ? (unsigned)mp->multifd_channels
 				  : 0;
-	kv_mfd_method_parse(rc->mp.multifd_compression, &p->multifd_method,
+	kv_mfd_method_parse(mp->multifd_compression, &p->multifd_method,
 			    &ignored);
 	p->multifd_level =
 	    p->multifd_method == KV_MFD_METHOD_ZLIB
-		? (int)rc->mp.multifd_zlib_level
+		? (int)mp->multifd_zlib_level
 		: p->multifd_method == KV_MFD_METHOD_ZSTD
-		      ? (int)rc->mp.multifd_zstd_level
+		      ? (int)mp->multifd_zstd_level
 		      : KV_MFD_LEVEL_DEFAULT;
-	kv_mfd_zero_parse(rc->mp.zero_page_detection, &p->zero_page_detection,
+	kv_mfd_zero_parse(mp->zero_page_detection, &p->zero_page_detection,
 			  &ignored);
-	p->avail_switchover_bw = rc->mp.avail_switchover_bw;
-	p->auto_converge = mig_caps_get(&rc->caps, MIG_CAP_AUTO_CONVERGE);
-	kv_ram_compress_parse(rc->mp.x_compress, &p->compress, &ignored);
+	p->avail_switchover_bw = mp->avail_switchover_bw;
+	p->auto_converge = mig_caps_get(caps, MIG_CAP_AUTO_CONVERGE);
+	kv_ram_compress_parse(mp->x_compress, &p->compress, &ignored);
 	p->throttle = (struct kv_autoconv_params){
-	    .initial = (unsigned)rc->mp.cpu_throttle_initial,
-	    .increment = (unsigned)rc->mp.cpu_throttle_increment,
-	    .max = (unsigned)rc->mp.max_cpu_throttle,
-	    .trigger_threshold = (unsigned)rc->mp.throttle_trigger_threshold,
-	    .tailslow = rc->mp.cpu_throttle_tailslow,
+	    .initial = (unsigned)mp->cpu_throttle_initial,
+	    .increment = (unsigned)mp->cpu_throttle_increment,
+	    .max = (unsigned)mp->max_cpu_throttle,
+	    .trigger_threshold = (unsigned)mp->throttle_trigger_threshold,
+	    .tailslow = mp->cpu_throttle_tailslow,
 	};
+}
+
+static void migrate_params(struct run_ctl *rc, struct kv_mig_params *p)
+{
+	pthread_mutex_lock(&rc->lock);
+	engine_params(&rc->caps, &rc->mp, p);
 	pthread_mutex_unlock(&rc->lock);
+}
+
+/* Hand the VMM these capabilities and parameters (with the live ones in
+ * p) at once, so that an incoming migration reads them when its source
+ * connects; err says why when it refuses them. Under rc->lock. */
+static int push_params(struct run_ctl *rc, const struct mig_caps *caps,
+		       const struct run_mig_params *mp,
+		       struct kv_mig_params *p, struct kv_error *err)
+{
+	engine_params(caps, mp, p);
+	return kv_vm_mig_set_params(rc->mig, p, err);
 }
 
 static int qmp_migrate(void *opaque, const char *uri, struct kv_error *err)
@@ -370,6 +388,12 @@ static int qmp_query_migrate(void *opaque, void **ret, struct kv_error *err)
 	double mbps;
 
 	kv_vm_mig_query(rc->mig, &i);
+	if (!i.started && i.incoming_started) {
+		/* A destination: QEMU shows the incoming status only. */
+		*ret = json_pack("{s:s}", "status",
+				 kv_in_status_name(i.incoming.status));
+		return *ret ? 0 : kv_error_set(err, -ENOMEM, "out of memory");
+	}
 	if (!i.started) {
 		*ret = json_object(); /* QEMU: {} before any migration */
 		return 0;
@@ -584,6 +608,7 @@ static int qmp_migrate_set_parameters(void *opaque, void *args,
 				      struct kv_error *err)
 {
 	struct run_ctl *rc = opaque;
+	struct run_mig_params mp;
 	struct kv_mig_params p;
 	int ret;
 
@@ -598,11 +623,14 @@ static int qmp_migrate_set_parameters(void *opaque, void *args,
 	    param_or(args, "x-converge-timeout", p.converge_timeout_ms);
 	p.rp_timeout_ms = (int)param_or(args, "x-return-path-timeout",
 					(uint64_t)p.rp_timeout_ms);
-	kv_vm_mig_set_params(rc->mig, &p);
 	pthread_mutex_lock(&rc->lock);
-	apply_run_params(&rc->mp, args);
+	mp = rc->mp;
+	apply_run_params(&mp, args);
+	ret = push_params(rc, &rc->caps, &mp, &p, err);
+	if (ret == 0)
+		rc->mp = mp;
 	pthread_mutex_unlock(&rc->lock);
-	return 0;
+	return ret;
 }
 
 static int qmp_query_migrate_parameters(void *opaque, void **ret,
@@ -656,13 +684,21 @@ static int qmp_migrate_set_capabilities(void *opaque, void *caps,
 					struct kv_error *err)
 {
 	struct run_ctl *rc = opaque;
+	struct kv_mig_params p;
+	struct mig_caps next;
 	int ret;
 
 	if (migration_running(rc))
 		return kv_error_set(err, -EBUSY,
 				    "There's a migration process in progress");
+	kv_vm_mig_get_params(rc->mig, &p);
 	pthread_mutex_lock(&rc->lock);
-	ret = mig_caps_apply(&rc->caps, caps, err);
+	next = rc->caps;
+	ret = mig_caps_apply(&next, caps, err);
+	if (ret == 0)
+		ret = push_params(rc, &next, &rc->mp, &p, err);
+	if (ret == 0)
+		rc->caps = next;
 	pthread_mutex_unlock(&rc->lock);
 	return ret;
 }
@@ -762,38 +798,48 @@ static const struct kv_qmp_ops qmp_ops_template = {
 
 /* ---- incoming ---- */
 
+/* The incoming migration's status (its own table, incoming.h) becomes
+ * QMP's MIGRATION event and the run state: the vCPUs started just before
+ * COMPLETED (QEMU's order: RESUME, then MIGRATION completed). */
+static void on_in_status(void *opaque, enum kv_in_status st)
+{
+	struct run_ctl *rc = opaque;
+
+	switch (st) {
+	case KV_IN_COMPLETED:
+		pthread_mutex_lock(&rc->lock);
+		rc->state = "running";
+		rc->started = true;
+		pthread_mutex_unlock(&rc->lock);
+		event(rc, "RESUME", NULL);
+		break;
+	case KV_IN_FAILED:
+	case KV_IN_CANCELLED:
+		pthread_mutex_lock(&rc->lock);
+		rc->incoming_failed = true;
+		rc->state = "shutdown";
+		pthread_mutex_unlock(&rc->lock);
+		break;
+	default:
+		break;
+	}
+	migration_event(rc, "MIGRATION",
+			json_pack("{s:s}", "status", kv_in_status_name(st)));
+}
+
 static void *incoming_main(void *arg)
 {
 	struct run_ctl *rc = arg;
 	struct kv_error err = {0};
 	int64_t t0 = kv_now_ns();
-	int ret;
 
-	ret = kv_vm_mig_incoming(rc->mig, rc->in_uri, &err);
-	if (ret == 0)
-		ret = kv_vm_start(rc->vm, &err);
-	kv_debug("switchover", "@%.3f dst: vCPUs started (%d)",
-		 (double)kv_now_ns() / 1e6, ret);
-	if (ret < 0) {
+	if (kv_vm_mig_incoming(rc->mig, rc->in_uri, &err) < 0) {
 		/* Nothing of the stream reached a running vCPU. */
 		fprintf(stderr, "kvmig run: %s\n", err.msg);
 		fprintf(stderr, "kvmig run: no guest was started\n");
-		migration_event(rc, "MIGRATION",
-				json_pack("{s:s}", "status", "failed"));
-		pthread_mutex_lock(&rc->lock);
-		rc->incoming_failed = true;
-		pthread_mutex_unlock(&rc->lock);
-		set_state(rc, "shutdown");
 		kv_vm_request_exit(rc->vm, 1);
 		return NULL;
 	}
-	pthread_mutex_lock(&rc->lock);
-	rc->state = "running";
-	rc->started = true;
-	pthread_mutex_unlock(&rc->lock);
-	migration_event(rc, "MIGRATION",
-			json_pack("{s:s}", "status", "completed"));
-	event(rc, "RESUME", NULL);
 	fprintf(stderr,
 		"kvmig run: incoming migration complete, guest running "
 		"(%.1f ms from the first byte wait)\n",
@@ -811,19 +857,20 @@ static int start_incoming(struct run_ctl *rc, const char *uri,
 	ret = kv_uri_parse(uri, &parsed, err);
 	if (ret < 0)
 		return ret;
-	/* multifd must be set on both sides, as in QEMU. */
+	/* The settings so far; later ones reach the incoming migration
+	 * until its source connects (push_params). */
 	kv_vm_mig_get_params(rc->mig, &p);
 	migrate_params(rc, &p);
-	kv_vm_mig_set_params(rc->mig, &p);
+	ret = kv_vm_mig_set_params(rc->mig, &p, err);
+	if (ret < 0)
+		return ret;
 	/* Listening before this returns: a peer (or a QMP client told the
-	 * destination is ready) can connect at once. */
+	 * destination is ready) can connect at once. The incoming
+	 * migration reports "setup" now (only clients of a deferred
+	 * incoming are connected yet to see it). */
 	ret = kv_vm_mig_listen(rc->mig, uri, err);
 	if (ret < 0)
 		return ret;
-	/* QEMU's destination reports "setup" once it listens (only clients
-	 * of a deferred incoming are connected yet to see it). */
-	migration_event(rc, "MIGRATION",
-			json_pack("{s:s}", "status", "setup"));
 	pthread_mutex_lock(&rc->lock);
 	snprintf(rc->in_uri, sizeof(rc->in_uri), "%s", uri);
 	ret = pthread_create(&rc->in_thread, NULL, incoming_main, rc);
@@ -871,6 +918,7 @@ int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
 	struct kv_vm_mig_events ev = {
 	    .status = on_mig_status,
 	    .pass = on_mig_pass,
+	    .incoming_status = on_in_status,
 	};
 	struct run_ctl *rc = calloc(1, sizeof(*rc));
 	int ret;

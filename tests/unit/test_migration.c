@@ -25,6 +25,7 @@
 #include "base/clock.h"
 #include "io/channel.h"
 #include "io/stream.h"
+#include "migration/incoming.h"
 #include "migration/migration.h"
 #include "migration/return_path.h"
 #include "migration/savevm/savevm.h"
