@@ -29,6 +29,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/zero.h"
+#include "io/iov.h"
 #include "migration/codec/multifd_codec.h"
 
 #define PAGE	      KV_MFD_PAGE_SIZE
@@ -602,21 +603,38 @@ static void apply_zero(uint8_t *host, unsigned long *written,
 
 /* A payload arrives in many segments; waking the thread for each costs
  * more than the copy. SO_RCVLOWAT makes the socket readable only once
- * the whole payload (up to the buffer's half) is there; it goes back to
- * 1 for the next header, as a SYNC packet has nothing after it. */
+ * that much (up to 256 KiB) is there. It must never exceed what is still
+ * to come: after a partial read the rest of a payload may be the last
+ * bytes the source sends before it waits (the end of a pass), and a
+ * low-water mark above them would never wake this thread. So it follows
+ * what is left, and goes back to 1 for the next header, as a SYNC packet
+ * has nothing after it. */
 static int read_payload(struct kv_chan *chan, struct iovec *iov, int iovcnt,
 			size_t len, struct kv_error *err)
 {
-	int low = len > (256U << 10) ? (256 << 10) : (int)len, one = 1;
-	bool set = chan->is_socket &&
-		   !setsockopt(chan->fd, SOL_SOCKET, SO_RCVLOWAT, &low,
-			       sizeof(low));
-	int ret = kv_chan_readv_full(chan, iov, iovcnt, err);
+	const int cap = 256 << 10;
+	int low = 1, want;
 
-	if (set)
-		setsockopt(chan->fd, SOL_SOCKET, SO_RCVLOWAT, &one,
-			   sizeof(one));
-	return ret;
+	while (len > 0 && chan->is_socket && chan->ops->readv) {
+		ssize_t n;
+
+		want = len > (size_t)cap ? cap : (int)len;
+		if (want != low &&
+		    setsockopt(chan->fd, SOL_SOCKET, SO_RCVLOWAT, &want,
+			       sizeof(want)))
+			break;
+		low = want;
+		n = chan->ops->readv(chan, iov, iovcnt);
+		if (n <= 0)
+			break; /* the full read below says why */
+		kv_iov_advance(&iov, &iovcnt, (size_t)n);
+		len -= (size_t)n;
+	}
+	if (low != 1) {
+		low = 1;
+		setsockopt(chan->fd, SOL_SOCKET, SO_RCVLOWAT, &low, sizeof(low));
+	}
+	return len > 0 ? kv_chan_readv_full(chan, iov, iovcnt, err) : 0;
 }
 
 static int recv_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
