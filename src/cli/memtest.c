@@ -1109,7 +1109,7 @@ static int run_dest(struct memtest_opts *o)
 				  "section: nothing was verified");
 	}
 	kv_ram_get_stats(rs, &rst);
-	if (rc < 0 && !d.pre.nblocks)
+	if (rc < 0 && !d.pre.nblocks && ist.peer[0])
 		report_release(&d);
 
 out:
