@@ -37,6 +37,7 @@
 #include "cli/option_args.h"
 #include "io/channel.h"
 #include "io/stream.h"
+#include "migration/incoming.h"
 #include "migration/migration.h"
 #include "migration/ram/ram.h"
 #include "migration/savevm/savevm.h"
@@ -145,9 +146,8 @@ struct sigwatch {
 	pthread_t thread;
 	bool running;
 	pthread_mutex_t lock; /* guards everything below */
-	struct kv_migration *mig;
-	struct kv_stream *stream;
-	struct kv_listener *listener;
+	struct kv_migration *mig; /* source */
+	struct kv_incoming *in;	  /* destination */
 	int signo; /* 0 until a signal arrived */
 };
 
@@ -155,10 +155,8 @@ static void sigwatch_act(struct sigwatch *w)
 {
 	if (w->mig)
 		kv_mig_cancel(w->mig);
-	if (w->stream)
-		kv_stream_shutdown(w->stream);
-	if (w->listener)
-		kv_listener_shutdown(w->listener);
+	if (w->in)
+		kv_incoming_abort(w->in);
 }
 
 static const char *signal_name(int signo)
@@ -253,12 +251,11 @@ static void sigwatch_stop(struct sigwatch *w)
 
 /* Publish what a signal should act on; acts at once if one already came. */
 static void sigwatch_set(struct sigwatch *w, struct kv_migration *mig,
-			 struct kv_stream *stream, struct kv_listener *l)
+			 struct kv_incoming *in)
 {
 	pthread_mutex_lock(&w->lock);
 	w->mig = mig;
-	w->stream = stream;
-	w->listener = l;
+	w->in = in;
 	if (w->signo)
 		sigwatch_act(w);
 	pthread_mutex_unlock(&w->lock);
@@ -534,7 +531,6 @@ struct memtest_source {
 	struct kv_ram_state *rs;
 	struct kv_savevm *sv;
 	struct kv_migration *mig;
-	struct kv_stream *stream;
 	struct memtest_digest digest;
 	enum kv_mig_status last_status;
 	uint64_t last_pass;
@@ -746,10 +742,8 @@ static int source_build(struct memtest_source *src, struct kv_error *err)
 static void source_teardown(struct memtest_source *src)
 {
 	kv_memtest_dirtier_stop(&src->dirtier);
-	sigwatch_set(&src->sig, NULL, NULL, NULL);
+	sigwatch_set(&src->sig, NULL, NULL);
 	sigwatch_stop(&src->sig);
-	if (src->stream)
-		kv_stream_close(src->stream);
 	if (src->mig)
 		kv_mig_free(src->mig);
 	if (src->sv)
@@ -801,8 +795,7 @@ static int run_source(struct memtest_opts *o)
 {
 	struct memtest_source src = {.opts = o};
 	struct kv_error err = {0};
-	struct kv_chan *chan;
-	bool return_path;
+	struct kv_mig_stats st;
 	int64_t t0;
 	int rc;
 
@@ -821,7 +814,7 @@ static int run_source(struct memtest_opts *o)
 	fflush(stdout);
 	if (source_build(&src, &err) < 0)
 		goto fail;
-	sigwatch_set(&src.sig, src.mig, NULL, NULL);
+	sigwatch_set(&src.sig, src.mig, NULL);
 	if (sigwatch_signo(&src.sig)) {
 		printf("memtest: cancelled\n");
 		print_digest_line("source digest", &src.region);
@@ -832,27 +825,16 @@ static int run_source(struct memtest_opts *o)
 	printf("memtest: migrating to %s (dirty rate %.1f MiB/s)\n", o->to,
 	       o->dirty_rate_mib);
 	fflush(stdout);
-	chan = kv_chan_connect(o->to, &err);
-	if (!chan)
-		goto fail;
-	return_path = chan->is_socket;
-	src.stream = kv_stream_new(chan, KV_STREAM_WRITE);
-	if (!src.stream) {
-		kv_chan_close(chan);
-		kv_error_set(&err, -ENOMEM, "no memory for the stream");
-		goto fail;
-	}
-	if (kv_mig_multifd_connect(src.mig, o->to, &err) < 0)
-		goto fail;
 	if (o->dirty_rate_mib > 0 &&
 	    kv_memtest_dirtier_start(&src.dirtier, &src.region, src.tracker,
 				     o->dirty_rate_mib, &err) < 0)
 		goto fail;
 
-	rc = kv_mig_run(src.mig, src.stream, &err);
+	rc = kv_mig_run_uri(src.mig, o->to, &err);
 	/* The digest printed after a cancel must be of quiet memory. */
 	kv_memtest_dirtier_stop(&src.dirtier);
-	rc = source_report(&src, rc, &err, return_path);
+	kv_mig_get_stats(src.mig, &st);
+	rc = source_report(&src, rc, &err, st.return_path);
 	fflush(stdout);
 	source_teardown(&src);
 	return rc;
@@ -875,6 +857,7 @@ struct memtest_dest {
 	int64_t prealloc_ns;
 	struct memtest_digest digest;
 	struct sigwatch sig;
+	struct kv_incoming *in;
 };
 
 /* --size: the region, made and faulted in before anything listens. */
@@ -1070,20 +1053,42 @@ static void print_dest_json(const struct memtest_dest *d, int rc,
 	print_json(o);
 }
 
+static void dest_status(void *opaque, enum kv_in_status st)
+{
+	struct memtest_dest *d = opaque;
+	struct kv_incoming_stats ist;
+
+	if (st != KV_IN_ACTIVE)
+		return;
+	kv_incoming_get_stats(d->in, &ist);
+	printf("memtest: incoming migration from %s\n", ist.peer);
+	fflush(stdout);
+}
+
+/* The incoming object with memtest's settings. */
+static int dest_incoming(struct memtest_dest *d, struct kv_ram_state *rs,
+			 struct kv_savevm *sv, struct kv_error *err)
+{
+	struct kv_incoming_hooks hooks = {.status = dest_status, .opaque = d};
+	struct kv_mig_params params;
+
+	kv_mig_params_default(&params);
+	params.multifd_channels = (unsigned)d->opts->multifd_channels;
+	params.multifd_method = d->opts->multifd_method;
+	d->in = kv_incoming_new(sv, rs, &params, &hooks);
+	if (!d->in)
+		return kv_error_set(err, -ENOMEM, "no memory for the incoming migration");
+	return 0;
+}
+
 static int run_dest(struct memtest_opts *o)
 {
 	struct memtest_dest d = {.opts = o};
 	struct kv_error err = {0};
-	struct kv_listener *l = NULL;
-	struct kv_stream *s = NULL;
 	struct kv_ram_state *rs = NULL;
 	struct kv_savevm *sv = NULL;
 	struct kv_ram_stats rst = {0};
-	struct kv_mfd_recv *mfd = NULL;
-	struct kv_mig_params params;
-	struct kv_chan *chan;
-	uint64_t transferred = 0;
-	int64_t t0 = 0, load_ns = 0;
+	struct kv_incoming_stats ist = {0};
 	int rc = -1;
 	char hex[33];
 
@@ -1094,54 +1099,34 @@ static int run_dest(struct memtest_opts *o)
 		goto out;
 	if (dest_build(&d, &rs, &sv, &err) < 0)
 		goto out;
-	l = kv_listener_open(o->incoming, &err);
-	if (!l)
+	if (dest_incoming(&d, rs, sv, &err) < 0)
+		goto out;
+	if (kv_incoming_listen(d.in, o->incoming, &err) < 0)
 		goto out;
 	printf("memtest: %s %s\n",
 	       strncmp(o->incoming, "file:", 5) ? "listening on" : "reading",
-	       kv_listener_uri(l));
+	       kv_incoming_uri(d.in));
 	fflush(stdout);
-	sigwatch_set(&d.sig, NULL, NULL, l);
-	chan = kv_listener_accept(l, &err);
-	if (!chan)
-		goto out;
-	s = kv_stream_new(chan, KV_STREAM_READ);
-	if (!s) {
-		kv_chan_close(chan);
-		kv_error_set(&err, -ENOMEM, "no memory for the stream");
-		goto out;
-	}
-	sigwatch_set(&d.sig, NULL, s, l);
-	printf("memtest: incoming migration from %s\n", chan->name);
-	fflush(stdout);
-	t0 = kv_now_ns();
-	kv_mig_params_default(&params);
-	params.multifd_channels = (unsigned)o->multifd_channels;
-	params.multifd_method = o->multifd_method;
-	rc = kv_mig_incoming_multifd(&params, rs, l, chan, &mfd, &err);
-	if (rc == 0)
-		rc = kv_mig_incoming(sv, s, &err);
-	load_ns = kv_now_ns() - t0;
-	transferred = kv_stream_transferred(s);
-	kv_ram_get_stats(rs, &rst);
-	rc = kv_mig_incoming_multifd_end(rs, mfd, rc, &err);
+	sigwatch_set(&d.sig, NULL, d.in);
+	rc = kv_incoming_run(d.in, &err);
+	kv_incoming_get_stats(d.in, &ist);
 	if (rc == 0 && !d.digest.verified) {
 		rc = kv_error_set(&err, -EIO,
 				  "the stream carried no memtest/digest "
 				  "section: nothing was verified");
 	}
 	kv_ram_get_stats(rs, &rst);
-	if (rc < 0 && !d.pre.nblocks)
+	if (rc < 0 && !d.pre.nblocks && ist.peer[0])
 		report_release(&d);
 
 out:
-	sigwatch_set(&d.sig, NULL, NULL, NULL);
+	sigwatch_set(&d.sig, NULL, NULL);
 	if (rc == 0) {
 		kv_cli_hex(d.digest.hash, 16, hex);
 		printf("memtest: loaded in %.0f ms (digest %.0f ms): zero "
 		       "pages %" PRIu64 ", normal pages %" PRIu64 "\n",
-		       load_ns / 1e6, d.digest.digest_ns / 1e6, rst.zero_pages,
-		       rst.normal_pages);
+		       ist.load_ns / 1e6, d.digest.digest_ns / 1e6,
+		       rst.zero_pages, rst.normal_pages);
 		printf("memtest: digest OK (%s), %.0f MiB\n", hex,
 		       (d.pre.nblocks ? d.pre.total : d.total) / MIB);
 	} else {
@@ -1153,13 +1138,11 @@ out:
 		dest_explain_mismatch(&d, &err);
 	}
 	if (o->json)
-		print_dest_json(&d, rc, &err, &rst, load_ns, transferred);
+		print_dest_json(&d, rc, &err, &rst, ist.load_ns,
+				ist.transferred);
 	fflush(stdout);
 	sigwatch_stop(&d.sig);
-	if (s)
-		kv_stream_close(s);
-	if (l)
-		kv_listener_close(l);
+	kv_incoming_free(d.in);
 	if (sv)
 		kv_savevm_free(sv);
 	if (rs)
@@ -1168,7 +1151,7 @@ out:
 	dest_release_all(&d);
 	if (d.pre.nblocks) {
 		kv_memtest_region_unmap(&d.pre);
-		if (rc < 0 && t0)
+		if (rc < 0 && ist.peer[0])
 			printf("memtest: received memory released\n");
 	}
 	pthread_mutex_destroy(&d.lock);

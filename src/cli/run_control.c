@@ -278,11 +278,12 @@ static void mig_query(void *opaque, struct kv_vm_mig_info *info)
 	kv_vm_mig_query(rc->mig, info);
 }
 
-static void mig_set_params(void *opaque, const struct kv_mig_params *p)
+static int mig_set_params(void *opaque, const struct kv_mig_params *p,
+			  struct kv_error *err)
 {
 	struct run_ctl *rc = opaque;
 
-	kv_vm_mig_set_params(rc->mig, p);
+	return kv_vm_mig_set_params(rc->mig, p, err);
 }
 
 /* QEMU's CpuInfoFast. The topology is the one CPUID shows the guest: one
@@ -361,38 +362,48 @@ static const struct kv_qmp_ops qmp_ops_template = {
 
 /* ---- incoming ---- */
 
+/* The incoming migration's status (its own table, incoming.h) becomes
+ * QMP's MIGRATION event and the run state: the vCPUs started just before
+ * COMPLETED (QEMU's order: RESUME, then MIGRATION completed). */
+static void on_in_status(void *opaque, enum kv_in_status st)
+{
+	struct run_ctl *rc = opaque;
+
+	switch (st) {
+	case KV_IN_COMPLETED:
+		pthread_mutex_lock(&rc->lock);
+		move_state_locked(rc, KV_RUNSTATE_RUNNING);
+		rc->started = true;
+		pthread_mutex_unlock(&rc->lock);
+		event(rc, "RESUME", NULL);
+		break;
+	case KV_IN_FAILED:
+	case KV_IN_CANCELLED:
+		pthread_mutex_lock(&rc->lock);
+		rc->incoming_failed = true;
+		move_state_locked(rc, KV_RUNSTATE_SHUTDOWN);
+		pthread_mutex_unlock(&rc->lock);
+		break;
+	default:
+		break;
+	}
+	migration_event(rc, "MIGRATION",
+			json_pack("{s:s}", "status", kv_in_status_name(st)));
+}
+
 static void *incoming_main(void *arg)
 {
 	struct run_ctl *rc = arg;
 	struct kv_error err = {0};
 	int64_t t0 = kv_now_ns();
-	int ret;
 
-	ret = kv_vm_mig_incoming(rc->mig, rc->in_uri, &err);
-	if (ret == 0)
-		ret = kv_vm_start(rc->vm, &err);
-	kv_debug("switchover", "@%.3f dst: vCPUs started (%d)",
-		 (double)kv_now_ns() / 1e6, ret);
-	if (ret < 0) {
+	if (kv_vm_mig_incoming(rc->mig, rc->in_uri, &err) < 0) {
 		/* Nothing of the stream reached a running vCPU. */
 		fprintf(stderr, "kvmig run: %s\n", err.msg);
 		fprintf(stderr, "kvmig run: no guest was started\n");
-		migration_event(rc, "MIGRATION",
-				json_pack("{s:s}", "status", "failed"));
-		pthread_mutex_lock(&rc->lock);
-		rc->incoming_failed = true;
-		pthread_mutex_unlock(&rc->lock);
-		set_state(rc, KV_RUNSTATE_SHUTDOWN);
 		kv_vm_request_exit(rc->vm, 1);
 		return NULL;
 	}
-	pthread_mutex_lock(&rc->lock);
-	move_state_locked(rc, KV_RUNSTATE_RUNNING);
-	rc->started = true;
-	pthread_mutex_unlock(&rc->lock);
-	migration_event(rc, "MIGRATION",
-			json_pack("{s:s}", "status", "completed"));
-	event(rc, "RESUME", NULL);
 	fprintf(stderr,
 		"kvmig run: incoming migration complete, guest running "
 		"(%.1f ms from the first byte wait)\n",
@@ -410,19 +421,20 @@ static int start_incoming(struct run_ctl *rc, const char *uri,
 	ret = kv_uri_parse(uri, &parsed, err);
 	if (ret < 0)
 		return ret;
-	/* multifd must be set on both sides, as in QEMU. */
+	/* The settings so far; later ones reach the incoming migration
+	 * until its source connects (mig_set_params). */
 	kv_vm_mig_get_params(rc->mig, &p);
 	migrate_params(rc, &p);
-	kv_vm_mig_set_params(rc->mig, &p);
+	ret = kv_vm_mig_set_params(rc->mig, &p, err);
+	if (ret < 0)
+		return ret;
 	/* Listening before this returns: a peer (or a QMP client told the
-	 * destination is ready) can connect at once. */
+	 * destination is ready) can connect at once. The incoming
+	 * migration reports "setup" now (only clients of a deferred
+	 * incoming are connected yet to see it). */
 	ret = kv_vm_mig_listen(rc->mig, uri, err);
 	if (ret < 0)
 		return ret;
-	/* QEMU's destination reports "setup" once it listens (only clients
-	 * of a deferred incoming are connected yet to see it). */
-	migration_event(rc, "MIGRATION",
-			json_pack("{s:s}", "status", "setup"));
 	pthread_mutex_lock(&rc->lock);
 	snprintf(rc->in_uri, sizeof(rc->in_uri), "%s", uri);
 	ret = pthread_create(&rc->in_thread, NULL, incoming_main, rc);
@@ -471,6 +483,7 @@ int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
 	struct kv_vm_mig_events ev = {
 	    .status = on_mig_status,
 	    .pass = on_mig_pass,
+	    .incoming_status = on_in_status,
 	};
 	struct run_ctl *rc = calloc(1, sizeof(*rc));
 	int ret;

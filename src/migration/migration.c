@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The migration driver: the source's phase loop and state machine, and the
- * destination's incoming side.
+ * The migration driver: the source's connection setup, phase loop and
+ * state machine (the destination's side is incoming.c).
  *
  * State changes go through mig_set_status() only, a compare-and-swap
  * against the transition table below; kv_mig_cancel() may race the
@@ -10,8 +10,8 @@
  *   NONE -> SETUP -> ACTIVE -> DEVICE -> COMPLETED
  *     \        \        \         \
  *      `--------`--------`---------`--> CANCELLING -> CANCELLED
- *               \        \         \
- *                `--------`---------`-> FAILED
+ *      \        \        \         \
+ *       `--------`--------`---------`-> FAILED
  *
  * plus CANCELLING -> COMPLETED when the destination confirmed (SHUT(0))
  * just before a cancel arrived: its answer is final, the source must not
@@ -103,7 +103,9 @@ static const char *const status_names[] = {
 #define ST(s) (1U << (s))
 
 static const unsigned int transitions[] = {
-    [KV_MIG_NONE] = ST(KV_MIG_SETUP) | ST(KV_MIG_CANCELLING),
+    /* FAILED: the connection could not be set up (kv_mig_run_uri). */
+    [KV_MIG_NONE] =
+	ST(KV_MIG_SETUP) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
     [KV_MIG_SETUP] =
 	ST(KV_MIG_ACTIVE) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
     [KV_MIG_ACTIVE] =
@@ -688,7 +690,7 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 	return switch_over(m, s, return_path, stopped, err);
 }
 
-static struct kv_mfd_config mfd_config(const struct kv_mig_params *p)
+struct kv_mfd_config kv_mig_params_mfd(const struct kv_mig_params *p)
 {
 	return (struct kv_mfd_config){
 	    .channels = p->multifd_channels,
@@ -698,10 +700,13 @@ static struct kv_mfd_config mfd_config(const struct kv_mig_params *p)
 	};
 }
 
-int kv_mig_multifd_connect(struct kv_migration *m, const char *uri,
+/* After the main channel connected: with params.multifd_channels,
+ * connect that many channels to uri and send the pages over them
+ * (kv_mig_run closes them when it ends). */
+static int multifd_connect(struct kv_migration *m, const char *uri,
 			   struct kv_error *err)
 {
-	struct kv_mfd_config cfg = mfd_config(&m->params);
+	struct kv_mfd_config cfg = kv_mig_params_mfd(&m->params);
 	struct kv_mfd_send *mfd;
 
 	if (!cfg.channels || !m->rs)
@@ -734,51 +739,6 @@ static void multifd_close(struct kv_migration *m)
 		return;
 	kv_ram_set_multifd_send(m->rs, NULL, KV_MFD_ZERO_LEGACY);
 	kv_mfd_send_free(mfd);
-}
-
-int kv_mig_incoming_multifd(const struct kv_mig_params *p,
-			    struct kv_ram_state *rs, struct kv_listener *l,
-			    struct kv_chan *main, struct kv_mfd_recv **out,
-			    struct kv_error *err)
-{
-	struct kv_mfd_config cfg = mfd_config(p);
-	struct kv_mfd_target target = kv_ram_multifd_target(rs);
-	struct kv_mfd_recv *r;
-
-	*out = NULL;
-	if (!cfg.channels)
-		return 0;
-	r = kv_mfd_recv_new(&cfg, &target, main, err);
-	if (!r)
-		return err->code ? err->code : -ENOMEM;
-	if (kv_mfd_recv_accept(r, l, err) < 0) {
-		kv_mfd_recv_free(r, NULL);
-		return err->code;
-	}
-	kv_ram_set_multifd_recv(rs, r);
-	*out = r;
-	return 0;
-}
-
-int kv_mig_incoming_multifd_end(struct kv_ram_state *rs,
-				struct kv_mfd_recv *r, int ret,
-				struct kv_error *err)
-{
-	struct kv_error cerr = {0};
-	int cret;
-
-	if (!r)
-		return ret;
-	kv_ram_set_multifd_recv(rs, NULL);
-	cret = kv_mfd_recv_free(r, &cerr); /* stops the threads first */
-	/* A channel that failed shut the main stream down: its error is
-	 * the cause, the loader's "cancelled" only the consequence. */
-	if (ret < 0 && cret < 0) {
-		kv_error_clear(err);
-		kv_error_set(err, cret, "%s", cerr.msg);
-		return cret;
-	}
-	return ret;
 }
 
 int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
@@ -819,6 +779,9 @@ int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 			goto out;
 		}
 	}
+	pthread_mutex_lock(&m->lock);
+	m->stats.return_path = return_path;
+	pthread_mutex_unlock(&m->lock);
 	ret = run_phases(m, s, return_path, &stopped, &lerr);
 	if (ret == 0 &&
 	    !mig_set_status(m, KV_MIG_DEVICE, KV_MIG_COMPLETED, true))
@@ -863,38 +826,63 @@ out:
 	return ret;
 }
 
-int kv_mig_incoming_commit(struct kv_savevm *sv, struct kv_stream *s,
-			   int (*commit)(void *opaque, struct kv_error *err),
-			   void *opaque, struct kv_error *err)
+/* The run ended before its phases began (the connection could not be set
+ * up, or a cancel came while connecting): the status says which. */
+static int end_before_run(struct kv_migration *m, int ret,
+			  struct kv_error *err)
 {
-	struct kv_load_result res = {0};
-	struct kv_chan *c = kv_stream_chan(s);
-	int ret, rp;
+	enum kv_mig_status st;
 
-	ret = kv_savevm_load(sv, s, &res, err);
-	SWITCH_LOG("dst: loaded (%d)", ret);
-	/* Commit before confirming: the source must hear SHUT(0) only once
-	 * this side can really run the workload. */
-	if (ret == 0 && commit) {
-		ret = commit(opaque, err);
-		if (ret < 0)
-			kv_error_prefix(err, "committing the loaded state");
-	}
-	/* On failure, answer on any socket: the source may have asked in a
-	 * part of the stream we never got to read. */
-	if (!res.return_path_requested && !(ret < 0 && c->is_socket))
+	do
+		st = kv_mig_status(m);
+	while (st == KV_MIG_NONE &&
+	       !mig_set_status(m, st, KV_MIG_FAILED, true));
+	if (st != KV_MIG_CANCELLING)
 		return ret;
-	SWITCH_LOG("dst: committed (%d)", ret);
-	rp = kv_rp_send_shut(c, ret < 0 ? 1 : 0, ret < 0 ? NULL : err);
-	SWITCH_LOG("dst: SHUT sent");
-	/* Unconfirmed, the source resumes: this side must not run too. */
-	if (ret == 0 && rp < 0)
-		ret = rp;
-	return ret;
+	mig_set_status(m, st, KV_MIG_CANCELLED, true);
+	kv_error_clear(err);
+	return kv_error_set(err, -ECANCELED, "migration cancelled");
 }
 
-int kv_mig_incoming(struct kv_savevm *sv, struct kv_stream *s,
-		    struct kv_error *err)
+int kv_mig_run_uri(struct kv_migration *m, const char *uri,
+		   struct kv_error *err)
 {
-	return kv_mig_incoming_commit(sv, s, NULL, NULL, err);
+	struct kv_error lerr = {0};
+	struct kv_stream *s;
+	struct kv_chan *c;
+	int ret;
+
+	if (kv_mig_status(m) != KV_MIG_NONE &&
+	    kv_mig_status(m) != KV_MIG_CANCELLING)
+		return kv_error_set(err, -EBUSY, "migration: this migration already ran (status %s)", kv_mig_status_name(kv_mig_status(m)));
+	m->start_ns = kv_now_ns();
+	/* A cancel during the connect is seen once it returns (a blocked
+	 * connect is not interrupted). */
+	c = kv_mig_status(m) == KV_MIG_CANCELLING
+		? NULL
+		: kv_chan_connect(uri, &lerr);
+	if (kv_mig_status(m) == KV_MIG_CANCELLING)
+		ret = -ECANCELED;
+	else if (!c)
+		ret = lerr.code ? lerr.code : -EIO;
+	else
+		ret = 0;
+	s = c ? kv_stream_new(c, KV_STREAM_WRITE) : NULL;
+	if (c && !s) {
+		kv_chan_close(c);
+		c = NULL;
+		ret = kv_error_set(&lerr, -ENOMEM, "no memory for the stream");
+	}
+	if (ret == 0)
+		ret = multifd_connect(m, uri, &lerr);
+	if (ret == 0) {
+		ret = kv_mig_run(m, s, &lerr);
+	} else {
+		multifd_close(m);
+		ret = end_before_run(m, ret, &lerr);
+	}
+	if (s)
+		kv_stream_close(s);
+	kv_error_propagate(err, &lerr);
+	return ret;
 }

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The migration driver: the source's state machine and phase loop, and the
- * destination's incoming side. One struct kv_migration per migration; two can
- * run in one process.
+ * The migration driver: the source's state machine and phase loop (the
+ * destination's side is incoming.h). One struct kv_migration per migration;
+ * two can run in one process.
  *
  * Source loop (kv_mig_run, on the caller's thread):
  *   SETUP:  header, setup of every handler
@@ -123,6 +123,7 @@ struct kv_mig_stats {
 	unsigned throttle_pct;     /* auto-converge: now, or the last one
 				    * once the migration ended */
 	unsigned throttle_max_pct; /* the highest it went */
+	bool return_path;          /* the destination confirms (sockets) */
 };
 
 struct kv_migration;
@@ -138,25 +139,17 @@ void kv_mig_free(struct kv_migration *m);
 int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 	       struct kv_error *err);
 
-/* Source, after the main channel connected and before kv_mig_run: with
- * params.multifd_channels, connect that many channels to uri and send
- * the pages over them (kv_mig_run closes them when it ends). */
-int kv_mig_multifd_connect(struct kv_migration *m, const char *uri,
-			   struct kv_error *err);
+/* Connect to uri (tcp, unix, file, fd), open the multifd channels the
+ * parameters ask for, and run the whole migration (kv_mig_run); the
+ * connection closes when it returns. A cancel while connecting is
+ * honoured as soon as the connect returns. A connection that cannot be
+ * set up makes the migration FAILED (CANCELLED after a cancel). Returns 0
+ * when COMPLETED; <0 with err set otherwise. */
+int kv_mig_run_uri(struct kv_migration *m, const char *uri,
+		   struct kv_error *err);
 
-/* Destination, after the main channel was accepted from l: with
- * p->multifd_channels, a receiver that accepts the channels from l and
- * writes pages into rs (*out NULL without multifd). */
-int kv_mig_incoming_multifd(const struct kv_mig_params *p,
-			    struct kv_ram_state *rs, struct kv_listener *l,
-			    struct kv_chan *main, struct kv_mfd_recv **out,
-			    struct kv_error *err);
-/* After kv_mig_incoming* returned ret: detach and free r (NULL:
- * nothing). Returns ret, or a channel's error, which then replaces err
- * (the loader only saw the main stream shut down because of it). */
-int kv_mig_incoming_multifd_end(struct kv_ram_state *rs,
-				struct kv_mfd_recv *r, int ret,
-				struct kv_error *err);
+/* The multifd part of the parameters (channels 0: multifd off). */
+struct kv_mfd_config kv_mig_params_mfd(const struct kv_mig_params *p);
 
 /* From any thread. */
 void kv_mig_cancel(struct kv_migration *m);
@@ -164,16 +157,5 @@ void kv_mig_set_downtime_limit(struct kv_migration *m, uint64_t ms);
 void kv_mig_set_max_bandwidth(struct kv_migration *m, uint64_t bytes_per_sec);
 enum kv_mig_status kv_mig_status(const struct kv_migration *m);
 void kv_mig_get_stats(const struct kv_migration *m, struct kv_mig_stats *st);
-
-/* Destination: load the stream into sv's handlers; if the source asked for
- * a return path, answer SHUT(0) on success and SHUT(1) on failure. */
-int kv_mig_incoming(struct kv_savevm *sv, struct kv_stream *s,
-		    struct kv_error *err);
-/* The same, calling commit() after a successful load and before answering
- * SHUT(0): a VMM writes the loaded state into KVM there, so a failure to
- * do so still reaches the source as SHUT(1) and the source resumes. */
-int kv_mig_incoming_commit(struct kv_savevm *sv, struct kv_stream *s,
-			   int (*commit)(void *opaque, struct kv_error *err),
-			   void *opaque, struct kv_error *err);
 
 #endif

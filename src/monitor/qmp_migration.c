@@ -329,6 +329,9 @@ json_t *kv_qmp_mig_info_json(const struct kv_vm_mig_info *i)
 {
 	json_t *o, *ram;
 
+	if (!i->started && i->incoming_started) /* QEMU: a destination */
+		return json_pack("{s:s}", "status",
+				 kv_in_status_name(i->incoming.status));
 	if (!i->started)
 		return json_object(); /* QEMU: {} before any migration */
 	ram = ram_json(i);
@@ -359,10 +362,29 @@ static struct kv_qmp_mig *mig_of(struct kv_qmp_call *call, const char *cmd,
 	return call->ops->migration;
 }
 
-static void notify_params(struct kv_qmp_mig *m, const struct kv_mig_params *p)
+/* Apply args to a copy of the settings (all or nothing), offer the VM
+ * what a migration would get from it, and keep the copy only if the VM
+ * takes it. */
+static int change_settings(struct kv_qmp_mig *m,
+			   int (*apply)(struct kv_mig_settings *s, json_t *args,
+					struct kv_error *err),
+			   json_t *args, struct kv_error *err)
 {
-	if (m->ops.set_params)
-		m->ops.set_params(m->ops.opaque, p);
+	struct kv_mig_settings next;
+	struct kv_mig_params p;
+	int ret;
+
+	pthread_mutex_lock(&m->lock);
+	next = m->settings;
+	ret = apply(&next, args, err);
+	if (ret == 0 && m->ops.set_params) {
+		kv_mig_settings_params(&next, &p);
+		ret = m->ops.set_params(m->ops.opaque, &p, err);
+	}
+	if (ret == 0)
+		m->settings = next;
+	pthread_mutex_unlock(&m->lock);
+	return ret;
 }
 
 static int no_memory(struct kv_qmp_call *call)
@@ -419,18 +441,11 @@ int kv_qmp_cmd_migrate_set_parameters(struct kv_qmp_call *call)
 {
 	struct kv_qmp_mig *m =
 	    mig_of(call, "migrate-set-parameters", call->ops->migration != NULL);
-	struct kv_mig_params p;
-	int ret;
 
 	if (!m)
 		return -ENOTSUP;
-	pthread_mutex_lock(&m->lock);
-	ret = kv_qmp_mig_apply_params(&m->settings, call->args, &call->err);
-	kv_mig_settings_params(&m->settings, &p);
-	pthread_mutex_unlock(&m->lock);
-	if (ret == 0)
-		notify_params(m, &p);
-	return ret;
+	return change_settings(m, kv_qmp_mig_apply_params, call->args,
+			       &call->err);
 }
 
 int kv_qmp_cmd_query_migrate_parameters(struct kv_qmp_call *call)
@@ -494,7 +509,6 @@ int kv_qmp_cmd_migrate_set_capabilities(struct kv_qmp_call *call)
 	struct kv_qmp_mig *m =
 	    mig_of(call, "migrate-set-capabilities", call->ops->migration != NULL);
 	json_t *caps = json_object_get(call->args, "capabilities");
-	struct kv_mig_params p;
 	json_t *el;
 	size_t i;
 	int ret;
@@ -509,13 +523,7 @@ int kv_qmp_cmd_migrate_set_capabilities(struct kv_qmp_call *call)
 	}
 	if (migration_running(m))
 		return kv_error_set(&call->err, -EBUSY, "There's a migration process in progress");
-	pthread_mutex_lock(&m->lock);
-	ret = kv_qmp_mig_apply_caps(&m->settings, caps, &call->err);
-	kv_mig_settings_params(&m->settings, &p);
-	pthread_mutex_unlock(&m->lock);
-	if (ret == 0)
-		notify_params(m, &p);
-	return ret;
+	return change_settings(m, kv_qmp_mig_apply_caps, caps, &call->err);
 }
 
 int kv_qmp_cmd_query_migrate_capabilities(struct kv_qmp_call *call)

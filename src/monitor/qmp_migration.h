@@ -31,9 +31,14 @@ struct kv_qmp_mig_ops {
 	int (*cancel)(void *opaque, struct kv_error *err);
 	/* query-migrate's figures (also: is a migration in progress?). */
 	void (*query)(void *opaque, struct kv_vm_mig_info *info);
-	/* Parameters changed: p is what the next migration gets; the live
-	 * ones also reach a migration in progress. */
-	void (*set_params)(void *opaque, const struct kv_mig_params *p);
+	/* Settings about to change: p is what the next migration gets; the
+	 * live ones also reach a migration in progress, and an incoming
+	 * migration takes them until its source connects. The change is
+	 * kept only when this returns 0 (err says why not: e.g. a
+	 * destination whose source already connected cannot change
+	 * multifd). */
+	int (*set_params)(void *opaque, const struct kv_mig_params *p,
+			  struct kv_error *err);
 	void *opaque;
 };
 

@@ -12,6 +12,7 @@
 #include "base/log.h"
 #include "io/channel.h"
 #include "io/stream.h"
+#include "migration/incoming.h"
 #include "migration/ram/ram.h"
 #include "migration/savevm/savevm.h"
 #include "vmm/kvm_dirty.h"
@@ -50,15 +51,12 @@ struct kv_vm_mig {
 	bool thread_live;
 	bool thread_done; /* the current migration's thread has ended */
 	char uri[300];
-	char listen_uri[300]; /* incoming: the bound address */
 	struct kv_mig_params params;
 	struct kv_mig_progress progress;
 	enum kv_mig_status last_status; /* last announced */
 	char error[KV_ERROR_MSG_MAX];
-	struct kv_listener *listener; /* incoming, for abort */
-	struct kv_stream *in_stream;  /* incoming, for abort */
-	struct kv_mfd_recv *in_mfd;   /* incoming multifd, for abort */
-	bool in_abort;
+	struct kv_incoming *in; /* the destination's side, once listening */
+	bool in_abort;		/* abort came before the listener */
 };
 
 /* ---- the --verify-ram device ---- */
@@ -335,27 +333,9 @@ static void *migration_thread(void *arg)
 {
 	struct kv_vm_mig *g = arg;
 	struct kv_error err = {0};
-	struct kv_stream *s = NULL;
-	enum kv_mig_status final;
-	struct kv_chan *c;
-	bool announce, ran = true;
 	int ret;
 
-	c = kv_chan_connect(g->uri, &err);
-	if (c) {
-		s = kv_stream_new(c, KV_STREAM_WRITE);
-		ret = s ? kv_mig_multifd_connect(g->mig, g->uri, &err)
-			: kv_error_set(&err, -ENOMEM, "no memory for stream");
-		if (ret == 0)
-			ret = kv_mig_run(g->mig, s, &err);
-		else
-			ran = false;
-	} else {
-		ret = err.code ? err.code : -EIO;
-		ran = false;
-	}
-	if (s)
-		kv_stream_close(s);
+	ret = kv_mig_run_uri(g->mig, g->uri, &err);
 	pthread_mutex_lock(&g->lock);
 	snprintf(g->error, sizeof(g->error), "%s", ret < 0 ? err.msg : "");
 	g->thread_done = true;
@@ -363,13 +343,6 @@ static void *migration_thread(void *arg)
 	if (ret < 0)
 		kv_err("migration", "migration to %s failed: %s", g->uri,
 		       err.msg);
-	final = ret < 0 && !ran ? KV_MIG_FAILED : kv_mig_status(g->mig);
-	pthread_mutex_lock(&g->lock);
-	announce = final != g->last_status;
-	g->last_status = final;
-	pthread_mutex_unlock(&g->lock);
-	if (announce && g->ev.status)
-		g->ev.status(g->ev.opaque, final);
 	return NULL;
 }
 
@@ -464,16 +437,26 @@ int kv_vm_mig_cancel(struct kv_vm_mig *g, struct kv_error *err)
 	return 0;
 }
 
-void kv_vm_mig_set_params(struct kv_vm_mig *g,
-			  const struct kv_mig_params *params)
+int kv_vm_mig_set_params(struct kv_vm_mig *g,
+			 const struct kv_mig_params *params,
+			 struct kv_error *err)
 {
+	int ret = 0;
+
 	pthread_mutex_lock(&g->lock);
-	g->params = *params;
-	if (g->mig) {
-		kv_mig_set_downtime_limit(g->mig, params->downtime_limit_ms);
-		kv_mig_set_max_bandwidth(g->mig, params->max_bandwidth);
+	if (g->in)
+		ret = kv_incoming_set_params(g->in, params, err);
+	if (ret == 0) {
+		g->params = *params;
+		if (g->mig) {
+			kv_mig_set_downtime_limit(g->mig,
+						  params->downtime_limit_ms);
+			kv_mig_set_max_bandwidth(g->mig,
+						 params->max_bandwidth);
+		}
 	}
 	pthread_mutex_unlock(&g->lock);
+	return ret;
 }
 
 void kv_vm_mig_get_params(struct kv_vm_mig *g, struct kv_mig_params *params)
@@ -491,12 +474,10 @@ void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info)
 	if (g->mig) {
 		info->status = kv_mig_status(g->mig);
 		kv_mig_get_stats(g->mig, &info->stats);
-		/* It ended before the driver ran (could not connect, or
-		 * was cancelled while connecting). */
-		if (g->thread_done && (info->status == KV_MIG_NONE ||
-				       info->status == KV_MIG_CANCELLING))
-			info->status =
-			    g->error[0] ? KV_MIG_FAILED : KV_MIG_CANCELLED;
+	}
+	if (g->in) {
+		kv_incoming_get_stats(g->in, &info->incoming);
+		info->incoming_started = true;
 	}
 	info->progress = g->progress;
 	info->auto_converge = g->params.auto_converge;
@@ -530,118 +511,94 @@ static int commit_state(void *opaque, struct kv_error *err)
 	return kv_serial_state_put(kv_vm_serial(g->vm), &g->serial, err);
 }
 
+static int start_vcpus(void *opaque, struct kv_error *err)
+{
+	struct kv_vm_mig *g = opaque;
+
+	return kv_vm_start(g->vm, err);
+}
+
+static void incoming_status(void *opaque, enum kv_in_status st)
+{
+	struct kv_vm_mig *g = opaque;
+
+	if (g->ev.incoming_status)
+		g->ev.incoming_status(g->ev.opaque, st);
+}
+
 int kv_vm_mig_listen(struct kv_vm_mig *g, const char *uri,
 		     struct kv_error *err)
 {
-	struct kv_listener *l = kv_listener_open(uri, err);
+	struct kv_incoming_hooks hooks = {
+	    .commit = commit_state,
+	    .start_vm = start_vcpus,
+	    .status = incoming_status,
+	    .opaque = g,
+	};
+	struct kv_incoming *in;
+	int ret;
 
-	if (!l)
-		return err && err->code ? err->code : -EIO;
 	pthread_mutex_lock(&g->lock);
-	if (g->listener) {
+	if (g->in) {
 		pthread_mutex_unlock(&g->lock);
-		kv_listener_close(l);
-		return kv_error_set(err, -EBUSY,
-				    "already waiting for an incoming migration");
+		return kv_error_set(err, -EBUSY, "already waiting for an incoming migration");
 	}
-	g->listener = l;
-	snprintf(g->listen_uri, sizeof(g->listen_uri), "%s",
-		 kv_listener_uri(l));
+	in = kv_incoming_new(g->sv, g->rs, &g->params, &hooks);
+	if (!in) {
+		pthread_mutex_unlock(&g->lock);
+		return kv_error_set(err, -ENOMEM, "migration: no memory");
+	}
+	g->in = in;
+	if (g->in_abort)
+		kv_incoming_abort(in);
 	pthread_mutex_unlock(&g->lock);
-	return 0;
+	/* Not under the lock: the status hook reports SETUP from here. */
+	ret = kv_incoming_listen(in, uri, err);
+	if (ret < 0) {
+		pthread_mutex_lock(&g->lock);
+		g->in = NULL;
+		pthread_mutex_unlock(&g->lock);
+		kv_incoming_free(in);
+	}
+	return ret;
 }
 
 const char *kv_vm_mig_listen_uri(struct kv_vm_mig *g)
 {
-	return g->listen_uri;
+	const char *uri;
+
+	pthread_mutex_lock(&g->lock);
+	uri = g->in ? kv_incoming_uri(g->in) : "";
+	pthread_mutex_unlock(&g->lock);
+	return uri;
 }
 
 int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
 		       struct kv_error *err)
 {
-	struct kv_mfd_recv *mfd = NULL;
-	struct kv_listener *l;
-	struct kv_stream *s;
-	struct kv_chan *c;
-	bool abort;
+	struct kv_incoming *in;
 	int ret;
 
 	pthread_mutex_lock(&g->lock);
-	l = g->listener;
+	in = g->in;
 	pthread_mutex_unlock(&g->lock);
-	if (!l) {
+	if (!in) {
 		ret = kv_vm_mig_listen(g, uri, err);
 		if (ret < 0)
 			return ret;
 		pthread_mutex_lock(&g->lock);
-		l = g->listener;
+		in = g->in;
 		pthread_mutex_unlock(&g->lock);
 	}
-	pthread_mutex_lock(&g->lock);
-	abort = g->in_abort;
-	pthread_mutex_unlock(&g->lock);
-	c = abort ? NULL : kv_listener_accept(l, err);
-	pthread_mutex_lock(&g->lock);
-	g->listener = NULL;
-	pthread_mutex_unlock(&g->lock);
-	if (!c) {
-		kv_listener_close(l);
-		return kv_error_set(err, -ECANCELED,
-				    "incoming migration on %s aborted", uri);
-	}
-
-	s = kv_stream_new(c, KV_STREAM_READ);
-	if (!s) {
-		kv_chan_close(c);
-		kv_listener_close(l);
-		return kv_error_set(err, -ENOMEM, "no memory for stream");
-	}
-	/* multifd: the channels connect to the same address after the
-	 * main one; the listener stays open for them. */
-	ret = kv_mig_incoming_multifd(&g->params, g->rs, l, c, &mfd, err);
-	if (ret < 0 || !mfd) {
-		/* Without multifd nobody else may connect: a source that
-		 * tries to open channels is refused at once. */
-		kv_listener_close(l);
-		l = NULL;
-	}
-	if (ret < 0) {
-		kv_stream_close(s);
-		return ret;
-	}
-	pthread_mutex_lock(&g->lock);
-	g->in_stream = s;
-	g->in_mfd = mfd;
-	if (g->in_abort) {
-		kv_stream_shutdown(s);
-		if (mfd)
-			kv_mfd_recv_abort(mfd);
-	}
-	pthread_mutex_unlock(&g->lock);
-	ret = kv_mig_incoming_commit(g->sv, s, commit_state, g, err);
-	pthread_mutex_lock(&g->lock);
-	g->in_stream = NULL;
-	g->in_mfd = NULL;
-	pthread_mutex_unlock(&g->lock);
-	ret = kv_mig_incoming_multifd_end(g->rs, mfd, ret, err);
-	if (l)
-		kv_listener_close(l);
-	kv_stream_close(s);
-	if (ret < 0)
-		kv_error_prefix(err, "incoming migration from %s", uri);
-	return ret;
+	return kv_incoming_run(in, err);
 }
 
 void kv_vm_mig_incoming_abort(struct kv_vm_mig *g)
 {
 	pthread_mutex_lock(&g->lock);
 	g->in_abort = true;
-	if (g->listener)
-		kv_listener_shutdown(g->listener);
-	if (g->in_stream)
-		kv_stream_shutdown(g->in_stream);
-	if (g->in_mfd)
-		kv_mfd_recv_abort(g->in_mfd);
+	if (g->in)
+		kv_incoming_abort(g->in);
 	pthread_mutex_unlock(&g->lock);
 }
 
@@ -653,8 +610,7 @@ void kv_vm_mig_free(struct kv_vm_mig *g)
 	kv_vm_mig_join(g, NULL);
 	if (g->mig)
 		kv_mig_free(g->mig);
-	if (g->listener)
-		kv_listener_close(g->listener);
+	kv_incoming_free(g->in);
 	if (g->dirty) {
 		kv_vm_set_dirty_hooks(g->vm, NULL);
 		kv_kvm_dirty_free(g->dirty);

@@ -14,7 +14,7 @@
  * Source: the stop hook pauses every vCPU and captures all of this (and the
  * RAM hash); complete writes it. Destination: the whole stream is loaded
  * and validated, then committed into KVM (VM state, every vCPU, serial),
- * and only then confirmed with SHUT(0); the caller starts the vCPUs after.
+ * and only then confirmed with SHUT(0); the vCPUs start right after.
  */
 #ifndef KV_VMM_VM_MIGRATION_H
 #define KV_VMM_VM_MIGRATION_H
@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "migration/incoming.h"
 #include "migration/migration.h"
 #include "vmm/vm.h"
 
@@ -32,6 +33,9 @@ struct kv_vm_mig_events {
 	/* Status changes and finished passes (QMP events). Any thread. */
 	void (*status)(void *opaque, enum kv_mig_status st);
 	void (*pass)(void *opaque, uint64_t pass);
+	/* The incoming migration's status changes (its own table,
+	 * incoming.h): on the thread that listens or runs it. */
+	void (*incoming_status)(void *opaque, enum kv_in_status st);
 	void *opaque;
 };
 
@@ -50,9 +54,13 @@ int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 		    const struct kv_mig_params *params, struct kv_error *err);
 int kv_vm_mig_cancel(struct kv_vm_mig *g, struct kv_error *err);
 /* Parameters for the next migration; downtime limit and bandwidth also
- * apply at once to one in progress. params NULL in start = these. */
-void kv_vm_mig_set_params(struct kv_vm_mig *g,
-			  const struct kv_mig_params *params);
+ * apply at once to one in progress, and an incoming migration reads them
+ * when its source connects. Refused (-EBUSY, err says which and what to
+ * do) when an incoming migration already runs with other multifd
+ * settings. params NULL in start = these. */
+int kv_vm_mig_set_params(struct kv_vm_mig *g,
+			 const struct kv_mig_params *params,
+			 struct kv_error *err);
 void kv_vm_mig_get_params(struct kv_vm_mig *g, struct kv_mig_params *params);
 /* Wait for a started migration's thread to end; returns its result. */
 int kv_vm_mig_join(struct kv_vm_mig *g, struct kv_error *err);
@@ -66,6 +74,8 @@ struct kv_vm_mig_info {
 	char error[KV_ERROR_MSG_MAX]; /* when failed */
 	int64_t pause_ms;             /* time to park the vCPUs */
 	bool auto_converge;           /* the migration may throttle */
+	bool incoming_started;        /* kv_vm_mig_listen succeeded */
+	struct kv_incoming_stats incoming;
 };
 void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info);
 
@@ -77,9 +87,9 @@ int kv_vm_mig_listen(struct kv_vm_mig *g, const char *uri,
  * 0); empty before kv_vm_mig_listen. */
 const char *kv_vm_mig_listen_uri(struct kv_vm_mig *g);
 /* Destination: (listen on uri unless kv_vm_mig_listen did,) receive one
- * migration, validate it, commit
- * it into KVM and confirm. Blocks. On success the VM is ready to start;
- * on failure nothing of the stream reaches the vCPUs. */
+ * migration, validate it, commit it into KVM, confirm and start the
+ * vCPUs. Blocks. On failure nothing of the stream reaches the vCPUs.
+ * Statuses go to events.incoming_status. */
 int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
 		       struct kv_error *err);
 /* Abort a blocked kv_vm_mig_incoming (accept or load) from another

@@ -138,12 +138,15 @@ static void fake_query_migrate(void *opaque, struct kv_vm_mig_info *info)
 	info->ram_total = 1ULL << 30;
 }
 
-static void fake_set_params(void *opaque, const struct kv_mig_params *p)
+static int fake_set_params(void *opaque, const struct kv_mig_params *p,
+			   struct kv_error *err)
 {
 	struct fake_vmm *f = opaque;
 
+	(void)err;
 	note_call(f, 9);
 	f->params = *p;
+	return 0;
 }
 
 static int fake_query_cpus(void *opaque, void **ret, struct kv_error *err)

@@ -236,9 +236,10 @@ def migrate_two_clients(tap, vms, tmp):
            (qa.events, qb.events))
     sd = statuses_until_completed(qd)
     resume = qd.wait_event("RESUME", timeout=10)
-    tap.ok(sd == ["setup", "completed"] and resume is not None,
+    tap.ok(sd == ["setup", "active", "completed"] and resume is not None,
            "the deferred destination's client gets MIGRATION setup, "
-           "completed and RESUME", (sd, qd.events))
+           "active, completed (its own status table) and RESUME",
+           (sd, qd.events))
 
     r = qa.execute("system_powerdown")
     tap.ok(error_desc(r) and "migrated" in error_desc(r),

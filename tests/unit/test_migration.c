@@ -25,6 +25,7 @@
 #include "base/clock.h"
 #include "io/channel.h"
 #include "io/stream.h"
+#include "migration/incoming.h"
 #include "migration/migration.h"
 #include "migration/return_path.h"
 #include "migration/savevm/savevm.h"
@@ -1032,6 +1033,293 @@ static void test_switch_over_policy(void **state)
 	assert_int_equal(run_script(shrinking, 10), 2);
 }
 
+/* ---- the incoming object and the outgoing entry (URI in, run out) ---- */
+
+/* The table, cell by cell: what postcopy will extend. */
+static void test_incoming_table(void **state)
+{
+	static const char *const allowed[] = {
+	    "none>setup",	 "setup>active",      "setup>failed",
+	    "setup>cancelled", "active>completed", "active>failed",
+	    "active>cancelled",
+	};
+	int n_allowed = 0;
+
+	(void)state;
+	for (int f = 0; f < KV_IN_STATUS_COUNT; f++)
+		for (int t = 0; t < KV_IN_STATUS_COUNT; t++) {
+			char cell[64];
+			bool want = false;
+
+			snprintf(cell, sizeof(cell), "%s>%s",
+				 kv_in_status_name((enum kv_in_status)f),
+				 kv_in_status_name((enum kv_in_status)t));
+			for (size_t i = 0;
+			     i < sizeof(allowed) / sizeof(allowed[0]); i++)
+				want |= !strcmp(cell, allowed[i]);
+			n_allowed += want;
+			if (kv_in_transition_allowed((enum kv_in_status)f,
+						     (enum kv_in_status)t) !=
+			    want)
+				fail_msg("%s: table says %d", cell, !want);
+		}
+	assert_int_equal(n_allowed, 7);
+	assert_false(kv_in_transition_allowed(KV_IN_NONE, KV_IN_STATUS_COUNT));
+	assert_false(
+	    kv_in_transition_allowed((enum kv_in_status)-1, KV_IN_SETUP));
+	assert_string_equal(kv_in_status_name(KV_IN_CANCELLED), "cancelled");
+	assert_string_equal(kv_in_status_name(KV_IN_STATUS_COUNT), "unknown");
+}
+
+struct in_side {
+	struct vm *vm;
+	struct kv_incoming *in;
+	enum kv_in_status seen[MAX_STATUSES];
+	int nseen;
+	int commit_calls, start_calls;
+	bool commit_fails;
+	/* On ACTIVE: what a settings change gets (the source connected). */
+	int multifd_change_ret, other_change_ret;
+	char change_msg[KV_ERROR_MSG_MAX];
+	pthread_t thread;
+	int ret;
+	struct kv_error err;
+};
+
+static void in_status(void *opaque, enum kv_in_status st)
+{
+	struct in_side *d = opaque;
+	struct kv_mig_params p;
+	struct kv_error err = {0};
+
+	if (d->nseen < MAX_STATUSES)
+		d->seen[d->nseen++] = st;
+	if (st != KV_IN_ACTIVE)
+		return;
+	kv_mig_params_default(&p);
+	p.multifd_channels = 2;
+	d->multifd_change_ret = kv_incoming_set_params(d->in, &p, &err);
+	snprintf(d->change_msg, sizeof(d->change_msg), "%s", err.msg);
+	kv_mig_params_default(&p);
+	p.downtime_limit_ms = 5;
+	d->other_change_ret = kv_incoming_set_params(d->in, &p, NULL);
+}
+
+static int in_commit(void *opaque, struct kv_error *err)
+{
+	struct in_side *d = opaque;
+
+	d->commit_calls++;
+	if (d->commit_fails)
+		return kv_error_set(err, -EIO, "commit refused (test)");
+	return 0;
+}
+
+static int in_start(void *opaque, struct kv_error *err)
+{
+	struct in_side *d = opaque;
+
+	(void)err;
+	/* The source's answer went before the workload starts. */
+	assert_int_equal(d->commit_calls, 1);
+	d->start_calls++;
+	return 0;
+}
+
+static void *in_main(void *arg)
+{
+	struct in_side *d = arg;
+
+	d->ret = kv_incoming_run(d->in, &d->err);
+	return NULL;
+}
+
+static void in_side_listen(struct in_side *d, struct vm *v, char *uri,
+			   size_t len)
+{
+	static int n;
+	struct kv_incoming_hooks h = {.status = in_status,
+				      .commit = in_commit,
+				      .start_vm = in_start,
+				      .opaque = d};
+	struct kv_error err = {0};
+
+	memset(d, 0, sizeof(*d));
+	d->vm = v;
+	snprintf(uri, len, "unix:/tmp/kvmig-test-in-%d-%d.sock", getpid(),
+		 n++);
+	d->in = kv_incoming_new(v->sv, v->rs, NULL, &h);
+	assert_non_null(d->in);
+	assert_int_equal(kv_incoming_status(d->in), KV_IN_NONE);
+	assert_int_equal(kv_incoming_listen(d->in, uri, &err), 0);
+	assert_string_equal(kv_incoming_uri(d->in), uri);
+	assert_int_equal(pthread_create(&d->thread, NULL, in_main, d), 0);
+}
+
+static void in_side_free(struct in_side *d, const char *uri)
+{
+	kv_incoming_free(d->in);
+	unlink(uri + 5);
+}
+
+/* kv_mig_run_uri against kv_incoming_run: both ends set up by the engine,
+ * every status through the tables, the hooks in order. */
+static void test_incoming_object(void **state)
+{
+	static const enum kv_in_status want[] = {KV_IN_SETUP, KV_IN_ACTIVE,
+						 KV_IN_COMPLETED};
+	struct vm src, dst;
+	struct in_side d;
+	struct kv_mig_hooks h;
+	struct kv_migration *m;
+	struct kv_incoming_stats ist;
+	struct kv_mig_params later;
+	struct kv_mig_stats st;
+	struct kv_error err = {0};
+	char uri[108];
+
+	(void)state;
+	vm_init(&src, "m", 60, 7, true);
+	vm_init(&dst, "m", 60, 7, true);
+	fill(&src, 9);
+	src.dev.value = 77;
+	h = vm_hooks(&src);
+	m = kv_mig_new(src.sv, src.rs, NULL, &h);
+	in_side_listen(&d, &dst, uri, sizeof(uri));
+	assert_int_equal(kv_mig_run_uri(m, uri, &err), 0);
+	pthread_join(d.thread, NULL);
+	if (d.ret)
+		fail_msg("destination: %s", d.err.msg);
+	assert_same_memory(&src, &dst);
+	assert_int_equal(dst.dev.value, 77);
+	assert_int_equal(d.nseen, 3);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(d.seen[i], want[i]);
+	assert_int_equal(d.commit_calls, 1);
+	assert_int_equal(d.start_calls, 1);
+	/* Read when the source connected: a multifd change is refused,
+	 * naming it; another change is accepted. */
+	assert_int_equal(d.multifd_change_ret, -EBUSY);
+	assert_non_null(strstr(d.change_msg, "the multifd capability"));
+	assert_non_null(strstr(d.change_msg, "before the source connects"));
+	assert_int_equal(d.other_change_ret, 0);
+	kv_incoming_get_stats(d.in, &ist);
+	assert_int_equal(ist.status, KV_IN_COMPLETED);
+	assert_true(ist.peer[0] != '\0');
+	assert_string_equal(ist.error, "");
+	kv_mig_get_stats(m, &st);
+	/* Every byte the source wrote was read. */
+	assert_int_equal(ist.transferred, st.transferred);
+	assert_true(st.return_path);
+	assert_int_equal(kv_mig_status(m), KV_MIG_COMPLETED);
+	/* Ended: settings may change again (for a later migration); a
+	 * second run is refused and changes nothing. */
+	kv_mig_params_default(&later);
+	later.multifd_channels = 4;
+	assert_int_equal(kv_incoming_set_params(d.in, &later, NULL), 0);
+	assert_int_equal(kv_incoming_run(d.in, &err), -EBUSY);
+	assert_non_null(strstr(err.msg, "already ran"));
+	assert_int_equal(kv_incoming_status(d.in), KV_IN_COMPLETED);
+	kv_mig_free(m);
+	in_side_free(&d, uri);
+	vm_free(&src);
+	vm_free(&dst);
+}
+
+/* A commit that fails: the destination is FAILED and never starts the
+ * workload; the source hears SHUT(1) and resumes. */
+static void test_incoming_commit_failure(void **state)
+{
+	struct vm src, dst;
+	struct in_side d;
+	struct kv_mig_hooks h;
+	struct kv_migration *m;
+	struct kv_error err = {0};
+	char uri[108];
+
+	(void)state;
+	vm_init(&src, "m", 30, 3, true);
+	vm_init(&dst, "m", 30, 3, true);
+	fill(&src, 4);
+	h = vm_hooks(&src);
+	m = kv_mig_new(src.sv, src.rs, NULL, &h);
+	in_side_listen(&d, &dst, uri, sizeof(uri));
+	d.commit_fails = true;
+	assert_true(kv_mig_run_uri(m, uri, &err) < 0);
+	pthread_join(d.thread, NULL);
+	assert_true(d.ret < 0);
+	assert_non_null(strstr(d.err.msg, "commit refused (test)"));
+	assert_int_equal(d.seen[d.nseen - 1], KV_IN_FAILED);
+	assert_int_equal(d.start_calls, 0);
+	assert_int_equal(kv_mig_status(m), KV_MIG_FAILED);
+	assert_int_equal(src.resume_calls, 1);
+	kv_mig_free(m);
+	in_side_free(&d, uri);
+	vm_free(&src);
+	vm_free(&dst);
+}
+
+/* Abort while listening (no source ever came): SETUP -> CANCELLED. */
+static void test_incoming_abort_listening(void **state)
+{
+	struct vm dst;
+	struct in_side d;
+	char uri[108];
+
+	(void)state;
+	vm_init(&dst, "m", 8, 1, true);
+	in_side_listen(&d, &dst, uri, sizeof(uri));
+	kv_sleep_ns(20 * 1000000LL);
+	kv_incoming_abort(d.in);
+	pthread_join(d.thread, NULL);
+	assert_int_equal(d.ret, -ECANCELED);
+	assert_int_equal(d.nseen, 2);
+	assert_int_equal(d.seen[0], KV_IN_SETUP);
+	assert_int_equal(d.seen[1], KV_IN_CANCELLED);
+	assert_int_equal(d.commit_calls, 0);
+	in_side_free(&d, uri);
+	vm_free(&dst);
+}
+
+/* The outgoing entry: a connection that cannot be set up is FAILED
+ * through the table (NONE -> FAILED); a cancel before it is CANCELLED
+ * without connecting. */
+static void test_run_uri_connect(void **state)
+{
+	struct vm src;
+	struct kv_mig_hooks h;
+	struct kv_migration *m;
+	struct kv_error err = {0};
+
+	(void)state;
+	vm_init(&src, "m", 8, 1, true);
+	h = vm_hooks(&src);
+	m = kv_mig_new(src.sv, src.rs, NULL, &h);
+	assert_true(kv_mig_run_uri(m, "unix:/nonexistent/kvmig.sock", &err) <
+		    0);
+	assert_non_null(strstr(err.msg, "/nonexistent/kvmig.sock"));
+	assert_int_equal(kv_mig_status(m), KV_MIG_FAILED);
+	assert_int_equal(src.nstatuses, 1);
+	assert_int_equal(src.statuses[0], KV_MIG_FAILED);
+	assert_int_equal(kv_mig_run_uri(m, "unix:/nonexistent/x", &err),
+			 -EBUSY);
+	kv_mig_free(m);
+
+	src.nstatuses = 0;
+	m = kv_mig_new(src.sv, src.rs, NULL, &h);
+	kv_mig_cancel(m);
+	kv_error_clear(&err);
+	assert_int_equal(kv_mig_run_uri(m, "unix:/nonexistent/kvmig.sock",
+					&err),
+			 -ECANCELED);
+	assert_null(strstr(err.msg, "nonexistent"));
+	assert_int_equal(kv_mig_status(m), KV_MIG_CANCELLED);
+	assert_int_equal(src.statuses[src.nstatuses - 1], KV_MIG_CANCELLED);
+	assert_int_equal(src.stop_calls, 0);
+	kv_mig_free(m);
+	vm_free(&src);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1047,6 +1335,11 @@ int main(void)
 	    cmocka_unit_test(test_wrong_machine),
 	    cmocka_unit_test(test_file_round_trip),
 	    cmocka_unit_test(test_bandwidth_change_live),
+	    cmocka_unit_test(test_incoming_table),
+	    cmocka_unit_test(test_incoming_object),
+	    cmocka_unit_test(test_incoming_commit_failure),
+	    cmocka_unit_test(test_incoming_abort_listening),
+	    cmocka_unit_test(test_run_uri_connect),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

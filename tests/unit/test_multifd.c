@@ -25,6 +25,7 @@
 
 #include "io/channel.h"
 #include "io/stream.h"
+#include "migration/incoming.h"
 #include "migration/migration.h"
 #include "migration/multifd/multifd.h"
 #include "migration/ram/ram.h"
@@ -163,23 +164,14 @@ static void *runner_main(void *arg)
 				     .resume_vm = resume_nothing,
 				     .opaque = src};
 	struct kv_migration *m;
-	struct kv_stream *s = NULL;
-	struct kv_chan *c;
 
 	m = kv_mig_new(src->sd.sv, src->sd.rs, &src->params, &hooks);
-	c = kv_chan_connect(src->uri, &src->err);
-	if (!m || !c) {
-		src->ret = -EIO;
-		kv_chan_close(c);
-		kv_mig_free(m);
+	if (!m) {
+		src->ret = -ENOMEM;
 		return NULL;
 	}
-	s = kv_stream_new(c, KV_STREAM_WRITE);
-	src->ret = kv_mig_multifd_connect(m, src->uri, &src->err);
-	if (src->ret == 0)
-		src->ret = kv_mig_run(m, s, &src->err);
+	src->ret = kv_mig_run_uri(m, src->uri, &src->err);
 	kv_mig_get_stats(m, &src->stats);
-	kv_stream_close(s);
 	kv_mig_free(m);
 	return NULL;
 }
@@ -212,10 +204,7 @@ static struct outcome migrate(const struct kv_mig_params *src_p,
 	struct side dst;
 	struct outcome out = {0};
 	struct kv_error err = {0};
-	struct kv_mfd_recv *r = NULL;
-	struct kv_listener *l;
-	struct kv_stream *s;
-	struct kv_chan *c;
+	struct kv_incoming *in;
 	char uri[108];
 
 	assert_non_null(src);
@@ -224,8 +213,9 @@ static struct outcome migrate(const struct kv_mig_params *src_p,
 	sock_uri(uri, sizeof(uri));
 	src->uri = uri;
 	src->params = *src_p;
-	l = kv_listener_open(uri, &err);
-	assert_non_null(l);
+	in = kv_incoming_new(dst.sv, dst.rs, dst_p, NULL);
+	assert_non_null(in);
+	assert_int_equal(kv_incoming_listen(in, uri, &err), 0);
 	if (writer)
 		assert_int_equal(
 		    pthread_create(&src->writer, NULL, writer_main, src), 0);
@@ -233,25 +223,13 @@ static struct outcome migrate(const struct kv_mig_params *src_p,
 		src->stop = 1;
 	assert_int_equal(pthread_create(&src->runner, NULL, runner_main, src),
 			 0);
-	c = kv_listener_accept(l, &err);
-	assert_non_null(c);
-	s = kv_stream_new(c, KV_STREAM_READ);
-	out.dst_ret = kv_mig_incoming_multifd(dst_p, dst.rs, l, c, &r, &err);
-	if (!r) { /* as a VMM does: nobody else may connect */
-		kv_listener_close(l);
-		l = NULL;
-	}
-	if (out.dst_ret == 0)
-		out.dst_ret = kv_mig_incoming(dst.sv, s, &err);
-	out.dst_ret = kv_mig_incoming_multifd_end(dst.rs, r, out.dst_ret, &err);
+	/* The connection closes when the run returns: a failure reaches
+	 * the source at once. */
+	out.dst_ret = kv_incoming_run(in, &err);
 	snprintf(out.dst_msg, sizeof(out.dst_msg), "%s", err.msg);
-	if (out.dst_ret < 0)
-		kv_stream_shutdown(s); /* the source learns it at once */
 	pthread_join(src->runner, NULL);
 	stop_writer(src, NULL);
-	kv_stream_close(s);
-	if (l)
-		kv_listener_close(l);
+	kv_incoming_free(in);
 	unlink(uri + 5);
 	out.src_ret = src->ret;
 	snprintf(out.src_msg, sizeof(out.src_msg), "%s", src->err.msg);

@@ -44,11 +44,13 @@ struct fake_vm {
 	bool fail_migrate; /* migrate returns an error */
 	bool bad_status;   /* query-status returns a non-object */
 	/* What the migration commands handed the VM: every change of the
-	 * settings (set_params), and what migrate was given. */
+	 * settings it took (set_params), and what migrate was given. */
 	int set_params_calls, powerdown_calls;
 	struct kv_mig_params params_seen;
 	struct kv_mig_params migrate_params;
 	bool bad_lists; /* list queries return an object */
+	bool refuse_params; /* set_params refuses (a destination whose
+			     * source already connected) */
 };
 
 static int fake_query_status(void *opaque, void **ret, struct kv_error *err)
@@ -154,14 +156,21 @@ static void fake_query_migrate(void *opaque, struct kv_vm_mig_info *i)
 	pthread_mutex_unlock(&f->lock);
 }
 
-static void fake_set_params(void *opaque, const struct kv_mig_params *p)
+static int fake_set_params(void *opaque, const struct kv_mig_params *p,
+			   struct kv_error *err)
 {
 	struct fake_vm *f = opaque;
+	int ret = 0;
 
 	pthread_mutex_lock(&f->lock);
-	f->set_params_calls++;
-	f->params_seen = *p;
+	if (f->refuse_params) {
+		ret = kv_error_set(err, -EBUSY, "fake: the source already connected");
+	} else {
+		f->set_params_calls++;
+		f->params_seen = *p;
+	}
 	pthread_mutex_unlock(&f->lock);
+	return ret;
 }
 
 static int fake_query_cpus(void *opaque, void **ret, struct kv_error *err)
@@ -718,6 +727,24 @@ static void test_capabilities(void **state)
 	assert_true(json_is_true(json_object_get(
 	    json_array_get(json_object_get(r, "return"), 0), "state")));
 	json_decref(r);
+
+	/* The VM's refusal reaches the client and the setting stays as it
+	 * was (the monitor keeps only what the VM took). */
+	pthread_mutex_lock(&fx->vm.lock);
+	fx->vm.refuse_params = true;
+	pthread_mutex_unlock(&fx->vm.lock);
+	expect_error(c,
+		     "{\"execute\": \"migrate-set-capabilities\", "
+		     "\"arguments\": {\"capabilities\": [{\"capability\": "
+		     "\"xbzrle\", \"state\": false}]}}",
+		     "GenericError", "fake: the source already connected");
+	r = client_cmd(c, "{\"execute\": \"query-migrate-capabilities\"}");
+	assert_true(json_is_true(json_object_get(
+	    json_array_get(json_object_get(r, "return"), 0), "state")));
+	json_decref(r);
+	pthread_mutex_lock(&fx->vm.lock);
+	fx->vm.refuse_params = false;
+	pthread_mutex_unlock(&fx->vm.lock);
 
 	/* Malformed lists never reach the table; QEMU's member paths. */
 	expect_error(c, "{\"execute\": \"migrate-set-capabilities\"}",

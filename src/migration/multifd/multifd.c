@@ -29,6 +29,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/zero.h"
+#include "io/iov.h"
 #include "migration/codec/multifd_codec.h"
 
 #define PAGE	      KV_MFD_PAGE_SIZE
@@ -609,7 +610,11 @@ static void apply_zero(uint8_t *host, unsigned long *written,
 
 /* A payload arrives in many segments; waking the thread for each costs
  * more than the copy. The channel's receive low-water mark makes it wake
- * once what is left of the payload (up to the buffer's half) is there. */
+ * once what is left of the payload (up to 256 KiB) is there; it never
+ * exceeds what is still to come (after a partial read the rest may be the
+ * last bytes the source sends before it waits, at the end of a pass, and a
+ * higher mark would never wake this thread), and goes back to 1 for the
+ * next header. */
 static int read_payload(struct kv_chan *chan, struct iovec *iov, int iovcnt,
 			struct kv_error *err)
 {

@@ -1,0 +1,505 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The destination's incoming migration (incoming.h).
+ *
+ * Status changes go through in_set_status() only, checked against the
+ * table below. Only the thread that listens or runs changes the status;
+ * kv_incoming_abort() from another thread sets a flag and shuts the
+ * listener, stream and multifd channels down, and the run then ends
+ * CANCELLED.
+ *
+ *   NONE -> SETUP -> ACTIVE -> COMPLETED
+ *             \        \
+ *              `--------`---> FAILED, CANCELLED
+ *
+ * Postcopy adds its rows here: ACTIVE -> POSTCOPY_ACTIVE when the source
+ * says POSTCOPY_RUN, POSTCOPY_ACTIVE -> POSTCOPY_PAUSED when a channel
+ * breaks, POSTCOPY_PAUSED -> POSTCOPY_RECOVER when the source reconnects,
+ * POSTCOPY_RECOVER -> POSTCOPY_ACTIVE, POSTCOPY_ACTIVE -> COMPLETED.
+ *
+ * Locking: `lock` guards the listener, stream and receiver pointers (so
+ * an abort never touches one the run has let go of), the settings and the
+ * statistics.
+ */
+#include "migration/incoming.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "io/channel.h"
+#include "migration/multifd/multifd.h"
+#include "migration/return_path.h"
+
+#define SWITCH_LOG(fmt, ...)                                                   \
+	kv_debug("switchover", "@%.3f " fmt, (double)kv_now_ns() / 1e6,        \
+		 ##__VA_ARGS__)
+
+struct kv_incoming {
+	struct kv_savevm *sv;
+	struct kv_ram_state *rs;
+	struct kv_incoming_hooks hooks;
+	int status; /* enum kv_in_status, atomic */
+
+	pthread_mutex_t lock;
+	struct kv_mig_params params; /* read once ACTIVE */
+	bool params_read;	     /* the source connected: params fixed */
+	bool aborted;
+	bool ran;
+	struct kv_listener *listener;
+	struct kv_stream *stream;
+	struct kv_mfd_recv *mfd;
+	char uri[300];
+	int64_t accept_ns;
+	struct kv_incoming_stats stats;
+};
+
+static const char *const status_names[KV_IN_STATUS_COUNT] = {
+    [KV_IN_NONE] = "none",
+    [KV_IN_SETUP] = "setup",
+    [KV_IN_ACTIVE] = "active",
+    [KV_IN_COMPLETED] = "completed",
+    [KV_IN_FAILED] = "failed",
+    [KV_IN_CANCELLED] = "cancelled",
+};
+
+#define ST(s) (1U << (s))
+
+static const unsigned int transitions[KV_IN_STATUS_COUNT] = {
+    [KV_IN_NONE] = ST(KV_IN_SETUP),
+    /* SETUP ends without a source: the accept failed or was aborted. */
+    [KV_IN_SETUP] = ST(KV_IN_ACTIVE) | ST(KV_IN_FAILED) | ST(KV_IN_CANCELLED),
+    [KV_IN_ACTIVE] =
+	ST(KV_IN_COMPLETED) | ST(KV_IN_FAILED) | ST(KV_IN_CANCELLED),
+    [KV_IN_COMPLETED] = 0,
+    [KV_IN_FAILED] = 0,
+    [KV_IN_CANCELLED] = 0,
+};
+
+const char *kv_in_status_name(enum kv_in_status st)
+{
+	if ((unsigned int)st >= KV_IN_STATUS_COUNT)
+		return "unknown";
+	return status_names[st];
+}
+
+bool kv_in_transition_allowed(enum kv_in_status from, enum kv_in_status to)
+{
+	if ((unsigned int)from >= KV_IN_STATUS_COUNT ||
+	    (unsigned int)to >= KV_IN_STATUS_COUNT)
+		return false;
+	return transitions[from] & ST(to);
+}
+
+enum kv_in_status kv_incoming_status(const struct kv_incoming *in)
+{
+	return (enum kv_in_status)__atomic_load_n(&in->status,
+						  __ATOMIC_ACQUIRE);
+}
+
+/* The one place the status changes; the observer hears every change. */
+static bool in_set_status(struct kv_incoming *in, enum kv_in_status from,
+			  enum kv_in_status to)
+{
+	int expected = (int)from;
+
+	if (!kv_in_transition_allowed(from, to)) {
+		kv_err("incoming", "refused status change %s -> %s",
+		       kv_in_status_name(from), kv_in_status_name(to));
+		return false;
+	}
+	if (!__atomic_compare_exchange_n(&in->status, &expected, (int)to,
+					 false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return false;
+	if (in->hooks.status)
+		in->hooks.status(in->hooks.opaque, to);
+	return true;
+}
+
+struct kv_incoming *kv_incoming_new(struct kv_savevm *sv,
+				    struct kv_ram_state *rs,
+				    const struct kv_mig_params *params,
+				    const struct kv_incoming_hooks *hooks)
+{
+	struct kv_incoming *in;
+
+	if (!sv)
+		return NULL;
+	in = calloc(1, sizeof(*in));
+	if (!in)
+		return NULL;
+	in->sv = sv;
+	in->rs = rs;
+	if (hooks)
+		in->hooks = *hooks;
+	if (params)
+		in->params = *params;
+	else
+		kv_mig_params_default(&in->params);
+	in->status = KV_IN_NONE;
+	pthread_mutex_init(&in->lock, NULL);
+	return in;
+}
+
+void kv_incoming_free(struct kv_incoming *in)
+{
+	if (!in)
+		return;
+	if (in->listener)
+		kv_listener_close(in->listener);
+	pthread_mutex_destroy(&in->lock);
+	free(in);
+}
+
+/* What of the settings the destination reads, and in which words a
+ * refusal names it. */
+static const char *dest_setting_changed(const struct kv_mig_params *was,
+					const struct kv_mig_params *now)
+{
+	if (!was->multifd_channels != !now->multifd_channels)
+		return "the multifd capability";
+	if (!was->multifd_channels)
+		return NULL;
+	if (was->multifd_channels != now->multifd_channels)
+		return "multifd-channels";
+	if (was->multifd_method != now->multifd_method)
+		return "multifd-compression";
+	return NULL;
+}
+
+int kv_incoming_set_params(struct kv_incoming *in,
+			   const struct kv_mig_params *p, struct kv_error *err)
+{
+	const char *what = NULL;
+
+	pthread_mutex_lock(&in->lock);
+	/* Read, and the run has not ended: what it uses cannot change. */
+	if (in->params_read && transitions[kv_incoming_status(in)])
+		what = dest_setting_changed(&in->params, p);
+	else if (!in->params_read)
+		in->params = *p;
+	pthread_mutex_unlock(&in->lock);
+	if (what)
+		return kv_error_set(err, -EBUSY, "%s cannot change now: the source of the incoming migration already connected, and a destination reads its settings when the source connects; set it before the source connects (migrate on the source again after this migration ended)", what);
+	return 0;
+}
+
+int kv_incoming_listen(struct kv_incoming *in, const char *uri,
+		       struct kv_error *err)
+{
+	struct kv_listener *l;
+
+	if (kv_incoming_status(in) != KV_IN_NONE)
+		return kv_error_set(err, -EBUSY, "already waiting for an incoming migration (status %s)", kv_in_status_name(kv_incoming_status(in)));
+	l = kv_listener_open(uri, err);
+	if (!l)
+		return err && err->code ? err->code : -EIO;
+	pthread_mutex_lock(&in->lock);
+	in->listener = l;
+	snprintf(in->uri, sizeof(in->uri), "%s", kv_listener_uri(l));
+	if (in->aborted)
+		kv_listener_shutdown(l);
+	pthread_mutex_unlock(&in->lock);
+	in_set_status(in, KV_IN_NONE, KV_IN_SETUP);
+	return 0;
+}
+
+const char *kv_incoming_uri(const struct kv_incoming *in)
+{
+	return in->uri;
+}
+
+void kv_incoming_abort(struct kv_incoming *in)
+{
+	pthread_mutex_lock(&in->lock);
+	in->aborted = true;
+	if (in->listener)
+		kv_listener_shutdown(in->listener);
+	if (in->stream)
+		kv_stream_shutdown(in->stream);
+	if (in->mfd)
+		kv_mfd_recv_abort(in->mfd);
+	pthread_mutex_unlock(&in->lock);
+}
+
+static bool aborted(struct kv_incoming *in)
+{
+	bool a;
+
+	pthread_mutex_lock(&in->lock);
+	a = in->aborted;
+	pthread_mutex_unlock(&in->lock);
+	return a;
+}
+
+void kv_incoming_get_stats(const struct kv_incoming *in,
+			   struct kv_incoming_stats *st)
+{
+	struct kv_incoming *m = (struct kv_incoming *)in;
+
+	pthread_mutex_lock(&m->lock);
+	*st = in->stats;
+	if (in->stream) {
+		st->transferred = kv_stream_transferred(in->stream);
+		st->load_ns = kv_now_ns() - in->accept_ns;
+	}
+	pthread_mutex_unlock(&m->lock);
+	st->status = kv_incoming_status(in);
+}
+
+static struct kv_mfd_config mfd_config(const struct kv_mig_params *p)
+{
+	return (struct kv_mfd_config){
+	    .channels = p->multifd_channels,
+	    .method = p->multifd_method,
+	    .level = p->multifd_level,
+	    .zero = p->zero_page_detection,
+	};
+}
+
+/* With multifd, a receiver that accepts the channels from l (which stays
+ * open for them) and writes pages into the RAM; without, l closes at
+ * once: a source that tries to open channels is refused. */
+static int multifd_start(struct kv_incoming *in, struct kv_listener *l,
+			 struct kv_chan *main, struct kv_error *err)
+{
+	struct kv_mfd_config cfg;
+	struct kv_mfd_target target;
+	struct kv_mfd_recv *r;
+
+	pthread_mutex_lock(&in->lock);
+	cfg = mfd_config(&in->params);
+	pthread_mutex_unlock(&in->lock);
+	if (!cfg.channels || !in->rs || !l)
+		return 0;
+	target = kv_ram_multifd_target(in->rs);
+	r = kv_mfd_recv_new(&cfg, &target, main, err);
+	if (!r)
+		return err->code ? err->code : -ENOMEM;
+	if (kv_mfd_recv_accept(r, l, err) < 0) {
+		kv_mfd_recv_free(r, NULL);
+		return err->code;
+	}
+	kv_ram_set_multifd_recv(in->rs, r);
+	pthread_mutex_lock(&in->lock);
+	in->mfd = r;
+	if (in->aborted)
+		kv_mfd_recv_abort(r);
+	pthread_mutex_unlock(&in->lock);
+	return 0;
+}
+
+/* Detach and free the receiver. Returns ret, or a channel's error, which
+ * then replaces err (the loader only saw the main stream shut down
+ * because of it). */
+static int multifd_end(struct kv_incoming *in, int ret, struct kv_error *err)
+{
+	struct kv_error cerr = {0};
+	struct kv_mfd_recv *r;
+	int cret;
+
+	pthread_mutex_lock(&in->lock);
+	r = in->mfd;
+	in->mfd = NULL;
+	pthread_mutex_unlock(&in->lock);
+	if (!r)
+		return ret;
+	kv_ram_set_multifd_recv(in->rs, NULL);
+	cret = kv_mfd_recv_free(r, &cerr); /* stops the threads first */
+	if (ret < 0 && cret < 0) {
+		kv_error_clear(err);
+		kv_error_set(err, cret, "%s", cerr.msg);
+		return cret;
+	}
+	return ret;
+}
+
+static void close_listener(struct kv_incoming *in)
+{
+	struct kv_listener *l;
+
+	pthread_mutex_lock(&in->lock);
+	l = in->listener;
+	in->listener = NULL;
+	pthread_mutex_unlock(&in->lock);
+	if (l)
+		kv_listener_close(l);
+}
+
+/* Load, commit, answer. The source must hear SHUT(0) only once this side
+ * can really run the workload. */
+static int load_and_answer(struct kv_incoming *in, struct kv_stream *s,
+			   struct kv_error *err)
+{
+	struct kv_load_result res = {0};
+	struct kv_chan *c = kv_stream_chan(s);
+	int ret, rp;
+
+	ret = kv_savevm_load(in->sv, s, &res, err);
+	SWITCH_LOG("dst: loaded (%d)", ret);
+	if (ret == 0 && in->hooks.commit) {
+		ret = in->hooks.commit(in->hooks.opaque, err);
+		if (ret < 0)
+			kv_error_prefix(err, "committing the loaded state");
+	}
+	/* On failure, answer on any socket: the source may have asked in a
+	 * part of the stream we never got to read. */
+	if (!res.return_path_requested && !(ret < 0 && c->is_socket))
+		return ret;
+	SWITCH_LOG("dst: committed (%d)", ret);
+	rp = kv_rp_send_shut(c, ret < 0 ? 1 : 0, ret < 0 ? NULL : err);
+	SWITCH_LOG("dst: SHUT sent");
+	/* Unconfirmed, the source resumes: this side must not run too. */
+	if (ret == 0 && rp < 0)
+		ret = rp;
+	return ret;
+}
+
+/* The source connected over s: read the settings, accept the multifd
+ * channels from l (NULL: none), load, answer and start the workload. */
+static int run_connected(struct kv_incoming *in, struct kv_stream *s,
+			 struct kv_listener *l, struct kv_error *err)
+{
+	struct kv_chan *c = kv_stream_chan(s);
+	int ret;
+
+	pthread_mutex_lock(&in->lock);
+	in->stream = s;
+	in->params_read = true;
+	in->accept_ns = kv_now_ns();
+	snprintf(in->stats.peer, sizeof(in->stats.peer), "%s", c->name);
+	if (in->aborted)
+		kv_stream_shutdown(s);
+	pthread_mutex_unlock(&in->lock);
+	in_set_status(in, KV_IN_SETUP, KV_IN_ACTIVE);
+	ret = multifd_start(in, l, c, err);
+	if (!in->mfd)
+		close_listener(in);
+	if (ret == 0)
+		ret = load_and_answer(in, s, err);
+	/* The channel threads end once the source closed them, after it
+	 * read SHUT. */
+	ret = multifd_end(in, ret, err);
+	pthread_mutex_lock(&in->lock);
+	in->stats.transferred = kv_stream_transferred(s);
+	in->stats.load_ns = kv_now_ns() - in->accept_ns;
+	in->stream = NULL;
+	pthread_mutex_unlock(&in->lock);
+	close_listener(in);
+	if (ret == 0 && in->hooks.start_vm) {
+		ret = in->hooks.start_vm(in->hooks.opaque, err);
+		SWITCH_LOG("dst: workload started (%d)", ret);
+	}
+	return ret;
+}
+
+/* The end, through the table: an answer already given (ret 0) stands
+ * against a late abort. */
+static int finish(struct kv_incoming *in, int ret, struct kv_error *err)
+{
+	enum kv_in_status from = kv_incoming_status(in);
+	bool cancel = ret < 0 && aborted(in);
+
+	if (cancel) {
+		kv_error_clear(err);
+		ret = kv_error_set(err, -ECANCELED, "incoming migration aborted");
+	} else if (ret < 0 && !kv_error_is_set(err)) {
+		kv_error_set(err, ret, "incoming migration failed");
+	}
+	pthread_mutex_lock(&in->lock);
+	snprintf(in->stats.error, sizeof(in->stats.error), "%s",
+		 ret < 0 ? err->msg : "");
+	pthread_mutex_unlock(&in->lock);
+	in_set_status(in, from,
+		      ret == 0 ? KV_IN_COMPLETED
+			       : cancel ? KV_IN_CANCELLED : KV_IN_FAILED);
+	return ret;
+}
+
+static int claim_run(struct kv_incoming *in, struct kv_error *err)
+{
+	bool ran;
+
+	pthread_mutex_lock(&in->lock);
+	ran = in->ran;
+	in->ran = true;
+	pthread_mutex_unlock(&in->lock);
+	if (ran)
+		return kv_error_set(err, -EBUSY, "this incoming migration already ran (status %s)", kv_in_status_name(kv_incoming_status(in)));
+	return 0;
+}
+
+int kv_incoming_run(struct kv_incoming *in, struct kv_error *err)
+{
+	struct kv_error lerr = {0};
+	struct kv_listener *l;
+	struct kv_stream *s;
+	struct kv_chan *c;
+	int ret;
+
+	ret = claim_run(in, err);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&in->lock);
+	l = in->listener;
+	pthread_mutex_unlock(&in->lock);
+	if (!l || kv_incoming_status(in) != KV_IN_SETUP)
+		return kv_error_set(err, -EINVAL, "an incoming migration runs only after kv_incoming_listen succeeded");
+	c = aborted(in) ? NULL : kv_listener_accept(l, &lerr);
+	if (!c) {
+		close_listener(in);
+		ret = finish(in, lerr.code ? lerr.code : -ECANCELED, &lerr);
+		kv_error_prefix(&lerr, "incoming migration on %s", in->uri);
+		kv_error_propagate(err, &lerr);
+		return ret;
+	}
+	s = kv_stream_new(c, KV_STREAM_READ);
+	if (!s) {
+		kv_chan_close(c);
+		close_listener(in);
+		kv_error_set(&lerr, -ENOMEM, "no memory for the stream");
+		ret = finish(in, -ENOMEM, &lerr);
+		kv_error_propagate(err, &lerr);
+		return ret;
+	}
+	ret = run_connected(in, s, l, &lerr);
+	kv_stream_close(s);
+	ret = finish(in, ret, &lerr);
+	if (ret < 0)
+		kv_error_prefix(&lerr, "incoming migration from %s",
+				in->stats.peer);
+	kv_error_propagate(err, &lerr);
+	return ret;
+}
+
+int kv_incoming_run_stream(struct kv_incoming *in, struct kv_stream *s,
+			   struct kv_error *err)
+{
+	int ret;
+
+	ret = claim_run(in, err);
+	if (ret < 0)
+		return ret;
+	if (!in_set_status(in, KV_IN_NONE, KV_IN_SETUP))
+		return kv_error_set(err, -EINVAL, "an incoming migration over a connected stream cannot also listen");
+	ret = run_connected(in, s, NULL, err);
+	return finish(in, ret, err);
+}
+
+int kv_mig_incoming(struct kv_savevm *sv, struct kv_stream *s,
+		    struct kv_error *err)
+{
+	struct kv_incoming *in = kv_incoming_new(sv, NULL, NULL, NULL);
+	int ret;
+
+	if (!in)
+		return kv_error_set(err, -ENOMEM, "no memory for the incoming migration");
+	ret = kv_incoming_run_stream(in, s, err);
+	kv_incoming_free(in);
+	return ret;
+}
