@@ -24,7 +24,7 @@
 #include "io/channel.h"
 #include "io/stream.h"
 #include "migration/ram/ram.h"
-#include "migration/codec/multifd_codec.h"
+#include "migration/codec/codec.h"
 #include "migration/ram/ram_internal.h"
 #include "migration/dirty/soft_tracker.h"
 

@@ -6,7 +6,7 @@
  * Pages that would go as PAGE records are gathered, up to KV_RAM_ZC_BATCH
  * of one block, and go as one ZPAGES record: their offsets and their bytes
  * through ONE zstd stream that lasts the whole migration, flushed at the
- * end of every record (the multifd zstd codec, multifd_codec.h). Memory of
+ * end of every record (the multifd zstd codec, codec/zstd.c). Memory of
  * a guest is mostly alike from page to page, so matches a page or more
  * back are what makes the ratio; a stream per record would lose them.
  *
@@ -47,7 +47,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "io/stream.h"
-#include "migration/codec/multifd_codec.h"
+#include "migration/codec/codec.h"
 #include "migration/ram/ram_internal.h"
 
 #define ZC_WINDOW_NS  (20 * 1000 * 1000LL)

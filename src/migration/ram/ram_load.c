@@ -33,7 +33,7 @@
 #include "base/bitmap.h"
 #include "base/zero.h"
 #include "io/stream.h"
-#include "migration/codec/multifd_codec.h"
+#include "migration/codec/codec.h"
 #include "migration/ram/ram_internal.h"
 #include "migration/ram/ram_prefault.h"
 #include "migration/ram/xbzrle.h"
