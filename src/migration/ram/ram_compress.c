@@ -96,7 +96,7 @@ int kv_ram_compress_parse(const char *name, enum kv_ram_compress *mode,
 
 void kv_ram_set_compress(struct kv_ram_state *rs, enum kv_ram_compress mode)
 {
-	__atomic_store_n(&rs->zc.mode, mode, __ATOMIC_RELAXED);
+	__atomic_store_n(&rs->src.zc.mode, mode, __ATOMIC_RELAXED);
 }
 
 static void set_active(struct kv_ram_zc *zc, bool on)
@@ -133,7 +133,7 @@ static int alloc_codec(struct kv_ram_zc *zc, bool compress,
 
 void kv_ram_zc_cleanup(struct kv_ram_state *rs)
 {
-	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_ram_zc *zc = &rs->src.zc;
 
 	kv_mfd_codec_free(zc->codec);
 	zc->codec = NULL;
@@ -144,7 +144,7 @@ void kv_ram_zc_cleanup(struct kv_ram_state *rs)
 
 int kv_ram_zc_setup(struct kv_ram_state *rs, struct kv_error *err)
 {
-	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_ram_zc *zc = &rs->src.zc;
 	enum kv_ram_compress mode = zc->mode;
 
 	kv_ram_zc_cleanup(rs);
@@ -160,7 +160,7 @@ int kv_ram_zc_setup(struct kv_ram_state *rs, struct kv_error *err)
 	kv_ram_stat_set(&zc->switches, 0);
 	__atomic_store_n(&zc->pub_active, false, __ATOMIC_RELAXED);
 	/* multifd's channels carry the pages, compressed on their own. */
-	if (mode == KV_RAM_COMPRESS_OFF || rs->mfd_send)
+	if (mode == KV_RAM_COMPRESS_OFF || rs->src.mfd_send)
 		return 0;
 	if (alloc_codec(zc, true, err) < 0) {
 		kv_error_prefix(err, "ram: x-compress");
@@ -175,18 +175,10 @@ int kv_ram_zc_setup(struct kv_ram_state *rs, struct kv_error *err)
 	return 0;
 }
 
-struct kv_mfd_codec *kv_ram_zc_decoder(struct kv_ram_state *rs,
-				       struct kv_error *err)
-{
-	if (!rs->zc.codec && alloc_codec(&rs->zc, false, err) < 0)
-		return NULL;
-	return rs->zc.codec;
-}
-
 /* The ZPAGES record of the batch (docs/FORMAT.md 5.3). */
 void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs)
 {
-	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_ram_zc *zc = &rs->src.zc;
 	const struct kv_ram_block *b = &rs->blocks[zc->bi];
 	const uint8_t *pages[KV_RAM_ZC_BATCH];
 	struct kv_error err = {0};
@@ -225,7 +217,7 @@ void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs)
 bool kv_ram_zc_send(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		    size_t page)
 {
-	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_ram_zc *zc = &rs->src.zc;
 
 	if (!zc->codec || ((!zc->active || zc->raw_probe) && !zc->probe)) {
 		zc->fac_raw_pages++;
@@ -322,7 +314,7 @@ static bool receiver_bound(struct kv_ram_zc *zc, const struct kv_chan *chan)
 
 void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 {
-	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_ram_zc *zc = &rs->src.zc;
 	struct kv_chan *chan = kv_stream_chan(s);
 	int64_t now, dt, unsent;
 	uint64_t delivered, wait_ns;
@@ -365,7 +357,7 @@ void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 
 double kv_ram_wire_factor(struct kv_ram_state *rs)
 {
-	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_ram_zc *zc = &rs->src.zc;
 	double raw = (double)zc->fac_raw_pages * KV_PAGE_SIZE;
 	double zpages = (double)zc->fac_zc_pages * KV_PAGE_SIZE;
 	double wire = raw + (double)zc->fac_zc_bytes;
@@ -378,7 +370,7 @@ double kv_ram_wire_factor(struct kv_ram_state *rs)
 void kv_ram_get_compress_stats(const struct kv_ram_state *rs,
 			       struct kv_ram_compress_stats *st)
 {
-	const struct kv_ram_zc *zc = &rs->zc;
+	const struct kv_ram_zc *zc = &rs->src.zc;
 
 	st->mode = __atomic_load_n(&zc->mode, __ATOMIC_RELAXED);
 	st->active = __atomic_load_n(&zc->pub_active, __ATOMIC_RELAXED);
