@@ -4,12 +4,10 @@
 #include "migration/ram/ram.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "base/bitmap.h"
 #include "migration/ram/ram_internal.h"
