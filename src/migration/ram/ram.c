@@ -150,7 +150,8 @@ void kv_ram_release_allocated(struct kv_ram_state *rs)
 			kept++;
 			continue;
 		}
-		rs->dst.allocator.release(rs->dst.allocator.opaque, b->host, b->length);
+		rs->dst.allocator.release(rs->dst.allocator.opaque, b->host,
+					  b->length);
 		rs->dst.allocated -= b->length;
 		kv_bitmap_free(b->dirty);
 		kv_bitmap_free(p->clear_chunks);

@@ -432,8 +432,9 @@ static int load_xbzrle(struct kv_stream *s, struct kv_ram_state *rs,
 		return rec_stream_error(s, r, "the XBZRLE delta", err);
 	mark_touched(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
 	kv_ram_page_populated(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
-	if (kv_xbzrle_decode(rs->dst.xbzrle_dec, len, rs->blocks[bi].host + r->addr,
-			     KV_PAGE_SIZE, &derr) < 0)
+	if (kv_xbzrle_decode(rs->dst.xbzrle_dec, len,
+			     rs->blocks[bi].host + r->addr, KV_PAGE_SIZE,
+			     &derr) < 0)
 		return rec_error(err, r, -EINVAL, "bad XBZRLE delta: %s",
 				 derr.msg);
 	kv_ram_stat_add(&rs->dst.xbzrle_pages, 1);
@@ -475,15 +476,19 @@ static struct kv_mfd_codec *zpages_decoder(struct kv_ram_dst *dst,
 {
 	if (dst->zpages_dec)
 		return dst->zpages_dec;
+	dst->zpages_dec = kv_mfd_codec_new(KV_MFD_METHOD_ZSTD,
+					   KV_MFD_LEVEL_DEFAULT, false, err);
+	if (!dst->zpages_dec)
+		return NULL;
 	dst->zpages_buf_size =
 	    kv_mfd_compress_bound(KV_MFD_METHOD_ZSTD, KV_RAM_ZC_BATCH);
 	dst->zpages_buf = malloc(dst->zpages_buf_size);
 	if (!dst->zpages_buf) {
+		kv_mfd_codec_free(dst->zpages_dec);
+		dst->zpages_dec = NULL;
 		kv_error_set(err, -ENOMEM, "ram: out of memory for compressed pages");
 		return NULL;
 	}
-	dst->zpages_dec = kv_mfd_codec_new(KV_MFD_METHOD_ZSTD,
-					   KV_MFD_LEVEL_DEFAULT, false, err);
 	return dst->zpages_dec;
 }
 
@@ -553,7 +558,8 @@ static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 			kv_ram_prefault_note(rs->dst.prefault, bi, b->host,
 					     b->length, off[i]);
 	}
-	if (kv_mfd_decompress(dec, rs->dst.zpages_buf, len, pages, n, &derr) < 0)
+	if (kv_mfd_decompress(dec, rs->dst.zpages_buf, len, pages, n,
+			      &derr) < 0)
 		return rec_error(err, r, -EINVAL, "bad compressed pages: %s",
 				 derr.msg);
 	kv_ram_stat_add(&rs->normal_pages, n);

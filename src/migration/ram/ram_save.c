@@ -180,7 +180,8 @@ static int rearm_chunk(struct kv_ram_state *rs, size_t bi, size_t page,
 		return 0;
 	if (count > KV_RAM_CLEAR_CHUNK_PAGES)
 		count = KV_RAM_CLEAR_CHUNK_PAGES;
-	ret = rs->src.tracker.ops->clear(rs->src.tracker.opaque, b, first, count, err);
+	ret = rs->src.tracker.ops->clear(rs->src.tracker.opaque, b, first,
+					 count, err);
 	if (ret < 0)
 		kv_error_prefix(err,
 				"ram: re-arming dirty tracking of block "
@@ -290,8 +291,8 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 	while (empty_scans <= rs->nblocks) {
 		size_t bi = rs->src.search_block;
 		struct kv_ram_block *b = &rs->blocks[bi];
-		size_t page =
-		    kv_bitmap_claim_next(b->dirty, b->npages, rs->src.search_page);
+		size_t page = kv_bitmap_claim_next(b->dirty, b->npages,
+						   rs->src.search_page);
 
 		if (page >= b->npages) {
 			rs->src.search_block = (bi + 1) % rs->nblocks;
@@ -357,11 +358,12 @@ static int ram_sync(struct kv_ram_state *rs, bool new_pass,
 				    "ram: dirty sync requested "
 				    "before setup started the tracker");
 	added = rs->src.tracker.ops->sync(rs->src.tracker.opaque, rs->blocks,
-				      rs->nblocks, err);
+					  rs->nblocks, err);
 	if (added < 0) {
-		kv_error_prefix(
-		    err, "ram: dirty log sync %llu",
-		    (unsigned long long)kv_ram_stat_get(&rs->src.dirty_sync_count));
+		uint64_t n = kv_ram_stat_get(&rs->src.dirty_sync_count);
+
+		kv_error_prefix(err, "ram: dirty log sync %llu",
+				(unsigned long long)n);
 		return (int)added;
 	}
 	for (size_t i = 0; i < rs->nblocks; i++)
