@@ -18,9 +18,10 @@
  *    block (the LZ4 block format, no frame) of the packet's pages
  *    concatenated; no state crosses packets.
  *
- * codec.c holds the one table of methods (name, wire flag, ops) and the
- * checks every method shares. A method is added with its file, its entry
- * in the table and its value in enum kv_mfd_method (multifd_packet.h).
+ * codec.c holds the one table of methods (their ops, indexed by enum
+ * kv_mfd_method) and the checks every method shares. A method is added
+ * with its file, its entry in the table and its value in enum
+ * kv_mfd_method (multifd_packet.h).
  *
  * One codec per channel and direction, used by one thread at a time, and
  * for every packet of the channel in order: packets of one channel cannot
