@@ -29,7 +29,6 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "migration/options.h"
-#include "migration/ram/ram_internal.h"
 #include "migration/return_path.h"
 #include "migration/savevm/savevm.h"
 
@@ -605,13 +604,6 @@ static void explain_by_destination(struct kv_migration *m, struct kv_stream *s,
 		    status);
 }
 
-static void stop_and_cleanup(struct kv_migration *m, bool completed)
-{
-	if (m->rs)
-		kv_ram_set_outcome(m->rs, completed);
-	kv_savevm_save_cleanup(m->sv);
-}
-
 /* Switch-over: stop, send the rest, wait for the destination's verdict. */
 static int switch_over(struct kv_migration *m, struct kv_stream *s,
 		       bool return_path, bool *stopped, struct kv_error *err)
@@ -792,7 +784,7 @@ out:
 		explain_by_destination(m, s, &lerr);
 	if (ret < 0)
 		record_pass_pages(m); /* the pass it stopped in */
-	stop_and_cleanup(m, ret == 0);
+	kv_savevm_save_cleanup(m->sv, ret < 0);
 	throttle_off(m);
 	if (ret < 0 && stopped)
 		m->hooks.resume_vm(m->hooks.opaque);

@@ -27,7 +27,7 @@
 #include "io/stream.h"
 #include "migration/auto_converge.h"
 #include "migration/multifd/multifd.h"
-#include "migration/codec/multifd_codec.h"
+#include "migration/codec/codec.h"
 #include "migration/ram/ram.h"
 #include "migration/savevm/savevm.h"
 

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "migration/auto_converge.h"
-#include "migration/codec/multifd_codec.h"
+#include "migration/codec/codec.h"
 #include "migration/multifd/multifd.h"
 #include "migration/ram/ram.h"
 

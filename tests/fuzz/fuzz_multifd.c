@@ -2,7 +2,7 @@
 /*
  * libFuzzer target over the multifd receive side: the packet decoder
  * (src/migration/multifd/multifd_packet.c) and every payload decompressor
- * (src/migration/codec/multifd_codec.c). An input is
+ * (src/migration/codec/). An input is
  *
  *     u8 target | u8 arg | be16 len1 | bytes...
  *
@@ -28,7 +28,7 @@
 #include <string.h>
 
 #include "fuzz_target.h"
-#include "migration/codec/multifd_codec.h"
+#include "migration/codec/codec.h"
 #include "migration/multifd/multifd_packet.h"
 
 #define FUZZ_PAGE      KV_MFD_PAGE_SIZE

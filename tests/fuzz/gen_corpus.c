@@ -190,7 +190,7 @@ static int save_by_phases(struct gen_src *g, const struct gen_seed *seed,
 	}
 	if (!ret)
 		ret = kv_savevm_save_complete(sv, s, err);
-	kv_savevm_save_cleanup(sv);
+	kv_savevm_save_cleanup(sv, ret < 0);
 	return ret;
 }
 

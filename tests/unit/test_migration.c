@@ -822,7 +822,10 @@ struct script {
 	unsigned int calls;
 	unsigned int iterations;
 	bool completed;
+	unsigned int cleanups;
+	bool cleanup_failed; /* what the last save_cleanup was told */
 	/* destination */
+	bool fail_load; /* refuse the first section */
 	unsigned int loaded;
 	uint8_t pad[SCRIPT_PASS_BYTES];
 };
@@ -880,7 +883,8 @@ static int script_load(struct kv_stream *s, void *opaque, int version_id,
 	struct script *sc = opaque;
 
 	(void)version_id;
-	(void)err;
+	if (sc->fail_load)
+		return kv_error_set(err, -EINVAL, "script: refusing the section as told");
 	sc->loaded++;
 	if (kv_stream_peek_u8(s) == 0x11)
 		kv_stream_get_buffer(s, sc->pad, sizeof(sc->pad));
@@ -889,12 +893,21 @@ static int script_load(struct kv_stream *s, void *opaque, int version_id,
 	return kv_stream_error(s) ? -EIO : 0;
 }
 
+static void script_cleanup(void *opaque, bool failed)
+{
+	struct script *sc = opaque;
+
+	sc->cleanups++;
+	sc->cleanup_failed = failed;
+}
+
 static const struct kv_savevm_live_ops script_ops = {
     .save_setup = script_setup,
     .save_iterate = script_iterate,
     .save_complete = script_complete,
     .pending_estimate = script_estimate,
     .pending_exact = script_exact,
+    .save_cleanup = script_cleanup,
     .load_state = script_load,
 };
 
@@ -975,6 +988,8 @@ static unsigned int run_script(uint64_t (*pending)(unsigned int),
 		fail_msg("source %d '%s', destination %d '%s'", src->ret,
 			 src->err.msg, dst->ret, dst->err.msg);
 	assert_true(src->sc.completed);
+	assert_int_equal(src->sc.cleanups, 1);
+	assert_false(src->sc.cleanup_failed);
 	/* One pass, then one sync, each time: the passes went through the
 	 * PING/PONG wait (a socketpair has a return path). */
 	assert_int_equal(src->sc.iterations, src->sc.calls);
@@ -1320,10 +1335,112 @@ static void test_run_uri_connect(void **state)
 	vm_free(&src);
 }
 
+/* 1 TiB dirty for ever: never fits a real downtime limit. */
+static uint64_t endless(unsigned int call)
+{
+	(void)call;
+	return 1ULL << 40;
+}
+
+enum script_end { END_COMPLETED, END_DEST_REFUSES, END_CANCELLED };
+
+struct canceller {
+	struct kv_migration *m;
+	pthread_t thread;
+};
+
+/* Cancels once the migration iterates (no cmocka asserts off the test's
+ * thread: a migration that never gets there fails the test on its own). */
+static void *canceller_main(void *arg)
+{
+	struct canceller *c = arg;
+	int64_t deadline = kv_now_ms() + 10000;
+
+	while (kv_mig_status(c->m) != KV_MIG_ACTIVE && kv_now_ms() < deadline)
+		kv_sleep_ns(1000000);
+	kv_sleep_ns(20 * 1000000LL);
+	kv_mig_cancel(c->m);
+	return NULL;
+}
+
+/* Run a scripted migration that ends as told; returns what the source's
+ * handler got in save_cleanup (asserting it was called once). */
+static bool cleanup_told_failed(enum script_end end,
+				enum kv_mig_status want_status)
+{
+	struct kv_mig_hooks h = {.stop_vm = script_stop,
+				 .resume_vm = script_resume};
+	struct script_side *src = calloc(1, sizeof(*src));
+	struct script_side *dst = calloc(1, sizeof(*dst));
+	struct canceller c = {0};
+	struct kv_mig_params params;
+	struct kv_error err = {0};
+	pthread_t t;
+	bool failed;
+	int sv[2];
+
+	assert_non_null(src);
+	assert_non_null(dst);
+	memset(src->sc.pad, 0x11, sizeof(src->sc.pad));
+	src->sc.pending = end == END_CANCELLED ? endless : tiny;
+	dst->sc.fail_load = end == END_DEST_REFUSES;
+	src->sv = kv_savevm_new("script");
+	dst->sv = kv_savevm_new("script");
+	assert_int_equal(kv_savevm_register_live(src->sv, "script", 0, 1,
+						 KV_PRI_RAM, &script_ops,
+						 &src->sc, &err),
+			 0);
+	assert_int_equal(kv_savevm_register_live(dst->sv, "script", 0, 1,
+						 KV_PRI_RAM, &script_ops,
+						 &dst->sc, &err),
+			 0);
+	kv_mig_params_default(&params);
+	/* endless never fits the default limit: only the cancel ends it. */
+	if (end != END_CANCELLED)
+		params.downtime_limit_ms = 1000000000000000ULL;
+	params.rp_timeout_ms = 10000;
+	c.m = kv_mig_new(src->sv, NULL, &params, &h);
+	assert_non_null(c.m);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	src->s = stream_on(sv[0], KV_STREAM_WRITE);
+	dst->s = stream_on(sv[1], KV_STREAM_READ);
+	assert_int_equal(pthread_create(&t, NULL, script_dest_main, dst), 0);
+	if (end == END_CANCELLED)
+		assert_int_equal(
+		    pthread_create(&c.thread, NULL, canceller_main, &c), 0);
+	src->ret = kv_mig_run(c.m, src->s, &src->err);
+	if (end == END_CANCELLED)
+		pthread_join(c.thread, NULL);
+	kv_stream_close(src->s);
+	pthread_join(t, NULL);
+	assert_int_equal(kv_mig_status(c.m), want_status);
+	assert_int_equal(src->ret == 0, end == END_COMPLETED);
+	assert_int_equal(src->sc.cleanups, 1);
+	failed = src->sc.cleanup_failed;
+	kv_mig_free(c.m);
+	kv_savevm_free(src->sv);
+	kv_savevm_free(dst->sv);
+	free(src);
+	free(dst);
+	return failed;
+}
+
+/* save_cleanup(failed) says how the migration ended: false only when it
+ * completed (RAM's tracker keeps its marks for a retry otherwise). */
+static void test_save_cleanup_told_outcome(void **state)
+{
+	(void)state;
+	assert_false(cleanup_told_failed(END_COMPLETED, KV_MIG_COMPLETED));
+	assert_true(cleanup_told_failed(END_DEST_REFUSES, KV_MIG_FAILED));
+	assert_true(cleanup_told_failed(END_CANCELLED, KV_MIG_CANCELLED));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_switch_over_policy),
+	    cmocka_unit_test(test_save_cleanup_told_outcome),
 	    cmocka_unit_test(test_ping_answered_with_return_path_only),
 	    cmocka_unit_test(test_full_migration),
 	    cmocka_unit_test(test_status_transitions),

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit tests of the multifd payload codecs (src/migration/codec/multifd_codec.c):
+ * Unit tests of the multifd payload codecs (src/migration/codec/):
  * for every method, round trips of zero, random, mixed and adversarial
  * pages over consecutive packets on one persistent codec pair, with 1 and
  * 128 pages per packet; QEMU's stream facts (zlib header once, sync flush
@@ -22,7 +22,7 @@
 #include <cmocka.h>
 
 #include "base/error.h"
-#include "migration/codec/multifd_codec.h"
+#include "migration/codec/codec.h"
 
 #define PAGE  KV_MFD_PAGE_SIZE
 #define NMAX  KV_MFD_PAGES_DEFAULT

@@ -21,7 +21,7 @@
 #include <jansson.h>
 
 #include "cli/option_args.h"
-#include "migration/codec/multifd_codec.h"
+#include "migration/codec/codec.h"
 #include "migration/options.h"
 #include "monitor/qmp_internal.h"
 #include "vmm/runstate.h"

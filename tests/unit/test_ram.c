@@ -26,7 +26,7 @@
 #include "io/channel.h"
 #include "io/stream.h"
 #include "migration/ram/ram.h"
-#include "migration/codec/multifd_codec.h"
+#include "migration/codec/codec.h"
 #include "migration/ram/ram_internal.h"
 #include "migration/dirty/soft_tracker.h"
 
@@ -495,8 +495,7 @@ static void save_all_capped(struct kv_ram_state *rs, struct tstream *t,
 		dirtier_stop(workload);
 	assert_int_equal(ops()->save_complete(s, rs, &err), 0);
 	assert_int_equal(ops()->pending_estimate(rs), 0);
-	kv_ram_set_outcome(rs, true);
-	ops()->save_cleanup(rs);
+	ops()->save_cleanup(rs, false);
 	assert_int_equal(kv_stream_close(s), 0);
 }
 
@@ -730,7 +729,7 @@ static void test_clear_per_chunk(void **state)
 		ret = ops()->save_iterate(s, src.rs, &err);
 	while (ret == 0);
 	assert_int_equal(log.calls, 6);
-	ops()->save_cleanup(src.rs);
+	ops()->save_cleanup(src.rs, true); /* an attempt given up */
 	kv_stream_close(s);
 	kv_soft_tracker_free(log.soft);
 	side_free(&src);
@@ -1090,9 +1089,8 @@ static void test_xbzrle_roundtrip_small_writes(void **state)
 		assert_false(kv_error_is_set(&err));
 	}
 	assert_int_equal(ops()->save_complete(s, src.rs, &err), 0);
-	kv_ram_set_outcome(src.rs, true);
 	kv_ram_get_xbzrle_stats(src.rs, &xs);
-	ops()->save_cleanup(src.rs);
+	ops()->save_cleanup(src.rs, false);
 	assert_int_equal(kv_stream_close(s), 0);
 
 	assert_true(xs.enabled);
@@ -1956,8 +1954,7 @@ static void test_compress_auto_off_when_link_gets_fast(void **state)
 		ops()->pending_exact(src.rs, &err);
 	}
 	assert_int_equal(ops()->save_complete(s, src.rs, &err), 0);
-	kv_ram_set_outcome(src.rs, true);
-	ops()->save_cleanup(src.rs);
+	ops()->save_cleanup(src.rs, false);
 	assert_int_equal(kv_stream_close(s), 0);
 	kv_ram_get_compress_stats(src.rs, &cs);
 	if (!lifted || !off_again || cs.switches < 2)

@@ -35,6 +35,7 @@ struct fake {
 	/* source */
 	uint32_t counter;
 	int save_cleanups;
+	bool save_cleanup_failed;
 	/* destination */
 	int load_setups;
 	int load_cleanups;
@@ -83,9 +84,10 @@ static uint64_t fake_pending(void *opaque)
 	return f->counter >= FAKE_PARTS ? 0 : (FAKE_PARTS - f->counter) * 5;
 }
 
-static void fake_save_cleanup(void *opaque)
+static void fake_save_cleanup(void *opaque, bool failed)
 {
 	((struct fake *)opaque)->save_cleanups++;
+	((struct fake *)opaque)->save_cleanup_failed = failed;
 }
 
 static int fake_load_setup(void *opaque, struct kv_error *err)
@@ -247,8 +249,10 @@ static uint8_t *save_stream(bool return_path, size_t *len)
 	assert_int_equal(i, FAKE_PARTS);
 	assert_int_equal(kv_savevm_pending_estimate(src.sv), 0);
 	assert_int_equal(kv_savevm_save_complete(src.sv, s, &err), 0);
-	kv_savevm_save_cleanup(src.sv);
+	src.fake.save_cleanup_failed = true;
+	kv_savevm_save_cleanup(src.sv, false);
 	assert_int_equal(src.fake.save_cleanups, 1);
+	assert_false(src.fake.save_cleanup_failed);
 	kv_savevm_free(src.sv);
 	b = close_and_read(s, path, len);
 	return b;

@@ -2,7 +2,7 @@
 /*
  * multifd channels: the sender's and the receiver's threads (see
  * multifd.h for the ordering and failure rules, multifd_packet.h for the
- * bytes, multifd_codec.h for compression).
+ * bytes, codec/codec.h for compression).
  *
  * Source. The migration thread fills one job (up to 128 pages of one
  * block) and hands it to an idle channel thread; a channel thread sorts
@@ -30,7 +30,7 @@
 #include "base/log.h"
 #include "base/zero.h"
 #include "io/iov.h"
-#include "migration/codec/multifd_codec.h"
+#include "migration/codec/codec.h"
 
 #define PAGE	      KV_MFD_PAGE_SIZE
 #define JOB_PAGES     KV_MFD_PAGES_DEFAULT

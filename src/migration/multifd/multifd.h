@@ -4,7 +4,7 @@
  * (QEMU's "multifd" capability). The main channel keeps the sections, the
  * ZERO records of legacy zero-page detection, and the sync points; the
  * channels carry packets of up to 128 pages of one RAM block
- * (multifd_packet.h), raw or compressed (multifd_codec.h).
+ * (multifd_packet.h), raw or compressed (codec/codec.h).
  *
  * Ordering. A page is sent at most once per pass; every pass (and the
  * switch-over) ends with a sync: the source puts a SYNC packet on every

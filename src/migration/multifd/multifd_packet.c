@@ -9,6 +9,8 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "migration/codec/codec.h"
+
 /* Byte offsets of the init message's fields. */
 #define INIT_OFF_MAGIC	 0
 #define INIT_OFF_VERSION 4
@@ -58,16 +60,9 @@ static uint64_t get_be64(const uint8_t *p)
 
 uint32_t kv_mfd_method_flag(enum kv_mfd_method method)
 {
-	switch (method) {
-	case KV_MFD_METHOD_ZLIB:
-		return KV_MFD_FLAG_ZLIB;
-	case KV_MFD_METHOD_ZSTD:
-		return KV_MFD_FLAG_ZSTD;
-	case KV_MFD_METHOD_LZ4:
-		return KV_MFD_FLAG_LZ4;
-	default:
-		return KV_MFD_FLAG_NOCOMP;
-	}
+	const struct kv_codec_ops *ops = kv_codec_by_method(method);
+
+	return ops ? ops->wire_flag : KV_MFD_FLAG_NOCOMP;
 }
 
 /* ---- init message ---- */
@@ -168,15 +163,11 @@ long kv_mfd_packet_encode(const struct kv_mfd_packet *pkt, uint8_t *buf,
 
 static const char *method_flag_name(uint32_t bits)
 {
+	const struct kv_codec_ops *ops = kv_codec_by_wire_flag(bits);
+
+	if (ops)
+		return ops->name;
 	switch (bits) {
-	case KV_MFD_FLAG_NOCOMP:
-		return "none";
-	case KV_MFD_FLAG_ZLIB:
-		return "zlib";
-	case KV_MFD_FLAG_ZSTD:
-		return "zstd";
-	case KV_MFD_FLAG_LZ4:
-		return "lz4";
 	case KV_MFD_FLAG_QPL:
 		return "qpl (QEMU's Intel QPL, not supported)";
 	case KV_MFD_FLAG_UADK:

@@ -77,7 +77,7 @@ uint32_t kv_mfd_method_flag(enum kv_mfd_method method);
 
 /*
  * The largest payload the decoder accepts for `normal` pages compressed by
- * any method: above every codec's compress bound (multifd_codec.h), so an
+ * any method: above every codec's compress bound (codec/codec.h), so an
  * honest sender always fits, and small enough that a receive buffer of this
  * size is no risk.
  */

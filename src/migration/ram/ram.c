@@ -4,12 +4,10 @@
 #include "migration/ram/ram.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "base/bitmap.h"
 #include "migration/ram/ram_internal.h"
@@ -21,9 +19,9 @@ struct kv_ram_state *kv_ram_new(void)
 
 	if (!rs)
 		return NULL;
-	rs->last_sent = KV_RAM_NO_BLOCK;
-	rs->last_recv = KV_RAM_NO_BLOCK;
-	rs->pagemap_fd = -1;
+	rs->src.last_sent = KV_RAM_NO_BLOCK;
+	rs->dst.last_recv = KV_RAM_NO_BLOCK;
+	kv_pagemap_init(&rs->pagemap);
 	return rs;
 }
 
@@ -31,12 +29,12 @@ void kv_ram_free(struct kv_ram_state *rs)
 {
 	if (!rs)
 		return;
-	kv_ram_prefault_stop(rs->prefault);
+	kv_ram_prefault_stop(rs->dst.prefault);
 	kv_ram_xbzrle_free(rs);
 	kv_ram_zc_cleanup(rs);
+	kv_ram_load_free(rs);
 	kv_ram_release_allocated(rs);
-	if (rs->pagemap_fd >= 0)
-		close(rs->pagemap_fd);
+	kv_pagemap_close(&rs->pagemap);
 	for (size_t i = 0; i < rs->nblocks; i++) {
 		kv_bitmap_free(rs->blocks[i].dirty);
 		kv_bitmap_free(rs->priv[i].clear_chunks);
@@ -152,118 +150,51 @@ void kv_ram_release_allocated(struct kv_ram_state *rs)
 			kept++;
 			continue;
 		}
-		rs->allocator.release(rs->allocator.opaque, b->host, b->length);
-		rs->allocated -= b->length;
+		rs->dst.allocator.release(rs->dst.allocator.opaque, b->host,
+					  b->length);
+		rs->dst.allocated -= b->length;
 		kv_bitmap_free(b->dirty);
 		kv_bitmap_free(p->clear_chunks);
 		kv_bitmap_free(p->touched);
 	}
 	rs->nblocks = kept;
-	rs->pm_valid = false; /* indices moved */
-	rs->last_recv = KV_RAM_NO_BLOCK;
-	rs->last_sent = KV_RAM_NO_BLOCK;
-}
-
-/* The block lies in private anonymous mappings only (per /proc/self/maps):
- * no file or shared memory whose pages could hold data while unmapped. */
-static bool range_is_private_anon(uintptr_t start, uintptr_t end)
-{
-	FILE *f = fopen("/proc/self/maps", "re");
-	uintptr_t covered = start;
-	char line[512];
-
-	if (!f)
-		return false;
-	while (covered < end && fgets(line, sizeof(line), f)) {
-		uintptr_t lo, hi;
-		unsigned long long inode;
-		char perms[8], path[256] = "";
-		int n = sscanf(line,
-			       "%" SCNxPTR "-%" SCNxPTR " %7s %*s %*s %llu "
-			       "%255s",
-			       &lo, &hi, perms, &inode, path);
-
-		if (n < 4 || hi <= covered)
-			continue;
-		if (lo > covered)
-			break; /* a hole: not all mapped */
-		if (perms[3] != 'p' || inode != 0 ||
-		    (path[0] && strcmp(path, "[heap]") &&
-		     strncmp(path, "[anon:", 6)))
-			break;
-		covered = hi;
-	}
-	fclose(f);
-	return covered >= end;
+	kv_pagemap_invalidate(&rs->pagemap); /* indices moved */
+	rs->dst.last_recv = KV_RAM_NO_BLOCK;
+	rs->src.last_sent = KV_RAM_NO_BLOCK;
 }
 
 void kv_ram_pagemap_open(struct kv_ram_state *rs)
 {
 	bool any = false;
 
-	rs->pm_valid = false;
-	if (sysconf(_SC_PAGESIZE) != (long)KV_PAGE_SIZE)
-		return;
+	kv_pagemap_invalidate(&rs->pagemap);
 	for (size_t i = 0; i < rs->nblocks; i++) {
 		struct kv_ram_block *b = &rs->blocks[i];
-		uintptr_t start = (uintptr_t)b->host;
 
 		rs->priv[i].anon_private =
-		    start % KV_PAGE_SIZE == 0 &&
-		    range_is_private_anon(start, start + b->length);
+		    kv_pagemap_private_anon(b->host, b->length);
 		any |= rs->priv[i].anon_private;
 	}
-	if (any && rs->pagemap_fd < 0)
-		rs->pagemap_fd =
-		    open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (any)
+		kv_pagemap_open(&rs->pagemap);
 }
 
 void kv_ram_pagemap_close(struct kv_ram_state *rs)
 {
-	if (rs->pagemap_fd >= 0)
-		close(rs->pagemap_fd);
-	rs->pagemap_fd = -1;
-	rs->pm_valid = false;
+	kv_pagemap_close(&rs->pagemap);
 }
-
-#define PM_PRESENT (1ULL << 63)
-#define PM_SWAPPED (1ULL << 62)
 
 bool kv_ram_page_unpopulated(struct kv_ram_state *rs, size_t bi, size_t page)
 {
 	const struct kv_ram_block *b = &rs->blocks[bi];
-	size_t chunk = page / KV_RAM_CLEAR_CHUNK_PAGES;
 
-	if (!rs->priv[bi].anon_private || rs->pagemap_fd < 0)
-		return false;
-	if (!rs->pm_valid || rs->pm_block != bi || rs->pm_chunk != chunk) {
-		size_t first = chunk * KV_RAM_CLEAR_CHUNK_PAGES;
-		size_t count = b->npages - first;
-		uintptr_t addr = (uintptr_t)b->host + first * KV_PAGE_SIZE;
-		ssize_t want, n;
-
-		if (count > KV_RAM_CLEAR_CHUNK_PAGES)
-			count = KV_RAM_CLEAR_CHUNK_PAGES;
-		want = (ssize_t)(count * sizeof(uint64_t));
-		n = pread(rs->pagemap_fd, rs->pm_ent, (size_t)want,
-			  (off_t)(addr / KV_PAGE_SIZE * sizeof(uint64_t)));
-		if (n != want) {
-			kv_ram_pagemap_close(rs); /* read pages instead */
-			return false;
-		}
-		rs->pm_valid = true;
-		rs->pm_block = bi;
-		rs->pm_chunk = chunk;
-	}
-	return !(rs->pm_ent[page % KV_RAM_CLEAR_CHUNK_PAGES] &
-		 (PM_PRESENT | PM_SWAPPED));
+	return rs->priv[bi].anon_private &&
+	       kv_pagemap_unpopulated(&rs->pagemap, b->host, b->npages, page);
 }
 
 void kv_ram_page_populated(struct kv_ram_state *rs, size_t bi, size_t page)
 {
-	if (rs->pm_valid && rs->pm_block == bi &&
-	    rs->pm_chunk == page / KV_RAM_CLEAR_CHUNK_PAGES)
-		rs->pm_ent[page % KV_RAM_CLEAR_CHUNK_PAGES] |= PM_PRESENT;
+	kv_pagemap_populated(&rs->pagemap, rs->blocks[bi].host, page);
 }
 
 size_t kv_ram_block_count(const struct kv_ram_state *rs)
@@ -278,19 +209,14 @@ struct kv_ram_block *kv_ram_block(struct kv_ram_state *rs, size_t i)
 
 void kv_ram_set_tracker(struct kv_ram_state *rs, struct kv_dirty_tracker t)
 {
-	rs->tracker = t;
-	rs->has_tracker = t.ops != NULL;
+	rs->src.tracker = t;
+	rs->src.has_tracker = t.ops != NULL;
 }
 
 void kv_ram_set_allocator(struct kv_ram_state *rs, struct kv_ram_allocator a)
 {
-	rs->allocator = a;
-	rs->has_allocator = a.alloc != NULL && a.release != NULL;
-}
-
-void kv_ram_set_outcome(struct kv_ram_state *rs, bool completed)
-{
-	rs->completed = completed;
+	rs->dst.allocator = a;
+	rs->dst.has_allocator = a.alloc != NULL && a.release != NULL;
 }
 
 static const struct kv_savevm_live_ops ram_live_ops = {
@@ -321,15 +247,15 @@ void kv_ram_get_stats(const struct kv_ram_state *rs, struct kv_ram_stats *st)
 {
 	uint64_t mfd_normal = 0, mfd_zero = 0;
 
-	if (rs->mfd_send)
-		kv_mfd_send_pages(rs->mfd_send, &mfd_normal, &mfd_zero);
-	else if (rs->mfd_recv)
-		kv_mfd_recv_pages(rs->mfd_recv, &mfd_normal, &mfd_zero);
+	if (rs->src.mfd_send)
+		kv_mfd_send_pages(rs->src.mfd_send, &mfd_normal, &mfd_zero);
+	else if (rs->dst.mfd_recv)
+		kv_mfd_recv_pages(rs->dst.mfd_recv, &mfd_normal, &mfd_zero);
 	st->zero_pages = kv_ram_stat_get(&rs->zero_pages) + mfd_zero;
 	st->normal_pages = kv_ram_stat_get(&rs->normal_pages) + mfd_normal;
-	st->dirty_sync_count = kv_ram_stat_get(&rs->dirty_sync_count);
-	st->pass_pages = kv_ram_stat_get(&rs->pass_pages);
-	st->dirty_pages = kv_ram_stat_get(&rs->dirty_pages);
+	st->dirty_sync_count = kv_ram_stat_get(&rs->src.dirty_sync_count);
+	st->pass_pages = kv_ram_stat_get(&rs->src.pass_pages);
+	st->dirty_pages = kv_ram_stat_get(&rs->src.dirty_pages);
 }
 
 /* The channels' page counts become the handler's own when they go. */
@@ -345,42 +271,42 @@ void kv_ram_set_multifd_send(struct kv_ram_state *rs, struct kv_mfd_send *m,
 {
 	uint64_t normal, zeros;
 
-	if (rs->mfd_send && rs->mfd_send != m) {
-		kv_mfd_send_pages(rs->mfd_send, &normal, &zeros);
+	if (rs->src.mfd_send && rs->src.mfd_send != m) {
+		kv_mfd_send_pages(rs->src.mfd_send, &normal, &zeros);
 		fold_counts(rs, normal, zeros);
 	}
-	rs->mfd_send = m;
-	rs->mfd_zero = zero;
+	rs->src.mfd_send = m;
+	rs->src.mfd_zero = zero;
 }
 
 void kv_ram_set_multifd_recv(struct kv_ram_state *rs, struct kv_mfd_recv *r)
 {
 	uint64_t normal, zeros;
 
-	if (rs->mfd_recv && rs->mfd_recv != r) {
-		kv_mfd_recv_pages(rs->mfd_recv, &normal, &zeros);
+	if (rs->dst.mfd_recv && rs->dst.mfd_recv != r) {
+		kv_mfd_recv_pages(rs->dst.mfd_recv, &normal, &zeros);
 		fold_counts(rs, normal, zeros);
 	}
-	rs->mfd_recv = r;
+	rs->dst.mfd_recv = r;
 }
 
 uint64_t kv_ram_multifd_bytes(const struct kv_ram_state *rs)
 {
-	return rs->mfd_send ? kv_mfd_send_bytes(rs->mfd_send) : 0;
+	return rs->src.mfd_send ? kv_mfd_send_bytes(rs->src.mfd_send) : 0;
 }
 
 bool kv_ram_multifd_set_rate_limit(struct kv_ram_state *rs, uint64_t bps)
 {
-	if (!rs->mfd_send)
+	if (!rs->src.mfd_send)
 		return false;
-	kv_mfd_send_set_rate_limit(rs->mfd_send, bps);
+	kv_mfd_send_set_rate_limit(rs->src.mfd_send, bps);
 	return true;
 }
 
 void kv_ram_multifd_cancel(struct kv_ram_state *rs)
 {
-	if (rs->mfd_send)
-		kv_mfd_send_cancel(rs->mfd_send);
-	if (rs->mfd_recv)
-		kv_mfd_recv_abort(rs->mfd_recv);
+	if (rs->src.mfd_send)
+		kv_mfd_send_cancel(rs->src.mfd_send);
+	if (rs->dst.mfd_recv)
+		kv_mfd_recv_abort(rs->dst.mfd_recv);
 }

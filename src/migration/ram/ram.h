@@ -100,6 +100,9 @@ int kv_ram_register(struct kv_ram_state *rs, struct kv_savevm *sv,
 		    struct kv_error *err);
 
 void kv_ram_get_stats(const struct kv_ram_state *rs, struct kv_ram_stats *st);
+/* Source: bytes of the pages still marked to send, as of the last sync
+ * (the handler's pending_estimate; any thread: opaque is the state). */
+uint64_t kv_ram_pending_estimate(void *opaque);
 
 /*
  * Source: XBZRLE (QEMU's "xbzrle" capability). From the second pass on, a

@@ -6,7 +6,7 @@
  * Pages that would go as PAGE records are gathered, up to KV_RAM_ZC_BATCH
  * of one block, and go as one ZPAGES record: their offsets and their bytes
  * through ONE zstd stream that lasts the whole migration, flushed at the
- * end of every record (the multifd zstd codec, multifd_codec.h). Memory of
+ * end of every record (the multifd zstd codec, codec/zstd.c). Memory of
  * a guest is mostly alike from page to page, so matches a page or more
  * back are what makes the ratio; a stream per record would lose them.
  *
@@ -58,7 +58,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "io/stream.h"
-#include "migration/codec/multifd_codec.h"
+#include "migration/codec/codec.h"
 #include "migration/ram/ram_internal.h"
 
 #define ZC_WINDOW_NS  (20 * 1000 * 1000LL)
@@ -107,7 +107,7 @@ int kv_ram_compress_parse(const char *name, enum kv_ram_compress *mode,
 
 void kv_ram_set_compress(struct kv_ram_state *rs, enum kv_ram_compress mode)
 {
-	__atomic_store_n(&rs->zc.mode, mode, __ATOMIC_RELAXED);
+	__atomic_store_n(&rs->src.zc.mode, mode, __ATOMIC_RELAXED);
 }
 
 /* auto's sampler: a batch of pages that went raw, compressed off the
@@ -192,7 +192,7 @@ static void set_active(struct kv_ram_zc *zc, bool on)
 
 void kv_ram_zc_cleanup(struct kv_ram_state *rs)
 {
-	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_ram_zc *zc = &rs->src.zc;
 
 	kv_mfd_codec_free(zc->codec);
 	zc->codec = NULL;
@@ -206,7 +206,7 @@ void kv_ram_zc_cleanup(struct kv_ram_state *rs)
 int kv_ram_zc_setup(struct kv_stream *s, struct kv_ram_state *rs,
 		    struct kv_error *err)
 {
-	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_ram_zc *zc = &rs->src.zc;
 	enum kv_ram_compress mode = zc->mode;
 
 	kv_ram_zc_cleanup(rs);
@@ -222,7 +222,7 @@ int kv_ram_zc_setup(struct kv_stream *s, struct kv_ram_state *rs,
 	kv_ram_stat_set(&zc->switches, 0);
 	__atomic_store_n(&zc->pub_active, false, __ATOMIC_RELAXED);
 	/* multifd's channels carry the pages, compressed on their own. */
-	if (mode == KV_RAM_COMPRESS_OFF || rs->mfd_send)
+	if (mode == KV_RAM_COMPRESS_OFF || rs->src.mfd_send)
 		return 0;
 	/* No link to measure (a file): auto never compresses there. */
 	if (mode == KV_RAM_COMPRESS_AUTO &&
@@ -242,18 +242,10 @@ int kv_ram_zc_setup(struct kv_stream *s, struct kv_ram_state *rs,
 	return 0;
 }
 
-struct kv_mfd_codec *kv_ram_zc_decoder(struct kv_ram_state *rs,
-				       struct kv_error *err)
-{
-	if (!rs->zc.codec && alloc_codec(&rs->zc, false, err) < 0)
-		return NULL;
-	return rs->zc.codec;
-}
-
 /* The ZPAGES record of the batch (docs/FORMAT.md 5.3). */
 void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs)
 {
-	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_ram_zc *zc = &rs->src.zc;
 	const struct kv_ram_block *b = &rs->blocks[zc->bi];
 	const uint8_t *pages[KV_RAM_ZC_BATCH];
 	struct kv_error err = {0};
@@ -322,7 +314,7 @@ static void sample_page(struct kv_ram_zc *zc, const uint8_t *page)
 bool kv_ram_zc_send(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		    size_t page)
 {
-	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_ram_zc *zc = &rs->src.zc;
 
 	if (!zc->active || zc->raw_probe) {
 		zc->fac_raw_pages++;
@@ -420,7 +412,7 @@ static bool receiver_bound(struct kv_ram_zc *zc, const struct kv_chan *chan)
 
 void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 {
-	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_ram_zc *zc = &rs->src.zc;
 	struct kv_chan *chan = kv_stream_chan(s);
 	int64_t now, dt, unsent;
 	uint64_t delivered, wait_ns;
@@ -463,7 +455,7 @@ void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 
 double kv_ram_wire_factor(struct kv_ram_state *rs)
 {
-	struct kv_ram_zc *zc = &rs->zc;
+	struct kv_ram_zc *zc = &rs->src.zc;
 	double raw = (double)zc->fac_raw_pages * KV_PAGE_SIZE;
 	double zpages = (double)zc->fac_zc_pages * KV_PAGE_SIZE;
 	double wire = raw + (double)zc->fac_zc_bytes;
@@ -476,7 +468,7 @@ double kv_ram_wire_factor(struct kv_ram_state *rs)
 void kv_ram_get_compress_stats(const struct kv_ram_state *rs,
 			       struct kv_ram_compress_stats *st)
 {
-	const struct kv_ram_zc *zc = &rs->zc;
+	const struct kv_ram_zc *zc = &rs->src.zc;
 
 	st->mode = __atomic_load_n(&zc->mode, __ATOMIC_RELAXED);
 	st->active = __atomic_load_n(&zc->pub_active, __ATOMIC_RELAXED);

@@ -4,6 +4,11 @@
  * (ram_load.c) and bookkeeping (ram.c) share. Not a public contract: only
  * migration/ and its unit tests include it.
  *
+ * The state has a source half (struct kv_ram_src: what save_setup ..
+ * save_cleanup use) and a destination half (struct kv_ram_dst: what
+ * load_setup .. load_cleanup use); the blocks, the pagemap and the page
+ * counters are shared. A field belongs to the half whose side uses it.
+ *
  * Threading: the save callbacks run on the migration thread, the load
  * callbacks on the loading thread; one kv_ram_state is either a source or
  * a destination at a time. The counters are written by that one thread
@@ -19,11 +24,13 @@
 #include "io/channel.h"
 #include "migration/multifd/multifd.h"
 #include "migration/ram/page_cache.h"
+#include "migration/ram/pagemap.h"
 #include "migration/ram/ram.h"
 
 /* Tracking is re-armed (tracker->clear) per chunk of this many pages, just
- * before the first page of the chunk is sent after a sync. */
-#define KV_RAM_CLEAR_CHUNK_PAGES 512U
+ * before the first page of the chunk is sent after a sync; the pagemap is
+ * read per chunk of the same size. */
+#define KV_RAM_CLEAR_CHUNK_PAGES KV_PAGEMAP_CHUNK_PAGES
 
 /* A save_iterate call stops after about this long. */
 #define KV_RAM_ITERATE_NS (50 * 1000 * 1000LL)
@@ -36,7 +43,7 @@ struct kv_ram_block_priv {
 	unsigned long *clear_chunks;
 	/* Destination: pages the loader wrote (dropped on failure). */
 	unsigned long *touched;
-	/* Source: private anonymous memory, page-aligned: a page the kernel
+	/* Both sides: private anonymous memory, page-aligned: a page the kernel
 	 * never populated reads as zero, which /proc/self/pagemap tells
 	 * without touching (and faulting in) the page. */
 	bool anon_private;
@@ -44,26 +51,24 @@ struct kv_ram_block_priv {
 	bool announced;	     /* destination: named in MEM_SIZE */
 };
 
-/* XBZRLE (ram_xbzrle.c). The source's cache holds, for each cached page,
+/* XBZRLE, source (ram_xbzrle.c). The cache holds, for each cached page,
  * exactly what the destination has: every later send of that page goes
  * through it (delta, unchanged, raw snapshot or zero). */
 struct kv_ram_xbzrle {
 	uint64_t cache_size; /* configured, bytes; 0 = off */
-	struct kv_page_cache *cache; /* source, while a migration runs */
+	struct kv_page_cache *cache; /* while a migration runs */
 	bool active;		     /* from the second pass on */
 	uint8_t *snap;		     /* the page as read once, 4 KiB */
 	uint8_t *enc;		     /* its delta, 4 KiB */
-	uint8_t *dec;		     /* destination: a received delta */
 	uint64_t skipped;	     /* unchanged: nothing sent */
 	struct kv_xbzrle_rates rates;
 	/* Published for other threads (relaxed atomics). */
 	struct kv_xbzrle_stats pub;
 	uint64_t pub_skipped;
 	double pub_miss_rate, pub_encoding_rate;
-	uint64_t load_pages; /* destination: XBZRLE records loaded */
 };
 
-/* Main-stream compression (ram_compress.c). */
+/* Main-stream compression, source (ram_compress.c). */
 #define KV_RAM_ZC_BATCH 64U /* pages per ZPAGES record, at most */
 struct kv_mfd_codec;
 struct kv_ram_zc_sample; /* ram_compress.c: auto's off-the-wire measure */
@@ -72,13 +77,13 @@ struct kv_ram_zc {
 	bool active;		    /* pages go into batches now */
 	bool probe;		    /* auto: sample one batch to measure */
 	bool raw_probe;		    /* auto: a window of raw pages, to measure */
-	struct kv_mfd_codec *codec; /* source: encoder, made when compression
-				     * is first chosen; destination: decoder */
+	struct kv_mfd_codec *codec; /* the encoder (codec/zstd.c), made when
+				     * compression is first chosen */
 	struct kv_ram_zc_sample *sample; /* auto over a socket, else NULL */
 	/* The batch being filled: pages of one block, in the order sent. */
 	size_t n, bi;
 	size_t page[KV_RAM_ZC_BATCH];
-	uint8_t *buf; /* compressed payload (source) or input (destination) */
+	uint8_t *buf; /* the compressed payload */
 	size_t buf_size;
 	/* auto's measurements: a window of the link, the compressor's
 	 * speed and ratio (bytes/s, EWMA; 0 = not measured yet). */
@@ -97,36 +102,16 @@ struct kv_ram_zc {
 	bool pub_active;
 };
 
-struct kv_ram_state {
-	struct kv_ram_block *blocks; /* contiguous: trackers get the array */
-	struct kv_ram_block_priv *priv;
-	size_t nblocks, cap;
-
+/* The source half: page search, tracking, XBZRLE, x-compress, multifd
+ * channels, and the counters only a source keeps. */
+struct kv_ram_src {
 	struct kv_dirty_tracker tracker;
 	bool has_tracker;
-	struct kv_ram_allocator allocator;
-	bool has_allocator;
-	uint64_t allocated; /* bytes obtained from the allocator */
-
-	/* Source. */
+	bool tracker_started;
+	bool in_complete;    /* save_complete runs: the workload is stopped */
 	size_t search_block; /* the page search resumes here */
 	size_t search_page;
 	size_t last_sent; /* block of the previous record, for CONTINUE */
-	bool tracker_started;
-	bool completed;	  /* outcome for save_cleanup's tracker stop */
-	bool in_complete; /* save_complete runs: the workload is stopped */
-	/* Pagemap entries of one chunk, read after the chunk was re-armed
-	 * and dropped at every sync and every section (see ram_save.c). */
-	int pagemap_fd; /* -1: not used */
-	bool pm_valid;
-	size_t pm_block, pm_chunk;
-	uint64_t pm_ent[KV_RAM_CLEAR_CHUNK_PAGES];
-
-	/* Destination. */
-	uint64_t load_sections; /* sections handed to load_state so far */
-	size_t last_recv;	/* block of the previous record */
-	bool mem_size_seen;
-	struct kv_ram_prefault *prefault; /* NULL: none (see ram_prefault.c) */
 
 	struct kv_ram_xbzrle xb;
 	struct kv_ram_zc zc;
@@ -135,14 +120,55 @@ struct kv_ram_state {
 	 * main stream. */
 	struct kv_mfd_send *mfd_send;
 	enum kv_mfd_zero mfd_zero;
-	struct kv_mfd_recv *mfd_recv;
 
 	/* Counters (see struct kv_ram_stats). */
-	uint64_t zero_pages;
-	uint64_t normal_pages;
 	uint64_t dirty_sync_count;
 	uint64_t pass_pages;
 	uint64_t dirty_pages;
+};
+
+/* The destination half: the loader's context, blocks created for the
+ * stream, prefault, multifd channels, decoders. */
+struct kv_ram_dst {
+	struct kv_ram_allocator allocator;
+	bool has_allocator;
+	uint64_t allocated; /* bytes obtained from the allocator */
+
+	uint64_t load_sections; /* sections handed to load_state so far */
+	size_t last_recv;	/* block of the previous record */
+	bool mem_size_seen;
+	struct kv_ram_prefault *prefault; /* NULL: none (see ram_prefault.c) */
+
+	/* multifd: channel threads write pages into the blocks; NULL: all
+	 * on the main stream. */
+	struct kv_mfd_recv *mfd_recv;
+
+	uint8_t *xbzrle_dec;	/* a received XBZRLE delta, 4 KiB */
+	uint64_t xbzrle_pages;	/* XBZRLE records loaded */
+	/* ZPAGES records: the zstd decoder (one stream per migration, made
+	 * at the first record) and its input. */
+	struct kv_mfd_codec *zpages_dec;
+	uint8_t *zpages_buf;
+	size_t zpages_buf_size;
+};
+
+struct kv_ram_state {
+	struct kv_ram_block *blocks; /* contiguous: trackers get the array */
+	struct kv_ram_block_priv *priv;
+	size_t nblocks, cap;
+
+	/* Never-populated pages of anon_private blocks (pagemap.h): the
+	 * source sends them as zero pages unread, the destination leaves
+	 * zero pages there unwritten. The cache is dropped at every sync and
+	 * section (see ram_save.c) and whenever multifd channels wrote. */
+	struct kv_pagemap pagemap;
+
+	struct kv_ram_src src;
+	struct kv_ram_dst dst;
+
+	/* Pages sent (source) or loaded (destination); see kv_ram_stats. */
+	uint64_t zero_pages;
+	uint64_t normal_pages;
 };
 
 /* Single writer, readers on other threads: relaxed atomics suffice. */
@@ -174,9 +200,9 @@ void kv_ram_release_allocated(struct kv_ram_state *rs);
 /* Index of the block named idstr, or KV_RAM_NO_BLOCK. */
 size_t kv_ram_find_block(const struct kv_ram_state *rs, const char *idstr);
 /*
- * Never-populated pages of private anonymous blocks (/proc/self/pagemap):
- * open finds the eligible blocks; unpopulated answers from entries cached
- * per chunk (the caller drops the cache with pm_valid = false whenever
+ * Never-populated pages of private anonymous blocks (pagemap.h): open
+ * finds the eligible blocks; unpopulated answers from entries cached per
+ * chunk (the caller drops the cache with kv_pagemap_invalidate() whenever
  * someone else may have written since); populated records a write of our
  * own in the cache. Without pagemap every page is "populated".
  */
@@ -186,9 +212,6 @@ bool kv_ram_page_unpopulated(struct kv_ram_state *rs, size_t bi, size_t page);
 void kv_ram_page_populated(struct kv_ram_state *rs, size_t bi, size_t page);
 /* The callbacks registered by kv_ram_register (tests call them directly). */
 const struct kv_savevm_live_ops *kv_ram_live_ops(void);
-/* The driver tells the handler how the migration ended before save_cleanup,
- * so the tracker is stopped with the right `failed` flag. */
-void kv_ram_set_outcome(struct kv_ram_state *rs, bool completed);
 
 /* ram_save.c */
 /* A record's offset word (page | flag, with CONTINUE when the previous
@@ -203,9 +226,9 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque,
 			struct kv_error *err);
 int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 			 struct kv_error *err);
-uint64_t kv_ram_pending_estimate(void *opaque);
 uint64_t kv_ram_pending_exact(void *opaque, struct kv_error *err);
-void kv_ram_save_cleanup(void *opaque);
+/* failed: stop the tracker keeping its marks, for a retry. */
+void kv_ram_save_cleanup(void *opaque, bool failed);
 
 /* ram_xbzrle.c */
 /* Save setup: a fresh cache when XBZRLE is on (nothing from an earlier
@@ -243,15 +266,13 @@ void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs);
 /* auto: every few dozen pages, measure and decide. */
 void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs);
 void kv_ram_zc_cleanup(struct kv_ram_state *rs);
-/* Destination: the decoder, made at the first ZPAGES record (NULL and
- * err set when the library cannot allocate it). */
-struct kv_mfd_codec *kv_ram_zc_decoder(struct kv_ram_state *rs,
-				       struct kv_error *err);
 
 /* ram_load.c */
 int kv_ram_load_setup(void *opaque, struct kv_error *err);
 int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,
 		      struct kv_error *err);
 void kv_ram_load_cleanup(void *opaque, bool failed);
+/* kv_ram_free: what the destination half keeps between migrations. */
+void kv_ram_load_free(struct kv_ram_state *rs);
 
 #endif

@@ -33,7 +33,7 @@
 #include "base/bitmap.h"
 #include "base/zero.h"
 #include "io/stream.h"
-#include "migration/codec/multifd_codec.h"
+#include "migration/codec/codec.h"
 #include "migration/ram/ram_internal.h"
 #include "migration/ram/ram_prefault.h"
 #include "migration/ram/xbzrle.h"
@@ -195,7 +195,7 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 {
 	size_t bi = kv_ram_find_block(rs, idstr);
 	struct kv_error aerr = {0};
-	const struct kv_ram_allocator *a = &rs->allocator;
+	const struct kv_ram_allocator *a = &rs->dst.allocator;
 	void *host;
 	int ret;
 
@@ -219,7 +219,7 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 		rs->priv[bi].announced = true;
 		return 0;
 	}
-	if (!rs->has_allocator)
+	if (!rs->dst.has_allocator)
 		return rec_error(err, r, -ENOENT,
 				 "block '%s' (length 0x%llx) "
 				 "not found: this side has no such RAM block",
@@ -228,7 +228,7 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 		return rec_error(err, r, -E2BIG,
 				 "block '%s': more than %u blocks announced",
 				 idstr, KV_RAM_MAX_LOAD_BLOCKS);
-	if (length > a->max_total || rs->allocated > a->max_total - length)
+	if (length > a->max_total || rs->dst.allocated > a->max_total - length)
 		return rec_error(err, r, -E2BIG,
 				 "block '%s' (length 0x%llx) "
 				 "would take the RAM created for this stream "
@@ -246,7 +246,7 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 		a->release(a->opaque, host, length);
 		return rec_error(err, r, ret, "%s", aerr.msg);
 	}
-	rs->allocated += length;
+	rs->dst.allocated += length;
 	rs->priv[ret].announced = true;
 	return 0;
 }
@@ -259,11 +259,11 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 	char idstr[256];
 	int ret;
 
-	if (rs->load_sections > 1 || rs->mem_size_seen)
+	if (rs->dst.load_sections > 1 || rs->dst.mem_size_seen)
 		return rec_error(err, r, -EINVAL,
 				 "MEM_SIZE %s: only the "
 				 "first section may announce the blocks",
-				 rs->mem_size_seen ? "repeated"
+				 rs->dst.mem_size_seen ? "repeated"
 						   : "in a later section");
 	while (left > 0) {
 		uint64_t length;
@@ -310,13 +310,13 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 					 "the bookkeeping of block '%s'",
 					 rs->blocks[i].idstr);
 	}
-	rs->mem_size_seen = true;
+	rs->dst.mem_size_seen = true;
 	kv_ram_pagemap_open(rs);
-	kv_ram_prefault_stop(rs->prefault); /* a previous load's */
+	kv_ram_prefault_stop(rs->dst.prefault); /* a previous load's */
 	/* With multifd the channel threads write the pages, in parallel. */
-	rs->prefault = rs->mfd_recv ? NULL : kv_ram_prefault_start();
-	if (rs->mfd_recv)
-		kv_mfd_recv_blocks_ready(rs->mfd_recv);
+	rs->dst.prefault = rs->dst.mfd_recv ? NULL : kv_ram_prefault_start();
+	if (rs->dst.mfd_recv)
+		kv_mfd_recv_blocks_ready(rs->dst.mfd_recv);
 	return 0;
 }
 
@@ -328,12 +328,12 @@ static int resolve_page(struct kv_stream *s, struct kv_ram_state *rs,
 	char idstr[256];
 	size_t bi;
 
-	if (!rs->mem_size_seen)
+	if (!rs->dst.mem_size_seen)
 		return rec_error(err, r, -EINVAL,
 				 "page record before the "
 				 "MEM_SIZE block list");
 	if (r->flags & KV_RAM_FLAG_CONTINUE) {
-		bi = rs->last_recv;
+		bi = rs->dst.last_recv;
 		if (bi == KV_RAM_NO_BLOCK)
 			return rec_error(err, r, -EINVAL,
 					 "CONTINUE with no "
@@ -355,7 +355,7 @@ static int resolve_page(struct kv_stream *s, struct kv_ram_state *rs,
 				 "length 0x%llx",
 				 rs->blocks[bi].idstr,
 				 (unsigned long long)rs->blocks[bi].length);
-	rs->last_recv = bi;
+	rs->dst.last_recv = bi;
 	*bi_out = bi;
 	return 0;
 }
@@ -385,8 +385,8 @@ static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
 				 fill);
 	page = (size_t)(r->addr >> KV_PAGE_SHIFT);
 	p = rs->blocks[bi].host + r->addr;
-	if (rs->prefault)
-		kv_ram_prefault_note_zero(rs->prefault, bi, r->addr);
+	if (rs->dst.prefault)
+		kv_ram_prefault_note_zero(rs->dst.prefault, bi, r->addr);
 	/* Leave memory that is zero alone: no fault, no RSS. A page never
 	 * populated is not even read (that would fault it in). */
 	if (!kv_ram_page_unpopulated(rs, bi, page) &&
@@ -408,8 +408,8 @@ static int load_page(struct kv_stream *s, struct kv_ram_state *rs,
 		return ret;
 	mark_touched(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
 	kv_ram_page_populated(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
-	if (rs->prefault)
-		kv_ram_prefault_note(rs->prefault, bi, rs->blocks[bi].host,
+	if (rs->dst.prefault)
+		kv_ram_prefault_note(rs->dst.prefault, bi, rs->blocks[bi].host,
 				     rs->blocks[bi].length, r->addr);
 	kv_stream_get_buffer(s, rs->blocks[bi].host + r->addr, KV_PAGE_SIZE);
 	if (kv_stream_error(s))
@@ -444,22 +444,23 @@ static int load_xbzrle(struct kv_stream *s, struct kv_ram_state *rs,
 		return rec_error(err, r, -EINVAL,
 				 "XBZRLE delta of %u bytes (must be 1..%u)",
 				 len, KV_PAGE_SIZE);
-	if (!rs->xb.dec) {
-		rs->xb.dec = malloc(KV_PAGE_SIZE);
-		if (!rs->xb.dec)
+	if (!rs->dst.xbzrle_dec) {
+		rs->dst.xbzrle_dec = malloc(KV_PAGE_SIZE);
+		if (!rs->dst.xbzrle_dec)
 			return rec_error(err, r, -ENOMEM,
 					 "out of memory for XBZRLE");
 	}
-	kv_stream_get_buffer(s, rs->xb.dec, len);
+	kv_stream_get_buffer(s, rs->dst.xbzrle_dec, len);
 	if (kv_stream_error(s))
 		return rec_stream_error(s, r, "the XBZRLE delta", err);
 	mark_touched(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
 	kv_ram_page_populated(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
-	if (kv_xbzrle_decode(rs->xb.dec, len, rs->blocks[bi].host + r->addr,
-			     KV_PAGE_SIZE, &derr) < 0)
+	if (kv_xbzrle_decode(rs->dst.xbzrle_dec, len,
+			     rs->blocks[bi].host + r->addr, KV_PAGE_SIZE,
+			     &derr) < 0)
 		return rec_error(err, r, -EINVAL, "bad XBZRLE delta: %s",
 				 derr.msg);
-	kv_ram_stat_add(&rs->xb.load_pages, 1);
+	kv_ram_stat_add(&rs->dst.xbzrle_pages, 1);
 	return 0;
 }
 
@@ -490,6 +491,39 @@ static int read_zpages_offsets(struct kv_stream *s, const struct ram_rec *r,
 /* A ZPAGES record (kvmig; docs/FORMAT.md 5.3): u8 method (zstd), be16
  * count, the other pages' offsets, be32 length, that many bytes of the
  * stream's one zstd stream, which must decode to exactly count pages. */
+/* The ZPAGES decoder, made at the first record of a stream (the source
+ * starts one zstd stream per migration). NULL with err set when the
+ * library cannot allocate it. */
+static struct kv_mfd_codec *zpages_decoder(struct kv_ram_dst *dst,
+					   struct kv_error *err)
+{
+	if (dst->zpages_dec)
+		return dst->zpages_dec;
+	dst->zpages_dec = kv_mfd_codec_new(KV_MFD_METHOD_ZSTD,
+					   KV_MFD_LEVEL_DEFAULT, false, err);
+	if (!dst->zpages_dec)
+		return NULL;
+	dst->zpages_buf_size =
+	    kv_mfd_compress_bound(KV_MFD_METHOD_ZSTD, KV_RAM_ZC_BATCH);
+	dst->zpages_buf = malloc(dst->zpages_buf_size);
+	if (!dst->zpages_buf) {
+		kv_mfd_codec_free(dst->zpages_dec);
+		dst->zpages_dec = NULL;
+		kv_error_set(err, -ENOMEM, "ram: out of memory for compressed pages");
+		return NULL;
+	}
+	return dst->zpages_dec;
+}
+
+static void zpages_decoder_free(struct kv_ram_dst *dst)
+{
+	kv_mfd_codec_free(dst->zpages_dec);
+	dst->zpages_dec = NULL;
+	free(dst->zpages_buf);
+	dst->zpages_buf = NULL;
+	dst->zpages_buf_size = 0;
+}
+
 static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 		       const struct ram_rec *r, struct kv_error *err)
 {
@@ -526,15 +560,15 @@ static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 	len = kv_stream_get_be32(s);
 	if (kv_stream_error(s))
 		return rec_stream_error(s, r, "the ZPAGES length", err);
-	dec = kv_ram_zc_decoder(rs, &derr);
+	dec = zpages_decoder(&rs->dst, &derr);
 	if (!dec)
 		return rec_error(err, r, derr.code, "%s", derr.msg);
-	if (len == 0 || len > rs->zc.buf_size)
+	if (len == 0 || len > rs->dst.zpages_buf_size)
 		return rec_error(err, r, -EINVAL,
 				 "ZPAGES payload of %u bytes for %u pages "
 				 "(must be 1..%zu)",
-				 len, n, rs->zc.buf_size);
-	kv_stream_get_buffer(s, rs->zc.buf, len);
+				 len, n, rs->dst.zpages_buf_size);
+	kv_stream_get_buffer(s, rs->dst.zpages_buf, len);
 	if (kv_stream_error(s))
 		return rec_stream_error(s, r, "the ZPAGES payload", err);
 	for (size_t i = 0; i < n; i++) {
@@ -543,11 +577,12 @@ static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 		pages[i] = b->host + off[i];
 		mark_touched(rs, bi, page);
 		kv_ram_page_populated(rs, bi, page);
-		if (rs->prefault)
-			kv_ram_prefault_note(rs->prefault, bi, b->host,
+		if (rs->dst.prefault)
+			kv_ram_prefault_note(rs->dst.prefault, bi, b->host,
 					     b->length, off[i]);
 	}
-	if (kv_mfd_decompress(dec, rs->zc.buf, len, pages, n, &derr) < 0)
+	if (kv_mfd_decompress(dec, rs->dst.zpages_buf, len, pages, n,
+			      &derr) < 0)
 		return rec_error(err, r, -EINVAL, "bad compressed pages: %s",
 				 derr.msg);
 	kv_ram_stat_add(&rs->normal_pages, n);
@@ -564,7 +599,7 @@ static int load_multifd_flush(struct kv_ram_state *rs, const struct ram_rec *r,
 	if (r->addr)
 		return rec_error(err, r, -EINVAL,
 				 "MULTIFD_FLUSH with a non-zero address");
-	if (!rs->mfd_recv)
+	if (!rs->dst.mfd_recv)
 		return rec_error(err, r, -EINVAL,
 				 "MULTIFD_FLUSH record but multifd is not on "
 				 "here: set the multifd capability and "
@@ -573,8 +608,8 @@ static int load_multifd_flush(struct kv_ram_state *rs, const struct ram_rec *r,
 				 "migrate-set-capabilities, "
 				 "migrate-incoming)");
 	/* The channels wrote pages behind the pagemap cache's back. */
-	rs->pm_valid = false;
-	if (kv_mfd_recv_sync(rs->mfd_recv, &serr) < 0)
+	kv_pagemap_invalidate(&rs->pagemap);
+	if (kv_mfd_recv_sync(rs->dst.mfd_recv, &serr) < 0)
 		return rec_error(err, r, serr.code, "%s", serr.msg);
 	return 0;
 }
@@ -605,16 +640,16 @@ int kv_ram_load_setup(void *opaque, struct kv_error *err)
 	struct kv_ram_state *rs = opaque;
 
 	(void)err;
-	rs->load_sections = 0;
-	rs->last_recv = KV_RAM_NO_BLOCK;
-	rs->mem_size_seen = false;
-	rs->pm_valid = false;
+	rs->dst.load_sections = 0;
+	rs->dst.last_recv = KV_RAM_NO_BLOCK;
+	rs->dst.mem_size_seen = false;
+	kv_pagemap_invalidate(&rs->pagemap);
 	for (size_t i = 0; i < rs->nblocks; i++)
 		rs->priv[i].announced = false;
 	kv_ram_stat_set(&rs->zero_pages, 0);
 	kv_ram_stat_set(&rs->normal_pages, 0);
-	kv_ram_stat_set(&rs->xb.load_pages, 0);
-	kv_ram_zc_cleanup(rs); /* a new stream starts a new zstd stream */
+	kv_ram_stat_set(&rs->dst.xbzrle_pages, 0);
+	zpages_decoder_free(&rs->dst); /* a new stream, a new zstd stream */
 	return 0;
 }
 
@@ -630,7 +665,7 @@ int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,
 				    "ram: section version %d "
 				    "is not supported (only %d)",
 				    version_id, KV_RAM_SECTION_VERSION);
-	rs->load_sections++;
+	rs->dst.load_sections++;
 	for (r.number = 1;; r.number++) {
 		uint64_t v;
 
@@ -670,7 +705,7 @@ int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,
 				return rec_error(err, &r, -EINVAL,
 						 "EOS with a non-zero "
 						 "address");
-			if (!rs->mem_size_seen)
+			if (!rs->dst.mem_size_seen)
 				return rec_error(err, &r, -EINVAL,
 						 "section ends before the "
 						 "MEM_SIZE block list");
@@ -717,16 +752,16 @@ void kv_ram_load_cleanup(void *opaque, bool failed)
 
 	/* Not joined here: a step in flight would add milliseconds to the
 	 * downtime. kv_ram_free() or the next load joins it. */
-	kv_ram_prefault_retire(rs->prefault);
+	kv_ram_prefault_retire(rs->dst.prefault);
 	/* No channel thread may write once the pages are dropped below. */
-	if (rs->mfd_recv) {
+	if (rs->dst.mfd_recv) {
 		if (failed)
-			kv_mfd_recv_abort(rs->mfd_recv);
-		kv_mfd_recv_stop(rs->mfd_recv);
+			kv_mfd_recv_abort(rs->dst.mfd_recv);
+		kv_mfd_recv_stop(rs->dst.mfd_recv);
 	}
 	kv_ram_pagemap_close(rs);
 	if (failed) {
-		if (rs->has_allocator)
+		if (rs->dst.has_allocator)
 			kv_ram_release_allocated(rs);
 		for (size_t i = 0; i < rs->nblocks; i++)
 			if (rs->priv[i].touched)
@@ -738,7 +773,14 @@ void kv_ram_load_cleanup(void *opaque, bool failed)
 		rs->priv[i].touched = NULL;
 		rs->priv[i].announced = false;
 	}
-	rs->last_recv = KV_RAM_NO_BLOCK;
-	rs->mem_size_seen = false;
-	kv_ram_zc_cleanup(rs);
+	rs->dst.last_recv = KV_RAM_NO_BLOCK;
+	rs->dst.mem_size_seen = false;
+	zpages_decoder_free(&rs->dst);
+}
+
+void kv_ram_load_free(struct kv_ram_state *rs)
+{
+	zpages_decoder_free(&rs->dst);
+	free(rs->dst.xbzrle_dec);
+	rs->dst.xbzrle_dec = NULL;
 }

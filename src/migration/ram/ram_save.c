@@ -109,12 +109,12 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	struct kv_ram_state *rs = opaque;
 	int ret;
 
-	if (!rs->has_tracker)
+	if (!rs->src.has_tracker)
 		return kv_error_set(err, -EINVAL,
 				    "ram: no dirty tracker: "
 				    "call kv_ram_set_tracker() before "
 				    "migrating");
-	if (rs->mfd_send && rs->xb.cache_size)
+	if (rs->src.mfd_send && rs->src.xb.cache_size)
 		return kv_error_set(err, -EINVAL,
 				    "the xbzrle and multifd capabilities "
 				    "cannot be used together (as in QEMU): "
@@ -124,17 +124,16 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 		return ret;
 	kv_debug("switchover", "@%.3f ram: setup: bitmaps ready",
 		 (double)kv_now_ns() / 1e6);
-	rs->search_block = 0;
-	rs->search_page = 0;
-	rs->last_sent = KV_RAM_NO_BLOCK;
-	rs->completed = false;
-	rs->in_complete = false;
+	rs->src.search_block = 0;
+	rs->src.search_page = 0;
+	rs->src.last_sent = KV_RAM_NO_BLOCK;
+	rs->src.in_complete = false;
 	kv_ram_stat_set(&rs->zero_pages, 0);
 	kv_ram_stat_set(&rs->normal_pages, 0);
-	kv_ram_stat_set(&rs->pass_pages, 0);
+	kv_ram_stat_set(&rs->src.pass_pages, 0);
 	/* Pass 1 is the full pass; every later sync starts a new one. */
-	kv_ram_stat_set(&rs->dirty_sync_count, 1);
-	kv_ram_stat_set(&rs->dirty_pages, count_dirty(rs));
+	kv_ram_stat_set(&rs->src.dirty_sync_count, 1);
+	kv_ram_stat_set(&rs->src.dirty_pages, count_dirty(rs));
 	ret = kv_ram_xbzrle_setup(rs, err);
 	if (ret == 0)
 		ret = kv_ram_zc_setup(s, rs, err);
@@ -143,13 +142,13 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 		return ret;
 	}
 
-	ret = rs->tracker.ops->start(rs->tracker.opaque, err);
+	ret = rs->src.tracker.ops->start(rs->src.tracker.opaque, err);
 	if (ret < 0) {
 		kv_error_prefix(err, "ram: starting dirty tracking");
 		free_save_bitmaps(rs);
 		return ret;
 	}
-	rs->tracker_started = true;
+	rs->src.tracker_started = true;
 	kv_debug("switchover", "@%.3f ram: setup: tracker started",
 		 (double)kv_now_ns() / 1e6);
 	kv_ram_pagemap_open(rs);
@@ -175,13 +174,14 @@ static int rearm_chunk(struct kv_ram_state *rs, size_t bi, size_t page,
 	size_t count = b->npages - first;
 	int ret;
 
-	if (!rs->tracker.ops->clear || rs->in_complete)
+	if (!rs->src.tracker.ops->clear || rs->src.in_complete)
 		return 0;
 	if (!kv_bitmap_test_and_clear(rs->priv[bi].clear_chunks, chunk))
 		return 0;
 	if (count > KV_RAM_CLEAR_CHUNK_PAGES)
 		count = KV_RAM_CLEAR_CHUNK_PAGES;
-	ret = rs->tracker.ops->clear(rs->tracker.opaque, b, first, count, err);
+	ret = rs->src.tracker.ops->clear(rs->src.tracker.opaque, b, first,
+					 count, err);
 	if (ret < 0)
 		kv_error_prefix(err,
 				"ram: re-arming dirty tracking of block "
@@ -193,11 +193,11 @@ static int rearm_chunk(struct kv_ram_state *rs, size_t bi, size_t page,
 size_t kv_ram_put_header(struct kv_stream *s, struct kv_ram_state *rs,
 			 size_t bi, size_t page, unsigned int flag)
 {
-	bool cont = rs->last_sent == bi;
+	bool cont = rs->src.last_sent == bi;
 
 	kv_stream_put_be64(s, ((uint64_t)page << KV_PAGE_SHIFT) | flag |
 				  (cont ? KV_RAM_FLAG_CONTINUE : 0));
-	rs->last_sent = bi;
+	rs->src.last_sent = bi;
 	if (cont)
 		return 0;
 	kv_stream_put_str8(s, rs->blocks[bi].idstr);
@@ -221,16 +221,16 @@ static int send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
 {
 	const struct kv_ram_block *b = &rs->blocks[bi];
 	const uint8_t *p = b->host + ((uint64_t)page << KV_PAGE_SHIFT);
-	bool unpopulated = rs->mfd_zero != KV_MFD_ZERO_NONE &&
+	bool unpopulated = rs->src.mfd_zero != KV_MFD_ZERO_NONE &&
 			   kv_ram_page_unpopulated(rs, bi, page);
 	int ret;
 
-	if (rs->mfd_zero == KV_MFD_ZERO_LEGACY &&
+	if (rs->src.mfd_zero == KV_MFD_ZERO_LEGACY &&
 	    (unpopulated || kv_buffer_is_zero(p, KV_PAGE_SIZE))) {
 		send_zero(s, rs, bi, page);
 		return 0;
 	}
-	ret = kv_mfd_send_page(rs->mfd_send, b->idstr, p,
+	ret = kv_mfd_send_page(rs->src.mfd_send, b->idstr, p,
 			       (uint64_t)page << KV_PAGE_SHIFT, unpopulated,
 			       err);
 	if (ret < 0)
@@ -245,9 +245,9 @@ static int multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
 {
 	int ret;
 
-	if (!rs->mfd_send)
+	if (!rs->src.mfd_send)
 		return 0;
-	ret = kv_mfd_send_sync(rs->mfd_send, err);
+	ret = kv_mfd_send_sync(rs->src.mfd_send, err);
 	if (ret < 0) {
 		kv_error_prefix(err, "ram: multifd sync");
 		return ret;
@@ -289,25 +289,25 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 		return 1;
 	/* Starting mid-block, a full round visits nblocks + 1 segments. */
 	while (empty_scans <= rs->nblocks) {
-		size_t bi = rs->search_block;
+		size_t bi = rs->src.search_block;
 		struct kv_ram_block *b = &rs->blocks[bi];
-		size_t page =
-		    kv_bitmap_claim_next(b->dirty, b->npages, rs->search_page);
+		size_t page = kv_bitmap_claim_next(b->dirty, b->npages,
+						   rs->src.search_page);
 
 		if (page >= b->npages) {
-			rs->search_block = (bi + 1) % rs->nblocks;
-			rs->search_page = 0;
+			rs->src.search_block = (bi + 1) % rs->nblocks;
+			rs->src.search_page = 0;
 			empty_scans++;
 			continue;
 		}
 		empty_scans = 0;
-		rs->search_page = page + 1;
-		kv_ram_stat_add(&rs->dirty_pages, (uint64_t)-1);
-		kv_ram_stat_add(&rs->pass_pages, 1);
+		rs->src.search_page = page + 1;
+		kv_ram_stat_add(&rs->src.dirty_pages, (uint64_t)-1);
+		kv_ram_stat_add(&rs->src.pass_pages, 1);
 		ret = rearm_chunk(rs, bi, page, err);
 		if (ret < 0)
 			return ret;
-		if (rs->mfd_send) {
+		if (rs->src.mfd_send) {
 			ret = send_page_multifd(s, rs, bi, page, err);
 			if (ret < 0)
 				return ret;
@@ -333,8 +333,8 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque, struct kv_error *err)
 
 	/* Every section names its first block: a reader can start anywhere
 	 * at a section boundary. */
-	rs->last_sent = KV_RAM_NO_BLOCK;
-	rs->pm_valid = false;
+	rs->src.last_sent = KV_RAM_NO_BLOCK;
+	kv_pagemap_invalidate(&rs->pagemap);
 	ret = send_dirty_pages(s, rs, kv_now_ns() + KV_RAM_ITERATE_NS, err);
 	kv_ram_zc_flush(s, rs);
 	kv_ram_xbzrle_publish(rs);
@@ -353,28 +353,29 @@ static int ram_sync(struct kv_ram_state *rs, bool new_pass,
 {
 	int64_t added;
 
-	if (!rs->tracker_started)
+	if (!rs->src.tracker_started)
 		return kv_error_set(err, -EINVAL,
 				    "ram: dirty sync requested "
 				    "before setup started the tracker");
-	added = rs->tracker.ops->sync(rs->tracker.opaque, rs->blocks,
-				      rs->nblocks, err);
+	added = rs->src.tracker.ops->sync(rs->src.tracker.opaque, rs->blocks,
+					  rs->nblocks, err);
 	if (added < 0) {
-		kv_error_prefix(
-		    err, "ram: dirty log sync %llu",
-		    (unsigned long long)kv_ram_stat_get(&rs->dirty_sync_count));
+		uint64_t n = kv_ram_stat_get(&rs->src.dirty_sync_count);
+
+		kv_error_prefix(err, "ram: dirty log sync %llu",
+				(unsigned long long)n);
 		return (int)added;
 	}
 	for (size_t i = 0; i < rs->nblocks; i++)
 		kv_bitmap_set_all(rs->priv[i].clear_chunks,
 				  chunk_count(&rs->blocks[i]));
-	rs->pm_valid = false;
+	kv_pagemap_invalidate(&rs->pagemap);
 	if (new_pass) {
-		kv_ram_stat_add(&rs->dirty_sync_count, 1);
-		kv_ram_stat_set(&rs->pass_pages, 0);
+		kv_ram_stat_add(&rs->src.dirty_sync_count, 1);
+		kv_ram_stat_set(&rs->src.pass_pages, 0);
 		kv_ram_xbzrle_sync(rs);
 	}
-	kv_ram_stat_set(&rs->dirty_pages, count_dirty(rs));
+	kv_ram_stat_set(&rs->src.dirty_pages, count_dirty(rs));
 	return 0;
 }
 
@@ -382,7 +383,7 @@ uint64_t kv_ram_pending_estimate(void *opaque)
 {
 	const struct kv_ram_state *rs = opaque;
 
-	return kv_ram_stat_get(&rs->dirty_pages) * KV_PAGE_SIZE;
+	return kv_ram_stat_get(&rs->src.dirty_pages) * KV_PAGE_SIZE;
 }
 
 uint64_t kv_ram_pending_exact(void *opaque, struct kv_error *err)
@@ -406,13 +407,13 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 		return ret;
 	kv_debug("switchover", "@%.3f ram: last sync, %llu pages dirty",
 		 (double)kv_now_ns() / 1e6,
-		 (unsigned long long)kv_ram_stat_get(&rs->dirty_pages));
-	rs->last_sent = KV_RAM_NO_BLOCK;
-	rs->pm_valid = false;
-	rs->in_complete = true;
+		 (unsigned long long)kv_ram_stat_get(&rs->src.dirty_pages));
+	rs->src.last_sent = KV_RAM_NO_BLOCK;
+	kv_pagemap_invalidate(&rs->pagemap);
+	rs->src.in_complete = true;
 	ret = send_dirty_pages(s, rs, 0, err);
 	kv_ram_zc_flush(s, rs);
-	rs->in_complete = false;
+	rs->src.in_complete = false;
 	kv_ram_xbzrle_publish(rs);
 	if (ret < 0)
 		return ret;
@@ -425,14 +426,14 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	return stream_failed(s, err, "sending the last pages");
 }
 
-void kv_ram_save_cleanup(void *opaque)
+void kv_ram_save_cleanup(void *opaque, bool failed)
 {
 	struct kv_ram_state *rs = opaque;
 
-	if (rs->tracker_started) {
+	if (rs->src.tracker_started) {
 		/* A failed attempt keeps the tracker's marks for a retry. */
-		rs->tracker.ops->stop(rs->tracker.opaque, !rs->completed);
-		rs->tracker_started = false;
+		rs->src.tracker.ops->stop(rs->src.tracker.opaque, failed);
+		rs->src.tracker_started = false;
 	}
 	kv_ram_pagemap_close(rs);
 	kv_ram_xbzrle_cleanup(rs);

@@ -53,7 +53,7 @@ int kv_ram_set_xbzrle(struct kv_ram_state *rs, uint64_t cache_size,
 				    "one page (%u bytes)",
 				    (unsigned long long)cache_size,
 				    KV_PAGE_CACHE_PAGE);
-	rs->xb.cache_size = pow2_floor(cache_size);
+	rs->src.xb.cache_size = pow2_floor(cache_size);
 	return 0;
 }
 
@@ -65,12 +65,12 @@ static uint64_t page_key(size_t bi, size_t page)
 
 static uint64_t generation(const struct kv_ram_state *rs)
 {
-	return kv_ram_stat_get(&rs->dirty_sync_count);
+	return kv_ram_stat_get(&rs->src.dirty_sync_count);
 }
 
 int kv_ram_xbzrle_setup(struct kv_ram_state *rs, struct kv_error *err)
 {
-	struct kv_ram_xbzrle *xb = &rs->xb;
+	struct kv_ram_xbzrle *xb = &rs->src.xb;
 
 	kv_ram_xbzrle_cleanup(rs);
 	xb->active = false;
@@ -109,7 +109,7 @@ static void send_copy(struct kv_stream *s, struct kv_ram_state *rs,
 bool kv_ram_xbzrle_send(struct kv_stream *s, struct kv_ram_state *rs,
 			size_t bi, size_t page)
 {
-	struct kv_ram_xbzrle *xb = &rs->xb;
+	struct kv_ram_xbzrle *xb = &rs->src.xb;
 	const uint8_t *live;
 	uint8_t *cached;
 	uint64_t key;
@@ -162,7 +162,7 @@ bool kv_ram_xbzrle_send(struct kv_stream *s, struct kv_ram_state *rs,
 
 void kv_ram_xbzrle_zero(struct kv_ram_state *rs, size_t bi, size_t page)
 {
-	struct kv_ram_xbzrle *xb = &rs->xb;
+	struct kv_ram_xbzrle *xb = &rs->src.xb;
 	uint8_t *cached;
 
 	if (!xb->cache)
@@ -181,12 +181,12 @@ static uint64_t handled_total(const struct kv_ram_state *rs,
 {
 	return kv_ram_stat_get(&rs->zero_pages) +
 	       kv_ram_stat_get(&rs->normal_pages) + st->pages +
-	       rs->xb.skipped;
+	       rs->src.xb.skipped;
 }
 
 void kv_ram_xbzrle_publish(struct kv_ram_state *rs)
 {
-	struct kv_ram_xbzrle *xb = &rs->xb;
+	struct kv_ram_xbzrle *xb = &rs->src.xb;
 	struct kv_xbzrle_stats st;
 
 	if (!xb->cache)
@@ -202,7 +202,7 @@ void kv_ram_xbzrle_publish(struct kv_ram_state *rs)
 
 void kv_ram_xbzrle_sync(struct kv_ram_state *rs)
 {
-	struct kv_ram_xbzrle *xb = &rs->xb;
+	struct kv_ram_xbzrle *xb = &rs->src.xb;
 	struct kv_xbzrle_stats st;
 
 	if (!xb->cache)
@@ -221,7 +221,7 @@ void kv_ram_xbzrle_sync(struct kv_ram_state *rs)
 void kv_ram_get_xbzrle_stats(const struct kv_ram_state *rs,
 			     struct kv_ram_xbzrle_stats *st)
 {
-	const struct kv_ram_xbzrle *xb = &rs->xb;
+	const struct kv_ram_xbzrle *xb = &rs->src.xb;
 
 	memset(st, 0, sizeof(*st));
 	st->enabled = xb->cache_size != 0;
@@ -239,7 +239,7 @@ void kv_ram_get_xbzrle_stats(const struct kv_ram_state *rs,
 
 void kv_ram_xbzrle_cleanup(struct kv_ram_state *rs)
 {
-	struct kv_ram_xbzrle *xb = &rs->xb;
+	struct kv_ram_xbzrle *xb = &rs->src.xb;
 
 	if (xb->cache) {
 		kv_ram_xbzrle_publish(rs);
@@ -252,8 +252,7 @@ void kv_ram_xbzrle_cleanup(struct kv_ram_state *rs)
 void kv_ram_xbzrle_free(struct kv_ram_state *rs)
 {
 	kv_ram_xbzrle_cleanup(rs);
-	free(rs->xb.snap);
-	free(rs->xb.enc);
-	free(rs->xb.dec);
-	rs->xb.snap = rs->xb.enc = rs->xb.dec = NULL;
+	free(rs->src.xb.snap);
+	free(rs->src.xb.enc);
+	rs->src.xb.snap = rs->src.xb.enc = NULL;
 }

@@ -614,7 +614,7 @@ int kv_savevm_save_ping(struct kv_stream *s, uint32_t value,
 	return stream_error_to(s, err, "sending PING");
 }
 
-void kv_savevm_save_cleanup(struct kv_savevm *sv)
+void kv_savevm_save_cleanup(struct kv_savevm *sv, bool failed)
 {
 	size_t i;
 
@@ -622,7 +622,7 @@ void kv_savevm_save_cleanup(struct kv_savevm *sv)
 		struct sv_entry *e = sv->entries[i];
 
 		if (is_live(e) && e->ops->save_cleanup)
-			e->ops->save_cleanup(e->opaque);
+			e->ops->save_cleanup(e->opaque, failed);
 	}
 }
 

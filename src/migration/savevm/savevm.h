@@ -83,8 +83,9 @@ struct kv_savevm_live_ops {
 	 * log; NULL means the estimate is exact). */
 	uint64_t (*pending_estimate)(void *opaque);
 	uint64_t (*pending_exact)(void *opaque, struct kv_error *err);
-	/* Source done (success or not): free what setup allocated. */
-	void (*save_cleanup)(void *opaque);
+	/* Source done: free what setup allocated. failed: the migration did
+	 * not complete (failed or cancelled; the workload runs on here). */
+	void (*save_cleanup)(void *opaque, bool failed);
 
 	int (*load_setup)(void *opaque, struct kv_error *err);
 	/* Read one section payload (START, PART or END). */
@@ -145,7 +146,7 @@ int kv_savevm_save_ping(struct kv_stream *s, uint32_t value,
 /* END sections, FULL device sections, EOF, VM description; flushes. */
 int kv_savevm_save_complete(struct kv_savevm *sv, struct kv_stream *s,
 			    struct kv_error *err);
-void kv_savevm_save_cleanup(struct kv_savevm *sv);
+void kv_savevm_save_cleanup(struct kv_savevm *sv, bool failed);
 
 /* --- destination side --- */
 struct kv_load_result {
