@@ -32,6 +32,7 @@
 
 #include "base/clock.h"
 #include "base/error.h"
+#include "base/units.h"
 #include "cli/cli.h"
 #include "cli/memtest_workload.h"
 #include "cli/option_args.h"
@@ -45,7 +46,6 @@
 #include "migration/savevm/vmstate.h"
 
 #define MEMTEST_MACHINE "kvmig-memtest"
-#define MIB		(1024.0 * 1024.0)
 
 static const char memtest_help[] =
     "Usage:\n"
@@ -567,8 +567,8 @@ static void source_progress(void *opaque, const struct kv_mig_progress *p)
 		       "remaining %.1f MiB, bandwidth %.1f MiB/s, expected "
 		       "downtime %.0f ms, pages %" PRIu64 ", elapsed %" PRId64
 		       " ms\n",
-		       p->pass, p->transferred / MIB, p->remaining / MIB,
-		       p->bandwidth / MIB, p->expected_downtime_ms,
+		       p->pass, p->transferred / KV_MiB_F, p->remaining / KV_MiB_F,
+		       p->bandwidth / KV_MiB_F, p->expected_downtime_ms,
 		       p->pass_pages, p->elapsed_ms);
 	}
 	fflush(stdout);
@@ -664,16 +664,16 @@ static void print_summary(const struct kv_mig_stats *st, int64_t digest_ns)
 	       "downtime)\n",
 	       digest_ns / 1e6);
 	printf("  transferred     %.1f MiB (%" PRIu64 " bytes)\n",
-	       st->transferred / MIB, st->transferred);
+	       st->transferred / KV_MiB_F, st->transferred);
 	printf("  bandwidth       %.1f MiB/s (last pass)\n",
-	       st->bandwidth / MIB);
+	       st->bandwidth / KV_MiB_F);
 	printf("  zero pages      %" PRIu64 "\n", st->zero_pages);
 	printf("  normal pages    %" PRIu64 "\n", st->normal_pages);
 	printf("  passes          %" PRIu64 "\n", st->passes);
 	if (st->compress.pages)
 		printf("  compressed      %" PRIu64 " pages in %.1f MiB "
 		       "(%.1fx, x-compress %s)\n",
-		       st->compress.pages, st->compress.compressed_size / MIB,
+		       st->compress.pages, st->compress.compressed_size / KV_MiB_F,
 		       st->compress.compression_rate,
 		       kv_ram_compress_name(st->compress.mode));
 	printf("  pages per pass ");
@@ -784,10 +784,10 @@ static int source_report(struct memtest_source *src, int rc,
 	if (return_path)
 		printf("memtest: completed: destination verified digest %s, "
 		       "%.0f MiB\n",
-		       hex, src->region.total / MIB);
+		       hex, src->region.total / KV_MiB_F);
 	else
 		printf("memtest: saved %.0f MiB to %s, digest %s\n",
-		       src->region.total / MIB, src->opts->to, hex);
+		       src->region.total / KV_MiB_F, src->opts->to, hex);
 	return KV_EXIT_OK;
 }
 
@@ -807,7 +807,7 @@ static int run_source(struct memtest_opts *o)
 	kv_memtest_region_fill(&src.region, o->pattern, o->seed);
 	printf("memtest: source: %.0f MiB in %zu block(s), %s pages, filled "
 	       "in %.0f ms\n",
-	       src.region.total / MIB, src.region.nblocks,
+	       src.region.total / KV_MiB_F, src.region.nblocks,
 	       pattern_name(o->pattern), (kv_now_ns() - t0) / 1e6);
 	if (o->print_digest)
 		print_digest_line("source digest", &src.region);
@@ -876,7 +876,7 @@ static int dest_prealloc(struct memtest_dest *d, struct kv_error *err)
 	d->prealloc_ns = kv_now_ns() - t0;
 	printf("memtest: destination: pre-allocated %.0f MiB in %zu "
 	       "block(s) in %.0f ms\n",
-	       d->pre.total / MIB, d->pre.nblocks, d->prealloc_ns / 1e6);
+	       d->pre.total / KV_MiB_F, d->pre.nblocks, d->prealloc_ns / 1e6);
 	return 0;
 }
 
@@ -891,7 +891,7 @@ static void dest_explain_mismatch(const struct memtest_dest *d,
 		"memtest: this destination was pre-allocated with --size "
 		"%" PRIu64 " (%.0f MiB) --blocks %zu (blocks '%s'..'%s'); the "
 		"source must migrate the same --size and --blocks\n",
-		d->pre.total, d->pre.total / MIB, d->pre.nblocks,
+		d->pre.total, d->pre.total / KV_MiB_F, d->pre.nblocks,
 		d->pre.blocks[0].idstr,
 		d->pre.blocks[d->pre.nblocks - 1].idstr);
 }
@@ -1128,7 +1128,7 @@ out:
 		       ist.load_ns / 1e6, d.digest.digest_ns / 1e6,
 		       rst.zero_pages, rst.normal_pages);
 		printf("memtest: digest OK (%s), %.0f MiB\n", hex,
-		       (d.pre.nblocks ? d.pre.total : d.total) / MIB);
+		       (d.pre.nblocks ? d.pre.total : d.total) / KV_MiB_F);
 	} else {
 		if (sigwatch_signo(&d.sig))
 			printf("memtest: interrupted by %s\n",

@@ -14,11 +14,11 @@
 
 #include "base/clock.h"
 #include "base/error.h"
+#include "base/units.h"
 #include "cli/cli.h"
 #include "cli/run_control.h"
 #include "vmm/vm.h"
 
-#define MIB (1024ULL * 1024)
 
 struct run_args {
 	struct kv_vm_config cfg;
@@ -95,11 +95,11 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 
 	if (rc || *help)
 		return rc;
-	a->cfg.mem_size = 1024 * MIB;
+	a->cfg.mem_size = 1024 * KV_MiB;
 	a->cfg.ncpus = 2;
 	if (memory &&
 	    (!kv_cli_parse_size(memory, &a->cfg.mem_size) ||
-	     a->cfg.mem_size % (2 * MIB) || a->cfg.mem_size < 4 * MIB))
+	     a->cfg.mem_size % (2 * KV_MiB) || a->cfg.mem_size < 4 * KV_MiB))
 		return kv_cli_usage_error("run", "--memory '%s': need a size of at least 4M, a multiple of 2M", memory);
 	if (cpus &&
 	    (!kv_cli_parse_u64(cpus, &n) || n < 1 || n > KV_VM_MAX_VCPUS))
@@ -194,7 +194,7 @@ static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
 		fprintf(stderr,
 			"kvmig run: guest started: %d vCPU(s), %llu MiB, set up in %.1f ms\n",
 			a->cfg.ncpus,
-			(unsigned long long)(a->cfg.mem_size / MIB),
+			(unsigned long long)(a->cfg.mem_size / KV_MiB),
 			(double)(kv_now_ns() - t0) / 1e6);
 	}
 	return kv_vm_wait(vm, err);

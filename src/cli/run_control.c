@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "base/units.h"
 #include "cli/run_control.h"
 
 #include <errno.h>
@@ -18,7 +19,6 @@
 #include "vmm/serial.h"
 #include "vmm/vm_migration.h"
 
-#define MIB (1024.0 * 1024.0)
 
 struct run_ctl {
 	struct kv_vm *vm;
@@ -106,7 +106,7 @@ static void print_summary(struct run_ctl *rc)
 		(long long)info.stats.downtime_ms,
 		(double)kv_vm_last_pause_ns(rc->vm) / 1e6,
 		(long long)info.stats.setup_time_ms,
-		(double)info.stats.transferred / MIB,
+		(double)info.stats.transferred / KV_MiB_F,
 		(unsigned long long)info.stats.zero_pages,
 		(unsigned long long)info.stats.normal_pages,
 		(unsigned long long)info.stats.passes);

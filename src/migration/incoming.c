@@ -35,10 +35,6 @@
 #include "migration/multifd/multifd.h"
 #include "migration/return_path.h"
 
-#define SWITCH_LOG(fmt, ...)                                                   \
-	kv_debug("switchover", "@%.3f " fmt, (double)kv_now_ns() / 1e6,        \
-		 ##__VA_ARGS__)
-
 struct kv_incoming {
 	struct kv_savevm *sv;
 	struct kv_ram_state *rs;
@@ -341,7 +337,7 @@ static int load_and_answer(struct kv_incoming *in, struct kv_stream *s,
 	int ret, rp;
 
 	ret = kv_savevm_load(in->sv, s, &res, err);
-	SWITCH_LOG("dst: loaded (%d)", ret);
+	kv_switch_log("dst: loaded (%d)", ret);
 	if (ret == 0 && in->hooks.commit) {
 		ret = in->hooks.commit(in->hooks.opaque, err);
 		if (ret < 0)
@@ -351,9 +347,9 @@ static int load_and_answer(struct kv_incoming *in, struct kv_stream *s,
 	 * part of the stream we never got to read. */
 	if (!res.return_path_requested && !(ret < 0 && c->is_socket))
 		return ret;
-	SWITCH_LOG("dst: committed (%d)", ret);
+	kv_switch_log("dst: committed (%d)", ret);
 	rp = kv_rp_send_shut(c, ret < 0 ? 1 : 0, ret < 0 ? NULL : err);
-	SWITCH_LOG("dst: SHUT sent");
+	kv_switch_log("dst: SHUT sent");
 	/* Unconfirmed, the source resumes: this side must not run too. */
 	if (ret == 0 && rp < 0)
 		ret = rp;
@@ -393,7 +389,7 @@ static int run_connected(struct kv_incoming *in, struct kv_stream *s,
 	close_listener(in);
 	if (ret == 0 && in->hooks.start_vm) {
 		ret = in->hooks.start_vm(in->hooks.opaque, err);
-		SWITCH_LOG("dst: workload started (%d)", ret);
+		kv_switch_log("dst: workload started (%d)", ret);
 	}
 	return ret;
 }

@@ -19,6 +19,7 @@
  * Locking: `lock` guards `stream` (so cancel and bandwidth changes from
  * other threads never touch a stream the run has let go of) and `stats`.
  */
+#include "base/units.h"
 #include "migration/migration.h"
 
 #include <errno.h>
@@ -32,7 +33,6 @@
 #include "migration/return_path.h"
 #include "migration/savevm/savevm.h"
 
-#define MIB (1024.0 * 1024.0)
 /* After a stream error, how long to look for the destination's SHUT that
  * explains it. */
 #define RP_EXPLAIN_TIMEOUT_MS 2000
@@ -58,12 +58,6 @@
 #define SHRINK_DEN	 4
 #define SMALL_PENDING	 (256 * 1024ULL)
 #define MAX_EXTRA_PASSES 32
-
-/* Switch-over timeline at debug level: host monotonic time in ms, so the
- * two sides' lines and the guest's heartbeats line up. */
-#define SWITCH_LOG(fmt, ...)                                                   \
-	kv_debug("switchover", "@%.3f " fmt, (double)kv_now_ns() / 1e6,        \
-		 ##__VA_ARGS__)
 
 struct kv_migration {
 	struct kv_savevm *sv;
@@ -344,9 +338,9 @@ static int not_converged(struct kv_migration *m, uint64_t pending,
 			    "or slow the workload's dirtying; the source "
 			    "keeps running",
 			    (unsigned long long)m->params.converge_timeout_ms,
-			    (double)pending / MIB, (unsigned long long)m->pass,
-			    bw / MIB, (unsigned long long)downtime_ms,
-			    allowed / MIB, needed_ms);
+			    (double)pending / KV_MiB_F, (unsigned long long)m->pass,
+			    bw / KV_MiB_F, (unsigned long long)downtime_ms,
+			    allowed / KV_MiB_F, needed_ms);
 }
 
 /* What the switch-over can move per second: the measured bandwidth, or
@@ -415,7 +409,7 @@ static int throttle_after_sync(struct kv_migration *m, struct kv_autoconv *ac,
 		kv_error_prefix(err, "auto-converge: throttling to %u %%", pct);
 		return ret;
 	}
-	SWITCH_LOG("auto-converge: throttle %u %%", pct);
+	kv_switch_log("auto-converge: throttle %u %%", pct);
 	pthread_mutex_lock(&m->lock);
 	m->stats.throttle_pct = pct;
 	if (pct > m->stats.throttle_max_pct)
@@ -520,12 +514,12 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 			ret = kv_savevm_pending_exact(m->sv, &pending, err);
 			if (ret < 0)
 				return ret;
-			SWITCH_LOG(
+			kv_switch_log(
 			    "pass %llu ended: %.1f ms, %llu pages, "
 			    "%.0f MiB/s; sync %.3f ms, %llu pages "
 			    "dirty",
 			    (unsigned long long)m->pass, (double)pass_ns / 1e6,
-			    (unsigned long long)pass_pages, m->bandwidth / MIB,
+			    (unsigned long long)pass_pages, m->bandwidth / KV_MiB_F,
 			    (double)(kv_now_ns() - now) / 1e6,
 			    (unsigned long long)(pending / KV_PAGE_SIZE));
 			ret = throttle_after_sync(
@@ -615,7 +609,7 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 	/* The downtime starts with the request to stop: parking the vCPUs
 	 * and reading their state are part of it. */
 	stop_ns = kv_now_ns();
-	SWITCH_LOG("stop");
+	kv_switch_log("stop");
 	ret = m->hooks.stop_vm(m->hooks.opaque, err);
 	*stopped = true; /* even a failed stop may have stopped a part */
 	if (ret < 0) {
@@ -624,11 +618,11 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 	}
 	if (!mig_set_status(m, KV_MIG_ACTIVE, KV_MIG_DEVICE, true))
 		return -ECANCELED;
-	SWITCH_LOG("stopped");
+	kv_switch_log("stopped");
 	ret = kv_savevm_save_complete(m->sv, s, err);
 	if (ret < 0)
 		return ret;
-	SWITCH_LOG("complete sent");
+	kv_switch_log("complete sent");
 	record_pass_pages(m);
 	if (return_path) {
 		ret = kv_rp_reader_wait_shut(m->rp, m->params.rp_timeout_ms,
@@ -643,7 +637,7 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 					    "status %u; see its log); the "
 					    "source resumes",
 					    status);
-		SWITCH_LOG("SHUT(0) received");
+		kv_switch_log("SHUT(0) received");
 	}
 	pthread_mutex_lock(&m->lock);
 	m->stats.downtime_ms = (kv_now_ns() - stop_ns) / 1000000;
@@ -666,11 +660,11 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 	ret = kv_savevm_save_header(m->sv, s, return_path, err);
 	if (ret < 0)
 		return ret;
-	SWITCH_LOG("setup begins");
+	kv_switch_log("setup begins");
 	ret = kv_savevm_save_setup(m->sv, s, err);
 	if (ret < 0)
 		return ret;
-	SWITCH_LOG("setup done (tracking on)");
+	kv_switch_log("setup done (tracking on)");
 	pthread_mutex_lock(&m->lock);
 	m->stats.setup_time_ms = (kv_now_ns() - m->start_ns) / 1000000;
 	pthread_mutex_unlock(&m->lock);
@@ -743,7 +737,7 @@ int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 
 	m->start_ns = kv_now_ns();
 	m->wire_factor = 1.0;
-	SWITCH_LOG("run begins");
+	kv_switch_log("run begins");
 	pthread_mutex_lock(&m->lock);
 	m->stream = s;
 	pthread_mutex_unlock(&m->lock);

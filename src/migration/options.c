@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The table of migration capabilities and parameters (options.h). */
+#include "base/units.h"
 #include "migration/options.h"
 
 #include <errno.h>
@@ -14,7 +15,6 @@
 
 /* QMP integers are int64: "no upper bound" is the largest of those. */
 #define NO_MAX ((uint64_t)INT64_MAX)
-#define MIB    (1024ULL * 1024)
 
 /* Enum fields are stored through an int. */
 _Static_assert(sizeof(enum kv_mfd_method) == sizeof(int), "enum size");
@@ -126,7 +126,7 @@ const struct kv_mig_option kv_mig_options[] = {
     UINT("x-return-path-timeout", KV_MIG_UNIT_MS, 1, 3600000, 30000,
 	 KV_MIG_SIDE_SOURCE, false, KV_MIG_STORE_INT, params.rp_timeout_ms,
 	 "how long the source waits for the destination's answer after the last byte"),
-    UINT("xbzrle-cache-size", KV_MIG_UNIT_BYTES, 4096, NO_MAX, 64 * MIB,
+    UINT("xbzrle-cache-size", KV_MIG_UNIT_BYTES, KV_PAGE_SIZE, NO_MAX, 64 * KV_MiB,
 	 KV_MIG_SIDE_SOURCE, false, KV_MIG_STORE_U64, xbzrle_cache_size,
 	 "xbzrle's cache of pages sent, rounded down to a power of two"),
     UINT("multifd-channels", KV_MIG_UNIT_COUNT, 1, 255, 2, KV_MIG_SIDE_BOTH,

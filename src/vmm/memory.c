@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Guest RAM: the host mapping, its KVM slots and checked VMM writes. */
 #define _GNU_SOURCE
+#include "base/units.h"
 #include "vmm/memory.h"
 
 #include <errno.h>
@@ -11,9 +12,8 @@
 
 #include "vmm/vm.h"
 
-#define MIB	  (1024ULL * 1024)
-#define MIN_RAM	  (4 * MIB)
-#define RAM_ALIGN (2 * MIB)
+#define MIN_RAM	  (4 * KV_MiB)
+#define RAM_ALIGN (2 * KV_MiB)
 /* 1 TiB: keeps every gpa computation far from overflow. */
 #define MAX_RAM (1ULL << 40)
 
@@ -46,7 +46,7 @@ int kv_gmem_init(struct kv_gmem *m, uint64_t size, struct kv_error *err)
 	if (p == MAP_FAILED)
 		return kv_error_set_errno(err, -errno,
 					  "mapping %llu MiB of guest memory",
-					  (unsigned long long)(size / MIB));
+					  (unsigned long long)(size / KV_MiB));
 	/* Transparent huge pages: fewer faults at first touch and cheaper
 	 * shadow paging; a refusal only costs speed. */
 	(void)madvise(p, size, MADV_HUGEPAGE);
@@ -85,7 +85,7 @@ int kv_gmem_register(struct kv_gmem *m, int vm_fd, struct kv_error *err)
 			    "KVM_SET_USER_MEMORY_REGION slot %u "
 			    "(gpa 0x%llx, %llu MiB)",
 			    s->slot, (unsigned long long)s->gpa,
-			    (unsigned long long)(s->size / MIB));
+			    (unsigned long long)(s->size / KV_MiB));
 	}
 	return 0;
 }

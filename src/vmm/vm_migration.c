@@ -19,10 +19,6 @@
 #include "vmm/kvm_state.h"
 #include "vmm/serial.h"
 
-#define SWITCH_LOG(fmt, ...)                                                   \
-	kv_debug("switchover", "@%.3f " fmt, (double)kv_now_ns() / 1e6,        \
-		 ##__VA_ARGS__)
-
 /* --verify-ram: what the source hashed with the vCPUs stopped. */
 struct ram_verify {
 	uint64_t size;
@@ -271,12 +267,12 @@ static int capture_state(struct kv_vm_mig *g, struct kv_error *err)
 			return ret;
 		}
 	}
-	SWITCH_LOG("vCPU states read");
+	kv_switch_log("vCPU states read");
 	ret = kv_vm_state_get(kv_vm_fd(g->vm), g->vmst, err);
 	if (ret < 0)
 		return ret;
 	kv_serial_state_get(kv_vm_serial(g->vm), &g->serial);
-	SWITCH_LOG("VM state read");
+	kv_switch_log("VM state read");
 	if (g->verify_ram) {
 		g->verify.size = kv_vm_ram_size(g->vm);
 		hash_ram(g->vm, g->verify.hash);
@@ -291,7 +287,7 @@ static int hook_stop_vm(void *opaque, struct kv_error *err)
 
 	if (ret < 0)
 		return ret;
-	SWITCH_LOG("paused");
+	kv_switch_log("paused");
 	ret = capture_state(g, err);
 	if (ret < 0)
 		kv_vm_resume(g->vm);
@@ -499,7 +495,7 @@ static int commit_state(void *opaque, struct kv_error *err)
 	ret = kv_vm_state_put(kv_vm_fd(g->vm), g->vmst, err);
 	if (ret < 0)
 		return ret;
-	SWITCH_LOG("dst: VM state written");
+	kv_switch_log("dst: VM state written");
 	for (int i = 0; i < n; i++) {
 		ret = kv_vcpu_state_put(kv_vm_vcpu_fd(g->vm, i), g->cpus[i],
 					err);

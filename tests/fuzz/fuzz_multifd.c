@@ -27,11 +27,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/units.h"
 #include "fuzz_target.h"
 #include "migration/codec/codec.h"
 #include "migration/multifd/multifd_packet.h"
 
-#define FUZZ_PAGE      KV_MFD_PAGE_SIZE
+#define FUZZ_PAGE      KV_PAGE_SIZE
 #define FUZZ_MAX_PAGES 32U
 #define FUZZ_PREFIX    4U
 

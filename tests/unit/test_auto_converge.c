@@ -10,16 +10,16 @@
 
 #include <cmocka.h>
 
+#include "base/units.h"
 #include "migration/auto_converge.h"
 
-#define MIB (1024ULL * 1024)
 #define SEC 1000000000LL
 
 /* A period that dirtied more than half of what was sent (default 50 %). */
-#define HIGH_DIRTY (64 * MIB)
-#define HIGH_SENT  (32 * MIB)
-#define LOW_DIRTY  (8 * MIB)
-#define LOW_SENT   (32 * MIB)
+#define HIGH_DIRTY (64 * KV_MiB)
+#define HIGH_SENT  (32 * KV_MiB)
+#define LOW_DIRTY  (8 * KV_MiB)
+#define LOW_SENT   (32 * KV_MiB)
 
 static void init_default(struct kv_autoconv *ac)
 {
@@ -276,25 +276,25 @@ static void test_tailslow(void **state)
 {
 	struct kv_autoconv_params p;
 	struct kv_autoconv ac;
-	uint64_t sent = 96 * MIB; /* 48 MiB allowed at 50 % */
+	uint64_t sent = 96 * KV_MiB; /* 48 MiB allowed at 50 % */
 
 	(void)state;
 	kv_autoconv_params_default(&p);
 	p.tailslow = true;
 	kv_autoconv_init(&ac, &p);
 	/* The first step is cpu-throttle-initial, tailslow or not. */
-	kv_autoconv_after_sync(&ac, 64 * MIB, sent);
-	assert_int_equal(kv_autoconv_after_sync(&ac, 64 * MIB, sent), 20);
+	kv_autoconv_after_sync(&ac, 64 * KV_MiB, sent);
+	assert_int_equal(kv_autoconv_after_sync(&ac, 64 * KV_MiB, sent), 20);
 	/* Far above the threshold: the full increment. */
-	kv_autoconv_after_sync(&ac, 64 * MIB, sent);
-	assert_int_equal(kv_autoconv_after_sync(&ac, 64 * MIB, sent), 30);
+	kv_autoconv_after_sync(&ac, 64 * KV_MiB, sent);
+	assert_int_equal(kv_autoconv_after_sync(&ac, 64 * KV_MiB, sent), 30);
 	/* At 30 % (70 % CPU): 70 * 48/50.39 = 66.68 -> 66, a step of 4. */
-	kv_autoconv_after_sync(&ac, 50 * MIB + 400 * 1024, sent);
+	kv_autoconv_after_sync(&ac, 50 * KV_MiB + 400 * 1024, sent);
 	assert_int_equal(
-	    kv_autoconv_after_sync(&ac, 50 * MIB + 400 * 1024, sent), 34);
+	    kv_autoconv_after_sync(&ac, 50 * KV_MiB + 400 * 1024, sent), 34);
 	/* Barely above: 66 * 48/48.001 = 65.998 -> 65, a step of 1. */
-	kv_autoconv_after_sync(&ac, 48 * MIB + 1024, sent);
-	assert_int_equal(kv_autoconv_after_sync(&ac, 48 * MIB + 1024, sent),
+	kv_autoconv_after_sync(&ac, 48 * KV_MiB + 1024, sent);
+	assert_int_equal(kv_autoconv_after_sync(&ac, 48 * KV_MiB + 1024, sent),
 			 35);
 	/* Nothing sent: nothing allowed, the ideal share is 0 and the
 	 * increment caps the step. */
@@ -304,8 +304,8 @@ static void test_tailslow(void **state)
 	/* Without tailslow the same small excess takes the full step. */
 	p.tailslow = false;
 	kv_autoconv_set_params(&ac, &p);
-	kv_autoconv_after_sync(&ac, 48 * MIB + 1024, sent);
-	assert_int_equal(kv_autoconv_after_sync(&ac, 48 * MIB + 1024, sent),
+	kv_autoconv_after_sync(&ac, 48 * KV_MiB + 1024, sent);
+	assert_int_equal(kv_autoconv_after_sync(&ac, 48 * KV_MiB + 1024, sent),
 			 55);
 }
 
@@ -339,7 +339,7 @@ static void test_note_sync_periods(void **state)
 	(void)state;
 	init_default(&ac);
 	/* The setup sync (all RAM dirty) only starts the period. */
-	assert_int_equal(kv_autoconv_note_sync(&ac, t, 1024 * MIB, 0), 0);
+	assert_int_equal(kv_autoconv_note_sync(&ac, t, 1024 * KV_MiB, 0), 0);
 	assert_int_equal(ac.high_count, 0);
 	/* Ten syncs 100 ms apart: high each, but one period. */
 	for (int i = 1; i <= 9; i++)
@@ -353,9 +353,9 @@ static void test_note_sync_periods(void **state)
 	/* A second period is decided on its sums: its first sync alone
 	 * would be high, but the second sent enough to make the sum low. */
 	assert_int_equal(
-	    kv_autoconv_note_sync(&ac, t + SEC + SEC / 2, 20 * MIB, 8 * MIB),
+	    kv_autoconv_note_sync(&ac, t + SEC + SEC / 2, 20 * KV_MiB, 8 * KV_MiB),
 	    0);
-	assert_int_equal(kv_autoconv_note_sync(&ac, t + 2 * SEC, 0, 64 * MIB),
+	assert_int_equal(kv_autoconv_note_sync(&ac, t + 2 * SEC, 0, 64 * KV_MiB),
 			 0);
 	assert_int_equal(ac.high_count, 1);
 	/* A third, high period: the second high one, the first step. */

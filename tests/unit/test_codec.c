@@ -20,9 +20,9 @@
 #include <cmocka.h>
 
 #include "base/error.h"
+#include "base/units.h"
 #include "migration/codec/codec.h"
 
-#define PAGE KV_MFD_PAGE_SIZE
 #define NPAGES 8
 
 struct pages {
@@ -35,11 +35,11 @@ struct pages {
 static void pages_new(struct pages *p, const struct kv_codec_ops *ops)
 {
 	for (size_t i = 0; i < NPAGES; i++) {
-		p->src[i] = malloc(PAGE);
-		p->dst[i] = calloc(1, PAGE);
+		p->src[i] = malloc(KV_PAGE_SIZE);
+		p->dst[i] = calloc(1, KV_PAGE_SIZE);
 		assert_non_null(p->src[i]);
 		assert_non_null(p->dst[i]);
-		for (size_t b = 0; b < PAGE; b++)
+		for (size_t b = 0; b < KV_PAGE_SIZE; b++)
 			p->src[i][b] = (uint8_t)("kvmig page "[b % 11] + i);
 	}
 	p->wire_max = ops->bound(NPAGES);
@@ -103,14 +103,14 @@ static void test_every_method_round_trips(void **state)
 		len = encode(ops, &p);
 		/* Repeated text must shrink, except with none. */
 		if (m == KV_MFD_METHOD_NONE)
-			assert_int_equal(len, NPAGES * PAGE);
+			assert_int_equal(len, NPAGES * KV_PAGE_SIZE);
 		else
-			assert_true(len < NPAGES * PAGE / 4);
+			assert_true(len < NPAGES * KV_PAGE_SIZE / 4);
 		rx = codec_new(ops, false);
 		assert_int_equal(
 		    kv_mfd_decompress(rx, p.wire, len, p.dst, NPAGES, &err), 0);
 		for (size_t i = 0; i < NPAGES; i++)
-			assert_memory_equal(p.src[i], p.dst[i], PAGE);
+			assert_memory_equal(p.src[i], p.dst[i], KV_PAGE_SIZE);
 		kv_mfd_codec_free(rx);
 		pages_free(&p);
 	}

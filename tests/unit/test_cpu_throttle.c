@@ -21,12 +21,12 @@
 #include <cmocka.h>
 
 #include "base/clock.h"
+#include "base/units.h"
 #include "kvm_skip.h"
 #include "test_vmm_elf.h"
 #include "vmm/cpu_throttle.h"
 #include "vmm/vm.h"
 
-#define MIB	    (1024ULL * 1024)
 #define MS	    1000000LL
 #define COUNTER_GPA 0x200000U
 
@@ -62,7 +62,7 @@ static void make_guest(struct guest *g)
 static void boot_guest(struct guest *g, bool start)
 {
 	struct kv_vm_config cfg = {
-	    .mem_size = 16 * MIB,
+	    .mem_size = 16 * KV_MiB,
 	    .ncpus = 1,
 	    .kernel = g->kernel,
 	    .cmdline = "",

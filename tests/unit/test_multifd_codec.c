@@ -22,9 +22,9 @@
 #include <cmocka.h>
 
 #include "base/error.h"
+#include "base/units.h"
 #include "migration/codec/codec.h"
 
-#define PAGE  KV_MFD_PAGE_SIZE
 #define NMAX  KV_MFD_PAGES_DEFAULT
 #define NMETH KV_MFD_METHOD_COUNT
 
@@ -87,33 +87,33 @@ static void fill_pages(uint8_t **pages, size_t n, enum kind k, uint64_t *s)
 
 		switch (k) {
 		case K_ZERO:
-			memset(p, 0, PAGE);
+			memset(p, 0, KV_PAGE_SIZE);
 			break;
 		case K_RANDOM:
-			fill_random(p, PAGE, s);
+			fill_random(p, KV_PAGE_SIZE, s);
 			break;
 		case K_MIXED:
 			if (i % 2)
-				memset(p, 0, PAGE);
+				memset(p, 0, KV_PAGE_SIZE);
 			else
-				fill_random(p, PAGE, s);
+				fill_random(p, KV_PAGE_SIZE, s);
 			break;
 		case K_HALF:
-			fill_random(p, PAGE / 2, s);
-			memset(p + PAGE / 2, 0, PAGE / 2);
+			fill_random(p, KV_PAGE_SIZE / 2, s);
+			memset(p + KV_PAGE_SIZE / 2, 0, KV_PAGE_SIZE / 2);
 			break;
 		case K_SAME:
-			memset(p, (int)(0x11 * (i + 1)), PAGE);
+			memset(p, (int)(0x11 * (i + 1)), KV_PAGE_SIZE);
 			break;
 		case K_ONE_BYTE:
 			if (i == 0)
-				fill_random(p, PAGE, s);
+				fill_random(p, KV_PAGE_SIZE, s);
 			else
-				memcpy(p, pages[0], PAGE);
-			p[rng_next(s) % PAGE] ^= 0x5a;
+				memcpy(p, pages[0], KV_PAGE_SIZE);
+			p[rng_next(s) % KV_PAGE_SIZE] ^= 0x5a;
 			break;
 		default:
-			fill_text(p, PAGE, s);
+			fill_text(p, KV_PAGE_SIZE, s);
 			break;
 		}
 	}
@@ -132,8 +132,8 @@ static struct bufs *bufs_new(void)
 
 	assert_non_null(b);
 	for (size_t i = 0; i < NMAX; i++) {
-		b->src[i] = malloc(PAGE);
-		b->dst[i] = malloc(PAGE);
+		b->src[i] = malloc(KV_PAGE_SIZE);
+		b->dst[i] = malloc(KV_PAGE_SIZE);
 		assert_non_null(b->src[i]);
 		assert_non_null(b->dst[i]);
 	}
@@ -198,13 +198,13 @@ static void recv_packet(struct pair *p, struct bufs *b, size_t len, size_t n)
 	struct kv_error err = {0};
 
 	for (size_t i = 0; i < n; i++)
-		memset(b->dst[i], 0xa5, PAGE);
+		memset(b->dst[i], 0xa5, KV_PAGE_SIZE);
 	if (kv_mfd_decompress(p->rx, b->wire, len, b->dst, n, &err))
 		fail_msg("%s decompress of %zu pages (%zu bytes): %s",
 			 kv_mfd_method_name(kv_mfd_codec_method(p->rx)), n, len,
 			 err.msg);
 	for (size_t i = 0; i < n; i++) {
-		if (memcmp(b->dst[i], b->src[i], PAGE))
+		if (memcmp(b->dst[i], b->src[i], KV_PAGE_SIZE))
 			fail_msg("%s: page %zu of %zu differs",
 				 kv_mfd_method_name(kv_mfd_codec_method(p->rx)),
 				 i, n);
@@ -227,11 +227,11 @@ static void round_trip_method(enum kv_mfd_method m, size_t n)
 			recv_packet(&p, b, len, n);
 			/* Zero pages must really compress. */
 			if (m != KV_MFD_METHOD_NONE && k == K_ZERO &&
-			    len * 8 > n * PAGE)
+			    len * 8 > n * KV_PAGE_SIZE)
 				fail_msg("%s: %zu zero pages took %zu bytes",
 					 kv_mfd_method_name(m), n, len);
 			if (m == KV_MFD_METHOD_NONE)
-				assert_int_equal(len, n * PAGE);
+				assert_int_equal(len, n * KV_PAGE_SIZE);
 			(void)kind_names;
 		}
 	}
@@ -342,7 +342,7 @@ static void test_bounds(void **state)
 			size_t b =
 			    kv_mfd_compress_bound((enum kv_mfd_method)m, n);
 
-			assert_true(b >= n * PAGE);
+			assert_true(b >= n * KV_PAGE_SIZE);
 			assert_true(b <= KV_MFD_PAYLOAD_MAX(n));
 		}
 	}
@@ -425,7 +425,7 @@ static size_t fresh_packet(enum kv_mfd_method m, struct bufs *b, size_t n,
 
 	fill_pages(b->src, n, K_MIXED, &seed);
 	for (size_t i = 0; i < n; i++)
-		fill_text(b->src[i] + PAGE / 2, PAGE / 2, &seed);
+		fill_text(b->src[i] + KV_PAGE_SIZE / 2, KV_PAGE_SIZE / 2, &seed);
 	len = send_packet(&p, b, n);
 	pair_free(&p);
 	return len;
@@ -616,7 +616,7 @@ static void test_error_latch_and_misuse(void **state)
 		kv_error_clear(&err);
 		assert_int_equal(
 		    kv_mfd_compress(p.tx, (const uint8_t *const *)b->src, 2,
-				    b->wire, 2 * PAGE - 1, &out_len, &err),
+				    b->wire, 2 * KV_PAGE_SIZE - 1, &out_len, &err),
 		    -ENOSPC);
 		pair_free(&p);
 	}

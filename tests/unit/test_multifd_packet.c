@@ -18,9 +18,9 @@
 #include <cmocka.h>
 
 #include "base/error.h"
+#include "base/units.h"
 #include "migration/multifd/multifd_packet.h"
 
-#define PAGE	KV_MFD_PAGE_SIZE
 #define RAM_LEN (64ULL << 20)
 
 static uint32_t be32_at(const uint8_t *p)
@@ -60,7 +60,7 @@ static int lookup_block(void *opaque, const char *name, uint64_t *len)
 		return 0;
 	}
 	if (!strcmp(name, "small")) {
-		*len = PAGE;
+		*len = KV_PAGE_SIZE;
 		return 0;
 	}
 	return -ENOENT;
@@ -224,12 +224,12 @@ static void test_packet_round_trip(void **state)
 			uint32_t used = pkt.normal + pkt.zero;
 			long n;
 
-			pkt.next_size = m == 0	 ? normal * PAGE
+			pkt.next_size = m == 0	 ? normal * KV_PAGE_SIZE
 					: normal ? 100 + normal
 						 : 0;
 			strcpy(pkt.block, "pc.ram");
 			for (uint32_t i = 0; i < used; i++)
-				offs[i] = (uint64_t)(i * 37 % 16384) * PAGE;
+				offs[i] = (uint64_t)(i * 37 % 16384) * KV_PAGE_SIZE;
 			n = kv_mfd_packet_encode(&pkt, buf, sizeof(buf), &err);
 			assert_int_equal(n, 320 + 8 * 128);
 			assert_int_equal(kv_mfd_packet_decode(buf, (size_t)n,
@@ -282,12 +282,12 @@ static void test_sync_packet(void **state)
 static void test_two_step_decode(void **state)
 {
 	struct kv_mfd_recv_params rp = params(KV_MFD_METHOD_NONE);
-	uint64_t offs[2] = {0, PAGE}, got_offs[128];
+	uint64_t offs[2] = {0, KV_PAGE_SIZE}, got_offs[128];
 	struct kv_mfd_packet pkt = {
 	    .pages_alloc = 128,
 	    .normal = 1,
 	    .zero = 1,
-	    .next_size = PAGE,
+	    .next_size = KV_PAGE_SIZE,
 	    .packet_num = 5,
 	    .offsets = offs,
 	};
@@ -303,7 +303,7 @@ static void test_two_step_decode(void **state)
 	assert_int_equal(kv_mfd_packet_offsets_size(&got), 1024);
 	assert_int_equal(
 	    kv_mfd_packet_decode_offsets(buf + 320, 1024, &rp, &got, &err), 0);
-	assert_true(got_offs[1] == PAGE);
+	assert_true(got_offs[1] == KV_PAGE_SIZE);
 }
 
 static void test_encode_rejects(void **state)
@@ -373,7 +373,7 @@ static void test_decode_rejects_header(void **state)
 	uint8_t good[352], buf[352];
 
 	(void)state;
-	good_packet(good, sizeof(good), 0, 2 * PAGE);
+	good_packet(good, sizeof(good), 0, 2 * KV_PAGE_SIZE);
 	expect_reject(good, 319, &rp, -EINVAL, "header of 319 bytes");
 
 #define BREAK(stmt, needle)                                                    \
@@ -402,7 +402,7 @@ static void test_decode_rejects_header(void **state)
 	BREAK(set_be32(buf + 32, 3),
 	      "normal_pages 2 + zero_pages 3 exceed pages_alloc 4");
 	BREAK(set_be32(buf + 32, 0xffffffff), "exceed pages_alloc 4");
-	BREAK(set_be32(buf + 20, 2 * PAGE - 1),
+	BREAK(set_be32(buf + 20, 2 * KV_PAGE_SIZE - 1),
 	      "next_packet_size 8191 for 2 uncompressed pages (must be 8192)");
 	BREAK(set_be32(buf + 20, 0xffffffff), "next_packet_size 4294967295");
 	BREAK((set_be32(buf + 16, 0), set_be32(buf + 20, 1)),
@@ -430,7 +430,7 @@ static void test_decode_rejects_compressed_size(void **state)
 	expect_reject(buf, sizeof(buf), &rp, -EINVAL,
 		      "compressed pages (must be 1..");
 	/* A compressed packet needs the method bits when it has pages. */
-	good_packet(buf, sizeof(buf), 0, 2 * PAGE);
+	good_packet(buf, sizeof(buf), 0, 2 * KV_PAGE_SIZE);
 	expect_reject(buf, sizeof(buf), &rp, -EINVAL,
 		      "say compression none, but this migration uses lz4");
 }
@@ -441,7 +441,7 @@ static void test_decode_rejects_offsets(void **state)
 	uint8_t good[352], buf[352];
 
 	(void)state;
-	good_packet(good, sizeof(good), 0, 2 * PAGE);
+	good_packet(good, sizeof(good), 0, 2 * KV_PAGE_SIZE);
 	expect_reject(good, 351, &rp, -EINVAL,
 		      "packet 57: 31 bytes of offsets (needs 32)");
 	memcpy(buf, good, sizeof(buf));
@@ -471,7 +471,7 @@ static void test_decode_rejects_offsets(void **state)
 		    kv_mfd_packet_decode(buf, sizeof(buf), &rp, &got, &err),
 		    352);
 	}
-	set_be64(buf + 320 + 16, PAGE);
+	set_be64(buf + 320 + 16, KV_PAGE_SIZE);
 	expect_reject(buf, sizeof(buf), &rp, -EINVAL,
 		      "offset[2] 0x1000 beyond ramblock 'small'");
 }
@@ -482,7 +482,7 @@ static void test_caller_limit(void **state)
 	uint8_t buf[352];
 
 	(void)state;
-	good_packet(buf, sizeof(buf), 0, 2 * PAGE);
+	good_packet(buf, sizeof(buf), 0, 2 * KV_PAGE_SIZE);
 	rp.max_pages = 3;
 	expect_reject(buf, sizeof(buf), &rp, -EINVAL,
 		      "pages_alloc 4 outside 1..3");
@@ -499,7 +499,7 @@ static void test_no_block_lookup(void **state)
 
 	(void)state;
 	rp.block_len = NULL;
-	good_packet(buf, sizeof(buf), 0, 2 * PAGE);
+	good_packet(buf, sizeof(buf), 0, 2 * KV_PAGE_SIZE);
 	expect_reject(buf, sizeof(buf), &rp, -ENOENT, "ramblock 'pc.ram'");
 }
 

@@ -17,9 +17,10 @@
 #include <cmocka.h>
 
 #include "base/error.h"
+#include "base/units.h"
 #include "migration/ram/page_cache.h"
 
-#define PG KV_PAGE_CACHE_PAGE
+#define PG KV_PAGE_SIZE
 
 static void fill_page(uint8_t *p, uint64_t tag)
 {

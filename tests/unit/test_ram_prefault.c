@@ -20,10 +20,10 @@
 
 #include <cmocka.h>
 
+#include "base/units.h"
 #include "migration/ram/ram_prefault.h"
 
-#define MIB	   (1ULL << 20)
-#define BLOCK_SIZE (128 * MIB)
+#define BLOCK_SIZE (128 * KV_MiB)
 
 static uint8_t *map_block(void)
 {
@@ -80,17 +80,17 @@ static void test_faults_in_ahead_of_the_loader(void **state)
 	assert_non_null(pf);
 	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 0);
 	/* The window (32 MiB) past the loader's 2 MiB step fills in... */
-	assert_true(wait_resident(b, 2 * MIB, 32 * MIB));
+	assert_true(wait_resident(b, 2 * KV_MiB, 32 * KV_MiB));
 	settle();
 	/* ...and nothing beyond it: memory the stream never writes stays
 	 * out. The loader's own step is left to the loader. */
-	assert_int_equal(resident_pages(b, 40 * MIB, BLOCK_SIZE - 40 * MIB), 0);
-	assert_int_equal(resident_pages(b, 0, 2 * MIB), 0);
+	assert_int_equal(resident_pages(b, 40 * KV_MiB, BLOCK_SIZE - 40 * KV_MiB), 0);
+	assert_int_equal(resident_pages(b, 0, 2 * KV_MiB), 0);
 	/* The window follows the pages. */
-	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 20 * MIB + 4096);
-	assert_true(wait_resident(b, 22 * MIB, 32 * MIB));
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 20 * KV_MiB + 4096);
+	assert_true(wait_resident(b, 22 * KV_MiB, 32 * KV_MiB));
 	settle();
-	assert_int_equal(resident_pages(b, 60 * MIB, BLOCK_SIZE - 60 * MIB), 0);
+	assert_int_equal(resident_pages(b, 60 * KV_MiB, BLOCK_SIZE - 60 * KV_MiB), 0);
 	kv_ram_prefault_stop(pf);
 	munmap(b, BLOCK_SIZE);
 }
@@ -102,13 +102,13 @@ static void test_retires_when_pages_go_backwards(void **state)
 
 	(void)state;
 	assert_non_null(pf);
-	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 64 * MIB);
-	assert_true(wait_resident(b, 66 * MIB, 32 * MIB));
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 64 * KV_MiB);
+	assert_true(wait_resident(b, 66 * KV_MiB, 32 * KV_MiB));
 	/* A page behind the last one: the second pass began. */
 	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 0);
-	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 4 * MIB);
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 4 * KV_MiB);
 	settle();
-	assert_int_equal(resident_pages(b, 0, 64 * MIB), 0);
+	assert_int_equal(resident_pages(b, 0, 64 * KV_MiB), 0);
 	kv_ram_prefault_stop(pf);
 	munmap(b, BLOCK_SIZE);
 }
@@ -120,13 +120,13 @@ static void test_another_block_restarts_the_window(void **state)
 
 	(void)state;
 	assert_non_null(pf);
-	kv_ram_prefault_note(pf, 0, b0, 8 * MIB, 0);
+	kv_ram_prefault_note(pf, 0, b0, 8 * KV_MiB, 0);
 	/* The window stops at the block's end. */
-	assert_true(wait_resident(b0, 2 * MIB, 6 * MIB));
+	assert_true(wait_resident(b0, 2 * KV_MiB, 6 * KV_MiB));
 	kv_ram_prefault_note(pf, 1, b1, BLOCK_SIZE, 0);
-	assert_true(wait_resident(b1, 2 * MIB, 32 * MIB));
+	assert_true(wait_resident(b1, 2 * KV_MiB, 32 * KV_MiB));
 	settle();
-	assert_int_equal(resident_pages(b0, 8 * MIB, BLOCK_SIZE - 8 * MIB), 0);
+	assert_int_equal(resident_pages(b0, 8 * KV_MiB, BLOCK_SIZE - 8 * KV_MiB), 0);
 	kv_ram_prefault_stop(pf);
 	munmap(b0, BLOCK_SIZE);
 	munmap(b1, BLOCK_SIZE);
@@ -142,26 +142,26 @@ static void test_zero_page_cuts_the_window(void **state)
 	assert_non_null(pf);
 	/* Data ends at 4 MiB: the window asked for reaches 38 MiB, until a
 	 * zero page at 6 MiB says nothing more is coming there. */
-	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 4 * MIB);
-	assert_int_equal(kv_ram_prefault_window_end(pf), 38 * MIB);
-	kv_ram_prefault_note_zero(pf, 0, 6 * MIB + 4096);
-	assert_int_equal(kv_ram_prefault_window_end(pf), 6 * MIB);
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 4 * KV_MiB);
+	assert_int_equal(kv_ram_prefault_window_end(pf), 38 * KV_MiB);
+	kv_ram_prefault_note_zero(pf, 0, 6 * KV_MiB + 4096);
+	assert_int_equal(kv_ram_prefault_window_end(pf), 6 * KV_MiB);
 	/* Only steps claimed before the cut may still complete: once they
 	 * did, nothing more becomes resident. */
 	settle();
 	settle();
-	before = resident_pages(b, 6 * MIB, BLOCK_SIZE - 6 * MIB);
+	before = resident_pages(b, 6 * KV_MiB, BLOCK_SIZE - 6 * KV_MiB);
 	settle();
 	settle();
-	after = resident_pages(b, 6 * MIB, BLOCK_SIZE - 6 * MIB);
+	after = resident_pages(b, 6 * KV_MiB, BLOCK_SIZE - 6 * KV_MiB);
 	assert_int_equal(before, after);
 	/* More zero pages of the same step change nothing; data again opens
 	 * the window from there. */
-	kv_ram_prefault_note_zero(pf, 0, 6 * MIB + 8192);
-	assert_int_equal(kv_ram_prefault_window_end(pf), 6 * MIB);
-	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 8 * MIB);
-	assert_int_equal(kv_ram_prefault_window_end(pf), 42 * MIB);
-	assert_true(wait_resident(b, 10 * MIB, 32 * MIB));
+	kv_ram_prefault_note_zero(pf, 0, 6 * KV_MiB + 8192);
+	assert_int_equal(kv_ram_prefault_window_end(pf), 6 * KV_MiB);
+	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 8 * KV_MiB);
+	assert_int_equal(kv_ram_prefault_window_end(pf), 42 * KV_MiB);
+	assert_true(wait_resident(b, 10 * KV_MiB, 32 * KV_MiB));
 	kv_ram_prefault_stop(pf);
 	munmap(b, BLOCK_SIZE);
 }
@@ -173,15 +173,15 @@ static void test_contents_are_kept(void **state)
 
 	(void)state;
 	/* Pages the loader already wrote, inside the helper's window. */
-	for (uint64_t off = 2 * MIB; off < 34 * MIB; off += 1 * MIB)
-		memset(b + off, (int)(off / MIB), 4096);
+	for (uint64_t off = 2 * KV_MiB; off < 34 * KV_MiB; off += 1 * KV_MiB)
+		memset(b + off, (int)(off / KV_MiB), 4096);
 	pf = kv_ram_prefault_start();
 	assert_non_null(pf);
 	kv_ram_prefault_note(pf, 0, b, BLOCK_SIZE, 0);
-	assert_true(wait_resident(b, 2 * MIB, 32 * MIB));
-	for (uint64_t off = 2 * MIB; off < 34 * MIB; off += 1 * MIB) {
-		assert_int_equal(b[off], (uint8_t)(off / MIB));
-		assert_int_equal(b[off + 4095], (uint8_t)(off / MIB));
+	assert_true(wait_resident(b, 2 * KV_MiB, 32 * KV_MiB));
+	for (uint64_t off = 2 * KV_MiB; off < 34 * KV_MiB; off += 1 * KV_MiB) {
+		assert_int_equal(b[off], (uint8_t)(off / KV_MiB));
+		assert_int_equal(b[off + 4095], (uint8_t)(off / KV_MiB));
 		assert_int_equal(b[off + 4096], 0);
 	}
 	kv_ram_prefault_stop(pf);

@@ -22,11 +22,11 @@
 #include <cmocka.h>
 
 #include "base/clock.h"
+#include "base/units.h"
 #include "test_vmm_elf.h"
 #include "vmm/kvm_dirty.h"
 #include "vmm/vm.h"
 
-#define MIB	    (1024ULL * 1024)
 #define COUNTER_GPA 0x200000U
 
 /* cmp eax, 0x2BADB002; jne bad; print the multiboot command line on COM1;
@@ -113,7 +113,7 @@ static void boot_guest_mode(struct guest *g, int ncpus, const char *cmdline,
 			    enum kv_dirty_mode mode)
 {
 	struct kv_vm_config cfg = {
-	    .mem_size = 16 * MIB,
+	    .mem_size = 16 * KV_MiB,
 	    .ncpus = ncpus,
 	    .kernel = g->kernel,
 	    .cmdline = cmdline,
@@ -256,7 +256,7 @@ static void test_triple_fault_reported(void **state)
 static void test_vm_accessors_and_slots(void **state)
 {
 	struct kv_vm_config cfg = {
-	    .mem_size = 8 * MIB,
+	    .mem_size = 8 * KV_MiB,
 	    .ncpus = 3,
 	    .console = "none",
 	    .dirty_mode = KV_DIRTY_LOG,
@@ -274,11 +274,11 @@ static void test_vm_accessors_and_slots(void **state)
 	for (int i = 0; i < 3; i++)
 		assert_true(kv_vm_vcpu_fd(vm, i) >= 0);
 	assert_int_equal(kv_vm_vcpu_fd(vm, 3), -1);
-	assert_int_equal(kv_vm_ram_size(vm), 8 * MIB);
+	assert_int_equal(kv_vm_ram_size(vm), 8 * KV_MiB);
 	slots = kv_vm_slots(vm, &n);
 	assert_int_equal(n, 1);
 	assert_ptr_equal(slots[0].host, kv_vm_ram(vm));
-	assert_int_equal(slots[0].size, 8 * MIB);
+	assert_int_equal(slots[0].size, 8 * KV_MiB);
 	assert_non_null(kv_vm_serial(vm));
 	/* No kernel configured: boot refuses; pause before start is a
 	 * no-op. */
@@ -293,7 +293,7 @@ static void test_vm_accessors_and_slots(void **state)
 	assert_int_equal(kv_vm_create(&cfg, &vm, &err), -EINVAL);
 	assert_null(vm);
 	cfg.ncpus = 1;
-	cfg.mem_size = 3 * MIB;
+	cfg.mem_size = 3 * KV_MiB;
 	kv_error_clear(&err);
 	assert_int_equal(kv_vm_create(&cfg, &vm, &err), -EINVAL);
 	assert_non_null(strstr(err.msg, "2 MiB"));
@@ -320,7 +320,7 @@ static void test_boot_writes_are_marked_dirty(void **state)
 	struct mark_log log = {0};
 	struct kv_vm_dirty_hooks hooks = {.mark = count_marks, .opaque = &log};
 	struct kv_vm_config cfg = {
-	    .mem_size = 16 * MIB,
+	    .mem_size = 16 * KV_MiB,
 	    .ncpus = 1,
 	    .cmdline = "x",
 	    .console = "none",
@@ -344,7 +344,7 @@ static void test_bad_kernel_rejected(void **state)
 	struct guest g = {0};
 	struct kv_error err = {0};
 	struct kv_vm_config cfg = {
-	    .mem_size = 16 * MIB,
+	    .mem_size = 16 * KV_MiB,
 	    .ncpus = 1,
 	    .console = "none",
 	    .dirty_mode = KV_DIRTY_LOG,

@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "base/units.h"
 #include "io/channel.h"
 #include "io/stream.h"
 #include "migration/savevm/vmstate.h"
@@ -27,7 +28,6 @@
 #include "vmm/serial.h"
 #include "vmm/vm.h"
 
-#define MIB (1024ULL * 1024)
 
 static uint32_t get32(const uint8_t *p)
 {
@@ -203,7 +203,7 @@ static void test_multiboot_parse_elf(void **state)
 	size_t len;
 	uint8_t *img = test_mb_elf(some_code, sizeof(some_code), 0x3, &len);
 
-	assert_int_equal(kv_multiboot_parse(img, len, 64 * MIB, &k, &err), 0);
+	assert_int_equal(kv_multiboot_parse(img, len, 64 * KV_MiB, &k, &err), 0);
 	assert_int_equal(k.header_offset, TEST_MB_HDR_OFF);
 	assert_int_equal(k.flags, 0x3);
 	assert_int_equal(k.entry, TEST_MB_BASE + TEST_MB_CODE_OFF);
@@ -226,7 +226,7 @@ static void test_multiboot_entry_translated(void **state)
 
 	ph->p_vaddr = 0xc0100000;
 	eh->e_entry = 0xc0100000 + TEST_MB_CODE_OFF;
-	assert_int_equal(kv_multiboot_parse(img, len, 64 * MIB, &k, &err), 0);
+	assert_int_equal(kv_multiboot_parse(img, len, 64 * KV_MiB, &k, &err), 0);
 	assert_int_equal(k.entry, TEST_MB_BASE + TEST_MB_CODE_OFF);
 	free(img);
 }
@@ -242,29 +242,29 @@ static void test_multiboot_rejects(void **state)
 	/* No header at all. */
 	memcpy(copy, img, len);
 	test_put32(copy + TEST_MB_HDR_OFF, 0x12345678);
-	expect_reject(copy, len, 64 * MIB, "no multiboot v1 header");
+	expect_reject(copy, len, 64 * KV_MiB, "no multiboot v1 header");
 	/* Bad checksum. */
 	memcpy(copy, img, len);
 	copy[TEST_MB_HDR_OFF + 8] ^= 1;
-	expect_reject(copy, len, 64 * MIB, "checksum");
+	expect_reject(copy, len, 64 * KV_MiB, "checksum");
 	/* A required feature we lack (bit 3). */
 	free(copy);
 	copy = test_mb_elf(some_code, sizeof(some_code), 0x8, &len);
-	expect_reject(copy, len, 64 * MIB, "requires features");
+	expect_reject(copy, len, 64 * KV_MiB, "requires features");
 	free(copy);
 	copy = malloc(len);
 	/* Not ELF32. */
 	memcpy(copy, img, len);
 	copy[EI_CLASS] = ELFCLASS64;
-	expect_reject(copy, len, 64 * MIB, "32-bit");
+	expect_reject(copy, len, 64 * KV_MiB, "32-bit");
 	/* Not an ELF. */
 	memcpy(copy, img, len);
 	copy[1] = 'X';
-	expect_reject(copy, len, 64 * MIB, "not an ELF");
+	expect_reject(copy, len, 64 * KV_MiB, "not an ELF");
 	/* Wrong machine. */
 	memcpy(copy, img, len);
 	((Elf32_Ehdr *)copy)->e_machine = EM_X86_64;
-	expect_reject(copy, len, 64 * MIB, "i386");
+	expect_reject(copy, len, 64 * KV_MiB, "i386");
 	/* Segment beyond guest RAM. */
 	expect_reject(img, len, TEST_MB_BASE + 0x80, "beyond guest RAM");
 	/* Segment file bytes beyond the file. */
@@ -272,41 +272,41 @@ static void test_multiboot_rejects(void **state)
 	ph = (Elf32_Phdr *)(copy + sizeof(Elf32_Ehdr));
 	ph->p_filesz = (uint32_t)len + 1;
 	ph->p_memsz = ph->p_filesz;
-	expect_reject(copy, len, 64 * MIB, "beyond the end of the file");
+	expect_reject(copy, len, 64 * KV_MiB, "beyond the end of the file");
 	/* Overflowing offset. */
 	ph->p_offset = 0xfffffff0;
-	expect_reject(copy, len, 64 * MIB, "beyond the end of the file");
+	expect_reject(copy, len, 64 * KV_MiB, "beyond the end of the file");
 	/* Over what the VMM places in low memory: both ranges named. */
 	memcpy(copy, img, len);
 	ph = (Elf32_Phdr *)(copy + sizeof(Elf32_Ehdr));
 	ph->p_paddr = 0x4000;
-	expect_reject(copy, len, 64 * MIB, "segment 0 [0x4000, 0x5083) overlaps the multiboot information [0x5000, 0x8000)");
+	expect_reject(copy, len, 64 * KV_MiB, "segment 0 [0x4000, 0x5083) overlaps the multiboot information [0x5000, 0x8000)");
 	ph->p_paddr = 0xef800;
-	expect_reject(copy, len, 64 * MIB, "overlaps the MP table [0xf0000, 0xf1000)");
+	expect_reject(copy, len, 64 * KV_MiB, "overlaps the MP table [0xf0000, 0xf1000)");
 	/* Load address near 4 GiB: no wrap-around. */
 	ph->p_paddr = 0xfffff000;
-	expect_reject(copy, len, 64 * MIB, "beyond guest RAM");
+	expect_reject(copy, len, 64 * KV_MiB, "beyond guest RAM");
 	/* filesz > memsz. */
 	memcpy(copy, img, len);
 	ph = (Elf32_Phdr *)(copy + sizeof(Elf32_Ehdr));
 	ph->p_memsz = 4;
-	expect_reject(copy, len, 64 * MIB, "exceeds memory size");
+	expect_reject(copy, len, 64 * KV_MiB, "exceeds memory size");
 	/* No loadable segment. */
 	memcpy(copy, img, len);
 	ph = (Elf32_Phdr *)(copy + sizeof(Elf32_Ehdr));
 	ph->p_type = PT_NOTE;
-	expect_reject(copy, len, 64 * MIB, "no loadable segment");
+	expect_reject(copy, len, 64 * KV_MiB, "no loadable segment");
 	/* Program headers beyond the file. */
 	memcpy(copy, img, len);
 	((Elf32_Ehdr *)copy)->e_phnum = 1000;
-	expect_reject(copy, len, 64 * MIB, "program headers");
+	expect_reject(copy, len, 64 * KV_MiB, "program headers");
 	/* Header past the first 8 KiB. */
 	big = calloc(1, 9000 + 12);
 	memcpy(big, img, TEST_MB_HDR_OFF);
 	memcpy(big + 9000, img + TEST_MB_HDR_OFF, 12);
-	expect_reject(big, 9000 + 12, 64 * MIB, "first 8192 bytes");
+	expect_reject(big, 9000 + 12, 64 * KV_MiB, "first 8192 bytes");
 	/* Tiny file. */
-	expect_reject(img, 8, 64 * MIB, "no multiboot v1 header");
+	expect_reject(img, 8, 64 * KV_MiB, "no multiboot v1 header");
 	free(big);
 	free(copy);
 	free(img);
@@ -330,7 +330,7 @@ static void test_multiboot_segment_below_1mib(void **state)
 	(void)state;
 	ph->p_paddr = ph->p_vaddr = 0xff000;
 	((Elf32_Ehdr *)img)->e_entry = 0xff000 + TEST_MB_CODE_OFF;
-	assert_int_equal(kv_gmem_init(&mem, 16 * MIB, &err), 0);
+	assert_int_equal(kv_gmem_init(&mem, 16 * KV_MiB, &err), 0);
 	assert_int_equal(kv_multiboot_parse(img, len, mem.lowmem, &k, &err), 0);
 	assert_int_equal(k.segments[0].paddr, 0xff000);
 	assert_int_equal(k.entry, 0xff000 + TEST_MB_CODE_OFF);
@@ -367,11 +367,11 @@ static void test_multiboot_check_info(void **state)
 	(void)state;
 	memset(cmd, 'a', 19999);
 	cmd[19999] = 0;
-	assert_int_equal(kv_gmem_init(&mem, 16 * MIB, &err), 0);
+	assert_int_equal(kv_gmem_init(&mem, 16 * KV_MiB, &err), 0);
 	assert_int_equal(kv_multiboot_check_info(&mem, "mem=64", &err), 0);
 	assert_int_equal(kv_multiboot_check_info(&mem, cmd, &err), -E2BIG);
 	assert_non_null(strstr(err.msg, "command line"));
-	for (size_t i = 0; i < 16 * MIB; i++)
+	for (size_t i = 0; i < 16 * KV_MiB; i++)
 		if (mem.host[i])
 			fail_msg("guest RAM written at 0x%zx", i);
 	kv_gmem_fini(&mem);
@@ -396,7 +396,7 @@ static void test_multiboot_aout_kludge(void **state)
 	test_put32(img + 40, load + 4096); /* bss_end_addr */
 	test_put32(img + 44, load + 64);   /* entry */
 	assert_int_equal(
-	    kv_multiboot_parse(img, sizeof(img), 64 * MIB, &k, &err), 0);
+	    kv_multiboot_parse(img, sizeof(img), 64 * KV_MiB, &k, &err), 0);
 	assert_int_equal(k.entry, load + 64);
 	assert_int_equal(k.nsegments, 1);
 	assert_int_equal(k.segments[0].paddr, load);
@@ -406,15 +406,15 @@ static void test_multiboot_aout_kludge(void **state)
 	/* Entry outside the image. */
 	test_put32(img + 44, load + 8192);
 	test_put32(img + 24, -(KV_MB_HEADER_MAGIC + flags));
-	expect_reject(img, sizeof(img), 64 * MIB, "entry");
+	expect_reject(img, sizeof(img), 64 * KV_MiB, "entry");
 	/* header_addr inconsistent with its file offset. */
 	test_put32(img + 44, load + 64);
 	test_put32(img + 28, load + 100);
-	expect_reject(img, sizeof(img), 64 * MIB, "header_addr");
+	expect_reject(img, sizeof(img), 64 * KV_MiB, "header_addr");
 	/* Load end beyond the file. */
 	test_put32(img + 28, load + 16);
 	test_put32(img + 36, load + 1000);
-	expect_reject(img, sizeof(img), 64 * MIB, "beyond the end");
+	expect_reject(img, sizeof(img), 64 * KV_MiB, "beyond the end");
 }
 
 struct written_log {
@@ -444,7 +444,7 @@ static void test_multiboot_load_and_info(void **state)
 	uint32_t info = 0;
 	const uint8_t *mi, *mm;
 
-	assert_int_equal(kv_gmem_init(&mem, 16 * MIB, &err), 0);
+	assert_int_equal(kv_gmem_init(&mem, 16 * KV_MiB, &err), 0);
 	mem.written = note_written;
 	mem.written_opaque = &wl;
 	assert_int_equal(kv_multiboot_parse(img, len, mem.lowmem, &k, &err), 0);
@@ -461,7 +461,7 @@ static void test_multiboot_load_and_info(void **state)
 	assert_int_equal(get32(mi), KV_MBI_MEMORY | KV_MBI_CMDLINE |
 					KV_MBI_MMAP | KV_MBI_LOADER_NAME);
 	assert_int_equal(get32(mi + 4), 639);
-	assert_int_equal(get32(mi + 8), (16 * MIB - MIB) / 1024);
+	assert_int_equal(get32(mi + 8), (16 * KV_MiB - KV_MiB) / 1024);
 	assert_string_equal((const char *)mem.host + get32(mi + 16),
 			    "wss=64 pattern=x");
 	assert_string_equal((const char *)mem.host + get32(mi + 64), "kvmig");
@@ -476,7 +476,7 @@ static void test_multiboot_load_and_info(void **state)
 	assert_int_equal(get32(mm + 24 + 4), 0x9fc00);
 	assert_int_equal(get32(mm + 24 + 20), 2);
 	assert_int_equal(get32(mm + 48 + 4), 0x100000);
-	assert_int_equal(get32(mm + 48 + 12), 15 * MIB);
+	assert_int_equal(get32(mm + 48 + 12), 15 * KV_MiB);
 	assert_int_equal(get32(mm + 48 + 20), 1);
 	assert_int_equal(get32(mm + 72 + 4), 0xc0000000u);
 	assert_int_equal(get32(mm + 72 + 20), 2);
@@ -496,7 +496,7 @@ static void test_multiboot_cmdline_too_long(void **state)
 
 	memset(cmd, 'a', 19999);
 	cmd[19999] = 0;
-	assert_int_equal(kv_gmem_init(&mem, 16 * MIB, &err), 0);
+	assert_int_equal(kv_gmem_init(&mem, 16 * KV_MiB, &err), 0);
 	assert_int_equal(kv_multiboot_parse(img, len, mem.lowmem, &k, &err), 0);
 	assert_int_equal(kv_multiboot_load(img, &k, &mem, cmd, &info, &err),
 			 -E2BIG);
@@ -550,15 +550,15 @@ static void test_gmem_layout(void **state)
 	kv_gmem_fini(&mem);
 
 	kv_error_clear(&err);
-	assert_int_equal(kv_gmem_init(&mem, 64 * MIB, &err), 0);
+	assert_int_equal(kv_gmem_init(&mem, 64 * KV_MiB, &err), 0);
 	assert_int_equal(mem.nslots, 1);
-	assert_int_equal(mem.lowmem, 64 * MIB);
+	assert_int_equal(mem.lowmem, 64 * KV_MiB);
 	kv_gmem_fini(&mem);
 
 	kv_error_clear(&err);
-	assert_int_equal(kv_gmem_init(&mem, 3 * MIB, &err), -EINVAL);
+	assert_int_equal(kv_gmem_init(&mem, 3 * KV_MiB, &err), -EINVAL);
 	kv_error_clear(&err);
-	assert_int_equal(kv_gmem_init(&mem, 65 * MIB, &err), -EINVAL);
+	assert_int_equal(kv_gmem_init(&mem, 65 * KV_MiB, &err), -EINVAL);
 }
 
 /* ---- UART ---- */

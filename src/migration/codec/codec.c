@@ -4,6 +4,7 @@
  * enum value and wire flag, and what every method shares around its ops:
  * levels, the direction, the page count and the error latch.
  */
+#include "base/units.h"
 #include "migration/codec/codec.h"
 
 #include <errno.h>
@@ -106,7 +107,7 @@ size_t kv_mfd_compress_bound(enum kv_mfd_method method, size_t n)
 {
 	const struct kv_codec_ops *ops = kv_codec_by_method(method);
 
-	return ops ? ops->bound(n) : n * KV_MFD_PAGE_SIZE;
+	return ops ? ops->bound(n) : n * KV_PAGE_SIZE;
 }
 
 /* ---- one channel's codec ---- */

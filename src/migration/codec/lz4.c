@@ -5,6 +5,7 @@
  * crosses packets. The decoder writes through LZ4_decompress_safe's
  * bounded output only.
  */
+#include "base/units.h"
 #include "migration/codec/codec.h"
 
 #include <errno.h>
@@ -14,7 +15,6 @@
 
 #include <lz4.h>
 
-#define PAGE KV_MFD_PAGE_SIZE
 
 /* The packet's pages in one piece (LZ4 works on contiguous bytes). */
 struct lz4_state {
@@ -24,7 +24,7 @@ struct lz4_state {
 
 static size_t lz4_bound(size_t n)
 {
-	return (size_t)LZ4_compressBound((int)(n * PAGE));
+	return (size_t)LZ4_compressBound((int)(n * KV_PAGE_SIZE));
 }
 
 static int lz4_setup(void **state, struct kv_error *err)
@@ -56,7 +56,7 @@ static int scratch_reserve(struct lz4_state *s, size_t pages,
 
 	if (s->pages >= pages)
 		return 0;
-	p = realloc(s->scratch, pages * PAGE);
+	p = realloc(s->scratch, pages * KV_PAGE_SIZE);
 	if (!p)
 		return kv_error_set(err, -ENOMEM, "lz4 codec: out of memory for %zu pages of scratch", pages);
 	s->scratch = p;
@@ -75,9 +75,9 @@ static int lz4_compress(void *state, const uint8_t *const pages[], size_t n,
 	if (ret < 0)
 		return ret;
 	for (size_t i = 0; i < n; i++)
-		memcpy(s->scratch + i * PAGE, pages[i], PAGE);
+		memcpy(s->scratch + i * KV_PAGE_SIZE, pages[i], KV_PAGE_SIZE);
 	ret = LZ4_compress_default((const char *)s->scratch, (char *)out,
-				   (int)(n * PAGE), room);
+				   (int)(n * KV_PAGE_SIZE), room);
 	if (ret <= 0)
 		return kv_error_set(err, -ENOSPC, "lz4: %zu bytes of room are not enough for %zu pages", out_max, n);
 	*out_len = (size_t)ret;
@@ -102,14 +102,14 @@ static int lz4_decompress(void *state, const uint8_t *in, size_t len,
 		dst = s->scratch;
 	}
 	ret = LZ4_decompress_safe((const char *)in, (char *)dst, (int)len,
-				  (int)(n * PAGE));
+				  (int)(n * KV_PAGE_SIZE));
 	if (ret < 0)
 		return kv_error_set(err, -EINVAL, "lz4 payload: corrupt, or decodes to more than %zu pages (LZ4 error at input byte %d of %zu)", n, -ret - 1, len);
-	if ((size_t)ret != n * PAGE)
-		return kv_error_set(err, -EINVAL, "lz4 payload: decodes to %d bytes, not the %zu of %zu pages", ret, n * PAGE, n);
+	if ((size_t)ret != n * KV_PAGE_SIZE)
+		return kv_error_set(err, -EINVAL, "lz4 payload: decodes to %d bytes, not the %zu of %zu pages", ret, n * KV_PAGE_SIZE, n);
 	if (n > 1) {
 		for (size_t i = 0; i < n; i++)
-			memcpy(pages[i], dst + i * PAGE, PAGE);
+			memcpy(pages[i], dst + i * KV_PAGE_SIZE, KV_PAGE_SIZE);
 	}
 	return 0;
 }

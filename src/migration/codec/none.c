@@ -2,16 +2,16 @@
 /* The "none" method (codec.h): the pages concatenated. multifd sends raw
  * pages straight from guest memory without it; it serves whoever wants
  * every method behind the same calls. */
+#include "base/units.h"
 #include "migration/codec/codec.h"
 
 #include <errno.h>
 #include <string.h>
 
-#define PAGE KV_MFD_PAGE_SIZE
 
 static size_t none_bound(size_t n)
 {
-	return n * PAGE;
+	return n * KV_PAGE_SIZE;
 }
 
 static int none_compress(void *state, const uint8_t *const pages[], size_t n,
@@ -19,11 +19,11 @@ static int none_compress(void *state, const uint8_t *const pages[], size_t n,
 			 struct kv_error *err)
 {
 	(void)state;
-	if (out_max < n * PAGE)
+	if (out_max < n * KV_PAGE_SIZE)
 		return kv_error_set(err, -ENOSPC, "none payload: %zu bytes of room for %zu pages", out_max, n);
 	for (size_t i = 0; i < n; i++)
-		memcpy(out + i * PAGE, pages[i], PAGE);
-	*out_len = n * PAGE;
+		memcpy(out + i * KV_PAGE_SIZE, pages[i], KV_PAGE_SIZE);
+	*out_len = n * KV_PAGE_SIZE;
 	return 0;
 }
 
@@ -32,10 +32,10 @@ static int none_decompress(void *state, const uint8_t *in, size_t len,
 			   struct kv_error *err)
 {
 	(void)state;
-	if (len != n * PAGE)
-		return kv_error_set(err, -EINVAL, "none payload: %zu bytes for %zu pages (must be %zu)", len, n, n * PAGE);
+	if (len != n * KV_PAGE_SIZE)
+		return kv_error_set(err, -EINVAL, "none payload: %zu bytes for %zu pages (must be %zu)", len, n, n * KV_PAGE_SIZE);
 	for (size_t i = 0; i < n; i++)
-		memcpy(pages[i], in + i * PAGE, PAGE);
+		memcpy(pages[i], in + i * KV_PAGE_SIZE, KV_PAGE_SIZE);
 	return 0;
 }
 

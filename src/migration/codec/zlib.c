@@ -6,6 +6,7 @@
  * writes through inflate's avail_out only, one page at a time, then
  * proves the payload was exactly n pages.
  */
+#include "base/units.h"
 #include "migration/codec/codec.h"
 
 #include <errno.h>
@@ -15,17 +16,16 @@
 
 #include <zlib.h>
 
-#define PAGE KV_MFD_PAGE_SIZE
 
 struct zlib_state {
 	z_stream zs;
-	uint8_t bounce[PAGE]; /* sender: the page being deflated */
+	uint8_t bounce[KV_PAGE_SIZE]; /* sender: the page being deflated */
 };
 
 static size_t zlib_bound(size_t n)
 {
 	/* compressBound() plus the stream header and a sync flush. */
-	return (size_t)compressBound((uLong)(n * PAGE)) + 32;
+	return (size_t)compressBound((uLong)(n * KV_PAGE_SIZE)) + 32;
 }
 
 static int zlib_send_setup(void **state, int level, struct kv_error *err)
@@ -90,9 +90,9 @@ static int zlib_compress(void *state, const uint8_t *const pages[], size_t n,
 
 		/* deflate may read its input more than once: give it a
 		 * copy that cannot change under it. */
-		memcpy(s->bounce, pages[i], PAGE);
+		memcpy(s->bounce, pages[i], KV_PAGE_SIZE);
 		zs->next_in = s->bounce;
-		zs->avail_in = PAGE;
+		zs->avail_in = KV_PAGE_SIZE;
 		for (;;) {
 			int ret = deflate(zs, flush);
 
@@ -120,14 +120,14 @@ static int zlib_inflate_page(z_stream *zs, uint8_t *dst, size_t page, size_t n,
 			     struct kv_error *err)
 {
 	zs->next_out = dst;
-	zs->avail_out = PAGE;
+	zs->avail_out = KV_PAGE_SIZE;
 	while (zs->avail_out > 0) {
 		int ret = inflate(zs, Z_NO_FLUSH);
 
 		if (ret == Z_STREAM_END)
 			return kv_error_set(err, -EINVAL, "zlib payload: the stream ends at page %zu of %zu (a multifd stream never ends)", page, n);
 		if (ret == Z_BUF_ERROR)
-			return kv_error_set(err, -EINVAL, "zlib payload: truncated: it decodes to %zu of %zu bytes", page * PAGE + PAGE - zs->avail_out, n * PAGE);
+			return kv_error_set(err, -EINVAL, "zlib payload: truncated: it decodes to %zu of %zu bytes", page * KV_PAGE_SIZE + KV_PAGE_SIZE - zs->avail_out, n * KV_PAGE_SIZE);
 		if (ret != Z_OK)
 			return zlib_error(zs, ret, page, n, err);
 	}

@@ -6,13 +6,13 @@
  * output buffers only, then proves the payload was exactly n pages. The
  * main stream's ZPAGES records (ram_compress.c) use this codec too.
  */
+#include "base/units.h"
 #include "migration/codec/codec.h"
 
 #include <errno.h>
 
 #include <zstd.h>
 
-#define PAGE KV_MFD_PAGE_SIZE
 /* A zstd block header; ZSTD_decompressStream() asks for one when it sits
  * between two blocks. */
 #define ZSTD_BLOCK_HEADER 3U
@@ -20,7 +20,7 @@
 static size_t zstd_bound(size_t n)
 {
 	/* Plus a frame header and a block header per flush. */
-	return ZSTD_compressBound(n * PAGE) + 64;
+	return ZSTD_compressBound(n * KV_PAGE_SIZE) + 64;
 }
 
 static int zstd_send_setup(void **state, int level, struct kv_error *err)
@@ -72,7 +72,7 @@ static int zstd_compress_page(ZSTD_CCtx *cctx, ZSTD_outBuffer *ob,
 			      size_t n, struct kv_error *err)
 {
 	ZSTD_EndDirective mode = last ? ZSTD_e_flush : ZSTD_e_continue;
-	ZSTD_inBuffer ib = {page, PAGE, 0};
+	ZSTD_inBuffer ib = {page, KV_PAGE_SIZE, 0};
 
 	for (;;) {
 		size_t in0 = ib.pos, out0 = ob->pos;
@@ -111,7 +111,7 @@ static int zstd_decompress_page(ZSTD_DCtx *dctx, ZSTD_inBuffer *ib,
 				uint8_t *dst, size_t i, size_t n,
 				struct kv_error *err)
 {
-	ZSTD_outBuffer ob = {dst, PAGE, 0};
+	ZSTD_outBuffer ob = {dst, KV_PAGE_SIZE, 0};
 
 	while (ob.pos < ob.size) {
 		size_t in0 = ib->pos, out0 = ob.pos;
@@ -120,7 +120,7 @@ static int zstd_decompress_page(ZSTD_DCtx *dctx, ZSTD_inBuffer *ib,
 		if (ZSTD_isError(r))
 			return kv_error_set(err, -EINVAL, "zstd payload: corrupt at page %zu of %zu: %s", i, n, ZSTD_getErrorName(r));
 		if (ib->pos == in0 && ob.pos == out0)
-			return kv_error_set(err, -EINVAL, "zstd payload: truncated: it decodes to %zu of %zu bytes", i * PAGE + ob.pos, n * PAGE);
+			return kv_error_set(err, -EINVAL, "zstd payload: truncated: it decodes to %zu of %zu bytes", i * KV_PAGE_SIZE + ob.pos, n * KV_PAGE_SIZE);
 	}
 	return 0;
 }

@@ -14,6 +14,7 @@
  * (the decoder) before it touches guest memory, writes the pages in place
  * and, at a SYNC packet, waits for the loader to reach MULTIFD_FLUSH.
  */
+#include "base/units.h"
 #include "migration/multifd/multifd.h"
 
 #include <errno.h>
@@ -32,7 +33,6 @@
 #include "io/iov.h"
 #include "migration/codec/codec.h"
 
-#define PAGE	      KV_MFD_PAGE_SIZE
 #define JOB_PAGES     KV_MFD_PAGES_DEFAULT
 #define RATE_WINDOW_NS (100 * 1000000LL)
 /* How long the loader waits at MULTIFD_FLUSH for channels that never
@@ -180,7 +180,7 @@ static int send_job(struct mfd_send_chan *c, const struct mfd_job *j,
 	for (uint32_t i = 0; i < j->n; i++) {
 		if (j->known_zero[i] ||
 		    (m->cfg.zero == KV_MFD_ZERO_MULTIFD &&
-		     kv_buffer_is_zero(j->pages[i], PAGE))) {
+		     kv_buffer_is_zero(j->pages[i], KV_PAGE_SIZE))) {
 			zero_offs[nz++] = j->offsets[i];
 		} else {
 			normal[nn] = j->pages[i];
@@ -208,9 +208,9 @@ static int send_job(struct mfd_send_chan *c, const struct mfd_job *j,
 	} else {
 		for (uint32_t i = 0; i < nn; i++) {
 			iov[iovcnt].iov_base = (void *)normal[i];
-			iov[iovcnt++].iov_len = PAGE;
+			iov[iovcnt++].iov_len = KV_PAGE_SIZE;
 		}
-		payload = (size_t)nn * PAGE;
+		payload = (size_t)nn * KV_PAGE_SIZE;
 	}
 	pkt.next_size = (uint32_t)payload;
 	hlen = kv_mfd_packet_encode(&pkt, c->hdr,
@@ -601,10 +601,10 @@ static void apply_zero(uint8_t *host, unsigned long *written,
 	for (uint32_t i = 0; i < nz; i++) {
 		uint8_t *p = host + offs[i];
 
-		if (written && !kv_bitmap_test(written, offs[i] / PAGE))
+		if (written && !kv_bitmap_test(written, offs[i] / KV_PAGE_SIZE))
 			continue;
-		if (!kv_buffer_is_zero(p, PAGE))
-			memset(p, 0, PAGE);
+		if (!kv_buffer_is_zero(p, KV_PAGE_SIZE))
+			memset(p, 0, KV_PAGE_SIZE);
 	}
 }
 
@@ -658,14 +658,14 @@ static int recv_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
 
 		for (uint32_t i = 0; i < pkt->normal; i++) {
 			iov[i].iov_base = pages[i];
-			iov[i].iov_len = PAGE;
+			iov[i].iov_len = KV_PAGE_SIZE;
 		}
 		ret = read_payload(c->chan, iov, (int)pkt->normal, err);
 		if (ret < 0)
 			return ret;
 	}
 	for (uint32_t i = 0; written && i < pkt->normal; i++)
-		kv_bitmap_set_atomic(written, pkt->offsets[i] / PAGE);
+		kv_bitmap_set_atomic(written, pkt->offsets[i] / KV_PAGE_SIZE);
 	apply_zero(host, written, pkt->offsets + pkt->normal, pkt->zero);
 	__atomic_add_fetch(&r->normal, pkt->normal, __ATOMIC_RELAXED);
 	__atomic_add_fetch(&r->zero, pkt->zero, __ATOMIC_RELAXED);

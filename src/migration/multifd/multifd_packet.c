@@ -3,6 +3,7 @@
  * The multifd init message and packet header (multifd_packet.h): byte
  * layout, encoder and strict decoder.
  */
+#include "base/units.h"
 #include "migration/multifd/multifd_packet.h"
 
 #include <errno.h>
@@ -242,7 +243,7 @@ static int check_next_size(const struct kv_mfd_recv_params *rp,
 			   const struct kv_mfd_packet *pkt,
 			   struct kv_error *err)
 {
-	size_t raw = (size_t)pkt->normal * KV_MFD_PAGE_SIZE;
+	size_t raw = (size_t)pkt->normal * KV_PAGE_SIZE;
 	bool compressed = (pkt->flags & KV_MFD_FLAG_METHOD_MASK) != 0;
 
 	if (pkt->normal == 0) {
@@ -377,15 +378,15 @@ int kv_mfd_packet_decode_offsets(const uint8_t *buf, size_t len,
 		uint64_t off = get_be64(buf + (size_t)i * 8);
 		const char *kind = i < pkt->normal ? "normal" : "zero";
 
-		if (off % KV_MFD_PAGE_SIZE)
+		if (off % KV_PAGE_SIZE)
 			return kv_error_set(
 			    err, -EINVAL,
 			    "multifd channel %u, packet %" PRIu64
 			    ": offset[%" PRIu32 "] 0x%" PRIx64
 			    " not page-aligned (%s page)",
 			    rp->channel, pkt->packet_num, i, off, kind);
-		if (pkt->block_len < KV_MFD_PAGE_SIZE ||
-		    off > pkt->block_len - KV_MFD_PAGE_SIZE)
+		if (pkt->block_len < KV_PAGE_SIZE ||
+		    off > pkt->block_len - KV_PAGE_SIZE)
 			return kv_error_set(
 			    err, -EINVAL,
 			    "multifd channel %u, packet %" PRIu64

@@ -27,10 +27,10 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "base/units.h"
 
 #define KV_MFD_MAGIC	 0x11223344U
 #define KV_MFD_VERSION	 1U
-#define KV_MFD_PAGE_SIZE 4096U
 
 /* The init message: always this many bytes. */
 #define KV_MFD_INIT_SIZE 64U
@@ -82,7 +82,7 @@ uint32_t kv_mfd_method_flag(enum kv_mfd_method method);
  * size is no risk.
  */
 #define KV_MFD_PAYLOAD_MAX(normal)                                             \
-	((size_t)(normal) * (KV_MFD_PAGE_SIZE + 64U) + 1024U)
+	((size_t)(normal) * (KV_PAGE_SIZE + 64U) + 1024U)
 
 /* ---- init message ---- */
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The XBZRLE page cache: set-associative, age-protected (page_cache.h). */
+#include "base/units.h"
 #include "migration/ram/page_cache.h"
 
 #include <errno.h>
@@ -52,13 +53,13 @@ static inline uint64_t stat_get(const uint64_t *ctr)
 
 static int check_size(uint64_t size, struct kv_error *err)
 {
-	if (size < KV_PAGE_CACHE_PAGE || (size & (size - 1)))
+	if (size < KV_PAGE_SIZE || (size & (size - 1)))
 		return kv_error_set(err, -EINVAL,
 				    "xbzrle-cache-size %" PRIu64
 				    " must be a power of two of at least %u "
 				    "bytes",
-				    size, KV_PAGE_CACHE_PAGE);
-	if (size / KV_PAGE_CACHE_PAGE >
+				    size, KV_PAGE_SIZE);
+	if (size / KV_PAGE_SIZE >
 	    SIZE_MAX / sizeof(struct page_cache_slot))
 		return kv_error_set(err, -EINVAL,
 				    "xbzrle-cache-size %" PRIu64
@@ -70,7 +71,7 @@ static int check_size(uint64_t size, struct kv_error *err)
 static int store_alloc(struct page_cache_store *s, uint64_t size,
 		       struct kv_error *err)
 {
-	size_t nslots = (size_t)(size / KV_PAGE_CACHE_PAGE);
+	size_t nslots = (size_t)(size / KV_PAGE_SIZE);
 
 	s->nslots = nslots;
 	s->ways = nslots < KV_PAGE_CACHE_WAYS ? nslots : KV_PAGE_CACHE_WAYS;
@@ -78,7 +79,7 @@ static int store_alloc(struct page_cache_store *s, uint64_t size,
 	s->slots = malloc(nslots * sizeof(*s->slots));
 	/* Big enough for the allocator to map it lazily: untouched slots
 	 * cost no memory. */
-	s->data = aligned_alloc(KV_PAGE_CACHE_PAGE, (size_t)size);
+	s->data = aligned_alloc(KV_PAGE_SIZE, (size_t)size);
 	if (!s->slots || !s->data) {
 		free(s->slots);
 		free(s->data);
@@ -153,12 +154,12 @@ int kv_page_cache_resize(struct kv_page_cache *c, uint64_t size,
 static inline size_t set_first_slot(const struct page_cache_store *s,
 				    uint64_t addr)
 {
-	return (size_t)((addr / KV_PAGE_CACHE_PAGE) & s->set_mask) * s->ways;
+	return (size_t)((addr / KV_PAGE_SIZE) & s->set_mask) * s->ways;
 }
 
 static inline uint8_t *slot_data(const struct page_cache_store *s, size_t i)
 {
-	return s->data + i * (size_t)KV_PAGE_CACHE_PAGE;
+	return s->data + i * (size_t)KV_PAGE_SIZE;
 }
 
 /* The slot holding addr, or SIZE_MAX. */
@@ -235,7 +236,7 @@ int kv_page_cache_insert(struct kv_page_cache *c, uint64_t addr,
 		s->slots[i].addr = addr;
 	}
 	s->slots[i].age = generation;
-	memcpy(slot_data(s, i), page, KV_PAGE_CACHE_PAGE);
+	memcpy(slot_data(s, i), page, KV_PAGE_SIZE);
 	if (copy)
 		*copy = slot_data(s, i);
 	return 0;
@@ -287,7 +288,7 @@ void kv_xbzrle_rates_update(struct kv_xbzrle_rates *r,
 	r->cache_miss_rate =
 	    (double)(now->cache_miss - r->cache_miss_prev) / (double)handled;
 	r->encoding_rate =
-	    pages && bytes ? (double)pages * KV_PAGE_CACHE_PAGE / (double)bytes
+	    pages && bytes ? (double)pages * KV_PAGE_SIZE / (double)bytes
 			   : 0.0;
 	r->handled_prev = handled_total;
 	r->cache_miss_prev = now->cache_miss;

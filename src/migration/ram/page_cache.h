@@ -36,9 +36,9 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "base/units.h"
 
-#define KV_PAGE_CACHE_PAGE	   4096U
-#define KV_PAGE_CACHE_DEFAULT_SIZE (64ULL << 20)
+#define KV_PAGE_CACHE_DEFAULT_SIZE (64 * KV_MiB)
 #define KV_PAGE_CACHE_WAYS	   4U
 #define KV_PAGE_CACHE_LIFETIME	   2U
 

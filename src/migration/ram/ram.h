@@ -24,11 +24,9 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "base/units.h"
 #include "migration/dirty/dirty_tracker.h"
 #include "migration/savevm/savevm.h"
-
-#define KV_PAGE_SIZE 4096U
-#define KV_PAGE_SHIFT 12
 
 /* Record flags in the low bits of the be64 address (QEMU's values). */
 #define KV_RAM_FLAG_ZERO 0x002U

@@ -171,11 +171,11 @@ static int check_flags(const struct ram_rec *r, struct kv_error *err)
 /* "2048 MiB" / "2048M" when whole MiB, else bytes in hex. */
 static void format_size(uint64_t v, bool option, char *buf, size_t size)
 {
-	if (v % (1024 * 1024))
+	if (v % KV_MiB)
 		snprintf(buf, size, "0x%llx bytes", (unsigned long long)v);
 	else
 		snprintf(buf, size, option ? "%lluM" : "%llu MiB",
-			 (unsigned long long)(v >> 20));
+			 (unsigned long long)(v / KV_MiB));
 }
 
 /* The block's length is set by an option of the owner's: name it. */

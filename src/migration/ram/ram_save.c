@@ -122,8 +122,7 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	ret = alloc_save_bitmaps(rs, err);
 	if (ret < 0)
 		return ret;
-	kv_debug("switchover", "@%.3f ram: setup: bitmaps ready",
-		 (double)kv_now_ns() / 1e6);
+	kv_switch_log("ram: setup: bitmaps ready");
 	rs->src.search_block = 0;
 	rs->src.search_page = 0;
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
@@ -149,11 +148,9 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 		return ret;
 	}
 	rs->src.tracker_started = true;
-	kv_debug("switchover", "@%.3f ram: setup: tracker started",
-		 (double)kv_now_ns() / 1e6);
+	kv_switch_log("ram: setup: tracker started");
 	kv_ram_pagemap_open(rs);
-	kv_debug("switchover", "@%.3f ram: setup: pagemap open",
-		 (double)kv_now_ns() / 1e6);
+	kv_switch_log("ram: setup: pagemap open");
 
 	put_mem_size(s, rs);
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
@@ -405,8 +402,7 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	ret = ram_sync(rs, false, err);
 	if (ret < 0)
 		return ret;
-	kv_debug("switchover", "@%.3f ram: last sync, %llu pages dirty",
-		 (double)kv_now_ns() / 1e6,
+	kv_switch_log("ram: last sync, %llu pages dirty",
 		 (unsigned long long)kv_ram_stat_get(&rs->src.dirty_pages));
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
 	kv_pagemap_invalidate(&rs->pagemap);
@@ -420,8 +416,7 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	ret = multifd_flush(s, rs, err);
 	if (ret < 0)
 		return ret;
-	kv_debug("switchover", "@%.3f ram: last pages queued",
-		 (double)kv_now_ns() / 1e6);
+	kv_switch_log("ram: last pages queued");
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
 	return stream_failed(s, err, "sending the last pages");
 }

@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "base/log.h"
+#include "base/units.h"
 #include "io/stream.h"
 #include "migration/ram/ram_internal.h"
 #include "migration/ram/xbzrle.h"
@@ -47,12 +48,12 @@ static uint64_t pow2_floor(uint64_t v)
 int kv_ram_set_xbzrle(struct kv_ram_state *rs, uint64_t cache_size,
 		      struct kv_error *err)
 {
-	if (cache_size && cache_size < KV_PAGE_CACHE_PAGE)
+	if (cache_size && cache_size < KV_PAGE_SIZE)
 		return kv_error_set(err, -EINVAL,
 				    "xbzrle-cache-size %llu is smaller than "
 				    "one page (%u bytes)",
 				    (unsigned long long)cache_size,
-				    KV_PAGE_CACHE_PAGE);
+				    KV_PAGE_SIZE);
 	rs->src.xb.cache_size = pow2_floor(cache_size);
 	return 0;
 }

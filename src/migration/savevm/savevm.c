@@ -17,10 +17,6 @@
 #include "migration/return_path.h"
 #include "migration/savevm/vmdesc.h"
 
-#define SWITCH_LOG(fmt, ...)                                                   \
-	kv_debug("switchover", "@%.3f " fmt, (double)kv_now_ns() / 1e6,        \
-		 ##__VA_ARGS__)
-
 #define SV_IDSTR_MAX   255
 #define SV_MACHINE_MAX 255
 
@@ -550,7 +546,7 @@ static int save_vmdesc(struct kv_savevm *sv, struct kv_stream *s,
 	if (text) {
 		put_vmdesc(s, text, len);
 		free(text);
-		SWITCH_LOG("vmdesc: %zu bytes rendered", len);
+		kv_switch_log("vmdesc: %zu bytes rendered", len);
 		return 0;
 	}
 	root = kv_vmdesc_new();
@@ -576,7 +572,7 @@ static int save_vmdesc(struct kv_savevm *sv, struct kv_stream *s,
 	len = strlen(text);
 	put_vmdesc(s, text, len);
 	free(text);
-	SWITCH_LOG("vmdesc: %zu bytes", len);
+	kv_switch_log("vmdesc: %zu bytes", len);
 	return 0;
 }
 
@@ -589,7 +585,7 @@ int kv_savevm_save_complete(struct kv_savevm *sv, struct kv_stream *s,
 	ret = save_live_round(sv, s, KV_SEC_END, &done, err);
 	if (ret < 0)
 		return ret;
-	SWITCH_LOG("live END sections queued");
+	kv_switch_log("live END sections queued");
 	ret = save_devices(sv, s, err);
 	if (ret < 0)
 		return ret;
@@ -597,9 +593,9 @@ int kv_savevm_save_complete(struct kv_savevm *sv, struct kv_stream *s,
 	ret = save_vmdesc(sv, s, err);
 	if (ret < 0)
 		return ret;
-	SWITCH_LOG("devices + vmdesc queued");
+	kv_switch_log("devices + vmdesc queued");
 	kv_stream_flush(s);
-	SWITCH_LOG("flushed");
+	kv_switch_log("flushed");
 	return stream_error_to(s, err, "completing the stream");
 }
 
@@ -1004,7 +1000,7 @@ static int load_part_end(struct load_ctx *c, int type)
 				 e->idstr);
 	if (type == KV_SEC_END) {
 		e->got_end = true;
-		SWITCH_LOG("dst: END of '%s' begins", e->idstr);
+		kv_switch_log("dst: END of '%s' begins", e->idstr);
 	}
 	if (load_payload(c, e, e->stream_version) < 0)
 		return c->err->code;
@@ -1140,7 +1136,7 @@ static int load_sections(struct load_ctx *c)
 			ret = load_command(c);
 			break;
 		case KV_SEC_EOF:
-			SWITCH_LOG("dst: EOF");
+			kv_switch_log("dst: EOF");
 			return check_complete(c);
 		default:
 			return load_fail(c, -EINVAL,
@@ -1222,7 +1218,7 @@ int kv_savevm_load(struct kv_savevm *sv, struct kv_stream *s,
 		ret = load_sections(&c);
 	if (ret == 0)
 		ret = load_vmdesc(&c);
-	SWITCH_LOG("dst: vmdesc read, %llu bytes in the stream",
+	kv_switch_log("dst: vmdesc read, %llu bytes in the stream",
 		   (unsigned long long)kv_stream_offset(s));
 	if (ret == 0)
 		ret = load_trailer(&c);

@@ -4,6 +4,7 @@
  * stream tools can decode every device section, and checked by the
  * destination before it accepts a stream.
  */
+#include "base/units.h"
 #include "migration/savevm/vmdesc.h"
 
 #include <errno.h>
@@ -201,7 +202,7 @@ json_t *kv_vmdesc_new(void)
 	if (!root)
 		return NULL;
 	if (json_object_set_new(root, "page_size",
-				json_integer(KV_VMDESC_PAGE_SIZE)) < 0 ||
+				json_integer(KV_PAGE_SIZE)) < 0 ||
 	    json_object_set_new(root, "devices", json_array()) < 0) {
 		json_decref(root);
 		return NULL;
@@ -285,12 +286,12 @@ static int check_root(json_t *root, struct kv_error *err)
 		return kv_error_set(err, -EINVAL,
 				    "VM description: no integer "
 				    "\"page_size\"");
-	if (json_integer_value(ps) != KV_VMDESC_PAGE_SIZE)
+	if (json_integer_value(ps) != KV_PAGE_SIZE)
 		return kv_error_set(err, -EINVAL,
 				    "VM description: page_size %lld, expected "
 				    "%d",
 				    (long long)json_integer_value(ps),
-				    KV_VMDESC_PAGE_SIZE);
+				    KV_PAGE_SIZE);
 	if (!json_is_array(devices))
 		return kv_error_set(err, -EINVAL,
 				    "VM description: no \"devices\" array");
@@ -508,7 +509,7 @@ char *kv_vmdesc_render(const struct kv_vmdesc_dev *devs, size_t n, size_t *len)
 	struct text_buf b = {0};
 
 	tb_raw(&b, "{\"page_size\":");
-	tb_int(&b, KV_VMDESC_PAGE_SIZE);
+	tb_int(&b, KV_PAGE_SIZE);
 	tb_raw(&b, ",\"devices\":[");
 	for (size_t i = 0; i < n; i++) {
 		tb_raw(&b, i ? ",{\"name\":" : "{\"name\":");

@@ -18,9 +18,9 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "base/units.h"
 #include "migration/savevm/vmstate.h"
 
-#define KV_VMDESC_PAGE_SIZE 4096
 /* Largest description the loader accepts. */
 #define KV_VMDESC_MAX_LEN (16U << 20)
 
