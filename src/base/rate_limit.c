@@ -20,9 +20,16 @@ void kv_rate_limit_destroy(struct kv_rate_limit *rl)
 	pthread_mutex_destroy(&rl->lock);
 }
 
+/* A new limit starts a new schedule: the bytes already charged were paid
+ * for at the old rate (reading them at a lower one would stall the senders
+ * for the difference). */
 void kv_rate_limit_set(struct kv_rate_limit *rl, uint64_t bps)
 {
+	pthread_mutex_lock(&rl->lock);
 	__atomic_store_n(&rl->bps, bps, __ATOMIC_RELAXED);
+	rl->start_ns = kv_now_ns();
+	rl->charged = 0;
+	pthread_mutex_unlock(&rl->lock);
 }
 
 uint64_t kv_rate_limit_get(const struct kv_rate_limit *rl)
@@ -52,8 +59,13 @@ int64_t kv_rate_limit_charge(struct kv_rate_limit *rl, uint64_t bytes)
 	if (!bps)
 		return now;
 	pthread_mutex_lock(&rl->lock);
-	/* Behind schedule after an idle window (or a new limit made the old
-	 * schedule meaningless): start again from now, no saved credit. */
+	bps = rl->bps; /* the one the schedule started with */
+	if (!bps) {
+		pthread_mutex_unlock(&rl->lock);
+		return now;
+	}
+	/* Behind schedule after an idle window: start again from now, no
+	 * saved credit. */
 	if (now - rl->start_ns > KV_RATE_WINDOW_NS &&
 	    rl->start_ns + ns_for(rl->charged, bps) < now) {
 		rl->start_ns = now;

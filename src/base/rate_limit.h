@@ -10,7 +10,8 @@
  * so a pause never builds up credit for a burst.
  *
  * The limit may change from any thread at any time (QMP
- * migrate-set-parameters during a migration); charging is thread-safe.
+ * migrate-set-parameters during a migration) and starts a new schedule;
+ * charging is thread-safe.
  */
 #ifndef KV_BASE_RATE_LIMIT_H
 #define KV_BASE_RATE_LIMIT_H

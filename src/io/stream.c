@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "base/rate_limit.h"
 
 #define STREAM_BUF_SIZE (256 * 1024)
 #define STREAM_IOV_MAX	IOV_MAX
@@ -31,9 +32,6 @@
 /* Refs smaller than this are cheaper copied than given an iovec slot. */
 #define STREAM_REF_COPY_MAX 64
 
-#define RATE_WINDOW_NS (100 * 1000000LL)
-/* Longest sleep between looks at the limit and the shutdown flag. */
-#define RATE_SLEEP_SLICE_NS (5 * 1000000LL)
 
 #define likely(x) __builtin_expect(!!(x), 1)
 
@@ -45,9 +43,10 @@ struct kv_stream {
 	uint64_t offset;      /* logical bytes put or got */
 	uint64_t transferred; /* bytes that crossed the channel */
 
-	uint64_t rate_limit; /* bytes/s, 0 = none; atomic */
-	int64_t window_start_ns;
-	uint64_t window_bytes;
+	/* max-bandwidth: the stream's own limiter, or one it shares with
+	 * other senders of the same migration (multifd channels). */
+	struct kv_rate_limit own_rl;
+	struct kv_rate_limit *rl;
 	uint64_t rate_wait_ns; /* slept for the rate limit (writer only) */
 
 	uint8_t *buf;
@@ -83,6 +82,8 @@ struct kv_stream *kv_stream_new(struct kv_chan *chan, enum kv_stream_mode mode)
 		free(s);
 		return NULL;
 	}
+	kv_rate_limit_init(&s->own_rl, 0);
+	s->rl = &s->own_rl;
 	return s;
 }
 
@@ -96,6 +97,7 @@ int kv_stream_close(struct kv_stream *s)
 		kv_stream_flush(s);
 	code = s->err.code;
 	kv_chan_close(s->chan);
+	kv_rate_limit_destroy(&s->own_rl);
 	free(s->iov);
 	free(s->buf);
 	free(s);
@@ -173,12 +175,17 @@ uint64_t kv_stream_write_wait_ns(const struct kv_stream *s)
 
 void kv_stream_set_rate_limit(struct kv_stream *s, uint64_t bytes_per_sec)
 {
-	__atomic_store_n(&s->rate_limit, bytes_per_sec, __ATOMIC_RELAXED);
+	kv_rate_limit_set(s->rl, bytes_per_sec);
 }
 
 uint64_t kv_stream_rate_limit(const struct kv_stream *s)
 {
-	return __atomic_load_n(&s->rate_limit, __ATOMIC_RELAXED);
+	return kv_rate_limit_get(s->rl);
+}
+
+void kv_stream_share_rate_limit(struct kv_stream *s, struct kv_rate_limit *rl)
+{
+	s->rl = rl ? rl : &s->own_rl;
 }
 
 void kv_stream_shutdown(struct kv_stream *s)
@@ -191,39 +198,21 @@ static bool stream_cancelled(const struct kv_stream *s)
 	return __atomic_load_n(&s->chan->shutdown_req, __ATOMIC_ACQUIRE) != 0;
 }
 
-/*
- * How many bytes the current 100 ms window still allows; sleeps (in short
- * slices, so a new limit or a shutdown is seen quickly) while it allows none.
- * SIZE_MAX when unlimited, 0 when shut down.
- */
-static size_t rate_budget(struct kv_stream *s)
+static bool stream_cancelled_cb(void *opaque)
 {
-	for (;;) {
-		uint64_t limit = kv_stream_rate_limit(s);
-		uint64_t quota;
-		int64_t now, left;
+	return stream_cancelled(opaque);
+}
 
-		if (limit == 0)
-			return SIZE_MAX;
-		if (stream_cancelled(s))
-			return 0;
-		now = kv_now_ns();
-		if (now - s->window_start_ns >= RATE_WINDOW_NS) {
-			s->window_start_ns = now;
-			s->window_bytes = 0;
-		}
-		quota = limit / 10 ? limit / 10 : 1;
-		if (s->window_bytes < quota) {
-			uint64_t b = quota - s->window_bytes;
+/* After n bytes went: wait until the limiter lets the next ones go. */
+static int rate_wait(struct kv_stream *s, size_t n)
+{
+	int64_t due = kv_rate_limit_charge(s->rl, n);
+	bool cancelled = false;
 
-			return b > SIZE_MAX ? SIZE_MAX : (size_t)b;
-		}
-		left = s->window_start_ns + RATE_WINDOW_NS - now;
-		if (left > RATE_SLEEP_SLICE_NS)
-			left = RATE_SLEEP_SLICE_NS;
-		kv_sleep_ns(left);
-		s->rate_wait_ns += (uint64_t)left;
-	}
+	if (due > kv_now_ns())
+		s->rate_wait_ns +=
+		    kv_rate_limit_wait(due, stream_cancelled_cb, s, &cancelled);
+	return cancelled ? -ECANCELED : 0;
 }
 
 /* ---- writing ---- */
@@ -233,6 +222,7 @@ static int write_iov(struct kv_stream *s, struct iovec *iov, int cnt)
 {
 	while (cnt > 0) {
 		size_t budget, covered = 0, saved_len = 0;
+		uint64_t chunk;
 		int n_iov = 0;
 		ssize_t n;
 
@@ -241,9 +231,8 @@ static int write_iov(struct kv_stream *s, struct iovec *iov, int cnt)
 			cnt--;
 			continue;
 		}
-		budget = rate_budget(s);
-		if (budget == 0)
-			return -ECANCELED;
+		chunk = kv_rate_limit_chunk(s->rl);
+		budget = chunk > SIZE_MAX ? SIZE_MAX : (size_t)chunk;
 		/* Take the entries the budget covers, cutting the last. */
 		while (n_iov < cnt && n_iov < STREAM_IOV_MAX &&
 		       covered < budget) {
@@ -260,8 +249,9 @@ static int write_iov(struct kv_stream *s, struct iovec *iov, int cnt)
 		if (n < 0)
 			return (int)n;
 		s->transferred += (uint64_t)n;
-		s->window_bytes += (uint64_t)n;
 		kv_iov_advance(&iov, &cnt, (size_t)n);
+		if (rate_wait(s, (size_t)n) < 0)
+			return -ECANCELED;
 	}
 	return 0;
 }

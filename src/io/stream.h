@@ -89,6 +89,12 @@ uint64_t kv_stream_write_wait_ns(const struct kv_stream *s);
 /* --- rate limit and cancellation --- */
 void kv_stream_set_rate_limit(struct kv_stream *s, uint64_t bytes_per_sec);
 uint64_t kv_stream_rate_limit(const struct kv_stream *s);
+/* Charge rl instead of the stream's own limiter (NULL: its own again), so
+ * that the stream and other senders of one migration share one limit;
+ * set_rate_limit then changes rl. Before writing; rl outlives the
+ * stream's writes. */
+struct kv_rate_limit;
+void kv_stream_share_rate_limit(struct kv_stream *s, struct kv_rate_limit *rl);
 /* From any thread: abort blocked and later I/O with -ECANCELED. */
 void kv_stream_shutdown(struct kv_stream *s);
 

@@ -29,6 +29,7 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/rate_limit.h"
 #include "migration/options.h"
 #include "migration/return_path.h"
 #include "migration/savevm/savevm.h"
@@ -79,6 +80,8 @@ struct kv_migration {
 	 * byte of bandwidth is worth to the switch-over. */
 	double wire_factor;
 	struct kv_rp_reader *rp; /* the return path's reader, during a run */
+	/* max-bandwidth: the main stream and every multifd channel. */
+	struct kv_rate_limit rl;
 	uint32_t ping; /* value of the last PING sent */
 };
 
@@ -148,6 +151,7 @@ struct kv_migration *kv_mig_new(struct kv_savevm *sv, struct kv_ram_state *rs,
 	m->hooks = *hooks;
 	m->status = KV_MIG_NONE;
 	pthread_mutex_init(&m->lock, NULL);
+	kv_rate_limit_init(&m->rl, m->params.max_bandwidth);
 	return m;
 }
 
@@ -155,6 +159,7 @@ void kv_mig_free(struct kv_migration *m)
 {
 	if (!m)
 		return;
+	kv_rate_limit_destroy(&m->rl);
 	pthread_mutex_destroy(&m->lock);
 	free(m);
 }
@@ -242,19 +247,6 @@ void kv_mig_set_downtime_limit(struct kv_migration *m, uint64_t ms)
 	__atomic_store_n(&m->params.downtime_limit_ms, ms, __ATOMIC_RELAXED);
 }
 
-/* max-bandwidth holds for everything together: with multifd the pages
- * go over the channels, which share the limit, and the main stream (a
- * few records and the device state) is not held back. */
-static void apply_rate_limit(struct kv_migration *m, struct kv_stream *s)
-{
-	uint64_t bw = __atomic_load_n(&m->params.max_bandwidth,
-				      __ATOMIC_RELAXED);
-
-	if (m->rs && kv_ram_multifd_set_rate_limit(m->rs, bw))
-		bw = 0;
-	kv_stream_set_rate_limit(s, bw);
-}
-
 /* Bytes on the wire: the main stream and any multifd channels. */
 static uint64_t transferred(const struct kv_migration *m,
 			    struct kv_stream *s)
@@ -267,10 +259,7 @@ void kv_mig_set_max_bandwidth(struct kv_migration *m, uint64_t bytes_per_sec)
 {
 	__atomic_store_n(&m->params.max_bandwidth, bytes_per_sec,
 			 __ATOMIC_RELAXED);
-	pthread_mutex_lock(&m->lock);
-	if (m->stream)
-		apply_rate_limit(m, m->stream);
-	pthread_mutex_unlock(&m->lock);
+	kv_rate_limit_set(&m->rl, bytes_per_sec);
 }
 
 void kv_mig_get_stats(const struct kv_migration *m, struct kv_mig_stats *st)
@@ -695,6 +684,7 @@ static int multifd_connect(struct kv_migration *m, const char *uri,
 	struct kv_mfd_config cfg = kv_mig_params_mfd(&m->params);
 	struct kv_mfd_send *mfd;
 
+	cfg.rate_limit = &m->rl;
 	if (!cfg.channels || !m->rs)
 		return 0;
 	if (m->params.xbzrle_cache_size)
@@ -756,7 +746,9 @@ int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 		}
 		goto out;
 	}
-	apply_rate_limit(m, s);
+	/* max-bandwidth holds for everything together: the main stream and
+	 * every multifd channel charge one limiter. */
+	kv_stream_share_rate_limit(s, &m->rl);
 	return_path = kv_stream_chan(s)->is_socket;
 	if (return_path) {
 		m->rp = kv_rp_reader_start(kv_stream_chan(s), &lerr);
@@ -783,6 +775,7 @@ out:
 	if (ret < 0 && stopped)
 		m->hooks.resume_vm(m->hooks.opaque);
 	update_stats(m, s);
+	kv_stream_share_rate_limit(s, NULL); /* m may go before s */
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);

@@ -346,6 +346,13 @@ static void test_rate_new_limit_applies_to_next_charge(void **state)
 	assert_int_equal(kv_rate_limit_get(&rl), 2000000);
 	due = kv_rate_limit_charge(&rl, 1000000);
 	assert_true(llabs(due - rl.start_ns - 500000000LL) < 1000);
+	/* Lowering it does not re-price what was charged at the old rate
+	 * (10 s of stall for 1 MB at 100 kB/s): the next bytes are
+	 * scheduled from now. */
+	kv_rate_limit_set(&rl, 100000);
+	due = kv_rate_limit_charge(&rl, 10000);
+	assert_true(llabs(due - rl.start_ns - 100000000LL) < 1000);
+	assert_true(due < kv_now_ns() + 200000000LL);
 	kv_rate_limit_destroy(&rl);
 }
 

@@ -29,12 +29,12 @@
 #include "base/bitmap.h"
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/rate_limit.h"
 #include "base/zero.h"
 #include "io/iov.h"
 #include "migration/codec/codec.h"
 
 #define JOB_PAGES     KV_MFD_PAGES_DEFAULT
-#define RATE_WINDOW_NS (100 * 1000000LL)
 /* How long the loader waits at MULTIFD_FLUSH for channels that never
  * connected (a peer configured with fewer channels). */
 #define CONNECT_TIMEOUT_NS (30 * 1000000000LL)
@@ -113,11 +113,6 @@ struct kv_mfd_send {
 	const char *cur_block; /* the caller's name pointer for cur's block */
 	uint64_t packet_num; /* atomic */
 	uint64_t bytes, normal, zero; /* atomic */
-	/* Rate limit over all channels. */
-	uint64_t rate_bps; /* atomic */
-	pthread_mutex_t rl_lock;
-	int64_t rl_start;
-	uint64_t rl_sent;
 };
 
 /* Record the first failure and stop every channel. Called with lock. */
@@ -139,27 +134,19 @@ static void send_fail_locked(struct kv_mfd_send *m, int code,
 	pthread_cond_broadcast(&m->cond);
 }
 
+static bool send_failed(void *opaque)
+{
+	struct kv_mfd_send *m = opaque;
+
+	return __atomic_load_n(&m->error, __ATOMIC_RELAXED) != 0;
+}
+
+/* max-bandwidth: the limiter the main stream charges too. */
 static void rate_wait(struct kv_mfd_send *m, uint64_t bytes)
 {
-	uint64_t bps = __atomic_load_n(&m->rate_bps, __ATOMIC_RELAXED);
-	int64_t now, due;
-
-	if (!bps)
-		return;
-	pthread_mutex_lock(&m->rl_lock);
-	now = kv_now_ns();
-	if (now - m->rl_start > RATE_WINDOW_NS && m->rl_start +
-	    (int64_t)(m->rl_sent * 1000000000ULL / bps) < now) {
-		m->rl_start = now;
-		m->rl_sent = 0;
-	}
-	m->rl_sent += bytes;
-	due = m->rl_start + (int64_t)((double)m->rl_sent * 1e9 / (double)bps);
-	pthread_mutex_unlock(&m->rl_lock);
-	/* Short sleeps so that a cancel is noticed. */
-	while (due > (now = kv_now_ns()) &&
-	       !__atomic_load_n(&m->error, __ATOMIC_RELAXED))
-		kv_sleep_ns(due - now < 10000000 ? due - now : 10000000);
+	if (m->cfg.rate_limit)
+		kv_rate_limit_wait(kv_rate_limit_charge(m->cfg.rate_limit, bytes),
+				   send_failed, m, NULL);
 }
 
 /* Write one packet for job j: zero pages sorted out, the rest raw or
@@ -315,7 +302,6 @@ struct kv_mfd_send *kv_mfd_send_start(const char *uri,
 	m->cfg = *cfg;
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_cond_init(&m->cond, NULL);
-	pthread_mutex_init(&m->rl_lock, NULL);
 	m->ch = calloc(cfg->channels, sizeof(*m->ch));
 	for (unsigned i = 0; m->ch && i < cfg->channels; i++)
 		pthread_cond_init(&m->ch[i].cond, NULL);
@@ -336,11 +322,6 @@ struct kv_mfd_send *kv_mfd_send_start(const char *uri,
 		}
 	}
 	return m;
-}
-
-void kv_mfd_send_set_rate_limit(struct kv_mfd_send *m, uint64_t bps)
-{
-	__atomic_store_n(&m->rate_bps, bps, __ATOMIC_RELAXED);
 }
 
 static int send_error(struct kv_mfd_send *m, struct kv_error *err)
@@ -510,7 +491,6 @@ void kv_mfd_send_free(struct kv_mfd_send *m)
 		}
 		free(m->ch);
 	}
-	pthread_mutex_destroy(&m->rl_lock);
 	pthread_cond_destroy(&m->cond);
 	pthread_mutex_destroy(&m->lock);
 	free(m);

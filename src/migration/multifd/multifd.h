@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "base/rate_limit.h"
 #include "io/channel.h"
 #include "migration/multifd/multifd_packet.h"
 
@@ -42,6 +43,9 @@ struct kv_mfd_config {
 	enum kv_mfd_method method;
 	int level; /* KV_MFD_LEVEL_DEFAULT or the method's level */
 	enum kv_mfd_zero zero;
+	/* Source: max-bandwidth, the limiter the main stream charges too
+	 * (NULL: none). The caller keeps it alive until the channels end. */
+	struct kv_rate_limit *rate_limit;
 };
 
 /* "none", "legacy", "multifd" <-> enum; -EINVAL with err on a bad name. */
@@ -58,8 +62,6 @@ struct kv_mfd_send;
 struct kv_mfd_send *kv_mfd_send_start(const char *uri,
 				      const struct kv_mfd_config *cfg,
 				      struct kv_error *err);
-/* Bytes per second for all channels together; 0 = no limit. Any thread. */
-void kv_mfd_send_set_rate_limit(struct kv_mfd_send *m, uint64_t bps);
 /* Queue one page (block name, its host address, its offset in the block)
  * for a channel; known_zero: the caller knows it reads as zero. The same
  * block must always come with the same name pointer (a page of another

@@ -295,14 +295,6 @@ uint64_t kv_ram_multifd_bytes(const struct kv_ram_state *rs)
 	return rs->src.mfd_send ? kv_mfd_send_bytes(rs->src.mfd_send) : 0;
 }
 
-bool kv_ram_multifd_set_rate_limit(struct kv_ram_state *rs, uint64_t bps)
-{
-	if (!rs->src.mfd_send)
-		return false;
-	kv_mfd_send_set_rate_limit(rs->src.mfd_send, bps);
-	return true;
-}
-
 void kv_ram_multifd_cancel(struct kv_ram_state *rs)
 {
 	if (rs->src.mfd_send)

@@ -134,9 +134,6 @@ void kv_ram_set_multifd_recv(struct kv_ram_state *rs, struct kv_mfd_recv *r);
 struct kv_mfd_target kv_ram_multifd_target(struct kv_ram_state *rs);
 /* Bytes on the multifd channels (source), for the driver's counts. */
 uint64_t kv_ram_multifd_bytes(const struct kv_ram_state *rs);
-/* max-bandwidth for the channels together; false without multifd (the
- * main stream then carries the pages and its own limit applies). */
-bool kv_ram_multifd_set_rate_limit(struct kv_ram_state *rs, uint64_t bps);
 /* Fail everything blocked on the channels (any thread). */
 void kv_ram_multifd_cancel(struct kv_ram_state *rs);
 
