@@ -114,11 +114,6 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 				    "ram: no dirty tracker: "
 				    "call kv_ram_set_tracker() before "
 				    "migrating");
-	if (rs->src.mfd_send && rs->src.xb.cache_size)
-		return kv_error_set(err, -EINVAL,
-				    "the xbzrle and multifd capabilities "
-				    "cannot be used together (as in QEMU): "
-				    "turn one of them off");
 	ret = alloc_save_bitmaps(rs, err);
 	if (ret < 0)
 		return ret;
