@@ -307,8 +307,7 @@ static void draw_bar(FILE *f, int cols, const struct mig_view *v)
 		bar[i] = i < fill ? '#' : '.';
 	bar[width] = '\0';
 	snprintf(line, sizeof(line),
-		 "%s [%s] %5.1f%% pass %lld %10s/s  left %9s  downtime %s  "
-		 "sent %s",
+		 "%s [%s] %5.1f%% pass %lld %10s/s  left %9s  downtime %s  sent %s",
 		 v->status, bar, v->percent, (long long)v->passes,
 		 fmt_bytes(v->rate, b1, sizeof(b1)),
 		 fmt_bytes((double)v->remaining, b2, sizeof(b2)),
@@ -542,8 +541,7 @@ static int parse_interval(const char *cmd, const char *text, int *out)
 		return KV_EXIT_OK;
 	if (!kv_cli_parse_u64(text, &v) || v < 10 || v > 3600000)
 		return kv_cli_usage_error(cmd,
-					  "--interval '%s': expected "
-					  "milliseconds, 10 to 3600000",
+					  "--interval '%s': expected milliseconds, 10 to 3600000",
 					  text);
 	*out = (int)v;
 	return KV_EXIT_OK;
@@ -553,9 +551,7 @@ static int need_qmp(const char *cmd, const char *qmp)
 {
 	if (!qmp)
 		return kv_cli_usage_error(cmd,
-					  "--qmp PATH is required (the VM's "
-					  "QMP socket: PATH, unix:PATH or "
-					  "tcp:HOST:PORT)");
+					  "--qmp PATH is required (the VM's QMP socket: PATH, unix:PATH or tcp:HOST:PORT)");
 	return KV_EXIT_OK;
 }
 
@@ -762,8 +758,7 @@ static int migrate_parameters(const char *dl, const char *bw, json_t **out)
 		if (!kv_cli_parse_size(bw, &v) || v > INT64_MAX)
 			return kv_cli_usage_error(
 			    "migrate",
-			    "--max-bandwidth '%s': expected bytes per second "
-			    "(64M, 1G)",
+			    "--max-bandwidth '%s': expected bytes per second (64M, 1G)",
 			    bw);
 		json_object_set_new(*out, "max-bandwidth",
 				    json_integer((json_int_t)v));
@@ -802,8 +797,7 @@ int kv_cmd_migrate(int argc, char **argv)
 						 "unexpected argument '%s'",
 						 a.pos[1])
 			    : kv_cli_usage_error("migrate",
-						 "missing the destination URI "
-						 "(e.g. tcp:HOST:PORT)");
+						 "missing the destination URI (e.g. tcp:HOST:PORT)");
 	if (!rc)
 		uri = a.pos[0];
 	ctl_args_free(&a);
@@ -1112,8 +1106,7 @@ int kv_cmd_set(int argc, char **argv)
 	}
 	if (!rc && !a.npos && !a.ncaps)
 		rc =
-		    kv_cli_usage_error("set", "nothing to set (give NAME=VALUE "
-					      "or --capability NAME=on|off)");
+		    kv_cli_usage_error("set", "nothing to set (give NAME=VALUE or --capability NAME=on|off)");
 	if (!rc)
 		rc = need_qmp("set", qmp);
 	if (!rc)

@@ -325,8 +325,7 @@ static int digest_post_load(void *opaque, int version_id, struct kv_error *err)
 		kv_cli_hex(d->hash, 16, src_hex);
 		kv_cli_hex(local, 16, dst_hex);
 		return kv_error_set(err, -EIO,
-				    "digest mismatch: source %s, "
-				    "destination %s",
+				    "digest mismatch: source %s, destination %s",
 				    src_hex, dst_hex);
 	}
 	d->verified = true;
@@ -410,25 +409,17 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 		return rc;
 
 	if (!o->to == !o->incoming)
-		return kv_cli_usage_error("memtest", "give exactly one of "
-						     "--to URI (source) and "
-						     "--incoming URI "
-						     "(destination)");
+		return kv_cli_usage_error("memtest", "give exactly one of --to URI (source) and --incoming URI (destination)");
 	if (o->incoming && (rate || downtime || bw || timeout || pattern ||
 			    seed || print_digest || compress))
 		return kv_cli_usage_error("memtest",
-					  "--incoming takes only --size, "
-					  "--blocks, --max-size and --json; "
-					  "the workload comes from the source");
+					  "--incoming takes only --size, --blocks, --max-size and --json; the workload comes from the source");
 	if (o->incoming && blocks && !size)
 		return kv_cli_usage_error("memtest",
-					  "--blocks on the destination needs "
-					  "--size (pre-allocated blocks)");
+					  "--blocks on the destination needs --size (pre-allocated blocks)");
 	if (o->incoming && size && max_size)
 		return kv_cli_usage_error("memtest",
-					  "--max-size limits blocks created on "
-					  "demand; with --size the destination "
-					  "takes exactly SIZE");
+					  "--max-size limits blocks created on demand; with --size the destination takes exactly SIZE");
 	if (o->to && max_size)
 		return kv_cli_usage_error("memtest",
 					  "--max-size is a destination option");
@@ -436,18 +427,15 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 		return kv_cli_usage_error("memtest", "--to needs --size");
 	if (size && (!kv_cli_parse_size(size, &o->size) || !o->size))
 		return kv_cli_usage_error("memtest",
-					  "invalid --size '%s' (expected a "
-					  "size such as 64M or 1G)",
+					  "invalid --size '%s' (expected a size such as 64M or 1G)",
 					  size);
 	if (max_size && !kv_cli_parse_size(max_size, &o->max_size))
 		return kv_cli_usage_error("memtest",
-					  "invalid --max-size '%s' (expected "
-					  "a size such as 64M or 1G)",
+					  "invalid --max-size '%s' (expected a size such as 64M or 1G)",
 					  max_size);
 	if (rate && !kv_cli_parse_double(rate, &o->dirty_rate_mib))
 		return kv_cli_usage_error("memtest",
-					  "invalid --dirty-rate '%s' (expected "
-					  "MiB/s, a number such as 64)",
+					  "invalid --dirty-rate '%s' (expected MiB/s, a number such as 64)",
 					  rate);
 	rc = table_opt("downtime-limit", downtime, &o->downtime_ms);
 	if (!rc)
@@ -457,19 +445,16 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 	o->has_downtime = downtime != NULL;
 	if (timeout && !kv_cli_parse_u64(timeout, &o->timeout_s))
 		return kv_cli_usage_error("memtest",
-					  "invalid --timeout '%s' (expected "
-					  "seconds)",
+					  "invalid --timeout '%s' (expected seconds)",
 					  timeout);
 	if (blocks && (!kv_cli_parse_u64(blocks, &o->blocks) || !o->blocks ||
 		       o->blocks > KV_MEMTEST_MAX_BLOCKS))
 		return kv_cli_usage_error("memtest",
-					  "invalid --blocks '%s' (expected "
-					  "1 to %d)",
+					  "invalid --blocks '%s' (expected 1 to %d)",
 					  blocks, KV_MEMTEST_MAX_BLOCKS);
 	if (seed && !kv_cli_parse_u64(seed, &o->seed))
 		return kv_cli_usage_error("memtest",
-					  "invalid --seed '%s' (expected a "
-					  "non-negative integer)",
+					  "invalid --seed '%s' (expected a non-negative integer)",
 					  seed);
 	if (pattern) {
 		if (!strcmp(pattern, "mixed"))
@@ -481,8 +466,7 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 		else
 			return kv_cli_usage_error(
 			    "memtest",
-			    "invalid --pattern '%s' (expected mixed, "
-			    "zero or random)",
+			    "invalid --pattern '%s' (expected mixed, zero or random)",
 			    pattern);
 	}
 	rc = table_opt("multifd-channels", mfd_chans, &o->multifd_channels);
@@ -498,12 +482,10 @@ static int parse_opts(int argc, char **argv, struct memtest_opts *o, bool *help)
 		return rc;
 	if (mfd_comp && !mfd_chans)
 		return kv_cli_usage_error("memtest",
-					  "--multifd-compression needs "
-					  "--multifd-channels");
+					  "--multifd-compression needs --multifd-channels");
 	if (mfd_chans && !strncmp(o->to ? o->to : o->incoming, "file:", 5))
 		return kv_cli_usage_error("memtest",
-					  "multifd needs a socket URI (tcp: "
-					  "or unix:), not file:");
+					  "multifd needs a socket URI (tcp: or unix:), not file:");
 	o->print_digest = print_digest != NULL;
 	o->json = json != NULL;
 	return KV_EXIT_OK;
@@ -1112,8 +1094,7 @@ static int run_dest(struct memtest_opts *o)
 	kv_incoming_get_stats(d.in, &ist);
 	if (rc == 0 && !d.digest.verified) {
 		rc = kv_error_set(&err, -EIO,
-				  "the stream carried no memtest/digest "
-				  "section: nothing was verified");
+				  "the stream carried no memtest/digest section: nothing was verified");
 	}
 	kv_ram_get_stats(rs, &rst);
 	if (rc < 0 && !d.pre.nblocks && ist.peer[0])

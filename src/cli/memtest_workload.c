@@ -49,8 +49,7 @@ int kv_memtest_region_map(struct kv_memtest_region *r, uint64_t size,
 				    KV_MEMTEST_MAX_BLOCKS, nblocks);
 	if (pages < nblocks)
 		return kv_error_set(err, -EINVAL,
-				    "size %llu bytes is too small for %zu "
-				    "blocks of at least one 4 KiB page",
+				    "size %llu bytes is too small for %zu blocks of at least one 4 KiB page",
 				    (unsigned long long)size, nblocks);
 	for (size_t i = 0; i < nblocks; i++) {
 		struct kv_memtest_block *b = &r->blocks[i];
@@ -66,8 +65,7 @@ int kv_memtest_region_map(struct kv_memtest_region *r, uint64_t size,
 
 			kv_memtest_region_unmap(r);
 			return kv_error_set_errno(err, e,
-						  "cannot map %llu bytes for "
-						  "block %zu",
+						  "cannot map %llu bytes for block %zu",
 						  (unsigned long long)b->length,
 						  i);
 		}
@@ -280,8 +278,7 @@ int kv_memtest_region_prefault(struct kv_memtest_region *r, size_t nthreads,
 	for (size_t i = 0; i < n; i++)
 		if (jobs[i].error)
 			return kv_error_set_errno(err, -jobs[i].error,
-						  "cannot pre-allocate the "
-						  "%llu bytes of the region",
+						  "cannot pre-allocate the %llu bytes of the region",
 						  (unsigned long long)r->total);
 	return 0;
 }

@@ -143,9 +143,7 @@ static int open_socket(const char *addr, int timeout_ms, int *fd,
 	if (!has_prefix(addr, "unix:") && !has_prefix(addr, "tcp:")) {
 		if (has_prefix(addr, "file:") || has_prefix(addr, "fd:"))
 			return kv_error_set(err, -EINVAL,
-					    "QMP address '%s': expected "
-					    "unix:PATH, tcp:HOST:PORT or a "
-					    "socket path",
+					    "QMP address '%s': expected unix:PATH, tcp:HOST:PORT or a socket path",
 					    addr);
 		rc = connect_unix(addr, timeout_ms, fd);
 		goto unix_done;
@@ -162,8 +160,7 @@ static int open_socket(const char *addr, int timeout_ms, int *fd,
 unix_done:
 	if (rc == -ENOENT)
 		return kv_error_set(err, rc,
-				    "cannot connect to QMP socket %s: no such "
-				    "socket (is the VM running with --qmp?)",
+				    "cannot connect to QMP socket %s: no such socket (is the VM running with --qmp?)",
 				    addr);
 	if (rc < 0)
 		return kv_error_set_errno(
@@ -227,8 +224,7 @@ static int parse_buffered(struct kv_qmpc *c, json_t **msg, struct kv_error *err)
 			return 1;
 		json_decref(*msg);
 		return kv_error_set(err, -EPROTO,
-				    "QMP socket %s sent a JSON value that is "
-				    "not an object",
+				    "QMP socket %s sent a JSON value that is not an object",
 				    c->addr);
 	}
 	/* An error at the very end is a document still on its way. */
@@ -253,8 +249,7 @@ static int fill_buffer(struct kv_qmpc *c, int64_t deadline_ms,
 
 		if (cap > KV_QMPC_MAX_MESSAGE)
 			return kv_error_set(err, -EMSGSIZE,
-					    "QMP socket %s sent a message "
-					    "larger than %u bytes",
+					    "QMP socket %s sent a message larger than %u bytes",
 					    c->addr, KV_QMPC_MAX_MESSAGE);
 		nb = realloc(c->buf, cap);
 		if (!nb)
@@ -280,8 +275,7 @@ static int fill_buffer(struct kv_qmpc *c, int64_t deadline_ms,
 		    err, -errno, "reading from QMP socket %s", c->addr);
 	if (n == 0)
 		return kv_error_set(err, -ECONNRESET,
-				    "QMP socket %s: the connection was closed "
-				    "(did the VM exit?)",
+				    "QMP socket %s: the connection was closed (did the VM exit?)",
 				    c->addr);
 	c->len += (size_t)n;
 	return 0;
@@ -320,17 +314,14 @@ static int read_greeting(struct kv_qmpc *c, int timeout_ms,
 
 	if (rc == -ETIMEDOUT)
 		return kv_error_set(err, rc,
-				    "QMP socket %s sent no greeting within "
-				    "%d ms (is it a QMP monitor? QEMU serves "
-				    "one client per socket at a time)",
+				    "QMP socket %s sent no greeting within %d ms (is it a QMP monitor? QEMU serves one client per socket at a time)",
 				    c->addr, timeout_ms);
 	if (rc < 0)
 		return rc;
 	if (!json_is_object(json_object_get(msg, "QMP"))) {
 		json_decref(msg);
 		return kv_error_set(err, -EPROTO,
-				    "QMP socket %s: the first message is not "
-				    "a QMP greeting",
+				    "QMP socket %s: the first message is not a QMP greeting",
 				    c->addr);
 	}
 	c->greeting = json_incref(json_object_get(msg, "QMP"));
@@ -414,8 +405,7 @@ static int await_reply(struct kv_qmpc *c, const char *name, json_int_t id,
 
 		if (rc == -ETIMEDOUT)
 			return kv_error_set(err, rc,
-					    "%s: no reply from QMP socket %s "
-					    "in time",
+					    "%s: no reply from QMP socket %s in time",
 					    name, c->addr);
 		if (rc < 0)
 			return rc;
@@ -436,8 +426,7 @@ static int await_reply(struct kv_qmpc *c, const char *name, json_int_t id,
 		if (!val) {
 			json_decref(msg);
 			return kv_error_set(err, -EPROTO,
-					    "%s: the reply from %s has neither "
-					    "\"return\" nor \"error\"",
+					    "%s: the reply from %s has neither \"return\" nor \"error\"",
 					    name, c->addr);
 		}
 		if (ret)

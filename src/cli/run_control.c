@@ -98,9 +98,7 @@ static void print_summary(struct run_ctl *rc)
 
 	kv_vm_mig_query(rc->mig, &info);
 	fprintf(stderr,
-		"kvmig run: migration %s: total %lld ms, downtime %lld ms "
-		"(vCPU pause %.2f ms), setup %lld ms, %.1f MiB transferred, "
-		"%llu zero pages, %llu normal pages, %llu passes\n",
+		"kvmig run: migration %s: total %lld ms, downtime %lld ms (vCPU pause %.2f ms), setup %lld ms, %.1f MiB transferred, %llu zero pages, %llu normal pages, %llu passes\n",
 		kv_mig_status_name(info.status),
 		(long long)info.stats.total_time_ms,
 		(long long)info.stats.downtime_ms,
@@ -344,9 +342,7 @@ static int qmp_system_powerdown(void *opaque, struct kv_error *err)
 	}
 	if (kv_serial_receive(kv_vm_serial(rc->vm), &button, 1) != 1)
 		return kv_error_set(err, -EAGAIN,
-				    "the guest's console input is full (the "
-				    "guest is not reading its UART); try "
-				    "again later");
+				    "the guest's console input is full (the guest is not reading its UART); try again later");
 	event(rc, "POWERDOWN", NULL);
 	return 0;
 }
@@ -405,8 +401,7 @@ static void *incoming_main(void *arg)
 		return NULL;
 	}
 	fprintf(stderr,
-		"kvmig run: incoming migration complete, guest running "
-		"(%.1f ms from the first byte wait)\n",
+		"kvmig run: incoming migration complete, guest running (%.1f ms from the first byte wait)\n",
 		(double)(kv_now_ns() - t0) / 1e6);
 	return NULL;
 }

@@ -756,18 +756,15 @@ static int unix_prepare_path(const struct kv_uri *u, const char *uri,
 	if (lstat(u->path, &st) < 0)
 		return errno == ENOENT ? 0
 				       : kv_error_set_errno(err, -errno,
-							    "%s: cannot stat "
-							    "path",
+							    "%s: cannot stat path",
 							    uri);
 	if (!S_ISSOCK(st.st_mode))
 		return kv_error_set(err, -EEXIST,
-				    "%s: '%s' exists and is not a socket; "
-				    "refusing to replace it",
+				    "%s: '%s' exists and is not a socket; refusing to replace it",
 				    uri, u->path);
 	if (unix_socket_live(u))
 		return kv_error_set(err, -EADDRINUSE,
-				    "%s: another process is listening on "
-				    "'%s'",
+				    "%s: another process is listening on '%s'",
 				    uri, u->path);
 	if (unlink(u->path) < 0 && errno != ENOENT)
 		return kv_error_set_errno(
@@ -923,8 +920,7 @@ struct kv_chan *kv_listener_accept(struct kv_listener *l, struct kv_error *err)
 			fd = open(l->uri.path, O_RDONLY | O_CLOEXEC);
 			if (fd < 0)
 				fd = kv_error_set_errno(err, -errno,
-							"%s: cannot open "
-							"file",
+							"%s: cannot open file",
 							l->text);
 		}
 		if (fd >= 0)

@@ -145,8 +145,7 @@ static void set_io_error(struct kv_stream *s, int code, const char *what)
 {
 	if (code == -ECANCELED)
 		kv_stream_set_error(s, code,
-				    "%s: %s cancelled by shutdown at stream "
-				    "offset %llu",
+				    "%s: %s cancelled by shutdown at stream offset %llu",
 				    s->chan->name, what,
 				    (unsigned long long)s->offset);
 	else
@@ -350,8 +349,7 @@ void kv_stream_put_str8(struct kv_stream *s, const char *str)
 
 	if (len > 255) {
 		kv_stream_set_error(s, -EINVAL,
-				    "%s: string of %zu bytes is too long for "
-				    "a u8 length at stream offset %llu",
+				    "%s: string of %zu bytes is too long for a u8 length at stream offset %llu",
 				    s->chan->name, len,
 				    (unsigned long long)s->offset);
 		return;
@@ -385,8 +383,7 @@ void kv_stream_put_page_ref(struct kv_stream *s, const void *buf, size_t len)
 static void set_eof_error(struct kv_stream *s, size_t wanted)
 {
 	kv_stream_set_error(s, -EIO,
-			    "%s: unexpected end of stream at offset %llu "
-			    "(%zu more bytes expected)",
+			    "%s: unexpected end of stream at offset %llu (%zu more bytes expected)",
 			    s->chan->name, (unsigned long long)s->offset,
 			    wanted);
 }
@@ -528,8 +525,7 @@ int kv_stream_get_str8(struct kv_stream *s, char *buf, size_t size)
 	}
 	if (size < (size_t)len + 1) {
 		kv_stream_set_error(s, -EINVAL,
-				    "%s: string of %u bytes at stream offset "
-				    "%llu does not fit a %zu-byte buffer",
+				    "%s: string of %u bytes at stream offset %llu does not fit a %zu-byte buffer",
 				    s->chan->name, len,
 				    (unsigned long long)s->offset, size);
 		if (size)

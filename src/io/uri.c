@@ -49,8 +49,7 @@ static int parse_port(const char *text, const char *port, struct kv_uri *uri,
 
 	if (*port == '\0')
 		return kv_error_set(err, -EINVAL,
-				    "'%s': missing port (expected "
-				    "tcp:HOST:PORT)",
+				    "'%s': missing port (expected tcp:HOST:PORT)",
 				    text);
 	if (!all_digits(port))
 		return kv_error_set(err, -EINVAL,
@@ -76,8 +75,7 @@ static int parse_tcp(const char *text, const char *rest, struct kv_uri *uri,
 
 		if (!end)
 			return kv_error_set(err, -EINVAL,
-					    "'%s': missing ']' after IPv6 "
-					    "address",
+					    "'%s': missing ']' after IPv6 address",
 					    text);
 		host_len = (size_t)(end - rest - 1);
 		if (host_len == 0)
@@ -85,8 +83,7 @@ static int parse_tcp(const char *text, const char *rest, struct kv_uri *uri,
 					    "'%s': empty IPv6 address", text);
 		if (end[1] != ':')
 			return kv_error_set(err, -EINVAL,
-					    "'%s': missing port (expected "
-					    "tcp:[IPV6]:PORT)",
+					    "'%s': missing port (expected tcp:[IPV6]:PORT)",
 					    text);
 		rest++;
 		port = end + 2;
@@ -95,21 +92,18 @@ static int parse_tcp(const char *text, const char *rest, struct kv_uri *uri,
 
 		if (!colon)
 			return kv_error_set(err, -EINVAL,
-					    "'%s': missing port (expected "
-					    "tcp:HOST:PORT)",
+					    "'%s': missing port (expected tcp:HOST:PORT)",
 					    text);
 		host_len = (size_t)(colon - rest);
 		if (memchr(rest, ':', host_len))
 			return kv_error_set(err, -EINVAL,
-					    "'%s': an IPv6 address needs "
-					    "brackets: tcp:[ADDR]:PORT",
+					    "'%s': an IPv6 address needs brackets: tcp:[ADDR]:PORT",
 					    text);
 		port = colon + 1;
 	}
 	if (host_len >= sizeof(uri->host))
 		return kv_error_set(err, -ENAMETOOLONG,
-				    "'%s': host name too long (%zu bytes, at "
-				    "most %zu)",
+				    "'%s': host name too long (%zu bytes, at most %zu)",
 				    text, host_len, sizeof(uri->host) - 1);
 	memcpy(uri->host, rest, host_len);
 	uri->host[host_len] = '\0';
@@ -125,8 +119,7 @@ static int parse_path(const char *text, const char *path, size_t max,
 		return kv_error_set(err, -EINVAL, "'%s': empty path", text);
 	if (len > max)
 		return kv_error_set(err, -ENAMETOOLONG,
-				    "'%s': path too long (%zu bytes, at most "
-				    "%zu)",
+				    "'%s': path too long (%zu bytes, at most %zu)",
 				    text, len, max);
 	memcpy(uri->path, path, len + 1);
 	return 0;
@@ -140,8 +133,7 @@ static int parse_fd(const char *text, const char *num, struct kv_uri *uri,
 	uri->kind = KV_URI_FD;
 	if (!parse_decimal(num, 1 << 30, &v))
 		return kv_error_set(err, -EINVAL,
-				    "'%s': '%s' is not a file descriptor "
-				    "number",
+				    "'%s': '%s' is not a file descriptor number",
 				    text, num);
 	uri->fd = (int)v;
 	return 0;
@@ -155,8 +147,7 @@ int kv_uri_parse(const char *text, struct kv_uri *uri, struct kv_error *err)
 	uri->fd = -1;
 	if (!text || *text == '\0')
 		return kv_error_set(err, -EINVAL,
-				    "empty migration URI: use tcp:, unix:, "
-				    "file: or fd:");
+				    "empty migration URI: use tcp:, unix:, file: or fd:");
 	if (has_prefix(text, "tcp:"))
 		return parse_tcp(text, text + 4, uri, err);
 	if (has_prefix(text, "unix:")) {
@@ -172,7 +163,6 @@ int kv_uri_parse(const char *text, struct kv_uri *uri, struct kv_error *err)
 	if (has_prefix(text, "fd:"))
 		return parse_fd(text, text + 3, uri, err);
 	return kv_error_set(err, -EINVAL,
-			    "'%s': unknown scheme: use tcp:, unix:, file: or "
-			    "fd:",
+			    "'%s': unknown scheme: use tcp:, unix:, file: or fd:",
 			    text);
 }

@@ -23,8 +23,7 @@ static int check_range(const char *name, unsigned v, unsigned lo, unsigned hi,
 	if (v >= lo && v <= hi)
 		return 0;
 	return kv_error_set(err, -EINVAL,
-			    "parameter '%s' is %u: expects an integer in the "
-			    "range of %u to %u",
+			    "parameter '%s' is %u: expects an integer in the range of %u to %u",
 			    name, v, lo, hi);
 }
 

@@ -319,13 +319,7 @@ static int not_converged(struct kv_migration *m, uint64_t pending,
 	double needed_ms = bw > 0 ? (double)pending * 1000.0 / bw : 0;
 
 	return kv_error_set(err, -ETIMEDOUT,
-			    "migration did not converge within %llu ms: "
-			    "%.1f MiB still to send in pass %llu at %.1f "
-			    "MiB/s, and a downtime limit of %llu ms allows "
-			    "%.1f MiB at switch-over (about %.0f ms needed); "
-			    "raise the downtime limit or the bandwidth limit, "
-			    "or slow the workload's dirtying; the source "
-			    "keeps running",
+			    "migration did not converge within %llu ms: %.1f MiB still to send in pass %llu at %.1f MiB/s, and a downtime limit of %llu ms allows %.1f MiB at switch-over (about %.0f ms needed); raise the downtime limit or the bandwidth limit, or slow the workload's dirtying; the source keeps running",
 			    (unsigned long long)m->params.converge_timeout_ms,
 			    (double)pending / KV_MiB_F, (unsigned long long)m->pass,
 			    bw / KV_MiB_F, (unsigned long long)downtime_ms,
@@ -436,8 +430,7 @@ static int wait_destination(struct kv_migration *m, struct kv_stream *s,
 				     err);
 	if (ret < 0)
 		kv_error_prefix(err,
-				"waiting for the destination to read "
-				"pass %llu",
+				"waiting for the destination to read pass %llu",
 				(unsigned long long)m->pass);
 	return ret;
 }
@@ -504,9 +497,7 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 			if (ret < 0)
 				return ret;
 			kv_switch_log(
-			    "pass %llu ended: %.1f ms, %llu pages, "
-			    "%.0f MiB/s; sync %.3f ms, %llu pages "
-			    "dirty",
+			    "pass %llu ended: %.1f ms, %llu pages, %.0f MiB/s; sync %.3f ms, %llu pages dirty",
 			    (unsigned long long)m->pass, (double)pass_ns / 1e6,
 			    (unsigned long long)pass_pages, m->bandwidth / KV_MiB_F,
 			    (double)(kv_now_ns() - now) / 1e6,
@@ -620,11 +611,7 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 			return ret;
 		if (status != 0)
 			return kv_error_set(err, -EREMOTEIO,
-					    "the destination "
-					    "failed to load the migration "
-					    "stream (it answered SHUT with "
-					    "status %u; see its log); the "
-					    "source resumes",
+					    "the destination failed to load the migration stream (it answered SHUT with status %u; see its log); the source resumes",
 					    status);
 		kv_switch_log("SHUT(0) received");
 	}
@@ -689,9 +676,7 @@ static int multifd_connect(struct kv_migration *m, const char *uri,
 		return 0;
 	if (m->params.xbzrle_cache_size)
 		return kv_error_set(err, -EINVAL,
-				    "the xbzrle and multifd capabilities "
-				    "cannot be used together (as in QEMU): "
-				    "turn one of them off");
+				    "the xbzrle and multifd capabilities cannot be used together (as in QEMU): turn one of them off");
 	mfd = kv_mfd_send_start(uri, &cfg, err);
 	if (!mfd)
 		return err->code ? err->code : -EIO;
@@ -739,9 +724,7 @@ int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 			pthread_mutex_unlock(&m->lock);
 			return kv_error_set(
 			    err, -EBUSY,
-			    "migration: this "
-			    "migration already ran (status "
-			    "%s)",
+			    "migration: this migration already ran (status %s)",
 			    kv_mig_status_name(kv_mig_status(m)));
 		}
 		goto out;

@@ -58,8 +58,7 @@ static int cmd_qmp_capabilities(struct kv_qmp_call *call)
 	if (call->client->negotiated) {
 		call->err_class = "CommandNotFound";
 		return kv_error_set(&call->err, -EINVAL,
-				    "Capabilities negotiation is already "
-				    "complete, command ignored");
+				    "Capabilities negotiation is already complete, command ignored");
 	}
 	/* We announce no capabilities, so any requested one is unknown. */
 	if (cap)

@@ -73,8 +73,7 @@ static int open_listener(struct kv_qmp *q, const char *uri,
 	}
 	if (u.kind != KV_URI_UNIX && u.kind != KV_URI_TCP)
 		return kv_error_set(err, -EINVAL,
-				    "QMP %s: only unix:PATH and tcp:HOST:PORT "
-				    "can be listened on",
+				    "QMP %s: only unix:PATH and tcp:HOST:PORT can be listened on",
 				    uri);
 	q->listener = kv_listener_open(uri, err);
 	if (!q->listener) {
@@ -252,8 +251,7 @@ static void deliver_events(struct kv_qmp *q)
 			if (c->negotiated &&
 			    kv_qmp_client_send(c, ev->msg) == -ENOBUFS) {
 				drop_client(q, i,
-					    "not reading its events (output "
-					    "buffer full)");
+					    "not reading its events (output buffer full)");
 				continue;
 			}
 			i++;

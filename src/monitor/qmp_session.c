@@ -380,8 +380,7 @@ static int dispatch(struct kv_qmp_client *c, json_t *req)
 	name = json_string_value(exec);
 	if (!c->negotiated && strcmp(name, "qmp_capabilities"))
 		return reply_error(c, id, "CommandNotFound",
-				   "Expecting capabilities negotiation with "
-				   "'qmp_capabilities'");
+				   "Expecting capabilities negotiation with 'qmp_capabilities'");
 	cmd = kv_qmp_command_find(name);
 	if (!cmd)
 		return reply_error(c, id, "CommandNotFound",

@@ -91,8 +91,7 @@ static int log_enable(int vm_fd, struct kv_error *err)
 	if (have <= 0 || !(have & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE))
 		return kv_error_set(
 		    err, -ENOTSUP,
-		    "KVM lacks KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2"
-		    ": the dirty log tracker needs it");
+		    "KVM lacks KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: the dirty log tracker needs it");
 	want = have & (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE |
 		       KVM_DIRTY_LOG_INITIALLY_SET);
 	if (enable_cap(vm_fd, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, (uint64_t)want,
@@ -137,8 +136,7 @@ int kv_kvm_dirty_ring_enable_cap(int vm_fd, uint32_t entries,
 	    bytes > (uint64_t)max_bytes)
 		return kv_error_set(
 		    err, -EINVAL,
-		    "dirty ring of %u entries: need a power "
-		    "of two of at most %zu entries",
+		    "dirty ring of %u entries: need a power of two of at most %zu entries",
 		    entries, (size_t)max_bytes / sizeof(struct kvm_dirty_gfn));
 	return enable_cap(vm_fd, cap, bytes, err,
 			  cap == KVM_CAP_DIRTY_LOG_RING_ACQ_REL
@@ -161,8 +159,7 @@ static int set_slot_flags(struct kv_kvm_dirty *d, struct dirty_slot *sl,
 
 	if (ioctl(d->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
 		return kv_error_set_errno(err, -errno,
-					  "KVM_SET_USER_MEMORY_REGION (slot "
-					  "%u, flags %#x)",
+					  "KVM_SET_USER_MEMORY_REGION (slot %u, flags %#x)",
 					  sl->s.slot, flags);
 	sl->s.flags = flags;
 	return 0;
@@ -197,9 +194,7 @@ static struct kv_kvm_dirty *dirty_new(enum tracker_kind kind, int vm_fd,
 			(KV_PAGE_SIZE - 1) ||
 		    !sl->npages || sl->block_page + sl->npages > block_pages) {
 			kv_error_set(err, -EINVAL,
-				     "dirty tracker: slot %u (%llu bytes at "
-				     "block offset %#llx) does not fit a "
-				     "block of %llu pages",
+				     "dirty tracker: slot %u (%llu bytes at block offset %#llx) does not fit a block of %llu pages",
 				     slots[i].slot,
 				     (unsigned long long)slots[i].size,
 				     (unsigned long long)slots[i].block_offset,
@@ -253,8 +248,7 @@ static struct kv_ram_block *tracked_block(struct kv_kvm_dirty *d,
 {
 	if (nblocks != 1 || blocks[0].npages != d->block_pages) {
 		kv_error_set(err, -EINVAL,
-			     "KVM dirty tracker covers one RAM block of %llu "
-			     "pages, asked to sync %zu block(s)%s",
+			     "KVM dirty tracker covers one RAM block of %llu pages, asked to sync %zu block(s)%s",
 			     (unsigned long long)d->block_pages, nblocks,
 			     nblocks == 1 ? " of another size" : "");
 		return NULL;
@@ -391,8 +385,7 @@ static int log_clear_slot(struct kv_kvm_dirty *d, struct dirty_slot *sl,
 	cl.dirty_bitmap = sl->scratch;
 	if (ioctl(d->vm_fd, KVM_CLEAR_DIRTY_LOG, &cl) < 0)
 		return kv_error_set_errno(err, -errno,
-					  "KVM_CLEAR_DIRTY_LOG (slot %u, "
-					  "pages %llu..%llu)",
+					  "KVM_CLEAR_DIRTY_LOG (slot %u, pages %llu..%llu)",
 					  sl->s.slot, (unsigned long long)a,
 					  (unsigned long long)(z - 1));
 	return 0;
@@ -406,8 +399,7 @@ static int log_clear(void *opaque, struct kv_ram_block *block, size_t first,
 
 	if (block->npages != d->block_pages || end > d->block_pages)
 		return kv_error_set(err, -EINVAL,
-				    "dirty log clear: pages %zu..%llu outside "
-				    "the tracked block of %llu pages",
+				    "dirty log clear: pages %zu..%llu outside the tracked block of %llu pages",
 				    first, (unsigned long long)end,
 				    (unsigned long long)d->block_pages);
 	for (int i = 0; i < d->nslots; i++) {
@@ -523,9 +515,7 @@ static int ring_collect(struct kv_kvm_dirty *d, int vcpu, struct kv_error *err)
 					     sl->block_page + e->offset);
 		else if (!ret)
 			ret = kv_error_set(err, -EIO,
-					   "dirty ring of vCPU %d: entry for "
-					   "slot %#x page %llu, not a tracked "
-					   "page",
+					   "dirty ring of vCPU %d: entry for slot %#x page %llu, not a tracked page",
 					   vcpu, e->slot,
 					   (unsigned long long)e->offset);
 		__atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET,
@@ -632,9 +622,7 @@ static int map_ring(struct dirty_ring *r, int vcpu_fd, uint32_t entries,
 		 (off_t)KVM_DIRTY_LOG_PAGE_OFFSET * page);
 	if (p == MAP_FAILED)
 		return kv_error_set_errno(err, -errno,
-					  "mapping the dirty ring of vCPU %d "
-					  "(was the ring enabled before the "
-					  "vCPU was created?)",
+					  "mapping the dirty ring of vCPU %d (was the ring enabled before the vCPU was created?)",
 					  vcpu);
 	r->gfns = p;
 	return 0;

@@ -150,14 +150,11 @@ static int probe_xsave(int kvm_fd, struct kv_msr_list *ml, struct kv_error *err)
 
 	if (ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE) <= 0)
 		return kv_error_set(err, -ENOTSUP,
-				    "KVM lacks KVM_CAP_XSAVE: cannot save the "
-				    "vCPU's FPU state");
+				    "KVM lacks KVM_CAP_XSAVE: cannot save the vCPU's FPU state");
 	size = ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
 	if (size > KV_XSAVE_BYTES)
 		return kv_error_set(err, -ENOTSUP,
-				    "this host's XSAVE area is %d bytes, the "
-				    "migration format carries %d: refusing to "
-				    "drop extended CPU state",
+				    "this host's XSAVE area is %d bytes, the migration format carries %d: refusing to drop extended CPU state",
 				    size, KV_XSAVE_BYTES);
 	ml->has_xsave2 = size > 0;
 	return 0;
@@ -182,8 +179,7 @@ struct kv_msr_list *kv_msr_list_probe(int kvm_fd, int vcpu_fd,
 			continue;
 		if (ml->n == KV_MAX_SAVED_MSRS) {
 			kv_error_set(err, -E2BIG,
-				     "KVM lists more than %d saveable MSRs "
-				     "(raise KV_MAX_SAVED_MSRS)",
+				     "KVM lists more than %d saveable MSRs (raise KV_MAX_SAVED_MSRS)",
 				     KV_MAX_SAVED_MSRS);
 			goto fail;
 		}
@@ -192,8 +188,7 @@ struct kv_msr_list *kv_msr_list_probe(int kvm_fd, int vcpu_fd,
 	}
 	if (!has_tsc) {
 		kv_error_set(err, -ENOTSUP,
-			     "KVM does not list the TSC MSR (0x10) as "
-			     "saveable: the guest clock could not migrate");
+			     "KVM does not list the TSC MSR (0x10) as saveable: the guest clock could not migrate");
 		goto fail;
 	}
 	free(all);
@@ -306,8 +301,7 @@ static int get_msrs(int vcpu_fd, const struct kv_msr_list *ml,
 
 		free(m);
 		return kv_error_set(err, -EIO,
-				    "KVM_GET_MSRS stopped at MSR %#x (%d of "
-				    "%u read)",
+				    "KVM_GET_MSRS stopped at MSR %#x (%d of %u read)",
 				    bad, got, ml->n);
 	}
 	memset(st->msrs, 0, sizeof(st->msrs));
@@ -368,28 +362,22 @@ static int check_msrs(const struct kv_vcpu_state *st, struct kv_error *err)
 {
 	if (st->nmsrs > KV_MAX_SAVED_MSRS)
 		return kv_error_set(err, -EINVAL,
-				    "cpu: %u MSRs in the stream, at most %d "
-				    "allowed",
+				    "cpu: %u MSRs in the stream, at most %d allowed",
 				    st->nmsrs, KV_MAX_SAVED_MSRS);
 	if (!st->known_msrs)
 		return kv_error_set(err, -EINVAL,
-				    "cpu: no MSR list bound to the vCPU state "
-				    "(kv_vcpu_state_bind_msrs): cannot check "
-				    "the stream's MSRs");
+				    "cpu: no MSR list bound to the vCPU state (kv_vcpu_state_bind_msrs): cannot check the stream's MSRs");
 	for (uint32_t i = 0; i < st->nmsrs; i++) {
 		uint32_t idx = st->msrs[i].index;
 
 		if (!msr_known(st->known_msrs, idx))
 			return kv_error_set(err, -EINVAL,
-					    "cpu: MSR %#x (entry %u) is not "
-					    "one this host's KVM can restore",
+					    "cpu: MSR %#x (entry %u) is not one this host's KVM can restore",
 					    idx, i);
 		for (uint32_t j = 0; j < i; j++)
 			if (st->msrs[j].index == idx)
 				return kv_error_set(err, -EINVAL,
-						    "cpu: MSR %#x appears "
-						    "twice (entries %u and "
-						    "%u)",
+						    "cpu: MSR %#x appears twice (entries %u and %u)",
 						    idx, j, i);
 	}
 	return 0;
@@ -400,8 +388,7 @@ static int check_vcpu_state(const struct kv_vcpu_state *st,
 {
 	if (st->nr_xcrs > KVM_MAX_XCRS)
 		return kv_error_set(err, -EINVAL,
-				    "cpu: %u XCRs in the stream, at most %d "
-				    "allowed",
+				    "cpu: %u XCRs in the stream, at most %d allowed",
 				    st->nr_xcrs, KVM_MAX_XCRS);
 	if (st->mp_state > KVM_MP_STATE_SIPI_RECEIVED)
 		return kv_error_set(err, -EINVAL,
@@ -880,9 +867,7 @@ static int check_pit(const struct kvm_pit_state2 *pit, struct kv_error *err)
 		    c->gate > 1 || c->read_state > 4 || c->write_state > 4 ||
 		    c->rw_mode > 4 || c->count > 0x10000)
 			return kv_error_set(err, -EINVAL,
-					    "pit: channel %d state out of "
-					    "range (mode %u, bcd %u, gate %u, "
-					    "rw %u/%u/%u, count %u)",
+					    "pit: channel %d state out of range (mode %u, bcd %u, gate %u, rw %u/%u/%u, count %u)",
 					    i, c->mode, c->bcd, c->gate,
 					    c->read_state, c->write_state,
 					    c->rw_mode, c->count);
@@ -898,8 +883,7 @@ static int check_ioapic(const struct kvm_ioapic_state *io, struct kv_error *err)
 {
 	if (io->base_address != IOAPIC_DEFAULT_BASE)
 		return kv_error_set(err, -EINVAL,
-				    "irqchip: IOAPIC at %#llx, this VMM "
-				    "places it at %#llx",
+				    "irqchip: IOAPIC at %#llx, this VMM places it at %#llx",
 				    (unsigned long long)io->base_address,
 				    IOAPIC_DEFAULT_BASE);
 	return 0;

@@ -38,8 +38,7 @@ int kv_gmem_init(struct kv_gmem *m, uint64_t size, struct kv_error *err)
 	memset(m, 0, sizeof(*m));
 	if (size < MIN_RAM || size % RAM_ALIGN || size > MAX_RAM)
 		return kv_error_set(err, -EINVAL,
-				    "guest memory size %llu bytes: must be a "
-				    "multiple of 2 MiB between 4 MiB and 1 TiB",
+				    "guest memory size %llu bytes: must be a multiple of 2 MiB between 4 MiB and 1 TiB",
 				    (unsigned long long)size);
 	p = mmap(NULL, size, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -82,8 +81,7 @@ int kv_gmem_register(struct kv_gmem *m, int vm_fd, struct kv_error *err)
 		if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
 			return kv_error_set_errno(
 			    err, -errno,
-			    "KVM_SET_USER_MEMORY_REGION slot %u "
-			    "(gpa 0x%llx, %llu MiB)",
+			    "KVM_SET_USER_MEMORY_REGION slot %u (gpa 0x%llx, %llu MiB)",
 			    s->slot, (unsigned long long)s->gpa,
 			    (unsigned long long)(s->size / KV_MiB));
 	}
@@ -112,8 +110,7 @@ int kv_gmem_write(struct kv_gmem *m, uint64_t gpa, const void *src,
 
 	if (!kv_gmem_gpa_to_offset(m, gpa, len, &off))
 		return kv_error_set(err, -EFAULT,
-				    "guest write of %llu bytes at 0x%llx is "
-				    "outside guest RAM",
+				    "guest write of %llu bytes at 0x%llx is outside guest RAM",
 				    (unsigned long long)len,
 				    (unsigned long long)gpa);
 	memcpy(m->host + off, src, len);

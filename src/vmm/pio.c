@@ -45,8 +45,7 @@ static void unhandled(struct kv_vm *vm, uint16_t port, bool is_write, int size,
 		memset(data, 0xff, (size_t)size);
 	if (n <= UNHANDLED_LOG_FIRST || n % UNHANDLED_LOG_EVERY == 0)
 		kv_debug("pio",
-			 "unhandled %s of %d bytes at port 0x%x (%llu "
-			 "so far)",
+			 "unhandled %s of %d bytes at port 0x%x (%llu so far)",
 			 is_write ? "write" : "read", size, port,
 			 (unsigned long long)n);
 }

@@ -395,8 +395,7 @@ static int serial_post_load(void *opaque, int version_id, struct kv_error *err)
 
 	if (st->rx_count > KV_SERIAL_FIFO)
 		return kv_error_set(err, -EINVAL,
-				    "serial: rx_count %u exceeds the %d-byte "
-				    "FIFO",
+				    "serial: rx_count %u exceeds the %d-byte FIFO",
 				    st->rx_count, KV_SERIAL_FIFO);
 	return 0;
 }

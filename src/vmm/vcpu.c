@@ -125,9 +125,7 @@ void kv_vcpu_format_regs(int vcpu_fd, char *buf, size_t len)
 		return;
 	}
 	snprintf(buf, len,
-		 "rip=%llx rsp=%llx rflags=%llx rax=%llx rbx=%llx rcx=%llx "
-		 "rdx=%llx rsi=%llx rdi=%llx rbp=%llx cs=%x:%llx ss=%x "
-		 "cr0=%llx cr2=%llx cr3=%llx cr4=%llx efer=%llx",
+		 "rip=%llx rsp=%llx rflags=%llx rax=%llx rbx=%llx rcx=%llx rdx=%llx rsi=%llx rdi=%llx rbp=%llx cs=%x:%llx ss=%x cr0=%llx cr2=%llx cr3=%llx cr4=%llx efer=%llx",
 		 r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi,
 		 r.rdi, r.rbp, s.cs.selector, s.cs.base, s.ss.selector, s.cr0,
 		 s.cr2, s.cr3, s.cr4, s.efer);
@@ -173,8 +171,7 @@ static enum exit_action handle_mmio(struct kv_vcpu *v)
 		memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
 	if (!__atomic_exchange_n(&v->vm->mmio_logged, 1, __ATOMIC_RELAXED))
 		kv_warn("vcpu",
-			"vCPU %d: unhandled MMIO %s of %u bytes at 0x%llx "
-			"(logged once)",
+			"vCPU %d: unhandled MMIO %s of %u bytes at 0x%llx (logged once)",
 			v->index, run->mmio.is_write ? "write" : "read",
 			run->mmio.len, (unsigned long long)run->mmio.phys_addr);
 	return EXIT_CONTINUE;
@@ -239,8 +236,7 @@ static enum exit_action handle_exit(struct kv_vcpu *v)
 		return EXIT_STOP;
 	case KVM_EXIT_INTERNAL_ERROR:
 		snprintf(what, sizeof(what),
-			 "KVM internal error, suberror %u (ndata %u, data0 "
-			 "0x%llx)",
+			 "KVM internal error, suberror %u (ndata %u, data0 0x%llx)",
 			 run->internal.suberror, run->internal.ndata,
 			 run->internal.ndata
 			     ? (unsigned long long)run->internal.data[0]

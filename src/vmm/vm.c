@@ -53,8 +53,7 @@ static int check_caps(int kvm_fd, const struct kvm_cap_need *caps,
 	for (; caps->name; caps++)
 		if (ioctl(kvm_fd, KVM_CHECK_EXTENSION, caps->cap) <= 0)
 			return kv_error_set(err, -ENOTSUP,
-					    "this KVM lacks %s, which kvmig "
-					    "needs",
+					    "this KVM lacks %s, which kvmig needs",
 					    caps->name);
 	return 0;
 }
@@ -69,32 +68,26 @@ static int open_kvm(struct kv_vm *vm, struct kv_error *err)
 
 		if (e == -ENOENT)
 			return kv_error_set(err, e,
-					    "no %s: KVM is not available on "
-					    "this host (kvm module not "
-					    "loaded?)",
+					    "no %s: KVM is not available on this host (kvm module not loaded?)",
 					    KVM_DEVICE);
 		return kv_error_set_errno(err, e, "opening %s", KVM_DEVICE);
 	}
 	version = ioctl(vm->kvm_fd, KVM_GET_API_VERSION, 0);
 	if (version != KVM_API_VERSION)
 		return kv_error_set(err, -ENOTSUP,
-				    "%s speaks KVM API version %d, kvmig "
-				    "needs %d",
+				    "%s speaks KVM API version %d, kvmig needs %d",
 				    KVM_DEVICE, version, KVM_API_VERSION);
 	if (check_caps(vm->kvm_fd, base_caps, err))
 		return -ENOTSUP;
 	if (vm->cfg.dirty_mode == KV_DIRTY_RING &&
 	    ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING) <= 0)
 		return kv_error_set(err, -ENOTSUP,
-				    "this KVM lacks KVM_CAP_DIRTY_LOG_RING "
-				    "(needed by --dirty-tracker ring)");
+				    "this KVM lacks KVM_CAP_DIRTY_LOG_RING (needed by --dirty-tracker ring)");
 	if (vm->cfg.dirty_mode == KV_DIRTY_LOG &&
 	    ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION,
 		  KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) <= 0)
 		return kv_error_set(err, -ENOTSUP,
-				    "this KVM lacks "
-				    "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 "
-				    "(needed by the dirty log tracker)");
+				    "this KVM lacks KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (needed by the dirty log tracker)");
 	vm->run_size = (size_t)ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
 	if ((long)vm->run_size <= 0)
 		return kv_error_set_errno(err, -errno,
@@ -210,8 +203,7 @@ static int open_console(struct kv_vm *vm, struct kv_error *err)
 		vm->console_owned = true;
 	} else {
 		return kv_error_set(err, -EINVAL,
-				    "console '%s': expected stdio, none or "
-				    "file:PATH",
+				    "console '%s': expected stdio, none or file:PATH",
 				    c);
 	}
 	vm->serial = kv_serial_new(vm->console_fd, serial_set_irq, vm);
@@ -235,8 +227,7 @@ static int check_config(const struct kv_vm_config *cfg, struct kv_error *err)
 	if (cfg->dirty_mode == KV_DIRTY_RING && cfg->dirty_ring_entries &&
 	    (cfg->dirty_ring_entries & (cfg->dirty_ring_entries - 1)))
 		return kv_error_set(err, -EINVAL,
-				    "dirty ring of %u entries: must be a "
-				    "power of two",
+				    "dirty ring of %u entries: must be a power of two",
 				    cfg->dirty_ring_entries);
 	return 0;
 }
@@ -480,8 +471,7 @@ int kv_vm_pause(struct kv_vm *vm, struct kv_error *err)
 
 		if (now - start > PAUSE_TIMEOUT_NS) {
 			rc = kv_error_set(err, -ETIMEDOUT,
-					  "vCPUs did not stop within %lld s "
-					  "(%d of %d parked)",
+					  "vCPUs did not stop within %lld s (%d of %d parked)",
 					  PAUSE_TIMEOUT_NS / 1000000000LL,
 					  vm->parked, vm->live_threads);
 			break;

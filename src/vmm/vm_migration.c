@@ -81,8 +81,7 @@ static int verify_post_load(void *opaque, int version_id,
 
 	if (v->size != kv_vm_ram_size(v->vm))
 		return kv_error_set(err, -EINVAL,
-				    "ram-verify: source RAM is %llu bytes, "
-				    "this VM has %llu",
+				    "ram-verify: source RAM is %llu bytes, this VM has %llu",
 				    (unsigned long long)v->size,
 				    (unsigned long long)kv_vm_ram_size(v->vm));
 	hash_ram(v->vm, here);
@@ -90,8 +89,7 @@ static int verify_post_load(void *opaque, int version_id,
 		hex16(v->hash, a);
 		hex16(here, b);
 		return kv_error_set(err, -EIO,
-				    "ram-verify: RAM differs after loading: "
-				    "source %s, destination %s",
+				    "ram-verify: RAM differs after loading: source %s, destination %s",
 				    a, b);
 	}
 	kv_info("vmm", "ram-verify: RAM identical (XXH3-128 of %llu bytes)",
@@ -384,8 +382,7 @@ int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 	if (g->mig && (st == KV_MIG_COMPLETED)) {
 		pthread_mutex_unlock(&g->lock);
 		return kv_error_set(err, -EBUSY,
-				    "this VM already migrated away; it cannot "
-				    "migrate again");
+				    "this VM already migrated away; it cannot migrate again");
 	}
 	/* A thread that ended (even before the driver ran, e.g. it could
 	 * not connect) leaves room for the next attempt. */
@@ -393,8 +390,7 @@ int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 	    st != KV_MIG_CANCELLED) {
 		pthread_mutex_unlock(&g->lock);
 		return kv_error_set(err, -EBUSY,
-				    "a migration is already in progress "
-				    "(status %s)",
+				    "a migration is already in progress (status %s)",
 				    kv_mig_status_name(st));
 	}
 	pthread_mutex_unlock(&g->lock);

@@ -101,16 +101,14 @@ static int64_t soft_sync(void *opaque, struct kv_ram_block *blocks,
 
 	if (nblocks != t->nregions)
 		return kv_error_set(err, -EINVAL,
-				    "soft tracker: %zu regions but %zu RAM "
-				    "blocks to sync",
+				    "soft tracker: %zu regions but %zu RAM blocks to sync",
 				    t->nregions, nblocks);
 	for (size_t i = 0; i < nblocks; i++) {
 		struct soft_region *r = &t->regions[i];
 
 		if (blocks[i].npages != r->npages)
 			return kv_error_set(err, -EINVAL,
-					    "soft tracker: region %zu has %zu "
-					    "pages, block '%s' has %zu",
+					    "soft tracker: region %zu has %zu pages, block '%s' has %zu",
 					    i, r->npages, blocks[i].idstr,
 					    blocks[i].npages);
 		added += (int64_t)kv_bitmap_drain_into(blocks[i].dirty,

@@ -57,8 +57,7 @@ int kv_mfd_zero_parse(const char *name, enum kv_mfd_zero *zero,
 			return 0;
 		}
 	return kv_error_set(err, -EINVAL,
-			    "zero-page-detection '%s': expected 'none', "
-			    "'legacy' or 'multifd'",
+			    "zero-page-detection '%s': expected 'none', 'legacy' or 'multifd'",
 			    name);
 }
 
@@ -239,10 +238,7 @@ static void *send_main(void *opaque)
 			kv_error_prefix(&err, "multifd channel %u", c->id);
 			if (ret == -EPIPE || ret == -ECONNRESET)
 				kv_error_prefix(&err,
-						"the destination closed it "
-						"(is multifd on at the "
-						"destination too, with the "
-						"same multifd-channels?)");
+						"the destination closed it (is multifd on at the destination too, with the same multifd-channels?)");
 			send_fail_locked(m, ret, &err);
 		}
 		c->head ^= 1;
@@ -313,9 +309,7 @@ struct kv_mfd_send *kv_mfd_send_start(const char *uri,
 	for (unsigned i = 0; i < cfg->channels; i++) {
 		if (send_chan_open(m, i, uri, err) < 0) {
 			kv_error_prefix(err,
-					"multifd channel %u of %u to %s (is "
-					"multifd on at the destination too, "
-					"with the same multifd-channels?)",
+					"multifd channel %u of %u to %s (is multifd on at the destination too, with the same multifd-channels?)",
 					i, cfg->channels, uri);
 			kv_mfd_send_free(m);
 			return NULL;
@@ -812,8 +806,7 @@ int kv_mfd_recv_add_channel(struct kv_mfd_recv *r, struct kv_chan *chan,
 					 err);
 	if (ret < 0) {
 		kv_error_prefix(err,
-				"multifd: a channel's init message (set the "
-				"same multifd-channels on both sides)");
+				"multifd: a channel's init message (set the same multifd-channels on both sides)");
 		kv_chan_close(chan);
 		return ret;
 	}
@@ -824,8 +817,7 @@ int kv_mfd_recv_add_channel(struct kv_mfd_recv *r, struct kv_chan *chan,
 		kv_chan_close(chan);
 		return r->aborted ? kv_error_set(err, -ECANCELED, "aborted")
 				  : kv_error_set(err, -EINVAL,
-						 "multifd: channel %u "
-						 "connected twice",
+						 "multifd: channel %u connected twice",
 						 init.id);
 	}
 	c->r = r;
@@ -907,17 +899,14 @@ int kv_mfd_recv_sync(struct kv_mfd_recv *r, struct kv_error *err)
 				!r->ch[i].synced;
 		if (gone) {
 			ret = kv_error_set(err, -EIO,
-					   "multifd: %u channel(s) closed "
-					   "before their SYNC",
+					   "multifd: %u channel(s) closed before their SYNC",
 					   gone);
 			break;
 		}
 		if (r->connected < r->cfg.channels &&
 		    kv_now_ns() > deadline) {
 			ret = kv_error_set(err, -ETIMEDOUT,
-					   "multifd: only %u of %u channels "
-					   "connected in 30 s; set the same "
-					   "multifd-channels on both sides",
+					   "multifd: only %u of %u channels connected in 30 s; set the same multifd-channels on both sides",
 					   r->connected, r->cfg.channels);
 			break;
 		}

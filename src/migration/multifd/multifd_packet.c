@@ -98,16 +98,13 @@ int kv_mfd_init_decode(const uint8_t buf[KV_MFD_INIT_SIZE], unsigned channels,
 				    version, KV_MFD_VERSION);
 	if (id >= channels)
 		return kv_error_set(err, -EINVAL,
-				    "multifd init message: channel id %u, but "
-				    "only %u channel%s configured (multifd-"
-				    "channels must match on both sides)",
+				    "multifd init message: channel id %u, but only %u channel%s configured (multifd-channels must match on both sides)",
 				    id, channels,
 				    channels == 1 ? " is" : "s are");
 	if (expect_uuid &&
 	    memcmp(buf + INIT_OFF_UUID, expect_uuid, KV_MFD_UUID_SIZE))
 		return kv_error_set(err, -EINVAL,
-				    "multifd channel %u init message: UUID "
-				    "differs from this migration's",
+				    "multifd channel %u init message: UUID differs from this migration's",
 				    id);
 	memcpy(msg->uuid, buf + INIT_OFF_UUID, KV_MFD_UUID_SIZE);
 	msg->id = id;
@@ -131,20 +128,17 @@ long kv_mfd_packet_encode(const struct kv_mfd_packet *pkt, uint8_t *buf,
 	if (used > pkt->pages_alloc)
 		return kv_error_set(err, -EINVAL,
 				    "multifd packet %" PRIu64 ": %" PRIu32
-				    " normal + %" PRIu32 " zero pages exceed "
-				    "pages_alloc %" PRIu32,
+				    " normal + %" PRIu32 " zero pages exceed pages_alloc %" PRIu32,
 				    pkt->packet_num, pkt->normal, pkt->zero,
 				    pkt->pages_alloc);
 	if (name_len == KV_MFD_BLOCK_NAME_SIZE)
 		return kv_error_set(err, -EINVAL,
-				    "multifd packet %" PRIu64 ": block name "
-				    "longer than %u bytes",
+				    "multifd packet %" PRIu64 ": block name longer than %u bytes",
 				    pkt->packet_num,
 				    KV_MFD_BLOCK_NAME_SIZE - 1);
 	if (buf_len < size)
 		return kv_error_set(err, -ENOSPC,
-				    "multifd packet %" PRIu64 ": %zu bytes of "
-				    "room for a %zu-byte header",
+				    "multifd packet %" PRIu64 ": %zu bytes of room for a %zu-byte header",
 				    pkt->packet_num, buf_len, size);
 
 	memset(buf, 0, size);
@@ -190,8 +184,7 @@ static int check_flags(const struct kv_mfd_recv_params *rp,
 	if (pkt->flags & KV_MFD_FLAG_DEVICE_STATE)
 		return kv_error_set(err, -EINVAL,
 				    "multifd channel %u, packet %" PRIu64
-				    ": flags 0x%" PRIx32 " mark a device-state "
-				    "packet (QEMU's VFIO state), not supported",
+				    ": flags 0x%" PRIx32 " mark a device-state packet (QEMU's VFIO state), not supported",
 				    rp->channel, pkt->packet_num, pkt->flags);
 	if (pkt->flags & ~known)
 		return kv_error_set(err, -EINVAL,
@@ -207,9 +200,7 @@ static int check_flags(const struct kv_mfd_recv_params *rp,
 		return 0;
 	return kv_error_set(err, -EINVAL,
 			    "multifd channel %u, packet %" PRIu64
-			    ": flags 0x%" PRIx32 " say compression %s, but "
-			    "this migration uses %s (multifd-compression "
-			    "must match on both sides)",
+			    ": flags 0x%" PRIx32 " say compression %s, but this migration uses %s (multifd-compression must match on both sides)",
 			    rp->channel, pkt->packet_num, pkt->flags,
 			    method_flag_name(bits), method_flag_name(want));
 }
@@ -260,8 +251,7 @@ static int check_next_size(const struct kv_mfd_recv_params *rp,
 		return kv_error_set(err, -EINVAL,
 				    "multifd channel %u, packet %" PRIu64
 				    ": next_packet_size %" PRIu32
-				    " for %" PRIu32 " uncompressed pages "
-				    "(must be %zu)",
+				    " for %" PRIu32 " uncompressed pages (must be %zu)",
 				    rp->channel, pkt->packet_num,
 				    pkt->next_size, pkt->normal, raw);
 	if (compressed && (pkt->next_size == 0 ||
@@ -269,8 +259,7 @@ static int check_next_size(const struct kv_mfd_recv_params *rp,
 		return kv_error_set(err, -EINVAL,
 				    "multifd channel %u, packet %" PRIu64
 				    ": next_packet_size %" PRIu32
-				    " for %" PRIu32 " compressed pages "
-				    "(must be 1..%zu)",
+				    " for %" PRIu32 " compressed pages (must be 1..%zu)",
 				    rp->channel, pkt->packet_num,
 				    pkt->next_size, pkt->normal,
 				    KV_MFD_PAYLOAD_MAX(pkt->normal));
@@ -287,8 +276,7 @@ static int check_block(const struct kv_mfd_recv_params *rp,
 	if (len == KV_MFD_BLOCK_NAME_SIZE)
 		return kv_error_set(err, -EINVAL,
 				    "multifd channel %u, packet %" PRIu64
-				    ": ramblock name not NUL-terminated "
-				    "within its %u bytes",
+				    ": ramblock name not NUL-terminated within its %u bytes",
 				    rp->channel, pkt->packet_num,
 				    KV_MFD_BLOCK_NAME_SIZE);
 	memset(pkt->block, 0, sizeof(pkt->block));
@@ -320,8 +308,7 @@ int kv_mfd_packet_decode_header(const uint8_t *buf, size_t len,
 
 	if (len < KV_MFD_HDR_SIZE)
 		return kv_error_set(err, -EINVAL,
-				    "multifd channel %u: packet header of %zu "
-				    "bytes (needs %u)",
+				    "multifd channel %u: packet header of %zu bytes (needs %u)",
 				    rp->channel, len, KV_MFD_HDR_SIZE);
 	magic = get_be32(buf + HDR_OFF_MAGIC);
 	version = get_be32(buf + HDR_OFF_VERSION);

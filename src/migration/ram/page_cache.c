@@ -56,8 +56,7 @@ static int check_size(uint64_t size, struct kv_error *err)
 	if (size < KV_PAGE_SIZE || (size & (size - 1)))
 		return kv_error_set(err, -EINVAL,
 				    "xbzrle-cache-size %" PRIu64
-				    " must be a power of two of at least %u "
-				    "bytes",
+				    " must be a power of two of at least %u bytes",
 				    size, KV_PAGE_SIZE);
 	if (size / KV_PAGE_SIZE >
 	    SIZE_MAX / sizeof(struct page_cache_slot))

@@ -62,15 +62,13 @@ static int grow_blocks(struct kv_ram_state *rs, struct kv_error *err)
 	b = realloc(rs->blocks, cap * sizeof(*b));
 	if (!b)
 		return kv_error_set(err, -ENOMEM,
-				    "ram: out of memory for "
-				    "%zu block descriptors",
+				    "ram: out of memory for %zu block descriptors",
 				    cap);
 	rs->blocks = b;
 	p = realloc(rs->priv, cap * sizeof(*p));
 	if (!p)
 		return kv_error_set(err, -ENOMEM,
-				    "ram: out of memory for "
-				    "%zu block descriptors",
+				    "ram: out of memory for %zu block descriptors",
 				    cap);
 	rs->priv = p;
 	rs->cap = cap;
@@ -87,30 +85,24 @@ int kv_ram_append_block(struct kv_ram_state *rs, const char *idstr, void *host,
 
 	if (len == 0 || len > 255)
 		return kv_error_set(err, -EINVAL,
-				    "ram: block name '%.40s' "
-				    "must be 1 to 255 bytes long (is %zu)",
+				    "ram: block name '%.40s' must be 1 to 255 bytes long (is %zu)",
 				    idstr, len);
 	if (!host)
 		return kv_error_set(err, -EINVAL,
-				    "ram: block '%s' has no "
-				    "host memory",
+				    "ram: block '%s' has no host memory",
 				    idstr);
 	if (length == 0 || length % KV_PAGE_SIZE)
 		return kv_error_set(err, -EINVAL,
-				    "ram: block '%s' length "
-				    "0x%llx is not a positive multiple of the "
-				    "page size (%u)",
+				    "ram: block '%s' length 0x%llx is not a positive multiple of the page size (%u)",
 				    idstr, (unsigned long long)length,
 				    KV_PAGE_SIZE);
 	if ((length >> KV_PAGE_SHIFT) > SIZE_MAX)
 		return kv_error_set(err, -EINVAL,
-				    "ram: block '%s' length "
-				    "0x%llx is too large for this host",
+				    "ram: block '%s' length 0x%llx is too large for this host",
 				    idstr, (unsigned long long)length);
 	if (kv_ram_find_block(rs, idstr) != KV_RAM_NO_BLOCK)
 		return kv_error_set(err, -EEXIST,
-				    "ram: block '%s' is "
-				    "already registered",
+				    "ram: block '%s' is already registered",
 				    idstr);
 	if (rs->nblocks == rs->cap) {
 		ret = grow_blocks(rs, err);

@@ -111,14 +111,12 @@ static int rec_error(struct kv_error *err, const struct ram_rec *r, int code,
 	va_end(ap);
 	if (!r->header_read)
 		return kv_error_set(err, code,
-				    "ram: record %llu at stream "
-				    "offset %llu: %s",
+				    "ram: record %llu at stream offset %llu: %s",
 				    (unsigned long long)r->number,
 				    (unsigned long long)r->offset, what);
 	describe_flags(r->flags, names, sizeof(names));
 	return kv_error_set(err, code,
-			    "ram: record %llu at stream offset %llu "
-			    "(addr 0x%llx flags 0x%x %s): %s",
+			    "ram: record %llu at stream offset %llu (addr 0x%llx flags 0x%x %s): %s",
 			    (unsigned long long)r->number,
 			    (unsigned long long)r->offset,
 			    (unsigned long long)r->addr, r->flags, names, what);
@@ -147,24 +145,18 @@ static int check_flags(const struct ram_rec *r, struct kv_error *err)
 				 f & ~KNOWN_FLAGS);
 	if (f & KV_RAM_FLAG_HOOK)
 		return rec_error(err, r, -EINVAL,
-				 "HOOK (RDMA) records are "
-				 "never valid in this stream");
+				 "HOOK (RDMA) records are never valid in this stream");
 	if (f & KV_RAM_FLAG_COMPRESS_PAGE)
 		return rec_error(err, r, -EINVAL,
-				 "COMPRESS_PAGE records are "
-				 "not supported (removed from QEMU, never "
-				 "negotiated)");
+				 "COMPRESS_PAGE records are not supported (removed from QEMU, never negotiated)");
 	if (type == 0 || (type & (type - 1)))
 		return rec_error(err, r, -EINVAL,
-				 "a record must have exactly one type (ZERO, "
-				 "MEM_SIZE, PAGE, XBZRLE, MULTIFD_FLUSH, "
-				 "ZPAGES or EOS)");
+				 "a record must have exactly one type (ZERO, MEM_SIZE, PAGE, XBZRLE, MULTIFD_FLUSH, ZPAGES or EOS)");
 	if ((f & KV_RAM_FLAG_CONTINUE) &&
 	    !(type & (KV_RAM_FLAG_ZERO | KV_RAM_FLAG_PAGE |
 		      KV_RAM_FLAG_XBZRLE | KV_RAM_FLAG_ZPAGES)))
 		return rec_error(err, r, -EINVAL,
-				 "CONTINUE is only valid on "
-				 "ZERO, PAGE, XBZRLE and ZPAGES records");
+				 "CONTINUE is only valid on ZERO, PAGE, XBZRLE and ZPAGES records");
 	return 0;
 }
 
@@ -204,16 +196,13 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 
 		if (rs->priv[bi].announced)
 			return rec_error(err, r, -EINVAL,
-					 "block '%s' is "
-					 "announced twice",
+					 "block '%s' is announced twice",
 					 idstr);
 		if (b->length != length && b->size_option)
 			return length_mismatch(err, r, b, length);
 		if (b->length != length)
 			return rec_error(err, r, -EINVAL,
-					 "block '%s' has "
-					 "length 0x%llx in the stream but "
-					 "0x%llx here",
+					 "block '%s' has length 0x%llx in the stream but 0x%llx here",
 					 idstr, (unsigned long long)length,
 					 (unsigned long long)b->length);
 		rs->priv[bi].announced = true;
@@ -221,8 +210,7 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 	}
 	if (!rs->dst.has_allocator)
 		return rec_error(err, r, -ENOENT,
-				 "block '%s' (length 0x%llx) "
-				 "not found: this side has no such RAM block",
+				 "block '%s' (length 0x%llx) not found: this side has no such RAM block",
 				 idstr, (unsigned long long)length);
 	if (rs->nblocks >= KV_RAM_MAX_LOAD_BLOCKS)
 		return rec_error(err, r, -E2BIG,
@@ -230,9 +218,7 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 				 idstr, KV_RAM_MAX_LOAD_BLOCKS);
 	if (length > a->max_total || rs->dst.allocated > a->max_total - length)
 		return rec_error(err, r, -E2BIG,
-				 "block '%s' (length 0x%llx) "
-				 "would take the RAM created for this stream "
-				 "beyond its limit of 0x%llx bytes",
+				 "block '%s' (length 0x%llx) would take the RAM created for this stream beyond its limit of 0x%llx bytes",
 				 idstr, (unsigned long long)length,
 				 (unsigned long long)a->max_total);
 	host = a->alloc(a->opaque, idstr, length, &aerr);
@@ -261,8 +247,7 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 
 	if (rs->dst.load_sections > 1 || rs->dst.mem_size_seen)
 		return rec_error(err, r, -EINVAL,
-				 "MEM_SIZE %s: only the "
-				 "first section may announce the blocks",
+				 "MEM_SIZE %s: only the first section may announce the blocks",
 				 rs->dst.mem_size_seen ? "repeated"
 						   : "in a later section");
 	while (left > 0) {
@@ -274,16 +259,11 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 			return rec_stream_error(s, r, "the block list", err);
 		if (length == 0 || length % KV_PAGE_SIZE)
 			return rec_error(err, r, -EINVAL,
-					 "block '%s' length "
-					 "0x%llx is not a positive multiple "
-					 "of the page size",
+					 "block '%s' length 0x%llx is not a positive multiple of the page size",
 					 idstr, (unsigned long long)length);
 		if (length > left)
 			return rec_error(err, r, -EINVAL,
-					 "block lengths add "
-					 "up to more than the total: block "
-					 "'%s' length 0x%llx with only 0x%llx "
-					 "left",
+					 "block lengths add up to more than the total: block '%s' length 0x%llx with only 0x%llx left",
 					 idstr, (unsigned long long)length,
 					 (unsigned long long)left);
 		ret = announce_block(rs, r, idstr, length, err);
@@ -294,9 +274,7 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 	for (size_t i = 0; i < rs->nblocks; i++)
 		if (!rs->priv[i].announced)
 			return rec_error(err, r, -EINVAL,
-					 "block '%s' exists "
-					 "here but the stream does not "
-					 "announce it",
+					 "block '%s' exists here but the stream does not announce it",
 					 rs->blocks[i].idstr);
 	for (size_t i = 0; i < rs->nblocks; i++) {
 		struct kv_ram_block_priv *p = &rs->priv[i];
@@ -306,8 +284,7 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 		p->touched = kv_bitmap_new(rs->blocks[i].npages);
 		if (!p->touched)
 			return rec_error(err, r, -ENOMEM,
-					 "out of memory for "
-					 "the bookkeeping of block '%s'",
+					 "out of memory for the bookkeeping of block '%s'",
 					 rs->blocks[i].idstr);
 	}
 	rs->dst.mem_size_seen = true;
@@ -330,14 +307,12 @@ static int resolve_page(struct kv_stream *s, struct kv_ram_state *rs,
 
 	if (!rs->dst.mem_size_seen)
 		return rec_error(err, r, -EINVAL,
-				 "page record before the "
-				 "MEM_SIZE block list");
+				 "page record before the MEM_SIZE block list");
 	if (r->flags & KV_RAM_FLAG_CONTINUE) {
 		bi = rs->dst.last_recv;
 		if (bi == KV_RAM_NO_BLOCK)
 			return rec_error(err, r, -EINVAL,
-					 "CONTINUE with no "
-					 "previous block");
+					 "CONTINUE with no previous block");
 	} else {
 		kv_stream_get_str8(s, idstr, sizeof(idstr));
 		if (kv_stream_error(s))
@@ -345,14 +320,12 @@ static int resolve_page(struct kv_stream *s, struct kv_ram_state *rs,
 		bi = kv_ram_find_block(rs, idstr);
 		if (bi == KV_RAM_NO_BLOCK)
 			return rec_error(err, r, -ENOENT,
-					 "block '%s' not "
-					 "found",
+					 "block '%s' not found",
 					 idstr);
 	}
 	if (r->addr >= rs->blocks[bi].length)
 		return rec_error(err, r, -ERANGE,
-				 "offset beyond block '%s' "
-				 "length 0x%llx",
+				 "offset beyond block '%s' length 0x%llx",
 				 rs->blocks[bi].idstr,
 				 (unsigned long long)rs->blocks[bi].length);
 	rs->dst.last_recv = bi;
@@ -380,8 +353,7 @@ static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
 		return rec_stream_error(s, r, "the fill byte", err);
 	if (fill != 0)
 		return rec_error(err, r, -EINVAL,
-				 "ZERO record with fill byte "
-				 "0x%02x (only 0 is valid)",
+				 "ZERO record with fill byte 0x%02x (only 0 is valid)",
 				 fill);
 	page = (size_t)(r->addr >> KV_PAGE_SHIFT);
 	p = rs->blocks[bi].host + r->addr;
@@ -478,9 +450,7 @@ static int read_zpages_offsets(struct kv_stream *s, const struct ram_rec *r,
 						err);
 		if (off[i] & (KV_PAGE_SIZE - 1) || off[i] >= b->length)
 			return rec_error(err, r, -ERANGE,
-					 "page %zu of %zu: offset 0x%llx is "
-					 "not a page of block '%s' (length "
-					 "0x%llx)",
+					 "page %zu of %zu: offset 0x%llx is not a page of block '%s' (length 0x%llx)",
 					 i + 1, n, (unsigned long long)off[i],
 					 b->idstr,
 					 (unsigned long long)b->length);
@@ -547,8 +517,7 @@ static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 		return rec_stream_error(s, r, "the ZPAGES header", err);
 	if (method != KV_MFD_METHOD_ZSTD)
 		return rec_error(err, r, -EINVAL,
-				 "ZPAGES compression method %u is unknown "
-				 "(only %u, zstd)",
+				 "ZPAGES compression method %u is unknown (only %u, zstd)",
 				 method, KV_MFD_METHOD_ZSTD);
 	if (n == 0 || n > KV_RAM_ZC_BATCH)
 		return rec_error(err, r, -EINVAL,
@@ -565,8 +534,7 @@ static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 		return rec_error(err, r, derr.code, "%s", derr.msg);
 	if (len == 0 || len > rs->dst.zpages_buf_size)
 		return rec_error(err, r, -EINVAL,
-				 "ZPAGES payload of %u bytes for %u pages "
-				 "(must be 1..%zu)",
+				 "ZPAGES payload of %u bytes for %u pages (must be 1..%zu)",
 				 len, n, rs->dst.zpages_buf_size);
 	kv_stream_get_buffer(s, rs->dst.zpages_buf, len);
 	if (kv_stream_error(s))
@@ -601,12 +569,7 @@ static int load_multifd_flush(struct kv_ram_state *rs, const struct ram_rec *r,
 				 "MULTIFD_FLUSH with a non-zero address");
 	if (!rs->dst.mfd_recv)
 		return rec_error(err, r, -EINVAL,
-				 "MULTIFD_FLUSH record but multifd is not on "
-				 "here: set the multifd capability and "
-				 "multifd-channels on the destination too "
-				 "(kvmig run --incoming defer, then "
-				 "migrate-set-capabilities, "
-				 "migrate-incoming)");
+				 "MULTIFD_FLUSH record but multifd is not on here: set the multifd capability and multifd-channels on the destination too (kvmig run --incoming defer, then migrate-set-capabilities, migrate-incoming)");
 	/* The channels wrote pages behind the pagemap cache's back. */
 	kv_pagemap_invalidate(&rs->pagemap);
 	if (kv_mfd_recv_sync(rs->dst.mfd_recv, &serr) < 0)
@@ -662,8 +625,7 @@ int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,
 
 	if (version_id != KV_RAM_SECTION_VERSION)
 		return kv_error_set(err, -EINVAL,
-				    "ram: section version %d "
-				    "is not supported (only %d)",
+				    "ram: section version %d is not supported (only %d)",
 				    version_id, KV_RAM_SECTION_VERSION);
 	rs->dst.load_sections++;
 	for (r.number = 1;; r.number++) {
@@ -703,12 +665,10 @@ int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,
 		case KV_RAM_FLAG_EOS:
 			if (r.addr)
 				return rec_error(err, &r, -EINVAL,
-						 "EOS with a non-zero "
-						 "address");
+						 "EOS with a non-zero address");
 			if (!rs->dst.mem_size_seen)
 				return rec_error(err, &r, -EINVAL,
-						 "section ends before the "
-						 "MEM_SIZE block list");
+						 "section ends before the MEM_SIZE block list");
 			return 0;
 		default: /* check_flags() leaves no other type */
 			ret = rec_error(err, &r, -EINVAL, "bad record type");

@@ -82,8 +82,7 @@ static bool populate_step(struct kv_ram_prefault *pf, uint8_t *base,
 	}
 	/* EINVAL: an older kernel; ENOMEM/EFAULT: let the loader's own
 	 * faults report it. Either way the helper only stops helping. */
-	kv_debug("ram", "prefault: madvise(POPULATE_WRITE) at +0x%llx: %s; "
-		 "the loader faults pages in itself",
+	kv_debug("ram", "prefault: madvise(POPULATE_WRITE) at +0x%llx: %s; the loader faults pages in itself",
 		 (unsigned long long)off, strerror(errno));
 	return false;
 }

@@ -71,9 +71,7 @@ static int alloc_save_bitmaps(struct kv_ram_state *rs, struct kv_error *err)
 		if (!b->dirty || !p->clear_chunks) {
 			free_save_bitmaps(rs);
 			return kv_error_set(err, -ENOMEM,
-					    "ram: out of memory "
-					    "for the dirty bitmap of block "
-					    "'%s' (%zu pages)",
+					    "ram: out of memory for the dirty bitmap of block '%s' (%zu pages)",
 					    b->idstr, b->npages);
 		}
 		kv_bitmap_set_all(b->dirty, b->npages);
@@ -111,9 +109,7 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 
 	if (!rs->src.has_tracker)
 		return kv_error_set(err, -EINVAL,
-				    "ram: no dirty tracker: "
-				    "call kv_ram_set_tracker() before "
-				    "migrating");
+				    "ram: no dirty tracker: call kv_ram_set_tracker() before migrating");
 	ret = alloc_save_bitmaps(rs, err);
 	if (ret < 0)
 		return ret;
@@ -176,8 +172,7 @@ static int rearm_chunk(struct kv_ram_state *rs, size_t bi, size_t page,
 					 count, err);
 	if (ret < 0)
 		kv_error_prefix(err,
-				"ram: re-arming dirty tracking of block "
-				"'%s' pages %zu..%zu",
+				"ram: re-arming dirty tracking of block '%s' pages %zu..%zu",
 				b->idstr, first, first + count - 1);
 	return ret;
 }
@@ -347,8 +342,7 @@ static int ram_sync(struct kv_ram_state *rs, bool new_pass,
 
 	if (!rs->src.tracker_started)
 		return kv_error_set(err, -EINVAL,
-				    "ram: dirty sync requested "
-				    "before setup started the tracker");
+				    "ram: dirty sync requested before setup started the tracker");
 	added = rs->src.tracker.ops->sync(rs->src.tracker.opaque, rs->blocks,
 					  rs->nblocks, err);
 	if (added < 0) {

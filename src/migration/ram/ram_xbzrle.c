@@ -50,8 +50,7 @@ int kv_ram_set_xbzrle(struct kv_ram_state *rs, uint64_t cache_size,
 {
 	if (cache_size && cache_size < KV_PAGE_SIZE)
 		return kv_error_set(err, -EINVAL,
-				    "xbzrle-cache-size %llu is smaller than "
-				    "one page (%u bytes)",
+				    "xbzrle-cache-size %llu is smaller than one page (%u bytes)",
 				    (unsigned long long)cache_size,
 				    KV_PAGE_SIZE);
 	rs->src.xb.cache_size = pow2_floor(cache_size);

@@ -412,17 +412,12 @@ static int get_length(const uint8_t *src, size_t len, size_t *pos,
 	}
 	if (len - at < 2)
 		return kv_error_set(err, -EINVAL,
-				    "XBZRLE delta offset %zu: %s length "
-				    "truncated: byte 0x%02x announces a second "
-				    "ULEB128 byte but the delta ends",
+				    "XBZRLE delta offset %zu: %s length truncated: byte 0x%02x announces a second ULEB128 byte but the delta ends",
 				    at, what, b0);
 	b1 = src[at + 1];
 	if (b1 & 0x80)
 		return kv_error_set(err, -EINVAL,
-				    "XBZRLE delta offset %zu: %s length "
-				    "overlong: ULEB128 0x%02x 0x%02x continues "
-				    "past 2 bytes (run lengths are at most "
-				    "14 bits, %u)",
+				    "XBZRLE delta offset %zu: %s length overlong: ULEB128 0x%02x 0x%02x continues past 2 bytes (run lengths are at most 14 bits, %u)",
 				    at, what, b0, b1, KV_XBZRLE_RUN_MAX);
 	*val = (uint32_t)(b0 & 0x7f) | (uint32_t)b1 << 7;
 	*pos = at + 2;
@@ -438,8 +433,7 @@ static int walk_delta(const uint8_t *src, size_t len, uint8_t *page,
 
 	if (len == 0)
 		return kv_error_set(err, -EINVAL,
-				    "XBZRLE delta is empty: a changed page "
-				    "needs at least one run");
+				    "XBZRLE delta is empty: a changed page needs at least one run");
 	while (pos < len) {
 		size_t pair_at = pos, nzrun_at;
 		uint32_t zrun, nzrun;
@@ -447,32 +441,24 @@ static int walk_delta(const uint8_t *src, size_t len, uint8_t *page,
 		if (d == page_size)
 			return kv_error_set(
 			    err, -EINVAL,
-			    "XBZRLE delta offset %zu: %zu "
-			    "trailing bytes after the runs "
-			    "that cover the whole %zu-byte page",
+			    "XBZRLE delta offset %zu: %zu trailing bytes after the runs that cover the whole %zu-byte page",
 			    pos, len - pos, page_size);
 		ret = get_length(src, len, &pos, "zero-run", &zrun, err);
 		if (ret < 0)
 			return ret;
 		if (zrun == 0 && pair_at > 0)
 			return kv_error_set(err, -EINVAL,
-					    "XBZRLE delta offset %zu: zero run "
-					    "of length 0 (only the first run "
-					    "may be empty)",
+					    "XBZRLE delta offset %zu: zero run of length 0 (only the first run may be empty)",
 					    pair_at);
 		if (zrun > page_size - d)
 			return kv_error_set(err, -EINVAL,
-					    "XBZRLE delta offset %zu: zero run "
-					    "of %u bytes at page offset %zu "
-					    "goes past the page end (%zu)",
+					    "XBZRLE delta offset %zu: zero run of %u bytes at page offset %zu goes past the page end (%zu)",
 					    pair_at, zrun, d, page_size);
 		d += zrun;
 		if (pos == len)
 			return kv_error_set(
 			    err, -EINVAL,
-			    "XBZRLE delta offset %zu: the delta "
-			    "ends after a zero run; a non-zero "
-			    "run must follow",
+			    "XBZRLE delta offset %zu: the delta ends after a zero run; a non-zero run must follow",
 			    pos);
 		nzrun_at = pos;
 		ret = get_length(src, len, &pos, "non-zero-run", &nzrun, err);
@@ -480,22 +466,17 @@ static int walk_delta(const uint8_t *src, size_t len, uint8_t *page,
 			return ret;
 		if (nzrun == 0)
 			return kv_error_set(err, -EINVAL,
-					    "XBZRLE delta offset %zu: non-zero "
-					    "run of length 0",
+					    "XBZRLE delta offset %zu: non-zero run of length 0",
 					    nzrun_at);
 		if (nzrun > page_size - d)
 			return kv_error_set(
 			    err, -EINVAL,
-			    "XBZRLE delta offset %zu: non-zero "
-			    "run of %u bytes at page offset %zu "
-			    "goes past the page end (%zu)",
+			    "XBZRLE delta offset %zu: non-zero run of %u bytes at page offset %zu goes past the page end (%zu)",
 			    nzrun_at, nzrun, d, page_size);
 		if (nzrun > len - pos)
 			return kv_error_set(
 			    err, -EINVAL,
-			    "XBZRLE delta offset %zu: non-zero "
-			    "run of %u bytes needs data past the "
-			    "end of the delta (%zu bytes left)",
+			    "XBZRLE delta offset %zu: non-zero run of %u bytes needs data past the end of the delta (%zu bytes left)",
 			    nzrun_at, nzrun, len - pos);
 		if (apply)
 			memcpy(page + d, src + pos, nzrun);

@@ -151,8 +151,7 @@ static int check_identity(struct kv_savevm *sv, const char *idstr,
 				    "state handler without an idstr");
 	if (strlen(idstr) > SV_IDSTR_MAX)
 		return kv_error_set(err, -ENAMETOOLONG,
-				    "state handler idstr '%.40s...' is longer "
-				    "than %d bytes",
+				    "state handler idstr '%.40s...' is longer than %d bytes",
 				    idstr, SV_IDSTR_MAX);
 	if (find_entry(sv, idstr, instance_id))
 		return kv_error_set(err, -EEXIST,
@@ -244,8 +243,7 @@ int kv_savevm_register_live(struct kv_savevm *sv, const char *idstr,
 		return ret;
 	if (missing)
 		return kv_error_set(err, -EINVAL,
-				    "live handler '%s': required callback %s "
-				    "is missing",
+				    "live handler '%s': required callback %s is missing",
 				    idstr, missing);
 	if (version_id < 0)
 		return kv_error_set(err, -EINVAL,
@@ -728,9 +726,7 @@ static int load_header(struct load_ctx *c)
 	if (v != KV_VM_FILE_MAGIC)
 		return load_fail(
 		    c, -EINVAL,
-		    "bad magic %02x %02x %02x %02x ('%c%c%c%c'),"
-		    " expected 'QEVM' (51 45 56 4d): not a "
-		    "migration stream",
+		    "bad magic %02x %02x %02x %02x ('%c%c%c%c'), expected 'QEVM' (51 45 56 4d): not a migration stream",
 		    magic[0], magic[1], magic[2], magic[3],
 		    magic[0] >= 0x20 && magic[0] < 0x7f ? magic[0] : '.',
 		    magic[1] >= 0x20 && magic[1] < 0x7f ? magic[1] : '.',
@@ -761,8 +757,7 @@ static int load_configuration(struct load_ctx *c)
 	if (type != KV_SEC_CONFIGURATION) {
 		c->type = type;
 		return load_fail(c, -EINVAL,
-				 "expected the CONFIGURATION section (0x07) "
-				 "first, found section type 0x%02x",
+				 "expected the CONFIGURATION section (0x07) first, found section type 0x%02x",
 				 type);
 	}
 	len = kv_stream_get_be32(c->s);
@@ -779,8 +774,7 @@ static int load_configuration(struct load_ctx *c)
 	name[len] = '\0';
 	if (strlen(name) != len || strcmp(name, c->sv->machine) != 0)
 		return load_fail(c, -EINVAL,
-				 "stream is for machine '%s', this "
-				 "destination is '%s'",
+				 "stream is for machine '%s', this destination is '%s'",
 				 name, c->sv->machine);
 	return 0;
 }
@@ -815,8 +809,7 @@ static int load_command(struct load_ctx *c)
 	case KV_MIG_CMD_OPEN_RETURN_PATH:
 		if (len != 0)
 			return load_fail(c, -EINVAL,
-					 "command OPEN_RETURN_PATH with "
-					 "length %u (expected 0)",
+					 "command OPEN_RETURN_PATH with length %u (expected 0)",
 					 len);
 		if (c->res)
 			c->res->return_path_requested = true;
@@ -825,8 +818,7 @@ static int load_command(struct load_ctx *c)
 	case KV_MIG_CMD_PING:
 		if (len != 4)
 			return load_fail(c, -EINVAL,
-					 "command PING with length %u "
-					 "(expected 4)",
+					 "command PING with length %u (expected 4)",
 					 len);
 		value = kv_stream_get_be32(c->s);
 		if (load_check_stream(c))
@@ -849,9 +841,7 @@ static int load_footer(struct load_ctx *c)
 		return c->err->code;
 	if (type != KV_SEC_FOOTER)
 		return load_fail(c, -EINVAL,
-				 "expected section footer (0x7e) at stream "
-				 "offset %" PRIu64 ", found 0x%02x: the "
-				 "handler read too little or too much",
+				 "expected section footer (0x7e) at stream offset %" PRIu64 ", found 0x%02x: the handler read too little or too much",
 				 off, type);
 	id = kv_stream_get_be32(c->s);
 	if (load_check_stream(c))
@@ -940,13 +930,11 @@ static int load_start_full(struct load_ctx *c, int type)
 		return load_unknown_instance(c);
 	if (!e)
 		return load_fail(c, -ENOENT,
-				 "unknown section '%s': no such device or "
-				 "handler on this destination",
+				 "unknown section '%s': no such device or handler on this destination",
 				 c->idstr);
 	if (is_live(e) != (type == KV_SEC_START))
 		return load_fail(c, -EINVAL,
-				 "'%s' is a %s here and cannot arrive in a "
-				 "%s section",
+				 "'%s' is a %s here and cannot arrive in a %s section",
 				 c->idstr,
 				 is_live(e) ? "live handler" : "device",
 				 section_type_name(type));
@@ -955,20 +943,17 @@ static int load_start_full(struct load_ctx *c, int type)
 	if (entry_by_stream_id(c->sv, c->section_id))
 		return load_fail(
 		    c, -EINVAL,
-		    "section id %" PRIu32 " is already used by "
-		    "'%s'",
+		    "section id %" PRIu32 " is already used by '%s'",
 		    c->section_id,
 		    entry_by_stream_id(c->sv, c->section_id)->idstr);
 	min_version = e->vmsd ? e->vmsd->minimum_version_id : 0;
 	if (version > (uint32_t)e->version_id)
 		return load_fail(c, -EINVAL,
-				 "version %" PRIu32 " is newer than supported "
-				 "version %d",
+				 "version %" PRIu32 " is newer than supported version %d",
 				 version, e->version_id);
 	if (version < (uint32_t)min_version)
 		return load_fail(c, -EINVAL,
-				 "version %" PRIu32 " is older than the oldest "
-				 "supported version %d",
+				 "version %" PRIu32 " is older than the oldest supported version %d",
 				 version, min_version);
 	e->got_start = true;
 	e->stream_section_id = c->section_id;
@@ -991,8 +976,7 @@ static int load_part_end(struct load_ctx *c, int type)
 	e = entry_by_stream_id(c->sv, c->section_id);
 	if (!e)
 		return load_fail(c, -ENOENT,
-				 "section id %" PRIu32 " was not opened by a "
-				 "START section",
+				 "section id %" PRIu32 " was not opened by a START section",
 				 c->section_id);
 	snprintf(c->idstr, sizeof(c->idstr), "%s", e->idstr);
 	if (!is_live(e) || e->got_end)
@@ -1022,14 +1006,12 @@ static int check_complete(struct load_ctx *c)
 		}
 		if (!e->got_start)
 			return load_fail(c, -EINVAL,
-					 "stream incomplete: %s '%s' "
-					 "instance %" PRIu32 " never arrived",
+					 "stream incomplete: %s '%s' instance %" PRIu32 " never arrived",
 					 is_live(e) ? "live handler" : "device",
 					 e->idstr, e->instance_id);
 		if (!e->got_end)
 			return load_fail(c, -EINVAL,
-					 "stream incomplete: '%s' got START "
-					 "but no END section",
+					 "stream incomplete: '%s' got START but no END section",
 					 e->idstr);
 	}
 	return 0;
@@ -1069,8 +1051,7 @@ static int load_vmdesc(struct load_ctx *c)
 		return c->err->code;
 	if (type != KV_SEC_VMDESCRIPTION)
 		return load_fail(c, -EINVAL,
-				 "expected the VM description (0x06) after "
-				 "EOF, found 0x%02x",
+				 "expected the VM description (0x06) after EOF, found 0x%02x",
 				 type);
 	len = kv_stream_get_be32(c->s);
 	if (load_check_stream(c))
@@ -1106,8 +1087,7 @@ static int load_trailer(struct load_ctx *c)
 		return c->err->code;
 	c->offset = kv_stream_offset(c->s);
 	return load_fail(c, -EINVAL,
-			 "unexpected data after the VM description "
-			 "(next byte 0x%02x)",
+			 "unexpected data after the VM description (next byte 0x%02x)",
 			 kv_stream_peek_u8(c->s));
 }
 
@@ -1140,8 +1120,7 @@ static int load_sections(struct load_ctx *c)
 			return check_complete(c);
 		default:
 			return load_fail(c, -EINVAL,
-					 "unknown or misplaced section type "
-					 "0x%02x",
+					 "unknown or misplaced section type 0x%02x",
 					 type);
 		}
 		if (ret < 0)

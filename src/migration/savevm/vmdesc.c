@@ -245,28 +245,23 @@ static int check_device(json_t *dev, size_t i, struct kv_error *err)
 
 	if (!json_is_object(dev))
 		return kv_error_set(err, -EINVAL,
-				    "VM description: devices[%zu] is not an "
-				    "object",
+				    "VM description: devices[%zu] is not an object",
 				    i);
 	if (!json_is_string(name))
 		return kv_error_set(err, -EINVAL,
-				    "VM description: devices[%zu] has no "
-				    "string \"name\"",
+				    "VM description: devices[%zu] has no string \"name\"",
 				    i);
 	if (!json_is_string(json_object_get(dev, "vmsd_name")))
 		return kv_error_set(err, -EINVAL,
-				    "VM description: devices[%zu] ('%s') has "
-				    "no string \"vmsd_name\"",
+				    "VM description: devices[%zu] ('%s') has no string \"vmsd_name\"",
 				    i, json_string_value(name));
 	if (!json_is_integer(json_object_get(dev, "instance_id")))
 		return kv_error_set(err, -EINVAL,
-				    "VM description: devices[%zu] ('%s') has "
-				    "no integer \"instance_id\"",
+				    "VM description: devices[%zu] ('%s') has no integer \"instance_id\"",
 				    i, json_string_value(name));
 	if (!json_is_integer(json_object_get(dev, "version")))
 		return kv_error_set(err, -EINVAL,
-				    "VM description: devices[%zu] ('%s') has "
-				    "no integer \"version\"",
+				    "VM description: devices[%zu] ('%s') has no integer \"version\"",
 				    i, json_string_value(name));
 	return 0;
 }
@@ -280,16 +275,13 @@ static int check_root(json_t *root, struct kv_error *err)
 
 	if (!json_is_object(root))
 		return kv_error_set(err, -EINVAL,
-				    "VM description: top level is not a JSON "
-				    "object");
+				    "VM description: top level is not a JSON object");
 	if (!json_is_integer(ps))
 		return kv_error_set(err, -EINVAL,
-				    "VM description: no integer "
-				    "\"page_size\"");
+				    "VM description: no integer \"page_size\"");
 	if (json_integer_value(ps) != KV_PAGE_SIZE)
 		return kv_error_set(err, -EINVAL,
-				    "VM description: page_size %lld, expected "
-				    "%d",
+				    "VM description: page_size %lld, expected %d",
 				    (long long)json_integer_value(ps),
 				    KV_PAGE_SIZE);
 	if (!json_is_array(devices))
@@ -311,14 +303,12 @@ int kv_vmdesc_validate(const char *json, size_t len, struct kv_error *err)
 
 	if (len > KV_VMDESC_MAX_LEN)
 		return kv_error_set(err, -EINVAL,
-				    "VM description of %zu bytes exceeds the "
-				    "limit of %u",
+				    "VM description of %zu bytes exceeds the limit of %u",
 				    len, KV_VMDESC_MAX_LEN);
 	root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!root)
 		return kv_error_set(err, -EINVAL,
-				    "VM description is not valid JSON: %s "
-				    "(line %d, column %d)",
+				    "VM description is not valid JSON: %s (line %d, column %d)",
 				    jerr.text, jerr.line, jerr.column);
 	ret = check_root(root, err);
 	json_decref(root);

@@ -234,8 +234,7 @@ static int get_scalar(struct kv_stream *s, const struct kv_vmstate_desc *d,
 		}
 		if (!kv_stream_error(s) && v8 > 1)
 			return kv_error_set(err, -EINVAL,
-					    "device '%s' field '%s' at stream "
-					    "offset %" PRIu64
+					    "device '%s' field '%s' at stream offset %" PRIu64
 					    ": bool value %u is not 0 or 1",
 					    d->name, f->name, off, v8);
 		b = v8 == 1;
@@ -366,9 +365,7 @@ static int load_subsections(struct kv_stream *s,
 		    ps->version < (uint32_t)sub->minimum_version_id)
 			return kv_error_set(
 			    err, -EINVAL,
-			    "device '%s' at stream offset "
-			    "%" PRIu64 ": subsection '%s' "
-			    "version %" PRIu32 " outside supported %d..%d",
+			    "device '%s' at stream offset %" PRIu64 ": subsection '%s' version %" PRIu32 " outside supported %d..%d",
 			    d->name, ps->offset, sub->name, ps->version,
 			    sub->minimum_version_id, sub->version_id);
 		ret = vms_load(s, sub, opaque, (int)ps->version, depth + 1, ps,
@@ -393,15 +390,13 @@ static int vms_load(struct kv_stream *s, const struct kv_vmstate_desc *d,
 	if (version_id > d->version_id)
 		return kv_error_set(err, -EINVAL,
 				    "device '%s' at stream offset %" PRIu64
-				    ": version %d is newer than supported "
-				    "version %d",
+				    ": version %d is newer than supported version %d",
 				    d->name, kv_stream_offset(s), version_id,
 				    d->version_id);
 	if (version_id < d->minimum_version_id)
 		return kv_error_set(err, -EINVAL,
 				    "device '%s' at stream offset %" PRIu64
-				    ": version %d is older than the oldest "
-				    "supported version %d",
+				    ": version %d is older than the oldest supported version %d",
 				    d->name, kv_stream_offset(s), version_id,
 				    d->minimum_version_id);
 	for (f = d->fields; f && f->name; f++) {
@@ -420,8 +415,7 @@ static int vms_load(struct kv_stream *s, const struct kv_vmstate_desc *d,
 			if (!kv_error_is_set(err))
 				kv_error_set(err, ret, "failed");
 			kv_error_prefix(err,
-					"device '%s' post_load at stream "
-					"offset %" PRIu64,
+					"device '%s' post_load at stream offset %" PRIu64,
 					d->name, kv_stream_offset(s));
 			return ret;
 		}
@@ -460,14 +454,12 @@ static int vms_validate(const struct kv_vmstate_desc *d, int depth,
 				    d->name);
 	if (depth > VMS_MAX_DEPTH)
 		return kv_error_set(err, -ELOOP,
-				    "device '%s': nesting deeper than %d "
-				    "(a cycle?)",
+				    "device '%s': nesting deeper than %d (a cycle?)",
 				    d->name, VMS_MAX_DEPTH);
 	if (d->version_id < 0 || d->minimum_version_id < 0 ||
 	    d->minimum_version_id > d->version_id)
 		return kv_error_set(err, -EINVAL,
-				    "device '%s': versions %d..%d are not a "
-				    "valid range",
+				    "device '%s': versions %d..%d are not a valid range",
 				    d->name, d->minimum_version_id,
 				    d->version_id);
 	for (f = d->fields; f && f->name; f++) {
@@ -484,8 +476,7 @@ static int vms_validate(const struct kv_vmstate_desc *d, int depth,
 		for (other = d->subsections; other != sub; other++)
 			if (strcmp((*other)->name, (*sub)->name) == 0)
 				return kv_error_set(err, -EINVAL,
-						    "device '%s': subsection "
-						    "'%s' listed twice",
+						    "device '%s': subsection '%s' listed twice",
 						    d->name, (*sub)->name);
 	}
 	return 0;
@@ -508,8 +499,7 @@ static int validate_field(const struct kv_vmstate_desc *d,
 				    d->name, f->name, (int)f->type);
 	if (f->version_id > d->version_id)
 		return kv_error_set(err, -EINVAL,
-				    "device '%s' field '%s': field version %d "
-				    "is newer than the description's %d",
+				    "device '%s' field '%s': field version %d is newer than the description's %d",
 				    d->name, f->name, f->version_id,
 				    d->version_id);
 	if (f->type == KV_VMS_BUFFER && f->size == 0)
@@ -518,15 +508,13 @@ static int validate_field(const struct kv_vmstate_desc *d,
 				    d->name, f->name);
 	if (f->type == KV_VMS_BUFFER && f->size > UINT32_MAX)
 		return kv_error_set(err, -EINVAL,
-				    "device '%s' field '%s': buffer of %zu "
-				    "bytes is too large",
+				    "device '%s' field '%s': buffer of %zu bytes is too large",
 				    d->name, f->name, f->size);
 	if (f->type != KV_VMS_STRUCT)
 		return 0;
 	if (!f->vmsd)
 		return kv_error_set(err, -EINVAL,
-				    "device '%s' field '%s': STRUCT without "
-				    "a vmsd",
+				    "device '%s' field '%s': STRUCT without a vmsd",
 				    d->name, f->name);
 	if (f->size == 0)
 		return kv_error_set(
@@ -536,9 +524,7 @@ static int validate_field(const struct kv_vmstate_desc *d,
 	 * when nothing of its parent follows them but the parent's own. */
 	if (has_subsections(f->vmsd) && (!last || elem_count(f) > 1))
 		return kv_error_set(err, -EINVAL,
-				    "device '%s' field '%s': a nested struct "
-				    "with subsections must be the last field "
-				    "and not an array",
+				    "device '%s' field '%s': a nested struct with subsections must be the last field and not an array",
 				    d->name, f->name);
 	ret = vms_validate(f->vmsd, depth + 1, err);
 	if (ret < 0)
