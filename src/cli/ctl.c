@@ -502,8 +502,7 @@ static int ctl_watch(struct ctl *c, enum watch_style style, int interval_ms,
 		} else if (!v.status) {
 			if (!told_waiting && !json && announce_wait)
 				fprintf(stderr,
-					"kvmig %s: no migration yet, "
-					"waiting for one\n",
+					"kvmig %s: no migration yet, waiting for one\n",
 					c->cmd);
 			told_waiting = true;
 		} else if (final) {
@@ -886,8 +885,7 @@ int kv_cmd_cancel(int argc, char **argv)
 		rc = query_status_name(&c, status, sizeof(status));
 	if (!rc && (!strcmp(status, "none") || status_is_final(status))) {
 		fprintf(stderr,
-			"kvmig cancel: no migration in progress (status: "
-			"%s)\n",
+			"kvmig cancel: no migration in progress (status: %s)\n",
 			status);
 		rc = KV_EXIT_FAILURE;
 	}

@@ -870,9 +870,7 @@ static void dest_explain_mismatch(const struct memtest_dest *d,
 	if (!d->pre.nblocks || !strstr(err->msg, "MEM_SIZE"))
 		return;
 	fprintf(stderr,
-		"memtest: this destination was pre-allocated with --size "
-		"%" PRIu64 " (%.0f MiB) --blocks %zu (blocks '%s'..'%s'); the "
-		"source must migrate the same --size and --blocks\n",
+		"memtest: this destination was pre-allocated with --size %" PRIu64 " (%.0f MiB) --blocks %zu (blocks '%s'..'%s'); the source must migrate the same --size and --blocks\n",
 		d->pre.total, d->pre.total / KV_MiB_F, d->pre.nblocks,
 		d->pre.blocks[0].idstr,
 		d->pre.blocks[d->pre.nblocks - 1].idstr);

@@ -42,15 +42,18 @@ static bool all_digits(const char *s)
 	return true;
 }
 
+static int missing_port(const char *text, struct kv_error *err)
+{
+	return kv_error_set(err, -EINVAL, "'%s': missing port (expected tcp:HOST:PORT)", text);
+}
+
 static int parse_port(const char *text, const char *port, struct kv_uri *uri,
 		      struct kv_error *err)
 {
 	long v;
 
 	if (*port == '\0')
-		return kv_error_set(err, -EINVAL,
-				    "'%s': missing port (expected tcp:HOST:PORT)",
-				    text);
+		return missing_port(text, err);
 	if (!all_digits(port))
 		return kv_error_set(err, -EINVAL,
 				    "'%s': port '%s' is not a number", text,
@@ -91,9 +94,7 @@ static int parse_tcp(const char *text, const char *rest, struct kv_uri *uri,
 		const char *colon = strrchr(rest, ':');
 
 		if (!colon)
-			return kv_error_set(err, -EINVAL,
-					    "'%s': missing port (expected tcp:HOST:PORT)",
-					    text);
+			return missing_port(text, err);
 		host_len = (size_t)(colon - rest);
 		if (memchr(rest, ':', host_len))
 			return kv_error_set(err, -EINVAL,

@@ -702,6 +702,13 @@ static void multifd_close(struct kv_migration *m)
 	kv_mfd_send_free(mfd);
 }
 
+/* A struct kv_migration runs once: a new migration is a new object. */
+static int refuse_second_run(const struct kv_migration *m,
+			     struct kv_error *err)
+{
+	return kv_error_set(err, -EBUSY, "migration: this migration already ran (status %s)", kv_mig_status_name(kv_mig_status(m)));
+}
+
 int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 	       struct kv_error *err)
 {
@@ -722,10 +729,7 @@ int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 			pthread_mutex_lock(&m->lock);
 			m->stream = NULL;
 			pthread_mutex_unlock(&m->lock);
-			return kv_error_set(
-			    err, -EBUSY,
-			    "migration: this migration already ran (status %s)",
-			    kv_mig_status_name(kv_mig_status(m)));
+			return refuse_second_run(m, err);
 		}
 		goto out;
 	}
@@ -816,7 +820,7 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 
 	if (kv_mig_status(m) != KV_MIG_NONE &&
 	    kv_mig_status(m) != KV_MIG_CANCELLING)
-		return kv_error_set(err, -EBUSY, "migration: this migration already ran (status %s)", kv_mig_status_name(kv_mig_status(m)));
+		return refuse_second_run(m, err);
 	m->start_ns = kv_now_ns();
 	/* A cancel during the connect is seen once it returns (a blocked
 	 * connect is not interrupted). */

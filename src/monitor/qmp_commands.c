@@ -15,6 +15,12 @@ int kv_qmp_missing_op(struct kv_qmp_call *call, const char *name)
 			    "The command %s is not supported by this VM", name);
 }
 
+int kv_qmp_invalid_type(struct kv_error *err, const char *name,
+			const char *expected)
+{
+	return kv_error_set(err, -EINVAL, "Invalid parameter type for '%s', expected: %s", name, expected);
+}
+
 /* The shape a query callback promises (QEMU's schema). */
 enum result_kind { RESULT_OBJECT, RESULT_LIST };
 

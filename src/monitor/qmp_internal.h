@@ -136,6 +136,10 @@ const struct kv_qmp_command *kv_qmp_command_find(const char *name);
 
 /* "The command NAME is not supported by this VM"; returns -ENOTSUP. */
 int kv_qmp_missing_op(struct kv_qmp_call *call, const char *name);
+/* QEMU's "Invalid parameter type for 'NAME', expected: TYPE"; returns
+ * -EINVAL. */
+int kv_qmp_invalid_type(struct kv_error *err, const char *name,
+			const char *expected);
 
 /* ---- The migration commands (qmp_migration.c) ---- */
 

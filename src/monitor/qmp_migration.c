@@ -137,7 +137,8 @@ static int check_param_types(json_t *args, struct kv_error *err)
 			? NULL
 			: json_object_get(args, o->name);
 		if (j && !json_type_ok(o, j))
-			return kv_error_set(err, -EINVAL, "Invalid parameter type for '%s', expected: %s", o->name, json_type_for(o));
+			return kv_qmp_invalid_type(err, o->name,
+						   json_type_for(o));
 	}
 	json_object_foreach(args, key, j)
 	{

@@ -302,10 +302,8 @@ static int check_args(const struct kv_qmp_command *cmd, json_t *args,
 			return kv_error_set(
 			    err, -EINVAL, "Parameter '%s' is missing", a->name);
 		if (v && !arg_type_ok(a->type, v))
-			return kv_error_set(
-			    err, -EINVAL,
-			    "Invalid parameter type for '%s', expected: %s",
-			    a->name, arg_type_name(a->type));
+			return kv_qmp_invalid_type(err, a->name,
+						   arg_type_name(a->type));
 	}
 	key = first_unknown_key(args, cmd, NULL);
 	if (key)

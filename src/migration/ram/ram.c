@@ -60,16 +60,11 @@ static int grow_blocks(struct kv_ram_state *rs, struct kv_error *err)
 	struct kv_ram_block_priv *p;
 
 	b = realloc(rs->blocks, cap * sizeof(*b));
-	if (!b)
-		return kv_error_set(err, -ENOMEM,
-				    "ram: out of memory for %zu block descriptors",
-				    cap);
-	rs->blocks = b;
-	p = realloc(rs->priv, cap * sizeof(*p));
+	if (b)
+		rs->blocks = b;
+	p = b ? realloc(rs->priv, cap * sizeof(*p)) : NULL;
 	if (!p)
-		return kv_error_set(err, -ENOMEM,
-				    "ram: out of memory for %zu block descriptors",
-				    cap);
+		return kv_error_set(err, -ENOMEM, "ram: out of memory for %zu block descriptors", cap);
 	rs->priv = p;
 	rs->cap = cap;
 	return 0;
