@@ -1296,9 +1296,9 @@ static void test_incoming_abort_listening(void **state)
 	vm_free(&dst);
 }
 
-/* The outgoing entry: a connection that cannot be set up is FAILED
- * through the table (NONE -> FAILED); a cancel before it is CANCELLED
- * without connecting. */
+/* The outgoing entry: SETUP while it connects (QEMU's query-migrate
+ * says so too), then a connection that cannot be set up is FAILED; a
+ * cancel before it is CANCELLED without connecting. */
 static void test_run_uri_connect(void **state)
 {
 	struct vm src;
@@ -1314,8 +1314,9 @@ static void test_run_uri_connect(void **state)
 		    0);
 	assert_non_null(strstr(err.msg, "/nonexistent/kvmig.sock"));
 	assert_int_equal(kv_mig_status(m), KV_MIG_FAILED);
-	assert_int_equal(src.nstatuses, 1);
-	assert_int_equal(src.statuses[0], KV_MIG_FAILED);
+	assert_int_equal(src.nstatuses, 2);
+	assert_int_equal(src.statuses[0], KV_MIG_SETUP);
+	assert_int_equal(src.statuses[1], KV_MIG_FAILED);
 	assert_int_equal(kv_mig_run_uri(m, "unix:/nonexistent/x", &err),
 			 -EBUSY);
 	kv_mig_free(m);
