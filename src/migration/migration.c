@@ -10,12 +10,14 @@
  *   NONE -> SETUP -> ACTIVE -> DEVICE -> COMPLETED
  *     \        \        \         \
  *      `--------`--------`---------`--> CANCELLING -> CANCELLED
- *      \        \        \         \
- *       `--------`--------`---------`-> FAILED
+ *               \        \         \
+ *                `--------`---------`-> FAILED
  *
  * plus CANCELLING -> COMPLETED when the destination confirmed (SHUT(0))
  * just before a cancel arrived: its answer is final, the source must not
- * resume.
+ * resume. SETUP includes the connect (kv_mig_run_uri): a connection that
+ * cannot be set up is SETUP -> FAILED; a cancel abandons the connect at
+ * once.
  * Locking: `lock` guards `stream` (so cancel and bandwidth changes from
  * other threads never touch a stream the run has let go of) and `stats`.
  */
@@ -101,9 +103,7 @@ static const char *const status_names[] = {
 #define ST(s) (1U << (s))
 
 static const unsigned int transitions[] = {
-    /* FAILED: the connection could not be set up (kv_mig_run_uri). */
-    [KV_MIG_NONE] =
-	ST(KV_MIG_SETUP) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
+    [KV_MIG_NONE] = ST(KV_MIG_SETUP) | ST(KV_MIG_CANCELLING),
     [KV_MIG_SETUP] =
 	ST(KV_MIG_ACTIVE) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
     [KV_MIG_ACTIVE] =
