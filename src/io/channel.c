@@ -671,7 +671,8 @@ static int socket_connect(int family, int type, int protocol,
 }
 
 /* Every address the name resolves to in turn, within the one deadline;
- * a cancel or the deadline ends the search. */
+ * a cancel or our deadline ends the search (the kernel's own timeout on
+ * one address does not). */
 static int tcp_connect_fd(const struct kv_uri *u,
 			  const struct connect_ctl *ctl, struct kv_error *err)
 {
@@ -691,7 +692,8 @@ static int tcp_connect_fd(const struct kv_uri *u,
 		fd = socket_connect(ai->ai_family, ai->ai_socktype,
 				    ai->ai_protocol, ai->ai_addr,
 				    ai->ai_addrlen, ctl);
-		if (fd >= 0 || fd == -ECANCELED || fd == -ETIMEDOUT)
+		if (fd >= 0 || fd == -ECANCELED ||
+		    (fd == -ETIMEDOUT && ctl->deadline_ns >= 0))
 			break;
 	}
 	freeaddrinfo(res);
