@@ -536,40 +536,169 @@ void kv_chan_close(struct kv_chan *c)
 
 /* ---- connecting ---- */
 
-static int tcp_connect_fd(const struct kv_uri *u, const char *uri,
+struct kv_cancel {
+	int fd; /* eventfd: readable once triggered, and it stays so */
+	int triggered;
+};
+
+struct kv_cancel *kv_cancel_new(struct kv_error *err)
+{
+	struct kv_cancel *t = calloc(1, sizeof(*t));
+
+	if (!t) {
+		kv_error_set(err, -ENOMEM, "cancel token: out of memory");
+		return NULL;
+	}
+	t->fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (t->fd < 0) {
+		kv_error_set_errno(err, -errno, "cancel token: eventfd");
+		free(t);
+		return NULL;
+	}
+	return t;
+}
+
+void kv_cancel_trigger(struct kv_cancel *t)
+{
+	uint64_t one = 1;
+	ssize_t n;
+
+	if (!t || __atomic_exchange_n(&t->triggered, 1, __ATOMIC_ACQ_REL))
+		return;
+	do {
+		n = write(t->fd, &one, sizeof(one));
+	} while (n < 0 && errno == EINTR);
+}
+
+bool kv_cancel_triggered(const struct kv_cancel *t)
+{
+	return t && __atomic_load_n(&t->triggered, __ATOMIC_ACQUIRE);
+}
+
+void kv_cancel_free(struct kv_cancel *t)
+{
+	if (!t)
+		return;
+	close(t->fd);
+	free(t);
+}
+
+/* What a connect may wait for, and until when. */
+struct connect_ctl {
+	const char *uri;
+	const struct kv_cancel *cancel;
+	uint64_t timeout_ms; /* 0: no deadline of our own */
+	int64_t deadline_ns; /* -1: none */
+};
+
+static int ctl_cancel_fd(const struct connect_ctl *ctl)
+{
+	return ctl->cancel ? ctl->cancel->fd : -1;
+}
+
+/* A unix listener with a full backlog says EAGAIN rather than making a
+ * non-blocking connect wait: try again this often. */
+#define UNIX_BACKLOG_RETRY_NS (10 * 1000000LL)
+
+static int64_t earlier(int64_t deadline_ns, int64_t other_ns)
+{
+	return deadline_ns < 0 || other_ns < deadline_ns ? other_ns
+							 : deadline_ns;
+}
+
+/* Connect the non-blocking socket fd, waiting in poll() on the socket and
+ * the cancel token: 0, -ECANCELED, -ETIMEDOUT, or connect's -errno. */
+static int connect_wait(int fd, const struct sockaddr *sa, socklen_t len,
+			const struct connect_ctl *ctl)
+{
+	int r, soerr = 0;
+	socklen_t sl = sizeof(soerr);
+
+	for (;;) {
+		if (kv_cancel_triggered(ctl->cancel))
+			return -ECANCELED;
+		if (connect(fd, sa, len) == 0)
+			return 0;
+		if (errno != EAGAIN)
+			break;
+		r = wait_fd_until(-1, 0, ctl_cancel_fd(ctl),
+				  earlier(ctl->deadline_ns,
+					  kv_now_ns() + UNIX_BACKLOG_RETRY_NS));
+		if (r < 0)
+			return r;
+		if (ctl->deadline_ns >= 0 && kv_now_ns() >= ctl->deadline_ns)
+			return -ETIMEDOUT;
+	}
+	if (errno != EINPROGRESS && errno != EINTR)
+		return -errno;
+	r = wait_fd_until(fd, POLLOUT, ctl_cancel_fd(ctl), ctl->deadline_ns);
+	if (r < 0)
+		return r;
+	if (r == 0)
+		return -ETIMEDOUT;
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+		return -errno;
+	return -soerr;
+}
+
+/* The message for a connect that did not succeed. */
+static int connect_failed(const struct connect_ctl *ctl, int code,
 			  struct kv_error *err)
+{
+	if (code == -ECANCELED)
+		return kv_error_set(err, code, "%s: connect cancelled", ctl->uri);
+	if (code == -ETIMEDOUT && ctl->timeout_ms)
+		return kv_error_set(err, code, "%s: no answer to connect within %llu ms", ctl->uri, (unsigned long long)ctl->timeout_ms);
+	return kv_error_set_errno(err, code, "%s: cannot connect", ctl->uri);
+}
+
+/* One socket of the given kind connected to sa, or -errno. */
+static int socket_connect(int family, int type, int protocol,
+			  const struct sockaddr *sa, socklen_t len,
+			  const struct connect_ctl *ctl)
+{
+	int fd, r;
+
+	fd = socket(family, type | SOCK_CLOEXEC | SOCK_NONBLOCK, protocol);
+	if (fd < 0)
+		return -errno;
+	r = connect_wait(fd, sa, len, ctl);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+/* Every address the name resolves to in turn, within the one deadline;
+ * a cancel or our deadline ends the search (the kernel's own timeout on
+ * one address does not). */
+static int tcp_connect_fd(const struct kv_uri *u,
+			  const struct connect_ctl *ctl, struct kv_error *err)
 {
 	struct addrinfo hints = {
 	    .ai_family = AF_UNSPEC,
 	    .ai_socktype = SOCK_STREAM,
 	};
 	struct addrinfo *res, *ai;
-	int r, fd = -1, last = -ECONNREFUSED;
+	int r, fd = -ECONNREFUSED;
 
 	r = getaddrinfo(u->host[0] ? u->host : NULL, u->port, &hints, &res);
 	if (r != 0)
 		return kv_error_set(err, -EHOSTUNREACH,
-				    "%s: cannot resolve '%s': %s", uri, u->host,
-				    gai_strerror(r));
+				    "%s: cannot resolve '%s': %s", ctl->uri,
+				    u->host, gai_strerror(r));
 	for (ai = res; ai; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
-			    ai->ai_protocol);
-		if (fd < 0) {
-			last = -errno;
-			continue;
-		}
-		do {
-			r = connect(fd, ai->ai_addr, ai->ai_addrlen);
-		} while (r < 0 && errno == EINTR);
-		if (r == 0)
+		fd = socket_connect(ai->ai_family, ai->ai_socktype,
+				    ai->ai_protocol, ai->ai_addr,
+				    ai->ai_addrlen, ctl);
+		if (fd >= 0 || fd == -ECANCELED ||
+		    (fd == -ETIMEDOUT && ctl->deadline_ns >= 0))
 			break;
-		last = -errno;
-		close(fd);
-		fd = -1;
 	}
 	freeaddrinfo(res);
 	if (fd < 0)
-		return kv_error_set_errno(err, last, "%s: cannot connect", uri);
+		return connect_failed(ctl, fd, err);
 	return fd;
 }
 
@@ -581,54 +710,66 @@ static void unix_addr(const struct kv_uri *u, struct sockaddr_un *sun)
 	memcpy(sun->sun_path, u->path, strlen(u->path) + 1);
 }
 
-static int unix_connect_fd(const struct kv_uri *u, const char *uri,
-			   struct kv_error *err)
+static int unix_connect_fd(const struct kv_uri *u,
+			   const struct connect_ctl *ctl, struct kv_error *err)
 {
 	struct sockaddr_un sun;
-	int fd, r;
+	int fd;
 
 	unix_addr(u, &sun);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	fd = socket_connect(AF_UNIX, SOCK_STREAM, 0, (struct sockaddr *)&sun,
+			    sizeof(sun), ctl);
 	if (fd < 0)
-		return kv_error_set_errno(err, -errno, "%s: socket", uri);
-	do {
-		r = connect(fd, (struct sockaddr *)&sun, sizeof(sun));
-	} while (r < 0 && errno == EINTR);
-	if (r < 0) {
-		r = -errno;
-		close(fd);
-		return kv_error_set_errno(err, r, "%s: cannot connect", uri);
-	}
+		return connect_failed(ctl, fd, err);
 	return fd;
 }
 
-struct kv_chan *kv_chan_connect(const char *uri, struct kv_error *err)
+static int open_target_fd(const struct kv_uri *u,
+			  const struct connect_ctl *ctl, struct kv_error *err)
 {
+	int fd;
+
+	if (kv_cancel_triggered(ctl->cancel))
+		return connect_failed(ctl, -ECANCELED, err);
+	switch (u->kind) {
+	case KV_URI_TCP:
+		return tcp_connect_fd(u, ctl, err);
+	case KV_URI_UNIX:
+		return unix_connect_fd(u, ctl, err);
+	case KV_URI_FILE:
+		fd = open(u->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+			  0600);
+		if (fd < 0)
+			return kv_error_set_errno(err, -errno,
+						  "%s: cannot create file",
+						  ctl->uri);
+		return fd;
+	case KV_URI_FD:
+	default:
+		return u->fd;
+	}
+}
+
+struct kv_chan *kv_chan_connect_cancellable(const char *uri,
+					    const struct kv_cancel *cancel,
+					    uint64_t timeout_ms,
+					    struct kv_error *err)
+{
+	struct connect_ctl ctl = {
+	    .uri = uri,
+	    .cancel = cancel,
+	    .timeout_ms = timeout_ms,
+	    .deadline_ns = -1,
+	};
 	struct kv_uri u;
 	struct kv_chan *c;
 	int fd;
 
 	if (kv_uri_parse(uri, &u, err) < 0)
 		return NULL;
-	switch (u.kind) {
-	case KV_URI_TCP:
-		fd = tcp_connect_fd(&u, uri, err);
-		break;
-	case KV_URI_UNIX:
-		fd = unix_connect_fd(&u, uri, err);
-		break;
-	case KV_URI_FILE:
-		fd = open(u.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-			  0600);
-		if (fd < 0)
-			fd = kv_error_set_errno(err, -errno,
-						"%s: cannot create file", uri);
-		break;
-	case KV_URI_FD:
-	default:
-		fd = u.fd;
-		break;
-	}
+	if (timeout_ms)
+		ctl.deadline_ns = kv_now_ns() + (int64_t)timeout_ms * 1000000;
+	fd = open_target_fd(&u, &ctl, err);
 	if (fd < 0)
 		return NULL;
 	c = kv_chan_from_fd(fd, uri, err);
@@ -638,6 +779,11 @@ struct kv_chan *kv_chan_connect(const char *uri, struct kv_error *err)
 	if (c && u.kind == KV_URI_TCP)
 		kv_chan_set_nodelay(c, true);
 	return c;
+}
+
+struct kv_chan *kv_chan_connect(const char *uri, struct kv_error *err)
+{
+	return kv_chan_connect_cancellable(uri, NULL, 0, err);
 }
 
 /* ---- listening ---- */

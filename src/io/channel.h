@@ -100,8 +100,30 @@ struct kv_chan {
 /* Wrap an fd the caller already opened; the channel owns it afterwards. */
 struct kv_chan *kv_chan_from_fd(int fd, const char *name, struct kv_error *err);
 
-/* Source side: connect to (tcp/unix) or create (file) the URI. */
+/* Source side: connect to (tcp/unix) or create (file) the URI. Waits
+ * as long as the kernel does (about 2 minutes for a silent tcp peer). */
 struct kv_chan *kv_chan_connect(const char *uri, struct kv_error *err);
+
+/* A cancel token: lets another thread abandon a connect that waits for a
+ * silent peer (migrate_cancel). Once triggered it stays triggered: a
+ * connect that starts afterwards fails at once. */
+struct kv_cancel;
+struct kv_cancel *kv_cancel_new(struct kv_error *err);
+void kv_cancel_trigger(struct kv_cancel *t); /* any thread; NULL: no-op */
+bool kv_cancel_triggered(const struct kv_cancel *t);
+void kv_cancel_free(struct kv_cancel *t);
+
+/* kv_chan_connect that can be abandoned: the connect is non-blocking and
+ * waits in poll() on the socket and the token, for tcp (every address the
+ * name resolves to, all within the one timeout) and unix alike. Fails
+ * with -ECANCELED as soon as cancel (NULL: none) is triggered, and with
+ * -ETIMEDOUT once timeout_ms (0: the kernel's limit only) passed with no
+ * answer, the message naming the address and the time. Resolving the
+ * name is not interrupted. */
+struct kv_chan *kv_chan_connect_cancellable(const char *uri,
+					    const struct kv_cancel *cancel,
+					    uint64_t timeout_ms,
+					    struct kv_error *err);
 
 /* Destination side. For tcp/unix: bind+listen now (so "port in use" is
  * reported before anything else happens), accept later. For file: open for

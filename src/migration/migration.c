@@ -10,12 +10,14 @@
  *   NONE -> SETUP -> ACTIVE -> DEVICE -> COMPLETED
  *     \        \        \         \
  *      `--------`--------`---------`--> CANCELLING -> CANCELLED
- *      \        \        \         \
- *       `--------`--------`---------`-> FAILED
+ *               \        \         \
+ *                `--------`---------`-> FAILED
  *
  * plus CANCELLING -> COMPLETED when the destination confirmed (SHUT(0))
  * just before a cancel arrived: its answer is final, the source must not
- * resume.
+ * resume. SETUP includes the connect (kv_mig_run_uri): a connection that
+ * cannot be set up is SETUP -> FAILED; a cancel abandons the connect at
+ * once.
  * Locking: `lock` guards `stream` (so cancel and bandwidth changes from
  * other threads never touch a stream the run has let go of) and `stats`.
  */
@@ -83,6 +85,8 @@ struct kv_migration {
 	/* max-bandwidth: the main stream and every multifd channel. */
 	struct kv_rate_limit rl;
 	uint32_t ping; /* value of the last PING sent */
+	/* Triggered by kv_mig_cancel: abandons a connect in progress. */
+	struct kv_cancel *connect_cancel;
 };
 
 static const char *const status_names[] = {
@@ -99,9 +103,7 @@ static const char *const status_names[] = {
 #define ST(s) (1U << (s))
 
 static const unsigned int transitions[] = {
-    /* FAILED: the connection could not be set up (kv_mig_run_uri). */
-    [KV_MIG_NONE] =
-	ST(KV_MIG_SETUP) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
+    [KV_MIG_NONE] = ST(KV_MIG_SETUP) | ST(KV_MIG_CANCELLING),
     [KV_MIG_SETUP] =
 	ST(KV_MIG_ACTIVE) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
     [KV_MIG_ACTIVE] =
@@ -150,6 +152,11 @@ struct kv_migration *kv_mig_new(struct kv_savevm *sv, struct kv_ram_state *rs,
 		kv_mig_params_default(&m->params);
 	m->hooks = *hooks;
 	m->status = KV_MIG_NONE;
+	m->connect_cancel = kv_cancel_new(NULL);
+	if (!m->connect_cancel) {
+		free(m);
+		return NULL;
+	}
 	pthread_mutex_init(&m->lock, NULL);
 	kv_rate_limit_init(&m->rl, m->params.max_bandwidth);
 	return m;
@@ -161,6 +168,7 @@ void kv_mig_free(struct kv_migration *m)
 		return;
 	kv_rate_limit_destroy(&m->rl);
 	pthread_mutex_destroy(&m->lock);
+	kv_cancel_free(m->connect_cancel);
 	free(m);
 }
 
@@ -234,6 +242,7 @@ void kv_mig_cancel(struct kv_migration *m)
 		if (mig_set_status(m, st, KV_MIG_CANCELLING, false))
 			break;
 	}
+	kv_cancel_trigger(m->connect_cancel);
 	pthread_mutex_lock(&m->lock);
 	if (m->stream)
 		kv_stream_shutdown(m->stream);
@@ -672,6 +681,8 @@ static int multifd_connect(struct kv_migration *m, const char *uri,
 	struct kv_mfd_send *mfd;
 
 	cfg.rate_limit = &m->rl;
+	cfg.cancel = m->connect_cancel;
+	cfg.connect_timeout_ms = m->params.connect_timeout_ms;
 	if (!cfg.channels || !m->rs)
 		return 0;
 	if (m->params.xbzrle_cache_size)
@@ -709,28 +720,30 @@ static int refuse_second_run(const struct kv_migration *m,
 	return kv_error_set(err, -EBUSY, "migration: this migration already ran (status %s)", kv_mig_status_name(kv_mig_status(m)));
 }
 
-int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
-	       struct kv_error *err)
+/* QEMU emits "cancelling" before "cancelled"; kv_mig_cancel changes the
+ * status on the canceller's thread, so the hook hears it from here. */
+static void announce_cancelling(struct kv_migration *m)
+{
+	report_progress(m, m->rs ? kv_ram_pending_estimate(m->rs) : 0, 0);
+}
+
+/* The run from SETUP (or CANCELLING, after a cancel that came first). */
+static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
+			  struct kv_error *err)
 {
 	struct kv_error lerr = {0};
 	bool return_path = false, stopped = false, cancelled;
 	enum kv_mig_status st;
 	int ret;
 
-	m->start_ns = kv_now_ns();
 	m->wire_factor = 1.0;
 	kv_switch_log("run begins");
 	pthread_mutex_lock(&m->lock);
 	m->stream = s;
 	pthread_mutex_unlock(&m->lock);
-	if (!mig_set_status(m, KV_MIG_NONE, KV_MIG_SETUP, true)) {
-		ret = cancel_requested(m) ? -ECANCELED : -EBUSY;
-		if (ret == -EBUSY) {
-			pthread_mutex_lock(&m->lock);
-			m->stream = NULL;
-			pthread_mutex_unlock(&m->lock);
-			return refuse_second_run(m, err);
-		}
+	/* A cancel before the stream was there did not shut it down. */
+	if (cancel_requested(m)) {
+		ret = -ECANCELED;
 		goto out;
 	}
 	/* max-bandwidth holds for everything together: the main stream and
@@ -772,6 +785,7 @@ out:
 	if (ret == 0)
 		return 0;
 	if (cancelled) {
+		announce_cancelling(m);
 		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_CANCELLED, true);
 		kv_error_clear(&lerr);
 		kv_error_set(&lerr, -ECANCELED, "migration cancelled%s",
@@ -783,13 +797,36 @@ out:
 			st = kv_mig_status(m);
 		while (st != KV_MIG_CANCELLING &&
 		       !mig_set_status(m, st, KV_MIG_FAILED, true));
-		if (st == KV_MIG_CANCELLING)
+		if (st == KV_MIG_CANCELLING) {
+			announce_cancelling(m);
 			mig_set_status(m, st, KV_MIG_CANCELLED, true);
+		}
 		if (!kv_error_is_set(&lerr))
 			kv_error_set(&lerr, ret, "migration failed");
 	}
 	kv_error_propagate(err, &lerr);
 	return ret;
+}
+
+/* NONE -> SETUP, or CANCELLING when a cancel came first; false when this
+ * migration already ran. */
+static bool enter_setup(struct kv_migration *m)
+{
+	enum kv_mig_status st = kv_mig_status(m);
+
+	if (st != KV_MIG_NONE && st != KV_MIG_CANCELLING)
+		return false;
+	m->start_ns = kv_now_ns();
+	return mig_set_status(m, KV_MIG_NONE, KV_MIG_SETUP, true) ||
+	       cancel_requested(m);
+}
+
+int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
+	       struct kv_error *err)
+{
+	if (!enter_setup(m))
+		return refuse_second_run(m, err);
+	return run_from_setup(m, s, err);
 }
 
 /* The run ended before its phases began (the connection could not be set
@@ -801,13 +838,34 @@ static int end_before_run(struct kv_migration *m, int ret,
 
 	do
 		st = kv_mig_status(m);
-	while (st == KV_MIG_NONE &&
+	while (st == KV_MIG_SETUP &&
 	       !mig_set_status(m, st, KV_MIG_FAILED, true));
 	if (st != KV_MIG_CANCELLING)
 		return ret;
+	announce_cancelling(m);
 	mig_set_status(m, st, KV_MIG_CANCELLED, true);
 	kv_error_clear(err);
 	return kv_error_set(err, -ECANCELED, "migration cancelled");
+}
+
+/* The main channel, abandoned at once by kv_mig_cancel and after
+ * x-connect-timeout. */
+static struct kv_chan *connect_main(struct kv_migration *m, const char *uri,
+				    int *ret, struct kv_error *err)
+{
+	struct kv_chan *c;
+
+	c = kv_chan_connect_cancellable(uri, m->connect_cancel,
+					m->params.connect_timeout_ms, err);
+	if (c && cancel_requested(m)) {
+		kv_chan_close(c);
+		c = NULL;
+	}
+	if (cancel_requested(m))
+		*ret = -ECANCELED;
+	else
+		*ret = c ? 0 : (err->code ? err->code : -EIO);
+	return c;
 }
 
 int kv_mig_run_uri(struct kv_migration *m, const char *uri,
@@ -815,24 +873,14 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 {
 	struct kv_error lerr = {0};
 	struct kv_stream *s;
-	struct kv_chan *c;
-	int ret;
+	struct kv_chan *c = NULL;
+	int ret = -ECANCELED;
 
-	if (kv_mig_status(m) != KV_MIG_NONE &&
-	    kv_mig_status(m) != KV_MIG_CANCELLING)
+	/* query-migrate says "setup" while connecting, as QEMU's does. */
+	if (!enter_setup(m))
 		return refuse_second_run(m, err);
-	m->start_ns = kv_now_ns();
-	/* A cancel during the connect is seen once it returns (a blocked
-	 * connect is not interrupted). */
-	c = kv_mig_status(m) == KV_MIG_CANCELLING
-		? NULL
-		: kv_chan_connect(uri, &lerr);
-	if (kv_mig_status(m) == KV_MIG_CANCELLING)
-		ret = -ECANCELED;
-	else if (!c)
-		ret = lerr.code ? lerr.code : -EIO;
-	else
-		ret = 0;
+	if (!cancel_requested(m))
+		c = connect_main(m, uri, &ret, &lerr);
 	s = c ? kv_stream_new(c, KV_STREAM_WRITE) : NULL;
 	if (c && !s) {
 		kv_chan_close(c);
@@ -842,7 +890,7 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 	if (ret == 0)
 		ret = multifd_connect(m, uri, &lerr);
 	if (ret == 0) {
-		ret = kv_mig_run(m, s, &lerr);
+		ret = run_from_setup(m, s, &lerr);
 	} else {
 		multifd_close(m);
 		ret = end_before_run(m, ret, &lerr);

@@ -50,6 +50,9 @@ struct kv_mig_params {
 	uint64_t max_bandwidth;       /* bytes/s, 0 = unlimited (default) */
 	uint64_t converge_timeout_ms; /* 0 = never give up; default 0 */
 	int rp_timeout_ms;            /* wait for SHUT; default 30000 */
+	/* How long a connect (main and multifd channels) waits for the
+	 * destination's answer; default 30000 (x-connect-timeout). */
+	uint64_t connect_timeout_ms;
 	/* XBZRLE (ram.h): cache bytes, 0 = off; default off. */
 	uint64_t xbzrle_cache_size;
 	/* multifd (multifd.h): extra channels, 0 = off (default); their
@@ -141,10 +144,11 @@ int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 
 /* Connect to uri (tcp, unix, file, fd), open the multifd channels the
  * parameters ask for, and run the whole migration (kv_mig_run); the
- * connection closes when it returns. A cancel while connecting is
- * honoured as soon as the connect returns. A connection that cannot be
- * set up makes the migration FAILED (CANCELLED after a cancel). Returns 0
- * when COMPLETED; <0 with err set otherwise. */
+ * connection closes when it returns. The status is SETUP while it
+ * connects; kv_mig_cancel abandons a connect at once, and a connect with
+ * no answer within params.connect_timeout_ms fails. A connection that
+ * cannot be set up makes the migration FAILED (CANCELLED after a cancel).
+ * Returns 0 when COMPLETED; <0 with err set otherwise. */
 int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 		   struct kv_error *err);
 

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -713,6 +715,198 @@ static void test_socket_options_and_counters(void **state)
 	close(fds[0]);
 }
 
+/* ---- cancellable connects ---- */
+
+/*
+ * A listener nobody accepts from, with its one-entry backlog taken by a
+ * first connection: the kernel drops a further tcp SYN (the peer retries
+ * for about 2 minutes, as with a firewall's DROP), and a further unix
+ * connect would block. The real thing, no mock.
+ */
+struct black_hole {
+	int listen_fd;
+	int filler_fd;
+	char uri[160];
+	char path[100];
+};
+
+static void black_hole_tcp(struct black_hole *b)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	socklen_t len = sizeof(sin);
+
+	memset(b, 0, sizeof(*b));
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	b->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(b->listen_fd >= 0);
+	assert_int_equal(bind(b->listen_fd, (struct sockaddr *)&sin,
+			      sizeof(sin)), 0);
+	assert_int_equal(listen(b->listen_fd, 0), 0);
+	assert_int_equal(getsockname(b->listen_fd, (struct sockaddr *)&sin,
+				     &len), 0);
+	b->filler_fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_int_equal(connect(b->filler_fd, (struct sockaddr *)&sin,
+				 sizeof(sin)), 0);
+	snprintf(b->uri, sizeof(b->uri), "tcp:127.0.0.1:%d",
+		 ntohs(sin.sin_port));
+	kv_sleep_ns(20 * 1000000LL); /* the filler reaches the queue */
+}
+
+static void black_hole_unix(struct black_hole *b)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+
+	memset(b, 0, sizeof(*b));
+	snprintf(b->path, sizeof(b->path), "/tmp/kvmig-bh-%d.sock", getpid());
+	unlink(b->path);
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", b->path);
+	b->listen_fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_int_equal(bind(b->listen_fd, (struct sockaddr *)&sun,
+			      sizeof(sun)), 0);
+	assert_int_equal(listen(b->listen_fd, 0), 0);
+	b->filler_fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_int_equal(connect(b->filler_fd, (struct sockaddr *)&sun,
+				 sizeof(sun)), 0);
+	snprintf(b->uri, sizeof(b->uri), "unix:%s", b->path);
+}
+
+static void black_hole_close(struct black_hole *b)
+{
+	close(b->filler_fd);
+	close(b->listen_fd);
+	if (b->path[0])
+		unlink(b->path);
+}
+
+struct connector {
+	const char *uri;
+	struct kv_cancel *cancel;
+	uint64_t timeout_ms;
+	struct kv_chan *c;
+	struct kv_error err;
+	int64_t took_ns;
+};
+
+static void *connect_thread(void *arg)
+{
+	struct connector *k = arg;
+	int64_t t0 = kv_now_ns();
+
+	k->c = kv_chan_connect_cancellable(k->uri, k->cancel, k->timeout_ms,
+					   &k->err);
+	k->took_ns = kv_now_ns() - t0;
+	return NULL;
+}
+
+/* A cancel from another thread ends a connect that gets no answer. */
+static void cancel_black_hole(struct black_hole *b)
+{
+	struct connector k = {.uri = b->uri};
+	pthread_t t;
+	int64_t t0;
+
+	k.cancel = kv_cancel_new(&k.err);
+	assert_non_null(k.cancel);
+	assert_int_equal(pthread_create(&t, NULL, connect_thread, &k), 0);
+	kv_sleep_ns(300 * 1000000LL);
+	t0 = kv_now_ns();
+	kv_cancel_trigger(k.cancel);
+	pthread_join(t, NULL);
+	assert_null(k.c);
+	if (k.took_ns < 250 * 1000000LL)
+		fail_msg("%s: the connect ended before the cancel: %s", b->uri,
+			 k.err.msg);
+	assert_true(kv_now_ns() - t0 < 200 * 1000000LL);
+	assert_int_equal(k.err.code, -ECANCELED);
+	assert_non_null(strstr(k.err.msg, b->uri));
+	assert_non_null(strstr(k.err.msg, "cancelled"));
+	/* Triggered stays triggered: the next connect fails at once. */
+	kv_error_clear(&k.err);
+	assert_true(kv_cancel_triggered(k.cancel));
+	assert_null(kv_chan_connect_cancellable(b->uri, k.cancel, 0, &k.err));
+	assert_int_equal(k.err.code, -ECANCELED);
+	kv_cancel_free(k.cancel);
+}
+
+static void test_connect_cancel_tcp(void **state)
+{
+	struct black_hole b;
+
+	black_hole_tcp(&b);
+	cancel_black_hole(&b);
+	black_hole_close(&b);
+}
+
+static void test_connect_cancel_unix(void **state)
+{
+	struct black_hole b;
+
+	black_hole_unix(&b);
+	cancel_black_hole(&b);
+	black_hole_close(&b);
+}
+
+/* No answer within the timeout: -ETIMEDOUT naming the address and the
+ * time, about when it is due. */
+static void test_connect_timeout(void **state)
+{
+	struct black_hole b;
+	struct connector k = {.timeout_ms = 200};
+
+	black_hole_tcp(&b);
+	k.uri = b.uri;
+	connect_thread(&k);
+	assert_null(k.c);
+	assert_int_equal(k.err.code, -ETIMEDOUT);
+	assert_non_null(strstr(k.err.msg, b.uri));
+	assert_non_null(strstr(k.err.msg, "200 ms"));
+	assert_true(k.took_ns >= 190 * 1000000LL);
+	assert_true(k.took_ns < 1000 * 1000000LL);
+	black_hole_close(&b);
+}
+
+/* With a token and a timeout, a listening peer is still connected to:
+ * tcp and unix; a refused port is still reported as refused. */
+static void test_connect_cancellable_connects(void **state)
+{
+	const char *uris[] = {"tcp:127.0.0.1:0", "unix:/tmp/kvmig-cc.sock"};
+	struct kv_error err = {0};
+	struct kv_cancel *cancel = kv_cancel_new(&err);
+	char uri[300];
+
+	assert_non_null(cancel);
+	for (size_t i = 0; i < 2; i++) {
+		struct kv_listener *l = kv_listener_open(uris[i], &err);
+		struct kv_chan *c, *a;
+		char buf[2] = {0};
+
+		assert_non_null(l);
+		snprintf(uri, sizeof(uri), "%s", kv_listener_uri(l));
+		c = kv_chan_connect_cancellable(uri, cancel, 1000, &err);
+		assert_non_null(c);
+		a = kv_listener_accept(l, &err);
+		assert_non_null(a);
+		assert_int_equal(kv_chan_writev_full(c, &(struct iovec){"h", 1},
+						     1, &err), 0);
+		assert_int_equal(kv_chan_read_full(a, buf, 1, &err), 0);
+		assert_string_equal(buf, "h");
+		kv_chan_close(a);
+		kv_chan_close(c);
+		kv_listener_close(l);
+	}
+	/* Refused stays refused (not a timeout, not a cancel). */
+	{
+		struct kv_listener *l = kv_listener_open("tcp:127.0.0.1:0", &err);
+
+		snprintf(uri, sizeof(uri), "%s", kv_listener_uri(l));
+		kv_listener_close(l);
+		assert_null(kv_chan_connect_cancellable(uri, cancel, 1000,
+							&err));
+		assert_int_equal(err.code, -ECONNREFUSED);
+	}
+	kv_cancel_free(cancel);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -735,6 +929,10 @@ int main(void)
 	    cmocka_unit_test(test_recv_lowat),
 	    cmocka_unit_test(test_batched_read_gets_last_part),
 	    cmocka_unit_test(test_socket_options_and_counters),
+	    cmocka_unit_test(test_connect_cancel_tcp),
+	    cmocka_unit_test(test_connect_cancel_unix),
+	    cmocka_unit_test(test_connect_timeout),
+	    cmocka_unit_test(test_connect_cancellable_connects),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

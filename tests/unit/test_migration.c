@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -1296,9 +1298,9 @@ static void test_incoming_abort_listening(void **state)
 	vm_free(&dst);
 }
 
-/* The outgoing entry: a connection that cannot be set up is FAILED
- * through the table (NONE -> FAILED); a cancel before it is CANCELLED
- * without connecting. */
+/* The outgoing entry: SETUP while it connects (QEMU's query-migrate
+ * says so too), then a connection that cannot be set up is FAILED; a
+ * cancel before it is CANCELLED without connecting. */
 static void test_run_uri_connect(void **state)
 {
 	struct vm src;
@@ -1314,8 +1316,9 @@ static void test_run_uri_connect(void **state)
 		    0);
 	assert_non_null(strstr(err.msg, "/nonexistent/kvmig.sock"));
 	assert_int_equal(kv_mig_status(m), KV_MIG_FAILED);
-	assert_int_equal(src.nstatuses, 1);
-	assert_int_equal(src.statuses[0], KV_MIG_FAILED);
+	assert_int_equal(src.nstatuses, 2);
+	assert_int_equal(src.statuses[0], KV_MIG_SETUP);
+	assert_int_equal(src.statuses[1], KV_MIG_FAILED);
 	assert_int_equal(kv_mig_run_uri(m, "unix:/nonexistent/x", &err),
 			 -EBUSY);
 	kv_mig_free(m);
@@ -1333,6 +1336,124 @@ static void test_run_uri_connect(void **state)
 	assert_int_equal(src.stop_calls, 0);
 	kv_mig_free(m);
 	vm_free(&src);
+}
+
+/* A tcp listener nobody accepts from, its one-entry backlog taken by a
+ * first connection: further SYNs are dropped (a firewall's DROP, in
+ * effect). Returns the listener; *filler is the first connection. */
+static int black_hole(char *uri, size_t len, int *filler)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	socklen_t sl = sizeof(sin);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(listen(fd, 0), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
+	*filler = socket(AF_INET, SOCK_STREAM, 0);
+	assert_int_equal(connect(*filler, (struct sockaddr *)&sin,
+				 sizeof(sin)), 0);
+	snprintf(uri, len, "tcp:127.0.0.1:%d", ntohs(sin.sin_port));
+	kv_sleep_ns(20 * 1000000LL);
+	return fd;
+}
+
+struct uri_job {
+	struct kv_migration *m;
+	const char *uri;
+	int ret;
+	struct kv_error err;
+};
+
+static void *run_uri_main(void *arg)
+{
+	struct uri_job *j = arg;
+
+	j->ret = kv_mig_run_uri(j->m, j->uri, &j->err);
+	return NULL;
+}
+
+/* A cancel while connecting to a destination that never answers ends the
+ * migration at once: SETUP -> CANCELLING -> CANCELLED, the workload never
+ * stopped. multifd: the main channel lands in the backlog, the first
+ * multifd channel's SYN is dropped. */
+static void cancel_connect(unsigned multifd_channels)
+{
+	struct vm src;
+	struct kv_mig_hooks h;
+	struct kv_mig_params params;
+	struct uri_job j = {0};
+	char uri[64];
+	pthread_t t;
+	int filler, lfd = black_hole(uri, sizeof(uri), &filler);
+	int64_t t0;
+
+	vm_init(&src, "m", 8, 1, true);
+	h = vm_hooks(&src);
+	kv_mig_params_default(&params);
+	params.multifd_channels = multifd_channels;
+	j.m = kv_mig_new(src.sv, src.rs, &params, &h);
+	j.uri = uri;
+	assert_int_equal(pthread_create(&t, NULL, run_uri_main, &j), 0);
+	kv_sleep_ns(300 * 1000000LL);
+	assert_int_equal(kv_mig_status(j.m), KV_MIG_SETUP);
+	t0 = kv_now_ns();
+	kv_mig_cancel(j.m);
+	pthread_join(t, NULL);
+	assert_true(kv_now_ns() - t0 < 500 * 1000000LL);
+	assert_int_equal(j.ret, -ECANCELED);
+	assert_non_null(strstr(j.err.msg, "cancelled"));
+	assert_int_equal(kv_mig_status(j.m), KV_MIG_CANCELLED);
+	assert_int_equal(src.nstatuses, 3);
+	assert_int_equal(src.statuses[0], KV_MIG_SETUP);
+	assert_int_equal(src.statuses[1], KV_MIG_CANCELLING);
+	assert_int_equal(src.statuses[2], KV_MIG_CANCELLED);
+	assert_int_equal(src.stop_calls, 0);
+	kv_mig_free(j.m);
+	vm_free(&src);
+	close(filler);
+	close(lfd);
+}
+
+static void test_run_uri_cancel_connect(void **state)
+{
+	(void)state;
+	cancel_connect(0);
+	cancel_connect(2);
+}
+
+/* x-connect-timeout: no answer in time fails the migration, naming the
+ * address and the time. */
+static void test_run_uri_connect_timeout(void **state)
+{
+	struct vm src;
+	struct kv_mig_hooks h;
+	struct kv_mig_params params;
+	struct kv_migration *m;
+	struct kv_error err = {0};
+	char uri[64];
+	int filler, lfd = black_hole(uri, sizeof(uri), &filler);
+	int64_t t0 = kv_now_ns();
+
+	(void)state;
+	vm_init(&src, "m", 8, 1, true);
+	h = vm_hooks(&src);
+	kv_mig_params_default(&params);
+	assert_int_equal(params.connect_timeout_ms, 30000);
+	params.connect_timeout_ms = 200;
+	m = kv_mig_new(src.sv, src.rs, &params, &h);
+	assert_int_equal(kv_mig_run_uri(m, uri, &err), -ETIMEDOUT);
+	assert_true(kv_now_ns() - t0 < 1500 * 1000000LL);
+	assert_non_null(strstr(err.msg, uri));
+	assert_non_null(strstr(err.msg, "200 ms"));
+	assert_int_equal(kv_mig_status(m), KV_MIG_FAILED);
+	assert_int_equal(src.statuses[0], KV_MIG_SETUP);
+	assert_int_equal(src.statuses[src.nstatuses - 1], KV_MIG_FAILED);
+	kv_mig_free(m);
+	vm_free(&src);
+	close(filler);
+	close(lfd);
 }
 
 /* 1 TiB dirty for ever: never fits a real downtime limit. */
@@ -1457,6 +1578,8 @@ int main(void)
 	    cmocka_unit_test(test_incoming_commit_failure),
 	    cmocka_unit_test(test_incoming_abort_listening),
 	    cmocka_unit_test(test_run_uri_connect),
+	    cmocka_unit_test(test_run_uri_cancel_connect),
+	    cmocka_unit_test(test_run_uri_connect_timeout),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -270,7 +270,8 @@ static int send_chan_open(struct kv_mfd_send *m, unsigned id,
 	}
 	if (!c->hdr || (m->cfg.method != KV_MFD_METHOD_NONE && !c->cbuf))
 		return kv_error_set(err, -ENOMEM, "out of memory");
-	c->chan = kv_chan_connect(uri, err);
+	c->chan = kv_chan_connect_cancellable(uri, m->cfg.cancel,
+					      m->cfg.connect_timeout_ms, err);
 	if (!c->chan)
 		return err->code ? err->code : -EIO;
 	kv_mfd_init_encode(&init, buf);

@@ -46,6 +46,10 @@ struct kv_mfd_config {
 	/* Source: max-bandwidth, the limiter the main stream charges too
 	 * (NULL: none). The caller keeps it alive until the channels end. */
 	struct kv_rate_limit *rate_limit;
+	/* Source: abandons the channels' connects (NULL: none), and how
+	 * long each may wait for an answer (0: the kernel's limit). */
+	const struct kv_cancel *cancel;
+	uint64_t connect_timeout_ms;
 };
 
 /* "none", "legacy", "multifd" <-> enum; -EINVAL with err on a bad name. */
