@@ -32,7 +32,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 
-PLAN = 16
+PLAN = 17
 VERIFY = ("--verify-ram",)
 HELLO_BOUND_S = 3.0   # the destination's bound for a stream header
 MFD_MAGIC = 0x11223344
@@ -302,7 +302,7 @@ def failing_queries(tap, vms, src):
     qs = vms.qmp(src)
     qs.cmd("migrate-set-capabilities",
            capabilities=[{"capability": "events", "state": True}])
-    bad, polls, events, last = [], 0, [], {}
+    bad, polls, events, last, refused = [], 0, [], {}, []
     for _ in range(20):  # refused connects: the fastest failure
         port = free_port()
         b, n, last = poll_failing(
@@ -320,12 +320,16 @@ def failing_queries(tap, vms, src):
             events)
         bad += b
         polls += n
-        dst.wait(10)
+        refused.append(dst.wait(10) == 1 and
+                       "no guest was started" in dst.stderr and
+                       b"*" not in dst.console)
     print(f"# {polls} polls, {events.count('failed')} failed events, "
           f"last {last}")
     tap.ok(events.count("failed") >= 23 and not bad,
            "(e) query-migrate never says failed without error-desc "
            f"({len(bad)} of {polls} polls did)", f"{bad[:3]}")
+    tap.ok(all(refused), "(e) a destination that refuses the stream (its "
+           "RAM differs) exits 1 and runs nothing", f"{refused}")
     st = qs.cmd("query-status")["status"]
     tap.ok(st == "running", "(e) the source guest runs on", st)
 
