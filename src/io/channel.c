@@ -301,6 +301,31 @@ static int sock_tcp_limits(const struct kv_chan *c, struct kv_tcp_limits *out)
 	return kv_tcp_info_limits(chan_fd(c), out);
 }
 
+static int sock_peer_name(const struct kv_chan *c, char *buf, size_t size)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char host[INET6_ADDRSTRLEN], port[8];
+	struct ucred cred;
+
+	if (getpeername(chan_fd(c), (struct sockaddr *)&ss, &len) < 0)
+		return -errno;
+	if (ss.ss_family == AF_UNIX) {
+		len = sizeof(cred);
+		if (getsockopt(chan_fd(c), SOL_SOCKET, SO_PEERCRED, &cred,
+			       &len) < 0)
+			return -errno;
+		snprintf(buf, size, "unix:pid %ld", (long)cred.pid);
+		return 0;
+	}
+	if (getnameinfo((struct sockaddr *)&ss, len, host, sizeof(host), port,
+			sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV))
+		return -EINVAL;
+	snprintf(buf, size, ss.ss_family == AF_INET6 ? "tcp:[%s]:%s" : "tcp:%s:%s",
+		 host, port);
+	return 0;
+}
+
 static const struct kv_chan_ops sock_ops = {
     .read = chan_read,
     .readv = chan_readv,
@@ -312,6 +337,7 @@ static const struct kv_chan_ops sock_ops = {
     .set_nodelay = sock_set_nodelay,
     .unsent = sock_unsent,
     .tcp_limits = sock_tcp_limits,
+    .peer_name = sock_peer_name,
 };
 
 static const struct kv_chan_ops pipe_ops = {
@@ -463,6 +489,27 @@ int kv_chan_readv_full_batched(struct kv_chan *c, struct iovec *iov, int iovcnt,
 	return ret;
 }
 
+int kv_chan_read_full_until(struct kv_chan *c, void *buf, size_t len,
+			    int64_t deadline_ns, struct kv_error *err)
+{
+	size_t got = 0;
+
+	while (got < len) {
+		int r = kv_chan_wait_readable(c, deadline_ns);
+		ssize_t n;
+
+		if (r == 0)
+			return kv_error_set(err, -ETIMEDOUT, "%s: %zu of %zu bytes came in the time allowed", c->name, got, len);
+		n = r < 0 ? r : c->ops->read(c, (uint8_t *)buf + got, len - got);
+		if (n == 0)
+			return kv_error_set(err, -EPIPE, "%s: the peer closed after %zu of %zu bytes", c->name, got, len);
+		if (n < 0)
+			return kv_error_set_errno(err, (int)n, "%s: read failed after %zu of %zu bytes", c->name, got, len);
+		got += (size_t)n;
+	}
+	return 0;
+}
+
 int kv_chan_read_full(struct kv_chan *c, void *buf, size_t len,
 		      struct kv_error *err)
 {
@@ -520,6 +567,12 @@ int64_t kv_chan_unsent(const struct kv_chan *c)
 int kv_chan_tcp_limits(const struct kv_chan *c, struct kv_tcp_limits *out)
 {
 	return c->ops->tcp_limits ? c->ops->tcp_limits(c, out) : -ENOTSOCK;
+}
+
+void kv_chan_peer_name(const struct kv_chan *c, char *buf, size_t size)
+{
+	if (!c->ops->peer_name || c->ops->peer_name(c, buf, size) < 0)
+		snprintf(buf, size, "%s", c->name);
 }
 
 void kv_chan_shutdown(struct kv_chan *c)

@@ -81,6 +81,8 @@ struct kv_chan_ops {
 	int64_t (*unsent)(const struct kv_chan *c);
 	/* The connection's TCP_INFO times; -ENOTSOCK / -EOPNOTSUPP. */
 	int (*tcp_limits)(const struct kv_chan *c, struct kv_tcp_limits *out);
+	/* Who is at the other end, for messages; see kv_chan_peer_name(). */
+	int (*peer_name)(const struct kv_chan *c, char *buf, size_t size);
 };
 
 /* The descriptor lives in the back end's private struct (channel.c): code
@@ -153,6 +155,13 @@ int kv_chan_writev_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 int kv_chan_readv_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 		       struct kv_error *err);
 
+/* Read len bytes by deadline_ns (kv_now_ns() clock), for a peer not yet
+ * trusted to send anything: -ETIMEDOUT when they did not all come in
+ * time, -EPIPE when the peer closed first, -ECANCELED after
+ * kv_chan_shutdown; err says how many came. */
+int kv_chan_read_full_until(struct kv_chan *c, void *buf, size_t len,
+			    int64_t deadline_ns, struct kv_error *err);
+
 /* Fill every buffer of iov, waking up about once per `batch` bytes rather
  * than once per network segment: the receive low-water mark follows what
  * is left (never more than batch), so the last part of a payload does not
@@ -185,6 +194,11 @@ int64_t kv_chan_unsent(const struct kv_chan *c);
  * does not read fast enough). -ENOTSOCK / -EOPNOTSUPP when the channel
  * is not TCP or the kernel does not say. */
 int kv_chan_tcp_limits(const struct kv_chan *c, struct kv_tcp_limits *out);
+
+/* Who is at the other end, for messages: "tcp:HOST:PORT" (the peer's
+ * own port), "unix:pid N" (its process, where the kernel says); the
+ * channel's name where the transport cannot tell. */
+void kv_chan_peer_name(const struct kv_chan *c, char *buf, size_t size);
 
 void kv_chan_shutdown(struct kv_chan *c);
 void kv_chan_close(struct kv_chan *c);

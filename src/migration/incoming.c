@@ -17,9 +17,17 @@
  * breaks, POSTCOPY_PAUSED -> POSTCOPY_RECOVER when the source reconnects,
  * POSTCOPY_RECOVER -> POSTCOPY_ACTIVE, POSTCOPY_ACTIVE -> COMPLETED.
  *
- * Locking: `lock` guards the listener, stream and receiver pointers (so
- * an abort never touches one the run has let go of), the settings and the
- * statistics.
+ * Strangers: until a connection has sent the stream header (magic and
+ * version, checked by savevm's own check) within HELLO_TIMEOUT_NS, it is
+ * not the source. One that closes, stays silent or sends other bytes is
+ * dropped with a warning naming its address, and the listener goes on
+ * waiting in SETUP; only a connection that passed moves the migration to
+ * ACTIVE. The header bytes read to judge it are handed on to the loader
+ * (a replay channel), so the stream is read from its first byte.
+ *
+ * Locking: `lock` guards the listener, stream, candidate and receiver
+ * pointers (so an abort never touches one the run has let go of), the
+ * settings and the statistics.
  */
 #include "migration/incoming.h"
 
@@ -35,6 +43,11 @@
 #include "migration/multifd/multifd.h"
 #include "migration/return_path.h"
 
+/* How long a new connection may take to send its first bytes (the stream
+ * header, or a multifd channel's init) before it is dropped as not the
+ * source: a real source sends them as soon as it connected. */
+#define HELLO_TIMEOUT_NS (3 * 1000000000LL)
+
 struct kv_incoming {
 	struct kv_savevm *sv;
 	struct kv_ram_state *rs;
@@ -47,6 +60,7 @@ struct kv_incoming {
 	bool aborted;
 	bool ran;
 	struct kv_listener *listener;
+	struct kv_chan *candidate; /* accepted, not yet judged */
 	struct kv_stream *stream;
 	struct kv_mfd_recv *mfd;
 	char uri[300];
@@ -216,6 +230,7 @@ void kv_incoming_abort(struct kv_incoming *in)
 	in->aborted = true;
 	if (in->listener)
 		kv_listener_shutdown(in->listener);
+	kv_chan_shutdown(in->candidate);
 	if (in->stream)
 		kv_stream_shutdown(in->stream);
 	if (in->mfd)
@@ -237,6 +252,9 @@ void kv_incoming_get_stats(const struct kv_incoming *in,
 			   struct kv_incoming_stats *st)
 {
 	struct kv_incoming *m = (struct kv_incoming *)in;
+	/* The status first: the error of a FAILED status is stored before
+	 * it, so it is there. */
+	enum kv_in_status status = kv_incoming_status(in);
 
 	pthread_mutex_lock(&m->lock);
 	*st = in->stats;
@@ -245,7 +263,7 @@ void kv_incoming_get_stats(const struct kv_incoming *in,
 		st->load_ns = kv_now_ns() - in->accept_ns;
 	}
 	pthread_mutex_unlock(&m->lock);
-	st->status = kv_incoming_status(in);
+	st->status = status;
 }
 
 static struct kv_mfd_config mfd_config(const struct kv_mig_params *p)
@@ -277,7 +295,7 @@ static int multifd_start(struct kv_incoming *in, struct kv_listener *l,
 	r = kv_mfd_recv_new(&cfg, &target, main, err);
 	if (!r)
 		return err->code ? err->code : -ENOMEM;
-	if (kv_mfd_recv_accept(r, l, err) < 0) {
+	if (kv_mfd_recv_accept(r, l, HELLO_TIMEOUT_NS, err) < 0) {
 		kv_mfd_recv_free(r, NULL);
 		return err->code;
 	}
@@ -368,7 +386,7 @@ static int run_connected(struct kv_incoming *in, struct kv_stream *s,
 	in->stream = s;
 	in->params_read = true;
 	in->accept_ns = kv_now_ns();
-	snprintf(in->stats.peer, sizeof(in->stats.peer), "%s", c->name);
+	kv_chan_peer_name(c, in->stats.peer, sizeof(in->stats.peer));
 	if (in->aborted)
 		kv_stream_shutdown(s);
 	pthread_mutex_unlock(&in->lock);
@@ -417,6 +435,193 @@ static int finish(struct kv_incoming *in, int ret, struct kv_error *err)
 	return ret;
 }
 
+/* ---- telling the source from a stranger ---- */
+
+/* A connection handed on with the first bytes read to judge it: reads
+ * return those first; everything else is the connection's own. */
+struct replay_chan {
+	struct kv_chan chan; /* first: the ops get &chan */
+	struct kv_chan *inner;
+	uint8_t head[KV_VM_HEADER_SIZE];
+	size_t pos;
+};
+
+static struct replay_chan *to_replay(const struct kv_chan *c)
+{
+	return (struct replay_chan *)c;
+}
+
+static ssize_t replay_read(struct kv_chan *c, void *buf, size_t len)
+{
+	struct replay_chan *rc = to_replay(c);
+	size_t n = sizeof(rc->head) - rc->pos;
+
+	if (!n)
+		return rc->inner->ops->read(rc->inner, buf, len);
+	n = n < len ? n : len;
+	memcpy(buf, rc->head + rc->pos, n);
+	rc->pos += n;
+	return (ssize_t)n;
+}
+
+static ssize_t replay_readv(struct kv_chan *c, const struct iovec *iov,
+			    int iovcnt)
+{
+	struct replay_chan *rc = to_replay(c);
+
+	while (iovcnt > 0 && !iov->iov_len) {
+		iov++;
+		iovcnt--;
+	}
+	if (!iovcnt)
+		return 0;
+	if (rc->pos < sizeof(rc->head) || !rc->inner->ops->readv)
+		return replay_read(c, iov->iov_base, iov->iov_len);
+	return rc->inner->ops->readv(rc->inner, iov, iovcnt);
+}
+
+static ssize_t replay_writev(struct kv_chan *c, const struct iovec *iov,
+			     int iovcnt)
+{
+	struct replay_chan *rc = to_replay(c);
+
+	return rc->inner->ops->writev(rc->inner, iov, iovcnt);
+}
+
+static void replay_shutdown(struct kv_chan *c)
+{
+	__atomic_store_n(&c->shutdown_req, 1, __ATOMIC_RELEASE);
+	kv_chan_shutdown(to_replay(c)->inner);
+}
+
+static void replay_close(struct kv_chan *c)
+{
+	kv_chan_close(to_replay(c)->inner);
+	free(c);
+}
+
+static int replay_wait_readable(struct kv_chan *c, int64_t deadline_ns)
+{
+	struct replay_chan *rc = to_replay(c);
+
+	if (rc->pos < sizeof(rc->head))
+		return 1;
+	return kv_chan_wait_readable(rc->inner, deadline_ns);
+}
+
+static int replay_set_recv_lowat(struct kv_chan *c, size_t bytes)
+{
+	return kv_chan_set_recv_lowat(to_replay(c)->inner, bytes);
+}
+
+static int replay_set_nodelay(struct kv_chan *c, bool on)
+{
+	return kv_chan_set_nodelay(to_replay(c)->inner, on);
+}
+
+static int64_t replay_unsent(const struct kv_chan *c)
+{
+	return kv_chan_unsent(to_replay(c)->inner);
+}
+
+static int replay_tcp_limits(const struct kv_chan *c,
+			     struct kv_tcp_limits *out)
+{
+	return kv_chan_tcp_limits(to_replay(c)->inner, out);
+}
+
+static int replay_peer_name(const struct kv_chan *c, char *buf, size_t size)
+{
+	kv_chan_peer_name(to_replay(c)->inner, buf, size);
+	return 0;
+}
+
+static const struct kv_chan_ops replay_ops = {
+    .read = replay_read,
+    .readv = replay_readv,
+    .writev = replay_writev,
+    .shutdown = replay_shutdown,
+    .close = replay_close,
+    .wait_readable = replay_wait_readable,
+    .set_recv_lowat = replay_set_recv_lowat,
+    .set_nodelay = replay_set_nodelay,
+    .unsent = replay_unsent,
+    .tcp_limits = replay_tcp_limits,
+    .peer_name = replay_peer_name,
+};
+
+/* c with hdr in front of what it reads next; c is closed on failure. */
+static struct kv_chan *replay_new(struct kv_chan *c, const uint8_t *hdr,
+				  struct kv_error *err)
+{
+	struct replay_chan *rc = calloc(1, sizeof(*rc));
+
+	if (!rc) {
+		kv_chan_close(c);
+		kv_error_set(err, -ENOMEM, "no memory for the stream");
+		return NULL;
+	}
+	rc->chan.ops = &replay_ops;
+	rc->chan.is_socket = c->is_socket;
+	rc->chan.is_file = c->is_file;
+	snprintf(rc->chan.name, sizeof(rc->chan.name), "%s", c->name);
+	rc->inner = c;
+	memcpy(rc->head, hdr, sizeof(rc->head));
+	return &rc->chan;
+}
+
+static void set_candidate(struct kv_incoming *in, struct kv_chan *c)
+{
+	pthread_mutex_lock(&in->lock);
+	in->candidate = c;
+	if (c && in->aborted)
+		kv_chan_shutdown(c);
+	pthread_mutex_unlock(&in->lock);
+}
+
+/* Does c send a stream header within the bound? */
+static int read_hello(struct kv_incoming *in, struct kv_chan *c,
+		      uint8_t *hdr, struct kv_error *err)
+{
+	int ret;
+
+	set_candidate(in, c);
+	ret = kv_chan_read_full_until(c, hdr, KV_VM_HEADER_SIZE,
+				      kv_now_ns() + HELLO_TIMEOUT_NS, err);
+	set_candidate(in, NULL);
+	if (ret == 0)
+		ret = kv_savevm_check_header(hdr, err);
+	return ret;
+}
+
+/* Accept until a connection shows a stream header; drop the others with
+ * a warning. NULL with err set when the accept failed or was aborted. A
+ * file: or fd: listener has one stream only: the loader judges it. */
+static struct kv_chan *accept_source(struct kv_incoming *in,
+				     struct kv_listener *l,
+				     struct kv_error *err)
+{
+	for (;;) {
+		uint8_t hdr[KV_VM_HEADER_SIZE];
+		struct kv_error why = {0};
+		char peer[300];
+		struct kv_chan *c;
+
+		c = aborted(in) ? NULL : kv_listener_accept(l, err);
+		if (!c || kv_listener_fd(l) < 0)
+			return c;
+		if (read_hello(in, c, hdr, &why) == 0)
+			return replay_new(c, hdr, err);
+		kv_chan_peer_name(c, peer, sizeof(peer));
+		kv_chan_close(c);
+		if (aborted(in)) {
+			kv_error_set(err, -ECANCELED, "%s", why.msg);
+			return NULL;
+		}
+		kv_warn("incoming", "dropped a connection from %s, not a migration source: %s; still waiting for the source", peer, why.msg);
+	}
+}
+
 static int claim_run(struct kv_incoming *in, struct kv_error *err)
 {
 	bool ran;
@@ -446,7 +651,7 @@ int kv_incoming_run(struct kv_incoming *in, struct kv_error *err)
 	pthread_mutex_unlock(&in->lock);
 	if (!l || kv_incoming_status(in) != KV_IN_SETUP)
 		return kv_error_set(err, -EINVAL, "an incoming migration runs only after kv_incoming_listen succeeded");
-	c = aborted(in) ? NULL : kv_listener_accept(l, &lerr);
+	c = accept_source(in, l, &lerr);
 	if (!c) {
 		close_listener(in);
 		ret = finish(in, lerr.code ? lerr.code : -ECANCELED, &lerr);

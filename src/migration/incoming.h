@@ -88,7 +88,9 @@ const char *kv_incoming_uri(const struct kv_incoming *in);
 
 /* After kv_incoming_listen: accept the source, read the settings, accept
  * its multifd channels, load, commit, answer SHUT, start the workload.
- * Blocks. Returns 0 when COMPLETED; <0 with err set when FAILED or
+ * A connection that does not send the stream header within a few seconds
+ * (closes, stays silent, sends other bytes) is not the source: it is
+ * dropped with a warning and the status stays SETUP. Blocks. Returns 0 when COMPLETED; <0 with err set when FAILED or
  * CANCELLED (kv_incoming_abort). Runs once. */
 int kv_incoming_run(struct kv_incoming *in, struct kv_error *err);
 /* The same over a main stream already connected (fd:, tests): no

@@ -26,6 +26,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -274,11 +275,13 @@ void kv_mig_set_max_bandwidth(struct kv_migration *m, uint64_t bytes_per_sec)
 void kv_mig_get_stats(const struct kv_migration *m, struct kv_mig_stats *st)
 {
 	struct kv_migration *mm = (struct kv_migration *)m;
+	/* The status first: a FAILED one has its error stored already. */
+	enum kv_mig_status status = kv_mig_status(m);
 
 	pthread_mutex_lock(&mm->lock);
 	*st = m->stats;
 	pthread_mutex_unlock(&mm->lock);
-	st->status = kv_mig_status(m);
+	st->status = status;
 	if (m->rs) {
 		struct kv_ram_stats rst;
 
@@ -713,6 +716,16 @@ static void multifd_close(struct kv_migration *m)
 	kv_mfd_send_free(mfd);
 }
 
+/* Why it failed, for query-migrate: stored before the status says
+ * FAILED, so that no reader sees one without the other. */
+static void keep_error(struct kv_migration *m, const struct kv_error *err)
+{
+	pthread_mutex_lock(&m->lock);
+	snprintf(m->stats.error, sizeof(m->stats.error), "%s",
+		 err && err->msg[0] ? err->msg : "migration failed");
+	pthread_mutex_unlock(&m->lock);
+}
+
 /* A struct kv_migration runs once: a new migration is a new object. */
 static int refuse_second_run(const struct kv_migration *m,
 			     struct kv_error *err)
@@ -792,6 +805,9 @@ out:
 			     stopped ? "; the source resumed" : "");
 		ret = -ECANCELED;
 	} else {
+		if (!kv_error_is_set(&lerr))
+			kv_error_set(&lerr, ret, "migration failed");
+		keep_error(m, &lerr);
 		/* A cancel may still race the failure: it then wins. */
 		do
 			st = kv_mig_status(m);
@@ -801,8 +817,6 @@ out:
 			announce_cancelling(m);
 			mig_set_status(m, st, KV_MIG_CANCELLED, true);
 		}
-		if (!kv_error_is_set(&lerr))
-			kv_error_set(&lerr, ret, "migration failed");
 	}
 	kv_error_propagate(err, &lerr);
 	return ret;
@@ -836,6 +850,7 @@ static int end_before_run(struct kv_migration *m, int ret,
 {
 	enum kv_mig_status st;
 
+	keep_error(m, err);
 	do
 		st = kv_mig_status(m);
 	while (st == KV_MIG_SETUP &&

@@ -127,6 +127,8 @@ struct kv_mig_stats {
 				    * once the migration ended */
 	unsigned throttle_max_pct; /* the highest it went */
 	bool return_path;          /* the destination confirms (sockets) */
+	char error[KV_ERROR_MSG_MAX]; /* why it failed: stored before the
+				       * status says failed */
 };
 
 struct kv_migration;

@@ -473,7 +473,10 @@ void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info)
 	}
 	info->progress = g->progress;
 	info->auto_converge = g->params.auto_converge;
-	snprintf(info->error, sizeof(info->error), "%s", g->error);
+	/* The migration's own copy is there as soon as it says failed; the
+	 * thread's comes after it returned. */
+	snprintf(info->error, sizeof(info->error), "%s",
+		 g->error[0] ? g->error : info->stats.error);
 	pthread_mutex_unlock(&g->lock);
 	info->ram_total = kv_vm_ram_size(g->vm);
 	info->pause_ms = kv_vm_last_pause_ns(g->vm) / 1000000;

@@ -116,6 +116,7 @@ struct source {
 	int ret;
 	struct kv_error err;
 	struct kv_mig_stats stats;
+	struct kv_incoming *in; /* the destination */
 };
 
 static void *writer_main(void *arg)
@@ -173,6 +174,15 @@ static void *runner_main(void *arg)
 	src->ret = kv_mig_run_uri(m, src->uri, &src->err);
 	kv_mig_get_stats(m, &src->stats);
 	kv_mig_free(m);
+	/* A source that failed before sending the stream header was no
+	 * source to the destination, which waits on for the real one. */
+	for (int i = 0; src->ret < 0 && i < 500; i++) {
+		if (kv_incoming_status(src->in) > KV_IN_ACTIVE)
+			break;
+		usleep(10000);
+	}
+	if (src->ret < 0)
+		kv_incoming_abort(src->in);
 	return NULL;
 }
 
@@ -216,6 +226,7 @@ static struct outcome migrate(const struct kv_mig_params *src_p,
 	in = kv_incoming_new(dst.sv, dst.rs, dst_p, NULL);
 	assert_non_null(in);
 	assert_int_equal(kv_incoming_listen(in, uri, &err), 0);
+	src->in = in;
 	if (writer)
 		assert_int_equal(
 		    pthread_create(&src->writer, NULL, writer_main, src), 0);

@@ -524,6 +524,8 @@ struct kv_mfd_recv {
 	int error;
 	struct kv_error err;
 	struct kv_listener *listener;
+	int64_t hello_ns;	    /* the bound for a channel's init */
+	struct kv_chan *candidate; /* accepted, its init not read yet */
 	pthread_t acceptor;
 	bool acceptor_started;
 	uint64_t normal, zero; /* atomic */
@@ -544,6 +546,7 @@ static void recv_fail_locked(struct kv_mfd_recv *r, int code,
 		kv_chan_shutdown(r->ch[i].chan);
 	if (r->listener)
 		kv_listener_shutdown(r->listener);
+	kv_chan_shutdown(r->candidate);
 	pthread_cond_broadcast(&r->cond);
 }
 
@@ -793,36 +796,26 @@ static int recv_chan_setup(struct kv_mfd_recv *r, struct mfd_recv_chan *c,
 	return 0;
 }
 
-int kv_mfd_recv_add_channel(struct kv_mfd_recv *r, struct kv_chan *chan,
-			    struct kv_error *err)
+/* Take chan as the channel its init names. -EEXIST: that channel came
+ * already (chan is closed either way on failure). */
+static int attach_channel(struct kv_mfd_recv *r, struct kv_chan *chan,
+			  const struct kv_mfd_init *init, struct kv_error *err)
 {
-	uint8_t buf[KV_MFD_INIT_SIZE];
-	struct kv_mfd_init init;
 	struct mfd_recv_chan *c;
 	int ret;
 
-	ret = kv_chan_read_full(chan, buf, sizeof(buf), err);
-	if (ret == 0)
-		ret = kv_mfd_init_decode(buf, r->cfg.channels, NULL, &init,
-					 err);
-	if (ret < 0) {
-		kv_error_prefix(err,
-				"multifd: a channel's init message (set the same multifd-channels on both sides)");
-		kv_chan_close(chan);
-		return ret;
-	}
 	pthread_mutex_lock(&r->lock);
-	c = &r->ch[init.id];
+	c = &r->ch[init->id];
 	if (c->chan || r->aborted) {
 		pthread_mutex_unlock(&r->lock);
 		kv_chan_close(chan);
 		return r->aborted ? kv_error_set(err, -ECANCELED, "aborted")
-				  : kv_error_set(err, -EINVAL,
+				  : kv_error_set(err, -EEXIST,
 						 "multifd: channel %u connected twice",
-						 init.id);
+						 init->id);
 	}
 	c->r = r;
-	c->id = init.id;
+	c->id = init->id;
 	c->chan = chan;
 	r->connected++;
 	ret = recv_chan_setup(r, c, err);
@@ -833,6 +826,105 @@ int kv_mfd_recv_add_channel(struct kv_mfd_recv *r, struct kv_chan *chan,
 	pthread_cond_broadcast(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 	return ret;
+}
+
+static int decode_init(struct kv_mfd_recv *r, const uint8_t *buf,
+		       struct kv_mfd_init *init, struct kv_error *err)
+{
+	int ret = kv_mfd_init_decode(buf, r->cfg.channels, NULL, init, err);
+
+	if (ret < 0)
+		kv_error_prefix(err, "multifd: a channel's init message (set the same multifd-channels on both sides)");
+	return ret;
+}
+
+int kv_mfd_recv_add_channel(struct kv_mfd_recv *r, struct kv_chan *chan,
+			    struct kv_error *err)
+{
+	uint8_t buf[KV_MFD_INIT_SIZE];
+	struct kv_mfd_init init;
+	int ret;
+
+	ret = kv_chan_read_full(chan, buf, sizeof(buf), err);
+	if (ret == 0)
+		ret = decode_init(r, buf, &init, err);
+	if (ret < 0) {
+		kv_chan_close(chan);
+		return ret;
+	}
+	return attach_channel(r, chan, &init, err);
+}
+
+static void set_candidate(struct kv_mfd_recv *r, struct kv_chan *c)
+{
+	pthread_mutex_lock(&r->lock);
+	r->candidate = c;
+	if (c && (r->aborted || r->closing))
+		kv_chan_shutdown(c);
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* The first bytes of a connection within the bound. Only a connection
+ * whose first bytes are the multifd magic is a channel; anything else
+ * (silent, closed, other bytes) is not the source's and is dropped:
+ * returns 1 then. */
+static int read_init(struct kv_mfd_recv *r, struct kv_chan *c, uint8_t *buf,
+		     struct kv_error *err)
+{
+	uint32_t magic;
+	int ret;
+
+	set_candidate(r, c);
+	ret = kv_chan_read_full_until(c, buf, KV_MFD_INIT_SIZE,
+				      kv_now_ns() + r->hello_ns, err);
+	set_candidate(r, NULL);
+	if (ret == -ECANCELED)
+		return ret;
+	if (ret < 0)
+		return 1;
+	magic = (uint32_t)buf[0] << 24 | (uint32_t)buf[1] << 16 |
+		(uint32_t)buf[2] << 8 | buf[3];
+	if (magic == KV_MFD_MAGIC)
+		return 0;
+	kv_error_set(err, -EINVAL, "%s: its first bytes are not a multifd init message", c->name);
+	return 1;
+}
+
+/* A connection that is not one of this migration's channels: a port
+ * scan, another sender, a stranger. The migration goes on. */
+static void drop_stranger(struct kv_chan *c, const struct kv_error *why)
+{
+	char peer[300];
+
+	kv_chan_peer_name(c, peer, sizeof(peer));
+	kv_chan_close(c);
+	kv_warn("migration", "multifd: dropped a connection from %s, not a channel of this migration: %s", peer, why->msg);
+}
+
+/* One accepted connection. <0 (other than -ECANCELED): the migration
+ * fails. */
+static int accept_one(struct kv_mfd_recv *r, struct kv_chan *c,
+		      struct kv_error *err)
+{
+	uint8_t buf[KV_MFD_INIT_SIZE];
+	struct kv_mfd_init init;
+	int ret = read_init(r, c, buf, err);
+
+	if (ret > 0) {
+		drop_stranger(c, err);
+		return 0;
+	}
+	if (ret == 0)
+		ret = decode_init(r, buf, &init, err);
+	if (ret < 0) {
+		kv_chan_close(c);
+		return ret;
+	}
+	ret = attach_channel(r, c, &init, err);
+	if (ret != -EEXIST)
+		return ret;
+	kv_warn("migration", "multifd: dropped a second connection for channel %u (%s)", init.id, err->msg);
+	return 0;
 }
 
 static void *accept_main(void *opaque)
@@ -846,8 +938,10 @@ static void *accept_main(void *opaque)
 
 		if (!c)
 			break; /* shut down: the load ended or failed */
-		ret = kv_mfd_recv_add_channel(r, c, &err);
-		if (ret < 0 && ret != -ECANCELED) {
+		ret = accept_one(r, c, &err);
+		if (ret == -ECANCELED)
+			break;
+		if (ret < 0) {
 			pthread_mutex_lock(&r->lock);
 			recv_fail_locked(r, ret, &err);
 			pthread_mutex_unlock(&r->lock);
@@ -858,9 +952,10 @@ static void *accept_main(void *opaque)
 }
 
 int kv_mfd_recv_accept(struct kv_mfd_recv *r, struct kv_listener *l,
-		       struct kv_error *err)
+		       int64_t hello_ns, struct kv_error *err)
 {
 	r->listener = l;
+	r->hello_ns = hello_ns;
 	if (pthread_create(&r->acceptor, NULL, accept_main, r))
 		return kv_error_set(err, -EAGAIN,
 				    "multifd: cannot start the accept thread");
@@ -948,6 +1043,7 @@ void kv_mfd_recv_abort(struct kv_mfd_recv *r)
 		kv_chan_shutdown(r->ch[i].chan);
 	if (r->listener)
 		kv_listener_shutdown(r->listener);
+	kv_chan_shutdown(r->candidate);
 	pthread_cond_broadcast(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 }
@@ -962,6 +1058,7 @@ void kv_mfd_recv_stop(struct kv_mfd_recv *r)
 		kv_chan_shutdown(r->ch[i].chan);
 	if (r->listener)
 		kv_listener_shutdown(r->listener);
+	kv_chan_shutdown(r->candidate);
 	pthread_cond_broadcast(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 	if (r->acceptor_started) {

@@ -107,9 +107,11 @@ struct kv_mfd_recv *kv_mfd_recv_new(const struct kv_mfd_config *cfg,
 				    const struct kv_mfd_target *target,
 				    struct kv_chan *main, struct kv_error *err);
 /* Accept the channels from l on a thread of its own (each sends its init
- * message first; any order). */
+ * message first; any order). A connection that does not send the multifd
+ * magic within hello_ns, or names a channel that came already, is not
+ * one of them: it is dropped with a warning and the migration goes on. */
 int kv_mfd_recv_accept(struct kv_mfd_recv *r, struct kv_listener *l,
-		       struct kv_error *err);
+		       int64_t hello_ns, struct kv_error *err);
 /* Hand over one connected channel (tests, fd: migrations). */
 int kv_mfd_recv_add_channel(struct kv_mfd_recv *r, struct kv_chan *c,
 			    struct kv_error *err);

@@ -711,36 +711,45 @@ static void begin_section(struct load_ctx *c, int type)
 	c->idstr[0] = '\0';
 }
 
+static uint32_t be32_at(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+	       (uint32_t)p[2] << 8 | p[3];
+}
+
+static char printable(uint8_t b)
+{
+	return b >= 0x20 && b < 0x7f ? (char)b : '.';
+}
+
+int kv_savevm_check_header(const uint8_t hdr[KV_VM_HEADER_SIZE],
+			   struct kv_error *err)
+{
+	uint32_t version = be32_at(hdr + 4);
+
+	if (be32_at(hdr) != KV_VM_FILE_MAGIC)
+		return kv_error_set(err, -EINVAL, "bad magic %02x %02x %02x %02x ('%c%c%c%c'), expected 'QEVM' (51 45 56 4d): not a migration stream", hdr[0], hdr[1], hdr[2], hdr[3], printable(hdr[0]), printable(hdr[1]), printable(hdr[2]), printable(hdr[3]));
+	if (version != KV_VM_FILE_VERSION)
+		return kv_error_set(err, -EINVAL, "unsupported stream version %" PRIu32 " (this destination reads version %u)", version, KV_VM_FILE_VERSION);
+	return 0;
+}
+
 static int load_header(struct load_ctx *c)
 {
-	uint8_t magic[4];
-	uint32_t v, version;
+	uint8_t hdr[KV_VM_HEADER_SIZE];
+	int ret;
 
 	c->type = -1;
 	c->offset = 0;
-	kv_stream_get_buffer(c->s, magic, sizeof(magic));
+	kv_stream_get_buffer(c->s, hdr, sizeof(hdr));
 	if (load_check_stream(c))
 		return c->err->code;
-	v = (uint32_t)magic[0] << 24 | (uint32_t)magic[1] << 16 |
-	    (uint32_t)magic[2] << 8 | magic[3];
-	if (v != KV_VM_FILE_MAGIC)
-		return load_fail(
-		    c, -EINVAL,
-		    "bad magic %02x %02x %02x %02x ('%c%c%c%c'), expected 'QEVM' (51 45 56 4d): not a migration stream",
-		    magic[0], magic[1], magic[2], magic[3],
-		    magic[0] >= 0x20 && magic[0] < 0x7f ? magic[0] : '.',
-		    magic[1] >= 0x20 && magic[1] < 0x7f ? magic[1] : '.',
-		    magic[2] >= 0x20 && magic[2] < 0x7f ? magic[2] : '.',
-		    magic[3] >= 0x20 && magic[3] < 0x7f ? magic[3] : '.');
-	c->offset = kv_stream_offset(c->s);
-	version = kv_stream_get_be32(c->s);
-	if (load_check_stream(c))
-		return c->err->code;
-	if (version != KV_VM_FILE_VERSION)
-		return load_fail(c, -EINVAL,
-				 "unsupported stream version %" PRIu32
-				 " (this destination reads version %u)",
-				 version, KV_VM_FILE_VERSION);
+	ret = kv_savevm_check_header(hdr, c->err);
+	if (ret < 0) {
+		if (be32_at(hdr) == KV_VM_FILE_MAGIC)
+			c->offset = 4; /* the version is wrong */
+		return load_wrap(c, ret);
+	}
 	return 0;
 }
 

@@ -36,6 +36,8 @@
 
 #define KV_VM_FILE_MAGIC 0x5145564dU
 #define KV_VM_FILE_VERSION 3U
+/* Magic and version: the first bytes of every stream. */
+#define KV_VM_HEADER_SIZE 8U
 
 enum kv_section_type {
 	KV_SEC_EOF = 0x00,
@@ -160,5 +162,11 @@ struct kv_load_result {
  * the section and the record. */
 int kv_savevm_load(struct kv_savevm *sv, struct kv_stream *s,
 		   struct kv_load_result *res, struct kv_error *err);
+/* Do these first bytes of a stream say it is one (magic, and a version
+ * this loader reads)? 0, or -EINVAL with err saying what they are. The
+ * loader's own check; a destination uses it to tell a migration source
+ * from a stray connection before committing to it. */
+int kv_savevm_check_header(const uint8_t hdr[KV_VM_HEADER_SIZE],
+			   struct kv_error *err);
 
 #endif
