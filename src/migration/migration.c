@@ -688,9 +688,6 @@ static int multifd_connect(struct kv_migration *m, const char *uri,
 	cfg.connect_timeout_ms = m->params.connect_timeout_ms;
 	if (!cfg.channels || !m->rs)
 		return 0;
-	if (m->params.xbzrle_cache_size)
-		return kv_error_set(err, -EINVAL,
-				    "the xbzrle and multifd capabilities cannot be used together (as in QEMU): turn one of them off");
 	mfd = kv_mfd_send_start(uri, &cfg, err);
 	if (!mfd)
 		return err->code ? err->code : -EIO;
@@ -865,6 +862,16 @@ static int end_before_run(struct kv_migration *m, int ret,
 
 /* The main channel, abandoned at once by kv_mig_cancel and after
  * x-connect-timeout. */
+/* Settings that cannot work together are refused before anything
+ * connects: a destination never sees a source that gives up at once. */
+static int refuse_conflicting_params(const struct kv_migration *m,
+				     struct kv_error *err)
+{
+	if (m->rs && m->params.multifd_channels && m->params.xbzrle_cache_size)
+		return kv_error_set(err, -EINVAL, "the xbzrle and multifd capabilities cannot be used together (as in QEMU): turn one of them off");
+	return 0;
+}
+
 static struct kv_chan *connect_main(struct kv_migration *m, const char *uri,
 				    int *ret, struct kv_error *err)
 {
@@ -894,7 +901,10 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 	/* query-migrate says "setup" while connecting, as QEMU's does. */
 	if (!enter_setup(m))
 		return refuse_second_run(m, err);
-	if (!cancel_requested(m))
+	ret = refuse_conflicting_params(m, &lerr);
+	if (ret == 0 && cancel_requested(m))
+		ret = -ECANCELED;
+	if (ret == 0)
 		c = connect_main(m, uri, &ret, &lerr);
 	s = c ? kv_stream_new(c, KV_STREAM_WRITE) : NULL;
 	if (c && !s) {
