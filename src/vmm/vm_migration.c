@@ -128,13 +128,13 @@ static int gstate_pre_save(void *opaque, struct kv_error *err)
 	return 0;
 }
 
-/* A name that reaches no one before it was found in the run-state table:
- * printable characters only, so a corrupt byte cannot garble the log. */
-static void printable_name(const uint8_t *b, size_t n, char *out)
+/* A name from the wire for an error message: printable characters only,
+ * so a corrupt byte cannot garble the log. out holds n bytes. */
+static void printable_name(const uint8_t *b, char *out, size_t n)
 {
 	size_t i;
 
-	for (i = 0; i < n && b[i]; i++)
+	for (i = 0; i + 1 < n && b[i]; i++)
 		out[i] = b[i] >= 0x20 && b[i] < 0x7f ? (char)b[i] : '?';
 	out[i] = '\0';
 }
@@ -152,7 +152,7 @@ static int gstate_post_load(void *opaque, int version_id,
 	    memchr(gs->runstate, 0, gs->size - 1))
 		return kv_error_set(err, -EINVAL, "globalstate: the run state's name does not end with a NUL at its size %u", gs->size);
 	if (!kv_runstate_parse((const char *)gs->runstate, &gs->state)) {
-		printable_name(gs->runstate, gs->size, name);
+		printable_name(gs->runstate, name, sizeof(name));
 		return kv_error_set(err, -EINVAL, "globalstate: unknown run state '%s' from the source", name);
 	}
 	return 0;
