@@ -111,7 +111,8 @@ int kv_vm_mig_listen(struct kv_vm_mig *g, const char *uri,
 const char *kv_vm_mig_listen_uri(struct kv_vm_mig *g);
 /* Destination: (listen on uri unless kv_vm_mig_listen did,) receive one
  * migration, validate it, commit it into KVM, confirm and start the
- * vCPUs. Blocks. On failure nothing of the stream reaches the vCPUs.
+ * vCPUs if the source's ran (globalstate; else the guest stays paused).
+ * Blocks. On failure nothing of the stream reaches the vCPUs.
  * Statuses go to events.incoming_status. */
 int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
 		       struct kv_error *err);

@@ -5,8 +5,8 @@ guest stopped with QMP `stop` before `migrate` stays paused when the
 switch-over fails (no RESUME, no heartbeat until `cont`), and arrives
 paused on the destination of a migration that completes (QEMU's
 "globalstate" section carries the run state); `cont` then runs it there
-with no CORRUPT under --verify-ram. A running guest still resumes on a
-failed switch-over. The failure is the destination's own refusal at the
+with no CORRUPT under --verify-ram. A cancelled migration leaves a paused
+guest paused too. A running guest still resumes on a failed switch-over. The failure is the destination's own refusal at the
 switch-over: it was started with one vCPU fewer than the source.
 Usage: test_vm_pause.py KVMIG GUEST_ELF"""
 import os
@@ -20,8 +20,19 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 
-PLAN = 15
+PLAN = 17
 QUIET_S = 1.5  # a paused guest prints no heartbeat for this long
+SLOW = 64 * 1024 * 1024  # bytes/s: keeps a migration in flight to cancel
+
+
+def wait_transferring(q, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = q.cmd("query-migrate")
+        if r.get("status") == "active" and r["ram"]["transferred"] > 1 << 20:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def stop_guest(tap, vms, vm):
@@ -82,6 +93,19 @@ def paused_source_fails(tap, vms):
            "RESUME, no heartbeat", diag)
     ok, diag = cont_runs(src, qs)
     tap.ok(ok, "cont then resumes it (RESUME, heartbeats)", diag)
+    # Paused again, then a migration cancelled wherever it is.
+    q2 = stop_guest(tap, vms, src)
+    port = free_port()
+    vms.qmp(vms.incoming("cancel-dst", f"tcp:127.0.0.1:{port}"))
+    q2.cmd("migrate-set-parameters", **{"max-bandwidth": SLOW})
+    q2.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
+    wait_transferring(q2)
+    q2.cmd("migrate_cancel")
+    r = wait_migration(q2, timeout=10)
+    ok, diag = stays_paused(src, q2)
+    tap.ok(r.get("status") == "cancelled" and ok,
+           "after a cancelled migration the paused source stays paused",
+           f"{r}\n{diag}")
     return True
 
 
