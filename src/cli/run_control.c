@@ -59,6 +59,21 @@ static void set_state(struct run_ctl *rc, enum kv_runstate to)
 	pthread_mutex_unlock(&rc->lock);
 }
 
+/* Move only if the state is still from: a QMP command that read it
+ * before a switch-over began must not undo the switch-over's move. */
+static bool move_state_from(struct run_ctl *rc, enum kv_runstate from,
+			    enum kv_runstate to)
+{
+	bool moved;
+
+	pthread_mutex_lock(&rc->lock);
+	moved = rc->state == from;
+	if (moved)
+		move_state_locked(rc, to);
+	pthread_mutex_unlock(&rc->lock);
+	return moved;
+}
+
 static enum kv_runstate get_state(struct run_ctl *rc)
 {
 	enum kv_runstate s;
@@ -112,6 +127,38 @@ static void print_summary(struct run_ctl *rc)
 		fprintf(stderr, "kvmig run: migration error: %s\n", info.error);
 }
 
+/* As QEMU: STOP only when the switch-over stops a running guest (a paused
+ * one just changes state). */
+static void enter_finish_migrate(struct run_ctl *rc)
+{
+	bool was_running;
+
+	pthread_mutex_lock(&rc->lock);
+	was_running = rc->state == KV_RUNSTATE_RUNNING;
+	move_state_locked(rc, KV_RUNSTATE_FINISH_MIGRATE);
+	pthread_mutex_unlock(&rc->lock);
+	if (was_running)
+		event(rc, "STOP", NULL);
+}
+
+/* A failed or cancelled switch-over: the engine has resumed the vCPUs if
+ * they ran before its stop (vm_migration.c), and they are the truth here:
+ * running again (RESUME), or still paused by the operator's QMP stop. */
+static void leave_finish_migrate(struct run_ctl *rc)
+{
+	bool runs = kv_vm_running(rc->vm), resumed = false;
+
+	pthread_mutex_lock(&rc->lock);
+	if (rc->state == KV_RUNSTATE_FINISH_MIGRATE) {
+		move_state_locked(rc, runs ? KV_RUNSTATE_RUNNING
+					   : KV_RUNSTATE_PAUSED);
+		resumed = runs;
+	}
+	pthread_mutex_unlock(&rc->lock);
+	if (resumed)
+		event(rc, "RESUME", NULL);
+}
+
 static void on_mig_status(void *opaque, enum kv_mig_status st)
 {
 	struct run_ctl *rc = opaque;
@@ -120,8 +167,7 @@ static void on_mig_status(void *opaque, enum kv_mig_status st)
 			json_pack("{s:s}", "status", kv_mig_status_name(st)));
 	switch (st) {
 	case KV_MIG_DEVICE:
-		set_state(rc, KV_RUNSTATE_FINISH_MIGRATE);
-		event(rc, "STOP", NULL);
+		enter_finish_migrate(rc);
 		break;
 	case KV_MIG_COMPLETED:
 		/* The destination runs the guest now; this side keeps it
@@ -131,10 +177,7 @@ static void on_mig_status(void *opaque, enum kv_mig_status st)
 		break;
 	case KV_MIG_FAILED:
 	case KV_MIG_CANCELLED:
-		if (get_state(rc) == KV_RUNSTATE_FINISH_MIGRATE) {
-			set_state(rc, KV_RUNSTATE_RUNNING);
-			event(rc, "RESUME", NULL);
-		}
+		leave_finish_migrate(rc);
 		print_summary(rc);
 		break;
 	default:
@@ -186,8 +229,8 @@ static int qmp_stop(void *opaque, struct kv_error *err)
 	ret = kv_vm_pause(rc->vm, err);
 	if (ret < 0)
 		return ret;
-	set_state(rc, KV_RUNSTATE_PAUSED);
-	event(rc, "STOP", NULL);
+	if (move_state_from(rc, KV_RUNSTATE_RUNNING, KV_RUNSTATE_PAUSED))
+		event(rc, "STOP", NULL);
 	return 0;
 }
 
@@ -360,18 +403,23 @@ static const struct kv_qmp_ops qmp_ops_template = {
 
 /* The incoming migration's status (its own table, incoming.h) becomes
  * QMP's MIGRATION event and the run state: the vCPUs started just before
- * COMPLETED (QEMU's order: RESUME, then MIGRATION completed). */
+ * COMPLETED (QEMU's order: RESUME, then MIGRATION completed), unless the
+ * source's guest was paused: then it stays paused here, with no RESUME. */
 static void on_in_status(void *opaque, enum kv_in_status st)
 {
 	struct run_ctl *rc = opaque;
+	enum kv_runstate to;
 
 	switch (st) {
 	case KV_IN_COMPLETED:
+		to = kv_vm_mig_incoming_runstate(rc->mig);
 		pthread_mutex_lock(&rc->lock);
-		move_state_locked(rc, KV_RUNSTATE_RUNNING);
-		rc->started = true;
+		move_state_locked(rc, to);
+		if (to == KV_RUNSTATE_RUNNING)
+			rc->started = true;
 		pthread_mutex_unlock(&rc->lock);
-		event(rc, "RESUME", NULL);
+		if (to == KV_RUNSTATE_RUNNING)
+			event(rc, "RESUME", NULL);
 		break;
 	case KV_IN_FAILED:
 	case KV_IN_CANCELLED:
@@ -401,7 +449,10 @@ static void *incoming_main(void *arg)
 		return NULL;
 	}
 	fprintf(stderr,
-		"kvmig run: incoming migration complete, guest running (%.1f ms from the first byte wait)\n",
+		"kvmig run: incoming migration complete, guest %s (%.1f ms from the first byte wait)\n",
+		kv_vm_mig_incoming_runstate(rc->mig) == KV_RUNSTATE_RUNNING
+		    ? "running"
+		    : "paused as on the source (QMP cont starts it)",
 		(double)(kv_now_ns() - t0) / 1e6);
 	return NULL;
 }

@@ -21,14 +21,19 @@ static const struct runstate_info states[KV_RUNSTATE_COUNT] = {
 			     BIT(KV_RUNSTATE_PAUSED) |
 				 BIT(KV_RUNSTATE_FINISH_MIGRATE) |
 				 BIT(KV_RUNSTATE_SHUTDOWN)},
-    /* A failed incoming migration ends the process (shutdown). */
+    /* A completed incoming migration runs the guest, or keeps it paused
+     * when the source's was (its "globalstate" section); a failed one
+     * ends the process (shutdown). */
     [KV_RUNSTATE_INMIGRATE] = {"inmigrate",
 			       BIT(KV_RUNSTATE_RUNNING) |
+				   BIT(KV_RUNSTATE_PAUSED) |
 				   BIT(KV_RUNSTATE_SHUTDOWN)},
-    /* A failed or cancelled switch-over resumes the guest. */
+    /* A failed or cancelled switch-over gives the guest back the state
+     * it had before: running, or paused by the operator. */
     [KV_RUNSTATE_FINISH_MIGRATE] = {"finish-migrate",
 				    BIT(KV_RUNSTATE_POSTMIGRATE) |
 					BIT(KV_RUNSTATE_RUNNING) |
+					BIT(KV_RUNSTATE_PAUSED) |
 					BIT(KV_RUNSTATE_SHUTDOWN)},
     [KV_RUNSTATE_POSTMIGRATE] = {"postmigrate", BIT(KV_RUNSTATE_SHUTDOWN)},
     [KV_RUNSTATE_SHUTDOWN] = {"shutdown", 0},

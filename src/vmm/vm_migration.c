@@ -40,6 +40,11 @@ struct kv_vm_mig {
 	struct kv_vm_state *vmst;
 	struct kv_serial_state serial;
 	struct ram_verify verify;
+	/* Source: what the stop hook found (saved as "globalstate"; a
+	 * failed switch-over resumes the vCPUs only if it says running).
+	 * Destination: what the source sent; the vCPUs start only if it
+	 * says running. Used on the migration's own thread only. */
+	struct kv_global_state gstate;
 
 	pthread_mutex_t lock; /* guards everything below */
 	struct kv_migration *mig;
@@ -110,6 +115,76 @@ static const struct kv_vmstate_desc verify_vmsd = {
 	.fields = verify_fields,
 	.post_load = verify_post_load,
 };
+
+/* ---- QEMU's "globalstate" ---- */
+
+static int gstate_pre_save(void *opaque, struct kv_error *err)
+{
+	struct kv_global_state *gs = opaque;
+
+	(void)err;
+	gs->size = (uint32_t)strnlen((const char *)gs->runstate,
+				     sizeof(gs->runstate) - 1) + 1;
+	return 0;
+}
+
+/* A name from the wire for an error message: printable characters only,
+ * so a corrupt byte cannot garble the log. out holds n bytes. */
+static void printable_name(const uint8_t *b, char *out, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < n && b[i]; i++)
+		out[i] = b[i] >= 0x20 && b[i] < 0x7f ? (char)b[i] : '?';
+	out[i] = '\0';
+}
+
+static int gstate_post_load(void *opaque, int version_id,
+			    struct kv_error *err)
+{
+	struct kv_global_state *gs = opaque;
+	char name[KV_GLOBAL_STATE_BUF];
+
+	(void)version_id;
+	if (gs->size < 1 || gs->size > sizeof(gs->runstate))
+		return kv_error_set(err, -EINVAL, "globalstate: the run state's size %u is outside 1..%zu (its name and a NUL)", gs->size, sizeof(gs->runstate));
+	if (gs->runstate[gs->size - 1] != 0 ||
+	    memchr(gs->runstate, 0, gs->size - 1))
+		return kv_error_set(err, -EINVAL, "globalstate: the run state's name does not end with a NUL at its size %u", gs->size);
+	if (!kv_runstate_parse((const char *)gs->runstate, &gs->state)) {
+		printable_name(gs->runstate, name, sizeof(name));
+		return kv_error_set(err, -EINVAL, "globalstate: unknown run state '%s' from the source", name);
+	}
+	return 0;
+}
+
+static const struct kv_vmstate_field gstate_fields[] = {
+	KV_VMS_FIELD(struct kv_global_state, size, KV_VMS_U32, 1),
+	KV_VMS_BUF(struct kv_global_state, runstate, 1),
+	KV_VMS_END,
+};
+
+static const struct kv_vmstate_desc gstate_vmsd = {
+	.name = "globalstate",
+	.version_id = 1,
+	.minimum_version_id = 1,
+	.fields = gstate_fields,
+	.pre_save = gstate_pre_save,
+	.post_load = gstate_post_load,
+};
+
+const struct kv_vmstate_desc *kv_global_state_vmsd(void)
+{
+	return &gstate_vmsd;
+}
+
+void kv_global_state_set(struct kv_global_state *gs, enum kv_runstate st)
+{
+	memset(gs, 0, sizeof(*gs));
+	snprintf((char *)gs->runstate, sizeof(gs->runstate), "%s",
+		 kv_runstate_name(st));
+	gs->state = st;
+}
 
 /* ---- dirty tracking ---- */
 
@@ -187,6 +262,10 @@ static int register_devices(struct kv_vm_mig *g, struct kv_error *err)
 		ret = kv_savevm_register_device(g->sv, "serial", 0,
 						kv_serial_vmsd(), KV_PRI_DEVICE,
 						&g->serial, err);
+	if (!ret)
+		ret = kv_savevm_register_device(g->sv, "globalstate", 0,
+						&gstate_vmsd, KV_PRI_DEVICE,
+						&g->gstate, err);
 	if (!ret && g->verify_ram)
 		ret = kv_savevm_register_device(g->sv, "ram-verify", 0,
 						&verify_vmsd, KV_PRI_DEVICE,
@@ -211,6 +290,8 @@ int kv_vm_mig_new(struct kv_vm *vm, bool verify_ram,
 	g->vm = vm;
 	g->verify_ram = verify_ram;
 	g->verify.vm = vm;
+	/* As QEMU: a destination that never got the section would run. */
+	kv_global_state_set(&g->gstate, KV_RUNSTATE_RUNNING);
 	if (ev)
 		g->ev = *ev;
 	pthread_mutex_init(&g->lock, NULL);
@@ -278,25 +359,35 @@ static int capture_state(struct kv_vm_mig *g, struct kv_error *err)
 	return 0;
 }
 
+/* Give the vCPUs back the state they had before the stop hook: an
+ * operator's pause (QMP stop) is kept. */
+static void resume_if_was_running(struct kv_vm_mig *g)
+{
+	if (g->gstate.state == KV_RUNSTATE_RUNNING)
+		kv_vm_resume(g->vm);
+}
+
 static int hook_stop_vm(void *opaque, struct kv_error *err)
 {
 	struct kv_vm_mig *g = opaque;
-	int ret = kv_vm_pause(g->vm, err);
+	int ret;
 
+	kv_global_state_set(&g->gstate, kv_vm_running(g->vm)
+					    ? KV_RUNSTATE_RUNNING
+					    : KV_RUNSTATE_PAUSED);
+	ret = kv_vm_pause(g->vm, err);
 	if (ret < 0)
 		return ret;
 	kv_switch_log("paused");
 	ret = capture_state(g, err);
 	if (ret < 0)
-		kv_vm_resume(g->vm);
+		resume_if_was_running(g);
 	return ret;
 }
 
 static void hook_resume_vm(void *opaque)
 {
-	struct kv_vm_mig *g = opaque;
-
-	kv_vm_resume(g->vm);
+	resume_if_was_running(opaque);
 }
 
 static int hook_set_throttle(void *opaque, unsigned pct, struct kv_error *err)
@@ -506,11 +597,23 @@ static int commit_state(void *opaque, struct kv_error *err)
 	return kv_serial_state_put(kv_vm_serial(g->vm), &g->serial, err);
 }
 
+/* As QEMU: the guest runs here only if it ran on the source; a paused
+ * one waits, loaded, for QMP cont. */
 static int start_vcpus(void *opaque, struct kv_error *err)
 {
 	struct kv_vm_mig *g = opaque;
 
+	if (g->gstate.state != KV_RUNSTATE_RUNNING) {
+		kv_info("vmm", "the source's guest was %s: it stays paused here until QMP cont", kv_runstate_name(g->gstate.state));
+		return 0;
+	}
 	return kv_vm_start(g->vm, err);
+}
+
+enum kv_runstate kv_vm_mig_incoming_runstate(struct kv_vm_mig *g)
+{
+	return g->gstate.state == KV_RUNSTATE_RUNNING ? KV_RUNSTATE_RUNNING
+						     : KV_RUNSTATE_PAUSED;
 }
 
 static void incoming_status(void *opaque, enum kv_in_status st)

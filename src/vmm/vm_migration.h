@@ -9,12 +9,16 @@
  *   "irqchip"   0           PIC master/slave + IOAPIC
  *   "pit"       0           the in-kernel PIT
  *   "serial"    0           the 16550 UART's registers
+ *   "globalstate" 0         QEMU's: the source's run state before its stop
  *   "ram-verify" 0          with --verify-ram: size + XXH3-128 of all RAM
  *   "kvmclock"  0           last, so the clock is read as late as possible
- * Source: the stop hook pauses every vCPU and captures all of this (and the
- * RAM hash); complete writes it. Destination: the whole stream is loaded
+ * Source: the stop hook notes whether the vCPUs ran, pauses every vCPU and
+ * captures all of this (and the RAM hash); complete writes it; a failed or
+ * cancelled switch-over resumes the vCPUs only if they ran before (an
+ * operator's QMP stop is kept). Destination: the whole stream is loaded
  * and validated, then committed into KVM (VM state, every vCPU, serial),
- * and only then confirmed with SHUT(0); the vCPUs start right after.
+ * and only then confirmed with SHUT(0); the vCPUs start right after if
+ * the source's ran, else the guest stays paused (QMP cont starts it).
  */
 #ifndef KV_VMM_VM_MIGRATION_H
 #define KV_VMM_VM_MIGRATION_H
@@ -25,6 +29,7 @@
 #include "base/error.h"
 #include "migration/incoming.h"
 #include "migration/migration.h"
+#include "vmm/runstate.h"
 #include "vmm/vm.h"
 
 #define KV_VM_MACHINE_NAME "kvmig-pc-1"
@@ -40,6 +45,23 @@ struct kv_vm_mig_events {
 };
 
 struct kv_vm_mig;
+struct kv_vmstate_desc;
+
+/* QEMU's "globalstate" section (docs/FORMAT.md section 9): be32 size (the
+ * name's length with its NUL), then a 100-byte buffer holding the run
+ * state's name, NUL-padded. state is not on the wire: set with the name,
+ * or parsed from it by the post_load, which refuses a size outside
+ * 1..100, a name with no NUL at size - 1 (or one before it) and a name
+ * the run-state table does not know. */
+#define KV_GLOBAL_STATE_BUF 100
+struct kv_global_state {
+	uint32_t size;
+	uint8_t runstate[KV_GLOBAL_STATE_BUF];
+	enum kv_runstate state;
+};
+const struct kv_vmstate_desc *kv_global_state_vmsd(void);
+/* gs as a source saves it for state st. */
+void kv_global_state_set(struct kv_global_state *gs, enum kv_runstate st);
 
 int kv_vm_mig_new(struct kv_vm *vm, bool verify_ram,
 		  const struct kv_vm_mig_events *ev, struct kv_vm_mig **out,
@@ -49,7 +71,8 @@ void kv_vm_mig_free(struct kv_vm_mig *g);
 
 /* Source: start migrating to uri on a thread of its own. Fails if one is
  * already running. On success the VM stays paused ("postmigrate"); on
- * failure or cancel it runs on. */
+ * failure or cancel it runs on if it ran (a guest paused with QMP stop
+ * stays paused). */
 int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 		    const struct kv_mig_params *params, struct kv_error *err);
 int kv_vm_mig_cancel(struct kv_vm_mig *g, struct kv_error *err);
@@ -88,10 +111,15 @@ int kv_vm_mig_listen(struct kv_vm_mig *g, const char *uri,
 const char *kv_vm_mig_listen_uri(struct kv_vm_mig *g);
 /* Destination: (listen on uri unless kv_vm_mig_listen did,) receive one
  * migration, validate it, commit it into KVM, confirm and start the
- * vCPUs. Blocks. On failure nothing of the stream reaches the vCPUs.
+ * vCPUs if the source's ran (globalstate; else the guest stays paused).
+ * Blocks. On failure nothing of the stream reaches the vCPUs.
  * Statuses go to events.incoming_status. */
 int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
 		       struct kv_error *err);
+/* The run state the guest took when the incoming migration completed:
+ * running, or paused when the source's guest was paused (its globalstate
+ * section). Call on the incoming migration's thread (its status events). */
+enum kv_runstate kv_vm_mig_incoming_runstate(struct kv_vm_mig *g);
 /* Abort a blocked kv_vm_mig_incoming (accept or load) from another
  * thread. */
 void kv_vm_mig_incoming_abort(struct kv_vm_mig *g);

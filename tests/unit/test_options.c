@@ -490,7 +490,12 @@ static void test_runstate(void **state)
 	assert_true(kv_runstate_can_move(KV_RUNSTATE_FINISH_MIGRATE, KV_RUNSTATE_RUNNING));
 	/* a migrated guest never runs here again; shutdown is final */
 	assert_false(kv_runstate_can_move(KV_RUNSTATE_POSTMIGRATE, KV_RUNSTATE_RUNNING));
-	assert_false(kv_runstate_can_move(KV_RUNSTATE_INMIGRATE, KV_RUNSTATE_PAUSED));
+	/* an operator's pause is kept: a paused source's failed switch-over
+	 * and a paused source's guest arriving here */
+	assert_true(kv_runstate_can_move(KV_RUNSTATE_FINISH_MIGRATE, KV_RUNSTATE_PAUSED));
+	assert_true(kv_runstate_can_move(KV_RUNSTATE_INMIGRATE, KV_RUNSTATE_PAUSED));
+	assert_false(kv_runstate_can_move(KV_RUNSTATE_POSTMIGRATE, KV_RUNSTATE_PAUSED));
+	assert_false(kv_runstate_can_move(KV_RUNSTATE_INMIGRATE, KV_RUNSTATE_FINISH_MIGRATE));
 	for (int i = 0; i < KV_RUNSTATE_COUNT; i++)
 		assert_int_equal(kv_runstate_can_move(KV_RUNSTATE_SHUTDOWN, i), i == KV_RUNSTATE_SHUTDOWN);
 	assert_false(kv_runstate_can_move(KV_RUNSTATE_COUNT, KV_RUNSTATE_RUNNING));
