@@ -623,7 +623,7 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 			return ret;
 		if (status != 0)
 			return kv_error_set(err, -EREMOTEIO,
-					    "the destination failed to load the migration stream (it answered SHUT with status %u; see its log); the source resumes",
+					    "the destination failed to load the migration stream (it answered SHUT with status %u; see its log); the source keeps its guest",
 					    status);
 		kv_switch_log("SHUT(0) received");
 	}
@@ -799,7 +799,7 @@ out:
 		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_CANCELLED, true);
 		kv_error_clear(&lerr);
 		kv_error_set(&lerr, -ECANCELED, "migration cancelled%s",
-			     stopped ? "; the source resumed" : "");
+			     stopped ? "; the source took its guest back" : "");
 		ret = -ECANCELED;
 	} else {
 		if (!kv_error_is_set(&lerr))
