@@ -107,34 +107,48 @@ static int64_t wait_counter_moves(struct kv_vm *vm)
 	return kv_now_ns() - t0;
 }
 
-/* Nanoseconds the thread has been on a CPU. */
-static int64_t thread_run_ns(int tid)
+/* The thread's time on a CPU and waiting for one (schedstat's first two
+ * fields), in nanoseconds. */
+struct thread_times {
+	long long run, wait;
+};
+
+static struct thread_times thread_times(int tid)
 {
+	struct thread_times t = {-1, -1};
 	char path[64];
-	long long run = -1;
 	FILE *f;
 
 	snprintf(path, sizeof(path), "/proc/self/task/%d/schedstat", tid);
 	f = fopen(path, "r");
 	assert_non_null(f);
-	assert_int_equal(fscanf(f, "%lld", &run), 1);
+	assert_int_equal(fscanf(f, "%lld %lld", &t.run, &t.wait), 2);
 	fclose(f);
-	return run;
+	return t;
 }
 
-/* Share of wall time vCPU 0's thread ran during window_ns. */
+/* Share of the time vCPU 0's thread could have run during window_ns that
+ * it did run: time spent waiting for a CPU is left out, so a busy host
+ * (other tests, other builds) does not read as a throttle. Unthrottled,
+ * a spinning vCPU is near 1 whatever the load; throttled at p %, it sleeps
+ * and is near 1 - p. */
 static double run_share(struct kv_vm *vm, int64_t window_ns)
 {
 	int tid = kv_vm_vcpu_tid(vm, 0);
-	int64_t r0, r1, t0, t1;
+	struct thread_times a, b;
+	int64_t t0, t1;
+	double avail;
 
 	assert_true(tid > 0);
 	t0 = kv_now_ns();
-	r0 = thread_run_ns(tid);
+	a = thread_times(tid);
 	kv_sleep_ns(window_ns);
-	r1 = thread_run_ns(tid);
+	b = thread_times(tid);
 	t1 = kv_now_ns();
-	return (double)(r1 - r0) / (double)(t1 - t0);
+	avail = (double)(t1 - t0) - (double)(b.wait - a.wait);
+	if (avail < (double)window_ns / 20)
+		avail = (double)window_ns / 20; /* starved: the shares stay low */
+	return (double)(b.run - a.run) / avail;
 }
 
 static void set_throttle(struct kv_vm *vm, unsigned pct)
