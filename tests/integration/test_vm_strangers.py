@@ -254,10 +254,15 @@ def corrupted_channel(tap, vms, src):
     print(f"# source: {desc}")
     # The source learns no reason over the wire (QEMU's return path
     # carries a status only): it names the channel the destination
-    # closed under it, not the main stream.
+    # closed under it, or, when the destination's SHUT(1) reached its
+    # return-path reader first, the destination's refusal; never the main
+    # stream's "section EOF".
     tap.ok(proxy.flipped.is_set() and r.get("status") == "failed" and
-           "multifd channel" in desc and "section EOF" not in desc,
-           "(d) the source fails naming a multifd channel", f"{r}")
+           ("multifd channel" in desc or
+            "answered SHUT with status 1" in desc) and
+           "section EOF" not in desc,
+           "(d) the source fails naming a multifd channel or the "
+           "destination's refusal", f"{r}")
     st = qs.cmd("query-status")["status"]
     ok = src.wait_heartbeats(200, 10, since=time.monotonic())
     tap.ok(st == "running" and ok, "(d) the source guest runs on",
@@ -323,11 +328,20 @@ def failing_queries(tap, vms, src):
         refused.append(dst.wait(10) == 1 and
                        "no guest was started" in dst.stderr and
                        b"*" not in dst.console)
+    # The last run's event may come after the reply that ended its loop.
+    deadline = time.monotonic() + 3
+    while events.count("failed") < 23 and time.monotonic() < deadline:
+        qs.execute("query-status")
+        for e in [e for e in qs.events if e["event"] == "MIGRATION"]:
+            qs.events.remove(e)
+            events.append(e["data"]["status"])
+        time.sleep(0.05)
     print(f"# {polls} polls, {events.count('failed')} failed events, "
           f"last {last}")
     tap.ok(events.count("failed") >= 23 and not bad,
            "(e) query-migrate never says failed without error-desc "
-           f"({len(bad)} of {polls} polls did)", f"{bad[:3]}")
+           f"({len(bad)} of {polls} polls did)",
+           f"{events.count('failed')} failed events; {bad[:3]}")
     tap.ok(all(refused), "(e) a destination that refuses the stream (its "
            "RAM differs) exits 1 and runs nothing", f"{refused}")
     st = qs.cmd("query-status")["status"]
