@@ -20,6 +20,7 @@
 #include "cli/cli.h"
 #include "cli/option_args.h"
 #include "cli/qmp_client.h"
+#include "monitor/qmp_migration.h"
 #include "vmm/runstate.h"
 
 #define CTL_TIMEOUT_MS		10000
@@ -926,21 +927,6 @@ static json_t *guessed_value(const char *text)
 	return v ? v : json_string(text);
 }
 
-static json_t *table_value_json(const struct kv_mig_option *o,
-				const struct kv_mig_value *v)
-{
-	switch (o->kind) {
-	case KV_MIG_OPT_CAPABILITY:
-	case KV_MIG_OPT_BOOL:
-		return json_boolean(v->u);
-	case KV_MIG_OPT_ENUM:
-		return json_string(kv_mig_option_enum_name(o, v->u));
-	case KV_MIG_OPT_UINT:
-		break;
-	}
-	return json_integer((json_int_t)v->u);
-}
-
 /* NAME=VALUE (or, for --capability, NAME=on|off) split at the '='. */
 static int split_setting(const char *arg, const char *what, char *name,
 			 size_t len, const char **value)
@@ -969,7 +955,7 @@ static int table_value(const struct kv_mig_option *o, const char *text,
 		fprintf(stderr, "kvmig set: %s=%s: %s\n", o->name, text, err.msg);
 		return KV_EXIT_FAILURE;
 	}
-	*out = table_value_json(o, &v);
+	*out = kv_qmp_mig_value_json(o, &v);
 	return KV_EXIT_OK;
 }
 

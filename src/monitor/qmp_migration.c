@@ -106,8 +106,8 @@ static int value_from_json(const struct kv_mig_option *o, const json_t *j,
 	return kv_mig_option_check(o, v, err);
 }
 
-static json_t *value_to_json(const struct kv_mig_option *o,
-			     const struct kv_mig_value *v)
+json_t *kv_qmp_mig_value_json(const struct kv_mig_option *o,
+			       const struct kv_mig_value *v)
 {
 	switch (o->kind) {
 	case KV_MIG_OPT_CAPABILITY:
@@ -211,7 +211,7 @@ json_t *kv_qmp_mig_query_params(const struct kv_mig_settings *s)
 		if (opt->kind == KV_MIG_OPT_CAPABILITY)
 			continue;
 		kv_mig_option_get(opt, s, &v);
-		if (json_object_set_new(o, opt->name, value_to_json(opt, &v))) {
+		if (json_object_set_new(o, opt->name, kv_qmp_mig_value_json(opt, &v))) {
 			json_decref(o);
 			return NULL;
 		}

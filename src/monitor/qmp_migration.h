@@ -15,6 +15,8 @@
 #ifndef KV_MONITOR_QMP_MIGRATION_H
 #define KV_MONITOR_QMP_MIGRATION_H
 
+#include <jansson.h>
+
 #include "base/error.h"
 #include "migration/options.h"
 #include "vmm/vm_migration.h"
@@ -52,5 +54,11 @@ void kv_qmp_mig_free(struct kv_qmp_mig *m);
  * them. */
 void kv_qmp_mig_settings(struct kv_qmp_mig *m, struct kv_mig_settings *out);
 void kv_qmp_mig_params(struct kv_qmp_mig *m, struct kv_mig_params *out);
+
+/* A value of the options table as QMP carries it (bool, string or
+ * integer): for query-migrate-parameters and for `kvmig set`. New
+ * reference. */
+json_t *kv_qmp_mig_value_json(const struct kv_mig_option *o,
+			      const struct kv_mig_value *v);
 
 #endif
