@@ -917,6 +917,14 @@ static int accept_one(struct kv_mfd_recv *r, struct kv_chan *c,
 	if (ret == 0)
 		ret = decode_init(r, buf, &init, err);
 	if (ret < 0) {
+		/* The failure is recorded before the peer sees its channel
+		 * close: the source then shuts the others, and their end of
+		 * input must not be taken for the cause. */
+		if (ret != -ECANCELED) {
+			pthread_mutex_lock(&r->lock);
+			recv_fail_locked(r, ret, err);
+			pthread_mutex_unlock(&r->lock);
+		}
 		kv_chan_close(c);
 		return ret;
 	}
