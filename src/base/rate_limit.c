@@ -53,13 +53,11 @@ static int64_t ns_for(uint64_t bytes, uint64_t bps)
 
 int64_t kv_rate_limit_charge(struct kv_rate_limit *rl, uint64_t bytes)
 {
-	uint64_t bps = kv_rate_limit_get(rl);
 	int64_t now = kv_now_ns(), due;
+	uint64_t bps;
 
-	if (!bps)
-		return now;
 	pthread_mutex_lock(&rl->lock);
-	bps = rl->bps; /* the one the schedule started with */
+	bps = rl->bps; /* read with the schedule it started */
 	if (!bps) {
 		pthread_mutex_unlock(&rl->lock);
 		return now;

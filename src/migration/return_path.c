@@ -394,64 +394,54 @@ static bool pong_arrived(const struct kv_rp_reader *r, uint32_t value)
 	return r->pong_seen && (int32_t)(r->pong_last - value) >= 0;
 }
 
-int kv_rp_reader_wait_pong(struct kv_rp_reader *r, uint32_t value,
-			   int timeout_ms, struct kv_error *err)
+/* Under r->lock: 1 when what the waiter wants has arrived, 0 not yet,
+ * <0 with err set when it never will. want_pong: a PONG answering value
+ * (a SHUT then means the destination failed); else a SHUT (*status). */
+static int arrived(struct kv_rp_reader *r, bool want_pong,
+		   uint32_t value, uint32_t *status, struct kv_error *err)
+{
+	if (want_pong && pong_arrived(r, value))
+		return 1;
+	if (r->shut_seen && !want_pong) {
+		*status = r->shut_status;
+		return 1;
+	}
+	if (r->shut_seen)
+		return kv_error_set(err, -EREMOTEIO, "the destination failed to load the migration stream (it answered SHUT with status %u while the source waited for PONG %u; see its log)", r->shut_status, value);
+	if (r->ended)
+		return reader_failure(r, err);
+	return 0;
+}
+
+static int reader_wait(struct kv_rp_reader *r, bool want_pong, uint32_t value,
+		       int timeout_ms, uint32_t *status, struct kv_error *err)
 {
 	struct timespec until = deadline_after_ms(timeout_ms);
-	bool late = false;
 	int ret;
 
 	pthread_mutex_lock(&r->lock);
-	for (;;) {
-		if (pong_arrived(r, value)) {
-			ret = 0;
+	while ((ret = arrived(r, want_pong, value, status, err)) == 0) {
+		if (!wait_news(r, &until)) {
+			ret = arrived(r, want_pong, value, status, err);
+			if (ret == 0)
+				ret = no_answer(r, timeout_ms, err);
 			break;
 		}
-		if (r->shut_seen) {
-			ret = kv_error_set(
-			    err, -EREMOTEIO,
-			    "the destination failed to load the migration stream (it answered SHUT with status %u while the source waited for PONG %u; see its log)",
-			    r->shut_status, value);
-			break;
-		}
-		if (r->ended) {
-			ret = reader_failure(r, err);
-			break;
-		}
-		if (late) {
-			ret = no_answer(r, timeout_ms, err);
-			break;
-		}
-		late = !wait_news(r, &until);
 	}
 	pthread_mutex_unlock(&r->lock);
-	return ret;
+	return ret < 0 ? ret : 0;
+}
+
+int kv_rp_reader_wait_pong(struct kv_rp_reader *r, uint32_t value,
+			   int timeout_ms, struct kv_error *err)
+{
+	uint32_t unused;
+
+	return reader_wait(r, true, value, timeout_ms, &unused, err);
 }
 
 int kv_rp_reader_wait_shut(struct kv_rp_reader *r, int timeout_ms,
 			   uint32_t *status, struct kv_error *err)
 {
-	struct timespec until = deadline_after_ms(timeout_ms);
-	bool late = false;
-	int ret;
-
-	pthread_mutex_lock(&r->lock);
-	for (;;) {
-		if (r->shut_seen) {
-			*status = r->shut_status;
-			ret = 0;
-			break;
-		}
-		if (r->ended) {
-			ret = reader_failure(r, err);
-			break;
-		}
-		if (late) {
-			ret = no_answer(r, timeout_ms, err);
-			break;
-		}
-		late = !wait_news(r, &until);
-	}
-	pthread_mutex_unlock(&r->lock);
-	return ret;
+	return reader_wait(r, false, 0, timeout_ms, status, err);
 }

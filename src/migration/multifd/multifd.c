@@ -143,7 +143,7 @@ static bool send_failed(void *opaque)
 /* max-bandwidth: the limiter the main stream charges too. */
 static void rate_wait(struct kv_mfd_send *m, uint64_t bytes)
 {
-	if (m->cfg.rate_limit)
+	if (m->cfg.rate_limit && kv_rate_limit_get(m->cfg.rate_limit))
 		kv_rate_limit_wait(kv_rate_limit_charge(m->cfg.rate_limit, bytes),
 				   send_failed, m, NULL);
 }
