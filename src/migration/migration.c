@@ -911,6 +911,9 @@ static int end_undecided(struct kv_migration *m, bool here, const char *why,
 {
 	kv_error_clear(err);
 	if (!here) {
+		pthread_mutex_lock(&m->lock);
+		m->stats.error[0] = '\0'; /* completed: nothing failed */
+		pthread_mutex_unlock(&m->lock);
 		mig_set_status(m, KV_MIG_UNDECIDED, KV_MIG_COMPLETED, true);
 		kv_info("migration", "switch-over settled: %s", why);
 		return 0;
