@@ -25,7 +25,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 
-PLAN = 37
+PLAN = 40
 
 READY = b"\x4b\x01\x00\x10"            # return path: kvmig READY, 16 bytes
 GO = b"KVMIGDEC"                        # main stream: the decision record
@@ -219,6 +219,9 @@ def cut_case(tap, vms, label, direction, pattern, after, runner):
                f"{label}: the destination says the source kept the guest",
                dst.stderr)
     check_one_runs(tap, label, src, dst, t_switch, runner)
+    ss = qs.cmd("query-status")["status"]
+    want = "postmigrate" if runner == "dst" else "running"
+    tap.ok(ss == want, f"{label}: the source's run state is {want} ({ss})", src.describe())
     proxy.close()
 
 
@@ -354,7 +357,7 @@ def main():
         for label, direction, pattern, after, runner in (
                 ("cut-at-READY", "down", READY, None, "src"),
                 ("cut-at-GO", "up", GO, None, "dst"),
-                ("cut-at-SHUT", "down", SHUT0, READY, "dst")):
+                ("cut-at-SHUT", "down", SHUT0, None, "dst")):
             with VmSet(kvmig, guest, tmp) as vms:
                 cut_case(tap, vms, label, direction, pattern, after, runner)
         with VmSet(kvmig, guest, tmp) as vms:
