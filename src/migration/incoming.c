@@ -845,8 +845,8 @@ int kv_incoming_settle(struct kv_incoming *in, enum kv_swo_settle how,
 {
 	int expected = KV_SWO_SETTLE_NONE;
 
-	if (how != KV_SWO_SETTLE_RUN && how != KV_SWO_SETTLE_DISCARD)
-		return kv_error_set(err, -EINVAL, "x-migrate-settle: outcome must be run or discard");
+	if (kv_swo_settle_check(how, err) < 0)
+		return err->code;
 	if (kv_incoming_status(in) != KV_IN_UNDECIDED)
 		return kv_error_set(err, -EBUSY, "x-migrate-settle: the incoming migration is not undecided (status %s); only a switch-over whose decision never arrived can be settled by hand", kv_in_status_name(kv_incoming_status(in)));
 	if (!__atomic_compare_exchange_n(&in->settle, &expected, (int)how,

@@ -852,23 +852,41 @@ static void enter_undecided(struct kv_migration *m, const struct kv_error *why)
 
 /* The switch-over failed after OFFER and this side runs the guest: tell
  * the destination ABORT, so that one waiting with the guest loaded
- * discards it. If it may not have heard (no SHUT from it), the caller
- * delivers ABORT over new connections. */
-static void tell_abort(struct kv_migration *m, struct kv_stream *s)
+ * discards it. True when it was written, or when the destination already
+ * failed and said so (it waits for nothing). */
+static bool send_abort(struct kv_migration *m, struct kv_stream *s)
 {
 	struct kv_error e = {0};
 	uint32_t status;
 	bool sent;
 
 	__atomic_store_n(&m->decision, KV_SWO_ABORT, __ATOMIC_RELEASE);
-	if (m->rp && kv_rp_reader_wait_shut(m->rp, 0, &status, &e) == 0)
-		return; /* it failed and said so: it waits for nothing */
-	if (m->rp &&
-	    kv_swo_send_decision(s, &m->swo_id, KV_SWO_ABORT, &sent, &e) == 0 &&
-	    kv_rp_reader_wait_shut(m->rp, ABORT_HEARD_TIMEOUT_MS, &status,
-				   &e) == 0)
-		return;
-	m->abort_unheard = true;
+	if (!m->rp)
+		return false;
+	if (kv_rp_reader_wait_shut(m->rp, 0, &status, &e) == 0)
+		return true;
+	return kv_swo_send_decision(s, &m->swo_id, KV_SWO_ABORT, &sent,
+				    &e) == 0;
+}
+
+/* Did the destination hear ABORT (its SHUT says so)? If not, the caller
+ * delivers it over new connections. */
+static bool abort_heard(struct kv_migration *m, bool sent)
+{
+	struct kv_error e = {0};
+	uint32_t status;
+
+	return sent && m->rp &&
+	       kv_rp_reader_wait_shut(m->rp, ABORT_HEARD_TIMEOUT_MS, &status,
+				      &e) == 0;
+}
+
+/* The return path's reader and the multifd channels end with the run. */
+static void release_channels(struct kv_migration *m)
+{
+	kv_rp_reader_stop(m->rp); /* before the caller closes the channel */
+	m->rp = NULL;
+	multifd_close(m);
 }
 
 static bool stop_resolving(const struct kv_migration *m)
@@ -975,8 +993,8 @@ int kv_mig_settle(struct kv_migration *m, enum kv_swo_settle how,
 {
 	int expected = KV_SWO_SETTLE_NONE;
 
-	if (how != KV_SWO_SETTLE_RUN && how != KV_SWO_SETTLE_DISCARD)
-		return kv_error_set(err, -EINVAL, "x-migrate-settle: outcome must be run or discard");
+	if (kv_swo_settle_check(how, err) < 0)
+		return err->code;
 	if (kv_mig_status(m) != KV_MIG_UNDECIDED)
 		return kv_error_set(err, -EBUSY, "x-migrate-settle: the outgoing migration is not undecided (status %s); only a switch-over whose GO the destination never confirmed can be settled by hand", kv_mig_status_name(kv_mig_status(m)));
 	if (!__atomic_compare_exchange_n(&m->settle, &expected, (int)how,
@@ -992,6 +1010,7 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 {
 	struct kv_error lerr = {0};
 	bool return_path = false, stopped = false, cancelled;
+	bool abort_sent = false;
 	enum kv_mig_status st;
 	int ret;
 
@@ -1038,17 +1057,16 @@ out:
 	/* The guest runs here again; a destination that may be waiting
 	 * with it loaded must hear that it will not. */
 	if (ret < 0 && m->offered)
-		tell_abort(m, s);
+		abort_sent = send_abort(m, s);
 	update_stats(m, s);
 	kv_stream_share_rate_limit(s, NULL); /* m may go before s */
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
-	kv_rp_reader_stop(m->rp); /* before the caller closes the channel */
-	m->rp = NULL;
-	multifd_close(m);
-	if (ret >= 0)
+	if (ret >= 0) {
+		release_channels(m);
 		return ret; /* COMPLETED, or UNDECIDED (the caller settles) */
+	}
 	if (cancelled) {
 		announce_cancelling(m);
 		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_CANCELLED, true);
@@ -1070,6 +1088,11 @@ out:
 			mig_set_status(m, st, KV_MIG_CANCELLED, true);
 		}
 	}
+	/* The status is final and the guest runs: now there is time to
+	 * hear whether the destination got ABORT. */
+	if (m->offered && !abort_heard(m, abort_sent))
+		m->abort_unheard = true;
+	release_channels(m);
 	kv_error_propagate(err, &lerr);
 	return ret;
 }

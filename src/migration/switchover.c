@@ -49,6 +49,13 @@ enum kv_swo_settle kv_swo_settle_parse(const char *text)
 	return KV_SWO_SETTLE_NONE;
 }
 
+int kv_swo_settle_check(enum kv_swo_settle how, struct kv_error *err)
+{
+	if (how != KV_SWO_SETTLE_RUN && how != KV_SWO_SETTLE_DISCARD)
+		return kv_error_set(err, -EINVAL, "x-migrate-settle: outcome must be run or discard");
+	return 0;
+}
+
 const char *kv_swo_ack_name(enum kv_swo_ack a)
 {
 	switch (a) {

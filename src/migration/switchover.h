@@ -60,6 +60,8 @@ enum kv_swo_settle {
 const char *kv_swo_decision_name(enum kv_swo_decision d);
 /* "run" / "discard"; NONE for anything else. */
 enum kv_swo_settle kv_swo_settle_parse(const char *text);
+/* 0 for RUN or DISCARD; else -EINVAL with err saying what is allowed. */
+int kv_swo_settle_check(enum kv_swo_settle how, struct kv_error *err);
 const char *kv_swo_ack_name(enum kv_swo_ack a);
 
 /* A fresh random identity; 0 or <0 with err set. */

@@ -25,7 +25,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 
-PLAN = 40
+PLAN = 42
 
 READY = b"\x4b\x01\x00\x10"            # return path: kvmig READY, 16 bytes
 GO = b"KVMIGDEC"                        # main stream: the decision record
