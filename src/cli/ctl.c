@@ -470,7 +470,7 @@ static int ctl_watch(struct ctl *c, enum watch_style style, int interval_ms,
 		     bool announce_wait)
 {
 	struct progress prog = {0};
-	bool told_waiting = false, drawn = false;
+	bool told_waiting = false, told_undecided = false, drawn = false;
 	int cols = terminal_columns(STDOUT_FILENO);
 
 	for (;;) {
@@ -510,6 +510,10 @@ static int ctl_watch(struct ctl *c, enum watch_style style, int interval_ms,
 			if (drawn)
 				printf("\r\033[K");
 			print_summary(stdout, &v);
+		} else if (!strcmp(v.status, "x-undecided")) {
+			if (!told_undecided)
+				fprintf(stderr, "\nkvmig %s: switch-over undecided (%s): the guest stays stopped on both sides until the destination answers (the source keeps asking it) or x-migrate-settle settles it by hand\n", c->cmd, v.error ? v.error : "no confirmation from the destination");
+			told_undecided = true;
 		} else if (style == WATCH_BAR) {
 			draw_bar(stdout, cols, &v);
 			drawn = true;

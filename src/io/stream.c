@@ -552,6 +552,11 @@ int kv_stream_peek_u8(struct kv_stream *s)
 	return s->buf[s->rpos];
 }
 
+size_t kv_stream_buffered(const struct kv_stream *s)
+{
+	return s->mode == KV_STREAM_READ ? s->rend - s->rpos : 0;
+}
+
 bool kv_stream_at_eof(struct kv_stream *s)
 {
 	if (s->err.code != 0)

@@ -66,6 +66,8 @@ int kv_stream_get_str8(struct kv_stream *s, char *buf, size_t size);
 int kv_stream_peek_u8(struct kv_stream *s);
 /* True at a clean end of input (no more bytes, no error). */
 bool kv_stream_at_eof(struct kv_stream *s);
+/* Read side: bytes already read from the channel, not yet got. */
+size_t kv_stream_buffered(const struct kv_stream *s);
 
 /* --- errors --- */
 /* 0 or the sticky negative errno. */

@@ -484,6 +484,10 @@ int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 				    "a migration is already in progress (status %s)",
 				    kv_mig_status_name(st));
 	}
+	/* An ended migration may still be telling its destination ABORT:
+	 * the new one supersedes it. */
+	if (g->mig)
+		kv_mig_cancel(g->mig);
 	pthread_mutex_unlock(&g->lock);
 	kv_vm_mig_join(g, NULL);
 
@@ -689,6 +693,37 @@ int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
 		pthread_mutex_unlock(&g->lock);
 	}
 	return kv_incoming_run(in, err);
+}
+
+int kv_vm_mig_settle(struct kv_vm_mig *g, enum kv_swo_settle how,
+		     struct kv_error *err)
+{
+	struct kv_incoming *in;
+	int ret;
+
+	pthread_mutex_lock(&g->lock);
+	in = g->in;
+	if (in && kv_incoming_status(in) == KV_IN_UNDECIDED)
+		ret = kv_incoming_settle(in, how, err);
+	else if (g->mig)
+		ret = kv_mig_settle(g->mig, how, err);
+	else if (in)
+		ret = kv_incoming_settle(in, how, err);
+	else
+		ret = kv_error_set(err, -EBUSY, "x-migrate-settle: no migration here");
+	pthread_mutex_unlock(&g->lock);
+	return ret;
+}
+
+void kv_vm_mig_answer_resolves(struct kv_vm_mig *g)
+{
+	struct kv_incoming *in;
+
+	pthread_mutex_lock(&g->lock);
+	in = g->in;
+	pthread_mutex_unlock(&g->lock);
+	if (in)
+		kv_incoming_answer_resolves(in);
 }
 
 void kv_vm_mig_incoming_abort(struct kv_vm_mig *g)

@@ -124,4 +124,14 @@ enum kv_runstate kv_vm_mig_incoming_runstate(struct kv_vm_mig *g);
  * thread. */
 void kv_vm_mig_incoming_abort(struct kv_vm_mig *g);
 
+/* QMP x-migrate-settle: an undecided incoming migration (run: start the
+ * guest here; discard: drop it) or outgoing one (run: resume here;
+ * discard: give it up). -EBUSY with err set when nothing is undecided. */
+int kv_vm_mig_settle(struct kv_vm_mig *g, enum kv_swo_settle how,
+		     struct kv_error *err);
+
+/* After an incoming migration completed: answer a source that did not
+ * hear the confirmation, until kv_vm_mig_incoming_abort (blocks). */
+void kv_vm_mig_answer_resolves(struct kv_vm_mig *g);
+
 #endif
