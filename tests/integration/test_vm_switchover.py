@@ -25,7 +25,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 
-PLAN = 42
+PLAN = 57
 
 READY = b"\x4b\x01\x00\x10"            # return path: kvmig READY, 16 bytes
 GO = b"KVMIGDEC"                        # main stream: the decision record
@@ -134,7 +134,7 @@ class CutProxy:
         self.ls.close()
 
 
-def start_pair(vms, label, timeout_ms=3000):
+def start_pair(vms, label, timeout_ms=3000, multifd=0):
     src = vms.boot(f"{label}-src", "mem=64 rate=64", extra=("--verify-ram",))
     port = free_port()
     dst = vms.incoming(f"{label}-dst", f"tcp:127.0.0.1:{port}",
@@ -144,6 +144,10 @@ def start_pair(vms, label, timeout_ms=3000):
     qs, qd = vms.qmp(src), vms.qmp(dst)
     for q in (qs, qd):
         q.cmd("migrate-set-parameters", **{"x-return-path-timeout": timeout_ms})
+        if multifd:
+            q.cmd("migrate-set-capabilities", capabilities=[
+                {"capability": "multifd", "state": True}])
+            q.cmd("migrate-set-parameters", **{"multifd-channels": multifd})
     return src, dst, qs, qd, port
 
 
@@ -190,10 +194,11 @@ def check_one_runs(tap, label, src, dst, t_switch, runner):
            corrupt_lines(src, dst))
 
 
-def cut_case(tap, vms, label, direction, pattern, after, runner):
+def cut_case(tap, vms, label, direction, pattern, after, runner, multifd=0):
     """The link cut at one message of the switch-over; the proxy lets the
-    source reconnect (the link came back)."""
-    p = start_pair(vms, label)
+    source reconnect (the link came back). With multifd, its channels go
+    through the proxy too and stay up: only the main connection is cut."""
+    p = start_pair(vms, label, multifd=multifd)
     if not p:
         tap.skip_rest("guest did not start")
         return
@@ -354,12 +359,15 @@ def main():
         return tap.finish()
     kvmig, guest = sys.argv[1], sys.argv[2]
     with tempfile.TemporaryDirectory(prefix="kvmig-swo-") as tmp:
-        for label, direction, pattern, after, runner in (
-                ("cut-at-READY", "down", READY, None, "src"),
-                ("cut-at-GO", "up", GO, None, "dst"),
-                ("cut-at-SHUT", "down", SHUT0, None, "dst")):
+        for label, direction, pattern, after, runner, multifd in (
+                ("cut-at-READY", "down", READY, None, "src", 0),
+                ("cut-at-GO", "up", GO, None, "dst", 0),
+                ("cut-at-SHUT", "down", SHUT0, None, "dst", 0),
+                ("multifd-cut-at-READY", "down", READY, None, "src", 2),
+                ("multifd-cut-at-GO", "up", GO, None, "dst", 2)):
             with VmSet(kvmig, guest, tmp) as vms:
-                cut_case(tap, vms, label, direction, pattern, after, runner)
+                cut_case(tap, vms, label, direction, pattern, after, runner,
+                         multifd)
         with VmSet(kvmig, guest, tmp) as vms:
             frozen_destination(tap, vms)
         with VmSet(kvmig, guest, tmp) as vms:
