@@ -14,6 +14,7 @@ Usage: test_vm_switchover.py KVMIG GUEST_ELF"""
 import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +26,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 
-PLAN = 57
+PLAN = 58
 
 READY = b"\x4b\x01\x00\x10"            # return path: kvmig READY, 16 bytes
 GO = b"KVMIGDEC"                        # main stream: the decision record
@@ -333,7 +334,13 @@ def settle_source(tap, vms):
     t = time.monotonic()
     tap.ok(src.heartbeats_since(t_und + 0.2) == 0,
            f"{label}: the source runs nothing meanwhile", src.describe())
-    qs.cmd("x-migrate-settle", outcome="run")
+    # The command line's way (kvmig settle), over the same QMP socket.
+    out = subprocess.run([vms.kvmig, "settle", "--qmp", src.qmp_path,
+                          "--outcome", "run"], capture_output=True,
+                         text=True, timeout=30)
+    tap.ok(out.returncode == 0 and "settled" in out.stdout,
+           f"{label}: kvmig settle --outcome run (rc {out.returncode}: {out.stdout.strip()})",
+           out.stderr)
     r = wait_migration(qs, timeout=10)
     tap.ok(r.get("status") == "failed" and "settled" in r.get("error-desc", ""),
            f"{label}: settled: failed, saying it was settled ({r.get('error-desc')})", r)
