@@ -275,6 +275,9 @@ static int register_devices(struct kv_vm_mig *g, struct kv_error *err)
 		ret = kv_savevm_register_device(g->sv, "kvmclock", 0,
 						kv_kvmclock_vmsd(),
 						KV_PRI_DEFAULT, g->vmst, err);
+	/* After everything it covers: the digests of every section. */
+	if (!ret && g->verify_ram)
+		ret = kv_savevm_enable_verify(g->sv, err);
 	return ret;
 }
 
