@@ -124,7 +124,9 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	/* Pass 1 is the full pass; every later sync starts a new one. */
 	kv_ram_stat_set(&rs->src.dirty_sync_count, 1);
 	kv_ram_stat_set(&rs->src.dirty_pages, count_dirty(rs));
-	ret = kv_ram_xbzrle_setup(rs, err);
+	ret = kv_ram_verify_prepare(rs, err);
+	if (ret == 0)
+		ret = kv_ram_xbzrle_setup(rs, err);
 	if (ret == 0)
 		ret = kv_ram_zc_setup(s, rs, err);
 	if (ret < 0) {
@@ -261,6 +263,19 @@ static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 	}
 }
 
+/* --verify-ram: the page as it is when claimed. A later write of the
+ * guest marks it dirty again, so its last hash is of what the last send
+ * read; a never-populated page is zero without a read. */
+static void hash_claimed(struct kv_ram_state *rs, size_t bi, size_t page)
+{
+	if (!rs->verify.on)
+		return;
+	if (kv_ram_page_unpopulated(rs, bi, page))
+		kv_ram_verify_zero(rs, bi, page);
+	else
+		kv_ram_verify_page(rs, bi, page);
+}
+
 /*
  * Send dirty pages until every bitmap is empty (returns 1), the deadline
  * passes (0; deadline_ns 0 = none) or something fails (<0).
@@ -294,6 +309,7 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 		ret = rearm_chunk(rs, bi, page, err);
 		if (ret < 0)
 			return ret;
+		hash_claimed(rs, bi, page);
 		if (rs->src.mfd_send) {
 			ret = send_page_multifd(s, rs, bi, page, err);
 			if (ret < 0)
