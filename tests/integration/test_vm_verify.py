@@ -9,7 +9,9 @@ destination with --verify-ram, which runs nothing; a live source resumes.
     with --incoming file:COPY: the destination exits failed naming the
     section and instance, and starts no guest. The offsets come from the
     stream itself: the FULL section header and the JSON VM description
-    after EOF (docs/FORMAT.md sections 2.3, 3 and 9);
+    after EOF (docs/FORMAT.md sections 2.3, 3 and 9). One more copy has a
+    byte flipped in the last page record of the RAM section (section 5):
+    the incremental RAM digest refuses it;
 (b) a live migration through a proxy that flips a byte of vCPU 1's RSP as
     the section goes by: the destination refuses it naming 'cpu' instance
     1 and runs nothing, the source fails and its guest runs on;
@@ -31,7 +33,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 
-PLAN = 11
+PLAN = 12
 VERIFY = ("--verify-ram",)
 MEMORY = "256M"
 
@@ -79,6 +81,73 @@ def payload_start(data, idstr, instance, end):
     if p < 5 or data[p - 5] != 0x04:
         raise ValueError(f"no FULL section '{idstr}' instance {instance}")
     return p + len(tail)
+
+
+RAM_ZERO, RAM_MEM_SIZE, RAM_PAGE, RAM_EOS = 0x02, 0x04, 0x08, 0x10
+RAM_CONTINUE, RAM_XBZRLE, RAM_FLUSH = 0x20, 0x40, 0x200
+
+
+def last_page_record(data):
+    """Offset of the data of the last PAGE record of the RAM section,
+    walking the stream from its header (FORMAT.md 2 and 5)."""
+    def be(n):
+        nonlocal pos
+        v = int.from_bytes(data[pos:pos + n], "big")
+        pos += n
+        return v
+
+    def str8():
+        nonlocal pos
+        n = data[pos]
+        pos += 1 + n
+
+    pos, last = 8, None
+    while True:
+        t = be(1)
+        if t == 0x07:
+            n = be(4)
+            pos += n
+            continue
+        if t == 0x08:
+            be(2)
+            n = be(2)
+            pos += n
+            continue
+        if t == 0x01:
+            be(4)
+            str8()
+            be(8)
+        elif t in (0x02, 0x03):
+            be(4)
+        else:
+            return last
+        while True:
+            v = be(8)
+            flags, addr = v & 0xfff, v & ~0xfff
+            kind = flags & ~RAM_CONTINUE
+            if kind in (RAM_ZERO, RAM_PAGE, RAM_XBZRLE) and \
+                    not flags & RAM_CONTINUE:
+                str8()
+            if kind == RAM_EOS:
+                break
+            if kind == RAM_MEM_SIZE:
+                while addr:
+                    str8()
+                    addr -= be(8)
+            elif kind == RAM_ZERO:
+                pos += 1
+            elif kind == RAM_PAGE:
+                last = pos
+                pos += 4096
+            elif kind == RAM_XBZRLE:
+                be(1)
+                n = be(2)
+                pos += n
+            elif kind != RAM_FLUSH:
+                raise ValueError(f"RAM record flags {flags:#x} at {pos - 8}")
+        if be(1) != 0x7e:
+            raise ValueError(f"no section footer at {pos - 1}")
+        be(4)
 
 
 def device_field(desc, idstr, instance, path):
@@ -213,6 +282,17 @@ def file_cases(tap, vms, tmp):
                f"offset {off}) is refused and nothing runs",
                dst.describe())
         os.unlink(copy)
+    page = last_page_record(data)
+    copy = flipped_copy(tmp, data, page + 2000, "page")
+    dst = vms.incoming("file-page", f"file:{copy}", memory=MEMORY,
+                       extra=VERIFY)
+    rc = dst.wait(20)
+    tap.ok(rc not in (0, None) and "ram-verify: RAM differs" in dst.stderr
+           and "no guest was started" in dst.stderr and
+           b"*" not in dst.console,
+           f"(a) a byte flipped in the last RAM page record (stream "
+           f"offset {page + 2000}) is refused by the RAM digest",
+           dst.describe())
     # Where the offsets of the live case come from (vCPU 1's layout is
     # vCPU 0's).
     return device_field(desc, "cpu", 1, ["regs", "rsp"])
