@@ -104,16 +104,18 @@ static int verify_pre_save(void *opaque, struct kv_error *err)
 	return kv_ram_verify_digest(v->rs, v->hash, err);
 }
 
+/* Version 2: the digest of per-page hashes (version 1 hashed RAM flat;
+ * the two do not compare, so neither side accepts the other's). */
 static const struct kv_vmstate_field verify_fields[] = {
-	KV_VMS_FIELD(struct ram_verify, size, KV_VMS_U64, 1),
-	KV_VMS_BUF(struct ram_verify, hash, 1),
+	KV_VMS_FIELD(struct ram_verify, size, KV_VMS_U64, 2),
+	KV_VMS_BUF(struct ram_verify, hash, 2),
 	KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc verify_vmsd = {
 	.name = "ram-verify",
-	.version_id = 1,
-	.minimum_version_id = 1,
+	.version_id = 2,
+	.minimum_version_id = 2,
 	.fields = verify_fields,
 	.pre_save = verify_pre_save,
 	.post_load = verify_post_load,
