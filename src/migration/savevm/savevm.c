@@ -187,6 +187,9 @@ static int check_identity(struct kv_savevm *sv, const char *idstr,
 	if (!idstr || !idstr[0])
 		return kv_error_set(err, -EINVAL,
 				    "state handler without an idstr");
+	/* The record's size was fixed by what was registered before it. */
+	if (sv->verify)
+		return kv_error_set(err, -EBUSY, "state handler '%s': registered after section verification was turned on (turn it on last)", idstr);
 	if (strlen(idstr) > SV_IDSTR_MAX)
 		return kv_error_set(err, -ENAMETOOLONG,
 				    "state handler idstr '%.40s...' is longer than %d bytes",
