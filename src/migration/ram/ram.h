@@ -123,7 +123,6 @@ int kv_ram_set_xbzrle(struct kv_ram_state *rs, uint64_t cache_size,
  * what it cannot see). Set before the migration's setup.
  */
 void kv_ram_set_verify(struct kv_ram_state *rs, bool on);
-bool kv_ram_verify_on(const struct kv_ram_state *rs);
 /* After the last page was sent (source: save_complete) or loaded
  * (destination: the END section and its multifd sync). */
 int kv_ram_verify_digest(struct kv_ram_state *rs, uint8_t out[16],

@@ -217,8 +217,13 @@ static int send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
 	if (rs->src.mfd_zero == KV_MFD_ZERO_LEGACY &&
 	    (unpopulated || kv_buffer_is_zero(p, KV_PAGE_SIZE))) {
 		send_zero(s, rs, bi, page);
+		kv_ram_verify_zero(rs, bi, page);
 		return 0;
 	}
+	if (unpopulated)
+		kv_ram_verify_zero(rs, bi, page);
+	else
+		kv_ram_verify_page(rs, bi, page);
 	ret = kv_mfd_send_page(rs->src.mfd_send, b->idstr, p,
 			       (uint64_t)page << KV_PAGE_SHIFT, unpopulated,
 			       err);
@@ -255,25 +260,16 @@ static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 	    kv_buffer_is_zero(p, KV_PAGE_SIZE)) {
 		send_zero(s, rs, bi, page);
 		kv_ram_xbzrle_zero(rs, bi, page);
-	} else if (!kv_ram_xbzrle_send(s, rs, bi, page) &&
-		   !kv_ram_zc_send(s, rs, bi, page)) {
+		kv_ram_verify_zero(rs, bi, page);
+		return;
+	}
+	kv_ram_verify_page(rs, bi, page);
+	if (!kv_ram_xbzrle_send(s, rs, bi, page) &&
+	    !kv_ram_zc_send(s, rs, bi, page)) {
 		kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_PAGE);
 		kv_stream_put_page_ref(s, p, KV_PAGE_SIZE);
 		kv_ram_stat_add(&rs->normal_pages, 1);
 	}
-}
-
-/* --verify-ram: the page as it is when claimed. A later write of the
- * guest marks it dirty again, so its last hash is of what the last send
- * read; a never-populated page is zero without a read. */
-static void hash_claimed(struct kv_ram_state *rs, size_t bi, size_t page)
-{
-	if (!rs->verify.on)
-		return;
-	if (kv_ram_page_unpopulated(rs, bi, page))
-		kv_ram_verify_zero(rs, bi, page);
-	else
-		kv_ram_verify_page(rs, bi, page);
 }
 
 /*
@@ -309,7 +305,6 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 		ret = rearm_chunk(rs, bi, page, err);
 		if (ret < 0)
 			return ret;
-		hash_claimed(rs, bi, page);
 		if (rs->src.mfd_send) {
 			ret = send_page_multifd(s, rs, bi, page, err);
 			if (ret < 0)

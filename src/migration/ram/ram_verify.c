@@ -2,9 +2,11 @@
 /*
  * --verify-ram's RAM digest, kept as pages go (docs/DESIGN.md, "Verified
  * switch-over"): every page has a slot holding the XXH3-64 of its content
- * as it was last sent (source, hashed when the page search claims it) or
- * placed (destination, hashed right after the bytes are written, on
- * whichever thread writes them). The digest is the XXH3-128 of all slots,
+ * as it was last sent (source, hashed when ram_save.c chose how to send
+ * it: a zero page, found zero anyway, is not read again) or placed
+ * (destination, hashed right after the bytes are written, on whichever
+ * thread writes them). A guest write after the hash marks the page dirty,
+ * so its last hash is of what its last send read. The digest is the XXH3-128 of all slots,
  * block after block: the pause hashes only the last pass's pages and
  * 8 bytes a page of table, not the whole of RAM.
  */
@@ -26,11 +28,6 @@ void kv_ram_set_verify(struct kv_ram_state *rs, bool on)
 
 	rs->verify.on = on;
 	rs->verify.zero_hash = page_hash(zero);
-}
-
-bool kv_ram_verify_on(const struct kv_ram_state *rs)
-{
-	return rs->verify.on;
 }
 
 int kv_ram_verify_prepare(struct kv_ram_state *rs, struct kv_error *err)
