@@ -1111,7 +1111,7 @@ static int compare_digests(struct load_ctx *c, const struct sv_verify_rec *rec)
 			continue;
 		hex_digest(d->digest, there);
 		hex_digest(e->digest, here);
-		return load_fail(c, -EIO, "section '%s' instance %" PRIu32 " (section id %" PRIu32 ") differs from what the source sent: XXH3-128 of its payload %s here, %s at the source; nothing was loaded into the VM", e->idstr, e->instance_id, d->section_id, here, there);
+		return load_fail(c, -EIO, "section '%s' instance %" PRIu32 " (section id %" PRIu32 ") differs from what the source sent: XXH3-128 of its payload %s here, %s at the source; nothing of this stream was committed to KVM", e->idstr, e->instance_id, d->section_id, here, there);
 	}
 	return 0;
 }
