@@ -60,6 +60,9 @@ struct kv_stream {
 	/* read side */
 	size_t rpos, rend;
 	bool eof;
+
+	kv_stream_tap_fn tap; /* kv_stream_set_tap; NULL: none */
+	void *tap_opaque;
 };
 
 struct kv_stream *kv_stream_new(struct kv_chan *chan, enum kv_stream_mode mode)
@@ -107,6 +110,13 @@ int kv_stream_close(struct kv_stream *s)
 struct kv_chan *kv_stream_chan(struct kv_stream *s)
 {
 	return s->chan;
+}
+
+void kv_stream_set_tap(struct kv_stream *s, kv_stream_tap_fn fn,
+		       void *opaque)
+{
+	s->tap = fn;
+	s->tap_opaque = opaque;
 }
 
 /* ---- errors ---- */
@@ -307,6 +317,8 @@ static void put_bytes_slow(struct kv_stream *s, const void *p, size_t len)
 /* The common case in one test: room in an open tail run. */
 static inline void put_bytes(struct kv_stream *s, const void *p, size_t len)
 {
+	if (s->tap && s->err.code == 0)
+		s->tap(s->tap_opaque, p, len);
 	if (likely(s->tail_open && s->buf_used + len <= STREAM_BUF_SIZE &&
 		   s->err.code == 0)) {
 		memcpy(s->buf + s->buf_used, p, len);
@@ -369,6 +381,8 @@ void kv_stream_put_page_ref(struct kv_stream *s, const void *buf, size_t len)
 		put_bytes(s, buf, len);
 		return;
 	}
+	if (s->tap)
+		s->tap(s->tap_opaque, buf, len);
 	if (s->iov_cnt == STREAM_IOV_MAX) {
 		kv_stream_flush(s);
 		if (s->err.code != 0)
@@ -469,13 +483,19 @@ static bool get_bytes_slow(struct kv_stream *s, void *p, size_t len)
 
 static inline bool get_bytes(struct kv_stream *s, void *p, size_t len)
 {
+	bool ok;
+
 	if (likely(s->rend - s->rpos >= len && s->err.code == 0)) {
 		memcpy(p, s->buf + s->rpos, len);
 		s->rpos += len;
 		s->offset += len;
-		return true;
+		ok = true;
+	} else {
+		ok = get_bytes_slow(s, p, len);
 	}
-	return get_bytes_slow(s, p, len);
+	if (s->tap && ok)
+		s->tap(s->tap_opaque, p, len);
+	return ok;
 }
 
 uint8_t kv_stream_get_u8(struct kv_stream *s)

@@ -88,6 +88,15 @@ uint64_t kv_stream_transferred(const struct kv_stream *s);
  * limit (to a sender a cap is a slow link). The writing thread only. */
 uint64_t kv_stream_write_wait_ns(const struct kv_stream *s);
 
+/* --- tap --- */
+/* Hand every byte put (write) or got (read) to fn, in stream order, until
+ * set again with fn NULL: the section digests of --verify-ram
+ * (savevm.c) see exactly the bytes on the wire. Page references are
+ * handed over when put, not when flushed. The stream's own thread. */
+typedef void (*kv_stream_tap_fn)(void *opaque, const void *buf, size_t len);
+void kv_stream_set_tap(struct kv_stream *s, kv_stream_tap_fn fn,
+		       void *opaque);
+
 /* --- rate limit and cancellation --- */
 void kv_stream_set_rate_limit(struct kv_stream *s, uint64_t bytes_per_sec);
 uint64_t kv_stream_rate_limit(const struct kv_stream *s);

@@ -645,6 +645,9 @@ static int recv_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
 	for (uint32_t i = 0; written && i < pkt->normal; i++)
 		kv_bitmap_set_atomic(written, pkt->offsets[i] / KV_PAGE_SIZE);
 	apply_zero(host, written, pkt->offsets + pkt->normal, pkt->zero);
+	if (r->target.placed)
+		r->target.placed(r->target.opaque, host, pkt->offsets,
+				 pkt->normal, pkt->zero);
 	__atomic_add_fetch(&r->normal, pkt->normal, __ATOMIC_RELAXED);
 	__atomic_add_fetch(&r->zero, pkt->zero, __ATOMIC_RELAXED);
 	return 0;

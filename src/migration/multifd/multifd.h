@@ -96,6 +96,10 @@ void kv_mfd_send_free(struct kv_mfd_send *m);
 struct kv_mfd_target {
 	int (*block)(void *opaque, const char *name, uint8_t **host,
 		     uint64_t *len, unsigned long **written);
+	/* Optional: a packet's pages are in memory (offs: the normal ones,
+	 * then the zero ones), called on the channel's thread. */
+	void (*placed)(void *opaque, const uint8_t *host, const uint64_t *offs,
+		       uint32_t normal, uint32_t zero);
 	void *opaque;
 };
 
