@@ -536,6 +536,12 @@ static int replay_peer_name(const struct kv_chan *c, char *buf, size_t size)
 	return 0;
 }
 
+static int replay_set_silence(struct kv_chan *c, uint64_t limit_ms,
+			      struct kv_chan_activity *shared)
+{
+	return kv_chan_set_silence(to_replay(c)->inner, limit_ms, shared);
+}
+
 static const struct kv_chan_ops replay_ops = {
     .read = replay_read,
     .readv = replay_readv,
@@ -548,6 +554,7 @@ static const struct kv_chan_ops replay_ops = {
     .unsent = replay_unsent,
     .tcp_limits = replay_tcp_limits,
     .peer_name = replay_peer_name,
+    .set_silence = replay_set_silence,
 };
 
 /* c with hdr in front of what it reads next; c is closed on failure. */
