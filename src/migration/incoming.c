@@ -66,6 +66,9 @@ struct kv_incoming {
 	char uri[300];
 	int64_t accept_ns;
 	struct kv_incoming_stats stats;
+	/* x-link-timeout: signs of life from the source on the main stream
+	 * and every multifd channel (io/channel.h). */
+	struct kv_chan_activity life;
 };
 
 static const char *const status_names[KV_IN_STATUS_COUNT] = {
@@ -153,6 +156,7 @@ struct kv_incoming *kv_incoming_new(struct kv_savevm *sv,
 		kv_mig_params_default(&in->params);
 	in->status = KV_IN_NONE;
 	pthread_mutex_init(&in->lock, NULL);
+	kv_chan_activity_init(&in->life, "the source", "x-link-timeout");
 	return in;
 }
 
@@ -289,6 +293,7 @@ static int multifd_start(struct kv_incoming *in, struct kv_listener *l,
 	pthread_mutex_lock(&in->lock);
 	cfg = mfd_config(&in->params);
 	pthread_mutex_unlock(&in->lock);
+	cfg.activity = &in->life;
 	if (!cfg.channels || !in->rs || !l)
 		return 0;
 	target = kv_ram_multifd_target(in->rs);
@@ -345,6 +350,18 @@ static void close_listener(struct kv_incoming *in)
 		kv_listener_close(l);
 }
 
+/* The loader's reads of the main stream (and its waits for the multifd
+ * channels) fail once the source showed no sign of life on any channel
+ * for x-link-timeout: the source keeps the main stream busy with
+ * keepalives meanwhile (over a socket: they need the return path). Read when the source connected, as every
+ * setting. */
+static void watch_source(struct kv_incoming *in, struct kv_chan *c)
+{
+	/* Keepalives need the return path: sockets only. */
+	if (c->is_socket)
+		kv_chan_set_silence(c, in->params.link_timeout_ms, &in->life);
+}
+
 /* Load, commit, answer. The source must hear SHUT(0) only once this side
  * can really run the workload. */
 static int load_and_answer(struct kv_incoming *in, struct kv_stream *s,
@@ -387,6 +404,7 @@ static int run_connected(struct kv_incoming *in, struct kv_stream *s,
 	in->params_read = true;
 	in->accept_ns = kv_now_ns();
 	kv_chan_peer_name(c, in->stats.peer, sizeof(in->stats.peer));
+	watch_source(in, c);
 	if (in->aborted)
 		kv_stream_shutdown(s);
 	pthread_mutex_unlock(&in->lock);

@@ -355,9 +355,9 @@ void kv_rp_reader_stop(struct kv_rp_reader *r)
 	free(r);
 }
 
-static struct timespec deadline_after_ms(int timeout_ms)
+static struct timespec deadline_after_ns(int64_t timeout_ns)
 {
-	int64_t ns = kv_now_ns() + (int64_t)timeout_ms * 1000000;
+	int64_t ns = kv_now_ns() + timeout_ns;
 
 	return (struct timespec){.tv_sec = ns / 1000000000,
 				 .tv_nsec = ns % 1000000000};
@@ -416,7 +416,7 @@ static int arrived(struct kv_rp_reader *r, bool want_pong,
 static int reader_wait(struct kv_rp_reader *r, bool want_pong, uint32_t value,
 		       int timeout_ms, uint32_t *status, struct kv_error *err)
 {
-	struct timespec until = deadline_after_ms(timeout_ms);
+	struct timespec until = deadline_after_ns((int64_t)timeout_ms * 1000000);
 	int ret;
 
 	pthread_mutex_lock(&r->lock);
@@ -444,4 +444,21 @@ int kv_rp_reader_wait_shut(struct kv_rp_reader *r, int timeout_ms,
 			   uint32_t *status, struct kv_error *err)
 {
 	return reader_wait(r, false, 0, timeout_ms, status, err);
+}
+
+int kv_rp_reader_wait_pong_for(struct kv_rp_reader *r, uint32_t value,
+			       int64_t timeout_ns, struct kv_error *err)
+{
+	struct timespec until = deadline_after_ns(timeout_ns);
+	uint32_t unused;
+	int ret;
+
+	pthread_mutex_lock(&r->lock);
+	while ((ret = arrived(r, true, value, &unused, err)) == 0 &&
+	       wait_news(r, &until))
+		;
+	if (ret == 0)
+		ret = arrived(r, true, value, &unused, err);
+	pthread_mutex_unlock(&r->lock);
+	return ret;
 }
