@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""A silent link is noticed by both sides (issue 10, defect 7, item 4),
+from outside the processes, with x-link-timeout set on both sides:
+
+- the link black-holed mid-migration (the destination runs inside a
+  network namespace the test makes; every frame either way is then sent
+  to a MAC nobody has, so nothing arrives and nothing is refused), with
+  and without multifd: the source reports failed and the destination
+  exits 1, each within the timeout plus a margin, both naming
+  x-link-timeout; the source's guest runs on, no guest starts on the
+  destination;
+- the destination frozen with SIGSTOP: the source fails in time and its
+  guest runs on; after SIGCONT the destination exits 1, no guest started;
+- the source frozen with SIGSTOP: the destination exits 1 in time; after
+  SIGCONT the source reports failed and its guest runs on.
+Detection times are printed (`# ... detected after N ms`).
+Usage: test_vm_link_silence.py KVMIG GUEST_ELF"""
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kvmig_testlib import Tap  # noqa: E402
+from vmlib import (Vm, VmSet, corrupt_lines, free_port,  # noqa: E402
+                   have_kvm, workload_started)
+
+PLAN = 27
+LINK_TIMEOUT_MS = 2000
+# What detection may take beyond the timeout: buffers filling, the
+# failure's cleanup, and a loaded 2-core machine.
+MARGIN_S = 3.0
+GIVE_UP_S = LINK_TIMEOUT_MS / 1000 + 10
+SLOW = 64 * 1024 * 1024  # bytes/s: keeps a 1 GiB migration in flight
+NOBODY_MAC = "02:00:5e:00:53:01"
+
+
+def run(*argv):
+    return subprocess.run(argv, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+class Netns:
+    """A veth pair into a network namespace the test makes."""
+
+    def __init__(self):
+        tag = "%d%03d" % (os.getpid() % 10000, random.randrange(1000))
+        self.ns = f"kvmig-ls-{tag}"
+        self.va, self.vb = f"kvla{tag}"[:15], f"kvlb{tag}"[:15]
+        net = f"10.{random.randrange(200, 250)}.{random.randrange(256)}"
+        self.mine, self.theirs = f"{net}.1", f"{net}.2"
+        self.made = False
+        steps = [
+            ["ip", "netns", "add", self.ns],
+            ["ip", "link", "add", self.va, "type", "veth", "peer", "name",
+             self.vb],
+            ["ip", "link", "set", self.vb, "netns", self.ns],
+            ["ip", "addr", "add", f"{self.mine}/30", "dev", self.va],
+            ["ip", "link", "set", self.va, "up"],
+            ["ip", "-n", self.ns, "addr", "add", f"{self.theirs}/30", "dev",
+             self.vb],
+            ["ip", "-n", self.ns, "link", "set", self.vb, "up"],
+            ["ip", "-n", self.ns, "link", "set", "lo", "up"],
+        ]
+        self.made = True
+        for argv in steps:
+            r = run(*argv)
+            if r.returncode != 0:
+                self.close()
+                raise OSError(f"{' '.join(argv)}: {r.stdout.strip()}")
+
+    def black_hole(self):
+        """Every frame either way goes to a MAC nobody has."""
+        for argv in (["ip", "neigh", "replace", self.theirs, "lladdr",
+                      NOBODY_MAC, "dev", self.va, "nud", "permanent"],
+                     ["ip", "-n", self.ns, "neigh", "replace", self.mine,
+                      "lladdr", NOBODY_MAC, "dev", self.vb, "nud",
+                      "permanent"]):
+            r = run(*argv)
+            if r.returncode != 0:
+                raise OSError(f"{' '.join(argv)}: {r.stdout.strip()}")
+
+    def heal(self):
+        run("ip", "neigh", "del", self.theirs, "dev", self.va)
+        run("ip", "-n", self.ns, "neigh", "del", self.mine, "dev", self.vb)
+
+    def close(self):
+        if self.made:
+            run("ip", "netns", "del", self.ns)
+            run("ip", "link", "del", self.va)
+            self.made = False
+
+
+def netns_unavailable():
+    if os.geteuid() != 0:
+        return "not root: cannot make a network namespace"
+    if run("sh", "-c", "command -v ip").returncode != 0:
+        return "no ip(8) here"
+    return None
+
+
+def start_destination(vms, label, netns=None):
+    """A `kvmig run --incoming defer` (in netns when given)."""
+    vms.n += 1
+    sock = os.path.join(vms.tmp, f"qmp{vms.n}.sock")
+    argv = [vms.kvmig, "run", "--qmp", f"unix:{sock}", "--memory", "1G",
+            "--cpus", "2", "--incoming", "defer"]
+    if netns:
+        argv = ["ip", "netns", "exec", netns.ns] + argv
+    vm = Vm(argv, label)
+    vm.qmp_path = sock
+    vms.vms.append(vm)
+    return vm
+
+
+def set_params(q, **params):
+    return q.execute("migrate-set-parameters", **params)
+
+
+def wait_transferring(q, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = q.cmd("query-migrate")
+        if r.get("status") == "active" and r["ram"]["transferred"] > 8 << 20:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def wait_final(q, t0, timeout=GIVE_UP_S):
+    """(query-migrate reply, seconds after t0) once it is final."""
+    r = {}
+    while time.monotonic() - t0 < timeout:
+        r = q.cmd("query-migrate")
+        if r.get("status") in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.02)
+    return r, time.monotonic() - t0
+
+
+def wait_exit(vm, t0, timeout=GIVE_UP_S):
+    """(exit code or None, seconds after t0)."""
+    rc = vm.wait(max(0.0, t0 + timeout - time.monotonic()))
+    return rc, (vm.exit_time or time.monotonic()) - t0
+
+
+def guest_runs(q, vm):
+    st = q.cmd("query-status")["status"]
+    return st == "running" and vm.wait_heartbeats(100, 5,
+                                                  since=time.monotonic())
+
+
+def in_time(took):
+    return took < LINK_TIMEOUT_MS / 1000 + MARGIN_S
+
+
+def prepare(tap, vms, q, what, netns=None, multifd=False):
+    """A destination set up for the case, the migration under way:
+    (destination, its URI) or None."""
+    dst = start_destination(vms, f"dst-{what}", netns)
+    dq = vms.qmp(dst)
+    caps = [{"capability": "multifd", "state": multifd}]
+    params = {"x-link-timeout": LINK_TIMEOUT_MS}
+    if multifd:
+        params["multifd-channels"] = 2
+    dq.cmd("migrate-set-capabilities", capabilities=caps)
+    r = set_params(dq, **params)
+    host = netns.theirs if netns else "127.0.0.1"
+    port = free_port() if not netns else 4444 + vms.n
+    dq.cmd("migrate-incoming", uri=f"tcp:{host}:{port}")
+    q.cmd("migrate-set-capabilities", capabilities=caps)
+    r2 = set_params(q, **params, **{"max-bandwidth": SLOW})
+    tap.ok("return" in r and "return" in r2,
+           f"{what}: both sides accept x-link-timeout {LINK_TIMEOUT_MS}",
+           f"{r} {r2}")
+    q.cmd("migrate", uri=f"tcp:{host}:{port}")
+    if not tap.ok(wait_transferring(q), f"{what}: the migration is under way",
+                  q.cmd("query-migrate")):
+        return None
+    return dst
+
+
+def black_hole(tap, vms, q, src, netns, multifd):
+    what = "black hole" + (" (multifd)" if multifd else "")
+    dst = prepare(tap, vms, q, what, netns, multifd)
+    if not dst:
+        q.execute("migrate_cancel")
+        wait_final(q, time.monotonic())
+        return
+    netns.black_hole()
+    t0 = time.monotonic()
+    try:
+        r, took = wait_final(q, t0)
+        rc, dtook = wait_exit(dst, t0)
+    finally:
+        netns.heal()
+    desc = r.get("error-desc", "")
+    print(f"# {what}: source detected after {took * 1000:.0f} ms "
+          f"({desc}); destination after {dtook * 1000:.0f} ms")
+    tap.ok(r.get("status") == "failed" and in_time(took),
+           f"{what}: the source fails within {LINK_TIMEOUT_MS} ms + "
+           f"{MARGIN_S} s ({took:.2f} s)", r)
+    tap.ok("x-link-timeout" in desc and netns.theirs in desc,
+           f"{what}: the source's error names the destination and "
+           "x-link-timeout", desc)
+    tap.ok(rc == 1 and in_time(dtook),
+           f"{what}: the destination exits 1 within {LINK_TIMEOUT_MS} ms + "
+           f"{MARGIN_S} s ({dtook:.2f} s)", dst.describe())
+    tap.ok("x-link-timeout" in dst.stderr and b"*" not in dst.console,
+           f"{what}: the destination names x-link-timeout, no guest ran "
+           "there", dst.describe())
+    tap.ok(guest_runs(q, src), f"{what}: the source's guest runs on",
+           src.describe())
+
+
+def frozen_destination(tap, vms, q, src):
+    what = "SIGSTOP destination"
+    dst = prepare(tap, vms, q, what)
+    if not dst:
+        return
+    dst.p.send_signal(signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        r, took = wait_final(q, t0)
+    finally:
+        dst.p.send_signal(signal.SIGCONT)
+    desc = r.get("error-desc", "")
+    print(f"# {what}: source detected after {took * 1000:.0f} ms ({desc})")
+    tap.ok(r.get("status") == "failed" and in_time(took),
+           f"{what}: the source fails within {LINK_TIMEOUT_MS} ms + "
+           f"{MARGIN_S} s ({took:.2f} s)", r)
+    tap.ok("x-link-timeout" in desc, f"{what}: the error names "
+           "x-link-timeout", desc)
+    tap.ok(guest_runs(q, src), f"{what}: the source's guest runs on",
+           src.describe())
+    rc = dst.wait(10)
+    tap.ok(rc == 1 and b"*" not in dst.console,
+           f"{what}: after SIGCONT the destination exits 1, no guest ran",
+           dst.describe())
+
+
+def frozen_source(tap, vms, q, src):
+    what = "SIGSTOP source"
+    dst = prepare(tap, vms, q, what)
+    if not dst:
+        return
+    src.p.send_signal(signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        rc, dtook = wait_exit(dst, t0)
+    finally:
+        src.p.send_signal(signal.SIGCONT)
+    print(f"# {what}: destination detected after {dtook * 1000:.0f} ms")
+    tap.ok(rc == 1 and in_time(dtook),
+           f"{what}: the destination exits 1 within {LINK_TIMEOUT_MS} ms + "
+           f"{MARGIN_S} s ({dtook:.2f} s)", dst.describe())
+    tap.ok("x-link-timeout" in dst.stderr and b"*" not in dst.console,
+           f"{what}: the destination names x-link-timeout, no guest ran "
+           "there", dst.describe())
+    r, _ = wait_final(q, time.monotonic())
+    tap.ok(r.get("status") == "failed",
+           f"{what}: after SIGCONT the source reports failed", r)
+    tap.ok(guest_runs(q, src), f"{what}: the source's guest runs on",
+           src.describe())
+
+
+def main():
+    tap = Tap(PLAN)
+    reason = have_kvm()
+    if reason:
+        tap.skip_rest(reason)
+        return tap.finish()
+    kvmig, guest = sys.argv[1], sys.argv[2]
+    with tempfile.TemporaryDirectory(prefix="kvmig-ls-") as tmp, \
+            VmSet(kvmig, guest, tmp) as vms:
+        src = vms.boot("src", "mem=64 rate=64")
+        if not workload_started(src):
+            tap.ok(False, "the guest starts", src.describe())
+            return tap.finish()
+        q = vms.qmp(src)
+        why = netns_unavailable()
+        netns = None
+        if not why:
+            try:
+                netns = Netns()
+            except OSError as e:
+                why = f"cannot make the network namespace: {e}"
+        if netns:
+            try:
+                black_hole(tap, vms, q, src, netns, multifd=False)
+                black_hole(tap, vms, q, src, netns, multifd=True)
+            finally:
+                netns.close()
+        else:
+            print(f"# SKIP black-hole cases: {why}")
+            for _ in range(14):
+                tap.skip("black-holed link in a network namespace", why)
+        q.cmd("migrate-set-capabilities",
+              capabilities=[{"capability": "multifd", "state": False}])
+        frozen_destination(tap, vms, q, src)
+        frozen_source(tap, vms, q, src)
+        tap.ok(not corrupt_lines(*vms.vms), "no CORRUPT in any console",
+               f"{corrupt_lines(*vms.vms)}")
+    return tap.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
