@@ -155,6 +155,16 @@ def guest_runs(q, vm):
                                                   since=time.monotonic())
 
 
+def end_leftovers(q, dst):
+    """A side that never noticed (as before the fix) must not hold up the
+    next case: cancel the source's migration, kill the destination."""
+    if q.cmd("query-migrate").get("status") not in ("completed", "failed",
+                                                      "cancelled", "none"):
+        q.execute("migrate_cancel")
+        wait_final(q, time.monotonic())
+    dst.kill()
+
+
 def in_time(took):
     return took < LINK_TIMEOUT_MS / 1000 + MARGIN_S
 
@@ -181,6 +191,7 @@ def prepare(tap, vms, q, what, netns=None, multifd=False):
     q.cmd("migrate", uri=f"tcp:{host}:{port}")
     if not tap.ok(wait_transferring(q), f"{what}: the migration is under way",
                   q.cmd("query-migrate")):
+        end_leftovers(q, dst)
         return None
     return dst
 
@@ -189,8 +200,6 @@ def black_hole(tap, vms, q, src, netns, multifd):
     what = "black hole" + (" (multifd)" if multifd else "")
     dst = prepare(tap, vms, q, what, netns, multifd)
     if not dst:
-        q.execute("migrate_cancel")
-        wait_final(q, time.monotonic())
         return
     netns.black_hole()
     t0 = time.monotonic()
@@ -216,6 +225,7 @@ def black_hole(tap, vms, q, src, netns, multifd):
            "there", dst.describe())
     tap.ok(guest_runs(q, src), f"{what}: the source's guest runs on",
            src.describe())
+    end_leftovers(q, dst)
 
 
 def frozen_destination(tap, vms, q, src):
@@ -242,6 +252,7 @@ def frozen_destination(tap, vms, q, src):
     tap.ok(rc == 1 and b"*" not in dst.console,
            f"{what}: after SIGCONT the destination exits 1, no guest ran",
            dst.describe())
+    end_leftovers(q, dst)
 
 
 def frozen_source(tap, vms, q, src):
@@ -267,6 +278,7 @@ def frozen_source(tap, vms, q, src):
            f"{what}: after SIGCONT the source reports failed", r)
     tap.ok(guest_runs(q, src), f"{what}: the source's guest runs on",
            src.describe())
+    end_leftovers(q, dst)
 
 
 def main():
