@@ -495,11 +495,30 @@ static int keepalive(struct kv_migration *m, struct kv_stream *s,
 	return ret;
 }
 
-/* PONG(value): x-return-path-timeout as before, and sooner the
- * x-link-timeout when the destination showed no sign of life meanwhile;
- * keepalives go out while it lasts. */
-static int wait_pong(struct kv_migration *m, struct kv_stream *s,
-		     uint32_t value, struct kv_error *err)
+/* What a wait for the destination's answer waits for: SHUT (its status
+ * in *status) or PONG(value). The commit protocol's READY is one more. */
+struct answer {
+	bool shut;
+	uint32_t value;
+	uint32_t *status;
+};
+
+/* 1 it came, 0 not within slice_ns, <0 (err set) it never will. */
+static int answer_slice(struct kv_migration *m, const struct answer *a,
+			int64_t slice_ns, struct kv_error *err)
+{
+	if (a->shut)
+		return kv_rp_reader_wait_shut_for(m->rp, slice_ns, a->status,
+						  err);
+	return kv_rp_reader_wait_pong_for(m->rp, a->value, slice_ns, err);
+}
+
+/* The destination's answer: x-return-path-timeout as before, and sooner
+ * the x-link-timeout when the destination showed no sign of life
+ * meanwhile (a message, bytes acknowledged). While waiting for a PONG,
+ * keepalives go out; nothing may follow the end of the stream (SHUT). */
+static int wait_answer(struct kv_migration *m, struct kv_stream *s,
+		       const struct answer *a, struct kv_error *err)
 {
 	int64_t since = kv_now_ns();
 	int64_t end = since + (int64_t)m->params.rp_timeout_ms * 1000000;
@@ -512,15 +531,13 @@ static int wait_pong(struct kv_migration *m, struct kv_stream *s,
 		int64_t slice = keepalive_interval_ns(m);
 
 		if (left <= 0)
-			return kv_error_set(err, -ETIMEDOUT, "return path: no PONG %u from the destination on %s within %d ms (x-return-path-timeout)", value, kv_stream_chan(s)->name, m->params.rp_timeout_ms);
-		ret = kv_rp_reader_wait_pong_for(m->rp, value,
-						 left < slice ? left : slice,
-						 err);
+			return kv_error_set(err, -ETIMEDOUT, "return path: no answer from the destination on %s within %d ms (x-return-path-timeout)", kv_stream_chan(s)->name, m->params.rp_timeout_ms);
+		ret = answer_slice(m, a, left < slice ? left : slice, err);
 		if (ret != 0)
 			return ret < 0 ? ret : 0;
 		note_acks(m, s);
 		ret = kv_chan_check_silence(kv_stream_chan(s), since, err);
-		if (ret == 0)
+		if (ret == 0 && !a->shut)
 			ret = keepalive(m, s, err);
 		if (ret < 0)
 			return ret;
@@ -549,7 +566,7 @@ static int wait_destination(struct kv_migration *m, struct kv_stream *s,
 	ret = kv_savevm_save_ping(s, ++m->ping, err);
 	if (ret < 0)
 		return ret;
-	ret = wait_pong(m, s, m->ping, err);
+	ret = wait_answer(m, s, &(struct answer){.value = m->ping}, err);
 	if (ret < 0)
 		kv_error_prefix(err,
 				"waiting for the destination to read pass %llu",
@@ -729,8 +746,9 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 	kv_switch_log("complete sent");
 	record_pass_pages(m);
 	if (return_path) {
-		ret = kv_rp_reader_wait_shut(m->rp, m->params.rp_timeout_ms,
-					     &status, err);
+		ret = wait_answer(
+		    m, s, &(struct answer){.shut = true, .status = &status},
+		    err);
 		if (ret < 0)
 			return ret;
 		if (status != 0)

@@ -446,19 +446,34 @@ int kv_rp_reader_wait_shut(struct kv_rp_reader *r, int timeout_ms,
 	return reader_wait(r, false, 0, timeout_ms, status, err);
 }
 
-int kv_rp_reader_wait_pong_for(struct kv_rp_reader *r, uint32_t value,
-			       int64_t timeout_ns, struct kv_error *err)
+/* One slice of a wait: 1 arrived, 0 not within timeout_ns, <0 never. */
+static int reader_wait_slice(struct kv_rp_reader *r, bool want_pong,
+			     uint32_t value, int64_t timeout_ns,
+			     uint32_t *status, struct kv_error *err)
 {
 	struct timespec until = deadline_after_ns(timeout_ns);
-	uint32_t unused;
 	int ret;
 
 	pthread_mutex_lock(&r->lock);
-	while ((ret = arrived(r, true, value, &unused, err)) == 0 &&
+	while ((ret = arrived(r, want_pong, value, status, err)) == 0 &&
 	       wait_news(r, &until))
 		;
 	if (ret == 0)
-		ret = arrived(r, true, value, &unused, err);
+		ret = arrived(r, want_pong, value, status, err);
 	pthread_mutex_unlock(&r->lock);
 	return ret;
+}
+
+int kv_rp_reader_wait_pong_for(struct kv_rp_reader *r, uint32_t value,
+			       int64_t timeout_ns, struct kv_error *err)
+{
+	uint32_t unused;
+
+	return reader_wait_slice(r, true, value, timeout_ns, &unused, err);
+}
+
+int kv_rp_reader_wait_shut_for(struct kv_rp_reader *r, int64_t timeout_ns,
+			       uint32_t *status, struct kv_error *err)
+{
+	return reader_wait_slice(r, false, 0, timeout_ns, status, err);
 }

@@ -84,6 +84,9 @@ int kv_rp_reader_wait_pong(struct kv_rp_reader *r, uint32_t value,
  * never will. */
 int kv_rp_reader_wait_pong_for(struct kv_rp_reader *r, uint32_t value,
 			       int64_t timeout_ns, struct kv_error *err);
+/* The same for SHUT (*status set when it came). */
+int kv_rp_reader_wait_shut_for(struct kv_rp_reader *r, int64_t timeout_ns,
+			       uint32_t *status, struct kv_error *err);
 
 /* Wait up to timeout_ms (0: just look) for SHUT; returns 0 and sets
  * *status, or <0 (peer closed, timeout, malformed message) with err set. */
