@@ -552,6 +552,21 @@ static bool link_went_silent(const struct kv_migration *m,
 	return err->code == -ETIMEDOUT && strstr(err->msg, m->life.setting);
 }
 
+/* Where the silence struck, for the message. */
+static void name_silent_phase(const struct kv_migration *m,
+			      struct kv_error *err)
+{
+	enum kv_mig_status st = kv_mig_status(m);
+
+	if (st == KV_MIG_ACTIVE)
+		kv_error_prefix(err, "the link went silent in pass %llu",
+				(unsigned long long)m->pass);
+	else
+		kv_error_prefix(err, "the link went silent in %s",
+				st == KV_MIG_DEVICE ? "the switch-over"
+						    : "setup");
+}
+
 /* With a return path: PING and wait for the PONG, so the pass is counted
  * as done once the destination has read it. The bandwidth is then what
  * the destination absorbs, and no backlog sits in socket buffers when the
@@ -909,8 +924,9 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_COMPLETED, true);
 out:
 	cancelled = ret < 0 && cancel_requested(m);
-	if (ret < 0 && !cancelled && m->rp && kv_stream_error(s) &&
-	    !link_went_silent(m, &lerr))
+	if (ret < 0 && !cancelled && link_went_silent(m, &lerr))
+		name_silent_phase(m, &lerr);
+	else if (ret < 0 && !cancelled && m->rp && kv_stream_error(s))
 		explain_by_destination(m, s, &lerr);
 	if (ret < 0)
 		record_pass_pages(m); /* the pass it stopped in */
