@@ -159,29 +159,54 @@ static int64_t silence_deadline(const struct kv_chan *c, int64_t since_ns)
 	return base + (int64_t)limit * 1000000;
 }
 
+/* Bytes the peer acknowledged since *unsent was taken are a sign of life
+ * too: a writer waits for room until a good part of the send buffer
+ * drained, which on a slow link takes a while. */
+static void note_acks(struct kv_chan *c, int64_t *unsent)
+{
+	int64_t now = kv_chan_unsent(c);
+
+	if (now < 0 || now > *unsent ||
+	    *unsent - now >= KV_CHAN_ACKED_ALIVE_BYTES) {
+		if (now >= 0 && now < *unsent)
+			note_life(c);
+		*unsent = now;
+	}
+}
+
 /* Wait (cancellably) until c's fd is ready for events: 1, -ECANCELED,
  * -ETIMEDOUT once the channels sharing c's activity record were silent
- * for its limit, or -errno. A limit changed during a wait counts from the
- * next wake-up. */
+ * for its limit, or -errno. A writer looks at what the peer
+ * acknowledged every quarter of the limit. A limit changed during a
+ * wait counts from the next wake-up. */
 static int wait_chan(struct kv_chan *c, short events)
 {
-	int64_t since = 0;
+	int64_t since = 0, unsent = -1;
 
 	for (;;) {
-		int64_t deadline = -1;
+		int64_t deadline = -1, now = kv_now_ns();
+		uint64_t limit = kv_chan_silence_ms(c);
 		int r;
 
-		if (kv_chan_silence_ms(c)) {
-			if (!since)
-				since = kv_now_ns();
+		if (limit) {
+			if (!since) {
+				since = now;
+				if (events & POLLOUT)
+					unsent = kv_chan_unsent(c);
+			}
 			deadline = silence_deadline(c, since);
-			if (deadline >= 0 && kv_now_ns() >= deadline)
+			if (deadline >= 0 && now >= deadline)
 				return -ETIMEDOUT;
+			if (unsent >= 0 &&
+			    now + (int64_t)limit * 250000 < deadline)
+				deadline = now + (int64_t)limit * 250000;
 		}
 		r = wait_fd_until(chan_fd(c), events, to_fd_chan(c)->cancel_fd,
 				  deadline);
 		if (r != 0)
 			return r;
+		if (unsent >= 0)
+			note_acks(c, &unsent);
 	}
 }
 

@@ -60,6 +60,11 @@ struct kv_chan_activity {
 	const char *setting; /* for messages: what sets the limit */
 };
 
+/* Bytes acknowledged count as a sign of life once this many came since
+ * the last one: a live peer takes far more in a quarter of any sensible
+ * limit, while a frozen one's kernel may still take a trickle. */
+#define KV_CHAN_ACKED_ALIVE_BYTES (64 * 1024)
+
 /* Start the record now; peer and setting are static strings. */
 void kv_chan_activity_init(struct kv_chan_activity *a, const char *peer,
 			   const char *setting);

@@ -468,9 +468,12 @@ static void note_acks(struct kv_migration *m, struct kv_stream *s)
 
 	if (m->mfd)
 		unsent += kv_mfd_send_unsent(m->mfd);
-	if (unsent < m->ka_unsent)
-		kv_chan_activity_note(&m->life);
-	m->ka_unsent = unsent;
+	if (unsent > m->ka_unsent ||
+	    m->ka_unsent - unsent >= KV_CHAN_ACKED_ALIVE_BYTES) {
+		if (unsent < m->ka_unsent)
+			kv_chan_activity_note(&m->life);
+		m->ka_unsent = unsent;
+	}
 }
 
 /* Every interval, what the stream holds goes out; when nothing was put
@@ -524,8 +527,8 @@ static int wait_answer(struct kv_migration *m, struct kv_stream *s,
 	int64_t end = since + (int64_t)m->params.rp_timeout_ms * 1000000;
 	int ret;
 
-	m->ka_unsent = INT64_MAX;
-	note_acks(m, s);
+	m->ka_unsent = kv_chan_unsent(kv_stream_chan(s)) +
+		       (m->mfd ? kv_mfd_send_unsent(m->mfd) : 0);
 	for (;;) {
 		int64_t left = end - kv_now_ns();
 		int64_t slice = keepalive_interval_ns(m);

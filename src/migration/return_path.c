@@ -244,6 +244,9 @@ static int rp_read(struct kv_rp_reader *r, void *buf, size_t len,
 			return kv_error_set(
 			    err, -ECANCELED,
 			    "return path: cancelled while waiting for the destination");
+		/* The kernel gave up (TCP_USER_TIMEOUT): the same silence. */
+		if (n == -ETIMEDOUT && kv_chan_silence_ms(c))
+			return kv_chan_silence_error(c, err);
 		if (n < 0)
 			return kv_error_set_errno(
 			    err, (int)n, "return path: reading from %s",

@@ -13,15 +13,24 @@ from outside the processes, with x-link-timeout set on both sides:
 - the destination frozen with SIGSTOP: the source fails in time and its
   guest runs on; after SIGCONT the destination exits 1, no guest started;
 - the source frozen with SIGSTOP: the destination exits 1 in time; after
-  SIGCONT the source reports failed and its guest runs on.
+  SIGCONT the source reports failed and its guest runs on;
+- the end of a pass: a raw socket that reads everything and never
+  answers (no PONG): the source fails "waiting for the destination to
+  read pass 1" within the timeout after its last byte went;
+- the switch-over: a proxy that goes silent both ways (it reads and drops,
+  holding the connections open) as soon as the VM description passes it:
+  the source fails "in the switch-over", the destination exits 1, each in
+  time, and the source's guest runs on.
 Detection times are printed (`# ... detected after N ms`).
 Usage: test_vm_link_silence.py KVMIG GUEST_ELF"""
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.dont_write_bytecode = True
@@ -30,7 +39,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (Vm, VmSet, corrupt_lines, free_port,  # noqa: E402
                    have_kvm, workload_started)
 
-PLAN = 27
+PLAN = 36
 LINK_TIMEOUT_MS = 2000
 # What detection may take beyond the timeout: buffers filling, the
 # failure's cleanup, and a loaded 2-core machine.
@@ -38,6 +47,8 @@ MARGIN_S = 3.0
 GIVE_UP_S = LINK_TIMEOUT_MS / 1000 + 10
 SLOW = 64 * 1024 * 1024  # bytes/s: keeps a 1 GiB migration in flight
 NOBODY_MAC = "02:00:5e:00:53:01"
+# A keepalive: QEMU's MIG_CMD_PING, 9 bytes (two may come in one read).
+KEEPALIVE_BYTES = 18
 
 
 def run(*argv):
@@ -94,6 +105,95 @@ class Netns:
             run("ip", "netns", "del", self.ns)
             run("ip", "link", "del", self.va)
             self.made = False
+
+
+class Sink:
+    """Accepts one connection and reads everything, never answering.
+    last_byte: when the last read of more than a keepalive came."""
+
+    def __init__(self):
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(1)
+        self.uri = "tcp:127.0.0.1:%d" % self.lsock.getsockname()[1]
+        self.last_byte = None
+        self.conn = None
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        try:
+            self.conn, _ = self.lsock.accept()
+            while True:
+                d = self.conn.recv(1 << 20)
+                if not d:
+                    return
+                if len(d) > KEEPALIVE_BYTES:
+                    self.last_byte = time.monotonic()
+        except OSError:
+            pass
+
+    def close(self):
+        for s in (self.conn, self.lsock):
+            if s:
+                s.close()
+
+
+# The VM description's first bytes (FORMAT.md): only the end of the
+# stream carries them.
+VMDESC = b'{"page_size":'
+
+
+class CutProxy:
+    """Forwards one migration to port; once the source's stream shows the
+    VM description, it forwards nothing more either way, and reads and
+    drops what comes, holding both connections open: a black hole at the
+    switch-over."""
+
+    def __init__(self, port):
+        self.target = port
+        self.cut = threading.Event()
+        self.cut_time = None
+        self.socks = []
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.uri = "tcp:127.0.0.1:%d" % self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                a, _ = self.lsock.accept()
+                b = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            self.socks += [a, b]
+            threading.Thread(target=self._pipe, args=(a, b, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(b, a, False),
+                             daemon=True).start()
+
+    def _pipe(self, a, b, forward):
+        tail = b""
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    return
+                if self.cut.is_set():
+                    continue
+                if forward and VMDESC in tail + d:
+                    self.cut_time = time.monotonic()
+                    self.cut.set()
+                    continue
+                tail = (tail + d)[-len(VMDESC):]
+                b.sendall(d)
+        except OSError:
+            pass
+
+    def close(self):
+        for s in self.socks + [self.lsock]:
+            s.close()
 
 
 def netns_unavailable():
@@ -281,6 +381,70 @@ def frozen_source(tap, vms, q, src):
     end_leftovers(q, dst)
 
 
+def pass_end(tap, q, src):
+    what = "end of a pass"
+    sink = Sink()
+    try:
+        q.cmd("migrate-set-parameters",
+              **{"x-link-timeout": LINK_TIMEOUT_MS, "max-bandwidth": 0})
+        q.cmd("migrate", uri=sink.uri)
+        r, _ = wait_final(q, time.monotonic(), timeout=GIVE_UP_S + 20)
+        last = sink.last_byte
+        took = (time.monotonic() - last) if last else 0
+    finally:
+        sink.close()
+    desc = r.get("error-desc", "")
+    print(f"# {what}: source failed {took * 1000:.0f} ms after its last "
+          f"byte but keepalives ({desc})")
+    tap.ok(r.get("status") == "failed" and in_time(took),
+           f"{what}: the source fails within {LINK_TIMEOUT_MS} ms + "
+           f"{MARGIN_S} s of its last byte but keepalives ({took:.2f} s)", r)
+    tap.ok("waiting for the destination to read pass 1" in desc and
+           "x-link-timeout" in desc, f"{what}: the error names the wait "
+           "and x-link-timeout", desc)
+    tap.ok(guest_runs(q, src), f"{what}: the source's guest runs on",
+           src.describe())
+
+
+def switch_over(tap, vms, q, src):
+    what = "switch-over"
+    dst = start_destination(vms, "dst-switch-over")
+    dq = vms.qmp(dst)
+    port = free_port()
+    dq.cmd("migrate-set-parameters", **{"x-link-timeout": LINK_TIMEOUT_MS})
+    dq.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+    proxy = CutProxy(port)
+    try:
+        q.cmd("migrate-set-parameters",
+              **{"x-link-timeout": LINK_TIMEOUT_MS, "max-bandwidth": 0})
+        q.cmd("migrate", uri=proxy.uri)
+        cut = proxy.cut.wait(60)
+        tap.ok(cut, f"{what}: the proxy cut the link at the VM description")
+        t0 = proxy.cut_time or time.monotonic()
+        r, took = wait_final(q, t0)
+        rc, dtook = wait_exit(dst, t0)
+    finally:
+        proxy.close()
+    desc = r.get("error-desc", "")
+    print(f"# {what}: source detected after {took * 1000:.0f} ms "
+          f"({desc}); destination after {dtook * 1000:.0f} ms")
+    tap.ok(r.get("status") == "failed" and in_time(took),
+           f"{what}: the source fails within {LINK_TIMEOUT_MS} ms + "
+           f"{MARGIN_S} s ({took:.2f} s)", r)
+    tap.ok("in the switch-over" in desc and "x-link-timeout" in desc,
+           f"{what}: the error names the switch-over and x-link-timeout",
+           desc)
+    tap.ok(rc == 1 and in_time(dtook),
+           f"{what}: the destination exits 1 within {LINK_TIMEOUT_MS} ms + "
+           f"{MARGIN_S} s ({dtook:.2f} s)", dst.describe())
+    tap.ok("x-link-timeout" in dst.stderr and b"*" not in dst.console,
+           f"{what}: the destination names x-link-timeout, no guest ran "
+           "there", dst.describe())
+    tap.ok(guest_runs(q, src), f"{what}: the source's guest runs on",
+           src.describe())
+    end_leftovers(q, dst)
+
+
 def main():
     tap = Tap(PLAN)
     reason = have_kvm()
@@ -316,6 +480,8 @@ def main():
               capabilities=[{"capability": "multifd", "state": False}])
         frozen_destination(tap, vms, q, src)
         frozen_source(tap, vms, q, src)
+        pass_end(tap, q, src)
+        switch_over(tap, vms, q, src)
         tap.ok(not corrupt_lines(*vms.vms), "no CORRUPT in any console",
                f"{corrupt_lines(*vms.vms)}")
     return tap.finish()
