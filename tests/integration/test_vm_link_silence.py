@@ -17,6 +17,9 @@ from outside the processes, with x-link-timeout set on both sides:
 - the end of a pass: a raw socket that reads everything and never
   answers (no PONG): the source fails "waiting for the destination to
   read pass 1" within the timeout after its last byte went;
+- setup: a proxy that goes silent both ways after the first 64 bytes
+  (the stream's header and a part of its configuration): both sides fail
+  in time, the destination while loading the setup;
 - the switch-over: a proxy that goes silent both ways (it reads and drops,
   holding the connections open) as soon as the VM description passes it:
   the source fails "in the switch-over", the destination exits 1, each in
@@ -39,7 +42,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (Vm, VmSet, corrupt_lines, free_port,  # noqa: E402
                    have_kvm, workload_started)
 
-PLAN = 36
+PLAN = 42
 LINK_TIMEOUT_MS = 2000
 # What detection may take beyond the timeout: buffers filling, the
 # failure's cleanup, and a loaded 2-core machine.
@@ -145,12 +148,14 @@ VMDESC = b'{"page_size":'
 
 class CutProxy:
     """Forwards one migration to port; once the source's stream shows the
-    VM description, it forwards nothing more either way, and reads and
-    drops what comes, holding both connections open: a black hole at the
-    switch-over."""
+    VM description (or after its first cut_after bytes), it forwards
+    nothing more either way, and reads and drops what comes, holding both
+    connections open: a black hole at the switch-over (or in setup)."""
 
-    def __init__(self, port):
+    def __init__(self, port, cut_after=None):
         self.target = port
+        self.cut_after = cut_after
+        self.forwarded = 0
         self.cut = threading.Event()
         self.cut_time = None
         self.socks = []
@@ -182,10 +187,19 @@ class CutProxy:
                     return
                 if self.cut.is_set():
                     continue
+                if forward and self.cut_after is not None and \
+                        self.forwarded + len(d) > self.cut_after:
+                    d = d[:self.cut_after - self.forwarded]
+                    b.sendall(d)
+                    self.cut_time = time.monotonic()
+                    self.cut.set()
+                    continue
                 if forward and VMDESC in tail + d:
                     self.cut_time = time.monotonic()
                     self.cut.set()
                     continue
+                if forward:
+                    self.forwarded += len(d)
                 tail = (tail + d)[-len(VMDESC):]
                 b.sendall(d)
         except OSError:
@@ -265,6 +279,12 @@ def end_leftovers(q, dst):
     dst.kill()
 
 
+def said(vm):
+    """What a process said about x-link-timeout on stderr."""
+    lines = [x for x in vm.stderr.splitlines() if "x-link-timeout" in x]
+    return lines[-1] if lines else ""
+
+
 def in_time(took):
     return took < LINK_TIMEOUT_MS / 1000 + MARGIN_S
 
@@ -310,7 +330,8 @@ def black_hole(tap, vms, q, src, netns, multifd):
         netns.heal()
     desc = r.get("error-desc", "")
     print(f"# {what}: source detected after {took * 1000:.0f} ms "
-          f"({desc}); destination after {dtook * 1000:.0f} ms")
+          f"({desc}); destination after {dtook * 1000:.0f} ms "
+          f"({said(dst)})")
     tap.ok(r.get("status") == "failed" and in_time(took),
            f"{what}: the source fails within {LINK_TIMEOUT_MS} ms + "
            f"{MARGIN_S} s ({took:.2f} s)", r)
@@ -366,7 +387,8 @@ def frozen_source(tap, vms, q, src):
         rc, dtook = wait_exit(dst, t0)
     finally:
         src.p.send_signal(signal.SIGCONT)
-    print(f"# {what}: destination detected after {dtook * 1000:.0f} ms")
+    print(f"# {what}: destination detected after {dtook * 1000:.0f} ms "
+          f"({said(dst)})")
     tap.ok(rc == 1 and in_time(dtook),
            f"{what}: the destination exits 1 within {LINK_TIMEOUT_MS} ms + "
            f"{MARGIN_S} s ({dtook:.2f} s)", dst.describe())
@@ -406,20 +428,19 @@ def pass_end(tap, q, src):
            src.describe())
 
 
-def switch_over(tap, vms, q, src):
-    what = "switch-over"
-    dst = start_destination(vms, "dst-switch-over")
+def cut_link(tap, vms, q, src, what, cut_after, phase):
+    dst = start_destination(vms, f"dst-{what}")
     dq = vms.qmp(dst)
     port = free_port()
     dq.cmd("migrate-set-parameters", **{"x-link-timeout": LINK_TIMEOUT_MS})
     dq.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
-    proxy = CutProxy(port)
+    proxy = CutProxy(port, cut_after)
     try:
         q.cmd("migrate-set-parameters",
               **{"x-link-timeout": LINK_TIMEOUT_MS, "max-bandwidth": 0})
         q.cmd("migrate", uri=proxy.uri)
         cut = proxy.cut.wait(60)
-        tap.ok(cut, f"{what}: the proxy cut the link at the VM description")
+        tap.ok(cut, f"{what}: the proxy cut the link")
         t0 = proxy.cut_time or time.monotonic()
         r, took = wait_final(q, t0)
         rc, dtook = wait_exit(dst, t0)
@@ -427,13 +448,13 @@ def switch_over(tap, vms, q, src):
         proxy.close()
     desc = r.get("error-desc", "")
     print(f"# {what}: source detected after {took * 1000:.0f} ms "
-          f"({desc}); destination after {dtook * 1000:.0f} ms")
+          f"({desc}); destination after {dtook * 1000:.0f} ms "
+          f"({said(dst)})")
     tap.ok(r.get("status") == "failed" and in_time(took),
            f"{what}: the source fails within {LINK_TIMEOUT_MS} ms + "
            f"{MARGIN_S} s ({took:.2f} s)", r)
-    tap.ok("in the switch-over" in desc and "x-link-timeout" in desc,
-           f"{what}: the error names the switch-over and x-link-timeout",
-           desc)
+    tap.ok(phase in desc and "x-link-timeout" in desc,
+           f"{what}: the error names '{phase}' and x-link-timeout", desc)
     tap.ok(rc == 1 and in_time(dtook),
            f"{what}: the destination exits 1 within {LINK_TIMEOUT_MS} ms + "
            f"{MARGIN_S} s ({dtook:.2f} s)", dst.describe())
@@ -481,7 +502,9 @@ def main():
         frozen_destination(tap, vms, q, src)
         frozen_source(tap, vms, q, src)
         pass_end(tap, q, src)
-        switch_over(tap, vms, q, src)
+        cut_link(tap, vms, q, src, "setup", 64, "the link went silent")
+        cut_link(tap, vms, q, src, "switch-over", None,
+                 "the link went silent in the switch-over")
         tap.ok(not corrupt_lines(*vms.vms), "no CORRUPT in any console",
                f"{corrupt_lines(*vms.vms)}")
     return tap.finish()
