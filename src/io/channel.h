@@ -28,6 +28,7 @@
 #include <sys/uio.h>
 
 #include "base/error.h"
+#include "base/units.h"
 
 enum kv_uri_kind { KV_URI_TCP, KV_URI_UNIX, KV_URI_FILE, KV_URI_FD };
 
@@ -63,7 +64,7 @@ struct kv_chan_activity {
 /* Bytes acknowledged count as a sign of life once this many came since
  * the last one: a live peer takes far more in a quarter of any sensible
  * limit, while a frozen one's kernel may still take a trickle. */
-#define KV_CHAN_ACKED_ALIVE_BYTES (64 * 1024)
+#define KV_CHAN_ACKED_ALIVE_BYTES ((int64_t)(64 * KV_KiB))
 
 /* Start the record now; peer and setting are static strings. */
 void kv_chan_activity_init(struct kv_chan_activity *a, const char *peer,

@@ -353,11 +353,10 @@ static void close_listener(struct kv_incoming *in)
 /* The loader's reads of the main stream (and its waits for the multifd
  * channels) fail once the source showed no sign of life on any channel
  * for x-link-timeout: the source keeps the main stream busy with
- * keepalives meanwhile (over a socket: they need the return path). Read when the source connected, as every
- * setting. */
+ * keepalives meanwhile. They need the return path: sockets only. Read
+ * when the source connected, as every setting. */
 static void watch_source(struct kv_incoming *in, struct kv_chan *c)
 {
-	/* Keepalives need the return path: sockets only. */
 	if (c->is_socket)
 		kv_chan_set_silence(c, in->params.link_timeout_ms, &in->life);
 }
