@@ -17,6 +17,8 @@ from outside the processes, with x-link-timeout set on both sides:
 - the end of a pass: a raw socket that reads everything and never
   answers (no PONG): the source fails "waiting for the destination to
   read pass 1" within the timeout after its last byte went;
+- migrate_cancel during that wait (a long x-link-timeout): cancelled
+  within 1 s, the guest runs on;
 - setup: a proxy that goes silent both ways after the first 64 bytes
   (the stream's header and a part of its configuration): both sides fail
   in time, the destination while loading the setup;
@@ -42,7 +44,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (Vm, VmSet, corrupt_lines, free_port,  # noqa: E402
                    have_kvm, workload_started)
 
-PLAN = 42
+PLAN = 44
 LINK_TIMEOUT_MS = 2000
 # What detection may take beyond the timeout: buffers filling, the
 # failure's cleanup, and a loaded 2-core machine.
@@ -50,6 +52,7 @@ MARGIN_S = 3.0
 GIVE_UP_S = LINK_TIMEOUT_MS / 1000 + 10
 SLOW = 64 * 1024 * 1024  # bytes/s: keeps a 1 GiB migration in flight
 NOBODY_MAC = "02:00:5e:00:53:01"
+CANCEL_LIMIT_S = 1.0
 # A keepalive: QEMU's MIG_CMD_PING, 9 bytes (two may come in one read).
 KEEPALIVE_BYTES = 18
 
@@ -428,6 +431,30 @@ def pass_end(tap, q, src):
            src.describe())
 
 
+def cancel_pass_end(tap, q, src):
+    what = "cancel at the end of a pass"
+    sink = Sink()
+    try:
+        q.cmd("migrate-set-parameters",
+              **{"x-link-timeout": 60000, "max-bandwidth": 0})
+        q.cmd("migrate", uri=sink.uri)
+        # Waiting for the PONG: the pass went, only keepalives come.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+                sink.last_byte and time.monotonic() - sink.last_byte > 1):
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        q.cmd("migrate_cancel")
+        r, took = wait_final(q, t0)
+    finally:
+        sink.close()
+    print(f"# {what}: cancelled {took * 1000:.0f} ms after migrate_cancel")
+    tap.ok(r.get("status") == "cancelled" and took < CANCEL_LIMIT_S,
+           f"{what}: cancelled within {CANCEL_LIMIT_S} s ({took:.2f} s)", r)
+    tap.ok(guest_runs(q, src), f"{what}: the source's guest runs on",
+           src.describe())
+
+
 def cut_link(tap, vms, q, src, what, cut_after, phase):
     dst = start_destination(vms, f"dst-{what}")
     dq = vms.qmp(dst)
@@ -502,6 +529,7 @@ def main():
         frozen_destination(tap, vms, q, src)
         frozen_source(tap, vms, q, src)
         pass_end(tap, q, src)
+        cancel_pass_end(tap, q, src)
         cut_link(tap, vms, q, src, "setup", 64, "the link went silent")
         cut_link(tap, vms, q, src, "switch-over", None,
                  "the link went silent in the switch-over")
