@@ -26,6 +26,10 @@ from outside the processes, with x-link-timeout set on both sides:
   holding the connections open) as soon as the VM description passes it:
   the source fails "in the switch-over", the destination exits 1, each in
   time, and the source's guest runs on.
+- and no false alarm: a healthy migration with a short x-link-timeout on
+  both sides and 2 multifd channels, slowed down by max-bandwidth (its
+  main stream idles while the channels carry the pages, and at the ends
+  of its passes), completes and the guest runs on the destination.
 Detection times are printed (`# ... detected after N ms`).
 Usage: test_vm_link_silence.py KVMIG GUEST_ELF"""
 import os
@@ -44,7 +48,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (Vm, VmSet, corrupt_lines, free_port,  # noqa: E402
                    have_kvm, workload_started)
 
-PLAN = 44
+PLAN = 46
 LINK_TIMEOUT_MS = 2000
 # What detection may take beyond the timeout: buffers filling, the
 # failure's cleanup, and a loaded 2-core machine.
@@ -493,6 +497,29 @@ def cut_link(tap, vms, q, src, what, cut_after, phase):
     end_leftovers(q, dst)
 
 
+def healthy(tap, vms, q, src):
+    what = "healthy, x-link-timeout 1000 ms, multifd"
+    dst = start_destination(vms, "dst-healthy")
+    dq = vms.qmp(dst)
+    caps = [{"capability": "multifd", "state": True}]
+    params = {"x-link-timeout": 1000, "multifd-channels": 2}
+    port = free_port()
+    dq.cmd("migrate-set-capabilities", capabilities=caps)
+    dq.cmd("migrate-set-parameters", **params)
+    dq.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+    q.cmd("migrate-set-capabilities", capabilities=caps)
+    q.cmd("migrate-set-parameters", **params, **{"max-bandwidth": SLOW})
+    t0 = time.monotonic()
+    q.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
+    r, took = wait_final(q, t0, timeout=120)
+    print(f"# {what}: {r.get('status')} after {took:.1f} s, "
+          f"{r.get('ram', {}).get('dirty-sync-count')} passes")
+    tap.ok(r.get("status") == "completed",
+           f"{what}: the migration completes ({took:.1f} s)", r)
+    tap.ok(dst.wait_heartbeats(100, 10, since=time.monotonic()),
+           f"{what}: the guest runs on the destination", dst.describe())
+
+
 def main():
     tap = Tap(PLAN)
     reason = have_kvm()
@@ -533,6 +560,7 @@ def main():
         cut_link(tap, vms, q, src, "setup", 64, "the link went silent")
         cut_link(tap, vms, q, src, "switch-over", None,
                  "the link went silent in the switch-over")
+        healthy(tap, vms, q, src)
         tap.ok(not corrupt_lines(*vms.vms), "no CORRUPT in any console",
                f"{corrupt_lines(*vms.vms)}")
     return tap.finish()
