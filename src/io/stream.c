@@ -153,7 +153,14 @@ void kv_stream_error_get(const struct kv_stream *s, struct kv_error *err)
 
 static void set_io_error(struct kv_stream *s, int code, const char *what)
 {
-	if (code == -ECANCELED)
+	struct kv_error silence = {0};
+
+	if (code == -ETIMEDOUT && kv_chan_silence_ms(s->chan)) {
+		kv_chan_silence_error(s->chan, &silence);
+		kv_stream_set_error(s, code, "%s (%s at stream offset %llu)",
+				    silence.msg, what,
+				    (unsigned long long)s->offset);
+	} else if (code == -ECANCELED)
 		kv_stream_set_error(s, code,
 				    "%s: %s cancelled by shutdown at stream offset %llu",
 				    s->chan->name, what,

@@ -91,6 +91,10 @@ struct kv_incoming {
 	bool swo_used;	/* READY went out: the source may ask RESOLVE */
 	bool started;	/* the workload started (start_vm succeeded) */
 	int settle;	/* enum kv_swo_settle, atomic: the operator's */
+
+	/* x-link-timeout: signs of life from the source on the main stream
+	 * and every multifd channel (io/channel.h). */
+	struct kv_chan_activity life;
 };
 
 static const char *const status_names[KV_IN_STATUS_COUNT] = {
@@ -183,6 +187,7 @@ struct kv_incoming *kv_incoming_new(struct kv_savevm *sv,
 		kv_mig_params_default(&in->params);
 	in->status = KV_IN_NONE;
 	pthread_mutex_init(&in->lock, NULL);
+	kv_chan_activity_init(&in->life, "the source", "x-link-timeout");
 	return in;
 }
 
@@ -319,6 +324,7 @@ static int multifd_start(struct kv_incoming *in, struct kv_listener *l,
 	pthread_mutex_lock(&in->lock);
 	cfg = mfd_config(&in->params);
 	pthread_mutex_unlock(&in->lock);
+	cfg.activity = &in->life;
 	if (!cfg.channels || !in->rs || !l)
 		return 0;
 	target = kv_ram_multifd_target(in->rs);
@@ -383,6 +389,18 @@ static void close_listener(struct kv_incoming *in)
 		kv_listener_close(l);
 }
 
+/* The loader's reads of the main stream (and its waits for the multifd
+ * channels) fail once the source showed no sign of life on any channel
+ * for x-link-timeout: the source keeps the main stream busy with
+ * keepalives meanwhile. They need the return path: sockets only. Read
+ * when the source connected, as every setting. */
+static void watch_source(struct kv_incoming *in, struct kv_chan *c)
+{
+	if (c->is_socket)
+		kv_chan_set_silence(c, in->params.link_timeout_ms, &in->life);
+}
+
+
 /* GO: start the guest, then confirm with SHUT(0). A confirmation lost on
  * the way is answered again when the source asks (RESOLVE). */
 static int start_on_go(struct kv_incoming *in, struct kv_chan *c,
@@ -407,6 +425,19 @@ static int start_on_go(struct kv_incoming *in, struct kv_chan *c,
 	return 0;
 }
 
+/* How long the decision may take once READY went out: the source answers
+ * at once, so a silence of x-link-timeout (or x-return-path-timeout,
+ * whichever is shorter) means the link or the source is gone. Either way
+ * the end of the wait is x-undecided, never running. */
+static int64_t decision_wait_ns(const struct kv_mig_params *p)
+{
+	uint64_t ms = (uint64_t)p->rp_timeout_ms;
+
+	if (p->link_timeout_ms && p->link_timeout_ms < ms)
+		ms = p->link_timeout_ms;
+	return (int64_t)ms * 1000000;
+}
+
 /* The commit protocol's destination half, after the state is loaded and
  * committed: OFFER, READY, the decision. 0: GO, the guest runs here. <0:
  * the source keeps it (err says why). IN_UNANSWERED: READY went out and
@@ -414,7 +445,7 @@ static int start_on_go(struct kv_incoming *in, struct kv_chan *c,
 static int take_decision(struct kv_incoming *in, struct kv_stream *s,
 			 struct kv_error *err)
 {
-	int64_t wait_ns = (int64_t)in->params.rp_timeout_ms * 1000000;
+	int64_t wait_ns = decision_wait_ns(&in->params);
 	struct kv_chan *c = kv_stream_chan(s);
 	enum kv_swo_decision d;
 	struct kv_error e = {0};
@@ -481,6 +512,7 @@ static int run_connected(struct kv_incoming *in, struct kv_stream *s,
 	in->params_read = true;
 	in->accept_ns = kv_now_ns();
 	kv_chan_peer_name(c, in->stats.peer, sizeof(in->stats.peer));
+	watch_source(in, c);
 	if (in->aborted)
 		kv_stream_shutdown(s);
 	pthread_mutex_unlock(&in->lock);
@@ -633,6 +665,12 @@ static int replay_peer_name(const struct kv_chan *c, char *buf, size_t size)
 	return 0;
 }
 
+static int replay_set_silence(struct kv_chan *c, uint64_t limit_ms,
+			      struct kv_chan_activity *shared)
+{
+	return kv_chan_set_silence(to_replay(c)->inner, limit_ms, shared);
+}
+
 static const struct kv_chan_ops replay_ops = {
     .read = replay_read,
     .readv = replay_readv,
@@ -645,6 +683,7 @@ static const struct kv_chan_ops replay_ops = {
     .unsent = replay_unsent,
     .tcp_limits = replay_tcp_limits,
     .peer_name = replay_peer_name,
+    .set_silence = replay_set_silence,
 };
 
 /* c with hdr in front of what it reads next; c is closed on failure. */

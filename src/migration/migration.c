@@ -119,6 +119,15 @@ struct kv_migration {
 	int stop_resolving; /* atomic: kv_mig_cancel or kv_mig_free */
 	bool abort_unheard; /* ABORT may not have reached the destination */
 	char uri[300];	    /* the destination's, for RESOLVE */
+
+	/* x-link-timeout: signs of life from the destination on any channel
+	 * of the migration (io/channel.h), and the keepalive's last look
+	 * (migration thread): when, the stream offset and the bytes not yet
+	 * acknowledged then. */
+	struct kv_chan_activity life;
+	int64_t ka_ns;
+	uint64_t ka_offset;
+	int64_t ka_unsent;
 };
 
 static const char *const status_names[] = {
@@ -197,6 +206,7 @@ struct kv_migration *kv_mig_new(struct kv_savevm *sv, struct kv_ram_state *rs,
 	}
 	pthread_mutex_init(&m->lock, NULL);
 	kv_rate_limit_init(&m->rl, m->params.max_bandwidth);
+	kv_chan_activity_init(&m->life, "the destination", "x-link-timeout");
 	return m;
 }
 
@@ -477,6 +487,147 @@ static void throttle_off(struct kv_migration *m)
 	m->hooks.set_throttle(m->hooks.opaque, 0, &ignored);
 }
 
+/* ---- liveness (x-link-timeout) ---- */
+
+/* A keepalive goes out at most this long after the main stream's last
+ * byte, whatever our own limit: a destination reads its own x-link-timeout
+ * and must hear from us well within it. A quarter of a shorter limit. */
+#define KEEPALIVE_MAX_NS (1000 * 1000000LL)
+
+static int64_t keepalive_interval_ns(const struct kv_migration *m)
+{
+	int64_t quarter = (int64_t)m->params.link_timeout_ms * 1000000 / 4;
+
+	return quarter > 0 && quarter < KEEPALIVE_MAX_NS ? quarter
+							 : KEEPALIVE_MAX_NS;
+}
+
+/* The main channel fails a wait with no sign of life for the limit;
+ * the multifd channels share the record (multifd_connect). */
+static void watch_link(struct kv_migration *m, struct kv_stream *s)
+{
+	if (kv_stream_chan(s)->is_socket)
+		kv_chan_set_silence(kv_stream_chan(s),
+				    m->params.link_timeout_ms, &m->life);
+	m->ka_ns = kv_now_ns();
+	m->ka_offset = kv_stream_offset(s);
+}
+
+/* Bytes the destination acknowledged since the last look are a sign of
+ * life: the end of a pass waits while it drains what is in flight, which
+ * on a slow link takes a while. */
+static void note_acks(struct kv_migration *m, struct kv_stream *s)
+{
+	int64_t unsent = kv_chan_unsent(kv_stream_chan(s));
+
+	if (m->mfd)
+		unsent += kv_mfd_send_unsent(m->mfd);
+	if (unsent > m->ka_unsent ||
+	    m->ka_unsent - unsent >= KV_CHAN_ACKED_ALIVE_BYTES) {
+		if (unsent < m->ka_unsent)
+			kv_chan_activity_note(&m->life);
+		m->ka_unsent = unsent;
+	}
+}
+
+/* Every interval, what the stream holds goes out; when nothing was put
+ * since the last look (multifd passes leave the main stream idle, as do
+ * the waits at the end of a pass), a PING (QEMU's MIG_CMD_PING, answered
+ * with PONG) first, so that the destination hears from us. */
+static int keepalive(struct kv_migration *m, struct kv_stream *s,
+		     struct kv_error *err)
+{
+	int64_t now = kv_now_ns();
+	int ret = 0;
+
+	if (!m->rp || now - m->ka_ns < keepalive_interval_ns(m))
+		return 0;
+	m->ka_ns = now;
+	if (kv_stream_offset(s) == m->ka_offset)
+		ret = kv_savevm_save_ping(s, ++m->ping, err);
+	else if (kv_stream_flush(s) < 0)
+		ret = kv_stream_error(s);
+	kv_stream_error_get(s, err);
+	m->ka_offset = kv_stream_offset(s);
+	return ret;
+}
+
+/* What a wait for the destination's answer waits for: SHUT (its status
+ * in *status) or PONG(value). The commit protocol's READY is one more. */
+struct answer {
+	bool shut;
+	uint32_t value;
+	uint32_t *status;
+	const struct kv_swo_id *ready; /* READY(ready), after the stream */
+};
+
+/* 1 it came, 0 not within slice_ns, <0 (err set) it never will. */
+static int answer_slice(struct kv_migration *m, const struct answer *a,
+			int64_t slice_ns, struct kv_error *err)
+{
+	if (a->ready)
+		return kv_rp_reader_wait_ready_for(m->rp, a->ready, slice_ns,
+						   err);
+	if (a->shut)
+		return kv_rp_reader_wait_shut_for(m->rp, slice_ns, a->status,
+						  err);
+	return kv_rp_reader_wait_pong_for(m->rp, a->value, slice_ns, err);
+}
+
+/* The destination's answer: x-return-path-timeout as before, and sooner
+ * the x-link-timeout when the destination showed no sign of life
+ * meanwhile (a message, bytes acknowledged). While waiting for a PONG,
+ * keepalives go out; nothing may follow the end of the stream (SHUT). */
+static int wait_answer(struct kv_migration *m, struct kv_stream *s,
+		       const struct answer *a, struct kv_error *err)
+{
+	int64_t since = kv_now_ns();
+	int64_t end = since + (int64_t)m->params.rp_timeout_ms * 1000000;
+	int ret;
+
+	m->ka_unsent = kv_chan_unsent(kv_stream_chan(s)) +
+		       (m->mfd ? kv_mfd_send_unsent(m->mfd) : 0);
+	for (;;) {
+		int64_t left = end - kv_now_ns();
+		int64_t slice = keepalive_interval_ns(m);
+
+		if (left <= 0)
+			return kv_error_set(err, -ETIMEDOUT, "return path: no answer from the destination on %s within %d ms (x-return-path-timeout)", kv_stream_chan(s)->name, m->params.rp_timeout_ms);
+		ret = answer_slice(m, a, left < slice ? left : slice, err);
+		if (ret != 0)
+			return ret < 0 ? ret : 0;
+		note_acks(m, s);
+		ret = kv_chan_check_silence(kv_stream_chan(s), since, err);
+		if (ret == 0 && !a->shut && !a->ready)
+			ret = keepalive(m, s, err);
+		if (ret < 0)
+			return ret;
+	}
+}
+
+/* The destination went silent (x-link-timeout): it will not explain
+ * anything, so nobody waits for its SHUT. */
+static bool link_went_silent(const struct kv_migration *m,
+			     const struct kv_error *err)
+{
+	return err->code == -ETIMEDOUT && strstr(err->msg, m->life.setting);
+}
+
+/* Where the silence struck, for the message. */
+static void name_silent_phase(const struct kv_migration *m,
+			      struct kv_error *err)
+{
+	enum kv_mig_status st = kv_mig_status(m);
+
+	if (st == KV_MIG_ACTIVE)
+		kv_error_prefix(err, "the link went silent in pass %llu",
+				(unsigned long long)m->pass);
+	else
+		kv_error_prefix(err, "the link went silent in %s",
+				st == KV_MIG_DEVICE ? "the switch-over"
+						    : "setup");
+}
+
 /* With a return path: PING and wait for the PONG, so the pass is counted
  * as done once the destination has read it. The bandwidth is then what
  * the destination absorbs, and no backlog sits in socket buffers when the
@@ -491,8 +642,7 @@ static int wait_destination(struct kv_migration *m, struct kv_stream *s,
 	ret = kv_savevm_save_ping(s, ++m->ping, err);
 	if (ret < 0)
 		return ret;
-	ret = kv_rp_reader_wait_pong(m->rp, m->ping, m->params.rp_timeout_ms,
-				     err);
+	ret = wait_answer(m, s, &(struct answer){.value = m->ping}, err);
 	if (ret < 0)
 		kv_error_prefix(err,
 				"waiting for the destination to read pass %llu",
@@ -529,6 +679,8 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 		if (cancel_requested(m))
 			return -ECANCELED;
 		ret = kv_savevm_save_iterate(m->sv, s, err);
+		if (ret >= 0 && keepalive(m, s, err) < 0)
+			ret = err->code;
 		if (ret < 0)
 			return ret;
 		now = kv_now_ns();
@@ -666,8 +818,7 @@ static int hand_over(struct kv_migration *m, struct kv_stream *s,
 		return kv_stream_error(s);
 	}
 	kv_switch_log("OFFER sent");
-	ret = kv_rp_reader_wait_ready(m->rp, &m->swo_id,
-				      m->params.rp_timeout_ms, err);
+	ret = wait_answer(m, s, &(struct answer){.ready = &m->swo_id}, err);
 	if (ret < 0)
 		return ret;
 	kv_switch_log("READY received");
@@ -684,8 +835,9 @@ static int hand_over(struct kv_migration *m, struct kv_stream *s,
 	}
 	kv_switch_log("GO sent");
 	if (ret == 0)
-		ret = kv_rp_reader_wait_shut(m->rp, m->params.rp_timeout_ms,
-					     &status, err);
+		ret = wait_answer(
+		    m, s, &(struct answer){.shut = true, .status = &status},
+		    err);
 	if (ret == 0 && status == 0) {
 		kv_switch_log("SHUT(0) received");
 		return 0;
@@ -788,6 +940,8 @@ static int multifd_connect(struct kv_migration *m, const char *uri,
 	cfg.rate_limit = &m->rl;
 	cfg.cancel = m->connect_cancel;
 	cfg.connect_timeout_ms = m->params.connect_timeout_ms;
+	cfg.silence_ms = m->params.link_timeout_ms;
+	cfg.activity = &m->life;
 	if (!cfg.channels || !m->rs)
 		return 0;
 	mfd = kv_mfd_send_start(uri, &cfg, err);
@@ -1028,6 +1182,7 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 	 * every multifd channel charge one limiter. */
 	kv_stream_share_rate_limit(s, &m->rl);
 	return_path = kv_stream_chan(s)->is_socket;
+	watch_link(m, s);
 	if (return_path) {
 		m->rp = kv_rp_reader_start(kv_stream_chan(s), &lerr);
 		if (!m->rp) {
@@ -1046,7 +1201,9 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 		enter_undecided(m, &lerr);
 out:
 	cancelled = ret < 0 && cancel_requested(m);
-	if (ret < 0 && !cancelled && m->rp && kv_stream_error(s))
+	if (ret < 0 && !cancelled && link_went_silent(m, &lerr))
+		name_silent_phase(m, &lerr);
+	else if (ret < 0 && !cancelled && m->rp && kv_stream_error(s))
 		explain_by_destination(m, s, &lerr);
 	if (ret < 0)
 		record_pass_pages(m); /* the pass it stopped in */

@@ -60,6 +60,10 @@ struct kv_mig_params {
 	/* How long a connect (main and multifd channels) waits for the
 	 * destination's answer; default 30000 (x-connect-timeout). */
 	uint64_t connect_timeout_ms;
+	/* How long either side waits for a sign of life from the other
+	 * before it fails the migration, in any phase; 0 = never; default
+	 * 10000 (x-link-timeout). */
+	uint64_t link_timeout_ms;
 	/* XBZRLE (ram.h): cache bytes, 0 = off; default off. */
 	uint64_t xbzrle_cache_size;
 	/* multifd (multifd.h): extra channels, 0 = off (default); their

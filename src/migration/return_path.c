@@ -281,6 +281,9 @@ static int rp_read(struct kv_rp_reader *r, void *buf, size_t len,
 			return kv_error_set(
 			    err, -ECANCELED,
 			    "return path: cancelled while waiting for the destination");
+		/* The kernel gave up (TCP_USER_TIMEOUT): the same silence. */
+		if (n == -ETIMEDOUT && kv_chan_silence_ms(c))
+			return kv_chan_silence_error(c, err);
 		if (n < 0)
 			return kv_error_set_errno(
 			    err, (int)n, "return path: reading from %s",
@@ -392,9 +395,9 @@ void kv_rp_reader_stop(struct kv_rp_reader *r)
 	free(r);
 }
 
-static struct timespec deadline_after_ms(int timeout_ms)
+static struct timespec deadline_after_ns(int64_t timeout_ns)
 {
-	int64_t ns = kv_now_ns() + (int64_t)timeout_ms * 1000000;
+	int64_t ns = kv_now_ns() + timeout_ns;
 
 	return (struct timespec){.tv_sec = ns / 1000000000,
 				 .tv_nsec = ns % 1000000000};
@@ -464,23 +467,35 @@ static int arrived(struct kv_rp_reader *r, enum rp_want want, uint32_t value,
 	return 0;
 }
 
+/* One slice of a wait: 1 arrived, 0 not within timeout_ns, <0 never. */
+static int reader_wait_slice(struct kv_rp_reader *r, enum rp_want want,
+			     uint32_t value, const struct kv_swo_id *id,
+			     int64_t timeout_ns, uint32_t *status,
+			     struct kv_error *err)
+{
+	struct timespec until = deadline_after_ns(timeout_ns);
+	int ret;
+
+	pthread_mutex_lock(&r->lock);
+	while ((ret = arrived(r, want, value, id, status, err)) == 0 &&
+	       wait_news(r, &until))
+		;
+	if (ret == 0)
+		ret = arrived(r, want, value, id, status, err);
+	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
+/* A whole wait: 0 arrived, <0 with err set (the timeout included). */
 static int reader_wait(struct kv_rp_reader *r, enum rp_want want,
 		       uint32_t value, const struct kv_swo_id *id,
 		       int timeout_ms, uint32_t *status, struct kv_error *err)
 {
-	struct timespec until = deadline_after_ms(timeout_ms);
-	int ret;
+	int ret = reader_wait_slice(r, want, value, id,
+				    (int64_t)timeout_ms * 1000000, status, err);
 
-	pthread_mutex_lock(&r->lock);
-	while ((ret = arrived(r, want, value, id, status, err)) == 0) {
-		if (!wait_news(r, &until)) {
-			ret = arrived(r, want, value, id, status, err);
-			if (ret == 0)
-				ret = no_answer(r, timeout_ms, err);
-			break;
-		}
-	}
-	pthread_mutex_unlock(&r->lock);
+	if (ret == 0)
+		ret = no_answer(r, timeout_ms, err);
 	return ret < 0 ? ret : 0;
 }
 
@@ -506,4 +521,30 @@ int kv_rp_reader_wait_ready(struct kv_rp_reader *r,
 	uint32_t unused;
 
 	return reader_wait(r, WANT_READY, 0, id, timeout_ms, &unused, err);
+}
+
+int kv_rp_reader_wait_pong_for(struct kv_rp_reader *r, uint32_t value,
+			       int64_t timeout_ns, struct kv_error *err)
+{
+	uint32_t unused;
+
+	return reader_wait_slice(r, WANT_PONG, value, NULL, timeout_ns,
+				 &unused, err);
+}
+
+int kv_rp_reader_wait_shut_for(struct kv_rp_reader *r, int64_t timeout_ns,
+			       uint32_t *status, struct kv_error *err)
+{
+	return reader_wait_slice(r, WANT_SHUT, 0, NULL, timeout_ns, status,
+				 err);
+}
+
+int kv_rp_reader_wait_ready_for(struct kv_rp_reader *r,
+				const struct kv_swo_id *id,
+				int64_t timeout_ns, struct kv_error *err)
+{
+	uint32_t unused;
+
+	return reader_wait_slice(r, WANT_READY, 0, id, timeout_ns, &unused,
+				 err);
 }

@@ -88,6 +88,20 @@ void kv_rp_reader_stop(struct kv_rp_reader *r);
 int kv_rp_reader_wait_pong(struct kv_rp_reader *r, uint32_t value,
 			   int timeout_ms, struct kv_error *err);
 
+/* kv_rp_reader_wait_pong in slices, for a waiter that does something
+ * between them (keepalives, the x-link-timeout check): 1 when the PONG
+ * came, 0 when it did not within timeout_ns, <0 with err set when it
+ * never will. */
+int kv_rp_reader_wait_pong_for(struct kv_rp_reader *r, uint32_t value,
+			       int64_t timeout_ns, struct kv_error *err);
+/* The same for SHUT (*status set when it came). */
+int kv_rp_reader_wait_shut_for(struct kv_rp_reader *r, int64_t timeout_ns,
+			       uint32_t *status, struct kv_error *err);
+/* The same for READY(id). */
+int kv_rp_reader_wait_ready_for(struct kv_rp_reader *r,
+				const struct kv_swo_id *id,
+				int64_t timeout_ns, struct kv_error *err);
+
 /* Wait up to timeout_ms (0: just look) for SHUT; returns 0 and sets
  * *status, or <0 (peer closed, timeout, malformed message) with err set. */
 int kv_rp_reader_wait_shut(struct kv_rp_reader *r, int timeout_ms,
