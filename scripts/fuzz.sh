@@ -10,7 +10,8 @@
 #   multifd the multifd packet decoder and decompressors, tests/fuzz/corpus-multifd
 # BUILD_DIR is a build configured with CC=clang -Dfuzz=true. Each harness
 # runs over a copy of its corpus (the committed seeds stay as they are), with
-# a 5 s per-input timeout and a 2 GiB RSS limit. Exits 1 if libFuzzer found
+# a 5 s per-input timeout (FUZZ_TIMEOUT overrides it: a loaded host can
+# starve one input that long) and a 2 GiB RSS limit. Exits 1 if libFuzzer found
 # a crash, a leak, a timeout or an out-of-memory input in any target, and
 # prints the reproducer's path and how to replay it.
 set -uo pipefail
@@ -58,7 +59,7 @@ fuzz_one() {
 	ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
 	UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
 	"$harness" "$work/corpus" \
-		-max_total_time="$seconds" -timeout=5 -rss_limit_mb=2048 \
+		-max_total_time="$seconds" -timeout="${FUZZ_TIMEOUT:-5}" -rss_limit_mb=2048 \
 		-print_final_stats=1 -artifact_prefix="$work/artifacts/" \
 		>"$log" 2>&1
 	rc=$?
