@@ -843,9 +843,12 @@ static int hand_over(struct kv_migration *m, struct kv_stream *s,
 		return 0;
 	}
 	if (ret == 0) {
-		/* It says it could not start: it never will. */
-		__atomic_store_n(&m->decision, KV_SWO_ABORT, __ATOMIC_RELEASE);
-		return kv_error_set(err, -EREMOTEIO, "the destination could not start the guest after the source's GO (it answered SHUT with status %u; see its log); the source keeps its guest", status);
+		/* Anything but SHUT(0) after GO is not proof that the guest
+		 * does not run there (a status damaged on the way would make
+		 * two copies): ask again over a new connection, or let an
+		 * operator settle. */
+		kv_error_set(err, -EREMOTEIO, "the destination answered SHUT with status %u after the source's GO (it could not start the guest, or the answer was damaged); the source keeps its copy stopped and asks the destination again: if the destination exited without running the guest, settle here with x-migrate-settle run", status);
+		return SWO_UNANSWERED;
 	}
 	kv_error_prefix(err, "no confirmation from the destination after the source's GO");
 	return SWO_UNANSWERED;

@@ -3,11 +3,15 @@
  * The switch-over commit protocol's records (switchover.h). Every record
  * is a magic, the migration's id and, for some, one byte:
  *
- *   OFFER     "KVMIGOFR" id                 source -> destination, stream
- *   DECISION  "KVMIGDEC" id decision        source -> destination, stream
- *   RESOLVE   "KVMIGRES" id decision        source -> destination, new
- *                                           connection
- *   ACK       "KVMIGACK" id ack             destination -> source, on it
+ *   OFFER     "KVMIGOFR" id check             source -> destination, stream
+ *   DECISION  "KVMIGDEC" id decision check    source -> destination, stream
+ *   RESOLVE   "KVMIGRES" id decision check    source -> destination, new
+ *                                             connection
+ *   ACK       "KVMIGACK" id ack check         destination -> source, on it
+ *
+ * check: be32 XXH32 (seed 0) of the record's bytes before it. A damaged
+ * record is refused, never read as another decision: one flipped byte
+ * must not turn ABORT into GO, or "discarded" into "running".
  *
  * READY travels on the return path (return_path.c).
  */
@@ -18,6 +22,8 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include <xxhash.h>
+
 #include "base/clock.h"
 
 static const char magic_offer[KV_SWO_MAGIC_LEN] = "KVMIGOFR";
@@ -25,8 +31,13 @@ static const char magic_decision[KV_SWO_MAGIC_LEN] = "KVMIGDEC";
 static const char magic_resolve[KV_SWO_MAGIC_LEN] = "KVMIGRES";
 static const char magic_ack[KV_SWO_MAGIC_LEN] = "KVMIGACK";
 
-/* magic, id, one byte */
-#define RECORD_LEN (KV_SWO_MAGIC_LEN + KV_SWO_ID_LEN + 1)
+#define CHECK_LEN 4
+/* magic, id, check */
+#define OFFER_LEN (KV_SWO_MAGIC_LEN + KV_SWO_ID_LEN + CHECK_LEN)
+/* magic, id, one byte, check */
+#define RECORD_LEN (KV_SWO_MAGIC_LEN + KV_SWO_ID_LEN + 1 + CHECK_LEN)
+/* Where a record's one byte is. */
+#define BYTE_AT (KV_SWO_MAGIC_LEN + KV_SWO_ID_LEN)
 
 const char *kv_swo_decision_name(enum kv_swo_decision d)
 {
@@ -89,18 +100,48 @@ void kv_swo_id_text(const struct kv_swo_id *id, char *buf, size_t size)
 		at += (size_t)snprintf(buf + at, size - at, "%02x", id->b[i]);
 }
 
+static uint32_t check_of(const uint8_t *rec, size_t len)
+{
+	return XXH32(rec, len, 0);
+}
+
+static void put_check(uint8_t *rec, size_t len)
+{
+	uint32_t v = check_of(rec, len);
+
+	rec[len] = (uint8_t)(v >> 24);
+	rec[len + 1] = (uint8_t)(v >> 16);
+	rec[len + 2] = (uint8_t)(v >> 8);
+	rec[len + 3] = (uint8_t)v;
+}
+
+/* Does the record of len bytes (its check included) carry its check? */
+static bool check_ok(const uint8_t *rec, size_t len)
+{
+	const uint8_t *c = rec + len - CHECK_LEN;
+	uint32_t want = (uint32_t)c[0] << 24 | (uint32_t)c[1] << 16 |
+			(uint32_t)c[2] << 8 | c[3];
+
+	return check_of(rec, len - CHECK_LEN) == want;
+}
+
 static void build(uint8_t *rec, const char *magic, const struct kv_swo_id *id,
 		  uint8_t byte)
 {
 	memcpy(rec, magic, KV_SWO_MAGIC_LEN);
 	memcpy(rec + KV_SWO_MAGIC_LEN, id->b, KV_SWO_ID_LEN);
-	rec[KV_SWO_MAGIC_LEN + KV_SWO_ID_LEN] = byte;
+	rec[BYTE_AT] = byte;
+	put_check(rec, BYTE_AT + 1);
 }
 
 void kv_swo_put_offer(struct kv_stream *s, const struct kv_swo_id *id)
 {
-	kv_stream_put_buffer(s, magic_offer, KV_SWO_MAGIC_LEN);
-	kv_stream_put_buffer(s, id->b, KV_SWO_ID_LEN);
+	uint8_t rec[OFFER_LEN];
+
+	memcpy(rec, magic_offer, KV_SWO_MAGIC_LEN);
+	memcpy(rec + KV_SWO_MAGIC_LEN, id->b, KV_SWO_ID_LEN);
+	put_check(rec, KV_SWO_MAGIC_LEN + KV_SWO_ID_LEN);
+	kv_stream_put_buffer(s, rec, sizeof(rec));
 }
 
 /* len bytes from s, waiting at most until the deadline for each part:
@@ -135,7 +176,7 @@ static int stream_read_until(struct kv_stream *s, uint8_t *buf, size_t len,
 	return 0;
 }
 
-static int check_record(const uint8_t *rec, const char *magic,
+static int check_record(const uint8_t *rec, size_t len, const char *magic,
 			const struct kv_swo_id *id, const char *what,
 			struct kv_error *err)
 {
@@ -144,6 +185,8 @@ static int check_record(const uint8_t *rec, const char *magic,
 
 	if (memcmp(rec, magic, KV_SWO_MAGIC_LEN))
 		return kv_error_set(err, -EPROTO, "switch-over: expected the source's %s (magic %.8s), found bytes %02x %02x %02x %02x %02x %02x %02x %02x", what, magic, rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[7]);
+	if (!check_ok(rec, len))
+		return kv_error_set(err, -EPROTO, "switch-over: the source's %s is damaged (its check does not match its %zu bytes)", what, len - CHECK_LEN);
 	if (!id)
 		return 0;
 	memcpy(seen.b, rec + KV_SWO_MAGIC_LEN, KV_SWO_ID_LEN);
@@ -157,13 +200,14 @@ static int check_record(const uint8_t *rec, const char *magic,
 int kv_swo_read_offer(struct kv_stream *s, struct kv_swo_id *id,
 		      int64_t deadline_ns, struct kv_error *err)
 {
-	uint8_t rec[KV_SWO_MAGIC_LEN + KV_SWO_ID_LEN];
+	uint8_t rec[OFFER_LEN];
 	int ret;
 
 	ret = stream_read_until(s, rec, sizeof(rec), deadline_ns, "OFFER",
 				err);
 	if (ret == 0)
-		ret = check_record(rec, magic_offer, NULL, "OFFER", err);
+		ret = check_record(rec, sizeof(rec), magic_offer, NULL, "OFFER",
+				   err);
 	if (ret == 0)
 		memcpy(id->b, rec + KV_SWO_MAGIC_LEN, KV_SWO_ID_LEN);
 	return ret;
@@ -208,13 +252,13 @@ int kv_swo_read_decision(struct kv_stream *s, const struct kv_swo_id *id,
 	ret = stream_read_until(s, rec, sizeof(rec), deadline_ns, "decision",
 				err);
 	if (ret == 0)
-		ret = check_record(rec, magic_decision, id, "decision", err);
+		ret = check_record(rec, sizeof(rec), magic_decision, id,
+				   "decision", err);
 	if (ret < 0)
 		return ret;
-	if (rec[RECORD_LEN - 1] != KV_SWO_GO &&
-	    rec[RECORD_LEN - 1] != KV_SWO_ABORT)
-		return kv_error_set(err, -EPROTO, "switch-over: the source's decision byte is %u (1 go, 2 abort)", rec[RECORD_LEN - 1]);
-	*d = (enum kv_swo_decision)rec[RECORD_LEN - 1];
+	if (rec[BYTE_AT] != KV_SWO_GO && rec[BYTE_AT] != KV_SWO_ABORT)
+		return kv_error_set(err, -EPROTO, "switch-over: the source's decision byte is %u (1 go, 2 abort)", rec[BYTE_AT]);
+	*d = (enum kv_swo_decision)rec[BYTE_AT];
 	return 0;
 }
 
@@ -240,7 +284,9 @@ static int read_ack(struct kv_chan *c, const struct kv_swo_id *id,
 	if (memcmp(rec, magic_ack, KV_SWO_MAGIC_LEN) ||
 	    memcmp(rec + KV_SWO_MAGIC_LEN, id->b, KV_SWO_ID_LEN))
 		return kv_error_set(err, -EPROTO, "switch-over: the answer to RESOLVE from %s is not an ACK for this migration", c->name);
-	a = rec[RECORD_LEN - 1];
+	if (!check_ok(rec, sizeof(rec)))
+		return kv_error_set(err, -EPROTO, "switch-over: the ACK from %s is damaged (its check does not match)", c->name);
+	a = rec[BYTE_AT];
 	if (a < KV_SWO_ACK_RUNNING || a > KV_SWO_ACK_UNKNOWN)
 		return kv_error_set(err, -EPROTO, "switch-over: the destination's ACK byte is %u (1 running, 2 discarded, 3 unknown)", a);
 	*ack = (enum kv_swo_ack)a;
@@ -273,17 +319,22 @@ int kv_swo_read_resolve(struct kv_chan *c, struct kv_swo_id *id,
 			enum kv_swo_decision *d, int64_t deadline_ns,
 			struct kv_error *err)
 {
-	uint8_t rest[KV_SWO_ID_LEN + 1];
+	uint8_t rec[RECORD_LEN];
 	int ret;
 
-	ret = kv_chan_read_full_until(c, rest, sizeof(rest), deadline_ns, err);
+	/* The magic was read to tell RESOLVE from a stream: it is ours. */
+	memcpy(rec, magic_resolve, KV_SWO_MAGIC_LEN);
+	ret = kv_chan_read_full_until(c, rec + KV_SWO_MAGIC_LEN,
+				      sizeof(rec) - KV_SWO_MAGIC_LEN,
+				      deadline_ns, err);
 	if (ret < 0)
 		return ret;
-	if (rest[KV_SWO_ID_LEN] != KV_SWO_GO &&
-	    rest[KV_SWO_ID_LEN] != KV_SWO_ABORT)
-		return kv_error_set(err, -EPROTO, "switch-over: RESOLVE from %s carries decision byte %u (1 go, 2 abort)", c->name, rest[KV_SWO_ID_LEN]);
-	memcpy(id->b, rest, KV_SWO_ID_LEN);
-	*d = (enum kv_swo_decision)rest[KV_SWO_ID_LEN];
+	if (!check_ok(rec, sizeof(rec)))
+		return kv_error_set(err, -EPROTO, "switch-over: RESOLVE from %s is damaged (its check does not match)", c->name);
+	if (rec[BYTE_AT] != KV_SWO_GO && rec[BYTE_AT] != KV_SWO_ABORT)
+		return kv_error_set(err, -EPROTO, "switch-over: RESOLVE from %s carries decision byte %u (1 go, 2 abort)", c->name, rec[BYTE_AT]);
+	memcpy(id->b, rec + KV_SWO_MAGIC_LEN, KV_SWO_ID_LEN);
+	*d = (enum kv_swo_decision)rec[BYTE_AT];
 	return 0;
 }
 

@@ -124,7 +124,7 @@ static void test_decision_refusals(void **state)
 	kv_error_clear(&err);
 	raw_write(l.w, "KVMIGDEC", 8);
 	assert_int_equal(kv_swo_read_decision(l.r, &id, kv_now_ns() + SEC_NS / 5, &d, &err), -ETIMEDOUT);
-	assert_non_null(strstr(err.msg, "8 of 25 bytes"));
+	assert_non_null(strstr(err.msg, "8 of 29 bytes"));
 	link_close(&l);
 
 	link_open(&l);
@@ -142,20 +142,66 @@ static void test_decision_refusals(void **state)
 	kv_error_clear(&err);
 	raw_write(l.w, "KVMIGDEX", 8);
 	raw_write(l.w, id.b, KV_SWO_ID_LEN);
-	raw_write(l.w, "\1", 1);
+	raw_write(l.w, "\1\0\0\0\0", 5);
 	assert_int_equal(kv_swo_read_decision(l.r, &id, kv_now_ns() + SEC_NS, &d, &err), -EPROTO);
 	assert_non_null(strstr(err.msg, "magic KVMIGDEC"));
 	link_close(&l);
+}
+
+/* The record as the source writes it. */
+static void good_decision(const struct kv_swo_id *id, enum kv_swo_decision d,
+			  uint8_t *rec, size_t len)
+{
+	struct kv_error err = {0};
+	struct link l;
+	bool sent;
 
 	link_open(&l);
-	kv_error_clear(&err);
-	raw_write(l.w, "KVMIGDEC", 8);
-	raw_write(l.w, id.b, KV_SWO_ID_LEN);
-	raw_write(l.w, "\3", 1);
-	assert_int_equal(kv_swo_read_decision(l.r, &id, kv_now_ns() + SEC_NS, &d, &err), -EPROTO);
-	assert_non_null(strstr(err.msg, "decision byte is 3"));
+	assert_int_equal(kv_swo_send_decision(l.w, id, d, &sent, &err), 0);
+	assert_int_equal(kv_chan_read_full(l.rc, rec, len, &err), 0);
 	link_close(&l);
+}
 
+/* Every single damaged byte of an ABORT is refused: none reads as GO
+ * (or as anything). */
+static void test_every_flip_refused(void **state)
+{
+	uint8_t rec[29], bad[29];
+	struct kv_swo_id id;
+
+	(void)state;
+	kv_swo_new_id(&id, NULL);
+	good_decision(&id, KV_SWO_ABORT, rec, sizeof(rec));
+	for (size_t i = 0; i < sizeof(rec); i++) {
+		static const uint8_t masks[] = {0x01, 0x03, 0x80, 0xff};
+
+		for (size_t k = 0; k < sizeof(masks); k++) {
+			struct kv_error err = {0};
+			enum kv_swo_decision d;
+			struct link l;
+			int ret;
+
+			memcpy(bad, rec, sizeof(rec));
+			bad[i] ^= masks[k];
+			link_open(&l);
+			raw_write(l.w, bad, sizeof(bad));
+			ret = kv_swo_read_decision(l.r, &id, kv_now_ns() + SEC_NS, &d, &err);
+			if (ret != -EPROTO || d != KV_SWO_UNDECIDED)
+				fail_msg("byte %zu ^ %#x: read as %d (%s)", i, masks[k], d, err.msg);
+			link_close(&l);
+		}
+	}
+}
+
+static void test_refusals_rest(void **state)
+{
+	struct kv_error err = {0};
+	enum kv_swo_decision d;
+	struct kv_swo_id id;
+	struct link l;
+
+	(void)state;
+	kv_swo_new_id(&id, NULL);
 	/* The peer closed mid-record. */
 	link_open(&l);
 	kv_error_clear(&err);
@@ -290,6 +336,8 @@ int main(void)
 	    cmocka_unit_test(test_ids),
 	    cmocka_unit_test(test_offer_and_decision),
 	    cmocka_unit_test(test_decision_refusals),
+	    cmocka_unit_test(test_every_flip_refused),
+	    cmocka_unit_test(test_refusals_rest),
 	    cmocka_unit_test(test_decision_to_closed_peer),
 	    cmocka_unit_test(test_ready_through_reader),
 	    cmocka_unit_test(test_resolve_round_trip),
