@@ -331,7 +331,7 @@ int kv_pc_dst_discard(struct kv_pc_dst *d, size_t block, uint64_t start,
 		return kv_error_set(err, -EINVAL, "postcopy: discard for block %zu of %zu", block, d->nblocks);
 	b = &d->blocks[block];
 	pb = (struct kv_pc_block){b->idstr, b->length, KV_PAGE_SIZE};
-	r = kv_pc_check_range(&pb, start, len, "discard range", err);
+	r = kv_pc_check_range(&pb, start, len, "postcopy: discard range", err);
 	if (r < 0)
 		return r;
 	/* Not received first: a fault from now on asks the source. */
@@ -490,16 +490,18 @@ int kv_pc_dst_place(struct kv_pc_dst *d, size_t block, uint64_t offset,
 	if (r == 0) {
 		d->placed++;
 		d->placed_zero += !data;
+	} else {
+		d->duplicates++;
 	}
+	/* Whoever sets the bit serves the waiters: the page is in memory
+	 * either way. */
 	if (newly) {
 		d->received++;
 		waiters_served(d, (uintptr_t)(b->host + offset), kv_now_ns());
 		pthread_cond_broadcast(&d->changed);
-	} else {
-		d->duplicates++;
 	}
 	pthread_mutex_unlock(&d->lock);
-	return r == 0 && newly ? 0 : 1;
+	return r;
 }
 
 /* ---- the end ---- */

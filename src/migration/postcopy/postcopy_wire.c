@@ -157,11 +157,11 @@ int kv_pc_check_range(const struct kv_pc_block *b, uint64_t start,
 	uint64_t ps = b->page_size;
 
 	if (len == 0)
-		return kv_error_set(err, -EINVAL, "postcopy: %s at offset %#" PRIx64 " of block '%s' has length 0", what, start, b->idstr);
+		return kv_error_set(err, -EINVAL, "%s at offset %#" PRIx64 " of block '%s' has length 0", what, start, b->idstr);
 	if ((start | len) & (ps - 1))
-		return kv_error_set(err, -EINVAL, "postcopy: %s at offset %#" PRIx64 " length %#" PRIx64 " of block '%s' is not aligned to its %" PRIu64 "-byte pages", what, start, len, b->idstr, ps);
+		return kv_error_set(err, -EINVAL, "%s at offset %#" PRIx64 " length %#" PRIx64 " of block '%s' is not aligned to its %" PRIu64 "-byte pages", what, start, len, b->idstr, ps);
 	if (start >= b->length || len > b->length - start)
-		return kv_error_set(err, -EINVAL, "postcopy: %s at offset %#" PRIx64 " length %#" PRIx64 " goes past the end of block '%s' (%#" PRIx64 " bytes)", what, start, len, b->idstr, b->length);
+		return kv_error_set(err, -EINVAL, "%s at offset %#" PRIx64 " length %#" PRIx64 " goes past the end of block '%s' (%#" PRIx64 " bytes)", what, start, len, b->idstr, b->length);
 	return 0;
 }
 
@@ -265,7 +265,7 @@ int kv_pc_discard_decode(const uint8_t *p, size_t len,
 		d->ranges[i].len = get_be64(p + off + 8);
 		r = kv_pc_check_range(&blocks->v[d->block], d->ranges[i].start, d->ranges[i].len, "discard range", err);
 		if (r < 0) {
-			kv_error_prefix(err, "POSTCOPY_RAM_DISCARD range %zu of %zu (byte %zu)", i + 1, d->nranges, off);
+			kv_error_prefix(err, "postcopy: POSTCOPY_RAM_DISCARD range %zu of %zu (byte %zu)", i + 1, d->nranges, off);
 			return -EPROTO;
 		}
 	}

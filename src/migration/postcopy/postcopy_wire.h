@@ -65,8 +65,8 @@ struct kv_pc_blocks {
 /* The index of the block called name (n bytes, not terminated), or -1. */
 int kv_pc_block_find(const struct kv_pc_blocks *b, const char *name, size_t n);
 /* [start, start + len) inside block b, aligned to its page size, len > 0?
- * 0, or -EINVAL with err naming what (e.g. "discard range"), the block,
- * the offsets and the rule broken. */
+ * 0, or -EINVAL with err starting with what ("postcopy: page request"),
+ * then the block, the offsets and the rule broken. */
 int kv_pc_check_range(const struct kv_pc_block *b, uint64_t start,
 		      uint64_t len, const char *what, struct kv_error *err);
 
