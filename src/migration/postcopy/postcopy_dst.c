@@ -424,12 +424,38 @@ static void *fault_thread(void *arg)
 	return NULL;
 }
 
+/* A page not received must be missing for userfaultfd to report it: the
+ * prefault helpers (ram_prefault.c) or a device model may have populated
+ * it with zeros, which a vCPU would then read as the guest's data. */
+static int drop_unreceived(struct dst_block *b, struct kv_error *err)
+{
+	uint64_t p = 0;
+
+	while (p < b->npages) {
+		uint64_t end;
+
+		while (p < b->npages && kv_bitmap_test(b->received, p))
+			p++;
+		for (end = p; end < b->npages && !kv_bitmap_test(b->received, end); end++)
+			;
+		if (end > p && madvise(b->host + p * KV_PAGE_SIZE, (end - p) * KV_PAGE_SIZE, MADV_DONTNEED) < 0)
+			return kv_error_set_errno(err, -errno, "postcopy: dropping the pages %" PRIu64 " to %" PRIu64 " of block '%s' that never arrived", p, end - 1, b->idstr);
+		p = end;
+	}
+	return 0;
+}
+
 int kv_pc_dst_listen(struct kv_pc_dst *d, struct kv_error *err)
 {
 	int r;
 
 	if (d->uffd)
 		return kv_error_set(err, -EALREADY, "postcopy: the destination listens already");
+	for (size_t i = 0; i < d->nblocks; i++) {
+		r = drop_unreceived(&d->blocks[i], err);
+		if (r < 0)
+			return r;
+	}
 	d->uffd = kv_uffd_open(err);
 	if (!d->uffd)
 		return err ? err->code : -EIO;

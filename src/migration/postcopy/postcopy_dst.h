@@ -100,7 +100,8 @@ void kv_pc_dst_mark_received(struct kv_pc_dst *d, size_t block,
 int kv_pc_dst_discard(struct kv_pc_dst *d, size_t block, uint64_t start,
 		      uint64_t len, struct kv_error *err);
 
-/* Arm userfaultfd on every block and start the fault thread. */
+/* Drop every page not received (populated ahead by a prefault, say: it
+ * must fault), arm userfaultfd on every block, start the fault thread. */
 int kv_pc_dst_listen(struct kv_pc_dst *d, struct kv_error *err);
 
 /* Place one page (data NULL: zeros) at offset of the block, waking every
