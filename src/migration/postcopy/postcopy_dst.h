@@ -115,7 +115,8 @@ int kv_pc_dst_wait_complete(struct kv_pc_dst *d, int timeout_ms,
 			    struct kv_error *err);
 /* Stop the fault thread and release userfaultfd: the memory is plain
  * again. Refused while pages are missing (a thread touching one would
- * read zeros). */
+ * read zeros). Only once no thread places pages any more (the receiving
+ * threads have stopped): a placement in flight still uses the descriptor. */
 int kv_pc_dst_finish(struct kv_pc_dst *d, struct kv_error *err);
 
 /* After a recovery: ask again for every page a thread waits on. */
