@@ -308,9 +308,12 @@ fail:
 void kv_pc_dst_mark_received(struct kv_pc_dst *d, size_t block,
 			     uint64_t offset, uint64_t len)
 {
-	struct dst_block *b = &d->blocks[block];
+	struct dst_block *b;
 	uint64_t n = 0;
 
+	if (block >= d->nblocks)
+		return; /* the loader checked its records against the blocks */
+	b = &d->blocks[block];
 	for (uint64_t p = offset / KV_PAGE_SIZE;
 	     p < b->npages && p < (offset + len + KV_PAGE_SIZE - 1) / KV_PAGE_SIZE; p++)
 		n += kv_bitmap_set_atomic(b->received, p);
@@ -675,6 +678,8 @@ int kv_pc_dst_rerequest(struct kv_pc_dst *d, struct kv_error *err)
 
 bool kv_pc_dst_has_page(struct kv_pc_dst *d, size_t block, uint64_t offset)
 {
+	if (block >= d->nblocks || offset >= d->blocks[block].length)
+		return false;
 	return kv_bitmap_test(d->blocks[block].received, offset / KV_PAGE_SIZE);
 }
 
