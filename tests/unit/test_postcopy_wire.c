@@ -272,6 +272,24 @@ static void test_page_requests(void **state)
 	assert_refused(kv_pc_req_decode(KV_RP_MSG_PONG, buf, 12, &r, E), "message 2 is not a page request");
 }
 
+/* The destination names the block only when it changes. */
+static void test_page_requests_next(void **state)
+{
+	struct kv_error err = {0};
+	uint16_t type;
+	uint8_t buf[300];
+	int last = -1;
+
+	(void)state;
+	assert_int_equal(kv_pc_req_encode_next(&last, 0, "pc.ram", 0, KV_PAGE_SIZE, &type, buf, &err), 19);
+	assert_int_equal(type, KV_RP_MSG_REQ_PAGES_ID);
+	assert_int_equal(kv_pc_req_encode_next(&last, 0, "pc.ram", KV_PAGE_SIZE, KV_PAGE_SIZE, &type, buf, &err), 12);
+	assert_int_equal(type, KV_RP_MSG_REQ_PAGES);
+	assert_int_equal(kv_pc_req_encode_next(&last, 1, "vga.vram", 0, KV_PAGE_SIZE, &type, buf, &err), 21);
+	assert_int_equal(type, KV_RP_MSG_REQ_PAGES_ID);
+	assert_int_equal(last, 1);
+}
+
 static void test_resume_ack(void **state)
 {
 	struct kv_error err = {0};
@@ -369,6 +387,7 @@ int main(void)
 	    cmocka_unit_test(test_discard_malformed),
 	    cmocka_unit_test(test_packaged_and_named),
 	    cmocka_unit_test(test_page_requests),
+	    cmocka_unit_test(test_page_requests_next),
 	    cmocka_unit_test(test_resume_ack),
 	    cmocka_unit_test(test_recv_bitmap),
 	    cmocka_unit_test(test_order),

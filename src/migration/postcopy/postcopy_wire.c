@@ -335,6 +335,20 @@ int kv_pc_req_encode(const char *idstr, uint64_t start, uint32_t len,
 	return n < 0 ? n : 12 + n;
 }
 
+int kv_pc_req_encode_next(int *last_block, int block, const char *idstr,
+			  uint64_t start, uint32_t len, uint16_t *type,
+			  uint8_t *out, struct kv_error *err)
+{
+	bool same = *last_block == block;
+	int n = kv_pc_req_encode(same ? NULL : idstr, start, len, out, err);
+
+	if (n < 0)
+		return n;
+	*type = same ? KV_RP_MSG_REQ_PAGES : KV_RP_MSG_REQ_PAGES_ID;
+	*last_block = block;
+	return n;
+}
+
 int kv_pc_req_decode(uint16_t type, const uint8_t *p, size_t len,
 		     struct kv_pc_req *r, struct kv_error *err)
 {

@@ -136,6 +136,12 @@ struct kv_pc_req {
  * 13 + 255. The payload length, or -EINVAL. */
 int kv_pc_req_encode(const char *idstr, uint64_t start, uint32_t len,
 		     uint8_t *out, struct kv_error *err);
+/* The destination's choice, as QEMU's: REQ_PAGES_ID when the block differs
+ * from the previous request's (*last_block, -1 at first; updated), else
+ * the shorter REQ_PAGES. *type is set to the message type. */
+int kv_pc_req_encode_next(int *last_block, int block, const char *idstr,
+			  uint64_t start, uint32_t len, uint16_t *type,
+			  uint8_t *out, struct kv_error *err);
 /* type is KV_RP_MSG_REQ_PAGES or KV_RP_MSG_REQ_PAGES_ID. Only the layout is
  * checked here; the blocks, by the source's queue (postcopy_src.h). */
 int kv_pc_req_decode(uint16_t type, const uint8_t *p, size_t len,
