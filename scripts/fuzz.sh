@@ -8,6 +8,8 @@
 #   qmp     a QMP client session against the monitor, tests/fuzz/corpus-qmp
 #   xbzrle  the XBZRLE decoder and encoder, tests/fuzz/corpus-xbzrle
 #   multifd the multifd packet decoder and decompressors, tests/fuzz/corpus-multifd
+#   postcopy postcopy's commands, return-path payloads and request queue,
+#           tests/fuzz/corpus-postcopy
 # BUILD_DIR is a build configured with CC=clang -Dfuzz=true. Each harness
 # runs over a copy of its corpus (the committed seeds stay as they are), with
 # a 5 s per-input timeout (FUZZ_TIMEOUT overrides it: a loaded host can
@@ -20,7 +22,7 @@ build=${1:?usage: scripts/fuzz.sh BUILD_DIR [SECONDS] [TARGET...]}
 seconds=${2:-60}
 shift $(($# < 2 ? $# : 2))
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(loader qmp xbzrle multifd)
+[ ${#targets[@]} -gt 0 ] || targets=(loader qmp xbzrle multifd postcopy)
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 corpus_of() {
@@ -29,6 +31,7 @@ corpus_of() {
 	qmp) echo "$root/tests/fuzz/corpus-qmp" ;;
 	xbzrle) echo "$root/tests/fuzz/corpus-xbzrle" ;;
 	multifd) echo "$root/tests/fuzz/corpus-multifd" ;;
+	postcopy) echo "$root/tests/fuzz/corpus-postcopy" ;;
 	*) return 1 ;;
 	esac
 }
@@ -39,7 +42,7 @@ fuzz_one() {
 	local found f
 
 	corpus=$(corpus_of "$name") || {
-		echo "fuzz: unknown target '$name' (known: loader qmp xbzrle multifd)" >&2
+		echo "fuzz: unknown target '$name' (known: loader qmp xbzrle multifd postcopy)" >&2
 		return 1
 	}
 	if [ ! -x "$harness" ]; then
