@@ -574,6 +574,11 @@ int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
 	return 0;
 }
 
+void run_ctl_set_objects(struct run_ctl *rc, const struct kv_objects *objects)
+{
+	kv_qmp_mig_set_objects(rc->qm, objects);
+}
+
 void run_ctl_booted(struct run_ctl *rc)
 {
 	pthread_mutex_lock(&rc->lock);

@@ -27,6 +27,14 @@ struct kv_qmp_mig *kv_qmp_mig_new(const struct kv_qmp_mig_ops *ops)
 	return m;
 }
 
+void kv_qmp_mig_set_objects(struct kv_qmp_mig *m,
+			    const struct kv_objects *objects)
+{
+	pthread_mutex_lock(&m->lock);
+	m->settings.params.tls.objects = objects;
+	pthread_mutex_unlock(&m->lock);
+}
+
 void kv_qmp_mig_free(struct kv_qmp_mig *m)
 {
 	if (!m)

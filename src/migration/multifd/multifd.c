@@ -33,6 +33,7 @@
 #include "base/zero.h"
 #include "io/iov.h"
 #include "migration/codec/codec.h"
+#include "migration/tls_hook.h"
 
 #define JOB_PAGES     KV_MFD_PAGES_DEFAULT
 /* How long the loader waits at MULTIFD_FLUSH for channels that never
@@ -272,6 +273,8 @@ static int send_chan_open(struct kv_mfd_send *m, unsigned id,
 		return kv_error_set(err, -ENOMEM, "out of memory");
 	c->chan = kv_chan_connect_cancellable(uri, m->cfg.cancel,
 					      m->cfg.connect_timeout_ms, err);
+	c->chan = kv_mig_tls_client(c->chan, m->cfg.tls, uri,
+				    m->cfg.connect_timeout_ms, err);
 	if (!c->chan)
 		return err->code ? err->code : -EIO;
 	kv_mfd_init_encode(&init, buf);
@@ -908,7 +911,14 @@ static int accept_one(struct kv_mfd_recv *r, struct kv_chan *c,
 {
 	uint8_t buf[KV_MFD_INIT_SIZE];
 	struct kv_mfd_init init;
-	int ret = read_init(r, c, buf, err);
+	int ret;
+
+	c = kv_mig_tls_server(c, r->cfg.tls, kv_now_ns() + r->hello_ns, err);
+	if (!c) {
+		kv_warn("migration", "multifd: dropped a connection: %s", err->msg);
+		return 0;
+	}
+	ret = read_init(r, c, buf, err);
 
 	if (ret > 0) {
 		drop_stranger(c, err);

@@ -31,6 +31,8 @@
 #include "io/channel.h"
 #include "migration/multifd/multifd_packet.h"
 
+struct kv_mig_tls; /* migration/migration.h */
+
 /* zero-page-detection (QEMU's names). */
 enum kv_mfd_zero {
 	KV_MFD_ZERO_NONE,    /* every page goes as data */
@@ -50,6 +52,9 @@ struct kv_mfd_config {
 	 * long each may wait for an answer (0: the kernel's limit). */
 	const struct kv_cancel *cancel;
 	uint64_t connect_timeout_ms;
+	/* TLS on every channel (migration/tls_hook.h; NULL: none). The
+	 * caller keeps it alive until the channels end. */
+	const struct kv_mig_tls *tls;
 };
 
 /* "none", "legacy", "multifd" <-> enum; -EINVAL with err on a bad name. */
