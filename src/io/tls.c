@@ -404,11 +404,18 @@ static int psk_server_key(gnutls_session_t session, const char *user,
 
 /* ---- transport: GnuTLS over the inner channel ---- */
 
+static int flush(struct tls_chan *t);
+
 static ssize_t pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 {
 	struct tls_chan *t = ptr;
 	ssize_t n;
 
+	/* Whatever we said must be out before we wait for an answer. */
+	if (t->tx_used && flush(t) < 0) {
+		gnutls_transport_set_errno(t->session, (int)-t->io_err);
+		return -1;
+	}
 	if (t->deadline_ns >= 0) {
 		int r = kv_chan_wait_readable(t->inner, t->deadline_ns);
 
@@ -687,10 +694,6 @@ static int session_setup(struct tls_chan *t, struct kv_error *err)
 		if (r == 0 && server && c->verify_peer)
 			gnutls_certificate_server_set_request(
 			    t->session, GNUTLS_CERT_REQUIRE);
-		if (r == 0 && !server && t->p->hostname && *t->p->hostname)
-			r = gnutls_server_name_set(t->session, GNUTLS_NAME_DNS,
-						   t->p->hostname,
-						   strlen(t->p->hostname));
 	} else if (r == 0) {
 		r = gnutls_priority_set_direct(
 		    t->session, "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK", NULL);
@@ -771,9 +774,7 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 	if (t)
 		t->tx = malloc(TX_BATCH);
 	if (!t || !t->tx) {
-		if (t)
-			free(t);
-		kv_chan_close(inner);
+		free(t);
 		kv_error_set(err, -ENOMEM, "TLS: out of memory");
 		return NULL;
 	}
@@ -789,10 +790,12 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 	if (p->authz && p->creds->endpoint == KV_TLS_SERVER &&
 	    p->creds->kind == CREDS_X509 && !p->creds->verify_peer) {
 		kv_error_set(err, -EINVAL, "tls-authz '%s' needs the source's certificate: set verify-peer=on on tls-creds '%s'", kv_authz_id(p->authz), p->creds->id);
+		t->inner = NULL; /* the caller's again */
 		tls_close(&t->pub);
 		return NULL;
 	}
 	if (session_setup(t, err) < 0) {
+		t->inner = NULL; /* the caller's again */
 		tls_close(&t->pub);
 		return NULL;
 	}
@@ -800,6 +803,7 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 	if (r < 0) {
 		explain_failure(t, r);
 		kv_error_set(err, r == GNUTLS_E_PULL_ERROR && t->io_err == -ETIMEDOUT ? -ETIMEDOUT : -EACCES, "TLS with %s (%s) failed: %s", t->peer, kv_tls_creds_id(p->creds), t->why);
+		t->inner = NULL; /* the caller's again */
 		tls_close(&t->pub);
 		return NULL;
 	}

@@ -64,8 +64,8 @@ struct kv_tls_params {
 };
 
 /* Handshake over inner as p->creds' endpoint. Returns the TLS channel
- * (which owns inner), or NULL with inner closed and err naming the check
- * that failed ("the destination's certificate has expired", "PSK user
+ * (which owns inner), or NULL with inner left open (the caller's) and err
+ * naming the check that failed ("the destination's certificate has expired", "PSK user
  * 'bob' is not in DIR/keys.psk", ...). */
 struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 			    const struct kv_tls_params *p,

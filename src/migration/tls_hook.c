@@ -29,10 +29,10 @@ static const struct kv_tls_creds *side_creds(const struct kv_mig_tls *tls,
 	return c;
 }
 
-struct kv_chan *kv_mig_tls_client(struct kv_chan *c,
-				  const struct kv_mig_tls *tls,
-				  const char *uri, uint64_t timeout_ms,
-				  struct kv_error *err)
+struct kv_chan *kv_mig_tls_client_keep(struct kv_chan *c,
+				       const struct kv_mig_tls *tls,
+				       const char *uri, uint64_t timeout_ms,
+				       struct kv_error *err)
 {
 	struct kv_tls_params p = {
 	    .deadline_ns = kv_now_ns() + (timeout_ms ? (int64_t)timeout_ms * 1000000 : KV_MIG_TLS_HANDSHAKE_NS),
@@ -42,10 +42,8 @@ struct kv_chan *kv_mig_tls_client(struct kv_chan *c,
 	if (!c || !kv_mig_tls_on(tls))
 		return c;
 	p.creds = side_creds(tls, KV_TLS_CLIENT, err);
-	if (!p.creds) {
-		kv_chan_close(c);
+	if (!p.creds)
 		return NULL;
-	}
 	p.hostname = tls->hostname;
 	if (!p.hostname[0] && kv_uri_parse(uri, &u, NULL) == 0 &&
 	    u.kind == KV_URI_TCP)
@@ -53,11 +51,24 @@ struct kv_chan *kv_mig_tls_client(struct kv_chan *c,
 	return kv_tls_wrap(c, &p, err);
 }
 
+struct kv_chan *kv_mig_tls_client(struct kv_chan *c,
+				  const struct kv_mig_tls *tls,
+				  const char *uri, uint64_t timeout_ms,
+				  struct kv_error *err)
+{
+	struct kv_chan *t = kv_mig_tls_client_keep(c, tls, uri, timeout_ms, err);
+
+	if (!t)
+		kv_chan_close(c);
+	return t;
+}
+
 struct kv_chan *kv_mig_tls_server(struct kv_chan *c,
 				  const struct kv_mig_tls *tls,
 				  int64_t deadline_ns, struct kv_error *err)
 {
 	struct kv_tls_params p = {.deadline_ns = deadline_ns};
+	struct kv_chan *t = NULL;
 
 	if (!c || !kv_mig_tls_on(tls))
 		return c;
@@ -67,9 +78,9 @@ struct kv_chan *kv_mig_tls_server(struct kv_chan *c,
 		if (!p.authz)
 			p.creds = NULL;
 	}
-	if (!p.creds) {
+	if (p.creds)
+		t = kv_tls_wrap(c, &p, err);
+	if (!t)
 		kv_chan_close(c);
-		return NULL;
-	}
-	return kv_tls_wrap(c, &p, err);
+	return t;
 }

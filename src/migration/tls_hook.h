@@ -28,6 +28,12 @@ struct kv_chan *kv_mig_tls_client(struct kv_chan *c,
 				  const struct kv_mig_tls *tls,
 				  const char *uri, uint64_t timeout_ms,
 				  struct kv_error *err);
+/* The same, but on failure c stays open and the caller's (it may be
+ * shared with a thread that shuts it down). */
+struct kv_chan *kv_mig_tls_client_keep(struct kv_chan *c,
+				       const struct kv_mig_tls *tls,
+				       const char *uri, uint64_t timeout_ms,
+				       struct kv_error *err);
 /* Destination: c was accepted; tls->authz decides who may go on. */
 struct kv_chan *kv_mig_tls_server(struct kv_chan *c,
 				  const struct kv_mig_tls *tls,
