@@ -61,6 +61,7 @@ struct tls_chan {
 	uint8_t first_byte;
 	ssize_t io_err; /* the inner channel's last -errno */
 	char why[384];	/* the check that failed, for the message */
+	int alert;	/* what to tell the peer about it; 0: GnuTLS picks */
 	char peer[300];
 	pthread_mutex_t tx_lock; /* reader and writer may both push */
 	uint8_t *tx;
@@ -307,6 +308,7 @@ static int authorize(struct tls_chan *t, const char *identity)
 	if (!a || kv_authz_allows(a, identity))
 		return 0;
 	set_why(t, "%s '%s' is refused by tls-authz '%s'", role_of_peer(t), identity, kv_authz_id(a));
+	t->alert = GNUTLS_A_ACCESS_DENIED;
 	return -1;
 }
 
@@ -317,6 +319,9 @@ static void explain_status(struct tls_chan *t, unsigned status)
 	const char *dir = t->p->creds->dir;
 	gnutls_datum_t all = {0};
 
+	t->alert = status & GNUTLS_CERT_EXPIRED ? GNUTLS_A_CERTIFICATE_EXPIRED
+		   : status & GNUTLS_CERT_SIGNER_NOT_FOUND ? GNUTLS_A_UNKNOWN_CA
+							   : GNUTLS_A_BAD_CERTIFICATE;
 	if (status & GNUTLS_CERT_EXPIRED)
 		set_why(t, "%s's certificate has expired", who);
 	else if (status & GNUTLS_CERT_NOT_ACTIVATED)
@@ -392,6 +397,7 @@ static int psk_server_key(gnutls_session_t session, const char *user,
 
 	if (psk_lookup(t->p->creds, user, key, &e) < 0) {
 		set_why(t, "the source's %s (unknown PSK user)", e.msg);
+		t->alert = GNUTLS_A_UNKNOWN_PSK_IDENTITY;
 		return -1;
 	}
 	if (authorize(t, user) < 0) {
@@ -734,6 +740,12 @@ static void explain_failure(struct tls_chan *t, int r)
 	if (r == GNUTLS_E_FATAL_ALERT_RECEIVED) {
 		int a = gnutls_alert_get(t->session);
 
+		if (a == GNUTLS_A_ACCESS_DENIED)
+			set_why(t, "%s refused this side's identity (its tls-authz): alert '%s'", who, gnutls_alert_get_name(a));
+		if (a == GNUTLS_A_UNKNOWN_CA || a == GNUTLS_A_BAD_CERTIFICATE ||
+		    a == GNUTLS_A_CERTIFICATE_EXPIRED ||
+		    a == GNUTLS_A_CERTIFICATE_UNKNOWN)
+			set_why(t, "%s refused this side's certificate: alert '%s' (its log says which check failed)", who, gnutls_alert_get_name(a));
 		if (a == GNUTLS_A_UNKNOWN_PSK_IDENTITY ||
 		    (t->p->creds->kind == CREDS_PSK &&
 		     (a == GNUTLS_A_DECRYPT_ERROR || a == GNUTLS_A_BAD_RECORD_MAC ||
@@ -743,7 +755,9 @@ static void explain_failure(struct tls_chan *t, int r)
 			set_why(t, "%s refused the handshake: alert '%s' (its log says why)", who, gnutls_alert_get_name(a));
 	}
 	if (t->p->creds->kind == CREDS_PSK &&
-	    (r == GNUTLS_E_DECRYPTION_FAILED || r == GNUTLS_E_KEY_USAGE_VIOLATION))
+	    (r == GNUTLS_E_DECRYPTION_FAILED || r == GNUTLS_E_KEY_USAGE_VIOLATION ||
+	     r == GNUTLS_E_RECEIVED_ILLEGAL_PARAMETER ||
+	     r == GNUTLS_E_ILLEGAL_PARAMETER))
 		set_why(t, "%s's PSK differs from this side's (PSK mismatch)", who);
 	if (r == GNUTLS_E_NO_CERTIFICATE_FOUND)
 		set_why(t, "%s sent no certificate, and verify-peer is on", who);
@@ -758,9 +772,16 @@ static int handshake(struct tls_chan *t)
 		r = gnutls_handshake(t->session);
 	} while (r < 0 && !gnutls_error_is_fatal(r));
 	if (r == 0)
-		r = flush(t) < 0 ? GNUTLS_E_PUSH_ERROR : 0;
-	else
-		flush(t);
+		return flush(t) < 0 ? GNUTLS_E_PUSH_ERROR : 0;
+	/* Tell the peer which check failed, so its message can say. */
+	if (t->alert)
+		gnutls_alert_send(t->session, GNUTLS_AL_FATAL,
+				  (gnutls_alert_description_t)t->alert);
+	else if (r != GNUTLS_E_PULL_ERROR && r != GNUTLS_E_PUSH_ERROR &&
+		 r != GNUTLS_E_FATAL_ALERT_RECEIVED &&
+		 r != GNUTLS_E_PREMATURE_TERMINATION)
+		gnutls_alert_send_appropriate(t->session, r);
+	flush(t);
 	return r;
 }
 
@@ -817,6 +838,12 @@ bool kv_tls_looks_like_hello(const uint8_t *buf, size_t len)
 {
 	return len >= 3 && buf[0] == TLS_HANDSHAKE_BYTE && buf[1] == 3 &&
 	       buf[2] <= 4;
+}
+
+bool kv_tls_looks_like_record(const uint8_t *buf, size_t len)
+{
+	/* change_cipher_spec, alert, handshake, application_data; 3.x */
+	return len >= 2 && buf[0] >= 0x14 && buf[0] <= 0x17 && buf[1] == 3;
 }
 
 /* ---- kTLS ---- */

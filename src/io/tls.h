@@ -75,6 +75,10 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
  * destination without TLS that is sent one (to say so). */
 bool kv_tls_looks_like_hello(const uint8_t *buf, size_t len);
 
+/* Do two bytes look like the start of any TLS record (an alert from a
+ * TLS peer to a plaintext one)? */
+bool kv_tls_looks_like_record(const uint8_t *buf, size_t len);
+
 /* Can records be handed to the kernel (kTLS)? Fills why with what is
  * missing ("the kernel has no tls module", ...) when not. */
 bool kv_tls_ktls_available(char *why, size_t size);
