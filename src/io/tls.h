@@ -71,6 +71,9 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 			    const struct kv_tls_params *p,
 			    struct kv_error *err);
 
+/* "TLS1.3 AES-128-GCM" for a TLS channel; -EINVAL for another kind. */
+int kv_tls_describe(const struct kv_chan *c, char *buf, size_t size);
+
 /* Do the first bytes of a connection look like a TLS handshake? For a
  * destination without TLS that is sent one (to say so). */
 bool kv_tls_looks_like_hello(const uint8_t *buf, size_t len);
