@@ -17,6 +17,7 @@
 #include "base/units.h"
 #include "cli/cli.h"
 #include "cli/run_control.h"
+#include "io/channel.h"
 #include "io/objects.h"
 #include "vmm/vm.h"
 
@@ -84,6 +85,20 @@ static void print_help(void)
 	       "error,\n"
 	       "128+N stopped by signal N.\n",
 	       KV_VM_MAX_VCPUS);
+}
+
+/* QMP controls the VM: on an address others reach, say so (QMP over TLS
+ * is not there yet). */
+static void warn_open_qmp(const char *qmp)
+{
+	struct kv_uri u;
+
+	if (!qmp || kv_uri_parse(qmp, &u, NULL) < 0 || u.kind != KV_URI_TCP)
+		return;
+	if (!strncmp(u.host, "127.", 4) || !strcmp(u.host, "::1") ||
+	    !strcmp(u.host, "localhost"))
+		return;
+	fprintf(stderr, "kvmig run: warning: QMP listens on %s without TLS: whoever reaches that address controls this VM; prefer unix: or a loopback address\n", qmp);
 }
 
 /* Take every --object SPEC (or --object=SPEC) out of argv into a->objects;
@@ -171,6 +186,7 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 	if (!a->cfg.kernel && !a->incoming)
 		return kv_cli_usage_error("run", "--kernel ELF is required (or --incoming)");
 	a->verify_ram = verify != NULL;
+	warn_open_qmp(a->qmp);
 	return KV_EXIT_OK;
 }
 

@@ -42,6 +42,8 @@
 #define PRIORITY_X509                                                         \
 	"NORMAL:-AES-256-GCM:-CHACHA20-POLY1305:+AES-256-GCM:+CHACHA20-POLY1305"
 #define PRIORITY_PSK PRIORITY_X509 ":+ECDHE-PSK:+DHE-PSK:+PSK"
+/* How long a refusing server reads on before it closes (linger()). */
+#define LINGER_NS (300 * 1000000LL)
 /* TLS's handshake record type: a ClientHello starts with it. */
 #define TLS_HANDSHAKE_BYTE 0x16
 
@@ -71,6 +73,7 @@ struct tls_chan {
 	ssize_t io_err; /* the inner channel's last -errno */
 	char why[384];	/* the check that failed, for the message */
 	int alert;	/* what to tell the peer about it; 0: GnuTLS picks */
+	int refused;	/* atomic: -EACCES once the peer sent a fatal alert */
 	char peer[300];
 	pthread_mutex_t tx_lock; /* reader and writer may both push */
 	uint8_t *tx;
@@ -529,11 +532,17 @@ static ssize_t vec_push(gnutls_transport_ptr_t ptr, const giovec_t *iov,
 /* A GnuTLS error after the handshake as the -errno callers know. */
 static ssize_t record_errno(struct tls_chan *t, ssize_t r)
 {
+	int refused;
+
+	if (r == GNUTLS_E_FATAL_ALERT_RECEIVED)
+		__atomic_store_n(&t->refused, -EACCES, __ATOMIC_RELEASE);
+	/* The peer's refusal, whichever thread heard it: after it the
+	 * session is dead, and the writer's error says the same. */
+	refused = __atomic_load_n(&t->refused, __ATOMIC_ACQUIRE);
+	if (refused)
+		return refused;
 	if (r == GNUTLS_E_PULL_ERROR || r == GNUTLS_E_PUSH_ERROR)
 		return t->io_err ? t->io_err : -EIO;
-	if (r == GNUTLS_E_FATAL_ALERT_RECEIVED &&
-	    gnutls_alert_get(t->session) == GNUTLS_A_ACCESS_DENIED)
-		return -EACCES;
 	return -EPROTO;
 }
 
@@ -772,6 +781,24 @@ static void explain_failure(struct tls_chan *t, int r)
 	set_why(t, "the TLS handshake failed: %s", gnutls_strerror(r));
 }
 
+/*
+ * A refusing server reads what the peer still sends for a moment before
+ * the caller closes: closing with unread bytes resets the connection, and
+ * the peer's writer would report the reset before its reader could read
+ * the alert that says why.
+ */
+static void linger(struct tls_chan *t)
+{
+	int64_t end = kv_now_ns() + LINGER_NS;
+	uint8_t sink[4096];
+
+	if (t->deadline_ns >= 0 && t->deadline_ns < end)
+		end = t->deadline_ns;
+	while (kv_chan_wait_readable(t->inner, end) == 1 &&
+	       t->inner->ops->read(t->inner, sink, sizeof(sink)) > 0)
+		;
+}
+
 static int handshake(struct tls_chan *t)
 {
 	int r;
@@ -789,7 +816,8 @@ static int handshake(struct tls_chan *t)
 		 r != GNUTLS_E_FATAL_ALERT_RECEIVED &&
 		 r != GNUTLS_E_PREMATURE_TERMINATION)
 		gnutls_alert_send_appropriate(t->session, r);
-	flush(t);
+	if (flush(t) == 0 && t->p->creds->endpoint == KV_TLS_SERVER)
+		linger(t);
 	return r;
 }
 

@@ -30,7 +30,7 @@ from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 import tlslib  # noqa: E402
 
-PLAN = 32
+PLAN = 35
 VERIFY = ("--verify-ram",)
 PSK_KEY = "0123456789abcdef0123456789abcdef"
 OTHER_KEY = "fedcba9876543210fedcba9876543210"
@@ -151,6 +151,15 @@ def migrations(c):
     srv = tlslib.x509_object(f"{r}/server", "server")
     dst, qd, port = c.dest("x509-dst", srv + allow_src, authz="auth0")
     c.good("(a) x509 + authz-list glob", dst, qd, c.migrate(port, "tlsc"))
+    # The destination now answers the switch-over's RESOLVE on its port:
+    # only over TLS too, or anyone could settle a migration.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"KVMIGRES" + bytes(24))
+        ok = wait_stderr(dst, "while running the migrated guest", 8)
+    tap.ok(ok and "sent plaintext" in dst.stderr and
+           wait_status(qd, "running") == "running",
+           "(a) a plaintext RESOLVE at the destination is refused",
+           dst.describe())
 
     # The destination's role now: it is the source of the next hop.
     dst, qd, port = c.dest("x509-mfd-dst",
@@ -277,6 +286,20 @@ def src_objects(r):
             tlslib.psk_object(bob, "client", user="bob", oid="pskbob"))
 
 
+def qmp_warning(tap, kvmig):
+    """kvmig run warns when QMP listens on a non-loopback address (no TLS
+    for QMP yet), and not on loopback."""
+    import subprocess
+    said = {}
+    for host in ("0.0.0.0", "127.0.0.1"):
+        p = subprocess.run([kvmig, "run", "--qmp", f"tcp:{host}:0",
+                            "--kernel", "/nonexistent"],
+                           capture_output=True, text=True, timeout=20)
+        said[host] = "without TLS" in p.stderr
+    tap.ok(said["0.0.0.0"], "QMP on 0.0.0.0: kvmig run warns: no TLS")
+    tap.ok(not said["127.0.0.1"], "QMP on loopback: no warning")
+
+
 def main():
     tap = Tap(PLAN)
     reason = have_kvm() or tlslib.certtool_missing()
@@ -284,6 +307,7 @@ def main():
         tap.skip_rest(reason)
         return tap.finish()
     kvmig, guest = sys.argv[1], sys.argv[2]
+    qmp_warning(tap, kvmig)
     with tempfile.TemporaryDirectory(prefix="kvmig-tls-") as tmp, \
             VmSet(kvmig, guest, tmp) as vms:
         root = tlslib.make_x509(f"{tmp}/pki")
