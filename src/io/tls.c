@@ -429,8 +429,11 @@ static ssize_t pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 	struct tls_chan *t = ptr;
 	ssize_t n;
 
-	/* Whatever we said must be out before we wait for an answer. */
-	if (t->tx_used && flush(t) < 0) {
+	/* In the handshake, whatever we said must be out before we wait
+	 * for an answer. After it the reader never writes: a reader blocked
+	 * on a full socket while the peer's reader is too would hang both
+	 * (what GnuTLS says while reading waits for the writer's flush). */
+	if (!t->handshaken && flush(t) < 0) {
 		gnutls_transport_set_errno(t->session, (int)-t->io_err);
 		return -1;
 	}
@@ -556,8 +559,6 @@ static ssize_t tls_read(struct kv_chan *c, void *buf, size_t len)
 		if (__atomic_load_n(&c->shutdown_req, __ATOMIC_ACQUIRE))
 			return -ECANCELED;
 		r = gnutls_record_recv(t->session, buf, len);
-		if (t->tx_used)
-			flush(t);
 		if (r >= 0)
 			return r;
 		if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED ||

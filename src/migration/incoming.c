@@ -235,9 +235,15 @@ int kv_incoming_listen(struct kv_incoming *in, const char *uri,
 		       struct kv_error *err)
 {
 	struct kv_listener *l;
+	struct kv_mig_tls tls;
 
 	if (kv_incoming_status(in) != KV_IN_NONE)
 		return kv_error_set(err, -EBUSY, "already waiting for an incoming migration (status %s)", kv_in_status_name(kv_incoming_status(in)));
+	pthread_mutex_lock(&in->lock);
+	tls = in->params.tls;
+	pthread_mutex_unlock(&in->lock);
+	if (kv_mig_tls_check(&tls, true, err) < 0)
+		return err && err->code ? err->code : -EINVAL;
 	l = kv_listener_open(uri, err);
 	if (!l)
 		return err && err->code ? err->code : -EIO;

@@ -1190,6 +1190,8 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 		return refuse_second_run(m, err);
 	snprintf(m->uri, sizeof(m->uri), "%s", uri);
 	ret = refuse_conflicting_params(m, &lerr);
+	if (ret == 0)
+		ret = kv_mig_tls_check(&m->params.tls, false, &lerr);
 	if (ret == 0 && cancel_requested(m))
 		ret = -ECANCELED;
 	if (ret == 0)

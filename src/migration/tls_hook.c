@@ -29,6 +29,19 @@ static const struct kv_tls_creds *side_creds(const struct kv_mig_tls *tls,
 	return c;
 }
 
+int kv_mig_tls_check(const struct kv_mig_tls *tls, bool destination,
+		     struct kv_error *err)
+{
+	if (!kv_mig_tls_on(tls))
+		return 0;
+	if (!side_creds(tls, destination ? KV_TLS_SERVER : KV_TLS_CLIENT, err))
+		return err && err->code ? err->code : -EINVAL;
+	if (destination && tls->authz[0] &&
+	    !kv_objects_authz(tls->objects, tls->authz, err))
+		return err && err->code ? err->code : -EINVAL;
+	return 0;
+}
+
 struct kv_chan *kv_mig_tls_client_keep(struct kv_chan *c,
 				       const struct kv_mig_tls *tls,
 				       const char *uri, uint64_t timeout_ms,

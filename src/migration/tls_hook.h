@@ -21,6 +21,12 @@
 /* Is TLS configured (tls non-NULL with a tls-creds id)? */
 bool kv_mig_tls_on(const struct kv_mig_tls *tls);
 
+/* Do tls-creds (and on a destination tls-authz) name objects of the
+ * right kind and endpoint? 0 (also without TLS), or <0 with err in QEMU's
+ * words, for migrate and migrate-incoming to refuse at once. */
+int kv_mig_tls_check(const struct kv_mig_tls *tls, bool destination,
+		     struct kv_error *err);
+
 /* Source: c was connected to uri; the destination's certificate must
  * carry tls->hostname, else the URI's host. The handshake may take
  * timeout_ms (0: KV_MIG_TLS_HANDSHAKE_NS). */

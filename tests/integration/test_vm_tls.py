@@ -30,7 +30,7 @@ from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 import tlslib  # noqa: E402
 
-PLAN = 35
+PLAN = 38
 VERIFY = ("--verify-ram",)
 PSK_KEY = "0123456789abcdef0123456789abcdef"
 OTHER_KEY = "fedcba9876543210fedcba9876543210"
@@ -140,6 +140,33 @@ def plaintext_listener(port, seen):
         c.close()
         srv.close()
     threading.Thread(target=run, daemon=True).start()
+
+
+def config_errors(c):
+    """tls-creds / tls-authz naming nothing, or the wrong endpoint: refused
+    at migrate-incoming (destination) and by migrate (source)."""
+    tap = c.tap
+    dst = c.vms.incoming("cfg-dst", "defer", extra=c.src_objs)
+    qd = c.vms.qmp(dst)
+    said = []
+    for creds, authz in (("nope", ""), ("tlsc", ""), ("psk", "")):
+        set_params(qd, tls_creds=creds, tls_authz=authz)
+        r = qd.execute("migrate-incoming", uri="tcp:127.0.0.1:0")
+        said.append(r.get("error", {}).get("desc", ""))
+    tap.ok("No TLS credentials with id 'nope'" == said[0] and
+           "'tlsc' has endpoint=client, but the destination needs "
+           "endpoint=server" in said[1],
+           "migrate-incoming refuses unknown tls-creds and a client "
+           "endpoint", f"{said}")
+    dst.kill()
+    set_params(c.qs, tls_creds="nope")
+    c.qs.cmd("migrate", uri="tcp:127.0.0.1:9")
+    r = wait_migration(c.qs)
+    tap.ok(r.get("status") == "failed" and "No TLS credentials with id "
+           "'nope'" in r.get("error-desc", ""),
+           "migrate with unknown tls-creds fails saying so", f"{r}")
+    tap.ok(wait_status(c.qs, "running") == "running",
+           "... and the source guest runs on")
 
 
 def migrations(c):
@@ -318,6 +345,7 @@ def main():
             tap.skip_rest("guest did not start: " + c.src.describe())
             return tap.finish()
         c.qs = vms.qmp(c.src)
+        config_errors(c)
         migrations(c)
         if failures(c):
             tap.ok(not corrupt_lines(*vms.vms), "no CORRUPT in any console",
