@@ -70,7 +70,9 @@ struct tls_chan {
 	bool handshaken;
 	bool saw_first_byte;
 	uint8_t first_byte;
-	ssize_t io_err; /* the inner channel's last -errno */
+	/* The inner channel's last -errno, one per direction (the reader
+	 * and the writer are different threads). */
+	ssize_t rx_err, tx_err;
 	char why[384];	/* the check that failed, for the message */
 	int alert;	/* what to tell the peer about it; 0: GnuTLS picks */
 	int refused;	/* atomic: -EACCES once the peer sent a fatal alert */
@@ -434,21 +436,21 @@ static ssize_t pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 	 * on a full socket while the peer's reader is too would hang both
 	 * (what GnuTLS says while reading waits for the writer's flush). */
 	if (!t->handshaken && flush(t) < 0) {
-		gnutls_transport_set_errno(t->session, (int)-t->io_err);
+		gnutls_transport_set_errno(t->session, (int)-t->tx_err);
 		return -1;
 	}
 	if (t->deadline_ns >= 0) {
 		int r = kv_chan_wait_readable(t->inner, t->deadline_ns);
 
 		if (r == 0) {
-			t->io_err = -ETIMEDOUT;
+			t->rx_err = -ETIMEDOUT;
 			gnutls_transport_set_errno(t->session, ETIMEDOUT);
 			return -1;
 		}
 	}
 	n = t->inner->ops->read(t->inner, buf, len);
 	if (n < 0) {
-		t->io_err = n;
+		t->rx_err = n;
 		gnutls_transport_set_errno(t->session,
 					   n == -EAGAIN ? EIO : (int)-n);
 		return -1;
@@ -467,7 +469,7 @@ static int write_inner(struct tls_chan *t, struct iovec *iov, int n)
 
 	t->pub.write_wait_ns = t->inner->write_wait_ns;
 	if (r < 0)
-		t->io_err = r;
+		t->tx_err = r;
 	return r;
 }
 
@@ -544,8 +546,10 @@ static ssize_t record_errno(struct tls_chan *t, ssize_t r)
 	refused = __atomic_load_n(&t->refused, __ATOMIC_ACQUIRE);
 	if (refused)
 		return refused;
-	if (r == GNUTLS_E_PULL_ERROR || r == GNUTLS_E_PUSH_ERROR)
-		return t->io_err ? t->io_err : -EIO;
+	if (r == GNUTLS_E_PULL_ERROR)
+		return t->rx_err ? t->rx_err : -EIO;
+	if (r == GNUTLS_E_PUSH_ERROR)
+		return t->tx_err ? t->tx_err : -EIO;
 	return -EPROTO;
 }
 
@@ -744,9 +748,9 @@ static void explain_failure(struct tls_chan *t, int r)
 
 	if (server && t->saw_first_byte && t->first_byte != TLS_HANDSHAKE_BYTE)
 		set_why(t, "the source sent plaintext, not a TLS handshake (a source without tls-creds?)");
-	if (r == GNUTLS_E_PULL_ERROR && t->io_err == -ETIMEDOUT)
+	if (r == GNUTLS_E_PULL_ERROR && t->rx_err == -ETIMEDOUT)
 		set_why(t, "%s did not complete the TLS handshake in time (stalled)", who);
-	if (r == GNUTLS_E_PULL_ERROR && t->io_err == -ECANCELED)
+	if (r == GNUTLS_E_PULL_ERROR && t->rx_err == -ECANCELED)
 		set_why(t, "the TLS handshake was cancelled");
 	if (r == GNUTLS_E_PREMATURE_TERMINATION || r == GNUTLS_E_PULL_ERROR ||
 	    r == GNUTLS_E_PUSH_ERROR)
@@ -860,7 +864,7 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 	r = handshake(t);
 	if (r < 0) {
 		explain_failure(t, r);
-		kv_error_set(err, r == GNUTLS_E_PULL_ERROR && t->io_err == -ETIMEDOUT ? -ETIMEDOUT : -EACCES, "TLS with %s (%s) failed: %s", t->peer, kv_tls_creds_id(p->creds), t->why);
+		kv_error_set(err, r == GNUTLS_E_PULL_ERROR && t->rx_err == -ETIMEDOUT ? -ETIMEDOUT : -EACCES, "TLS with %s (%s) failed: %s", t->peer, kv_tls_creds_id(p->creds), t->why);
 		t->inner = NULL; /* the caller's again */
 		tls_close(&t->pub);
 		return NULL;

@@ -5,9 +5,10 @@ outside the process. Credentials are made by certtool in a temp dir.
 
 (a) x509 with verify-peer on both sides, an authz-list that allows the
     source's DN by glob: the guest migrates (--verify-ram), heartbeats go
-    on, and a listener on the port sees only TLS records;
+    on; then the destination refuses a plaintext RESOLVE;
 (b) the same with two multifd channels;
-(c) PSK, with multifd, and authz-simple naming the PSK user;
+(c) PSK, with multifd and authz-simple naming the PSK user, and on
+    one channel;
 (d) each failure names its check on both sides, the source guest runs
     on and the destination keeps waiting: wrong CA, expired and
     not-yet-valid certificate, host name mismatch, PSK mismatch, unknown
@@ -30,7 +31,7 @@ from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 import tlslib  # noqa: E402
 
-PLAN = 38
+PLAN = 40
 VERIFY = ("--verify-ram",)
 PSK_KEY = "0123456789abcdef0123456789abcdef"
 OTHER_KEY = "fedcba9876543210fedcba9876543210"
@@ -204,6 +205,8 @@ def migrations(c):
                             "identity=qemu"], authz="auth0", multifd=True)
     c.good("(c) PSK + multifd + authz-simple", dst, qd,
            c.migrate(port, "psk", multifd=True))
+    dst, qd, port = c.dest("psk-one-dst", tlslib.psk_object(psk, "server"))
+    c.good("(c) PSK on one channel", dst, qd, c.migrate(port, "psk"))
 
 
 def failures(c):
