@@ -6,7 +6,7 @@ set -euo pipefail
 
 PKGS=(build-essential meson ninja-build pkg-config clang libclang-rt-14-dev qemu-system-x86
       libcmocka-dev libjansson-dev libxxhash-dev libzstd-dev liblz4-dev
-      zlib1g-dev python3 iproute2)
+      zlib1g-dev python3 iproute2 libgnutls28-dev gnutls-bin)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -86,6 +86,11 @@ int kv_cli_mig_value(const struct kv_mig_option *o, const char *text,
 		break;
 	case KV_MIG_OPT_ENUM:
 		return kv_mig_option_enum_parse(o, text, v, err);
+	case KV_MIG_OPT_STRING:
+		memset(v->s, 'x', sizeof(v->s)); /* too long: refused below */
+		if (strlen(text) < sizeof(v->s))
+			snprintf(v->s, sizeof(v->s), "%s", text);
+		break;
 	case KV_MIG_OPT_UINT:
 		/* Unparsable is out of every range: refused, naming o. */
 		if (!parse_uint(o, text, &v->u))

@@ -17,6 +17,8 @@
 #include "base/units.h"
 #include "cli/cli.h"
 #include "cli/run_control.h"
+#include "io/channel.h"
+#include "io/objects.h"
 #include "vmm/vm.h"
 
 
@@ -25,6 +27,7 @@ struct run_args {
 	const char *qmp;
 	const char *incoming;
 	bool verify_ram;
+	struct kv_objects *objects; /* --object, repeatable */
 };
 
 struct signal_waiter {
@@ -68,11 +71,62 @@ static void print_help(void)
 	       "  --verify-ram           check RAM and every device section "
 	       "end to end\n"
 	       "                         (both sides; docs/FORMAT.md 9.1)\n"
+	       "  --object SPEC          as QEMU's (repeatable): "
+	       "tls-creds-x509,id=ID,dir=DIR,\n"
+	       "                         endpoint=server|client,verify-peer=on|off; "
+	       "tls-creds-psk,\n"
+	       "                         id=ID,dir=DIR,endpoint=...,username=U; "
+	       "authz-simple,id=ID,\n"
+	       "                         identity=NAME; authz-list "
+	       "(policy=, rules.N.match/policy/\n"
+	       "                         format=, or the JSON form); "
+	       "for tls-creds / tls-authz\n"
 	       "\n"
 	       "Exit status: 0 the guest powered off, 1 failure, 2 usage "
 	       "error,\n"
 	       "128+N stopped by signal N.\n",
 	       KV_VM_MAX_VCPUS);
+}
+
+/* QMP controls the VM: on an address others reach, say so (QMP over TLS
+ * is not there yet). */
+static void warn_open_qmp(const char *qmp)
+{
+	struct kv_uri u;
+
+	if (!qmp || kv_uri_parse(qmp, &u, NULL) < 0 || u.kind != KV_URI_TCP)
+		return;
+	if (!strncmp(u.host, "127.", 4) || !strcmp(u.host, "::1") ||
+	    !strcmp(u.host, "localhost"))
+		return;
+	fprintf(stderr, "kvmig run: warning: QMP listens on %s without TLS: whoever reaches that address controls this VM; prefer unix: or a loopback address\n", qmp);
+}
+
+/* Take every --object SPEC (or --object=SPEC) out of argv into a->objects;
+ * argc is what is left. */
+static int take_objects(int *argc, char **argv, struct run_args *a)
+{
+	int out = 1;
+
+	for (int i = 1; i < *argc; i++) {
+		struct kv_error err = {0};
+		const char *spec = NULL;
+
+		if (!strcmp(argv[i], "--object") && i + 1 < *argc)
+			spec = argv[++i];
+		else if (!strncmp(argv[i], "--object=", 9))
+			spec = argv[i] + 9;
+		if (!spec) {
+			argv[out++] = argv[i];
+			continue;
+		}
+		if (!a->objects)
+			a->objects = kv_objects_new();
+		if (!a->objects || kv_objects_add(a->objects, spec, &err) < 0)
+			return kv_cli_usage_error("run", "--object: %s", a->objects ? err.msg : "out of memory");
+	}
+	*argc = out;
+	return KV_EXIT_OK;
 }
 
 static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
@@ -92,7 +146,10 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 	    {NULL, false, NULL},
 	};
 	uint64_t n;
-	int rc = kv_cli_parse("run", argc, argv, opts, help);
+	int rc = take_objects(&argc, argv, a);
+
+	if (rc == KV_EXIT_OK)
+		rc = kv_cli_parse("run", argc, argv, opts, help);
 
 	if (rc || *help)
 		return rc;
@@ -130,6 +187,7 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 	if (!a->cfg.kernel && !a->incoming)
 		return kv_cli_usage_error("run", "--kernel ELF is required (or --incoming)");
 	a->verify_ram = verify != NULL;
+	warn_open_qmp(a->qmp);
 	return KV_EXIT_OK;
 }
 
@@ -213,6 +271,8 @@ static int boot_and_wait(struct run_args *a, struct kv_error *err)
 	ret = kv_vm_create(&a->cfg, &vm, err);
 	if (!ret)
 		ret = run_ctl_new(vm, a->verify_ram, &rc, err);
+	if (!ret && a->objects)
+		run_ctl_set_objects(rc, a->objects);
 	if (!ret) {
 		w.vm = vm;
 		waiter = !pthread_create(&w.thread, NULL, signal_main, &w);
@@ -239,13 +299,16 @@ int kv_cmd_run(int argc, char **argv)
 	memset(&a, 0, sizeof(a));
 	kv_error_clear(&err);
 	rc = parse_args(argc, argv, &a, &help);
-	if (rc)
+	if (rc) {
+		kv_objects_free(a.objects);
 		return rc;
+	}
 	if (help) {
 		print_help();
 		return KV_EXIT_OK;
 	}
 	rc = boot_and_wait(&a, &err);
+	kv_objects_free(a.objects);
 	if (rc < 0) {
 		fprintf(stderr, "kvmig run: %s\n",
 			err.msg[0] ? err.msg : strerror(-rc));

@@ -295,6 +295,7 @@ static int mig_incoming(void *opaque, const char *uri, struct kv_error *err)
 {
 	struct run_ctl *rc = opaque;
 	bool defer;
+	int ret;
 
 	pthread_mutex_lock(&rc->lock);
 	defer = rc->defer;
@@ -302,7 +303,14 @@ static int mig_incoming(void *opaque, const char *uri, struct kv_error *err)
 	pthread_mutex_unlock(&rc->lock);
 	if (!defer)
 		return kv_error_set(err, -EINVAL, "migrate-incoming needs kvmig run --incoming defer (and is accepted once)");
-	return start_incoming(rc, uri, err);
+	ret = start_incoming(rc, uri, err);
+	/* As QEMU: one that did not start (a bad URI, tls-creds naming
+	 * nothing) may be given again. */
+	pthread_mutex_lock(&rc->lock);
+	if (ret < 0 && !rc->in_live)
+		rc->defer = true;
+	pthread_mutex_unlock(&rc->lock);
+	return ret;
 }
 
 static int mig_cancel(void *opaque, struct kv_error *err)
@@ -572,6 +580,11 @@ int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
 	}
 	*out = rc;
 	return 0;
+}
+
+void run_ctl_set_objects(struct run_ctl *rc, const struct kv_objects *objects)
+{
+	kv_qmp_mig_set_objects(rc->qm, objects);
 }
 
 void run_ctl_booted(struct run_ctl *rc)

@@ -20,10 +20,13 @@
 #include "vmm/vm.h"
 
 struct run_ctl;
+struct kv_objects; /* io/objects.h */
 
 /* vm must outlive the controller. */
 int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
 		struct kv_error *err);
+/* The --object table tls-creds and tls-authz name (outlives rc). */
+void run_ctl_set_objects(struct run_ctl *rc, const struct kv_objects *objects);
 /* Start the QMP monitor on qmp_uri (NULL: none). Called once the VM is
  * booted or listening for its migration, so that a client who sees the
  * monitor can rely on the incoming listener being there. */

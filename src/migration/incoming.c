@@ -56,6 +56,8 @@
 #include "migration/multifd/multifd.h"
 #include "migration/return_path.h"
 #include "migration/switchover.h"
+#include "migration/tls_hook.h"
+#include "io/tls.h"
 
 /* How long a new connection may take to send its first bytes (the stream
  * header, or a multifd channel's init) before it is dropped as not the
@@ -238,9 +240,15 @@ int kv_incoming_listen(struct kv_incoming *in, const char *uri,
 		       struct kv_error *err)
 {
 	struct kv_listener *l;
+	struct kv_mig_tls tls;
 
 	if (kv_incoming_status(in) != KV_IN_NONE)
 		return kv_error_set(err, -EBUSY, "already waiting for an incoming migration (status %s)", kv_in_status_name(kv_incoming_status(in)));
+	pthread_mutex_lock(&in->lock);
+	tls = in->params.tls;
+	pthread_mutex_unlock(&in->lock);
+	if (kv_mig_tls_check(&tls, true, err) < 0)
+		return err && err->code ? err->code : -EINVAL;
 	l = kv_listener_open(uri, err);
 	if (!l)
 		return err && err->code ? err->code : -EIO;
@@ -308,6 +316,7 @@ static struct kv_mfd_config mfd_config(const struct kv_mig_params *p)
 	    .method = p->multifd_method,
 	    .level = p->multifd_level,
 	    .zero = p->zero_page_detection,
+	    .tls = &p->tls,
 	};
 }
 
@@ -730,6 +739,21 @@ static int read_hello(struct kv_incoming *in, struct kv_chan *c,
 	return ret;
 }
 
+/* With tls-creds: c once its handshake passed every check, else NULL (c
+ * closed, err says which check failed). A migration byte is read only
+ * after this. The handshake is bounded by the hello's time, not by an
+ * abort (which waits for it). */
+static struct kv_chan *tls_accept(struct kv_incoming *in, struct kv_chan *c,
+				  struct kv_error *err)
+{
+	struct kv_mig_tls tls;
+
+	pthread_mutex_lock(&in->lock);
+	tls = in->params.tls;
+	pthread_mutex_unlock(&in->lock);
+	return kv_mig_tls_server(c, &tls, kv_now_ns() + HELLO_TIMEOUT_NS, err);
+}
+
 /* Accept until a connection shows a stream header; drop the others with
  * a warning. NULL with err set when the accept failed or was aborted. A
  * file: or fd: listener has one stream only: the loader judges it. */
@@ -738,18 +762,23 @@ static struct kv_chan *accept_source(struct kv_incoming *in,
 				     struct kv_error *err)
 {
 	for (;;) {
-		uint8_t hdr[KV_VM_HEADER_SIZE];
+		uint8_t hdr[KV_VM_HEADER_SIZE] = {0};
 		struct kv_error why = {0};
 		char peer[300];
-		struct kv_chan *c;
+		struct kv_chan *c, *t;
 
 		c = aborted(in) ? NULL : kv_listener_accept(l, err);
 		if (!c || kv_listener_fd(l) < 0)
 			return c;
-		if (read_hello(in, c, hdr, &why) == 0)
-			return replay_new(c, hdr, err);
 		kv_chan_peer_name(c, peer, sizeof(peer));
-		kv_chan_close(c);
+		t = tls_accept(in, c, &why);
+		if (t && read_hello(in, t, hdr, &why) == 0)
+			return replay_new(t, hdr, err);
+		if (t && kv_tls_looks_like_hello(hdr, sizeof(hdr))) {
+			kv_error_clear(&why);
+			kv_error_set(&why, -EPROTO, "it began a TLS handshake, but this destination has no tls-creds (set tls-creds here too, or none on the source)");
+		}
+		kv_chan_close(t);
 		if (aborted(in)) {
 			kv_error_set(err, -ECANCELED, "%s", why.msg);
 			return NULL;
@@ -803,9 +832,12 @@ static struct kv_chan *read_resolve(struct kv_incoming *in, struct kv_chan *c,
 	int ret;
 
 	kv_chan_peer_name(c, peer, sizeof(peer));
+	c = tls_accept(in, c, &e);
+	ret = c ? 0 : e.code;
 	set_candidate(in, c);
-	ret = kv_chan_read_full_until(c, hello, sizeof(hello),
-				      kv_now_ns() + HELLO_TIMEOUT_NS, &e);
+	if (ret == 0)
+		ret = kv_chan_read_full_until(c, hello, sizeof(hello),
+					      kv_now_ns() + HELLO_TIMEOUT_NS, &e);
 	if (ret == 0 && !kv_swo_is_resolve(hello, sizeof(hello)))
 		ret = kv_error_set(&e, -EPROTO, "%s", kv_savevm_check_header(hello, NULL) == 0 ? "a new migration source, but this destination already holds a migrated guest" : "not a migration source");
 	if (ret == 0)

@@ -42,6 +42,7 @@
 #include "base/log.h"
 #include "base/rate_limit.h"
 #include "migration/options.h"
+#include "migration/tls_hook.h"
 #include "migration/return_path.h"
 #include "migration/savevm/savevm.h"
 #include "migration/switchover.h"
@@ -928,6 +929,7 @@ struct kv_mfd_config kv_mig_params_mfd(const struct kv_mig_params *p)
 	    .method = p->multifd_method,
 	    .level = p->multifd_level,
 	    .zero = p->zero_page_detection,
+	    .tls = &p->tls,
 	};
 }
 
@@ -1058,7 +1060,7 @@ static int resolve_once(struct kv_migration *m, enum kv_swo_decision d,
 	struct kv_error e = {0};
 	int ret;
 
-	ret = kv_swo_resolve(m->uri, &m->swo_id, d, NULL, RESOLVE_TIMEOUT_MS,
+	ret = kv_swo_resolve(m->uri, &m->params.tls, &m->swo_id, d, NULL, RESOLVE_TIMEOUT_MS,
 			     ack, &e);
 	if (ret == 0)
 		kv_info("migration", "switch-over: the destination at %s answered %s to %s", m->uri, kv_swo_ack_name(*ack), kv_swo_decision_name(d));
@@ -1322,6 +1324,8 @@ static struct kv_chan *connect_main(struct kv_migration *m, const char *uri,
 
 	c = kv_chan_connect_cancellable(uri, m->connect_cancel,
 					m->params.connect_timeout_ms, err);
+	c = kv_mig_tls_client(c, &m->params.tls, uri,
+			      m->params.connect_timeout_ms, err);
 	if (c && cancel_requested(m)) {
 		kv_chan_close(c);
 		c = NULL;
@@ -1346,6 +1350,8 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 		return refuse_second_run(m, err);
 	snprintf(m->uri, sizeof(m->uri), "%s", uri);
 	ret = refuse_conflicting_params(m, &lerr);
+	if (ret == 0)
+		ret = kv_mig_tls_check(&m->params.tls, false, &lerr);
 	if (ret == 0 && cancel_requested(m))
 		ret = -ECANCELED;
 	if (ret == 0)

@@ -52,6 +52,8 @@ enum kv_mig_status {
 /* QEMU's query-migrate status names: "setup", "active", ... */
 const char *kv_mig_status_name(enum kv_mig_status st);
 
+struct kv_objects; /* io/objects.h */
+
 struct kv_mig_params {
 	uint64_t downtime_limit_ms;   /* default 300 */
 	uint64_t max_bandwidth;       /* bytes/s, 0 = unlimited (default) */
@@ -86,6 +88,15 @@ struct kv_mig_params {
 	 * while the link is the bottleneck and it pays) or always (ram.h,
 	 * x-compress). */
 	enum kv_ram_compress compress;
+	/* TLS on every channel (QEMU's tls-creds, tls-hostname, tls-authz;
+	 * migration/tls_hook.h): ids of --object's, "" for none, and the
+	 * table they are looked up in (the VM's; not a client's setting). */
+	struct kv_mig_tls {
+		char creds[64];
+		char hostname[256];
+		char authz[64];
+		const struct kv_objects *objects;
+	} tls;
 };
 
 /* The default of extra_pass_time_pct (not a client's setting). */

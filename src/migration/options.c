@@ -68,6 +68,13 @@ static const char *ram_compress_value(int v)
 		.offset = AT(field),                                          \
 	}
 
+#define STRING(qmp_name, size, side, field, text)                             \
+	{                                                                     \
+		.name = qmp_name, .kind = KV_MIG_OPT_STRING, .max = size,     \
+		.sides = side, .help = text, .store = KV_MIG_STORE_STR,       \
+		.offset = AT(field),                                          \
+	}
+
 #define ENUM(qmp_name, names, d, side, field, text)                           \
 	{                                                                     \
 		.name = qmp_name, .kind = KV_MIG_OPT_ENUM, .dflt = d,         \
@@ -176,6 +183,15 @@ const struct kv_mig_option kv_mig_options[] = {
 	 KV_AUTOCONV_DEFAULT_THRESHOLD, KV_MIG_SIDE_SOURCE, false,
 	 KV_MIG_STORE_UNSIGNED, params.throttle.trigger_threshold,
 	 "a pass that dirtied more than this share of what it sent counts towards throttling"),
+    STRING("tls-creds", sizeof(((struct kv_mig_tls *)0)->creds),
+	   KV_MIG_SIDE_BOTH, params.tls.creds,
+	   "id of a tls-creds-x509 or tls-creds-psk --object: every channel of the migration is TLS (empty: none)"),
+    STRING("tls-hostname", sizeof(((struct kv_mig_tls *)0)->hostname),
+	   KV_MIG_SIDE_SOURCE, params.tls.hostname,
+	   "the host name the destination's certificate must carry (empty: the URI's host)"),
+    STRING("tls-authz", sizeof(((struct kv_mig_tls *)0)->authz),
+	   KV_MIG_SIDE_DESTINATION, params.tls.authz,
+	   "id of an authz-simple or authz-list --object: which sources may connect (empty: any with valid credentials)"),
     ENUM("x-compress", ram_compress_value, KV_RAM_COMPRESS_AUTO,
 	 KV_MIG_SIDE_SOURCE, params.compress,
 	 "zstd on the main stream: auto while the link is the bottleneck and it pays, always, or off"),
@@ -228,6 +244,9 @@ void kv_mig_option_set(const struct kv_mig_option *o, struct kv_mig_settings *s,
 	case KV_MIG_STORE_INT:
 		*(int *)at = (int)v->u;
 		break;
+	case KV_MIG_STORE_STR:
+		snprintf(at, o->max, "%s", v->s);
+		break;
 	}
 }
 
@@ -252,6 +271,10 @@ void kv_mig_option_get(const struct kv_mig_option *o,
 	case KV_MIG_STORE_INT:
 		v->u = (uint64_t)*(const int *)at;
 		break;
+	case KV_MIG_STORE_STR:
+		v->u = 0;
+		snprintf(v->s, sizeof(v->s), "%s", at);
+		break;
 	}
 }
 
@@ -259,7 +282,7 @@ void kv_mig_settings_default(struct kv_mig_settings *s)
 {
 	memset(s, 0, sizeof(*s));
 	for (size_t i = 0; i < kv_mig_n_options; i++) {
-		struct kv_mig_value v = {kv_mig_options[i].dflt};
+		struct kv_mig_value v = {.u = kv_mig_options[i].dflt};
 
 		kv_mig_option_set(&kv_mig_options[i], s, &v);
 	}
@@ -354,6 +377,10 @@ int kv_mig_option_check(const struct kv_mig_option *o,
 			return 0;
 		enum_values_text(o, "'", ", ", values, sizeof(values));
 		return kv_error_set(err, -EINVAL, "Parameter '%s' expects one of %s", o->name, values);
+	case KV_MIG_OPT_STRING:
+		if (strnlen(v->s, sizeof(v->s)) < o->max)
+			return 0;
+		return kv_error_set(err, -EINVAL, "Parameter '%s' expects a string shorter than %" PRIu64 " bytes", o->name, o->max);
 	}
 	return kv_error_set(err, -EINVAL, "Parameter '%s' has no kind", o->name);
 }
@@ -407,6 +434,10 @@ void kv_mig_option_format(const struct kv_mig_option *o, uint64_t v,
 	case KV_MIG_OPT_ENUM:
 		snprintf(buf, len, "%s", kv_mig_option_enum_name(o, v));
 		return;
+	case KV_MIG_OPT_STRING:
+		/* Only the default is ever formatted from a number. */
+		snprintf(buf, len, "\"\"");
+		return;
 	case KV_MIG_OPT_UINT:
 		break;
 	}
@@ -438,6 +469,9 @@ void kv_mig_option_kind_text(const struct kv_mig_option *o, char *buf,
 	case KV_MIG_OPT_ENUM:
 		snprintf(buf, len, "enum");
 		return;
+	case KV_MIG_OPT_STRING:
+		snprintf(buf, len, "string");
+		return;
 	case KV_MIG_OPT_UINT:
 		snprintf(buf, len, "%s", units[o->unit]);
 		return;
@@ -459,6 +493,9 @@ void kv_mig_option_range_text(const struct kv_mig_option *o, char *buf,
 		return;
 	case KV_MIG_OPT_ENUM:
 		enum_values_text(o, "", " / ", buf, len);
+		return;
+	case KV_MIG_OPT_STRING:
+		snprintf(buf, len, "< %" PRIu64 " bytes", o->max);
 		return;
 	case KV_MIG_OPT_UINT:
 		if (o->max == NO_MAX)

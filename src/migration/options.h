@@ -37,6 +37,7 @@ enum kv_mig_opt_kind {
 	KV_MIG_OPT_UINT,       /* an integer in [min, max] */
 	KV_MIG_OPT_BOOL,
 	KV_MIG_OPT_ENUM,       /* one of value_name(0), value_name(1), ... */
+	KV_MIG_OPT_STRING,     /* text of fewer than max bytes, default "" */
 };
 
 enum kv_mig_opt_unit {
@@ -63,6 +64,7 @@ enum kv_mig_opt_store {
 	KV_MIG_STORE_U64,
 	KV_MIG_STORE_UNSIGNED,
 	KV_MIG_STORE_INT, /* also every enum field */
+	KV_MIG_STORE_STR, /* a char[max] */
 };
 
 /* Every setting QMP shows, as clients set them. params holds those the
@@ -80,10 +82,14 @@ struct kv_mig_settings {
 	unsigned multifd_zstd_level;
 };
 
+/* The longest STRING value's buffer (a row's max is at most this). */
+#define KV_MIG_STR_MAX 256
+
 /* One value, whatever the kind: u for UINT, BOOL and CAPABILITY (0/1),
- * the enum's value for ENUM. */
+ * the enum's value for ENUM; s for STRING. */
 struct kv_mig_value {
 	uint64_t u;
+	char s[KV_MIG_STR_MAX];
 };
 
 struct kv_mig_option {
@@ -91,7 +97,8 @@ struct kv_mig_option {
 	enum kv_mig_opt_kind kind;
 	enum kv_mig_opt_unit unit;
 	/* UINT: the range. CAPABILITY: 0..0 not implemented yet (only
-	 * false), 1..1 always on (only true), 0..1 settable. */
+	 * false), 1..1 always on (only true), 0..1 settable. STRING: max
+	 * is the size of its buffer. */
 	uint64_t min, max;
 	uint64_t dflt;
 	/* ENUM: the name of value v, NULL past the last one. */

@@ -6,6 +6,7 @@
  * writes there) and records what they say for the migration thread.
  */
 #include "migration/return_path.h"
+#include "io/tls.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -100,7 +101,10 @@ const char *kv_rp_msg_name(uint16_t type)
 int kv_rp_check_header(uint16_t type, uint16_t len, struct kv_error *err)
 {
 	const struct rp_msg_desc *d = rp_msg_find(type);
+	const uint8_t head[2] = {(uint8_t)(type >> 8), (uint8_t)type};
 
+	if (!d && kv_tls_looks_like_record(head, sizeof(head)))
+		return kv_error_set(err, -EPROTO, "return path: the destination answered with a TLS record: it has tls-creds set, this source none (set tls-creds here too)");
 	if (!d)
 		return kv_error_set(
 		    err, -EPROTO,

@@ -16,6 +16,7 @@
  * READY travels on the return path (return_path.c).
  */
 #include "migration/switchover.h"
+#include "migration/tls_hook.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -293,7 +294,8 @@ static int read_ack(struct kv_chan *c, const struct kv_swo_id *id,
 	return 0;
 }
 
-int kv_swo_resolve(const char *uri, const struct kv_swo_id *id,
+int kv_swo_resolve(const char *uri, const struct kv_mig_tls *tls,
+		   const struct kv_swo_id *id,
 		   enum kv_swo_decision d, struct kv_cancel *cancel,
 		   int timeout_ms, enum kv_swo_ack *ack, struct kv_error *err)
 {
@@ -304,6 +306,7 @@ int kv_swo_resolve(const char *uri, const struct kv_swo_id *id,
 
 	c = kv_chan_connect_cancellable(uri, cancel, (uint64_t)timeout_ms,
 					err);
+	c = kv_mig_tls_client(c, tls, uri, (uint64_t)timeout_ms, err);
 	if (!c)
 		return err->code ? err->code : -EIO;
 	build(rec, magic_resolve, id, (uint8_t)d);

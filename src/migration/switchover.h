@@ -93,8 +93,12 @@ int kv_swo_read_decision(struct kv_stream *s, const struct kv_swo_id *id,
 /* Do the first 8 bytes of a connection open a RESOLVE? */
 bool kv_swo_is_resolve(const uint8_t *hello, size_t len);
 
-/* Source: connect to uri, say the decision, read the answer. */
-int kv_swo_resolve(const char *uri, const struct kv_swo_id *id,
+struct kv_mig_tls; /* migration/migration.h */
+
+/* Source: connect to uri (over TLS with tls's tls-creds, as every channel
+ * of the migration), say the decision, read the answer. */
+int kv_swo_resolve(const char *uri, const struct kv_mig_tls *tls,
+		   const struct kv_swo_id *id,
 		   enum kv_swo_decision d, struct kv_cancel *cancel,
 		   int timeout_ms, enum kv_swo_ack *ack, struct kv_error *err);
 

@@ -27,6 +27,14 @@ struct kv_qmp_mig *kv_qmp_mig_new(const struct kv_qmp_mig_ops *ops)
 	return m;
 }
 
+void kv_qmp_mig_set_objects(struct kv_qmp_mig *m,
+			    const struct kv_objects *objects)
+{
+	pthread_mutex_lock(&m->lock);
+	m->settings.params.tls.objects = objects;
+	pthread_mutex_unlock(&m->lock);
+}
+
 void kv_qmp_mig_free(struct kv_qmp_mig *m)
 {
 	if (!m)
@@ -59,6 +67,7 @@ static const char *json_type_for(const struct kv_mig_option *o)
 	case KV_MIG_OPT_BOOL:
 		return "boolean";
 	case KV_MIG_OPT_ENUM:
+	case KV_MIG_OPT_STRING:
 		return "string";
 	case KV_MIG_OPT_UINT:
 		break;
@@ -73,6 +82,7 @@ static bool json_type_ok(const struct kv_mig_option *o, const json_t *j)
 	case KV_MIG_OPT_BOOL:
 		return json_is_boolean(j);
 	case KV_MIG_OPT_ENUM:
+	case KV_MIG_OPT_STRING:
 		return json_is_string(j);
 	case KV_MIG_OPT_UINT:
 		break;
@@ -96,6 +106,12 @@ static int value_from_json(const struct kv_mig_option *o, const json_t *j,
 		if (ret < 0)
 			return ret;
 		break;
+	case KV_MIG_OPT_STRING:
+		/* Too long for the buffer: refused by the check below. */
+		memset(v->s, 'x', sizeof(v->s));
+		if (json_string_length(j) < sizeof(v->s))
+			snprintf(v->s, sizeof(v->s), "%s", json_string_value(j));
+		break;
 	case KV_MIG_OPT_UINT:
 		if (json_integer_value(j) < 0)
 			v->u = UINT64_MAX; /* out of every range */
@@ -115,6 +131,8 @@ json_t *kv_qmp_mig_value_json(const struct kv_mig_option *o,
 		return json_boolean(v->u);
 	case KV_MIG_OPT_ENUM:
 		return json_string(kv_mig_option_enum_name(o, v->u));
+	case KV_MIG_OPT_STRING:
+		return json_string(v->s);
 	case KV_MIG_OPT_UINT:
 		break;
 	}

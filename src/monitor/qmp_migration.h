@@ -53,6 +53,10 @@ struct kv_qmp_mig;
 /* Every setting at its default. NULL when out of memory. */
 struct kv_qmp_mig *kv_qmp_mig_new(const struct kv_qmp_mig_ops *ops);
 void kv_qmp_mig_free(struct kv_qmp_mig *m);
+/* Where tls-creds and tls-authz ids are looked up (kvmig run's --object
+ * table, which outlives m). */
+void kv_qmp_mig_set_objects(struct kv_qmp_mig *m,
+			    const struct kv_objects *objects);
 
 /* Any thread: a copy of the settings, or what a migration gets from
  * them. */

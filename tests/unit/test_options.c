@@ -43,7 +43,7 @@ static void test_rows_are_whole(void **state)
 	assert_true(kv_mig_n_options > 30);
 	for (size_t i = 0; i < kv_mig_n_options; i++) {
 		const struct kv_mig_option *o = &kv_mig_options[i];
-		struct kv_mig_value d = {o->dflt};
+		struct kv_mig_value d = {.u = o->dflt};
 		struct kv_error err = {0};
 
 		assert_true(o->help && o->help[0]);
@@ -124,7 +124,7 @@ static void test_settings_to_params(void **state)
 static void want_check(const char *name, uint64_t u, int want,
 			 const char *msg)
 {
-	struct kv_mig_value v = {u};
+	struct kv_mig_value v = {.u = u};
 	struct kv_error err = {0};
 
 	assert_int_equal(kv_mig_option_check(row(name), &v, &err), want);

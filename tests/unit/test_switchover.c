@@ -314,7 +314,7 @@ static void test_resolve_round_trip(void **state)
 	kv_swo_new_id(&a.id, NULL);
 	a.ack = KV_SWO_ACK_RUNNING;
 	pthread_create(&t, NULL, answer, &a);
-	assert_int_equal(kv_swo_resolve(uri, &a.id, KV_SWO_GO, NULL, 2000, &ack, &err), 0);
+	assert_int_equal(kv_swo_resolve(uri, NULL, &a.id, KV_SWO_GO, NULL, 2000, &ack, &err), 0);
 	pthread_join(t, NULL);
 	assert_int_equal(a.ret, 0);
 	assert_true(a.is_resolve);
@@ -325,7 +325,7 @@ static void test_resolve_round_trip(void **state)
 	/* Nobody listening any more: the attempt fails, bounded. */
 	kv_listener_close(a.l);
 	kv_error_clear(&err);
-	assert_true(kv_swo_resolve(uri, &a.id, KV_SWO_ABORT, NULL, 500, &ack, &err) < 0);
+	assert_true(kv_swo_resolve(uri, NULL, &a.id, KV_SWO_ABORT, NULL, 500, &ack, &err) < 0);
 	assert_true(err.msg[0] != '\0');
 	assert_false(kv_swo_is_resolve((const uint8_t *)"QEVM\0\0\0\3", 8));
 }

@@ -33,6 +33,7 @@
 #include "base/zero.h"
 #include "io/iov.h"
 #include "migration/codec/codec.h"
+#include "migration/tls_hook.h"
 
 #define JOB_PAGES     KV_MFD_PAGES_DEFAULT
 /* How long the loader waits at MULTIFD_FLUSH for channels that never
@@ -84,7 +85,8 @@ struct mfd_job {
 struct mfd_send_chan {
 	struct kv_mfd_send *m;
 	unsigned id;
-	struct kv_chan *chan;
+	struct kv_chan *chan; /* replaced by its TLS channel under m->lock */
+	char uri[300];	      /* with TLS: for the handshake's host name */
 	pthread_t thread;
 	bool started;
 	/* Under m->lock: a queue of two, so the migration thread fills the
@@ -215,12 +217,47 @@ static int send_job(struct mfd_send_chan *c, const struct mfd_job *j,
 	return 0;
 }
 
+/*
+ * With TLS the handshake and the init message happen here, in the
+ * channel's thread: the destination accepts channels only once it read
+ * the main stream's header, which the migration thread sends after
+ * kv_mfd_send_start returns; and N channels shake hands in parallel.
+ */
+static int send_tls_hello(struct mfd_send_chan *c, struct kv_error *err)
+{
+	struct kv_mfd_send *m = c->m;
+	struct kv_mfd_init init = {.id = (uint8_t)c->id};
+	uint8_t buf[KV_MFD_INIT_SIZE];
+	struct iovec iov = {buf, sizeof(buf)};
+	struct kv_chan *t;
+
+	if (!kv_mig_tls_on(m->cfg.tls))
+		return 0;
+	t = kv_mig_tls_client_keep(c->chan, m->cfg.tls, c->uri,
+				   m->cfg.connect_timeout_ms, err);
+	if (!t)
+		return err->code;
+	pthread_mutex_lock(&m->lock);
+	c->chan = t;
+	if (m->error || m->stop)
+		kv_chan_shutdown(t);
+	pthread_mutex_unlock(&m->lock);
+	kv_mfd_init_encode(&init, buf);
+	return kv_chan_writev_full(c->chan, &iov, 1, err);
+}
+
 static void *send_main(void *opaque)
 {
 	struct mfd_send_chan *c = opaque;
 	struct kv_mfd_send *m = c->m;
+	struct kv_error herr = {0};
+	int hret = send_tls_hello(c, &herr);
 
 	pthread_mutex_lock(&m->lock);
+	if (hret < 0) {
+		kv_error_prefix(&herr, "multifd channel %u", c->id);
+		send_fail_locked(m, hret, &herr);
+	}
 	for (;;) {
 		struct kv_error err = {0};
 		int ret;
@@ -277,8 +314,10 @@ static int send_chan_open(struct kv_mfd_send *m, unsigned id,
 	if (m->cfg.activity)
 		kv_chan_set_silence(c->chan, m->cfg.silence_ms,
 				    m->cfg.activity);
+	snprintf(c->uri, sizeof(c->uri), "%s", uri);
 	kv_mfd_init_encode(&init, buf);
-	if (kv_chan_writev_full(c->chan, &iov, 1, err) < 0)
+	if (!kv_mig_tls_on(m->cfg.tls) &&
+	    kv_chan_writev_full(c->chan, &iov, 1, err) < 0)
 		return err->code;
 	if (pthread_create(&c->thread, NULL, send_main, c))
 		return kv_error_set(err, -EAGAIN, "cannot start its thread");
@@ -930,7 +969,14 @@ static int accept_one(struct kv_mfd_recv *r, struct kv_chan *c,
 {
 	uint8_t buf[KV_MFD_INIT_SIZE];
 	struct kv_mfd_init init;
-	int ret = read_init(r, c, buf, err);
+	int ret;
+
+	c = kv_mig_tls_server(c, r->cfg.tls, kv_now_ns() + r->hello_ns, err);
+	if (!c) {
+		kv_warn("migration", "multifd: dropped a connection: %s", err->msg);
+		return 0;
+	}
+	ret = read_init(r, c, buf, err);
 
 	if (ret > 0) {
 		drop_stranger(c, err);

@@ -31,6 +31,8 @@
 #include "io/channel.h"
 #include "migration/multifd/multifd_packet.h"
 
+struct kv_mig_tls; /* migration/migration.h */
+
 /* zero-page-detection (QEMU's names). */
 enum kv_mfd_zero {
 	KV_MFD_ZERO_NONE,    /* every page goes as data */
@@ -57,6 +59,9 @@ struct kv_mfd_config {
 	 * themselves: its loader judges (kv_mfd_recv_sync too). */
 	uint64_t silence_ms;
 	struct kv_chan_activity *activity;
+	/* TLS on every channel (migration/tls_hook.h; NULL: none). The
+	 * caller keeps it alive until the channels end. */
+	const struct kv_mig_tls *tls;
 };
 
 /* "none", "legacy", "multifd" <-> enum; -EINVAL with err on a bad name. */

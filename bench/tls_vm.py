@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""TLS against plain, whole VM migrations over loopback (issue 12):
+
+    bench/tls_vm.py [--build build] [--runs 1]
+
+Cells: a 1 GiB guest dirtying 64 MiB/s and an idle 4 GiB guest; each
+plain and with tls-creds (x509, certificates made by certtool in a temp
+dir), on one channel and with two multifd channels. Prints a markdown
+table: total time (query-migrate), the TLS / plain ratio and the issue's
+targets (<= 1.5x on one channel, <= 1.25x with two multifd channels),
+then bench/tls_bench's cipher and stream figures from the same run.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+import tlslib  # noqa: E402
+from vmlib import (VmSet, free_port, wait_migration,  # noqa: E402
+                   workload_started)
+
+CELLS = [("1 GiB, 64 MiB/s", "1G", "mem=64 rate=64"),
+         ("4 GiB, idle", "4G", "mem=64 rate=0")]
+MODES = [("1 channel", 0), ("2 multifd channels", 2)]
+TARGET = {0: 1.5, 2: 1.25}
+
+
+def migrate_once(vms, pki, memory, append, tls, channels):
+    src_objs = tlslib.x509_object(f"{pki}/client", "client") if tls else []
+    dst_objs = tlslib.x509_object(f"{pki}/server", "server") if tls else []
+    src = vms.boot("src", append, memory=memory, extra=src_objs)
+    if not workload_started(src):
+        raise RuntimeError(src.describe())
+    time.sleep(2)
+    port = free_port()
+    dst = vms.incoming("dst", "defer", memory=memory, extra=dst_objs)
+    qs, qd = vms.qmp(src), vms.qmp(dst)
+    for q in (qs, qd):
+        if tls:
+            q.cmd("migrate-set-parameters", **{"tls-creds": "tls0"})
+        if channels:
+            q.cmd("migrate-set-capabilities", capabilities=[
+                {"capability": "multifd", "state": True}])
+            q.cmd("migrate-set-parameters",
+                  **{"multifd-channels": channels})
+    qd.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+    qs.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
+    r = wait_migration(qs, timeout=120)
+    src.kill()
+    dst.kill()
+    if r.get("status") != "completed":
+        raise RuntimeError(f"{r}\n{src.describe()}\n{dst.describe()}")
+    return r["total-time"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--runs", type=int, default=1)
+    args = ap.parse_args()
+    kvmig = os.path.join(args.build, "src", "cli", "kvmig")
+    guest = os.path.join(args.build, "guest", "guest.elf")
+    missing = tlslib.certtool_missing()
+    if missing:
+        print(f"tls_vm: {missing}", file=sys.stderr)
+        return 1
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kvmig-tlsbench-") as tmp:
+        pki = tlslib.make_x509(f"{tmp}/pki")
+        for label, memory, append in CELLS:
+            for mode, channels in MODES:
+                t = {}
+                for tls in (False, True):
+                    runs = []
+                    for _ in range(args.runs):
+                        with VmSet(kvmig, guest, tmp) as vms:
+                            runs.append(migrate_once(vms, pki, memory, append,
+                                                     tls, channels))
+                    t[tls] = statistics.median(runs)
+                ratio = t[True] / max(t[False], 1)
+                rows.append((label, mode, t[False], t[True], ratio,
+                             ratio <= TARGET[channels]))
+    load = os.getloadavg()[0]
+    print(f"Loopback, x509 TLS 1.3 AES-128-GCM, median of {args.runs}; "
+          f"load average at the end {load:.1f} on {os.cpu_count()} CPUs.\n")
+    print("| guest | channels | plain ms | TLS ms | TLS / plain | target |")
+    print("|---|---|---|---|---|---|")
+    for label, mode, p, t, ratio, ok in rows:
+        target = TARGET[2 if "multifd" in mode else 0]
+        print(f"| {label} | {mode} | {p} | {t} | {ratio:.2f} | "
+              f"<= {target} {'met' if ok else 'MISSED'} |")
+    print()
+    out = subprocess.run([os.path.join(args.build, "bench", "tls_bench"),
+                          "1024"], capture_output=True, text=True)
+    print("```\n" + out.stdout + "```")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
