@@ -342,7 +342,7 @@ static void test_max_bandwidth_across_channels(void **state)
 	p.max_bandwidth = 2 << 20;
 	o = migrate(&p, &p, true, false);
 	rate = (double)o.transferred / ((double)o.total_ms / 1000.0);
-	print_message("%.2f MiB in %lld ms: %.2f MiB/s\n",
+	print_message("# %.2f MiB in %lld ms: %.2f MiB/s\n",
 		      (double)o.transferred / (1 << 20), (long long)o.total_ms,
 		      rate / (1 << 20));
 	/* Three channels at the cap each would be 6 MiB/s. */
