@@ -113,6 +113,43 @@ def process_cases():
     return out
 
 
+def switchover_kill_cases(env):
+    """A process killed in the middle of the switch-over exchange; the
+    other side is settled by hand (x-migrate-settle) if it is left
+    undecided: its peer is gone for good."""
+    out = [
+        dict(name="kill-src-at-shut", group="process killed",
+             phase="switch-over", fault="SIGKILL the source when the "
+             "destination's SHUT reaches the proxy", expect="dst",
+             rules=lambda c: [Rule("call", "d2s", rp_type=RP_SHUT,
+                                   func=lambda r: kill(c, "src"))],
+             settle=lambda s: "run"),
+    ]
+    if env.commit_protocol:
+        out += [
+            dict(name="kill-src-at-ready", group="process killed",
+                 phase="switch-over", fault="SIGKILL the source when "
+                 "READY reaches the proxy; the destination is settled by "
+                 "hand", expect="dst",
+                 rules=lambda c: [Rule("call", "d2s", rp_type=RP_READY,
+                                       func=lambda r: kill(c, "src"))],
+                 settle=lambda s: "run"),
+            dict(name="kill-dst-at-decision", group="process killed",
+                 phase="switch-over", fault="SIGKILL the destination when "
+                 "the source's DECISION reaches the proxy; the source is "
+                 "settled by hand", expect="src",
+                 rules=lambda c: [Rule("call", "s2d", pattern=DECISION,
+                                       func=lambda r: kill(c, "dst"))],
+                 settle=lambda s: "run"),
+        ]
+    return out
+
+
+def kill(ctx, who):
+    ctx[who].signal(signal.SIGKILL)
+    ctx["notes"].append(f"SIGKILL {ctx[who].name}")
+
+
 def thaw_later(ctx, who):
     """SIGCONT FREEZE_S after the freeze (the harness observes meanwhile
     only what answers)."""
@@ -157,8 +194,36 @@ def defect_cases():
             phase="all", fault="no fault: 2 multifd channels, direct TCP, "
             "destination --incoming defer", expect="dst", multifd=True,
             direct=True, quick=i == 0))
-    out += stranger_cases()
+    out += stranger_cases() + operator_cases()
     return out
+
+
+def operator_cases():
+    def stop(c):
+        c["src"].q.cmd("stop")
+        c["notes"].append("stop before migrate")
+
+    def cancel(c):
+        time.sleep(1.0)
+        c["t_fault"] = time.monotonic()
+        c["src"].q.cmd("migrate_cancel")
+        c["notes"].append("migrate_cancel 1 s into a black-holed connect")
+    return [
+        dict(name="d5-paused-cut", group="defect 5", phase="active",
+             fault="guest stopped with `stop`, then migrate; link cut",
+             expect="none", before=stop, states={"source": "paused"},
+             rules=lambda c: [phase_rule("active", "cut")]),
+        dict(name="d5-paused-completes", group="defect 5", phase="all",
+             fault="guest stopped with `stop`, then migrate; no fault",
+             expect="none", before=stop, direct=True,
+             states={"destination": "paused"}),
+        dict(name="d6-cancel-blackholed", group="defect 6", phase="setup",
+             fault="the link is black-holed from the first byte; "
+                   "migrate_cancel after 1 s", expect="src",
+             rules=lambda c: [Rule("blackhole", "s2d", offset=0)],
+             during=cancel, detect={"source": 1.0}, restore=False,
+             may_wait=("destination",)),
+    ]
 
 
 def stranger_cases():
@@ -376,4 +441,5 @@ def other_cases():
 
 def all_cases(env):
     return (defect_cases() + link_cases() + process_cases() +
+            switchover_kill_cases(env) +
             sweep_cases(env) + flip_cases() + other_cases())

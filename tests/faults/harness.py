@@ -140,19 +140,23 @@ def heartbeats_in(side, t0, t1):
     return sum(1 for t in side.vm.heartbeat_times() if t0 <= t < t1)
 
 
-def observe(src, dst, t_fault, deadline_s, until_settled=True):
-    """Poll both sides until both settled or deadline_s passed since
-    t_fault; note when each settled."""
+def observe(src, dst, t_fault, deadline_s, final_only=False):
+    """Poll both sides until both settled (final_only: final, not
+    x-undecided) or deadline_s passed since t_fault; note when each
+    settled."""
+    def done(s):
+        return s.settled() and not (final_only and s.status == UNDECIDED
+                                    and s.alive())
     end = t_fault + deadline_s
     while time.monotonic() < end:
         for s in (src, dst):
             s.query()
             if s.t_settled is None and s.settled() and not s.frozen:
                 s.t_settled = time.monotonic()
-        if until_settled and src.settled() and dst.settled():
+        if done(src) and done(dst):
             return True
         time.sleep(0.05)
-    return src.settled() and dst.settled()
+    return done(src) and done(dst)
 
 
 def try_settle(env, side, outcome):
@@ -216,6 +220,7 @@ def run_case(env, case):
                 res["fired"] = "(the fault's trigger never passed) " + \
                     res["fired"]
             # bring the link (or a frozen process) back, wait for the end
+            t_back = time.monotonic()
             restored = False
             for s in (src, dst):
                 if s.frozen:
@@ -225,16 +230,22 @@ def run_case(env, case):
                     r.action in ("blackhole", "stall") for r in rules):
                 proxy.restore()
                 restored = True
-            if restored or not (src.settled() and dst.settled()):
-                observe(src, dst, time.monotonic(), RESOLVE_S)
+            # an undecided side resolves itself once the link is back
+            undecided = any(x.status == UNDECIDED for x in (src, dst))
+            if restored or undecided or \
+                    not (src.settled() and dst.settled()):
+                observe(src, dst, time.monotonic(), RESOLVE_S,
+                        final_only=True)
+            res["undecided"] = undecided
             if case.get("settle"):
                 for s in (src, dst):
                     if s.status == UNDECIDED:
                         ctx["notes"].append(
                             f"settle {s.name}: "
                             f"{try_settle(env, s, case['settle'](s))}")
-                observe(src, dst, time.monotonic(), 5)
-            judge(res, case, src, dst, t_fault, t_mig)
+                observe(src, dst, time.monotonic(), 5, final_only=True)
+            judge(res, case, src, dst, t_fault, t_mig,
+                  t_back if restored else None)
             res["notes"] = ctx["notes"]
         finally:
             if proxy:
@@ -246,7 +257,7 @@ def run_case(env, case):
     return res
 
 
-def judge(res, case, src, dst, t_fault, t_mig):
+def judge(res, case, src, dst, t_fault, t_mig, t_back):
     # which side runs now: heartbeats in a window, and its QMP status
     t0 = time.monotonic()
     time.sleep(WINDOW_S)
@@ -266,17 +277,24 @@ def judge(res, case, src, dst, t_fault, t_mig):
     running = [n for n, r in runs.items() if r]
     side = {(): "none", ("source",): "src",
             ("destination",): "dst"}.get(tuple(running), "both")
-    det = {}
+    # noticed = settled before the link or the process came back; a
+    # side that settled only afterwards did not detect the fault
+    det, after = {}, {}
     for s in (src, dst):
-        if s.t_settled is not None:
-            det[s.name] = round(max(0.0, s.t_settled - t_fault), 2)
+        if s.t_settled is None:
+            continue
+        took = round(max(0.0, s.t_settled - t_fault), 2)
+        if t_back is not None and s.t_settled > t_back:
+            after[s.name] = took
+        else:
+            det[s.name] = took
     res.update({
         "runs": side,
         "two_copies": both or side == "both",
         "corrupt": [c.decode("utf-8", "replace") for c in corrupt[:3]],
         "lost_writes": bool(corrupt) or both or side == "both",
         "source": src.report(), "destination": dst.report(),
-        "detect_s": det,
+        "detect_s": det, "settled_after_restore_s": after,
     })
     problems = []
     if both or side == "both":
@@ -290,14 +308,19 @@ def judge(res, case, src, dst, t_fault, t_mig):
     elif side != exp:
         problems.append(f"{side} runs (expected {exp})")
     for s in (src, dst):
-        if s.alive() and not s.settled():
+        want = case.get("states", {}).get(s.name)
+        if want and s.run_state != want:
+            problems.append(f"{s.name} is {s.run_state} (expected {want})")
+        if s.alive() and not s.settled() and \
+                s.name not in case.get("may_wait", ()):
             problems.append(f"{s.name} still {s.status}")
     for name, limit in case.get("detect", {}).items():
         took = det.get(name)
         if took is None or took > limit:
-            problems.append(f"{name} noticed after "
-                            f"{'never' if took is None else took} s "
-                            f"(bound {limit} s)")
+            problems.append(f"{name} did not notice within {limit} s" +
+                            (f" (settled {after[name]} s after the fault, "
+                             "once it was undone)" if name in after else
+                             "" if took is None else f" (took {took} s)"))
     res["problems"] = problems
     if problems:
         res["verdict"] = "xfail" if case.get("xfail") else "fail"
