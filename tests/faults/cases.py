@@ -102,7 +102,7 @@ def process_cases():
             expect="either", rules=sig_rule(ph, "src", signal.SIGSTOP),
             during=lambda c: thaw_later(c, "src")))
         x = None
-        if ph in ("pass-end", "device"):
+        if ph == "device":
             x = X_COMMIT   # the source gives up, the destination goes on
         out.append(dict(
             name=f"freeze-dst-{ph}", group="process frozen", phase=ph,
