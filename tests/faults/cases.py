@@ -86,9 +86,13 @@ def sig_rule(ph, who, sig):
 def process_cases():
     out = []
     for ph in PHASES:
+        # at the device phase the source may have written the whole
+        # stream before it died: then the destination has the guest
         out.append(dict(
             name=f"kill-src-{ph}", group="process killed", phase=ph,
-            fault="SIGKILL the source", expect="none",
+            fault="SIGKILL the source",
+            expect="none" if ph != "device" else "at-most-one",
+            settle=lambda s: "run",
             rules=sig_rule(ph, "src", signal.SIGKILL),
             detect={"destination": 3}))
         out.append(dict(
@@ -96,11 +100,14 @@ def process_cases():
             fault="SIGKILL the destination", expect="src",
             rules=sig_rule(ph, "dst", signal.SIGKILL),
             detect={"source": 3}, quick=ph == "active"))
+        # a source frozen at the switch-over: its wait for SHUT times
+        # out as it wakes, while the destination already runs
         out.append(dict(
             name=f"freeze-src-{ph}", group="process frozen", phase=ph,
             fault=f"SIGSTOP the source, SIGCONT after {FREEZE_S:.0f} s",
             expect="either", rules=sig_rule(ph, "src", signal.SIGSTOP),
-            during=lambda c: thaw_later(c, "src")))
+            during=lambda c: thaw_later(c, "src"),
+            xfail=X_COMMIT if ph == "device" else None))
         x = None
         if ph == "device":
             x = X_COMMIT   # the source gives up, the destination goes on

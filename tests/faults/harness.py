@@ -302,7 +302,10 @@ def judge(res, case, src, dst, t_fault, t_mig, t_back):
     if corrupt:
         problems.append("CORRUPT")
     exp = case["expect"]
-    if exp == "either":
+    if exp == "at-most-one":
+        if side == "both":
+            problems.append("both run")
+    elif exp == "either":
         if side not in ("src", "dst"):
             problems.append(f"{side} runs (expected exactly one)")
     elif side != exp:

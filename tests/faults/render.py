@@ -61,7 +61,9 @@ Expected outcome: **src** (the source resumes, the destination runs
 nothing), **dst** (the destination runs, the source stays stopped),
 **either** (exactly one, whichever), **none** (the source was killed before
 the destination had the whole guest: the guest dies with its host; the
-destination must not run a partial one). A case passes when the observed
+destination must not run a partial one), **at-most-one** (the source was
+killed while it wrote its last bytes: the destination runs if they all
+left, nothing runs otherwise). A case passes when the observed
 side matches, no two copies ran, no CORRUPT line appeared, nothing is
 left hanging, and each side noticed within the case's bound.
 
