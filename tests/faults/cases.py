@@ -72,6 +72,21 @@ def link_cases():
             detect={"source": DETECT_S, "destination": DETECT_S},
             xfail=X_DETECT if ph in ("setup", "active") else
             f"{X_DETECT}; {X_COMMIT}"))
+    # one multifd channel (connection 1) fails, the main channel is fine
+    out.append(dict(
+        name="cut-mfd-active", group="link cut", phase="active",
+        fault="proxy closes multifd channel 0 (connection 1) 4 MiB in",
+        expect="src", multifd=True,
+        rules=lambda c: [Rule("cut", "s2d", conn=1, offset=4 * MIB)],
+        detect={"source": 3, "destination": 3}))
+    out.append(dict(
+        name="blackhole-mfd-active", group="link black-holed",
+        phase="active", fault="proxy black-holes multifd channel 0 "
+        f"(connection 1) 4 MiB in; link back after {DETECT_S:.0f} s",
+        expect="src", multifd=True,
+        rules=lambda c: [Rule("blackhole", "s2d", conn=1, offset=4 * MIB)],
+        detect={"source": DETECT_S, "destination": DETECT_S},
+        xfail=X_DETECT))
     return out
 
 
@@ -401,10 +416,17 @@ def flip_cases():
                                          pattern=MFD_MAGIC, nth=5,
                                          delta=320 + 8 * 128 + 100)],
              multifd=True, phase="active",
-             what="a page in multifd channel 1 packet 4"),
+             what="a page in multifd channel 1 packet 4 (guest writing)",
+             expect="either"),
+        dict(flip("mfd-page-idle", lambda c: [Rule("flip", "s2d", conn=2,
+                                         pattern=MFD_MAGIC, nth=5,
+                                         delta=320 + 8 * 128 + 100)],
+             multifd=True, phase="active",
+             what="a page in multifd channel 1 packet 4 (idle guest: the "
+                  "page is not sent again)"), guest="mem=32 rate=0"),
         flip("rp-pong", lambda c: [Rule("flip", "d2s", rp_type=RP_PONG,
                                         delta=7)],
-             phase="pass-end", what="a PONG's value"),
+             phase="pass-end", what="a PONG's value", expect="either"),
         flip("rp-shut-type", lambda c: [Rule("flip", "d2s", rp_type=RP_SHUT,
                                              delta=1)],
              phase="switch-over", expect="dst", xfail=X_COMMIT,

@@ -202,7 +202,11 @@ class _Pipe:
         try:
             self.dst.sendall(data)
         except OSError:
-            self.closed = True
+            # the receiver is gone: the sender must learn it as it would
+            # over a direct connection (its writes fail), not block on a
+            # proxy that stopped reading
+            self.proxy._log(self.conn, self.dir, self.pos, "peer-gone", "")
+            self.proxy.close_conn(self.conn, rst=True)
             return
         self.pos += len(data)
         self.proxy.count(self.conn, self.dir, len(data))

@@ -118,7 +118,8 @@ def set_multifd(q, channels=2):
 
 
 def start_pair(vms, case):
-    src_vm = vms.boot("src", GUEST_ARGS, memory=MEMORY, extra=VERIFY)
+    src_vm = vms.boot("src", case.get("guest", GUEST_ARGS), memory=MEMORY,
+                      extra=VERIFY)
     dst_vm = vms.incoming("dst", "defer", memory=MEMORY, extra=VERIFY)
     if not workload_started(src_vm):
         raise RuntimeError("the guest did not start: " + src_vm.describe())
