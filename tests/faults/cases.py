@@ -29,6 +29,9 @@ RP_SHUT, RP_PONG, RP_READY = 1, 2, 0x4B01
 OFFER, DECISION = b"KVMIGOFR", b"KVMIGDEC"
 VMDESC = b'{"page_size"'
 MFD_MAGIC = struct.pack(">I", 0x11223344)
+# the guest's working set is written once, then only read: a page flipped
+# in the first pass is not sent again (the guest's kernel pages are)
+IDLE_GUEST = "mem=32 rate=0"
 
 # why a case fails today, by the fix that makes it pass
 X_COMMIT = "defects 1/3: the switch-over commit protocol (branch commit)"
@@ -366,9 +369,13 @@ def flip_cases():
              may_wait=("destination",)),
         flip("config", lambda c: [Rule("flip", "s2d", offset=14)],
              phase="setup", what="configuration section's machine name"),
-        flip("ram-page", lambda c: [Rule("flip", "s2d", offset=8 * MIB)],
-             phase="active", what="a RAM record or page (8 MiB in)",
-             quick=True),
+        # an idle guest (rate=0: its working set is written once, then
+        # only read), so that the flipped page is not sent again
+        dict(flip("ram-page", lambda c: [Rule("flip", "s2d",
+                                               offset=16 * MIB)],
+                  phase="active", quick=True,
+                  what="a RAM record or page 16 MiB in (idle guest)"),
+             guest=IDLE_GUEST),
         flip("ping", lambda c: [Rule("flip", "s2d", pattern=b"\x08\x00\x02"
                                      b"\x00\x04", delta=2, mask=0x40)],
              phase="pass-end", what="the PING command's number"),
@@ -419,11 +426,14 @@ def flip_cases():
              what="a page in multifd channel 1 packet 4 (guest writing)",
              expect="either"),
         dict(flip("mfd-page-idle", lambda c: [Rule("flip", "s2d", conn=2,
-                                         pattern=MFD_MAGIC, nth=5,
-                                         delta=320 + 8 * 128 + 100)],
-             multifd=True, phase="active",
-             what="a page in multifd channel 1 packet 4 (idle guest: the "
-                  "page is not sent again)"), guest="mem=32 rate=0"),
+                                                   pattern=MFD_MAGIC,
+                                                   nth=21,
+                                                   delta=320 + 8 * 128 +
+                                                   100)],
+                  multifd=True, phase="active",
+                  what="a page in multifd channel 1 packet 20 (idle "
+                       "guest: the page is not sent again)"),
+             guest=IDLE_GUEST),
         flip("rp-pong", lambda c: [Rule("flip", "d2s", rp_type=RP_PONG,
                                         delta=7)],
              phase="pass-end", what="a PONG's value", expect="either"),

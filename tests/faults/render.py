@@ -85,8 +85,8 @@ def side(rep):
     if rep.get("error-desc"):
         out += f": {rep['error-desc']}"
     elif rep.get("stderr"):
-        out += f": {rep['stderr'][-1]}"
-    return out[:160]
+        out += ": " + " / ".join(rep["stderr"][-2:])
+    return out[:240]
 
 
 def main():
