@@ -23,7 +23,9 @@ GUEST_ARGS = "mem=32 rate=16"
 MEMORY = "256M"
 VERIFY = ("--verify-ram",)
 RP_TIMEOUT_MS = 2000     # x-return-path-timeout in the suite
-DETECT_S = 10.0          # the bound the issue asks for (item 4)
+LINK_TIMEOUT_MS = 3000   # x-link-timeout (where the build has it)
+DETECT_S = 10.0          # how long the harness waits for a side to notice
+SILENCE_S = LINK_TIMEOUT_MS / 1000 + 3.0   # the bound for a silent link
 FREEZE_S = 4.0           # SIGSTOP ... SIGCONT
 RESOLVE_S = 12.0         # after the link is back: time to settle
 WINDOW_S = 1.5           # "runs" = heartbeats in this window
@@ -109,8 +111,20 @@ class Env:
         self.kvmig = kvmig
         self.guest = guest
         self.tmp = tmp
-        self.commit_protocol = b"KVMIGOFR" in open(kvmig, "rb").read()
-        self.has_settle = b"x-migrate-settle" in open(kvmig, "rb").read()
+        exe = open(kvmig, "rb").read()
+        # which fixes this build has, by a string each one brings
+        self.commit_protocol = b"KVMIGOFR" in exe
+        self.has_settle = b"x-migrate-settle" in exe
+        self.link_timeout = b"x-link-timeout" in exe
+        self.verify_sections = b"kvmig-verify" in exe
+
+    def until(self, fix, reason):
+        """reason while this build lacks fix ("commit", "detect",
+        "verify"), else None: an xfail mark that goes when the fix is in."""
+        have = {"commit": self.commit_protocol,
+                "detect": self.link_timeout,
+                "verify": self.verify_sections}[fix]
+        return None if have else reason
 
 
 def set_multifd(q, channels=2):
@@ -131,6 +145,9 @@ def start_pair(vms, case):
     for s in (src, dst):
         s.q.cmd("migrate-set-parameters",
                 **{"x-return-path-timeout": RP_TIMEOUT_MS})
+        if vms.env.link_timeout:
+            s.q.cmd("migrate-set-parameters",
+                    **{"x-link-timeout": LINK_TIMEOUT_MS})
         if case.get("multifd"):
             set_multifd(s.q)
     if case.get("max_bandwidth"):
@@ -178,6 +195,7 @@ def run_case(env, case):
            "fault": case["fault"], "phase": case["phase"],
            "expect": case["expect"], "xfail": case.get("xfail")}
     with VmSet(env.kvmig, env.guest, env.tmp) as vms:
+        vms.env = env
         try:
             src, dst = start_pair(vms, case)
         except Exception as e:  # noqa: BLE001
