@@ -42,7 +42,9 @@ FAULTS_ONLY ?= .
 faults: all
 	python3 tests/faults/run_faults.py $(BUILD)/src/cli/kvmig \
 		$(BUILD)/guest/guest.elf --only '$(FAULTS_ONLY)' \
-		--results tests/faults/results.json; rc=$$?; \
+		--label "$$(git describe --always --dirty) ($$(git rev-parse \
+		--abbrev-ref HEAD))" --results tests/faults/results.json; \
+		rc=$$?; \
 	python3 tests/faults/render.py tests/faults/results.json \
 		docs/RELIABILITY.md; exit $$rc
 

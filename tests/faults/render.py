@@ -105,11 +105,15 @@ def main():
     two = sum(1 for r in rows if r.get("two_copies"))
     lost = sum(1 for r in rows if r.get("lost_writes"))
     out = [HEAD]
-    out.append(f"Run {doc['generated']}, {n} cases in {doc['seconds']} s; "
-               f"commit protocol in the build: "
-               f"{'yes' if doc['commit_protocol'] else 'no'}, "
-               f"x-migrate-settle: "
-               f"{'yes' if doc['settle_command'] else 'no'}.\n")
+    yes = {True: "yes", False: "no"}
+    out.append(f"Run {doc['generated']}"
+               f"{' on ' + doc['build'] if doc.get('build') else ''}, "
+               f"{n} cases in {doc['seconds']} s. The build has: the "
+               f"commit protocol {yes[doc['commit_protocol']]}, "
+               f"x-migrate-settle {yes[doc['settle_command']]}, "
+               f"x-link-timeout {yes[doc.get('link_timeout', False)]}, "
+               f"section verification "
+               f"{yes[doc.get('verify_sections', False)]}.\n")
     out.append("| verdict | cases |\n|---|---|")
     for v in ("pass", "xfail", "xpass", "fail", "error"):
         if count.get(v):

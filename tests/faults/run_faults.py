@@ -5,7 +5,7 @@
 results file.
 
 Usage: run_faults.py KVMIG GUEST_ELF [--quick] [--only REGEX]
-                     [--results FILE] [--list]
+                     [--results FILE] [--label TEXT] [--list]
 
 --quick runs the cases marked quick (`make check`); the default runs all
 (`make faults`). A case expected to fail until its fix lands prints
@@ -37,6 +37,7 @@ def main():
     only = args[args.index("--only") + 1] if "--only" in args else None
     results = args[args.index("--results") + 1] if "--results" in args \
         else None
+    label = args[args.index("--label") + 1] if "--label" in args else ""
     reason = have_kvm()
     with tempfile.TemporaryDirectory(prefix="kvmig-faults-") as tmp:
         env = harness.Env(kvmig, guest, tmp)
@@ -88,13 +89,16 @@ def main():
             print(f"#   detect {r.get('detect_s')} ({r.get('seconds')} s)",
                   flush=True)
             if results:
-                write(results, rows, env, time.monotonic() - t0)
+                write(results, rows, env, time.monotonic() - t0, label)
         return 1 if failed else 0
 
 
-def write(path, rows, env, seconds):
+def write(path, rows, env, seconds, label):
     doc = {"generated": time.strftime("%Y-%m-%d %H:%M:%S UTC",
                                       time.gmtime()),
+           "build": label,
+           "link_timeout": env.link_timeout,
+           "verify_sections": env.verify_sections,
            "commit_protocol": env.commit_protocol,
            "settle_command": env.has_settle,
            "bounds": {"detect_s": harness.DETECT_S,
