@@ -487,10 +487,46 @@ def other_cases():
     ]
 
 
+def kernel_drop(ctx, after_bytes=8 * MIB):
+    """Once the source sent after_bytes, the kernel drops every frame of
+    the link both ways; the harness undoes it after the detection wait."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = ctx["src"].query() or {}
+        if r.get("status") not in ("setup", "active", None) or \
+                r.get("ram", {}).get("transferred", 0) >= after_bytes:
+            break
+        time.sleep(0.005)
+    ctx["link"].drop()
+    ctx["t_fault"] = time.monotonic()
+    ctx["undo"].append(ctx["link"].restore)
+    ctx["notes"].append(f"veth frames dropped both ways at "
+                        f"{r.get('ram', {}).get('transferred')} bytes")
+
+
+def kernel_cases():
+    """A black hole made by the kernel, not by the proxy: the destination
+    in a network namespace, a veth link whose frames are dropped."""
+    out = []
+    for mfd in (False, True):
+        nm = "-multifd" if mfd else ""
+        out.append(dict(
+            name=f"netns-blackhole-active{nm}", group="link black-holed",
+            phase="active", netns=True, multifd=mfd,
+            fault="the kernel drops every frame of a veth link both ways "
+                  f"8 MiB in{' (2 multifd channels)' if mfd else ''}; "
+                  f"link back once both noticed or after {DETECT_S:.0f} s",
+            expect="src", during=kernel_drop, max_bandwidth=64 * MIB,
+            detect={"source": SILENCE_S, "destination": SILENCE_S},
+            xfail=X_DETECT))
+    return out
+
+
 def all_cases(env):
     out = (defect_cases() + link_cases() + process_cases() +
            switchover_kill_cases(env) +
-           sweep_cases(env) + flip_cases() + other_cases())
+           sweep_cases(env) + flip_cases() + other_cases() +
+           kernel_cases())
     for c in out:
         marks = c.get("xfail") or []
         if isinstance(marks, tuple):

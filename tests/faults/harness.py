@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 from vmlib import (VmSet, corrupt_lines, free_port,  # noqa: E402
                    workload_started)
 from faultproxy import Proxy  # noqa: E402
+import netns  # noqa: E402
 
 GUEST_ARGS = "mem=32 rate=16"
 MEMORY = "256M"
@@ -133,10 +134,16 @@ def set_multifd(q, channels=2):
     q.cmd("migrate-set-parameters", **{"multifd-channels": channels})
 
 
-def start_pair(vms, case):
+def start_pair(vms, case, link=None):
+    """link: a VethLink; the destination then runs in its namespace."""
     src_vm = vms.boot("src", case.get("guest", GUEST_ARGS), memory=MEMORY,
                       extra=VERIFY)
-    dst_vm = vms.incoming("dst", "defer", memory=MEMORY, extra=VERIFY)
+    if link:
+        vms.kvmig = link.wrapper
+    try:
+        dst_vm = vms.incoming("dst", "defer", memory=MEMORY, extra=VERIFY)
+    finally:
+        vms.kvmig = vms.env.kvmig
     if not workload_started(src_vm):
         raise RuntimeError("the guest did not start: " + src_vm.describe())
     src, dst = Side(vms, src_vm, "source"), Side(vms, dst_vm, "destination")
@@ -194,22 +201,36 @@ def run_case(env, case):
     res = {"case": case["name"], "group": case["group"],
            "fault": case["fault"], "phase": case["phase"],
            "expect": case["expect"], "xfail": case.get("xfail")}
+    link = None
+    if case.get("netns"):
+        why = netns.unavailable()
+        if why:
+            res.update(verdict="skip", note=why)
+            return res
+        try:
+            link = netns.VethLink(env.tmp, env.kvmig)
+        except OSError as e:
+            res.update(verdict="skip", note=f"no network namespace: {e}")
+            return res
     with VmSet(env.kvmig, env.guest, env.tmp) as vms:
         vms.env = env
         try:
-            src, dst = start_pair(vms, case)
+            src, dst = start_pair(vms, case, link)
         except Exception as e:  # noqa: BLE001
             res.update(verdict="error", note=f"setup: {e}"[:2000])
+            if link:
+                link.close()
             return res
         ctx = {"env": env, "vms": vms, "src": src, "dst": dst,
-               "t_fault": None, "notes": []}
+               "t_fault": None, "notes": [], "undo": [], "link": link}
+        host = link.theirs if link else "127.0.0.1"
         port = free_port()
-        dst.q.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+        dst.q.cmd("migrate-incoming", uri=f"tcp:{host}:{port}")
         ctx["port"] = port
         proxy = None
         rules = case.get("rules", lambda c: [])(ctx)
-        if case.get("direct"):
-            uri = f"tcp:127.0.0.1:{port}"
+        if case.get("direct") or link:
+            uri = f"tcp:{host}:{port}"
         else:
             proxy = Proxy(port, rules)
             ctx["proxy"] = proxy
@@ -251,6 +272,9 @@ def run_case(env, case):
                     r.action in ("blackhole", "stall") for r in rules):
                 proxy.restore()
                 restored = True
+            for undo in ctx["undo"]:
+                undo()
+                restored = True
             # an undecided side resolves itself once the link is back
             undecided = any(x.status == UNDECIDED for x in (src, dst))
             if restored or undecided or \
@@ -271,6 +295,8 @@ def run_case(env, case):
         finally:
             if proxy:
                 proxy.close()
+            if link:
+                link.close()
             for s in (src, dst):
                 if s.frozen:
                     s.signal(signal.SIGCONT)
