@@ -33,7 +33,11 @@ close both directions, black-hole (stop forwarding, read nothing, keep the
 sockets open, as a firewall DROP), flip a byte, truncate one direction
 (FIN), stall one direction (stop reading), or call the case (to SIGKILL
 or SIGSTOP a process at that exact byte). It logs where it acted: the
-"where" column.
+"where" column. The netns cases make the black hole in the kernel
+instead: the destination runs in a network namespace the suite makes,
+joined by a veth pair, and both neighbour entries are pointed at a MAC
+nobody has, so every frame either way is dropped (no nft, iptables or
+netem on this host); the entries are put back to restore the link.
 
 Phases and their trigger points: **setup** = stream byte 12 (inside the
 configuration section); **active** = stream byte 8 MiB (RAM of the first
