@@ -78,8 +78,7 @@ def link_cases():
             expect="src",
             rules=lambda c, ph=ph: [phase_rule(ph, "blackhole")],
             detect={"source": SILENCE_S, "destination": SILENCE_S},
-            xfail=[X_DETECT] if ph in ("setup", "active") else
-            [X_DETECT, X_COMMIT]))
+            xfail=X_DETECT))
     # one multifd channel (connection 1) fails, the main channel is fine
     out.append(dict(
         name="cut-mfd-active", group="link cut", phase="active",
@@ -345,6 +344,8 @@ def sweep_cases(env):
               ("kvmclock", b"\x08kvmclock", 0),
               ("eof", VMDESC, -6), ("vmdesc", VMDESC, -5),
               ("vmdesc-json", VMDESC, 100)]
+    if env.verify_sections:   # --verify-ram's digest record, last
+        points.insert(-3, ("kvmig-verify", b"\x0ckvmig-verify", 0))
     for nm, pat, d in points:
         out.append(dict(
             name=f"sweep-s2d-{nm}", group="switch-over sweep",
@@ -356,7 +357,7 @@ def sweep_cases(env):
     return out
 
 
-def flip_cases():
+def flip_cases(env):
     """One byte flipped in each kind of record and section."""
     pay = len(CPU0) + VERSION      # from the pattern to the payload
 
@@ -452,6 +453,11 @@ def flip_cases():
              phase="switch-over", expect="dst", xfail=X_COMMIT,
              what="SHUT(0)'s status"),
     ]
+    if env.verify_sections:
+        out.append(flip("verify-digest", lambda c: [
+            Rule("flip", "s2d", pattern=b"\x0ckvmig-verify",
+                 delta=13 + 8 + 20)],
+            what="the kvmig-verify digest record"))
     for c in out:
         if c["name"] in ("flip-rp-shut-type", "flip-rp-shut-status"):
             c["settle"] = lambda s: "run"
@@ -525,7 +531,7 @@ def kernel_cases():
 def all_cases(env):
     out = (defect_cases() + link_cases() + process_cases() +
            switchover_kill_cases(env) +
-           sweep_cases(env) + flip_cases() + other_cases() +
+           sweep_cases(env) + flip_cases(env) + other_cases() +
            kernel_cases())
     for c in out:
         marks = c.get("xfail") or []
