@@ -4,7 +4,8 @@
 two `kvmig run` processes over loopback TCP, driven through QMP.
 
     bench/vm_bench.py --build BUILD_DIR [--runs 3] [--sizes 1G,4G]
-                      [--rates 0,64,256] [--out bench/results/vm-latest.md]
+                      [--rates 0,64,256] [--verify-ram]
+                      [--out bench/results/vm-latest.md]
 
 Measures boot-to-workload time (`kvmig run` started -> "workload started"
 on the console) and, for each guest size and dirty rate, one migration per
@@ -45,7 +46,8 @@ def log(*args):
 
 def one_run(args, size, rate):
     mem = max(64, rate)
-    pair = VmPair(args.build, size, 2, f"mem={mem} rate={rate}")
+    pair = VmPair(args.build, size, 2, f"mem={mem} rate={rate}",
+                  extra_args=("--verify-ram",) if args.verify_ram else ())
     try:
         boot_s = pair.boot_source(timeout=60)
         time.sleep(WARMUP_S)
@@ -166,7 +168,8 @@ def report(args, started, boots, cells, all_runs):
              f"workload (pattern=random), working set max(64, rate) MiB; "
              f"{WARMUP_S} s of workload before `migrate`")
     L.append(f"- migration: source and destination `kvmig run` on this "
-             f"machine, `migrate` over loopback TCP, default parameters; "
+             f"machine, `migrate` over loopback TCP, default parameters"
+             f"{', both with --verify-ram' if args.verify_ram else ''}; "
              f"median of {args.runs} runs; not converged = not completed "
              f"in {args.timeout:.0f} s (then cancelled)")
     L.append("")
@@ -269,6 +272,8 @@ def main():
                                                   "vm-latest.md"))
     ap.add_argument("--json", default=None,
                     help="also write every run's measurements here")
+    ap.add_argument("--verify-ram", action="store_true",
+                    help="run both sides with --verify-ram")
     ap.add_argument("--command", default=None,
                     help="the command line to record in the report")
     args = ap.parse_args()

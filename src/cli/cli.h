@@ -55,6 +55,7 @@ int kv_cmd_run(int argc, char **argv);
 int kv_cmd_migrate(int argc, char **argv);
 int kv_cmd_status(int argc, char **argv);
 int kv_cmd_cancel(int argc, char **argv);
+int kv_cmd_settle(int argc, char **argv);
 int kv_cmd_set(int argc, char **argv);
 
 #endif

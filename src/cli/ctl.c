@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvmig migrate | status | cancel | set: drive a running VM's migration
+ * kvmig migrate | status | cancel | settle | set: drive a running VM's migration
  * over QMP (kvmig run --qmp, or QEMU's -qmp: the same protocol).
  *
  * Exit codes: 0 success (for a waited-for migration: it completed), 1 the
@@ -470,7 +470,7 @@ static int ctl_watch(struct ctl *c, enum watch_style style, int interval_ms,
 		     bool announce_wait)
 {
 	struct progress prog = {0};
-	bool told_waiting = false, drawn = false;
+	bool told_waiting = false, told_undecided = false, drawn = false;
 	int cols = terminal_columns(STDOUT_FILENO);
 
 	for (;;) {
@@ -510,6 +510,10 @@ static int ctl_watch(struct ctl *c, enum watch_style style, int interval_ms,
 			if (drawn)
 				printf("\r\033[K");
 			print_summary(stdout, &v);
+		} else if (!strcmp(v.status, "x-undecided")) {
+			if (!told_undecided)
+				fprintf(stderr, "\nkvmig %s: switch-over undecided (%s): the guest stays stopped on both sides until the destination answers (the source keeps asking it) or x-migrate-settle settles it by hand\n", c->cmd, v.error ? v.error : "no confirmation from the destination");
+			told_undecided = true;
 		} else if (style == WATCH_BAR) {
 			draw_bar(stdout, cols, &v);
 			drawn = true;
@@ -906,6 +910,55 @@ int kv_cmd_cancel(int argc, char **argv)
 			status);
 		rc = KV_EXIT_FAILURE;
 	}
+	kv_qmpc_close(c.qmp);
+	return rc;
+}
+
+/* ---- kvmig settle ---- */
+
+int kv_cmd_settle(int argc, char **argv)
+{
+	const char *qmp = NULL, *outcome = NULL;
+	const struct kv_cli_opt opts[] = {
+	    {"qmp", true, &qmp},
+	    {"outcome", true, &outcome},
+	    {NULL, false, NULL},
+	};
+	char status[64] = "";
+	struct ctl c = {0};
+	int64_t deadline;
+	bool help;
+	int rc;
+
+	rc = kv_cli_parse("settle", argc, argv, opts, &help);
+	if (!rc && help) {
+		printf("Usage: kvmig settle --qmp PATH --outcome run|discard\n\n"
+		       "Settle by hand a switch-over left undecided (query-migrate status\n"
+		       "x-undecided) when the other host is gone for good (x-migrate-settle):\n"
+		       "  run      this side runs the guest (the other must never run it)\n"
+		       "  discard  this side drops its copy\n"
+		       "On a link that comes back the two sides settle by themselves.\n");
+		return KV_EXIT_OK;
+	}
+	if (!rc)
+		rc = need_qmp("settle", qmp);
+	if (!rc && (!outcome || (strcmp(outcome, "run") && strcmp(outcome, "discard"))))
+		rc = kv_cli_usage_error("settle", "--outcome must be run or discard");
+	if (rc)
+		return rc;
+	rc = ctl_connect(&c, "settle", qmp);
+	if (!rc)
+		rc = ctl_exec(&c, "x-migrate-settle",
+			      json_pack("{s:s}", "outcome", outcome), NULL);
+	deadline = kv_now_ms() + CTL_CANCEL_WAIT_MS;
+	while (!rc && !status_is_final(status) && kv_now_ms() < deadline) {
+		rc = query_status_name(&c, status, sizeof(status));
+		if (!rc && !status_is_final(status))
+			rc = ctl_pause(&c, 50);
+	}
+	if (!rc)
+		printf("switch-over settled (%s here): migration %s\n", outcome,
+		       status);
 	kv_qmpc_close(c.qmp);
 	return rc;
 }

@@ -31,6 +31,8 @@ static const struct kv_subcommand subcommands[] = {
     {"status", "show a VM's migration (--watch: live progress, --json)",
      kv_cmd_status},
     {"cancel", "cancel a VM's migration", kv_cmd_cancel},
+    {"settle", "settle an undecided switch-over by hand (run or discard)",
+     kv_cmd_settle},
     {"set", "set migration parameters and capabilities over QMP",
      kv_cmd_set},
     {"version", "print the version", cmd_version},

@@ -312,6 +312,14 @@ static int mig_cancel(void *opaque, struct kv_error *err)
 	return kv_vm_mig_cancel(rc->mig, err);
 }
 
+static int mig_settle(void *opaque, enum kv_swo_settle how,
+		      struct kv_error *err)
+{
+	struct run_ctl *rc = opaque;
+
+	return kv_vm_mig_settle(rc->mig, how, err);
+}
+
 static void mig_query(void *opaque, struct kv_vm_mig_info *info)
 {
 	struct run_ctl *rc = opaque;
@@ -454,6 +462,8 @@ static void *incoming_main(void *arg)
 		    ? "running"
 		    : "paused as on the source (QMP cont starts it)",
 		(double)(kv_now_ns() - t0) / 1e6);
+	/* A source that missed the confirmation asks again: answer it. */
+	kv_vm_mig_answer_resolves(rc->mig);
 	return NULL;
 }
 
@@ -540,6 +550,7 @@ int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
 	    .start = mig_start,
 	    .incoming = mig_incoming,
 	    .cancel = mig_cancel,
+	    .settle = mig_settle,
 	    .query = mig_query,
 	    .set_params = mig_set_params,
 	    .opaque = rc,

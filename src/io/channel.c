@@ -104,6 +104,143 @@ static int wait_fd_or_cancel(int fd, short events, int cancel_fd)
 	return wait_fd_until(fd, events, cancel_fd, -1);
 }
 
+/* ---- silence (kv_chan_set_silence) ---- */
+
+void kv_chan_activity_init(struct kv_chan_activity *a, const char *peer,
+			   const char *setting)
+{
+	a->peer = peer;
+	a->setting = setting;
+	kv_chan_activity_note(a);
+}
+
+void kv_chan_activity_note(struct kv_chan_activity *a)
+{
+	__atomic_store_n(&a->last_ns, kv_now_ns(), __ATOMIC_RELAXED);
+}
+
+int64_t kv_chan_activity_last(const struct kv_chan_activity *a)
+{
+	return __atomic_load_n(&a->last_ns, __ATOMIC_RELAXED);
+}
+
+static struct kv_chan_activity *chan_activity(const struct kv_chan *c)
+{
+	return __atomic_load_n(&c->activity, __ATOMIC_ACQUIRE);
+}
+
+uint64_t kv_chan_silence_ms(const struct kv_chan *c)
+{
+	return __atomic_load_n(&c->silence_ms, __ATOMIC_RELAXED);
+}
+
+/* The peer showed life on c: a byte came, or a write found room. */
+static void note_life(struct kv_chan *c)
+{
+	struct kv_chan_activity *a = chan_activity(c);
+
+	if (a)
+		kv_chan_activity_note(a);
+}
+
+/* When a wait that began at since_ns gives up: the limit after the later
+ * of its start and the last sign of life; -1: never. */
+static int64_t silence_deadline(const struct kv_chan *c, int64_t since_ns)
+{
+	struct kv_chan_activity *a = chan_activity(c);
+	uint64_t limit = kv_chan_silence_ms(c);
+	int64_t base = since_ns, last;
+
+	if (!limit || !a)
+		return -1;
+	last = kv_chan_activity_last(a);
+	if (last > base)
+		base = last;
+	return base + (int64_t)limit * 1000000;
+}
+
+/* Bytes the peer acknowledged since *unsent was taken are a sign of life
+ * too: a writer waits for room until a good part of the send buffer
+ * drained, which on a slow link takes a while. */
+static void note_acks(struct kv_chan *c, int64_t *unsent)
+{
+	int64_t now = kv_chan_unsent(c);
+
+	if (now < 0 || now > *unsent ||
+	    *unsent - now >= KV_CHAN_ACKED_ALIVE_BYTES) {
+		if (now >= 0 && now < *unsent)
+			note_life(c);
+		*unsent = now;
+	}
+}
+
+/* Wait (cancellably) until c's fd is ready for events: 1, -ECANCELED,
+ * -ETIMEDOUT once the channels sharing c's activity record were silent
+ * for its limit, or -errno. A writer looks at what the peer
+ * acknowledged every quarter of the limit. A limit changed during a
+ * wait counts from the next wake-up. */
+static int wait_chan(struct kv_chan *c, short events)
+{
+	int64_t since = 0, unsent = -1;
+
+	for (;;) {
+		int64_t deadline = -1, now = kv_now_ns();
+		uint64_t limit = kv_chan_silence_ms(c);
+		int r;
+
+		if (limit) {
+			if (!since) {
+				since = now;
+				if (events & POLLOUT)
+					unsent = kv_chan_unsent(c);
+			}
+			deadline = silence_deadline(c, since);
+			if (deadline >= 0 && now >= deadline)
+				return -ETIMEDOUT;
+			if (unsent >= 0 &&
+			    now + (int64_t)limit * 250000 < deadline)
+				deadline = now + (int64_t)limit * 250000;
+		}
+		r = wait_fd_until(chan_fd(c), events, to_fd_chan(c)->cancel_fd,
+				  deadline);
+		if (r != 0)
+			return r;
+		if (unsent >= 0)
+			note_acks(c, &unsent);
+	}
+}
+
+int kv_chan_silence_error(const struct kv_chan *c, struct kv_error *err)
+{
+	struct kv_chan_activity *a = chan_activity(c);
+	char peer[300];
+
+	kv_chan_peer_name(c, peer, sizeof(peer));
+	return kv_error_set(err, -ETIMEDOUT, "no byte from %s %s for %llu ms (%s)", a && a->peer ? a->peer : "the peer", peer, (unsigned long long)kv_chan_silence_ms(c), a && a->setting ? a->setting : "its silence limit");
+}
+
+int kv_chan_check_silence(const struct kv_chan *c, int64_t since_ns,
+			  struct kv_error *err)
+{
+	int64_t deadline = silence_deadline(c, since_ns);
+
+	if (deadline < 0 || kv_now_ns() < deadline)
+		return 0;
+	return kv_chan_silence_error(c, err);
+}
+
+int kv_chan_set_silence(struct kv_chan *c, uint64_t limit_ms,
+			struct kv_chan_activity *shared)
+{
+	if (limit_ms && !shared && !chan_activity(c))
+		return -EINVAL;
+	if (shared)
+		__atomic_store_n(&c->activity, shared, __ATOMIC_RELEASE);
+	__atomic_store_n(&c->silence_ms, limit_ms, __ATOMIC_RELAXED);
+	return c->ops->set_silence ? c->ops->set_silence(c, limit_ms, shared)
+				   : 0;
+}
+
 /* Read into some of iov; waits (cancellably) for data. */
 static ssize_t chan_readv(struct kv_chan *c, const struct iovec *iov,
 			  int iovcnt)
@@ -115,14 +252,15 @@ static ssize_t chan_readv(struct kv_chan *c, const struct iovec *iov,
 		if (chan_cancelled(c))
 			return -ECANCELED;
 		n = readv(chan_fd(c), iov, iovcnt);
+		if (n > 0)
+			note_life(c);
 		if (n >= 0)
 			return n;
 		if (errno == EINTR)
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return -errno;
-		r = wait_fd_or_cancel(chan_fd(c), POLLIN,
-				      to_fd_chan(c)->cancel_fd);
+		r = wait_chan(c, POLLIN);
 		if (r < 0)
 			return r;
 	}
@@ -180,8 +318,7 @@ static ssize_t file_writev_once(int fd, const struct iovec *iov, int iovcnt)
 static int wait_writable(struct kv_chan *c)
 {
 	int64_t t0 = kv_now_ns();
-	int r =
-	    wait_fd_or_cancel(chan_fd(c), POLLOUT, to_fd_chan(c)->cancel_fd);
+	int r = wait_chan(c, POLLOUT);
 
 	c->write_wait_ns += (uint64_t)(kv_now_ns() - t0);
 	return r;
@@ -191,6 +328,8 @@ static ssize_t chan_writev_with(struct kv_chan *c, const struct iovec *iov,
 				int iovcnt,
 				ssize_t (*once)(int, const struct iovec *, int))
 {
+	bool waited = false;
+
 	if (iovcnt > IOV_MAX)
 		iovcnt = IOV_MAX;
 	for (;;) {
@@ -200,6 +339,9 @@ static ssize_t chan_writev_with(struct kv_chan *c, const struct iovec *iov,
 		if (chan_cancelled(c))
 			return -ECANCELED;
 		n = once(chan_fd(c), iov, iovcnt);
+		/* Room after a full buffer: the peer took bytes. */
+		if (n > 0 && waited)
+			note_life(c);
 		if (n >= 0)
 			return n;
 		if (errno == EINTR)
@@ -209,6 +351,7 @@ static ssize_t chan_writev_with(struct kv_chan *c, const struct iovec *iov,
 		r = wait_writable(c);
 		if (r < 0)
 			return r;
+		waited = true;
 	}
 }
 
@@ -296,6 +439,20 @@ static int64_t sock_unsent(const struct kv_chan *c)
 	return v;
 }
 
+/* Data the peer never acknowledges ends the connection after the limit
+ * too (the kernel would retransmit for about 15 minutes). Not TCP: no
+ * such option, nothing to do. */
+static int sock_set_silence(struct kv_chan *c, uint64_t limit_ms,
+			    struct kv_chan_activity *shared)
+{
+	unsigned int v = limit_ms > UINT_MAX ? UINT_MAX : (unsigned int)limit_ms;
+	int r;
+
+	(void)shared;
+	r = sock_set_int(c, IPPROTO_TCP, TCP_USER_TIMEOUT, (int)v);
+	return r == -EOPNOTSUPP || r == -ENOPROTOOPT ? 0 : r;
+}
+
 static int sock_tcp_limits(const struct kv_chan *c, struct kv_tcp_limits *out)
 {
 	return kv_tcp_info_limits(chan_fd(c), out);
@@ -338,6 +495,7 @@ static const struct kv_chan_ops sock_ops = {
     .unsent = sock_unsent,
     .tcp_limits = sock_tcp_limits,
     .peer_name = sock_peer_name,
+    .set_silence = sock_set_silence,
 };
 
 static const struct kv_chan_ops pipe_ops = {
@@ -436,6 +594,8 @@ static int readv_step(struct kv_chan *c, struct iovec **iov, int *iovcnt,
 	if (n == -ECANCELED)
 		return kv_error_set(err, -ECANCELED,
 				    "%s: read cancelled by shutdown", c->name);
+	if (n == -ETIMEDOUT && kv_chan_silence_ms(c))
+		return kv_chan_silence_error(c, err);
 	if (n < 0)
 		return kv_error_set_errno(err, (int)n, "%s: read failed",
 					  c->name);
@@ -534,6 +694,8 @@ int kv_chan_writev_full(struct kv_chan *c, struct iovec *iov, int iovcnt,
 			return kv_error_set(err, -ECANCELED,
 					    "%s: write cancelled by shutdown",
 					    c->name);
+		if (n == -ETIMEDOUT && kv_chan_silence_ms(c))
+			return kv_chan_silence_error(c, err);
 		if (n < 0)
 			return kv_error_set_errno(err, (int)n,
 						  "%s: write failed", c->name);

@@ -28,6 +28,7 @@
 #include <sys/uio.h>
 
 #include "base/error.h"
+#include "base/units.h"
 
 enum kv_uri_kind { KV_URI_TCP, KV_URI_UNIX, KV_URI_FILE, KV_URI_FD };
 
@@ -43,6 +44,33 @@ struct kv_uri {
 int kv_uri_parse(const char *text, struct kv_uri *uri, struct kv_error *err);
 
 struct kv_chan;
+
+/*
+ * Silence detection (x-link-timeout): a channel with a silence limit fails
+ * a read or write that waited that long with no sign of life from the
+ * peer, with -ETIMEDOUT. A sign of life is a byte read, or a write that
+ * went on after waiting for room (the peer took bytes). The channels of
+ * one migration share one activity record, so pages arriving on multifd
+ * channels keep the main stream's reader waiting, and a writer blocked on
+ * one channel waits while another one moves. The owner (the migration)
+ * keeps it alive as long as the channels it was given to.
+ */
+struct kv_chan_activity {
+	int64_t last_ns;     /* atomic: the last sign of life (kv_now_ns) */
+	const char *peer;    /* for messages: "the destination" */
+	const char *setting; /* for messages: what sets the limit */
+};
+
+/* Bytes acknowledged count as a sign of life once this many came since
+ * the last one: a live peer takes far more in a quarter of any sensible
+ * limit, while a frozen one's kernel may still take a trickle. */
+#define KV_CHAN_ACKED_ALIVE_BYTES ((int64_t)(64 * KV_KiB))
+
+/* Start the record now; peer and setting are static strings. */
+void kv_chan_activity_init(struct kv_chan_activity *a, const char *peer,
+			   const char *setting);
+void kv_chan_activity_note(struct kv_chan_activity *a); /* any thread */
+int64_t kv_chan_activity_last(const struct kv_chan_activity *a);
 
 /* What TCP_INFO says limited a sender; see kv_chan_tcp_limits(). */
 struct kv_tcp_limits {
@@ -83,6 +111,10 @@ struct kv_chan_ops {
 	int (*tcp_limits)(const struct kv_chan *c, struct kv_tcp_limits *out);
 	/* Who is at the other end, for messages; see kv_chan_peer_name(). */
 	int (*peer_name)(const struct kv_chan *c, char *buf, size_t size);
+	/* The transport's part of kv_chan_set_silence (TCP_USER_TIMEOUT; a
+	 * wrapper passes it on to the channel it wraps). NULL: nothing. */
+	int (*set_silence)(struct kv_chan *c, uint64_t limit_ms,
+			   struct kv_chan_activity *shared);
 };
 
 /* The descriptor lives in the back end's private struct (channel.c): code
@@ -96,6 +128,10 @@ struct kv_chan {
 	 * more (a full socket buffer): how link-bound a sender is. Written
 	 * and read by that thread only. */
 	uint64_t write_wait_ns;
+	/* Set by kv_chan_set_silence only: the limit (atomic; 0: waits never
+	 * time out) and the activity record (atomic; NULL: not watched). */
+	uint64_t silence_ms;
+	struct kv_chan_activity *activity;
 	char name[300];   /* for messages: "tcp:127.0.0.1:4444" */
 };
 
@@ -199,6 +235,27 @@ int kv_chan_tcp_limits(const struct kv_chan *c, struct kv_tcp_limits *out);
  * own port), "unix:pid N" (its process, where the kernel says); the
  * channel's name where the transport cannot tell. */
 void kv_chan_peer_name(const struct kv_chan *c, char *buf, size_t size);
+
+/* Watch c for silence: every sign of life on it is noted in shared (which
+ * may be NULL only with limit_ms 0: nothing watched), and a read or write
+ * on it that waited limit_ms with no sign of life on any channel sharing
+ * the record fails with -ETIMEDOUT (0: never; only noted). On TCP it also
+ * sets TCP_USER_TIMEOUT, so that data the peer never acknowledges ends
+ * the connection then too. Any thread, any time (the destination clears
+ * it once only the decision may come, for instance); 0 or -errno. */
+int kv_chan_set_silence(struct kv_chan *c, uint64_t limit_ms,
+			struct kv_chan_activity *shared);
+/* The limit set (0: none). */
+uint64_t kv_chan_silence_ms(const struct kv_chan *c);
+/* A wait outside the channel (a condition variable) that stands for
+ * waiting on the peer: -ETIMEDOUT with err set ("no byte from the
+ * destination tcp:H:P for N ms (x-link-timeout)") when the channels
+ * sharing c's record were silent for c's limit since since_ns (or since
+ * the last sign of life, whichever is later); else 0. */
+int kv_chan_check_silence(const struct kv_chan *c, int64_t since_ns,
+			  struct kv_error *err);
+/* The message of a silence that ended a wait on c, -ETIMEDOUT. */
+int kv_chan_silence_error(const struct kv_chan *c, struct kv_error *err);
 
 void kv_chan_shutdown(struct kv_chan *c);
 void kv_chan_close(struct kv_chan *c);

@@ -60,6 +60,9 @@ struct kv_stream {
 	/* read side */
 	size_t rpos, rend;
 	bool eof;
+
+	kv_stream_tap_fn tap; /* kv_stream_set_tap; NULL: none */
+	void *tap_opaque;
 };
 
 struct kv_stream *kv_stream_new(struct kv_chan *chan, enum kv_stream_mode mode)
@@ -109,6 +112,13 @@ struct kv_chan *kv_stream_chan(struct kv_stream *s)
 	return s->chan;
 }
 
+void kv_stream_set_tap(struct kv_stream *s, kv_stream_tap_fn fn,
+		       void *opaque)
+{
+	s->tap = fn;
+	s->tap_opaque = opaque;
+}
+
 /* ---- errors ---- */
 
 __attribute__((format(printf, 3, 0))) static void
@@ -143,7 +153,14 @@ void kv_stream_error_get(const struct kv_stream *s, struct kv_error *err)
 
 static void set_io_error(struct kv_stream *s, int code, const char *what)
 {
-	if (code == -ECANCELED)
+	struct kv_error silence = {0};
+
+	if (code == -ETIMEDOUT && kv_chan_silence_ms(s->chan)) {
+		kv_chan_silence_error(s->chan, &silence);
+		kv_stream_set_error(s, code, "%s (%s at stream offset %llu)",
+				    silence.msg, what,
+				    (unsigned long long)s->offset);
+	} else if (code == -ECANCELED)
 		kv_stream_set_error(s, code,
 				    "%s: %s cancelled by shutdown at stream offset %llu",
 				    s->chan->name, what,
@@ -307,6 +324,8 @@ static void put_bytes_slow(struct kv_stream *s, const void *p, size_t len)
 /* The common case in one test: room in an open tail run. */
 static inline void put_bytes(struct kv_stream *s, const void *p, size_t len)
 {
+	if (s->tap && s->err.code == 0)
+		s->tap(s->tap_opaque, p, len);
 	if (likely(s->tail_open && s->buf_used + len <= STREAM_BUF_SIZE &&
 		   s->err.code == 0)) {
 		memcpy(s->buf + s->buf_used, p, len);
@@ -369,6 +388,8 @@ void kv_stream_put_page_ref(struct kv_stream *s, const void *buf, size_t len)
 		put_bytes(s, buf, len);
 		return;
 	}
+	if (s->tap)
+		s->tap(s->tap_opaque, buf, len);
 	if (s->iov_cnt == STREAM_IOV_MAX) {
 		kv_stream_flush(s);
 		if (s->err.code != 0)
@@ -469,13 +490,19 @@ static bool get_bytes_slow(struct kv_stream *s, void *p, size_t len)
 
 static inline bool get_bytes(struct kv_stream *s, void *p, size_t len)
 {
+	bool ok;
+
 	if (likely(s->rend - s->rpos >= len && s->err.code == 0)) {
 		memcpy(p, s->buf + s->rpos, len);
 		s->rpos += len;
 		s->offset += len;
-		return true;
+		ok = true;
+	} else {
+		ok = get_bytes_slow(s, p, len);
 	}
-	return get_bytes_slow(s, p, len);
+	if (s->tap && ok)
+		s->tap(s->tap_opaque, p, len);
+	return ok;
 }
 
 uint8_t kv_stream_get_u8(struct kv_stream *s)
@@ -550,6 +577,11 @@ int kv_stream_peek_u8(struct kv_stream *s)
 	if (s->rpos == s->rend && fill(s) == 0)
 		return -1;
 	return s->buf[s->rpos];
+}
+
+size_t kv_stream_buffered(const struct kv_stream *s)
+{
+	return s->mode == KV_STREAM_READ ? s->rend - s->rpos : 0;
 }
 
 bool kv_stream_at_eof(struct kv_stream *s)

@@ -66,6 +66,8 @@ int kv_stream_get_str8(struct kv_stream *s, char *buf, size_t size);
 int kv_stream_peek_u8(struct kv_stream *s);
 /* True at a clean end of input (no more bytes, no error). */
 bool kv_stream_at_eof(struct kv_stream *s);
+/* Read side: bytes already read from the channel, not yet got. */
+size_t kv_stream_buffered(const struct kv_stream *s);
 
 /* --- errors --- */
 /* 0 or the sticky negative errno. */
@@ -85,6 +87,15 @@ uint64_t kv_stream_transferred(const struct kv_stream *s);
 /* Time the writer waited for the channel to take more or for the rate
  * limit (to a sender a cap is a slow link). The writing thread only. */
 uint64_t kv_stream_write_wait_ns(const struct kv_stream *s);
+
+/* --- tap --- */
+/* Hand every byte put (write) or got (read) to fn, in stream order, until
+ * set again with fn NULL: the section digests of --verify-ram
+ * (savevm.c) see exactly the bytes on the wire. Page references are
+ * handed over when put, not when flushed. The stream's own thread. */
+typedef void (*kv_stream_tap_fn)(void *opaque, const void *buf, size_t len);
+void kv_stream_set_tap(struct kv_stream *s, kv_stream_tap_fn fn,
+		       void *opaque);
 
 /* --- rate limit and cancellation --- */
 void kv_stream_set_rate_limit(struct kv_stream *s, uint64_t bytes_per_sec);

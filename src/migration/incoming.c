@@ -9,8 +9,20 @@
  * CANCELLED.
  *
  *   NONE -> SETUP -> ACTIVE -> COMPLETED
- *             \        \
- *              `--------`---> FAILED, CANCELLED
+ *             \        \  \
+ *              `--------`--`--> FAILED, CANCELLED
+ *                           \
+ *                            UNDECIDED -> COMPLETED, FAILED, CANCELLED
+ *
+ * With a return path the switch-over is a commit protocol (switchover.h):
+ * loaded and committed, this side sends READY and waits for the source's
+ * decision; it starts the guest only on GO. READY sent and no decision
+ * (the link broke, or nothing came within x-return-path-timeout):
+ * UNDECIDED. The guest stays loaded and stopped, and the incoming address
+ * listens again for the source's RESOLVE (or an operator's
+ * kv_incoming_settle); a timeout never turns into running. After
+ * running, kv_incoming_answer_resolves keeps answering a source that did
+ * not hear the confirmation.
  *
  * Postcopy adds its rows here: ACTIVE -> POSTCOPY_ACTIVE when the source
  * says POSTCOPY_RUN, POSTCOPY_ACTIVE -> POSTCOPY_PAUSED when a channel
@@ -36,17 +48,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/clock.h"
 #include "base/log.h"
 #include "io/channel.h"
 #include "migration/multifd/multifd.h"
 #include "migration/return_path.h"
+#include "migration/switchover.h"
 
 /* How long a new connection may take to send its first bytes (the stream
  * header, or a multifd channel's init) before it is dropped as not the
  * source: a real source sends them as soon as it connected. */
 #define HELLO_TIMEOUT_NS (3 * 1000000000LL)
+/* take_decision(): READY went out and no decision came. */
+#define IN_UNANSWERED 1
+/* How often an undecided wait with no listener looks for the operator's
+ * word. */
+#define SETTLE_POLL_NS (50 * 1000000L)
 
 struct kv_incoming {
 	struct kv_savevm *sv;
@@ -66,6 +85,16 @@ struct kv_incoming {
 	char uri[300];
 	int64_t accept_ns;
 	struct kv_incoming_stats stats;
+
+	/* The switch-over commit protocol (switchover.h). */
+	struct kv_swo_id swo_id;
+	bool swo_used;	/* READY went out: the source may ask RESOLVE */
+	bool started;	/* the workload started (start_vm succeeded) */
+	int settle;	/* enum kv_swo_settle, atomic: the operator's */
+
+	/* x-link-timeout: signs of life from the source on the main stream
+	 * and every multifd channel (io/channel.h). */
+	struct kv_chan_activity life;
 };
 
 static const char *const status_names[KV_IN_STATUS_COUNT] = {
@@ -75,6 +104,7 @@ static const char *const status_names[KV_IN_STATUS_COUNT] = {
     [KV_IN_COMPLETED] = "completed",
     [KV_IN_FAILED] = "failed",
     [KV_IN_CANCELLED] = "cancelled",
+    [KV_IN_UNDECIDED] = "x-undecided",
 };
 
 #define ST(s) (1U << (s))
@@ -83,7 +113,11 @@ static const unsigned int transitions[KV_IN_STATUS_COUNT] = {
     [KV_IN_NONE] = ST(KV_IN_SETUP),
     /* SETUP ends without a source: the accept failed or was aborted. */
     [KV_IN_SETUP] = ST(KV_IN_ACTIVE) | ST(KV_IN_FAILED) | ST(KV_IN_CANCELLED),
-    [KV_IN_ACTIVE] =
+    [KV_IN_ACTIVE] = ST(KV_IN_COMPLETED) | ST(KV_IN_FAILED) |
+		     ST(KV_IN_CANCELLED) | ST(KV_IN_UNDECIDED),
+    /* The source's RESOLVE or an operator: COMPLETED runs the guest,
+     * FAILED discards it; CANCELLED: the process is going away. */
+    [KV_IN_UNDECIDED] =
 	ST(KV_IN_COMPLETED) | ST(KV_IN_FAILED) | ST(KV_IN_CANCELLED),
     [KV_IN_COMPLETED] = 0,
     [KV_IN_FAILED] = 0,
@@ -153,6 +187,7 @@ struct kv_incoming *kv_incoming_new(struct kv_savevm *sv,
 		kv_mig_params_default(&in->params);
 	in->status = KV_IN_NONE;
 	pthread_mutex_init(&in->lock, NULL);
+	kv_chan_activity_init(&in->life, "the source", "x-link-timeout");
 	return in;
 }
 
@@ -289,6 +324,7 @@ static int multifd_start(struct kv_incoming *in, struct kv_listener *l,
 	pthread_mutex_lock(&in->lock);
 	cfg = mfd_config(&in->params);
 	pthread_mutex_unlock(&in->lock);
+	cfg.activity = &in->life;
 	if (!cfg.channels || !in->rs || !l)
 		return 0;
 	target = kv_ram_multifd_target(in->rs);
@@ -333,6 +369,14 @@ static int multifd_end(struct kv_incoming *in, int ret, struct kv_error *err)
 	return ret;
 }
 
+static void abort_multifd(struct kv_incoming *in)
+{
+	pthread_mutex_lock(&in->lock);
+	if (in->mfd)
+		kv_mfd_recv_abort(in->mfd);
+	pthread_mutex_unlock(&in->lock);
+}
+
 static void close_listener(struct kv_incoming *in)
 {
 	struct kv_listener *l;
@@ -345,14 +389,98 @@ static void close_listener(struct kv_incoming *in)
 		kv_listener_close(l);
 }
 
-/* Load, commit, answer. The source must hear SHUT(0) only once this side
- * can really run the workload. */
+/* The loader's reads of the main stream (and its waits for the multifd
+ * channels) fail once the source showed no sign of life on any channel
+ * for x-link-timeout: the source keeps the main stream busy with
+ * keepalives meanwhile. They need the return path: sockets only. Read
+ * when the source connected, as every setting. */
+static void watch_source(struct kv_incoming *in, struct kv_chan *c)
+{
+	if (c->is_socket)
+		kv_chan_set_silence(c, in->params.link_timeout_ms, &in->life);
+}
+
+
+/* GO: start the guest, then confirm with SHUT(0). A confirmation lost on
+ * the way is answered again when the source asks (RESOLVE). */
+static int start_on_go(struct kv_incoming *in, struct kv_chan *c,
+		       struct kv_error *err)
+{
+	struct kv_error e = {0};
+	int ret = 0;
+
+	if (in->hooks.start_vm)
+		ret = in->hooks.start_vm(in->hooks.opaque, err);
+	kv_switch_log("dst: workload started (%d)", ret);
+	if (ret < 0) {
+		kv_error_prefix(err, "starting the guest after the source's GO");
+		if (c)
+			kv_rp_send_shut(c, 1, &e);
+		return ret;
+	}
+	in->started = true;
+	if (c && kv_rp_send_shut(c, 0, &e) < 0)
+		kv_warn("incoming", "the guest runs here, but the confirmation to the source failed (%s); the source will ask again", e.msg);
+	kv_switch_log("dst: SHUT(0) sent");
+	return 0;
+}
+
+/* How long the decision may take once READY went out: the source answers
+ * at once, so a silence of x-link-timeout (or x-return-path-timeout,
+ * whichever is shorter) means the link or the source is gone. Either way
+ * the end of the wait is x-undecided, never running. */
+static int64_t decision_wait_ns(const struct kv_mig_params *p)
+{
+	uint64_t ms = (uint64_t)p->rp_timeout_ms;
+
+	if (p->link_timeout_ms && p->link_timeout_ms < ms)
+		ms = p->link_timeout_ms;
+	return (int64_t)ms * 1000000;
+}
+
+/* The commit protocol's destination half, after the state is loaded and
+ * committed: OFFER, READY, the decision. 0: GO, the guest runs here. <0:
+ * the source keeps it (err says why). IN_UNANSWERED: READY went out and
+ * no decision came (err says why): undecided. */
+static int take_decision(struct kv_incoming *in, struct kv_stream *s,
+			 struct kv_error *err)
+{
+	int64_t wait_ns = decision_wait_ns(&in->params);
+	struct kv_chan *c = kv_stream_chan(s);
+	enum kv_swo_decision d;
+	struct kv_error e = {0};
+	int ret;
+
+	ret = kv_swo_read_offer(s, &in->swo_id, kv_now_ns() + wait_ns, err);
+	if (ret < 0) {
+		kv_rp_send_shut(c, 1, &e);
+		return ret;
+	}
+	in->swo_used = true;
+	ret = kv_rp_send_ready(c, &in->swo_id, err);
+	kv_switch_log("dst: READY sent (%d)", ret);
+	if (ret == 0)
+		ret = kv_swo_read_decision(s, &in->swo_id,
+					   kv_now_ns() + wait_ns, &d, err);
+	if (ret < 0)
+		return IN_UNANSWERED;
+	if (d == KV_SWO_ABORT) {
+		kv_rp_send_shut(c, 1, &e);
+		return kv_error_set(err, -ECANCELED, "the source took its guest back at the switch-over (it decided ABORT); nothing runs here");
+	}
+	kv_switch_log("dst: GO");
+	return start_on_go(in, c, err);
+}
+
+/* Load, commit, decide. Without a return path (file:, fd: one way) the
+ * caller starts the guest once the stream loaded. */
 static int load_and_answer(struct kv_incoming *in, struct kv_stream *s,
 			   struct kv_error *err)
 {
 	struct kv_load_result res = {0};
 	struct kv_chan *c = kv_stream_chan(s);
-	int ret, rp;
+	struct kv_error e = {0};
+	int ret;
 
 	ret = kv_savevm_load(in->sv, s, &res, err);
 	kv_switch_log("dst: loaded (%d)", ret);
@@ -361,16 +489,13 @@ static int load_and_answer(struct kv_incoming *in, struct kv_stream *s,
 		if (ret < 0)
 			kv_error_prefix(err, "committing the loaded state");
 	}
+	kv_switch_log("dst: committed (%d)", ret);
+	if (ret == 0 && res.return_path_requested)
+		return take_decision(in, s, err);
 	/* On failure, answer on any socket: the source may have asked in a
 	 * part of the stream we never got to read. */
-	if (!res.return_path_requested && !(ret < 0 && c->is_socket))
-		return ret;
-	kv_switch_log("dst: committed (%d)", ret);
-	rp = kv_rp_send_shut(c, ret < 0 ? 1 : 0, ret < 0 ? NULL : err);
-	kv_switch_log("dst: SHUT sent");
-	/* Unconfirmed, the source resumes: this side must not run too. */
-	if (ret == 0 && rp < 0)
-		ret = rp;
+	if (ret < 0 && c->is_socket)
+		kv_rp_send_shut(c, 1, &e);
 	return ret;
 }
 
@@ -387,6 +512,7 @@ static int run_connected(struct kv_incoming *in, struct kv_stream *s,
 	in->params_read = true;
 	in->accept_ns = kv_now_ns();
 	kv_chan_peer_name(c, in->stats.peer, sizeof(in->stats.peer));
+	watch_source(in, c);
 	if (in->aborted)
 		kv_stream_shutdown(s);
 	pthread_mutex_unlock(&in->lock);
@@ -397,7 +523,9 @@ static int run_connected(struct kv_incoming *in, struct kv_stream *s,
 	if (ret == 0)
 		ret = load_and_answer(in, s, err);
 	/* The channel threads end once the source closed them, after it
-	 * read SHUT. */
+	 * read SHUT; undecided, the source may be unreachable: end them. */
+	if (ret == IN_UNANSWERED)
+		abort_multifd(in);
 	ret = multifd_end(in, ret, err);
 	pthread_mutex_lock(&in->lock);
 	in->stats.transferred = kv_stream_transferred(s);
@@ -405,8 +533,9 @@ static int run_connected(struct kv_incoming *in, struct kv_stream *s,
 	in->stream = NULL;
 	pthread_mutex_unlock(&in->lock);
 	close_listener(in);
-	if (ret == 0 && in->hooks.start_vm) {
+	if (ret == 0 && !in->started && in->hooks.start_vm) {
 		ret = in->hooks.start_vm(in->hooks.opaque, err);
+		in->started = ret == 0;
 		kv_switch_log("dst: workload started (%d)", ret);
 	}
 	return ret;
@@ -536,6 +665,12 @@ static int replay_peer_name(const struct kv_chan *c, char *buf, size_t size)
 	return 0;
 }
 
+static int replay_set_silence(struct kv_chan *c, uint64_t limit_ms,
+			      struct kv_chan_activity *shared)
+{
+	return kv_chan_set_silence(to_replay(c)->inner, limit_ms, shared);
+}
+
 static const struct kv_chan_ops replay_ops = {
     .read = replay_read,
     .readv = replay_readv,
@@ -548,6 +683,7 @@ static const struct kv_chan_ops replay_ops = {
     .unsent = replay_unsent,
     .tcp_limits = replay_tcp_limits,
     .peer_name = replay_peer_name,
+    .set_silence = replay_set_silence,
 };
 
 /* c with hdr in front of what it reads next; c is closed on failure. */
@@ -622,6 +758,172 @@ static struct kv_chan *accept_source(struct kv_incoming *in,
 	}
 }
 
+/* ---- after READY: RESOLVE connections and the operator ---- */
+
+static enum kv_swo_settle settle_word(const struct kv_incoming *in)
+{
+	return (enum kv_swo_settle)__atomic_load_n(&in->settle,
+						   __ATOMIC_ACQUIRE);
+}
+
+/* Listen again on the incoming address (tcp, unix: the source knows it);
+ * NULL for file: and fd:, where only an operator can settle. */
+static struct kv_listener *listen_again(struct kv_incoming *in)
+{
+	struct kv_error e = {0};
+	struct kv_listener *l;
+	struct kv_uri u;
+
+	if (kv_uri_parse(in->uri, &u, &e) < 0 ||
+	    (u.kind != KV_URI_TCP && u.kind != KV_URI_UNIX))
+		return NULL;
+	l = kv_listener_open(in->uri, &e);
+	if (!l) {
+		kv_err("incoming", "cannot listen again on %s for the source's decision: %s; settle by hand with x-migrate-settle", in->uri, e.msg);
+		return NULL;
+	}
+	pthread_mutex_lock(&in->lock);
+	in->listener = l;
+	if (in->aborted || settle_word(in))
+		kv_listener_shutdown(l);
+	pthread_mutex_unlock(&in->lock);
+	return l;
+}
+
+/* One connection while a decision is awaited or after running: a RESOLVE
+ * for this migration returns its decision with c still open (the caller
+ * answers it); anything else is answered or dropped here, and NULL. */
+static struct kv_chan *read_resolve(struct kv_incoming *in, struct kv_chan *c,
+				    enum kv_swo_decision *d)
+{
+	uint8_t hello[KV_SWO_MAGIC_LEN];
+	struct kv_error e = {0};
+	struct kv_swo_id id;
+	char peer[300];
+	int ret;
+
+	kv_chan_peer_name(c, peer, sizeof(peer));
+	set_candidate(in, c);
+	ret = kv_chan_read_full_until(c, hello, sizeof(hello),
+				      kv_now_ns() + HELLO_TIMEOUT_NS, &e);
+	if (ret == 0 && !kv_swo_is_resolve(hello, sizeof(hello)))
+		ret = kv_error_set(&e, -EPROTO, "%s", kv_savevm_check_header(hello, NULL) == 0 ? "a new migration source, but this destination already holds a migrated guest" : "not a migration source");
+	if (ret == 0)
+		ret = kv_swo_read_resolve(c, &id, d,
+					  kv_now_ns() + HELLO_TIMEOUT_NS, &e);
+	set_candidate(in, NULL);
+	if (ret == 0 && memcmp(id.b, in->swo_id.b, KV_SWO_ID_LEN) != 0) {
+		kv_swo_send_ack(c, &id, KV_SWO_ACK_UNKNOWN, &e);
+		ret = kv_error_set(&e, -EPROTO, "a RESOLVE for another migration");
+	}
+	if (ret == 0)
+		return c;
+	kv_warn("incoming", "dropped a connection from %s while %s: %s", peer, kv_incoming_status(in) == KV_IN_UNDECIDED ? "waiting for the source's decision" : "running the migrated guest", e.msg);
+	kv_chan_close(c);
+	return NULL;
+}
+
+/* Undecided: wait for the source's RESOLVE or the operator's word. 0: the
+ * guest runs here; <0: it never will (err says why). */
+static int settle_undecided(struct kv_incoming *in, struct kv_error *err)
+{
+	struct timespec poll = {0, SETTLE_POLL_NS};
+	struct kv_listener *l;
+	struct kv_error e = {0};
+	char id[KV_SWO_ID_LEN * 2 + 1];
+	int ret;
+
+	kv_swo_id_text(&in->swo_id, id, sizeof(id));
+	pthread_mutex_lock(&in->lock);
+	snprintf(in->stats.error, sizeof(in->stats.error), "undecided: %.480s", err->msg);
+	pthread_mutex_unlock(&in->lock);
+	kv_err("incoming", "switch-over undecided (migration %s): %s; the guest stays loaded and stopped until the source says (it reconnects to %s) or an operator settles it with x-migrate-settle", id, err->msg, in->uri);
+	in_set_status(in, KV_IN_ACTIVE, KV_IN_UNDECIDED);
+	kv_error_clear(err);
+	l = listen_again(in);
+	for (;;) {
+		enum kv_swo_settle how = settle_word(in);
+		enum kv_swo_decision d;
+		struct kv_chan *c;
+
+		if (how == KV_SWO_SETTLE_RUN) {
+			close_listener(in);
+			return start_on_go(in, NULL, err);
+		}
+		if (how == KV_SWO_SETTLE_DISCARD) {
+			close_listener(in);
+			return kv_error_set(err, -ECANCELED, "the operator discarded the guest (x-migrate-settle discard); nothing runs here");
+		}
+		if (aborted(in)) {
+			close_listener(in);
+			return kv_error_set(err, -ECANCELED, "incoming migration aborted while undecided");
+		}
+		c = l ? kv_listener_accept(l, &e) : NULL;
+		if (!c) {
+			nanosleep(&poll, NULL);
+			continue;
+		}
+		c = read_resolve(in, c, &d);
+		if (!c)
+			continue;
+		if (d == KV_SWO_GO) {
+			ret = start_on_go(in, NULL, err);
+			kv_swo_send_ack(c, &in->swo_id, ret == 0 ? KV_SWO_ACK_RUNNING : KV_SWO_ACK_DISCARDED, &e);
+		} else {
+			kv_swo_send_ack(c, &in->swo_id, KV_SWO_ACK_DISCARDED, &e);
+			ret = kv_error_set(err, -ECANCELED, "the source took its guest back at the switch-over (it decided ABORT, heard over a new connection); nothing runs here");
+		}
+		kv_chan_close(c);
+		close_listener(in);
+		return ret;
+	}
+}
+
+int kv_incoming_settle(struct kv_incoming *in, enum kv_swo_settle how,
+		       struct kv_error *err)
+{
+	int expected = KV_SWO_SETTLE_NONE;
+
+	if (kv_swo_settle_check(how, err) < 0)
+		return err->code;
+	if (kv_incoming_status(in) != KV_IN_UNDECIDED)
+		return kv_error_set(err, -EBUSY, "x-migrate-settle: the incoming migration is not undecided (status %s); only a switch-over whose decision never arrived can be settled by hand", kv_in_status_name(kv_incoming_status(in)));
+	if (!__atomic_compare_exchange_n(&in->settle, &expected, (int)how,
+					 false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return kv_error_set(err, -EBUSY, "x-migrate-settle: already settled");
+	pthread_mutex_lock(&in->lock);
+	if (in->listener)
+		kv_listener_shutdown(in->listener);
+	pthread_mutex_unlock(&in->lock);
+	return 0;
+}
+
+void kv_incoming_answer_resolves(struct kv_incoming *in)
+{
+	struct kv_listener *l;
+	struct kv_error e = {0};
+
+	if (!in->swo_used || !in->started ||
+	    kv_incoming_status(in) != KV_IN_COMPLETED)
+		return;
+	l = listen_again(in);
+	while (l && !aborted(in)) {
+		enum kv_swo_decision d;
+		struct kv_chan *c = kv_listener_accept(l, &e);
+
+		if (c)
+			c = read_resolve(in, c, &d);
+		if (!c)
+			continue;
+		if (d != KV_SWO_GO)
+			kv_err("incoming", "the source says ABORT for a migration whose GO this side had: its guest runs here");
+		kv_swo_send_ack(c, &in->swo_id, KV_SWO_ACK_RUNNING, &e);
+		kv_chan_close(c);
+	}
+	close_listener(in);
+}
+
 static int claim_run(struct kv_incoming *in, struct kv_error *err)
 {
 	bool ran;
@@ -670,6 +972,8 @@ int kv_incoming_run(struct kv_incoming *in, struct kv_error *err)
 	}
 	ret = run_connected(in, s, l, &lerr);
 	kv_stream_close(s);
+	if (ret == IN_UNANSWERED)
+		ret = settle_undecided(in, &lerr);
 	ret = finish(in, ret, &lerr);
 	if (ret < 0)
 		kv_error_prefix(&lerr, "incoming migration from %s",
@@ -689,6 +993,8 @@ int kv_incoming_run_stream(struct kv_incoming *in, struct kv_stream *s,
 	if (!in_set_status(in, KV_IN_NONE, KV_IN_SETUP))
 		return kv_error_set(err, -EINVAL, "an incoming migration over a connected stream cannot also listen");
 	ret = run_connected(in, s, NULL, err);
+	if (ret == IN_UNANSWERED)
+		ret = settle_undecided(in, err);
 	return finish(in, ret, err);
 }
 

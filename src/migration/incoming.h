@@ -36,6 +36,9 @@ enum kv_in_status {
 	KV_IN_COMPLETED,
 	KV_IN_FAILED,
 	KV_IN_CANCELLED,
+	/* READY sent, no decision: loaded and stopped, waiting for the
+	 * source's RESOLVE or an operator ("x-undecided"). */
+	KV_IN_UNDECIDED,
 	KV_IN_STATUS_COUNT,
 };
 
@@ -114,6 +117,19 @@ void kv_incoming_get_stats(const struct kv_incoming *in,
  * silently; other changes are accepted and do nothing here. */
 int kv_incoming_set_params(struct kv_incoming *in,
 			   const struct kv_mig_params *p, struct kv_error *err);
+
+/* An operator's word on an UNDECIDED incoming migration (QMP
+ * x-migrate-settle, any thread): RUN starts the guest here (COMPLETED),
+ * DISCARD drops it (FAILED). -EBUSY with err set when not undecided. */
+int kv_incoming_settle(struct kv_incoming *in, enum kv_swo_settle how,
+		       struct kv_error *err);
+
+/* After a run that ended COMPLETED with the guest started through the
+ * commit protocol: listen on the incoming address again and answer a
+ * source that did not hear the confirmation (its RESOLVE) that the guest
+ * runs here; other connections are dropped. Blocks until
+ * kv_incoming_abort; returns at once when there is nothing to answer. */
+void kv_incoming_answer_resolves(struct kv_incoming *in);
 
 /* Load one migration from a connected stream with no hooks (memtest-like
  * callers and tests): kv_incoming_run_stream on an object of its own. */

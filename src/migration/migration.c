@@ -18,6 +18,13 @@
  * resume. SETUP includes the connect (kv_mig_run_uri): a connection that
  * cannot be set up is SETUP -> FAILED; a cancel abandons the connect at
  * once.
+ *
+ * The switch-over is a commit protocol (switchover.h): once the source's
+ * GO left this host it never resumes by itself. GO sent and no answer:
+ * DEVICE (or CANCELLING) -> UNDECIDED, the guest stays stopped and the
+ * source delivers GO over new connections until the destination answers
+ * (-> COMPLETED, or FAILED if it had discarded the guest: the source then
+ * runs it) or an operator settles it (kv_mig_settle).
  * Locking: `lock` guards `stream` (so cancel and bandwidth changes from
  * other threads never touch a stream the run has let go of) and `stats`.
  */
@@ -29,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/clock.h"
 #include "base/log.h"
@@ -36,10 +44,23 @@
 #include "migration/options.h"
 #include "migration/return_path.h"
 #include "migration/savevm/savevm.h"
+#include "migration/switchover.h"
 
 /* After a stream error, how long to look for the destination's SHUT that
  * explains it. */
 #define RP_EXPLAIN_TIMEOUT_MS 2000
+/* An undecided switch-over: how long one RESOLVE may take, and the pause
+ * between attempts. */
+#define RESOLVE_TIMEOUT_MS 2000
+#define RESOLVE_RETRY_NS   (1000 * 1000000LL)
+/* After ABORT was written: how long to wait for the destination's SHUT
+ * saying it heard it, before delivering ABORT over new connections. */
+#define ABORT_HEARD_TIMEOUT_MS 2000
+/* switch_over(): GO left this host and the destination did not answer. */
+#define SWO_UNANSWERED 1
+/* How long a source that took its guest back keeps telling an unreachable
+ * destination ABORT. */
+#define ABORT_DELIVERY_NS (120 * 1000000000LL)
 /* How often a pass in progress refreshes the statistics and progress. */
 #define PROGRESS_EVERY_NS (100 * 1000000LL)
 
@@ -88,6 +109,25 @@ struct kv_migration {
 	uint32_t ping; /* value of the last PING sent */
 	/* Triggered by kv_mig_cancel: abandons a connect in progress. */
 	struct kv_cancel *connect_cancel;
+
+	/* The switch-over commit protocol (switchover.h). */
+	struct kv_swo_id swo_id;
+	bool offered;	   /* OFFER left: the destination may wait */
+	int decision;	   /* enum kv_swo_decision, atomic: GO and a
+			    * cancel race on it, the first one decides */
+	int settle;	   /* enum kv_swo_settle, atomic: the operator's */
+	int stop_resolving; /* atomic: kv_mig_cancel or kv_mig_free */
+	bool abort_unheard; /* ABORT may not have reached the destination */
+	char uri[300];	    /* the destination's, for RESOLVE */
+
+	/* x-link-timeout: signs of life from the destination on any channel
+	 * of the migration (io/channel.h), and the keepalive's last look
+	 * (migration thread): when, the stream offset and the bytes not yet
+	 * acknowledged then. */
+	struct kv_chan_activity life;
+	int64_t ka_ns;
+	uint64_t ka_offset;
+	int64_t ka_unsent;
 };
 
 static const char *const status_names[] = {
@@ -99,6 +139,7 @@ static const char *const status_names[] = {
     [KV_MIG_FAILED] = "failed",
     [KV_MIG_CANCELLING] = "cancelling",
     [KV_MIG_CANCELLED] = "cancelled",
+    [KV_MIG_UNDECIDED] = "x-undecided",
 };
 
 #define ST(s) (1U << (s))
@@ -109,14 +150,19 @@ static const unsigned int transitions[] = {
 	ST(KV_MIG_ACTIVE) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
     [KV_MIG_ACTIVE] =
 	ST(KV_MIG_DEVICE) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
-    [KV_MIG_DEVICE] =
-	ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
+    [KV_MIG_DEVICE] = ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) |
+		      ST(KV_MIG_CANCELLING) | ST(KV_MIG_UNDECIDED),
     [KV_MIG_COMPLETED] = 0,
     [KV_MIG_FAILED] = 0,
     /* COMPLETED: a cancel that lost the race against the destination's
-     * SHUT(0); the destination owns the workload then. */
-    [KV_MIG_CANCELLING] = ST(KV_MIG_CANCELLED) | ST(KV_MIG_COMPLETED),
+     * SHUT(0); the destination owns the workload then. UNDECIDED: it lost
+     * the race against GO, which was sent but not answered. */
+    [KV_MIG_CANCELLING] =
+	ST(KV_MIG_CANCELLED) | ST(KV_MIG_COMPLETED) | ST(KV_MIG_UNDECIDED),
     [KV_MIG_CANCELLED] = 0,
+    /* COMPLETED: the destination runs the guest (its ACK, or an operator
+     * dropped this copy); FAILED: it never will, this side runs it. */
+    [KV_MIG_UNDECIDED] = ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED),
 };
 
 const char *kv_mig_status_name(enum kv_mig_status st)
@@ -160,6 +206,7 @@ struct kv_migration *kv_mig_new(struct kv_savevm *sv, struct kv_ram_state *rs,
 	}
 	pthread_mutex_init(&m->lock, NULL);
 	kv_rate_limit_init(&m->rl, m->params.max_bandwidth);
+	kv_chan_activity_init(&m->life, "the destination", "x-link-timeout");
 	return m;
 }
 
@@ -167,6 +214,7 @@ void kv_mig_free(struct kv_migration *m)
 {
 	if (!m)
 		return;
+	/* The caller joined the thread that ran it; nothing resolves now. */
 	kv_rate_limit_destroy(&m->rl);
 	pthread_mutex_destroy(&m->lock);
 	kv_cancel_free(m->connect_cancel);
@@ -235,6 +283,21 @@ static bool cancel_requested(const struct kv_migration *m)
 
 void kv_mig_cancel(struct kv_migration *m)
 {
+	enum kv_mig_status now = kv_mig_status(m);
+	int d = KV_SWO_UNDECIDED;
+
+	/* Over: only an ABORT still being delivered is left to stop. */
+	if (now == KV_MIG_COMPLETED || now == KV_MIG_FAILED ||
+	    now == KV_MIG_CANCELLED) {
+		__atomic_store_n(&m->stop_resolving, 1, __ATOMIC_RELEASE);
+		return;
+	}
+	if (!__atomic_compare_exchange_n(&m->decision, &d, KV_SWO_ABORT, false,
+					 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) &&
+	    d == KV_SWO_GO) {
+		kv_warn("migration", "migrate_cancel does nothing now: the guest was handed over to the destination (the source sent GO); if the destination is gone for good, settle it with x-migrate-settle");
+		return;
+	}
 	for (;;) {
 		enum kv_mig_status st = kv_mig_status(m);
 
@@ -424,6 +487,147 @@ static void throttle_off(struct kv_migration *m)
 	m->hooks.set_throttle(m->hooks.opaque, 0, &ignored);
 }
 
+/* ---- liveness (x-link-timeout) ---- */
+
+/* A keepalive goes out at most this long after the main stream's last
+ * byte, whatever our own limit: a destination reads its own x-link-timeout
+ * and must hear from us well within it. A quarter of a shorter limit. */
+#define KEEPALIVE_MAX_NS (1000 * 1000000LL)
+
+static int64_t keepalive_interval_ns(const struct kv_migration *m)
+{
+	int64_t quarter = (int64_t)m->params.link_timeout_ms * 1000000 / 4;
+
+	return quarter > 0 && quarter < KEEPALIVE_MAX_NS ? quarter
+							 : KEEPALIVE_MAX_NS;
+}
+
+/* The main channel fails a wait with no sign of life for the limit;
+ * the multifd channels share the record (multifd_connect). */
+static void watch_link(struct kv_migration *m, struct kv_stream *s)
+{
+	if (kv_stream_chan(s)->is_socket)
+		kv_chan_set_silence(kv_stream_chan(s),
+				    m->params.link_timeout_ms, &m->life);
+	m->ka_ns = kv_now_ns();
+	m->ka_offset = kv_stream_offset(s);
+}
+
+/* Bytes the destination acknowledged since the last look are a sign of
+ * life: the end of a pass waits while it drains what is in flight, which
+ * on a slow link takes a while. */
+static void note_acks(struct kv_migration *m, struct kv_stream *s)
+{
+	int64_t unsent = kv_chan_unsent(kv_stream_chan(s));
+
+	if (m->mfd)
+		unsent += kv_mfd_send_unsent(m->mfd);
+	if (unsent > m->ka_unsent ||
+	    m->ka_unsent - unsent >= KV_CHAN_ACKED_ALIVE_BYTES) {
+		if (unsent < m->ka_unsent)
+			kv_chan_activity_note(&m->life);
+		m->ka_unsent = unsent;
+	}
+}
+
+/* Every interval, what the stream holds goes out; when nothing was put
+ * since the last look (multifd passes leave the main stream idle, as do
+ * the waits at the end of a pass), a PING (QEMU's MIG_CMD_PING, answered
+ * with PONG) first, so that the destination hears from us. */
+static int keepalive(struct kv_migration *m, struct kv_stream *s,
+		     struct kv_error *err)
+{
+	int64_t now = kv_now_ns();
+	int ret = 0;
+
+	if (!m->rp || now - m->ka_ns < keepalive_interval_ns(m))
+		return 0;
+	m->ka_ns = now;
+	if (kv_stream_offset(s) == m->ka_offset)
+		ret = kv_savevm_save_ping(s, ++m->ping, err);
+	else if (kv_stream_flush(s) < 0)
+		ret = kv_stream_error(s);
+	kv_stream_error_get(s, err);
+	m->ka_offset = kv_stream_offset(s);
+	return ret;
+}
+
+/* What a wait for the destination's answer waits for: SHUT (its status
+ * in *status) or PONG(value). The commit protocol's READY is one more. */
+struct answer {
+	bool shut;
+	uint32_t value;
+	uint32_t *status;
+	const struct kv_swo_id *ready; /* READY(ready), after the stream */
+};
+
+/* 1 it came, 0 not within slice_ns, <0 (err set) it never will. */
+static int answer_slice(struct kv_migration *m, const struct answer *a,
+			int64_t slice_ns, struct kv_error *err)
+{
+	if (a->ready)
+		return kv_rp_reader_wait_ready_for(m->rp, a->ready, slice_ns,
+						   err);
+	if (a->shut)
+		return kv_rp_reader_wait_shut_for(m->rp, slice_ns, a->status,
+						  err);
+	return kv_rp_reader_wait_pong_for(m->rp, a->value, slice_ns, err);
+}
+
+/* The destination's answer: x-return-path-timeout as before, and sooner
+ * the x-link-timeout when the destination showed no sign of life
+ * meanwhile (a message, bytes acknowledged). While waiting for a PONG,
+ * keepalives go out; nothing may follow the end of the stream (SHUT). */
+static int wait_answer(struct kv_migration *m, struct kv_stream *s,
+		       const struct answer *a, struct kv_error *err)
+{
+	int64_t since = kv_now_ns();
+	int64_t end = since + (int64_t)m->params.rp_timeout_ms * 1000000;
+	int ret;
+
+	m->ka_unsent = kv_chan_unsent(kv_stream_chan(s)) +
+		       (m->mfd ? kv_mfd_send_unsent(m->mfd) : 0);
+	for (;;) {
+		int64_t left = end - kv_now_ns();
+		int64_t slice = keepalive_interval_ns(m);
+
+		if (left <= 0)
+			return kv_error_set(err, -ETIMEDOUT, "return path: no answer from the destination on %s within %d ms (x-return-path-timeout)", kv_stream_chan(s)->name, m->params.rp_timeout_ms);
+		ret = answer_slice(m, a, left < slice ? left : slice, err);
+		if (ret != 0)
+			return ret < 0 ? ret : 0;
+		note_acks(m, s);
+		ret = kv_chan_check_silence(kv_stream_chan(s), since, err);
+		if (ret == 0 && !a->shut && !a->ready)
+			ret = keepalive(m, s, err);
+		if (ret < 0)
+			return ret;
+	}
+}
+
+/* The destination went silent (x-link-timeout): it will not explain
+ * anything, so nobody waits for its SHUT. */
+static bool link_went_silent(const struct kv_migration *m,
+			     const struct kv_error *err)
+{
+	return err->code == -ETIMEDOUT && strstr(err->msg, m->life.setting);
+}
+
+/* Where the silence struck, for the message. */
+static void name_silent_phase(const struct kv_migration *m,
+			      struct kv_error *err)
+{
+	enum kv_mig_status st = kv_mig_status(m);
+
+	if (st == KV_MIG_ACTIVE)
+		kv_error_prefix(err, "the link went silent in pass %llu",
+				(unsigned long long)m->pass);
+	else
+		kv_error_prefix(err, "the link went silent in %s",
+				st == KV_MIG_DEVICE ? "the switch-over"
+						    : "setup");
+}
+
 /* With a return path: PING and wait for the PONG, so the pass is counted
  * as done once the destination has read it. The bandwidth is then what
  * the destination absorbs, and no backlog sits in socket buffers when the
@@ -438,8 +642,7 @@ static int wait_destination(struct kv_migration *m, struct kv_stream *s,
 	ret = kv_savevm_save_ping(s, ++m->ping, err);
 	if (ret < 0)
 		return ret;
-	ret = kv_rp_reader_wait_pong(m->rp, m->ping, m->params.rp_timeout_ms,
-				     err);
+	ret = wait_answer(m, s, &(struct answer){.value = m->ping}, err);
 	if (ret < 0)
 		kv_error_prefix(err,
 				"waiting for the destination to read pass %llu",
@@ -476,6 +679,8 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 		if (cancel_requested(m))
 			return -ECANCELED;
 		ret = kv_savevm_save_iterate(m->sv, s, err);
+		if (ret >= 0 && keepalive(m, s, err) < 0)
+			ret = err->code;
 		if (ret < 0)
 			return ret;
 		now = kv_now_ns();
@@ -590,12 +795,68 @@ static void explain_by_destination(struct kv_migration *m, struct kv_stream *s,
 		    status);
 }
 
-/* Switch-over: stop, send the rest, wait for the destination's verdict. */
+/* The commit protocol's source half, after the device state went out:
+ * OFFER, wait for READY, GO, wait for SHUT. 0: the destination runs the
+ * guest. <0: it does not and never will (the caller resumes).
+ * SWO_UNANSWERED: GO left this host and no answer came (err says why):
+ * neither side may run until the destination is heard. */
+static int hand_over(struct kv_migration *m, struct kv_stream *s,
+		     struct kv_error *err)
+{
+	int expected = KV_SWO_UNDECIDED;
+	uint32_t status = 0;
+	bool sent;
+	int ret;
+
+	ret = kv_swo_new_id(&m->swo_id, err);
+	if (ret < 0)
+		return ret;
+	kv_swo_put_offer(s, &m->swo_id);
+	m->offered = true;
+	if (kv_stream_flush(s) < 0) {
+		kv_stream_error_get(s, err);
+		return kv_stream_error(s);
+	}
+	kv_switch_log("OFFER sent");
+	ret = wait_answer(m, s, &(struct answer){.ready = &m->swo_id}, err);
+	if (ret < 0)
+		return ret;
+	kv_switch_log("READY received");
+	if (!__atomic_compare_exchange_n(&m->decision, &expected, KV_SWO_GO,
+					 false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return kv_error_set(err, -ECANCELED, "migration cancelled before the switch-over was decided");
+	ret = kv_swo_send_decision(s, &m->swo_id, KV_SWO_GO, &sent, err);
+	if (ret < 0 && !sent) {
+		/* Not a byte of GO left this host: the destination cannot
+		 * have it, so this side may still run the guest. */
+		__atomic_store_n(&m->decision, KV_SWO_ABORT, __ATOMIC_RELEASE);
+		return ret;
+	}
+	kv_switch_log("GO sent");
+	if (ret == 0)
+		ret = wait_answer(
+		    m, s, &(struct answer){.shut = true, .status = &status},
+		    err);
+	if (ret == 0 && status == 0) {
+		kv_switch_log("SHUT(0) received");
+		return 0;
+	}
+	if (ret == 0) {
+		/* It says it could not start: it never will. */
+		__atomic_store_n(&m->decision, KV_SWO_ABORT, __ATOMIC_RELEASE);
+		return kv_error_set(err, -EREMOTEIO, "the destination could not start the guest after the source's GO (it answered SHUT with status %u; see its log); the source keeps its guest", status);
+	}
+	kv_error_prefix(err, "no confirmation from the destination after the source's GO");
+	return SWO_UNANSWERED;
+}
+
+/* Switch-over: stop, send the rest, let the destination decide with the
+ * commit protocol (a return path), or just flush (file, fd: no answer). */
 static int switch_over(struct kv_migration *m, struct kv_stream *s,
 		       bool return_path, bool *stopped, struct kv_error *err)
 {
 	int64_t stop_ns;
-	uint32_t status;
 	int ret;
 
 	/* The downtime starts with the request to stop: parking the vCPUs
@@ -616,17 +877,10 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 		return ret;
 	kv_switch_log("complete sent");
 	record_pass_pages(m);
-	if (return_path) {
-		ret = kv_rp_reader_wait_shut(m->rp, m->params.rp_timeout_ms,
-					     &status, err);
-		if (ret < 0)
-			return ret;
-		if (status != 0)
-			return kv_error_set(err, -EREMOTEIO,
-					    "the destination failed to load the migration stream (it answered SHUT with status %u; see its log); the source keeps its guest",
-					    status);
-		kv_switch_log("SHUT(0) received");
-	}
+	if (return_path)
+		ret = hand_over(m, s, err);
+	if (ret != 0)
+		return ret;
 	pthread_mutex_lock(&m->lock);
 	m->stats.downtime_ms = (kv_now_ns() - stop_ns) / 1000000;
 	pthread_mutex_unlock(&m->lock);
@@ -686,6 +940,8 @@ static int multifd_connect(struct kv_migration *m, const char *uri,
 	cfg.rate_limit = &m->rl;
 	cfg.cancel = m->connect_cancel;
 	cfg.connect_timeout_ms = m->params.connect_timeout_ms;
+	cfg.silence_ms = m->params.link_timeout_ms;
+	cfg.activity = &m->life;
 	if (!cfg.channels || !m->rs)
 		return 0;
 	mfd = kv_mfd_send_start(uri, &cfg, err);
@@ -737,12 +993,178 @@ static void announce_cancelling(struct kv_migration *m)
 	report_progress(m, m->rs ? kv_ram_pending_estimate(m->rs) : 0, 0);
 }
 
+/* ---- the switch-over's loose ends ---- */
+
+/* GO left and was not answered: stopped, and saying so. */
+static void enter_undecided(struct kv_migration *m, const struct kv_error *why)
+{
+	keep_error(m, why);
+	if (!mig_set_status(m, KV_MIG_DEVICE, KV_MIG_UNDECIDED, true))
+		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_UNDECIDED, true);
+	kv_err("migration", "switch-over undecided: %s; the guest stays stopped here until the destination answers (kvmig asks it again every second) or an operator settles it with x-migrate-settle", why->msg);
+}
+
+/* The switch-over failed after OFFER and this side runs the guest: tell
+ * the destination ABORT, so that one waiting with the guest loaded
+ * discards it. True when it was written, or when the destination already
+ * failed and said so (it waits for nothing). */
+static bool send_abort(struct kv_migration *m, struct kv_stream *s)
+{
+	struct kv_error e = {0};
+	uint32_t status;
+	bool sent;
+
+	__atomic_store_n(&m->decision, KV_SWO_ABORT, __ATOMIC_RELEASE);
+	if (!m->rp)
+		return false;
+	if (kv_rp_reader_wait_shut(m->rp, 0, &status, &e) == 0)
+		return true;
+	return kv_swo_send_decision(s, &m->swo_id, KV_SWO_ABORT, &sent,
+				    &e) == 0;
+}
+
+/* Did the destination hear ABORT (its SHUT says so)? If not, the caller
+ * delivers it over new connections. */
+static bool abort_heard(struct kv_migration *m, bool sent)
+{
+	struct kv_error e = {0};
+	uint32_t status;
+
+	return sent && m->rp &&
+	       kv_rp_reader_wait_shut(m->rp, ABORT_HEARD_TIMEOUT_MS, &status,
+				      &e) == 0;
+}
+
+/* The return path's reader and the multifd channels end with the run. */
+static void release_channels(struct kv_migration *m)
+{
+	kv_rp_reader_stop(m->rp); /* before the caller closes the channel */
+	m->rp = NULL;
+	multifd_close(m);
+}
+
+static bool stop_resolving(const struct kv_migration *m)
+{
+	return __atomic_load_n(&m->stop_resolving, __ATOMIC_ACQUIRE) != 0;
+}
+
+/* One RESOLVE to the destination; logs what came of it now and then. */
+static int resolve_once(struct kv_migration *m, enum kv_swo_decision d,
+			unsigned attempt, enum kv_swo_ack *ack)
+{
+	struct kv_error e = {0};
+	int ret;
+
+	ret = kv_swo_resolve(m->uri, &m->swo_id, d, NULL, RESOLVE_TIMEOUT_MS,
+			     ack, &e);
+	if (ret == 0)
+		kv_info("migration", "switch-over: the destination at %s answered %s to %s", m->uri, kv_swo_ack_name(*ack), kv_swo_decision_name(d));
+	else if (attempt == 1 || attempt % 30 == 0)
+		kv_warn("migration", "switch-over: cannot tell the destination at %s the decision (%s) yet, attempt %u: %s", m->uri, kv_swo_decision_name(d), attempt, e.msg);
+	return ret;
+}
+
+/* Sleep until the next attempt, waking for an operator's word. */
+static void resolve_pause(const struct kv_migration *m)
+{
+	int64_t until = kv_now_ns() + RESOLVE_RETRY_NS;
+	struct timespec slice = {0, 50 * 1000000L};
+
+	while (kv_now_ns() < until &&
+	       !__atomic_load_n(&m->settle, __ATOMIC_ACQUIRE) &&
+	       !stop_resolving(m))
+		nanosleep(&slice, NULL);
+}
+
+/* The end of an undecided migration: the destination's answer or an
+ * operator's word. 0: the destination runs the guest; <0: this side does. */
+static int end_undecided(struct kv_migration *m, bool here, const char *why,
+			 struct kv_error *err)
+{
+	kv_error_clear(err);
+	if (!here) {
+		pthread_mutex_lock(&m->lock);
+		m->stats.error[0] = '\0'; /* completed: nothing failed */
+		pthread_mutex_unlock(&m->lock);
+		mig_set_status(m, KV_MIG_UNDECIDED, KV_MIG_COMPLETED, true);
+		kv_info("migration", "switch-over settled: %s", why);
+		return 0;
+	}
+	m->hooks.resume_vm(m->hooks.opaque);
+	kv_error_set(err, -ECANCELED, "switch-over settled: %s", why);
+	keep_error(m, err);
+	mig_set_status(m, KV_MIG_UNDECIDED, KV_MIG_FAILED, true);
+	return -ECANCELED;
+}
+
+/* UNDECIDED until the destination answers a RESOLVE(GO) or an operator
+ * settles it; without an address (kv_mig_run) only the operator can. */
+static int settle_undecided(struct kv_migration *m, struct kv_error *err)
+{
+	unsigned attempt = 0;
+
+	for (;;) {
+		enum kv_swo_settle how = (enum kv_swo_settle)__atomic_load_n(
+		    &m->settle, __ATOMIC_ACQUIRE);
+		enum kv_swo_ack ack;
+
+		if (how == KV_SWO_SETTLE_RUN)
+			return end_undecided(m, true, "the operator said the source runs the guest (x-migrate-settle run); the destination must not", err);
+		if (how == KV_SWO_SETTLE_DISCARD)
+			return end_undecided(m, false, "the operator dropped the source's copy (x-migrate-settle discard)", err);
+		if (m->uri[0] &&
+		    resolve_once(m, KV_SWO_GO, ++attempt, &ack) == 0) {
+			if (ack == KV_SWO_ACK_RUNNING)
+				return end_undecided(m, false, "the destination runs the guest (it answered the source's GO)", err);
+			if (ack == KV_SWO_ACK_DISCARDED)
+				return end_undecided(m, true, "the destination had discarded the guest (settled there by its operator); the source runs it", err);
+		}
+		resolve_pause(m);
+	}
+}
+
+/* The guest runs here after a switch-over that failed past OFFER, and
+ * the destination may not have heard ABORT: tell it over new
+ * connections, for ABORT_DELIVERY_NS at most (a kv_mig_cancel stops it
+ * sooner), so that it discards its copy instead of waiting. */
+static void deliver_abort(struct kv_migration *m)
+{
+	int64_t end = kv_now_ns() + ABORT_DELIVERY_NS;
+	unsigned attempt = 0;
+	enum kv_swo_ack ack;
+
+	while (m->uri[0] && !stop_resolving(m) && kv_now_ns() < end) {
+		if (resolve_once(m, KV_SWO_ABORT, ++attempt, &ack) == 0)
+			return;
+		resolve_pause(m);
+	}
+	if (m->uri[0] && !stop_resolving(m))
+		kv_warn("migration", "switch-over: the destination at %s never heard ABORT; if it still waits with the guest loaded (x-undecided), settle it there with x-migrate-settle discard: the source runs the guest", m->uri);
+}
+
+int kv_mig_settle(struct kv_migration *m, enum kv_swo_settle how,
+		  struct kv_error *err)
+{
+	int expected = KV_SWO_SETTLE_NONE;
+
+	if (kv_swo_settle_check(how, err) < 0)
+		return err->code;
+	if (kv_mig_status(m) != KV_MIG_UNDECIDED)
+		return kv_error_set(err, -EBUSY, "x-migrate-settle: the outgoing migration is not undecided (status %s); only a switch-over whose GO the destination never confirmed can be settled by hand", kv_mig_status_name(kv_mig_status(m)));
+	if (!__atomic_compare_exchange_n(&m->settle, &expected, (int)how,
+					 false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return kv_error_set(err, -EBUSY, "x-migrate-settle: already settled");
+	return 0;
+}
+
 /* The run from SETUP (or CANCELLING, after a cancel that came first). */
 static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 			  struct kv_error *err)
 {
 	struct kv_error lerr = {0};
 	bool return_path = false, stopped = false, cancelled;
+	bool abort_sent = false;
 	enum kv_mig_status st;
 	int ret;
 
@@ -760,6 +1182,7 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 	 * every multifd channel charge one limiter. */
 	kv_stream_share_rate_limit(s, &m->rl);
 	return_path = kv_stream_chan(s)->is_socket;
+	watch_link(m, s);
 	if (return_path) {
 		m->rp = kv_rp_reader_start(kv_stream_chan(s), &lerr);
 		if (!m->rp) {
@@ -774,26 +1197,33 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 	if (ret == 0 &&
 	    !mig_set_status(m, KV_MIG_DEVICE, KV_MIG_COMPLETED, true))
 		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_COMPLETED, true);
+	if (ret == SWO_UNANSWERED)
+		enter_undecided(m, &lerr);
 out:
 	cancelled = ret < 0 && cancel_requested(m);
-	if (ret < 0 && !cancelled && m->rp && kv_stream_error(s))
+	if (ret < 0 && !cancelled && link_went_silent(m, &lerr))
+		name_silent_phase(m, &lerr);
+	else if (ret < 0 && !cancelled && m->rp && kv_stream_error(s))
 		explain_by_destination(m, s, &lerr);
 	if (ret < 0)
 		record_pass_pages(m); /* the pass it stopped in */
-	kv_savevm_save_cleanup(m->sv, ret < 0);
+	kv_savevm_save_cleanup(m->sv, ret != 0);
 	throttle_off(m);
 	if (ret < 0 && stopped)
 		m->hooks.resume_vm(m->hooks.opaque);
+	/* The guest runs here again; a destination that may be waiting
+	 * with it loaded must hear that it will not. */
+	if (ret < 0 && m->offered)
+		abort_sent = send_abort(m, s);
 	update_stats(m, s);
 	kv_stream_share_rate_limit(s, NULL); /* m may go before s */
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
-	kv_rp_reader_stop(m->rp); /* before the caller closes the channel */
-	m->rp = NULL;
-	multifd_close(m);
-	if (ret == 0)
-		return 0;
+	if (ret >= 0) {
+		release_channels(m);
+		return ret; /* COMPLETED, or UNDECIDED (the caller settles) */
+	}
 	if (cancelled) {
 		announce_cancelling(m);
 		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_CANCELLED, true);
@@ -815,6 +1245,11 @@ out:
 			mig_set_status(m, st, KV_MIG_CANCELLED, true);
 		}
 	}
+	/* The status is final and the guest runs: now there is time to
+	 * hear whether the destination got ABORT. */
+	if (m->offered && !abort_heard(m, abort_sent))
+		m->abort_unheard = true;
+	release_channels(m);
 	kv_error_propagate(err, &lerr);
 	return ret;
 }
@@ -835,9 +1270,14 @@ static bool enter_setup(struct kv_migration *m)
 int kv_mig_run(struct kv_migration *m, struct kv_stream *s,
 	       struct kv_error *err)
 {
+	int ret;
+
 	if (!enter_setup(m))
 		return refuse_second_run(m, err);
-	return run_from_setup(m, s, err);
+	ret = run_from_setup(m, s, err);
+	if (ret == SWO_UNANSWERED)
+		ret = settle_undecided(m, err);
+	return ret;
 }
 
 /* The run ended before its phases began (the connection could not be set
@@ -901,6 +1341,7 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 	/* query-migrate says "setup" while connecting, as QEMU's does. */
 	if (!enter_setup(m))
 		return refuse_second_run(m, err);
+	snprintf(m->uri, sizeof(m->uri), "%s", uri);
 	ret = refuse_conflicting_params(m, &lerr);
 	if (ret == 0 && cancel_requested(m))
 		ret = -ECANCELED;
@@ -922,6 +1363,10 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 	}
 	if (s)
 		kv_stream_close(s);
+	if (ret == SWO_UNANSWERED)
+		ret = settle_undecided(m, &lerr);
+	else if (ret < 0 && m->abort_unheard)
+		deliver_abort(m);
 	kv_error_propagate(err, &lerr);
 	return ret;
 }

@@ -10,9 +10,11 @@
  *           pending <= bandwidth * downtime_limit (exact pending, after a
  *           dirty sync) switch over; fail after converge_timeout
  *   DEVICE: stop_vm hook; complete (last pages, device sections, EOF)
- *   then, with a return path, wait for the destination's SHUT(0);
- *   COMPLETED. On any failure or cancel before SHUT(0): resume_vm if the
- *   workload was stopped; FAILED or CANCELLED. The source always survives.
+ *   then, with a return path, the commit protocol (switchover.h): OFFER,
+ *   the destination's READY, GO, its SHUT(0); COMPLETED. On any failure
+ *   or cancel before GO left: resume_vm if the workload was stopped;
+ *   FAILED or CANCELLED. GO sent and unanswered: UNDECIDED, stopped,
+ *   until the destination is heard or kv_mig_settle.
  *
  * Status changes go through one function against a transition table
  * (docs/DESIGN.md draws it).
@@ -30,6 +32,7 @@
 #include "migration/codec/codec.h"
 #include "migration/ram/ram.h"
 #include "migration/savevm/savevm.h"
+#include "migration/switchover.h"
 
 enum kv_mig_status {
 	KV_MIG_NONE,
@@ -40,6 +43,10 @@ enum kv_mig_status {
 	KV_MIG_FAILED,
 	KV_MIG_CANCELLING,
 	KV_MIG_CANCELLED,
+	/* GO was sent and not answered: the guest stays stopped here until
+	 * the destination is heard or an operator settles it. kvmig's own
+	 * ("x-undecided"). */
+	KV_MIG_UNDECIDED,
 };
 
 /* QEMU's query-migrate status names: "setup", "active", ... */
@@ -53,6 +60,10 @@ struct kv_mig_params {
 	/* How long a connect (main and multifd channels) waits for the
 	 * destination's answer; default 30000 (x-connect-timeout). */
 	uint64_t connect_timeout_ms;
+	/* How long either side waits for a sign of life from the other
+	 * before it fails the migration, in any phase; 0 = never; default
+	 * 10000 (x-link-timeout). */
+	uint64_t link_timeout_ms;
 	/* XBZRLE (ram.h): cache bytes, 0 = off; default off. */
 	uint64_t xbzrle_cache_size;
 	/* multifd (multifd.h): extra channels, 0 = off (default); their
@@ -157,8 +168,14 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 /* The multifd part of the parameters (channels 0: multifd off). */
 struct kv_mfd_config kv_mig_params_mfd(const struct kv_mig_params *p);
 
-/* From any thread. */
+/* From any thread. A cancel after GO left does nothing (the guest is the
+ * destination's); it also stops an ABORT still being delivered. */
 void kv_mig_cancel(struct kv_migration *m);
+/* An operator's word on an UNDECIDED migration (QMP x-migrate-settle):
+ * RUN resumes the guest here (FAILED), DISCARD gives it up (COMPLETED).
+ * -EBUSY with err set when the migration is not undecided. */
+int kv_mig_settle(struct kv_migration *m, enum kv_swo_settle how,
+		  struct kv_error *err);
 void kv_mig_set_downtime_limit(struct kv_migration *m, uint64_t ms);
 void kv_mig_set_max_bandwidth(struct kv_migration *m, uint64_t bytes_per_sec);
 enum kv_mig_status kv_mig_status(const struct kv_migration *m);

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "base/clock.h"
@@ -31,6 +32,8 @@ struct kv_rp_reader {
 	uint32_t pong_last;
 	bool shut_seen;
 	uint32_t shut_status;
+	bool ready_seen;
+	struct kv_swo_id ready_id;
 	bool ended;
 	struct kv_error fail; /* why it ended, unless after SHUT */
 };
@@ -42,6 +45,7 @@ struct kv_rp_reader {
 enum rp_len_rule { RP_LEN_FIXED, RP_LEN_NAMED };
 
 struct rp_msg_desc {
+	uint16_t type;
 	const char *name;
 	enum rp_len_rule rule;
 	uint16_t len;
@@ -55,30 +59,35 @@ static int handle_shut(struct kv_rp_reader *r, const uint8_t *payload,
 		       struct kv_error *err);
 static int handle_pong(struct kv_rp_reader *r, const uint8_t *payload,
 		       struct kv_error *err);
+static int handle_ready(struct kv_rp_reader *r, const uint8_t *payload,
+			struct kv_error *err);
 
-/* QEMU's rp_cmd_args, with the handler beside each: docs/DESIGN.md has
- * the same table for readers. */
+/* QEMU's rp_cmd_args, with the handler beside each, and kvmig's READY:
+ * docs/DESIGN.md has the same table for readers. */
 static const struct rp_msg_desc rp_msgs[] = {
-    [KV_RP_MSG_SHUT] = {"SHUT", RP_LEN_FIXED, 4, handle_shut},
-    [KV_RP_MSG_PONG] = {"PONG", RP_LEN_FIXED, 4, handle_pong},
+    {KV_RP_MSG_SHUT, "SHUT", RP_LEN_FIXED, 4, handle_shut},
+    {KV_RP_MSG_PONG, "PONG", RP_LEN_FIXED, 4, handle_pong},
     /* be64 start, be32 length, then the block's idstr */
-    [KV_RP_MSG_REQ_PAGES_ID] = {"REQ_PAGES_ID", RP_LEN_NAMED, 12, NULL},
+    {KV_RP_MSG_REQ_PAGES_ID, "REQ_PAGES_ID", RP_LEN_NAMED, 12, NULL},
     /* be64 start, be32 length, in the last block named */
-    [KV_RP_MSG_REQ_PAGES] = {"REQ_PAGES", RP_LEN_FIXED, 12, NULL},
+    {KV_RP_MSG_REQ_PAGES, "REQ_PAGES", RP_LEN_FIXED, 12, NULL},
     /* the block's idstr; its bitmap follows on the stream */
-    [KV_RP_MSG_RECV_BITMAP] = {"RECV_BITMAP", RP_LEN_NAMED, 0, NULL},
+    {KV_RP_MSG_RECV_BITMAP, "RECV_BITMAP", RP_LEN_NAMED, 0, NULL},
     /* be32 1: the destination is ready to resume postcopy */
-    [KV_RP_MSG_RESUME_ACK] = {"RESUME_ACK", RP_LEN_FIXED, 4, NULL},
-    [KV_RP_MSG_SWITCHOVER_ACK] = {"SWITCHOVER_ACK", RP_LEN_FIXED, 0, NULL},
+    {KV_RP_MSG_RESUME_ACK, "RESUME_ACK", RP_LEN_FIXED, 4, NULL},
+    {KV_RP_MSG_SWITCHOVER_ACK, "SWITCHOVER_ACK", RP_LEN_FIXED, 0, NULL},
+    /* kvmig: the migration's 16-byte id (switchover.h) */
+    {KV_RP_MSG_READY, "READY", RP_LEN_FIXED, KV_SWO_ID_LEN, handle_ready},
 };
 
 #define RP_NMSGS (sizeof(rp_msgs) / sizeof(rp_msgs[0]))
 
 static const struct rp_msg_desc *rp_msg_find(uint16_t type)
 {
-	if (type >= RP_NMSGS || !rp_msgs[type].name)
-		return NULL;
-	return &rp_msgs[type];
+	for (size_t i = 0; i < RP_NMSGS; i++)
+		if (rp_msgs[i].type == type)
+			return &rp_msgs[i];
+	return NULL;
 }
 
 const char *kv_rp_msg_name(uint16_t type)
@@ -185,6 +194,22 @@ int kv_rp_send_pong(struct kv_chan *c, uint32_t value, struct kv_error *err)
 	return rp_send_u32(c, KV_RP_MSG_PONG, value, err);
 }
 
+int kv_rp_send_ready(struct kv_chan *c, const struct kv_swo_id *id,
+		     struct kv_error *err)
+{
+	uint8_t msg[RP_HEADER_LEN + KV_SWO_ID_LEN];
+	struct iovec iov = {.iov_base = msg, .iov_len = sizeof(msg)};
+	int ret;
+
+	put_be16(msg, KV_RP_MSG_READY);
+	put_be16(msg + 2, KV_SWO_ID_LEN);
+	memcpy(msg + RP_HEADER_LEN, id->b, KV_SWO_ID_LEN);
+	ret = kv_chan_writev_full(c, &iov, 1, err);
+	if (ret < 0)
+		kv_error_prefix(err, "return path: sending READY");
+	return ret;
+}
+
 /* ---- the reader (source) ---- */
 
 static int handle_shut(struct kv_rp_reader *r, const uint8_t *payload,
@@ -209,6 +234,18 @@ static int handle_pong(struct kv_rp_reader *r, const uint8_t *payload,
 	pthread_cond_broadcast(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 	return 0;
+}
+
+static int handle_ready(struct kv_rp_reader *r, const uint8_t *payload,
+			struct kv_error *err)
+{
+	(void)err;
+	pthread_mutex_lock(&r->lock);
+	r->ready_seen = true;
+	memcpy(r->ready_id.b, payload, KV_SWO_ID_LEN);
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	return 0; /* SHUT follows, after the decision */
 }
 
 static bool stop_requested(const struct kv_rp_reader *r)
@@ -244,6 +281,9 @@ static int rp_read(struct kv_rp_reader *r, void *buf, size_t len,
 			return kv_error_set(
 			    err, -ECANCELED,
 			    "return path: cancelled while waiting for the destination");
+		/* The kernel gave up (TCP_USER_TIMEOUT): the same silence. */
+		if (n == -ETIMEDOUT && kv_chan_silence_ms(c))
+			return kv_chan_silence_error(c, err);
 		if (n < 0)
 			return kv_error_set_errno(
 			    err, (int)n, "return path: reading from %s",
@@ -355,9 +395,9 @@ void kv_rp_reader_stop(struct kv_rp_reader *r)
 	free(r);
 }
 
-static struct timespec deadline_after_ms(int timeout_ms)
+static struct timespec deadline_after_ns(int64_t timeout_ns)
 {
-	int64_t ns = kv_now_ns() + (int64_t)timeout_ms * 1000000;
+	int64_t ns = kv_now_ns() + timeout_ns;
 
 	return (struct timespec){.tv_sec = ns / 1000000000,
 				 .tv_nsec = ns % 1000000000};
@@ -394,17 +434,31 @@ static bool pong_arrived(const struct kv_rp_reader *r, uint32_t value)
 	return r->pong_seen && (int32_t)(r->pong_last - value) >= 0;
 }
 
+enum rp_want { WANT_PONG, WANT_SHUT, WANT_READY };
+
 /* Under r->lock: 1 when what the waiter wants has arrived, 0 not yet,
- * <0 with err set when it never will. want_pong: a PONG answering value
- * (a SHUT then means the destination failed); else a SHUT (*status). */
-static int arrived(struct kv_rp_reader *r, bool want_pong,
-		   uint32_t value, uint32_t *status, struct kv_error *err)
+ * <0 with err set when it never will. WANT_PONG: a PONG answering value
+ * (a SHUT then means the destination failed); WANT_SHUT: a SHUT
+ * (*status); WANT_READY: READY for id (a SHUT(n) before it: the
+ * destination failed, *status = n). */
+static int arrived(struct kv_rp_reader *r, enum rp_want want, uint32_t value,
+		   const struct kv_swo_id *id, uint32_t *status,
+		   struct kv_error *err)
 {
-	if (want_pong && pong_arrived(r, value))
+	if (want == WANT_PONG && pong_arrived(r, value))
 		return 1;
-	if (r->shut_seen && !want_pong) {
+	if (want == WANT_READY && r->ready_seen) {
+		if (memcmp(r->ready_id.b, id->b, KV_SWO_ID_LEN))
+			return kv_error_set(err, -EPROTO, "return path: the destination's READY names another migration");
+		return 1;
+	}
+	if (r->shut_seen && want == WANT_SHUT) {
 		*status = r->shut_status;
 		return 1;
+	}
+	if (r->shut_seen && want == WANT_READY) {
+		*status = r->shut_status;
+		return kv_error_set(err, -EREMOTEIO, "the destination failed to load the migration stream (it answered SHUT with status %u before READY; see its log); the source keeps its guest", r->shut_status);
 	}
 	if (r->shut_seen)
 		return kv_error_set(err, -EREMOTEIO, "the destination failed to load the migration stream (it answered SHUT with status %u while the source waited for PONG %u; see its log)", r->shut_status, value);
@@ -413,22 +467,35 @@ static int arrived(struct kv_rp_reader *r, bool want_pong,
 	return 0;
 }
 
-static int reader_wait(struct kv_rp_reader *r, bool want_pong, uint32_t value,
-		       int timeout_ms, uint32_t *status, struct kv_error *err)
+/* One slice of a wait: 1 arrived, 0 not within timeout_ns, <0 never. */
+static int reader_wait_slice(struct kv_rp_reader *r, enum rp_want want,
+			     uint32_t value, const struct kv_swo_id *id,
+			     int64_t timeout_ns, uint32_t *status,
+			     struct kv_error *err)
 {
-	struct timespec until = deadline_after_ms(timeout_ms);
+	struct timespec until = deadline_after_ns(timeout_ns);
 	int ret;
 
 	pthread_mutex_lock(&r->lock);
-	while ((ret = arrived(r, want_pong, value, status, err)) == 0) {
-		if (!wait_news(r, &until)) {
-			ret = arrived(r, want_pong, value, status, err);
-			if (ret == 0)
-				ret = no_answer(r, timeout_ms, err);
-			break;
-		}
-	}
+	while ((ret = arrived(r, want, value, id, status, err)) == 0 &&
+	       wait_news(r, &until))
+		;
+	if (ret == 0)
+		ret = arrived(r, want, value, id, status, err);
 	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
+/* A whole wait: 0 arrived, <0 with err set (the timeout included). */
+static int reader_wait(struct kv_rp_reader *r, enum rp_want want,
+		       uint32_t value, const struct kv_swo_id *id,
+		       int timeout_ms, uint32_t *status, struct kv_error *err)
+{
+	int ret = reader_wait_slice(r, want, value, id,
+				    (int64_t)timeout_ms * 1000000, status, err);
+
+	if (ret == 0)
+		ret = no_answer(r, timeout_ms, err);
 	return ret < 0 ? ret : 0;
 }
 
@@ -437,11 +504,47 @@ int kv_rp_reader_wait_pong(struct kv_rp_reader *r, uint32_t value,
 {
 	uint32_t unused;
 
-	return reader_wait(r, true, value, timeout_ms, &unused, err);
+	return reader_wait(r, WANT_PONG, value, NULL, timeout_ms, &unused,
+			   err);
 }
 
 int kv_rp_reader_wait_shut(struct kv_rp_reader *r, int timeout_ms,
 			   uint32_t *status, struct kv_error *err)
 {
-	return reader_wait(r, false, 0, timeout_ms, status, err);
+	return reader_wait(r, WANT_SHUT, 0, NULL, timeout_ms, status, err);
+}
+
+int kv_rp_reader_wait_ready(struct kv_rp_reader *r,
+			    const struct kv_swo_id *id, int timeout_ms,
+			    struct kv_error *err)
+{
+	uint32_t unused;
+
+	return reader_wait(r, WANT_READY, 0, id, timeout_ms, &unused, err);
+}
+
+int kv_rp_reader_wait_pong_for(struct kv_rp_reader *r, uint32_t value,
+			       int64_t timeout_ns, struct kv_error *err)
+{
+	uint32_t unused;
+
+	return reader_wait_slice(r, WANT_PONG, value, NULL, timeout_ns,
+				 &unused, err);
+}
+
+int kv_rp_reader_wait_shut_for(struct kv_rp_reader *r, int64_t timeout_ns,
+			       uint32_t *status, struct kv_error *err)
+{
+	return reader_wait_slice(r, WANT_SHUT, 0, NULL, timeout_ns, status,
+				 err);
+}
+
+int kv_rp_reader_wait_ready_for(struct kv_rp_reader *r,
+				const struct kv_swo_id *id,
+				int64_t timeout_ns, struct kv_error *err)
+{
+	uint32_t unused;
+
+	return reader_wait_slice(r, WANT_READY, 0, id, timeout_ns, &unused,
+				 err);
 }

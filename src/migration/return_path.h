@@ -23,6 +23,7 @@
 
 #include "base/error.h"
 #include "io/channel.h"
+#include "migration/switchover.h"
 
 /* QEMU's numbers (enum mig_rp_message_type in its migration.c). */
 enum kv_rp_msg {
@@ -34,6 +35,10 @@ enum kv_rp_msg {
 	KV_RP_MSG_RECV_BITMAP = 5,
 	KV_RP_MSG_RESUME_ACK = 6,
 	KV_RP_MSG_SWITCHOVER_ACK = 7,
+	/* kvmig's own (switchover.h): loaded, committed, waiting for the
+	 * decision. Far above QEMU's numbers, so that none of QEMU's
+	 * future messages can be taken for it. */
+	KV_RP_MSG_READY = 0x4b01,
 };
 
 /* The longest payload a source accepts (QEMU's return-path buffer). */
@@ -53,6 +58,11 @@ int kv_rp_check_message(uint16_t type, const uint8_t *payload, uint16_t len,
 
 /* Destination: send SHUT(status). */
 int kv_rp_send_shut(struct kv_chan *c, uint32_t status, struct kv_error *err);
+
+/* Destination: READY(id), loaded and committed, waiting for the
+ * source's decision. */
+int kv_rp_send_ready(struct kv_chan *c, const struct kv_swo_id *id,
+		     struct kv_error *err);
 
 /* Destination: answer a PING command (savevm.h) with PONG(value). */
 int kv_rp_send_pong(struct kv_chan *c, uint32_t value, struct kv_error *err);
@@ -78,9 +88,29 @@ void kv_rp_reader_stop(struct kv_rp_reader *r);
 int kv_rp_reader_wait_pong(struct kv_rp_reader *r, uint32_t value,
 			   int timeout_ms, struct kv_error *err);
 
+/* kv_rp_reader_wait_pong in slices, for a waiter that does something
+ * between them (keepalives, the x-link-timeout check): 1 when the PONG
+ * came, 0 when it did not within timeout_ns, <0 with err set when it
+ * never will. */
+int kv_rp_reader_wait_pong_for(struct kv_rp_reader *r, uint32_t value,
+			       int64_t timeout_ns, struct kv_error *err);
+/* The same for SHUT (*status set when it came). */
+int kv_rp_reader_wait_shut_for(struct kv_rp_reader *r, int64_t timeout_ns,
+			       uint32_t *status, struct kv_error *err);
+/* The same for READY(id). */
+int kv_rp_reader_wait_ready_for(struct kv_rp_reader *r,
+				const struct kv_swo_id *id,
+				int64_t timeout_ns, struct kv_error *err);
+
 /* Wait up to timeout_ms (0: just look) for SHUT; returns 0 and sets
  * *status, or <0 (peer closed, timeout, malformed message) with err set. */
 int kv_rp_reader_wait_shut(struct kv_rp_reader *r, int timeout_ms,
 			   uint32_t *status, struct kv_error *err);
+
+/* Wait up to timeout_ms for READY(id). A SHUT before it (the destination
+ * failed), the reader's failure or the timeout is an error. */
+int kv_rp_reader_wait_ready(struct kv_rp_reader *r,
+			    const struct kv_swo_id *id, int timeout_ms,
+			    struct kv_error *err);
 
 #endif

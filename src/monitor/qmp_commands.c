@@ -157,6 +157,10 @@ const struct kv_qmp_command kv_qmp_commands[] = {
      kv_qmp_cmd_migrate_incoming,
      {{"uri", KV_QMP_ARG_STRING, false}}},
     {"migrate_cancel", kv_qmp_cmd_migrate_cancel, {{0}}},
+    /* kvmig's own: settle an undecided switch-over by hand. */
+    {"x-migrate-settle",
+     kv_qmp_cmd_migrate_settle,
+     {{"outcome", KV_QMP_ARG_STRING, false}}},
     {"query-migrate", kv_qmp_cmd_query_migrate, {{0}}},
     /* Every parameter of the options table (migration/options.h). */
     {"migrate-set-parameters",

@@ -424,6 +424,20 @@ int kv_qmp_cmd_migrate_cancel(struct kv_qmp_call *call)
 	return m->ops.cancel(m->ops.opaque, &call->err);
 }
 
+int kv_qmp_cmd_migrate_settle(struct kv_qmp_call *call)
+{
+	const char *outcome =
+	    json_string_value(json_object_get(call->args, "outcome"));
+	struct kv_qmp_mig *m = MIG_WITH(call, "x-migrate-settle", settle);
+	enum kv_swo_settle how = kv_swo_settle_parse(outcome);
+
+	if (!m)
+		return -ENOTSUP;
+	if (how == KV_SWO_SETTLE_NONE)
+		return kv_error_set(&call->err, -EINVAL, "Parameter 'outcome' does not accept value '%s' (run: this side runs the guest; discard: it drops its copy)", outcome);
+	return m->ops.settle(m->ops.opaque, how, &call->err);
+}
+
 int kv_qmp_cmd_query_migrate(struct kv_qmp_call *call)
 {
 	struct kv_qmp_mig *m = MIG_WITH(call, "query-migrate", query);

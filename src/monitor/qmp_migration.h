@@ -31,6 +31,10 @@ struct kv_qmp_mig_ops {
 	/* migrate-incoming. */
 	int (*incoming)(void *opaque, const char *uri, struct kv_error *err);
 	int (*cancel)(void *opaque, struct kv_error *err);
+	/* x-migrate-settle: an operator's word on an undecided switch-over
+	 * (this side runs the guest, or drops its copy). */
+	int (*settle)(void *opaque, enum kv_swo_settle how,
+		      struct kv_error *err);
 	/* query-migrate's figures (also: is a migration in progress?). */
 	void (*query)(void *opaque, struct kv_vm_mig_info *info);
 	/* Settings about to change: p is what the next migration gets; the

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 #include "base/clock.h"
 #include "base/log.h"
@@ -19,11 +18,13 @@
 #include "vmm/kvm_state.h"
 #include "vmm/serial.h"
 
-/* --verify-ram: what the source hashed with the vCPUs stopped. */
+/* --verify-ram: the source's RAM digest (kv_ram_verify_digest: the
+ * per-page hashes kept as pages were sent), taken after the last page. */
 struct ram_verify {
 	uint64_t size;
 	uint8_t hash[16];
-	struct kv_vm *vm; /* not on the wire */
+	struct kv_vm *vm;	  /* not on the wire */
+	struct kv_ram_state *rs; /* not on the wire */
 };
 
 struct kv_vm_mig {
@@ -62,15 +63,6 @@ struct kv_vm_mig {
 
 /* ---- the --verify-ram device ---- */
 
-static void hash_ram(struct kv_vm *vm, uint8_t out[16])
-{
-	XXH128_hash_t h = XXH3_128bits(kv_vm_ram(vm), kv_vm_ram_size(vm));
-	XXH128_canonical_t c;
-
-	XXH128_canonicalFromHash(&c, h);
-	memcpy(out, c.digest, 16);
-}
-
 static void hex16(const uint8_t *h, char out[33])
 {
 	for (int i = 0; i < 16; i++)
@@ -89,7 +81,8 @@ static int verify_post_load(void *opaque, int version_id,
 				    "ram-verify: source RAM is %llu bytes, this VM has %llu",
 				    (unsigned long long)v->size,
 				    (unsigned long long)kv_vm_ram_size(v->vm));
-	hash_ram(v->vm, here);
+	if (kv_ram_verify_digest(v->rs, here, err) < 0)
+		return err->code;
 	if (memcmp(here, v->hash, 16) != 0) {
 		hex16(v->hash, a);
 		hex16(here, b);
@@ -97,22 +90,34 @@ static int verify_post_load(void *opaque, int version_id,
 				    "ram-verify: RAM differs after loading: source %s, destination %s",
 				    a, b);
 	}
-	kv_info("vmm", "ram-verify: RAM identical (XXH3-128 of %llu bytes)",
+	kv_info("vmm", "ram-verify: RAM identical (XXH3-128 over the hashes of %llu bytes' pages)",
 		(unsigned long long)v->size);
 	return 0;
 }
 
+/* After the RAM's END section: its last pages are hashed by now. */
+static int verify_pre_save(void *opaque, struct kv_error *err)
+{
+	struct ram_verify *v = opaque;
+
+	v->size = kv_vm_ram_size(v->vm);
+	return kv_ram_verify_digest(v->rs, v->hash, err);
+}
+
+/* Version 2: the digest of per-page hashes (version 1 hashed RAM flat;
+ * the two do not compare, so neither side accepts the other's). */
 static const struct kv_vmstate_field verify_fields[] = {
-	KV_VMS_FIELD(struct ram_verify, size, KV_VMS_U64, 1),
-	KV_VMS_BUF(struct ram_verify, hash, 1),
+	KV_VMS_FIELD(struct ram_verify, size, KV_VMS_U64, 2),
+	KV_VMS_BUF(struct ram_verify, hash, 2),
 	KV_VMS_END,
 };
 
 static const struct kv_vmstate_desc verify_vmsd = {
 	.name = "ram-verify",
-	.version_id = 1,
-	.minimum_version_id = 1,
+	.version_id = 2,
+	.minimum_version_id = 2,
 	.fields = verify_fields,
+	.pre_save = verify_pre_save,
 	.post_load = verify_post_load,
 };
 
@@ -275,6 +280,9 @@ static int register_devices(struct kv_vm_mig *g, struct kv_error *err)
 		ret = kv_savevm_register_device(g->sv, "kvmclock", 0,
 						kv_kvmclock_vmsd(),
 						KV_PRI_DEFAULT, g->vmst, err);
+	/* After everything it covers: the digests of every section. */
+	if (!ret && g->verify_ram)
+		ret = kv_savevm_enable_verify(g->sv, err);
 	return ret;
 }
 
@@ -303,6 +311,8 @@ int kv_vm_mig_new(struct kv_vm *vm, bool verify_ram,
 		ret = kv_error_set(err, -ENOMEM, "migration: no memory");
 		goto fail;
 	}
+	g->verify.rs = g->rs;
+	kv_ram_set_verify(g->rs, verify_ram);
 	ret = kv_ram_add_block(g->rs, "pc.ram", kv_vm_ram(vm),
 			       kv_vm_ram_size(vm), err);
 	if (ret < 0)
@@ -352,10 +362,6 @@ static int capture_state(struct kv_vm_mig *g, struct kv_error *err)
 		return ret;
 	kv_serial_state_get(kv_vm_serial(g->vm), &g->serial);
 	kv_switch_log("VM state read");
-	if (g->verify_ram) {
-		g->verify.size = kv_vm_ram_size(g->vm);
-		hash_ram(g->vm, g->verify.hash);
-	}
 	return 0;
 }
 
@@ -484,6 +490,10 @@ int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 				    "a migration is already in progress (status %s)",
 				    kv_mig_status_name(st));
 	}
+	/* An ended migration may still be telling its destination ABORT:
+	 * the new one supersedes it. */
+	if (g->mig)
+		kv_mig_cancel(g->mig);
 	pthread_mutex_unlock(&g->lock);
 	kv_vm_mig_join(g, NULL);
 
@@ -689,6 +699,37 @@ int kv_vm_mig_incoming(struct kv_vm_mig *g, const char *uri,
 		pthread_mutex_unlock(&g->lock);
 	}
 	return kv_incoming_run(in, err);
+}
+
+int kv_vm_mig_settle(struct kv_vm_mig *g, enum kv_swo_settle how,
+		     struct kv_error *err)
+{
+	struct kv_incoming *in;
+	int ret;
+
+	pthread_mutex_lock(&g->lock);
+	in = g->in;
+	if (in && kv_incoming_status(in) == KV_IN_UNDECIDED)
+		ret = kv_incoming_settle(in, how, err);
+	else if (g->mig)
+		ret = kv_mig_settle(g->mig, how, err);
+	else if (in)
+		ret = kv_incoming_settle(in, how, err);
+	else
+		ret = kv_error_set(err, -EBUSY, "x-migrate-settle: no migration here");
+	pthread_mutex_unlock(&g->lock);
+	return ret;
+}
+
+void kv_vm_mig_answer_resolves(struct kv_vm_mig *g)
+{
+	struct kv_incoming *in;
+
+	pthread_mutex_lock(&g->lock);
+	in = g->in;
+	pthread_mutex_unlock(&g->lock);
+	if (in)
+		kv_incoming_answer_resolves(in);
 }
 
 void kv_vm_mig_incoming_abort(struct kv_vm_mig *g)

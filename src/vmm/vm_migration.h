@@ -10,10 +10,14 @@
  *   "pit"       0           the in-kernel PIT
  *   "serial"    0           the 16550 UART's registers
  *   "globalstate" 0         QEMU's: the source's run state before its stop
- *   "ram-verify" 0          with --verify-ram: size + XXH3-128 of all RAM
- *   "kvmclock"  0           last, so the clock is read as late as possible
+ *   "ram-verify" 0          with --verify-ram: size + the RAM digest
+ *                           (kv_ram_verify_digest, kept as pages go)
+ *   "kvmclock"  0           so the clock is read as late as possible
+ *   "kvmig-verify" 0        with --verify-ram, last: the XXH3-128 of
+ *                           every other START/FULL payload (savevm.h)
  * Source: the stop hook notes whether the vCPUs ran, pauses every vCPU and
- * captures all of this (and the RAM hash); complete writes it; a failed or
+ * captures all of this; complete writes it (the RAM digest once the last
+ * page went); a failed or
  * cancelled switch-over resumes the vCPUs only if they ran before (an
  * operator's QMP stop is kept). Destination: the whole stream is loaded
  * and validated, then committed into KVM (VM state, every vCPU, serial),
@@ -123,5 +127,15 @@ enum kv_runstate kv_vm_mig_incoming_runstate(struct kv_vm_mig *g);
 /* Abort a blocked kv_vm_mig_incoming (accept or load) from another
  * thread. */
 void kv_vm_mig_incoming_abort(struct kv_vm_mig *g);
+
+/* QMP x-migrate-settle: an undecided incoming migration (run: start the
+ * guest here; discard: drop it) or outgoing one (run: resume here;
+ * discard: give it up). -EBUSY with err set when nothing is undecided. */
+int kv_vm_mig_settle(struct kv_vm_mig *g, enum kv_swo_settle how,
+		     struct kv_error *err);
+
+/* After an incoming migration completed: answer a source that did not
+ * hear the confirmation, until kv_vm_mig_incoming_abort (blocks). */
+void kv_vm_mig_answer_resolves(struct kv_vm_mig *g);
 
 #endif

@@ -907,6 +907,163 @@ static void test_connect_cancellable_connects(void **state)
 	kv_cancel_free(cancel);
 }
 
+
+/* ---- silence (x-link-timeout) ---- */
+
+static struct kv_chan *pair_chan(int sv[2], const char *name)
+{
+	struct kv_error err = {0};
+	struct kv_chan *c;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	c = kv_chan_from_fd(sv[0], name, &err);
+	assert_non_null(c);
+	return c;
+}
+
+static void test_silence_ends_a_read(void **state)
+{
+	struct kv_chan_activity life;
+	struct kv_error err = {0};
+	struct kv_chan *c;
+	int64_t t0, took;
+	int sv[2];
+	char b[4];
+
+	(void)state;
+	kv_chan_activity_init(&life, "the source", "x-link-timeout");
+	c = pair_chan(sv, "silent");
+	assert_int_equal(kv_chan_set_silence(c, 100, &life), 0);
+	assert_int_equal(kv_chan_silence_ms(c), 100);
+	/* A byte is a sign of life; the read goes on for the rest. */
+	assert_int_equal(write(sv[1], "x", 1), 1);
+	t0 = kv_now_ns();
+	assert_int_equal(kv_chan_read_full(c, b, sizeof(b), &err), -ETIMEDOUT);
+	took = (kv_now_ns() - t0) / 1000000;
+	assert_true(took >= 100 && took < 2000);
+	assert_non_null(strstr(err.msg, "no byte from the source"));
+	assert_non_null(strstr(err.msg, "for 100 ms (x-link-timeout)"));
+	kv_chan_close(c);
+	close(sv[1]);
+}
+
+struct noter {
+	struct kv_chan_activity *life;
+	int64_t until_ns;
+};
+
+static void *note_until(void *opaque)
+{
+	struct noter *n = opaque;
+
+	while (kv_now_ns() < n->until_ns) {
+		kv_chan_activity_note(n->life);
+		kv_sleep_ns(20 * 1000000LL);
+	}
+	return NULL;
+}
+
+/* Life on another channel of the migration (multifd pages) keeps a
+ * reader of this one waiting. */
+static void test_silence_shared_activity(void **state)
+{
+	struct kv_chan_activity life;
+	struct kv_error err = {0};
+	struct noter n = {&life, 0};
+	struct kv_chan *c;
+	pthread_t t;
+	int64_t t0, took;
+	int sv[2];
+	char b;
+
+	(void)state;
+	kv_chan_activity_init(&life, "the source", "x-link-timeout");
+	c = pair_chan(sv, "shared");
+	kv_chan_set_silence(c, 100, &life);
+	t0 = kv_now_ns();
+	n.until_ns = t0 + 400 * 1000000LL;
+	assert_int_equal(pthread_create(&t, NULL, note_until, &n), 0);
+	assert_int_equal(kv_chan_read_full(c, &b, 1, &err), -ETIMEDOUT);
+	took = (kv_now_ns() - t0) / 1000000;
+	pthread_join(t, NULL);
+	assert_true(took >= 400 && took < 2500);
+	/* Outside a read (a condition variable), the same verdict. */
+	kv_chan_activity_note(&life);
+	assert_int_equal(kv_chan_check_silence(c, t0, &err), 0);
+	kv_sleep_ns(120 * 1000000LL);
+	assert_int_equal(kv_chan_check_silence(c, t0, &err), -ETIMEDOUT);
+	assert_non_null(strstr(err.msg, "x-link-timeout"));
+	kv_chan_close(c);
+	close(sv[1]);
+}
+
+/* A peer that stopped reading: the write fails once the buffers are full
+ * and nothing moved for the limit. */
+static void test_silence_ends_a_write(void **state)
+{
+	static uint8_t buf[1 << 20];
+	struct kv_chan_activity life;
+	struct kv_error err = {0};
+	struct iovec iov;
+	struct kv_chan *c;
+	int sv[2], r = 0;
+
+	(void)state;
+	kv_chan_activity_init(&life, "the destination", "x-link-timeout");
+	c = pair_chan(sv, "stalled");
+	kv_chan_set_silence(c, 100, &life);
+	for (int i = 0; i < 64 && r == 0; i++) {
+		iov = (struct iovec){buf, sizeof(buf)};
+		r = kv_chan_writev_full(c, &iov, 1, &err);
+	}
+	assert_int_equal(r, -ETIMEDOUT);
+	assert_non_null(strstr(err.msg, "no byte from the destination"));
+	kv_chan_close(c);
+	close(sv[1]);
+}
+
+struct shutter {
+	struct kv_chan *c;
+	int64_t after_ns;
+};
+
+static void *shut_later(void *opaque)
+{
+	struct shutter *s = opaque;
+
+	kv_sleep_ns(s->after_ns);
+	kv_chan_shutdown(s->c);
+	return NULL;
+}
+
+/* Cleared (the destination waiting for the decision), a wait never ends
+ * by itself; a shutdown still ends it. */
+static void test_silence_cleared(void **state)
+{
+	struct kv_chan_activity life;
+	struct shutter sh;
+	struct kv_chan *c;
+	pthread_t t;
+	int64_t t0;
+	int sv[2];
+	char b;
+
+	(void)state;
+	kv_chan_activity_init(&life, "the source", "x-link-timeout");
+	c = pair_chan(sv, "cleared");
+	kv_chan_set_silence(c, 50, &life);
+	kv_chan_set_silence(c, 0, NULL);
+	assert_int_equal(kv_chan_silence_ms(c), 0);
+	sh = (struct shutter){c, 300 * 1000000LL};
+	t0 = kv_now_ns();
+	assert_int_equal(pthread_create(&t, NULL, shut_later, &sh), 0);
+	assert_int_equal(c->ops->read(c, &b, 1), -ECANCELED);
+	assert_true(kv_now_ns() - t0 >= 300 * 1000000LL);
+	pthread_join(t, NULL);
+	kv_chan_close(c);
+	close(sv[1]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -933,6 +1090,10 @@ int main(void)
 	    cmocka_unit_test(test_connect_cancel_unix),
 	    cmocka_unit_test(test_connect_timeout),
 	    cmocka_unit_test(test_connect_cancellable_connects),
+	    cmocka_unit_test(test_silence_ends_a_read),
+	    cmocka_unit_test(test_silence_shared_activity),
+	    cmocka_unit_test(test_silence_ends_a_write),
+	    cmocka_unit_test(test_silence_cleared),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -80,6 +80,7 @@ static void test_defaults(void **state)
 	kv_mig_params_default(&p);
 	assert_int_equal(p.downtime_limit_ms, 300);
 	assert_int_equal(p.rp_timeout_ms, 30000);
+	assert_int_equal(p.link_timeout_ms, 10000); /* x-link-timeout */
 	assert_int_equal(p.xbzrle_cache_size, 0); /* capability off */
 	assert_int_equal(p.multifd_channels, 0);
 	assert_int_equal(p.multifd_level, KV_MFD_LEVEL_DEFAULT);
@@ -159,6 +160,7 @@ static void test_set_get_every_store(void **state)
 	v.u = 77;
 	kv_mig_option_set(row("downtime-limit"), &s, &v); /* u64 */
 	kv_mig_option_set(row("x-return-path-timeout"), &s, &v); /* int */
+	kv_mig_option_set(row("x-link-timeout"), &s, &v);
 	kv_mig_option_set(row("cpu-throttle-initial"), &s, &v); /* unsigned */
 	v.u = KV_RAM_COMPRESS_ALWAYS;
 	kv_mig_option_set(row("x-compress"), &s, &v); /* enum */
@@ -167,6 +169,7 @@ static void test_set_get_every_store(void **state)
 	kv_mig_option_set(row("postcopy-ram"), &s, &v); /* nowhere */
 	assert_int_equal(s.params.downtime_limit_ms, 77);
 	assert_int_equal(s.params.rp_timeout_ms, 77);
+	assert_int_equal(s.params.link_timeout_ms, 77);
 	assert_int_equal(s.params.throttle.initial, 77);
 	assert_int_equal(s.params.compress, KV_RAM_COMPRESS_ALWAYS);
 	assert_true(s.params.auto_converge);

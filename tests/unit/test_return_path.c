@@ -67,6 +67,12 @@ static void test_table_names_and_numbers(void **state)
 	assert_null(kv_rp_msg_name(0xffff));
 	assert_int_equal(KV_RP_MSG_REQ_PAGES_ID, 3);
 	assert_int_equal(KV_RP_MSG_SWITCHOVER_ACK, 7);
+	/* kvmig's READY, far from QEMU's numbers. */
+	assert_string_equal(kv_rp_msg_name(KV_RP_MSG_READY), "READY");
+	assert_int_equal(KV_RP_MSG_READY, 0x4b01);
+	expect_header_ok(KV_RP_MSG_READY, KV_SWO_ID_LEN);
+	expect_header_bad(KV_RP_MSG_READY, KV_SWO_ID_LEN - 1);
+	expect_header_bad(KV_RP_MSG_READY, 0);
 }
 
 static void test_table_fixed_lengths(void **state)

@@ -227,8 +227,17 @@ static void side_init(struct side *sd, bool source)
 			 0);
 }
 
-/* The stream a source writes (with or without return path). */
-static uint8_t *save_stream(bool return_path, size_t *len)
+static void enable_verify(struct side *sd)
+{
+	struct kv_error err = {0};
+
+	if (kv_savevm_enable_verify(sd->sv, &err) < 0)
+		fail_msg("%s", err.msg);
+}
+
+/* The stream a source writes (with or without return path, with or
+ * without section verification). */
+static uint8_t *save_stream_v(bool return_path, bool verify, size_t *len)
 {
 	struct kv_error err = {0};
 	struct side src;
@@ -238,6 +247,8 @@ static uint8_t *save_stream(bool return_path, size_t *len)
 	uint8_t *b;
 
 	side_init(&src, true);
+	if (verify)
+		enable_verify(&src);
 	s = open_write(path, sizeof(path));
 	assert_int_equal(kv_savevm_save_header(src.sv, s, return_path, &err),
 			 0);
@@ -258,7 +269,27 @@ static uint8_t *save_stream(bool return_path, size_t *len)
 	return b;
 }
 
+static uint8_t *save_stream(bool return_path, size_t *len)
+{
+	return save_stream_v(return_path, false, len);
+}
+
 /* Load bytes into a fresh destination; keeps the destination for checks. */
+static int load_into_v(struct side *dst, bool verify, const uint8_t *b,
+		       size_t n, struct kv_load_result *res,
+		       struct kv_error *err)
+{
+	struct kv_stream *s = open_read_bytes(b, n);
+	int ret;
+
+	side_init(dst, false);
+	if (verify)
+		enable_verify(dst);
+	ret = kv_savevm_load(dst->sv, s, res, err);
+	kv_stream_close(s);
+	return ret;
+}
+
 static int load_into(struct side *dst, const uint8_t *b, size_t n,
 		     struct kv_load_result *res, struct kv_error *err)
 {
@@ -921,6 +952,117 @@ static void test_reject_garbage_after_description(void **state)
 			  "byte 0x58)");
 }
 
+/* ---- section verification (--verify-ram's kvmig-verify record) ---- */
+
+/* Offset of the payload of the START/FULL section idstr/instance. */
+static size_t payload_at(const uint8_t *b, size_t n, const char *idstr,
+			 uint32_t instance, uint32_t version)
+{
+	uint8_t tail[64];
+	size_t len = strlen(idstr), tl = 1 + len + 8;
+
+	tail[0] = (uint8_t)len;
+	memcpy(tail + 1, idstr, len);
+	for (int i = 0; i < 4; i++) {
+		tail[1 + len + i] = (uint8_t)(instance >> (24 - 8 * i));
+		tail[5 + len + i] = (uint8_t)(version >> (24 - 8 * i));
+	}
+	for (size_t i = 5; i + tl <= n; i++)
+		if (!memcmp(b + i, tail, tl) &&
+		    (b[i - 5] == KV_SEC_FULL || b[i - 5] == KV_SEC_START))
+			return i + tl;
+	fail_msg("no section '%s' in the stream", idstr);
+	return 0;
+}
+
+static void test_verify_round_trip(void **state)
+{
+	struct kv_error err = {0};
+	struct side dst;
+	uint8_t *b;
+	size_t n;
+
+	(void)state;
+	b = save_stream_v(false, true, &n);
+	/* count 3 (fake, dev-a, dev-b), then 3 x (id, digest) */
+	assert_int_equal(b[payload_at(b, n, KV_SAVEVM_VERIFY_IDSTR, 0, 1) + 3],
+			 3);
+	assert_int_equal(load_into_v(&dst, true, b, n, NULL, &err), 0);
+	assert_string_equal(err.msg, "");
+	assert_true(dst.a.y == DEV_A_Y);
+	kv_savevm_free(dst.sv);
+	free(b);
+}
+
+/* Every byte of every device payload, flipped: refused naming the
+ * section (dev-a's and dev-b's loaders accept any value). */
+static void test_verify_refuses_any_flipped_byte(void **state)
+{
+	static const struct {
+		const char *idstr;
+		uint32_t instance, version;
+		size_t len;
+		const char *name;
+	} secs[] = {
+	    {"dev-a", 0, 2, 12, "section 'dev-a' instance 0 (section id 1) differs from what the source sent"},
+	    {"dev-b", 1, 1, 6, "section 'dev-b' instance 1 (section id 2) differs from what the source sent"},
+	};
+	struct kv_error err;
+	struct side dst;
+	uint8_t *b;
+	size_t n;
+
+	(void)state;
+	b = save_stream_v(false, true, &n);
+	for (size_t s = 0; s < 2; s++) {
+		size_t at = payload_at(b, n, secs[s].idstr, secs[s].instance,
+				       secs[s].version);
+
+		for (size_t i = 0; i < secs[s].len; i++) {
+			memset(&err, 0, sizeof(err));
+			b[at + i] ^= 0x04;
+			assert_true(load_into_v(&dst, true, b, n, NULL, &err) < 0);
+			if (!strstr(err.msg, secs[s].name))
+				fail_msg("byte %zu of '%s': '%s'", i,
+					 secs[s].idstr, err.msg);
+			assert_true(dst.fake.cleanup_failed);
+			kv_savevm_free(dst.sv);
+			b[at + i] ^= 0x04;
+		}
+	}
+	free(b);
+}
+
+/* A destination without it does not know the record; one with it wants
+ * it; a handler registered after it is refused. */
+static void test_verify_both_sides(void **state)
+{
+	struct kv_error err = {0};
+	struct side dst;
+	uint8_t *b;
+	size_t n;
+	int dummy;
+
+	(void)state;
+	b = save_stream_v(false, true, &n);
+	assert_true(load_into_v(&dst, false, b, n, NULL, &err) < 0);
+	assert_non_null(strstr(err.msg, "unknown section 'kvmig-verify'"));
+	kv_savevm_free(dst.sv);
+	free(b);
+	memset(&err, 0, sizeof(err));
+	b = save_stream_v(false, false, &n);
+	assert_true(load_into_v(&dst, true, b, n, NULL, &err) < 0);
+	assert_non_null(strstr(err.msg, "device 'kvmig-verify' instance 0 never arrived"));
+	memset(&err, 0, sizeof(err));
+	assert_int_equal(kv_savevm_register_device(dst.sv, "late", 0,
+						   &dev_b_desc, KV_PRI_DEFAULT,
+						   &dummy, &err),
+			 -EBUSY);
+	assert_non_null(strstr(err.msg, "after section verification"));
+	kv_savevm_free(dst.sv);
+	free(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -949,6 +1091,9 @@ int main(void)
 	    cmocka_unit_test(test_reject_truncated_everywhere),
 	    cmocka_unit_test(test_reject_malformed_json),
 	    cmocka_unit_test(test_reject_garbage_after_description),
+	    cmocka_unit_test(test_verify_round_trip),
+	    cmocka_unit_test(test_verify_refuses_any_flipped_byte),
+	    cmocka_unit_test(test_verify_both_sides),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -533,11 +533,76 @@ static void test_byte_sink_counts(void **state)
 	kv_stream_close(k.in);
 }
 
+/* ---- the tap (kv_stream_set_tap) ---- */
+
+struct tap_log {
+	uint8_t bytes[2 * PAGE];
+	size_t n;
+};
+
+static void tap_record(void *opaque, const void *buf, size_t len)
+{
+	struct tap_log *t = opaque;
+
+	assert_true(t->n + len <= sizeof(t->bytes));
+	memcpy(t->bytes + t->n, buf, len);
+	t->n += len;
+}
+
+/* The tap sees exactly the bytes on the wire between set and clear:
+ * big-endian values, strings, page references (small and large), on
+ * both sides; a peek is not a read. */
+static void test_tap_sees_wire_bytes(void **state)
+{
+	struct tap_log wr = {0}, rd = {0};
+	uint8_t page[PAGE], back[PAGE], wire[2 * PAGE];
+	struct kv_stream *out, *in;
+	char str[256];
+	int fds[2];
+	ssize_t n;
+
+	(void)state;
+	make_pipe(fds);
+	out = stream_on_fd(fds[1], KV_STREAM_WRITE);
+	memset(page, 0x3c, sizeof(page));
+	kv_stream_put_u8(out, 0xee); /* before the tap */
+	kv_stream_set_tap(out, tap_record, &wr);
+	kv_stream_put_be32(out, 0x01020304);
+	kv_stream_put_str8(out, "tap");
+	kv_stream_put_page_ref(out, page, 16);
+	kv_stream_put_page_ref(out, page, 1000);
+	kv_stream_set_tap(out, NULL, NULL);
+	kv_stream_put_u8(out, 0xff); /* after it */
+	assert_int_equal(kv_stream_close(out), 0);
+	n = read(fds[0], wire, sizeof(wire));
+	assert_int_equal(n, 1 + 4 + 4 + 16 + 1000 + 1);
+	assert_int_equal(wr.n, (size_t)n - 2);
+	assert_memory_equal(wr.bytes, wire + 1, wr.n);
+	close(fds[0]);
+
+	make_pipe(fds);
+	assert_int_equal(write(fds[1], wire, (size_t)n), n);
+	close(fds[1]);
+	in = stream_on_fd(fds[0], KV_STREAM_READ);
+	assert_int_equal(kv_stream_get_u8(in), 0xee);
+	kv_stream_set_tap(in, tap_record, &rd);
+	assert_int_equal(kv_stream_peek_u8(in), 0x01);
+	assert_int_equal(kv_stream_get_be32(in), 0x01020304);
+	assert_int_equal(kv_stream_get_str8(in, str, sizeof(str)), 3);
+	assert_int_equal(kv_stream_get_buffer(in, back, 1016), 0);
+	kv_stream_set_tap(in, NULL, NULL);
+	assert_int_equal(kv_stream_get_u8(in), 0xff);
+	assert_int_equal(rd.n, wr.n);
+	assert_memory_equal(rd.bytes, wr.bytes, wr.n);
+	assert_int_equal(kv_stream_close(in), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_round_trip_pipe),
 	    cmocka_unit_test(test_round_trip_socketpair),
+	    cmocka_unit_test(test_tap_sees_wire_bytes),
 	    cmocka_unit_test(test_round_trip_file),
 	    cmocka_unit_test(test_offsets_and_peek),
 	    cmocka_unit_test(test_truncated_read_is_sticky),

@@ -274,6 +274,9 @@ static int send_chan_open(struct kv_mfd_send *m, unsigned id,
 					      m->cfg.connect_timeout_ms, err);
 	if (!c->chan)
 		return err->code ? err->code : -EIO;
+	if (m->cfg.activity)
+		kv_chan_set_silence(c->chan, m->cfg.silence_ms,
+				    m->cfg.activity);
 	kv_mfd_init_encode(&init, buf);
 	if (kv_chan_writev_full(c->chan, &iov, 1, err) < 0)
 		return err->code;
@@ -439,6 +442,20 @@ int kv_mfd_send_sync(struct kv_mfd_send *m, struct kv_error *err)
 uint64_t kv_mfd_send_bytes(const struct kv_mfd_send *m)
 {
 	return __atomic_load_n(&m->bytes, __ATOMIC_RELAXED);
+}
+
+int64_t kv_mfd_send_unsent(struct kv_mfd_send *m)
+{
+	int64_t total = 0;
+
+	pthread_mutex_lock(&m->lock);
+	for (unsigned i = 0; m->ch && i < m->cfg.channels; i++) {
+		int64_t n = m->ch[i].chan ? kv_chan_unsent(m->ch[i].chan) : -1;
+
+		total += n > 0 ? n : 0;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return total;
 }
 
 void kv_mfd_send_pages(const struct kv_mfd_send *m, uint64_t *normal,
@@ -645,6 +662,9 @@ static int recv_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
 	for (uint32_t i = 0; written && i < pkt->normal; i++)
 		kv_bitmap_set_atomic(written, pkt->offsets[i] / KV_PAGE_SIZE);
 	apply_zero(host, written, pkt->offsets + pkt->normal, pkt->zero);
+	if (r->target.placed)
+		r->target.placed(r->target.opaque, host, pkt->offsets,
+				 pkt->normal, pkt->zero);
 	__atomic_add_fetch(&r->normal, pkt->normal, __ATOMIC_RELAXED);
 	__atomic_add_fetch(&r->zero, pkt->zero, __ATOMIC_RELAXED);
 	return 0;
@@ -817,6 +837,8 @@ static int attach_channel(struct kv_mfd_recv *r, struct kv_chan *chan,
 	c->r = r;
 	c->id = init->id;
 	c->chan = chan;
+	if (r->cfg.activity)
+		kv_chan_set_silence(chan, 0, r->cfg.activity);
 	r->connected++;
 	ret = recv_chan_setup(r, c, err);
 	if (ret < 0) {
@@ -981,7 +1003,7 @@ void kv_mfd_recv_blocks_ready(struct kv_mfd_recv *r)
 
 int kv_mfd_recv_sync(struct kv_mfd_recv *r, struct kv_error *err)
 {
-	int64_t deadline = kv_now_ns() + CONNECT_TIMEOUT_NS;
+	int64_t since = kv_now_ns(), deadline = since + CONNECT_TIMEOUT_NS;
 	int ret = 0;
 
 	pthread_mutex_lock(&r->lock);
@@ -1012,6 +1034,11 @@ int kv_mfd_recv_sync(struct kv_mfd_recv *r, struct kv_error *err)
 			ret = kv_error_set(err, -ETIMEDOUT,
 					   "multifd: only %u of %u channels connected in 30 s; set the same multifd-channels on both sides",
 					   r->connected, r->cfg.channels);
+			break;
+		}
+		ret = kv_chan_check_silence(r->main, since, err);
+		if (ret < 0) {
+			kv_error_prefix(err, "multifd: waiting for every channel's SYNC");
 			break;
 		}
 		clock_gettime(CLOCK_REALTIME, &ts);

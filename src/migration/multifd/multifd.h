@@ -50,6 +50,13 @@ struct kv_mfd_config {
 	 * long each may wait for an answer (0: the kernel's limit). */
 	const struct kv_cancel *cancel;
 	uint64_t connect_timeout_ms;
+	/* x-link-timeout (io/channel.h, kv_chan_set_silence): every channel
+	 * notes its signs of life in activity (NULL: not watched); the
+	 * source's fail a write that waited silence_ms with none on any
+	 * channel of the migration. The destination's never fail by
+	 * themselves: its loader judges (kv_mfd_recv_sync too). */
+	uint64_t silence_ms;
+	struct kv_chan_activity *activity;
 };
 
 /* "none", "legacy", "multifd" <-> enum; -EINVAL with err on a bad name. */
@@ -78,6 +85,9 @@ int kv_mfd_send_page(struct kv_mfd_send *m, const char *block,
  * packet on every channel, and wait until all of it is written. The
  * caller then writes MULTIFD_FLUSH on the main stream. */
 int kv_mfd_send_sync(struct kv_mfd_send *m, struct kv_error *err);
+/* Bytes written to the channels that the destination has not
+ * acknowledged yet (the sum of their kv_chan_unsent). */
+int64_t kv_mfd_send_unsent(struct kv_mfd_send *m);
 /* Counters, any thread. */
 uint64_t kv_mfd_send_bytes(const struct kv_mfd_send *m);
 void kv_mfd_send_pages(const struct kv_mfd_send *m, uint64_t *normal,
@@ -96,6 +106,10 @@ void kv_mfd_send_free(struct kv_mfd_send *m);
 struct kv_mfd_target {
 	int (*block)(void *opaque, const char *name, uint8_t **host,
 		     uint64_t *len, unsigned long **written);
+	/* Optional: a packet's pages are in memory (offs: the normal ones,
+	 * then the zero ones), called on the channel's thread. */
+	void (*placed)(void *opaque, const uint8_t *host, const uint64_t *offs,
+		       uint32_t normal, uint32_t zero);
 	void *opaque;
 };
 
@@ -118,7 +132,9 @@ int kv_mfd_recv_add_channel(struct kv_mfd_recv *r, struct kv_chan *c,
 /* The loader read the block list: channel threads may write pages. */
 void kv_mfd_recv_blocks_ready(struct kv_mfd_recv *r);
 /* The loader read MULTIFD_FLUSH: wait until every channel delivered all
- * it had before its SYNC, then let them go on. */
+ * it had before its SYNC, then let them go on. Fails when the main
+ * channel's silence limit passes with no sign of life from the source
+ * on any channel (kv_chan_check_silence). */
 int kv_mfd_recv_sync(struct kv_mfd_recv *r, struct kv_error *err);
 void kv_mfd_recv_pages(const struct kv_mfd_recv *r, uint64_t *normal,
 		       uint64_t *zero);

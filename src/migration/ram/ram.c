@@ -39,6 +39,7 @@ void kv_ram_free(struct kv_ram_state *rs)
 		kv_bitmap_free(rs->blocks[i].dirty);
 		kv_bitmap_free(rs->priv[i].clear_chunks);
 		kv_bitmap_free(rs->priv[i].touched);
+		kv_ram_verify_free(&rs->priv[i]);
 	}
 	free(rs->blocks);
 	free(rs->priv);
@@ -143,6 +144,7 @@ void kv_ram_release_allocated(struct kv_ram_state *rs)
 		kv_bitmap_free(b->dirty);
 		kv_bitmap_free(p->clear_chunks);
 		kv_bitmap_free(p->touched);
+		kv_ram_verify_free(p);
 	}
 	rs->nblocks = kept;
 	kv_pagemap_invalidate(&rs->pagemap); /* indices moved */

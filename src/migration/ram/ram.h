@@ -114,6 +114,20 @@ uint64_t kv_ram_pending_estimate(void *opaque);
 int kv_ram_set_xbzrle(struct kv_ram_state *rs, uint64_t cache_size,
 		      struct kv_error *err);
 
+/*
+ * --verify-ram, both sides: keep the XXH3-64 of every page as it is sent
+ * (source) or placed (destination, multifd channels included), and give
+ * the digest of them all (XXH3-128 over the per-page hashes, block after
+ * block, in the host's byte order) at the end: equal digests mean every
+ * page's last copy arrived intact and in its place (docs/DESIGN.md says
+ * what it cannot see). Set before the migration's setup.
+ */
+void kv_ram_set_verify(struct kv_ram_state *rs, bool on);
+/* After the last page was sent (source: save_complete) or loaded
+ * (destination: the END section and its multifd sync). */
+int kv_ram_verify_digest(struct kv_ram_state *rs, uint8_t out[16],
+			 struct kv_error *err);
+
 struct kv_mfd_send;
 struct kv_mfd_recv;
 enum kv_mfd_zero;

@@ -48,6 +48,9 @@ struct kv_ram_block_priv {
 	 * without touching (and faulting in) the page. */
 	bool anon_private;
 	bool from_allocator; /* destination: created for the stream */
+	/* --verify-ram: XXH3-64 of each page as last sent or placed
+	 * (ram_verify.c); NULL until the first migration with it. */
+	uint64_t *page_hash;
 	bool announced;	     /* destination: named in MEM_SIZE */
 };
 
@@ -166,6 +169,12 @@ struct kv_ram_state {
 	struct kv_ram_src src;
 	struct kv_ram_dst dst;
 
+	/* --verify-ram (ram_verify.c); both sides. */
+	struct {
+		bool on;
+		uint64_t zero_hash; /* of a page of zeros */
+	} verify;
+
 	/* Pages sent (source) or loaded (destination); see kv_ram_stats. */
 	uint64_t zero_pages;
 	uint64_t normal_pages;
@@ -266,6 +275,17 @@ void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs);
 /* auto: every few dozen pages, measure and decide. */
 void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs);
 void kv_ram_zc_cleanup(struct kv_ram_state *rs);
+
+/* ram_verify.c */
+/* Every page's slot to the hash of a zero page (pages that are never sent
+ * are zero on both sides); at save setup and once the destination knows
+ * its blocks. No-op when off. */
+int kv_ram_verify_prepare(struct kv_ram_state *rs, struct kv_error *err);
+/* The page as it is now (source: claimed to send; destination: written). */
+void kv_ram_verify_page(struct kv_ram_state *rs, size_t bi, size_t page);
+/* The page is zero, known without reading it. */
+void kv_ram_verify_zero(struct kv_ram_state *rs, size_t bi, size_t page);
+void kv_ram_verify_free(struct kv_ram_block_priv *p);
 
 /* ram_load.c */
 int kv_ram_load_setup(void *opaque, struct kv_error *err);

@@ -287,6 +287,9 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 					 "out of memory for the bookkeeping of block '%s'",
 					 rs->blocks[i].idstr);
 	}
+	ret = kv_ram_verify_prepare(rs, err);
+	if (ret < 0)
+		return ret;
 	rs->dst.mem_size_seen = true;
 	kv_ram_pagemap_open(rs);
 	kv_ram_prefault_stop(rs->dst.prefault); /* a previous load's */
@@ -366,6 +369,7 @@ static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
 		mark_touched(rs, bi, page);
 		memset(p, 0, KV_PAGE_SIZE);
 	}
+	kv_ram_verify_zero(rs, bi, page);
 	kv_ram_stat_add(&rs->zero_pages, 1);
 	return 0;
 }
@@ -386,6 +390,7 @@ static int load_page(struct kv_stream *s, struct kv_ram_state *rs,
 	kv_stream_get_buffer(s, rs->blocks[bi].host + r->addr, KV_PAGE_SIZE);
 	if (kv_stream_error(s))
 		return rec_stream_error(s, r, "the page data", err);
+	kv_ram_verify_page(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
 	kv_ram_stat_add(&rs->normal_pages, 1);
 	return 0;
 }
@@ -432,6 +437,7 @@ static int load_xbzrle(struct kv_stream *s, struct kv_ram_state *rs,
 			     &derr) < 0)
 		return rec_error(err, r, -EINVAL, "bad XBZRLE delta: %s",
 				 derr.msg);
+	kv_ram_verify_page(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
 	kv_ram_stat_add(&rs->dst.xbzrle_pages, 1);
 	return 0;
 }
@@ -553,6 +559,8 @@ static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 			      &derr) < 0)
 		return rec_error(err, r, -EINVAL, "bad compressed pages: %s",
 				 derr.msg);
+	for (size_t i = 0; i < n; i++)
+		kv_ram_verify_page(rs, bi, (size_t)(off[i] >> KV_PAGE_SHIFT));
 	kv_ram_stat_add(&rs->normal_pages, n);
 	return 0;
 }
@@ -593,9 +601,31 @@ static int mfd_block(void *opaque, const char *name, uint8_t **host,
 	return 0;
 }
 
+/* A channel thread wrote these pages of the block at host (normal ones,
+ * then zero ones): their hashes, on that thread. Within a pass a page is
+ * on one channel only, and passes are separated by a sync. */
+static void mfd_placed(void *opaque, const uint8_t *host, const uint64_t *offs,
+		       uint32_t normal, uint32_t zero)
+{
+	struct kv_ram_state *rs = opaque;
+	size_t bi;
+
+	if (!rs->verify.on)
+		return;
+	for (bi = 0; bi < rs->nblocks && rs->blocks[bi].host != host; bi++)
+		;
+	if (bi == rs->nblocks)
+		return;
+	for (uint32_t i = 0; i < normal; i++)
+		kv_ram_verify_page(rs, bi, (size_t)(offs[i] >> KV_PAGE_SHIFT));
+	for (uint32_t i = normal; i < normal + zero; i++)
+		kv_ram_verify_zero(rs, bi, (size_t)(offs[i] >> KV_PAGE_SHIFT));
+}
+
 struct kv_mfd_target kv_ram_multifd_target(struct kv_ram_state *rs)
 {
-	return (struct kv_mfd_target){.block = mfd_block, .opaque = rs};
+	return (struct kv_mfd_target){
+	    .block = mfd_block, .placed = mfd_placed, .opaque = rs};
 }
 
 int kv_ram_load_setup(void *opaque, struct kv_error *err)

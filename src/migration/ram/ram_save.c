@@ -124,7 +124,9 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	/* Pass 1 is the full pass; every later sync starts a new one. */
 	kv_ram_stat_set(&rs->src.dirty_sync_count, 1);
 	kv_ram_stat_set(&rs->src.dirty_pages, count_dirty(rs));
-	ret = kv_ram_xbzrle_setup(rs, err);
+	ret = kv_ram_verify_prepare(rs, err);
+	if (ret == 0)
+		ret = kv_ram_xbzrle_setup(rs, err);
 	if (ret == 0)
 		ret = kv_ram_zc_setup(s, rs, err);
 	if (ret < 0) {
@@ -215,8 +217,13 @@ static int send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
 	if (rs->src.mfd_zero == KV_MFD_ZERO_LEGACY &&
 	    (unpopulated || kv_buffer_is_zero(p, KV_PAGE_SIZE))) {
 		send_zero(s, rs, bi, page);
+		kv_ram_verify_zero(rs, bi, page);
 		return 0;
 	}
+	if (unpopulated)
+		kv_ram_verify_zero(rs, bi, page);
+	else
+		kv_ram_verify_page(rs, bi, page);
 	ret = kv_mfd_send_page(rs->src.mfd_send, b->idstr, p,
 			       (uint64_t)page << KV_PAGE_SHIFT, unpopulated,
 			       err);
@@ -253,8 +260,12 @@ static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 	    kv_buffer_is_zero(p, KV_PAGE_SIZE)) {
 		send_zero(s, rs, bi, page);
 		kv_ram_xbzrle_zero(rs, bi, page);
-	} else if (!kv_ram_xbzrle_send(s, rs, bi, page) &&
-		   !kv_ram_zc_send(s, rs, bi, page)) {
+		kv_ram_verify_zero(rs, bi, page);
+		return;
+	}
+	kv_ram_verify_page(rs, bi, page);
+	if (!kv_ram_xbzrle_send(s, rs, bi, page) &&
+	    !kv_ram_zc_send(s, rs, bi, page)) {
 		kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_PAGE);
 		kv_stream_put_page_ref(s, p, KV_PAGE_SIZE);
 		kv_ram_stat_add(&rs->normal_pages, 1);

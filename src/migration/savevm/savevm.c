@@ -7,10 +7,12 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "base/clock.h"
 #include "base/log.h"
@@ -32,6 +34,12 @@ struct sv_entry {
 	/* kv_savevm_set_count_option: what sets the number of instances */
 	const char *count_noun, *count_option;
 
+	/* --verify-ram: XXH3-128 of this entry's START or FULL payload as
+	 * written (source) or read (destination); digested: computed in
+	 * this save or load. */
+	uint8_t digest[KV_SAVEVM_DIGEST_LEN];
+	bool digested;
+
 	/* destination bookkeeping, reset by every load */
 	bool load_setup_called;
 	bool got_start; /* START (live) or FULL (device) seen */
@@ -40,12 +48,32 @@ struct sv_entry {
 	int stream_version;	    /* version_id its START carried */
 };
 
+/* One digest of the verification record (docs/FORMAT.md). */
+struct sv_digest {
+	uint32_t section_id;
+	uint8_t digest[KV_SAVEVM_DIGEST_LEN];
+};
+
+/* The "kvmig-verify" device: its description is made for the number of
+ * entries it covers (every other one), known once registration ends. */
+struct sv_verify {
+	struct kv_vmstate_field fields[3];
+	struct kv_vmstate_desc vmsd;
+	struct sv_entry *entry; /* its own entry */
+	XXH3_state_t *hash;	/* the payload being hashed */
+	struct sv_verify_rec {
+		uint32_t count;
+		struct sv_digest d[]; /* count of them */
+	} *rec;
+};
+
 struct kv_savevm {
 	char machine[SV_MACHINE_MAX + 1];
 	struct sv_entry **entries; /* in save order */
 	size_t count;
 	size_t cap;
 	uint32_t next_section_id;
+	struct sv_verify *verify; /* kv_savevm_enable_verify; NULL: off */
 };
 
 struct kv_savevm *kv_savevm_new(const char *machine)
@@ -59,12 +87,22 @@ struct kv_savevm *kv_savevm_new(const char *machine)
 	return sv;
 }
 
+static void verify_free(struct sv_verify *v)
+{
+	if (!v)
+		return;
+	XXH3_freeState(v->hash);
+	free(v->rec);
+	free(v);
+}
+
 void kv_savevm_free(struct kv_savevm *sv)
 {
 	size_t i;
 
 	if (!sv)
 		return;
+	verify_free(sv->verify);
 	for (i = 0; i < sv->count; i++)
 		free(sv->entries[i]);
 	free(sv->entries);
@@ -149,6 +187,9 @@ static int check_identity(struct kv_savevm *sv, const char *idstr,
 	if (!idstr || !idstr[0])
 		return kv_error_set(err, -EINVAL,
 				    "state handler without an idstr");
+	/* The record's size was fixed by what was registered before it. */
+	if (sv->verify)
+		return kv_error_set(err, -EBUSY, "state handler '%s': registered after section verification was turned on (turn it on last)", idstr);
 	if (strlen(idstr) > SV_IDSTR_MAX)
 		return kv_error_set(err, -ENAMETOOLONG,
 				    "state handler idstr '%.40s...' is longer than %d bytes",
@@ -280,6 +321,126 @@ int kv_savevm_register_device(struct kv_savevm *sv, const char *idstr,
 	return insert_entry(sv, e, err);
 }
 
+/* ---- --verify-ram: the section digests ---- */
+
+static const struct kv_vmstate_field digest_fields[] = {
+	KV_VMS_FIELD(struct sv_digest, section_id, KV_VMS_U32, 1),
+	KV_VMS_BUF(struct sv_digest, digest, 1),
+	KV_VMS_END,
+};
+
+static const struct kv_vmstate_desc digest_vmsd = {
+	.name = "kvmig-verify/digest",
+	.version_id = 1,
+	.minimum_version_id = 1,
+	.fields = digest_fields,
+};
+
+static bool is_verify(const struct kv_savevm *sv, const struct sv_entry *e)
+{
+	return sv->verify && sv->verify->entry == e;
+}
+
+/* The record's description: count, then count digests (one for every
+ * other entry, in save order). */
+static void verify_describe(struct sv_verify *v, uint32_t n)
+{
+	v->fields[0] = (struct kv_vmstate_field)KV_VMS_FIELD(
+	    struct sv_verify_rec, count, KV_VMS_U32, 1);
+	v->fields[1] = (struct kv_vmstate_field){
+	    .name = "digests",
+	    .type = KV_VMS_STRUCT,
+	    .offset = offsetof(struct sv_verify_rec, d),
+	    .size = sizeof(struct sv_digest),
+	    .count = n,
+	    .version_id = 1,
+	    .vmsd = &digest_vmsd,
+	};
+	v->fields[2] = (struct kv_vmstate_field)KV_VMS_END;
+	v->vmsd = (struct kv_vmstate_desc){
+	    .name = KV_SAVEVM_VERIFY_IDSTR,
+	    .version_id = 1,
+	    .minimum_version_id = 1,
+	    .fields = v->fields,
+	};
+}
+
+int kv_savevm_enable_verify(struct kv_savevm *sv, struct kv_error *err)
+{
+	struct sv_verify *v;
+	/* An array field has at least one element. */
+	uint32_t n = sv->count ? (uint32_t)sv->count : 1;
+	int ret;
+
+	if (sv->verify)
+		return kv_error_set(err, -EEXIST, "section verification is already on");
+	v = calloc(1, sizeof(*v));
+	if (v) {
+		v->hash = XXH3_createState();
+		v->rec = calloc(1, sizeof(*v->rec) + n * sizeof(v->rec->d[0]));
+	}
+	if (!v || !v->hash || !v->rec) {
+		verify_free(v);
+		return kv_error_set(err, -ENOMEM, "section verification: out of memory");
+	}
+	verify_describe(v, n);
+	ret = kv_savevm_register_device(sv, KV_SAVEVM_VERIFY_IDSTR, 0,
+					&v->vmsd, INT_MIN, v->rec, err);
+	if (ret < 0) {
+		verify_free(v);
+		return ret;
+	}
+	v->entry = find_entry(sv, KV_SAVEVM_VERIFY_IDSTR, 0);
+	sv->verify = v;
+	return 0;
+}
+
+static void digest_tap(void *opaque, const void *buf, size_t len)
+{
+	XXH3_128bits_update(opaque, buf, len);
+}
+
+/* Hash e's payload from here to digest_end (a no-op without verify). */
+static void digest_begin(struct kv_savevm *sv, struct kv_stream *s,
+			 struct sv_entry *e)
+{
+	if (!sv->verify || is_verify(sv, e))
+		return;
+	XXH3_128bits_reset(sv->verify->hash);
+	kv_stream_set_tap(s, digest_tap, sv->verify->hash);
+}
+
+static void digest_end(struct kv_savevm *sv, struct kv_stream *s,
+		       struct sv_entry *e)
+{
+	XXH128_canonical_t c;
+
+	if (!sv->verify || is_verify(sv, e))
+		return;
+	kv_stream_set_tap(s, NULL, NULL);
+	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(sv->verify->hash));
+	memcpy(e->digest, c.digest, sizeof(e->digest));
+	e->digested = true;
+}
+
+/* Source: the record from the digests of this save, in save order. */
+static void verify_fill(struct kv_savevm *sv)
+{
+	struct sv_verify_rec *rec = sv->verify->rec;
+	uint32_t n = 0;
+
+	for (size_t i = 0; i < sv->count; i++) {
+		struct sv_entry *e = sv->entries[i];
+
+		if (is_verify(sv, e))
+			continue;
+		rec->d[n].section_id = e->section_id;
+		memcpy(rec->d[n].digest, e->digest, sizeof(e->digest));
+		n++;
+	}
+	rec->count = n;
+}
+
 /* ------------------------------------------------------------------ */
 /* source side                                                        */
 /* ------------------------------------------------------------------ */
@@ -406,7 +567,11 @@ static int save_live_round(struct kv_savevm *sv, struct kv_stream *s, int type,
 		if (!is_live(e))
 			continue;
 		put_section_header(s, type, e);
+		if (type == KV_SEC_START)
+			digest_begin(sv, s, e);
 		ret = live_phase(e, type)(s, e->opaque, err);
+		if (type == KV_SEC_START)
+			digest_end(sv, s, e);
 		if (ret < 0 || kv_stream_error(s))
 			return handler_failed(s, e, type, ret, err);
 		if (ret != 1)
@@ -489,8 +654,12 @@ static int save_devices(struct kv_savevm *sv, struct kv_stream *s,
 
 		if (is_live(e))
 			continue;
+		if (is_verify(sv, e))
+			verify_fill(sv);
 		put_section_header(s, KV_SEC_FULL, e);
+		digest_begin(sv, s, e);
 		ret = kv_vmstate_save(s, e->vmsd, e->opaque, err);
+		digest_end(sv, s, e);
 		if (ret < 0 || kv_stream_error(s))
 			return handler_failed(s, e, KV_SEC_FULL, ret, err);
 		put_footer(s, e);
@@ -915,13 +1084,63 @@ static int load_unknown_instance(struct load_ctx *c)
 	return load_fail(c, -ENOENT, "the stream's guest has at least %" PRIu32 " %ss (it carries %s %" PRIu32 "), this VM was started with %s %" PRIu32 ": start the destination with the source's options", c->instance_id + 1, e->count_noun, e->count_noun, c->instance_id, e->count_option, n);
 }
 
+static int check_complete(struct load_ctx *c, const struct sv_entry *skip);
+
+static void hex_digest(const uint8_t *d, char out[2 * KV_SAVEVM_DIGEST_LEN + 1])
+{
+	for (int i = 0; i < KV_SAVEVM_DIGEST_LEN; i++)
+		snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+/* The source's digest of every other section against what was read here;
+ * nothing of this stream is in KVM yet. */
+static int compare_digests(struct load_ctx *c, const struct sv_verify_rec *rec)
+{
+	char here[2 * KV_SAVEVM_DIGEST_LEN + 1], there[sizeof(here)];
+	uint32_t expected = (uint32_t)c->sv->count - 1;
+
+	if (rec->count != expected)
+		return load_fail(c, -EINVAL, "the verification record covers %" PRIu32 " sections, this destination has %" PRIu32, rec->count, expected);
+	for (uint32_t i = 0; i < rec->count; i++) {
+		const struct sv_digest *d = &rec->d[i];
+		struct sv_entry *e = entry_by_stream_id(c->sv, d->section_id);
+
+		if (!e || is_verify(c->sv, e) || !e->digested)
+			return load_fail(c, -EINVAL, "the verification record names section id %" PRIu32 ", which no START or FULL section of this stream carried", d->section_id);
+		if (memcmp(e->digest, d->digest, KV_SAVEVM_DIGEST_LEN) == 0)
+			continue;
+		hex_digest(d->digest, there);
+		hex_digest(e->digest, here);
+		return load_fail(c, -EIO, "section '%s' instance %" PRIu32 " (section id %" PRIu32 ") differs from what the source sent: XXH3-128 of its payload %s here, %s at the source; nothing of this stream was committed to KVM", e->idstr, e->instance_id, d->section_id, here, there);
+	}
+	return 0;
+}
+
+static int load_verify(struct load_ctx *c, struct sv_entry *e, int version)
+{
+	int ret;
+
+	ret = check_complete(c, e);
+	if (ret < 0)
+		return ret;
+	if (load_payload(c, e, version) < 0)
+		return c->err->code;
+	ret = load_footer(c);
+	if (ret < 0)
+		return ret;
+	ret = compare_digests(c, c->sv->verify->rec);
+	if (ret == 0)
+		kv_info("savevm", "%s: the payloads of %zu sections are identical to the source's (XXH3-128)", KV_SAVEVM_VERIFY_IDSTR, c->sv->count - 1);
+	return ret;
+}
+
 static int load_start_full(struct load_ctx *c, int type)
 {
 	struct sv_entry *e;
 	uint32_t version;
 	uint32_t id, instance;
 	char idstr[256];
-	int min_version;
+	int min_version, ret;
 
 	id = kv_stream_get_be32(c->s);
 	kv_stream_get_str8(c->s, idstr, sizeof(idstr));
@@ -969,7 +1188,12 @@ static int load_start_full(struct load_ctx *c, int type)
 	e->stream_version = (int)version;
 	if (type == KV_SEC_FULL)
 		e->got_end = true;
-	if (load_payload(c, e, (int)version) < 0)
+	if (is_verify(c->sv, e))
+		return load_verify(c, e, (int)version);
+	digest_begin(c->sv, c->s, e);
+	ret = load_payload(c, e, (int)version);
+	digest_end(c->sv, c->s, e);
+	if (ret < 0)
 		return c->err->code;
 	return load_footer(c);
 }
@@ -1000,8 +1224,9 @@ static int load_part_end(struct load_ctx *c, int type)
 	return load_footer(c);
 }
 
-/* At EOF: every registered entry must have arrived, live ones ended. */
-static int check_complete(struct load_ctx *c)
+/* At EOF: every registered entry must have arrived, live ones ended;
+ * before the verification record (skip), every other entry. */
+static int check_complete(struct load_ctx *c, const struct sv_entry *skip)
 {
 	size_t i;
 	uint32_t n, arrived;
@@ -1009,6 +1234,8 @@ static int check_complete(struct load_ctx *c)
 	for (i = 0; i < c->sv->count; i++) {
 		struct sv_entry *e = c->sv->entries[i];
 
+		if (e == skip)
+			continue;
 		if (!e->got_start && e->count_option) {
 			n = count_instances(c->sv, e, &arrived);
 			return load_fail(c, -EINVAL, "the stream's guest has %" PRIu32 " %s%s, this VM was started with %s %" PRIu32 ": start the destination with the source's options", arrived, e->count_noun, arrived == 1 ? "" : "s", e->count_option, n);
@@ -1126,7 +1353,7 @@ static int load_sections(struct load_ctx *c)
 			break;
 		case KV_SEC_EOF:
 			kv_switch_log("dst: EOF");
-			return check_complete(c);
+			return check_complete(c, NULL);
 		default:
 			return load_fail(c, -EINVAL,
 					 "unknown or misplaced section type 0x%02x",
@@ -1147,6 +1374,7 @@ static int load_setup_all(struct load_ctx *c)
 
 		e->got_start = false;
 		e->got_end = false;
+		e->digested = false;
 		e->load_setup_called = false;
 	}
 	for (i = 0; i < c->sv->count; i++) {

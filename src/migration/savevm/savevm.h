@@ -123,6 +123,22 @@ int kv_savevm_set_count_option(struct kv_savevm *sv, const char *idstr,
 			       const char *noun, const char *option,
 			       struct kv_error *err);
 
+/*
+ * --verify-ram's section digests: every START and FULL section's payload
+ * is hashed (XXH3-128) as it is written and as it is read, and the
+ * source appends one more FULL section, KV_SAVEVM_VERIFY_IDSTR instance
+ * 0, after every other one, carrying its digests (docs/FORMAT.md). The
+ * loader compares them when that section arrives, before the load
+ * returns (so before anything is committed into KVM), and fails naming
+ * the first section whose bytes differ. Both sides must call it (the
+ * record is a section QEMU lacks: a destination without it refuses the
+ * stream as it would any unknown device). Call after registering every
+ * other handler.
+ */
+#define KV_SAVEVM_VERIFY_IDSTR "kvmig-verify"
+#define KV_SAVEVM_DIGEST_LEN 16
+int kv_savevm_enable_verify(struct kv_savevm *sv, struct kv_error *err);
+
 /* For tests and tools: the idstr of the i-th entry in save order. */
 const char *kv_savevm_entry_idstr(const struct kv_savevm *sv, size_t i);
 size_t kv_savevm_entry_count(const struct kv_savevm *sv);
