@@ -43,7 +43,8 @@ faults: all
 	python3 tests/faults/run_faults.py $(BUILD)/src/cli/kvmig \
 		$(BUILD)/guest/guest.elf --only '$(FAULTS_ONLY)' \
 		--label "$$(git describe --always --dirty) ($$(git rev-parse \
-		--abbrev-ref HEAD))" --results tests/faults/results.json; \
+		--abbrev-ref HEAD))" --results tests/faults/results.json \
+		$(if $(filter .,$(FAULTS_ONLY)),,--update); \
 		rc=$$?; \
 	python3 tests/faults/render.py tests/faults/results.json \
 		docs/RELIABILITY.md; exit $$rc

@@ -41,6 +41,10 @@ X_DETECT = ("detect",
             "defect 7: keepalives, x-link-timeout (branch i10-detect)")
 X_VERIFY = ("verify",
             "defect 4: whole-VM-state verification (branch i10-verify2)")
+# found by this suite, not fixed yet
+X_SHUT_AFTER_GO = ("open", "the source resumes on any non-zero SHUT status "
+                   "after GO, unchecked: a flipped status byte makes two "
+                   "copies (open)")
 
 
 def phase_rule(phase, action, **kw):
@@ -450,7 +454,8 @@ def flip_cases(env):
              what="SHUT's type (an unknown message)"),
         flip("rp-shut-status", lambda c: [Rule("flip", "d2s",
                                                rp_type=RP_SHUT, delta=7)],
-             phase="switch-over", expect="dst", xfail=X_COMMIT,
+             phase="switch-over", expect="dst",
+             xfail=[X_COMMIT, X_SHUT_AFTER_GO],
              what="SHUT(0)'s status"),
     ]
     if env.verify_sections:

@@ -5,10 +5,11 @@
 results file.
 
 Usage: run_faults.py KVMIG GUEST_ELF [--quick] [--only REGEX]
-                     [--results FILE] [--label TEXT] [--list]
+                     [--results FILE [--update]] [--label TEXT] [--list]
 
 --quick runs the cases marked quick (`make check`); the default runs all
-(`make faults`). A case expected to fail until its fix lands prints
+(`make faults`). --update keeps the results file's rows of the cases not
+run now (`make faults FAULTS_ONLY=regex`). A case expected to fail until its fix lands prints
 "ok N - name # SKIP expected to fail until fixed: ..." when it does fail,
 and "ok" (XPASS noted) when it passes; any other failure is "not ok"."""
 import json
@@ -38,10 +39,12 @@ def main():
     results = args[args.index("--results") + 1] if "--results" in args \
         else None
     label = args[args.index("--label") + 1] if "--label" in args else ""
+    update = "--update" in args
     reason = have_kvm()
     with tempfile.TemporaryDirectory(prefix="kvmig-faults-") as tmp:
         env = harness.Env(kvmig, guest, tmp)
         todo = case_table.all_cases(env)
+        order = [c["name"] for c in todo]
         if quick:
             todo = [c for c in todo if c.get("quick")]
         if only:
@@ -92,8 +95,21 @@ def main():
             print(f"#   detect {r.get('detect_s')} ({r.get('seconds')} s)",
                   flush=True)
             if results:
-                write(results, rows, env, time.monotonic() - t0, label)
+                write(results, merged(results, rows, order) if update
+                      else rows, env, time.monotonic() - t0, label)
         return 1 if failed else 0
+
+
+def merged(path, rows, order):
+    """--update: the rows of this run replace those of the same cases in
+    the results file; the others stay (in the case table's order)."""
+    try:
+        old = json.load(open(path))["cases"]
+    except (OSError, ValueError, KeyError):
+        return rows
+    by = {r["case"]: r for r in old}
+    by.update({r["case"]: r for r in rows})
+    return [by[n] for n in order if n in by]
 
 
 def write(path, rows, env, seconds, label):
