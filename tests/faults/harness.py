@@ -285,10 +285,11 @@ def run_case(env, case):
             res["undecided"] = undecided
             if case.get("settle"):
                 for s in (src, dst):
-                    if s.status == UNDECIDED:
-                        ctx["notes"].append(
-                            f"settle {s.name}: "
-                            f"{try_settle(env, s, case['settle'](s))}")
+                    if s.status != UNDECIDED or not s.alive():
+                        continue
+                    how = case["settle"](s)
+                    ctx["notes"].append(f"settle {s.name} {how}: "
+                                        f"{try_settle(env, s, how)}")
                 observe(src, dst, time.monotonic(), 5, final_only=True)
             judge(res, case, src, dst, t_fault, t_mig,
                   t_back if restored else None)

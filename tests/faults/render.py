@@ -130,6 +130,32 @@ def main():
                f"had the whole guest)")
     out.append(f"- two copies ran at some point: {two}; lost writes "
                f"(two copies or CORRUPT): {lost}")
+    und = [r for r in rows if r.get("undecided")]
+    settled = [r for r in und if any(str(n).startswith("settle")
+                                     for n in r.get("notes", []))]
+    ends = {}
+    for r in und:
+        ends[r.get("runs")] = ends.get(r.get("runs"), 0) + 1
+    out.append(f"- ended undecided on a side (x-undecided): {len(und)}; "
+               f"resolved to: " + (", ".join(f"{k} runs {v}" for k, v in
+                                           sorted(ends.items())) or "-") +
+               f"; by hand (x-migrate-settle, the other host gone): "
+               f"{len(settled)}, the others by RESOLVE over a new "
+               f"connection")
+    for who in ("source", "destination"):
+        t = sorted(r["detect_s"][who] for r in rows
+                   if who in (r.get("detect_s") or {}) and
+                   r.get("group") in ("link black-holed",
+                                      "stalling receiver", "defect 7"))
+        if t:
+            out.append(f"- {who}: a silent link noticed after "
+                       f"{t[0]}-{t[-1]} s (median {t[len(t) // 2]} s, "
+                       f"{len(t)} cases)")
+    cancel = [r["detect_s"].get("source") for r in rows
+              if r["case"].startswith("d6-") and r.get("detect_s")]
+    if cancel:
+        out.append(f"- migrate_cancel of a black-holed connect: cancelled "
+                   f"after {cancel[0]} s")
     b = doc["bounds"]
     out.append(f"- bounds: detection {b['detect_s']} s, "
                f"x-return-path-timeout {b['x-return-path-timeout_ms']} ms, "
