@@ -131,7 +131,8 @@ def main():
     out.append(f"- two copies ran at some point: {two}; lost writes "
                f"(two copies or CORRUPT): {lost}")
     und = [r for r in rows if r.get("undecided")]
-    settled = [r for r in und if any(str(n).startswith("settle")
+    settled = [r for r in und if any(str(n).startswith("settle") and
+                                     not str(n).endswith(": None")
                                      for n in r.get("notes", []))]
     ends = {}
     for r in und:
