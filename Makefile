@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 60
 WERROR     ?= 0
 MESON_WERROR := $(if $(filter 1,$(WERROR)),--werror,)
 
-.PHONY: all deps demo check bench bench-compare bench-caps fuzz clean format
+.PHONY: all deps demo check faults bench bench-compare bench-caps fuzz clean format
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -35,6 +35,19 @@ check: $(BUILD)/build.ninja $(ASAN_BUILD)/build.ninja
 	ninja -C $(BUILD) >/dev/null
 	ninja -C $(ASAN_BUILD) >/dev/null
 	scripts/check.sh $(BUILD) $(ASAN_BUILD)
+
+# The whole fault suite (tests/faults/): every case, its results in
+# tests/faults/results.json, the table in docs/RELIABILITY.md.
+FAULTS_ONLY ?= .
+faults: all
+	python3 tests/faults/run_faults.py $(BUILD)/src/cli/kvmig \
+		$(BUILD)/guest/guest.elf --only '$(FAULTS_ONLY)' \
+		--label "$$(git describe --always --dirty) ($$(git rev-parse \
+		--abbrev-ref HEAD))" --results tests/faults/results.json \
+		$(if $(filter .,$(FAULTS_ONLY)),,--update); \
+		rc=$$?; \
+	python3 tests/faults/render.py tests/faults/results.json \
+		docs/RELIABILITY.md; exit $$rc
 
 bench: all
 	bench/run.sh $(BUILD)
