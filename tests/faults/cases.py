@@ -524,7 +524,8 @@ def kernel_drop(ctx, after_bytes=8 * MIB):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         r = ctx["src"].query() or {}
-        if r.get("status") not in ("setup", "active", None) or \
+        # "none": the migration thread has not started yet
+        if r.get("status") not in ("none", "setup", "active", None) or \
                 r.get("ram", {}).get("transferred", 0) >= after_bytes:
             break
         time.sleep(0.005)
