@@ -30,8 +30,8 @@
  * POSTCOPY_RECOVER -> POSTCOPY_ACTIVE, POSTCOPY_ACTIVE -> COMPLETED.
  *
  * Strangers: until a connection has sent the stream header (magic and
- * version, checked by savevm's own check) within HELLO_TIMEOUT_NS, it is
- * not the source. One that closes, stays silent or sends other bytes is
+ * version, checked by savevm's own check) within HELLO_TIMEOUT_NS (a
+ * third of x-link-timeout when shorter: hello_ns), it is not the source. One that closes, stays silent or sends other bytes is
  * dropped with a warning naming its address, and the listener goes on
  * waiting in SETUP; only a connection that passed moves the migration to
  * ACTIVE. The header bytes read to judge it are handed on to the loader
@@ -724,6 +724,22 @@ static void set_candidate(struct kv_incoming *in, struct kv_chan *c)
 	pthread_mutex_unlock(&in->lock);
 }
 
+/* How long a new connection may take to say who it is: HELLO_TIMEOUT_NS,
+ * or a third of x-link-timeout when that is shorter, so that a silent
+ * stranger ahead of the source in the backlog cannot outlast the
+ * source's own patience (its writes wait for us meanwhile). */
+static int64_t hello_ns(struct kv_incoming *in)
+{
+	int64_t third;
+	uint64_t ms;
+
+	pthread_mutex_lock(&in->lock);
+	ms = in->params.link_timeout_ms;
+	pthread_mutex_unlock(&in->lock);
+	third = (int64_t)ms * 1000000 / 3;
+	return ms && third < HELLO_TIMEOUT_NS ? third : HELLO_TIMEOUT_NS;
+}
+
 /* Does c send a stream header within the bound? */
 static int read_hello(struct kv_incoming *in, struct kv_chan *c,
 		      uint8_t *hdr, struct kv_error *err)
@@ -732,7 +748,7 @@ static int read_hello(struct kv_incoming *in, struct kv_chan *c,
 
 	set_candidate(in, c);
 	ret = kv_chan_read_full_until(c, hdr, KV_VM_HEADER_SIZE,
-				      kv_now_ns() + HELLO_TIMEOUT_NS, err);
+				      kv_now_ns() + hello_ns(in), err);
 	set_candidate(in, NULL);
 	if (ret == 0)
 		ret = kv_savevm_check_header(hdr, err);
@@ -751,7 +767,7 @@ static struct kv_chan *tls_accept(struct kv_incoming *in, struct kv_chan *c,
 	pthread_mutex_lock(&in->lock);
 	tls = in->params.tls;
 	pthread_mutex_unlock(&in->lock);
-	return kv_mig_tls_server(c, &tls, kv_now_ns() + HELLO_TIMEOUT_NS, err);
+	return kv_mig_tls_server(c, &tls, kv_now_ns() + hello_ns(in), err);
 }
 
 /* Accept until a connection shows a stream header; drop the others with
