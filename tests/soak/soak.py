@@ -33,6 +33,7 @@ import re
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -466,14 +467,22 @@ def long_lived_source(tap, vms, rounds, mode_on):
            f"time, then one completed with no CORRUPT",
            "\n".join(problems) + "\n" + src.describe())
     growth = growth_problems(f"long-lived source {mode}", base, after)
-    print(f"# long-lived source {mode}: after warm-up {fmt_fp(base)}, "
-          f"after {rounds} rounds {fmt_fp(after)}", flush=True)
+    line = (f"long-lived source, multifd {'on' if mode_on else 'off'}: "
+            f"{(len(fps) - 1) * len(kinds)} migrations failed or cancelled "
+            f"({', '.join(kinds)}, each with a fresh QMP session) after "
+            f"{len(kinds)} of warm-up, then one completed; fds/threads/"
+            f"VMM RSS+guest RSS (MiB) after the warm-up {fmt_fp(base)}, "
+            f"after the rounds {fmt_fp(after)}: "
+            f"{'no growth' if not growth else '; '.join(growth)}"
+            f"{'' if not problems else ' (FAILED)'}")
+    print(f"# {line}", flush=True)
     tap.ok(not growth and len(fps) == rounds + 1,
            f"long-lived source {mode}: no growth of fds, threads or RSS "
            f"over {rounds} rounds of failures", "\n".join(growth) or
            f"stopped after {len(fps) - 1} rounds")
     quit_vm(src, q)
     quit_vm(dst, qd)
+    return line
 
 
 # ---- 3. a long-lived destination ----
@@ -553,18 +562,28 @@ def long_lived_destination(tap, vms, rounds, mode_on):
            f"{rounds * 5 * 2} strangers, then the real source migrates in",
            "\n".join(problems))
     growth = growth_problems(f"long-lived destination {mode}", base, after)
-    print(f"# long-lived destination {mode}: after warm-up {fmt_fp(base)}, "
-          f"after {rounds} rounds {fmt_fp(after)}", flush=True)
+    line = (f"long-lived destination (`--incoming defer`), multifd "
+            f"{'on' if mode_on else 'off'}: {(len(fps) - 1) * 5} QMP "
+            f"sessions and {(len(fps) - 1) * 10} strangers after 5 and 10 "
+            f"of warm-up, then the real source migrated in; fds/threads/"
+            f"VMM RSS+guest RSS (MiB) after the warm-up {fmt_fp(base)}, "
+            f"after the rounds {fmt_fp(after)}: "
+            f"{'no growth' if not growth else '; '.join(growth)}"
+            f"{'' if not problems else ' (FAILED)'}")
+    print(f"# {line}", flush=True)
     tap.ok(not growth and base is not None,
            f"long-lived destination {mode}: no growth of fds, threads or "
            f"RSS over {rounds} rounds of QMP sessions and strangers",
            "\n".join(growth))
     quit_vm(dst, qd)
+    return line
 
 
 # ---- summary ----
 
 def summary(hops):
+    """The per-mode summary lines (also printed)."""
+    out = []
     print("#\n# Summary (fds/threads/RSS at the same point of each "
           "process's life)", flush=True)
     for line in TABLE_HEAD.splitlines():
@@ -579,7 +598,7 @@ def summary(hops):
         dts = [h.downtime for h in hs if h.downtime is not None]
         tts = [h.total for h in hs if h.total is not None]
         gaps = [h.gap for h in hs if h.gap is not None]
-        print(f"# multifd {'on' if mode_on else 'off'}: {len(hs)} hops "
+        out.append(f"multifd {'on' if mode_on else 'off'}: {len(hs)} hops "
               f"completed; downtime median {statistics.median(dts)} ms, "
               f"max {max(dts)} ms; total median {statistics.median(tts)} "
               f"ms, max {max(tts)} ms; guest gap median "
@@ -591,8 +610,9 @@ def summary(hops):
               f"{span(hs[1:], 'src_fp', 0)}, threads "
               f"{span(hs[1:], 'src_fp', 1)}, VMM RSS MiB "
               f"{span(hs[1:], 'src_fp', 2)}, guest RSS MiB "
-              f"{span(hs[1:], 'src_fp', 3)}",
-              flush=True)
+              f"{span(hs[1:], 'src_fp', 3)}")
+        print(f"# {out[-1]}", flush=True)
+    return out
 
 
 def span(hops, attr, i):
@@ -615,6 +635,7 @@ def main():
     ap.add_argument("--leak-rounds", type=int, default=None,
                     help="rounds of the long-lived processes (default "
                          "rounds/5, at least 3)")
+    ap.add_argument("--out", help="also write the report as markdown here")
     args = ap.parse_args()
     modes = [m.strip() == "on" for m in args.modes.split(",") if m.strip()]
     leak = args.leak_rounds or max(3, args.rounds // 5)
@@ -633,12 +654,45 @@ def main():
             print(f"# {line}")
         for mode_on in modes:
             hops += ping_pong(tap, vms, args.rounds, mode_on)
+        lived = []
         for mode_on in modes:
-            long_lived_source(tap, vms, leak, mode_on)
-            long_lived_destination(tap, vms, leak, mode_on)
-    summary(hops)
-    print(f"# soak took {time.monotonic() - t0:.0f} s", flush=True)
+            lived.append(long_lived_source(tap, vms, leak, mode_on))
+            lived.append(long_lived_destination(tap, vms, leak, mode_on))
+    lines = summary(hops)
+    took = time.monotonic() - t0
+    print(f"# soak took {took:.0f} s", flush=True)
+    if args.out:
+        write_report(args, hops, lines, [x for x in lived if x], tap, took)
     return tap.finish()
+
+
+def write_report(args, hops, lines, lived, tap, took):
+    """The whole run as markdown (make soak: bench/results/soak-latest.md)."""
+    try:
+        commit = subprocess.run(["git", "-C", HERE, "rev-parse", "--short",
+                                 "HEAD"], capture_output=True, text=True,
+                                check=False).stdout.strip() or "?"
+    except OSError:
+        commit = "?"
+    verdict = ("passed" if not tap.failed else
+               f"FAILED ({tap.failed} of {tap.n} checks)")
+    with open(args.out, "w") as f:
+        f.write(f"# kvmig soak: {verdict}\n\n"
+                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+                f"kvmig {commit}, load average "
+                f"{os.getloadavg()[0]:.1f} at the end, {took:.0f} s.\n"
+                f"`tests/soak/soak.py KVMIG GUEST --rounds {args.rounds} "
+                f"--modes {args.modes}"
+                f"{f' --leak-rounds {args.leak_rounds}' if args.leak_rounds else ''}`"
+                f" (guest `{APPEND}`, {MEMORY}, 2 vCPUs, --verify-ram on "
+                f"every side).\n\n")
+        for line in lines + lived:
+            f.write(f"- {line}\n")
+        f.write("\nfds/threads/VMM RSS+guest RSS (MiB): VMM RSS is VmRSS "
+                "less the guest RAM mapping's resident pages.\n\n")
+        f.write(TABLE_HEAD + "\n")
+        for h in hops:
+            f.write(row(h) + "\n")
 
 
 if __name__ == "__main__":
