@@ -14,13 +14,16 @@ processes that live through many migrations, watched for leaks.
    its guest runs, and as a source once it reached postmigrate; neither
    its fds, threads nor RSS may trend upward across the hops.
 2. A long-lived source: one process whose migrations fail again and
-   again (destination killed mid-stream, migrate_cancel, nobody
-   listening), with a fresh QMP session each round, then one success.
+   again (destination killed mid-stream, migrate_cancel mid-stream after
+   a second `migrate` was refused, migrate_cancel right after `migrate`,
+   nobody listening), with a fresh QMP session each attempt, then one
+   success.
    Its fds, threads and RSS after the rounds must equal those after the
    first rounds (RSS within a tolerance).
 3. A long-lived destination: `--incoming defer`, many QMP sessions
-   (queries, parameter changes) and strangers on its port (connect and
-   close, connect and send garbage), then the real source: same rule.
+   (queries, parameter changes, a line that is not JSON, a hang-up in
+   the middle of a command) and strangers on its port (connect and close,
+   send garbage, stay silent), then the real source: same rule.
 
 Prints a summary table and TAP; exits non-zero on any failure, CORRUPT or
 growth. Usage:
@@ -239,6 +242,7 @@ class Hop:
         self.status = "?"
         self.total = self.downtime = self.gap = None
         self.src_fp = self.dst_fp = None
+        self.load = None
 
 
 def hop(vms, src, qs, mode_on, rnd, label):
@@ -270,6 +274,7 @@ def hop(vms, src, qs, mode_on, rnd, label):
     if not dst.wait_heartbeats(500, 15, since=time.monotonic()):
         return h, dst, qd, f"{label}: no heartbeats at the destination"
     h.gap = guest_downtime_ms(src, dst, since=t0)
+    h.load = os.getloadavg()[0]
     # The same point of every process's life: postmigrate as a source,
     # its guest running for half a second as a destination.
     h.src_fp = settled_footprint(src.p.pid)
@@ -356,20 +361,23 @@ def row(h):
     return (f"| {h.round} | {h.label} | {'on' if h.multifd else 'off'} | "
             f"{h.status} | {v(h.downtime)} | {v(h.total)} | "
             f"{v(h.gap, '{:.1f}')} | {fmt_fp(h.src_fp)} | "
-            f"{fmt_fp(h.dst_fp)} |")
+            f"{fmt_fp(h.dst_fp)} | {v(h.load, '{:.1f}')} |")
 
 
 TABLE_HEAD = ("| round | hop | multifd | status | downtime (ms) | total (ms) "
               "| guest gap (ms) | source at postmigrate: fds/threads/RSS "
-              "| destination running: fds/threads/RSS |\n"
-              "|---:|---|---|---|---:|---:|---:|---|---|")
+              "| destination running: fds/threads/RSS | load |\n"
+              "|---:|---|---|---|---:|---:|---:|---|---|---:|")
 
 
 # ---- 2. a long-lived source ----
 
 def fail_once(vms, q, kind, mode_on, n):
     """One migration that must not complete: the destination is SIGKILLed
-    mid-stream, or cancelled, or nobody listens. None, or a problem."""
+    mid-stream ("dst-killed"), the migration is cancelled mid-stream
+    after a second `migrate` was refused ("cancel"), or cancelled as soon
+    as it was asked for ("cancel-early", whatever phase it reached), or
+    nobody listens ("refused"). None, or a problem."""
     port = free_port()
     uri = f"tcp:127.0.0.1:{port}"
     dst = None
@@ -383,33 +391,68 @@ def fail_once(vms, q, kind, mode_on, n):
         qd.close()
     q.cmd("migrate", uri=uri)
     want = "failed"
-    if kind != "refused":
+    problem = None
+    if kind == "cancel-early":
+        q.cmd("migrate_cancel")
+        want = "cancelled"
+    elif kind != "refused":
         r = wait_active(q, 4 << 20)
         if r.get("status") != "active":
             return f"{kind}: expected active, got {r}"
         if kind == "dst-killed":
             os.kill(dst.p.pid, signal.SIGKILL)
         else:
+            if "error" not in q.execute("migrate", uri=uri):
+                problem = "a second migrate while one is active was accepted"
             q.cmd("migrate_cancel")
             want = "cancelled"
     r = wait_migration(q, timeout=60)
-    problem = None
-    if r.get("status") != want:
+    if problem:
+        pass
+    elif r.get("status") != want:
         problem = f"{kind}: expected {want}, got {r}"
     elif wait_status(q, ("running",)) != "running":
         problem = f"{kind}: the source's guest does not run again"
     if dst is not None:
-        if dst.wait(15) is None:
-            problem = problem or f"{kind}: the destination did not exit"
+        problem = problem or destination_after(dst, kind)
         dst.kill()
         vms.vms.remove(dst)
     return problem
 
 
+def destination_after(dst, kind):
+    """A destination whose source failed or cancelled mid-stream exits
+    (nothing runs). One cancelled before it sent anything may still be
+    listening for a source (the connection, if one came, was dropped as a
+    stranger's): its status must then be setup. None, or a problem."""
+    if kind != "cancel-early":
+        if dst.wait(15) is None:
+            return f"{kind}: the destination did not exit"
+        return None
+    # A connection that closed before the stream header is dropped at
+    # once, one that sent it fails the migration: half a second settles
+    # either; then exited or setup, never stuck active.
+    t0 = time.monotonic()
+    st = None
+    while time.monotonic() - t0 < 4:
+        time.sleep(0.1)
+        if dst.p.poll() is not None:
+            return None
+        try:
+            q = Qmp(dst.qmp_path)
+            st = q.cmd("query-migrate").get("status")
+            q.close()
+        except (OSError, QmpError):
+            continue   # exiting
+        if st == "setup" and time.monotonic() - t0 >= 0.5:
+            return None
+    return f"{kind}: the destination neither exited nor waits (status {st})"
+
+
 def long_lived_source(tap, vms, rounds, mode_on):
     """rounds x (dst-killed, cancel, refused) on one source; 2 TAP lines."""
     mode = "multifd" if mode_on else "plain"
-    kinds = ("dst-killed", "cancel", "refused")
+    kinds = ("dst-killed", "cancel", "cancel-early", "refused")
     src = vms.boot(f"{mode}-retry-src", APPEND, memory=MEMORY, extra=VERIFY)
     if not workload_started(src):
         tap.ok(False, f"long-lived source {mode}: the guest starts",
@@ -469,7 +512,7 @@ def long_lived_source(tap, vms, rounds, mode_on):
     growth = growth_problems(f"long-lived source {mode}", base, after)
     line = (f"long-lived source, multifd {'on' if mode_on else 'off'}: "
             f"{(len(fps) - 1) * len(kinds)} migrations failed or cancelled "
-            f"({', '.join(kinds)}, each with a fresh QMP session) after "
+            f"({', '.join(kinds)}; each with a fresh QMP session) after "
             f"{len(kinds)} of warm-up, then one completed; fds/threads/"
             f"VMM RSS+guest RSS (MiB) after the warm-up {fmt_fp(base)}, "
             f"after the rounds {fmt_fp(after)}: "
@@ -495,6 +538,8 @@ def stranger(port, garbage):
 
 
 def qmp_session(path, n):
+    """A well-behaved session, then one that sends a command that is not
+    JSON and one that hangs up in the middle of a command."""
     q = Qmp(path)
     q.cmd("query-status")
     q.cmd("query-migrate")
@@ -502,10 +547,22 @@ def qmp_session(path, n):
     q.cmd("query-migrate-parameters")
     q.cmd("query-migrate-capabilities")
     q.close()
+    q = Qmp(path)
+    q.sock.sendall(b'{"execute": "query-status"\n}}} not json\n')
+    q.close()
+    q = Qmp(path)
+    q.sock.sendall(b'{"execute": "query-mig')
+    q.close()
+
+
+def silent_stranger(port):
+    """A connection that says nothing (the listener gives it up to its
+    hello timeout, 3 s); the caller closes it."""
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
 def long_lived_destination(tap, vms, rounds, mode_on):
-    """rounds x (QMP session, two strangers) on one `--incoming defer`
+    """rounds x (15 QMP sessions, 6 strangers) on one `--incoming defer`
     destination, then the real source; 2 TAP lines."""
     mode = "multifd" if mode_on else "plain"
     port = free_port()
@@ -520,9 +577,11 @@ def long_lived_destination(tap, vms, rounds, mode_on):
     base = None
     for rnd in range(rounds + 1):    # round 0 warms up
         try:
+            silent = silent_stranger(port)
             for i in range(5):
                 qmp_session(dst.qmp_path, i)
                 stranger(port, garbage=bool(i % 2))
+            silent.close()
         except (OSError, QmpError) as e:
             problems.append(f"round {rnd}: {e}")
             break
@@ -558,14 +617,16 @@ def long_lived_destination(tap, vms, rounds, mode_on):
     else:
         problems.append("the source's guest did not start")
     tap.ok(not problems,
-           f"long-lived destination {mode}: {rounds * 5} QMP sessions and "
-           f"{rounds * 5 * 2} strangers, then the real source migrates in",
+           f"long-lived destination {mode}: {rounds * 15} QMP sessions and "
+           f"{rounds * 6} strangers, then the real source migrates in",
            "\n".join(problems))
     growth = growth_problems(f"long-lived destination {mode}", base, after)
     line = (f"long-lived destination (`--incoming defer`), multifd "
-            f"{'on' if mode_on else 'off'}: {(len(fps) - 1) * 5} QMP "
-            f"sessions and {(len(fps) - 1) * 10} strangers after 5 and 10 "
-            f"of warm-up, then the real source migrated in; fds/threads/"
+            f"{'on' if mode_on else 'off'}: {(len(fps) - 1) * 15} QMP "
+            f"sessions (one in three sends a line that is not JSON, one "
+            f"hangs up mid-command) and {(len(fps) - 1) * 6} strangers "
+            f"(connect and close, send garbage, stay silent) after 15 and "
+            f"6 of warm-up, then the real source migrated in; fds/threads/"
             f"VMM RSS+guest RSS (MiB) after the warm-up {fmt_fp(base)}, "
             f"after the rounds {fmt_fp(after)}: "
             f"{'no growth' if not growth else '; '.join(growth)}"
