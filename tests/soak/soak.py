@@ -276,7 +276,7 @@ def hop(vms, src, qs, mode_on, rnd, label):
     h.gap = guest_downtime_ms(src, dst, since=t0)
     h.load = os.getloadavg()[0]
     # The same point of every process's life: postmigrate as a source,
-    # its guest running for half a second as a destination.
+    # its guest back to heartbeats (500 of them) as a destination.
     h.src_fp = settled_footprint(src.p.pid)
     h.dst_fp = settled_footprint(dst.p.pid)
     return h, dst, qd, None
