@@ -17,7 +17,7 @@ processes that live through many migrations, watched for leaks.
    again (destination killed mid-stream, migrate_cancel mid-stream after
    a second `migrate` was refused, migrate_cancel right after `migrate`,
    nobody listening), with a fresh QMP session each attempt, then one
-   success.
+   success. A migration that never connected must report no pages sent.
    Its fds and threads after the rounds must equal those after a warm-up
    round, and its RSS may not grow in the later half of the rounds.
 3. A long-lived destination: `--incoming defer`, many QMP sessions
@@ -28,11 +28,11 @@ processes that live through many migrations, watched for leaks.
 Prints a summary table and TAP; exits non-zero on any failure, CORRUPT or
 growth. Usage:
     soak.py KVMIG GUEST_ELF [--rounds N] [--modes off,on] [--leak-rounds M]
+            [--out REPORT.md] [--sanitized]
 `make soak` runs it with SOAK_ROUNDS (default 100); `make check` runs a
 short variant (--rounds 3 --leak-rounds 3)."""
 import argparse
 import os
-import re
 import signal
 import socket
 import statistics
@@ -56,7 +56,7 @@ CHANNELS = 2
 GUEST_BYTES = 1 << 30
 # kvmig's own RSS (VmRSS less the guest's RAM) may wander a little (malloc
 # arenas, stacks touched deeper once); a leak per round grows without
-# bound. The later third of a run may exceed the first by this much.
+# bound. The later part of a run may exceed the earlier by this much.
 VMM_RSS_SLACK_KB = 1024
 # A destination without multifd faults guest RAM in up to this far ahead
 # of the pages it receives (PREFAULT_WINDOW, ram_prefault.c); the next
