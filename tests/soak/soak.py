@@ -446,6 +446,8 @@ def fail_once(vms, q, kind, mode_on, n):
         problem = f"{kind}: the source's guest does not run again"
     if dst is not None:
         problem = problem or destination_after(dst, kind)
+        if problem:
+            problem += "\n" + dst.describe()
         dst.kill()
         vms.vms.remove(dst)
     return problem
@@ -465,19 +467,24 @@ def destination_after(dst, kind):
     # either; then exited or setup, never stuck active.
     t0 = time.monotonic()
     st = None
-    while time.monotonic() - t0 < 4:
+    while time.monotonic() - t0 < 6:
         time.sleep(0.1)
         if dst.p.poll() is not None:
             return None
         try:
-            q = Qmp(dst.qmp_path)
+            q = Qmp(dst.qmp_path, timeout=2)
             st = q.cmd("query-migrate").get("status")
             q.close()
         except (OSError, QmpError):
+            st = "no monitor"
             continue   # exiting
         if st == "setup" and time.monotonic() - t0 >= 0.5:
             return None
-    return f"{kind}: the destination neither exited nor waits (status {st})"
+    rc = dst.wait(30)
+    return (f"{kind}: the destination neither exited nor waited for a "
+            f"source within 6 s (status: {st}); "
+            f"{'it exited ' + str(rc) if rc is not None else 'it still ran'}"
+            f" {time.monotonic() - t0:.1f} s after the cancel")
 
 
 def long_lived_source(tap, vms, rounds, mode_on, rss):
