@@ -10,7 +10,7 @@ SOAK_ROUNDS ?= 100
 WERROR     ?= 0
 MESON_WERROR := $(if $(filter 1,$(WERROR)),--werror,)
 
-.PHONY: all deps demo check bench bench-compare bench-caps soak fuzz clean format
+.PHONY: all deps demo check bench bench-compare bench-caps fuzz clean format
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -49,6 +49,7 @@ bench-caps: all
 # SOAK_ROUNDS migrations of one guest per mode (multifd off, on), and the
 # long-lived processes (tests/soak/soak.py); the report goes to
 # bench/results/soak-latest.md.
+.PHONY: soak
 soak: all
 	tests/soak/soak.py $(BUILD)/src/cli/kvmig $(BUILD)/guest/guest.elf \
 		--rounds $(SOAK_ROUNDS) --out bench/results/soak-latest.md
