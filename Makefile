@@ -5,6 +5,7 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
+SOAK_ROUNDS ?= 100
 # CI builds treat every warning as an error (.ci/run sets WERROR=1).
 WERROR     ?= 0
 MESON_WERROR := $(if $(filter 1,$(WERROR)),--werror,)
@@ -57,6 +58,14 @@ bench-compare: all
 
 bench-caps: all
 	bench/caps.sh $(BUILD)
+
+# SOAK_ROUNDS migrations of one guest per mode (multifd off, on), and the
+# long-lived processes (tests/soak/soak.py); the report goes to
+# bench/results/soak-latest.md.
+.PHONY: soak
+soak: all
+	tests/soak/soak.py $(BUILD)/src/cli/kvmig $(BUILD)/guest/guest.elf \
+		--rounds $(SOAK_ROUNDS) --out bench/results/soak-latest.md
 
 fuzz: $(FUZZ_BUILD)/build.ninja
 	ninja -C $(FUZZ_BUILD)

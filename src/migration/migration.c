@@ -96,6 +96,10 @@ struct kv_migration {
 	pthread_mutex_t lock;
 	struct kv_stream *stream; /* while kv_mig_run runs */
 	struct kv_mig_stats stats;
+	/* The RAM handler's counters are this run's: they outlive a
+	 * migration (rs is the VM's) and restart only at its setup, so a
+	 * run that never got there would show the previous run's pages. */
+	bool ram_counted;
 
 	/* Owned by the migration thread. */
 	int64_t start_ns;
@@ -341,12 +345,14 @@ void kv_mig_get_stats(const struct kv_migration *m, struct kv_mig_stats *st)
 	struct kv_migration *mm = (struct kv_migration *)m;
 	/* The status first: a FAILED one has its error stored already. */
 	enum kv_mig_status status = kv_mig_status(m);
+	bool ram_counted;
 
 	pthread_mutex_lock(&mm->lock);
 	*st = m->stats;
+	ram_counted = m->ram_counted;
 	pthread_mutex_unlock(&mm->lock);
 	st->status = status;
-	if (m->rs) {
+	if (m->rs && ram_counted) {
 		struct kv_ram_stats rst;
 
 		kv_ram_get_stats(m->rs, &rst);
@@ -376,7 +382,7 @@ static uint64_t record_pass_pages(struct kv_migration *m)
 {
 	struct kv_ram_stats rst;
 
-	if (!m->rs)
+	if (!m->rs || !m->ram_counted) /* written on this thread */
 		return 0;
 	kv_ram_get_stats(m->rs, &rst);
 	pthread_mutex_lock(&m->lock);
@@ -907,6 +913,9 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 	if (ret < 0)
 		return ret;
 	kv_switch_log("setup begins");
+	pthread_mutex_lock(&m->lock);
+	m->ram_counted = true;
+	pthread_mutex_unlock(&m->lock);
 	ret = kv_savevm_save_setup(m->sv, s, err);
 	if (ret < 0)
 		return ret;
