@@ -1308,14 +1308,16 @@ static int end_before_run(struct kv_migration *m, int ret,
 	       !mig_set_status(m, st, KV_MIG_FAILED, true));
 	if (st != KV_MIG_CANCELLING)
 		return ret;
+	/* A cancel is no failure: the connect it abandoned says nothing. */
+	pthread_mutex_lock(&m->lock);
+	m->stats.error[0] = '\0';
+	pthread_mutex_unlock(&m->lock);
 	announce_cancelling(m);
 	mig_set_status(m, st, KV_MIG_CANCELLED, true);
 	kv_error_clear(err);
 	return kv_error_set(err, -ECANCELED, "migration cancelled");
 }
 
-/* The main channel, abandoned at once by kv_mig_cancel and after
- * x-connect-timeout. */
 /* Settings that cannot work together are refused before anything
  * connects: a destination never sees a source that gives up at once. */
 static int refuse_conflicting_params(const struct kv_migration *m,
@@ -1326,6 +1328,8 @@ static int refuse_conflicting_params(const struct kv_migration *m,
 	return 0;
 }
 
+/* The main channel, abandoned at once by kv_mig_cancel and after
+ * x-connect-timeout. */
 static struct kv_chan *connect_main(struct kv_migration *m, const char *uri,
 				    int *ret, struct kv_error *err)
 {

@@ -340,8 +340,24 @@ static void add_optional(json_t *o, json_t *ram, const struct kv_vm_mig_info *i)
 	    !i->stats.multifd_bytes)
 		json_object_set_new(o, "compression",
 				    compression_json(&i->stats.compress));
-	if (i->error[0])
+	/* As QEMU: why it failed; and why it is undecided (kvmig's). A
+	 * cancel is no failure. */
+	if (i->error[0] &&
+	    (i->status == KV_MIG_FAILED || i->status == KV_MIG_UNDECIDED))
 		json_object_set_new(o, "error-desc", json_string(i->error));
+}
+
+/* A destination's: its status, and why it failed or is undecided. */
+static json_t *incoming_json(const struct kv_vm_mig_info *i)
+{
+	enum kv_in_status st = i->incoming.status;
+	json_t *o = json_pack("{s:s}", "status", kv_in_status_name(st));
+
+	if (o && i->incoming.error[0] &&
+	    (st == KV_IN_FAILED || st == KV_IN_UNDECIDED))
+		json_object_set_new(o, "error-desc",
+				    json_string(i->incoming.error));
+	return o;
 }
 
 json_t *kv_qmp_mig_info_json(const struct kv_vm_mig_info *i)
@@ -349,8 +365,7 @@ json_t *kv_qmp_mig_info_json(const struct kv_vm_mig_info *i)
 	json_t *o, *ram;
 
 	if (!i->started && i->incoming_started) /* QEMU: a destination */
-		return json_pack("{s:s}", "status",
-				 kv_in_status_name(i->incoming.status));
+		return incoming_json(i);
 	if (!i->started)
 		return json_object(); /* QEMU: {} before any migration */
 	ram = ram_json(i);

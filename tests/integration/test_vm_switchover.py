@@ -26,7 +26,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 
-PLAN = 58
+PLAN = 59
 
 READY = b"\x4b\x01\x00\x10"            # return path: kvmig READY, 16 bytes
 GO = b"KVMIGDEC"                        # main stream: the decision record
@@ -283,6 +283,9 @@ def settle_by_hand(tap, vms):
     ev = qd.wait_event("MIGRATION", timeout=1,
                        pred=lambda e: e["data"]["status"] == "x-undecided")
     tap.ok(ev is not None, f"{label}: with a MIGRATION event", qd.events)
+    r = qd.cmd("query-migrate")
+    tap.ok("undecided" in r.get("error-desc", ""),
+           f"{label}: query-migrate says why ({r.get('error-desc')})", r)
     tap.ok(wait_status(qs, ("x-undecided",), 10) == "x-undecided",
            f"{label}: the source says x-undecided too", src.describe())
     src.kill()  # the source host is gone for good
