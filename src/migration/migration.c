@@ -1126,6 +1126,8 @@ static int settle_undecided(struct kv_migration *m, struct kv_error *err)
 			return end_undecided(m, true, "the operator said the source runs the guest (x-migrate-settle run); the destination must not", err);
 		if (how == KV_SWO_SETTLE_DISCARD)
 			return end_undecided(m, false, "the operator dropped the source's copy (x-migrate-settle discard)", err);
+		if (stop_resolving(m))
+			return kv_error_set(err, -ECANCELED, "the process ends with the switch-over undecided: the guest stays with the destination if it heard GO, else nowhere runs it; settle the destination by hand");
 		if (m->uri[0] &&
 		    resolve_once(m, KV_SWO_GO, ++attempt, &ack) == 0) {
 			if (ack == KV_SWO_ACK_RUNNING)
@@ -1154,6 +1156,11 @@ static void deliver_abort(struct kv_migration *m)
 	}
 	if (m->uri[0] && !stop_resolving(m))
 		kv_warn("migration", "switch-over: the destination at %s never heard ABORT; if it still waits with the guest loaded (x-undecided), settle it there with x-migrate-settle discard: the source runs the guest", m->uri);
+}
+
+void kv_mig_stop_resolving(struct kv_migration *m)
+{
+	__atomic_store_n(&m->stop_resolving, 1, __ATOMIC_RELEASE);
 }
 
 int kv_mig_settle(struct kv_migration *m, enum kv_swo_settle how,

@@ -182,6 +182,10 @@ struct kv_mfd_config kv_mig_params_mfd(const struct kv_mig_params *p);
 /* From any thread. A cancel after GO left does nothing (the guest is the
  * destination's); it also stops an ABORT still being delivered. */
 void kv_mig_cancel(struct kv_migration *m);
+/* The process is going away: an undecided migration stops asking the
+ * destination (its status stays UNDECIDED, its guest stopped) and an
+ * ABORT being delivered stops; kv_mig_run_uri then returns. */
+void kv_mig_stop_resolving(struct kv_migration *m);
 /* An operator's word on an UNDECIDED migration (QMP x-migrate-settle):
  * RUN resumes the guest here (FAILED), DISCARD gives it up (COMPLETED).
  * -EBUSY with err set when the migration is not undecided. */

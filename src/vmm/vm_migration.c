@@ -745,6 +745,10 @@ void kv_vm_mig_free(struct kv_vm_mig *g)
 {
 	if (!g)
 		return;
+	pthread_mutex_lock(&g->lock);
+	if (g->mig)
+		kv_mig_stop_resolving(g->mig);
+	pthread_mutex_unlock(&g->lock);
 	kv_vm_mig_cancel(g, NULL);
 	kv_vm_mig_join(g, NULL);
 	if (g->mig)

@@ -26,7 +26,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    wait_migration, workload_started)
 
-PLAN = 59
+PLAN = 60
 
 READY = b"\x4b\x01\x00\x10"            # return path: kvmig READY, 16 bytes
 GO = b"KVMIGDEC"                        # main stream: the decision record
@@ -288,7 +288,20 @@ def settle_by_hand(tap, vms):
            f"{label}: query-migrate says why ({r.get('error-desc')})", r)
     tap.ok(wait_status(qs, ("x-undecided",), 10) == "x-undecided",
            f"{label}: the source says x-undecided too", src.describe())
-    src.kill()  # the source host is gone for good
+    # The source host goes away for good: QMP quit must end a process
+    # whose switch-over is undecided (it stops asking, runs nothing).
+    st = qs.cmd("query-status")["status"]
+    t_quit = time.monotonic()
+    try:
+        qs.cmd("quit")
+    except Exception:  # noqa: BLE001 - the monitor may close first
+        pass
+    rc = src.wait(10)
+    took = time.monotonic() - t_quit
+    tap.ok(rc is not None and took < 5 and st != "running",
+           f"{label}: quit ends an undecided source in {took:.1f} s (rc {rc}); its guest was {st}, never resumed",
+           src.describe())
+    src.kill()
     t = time.monotonic()
     time.sleep(1.5)
     tap.ok(dst.heartbeats_since(0) == 0 and status_of(qd) == "x-undecided",
