@@ -33,10 +33,8 @@ from outside the processes, with x-link-timeout set on both sides:
 Detection times are printed (`# ... detected after N ms`).
 Usage: test_vm_link_silence.py KVMIG GUEST_ELF"""
 import os
-import random
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +43,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvmig_testlib import Tap  # noqa: E402
+from netns import VethLink, unavailable  # noqa: E402
 from vmlib import (Vm, VmSet, corrupt_lines, free_port,  # noqa: E402
                    have_kvm, workload_started)
 
@@ -55,66 +54,9 @@ LINK_TIMEOUT_MS = 2000
 MARGIN_S = 3.0
 GIVE_UP_S = LINK_TIMEOUT_MS / 1000 + 10
 SLOW = 64 * 1024 * 1024  # bytes/s: keeps a 1 GiB migration in flight
-NOBODY_MAC = "02:00:5e:00:53:01"
 CANCEL_LIMIT_S = 1.0
 # A keepalive: QEMU's MIG_CMD_PING, 9 bytes (two may come in one read).
 KEEPALIVE_BYTES = 18
-
-
-def run(*argv):
-    return subprocess.run(argv, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-
-
-class Netns:
-    """A veth pair into a network namespace the test makes."""
-
-    def __init__(self):
-        tag = "%d%03d" % (os.getpid() % 10000, random.randrange(1000))
-        self.ns = f"kvmig-ls-{tag}"
-        self.va, self.vb = f"kvla{tag}"[:15], f"kvlb{tag}"[:15]
-        net = f"10.{random.randrange(200, 250)}.{random.randrange(256)}"
-        self.mine, self.theirs = f"{net}.1", f"{net}.2"
-        self.made = False
-        steps = [
-            ["ip", "netns", "add", self.ns],
-            ["ip", "link", "add", self.va, "type", "veth", "peer", "name",
-             self.vb],
-            ["ip", "link", "set", self.vb, "netns", self.ns],
-            ["ip", "addr", "add", f"{self.mine}/30", "dev", self.va],
-            ["ip", "link", "set", self.va, "up"],
-            ["ip", "-n", self.ns, "addr", "add", f"{self.theirs}/30", "dev",
-             self.vb],
-            ["ip", "-n", self.ns, "link", "set", self.vb, "up"],
-            ["ip", "-n", self.ns, "link", "set", "lo", "up"],
-        ]
-        self.made = True
-        for argv in steps:
-            r = run(*argv)
-            if r.returncode != 0:
-                self.close()
-                raise OSError(f"{' '.join(argv)}: {r.stdout.strip()}")
-
-    def black_hole(self):
-        """Every frame either way goes to a MAC nobody has."""
-        for argv in (["ip", "neigh", "replace", self.theirs, "lladdr",
-                      NOBODY_MAC, "dev", self.va, "nud", "permanent"],
-                     ["ip", "-n", self.ns, "neigh", "replace", self.mine,
-                      "lladdr", NOBODY_MAC, "dev", self.vb, "nud",
-                      "permanent"]):
-            r = run(*argv)
-            if r.returncode != 0:
-                raise OSError(f"{' '.join(argv)}: {r.stdout.strip()}")
-
-    def heal(self):
-        run("ip", "neigh", "del", self.theirs, "dev", self.va)
-        run("ip", "-n", self.ns, "neigh", "del", self.mine, "dev", self.vb)
-
-    def close(self):
-        if self.made:
-            run("ip", "netns", "del", self.ns)
-            run("ip", "link", "del", self.va)
-            self.made = False
 
 
 class Sink:
@@ -215,14 +157,6 @@ class CutProxy:
     def close(self):
         for s in self.socks + [self.lsock]:
             s.close()
-
-
-def netns_unavailable():
-    if os.geteuid() != 0:
-        return "not root: cannot make a network namespace"
-    if run("sh", "-c", "command -v ip").returncode != 0:
-        return "no ip(8) here"
-    return None
 
 
 def start_destination(vms, label, netns=None):
@@ -328,13 +262,13 @@ def black_hole(tap, vms, q, src, netns, multifd):
     dst = prepare(tap, vms, q, what, netns, multifd)
     if not dst:
         return
-    netns.black_hole()
+    netns.drop()
     t0 = time.monotonic()
     try:
         r, took = wait_final(q, t0)
         rc, dtook = wait_exit(dst, t0)
     finally:
-        netns.heal()
+        netns.restore()
     desc = r.get("error-desc", "")
     print(f"# {what}: source detected after {took * 1000:.0f} ms "
           f"({desc}); destination after {dtook * 1000:.0f} ms "
@@ -534,11 +468,11 @@ def main():
             tap.ok(False, "the guest starts", src.describe())
             return tap.finish()
         q = vms.qmp(src)
-        why = netns_unavailable()
+        why = unavailable()
         netns = None
         if not why:
             try:
-                netns = Netns()
+                netns = VethLink()
             except OSError as e:
                 why = f"cannot make the network namespace: {e}"
         if netns:

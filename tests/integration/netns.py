@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
-"""A link the kernel black-holes: the destination runs in a network
-namespace the suite makes, joined to this one by a veth pair with
+"""A link the kernel black-holes (the fault suite's and
+test_vm_link_silence's): the destination runs in a network namespace the
+test makes, joined to this one by a veth pair with
 addresses of its own (nothing leaves the machine). drop() points each
 side's neighbour entry for the other at a MAC nobody has, so every frame
 either way is discarded by the receiving veth, as a firewall DROP would
@@ -28,7 +29,10 @@ def unavailable():
 
 
 class VethLink:
-    def __init__(self, tmpdir, kvmig):
+    """tmpdir and kvmig given: .wrapper is a `kvmig` that runs in the
+    namespace."""
+
+    def __init__(self, tmpdir=None, kvmig=None):
         tag = "%d%03d" % (os.getpid() % 10000, random.randrange(1000))
         self.ns = f"kvmig-fz-{tag}"
         self.va, self.vb = f"kvfa{tag}"[:15], f"kvfb{tag}"[:15]
@@ -56,6 +60,10 @@ class VethLink:
         self.mac_a = self._mac(["ip", "link", "show", self.va])
         self.mac_b = self._mac(["ip", "-n", self.ns, "link", "show",
                                 self.vb])
+        if tmpdir and kvmig:
+            self._make_wrapper(tmpdir, kvmig)
+
+    def _make_wrapper(self, tmpdir, kvmig):
         # a `kvmig` that runs in the namespace (exec: same pid)
         self.wrapper = os.path.join(tmpdir, f"kvmig-in-{self.ns}")
         with open(self.wrapper, "w") as f:
