@@ -16,10 +16,19 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+/* Linux 6.4's feature (uapi value); Debian 12's headers predate it, and
+ * the kernel agrees to it only where it has it. */
+#ifdef UFFD_FEATURE_WP_UNPOPULATED
+#define WP_UNPOPULATED UFFD_FEATURE_WP_UNPOPULATED
+#else
+#define WP_UNPOPULATED ((uint64_t)1 << 13)
+#endif
+
 struct kv_uffd {
 	int fd;
 	int wake_fd; /* eventfd: kv_uffd_wakeup */
 	bool thread_id; /* the kernel names the faulting thread */
+	uint64_t features; /* agreed with the kernel */
 };
 
 static int uffd_syscall(void)
@@ -36,28 +45,49 @@ static int open_error(int e, struct kv_error *err)
 	return kv_error_set_errno(err, -e, "userfaultfd: cannot open one");
 }
 
-/* UFFDIO_API once per descriptor: with the thread ids if the kernel has
- * them, else plain (a fresh descriptor: a refused API call spends it). */
-static int agree_api(struct kv_uffd *u, struct kv_error *err)
+/* What the kernel offers, asked on a descriptor of its own: UFFDIO_API
+ * may be called once per descriptor, and a refused call spends it. */
+static int supported_features(uint64_t *features, struct kv_error *err)
 {
-	struct uffdio_api api = {.api = UFFD_API,
-				 .features = UFFD_FEATURE_THREAD_ID};
+	struct uffdio_api api = {.api = UFFD_API};
+	int fd = uffd_syscall();
 
-	if (ioctl(u->fd, UFFDIO_API, &api) == 0) {
-		u->thread_id = true;
-		return 0;
-	}
-	close(u->fd);
-	u->fd = uffd_syscall();
-	if (u->fd < 0)
+	if (fd < 0)
 		return open_error(errno, err);
-	api = (struct uffdio_api){.api = UFFD_API};
-	if (ioctl(u->fd, UFFDIO_API, &api) < 0)
-		return kv_error_set_errno(err, -errno, "userfaultfd: the kernel refused API %#llx", (unsigned long long)UFFD_API);
+	if (ioctl(fd, UFFDIO_API, &api) < 0) {
+		int e = errno;
+
+		close(fd);
+		return kv_error_set_errno(err, -e, "userfaultfd: the kernel refused API %#llx", (unsigned long long)UFFD_API);
+	}
+	close(fd);
+	*features = api.features;
 	return 0;
 }
 
-struct kv_uffd *kv_uffd_open(struct kv_error *err)
+/* Agree on the API with the required features and whichever of the
+ * optional ones the kernel has. */
+static int agree_api(struct kv_uffd *u, uint64_t required, uint64_t optional,
+		     struct kv_error *err)
+{
+	struct uffdio_api api = {.api = UFFD_API};
+	uint64_t have = 0;
+	int r = supported_features(&have, err);
+
+	if (r < 0)
+		return r;
+	if ((have & required) != required)
+		return kv_error_set(err, -EOPNOTSUPP, "userfaultfd: this kernel lacks features %#llx (it has %#llx): write-protection of memory needs CONFIG_HAVE_ARCH_USERFAULTFD_WP", (unsigned long long)(required & ~have), (unsigned long long)have);
+	api.features = required | (optional & have);
+	if (ioctl(u->fd, UFFDIO_API, &api) < 0)
+		return kv_error_set_errno(err, -errno, "userfaultfd: the kernel refused API %#llx with features %#llx", (unsigned long long)UFFD_API, (unsigned long long)(required | (optional & have)));
+	u->features = required | (optional & have);
+	u->thread_id = u->features & UFFD_FEATURE_THREAD_ID;
+	return 0;
+}
+
+static struct kv_uffd *open_with(uint64_t required, uint64_t optional,
+				 struct kv_error *err)
 {
 	struct kv_uffd *u = calloc(1, sizeof(*u));
 
@@ -72,7 +102,7 @@ struct kv_uffd *kv_uffd_open(struct kv_error *err)
 		free(u);
 		return NULL;
 	}
-	if (agree_api(u, err) < 0) {
+	if (agree_api(u, required, optional, err) < 0) {
 		kv_uffd_close(u);
 		return NULL;
 	}
@@ -83,6 +113,22 @@ struct kv_uffd *kv_uffd_open(struct kv_error *err)
 		return NULL;
 	}
 	return u;
+}
+
+struct kv_uffd *kv_uffd_open(struct kv_error *err)
+{
+	return open_with(0, UFFD_FEATURE_THREAD_ID, err);
+}
+
+struct kv_uffd *kv_uffd_open_wp(struct kv_error *err)
+{
+	return open_with(UFFD_FEATURE_PAGEFAULT_FLAG_WP,
+			 UFFD_FEATURE_THREAD_ID | WP_UNPOPULATED, err);
+}
+
+bool kv_uffd_wp_unpopulated(const struct kv_uffd *u)
+{
+	return u->features & WP_UNPOPULATED;
 }
 
 void kv_uffd_close(struct kv_uffd *u)
@@ -120,6 +166,38 @@ int kv_uffd_unregister(struct kv_uffd *u, void *addr, size_t len,
 	if (ioctl(u->fd, UFFDIO_UNREGISTER, &r) < 0)
 		return kv_error_set_errno(err, -errno, "userfaultfd: cannot unregister %zu bytes at %p", len, addr);
 	return 0;
+}
+
+int kv_uffd_register_wp(struct kv_uffd *u, void *addr, size_t len,
+			struct kv_error *err)
+{
+	struct uffdio_register reg = {
+	    .range = {.start = (uintptr_t)addr, .len = len},
+	    .mode = UFFDIO_REGISTER_MODE_WP,
+	};
+
+	if (ioctl(u->fd, UFFDIO_REGISTER, &reg) < 0)
+		return kv_error_set_errno(err, -errno, "userfaultfd: cannot register %zu bytes at %p for write-protect faults", len, addr);
+	if (!(reg.ioctls & ((uint64_t)1 << _UFFDIO_WRITEPROTECT)))
+		return kv_error_set(err, -EOPNOTSUPP, "userfaultfd: the memory at %p cannot be write-protected (ioctls %#llx)", addr, (unsigned long long)reg.ioctls);
+	return 0;
+}
+
+int kv_uffd_write_protect(struct kv_uffd *u, void *addr, size_t len,
+			  bool protect, struct kv_error *err)
+{
+	struct uffdio_writeprotect wp = {
+	    .range = {.start = (uintptr_t)addr, .len = len},
+	    .mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+
+	for (;;) {
+		if (ioctl(u->fd, UFFDIO_WRITEPROTECT, &wp) == 0)
+			return 0;
+		/* EAGAIN: the mapping is changing under us (fork, THP split). */
+		if (errno != EAGAIN)
+			return kv_error_set_errno(err, -errno, "userfaultfd: cannot %s %zu bytes at %p", protect ? "write-protect" : "un-protect", len, addr);
+	}
 }
 
 void kv_uffd_wakeup(struct kv_uffd *u)
@@ -172,6 +250,7 @@ int kv_uffd_wait_fault(struct kv_uffd *u, int timeout_ms,
 			continue; /* not registered for others */
 		f->addr = msg.arg.pagefault.address & ~(uint64_t)(KV_PAGE_SIZE - 1);
 		f->write = msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+		f->wp = msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP;
 		f->tid = u->thread_id ? msg.arg.pagefault.feat.ptid : 0;
 		return 1;
 	}

@@ -27,6 +27,7 @@ struct kv_uffd_fault {
 	uint64_t addr;
 	uint32_t tid; /* 0 when the kernel does not say */
 	bool write;
+	bool wp; /* a write to a write-protected page, not a missing one */
 };
 
 /* Open a userfaultfd and agree on the API. NULL with err set when the
@@ -57,5 +58,32 @@ int kv_uffd_place(struct kv_uffd *u, void *dst, const void *src, size_t len,
 /* The same with zeros (UFFDIO_ZEROPAGE: no copy at all). */
 int kv_uffd_place_zero(struct kv_uffd *u, void *dst, size_t len,
 		       struct kv_error *err);
+
+/*
+ * Write-protection (background snapshot): registered memory stays
+ * readable, and a write to a protected page, from any thread or from KVM
+ * on behalf of a vCPU, blocks until the page is un-protected; the fault
+ * message has wp set. Pages never touched are protected too (the kernel's
+ * WP_UNPOPULATED where it has it; kv_uffd_open_wp says which).
+ */
+
+/* Open a userfaultfd that can write-protect anonymous memory. NULL with
+ * err set (naming the missing feature) where the kernel cannot. */
+struct kv_uffd *kv_uffd_open_wp(struct kv_error *err);
+
+/* Whether never-touched pages are protected without being populated
+ * (UFFD_FEATURE_WP_UNPOPULATED); without it the caller must populate the
+ * memory before protecting it. */
+bool kv_uffd_wp_unpopulated(const struct kv_uffd *u);
+
+/* Faults from writes to protected pages of [addr, addr + len) now come to
+ * u (page-aligned, anonymous private memory). */
+int kv_uffd_register_wp(struct kv_uffd *u, void *addr, size_t len,
+			struct kv_error *err);
+
+/* Protect (protect = true) or un-protect [addr, addr + len); un-protecting
+ * wakes the threads waiting there. */
+int kv_uffd_write_protect(struct kv_uffd *u, void *addr, size_t len,
+			  bool protect, struct kv_error *err);
 
 #endif
