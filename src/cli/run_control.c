@@ -159,6 +159,14 @@ static void leave_finish_migrate(struct run_ctl *rc)
 		event(rc, "RESUME", NULL);
 }
 
+static bool is_background(struct run_ctl *rc)
+{
+	struct kv_vm_mig_info i;
+
+	kv_vm_mig_query(rc->mig, &i);
+	return i.background;
+}
+
 static void on_mig_status(void *opaque, enum kv_mig_status st)
 {
 	struct run_ctl *rc = opaque;
@@ -171,8 +179,9 @@ static void on_mig_status(void *opaque, enum kv_mig_status st)
 		break;
 	case KV_MIG_COMPLETED:
 		/* The destination runs the guest now; this side keeps it
-		 * paused for good. */
-		set_state(rc, KV_RUNSTATE_POSTMIGRATE);
+		 * paused for good. A background snapshot's guest runs on. */
+		if (!is_background(rc))
+			set_state(rc, KV_RUNSTATE_POSTMIGRATE);
 		print_summary(rc);
 		break;
 	case KV_MIG_FAILED:

@@ -41,6 +41,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/rate_limit.h"
+#include "migration/bg_migration.h"
 #include "migration/options.h"
 #include "migration/tls_hook.h"
 #include "migration/return_path.h"
@@ -153,8 +154,10 @@ static const unsigned int transitions[] = {
     [KV_MIG_NONE] = ST(KV_MIG_SETUP) | ST(KV_MIG_CANCELLING),
     [KV_MIG_SETUP] =
 	ST(KV_MIG_ACTIVE) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
-    [KV_MIG_ACTIVE] =
-	ST(KV_MIG_DEVICE) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
+    /* COMPLETED: a background snapshot, whose guest never stops at the
+     * end (bg_migration.h). */
+    [KV_MIG_ACTIVE] = ST(KV_MIG_DEVICE) | ST(KV_MIG_FAILED) |
+		      ST(KV_MIG_CANCELLING) | ST(KV_MIG_COMPLETED),
     [KV_MIG_DEVICE] = ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) |
 		      ST(KV_MIG_CANCELLING) | ST(KV_MIG_UNDECIDED),
     [KV_MIG_COMPLETED] = 0,
@@ -897,11 +900,52 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 	return 0;
 }
 
+/* ---- background-snapshot: bg_migration.c runs the phases ---- */
+
+static bool bg_cancelled(void *mig)
+{
+	return cancel_requested(mig);
+}
+
+static void bg_progress(void *mig, struct kv_stream *s, uint64_t pending)
+{
+	update_stats(mig, s);
+	report_progress(mig, pending, 0);
+}
+
+static void bg_paused(void *mig, int64_t stop_ns)
+{
+	struct kv_migration *m = mig;
+
+	pthread_mutex_lock(&m->lock);
+	m->stats.downtime_ms = stop_ns / 1000000;
+	pthread_mutex_unlock(&m->lock);
+}
+
+static int run_background(struct kv_migration *m, struct kv_stream *s,
+			  bool *stopped, struct kv_error *err)
+{
+	const struct kv_bg_driver d = {
+	    .sv = m->sv,
+	    .rs = m->rs,
+	    .hooks = &m->hooks,
+	    .cancelled = bg_cancelled,
+	    .progress = bg_progress,
+	    .paused = bg_paused,
+	    .mig = m,
+	};
+
+	m->pass = 1;
+	return kv_bg_run(&d, s, stopped, err);
+}
+
 static int run_phases(struct kv_migration *m, struct kv_stream *s,
 		      bool return_path, bool *stopped, struct kv_error *err)
 {
 	int ret;
 
+	if (m->rs)
+		kv_ram_set_background(m->rs, m->params.background_snapshot);
 	if (m->rs) {
 		ret = kv_ram_set_xbzrle(m->rs, m->params.xbzrle_cache_size,
 					err);
@@ -925,6 +969,8 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 	pthread_mutex_unlock(&m->lock);
 	if (!mig_set_status(m, KV_MIG_SETUP, KV_MIG_ACTIVE, true))
 		return -ECANCELED;
+	if (m->params.background_snapshot)
+		return run_background(m, s, stopped, err);
 	ret = iterate_until_converged(m, s, err);
 	if (ret < 0)
 		return ret;
@@ -1202,7 +1248,10 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 	/* max-bandwidth holds for everything together: the main stream and
 	 * every multifd channel charge one limiter. */
 	kv_stream_share_rate_limit(s, &m->rl);
-	return_path = kv_stream_chan(s)->is_socket;
+	/* A background snapshot has none, as QEMU's (which refuses the
+	 * return-path capability with it): nothing to hand over. */
+	return_path = kv_stream_chan(s)->is_socket &&
+		      !m->params.background_snapshot;
 	watch_link(m, s);
 	if (return_path) {
 		m->rp = kv_rp_reader_start(kv_stream_chan(s), &lerr);
@@ -1216,7 +1265,9 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 	pthread_mutex_unlock(&m->lock);
 	ret = run_phases(m, s, return_path, &stopped, &lerr);
 	if (ret == 0 &&
-	    !mig_set_status(m, KV_MIG_DEVICE, KV_MIG_COMPLETED, true))
+	    !mig_set_status(m, m->params.background_snapshot ? KV_MIG_ACTIVE
+							     : KV_MIG_DEVICE,
+			    KV_MIG_COMPLETED, true))
 		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_COMPLETED, true);
 	if (ret == SWO_UNANSWERED)
 		enter_undecided(m, &lerr);
@@ -1332,7 +1383,7 @@ static int refuse_conflicting_params(const struct kv_migration *m,
 {
 	if (m->rs && m->params.multifd_channels && m->params.xbzrle_cache_size)
 		return kv_error_set(err, -EINVAL, "the xbzrle and multifd capabilities cannot be used together (as in QEMU): turn one of them off");
-	return 0;
+	return kv_bg_check_params(&m->params, err);
 }
 
 /* The main channel, abandoned at once by kv_mig_cancel and after

@@ -77,6 +77,9 @@ struct kv_mig_params {
 	/* Bytes/s the switch-over may assume instead of the measured
 	 * bandwidth (QEMU's avail-switchover-bandwidth); 0 = measured. */
 	uint64_t avail_switchover_bw;
+	/* background-snapshot: the guest runs on while the stream gets its
+	 * RAM as it was when the migration began (bg_migration.h). */
+	bool background_snapshot;
 	/* auto-converge: throttle the workload (hooks.set_throttle) when
 	 * passes stop shrinking the dirty set; QEMU's cpu-throttle-*. */
 	bool auto_converge;

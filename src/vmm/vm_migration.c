@@ -54,6 +54,9 @@ struct kv_vm_mig {
 	bool thread_done; /* the current migration's thread has ended */
 	char uri[300];
 	struct kv_mig_params params;
+	/* The current outgoing migration is a background snapshot: its
+	 * guest stays here, running, once it completed. */
+	bool background;
 	struct kv_mig_progress progress;
 	enum kv_mig_status last_status; /* last announced */
 	char error[KV_ERROR_MSG_MAX];
@@ -476,7 +479,7 @@ int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 		return ret;
 	pthread_mutex_lock(&g->lock);
 	st = g->mig ? kv_mig_status(g->mig) : KV_MIG_NONE;
-	if (g->mig && (st == KV_MIG_COMPLETED)) {
+	if (g->mig && st == KV_MIG_COMPLETED && !g->background) {
 		pthread_mutex_unlock(&g->lock);
 		return kv_error_set(err, -EBUSY,
 				    "this VM already migrated away; it cannot migrate again");
@@ -503,6 +506,7 @@ int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 	if (params)
 		g->params = *params;
 	g->mig = kv_mig_new(g->sv, g->rs, &g->params, &hooks);
+	g->background = g->params.background_snapshot;
 	snprintf(g->uri, sizeof(g->uri), "%s", uri);
 	memset(&g->progress, 0, sizeof(g->progress));
 	g->last_status = KV_MIG_NONE;
@@ -574,6 +578,7 @@ void kv_vm_mig_query(struct kv_vm_mig *g, struct kv_vm_mig_info *info)
 	}
 	info->progress = g->progress;
 	info->auto_converge = g->params.auto_converge;
+	info->background = g->background;
 	/* The migration's own copy is there as soon as it says failed; the
 	 * thread's comes after it returned. */
 	snprintf(info->error, sizeof(info->error), "%s",

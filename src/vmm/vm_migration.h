@@ -101,6 +101,7 @@ struct kv_vm_mig_info {
 	char error[KV_ERROR_MSG_MAX]; /* when failed */
 	int64_t pause_ms;             /* time to park the vCPUs */
 	bool auto_converge;           /* the migration may throttle */
+	bool background;              /* it is a background snapshot */
 	bool incoming_started;        /* kv_vm_mig_listen succeeded */
 	struct kv_incoming_stats incoming;
 };

@@ -128,6 +128,28 @@ void kv_ram_set_verify(struct kv_ram_state *rs, bool on);
 int kv_ram_verify_digest(struct kv_ram_state *rs, uint8_t out[16],
 			 struct kv_error *err);
 
+/*
+ * Source: the background snapshot (background-snapshot capability,
+ * bg_snapshot.c). With it on, setup starts no dirty tracker and every page
+ * is sent once: kv_ram_bg_protect, called with the workload stopped after
+ * setup, write-protects every block with userfaultfd (and, with
+ * --verify-ram, hashes every page as it is then); from there on a page is
+ * saved before the first write to it goes on, so the stream holds RAM as
+ * it was at that moment. Everything is un-protected by save_cleanup,
+ * whatever the outcome. Set before the migration's setup.
+ */
+void kv_ram_set_background(struct kv_ram_state *rs, bool on);
+int kv_ram_bg_protect(struct kv_ram_state *rs, struct kv_error *err);
+struct kv_ram_bg_stats {
+	uint64_t faults;       /* writes that hit a protected page */
+	uint64_t copies;       /* pages the fault thread saved first */
+	uint64_t pool_waits;   /* writers that waited for a free copy slot */
+	uint64_t max_fault_ns; /* longest from fault read to un-protect */
+};
+/* The migration thread, while the snapshot runs (zeros outside it). */
+void kv_ram_bg_get_stats(const struct kv_ram_state *rs,
+			 struct kv_ram_bg_stats *st);
+
 struct kv_mfd_send;
 struct kv_mfd_recv;
 enum kv_mfd_zero;

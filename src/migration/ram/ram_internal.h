@@ -124,6 +124,11 @@ struct kv_ram_src {
 	struct kv_mfd_send *mfd_send;
 	enum kv_mfd_zero mfd_zero;
 
+	/* background-snapshot (bg_snapshot.c): no tracker, every page once,
+	 * write-protected from kv_ram_bg_protect until it is saved. */
+	bool background;
+	struct kv_ram_bg *bg;
+
 	/* Counters (see struct kv_ram_stats). */
 	uint64_t dirty_sync_count;
 	uint64_t pass_pages;
@@ -286,6 +291,15 @@ void kv_ram_verify_page(struct kv_ram_state *rs, size_t bi, size_t page);
 /* The page is zero, known without reading it. */
 void kv_ram_verify_zero(struct kv_ram_state *rs, size_t bi, size_t page);
 void kv_ram_verify_free(struct kv_ram_block_priv *p);
+
+/* bg_snapshot.c: the background snapshot's save_iterate and
+ * save_complete, and the end of it (save_cleanup: everything
+ * un-protected, whatever the outcome). */
+int kv_ram_bg_iterate(struct kv_stream *s, struct kv_ram_state *rs,
+		      struct kv_error *err);
+int kv_ram_bg_complete(struct kv_stream *s, struct kv_ram_state *rs,
+		       struct kv_error *err);
+void kv_ram_bg_stop(struct kv_ram_state *rs);
 
 /* ram_load.c */
 int kv_ram_load_setup(void *opaque, struct kv_error *err);

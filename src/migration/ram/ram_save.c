@@ -107,7 +107,7 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	struct kv_ram_state *rs = opaque;
 	int ret;
 
-	if (!rs->src.has_tracker)
+	if (!rs->src.has_tracker && !rs->src.background)
 		return kv_error_set(err, -EINVAL,
 				    "ram: no dirty tracker: call kv_ram_set_tracker() before migrating");
 	ret = alloc_save_bitmaps(rs, err);
@@ -134,13 +134,16 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 		return ret;
 	}
 
-	ret = rs->src.tracker.ops->start(rs->src.tracker.opaque, err);
+	/* A background snapshot sends every page once: nothing to track. */
+	ret = rs->src.background ? 0
+				 : rs->src.tracker.ops->start(
+				       rs->src.tracker.opaque, err);
 	if (ret < 0) {
 		kv_error_prefix(err, "ram: starting dirty tracking");
 		free_save_bitmaps(rs);
 		return ret;
 	}
-	rs->src.tracker_started = true;
+	rs->src.tracker_started = !rs->src.background;
 	kv_switch_log("ram: setup: tracker started");
 	kv_ram_pagemap_open(rs);
 	kv_switch_log("ram: setup: pagemap open");
@@ -329,6 +332,8 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque, struct kv_error *err)
 	struct kv_ram_state *rs = opaque;
 	int ret;
 
+	if (rs->src.background)
+		return kv_ram_bg_iterate(s, rs, err);
 	/* Every section names its first block: a reader can start anywhere
 	 * at a section boundary. */
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
@@ -387,7 +392,8 @@ uint64_t kv_ram_pending_exact(void *opaque, struct kv_error *err)
 {
 	struct kv_ram_state *rs = opaque;
 
-	ram_sync(rs, true, err);
+	if (!rs->src.background)
+		ram_sync(rs, true, err);
 	return kv_ram_pending_estimate(rs);
 }
 
@@ -397,6 +403,8 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	struct kv_ram_state *rs = opaque;
 	int ret;
 
+	if (rs->src.background)
+		return kv_ram_bg_complete(s, rs, err);
 	/* The workload is stopped: what it wrote since the last sync is the
 	 * last thing to send, in the pass the driver's last sync began. */
 	ret = ram_sync(rs, false, err);
@@ -425,6 +433,7 @@ void kv_ram_save_cleanup(void *opaque, bool failed)
 {
 	struct kv_ram_state *rs = opaque;
 
+	kv_ram_bg_stop(rs); /* un-protects everything first */
 	if (rs->src.tracker_started) {
 		/* A failed attempt keeps the tracker's marks for a retry. */
 		rs->src.tracker.ops->stop(rs->src.tracker.opaque, failed);

@@ -743,16 +743,34 @@ static int save_vmdesc(struct kv_savevm *sv, struct kv_stream *s,
 	return 0;
 }
 
-int kv_savevm_save_complete(struct kv_savevm *sv, struct kv_stream *s,
-			    struct kv_error *err)
+int kv_savevm_save_end(struct kv_savevm *sv, struct kv_stream *s,
+		       struct kv_error *err)
 {
 	bool done;
 	int ret;
 
 	ret = save_live_round(sv, s, KV_SEC_END, &done, err);
+	if (ret == 0)
+		kv_switch_log("live END sections queued");
+	return ret;
+}
+
+int kv_savevm_save_complete(struct kv_savevm *sv, struct kv_stream *s,
+			    struct kv_error *err)
+{
+	int ret;
+
+	ret = kv_savevm_save_end(sv, s, err);
 	if (ret < 0)
 		return ret;
-	kv_switch_log("live END sections queued");
+	return kv_savevm_save_device_state(sv, s, err);
+}
+
+int kv_savevm_save_device_state(struct kv_savevm *sv, struct kv_stream *s,
+				struct kv_error *err)
+{
+	int ret;
+
 	ret = save_devices(sv, s, err);
 	if (ret < 0)
 		return ret;

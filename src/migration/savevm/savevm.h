@@ -164,6 +164,14 @@ int kv_savevm_save_ping(struct kv_stream *s, uint32_t value,
 /* END sections, FULL device sections, EOF, VM description; flushes. */
 int kv_savevm_save_complete(struct kv_savevm *sv, struct kv_stream *s,
 			    struct kv_error *err);
+/* The two halves of save_complete, for a background snapshot, which
+ * saves the device state at its start into a buffer and writes it after
+ * the END sections: END sections only; FULL sections, EOF, VM
+ * description, flushed. */
+int kv_savevm_save_end(struct kv_savevm *sv, struct kv_stream *s,
+		       struct kv_error *err);
+int kv_savevm_save_device_state(struct kv_savevm *sv, struct kv_stream *s,
+				struct kv_error *err);
 void kv_savevm_save_cleanup(struct kv_savevm *sv, bool failed);
 
 /* --- destination side --- */
