@@ -244,7 +244,7 @@ static struct kv_stream *stream_on(int fd, enum kv_stream_mode mode)
 static bool have_uffd_wp(void)
 {
 	struct kv_error err = {0};
-	struct kv_uffd *u = kv_uffd_open_wp(&err);
+	struct kv_uffd *u = kv_uffd_open_wp(false, &err);
 
 	if (!u) {
 		printf("# skipped: %s\n", err.msg);

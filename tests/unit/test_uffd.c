@@ -193,7 +193,7 @@ static void test_write_protect(void **state)
 	pthread_t th;
 
 	(void)state;
-	u = kv_uffd_open_wp(&err);
+	u = kv_uffd_open_wp(true, &err);
 	if (!u) {
 		printf("# skipped: %s\n", err.msg);
 		return;

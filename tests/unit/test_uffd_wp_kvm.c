@@ -107,7 +107,7 @@ static bool tiny_vm_open(struct tiny_vm *v, uint16_t ip)
 	int run_len;
 
 	memset(v, 0, sizeof(*v));
-	v->u = kv_uffd_open_wp(&err);
+	v->u = kv_uffd_open_wp(true, &err);
 	if (!v->u) {
 		printf("# skipped: uffd-wp: %s\n", err.msg);
 		return false;

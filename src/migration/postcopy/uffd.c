@@ -120,10 +120,12 @@ struct kv_uffd *kv_uffd_open(struct kv_error *err)
 	return open_with(0, UFFD_FEATURE_THREAD_ID, err);
 }
 
-struct kv_uffd *kv_uffd_open_wp(struct kv_error *err)
+struct kv_uffd *kv_uffd_open_wp(bool unpopulated_too, struct kv_error *err)
 {
 	return open_with(UFFD_FEATURE_PAGEFAULT_FLAG_WP,
-			 UFFD_FEATURE_THREAD_ID | WP_UNPOPULATED, err);
+			 UFFD_FEATURE_THREAD_ID |
+			     (unpopulated_too ? WP_UNPOPULATED : 0),
+			 err);
 }
 
 bool kv_uffd_wp_unpopulated(const struct kv_uffd *u)

@@ -63,17 +63,21 @@ int kv_uffd_place_zero(struct kv_uffd *u, void *dst, size_t len,
  * Write-protection (background snapshot): registered memory stays
  * readable, and a write to a protected page, from any thread or from KVM
  * on behalf of a vCPU, blocks until the page is un-protected; the fault
- * message has wp set. Pages never touched are protected too (the kernel's
- * WP_UNPOPULATED where it has it; kv_uffd_open_wp says which).
+ * message has wp set. Only pages that exist (present or swapped) are
+ * protected, unless the descriptor was opened with unpopulated_too.
  */
 
-/* Open a userfaultfd that can write-protect anonymous memory. NULL with
- * err set (naming the missing feature) where the kernel cannot. */
-struct kv_uffd *kv_uffd_open_wp(struct kv_error *err);
+/* Open a userfaultfd that can write-protect anonymous memory; with
+ * unpopulated_too, pages never touched are protected as well where the
+ * kernel can (UFFD_FEATURE_WP_UNPOPULATED, Linux 6.4: a marker in every
+ * empty page-table entry, which costs page tables and time).
+ * NULL with err set (naming the missing feature) where the kernel cannot
+ * write-protect at all. */
+struct kv_uffd *kv_uffd_open_wp(bool unpopulated_too, struct kv_error *err);
 
-/* Whether never-touched pages are protected without being populated
- * (UFFD_FEATURE_WP_UNPOPULATED); without it the caller must populate the
- * memory before protecting it. */
+/* Whether never-touched pages are protected too (opened with
+ * unpopulated_too on a kernel that has it); without it the caller must
+ * populate memory before protecting it, or know those pages otherwise. */
 bool kv_uffd_wp_unpopulated(const struct kv_uffd *u);
 
 /* Faults from writes to protected pages of [addr, addr + len) now come to

@@ -76,10 +76,11 @@ struct kv_ram_bg {
 	int inflight;
 
 	uint8_t *bounce; /* RUN_PAGES pages, migration thread */
-	/* Per block: pages never populated at the snapshot's moment (zero
-	 * then), from the pagemap before protection: a protected page that
-	 * was never touched carries a marker that pagemap shows as swapped,
-	 * so the answer must come first. NULL: none known. */
+	/* Per block: pages never populated at the snapshot's moment, from
+	 * the pagemap with the workload stopped. They were zero then, so they
+	 * go as zero pages unread and need no protection: a later write to
+	 * one changes nothing in the snapshot. NULL (or a NULL entry): not
+	 * known, that block's every page is protected and read. */
 	unsigned long **unpopulated;
 	struct kv_error fault_err; /* the fault thread's failure, under lock */
 
@@ -215,18 +216,21 @@ static void *fault_thread(void *arg)
 
 /* ---- at the pause ---- */
 
+/* Register and protect block bi. The kernel protects the pages that
+ * exist; the never-populated ones matter only where the pagemap did not
+ * name them: there the kernel protects them too (WP_UNPOPULATED), or they
+ * are mapped first (reads map the shared zero page, no memory). */
 static int protect_block(struct kv_ram_bg *bg, size_t bi, struct kv_error *err)
 {
 	struct kv_ram_block *b = &bg->rs->blocks[bi];
+	bool known = bg->unpopulated[bi] != NULL;
 	int ret;
 
 	ret = kv_uffd_register_wp(bg->u, b->host, b->length, err);
 	if (ret < 0)
 		return ret;
 	bg->registered = bi + 1;
-	/* Without WP_UNPOPULATED the kernel protects only pages that exist:
-	 * map every one (reads map the shared zero page, no memory). */
-	if (!kv_uffd_wp_unpopulated(bg->u) &&
+	if (!known && !kv_uffd_wp_unpopulated(bg->u) &&
 	    madvise(b->host, b->length, MADV_POPULATE_READ) < 0)
 		return kv_error_set_errno(err, -errno, "background snapshot: mapping block '%s' before protecting it", b->idstr);
 	return kv_uffd_write_protect(bg->u, b->host, b->length, true, err);
@@ -301,10 +305,23 @@ static struct kv_ram_bg *bg_new(struct kv_ram_state *rs, struct kv_error *err)
 		kv_error_set(err, -ENOMEM, "background snapshot: out of memory for %u pages of copies", POOL_PAGES + RUN_PAGES);
 		return bg;
 	}
-	bg->u = kv_uffd_open_wp(err);
-	if (!bg->u)
-		kv_error_prefix(err, "background-snapshot is not supported by this host kernel");
 	return bg;
+}
+
+/* The descriptor: it protects never-touched pages too only where some
+ * block's are not known from the pagemap. */
+static int open_uffd(struct kv_ram_bg *bg, struct kv_error *err)
+{
+	bool all_known = true;
+
+	for (size_t bi = 0; bi < bg->rs->nblocks; bi++)
+		all_known &= bg->unpopulated[bi] != NULL;
+	bg->u = kv_uffd_open_wp(!all_known, err);
+	if (!bg->u) {
+		kv_error_prefix(err, "background-snapshot is not supported by this host kernel");
+		return err->code ? err->code : -EOPNOTSUPP;
+	}
+	return 0;
 }
 
 int kv_ram_bg_protect(struct kv_ram_state *rs, struct kv_error *err)
@@ -315,12 +332,15 @@ int kv_ram_bg_protect(struct kv_ram_state *rs, struct kv_error *err)
 	if (!rs->src.background || rs->src.bg)
 		return kv_error_set(err, -EINVAL, "background snapshot: protect called %s", rs->src.bg ? "twice" : "without kv_ram_set_background");
 	bg = rs->src.bg = bg_new(rs, err);
-	if (!bg || !bg->u)
+	if (!bg || !bg->pool || !bg->bounce)
 		return err->code ? err->code : -ENOMEM;
 	ret = note_unpopulated(bg, err);
 	if (ret < 0)
 		return ret;
 	kv_switch_log("background snapshot: unpopulated pages noted");
+	ret = open_uffd(bg, err);
+	if (ret < 0)
+		return ret;
 	hash_all_pages(bg);
 	ret = pthread_create(&bg->thread, NULL, fault_thread, bg);
 	if (ret != 0)
