@@ -118,9 +118,13 @@ static int write_device_state(struct kv_stream *s, int fd,
 static int pause_and_protect(const struct kv_bg_driver *d, bool *stopped,
 			     int *devfd, struct kv_error *err)
 {
-	int64_t t0 = kv_now_ns();
+	int64_t t0;
 	int ret;
 
+	ret = d->rs ? kv_ram_bg_prepare(d->rs, err) : 0;
+	if (ret < 0)
+		return ret;
+	t0 = kv_now_ns();
 	kv_switch_log("background snapshot: stop");
 	ret = d->hooks->stop_vm(d->hooks->opaque, err);
 	*stopped = true; /* even a failed stop may have stopped a part */

@@ -243,8 +243,10 @@ static bool was_unpopulated(const struct kv_ram_bg *bg, size_t bi,
 	       kv_bitmap_test(bg->unpopulated[bi], page);
 }
 
-/* Which pages were never populated, before anything is protected. */
-static int note_unpopulated(struct kv_ram_bg *bg, struct kv_error *err)
+/* Which pages are not populated yet, while the workload still runs: the
+ * candidates. A page populated now stays so (the VMM never discards
+ * guest RAM while it runs), so the stop re-reads only the candidates. */
+static int prescan_unpopulated(struct kv_ram_bg *bg, struct kv_error *err)
 {
 	struct kv_ram_state *rs = bg->rs;
 
@@ -266,6 +268,24 @@ static int note_unpopulated(struct kv_ram_bg *bg, struct kv_error *err)
 				kv_bitmap_set_atomic(bg->unpopulated[bi], pg);
 	}
 	return 0;
+}
+
+/* With the workload stopped: which candidates are still unpopulated.
+ * Only chunks holding a candidate are read again. */
+static void recheck_unpopulated(struct kv_ram_bg *bg)
+{
+	struct kv_ram_state *rs = bg->rs;
+
+	kv_pagemap_invalidate(&rs->pagemap);
+	for (size_t bi = 0; bi < rs->nblocks; bi++) {
+		unsigned long *map = bg->unpopulated[bi];
+		size_t n = rs->blocks[bi].npages;
+
+		for (size_t pg = map ? kv_bitmap_find_next(map, n, 0) : n;
+		     pg < n; pg = kv_bitmap_find_next(map, n, pg + 1))
+			if (!kv_ram_page_unpopulated(rs, bi, pg))
+				kv_bitmap_test_and_clear(map, pg);
+	}
 }
 
 /* --verify-ram: the table holds every page as it is now, at the moment
@@ -324,28 +344,38 @@ static int open_uffd(struct kv_ram_bg *bg, struct kv_error *err)
 	return 0;
 }
 
-int kv_ram_bg_protect(struct kv_ram_state *rs, struct kv_error *err)
+int kv_ram_bg_prepare(struct kv_ram_state *rs, struct kv_error *err)
 {
 	struct kv_ram_bg *bg;
 	int ret;
 
 	if (!rs->src.background || rs->src.bg)
-		return kv_error_set(err, -EINVAL, "background snapshot: protect called %s", rs->src.bg ? "twice" : "without kv_ram_set_background");
+		return kv_error_set(err, -EINVAL, "background snapshot: prepared %s", rs->src.bg ? "twice" : "without kv_ram_set_background");
 	bg = rs->src.bg = bg_new(rs, err);
 	if (!bg || !bg->pool || !bg->bounce)
 		return err->code ? err->code : -ENOMEM;
-	ret = note_unpopulated(bg, err);
+	ret = prescan_unpopulated(bg, err);
+	if (ret == 0)
+		ret = open_uffd(bg, err);
 	if (ret < 0)
 		return ret;
-	kv_switch_log("background snapshot: unpopulated pages noted");
-	ret = open_uffd(bg, err);
-	if (ret < 0)
-		return ret;
-	hash_all_pages(bg);
 	ret = pthread_create(&bg->thread, NULL, fault_thread, bg);
 	if (ret != 0)
 		return kv_error_set_errno(err, -ret, "background snapshot: cannot start the write-fault thread");
 	bg->thread_live = true;
+	return 0;
+}
+
+int kv_ram_bg_protect(struct kv_ram_state *rs, struct kv_error *err)
+{
+	struct kv_ram_bg *bg = rs->src.bg;
+	int ret;
+
+	if (!bg || !bg->u || bg->registered)
+		return kv_error_set(err, -EINVAL, "background snapshot: protect called %s", bg && bg->registered ? "twice" : "before kv_ram_bg_prepare");
+	recheck_unpopulated(bg);
+	kv_switch_log("background snapshot: unpopulated pages noted");
+	hash_all_pages(bg);
 	for (size_t bi = 0; bi < rs->nblocks; bi++) {
 		ret = protect_block(bg, bi, err);
 		if (ret < 0) {

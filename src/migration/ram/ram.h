@@ -130,15 +130,18 @@ int kv_ram_verify_digest(struct kv_ram_state *rs, uint8_t out[16],
 
 /*
  * Source: the background snapshot (background-snapshot capability,
- * bg_snapshot.c). With it on, setup starts no dirty tracker and every page
- * is sent once: kv_ram_bg_protect, called with the workload stopped after
- * setup, write-protects every block with userfaultfd (and, with
- * --verify-ram, hashes every page as it is then); from there on a page is
- * saved before the first write to it goes on, so the stream holds RAM as
- * it was at that moment. Everything is un-protected by save_cleanup,
- * whatever the outcome. Set before the migration's setup.
+ * bg_snapshot.c). With it on (set before the migration's setup), setup
+ * starts no dirty tracker and every page is sent once. After setup,
+ * kv_ram_bg_prepare (workload running: the userfaultfd, the fault thread,
+ * a first look at which pages were never populated), then, with the
+ * workload stopped, kv_ram_bg_protect write-protects every block (and,
+ * with --verify-ram, hashes every page as it is then); from there on a
+ * page is saved before the first write to it goes on, so the stream
+ * holds RAM as it was at that moment. Everything is un-protected by
+ * save_cleanup, whatever the outcome.
  */
 void kv_ram_set_background(struct kv_ram_state *rs, bool on);
+int kv_ram_bg_prepare(struct kv_ram_state *rs, struct kv_error *err);
 int kv_ram_bg_protect(struct kv_ram_state *rs, struct kv_error *err);
 struct kv_ram_bg_stats {
 	uint64_t faults;       /* writes that hit a protected page */
