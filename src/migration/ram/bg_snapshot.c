@@ -43,14 +43,16 @@
 #include "migration/postcopy/uffd.h"
 #include "migration/ram/ram_internal.h"
 
-/* Pages the migration thread claims, copies and un-protects at once. */
-#define RUN_PAGES 64U
+/* Pages the migration thread claims, copies and un-protects at once, in
+ * aligned runs of 2 MiB: every un-protect is an MMU-notifier call that
+ * makes KVM drop its mappings of the range and flush the vCPUs' TLBs, so
+ * fewer and bigger is cheaper for the guest, and a whole run keeps a
+ * transparent huge page whole. A writer waiting on a page of a run waits
+ * for 2 MiB of copies at most. */
+#define RUN_PAGES 512U
 /* The fault thread's copies waiting for the stream: 16 MiB. A writer
  * whose page finds the pool full waits for the migration thread. */
 #define POOL_PAGES 4096U
-/* Pages between two looks at the clock, the stream and the fault
- * thread's health. */
-#define CHECK_EVERY_RUNS 4U
 
 struct bg_slot {
 	size_t bi, page;
@@ -436,13 +438,17 @@ static void drain_pool(struct kv_stream *s, struct kv_ram_bg *bg)
 	pthread_mutex_unlock(&bg->lock);
 }
 
-/* Claim pages first.. of block bi while their bits are set, up to
- * RUN_PAGES; returns how many (0: first was claimed by someone else). */
+/* Claim pages first.. of block bi while their bits are set, up to the
+ * next RUN_PAGES boundary; returns how many (0: first was claimed by
+ * someone else). */
 static size_t claim_run(struct kv_ram_block *b, size_t first)
 {
+	size_t end = (first / RUN_PAGES + 1) * RUN_PAGES;
 	size_t n = 0;
 
-	while (n < RUN_PAGES && first + n < b->npages &&
+	if (end > b->npages)
+		end = b->npages;
+	while (first + n < end &&
 	       kv_bitmap_test_and_clear(b->dirty, first + n))
 		n++;
 	return n;
@@ -454,7 +460,7 @@ static int save_run(struct kv_stream *s, struct kv_ram_bg *bg, size_t bi,
 		    size_t first, size_t n, struct kv_error *err)
 {
 	struct kv_ram_state *rs = bg->rs;
-	bool zero[RUN_PAGES];
+	bool zero[RUN_PAGES]; /* 512 bytes */
 	int ret;
 
 	for (size_t k = 0; k < n; k++) {
@@ -544,7 +550,6 @@ static int save_pages(struct kv_stream *s, struct kv_ram_state *rs,
 		      int64_t deadline_ns, struct kv_error *err)
 {
 	struct kv_ram_bg *bg = rs->src.bg;
-	unsigned int runs = 0;
 	size_t bi, first, n;
 	int ret;
 
@@ -558,8 +563,6 @@ static int save_pages(struct kv_stream *s, struct kv_ram_state *rs,
 		ret = save_run(s, bg, bi, first, n, err);
 		if (ret < 0)
 			return ret;
-		if (++runs % CHECK_EVERY_RUNS)
-			continue;
 		ret = check_health(s, bg, err);
 		if (ret < 0)
 			return ret;
