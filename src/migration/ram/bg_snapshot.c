@@ -455,7 +455,7 @@ static size_t claim_run(struct kv_ram_block *b, size_t first)
 }
 
 /* Save the claimed run [first, first + n) of block bi: copy while
- * protected, un-protect, write. */
+ * protected, un-protect, write (flushed). */
 static int save_run(struct kv_stream *s, struct kv_ram_bg *bg, size_t bi,
 		    size_t first, size_t n, struct kv_error *err)
 {
@@ -476,13 +476,20 @@ static int save_run(struct kv_stream *s, struct kv_ram_bg *bg, size_t bi,
 	if (ret < 0)
 		return ret;
 	for (size_t k = 0; k < n; k++) {
-		if (zero[k])
+		if (zero[k]) {
 			send_zero_page(s, rs, bi, first + k);
-		else
-			send_copy(s, rs, bi, first + k,
-				  bg->bounce + k * KV_PAGE_SIZE);
+		} else {
+			kv_ram_put_header(s, rs, bi, first + k,
+					  KV_RAM_FLAG_PAGE);
+			kv_stream_put_page_ref(s, bg->bounce + k * KV_PAGE_SIZE,
+					       KV_PAGE_SIZE);
+			kv_ram_stat_add(&rs->normal_pages, 1);
+		}
 		page_done(rs);
 	}
+	/* The references into the bounce buffer go out before it is used
+	 * again: one copy a page, not two. */
+	kv_stream_flush(s);
 	return 0;
 }
 
