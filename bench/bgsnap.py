@@ -6,7 +6,8 @@ that keeps running.
 One source VM per VMM runs the project's guest writing its working set
 flat out. Windows alternate on the same running guest: A (nothing) and B
 (a background snapshot to a file, capped at --bandwidth so that it lasts
-long enough to measure), A, B, ... For every window:
+long enough to measure), A, B, ..., and the VMMs take turns round by
+round (the one not measured is paused with QMP stop). For every window:
 
 - the guest's write rate: pages written per second by all workload vCPUs
   together, from the `writes=` counters of the guest's status lines
@@ -127,37 +128,52 @@ def window_a(vm, seconds):
             "max_gap": max(g)}
 
 
-def run_vmm(vmm, args, tmp):
-    qpath = os.path.join(tmp, f"{vmm.name}.qmp")
-    append = f"mem={args.mem} rate=100000 pattern=random"
-    vm = vmlib.Vm(vmm.source_argv(args.memory, 2, append, qpath),
-                  f"{vmm.name} source")
-    try:
-        if not vm.wait_console(rb"workload started", BOOT_TIMEOUT_S):
-            raise RuntimeError(f"{vmm.name}: no workload\n{vm.describe()}")
-        q = connect(vm, qpath)
-        configure(vmm, q, args.bandwidth << 20)
+class Source:
+    """One VMM's source VM, booted once; paused (QMP stop) while another
+    VMM's rounds run, so that the rounds interleave VMM by VMM and no
+    guest competes with the one measured."""
+
+    def __init__(self, vmm, args, tmp):
+        self.vmm = vmm
+        self.qpath = os.path.join(tmp, f"{vmm.name}.qmp")
+        self.path = os.path.join(tmp, f"{vmm.name}.snap")
+        append = f"mem={args.mem} rate=100000 pattern=random"
+        self.vm = vmlib.Vm(vmm.source_argv(args.memory, 2, append,
+                                           self.qpath), f"{vmm.name} source")
+        self.q = None
+        self.rows = []
+
+    def boot(self, args):
+        if not self.vm.wait_console(rb"workload started", BOOT_TIMEOUT_S):
+            raise RuntimeError(f"{self.vmm.name}: no workload\n"
+                               + self.vm.describe())
+        self.q = connect(self.vm, self.qpath)
+        configure(self.vmm, self.q, args.bandwidth << 20)
+        self.q.cmd("stop")
+
+    def round(self, i):
+        self.q.cmd("cont")
         time.sleep(WARMUP_S)
-        out = []
-        path = os.path.join(tmp, f"{vmm.name}.snap")
-        for i in range(args.rounds):
-            b = window_b(vmm, vm, q, path)
-            a = window_a(vm, max(b["s"], 2.5))
-            out += [a, b]
-            print(f"# {vmm.name} round {i + 1}: A {a['rate'] / 1e3:.0f} k "
-                  f"pages/s, gap {a['max_gap']:.1f} ms | B {b['s']:.2f} s, "
-                  f"{b['rate'] / 1e3:.0f} k pages/s, stop {b['stop_ms']:.0f} "
-                  f"ms (gap {b['stop_gap']:.1f}), longest gap running "
-                  f"{b['max_gap']:.1f} ms; load {os.getloadavg()[0]:.1f}",
-                  flush=True)
-        return out, vm.stderr
-    finally:
+        b = window_b(self.vmm, self.vm, self.q, self.path)
+        a = window_a(self.vm, max(b["s"], 2.5))
+        self.q.cmd("stop")
+        self.rows += [a, b]
+        print(f"# {self.vmm.name} round {i + 1}: A {a['rate'] / 1e3:.0f} k "
+              f"pages/s, gap {a['max_gap']:.1f} ms | B {b['s']:.2f} s, "
+              f"{b['rate'] / 1e3:.0f} k pages/s, stop {b['stop_ms']:.0f} "
+              f"ms (gap {b['stop_gap']:.1f}), longest gap running "
+              f"{b['max_gap']:.1f} ms; load {os.getloadavg()[0]:.1f}",
+              flush=True)
+
+    def close(self):
         try:
-            vm.send_console(b"q")
-        except OSError:
+            if self.q:
+                self.q.cmd("cont")
+            self.vm.send_console(b"q")
+        except (OSError, vmlib.QmpError):
             pass
-        if vm.wait(20) is None:
-            vm.kill()
+        if self.vm.wait(20) is None:
+            self.vm.kill()
 
 
 def summarize(name, rows):
@@ -189,15 +205,26 @@ def main():
              "|---|---|---|---|---|---|---|---|---|"]
     results = {}
     with tempfile.TemporaryDirectory(prefix="bgsnap-bench-") as tmp:
-        for vmm in vmms.make(args.vmms.split(","), args.build):
-            why = vmm.check()
-            if why:
-                print(f"# {vmm.name}: skipped: {why}")
-                continue
-            try:
-                results[vmm.name], _ = run_vmm(vmm, args, tmp)
-            except RuntimeError as e:
-                print(f"# {vmm.name}: {str(e)[:2000]}")
+        sources = []
+        try:
+            for vmm in vmms.make(args.vmms.split(","), args.build):
+                why = vmm.check()
+                if why:
+                    print(f"# {vmm.name}: skipped: {why}")
+                    continue
+                src = Source(vmm, args, tmp)
+                sources.append(src)
+                src.boot(args)
+            for i in range(args.rounds):
+                for src in sources:
+                    src.round(i)
+        except RuntimeError as e:
+            print(f"# {str(e)[:2000]}")
+        finally:
+            for src in sources:
+                src.close()
+                if src.rows:
+                    results[src.vmm.name] = src.rows
     for name, rows in results.items():
         lines.append(summarize(name, rows))
     text = "\n".join(lines)
