@@ -12,9 +12,9 @@ guest goes on writing its memory; the source keeps running after
   after the guest changed it would be refused; a copy with a byte flipped
   in the middle (page data) is refused, and nothing runs;
 - to tcp: a destination runs the copy while the source runs on;
-- cancelled midway: the guest runs on, its RAM no longer protected (its
-  vCPUs would stop at the first write otherwise), and a later snapshot
-  works;
+- cancelled midway, or its tcp destination killed: the guest runs on,
+  its RAM no longer protected (its vCPUs would stop at the first write
+  otherwise), and a later snapshot works;
 - with multifd (as QEMU) it is refused and the guest runs on.
 Usage: test_vm_bgsnap.py KVMIG GUEST_ELF"""
 import os
@@ -29,7 +29,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, free_port, guest_downtime_ms,  # noqa: E402
                    have_kvm, wait_migration, workload_started)
 
-PLAN = 16
+PLAN = 18
 MEMORY = "256M"
 WORKLOAD = "mem=128 rate=128 pattern=random"
 VERIFY = ("--verify-ram",)
@@ -140,6 +140,25 @@ def cancel_midway(tap, vms, src, q, tmp):
     q.cmd("migrate-set-parameters", **{"max-bandwidth": 0})
 
 
+def destination_killed(tap, vms, src, q):
+    q.cmd("migrate-set-parameters", **{"max-bandwidth": 16 << 20})
+    port = free_port()
+    dst = vms.incoming("killed", f"tcp:127.0.0.1:{port}", memory=MEMORY)
+    time.sleep(0.3)
+    q.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
+    time.sleep(0.5)
+    dst.kill()
+    r = wait_migration(q, timeout=30)
+    t1 = time.monotonic()
+    tap.ok(r.get("status") == "failed",
+           "a snapshot whose destination is killed fails", str(r))
+    tap.ok(runs_on(src, t1, n=1000) and
+           q.cmd("query-status")["status"] == "running",
+           "and the guest runs and writes on, nothing left protected",
+           src.describe())
+    q.cmd("migrate-set-parameters", **{"max-bandwidth": 0})
+
+
 def refused_with_multifd(tap, vms, src, q, tmp):
     set_bg(q, True, multifd=True)
     q.cmd("migrate", uri=f"file:{os.path.join(tmp, 'refused.kvmig')}")
@@ -177,6 +196,7 @@ def main():
         flipped_copy_refused(tap, vms, tmp, path)
         snapshot_over_tcp(tap, vms, src, q)
         cancel_midway(tap, vms, src, q, tmp)
+        destination_killed(tap, vms, src, q)
         snapshot_to_file(tap, vms, src, q, path)
         refused_with_multifd(tap, vms, src, q, tmp)
         tap.ok(not corrupt_lines(src), "the source guest never saw corruption",
