@@ -119,42 +119,55 @@ static void fault_failed(struct kv_ram_bg *bg, const struct kv_error *e)
 	pthread_mutex_unlock(&bg->lock);
 }
 
-/* A free slot, waiting for the migration thread to empty one; NULL when
- * the snapshot stops meanwhile. Called with lock held. */
-static struct bg_slot *reserve_slot(struct kv_ram_bg *bg)
+static size_t pool_free(struct kv_ram_bg *bg)
 {
-	bool waited = false;
+	size_t used;
 
-	while (bg->head - bg->tail == POOL_PAGES &&
+	pthread_mutex_lock(&bg->lock);
+	used = bg->head - bg->tail;
+	pthread_mutex_unlock(&bg->lock);
+	return POOL_PAGES - used;
+}
+
+/* Wait until n slots are free; false when the snapshot stops first. */
+static bool wait_room(struct kv_ram_bg *bg, size_t n)
+{
+	bool waited = false, ok;
+
+	pthread_mutex_lock(&bg->lock);
+	while (POOL_PAGES - (bg->head - bg->tail) < n &&
 	       !__atomic_load_n(&bg->stop, __ATOMIC_ACQUIRE)) {
 		waited = true;
 		pthread_cond_wait(&bg->room, &bg->lock);
 	}
+	ok = POOL_PAGES - (bg->head - bg->tail) >= n;
+	pthread_mutex_unlock(&bg->lock);
 	if (waited)
 		kv_ram_stat_add(&bg->pool_waits, 1);
-	if (bg->head - bg->tail == POOL_PAGES)
-		return NULL;
-	return &bg->slot[bg->head % POOL_PAGES];
+	return ok;
 }
 
-/* Copy the page into the pool; false when the snapshot stops first. */
-static bool pool_copy(struct kv_ram_bg *bg, size_t bi, size_t page)
+/* Copy pages [first, first + n) of block bi into the pool; false when
+ * the snapshot stops first. The fault thread is the pool's only filler:
+ * the slots past head are its own until it publishes them, so it copies
+ * without the lock (the migration thread empties meanwhile). */
+static bool pool_copy(struct kv_ram_bg *bg, size_t bi, size_t first, size_t n)
 {
-	struct bg_slot *sl;
-	bool ok;
+	size_t head = bg->head;
 
-	pthread_mutex_lock(&bg->lock);
-	sl = reserve_slot(bg);
-	ok = sl != NULL;
-	if (ok) {
-		sl->bi = bi;
-		sl->page = page;
-		memcpy(bg->pool + (bg->head % POOL_PAGES) * KV_PAGE_SIZE,
-		       page_addr(bg->rs, bi, page), KV_PAGE_SIZE);
-		bg->head++;
+	if (!wait_room(bg, n))
+		return false;
+	for (size_t k = 0; k < n; k++) {
+		size_t at = (head + k) % POOL_PAGES;
+
+		bg->slot[at] = (struct bg_slot){.bi = bi, .page = first + k};
+		memcpy(bg->pool + at * KV_PAGE_SIZE,
+		       page_addr(bg->rs, bi, first + k), KV_PAGE_SIZE);
 	}
+	pthread_mutex_lock(&bg->lock);
+	bg->head = head + n;
 	pthread_mutex_unlock(&bg->lock);
-	return ok;
+	return true;
 }
 
 static void note_fault_time(struct kv_ram_bg *bg, int64_t t0)
@@ -165,32 +178,79 @@ static void note_fault_time(struct kv_ram_bg *bg, int64_t t0)
 		kv_ram_stat_set(&bg->max_fault_ns, ns);
 }
 
-/* A write to a protected page: save it first if nobody claimed it yet. */
+/* The aligned 2 MiB window around page (by host address, so that it is
+ * a transparent huge page's), clipped to block bi: [*lo, *hi). */
+static void run_window(const struct kv_ram_state *rs, size_t bi, size_t page,
+		       size_t *lo, size_t *hi)
+{
+	const uintptr_t run_bytes = (uintptr_t)RUN_PAGES * KV_PAGE_SIZE;
+	uintptr_t host = (uintptr_t)rs->blocks[bi].host;
+	uintptr_t at = host + ((uintptr_t)page << KV_PAGE_SHIFT);
+	uintptr_t start = at & ~(run_bytes - 1);
+	size_t end = (size_t)((start + run_bytes - host) >> KV_PAGE_SHIFT);
+
+	*lo = start <= host ? 0 : (size_t)((start - host) >> KV_PAGE_SHIFT);
+	*hi = end < rs->blocks[bi].npages ? end : rs->blocks[bi].npages;
+}
+
+static bool all_unsaved(const unsigned long *map, size_t lo, size_t hi)
+{
+	for (size_t pg = lo; pg < hi; pg++)
+		if (!kv_bitmap_test(map, pg))
+			return false;
+	return true;
+}
+
+/* Claim, copy and un-protect [lo, ...) of block bi for a fault: pages
+ * from lo while they are unsaved, up to hi. Returns how many it saved. */
+static size_t save_from(struct kv_ram_bg *bg, size_t bi, size_t lo,
+			size_t hi, struct kv_error *err, int *ret)
+{
+	struct kv_ram_block *b = &bg->rs->blocks[bi];
+	size_t n = 0;
+
+	while (lo + n < hi && kv_bitmap_test_and_clear(b->dirty, lo + n))
+		n++;
+	if (n && !pool_copy(bg, bi, lo, n))
+		return 0; /* stopping: the un-protect of all wakes the writer */
+	if (n)
+		*ret = kv_uffd_write_protect(bg->u, page_addr(bg->rs, bi, lo),
+					     n * KV_PAGE_SIZE, false, err);
+	return n;
+}
+
+/* A write to a protected page: save it first if nobody claimed it yet.
+ * When its whole 2 MiB window is still unsaved and the pool has room for
+ * it, the window goes at once (one copy of 2 MiB, one un-protect, no
+ * huge page split, and the writer's next writes there do not fault);
+ * else the page alone (4 KiB). */
 static int serve_fault(struct kv_ram_bg *bg, uint64_t addr,
 		       struct kv_error *err)
 {
 	struct kv_ram_state *rs = bg->rs;
 	int64_t t0 = kv_now_ns();
-	size_t bi, page;
-	bool mine;
+	size_t bi, page, lo, hi, n = 0;
+	int ret = 0;
 
 	kv_ram_stat_add(&bg->faults, 1);
 	if (!locate(rs, addr, &bi, &page))
 		/* Not guest RAM: nothing of ours is there to save. */
 		return kv_uffd_write_protect(bg->u, (void *)(uintptr_t)addr,
 					     KV_PAGE_SIZE, false, err);
+	run_window(rs, bi, page, &lo, &hi);
 	__atomic_add_fetch(&bg->inflight, 1, __ATOMIC_SEQ_CST);
-	mine = kv_bitmap_test_and_clear(rs->blocks[bi].dirty, page);
-	if (mine && !pool_copy(bg, bi, page))
-		mine = false; /* stopping: the un-protect of all wakes it */
+	if (pool_free(bg) >= hi - lo && all_unsaved(rs->blocks[bi].dirty, lo, hi))
+		n = save_from(bg, bi, lo, hi, err, &ret);
+	/* A race with the migration thread may have left the page out. */
+	if (ret == 0 && (page < lo || page >= lo + n))
+		n += save_from(bg, bi, page, page + 1, err, &ret);
 	__atomic_sub_fetch(&bg->inflight, 1, __ATOMIC_SEQ_CST);
-	if (!mine)
-		return 0; /* the migration thread's: it un-protects */
-	kv_ram_stat_add(&bg->copies, 1);
-	if (kv_uffd_write_protect(bg->u, page_addr(rs, bi, page), KV_PAGE_SIZE,
-				  false, err) < 0)
-		return err->code;
-	note_fault_time(bg, t0);
+	if (ret < 0)
+		return ret;
+	if (n) {
+		kv_ram_stat_add(&bg->copies, n);
+		note_fault_time(bg, t0);
+	}
 	return 0;
 }
 
@@ -439,15 +499,14 @@ static void drain_pool(struct kv_stream *s, struct kv_ram_bg *bg)
 }
 
 /* Claim pages first.. of block bi while their bits are set, up to the
- * next RUN_PAGES boundary; returns how many (0: first was claimed by
+ * end of first's 2 MiB window; returns how many (0: first was claimed by
  * someone else). */
-static size_t claim_run(struct kv_ram_block *b, size_t first)
+static size_t claim_run(const struct kv_ram_state *rs, size_t bi, size_t first)
 {
-	size_t end = (first / RUN_PAGES + 1) * RUN_PAGES;
-	size_t n = 0;
+	struct kv_ram_block *b = &rs->blocks[bi];
+	size_t lo, end, n = 0;
 
-	if (end > b->npages)
-		end = b->npages;
+	run_window(rs, bi, first, &lo, &end);
 	while (first + n < end &&
 	       kv_bitmap_test_and_clear(b->dirty, first + n))
 		n++;
@@ -522,7 +581,7 @@ static bool next_run(struct kv_ram_state *rs, size_t *bi, size_t *first,
 						  rs->src.search_page);
 
 		while (page < b->npages) {
-			size_t got = claim_run(b, page);
+			size_t got = claim_run(rs, rs->src.search_block, page);
 
 			if (got) {
 				*bi = rs->src.search_block;
