@@ -9,17 +9,20 @@
  * then runs on. Every page is saved exactly once, with the content it had
  * at that moment:
  *
- *  - the migration thread walks the blocks in order, claims a run of up
- *    to RUN_PAGES consecutive pages from the "to save" bitmap (atomic
- *    test-and-clear, as precopy's page search), copies the non-zero ones
- *    into a bounce buffer while they are still protected, un-protects the
- *    run with one ioctl, then writes the records from the bounce buffer
- *    (the stream may block on the channel: nobody waits for that);
+ *  - the migration thread walks the blocks in order, claims a run of
+ *    consecutive pages within one aligned 2 MiB window from the "to save"
+ *    bitmap (atomic test-and-clear, as precopy's page search), copies the
+ *    non-zero ones into a bounce buffer while they are still protected,
+ *    un-protects the run with one ioctl, then writes the records from the
+ *    bounce buffer (the stream may block on the channel: nobody waits for
+ *    that);
  *  - a write to a page not saved yet blocks its writer (a vCPU inside
  *    KVM_RUN, or any thread of the process) and the fault thread claims
- *    the page, copies it into a slot of the copy pool and un-protects it
- *    at once: the writer waits for one 4 KiB copy and one ioctl, never for
- *    the stream. The migration thread writes pooled copies first.
+ *    the page's whole 2 MiB window when nothing of it was saved and the
+ *    copy pool has room, else the page alone, copies it into the pool and
+ *    un-protects it at once: the writer waits for at most 2 MiB of copies
+ *    and one ioctl, never for the stream. The migration thread writes
+ *    pooled copies first.
  *
  * A page claimed by one of the two is un-protected by that one only after
  * its copy exists; a fault on a page the migration thread claimed is left
