@@ -490,9 +490,14 @@ static void drain_pool(struct kv_stream *s, struct kv_ram_bg *bg)
 		const uint8_t *copy =
 		    bg->pool + (bg->tail % POOL_PAGES) * KV_PAGE_SIZE;
 
-		/* The slot stays ours until tail moves: write unlocked. */
+		/* The slot stays ours until tail moves: write unlocked. A
+		 * window's page never populated at the stop was not protected
+		 * and may hold a later write: it was zero then. */
 		pthread_mutex_unlock(&bg->lock);
-		send_copy(s, bg->rs, sl.bi, sl.page, copy);
+		if (was_unpopulated(bg, sl.bi, sl.page))
+			send_zero_page(s, bg->rs, sl.bi, sl.page);
+		else
+			send_copy(s, bg->rs, sl.bi, sl.page, copy);
 		page_done(bg->rs);
 		pthread_mutex_lock(&bg->lock);
 		bg->tail++;
