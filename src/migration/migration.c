@@ -944,9 +944,8 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 {
 	int ret;
 
-	if (m->rs)
-		kv_ram_set_background(m->rs, m->params.background_snapshot);
 	if (m->rs) {
+		kv_ram_set_background(m->rs, m->params.background_snapshot);
 		ret = kv_ram_set_xbzrle(m->rs, m->params.xbzrle_cache_size,
 					err);
 		if (ret < 0)
