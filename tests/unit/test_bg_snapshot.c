@@ -42,7 +42,7 @@
 
 /* 25 MiB: more than the fault thread's copy pool (16 MiB), so that both
  * of its ways are taken (whole 2 MiB windows while there is room, single
- * pages after) and writers wait for room. */
+ * pages after). */
 static const size_t block_pages[NBLOCKS] = {6144, 300};
 
 struct dev {
