@@ -40,9 +40,8 @@
 #define PG	KV_PAGE_SIZE
 #define NBLOCKS 2
 
-/* 25 MiB: more than the fault thread's copy pool (16 MiB), so that both
- * of its ways are taken (whole 2 MiB windows while there is room, single
- * pages after). */
+/* 25 MiB in two blocks, the second one smaller than a 2 MiB window (the
+ * fault thread's windows are clipped to it). */
 static const size_t block_pages[NBLOCKS] = {6144, 300};
 
 struct dev {

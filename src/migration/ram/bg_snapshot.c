@@ -53,14 +53,10 @@
  * transparent huge page whole. A writer waiting on a page of a run waits
  * for 2 MiB of copies at most. */
 #define RUN_PAGES 512U
-/* The fault thread's copies waiting for the stream: 16 MiB. A writer
- * whose page finds the pool full waits for the migration thread. */
-#define POOL_PAGES 4096U
-/* A fault takes a whole 2 MiB window only while this much of the pool
- * stays free besides: windows are a bonus while the migration thread
- * keeps up (a fast disk, no cap); when it does not, the pool serves the
- * single pages writers are actually waiting for. */
-#define WINDOW_RESERVE (POOL_PAGES / 2)
+/* The fault thread's copies waiting for the stream: 64 MiB at most (the
+ * memory is touched only as slots are used). A writer whose page finds
+ * the pool full waits for the migration thread. */
+#define POOL_PAGES 16384U
 
 struct bg_slot {
 	size_t bi, page;
@@ -229,9 +225,9 @@ static size_t save_from(struct kv_ram_bg *bg, size_t bi, size_t lo,
 
 /* A write to a protected page: save it first if nobody claimed it yet.
  * When its whole 2 MiB window is still unsaved and the pool has room for
- * it and WINDOW_RESERVE besides, the window goes at once (one copy of
- * 2 MiB, one un-protect, no huge page split, and the writer's next
- * writes there do not fault); else the page alone (4 KiB). */
+ * it, the window goes at once (one copy of 2 MiB, one un-protect, no huge
+ * page split, and the writer's next writes there do not fault); else the
+ * page alone (4 KiB). */
 static int serve_fault(struct kv_ram_bg *bg, uint64_t addr,
 		       struct kv_error *err)
 {
@@ -247,7 +243,7 @@ static int serve_fault(struct kv_ram_bg *bg, uint64_t addr,
 					     KV_PAGE_SIZE, false, err);
 	run_window(rs, bi, page, &lo, &hi);
 	__atomic_add_fetch(&bg->inflight, 1, __ATOMIC_SEQ_CST);
-	if (pool_free(bg) >= hi - lo + WINDOW_RESERVE &&
+	if (pool_free(bg) >= hi - lo &&
 	    all_unsaved(rs->blocks[bi].dirty, lo, hi))
 		n = save_from(bg, bi, lo, hi, err, &ret);
 	/* A race with the migration thread may have left the page out. */
