@@ -126,6 +126,69 @@ static int parse_path(const char *text, const char *path, size_t max,
 	return 0;
 }
 
+/* A size as QEMU's offset= takes it: digits, then an optional K, M, G
+ * or T (binary multiples). */
+static bool parse_size(const char *s, uint64_t *out)
+{
+	uint64_t v = 0, mult = 1;
+
+	if (*s < '0' || *s > '9')
+		return false;
+	for (; *s >= '0' && *s <= '9'; s++) {
+		if (v > (UINT64_MAX - 9) / 10)
+			return false;
+		v = v * 10 + (uint64_t)(*s - '0');
+	}
+	switch (*s) {
+	case '\0':
+		break;
+	case 'k': case 'K':
+		mult = KV_KiB;
+		break;
+	case 'm': case 'M':
+		mult = KV_MiB;
+		break;
+	case 'g': case 'G':
+		mult = KV_GiB;
+		break;
+	case 't': case 'T':
+		mult = KV_GiB * 1024;
+		break;
+	default:
+		return false;
+	}
+	if (*s && s[1])
+		return false;
+	if (v > UINT64_MAX / mult)
+		return false;
+	*out = v * mult;
+	return true;
+}
+
+/* file:PATH[,offset=N]: the stream starts N bytes into the file (QEMU's
+ * option, for a file that holds something else before it). */
+static int parse_file(const char *text, const char *rest, struct kv_uri *uri,
+		      struct kv_error *err)
+{
+	const char *opt = strstr(rest, ",offset=");
+	char path[sizeof(uri->path)];
+	size_t len;
+
+	uri->kind = KV_URI_FILE;
+	if (!opt)
+		return parse_path(text, rest, sizeof(uri->path) - 1, uri, err);
+	if (!parse_size(opt + 8, &uri->offset) || uri->offset > INT64_MAX)
+		return kv_error_set(err, -EINVAL, "'%s': bad offset '%s' (expected offset=BYTES, e.g. 4096 or 1M)", text, opt + 8);
+	len = (size_t)(opt - rest);
+	if (len >= sizeof(path))
+		return kv_error_set(err, -ENAMETOOLONG,
+				    "'%s': path too long (%zu bytes, at most %zu)",
+				    text, len, sizeof(path) - 1);
+	memcpy(path, rest, len);
+	path[len] = '\0';
+	return parse_path(text, path, sizeof(uri->path) - 1, uri, err);
+}
+
 static int parse_fd(const char *text, const char *num, struct kv_uri *uri,
 		    struct kv_error *err)
 {
@@ -156,11 +219,8 @@ int kv_uri_parse(const char *text, struct kv_uri *uri, struct kv_error *err)
 		return parse_path(text, text + 5, sizeof(sun.sun_path) - 1, uri,
 				  err);
 	}
-	if (has_prefix(text, "file:")) {
-		uri->kind = KV_URI_FILE;
-		return parse_path(text, text + 5, sizeof(uri->path) - 1, uri,
-				  err);
-	}
+	if (has_prefix(text, "file:"))
+		return parse_file(text, text + 5, uri, err);
 	if (has_prefix(text, "fd:"))
 		return parse_fd(text, text + 3, uri, err);
 	return kv_error_set(err, -EINVAL,

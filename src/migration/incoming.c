@@ -54,6 +54,7 @@
 #include "base/log.h"
 #include "io/channel.h"
 #include "migration/multifd/multifd.h"
+#include "migration/ram/mapped_ram.h"
 #include "migration/return_path.h"
 #include "migration/switchover.h"
 #include "migration/tls_hook.h"
@@ -320,12 +321,34 @@ static struct kv_mfd_config mfd_config(const struct kv_mig_params *p)
 	};
 }
 
+/* mapped-ram: the RAM handler reads the file with its own threads
+ * (migration/ram/mapped_ram.h) and the configuration must name it; set
+ * when the source connects, as every setting. A file: destination reads
+ * a mapped-ram file whatever its own setting: the file says how it is
+ * laid out. True when it is on (or may be: a file, multifd's sockets
+ * have no part in it). */
+static bool in_mapped_ram(struct kv_incoming *in, const struct kv_chan *c)
+{
+	struct kv_mapped_ram_cfg cfg;
+
+	pthread_mutex_lock(&in->lock);
+	cfg = kv_mapped_ram_cfg_of(&in->params);
+	pthread_mutex_unlock(&in->lock);
+	if (!in->rs)
+		return false;
+	kv_ram_set_mapped_ram(in->rs, &cfg);
+	kv_savevm_set_mapped_ram(in->sv, kv_ram_mapped_ram_on(in->rs),
+				 c->is_file);
+	return cfg.on || c->is_file;
+}
+
 /* With multifd, a receiver that accepts the channels from l (which stays
  * open for them) and writes pages into the RAM; without, l closes at
  * once: a source that tries to open channels is refused. */
 static int multifd_start(struct kv_incoming *in, struct kv_listener *l,
 			 struct kv_chan *main, struct kv_error *err)
 {
+	bool mapped = in_mapped_ram(in, main);
 	struct kv_mfd_config cfg;
 	struct kv_mfd_target target;
 	struct kv_mfd_recv *r;
@@ -334,7 +357,7 @@ static int multifd_start(struct kv_incoming *in, struct kv_listener *l,
 	cfg = mfd_config(&in->params);
 	pthread_mutex_unlock(&in->lock);
 	cfg.activity = &in->life;
-	if (!cfg.channels || !in->rs || !l)
+	if (mapped || !cfg.channels || !in->rs || !l)
 		return 0;
 	target = kv_ram_multifd_target(in->rs);
 	r = kv_mfd_recv_new(&cfg, &target, main, err);

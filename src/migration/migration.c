@@ -42,6 +42,7 @@
 #include "base/log.h"
 #include "base/rate_limit.h"
 #include "migration/options.h"
+#include "migration/ram/mapped_ram.h"
 #include "migration/tls_hook.h"
 #include "migration/return_path.h"
 #include "migration/savevm/savevm.h"
@@ -897,6 +898,16 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 	return 0;
 }
 
+/* mapped-ram: the RAM handler's layout and writers, and the
+ * configuration section that names it (migration/ram/mapped_ram.h). */
+static void set_mapped_ram(struct kv_migration *m)
+{
+	struct kv_mapped_ram_cfg cfg = kv_mapped_ram_cfg_of(&m->params);
+
+	kv_ram_set_mapped_ram(m->rs, &cfg);
+	kv_savevm_set_mapped_ram(m->sv, kv_ram_mapped_ram_on(m->rs), false);
+}
+
 static int run_phases(struct kv_migration *m, struct kv_stream *s,
 		      bool return_path, bool *stopped, struct kv_error *err)
 {
@@ -908,6 +919,7 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 		if (ret < 0)
 			return ret;
 		kv_ram_set_compress(m->rs, m->params.compress);
+		set_mapped_ram(m);
 	}
 	ret = kv_savevm_save_header(m->sv, s, return_path, err);
 	if (ret < 0)
@@ -956,7 +968,8 @@ static int multifd_connect(struct kv_migration *m, const char *uri,
 	cfg.connect_timeout_ms = m->params.connect_timeout_ms;
 	cfg.silence_ms = m->params.link_timeout_ms;
 	cfg.activity = &m->life;
-	if (!cfg.channels || !m->rs)
+	/* mapped-ram's channels are the RAM handler's file writers. */
+	if (!cfg.channels || !m->rs || m->params.mapped_ram)
 		return 0;
 	mfd = kv_mfd_send_start(uri, &cfg, err);
 	if (!mfd)
@@ -1332,7 +1345,7 @@ static int refuse_conflicting_params(const struct kv_migration *m,
 {
 	if (m->rs && m->params.multifd_channels && m->params.xbzrle_cache_size)
 		return kv_error_set(err, -EINVAL, "the xbzrle and multifd capabilities cannot be used together (as in QEMU): turn one of them off");
-	return 0;
+	return kv_mapped_ram_check_params(&m->params, m->uri, err);
 }
 
 /* The main channel, abandoned at once by kv_mig_cancel and after

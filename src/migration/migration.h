@@ -88,6 +88,11 @@ struct kv_mig_params {
 	 * while the link is the bottleneck and it pays) or always (ram.h,
 	 * x-compress). */
 	enum kv_ram_compress compress;
+	/* mapped-ram: a file: migration gives every page its place in the
+	 * file (migration/ram/mapped_ram.h); direct-io: its pages with
+	 * O_DIRECT. */
+	bool mapped_ram;
+	bool direct_io;
 	/* TLS on every channel (QEMU's tls-creds, tls-hostname, tls-authz;
 	 * migration/tls_hook.h): ids of --object's, "" for none, and the
 	 * table they are looked up in (the VM's; not a client's setting). */

@@ -132,6 +132,15 @@ struct kv_mfd_send;
 struct kv_mfd_recv;
 enum kv_mfd_zero;
 
+/* mapped-ram (mapped_ram.h), both sides: set before the migration (the
+ * source's save setup and the destination's MEM_SIZE read it). */
+struct kv_mapped_ram_cfg;
+void kv_ram_set_mapped_ram(struct kv_ram_state *rs,
+			   const struct kv_mapped_ram_cfg *cfg);
+/* Whether mapped-ram is on, for savevm's configuration section, which
+ * may turn it on for a file: destination (kv_savevm_set_mapped_ram). */
+bool *kv_ram_mapped_ram_on(struct kv_ram_state *rs);
+
 /*
  * multifd (multifd.h). Source: PAGE data goes over m's channels, zero
  * pages as zero-page-detection says (legacy: ZERO records on the main

@@ -23,6 +23,7 @@
 
 #include "io/channel.h"
 #include "migration/multifd/multifd.h"
+#include "migration/ram/mapped_ram.h"
 #include "migration/ram/page_cache.h"
 #include "migration/ram/pagemap.h"
 #include "migration/ram/ram.h"
@@ -175,6 +176,12 @@ struct kv_ram_state {
 		uint64_t zero_hash; /* of a page of zeros */
 	} verify;
 
+	/* mapped-ram (mapped_ram.h): the next migration's configuration,
+	 * and the file's layout and I/O threads while one runs. */
+	struct kv_mapped_ram_cfg mapped_cfg;
+	struct kv_mapped_ram *mapped;
+	uint64_t mapped_bytes; /* page bytes its I/O moved (atomic) */
+
 	/* Pages sent (source) or loaded (destination); see kv_ram_stats. */
 	uint64_t zero_pages;
 	uint64_t normal_pages;
@@ -286,6 +293,35 @@ void kv_ram_verify_page(struct kv_ram_state *rs, size_t bi, size_t page);
 /* The page is zero, known without reading it. */
 void kv_ram_verify_zero(struct kv_ram_state *rs, size_t bi, size_t page);
 void kv_ram_verify_free(struct kv_ram_block_priv *p);
+
+/* mapped_ram.c (the file's layout: mapped_ram.h) */
+/* Source, save setup: the I/O threads (or the direct-io descriptor) and
+ * the bitmaps of pages in the file. */
+int kv_mapped_ram_save_setup(struct kv_stream *s, struct kv_ram_state *rs,
+			     struct kv_error *err);
+/* In MEM_SIZE after block bi's length: its header, and the stream jumps
+ * past its pages. Failures are the stream's sticky error. */
+void kv_mapped_ram_put_block(struct kv_stream *s, struct kv_ram_state *rs,
+			     size_t bi);
+/* A claimed page: to its place in the file, or out of it when zero. */
+int kv_mapped_ram_send_page(struct kv_ram_state *rs, size_t bi, size_t page,
+			    struct kv_error *err);
+/* Hand over the run being gathered; pass_end: and wait until every
+ * write so far is on the file. */
+int kv_mapped_ram_flush(struct kv_ram_state *rs, bool pass_end,
+			struct kv_error *err);
+/* The last writes, then every block's bitmap. */
+int kv_mapped_ram_save_complete(struct kv_ram_state *rs, struct kv_error *err);
+/* Destination, in MEM_SIZE after block bi's length: its header, checked
+ * against the block and the file; the stream jumps past its pages. */
+int kv_mapped_ram_load_header(struct kv_stream *s, struct kv_ram_state *rs,
+			      size_t bi, struct kv_error *err);
+/* Once every block is known: the bitmaps and the pages they mark. */
+int kv_mapped_ram_load_pages(struct kv_ram_state *rs, struct kv_error *err);
+/* Page bytes written or read so far (any thread). */
+uint64_t kv_mapped_ram_bytes(const struct kv_ram_state *rs);
+/* Threads stopped, descriptors closed, layout dropped. */
+void kv_mapped_ram_cleanup(struct kv_ram_state *rs);
 
 /* ram_load.c */
 int kv_ram_load_setup(void *opaque, struct kv_error *err);

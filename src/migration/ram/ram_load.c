@@ -237,6 +237,28 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 	return 0;
 }
 
+/* mapped-ram: the block's header follows its length (mapped_ram.h). */
+static int load_mapped_header(struct kv_stream *s, struct kv_ram_state *rs,
+			      const struct ram_rec *r, const char *idstr,
+			      struct kv_error *err)
+{
+	struct kv_error merr = {0};
+	int ret = kv_mapped_ram_load_header(s, rs, kv_ram_find_block(rs, idstr),
+					    &merr);
+
+	return ret < 0 ? rec_error(err, r, ret, "%s", merr.msg) : 0;
+}
+
+/* mapped-ram: every block's pages, once the block list is complete. */
+static int load_mapped_pages(struct kv_ram_state *rs, const struct ram_rec *r,
+			     struct kv_error *err)
+{
+	struct kv_error merr = {0};
+	int ret = kv_mapped_ram_load_pages(rs, &merr);
+
+	return ret < 0 ? rec_error(err, r, ret, "%s", merr.msg) : 0;
+}
+
 /* The block list: entries until their lengths add up to the total. */
 static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 			 const struct ram_rec *r, struct kv_error *err)
@@ -267,6 +289,8 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 					 idstr, (unsigned long long)length,
 					 (unsigned long long)left);
 		ret = announce_block(rs, r, idstr, length, err);
+		if (ret == 0 && rs->mapped_cfg.on)
+			ret = load_mapped_header(s, rs, r, idstr, err);
 		if (ret < 0)
 			return ret;
 		left -= length;
@@ -288,13 +312,18 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 					 rs->blocks[i].idstr);
 	}
 	ret = kv_ram_verify_prepare(rs, err);
+	if (ret == 0 && rs->mapped_cfg.on)
+		ret = load_mapped_pages(rs, r, err);
 	if (ret < 0)
 		return ret;
 	rs->dst.mem_size_seen = true;
 	kv_ram_pagemap_open(rs);
 	kv_ram_prefault_stop(rs->dst.prefault); /* a previous load's */
-	/* With multifd the channel threads write the pages, in parallel. */
-	rs->dst.prefault = rs->dst.mfd_recv ? NULL : kv_ram_prefault_start();
+	/* With multifd the channel threads write the pages, in parallel;
+	 * with mapped-ram they are all in memory already. */
+	rs->dst.prefault = rs->dst.mfd_recv || rs->mapped_cfg.on
+			       ? NULL
+			       : kv_ram_prefault_start();
 	if (rs->dst.mfd_recv)
 		kv_mfd_recv_blocks_ready(rs->dst.mfd_recv);
 	return 0;
@@ -750,6 +779,7 @@ void kv_ram_load_cleanup(void *opaque, bool failed)
 		kv_mfd_recv_stop(rs->dst.mfd_recv);
 	}
 	kv_ram_pagemap_close(rs);
+	kv_mapped_ram_cleanup(rs);
 	if (failed) {
 		if (rs->dst.has_allocator)
 			kv_ram_release_allocated(rs);

@@ -89,7 +89,7 @@ static uint64_t count_dirty(const struct kv_ram_state *rs)
 	return n;
 }
 
-static void put_mem_size(struct kv_stream *s, const struct kv_ram_state *rs)
+static void put_mem_size(struct kv_stream *s, struct kv_ram_state *rs)
 {
 	uint64_t total = 0;
 
@@ -99,6 +99,8 @@ static void put_mem_size(struct kv_stream *s, const struct kv_ram_state *rs)
 	for (size_t i = 0; i < rs->nblocks; i++) {
 		kv_stream_put_str8(s, rs->blocks[i].idstr);
 		kv_stream_put_be64(s, rs->blocks[i].length);
+		if (rs->mapped)
+			kv_mapped_ram_put_block(s, rs, i);
 	}
 }
 
@@ -129,6 +131,8 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 		ret = kv_ram_xbzrle_setup(rs, err);
 	if (ret == 0)
 		ret = kv_ram_zc_setup(s, rs, err);
+	if (ret == 0)
+		ret = kv_mapped_ram_save_setup(s, rs, err);
 	if (ret < 0) {
 		free_save_bitmaps(rs);
 		return ret;
@@ -305,7 +309,11 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 		ret = rearm_chunk(rs, bi, page, err);
 		if (ret < 0)
 			return ret;
-		if (rs->src.mfd_send) {
+		if (rs->mapped) {
+			ret = kv_mapped_ram_send_page(rs, bi, page, err);
+			if (ret < 0)
+				return ret;
+		} else if (rs->src.mfd_send) {
 			ret = send_page_multifd(s, rs, bi, page, err);
 			if (ret < 0)
 				return ret;
@@ -334,6 +342,8 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque, struct kv_error *err)
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
 	kv_pagemap_invalidate(&rs->pagemap);
 	ret = send_dirty_pages(s, rs, kv_now_ns() + KV_RAM_ITERATE_NS, err);
+	if (ret >= 0 && rs->mapped && kv_mapped_ram_flush(rs, ret == 1, err) < 0)
+		return err->code;
 	kv_ram_zc_flush(s, rs);
 	kv_ram_xbzrle_publish(rs);
 	if (ret == 1 && multifd_flush(s, rs, err) < 0)
@@ -414,6 +424,8 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	if (ret < 0)
 		return ret;
 	ret = multifd_flush(s, rs, err);
+	if (ret == 0 && rs->mapped)
+		ret = kv_mapped_ram_save_complete(rs, err);
 	if (ret < 0)
 		return ret;
 	kv_switch_log("ram: last pages queued");
@@ -431,6 +443,7 @@ void kv_ram_save_cleanup(void *opaque, bool failed)
 		rs->src.tracker_started = false;
 	}
 	kv_ram_pagemap_close(rs);
+	kv_mapped_ram_cleanup(rs);
 	kv_ram_xbzrle_cleanup(rs);
 	kv_ram_zc_cleanup(rs);
 	free_save_bitmaps(rs);

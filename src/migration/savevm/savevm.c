@@ -4,6 +4,7 @@
  * docs/FORMAT.md for every byte).
  */
 #include "migration/savevm/savevm.h"
+#include "migration/savevm/config_caps.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -74,7 +75,17 @@ struct kv_savevm {
 	size_t cap;
 	uint32_t next_section_id;
 	struct sv_verify *verify; /* kv_savevm_enable_verify; NULL: off */
+	/* kv_savevm_set_mapped_ram: what the configuration says (NULL:
+	 * off), and whether a stream that says it turns it on. */
+	bool *mapped_ram;
+	bool mapped_ram_follow;
 };
+
+void kv_savevm_set_mapped_ram(struct kv_savevm *sv, bool *on, bool follow)
+{
+	sv->mapped_ram = on;
+	sv->mapped_ram_follow = follow;
+}
 
 struct kv_savevm *kv_savevm_new(const char *machine)
 {
@@ -532,6 +543,7 @@ int kv_savevm_save_header(struct kv_savevm *sv, struct kv_stream *s,
 	kv_stream_put_u8(s, KV_SEC_CONFIGURATION);
 	kv_stream_put_be32(s, (uint32_t)len);
 	kv_stream_put_buffer(s, sv->machine, len);
+	kv_config_caps_put(s, sv->mapped_ram && *sv->mapped_ram);
 	if (return_path) {
 		kv_stream_put_u8(s, KV_SEC_COMMAND);
 		kv_stream_put_be16(s, KV_MIG_CMD_OPEN_RETURN_PATH);
@@ -922,6 +934,21 @@ static int load_header(struct load_ctx *c)
 	return 0;
 }
 
+/* The configuration's capabilities subsection (config_caps.h). */
+static int load_caps(struct load_ctx *c)
+{
+	struct kv_error cerr = {0};
+	struct kv_savevm *sv = c->sv;
+	bool none = false;
+	int ret = kv_config_caps_load(c->s, sv->mapped_ram ? sv->mapped_ram : &none,
+				      sv->mapped_ram && sv->mapped_ram_follow,
+				      &cerr);
+
+	if (load_check_stream(c))
+		return c->err->code;
+	return ret < 0 ? load_fail(c, ret, "%s", cerr.msg) : 0;
+}
+
 static int load_configuration(struct load_ctx *c)
 {
 	char name[SV_MACHINE_MAX + 1];
@@ -954,7 +981,7 @@ static int load_configuration(struct load_ctx *c)
 		return load_fail(c, -EINVAL,
 				 "stream is for machine '%s', this destination is '%s'",
 				 name, c->sv->machine);
-	return 0;
+	return load_caps(c);
 }
 
 /* PONG through the return path: the source waits for it to know that

@@ -123,6 +123,14 @@ int kv_savevm_set_count_option(struct kv_savevm *sv, const char *idstr,
 			       const char *noun, const char *option,
 			       struct kv_error *err);
 
+/* mapped-ram (both sides, before the migration): while *on, the
+ * configuration section carries QEMU's capabilities subsection naming
+ * it; the loader refuses a stream whose subsection disagrees with *on,
+ * except that with follow (a file: destination: the file can only be
+ * read as it was written) a stream that names it sets *on. on (the RAM
+ * handler's, kv_ram_mapped_ram_on) outlives the migration; NULL: off. */
+void kv_savevm_set_mapped_ram(struct kv_savevm *sv, bool *on, bool follow);
+
 /*
  * --verify-ram's section digests: every START and FULL section's payload
  * is hashed (XXH3-128) as it is written and as it is read, and the
