@@ -111,19 +111,25 @@ static int parse_tcp(const char *text, const char *rest, struct kv_uri *uri,
 	return parse_port(text, port, uri, err);
 }
 
-static int parse_path(const char *text, const char *path, size_t max,
-		      struct kv_uri *uri, struct kv_error *err)
+/* The first len bytes of path. */
+static int parse_path_n(const char *text, const char *path, size_t len,
+			size_t max, struct kv_uri *uri, struct kv_error *err)
 {
-	size_t len = strlen(path);
-
 	if (len == 0)
 		return kv_error_set(err, -EINVAL, "'%s': empty path", text);
 	if (len > max)
 		return kv_error_set(err, -ENAMETOOLONG,
 				    "'%s': path too long (%zu bytes, at most %zu)",
 				    text, len, max);
-	memcpy(uri->path, path, len + 1);
+	memcpy(uri->path, path, len);
+	uri->path[len] = '\0';
 	return 0;
+}
+
+static int parse_path(const char *text, const char *path, size_t max,
+		      struct kv_uri *uri, struct kv_error *err)
+{
+	return parse_path_n(text, path, strlen(path), max, uri, err);
 }
 
 /* A size as QEMU's offset= takes it: digits, then an optional K, M, G
@@ -171,22 +177,14 @@ static int parse_file(const char *text, const char *rest, struct kv_uri *uri,
 		      struct kv_error *err)
 {
 	const char *opt = strstr(rest, ",offset=");
-	char path[sizeof(uri->path)];
-	size_t len;
 
 	uri->kind = KV_URI_FILE;
 	if (!opt)
 		return parse_path(text, rest, sizeof(uri->path) - 1, uri, err);
 	if (!parse_size(opt + 8, &uri->offset) || uri->offset > INT64_MAX)
 		return kv_error_set(err, -EINVAL, "'%s': bad offset '%s' (expected offset=BYTES, e.g. 4096 or 1M)", text, opt + 8);
-	len = (size_t)(opt - rest);
-	if (len >= sizeof(path))
-		return kv_error_set(err, -ENAMETOOLONG,
-				    "'%s': path too long (%zu bytes, at most %zu)",
-				    text, len, sizeof(path) - 1);
-	memcpy(path, rest, len);
-	path[len] = '\0';
-	return parse_path(text, path, sizeof(uri->path) - 1, uri, err);
+	return parse_path_n(text, rest, (size_t)(opt - rest),
+			    sizeof(uri->path) - 1, uri, err);
 }
 
 static int parse_fd(const char *text, const char *num, struct kv_uri *uri,

@@ -134,6 +134,33 @@ static void test_header_check(void **state)
 	check_refused(&good, KV_MiB, "truncated", "1310720", "1048576");
 }
 
+/* ---- file:PATH,offset=N ---- */
+
+static void test_uri_offset(void **state)
+{
+	struct kv_error e = {0};
+	struct kv_uri u;
+
+	(void)state;
+	assert_int_equal(kv_uri_parse("file:/a/b", &u, &e), 0);
+	assert_string_equal(u.path, "/a/b");
+	assert_int_equal(u.offset, 0);
+	assert_int_equal(kv_uri_parse("file:/a/b,offset=4096", &u, &e), 0);
+	assert_string_equal(u.path, "/a/b");
+	assert_int_equal(u.offset, 4096);
+	assert_int_equal(kv_uri_parse("file:/a/b,offset=1M", &u, &e), 0);
+	assert_int_equal(u.offset, KV_MiB);
+	assert_int_equal(kv_uri_parse("file:/a/b,offset=2g", &u, &e), 0);
+	assert_int_equal(u.offset, 2 * KV_GiB);
+	assert_int_equal(kv_uri_parse("file:/a/b,offset=1X", &u, &e), -EINVAL);
+	assert_msg_has(&e, "bad offset '1X'");
+	kv_error_clear(&e);
+	assert_int_equal(kv_uri_parse("file:/a/b,offset=", &u, &e), -EINVAL);
+	kv_error_clear(&e);
+	assert_int_equal(kv_uri_parse("file:,offset=1", &u, &e), -EINVAL);
+	assert_msg_has(&e, "empty path");
+}
+
 /* ---- the configuration's capabilities subsection ---- */
 
 static void test_config_caps(void **state)
@@ -188,7 +215,7 @@ static void test_config_caps(void **state)
 	kv_error_clear(&e);
 	s = open_read_bytes(b, n);
 	assert_int_equal(kv_config_caps_load(s, &on, false, &e), -EINVAL);
-	assert_msg_has(&e, "subsection 'Configuration/capabilities'");
+	assert_msg_has(&e, "subsection 'Configuration/capabilities' (section type 0x05");
 	kv_stream_close(s);
 	b[2] = 'c';
 	b[31] = 2;
@@ -598,6 +625,7 @@ int main(void)
 	    cmocka_unit_test(test_header_bytes),
 	    cmocka_unit_test(test_layout),
 	    cmocka_unit_test(test_header_check),
+	    cmocka_unit_test(test_uri_offset),
 	    cmocka_unit_test(test_config_caps),
 	    cmocka_unit_test(test_roundtrip_inline),
 	    cmocka_unit_test(test_roundtrip_threads),

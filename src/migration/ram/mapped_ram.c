@@ -417,6 +417,11 @@ uint64_t kv_mapped_ram_bytes(const struct kv_ram_state *rs)
 	return __atomic_load_n(&rs->mapped_bytes, __ATOMIC_RELAXED);
 }
 
+static int bitmap_oom(const char *block, struct kv_error *err)
+{
+	return kv_error_set(err, -ENOMEM, "mapped-ram: out of memory for the bitmap of block '%s'", block);
+}
+
 /* ---- source ---- */
 
 int kv_mapped_ram_save_setup(struct kv_stream *s, struct kv_ram_state *rs,
@@ -435,7 +440,7 @@ int kv_mapped_ram_save_setup(struct kv_stream *s, struct kv_ram_state *rs,
 		if (!mr->blocks[i].file_bmap) {
 			rs->mapped = mr;
 			kv_mapped_ram_cleanup(rs);
-			return kv_error_set(err, -ENOMEM, "mapped-ram: out of memory for the bitmap of block '%s'", rs->blocks[i].idstr);
+			return bitmap_oom(rs->blocks[i].idstr, err);
 		}
 	}
 	mr->run.npages = 0;
@@ -633,7 +638,7 @@ static int read_bitmap(struct kv_mapped_ram *mr, size_t bi,
 
 	mb->file_bmap = kv_bitmap_new(b->npages);
 	if (!mb->file_bmap)
-		return kv_error_set(err, -ENOMEM, "mapped-ram: out of memory for the bitmap of block '%s'", b->idstr);
+		return bitmap_oom(b->idstr, err);
 	iov.iov_base = mb->file_bmap;
 	iov.iov_len = size;
 	ret = kv_chan_file_preadv(mr->main, &iov, 1, mb->bitmap_offset, err);

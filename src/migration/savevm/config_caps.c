@@ -64,7 +64,7 @@ int kv_config_caps_load(struct kv_stream *s, bool *mapped_ram, bool follow,
 		if (kv_stream_error(s))
 			return stream_err(s, err);
 		if (strcmp(name, KV_CONFIG_CAPS_NAME) != 0)
-			return kv_error_set(err, -EINVAL, "configuration: subsection '%s' is not supported (only '%s')", name, KV_CONFIG_CAPS_NAME);
+			return kv_error_set(err, -EINVAL, "configuration: subsection '%s' (section type 0x05 after the configuration) is not supported (only '%s')", name, KV_CONFIG_CAPS_NAME);
 		if (version != KV_CONFIG_CAPS_VERSION)
 			return kv_error_set(err, -EINVAL, "configuration: '%s' version %u (only %u)", name, version, KV_CONFIG_CAPS_VERSION);
 		ret = load_caps(s, &in_stream, err);
