@@ -231,19 +231,19 @@ def report(a, rows, loads, qemu_version):
         f"| kvmig / QEMU | {ks / qs:.2f} | {kr / qr:.2f} | "
         f"{ksz / qsz:.2f} | {kd / qd:.2f} |",
         "",
-        "Every run:",
+        "Every round (x disk: against that round's own disk speeds):",
         "",
-        "| round | vmm | save s | restore s | size | on disk |",
+        "| round | disk write / read GB/s | kvmig save s (x disk) | "
+        "kvmig restore s (x disk) | QEMU save s | QEMU restore s |",
         "|---|---|---|---|---|---|",
     ]
-    for name in ("kvmig", "qemu"):
-        for i, x in enumerate(rows[name]):
-            lines.append(f"| {i + 1} | {name} | {x['save_s']:.2f} | "
-                         f"{x['restore_s']:.2f} | {x['size']} | "
-                         f"{x['on_disk']} |")
     for i, (w, r) in enumerate(rows["disk"]):
-        lines.append(f"| {i + 1} | disk | {w / 1e9:.2f} GB/s | "
-                     f"{r / 1e9:.2f} GB/s | | |")
+        x, y = k[i], q[i]
+        lines.append(
+            f"| {i + 1} | {w / 1e9:.2f} / {r / 1e9:.2f} | "
+            f"{x['save_s']:.2f} ({fill / x['save_s'] / w:.2f}) | "
+            f"{x['restore_s']:.2f} ({fill / x['restore_s'] / r:.2f}) | "
+            f"{y['save_s']:.2f} | {y['restore_s']:.2f} |")
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
