@@ -259,10 +259,10 @@ static uint8_t *map_pages(size_t n)
 	return p;
 }
 
-static void side_init(struct side *sd, bool on, unsigned threads,
-		      bool direct)
+static void side_init_instant(struct side *sd, bool on, unsigned threads,
+			      bool direct, bool instant)
 {
-	struct kv_mapped_ram_cfg cfg = {on, threads, direct};
+	struct kv_mapped_ram_cfg cfg = {on, threads, direct, instant};
 	struct kv_error err = {0};
 
 	sd->rs = kv_ram_new();
@@ -277,6 +277,12 @@ static void side_init(struct side *sd, bool on, unsigned threads,
 				 0);
 	}
 	kv_ram_set_mapped_ram(sd->rs, &cfg);
+}
+
+static void side_init(struct side *sd, bool on, unsigned threads,
+		      bool direct)
+{
+	side_init_instant(sd, on, threads, direct, false);
 }
 
 static void side_free(struct side *sd)
@@ -504,6 +510,44 @@ static void test_roundtrip_direct_io(void **state)
 	roundtrip(2, true);
 }
 
+/* Instant resume: the load reads no page; every page the destination
+ * touches afterwards comes from the file through userfaultfd, the rest
+ * from the filler thread, and the memory ends equal. */
+static void test_instant(void **state)
+{
+	struct side src, dst;
+	struct kv_error err = {0};
+	struct kv_soft_tracker *tr;
+	char path[64];
+	int fd = file_fd(false, path, sizeof(path));
+	int sections;
+
+	(void)state;
+	side_init(&src, true, 0, false);
+	fill(&src);
+	tr = tracker(&src);
+	sections = save(&src, fd, tr, dirty);
+	side_init_instant(&dst, true, 0, false, true);
+	if (load(&dst, fd, sections, &err) < 0)
+		fail_msg("%s", err.msg);
+	/* Touch the last pages first (the filler goes in file order). */
+	for (int i = 1; i >= 0; i--)
+		for (size_t pg = NPAGES; pg-- > 0;)
+			if (memcmp(src.mem[i] + pg * PG, dst.mem[i] + pg * PG, PG))
+				fail_msg("block %d page %zu differs", i, pg);
+	side_free(&dst);
+	/* With --verify-ram it is refused: nothing could be checked first. */
+	side_init_instant(&dst, true, 0, false, true);
+	kv_ram_set_verify(dst.rs, true);
+	assert_true(load(&dst, fd, sections, &err) < 0);
+	assert_msg_has(&err, "--verify-ram");
+	assert_true(all_zero(&dst));
+	side_free(&dst);
+	kv_soft_tracker_free(tr);
+	side_free(&src);
+	close(fd);
+}
+
 /* A file cut anywhere (in the pages, in the stream after them, in the
  * header) is refused, and nothing of it stays in memory. */
 static void test_truncated(void **state)
@@ -630,6 +674,7 @@ int main(void)
 	    cmocka_unit_test(test_roundtrip_inline),
 	    cmocka_unit_test(test_roundtrip_threads),
 	    cmocka_unit_test(test_roundtrip_direct_io),
+	    cmocka_unit_test(test_instant),
 	    cmocka_unit_test(test_truncated),
 	    cmocka_unit_test(test_flipped),
 	};

@@ -13,10 +13,12 @@
 #include <string.h>
 
 #include "base/bitmap.h"
+#include "base/clock.h"
 #include "base/log.h"
 #include "base/zero.h"
 #include "io/stream.h"
 #include "migration/migration.h"
+#include "migration/postcopy/postcopy_dst.h"
 #include "migration/ram/mapped_ram.h"
 #include "migration/ram/ram_internal.h"
 
@@ -140,6 +142,7 @@ struct kv_mapped_ram_cfg kv_mapped_ram_cfg_of(const struct kv_mig_params *p)
 	    .on = p->mapped_ram,
 	    .threads = p->multifd_channels,
 	    .direct_io = p->direct_io,
+	    .instant = p->postcopy_ram,
 	};
 }
 
@@ -583,6 +586,7 @@ int kv_mapped_ram_load_header(struct kv_stream *s, struct kv_ram_state *rs,
 	int ret;
 
 	if (!rs->mapped) {
+		kv_switch_log("mapped-ram: the first block's header");
 		rs->mapped = mr_new(rs, c, false, err);
 		if (!rs->mapped)
 			return err->code;
@@ -651,6 +655,268 @@ static int read_bitmap(struct kv_mapped_ram *mr, size_t bi,
 	return 0;
 }
 
+/* ---- destination, instant resume (postcopy-ram) ---- */
+
+struct kv_mapped_ram_instant {
+	struct kv_pc_dst *pc;
+	struct kv_chan *fault_chan;  /* pages a vCPU waits for */
+	struct kv_chan *filler_chan; /* the rest, in file order */
+	struct kv_ram_state *rs;
+	struct mr_block *blocks; /* offsets and bitmaps, ours */
+	size_t nblocks;
+	uint8_t *fault_buf;  /* one page, aligned for O_DIRECT */
+	uint8_t *filler_buf; /* IO_MAX, aligned */
+	pthread_t filler;
+	bool filler_running;
+	int stop;	     /* atomic: the filler ends early */
+	int64_t start_ns;
+};
+
+/* A page of block bi from the file, or zeros when the bitmap says so,
+ * placed: the fault thread's callback (no lock held). A read that fails
+ * leaves the page missing, never wrong: the vCPU on it waits. */
+static int instant_request(void *opaque, size_t bi, uint64_t offset,
+			   uint64_t len, struct kv_error *err)
+{
+	struct kv_mapped_ram_instant *in = opaque;
+	const struct mr_block *mb = &in->blocks[bi];
+
+	for (uint64_t off = offset; off < offset + len; off += KV_PAGE_SIZE) {
+		size_t page = off >> KV_PAGE_SHIFT;
+		struct iovec iov = {in->fault_buf, KV_PAGE_SIZE};
+		const void *data = NULL;
+		int ret;
+
+		if (kv_bitmap_test(mb->file_bmap, page)) {
+			ret = kv_chan_file_preadv(in->fault_chan, &iov, 1,
+						  mb->pages_offset + off, err);
+			if (ret < 0) {
+				kv_err("mapped-ram", "instant resume: block '%s' page %zu: %s (the guest waits on it)", in->rs->blocks[bi].idstr, page, err->msg);
+				return ret;
+			}
+			data = in->fault_buf;
+		}
+		ret = kv_pc_dst_place(in->pc, bi, off, data, err);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+/* Every marked page in file order, those not placed yet; then the
+ * memory is plain again. */
+static void *instant_filler(void *opaque)
+{
+	struct kv_mapped_ram_instant *in = opaque;
+	const size_t max = KV_MAPPED_RAM_IO_MAX / KV_PAGE_SIZE;
+	struct kv_error err = {0};
+	int ret = 0;
+
+	for (size_t bi = 0; ret == 0 && bi < in->nblocks; bi++) {
+		const struct mr_block *mb = &in->blocks[bi];
+		size_t npages = in->rs->blocks[bi].npages, page = 0;
+
+		while (ret == 0 && !__atomic_load_n(&in->stop, __ATOMIC_ACQUIRE)) {
+			size_t n = 0;
+			struct iovec iov;
+
+			page = kv_bitmap_find_next(mb->file_bmap, npages, page);
+			if (page >= npages)
+				break;
+			while (page + n < npages && n < max &&
+			       kv_bitmap_test(mb->file_bmap, page + n))
+				n++;
+			iov.iov_base = in->filler_buf;
+			iov.iov_len = n << KV_PAGE_SHIFT;
+			ret = kv_chan_file_preadv(in->filler_chan, &iov, 1,
+						  mb->pages_offset +
+						      ((uint64_t)page << KV_PAGE_SHIFT),
+						  &err);
+			for (size_t i = 0; ret == 0 && i < n; i++)
+				if (!kv_pc_dst_has_page(in->pc, bi,
+						       (uint64_t)(page + i) << KV_PAGE_SHIFT))
+					ret = kv_pc_dst_place(in->pc, bi,
+							      (uint64_t)(page + i) << KV_PAGE_SHIFT,
+							      in->filler_buf + (i << KV_PAGE_SHIFT),
+							      &err) < 0
+						  ? -EIO
+						  : 0;
+			__atomic_add_fetch(&in->rs->mapped_bytes,
+					   (uint64_t)n << KV_PAGE_SHIFT,
+					   __ATOMIC_RELAXED);
+			page += n;
+		}
+	}
+	if (ret == 0 && !__atomic_load_n(&in->stop, __ATOMIC_ACQUIRE))
+		ret = kv_pc_dst_wait_complete(in->pc, -1, &err) == 1
+			  ? kv_pc_dst_finish(in->pc, &err)
+			  : -EIO;
+	if (ret < 0 && !__atomic_load_n(&in->stop, __ATOMIC_ACQUIRE))
+		kv_err("mapped-ram", "instant resume: %s (pages not read yet stay missing: the guest waits on them)", err.msg);
+	else if (ret == 0)
+		kv_info("mapped-ram", "instant resume: every page in memory %.1f ms after the load began", (double)(kv_now_ns() - in->start_ns) / 1e6);
+	return NULL;
+}
+
+static void instant_free(struct kv_mapped_ram_instant *in)
+{
+	if (!in)
+		return;
+	if (in->filler_running) {
+		__atomic_store_n(&in->stop, 1, __ATOMIC_RELEASE);
+		pthread_join(in->filler, NULL);
+	}
+	kv_pc_dst_free(in->pc);
+	kv_chan_close(in->fault_chan);
+	kv_chan_close(in->filler_chan);
+	for (size_t i = 0; i < in->nblocks; i++)
+		kv_bitmap_free(in->blocks[i].file_bmap);
+	free(in->blocks);
+	free(in->fault_buf);
+	free(in->filler_buf);
+	free(in);
+}
+
+void kv_mapped_ram_instant_end(struct kv_ram_state *rs, bool failed)
+{
+	/* A load that succeeded: the guest is about to run on it, the
+	 * filler goes on until every page is in. */
+	if (!failed)
+		return;
+	instant_free(rs->instant);
+	rs->instant = NULL;
+}
+
+/* The first clear bit at or after start (npages: none), a word at a
+ * time over full words. */
+static size_t next_clear(const unsigned long *map, size_t npages,
+			 size_t start)
+{
+	while (start < npages) {
+		unsigned long w = ~map[start / KV_BITS_PER_LONG] >>
+				  (start % KV_BITS_PER_LONG);
+
+		if (w)
+			start += (size_t)__builtin_ctzl(w);
+		else
+			start = (start / KV_BITS_PER_LONG + 1) * KV_BITS_PER_LONG;
+		if (w)
+			return start < npages ? start : npages;
+	}
+	return npages;
+}
+
+/* Pages not in the file (zero) are "received": a touch places zeros. */
+static void mark_zero_pages(struct kv_mapped_ram_instant *in, size_t bi)
+{
+	const struct mr_block *mb = &in->blocks[bi];
+	size_t npages = in->rs->blocks[bi].npages, page = 0;
+
+	while (page < npages) {
+		size_t end;
+
+		page = next_clear(mb->file_bmap, npages, page);
+		end = kv_bitmap_find_next(mb->file_bmap, npages, page);
+		if (end > page)
+			kv_pc_dst_mark_received(in->pc, bi,
+						(uint64_t)page << KV_PAGE_SHIFT,
+						(uint64_t)(end - page) << KV_PAGE_SHIFT);
+		page = end;
+	}
+}
+
+static int instant_prepare(struct kv_mapped_ram_instant *in,
+			   struct kv_mapped_ram *mr, struct kv_error *err)
+{
+	struct kv_ram_state *rs = mr->rs;
+	bool direct = rs->mapped_cfg.direct_io;
+	struct kv_pc_dst_block *pb;
+	struct kv_pc_dst_config cfg = {.request = instant_request, .opaque = in};
+	int ret = 0;
+
+	pb = calloc(mr->nblocks ? mr->nblocks : 1, sizeof(*pb));
+	in->fault_buf = aligned_alloc(KV_PAGE_SIZE, KV_PAGE_SIZE);
+	in->filler_buf = aligned_alloc(KV_PAGE_SIZE, KV_MAPPED_RAM_IO_MAX);
+	if (!pb || !in->fault_buf || !in->filler_buf) {
+		free(pb);
+		return kv_error_set(err, -ENOMEM, "mapped-ram instant resume: out of memory");
+	}
+	for (size_t i = 0; i < mr->nblocks; i++) {
+		pb[i].idstr = rs->blocks[i].idstr;
+		pb[i].host = rs->blocks[i].host;
+		pb[i].length = rs->blocks[i].length;
+	}
+	cfg.blocks = pb;
+	cfg.nblocks = mr->nblocks;
+	in->pc = kv_pc_dst_new(&cfg, err);
+	free(pb);
+	if (!in->pc)
+		return err->code ? err->code : -ENOMEM;
+	in->fault_chan = kv_chan_file_reopen(mr->main, false, direct, err);
+	if (in->fault_chan)
+		in->filler_chan = kv_chan_file_reopen(mr->main, false, direct,
+						      err);
+	if (!in->filler_chan)
+		return err->code;
+	kv_switch_log("mapped-ram instant: userfaultfd state ready");
+	for (size_t i = 0; i < in->nblocks; i++)
+		mark_zero_pages(in, i);
+	kv_switch_log("mapped-ram instant: zero pages marked");
+	ret = kv_pc_dst_listen(in->pc, err);
+	if (ret < 0)
+		return ret;
+	kv_switch_log("mapped-ram instant: listening");
+	ret = pthread_create(&in->filler, NULL, instant_filler, in);
+	if (ret)
+		return kv_error_set(err, -ret, "mapped-ram instant resume: starting the filler thread: %s", strerror(ret));
+	in->filler_running = true;
+	return 0;
+}
+
+/* Instead of reading the pages: the bitmaps, userfaultfd on the blocks,
+ * the filler. The layout moves from mr (freed at load cleanup) to the
+ * instant state, which lives as long as the guest needs it. */
+static int instant_start(struct kv_ram_state *rs, struct kv_error *err)
+{
+	struct kv_mapped_ram *mr = rs->mapped;
+	struct kv_mapped_ram_instant *in;
+	int ret = 0;
+
+	if (rs->verify.on)
+		return kv_error_set(err, -EINVAL, "mapped-ram instant resume (postcopy-ram on this destination) runs the guest before its pages are read, so --verify-ram cannot check them first: turn one of them off");
+	instant_free(rs->instant);
+	rs->instant = NULL;
+	for (size_t i = 0; ret == 0 && i < mr->nblocks; i++)
+		if (mr->blocks[i].have_header)
+			ret = read_bitmap(mr, i, err);
+		else
+			ret = kv_error_set(err, -EINVAL, "mapped-ram: block '%s' has no header in the file", rs->blocks[i].idstr);
+	if (ret < 0)
+		return ret;
+	kv_switch_log("mapped-ram instant: bitmaps read");
+	in = calloc(1, sizeof(*in));
+	if (!in)
+		return kv_error_set(err, -ENOMEM, "mapped-ram instant resume: out of memory");
+	in->rs = rs;
+	in->start_ns = kv_now_ns();
+	in->blocks = mr->blocks;
+	in->nblocks = mr->nblocks;
+	mr->blocks = calloc(mr->nblocks ? mr->nblocks : 1, sizeof(*mr->blocks));
+	if (!mr->blocks) {
+		mr->blocks = in->blocks;
+		free(in);
+		return kv_error_set(err, -ENOMEM, "mapped-ram instant resume: out of memory");
+	}
+	rs->instant = in;
+	ret = instant_prepare(in, mr, err);
+	if (ret < 0) {
+		kv_error_prefix(err, "mapped-ram instant resume");
+		instant_free(in);
+		rs->instant = NULL;
+	}
+	return ret;
+}
+
 /* Queue the block's runs of marked pages, at most IO_MAX each. */
 static int load_block_pages(struct kv_mapped_ram *mr, size_t bi,
 			    struct kv_error *err)
@@ -693,6 +959,8 @@ int kv_mapped_ram_load_pages(struct kv_ram_state *rs, struct kv_error *err)
 
 	if (!mr)
 		return 0;
+	if (rs->mapped_cfg.instant)
+		return instant_start(rs, err);
 	for (size_t i = 0; ret == 0 && i < mr->nblocks; i++) {
 		if (!mr->blocks[i].have_header)
 			continue;

@@ -23,7 +23,10 @@
  * Destination: at each block's header the loader checks every field
  * against the block and the file, reads the bitmap and reads every page
  * it marks straight into guest memory (multifd: in parallel), then goes
- * on reading the stream after the block's pages.
+ * on reading the stream after the block's pages. With postcopy-ram on
+ * (instant resume, beyond QEMU) it reads no page: the pages are placed
+ * through userfaultfd (postcopy/postcopy_dst.h) when the guest touches
+ * them, and by a filler thread in file order, while the guest runs.
  */
 #ifndef KV_MIGRATION_MAPPED_RAM_H
 #define KV_MIGRATION_MAPPED_RAM_H
@@ -76,6 +79,11 @@ struct kv_mapped_ram_cfg {
 	unsigned threads; /* multifd-channels with multifd, else 0: the
 			   * migration or loading thread does the I/O */
 	bool direct_io;
+	/* Destination, postcopy-ram on: instant resume. The guest runs as
+	 * soon as the device state is loaded; a page comes from the file
+	 * when the guest first touches it (userfaultfd), and a thread
+	 * fills in the rest in file order meanwhile. */
+	bool instant;
 };
 
 struct kv_mig_params;

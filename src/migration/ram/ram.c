@@ -31,6 +31,7 @@ void kv_ram_free(struct kv_ram_state *rs)
 		return;
 	kv_ram_prefault_stop(rs->dst.prefault);
 	kv_mapped_ram_cleanup(rs);
+	kv_mapped_ram_instant_end(rs, true);
 	kv_ram_xbzrle_free(rs);
 	kv_ram_zc_cleanup(rs);
 	kv_ram_load_free(rs);

@@ -194,6 +194,9 @@ struct kv_ram_state {
 	struct kv_mapped_ram_cfg mapped_cfg;
 	struct kv_mapped_ram *mapped;
 	uint64_t mapped_bytes; /* page bytes its I/O moved (atomic) */
+	/* Destination: instant resume's pages on demand and its filler,
+	 * from the load until every page is in (or kv_ram_free). */
+	struct kv_mapped_ram_instant *instant;
 
 	/* Pages sent (source) or loaded (destination); see kv_ram_stats. */
 	uint64_t zero_pages;
@@ -354,6 +357,10 @@ int kv_mapped_ram_load_header(struct kv_stream *s, struct kv_ram_state *rs,
 			      size_t bi, struct kv_error *err);
 /* Once every block is known: the bitmaps and the pages they mark. */
 int kv_mapped_ram_load_pages(struct kv_ram_state *rs, struct kv_error *err);
+/* Instant resume, at load cleanup: a failed load stops the filler and
+ * gives the memory back plain (nothing ran); a load that succeeded
+ * keeps it going for the guest. kv_ram_free ends it (failed: true). */
+void kv_mapped_ram_instant_end(struct kv_ram_state *rs, bool failed);
 /* Page bytes written or read so far (any thread). */
 uint64_t kv_mapped_ram_bytes(const struct kv_ram_state *rs);
 /* Threads stopped, descriptors closed, layout dropped. */

@@ -829,6 +829,7 @@ void kv_ram_load_cleanup(void *opaque, bool failed)
 	if (failed && rs->dst.pc_running)
 		failed = false;
 	kv_mapped_ram_cleanup(rs);
+	kv_mapped_ram_instant_end(rs, failed);
 	if (failed) {
 		if (rs->dst.has_allocator)
 			kv_ram_release_allocated(rs);
