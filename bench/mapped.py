@@ -22,8 +22,16 @@ the destination's `completed`. The page cache is dropped (drop_caches)
 before every restore and every disk read, so reads come from the disk.
 The file's size: apparent (st_size) and on disk (st_blocks).
 
-Usage: bench/mapped.py BUILD [--rounds N] [--out FILE]
+Instant resume (postcopy-ram on the destination, beyond QEMU 7.2): for
+1 GiB and 16 GiB guests running a workload (`INSTANT_APPEND`), saved with
+mapped-ram, the page cache dropped, a fresh `kvmig run --incoming defer`
+with mapped-ram + postcopy-ram, then migrate-incoming: the time from that
+command to the guest's first heartbeat on the console (host-timestamped,
+tests/integration/vmlib.py), and when the filler had every page in.
+
+Usage: bench/mapped.py BUILD [--rounds N] [--out FILE] [--no-instant]
 """
+import re
 import argparse
 import mmap
 import os
@@ -103,6 +111,53 @@ def boot(vmm, tmp, label):
     return vm, vmlib.Qmp(qpath, timeout=60)
 
 
+INSTANT_APPEND = "mem=256 rate=64 pattern=hot-cold"
+INSTANT_SIZES = ("1G", "16G")
+
+
+def instant_round(vmm, tmp, size):
+    """(ms to the first heartbeat after migrate-incoming, ms until the
+    filler had every page, or None)."""
+    path = os.path.join(tmp, "instant.img")
+    qpath = os.path.join(tmp, "isrc.qmp")
+    src = vmlib.Vm(vmm.source_argv(size, 2, INSTANT_APPEND, qpath), "isrc")
+    if not src.wait_console(rb"workload started", 120):
+        raise RuntimeError("the guest did not start\n" + src.describe())
+    q = vmlib.Qmp(qpath, timeout=60)
+    time.sleep(1)
+    q.cmd("migrate-set-capabilities", capabilities=KVMIG_CAPS[:1])
+    q.cmd("migrate", uri=f"file:{path}")
+    wait_status(q, ("completed",))
+    q.cmd("quit")
+    src.wait(30)
+    drop_caches()
+    qpath = os.path.join(tmp, "idst.qmp")
+    # The filler's "every page in" line is at info level.
+    os.environ["KVMIG_LOG"] = "info"
+    dst = vmlib.Vm(vmm.dest_argv(size, 2, "defer", qpath), "idst")
+    del os.environ["KVMIG_LOG"]
+    qd = vmlib.Qmp(qpath, timeout=60)
+    qd.cmd("migrate-set-capabilities", capabilities=KVMIG_CAPS[:1] + [
+        {"capability": "postcopy-ram", "state": True}])
+    t0 = time.monotonic()
+    qd.cmd("migrate-incoming", uri=f"file:{path}")
+    dst.wait_heartbeats(1, 30, since=t0)
+    first = [t for t in dst.heartbeat_times() if t >= t0]
+    deadline = time.monotonic() + 120
+    fill = None
+    while fill is None and time.monotonic() < deadline:
+        m = re.search(r"every page in memory ([0-9.]+) ms", dst.stderr)
+        fill = float(m.group(1)) if m else None
+        time.sleep(0.1)
+    ok = dst.wait_heartbeats(500, 30, since=t0)
+    dst.send_console(b"q")
+    dst.wait(30)
+    os.unlink(path)
+    if not first or not ok:
+        raise RuntimeError("instant resume: no heartbeats\n" + dst.describe())
+    return (first[0] - t0) * 1000, fill
+
+
 KVMIG_CAPS = [{"capability": "mapped-ram", "state": True},
               {"capability": "multifd", "state": True}]
 KVMIG_PARAMS = {"multifd-channels": 2, "direct-io": True}
@@ -165,6 +220,8 @@ def main():
     ap.add_argument("build")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dir", default="/var/tmp")
+    ap.add_argument("--no-instant", action="store_true")
+    ap.add_argument("--instant-only", action="store_true")
     ap.add_argument("--out", default=os.path.join(
         HERE, "results", "mapped-latest.md"))
     a = ap.parse_args()
@@ -177,9 +234,17 @@ def main():
             sys.exit(why)
     rows = {"disk": [], "kvmig": [], "qemu": []}
     loads = []
+    instant = {size: [] for size in INSTANT_SIZES}
     with tempfile.TemporaryDirectory(prefix="kvmig-bench-mapped-",
                                      dir=a.dir) as tmp:
-        for r in range(a.rounds):
+        for r in range(a.rounds if not a.no_instant else 0):
+            for size in INSTANT_SIZES:
+                ms, fill = instant_round(kvmig, tmp, size)
+                instant[size].append((ms, fill, loadavg()))
+                print(f"round {r + 1}: instant resume {size}: first "
+                      f"heartbeat {ms:.1f} ms, every page in after {fill} "
+                      f"ms (load {loadavg()})", flush=True)
+        for r in range(a.rounds if not a.instant_only else 0):
             loads.append(loadavg())
             w, rd = disk_speeds(os.path.join(tmp, "disk.img"))
             rows["disk"].append((w, rd))
@@ -195,7 +260,31 @@ def main():
                       f"on disk {res['on_disk']} ({res['state']})",
                       flush=True)
             loads.append(loadavg())
-    report(a, rows, loads, qemu.version())
+    text = report(a, rows, loads, qemu.version()) if rows["kvmig"] else ""
+    text += report_instant(instant)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        f.write(text)
+    print(text)
+
+
+def report_instant(instant):
+    if not any(instant.values()):
+        return ""
+    lines = ["", "## Instant resume (postcopy-ram on the destination)", "",
+             f"Guest workload `{INSTANT_APPEND}`, saved with mapped-ram, "
+             "page cache dropped before each resume.", "",
+             "| guest | runs | first heartbeat after migrate-incoming, ms "
+             "(median, each) | every page in, ms (median) | load |",
+             "|---|---|---|---|---|"]
+    for size, runs in instant.items():
+        ms = [x[0] for x in runs]
+        fills = [x[1] for x in runs if x[1] is not None]
+        lines.append(f"| {size} | {len(runs)} | {med(ms):.1f} ("
+                     + ", ".join(f"{x:.1f}" for x in ms) + ") | "
+                     + (f"{med(fills):.0f}" if fills else "-") + " | "
+                     + " ".join(x[2] for x in runs) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def report(a, rows, loads, qemu_version):
@@ -244,11 +333,7 @@ def report(a, rows, loads, qemu_version):
             f"{x['save_s']:.2f} ({fill / x['save_s'] / w:.2f}) | "
             f"{x['restore_s']:.2f} ({fill / x['restore_s'] / r:.2f}) | "
             f"{y['save_s']:.2f} | {y['restore_s']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write(text)
-    print(text)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

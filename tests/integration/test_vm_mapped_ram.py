@@ -12,6 +12,10 @@
 (c) a guest paused by QMP stop is saved, resumes paused, runs on `cont`;
 (d) file:PATH,offset=1M: what was in the file before the offset stays,
     and the guest resumes from the same URI;
+(f) instant resume: postcopy-ram on the destination: the guest runs as
+    soon as the device state is loaded, its pages come from the file on
+    first touch and from a filler thread; heartbeats, no corruption; with
+    --verify-ram it is refused (nothing could be checked first);
 (e) refused, nothing runs (exit 1, no heartbeat, the message names what
     and where): each header field damaged (version, page_size,
     bitmap_offset, pages_offset), a byte flipped in a page (--verify-ram),
@@ -30,7 +34,7 @@ from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, have_kvm, wait_migration,  # noqa: E402
                    workload_started)
 
-PLAN = 26
+PLAN = 31
 VERIFY = ("--verify-ram",)
 MEMORY = "512M"
 WORKLOAD = "mem=96 rate=64 pattern=hot-cold"
@@ -94,8 +98,10 @@ def flip(path, at, mask=0x40):
         f.write(bytes([b ^ mask]))
 
 
-def save(vms, tap, caps, params, uri, stop=False, what="saved"):
-    src = vms.boot("src", WORKLOAD, memory=MEMORY, extra=VERIFY)
+def save(vms, tap, caps, params, uri, stop=False, what="saved",
+         verify=True):
+    src = vms.boot("src", WORKLOAD, memory=MEMORY,
+                   extra=VERIFY if verify else ())
     if not workload_started(src):
         return None, src
     time.sleep(0.7)
@@ -225,6 +231,29 @@ def main():
                str(blk_d))
         dst = vms.incoming("dst", uri, memory=MEMORY, extra=VERIFY)
         resumed(tap, src, dst, "(d)")
+
+        # (f) instant resume
+        pathf = os.path.join(tmp, "f.mr")
+        r, src = save(vms, tap, MAPPED, None, f"file:{pathf}",
+                      what="(f) saved for instant resume", verify=False)
+        instant = MAPPED + [{"capability": "postcopy-ram", "state": True}]
+        dst = vms.incoming("dst", "defer", memory=MEMORY)
+        q = vms.qmp(dst)
+        q.cmd("migrate-set-capabilities", capabilities=instant)
+        t0 = time.monotonic()
+        q.cmd("migrate-incoming", uri=f"file:{pathf}")
+        dst.wait_heartbeats(1, 20, since=t0)
+        first = [t for t in dst.heartbeat_times() if t >= t0]
+        ms = (first[0] - t0) * 1000 if first else None
+        print(f"# (f) first heartbeat {ms} ms after migrate-incoming")
+        tap.ok(ms is not None and ms < 1000,
+               "(f) instant resume: the guest runs at once",
+               f"{ms}\n{dst.describe()}")
+        resumed(tap, src, dst, "(f)")
+        refused(vms, tap, f"file:{pathf}", ["--verify-ram", "postcopy-ram"],
+                "instant resume with --verify-ram",
+                setup=lambda q: q.cmd("migrate-set-capabilities",
+                                      capabilities=instant))
 
         # (e) refused
         fname = f"file:{path}"
