@@ -672,6 +672,11 @@ struct kv_mapped_ram_instant {
 	int64_t start_ns;
 };
 
+static int instant_oom(struct kv_error *err)
+{
+	return kv_error_set(err, -ENOMEM, "mapped-ram instant resume: out of memory");
+}
+
 /* A page of block bi from the file, or zeros when the bitmap says so,
  * placed: the fault thread's callback (no lock held). A read that fails
  * leaves the page missing, never wrong: the vCPU on it waits. */
@@ -839,7 +844,7 @@ static int instant_prepare(struct kv_mapped_ram_instant *in,
 	in->filler_buf = aligned_alloc(KV_PAGE_SIZE, KV_MAPPED_RAM_IO_MAX);
 	if (!pb || !in->fault_buf || !in->filler_buf) {
 		free(pb);
-		return kv_error_set(err, -ENOMEM, "mapped-ram instant resume: out of memory");
+		return instant_oom(err);
 	}
 	for (size_t i = 0; i < mr->nblocks; i++) {
 		pb[i].idstr = rs->blocks[i].idstr;
@@ -896,7 +901,7 @@ static int instant_start(struct kv_ram_state *rs, struct kv_error *err)
 	kv_switch_log("mapped-ram instant: bitmaps read");
 	in = calloc(1, sizeof(*in));
 	if (!in)
-		return kv_error_set(err, -ENOMEM, "mapped-ram instant resume: out of memory");
+		return instant_oom(err);
 	in->rs = rs;
 	in->start_ns = kv_now_ns();
 	in->blocks = mr->blocks;
@@ -905,7 +910,7 @@ static int instant_start(struct kv_ram_state *rs, struct kv_error *err)
 	if (!mr->blocks) {
 		mr->blocks = in->blocks;
 		free(in);
-		return kv_error_set(err, -ENOMEM, "mapped-ram instant resume: out of memory");
+		return instant_oom(err);
 	}
 	rs->instant = in;
 	ret = instant_prepare(in, mr, err);
