@@ -10,7 +10,7 @@ SOAK_ROUNDS ?= 100
 WERROR     ?= 0
 MESON_WERROR := $(if $(filter 1,$(WERROR)),--werror,)
 
-.PHONY: all deps demo check faults bench bench-compare bench-caps fuzz clean format
+.PHONY: all deps demo check faults bench bench-compare bench-caps bench-mapped fuzz clean format
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -58,6 +58,11 @@ bench-compare: all
 
 bench-caps: all
 	bench/caps.sh $(BUILD)
+
+# Suspend and resume through a mapped-ram file against the disk's own
+# speed and QEMU 7.2 (root: it drops the page cache); bench/mapped.py.
+bench-mapped: all
+	python3 bench/mapped.py $(BUILD) --rounds $(or $(ROUNDS),3)
 
 # SOAK_ROUNDS migrations of one guest per mode (multifd off, on), and the
 # long-lived processes (tests/soak/soak.py); the report goes to

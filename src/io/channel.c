@@ -515,6 +515,170 @@ static const struct kv_chan_ops file_ops = {
     .close = fd_close,
 };
 
+/* ---- positioned I/O on regular files (mapped-ram) ---- */
+
+static int need_file(const struct kv_chan *c, const char *what,
+		     struct kv_error *err)
+{
+	if (c->ops != &file_ops)
+		return kv_error_set(err, -ESPIPE, "%s: %s needs a regular file", c->name, what);
+	if (chan_cancelled(c))
+		return kv_error_set(err, -ECANCELED, "%s: %s cancelled by shutdown", c->name, what);
+	return 0;
+}
+
+int64_t kv_chan_file_seek(struct kv_chan *c, int64_t off, int whence,
+			  struct kv_error *err)
+{
+	int r = need_file(c, "seek", err);
+	off_t pos;
+
+	if (r < 0)
+		return r;
+	pos = lseek(chan_fd(c), (off_t)off, whence);
+	if (pos < 0)
+		return kv_error_set_errno(err, -errno, "%s: seek to %lld", c->name, (long long)off);
+	return (int64_t)pos;
+}
+
+/* Copy iov into a scratch array the loops may advance. */
+static int copy_iov(const struct iovec *iov, int iovcnt, struct iovec *out,
+		    int max)
+{
+	if (iovcnt > max)
+		return -E2BIG;
+	memcpy(out, iov, sizeof(*iov) * (size_t)iovcnt);
+	return iovcnt;
+}
+
+#define FILE_IOV_MAX 1024
+
+static uint64_t iov_left(const struct iovec *iov, int iovcnt)
+{
+	uint64_t n = 0;
+
+	for (int i = 0; i < iovcnt; i++)
+		n += iov[i].iov_len;
+	return n;
+}
+
+int kv_chan_file_pwritev(struct kv_chan *c, const struct iovec *iov,
+			 int iovcnt, uint64_t off, struct kv_error *err)
+{
+	struct iovec buf[FILE_IOV_MAX], *v = buf;
+	int r = need_file(c, "positioned write", err);
+	int n;
+
+	if (r < 0)
+		return r;
+	n = copy_iov(iov, iovcnt, buf, FILE_IOV_MAX);
+	if (n < 0)
+		return kv_error_set(err, n, "%s: %d buffers in one write (at most %d)", c->name, iovcnt, FILE_IOV_MAX);
+	while (n > 0) {
+		ssize_t w = pwritev(chan_fd(c), v, n > IOV_MAX ? IOV_MAX : n,
+				    (off_t)off);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return kv_error_set_errno(err, -errno, "%s: write at file offset %llu", c->name, (unsigned long long)off);
+		if (w == 0)
+			return kv_error_set(err, -EIO, "%s: write at file offset %llu wrote nothing", c->name, (unsigned long long)off);
+		off += (uint64_t)w;
+		kv_iov_advance(&v, &n, (size_t)w);
+	}
+	return 0;
+}
+
+int kv_chan_file_preadv(struct kv_chan *c, const struct iovec *iov,
+			int iovcnt, uint64_t off, struct kv_error *err)
+{
+	struct iovec buf[FILE_IOV_MAX], *v = buf;
+	uint64_t start = off;
+	int r = need_file(c, "positioned read", err);
+	int n;
+
+	if (r < 0)
+		return r;
+	n = copy_iov(iov, iovcnt, buf, FILE_IOV_MAX);
+	if (n < 0)
+		return kv_error_set(err, n, "%s: %d buffers in one read (at most %d)", c->name, iovcnt, FILE_IOV_MAX);
+	while (n > 0) {
+		ssize_t got = preadv(chan_fd(c), v, n > IOV_MAX ? IOV_MAX : n,
+				     (off_t)off);
+
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			return kv_error_set_errno(err, -errno, "%s: read at file offset %llu", c->name, (unsigned long long)off);
+		if (got == 0)
+			return kv_error_set(err, -ENODATA, "%s: the file ends at offset %llu, inside the %llu bytes expected from offset %llu (truncated?)", c->name, (unsigned long long)off, (unsigned long long)(off - start + iov_left(v, n)), (unsigned long long)start);
+		off += (uint64_t)got;
+		kv_iov_advance(&v, &n, (size_t)got);
+	}
+	return 0;
+}
+
+int kv_chan_file_punch(struct kv_chan *c, uint64_t off, uint64_t len,
+		       struct kv_error *err)
+{
+	int r = need_file(c, "punching a hole", err);
+
+	if (r < 0)
+		return r;
+	if (fallocate(chan_fd(c), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		      (off_t)off, (off_t)len) < 0)
+		return kv_error_set_errno(err, -errno, "%s: punching a hole at file offset %llu", c->name, (unsigned long long)off);
+	return 0;
+}
+
+int64_t kv_chan_file_size(struct kv_chan *c, struct kv_error *err)
+{
+	int r = need_file(c, "size", err);
+	struct stat st;
+
+	if (r < 0)
+		return r;
+	if (fstat(chan_fd(c), &st) < 0)
+		return kv_error_set_errno(err, -errno, "%s: fstat", c->name);
+	return (int64_t)st.st_size;
+}
+
+int kv_chan_file_truncate(struct kv_chan *c, uint64_t len,
+			  struct kv_error *err)
+{
+	int r = need_file(c, "truncate", err);
+
+	if (r < 0)
+		return r;
+	if (ftruncate(chan_fd(c), (off_t)len) < 0)
+		return kv_error_set_errno(err, -errno, "%s: cutting the file at %llu bytes", c->name, (unsigned long long)len);
+	return 0;
+}
+
+struct kv_chan *kv_chan_file_reopen(struct kv_chan *c, bool write, bool direct,
+				    struct kv_error *err)
+{
+	char proc[64];
+	struct kv_chan *nc;
+	int fd;
+
+	if (need_file(c, "reopening", err) < 0)
+		return NULL;
+	/* Through /proc: the same inode even if the path was renamed. */
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", chan_fd(c));
+	fd = open(proc, (write ? O_WRONLY : O_RDONLY) | O_CLOEXEC |
+			    (direct ? O_DIRECT : 0));
+	if (fd < 0) {
+		kv_error_set_errno(err, -errno, "%s: opening it again%s", c->name, direct ? " with O_DIRECT (direct-io)" : "");
+		return NULL;
+	}
+	nc = kv_chan_from_fd(fd, c->name, err);
+	if (!nc)
+		close(fd);
+	return nc;
+}
+
 static int set_nonblock(int fd)
 {
 	int flags = fcntl(fd, F_GETFL);
@@ -939,11 +1103,30 @@ static int unix_connect_fd(const struct kv_uri *u,
 	return fd;
 }
 
+/* file:PATH[,offset=N]: what is before the offset stays (QEMU's option
+ * is for a file that holds something else first), what was after it goes. */
+static int create_file_fd(const struct kv_uri *u, const char *uri,
+			  struct kv_error *err)
+{
+	int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (u->offset ? 0 : O_TRUNC);
+	int fd = open(u->path, flags, 0600);
+
+	if (fd < 0)
+		return kv_error_set_errno(err, -errno, "%s: cannot create file",
+					  uri);
+	if (u->offset && (ftruncate(fd, (off_t)u->offset) < 0 ||
+			  lseek(fd, (off_t)u->offset, SEEK_SET) < 0)) {
+		int e = -errno;
+
+		close(fd);
+		return kv_error_set_errno(err, e, "%s: cannot start the stream at offset %llu", uri, (unsigned long long)u->offset);
+	}
+	return fd;
+}
+
 static int open_target_fd(const struct kv_uri *u,
 			  const struct connect_ctl *ctl, struct kv_error *err)
 {
-	int fd;
-
 	if (kv_cancel_triggered(ctl->cancel))
 		return connect_failed(ctl, -ECANCELED, err);
 	switch (u->kind) {
@@ -952,13 +1135,7 @@ static int open_target_fd(const struct kv_uri *u,
 	case KV_URI_UNIX:
 		return unix_connect_fd(u, ctl, err);
 	case KV_URI_FILE:
-		fd = open(u->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-			  0600);
-		if (fd < 0)
-			return kv_error_set_errno(err, -errno,
-						  "%s: cannot create file",
-						  ctl->uri);
-		return fd;
+		return create_file_fd(u, ctl->uri, err);
 	case KV_URI_FD:
 	default:
 		return u->fd;
@@ -1283,6 +1460,10 @@ struct kv_chan *kv_listener_accept(struct kv_listener *l, struct kv_error *err)
 				fd = kv_error_set_errno(err, -errno,
 							"%s: cannot open file",
 							l->text);
+			if (fd >= 0 && l->uri.offset &&
+			    lseek(fd, (off_t)l->uri.offset, SEEK_SET) < 0) {
+				fd = kv_error_set_errno(err, -errno, "%s: cannot seek to offset %llu", l->text, (unsigned long long)l->uri.offset);
+			}
 		}
 		if (fd >= 0)
 			l->handed_out = true;

@@ -37,6 +37,7 @@ struct kv_uri {
 	char host[256]; /* tcp: host or address, without brackets */
 	char port[16];  /* tcp: decimal port */
 	char path[256]; /* unix, file */
+	uint64_t offset; /* file: where the stream starts (",offset=N") */
 	int fd;         /* fd */
 };
 
@@ -256,6 +257,36 @@ int kv_chan_check_silence(const struct kv_chan *c, int64_t since_ns,
 			  struct kv_error *err);
 /* The message of a silence that ended a wait on c, -ETIMEDOUT. */
 int kv_chan_silence_error(const struct kv_chan *c, struct kv_error *err);
+
+/*
+ * Positioned I/O on a regular file's channel (file:, or fd: of a file),
+ * for mapped-ram: every page has its own place in the file. Any other
+ * channel answers -ESPIPE. The positioned calls do not move the
+ * channel's own position and may run on several threads at once.
+ */
+/* lseek(2): the new position, or -errno with err set. */
+int64_t kv_chan_file_seek(struct kv_chan *c, int64_t off, int whence,
+			  struct kv_error *err);
+/* Write all of iov at off (retrying short writes). */
+int kv_chan_file_pwritev(struct kv_chan *c, const struct iovec *iov,
+			 int iovcnt, uint64_t off, struct kv_error *err);
+/* Read all of iov from off: -ENODATA (err: how many bytes there were)
+ * when the file ends first. */
+int kv_chan_file_preadv(struct kv_chan *c, const struct iovec *iov,
+			int iovcnt, uint64_t off, struct kv_error *err);
+/* Make [off, off + len) a hole that reads as zeros (the size stays). */
+int kv_chan_file_punch(struct kv_chan *c, uint64_t off, uint64_t len,
+		       struct kv_error *err);
+/* The file's size in bytes, or -errno. */
+int64_t kv_chan_file_size(struct kv_chan *c, struct kv_error *err);
+/* Cut the file at len bytes. */
+int kv_chan_file_truncate(struct kv_chan *c, uint64_t len,
+			  struct kv_error *err);
+/* A second channel on the same open file (the same inode, whatever its
+ * path became), for writing or reading, with O_DIRECT when direct (then
+ * buffers, offsets and lengths must be aligned to the device's block). */
+struct kv_chan *kv_chan_file_reopen(struct kv_chan *c, bool write, bool direct,
+				    struct kv_error *err);
 
 void kv_chan_shutdown(struct kv_chan *c);
 void kv_chan_close(struct kv_chan *c);

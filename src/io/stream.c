@@ -172,6 +172,54 @@ static void set_io_error(struct kv_stream *s, int code, const char *what)
 		    strerror(-code));
 }
 
+/* ---- position in a file (mapped-ram) ---- */
+
+int64_t kv_stream_file_pos(struct kv_stream *s, struct kv_error *err)
+{
+	int64_t pos;
+
+	if (s->err.code) {
+		kv_stream_error_get(s, err);
+		return s->err.code;
+	}
+	if (s->mode == KV_STREAM_WRITE && kv_stream_flush(s) < 0) {
+		kv_stream_error_get(s, err);
+		return s->err.code;
+	}
+	pos = kv_chan_file_seek(s->chan, 0, SEEK_CUR, err);
+	if (pos < 0)
+		return pos;
+	if (s->mode == KV_STREAM_READ)
+		pos -= (int64_t)(s->rend - s->rpos);
+	return pos;
+}
+
+int kv_stream_file_seek(struct kv_stream *s, uint64_t pos,
+			struct kv_error *err)
+{
+	int64_t r;
+
+	if (s->err.code) {
+		kv_stream_error_get(s, err);
+		return s->err.code;
+	}
+	if (s->mode == KV_STREAM_WRITE && kv_stream_flush(s) < 0) {
+		kv_stream_error_get(s, err);
+		return s->err.code;
+	}
+	if (pos > INT64_MAX)
+		return kv_error_set(err, -EINVAL, "%s: file offset %llu is out of range", s->chan->name, (unsigned long long)pos);
+	r = kv_chan_file_seek(s->chan, (int64_t)pos, SEEK_SET, err);
+	if (r < 0) {
+		kv_stream_set_error(s, (int)r, "%s", err->msg);
+		return (int)r;
+	}
+	s->rpos = 0;
+	s->rend = 0;
+	s->eof = false;
+	return 0;
+}
+
 /* ---- counters, rate limit, shutdown ---- */
 
 uint64_t kv_stream_offset(const struct kv_stream *s)

@@ -69,6 +69,16 @@ bool kv_stream_at_eof(struct kv_stream *s);
 /* Read side: bytes already read from the channel, not yet got. */
 size_t kv_stream_buffered(const struct kv_stream *s);
 
+/* --- position in a file (mapped-ram) --- */
+/* Where the next byte put or got is in the file (a regular file's
+ * channel only; -ESPIPE otherwise). Write side: flushes first. */
+int64_t kv_stream_file_pos(struct kv_stream *s, struct kv_error *err);
+/* Go on at file offset pos: a writer flushes what it queued first, a
+ * reader drops what it buffered. kv_stream_offset does not move: it
+ * counts the bytes of the stream, not of the file. */
+int kv_stream_file_seek(struct kv_stream *s, uint64_t pos,
+			struct kv_error *err);
+
 /* --- errors --- */
 /* 0 or the sticky negative errno. */
 int kv_stream_error(const struct kv_stream *s);

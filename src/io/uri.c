@@ -111,19 +111,80 @@ static int parse_tcp(const char *text, const char *rest, struct kv_uri *uri,
 	return parse_port(text, port, uri, err);
 }
 
-static int parse_path(const char *text, const char *path, size_t max,
-		      struct kv_uri *uri, struct kv_error *err)
+/* The first len bytes of path. */
+static int parse_path_n(const char *text, const char *path, size_t len,
+			size_t max, struct kv_uri *uri, struct kv_error *err)
 {
-	size_t len = strlen(path);
-
 	if (len == 0)
 		return kv_error_set(err, -EINVAL, "'%s': empty path", text);
 	if (len > max)
 		return kv_error_set(err, -ENAMETOOLONG,
 				    "'%s': path too long (%zu bytes, at most %zu)",
 				    text, len, max);
-	memcpy(uri->path, path, len + 1);
+	memcpy(uri->path, path, len);
+	uri->path[len] = '\0';
 	return 0;
+}
+
+static int parse_path(const char *text, const char *path, size_t max,
+		      struct kv_uri *uri, struct kv_error *err)
+{
+	return parse_path_n(text, path, strlen(path), max, uri, err);
+}
+
+/* A size as QEMU's offset= takes it: digits, then an optional K, M, G
+ * or T (binary multiples). */
+static bool parse_size(const char *s, uint64_t *out)
+{
+	uint64_t v = 0, mult = 1;
+
+	if (*s < '0' || *s > '9')
+		return false;
+	for (; *s >= '0' && *s <= '9'; s++) {
+		if (v > (UINT64_MAX - 9) / 10)
+			return false;
+		v = v * 10 + (uint64_t)(*s - '0');
+	}
+	switch (*s) {
+	case '\0':
+		break;
+	case 'k': case 'K':
+		mult = KV_KiB;
+		break;
+	case 'm': case 'M':
+		mult = KV_MiB;
+		break;
+	case 'g': case 'G':
+		mult = KV_GiB;
+		break;
+	case 't': case 'T':
+		mult = KV_GiB * 1024;
+		break;
+	default:
+		return false;
+	}
+	if (*s && s[1])
+		return false;
+	if (v > UINT64_MAX / mult)
+		return false;
+	*out = v * mult;
+	return true;
+}
+
+/* file:PATH[,offset=N]: the stream starts N bytes into the file (QEMU's
+ * option, for a file that holds something else before it). */
+static int parse_file(const char *text, const char *rest, struct kv_uri *uri,
+		      struct kv_error *err)
+{
+	const char *opt = strstr(rest, ",offset=");
+
+	uri->kind = KV_URI_FILE;
+	if (!opt)
+		return parse_path(text, rest, sizeof(uri->path) - 1, uri, err);
+	if (!parse_size(opt + 8, &uri->offset) || uri->offset > INT64_MAX)
+		return kv_error_set(err, -EINVAL, "'%s': bad offset '%s' (expected offset=BYTES, e.g. 4096 or 1M)", text, opt + 8);
+	return parse_path_n(text, rest, (size_t)(opt - rest),
+			    sizeof(uri->path) - 1, uri, err);
 }
 
 static int parse_fd(const char *text, const char *num, struct kv_uri *uri,
@@ -156,11 +217,8 @@ int kv_uri_parse(const char *text, struct kv_uri *uri, struct kv_error *err)
 		return parse_path(text, text + 5, sizeof(sun.sun_path) - 1, uri,
 				  err);
 	}
-	if (has_prefix(text, "file:")) {
-		uri->kind = KV_URI_FILE;
-		return parse_path(text, text + 5, sizeof(uri->path) - 1, uri,
-				  err);
-	}
+	if (has_prefix(text, "file:"))
+		return parse_file(text, text + 5, uri, err);
 	if (has_prefix(text, "fd:"))
 		return parse_fd(text, text + 3, uri, err);
 	return kv_error_set(err, -EINVAL,

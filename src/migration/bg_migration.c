@@ -31,6 +31,10 @@ static const char *conflicting_capability(const struct kv_mig_params *p)
 		return "xbzrle";
 	if (p->auto_converge)
 		return "auto-converge";
+	if (p->postcopy_ram)
+		return "postcopy-ram";
+	if (p->mapped_ram)
+		return "mapped-ram";
 	return NULL;
 }
 

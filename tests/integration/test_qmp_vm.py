@@ -52,8 +52,9 @@ def check_capabilities(tap, q):
            "query-migrate-capabilities lists QEMU's names "
            "(events and return-path on, xbzrle off)", listed)
 
-    r = set_caps(q, postcopy_ram=True)
-    tap.ok(error_desc(r) == "Capability 'postcopy-ram' is not supported "
+    # postcopy-ram is implemented since pc-core; x-colo is not.
+    r = set_caps(q, x_colo=True)
+    tap.ok(error_desc(r) == "Capability 'x-colo' is not supported "
            "by kvmig yet", "an unsupported capability set to true is a "
            "GenericError naming it", r)
 

@@ -314,9 +314,24 @@ void kv_pc_dst_mark_received(struct kv_pc_dst *d, size_t block,
 	if (block >= d->nblocks)
 		return; /* the loader checked its records against the blocks */
 	b = &d->blocks[block];
-	for (uint64_t p = offset / KV_PAGE_SIZE;
-	     p < b->npages && p < (offset + len + KV_PAGE_SIZE - 1) / KV_PAGE_SIZE; p++)
+	for (uint64_t p = offset / KV_PAGE_SIZE,
+		      end = (offset + len + KV_PAGE_SIZE - 1) / KV_PAGE_SIZE;
+	     p < b->npages && p < end;) {
+		/* Whole words at once: mapped-ram's instant resume marks
+		 * gigabytes of zero pages before the guest may run. */
+		if (p % KV_BITS_PER_LONG == 0 && p + KV_BITS_PER_LONG <= end &&
+		    p + KV_BITS_PER_LONG <= b->npages) {
+			unsigned long was = __atomic_fetch_or(
+			    &b->received[p / KV_BITS_PER_LONG], ~0UL,
+			    __ATOMIC_RELAXED);
+
+			n += KV_BITS_PER_LONG - (uint64_t)__builtin_popcountl(was);
+			p += KV_BITS_PER_LONG;
+			continue;
+		}
 		n += kv_bitmap_set_atomic(b->received, p);
+		p++;
+	}
 	pthread_mutex_lock(&d->lock);
 	d->received += n;
 	pthread_mutex_unlock(&d->lock);
@@ -628,6 +643,26 @@ void kv_pc_dst_free(struct kv_pc_dst *d)
 	pthread_cond_destroy(&d->changed);
 	pthread_mutex_destroy(&d->lock);
 	free(d);
+}
+
+int kv_pc_dst_set_vcpus(struct kv_pc_dst *d, const uint32_t *tids, size_t n)
+{
+	struct vcpu_time *v = calloc(n ? n : 1, sizeof(*v));
+
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		v[i].tid = tids[i];
+	pthread_mutex_lock(&d->lock);
+	/* Nobody is counted blocked on the old list any more. */
+	for (size_t i = 0; i < d->nwaiters; i++)
+		d->waiters[i].vcpu = -1;
+	free(d->vcpus);
+	d->vcpus = v;
+	d->nvcpus = n;
+	d->nblocked = 0;
+	pthread_mutex_unlock(&d->lock);
+	return 0;
 }
 
 /* ---- recovery and figures ---- */

@@ -30,6 +30,8 @@ void kv_ram_free(struct kv_ram_state *rs)
 	if (!rs)
 		return;
 	kv_ram_prefault_stop(rs->dst.prefault);
+	kv_mapped_ram_cleanup(rs);
+	kv_mapped_ram_instant_end(rs, true);
 	kv_ram_xbzrle_free(rs);
 	kv_ram_zc_cleanup(rs);
 	kv_ram_load_free(rs);
@@ -281,7 +283,21 @@ void kv_ram_set_multifd_recv(struct kv_ram_state *rs, struct kv_mfd_recv *r)
 
 uint64_t kv_ram_multifd_bytes(const struct kv_ram_state *rs)
 {
-	return rs->src.mfd_send ? kv_mfd_send_bytes(rs->src.mfd_send) : 0;
+	/* mapped-ram's page writes count as the channels' bytes: they are
+	 * the pass's bandwidth. */
+	return (rs->src.mfd_send ? kv_mfd_send_bytes(rs->src.mfd_send) : 0) +
+	       kv_mapped_ram_bytes(rs);
+}
+
+void kv_ram_set_mapped_ram(struct kv_ram_state *rs,
+			   const struct kv_mapped_ram_cfg *cfg)
+{
+	rs->mapped_cfg = *cfg;
+}
+
+bool *kv_ram_mapped_ram_on(struct kv_ram_state *rs)
+{
+	return &rs->mapped_cfg.on;
 }
 
 void kv_ram_multifd_cancel(struct kv_ram_state *rs)

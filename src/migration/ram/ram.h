@@ -153,9 +153,45 @@ struct kv_ram_bg_stats {
 void kv_ram_bg_get_stats(const struct kv_ram_state *rs,
 			 struct kv_ram_bg_stats *st);
 
+/*
+ * Postcopy (docs/DESIGN.md "Postcopy"; postcopy/postcopy_ram.c).
+ */
+struct kv_pc_block;
+struct kv_pc_src;
+struct kv_pc_dst;
+/* The blocks as postcopy's checks see them (names point into rs; free
+ * the array with free()). NULL: no memory. */
+struct kv_pc_block *kv_ram_pc_blocks(struct kv_ram_state *rs, size_t *n);
+/* Source, workload stopped: the last sync, a RAM_DISCARD command for
+ * every run of dirty pages; from then on save_iterate serves pcs's
+ * requests first and every page goes once, whole. */
+int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
+		     struct kv_pc_src *pcs, struct kv_error *err);
+/* Source: the migration ended (pcs may be freed afterwards). */
+void kv_ram_pc_src_end(struct kv_ram_state *rs);
+/* Destination, at ADVISE: pages loaded from now on are marked received
+ * in d (NULL: postcopy over). Refused with multifd. */
+int kv_ram_pc_set_dst(struct kv_ram_state *rs, struct kv_pc_dst *d,
+		      struct kv_error *err);
+/* LISTEN, before kv_pc_dst_listen: stop the prefault helpers. After it,
+ * kv_ram_pc_listening: page records go through userfaultfd. */
+void kv_ram_pc_listen(struct kv_ram_state *rs);
+void kv_ram_pc_listening(struct kv_ram_state *rs);
+/* RUN: the guest runs here; a failed load drops nothing any more. */
+void kv_ram_pc_running(struct kv_ram_state *rs);
+
 struct kv_mfd_send;
 struct kv_mfd_recv;
 enum kv_mfd_zero;
+
+/* mapped-ram (mapped_ram.h), both sides: set before the migration (the
+ * source's save setup and the destination's MEM_SIZE read it). */
+struct kv_mapped_ram_cfg;
+void kv_ram_set_mapped_ram(struct kv_ram_state *rs,
+			   const struct kv_mapped_ram_cfg *cfg);
+/* Whether mapped-ram is on, for savevm's configuration section, which
+ * may turn it on for a file: destination (kv_savevm_set_mapped_ram). */
+bool *kv_ram_mapped_ram_on(struct kv_ram_state *rs);
 
 /*
  * multifd (multifd.h). Source: PAGE data goes over m's channels, zero

@@ -23,6 +23,7 @@
 
 #include "io/channel.h"
 #include "migration/multifd/multifd.h"
+#include "migration/ram/mapped_ram.h"
 #include "migration/ram/page_cache.h"
 #include "migration/ram/pagemap.h"
 #include "migration/ram/ram.h"
@@ -128,6 +129,9 @@ struct kv_ram_src {
 	 * write-protected from kv_ram_bg_protect until it is saved. */
 	bool background;
 	struct kv_ram_bg *bg;
+	/* Postcopy (postcopy/postcopy_ram.c): from the switch on, requested
+	 * pages first and every page once; NULL before. */
+	struct kv_pc_src *pc;
 
 	/* Counters (see struct kv_ram_stats). */
 	uint64_t dirty_sync_count;
@@ -150,6 +154,15 @@ struct kv_ram_dst {
 	/* multifd: channel threads write pages into the blocks; NULL: all
 	 * on the main stream. */
 	struct kv_mfd_recv *mfd_recv;
+
+	/* Postcopy (postcopy/postcopy_ram.c): the pages this side has, from
+	 * ADVISE on (NULL: no postcopy); from LISTEN on pages are placed
+	 * through userfaultfd (pc_page is the bounce buffer); once the
+	 * guest runs here nothing loaded may be dropped. */
+	struct kv_pc_dst *pc;
+	bool pc_listening;
+	bool pc_running;
+	uint8_t *pc_page;
 
 	uint8_t *xbzrle_dec;	/* a received XBZRLE delta, 4 KiB */
 	uint64_t xbzrle_pages;	/* XBZRLE records loaded */
@@ -179,6 +192,15 @@ struct kv_ram_state {
 		bool on;
 		uint64_t zero_hash; /* of a page of zeros */
 	} verify;
+
+	/* mapped-ram (mapped_ram.h): the next migration's configuration,
+	 * and the file's layout and I/O threads while one runs. */
+	struct kv_mapped_ram_cfg mapped_cfg;
+	struct kv_mapped_ram *mapped;
+	uint64_t mapped_bytes; /* page bytes its I/O moved (atomic) */
+	/* Destination: instant resume's pages on demand and its filler,
+	 * from the load until every page is in (or kv_ram_free). */
+	struct kv_mapped_ram_instant *instant;
 
 	/* Pages sent (source) or loaded (destination); see kv_ram_stats. */
 	uint64_t zero_pages;
@@ -243,6 +265,25 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 uint64_t kv_ram_pending_exact(void *opaque, struct kv_error *err);
 /* failed: stop the tracker keeping its marks, for a retry. */
 void kv_ram_save_cleanup(void *opaque, bool failed);
+/* One ZERO or PAGE record (XBZRLE's or x-compress's choice before the
+ * postcopy switch; after it always a whole page). */
+void kv_ram_send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
+		      size_t page);
+/* The last sync, with the workload stopped: its pages finish the pass. */
+int kv_ram_sync_final(struct kv_ram_state *rs, struct kv_error *err);
+
+/* postcopy/postcopy_ram.c */
+/* save_iterate and save_complete once rs->src.pc is set. */
+int kv_ram_pc_save_iterate(struct kv_stream *s, struct kv_ram_state *rs,
+			   struct kv_error *err);
+int kv_ram_pc_save_complete(struct kv_stream *s, struct kv_ram_state *rs,
+			    struct kv_error *err);
+/* The loader's page records while postcopy listens: placed through
+ * userfaultfd (data NULL: zeros). 0 placed or already there; <0. */
+int kv_ram_pc_place(struct kv_ram_state *rs, size_t bi, uint64_t offset,
+		    const void *data, struct kv_error *err);
+/* Precopy wrote (or left zero) this page after ADVISE. */
+void kv_ram_pc_received(struct kv_ram_state *rs, size_t bi, uint64_t offset);
 
 /* ram_xbzrle.c */
 /* Save setup: a fresh cache when XBZRLE is on (nothing from an earlier
@@ -288,6 +329,10 @@ void kv_ram_zc_cleanup(struct kv_ram_state *rs);
 int kv_ram_verify_prepare(struct kv_ram_state *rs, struct kv_error *err);
 /* The page as it is now (source: claimed to send; destination: written). */
 void kv_ram_verify_page(struct kv_ram_state *rs, size_t bi, size_t page);
+/* The page placed from data (postcopy: the guest may write the page
+ * itself as soon as it is placed, so the hash is of what was placed). */
+void kv_ram_verify_data(struct kv_ram_state *rs, size_t bi, size_t page,
+			const void *data);
 /* The page is zero, known without reading it. */
 void kv_ram_verify_zero(struct kv_ram_state *rs, size_t bi, size_t page);
 void kv_ram_verify_free(struct kv_ram_block_priv *p);
@@ -300,6 +345,38 @@ int kv_ram_bg_iterate(struct kv_stream *s, struct kv_ram_state *rs,
 int kv_ram_bg_complete(struct kv_stream *s, struct kv_ram_state *rs,
 		       struct kv_error *err);
 void kv_ram_bg_stop(struct kv_ram_state *rs);
+/* mapped_ram.c (the file's layout: mapped_ram.h) */
+/* Source, save setup: the I/O threads (or the direct-io descriptor) and
+ * the bitmaps of pages in the file. */
+int kv_mapped_ram_save_setup(struct kv_stream *s, struct kv_ram_state *rs,
+			     struct kv_error *err);
+/* In MEM_SIZE after block bi's length: its header, and the stream jumps
+ * past its pages. Failures are the stream's sticky error. */
+void kv_mapped_ram_put_block(struct kv_stream *s, struct kv_ram_state *rs,
+			     size_t bi);
+/* A claimed page: to its place in the file, or out of it when zero. */
+int kv_mapped_ram_send_page(struct kv_ram_state *rs, size_t bi, size_t page,
+			    struct kv_error *err);
+/* Hand over the run being gathered; pass_end: and wait until every
+ * write so far is on the file. */
+int kv_mapped_ram_flush(struct kv_ram_state *rs, bool pass_end,
+			struct kv_error *err);
+/* The last writes, then every block's bitmap. */
+int kv_mapped_ram_save_complete(struct kv_ram_state *rs, struct kv_error *err);
+/* Destination, in MEM_SIZE after block bi's length: its header, checked
+ * against the block and the file; the stream jumps past its pages. */
+int kv_mapped_ram_load_header(struct kv_stream *s, struct kv_ram_state *rs,
+			      size_t bi, struct kv_error *err);
+/* Once every block is known: the bitmaps and the pages they mark. */
+int kv_mapped_ram_load_pages(struct kv_ram_state *rs, struct kv_error *err);
+/* Instant resume, at load cleanup: a failed load stops the filler and
+ * gives the memory back plain (nothing ran); a load that succeeded
+ * keeps it going for the guest. kv_ram_free ends it (failed: true). */
+void kv_mapped_ram_instant_end(struct kv_ram_state *rs, bool failed);
+/* Page bytes written or read so far (any thread). */
+uint64_t kv_mapped_ram_bytes(const struct kv_ram_state *rs);
+/* Threads stopped, descriptors closed, layout dropped. */
+void kv_mapped_ram_cleanup(struct kv_ram_state *rs);
 
 /* ram_load.c */
 int kv_ram_load_setup(void *opaque, struct kv_error *err);

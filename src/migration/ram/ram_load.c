@@ -237,6 +237,28 @@ static int announce_block(struct kv_ram_state *rs, const struct ram_rec *r,
 	return 0;
 }
 
+/* mapped-ram: the block's header follows its length (mapped_ram.h). */
+static int load_mapped_header(struct kv_stream *s, struct kv_ram_state *rs,
+			      const struct ram_rec *r, const char *idstr,
+			      struct kv_error *err)
+{
+	struct kv_error merr = {0};
+	int ret = kv_mapped_ram_load_header(s, rs, kv_ram_find_block(rs, idstr),
+					    &merr);
+
+	return ret < 0 ? rec_error(err, r, ret, "%s", merr.msg) : 0;
+}
+
+/* mapped-ram: every block's pages, once the block list is complete. */
+static int load_mapped_pages(struct kv_ram_state *rs, const struct ram_rec *r,
+			     struct kv_error *err)
+{
+	struct kv_error merr = {0};
+	int ret = kv_mapped_ram_load_pages(rs, &merr);
+
+	return ret < 0 ? rec_error(err, r, ret, "%s", merr.msg) : 0;
+}
+
 /* The block list: entries until their lengths add up to the total. */
 static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 			 const struct ram_rec *r, struct kv_error *err)
@@ -267,6 +289,8 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 					 idstr, (unsigned long long)length,
 					 (unsigned long long)left);
 		ret = announce_block(rs, r, idstr, length, err);
+		if (ret == 0 && rs->mapped_cfg.on)
+			ret = load_mapped_header(s, rs, r, idstr, err);
 		if (ret < 0)
 			return ret;
 		left -= length;
@@ -288,13 +312,18 @@ static int load_mem_size(struct kv_stream *s, struct kv_ram_state *rs,
 					 rs->blocks[i].idstr);
 	}
 	ret = kv_ram_verify_prepare(rs, err);
+	if (ret == 0 && rs->mapped_cfg.on)
+		ret = load_mapped_pages(rs, r, err);
 	if (ret < 0)
 		return ret;
 	rs->dst.mem_size_seen = true;
 	kv_ram_pagemap_open(rs);
 	kv_ram_prefault_stop(rs->dst.prefault); /* a previous load's */
-	/* With multifd the channel threads write the pages, in parallel. */
-	rs->dst.prefault = rs->dst.mfd_recv ? NULL : kv_ram_prefault_start();
+	/* With multifd the channel threads write the pages, in parallel;
+	 * with mapped-ram they are all in memory already. */
+	rs->dst.prefault = rs->dst.mfd_recv || rs->mapped_cfg.on
+			       ? NULL
+			       : kv_ram_prefault_start();
 	if (rs->dst.mfd_recv)
 		kv_mfd_recv_blocks_ready(rs->dst.mfd_recv);
 	return 0;
@@ -342,6 +371,39 @@ static void mark_touched(struct kv_ram_state *rs, size_t bi, size_t page)
 		kv_bitmap_set_atomic(rs->priv[bi].touched, page);
 }
 
+/* Postcopy after LISTEN: pages go in through userfaultfd, whole, once. */
+static int load_zero_postcopy(struct kv_ram_state *rs, const struct ram_rec *r,
+			      size_t bi, struct kv_error *err)
+{
+	struct kv_error perr = {0};
+
+	if (kv_ram_pc_place(rs, bi, r->addr, NULL, &perr) < 0)
+		return rec_error(err, r, perr.code, "%s", perr.msg);
+	kv_ram_stat_add(&rs->zero_pages, 1);
+	return 0;
+}
+
+static int load_page_postcopy(struct kv_stream *s, struct kv_ram_state *rs,
+			      const struct ram_rec *r, size_t bi,
+			      struct kv_error *err)
+{
+	struct kv_error perr = {0};
+
+	kv_stream_get_buffer(s, rs->dst.pc_page, KV_PAGE_SIZE);
+	if (kv_stream_error(s))
+		return rec_stream_error(s, r, "the page data", err);
+	if (kv_ram_pc_place(rs, bi, r->addr, rs->dst.pc_page, &perr) < 0)
+		return rec_error(err, r, perr.code, "%s", perr.msg);
+	kv_ram_stat_add(&rs->normal_pages, 1);
+	return 0;
+}
+
+/* QEMU's source sends only whole pages once postcopy listens. */
+static int refuse_after_listen(const struct ram_rec *r, struct kv_error *err)
+{
+	return rec_error(err, r, -EINVAL, "a delta or compressed record after POSTCOPY_LISTEN: postcopy places whole pages only");
+}
+
 static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
 		     const struct ram_rec *r, struct kv_error *err)
 {
@@ -360,6 +422,8 @@ static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
 				 fill);
 	page = (size_t)(r->addr >> KV_PAGE_SHIFT);
 	p = rs->blocks[bi].host + r->addr;
+	if (rs->dst.pc_listening)
+		return load_zero_postcopy(rs, r, bi, err);
 	if (rs->dst.prefault)
 		kv_ram_prefault_note_zero(rs->dst.prefault, bi, r->addr);
 	/* Leave memory that is zero alone: no fault, no RSS. A page never
@@ -370,6 +434,7 @@ static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
 		memset(p, 0, KV_PAGE_SIZE);
 	}
 	kv_ram_verify_zero(rs, bi, page);
+	kv_ram_pc_received(rs, bi, r->addr);
 	kv_ram_stat_add(&rs->zero_pages, 1);
 	return 0;
 }
@@ -382,6 +447,8 @@ static int load_page(struct kv_stream *s, struct kv_ram_state *rs,
 
 	if (ret < 0)
 		return ret;
+	if (rs->dst.pc_listening)
+		return load_page_postcopy(s, rs, r, bi, err);
 	mark_touched(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
 	kv_ram_page_populated(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
 	if (rs->dst.prefault)
@@ -391,6 +458,7 @@ static int load_page(struct kv_stream *s, struct kv_ram_state *rs,
 	if (kv_stream_error(s))
 		return rec_stream_error(s, r, "the page data", err);
 	kv_ram_verify_page(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
+	kv_ram_pc_received(rs, bi, r->addr);
 	kv_ram_stat_add(&rs->normal_pages, 1);
 	return 0;
 }
@@ -409,6 +477,8 @@ static int load_xbzrle(struct kv_stream *s, struct kv_ram_state *rs,
 
 	if (ret < 0)
 		return ret;
+	if (rs->dst.pc_listening)
+		return refuse_after_listen(r, err);
 	encoding = kv_stream_get_u8(s);
 	len = kv_stream_get_be16(s);
 	if (kv_stream_error(s))
@@ -438,6 +508,7 @@ static int load_xbzrle(struct kv_stream *s, struct kv_ram_state *rs,
 		return rec_error(err, r, -EINVAL, "bad XBZRLE delta: %s",
 				 derr.msg);
 	kv_ram_verify_page(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
+	kv_ram_pc_received(rs, bi, r->addr);
 	kv_ram_stat_add(&rs->dst.xbzrle_pages, 1);
 	return 0;
 }
@@ -516,6 +587,8 @@ static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 
 	if (ret < 0)
 		return ret;
+	if (rs->dst.pc_listening)
+		return refuse_after_listen(r, err);
 	b = &rs->blocks[bi];
 	method = kv_stream_get_u8(s);
 	n = kv_stream_get_be16(s);
@@ -559,8 +632,10 @@ static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 			      &derr) < 0)
 		return rec_error(err, r, -EINVAL, "bad compressed pages: %s",
 				 derr.msg);
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		kv_ram_verify_page(rs, bi, (size_t)(off[i] >> KV_PAGE_SHIFT));
+		kv_ram_pc_received(rs, bi, off[i]);
+	}
 	kv_ram_stat_add(&rs->normal_pages, n);
 	return 0;
 }
@@ -750,6 +825,11 @@ void kv_ram_load_cleanup(void *opaque, bool failed)
 		kv_mfd_recv_stop(rs->dst.mfd_recv);
 	}
 	kv_ram_pagemap_close(rs);
+	/* The guest runs here (postcopy): what it has is all it has. */
+	if (failed && rs->dst.pc_running)
+		failed = false;
+	kv_mapped_ram_cleanup(rs);
+	kv_mapped_ram_instant_end(rs, failed);
 	if (failed) {
 		if (rs->dst.has_allocator)
 			kv_ram_release_allocated(rs);
@@ -773,4 +853,6 @@ void kv_ram_load_free(struct kv_ram_state *rs)
 	zpages_decoder_free(&rs->dst);
 	free(rs->dst.xbzrle_dec);
 	rs->dst.xbzrle_dec = NULL;
+	free(rs->dst.pc_page);
+	rs->dst.pc_page = NULL;
 }

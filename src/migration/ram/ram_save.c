@@ -89,7 +89,7 @@ static uint64_t count_dirty(const struct kv_ram_state *rs)
 	return n;
 }
 
-static void put_mem_size(struct kv_stream *s, const struct kv_ram_state *rs)
+static void put_mem_size(struct kv_stream *s, struct kv_ram_state *rs)
 {
 	uint64_t total = 0;
 
@@ -99,6 +99,8 @@ static void put_mem_size(struct kv_stream *s, const struct kv_ram_state *rs)
 	for (size_t i = 0; i < rs->nblocks; i++) {
 		kv_stream_put_str8(s, rs->blocks[i].idstr);
 		kv_stream_put_be64(s, rs->blocks[i].length);
+		if (rs->mapped)
+			kv_mapped_ram_put_block(s, rs, i);
 	}
 }
 
@@ -129,6 +131,8 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 		ret = kv_ram_xbzrle_setup(rs, err);
 	if (ret == 0)
 		ret = kv_ram_zc_setup(s, rs, err);
+	if (ret == 0)
+		ret = kv_mapped_ram_save_setup(s, rs, err);
 	if (ret < 0) {
 		free_save_bitmaps(rs);
 		return ret;
@@ -253,8 +257,7 @@ static int multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
 	return 0;
 }
 
-/* One ZERO or PAGE record (or XBZRLE's choice). */
-static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
+void kv_ram_send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		      size_t page)
 {
 	const uint8_t *p = rs->blocks[bi].host + ((uint64_t)page << KV_PAGE_SHIFT);
@@ -267,8 +270,11 @@ static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		return;
 	}
 	kv_ram_verify_page(rs, bi, page);
-	if (!kv_ram_xbzrle_send(s, rs, bi, page) &&
-	    !kv_ram_zc_send(s, rs, bi, page)) {
+	/* After the postcopy switch the destination dropped its copy of a
+	 * dirty page: a delta would apply to nothing, and placing pages
+	 * through userfaultfd takes whole pages. */
+	if (rs->src.pc || (!kv_ram_xbzrle_send(s, rs, bi, page) &&
+			   !kv_ram_zc_send(s, rs, bi, page))) {
 		kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_PAGE);
 		kv_stream_put_page_ref(s, p, KV_PAGE_SIZE);
 		kv_ram_stat_add(&rs->normal_pages, 1);
@@ -308,12 +314,16 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 		ret = rearm_chunk(rs, bi, page, err);
 		if (ret < 0)
 			return ret;
-		if (rs->src.mfd_send) {
+		if (rs->mapped) {
+			ret = kv_mapped_ram_send_page(rs, bi, page, err);
+			if (ret < 0)
+				return ret;
+		} else if (rs->src.mfd_send) {
 			ret = send_page_multifd(s, rs, bi, page, err);
 			if (ret < 0)
 				return ret;
 		} else {
-			send_page(s, rs, bi, page);
+			kv_ram_send_page(s, rs, bi, page);
 		}
 		if (++sent % CHECK_EVERY_PAGES)
 			continue;
@@ -334,11 +344,15 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque, struct kv_error *err)
 
 	if (rs->src.background)
 		return kv_ram_bg_iterate(s, rs, err);
+	if (rs->src.pc)
+		return kv_ram_pc_save_iterate(s, rs, err);
 	/* Every section names its first block: a reader can start anywhere
 	 * at a section boundary. */
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
 	kv_pagemap_invalidate(&rs->pagemap);
 	ret = send_dirty_pages(s, rs, kv_now_ns() + KV_RAM_ITERATE_NS, err);
+	if (ret >= 0 && rs->mapped && kv_mapped_ram_flush(rs, ret == 1, err) < 0)
+		return err->code;
 	kv_ram_zc_flush(s, rs);
 	kv_ram_xbzrle_publish(rs);
 	if (ret == 1 && multifd_flush(s, rs, err) < 0)
@@ -381,6 +395,11 @@ static int ram_sync(struct kv_ram_state *rs, bool new_pass,
 	return 0;
 }
 
+int kv_ram_sync_final(struct kv_ram_state *rs, struct kv_error *err)
+{
+	return ram_sync(rs, false, err);
+}
+
 uint64_t kv_ram_pending_estimate(void *opaque)
 {
 	const struct kv_ram_state *rs = opaque;
@@ -405,6 +424,8 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 
 	if (rs->src.background)
 		return kv_ram_bg_complete(s, rs, err);
+	if (rs->src.pc)
+		return kv_ram_pc_save_complete(s, rs, err);
 	/* The workload is stopped: what it wrote since the last sync is the
 	 * last thing to send, in the pass the driver's last sync began. */
 	ret = ram_sync(rs, false, err);
@@ -422,6 +443,8 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	if (ret < 0)
 		return ret;
 	ret = multifd_flush(s, rs, err);
+	if (ret == 0 && rs->mapped)
+		ret = kv_mapped_ram_save_complete(rs, err);
 	if (ret < 0)
 		return ret;
 	kv_switch_log("ram: last pages queued");
@@ -440,6 +463,7 @@ void kv_ram_save_cleanup(void *opaque, bool failed)
 		rs->src.tracker_started = false;
 	}
 	kv_ram_pagemap_close(rs);
+	kv_mapped_ram_cleanup(rs);
 	kv_ram_xbzrle_cleanup(rs);
 	kv_ram_zc_cleanup(rs);
 	free_save_bitmaps(rs);
