@@ -1081,6 +1081,7 @@ static void preempt_start(struct kv_migration *m)
 	kv_chan_set_silence(m->pre_chan, m->params.link_timeout_ms, &m->life);
 	__atomic_store_n(&m->pre_stop, 0, __ATOMIC_RELEASE);
 	kv_ram_pc_set_preempt(m->rs, true);
+	kv_pc_src_set_resend(m->pcs, true);
 	m->pre_running = pthread_create(&m->pre_thread, NULL, preempt_main,
 					m) == 0;
 	if (!m->pre_running)
@@ -1099,6 +1100,7 @@ static void preempt_stop(struct kv_migration *m)
 	pthread_join(m->pre_thread, NULL);
 	m->pre_running = false;
 	kv_ram_pc_set_preempt(m->rs, false);
+	kv_pc_src_set_resend(m->pcs, false);
 	if (kv_error_is_set(&m->pre_err))
 		kv_warn("migration", "postcopy-preempt channel: %s", m->pre_err.msg);
 }
