@@ -87,6 +87,11 @@ def check_completed(tap, name, src, dst, qs, qd, t0):
           f"blocktime {rd.get('postcopy-blocktime')} ms, latency "
           f"{rd.get('postcopy-latency')} ns, p99 "
           f"{rd.get('x-postcopy-latency-p99')} ns")
+    deadline = time.monotonic() + 10  # stderr is read by a thread
+    while time.monotonic() < deadline and not (
+            "ram-verify: RAM identical" in dst.stderr and
+            "kvmig-verify" in dst.stderr):
+        time.sleep(0.05)
     tap.ok("ram-verify: RAM identical" in dst.stderr and
            "kvmig-verify" in dst.stderr,
            f"{name}: the destination's RAM digest equals the source's",
