@@ -38,6 +38,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/bitmap.h"
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/rate_limit.h"
@@ -147,6 +148,20 @@ struct kv_migration {
 	 * the return path's reader hands it requests until it stops). */
 	int pc_requested;
 	struct kv_pc_src *pcs;
+	/* Recovery: migrate with resume asked (under lock), and the stream
+	 * of the link that replaced the first (the run closes it). */
+	bool resume_req;
+	char resume_uri[300];
+	struct kv_stream *pc_stream;
+	uint64_t pc_bytes; /* on the links before it */
+	/* postcopy-preempt: the second connection (made at setup), its
+	 * stream and thread from RUN on; pre_stop (atomic) ends it. */
+	struct kv_chan *pre_chan;
+	struct kv_stream *pre_stream;
+	pthread_t pre_thread;
+	bool pre_running;
+	int pre_stop;
+	struct kv_error pre_err;
 };
 
 static const char *const status_names[] = {
@@ -161,6 +176,7 @@ static const char *const status_names[] = {
     [KV_MIG_UNDECIDED] = "x-undecided",
     [KV_MIG_POSTCOPY_ACTIVE] = "postcopy-active",
     [KV_MIG_POSTCOPY_PAUSED] = "postcopy-paused",
+    [KV_MIG_POSTCOPY_RECOVER] = "postcopy-recover",
 };
 
 #define ST(s) (1U << (s))
@@ -179,7 +195,11 @@ static const unsigned int transitions[] = {
     [KV_MIG_POSTCOPY_ACTIVE] = ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) |
 			       ST(KV_MIG_CANCELLING) |
 			       ST(KV_MIG_POSTCOPY_PAUSED),
-    [KV_MIG_POSTCOPY_PAUSED] = 0,
+    /* migrate with resume; then ACTIVE on RESUME_ACK, or PAUSED again
+     * when the new link breaks too. */
+    [KV_MIG_POSTCOPY_PAUSED] = ST(KV_MIG_POSTCOPY_RECOVER),
+    [KV_MIG_POSTCOPY_RECOVER] =
+	ST(KV_MIG_POSTCOPY_ACTIVE) | ST(KV_MIG_POSTCOPY_PAUSED),
     [KV_MIG_DEVICE] = ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) |
 		      ST(KV_MIG_CANCELLING) | ST(KV_MIG_UNDECIDED),
     [KV_MIG_COMPLETED] = 0,
@@ -377,7 +397,10 @@ void kv_mig_set_downtime_limit(struct kv_migration *m, uint64_t ms)
 static uint64_t transferred(const struct kv_migration *m,
 			    struct kv_stream *s)
 {
-	return kv_stream_transferred(s) +
+	/* After a postcopy recovery the link in use is the last one. */
+	struct kv_stream *cur = m->pc_stream ? m->pc_stream : s;
+
+	return kv_stream_transferred(cur) + m->pc_bytes +
 	       (m->rs ? kv_ram_multifd_bytes(m->rs) : 0);
 }
 
@@ -1023,13 +1046,100 @@ static int postcopy_broken(struct kv_migration *m, struct kv_error *err)
 	return MIG_PC_PAUSED;
 }
 
+/* The preempt thread: every requested page at once on its own
+ * connection, EOS when told to stop (QEMU's shutdown of the channel). */
+static void *preempt_main(void *opaque)
+{
+	struct kv_migration *m = opaque;
+	size_t last = KV_RAM_PC_NO_BLOCK;
+	struct kv_pc_page pg;
+	int ret = 0;
+
+	while (ret == 0 && !__atomic_load_n(&m->pre_stop, __ATOMIC_ACQUIRE)) {
+		bool any = false;
+
+		kv_pc_src_wait_urgent(m->pcs, 100);
+		while (ret == 0 && kv_pc_src_next_urgent(m->pcs, &pg)) {
+			ret = kv_ram_pc_send_urgent(m->pre_stream, m->rs, &pg,
+						    &last, &m->pre_err);
+			any = true;
+		}
+		if (ret == 0 && any && kv_stream_flush(m->pre_stream) < 0)
+			ret = kv_stream_error(m->pre_stream);
+	}
+	if (ret == 0) {
+		kv_stream_put_be64(m->pre_stream, KV_RAM_FLAG_EOS);
+		kv_stream_flush(m->pre_stream);
+	}
+	if (ret < 0 && !kv_error_is_set(&m->pre_err))
+		kv_stream_error_get(m->pre_stream, &m->pre_err);
+	return NULL;
+}
+
+static void preempt_start(struct kv_migration *m)
+{
+	if (!m->pre_chan || !m->pcs)
+		return;
+	m->pre_stream = kv_stream_new(m->pre_chan, KV_STREAM_WRITE);
+	if (!m->pre_stream)
+		return;
+	kv_chan_set_silence(m->pre_chan, m->params.link_timeout_ms, &m->life);
+	__atomic_store_n(&m->pre_stop, 0, __ATOMIC_RELEASE);
+	kv_ram_pc_set_preempt(m->rs, true);
+	kv_pc_src_set_resend(m->pcs, true);
+	m->pre_running = pthread_create(&m->pre_thread, NULL, preempt_main,
+					m) == 0;
+	if (!m->pre_running)
+		kv_ram_pc_set_preempt(m->rs, false);
+}
+
+/* The preempt thread ends (EOS sent when the link still works); the
+ * requested pages go on the main stream from now on (a recovery has no
+ * preempt channel). */
+static void preempt_stop(struct kv_migration *m)
+{
+	if (!m->pre_running)
+		return;
+	__atomic_store_n(&m->pre_stop, 1, __ATOMIC_RELEASE);
+	kv_pc_src_wake(m->pcs);
+	pthread_join(m->pre_thread, NULL);
+	m->pre_running = false;
+	kv_ram_pc_set_preempt(m->rs, false);
+	kv_pc_src_set_resend(m->pcs, false);
+	if (kv_error_is_set(&m->pre_err))
+		kv_warn("migration", "postcopy-preempt channel: %s", m->pre_err.msg);
+}
+
+/* After RUN (or a recovery): the rest of the pages, END, EOF, and the
+ * destination's SHUT(0) once it has them all. 0, or MIG_PC_PAUSED. */
+static int postcopy_finish(struct kv_migration *m, struct kv_stream *s,
+			   struct kv_error *err)
+{
+	uint32_t status = 0;
+	int ret;
+
+	ret = postcopy_pages(m, s, err);
+	preempt_stop(m);
+	if (ret == 0)
+		ret = kv_savevm_save_pc_complete(m->sv, s, err);
+	if (ret == 0)
+		ret = wait_answer(
+		    m, s, &(struct answer){.shut = true, .status = &status},
+		    err);
+	if (ret == 0 && status != 0)
+		ret = kv_error_set(err, -EREMOTEIO, "the destination answered SHUT with status %u at the end of postcopy", status);
+	if (ret < 0)
+		return postcopy_broken(m, err);
+	kv_switch_log("postcopy: SHUT(0) received");
+	return 0;
+}
+
 /* Postcopy from ACTIVE: stop, hand over, send the rest, wait for the
  * destination's SHUT(0) once it has every page. 0 completed; <0 before
  * RUN left (the caller resumes the guest); MIG_PC_PAUSED after. */
 static int postcopy_run(struct kv_migration *m, struct kv_stream *s,
 			bool *stopped, struct kv_error *err)
 {
-	uint32_t status = 0;
 	int64_t stop_ns;
 	int ret;
 
@@ -1052,19 +1162,8 @@ static int postcopy_run(struct kv_migration *m, struct kv_stream *s,
 	pthread_mutex_unlock(&m->lock);
 	/* QEMU's max-postcopy-bandwidth (0: none): a vCPU waits on these. */
 	kv_stream_share_rate_limit(s, NULL);
-	ret = postcopy_pages(m, s, err);
-	if (ret == 0)
-		ret = kv_savevm_save_pc_complete(m->sv, s, err);
-	if (ret == 0)
-		ret = wait_answer(
-		    m, s, &(struct answer){.shut = true, .status = &status},
-		    err);
-	if (ret == 0 && status != 0)
-		ret = kv_error_set(err, -EREMOTEIO, "the destination answered SHUT with status %u at the end of postcopy", status);
-	if (ret < 0)
-		return postcopy_broken(m, err);
-	kv_switch_log("postcopy: SHUT(0) received");
-	return 0;
+	preempt_start(m);
+	return postcopy_finish(m, s, err);
 }
 
 /* Switch-over: stop, send the rest, let the destination decide with the
@@ -1462,14 +1561,211 @@ int kv_mig_settle(struct kv_migration *m, enum kv_swo_settle how,
 	return 0;
 }
 
+static int postcopy_take_bitmap(struct kv_migration *m, size_t i,
+				struct kv_error *err);
+static struct kv_chan *connect_main(struct kv_migration *m, const char *uri,
+				    int *ret, struct kv_error *err);
+
 /* POSTCOPY_RUN left and the link broke: stopped for good here (the
  * guest runs on the destination), saying why. */
 static int enter_postcopy_paused(struct kv_migration *m, struct kv_error *why)
 {
 	keep_error(m, why);
-	mig_set_status(m, KV_MIG_POSTCOPY_ACTIVE, KV_MIG_POSTCOPY_PAUSED, true);
+	if (!mig_set_status(m, KV_MIG_POSTCOPY_ACTIVE, KV_MIG_POSTCOPY_PAUSED,
+			    true))
+		mig_set_status(m, KV_MIG_POSTCOPY_RECOVER,
+			       KV_MIG_POSTCOPY_PAUSED, true);
 	kv_err("migration", "%s", why->msg);
 	return why->code < 0 ? why->code : -EPIPE;
+}
+
+/* Paused: wait for migrate with resume (0, *uri set) or the end of the
+ * process (<0: the guest stays stopped here). */
+static int wait_resume(struct kv_migration *m, char *uri, size_t size,
+		       struct kv_error *err)
+{
+	struct timespec slice = {0, 50 * 1000000L};
+
+	for (;;) {
+		bool asked;
+
+		pthread_mutex_lock(&m->lock);
+		asked = m->resume_req;
+		m->resume_req = false;
+		if (asked)
+			snprintf(uri, size, "%s", m->resume_uri);
+		pthread_mutex_unlock(&m->lock);
+		if (asked)
+			return 0;
+		if (stop_resolving(m))
+			return kv_error_set(err, -ECANCELED, "the process ends with postcopy paused: the guest runs on the destination, which lacks pages only this source had; it cannot be completed");
+		nanosleep(&slice, NULL);
+	}
+}
+
+/* Recovery, QEMU's order: RECV_BITMAP for every block, each answered by
+ * the destination's received bitmap (what it lacks is sent again), then
+ * POSTCOPY_RESUME, answered by RESUME_ACK. */
+static int postcopy_handshake(struct kv_migration *m, struct kv_stream *s,
+			      struct kv_error *err)
+{
+	size_t n = kv_ram_block_count(m->rs);
+	int ret = 0;
+
+	for (size_t i = 0; i < n && ret == 0; i++) {
+		uint8_t p[1 + KV_PC_IDSTR_MAX];
+		int len = kv_pc_named_encode(kv_ram_block(m->rs, i)->idstr, p,
+					     err);
+
+		ret = len < 0 ? len
+			      : kv_savevm_save_command(s, KV_MIG_CMD_RECV_BITMAP,
+						       p, (uint16_t)len, err);
+	}
+	if (ret == 0 && kv_stream_flush(s) < 0)
+		ret = kv_stream_error(s);
+	for (size_t i = 0; i < n && ret == 0; i++)
+		ret = postcopy_take_bitmap(m, i, err);
+	if (ret == 0)
+		ret = kv_savevm_save_command(s, KV_MIG_CMD_POSTCOPY_RESUME, NULL,
+					     0, err);
+	if (ret == 0 && kv_stream_flush(s) < 0)
+		ret = kv_stream_error(s);
+	if (ret == 0)
+		ret = kv_rp_reader_wait_resume_ack(m->rp,
+						   m->params.rp_timeout_ms, err);
+	if (ret < 0 && !kv_error_is_set(err))
+		kv_stream_error_get(s, err);
+	return ret;
+}
+
+/* One block's received bitmap, from the return path into the queue and
+ * the RAM's bitmap of pages to send. */
+static int postcopy_take_bitmap(struct kv_migration *m, size_t i,
+				struct kv_error *err)
+{
+	struct kv_ram_block *b = kv_ram_block(m->rs, i);
+	unsigned long *map = kv_bitmap_new(b->npages);
+	uint8_t *blob = NULL;
+	size_t len = 0;
+	int ret;
+
+	if (!map)
+		return kv_error_set(err, -ENOMEM, "postcopy: out of memory");
+	ret = kv_rp_reader_wait_bitmap(m->rp, b->idstr, m->params.rp_timeout_ms,
+				       &blob, &len, err);
+	if (ret == 0)
+		ret = kv_pc_recv_bitmap_decode(blob, len, b->npages, b->idstr,
+					       map, err);
+	if (ret == 0) {
+		kv_pc_src_set_received(m->pcs, i, map);
+		kv_ram_pc_src_resume(m->rs, i, map);
+	}
+	free(blob);
+	kv_bitmap_free(map);
+	return ret;
+}
+
+/* migrate with resume: a new link to uri, the handshake, then the rest
+ * of postcopy. 0 completed; MIG_PC_PAUSED (err says why) otherwise. */
+static int postcopy_resume(struct kv_migration *m, const char *uri,
+			   struct kv_error *err)
+{
+	struct kv_stream *s;
+	struct kv_chan *c;
+	int ret;
+
+	kv_info("migration", "postcopy: resuming over %s", uri);
+	c = connect_main(m, uri, &ret, err);
+	s = c ? kv_stream_new(c, KV_STREAM_WRITE) : NULL;
+	if (!s) {
+		kv_chan_close(c);
+		if (!kv_error_is_set(err))
+			kv_error_set(err, -ENOMEM, "no memory for the stream");
+		return postcopy_broken(m, err);
+	}
+	pthread_mutex_lock(&m->lock);
+	m->pc_bytes += kv_stream_transferred(m->stream);
+	pthread_mutex_unlock(&m->lock);
+	kv_stream_close(m->pc_stream); /* the previous recovery's */
+	pthread_mutex_lock(&m->lock);
+	m->pc_stream = s;
+	m->stream = s;
+	pthread_mutex_unlock(&m->lock);
+	watch_link(m, s);
+	kv_pc_src_flush(m->pcs); /* the broken link's requests */
+	m->rp = kv_rp_reader_start(c, err);
+	if (!m->rp)
+		return postcopy_broken(m, err);
+	kv_rp_reader_set_postcopy(m->rp, m->pcs);
+	ret = postcopy_handshake(m, s, err);
+	if (ret < 0)
+		return postcopy_broken(m, err);
+	mig_set_status(m, KV_MIG_POSTCOPY_RECOVER, KV_MIG_POSTCOPY_ACTIVE, true);
+	kv_info("migration", "postcopy: resumed (RESUME_ACK)");
+	return postcopy_finish(m, s, err);
+}
+
+/* POSTCOPY_RUN left and the link broke: paused until migrate with
+ * resume brings a new link (again after each break), or the process
+ * ends. 0: completed after a recovery; <0: still paused. */
+static int postcopy_paused_loop(struct kv_migration *m, struct kv_error *err)
+{
+	char uri[sizeof(m->resume_uri)];
+	int ret;
+
+	for (;;) {
+		enter_postcopy_paused(m, err);
+		kv_rp_reader_stop(m->rp); /* the broken link's */
+		m->rp = NULL;
+		kv_error_clear(err);
+		ret = wait_resume(m, uri, sizeof(uri), err);
+		if (ret < 0)
+			return ret;
+		mig_set_status(m, KV_MIG_POSTCOPY_PAUSED, KV_MIG_POSTCOPY_RECOVER,
+			       true);
+		ret = postcopy_resume(m, uri, err);
+		if (ret == 0)
+			return 0;
+	}
+}
+
+int kv_mig_resume(struct kv_migration *m, const char *uri,
+		  struct kv_error *err)
+{
+	if (kv_mig_status(m) != KV_MIG_POSTCOPY_PAUSED)
+		return kv_error_set(err, -EBUSY, "migrate with resume: the migration is %s, not postcopy-paused", kv_mig_status_name(kv_mig_status(m)));
+	pthread_mutex_lock(&m->lock);
+	snprintf(m->resume_uri, sizeof(m->resume_uri), "%s", uri);
+	snprintf(m->uri, sizeof(m->uri), "%s", uri);
+	m->resume_req = true;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+int kv_mig_pause_refused(struct kv_error *err)
+{
+	return kv_error_set(err, -EBUSY, "migrate-pause is currently only supported during postcopy-active or postcopy-recover state");
+}
+
+int kv_mig_pause(struct kv_migration *m, struct kv_error *err)
+{
+	enum kv_mig_status st = kv_mig_status(m);
+
+	if (st != KV_MIG_POSTCOPY_ACTIVE && st != KV_MIG_POSTCOPY_RECOVER)
+		return kv_mig_pause_refused(err);
+	kv_warn("migration", "migrate-pause: the source breaks the link of postcopy on purpose");
+	pthread_mutex_lock(&m->lock);
+	if (m->stream)
+		kv_stream_shutdown(m->stream);
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+/* A recovery's stream, once its reader stopped. */
+static void postcopy_close_stream(struct kv_migration *m)
+{
+	kv_stream_close(m->pc_stream);
+	m->pc_stream = NULL;
 }
 
 /* The run from SETUP (or CANCELLING, after a cancel that came first). */
@@ -1520,7 +1816,9 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 	if (ret == SWO_UNANSWERED)
 		enter_undecided(m, &lerr);
 	if (ret == MIG_PC_PAUSED)
-		ret = enter_postcopy_paused(m, &lerr);
+		ret = postcopy_paused_loop(m, &lerr);
+	if (ret == 0 && kv_mig_status(m) == KV_MIG_POSTCOPY_ACTIVE)
+		mig_set_status(m, KV_MIG_POSTCOPY_ACTIVE, KV_MIG_COMPLETED, true);
 out:
 	paused = kv_mig_status(m) == KV_MIG_POSTCOPY_PAUSED;
 	cancelled = ret < 0 && cancel_requested(m);
@@ -1549,6 +1847,7 @@ out:
 	pthread_mutex_unlock(&m->lock);
 	if (ret >= 0) {
 		release_channels(m);
+		postcopy_close_stream(m);
 		return ret; /* COMPLETED, or UNDECIDED (the caller settles) */
 	}
 	if (cancelled) {
@@ -1577,6 +1876,7 @@ out:
 	if (m->offered && !abort_heard(m, abort_sent))
 		m->abort_unheard = true;
 	release_channels(m);
+	postcopy_close_stream(m);
 	kv_error_propagate(err, &lerr);
 	return ret;
 }
@@ -1646,6 +1946,34 @@ static int refuse_conflicting_params(const struct kv_migration *m,
 	return kv_mapped_ram_check_params(&m->params, m->uri, err);
 }
 
+/* postcopy-preempt: QEMU 7.2's second connection, made at setup (the
+ * destination takes the one after the main channel as the preempt
+ * channel); nothing goes on it before POSTCOPY_RUN. */
+static int preempt_connect(struct kv_migration *m, const char *uri,
+			   struct kv_error *err)
+{
+	int ret;
+
+	if (!m->params.postcopy_ram || !m->params.postcopy_preempt || !m->rs)
+		return 0;
+	if (m->params.multifd_channels)
+		return kv_error_set(err, -EINVAL, "postcopy-preempt with multifd is not supported by kvmig yet: turn one of them off");
+	m->pre_chan = connect_main(m, uri, &ret, err);
+	if (!m->pre_chan)
+		kv_error_prefix(err, "postcopy-preempt channel");
+	return m->pre_chan ? 0 : ret;
+}
+
+static void preempt_close(struct kv_migration *m)
+{
+	if (m->pre_stream)
+		kv_stream_close(m->pre_stream);
+	else
+		kv_chan_close(m->pre_chan);
+	m->pre_stream = NULL;
+	m->pre_chan = NULL;
+}
+
 /* The main channel, abandoned at once by kv_mig_cancel and after
  * x-connect-timeout. */
 static struct kv_chan *connect_main(struct kv_migration *m, const char *uri,
@@ -1695,6 +2023,8 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 	}
 	if (ret == 0)
 		ret = multifd_connect(m, uri, &lerr);
+	if (ret == 0)
+		ret = preempt_connect(m, uri, &lerr);
 	if (ret == 0) {
 		ret = run_from_setup(m, s, &lerr);
 	} else {
@@ -1703,6 +2033,7 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 	}
 	if (s)
 		kv_stream_close(s);
+	preempt_close(m);
 	if (ret == SWO_UNANSWERED)
 		ret = settle_undecided(m, &lerr);
 	else if (ret < 0 && m->abort_unheard)

@@ -52,7 +52,7 @@ def check_capabilities(tap, q):
            "query-migrate-capabilities lists QEMU's names "
            "(events and return-path on, xbzrle off)", listed)
 
-    # postcopy-ram is implemented since pc-core; x-colo is not.
+    # x-colo is a capability of QEMU's that kvmig does not implement.
     r = set_caps(q, x_colo=True)
     tap.ok(error_desc(r) == "Capability 'x-colo' is not supported "
            "by kvmig yet", "an unsupported capability set to true is a "
