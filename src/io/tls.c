@@ -15,6 +15,7 @@
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <limits.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -311,6 +312,8 @@ enum kv_tls_endpoint kv_tls_creds_endpoint(const struct kv_tls_creds *c)
 
 static const char *role_of_peer(const struct tls_chan *t)
 {
+	if (t->p->peer_role)
+		return t->p->peer_role;
 	return t->p->creds->endpoint == KV_TLS_CLIENT ? "the destination"
 						      : "the source";
 }
@@ -397,7 +400,7 @@ static int verify_peer_cert(gnutls_session_t session)
 	if (c->endpoint != KV_TLS_SERVER)
 		return 0;
 	if (peer_dn(session, dn, sizeof(dn)) < 0) {
-		set_why(t, "cannot read the distinguished name of the source's certificate");
+		set_why(t, "cannot read the distinguished name of %s's certificate", role_of_peer(t));
 		return GNUTLS_E_CERTIFICATE_ERROR;
 	}
 	return authorize(t, dn) < 0 ? GNUTLS_E_CERTIFICATE_ERROR : 0;
@@ -410,7 +413,7 @@ static int psk_server_key(gnutls_session_t session, const char *user,
 	struct kv_error e = {0};
 
 	if (psk_lookup(t->p->creds, user, key, &e) < 0) {
-		set_why(t, "the source's %s (unknown PSK user)", e.msg);
+		set_why(t, "%s's %s (unknown PSK user)", role_of_peer(t), e.msg);
 		t->alert = GNUTLS_A_UNKNOWN_PSK_IDENTITY;
 		return -1;
 	}
@@ -706,6 +709,16 @@ static const struct kv_chan_ops tls_ops = {
 
 /* ---- the handshake ---- */
 
+int kv_tls_server_check(const struct kv_tls_creds *creds,
+			const struct kv_authz *authz, struct kv_error *err)
+{
+	if (creds->endpoint != KV_TLS_SERVER)
+		return kv_error_set(err, -EINVAL, "tls-creds '%s' has endpoint=client: a server needs endpoint=server", creds->id);
+	if (authz && creds->kind == CREDS_X509 && !creds->verify_peer)
+		return kv_error_set(err, -EINVAL, "tls-authz '%s' needs the peer's certificate: set verify-peer=on on tls-creds '%s'", kv_authz_id(authz), creds->id);
+	return 0;
+}
+
 static int session_setup(struct tls_chan *t, struct kv_error *err)
 {
 	const struct kv_tls_creds *c = t->p->creds;
@@ -732,7 +745,7 @@ static int session_setup(struct tls_chan *t, struct kv_error *err)
 				   : (void *)c->psk_client);
 	}
 	if (r < 0)
-		return kv_error_set(err, -EINVAL, "TLS over %s: cannot set up a session with tls-creds '%s': %s", t->inner->name, c->id, gnutls_strerror(r));
+		return kv_error_set(err, -EINVAL, "TLS over %s: cannot set up a session with tls-creds '%s': %s", t->pub.name, c->id, gnutls_strerror(r));
 	gnutls_session_set_ptr(t->session, t);
 	gnutls_transport_set_ptr(t->session, t);
 	gnutls_transport_set_pull_function(t->session, pull);
@@ -747,7 +760,7 @@ static void explain_failure(struct tls_chan *t, int r)
 	const char *who = role_of_peer(t);
 
 	if (server && t->saw_first_byte && t->first_byte != TLS_HANDSHAKE_BYTE)
-		set_why(t, "the source sent plaintext, not a TLS handshake (a source without tls-creds?)");
+		set_why(t, "%s sent plaintext, not a TLS handshake (no tls-creds on its side?)", who);
 	if (r == GNUTLS_E_PULL_ERROR && t->rx_err == -ETIMEDOUT)
 		set_why(t, "%s did not complete the TLS handshake in time (stalled)", who);
 	if (r == GNUTLS_E_PULL_ERROR && t->rx_err == -ECANCELED)
@@ -758,7 +771,7 @@ static void explain_failure(struct tls_chan *t, int r)
 	if (!server && (r == GNUTLS_E_UNEXPECTED_PACKET_LENGTH ||
 			r == GNUTLS_E_UNSUPPORTED_VERSION_PACKET ||
 			r == GNUTLS_E_UNEXPECTED_PACKET))
-		set_why(t, "the destination answered in plaintext, not TLS (a destination without tls-creds?)");
+		set_why(t, "%s answered in plaintext, not TLS (no tls-creds on its side?)", who);
 	if (r == GNUTLS_E_FATAL_ALERT_RECEIVED) {
 		int a = gnutls_alert_get(t->session);
 
@@ -849,9 +862,8 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 	t->pub.is_file = inner->is_file;
 	snprintf(t->pub.name, sizeof(t->pub.name), "%s", inner->name);
 	kv_chan_peer_name(inner, t->peer, sizeof(t->peer));
-	if (p->authz && p->creds->endpoint == KV_TLS_SERVER &&
-	    p->creds->kind == CREDS_X509 && !p->creds->verify_peer) {
-		kv_error_set(err, -EINVAL, "tls-authz '%s' needs the source's certificate: set verify-peer=on on tls-creds '%s'", kv_authz_id(p->authz), p->creds->id);
+	if (p->creds->endpoint == KV_TLS_SERVER &&
+	    kv_tls_server_check(p->creds, p->authz, err) < 0) {
 		t->inner = NULL; /* the caller's again */
 		tls_close(&t->pub);
 		return NULL;
@@ -897,6 +909,269 @@ bool kv_tls_looks_like_record(const uint8_t *buf, size_t len)
 {
 	/* change_cipher_spec, alert, handshake, application_data; 3.x */
 	return len >= 2 && buf[0] >= 0x14 && buf[0] <= 0x17 && buf[1] == 3;
+}
+
+/* ---- a non-blocking session, for a poll() loop (kv_tls_nb_*) ---- */
+
+/* Plaintext one send encrypts at most: what may wait in out. */
+#define NB_PER_SEND (64 * 1024)
+/* out's size: one send's records and their overhead, or a handshake's
+ * flight (a certificate chain); grows if a flight is larger. */
+#define NB_OUT_START (96 * 1024)
+
+struct kv_tls_nb {
+	struct tls_chan t; /* first: GnuTLS's callbacks take it */
+	struct kv_tls_params params;
+	int fd;
+	bool done;
+	int failed; /* -errno once the handshake failed */
+	uint8_t *out;
+	size_t out_head, out_len, out_cap;
+};
+
+static struct kv_tls_nb *to_nb(gnutls_transport_ptr_t ptr)
+{
+	return (struct kv_tls_nb *)ptr;
+}
+
+static ssize_t nb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
+{
+	struct kv_tls_nb *s = to_nb(ptr);
+	struct tls_chan *t = &s->t;
+	ssize_t n = recv(s->fd, buf, len, MSG_DONTWAIT);
+
+	if (n < 0) {
+		int e = errno == EWOULDBLOCK ? EAGAIN : errno;
+
+		if (e != EAGAIN && e != EINTR)
+			t->rx_err = -e;
+		gnutls_transport_set_errno(t->session, e);
+		return -1;
+	}
+	if (n > 0 && !t->saw_first_byte) {
+		t->saw_first_byte = true;
+		t->first_byte = *(uint8_t *)buf;
+		/* A server need not wait for a plaintext peer's whole line
+		 * to know it is not TLS. */
+		if (s->params.creds->endpoint == KV_TLS_SERVER &&
+		    t->first_byte != TLS_HANDSHAKE_BYTE) {
+			t->rx_err = -EPROTO;
+			gnutls_transport_set_errno(t->session, EPROTO);
+			return -1;
+		}
+	}
+	return n;
+}
+
+static int nb_reserve(struct kv_tls_nb *s, size_t more)
+{
+	size_t cap = s->out_cap;
+	uint8_t *p;
+
+	if (s->out_head && s->out_head == s->out_len)
+		s->out_head = s->out_len = 0;
+	if (s->out_len + more <= cap)
+		return 0;
+	while (cap < s->out_len + more)
+		cap = cap ? cap * 2 : NB_OUT_START;
+	p = realloc(s->out, cap);
+	if (!p)
+		return -ENOMEM;
+	s->out = p;
+	s->out_cap = cap;
+	return 0;
+}
+
+/* Records collect in out; nb_flush sends them as the socket takes them. */
+static ssize_t nb_push(gnutls_transport_ptr_t ptr, const giovec_t *iov,
+		       int iovcnt)
+{
+	struct kv_tls_nb *s = to_nb(ptr);
+	size_t total = 0;
+
+	for (int i = 0; i < iovcnt; i++)
+		total += iov[i].iov_len;
+	if (nb_reserve(s, total) < 0) {
+		s->t.tx_err = -ENOMEM;
+		gnutls_transport_set_errno(s->t.session, ENOMEM);
+		return -1;
+	}
+	for (int i = 0; i < iovcnt; i++) {
+		memcpy(s->out + s->out_len, iov[i].iov_base, iov[i].iov_len);
+		s->out_len += iov[i].iov_len;
+	}
+	return (ssize_t)total;
+}
+
+int kv_tls_nb_flush(struct kv_tls_nb *s)
+{
+	while (s->out_head < s->out_len) {
+		ssize_t n = send(s->fd, s->out + s->out_head,
+				 s->out_len - s->out_head,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN
+								       : -errno;
+		s->out_head += (size_t)n;
+	}
+	s->out_head = s->out_len = 0;
+	return 0;
+}
+
+struct kv_tls_nb *kv_tls_nb_new(int fd, const char *name,
+				const struct kv_tls_params *p,
+				struct kv_error *err)
+{
+	struct kv_tls_nb *s = calloc(1, sizeof(*s));
+	struct tls_chan *t;
+
+	if (!s) {
+		kv_error_set(err, -ENOMEM, "TLS: out of memory");
+		return NULL;
+	}
+	s->params = *p;
+	s->fd = fd;
+	t = &s->t;
+	pthread_mutex_init(&t->tx_lock, NULL);
+	t->p = &s->params;
+	t->deadline_ns = p->deadline_ns;
+	snprintf(t->pub.name, sizeof(t->pub.name), "%s", name);
+	snprintf(t->peer, sizeof(t->peer), "%s", name);
+	if ((p->creds->endpoint == KV_TLS_SERVER &&
+	     kv_tls_server_check(p->creds, p->authz, err) < 0) ||
+	    session_setup(t, err) < 0) {
+		kv_tls_nb_free(s);
+		return NULL;
+	}
+	gnutls_transport_set_pull_function(t->session, nb_pull);
+	gnutls_transport_set_vec_push_function(t->session, nb_push);
+	return s;
+}
+
+void kv_tls_nb_free(struct kv_tls_nb *s)
+{
+	if (!s)
+		return;
+	if (s->t.session)
+		gnutls_deinit(s->t.session);
+	pthread_mutex_destroy(&s->t.tx_lock);
+	free(s->out);
+	free(s);
+}
+
+static int nb_fail(struct kv_tls_nb *s, int r, struct kv_error *err)
+{
+	struct tls_chan *t = &s->t;
+
+	if (t->alert)
+		gnutls_alert_send(t->session, GNUTLS_AL_FATAL,
+				  (gnutls_alert_description_t)t->alert);
+	else if (r != GNUTLS_E_PULL_ERROR && r != GNUTLS_E_PUSH_ERROR &&
+		 r != GNUTLS_E_FATAL_ALERT_RECEIVED &&
+		 r != GNUTLS_E_PREMATURE_TERMINATION)
+		gnutls_alert_send_appropriate(t->session, r);
+	kv_tls_nb_flush(s); /* the alert, if the socket takes it now */
+	explain_failure(t, r);
+	s->failed = r == GNUTLS_E_PULL_ERROR && t->rx_err == -ETIMEDOUT
+			? -ETIMEDOUT
+			: -EACCES;
+	return kv_error_set(err, s->failed, "TLS with %s (%s) failed: %s", t->peer, kv_tls_creds_id(s->params.creds), t->why);
+}
+
+int kv_tls_nb_handshake(struct kv_tls_nb *s, struct kv_error *err)
+{
+	struct tls_chan *t = &s->t;
+	int r;
+
+	if (s->done)
+		return 1;
+	if (s->failed)
+		return kv_error_set(err, s->failed, "TLS with %s (%s) failed: %s", t->peer, kv_tls_creds_id(s->params.creds), t->why);
+	do {
+		r = gnutls_handshake(t->session);
+	} while (r < 0 && r != GNUTLS_E_AGAIN && !gnutls_error_is_fatal(r));
+	if (r == 0) {
+		s->done = true;
+		t->handshaken = true;
+		r = kv_tls_nb_flush(s);
+		return r == 0 || r == -EAGAIN ? 1 : nb_fail(s, GNUTLS_E_PUSH_ERROR, err);
+	}
+	if (r == GNUTLS_E_AGAIN) {
+		r = kv_tls_nb_flush(s);
+		if (r < 0 && r != -EAGAIN) {
+			t->tx_err = r;
+			return nb_fail(s, GNUTLS_E_PUSH_ERROR, err);
+		}
+		if (t->deadline_ns < 0 || kv_now_ns() < t->deadline_ns)
+			return 0;
+		t->rx_err = -ETIMEDOUT;
+		r = GNUTLS_E_PULL_ERROR;
+	}
+	return nb_fail(s, r, err);
+}
+
+short kv_tls_nb_events(const struct kv_tls_nb *s)
+{
+	return (short)(POLLIN | (s->out_head < s->out_len ? POLLOUT : 0));
+}
+
+ssize_t kv_tls_nb_recv(struct kv_tls_nb *s, void *buf, size_t len)
+{
+	for (;;) {
+		ssize_t r = gnutls_record_recv(s->t.session, buf, len);
+
+		if (r >= 0)
+			return r;
+		if (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_REHANDSHAKE)
+			continue;
+		if (r == GNUTLS_E_AGAIN)
+			return -EAGAIN;
+		if (r == GNUTLS_E_PREMATURE_TERMINATION)
+			return 0;
+		return record_errno(&s->t, r);
+	}
+}
+
+ssize_t kv_tls_nb_send(struct kv_tls_nb *s, const void *buf, size_t len)
+{
+	size_t done = 0;
+	int r = kv_tls_nb_flush(s);
+
+	if (r < 0)
+		return r;
+	while (done < len && done < NB_PER_SEND) {
+		ssize_t n = gnutls_record_send(s->t.session,
+					       (const uint8_t *)buf + done,
+					       len - done);
+
+		if (n == GNUTLS_E_INTERRUPTED || n == GNUTLS_E_AGAIN)
+			continue;
+		if (n < 0)
+			return done ? (ssize_t)done : record_errno(&s->t, n);
+		done += (size_t)n;
+	}
+	r = kv_tls_nb_flush(s);
+	if (r < 0 && r != -EAGAIN)
+		return r;
+	return (ssize_t)done;
+}
+
+bool kv_tls_nb_pending(const struct kv_tls_nb *s)
+{
+	return gnutls_record_check_pending(s->t.session) > 0;
+}
+
+bool kv_tls_nb_peer_silent(const struct kv_tls_nb *s)
+{
+	return !s->t.saw_first_byte;
+}
+
+bool kv_tls_nb_peer_plaintext(const struct kv_tls_nb *s)
+{
+	return s->t.saw_first_byte && s->t.first_byte != TLS_HANDSHAKE_BYTE;
 }
 
 /* ---- kTLS ---- */
