@@ -79,14 +79,12 @@ static int take_opt(const char *text, char *item, enum kv_qmp_side side,
 		list_opts(side, known, sizeof(known));
 		return kv_error_set(err, -EINVAL, "QMP socket '%s': unknown option '%s' (known: %s)", text, item, known);
 	}
+	if ((o->kind == OPT_ON && !is_on(value)) ||
+	    (o->kind == OPT_OFF && !is_off(value)))
+		return kv_error_set(err, -EINVAL, "QMP socket '%s': %s=%s is not supported (%s)", text, o->name, value ? value : "on", o->why);
 	switch (o->kind) {
 	case OPT_ON:
-		if (!is_on(value))
-			return kv_error_set(err, -EINVAL, "QMP socket '%s': %s=%s is not supported (%s)", text, o->name, value, o->why);
-		return 0;
 	case OPT_OFF:
-		if (!is_off(value))
-			return kv_error_set(err, -EINVAL, "QMP socket '%s': %s=%s is not supported (%s)", text, o->name, value ? value : "on", o->why);
 		return 0;
 	case OPT_BARE:
 		if (value)
