@@ -32,6 +32,11 @@
 #define PSK_DEFAULT_USER "qemu"
 /* Records collected before they go to the inner channel in one write. */
 #define TX_BATCH (256 * 1024)
+/* Ciphertext one read of the inner channel takes at most, after the
+ * handshake: GnuTLS asks for a record's 5-byte header, then its body,
+ * two reads per 16 KiB record; served from here, one read of the socket
+ * covers many records. */
+#define RX_AHEAD (128 * 1024)
 /* Plaintext one writev call encrypts at most (then it returns). */
 #define TX_PER_CALL (1024 * 1024)
 /*
@@ -81,6 +86,9 @@ struct tls_chan {
 	pthread_mutex_t tx_lock; /* reader and writer may both push */
 	uint8_t *tx;
 	size_t tx_used;
+	/* Read ahead (the reading thread's only): rx[rx_head, rx_len). */
+	uint8_t *rx;
+	size_t rx_head, rx_len;
 };
 
 static struct tls_chan *to_tls(struct kv_chan *c)
@@ -429,10 +437,40 @@ static int psk_server_key(gnutls_session_t session, const char *user,
 
 static int flush(struct tls_chan *t);
 
+/* After the handshake: GnuTLS's reads served from one large read. */
+static ssize_t pull_ahead(struct tls_chan *t, void *buf, size_t len)
+{
+	size_t avail = t->rx_len - t->rx_head;
+
+	if (!avail) {
+		ssize_t n = t->inner->ops->read(t->inner, t->rx, RX_AHEAD);
+
+		if (n < 0) {
+			t->rx_err = n;
+			gnutls_transport_set_errno(t->session,
+						   n == -EAGAIN ? EIO : (int)-n);
+			return -1;
+		}
+		t->rx_head = 0;
+		t->rx_len = (size_t)n;
+		avail = (size_t)n;
+		if (!n)
+			return 0;
+	}
+	if (len > avail)
+		len = avail;
+	memcpy(buf, t->rx + t->rx_head, len);
+	t->rx_head += len;
+	return (ssize_t)len;
+}
+
 static ssize_t pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 {
 	struct tls_chan *t = ptr;
 	ssize_t n;
+
+	if (t->rx)
+		return pull_ahead(t, buf, len);
 
 	/* In the handshake, whatever we said must be out before we wait
 	 * for an answer. After it the reader never writes: a reader blocked
@@ -653,6 +691,7 @@ static void tls_close(struct kv_chan *c)
 	kv_chan_close(t->inner);
 	pthread_mutex_destroy(&t->tx_lock);
 	free(t->tx);
+	free(t->rx);
 	free(t);
 }
 
@@ -662,7 +701,7 @@ static int tls_wait_readable(struct kv_chan *c, int64_t deadline_ns)
 
 	if (__atomic_load_n(&c->shutdown_req, __ATOMIC_ACQUIRE))
 		return -ECANCELED;
-	if (gnutls_record_check_pending(t->session))
+	if (gnutls_record_check_pending(t->session) || t->rx_head < t->rx_len)
 		return 1;
 	return kv_chan_wait_readable(t->inner, deadline_ns);
 }
@@ -884,6 +923,7 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 	t->p = NULL;
 	t->deadline_ns = -1;
 	t->handshaken = true;
+	t->rx = malloc(RX_AHEAD); /* NULL: GnuTLS reads the socket itself */
 	return &t->pub;
 }
 
