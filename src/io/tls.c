@@ -12,10 +12,13 @@
 #include "io/tls.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <gnutls/gnutls.h>
+#include <gnutls/socket.h>
 #include <gnutls/x509.h>
 #include <limits.h>
 #include <poll.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -1243,8 +1246,108 @@ static bool kernel_has_tls_ulp(char *why, size_t size)
 	return ok;
 }
 
+/* ---- the probe: one throwaway PSK session over loopback TCP with
+ * GnuTLS's own socket transport, the only one it hands to the kernel;
+ * gnutls_transport_is_ktls_enabled then says what the whole stack (the
+ * kernel, GnuTLS's build and its system configuration) does. ---- */
+
+static int probe_key(gnutls_session_t session, const char *user,
+		     gnutls_datum_t *key)
+{
+	static const uint8_t k[16] = {1, 2, 3, 4};
+
+	(void)session;
+	(void)user;
+	key->data = gnutls_malloc(sizeof(k));
+	if (!key->data)
+		return -1;
+	memcpy(key->data, k, sizeof(k));
+	key->size = sizeof(k);
+	return 0;
+}
+
+static int probe_pair(int fd[2])
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	socklen_t len = sizeof(sa);
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	fd[0] = fd[1] = -1;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof(sa)) ||
+	    listen(l, 1) || getsockname(l, (struct sockaddr *)&sa, &len))
+		goto fail;
+	fd[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd[0] < 0 || connect(fd[0], (struct sockaddr *)&sa, sizeof(sa)))
+		goto fail;
+	fd[1] = accept4(l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd[1] < 0 || fcntl(fd[0], F_SETFL, O_NONBLOCK) < 0)
+		goto fail;
+	close(l);
+	return 0;
+fail:
+	if (l >= 0)
+		close(l);
+	if (fd[0] >= 0)
+		close(fd[0]);
+	return -1;
+}
+
+/* Both ends' handshakes in turn (non-blocking sockets), at most 2 s. */
+static unsigned probe_sessions(int fd[2])
+{
+	static const uint8_t k[16] = {1, 2, 3, 4};
+	gnutls_datum_t key = {(unsigned char *)k, sizeof(k)};
+	gnutls_psk_client_credentials_t cc = NULL;
+	gnutls_psk_server_credentials_t sc = NULL;
+	gnutls_session_t s[2] = {NULL, NULL};
+	int r[2] = {-1, -1};
+	unsigned flags = 0;
+	int64_t end = kv_now_ns() + 2000 * 1000000LL;
+
+	if (gnutls_psk_allocate_client_credentials(&cc) < 0 ||
+	    gnutls_psk_set_client_credentials(cc, "probe", &key, GNUTLS_PSK_KEY_RAW) < 0 ||
+	    gnutls_psk_allocate_server_credentials(&sc) < 0 ||
+	    gnutls_init(&s[0], GNUTLS_CLIENT | GNUTLS_NONBLOCK) < 0 ||
+	    gnutls_init(&s[1], GNUTLS_SERVER | GNUTLS_NONBLOCK) < 0)
+		goto out;
+	gnutls_psk_set_server_credentials_function(sc, probe_key);
+	for (int i = 0; i < 2; i++) {
+		gnutls_priority_set_direct(s[i], PRIORITY_PSK, NULL);
+		gnutls_credentials_set(s[i], GNUTLS_CRD_PSK,
+				       i ? (void *)sc : (void *)cc);
+		gnutls_transport_set_int(s[i], fd[i]);
+	}
+	while ((r[0] || r[1]) && kv_now_ns() < end) {
+		struct pollfd p[2] = {{fd[0], POLLIN, 0}, {fd[1], POLLIN, 0}};
+
+		for (int i = 0; i < 2; i++)
+			if (r[i])
+				r[i] = gnutls_handshake(s[i]);
+		if ((r[0] && gnutls_error_is_fatal(r[0])) ||
+		    (r[1] && gnutls_error_is_fatal(r[1])))
+			goto out;
+		if (r[0] || r[1])
+			poll(p, 2, 10);
+	}
+	if (!r[0] && !r[1])
+		flags = gnutls_transport_is_ktls_enabled(s[0]);
+out:
+	for (int i = 0; i < 2; i++)
+		if (s[i])
+			gnutls_deinit(s[i]);
+	if (cc)
+		gnutls_psk_free_client_credentials(cc);
+	if (sc)
+		gnutls_psk_free_server_credentials(sc);
+	return flags;
+}
+
 bool kv_tls_ktls_available(char *why, size_t size)
 {
+	unsigned flags;
+	int fd[2];
+
 	snprintf(why, size, "%s", "");
 	if (!kernel_has_tls_ulp(why, size))
 		return false;
@@ -1254,6 +1357,17 @@ bool kv_tls_ktls_available(char *why, size_t size)
 		snprintf(why, size, "GnuTLS %s predates kTLS support (3.7.3)", gnutls_check_version(NULL));
 		return false;
 	}
-	snprintf(why, size, "kTLS needs GnuTLS built with it and enabled in its system configuration ([global] ktls = true); kvmig does not hand sessions to the kernel yet");
-	return false;
+	if (probe_pair(fd) < 0) {
+		snprintf(why, size, "cannot open a loopback connection to ask GnuTLS: %s", strerror(errno));
+		return false;
+	}
+	flags = probe_sessions(fd);
+	close(fd[0]);
+	close(fd[1]);
+	if (flags != GNUTLS_KTLS_DUPLEX) {
+		snprintf(why, size, "GnuTLS %s did not hand a test session to the kernel (gnutls_transport_is_ktls_enabled: %u; needs GnuTLS built with kTLS and [global] ktls = true in its system configuration)", gnutls_check_version(NULL), flags);
+		return false;
+	}
+	snprintf(why, size, "the kernel and GnuTLS %s take TLS sessions (kTLS both ways)", gnutls_check_version(NULL));
+	return true;
 }

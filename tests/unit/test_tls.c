@@ -448,8 +448,8 @@ static void test_looks_like(void **state)
 	assert_false(kv_tls_looks_like_hello(qevm, sizeof(qevm)));
 	assert_true(kv_tls_looks_like_record(alert, sizeof(alert)));
 	assert_false(kv_tls_looks_like_record(qevm, sizeof(qevm)));
-	/* Whatever this kernel has, the answer says why not. */
-	assert_false(kv_tls_ktls_available(why, sizeof(why)));
+	/* Whatever this machine has, the answer says what (and why not). */
+	(void)kv_tls_ktls_available(why, sizeof(why));
 	assert_true(why[0] != '\0');
 }
 
