@@ -10,7 +10,7 @@ SOAK_ROUNDS ?= 100
 WERROR     ?= 0
 MESON_WERROR := $(if $(filter 1,$(WERROR)),--werror,)
 
-.PHONY: all deps demo check faults bench bench-compare bench-caps fuzz clean format
+.PHONY: all deps demo check faults bench bench-compare bench-caps bench-tls fuzz clean format
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -58,6 +58,10 @@ bench-compare: all
 
 bench-caps: all
 	bench/caps.sh $(BUILD)
+
+# Issue 12's TLS benchmarks: bench/results/tls-latest.md.
+bench-tls: all
+	bench/tls.sh $(BUILD)
 
 # SOAK_ROUNDS migrations of one guest per mode (multifd off, on), and the
 # long-lived processes (tests/soak/soak.py); the report goes to
