@@ -40,6 +40,9 @@
  * two reads per 16 KiB record; served from here, one read of the socket
  * covers many records. */
 #define RX_AHEAD (128 * 1024)
+/* The most ciphertext GnuTLS holds of a record it has not decrypted
+ * yet: TLS 1.3's largest record with its header. */
+#define RECORD_HELD_MAX (16384 + 256 + 5)
 /* Plaintext one writev call encrypts at most (then it returns). */
 #define TX_PER_CALL (1024 * 1024)
 /*
@@ -709,9 +712,19 @@ static int tls_wait_readable(struct kv_chan *c, int64_t deadline_ns)
 	return kv_chan_wait_readable(t->inner, deadline_ns);
 }
 
+/*
+ * The caller counts plaintext; the socket, ciphertext. What the socket
+ * will still get for `bytes` of plaintext may be less than `bytes`:
+ * GnuTLS may already hold most of a record (read ahead stops at a
+ * record's end only by chance). A mark of `bytes` could then wait for
+ * bytes the peer never sends (at the end of a payload before a SYNC), so
+ * the inner channel is asked for a record's worth less.
+ */
 static int tls_set_recv_lowat(struct kv_chan *c, size_t bytes)
 {
-	return kv_chan_set_recv_lowat(to_tls(c)->inner, bytes);
+	return kv_chan_set_recv_lowat(to_tls(c)->inner,
+				      bytes > RECORD_HELD_MAX ? bytes - RECORD_HELD_MAX
+							     : 1);
 }
 
 static int tls_set_nodelay(struct kv_chan *c, bool on)
