@@ -314,7 +314,8 @@ static bool advance_tls(struct kv_qmp *q, struct kv_qmp_client *c,
 	return false;
 }
 
-/* Bytes from the client: 1 read, 0 nothing now, -1 dropped (why). */
+/* Bytes from the client: how many, 0 none now (or its end: c->eof),
+ * -1 when it must be dropped (why). */
 static ssize_t recv_client(struct kv_qmp_client *c, char *buf, size_t size,
 			   const char **why)
 {
