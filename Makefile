@@ -10,7 +10,7 @@ SOAK_ROUNDS ?= 100
 WERROR     ?= 0
 MESON_WERROR := $(if $(filter 1,$(WERROR)),--werror,)
 
-.PHONY: all deps demo check faults bench bench-compare bench-caps bench-mapped fuzz clean format
+.PHONY: all deps demo check faults bench bench-compare bench-caps bench-mapped bench-tls fuzz clean format
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -63,6 +63,9 @@ bench-caps: all
 # speed and QEMU 7.2 (root: it drops the page cache); bench/mapped.py.
 bench-mapped: all
 	python3 bench/mapped.py $(BUILD) --rounds $(or $(ROUNDS),3)
+# Issue 12's TLS benchmarks: bench/results/tls-latest.md.
+bench-tls: all
+	bench/tls.sh $(BUILD)
 
 # SOAK_ROUNDS migrations of one guest per mode (multifd off, on), and the
 # long-lived processes (tests/soak/soak.py); the report goes to

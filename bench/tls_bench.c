@@ -68,7 +68,7 @@ struct end {
 static struct kv_chan *maybe_tls(struct kv_chan *c,
 				 const struct kv_tls_creds *creds)
 {
-	struct kv_tls_params p = {creds, NULL, NULL, kv_now_ns() + 5000000000LL};
+	struct kv_tls_params p = {.creds = creds, .deadline_ns = kv_now_ns() + 5000000000LL};
 	struct kv_error err = {0};
 	struct kv_chan *t;
 

@@ -24,7 +24,7 @@ KVMIG_ISOLATE = {"x-compress": "off"}
 
 class Profile:
     def __init__(self, name, caps=(), params=None, dest=False, qemu=True,
-                 workload=None, what=""):
+                 workload=None, what="", tls=False):
         self.name = name
         self.caps = list(caps)
         self.params = dict(params or {})
@@ -32,6 +32,7 @@ class Profile:
         self.qemu = qemu            # QEMU 7.2 has it
         self.workload = dict(workload or {})
         self.what = what
+        self.tls = tls              # both VMMs get TLS credentials objects
 
     def supported_by(self, vmm_name):
         return vmm_name != "qemu" or self.qemu
@@ -78,6 +79,11 @@ def _multifd(compression, level=None, qemu=True, workload=None):
 
 SPARSE = {"fill": "sparse"}
 
+# TLS (issue 12): x509 credentials made for the run (vmms.Vmm.tls_dir),
+# verify-peer on both sides; the certificate names "localhost", which
+# tls-hostname gives whatever address the link uses.
+TLS_PARAMS = {"tls-creds": "tls0", "tls-hostname": "localhost"}
+
 PROFILES = {p.name: p for p in (
     Profile("plain", what="plain precopy, one stream"),
     # QEMU's cache is direct-mapped on the page address: as large as the
@@ -95,6 +101,13 @@ PROFILES = {p.name: p for p in (
             what="2 multifd channels, zstd level 1"),
     Profile("multifd-lz4", **_multifd("lz4", qemu=False, workload=SPARSE),
             what="2 multifd channels, lz4 (kvmig only)"),
+    Profile("tls", params=TLS_PARAMS, dest=True, tls=True,
+            what="x509 TLS on the main stream, one channel"),
+    Profile("multifd-tls", caps=["multifd"],
+            params=dict(TLS_PARAMS, **{"multifd-channels": 2,
+                                       "multifd-compression": "none"}),
+            dest=True, tls=True,
+            what="x509 TLS on 2 multifd channels and the main stream"),
     Profile("x-compress", params={"x-compress": "auto"}, qemu=False,
             what="kvmig's zstd on the main stream while the link is the "
                  "bottleneck (kvmig only)"),

@@ -15,6 +15,17 @@ import shutil
 
 class Vmm:
     name = "?"
+    # A directory made by tests/integration/tlslib.make_x509 (client/,
+    # server/): both VMMs then get the same x509 credentials object
+    # "tls0", as QEMU's -object tls-creds-x509 declares it (issue 12).
+    tls_dir = None
+
+    def tls_object(self, endpoint):
+        """QEMU's tls-creds-x509 spec for endpoint, or None."""
+        if not self.tls_dir:
+            return None
+        return (f"tls-creds-x509,id=tls0,dir={self.tls_dir}/{endpoint},"
+                f"endpoint={endpoint},verify-peer=on")
 
     def source_argv(self, memory, cpus, append, qmp_path):
         raise NotImplementedError
@@ -44,14 +55,20 @@ class Kvmig(Vmm):
                 return f"{f} is missing: build first (ninja -C {self.build})"
         return None
 
+    def _objects(self, endpoint):
+        spec = self.tls_object(endpoint)
+        return ["--object", spec] if spec else []
+
     def source_argv(self, memory, cpus, append, qmp_path):
         return [self.binary, "run", "--memory", memory, "--cpus", str(cpus),
                 "--kernel", self.guest, "--append", append,
-                "--qmp", "unix:" + qmp_path, "--console", "stdio"]
+                "--qmp", "unix:" + qmp_path, "--console", "stdio",
+                *self._objects("client")]
 
     def dest_argv(self, memory, cpus, uri, qmp_path):
         return [self.binary, "run", "--memory", memory, "--cpus", str(cpus),
-                "--incoming", uri, "--qmp", "unix:" + qmp_path]
+                "--incoming", uri, "--qmp", "unix:" + qmp_path,
+                *self._objects("server")]
 
 
 class Qemu(Vmm):
@@ -79,21 +96,23 @@ class Qemu(Vmm):
             return "?"
         return out.splitlines()[0] if out else "?"
 
-    def _common(self, memory, cpus, qmp_path):
+    def _common(self, memory, cpus, qmp_path, endpoint):
+        spec = self.tls_object(endpoint)
         return [self.binary, "-enable-kvm", "-cpu", "host,-arch-capabilities",
                 "-nodefaults", "-display", "none", "-no-reboot",
                 "-serial", "stdio", "-m", memory, "-smp", str(cpus),
-                "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+                "-qmp", f"unix:{qmp_path},server=on,wait=off",
+                *(["-object", spec] if spec else [])]
 
     def source_argv(self, memory, cpus, append, qmp_path):
-        return self._common(memory, cpus, qmp_path) + [
+        return self._common(memory, cpus, qmp_path, "client") + [
             "-kernel", self.guest, "-append", append]
 
     def dest_argv(self, memory, cpus, uri, qmp_path):
         # The destination needs the same machine; -kernel/-append too, so
         # that the option ROM QEMU builds for the multiboot loader is the
         # same size on both sides (RAM block list must match).
-        return self._common(memory, cpus, qmp_path) + [
+        return self._common(memory, cpus, qmp_path, "server") + [
             "-kernel", self.guest, "-incoming", uri]
 
 

@@ -38,6 +38,13 @@ int kv_cli_parse(const char *cmd, int argc, char **argv,
 int kv_cli_usage_error(const char *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* Take every --object SPEC (or --object=SPEC, QEMU's form) out of argv
+ * into *objects (made on the first one; NULL when there is none); argc
+ * is what is left. KV_EXIT_OK, or KV_EXIT_USAGE with the message shown. */
+struct kv_objects;
+int kv_cli_take_objects(const char *cmd, int *argc, char **argv,
+			struct kv_objects **objects);
+
 /* "64M", "1G", "4096", "2.5G": bytes with binary suffixes K, M, G, T
  * (optionally followed by "iB" or "B"). */
 bool kv_cli_parse_size(const char *text, uint64_t *out);

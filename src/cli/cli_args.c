@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/objects.h"
+
 int kv_cli_usage_error(const char *cmd, const char *fmt, ...)
 {
 	va_list ap;
@@ -172,4 +174,31 @@ void kv_cli_hex(const uint8_t *bytes, int n, char *buf)
 		buf[2 * i + 1] = digits[bytes[i] & 15];
 	}
 	buf[2 * n] = '\0';
+}
+
+int kv_cli_take_objects(const char *cmd, int *argc, char **argv,
+			struct kv_objects **objects)
+{
+	int out = 1;
+
+	for (int i = 1; i < *argc; i++) {
+		struct kv_error err = {0};
+		const char *spec = NULL;
+
+		if (!strcmp(argv[i], "--object") && i + 1 < *argc)
+			spec = argv[++i];
+		else if (!strncmp(argv[i], "--object=", 9))
+			spec = argv[i] + 9;
+		if (!spec) {
+			argv[out++] = argv[i];
+			continue;
+		}
+		if (!*objects)
+			*objects = kv_objects_new();
+		if (!*objects || kv_objects_add(*objects, spec, &err) < 0)
+			return kv_cli_usage_error(cmd, "--object: %s", *objects ? err.msg : "out of memory");
+	}
+	*argc = out;
+	argv[out] = NULL;
+	return KV_EXIT_OK;
 }

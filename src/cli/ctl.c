@@ -20,6 +20,9 @@
 #include "cli/cli.h"
 #include "cli/option_args.h"
 #include "cli/qmp_client.h"
+#include "io/objects.h"
+#include "io/tls.h"
+#include "monitor/qmp.h"
 #include "monitor/qmp_migration.h"
 #include "vmm/runstate.h"
 
@@ -28,6 +31,18 @@
 #define CTL_CANCEL_WAIT_MS	30000
 #define CTL_SETTLE_TRIES	40
 #define CTL_SETTLE_STEP_MS	50
+/* How every control command reaches a monitor over TLS. */
+#define CTL_TLS_HELP                                                          \
+	"  --qmp tcp:HOST:PORT,tls-creds=ID[,tls-hostname=NAME]\n"             \
+	"                  TLS to a monitor with tls-creds (kvmig run --qmp "  \
+	"...,tls-creds=ID);\n"                                                 \
+	"                  the monitor's certificate must name NAME (default "\
+	"HOST)\n"                                                              \
+	"  --object SPEC   the credentials, as QEMU's (repeatable): "          \
+	"tls-creds-x509,id=ID,\n"                                              \
+	"                  dir=DIR,endpoint=client or "                        \
+	"tls-creds-psk,id=ID,dir=DIR,\n"                                       \
+	"                  endpoint=client,username=U\n"
 
 /* ---- argument splitting ---- */
 
@@ -327,21 +342,68 @@ struct ctl {
 	struct kv_qmpc *qmp;
 };
 
+/* The QMP address's tls-creds (an endpoint=client --object) and
+ * tls-hostname: TLS to a monitor started with tls-creds. */
+static int ctl_tls(const char *cmd, const char *addr,
+		   const struct kv_objects *objects, struct kv_qmp_spec *spec,
+		   struct kv_qmpc_tls *tls)
+{
+	struct kv_error err = {0};
+
+	memset(tls, 0, sizeof(*tls));
+	if (kv_qmp_spec_parse(addr, KV_QMP_CONNECT, spec, &err) < 0)
+		return kv_cli_usage_error(cmd, "--qmp: %s", err.msg);
+	if (!spec->tls_creds[0])
+		return KV_EXIT_OK;
+	if (!objects)
+		return kv_cli_usage_error(cmd, "--qmp: tls-creds=%s needs an --object tls-creds-x509 or tls-creds-psk with id=%s, endpoint=client", spec->tls_creds, spec->tls_creds);
+	tls->creds = kv_objects_tls_creds(objects, spec->tls_creds, &err);
+	if (!tls->creds)
+		return kv_cli_usage_error(cmd, "--qmp: %s", err.msg);
+	if (kv_tls_creds_endpoint(tls->creds) != KV_TLS_CLIENT)
+		return kv_cli_usage_error(cmd, "--qmp: tls-creds '%s' has endpoint=server: connecting needs endpoint=client", spec->tls_creds);
+	tls->hostname = spec->tls_hostname;
+	return KV_EXIT_OK;
+}
+
 static int ctl_fail(const struct ctl *c, const struct kv_error *err)
 {
 	fprintf(stderr, "kvmig %s: %s\n", c->cmd, err->msg);
 	return KV_EXIT_FAILURE;
 }
 
-static int ctl_connect(struct ctl *c, const char *cmd, const char *addr)
+static int ctl_connect(struct ctl *c, const char *cmd, const char *addr,
+		       const struct kv_objects *objects)
 {
 	struct kv_error err = {0};
+	struct kv_qmp_spec spec;
+	struct kv_qmpc_tls tls;
+	int rc;
 
 	c->cmd = cmd;
 	c->qmp = NULL;
-	if (kv_qmpc_connect(addr, CTL_TIMEOUT_MS, &c->qmp, &err) < 0)
+	rc = ctl_tls(cmd, addr, objects, &spec, &tls);
+	if (rc)
+		return rc;
+	if (kv_qmpc_connect_tls(spec.uri, &tls, CTL_TIMEOUT_MS, &c->qmp,
+				&err) < 0)
 		return ctl_fail(c, &err);
 	return KV_EXIT_OK;
+}
+
+/* The --object options every control command takes, for tls-creds. */
+typedef int (*ctl_main)(int argc, char **argv,
+			const struct kv_objects *objects);
+
+static int with_objects(const char *cmd, int argc, char **argv, ctl_main fn)
+{
+	struct kv_objects *objects = NULL;
+	int rc = kv_cli_take_objects(cmd, &argc, argv, &objects);
+
+	if (rc == KV_EXIT_OK)
+		rc = fn(argc, argv, objects);
+	kv_objects_free(objects);
+	return rc;
 }
 
 /* Run a command; on failure print the error (a QMP error reply with its
@@ -623,6 +685,7 @@ static void status_help(void)
 	       "  --qmp PATH|unix:PATH|tcp:HOST:PORT\n"
 	       "                  the VM's QMP socket (kvmig run --qmp, or "
 	       "QEMU's -qmp)\n"
+	       CTL_TLS_HELP
 	       "  --watch         follow the migration until it completes, "
 	       "fails or is\n"
 	       "                  cancelled: a live progress bar on a "
@@ -640,7 +703,7 @@ static void status_help(void)
 	       CTL_DEFAULT_INTERVAL_MS);
 }
 
-int kv_cmd_status(int argc, char **argv)
+static int status_main(int argc, char **argv, const struct kv_objects *objects)
 {
 	const char *qmp = NULL, *watch = NULL, *json = NULL, *interval = NULL;
 	const struct kv_cli_opt opts[] = {
@@ -675,7 +738,7 @@ int kv_cmd_status(int argc, char **argv)
 		rc = parse_interval("status", interval, &interval_ms);
 	if (rc)
 		return rc;
-	rc = ctl_connect(&c, "status", qmp);
+	rc = ctl_connect(&c, "status", qmp, objects);
 	if (rc)
 		return rc;
 	if (watch) {
@@ -728,6 +791,7 @@ static void migrate_help(void)
 	       "Options:\n"
 	       "  --qmp PATH|unix:PATH|tcp:HOST:PORT\n"
 	       "                        the source VM's QMP socket\n"
+	       CTL_TLS_HELP
 	       "  --wait                wait for the end (a progress bar on a "
 	       "terminal) and\n"
 	       "                        print a summary; exit 0 only if it "
@@ -770,7 +834,7 @@ static int migrate_parameters(const char *dl, const char *bw, json_t **out)
 	return KV_EXIT_OK;
 }
 
-int kv_cmd_migrate(int argc, char **argv)
+static int migrate_main(int argc, char **argv, const struct kv_objects *objects)
 {
 	const char *qmp = NULL, *wait = NULL, *json = NULL, *interval = NULL;
 	const char *dl = NULL, *bw = NULL;
@@ -817,7 +881,7 @@ int kv_cmd_migrate(int argc, char **argv)
 		json_decref(params);
 		return rc;
 	}
-	rc = ctl_connect(&c, "migrate", qmp);
+	rc = ctl_connect(&c, "migrate", qmp, objects);
 	if (rc) {
 		json_decref(params);
 		return rc;
@@ -858,7 +922,7 @@ static int query_status_name(struct ctl *c, char *buf, size_t len)
 	return KV_EXIT_OK;
 }
 
-int kv_cmd_cancel(int argc, char **argv)
+static int cancel_main(int argc, char **argv, const struct kv_objects *objects)
 {
 	const char *qmp = NULL;
 	const struct kv_cli_opt opts[] = {
@@ -878,14 +942,15 @@ int kv_cmd_cancel(int argc, char **argv)
 		       "and wait until it\n"
 		       "is cancelled; the VM keeps running on the source. "
 		       "Exit 1 if no migration\n"
-		       "was in progress or it ended another way.\n");
+		       "was in progress or it ended another way.\n\n"
+		       CTL_TLS_HELP);
 		return KV_EXIT_OK;
 	}
 	if (!rc)
 		rc = need_qmp("cancel", qmp);
 	if (rc)
 		return rc;
-	rc = ctl_connect(&c, "cancel", qmp);
+	rc = ctl_connect(&c, "cancel", qmp, objects);
 	if (!rc)
 		rc = query_status_name(&c, status, sizeof(status));
 	if (!rc && (!strcmp(status, "none") || status_is_final(status))) {
@@ -916,7 +981,7 @@ int kv_cmd_cancel(int argc, char **argv)
 
 /* ---- kvmig settle ---- */
 
-int kv_cmd_settle(int argc, char **argv)
+static int settle_main(int argc, char **argv, const struct kv_objects *objects)
 {
 	const char *qmp = NULL, *outcome = NULL;
 	const struct kv_cli_opt opts[] = {
@@ -937,7 +1002,8 @@ int kv_cmd_settle(int argc, char **argv)
 		       "x-undecided) when the other host is gone for good (x-migrate-settle):\n"
 		       "  run      this side runs the guest (the other must never run it)\n"
 		       "  discard  this side drops its copy\n"
-		       "On a link that comes back the two sides settle by themselves.\n");
+		       "On a link that comes back the two sides settle by themselves.\n\n"
+		       CTL_TLS_HELP);
 		return KV_EXIT_OK;
 	}
 	if (!rc)
@@ -946,7 +1012,7 @@ int kv_cmd_settle(int argc, char **argv)
 		rc = kv_cli_usage_error("settle", "--outcome must be run or discard");
 	if (rc)
 		return rc;
-	rc = ctl_connect(&c, "settle", qmp);
+	rc = ctl_connect(&c, "settle", qmp, objects);
 	if (!rc)
 		rc = ctl_exec(&c, "x-migrate-settle",
 			      json_pack("{s:s}", "outcome", outcome), NULL);
@@ -1115,13 +1181,16 @@ static void set_help(void)
 	       "are checked\n"
 	       "here; other names (QEMU has more) go to the VM as they are.\n"
 	       "\n"
+	       "To a monitor with tls-creds (every command):\n"
+	       CTL_TLS_HELP
+	       "\n"
 	       "Parameters (kind, range, default, the side they act on):\n");
 	kv_cli_mig_options_help(stdout, false);
 	printf("\nCapabilities (default):\n");
 	kv_cli_mig_options_help(stdout, true);
 }
 
-int kv_cmd_set(int argc, char **argv)
+static int set_main(int argc, char **argv, const struct kv_objects *objects)
 {
 	const char *qmp = NULL;
 	const struct kv_cli_opt opts[] = {
@@ -1149,7 +1218,7 @@ int kv_cmd_set(int argc, char **argv)
 	if (!rc)
 		rc = build_set_requests(&a, params, caps);
 	if (!rc)
-		rc = ctl_connect(&c, "set", qmp);
+		rc = ctl_connect(&c, "set", qmp, objects);
 	if (!rc && json_array_size(caps))
 		rc = ctl_exec(&c, "migrate-set-capabilities",
 			      json_pack("{s:O}", "capabilities", caps), NULL);
@@ -1164,4 +1233,29 @@ out:
 	json_decref(params);
 	json_decref(caps);
 	return rc;
+}
+
+int kv_cmd_status(int argc, char **argv)
+{
+	return with_objects("status", argc, argv, status_main);
+}
+
+int kv_cmd_migrate(int argc, char **argv)
+{
+	return with_objects("migrate", argc, argv, migrate_main);
+}
+
+int kv_cmd_cancel(int argc, char **argv)
+{
+	return with_objects("cancel", argc, argv, cancel_main);
+}
+
+int kv_cmd_settle(int argc, char **argv)
+{
+	return with_objects("settle", argc, argv, settle_main);
+}
+
+int kv_cmd_set(int argc, char **argv)
+{
+	return with_objects("set", argc, argv, set_main);
 }

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* A small synchronous QMP client over unix and tcp sockets (jansson). */
+/* A small synchronous QMP client over unix and tcp sockets (jansson),
+ * through a channel (io/channel.h): a plain socket, or TLS over it. */
 #define _GNU_SOURCE
 #include "cli/qmp_client.h"
 
@@ -16,9 +17,12 @@
 
 #include "base/clock.h"
 #include "io/channel.h"
+#include "io/tls.h"
+
+#define MS_NS 1000000LL
 
 struct kv_qmpc {
-	int fd;
+	struct kv_chan *chan;
 	char addr[300];
 	char *buf; /* bytes received and not yet parsed */
 	size_t len, cap;
@@ -173,28 +177,19 @@ unix_done:
 static int send_message(struct kv_qmpc *c, json_t *msg, struct kv_error *err)
 {
 	char *text = json_dumps(msg, JSON_COMPACT);
-	size_t len, off = 0;
+	struct iovec iov;
+	int rc;
 
 	if (!text)
 		return kv_error_set(err, -ENOMEM, "out of memory");
-	len = strlen(text);
-	text[len++] = '\n'; /* json_dumps' NUL becomes the separator */
-	while (off < len) {
-		ssize_t n = send(c->fd, text + off, len - off, MSG_NOSIGNAL);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int rc = -errno;
-
-			free(text);
-			return kv_error_set_errno(
-			    err, rc, "writing to QMP socket %s", c->addr);
-		}
-		off += (size_t)n;
-	}
+	iov.iov_base = text;
+	iov.iov_len = strlen(text);
+	text[iov.iov_len++] = '\n'; /* json_dumps' NUL becomes the separator */
+	rc = kv_chan_writev_full(c->chan, &iov, 1, err);
 	free(text);
-	return 0;
+	if (rc < 0)
+		kv_error_prefix(err, "writing to QMP socket %s", c->addr);
+	return rc;
 }
 
 static void consume(struct kv_qmpc *c, size_t n)
@@ -238,7 +233,6 @@ static int parse_buffered(struct kv_qmpc *c, json_t **msg, struct kv_error *err)
 static int fill_buffer(struct kv_qmpc *c, int64_t deadline_ms,
 		       struct kv_error *err)
 {
-	struct pollfd p = {.fd = c->fd, .events = POLLIN};
 	int64_t left = deadline_ms - kv_now_ms();
 	ssize_t n;
 	int rc;
@@ -259,20 +253,16 @@ static int fill_buffer(struct kv_qmpc *c, int64_t deadline_ms,
 	}
 	if (left < 0)
 		left = 0;
-	do
-		rc = poll(&p, 1, left > 0x7fffffff ? 0x7fffffff : (int)left);
-	while (rc < 0 && errno == EINTR);
+	rc = kv_chan_wait_readable(c->chan, kv_now_ns() + left * MS_NS);
 	if (rc < 0)
-		return kv_error_set_errno(err, -errno,
-					  "waiting on QMP socket %s", c->addr);
+		return kv_error_set_errno(err, rc, "waiting on QMP socket %s",
+					  c->addr);
 	if (rc == 0)
 		return -ETIMEDOUT; /* the caller says what it waited for */
-	do
-		n = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
-	while (n < 0 && errno == EINTR);
+	n = c->chan->ops->read(c->chan, c->buf + c->len, c->cap - c->len);
 	if (n < 0)
 		return kv_error_set_errno(
-		    err, -errno, "reading from QMP socket %s", c->addr);
+		    err, (int)n, "reading from QMP socket %s", c->addr);
 	if (n == 0)
 		return kv_error_set(err, -ECONNRESET,
 				    "QMP socket %s: the connection was closed (did the VM exit?)",
@@ -319,6 +309,14 @@ static int read_greeting(struct kv_qmpc *c, int timeout_ms,
 	if (rc < 0)
 		return rc;
 	if (!json_is_object(json_object_get(msg, "QMP"))) {
+		const char *desc = json_string_value(
+		    json_object_get(json_object_get(msg, "error"), "desc"));
+
+		if (desc) {
+			rc = kv_error_set(err, -ECONNREFUSED, "QMP socket %s refused the session: %s", c->addr, desc);
+			json_decref(msg);
+			return rc;
+		}
 		json_decref(msg);
 		return kv_error_set(err, -EPROTO,
 				    "QMP socket %s: the first message is not a QMP greeting",
@@ -329,8 +327,57 @@ static int read_greeting(struct kv_qmpc *c, int timeout_ms,
 	return 0;
 }
 
+/* The monitor's certificate must carry hostname, else the tcp address's
+ * host (a unix socket's: no name to check). */
+static int start_tls(struct kv_qmpc *c, const struct kv_qmpc_tls *tls,
+		     int timeout_ms, struct kv_error *err)
+{
+	struct kv_tls_params p = {
+	    .creds = tls->creds,
+	    .hostname = tls->hostname,
+	    .deadline_ns = kv_now_ns() + timeout_ms * MS_NS,
+	    .peer_role = "the monitor",
+	};
+	struct kv_uri u;
+	struct kv_chan *t;
+
+	if ((!p.hostname || !*p.hostname) && has_prefix(c->addr, "tcp:") &&
+	    kv_uri_parse(c->addr, &u, NULL) == 0)
+		p.hostname = u.host;
+	t = kv_tls_wrap(c->chan, &p, err);
+	if (!t) {
+		kv_error_prefix(err, "QMP socket %s", c->addr);
+		return err->code < 0 ? err->code : -EACCES;
+	}
+	c->chan = t;
+	return 0;
+}
+
+static int open_channel(struct kv_qmpc *c, const struct kv_qmpc_tls *tls,
+			int timeout_ms, struct kv_error *err)
+{
+	int fd = -1;
+	int rc = open_socket(c->addr, timeout_ms, &fd, err);
+
+	if (rc < 0)
+		return rc;
+	c->chan = kv_chan_from_fd(fd, c->addr, err);
+	if (!c->chan)
+		return err->code < 0 ? err->code : -ENOMEM;
+	if (tls && tls->creds)
+		return start_tls(c, tls, timeout_ms, err);
+	return 0;
+}
+
 int kv_qmpc_connect(const char *addr, int timeout_ms, struct kv_qmpc **out,
 		    struct kv_error *err)
+{
+	return kv_qmpc_connect_tls(addr, NULL, timeout_ms, out, err);
+}
+
+int kv_qmpc_connect_tls(const char *addr, const struct kv_qmpc_tls *tls,
+			int timeout_ms, struct kv_qmpc **out,
+			struct kv_error *err)
 {
 	struct kv_qmpc *c = calloc(1, sizeof(*c));
 	int rc;
@@ -338,7 +385,6 @@ int kv_qmpc_connect(const char *addr, int timeout_ms, struct kv_qmpc **out,
 	*out = NULL;
 	if (!c)
 		return kv_error_set(err, -ENOMEM, "out of memory");
-	c->fd = -1;
 	c->next_id = 1;
 	snprintf(c->addr, sizeof(c->addr), "%s", addr);
 	c->events = json_array();
@@ -346,7 +392,7 @@ int kv_qmpc_connect(const char *addr, int timeout_ms, struct kv_qmpc **out,
 		kv_qmpc_close(c);
 		return kv_error_set(err, -ENOMEM, "out of memory");
 	}
-	rc = open_socket(addr, timeout_ms, &c->fd, err);
+	rc = open_channel(c, tls, timeout_ms, err);
 	if (rc == 0)
 		rc = read_greeting(c, timeout_ms, err);
 	if (rc == 0)
@@ -489,8 +535,8 @@ void kv_qmpc_close(struct kv_qmpc *c)
 {
 	if (!c)
 		return;
-	if (c->fd >= 0)
-		close(c->fd);
+	if (c->chan)
+		kv_chan_close(c->chan);
 	json_decref(c->greeting);
 	json_decref(c->events);
 	free(c->buf);

@@ -33,6 +33,20 @@ struct kv_qmpc;
 int kv_qmpc_connect(const char *addr, int timeout_ms, struct kv_qmpc **out,
 		    struct kv_error *err);
 
+/* TLS to a monitor with tls-creds: the client's credentials
+ * (endpoint=client) and the name the monitor's certificate must carry
+ * (NULL or "": the host of a tcp: address). */
+struct kv_tls_creds;
+struct kv_qmpc_tls {
+	const struct kv_tls_creds *creds; /* NULL: plaintext */
+	const char *hostname;
+};
+/* kv_qmpc_connect over TLS when tls has credentials (the handshake too
+ * within timeout_ms); its errors name the check that failed. */
+int kv_qmpc_connect_tls(const char *addr, const struct kv_qmpc_tls *tls,
+			int timeout_ms, struct kv_qmpc **out,
+			struct kv_error *err);
+
 /* The address as given to kv_qmpc_connect (for messages). */
 const char *kv_qmpc_address(const struct kv_qmpc *c);
 

@@ -19,12 +19,16 @@
 #include "cli/run_control.h"
 #include "io/channel.h"
 #include "io/objects.h"
+#include "io/tls.h"
+#include "monitor/qmp.h"
 #include "vmm/vm.h"
 
 
 struct run_args {
 	struct kv_vm_config cfg;
 	const char *qmp;
+	struct kv_qmp_spec qmp_spec; /* --qmp's address and options */
+	struct kv_qmp_tls qmp_tls;   /* its tls-creds / tls-authz objects */
 	const char *incoming;
 	bool verify_ram;
 	struct kv_objects *objects; /* --object, repeatable */
@@ -59,8 +63,12 @@ static void print_help(void)
 	       "  --dirty-tracker log|ring\n"
 	       "                         KVM dirty tracking for migration "
 	       "(default log)\n"
-	       "  --qmp unix:PATH|tcp:HOST:PORT\n"
-	       "                         QMP monitor socket\n"
+	       "  --qmp unix:PATH|tcp:HOST:PORT[,server=on,wait=off][,tls-creds=ID]"
+	       "[,tls-authz=ID]\n"
+	       "                         QMP monitor socket, as QEMU's -qmp; "
+	       "tls-creds (an\n"
+	       "                         endpoint=server --object): clients "
+	       "must use TLS\n"
 	       "  --incoming URI|defer   wait for a migration instead of "
 	       "booting; the rest\n"
 	       "                         of the source's command line may "
@@ -88,44 +96,47 @@ static void print_help(void)
 	       KV_VM_MAX_VCPUS);
 }
 
-/* QMP controls the VM: on an address others reach, say so (QMP over TLS
- * is not there yet). */
-static void warn_open_qmp(const char *qmp)
+/* QMP controls the VM: on an address others reach without TLS, say so. */
+static void warn_open_qmp(const struct run_args *a)
 {
 	struct kv_uri u;
 
-	if (!qmp || kv_uri_parse(qmp, &u, NULL) < 0 || u.kind != KV_URI_TCP)
+	if (!a->qmp || a->qmp_tls.creds ||
+	    kv_uri_parse(a->qmp_spec.uri, &u, NULL) < 0 || u.kind != KV_URI_TCP)
 		return;
 	if (!strncmp(u.host, "127.", 4) || !strcmp(u.host, "::1") ||
 	    !strcmp(u.host, "localhost"))
 		return;
-	fprintf(stderr, "kvmig run: warning: QMP listens on %s without TLS: whoever reaches that address controls this VM; prefer unix: or a loopback address\n", qmp);
+	fprintf(stderr, "kvmig run: warning: QMP listens on %s without TLS: whoever reaches that address controls this VM; add tls-creds=ID (an endpoint=server --object), or listen on unix: or a loopback address\n", a->qmp_spec.uri);
 }
 
-/* Take every --object SPEC (or --object=SPEC) out of argv into a->objects;
- * argc is what is left. */
-static int take_objects(int *argc, char **argv, struct run_args *a)
+/* --qmp's spec, and the objects its tls-creds / tls-authz name. */
+static int parse_qmp(struct run_args *a)
 {
-	int out = 1;
+	struct kv_error err = {0};
+	struct kv_uri u;
 
-	for (int i = 1; i < *argc; i++) {
-		struct kv_error err = {0};
-		const char *spec = NULL;
-
-		if (!strcmp(argv[i], "--object") && i + 1 < *argc)
-			spec = argv[++i];
-		else if (!strncmp(argv[i], "--object=", 9))
-			spec = argv[i] + 9;
-		if (!spec) {
-			argv[out++] = argv[i];
-			continue;
-		}
-		if (!a->objects)
-			a->objects = kv_objects_new();
-		if (!a->objects || kv_objects_add(a->objects, spec, &err) < 0)
-			return kv_cli_usage_error("run", "--object: %s", a->objects ? err.msg : "out of memory");
+	if (kv_qmp_spec_parse(a->qmp, KV_QMP_LISTEN, &a->qmp_spec, &err) < 0)
+		return kv_cli_usage_error("run", "--qmp: %s", err.msg);
+	if (kv_uri_parse(a->qmp_spec.uri, &u, NULL) < 0 ||
+	    (u.kind != KV_URI_UNIX && u.kind != KV_URI_TCP))
+		return kv_cli_usage_error("run", "--qmp '%s': expected unix:PATH or tcp:HOST:PORT", a->qmp);
+	if (!a->qmp_spec.tls_creds[0])
+		return KV_EXIT_OK;
+	if (!a->objects)
+		a->objects = kv_objects_new(); /* for QEMU's "No TLS credentials" */
+	if (!a->objects)
+		return kv_cli_usage_error("run", "--qmp: out of memory");
+	a->qmp_tls.creds = kv_objects_tls_creds(a->objects, a->qmp_spec.tls_creds, &err);
+	if (!a->qmp_tls.creds)
+		return kv_cli_usage_error("run", "--qmp: %s", err.msg);
+	if (a->qmp_spec.tls_authz[0]) {
+		a->qmp_tls.authz = kv_objects_authz(a->objects, a->qmp_spec.tls_authz, &err);
+		if (!a->qmp_tls.authz)
+			return kv_cli_usage_error("run", "--qmp: %s", err.msg);
 	}
-	*argc = out;
+	if (kv_tls_server_check(a->qmp_tls.creds, a->qmp_tls.authz, &err) < 0)
+		return kv_cli_usage_error("run", "--qmp: %s", err.msg);
 	return KV_EXIT_OK;
 }
 
@@ -146,7 +157,7 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 	    {NULL, false, NULL},
 	};
 	uint64_t n;
-	int rc = take_objects(&argc, argv, a);
+	int rc = kv_cli_take_objects("run", &argc, argv, &a->objects);
 
 	if (rc == KV_EXIT_OK)
 		rc = kv_cli_parse("run", argc, argv, opts, help);
@@ -180,14 +191,12 @@ static int parse_args(int argc, char **argv, struct run_args *a, bool *help)
 		return kv_cli_usage_error(
 		    "run", "--dirty-tracker '%s': expected log or ring",
 		    tracker);
-	if (a->qmp && strncmp(a->qmp, "unix:", 5) && strncmp(a->qmp, "tcp:", 4))
-		return kv_cli_usage_error(
-		    "run", "--qmp '%s': expected unix:PATH or tcp:HOST:PORT",
-		    a->qmp);
+	if (a->qmp && (rc = parse_qmp(a)) != KV_EXIT_OK)
+		return rc;
 	if (!a->cfg.kernel && !a->incoming)
 		return kv_cli_usage_error("run", "--kernel ELF is required (or --incoming)");
 	a->verify_ram = verify != NULL;
-	warn_open_qmp(a->qmp);
+	warn_open_qmp(a);
 	return KV_EXIT_OK;
 }
 
@@ -235,7 +244,8 @@ static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
 		if (!ret)
 			ret = run_ctl_incoming(rc, a->incoming, err);
 		if (!ret)
-			ret = run_ctl_start_monitor(rc, a->qmp, err);
+			ret = run_ctl_start_monitor(rc, a->qmp ? a->qmp_spec.uri : NULL,
+						    &a->qmp_tls, err);
 		if (ret < 0)
 			return ret;
 		fprintf(stderr, "kvmig run: waiting for an incoming migration on %s\n",
@@ -244,7 +254,8 @@ static int run_vm(struct run_args *a, struct kv_vm *vm, struct run_ctl *rc,
 	} else {
 		ret = kv_vm_boot_kernel(vm, err);
 		if (!ret)
-			ret = run_ctl_start_monitor(rc, a->qmp, err);
+			ret = run_ctl_start_monitor(rc, a->qmp ? a->qmp_spec.uri : NULL,
+						    &a->qmp_tls, err);
 		if (!ret)
 			ret = kv_vm_start(vm, err);
 		if (ret < 0)

@@ -573,7 +573,7 @@ int run_ctl_incoming(struct run_ctl *rc, const char *uri, struct kv_error *err)
 /* ---- lifecycle ---- */
 
 int run_ctl_start_monitor(struct run_ctl *rc, const char *qmp_uri,
-			  struct kv_error *err)
+			  const struct kv_qmp_tls *tls, struct kv_error *err)
 {
 	struct kv_qmp_ops ops = qmp_ops_template;
 
@@ -581,7 +581,7 @@ int run_ctl_start_monitor(struct run_ctl *rc, const char *qmp_uri,
 		return 0;
 	ops.opaque = rc;
 	ops.migration = rc->qm;
-	return kv_qmp_start(qmp_uri, &ops, &rc->qmp, err);
+	return kv_qmp_start_tls(qmp_uri, tls, &ops, &rc->qmp, err);
 }
 
 int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,

@@ -27,11 +27,13 @@ int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
 		struct kv_error *err);
 /* The --object table tls-creds and tls-authz name (outlives rc). */
 void run_ctl_set_objects(struct run_ctl *rc, const struct kv_objects *objects);
-/* Start the QMP monitor on qmp_uri (NULL: none). Called once the VM is
+struct kv_qmp_tls;
+/* Start the QMP monitor on qmp_uri (NULL: none), over TLS when tls has
+ * credentials. Called once the VM is
  * booted or listening for its migration, so that a client who sees the
  * monitor can rely on the incoming listener being there. */
 int run_ctl_start_monitor(struct run_ctl *rc, const char *qmp_uri,
-			  struct kv_error *err);
+			  const struct kv_qmp_tls *tls, struct kv_error *err);
 void run_ctl_free(struct run_ctl *rc);
 
 /* The VM booted a kernel and its vCPUs run. */

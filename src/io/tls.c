@@ -12,9 +12,13 @@
 #include "io/tls.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <gnutls/gnutls.h>
+#include <gnutls/socket.h>
 #include <gnutls/x509.h>
 #include <limits.h>
+#include <poll.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -31,6 +35,14 @@
 #define PSK_DEFAULT_USER "qemu"
 /* Records collected before they go to the inner channel in one write. */
 #define TX_BATCH (256 * 1024)
+/* Ciphertext one read of the inner channel takes at most, after the
+ * handshake: GnuTLS asks for a record's 5-byte header, then its body,
+ * two reads per 16 KiB record; served from here, one read of the socket
+ * covers many records. */
+#define RX_AHEAD (128 * 1024)
+/* The most ciphertext GnuTLS holds of a record it has not decrypted
+ * yet: TLS 1.3's largest record with its header. */
+#define RECORD_HELD_MAX (16384 + 256 + 5)
 /* Plaintext one writev call encrypts at most (then it returns). */
 #define TX_PER_CALL (1024 * 1024)
 /*
@@ -80,6 +92,9 @@ struct tls_chan {
 	pthread_mutex_t tx_lock; /* reader and writer may both push */
 	uint8_t *tx;
 	size_t tx_used;
+	/* Read ahead (the reading thread's only): rx[rx_head, rx_len). */
+	uint8_t *rx;
+	size_t rx_head, rx_len;
 };
 
 static struct tls_chan *to_tls(struct kv_chan *c)
@@ -311,6 +326,8 @@ enum kv_tls_endpoint kv_tls_creds_endpoint(const struct kv_tls_creds *c)
 
 static const char *role_of_peer(const struct tls_chan *t)
 {
+	if (t->p->peer_role)
+		return t->p->peer_role;
 	return t->p->creds->endpoint == KV_TLS_CLIENT ? "the destination"
 						      : "the source";
 }
@@ -397,7 +414,7 @@ static int verify_peer_cert(gnutls_session_t session)
 	if (c->endpoint != KV_TLS_SERVER)
 		return 0;
 	if (peer_dn(session, dn, sizeof(dn)) < 0) {
-		set_why(t, "cannot read the distinguished name of the source's certificate");
+		set_why(t, "cannot read the distinguished name of %s's certificate", role_of_peer(t));
 		return GNUTLS_E_CERTIFICATE_ERROR;
 	}
 	return authorize(t, dn) < 0 ? GNUTLS_E_CERTIFICATE_ERROR : 0;
@@ -410,7 +427,7 @@ static int psk_server_key(gnutls_session_t session, const char *user,
 	struct kv_error e = {0};
 
 	if (psk_lookup(t->p->creds, user, key, &e) < 0) {
-		set_why(t, "the source's %s (unknown PSK user)", e.msg);
+		set_why(t, "%s's %s (unknown PSK user)", role_of_peer(t), e.msg);
 		t->alert = GNUTLS_A_UNKNOWN_PSK_IDENTITY;
 		return -1;
 	}
@@ -426,10 +443,40 @@ static int psk_server_key(gnutls_session_t session, const char *user,
 
 static int flush(struct tls_chan *t);
 
+/* After the handshake: GnuTLS's reads served from one large read. */
+static ssize_t pull_ahead(struct tls_chan *t, void *buf, size_t len)
+{
+	size_t avail = t->rx_len - t->rx_head;
+
+	if (!avail) {
+		ssize_t n = t->inner->ops->read(t->inner, t->rx, RX_AHEAD);
+
+		if (n < 0) {
+			t->rx_err = n;
+			gnutls_transport_set_errno(t->session,
+						   n == -EAGAIN ? EIO : (int)-n);
+			return -1;
+		}
+		t->rx_head = 0;
+		t->rx_len = (size_t)n;
+		avail = (size_t)n;
+		if (!n)
+			return 0;
+	}
+	if (len > avail)
+		len = avail;
+	memcpy(buf, t->rx + t->rx_head, len);
+	t->rx_head += len;
+	return (ssize_t)len;
+}
+
 static ssize_t pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 {
 	struct tls_chan *t = ptr;
 	ssize_t n;
+
+	if (t->rx)
+		return pull_ahead(t, buf, len);
 
 	/* In the handshake, whatever we said must be out before we wait
 	 * for an answer. After it the reader never writes: a reader blocked
@@ -650,6 +697,7 @@ static void tls_close(struct kv_chan *c)
 	kv_chan_close(t->inner);
 	pthread_mutex_destroy(&t->tx_lock);
 	free(t->tx);
+	free(t->rx);
 	free(t);
 }
 
@@ -659,14 +707,24 @@ static int tls_wait_readable(struct kv_chan *c, int64_t deadline_ns)
 
 	if (__atomic_load_n(&c->shutdown_req, __ATOMIC_ACQUIRE))
 		return -ECANCELED;
-	if (gnutls_record_check_pending(t->session))
+	if (gnutls_record_check_pending(t->session) || t->rx_head < t->rx_len)
 		return 1;
 	return kv_chan_wait_readable(t->inner, deadline_ns);
 }
 
+/*
+ * The caller counts plaintext; the socket, ciphertext. What the socket
+ * will still get for `bytes` of plaintext may be less than `bytes`:
+ * GnuTLS may already hold most of a record (read ahead stops at a
+ * record's end only by chance). A mark of `bytes` could then wait for
+ * bytes the peer never sends (at the end of a payload before a SYNC), so
+ * the inner channel is asked for a record's worth less.
+ */
 static int tls_set_recv_lowat(struct kv_chan *c, size_t bytes)
 {
-	return kv_chan_set_recv_lowat(to_tls(c)->inner, bytes);
+	return kv_chan_set_recv_lowat(to_tls(c)->inner,
+				      bytes > RECORD_HELD_MAX ? bytes - RECORD_HELD_MAX
+							     : 1);
 }
 
 static int tls_set_nodelay(struct kv_chan *c, bool on)
@@ -706,6 +764,16 @@ static const struct kv_chan_ops tls_ops = {
 
 /* ---- the handshake ---- */
 
+int kv_tls_server_check(const struct kv_tls_creds *creds,
+			const struct kv_authz *authz, struct kv_error *err)
+{
+	if (creds->endpoint != KV_TLS_SERVER)
+		return kv_error_set(err, -EINVAL, "tls-creds '%s' has endpoint=client: a server needs endpoint=server", creds->id);
+	if (authz && creds->kind == CREDS_X509 && !creds->verify_peer)
+		return kv_error_set(err, -EINVAL, "tls-authz '%s' needs the peer's certificate: set verify-peer=on on tls-creds '%s'", kv_authz_id(authz), creds->id);
+	return 0;
+}
+
 static int session_setup(struct tls_chan *t, struct kv_error *err)
 {
 	const struct kv_tls_creds *c = t->p->creds;
@@ -732,7 +800,7 @@ static int session_setup(struct tls_chan *t, struct kv_error *err)
 				   : (void *)c->psk_client);
 	}
 	if (r < 0)
-		return kv_error_set(err, -EINVAL, "TLS over %s: cannot set up a session with tls-creds '%s': %s", t->inner->name, c->id, gnutls_strerror(r));
+		return kv_error_set(err, -EINVAL, "TLS over %s: cannot set up a session with tls-creds '%s': %s", t->pub.name, c->id, gnutls_strerror(r));
 	gnutls_session_set_ptr(t->session, t);
 	gnutls_transport_set_ptr(t->session, t);
 	gnutls_transport_set_pull_function(t->session, pull);
@@ -747,7 +815,7 @@ static void explain_failure(struct tls_chan *t, int r)
 	const char *who = role_of_peer(t);
 
 	if (server && t->saw_first_byte && t->first_byte != TLS_HANDSHAKE_BYTE)
-		set_why(t, "the source sent plaintext, not a TLS handshake (a source without tls-creds?)");
+		set_why(t, "%s sent plaintext, not a TLS handshake (no tls-creds on its side?)", who);
 	if (r == GNUTLS_E_PULL_ERROR && t->rx_err == -ETIMEDOUT)
 		set_why(t, "%s did not complete the TLS handshake in time (stalled)", who);
 	if (r == GNUTLS_E_PULL_ERROR && t->rx_err == -ECANCELED)
@@ -758,7 +826,7 @@ static void explain_failure(struct tls_chan *t, int r)
 	if (!server && (r == GNUTLS_E_UNEXPECTED_PACKET_LENGTH ||
 			r == GNUTLS_E_UNSUPPORTED_VERSION_PACKET ||
 			r == GNUTLS_E_UNEXPECTED_PACKET))
-		set_why(t, "the destination answered in plaintext, not TLS (a destination without tls-creds?)");
+		set_why(t, "%s answered in plaintext, not TLS (no tls-creds on its side?)", who);
 	if (r == GNUTLS_E_FATAL_ALERT_RECEIVED) {
 		int a = gnutls_alert_get(t->session);
 
@@ -849,9 +917,8 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 	t->pub.is_file = inner->is_file;
 	snprintf(t->pub.name, sizeof(t->pub.name), "%s", inner->name);
 	kv_chan_peer_name(inner, t->peer, sizeof(t->peer));
-	if (p->authz && p->creds->endpoint == KV_TLS_SERVER &&
-	    p->creds->kind == CREDS_X509 && !p->creds->verify_peer) {
-		kv_error_set(err, -EINVAL, "tls-authz '%s' needs the source's certificate: set verify-peer=on on tls-creds '%s'", kv_authz_id(p->authz), p->creds->id);
+	if (p->creds->endpoint == KV_TLS_SERVER &&
+	    kv_tls_server_check(p->creds, p->authz, err) < 0) {
 		t->inner = NULL; /* the caller's again */
 		tls_close(&t->pub);
 		return NULL;
@@ -872,6 +939,7 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 	t->p = NULL;
 	t->deadline_ns = -1;
 	t->handshaken = true;
+	t->rx = malloc(RX_AHEAD); /* NULL: GnuTLS reads the socket itself */
 	return &t->pub;
 }
 
@@ -897,6 +965,269 @@ bool kv_tls_looks_like_record(const uint8_t *buf, size_t len)
 {
 	/* change_cipher_spec, alert, handshake, application_data; 3.x */
 	return len >= 2 && buf[0] >= 0x14 && buf[0] <= 0x17 && buf[1] == 3;
+}
+
+/* ---- a non-blocking session, for a poll() loop (kv_tls_nb_*) ---- */
+
+/* Plaintext one send encrypts at most: what may wait in out. */
+#define NB_PER_SEND (64 * 1024)
+/* out's size: one send's records and their overhead, or a handshake's
+ * flight (a certificate chain); grows if a flight is larger. */
+#define NB_OUT_START (96 * 1024)
+
+struct kv_tls_nb {
+	struct tls_chan t; /* first: GnuTLS's callbacks take it */
+	struct kv_tls_params params;
+	int fd;
+	bool done;
+	int failed; /* -errno once the handshake failed */
+	uint8_t *out;
+	size_t out_head, out_len, out_cap;
+};
+
+static struct kv_tls_nb *to_nb(gnutls_transport_ptr_t ptr)
+{
+	return (struct kv_tls_nb *)ptr;
+}
+
+static ssize_t nb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
+{
+	struct kv_tls_nb *s = to_nb(ptr);
+	struct tls_chan *t = &s->t;
+	ssize_t n = recv(s->fd, buf, len, MSG_DONTWAIT);
+
+	if (n < 0) {
+		int e = errno == EWOULDBLOCK ? EAGAIN : errno;
+
+		if (e != EAGAIN && e != EINTR)
+			t->rx_err = -e;
+		gnutls_transport_set_errno(t->session, e);
+		return -1;
+	}
+	if (n > 0 && !t->saw_first_byte) {
+		t->saw_first_byte = true;
+		t->first_byte = *(uint8_t *)buf;
+		/* A server need not wait for a plaintext peer's whole line
+		 * to know it is not TLS. */
+		if (s->params.creds->endpoint == KV_TLS_SERVER &&
+		    t->first_byte != TLS_HANDSHAKE_BYTE) {
+			t->rx_err = -EPROTO;
+			gnutls_transport_set_errno(t->session, EPROTO);
+			return -1;
+		}
+	}
+	return n;
+}
+
+static int nb_reserve(struct kv_tls_nb *s, size_t more)
+{
+	size_t cap = s->out_cap;
+	uint8_t *p;
+
+	if (s->out_head && s->out_head == s->out_len)
+		s->out_head = s->out_len = 0;
+	if (s->out_len + more <= cap)
+		return 0;
+	while (cap < s->out_len + more)
+		cap = cap ? cap * 2 : NB_OUT_START;
+	p = realloc(s->out, cap);
+	if (!p)
+		return -ENOMEM;
+	s->out = p;
+	s->out_cap = cap;
+	return 0;
+}
+
+/* Records collect in out; nb_flush sends them as the socket takes them. */
+static ssize_t nb_push(gnutls_transport_ptr_t ptr, const giovec_t *iov,
+		       int iovcnt)
+{
+	struct kv_tls_nb *s = to_nb(ptr);
+	size_t total = 0;
+
+	for (int i = 0; i < iovcnt; i++)
+		total += iov[i].iov_len;
+	if (nb_reserve(s, total) < 0) {
+		s->t.tx_err = -ENOMEM;
+		gnutls_transport_set_errno(s->t.session, ENOMEM);
+		return -1;
+	}
+	for (int i = 0; i < iovcnt; i++) {
+		memcpy(s->out + s->out_len, iov[i].iov_base, iov[i].iov_len);
+		s->out_len += iov[i].iov_len;
+	}
+	return (ssize_t)total;
+}
+
+int kv_tls_nb_flush(struct kv_tls_nb *s)
+{
+	while (s->out_head < s->out_len) {
+		ssize_t n = send(s->fd, s->out + s->out_head,
+				 s->out_len - s->out_head,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN
+								       : -errno;
+		s->out_head += (size_t)n;
+	}
+	s->out_head = s->out_len = 0;
+	return 0;
+}
+
+struct kv_tls_nb *kv_tls_nb_new(int fd, const char *name,
+				const struct kv_tls_params *p,
+				struct kv_error *err)
+{
+	struct kv_tls_nb *s = calloc(1, sizeof(*s));
+	struct tls_chan *t;
+
+	if (!s) {
+		kv_error_set(err, -ENOMEM, "TLS: out of memory");
+		return NULL;
+	}
+	s->params = *p;
+	s->fd = fd;
+	t = &s->t;
+	pthread_mutex_init(&t->tx_lock, NULL);
+	t->p = &s->params;
+	t->deadline_ns = p->deadline_ns;
+	snprintf(t->pub.name, sizeof(t->pub.name), "%s", name);
+	snprintf(t->peer, sizeof(t->peer), "%s", name);
+	if ((p->creds->endpoint == KV_TLS_SERVER &&
+	     kv_tls_server_check(p->creds, p->authz, err) < 0) ||
+	    session_setup(t, err) < 0) {
+		kv_tls_nb_free(s);
+		return NULL;
+	}
+	gnutls_transport_set_pull_function(t->session, nb_pull);
+	gnutls_transport_set_vec_push_function(t->session, nb_push);
+	return s;
+}
+
+void kv_tls_nb_free(struct kv_tls_nb *s)
+{
+	if (!s)
+		return;
+	if (s->t.session)
+		gnutls_deinit(s->t.session);
+	pthread_mutex_destroy(&s->t.tx_lock);
+	free(s->out);
+	free(s);
+}
+
+static int nb_fail(struct kv_tls_nb *s, int r, struct kv_error *err)
+{
+	struct tls_chan *t = &s->t;
+
+	if (t->alert)
+		gnutls_alert_send(t->session, GNUTLS_AL_FATAL,
+				  (gnutls_alert_description_t)t->alert);
+	else if (r != GNUTLS_E_PULL_ERROR && r != GNUTLS_E_PUSH_ERROR &&
+		 r != GNUTLS_E_FATAL_ALERT_RECEIVED &&
+		 r != GNUTLS_E_PREMATURE_TERMINATION)
+		gnutls_alert_send_appropriate(t->session, r);
+	kv_tls_nb_flush(s); /* the alert, if the socket takes it now */
+	explain_failure(t, r);
+	s->failed = r == GNUTLS_E_PULL_ERROR && t->rx_err == -ETIMEDOUT
+			? -ETIMEDOUT
+			: -EACCES;
+	return kv_error_set(err, s->failed, "TLS with %s (%s) failed: %s", t->peer, kv_tls_creds_id(s->params.creds), t->why);
+}
+
+int kv_tls_nb_handshake(struct kv_tls_nb *s, struct kv_error *err)
+{
+	struct tls_chan *t = &s->t;
+	int r;
+
+	if (s->done)
+		return 1;
+	if (s->failed)
+		return kv_error_set(err, s->failed, "TLS with %s (%s) failed: %s", t->peer, kv_tls_creds_id(s->params.creds), t->why);
+	do {
+		r = gnutls_handshake(t->session);
+	} while (r < 0 && r != GNUTLS_E_AGAIN && !gnutls_error_is_fatal(r));
+	if (r == 0) {
+		s->done = true;
+		t->handshaken = true;
+		r = kv_tls_nb_flush(s);
+		return r == 0 || r == -EAGAIN ? 1 : nb_fail(s, GNUTLS_E_PUSH_ERROR, err);
+	}
+	if (r == GNUTLS_E_AGAIN) {
+		r = kv_tls_nb_flush(s);
+		if (r < 0 && r != -EAGAIN) {
+			t->tx_err = r;
+			return nb_fail(s, GNUTLS_E_PUSH_ERROR, err);
+		}
+		if (t->deadline_ns < 0 || kv_now_ns() < t->deadline_ns)
+			return 0;
+		t->rx_err = -ETIMEDOUT;
+		r = GNUTLS_E_PULL_ERROR;
+	}
+	return nb_fail(s, r, err);
+}
+
+short kv_tls_nb_events(const struct kv_tls_nb *s)
+{
+	return (short)(POLLIN | (s->out_head < s->out_len ? POLLOUT : 0));
+}
+
+ssize_t kv_tls_nb_recv(struct kv_tls_nb *s, void *buf, size_t len)
+{
+	for (;;) {
+		ssize_t r = gnutls_record_recv(s->t.session, buf, len);
+
+		if (r >= 0)
+			return r;
+		if (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_REHANDSHAKE)
+			continue;
+		if (r == GNUTLS_E_AGAIN)
+			return -EAGAIN;
+		if (r == GNUTLS_E_PREMATURE_TERMINATION)
+			return 0;
+		return record_errno(&s->t, r);
+	}
+}
+
+ssize_t kv_tls_nb_send(struct kv_tls_nb *s, const void *buf, size_t len)
+{
+	size_t done = 0;
+	int r = kv_tls_nb_flush(s);
+
+	if (r < 0)
+		return r;
+	while (done < len && done < NB_PER_SEND) {
+		ssize_t n = gnutls_record_send(s->t.session,
+					       (const uint8_t *)buf + done,
+					       len - done);
+
+		if (n == GNUTLS_E_INTERRUPTED || n == GNUTLS_E_AGAIN)
+			continue;
+		if (n < 0)
+			return done ? (ssize_t)done : record_errno(&s->t, n);
+		done += (size_t)n;
+	}
+	r = kv_tls_nb_flush(s);
+	if (r < 0 && r != -EAGAIN)
+		return r;
+	return (ssize_t)done;
+}
+
+bool kv_tls_nb_pending(const struct kv_tls_nb *s)
+{
+	return gnutls_record_check_pending(s->t.session) > 0;
+}
+
+bool kv_tls_nb_peer_silent(const struct kv_tls_nb *s)
+{
+	return !s->t.saw_first_byte;
+}
+
+bool kv_tls_nb_peer_plaintext(const struct kv_tls_nb *s)
+{
+	return s->t.saw_first_byte && s->t.first_byte != TLS_HANDSHAKE_BYTE;
 }
 
 /* ---- kTLS ---- */
@@ -928,8 +1259,108 @@ static bool kernel_has_tls_ulp(char *why, size_t size)
 	return ok;
 }
 
+/* ---- the probe: one throwaway PSK session over loopback TCP with
+ * GnuTLS's own socket transport, the only one it hands to the kernel;
+ * gnutls_transport_is_ktls_enabled then says what the whole stack (the
+ * kernel, GnuTLS's build and its system configuration) does. ---- */
+
+static int probe_key(gnutls_session_t session, const char *user,
+		     gnutls_datum_t *key)
+{
+	static const uint8_t k[16] = {1, 2, 3, 4};
+
+	(void)session;
+	(void)user;
+	key->data = gnutls_malloc(sizeof(k));
+	if (!key->data)
+		return -1;
+	memcpy(key->data, k, sizeof(k));
+	key->size = sizeof(k);
+	return 0;
+}
+
+static int probe_pair(int fd[2])
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	socklen_t len = sizeof(sa);
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	fd[0] = fd[1] = -1;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof(sa)) ||
+	    listen(l, 1) || getsockname(l, (struct sockaddr *)&sa, &len))
+		goto fail;
+	fd[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd[0] < 0 || connect(fd[0], (struct sockaddr *)&sa, sizeof(sa)))
+		goto fail;
+	fd[1] = accept4(l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd[1] < 0 || fcntl(fd[0], F_SETFL, O_NONBLOCK) < 0)
+		goto fail;
+	close(l);
+	return 0;
+fail:
+	if (l >= 0)
+		close(l);
+	if (fd[0] >= 0)
+		close(fd[0]);
+	return -1;
+}
+
+/* Both ends' handshakes in turn (non-blocking sockets), at most 2 s. */
+static unsigned probe_sessions(int fd[2])
+{
+	static const uint8_t k[16] = {1, 2, 3, 4};
+	gnutls_datum_t key = {(unsigned char *)k, sizeof(k)};
+	gnutls_psk_client_credentials_t cc = NULL;
+	gnutls_psk_server_credentials_t sc = NULL;
+	gnutls_session_t s[2] = {NULL, NULL};
+	int r[2] = {-1, -1};
+	unsigned flags = 0;
+	int64_t end = kv_now_ns() + 2000 * 1000000LL;
+
+	if (gnutls_psk_allocate_client_credentials(&cc) < 0 ||
+	    gnutls_psk_set_client_credentials(cc, "probe", &key, GNUTLS_PSK_KEY_RAW) < 0 ||
+	    gnutls_psk_allocate_server_credentials(&sc) < 0 ||
+	    gnutls_init(&s[0], GNUTLS_CLIENT | GNUTLS_NONBLOCK) < 0 ||
+	    gnutls_init(&s[1], GNUTLS_SERVER | GNUTLS_NONBLOCK) < 0)
+		goto out;
+	gnutls_psk_set_server_credentials_function(sc, probe_key);
+	for (int i = 0; i < 2; i++) {
+		gnutls_priority_set_direct(s[i], PRIORITY_PSK, NULL);
+		gnutls_credentials_set(s[i], GNUTLS_CRD_PSK,
+				       i ? (void *)sc : (void *)cc);
+		gnutls_transport_set_int(s[i], fd[i]);
+	}
+	while ((r[0] || r[1]) && kv_now_ns() < end) {
+		struct pollfd p[2] = {{fd[0], POLLIN, 0}, {fd[1], POLLIN, 0}};
+
+		for (int i = 0; i < 2; i++)
+			if (r[i])
+				r[i] = gnutls_handshake(s[i]);
+		if ((r[0] && gnutls_error_is_fatal(r[0])) ||
+		    (r[1] && gnutls_error_is_fatal(r[1])))
+			goto out;
+		if (r[0] || r[1])
+			poll(p, 2, 10);
+	}
+	if (!r[0] && !r[1])
+		flags = gnutls_transport_is_ktls_enabled(s[0]);
+out:
+	for (int i = 0; i < 2; i++)
+		if (s[i])
+			gnutls_deinit(s[i]);
+	if (cc)
+		gnutls_psk_free_client_credentials(cc);
+	if (sc)
+		gnutls_psk_free_server_credentials(sc);
+	return flags;
+}
+
 bool kv_tls_ktls_available(char *why, size_t size)
 {
+	unsigned flags;
+	int fd[2];
+
 	snprintf(why, size, "%s", "");
 	if (!kernel_has_tls_ulp(why, size))
 		return false;
@@ -939,6 +1370,17 @@ bool kv_tls_ktls_available(char *why, size_t size)
 		snprintf(why, size, "GnuTLS %s predates kTLS support (3.7.3)", gnutls_check_version(NULL));
 		return false;
 	}
-	snprintf(why, size, "kTLS needs GnuTLS built with it and enabled in its system configuration ([global] ktls = true); kvmig does not hand sessions to the kernel yet");
-	return false;
+	if (probe_pair(fd) < 0) {
+		snprintf(why, size, "cannot open a loopback connection to ask GnuTLS: %s", strerror(errno));
+		return false;
+	}
+	flags = probe_sessions(fd);
+	close(fd[0]);
+	close(fd[1]);
+	if (flags != GNUTLS_KTLS_DUPLEX) {
+		snprintf(why, size, "GnuTLS %s did not hand a test session to the kernel (gnutls_transport_is_ktls_enabled: %u; needs GnuTLS built with kTLS and [global] ktls = true in its system configuration)", gnutls_check_version(NULL), flags);
+		return false;
+	}
+	snprintf(why, size, "the kernel and GnuTLS %s take TLS sessions (kTLS both ways)", gnutls_check_version(NULL));
+	return true;
 }

@@ -61,7 +61,16 @@ struct kv_tls_params {
 	const struct kv_authz *authz;
 	/* The handshake must be over by then (kv_now_ns() clock). */
 	int64_t deadline_ns;
+	/* Who the peer is, for messages ("the monitor", "the QMP client");
+	 * NULL: a migration's ("the source" / "the destination"). */
+	const char *peer_role;
 };
+
+/* Can a server use creds with authz? -EINVAL with err saying what to
+ * fix: client credentials, or an authz list over x509 credentials that
+ * do not ask for the peer's certificate (verify-peer=off). */
+int kv_tls_server_check(const struct kv_tls_creds *creds,
+			const struct kv_authz *authz, struct kv_error *err);
 
 /* Handshake over inner as p->creds' endpoint. Returns the TLS channel
  * (which owns inner), or NULL with inner left open (the caller's) and err
@@ -81,6 +90,42 @@ bool kv_tls_looks_like_hello(const uint8_t *buf, size_t len);
 /* Do two bytes look like the start of any TLS record (an alert from a
  * TLS peer to a plaintext one)? */
 bool kv_tls_looks_like_record(const uint8_t *buf, size_t len);
+
+/*
+ * A TLS session over a non-blocking socket, for a poll() loop that serves
+ * many peers in one thread (the QMP monitor): no call ever blocks. The
+ * checks are kv_tls_wrap's. Encrypted bytes the socket did not take wait
+ * in the session; a send encrypts more only once they are out, so at
+ * most one call's worth waits.
+ */
+struct kv_tls_nb;
+
+/* A server (or client) session on fd (which stays the caller's). p is
+ * copied; p->deadline_ns bounds the handshake. */
+struct kv_tls_nb *kv_tls_nb_new(int fd, const char *name,
+				const struct kv_tls_params *p,
+				struct kv_error *err);
+void kv_tls_nb_free(struct kv_tls_nb *s);
+/* Go on with the handshake: 1 done, 0 waiting for the peer (poll for
+ * kv_tls_nb_events), <0 failed, err naming the check (as kv_tls_wrap's);
+ * a deadline passed is a failure ("stalled"). */
+int kv_tls_nb_handshake(struct kv_tls_nb *s, struct kv_error *err);
+/* poll() events the session waits for: POLLIN, plus POLLOUT while
+ * encrypted bytes wait for the socket. */
+short kv_tls_nb_events(const struct kv_tls_nb *s);
+/* Decrypted bytes: >0, 0 at the end, -EAGAIN (nothing yet), -errno. */
+ssize_t kv_tls_nb_recv(struct kv_tls_nb *s, void *buf, size_t len);
+/* Bytes of buf taken (encrypted), -EAGAIN while earlier ones still wait
+ * for the socket, -errno. */
+ssize_t kv_tls_nb_send(struct kv_tls_nb *s, const void *buf, size_t len);
+/* Send what waits: 0 all out, -EAGAIN some left, -errno. */
+int kv_tls_nb_flush(struct kv_tls_nb *s);
+/* Decrypted bytes kv_tls_nb_recv returns without the socket. */
+bool kv_tls_nb_pending(const struct kv_tls_nb *s);
+/* Has the peer sent a byte yet / was its first byte not TLS? (A
+ * plaintext QMP client waits for the greeting: it sends nothing.) */
+bool kv_tls_nb_peer_silent(const struct kv_tls_nb *s);
+bool kv_tls_nb_peer_plaintext(const struct kv_tls_nb *s);
 
 /* Can records be handed to the kernel (kTLS)? Fills why with what is
  * missing ("the kernel has no tls module", ...) when not. */

@@ -55,11 +55,49 @@ struct kv_qmp_ops {
 
 struct kv_qmp;
 
+/*
+ * A QMP socket as QEMU's -qmp and -chardev socket write it:
+ *   unix:PATH|tcp:HOST:PORT[,server=on][,wait=off][,tls-creds=ID]
+ *                          [,tls-authz=ID]
+ * (",," is a comma of PATH; server=on and wait=off are what kvmig's
+ * monitor always does, so they may be given). kvmig's tools, which
+ * connect, take [unix:]PATH|tcp:HOST:PORT[,tls-creds=ID]
+ * [,tls-hostname=NAME]. The ids name --object credentials / authz.
+ */
+enum kv_qmp_side { KV_QMP_LISTEN, KV_QMP_CONNECT };
+
+struct kv_qmp_spec {
+	char uri[300];
+	char tls_creds[64];    /* "": no TLS */
+	char tls_authz[64];    /* listening only */
+	char tls_hostname[256]; /* connecting only; "": the URI's host */
+};
+
+/* 0, or -EINVAL with err naming the option that is wrong. */
+int kv_qmp_spec_parse(const char *text, enum kv_qmp_side side,
+		      struct kv_qmp_spec *out, struct kv_error *err);
+
+/* A monitor over TLS (QEMU's chardev tls-creds / tls-authz). */
+struct kv_tls_creds;
+struct kv_authz;
+struct kv_qmp_tls {
+	const struct kv_tls_creds *creds; /* endpoint=server */
+	const struct kv_authz *authz;	  /* NULL: whoever's credentials pass */
+};
+
 /* Listen on "unix:PATH" or "tcp:HOST:PORT" and start the monitor thread
  * (which blocks every signal). A stale unix socket file is replaced; a path
  * that is not a socket, or a socket someone listens on, is refused. */
 int kv_qmp_start(const char *uri, const struct kv_qmp_ops *ops,
 		 struct kv_qmp **out, struct kv_error *err);
+/* The same where every client must complete a TLS handshake first (tls
+ * NULL or tls->creds NULL: plaintext). A client that sends no TLS
+ * handshake gets one plaintext QMP error line naming the need, then the
+ * connection closes; a handshake has 10 s. The credentials and the
+ * authz list must outlive the monitor. */
+int kv_qmp_start_tls(const char *uri, const struct kv_qmp_tls *tls,
+		     const struct kv_qmp_ops *ops, struct kv_qmp **out,
+		     struct kv_error *err);
 /* The address listened on, as a URI ("unix:PATH", "tcp:HOST:PORT" with the
  * real port when PORT was 0). */
 const char *kv_qmp_address(const struct kv_qmp *q);

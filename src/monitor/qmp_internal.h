@@ -13,10 +13,13 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <jansson.h>
 
 #include "monitor/qmp.h"
+
+struct kv_tls_nb;
 
 /* More than this many bytes of one unfinished document: drop the client. */
 #define KV_QMP_MAX_PENDING (1024 * 1024)
@@ -51,6 +54,11 @@ struct kv_qmp_client {
 	bool negotiated;
 	bool quit_requested; /* quit was answered; the server calls ops->quit */
 	bool eof;	     /* peer closed its sending side */
+	/* The server's transport (qmp_server.c): a TLS session, NULL for
+	 * plaintext; nothing in the protocol code looks at it. */
+	struct kv_tls_nb *tls;
+	bool tls_open;	     /* handshake done: QMP bytes may flow */
+	int64_t accepted_ns; /* kv_now_ns() at accept */
 	struct kv_qmp_buf in;
 	struct kv_qmp_framer fr;
 	struct kv_qmp_buf out;

@@ -7,6 +7,13 @@
  * so a client that stops reading cannot stall the others: its replies wait
  * in its output buffer, and when that passes KV_QMP_MAX_OUTPUT it is
  * dropped.
+ *
+ * With tls-creds every client is a non-blocking TLS session (io/tls.h's
+ * kv_tls_nb): the handshake advances as its bytes come, in the same poll
+ * loop, and the greeting goes out only once it is over. A client that
+ * says nothing for QMP_TLS_QUIET_MS (a plaintext QMP client waits for the
+ * greeting) or opens with something that is not TLS is told so in one
+ * plaintext QMP error line, then dropped.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -16,13 +23,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "base/log.h"
 #include "io/channel.h"
+#include "io/tls.h"
 #include "monitor/qmp_internal.h"
 
 #define QMP_SUBSYS	"qmp"
@@ -31,6 +41,12 @@
 /* Events waiting for the monitor thread; past this they are dropped (the
  * thread is stuck or gone, and memory must stay bounded). */
 #define QMP_MAX_QUEUED_EVENTS 4096
+/* A TLS client's handshake must be over within this. */
+#define QMP_TLS_HANDSHAKE_MS 10000
+/* A TLS client sends its hello at once; one silent this long is a
+ * plaintext client waiting for the greeting. */
+#define QMP_TLS_QUIET_MS 2000
+#define MS_NS 1000000LL
 
 struct qmp_event {
 	struct qmp_event *next;
@@ -39,6 +55,7 @@ struct qmp_event {
 
 struct kv_qmp {
 	struct kv_qmp_ops ops; /* a copy: the caller's may be on its stack */
+	struct kv_qmp_tls tls; /* creds NULL: plaintext */
 	struct kv_listener *listener;
 	int wake_fd;	   /* eventfd: stop or events queued */
 	char address[300]; /* as kv_qmp_address() reports it */
@@ -96,14 +113,41 @@ static void drop_client(struct kv_qmp *q, size_t i, const char *why)
 	else
 		kv_debug(QMP_SUBSYS, "client %u disconnected", c->id);
 	close(c->fd);
+	kv_tls_nb_free(c->tls);
 	kv_qmp_client_free(c);
 	q->clients[i] = q->clients[--q->n_clients];
 	q->clients[q->n_clients] = NULL;
 }
 
+/* Encrypt and send what the socket takes now (nothing before the
+ * handshake is over). Returns <0 when the peer is gone. */
+static int flush_tls_client(struct kv_qmp_client *c)
+{
+	int rc;
+
+	if (!c->tls_open) { /* the handshake's own bytes */
+		rc = kv_tls_nb_flush(c->tls);
+		return rc == -EAGAIN ? 0 : rc;
+	}
+	while (kv_qmp_buf_pending(&c->out)) {
+		ssize_t n = kv_tls_nb_send(c->tls, c->out.data + c->out.head,
+					   kv_qmp_buf_pending(&c->out));
+
+		if (n == -EAGAIN)
+			return 0;
+		if (n < 0)
+			return (int)n;
+		kv_qmp_buf_consume(&c->out, (size_t)n);
+	}
+	rc = kv_tls_nb_flush(c->tls);
+	return rc == -EAGAIN ? 0 : rc;
+}
+
 /* Send what the socket takes now. Returns <0 when the peer is gone. */
 static int flush_client(struct kv_qmp_client *c)
 {
+	if (c->tls)
+		return flush_tls_client(c);
 	while (kv_qmp_buf_pending(&c->out)) {
 		ssize_t n = send(c->fd, c->out.data + c->out.head,
 				 kv_qmp_buf_pending(&c->out),
@@ -117,6 +161,55 @@ static int flush_client(struct kv_qmp_client *c)
 			return -errno;
 		}
 		kv_qmp_buf_consume(&c->out, (size_t)n);
+	}
+	return 0;
+}
+
+/* "tcp:ADDR:PORT" / "unix" for messages about a client. */
+static void peer_of(int fd, char *buf, size_t size)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char host[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0 ||
+	    ss.ss_family == AF_UNIX) {
+		snprintf(buf, size, "unix");
+		return;
+	}
+	if (ss.ss_family == AF_INET) {
+		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+
+		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+		port = ntohs(a->sin_port);
+		snprintf(buf, size, "tcp:%s:%d", host, port);
+	} else {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+
+		inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+		port = ntohs(a->sin6_port);
+		snprintf(buf, size, "tcp:[%s]:%d", host, port);
+	}
+}
+
+/* A TLS session for a new client, its handshake bounded. */
+static int start_tls(struct kv_qmp *q, struct kv_qmp_client *c)
+{
+	struct kv_tls_params p = {
+	    .creds = q->tls.creds,
+	    .authz = q->tls.authz,
+	    .deadline_ns = c->accepted_ns + QMP_TLS_HANDSHAKE_MS * MS_NS,
+	    .peer_role = "the QMP client",
+	};
+	struct kv_error err = {0};
+	char peer[300];
+
+	peer_of(c->fd, peer, sizeof(peer));
+	c->tls = kv_tls_nb_new(c->fd, peer, &p, &err);
+	if (!c->tls) {
+		kv_warn(QMP_SUBSYS, "client %u: %s", c->id, err.msg);
+		return -1;
 	}
 	return 0;
 }
@@ -144,10 +237,20 @@ static void accept_clients(struct kv_qmp *q)
 			continue;
 		}
 		c = kv_qmp_client_new(fd, ++q->next_client_id, &q->ops);
+		if (c) {
+			c->accepted_ns = kv_now_ns();
+			if (q->tls.creds && start_tls(q, c) < 0) {
+				kv_qmp_client_free(c);
+				close(fd);
+				continue;
+			}
+		}
 		greeting = kv_qmp_greeting();
 		if (!c || !greeting || kv_qmp_client_send(c, greeting)) {
 			kv_warn(QMP_SUBSYS, "out of memory for a new client");
 			json_decref(greeting);
+			if (c)
+				kv_tls_nb_free(c->tls);
 			kv_qmp_client_free(c);
 			close(fd);
 			continue;
@@ -169,26 +272,83 @@ static void run_quit(struct kv_qmp *q, struct kv_qmp_client *c)
 	q->ops.quit(q->ops.opaque);
 }
 
-/* Returns false when the client must be dropped (why says why). */
-static bool read_client(struct kv_qmp *q, struct kv_qmp_client *c,
-			const char **why)
+/*
+ * A client of a TLS monitor that did not start a TLS handshake is told
+ * in QMP's own words, in plaintext (all it can read), before it is
+ * dropped: a QMP client shows an error reply's desc.
+ */
+static void tell_tls_needed(struct kv_qmp *q, struct kv_qmp_client *c)
 {
-	char buf[QMP_READ_CHUNK];
-	ssize_t n;
-	int rc;
+	char line[512];
+	int n = snprintf(line, sizeof(line), "{\"error\": {\"class\": \"GenericError\", \"desc\": \"this QMP monitor takes TLS clients only (tls-creds '%s'): connect with TLS credentials\"}}\r\n", kv_tls_creds_id(q->tls.creds));
 
-	n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
-	if (n < 0) {
-		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-			return true;
-		*why = strerror(errno);
-		return false;
+	if (n > 0 && send(c->fd, line, strnlen(line, sizeof(line)),
+			  MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		kv_debug(QMP_SUBSYS, "client %u: %s", c->id, strerror(errno));
+}
+
+/* Advance a TLS client's handshake. Returns false when it failed (why
+ * says why, in buf). */
+static bool advance_tls(struct kv_qmp *q, struct kv_qmp_client *c,
+			char *buf, size_t size, const char **why)
+{
+	struct kv_error err = {0};
+	int rc = kv_tls_nb_handshake(c->tls, &err);
+
+	if (rc == 0 && kv_tls_nb_peer_silent(c->tls) &&
+	    kv_now_ns() - c->accepted_ns >= QMP_TLS_QUIET_MS * MS_NS) {
+		kv_error_set(&err, -EPROTO, "sent no TLS handshake in %d ms (a plaintext QMP client waiting for the greeting?)", QMP_TLS_QUIET_MS);
+		rc = -EPROTO;
 	}
-	if (n == 0) {
-		c->eof = true;
+	if (rc > 0) {
+		c->tls_open = true;
+		kv_debug(QMP_SUBSYS, "client %u: TLS handshake done", c->id);
 		return true;
 	}
-	rc = kv_qmp_feed(c, buf, (size_t)n);
+	if (rc == 0)
+		return true;
+	if (rc == -EPROTO || kv_tls_nb_peer_plaintext(c->tls))
+		tell_tls_needed(q, c);
+	snprintf(buf, size, "%s", err.msg);
+	*why = buf;
+	return false;
+}
+
+/* Bytes from the client: how many, 0 none now (or its end: c->eof),
+ * -1 when it must be dropped (why). */
+static ssize_t recv_client(struct kv_qmp_client *c, char *buf, size_t size,
+			   const char **why)
+{
+	ssize_t n;
+
+	if (c->tls) {
+		n = kv_tls_nb_recv(c->tls, buf, size);
+		if (n == -EAGAIN)
+			return 0;
+		if (n < 0) {
+			*why = strerror((int)-n);
+			return -1;
+		}
+	} else {
+		n = recv(c->fd, buf, size, MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK ||
+			    errno == EINTR)
+				return 0;
+			*why = strerror(errno);
+			return -1;
+		}
+	}
+	if (n == 0)
+		c->eof = true;
+	return n;
+}
+
+static bool feed_client(struct kv_qmp *q, struct kv_qmp_client *c,
+			const char *buf, size_t n, const char **why)
+{
+	int rc = kv_qmp_feed(c, buf, n);
+
 	if (rc == -EMSGSIZE) {
 		*why = "more than 1 MiB without a complete JSON document";
 		return false;
@@ -206,13 +366,38 @@ static bool read_client(struct kv_qmp *q, struct kv_qmp_client *c,
 	return true;
 }
 
+/* Returns false when the client must be dropped (why says why). */
+static bool read_client(struct kv_qmp *q, struct kv_qmp_client *c,
+			char *whybuf, size_t whysize, const char **why)
+{
+	char buf[QMP_READ_CHUNK];
+
+	if (c->tls && !c->tls_open &&
+	    (!advance_tls(q, c, whybuf, whysize, why) || !c->tls_open))
+		return !*why;
+	do {
+		ssize_t n = recv_client(c, buf, sizeof(buf), why);
+
+		if (n < 0)
+			return false;
+		if (n == 0)
+			return true;
+		if (!feed_client(q, c, buf, (size_t)n, why))
+			return false;
+		/* TLS may hold decrypted records the socket no longer
+		 * signals: take them all now. */
+	} while (c->tls && !c->eof && kv_tls_nb_pending(c->tls));
+	return true;
+}
+
 static void service_client(struct kv_qmp *q, size_t i, short revents)
 {
 	struct kv_qmp_client *c = q->clients[i];
 	const char *why = NULL;
+	char whybuf[KV_ERROR_MSG_MAX];
 
 	if (revents & POLLIN) {
-		if (!read_client(q, c, &why)) {
+		if (!read_client(q, c, whybuf, sizeof(whybuf), &why)) {
 			drop_client(q, i, why);
 			return;
 		}
@@ -328,6 +513,69 @@ static bool stop_requested(struct kv_qmp *q)
 	return stop;
 }
 
+/* What to poll a client for. */
+static short client_events(const struct kv_qmp_client *c)
+{
+	short ev = c->eof ? 0 : POLLIN;
+
+	if (c->tls && !c->tls_open)
+		return kv_tls_nb_events(c->tls);
+	if (kv_qmp_buf_pending(&c->out))
+		ev |= POLLOUT;
+	if (c->tls)
+		ev |= (short)(kv_tls_nb_events(c->tls) & POLLOUT);
+	return ev;
+}
+
+/* poll()'s timeout: until the nearest handshake's quiet time or time
+ * limit (advance_tls judges them), else none. */
+static int next_timeout_ms(const struct kv_qmp *q)
+{
+	int64_t now = kv_now_ns(), next = -1;
+
+	for (size_t i = 0; i < q->n_clients; i++) {
+		const struct kv_qmp_client *c = q->clients[i];
+		int64_t at;
+
+		if (!c->tls || c->tls_open)
+			continue;
+		at = c->accepted_ns + (kv_tls_nb_peer_silent(c->tls)
+					   ? QMP_TLS_QUIET_MS
+					   : QMP_TLS_HANDSHAKE_MS) * MS_NS;
+		if (next < 0 || at < next)
+			next = at;
+	}
+	if (next < 0)
+		return -1;
+	return next <= now ? 0 : (int)((next - now + MS_NS - 1) / MS_NS);
+}
+
+/* Handshakes whose time ran out end here (their peers went quiet). */
+static void expire_handshakes(struct kv_qmp *q)
+{
+	int64_t now = kv_now_ns();
+
+	for (size_t i = 0; i < q->n_clients;) {
+		struct kv_qmp_client *c = q->clients[i];
+		const char *why = NULL;
+		char buf[KV_ERROR_MSG_MAX];
+		int64_t limit;
+
+		if (!c->tls || c->tls_open) {
+			i++;
+			continue;
+		}
+		limit = kv_tls_nb_peer_silent(c->tls) ? QMP_TLS_QUIET_MS
+						      : QMP_TLS_HANDSHAKE_MS;
+		if (now - c->accepted_ns < limit * MS_NS ||
+		    advance_tls(q, c, buf, sizeof(buf), &why)) {
+			i++;
+			continue;
+		}
+		drop_client(q, i, why);
+	}
+}
+
 static void *monitor_thread(void *arg)
 {
 	struct kv_qmp *q = arg;
@@ -345,12 +593,10 @@ static void *monitor_thread(void *arg)
 
 			polled[i] = c;
 			pfd[n].fd = c->fd;
-			pfd[n].events = c->eof ? 0 : POLLIN;
-			if (kv_qmp_buf_pending(&c->out))
-				pfd[n].events |= POLLOUT;
+			pfd[n].events = client_events(c);
 			pfd[n++].revents = 0;
 		}
-		if (poll(pfd, n, -1) < 0) {
+		if (poll(pfd, n, next_timeout_ms(q)) < 0) {
 			if (errno == EINTR)
 				continue;
 			kv_err(QMP_SUBSYS, "poll: %s; monitor stops",
@@ -391,6 +637,7 @@ static void *monitor_thread(void *arg)
 		}
 		if (pfd[1].revents)
 			accept_clients(q);
+		expire_handshakes(q);
 	}
 	return NULL;
 }
@@ -432,14 +679,28 @@ static int start_thread(struct kv_qmp *q)
 int kv_qmp_start(const char *uri, const struct kv_qmp_ops *ops,
 		 struct kv_qmp **out, struct kv_error *err)
 {
+	return kv_qmp_start_tls(uri, NULL, ops, out, err);
+}
+
+int kv_qmp_start_tls(const char *uri, const struct kv_qmp_tls *tls,
+		     const struct kv_qmp_ops *ops, struct kv_qmp **out,
+		     struct kv_error *err)
+{
 	struct kv_qmp *q;
 	int rc;
 
 	*out = NULL;
+	if (tls && tls->creds &&
+	    (rc = kv_tls_server_check(tls->creds, tls->authz, err)) < 0) {
+		kv_error_prefix(err, "QMP %s", uri);
+		return rc;
+	}
 	q = calloc(1, sizeof(*q));
 	if (!q)
 		return kv_error_set(err, -ENOMEM, "QMP %s: out of memory", uri);
 	q->ops = *ops;
+	if (tls)
+		q->tls = *tls;
 	q->ev_tail = &q->ev_head;
 	pthread_mutex_init(&q->lock, NULL);
 	q->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -460,7 +721,8 @@ int kv_qmp_start(const char *uri, const struct kv_qmp_ops *ops,
 		free_qmp(q);
 		return rc;
 	}
-	kv_info(QMP_SUBSYS, "QMP monitor listening on %s", q->address);
+	kv_info(QMP_SUBSYS, "QMP monitor listening on %s%s", q->address,
+		q->tls.creds ? " (TLS)" : "");
 	*out = q;
 	return 0;
 }

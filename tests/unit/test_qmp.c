@@ -1667,9 +1667,50 @@ static void test_feed_random(void **state)
 	}
 }
 
+/* --qmp's spec: QEMU's chardev options, per side, ",," a comma. */
+static void test_spec_parse(void **state)
+{
+	struct kv_qmp_spec sp;
+	struct kv_error err = {0};
+
+	(void)state;
+	kv_error_clear(&err);
+	assert_int_equal(kv_qmp_spec_parse("tcp:0.0.0.0:4444,server=on,wait=off,tls-creds=tls0,tls-authz=auth0", KV_QMP_LISTEN, &sp, &err), 0);
+	assert_string_equal(sp.uri, "tcp:0.0.0.0:4444");
+	assert_string_equal(sp.tls_creds, "tls0");
+	assert_string_equal(sp.tls_authz, "auth0");
+	kv_error_clear(&err);
+	assert_int_equal(kv_qmp_spec_parse("unix:/tmp/a,,b.sock,server,nowait", KV_QMP_LISTEN, &sp, &err), 0);
+	assert_string_equal(sp.uri, "unix:/tmp/a,b.sock");
+	assert_string_equal(sp.tls_creds, "");
+	kv_error_clear(&err);
+	assert_int_equal(kv_qmp_spec_parse("tcp:h:1,server=off", KV_QMP_LISTEN, &sp, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "server=off is not supported"));
+	kv_error_clear(&err);
+	assert_int_equal(kv_qmp_spec_parse("tcp:h:1,wait", KV_QMP_LISTEN, &sp, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "wait=on is not supported"));
+	kv_error_clear(&err);
+	assert_int_equal(kv_qmp_spec_parse("tcp:h:1,tls-authz=a", KV_QMP_LISTEN, &sp, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "tls-authz needs tls-creds"));
+	kv_error_clear(&err);
+	assert_int_equal(kv_qmp_spec_parse("tcp:h:1,tls-hostname=x", KV_QMP_LISTEN, &sp, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "unknown option 'tls-hostname'"));
+	kv_error_clear(&err);
+	assert_int_equal(kv_qmp_spec_parse("tcp:h:1,tls-creds=", KV_QMP_LISTEN, &sp, &err), -EINVAL);
+	kv_error_clear(&err);
+	assert_int_equal(kv_qmp_spec_parse("/run/vm.sock,tls-creds=c0,tls-hostname=vm.example", KV_QMP_CONNECT, &sp, &err), 0);
+	assert_string_equal(sp.uri, "/run/vm.sock");
+	assert_string_equal(sp.tls_hostname, "vm.example");
+	kv_error_clear(&err);
+	assert_int_equal(kv_qmp_spec_parse("tcp:h:1,server=on", KV_QMP_CONNECT, &sp, &err), -EINVAL);
+	kv_error_clear(&err);
+	assert_int_equal(kv_qmp_spec_parse(",tls-creds=a", KV_QMP_CONNECT, &sp, &err), -EINVAL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_spec_parse),
 	    cmocka_unit_test_setup_teardown(test_greeting, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_negotiation_first, setup,
 					    teardown),
