@@ -63,6 +63,7 @@ bench-caps: all
 # speed and QEMU 7.2 (root: it drops the page cache); bench/mapped.py.
 bench-mapped: all
 	python3 bench/mapped.py $(BUILD) --rounds $(or $(ROUNDS),3)
+
 # Issue 12's TLS benchmarks: bench/results/tls-latest.md.
 bench-tls: all
 	bench/tls.sh $(BUILD)
