@@ -59,6 +59,12 @@ bench-compare: all
 bench-caps: all
 	bench/caps.sh $(BUILD)
 
+# Postcopy against QEMU 7.2's (issue 11): bench/postcopy.sh, the report
+# in bench/results/postcopy-latest.md.
+.PHONY: bench-postcopy
+bench-postcopy: all
+	bench/postcopy.sh $(BUILD)
+
 # SOAK_ROUNDS migrations of one guest per mode (multifd off, on), and the
 # long-lived processes (tests/soak/soak.py); the report goes to
 # bench/results/soak-latest.md.
