@@ -146,10 +146,19 @@ class FaultTrace:
             return {}
         try:
             with open(self.path, errors="replace") as f:
-                lat = fault_latencies_us(f)
+                lines = f.readlines()
         except OSError as e:
             return {"trace_error": str(e)}
-        return {"trace_faults": len(lat), **percentiles(lat, "trace_")}
+        lat = fault_latencies_us(lines)
+        blocktime = sum(1 for x in lines if ":mark_postcopy_blocktime_begin"
+                        in x)
+        # The faulting threads (0: the kernel did not say; QEMU's
+        # blocktime needs them to be its vCPU threads).
+        pids = sorted({int(m.group(1)) for m in map(PID_RX.search, lines)
+                       if m})
+        return {"trace_faults": len(lat), "trace_blocktime_faults": blocktime,
+                "trace_fault_threads": pids[:8],
+                **percentiles(lat, "trace_")}
 
     def close(self):
         try:
@@ -161,6 +170,7 @@ class FaultTrace:
 TRACE_RX = re.compile(r"^\d+@(\d+)\.(\d+):(postcopy_\w+) (.*)$")
 HVA_RX = re.compile(r"HVA=0x([0-9a-f]+)")
 HOST_RX = re.compile(r"host=(?:0x)?([0-9a-f]+)")
+PID_RX = re.compile(r"HVA=0x[0-9a-f]+ .* pid=(\d+)")
 
 
 def fault_latencies_us(lines):

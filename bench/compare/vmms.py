@@ -105,7 +105,10 @@ class Qemu(Vmm):
         # QEMU 7.2 reports no per-fault time; its trace events do, with
         # gettimeofday's microseconds (-msg timestamp=on).
         events = ("postcopy_ram_fault_thread_request", "postcopy_place_page",
-                  "postcopy_place_page_zero")
+                  "postcopy_place_page_zero",
+                  # Whether its blocktime accounting saw the fault (a
+                  # vCPU thread it knows): postcopy.FaultTrace counts it.
+                  "mark_postcopy_blocktime_begin")
         argv = ["-msg", "timestamp=on", "-D", path]
         for e in events:
             argv += ["-trace", f"enable={e}"]
