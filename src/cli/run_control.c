@@ -167,6 +167,7 @@ static void on_mig_status(void *opaque, enum kv_mig_status st)
 			json_pack("{s:s}", "status", kv_mig_status_name(st)));
 	switch (st) {
 	case KV_MIG_DEVICE:
+	case KV_MIG_POSTCOPY_ACTIVE:
 		enter_finish_migrate(rc);
 		break;
 	case KV_MIG_COMPLETED:
@@ -328,6 +329,13 @@ static int mig_settle(void *opaque, enum kv_swo_settle how,
 	return kv_vm_mig_settle(rc->mig, how, err);
 }
 
+static int mig_start_postcopy(void *opaque, struct kv_error *err)
+{
+	struct run_ctl *rc = opaque;
+
+	return kv_vm_mig_start_postcopy(rc->mig, err);
+}
+
 static void mig_query(void *opaque, struct kv_vm_mig_info *info)
 {
 	struct run_ctl *rc = opaque;
@@ -425,16 +433,21 @@ static void on_in_status(void *opaque, enum kv_in_status st)
 {
 	struct run_ctl *rc = opaque;
 	enum kv_runstate to;
+	bool resumed;
 
 	switch (st) {
+	case KV_IN_POSTCOPY_ACTIVE:
 	case KV_IN_COMPLETED:
+		/* Postcopy started the guest at RUN already. */
 		to = kv_vm_mig_incoming_runstate(rc->mig);
 		pthread_mutex_lock(&rc->lock);
-		move_state_locked(rc, to);
+		resumed = rc->state != to;
+		if (resumed)
+			move_state_locked(rc, to);
 		if (to == KV_RUNSTATE_RUNNING)
 			rc->started = true;
 		pthread_mutex_unlock(&rc->lock);
-		if (to == KV_RUNSTATE_RUNNING)
+		if (resumed && to == KV_RUNSTATE_RUNNING)
 			event(rc, "RESUME", NULL);
 		break;
 	case KV_IN_FAILED:
@@ -558,6 +571,7 @@ int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
 	    .start = mig_start,
 	    .incoming = mig_incoming,
 	    .cancel = mig_cancel,
+	    .start_postcopy = mig_start_postcopy,
 	    .settle = mig_settle,
 	    .query = mig_query,
 	    .set_params = mig_set_params,

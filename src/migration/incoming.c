@@ -65,6 +65,9 @@
 #define HELLO_TIMEOUT_NS (3 * 1000000000LL)
 /* take_decision(): READY went out and no decision came. */
 #define IN_UNANSWERED 1
+/* Postcopy: after the stream's EOF every page is here at once; this is
+ * only a bound for a destination gone wrong. */
+#define PC_COMPLETE_WAIT_MS 10000
 /* How often an undecided wait with no listener looks for the operator's
  * word. */
 #define SETTLE_POLL_NS (50 * 1000000L)
@@ -97,6 +100,14 @@ struct kv_incoming {
 	/* x-link-timeout: signs of life from the source on the main stream
 	 * and every multifd channel (io/channel.h). */
 	struct kv_chan_activity life;
+
+	/* Postcopy (postcopy-ram on): the return path's writer shared with
+	 * the fault thread, the pages (pc, under lock for the stats), and
+	 * the loader's view of them (pc_ops). */
+	struct kv_rp_writer rpw;
+	bool rpw_live;
+	struct kv_pc_in *pc;
+	struct kv_savevm_pc_ops pc_ops;
 };
 
 static const char *const status_names[KV_IN_STATUS_COUNT] = {
@@ -107,6 +118,8 @@ static const char *const status_names[KV_IN_STATUS_COUNT] = {
     [KV_IN_FAILED] = "failed",
     [KV_IN_CANCELLED] = "cancelled",
     [KV_IN_UNDECIDED] = "x-undecided",
+    [KV_IN_POSTCOPY_ACTIVE] = "postcopy-active",
+    [KV_IN_POSTCOPY_PAUSED] = "postcopy-paused",
 };
 
 #define ST(s) (1U << (s))
@@ -116,7 +129,14 @@ static const unsigned int transitions[KV_IN_STATUS_COUNT] = {
     /* SETUP ends without a source: the accept failed or was aborted. */
     [KV_IN_SETUP] = ST(KV_IN_ACTIVE) | ST(KV_IN_FAILED) | ST(KV_IN_CANCELLED),
     [KV_IN_ACTIVE] = ST(KV_IN_COMPLETED) | ST(KV_IN_FAILED) |
-		     ST(KV_IN_CANCELLED) | ST(KV_IN_UNDECIDED),
+		     ST(KV_IN_CANCELLED) | ST(KV_IN_UNDECIDED) |
+		     ST(KV_IN_POSTCOPY_ACTIVE),
+    /* COMPLETED: every page is here. PAUSED: the link broke with pages
+     * missing; the guest runs here and waits on them. FAILED: the guest
+     * could not start. CANCELLED: the process is going away. */
+    [KV_IN_POSTCOPY_ACTIVE] = ST(KV_IN_COMPLETED) | ST(KV_IN_POSTCOPY_PAUSED) |
+			      ST(KV_IN_FAILED) | ST(KV_IN_CANCELLED),
+    [KV_IN_POSTCOPY_PAUSED] = ST(KV_IN_CANCELLED),
     /* The source's RESOLVE or an operator: COMPLETED runs the guest,
      * FAILED discards it; CANCELLED: the process is going away. */
     [KV_IN_UNDECIDED] =
@@ -305,6 +325,9 @@ void kv_incoming_get_stats(const struct kv_incoming *in,
 		st->transferred = kv_stream_transferred(in->stream);
 		st->load_ns = kv_now_ns() - in->accept_ns;
 	}
+	if (in->pc)
+		kv_pc_in_get_stats(in->pc, &st->pc);
+	st->postcopy_blocktime = in->params.postcopy_blocktime;
 	pthread_mutex_unlock(&m->lock);
 	st->status = status;
 }
@@ -481,6 +504,195 @@ static int take_decision(struct kv_incoming *in, struct kv_stream *s,
 	return start_on_go(in, c, err);
 }
 
+/* ---- postcopy (docs/DESIGN.md "Postcopy") ---- */
+
+static int pc_advise(void *opaque, const struct kv_pc_advise *a,
+		     struct kv_error *err)
+{
+	struct kv_incoming *in = opaque;
+
+	return kv_pc_in_advise(in->pc, a, err);
+}
+
+static const struct kv_pc_blocks *pc_blocks(void *opaque)
+{
+	struct kv_incoming *in = opaque;
+
+	return kv_pc_in_blocks(in->pc);
+}
+
+static int pc_discard(void *opaque, const struct kv_pc_discard *d,
+		      struct kv_error *err)
+{
+	struct kv_incoming *in = opaque;
+
+	return kv_pc_in_discard(in->pc, d, err);
+}
+
+static int pc_listen(void *opaque, struct kv_error *err)
+{
+	struct kv_incoming *in = opaque;
+
+	kv_switch_log("dst: postcopy LISTEN");
+	return kv_pc_in_listen(in->pc, err);
+}
+
+/* Blocktime counts the vCPU threads, which start at RUN: wait a moment
+ * for each to say who it is. */
+static void postcopy_blocktime_vcpus(struct kv_incoming *in)
+{
+	uint32_t tids[KV_PC_IN_MAX_VCPUS];
+	struct timespec slice = {0, 1000000L};
+	size_t n = 0, was = 0;
+
+	if (!in->params.postcopy_blocktime || !in->hooks.vcpu_tids)
+		return;
+	for (int i = 0; i < 100; i++) {
+		n = in->hooks.vcpu_tids(in->hooks.opaque, tids,
+					KV_PC_IN_MAX_VCPUS);
+		if (n && n == was)
+			break;
+		was = n;
+		nanosleep(&slice, NULL);
+	}
+	kv_pc_in_set_vcpus(in->pc, tids, n);
+}
+
+/* POSTCOPY_RUN, postcopy's GO: the device state of the package is
+ * loaded; commit it and start the guest while its pages still come. */
+static int pc_run(void *opaque, struct kv_error *err)
+{
+	struct kv_incoming *in = opaque;
+	int ret = 0;
+
+	if (in->hooks.commit)
+		ret = in->hooks.commit(in->hooks.opaque, err);
+	if (ret < 0) {
+		kv_error_prefix(err, "committing the loaded state at POSTCOPY_RUN");
+		return ret;
+	}
+	kv_pc_in_running(in->pc);
+	if (in->hooks.start_vm)
+		ret = in->hooks.start_vm(in->hooks.opaque, err);
+	if (ret < 0) {
+		kv_error_prefix(err, "starting the guest at POSTCOPY_RUN");
+		return ret;
+	}
+	in->started = true;
+	postcopy_blocktime_vcpus(in);
+	kv_switch_log("dst: postcopy RUN: the guest runs here");
+	in_set_status(in, KV_IN_ACTIVE, KV_IN_POSTCOPY_ACTIVE);
+	return 0;
+}
+
+static int pc_send_pong(void *opaque, uint32_t value, struct kv_error *err)
+{
+	struct kv_incoming *in = opaque;
+
+	return kv_rp_writer_send_u32(&in->rpw, KV_RP_MSG_PONG, value, err);
+}
+
+/* The source connected with postcopy-ram on here: its commands may come
+ * (without this they are refused). */
+static int postcopy_prepare(struct kv_incoming *in, struct kv_chan *c,
+			    struct kv_error *err)
+{
+	struct kv_pc_in_config cfg = {.rs = in->rs, .rp = &in->rpw};
+	struct kv_pc_in *pc;
+
+	if (!in->params.postcopy_ram || !c->is_socket || !in->rs)
+		return 0;
+	kv_rp_writer_init(&in->rpw, c);
+	in->rpw_live = true;
+	pc = kv_pc_in_new(&cfg, err);
+	if (!pc)
+		return err->code;
+	pthread_mutex_lock(&in->lock);
+	in->pc = pc;
+	pthread_mutex_unlock(&in->lock);
+	in->pc_ops = (struct kv_savevm_pc_ops){
+	    .advise = pc_advise,
+	    .blocks = pc_blocks,
+	    .discard = pc_discard,
+	    .listen = pc_listen,
+	    .run = pc_run,
+	    .send_pong = pc_send_pong,
+	    .opaque = in,
+	};
+	kv_savevm_set_postcopy(in->sv, &in->pc_ops);
+	return 0;
+}
+
+/* The incoming run ends: the fault thread stops and userfaultfd is
+ * released before the channel it writes on is closed. */
+static void postcopy_release(struct kv_incoming *in)
+{
+	struct kv_pc_in *pc;
+
+	kv_savevm_set_postcopy(in->sv, NULL);
+	pthread_mutex_lock(&in->lock);
+	pc = in->pc;
+	pthread_mutex_unlock(&in->lock);
+	if (pc) {
+		/* Keep the last figures for query-migrate. */
+		pthread_mutex_lock(&in->lock);
+		kv_pc_in_get_stats(pc, &in->stats.pc);
+		in->pc = NULL;
+		pthread_mutex_unlock(&in->lock);
+		kv_pc_in_free(pc);
+	}
+	if (in->rpw_live)
+		kv_rp_writer_destroy(&in->rpw);
+	in->rpw_live = false;
+}
+
+/* The link broke after the guest started here with pages missing: it
+ * cannot complete without the source, and nothing may be given up. The
+ * guest's vCPUs wait on the missing pages; this run waits until the
+ * process ends (kv_incoming_abort). */
+static int postcopy_pause(struct kv_incoming *in, struct kv_error *err)
+{
+	struct kv_pc_in_stats st;
+	char why[KV_ERROR_MSG_MAX];
+
+	kv_pc_in_get_stats(in->pc, &st);
+	snprintf(why, sizeof(why), "%s", err->msg);
+	kv_error_clear(err);
+	kv_error_set(err, -EPIPE, "postcopy paused: the link to the source broke (%s); %llu pages of the guest are only on the source, so the guest cannot be completed here until the source reconnects: its vCPUs wait on those pages", why, (unsigned long long)st.missing);
+	pthread_mutex_lock(&in->lock);
+	snprintf(in->stats.error, sizeof(in->stats.error), "%s", err->msg);
+	pthread_mutex_unlock(&in->lock);
+	in_set_status(in, KV_IN_POSTCOPY_ACTIVE, KV_IN_POSTCOPY_PAUSED);
+	kv_err("incoming", "%s", err->msg);
+	while (!aborted(in)) {
+		struct timespec slice = {0, 100 * 1000000L};
+
+		nanosleep(&slice, NULL);
+	}
+	return -ECANCELED;
+}
+
+/* After a load that reached POSTCOPY_LISTEN: every page here, then
+ * SHUT(0) (QEMU's order); a failure before RUN is any failure (SHUT(1),
+ * nothing ran); after it the guest runs here and the migration pauses. */
+static int postcopy_end(struct kv_incoming *in, int ret, struct kv_error *err)
+{
+	struct kv_error e = {0};
+
+	if (ret == 0)
+		ret = kv_pc_in_complete(in->pc, PC_COMPLETE_WAIT_MS, err);
+	if (ret == 0) {
+		kv_rp_writer_send_u32(&in->rpw, KV_RP_MSG_SHUT, 0, &e);
+		kv_switch_log("dst: postcopy complete, SHUT(0) sent");
+		return 0;
+	}
+	if (!in->started) {
+		kv_rp_writer_send_u32(&in->rpw, KV_RP_MSG_SHUT, 1, &e);
+		return ret;
+	}
+	return postcopy_pause(in, err);
+}
+
 /* Load, commit, decide. Without a return path (file:, fd: one way) the
  * caller starts the guest once the stream loaded. */
 static int load_and_answer(struct kv_incoming *in, struct kv_stream *s,
@@ -493,6 +705,8 @@ static int load_and_answer(struct kv_incoming *in, struct kv_stream *s,
 
 	ret = kv_savevm_load(in->sv, s, &res, err);
 	kv_switch_log("dst: loaded (%d)", ret);
+	if (res.postcopy)
+		return postcopy_end(in, ret, err);
 	if (ret == 0 && in->hooks.commit) {
 		ret = in->hooks.commit(in->hooks.opaque, err);
 		if (ret < 0)
@@ -530,7 +744,10 @@ static int run_connected(struct kv_incoming *in, struct kv_stream *s,
 	if (!in->mfd)
 		close_listener(in);
 	if (ret == 0)
+		ret = postcopy_prepare(in, c, err);
+	if (ret == 0)
 		ret = load_and_answer(in, s, err);
+	postcopy_release(in);
 	/* The channel threads end once the source closed them, after it
 	 * read SHUT; undecided, the source may be unreachable: end them. */
 	if (ret == IN_UNANSWERED)

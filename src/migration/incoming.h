@@ -12,6 +12,8 @@
  *
  *   NONE -> SETUP (listening) -> ACTIVE (the source connected) ->
  *     COMPLETED / FAILED / CANCELLED
+ *   postcopy: ACTIVE -> POSTCOPY_ACTIVE (POSTCOPY_RUN: the guest runs
+ *     here) -> COMPLETED, or POSTCOPY_PAUSED (the link broke)
  *
  * The settings (struct kv_mig_params, kv_incoming_set_params) are read when
  * the source's main channel is accepted, as QEMU does: whatever was set
@@ -26,6 +28,7 @@
 #include "base/error.h"
 #include "io/stream.h"
 #include "migration/migration.h"
+#include "migration/postcopy/postcopy_incoming.h"
 #include "migration/ram/ram.h"
 #include "migration/savevm/savevm.h"
 
@@ -39,6 +42,11 @@ enum kv_in_status {
 	/* READY sent, no decision: loaded and stopped, waiting for the
 	 * source's RESOLVE or an operator ("x-undecided"). */
 	KV_IN_UNDECIDED,
+	/* Postcopy (QEMU's names): the guest runs here since POSTCOPY_RUN
+	 * and pulls its missing pages; the link broke with pages missing
+	 * (its vCPUs wait on them). */
+	KV_IN_POSTCOPY_ACTIVE,
+	KV_IN_POSTCOPY_PAUSED,
 	KV_IN_STATUS_COUNT,
 };
 
@@ -58,6 +66,9 @@ struct kv_incoming_hooks {
 	int (*start_vm)(void *opaque, struct kv_error *err);
 	/* Every status change, on the thread that made it (optional). */
 	void (*status)(void *opaque, enum kv_in_status st);
+	/* Postcopy's blocktime: the vCPU threads' ids into tids (at most
+	 * max), their number (optional). */
+	size_t (*vcpu_tids)(void *opaque, uint32_t *tids, size_t max);
 	void *opaque;
 };
 
@@ -67,6 +78,8 @@ struct kv_incoming_stats {
 	uint64_t transferred; /* main stream bytes read */
 	char peer[300];       /* the source's address, once connected */
 	char error[KV_ERROR_MSG_MAX]; /* why it failed */
+	bool postcopy_blocktime;      /* the capability was on */
+	struct kv_pc_in_stats pc;     /* pc.advised: postcopy was advised */
 };
 
 struct kv_incoming;

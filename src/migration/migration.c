@@ -42,6 +42,7 @@
 #include "base/log.h"
 #include "base/rate_limit.h"
 #include "migration/options.h"
+#include "migration/postcopy/postcopy_src.h"
 #include "migration/tls_hook.h"
 #include "migration/return_path.h"
 #include "migration/savevm/savevm.h"
@@ -59,6 +60,11 @@
 #define ABORT_HEARD_TIMEOUT_MS 2000
 /* switch_over(): GO left this host and the destination did not answer. */
 #define SWO_UNANSWERED 1
+/* iterate_until_converged(): switch to postcopy now. */
+#define MIG_PC_SWITCH 2
+/* postcopy_run(): POSTCOPY_RUN left and the link broke (err says how):
+ * the guest runs on the destination and lacks pages only this side has. */
+#define MIG_PC_PAUSED 3
 /* How long a source that took its guest back keeps telling an unreachable
  * destination ABORT. */
 #define ABORT_DELIVERY_NS (120 * 1000000000LL)
@@ -133,6 +139,12 @@ struct kv_migration {
 	int64_t ka_ns;
 	uint64_t ka_offset;
 	int64_t ka_unsent;
+
+	/* Postcopy: migrate-start-postcopy asked (atomic); the queue of the
+	 * destination's page requests, from the switch on (freed with m:
+	 * the return path's reader hands it requests until it stops). */
+	int pc_requested;
+	struct kv_pc_src *pcs;
 };
 
 static const char *const status_names[] = {
@@ -145,6 +157,8 @@ static const char *const status_names[] = {
     [KV_MIG_CANCELLING] = "cancelling",
     [KV_MIG_CANCELLED] = "cancelled",
     [KV_MIG_UNDECIDED] = "x-undecided",
+    [KV_MIG_POSTCOPY_ACTIVE] = "postcopy-active",
+    [KV_MIG_POSTCOPY_PAUSED] = "postcopy-paused",
 };
 
 #define ST(s) (1U << (s))
@@ -153,8 +167,14 @@ static const unsigned int transitions[] = {
     [KV_MIG_NONE] = ST(KV_MIG_SETUP) | ST(KV_MIG_CANCELLING),
     [KV_MIG_SETUP] =
 	ST(KV_MIG_ACTIVE) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
-    [KV_MIG_ACTIVE] =
-	ST(KV_MIG_DEVICE) | ST(KV_MIG_FAILED) | ST(KV_MIG_CANCELLING),
+    [KV_MIG_ACTIVE] = ST(KV_MIG_DEVICE) | ST(KV_MIG_FAILED) |
+		      ST(KV_MIG_CANCELLING) | ST(KV_MIG_POSTCOPY_ACTIVE),
+    /* FAILED and CANCELLING only before POSTCOPY_RUN left (the guest is
+     * resumed here); after it COMPLETED, or PAUSED when the link broke. */
+    [KV_MIG_POSTCOPY_ACTIVE] = ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) |
+			       ST(KV_MIG_CANCELLING) |
+			       ST(KV_MIG_POSTCOPY_PAUSED),
+    [KV_MIG_POSTCOPY_PAUSED] = 0,
     [KV_MIG_DEVICE] = ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) |
 		      ST(KV_MIG_CANCELLING) | ST(KV_MIG_UNDECIDED),
     [KV_MIG_COMPLETED] = 0,
@@ -220,6 +240,7 @@ void kv_mig_free(struct kv_migration *m)
 	if (!m)
 		return;
 	/* The caller joined the thread that ran it; nothing resolves now. */
+	kv_pc_src_free(m->pcs);
 	kv_rate_limit_destroy(&m->rl);
 	pthread_mutex_destroy(&m->lock);
 	kv_cancel_free(m->connect_cancel);
@@ -300,7 +321,10 @@ void kv_mig_cancel(struct kv_migration *m)
 	if (!__atomic_compare_exchange_n(&m->decision, &d, KV_SWO_ABORT, false,
 					 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) &&
 	    d == KV_SWO_GO) {
-		kv_warn("migration", "migrate_cancel does nothing now: the guest was handed over to the destination (the source sent GO); if the destination is gone for good, settle it with x-migrate-settle");
+		if (now == KV_MIG_POSTCOPY_ACTIVE || now == KV_MIG_POSTCOPY_PAUSED)
+			kv_warn("migration", "migrate_cancel does nothing now: the guest runs on the destination since POSTCOPY_RUN, and the pages it still lacks are only here");
+		else
+			kv_warn("migration", "migrate_cancel does nothing now: the guest was handed over to the destination (the source sent GO); if the destination is gone for good, settle it with x-migrate-settle");
 		return;
 	}
 	for (;;) {
@@ -318,6 +342,25 @@ void kv_mig_cancel(struct kv_migration *m)
 	if (m->mfd)
 		kv_mfd_send_cancel(m->mfd);
 	pthread_mutex_unlock(&m->lock);
+}
+
+int kv_mig_start_postcopy(struct kv_migration *m, struct kv_error *err)
+{
+	enum kv_mig_status st = kv_mig_status(m);
+
+	if (!m->params.postcopy_ram)
+		return kv_error_set(err, -EINVAL, "Enable postcopy with migrate_set_capability before the start of migration");
+	/* NONE: migrate returned and its thread has not begun yet. */
+	if (st != KV_MIG_NONE && st != KV_MIG_SETUP && st != KV_MIG_ACTIVE &&
+	    st != KV_MIG_POSTCOPY_ACTIVE)
+		return kv_error_set(err, -EBUSY, "migrate-start-postcopy: the migration is %s, not in precopy", kv_mig_status_name(st));
+	__atomic_store_n(&m->pc_requested, 1, __ATOMIC_RELEASE);
+	return 0;
+}
+
+static bool postcopy_requested(const struct kv_migration *m)
+{
+	return __atomic_load_n(&m->pc_requested, __ATOMIC_ACQUIRE) != 0;
 }
 
 void kv_mig_set_downtime_limit(struct kv_migration *m, uint64_t ms)
@@ -374,6 +417,12 @@ static void update_stats(struct kv_migration *m, struct kv_stream *s)
 	m->stats.multifd_bytes = mfd;
 	m->stats.bandwidth = m->bandwidth;
 	m->stats.total_time_ms = (kv_now_ns() - m->start_ns) / 1000000;
+	if (m->pcs) {
+		struct kv_pc_src_stats ps;
+
+		kv_pc_src_get_stats(m->pcs, &ps);
+		m->stats.postcopy_requests = ps.requests;
+	}
 	pthread_mutex_unlock(&m->lock);
 }
 
@@ -657,9 +706,23 @@ static int wait_destination(struct kv_migration *m, struct kv_stream *s,
 	return ret;
 }
 
+/* x-postcopy-auto's call site (issue 11 item 4b: the rule is
+ * postcopy/postcopy_auto.c's, which another change brings): at the end
+ * of a pass that did not switch over, whether precopy will not converge
+ * and postcopy should take over. Never without postcopy-ram. */
+static bool postcopy_auto_says_switch(struct kv_migration *m, uint64_t pending,
+				      uint64_t prev_pending, double threshold)
+{
+	(void)pending;
+	(void)prev_pending;
+	(void)threshold;
+	return m->params.postcopy_ram && false;
+}
+
 /*
  * ACTIVE: iterate; at the end of every pass measure its bandwidth, sync
- * and decide (time_to_switch). Returns 0 when it is time to switch over.
+ * and decide (time_to_switch). Returns 0 when it is time to switch over,
+ * MIG_PC_SWITCH when it is time for postcopy.
  */
 static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 				   struct kv_error *err)
@@ -690,6 +753,8 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 			ret = err->code;
 		if (ret < 0)
 			return ret;
+		if (postcopy_requested(m))
+			return MIG_PC_SWITCH;
 		now = kv_now_ns();
 		/* Mid-pass: keep query-migrate and progress watchers current
 		 * (bytes, pages, what is left of this pass). */
@@ -745,6 +810,9 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 					       over_budget(m, pending, extra_ns,
 							   now - active_start)))
 				return 0;
+			if (postcopy_auto_says_switch(m, pending, prev_pending,
+						      threshold))
+				return MIG_PC_SWITCH;
 			if ((double)pending <= threshold)
 				extra++;
 			prev_pending = pending;
@@ -861,6 +929,139 @@ static int hand_over(struct kv_migration *m, struct kv_stream *s,
 	return SWO_UNANSWERED;
 }
 
+/* ---- postcopy (docs/DESIGN.md "Postcopy") ---- */
+
+/* The queue the return path's reader fills with the destination's page
+ * requests, from the switch on. */
+static int postcopy_queue(struct kv_migration *m, struct kv_error *err)
+{
+	struct kv_pc_blocks blocks;
+	struct kv_pc_block *v;
+	size_t n = 0;
+
+	v = kv_ram_pc_blocks(m->rs, &n);
+	if (!v)
+		return kv_error_set(err, -ENOMEM, "postcopy: out of memory");
+	blocks = (struct kv_pc_blocks){.v = v, .n = n};
+	m->pcs = kv_pc_src_new(&blocks, err);
+	free(v);
+	if (!m->pcs)
+		return err->code ? err->code : -ENOMEM;
+	kv_rp_reader_set_postcopy(m->rp, m->pcs);
+	return 0;
+}
+
+/* Stopped: the dirty pages as discards, then PACKAGED { LISTEN, devices,
+ * RUN }. RUN is postcopy's GO: a cancel races it on the decision, and
+ * once its bytes reached the kernel (the flush returned) this side never
+ * resumes by itself. */
+static int postcopy_handover(struct kv_migration *m, struct kv_stream *s,
+			     struct kv_error *err)
+{
+	int expected = KV_SWO_UNDECIDED;
+	int ret;
+
+	ret = postcopy_queue(m, err);
+	if (ret == 0)
+		ret = kv_ram_pc_switch(s, m->rs, m->pcs, err);
+	if (ret == 0)
+		ret = kv_savevm_save_pc_package(m->sv, s, err);
+	if (ret < 0)
+		return ret;
+	if (!__atomic_compare_exchange_n(&m->decision, &expected, KV_SWO_GO,
+					 false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return kv_error_set(err, -ECANCELED, "migration cancelled before POSTCOPY_RUN left");
+	if (kv_stream_flush(s) < 0) {
+		/* The package's last bytes (RUN) never left: the destination
+		 * cannot run the guest; this side takes it back. */
+		__atomic_store_n(&m->decision, KV_SWO_ABORT, __ATOMIC_RELEASE);
+		kv_stream_error_get(s, err);
+		kv_error_prefix(err, "sending the postcopy package (POSTCOPY_RUN did not leave)");
+		return kv_stream_error(s);
+	}
+	return 0;
+}
+
+/* After RUN: pages, requested ones first, until none is left. */
+static int postcopy_pages(struct kv_migration *m, struct kv_stream *s,
+			  struct kv_error *err)
+{
+	int64_t last_report_ns = kv_now_ns();
+	int ret;
+
+	for (;;) {
+		ret = kv_savevm_save_iterate(m->sv, s, err);
+		if (ret >= 0 && keepalive(m, s, err) < 0)
+			ret = err->code;
+		if (ret < 0)
+			return ret;
+		if (kv_now_ns() - last_report_ns >= PROGRESS_EVERY_NS) {
+			update_stats(m, s);
+			report_progress(m, kv_savevm_pending_estimate(m->sv),
+					0);
+			last_report_ns = kv_now_ns();
+		}
+		if (ret == 1)
+			return 0;
+	}
+}
+
+/* The link broke after RUN: say what it means. */
+static int postcopy_broken(struct kv_migration *m, struct kv_error *err)
+{
+	char why[KV_ERROR_MSG_MAX];
+
+	snprintf(why, sizeof(why), "%s", err->msg[0] ? err->msg : "the link broke");
+	kv_error_clear(err);
+	kv_error_set(err, -EPIPE, "postcopy paused: %s; the guest runs on the destination since POSTCOPY_RUN and %llu of its pages are only here: it cannot be completed until the destination is reachable again (if the destination is gone, so is the guest); the source keeps its copy stopped", why, (unsigned long long)(kv_ram_pending_estimate(m->rs) / KV_PAGE_SIZE));
+	return MIG_PC_PAUSED;
+}
+
+/* Postcopy from ACTIVE: stop, hand over, send the rest, wait for the
+ * destination's SHUT(0) once it has every page. 0 completed; <0 before
+ * RUN left (the caller resumes the guest); MIG_PC_PAUSED after. */
+static int postcopy_run(struct kv_migration *m, struct kv_stream *s,
+			bool *stopped, struct kv_error *err)
+{
+	uint32_t status = 0;
+	int64_t stop_ns;
+	int ret;
+
+	if (!mig_set_status(m, KV_MIG_ACTIVE, KV_MIG_POSTCOPY_ACTIVE, true))
+		return -ECANCELED;
+	stop_ns = kv_now_ns();
+	kv_switch_log("postcopy: stop");
+	ret = m->hooks.stop_vm(m->hooks.opaque, err);
+	*stopped = true;
+	if (ret < 0) {
+		kv_error_prefix(err, "stopping the workload for postcopy");
+		return ret;
+	}
+	ret = postcopy_handover(m, s, err);
+	if (ret < 0)
+		return ret;
+	kv_switch_log("postcopy: RUN sent");
+	pthread_mutex_lock(&m->lock);
+	m->stats.downtime_ms = (kv_now_ns() - stop_ns) / 1000000;
+	pthread_mutex_unlock(&m->lock);
+	/* QEMU's max-postcopy-bandwidth (0: none): a vCPU waits on these. */
+	kv_stream_share_rate_limit(s, NULL);
+	ret = postcopy_pages(m, s, err);
+	if (ret == 0)
+		ret = kv_savevm_save_pc_complete(m->sv, s, err);
+	if (ret == 0)
+		ret = wait_answer(
+		    m, s, &(struct answer){.shut = true, .status = &status},
+		    err);
+	if (ret == 0 && status != 0)
+		ret = kv_error_set(err, -EREMOTEIO, "the destination answered SHUT with status %u at the end of postcopy", status);
+	if (ret < 0)
+		return postcopy_broken(m, err);
+	kv_switch_log("postcopy: SHUT(0) received");
+	return 0;
+}
+
 /* Switch-over: stop, send the rest, let the destination decide with the
  * commit protocol (a return path), or just flush (file, fd: no answer). */
 static int switch_over(struct kv_migration *m, struct kv_stream *s,
@@ -897,6 +1098,25 @@ static int switch_over(struct kv_migration *m, struct kv_stream *s,
 	return 0;
 }
 
+/* With postcopy-ram: ADVISE after the header (QEMU's place), and only
+ * where the destination can ask for pages. */
+static int postcopy_advise(struct kv_migration *m, struct kv_stream *s,
+			   bool return_path, struct kv_error *err)
+{
+	struct kv_pc_advise a = {.has_sizes = true,
+				 .host_page_size = KV_PAGE_SIZE,
+				 .target_page_size = KV_PAGE_SIZE};
+	uint8_t p[KV_PC_ADVISE_LEN];
+
+	if (!m->params.postcopy_ram)
+		return 0;
+	if (!return_path || !m->rs)
+		return kv_error_set(err, -EINVAL, "postcopy-ram needs a return path for the destination's page requests: migrate to a tcp: or unix: URI, or turn postcopy-ram off");
+	kv_pc_advise_encode(&a, p);
+	return kv_savevm_save_command(s, KV_MIG_CMD_POSTCOPY_ADVISE, p,
+				      sizeof(p), err);
+}
+
 static int run_phases(struct kv_migration *m, struct kv_stream *s,
 		      bool return_path, bool *stopped, struct kv_error *err)
 {
@@ -910,6 +1130,8 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 		kv_ram_set_compress(m->rs, m->params.compress);
 	}
 	ret = kv_savevm_save_header(m->sv, s, return_path, err);
+	if (ret == 0)
+		ret = postcopy_advise(m, s, return_path, err);
 	if (ret < 0)
 		return ret;
 	kv_switch_log("setup begins");
@@ -926,6 +1148,8 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 	if (!mig_set_status(m, KV_MIG_SETUP, KV_MIG_ACTIVE, true))
 		return -ECANCELED;
 	ret = iterate_until_converged(m, s, err);
+	if (ret == MIG_PC_SWITCH)
+		return postcopy_run(m, s, stopped, err);
 	if (ret < 0)
 		return ret;
 	return switch_over(m, s, return_path, stopped, err);
@@ -1179,12 +1403,22 @@ int kv_mig_settle(struct kv_migration *m, enum kv_swo_settle how,
 	return 0;
 }
 
+/* POSTCOPY_RUN left and the link broke: stopped for good here (the
+ * guest runs on the destination), saying why. */
+static int enter_postcopy_paused(struct kv_migration *m, struct kv_error *why)
+{
+	keep_error(m, why);
+	mig_set_status(m, KV_MIG_POSTCOPY_ACTIVE, KV_MIG_POSTCOPY_PAUSED, true);
+	kv_err("migration", "%s", why->msg);
+	return why->code < 0 ? why->code : -EPIPE;
+}
+
 /* The run from SETUP (or CANCELLING, after a cancel that came first). */
 static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 			  struct kv_error *err)
 {
 	struct kv_error lerr = {0};
-	bool return_path = false, stopped = false, cancelled;
+	bool return_path = false, stopped = false, cancelled, paused;
 	bool abort_sent = false;
 	enum kv_mig_status st;
 	int ret;
@@ -1216,21 +1450,29 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 	pthread_mutex_unlock(&m->lock);
 	ret = run_phases(m, s, return_path, &stopped, &lerr);
 	if (ret == 0 &&
-	    !mig_set_status(m, KV_MIG_DEVICE, KV_MIG_COMPLETED, true))
+	    !mig_set_status(m, KV_MIG_DEVICE, KV_MIG_COMPLETED, true) &&
+	    !mig_set_status(m, KV_MIG_POSTCOPY_ACTIVE, KV_MIG_COMPLETED, true))
 		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_COMPLETED, true);
 	if (ret == SWO_UNANSWERED)
 		enter_undecided(m, &lerr);
+	if (ret == MIG_PC_PAUSED)
+		ret = enter_postcopy_paused(m, &lerr);
 out:
+	paused = kv_mig_status(m) == KV_MIG_POSTCOPY_PAUSED;
 	cancelled = ret < 0 && cancel_requested(m);
-	if (ret < 0 && !cancelled && link_went_silent(m, &lerr))
+	if (paused)
+		;
+	else if (ret < 0 && !cancelled && link_went_silent(m, &lerr))
 		name_silent_phase(m, &lerr);
 	else if (ret < 0 && !cancelled && m->rp && kv_stream_error(s))
 		explain_by_destination(m, s, &lerr);
 	if (ret < 0)
 		record_pass_pages(m); /* the pass it stopped in */
 	kv_savevm_save_cleanup(m->sv, ret != 0);
+	if (m->rs)
+		kv_ram_pc_src_end(m->rs);
 	throttle_off(m);
-	if (ret < 0 && stopped)
+	if (ret < 0 && stopped && !paused)
 		m->hooks.resume_vm(m->hooks.opaque);
 	/* The guest runs here again; a destination that may be waiting
 	 * with it loaded must hear that it will not. */
@@ -1252,7 +1494,7 @@ out:
 		kv_error_set(&lerr, -ECANCELED, "migration cancelled%s",
 			     stopped ? "; the source took its guest back" : "");
 		ret = -ECANCELED;
-	} else {
+	} else if (!paused) {
 		if (!kv_error_is_set(&lerr))
 			kv_error_set(&lerr, ret, "migration failed");
 		keep_error(m, &lerr);

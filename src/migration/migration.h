@@ -47,6 +47,12 @@ enum kv_mig_status {
 	 * the destination is heard or an operator settles it. kvmig's own
 	 * ("x-undecided"). */
 	KV_MIG_UNDECIDED,
+	/* Postcopy (QEMU's names): the source stopped its guest and switched
+	 * to postcopy (POSTCOPY_RUN is its GO: once it left, this side never
+	 * resumes by itself); the link broke after RUN with pages only
+	 * here: the guest can complete only with this source. */
+	KV_MIG_POSTCOPY_ACTIVE,
+	KV_MIG_POSTCOPY_PAUSED,
 };
 
 /* QEMU's query-migrate status names: "setup", "active", ... */
@@ -84,6 +90,11 @@ struct kv_mig_params {
 	/* Passes past the downtime limit may take at most this % of the
 	 * time migrated so far (migration.c); 0 = no bound. Default 10. */
 	unsigned extra_pass_time_pct;
+	/* Postcopy (QEMU's postcopy-ram, postcopy-blocktime): the source may
+	 * switch to postcopy (kv_mig_start_postcopy); the destination
+	 * accepts it, and with blocktime measures its vCPUs' waits. */
+	bool postcopy_ram;
+	bool postcopy_blocktime;
 	/* Pages on the main stream compressed: off, auto (the default:
 	 * while the link is the bottleneck and it pays) or always (ram.h,
 	 * x-compress). */
@@ -149,6 +160,7 @@ struct kv_mig_stats {
 				    * once the migration ended */
 	unsigned throttle_max_pct; /* the highest it went */
 	bool return_path;          /* the destination confirms (sockets) */
+	uint64_t postcopy_requests; /* pages the destination asked for */
 	char error[KV_ERROR_MSG_MAX]; /* why it failed: stored before the
 				       * status says failed */
 };
@@ -191,6 +203,11 @@ void kv_mig_stop_resolving(struct kv_migration *m);
  * -EBUSY with err set when the migration is not undecided. */
 int kv_mig_settle(struct kv_migration *m, enum kv_swo_settle how,
 		  struct kv_error *err);
+/* QMP migrate-start-postcopy (any thread): switch to postcopy as soon as
+ * the current section is written, in any pass (the first one too).
+ * -EINVAL with err set when postcopy-ram is off, -EBUSY when the
+ * migration has not started or is past the point where it could. */
+int kv_mig_start_postcopy(struct kv_migration *m, struct kv_error *err);
 void kv_mig_set_downtime_limit(struct kv_migration *m, uint64_t ms);
 void kv_mig_set_max_bandwidth(struct kv_migration *m, uint64_t bytes_per_sec);
 enum kv_mig_status kv_mig_status(const struct kv_migration *m);

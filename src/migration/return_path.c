@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "base/clock.h"
+#include "migration/postcopy/postcopy_src.h"
 
 #define RP_HEADER_LEN 4
 /* How often a reader waiting for the destination looks whether it was
@@ -37,6 +38,7 @@ struct kv_rp_reader {
 	struct kv_swo_id ready_id;
 	bool ended;
 	struct kv_error fail; /* why it ended, unless after SHUT */
+	struct kv_pc_src *pcs; /* atomic: postcopy's queue, or NULL */
 };
 
 /* ---- the message table ---- */
@@ -62,6 +64,10 @@ static int handle_pong(struct kv_rp_reader *r, const uint8_t *payload,
 		       struct kv_error *err);
 static int handle_ready(struct kv_rp_reader *r, const uint8_t *payload,
 			struct kv_error *err);
+static int handle_req_pages(struct kv_rp_reader *r, const uint8_t *payload,
+			    struct kv_error *err);
+static int handle_req_pages_id(struct kv_rp_reader *r, const uint8_t *payload,
+			       struct kv_error *err);
 
 /* QEMU's rp_cmd_args, with the handler beside each, and kvmig's READY:
  * docs/DESIGN.md has the same table for readers. */
@@ -69,9 +75,10 @@ static const struct rp_msg_desc rp_msgs[] = {
     {KV_RP_MSG_SHUT, "SHUT", RP_LEN_FIXED, 4, handle_shut},
     {KV_RP_MSG_PONG, "PONG", RP_LEN_FIXED, 4, handle_pong},
     /* be64 start, be32 length, then the block's idstr */
-    {KV_RP_MSG_REQ_PAGES_ID, "REQ_PAGES_ID", RP_LEN_NAMED, 12, NULL},
+    {KV_RP_MSG_REQ_PAGES_ID, "REQ_PAGES_ID", RP_LEN_NAMED, 12,
+     handle_req_pages_id},
     /* be64 start, be32 length, in the last block named */
-    {KV_RP_MSG_REQ_PAGES, "REQ_PAGES", RP_LEN_FIXED, 12, NULL},
+    {KV_RP_MSG_REQ_PAGES, "REQ_PAGES", RP_LEN_FIXED, 12, handle_req_pages},
     /* the block's idstr; its bitmap follows on the stream */
     {KV_RP_MSG_RECV_BITMAP, "RECV_BITMAP", RP_LEN_NAMED, 0, NULL},
     /* be32 1: the destination is ready to resume postcopy */
@@ -214,7 +221,86 @@ int kv_rp_send_ready(struct kv_chan *c, const struct kv_swo_id *id,
 	return ret;
 }
 
+/* ---- the writer shared by threads (destination) ---- */
+
+void kv_rp_writer_init(struct kv_rp_writer *w, struct kv_chan *c)
+{
+	w->c = c;
+	pthread_mutex_init(&w->lock, NULL);
+}
+
+void kv_rp_writer_destroy(struct kv_rp_writer *w)
+{
+	pthread_mutex_destroy(&w->lock);
+}
+
+int kv_rp_writer_send(struct kv_rp_writer *w, uint16_t type,
+		      const void *payload, uint16_t len, struct kv_error *err)
+{
+	uint8_t msg[RP_HEADER_LEN + KV_RP_MAX_PAYLOAD];
+	struct iovec iov = {.iov_base = msg, .iov_len = RP_HEADER_LEN + len};
+	int ret;
+
+	if (len > KV_RP_MAX_PAYLOAD)
+		return kv_error_set(err, -EINVAL, "return path: a %s message of %u bytes (at most %u)", kv_rp_msg_name(type), len, KV_RP_MAX_PAYLOAD);
+	put_be16(msg, type);
+	put_be16(msg + 2, len);
+	if (len)
+		memcpy(msg + RP_HEADER_LEN, payload, len);
+	pthread_mutex_lock(&w->lock);
+	ret = kv_chan_writev_full(w->c, &iov, 1, err);
+	pthread_mutex_unlock(&w->lock);
+	if (ret < 0)
+		kv_error_prefix(err, "return path: sending %s", kv_rp_msg_name(type));
+	return ret;
+}
+
+int kv_rp_writer_send_u32(struct kv_rp_writer *w, uint16_t type,
+			  uint32_t value, struct kv_error *err)
+{
+	uint8_t p[4];
+
+	put_be32(p, value);
+	return kv_rp_writer_send(w, type, p, sizeof(p), err);
+}
+
 /* ---- the reader (source) ---- */
+
+void kv_rp_reader_set_postcopy(struct kv_rp_reader *r, struct kv_pc_src *pcs)
+{
+	__atomic_store_n(&r->pcs, pcs, __ATOMIC_RELEASE);
+}
+
+/* A page request: queued for the sender, or the migration fails (a
+ * request for a page that is no page of ours is a destination gone
+ * wrong). Before postcopy began nobody asks. */
+static int handle_request(struct kv_rp_reader *r, uint16_t type,
+			  const uint8_t *payload, uint16_t len,
+			  struct kv_error *err)
+{
+	struct kv_pc_src *pcs = __atomic_load_n(&r->pcs, __ATOMIC_ACQUIRE);
+
+	if (!pcs)
+		return kv_error_set(err, -EPROTO, "return path: the destination sent %s before postcopy began", kv_rp_msg_name(type));
+	if (kv_pc_src_handle_message(pcs, type, payload, len, err) < 0) {
+		kv_error_prefix(err, "return path");
+		return err->code;
+	}
+	return 0;
+}
+
+static int handle_req_pages(struct kv_rp_reader *r, const uint8_t *payload,
+			    struct kv_error *err)
+{
+	return handle_request(r, KV_RP_MSG_REQ_PAGES, payload, 12, err);
+}
+
+static int handle_req_pages_id(struct kv_rp_reader *r, const uint8_t *payload,
+			       struct kv_error *err)
+{
+	return handle_request(r, KV_RP_MSG_REQ_PAGES_ID, payload,
+			      (uint16_t)(13 + payload[12]), err);
+}
 
 static int handle_shut(struct kv_rp_reader *r, const uint8_t *payload,
 		       struct kv_error *err)

@@ -19,6 +19,7 @@
 #ifndef KV_MIGRATION_RETURN_PATH_H
 #define KV_MIGRATION_RETURN_PATH_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "base/error.h"
@@ -67,6 +68,21 @@ int kv_rp_send_ready(struct kv_chan *c, const struct kv_swo_id *id,
 /* Destination: answer a PING command (savevm.h) with PONG(value). */
 int kv_rp_send_pong(struct kv_chan *c, uint32_t value, struct kv_error *err);
 
+/* Destination: a return path that several threads write (postcopy: the
+ * loader's PONG and SHUT, the fault thread's page requests), one whole
+ * message at a time (QEMU's rp_mutex). */
+struct kv_rp_writer {
+	struct kv_chan *c;
+	pthread_mutex_t lock;
+};
+void kv_rp_writer_init(struct kv_rp_writer *w, struct kv_chan *c);
+void kv_rp_writer_destroy(struct kv_rp_writer *w);
+/* Header (type, len) and payload in one write, under the lock. */
+int kv_rp_writer_send(struct kv_rp_writer *w, uint16_t type,
+		      const void *payload, uint16_t len, struct kv_error *err);
+int kv_rp_writer_send_u32(struct kv_rp_writer *w, uint16_t type,
+			  uint32_t value, struct kv_error *err);
+
 /*
  * Source: the reader thread. Started when the migration opens its return
  * path; it ends by itself after SHUT, at EOF, on a malformed or
@@ -80,6 +96,12 @@ struct kv_rp_reader;
 struct kv_rp_reader *kv_rp_reader_start(struct kv_chan *c,
 					struct kv_error *err);
 void kv_rp_reader_stop(struct kv_rp_reader *r);
+
+/* Postcopy: from now on REQ_PAGES and REQ_PAGES_ID are queued in pcs
+ * (postcopy_src.h), which must outlive the reader; before, they are
+ * refused as unsupported. Any thread. */
+struct kv_pc_src;
+void kv_rp_reader_set_postcopy(struct kv_rp_reader *r, struct kv_pc_src *pcs);
 
 /* Wait up to timeout_ms for PONG(value), the destination's answer to
  * PING(value), which it sends once it has read everything before the

@@ -157,6 +157,7 @@ const struct kv_qmp_command kv_qmp_commands[] = {
      kv_qmp_cmd_migrate_incoming,
      {{"uri", KV_QMP_ARG_STRING, false}}},
     {"migrate_cancel", kv_qmp_cmd_migrate_cancel, {{0}}},
+    {"migrate-start-postcopy", kv_qmp_cmd_migrate_start_postcopy, {{0}}},
     /* kvmig's own: settle an undecided switch-over by hand. */
     {"x-migrate-settle",
      kv_qmp_cmd_migrate_settle,

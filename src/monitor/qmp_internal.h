@@ -146,6 +146,7 @@ int kv_qmp_invalid_type(struct kv_error *err, const char *name,
 int kv_qmp_cmd_migrate(struct kv_qmp_call *call);
 int kv_qmp_cmd_migrate_incoming(struct kv_qmp_call *call);
 int kv_qmp_cmd_migrate_cancel(struct kv_qmp_call *call);
+int kv_qmp_cmd_migrate_start_postcopy(struct kv_qmp_call *call);
 int kv_qmp_cmd_migrate_settle(struct kv_qmp_call *call);
 int kv_qmp_cmd_query_migrate(struct kv_qmp_call *call);
 int kv_qmp_cmd_migrate_set_parameters(struct kv_qmp_call *call);

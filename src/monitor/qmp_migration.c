@@ -330,6 +330,8 @@ static void add_optional(json_t *o, json_t *ram, const struct kv_vm_mig_info *i)
 		json_object_set_new(
 		    ram, "multifd-bytes",
 		    json_integer((json_int_t)i->stats.multifd_bytes));
+	json_object_set_new(ram, "postcopy-requests",
+			    json_integer((json_int_t)i->stats.postcopy_requests));
 	if (i->auto_converge)
 		json_object_set_new(o, "cpu-throttle-percentage",
 				    json_integer(i->stats.throttle_pct));
@@ -343,20 +345,63 @@ static void add_optional(json_t *o, json_t *ram, const struct kv_vm_mig_info *i)
 	/* As QEMU: why it failed; and why it is undecided (kvmig's). A
 	 * cancel is no failure. */
 	if (i->error[0] &&
-	    (i->status == KV_MIG_FAILED || i->status == KV_MIG_UNDECIDED))
+	    (i->status == KV_MIG_FAILED || i->status == KV_MIG_UNDECIDED ||
+	     i->status == KV_MIG_POSTCOPY_PAUSED))
 		json_object_set_new(o, "error-desc", json_string(i->error));
 }
 
-/* A destination's: its status, and why it failed or is undecided. */
+static json_t *u64_array(const uint64_t *v, size_t n)
+{
+	json_t *a = json_array();
+
+	for (size_t k = 0; a && k < n; k++)
+		json_array_append_new(a, json_integer((json_int_t)v[k]));
+	return a;
+}
+
+/* A destination's postcopy figures: QEMU's postcopy-requests (under
+ * "ram"), and with postcopy-blocktime its blocktime (ms) and fault
+ * latency (ns; the distribution in powers of two of microseconds). */
+static void add_incoming_postcopy(json_t *o, const struct kv_incoming_stats *in)
+{
+	const struct kv_pc_in_stats *pc = &in->pc;
+
+	if (!pc->advised)
+		return;
+	json_object_set_new(o, "ram", json_pack("{s:I}", "postcopy-requests",
+						(json_int_t)pc->requests));
+	if (!in->postcopy_blocktime)
+		return;
+	json_object_set_new(o, "postcopy-blocktime",
+			    json_integer((json_int_t)pc->blocktime_ms));
+	json_object_set_new(o, "postcopy-vcpu-blocktime",
+			    u64_array(pc->vcpu_blocktime_ms, pc->nvcpus));
+	json_object_set_new(o, "postcopy-latency",
+			    json_integer((json_int_t)pc->latency_ns));
+	json_object_set_new(o, "postcopy-latency-dist",
+			    u64_array(pc->latency_dist, KV_PC_IN_LAT_BUCKETS));
+	json_object_set_new(o, "x-postcopy-latency-p50",
+			    json_integer((json_int_t)pc->latency_p50_ns));
+	json_object_set_new(o, "x-postcopy-latency-p99",
+			    json_integer((json_int_t)pc->latency_p99_ns));
+	json_object_set_new(o, "x-postcopy-latency-max",
+			    json_integer((json_int_t)pc->latency_max_ns));
+}
+
+/* A destination's: its status, why it failed, is undecided or paused,
+ * and its postcopy figures. */
 static json_t *incoming_json(const struct kv_vm_mig_info *i)
 {
 	enum kv_in_status st = i->incoming.status;
 	json_t *o = json_pack("{s:s}", "status", kv_in_status_name(st));
 
 	if (o && i->incoming.error[0] &&
-	    (st == KV_IN_FAILED || st == KV_IN_UNDECIDED))
+	    (st == KV_IN_FAILED || st == KV_IN_UNDECIDED ||
+	     st == KV_IN_POSTCOPY_PAUSED))
 		json_object_set_new(o, "error-desc",
 				    json_string(i->incoming.error));
+	if (o)
+		add_incoming_postcopy(o, &i->incoming);
 	return o;
 }
 
@@ -455,6 +500,16 @@ int kv_qmp_cmd_migrate_cancel(struct kv_qmp_call *call)
 	if (!m)
 		return -ENOTSUP;
 	return m->ops.cancel(m->ops.opaque, &call->err);
+}
+
+int kv_qmp_cmd_migrate_start_postcopy(struct kv_qmp_call *call)
+{
+	struct kv_qmp_mig *m =
+	    MIG_WITH(call, "migrate-start-postcopy", start_postcopy);
+
+	if (!m)
+		return -ENOTSUP;
+	return m->ops.start_postcopy(m->ops.opaque, &call->err);
 }
 
 int kv_qmp_cmd_migrate_settle(struct kv_qmp_call *call)

@@ -31,6 +31,8 @@ struct kv_qmp_mig_ops {
 	/* migrate-incoming. */
 	int (*incoming)(void *opaque, const char *uri, struct kv_error *err);
 	int (*cancel)(void *opaque, struct kv_error *err);
+	/* migrate-start-postcopy. */
+	int (*start_postcopy)(void *opaque, struct kv_error *err);
 	/* x-migrate-settle: an operator's word on an undecided switch-over
 	 * (this side runs the guest, or drops its copy). */
 	int (*settle)(void *opaque, enum kv_swo_settle how,

@@ -275,6 +275,9 @@ static int register_devices(struct kv_vm_mig *g, struct kv_error *err)
 		ret = kv_savevm_register_device(g->sv, "ram-verify", 0,
 						&verify_vmsd, KV_PRI_DEVICE,
 						&g->verify, err);
+	/* Postcopy: the RAM digest only once every page went. */
+	if (!ret && g->verify_ram)
+		ret = kv_savevm_set_postcopy_late(g->sv, "ram-verify", err);
 	/* Lowest priority: the clock goes last on the wire. */
 	if (!ret)
 		ret = kv_savevm_register_device(g->sv, "kvmclock", 0,
@@ -530,6 +533,19 @@ int kv_vm_mig_cancel(struct kv_vm_mig *g, struct kv_error *err)
 	return 0;
 }
 
+int kv_vm_mig_start_postcopy(struct kv_vm_mig *g, struct kv_error *err)
+{
+	int ret;
+
+	pthread_mutex_lock(&g->lock);
+	if (g->mig)
+		ret = kv_mig_start_postcopy(g->mig, err);
+	else
+		ret = kv_error_set(err, -EINVAL, "Postcopy must be started after migration has been started");
+	pthread_mutex_unlock(&g->lock);
+	return ret;
+}
+
 int kv_vm_mig_set_params(struct kv_vm_mig *g,
 			 const struct kv_mig_params *params,
 			 struct kv_error *err)
@@ -620,6 +636,21 @@ static int start_vcpus(void *opaque, struct kv_error *err)
 	return kv_vm_start(g->vm, err);
 }
 
+/* Postcopy's blocktime counts these threads as vCPUs. */
+static size_t vcpu_tids(void *opaque, uint32_t *tids, size_t max)
+{
+	struct kv_vm_mig *g = opaque;
+	size_t n = 0;
+
+	for (int i = 0; i < kv_vm_ncpus(g->vm) && n < max; i++) {
+		int tid = kv_vm_vcpu_tid(g->vm, i);
+
+		if (tid > 0)
+			tids[n++] = (uint32_t)tid;
+	}
+	return n;
+}
+
 enum kv_runstate kv_vm_mig_incoming_runstate(struct kv_vm_mig *g)
 {
 	return g->gstate.state == KV_RUNSTATE_RUNNING ? KV_RUNSTATE_RUNNING
@@ -641,6 +672,7 @@ int kv_vm_mig_listen(struct kv_vm_mig *g, const char *uri,
 	    .commit = commit_state,
 	    .start_vm = start_vcpus,
 	    .status = incoming_status,
+	    .vcpu_tids = vcpu_tids,
 	    .opaque = g,
 	};
 	struct kv_incoming *in;

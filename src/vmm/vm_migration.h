@@ -80,6 +80,9 @@ void kv_vm_mig_free(struct kv_vm_mig *g);
 int kv_vm_mig_start(struct kv_vm_mig *g, const char *uri,
 		    const struct kv_mig_params *params, struct kv_error *err);
 int kv_vm_mig_cancel(struct kv_vm_mig *g, struct kv_error *err);
+/* QMP migrate-start-postcopy: the migration in progress switches to
+ * postcopy (kv_mig_start_postcopy). */
+int kv_vm_mig_start_postcopy(struct kv_vm_mig *g, struct kv_error *err);
 /* Parameters for the next migration; downtime limit and bandwidth also
  * apply at once to one in progress, and an incoming migration reads them
  * when its source connects. Refused (-EBUSY, err says which and what to

@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -25,6 +26,7 @@
 #include "fuzz_vm.h"
 #include "io/channel.h"
 #include "io/stream.h"
+#include "migration/ram/ram.h"
 #include "migration/savevm/savevm.h"
 
 static void fuzz_check(int ok, const char *what, const struct kv_error *err)
@@ -100,10 +102,70 @@ static int load_into(struct fuzz_vm *vm, const uint8_t *data, size_t size,
 	return ret;
 }
 
+/* Postcopy's commands reach the loader's checks (lengths, order, the
+ * decoders against the machine's blocks, the package and its listen
+ * thread); the pages stay plain memory here (no userfaultfd). */
+struct fuzz_pc {
+	struct kv_pc_blocks blocks;
+};
+
+static int fpc_advise(void *o, const struct kv_pc_advise *a,
+		      struct kv_error *err)
+{
+	(void)o;
+	(void)a;
+	(void)err;
+	return 0;
+}
+
+static const struct kv_pc_blocks *fpc_blocks(void *o)
+{
+	return &((struct fuzz_pc *)o)->blocks;
+}
+
+static int fpc_discard(void *o, const struct kv_pc_discard *d,
+		       struct kv_error *err)
+{
+	const struct kv_pc_blocks *b = fpc_blocks(o);
+
+	for (size_t i = 0; i < d->nranges; i++)
+		if (kv_pc_check_range(&b->v[d->block], d->ranges[i].start,
+				      d->ranges[i].len, "fuzz: discard",
+				      err) < 0)
+			fuzz_check(0, "a discard range the decoder let through is not a range of the block", err);
+	return 0;
+}
+
+static int fpc_step(void *o, struct kv_error *err)
+{
+	(void)o;
+	(void)err;
+	return 0;
+}
+
+static int fpc_pong(void *o, uint32_t value, struct kv_error *err)
+{
+	(void)o;
+	(void)value;
+	(void)err;
+	return 0;
+}
+
 int fuzz_load_stream(const uint8_t *data, size_t size, struct kv_error *err)
 {
 	const struct fuzz_vm_opts opts = { .allocator = true };
+	struct fuzz_pc pc = { 0 };
+	const struct kv_savevm_pc_ops pc_ops = {
+		.advise = fpc_advise,
+		.blocks = fpc_blocks,
+		.discard = fpc_discard,
+		.listen = fpc_step,
+		.run = fpc_step,
+		.send_pong = fpc_pong,
+		.opaque = &pc,
+	};
 	struct fuzz_vm vm;
+	size_t n = 0;
 	int ret;
 
 	kv_error_clear(err);
@@ -112,8 +174,14 @@ int fuzz_load_stream(const uint8_t *data, size_t size, struct kv_error *err)
 		/* The harness's own set-up must work on every input. */
 		fuzz_check(0, "fuzz machine set-up failed", err);
 	}
+	/* The blocks as the machine has them before the stream (the
+	 * allocator's come later and are not postcopy's). */
+	pc.blocks.v = kv_ram_pc_blocks(vm.rs, &n);
+	pc.blocks.n = n;
+	kv_savevm_set_postcopy(vm.sv, &pc_ops);
 	ret = load_into(&vm, data, size, err);
 	fuzz_vm_fini(&vm);
+	free((void *)pc.blocks.v);
 	fuzz_check(vm.alloc.live_blocks == 0 && vm.alloc.live_bytes == 0,
 		   "allocated RAM blocks were not released", NULL);
 	return ret;

@@ -27,6 +27,7 @@
 #include "io/stream.h"
 #include "migration/migration.h"
 #include "migration/dirty/soft_tracker.h"
+#include "migration/postcopy/postcopy_src.h"
 
 /* --- deterministic filler --- */
 
@@ -107,6 +108,7 @@ struct gen_seed {
 	bool driver;       /* run kv_mig_run instead of the phases by hand */
 	uint64_t mem2;     /* a third block the destination must allocate */
 	bool compress;     /* x-compress always: ZPAGES records */
+	bool postcopy;     /* ADVISE, a pass, then postcopy (FORMAT.md 12) */
 };
 
 struct gen_src {
@@ -194,6 +196,49 @@ static int save_by_phases(struct gen_src *g, const struct gen_seed *seed,
 	return ret;
 }
 
+/* QEMU's postcopy order through the real source path: ADVISE, setup, a
+ * pass, the switch (discards for the dirty pages), the package, the
+ * rest of the pages, END, EOF. */
+static int save_postcopy(struct gen_src *g, struct kv_stream *s,
+			 struct kv_error *err)
+{
+	struct kv_pc_advise a = { true, KV_PAGE_SIZE, KV_PAGE_SIZE };
+	struct kv_savevm *sv = g->vm.sv;
+	struct kv_pc_blocks blocks;
+	struct kv_pc_src *pcs = NULL;
+	uint8_t p[KV_PC_ADVISE_LEN];
+	size_t n = 0;
+	int ret;
+
+	blocks.v = kv_ram_pc_blocks(g->vm.rs, &n);
+	blocks.n = n;
+	kv_pc_advise_encode(&a, p);
+	ret = kv_savevm_save_header(sv, s, false, err);
+	if (!ret)
+		ret = kv_savevm_save_command(s, KV_MIG_CMD_POSTCOPY_ADVISE, p,
+					     sizeof(p), err);
+	if (!ret)
+		ret = kv_savevm_save_setup(sv, s, err);
+	if (!ret)
+		ret = kv_savevm_save_iterate(sv, s, err) < 0 ? err->code : 0;
+	dirty_some(g, 1);
+	if (!ret) {
+		pcs = kv_pc_src_new(&blocks, err);
+		ret = pcs ? kv_ram_pc_switch(s, g->vm.rs, pcs, err) : err->code;
+	}
+	if (!ret)
+		ret = kv_savevm_save_pc_package(sv, s, err);
+	if (!ret)
+		ret = iterate_until_idle(sv, s, err);
+	if (!ret)
+		ret = kv_savevm_save_pc_complete(sv, s, err);
+	kv_savevm_save_cleanup(sv, ret < 0);
+	kv_ram_pc_src_end(g->vm.rs);
+	kv_pc_src_free(pcs);
+	free((void *)blocks.v);
+	return ret;
+}
+
 static int gen_stop_vm(void *opaque, struct kv_error *err)
 {
 	return 0;
@@ -251,6 +296,8 @@ static int gen_valid(const char *dir, const struct gen_seed *seed,
 		goto out;
 	if (seed->driver)
 		ret = save_by_driver(&g, s, err);
+	else if (seed->postcopy)
+		ret = save_postcopy(&g, s, err);
 	else
 		ret = save_by_phases(&g, seed, s, err);
 	cret = kv_stream_close(s);
@@ -273,15 +320,16 @@ out:
 }
 
 static const struct gen_seed valid_seeds[] = {
-	{ "valid-zero.bin", FILL_ZERO, 1, false, false, 0, false },
-	{ "valid-random.bin", FILL_RANDOM, 1, true, false, 0, false },
-	{ "valid-mixed.bin", FILL_MIXED, 1, true, false, 0, false },
-	{ "valid-mixed-passes.bin", FILL_MIXED, 3, true, false, 0, false },
-	{ "valid-zero-passes-nosub.bin", FILL_ZERO, 3, false, false, 0, false },
-	{ "valid-driver-mixed.bin", FILL_MIXED, 1, true, true, 0, false },
+	{ "valid-zero.bin", FILL_ZERO, 1, false, false, 0, false, false },
+	{ "valid-random.bin", FILL_RANDOM, 1, true, false, 0, false, false },
+	{ "valid-mixed.bin", FILL_MIXED, 1, true, false, 0, false, false },
+	{ "valid-mixed-passes.bin", FILL_MIXED, 3, true, false, 0, false, false },
+	{ "valid-zero-passes-nosub.bin", FILL_ZERO, 3, false, false, 0, false, false },
+	{ "valid-driver-mixed.bin", FILL_MIXED, 1, true, true, 0, false, false },
 	{ "valid-alloc-block.bin", FILL_MIXED, 2, false, false,
-	  8 * KV_PAGE_SIZE, false },
-	{ "valid-zpages-passes.bin", FILL_MIXED, 3, true, false, 0, true },
+	  8 * KV_PAGE_SIZE, false, false },
+	{ "valid-zpages-passes.bin", FILL_MIXED, 3, true, false, 0, true, false },
+	{ "valid-postcopy.bin", FILL_MIXED, 1, true, false, 0, false, true },
 };
 
 /* --- hand-made edge cases --- */
@@ -425,6 +473,56 @@ static const struct gen_record_case record_cases[] = {
 	{ "edge-ram-zero-fill-byte.bin", 0, KV_RAM_FLAG_ZERO, "mem0" },
 };
 
+/* Postcopy's commands out of place or malformed (FORMAT.md 12), each
+ * after the RAM's START section, then EOF. */
+struct gen_pc_case {
+	const char *name;
+	uint8_t bytes[64];
+	size_t len;
+};
+
+#define PC_CMD(n, l) KV_SEC_COMMAND, 0, (n), 0, (l)
+#define PC_ADVISE_OK                                                           \
+	PC_CMD(3, 16), 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0x10, 0
+
+static const struct gen_pc_case pc_cases[] = {
+	{ "bad-pc-listen-twice.bin",
+	  { PC_ADVISE_OK, PC_CMD(4, 0), PC_CMD(4, 0) }, 31 },
+	{ "bad-pc-run-before-listen.bin", { PC_ADVISE_OK, PC_CMD(5, 0) }, 26 },
+	{ "bad-pc-advise-page-size.bin",
+	  { PC_CMD(3, 16), 0, 0, 0, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0x10,
+	    0 }, 21 },
+	/* mem1 is 4 pages: a range that starts at its end goes past it */
+	{ "bad-pc-discard-past-block.bin",
+	  { PC_ADVISE_OK, PC_CMD(6, 23), 0, 4, 'm', 'e', 'm', '1', 0, 0, 0,
+	    0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0, 0x10, 0 }, 49 },
+	{ "bad-pc-discard-version.bin",
+	  { PC_ADVISE_OK, PC_CMD(6, 23), 1, 4, 'm', 'e', 'm', '0', 0, 0, 0,
+	    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0 }, 49 },
+	{ "bad-pc-packaged-empty.bin",
+	  { PC_ADVISE_OK, PC_CMD(8, 4), 0, 0, 0, 0 }, 30 },
+	{ "bad-pc-packaged-past-end.bin",
+	  { PC_ADVISE_OK, PC_CMD(8, 4), 0, 0, 0x10, 0, PC_CMD(4, 0) }, 35 },
+	{ "bad-pc-resume-unsupported.bin",
+	  { PC_ADVISE_OK, PC_CMD(7, 0) }, 26 },
+};
+
+static int gen_postcopy_cases(const char *dir, struct kv_error *err)
+{
+	static struct gbuf b;
+	int ret = 0;
+
+	for (size_t i = 0; !ret && i < sizeof(pc_cases) / sizeof(pc_cases[0]);
+	     i++) {
+		b.len = 0;
+		g_prefix(&b, FUZZ_MEM0_SIZE + FUZZ_MEM1_SIZE);
+		g_bytes(&b, pc_cases[i].bytes, pc_cases[i].len);
+		g_u8(&b, KV_SEC_EOF);
+		ret = write_file(dir, pc_cases[i].name, b.data, b.len, err);
+	}
+	return ret;
+}
+
 static int gen_record_cases(const char *dir, struct kv_error *err)
 {
 	static struct gbuf b;
@@ -443,6 +541,10 @@ static int gen_record_cases(const char *dir, struct kv_error *err)
 		}
 		ret = write_file(dir, c->name, b.data, b.len, err);
 	}
+	if (ret)
+		return ret;
+
+	ret = gen_postcopy_cases(dir, err);
 	if (ret)
 		return ret;
 

@@ -1052,7 +1052,7 @@ static void test_switch_over_policy(void **state)
 
 /* ---- the incoming object and the outgoing entry (URI in, run out) ---- */
 
-/* The table, cell by cell: what postcopy will extend. */
+/* The table, cell by cell, postcopy's rows included. */
 static void test_incoming_table(void **state)
 {
 	static const char *const allowed[] = {
@@ -1061,6 +1061,9 @@ static void test_incoming_table(void **state)
 	    "active>cancelled", "active>x-undecided",
 	    "x-undecided>completed", "x-undecided>failed",
 	    "x-undecided>cancelled",
+	    "active>postcopy-active", "postcopy-active>completed",
+	    "postcopy-active>postcopy-paused", "postcopy-active>failed",
+	    "postcopy-active>cancelled", "postcopy-paused>cancelled",
 	};
 	int n_allowed = 0;
 
@@ -1082,7 +1085,7 @@ static void test_incoming_table(void **state)
 			    want)
 				fail_msg("%s: table says %d", cell, !want);
 		}
-	assert_int_equal(n_allowed, 11);
+	assert_int_equal(n_allowed, 17);
 	assert_false(kv_in_transition_allowed(KV_IN_NONE, KV_IN_STATUS_COUNT));
 	assert_false(
 	    kv_in_transition_allowed((enum kv_in_status)-1, KV_IN_SETUP));

@@ -143,8 +143,8 @@ static void test_check(void **state)
 	want_check("max-bandwidth", UINT64_MAX, -EINVAL, "Parameter 'max-bandwidth' expects a non-negative integer (bytes per second)");
 	want_check("multifd-compression", KV_MFD_METHOD_COUNT, -EINVAL, "Parameter 'multifd-compression' expects one of 'none', 'zlib', 'zstd', 'lz4'");
 	want_check("cpu-throttle-tailslow", 2, -EINVAL, "Parameter 'cpu-throttle-tailslow' expects a boolean");
-	want_check("postcopy-ram", 1, -ENOTSUP, "Capability 'postcopy-ram' is not supported by kvmig yet");
-	want_check("postcopy-ram", 0, 0, NULL);
+	want_check("x-colo", 1, -ENOTSUP, "Capability 'x-colo' is not supported by kvmig yet");
+	want_check("x-colo", 0, 0, NULL);
 	want_check("return-path", 0, -ENOTSUP, NULL);
 	want_check("return-path", 1, 0, NULL);
 	want_check("xbzrle", 1, 0, NULL);
@@ -166,14 +166,14 @@ static void test_set_get_every_store(void **state)
 	kv_mig_option_set(row("x-compress"), &s, &v); /* enum */
 	v.u = 1;
 	kv_mig_option_set(row("auto-converge"), &s, &v); /* bool */
-	kv_mig_option_set(row("postcopy-ram"), &s, &v); /* nowhere */
+	kv_mig_option_set(row("x-colo"), &s, &v); /* nowhere */
 	assert_int_equal(s.params.downtime_limit_ms, 77);
 	assert_int_equal(s.params.rp_timeout_ms, 77);
 	assert_int_equal(s.params.link_timeout_ms, 77);
 	assert_int_equal(s.params.throttle.initial, 77);
 	assert_int_equal(s.params.compress, KV_RAM_COMPRESS_ALWAYS);
 	assert_true(s.params.auto_converge);
-	kv_mig_option_get(row("postcopy-ram"), &s, &v);
+	kv_mig_option_get(row("x-colo"), &s, &v);
 	assert_int_equal(v.u, 0);
 	kv_mig_option_get(row("x-return-path-timeout"), &s, &v);
 	assert_int_equal(v.u, 77);
@@ -270,8 +270,8 @@ static void test_qmp_caps(void **state)
 	assert_true(s.multifd);
 	assert_false(s.events);
 	before = s;
-	assert_int_equal(apply_caps(&s, "[{\"capability\": \"xbzrle\", \"state\": true}, {\"capability\": \"postcopy-ram\", \"state\": true}]", &err), -ENOTSUP);
-	assert_string_equal(err.msg, "Capability 'postcopy-ram' is not supported by kvmig yet");
+	assert_int_equal(apply_caps(&s, "[{\"capability\": \"xbzrle\", \"state\": true}, {\"capability\": \"x-colo\", \"state\": true}]", &err), -ENOTSUP);
+	assert_string_equal(err.msg, "Capability 'x-colo' is not supported by kvmig yet");
 	assert_int_equal(apply_caps(&s, "[{\"capability\": \"xbzrle\", \"state\": true}, {\"capability\": \"return-path\", \"state\": false}]", &err), -ENOTSUP);
 	assert_non_null(strstr(err.msg, "Capability 'return-path' cannot be turned off: "));
 	assert_int_equal(apply_caps(&s, "[{\"capability\": \"xbzrle\", \"state\": true}, {\"capability\": \"max-bandwidth\", \"state\": true}]", &err), -EINVAL);

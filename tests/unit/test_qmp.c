@@ -712,9 +712,9 @@ static void test_capabilities(void **state)
 		     "{\"execute\": \"migrate-set-capabilities\", "
 		     "\"arguments\": {\"capabilities\": [{\"capability\": "
 		     "\"xbzrle\", \"state\": false}, {\"capability\": "
-		     "\"postcopy-ram\", \"state\": true}]}}",
+		     "\"x-colo\", \"state\": true}]}}",
 		     "GenericError",
-		     "Capability 'postcopy-ram' is not supported by kvmig yet");
+		     "Capability 'x-colo' is not supported by kvmig yet");
 	expect_error(c,
 		     "{\"execute\": \"migrate-set-capabilities\", "
 		     "\"arguments\": {\"capabilities\": [{\"capability\": "

@@ -1063,6 +1063,243 @@ static void test_verify_both_sides(void **state)
 	free(b);
 }
 
+
+/* ---- postcopy (docs/FORMAT.md §12): the loader's commands ---- */
+
+#define PC_BLOCK_LEN 0x10000U
+
+/* The destination's postcopy, as a record of what the loader asked. */
+struct pc_calls {
+	char seq[128];
+	struct kv_pc_block block;
+	struct kv_pc_blocks blocks;
+	int pongs;
+};
+
+static void pc_note(struct pc_calls *c, const char *what)
+{
+	size_t n = strlen(c->seq);
+
+	snprintf(c->seq + n, sizeof(c->seq) - n, "%s%s", n ? "," : "", what);
+}
+
+static int pc_advise(void *o, const struct kv_pc_advise *a,
+		     struct kv_error *err)
+{
+	(void)err;
+	assert_true(a->has_sizes);
+	pc_note(o, "advise");
+	return 0;
+}
+
+static const struct kv_pc_blocks *pc_blocks(void *o)
+{
+	return &((struct pc_calls *)o)->blocks;
+}
+
+static int pc_discard(void *o, const struct kv_pc_discard *d,
+		      struct kv_error *err)
+{
+	(void)err;
+	assert_int_equal(d->block, 0);
+	pc_note(o, "discard");
+	return 0;
+}
+
+static int pc_listen(void *o, struct kv_error *err)
+{
+	(void)err;
+	pc_note(o, "listen");
+	return 0;
+}
+
+static int pc_run(void *o, struct kv_error *err)
+{
+	(void)err;
+	pc_note(o, "run");
+	return 0;
+}
+
+static int pc_pong(void *o, uint32_t value, struct kv_error *err)
+{
+	(void)value;
+	(void)err;
+	((struct pc_calls *)o)->pongs++;
+	return 0;
+}
+
+static struct kv_savevm_pc_ops pc_ops_for(struct pc_calls *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->block = (struct kv_pc_block){"pc.ram", PC_BLOCK_LEN, 4096};
+	c->blocks = (struct kv_pc_blocks){&c->block, 1};
+	return (struct kv_savevm_pc_ops){
+	    .advise = pc_advise,
+	    .blocks = pc_blocks,
+	    .discard = pc_discard,
+	    .listen = pc_listen,
+	    .run = pc_run,
+	    .send_pong = pc_pong,
+	    .opaque = c,
+	};
+}
+
+/* What a postcopy source writes: ADVISE, setup, one PART, a discard, the
+ * package (LISTEN, both devices, RUN), the other PARTs, END, EOF. */
+static uint8_t *save_postcopy_stream(size_t *len)
+{
+	const struct kv_pc_range r = {0, 2 * 4096};
+	struct kv_pc_advise a = {true, 4096, 4096};
+	uint8_t p[KV_PC_DISCARD_MAX_LEN];
+	struct kv_error err = {0};
+	struct side src;
+	struct kv_stream *s;
+	char path[64];
+	int ret = 0, n;
+
+	side_init(&src, true);
+	s = open_write(path, sizeof(path));
+	assert_int_equal(kv_savevm_save_header(src.sv, s, true, &err), 0);
+	kv_pc_advise_encode(&a, p);
+	assert_int_equal(kv_savevm_save_command(s, KV_MIG_CMD_POSTCOPY_ADVISE,
+						p, KV_PC_ADVISE_LEN, &err),
+			 0);
+	assert_int_equal(kv_savevm_save_setup(src.sv, s, &err), 0);
+	assert_int_equal(kv_savevm_save_iterate(src.sv, s, &err), 0);
+	n = kv_pc_discard_encode("pc.ram", &r, 1, p, &err);
+	assert_true(n > 0);
+	assert_int_equal(kv_savevm_save_command(
+			     s, KV_MIG_CMD_POSTCOPY_RAM_DISCARD, p,
+			     (uint16_t)n, &err),
+			 0);
+	assert_int_equal(kv_savevm_save_pc_package(src.sv, s, &err), 0);
+	while (ret == 0)
+		ret = kv_savevm_save_iterate(src.sv, s, &err);
+	assert_int_equal(ret, 1);
+	assert_int_equal(kv_savevm_save_pc_complete(src.sv, s, &err), 0);
+	kv_savevm_save_cleanup(src.sv, false);
+	kv_savevm_free(src.sv);
+	return close_and_read(s, path, len);
+}
+
+static int load_pc(struct side *dst, struct pc_calls *calls, bool with_ops,
+		   const uint8_t *b, size_t n, struct kv_load_result *res,
+		   struct kv_error *err)
+{
+	struct kv_savevm_pc_ops ops = pc_ops_for(calls);
+	struct kv_stream *s = open_read_bytes(b, n);
+	int ret;
+
+	side_init(dst, false);
+	if (with_ops)
+		kv_savevm_set_postcopy(dst->sv, &ops);
+	ret = kv_savevm_load(dst->sv, s, res, err);
+	kv_stream_close(s);
+	return ret;
+}
+
+/* The whole order, through the listen thread: the devices came in the
+ * package, the live handler's last parts and END after it, no VM
+ * description (QEMU's postcopy stream has none). */
+static void test_postcopy_round_trip(void **state)
+{
+	struct kv_load_result res;
+	struct kv_error err = {0};
+	struct pc_calls calls;
+	struct side dst;
+	uint8_t *b;
+	size_t n;
+
+	(void)state;
+	b = save_postcopy_stream(&n);
+	if (load_pc(&dst, &calls, true, b, n, &res, &err) < 0)
+		fail_msg("%s", err.msg);
+	assert_true(res.postcopy);
+	assert_string_equal(calls.seq, "advise,discard,listen,run");
+	assert_true(dst.fake.got_end);
+	assert_false(dst.fake.cleanup_failed);
+	assert_int_equal(dst.a.x, DEV_A_X);
+	assert_memory_equal(dst.b.blob, dev_b_blob, sizeof(dev_b_blob));
+	kv_savevm_free(dst.sv);
+
+	/* Without postcopy here the first command is refused. */
+	assert_true(load_pc(&dst, &calls, false, b, n, &res, &err) < 0);
+	if (!strstr(err.msg, "POSTCOPY_ADVISE: it migrates with postcopy-ram, which is off on this destination"))
+		fail_msg("%s", err.msg);
+	kv_savevm_free(dst.sv);
+	free(b);
+}
+
+/* A crafted command after the configuration: refused naming what. */
+static void expect_pc_reject(const uint8_t *cmds, size_t len,
+			     const char *needle)
+{
+	struct variant v = {.return_path = true, .inject = cmds,
+			    .inject_len = len};
+	struct kv_error err = {0};
+	struct pc_calls calls;
+	struct side dst;
+	uint8_t *b;
+	size_t n;
+
+	b = craft(&v, &n);
+	assert_true(load_pc(&dst, &calls, true, b, n, NULL, &err) < 0);
+	if (!strstr(err.msg, needle))
+		fail_msg("error '%s' does not contain '%s'", err.msg, needle);
+	assert_true(dst.fake.cleanup_failed);
+	kv_savevm_free(dst.sv);
+	free(b);
+}
+
+#define PC_ADVISE                                                              \
+	KV_SEC_COMMAND, 0, 3, 0, 16, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0,    \
+	    0, 0, 0x10, 0
+#define PC_LISTEN KV_SEC_COMMAND, 0, 4, 0, 0
+#define PC_RUN	  KV_SEC_COMMAND, 0, 5, 0, 0
+
+static void test_postcopy_rejects(void **state)
+{
+	static const uint8_t listen_twice[] = {PC_ADVISE, PC_LISTEN, PC_LISTEN};
+	static const uint8_t run_first[] = {PC_ADVISE, PC_RUN};
+	static const uint8_t advise_twice[] = {PC_ADVISE, PC_ADVISE};
+	static const uint8_t big_page[] = {KV_SEC_COMMAND, 0, 3, 0, 16,
+					   0, 0, 0, 0, 0, 0x20, 0, 0,
+					   0, 0, 0, 0, 0, 0, 0x10, 0};
+	/* pc.ram's range [0x10000, +0x1000): past its 64 KiB */
+	static const uint8_t discard_past[] = {
+	    PC_ADVISE, KV_SEC_COMMAND, 0, 6, 0, 25, 0, 6, 'p', 'c', '.', 'r',
+	    'a', 'm', 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0};
+	static const uint8_t discard_unknown[] = {
+	    PC_ADVISE, KV_SEC_COMMAND, 0, 6, 0, 22, 0, 3, 'r', 'o', 'm', 0,
+	    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0};
+	static const uint8_t packaged_empty[] = {PC_ADVISE, KV_SEC_COMMAND, 0,
+						 8, 0, 4, 0, 0, 0, 0};
+	/* A package holding an EOF section. */
+	static const uint8_t packaged_eof[] = {
+	    PC_ADVISE, KV_SEC_COMMAND, 0, 8, 0, 4, 0, 0, 0, 6, PC_LISTEN,
+	    KV_SEC_EOF};
+	static const uint8_t listen_len[] = {PC_ADVISE, KV_SEC_COMMAND, 0, 4,
+					     0, 1, 0};
+	static const uint8_t resume[] = {PC_ADVISE, KV_SEC_COMMAND, 0, 7, 0,
+					 0};
+
+	(void)state;
+	expect_pc_reject(listen_twice, sizeof(listen_twice),
+			 "POSTCOPY_LISTEN in postcopy state listening");
+	expect_pc_reject(run_first, sizeof(run_first), "POSTCOPY_RUN");
+	expect_pc_reject(advise_twice, sizeof(advise_twice),
+			 "POSTCOPY_ADVISE");
+	expect_pc_reject(big_page, sizeof(big_page), "page sizes");
+	expect_pc_reject(discard_past, sizeof(discard_past),
+			 "goes past the end of block 'pc.ram'");
+	expect_pc_reject(discard_unknown, sizeof(discard_unknown), "rom");
+	expect_pc_reject(packaged_empty, sizeof(packaged_empty), "PACKAGED");
+	expect_pc_reject(packaged_eof, sizeof(packaged_eof),
+			 "inside the PACKAGED command");
+	expect_pc_reject(listen_len, sizeof(listen_len), "POSTCOPY_LISTEN");
+	expect_pc_reject(resume, sizeof(resume), "POSTCOPY_RESUME");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1094,6 +1331,8 @@ int main(void)
 	    cmocka_unit_test(test_verify_round_trip),
 	    cmocka_unit_test(test_verify_refuses_any_flipped_byte),
 	    cmocka_unit_test(test_verify_both_sides),
+	    cmocka_unit_test(test_postcopy_round_trip),
+	    cmocka_unit_test(test_postcopy_rejects),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

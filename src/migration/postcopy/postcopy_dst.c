@@ -630,6 +630,26 @@ void kv_pc_dst_free(struct kv_pc_dst *d)
 	free(d);
 }
 
+int kv_pc_dst_set_vcpus(struct kv_pc_dst *d, const uint32_t *tids, size_t n)
+{
+	struct vcpu_time *v = calloc(n ? n : 1, sizeof(*v));
+
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		v[i].tid = tids[i];
+	pthread_mutex_lock(&d->lock);
+	/* Nobody is counted blocked on the old list any more. */
+	for (size_t i = 0; i < d->nwaiters; i++)
+		d->waiters[i].vcpu = -1;
+	free(d->vcpus);
+	d->vcpus = v;
+	d->nvcpus = n;
+	d->nblocked = 0;
+	pthread_mutex_unlock(&d->lock);
+	return 0;
+}
+
 /* ---- recovery and figures ---- */
 
 /* The pages threads wait on now, each once, not yet here. */

@@ -122,6 +122,11 @@ int kv_pc_dst_finish(struct kv_pc_dst *d, struct kv_error *err);
 /* After a recovery: ask again for every page a thread waits on. */
 int kv_pc_dst_rerequest(struct kv_pc_dst *d, struct kv_error *err);
 
+/* The vCPU threads, once they exist (a destination starts them at
+ * POSTCOPY_RUN, after ADVISE): blocktime counts these from now on.
+ * -ENOMEM; the earlier list stays. */
+int kv_pc_dst_set_vcpus(struct kv_pc_dst *d, const uint32_t *tids, size_t n);
+
 bool kv_pc_dst_has_page(struct kv_pc_dst *d, size_t block, uint64_t offset);
 /* The received bitmap of a block (for RECV_BITMAP), and its page count. */
 const unsigned long *kv_pc_dst_received_map(struct kv_pc_dst *d, size_t block,

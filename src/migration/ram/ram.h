@@ -128,6 +128,33 @@ void kv_ram_set_verify(struct kv_ram_state *rs, bool on);
 int kv_ram_verify_digest(struct kv_ram_state *rs, uint8_t out[16],
 			 struct kv_error *err);
 
+/*
+ * Postcopy (docs/DESIGN.md "Postcopy"; postcopy/postcopy_ram.c).
+ */
+struct kv_pc_block;
+struct kv_pc_src;
+struct kv_pc_dst;
+/* The blocks as postcopy's checks see them (names point into rs; free
+ * the array with free()). NULL: no memory. */
+struct kv_pc_block *kv_ram_pc_blocks(struct kv_ram_state *rs, size_t *n);
+/* Source, workload stopped: the last sync, a RAM_DISCARD command for
+ * every run of dirty pages; from then on save_iterate serves pcs's
+ * requests first and every page goes once, whole. */
+int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
+		     struct kv_pc_src *pcs, struct kv_error *err);
+/* Source: the migration ended (pcs may be freed afterwards). */
+void kv_ram_pc_src_end(struct kv_ram_state *rs);
+/* Destination, at ADVISE: pages loaded from now on are marked received
+ * in d (NULL: postcopy over). Refused with multifd. */
+int kv_ram_pc_set_dst(struct kv_ram_state *rs, struct kv_pc_dst *d,
+		      struct kv_error *err);
+/* LISTEN, before kv_pc_dst_listen: stop the prefault helpers. After it,
+ * kv_ram_pc_listening: page records go through userfaultfd. */
+void kv_ram_pc_listen(struct kv_ram_state *rs);
+void kv_ram_pc_listening(struct kv_ram_state *rs);
+/* RUN: the guest runs here; a failed load drops nothing any more. */
+void kv_ram_pc_running(struct kv_ram_state *rs);
+
 struct kv_mfd_send;
 struct kv_mfd_recv;
 enum kv_mfd_zero;

@@ -124,6 +124,10 @@ struct kv_ram_src {
 	struct kv_mfd_send *mfd_send;
 	enum kv_mfd_zero mfd_zero;
 
+	/* Postcopy (postcopy/postcopy_ram.c): from the switch on, requested
+	 * pages first and every page once; NULL before. */
+	struct kv_pc_src *pc;
+
 	/* Counters (see struct kv_ram_stats). */
 	uint64_t dirty_sync_count;
 	uint64_t pass_pages;
@@ -145,6 +149,15 @@ struct kv_ram_dst {
 	/* multifd: channel threads write pages into the blocks; NULL: all
 	 * on the main stream. */
 	struct kv_mfd_recv *mfd_recv;
+
+	/* Postcopy (postcopy/postcopy_ram.c): the pages this side has, from
+	 * ADVISE on (NULL: no postcopy); from LISTEN on pages are placed
+	 * through userfaultfd (pc_page is the bounce buffer); once the
+	 * guest runs here nothing loaded may be dropped. */
+	struct kv_pc_dst *pc;
+	bool pc_listening;
+	bool pc_running;
+	uint8_t *pc_page;
 
 	uint8_t *xbzrle_dec;	/* a received XBZRLE delta, 4 KiB */
 	uint64_t xbzrle_pages;	/* XBZRLE records loaded */
@@ -238,6 +251,25 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 uint64_t kv_ram_pending_exact(void *opaque, struct kv_error *err);
 /* failed: stop the tracker keeping its marks, for a retry. */
 void kv_ram_save_cleanup(void *opaque, bool failed);
+/* One ZERO or PAGE record (XBZRLE's or x-compress's choice before the
+ * postcopy switch; after it always a whole page). */
+void kv_ram_send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
+		      size_t page);
+/* The last sync, with the workload stopped: its pages finish the pass. */
+int kv_ram_sync_final(struct kv_ram_state *rs, struct kv_error *err);
+
+/* postcopy/postcopy_ram.c */
+/* save_iterate and save_complete once rs->src.pc is set. */
+int kv_ram_pc_save_iterate(struct kv_stream *s, struct kv_ram_state *rs,
+			   struct kv_error *err);
+int kv_ram_pc_save_complete(struct kv_stream *s, struct kv_ram_state *rs,
+			    struct kv_error *err);
+/* The loader's page records while postcopy listens: placed through
+ * userfaultfd (data NULL: zeros). 0 placed or already there; <0. */
+int kv_ram_pc_place(struct kv_ram_state *rs, size_t bi, uint64_t offset,
+		    const void *data, struct kv_error *err);
+/* Precopy wrote (or left zero) this page after ADVISE. */
+void kv_ram_pc_received(struct kv_ram_state *rs, size_t bi, uint64_t offset);
 
 /* ram_xbzrle.c */
 /* Save setup: a fresh cache when XBZRLE is on (nothing from an earlier
@@ -283,6 +315,10 @@ void kv_ram_zc_cleanup(struct kv_ram_state *rs);
 int kv_ram_verify_prepare(struct kv_ram_state *rs, struct kv_error *err);
 /* The page as it is now (source: claimed to send; destination: written). */
 void kv_ram_verify_page(struct kv_ram_state *rs, size_t bi, size_t page);
+/* The page placed from data (postcopy: the guest may write the page
+ * itself as soon as it is placed, so the hash is of what was placed). */
+void kv_ram_verify_data(struct kv_ram_state *rs, size_t bi, size_t page,
+			const void *data);
 /* The page is zero, known without reading it. */
 void kv_ram_verify_zero(struct kv_ram_state *rs, size_t bi, size_t page);
 void kv_ram_verify_free(struct kv_ram_block_priv *p);

@@ -342,6 +342,39 @@ static void mark_touched(struct kv_ram_state *rs, size_t bi, size_t page)
 		kv_bitmap_set_atomic(rs->priv[bi].touched, page);
 }
 
+/* Postcopy after LISTEN: pages go in through userfaultfd, whole, once. */
+static int load_zero_postcopy(struct kv_ram_state *rs, const struct ram_rec *r,
+			      size_t bi, struct kv_error *err)
+{
+	struct kv_error perr = {0};
+
+	if (kv_ram_pc_place(rs, bi, r->addr, NULL, &perr) < 0)
+		return rec_error(err, r, perr.code, "%s", perr.msg);
+	kv_ram_stat_add(&rs->zero_pages, 1);
+	return 0;
+}
+
+static int load_page_postcopy(struct kv_stream *s, struct kv_ram_state *rs,
+			      const struct ram_rec *r, size_t bi,
+			      struct kv_error *err)
+{
+	struct kv_error perr = {0};
+
+	kv_stream_get_buffer(s, rs->dst.pc_page, KV_PAGE_SIZE);
+	if (kv_stream_error(s))
+		return rec_stream_error(s, r, "the page data", err);
+	if (kv_ram_pc_place(rs, bi, r->addr, rs->dst.pc_page, &perr) < 0)
+		return rec_error(err, r, perr.code, "%s", perr.msg);
+	kv_ram_stat_add(&rs->normal_pages, 1);
+	return 0;
+}
+
+/* QEMU's source sends only whole pages once postcopy listens. */
+static int refuse_after_listen(const struct ram_rec *r, struct kv_error *err)
+{
+	return rec_error(err, r, -EINVAL, "a delta or compressed record after POSTCOPY_LISTEN: postcopy places whole pages only");
+}
+
 static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
 		     const struct ram_rec *r, struct kv_error *err)
 {
@@ -360,6 +393,8 @@ static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
 				 fill);
 	page = (size_t)(r->addr >> KV_PAGE_SHIFT);
 	p = rs->blocks[bi].host + r->addr;
+	if (rs->dst.pc_listening)
+		return load_zero_postcopy(rs, r, bi, err);
 	if (rs->dst.prefault)
 		kv_ram_prefault_note_zero(rs->dst.prefault, bi, r->addr);
 	/* Leave memory that is zero alone: no fault, no RSS. A page never
@@ -370,6 +405,7 @@ static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
 		memset(p, 0, KV_PAGE_SIZE);
 	}
 	kv_ram_verify_zero(rs, bi, page);
+	kv_ram_pc_received(rs, bi, r->addr);
 	kv_ram_stat_add(&rs->zero_pages, 1);
 	return 0;
 }
@@ -382,6 +418,8 @@ static int load_page(struct kv_stream *s, struct kv_ram_state *rs,
 
 	if (ret < 0)
 		return ret;
+	if (rs->dst.pc_listening)
+		return load_page_postcopy(s, rs, r, bi, err);
 	mark_touched(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
 	kv_ram_page_populated(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
 	if (rs->dst.prefault)
@@ -391,6 +429,7 @@ static int load_page(struct kv_stream *s, struct kv_ram_state *rs,
 	if (kv_stream_error(s))
 		return rec_stream_error(s, r, "the page data", err);
 	kv_ram_verify_page(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
+	kv_ram_pc_received(rs, bi, r->addr);
 	kv_ram_stat_add(&rs->normal_pages, 1);
 	return 0;
 }
@@ -409,6 +448,8 @@ static int load_xbzrle(struct kv_stream *s, struct kv_ram_state *rs,
 
 	if (ret < 0)
 		return ret;
+	if (rs->dst.pc_listening)
+		return refuse_after_listen(r, err);
 	encoding = kv_stream_get_u8(s);
 	len = kv_stream_get_be16(s);
 	if (kv_stream_error(s))
@@ -438,6 +479,7 @@ static int load_xbzrle(struct kv_stream *s, struct kv_ram_state *rs,
 		return rec_error(err, r, -EINVAL, "bad XBZRLE delta: %s",
 				 derr.msg);
 	kv_ram_verify_page(rs, bi, (size_t)(r->addr >> KV_PAGE_SHIFT));
+	kv_ram_pc_received(rs, bi, r->addr);
 	kv_ram_stat_add(&rs->dst.xbzrle_pages, 1);
 	return 0;
 }
@@ -516,6 +558,8 @@ static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 
 	if (ret < 0)
 		return ret;
+	if (rs->dst.pc_listening)
+		return refuse_after_listen(r, err);
 	b = &rs->blocks[bi];
 	method = kv_stream_get_u8(s);
 	n = kv_stream_get_be16(s);
@@ -559,8 +603,10 @@ static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 			      &derr) < 0)
 		return rec_error(err, r, -EINVAL, "bad compressed pages: %s",
 				 derr.msg);
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		kv_ram_verify_page(rs, bi, (size_t)(off[i] >> KV_PAGE_SHIFT));
+		kv_ram_pc_received(rs, bi, off[i]);
+	}
 	kv_ram_stat_add(&rs->normal_pages, n);
 	return 0;
 }
@@ -750,6 +796,9 @@ void kv_ram_load_cleanup(void *opaque, bool failed)
 		kv_mfd_recv_stop(rs->dst.mfd_recv);
 	}
 	kv_ram_pagemap_close(rs);
+	/* The guest runs here (postcopy): what it has is all it has. */
+	if (failed && rs->dst.pc_running)
+		failed = false;
 	if (failed) {
 		if (rs->dst.has_allocator)
 			kv_ram_release_allocated(rs);
@@ -773,4 +822,6 @@ void kv_ram_load_free(struct kv_ram_state *rs)
 	zpages_decoder_free(&rs->dst);
 	free(rs->dst.xbzrle_dec);
 	rs->dst.xbzrle_dec = NULL;
+	free(rs->dst.pc_page);
+	rs->dst.pc_page = NULL;
 }

@@ -250,8 +250,7 @@ static int multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
 	return 0;
 }
 
-/* One ZERO or PAGE record (or XBZRLE's choice). */
-static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
+void kv_ram_send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		      size_t page)
 {
 	const uint8_t *p = rs->blocks[bi].host + ((uint64_t)page << KV_PAGE_SHIFT);
@@ -264,8 +263,11 @@ static void send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		return;
 	}
 	kv_ram_verify_page(rs, bi, page);
-	if (!kv_ram_xbzrle_send(s, rs, bi, page) &&
-	    !kv_ram_zc_send(s, rs, bi, page)) {
+	/* After the postcopy switch the destination dropped its copy of a
+	 * dirty page: a delta would apply to nothing, and placing pages
+	 * through userfaultfd takes whole pages. */
+	if (rs->src.pc || (!kv_ram_xbzrle_send(s, rs, bi, page) &&
+			   !kv_ram_zc_send(s, rs, bi, page))) {
 		kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_PAGE);
 		kv_stream_put_page_ref(s, p, KV_PAGE_SIZE);
 		kv_ram_stat_add(&rs->normal_pages, 1);
@@ -310,7 +312,7 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 			if (ret < 0)
 				return ret;
 		} else {
-			send_page(s, rs, bi, page);
+			kv_ram_send_page(s, rs, bi, page);
 		}
 		if (++sent % CHECK_EVERY_PAGES)
 			continue;
@@ -329,6 +331,8 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque, struct kv_error *err)
 	struct kv_ram_state *rs = opaque;
 	int ret;
 
+	if (rs->src.pc)
+		return kv_ram_pc_save_iterate(s, rs, err);
 	/* Every section names its first block: a reader can start anywhere
 	 * at a section boundary. */
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
@@ -376,6 +380,11 @@ static int ram_sync(struct kv_ram_state *rs, bool new_pass,
 	return 0;
 }
 
+int kv_ram_sync_final(struct kv_ram_state *rs, struct kv_error *err)
+{
+	return ram_sync(rs, false, err);
+}
+
 uint64_t kv_ram_pending_estimate(void *opaque)
 {
 	const struct kv_ram_state *rs = opaque;
@@ -397,6 +406,8 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	struct kv_ram_state *rs = opaque;
 	int ret;
 
+	if (rs->src.pc)
+		return kv_ram_pc_save_complete(s, rs, err);
 	/* The workload is stopped: what it wrote since the last sync is the
 	 * last thing to send, in the pass the driver's last sync began. */
 	ret = ram_sync(rs, false, err);

@@ -58,6 +58,13 @@ void kv_ram_verify_page(struct kv_ram_state *rs, size_t bi, size_t page)
 	*slot = page_hash(rs->blocks[bi].host + ((uint64_t)page << KV_PAGE_SHIFT));
 }
 
+void kv_ram_verify_data(struct kv_ram_state *rs, size_t bi, size_t page,
+			const void *data)
+{
+	if (rs->verify.on && rs->priv[bi].page_hash)
+		rs->priv[bi].page_hash[page] = page_hash(data);
+}
+
 void kv_ram_verify_zero(struct kv_ram_state *rs, size_t bi, size_t page)
 {
 	if (rs->verify.on && rs->priv[bi].page_hash)

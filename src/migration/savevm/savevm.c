@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include "base/log.h"
 #include "migration/return_path.h"
 #include "migration/savevm/vmdesc.h"
+#include "migration/postcopy/postcopy_package.h"
 
 #define SV_IDSTR_MAX   255
 #define SV_MACHINE_MAX 255
@@ -46,6 +48,9 @@ struct sv_entry {
 	bool got_end;
 	uint32_t stream_section_id; /* the source's id for this entry */
 	int stream_version;	    /* version_id its START carried */
+	/* Postcopy: saved after the live handlers' END, not in the package
+	 * (kv_savevm_set_postcopy_late). */
+	bool pc_late;
 };
 
 /* One digest of the verification record (docs/FORMAT.md). */
@@ -74,6 +79,10 @@ struct kv_savevm {
 	size_t cap;
 	uint32_t next_section_id;
 	struct sv_verify *verify; /* kv_savevm_enable_verify; NULL: off */
+	/* Destination: postcopy's commands (NULL: refused) and, during a
+	 * load, the state they share between the loading threads. */
+	const struct kv_savevm_pc_ops *pc_ops;
+	struct sv_pc_load *pcl;
 };
 
 struct kv_savevm *kv_savevm_new(const char *machine)
@@ -643,8 +652,17 @@ int kv_savevm_pending_exact(struct kv_savevm *sv, uint64_t *pending,
 	return 0;
 }
 
+/* Which devices a save writes: all (precopy), or postcopy's package
+ * (every one but the late ones) or its end (the late ones). */
+enum sv_devices { SV_DEV_ALL, SV_DEV_PACKAGE, SV_DEV_LATE };
+
+static bool is_pc_late(const struct kv_savevm *sv, const struct sv_entry *e)
+{
+	return e->pc_late || is_verify(sv, e);
+}
+
 static int save_devices(struct kv_savevm *sv, struct kv_stream *s,
-			struct kv_error *err)
+			enum sv_devices which, struct kv_error *err)
 {
 	size_t i;
 	int ret;
@@ -653,6 +671,9 @@ static int save_devices(struct kv_savevm *sv, struct kv_stream *s,
 		struct sv_entry *e = sv->entries[i];
 
 		if (is_live(e))
+			continue;
+		if (which != SV_DEV_ALL &&
+		    is_pc_late(sv, e) != (which == SV_DEV_LATE))
 			continue;
 		if (is_verify(sv, e))
 			verify_fill(sv);
@@ -753,7 +774,7 @@ int kv_savevm_save_complete(struct kv_savevm *sv, struct kv_stream *s,
 	if (ret < 0)
 		return ret;
 	kv_switch_log("live END sections queued");
-	ret = save_devices(sv, s, err);
+	ret = save_devices(sv, s, SV_DEV_ALL, err);
 	if (ret < 0)
 		return ret;
 	kv_stream_put_u8(s, KV_SEC_EOF);
@@ -775,6 +796,103 @@ int kv_savevm_save_ping(struct kv_stream *s, uint32_t value,
 	kv_stream_put_be32(s, value);
 	kv_stream_flush(s);
 	return stream_error_to(s, err, "sending PING");
+}
+
+/* ---- postcopy, source (docs/FORMAT.md §12) ---- */
+
+int kv_savevm_set_postcopy_late(struct kv_savevm *sv, const char *idstr,
+				struct kv_error *err)
+{
+	bool found = false;
+
+	for (size_t i = 0; i < sv->count; i++) {
+		if (strcmp(sv->entries[i]->idstr, idstr))
+			continue;
+		if (is_live(sv->entries[i]))
+			return kv_error_set(err, -EINVAL, "postcopy: '%s' is a live handler; only a device section can come after the END sections", idstr);
+		sv->entries[i]->pc_late = true;
+		found = true;
+	}
+	if (!found)
+		return kv_error_set(err, -ENOENT, "postcopy: no section '%s' is registered", idstr);
+	return 0;
+}
+
+int kv_savevm_save_command(struct kv_stream *s, uint16_t cmd,
+			   const void *payload, uint16_t len,
+			   struct kv_error *err)
+{
+	kv_stream_put_u8(s, KV_SEC_COMMAND);
+	kv_stream_put_be16(s, cmd);
+	kv_stream_put_be16(s, len);
+	if (len)
+		kv_stream_put_buffer(s, payload, len);
+	return stream_error_to(s, err, "writing a command");
+}
+
+/* LISTEN, the device state, RUN: the package's bytes, in pkg. */
+static int save_package_body(struct kv_savevm *sv, struct kv_stream *pkg,
+			     struct kv_error *err)
+{
+	int ret;
+
+	ret = kv_savevm_save_command(pkg, KV_MIG_CMD_POSTCOPY_LISTEN, NULL, 0,
+				     err);
+	if (ret == 0)
+		ret = save_devices(sv, pkg, SV_DEV_PACKAGE, err);
+	if (ret == 0)
+		ret = kv_savevm_save_command(pkg, KV_MIG_CMD_POSTCOPY_RUN, NULL,
+					     0, err);
+	if (ret == 0 && kv_stream_flush(pkg) < 0)
+		ret = stream_error_to(pkg, err, "building the postcopy package");
+	return ret;
+}
+
+int kv_savevm_save_pc_package(struct kv_savevm *sv, struct kv_stream *s,
+			      struct kv_error *err)
+{
+	struct kv_chan *c = kv_pc_pkg_writer_new(err);
+	struct kv_stream *pkg = c ? kv_stream_new(c, KV_STREAM_WRITE) : NULL;
+	uint8_t head[4];
+	const uint8_t *bytes;
+	size_t len;
+	int ret;
+
+	if (!pkg) {
+		kv_chan_close(c);
+		return kv_error_set(err, -ENOMEM, "postcopy: no memory for the package");
+	}
+	ret = save_package_body(sv, pkg, err);
+	bytes = kv_pc_pkg_bytes(c, &len);
+	if (ret == 0) {
+		kv_pc_packaged_encode((uint32_t)len, head);
+		ret = kv_savevm_save_command(s, KV_MIG_CMD_PACKAGED, head, 4,
+					     err);
+	}
+	if (ret == 0)
+		kv_stream_put_buffer(s, bytes, len);
+	kv_stream_close(pkg);
+	if (ret < 0)
+		return ret;
+	kv_switch_log("postcopy package queued (%zu bytes)", len);
+	return stream_error_to(s, err, "sending the postcopy package");
+}
+
+int kv_savevm_save_pc_complete(struct kv_savevm *sv, struct kv_stream *s,
+			       struct kv_error *err)
+{
+	bool done;
+	int ret;
+
+	ret = save_live_round(sv, s, KV_SEC_END, &done, err);
+	if (ret == 0)
+		ret = save_devices(sv, s, SV_DEV_LATE, err);
+	if (ret < 0)
+		return ret;
+	/* QEMU's postcopy stream ends here: no VM description. */
+	kv_stream_put_u8(s, KV_SEC_EOF);
+	kv_stream_flush(s);
+	return stream_error_to(s, err, "completing the postcopy stream");
 }
 
 void kv_savevm_save_cleanup(struct kv_savevm *sv, bool failed)
@@ -807,6 +925,10 @@ struct load_ctx {
 	uint32_t instance_id;
 	bool has_instance;
 	bool return_path; /* OPEN_RETURN_PATH seen */
+	/* Postcopy: reading a PACKAGED's bytes; on the listen thread (the
+	 * main stream after the package, while the package loads). */
+	bool in_package;
+	bool on_listen_thread;
 	/* Our own description, rendered before the stream began (see
 	 * load_vmdesc); NULL if that failed. */
 	char *own_vmdesc;
@@ -968,10 +1090,234 @@ static int answer_ping(struct load_ctx *c, uint32_t value)
 
 	if (!c->return_path || !ch || !ch->is_socket)
 		return 0;
-	ret = kv_rp_send_pong(ch, value, &perr);
+	/* With postcopy the fault thread writes page requests too. */
+	if (c->sv->pc_ops)
+		ret = c->sv->pc_ops->send_pong(c->sv->pc_ops->opaque, value,
+					       &perr);
+	else
+		ret = kv_rp_send_pong(ch, value, &perr);
 	if (ret < 0)
 		return load_fail(c, ret, "%s", perr.msg);
 	return 0;
+}
+
+/* ---- postcopy, destination (docs/DESIGN.md "Postcopy") ---- */
+
+/* load_sections() after a PACKAGED whose LISTEN handed the main stream
+ * to the listen thread: this thread reads no more of it. */
+#define LOAD_LISTENING 2
+
+/* What the loading threads share during one load with postcopy. */
+struct sv_pc_load {
+	struct load_ctx *main; /* the main stream's context */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct kv_pc_order order;   /* under lock */
+	bool package_done;	    /* under lock */
+	bool listen_started;
+	pthread_t listen_thread;
+	int listen_ret;
+	struct kv_error listen_err; /* the listen thread's own */
+};
+
+void kv_savevm_set_postcopy(struct kv_savevm *sv,
+			    const struct kv_savevm_pc_ops *ops)
+{
+	sv->pc_ops = ops;
+}
+
+static int load_sections(struct load_ctx *c);
+
+/* The listen thread: the main stream from the end of the package on
+ * (pages, the END sections, EOF), while the package thread loads the
+ * device state and starts the guest (QEMU's postcopy_ram_listen_thread). */
+static void *listen_main(void *opaque)
+{
+	struct load_ctx *c = opaque;
+	struct sv_pc_load *pcl = c->sv->pcl;
+
+	c->on_listen_thread = true;
+	pcl->listen_ret = load_sections(c);
+	return NULL;
+}
+
+/* A START, FULL or EOF on the listen thread waits for the package: its
+ * devices are entries too, and EOF checks that every entry came. */
+static void wait_package(struct sv_pc_load *pcl)
+{
+	pthread_mutex_lock(&pcl->lock);
+	while (!pcl->package_done)
+		pthread_cond_wait(&pcl->cond, &pcl->lock);
+	pthread_mutex_unlock(&pcl->lock);
+}
+
+static int start_listen_thread(struct load_ctx *c)
+{
+	struct sv_pc_load *pcl = c->sv->pcl;
+
+	pcl->main->err = &pcl->listen_err;
+	if (pthread_create(&pcl->listen_thread, NULL, listen_main,
+			   pcl->main) != 0)
+		return load_fail(c, -EAGAIN, "postcopy: cannot start the listen thread");
+	pcl->listen_started = true;
+	return 0;
+}
+
+/* PACKAGED: read its L bytes off the main stream, then load them as a
+ * stream of their own. */
+static int load_package(struct load_ctx *c, uint32_t len)
+{
+	struct sv_pc_load *pcl = c->sv->pcl;
+	struct kv_error *outer = c->err;
+	uint64_t offset = c->offset;
+	struct load_ctx n = *c;
+	struct kv_error e = {0};
+	struct kv_stream *ps;
+	struct kv_chan *pc;
+	uint8_t *buf = malloc(len);
+	int ret;
+
+	if (!buf)
+		return load_fail(c, -ENOMEM, "postcopy: no memory for a package of %" PRIu32 " bytes", len);
+	kv_stream_get_buffer(c->s, buf, len);
+	if (kv_stream_error(c->s)) {
+		free(buf);
+		return load_check_stream(c);
+	}
+	pc = kv_pc_pkg_reader_new(buf, len, &e);
+	ps = pc ? kv_stream_new(pc, KV_STREAM_READ) : NULL;
+	if (!ps) {
+		kv_chan_close(pc);
+		return load_fail(c, -ENOMEM, "postcopy: no memory for the package's stream");
+	}
+	n.s = ps;
+	n.in_package = true;
+	ret = load_sections(&n);
+	kv_stream_close(ps);
+	pthread_mutex_lock(&pcl->lock);
+	kv_pc_order_package_done(&pcl->order);
+	pcl->package_done = true;
+	pthread_cond_broadcast(&pcl->cond);
+	pthread_mutex_unlock(&pcl->lock);
+	/* From here c belongs to the listen thread if it started. */
+	if (ret < 0) {
+		kv_error_prefix(outer, "in the postcopy package (%" PRIu32 " bytes) at stream offset %" PRIu64, len, offset);
+		return ret;
+	}
+	return pcl->listen_started ? LOAD_LISTENING : 0;
+}
+
+static int pc_handler_failed(struct load_ctx *c, int ret, const char *what)
+{
+	if (!kv_error_is_set(c->err))
+		kv_error_set(c->err, ret, "postcopy: %s failed (%d)", what, ret);
+	return load_wrap(c, ret);
+}
+
+static int load_pc_dispatch(struct load_ctx *c, uint16_t cmd,
+			    const uint8_t *p, uint16_t len)
+{
+	const struct kv_savevm_pc_ops *ops = c->sv->pc_ops;
+	struct kv_pc_advise a;
+	struct kv_pc_discard d;
+	uint32_t nested;
+	int ret;
+
+	switch (cmd) {
+	case KV_MIG_CMD_POSTCOPY_ADVISE:
+		ret = kv_pc_advise_decode(p, len, KV_PAGE_SIZE, KV_PAGE_SIZE,
+					  &a, c->err);
+		if (ret == 0)
+			ret = ops->advise(ops->opaque, &a, c->err);
+		return ret < 0 ? pc_handler_failed(c, ret, "ADVISE") : 0;
+	case KV_MIG_CMD_POSTCOPY_RAM_DISCARD:
+		ret = kv_pc_discard_decode(p, len, ops->blocks(ops->opaque),
+					   &d, c->err);
+		if (ret == 0)
+			ret = ops->discard(ops->opaque, &d, c->err);
+		return ret < 0 ? pc_handler_failed(c, ret, "RAM_DISCARD") : 0;
+	case KV_MIG_CMD_POSTCOPY_LISTEN:
+		ret = ops->listen(ops->opaque, c->err);
+		if (ret < 0)
+			return pc_handler_failed(c, ret, "LISTEN");
+		return c->in_package ? start_listen_thread(c) : 0;
+	case KV_MIG_CMD_POSTCOPY_RUN:
+		ret = ops->run(ops->opaque, c->err);
+		return ret < 0 ? pc_handler_failed(c, ret, "RUN") : 0;
+	case KV_MIG_CMD_PACKAGED:
+		ret = kv_pc_packaged_decode(p, len, &nested, c->err);
+		if (ret < 0)
+			return load_wrap(c, ret);
+		return load_package(c, nested);
+	default:
+		return load_fail(c, -ENOTSUP, "postcopy: %s is not supported by this destination yet", kv_pc_cmd_name(cmd));
+	}
+}
+
+/* A postcopy command: its length by the table, its payload, its place
+ * in QEMU's order, then what it does. */
+static int load_pc_command(struct load_ctx *c, uint16_t cmd, uint16_t len)
+{
+	struct sv_pc_load *pcl = c->sv->pcl;
+	uint8_t p[KV_PC_DISCARD_MAX_LEN];
+	int ret;
+
+	if (!c->sv->pc_ops || !pcl)
+		return load_fail(c, -ENOTSUP, "the source sent %s: it migrates with postcopy-ram, which is off on this destination (set the postcopy-ram capability here too, before the source connects)", kv_pc_cmd_name(cmd));
+	ret = kv_pc_cmd_check_len(cmd, len, c->err);
+	if (ret < 0)
+		return load_wrap(c, ret);
+	if (len > sizeof(p))
+		return load_fail(c, -EPROTO, "postcopy: %s of %u bytes", kv_pc_cmd_name(cmd), len);
+	kv_stream_get_buffer(c->s, p, len);
+	if (load_check_stream(c))
+		return c->err->code;
+	pthread_mutex_lock(&pcl->lock);
+	ret = kv_pc_order_step(&pcl->order, cmd, c->err);
+	pthread_mutex_unlock(&pcl->lock);
+	if (ret < 0)
+		return load_wrap(c, ret);
+	return load_pc_dispatch(c, cmd, p, len);
+}
+
+static struct sv_pc_load *pc_load_new(struct load_ctx *main)
+{
+	struct sv_pc_load *pcl = calloc(1, sizeof(*pcl));
+
+	if (!pcl)
+		return NULL;
+	pcl->main = main;
+	pthread_mutex_init(&pcl->lock, NULL);
+	pthread_cond_init(&pcl->cond, NULL);
+	return pcl;
+}
+
+/* After the main thread's part: the listen thread's result is the
+ * load's (a failed package stops it first). *postcopy: LISTEN came. */
+static int pc_load_end(struct kv_savevm *sv, struct kv_stream *s, int ret,
+		       bool *postcopy, struct kv_error *err)
+{
+	struct sv_pc_load *pcl = sv->pcl;
+
+	*postcopy = false;
+	if (!pcl)
+		return ret;
+	*postcopy = pcl->order.state >= KV_PC_LISTENING;
+	if (pcl->listen_started) {
+		if (ret < 0)
+			kv_stream_shutdown(s);
+		pthread_join(pcl->listen_thread, NULL);
+		if (ret >= 0) {
+			ret = pcl->listen_ret;
+			if (ret < 0)
+				kv_error_propagate(err, &pcl->listen_err);
+		}
+	}
+	pthread_cond_destroy(&pcl->cond);
+	pthread_mutex_destroy(&pcl->lock);
+	free(pcl);
+	sv->pcl = NULL;
+	return ret;
 }
 
 static int load_command(struct load_ctx *c)
@@ -1003,6 +1349,8 @@ static int load_command(struct load_ctx *c)
 			return c->err->code;
 		return answer_ping(c, value);
 	default:
+		if (kv_pc_cmd_name(cmd))
+			return load_pc_command(c, cmd, len);
 		return load_fail(c, -EINVAL, "unknown command %u (length %u)",
 				 cmd, len);
 	}
@@ -1063,6 +1411,17 @@ static struct sv_entry *entry_by_stream_id(struct kv_savevm *sv, uint32_t id)
 
 	for (i = 0; i < sv->count; i++)
 		if (sv->entries[i]->got_start &&
+		    sv->entries[i]->stream_section_id == id)
+			return sv->entries[i];
+	return NULL;
+}
+
+/* The same among live handlers only: the listen thread's lookup, while
+ * the package's devices are being loaded on another thread. */
+static struct sv_entry *live_by_stream_id(struct kv_savevm *sv, uint32_t id)
+{
+	for (size_t i = 0; i < sv->count; i++)
+		if (is_live(sv->entries[i]) && sv->entries[i]->got_start &&
 		    sv->entries[i]->stream_section_id == id)
 			return sv->entries[i];
 	return NULL;
@@ -1206,7 +1565,8 @@ static int load_part_end(struct load_ctx *c, int type)
 	if (load_check_stream(c))
 		return c->err->code;
 	c->has_id = true;
-	e = entry_by_stream_id(c->sv, c->section_id);
+	e = c->on_listen_thread ? live_by_stream_id(c->sv, c->section_id)
+				: entry_by_stream_id(c->sv, c->section_id);
 	if (!e)
 		return load_fail(c, -ENOENT,
 				 "section id %" PRIu32 " was not opened by a START section",
@@ -1327,6 +1687,19 @@ static int load_trailer(struct load_ctx *c)
 			 kv_stream_peek_u8(c->s));
 }
 
+/* Where postcopy puts a section: a package holds device sections and
+ * commands only; the listen thread waits for the package before a
+ * device section or EOF. */
+static int check_pc_place(struct load_ctx *c, uint8_t type)
+{
+	if (c->in_package && type != KV_SEC_FULL && type != KV_SEC_COMMAND)
+		return load_fail(c, -EINVAL, "postcopy: section type 0x%02x inside the PACKAGED command (a package holds device sections and commands only)", type);
+	if (c->on_listen_thread && type != KV_SEC_PART &&
+	    type != KV_SEC_END && type != KV_SEC_COMMAND)
+		wait_package(c->sv->pcl);
+	return 0;
+}
+
 static int load_sections(struct load_ctx *c)
 {
 	int ret;
@@ -1334,11 +1707,16 @@ static int load_sections(struct load_ctx *c)
 	for (;;) {
 		uint8_t type;
 
+		if (c->in_package && kv_stream_at_eof(c->s))
+			return 0;
 		begin_section(c, KV_SEC_EOF);
 		type = kv_stream_get_u8(c->s);
 		if (load_check_stream(c))
 			return c->err->code;
 		c->type = type;
+		ret = check_pc_place(c, type);
+		if (ret < 0)
+			return ret;
 		switch (type) {
 		case KV_SEC_START:
 		case KV_SEC_FULL:
@@ -1359,7 +1737,7 @@ static int load_sections(struct load_ctx *c)
 					 "unknown or misplaced section type 0x%02x",
 					 type);
 		}
-		if (ret < 0)
+		if (ret != 0)
 			return ret;
 	}
 }
@@ -1420,19 +1798,30 @@ int kv_savevm_load(struct kv_savevm *sv, struct kv_stream *s,
 	    .err = err ? err : &local,
 	    .type = -1,
 	};
+	bool postcopy;
 	int ret;
 
 	if (res)
 		memset(res, 0, sizeof(*res));
 	c.own_vmdesc = render_vmdesc(sv, &c.own_vmdesc_len);
 	ret = load_setup_all(&c);
+	if (ret == 0 && sv->pc_ops) {
+		sv->pcl = pc_load_new(&c);
+		if (!sv->pcl)
+			ret = kv_error_set(c.err, -ENOMEM, "postcopy: out of memory");
+	}
 	if (ret == 0)
 		ret = load_header(&c);
 	if (ret == 0)
 		ret = load_configuration(&c);
 	if (ret == 0)
 		ret = load_sections(&c);
-	if (ret == 0)
+	ret = pc_load_end(sv, s, ret, &postcopy, err ? err : &local);
+	c.err = err ? err : &local;
+	if (res)
+		res->postcopy = postcopy;
+	/* QEMU's postcopy stream ends at EOF: no description. */
+	if (ret == 0 && !postcopy)
 		ret = load_vmdesc(&c);
 	kv_switch_log("dst: vmdesc read, %llu bytes in the stream",
 		   (unsigned long long)kv_stream_offset(s));

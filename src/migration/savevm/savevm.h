@@ -32,6 +32,7 @@
 
 #include "base/error.h"
 #include "io/stream.h"
+#include "migration/postcopy/postcopy_wire.h"
 #include "migration/savevm/vmstate.h"
 
 #define KV_VM_FILE_MAGIC 0x5145564dU
@@ -52,7 +53,8 @@ enum kv_section_type {
 	KV_SEC_FOOTER = 0x7e,
 };
 
-/* QEMU_VM_COMMAND sub-commands we use. */
+/* QEMU_VM_COMMAND sub-commands we use; postcopy's (3 to 9) are
+ * postcopy_wire.h's table. */
 enum kv_mig_cmd {
 	KV_MIG_CMD_OPEN_RETURN_PATH = 1,
 	KV_MIG_CMD_PING = 2,
@@ -166,9 +168,58 @@ int kv_savevm_save_complete(struct kv_savevm *sv, struct kv_stream *s,
 			    struct kv_error *err);
 void kv_savevm_save_cleanup(struct kv_savevm *sv, bool failed);
 
+/*
+ * Postcopy (docs/DESIGN.md "Postcopy", FORMAT.md §12). Source, after the
+ * header: ADVISE (kv_savevm_save_command); at the switch RAM_DISCARD
+ * commands, then kv_savevm_save_pc_package: PACKAGED { LISTEN, the FULL
+ * section of every device but the late ones, RUN }; pages in PART
+ * sections; at the end kv_savevm_save_pc_complete: END sections, the
+ * late devices, EOF (QEMU's postcopy stream has no VM description).
+ */
+/* A device whose section describes RAM as a whole (--verify-ram's
+ * digest) goes after the END sections, not in the package; the
+ * verification record (kv_savevm_enable_verify) always does. */
+int kv_savevm_set_postcopy_late(struct kv_savevm *sv, const char *idstr,
+				struct kv_error *err);
+/* One COMMAND section: be16 cmd, be16 len, payload. */
+int kv_savevm_save_command(struct kv_stream *s, uint16_t cmd,
+			   const void *payload, uint16_t len,
+			   struct kv_error *err);
+int kv_savevm_save_pc_package(struct kv_savevm *sv, struct kv_stream *s,
+			      struct kv_error *err);
+int kv_savevm_save_pc_complete(struct kv_savevm *sv, struct kv_stream *s,
+			       struct kv_error *err);
+
+/*
+ * Destination: what postcopy's commands do, once the loader checked
+ * their length, payload and order (postcopy_wire.h). LISTEN inside a
+ * package starts the listen thread, which reads the rest of the main
+ * stream while the package's devices load and RUN starts the guest;
+ * kv_savevm_load returns when both are done. Without these ops a stream
+ * with postcopy commands is refused. Called on the loading threads.
+ */
+struct kv_savevm_pc_ops {
+	int (*advise)(void *opaque, const struct kv_pc_advise *a,
+		      struct kv_error *err);
+	/* The blocks RAM_DISCARD is checked against (after ADVISE). */
+	const struct kv_pc_blocks *(*blocks)(void *opaque);
+	int (*discard)(void *opaque, const struct kv_pc_discard *d,
+		       struct kv_error *err);
+	int (*listen)(void *opaque, struct kv_error *err);
+	int (*run)(void *opaque, struct kv_error *err);
+	/* PONG, under the return path's write lock (the fault thread
+	 * writes page requests there too). */
+	int (*send_pong)(void *opaque, uint32_t value, struct kv_error *err);
+	void *opaque;
+};
+/* ops NULL: postcopy off. Not copied; set before kv_savevm_load. */
+void kv_savevm_set_postcopy(struct kv_savevm *sv,
+			    const struct kv_savevm_pc_ops *ops);
+
 /* --- destination side --- */
 struct kv_load_result {
 	bool return_path_requested; /* the source sent OPEN_RETURN_PATH */
+	bool postcopy;              /* LISTEN came: pages came on demand */
 	uint64_t bytes;             /* stream bytes consumed */
 };
 

@@ -1,0 +1,218 @@
+/* SPDX-License-Identifier: MIT */
+#include "migration/postcopy/postcopy_incoming.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "base/units.h"
+#include "migration/ram/ram.h"
+
+struct kv_pc_in {
+	struct kv_ram_state *rs;
+	struct kv_rp_writer *rp;
+	uint32_t vcpu_tids[KV_PC_IN_MAX_VCPUS];
+	size_t nvcpus;
+
+	struct kv_pc_block *blockv;
+	struct kv_pc_blocks blocks;
+	struct kv_pc_dst *dst; /* from ADVISE */
+
+	/* The fault thread's requests (and a recovery's): encoded and
+	 * written in one order, so REQ_PAGES's "previous block" holds. */
+	pthread_mutex_t req_lock;
+	int last_block;
+};
+
+struct kv_pc_in *kv_pc_in_new(const struct kv_pc_in_config *cfg,
+			      struct kv_error *err)
+{
+	struct kv_pc_in *p = calloc(1, sizeof(*p));
+
+	if (!p) {
+		kv_error_set(err, -ENOMEM, "postcopy: out of memory");
+		return NULL;
+	}
+	p->rs = cfg->rs;
+	p->rp = cfg->rp;
+	p->nvcpus = cfg->nvcpus < KV_PC_IN_MAX_VCPUS ? cfg->nvcpus
+						     : KV_PC_IN_MAX_VCPUS;
+	if (p->nvcpus)
+		memcpy(p->vcpu_tids, cfg->vcpu_tids,
+		       p->nvcpus * sizeof(p->vcpu_tids[0]));
+	p->last_block = -1;
+	pthread_mutex_init(&p->req_lock, NULL);
+	return p;
+}
+
+void kv_pc_in_free(struct kv_pc_in *p)
+{
+	if (!p)
+		return;
+	if (p->dst)
+		kv_ram_pc_set_dst(p->rs, NULL, NULL);
+	kv_pc_dst_free(p->dst);
+	free(p->blockv);
+	pthread_mutex_destroy(&p->req_lock);
+	free(p);
+}
+
+/* The fault thread asks the source for a page it lacks. */
+static int request_page(void *opaque, size_t block, uint64_t offset,
+			uint64_t len, struct kv_error *err)
+{
+	struct kv_pc_in *p = opaque;
+	uint8_t msg[13 + KV_PC_IDSTR_MAX];
+	uint16_t type;
+	int n, ret;
+
+	pthread_mutex_lock(&p->req_lock);
+	n = kv_pc_req_encode_next(&p->last_block, (int)block,
+				  p->blocks.v[block].idstr, offset,
+				  (uint32_t)len, &type, msg, err);
+	ret = n < 0 ? n : kv_rp_writer_send(p->rp, type, msg, (uint16_t)n, err);
+	if (ret < 0)
+		p->last_block = -1; /* the next one names its block */
+	pthread_mutex_unlock(&p->req_lock);
+	return ret < 0 ? ret : 0;
+}
+
+int kv_pc_in_advise(struct kv_pc_in *p, const struct kv_pc_advise *a,
+		    struct kv_error *err)
+{
+	struct kv_pc_dst_block *db;
+	struct kv_pc_dst_config cfg = {0};
+	size_t n = 0;
+	int ret;
+
+	(void)a; /* the loader compared the sizes already */
+	p->blockv = kv_ram_pc_blocks(p->rs, &n);
+	db = calloc(n ? n : 1, sizeof(*db));
+	if (!p->blockv || !db) {
+		free(db);
+		return kv_error_set(err, -ENOMEM, "postcopy: out of memory");
+	}
+	p->blocks = (struct kv_pc_blocks){.v = p->blockv, .n = n};
+	for (size_t i = 0; i < n; i++) {
+		const struct kv_ram_block *b = kv_ram_block(p->rs, i);
+
+		db[i] = (struct kv_pc_dst_block){
+		    .idstr = b->idstr, .host = b->host, .length = b->length};
+	}
+	cfg = (struct kv_pc_dst_config){
+	    .blocks = db,
+	    .nblocks = n,
+	    .request = request_page,
+	    .opaque = p,
+	    .vcpu_tids = p->vcpu_tids,
+	    .nvcpus = p->nvcpus,
+	};
+	p->dst = kv_pc_dst_new(&cfg, err);
+	free(db);
+	if (!p->dst)
+		return err->code ? err->code : -ENOMEM;
+	ret = kv_ram_pc_set_dst(p->rs, p->dst, err);
+	if (ret < 0) {
+		kv_pc_dst_free(p->dst);
+		p->dst = NULL;
+	}
+	return ret;
+}
+
+bool kv_pc_in_advised(const struct kv_pc_in *p)
+{
+	return p->dst != NULL;
+}
+
+const struct kv_pc_blocks *kv_pc_in_blocks(struct kv_pc_in *p)
+{
+	return &p->blocks;
+}
+
+int kv_pc_in_discard(struct kv_pc_in *p, const struct kv_pc_discard *d,
+		     struct kv_error *err)
+{
+	for (size_t i = 0; i < d->nranges; i++) {
+		int ret = kv_pc_dst_discard(p->dst, (size_t)d->block,
+					    d->ranges[i].start,
+					    d->ranges[i].len, err);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+int kv_pc_in_listen(struct kv_pc_in *p, struct kv_error *err)
+{
+	int ret;
+
+	kv_ram_pc_listen(p->rs);
+	ret = kv_pc_dst_listen(p->dst, err);
+	if (ret < 0)
+		return ret;
+	kv_ram_pc_listening(p->rs);
+	return 0;
+}
+
+void kv_pc_in_running(struct kv_pc_in *p)
+{
+	kv_ram_pc_running(p->rs);
+}
+
+void kv_pc_in_set_vcpus(struct kv_pc_in *p, const uint32_t *tids, size_t n)
+{
+	p->nvcpus = n < KV_PC_IN_MAX_VCPUS ? n : KV_PC_IN_MAX_VCPUS;
+	memcpy(p->vcpu_tids, tids, p->nvcpus * sizeof(tids[0]));
+	if (p->dst && kv_pc_dst_set_vcpus(p->dst, p->vcpu_tids, p->nvcpus) < 0)
+		kv_warn("postcopy", "no memory for the vCPUs' blocktime");
+}
+
+int kv_pc_in_complete(struct kv_pc_in *p, int timeout_ms,
+		      struct kv_error *err)
+{
+	int ret = kv_pc_dst_wait_complete(p->dst, timeout_ms, err);
+
+	if (ret < 0)
+		return ret;
+	ret = kv_pc_dst_finish(p->dst, err);
+	if (ret < 0)
+		return ret;
+	kv_info("postcopy", "every page is here: userfaultfd released");
+	return 0;
+}
+
+static void trim_dist(const uint64_t *in, uint64_t *out)
+{
+	memcpy(out, in, KV_PC_IN_LAT_BUCKETS * sizeof(*out));
+	for (size_t i = KV_PC_IN_LAT_BUCKETS; i < KV_PC_LAT_BUCKETS; i++)
+		out[KV_PC_IN_LAT_BUCKETS - 1] += in[i];
+}
+
+void kv_pc_in_get_stats(struct kv_pc_in *p, struct kv_pc_in_stats *st)
+{
+	struct kv_pc_dst_stats d;
+	uint64_t ns[KV_PC_IN_MAX_VCPUS];
+
+	memset(st, 0, sizeof(*st));
+	if (!p || !p->dst)
+		return;
+	kv_pc_dst_get_stats(p->dst, &d);
+	kv_pc_dst_vcpu_blocktime(p->dst, ns, p->nvcpus);
+	st->advised = true;
+	st->requests = d.requests;
+	st->blocktime_ms = d.blocktime_ns / 1000000;
+	st->nvcpus = p->nvcpus;
+	for (size_t i = 0; i < p->nvcpus; i++)
+		st->vcpu_blocktime_ms[i] = ns[i] / 1000000;
+	st->latency_ns = d.lat_mean_ns;
+	st->latency_p50_ns = d.lat_p50_ns;
+	st->latency_p99_ns = d.lat_p99_ns;
+	st->latency_max_ns = d.lat_max_ns;
+	trim_dist(d.lat_hist, st->latency_dist);
+	st->faults = d.faults;
+	st->placed = d.placed;
+	st->missing = d.total_pages - d.received;
+}

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Postcopy between kvmig processes (issue 11), with the project's guest
+and --verify-ram on both sides: started at once, after a few passes, and
+for a guest that dirties faster than a max-bandwidth cap lets precopy
+converge. Each completes on both sides, the RAM digests agree, the
+guest's heartbeats go on at the destination and nobody prints CORRUPT.
+Then the failures: the destination killed before POSTCOPY_RUN (the source
+resumes its guest), and either side killed during postcopy (the other
+says, in its status and error-desc, that the guest cannot be completed).
+Usage: test_vm_postcopy.py KVMIG GUEST_ELF"""
+import os
+import signal
+import sys
+import tempfile
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kvmig_testlib import Tap  # noqa: E402
+from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
+                   workload_started)
+
+PLAN = 24
+VERIFY = ("--verify-ram",)
+FINAL = ("completed", "failed", "cancelled", "postcopy-paused")
+
+
+def caps(q, **on):
+    q.cmd("migrate-set-capabilities", capabilities=[
+        {"capability": k.replace("_", "-"), "state": v}
+        for k, v in on.items()])
+
+
+def wait_status(q, want, timeout=60):
+    """Poll query-migrate until the status is one of want; the reply."""
+    deadline = time.monotonic() + timeout
+    r = {}
+    while time.monotonic() < deadline:
+        r = q.cmd("query-migrate")
+        if r.get("status") in want:
+            return r
+        time.sleep(0.02)
+    return r
+
+
+def start_pair(vms, name, append, cap_bw=0, dst_blocktime=True):
+    """A booted source and a --incoming defer destination, postcopy-ram on
+    both. Returns (src, dst, qs, qd, uri)."""
+    src = vms.boot(f"{name}-src", append, extra=VERIFY)
+    workload_started(src)
+    dst = vms.incoming(f"{name}-dst", "defer", extra=VERIFY)
+    qs, qd = vms.qmp(src), vms.qmp(dst)
+    caps(qs, postcopy_ram=True)
+    caps(qd, postcopy_ram=True, postcopy_blocktime=dst_blocktime)
+    if cap_bw:
+        qs.cmd("migrate-set-parameters", **{"max-bandwidth": cap_bw})
+    uri = f"tcp:127.0.0.1:{free_port()}"
+    qd.cmd("migrate-incoming", uri=uri)
+    return src, dst, qs, qd, uri
+
+
+def check_completed(tap, name, src, dst, qs, qd, t0):
+    """5 checks: both sides completed, RAM verified, heartbeats go on at
+    the destination, no CORRUPT, the figures."""
+    rs = wait_status(qs, FINAL)
+    rd = wait_status(qd, FINAL, timeout=15)
+    tap.ok(rs.get("status") == "completed" and
+           rd.get("status") == "completed",
+           f"{name}: completed on both sides",
+           f"source {rs}\ndestination {rd}\n{src.describe()}\n"
+           f"{dst.describe()}")
+    print(f"# {name}: total {rs.get('total-time')} ms, downtime "
+          f"{rs.get('downtime')} ms, {rs.get('ram', {}).get('transferred')} "
+          f"bytes, {rs.get('ram', {}).get('dirty-sync-count')} passes, "
+          f"{rs.get('ram', {}).get('postcopy-requests')} requests; dst "
+          f"blocktime {rd.get('postcopy-blocktime')} ms, latency "
+          f"{rd.get('postcopy-latency')} ns, p99 "
+          f"{rd.get('x-postcopy-latency-p99')} ns")
+    tap.ok("ram-verify: RAM identical" in dst.stderr and
+           "kvmig-verify" in dst.stderr,
+           f"{name}: the destination's RAM digest equals the source's",
+           dst.describe())
+    ok = dst.wait_heartbeats(300, 10, since=time.monotonic())
+    tap.ok(ok and qd.cmd("query-status")["status"] == "running" and
+           qs.cmd("query-status")["status"] == "postmigrate",
+           f"{name}: heartbeats go on at the destination; source "
+           "postmigrate", dst.describe())
+    tap.ok(not corrupt_lines(src, dst), f"{name}: no CORRUPT line",
+           f"{corrupt_lines(src, dst)}")
+    dist = rd.get("postcopy-latency-dist")
+    tap.ok("postcopy-requests" in rs.get("ram", {}) and
+           "postcopy-requests" in rd.get("ram", {}) and
+           isinstance(dist, list) and len(dist) == 24 and
+           isinstance(rd.get("postcopy-vcpu-blocktime"), list) and
+           "postcopy-blocktime" in rd and "postcopy-latency" in rd,
+           f"{name}: postcopy-requests on both sides, blocktime and "
+           "latency on the destination", f"{rs}\n{rd}")
+    return t0
+
+
+def at_once(tap, vms):
+    src, dst, qs, qd, uri = start_pair(vms, "at-once",
+                                       "mem=64 rate=64 pattern=random")
+    t0 = time.monotonic()
+    qs.cmd("migrate", uri=uri)
+    qs.cmd("migrate-start-postcopy")
+    check_completed(tap, "at once", src, dst, qs, qd, t0)
+
+
+def after_passes(tap, vms):
+    src, dst, qs, qd, uri = start_pair(
+        vms, "passes", "mem=128 rate=256 pattern=random",
+        cap_bw=128 << 20)
+    t0 = time.monotonic()
+    qs.cmd("migrate", uri=uri)
+    deadline = time.monotonic() + 30
+    r = {}
+    while time.monotonic() < deadline:
+        r = qs.cmd("query-migrate")
+        if r.get("ram", {}).get("dirty-sync-count", 0) >= 3 or \
+                r.get("status") in FINAL:
+            break
+        time.sleep(0.05)
+    tap.ok(r.get("status") == "active",
+           "after passes: precopy is in its third pass", f"{r}")
+    qs.cmd("migrate-start-postcopy")
+    check_completed(tap, "after 3 passes", src, dst, qs, qd, t0)
+
+
+def never_converges(tap, vms):
+    """A guest dirtying 512 MiB/s under a 32 MiB/s cap: precopy alone
+    would never end; postcopy does (the cap is precopy's only, as QEMU's
+    max-postcopy-bandwidth 0)."""
+    src, dst, qs, qd, uri = start_pair(
+        vms, "cap", "mem=256 rate=512 pattern=random", cap_bw=32 << 20)
+    t0 = time.monotonic()
+    qs.cmd("migrate", uri=uri)
+    time.sleep(3)
+    r = qs.cmd("query-migrate")
+    tap.ok(r.get("status") == "active",
+           "32 MiB/s cap: precopy has not converged after 3 s", f"{r}")
+    qs.cmd("migrate-start-postcopy")
+    check_completed(tap, "32 MiB/s cap", src, dst, qs, qd, t0)
+
+
+def dst_killed_before_run(tap, vms):
+    src, dst, qs, qd, uri = start_pair(
+        vms, "before-run", "mem=64 rate=64 pattern=random", cap_bw=8 << 20)
+    qs.cmd("migrate", uri=uri)
+    wait_status(qs, ("active",) + FINAL)
+    time.sleep(0.5)
+    dst.kill()
+    r = wait_status(qs, FINAL, timeout=30)
+    ok = src.wait_heartbeats(300, 10, since=time.monotonic())
+    tap.ok(r.get("status") == "failed" and ok and
+           qs.cmd("query-status")["status"] == "running",
+           "destination killed in precopy: the source fails and its guest "
+           "runs on", f"{r}\n{src.describe()}")
+
+
+def killed_during_postcopy(tap, vms, victim):
+    """SIGSTOP the victim as soon as postcopy began (so that it stays
+    unfinished), then SIGKILL it: the survivor says the guest cannot be
+    completed and why."""
+    name = f"{victim} killed in postcopy"
+    src, dst, qs, qd, uri = start_pair(
+        vms, victim, "mem=512 rate=1024 pattern=random", cap_bw=32 << 20)
+    qs.cmd("migrate", uri=uri)
+    time.sleep(1.5)
+    qs.cmd("migrate-start-postcopy")
+    # The destination runs the guest: POSTCOPY_RUN came.
+    r = wait_status(qd, ("postcopy-active",) + FINAL, timeout=30)
+    dead, q_alive = (src, qd) if victim == "source" else (dst, qs)
+    os.kill(dead.p.pid, signal.SIGSTOP)
+    tap.ok(r.get("status") == "postcopy-active",
+           f"{name}: postcopy began", f"{r}")
+    dead.kill()
+    r = wait_status(q_alive, ("postcopy-paused", "completed", "failed"),
+                    timeout=40)
+    desc = r.get("error-desc", "")
+    tap.ok(r.get("status") == "postcopy-paused" and
+           "cannot" in desc and "pages" in desc,
+           f"{name}: the survivor is postcopy-paused and says why",
+           f"{r}")
+    print(f"# {name}: {desc}")
+    alive = dst if victim == "source" else src
+    tap.ok(not corrupt_lines(alive), f"{name}: no CORRUPT line",
+           f"{corrupt_lines(alive)}")
+
+
+def main():
+    tap = Tap(PLAN)
+    os.environ["KVMIG_LOG"] = "info"  # the verification's verdicts
+    reason = have_kvm()
+    if reason:
+        tap.skip_rest(reason)
+        return tap.finish()
+    kvmig, guest = sys.argv[1], sys.argv[2]
+    with tempfile.TemporaryDirectory(prefix="kvmig-pc-") as tmp:
+        with VmSet(kvmig, guest, tmp) as vms:
+            at_once(tap, vms)
+        with VmSet(kvmig, guest, tmp) as vms:
+            after_passes(tap, vms)
+        with VmSet(kvmig, guest, tmp) as vms:
+            never_converges(tap, vms)
+        with VmSet(kvmig, guest, tmp) as vms:
+            dst_killed_before_run(tap, vms)
+        with VmSet(kvmig, guest, tmp) as vms:
+            killed_during_postcopy(tap, vms, "destination")
+        with VmSet(kvmig, guest, tmp) as vms:
+            killed_during_postcopy(tap, vms, "source")
+    return tap.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
