@@ -21,9 +21,15 @@
 #              stream: 1G guest rewriting all of its RAM (rate 1024),
 #              per-fault service times (--fault-trace: QEMU's trace
 #              events, kvmig's own figures), with and without preempt
+#   pc-auto    kvmig only: x-postcopy-auto over the comparison matrix
+#              (PC_AUTO_LINKS, 1G and 4G, 0/64/256/1024 MiB/s), profiles
+#              `defaults` (precopy, kvmig as it ships) and `postcopy-auto`
+#              (postcopy-ram on both sides, x-postcopy-auto on), 60 s
+#              limit as the comparison's
 #
 # Environment (defaults in brackets):
-#   PC_BENCHES   which benchmarks               [pc-link,pc-cap,pc-fault]
+#   PC_BENCHES   which benchmarks       [pc-link,pc-cap,pc-fault,pc-auto]
+#   PC_AUTO_LINKS  pc-auto's links             [1g=1gbit,loopback]
 #   PC_RUNS      runs per cell, median          [3]
 #   PC_LINK      the shaped link (NAME=RATE)    [1g=1gbit]
 #   PC_TIMEOUT   s before a run counts as not converging   [120]
@@ -41,7 +47,7 @@ root=$(dirname "$here")
 dir="$build/bench-postcopy"
 mkdir -p "$dir"
 
-benches=${PC_BENCHES:-pc-link,pc-cap,pc-fault}
+benches=${PC_BENCHES:-pc-link,pc-cap,pc-fault,pc-auto}
 runs=${PC_RUNS:-3}
 link=${PC_LINK:-1g=1gbit}
 timeout=${PC_TIMEOUT:-120}
@@ -75,6 +81,13 @@ fi
 if want pc-fault; then
 	bench pc-fault --caps postcopy-preempt,postcopy --links loopback \
 		--sizes 1G --rates 1024 --fault-trace
+fi
+
+if want pc-auto; then
+	timeout=60
+	bench pc-auto --caps defaults,postcopy-auto --vmms kvmig \
+		--links "${PC_AUTO_LINKS:-1g=1gbit,loopback}" --sizes 1G,4G \
+		--rates 0,64,256,1024
 fi
 
 shopt -s nullglob

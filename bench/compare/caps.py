@@ -124,6 +124,14 @@ PROFILES = {p.name: p for p in (
             caps=["postcopy-ram", "postcopy-preempt", "postcopy-blocktime"],
             dest=True, postcopy=True, kvmig_defaults=True,
             what="the same, requested pages on their own channel"),
+    # x-postcopy-auto (kvmig's) against kvmig as it ships: the source
+    # switches to postcopy by itself or not at all.
+    Profile("defaults", qemu=False, kvmig_defaults=True,
+            what="kvmig at its defaults (x-compress auto), precopy only"),
+    Profile("postcopy-auto", caps=["postcopy-ram"],
+            params={"x-postcopy-auto": True}, dest=True, qemu=False,
+            kvmig_defaults=True,
+            what="the same with postcopy-ram and x-postcopy-auto"),
 )}
 
 

@@ -217,6 +217,9 @@ def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
         r.update(passes.result())
         if watch is not None:
             r.update(watch.result(r))
+        if "x-postcopy-auto" in cap_params:
+            info = pair.qsrc.cmd("query-migrate")
+            r["postcopy_auto_reason"] = info.get("x-postcopy-auto-reason")
         r.update(postcopy.pass_log(pair.src))
         r["baseline_gap_ms"] = None if baseline is None else baseline * 1e3
         if not r["converged"]:

@@ -27,6 +27,14 @@ BENCHES = {  # name: (title, what)
         "figures)."),
 }
 ORDER = ["pc-link", "pc-cap", "pc-fault"]
+AUTO_TITLE = "x-postcopy-auto over the comparison matrix (`pc-auto`)"
+AUTO_WHAT = (
+    "kvmig alone, at its defaults (`defaults`: x-compress auto, precopy "
+    "only) and with postcopy-ram on both sides and x-postcopy-auto on "
+    "the source (`postcopy-auto`), runs alternating; no "
+    "migrate-start-postcopy: the source switches by itself or not at "
+    "all. A migration not completed within the time limit counts as not "
+    "converged.")
 
 
 def key_of(r):
@@ -232,6 +240,53 @@ def runs_table(runs):
     return "\n".join(rows)
 
 
+def auto_table(runs):
+    """pc-auto: {(link, size, rate): {profile: [runs]}} -> the table and
+    the verdicts (every cell converges with it; a cell that converged
+    without it keeps its total time within 1.05x)."""
+    cells = {}
+    for r in runs:
+        if r.get("bench") != "pc-auto":
+            continue
+        cells.setdefault((r["link"], r["size"], r["rate"]), {}) \
+            .setdefault(r.get("profile"), []).append(r)
+    if not cells:
+        return None
+    rows = ["| link | guest | rate (MiB/s) | total time without (ms) | "
+            "total time with (ms) | with / without | switched to postcopy "
+            "| verdict |", "|---|---|---:|---:|---:|---:|---|---|"]
+    for key in sorted(cells, key=lambda k: (k[0], report.size_key(k[1]),
+                                           k[2])):
+        base = cells[key].get("defaults", [])
+        auto = cells[key].get("postcopy-auto", [])
+        b_ok = [r for r in base if r.get("converged")]
+        a_ok = [r for r in auto if r.get("converged")]
+        bt = median(r.get("total_ms") for r in b_ok)
+        at = median(r.get("total_ms") for r in a_ok)
+        switched = [r for r in auto if r.get("postcopy_auto_reason")]
+        ratio_ = at / bt if at and bt else None
+        base_conv = 2 * len(b_ok) > len(base)
+        verdict = []
+        verdict.append(("converges: met" if 2 * len(a_ok) > len(auto)
+                        else "converges: **missed**"))
+        if base_conv and ratio_ is not None:
+            verdict.append("≤ 1.05× without: " +
+                           ("met" if ratio_ <= 1.05 else "**missed**"))
+        rows.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {fmt(bt)} "
+            f"({len(b_ok)}/{len(base)}) | {fmt(at)} ({len(a_ok)}/"
+            f"{len(auto)}) | {fmt(ratio_, 2)} | {len(switched)}/"
+            f"{len(auto)} | {'; '.join(verdict)} |")
+    reasons = [r["postcopy_auto_reason"] for r in runs
+               if r.get("bench") == "pc-auto" and
+               r.get("postcopy_auto_reason")]
+    text = "\n".join(rows)
+    if reasons:
+        text += "\n\nA reason, as query-migrate showed it: \"" + \
+            reasons[0] + "\""
+    return text
+
+
 def write(runs, meta, args):
     cells = summarize(runs)
     out = ["# Postcopy, kvmig against QEMU 7.2 (issue 11)", "",
@@ -249,6 +304,8 @@ def write(runs, meta, args):
            "Longest gap in postcopy: between the destination's heartbeats "
            "until the source reported completed.", ""]
     for bench in ORDER + sorted({k[0] for k in cells} - set(ORDER)):
+        if bench == "pc-auto":
+            continue
         if not any(k[0] == bench for k in cells):
             continue
         title, what = BENCHES.get(bench, (bench, ""))
@@ -256,6 +313,9 @@ def write(runs, meta, args):
                 cell_table(cells, bench), ""]
         if bench == "pc-fault":
             out += ["Per-fault service time:", "", fault_table(cells), ""]
+    auto = auto_table(runs)
+    if auto:
+        out += [f"## {AUTO_TITLE}", "", AUTO_WHAT, "", auto, ""]
     out += ["## Every run", "", runs_table(runs), ""]
     text = "\n".join(out)
     with open(args.out, "w") as f:
