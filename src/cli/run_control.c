@@ -352,6 +352,27 @@ static int mig_start_postcopy(void *opaque, struct kv_error *err)
 	return kv_vm_mig_start_postcopy(rc->mig, err);
 }
 
+static int mig_resume(void *opaque, const char *uri, struct kv_error *err)
+{
+	struct run_ctl *rc = opaque;
+
+	return kv_vm_mig_resume(rc->mig, uri, err);
+}
+
+static int mig_recover(void *opaque, const char *uri, struct kv_error *err)
+{
+	struct run_ctl *rc = opaque;
+
+	return kv_vm_mig_recover(rc->mig, uri, err);
+}
+
+static int mig_pause(void *opaque, struct kv_error *err)
+{
+	struct run_ctl *rc = opaque;
+
+	return kv_vm_mig_pause(rc->mig, err);
+}
+
 static void mig_query(void *opaque, struct kv_vm_mig_info *info)
 {
 	struct run_ctl *rc = opaque;
@@ -588,6 +609,9 @@ int run_ctl_new(struct kv_vm *vm, bool verify_ram, struct run_ctl **out,
 	    .incoming = mig_incoming,
 	    .cancel = mig_cancel,
 	    .start_postcopy = mig_start_postcopy,
+	    .resume = mig_resume,
+	    .recover = mig_recover,
+	    .pause = mig_pause,
 	    .settle = mig_settle,
 	    .query = mig_query,
 	    .set_params = mig_set_params,

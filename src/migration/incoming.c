@@ -108,6 +108,10 @@ struct kv_incoming {
 	bool rpw_live;
 	struct kv_pc_in *pc;
 	struct kv_savevm_pc_ops pc_ops;
+	/* Recovery: the listener migrate-recover opened (under lock), and
+	 * the stream of the link that replaced the first. */
+	struct kv_listener *recover_l;
+	struct kv_stream *pc_stream;
 };
 
 static const char *const status_names[KV_IN_STATUS_COUNT] = {
@@ -120,6 +124,7 @@ static const char *const status_names[KV_IN_STATUS_COUNT] = {
     [KV_IN_UNDECIDED] = "x-undecided",
     [KV_IN_POSTCOPY_ACTIVE] = "postcopy-active",
     [KV_IN_POSTCOPY_PAUSED] = "postcopy-paused",
+    [KV_IN_POSTCOPY_RECOVER] = "postcopy-recover",
 };
 
 #define ST(s) (1U << (s))
@@ -136,7 +141,11 @@ static const unsigned int transitions[KV_IN_STATUS_COUNT] = {
      * could not start. CANCELLED: the process is going away. */
     [KV_IN_POSTCOPY_ACTIVE] = ST(KV_IN_COMPLETED) | ST(KV_IN_POSTCOPY_PAUSED) |
 			      ST(KV_IN_FAILED) | ST(KV_IN_CANCELLED),
-    [KV_IN_POSTCOPY_PAUSED] = ST(KV_IN_CANCELLED),
+    /* migrate-recover and the source's reconnection; a new break during
+     * the recovery pauses again. */
+    [KV_IN_POSTCOPY_PAUSED] = ST(KV_IN_POSTCOPY_RECOVER) | ST(KV_IN_CANCELLED),
+    [KV_IN_POSTCOPY_RECOVER] = ST(KV_IN_POSTCOPY_ACTIVE) |
+			       ST(KV_IN_POSTCOPY_PAUSED) | ST(KV_IN_CANCELLED),
     /* The source's RESOLVE or an operator: COMPLETED runs the guest,
      * FAILED discards it; CANCELLED: the process is going away. */
     [KV_IN_UNDECIDED] =
@@ -219,6 +228,8 @@ void kv_incoming_free(struct kv_incoming *in)
 		return;
 	if (in->listener)
 		kv_listener_close(in->listener);
+	if (in->recover_l)
+		kv_listener_close(in->recover_l);
 	pthread_mutex_destroy(&in->lock);
 	free(in);
 }
@@ -506,6 +517,45 @@ static int take_decision(struct kv_incoming *in, struct kv_stream *s,
 
 /* ---- postcopy (docs/DESIGN.md "Postcopy") ---- */
 
+static int postcopy_wait_recover(struct kv_incoming *in, struct kv_error *err);
+static int postcopy_pause(struct kv_incoming *in, struct kv_error *err);
+static void close_listener(struct kv_incoming *in);
+static struct kv_chan *tls_accept(struct kv_incoming *in, struct kv_chan *c,
+				  struct kv_error *err);
+
+int kv_incoming_recover(struct kv_incoming *in, const char *uri,
+			struct kv_error *err)
+{
+	struct kv_listener *l;
+
+	if (kv_incoming_status(in) != KV_IN_POSTCOPY_PAUSED)
+		return kv_error_set(err, -EBUSY, "Migrate recover can only be run when postcopy is paused (status %s)", kv_in_status_name(kv_incoming_status(in)));
+	l = kv_listener_open(uri, err);
+	if (!l)
+		return err->code ? err->code : -EIO;
+	pthread_mutex_lock(&in->lock);
+	if (in->recover_l)
+		kv_listener_close(in->recover_l);
+	in->recover_l = l;
+	pthread_mutex_unlock(&in->lock);
+	kv_info("incoming", "postcopy: waiting for the source to resume on %s", kv_listener_uri(l));
+	return 0;
+}
+
+int kv_incoming_pause(struct kv_incoming *in, struct kv_error *err)
+{
+	enum kv_in_status st = kv_incoming_status(in);
+
+	if (st != KV_IN_POSTCOPY_ACTIVE && st != KV_IN_POSTCOPY_RECOVER)
+		return kv_error_set(err, -EBUSY, "migrate-pause is currently only supported during postcopy-active or postcopy-recover state");
+	kv_warn("incoming", "migrate-pause: breaking the link of postcopy on purpose");
+	pthread_mutex_lock(&in->lock);
+	if (in->stream)
+		kv_stream_shutdown(in->stream);
+	pthread_mutex_unlock(&in->lock);
+	return 0;
+}
+
 static int pc_advise(void *opaque, const struct kv_pc_advise *a,
 		     struct kv_error *err)
 {
@@ -585,6 +635,48 @@ static int pc_run(void *opaque, struct kv_error *err)
 	return 0;
 }
 
+/* RECV_BITMAP: the block's received bitmap back on the return path. */
+static int pc_recv_bitmap(void *opaque, size_t block, struct kv_error *err)
+{
+	struct kv_incoming *in = opaque;
+	const unsigned long *map;
+	uint8_t name[1 + KV_PC_IDSTR_MAX];
+	uint64_t npages = 0;
+	uint8_t *blob;
+	size_t len;
+	int n, ret;
+
+	map = kv_pc_in_received_map(in->pc, block, &npages);
+	n = kv_pc_named_encode(kv_pc_in_blocks(in->pc)->v[block].idstr, name,
+			       err);
+	if (n < 0)
+		return n;
+	blob = malloc(kv_pc_recv_bitmap_size(npages));
+	if (!blob)
+		return kv_error_set(err, -ENOMEM, "postcopy: out of memory");
+	len = kv_pc_recv_bitmap_encode(map, npages, blob);
+	ret = kv_rp_writer_send_tail(&in->rpw, KV_RP_MSG_RECV_BITMAP, name,
+				     (uint16_t)n, blob, len, err);
+	free(blob);
+	return ret;
+}
+
+/* POSTCOPY_RESUME: postcopy goes on; the pages vCPUs wait on are asked
+ * for again (their requests went with the old link). */
+static int pc_resume(void *opaque, struct kv_error *err)
+{
+	struct kv_incoming *in = opaque;
+	int ret;
+
+	in_set_status(in, KV_IN_POSTCOPY_RECOVER, KV_IN_POSTCOPY_ACTIVE);
+	ret = kv_rp_writer_send_u32(&in->rpw, KV_RP_MSG_RESUME_ACK,
+				    KV_PC_RESUME_ACK_VALUE, err);
+	if (ret == 0)
+		ret = kv_pc_in_rerequest(in->pc, err);
+	kv_info("incoming", "postcopy resumed (RESUME_ACK sent)");
+	return ret;
+}
+
 static int pc_send_pong(void *opaque, uint32_t value, struct kv_error *err)
 {
 	struct kv_incoming *in = opaque;
@@ -617,6 +709,8 @@ static int postcopy_prepare(struct kv_incoming *in, struct kv_chan *c,
 	    .listen = pc_listen,
 	    .run = pc_run,
 	    .send_pong = pc_send_pong,
+	    .recv_bitmap = pc_recv_bitmap,
+	    .resume = pc_resume,
 	    .opaque = in,
 	};
 	kv_savevm_set_postcopy(in->sv, &in->pc_ops);
@@ -629,6 +723,7 @@ static void postcopy_release(struct kv_incoming *in)
 {
 	struct kv_pc_in *pc;
 
+	kv_savevm_load_abandon(in->sv);
 	kv_savevm_set_postcopy(in->sv, NULL);
 	pthread_mutex_lock(&in->lock);
 	pc = in->pc;
@@ -644,6 +739,90 @@ static void postcopy_release(struct kv_incoming *in)
 	if (in->rpw_live)
 		kv_rp_writer_destroy(&in->rpw);
 	in->rpw_live = false;
+	pthread_mutex_lock(&in->lock);
+	if (in->stream == in->pc_stream)
+		in->stream = NULL;
+	pthread_mutex_unlock(&in->lock);
+	kv_stream_close(in->pc_stream);
+	in->pc_stream = NULL;
+}
+
+/* Paused: until migrate-recover opened a listener (1, *l taken) or the
+ * process ends (0). */
+static int take_recover_listener(struct kv_incoming *in, struct kv_listener **l)
+{
+	struct timespec slice = {0, 50 * 1000000L};
+
+	for (;;) {
+		pthread_mutex_lock(&in->lock);
+		*l = in->recover_l;
+		in->recover_l = NULL;
+		if (*l)
+			in->listener = *l; /* an abort shuts it down */
+		pthread_mutex_unlock(&in->lock);
+		if (*l)
+			return 1;
+		if (aborted(in))
+			return 0;
+		nanosleep(&slice, NULL);
+	}
+}
+
+/* The source reconnected (migrate with resume): its stream replaces the
+ * broken one, for the loader and the return path. */
+static struct kv_stream *recover_stream(struct kv_incoming *in,
+					struct kv_listener *l,
+					struct kv_error *err)
+{
+	struct kv_chan *c = kv_listener_accept(l, err);
+	struct kv_stream *s;
+
+	close_listener(in);
+	c = c ? tls_accept(in, c, err) : NULL;
+	s = c ? kv_stream_new(c, KV_STREAM_READ) : NULL;
+	if (!s) {
+		kv_chan_close(c);
+		return NULL;
+	}
+	watch_source(in, c);
+	kv_rp_writer_switch(&in->rpw, c);
+	pthread_mutex_lock(&in->lock);
+	in->stream = s;
+	if (in->aborted)
+		kv_stream_shutdown(s);
+	pthread_mutex_unlock(&in->lock);
+	kv_stream_close(in->pc_stream); /* the previous recovery's */
+	in->pc_stream = s;
+	return s;
+}
+
+/* Paused: wait for migrate-recover and the source, resume the load over
+ * the new link; a break pauses again. 0 completed; <0 the process ends
+ * with the guest incomplete. */
+static int postcopy_wait_recover(struct kv_incoming *in, struct kv_error *err)
+{
+	struct kv_error e = {0};
+	struct kv_listener *l;
+	struct kv_stream *s;
+	int ret;
+
+	if (!take_recover_listener(in, &l))
+		return -ECANCELED;
+	in_set_status(in, KV_IN_POSTCOPY_PAUSED, KV_IN_POSTCOPY_RECOVER);
+	kv_error_clear(err);
+	s = recover_stream(in, l, err);
+	ret = s ? kv_savevm_load_resume(in->sv, s, err) : err->code;
+	if (ret == 0)
+		ret = kv_pc_in_complete(in->pc, PC_COMPLETE_WAIT_MS, err);
+	if (ret == 0) {
+		in_set_status(in, KV_IN_POSTCOPY_RECOVER, KV_IN_POSTCOPY_ACTIVE);
+		kv_rp_writer_send_u32(&in->rpw, KV_RP_MSG_SHUT, 0, &e);
+		kv_info("incoming", "postcopy complete after a recovery");
+		return 0;
+	}
+	if (!kv_error_is_set(err))
+		kv_error_set(err, ret, "postcopy recovery failed");
+	return postcopy_pause(in, err);
 }
 
 /* The link broke after the guest started here with pages missing: it
@@ -662,14 +841,11 @@ static int postcopy_pause(struct kv_incoming *in, struct kv_error *err)
 	pthread_mutex_lock(&in->lock);
 	snprintf(in->stats.error, sizeof(in->stats.error), "%s", err->msg);
 	pthread_mutex_unlock(&in->lock);
-	in_set_status(in, KV_IN_POSTCOPY_ACTIVE, KV_IN_POSTCOPY_PAUSED);
+	if (!in_set_status(in, KV_IN_POSTCOPY_ACTIVE, KV_IN_POSTCOPY_PAUSED))
+		in_set_status(in, KV_IN_POSTCOPY_RECOVER,
+			      KV_IN_POSTCOPY_PAUSED);
 	kv_err("incoming", "%s", err->msg);
-	while (!aborted(in)) {
-		struct timespec slice = {0, 100 * 1000000L};
-
-		nanosleep(&slice, NULL);
-	}
-	return -ECANCELED;
+	return postcopy_wait_recover(in, err);
 }
 
 /* After a load that reached POSTCOPY_LISTEN: every page here, then

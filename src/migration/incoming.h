@@ -47,6 +47,8 @@ enum kv_in_status {
 	 * (its vCPUs wait on them). */
 	KV_IN_POSTCOPY_ACTIVE,
 	KV_IN_POSTCOPY_PAUSED,
+	/* migrate-recover: a new link from the source, the handshake. */
+	KV_IN_POSTCOPY_RECOVER,
 	KV_IN_STATUS_COUNT,
 };
 
@@ -136,6 +138,15 @@ int kv_incoming_set_params(struct kv_incoming *in,
  * DISCARD drops it (FAILED). -EBUSY with err set when not undecided. */
 int kv_incoming_settle(struct kv_incoming *in, enum kv_swo_settle how,
 		       struct kv_error *err);
+
+/* QMP migrate-recover (any thread): a POSTCOPY_PAUSED migration listens
+ * on uri now (its errors reported here) for the source's migrate with
+ * resume; -EBUSY with err set when not paused. */
+int kv_incoming_recover(struct kv_incoming *in, const char *uri,
+			struct kv_error *err);
+/* QMP migrate-pause: break the link of a postcopy in progress on
+ * purpose. -EBUSY when not postcopy-active or postcopy-recover. */
+int kv_incoming_pause(struct kv_incoming *in, struct kv_error *err);
 
 /* After a run that ended COMPLETED with the guest started through the
  * commit protocol: listen on the incoming address again and answer a

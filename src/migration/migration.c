@@ -38,6 +38,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/bitmap.h"
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/rate_limit.h"
@@ -146,6 +147,12 @@ struct kv_migration {
 	 * the return path's reader hands it requests until it stops). */
 	int pc_requested;
 	struct kv_pc_src *pcs;
+	/* Recovery: migrate with resume asked (under lock), and the stream
+	 * of the link that replaced the first (the run closes it). */
+	bool resume_req;
+	char resume_uri[300];
+	struct kv_stream *pc_stream;
+	uint64_t pc_bytes; /* on the links before it */
 };
 
 static const char *const status_names[] = {
@@ -160,6 +167,7 @@ static const char *const status_names[] = {
     [KV_MIG_UNDECIDED] = "x-undecided",
     [KV_MIG_POSTCOPY_ACTIVE] = "postcopy-active",
     [KV_MIG_POSTCOPY_PAUSED] = "postcopy-paused",
+    [KV_MIG_POSTCOPY_RECOVER] = "postcopy-recover",
 };
 
 #define ST(s) (1U << (s))
@@ -175,7 +183,11 @@ static const unsigned int transitions[] = {
     [KV_MIG_POSTCOPY_ACTIVE] = ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) |
 			       ST(KV_MIG_CANCELLING) |
 			       ST(KV_MIG_POSTCOPY_PAUSED),
-    [KV_MIG_POSTCOPY_PAUSED] = 0,
+    /* migrate with resume; then ACTIVE on RESUME_ACK, or PAUSED again
+     * when the new link breaks too. */
+    [KV_MIG_POSTCOPY_PAUSED] = ST(KV_MIG_POSTCOPY_RECOVER),
+    [KV_MIG_POSTCOPY_RECOVER] =
+	ST(KV_MIG_POSTCOPY_ACTIVE) | ST(KV_MIG_POSTCOPY_PAUSED),
     [KV_MIG_DEVICE] = ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) |
 		      ST(KV_MIG_CANCELLING) | ST(KV_MIG_UNDECIDED),
     [KV_MIG_COMPLETED] = 0,
@@ -373,7 +385,10 @@ void kv_mig_set_downtime_limit(struct kv_migration *m, uint64_t ms)
 static uint64_t transferred(const struct kv_migration *m,
 			    struct kv_stream *s)
 {
-	return kv_stream_transferred(s) +
+	/* After a postcopy recovery the link in use is the last one. */
+	struct kv_stream *cur = m->pc_stream ? m->pc_stream : s;
+
+	return kv_stream_transferred(cur) + m->pc_bytes +
 	       (m->rs ? kv_ram_multifd_bytes(m->rs) : 0);
 }
 
@@ -1047,13 +1062,35 @@ static int postcopy_broken(struct kv_migration *m, struct kv_error *err)
 	return MIG_PC_PAUSED;
 }
 
+/* After RUN (or a recovery): the rest of the pages, END, EOF, and the
+ * destination's SHUT(0) once it has them all. 0, or MIG_PC_PAUSED. */
+static int postcopy_finish(struct kv_migration *m, struct kv_stream *s,
+			   struct kv_error *err)
+{
+	uint32_t status = 0;
+	int ret;
+
+	ret = postcopy_pages(m, s, err);
+	if (ret == 0)
+		ret = kv_savevm_save_pc_complete(m->sv, s, err);
+	if (ret == 0)
+		ret = wait_answer(
+		    m, s, &(struct answer){.shut = true, .status = &status},
+		    err);
+	if (ret == 0 && status != 0)
+		ret = kv_error_set(err, -EREMOTEIO, "the destination answered SHUT with status %u at the end of postcopy", status);
+	if (ret < 0)
+		return postcopy_broken(m, err);
+	kv_switch_log("postcopy: SHUT(0) received");
+	return 0;
+}
+
 /* Postcopy from ACTIVE: stop, hand over, send the rest, wait for the
  * destination's SHUT(0) once it has every page. 0 completed; <0 before
  * RUN left (the caller resumes the guest); MIG_PC_PAUSED after. */
 static int postcopy_run(struct kv_migration *m, struct kv_stream *s,
 			bool *stopped, struct kv_error *err)
 {
-	uint32_t status = 0;
 	int64_t stop_ns;
 	int ret;
 
@@ -1076,19 +1113,7 @@ static int postcopy_run(struct kv_migration *m, struct kv_stream *s,
 	pthread_mutex_unlock(&m->lock);
 	/* QEMU's max-postcopy-bandwidth (0: none): a vCPU waits on these. */
 	kv_stream_share_rate_limit(s, NULL);
-	ret = postcopy_pages(m, s, err);
-	if (ret == 0)
-		ret = kv_savevm_save_pc_complete(m->sv, s, err);
-	if (ret == 0)
-		ret = wait_answer(
-		    m, s, &(struct answer){.shut = true, .status = &status},
-		    err);
-	if (ret == 0 && status != 0)
-		ret = kv_error_set(err, -EREMOTEIO, "the destination answered SHUT with status %u at the end of postcopy", status);
-	if (ret < 0)
-		return postcopy_broken(m, err);
-	kv_switch_log("postcopy: SHUT(0) received");
-	return 0;
+	return postcopy_finish(m, s, err);
 }
 
 /* Switch-over: stop, send the rest, let the destination decide with the
@@ -1432,14 +1457,206 @@ int kv_mig_settle(struct kv_migration *m, enum kv_swo_settle how,
 	return 0;
 }
 
+static int postcopy_take_bitmap(struct kv_migration *m, size_t i,
+				struct kv_error *err);
+static struct kv_chan *connect_main(struct kv_migration *m, const char *uri,
+				    int *ret, struct kv_error *err);
+
 /* POSTCOPY_RUN left and the link broke: stopped for good here (the
  * guest runs on the destination), saying why. */
 static int enter_postcopy_paused(struct kv_migration *m, struct kv_error *why)
 {
 	keep_error(m, why);
-	mig_set_status(m, KV_MIG_POSTCOPY_ACTIVE, KV_MIG_POSTCOPY_PAUSED, true);
+	if (!mig_set_status(m, KV_MIG_POSTCOPY_ACTIVE, KV_MIG_POSTCOPY_PAUSED,
+			    true))
+		mig_set_status(m, KV_MIG_POSTCOPY_RECOVER,
+			       KV_MIG_POSTCOPY_PAUSED, true);
 	kv_err("migration", "%s", why->msg);
 	return why->code < 0 ? why->code : -EPIPE;
+}
+
+/* Paused: wait for migrate with resume (0, *uri set) or the end of the
+ * process (<0: the guest stays stopped here). */
+static int wait_resume(struct kv_migration *m, char *uri, size_t size,
+		       struct kv_error *err)
+{
+	struct timespec slice = {0, 50 * 1000000L};
+
+	for (;;) {
+		bool asked;
+
+		pthread_mutex_lock(&m->lock);
+		asked = m->resume_req;
+		m->resume_req = false;
+		if (asked)
+			snprintf(uri, size, "%s", m->resume_uri);
+		pthread_mutex_unlock(&m->lock);
+		if (asked)
+			return 0;
+		if (stop_resolving(m))
+			return kv_error_set(err, -ECANCELED, "the process ends with postcopy paused: the guest runs on the destination, which lacks pages only this source had; it cannot be completed");
+		nanosleep(&slice, NULL);
+	}
+}
+
+/* Recovery, QEMU's order: RECV_BITMAP for every block, each answered by
+ * the destination's received bitmap (what it lacks is sent again), then
+ * POSTCOPY_RESUME, answered by RESUME_ACK. */
+static int postcopy_handshake(struct kv_migration *m, struct kv_stream *s,
+			      struct kv_error *err)
+{
+	size_t n = kv_ram_block_count(m->rs);
+	int ret = 0;
+
+	for (size_t i = 0; i < n && ret == 0; i++) {
+		uint8_t p[1 + KV_PC_IDSTR_MAX];
+		int len = kv_pc_named_encode(kv_ram_block(m->rs, i)->idstr, p,
+					     err);
+
+		ret = len < 0 ? len
+			      : kv_savevm_save_command(s, KV_MIG_CMD_RECV_BITMAP,
+						       p, (uint16_t)len, err);
+	}
+	if (ret == 0 && kv_stream_flush(s) < 0)
+		ret = kv_stream_error(s);
+	for (size_t i = 0; i < n && ret == 0; i++)
+		ret = postcopy_take_bitmap(m, i, err);
+	if (ret == 0)
+		ret = kv_savevm_save_command(s, KV_MIG_CMD_POSTCOPY_RESUME, NULL,
+					     0, err);
+	if (ret == 0 && kv_stream_flush(s) < 0)
+		ret = kv_stream_error(s);
+	if (ret == 0)
+		ret = kv_rp_reader_wait_resume_ack(m->rp,
+						   m->params.rp_timeout_ms, err);
+	if (ret < 0 && !kv_error_is_set(err))
+		kv_stream_error_get(s, err);
+	return ret;
+}
+
+/* One block's received bitmap, from the return path into the queue and
+ * the RAM's bitmap of pages to send. */
+static int postcopy_take_bitmap(struct kv_migration *m, size_t i,
+				struct kv_error *err)
+{
+	struct kv_ram_block *b = kv_ram_block(m->rs, i);
+	unsigned long *map = kv_bitmap_new(b->npages);
+	uint8_t *blob = NULL;
+	size_t len = 0;
+	int ret;
+
+	if (!map)
+		return kv_error_set(err, -ENOMEM, "postcopy: out of memory");
+	ret = kv_rp_reader_wait_bitmap(m->rp, b->idstr, m->params.rp_timeout_ms,
+				       &blob, &len, err);
+	if (ret == 0)
+		ret = kv_pc_recv_bitmap_decode(blob, len, b->npages, b->idstr,
+					       map, err);
+	if (ret == 0) {
+		kv_pc_src_set_received(m->pcs, i, map);
+		kv_ram_pc_src_resume(m->rs, i, map);
+	}
+	free(blob);
+	kv_bitmap_free(map);
+	return ret;
+}
+
+/* migrate with resume: a new link to uri, the handshake, then the rest
+ * of postcopy. 0 completed; MIG_PC_PAUSED (err says why) otherwise. */
+static int postcopy_resume(struct kv_migration *m, const char *uri,
+			   struct kv_error *err)
+{
+	struct kv_stream *s;
+	struct kv_chan *c;
+	int ret;
+
+	kv_info("migration", "postcopy: resuming over %s", uri);
+	c = connect_main(m, uri, &ret, err);
+	s = c ? kv_stream_new(c, KV_STREAM_WRITE) : NULL;
+	if (!s) {
+		kv_chan_close(c);
+		if (!kv_error_is_set(err))
+			kv_error_set(err, -ENOMEM, "no memory for the stream");
+		return postcopy_broken(m, err);
+	}
+	pthread_mutex_lock(&m->lock);
+	m->pc_bytes += kv_stream_transferred(m->stream);
+	pthread_mutex_unlock(&m->lock);
+	kv_stream_close(m->pc_stream); /* the previous recovery's */
+	pthread_mutex_lock(&m->lock);
+	m->pc_stream = s;
+	m->stream = s;
+	pthread_mutex_unlock(&m->lock);
+	watch_link(m, s);
+	kv_pc_src_flush(m->pcs); /* the broken link's requests */
+	m->rp = kv_rp_reader_start(c, err);
+	if (!m->rp)
+		return postcopy_broken(m, err);
+	kv_rp_reader_set_postcopy(m->rp, m->pcs);
+	ret = postcopy_handshake(m, s, err);
+	if (ret < 0)
+		return postcopy_broken(m, err);
+	mig_set_status(m, KV_MIG_POSTCOPY_RECOVER, KV_MIG_POSTCOPY_ACTIVE, true);
+	kv_info("migration", "postcopy: resumed (RESUME_ACK)");
+	return postcopy_finish(m, s, err);
+}
+
+/* POSTCOPY_RUN left and the link broke: paused until migrate with
+ * resume brings a new link (again after each break), or the process
+ * ends. 0: completed after a recovery; <0: still paused. */
+static int postcopy_paused_loop(struct kv_migration *m, struct kv_error *err)
+{
+	char uri[sizeof(m->resume_uri)];
+	int ret;
+
+	for (;;) {
+		enter_postcopy_paused(m, err);
+		kv_rp_reader_stop(m->rp); /* the broken link's */
+		m->rp = NULL;
+		kv_error_clear(err);
+		ret = wait_resume(m, uri, sizeof(uri), err);
+		if (ret < 0)
+			return ret;
+		mig_set_status(m, KV_MIG_POSTCOPY_PAUSED, KV_MIG_POSTCOPY_RECOVER,
+			       true);
+		ret = postcopy_resume(m, uri, err);
+		if (ret == 0)
+			return 0;
+	}
+}
+
+int kv_mig_resume(struct kv_migration *m, const char *uri,
+		  struct kv_error *err)
+{
+	if (kv_mig_status(m) != KV_MIG_POSTCOPY_PAUSED)
+		return kv_error_set(err, -EBUSY, "migrate with resume: the migration is %s, not postcopy-paused", kv_mig_status_name(kv_mig_status(m)));
+	pthread_mutex_lock(&m->lock);
+	snprintf(m->resume_uri, sizeof(m->resume_uri), "%s", uri);
+	snprintf(m->uri, sizeof(m->uri), "%s", uri);
+	m->resume_req = true;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+int kv_mig_pause(struct kv_migration *m, struct kv_error *err)
+{
+	enum kv_mig_status st = kv_mig_status(m);
+
+	if (st != KV_MIG_POSTCOPY_ACTIVE && st != KV_MIG_POSTCOPY_RECOVER)
+		return kv_error_set(err, -EBUSY, "migrate-pause is currently only supported during postcopy-active or postcopy-recover state");
+	kv_warn("migration", "migrate-pause: breaking the link of postcopy on purpose");
+	pthread_mutex_lock(&m->lock);
+	if (m->stream)
+		kv_stream_shutdown(m->stream);
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+/* A recovery's stream, once its reader stopped. */
+static void postcopy_close_stream(struct kv_migration *m)
+{
+	kv_stream_close(m->pc_stream);
+	m->pc_stream = NULL;
 }
 
 /* The run from SETUP (or CANCELLING, after a cancel that came first). */
@@ -1485,7 +1702,9 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 	if (ret == SWO_UNANSWERED)
 		enter_undecided(m, &lerr);
 	if (ret == MIG_PC_PAUSED)
-		ret = enter_postcopy_paused(m, &lerr);
+		ret = postcopy_paused_loop(m, &lerr);
+	if (ret == 0 && kv_mig_status(m) == KV_MIG_POSTCOPY_ACTIVE)
+		mig_set_status(m, KV_MIG_POSTCOPY_ACTIVE, KV_MIG_COMPLETED, true);
 out:
 	paused = kv_mig_status(m) == KV_MIG_POSTCOPY_PAUSED;
 	cancelled = ret < 0 && cancel_requested(m);
@@ -1514,6 +1733,7 @@ out:
 	pthread_mutex_unlock(&m->lock);
 	if (ret >= 0) {
 		release_channels(m);
+		postcopy_close_stream(m);
 		return ret; /* COMPLETED, or UNDECIDED (the caller settles) */
 	}
 	if (cancelled) {
@@ -1542,6 +1762,7 @@ out:
 	if (m->offered && !abort_heard(m, abort_sent))
 		m->abort_unheard = true;
 	release_channels(m);
+	postcopy_close_stream(m);
 	kv_error_propagate(err, &lerr);
 	return ret;
 }

@@ -53,6 +53,8 @@ enum kv_mig_status {
 	 * here: the guest can complete only with this source. */
 	KV_MIG_POSTCOPY_ACTIVE,
 	KV_MIG_POSTCOPY_PAUSED,
+	/* migrate with resume: reconnecting, the received bitmaps, RESUME. */
+	KV_MIG_POSTCOPY_RECOVER,
 };
 
 /* QEMU's query-migrate status names: "setup", "active", ... */
@@ -213,6 +215,14 @@ int kv_mig_settle(struct kv_migration *m, enum kv_swo_settle how,
  * -EINVAL with err set when postcopy-ram is off, -EBUSY when the
  * migration has not started or is past the point where it could. */
 int kv_mig_start_postcopy(struct kv_migration *m, struct kv_error *err);
+/* QMP migrate {uri, resume: true} (any thread): a POSTCOPY_PAUSED
+ * migration reconnects to uri (the destination's migrate-recover
+ * address) and goes on. -EBUSY with err set when it is not paused. */
+int kv_mig_resume(struct kv_migration *m, const char *uri,
+		  struct kv_error *err);
+/* QMP migrate-pause: break the link of a postcopy in progress on purpose
+ * (it pauses, as for any break). -EBUSY when not in postcopy-active. */
+int kv_mig_pause(struct kv_migration *m, struct kv_error *err);
 void kv_mig_set_downtime_limit(struct kv_migration *m, uint64_t ms);
 void kv_mig_set_max_bandwidth(struct kv_migration *m, uint64_t bytes_per_sec);
 enum kv_mig_status kv_mig_status(const struct kv_migration *m);

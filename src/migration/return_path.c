@@ -21,6 +21,10 @@
 /* How often a reader waiting for the destination looks whether it was
  * asked to stop (a shutdown of the channel wakes it at once anyway). */
 #define RP_STOP_SLICE_NS (20 * 1000000LL)
+/* Recovery: received bitmaps a reader keeps (one per RAM block), and the
+ * largest one it reads (one bit a page: 32 GiB of 4 KiB pages). */
+#define RP_MAX_BITMAPS 64
+#define RP_MAX_BITMAP_BYTES (1U << 20)
 
 struct kv_rp_reader {
 	struct kv_chan *c;
@@ -39,6 +43,15 @@ struct kv_rp_reader {
 	bool ended;
 	struct kv_error fail; /* why it ended, unless after SHUT */
 	struct kv_pc_src *pcs; /* atomic: postcopy's queue, or NULL */
+	/* Postcopy recovery, under lock: the received bitmaps that came
+	 * (RECV_BITMAP: the message and the blob after it), RESUME_ACK. */
+	struct rp_bitmap {
+		char idstr[KV_PC_IDSTR_MAX + 1];
+		uint8_t *blob;
+		size_t len;
+	} bitmaps[RP_MAX_BITMAPS];
+	size_t nbitmaps;
+	bool resume_ack;
 };
 
 /* ---- the message table ---- */
@@ -68,6 +81,10 @@ static int handle_req_pages(struct kv_rp_reader *r, const uint8_t *payload,
 			    struct kv_error *err);
 static int handle_req_pages_id(struct kv_rp_reader *r, const uint8_t *payload,
 			       struct kv_error *err);
+static int handle_recv_bitmap(struct kv_rp_reader *r, const uint8_t *payload,
+			      struct kv_error *err);
+static int handle_resume_ack(struct kv_rp_reader *r, const uint8_t *payload,
+			     struct kv_error *err);
 
 /* QEMU's rp_cmd_args, with the handler beside each, and kvmig's READY:
  * docs/DESIGN.md has the same table for readers. */
@@ -80,9 +97,10 @@ static const struct rp_msg_desc rp_msgs[] = {
     /* be64 start, be32 length, in the last block named */
     {KV_RP_MSG_REQ_PAGES, "REQ_PAGES", RP_LEN_FIXED, 12, handle_req_pages},
     /* the block's idstr; its bitmap follows on the stream */
-    {KV_RP_MSG_RECV_BITMAP, "RECV_BITMAP", RP_LEN_NAMED, 0, NULL},
+    {KV_RP_MSG_RECV_BITMAP, "RECV_BITMAP", RP_LEN_NAMED, 0,
+     handle_recv_bitmap},
     /* be32 1: the destination is ready to resume postcopy */
-    {KV_RP_MSG_RESUME_ACK, "RESUME_ACK", RP_LEN_FIXED, 4, NULL},
+    {KV_RP_MSG_RESUME_ACK, "RESUME_ACK", RP_LEN_FIXED, 4, handle_resume_ack},
     {KV_RP_MSG_SWITCHOVER_ACK, "SWITCHOVER_ACK", RP_LEN_FIXED, 0, NULL},
     /* kvmig: the migration's 16-byte id (switchover.h) */
     {KV_RP_MSG_READY, "READY", RP_LEN_FIXED, KV_SWO_ID_LEN, handle_ready},
@@ -234,11 +252,28 @@ void kv_rp_writer_destroy(struct kv_rp_writer *w)
 	pthread_mutex_destroy(&w->lock);
 }
 
+void kv_rp_writer_switch(struct kv_rp_writer *w, struct kv_chan *c)
+{
+	pthread_mutex_lock(&w->lock);
+	w->c = c;
+	pthread_mutex_unlock(&w->lock);
+}
+
 int kv_rp_writer_send(struct kv_rp_writer *w, uint16_t type,
 		      const void *payload, uint16_t len, struct kv_error *err)
 {
+	return kv_rp_writer_send_tail(w, type, payload, len, NULL, 0, err);
+}
+
+int kv_rp_writer_send_tail(struct kv_rp_writer *w, uint16_t type,
+			   const void *payload, uint16_t len, const void *tail,
+			   size_t tail_len, struct kv_error *err)
+{
 	uint8_t msg[RP_HEADER_LEN + KV_RP_MAX_PAYLOAD];
-	struct iovec iov = {.iov_base = msg, .iov_len = RP_HEADER_LEN + len};
+	struct iovec iov[2] = {
+	    {.iov_base = msg, .iov_len = RP_HEADER_LEN + len},
+	    {.iov_base = (void *)tail, .iov_len = tail_len},
+	};
 	int ret;
 
 	if (len > KV_RP_MAX_PAYLOAD)
@@ -248,7 +283,7 @@ int kv_rp_writer_send(struct kv_rp_writer *w, uint16_t type,
 	if (len)
 		memcpy(msg + RP_HEADER_LEN, payload, len);
 	pthread_mutex_lock(&w->lock);
-	ret = kv_chan_writev_full(w->c, &iov, 1, err);
+	ret = kv_chan_writev_full(w->c, iov, tail_len ? 2 : 1, err);
 	pthread_mutex_unlock(&w->lock);
 	if (ret < 0)
 		kv_error_prefix(err, "return path: sending %s", kv_rp_msg_name(type));
@@ -300,6 +335,64 @@ static int handle_req_pages_id(struct kv_rp_reader *r, const uint8_t *payload,
 {
 	return handle_request(r, KV_RP_MSG_REQ_PAGES_ID, payload,
 			      (uint16_t)(13 + payload[12]), err);
+}
+
+static int rp_read(struct kv_rp_reader *r, void *buf, size_t len,
+		   struct kv_error *err);
+
+/* RECV_BITMAP (recovery): the block's name, then on the return path its
+ * received bitmap (be64 size, the bits, the end mark; FORMAT.md 12.5),
+ * kept whole for kv_rp_reader_wait_bitmap, which decodes it. */
+static int handle_recv_bitmap(struct kv_rp_reader *r, const uint8_t *payload,
+			      struct kv_error *err)
+{
+	struct rp_bitmap *b;
+	uint8_t head[8];
+	uint64_t size = 0;
+	uint8_t *blob;
+	int ret;
+
+	if (!__atomic_load_n(&r->pcs, __ATOMIC_ACQUIRE) || r->nbitmaps >= RP_MAX_BITMAPS)
+		return kv_error_set(err, -EPROTO, "return path: the destination sent RECV_BITMAP, which this source did not ask for");
+	ret = rp_read(r, head, sizeof(head), err);
+	if (ret < 0)
+		return ret;
+	for (int i = 0; i < 8; i++)
+		size = size << 8 | head[i];
+	if (size > RP_MAX_BITMAP_BYTES)
+		return kv_error_set(err, -EPROTO, "return path: a received bitmap of %llu bytes (at most %u)", (unsigned long long)size, RP_MAX_BITMAP_BYTES);
+	blob = malloc(16 + size);
+	if (!blob)
+		return kv_error_set(err, -ENOMEM, "return path: out of memory");
+	memcpy(blob, head, 8);
+	ret = rp_read(r, blob + 8, size + 8, err);
+	if (ret < 0) {
+		free(blob);
+		return ret;
+	}
+	pthread_mutex_lock(&r->lock);
+	b = &r->bitmaps[r->nbitmaps++];
+	memcpy(b->idstr, payload + 1, payload[0]);
+	b->idstr[payload[0]] = '\0';
+	b->blob = blob;
+	b->len = 16 + size;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	return 0;
+}
+
+static int handle_resume_ack(struct kv_rp_reader *r, const uint8_t *payload,
+			     struct kv_error *err)
+{
+	int ret = kv_pc_resume_ack_decode(payload, 4, err);
+
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&r->lock);
+	r->resume_ack = true;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	return 0;
 }
 
 static int handle_shut(struct kv_rp_reader *r, const uint8_t *payload,
@@ -480,6 +573,8 @@ void kv_rp_reader_stop(struct kv_rp_reader *r)
 		return;
 	__atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
 	pthread_join(r->thread, NULL);
+	for (size_t i = 0; i < r->nbitmaps; i++)
+		free(r->bitmaps[i].blob);
 	pthread_cond_destroy(&r->cond);
 	pthread_mutex_destroy(&r->lock);
 	free(r);
@@ -637,4 +732,64 @@ int kv_rp_reader_wait_ready_for(struct kv_rp_reader *r,
 
 	return reader_wait_slice(r, WANT_READY, 0, id, timeout_ns, &unused,
 				 err);
+}
+
+/* Under lock: the bitmap of idstr, taken out of the reader. */
+static bool take_bitmap(struct kv_rp_reader *r, const char *idstr,
+			uint8_t **blob, size_t *len)
+{
+	for (size_t i = 0; i < r->nbitmaps; i++) {
+		if (!r->bitmaps[i].blob || strcmp(r->bitmaps[i].idstr, idstr))
+			continue;
+		*blob = r->bitmaps[i].blob;
+		*len = r->bitmaps[i].len;
+		r->bitmaps[i].blob = NULL;
+		return true;
+	}
+	return false;
+}
+
+int kv_rp_reader_wait_bitmap(struct kv_rp_reader *r, const char *idstr,
+			     int timeout_ms, uint8_t **blob, size_t *len,
+			     struct kv_error *err)
+{
+	struct timespec until = deadline_after_ns((int64_t)timeout_ms * 1000000);
+	int ret = 0;
+
+	pthread_mutex_lock(&r->lock);
+	while (!take_bitmap(r, idstr, blob, len)) {
+		if (r->ended) {
+			ret = reader_failure(r, err);
+			break;
+		}
+		if (!wait_news(r, &until)) {
+			if (take_bitmap(r, idstr, blob, len))
+				break;
+			ret = kv_error_set(err, -ETIMEDOUT, "return path: no received bitmap of block '%s' from the destination within %d ms", idstr, timeout_ms);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
+int kv_rp_reader_wait_resume_ack(struct kv_rp_reader *r, int timeout_ms,
+				 struct kv_error *err)
+{
+	struct timespec until = deadline_after_ns((int64_t)timeout_ms * 1000000);
+	int ret = 0;
+
+	pthread_mutex_lock(&r->lock);
+	while (!r->resume_ack) {
+		if (r->ended) {
+			ret = reader_failure(r, err);
+			break;
+		}
+		if (!wait_news(r, &until) && !r->resume_ack) {
+			ret = kv_error_set(err, -ETIMEDOUT, "return path: no RESUME_ACK from the destination within %d ms", timeout_ms);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&r->lock);
+	return ret;
 }

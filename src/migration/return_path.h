@@ -82,6 +82,13 @@ int kv_rp_writer_send(struct kv_rp_writer *w, uint16_t type,
 		      const void *payload, uint16_t len, struct kv_error *err);
 int kv_rp_writer_send_u32(struct kv_rp_writer *w, uint16_t type,
 			  uint32_t value, struct kv_error *err);
+/* A message and bytes that follow it on the return path (RECV_BITMAP and
+ * its bitmap), in one write. */
+int kv_rp_writer_send_tail(struct kv_rp_writer *w, uint16_t type,
+			   const void *payload, uint16_t len, const void *tail,
+			   size_t tail_len, struct kv_error *err);
+/* The return path moved to a new channel (postcopy recovery). */
+void kv_rp_writer_switch(struct kv_rp_writer *w, struct kv_chan *c);
 
 /*
  * Source: the reader thread. Started when the migration opens its return
@@ -102,6 +109,14 @@ void kv_rp_reader_stop(struct kv_rp_reader *r);
  * refused as unsupported. Any thread. */
 struct kv_pc_src;
 void kv_rp_reader_set_postcopy(struct kv_rp_reader *r, struct kv_pc_src *pcs);
+/* Postcopy recovery: wait up to timeout_ms for the received bitmap of
+ * block idstr (the whole blob of FORMAT.md 12.5, not yet checked; the
+ * caller frees it), or for RESUME_ACK. <0 with err set: it never came. */
+int kv_rp_reader_wait_bitmap(struct kv_rp_reader *r, const char *idstr,
+			     int timeout_ms, uint8_t **blob, size_t *len,
+			     struct kv_error *err);
+int kv_rp_reader_wait_resume_ack(struct kv_rp_reader *r, int timeout_ms,
+				 struct kv_error *err);
 
 /* Wait up to timeout_ms for PONG(value), the destination's answer to
  * PING(value), which it sends once it has read everything before the

@@ -147,6 +147,8 @@ int kv_qmp_cmd_migrate(struct kv_qmp_call *call);
 int kv_qmp_cmd_migrate_incoming(struct kv_qmp_call *call);
 int kv_qmp_cmd_migrate_cancel(struct kv_qmp_call *call);
 int kv_qmp_cmd_migrate_start_postcopy(struct kv_qmp_call *call);
+int kv_qmp_cmd_migrate_recover(struct kv_qmp_call *call);
+int kv_qmp_cmd_migrate_pause(struct kv_qmp_call *call);
 int kv_qmp_cmd_migrate_settle(struct kv_qmp_call *call);
 int kv_qmp_cmd_query_migrate(struct kv_qmp_call *call);
 int kv_qmp_cmd_migrate_set_parameters(struct kv_qmp_call *call);

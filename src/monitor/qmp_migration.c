@@ -478,10 +478,16 @@ int kv_qmp_cmd_migrate(struct kv_qmp_call *call)
 {
 	const char *uri = json_string_value(json_object_get(call->args, "uri"));
 	struct kv_qmp_mig *m = MIG_WITH(call, "migrate", start);
+	json_t *resume = json_object_get(call->args, "resume");
 	struct kv_mig_params p;
 
 	if (!m)
 		return -ENOTSUP;
+	if (json_is_true(resume)) {
+		if (!m->ops.resume)
+			return kv_qmp_missing_op(call, "migrate with resume");
+		return m->ops.resume(m->ops.opaque, uri, &call->err);
+	}
 	kv_qmp_mig_params(m, &p);
 	return m->ops.start(m->ops.opaque, uri, &p, &call->err);
 }
@@ -513,6 +519,25 @@ int kv_qmp_cmd_migrate_start_postcopy(struct kv_qmp_call *call)
 	if (!m)
 		return -ENOTSUP;
 	return m->ops.start_postcopy(m->ops.opaque, &call->err);
+}
+
+int kv_qmp_cmd_migrate_recover(struct kv_qmp_call *call)
+{
+	const char *uri = json_string_value(json_object_get(call->args, "uri"));
+	struct kv_qmp_mig *m = MIG_WITH(call, "migrate-recover", recover);
+
+	if (!m)
+		return -ENOTSUP;
+	return m->ops.recover(m->ops.opaque, uri, &call->err);
+}
+
+int kv_qmp_cmd_migrate_pause(struct kv_qmp_call *call)
+{
+	struct kv_qmp_mig *m = MIG_WITH(call, "migrate-pause", pause);
+
+	if (!m)
+		return -ENOTSUP;
+	return m->ops.pause(m->ops.opaque, &call->err);
 }
 
 int kv_qmp_cmd_migrate_settle(struct kv_qmp_call *call)

@@ -31,8 +31,12 @@ struct kv_qmp_mig_ops {
 	/* migrate-incoming. */
 	int (*incoming)(void *opaque, const char *uri, struct kv_error *err);
 	int (*cancel)(void *opaque, struct kv_error *err);
-	/* migrate-start-postcopy. */
+	/* migrate-start-postcopy; migrate {resume: true}; migrate-recover;
+	 * migrate-pause (postcopy and its recovery). */
 	int (*start_postcopy)(void *opaque, struct kv_error *err);
+	int (*resume)(void *opaque, const char *uri, struct kv_error *err);
+	int (*recover)(void *opaque, const char *uri, struct kv_error *err);
+	int (*pause)(void *opaque, struct kv_error *err);
 	/* x-migrate-settle: an operator's word on an undecided switch-over
 	 * (this side runs the guest, or drops its copy). */
 	int (*settle)(void *opaque, enum kv_swo_settle how,

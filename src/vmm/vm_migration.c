@@ -546,6 +546,49 @@ int kv_vm_mig_start_postcopy(struct kv_vm_mig *g, struct kv_error *err)
 	return ret;
 }
 
+int kv_vm_mig_resume(struct kv_vm_mig *g, const char *uri,
+		     struct kv_error *err)
+{
+	int ret;
+
+	pthread_mutex_lock(&g->lock);
+	if (g->mig)
+		ret = kv_mig_resume(g->mig, uri, err);
+	else
+		ret = kv_error_set(err, -EBUSY, "migrate with resume: no outgoing migration to resume");
+	pthread_mutex_unlock(&g->lock);
+	return ret;
+}
+
+int kv_vm_mig_recover(struct kv_vm_mig *g, const char *uri,
+		      struct kv_error *err)
+{
+	int ret;
+
+	pthread_mutex_lock(&g->lock);
+	if (g->in)
+		ret = kv_incoming_recover(g->in, uri, err);
+	else
+		ret = kv_error_set(err, -EBUSY, "Migrate recover can only be run when postcopy is paused (no incoming migration here)");
+	pthread_mutex_unlock(&g->lock);
+	return ret;
+}
+
+int kv_vm_mig_pause(struct kv_vm_mig *g, struct kv_error *err)
+{
+	int ret;
+
+	pthread_mutex_lock(&g->lock);
+	if (g->in && kv_incoming_status(g->in) != KV_IN_COMPLETED)
+		ret = kv_incoming_pause(g->in, err);
+	else if (g->mig)
+		ret = kv_mig_pause(g->mig, err);
+	else
+		ret = kv_error_set(err, -EBUSY, "migrate-pause is currently only supported during postcopy-active or postcopy-recover state");
+	pthread_mutex_unlock(&g->lock);
+	return ret;
+}
+
 int kv_vm_mig_set_params(struct kv_vm_mig *g,
 			 const struct kv_mig_params *params,
 			 struct kv_error *err)

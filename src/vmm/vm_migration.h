@@ -83,6 +83,13 @@ int kv_vm_mig_cancel(struct kv_vm_mig *g, struct kv_error *err);
 /* QMP migrate-start-postcopy: the migration in progress switches to
  * postcopy (kv_mig_start_postcopy). */
 int kv_vm_mig_start_postcopy(struct kv_vm_mig *g, struct kv_error *err);
+/* Postcopy recovery: QMP migrate {uri, resume: true} (source),
+ * migrate-recover {uri} (destination), migrate-pause (either side). */
+int kv_vm_mig_resume(struct kv_vm_mig *g, const char *uri,
+		     struct kv_error *err);
+int kv_vm_mig_recover(struct kv_vm_mig *g, const char *uri,
+		      struct kv_error *err);
+int kv_vm_mig_pause(struct kv_vm_mig *g, struct kv_error *err);
 /* Parameters for the next migration; downtime limit and bandwidth also
  * apply at once to one in progress, and an incoming migration reads them
  * when its source connects. Refused (-EBUSY, err says which and what to

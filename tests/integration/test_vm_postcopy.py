@@ -8,6 +8,11 @@ guest's heartbeats go on at the destination and nobody prints CORRUPT.
 Then the failures: the destination killed before POSTCOPY_RUN (the source
 resumes its guest), and either side killed during postcopy (the other
 says, in its status and error-desc, that the guest cannot be completed).
+Recovery (item 5): the link cut for real (a TCP proxy the test controls)
+mid-postcopy: both sides postcopy-paused; migrate-recover and migrate
+with resume through a second proxy that cuts again at the destination's
+first RECV_BITMAP: paused again; a third link completes with the RAM
+digests equal. And migrate-pause breaking the link on purpose.
 Usage: test_vm_postcopy.py KVMIG GUEST_ELF"""
 import os
 import signal
@@ -17,11 +22,14 @@ import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "faults"))
+from faultproxy import Proxy, Rule  # noqa: E402
 from kvmig_testlib import Tap  # noqa: E402
 from vmlib import (VmSet, corrupt_lines, free_port, have_kvm,  # noqa: E402
                    workload_started)
 
-PLAN = 24
+PLAN = 37
 VERIFY = ("--verify-ram",)
 FINAL = ("completed", "failed", "cancelled", "postcopy-paused")
 
@@ -189,6 +197,96 @@ def killed_during_postcopy(tap, vms, victim):
            f"{corrupt_lines(alive)}")
 
 
+def both_status(qs, qd, want, timeout=40):
+    """Wait until both sides say want; their last replies."""
+    deadline = time.monotonic() + timeout
+    rs = rd = {}
+    while time.monotonic() < deadline:
+        rs, rd = qs.cmd("query-migrate"), qd.cmd("query-migrate")
+        if rs.get("status") == want and rd.get("status") == want:
+            break
+        time.sleep(0.02)
+    return rs, rd
+
+
+def resumed(q, timeout=20):
+    """Wait until the source left postcopy-paused (its resume began)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and \
+            q.cmd("query-migrate").get("status") == "postcopy-paused":
+        time.sleep(0.02)
+
+
+def recovery(tap, vms):
+    """Cut mid-postcopy, cut again during the recovery, then recover."""
+    name = "recovery"
+    src = vms.boot(f"{name}-src", "mem=512 rate=1024 pattern=random",
+                   extra=VERIFY)
+    workload_started(src)
+    dst = vms.incoming(f"{name}-dst", "defer", extra=VERIFY)
+    qs, qd = vms.qmp(src), vms.qmp(dst)
+    caps(qs, postcopy_ram=True)
+    caps(qd, postcopy_ram=True, postcopy_blocktime=True)
+    qs.cmd("migrate-set-parameters", **{"max-bandwidth": 32 << 20})
+    port = free_port()
+    qd.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+    p1 = Proxy(port)
+    qs.cmd("migrate", uri=p1.uri)
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    qs.cmd("migrate-start-postcopy")
+    r = wait_status(qd, ("postcopy-active",) + FINAL, timeout=30)
+    p1.cut_all()
+    rs, rd = both_status(qs, qd, "postcopy-paused")
+    tap.ok(r.get("status") == "postcopy-active" and
+           rs.get("status") == "postcopy-paused" and
+           rd.get("status") == "postcopy-paused" and
+           "error-desc" in rs and "error-desc" in rd,
+           f"{name}: a cut mid-postcopy pauses both sides",
+           f"{r}\n{rs}\n{rd}")
+    # The second link is cut at the destination's first received bitmap.
+    port2 = free_port()
+    p2 = Proxy(port2, [Rule("cut", direction="d2s", rp_type=5)])
+    qd.cmd("migrate-recover", uri=f"tcp:127.0.0.1:{port2}")
+    qs.cmd("migrate", uri=p2.uri, resume=True)
+    time.sleep(0.5)
+    rs, rd = both_status(qs, qd, "postcopy-paused")
+    tap.ok(rs.get("status") == "postcopy-paused" and
+           rd.get("status") == "postcopy-paused" and
+           p2.rules[0].fired.is_set(),
+           f"{name}: a cut during the recovery pauses both again",
+           f"{rs}\n{rd}\n{p2.log}")
+    port3 = free_port()
+    qd.cmd("migrate-recover", uri=f"tcp:127.0.0.1:{port3}")
+    qs.cmd("migrate", uri=f"tcp:127.0.0.1:{port3}", resume=True)
+    resumed(qs)
+    check_completed(tap, f"{name} (third link)", src, dst, qs, qd, t0)
+    p1.close()
+    p2.close()
+
+
+def pause_on_purpose(tap, vms):
+    """migrate-pause on the source, then recover on a new port."""
+    name = "migrate-pause"
+    src, dst, qs, qd, uri = start_pair(
+        vms, "pause", "mem=512 rate=1024 pattern=random", cap_bw=32 << 20)
+    qs.cmd("migrate", uri=uri)
+    time.sleep(1)
+    t0 = time.monotonic()
+    qs.cmd("migrate-start-postcopy")
+    wait_status(qd, ("postcopy-active",) + FINAL, timeout=30)
+    qs.cmd("migrate-pause")
+    rs, rd = both_status(qs, qd, "postcopy-paused")
+    tap.ok(rs.get("status") == "postcopy-paused" and
+           rd.get("status") == "postcopy-paused",
+           f"{name}: both sides postcopy-paused", f"{rs}\n{rd}")
+    port = free_port()
+    qd.cmd("migrate-recover", uri=f"tcp:127.0.0.1:{port}")
+    qs.cmd("migrate", uri=f"tcp:127.0.0.1:{port}", resume=True)
+    resumed(qs)
+    check_completed(tap, name, src, dst, qs, qd, t0)
+
+
 def main():
     tap = Tap(PLAN)
     os.environ["KVMIG_LOG"] = "info"  # the verification's verdicts
@@ -210,6 +308,10 @@ def main():
             killed_during_postcopy(tap, vms, "destination")
         with VmSet(kvmig, guest, tmp) as vms:
             killed_during_postcopy(tap, vms, "source")
+        with VmSet(kvmig, guest, tmp) as vms:
+            recovery(tap, vms)
+        with VmSet(kvmig, guest, tmp) as vms:
+            pause_on_purpose(tap, vms)
     return tap.finish()
 
 

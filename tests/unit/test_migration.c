@@ -1064,6 +1064,10 @@ static void test_incoming_table(void **state)
 	    "active>postcopy-active", "postcopy-active>completed",
 	    "postcopy-active>postcopy-paused", "postcopy-active>failed",
 	    "postcopy-active>cancelled", "postcopy-paused>cancelled",
+	    "postcopy-paused>postcopy-recover",
+	    "postcopy-recover>postcopy-active",
+	    "postcopy-recover>postcopy-paused",
+	    "postcopy-recover>cancelled",
 	};
 	int n_allowed = 0;
 
@@ -1085,7 +1089,7 @@ static void test_incoming_table(void **state)
 			    want)
 				fail_msg("%s: table says %d", cell, !want);
 		}
-	assert_int_equal(n_allowed, 17);
+	assert_int_equal(n_allowed, 21);
 	assert_false(kv_in_transition_allowed(KV_IN_NONE, KV_IN_STATUS_COUNT));
 	assert_false(
 	    kv_in_transition_allowed((enum kv_in_status)-1, KV_IN_SETUP));

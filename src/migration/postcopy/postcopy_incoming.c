@@ -162,6 +162,20 @@ void kv_pc_in_running(struct kv_pc_in *p)
 	kv_ram_pc_running(p->rs);
 }
 
+const unsigned long *kv_pc_in_received_map(struct kv_pc_in *p, size_t block,
+					   uint64_t *npages)
+{
+	return kv_pc_dst_received_map(p->dst, block, npages);
+}
+
+int kv_pc_in_rerequest(struct kv_pc_in *p, struct kv_error *err)
+{
+	pthread_mutex_lock(&p->req_lock);
+	p->last_block = -1; /* a new link: the first request names its block */
+	pthread_mutex_unlock(&p->req_lock);
+	return kv_pc_dst_rerequest(p->dst, err);
+}
+
 void kv_pc_in_set_vcpus(struct kv_pc_in *p, const uint32_t *tids, size_t n)
 {
 	p->nvcpus = n < KV_PC_IN_MAX_VCPUS ? n : KV_PC_IN_MAX_VCPUS;

@@ -52,6 +52,11 @@ int kv_pc_in_discard(struct kv_pc_in *p, const struct kv_pc_discard *d,
 		     struct kv_error *err);
 int kv_pc_in_listen(struct kv_pc_in *p, struct kv_error *err);
 void kv_pc_in_running(struct kv_pc_in *p);
+/* Recovery: a block's received bitmap (RECV_BITMAP), and asking again
+ * for every page a thread waits on (POSTCOPY_RESUME). */
+const unsigned long *kv_pc_in_received_map(struct kv_pc_in *p, size_t block,
+					   uint64_t *npages);
+int kv_pc_in_rerequest(struct kv_pc_in *p, struct kv_error *err);
 /* The vCPU threads for blocktime, once the guest started. */
 void kv_pc_in_set_vcpus(struct kv_pc_in *p, const uint32_t *tids, size_t n);
 bool kv_pc_in_advised(const struct kv_pc_in *p);

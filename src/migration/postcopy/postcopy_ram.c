@@ -122,6 +122,34 @@ int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
 	return 0;
 }
 
+void kv_ram_pc_src_resume(struct kv_ram_state *rs, size_t bi,
+			  const unsigned long *received)
+{
+	struct kv_ram_block *b = &rs->blocks[bi];
+	uint64_t dirty = 0;
+
+	/* What the destination lacks is what is left to send: the pages
+	 * lost with the link too. */
+	for (size_t pg = 0; pg < b->npages; pg++) {
+		if (kv_bitmap_test(received, pg)) {
+			kv_bitmap_test_and_clear(b->dirty, pg);
+		} else {
+			kv_bitmap_set_atomic(b->dirty, pg);
+			dirty++;
+		}
+	}
+	kv_ram_stat_set(&rs->src.dirty_pages, 0);
+	for (size_t i = 0; i < rs->nblocks; i++)
+		kv_ram_stat_add(&rs->src.dirty_pages,
+				kv_bitmap_count(rs->blocks[i].dirty,
+						rs->blocks[i].npages));
+	rs->src.search_block = 0;
+	rs->src.search_page = 0;
+	rs->src.last_sent = KV_RAM_NO_BLOCK;
+	kv_switch_log("postcopy: block '%s' resumes with %llu pages to send",
+		      b->idstr, (unsigned long long)dirty);
+}
+
 void kv_ram_pc_src_end(struct kv_ram_state *rs)
 {
 	rs->src.pc = NULL;

@@ -142,6 +142,10 @@ struct kv_pc_block *kv_ram_pc_blocks(struct kv_ram_state *rs, size_t *n);
  * requests first and every page goes once, whole. */
 int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
 		     struct kv_pc_src *pcs, struct kv_error *err);
+/* Source, recovery: block bi's pages the destination has (its received
+ * bitmap); every other page is sent again. */
+void kv_ram_pc_src_resume(struct kv_ram_state *rs, size_t bi,
+			  const unsigned long *received);
 /* Source: the migration ended (pcs may be freed afterwards). */
 void kv_ram_pc_src_end(struct kv_ram_state *rs);
 /* Destination, at ADVISE: pages loaded from now on are marked received

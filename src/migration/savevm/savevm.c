@@ -83,6 +83,9 @@ struct kv_savevm {
 	 * load, the state they share between the loading threads. */
 	const struct kv_savevm_pc_ops *pc_ops;
 	struct sv_pc_load *pcl;
+	/* A postcopy load that broke after RUN: the entries and the
+	 * handlers' load state wait for kv_savevm_load_resume. */
+	bool pc_paused;
 };
 
 struct kv_savevm *kv_savevm_new(const char *machine)
@@ -105,12 +108,15 @@ static void verify_free(struct sv_verify *v)
 	free(v);
 }
 
+static void pc_load_free(struct kv_savevm *sv);
+
 void kv_savevm_free(struct kv_savevm *sv)
 {
 	size_t i;
 
 	if (!sv)
 		return;
+	pc_load_free(sv);
 	verify_free(sv->verify);
 	for (i = 0; i < sv->count; i++)
 		free(sv->entries[i]);
@@ -1127,6 +1133,7 @@ void kv_savevm_set_postcopy(struct kv_savevm *sv,
 }
 
 static int load_sections(struct load_ctx *c);
+static void load_cleanup_all(struct kv_savevm *sv, bool failed);
 
 /* The listen thread: the main stream from the end of the package on
  * (pages, the END sections, EOF), while the package thread loads the
@@ -1221,7 +1228,7 @@ static int load_pc_dispatch(struct load_ctx *c, uint16_t cmd,
 	struct kv_pc_advise a;
 	struct kv_pc_discard d;
 	uint32_t nested;
-	int ret;
+	int block, ret;
 
 	switch (cmd) {
 	case KV_MIG_CMD_POSTCOPY_ADVISE:
@@ -1249,9 +1256,25 @@ static int load_pc_dispatch(struct load_ctx *c, uint16_t cmd,
 		if (ret < 0)
 			return load_wrap(c, ret);
 		return load_package(c, nested);
+	case KV_MIG_CMD_RECV_BITMAP:
+		if (!ops->recv_bitmap)
+			break;
+		ret = kv_pc_named_decode(p, len, ops->blocks(ops->opaque),
+					 "RECV_BITMAP", &block, c->err);
+		if (ret == 0)
+			ret = ops->recv_bitmap(ops->opaque, (size_t)block,
+					       c->err);
+		return ret < 0 ? pc_handler_failed(c, ret, "RECV_BITMAP") : 0;
+	case KV_MIG_CMD_POSTCOPY_RESUME:
+		if (!ops->resume)
+			break;
+		ret = ops->resume(ops->opaque, c->err);
+		return ret < 0 ? pc_handler_failed(c, ret, "POSTCOPY_RESUME")
+			       : 0;
 	default:
-		return load_fail(c, -ENOTSUP, "postcopy: %s is not supported by this destination yet", kv_pc_cmd_name(cmd));
+		break;
 	}
+	return load_fail(c, -ENOTSUP, "postcopy: %s is not supported by this destination", kv_pc_cmd_name(cmd));
 }
 
 /* A postcopy command: its length by the table, its payload, its place
@@ -1307,17 +1330,73 @@ static int pc_load_end(struct kv_savevm *sv, struct kv_stream *s, int ret,
 		if (ret < 0)
 			kv_stream_shutdown(s);
 		pthread_join(pcl->listen_thread, NULL);
+		pcl->listen_started = false;
 		if (ret >= 0) {
 			ret = pcl->listen_ret;
 			if (ret < 0)
 				kv_error_propagate(err, &pcl->listen_err);
 		}
 	}
+	/* The guest runs here: a broken link pauses the load, which a new
+	 * stream may resume (kv_savevm_load_resume). */
+	if (ret < 0 && pcl->order.state == KV_PC_RUNNING) {
+		sv->pc_paused = true;
+		pcl->main = NULL;
+		return ret;
+	}
+	pc_load_free(sv);
+	return ret;
+}
+
+static void pc_load_free(struct kv_savevm *sv)
+{
+	struct sv_pc_load *pcl = sv->pcl;
+
+	if (!pcl)
+		return;
 	pthread_cond_destroy(&pcl->cond);
 	pthread_mutex_destroy(&pcl->lock);
 	free(pcl);
 	sv->pcl = NULL;
-	return ret;
+	sv->pc_paused = false;
+}
+
+bool kv_savevm_load_paused(const struct kv_savevm *sv)
+{
+	return sv->pc_paused;
+}
+
+int kv_savevm_load_resume(struct kv_savevm *sv, struct kv_stream *s,
+			  struct kv_error *err)
+{
+	struct load_ctx c = {
+	    .sv = sv,
+	    .s = s,
+	    .err = err,
+	    .type = -1,
+	    .return_path = true,
+	    .on_listen_thread = true,
+	};
+	int ret;
+
+	if (!sv->pc_paused)
+		return kv_error_set(err, -EINVAL, "postcopy: no paused load to resume");
+	sv->pcl->main = &c;
+	ret = load_sections(&c);
+	sv->pcl->main = NULL;
+	if (ret < 0)
+		return ret; /* paused again */
+	load_cleanup_all(sv, false);
+	pc_load_free(sv);
+	return 0;
+}
+
+void kv_savevm_load_abandon(struct kv_savevm *sv)
+{
+	if (!sv->pc_paused)
+		return;
+	load_cleanup_all(sv, false);
+	pc_load_free(sv);
 }
 
 static int load_command(struct load_ctx *c)
@@ -1829,7 +1908,8 @@ int kv_savevm_load(struct kv_savevm *sv, struct kv_stream *s,
 		ret = load_trailer(&c);
 	if (res)
 		res->bytes = kv_stream_offset(s);
-	load_cleanup_all(sv, ret < 0);
+	if (!sv->pc_paused)
+		load_cleanup_all(sv, ret < 0);
 	free(c.own_vmdesc);
 	return ret < 0 ? ret : 0;
 }

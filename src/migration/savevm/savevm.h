@@ -210,11 +210,24 @@ struct kv_savevm_pc_ops {
 	/* PONG, under the return path's write lock (the fault thread
 	 * writes page requests there too). */
 	int (*send_pong)(void *opaque, uint32_t value, struct kv_error *err);
+	/* Recovery: RECV_BITMAP (send the block's received bitmap) and
+	 * POSTCOPY_RESUME (RESUME_ACK, ask again for the waited pages). */
+	int (*recv_bitmap)(void *opaque, size_t block, struct kv_error *err);
+	int (*resume)(void *opaque, struct kv_error *err);
 	void *opaque;
 };
 /* ops NULL: postcopy off. Not copied; set before kv_savevm_load. */
 void kv_savevm_set_postcopy(struct kv_savevm *sv,
 			    const struct kv_savevm_pc_ops *ops);
+/* A postcopy load that failed after POSTCOPY_RUN (the link broke) keeps
+ * its state: kv_savevm_load_paused says so, kv_savevm_load_resume goes
+ * on over a new stream (no header: the commands and sections that follow
+ * in QEMU's recovery), until EOF (0) or the next break (<0, still
+ * paused); kv_savevm_load_abandon ends it (the process is going away). */
+bool kv_savevm_load_paused(const struct kv_savevm *sv);
+int kv_savevm_load_resume(struct kv_savevm *sv, struct kv_stream *s,
+			  struct kv_error *err);
+void kv_savevm_load_abandon(struct kv_savevm *sv);
 
 /* --- destination side --- */
 struct kv_load_result {
