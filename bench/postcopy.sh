@@ -23,8 +23,9 @@
 #              events, kvmig's own figures), with and without preempt
 #   pc-auto    kvmig only: x-postcopy-auto over the comparison matrix
 #              (PC_AUTO_LINKS, 1G and 4G, 0/64/256/1024 MiB/s), profiles
-#              `defaults` (precopy, kvmig as it ships) and `postcopy-auto`
-#              (postcopy-ram on both sides, x-postcopy-auto on), 60 s
+#              `defaults` (precopy, kvmig as it ships), `postcopy-ram`
+#              (postcopy-ram on both sides, never switched) and
+#              `postcopy-auto` (the same with x-postcopy-auto on), 60 s
 #              limit as the comparison's
 #
 # Environment (defaults in brackets):
@@ -85,7 +86,7 @@ fi
 
 if want pc-auto; then
 	timeout=60
-	bench pc-auto --caps defaults,postcopy-auto --vmms kvmig \
+	bench pc-auto --caps defaults,postcopy-ram,postcopy-auto --vmms kvmig \
 		--links "${PC_AUTO_LINKS:-1g=1gbit,loopback}" --sizes 1G,4G \
 		--rates 0,64,256,1024
 fi

@@ -128,6 +128,10 @@ PROFILES = {p.name: p for p in (
     # switches to postcopy by itself or not at all.
     Profile("defaults", qemu=False, kvmig_defaults=True,
             what="kvmig at its defaults (x-compress auto), precopy only"),
+    Profile("postcopy-ram", caps=["postcopy-ram"], dest=True, qemu=False,
+            kvmig_defaults=True,
+            what="kvmig at its defaults with postcopy-ram on both sides, "
+                 "never switched: what enabling postcopy costs precopy"),
     Profile("postcopy-auto", caps=["postcopy-ram"],
             params={"x-postcopy-auto": True}, dest=True, qemu=False,
             kvmig_defaults=True,

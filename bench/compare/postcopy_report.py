@@ -33,8 +33,9 @@ AUTO_WHAT = (
     "only) and with postcopy-ram on both sides and x-postcopy-auto on "
     "the source (`postcopy-auto`), runs alternating; no "
     "migrate-start-postcopy: the source switches by itself or not at "
-    "all. A migration not completed within the time limit counts as not "
-    "converged.")
+    "all; and with postcopy-ram alone (`postcopy-ram`, never switched: "
+    "what enabling postcopy costs precopy). A migration not completed "
+    "within the time limit counts as not converged.")
 
 
 def key_of(r):
@@ -253,10 +254,14 @@ def auto_table(runs):
     if not cells:
         return None
     rows = ["| link | guest | rate (MiB/s) | total time without (ms) | "
-            "total time with (ms) | with / without | switched to postcopy "
-            "| verdict |", "|---|---|---:|---:|---:|---:|---|---|"]
+            "postcopy-ram only (ms) | total time with (ms) | with / "
+            "without | switched to postcopy | verdict |",
+            "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for key in sorted(cells, key=lambda k: (k[0], report.size_key(k[1]),
                                            k[2])):
+        only = [r for r in cells[key].get("postcopy-ram", [])
+                if r.get("converged")]
+        ot = median(r.get("total_ms") for r in only)
         base = cells[key].get("defaults", [])
         auto = cells[key].get("postcopy-auto", [])
         b_ok = [r for r in base if r.get("converged")]

@@ -346,6 +346,31 @@ static void test_source_bound_waits_for_four_stalls(void **state)
 	    reason, "the source moves 77 MiB/s, below the link's 1024 MiB/s"));
 }
 
+/* The same run with the link's rate unknown (x-compress measured none:
+ * loopback, or a destination holding the sender back): a pass as fast as
+ * the fastest before it counts as "at the link"; pass 3 ran at 77 of the
+ * 100 MiB/s pass 2 reached, so it is not, and the rule waits; the run's
+ * pass 2 again as pass 4 is, and it switches. */
+static void test_link_unknown_steady_rate_counts_as_the_link(void **state)
+{
+	struct pass passes[4];
+	struct run r = gbit_1g_1024;
+	char reason[512];
+
+	(void)state;
+	r.link_mibs = 0;
+	assert_int_equal(fired_after(&r, reason, sizeof(reason)), 0);
+	assert_non_null(strstr(reason, "2 of 4 passes"));
+	memcpy(passes, gbit_1g_1024_passes, sizeof(gbit_1g_1024_passes));
+	passes[3] = passes[1];
+	r.passes = passes;
+	r.n = 4;
+	assert_int_equal(fired_after(&r, reason, sizeof(reason)), 4);
+	assert_non_null(strstr(
+	    reason,
+	    "as fast as its fastest pass (100 MiB/s; the link's rate unknown)"));
+}
+
 /* Stalled, but what is left fits the downtime limit: precopy switches
  * over by itself. The loopback 1G run's last passes, held at 406 pages. */
 static void test_what_fits_is_left_to_precopy(void **state)
@@ -437,6 +462,7 @@ int main(void)
 	    cmocka_unit_test(test_late_convergence_is_switched_no_slower),
 	    cmocka_unit_test(test_throttled_switches_when_it_stops_shrinking),
 	    cmocka_unit_test(test_source_bound_waits_for_four_stalls),
+	    cmocka_unit_test(test_link_unknown_steady_rate_counts_as_the_link),
 	    cmocka_unit_test(test_what_fits_is_left_to_precopy),
 	    cmocka_unit_test(test_first_pass_fires_once_reason_names_cap),
 	    cmocka_unit_test(test_a_shrinking_pass_restarts_the_count),

@@ -39,11 +39,17 @@ static double wire_cap(const struct kv_pc_auto_sample *s)
 	return limit;
 }
 
-static bool link_bound(const struct kv_pc_auto_sample *s)
+/* Did the pass run as fast as the source will go: at the link (or the
+ * cap), or, neither known, as fast as the fastest pass before it? */
+static bool at_best_rate(const struct kv_pc_auto *a,
+			 const struct kv_pc_auto_sample *s)
 {
 	double cap = wire_cap(s);
 
-	return cap > 0 && wire_rate(s) >= KV_PC_AUTO_LINK_BOUND * cap;
+	if (cap > 0)
+		return wire_rate(s) >= KV_PC_AUTO_LINK_BOUND * cap;
+	return a->best_wire_bps > 0 &&
+	       wire_rate(s) >= KV_PC_AUTO_LINK_BOUND * a->best_wire_bps;
 }
 
 /* What could go within the downtime limit at the pass's page rate. */
@@ -59,13 +65,19 @@ static double mib(double bytes)
 
 /* "while the link carries ..." or "while the source moves ..., below
  * ...": which one limited the pass. */
-static void describe_limit(const struct kv_pc_auto_sample *s, char *buf,
+static void describe_limit(const struct kv_pc_auto *a,
+			   const struct kv_pc_auto_sample *s, char *buf,
 			   size_t len)
 {
 	double cap = wire_cap(s);
 	bool by_limit = s->rate_limit_bps && cap == (double)s->rate_limit_bps;
 
-	if (link_bound(s))
+	if (cap <= 0 && at_best_rate(a, s))
+		snprintf(
+		    buf, len,
+		    "the source moves %.0f MiB/s, as fast as its fastest pass (%.0f MiB/s; the link's rate unknown)",
+		    mib(wire_rate(s)), mib(a->best_wire_bps));
+	else if (at_best_rate(a, s))
 		snprintf(
 		    buf, len, "the link carries %.0f MiB/s (%s %.0f MiB/s)",
 		    mib(wire_rate(s)),
@@ -89,7 +101,7 @@ static enum kv_pc_auto_verdict fire(struct kv_pc_auto *a,
 	char limit[160], throttle[64] = "";
 
 	a->fired = true;
-	describe_limit(s, limit, sizeof(limit));
+	describe_limit(a, s, limit, sizeof(limit));
 	if (s->throttle_pct)
 		snprintf(throttle, sizeof(throttle),
 			 "; auto-converge throttles the guest by %u %%",
@@ -105,22 +117,16 @@ static enum kv_pc_auto_verdict fire(struct kv_pc_auto *a,
 	return KV_PC_AUTO_SWITCH;
 }
 
-enum kv_pc_auto_verdict kv_pc_auto_note_pass(struct kv_pc_auto *a,
-					     const struct kv_pc_auto_sample *s,
-					     char *reason, size_t reason_len)
+/* One pass against the previous one (PREV: what it left dirty). */
+static enum kv_pc_auto_verdict judge(struct kv_pc_auto *a,
+				     const struct kv_pc_auto_sample *s,
+				     uint64_t prev, char *reason, size_t len)
 {
-	uint64_t prev = a->prev_dirty;
 	unsigned need;
 
-	if (a->fired) {
-		snprintf(reason, reason_len, "already switched to postcopy");
-		return KV_PC_AUTO_WAIT;
-	}
-	a->passes++;
-	a->prev_dirty = s->dirty_bytes;
 	if (a->passes == 1) {
 		snprintf(
-		    reason, reason_len,
+		    reason, len,
 		    "first pass (all of RAM): nothing to compare yet, %.0f MiB left",
 		    mib((double)s->dirty_bytes));
 		return KV_PC_AUTO_WAIT;
@@ -128,7 +134,7 @@ enum kv_pc_auto_verdict kv_pc_auto_note_pass(struct kv_pc_auto *a,
 	if ((double)s->dirty_bytes <= fits_in_downtime(s)) {
 		a->stalled = 0;
 		snprintf(
-		    reason, reason_len,
+		    reason, len,
 		    "%.0f MiB left fits the %llu ms downtime limit: precopy can switch over",
 		    mib((double)s->dirty_bytes),
 		    (unsigned long long)s->downtime_limit_ms);
@@ -136,19 +142,40 @@ enum kv_pc_auto_verdict kv_pc_auto_note_pass(struct kv_pc_auto *a,
 	}
 	if ((double)s->dirty_bytes < KV_PC_AUTO_SHRINK * (double)prev) {
 		a->stalled = 0;
-		snprintf(reason, reason_len,
+		snprintf(reason, len,
 			 "the dirty set shrank from %.0f to %.0f MiB",
 			 mib((double)prev), mib((double)s->dirty_bytes));
 		return KV_PC_AUTO_WAIT;
 	}
 	if (a->stalled++ == 0)
 		a->stall_from = prev;
-	need = link_bound(s) ? KV_PC_AUTO_STALLS_LINK : KV_PC_AUTO_STALLS_OTHER;
+	need = at_best_rate(a, s) ? KV_PC_AUTO_STALLS_LINK
+				  : KV_PC_AUTO_STALLS_OTHER;
 	if (a->stalled >= need)
-		return fire(a, s, reason, reason_len);
+		return fire(a, s, reason, len);
 	snprintf(
-	    reason, reason_len,
+	    reason, len,
 	    "the dirty set did not shrink (%.0f -> %.0f MiB): %u of %u passes",
 	    mib((double)prev), mib((double)s->dirty_bytes), a->stalled, need);
 	return KV_PC_AUTO_WAIT;
+}
+
+enum kv_pc_auto_verdict kv_pc_auto_note_pass(struct kv_pc_auto *a,
+					     const struct kv_pc_auto_sample *s,
+					     char *reason, size_t reason_len)
+{
+	uint64_t prev = a->prev_dirty;
+	enum kv_pc_auto_verdict v;
+
+	if (a->fired) {
+		snprintf(reason, reason_len, "already switched to postcopy");
+		return KV_PC_AUTO_WAIT;
+	}
+	a->passes++;
+	a->prev_dirty = s->dirty_bytes;
+	v = judge(a, s, prev, reason, reason_len);
+	/* After judging: "the fastest pass so far" is the passes before. */
+	if (wire_rate(s) > a->best_wire_bps)
+		a->best_wire_bps = wire_rate(s);
+	return v;
 }

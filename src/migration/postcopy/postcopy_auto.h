@@ -9,7 +9,8 @@
  * within the downtime limit at the rate the pass moved pages, and (2) the
  * dirty set has stopped shrinking (not below KV_PC_AUTO_SHRINK of the
  * previous pass's) for a number of passes in a row: 2 when the pass ran
- * at the link's measured rate or the rate limit (more bandwidth will not
+ * at the link's measured rate or the rate limit, or, the link's rate
+ * unknown, as fast as the fastest pass so far (more bandwidth will not
  * come), 4 otherwise (the source, not the link, was slow: CPU, the
  * destination's first touch; it may yet speed up). A pass that shrinks
  * the dirty set starts the count again, so a migration that converges by
@@ -27,7 +28,8 @@
  * the previous pass left. */
 #define KV_PC_AUTO_SHRINK 0.9
 /* A pass ran "at the link" when it moved at least this share of the
- * link's measured rate (or of the rate limit, the lower of the two). */
+ * link's measured rate (or of the rate limit, the lower of the two); with
+ * neither known, this share of the fastest pass so far. */
 #define KV_PC_AUTO_LINK_BOUND 0.8
 /* Passes in a row that did not shrink the dirty set before switching. */
 #define KV_PC_AUTO_STALLS_LINK	2
@@ -50,7 +52,8 @@ struct kv_pc_auto {
 	unsigned passes;  /* samples seen */
 	unsigned stalled; /* passes in a row that did not shrink the set */
 	uint64_t prev_dirty;
-	uint64_t stall_from; /* the dirty set when the run of stalls began */
+	uint64_t stall_from;  /* the dirty set when the run of stalls began */
+	double best_wire_bps; /* the fastest pass so far (wire bytes/s) */
 	bool fired;
 };
 
