@@ -75,7 +75,7 @@ static void describe_limit(const struct kv_pc_auto *a,
 	if (cap <= 0 && at_best_rate(a, s))
 		snprintf(
 		    buf, len,
-		    "the source moves %.0f MiB/s, as fast as its fastest pass (%.0f MiB/s; the link's rate unknown)",
+		    "the source moves %.0f MiB/s, about as fast as its fastest pass before (%.0f MiB/s; the link's rate unknown)",
 		    mib(wire_rate(s)), mib(a->best_wire_bps));
 	else if (at_best_rate(a, s))
 		snprintf(
@@ -108,8 +108,9 @@ static enum kv_pc_auto_verdict fire(struct kv_pc_auto *a,
 			 s->throttle_pct);
 	snprintf(
 	    reason, len,
-	    "the dirty set stopped shrinking for %u passes (%.0f -> %.0f MiB) while the guest dirties at least %.0f MiB/s and %s: %.0f MiB cannot go within the %llu ms downtime limit (%.0f MiB can)%s",
-	    a->stalled, mib((double)a->stall_from), mib((double)s->dirty_bytes),
+	    "the dirty set stopped shrinking for %u %s (%.0f -> %.0f MiB) while the guest dirties at least %.0f MiB/s and %s: %.0f MiB cannot go within the %llu ms downtime limit (%.0f MiB can)%s",
+	    a->stalled, a->stalled == 1 ? "pass" : "passes",
+	    mib((double)a->stall_from), mib((double)s->dirty_bytes),
 	    mib((double)s->dirty_bytes / pass_seconds(s)), limit,
 	    mib((double)s->dirty_bytes),
 	    (unsigned long long)s->downtime_limit_ms, mib(fits_in_downtime(s)),
@@ -151,6 +152,9 @@ static enum kv_pc_auto_verdict judge(struct kv_pc_auto *a,
 		a->stall_from = prev;
 	need = at_best_rate(a, s) ? KV_PC_AUTO_STALLS_LINK
 				  : KV_PC_AUTO_STALLS_OTHER;
+	if (at_best_rate(a, s) &&
+	    (double)s->dirty_bytes >= KV_PC_AUTO_GROWTH * (double)prev)
+		need = 1;
 	if (a->stalled >= need)
 		return fire(a, s, reason, len);
 	snprintf(

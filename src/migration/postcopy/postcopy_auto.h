@@ -12,7 +12,9 @@
  * at the link's measured rate or the rate limit, or, the link's rate
  * unknown, as fast as the fastest pass so far (more bandwidth will not
  * come), 4 otherwise (the source, not the link, was slow: CPU, the
- * destination's first touch; it may yet speed up). A pass that shrinks
+ * destination's first touch; it may yet speed up); at once when a pass at
+ * the link left KV_PC_AUTO_GROWTH times more than the one before. A pass
+ * that shrinks
  * the dirty set starts the count again, so a migration that converges by
  * precopy, however slowly, is never switched. The first pass (all of RAM)
  * is only remembered.
@@ -31,6 +33,10 @@
  * link's measured rate (or of the rate limit, the lower of the two); with
  * neither known, this share of the fastest pass so far. */
 #define KV_PC_AUTO_LINK_BOUND 0.8
+/* A pass at the link that left at least this many times what the
+ * previous one left: the guest dirtied more than the link carried in a
+ * whole pass; switch at once. */
+#define KV_PC_AUTO_GROWTH 1.1
 /* Passes in a row that did not shrink the dirty set before switching. */
 #define KV_PC_AUTO_STALLS_LINK	2
 #define KV_PC_AUTO_STALLS_OTHER 4
