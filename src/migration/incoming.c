@@ -44,6 +44,7 @@
 #include "migration/incoming.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -519,6 +520,7 @@ static int take_decision(struct kv_incoming *in, struct kv_stream *s,
 
 static int postcopy_wait_recover(struct kv_incoming *in, struct kv_error *err);
 static int postcopy_pause(struct kv_incoming *in, struct kv_error *err);
+static int64_t hello_ns(struct kv_incoming *in);
 static void close_listener(struct kv_incoming *in);
 static struct kv_chan *tls_accept(struct kv_incoming *in, struct kv_chan *c,
 				  struct kv_error *err);
@@ -547,8 +549,8 @@ int kv_incoming_pause(struct kv_incoming *in, struct kv_error *err)
 	enum kv_in_status st = kv_incoming_status(in);
 
 	if (st != KV_IN_POSTCOPY_ACTIVE && st != KV_IN_POSTCOPY_RECOVER)
-		return kv_error_set(err, -EBUSY, "migrate-pause is currently only supported during postcopy-active or postcopy-recover state");
-	kv_warn("incoming", "migrate-pause: breaking the link of postcopy on purpose");
+		return kv_mig_pause_refused(err);
+	kv_warn("incoming", "migrate-pause: the destination breaks the link of postcopy on purpose");
 	pthread_mutex_lock(&in->lock);
 	if (in->stream)
 		kv_stream_shutdown(in->stream);
@@ -715,6 +717,34 @@ static int postcopy_prepare(struct kv_incoming *in, struct kv_chan *c,
 	};
 	kv_savevm_set_postcopy(in->sv, &in->pc_ops);
 	return 0;
+}
+
+/* postcopy-preempt (QEMU 7.2): the connection after the main one is
+ * the preempt channel; it says nothing before postcopy, so it is taken
+ * as the next connection within the hello bound. None: requested pages
+ * come on the main stream (the source may not have it on). */
+static void preempt_accept(struct kv_incoming *in, struct kv_listener *l)
+{
+	struct kv_error e = {0};
+	struct pollfd pfd = {.fd = l ? kv_listener_fd(l) : -1, .events = POLLIN};
+	struct kv_chan *c;
+	int fd;
+
+	if (!in->params.postcopy_preempt || pfd.fd < 0)
+		return;
+	if (poll(&pfd, 1, (int)(hello_ns(in) / 1000000)) <= 0) {
+		kv_warn("incoming", "postcopy-preempt is on here but the source opened no preempt channel within %lld ms: requested pages come on the main stream", (long long)(hello_ns(in) / 1000000));
+		return;
+	}
+	fd = kv_listener_accept_fd(l, &e);
+	c = fd >= 0 ? kv_chan_from_fd(fd, "postcopy-preempt", &e) : NULL;
+	c = c ? tls_accept(in, c, &e) : NULL;
+	if (!c) {
+		kv_warn("incoming", "postcopy-preempt channel: %s", e.msg);
+		return;
+	}
+	watch_source(in, c);
+	kv_pc_in_set_preempt(in->pc, c);
 }
 
 /* The incoming run ends: the fault thread stops and userfaultfd is
@@ -917,10 +947,12 @@ static int run_connected(struct kv_incoming *in, struct kv_stream *s,
 	pthread_mutex_unlock(&in->lock);
 	in_set_status(in, KV_IN_SETUP, KV_IN_ACTIVE);
 	ret = multifd_start(in, l, c, err);
-	if (!in->mfd)
-		close_listener(in);
 	if (ret == 0)
 		ret = postcopy_prepare(in, c, err);
+	if (ret == 0 && in->pc)
+		preempt_accept(in, l);
+	if (!in->mfd)
+		close_listener(in);
 	if (ret == 0)
 		ret = load_and_answer(in, s, err);
 	postcopy_release(in);

@@ -153,6 +153,14 @@ struct kv_migration {
 	char resume_uri[300];
 	struct kv_stream *pc_stream;
 	uint64_t pc_bytes; /* on the links before it */
+	/* postcopy-preempt: the second connection (made at setup), its
+	 * stream and thread from RUN on; pre_stop (atomic) ends it. */
+	struct kv_chan *pre_chan;
+	struct kv_stream *pre_stream;
+	pthread_t pre_thread;
+	bool pre_running;
+	int pre_stop;
+	struct kv_error pre_err;
 };
 
 static const char *const status_names[] = {
@@ -1062,6 +1070,70 @@ static int postcopy_broken(struct kv_migration *m, struct kv_error *err)
 	return MIG_PC_PAUSED;
 }
 
+/* The preempt thread: every requested page at once on its own
+ * connection, EOS when told to stop (QEMU's shutdown of the channel). */
+static void *preempt_main(void *opaque)
+{
+	struct kv_migration *m = opaque;
+	size_t last = KV_RAM_PC_NO_BLOCK;
+	struct kv_pc_page pg;
+	int ret = 0;
+
+	while (ret == 0 && !__atomic_load_n(&m->pre_stop, __ATOMIC_ACQUIRE)) {
+		bool any = false;
+
+		kv_pc_src_wait_urgent(m->pcs, 100);
+		while (ret == 0 && kv_pc_src_next_urgent(m->pcs, &pg)) {
+			ret = kv_ram_pc_send_urgent(m->pre_stream, m->rs, &pg,
+						    &last, &m->pre_err);
+			any = true;
+		}
+		if (ret == 0 && any && kv_stream_flush(m->pre_stream) < 0)
+			ret = kv_stream_error(m->pre_stream);
+	}
+	if (ret == 0) {
+		kv_stream_put_be64(m->pre_stream, KV_RAM_FLAG_EOS);
+		kv_stream_flush(m->pre_stream);
+	}
+	if (ret < 0 && !kv_error_is_set(&m->pre_err))
+		kv_stream_error_get(m->pre_stream, &m->pre_err);
+	return NULL;
+}
+
+static void preempt_start(struct kv_migration *m)
+{
+	if (!m->pre_chan || !m->pcs)
+		return;
+	m->pre_stream = kv_stream_new(m->pre_chan, KV_STREAM_WRITE);
+	if (!m->pre_stream)
+		return;
+	kv_chan_set_silence(m->pre_chan, m->params.link_timeout_ms, &m->life);
+	__atomic_store_n(&m->pre_stop, 0, __ATOMIC_RELEASE);
+	kv_ram_pc_set_preempt(m->rs, true);
+	kv_pc_src_set_resend(m->pcs, true);
+	m->pre_running = pthread_create(&m->pre_thread, NULL, preempt_main,
+					m) == 0;
+	if (!m->pre_running)
+		kv_ram_pc_set_preempt(m->rs, false);
+}
+
+/* The preempt thread ends (EOS sent when the link still works); the
+ * requested pages go on the main stream from now on (a recovery has no
+ * preempt channel). */
+static void preempt_stop(struct kv_migration *m)
+{
+	if (!m->pre_running)
+		return;
+	__atomic_store_n(&m->pre_stop, 1, __ATOMIC_RELEASE);
+	kv_pc_src_wake(m->pcs);
+	pthread_join(m->pre_thread, NULL);
+	m->pre_running = false;
+	kv_ram_pc_set_preempt(m->rs, false);
+	kv_pc_src_set_resend(m->pcs, false);
+	if (kv_error_is_set(&m->pre_err))
+		kv_warn("migration", "postcopy-preempt channel: %s", m->pre_err.msg);
+}
+
 /* After RUN (or a recovery): the rest of the pages, END, EOF, and the
  * destination's SHUT(0) once it has them all. 0, or MIG_PC_PAUSED. */
 static int postcopy_finish(struct kv_migration *m, struct kv_stream *s,
@@ -1071,6 +1143,7 @@ static int postcopy_finish(struct kv_migration *m, struct kv_stream *s,
 	int ret;
 
 	ret = postcopy_pages(m, s, err);
+	preempt_stop(m);
 	if (ret == 0)
 		ret = kv_savevm_save_pc_complete(m->sv, s, err);
 	if (ret == 0)
@@ -1113,6 +1186,7 @@ static int postcopy_run(struct kv_migration *m, struct kv_stream *s,
 	pthread_mutex_unlock(&m->lock);
 	/* QEMU's max-postcopy-bandwidth (0: none): a vCPU waits on these. */
 	kv_stream_share_rate_limit(s, NULL);
+	preempt_start(m);
 	return postcopy_finish(m, s, err);
 }
 
@@ -1638,13 +1712,18 @@ int kv_mig_resume(struct kv_migration *m, const char *uri,
 	return 0;
 }
 
+int kv_mig_pause_refused(struct kv_error *err)
+{
+	return kv_error_set(err, -EBUSY, "migrate-pause is currently only supported during postcopy-active or postcopy-recover state");
+}
+
 int kv_mig_pause(struct kv_migration *m, struct kv_error *err)
 {
 	enum kv_mig_status st = kv_mig_status(m);
 
 	if (st != KV_MIG_POSTCOPY_ACTIVE && st != KV_MIG_POSTCOPY_RECOVER)
-		return kv_error_set(err, -EBUSY, "migrate-pause is currently only supported during postcopy-active or postcopy-recover state");
-	kv_warn("migration", "migrate-pause: breaking the link of postcopy on purpose");
+		return kv_mig_pause_refused(err);
+	kv_warn("migration", "migrate-pause: the source breaks the link of postcopy on purpose");
 	pthread_mutex_lock(&m->lock);
 	if (m->stream)
 		kv_stream_shutdown(m->stream);
@@ -1827,6 +1906,34 @@ static int refuse_conflicting_params(const struct kv_migration *m,
 	return 0;
 }
 
+/* postcopy-preempt: QEMU 7.2's second connection, made at setup (the
+ * destination takes the one after the main channel as the preempt
+ * channel); nothing goes on it before POSTCOPY_RUN. */
+static int preempt_connect(struct kv_migration *m, const char *uri,
+			   struct kv_error *err)
+{
+	int ret;
+
+	if (!m->params.postcopy_ram || !m->params.postcopy_preempt || !m->rs)
+		return 0;
+	if (m->params.multifd_channels)
+		return kv_error_set(err, -EINVAL, "postcopy-preempt with multifd is not supported by kvmig yet: turn one of them off");
+	m->pre_chan = connect_main(m, uri, &ret, err);
+	if (!m->pre_chan)
+		kv_error_prefix(err, "postcopy-preempt channel");
+	return m->pre_chan ? 0 : ret;
+}
+
+static void preempt_close(struct kv_migration *m)
+{
+	if (m->pre_stream)
+		kv_stream_close(m->pre_stream);
+	else
+		kv_chan_close(m->pre_chan);
+	m->pre_stream = NULL;
+	m->pre_chan = NULL;
+}
+
 /* The main channel, abandoned at once by kv_mig_cancel and after
  * x-connect-timeout. */
 static struct kv_chan *connect_main(struct kv_migration *m, const char *uri,
@@ -1876,6 +1983,8 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 	}
 	if (ret == 0)
 		ret = multifd_connect(m, uri, &lerr);
+	if (ret == 0)
+		ret = preempt_connect(m, uri, &lerr);
 	if (ret == 0) {
 		ret = run_from_setup(m, s, &lerr);
 	} else {
@@ -1884,6 +1993,7 @@ int kv_mig_run_uri(struct kv_migration *m, const char *uri,
 	}
 	if (s)
 		kv_stream_close(s);
+	preempt_close(m);
 	if (ret == SWO_UNANSWERED)
 		ret = settle_undecided(m, &lerr);
 	else if (ret < 0 && m->abort_unheard)

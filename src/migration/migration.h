@@ -97,6 +97,9 @@ struct kv_mig_params {
 	 * accepts it, and with blocktime measures its vCPUs' waits. */
 	bool postcopy_ram;
 	bool postcopy_blocktime;
+	/* postcopy-preempt: requested pages on a connection of their own,
+	 * opened at setup (both sides). */
+	bool postcopy_preempt;
 	/* x-postcopy-auto (kvmig's): with postcopy-ram, the source switches
 	 * to postcopy by itself when precopy will not converge
 	 * (postcopy/postcopy_auto.h). */
@@ -223,6 +226,9 @@ int kv_mig_resume(struct kv_migration *m, const char *uri,
 /* QMP migrate-pause: break the link of a postcopy in progress on purpose
  * (it pauses, as for any break). -EBUSY when not in postcopy-active. */
 int kv_mig_pause(struct kv_migration *m, struct kv_error *err);
+/* QEMU's refusal of migrate-pause outside postcopy (-EBUSY), for the
+ * destination's and the VM's callers too. */
+int kv_mig_pause_refused(struct kv_error *err);
 void kv_mig_set_downtime_limit(struct kv_migration *m, uint64_t ms);
 void kv_mig_set_max_bandwidth(struct kv_migration *m, uint64_t bytes_per_sec);
 enum kv_mig_status kv_mig_status(const struct kv_migration *m);

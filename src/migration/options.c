@@ -115,7 +115,9 @@ const struct kv_mig_option kv_mig_options[] = {
     CAP_NOT_YET("validate-uuid"),
     CAP_NOT_YET("background-snapshot"),
     CAP_NOT_YET("zero-copy-send"),
-    CAP_NOT_YET("postcopy-preempt"),
+    CAP("postcopy-preempt", 0, 1, false, KV_MIG_SIDE_BOTH,
+	params.postcopy_preempt,
+	"postcopy: requested pages on a connection and a thread of their own, never behind the background pages; set it on the destination too"),
     CAP_NOT_YET("switchover-ack"),
     CAP_NOT_YET("dirty-limit"),
 

@@ -584,7 +584,7 @@ int kv_vm_mig_pause(struct kv_vm_mig *g, struct kv_error *err)
 	else if (g->mig)
 		ret = kv_mig_pause(g->mig, err);
 	else
-		ret = kv_error_set(err, -EBUSY, "migrate-pause is currently only supported during postcopy-active or postcopy-recover state");
+		ret = kv_mig_pause_refused(err);
 	pthread_mutex_unlock(&g->lock);
 	return ret;
 }

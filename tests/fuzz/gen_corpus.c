@@ -503,7 +503,7 @@ static const struct gen_pc_case pc_cases[] = {
 	  { PC_ADVISE_OK, PC_CMD(8, 4), 0, 0, 0, 0 }, 30 },
 	{ "bad-pc-packaged-past-end.bin",
 	  { PC_ADVISE_OK, PC_CMD(8, 4), 0, 0, 0x10, 0, PC_CMD(4, 0) }, 35 },
-	{ "bad-pc-resume-unsupported.bin",
+	{ "bad-pc-resume-before-run.bin",
 	  { PC_ADVISE_OK, PC_CMD(7, 0) }, 26 },
 };
 

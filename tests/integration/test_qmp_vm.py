@@ -52,8 +52,8 @@ def check_capabilities(tap, q):
            "query-migrate-capabilities lists QEMU's names "
            "(events and return-path on, xbzrle off)", listed)
 
-    r = set_caps(q, postcopy_ram=True)
-    tap.ok(error_desc(r) == "Capability 'postcopy-ram' is not supported "
+    r = set_caps(q, release_ram=True)
+    tap.ok(error_desc(r) == "Capability 'release-ram' is not supported "
            "by kvmig yet", "an unsupported capability set to true is a "
            "GenericError naming it", r)
 

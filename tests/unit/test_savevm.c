@@ -1070,6 +1070,7 @@ static void test_verify_both_sides(void **state)
 
 /* The destination's postcopy, as a record of what the loader asked. */
 struct pc_calls {
+	struct kv_savevm_pc_ops ops; /* the loader keeps a pointer to it */
 	char seq[128];
 	struct kv_pc_block block;
 	struct kv_pc_blocks blocks;
@@ -1128,6 +1129,21 @@ static int pc_pong(void *o, uint32_t value, struct kv_error *err)
 	return 0;
 }
 
+static int pc_recv_bitmap(void *o, size_t block, struct kv_error *err)
+{
+	(void)err;
+	assert_int_equal(block, 0);
+	pc_note(o, "bitmap");
+	return 0;
+}
+
+static int pc_resume(void *o, struct kv_error *err)
+{
+	(void)err;
+	pc_note(o, "resume");
+	return 0;
+}
+
 static struct kv_savevm_pc_ops pc_ops_for(struct pc_calls *c)
 {
 	memset(c, 0, sizeof(*c));
@@ -1140,6 +1156,8 @@ static struct kv_savevm_pc_ops pc_ops_for(struct pc_calls *c)
 	    .listen = pc_listen,
 	    .run = pc_run,
 	    .send_pong = pc_pong,
+	    .recv_bitmap = pc_recv_bitmap,
+	    .resume = pc_resume,
 	    .opaque = c,
 	};
 }
@@ -1186,13 +1204,13 @@ static int load_pc(struct side *dst, struct pc_calls *calls, bool with_ops,
 		   const uint8_t *b, size_t n, struct kv_load_result *res,
 		   struct kv_error *err)
 {
-	struct kv_savevm_pc_ops ops = pc_ops_for(calls);
 	struct kv_stream *s = open_read_bytes(b, n);
 	int ret;
 
+	calls->ops = pc_ops_for(calls);
 	side_init(dst, false);
 	if (with_ops)
-		kv_savevm_set_postcopy(dst->sv, &ops);
+		kv_savevm_set_postcopy(dst->sv, &calls->ops);
 	ret = kv_savevm_load(dst->sv, s, res, err);
 	kv_stream_close(s);
 	return ret;
@@ -1227,6 +1245,65 @@ static void test_postcopy_round_trip(void **state)
 	if (!strstr(err.msg, "POSTCOPY_ADVISE: it migrates with postcopy-ram, which is off on this destination"))
 		fail_msg("%s", err.msg);
 	kv_savevm_free(dst.sv);
+	free(b);
+}
+
+/* Where the PACKAGED command's bytes end in a saved stream. */
+static size_t package_end(const uint8_t *b, size_t n)
+{
+	for (size_t i = 0; i + 9 <= n; i++) {
+		uint32_t len;
+
+		if (b[i] != KV_SEC_COMMAND || b[i + 1] != 0 ||
+		    b[i + 2] != KV_MIG_CMD_PACKAGED || b[i + 3] != 0 ||
+		    b[i + 4] != 4)
+			continue;
+		len = (uint32_t)b[i + 5] << 24 | (uint32_t)b[i + 6] << 16 |
+		      (uint32_t)b[i + 7] << 8 | b[i + 8];
+		return i + 9 + len;
+	}
+	fail_msg("no PACKAGED command in the stream");
+	return 0;
+}
+
+/* The link breaks after RUN: the load pauses with its state kept, and a
+ * new stream (no header: RECV_BITMAP, POSTCOPY_RESUME, then the rest)
+ * completes it. */
+static void test_postcopy_pause_and_resume(void **state)
+{
+	static const uint8_t handshake[] = {
+	    KV_SEC_COMMAND, 0, KV_MIG_CMD_RECV_BITMAP, 0, 7, 6, 'p', 'c', '.',
+	    'r', 'a', 'm', KV_SEC_COMMAND, 0, KV_MIG_CMD_POSTCOPY_RESUME, 0, 0};
+	struct kv_load_result res;
+	struct kv_error err = {0};
+	struct pc_calls calls;
+	struct kv_stream *s;
+	struct side dst;
+	uint8_t *b, *rest;
+	size_t n, cut;
+
+	(void)state;
+	b = save_postcopy_stream(&n);
+	cut = package_end(b, n);
+	assert_true(load_pc(&dst, &calls, true, b, cut, &res, &err) < 0);
+	assert_true(res.postcopy);
+	assert_true(kv_savevm_load_paused(dst.sv));
+	assert_false(dst.fake.cleanup_failed);
+	assert_int_equal(dst.fake.load_cleanups, 0);
+	rest = malloc(sizeof(handshake) + n - cut);
+	memcpy(rest, handshake, sizeof(handshake));
+	memcpy(rest + sizeof(handshake), b + cut, n - cut);
+	kv_error_clear(&err);
+	s = open_read_bytes(rest, sizeof(handshake) + n - cut);
+	if (kv_savevm_load_resume(dst.sv, s, &err) < 0)
+		fail_msg("%s", err.msg);
+	kv_stream_close(s);
+	assert_false(kv_savevm_load_paused(dst.sv));
+	assert_string_equal(calls.seq, "advise,discard,listen,run,bitmap,resume");
+	assert_true(dst.fake.got_end);
+	assert_int_equal(dst.fake.load_cleanups, 1);
+	kv_savevm_free(dst.sv);
+	free(rest);
 	free(b);
 }
 
@@ -1333,6 +1410,7 @@ int main(void)
 	    cmocka_unit_test(test_verify_both_sides),
 	    cmocka_unit_test(test_postcopy_round_trip),
 	    cmocka_unit_test(test_postcopy_rejects),
+	    cmocka_unit_test(test_postcopy_pause_and_resume),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

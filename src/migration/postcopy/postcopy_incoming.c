@@ -2,6 +2,7 @@
 #include "migration/postcopy/postcopy_incoming.h"
 
 #include <errno.h>
+#include "io/stream.h"
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -25,6 +26,13 @@ struct kv_pc_in {
 	 * written in one order, so REQ_PAGES's "previous block" holds. */
 	pthread_mutex_t req_lock;
 	int last_block;
+
+	/* postcopy-preempt: the channel, and its thread from LISTEN on. */
+	struct kv_chan *pre_chan;
+	struct kv_stream *pre_stream;
+	pthread_t pre_thread;
+	bool pre_running;
+	struct kv_error pre_err;
 };
 
 struct kv_pc_in *kv_pc_in_new(const struct kv_pc_in_config *cfg,
@@ -48,10 +56,51 @@ struct kv_pc_in *kv_pc_in_new(const struct kv_pc_in_config *cfg,
 	return p;
 }
 
+static void preempt_stop(struct kv_pc_in *p)
+{
+	if (p->pre_running) {
+		kv_stream_shutdown(p->pre_stream);
+		pthread_join(p->pre_thread, NULL);
+		p->pre_running = false;
+	}
+	if (p->pre_stream)
+		kv_stream_close(p->pre_stream);
+	else
+		kv_chan_close(p->pre_chan);
+	p->pre_stream = NULL;
+	p->pre_chan = NULL;
+}
+
+void kv_pc_in_set_preempt(struct kv_pc_in *p, struct kv_chan *c)
+{
+	p->pre_chan = c;
+}
+
+static void *preempt_main(void *opaque)
+{
+	struct kv_pc_in *p = opaque;
+
+	if (kv_ram_pc_load_preempt(p->pre_stream, p->rs, &p->pre_err) < 0 &&
+	    p->pre_err.code != -ECANCELED)
+		kv_warn("postcopy", "%s", p->pre_err.msg);
+	return NULL;
+}
+
+static void preempt_start(struct kv_pc_in *p)
+{
+	if (!p->pre_chan)
+		return;
+	p->pre_stream = kv_stream_new(p->pre_chan, KV_STREAM_READ);
+	if (p->pre_stream)
+		p->pre_running = pthread_create(&p->pre_thread, NULL,
+						preempt_main, p) == 0;
+}
+
 void kv_pc_in_free(struct kv_pc_in *p)
 {
 	if (!p)
 		return;
+	preempt_stop(p);
 	if (p->dst)
 		kv_ram_pc_set_dst(p->rs, NULL, NULL);
 	kv_pc_dst_free(p->dst);
@@ -154,6 +203,7 @@ int kv_pc_in_listen(struct kv_pc_in *p, struct kv_error *err)
 	if (ret < 0)
 		return ret;
 	kv_ram_pc_listening(p->rs);
+	preempt_start(p);
 	return 0;
 }
 

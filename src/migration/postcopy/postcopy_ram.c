@@ -24,6 +24,7 @@
 #include "base/bitmap.h"
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/zero.h"
 #include "io/stream.h"
 #include "migration/postcopy/postcopy_dst.h"
 #include "migration/postcopy/postcopy_src.h"
@@ -156,13 +157,16 @@ void kv_ram_pc_src_end(struct kv_ram_state *rs)
 	rs->src.in_complete = false;
 }
 
-/* Every requested page not sent yet; true when one went. */
+/* Every requested page not sent yet; true when one went. With
+ * postcopy-preempt the preempt channel's thread serves them; the
+ * background scan still moves after each. */
 static bool serve_urgent(struct kv_stream *s, struct kv_ram_state *rs)
 {
 	struct kv_pc_page pg;
 	bool any = false;
 
-	while (kv_pc_src_next_urgent(rs->src.pc, &pg)) {
+	while (!__atomic_load_n(&rs->src.pc_preempt, __ATOMIC_ACQUIRE) &&
+	       kv_pc_src_next_urgent(rs->src.pc, &pg)) {
 		kv_ram_send_page(s, rs, pg.block,
 				 (size_t)(pg.offset >> KV_PAGE_SHIFT));
 		any = true;
@@ -243,6 +247,94 @@ int kv_ram_pc_save_complete(struct kv_stream *s, struct kv_ram_state *rs,
 		;
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
 	return pc_stream_failed(s, err);
+}
+
+/* ---- postcopy-preempt: requested pages on a channel of their own ---- */
+
+void kv_ram_pc_set_preempt(struct kv_ram_state *rs, bool on)
+{
+	__atomic_store_n(&rs->src.pc_preempt, on, __ATOMIC_RELEASE);
+}
+
+/* A requested page on the preempt channel: bare RAM records (QEMU 7.2's
+ * preempt channel carries no sections), CONTINUE against this channel's
+ * own previous record. The guest is stopped here: the page is stable. */
+int kv_ram_pc_send_urgent(struct kv_stream *s, struct kv_ram_state *rs,
+			  const struct kv_pc_page *pg, size_t *last_block,
+			  struct kv_error *err)
+{
+	const struct kv_ram_block *b = &rs->blocks[pg->block];
+	const uint8_t *p = b->host + pg->offset;
+	size_t page = (size_t)(pg->offset >> KV_PAGE_SHIFT);
+	bool zero = kv_buffer_is_zero(p, KV_PAGE_SIZE);
+	bool cont = *last_block == pg->block;
+
+	kv_stream_put_be64(s, pg->offset |
+				  (zero ? KV_RAM_FLAG_ZERO : KV_RAM_FLAG_PAGE) |
+				  (cont ? KV_RAM_FLAG_CONTINUE : 0));
+	if (!cont)
+		kv_stream_put_str8(s, b->idstr);
+	*last_block = pg->block;
+	if (zero) {
+		kv_stream_put_u8(s, 0);
+		kv_ram_verify_zero(rs, pg->block, page);
+	} else {
+		kv_ram_verify_page(rs, pg->block, page);
+		kv_stream_put_buffer(s, p, KV_PAGE_SIZE);
+	}
+	return pc_stream_failed(s, err);
+}
+
+/* The destination's preempt channel: records until EOS, each placed at
+ * once (the listen thread may place the same page from the main stream:
+ * the first placement wins, the other is dropped). */
+int kv_ram_pc_load_preempt(struct kv_stream *s, struct kv_ram_state *rs,
+			   struct kv_error *err)
+{
+	uint8_t *buf = malloc(KV_PAGE_SIZE);
+	size_t bi = KV_RAM_NO_BLOCK;
+	int ret = 0;
+
+	if (!buf)
+		return kv_error_set(err, -ENOMEM, "postcopy preempt: out of memory");
+	while (ret == 0) {
+		uint64_t v = kv_stream_get_be64(s), off = v & ~(uint64_t)(KV_PAGE_SIZE - 1);
+		unsigned flags = (unsigned)(v & (KV_PAGE_SIZE - 1));
+		char idstr[256];
+
+		if (kv_stream_error(s))
+			break;
+		if (flags == KV_RAM_FLAG_EOS && !off)
+			break;
+		if (!(flags & KV_RAM_FLAG_CONTINUE)) {
+			kv_stream_get_str8(s, idstr, sizeof(idstr));
+			bi = kv_ram_find_block(rs, idstr);
+		}
+		flags &= ~KV_RAM_FLAG_CONTINUE;
+		if (kv_stream_error(s))
+			break;
+		if (bi == KV_RAM_NO_BLOCK || off >= rs->blocks[bi].length ||
+		    (flags != KV_RAM_FLAG_ZERO && flags != KV_RAM_FLAG_PAGE)) {
+			ret = kv_error_set(err, -EINVAL, "postcopy preempt channel: a record (addr 0x%llx flags 0x%x) that is no page of a known block, at stream offset %llu", (unsigned long long)off, flags, (unsigned long long)kv_stream_offset(s));
+			break;
+		}
+		if (flags == KV_RAM_FLAG_ZERO && kv_stream_get_u8(s) != 0)
+			ret = kv_error_set(err, -EINVAL, "postcopy preempt channel: ZERO record with a fill byte other than 0");
+		if (flags == KV_RAM_FLAG_PAGE)
+			kv_stream_get_buffer(s, buf, KV_PAGE_SIZE);
+		if (ret == 0 && !kv_stream_error(s))
+			ret = kv_ram_pc_place(rs, bi, off,
+					      flags == KV_RAM_FLAG_PAGE ? buf
+									: NULL,
+					      err);
+	}
+	free(buf);
+	if (ret == 0 && kv_stream_error(s)) {
+		kv_stream_error_get(s, err);
+		kv_error_prefix(err, "postcopy preempt channel");
+		ret = err->code;
+	}
+	return ret;
 }
 
 /* ---- destination ---- */

@@ -45,6 +45,9 @@ struct kv_pc_src {
 	bool has_hint;
 	struct kv_pc_page hint;
 	struct kv_pc_src_stats st;
+	/* Under lock: serve a requested page even when it was sent (it is
+	 * on its way behind other pages; a preempt channel overtakes). */
+	bool resend;
 };
 
 static int blocks_init(struct kv_pc_src *s, const struct kv_pc_blocks *blocks,
@@ -192,7 +195,8 @@ bool kv_pc_src_next_urgent(struct kv_pc_src *s, struct kv_pc_page *pg)
 		}
 		if (!kv_bitmap_set_atomic(s->blocks[q->block].sent, off / KV_PAGE_SIZE)) {
 			s->st.duplicates++;
-			continue;
+			if (!s->resend)
+				continue;
 		}
 		*pg = (struct kv_pc_page){q->block, off};
 		s->st.urgent++;
@@ -226,6 +230,13 @@ int kv_pc_src_wait_urgent(struct kv_pc_src *s, int timeout_ms)
 	s->woken = false;
 	pthread_mutex_unlock(&s->lock);
 	return r;
+}
+
+void kv_pc_src_set_resend(struct kv_pc_src *s, bool on)
+{
+	pthread_mutex_lock(&s->lock);
+	s->resend = on;
+	pthread_mutex_unlock(&s->lock);
 }
 
 void kv_pc_src_wake(struct kv_pc_src *s)

@@ -146,6 +146,20 @@ int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
  * bitmap); every other page is sent again. */
 void kv_ram_pc_src_resume(struct kv_ram_state *rs, size_t bi,
 			  const unsigned long *received);
+/* postcopy-preempt (QEMU 7.2's layout: a second connection made at
+ * setup, bare RAM records, EOS at the end). Source: while on, requested
+ * pages are the preempt thread's (kv_ram_pc_send_urgent, CONTINUE
+ * against *last_block, KV_RAM_NO_BLOCK first); the background scan
+ * still follows them. Destination: kv_ram_pc_load_preempt reads the
+ * channel until EOS, placing each page. */
+struct kv_pc_page;
+void kv_ram_pc_set_preempt(struct kv_ram_state *rs, bool on);
+int kv_ram_pc_send_urgent(struct kv_stream *s, struct kv_ram_state *rs,
+			  const struct kv_pc_page *pg, size_t *last_block,
+			  struct kv_error *err);
+int kv_ram_pc_load_preempt(struct kv_stream *s, struct kv_ram_state *rs,
+			   struct kv_error *err);
+#define KV_RAM_PC_NO_BLOCK ((size_t)-1)
 /* Source: the migration ended (pcs may be freed afterwards). */
 void kv_ram_pc_src_end(struct kv_ram_state *rs);
 /* Destination, at ADVISE: pages loaded from now on are marked received

@@ -127,6 +127,7 @@ struct kv_ram_src {
 	/* Postcopy (postcopy/postcopy_ram.c): from the switch on, requested
 	 * pages first and every page once; NULL before. */
 	struct kv_pc_src *pc;
+	bool pc_preempt; /* atomic: the preempt channel serves requests */
 
 	/* Counters (see struct kv_ram_stats). */
 	uint64_t dirty_sync_count;
