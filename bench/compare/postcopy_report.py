@@ -279,7 +279,7 @@ def auto_table(runs):
                            ("met" if ratio_ <= 1.05 else "**missed**"))
         rows.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {fmt(bt)} "
-            f"({len(b_ok)}/{len(base)}) | {fmt(at)} ({len(a_ok)}/"
+            f"({len(b_ok)}/{len(base)}) | {fmt(ot)} | {fmt(at)} ({len(a_ok)}/"
             f"{len(auto)}) | {fmt(ratio_, 2)} | {len(switched)}/"
             f"{len(auto)} | {'; '.join(verdict)} |")
     reasons = [r["postcopy_auto_reason"] for r in runs
