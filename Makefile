@@ -68,6 +68,12 @@ bench-mapped: all
 bench-tls: all
 	bench/tls.sh $(BUILD)
 
+# Postcopy against QEMU 7.2's (issue 11): bench/postcopy.sh, the report
+# in bench/results/postcopy-latest.md.
+.PHONY: bench-postcopy
+bench-postcopy: all
+	bench/postcopy.sh $(BUILD)
+
 # SOAK_ROUNDS migrations of one guest per mode (multifd off, on), and the
 # long-lived processes (tests/soak/soak.py); the report goes to
 # bench/results/soak-latest.md.

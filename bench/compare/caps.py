@@ -24,7 +24,8 @@ KVMIG_ISOLATE = {"x-compress": "off"}
 
 class Profile:
     def __init__(self, name, caps=(), params=None, dest=False, qemu=True,
-                 workload=None, what="", tls=False):
+                 workload=None, what="", tls=False, postcopy=False,
+                 kvmig_defaults=False):
         self.name = name
         self.caps = list(caps)
         self.params = dict(params or {})
@@ -33,6 +34,11 @@ class Profile:
         self.workload = dict(workload or {})
         self.what = what
         self.tls = tls              # both VMMs get TLS credentials objects
+        # Switch to postcopy once the first pass has ended (postcopy.py).
+        self.postcopy = postcopy
+        # Keep kvmig's defaults (x-compress auto): the profile compares
+        # each VMM as it ships, plus the capability.
+        self.kvmig_defaults = kvmig_defaults
 
     def supported_by(self, vmm_name):
         return vmm_name != "qemu" or self.qemu
@@ -40,7 +46,8 @@ class Profile:
     def params_for(self, vmm_name):
         """The parameters to set on VMM_NAME (kvmig: KVMIG_ISOLATE, then
         the profile's own)."""
-        out = dict(KVMIG_ISOLATE) if vmm_name == "kvmig" else {}
+        out = dict(KVMIG_ISOLATE) if vmm_name == "kvmig" and \
+            not self.kvmig_defaults else {}
         out.update(self.params)
         return out
 
@@ -56,7 +63,10 @@ class Profile:
             parts.append("destination too (defer, then migrate-incoming)")
         if not self.qemu:
             parts.append("kvmig only (QEMU lacks it)")
-        if "x-compress" not in self.params:
+        if self.postcopy:
+            parts.append("migrate-start-postcopy once the first pass "
+                         "has ended")
+        if "x-compress" not in self.params and not self.kvmig_defaults:
             parts.append("kvmig with x-compress off")
         return "; ".join(parts)
 
@@ -117,6 +127,28 @@ PROFILES = {p.name: p for p in (
                     "cpu-throttle-tailslow": False,
                     "max-cpu-throttle": 99},
             what="vCPU throttling when passes stop shrinking"),
+    # Issue 11. postcopy-blocktime makes the destination report its
+    # fault figures (QEMU 7.2: blocktime; kvmig: latency too); both ends
+    # need postcopy-ram (and postcopy-preempt: its own channel).
+    Profile("postcopy", caps=["postcopy-ram", "postcopy-blocktime"],
+            dest=True, postcopy=True, kvmig_defaults=True,
+            what="precopy, then postcopy after the first pass"),
+    Profile("postcopy-preempt",
+            caps=["postcopy-ram", "postcopy-preempt", "postcopy-blocktime"],
+            dest=True, postcopy=True, kvmig_defaults=True,
+            what="the same, requested pages on their own channel"),
+    # x-postcopy-auto (kvmig's) against kvmig as it ships: the source
+    # switches to postcopy by itself or not at all.
+    Profile("defaults", qemu=False, kvmig_defaults=True,
+            what="kvmig at its defaults (x-compress auto), precopy only"),
+    Profile("postcopy-ram", caps=["postcopy-ram"], dest=True, qemu=False,
+            kvmig_defaults=True,
+            what="kvmig at its defaults with postcopy-ram on both sides, "
+                 "never switched: what enabling postcopy costs precopy"),
+    Profile("postcopy-auto", caps=["postcopy-ram"],
+            params={"x-postcopy-auto": True}, dest=True, qemu=False,
+            kvmig_defaults=True,
+            what="the same with postcopy-ram and x-postcopy-auto"),
 )}
 
 

@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import caps  # noqa: E402
 import demo_vm  # noqa: E402
+import postcopy  # noqa: E402
 from demo_vm import DemoError, VmPair  # noqa: E402
 import vmlib  # noqa: E402  (tests/integration, put on the path by demo_vm)
 
@@ -35,8 +36,10 @@ class ComparePair(VmPair):
     """A VmPair whose processes come from a vmms.Vmm."""
 
     def __init__(self, build, vmm, memory, cpus, append, dest_host,
-                 dest_port, netns=None, configure_dest=None):
+                 dest_port, netns=None, configure_dest=None,
+                 dest_extra=()):
         super().__init__(build, memory, cpus, append)
+        self.dest_extra = list(dest_extra)
         self.vmm = vmm
         self.dest_host = dest_host
         self.dest_port = dest_port
@@ -57,7 +60,8 @@ class ComparePair(VmPair):
                                                  self.append, spath),
                             f"{self.vmm.name} source")
         incoming = "defer" if self.configure_dest else self.uri
-        dargv = self.vmm.dest_argv(self.memory, self.cpus, incoming, dpath)
+        dargv = self.vmm.dest_argv(self.memory, self.cpus, incoming, dpath) \
+            + self.dest_extra
         if self.netns:
             dargv = ["ip", "netns", "exec", self.netns] + dargv
         self.dst = vmlib.Vm(dargv, f"{self.vmm.name} destination")
@@ -152,12 +156,15 @@ def guest_append(rate, workload=None):
 
 
 def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
-            netns=None, profile=None, workload=None):
+            netns=None, profile=None, workload=None, fault_trace=False):
     """Boot, warm up, migrate once; a dict of measurements (see
     VmPair._result), plus boot_ms, guest_rate, corrupt, and error (a
     string) when the run itself failed. PROFILE (caps.Profile): its
     capabilities and parameters (PARAMS win) on the source, and on the
-    destination when it needs them; WORKLOAD: guest_append's words."""
+    destination when it needs them; a postcopy profile switches after the
+    first pass (postcopy.py). WORKLOAD: guest_append's words.
+    FAULT_TRACE: the destination logs every postcopy fault (QEMU: trace
+    events) for the fault-service percentiles."""
     append = guest_append(rate, workload)
     configure_dest = None
     cap_params = {}
@@ -168,8 +175,10 @@ def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
             def configure_dest(q):
                 caps.set_on(q, profile, cap_params,
                             f"{vmm.name} destination")
+    trace = postcopy.FaultTrace(vmm) if fault_trace else None
     pair = ComparePair(build, vmm, size, 2, append, dest_host, dest_port,
-                       netns, configure_dest)
+                       netns, configure_dest,
+                       trace.argv() if trace else ())
     try:
         boot_s = pair.start_both()
         time.sleep(WARMUP_S)
@@ -191,7 +200,13 @@ def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
         baseline = max((b - a for a, b in zip(before, before[1:])),
                        default=None)
         passes = PassTimeline()
-        r = pair.migrate(timeout=timeout, on_progress=passes)
+        watch = None
+        if profile is not None and profile.postcopy:
+            watch = postcopy.Watch(pair, passes)
+            r = pair.migrate(timeout=timeout, on_progress=watch,
+                             poll=postcopy.POLL_S)
+        else:
+            r = pair.migrate(timeout=timeout, on_progress=passes)
         if r["converged"] and not r.get("total_ms"):
             # QEMU 7.2 may show "completed" before it has filled in
             # total-time and downtime (seen with multifd): ask again.
@@ -200,6 +215,12 @@ def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
             r["total_ms"] = info.get("total-time")
             r["downtime_ms"] = info.get("downtime")
         r.update(passes.result())
+        if watch is not None:
+            r.update(watch.result(r))
+        if "x-postcopy-auto" in cap_params:
+            info = pair.qsrc.cmd("query-migrate")
+            r["postcopy_auto_reason"] = info.get("x-postcopy-auto-reason")
+        r.update(postcopy.pass_log(pair.src))
         r["baseline_gap_ms"] = None if baseline is None else baseline * 1e3
         if not r["converged"]:
             # A cancelled migration may no longer report its counters
@@ -218,6 +239,8 @@ def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
                                 f"running after the migration")
             pair.qdst.execute("quit")
             pair.dst.wait(10)
+            if trace is not None:
+                r.update(trace.result())
         try:
             pair.quit_source()
         except DemoError:
@@ -229,6 +252,8 @@ def one_run(build, vmm, size, rate, params, timeout, dest_host, dest_port,
                 "error": str(e) or type(e).__name__}
     finally:
         pair.close()
+        if trace is not None:
+            trace.close()
 
 
 def exit_on_sigterm():

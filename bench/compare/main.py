@@ -53,6 +53,7 @@ import caps  # noqa: E402
 import caps_report  # noqa: E402
 import driver  # noqa: E402
 import netlink  # noqa: E402
+import postcopy_report  # noqa: E402
 import report  # noqa: E402
 import vmms  # noqa: E402
 
@@ -113,6 +114,13 @@ def parse_args():
     ap.add_argument("--params", default=env_default("COMPARE_PARAMS", ""),
                     help="with --caps: KEY=VALUE,... migration parameters "
                          "over the profiles' own")
+    ap.add_argument("--fault-trace", action="store_true",
+                    help="with --caps: the destination logs each postcopy "
+                         "fault (QEMU: trace events) for per-fault "
+                         "service times (bench/compare/postcopy.py)")
+    ap.add_argument("--postcopy-report", action="store_true",
+                    help="write the postcopy report (bench/results/"
+                         "postcopy-latest.md) from --json files")
     ap.add_argument("--caps-report", action="store_true",
                     help="write the caps report from --json files")
     ap.add_argument("--tcp-limit", default=None,
@@ -131,6 +139,11 @@ def parse_args():
     args.workload_words = dict(w.split("=", 1) for w in
                                args.workload.split() if "=" in w)
     args.extra_params = caps.parse_params(args.params)
+    if args.postcopy_report:
+        args.report_only = True
+        if "--out" not in sys.argv:
+            args.out = os.path.join(ROOT, "bench", "results",
+                                    "postcopy-latest.md")
     if args.caps_report and not args.profiles:
         args.report_only = True
     if args.caps_report or args.profiles:
@@ -272,9 +285,11 @@ def one_profile_run(args, log_file, link, v, size, rate, i, prof, params):
     t0 = time.time()
     r = driver.one_run(args.build, v, size, rate, params, args.timeout,
                        link.dest_host, netlink_port(link), link.netns,
-                       profile=prof, workload=workload)
+                       profile=prof, workload=workload,
+                       fault_trace=args.fault_trace)
     r.update(vmm=v.name, size=size, rate=rate, link=link.name, run=i,
              bench=args.bench, profile=prof.name,
+             max_bandwidth=params.get("max-bandwidth"),
              workload=driver.guest_append(rate, workload),
              cap_params=dict(prof.params, **args.extra_params),
              started=t0, load=os.getloadavg()[0])
@@ -357,7 +372,9 @@ def main():
     if not runs:
         log("no runs to report")
         return 1
-    if args.caps_report:
+    if args.postcopy_report or any(p.postcopy for p in args.profiles):
+        text = postcopy_report.write(runs, meta, args)
+    elif args.caps_report:
         text = caps_report.write(runs, meta, args)
     else:
         text = report.write(runs, meta, args)

@@ -167,6 +167,19 @@ static bool is_background(struct run_ctl *rc)
 	return i.background;
 }
 
+/* x-postcopy-auto switched (kvmig's event): why, as query-migrate's
+ * x-postcopy-auto-reason. */
+static void postcopy_auto_event(struct run_ctl *rc)
+{
+	struct kv_vm_mig_info info;
+
+	kv_vm_mig_query(rc->mig, &info);
+	if (info.stats.postcopy_auto_reason[0])
+		event(rc, "X_POSTCOPY_AUTO",
+		      json_pack("{s:s}", "reason",
+				info.stats.postcopy_auto_reason));
+}
+
 static void on_mig_status(void *opaque, enum kv_mig_status st)
 {
 	struct run_ctl *rc = opaque;
@@ -174,8 +187,11 @@ static void on_mig_status(void *opaque, enum kv_mig_status st)
 	migration_event(rc, "MIGRATION",
 			json_pack("{s:s}", "status", kv_mig_status_name(st)));
 	switch (st) {
-	case KV_MIG_DEVICE:
 	case KV_MIG_POSTCOPY_ACTIVE:
+		postcopy_auto_event(rc);
+		enter_finish_migrate(rc);
+		break;
+	case KV_MIG_DEVICE:
 		enter_finish_migrate(rc);
 		break;
 	case KV_MIG_COMPLETED:

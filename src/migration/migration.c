@@ -44,6 +44,7 @@
 #include "base/rate_limit.h"
 #include "migration/bg_migration.h"
 #include "migration/options.h"
+#include "migration/postcopy/postcopy_auto.h"
 #include "migration/ram/mapped_ram.h"
 #include "migration/postcopy/postcopy_src.h"
 #include "migration/tls_hook.h"
@@ -734,17 +735,42 @@ static int wait_destination(struct kv_migration *m, struct kv_stream *s,
 	return ret;
 }
 
-/* x-postcopy-auto's call site (issue 11 item 4b: the rule is
- * postcopy/postcopy_auto.c's, which another change brings): at the end
- * of a pass that did not switch over, whether precopy will not converge
- * and postcopy should take over. Never without postcopy-ram. */
-static bool postcopy_auto_says_switch(struct kv_migration *m, uint64_t pending,
-				      uint64_t prev_pending, double threshold)
+/* x-postcopy-auto (postcopy/postcopy_auto.h): at the end of a pass that
+ * did not switch over, whether precopy will not converge and postcopy
+ * should take over. Never without postcopy-ram. The reason goes to
+ * query-migrate and the X_POSTCOPY_AUTO event. */
+static bool postcopy_auto_says_switch(struct kv_migration *m,
+				      struct kv_pc_auto *pca, uint64_t pending,
+				      uint64_t pass_bytes, int64_t pass_ns)
 {
-	(void)pending;
-	(void)prev_pending;
-	(void)threshold;
-	return m->params.postcopy_ram && false;
+	struct kv_pc_auto_sample smp = {0};
+	char why[sizeof(m->stats.postcopy_auto_reason)];
+
+	if (!m->params.postcopy_ram || !m->params.postcopy_auto)
+		return false;
+	smp.dirty_bytes = pending;
+	smp.sent_bytes = pass_bytes;
+	smp.wire_factor = m->wire_factor;
+	smp.pass_ns = pass_ns;
+	smp.link_bps = m->rs ? kv_ram_link_bps(m->rs) : 0;
+	smp.rate_limit_bps =
+	    __atomic_load_n(&m->params.max_bandwidth, __ATOMIC_RELAXED);
+	smp.downtime_limit_ms =
+	    __atomic_load_n(&m->params.downtime_limit_ms, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&m->lock);
+	smp.throttle_pct = m->stats.throttle_pct;
+	pthread_mutex_unlock(&m->lock);
+	if (kv_pc_auto_note_pass(pca, &smp, why, sizeof(why)) !=
+	    KV_PC_AUTO_SWITCH) {
+		kv_switch_log("x-postcopy-auto waits: %s", why);
+		return false;
+	}
+	kv_switch_log("x-postcopy-auto switches: %s", why);
+	pthread_mutex_lock(&m->lock);
+	snprintf(m->stats.postcopy_auto_reason,
+		 sizeof(m->stats.postcopy_auto_reason), "%s", why);
+	pthread_mutex_unlock(&m->lock);
+	return true;
 }
 
 /*
@@ -762,8 +788,10 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 	int64_t last_report_ns = active_start, extra_ns = 0;
 	unsigned int extra = 0;
 	struct kv_autoconv ac;
+	struct kv_pc_auto pca;
 	int ret;
 
+	kv_pc_auto_init(&pca);
 	kv_autoconv_init(&ac, &m->params.throttle);
 	/* The setup sync saw all of RAM dirty: not a period to judge. */
 	kv_autoconv_note_sync(&ac, active_start, 0, 0);
@@ -838,8 +866,9 @@ static int iterate_until_converged(struct kv_migration *m, struct kv_stream *s,
 					       over_budget(m, pending, extra_ns,
 							   now - active_start)))
 				return 0;
-			if (postcopy_auto_says_switch(m, pending, prev_pending,
-						      threshold))
+			if (postcopy_auto_says_switch(
+				m, &pca, pending,
+				transferred(m, s) - pass_bytes0, pass_ns))
 				return MIG_PC_SWITCH;
 			if ((double)pending <= threshold)
 				extra++;

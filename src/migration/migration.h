@@ -103,6 +103,10 @@ struct kv_mig_params {
 	/* postcopy-preempt: requested pages on a connection of their own,
 	 * opened at setup (both sides). */
 	bool postcopy_preempt;
+	/* x-postcopy-auto (kvmig's): with postcopy-ram, the source switches
+	 * to postcopy by itself when precopy will not converge
+	 * (postcopy/postcopy_auto.h). */
+	bool postcopy_auto;
 	/* Pages on the main stream compressed: off, auto (the default:
 	 * while the link is the bottleneck and it pays) or always (ram.h,
 	 * x-compress). */
@@ -174,6 +178,7 @@ struct kv_mig_stats {
 	unsigned throttle_max_pct; /* the highest it went */
 	bool return_path;          /* the destination confirms (sockets) */
 	uint64_t postcopy_requests; /* pages the destination asked for */
+	char postcopy_auto_reason[384]; /* why x-postcopy-auto switched */
 	char error[KV_ERROR_MSG_MAX]; /* why it failed: stored before the
 				       * status says failed */
 };

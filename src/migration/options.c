@@ -213,6 +213,15 @@ const struct kv_mig_option kv_mig_options[] = {
     ENUM("x-compress", ram_compress_value, KV_RAM_COMPRESS_AUTO,
 	 KV_MIG_SIDE_SOURCE, params.compress,
 	 "zstd on the main stream: auto while the link is the bottleneck and it pays, always, or off"),
+    {
+	.name = "x-postcopy-auto",
+	.kind = KV_MIG_OPT_BOOL,
+	.max = 1,
+	.sides = KV_MIG_SIDE_SOURCE,
+	.help = "with postcopy-ram, switch to postcopy by itself when precopy will not converge within the downtime limit",
+	.store = KV_MIG_STORE_BOOL,
+	.offset = AT(params.postcopy_auto),
+    },
 };
 
 const size_t kv_mig_n_options =

@@ -267,6 +267,10 @@ void kv_ram_get_compress_stats(const struct kv_ram_state *rs,
  * last call of this (1 without compression): what the switch-over may
  * count on per byte of measured bandwidth. Source, migration thread. */
 double kv_ram_wire_factor(struct kv_ram_state *rs);
+/* The link's rate x-compress auto measured (bytes/s: while the sender
+ * waited on the socket or the cap), 0 when it has none. Source,
+ * migration thread (x-postcopy-auto). */
+double kv_ram_link_bps(const struct kv_ram_state *rs);
 
 /* query-migrate's "xbzrle-cache" (QEMU's names and meanings). */
 struct kv_ram_xbzrle_stats {

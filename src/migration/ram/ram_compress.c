@@ -465,6 +465,11 @@ double kv_ram_wire_factor(struct kv_ram_state *rs)
 	return f > 1 ? f : 1;
 }
 
+double kv_ram_link_bps(const struct kv_ram_state *rs)
+{
+	return rs->src.zc.link_bps;
+}
+
 void kv_ram_get_compress_stats(const struct kv_ram_state *rs,
 			       struct kv_ram_compress_stats *st)
 {
