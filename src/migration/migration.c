@@ -905,6 +905,13 @@ static void explain_by_destination(struct kv_migration *m, struct kv_stream *s,
 	uint32_t status;
 	int ret;
 
+	if (shut_here && kv_rp_reader_verdict(m->rp, &rerr) < 0) {
+		/* The reader shut the channel: its reason, not the write it
+		 * cancelled. */
+		kv_error_clear(err);
+		kv_error_propagate(err, &rerr);
+		return;
+	}
 	ret = kv_rp_reader_wait_shut(
 	    m->rp, shut_here ? 0 : RP_EXPLAIN_TIMEOUT_MS, &status, &rerr);
 	if (ret == 0 && status == 0)
@@ -1855,8 +1862,11 @@ out:
 		;
 	else if (ret < 0 && !cancelled && link_went_silent(m, &lerr))
 		name_silent_phase(m, &lerr);
-	else if (ret < 0 && !cancelled && m->rp && kv_stream_error(s))
+	else if (ret < 0 && !cancelled && m->rp && kv_stream_error(s)) {
 		explain_by_destination(m, s, &lerr);
+		if (link_went_silent(m, &lerr)) /* the reader saw it first */
+			name_silent_phase(m, &lerr);
+	}
 	if (ret < 0)
 		record_pass_pages(m); /* the pass it stopped in */
 	kv_savevm_save_cleanup(m->sv, ret != 0);

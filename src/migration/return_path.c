@@ -605,6 +605,19 @@ static int reader_failure(struct kv_rp_reader *r, struct kv_error *err)
 	return r->fail.code;
 }
 
+int kv_rp_reader_verdict(struct kv_rp_reader *r, struct kv_error *err)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&r->lock);
+	if (r->ended && r->fail.code && r->fail.code != -ECANCELED) {
+		kv_error_propagate(err, &r->fail);
+		ret = r->fail.code;
+	}
+	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
 static int no_answer(const struct kv_rp_reader *r, int timeout_ms,
 		     struct kv_error *err)
 {

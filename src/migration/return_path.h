@@ -104,6 +104,11 @@ struct kv_rp_reader *kv_rp_reader_start(struct kv_chan *c,
 					struct kv_error *err);
 void kv_rp_reader_stop(struct kv_rp_reader *r);
 
+/* The reader's own failure (a malformed message, a silent link past
+ * x-link-timeout, ...) once it ended on one, with err set; 0 while it
+ * runs or when it ended on SHUT, EOF or a cancel. Any thread. */
+int kv_rp_reader_verdict(struct kv_rp_reader *r, struct kv_error *err);
+
 /* Postcopy: from now on REQ_PAGES and REQ_PAGES_ID are queued in pcs
  * (postcopy_src.h), which must outlive the reader; before, they are
  * refused as unsupported. Any thread. */
