@@ -15,6 +15,7 @@
 
 #include "base/bitmap.h"
 #include "base/clock.h"
+#include "base/log.h"
 #include "base/units.h"
 #include "migration/postcopy/postcopy_wire.h"
 #include "migration/postcopy/uffd.h"
@@ -474,6 +475,7 @@ int kv_pc_dst_listen(struct kv_pc_dst *d, struct kv_error *err)
 		if (r < 0)
 			return r;
 	}
+	kv_switch_log("dst: pages not received dropped");
 	d->uffd = kv_uffd_open(err);
 	if (!d->uffd)
 		return err ? err->code : -EIO;
@@ -487,6 +489,7 @@ int kv_pc_dst_listen(struct kv_pc_dst *d, struct kv_error *err)
 		}
 		b->registered = true;
 	}
+	kv_switch_log("dst: RAM registered with userfaultfd");
 	r = pthread_create(&d->thread, NULL, fault_thread, d);
 	if (r)
 		return kv_error_set(err, -r, "postcopy: cannot start the fault thread: %s", strerror(r));

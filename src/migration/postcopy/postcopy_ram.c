@@ -106,6 +106,7 @@ int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
 	ret = kv_ram_sync_final(rs, err);
 	if (ret < 0)
 		return ret;
+	kv_switch_log("postcopy: last sync done");
 	for (size_t i = 0; i < rs->nblocks && ret == 0; i++)
 		ret = discard_block(s, &rs->blocks[i], &ranges, err);
 	if (ret < 0) {
