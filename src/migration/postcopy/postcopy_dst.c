@@ -15,6 +15,7 @@
 
 #include "base/bitmap.h"
 #include "base/clock.h"
+#include "base/log.h"
 #include "base/units.h"
 #include "migration/postcopy/postcopy_wire.h"
 #include "migration/postcopy/uffd.h"
@@ -360,8 +361,9 @@ int kv_pc_dst_discard(struct kv_pc_dst *d, size_t block, uint64_t start,
 	pthread_mutex_lock(&d->lock);
 	d->received -= n;
 	pthread_mutex_unlock(&d->lock);
-	if (madvise(b->host + start, len, MADV_DONTNEED) < 0)
-		return kv_error_set_errno(err, -errno, "postcopy: dropping %#" PRIx64 " bytes at offset %#" PRIx64 " of block '%s'", len, start, b->idstr);
+	/* No madvise here: LISTEN drops every page not received in one
+	 * call per run, these included; a call per range (thousands, in
+	 * the guest's pause) would do the same work twice. */
 	return 0;
 }
 
@@ -442,23 +444,40 @@ static void *fault_thread(void *arg)
 	return NULL;
 }
 
+/* The first page at or after p whose bit is `set`, or n: a word at a
+ * time, since LISTEN walks every page of the guest inside its pause. */
+static uint64_t next_page_with(const unsigned long *map, uint64_t n,
+			       uint64_t p, bool set)
+{
+	while (p < n) {
+		unsigned long w = map[p / KV_BITS_PER_LONG];
+
+		if (!set)
+			w = ~w;
+		w &= ~0UL << (p % KV_BITS_PER_LONG);
+		if (w) {
+			p = p - p % KV_BITS_PER_LONG + (uint64_t)__builtin_ctzl(w);
+			return p < n ? p : n;
+		}
+		p += KV_BITS_PER_LONG - p % KV_BITS_PER_LONG;
+	}
+	return n;
+}
+
 /* A page not received must be missing for userfaultfd to report it: the
  * prefault helpers (ram_prefault.c) or a device model may have populated
- * it with zeros, which a vCPU would then read as the guest's data. */
+ * it with zeros, which a vCPU would then read as the guest's data. The
+ * discarded pages are among these (kv_pc_dst_discard leaves them). */
 static int drop_unreceived(struct dst_block *b, struct kv_error *err)
 {
-	uint64_t p = 0;
+	uint64_t p = next_page_with(b->received, b->npages, 0, false);
 
 	while (p < b->npages) {
-		uint64_t end;
+		uint64_t end = next_page_with(b->received, b->npages, p, true);
 
-		while (p < b->npages && kv_bitmap_test(b->received, p))
-			p++;
-		for (end = p; end < b->npages && !kv_bitmap_test(b->received, end); end++)
-			;
-		if (end > p && madvise(b->host + p * KV_PAGE_SIZE, (end - p) * KV_PAGE_SIZE, MADV_DONTNEED) < 0)
+		if (madvise(b->host + p * KV_PAGE_SIZE, (end - p) * KV_PAGE_SIZE, MADV_DONTNEED) < 0)
 			return kv_error_set_errno(err, -errno, "postcopy: dropping the pages %" PRIu64 " to %" PRIu64 " of block '%s' that never arrived", p, end - 1, b->idstr);
-		p = end;
+		p = next_page_with(b->received, b->npages, end, false);
 	}
 	return 0;
 }
@@ -474,6 +493,7 @@ int kv_pc_dst_listen(struct kv_pc_dst *d, struct kv_error *err)
 		if (r < 0)
 			return r;
 	}
+	kv_switch_log("dst: pages not received dropped");
 	d->uffd = kv_uffd_open(err);
 	if (!d->uffd)
 		return err ? err->code : -EIO;
@@ -487,6 +507,7 @@ int kv_pc_dst_listen(struct kv_pc_dst *d, struct kv_error *err)
 		}
 		b->registered = true;
 	}
+	kv_switch_log("dst: RAM registered with userfaultfd");
 	r = pthread_create(&d->thread, NULL, fault_thread, d);
 	if (r)
 		return kv_error_set(err, -r, "postcopy: cannot start the fault thread: %s", strerror(r));

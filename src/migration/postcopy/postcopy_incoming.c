@@ -199,6 +199,7 @@ int kv_pc_in_listen(struct kv_pc_in *p, struct kv_error *err)
 	int ret;
 
 	kv_ram_pc_listen(p->rs);
+	kv_switch_log("dst: prefault stopped");
 	ret = kv_pc_dst_listen(p->dst, err);
 	if (ret < 0)
 		return ret;

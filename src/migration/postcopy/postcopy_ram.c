@@ -24,7 +24,9 @@
 #include "base/bitmap.h"
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/units.h"
 #include "base/zero.h"
+#include "io/channel.h"
 #include "io/stream.h"
 #include "migration/postcopy/postcopy_dst.h"
 #include "migration/postcopy/postcopy_src.h"
@@ -35,6 +37,15 @@
 
 /* Background pages between two looks for a request. */
 #define URGENT_CHECK_PAGES 8U
+/* Background bytes the link may hold (written, not yet received) before
+ * the scan waits: a requested page queues behind all of them, so a deep
+ * socket or qdisc queue (megabytes at 1 Gbit/s: tens of ms) is each
+ * fault's wait, and the guest's pause at the switch is its first faults'
+ * waits. 512 KiB is still several times a 1 Gbit/s link's bytes in
+ * flight at a millisecond's round trip. */
+#define PC_LINK_QUEUE_MAX (512 * KV_KiB)
+/* How long the scan waits for room (or a request) at a time. */
+#define PC_LINK_QUEUE_WAIT_MS 1
 
 struct kv_pc_block *kv_ram_pc_blocks(struct kv_ram_state *rs, size_t *n)
 {
@@ -106,6 +117,7 @@ int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
 	ret = kv_ram_sync_final(rs, err);
 	if (ret < 0)
 		return ret;
+	kv_switch_log("postcopy: last sync done");
 	for (size_t i = 0; i < rs->nblocks && ret == 0; i++)
 		ret = discard_block(s, &rs->blocks[i], &ranges, err);
 	if (ret < 0) {
@@ -219,6 +231,29 @@ static int pc_stream_failed(struct kv_stream *s, struct kv_error *err)
 	return err->code;
 }
 
+/* Whether the link holds enough background pages already. With
+ * preempt, requested pages do not queue behind them: never. */
+static bool link_queue_full(struct kv_stream *s, struct kv_ram_state *rs)
+{
+	int64_t unsent;
+
+	if (__atomic_load_n(&rs->src.pc_preempt, __ATOMIC_ACQUIRE))
+		return false;
+	unsent = kv_chan_unsent(kv_stream_chan(s));
+	if (unsent < 0)
+		return false; /* the transport cannot tell */
+	return (uint64_t)unsent + kv_stream_buffered(s) >= PC_LINK_QUEUE_MAX;
+}
+
+/* The link is full: push what is buffered, then wait for a request or a
+ * moment for the link to drain. */
+static void wait_link_room(struct kv_stream *s, struct kv_ram_state *rs)
+{
+	if (kv_stream_buffered(s) && kv_stream_flush(s) < 0)
+		return;
+	kv_pc_src_wait_urgent(rs->src.pc, PC_LINK_QUEUE_WAIT_MS);
+}
+
 int kv_ram_pc_save_iterate(struct kv_stream *s, struct kv_ram_state *rs,
 			   struct kv_error *err)
 {
@@ -231,7 +266,10 @@ int kv_ram_pc_save_iterate(struct kv_stream *s, struct kv_ram_state *rs,
 	while (!done) {
 		if (serve_urgent(s, rs) && kv_stream_flush(s) < 0)
 			break;
-		done = send_background(s, rs, URGENT_CHECK_PAGES);
+		if (link_queue_full(s, rs))
+			wait_link_room(s, rs);
+		else
+			done = send_background(s, rs, URGENT_CHECK_PAGES);
 		if (kv_stream_error(s) || kv_now_ns() >= deadline)
 			break;
 	}
