@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/bytes.h"
 #include "base/clock.h"
 #include "migration/postcopy/postcopy_src.h"
 
@@ -173,28 +174,6 @@ int kv_rp_check_message(uint16_t type, const uint8_t *payload, uint16_t len,
 
 /* ---- sending (destination) ---- */
 
-static void put_be16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-	put_be16(p, (uint16_t)(v >> 16));
-	put_be16(p + 2, (uint16_t)v);
-}
-
-static uint16_t get_be16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static uint32_t get_be32(const uint8_t *p)
-{
-	return (uint32_t)get_be16(p) << 16 | get_be16(p + 2);
-}
-
 /* SHUT and PONG both carry one be32. */
 static int rp_send_u32(struct kv_chan *c, uint16_t type, uint32_t value,
 		       struct kv_error *err)
@@ -203,9 +182,9 @@ static int rp_send_u32(struct kv_chan *c, uint16_t type, uint32_t value,
 	struct iovec iov = {.iov_base = msg, .iov_len = sizeof(msg)};
 	int ret;
 
-	put_be16(msg, type);
-	put_be16(msg + 2, 4);
-	put_be32(msg + 4, value);
+	kv_put_be16(msg, type);
+	kv_put_be16(msg + 2, 4);
+	kv_put_be32(msg + 4, value);
 	ret = kv_chan_writev_full(c, &iov, 1, err);
 	if (ret < 0)
 		kv_error_prefix(err, "return path: sending %s(%u)",
@@ -230,8 +209,8 @@ int kv_rp_send_ready(struct kv_chan *c, const struct kv_swo_id *id,
 	struct iovec iov = {.iov_base = msg, .iov_len = sizeof(msg)};
 	int ret;
 
-	put_be16(msg, KV_RP_MSG_READY);
-	put_be16(msg + 2, KV_SWO_ID_LEN);
+	kv_put_be16(msg, KV_RP_MSG_READY);
+	kv_put_be16(msg + 2, KV_SWO_ID_LEN);
 	memcpy(msg + RP_HEADER_LEN, id->b, KV_SWO_ID_LEN);
 	ret = kv_chan_writev_full(c, &iov, 1, err);
 	if (ret < 0)
@@ -278,8 +257,8 @@ int kv_rp_writer_send_tail(struct kv_rp_writer *w, uint16_t type,
 
 	if (len > KV_RP_MAX_PAYLOAD)
 		return kv_error_set(err, -EINVAL, "return path: a %s message of %u bytes (at most %u)", kv_rp_msg_name(type), len, KV_RP_MAX_PAYLOAD);
-	put_be16(msg, type);
-	put_be16(msg + 2, len);
+	kv_put_be16(msg, type);
+	kv_put_be16(msg + 2, len);
 	if (len)
 		memcpy(msg + RP_HEADER_LEN, payload, len);
 	pthread_mutex_lock(&w->lock);
@@ -295,7 +274,7 @@ int kv_rp_writer_send_u32(struct kv_rp_writer *w, uint16_t type,
 {
 	uint8_t p[4];
 
-	put_be32(p, value);
+	kv_put_be32(p, value);
 	return kv_rp_writer_send(w, type, p, sizeof(p), err);
 }
 
@@ -401,7 +380,7 @@ static int handle_shut(struct kv_rp_reader *r, const uint8_t *payload,
 	(void)err;
 	pthread_mutex_lock(&r->lock);
 	r->shut_seen = true;
-	r->shut_status = get_be32(payload);
+	r->shut_status = kv_get_be32(payload);
 	pthread_cond_broadcast(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 	return 1; /* the destination sends nothing after it */
@@ -413,7 +392,7 @@ static int handle_pong(struct kv_rp_reader *r, const uint8_t *payload,
 	(void)err;
 	pthread_mutex_lock(&r->lock);
 	r->pong_seen = true;
-	r->pong_last = get_be32(payload);
+	r->pong_last = kv_get_be32(payload);
 	pthread_cond_broadcast(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 	return 0;
@@ -487,8 +466,8 @@ static int rp_read_message(struct kv_rp_reader *r, struct kv_error *err)
 	ret = rp_read(r, hdr, sizeof(hdr), err);
 	if (ret < 0)
 		return ret;
-	type = get_be16(hdr);
-	len = get_be16(hdr + 2);
+	type = kv_get_be16(hdr);
+	len = kv_get_be16(hdr + 2);
 	ret = kv_rp_check_header(type, len, err);
 	if (ret < 0)
 		return ret;

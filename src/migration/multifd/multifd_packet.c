@@ -3,6 +3,7 @@
  * The multifd init message and packet header (multifd_packet.h): byte
  * layout, encoder and strict decoder.
  */
+#include "base/bytes.h"
 #include "base/units.h"
 #include "migration/multifd/multifd_packet.h"
 
@@ -34,31 +35,6 @@ _Static_assert(HDR_OFF_BLOCK + KV_MFD_BLOCK_NAME_SIZE == KV_MFD_HDR_SIZE,
 _Static_assert(KV_MFD_PAYLOAD_MAX(KV_MFD_PAGES_LIMIT) < UINT32_MAX,
 	       "payload sizes fit next_packet_size");
 
-static void put_be32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-	put_be32(p, (uint32_t)(v >> 32));
-	put_be32(p + 4, (uint32_t)v);
-}
-
-static uint32_t get_be32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
-	       (uint32_t)p[2] << 8 | p[3];
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-	return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
-}
-
 uint32_t kv_mfd_method_flag(enum kv_mfd_method method)
 {
 	const struct kv_codec_ops *ops = kv_codec_by_method(method);
@@ -72,8 +48,8 @@ void kv_mfd_init_encode(const struct kv_mfd_init *msg,
 			uint8_t buf[KV_MFD_INIT_SIZE])
 {
 	memset(buf, 0, KV_MFD_INIT_SIZE);
-	put_be32(buf + INIT_OFF_MAGIC, KV_MFD_MAGIC);
-	put_be32(buf + INIT_OFF_VERSION, KV_MFD_VERSION);
+	kv_put_be32(buf + INIT_OFF_MAGIC, KV_MFD_MAGIC);
+	kv_put_be32(buf + INIT_OFF_VERSION, KV_MFD_VERSION);
 	memcpy(buf + INIT_OFF_UUID, msg->uuid, KV_MFD_UUID_SIZE);
 	buf[INIT_OFF_ID] = msg->id;
 }
@@ -82,8 +58,8 @@ int kv_mfd_init_decode(const uint8_t buf[KV_MFD_INIT_SIZE], unsigned channels,
 		       const uint8_t *expect_uuid, struct kv_mfd_init *msg,
 		       struct kv_error *err)
 {
-	uint32_t magic = get_be32(buf + INIT_OFF_MAGIC);
-	uint32_t version = get_be32(buf + INIT_OFF_VERSION);
+	uint32_t magic = kv_get_be32(buf + INIT_OFF_MAGIC);
+	uint32_t version = kv_get_be32(buf + INIT_OFF_VERSION);
 	uint8_t id = buf[INIT_OFF_ID];
 
 	if (magic != KV_MFD_MAGIC)
@@ -142,17 +118,17 @@ long kv_mfd_packet_encode(const struct kv_mfd_packet *pkt, uint8_t *buf,
 				    pkt->packet_num, buf_len, size);
 
 	memset(buf, 0, size);
-	put_be32(buf + HDR_OFF_MAGIC, KV_MFD_MAGIC);
-	put_be32(buf + HDR_OFF_VERSION, KV_MFD_VERSION);
-	put_be32(buf + HDR_OFF_FLAGS, pkt->flags);
-	put_be32(buf + HDR_OFF_PAGES_ALLOC, pkt->pages_alloc);
-	put_be32(buf + HDR_OFF_NORMAL, pkt->normal);
-	put_be32(buf + HDR_OFF_NEXT_SIZE, pkt->next_size);
-	put_be64(buf + HDR_OFF_PACKET_NUM, pkt->packet_num);
-	put_be32(buf + HDR_OFF_ZERO, pkt->zero);
+	kv_put_be32(buf + HDR_OFF_MAGIC, KV_MFD_MAGIC);
+	kv_put_be32(buf + HDR_OFF_VERSION, KV_MFD_VERSION);
+	kv_put_be32(buf + HDR_OFF_FLAGS, pkt->flags);
+	kv_put_be32(buf + HDR_OFF_PAGES_ALLOC, pkt->pages_alloc);
+	kv_put_be32(buf + HDR_OFF_NORMAL, pkt->normal);
+	kv_put_be32(buf + HDR_OFF_NEXT_SIZE, pkt->next_size);
+	kv_put_be64(buf + HDR_OFF_PACKET_NUM, pkt->packet_num);
+	kv_put_be32(buf + HDR_OFF_ZERO, pkt->zero);
 	memcpy(buf + HDR_OFF_BLOCK, pkt->block, name_len);
 	for (size_t i = 0; i < used; i++)
-		put_be64(buf + KV_MFD_HDR_SIZE + i * 8, pkt->offsets[i]);
+		kv_put_be64(buf + KV_MFD_HDR_SIZE + i * 8, pkt->offsets[i]);
 	return (long)size;
 }
 
@@ -310,14 +286,14 @@ int kv_mfd_packet_decode_header(const uint8_t *buf, size_t len,
 		return kv_error_set(err, -EINVAL,
 				    "multifd channel %u: packet header of %zu bytes (needs %u)",
 				    rp->channel, len, KV_MFD_HDR_SIZE);
-	magic = get_be32(buf + HDR_OFF_MAGIC);
-	version = get_be32(buf + HDR_OFF_VERSION);
-	pkt->flags = get_be32(buf + HDR_OFF_FLAGS);
-	pkt->pages_alloc = get_be32(buf + HDR_OFF_PAGES_ALLOC);
-	pkt->normal = get_be32(buf + HDR_OFF_NORMAL);
-	pkt->next_size = get_be32(buf + HDR_OFF_NEXT_SIZE);
-	pkt->packet_num = get_be64(buf + HDR_OFF_PACKET_NUM);
-	pkt->zero = get_be32(buf + HDR_OFF_ZERO);
+	magic = kv_get_be32(buf + HDR_OFF_MAGIC);
+	version = kv_get_be32(buf + HDR_OFF_VERSION);
+	pkt->flags = kv_get_be32(buf + HDR_OFF_FLAGS);
+	pkt->pages_alloc = kv_get_be32(buf + HDR_OFF_PAGES_ALLOC);
+	pkt->normal = kv_get_be32(buf + HDR_OFF_NORMAL);
+	pkt->next_size = kv_get_be32(buf + HDR_OFF_NEXT_SIZE);
+	pkt->packet_num = kv_get_be64(buf + HDR_OFF_PACKET_NUM);
+	pkt->zero = kv_get_be32(buf + HDR_OFF_ZERO);
 	pkt->block[0] = '\0';
 	pkt->block_len = 0;
 
@@ -362,7 +338,7 @@ int kv_mfd_packet_decode_offsets(const uint8_t *buf, size_t len,
 				    rp->channel, pkt->packet_num, len,
 				    kv_mfd_packet_offsets_size(pkt));
 	for (uint32_t i = 0; i < used; i++) {
-		uint64_t off = get_be64(buf + (size_t)i * 8);
+		uint64_t off = kv_get_be64(buf + (size_t)i * 8);
 		const char *kind = i < pkt->normal ? "normal" : "zero";
 
 		if (off % KV_PAGE_SIZE)

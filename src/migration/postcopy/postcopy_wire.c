@@ -5,6 +5,7 @@
 #include "migration/postcopy/postcopy_wire.h"
 
 #include "base/bitmap.h"
+#include "base/bytes.h"
 #include "migration/return_path.h"
 
 #include <errno.h>
@@ -109,38 +110,6 @@ void kv_pc_order_package_done(struct kv_pc_order *o)
 	o->in_package = false;
 }
 
-/* ---- byte order ---- */
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (24 - 8 * i));
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (56 - 8 * i));
-}
-
-static uint32_t get_be32(const uint8_t *p)
-{
-	uint32_t v = 0;
-
-	for (int i = 0; i < 4; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 0; i < 8; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
-
 /* ---- blocks ---- */
 
 int kv_pc_block_find(const struct kv_pc_blocks *b, const char *name, size_t n)
@@ -171,8 +140,8 @@ size_t kv_pc_advise_encode(const struct kv_pc_advise *a, uint8_t out[KV_PC_ADVIS
 {
 	if (!a->has_sizes)
 		return 0;
-	put_be64(out, a->host_page_size);
-	put_be64(out + 8, a->target_page_size);
+	kv_put_be64(out, a->host_page_size);
+	kv_put_be64(out + 8, a->target_page_size);
 	return KV_PC_ADVISE_LEN;
 }
 
@@ -185,8 +154,8 @@ int kv_pc_advise_decode(const uint8_t *p, size_t len, uint64_t our_host_page,
 	a->has_sizes = len != 0;
 	if (!a->has_sizes)
 		return 0;
-	a->host_page_size = get_be64(p);
-	a->target_page_size = get_be64(p + 8);
+	a->host_page_size = kv_get_be64(p);
+	a->target_page_size = kv_get_be64(p + 8);
 	if (a->host_page_size != our_host_page)
 		return kv_error_set(err, -EPROTO, "postcopy: POSTCOPY_ADVISE: the source's RAM page sizes (%#" PRIx64 ") differ from ours (%#" PRIx64 "); postcopy needs matching page sizes", a->host_page_size, our_host_page);
 	if (a->target_page_size != our_target_page)
@@ -211,8 +180,8 @@ int kv_pc_discard_encode(const char *idstr, const struct kv_pc_range *r,
 	off += n;
 	out[off++] = 0;
 	for (size_t i = 0; i < nranges; i++, off += 16) {
-		put_be64(out + off, r[i].start);
-		put_be64(out + off + 8, r[i].len);
+		kv_put_be64(out + off, r[i].start);
+		kv_put_be64(out + off + 8, r[i].len);
 	}
 	return (int)off;
 }
@@ -261,8 +230,8 @@ int kv_pc_discard_decode(const uint8_t *p, size_t len,
 	if (d->block < 0)
 		return kv_error_set(err, -EPROTO, "postcopy: POSTCOPY_RAM_DISCARD for unknown block '%s'", d->idstr);
 	for (size_t i = 0; i < d->nranges; i++, off += 16) {
-		d->ranges[i].start = get_be64(p + off);
-		d->ranges[i].len = get_be64(p + off + 8);
+		d->ranges[i].start = kv_get_be64(p + off);
+		d->ranges[i].len = kv_get_be64(p + off + 8);
 		r = kv_pc_check_range(&blocks->v[d->block], d->ranges[i].start, d->ranges[i].len, "discard range", err);
 		if (r < 0) {
 			kv_error_prefix(err, "postcopy: POSTCOPY_RAM_DISCARD range %zu of %zu (byte %zu)", i + 1, d->nranges, off);
@@ -276,7 +245,7 @@ int kv_pc_discard_decode(const uint8_t *p, size_t len,
 
 size_t kv_pc_packaged_encode(uint32_t len, uint8_t out[4])
 {
-	put_be32(out, len);
+	kv_put_be32(out, len);
 	return 4;
 }
 
@@ -285,7 +254,7 @@ int kv_pc_packaged_decode(const uint8_t *p, size_t len, uint32_t *nested,
 {
 	if (len != 4)
 		return kv_error_set(err, -EPROTO, "postcopy: command PACKAGED with length %zu (expected 4)", len);
-	*nested = get_be32(p);
+	*nested = kv_get_be32(p);
 	if (*nested == 0)
 		return kv_error_set(err, -EPROTO, "postcopy: PACKAGED announces an empty nested stream");
 	if (*nested > KV_PC_PACKAGED_MAX)
@@ -327,8 +296,8 @@ int kv_pc_req_encode(const char *idstr, uint64_t start, uint32_t len,
 {
 	int n;
 
-	put_be64(out, start);
-	put_be32(out + 8, len);
+	kv_put_be64(out, start);
+	kv_put_be32(out + 8, len);
 	if (!idstr)
 		return 12;
 	n = kv_pc_named_encode(idstr, out + 12, err);
@@ -358,8 +327,8 @@ int kv_pc_req_decode(uint16_t type, const uint8_t *p, size_t len,
 		return kv_error_set(err, -EPROTO, "postcopy: return-path message %u is not a page request", type);
 	if (len < 12)
 		return kv_error_set(err, -EPROTO, "postcopy: %s of %zu bytes (at least 12)", name, len);
-	r->start = get_be64(p);
-	r->len = get_be32(p + 8);
+	r->start = kv_get_be64(p);
+	r->len = kv_get_be32(p + 8);
 	r->has_id = type == KV_RP_MSG_REQ_PAGES_ID;
 	r->idstr[0] = '\0';
 	if (!r->has_id) {
@@ -380,7 +349,7 @@ int kv_pc_req_decode(uint16_t type, const uint8_t *p, size_t len,
 
 size_t kv_pc_resume_ack_encode(uint8_t out[4])
 {
-	put_be32(out, KV_PC_RESUME_ACK_VALUE);
+	kv_put_be32(out, KV_PC_RESUME_ACK_VALUE);
 	return 4;
 }
 
@@ -388,8 +357,8 @@ int kv_pc_resume_ack_decode(const uint8_t *p, size_t len, struct kv_error *err)
 {
 	if (len != 4)
 		return kv_error_set(err, -EPROTO, "postcopy: RESUME_ACK of %zu bytes (expected 4)", len);
-	if (get_be32(p) != KV_PC_RESUME_ACK_VALUE)
-		return kv_error_set(err, -EPROTO, "postcopy: RESUME_ACK with value %u (expected %u)", get_be32(p), KV_PC_RESUME_ACK_VALUE);
+	if (kv_get_be32(p) != KV_PC_RESUME_ACK_VALUE)
+		return kv_error_set(err, -EPROTO, "postcopy: RESUME_ACK with value %u (expected %u)", kv_get_be32(p), KV_PC_RESUME_ACK_VALUE);
 	return 0;
 }
 
@@ -412,12 +381,12 @@ size_t kv_pc_recv_bitmap_encode(const unsigned long *map, uint64_t npages,
 {
 	uint64_t bytes = recv_bitmap_bytes(npages);
 
-	put_be64(out, bytes);
+	kv_put_be64(out, bytes);
 	memset(out + 8, 0, bytes);
 	for (uint64_t i = 0; i < npages; i++)
 		if (kv_bitmap_test(map, i))
 			out[8 + i / 8] |= (uint8_t)(1U << (i % 8));
-	put_be64(out + 8 + bytes, KV_PC_RECV_BITMAP_END);
+	kv_put_be64(out + 8 + bytes, KV_PC_RECV_BITMAP_END);
 	return (size_t)(16 + bytes);
 }
 
@@ -429,11 +398,11 @@ int kv_pc_recv_bitmap_decode(const uint8_t *p, size_t len, uint64_t npages,
 
 	if (len < 16)
 		return kv_error_set(err, -EPROTO, "postcopy: received bitmap of block '%s': %zu bytes, too short for its size and end mark", idstr, len);
-	got = get_be64(p);
+	got = kv_get_be64(p);
 	if (got != bytes || len != 16 + bytes)
 		return kv_error_set(err, -EPROTO, "postcopy: received bitmap of block '%s' says %" PRIu64 " bytes in %zu (expected %" PRIu64 " for %" PRIu64 " pages)", idstr, got, len, bytes, npages);
-	if (get_be64(p + 8 + bytes) != KV_PC_RECV_BITMAP_END)
-		return kv_error_set(err, -EPROTO, "postcopy: received bitmap of block '%s': end mark %#" PRIx64 " at byte %" PRIu64 " (expected %#llx)", idstr, get_be64(p + 8 + bytes), 8 + bytes, KV_PC_RECV_BITMAP_END);
+	if (kv_get_be64(p + 8 + bytes) != KV_PC_RECV_BITMAP_END)
+		return kv_error_set(err, -EPROTO, "postcopy: received bitmap of block '%s': end mark %#" PRIx64 " at byte %" PRIu64 " (expected %#llx)", idstr, kv_get_be64(p + 8 + bytes), 8 + bytes, KV_PC_RECV_BITMAP_END);
 	for (uint64_t i = npages; i < bytes * 8; i++)
 		if (p[8 + i / 8] & (1U << (i % 8)))
 			return kv_error_set(err, -EPROTO, "postcopy: received bitmap of block '%s' marks page %" PRIu64 " past its %" PRIu64 " pages", idstr, i, npages);

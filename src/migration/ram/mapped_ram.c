@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/bytes.h"
 #include "base/bitmap.h"
 #include "base/clock.h"
 #include "base/log.h"
@@ -24,52 +25,22 @@
 
 /* ---- the header ---- */
 
-static void put_be32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (24 - 8 * i));
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (56 - 8 * i));
-}
-
-static uint32_t get_be32(const uint8_t *p)
-{
-	uint32_t v = 0;
-
-	for (int i = 0; i < 4; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 0; i < 8; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
-
 void kv_mapped_ram_hdr_encode(const struct kv_mapped_ram_hdr *h,
 			      uint8_t out[KV_MAPPED_RAM_HDR_SIZE])
 {
-	put_be32(out, h->version);
-	put_be64(out + 4, h->page_size);
-	put_be64(out + 12, h->bitmap_offset);
-	put_be64(out + 20, h->pages_offset);
+	kv_put_be32(out, h->version);
+	kv_put_be64(out + 4, h->page_size);
+	kv_put_be64(out + 12, h->bitmap_offset);
+	kv_put_be64(out + 20, h->pages_offset);
 }
 
 void kv_mapped_ram_hdr_decode(const uint8_t in[KV_MAPPED_RAM_HDR_SIZE],
 			      struct kv_mapped_ram_hdr *h)
 {
-	h->version = get_be32(in);
-	h->page_size = get_be64(in + 4);
-	h->bitmap_offset = get_be64(in + 12);
-	h->pages_offset = get_be64(in + 20);
+	h->version = kv_get_be32(in);
+	h->page_size = kv_get_be64(in + 4);
+	h->bitmap_offset = kv_get_be64(in + 12);
+	h->pages_offset = kv_get_be64(in + 20);
 }
 
 uint64_t kv_mapped_ram_bitmap_size(uint64_t npages)
