@@ -194,24 +194,10 @@ static bool serve_urgent(struct kv_stream *s, struct kv_ram_state *rs)
 static int send_background(struct kv_stream *s, struct kv_ram_state *rs,
 			   unsigned max)
 {
-	size_t empty_scans = 0;
 	unsigned sent = 0;
+	size_t bi, page;
 
-	while (empty_scans <= rs->nblocks && sent < max) {
-		size_t bi = rs->src.search_block;
-		struct kv_ram_block *b = &rs->blocks[bi];
-		size_t page = kv_bitmap_claim_next(b->dirty, b->npages,
-						   rs->src.search_page);
-
-		if (page >= b->npages) {
-			rs->src.search_block = (bi + 1) % rs->nblocks;
-			rs->src.search_page = 0;
-			empty_scans++;
-			continue;
-		}
-		empty_scans = 0;
-		rs->src.search_page = page + 1;
-		kv_ram_stat_add(&rs->src.dirty_pages, (uint64_t)-1);
+	while (sent < max && kv_ram_scan_next(rs, &bi, &page)) {
 		if (!kv_pc_src_claim(rs->src.pc, bi,
 				     (uint64_t)page << KV_PAGE_SHIFT))
 			continue; /* it went as a requested page */

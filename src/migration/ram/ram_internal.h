@@ -379,6 +379,11 @@ uint64_t kv_mapped_ram_bytes(const struct kv_ram_state *rs);
 /* Threads stopped, descriptors closed, layout dropped. */
 void kv_mapped_ram_cleanup(struct kv_ram_state *rs);
 
+/* ram_save.c: the next dirty page from the scan cursor (search_block,
+ * search_page), its dirty bit claimed and dirty_pages counted down;
+ * false once a whole round of the blocks found none. */
+bool kv_ram_scan_next(struct kv_ram_state *rs, size_t *bi, size_t *page);
+
 /* ram_load.c */
 int kv_ram_load_setup(void *opaque, struct kv_error *err);
 int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,

@@ -281,6 +281,32 @@ void kv_ram_send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 	}
 }
 
+bool kv_ram_scan_next(struct kv_ram_state *rs, size_t *bi, size_t *page)
+{
+	size_t empty_scans = 0;
+
+	/* Starting mid-block, a full round visits nblocks + 1 segments. */
+	while (rs->nblocks && empty_scans <= rs->nblocks) {
+		struct kv_ram_block *b = &rs->blocks[rs->src.search_block];
+		size_t p = kv_bitmap_claim_next(b->dirty, b->npages,
+						rs->src.search_page);
+
+		if (p >= b->npages) {
+			rs->src.search_block =
+			    (rs->src.search_block + 1) % rs->nblocks;
+			rs->src.search_page = 0;
+			empty_scans++;
+			continue;
+		}
+		*bi = rs->src.search_block;
+		*page = p;
+		rs->src.search_page = p + 1;
+		kv_ram_stat_add(&rs->src.dirty_pages, (uint64_t)-1);
+		return true;
+	}
+	return false;
+}
+
 /*
  * Send dirty pages until every bitmap is empty (returns 1), the deadline
  * passes (0; deadline_ns 0 = none) or something fails (<0).
@@ -288,28 +314,11 @@ void kv_ram_send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 			    int64_t deadline_ns, struct kv_error *err)
 {
-	size_t empty_scans = 0;
 	unsigned int sent = 0;
+	size_t bi, page;
 	int ret;
 
-	if (rs->nblocks == 0)
-		return 1;
-	/* Starting mid-block, a full round visits nblocks + 1 segments. */
-	while (empty_scans <= rs->nblocks) {
-		size_t bi = rs->src.search_block;
-		struct kv_ram_block *b = &rs->blocks[bi];
-		size_t page = kv_bitmap_claim_next(b->dirty, b->npages,
-						   rs->src.search_page);
-
-		if (page >= b->npages) {
-			rs->src.search_block = (bi + 1) % rs->nblocks;
-			rs->src.search_page = 0;
-			empty_scans++;
-			continue;
-		}
-		empty_scans = 0;
-		rs->src.search_page = page + 1;
-		kv_ram_stat_add(&rs->src.dirty_pages, (uint64_t)-1);
+	while (kv_ram_scan_next(rs, &bi, &page)) {
 		kv_ram_stat_add(&rs->src.pass_pages, 1);
 		ret = rearm_chunk(rs, bi, page, err);
 		if (ret < 0)
