@@ -115,7 +115,7 @@ const struct kv_mig_option kv_mig_options[] = {
     CAP_NOT_YET("validate-uuid"),
     CAP("background-snapshot", 0, 1, false, KV_MIG_SIDE_SOURCE,
 	params.background_snapshot,
-	"migrate saves the guest's state at one moment while the guest runs on (userfaultfd write-protection); not with multifd, xbzrle, auto-converge"),
+	"migrate saves the guest's state at one moment while the guest runs on (userfaultfd write-protection); not with multifd, xbzrle, auto-converge, postcopy-ram, mapped-ram"),
     CAP_NOT_YET("zero-copy-send"),
     CAP("postcopy-preempt", 0, 1, false, KV_MIG_SIDE_BOTH,
 	params.postcopy_preempt,
