@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include "kvm_skip.h"
+#include "tiny_vcpu.h"
 
 #include "base/bitmap.h"
 #include "migration/ram/ram.h"
@@ -50,36 +51,6 @@ struct tiny_vm {
 	struct kv_ram_block block;
 	int ring_full_exits;
 };
-
-static void set_cpuid(struct tiny_vm *v)
-{
-	size_t sz =
-	    sizeof(struct kvm_cpuid2) + 256 * sizeof(struct kvm_cpuid_entry2);
-	struct kvm_cpuid2 *c = calloc(1, sz);
-
-	c->nent = 256;
-	assert_int_equal(ioctl(v->kvm, KVM_GET_SUPPORTED_CPUID, c), 0);
-	assert_int_equal(ioctl(v->vcpu, KVM_SET_CPUID2, c), 0);
-	free(c);
-}
-
-static void enter_real_mode(struct tiny_vm *v, uint16_t ip)
-{
-	struct kvm_sregs sr;
-	struct kvm_regs r;
-
-	assert_int_equal(ioctl(v->vcpu, KVM_GET_SREGS, &sr), 0);
-	sr.cs.base = 0;
-	sr.cs.selector = 0;
-	sr.ds.base = sr.es.base = sr.ss.base = 0;
-	sr.ds.selector = sr.es.selector = sr.ss.selector = 0;
-	assert_int_equal(ioctl(v->vcpu, KVM_SET_SREGS, &sr), 0);
-	memset(&r, 0, sizeof(r));
-	r.rip = ip;
-	r.rflags = 2;
-	r.rsp = 0xff00;
-	assert_int_equal(ioctl(v->vcpu, KVM_SET_REGS, &r), 0);
-}
 
 /* A VM with one slot of SLOT_PAGES at gpa 0 and one vCPU in real mode at
  * the page writer; ring_entries > 0 enables the dirty ring first. */
@@ -123,8 +94,8 @@ static void tiny_vm_open(struct tiny_vm *v, uint32_t ring_entries)
 	v->run = mmap(NULL, v->run_len, PROT_READ | PROT_WRITE, MAP_SHARED,
 		      v->vcpu, 0);
 	assert_true(v->run != MAP_FAILED);
-	set_cpuid(v);
-	enter_real_mode(v, CODE_GPA);
+	tiny_set_cpuid(v->kvm, v->vcpu);
+	tiny_enter_real_mode(v->vcpu, CODE_GPA);
 	v->block.host = v->mem;
 	v->block.length = r.memory_size;
 	v->block.npages = SLOT_PAGES;
