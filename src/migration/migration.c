@@ -1027,6 +1027,8 @@ static int postcopy_handover(struct kv_migration *m, struct kv_stream *s,
 
 	ret = postcopy_queue(m, err);
 	if (ret == 0)
+		ret = kv_ram_pc_multifd_sync(m->sv, s, m->rs, m->pcs, err);
+	if (ret == 0)
 		ret = kv_ram_pc_switch(s, m->rs, m->pcs, err);
 	if (ret == 0)
 		ret = kv_savevm_save_pc_package(m->sv, s, err);
@@ -1996,7 +1998,7 @@ static int preempt_connect(struct kv_migration *m, const char *uri,
 	if (!m->params.postcopy_ram || !m->params.postcopy_preempt || !m->rs)
 		return 0;
 	if (m->params.multifd_channels)
-		return kv_error_set(err, -EINVAL, "postcopy-preempt with multifd is not supported by kvmig yet: turn one of them off");
+		return kv_error_set(err, -EINVAL, "postcopy-preempt with multifd is not supported by kvmig: the destination tells the preempt channel by its place after the main one (QEMU 7.2's rule), where multifd's channels come; turn postcopy-preempt off (with multifd, background pages take the multifd channels and requested pages the main stream) or multifd off");
 	m->pre_chan = connect_main(m, uri, &ret, err);
 	if (!m->pre_chan)
 		kv_error_prefix(err, "postcopy-preempt channel");
