@@ -1979,6 +1979,9 @@ static int refuse_conflicting_params(const struct kv_migration *m,
 {
 	int ret;
 
+	if (m->rs && m->params.multifd_channels && m->params.postcopy_ram &&
+	    m->params.postcopy_preempt)
+		return kv_error_set(err, -EINVAL, "postcopy-preempt with multifd is not supported by kvmig: the destination tells the preempt channel by its place after the main one (QEMU 7.2's rule), where multifd's channels come; turn postcopy-preempt off (with multifd, background pages take the multifd channels and requested pages the main stream) or multifd off");
 	if (m->rs && m->params.multifd_channels && m->params.xbzrle_cache_size)
 		return kv_error_set(err, -EINVAL, "the xbzrle and multifd capabilities cannot be used together (as in QEMU): turn one of them off");
 	ret = kv_bg_check_params(&m->params, err);
@@ -1997,8 +2000,6 @@ static int preempt_connect(struct kv_migration *m, const char *uri,
 
 	if (!m->params.postcopy_ram || !m->params.postcopy_preempt || !m->rs)
 		return 0;
-	if (m->params.multifd_channels)
-		return kv_error_set(err, -EINVAL, "postcopy-preempt with multifd is not supported by kvmig: the destination tells the preempt channel by its place after the main one (QEMU 7.2's rule), where multifd's channels come; turn postcopy-preempt off (with multifd, background pages take the multifd channels and requested pages the main stream) or multifd off");
 	m->pre_chan = connect_main(m, uri, &ret, err);
 	if (!m->pre_chan)
 		kv_error_prefix(err, "postcopy-preempt channel");
