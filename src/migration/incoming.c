@@ -691,8 +691,13 @@ static int pc_recv_bitmap(void *opaque, size_t block, struct kv_error *err)
 static int pc_resume(void *opaque, struct kv_error *err)
 {
 	struct kv_incoming *in = opaque;
+	struct kv_error old = {0};
 	int ret;
 
+	/* The multifd channels are not used after a recovery: their end
+	 * (the source closes them) is no reason for a later pause. */
+	if (in->mfd)
+		kv_mfd_recv_take_error(in->mfd, &old);
 	in_set_status(in, KV_IN_POSTCOPY_RECOVER, KV_IN_POSTCOPY_ACTIVE);
 	ret = kv_rp_writer_send_u32(&in->rpw, KV_RP_MSG_RESUME_ACK,
 				    KV_PC_RESUME_ACK_VALUE, err);

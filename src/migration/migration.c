@@ -1635,6 +1635,9 @@ static int wait_resume(struct kv_migration *m, char *uri, size_t size,
 		pthread_mutex_unlock(&m->lock);
 		if (asked)
 			return 0;
+		/* query-migrate while paused: the last bytes the broken
+		 * links (multifd's channels too) carried count. */
+		update_stats(m, m->stream);
 		if (stop_resolving(m))
 			return kv_error_set(err, -ECANCELED, "the process ends with postcopy paused: the guest runs on the destination, which lacks pages only this source had; it cannot be completed");
 		nanosleep(&slice, NULL);

@@ -279,7 +279,8 @@ static void *send_main(void *opaque)
 		pthread_mutex_lock(&m->lock);
 		if (ret < 0) {
 			kv_error_prefix(&err, "multifd channel %u", c->id);
-			if (ret == -EPIPE || ret == -ECONNRESET)
+			if ((ret == -EPIPE || ret == -ECONNRESET) &&
+			    !__atomic_load_n(&m->postcopy, __ATOMIC_RELAXED))
 				kv_error_prefix(&err,
 						"the destination closed it (is multifd on at the destination too, with the same multifd-channels?)");
 			send_fail_locked(m, ret, &err);
