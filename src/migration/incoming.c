@@ -691,8 +691,13 @@ static int pc_recv_bitmap(void *opaque, size_t block, struct kv_error *err)
 static int pc_resume(void *opaque, struct kv_error *err)
 {
 	struct kv_incoming *in = opaque;
+	struct kv_error old = {0};
 	int ret;
 
+	/* The multifd channels are not used after a recovery: their end
+	 * (the source closes them) is no reason for a later pause. */
+	if (in->mfd)
+		kv_mfd_recv_take_error(in->mfd, &old);
 	in_set_status(in, KV_IN_POSTCOPY_RECOVER, KV_IN_POSTCOPY_ACTIVE);
 	ret = kv_rp_writer_send_u32(&in->rpw, KV_RP_MSG_RESUME_ACK,
 				    KV_PC_RESUME_ACK_VALUE, err);
@@ -755,6 +760,10 @@ static void preempt_accept(struct kv_incoming *in, struct kv_listener *l)
 
 	if (!in->params.postcopy_preempt || pfd.fd < 0)
 		return;
+	if (in->mfd) {
+		kv_warn("incoming", "postcopy-preempt is on here with multifd, which kvmig does not combine (the source refuses the pair): requested pages come on the main stream");
+		return;
+	}
 	if (poll(&pfd, 1, (int)(hello_ns(in) / 1000000)) <= 0) {
 		kv_warn("incoming", "postcopy-preempt is on here but the source opened no preempt channel within %lld ms: requested pages come on the main stream", (long long)(hello_ns(in) / 1000000));
 		return;
@@ -884,11 +893,15 @@ static int postcopy_wait_recover(struct kv_incoming *in, struct kv_error *err)
  * process ends (kv_incoming_abort). */
 static int postcopy_pause(struct kv_incoming *in, struct kv_error *err)
 {
+	struct kv_error mfd_err = {0};
 	struct kv_pc_in_stats st;
 	char why[KV_ERROR_MSG_MAX];
 
 	kv_pc_in_get_stats(in->pc, &st);
 	snprintf(why, sizeof(why), "%s", err->msg);
+	/* A multifd channel that broke shut the main stream: say so. */
+	if (in->mfd && kv_mfd_recv_take_error(in->mfd, &mfd_err) < 0)
+		snprintf(why, sizeof(why), "%s", mfd_err.msg);
 	kv_error_clear(err);
 	kv_error_set(err, -EPIPE, "postcopy paused: the link to the source broke (%s); %llu pages of the guest are only on the source, so the guest cannot be completed here until the source reconnects: its vCPUs wait on those pages", why, (unsigned long long)st.missing);
 	pthread_mutex_lock(&in->lock);

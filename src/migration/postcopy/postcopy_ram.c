@@ -16,6 +16,15 @@
  * Destination: after ADVISE every page precopy loads is marked received;
  * after LISTEN every page record is placed through userfaultfd, which
  * drops a page that is already there (a request answered first).
+ *
+ * multifd (kvmig's extension, docs/DESIGN.md "multifd during postcopy"):
+ * at the switch the channels are synced before the discards (every
+ * precopy page is in place before one is dropped); after it background
+ * pages go on the channels as POSTCOPY packets, which the destination
+ * places through userfaultfd once LISTEN armed it; the last sync before
+ * END makes sure they are all placed. A channel's failure pauses
+ * postcopy as the main link's does; after a recovery the background
+ * pages go on the main stream.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -108,6 +117,83 @@ static int discard_block(struct kv_stream *s, const struct kv_ram_block *b,
 	return send_discard(s, b, r, &n, err);
 }
 
+/* ---- multifd during postcopy, source ---- */
+
+int kv_ram_pc_multifd_sync(struct kv_savevm *sv, struct kv_stream *s,
+			   struct kv_ram_state *rs, struct kv_pc_src *pcs,
+			   struct kv_error *err)
+{
+	int ret;
+
+	if (!rs->src.mfd_send)
+		return 0;
+	/* save_iterate dispatches to kv_ram_pc_save_iterate, which sees
+	 * pc_mfd_sync and writes the sync only. */
+	rs->src.pc = pcs;
+	rs->src.pc_mfd_sync = true;
+	ret = kv_savevm_save_iterate(sv, s, err);
+	rs->src.pc_mfd_sync = false;
+	rs->src.pc = NULL;
+	if (ret < 0)
+		kv_error_prefix(err, "postcopy: the multifd channels' sync at the switch");
+	else
+		kv_switch_log("postcopy: multifd channels synced");
+	return ret < 0 ? ret : 0;
+}
+
+/* The switch's sync is done: background pages take the channels. A
+ * requested page the background scan already handed to a channel may
+ * wait there behind a whole packet or two: it goes again on the main
+ * stream (the destination keeps whichever copy comes first). */
+static void pc_mfd_begin(struct kv_ram_state *rs)
+{
+	rs->src.pc_mfd = rs->src.mfd_send != NULL;
+	if (!rs->src.pc_mfd)
+		return;
+	kv_mfd_send_set_postcopy(rs->src.mfd_send);
+	kv_pc_src_set_resend(rs->src.pc, true);
+}
+
+/* The channels are not used any more: a page sent is on the main
+ * stream, in order. */
+static void pc_mfd_stop(struct kv_ram_state *rs)
+{
+	rs->src.pc_mfd = false;
+	if (rs->src.pc)
+		kv_pc_src_set_resend(rs->src.pc, false);
+}
+
+/* A channel failed after RUN: the destination runs the guest, so this
+ * is a break like the main link's. The main stream is shut down too, so
+ * that the destination pauses at once (its channel may be silent rather
+ * than closed), and the channels are not used again. */
+static int pc_mfd_failed(struct kv_stream *s, struct kv_ram_state *rs,
+			 struct kv_error *err)
+{
+	pc_mfd_stop(rs);
+	kv_stream_shutdown(s);
+	kv_error_prefix(err, "postcopy: a multifd channel broke");
+	return err->code ? err->code : -EPIPE;
+}
+
+/* After a break: the multifd channels are closed for good (their lost
+ * pages are missing in the destination's received bitmap, so they go
+ * again on the main stream). */
+static void pc_mfd_drop(struct kv_ram_state *rs)
+{
+	if (!rs->src.mfd_send || !rs->src.pc_mfd)
+		return;
+	pc_mfd_stop(rs);
+	kv_mfd_send_cancel(rs->src.mfd_send);
+	kv_switch_log("postcopy: multifd channels closed, pages go on the main stream");
+}
+
+/* Whether a channel can take a batch of background pages now. */
+static bool pc_mfd_room(struct kv_ram_state *rs)
+{
+	return !rs->src.pc_mfd || kv_mfd_send_has_room(rs->src.mfd_send);
+}
+
 int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
 		     struct kv_pc_src *pcs, struct kv_error *err)
 {
@@ -132,6 +218,7 @@ int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
 	kv_pagemap_invalidate(&rs->pagemap);
 	rs->src.pc = pcs;
+	pc_mfd_begin(rs);
 	return 0;
 }
 
@@ -141,6 +228,7 @@ void kv_ram_pc_src_resume(struct kv_ram_state *rs, size_t bi,
 	struct kv_ram_block *b = &rs->blocks[bi];
 	uint64_t dirty = 0;
 
+	pc_mfd_drop(rs);
 	/* What the destination lacks is what is left to send: the pages
 	 * lost with the link too. */
 	for (size_t pg = 0; pg < b->npages; pg++) {
@@ -166,6 +254,7 @@ void kv_ram_pc_src_resume(struct kv_ram_state *rs, size_t bi,
 void kv_ram_pc_src_end(struct kv_ram_state *rs)
 {
 	rs->src.pc = NULL;
+	rs->src.pc_mfd = false;
 	rs->src.in_complete = false;
 }
 
@@ -190,22 +279,29 @@ static bool serve_urgent(struct kv_stream *s, struct kv_ram_state *rs)
 	return any;
 }
 
-/* Up to max background pages; 1 when no dirty page is left. */
+/* Up to max background pages, on the multifd channels while they are
+ * used, else on the main stream; 1 when no dirty page is left, <0 when a
+ * channel failed. */
 static int send_background(struct kv_stream *s, struct kv_ram_state *rs,
-			   unsigned max)
+			   unsigned max, struct kv_error *err)
 {
 	unsigned sent = 0;
 	size_t bi, page;
 
-	while (sent < max && kv_ram_scan_next(rs, &bi, &page)) {
+	while (sent < max) {
+		if (!kv_ram_scan_next(rs, &bi, &page))
+			return 1;
 		if (!kv_pc_src_claim(rs->src.pc, bi,
 				     (uint64_t)page << KV_PAGE_SHIFT))
 			continue; /* it went as a requested page */
 		kv_ram_stat_add(&rs->src.pass_pages, 1);
-		kv_ram_send_page(s, rs, bi, page);
+		if (!rs->src.pc_mfd)
+			kv_ram_send_page(s, rs, bi, page);
+		else if (kv_ram_send_page_multifd(s, rs, bi, page, err) < 0)
+			return pc_mfd_failed(s, rs, err);
 		sent++;
 	}
-	return sent < max ? 1 : 0;
+	return 0;
 }
 
 static int pc_stream_failed(struct kv_stream *s, struct kv_error *err)
@@ -240,25 +336,41 @@ static void wait_link_room(struct kv_stream *s, struct kv_ram_state *rs)
 	kv_pc_src_wait_urgent(rs->src.pc, PC_LINK_QUEUE_WAIT_MS);
 }
 
+/* The switch's section with multifd: the channels' sync only. */
+static int pc_mfd_sync_section(struct kv_stream *s, struct kv_ram_state *rs,
+			       struct kv_error *err)
+{
+	int ret = kv_ram_multifd_flush(s, rs, err);
+
+	if (ret < 0)
+		return ret;
+	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
+	return pc_stream_failed(s, err);
+}
+
 int kv_ram_pc_save_iterate(struct kv_stream *s, struct kv_ram_state *rs,
 			   struct kv_error *err)
 {
 	int64_t deadline = kv_now_ns() + KV_RAM_ITERATE_NS;
 	int done = 0;
 
+	if (rs->src.pc_mfd_sync)
+		return pc_mfd_sync_section(s, rs, err);
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
 	if (rs->nblocks == 0)
 		done = 1;
-	while (!done) {
+	while (done == 0) {
 		if (serve_urgent(s, rs) && kv_stream_flush(s) < 0)
 			break;
-		if (link_queue_full(s, rs))
+		if (link_queue_full(s, rs) || !pc_mfd_room(rs))
 			wait_link_room(s, rs);
 		else
-			done = send_background(s, rs, URGENT_CHECK_PAGES);
+			done = send_background(s, rs, URGENT_CHECK_PAGES, err);
 		if (kv_stream_error(s) || kv_now_ns() >= deadline)
 			break;
 	}
+	if (done < 0)
+		return done;
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
 	return pc_stream_failed(s, err) ?: done;
 }
@@ -266,9 +378,17 @@ int kv_ram_pc_save_iterate(struct kv_stream *s, struct kv_ram_state *rs,
 int kv_ram_pc_save_complete(struct kv_stream *s, struct kv_ram_state *rs,
 			    struct kv_error *err)
 {
+	int ret;
+
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
-	while (send_background(s, rs, UINT32_MAX) == 0)
+	while ((ret = send_background(s, rs, UINT32_MAX, err)) == 0)
 		;
+	if (ret < 0)
+		return ret;
+	/* No END before every channel's pages are placed: the destination
+	 * waits at this MULTIFD_FLUSH for every channel's SYNC. */
+	if (rs->src.pc_mfd && kv_ram_multifd_flush(s, rs, err) < 0)
+		return pc_mfd_failed(s, rs, err);
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
 	return pc_stream_failed(s, err);
 }
@@ -366,14 +486,14 @@ int kv_ram_pc_load_preempt(struct kv_stream *s, struct kv_ram_state *rs,
 int kv_ram_pc_set_dst(struct kv_ram_state *rs, struct kv_pc_dst *d,
 		      struct kv_error *err)
 {
-	if (d && rs->dst.mfd_recv)
-		return kv_error_set(err, -ENOTSUP, "postcopy with multifd is not supported by kvmig yet: turn multifd off on both sides");
 	if (d && !rs->dst.pc_page) {
 		rs->dst.pc_page = malloc(KV_PAGE_SIZE);
 		if (!rs->dst.pc_page)
 			return kv_error_set(err, -ENOMEM, "ram: no memory for postcopy");
 	}
 	rs->dst.pc = d;
+	if (d && rs->dst.mfd_recv)
+		kv_mfd_recv_pc_advise(rs->dst.mfd_recv);
 	rs->dst.pc_listening = false;
 	rs->dst.pc_running = false;
 	return 0;
@@ -390,6 +510,9 @@ void kv_ram_pc_listen(struct kv_ram_state *rs)
 void kv_ram_pc_listening(struct kv_ram_state *rs)
 {
 	rs->dst.pc_listening = true;
+	/* The multifd channels' POSTCOPY packets may be placed now. */
+	if (rs->dst.mfd_recv)
+		kv_mfd_recv_pc_listen(rs->dst.mfd_recv);
 }
 
 void kv_ram_pc_running(struct kv_ram_state *rs)
@@ -416,4 +539,31 @@ int kv_ram_pc_place(struct kv_ram_state *rs, size_t bi, uint64_t offset,
 	else
 		kv_ram_verify_zero(rs, bi, page);
 	return 0;
+}
+
+/* The block whose memory starts at host (a multifd packet names it). */
+static size_t block_at(const struct kv_ram_state *rs, const uint8_t *host)
+{
+	for (size_t i = 0; i < rs->nblocks; i++)
+		if (rs->blocks[i].host == host)
+			return i;
+	return KV_RAM_NO_BLOCK;
+}
+
+int kv_ram_pc_mfd_place(void *opaque, const uint8_t *host,
+			const uint64_t *offs, const uint8_t *data,
+			uint32_t normal, uint32_t zero, struct kv_error *err)
+{
+	struct kv_ram_state *rs = opaque;
+	size_t bi = block_at(rs, host);
+	int ret = 0;
+
+	if (bi == KV_RAM_NO_BLOCK || !rs->dst.pc)
+		return kv_error_set(err, -EINVAL, "postcopy pages on a multifd channel, but this destination is not in postcopy");
+	for (uint32_t i = 0; i < normal && ret == 0; i++)
+		ret = kv_ram_pc_place(rs, bi, offs[i],
+				      data + (size_t)i * KV_PAGE_SIZE, err);
+	for (uint32_t i = normal; i < normal + zero && ret == 0; i++)
+		ret = kv_ram_pc_place(rs, bi, offs[i], NULL, err);
+	return ret;
 }

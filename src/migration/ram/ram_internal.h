@@ -133,6 +133,11 @@ struct kv_ram_src {
 	 * pages first and every page once; NULL before. */
 	struct kv_pc_src *pc;
 	bool pc_preempt; /* atomic: the preempt channel serves requests */
+	/* multifd during postcopy (postcopy_ram.c): the next PART section
+	 * is the switch's multifd sync only; background pages go on the
+	 * channels (false again after a break: the main stream then). */
+	bool pc_mfd_sync;
+	bool pc_mfd;
 
 	/* Counters (see struct kv_ram_stats). */
 	uint64_t dirty_sync_count;
@@ -272,6 +277,14 @@ void kv_ram_send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		      size_t page);
 /* The last sync, with the workload stopped: its pages finish the pass. */
 int kv_ram_sync_final(struct kv_ram_state *rs, struct kv_error *err);
+/* With multifd: the page to a channel (or, zero with legacy detection,
+ * a ZERO record on the main stream). */
+int kv_ram_send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
+			     size_t bi, size_t page, struct kv_error *err);
+/* With multifd: a SYNC on every channel after everything queued, then
+ * MULTIFD_FLUSH on the main stream (multifd.h). 0 without multifd. */
+int kv_ram_multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
+			 struct kv_error *err);
 
 /* postcopy/postcopy_ram.c */
 /* save_iterate and save_complete once rs->src.pc is set. */
@@ -285,6 +298,11 @@ int kv_ram_pc_place(struct kv_ram_state *rs, size_t bi, uint64_t offset,
 		    const void *data, struct kv_error *err);
 /* Precopy wrote (or left zero) this page after ADVISE. */
 void kv_ram_pc_received(struct kv_ram_state *rs, size_t bi, uint64_t offset);
+/* kv_mfd_target.place: a POSTCOPY packet's pages of the block at host,
+ * placed through userfaultfd (each once), on a multifd channel's thread. */
+int kv_ram_pc_mfd_place(void *opaque, const uint8_t *host,
+			const uint64_t *offs, const uint8_t *data,
+			uint32_t normal, uint32_t zero, struct kv_error *err);
 
 /* ram_xbzrle.c */
 /* Save setup: a fresh cache when XBZRLE is on (nothing from an earlier

@@ -677,19 +677,24 @@ static int mfd_block(void *opaque, const char *name, uint8_t **host,
 }
 
 /* A channel thread wrote these pages of the block at host (normal ones,
- * then zero ones): their hashes, on that thread. Within a pass a page is
- * on one channel only, and passes are separated by a sync. */
+ * then zero ones): their hashes, on that thread, and after postcopy's
+ * ADVISE they are received. Within a pass a page is on one channel only,
+ * and passes are separated by a sync. */
 static void mfd_placed(void *opaque, const uint8_t *host, const uint64_t *offs,
 		       uint32_t normal, uint32_t zero)
 {
 	struct kv_ram_state *rs = opaque;
 	size_t bi;
 
-	if (!rs->verify.on)
+	if (!rs->verify.on && !rs->dst.pc)
 		return;
 	for (bi = 0; bi < rs->nblocks && rs->blocks[bi].host != host; bi++)
 		;
 	if (bi == rs->nblocks)
+		return;
+	for (uint32_t i = 0; i < normal + zero; i++)
+		kv_ram_pc_received(rs, bi, offs[i]);
+	if (!rs->verify.on)
 		return;
 	for (uint32_t i = 0; i < normal; i++)
 		kv_ram_verify_page(rs, bi, (size_t)(offs[i] >> KV_PAGE_SHIFT));
@@ -699,8 +704,10 @@ static void mfd_placed(void *opaque, const uint8_t *host, const uint64_t *offs,
 
 struct kv_mfd_target kv_ram_multifd_target(struct kv_ram_state *rs)
 {
-	return (struct kv_mfd_target){
-	    .block = mfd_block, .placed = mfd_placed, .opaque = rs};
+	return (struct kv_mfd_target){.block = mfd_block,
+				      .placed = mfd_placed,
+				      .place = kv_ram_pc_mfd_place,
+				      .opaque = rs};
 }
 
 int kv_ram_load_setup(void *opaque, struct kv_error *err)

@@ -212,7 +212,7 @@ static void send_zero(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 /* multifd: the page goes to a channel, unless legacy zero-page
  * detection finds it zero here (a ZERO record on the main stream). A page
  * the pagemap shows never populated is known zero without a read. */
-static int send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
+int kv_ram_send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
 			     size_t bi, size_t page, struct kv_error *err)
 {
 	const struct kv_ram_block *b = &rs->blocks[bi];
@@ -241,7 +241,7 @@ static int send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
 
 /* The end of a pass (or of the switch-over) with multifd: everything on
  * the channels before the MULTIFD_FLUSH record (multifd.h). */
-static int multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
+int kv_ram_multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
 			 struct kv_error *err)
 {
 	int ret;
@@ -328,7 +328,7 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 			if (ret < 0)
 				return ret;
 		} else if (rs->src.mfd_send) {
-			ret = send_page_multifd(s, rs, bi, page, err);
+			ret = kv_ram_send_page_multifd(s, rs, bi, page, err);
 			if (ret < 0)
 				return ret;
 		} else {
@@ -364,7 +364,7 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque, struct kv_error *err)
 		return err->code;
 	kv_ram_zc_flush(s, rs);
 	kv_ram_xbzrle_publish(rs);
-	if (ret == 1 && multifd_flush(s, rs, err) < 0)
+	if (ret == 1 && kv_ram_multifd_flush(s, rs, err) < 0)
 		return err->code;
 	if (ret < 0)
 		return ret;
@@ -451,7 +451,7 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	kv_ram_xbzrle_publish(rs);
 	if (ret < 0)
 		return ret;
-	ret = multifd_flush(s, rs, err);
+	ret = kv_ram_multifd_flush(s, rs, err);
 	if (ret == 0 && rs->mapped)
 		ret = kv_mapped_ram_save_complete(rs, err);
 	if (ret < 0)
