@@ -113,6 +113,9 @@ struct kv_incoming {
 	/* Recovery: the listener migrate-recover opened (under lock), and
 	 * the stream of the link that replaced the first. */
 	struct kv_listener *recover_l;
+	/* The first link's listener, which multifd's receiver still holds
+	 * after a recovery replaced it: closed with the receiver's end. */
+	struct kv_listener *retired_l;
 	struct kv_stream *pc_stream;
 };
 
@@ -232,6 +235,8 @@ void kv_incoming_free(struct kv_incoming *in)
 		kv_listener_close(in->listener);
 	if (in->recover_l)
 		kv_listener_close(in->recover_l);
+	if (in->retired_l)
+		kv_listener_close(in->retired_l);
 	pthread_mutex_destroy(&in->lock);
 	free(in);
 }
@@ -819,8 +824,14 @@ static int take_recover_listener(struct kv_incoming *in, struct kv_listener **l)
 		pthread_mutex_lock(&in->lock);
 		*l = in->recover_l;
 		in->recover_l = NULL;
-		if (*l)
+		if (*l) {
+			/* Only the first link's listener can still be here
+			 * (kept open for multifd's channels); a recovery's is
+			 * closed once its source connected. */
+			if (in->listener && in->listener != *l)
+				in->retired_l = in->listener;
 			in->listener = *l; /* an abort shuts it down */
+		}
 		pthread_mutex_unlock(&in->lock);
 		if (*l)
 			return 1;
