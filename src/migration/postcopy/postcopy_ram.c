@@ -135,6 +135,8 @@ int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
 	kv_pagemap_invalidate(&rs->pagemap);
 	rs->src.pc_requests_seen = 0;
+	/* RUN lifts max-bandwidth: x-compress measures the link anew. */
+	kv_ram_zc_link_changed(rs);
 	rs->src.pc = pcs;
 	return 0;
 }

@@ -475,6 +475,20 @@ void kv_ram_zc_note_link_wait(struct kv_ram_state *rs, uint64_t ns)
 	rs->src.zc.other_wait_ns += ns;
 }
 
+void kv_ram_zc_link_changed(struct kv_ram_state *rs)
+{
+	struct kv_ram_zc *zc = &rs->src.zc;
+
+	if (zc->mode != KV_RAM_COMPRESS_AUTO || !zc->sample)
+		return;
+	/* What was measured was another link (or the cap): raw pages until
+	 * two windows of this one say it is the bottleneck. */
+	if (zc->active)
+		turn_off(zc, kv_now_ns());
+	zc->raw_probe = false;
+	zc->bound_windows = 0;
+}
+
 void kv_ram_zc_restart(struct kv_ram_state *rs)
 {
 	struct kv_ram_zc *zc = &rs->src.zc;
@@ -484,9 +498,9 @@ void kv_ram_zc_restart(struct kv_ram_state *rs)
 	zc->codec = NULL;
 	/* The new link is measured from scratch (its TCP and stream
 	 * counters start at zero). */
+	kv_ram_zc_link_changed(rs);
 	zc->win_start = 0;
 	zc->other_wait_ns = 0;
-	zc->bound_windows = 0;
 	memset(&zc->win_tcp, 0, sizeof(zc->win_tcp));
 }
 

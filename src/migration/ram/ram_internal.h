@@ -337,6 +337,10 @@ void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs);
 /* The sender waited ns for the link outside the stream's writes
  * (postcopy: for room on the link): auto counts it as the stream's. */
 void kv_ram_zc_note_link_wait(struct kv_ram_state *rs, uint64_t ns);
+/* auto: the link changed (postcopy's RUN lifts max-bandwidth; a
+ * recovery's new connection): compression stops until this link has
+ * been measured to be the bottleneck again. */
+void kv_ram_zc_link_changed(struct kv_ram_state *rs);
 /* Postcopy recovery, on the new link: the batch being filled is dropped
  * (its pages go again, as the destination's received bitmap says) and
  * the next ZPAGES record starts a new zstd stream (FORMAT.md 5.3). */
