@@ -47,9 +47,10 @@
  * thrown away: it costs one batch of CPU per ZC_PROBE_NS at most. The
  * wire's zstd stream starts when compression is first chosen, with the
  * first ZPAGES record (where the destination starts decoding), and lasts
- * the migration. A channel that cannot say how much the peer received (a
- * file) has no link to measure: there auto samples nothing and never
- * compresses.
+ * the migration, across a postcopy switch too (a postcopy recovery starts
+ * a new one on the new link: kv_ram_zc_restart). A channel that cannot
+ * say how much the peer received (a file) has no link to measure: there
+ * auto samples nothing and never compresses.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -266,16 +267,12 @@ void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs)
 	zc->n = 0;
 	if (!n || kv_stream_error(s))
 		return;
-	/* A postcopy recovery dropped the stream the broken link had. */
-	if (!zc->codec && alloc_codec_only(zc, &err) < 0) {
-		kv_stream_set_error(s, err.code, "ram: compressing pages: %s",
-				    err.msg);
-		return;
-	}
 	for (size_t i = 0; i < n; i++)
 		pages[i] = b->host + ((uint64_t)zc->page[i] << KV_PAGE_SHIFT);
 	t0 = kv_now_ns();
-	if (kv_mfd_compress(zc->codec, pages, n, zc->buf, zc->buf_size, &len,
+	/* No codec: a postcopy recovery dropped the broken link's stream. */
+	if ((!zc->codec && alloc_codec_only(zc, &err) < 0) ||
+	    kv_mfd_compress(zc->codec, pages, n, zc->buf, zc->buf_size, &len,
 			    &err) < 0) {
 		kv_stream_set_error(s, err.code, "ram: compressing pages: %s",
 				    err.msg);
