@@ -704,6 +704,7 @@ static int pc_resume(void *opaque, struct kv_error *err)
 	if (in->mfd)
 		kv_mfd_recv_take_error(in->mfd, &old);
 	in_set_status(in, KV_IN_POSTCOPY_RECOVER, KV_IN_POSTCOPY_ACTIVE);
+	kv_ram_pc_dst_resume(in->rs);
 	ret = kv_rp_writer_send_u32(&in->rpw, KV_RP_MSG_RESUME_ACK,
 				    KV_PC_RESUME_ACK_VALUE, err);
 	if (ret == 0)

@@ -10,12 +10,15 @@
  * a vCPU waits for them) and moves the background scan to just after the
  * page it served; the background scan claims each page in the same "sent
  * since the switch" bitmap as the requests (postcopy_src.h), so each
- * page leaves once, whole (no XBZRLE, no ZPAGES: the destination places
- * whole pages with UFFDIO_COPY).
+ * page leaves once, whole: no XBZRLE (a delta against a page the
+ * destination dropped), but background pages may go in ZPAGES records
+ * when x-compress says so (they decode to whole pages); a requested page
+ * always goes at once as a PAGE record, never in a compression batch.
  *
  * Destination: after ADVISE every page precopy loads is marked received;
- * after LISTEN every page record is placed through userfaultfd, which
- * drops a page that is already there (a request answered first).
+ * after LISTEN every page record (and each page of a ZPAGES record) is
+ * placed through userfaultfd, which drops a page that is already there
+ * (a request answered first).
  *
  * multifd (kvmig's extension, docs/DESIGN.md "multifd during postcopy"):
  * at the switch the channels are synced before the discards (every
@@ -217,6 +220,9 @@ int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
 	rs->src.in_complete = true;
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
 	kv_pagemap_invalidate(&rs->pagemap);
+	rs->src.pc_requests_seen = 0;
+	/* RUN lifts max-bandwidth: x-compress measures the link anew. */
+	kv_ram_zc_link_changed(rs);
 	rs->src.pc = pcs;
 	pc_mfd_begin(rs);
 	return 0;
@@ -247,6 +253,7 @@ void kv_ram_pc_src_resume(struct kv_ram_state *rs, size_t bi,
 	rs->src.search_block = 0;
 	rs->src.search_page = 0;
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
+	kv_ram_zc_restart(rs);
 	kv_switch_log("postcopy: block '%s' resumes with %llu pages to send",
 		      b->idstr, (unsigned long long)dirty);
 }
@@ -258,18 +265,40 @@ void kv_ram_pc_src_end(struct kv_ram_state *rs)
 	rs->src.in_complete = false;
 }
 
-/* Every requested page not sent yet; true when one went. With
- * postcopy-preempt the preempt channel's thread serves them; the
- * background scan still moves after each. */
+/* Did the destination ask for a page since the last look (served now,
+ * or claimed already by the background scan)? */
+static bool requests_came(struct kv_ram_state *rs)
+{
+	struct kv_pc_src_stats st;
+	uint64_t seen;
+
+	kv_pc_src_get_stats(rs->src.pc, &st);
+	seen = st.urgent + st.duplicates;
+	if (seen == rs->src.pc_requests_seen)
+		return false;
+	rs->src.pc_requests_seen = seen;
+	return true;
+}
+
+/* Every requested page not sent yet, at once and whole; true when one
+ * went. A request for a page the background claimed may be for a page
+ * of the compression batch being filled: the batch goes right after the
+ * requested pages. With postcopy-preempt the preempt channel's thread
+ * serves them (and sends claimed ones again); the background scan still
+ * moves after each. */
 static bool serve_urgent(struct kv_stream *s, struct kv_ram_state *rs)
 {
+	bool preempt = __atomic_load_n(&rs->src.pc_preempt, __ATOMIC_ACQUIRE);
 	struct kv_pc_page pg;
 	bool any = false;
 
-	while (!__atomic_load_n(&rs->src.pc_preempt, __ATOMIC_ACQUIRE) &&
-	       kv_pc_src_next_urgent(rs->src.pc, &pg)) {
-		kv_ram_send_page(s, rs, pg.block,
-				 (size_t)(pg.offset >> KV_PAGE_SHIFT));
+	while (!preempt && kv_pc_src_next_urgent(rs->src.pc, &pg)) {
+		kv_ram_send_page_now(s, rs, pg.block,
+				     (size_t)(pg.offset >> KV_PAGE_SHIFT));
+		any = true;
+	}
+	if (!preempt && requests_came(rs) && rs->src.zc.n) {
+		kv_ram_zc_flush(s, rs);
 		any = true;
 	}
 	if (kv_pc_src_take_scan_hint(rs->src.pc, &pg)) {
@@ -328,12 +357,17 @@ static bool link_queue_full(struct kv_stream *s, struct kv_ram_state *rs)
 }
 
 /* The link is full: push what is buffered, then wait for a request or a
- * moment for the link to drain. */
+ * moment for the link to drain (time x-compress counts as waiting on the
+ * link). */
 static void wait_link_room(struct kv_stream *s, struct kv_ram_state *rs)
 {
+	int64_t t0;
+
 	if (kv_stream_buffered(s) && kv_stream_flush(s) < 0)
 		return;
+	t0 = kv_now_ns();
 	kv_pc_src_wait_urgent(rs->src.pc, PC_LINK_QUEUE_WAIT_MS);
+	kv_ram_zc_note_link_wait(rs, (uint64_t)(kv_now_ns() - t0));
 }
 
 /* The switch's section with multifd: the channels' sync only. */
@@ -366,11 +400,13 @@ int kv_ram_pc_save_iterate(struct kv_stream *s, struct kv_ram_state *rs,
 			wait_link_room(s, rs);
 		else
 			done = send_background(s, rs, URGENT_CHECK_PAGES, err);
+		kv_ram_zc_tick(s, rs);
 		if (kv_stream_error(s) || kv_now_ns() >= deadline)
 			break;
 	}
 	if (done < 0)
 		return done;
+	kv_ram_zc_flush(s, rs);
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
 	return pc_stream_failed(s, err) ?: done;
 }
@@ -385,6 +421,7 @@ int kv_ram_pc_save_complete(struct kv_stream *s, struct kv_ram_state *rs,
 		;
 	if (ret < 0)
 		return ret;
+	kv_ram_zc_flush(s, rs);
 	/* No END before every channel's pages are placed: the destination
 	 * waits at this MULTIFD_FLUSH for every channel's SYNC. */
 	if (rs->src.pc_mfd && kv_ram_multifd_flush(s, rs, err) < 0)
@@ -518,6 +555,11 @@ void kv_ram_pc_listening(struct kv_ram_state *rs)
 void kv_ram_pc_running(struct kv_ram_state *rs)
 {
 	rs->dst.pc_running = true;
+}
+
+void kv_ram_pc_dst_resume(struct kv_ram_state *rs)
+{
+	kv_ram_zpages_restart(rs);
 }
 
 void kv_ram_pc_received(struct kv_ram_state *rs, size_t bi, uint64_t offset)

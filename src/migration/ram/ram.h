@@ -164,7 +164,8 @@ struct kv_pc_dst;
 struct kv_pc_block *kv_ram_pc_blocks(struct kv_ram_state *rs, size_t *n);
 /* Source, workload stopped: the last sync, a RAM_DISCARD command for
  * every run of dirty pages; from then on save_iterate serves pcs's
- * requests first and every page goes once, whole. */
+ * requests first (PAGE records, at once) and every page goes once,
+ * whole or in a ZPAGES record (x-compress), never as a delta. */
 int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
 		     struct kv_pc_src *pcs, struct kv_error *err);
 /* Source, workload stopped, before kv_ram_pc_switch: with multifd, one
@@ -178,7 +179,8 @@ int kv_ram_pc_multifd_sync(struct kv_savevm *sv, struct kv_stream *s,
 			   struct kv_error *err);
 /* Source, recovery: block bi's pages the destination has (its received
  * bitmap); every other page is sent again, on the main stream (the
- * multifd channels are closed, not re-opened). */
+ * multifd channels are closed, not re-opened), and x-compress starts a
+ * new zstd stream on the new link (FORMAT.md 5.3). */
 void kv_ram_pc_src_resume(struct kv_ram_state *rs, size_t bi,
 			  const unsigned long *received);
 /* postcopy-preempt (QEMU 7.2's layout: a second connection made at
@@ -207,6 +209,10 @@ void kv_ram_pc_listen(struct kv_ram_state *rs);
 void kv_ram_pc_listening(struct kv_ram_state *rs);
 /* RUN: the guest runs here; a failed load drops nothing any more. */
 void kv_ram_pc_running(struct kv_ram_state *rs);
+/* Recovery, at the resumed stream's POSTCOPY_RESUME (before its first
+ * RAM record): the next ZPAGES record starts a new zstd stream, as the
+ * source's does on the new link (FORMAT.md 5.3). */
+void kv_ram_pc_dst_resume(struct kv_ram_state *rs);
 
 struct kv_mfd_send;
 struct kv_mfd_recv;

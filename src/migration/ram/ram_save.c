@@ -257,28 +257,53 @@ int kv_ram_multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
 	return 0;
 }
 
+/* A zero page (known without reading, or read) goes as a ZERO record. */
+static bool send_if_zero(struct kv_stream *s, struct kv_ram_state *rs,
+			 size_t bi, size_t page, const uint8_t *p)
+{
+	if (!kv_ram_page_unpopulated(rs, bi, page) &&
+	    !kv_buffer_is_zero(p, KV_PAGE_SIZE))
+		return false;
+	send_zero(s, rs, bi, page);
+	kv_ram_xbzrle_zero(rs, bi, page);
+	kv_ram_verify_zero(rs, bi, page);
+	return true;
+}
+
+static void send_whole(struct kv_stream *s, struct kv_ram_state *rs,
+		       size_t bi, size_t page, const uint8_t *p)
+{
+	kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_PAGE);
+	kv_stream_put_page_ref(s, p, KV_PAGE_SIZE);
+	kv_ram_stat_add(&rs->normal_pages, 1);
+}
+
 void kv_ram_send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		      size_t page)
 {
 	const uint8_t *p = rs->blocks[bi].host + ((uint64_t)page << KV_PAGE_SHIFT);
 
-	if (kv_ram_page_unpopulated(rs, bi, page) ||
-	    kv_buffer_is_zero(p, KV_PAGE_SIZE)) {
-		send_zero(s, rs, bi, page);
-		kv_ram_xbzrle_zero(rs, bi, page);
-		kv_ram_verify_zero(rs, bi, page);
+	if (send_if_zero(s, rs, bi, page, p))
 		return;
-	}
 	kv_ram_verify_page(rs, bi, page);
 	/* After the postcopy switch the destination dropped its copy of a
-	 * dirty page: a delta would apply to nothing, and placing pages
-	 * through userfaultfd takes whole pages. */
-	if (rs->src.pc || (!kv_ram_xbzrle_send(s, rs, bi, page) &&
-			   !kv_ram_zc_send(s, rs, bi, page))) {
-		kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_PAGE);
-		kv_stream_put_page_ref(s, p, KV_PAGE_SIZE);
-		kv_ram_stat_add(&rs->normal_pages, 1);
-	}
+	 * dirty page: a delta would apply to nothing. A ZPAGES record
+	 * decodes to whole pages, which it places like PAGE records. */
+	if (!rs->src.pc && kv_ram_xbzrle_send(s, rs, bi, page))
+		return;
+	if (!kv_ram_zc_send(s, rs, bi, page))
+		send_whole(s, rs, bi, page, p);
+}
+
+void kv_ram_send_page_now(struct kv_stream *s, struct kv_ram_state *rs,
+			  size_t bi, size_t page)
+{
+	const uint8_t *p = rs->blocks[bi].host + ((uint64_t)page << KV_PAGE_SHIFT);
+
+	if (send_if_zero(s, rs, bi, page, p))
+		return;
+	kv_ram_verify_page(rs, bi, page);
+	send_whole(s, rs, bi, page, p);
 }
 
 bool kv_ram_scan_next(struct kv_ram_state *rs, size_t *bi, size_t *page)
