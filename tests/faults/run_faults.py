@@ -123,7 +123,8 @@ def write(path, rows, env, seconds, label):
            "bounds": {"detect_s": harness.DETECT_S,
                       "x-return-path-timeout_ms": harness.RP_TIMEOUT_MS,
                       "freeze_s": harness.FREEZE_S,
-                      "resolve_s": harness.RESOLVE_S},
+                      "resolve_s": harness.RESOLVE_S,
+                      "recover_s": harness.RECOVER_S},
            "seconds": round(seconds), "cases": rows}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
