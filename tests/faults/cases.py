@@ -674,17 +674,27 @@ def postcopy_cases():
         # the destination keeps what it has and its vCPUs wait on the
         # missing pages (at the first command, RUN may still reach it
         # from the proxy's buffers: then the same, else nothing ran)
-        pc = dict(
-            name=f"pc-kill-src-{ph}", group="postcopy", phase=ph,
-            postcopy="at-once", fault=f"postcopy at once; SIGKILL the "
-            f"source {where}", expect="at-most-one",
-            rules=lambda c, ph=ph: pc_phase_rules(
-                ph, "call", func=lambda r, c=c: kill(c, "src")),
-            detect={"destination": 3})
-        if ph == "postcopy-run":
-            pc.update(paused=("destination",),
-                      says={"destination": "cannot be completed"})
-        out.append(pc)
+        if ph == "postcopy":
+            out.append(dict(
+                name="pc-kill-src-postcopy", group="postcopy", phase=ph,
+                postcopy="at-once", fault=f"postcopy at once; SIGKILL the "
+                f"source {where}", expect="at-most-one",
+                rules=lambda c: pc_phase_rules(
+                    "postcopy", "call", func=lambda r, c=c: kill(c, "src")),
+                detect={"destination": 3}))
+    # killed at the destination's first request, the source may already
+    # have written every page into the sockets (they then all arrive);
+    # 1 MiB after PACKAGED it has not: pages stay only on the source
+    out.append(dict(
+        name="pc-kill-src-pages", group="postcopy", phase="postcopy-run",
+        postcopy="at-once", fault="postcopy at once; SIGKILL the source "
+        "when the stream is 1 MiB past PACKAGED (background pages)",
+        expect="at-most-one",
+        rules=lambda c: [Rule("call", "s2d", pattern=PC_PACKAGED,
+                              delta=MIB,
+                              func=lambda r, c=c: kill(c, "src"))],
+        paused=("destination",), says={"destination": "cannot be completed"},
+        detect={"destination": 3}))
     return out
 
 
