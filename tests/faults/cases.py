@@ -698,11 +698,24 @@ def postcopy_cases():
     return out
 
 
+def selftest_cases():
+    """Two copies made on purpose, to prove the judge sees them: a
+    background snapshot over TCP, which the destination runs while the
+    source runs on (DESIGN.md "Background snapshot")."""
+    return [dict(name="selftest-two-copies", group="the judge's self-test",
+                 phase="all", fault="background-snapshot over TCP: the "
+                 "destination runs the copy while the source runs on (two "
+                 "copies on purpose)", expect="two-copies", direct=True,
+                 bgsnap=True, quick=True,
+                 note="passes only if the guest's counters prove two "
+                      "copies")]
+
+
 def all_cases(env):
     out = (defect_cases() + link_cases() + process_cases() +
            switchover_kill_cases(env) +
            sweep_cases(env) + flip_cases(env) + other_cases() +
-           kernel_cases() + postcopy_cases())
+           kernel_cases() + postcopy_cases() + selftest_cases())
     for c in out:
         marks = c.get("xfail") or []
         if isinstance(marks, tuple):
