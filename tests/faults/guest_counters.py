@@ -75,7 +75,8 @@ def two_copies(src_console, dst_console):
     if not dst:
         out["why"] = ("inconclusive: the destination's guest printed no "
                       "status line" if dst_console.count(HEARTBEAT) else
-                      "the destination's guest made no heartbeat (it never ran)")
+                      "the destination's guest made no heartbeat (it "
+                      "never ran)")
         return out
     first = {}
     for _, v, hb in dst:
