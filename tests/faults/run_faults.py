@@ -95,8 +95,11 @@ def main():
             print(f"#   detect {r.get('detect_s')} ({r.get('seconds')} s)",
                   flush=True)
             if results:
-                write(results, merged(results, rows, order) if update
-                      else rows, env, time.monotonic() - t0, label)
+                rows_out = merged(results, rows, order) if update else rows
+                # --update: the time of every case, not of this run's
+                took = sum(r.get("seconds", 0) for r in rows_out) \
+                    if update else time.monotonic() - t0
+                write(results, rows_out, env, took, label)
         return 1 if failed else 0
 
 
