@@ -942,6 +942,7 @@ static int postcopy_end(struct kv_incoming *in, int ret, struct kv_error *err)
 	}
 	if (!in->started) {
 		kv_rp_writer_send_u32(&in->rpw, KV_RP_MSG_SHUT, 1, &e);
+		kv_error_prefix(err, "postcopy: no guest ran here (the load ended before POSTCOPY_RUN started it); the source keeps the whole guest stopped: if it is postcopy-paused, resume it there with x-migrate-settle run");
 		return ret;
 	}
 	return postcopy_pause(in, err);

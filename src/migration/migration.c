@@ -69,6 +69,7 @@
 /* postcopy_run(): POSTCOPY_RUN left and the link broke (err says how):
  * the guest runs on the destination and lacks pages only this side has. */
 #define MIG_PC_PAUSED 3
+#define MIG_PC_SETTLED 4 /* paused, then x-migrate-settle run */
 /* How long a source that took its guest back keeps telling an unreachable
  * destination ABORT. */
 #define ABORT_DELIVERY_NS (120 * 1000000000LL)
@@ -198,7 +199,7 @@ static const unsigned int transitions[] = {
 			       ST(KV_MIG_POSTCOPY_PAUSED),
     /* migrate with resume; then ACTIVE on RESUME_ACK, or PAUSED again
      * when the new link breaks too. */
-    [KV_MIG_POSTCOPY_PAUSED] = ST(KV_MIG_POSTCOPY_RECOVER),
+    [KV_MIG_POSTCOPY_PAUSED] = ST(KV_MIG_POSTCOPY_RECOVER) | ST(KV_MIG_FAILED),
     [KV_MIG_POSTCOPY_RECOVER] =
 	ST(KV_MIG_POSTCOPY_ACTIVE) | ST(KV_MIG_POSTCOPY_PAUSED),
     [KV_MIG_DEVICE] = ST(KV_MIG_COMPLETED) | ST(KV_MIG_FAILED) |
@@ -1073,6 +1074,18 @@ static int postcopy_pages(struct kv_migration *m, struct kv_stream *s,
 	}
 }
 
+/* Whether the destination showed it runs the guest: a page request
+ * comes only from a vCPU started by RUN (or a device touching RAM after
+ * LISTEN; no device of kvmig's does). */
+static bool postcopy_heard_since_run(struct kv_migration *m)
+{
+	struct kv_pc_src_stats ps = {0};
+
+	if (m->pcs)
+		kv_pc_src_get_stats(m->pcs, &ps);
+	return ps.requests > 0;
+}
+
 /* The link broke after RUN: say what it means. */
 static int postcopy_broken(struct kv_migration *m, struct kv_error *err)
 {
@@ -1080,7 +1093,10 @@ static int postcopy_broken(struct kv_migration *m, struct kv_error *err)
 
 	snprintf(why, sizeof(why), "%s", err->msg[0] ? err->msg : "the link broke");
 	kv_error_clear(err);
-	kv_error_set(err, -EPIPE, "postcopy paused: %s; the guest runs on the destination since POSTCOPY_RUN and %llu of its pages are only here: it cannot be completed until the destination is reachable again (if the destination is gone, so is the guest); the source keeps its copy stopped", why, (unsigned long long)(kv_ram_pending_estimate(m->rs) / KV_PAGE_SIZE));
+	if (!postcopy_heard_since_run(m))
+		kv_error_set(err, -EPIPE, "postcopy paused: %s; POSTCOPY_RUN left the source but the destination asked for no page since, so it may never have received it: if the destination says no guest was started there, resume the guest here with x-migrate-settle run; otherwise the guest runs there and %llu of its pages are only here: it cannot be completed until the destination is reachable again; the source keeps its copy stopped", why, (unsigned long long)(kv_ram_pending_estimate(m->rs) / KV_PAGE_SIZE));
+	else
+		kv_error_set(err, -EPIPE, "postcopy paused: %s; the guest runs on the destination since POSTCOPY_RUN and %llu of its pages are only here: it cannot be completed until the destination is reachable again (if the destination is gone, so is the guest); the source keeps its copy stopped", why, (unsigned long long)(kv_ram_pending_estimate(m->rs) / KV_PAGE_SIZE));
 	return MIG_PC_PAUSED;
 }
 
@@ -1590,8 +1606,12 @@ int kv_mig_settle(struct kv_migration *m, enum kv_swo_settle how,
 
 	if (kv_swo_settle_check(how, err) < 0)
 		return err->code;
-	if (kv_mig_status(m) != KV_MIG_UNDECIDED)
-		return kv_error_set(err, -EBUSY, "x-migrate-settle: the outgoing migration is not undecided (status %s); only a switch-over whose GO the destination never confirmed can be settled by hand", kv_mig_status_name(kv_mig_status(m)));
+	if (kv_mig_status(m) == KV_MIG_POSTCOPY_PAUSED &&
+	    how == KV_SWO_SETTLE_DISCARD)
+		return kv_error_set(err, -EINVAL, "x-migrate-settle: discard does not apply to a postcopy-paused source (its copy is the only one of the pages the destination lacks); run resumes the guest here when the destination never started it");
+	if (kv_mig_status(m) != KV_MIG_UNDECIDED &&
+	    kv_mig_status(m) != KV_MIG_POSTCOPY_PAUSED)
+		return kv_error_set(err, -EBUSY, "x-migrate-settle: the outgoing migration is not undecided or postcopy-paused (status %s); only a switch-over whose GO or POSTCOPY_RUN the destination never confirmed can be settled by hand", kv_mig_status_name(kv_mig_status(m)));
 	if (!__atomic_compare_exchange_n(&m->settle, &expected, (int)how,
 					 false, __ATOMIC_ACQ_REL,
 					 __ATOMIC_ACQUIRE))
@@ -1635,6 +1655,9 @@ static int wait_resume(struct kv_migration *m, char *uri, size_t size,
 		pthread_mutex_unlock(&m->lock);
 		if (asked)
 			return 0;
+		if (__atomic_load_n(&m->settle, __ATOMIC_ACQUIRE) ==
+		    KV_SWO_SETTLE_RUN)
+			return MIG_PC_SETTLED;
 		/* query-migrate while paused: the last bytes the broken
 		 * links (multifd's channels too) carried count. */
 		update_stats(m, m->stream);
@@ -1760,6 +1783,17 @@ static int postcopy_paused_loop(struct kv_migration *m, struct kv_error *err)
 		m->rp = NULL;
 		kv_error_clear(err);
 		ret = wait_resume(m, uri, sizeof(uri), err);
+		if (ret == MIG_PC_SETTLED) {
+			kv_error_set(err, -ECANCELED, "postcopy settled: the operator said the source runs the guest (x-migrate-settle run): the destination never started it");
+			keep_error(m, err);
+			/* Running before FAILED is told: the run state
+			 * follows the vCPUs (as after a failed switch-over). */
+			m->hooks.resume_vm(m->hooks.opaque);
+			mig_set_status(m, KV_MIG_POSTCOPY_PAUSED, KV_MIG_FAILED,
+				       true);
+			kv_info("migration", "%s", err->msg);
+			return -ECANCELED;
+		}
 		if (ret < 0)
 			return ret;
 		mig_set_status(m, KV_MIG_POSTCOPY_PAUSED, KV_MIG_POSTCOPY_RECOVER,
@@ -1815,6 +1849,7 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 {
 	struct kv_error lerr = {0};
 	bool return_path = false, stopped = false, cancelled, paused;
+	bool settled = false; /* postcopy-paused, then x-migrate-settle run */
 	bool abort_sent = false;
 	enum kv_mig_status st;
 	int ret;
@@ -1856,14 +1891,16 @@ static int run_from_setup(struct kv_migration *m, struct kv_stream *s,
 		mig_set_status(m, KV_MIG_CANCELLING, KV_MIG_COMPLETED, true);
 	if (ret == SWO_UNANSWERED)
 		enter_undecided(m, &lerr);
-	if (ret == MIG_PC_PAUSED)
+	if (ret == MIG_PC_PAUSED) {
 		ret = postcopy_paused_loop(m, &lerr);
+		settled = ret < 0 && kv_mig_status(m) == KV_MIG_FAILED;
+	}
 	if (ret == 0 && kv_mig_status(m) == KV_MIG_POSTCOPY_ACTIVE)
 		mig_set_status(m, KV_MIG_POSTCOPY_ACTIVE, KV_MIG_COMPLETED, true);
 out:
 	paused = kv_mig_status(m) == KV_MIG_POSTCOPY_PAUSED;
 	cancelled = ret < 0 && cancel_requested(m);
-	if (paused)
+	if (paused || settled)
 		;
 	else if (ret < 0 && !cancelled && link_went_silent(m, &lerr))
 		name_silent_phase(m, &lerr);
@@ -1878,7 +1915,7 @@ out:
 	if (m->rs)
 		kv_ram_pc_src_end(m->rs);
 	throttle_off(m);
-	if (ret < 0 && stopped && !paused)
+	if (ret < 0 && stopped && !paused && !settled)
 		m->hooks.resume_vm(m->hooks.opaque);
 	/* The guest runs here again; a destination that may be waiting
 	 * with it loaded must hear that it will not. */
@@ -1908,7 +1945,7 @@ out:
 		/* A cancel may still race the failure: it then wins. */
 		do
 			st = kv_mig_status(m);
-		while (st != KV_MIG_CANCELLING &&
+		while (st != KV_MIG_CANCELLING && st != KV_MIG_FAILED &&
 		       !mig_set_status(m, st, KV_MIG_FAILED, true));
 		if (st == KV_MIG_CANCELLING) {
 			announce_cancelling(m);

@@ -356,9 +356,17 @@ def run_case(env, case):
             res["undecided"] = undecided
             if case.get("settle"):
                 for s in (src, dst):
-                    if s.status != UNDECIDED or not s.alive():
+                    other = dst if s is src else src
+                    if s.status not in (UNDECIDED, PAUSED) or \
+                            not s.alive():
+                        continue
+                    # postcopy: only once the other side ended without
+                    # a guest (it says so and exits), as an operator would
+                    if s.status == PAUSED and other.alive():
                         continue
                     how = case["settle"](s)
+                    if how is None:
+                        continue
                     ctx["notes"].append(f"settle {s.name} {how}: "
                                         f"{try_settle(env, s, how)}")
                 observe(src, dst, time.monotonic(), 5, final_only=True)
