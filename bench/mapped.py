@@ -13,8 +13,8 @@ Every round, interleaved so that load hits all alike:
          to file:PATH; resumed by a fresh `kvmig run --incoming defer` +
          migrate-incoming with the same settings;
   kvmig-1  the same with one channel: mapped-ram alone (no multifd, the
-         migration and loading threads do the I/O), through the page
-         cache (kvmig-1d: with direct-io);
+         migration and loading threads do the I/O), direct-io off
+         (kvmig-1d: on);
   qemu   the same guest under QEMU 7.2 (no mapped-ram): `migrate
          exec:cat > PATH`, resumed by `-incoming defer` + `migrate-incoming
          exec:cat PATH`.
@@ -175,7 +175,7 @@ VARIANTS = {
     "kvmig": ("kvmig", KVMIG_CAPS, KVMIG_PARAMS,
               "mapped-ram + multifd (2 channels) + direct-io"),
     "kvmig-1": ("kvmig", KVMIG_CAPS[:1], {},
-                "mapped-ram, one channel (no multifd), page cache"),
+                "mapped-ram, one channel (no multifd), direct-io off"),
     "kvmig-1d": ("kvmig", KVMIG_CAPS[:1], {"direct-io": True},
                  "mapped-ram, one channel (no multifd), direct-io"),
     "qemu": ("qemu", [], {}, "`exec:cat`"),
