@@ -155,6 +155,7 @@ struct kv_mapped_ram {
 	bool write;
 	struct kv_chan *main;	/* the stream's channel (not ours) */
 	struct kv_chan *direct; /* direct-io without threads, ours */
+	bool direct_unasked;	/* direct is the one reader's own choice */
 	struct mr_block *blocks;
 	size_t nblocks;
 	struct mr_job run;  /* source: the run being gathered */
@@ -304,8 +305,19 @@ static int submit(struct kv_mapped_ram *mr, const struct mr_job *j,
 
 	if (ret < 0)
 		return ret;
-	if (!p->n)
-		return do_job(mr, io_chan(mr), j, err);
+	if (!p->n) {
+		ret = do_job(mr, io_chan(mr), j, err);
+		if (ret == -EINVAL && mr->direct_unasked) {
+			/* O_DIRECT opened but this file system refuses the
+			 * reads: through the page cache, as asked. */
+			kv_chan_close(mr->direct);
+			mr->direct = NULL;
+			mr->direct_unasked = false;
+			*err = (struct kv_error){0};
+			ret = do_job(mr, io_chan(mr), j, err);
+		}
+		return ret;
+	}
 	pthread_mutex_lock(&p->lock);
 	while (p->count == MR_QUEUE && !p->err.code)
 		pthread_cond_wait(&p->job_done, &p->lock);
@@ -369,6 +381,7 @@ static struct kv_mapped_ram *mr_new(struct kv_ram_state *rs,
 		 * (BENCHMARKS.md); O_DIRECT where the file system has it. */
 		mr->direct = kv_chan_file_reopen(main, false, true,
 						 &(struct kv_error){0});
+		mr->direct_unasked = mr->direct != NULL;
 	}
 	if (ret < 0) {
 		free(mr->blocks);
