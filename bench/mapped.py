@@ -12,6 +12,9 @@ Every round, interleaved so that load hits all alike:
          `stop`, saved with mapped-ram + multifd (2 channels) + direct-io
          to file:PATH; resumed by a fresh `kvmig run --incoming defer` +
          migrate-incoming with the same settings;
+  kvmig-1  the same with one channel: mapped-ram alone (no multifd, the
+         migration and loading threads do the I/O), direct-io off
+         (kvmig-1d: on);
   qemu   the same guest under QEMU 7.2 (no mapped-ram): `migrate
          exec:cat > PATH`, resumed by `-incoming defer` + `migrate-incoming
          exec:cat PATH`.
@@ -29,7 +32,12 @@ with mapped-ram + postcopy-ram, then migrate-incoming: the time from that
 command to the guest's first heartbeat on the console (host-timestamped,
 tests/integration/vmlib.py), and when the filler had every page in.
 
+--vmms picks the rows (default kvmig,kvmig-1,qemu); LABEL=VARIANT:BUILD
+runs a variant from another build (A/B: `--vmms
+main=kvmig-1:/path/build,kvmig-1`), interleaved like the rest.
+
 Usage: bench/mapped.py BUILD [--rounds N] [--out FILE] [--no-instant]
+       [--vmms kvmig,kvmig-1,kvmig-1d,qemu]
 """
 import re
 import argparse
@@ -162,20 +170,51 @@ KVMIG_CAPS = [{"capability": "mapped-ram", "state": True},
               {"capability": "multifd", "state": True}]
 KVMIG_PARAMS = {"multifd-channels": 2, "direct-io": True}
 
+# Variant: (VMM kind, capabilities, parameters, what it is).
+VARIANTS = {
+    "kvmig": ("kvmig", KVMIG_CAPS, KVMIG_PARAMS,
+              "mapped-ram + multifd (2 channels) + direct-io"),
+    "kvmig-1": ("kvmig", KVMIG_CAPS[:1], {},
+                "mapped-ram, one channel (no multifd), direct-io off"),
+    "kvmig-1d": ("kvmig", KVMIG_CAPS[:1], {"direct-io": True},
+                 "mapped-ram, one channel (no multifd), direct-io"),
+    "qemu": ("qemu", [], {}, "`exec:cat`"),
+}
 
-def configure(vmm, q):
-    if vmm.name == "kvmig":
-        q.cmd("migrate-set-capabilities", capabilities=KVMIG_CAPS)
-        q.cmd("migrate-set-parameters", **KVMIG_PARAMS)
+
+class Target:
+    """One row: a variant of a VMM from a build."""
+
+    def __init__(self, label, variant, build):
+        kind, self.caps, self.params, self.what = VARIANTS[variant]
+        self.label = label
+        self.vmm = vmms.make([kind], build)[0]
+        self.name = self.vmm.name
+
+    def configure(self, q):
+        if self.caps:
+            q.cmd("migrate-set-capabilities", capabilities=self.caps)
+        if self.params:
+            q.cmd("migrate-set-parameters", **self.params)
 
 
-def one_round(vmm, tmp):
-    path = os.path.join(tmp, f"{vmm.name}.img")
+def parse_targets(spec, build):
+    out = []
+    for item in spec.split(","):
+        label, _, rest = item.partition("=")
+        variant, _, where = (rest or label).partition(":")
+        out.append(Target(label, variant, where or build))
+    return out
+
+
+def one_round(t, tmp):
+    vmm = t.vmm
+    path = os.path.join(tmp, f"{t.label}.img")
     if os.path.exists(path):
         os.unlink(path)
-    src, q = boot(vmm, tmp, f"{vmm.name}-src")
+    src, q = boot(vmm, tmp, f"{t.label}-src")
     q.cmd("stop")
-    configure(vmm, q)
+    t.configure(q)
     uri = f"file:{path}" if vmm.name == "kvmig" else f"exec:cat > {path}"
     t0 = time.monotonic()
     q.cmd("migrate", uri=uri)
@@ -187,11 +226,11 @@ def one_round(vmm, tmp):
     src.wait(30)
     st = os.stat(path)
     drop_caches()
-    qpath = os.path.join(tmp, f"{vmm.name}-dst.qmp")
+    qpath = os.path.join(tmp, f"{t.label}-dst.qmp")
     dst = vmlib.Vm(vmm.dest_argv(f"{GUEST_GIB}G", 2, "defer", qpath),
-                   f"{vmm.name}-dst")
+                   f"{t.label}-dst")
     qd = vmlib.Qmp(qpath, timeout=60)
-    configure(vmm, qd)
+    t.configure(qd)
     uri = f"file:{path}" if vmm.name == "kvmig" else f"exec:cat {path}"
     t0 = time.monotonic()
     qd.cmd("migrate-incoming", uri=uri)
@@ -222,17 +261,20 @@ def main():
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--no-instant", action="store_true")
     ap.add_argument("--instant-only", action="store_true")
+    ap.add_argument("--vmms", default="kvmig,kvmig-1,qemu")
     ap.add_argument("--out", default=os.path.join(
         HERE, "results", "mapped-latest.md"))
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench-mapped drops the page cache: run it as root")
     kvmig, qemu = vmms.Kvmig(a.build), vmms.Qemu(a.build)
-    for v in (kvmig, qemu):
+    targets = parse_targets(a.vmms, a.build)
+    for v in [kvmig] + [t.vmm for t in targets]:
         why = v.check()
         if why:
             sys.exit(why)
-    rows = {"disk": [], "kvmig": [], "qemu": []}
+    rows = {"disk": []}
+    rows.update({t.label: [] for t in targets})
     loads = []
     instant = {size: [] for size in INSTANT_SIZES}
     with tempfile.TemporaryDirectory(prefix="kvmig-bench-mapped-",
@@ -250,17 +292,18 @@ def main():
             rows["disk"].append((w, rd))
             print(f"round {r + 1}: disk write {w / 1e9:.2f} GB/s read "
                   f"{rd / 1e9:.2f} GB/s (load {loads[-1]})", flush=True)
-            order = (kvmig, qemu) if r % 2 == 0 else (qemu, kvmig)
+            order = targets if r % 2 == 0 else targets[::-1]
             for v in order:
                 res = one_round(v, tmp)
-                rows[v.name].append(res)
-                print(f"round {r + 1}: {v.name} save {res['save_s']:.2f} s "
+                rows[v.label].append(res)
+                print(f"round {r + 1}: {v.label} save {res['save_s']:.2f} s "
                       f"(migrate {res['migrate_s']:.2f}) restore "
                       f"{res['restore_s']:.2f} s size {res['size']} "
                       f"on disk {res['on_disk']} ({res['state']})",
                       flush=True)
             loads.append(loadavg())
-    text = report(a, rows, loads, qemu.version()) if rows["kvmig"] else ""
+    text = report(a, rows, loads, qemu.version(), targets) \
+        if rows["disk"] else ""
     text += report_instant(instant)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
@@ -287,52 +330,69 @@ def report_instant(instant):
     return "\n".join(lines) + "\n"
 
 
-def report(a, rows, loads, qemu_version):
+def report(a, rows, loads, qemu_version, targets):
     fill = FILL_MIB << 20
     dw = med([x[0] for x in rows["disk"]])
     dr = med([x[1] for x in rows["disk"]])
-    k, q = rows["kvmig"], rows["qemu"]
-    ks, kr = med([x["save_s"] for x in k]), med([x["restore_s"] for x in k])
-    qs, qr = med([x["save_s"] for x in q]), med([x["restore_s"] for x in q])
-    kd, qd = med([x["on_disk"] for x in k]), med([x["on_disk"] for x in q])
-    ksz, qsz = med([x["size"] for x in k]), med([x["size"] for x in q])
+    kvm = [t for t in targets if t.name == "kvmig"]
+    qem = [t for t in targets if t.name == "qemu"]
     lines = [
         "# bench-mapped: suspend and resume through a file",
         "",
-        f"{a.rounds} rounds, interleaved (disk, then kvmig and QEMU in "
+        f"{a.rounds} rounds, interleaved (disk, then every row in "
         f"alternating order); medians. Guest {GUEST_GIB} GiB, "
         f"`{APPEND}` ({FILL_MIB} MiB of incompressible pages), stopped "
-        f"before the save. kvmig: mapped-ram + multifd (2 channels) + "
-        f"direct-io; {qemu_version}: `exec:cat`. Page cache dropped before "
-        f"every restore and disk read. Load average "
-        f"{' '.join(loads)}.",
+        f"before the save. "
+        + " ".join(f"{t.label}: {t.what}"
+                   + (f" ({t.vmm.build})" if t.name == "kvmig" else
+                      f" ({qemu_version})") + ";" for t in targets)
+        + f" Page cache dropped before every restore and disk read. Load "
+        f"average {' '.join(loads)}.",
         "",
         "| | save | restore | file size | on disk |",
         "|---|---|---|---|---|",
         f"| disk (O_DIRECT, 1 MiB) | {dw / 1e9:.2f} GB/s | "
         f"{dr / 1e9:.2f} GB/s | | |",
-        f"| kvmig | {ks:.2f} s = {fill / ks / 1e9:.2f} GB/s "
-        f"({fill / ks / dw:.2f} x disk) | {kr:.2f} s = "
-        f"{fill / kr / 1e9:.2f} GB/s ({fill / kr / dr:.2f} x disk) | "
-        f"{ksz / 2**30:.2f} GiB | {kd / 2**30:.2f} GiB |",
-        f"| QEMU 7.2 | {qs:.2f} s | {qr:.2f} s | {qsz / 2**30:.2f} GiB | "
-        f"{qd / 2**30:.2f} GiB |",
-        f"| kvmig / QEMU | {ks / qs:.2f} | {kr / qr:.2f} | "
-        f"{ksz / qsz:.2f} | {kd / qd:.2f} |",
-        "",
-        "Every round (x disk: against that round's own disk speeds):",
-        "",
-        "| round | disk write / read GB/s | kvmig save s (x disk) | "
-        "kvmig restore s (x disk) | QEMU save s | QEMU restore s |",
-        "|---|---|---|---|---|---|",
     ]
+    meds = {}
+    for t in targets:
+        k = rows[t.label]
+        ks, kr = med([x["save_s"] for x in k]), med([x["restore_s"] for x in k])
+        kd, ksz = med([x["on_disk"] for x in k]), med([x["size"] for x in k])
+        meds[t.label] = (ks, kr, ksz, kd)
+        if t.name == "kvmig":
+            lines.append(
+                f"| {t.label} | {ks:.2f} s = {fill / ks / 1e9:.2f} GB/s "
+                f"({fill / ks / dw:.2f} x disk) | {kr:.2f} s = "
+                f"{fill / kr / 1e9:.2f} GB/s ({fill / kr / dr:.2f} x disk) | "
+                f"{ksz / 2**30:.2f} GiB | {kd / 2**30:.2f} GiB |")
+        else:
+            lines.append(f"| QEMU 7.2 | {ks:.2f} s | {kr:.2f} s | "
+                         f"{ksz / 2**30:.2f} GiB | {kd / 2**30:.2f} GiB |")
+    if kvm and qem:
+        k, q = meds[kvm[0].label], meds[qem[0].label]
+        lines.append(f"| {kvm[0].label} / QEMU | {k[0] / q[0]:.2f} | "
+                     f"{k[1] / q[1]:.2f} | {k[2] / q[2]:.2f} | "
+                     f"{k[3] / q[3]:.2f} |")
+    lines += ["", "Every round (x disk: against that round's own disk "
+              "speeds), save s / restore s:", "",
+              "| round | disk write / read GB/s | "
+              + " | ".join(t.label for t in targets) + " |",
+              "|---|---|" + "---|" * len(targets)]
     for i, (w, r) in enumerate(rows["disk"]):
-        x, y = k[i], q[i]
-        lines.append(
-            f"| {i + 1} | {w / 1e9:.2f} / {r / 1e9:.2f} | "
-            f"{x['save_s']:.2f} ({fill / x['save_s'] / w:.2f}) | "
-            f"{x['restore_s']:.2f} ({fill / x['restore_s'] / r:.2f}) | "
-            f"{y['save_s']:.2f} | {y['restore_s']:.2f} |")
+        cells = []
+        for t in targets:
+            x = rows[t.label][i] if i < len(rows[t.label]) else None
+            if x is None:
+                cells.append("-")
+            elif t.name == "kvmig":
+                cells.append(f"{x['save_s']:.2f} ({fill / x['save_s'] / w:.2f})"
+                             f" / {x['restore_s']:.2f} "
+                             f"({fill / x['restore_s'] / r:.2f})")
+            else:
+                cells.append(f"{x['save_s']:.2f} / {x['restore_s']:.2f}")
+        lines.append(f"| {i + 1} | {w / 1e9:.2f} / {r / 1e9:.2f} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -142,6 +142,12 @@ def refused(vms, tap, uri, needles, what, memory=MEMORY, setup=None):
     else:
         dst = vms.incoming("bad", uri, memory=memory, extra=VERIFY)
     rc = dst.wait(20)
+    # The process has exited, but the thread reading its stderr may not
+    # have read the last lines yet (seen under load): give it a moment.
+    deadline = time.monotonic() + 5
+    while (time.monotonic() < deadline
+           and any(n not in dst.stderr for n in needles)):
+        time.sleep(0.05)
     err = dst.stderr
     missing = [n for n in needles if n not in err]
     tap.ok(rc == 1 and not missing and not dst.heartbeat_times(),

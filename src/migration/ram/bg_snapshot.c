@@ -53,9 +53,12 @@
  * transparent huge page whole. A writer waiting on a page of a run waits
  * for 2 MiB of copies at most. */
 #define RUN_PAGES 512U
-/* The fault thread's copies waiting for the stream: 64 MiB at most (the
- * memory is touched only as slots are used). A writer whose page finds
- * the pool full waits for the migration thread. */
+/* The fault thread's copies waiting for the stream: 64 MiB, a ring,
+ * faulted in (huge pages) before the stop, while the guest still runs:
+ * a copy into fresh memory pays a page fault and the zeroing first,
+ * which on this kind of host cost the writer up to 0.7 s per 2 MiB
+ * window under load (DESIGN.md "Background snapshot"). A writer whose
+ * page finds the pool full waits for the migration thread. */
 #define POOL_PAGES 16384U
 
 struct bg_slot {
@@ -70,12 +73,13 @@ struct kv_ram_bg {
 	bool thread_live;
 	int stop; /* atomic: the fault thread ends */
 
-	/* The copy pool: a ring of POOL_PAGES slots; the fault thread fills
+	/* The copy pool: a ring of pool_pages slots; the fault thread fills
 	 * at head, the migration thread empties at tail. */
 	pthread_mutex_t lock;
 	pthread_cond_t room;
-	uint8_t *pool;
-	struct bg_slot slot[POOL_PAGES];
+	uint8_t *pool;		/* pool_pages pages (map_pool) */
+	struct bg_slot *slot;	/* pool_pages */
+	size_t pool_pages;
 	size_t head, tail; /* under lock */
 	/* Faults between their claim and their slot's publication (atomic):
 	 * the snapshot is complete only once none is left. */
@@ -93,6 +97,7 @@ struct kv_ram_bg {
 	/* Counters (relaxed atomics; kv_ram_bg_get_stats). */
 	uint64_t faults, copies, pool_waits;
 	uint64_t max_fault_ns; /* fault read to un-protect */
+	uint64_t pool_high;    /* most copies waiting at once */
 };
 
 static void *page_addr(const struct kv_ram_state *rs, size_t bi, size_t page)
@@ -130,21 +135,24 @@ static size_t pool_free(struct kv_ram_bg *bg)
 	pthread_mutex_lock(&bg->lock);
 	used = bg->head - bg->tail;
 	pthread_mutex_unlock(&bg->lock);
-	return POOL_PAGES - used;
+	return bg->pool_pages - used;
 }
 
-/* Wait until n slots are free; false when the snapshot stops first. */
-static bool wait_room(struct kv_ram_bg *bg, size_t n)
+/* Wait until n slots are free (the fault thread then fills them
+ * unlocked and publishes them); false when the snapshot stops first.
+ * *start: the first one. */
+static bool take_room(struct kv_ram_bg *bg, size_t n, size_t *start)
 {
 	bool waited = false, ok;
 
 	pthread_mutex_lock(&bg->lock);
-	while (POOL_PAGES - (bg->head - bg->tail) < n &&
+	while (bg->pool_pages - (bg->head - bg->tail) < n &&
 	       !__atomic_load_n(&bg->stop, __ATOMIC_ACQUIRE)) {
 		waited = true;
 		pthread_cond_wait(&bg->room, &bg->lock);
 	}
-	ok = POOL_PAGES - (bg->head - bg->tail) >= n;
+	ok = bg->pool_pages - (bg->head - bg->tail) >= n;
+	*start = bg->head;
 	pthread_mutex_unlock(&bg->lock);
 	if (waited)
 		kv_ram_stat_add(&bg->pool_waits, 1);
@@ -153,16 +161,16 @@ static bool wait_room(struct kv_ram_bg *bg, size_t n)
 
 /* Copy pages [first, first + n) of block bi into the pool; false when
  * the snapshot stops first. The fault thread is the pool's only filler:
- * the slots past head are its own until it publishes them, so it copies
+ * the slots it took are its own until it publishes them, so it copies
  * without the lock (the migration thread empties meanwhile). */
 static bool pool_copy(struct kv_ram_bg *bg, size_t bi, size_t first, size_t n)
 {
-	size_t head = bg->head;
+	size_t head;
 
-	if (!wait_room(bg, n))
+	if (!take_room(bg, n, &head))
 		return false;
 	for (size_t k = 0; k < n; k++) {
-		size_t at = (head + k) % POOL_PAGES;
+		size_t at = (head + k) % bg->pool_pages;
 
 		bg->slot[at] = (struct bg_slot){.bi = bi, .page = first + k};
 		memcpy(bg->pool + at * KV_PAGE_SIZE,
@@ -170,6 +178,8 @@ static bool pool_copy(struct kv_ram_bg *bg, size_t bi, size_t first, size_t n)
 	}
 	pthread_mutex_lock(&bg->lock);
 	bg->head = head + n;
+	if (bg->head - bg->tail > bg->pool_high)
+		bg->pool_high = bg->head - bg->tail;
 	pthread_mutex_unlock(&bg->lock);
 	return true;
 }
@@ -375,6 +385,21 @@ static void hash_all_pages(struct kv_ram_bg *bg)
 	}
 }
 
+/* len bytes in huge pages, faulted in now (where the kernel can:
+ * MADV_POPULATE_WRITE, Linux 5.14; else the first copies fault them).
+ * NULL when refused. */
+static void *map_pool(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	(void)madvise(p, len, MADV_HUGEPAGE);
+	(void)madvise(p, len, MADV_POPULATE_WRITE);
+	return p;
+}
+
 static struct kv_ram_bg *bg_new(struct kv_ram_state *rs, struct kv_error *err)
 {
 	struct kv_ram_bg *bg = calloc(1, sizeof(*bg));
@@ -386,12 +411,12 @@ static struct kv_ram_bg *bg_new(struct kv_ram_state *rs, struct kv_error *err)
 	bg->rs = rs;
 	pthread_mutex_init(&bg->lock, NULL);
 	pthread_cond_init(&bg->room, NULL);
-	bg->pool = malloc((size_t)POOL_PAGES * KV_PAGE_SIZE);
+	bg->pool_pages = POOL_PAGES;
+	bg->pool = map_pool(bg->pool_pages * KV_PAGE_SIZE);
+	bg->slot = calloc(bg->pool_pages, sizeof(*bg->slot));
 	bg->bounce = malloc((size_t)RUN_PAGES * KV_PAGE_SIZE);
-	if (!bg->pool || !bg->bounce) {
-		kv_error_set(err, -ENOMEM, "background snapshot: out of memory for %u pages of copies", POOL_PAGES + RUN_PAGES);
-		return bg;
-	}
+	if (!bg->pool || !bg->slot || !bg->bounce)
+		kv_error_set(err, -ENOMEM, "background snapshot: out of memory for %zu pages of copies", bg->pool_pages + RUN_PAGES);
 	return bg;
 }
 
@@ -419,7 +444,7 @@ int kv_ram_bg_prepare(struct kv_ram_state *rs, struct kv_error *err)
 	if (!rs->src.background || rs->src.bg)
 		return kv_error_set(err, -EINVAL, "background snapshot: prepared %s", rs->src.bg ? "twice" : "without kv_ram_set_background");
 	bg = rs->src.bg = bg_new(rs, err);
-	if (!bg || !bg->pool || !bg->bounce)
+	if (!bg || !bg->pool || !bg->slot || !bg->bounce)
 		return err->code ? err->code : -ENOMEM;
 	ret = prescan_unpopulated(bg, err);
 	if (ret == 0)
@@ -464,16 +489,17 @@ static void send_zero_page(struct kv_stream *s, struct kv_ram_state *rs,
 	kv_ram_stat_add(&rs->zero_pages, 1);
 }
 
-/* A saved copy (never the live page: it is writable again by now). */
-static void send_copy(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
-		      size_t page, const uint8_t *copy)
+/* A saved copy (never the live page: it is writable again by now), by
+ * reference: the copy stays until the stream is flushed. */
+static void send_copy_ref(struct kv_stream *s, struct kv_ram_state *rs,
+			  size_t bi, size_t page, const uint8_t *copy)
 {
 	if (kv_buffer_is_zero(copy, KV_PAGE_SIZE)) {
 		send_zero_page(s, rs, bi, page);
 		return;
 	}
 	kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_PAGE);
-	kv_stream_put_buffer(s, copy, KV_PAGE_SIZE);
+	kv_stream_put_page_ref(s, copy, KV_PAGE_SIZE);
 	kv_ram_stat_add(&rs->normal_pages, 1);
 }
 
@@ -483,29 +509,40 @@ static void page_done(struct kv_ram_state *rs)
 	kv_ram_stat_add(&rs->src.pass_pages, 1);
 }
 
-/* Write the fault thread's copies out, oldest first. */
+/* Write the fault thread's copies out, oldest first: by reference, a
+ * window at a time, flushed before their slots are free again. */
 static void drain_pool(struct kv_stream *s, struct kv_ram_bg *bg)
 {
-	pthread_mutex_lock(&bg->lock);
-	while (bg->tail != bg->head) {
-		struct bg_slot sl = bg->slot[bg->tail % POOL_PAGES];
-		const uint8_t *copy =
-		    bg->pool + (bg->tail % POOL_PAGES) * KV_PAGE_SIZE;
+	size_t tail, head;
 
-		/* The slot stays ours until tail moves: write unlocked. A
+	pthread_mutex_lock(&bg->lock);
+	tail = bg->tail;
+	head = bg->head;
+	pthread_mutex_unlock(&bg->lock);
+	while (tail != head) {
+		size_t end = head - tail > RUN_PAGES ? tail + RUN_PAGES : head;
+
+		/* The slots stay ours until tail moves: written unlocked. A
 		 * window's page never populated at the stop was not protected
 		 * and may hold a later write: it was zero then. */
-		pthread_mutex_unlock(&bg->lock);
-		if (was_unpopulated(bg, sl.bi, sl.page))
-			send_zero_page(s, bg->rs, sl.bi, sl.page);
-		else
-			send_copy(s, bg->rs, sl.bi, sl.page, copy);
-		page_done(bg->rs);
+		for (; tail != end; tail++) {
+			size_t at = tail % bg->pool_pages;
+			struct bg_slot sl = bg->slot[at];
+
+			if (was_unpopulated(bg, sl.bi, sl.page))
+				send_zero_page(s, bg->rs, sl.bi, sl.page);
+			else
+				send_copy_ref(s, bg->rs, sl.bi, sl.page,
+					      bg->pool + at * KV_PAGE_SIZE);
+			page_done(bg->rs);
+		}
+		kv_stream_flush(s);
 		pthread_mutex_lock(&bg->lock);
-		bg->tail++;
-		pthread_cond_signal(&bg->room);
+		bg->tail = tail;
+		head = bg->head;
+		pthread_cond_broadcast(&bg->room);
+		pthread_mutex_unlock(&bg->lock);
 	}
-	pthread_mutex_unlock(&bg->lock);
 }
 
 /* Claim pages first.. of block bi while their bits are set, up to the
@@ -727,14 +764,18 @@ void kv_ram_bg_stop(struct kv_ram_state *rs)
 {
 	struct kv_ram_bg *bg = rs->src.bg;
 	struct kv_ram_bg_stats st;
+	size_t high;
 
 	if (!bg)
 		return;
 	kv_ram_bg_get_stats(rs, &st);
-	kv_info("ram", "background snapshot: %llu write faults, %llu pages copied by the fault thread, longest fault %.3f ms, %llu waits for room",
+	pthread_mutex_lock(&bg->lock);
+	high = bg->pool_high;
+	pthread_mutex_unlock(&bg->lock);
+	kv_info("ram", "background snapshot: %llu write faults, %llu pages copied by the fault thread, longest fault %.3f ms, %llu waits for room, pool high-water %zu pages",
 		(unsigned long long)st.faults, (unsigned long long)st.copies,
 		(double)st.max_fault_ns / 1e6,
-		(unsigned long long)st.pool_waits);
+		(unsigned long long)st.pool_waits, high);
 	/* Un-protect first: a writer blocked on a page nobody will save
 	 * (a failure, a cancel) goes on. */
 	if (bg->u)
@@ -745,7 +786,9 @@ void kv_ram_bg_stop(struct kv_ram_state *rs)
 	kv_uffd_close(bg->u);
 	pthread_cond_destroy(&bg->room);
 	pthread_mutex_destroy(&bg->lock);
-	free(bg->pool);
+	if (bg->pool)
+		munmap(bg->pool, bg->pool_pages * KV_PAGE_SIZE);
+	free(bg->slot);
 	free(bg->bounce);
 	for (size_t bi = 0; bg->unpopulated && bi < rs->nblocks; bi++)
 		kv_bitmap_free(bg->unpopulated[bi]);

@@ -22,6 +22,7 @@
 #include "migration/postcopy/postcopy_dst.h"
 #include "migration/ram/mapped_ram.h"
 #include "migration/ram/ram_internal.h"
+#include "migration/ram/ram_prefault.h"
 
 /* ---- the header ---- */
 
@@ -154,6 +155,7 @@ struct kv_mapped_ram {
 	bool write;
 	struct kv_chan *main;	/* the stream's channel (not ours) */
 	struct kv_chan *direct; /* direct-io without threads, ours */
+	bool direct_unasked;	/* direct is the one reader's own choice */
 	struct mr_block *blocks;
 	size_t nblocks;
 	struct mr_job run;  /* source: the run being gathered */
@@ -303,8 +305,19 @@ static int submit(struct kv_mapped_ram *mr, const struct mr_job *j,
 
 	if (ret < 0)
 		return ret;
-	if (!p->n)
-		return do_job(mr, io_chan(mr), j, err);
+	if (!p->n) {
+		ret = do_job(mr, io_chan(mr), j, err);
+		if (ret == -EINVAL && mr->direct_unasked) {
+			/* O_DIRECT opened but this file system refuses the
+			 * reads: through the page cache, as asked. */
+			kv_chan_close(mr->direct);
+			mr->direct = NULL;
+			mr->direct_unasked = false;
+			*err = (struct kv_error){0};
+			ret = do_job(mr, io_chan(mr), j, err);
+		}
+		return ret;
+	}
 	pthread_mutex_lock(&p->lock);
 	while (p->count == MR_QUEUE && !p->err.code)
 		pthread_cond_wait(&p->job_done, &p->lock);
@@ -362,6 +375,13 @@ static struct kv_mapped_ram *mr_new(struct kv_ram_state *rs,
 	else if (cfg->direct_io) {
 		mr->direct = kv_chan_file_reopen(main, write, true, err);
 		ret = mr->direct ? 0 : err->code;
+	} else if (!write) {
+		/* One reader: every page is read once, into guest memory, so
+		 * the page cache only costs a copy and halves the rate here
+		 * (BENCHMARKS.md); O_DIRECT where the file system has it. */
+		mr->direct = kv_chan_file_reopen(main, false, true,
+						 &(struct kv_error){0});
+		mr->direct_unasked = mr->direct != NULL;
 	}
 	if (ret < 0) {
 		free(mr->blocks);
@@ -893,9 +913,31 @@ static int instant_start(struct kv_ram_state *rs, struct kv_error *err)
 	return ret;
 }
 
+/* A hole this long in the bitmap stops the prefault window at its
+ * start: memory the file leaves zero is not populated for nothing. */
+#define PREFAULT_HOLE_PAGES 512
+
+/* The loading thread reads the next run at page: guest memory ahead of
+ * it is faulted in by the prefault helpers (on the other cores), so the
+ * read only copies. */
+static void prefault_ahead(struct kv_ram_prefault *pf,
+			   const struct kv_ram_block *b, size_t bi,
+			   const unsigned long *map, size_t page, size_t end)
+{
+	size_t next;
+
+	if (!pf)
+		return;
+	kv_ram_prefault_note(pf, bi, b->host, b->length,
+			     (uint64_t)page << KV_PAGE_SHIFT);
+	next = kv_bitmap_find_next(map, b->npages, end);
+	if (next - end >= PREFAULT_HOLE_PAGES)
+		kv_ram_prefault_note_zero(pf, bi, (uint64_t)end << KV_PAGE_SHIFT);
+}
+
 /* Queue the block's runs of marked pages, at most IO_MAX each. */
 static int load_block_pages(struct kv_mapped_ram *mr, size_t bi,
-			    struct kv_error *err)
+			    struct kv_ram_prefault *pf, struct kv_error *err)
 {
 	struct kv_ram_state *rs = mr->rs;
 	const struct kv_ram_block *b = &rs->blocks[bi];
@@ -919,6 +961,7 @@ static int load_block_pages(struct kv_mapped_ram *mr, size_t bi,
 			j.npages++;
 		}
 		loaded += j.npages;
+		prefault_ahead(pf, b, bi, map, j.page, page);
 		ret = submit(mr, &j, err);
 		if (ret < 0)
 			return ret;
@@ -931,19 +974,26 @@ static int load_block_pages(struct kv_mapped_ram *mr, size_t bi,
 int kv_mapped_ram_load_pages(struct kv_ram_state *rs, struct kv_error *err)
 {
 	struct kv_mapped_ram *mr = rs->mapped;
+	struct kv_ram_prefault *pf = NULL;
 	int ret = 0;
 
 	if (!mr)
 		return 0;
 	if (rs->mapped_cfg.instant)
 		return instant_start(rs, err);
+	/* One reader: first touch of the guest's memory (a fault a page, or
+	 * a huge page) would be most of its time; helpers take it ahead.
+	 * I/O threads fault their own pages in, in parallel. */
+	if (!mr->pool.n)
+		pf = kv_ram_prefault_start();
 	for (size_t i = 0; ret == 0 && i < mr->nblocks; i++) {
 		if (!mr->blocks[i].have_header)
 			continue;
 		ret = read_bitmap(mr, i, err);
 		if (ret == 0)
-			ret = load_block_pages(mr, i, err);
+			ret = load_block_pages(mr, i, pf, err);
 	}
+	kv_ram_prefault_stop(pf);
 	/* Whatever failed, nothing may still write into memory after. */
 	if (wait_all(mr, ret < 0 ? &(struct kv_error){0} : err) < 0 && !ret)
 		ret = err->code;
