@@ -40,9 +40,11 @@
  * two reads per 16 KiB record; served from here, one read of the socket
  * covers many records. */
 #define RX_AHEAD (128 * 1024)
+/* TLS's largest record plaintext. */
+#define RECORD_MAX 16384
 /* The most ciphertext GnuTLS holds of a record it has not decrypted
  * yet: TLS 1.3's largest record with its header. */
-#define RECORD_HELD_MAX (16384 + 256 + 5)
+#define RECORD_HELD_MAX (RECORD_MAX + 256 + 5)
 /* Plaintext one writev call encrypts at most (then it returns). */
 #define TX_PER_CALL (1024 * 1024)
 /*
@@ -92,6 +94,10 @@ struct tls_chan {
 	pthread_mutex_t tx_lock; /* reader and writer may both push */
 	uint8_t *tx;
 	size_t tx_used;
+	/* A record's plaintext gathered from small iovec entries (the
+	 * writing thread's only; empty between writev calls). */
+	uint8_t *pt;
+	size_t rec_max; /* plaintext in one record: the session's limit */
 	/* Read ahead (the reading thread's only): rx[rx_head, rx_len). */
 	uint8_t *rx;
 	size_t rx_head, rx_len;
@@ -648,38 +654,82 @@ static ssize_t tls_readv(struct kv_chan *c, const struct iovec *iov,
 	return total;
 }
 
+/* All len bytes, in as many records as the session's limit needs: 0,
+ * or GnuTLS's error (GNUTLS_E_PUSH_ERROR after a shutdown). */
+static ssize_t send_records(struct tls_chan *t, const uint8_t *buf,
+			    size_t len)
+{
+	while (len) {
+		ssize_t n;
+
+		if (__atomic_load_n(&t->pub.shutdown_req, __ATOMIC_ACQUIRE))
+			return GNUTLS_E_PUSH_ERROR;
+		n = gnutls_record_send(t->session, buf, len);
+		if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
+			continue;
+		if (n < 0)
+			return n;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/*
+ * A record costs GnuTLS about as much as encrypting a few KiB (its
+ * buffer, nonce, tag, header, a push), so records are cut only where
+ * they are full or where the call ends, never at an iovec entry: the
+ * RAM stream's 8-byte headers and 4 KiB pages, and a multifd packet's
+ * pages, gather in pt into full records. An entry that starts a record
+ * and fills one goes to GnuTLS as it is, without the copy.
+ */
 static ssize_t tls_writev(struct kv_chan *c, const struct iovec *iov,
 			  int iovcnt)
 {
 	struct tls_chan *t = to_tls(c);
-	size_t total = 0;
+	size_t sent = 0, staged = 0;
+	ssize_t e = 0;
 	int r;
 
-	for (int i = 0; i < iovcnt && total < TX_PER_CALL; i++) {
-		size_t done = 0;
+	for (int i = 0; i < iovcnt && e == 0; i++) {
+		const uint8_t *p = iov[i].iov_base;
+		size_t left = iov[i].iov_len;
 
-		while (done < iov[i].iov_len && total < TX_PER_CALL) {
-			ssize_t n;
+		while (left && e == 0 && sent + staged < TX_PER_CALL) {
+			size_t take = t->rec_max - staged;
 
-			if (__atomic_load_n(&c->shutdown_req, __ATOMIC_ACQUIRE))
-				return -ECANCELED;
-			n = gnutls_record_send(t->session,
-					       (const uint8_t *)iov[i].iov_base + done,
-					       iov[i].iov_len - done);
-			if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
-				continue;
-			if (n < 0) {
-				flush(t);
-				return total ? (ssize_t)total : record_errno(t, n);
+			if (take > left)
+				take = left;
+			if (take > TX_PER_CALL - sent - staged)
+				take = TX_PER_CALL - sent - staged;
+			if (!staged && take == t->rec_max) {
+				e = send_records(t, p, take);
+				sent += e == 0 ? take : 0;
+			} else {
+				memcpy(t->pt + staged, p, take);
+				staged += take;
+				if (staged == t->rec_max) {
+					e = send_records(t, t->pt, staged);
+					sent += e == 0 ? staged : 0;
+					staged = 0;
+				}
 			}
-			done += (size_t)n;
-			total += (size_t)n;
+			p += take;
+			left -= take;
 		}
 	}
+	if (e == 0 && staged) {
+		e = send_records(t, t->pt, staged);
+		sent += e == 0 ? staged : 0;
+	}
 	r = flush(t);
-	if (r < 0 && !total)
+	if (e < 0 && __atomic_load_n(&c->shutdown_req, __ATOMIC_ACQUIRE))
+		return sent ? (ssize_t)sent : -ECANCELED;
+	if (e < 0)
+		return sent ? (ssize_t)sent : record_errno(t, e);
+	if (r < 0)
 		return r;
-	return r < 0 ? r : (ssize_t)total;
+	return (ssize_t)sent;
 }
 
 static void tls_shutdown(struct kv_chan *c)
@@ -697,6 +747,7 @@ static void tls_close(struct kv_chan *c)
 	kv_chan_close(t->inner);
 	pthread_mutex_destroy(&t->tx_lock);
 	free(t->tx);
+	free(t->pt);
 	free(t->rx);
 	free(t);
 }
@@ -901,9 +952,15 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 	struct tls_chan *t = calloc(1, sizeof(*t));
 	int r;
 
-	if (t)
+	if (t) {
 		t->tx = malloc(TX_BATCH);
-	if (!t || !t->tx) {
+		t->pt = malloc(RECORD_MAX);
+	}
+	if (!t || !t->tx || !t->pt) {
+		if (t) {
+			free(t->tx);
+			free(t->pt);
+		}
 		free(t);
 		kv_error_set(err, -ENOMEM, "TLS: out of memory");
 		return NULL;
@@ -939,6 +996,9 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 	t->p = NULL;
 	t->deadline_ns = -1;
 	t->handshaken = true;
+	t->rec_max = gnutls_record_get_max_size(t->session);
+	if (t->rec_max == 0 || t->rec_max > RECORD_MAX)
+		t->rec_max = RECORD_MAX;
 	t->rx = malloc(RX_AHEAD); /* NULL: GnuTLS reads the socket itself */
 	return &t->pub;
 }
