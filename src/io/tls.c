@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "base/log.h"
 
 /* QEMU's PSK user when none is given. */
 #define PSK_DEFAULT_USER "qemu"
@@ -101,6 +102,7 @@ struct tls_chan {
 	/* Read ahead (the reading thread's only): rx[rx_head, rx_len). */
 	uint8_t *rx;
 	size_t rx_head, rx_len;
+	bool rx_only; /* pull takes only from rx (read_records) */
 };
 
 static struct tls_chan *to_tls(struct kv_chan *c)
@@ -454,6 +456,10 @@ static ssize_t pull_ahead(struct tls_chan *t, void *buf, size_t len)
 {
 	size_t avail = t->rx_len - t->rx_head;
 
+	if (!avail && t->rx_only) {
+		gnutls_transport_set_errno(t->session, EAGAIN);
+		return -1;
+	}
 	if (!avail) {
 		ssize_t n = t->inner->ops->read(t->inner, t->rx, RX_AHEAD);
 
@@ -606,18 +612,29 @@ static ssize_t record_errno(struct tls_chan *t, ssize_t r)
 	return -EPROTO;
 }
 
-static ssize_t tls_read(struct kv_chan *c, void *buf, size_t len)
+/* Decrypted bytes into buf: >0, 0 at the end, -errno. Without may_block
+ * only from what is here already (GnuTLS's and the read-ahead buffer):
+ * -EAGAIN when that holds no whole record, and GnuTLS keeps the part it
+ * took for the next call. */
+static ssize_t read_records(struct tls_chan *t, void *buf, size_t len,
+			    bool may_block)
 {
-	struct tls_chan *t = to_tls(c);
-
 	for (;;) {
 		ssize_t r;
 
-		if (__atomic_load_n(&c->shutdown_req, __ATOMIC_ACQUIRE))
+		if (__atomic_load_n(&t->pub.shutdown_req, __ATOMIC_ACQUIRE))
 			return -ECANCELED;
+		/* No read-ahead buffer: GnuTLS would read the socket. */
+		if (!may_block && !t->rx &&
+		    !gnutls_record_check_pending(t->session))
+			return -EAGAIN;
+		t->rx_only = !may_block;
 		r = gnutls_record_recv(t->session, buf, len);
+		t->rx_only = false;
 		if (r >= 0)
 			return r;
+		if (r == GNUTLS_E_AGAIN && !may_block)
+			return -EAGAIN;
 		if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED ||
 		    r == GNUTLS_E_REHANDSHAKE)
 			continue;
@@ -629,6 +646,13 @@ static ssize_t tls_read(struct kv_chan *c, void *buf, size_t len)
 	}
 }
 
+/*
+ * One read takes every whole record that is here already, not only the
+ * first: the read-ahead buffer holds up to 8 of them, and a caller that
+ * asked for 256 KiB (the stream's buffer, a multifd payload) would
+ * otherwise come back once per 16 KiB, each time setting the socket's
+ * low-water mark again. It waits only for the first.
+ */
 static ssize_t tls_readv(struct kv_chan *c, const struct iovec *iov,
 			 int iovcnt)
 {
@@ -639,12 +663,9 @@ static ssize_t tls_readv(struct kv_chan *c, const struct iovec *iov,
 		size_t got = 0;
 
 		while (got < iov[i].iov_len) {
-			ssize_t n;
+			ssize_t n = read_records(t, (uint8_t *)iov[i].iov_base + got,
+						 iov[i].iov_len - got, total == 0);
 
-			if (total && !gnutls_record_check_pending(t->session))
-				return total;
-			n = tls_read(c, (uint8_t *)iov[i].iov_base + got,
-				     iov[i].iov_len - got);
 			if (n <= 0)
 				return total ? total : n;
 			got += (size_t)n;
@@ -652,6 +673,13 @@ static ssize_t tls_readv(struct kv_chan *c, const struct iovec *iov,
 		}
 	}
 	return total;
+}
+
+static ssize_t tls_read(struct kv_chan *c, void *buf, size_t len)
+{
+	struct iovec v = {buf, len};
+
+	return tls_readv(c, &v, 1);
 }
 
 /* All len bytes, in as many records as the session's limit needs: 0,
@@ -950,6 +978,7 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 			    struct kv_error *err)
 {
 	struct tls_chan *t = calloc(1, sizeof(*t));
+	int64_t t0;
 	int r;
 
 	if (t) {
@@ -985,7 +1014,9 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 		tls_close(&t->pub);
 		return NULL;
 	}
+	t0 = kv_now_ns();
 	r = handshake(t);
+	kv_switch_log("TLS handshake with %s: %s in %.3f ms", t->peer, r < 0 ? "failed" : "done", (double)(kv_now_ns() - t0) / 1e6);
 	if (r < 0) {
 		explain_failure(t, r);
 		kv_error_set(err, r == GNUTLS_E_PULL_ERROR && t->rx_err == -ETIMEDOUT ? -ETIMEDOUT : -EACCES, "TLS with %s (%s) failed: %s", t->peer, kv_tls_creds_id(p->creds), t->why);
