@@ -821,6 +821,16 @@ static int tls_tcp_limits(const struct kv_chan *c, struct kv_tcp_limits *out)
 	return kv_chan_tcp_limits(to_tls_const(c)->inner, out);
 }
 
+/* The limit and the record go to the socket beneath, whose waits are the
+ * ones that time out (and, on TCP, its TCP_USER_TIMEOUT). */
+static int tls_set_silence(struct kv_chan *c, uint64_t limit_ms,
+			   struct kv_chan_activity *shared)
+{
+	if (!shared)
+		shared = __atomic_load_n(&c->activity, __ATOMIC_ACQUIRE);
+	return kv_chan_set_silence(to_tls(c)->inner, limit_ms, shared);
+}
+
 static int tls_peer_name(const struct kv_chan *c, char *buf, size_t size)
 {
 	kv_chan_peer_name(to_tls_const(c)->inner, buf, size);
@@ -839,6 +849,7 @@ static const struct kv_chan_ops tls_ops = {
     .unsent = tls_unsent,
     .tcp_limits = tls_tcp_limits,
     .peer_name = tls_peer_name,
+    .set_silence = tls_set_silence,
 };
 
 /* ---- the handshake ---- */

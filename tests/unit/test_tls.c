@@ -393,6 +393,68 @@ static void test_pending_and_shutdown(void **state)
 	kv_tls_creds_free((struct kv_tls_creds *)sv.p.creds);
 }
 
+struct watchdog {
+	struct kv_chan *c;
+	int done; /* atomic */
+	pthread_t th;
+};
+
+/* Shuts c down after 3 s unless done: a read that would wait forever
+ * fails the test instead. */
+static void *watchdog_main(void *arg)
+{
+	struct watchdog *w = arg;
+	struct timespec slice = {0, 50 * 1000000L};
+
+	for (int i = 0; i < 60; i++) {
+		if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE))
+			return NULL;
+		nanosleep(&slice, NULL);
+	}
+	kv_chan_shutdown(w->c);
+	return NULL;
+}
+
+/* The silence limit (x-link-timeout) holds over TLS as over a plain
+ * socket: a read that hears nothing for it fails, saying so, and a byte
+ * that came counts as life. */
+static void test_silence_through_tls(void **state)
+{
+	struct dirs *d = *state;
+	struct side cl = {0}, sv = {0};
+	struct kv_chan_activity life;
+	struct kv_error err = {0};
+	uint8_t msg[8] = {1}, b[8];
+	struct iovec v = {msg, sizeof(msg)};
+	struct watchdog w = {0};
+	int64_t t0;
+	int ret;
+
+	cl.p.creds = psk(d->good, KV_TLS_CLIENT, NULL);
+	sv.p.creds = psk(d->good, KV_TLS_SERVER, NULL);
+	handshake(&cl, &sv);
+	assert_non_null(cl.out);
+	assert_non_null(sv.out);
+	kv_chan_activity_init(&life, "the source", "x-link-timeout");
+	assert_int_equal(kv_chan_set_silence(sv.out, 300, &life), 0);
+	assert_int_equal(kv_chan_writev_full(cl.out, &v, 1, &err), 0);
+	assert_int_equal(kv_chan_read_full(sv.out, b, sizeof(b), &err), 0);
+	w.c = sv.out;
+	pthread_create(&w.th, NULL, watchdog_main, &w);
+	t0 = kv_now_ns();
+	ret = kv_chan_read_full(sv.out, b, sizeof(b), &err);
+	__atomic_store_n(&w.done, 1, __ATOMIC_RELEASE);
+	pthread_join(w.th, NULL);
+	assert_int_equal(ret, -ETIMEDOUT);
+	assert_true(kv_now_ns() - t0 >= SEC / 5);
+	if (!strstr(err.msg, "no byte from the source"))
+		fail_msg("%s", err.msg);
+	kv_chan_close(cl.out);
+	kv_chan_close(sv.out);
+	kv_tls_creds_free((struct kv_tls_creds *)cl.p.creds);
+	kv_tls_creds_free((struct kv_tls_creds *)sv.p.creds);
+}
+
 /* A peer that never answers: the handshake ends at its deadline, says
  * so, and leaves the inner channel to the caller. */
 static void test_handshake_deadline(void **state)
@@ -722,6 +784,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_psk_transfer_full_duplex),
 	    cmocka_unit_test(test_records_are_full),
+	    cmocka_unit_test(test_silence_through_tls),
 	    cmocka_unit_test(test_nb_session),
 	    cmocka_unit_test(test_nb_refusals),
 	    cmocka_unit_test(test_pending_and_shutdown),
