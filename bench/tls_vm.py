@@ -125,7 +125,7 @@ def print_ab(rows, builds, runs_n, load0, load):
           f"B TLS, ...); load average {load0:.1f} at the start, "
           f"{load:.1f} at the end, on {os.cpu_count()} CPUs.\n")
     print("| guest | channels | plain ms A / B | TLS ms A / B "
-          "| TLS / plain A / B | target | migration CPU s TLS A / B "
+          "| TLS / plain A / B | target | migration CPU s plain / TLS, A; B "
           "| runs TLS A / B (ms) |")
     print("|---|---|---|---|---|---|---|---|")
     for label, mode, channels, r in rows:
@@ -133,12 +133,14 @@ def print_ab(rows, builds, runs_n, load0, load):
         ta, tb = med(r[(a, True)][0]), med(r[(b, True)][0])
         ra, rb = ta / max(pa, 1), tb / max(pb, 1)
         ca, cb = med(r[(a, True)][1]), med(r[(b, True)][1])
+        qa, qb = med(r[(a, False)][1]), med(r[(b, False)][1])
         each = (" ".join(map(str, r[(a, True)][0])) + " / " +
                 " ".join(map(str, r[(b, True)][0])))
         t = TARGET[channels]
         print(f"| {label} | {mode} | {pa:.0f} / {pb:.0f} | {ta:.0f} / "
               f"{tb:.0f} | {ra:.2f} / {rb:.2f} | <= {t} A "
-              f"{'met' if ra <= t else 'MISSED'} | {ca:.2f} / {cb:.2f} "
+              f"{'met' if ra <= t else 'MISSED'} | {qa:.2f} / {ca:.2f}; "
+              f"{qb:.2f} / {cb:.2f} "
               f"| {each} |")
 
 
