@@ -113,6 +113,9 @@ struct kv_incoming {
 	/* Recovery: the listener migrate-recover opened (under lock), and
 	 * the stream of the link that replaced the first. */
 	struct kv_listener *recover_l;
+	/* The first link's listener, which multifd's receiver still holds
+	 * after a recovery replaced it: closed with the receiver's end. */
+	struct kv_listener *retired_l;
 	struct kv_stream *pc_stream;
 };
 
@@ -232,6 +235,8 @@ void kv_incoming_free(struct kv_incoming *in)
 		kv_listener_close(in->listener);
 	if (in->recover_l)
 		kv_listener_close(in->recover_l);
+	if (in->retired_l)
+		kv_listener_close(in->retired_l);
 	pthread_mutex_destroy(&in->lock);
 	free(in);
 }
@@ -691,9 +696,15 @@ static int pc_recv_bitmap(void *opaque, size_t block, struct kv_error *err)
 static int pc_resume(void *opaque, struct kv_error *err)
 {
 	struct kv_incoming *in = opaque;
+	struct kv_error old = {0};
 	int ret;
 
+	/* The multifd channels are not used after a recovery: their end
+	 * (the source closes them) is no reason for a later pause. */
+	if (in->mfd)
+		kv_mfd_recv_take_error(in->mfd, &old);
 	in_set_status(in, KV_IN_POSTCOPY_RECOVER, KV_IN_POSTCOPY_ACTIVE);
+	kv_ram_pc_dst_resume(in->rs);
 	ret = kv_rp_writer_send_u32(&in->rpw, KV_RP_MSG_RESUME_ACK,
 				    KV_PC_RESUME_ACK_VALUE, err);
 	if (ret == 0)
@@ -755,6 +766,10 @@ static void preempt_accept(struct kv_incoming *in, struct kv_listener *l)
 
 	if (!in->params.postcopy_preempt || pfd.fd < 0)
 		return;
+	if (in->mfd) {
+		kv_warn("incoming", "postcopy-preempt is on here with multifd, which kvmig does not combine (the source refuses the pair): requested pages come on the main stream");
+		return;
+	}
 	if (poll(&pfd, 1, (int)(hello_ns(in) / 1000000)) <= 0) {
 		kv_warn("incoming", "postcopy-preempt is on here but the source opened no preempt channel within %lld ms: requested pages come on the main stream", (long long)(hello_ns(in) / 1000000));
 		return;
@@ -810,8 +825,14 @@ static int take_recover_listener(struct kv_incoming *in, struct kv_listener **l)
 		pthread_mutex_lock(&in->lock);
 		*l = in->recover_l;
 		in->recover_l = NULL;
-		if (*l)
+		if (*l) {
+			/* Only the first link's listener can still be here
+			 * (kept open for multifd's channels); a recovery's is
+			 * closed once its source connected. */
+			if (in->listener && in->listener != *l)
+				in->retired_l = in->listener;
 			in->listener = *l; /* an abort shuts it down */
+		}
 		pthread_mutex_unlock(&in->lock);
 		if (*l)
 			return 1;
@@ -884,11 +905,15 @@ static int postcopy_wait_recover(struct kv_incoming *in, struct kv_error *err)
  * process ends (kv_incoming_abort). */
 static int postcopy_pause(struct kv_incoming *in, struct kv_error *err)
 {
+	struct kv_error mfd_err = {0};
 	struct kv_pc_in_stats st;
 	char why[KV_ERROR_MSG_MAX];
 
 	kv_pc_in_get_stats(in->pc, &st);
 	snprintf(why, sizeof(why), "%s", err->msg);
+	/* A multifd channel that broke shut the main stream: say so. */
+	if (in->mfd && kv_mfd_recv_take_error(in->mfd, &mfd_err) < 0)
+		snprintf(why, sizeof(why), "%s", mfd_err.msg);
 	kv_error_clear(err);
 	kv_error_set(err, -EPIPE, "postcopy paused: the link to the source broke (%s); %llu pages of the guest are only on the source, so the guest cannot be completed here until the source reconnects: its vCPUs wait on those pages", why, (unsigned long long)st.missing);
 	pthread_mutex_lock(&in->lock);

@@ -1027,6 +1027,8 @@ static int postcopy_handover(struct kv_migration *m, struct kv_stream *s,
 
 	ret = postcopy_queue(m, err);
 	if (ret == 0)
+		ret = kv_ram_pc_multifd_sync(m->sv, s, m->rs, m->pcs, err);
+	if (ret == 0)
 		ret = kv_ram_pc_switch(s, m->rs, m->pcs, err);
 	if (ret == 0)
 		ret = kv_savevm_save_pc_package(m->sv, s, err);
@@ -1633,6 +1635,9 @@ static int wait_resume(struct kv_migration *m, char *uri, size_t size,
 		pthread_mutex_unlock(&m->lock);
 		if (asked)
 			return 0;
+		/* query-migrate while paused: the last bytes the broken
+		 * links (multifd's channels too) carried count. */
+		update_stats(m, m->stream);
 		if (stop_resolving(m))
 			return kv_error_set(err, -ECANCELED, "the process ends with postcopy paused: the guest runs on the destination, which lacks pages only this source had; it cannot be completed");
 		nanosleep(&slice, NULL);
@@ -1977,6 +1982,9 @@ static int refuse_conflicting_params(const struct kv_migration *m,
 {
 	int ret;
 
+	if (m->rs && m->params.multifd_channels && m->params.postcopy_ram &&
+	    m->params.postcopy_preempt)
+		return kv_error_set(err, -EINVAL, "postcopy-preempt with multifd is not supported by kvmig: the destination tells the preempt channel by its place after the main one (QEMU 7.2's rule), where multifd's channels come; turn postcopy-preempt off (with multifd, background pages take the multifd channels and requested pages the main stream) or multifd off");
 	if (m->rs && m->params.multifd_channels && m->params.xbzrle_cache_size)
 		return kv_error_set(err, -EINVAL, "the xbzrle and multifd capabilities cannot be used together (as in QEMU): turn one of them off");
 	ret = kv_bg_check_params(&m->params, err);
@@ -1995,8 +2003,6 @@ static int preempt_connect(struct kv_migration *m, const char *uri,
 
 	if (!m->params.postcopy_ram || !m->params.postcopy_preempt || !m->rs)
 		return 0;
-	if (m->params.multifd_channels)
-		return kv_error_set(err, -EINVAL, "postcopy-preempt with multifd is not supported by kvmig yet: turn one of them off");
 	m->pre_chan = connect_main(m, uri, &ret, err);
 	if (!m->pre_chan)
 		kv_error_prefix(err, "postcopy-preempt channel");

@@ -119,7 +119,7 @@ const struct kv_mig_option kv_mig_options[] = {
     CAP_NOT_YET("zero-copy-send"),
     CAP("postcopy-preempt", 0, 1, false, KV_MIG_SIDE_BOTH,
 	params.postcopy_preempt,
-	"postcopy: requested pages on a connection and a thread of their own, never behind the background pages; set it on the destination too"),
+	"postcopy: requested pages on a connection and a thread of their own, never behind the background pages; set it on the destination too; not with multifd"),
     CAP_NOT_YET("switchover-ack"),
     CAP_NOT_YET("dirty-limit"),
     CAP("mapped-ram", 0, 1, false, KV_MIG_SIDE_BOTH, params.mapped_ram,

@@ -18,6 +18,9 @@ trigger point:
                       of the main channel), plus delta
   now()               Proxy.fire(rule): at once, at the current offset
 
+first_of(r1, r2, ...) makes rules alternatives: whichever trigger point
+comes first acts, the others never do (they share one `fired`).
+
 Actions, at the trigger point (bytes before it are forwarded, the byte at
 it is not yet):
 
@@ -85,6 +88,13 @@ class Rule:
             t = "on demand"
         c = "any conn" if self.conn is None else f"conn {self.conn}"
         return f"{self.action} at {t} ({c})"
+
+
+def first_of(*rules):
+    """The rules as alternatives: the first to trigger acts, alone."""
+    for r in rules[1:]:
+        r.fired = rules[0].fired
+    return list(rules)
 
 
 class _Pipe:
@@ -188,10 +198,12 @@ class _Pipe:
                 self._send(data)
                 return
             at, rule = due[0]
+            self.pend.remove(due[0])
+            if rule.fired.is_set():   # an alternative (first_of) acted
+                continue
             n = max(0, at - self.pos)
             self._send(data[:n])
             data = data[n:]
-            self.pend.remove(due[0])
             data = self.proxy.act(self, rule, data)
             if data is None:
                 return

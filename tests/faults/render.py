@@ -45,7 +45,11 @@ pass); **pass-end** = the first PONG on the return path (the source waits
 for it); **device** = the first vCPU section (the source has stopped its
 vCPUs); **switch-over** = the return-path messages of the switch-over
 (SHUT; READY with the commit protocol) and the commit records (OFFER,
-DECISION).
+DECISION); **postcopy** = the first postcopy command of the switch (the
+first RAM_DISCARD, else PACKAGED; the source has stopped its vCPUs, the
+destination has not read POSTCOPY_RUN); **postcopy-run** = the
+destination's first page request on the return path (REQ_PAGES_ID: its
+guest runs since POSTCOPY_RUN).
 
 After the fault the harness polls `query-migrate` on both sides (not on a
 frozen one) until both reached a final status (or `x-undecided`) or
@@ -54,22 +58,44 @@ status on each side (a killed process counts as settled). Then it brings
 back what the case took away (SIGCONT a frozen process; restore a
 black-holed or stalled link), waits up to {resolve_s:.0f} s more, and where the
 case says the other host is gone and a side is `x-undecided` it uses
-`x-migrate-settle`. Then, for {window:.1f} s, it counts heartbeats on each
-console: a side **runs** when its heartbeats arrive and QMP query-status
-says running. "Two copies" = the source's console had a heartbeat after
-the destination's first one (the source stops before the destination
-starts, so any overlap means both ran). "Lost writes" = two copies, or a
-CORRUPT line from the guest's own verification on either console.
+`x-migrate-settle`. A postcopy case that recovers waits until both sides
+are `postcopy-paused`, then runs `migrate-recover` on the destination
+and `migrate` with `resume: true` on the source over a new link, and
+waits up to {recover_s:.0f} s for both to complete. Then, for
+{window:.1f} s, it counts heartbeats on each console: a side **runs**
+when its heartbeats arrive and QMP query-status says running.
+
+"Two copies" is proven by the guest's own counters
+(tests/faults/guest_counters.py): the guest prints a heartbeat byte per
+vCPU every millisecond and, per vCPU per second, a status line with its
+heartbeat count `hb=`, which the destination's guest carries on from
+the handover. Two copies ran when a vCPU's count on the source reached
+one the destination printed (one guest's count only grows), or when the
+source's console has more heartbeat bytes than the guest had made when
+the destination took over (bounded from the destination's status lines
+and the heartbeats it printed before them). Neither can happen in one
+history, whatever the load; the column also says when the old measure,
+arrival times at the harness (a source heartbeat read after the
+destination's first), disagrees: it once cried wolf at load ~20.
+"Lost writes" = two copies, or a CORRUPT line from the guest's own
+verification on either console.
 
 Expected outcome: **src** (the source resumes, the destination runs
 nothing), **dst** (the destination runs, the source stays stopped),
 **either** (exactly one, whichever), **none** (the source was killed before
 the destination had the whole guest: the guest dies with its host; the
-destination must not run a partial one), **at-most-one** (the source was
-killed while it wrote its last bytes: the destination runs if they all
-left, nothing runs otherwise). A case passes when the observed
-side matches, no two copies ran, no CORRUPT line appeared, nothing is
-left hanging, and each side noticed within the case's bound.
+destination must not run a partial one; in postcopy: the destination
+was killed after the source handed the guest over), **at-most-one** (the
+source was killed while it wrote its last bytes: the destination runs
+if they all left, nothing runs otherwise; in postcopy the destination's
+vCPUs run until they wait on a page only the dead source had). A case
+passes when the observed side matches, no two copies ran, no CORRUPT
+line appeared, nothing is left hanging, each side noticed within the
+case's bound, and a postcopy case's sides said what they must:
+`postcopy-paused` with an error-desc saying the guest cannot be
+completed, and after a recovery `completed` on both with the
+destination's RAM digest equal to the source's (`--verify-ram`). A case
+whose fault never fired fails.
 
 **xfail** marks a case that fails until the named fix lands; it is shown,
 never hidden: in `make check` it prints as SKIP with its reason, and
@@ -94,6 +120,17 @@ def side(rep):
     return out[:240]
 
 
+def two_copies(r):
+    """The verdict (the guest's counters), and the old measure where it
+    disagrees."""
+    out = "yes" if r.get("two_copies") else "no"
+    if "two_copies_by_arrival" in r and \
+            bool(r["two_copies_by_arrival"]) != bool(r.get("two_copies")):
+        out += (" (arrival times: " +
+                ("yes" if r["two_copies_by_arrival"] else "no") + ")")
+    return out
+
+
 def main():
     doc = json.load(open(sys.argv[1]))
     rows = doc["cases"]
@@ -101,13 +138,17 @@ def main():
     count = {}
     for r in rows:
         count[r.get("verdict")] = count.get(r.get("verdict"), 0) + 1
-    one = sum(1 for r in rows if r.get("runs") in ("src", "dst") and
+    # the judge's self-test makes two copies on purpose
+    selftest = [r for r in rows if r.get("expect") == "two-copies"]
+    real = [r for r in rows if r.get("expect") != "two-copies"]
+    one = sum(1 for r in real if r.get("runs") in ("src", "dst") and
               not r.get("lost_writes"))
     none = sum(1 for r in rows if r.get("runs") == "none")
     none_ok = sum(1 for r in rows if r.get("runs") == "none" and
                   r.get("expect") in ("none", "at-most-one"))
-    two = sum(1 for r in rows if r.get("two_copies"))
-    lost = sum(1 for r in rows if r.get("lost_writes"))
+    two = sum(1 for r in real if r.get("two_copies"))
+    by_time = sum(1 for r in real if r.get("two_copies_by_arrival"))
+    lost = sum(1 for r in real if r.get("lost_writes"))
     out = [HEAD]
     yes = {True: "yes", False: "no"}
     out.append(f"Run {doc['generated']}"
@@ -119,17 +160,30 @@ def main():
                f"section verification "
                f"{yes[doc.get('verify_sections', False)]}.\n")
     out.append("| verdict | cases |\n|---|---|")
-    for v in ("pass", "xfail", "xpass", "fail", "error"):
+    for v in ("pass", "xfail", "xpass", "fail", "error", "skip"):
         if count.get(v):
             out.append(f"| {v} | {count[v]} |")
     out.append("")
     out.append(f"- exactly one running guest and no lost write: {one} of "
-               f"{n}")
+               f"{len(real)} (the self-test left out)")
     out.append(f"- no guest running at the end: {none}, of which {none_ok} "
-               f"expected (the source was killed before the destination "
-               f"had the whole guest)")
-    out.append(f"- two copies ran at some point: {two}; lost writes "
-               f"(two copies or CORRUPT): {lost}")
+               f"expected (a killed host took the only whole copy, or "
+               f"in postcopy the pages only it had)")
+    out.append(f"- two copies ran at some point (the guest's counters): "
+               f"{two}; lost writes (two copies or CORRUPT): {lost}; by "
+               f"the old measure (arrival times): {by_time}")
+    for r in selftest:
+        out.append(f"- the judge's self-test ({r['case']}: two copies "
+                   f"made on purpose): {r.get('verdict')}; "
+                   f"{r.get('two_copies_proof') or r.get('note', '')}")
+    pc = [r for r in rows if r.get("group") == "postcopy"]
+    rec = [r for r in pc if r.get("paused") is not None]
+    if pc:
+        out.append(f"- postcopy: {len(pc)} cases; a break after "
+                   f"POSTCOPY_RUN recovered to completed with the RAM "
+                   f"verified in "
+                   f"{sum(1 for r in rec if r.get('verdict') == 'pass')} "
+                   f"of {len(rec)}")
     und = [r for r in rows if r.get("undecided")]
     settled = [r for r in und if any(str(n).startswith("settle") and
                                      not str(n).endswith(": None")
@@ -184,7 +238,7 @@ def main():
             out.append("| " + " | ".join(cell(x) for x in (
                 r["case"], r["fault"], r["phase"], r["expect"],
                 r.get("runs", ""),
-                f"{'yes' if r.get('two_copies') else 'no'} / "
+                two_copies(r) + " / " +
                 f"{'yes' if r.get('lost_writes') else 'no'}",
                 r.get("fired", ""), side(r.get("source")),
                 side(r.get("destination")),
@@ -193,7 +247,8 @@ def main():
         out.append("")
     out.append(TAIL.format(guest="mem=32 rate=16", memory="256 MiB",
                            detect_s=b["detect_s"],
-                           resolve_s=b["resolve_s"], window=1.5))
+                           resolve_s=b["resolve_s"], window=1.5,
+                           recover_s=b.get("recover_s", 30)))
     open(sys.argv[2], "w").write("\n".join(out))
 
 

@@ -95,8 +95,11 @@ def main():
             print(f"#   detect {r.get('detect_s')} ({r.get('seconds')} s)",
                   flush=True)
             if results:
-                write(results, merged(results, rows, order) if update
-                      else rows, env, time.monotonic() - t0, label)
+                rows_out = merged(results, rows, order) if update else rows
+                # --update: the time of every case, not of this run's
+                took = sum(r.get("seconds", 0) for r in rows_out) \
+                    if update else time.monotonic() - t0
+                write(results, rows_out, env, took, label)
         return 1 if failed else 0
 
 
@@ -123,7 +126,8 @@ def write(path, rows, env, seconds, label):
            "bounds": {"detect_s": harness.DETECT_S,
                       "x-return-path-timeout_ms": harness.RP_TIMEOUT_MS,
                       "freeze_s": harness.FREEZE_S,
-                      "resolve_s": harness.RESOLVE_S},
+                      "resolve_s": harness.RESOLVE_S,
+                      "recover_s": harness.RECOVER_S},
            "seconds": round(seconds), "cases": rows}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

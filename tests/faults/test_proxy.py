@@ -3,7 +3,8 @@
 """The fault proxy itself, against a plain TCP peer on loopback: it
 forwards both ways; cuts exactly at a byte offset, at a pattern plus a
 delta, at a return-path message before forwarding it; flips one byte;
-black-holes and restores; truncates one direction; logs where it acted.
+black-holes and restores; truncates one direction; of two alternative
+triggers (first_of) only the first acts; logs where it acted.
 Usage: test_proxy.py"""
 import os
 import socket
@@ -17,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 from kvmig_testlib import Tap  # noqa: E402
-from faultproxy import Proxy, Rule  # noqa: E402
+from faultproxy import Proxy, Rule, first_of  # noqa: E402
 
 
 class Peer:
@@ -67,7 +68,7 @@ def recv_until_eof(s, timeout=3):
 
 
 def main():
-    tap = Tap(9)
+    tap = Tap(10)
     payload = bytes(range(256)) * 64          # 16 KiB
 
     # plain forwarding both ways
@@ -179,6 +180,21 @@ def main():
            c.recv(100) == b"still here",
            "truncate: end of input after 10 bytes, the return way works",
            f"{len(peer.data)}")
+    c.close(), px.close(), peer.close()
+
+    # alternatives: the first trigger to come acts, the other never
+    peer = Peer()
+    alt = first_of(Rule("flip", "s2d", pattern=b"BBBB", delta=-2),
+                   Rule("flip", "s2d", pattern=b"AAAA", mask=0x20))
+    px = Proxy(peer.port, alt)
+    c = socket.create_connection(("127.0.0.1", px.port))
+    c.sendall(b"x" * 10 + b"AAAA" + b"y" * 10 + b"BBBB")
+    c.shutdown(socket.SHUT_WR)
+    peer.eof.wait(3)
+    tap.ok(peer.data == b"x" * 10 + b"aAAA" + b"y" * 10 + b"BBBB" and
+           alt[1].fired.is_set() and alt[0].where is None,
+           "first_of: the first of two alternative triggers acts, alone",
+           f"{peer.data!r} {px.fired_at()}")
     c.close(), px.close(), peer.close()
 
     # a call at a point: the direction holds while the callback runs

@@ -8,7 +8,8 @@
  *
  * target % 5 == 0: bytes are a packet header and its offsets, decoded for
  *   method arg % 4 with two known blocks ("pc.ram", 1 GiB; "small", one
- *   page). An accepted packet must encode back to a packet that decodes
+ *   page), POSTCOPY packets accepted when arg has bit 7 (postcopy-ram
+ *   on). An accepted packet must encode back to a packet that decodes
  *   the same; a rejected one must say so with a "multifd" message.
  * target % 5 == 1..4: bytes are payloads of method target % 5 - 1 (none,
  *   zlib, zstd, lz4), each of arg % 32 + 1 pages: the first len1 bytes one
@@ -80,6 +81,7 @@ static int fuzz_packet(const uint8_t *data, size_t size, uint8_t arg,
 	    .channel = 0,
 	    .max_pages = KV_MFD_PAGES_DEFAULT,
 	    .method = (enum kv_mfd_method)(arg % KV_MFD_METHOD_COUNT),
+	    .postcopy = (arg & 0x80) != 0,
 	    .block_len = fuzz_block_len,
 	};
 	struct kv_mfd_packet pkt = {.offsets = offs};

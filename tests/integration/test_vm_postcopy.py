@@ -13,7 +13,10 @@ mid-postcopy: both sides postcopy-paused; migrate-recover and migrate
 with resume through a second proxy that cuts again at the destination's
 first RECV_BITMAP: paused again; a third link completes with the RAM
 digests equal. And migrate-pause breaking the link on purpose; and
-postcopy-preempt. make check runs the quick cases; KVMIG_TEST_FULL=1 all.
+postcopy-preempt. x-compress after the switch: background pages go on in
+ZPAGES records (the source's compressed-pages figure grows after
+postcopy-active), also across a recovery (a new zstd stream on the new
+link). make check runs the quick cases; KVMIG_TEST_FULL=1 all.
 Usage: test_vm_postcopy.py KVMIG GUEST_ELF"""
 import os
 import signal
@@ -178,6 +181,40 @@ def with_preempt(tap, vms):
            f"{rd}")
 
 
+def zpages(r):
+    """The source's compressed pages so far (query-migrate)."""
+    return r.get("compression", {}).get("pages", 0)
+
+
+def wait_postcopy_zpages(qs, timeout=30):
+    """The source's compressed pages when it said postcopy-active, and
+    its reply then."""
+    r = wait_status(qs, ("postcopy-active",) + FINAL, timeout=timeout)
+    return zpages(r), r
+
+
+def compress_after_switch(tap, vms):
+    """x-compress always (deterministic): precopy under a cap, then
+    postcopy; the background pages after the switch go compressed."""
+    name = "x-compress after the switch"
+    src, dst, qs, qd, uri = start_pair(
+        vms, "zpages", "mem=256 rate=512", cap_bw=32 << 20)
+    qs.cmd("migrate-set-parameters", **{"x-compress": "always"})
+    t0 = time.monotonic()
+    qs.cmd("migrate", uri=uri)
+    time.sleep(2)
+    qs.cmd("migrate-start-postcopy")
+    before, r = wait_postcopy_zpages(qs)
+    check_completed(tap, name, src, dst, qs, qd, t0)
+    after = zpages(qs.cmd("query-migrate"))
+    print(f"# {name}: {before} compressed pages at postcopy-active, "
+          f"{after} at the end")
+    tap.ok(r.get("status") == "postcopy-active" and before > 0 and
+           after > before,
+           f"{name}: pages went compressed after postcopy-active",
+           f"{before} -> {after}: {r}")
+
+
 def dst_killed_before_run(tap, vms):
     src, dst, qs, qd, uri = start_pair(
         vms, "before-run", "mem=64 rate=64 pattern=random", cap_bw=8 << 20)
@@ -241,6 +278,48 @@ def resumed(q, timeout=20):
     while time.monotonic() < deadline and \
             q.cmd("query-migrate").get("status") == "postcopy-paused":
         time.sleep(0.02)
+
+
+def recovery_compressed(tap, vms):
+    """x-compress always: a cut mid-postcopy, then a recovery whose link
+    starts a new zstd stream; pages go compressed on it too."""
+    name = "recovery with x-compress"
+    src = vms.boot(f"{name}-src", "mem=512 rate=1024", extra=VERIFY)
+    workload_started(src)
+    dst = vms.incoming(f"{name}-dst", "defer", extra=VERIFY)
+    qs, qd = vms.qmp(src), vms.qmp(dst)
+    caps(qs, postcopy_ram=True)
+    caps(qd, postcopy_ram=True, postcopy_blocktime=True)
+    qs.cmd("migrate-set-parameters", **{"max-bandwidth": 32 << 20,
+                                        "x-compress": "always"})
+    port = free_port()
+    qd.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+    p1 = Proxy(port)
+    qs.cmd("migrate", uri=p1.uri)
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    qs.cmd("migrate-start-postcopy")
+    r = wait_status(qd, ("postcopy-active",) + FINAL, timeout=30)
+    p1.cut_all()
+    rs, rd = both_status(qs, qd, "postcopy-paused")
+    paused = zpages(rs)
+    tap.ok(r.get("status") == "postcopy-active" and
+           rs.get("status") == "postcopy-paused" and
+           rd.get("status") == "postcopy-paused",
+           f"{name}: a cut mid-postcopy pauses both sides",
+           f"{r}\n{rs}\n{rd}")
+    port2 = free_port()
+    qd.cmd("migrate-recover", uri=f"tcp:127.0.0.1:{port2}")
+    qs.cmd("migrate", uri=f"tcp:127.0.0.1:{port2}", resume=True)
+    resumed(qs)
+    check_completed(tap, name, src, dst, qs, qd, t0)
+    after = zpages(qs.cmd("query-migrate"))
+    print(f"# {name}: {paused} compressed pages when paused, {after} at "
+          "the end")
+    tap.ok(after > paused,
+           f"{name}: pages went compressed on the resumed link",
+           f"{paused} -> {after}")
+    p1.close()
 
 
 def recovery(tap, vms):
@@ -329,6 +408,10 @@ CASES = [
      lambda tap, vms: killed_during_postcopy(tap, vms, "source"), 3, True),
     ("recovery, cut twice", lambda tap, vms: recovery(tap, vms), 7, True),
     ("migrate-pause", lambda tap, vms: pause_on_purpose(tap, vms), 6, False),
+    ("x-compress after the switch",
+     lambda tap, vms: compress_after_switch(tap, vms), 6, True),
+    ("recovery with x-compress",
+     lambda tap, vms: recovery_compressed(tap, vms), 7, True),
 ]
 
 

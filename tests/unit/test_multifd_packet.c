@@ -386,7 +386,9 @@ static void test_decode_rejects_header(void **state)
 	BREAK(set_be32(buf, 0x11223355),
 	      "multifd channel 1, packet 57: magic 0x11223355");
 	BREAK(set_be32(buf + 4, 2), "packet 57: version 2 (expected 1)");
-	BREAK(set_be32(buf + 8, 1U << 8), "unknown flags 0x100");
+	BREAK(set_be32(buf + 8, 1U << 9), "unknown flags 0x200");
+	BREAK(set_be32(buf + 8, KV_MFD_FLAG_POSTCOPY),
+	      "packet 57: flags 0x100 mark a postcopy packet, but postcopy-ram is off on this destination");
 	BREAK(set_be32(buf + 8, 1U << 31), "unknown flags 0x80000000");
 	BREAK(set_be32(buf + 8, KV_MFD_FLAG_DEVICE_STATE), "device-state");
 	BREAK(set_be32(buf + 8, KV_MFD_FLAG_ZLIB),
@@ -503,6 +505,45 @@ static void test_no_block_lookup(void **state)
 	expect_reject(buf, sizeof(buf), &rp, -ENOENT, "ramblock 'pc.ram'");
 }
 
+/* kvmig's POSTCOPY bit (0x100): a page packet or a SYNC may carry it,
+ * with any method, when the receiver takes postcopy packets; it
+ * survives the round trip and never collides with another flag. */
+static void test_postcopy_flag(void **state)
+{
+	struct kv_mfd_recv_params rp = params(KV_MFD_METHOD_ZSTD);
+	uint64_t offs[128];
+	struct kv_mfd_packet got = {.offsets = offs};
+	struct kv_error err = {0};
+	uint8_t buf[352];
+
+	(void)state;
+	assert_int_equal(KV_MFD_FLAG_POSTCOPY, 0x100);
+	assert_int_equal(KV_MFD_FLAG_POSTCOPY &
+			     (KV_MFD_FLAG_SYNC | KV_MFD_FLAG_METHOD_MASK |
+			      KV_MFD_FLAG_DEVICE_STATE),
+			 0);
+	rp.postcopy = true;
+	good_packet(buf, sizeof(buf),
+		    KV_MFD_FLAG_POSTCOPY | KV_MFD_FLAG_ZSTD, 100);
+	assert_int_equal(kv_mfd_packet_decode(buf, sizeof(buf), &rp, &got,
+					      &err),
+			 352);
+	assert_int_equal(got.flags, KV_MFD_FLAG_POSTCOPY | KV_MFD_FLAG_ZSTD);
+	assert_int_equal(be32_at(buf + 8), 0x104);
+	/* The last SYNC of postcopy: no pages, no method bits. */
+	good_packet(buf, sizeof(buf),
+		    KV_MFD_FLAG_POSTCOPY | KV_MFD_FLAG_SYNC, 0);
+	set_be32(buf + 16, 0);
+	set_be32(buf + 32, 0);
+	assert_int_equal(kv_mfd_packet_decode(buf, sizeof(buf), &rp, &got,
+					      &err),
+			 352);
+	/* Without postcopy-ram the same packet is refused, by name. */
+	rp.postcopy = false;
+	expect_reject(buf, sizeof(buf), &rp, -EINVAL,
+		      "mark a postcopy packet, but postcopy-ram is off");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -520,6 +561,7 @@ int main(void)
 	    cmocka_unit_test(test_decode_rejects_offsets),
 	    cmocka_unit_test(test_caller_limit),
 	    cmocka_unit_test(test_no_block_lookup),
+	    cmocka_unit_test(test_postcopy_flag),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

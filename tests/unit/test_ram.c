@@ -29,6 +29,8 @@
 #include "migration/codec/codec.h"
 #include "migration/ram/ram_internal.h"
 #include "migration/dirty/soft_tracker.h"
+#include "migration/postcopy/postcopy_dst.h"
+#include "migration/postcopy/postcopy_src.h"
 
 #define PG KV_PAGE_SIZE
 
@@ -1981,6 +1983,245 @@ static void test_compress_mode_names(void **state)
 	assert_non_null(strstr(err.msg, "off, auto, always"));
 }
 
+/* ---- x-compress after the postcopy switch ---- */
+
+#define PCZ_PAGES 640
+
+/* The destination's fault thread asks nobody: the test places every
+ * page through the stream before anything reads the memory. */
+static int pcz_no_request(void *opaque, size_t block, uint64_t offset,
+			  uint64_t len, struct kv_error *err)
+{
+	(void)opaque, (void)block, (void)offset, (void)len, (void)err;
+	return 0;
+}
+
+/* Load the payloads of t until its end or the first error (which is
+ * returned), with no load_setup or load_cleanup: a postcopy load goes on
+ * over several streams. */
+static int pcz_load(struct kv_ram_state *rs, struct tstream *t,
+		    struct kv_error *err)
+{
+	struct kv_stream *s = tstream_open(t, KV_STREAM_READ);
+	int ret = 0;
+
+	while (ret == 0 && !kv_stream_at_eof(s))
+		ret = ops()->load_state(s, rs, KV_RAM_SECTION_VERSION, err);
+	kv_stream_close(s);
+	return ret;
+}
+
+/* The source's postcopy sections into t until every page left. */
+static void pcz_send_rest(struct kv_ram_state *rs, struct tstream *t)
+{
+	struct kv_error err = {0};
+	struct kv_stream *s = tstream_open(t, KV_STREAM_WRITE);
+	int ret;
+
+	do
+		ret = ops()->save_iterate(s, rs, &err);
+	while (ret == 0);
+	if (ret < 0)
+		fail_msg("%s", err.msg);
+	assert_int_equal(ops()->save_complete(s, rs, &err), 0);
+	assert_int_equal(kv_stream_close(s), 0);
+}
+
+struct pcz {
+	struct side src, dst;
+	struct kv_soft_tracker *tr;
+	struct kv_pc_src *pcs;
+	struct kv_pc_dst *d;
+	struct tstream pre, disc, post;
+};
+
+/* Precopy's first pass with x-compress always into pre; pages 100..299
+ * rewritten; the switch (its discards into a stream of their own, as
+ * they are commands, not RAM records); the destination loads pre,
+ * drops the rewritten pages as RAM_DISCARD says, and listens. false:
+ * no userfaultfd here. */
+static bool pcz_setup(struct pcz *z)
+{
+	static const size_t np[] = {PCZ_PAGES};
+	struct kv_error err = {0};
+	struct kv_pc_dst_block db;
+	struct kv_pc_dst_config cfg = {0};
+	struct kv_pc_block *bv;
+	struct kv_pc_blocks blocks;
+	struct kv_stream *s;
+	size_t n;
+	int ret;
+
+	side_init(&z->src, np, 1);
+	side_init(&z->dst, np, 1);
+	z->pre = tstream_new();
+	z->disc = tstream_new();
+	z->post = tstream_new();
+	/* Random pages: a page sent again matches nothing but its own
+	 * earlier copy, which a decoder out of step does not have. */
+	fill_random_pages(z->src.mem[0], PCZ_PAGES, 5);
+	z->tr = attach_soft(&z->src);
+	kv_ram_set_compress(z->src.rs, KV_RAM_COMPRESS_ALWAYS);
+	s = tstream_open(&z->pre, KV_STREAM_WRITE);
+	assert_int_equal(ops()->save_setup(s, z->src.rs, &err), 0);
+	do
+		ret = ops()->save_iterate(s, z->src.rs, &err);
+	while (ret == 0);
+	assert_int_equal(ret, 1);
+	assert_int_equal(kv_stream_close(s), 0);
+	for (size_t pg = 100; pg < 300; pg++) {
+		z->src.mem[0][pg * PG + 16] ^= 0x5a;
+		kv_soft_tracker_mark(z->tr, 0, pg * PG + 16);
+	}
+	bv = kv_ram_pc_blocks(z->src.rs, &n);
+	assert_non_null(bv);
+	blocks = (struct kv_pc_blocks){.v = bv, .n = n};
+	z->pcs = kv_pc_src_new(&blocks, &err);
+	free(bv);
+	assert_non_null(z->pcs);
+	s = tstream_open(&z->disc, KV_STREAM_WRITE);
+	assert_int_equal(kv_ram_pc_switch(s, z->src.rs, z->pcs, &err), 0);
+	assert_int_equal(kv_stream_close(s), 0);
+
+	db = (struct kv_pc_dst_block){.idstr = "mem0", .host = z->dst.mem[0],
+				      .length = PCZ_PAGES * PG};
+	cfg = (struct kv_pc_dst_config){.blocks = &db, .nblocks = 1,
+					.request = pcz_no_request};
+	z->d = kv_pc_dst_new(&cfg, &err);
+	assert_non_null(z->d);
+	assert_int_equal(ops()->load_setup(z->dst.rs, &err), 0);
+	assert_int_equal(kv_ram_pc_set_dst(z->dst.rs, z->d, &err), 0);
+	if (pcz_load(z->dst.rs, &z->pre, &err) < 0)
+		fail_msg("%s", err.msg);
+	assert_int_equal(kv_pc_dst_discard(z->d, 0, 100 * PG, 200 * PG, &err),
+			 0);
+	kv_ram_pc_listen(z->dst.rs);
+	if (kv_pc_dst_listen(z->d, &err) < 0) {
+		print_message("# skipped: %s\n", err.msg);
+		return false;
+	}
+	kv_ram_pc_listening(z->dst.rs);
+	kv_ram_pc_running(z->dst.rs);
+	return true;
+}
+
+static void pcz_free(struct pcz *z)
+{
+	struct kv_error err = {0};
+
+	ops()->save_cleanup(z->src.rs, false);
+	kv_ram_pc_src_end(z->src.rs);
+	kv_pc_src_free(z->pcs);
+	kv_ram_pc_set_dst(z->dst.rs, NULL, &err);
+	ops()->load_cleanup(z->dst.rs, false);
+	kv_pc_dst_free(z->d);
+	kv_soft_tracker_free(z->tr);
+	side_free(&z->src);
+	side_free(&z->dst);
+	tstream_free(&z->pre);
+	tstream_free(&z->disc);
+	tstream_free(&z->post);
+}
+
+/* Every page is here and equal to the source's, but `kept` (when not
+ * PCZ_PAGES), which must hold 0xab: a copy placed first wins. */
+static void pcz_check(struct pcz *z, size_t kept)
+{
+	struct kv_error err = {0};
+	uint8_t ab[PG];
+
+	assert_int_equal(kv_pc_dst_wait_complete(z->d, 0, &err), 1);
+	memset(ab, 0xab, PG);
+	for (size_t pg = 0; pg < PCZ_PAGES; pg++) {
+		const uint8_t *want = pg == kept ? ab : z->src.mem[0] + pg * PG;
+
+		if (memcmp(z->dst.mem[0] + pg * PG, want, PG))
+			fail_msg("page %zu differs", pg);
+	}
+	assert_int_equal(kv_pc_dst_finish(z->d, &err), 0);
+}
+
+/* After the switch the background pages go in ZPAGES records that
+ * continue precopy's zstd stream, a requested page goes first as a PAGE
+ * record, and the destination places each decoded page through
+ * userfaultfd: a page placed before (a requested copy that came first)
+ * keeps its bytes. */
+static void test_postcopy_zpages_placed(void **state)
+{
+	struct kv_pc_req req = {.has_id = true, .idstr = "mem0",
+				.start = 150 * PG, .len = PG};
+	struct kv_error err = {0};
+	struct kv_pc_dst_stats ds;
+	struct rec_census rc;
+	struct pcz z = {0};
+	uint8_t ab[PG];
+
+	(void)state;
+	if (!pcz_setup(&z)) {
+		pcz_free(&z);
+		skip();
+	}
+	assert_int_equal(kv_pc_src_request(z.pcs, &req, &err), 0);
+	pcz_send_rest(z.src.rs, &z.post);
+	rc = census(&z.post);
+	assert_int_equal(rc.first_data, KV_RAM_FLAG_PAGE);
+	assert_int_equal(rc.page, 1);
+	assert_true(rc.zpages >= 199 / KV_RAM_ZC_BATCH);
+	/* page 250 came first on another path */
+	memset(ab, 0xab, PG);
+	assert_int_equal(kv_ram_pc_place(z.dst.rs, 0, 250 * PG, ab, &err), 0);
+	if (pcz_load(z.dst.rs, &z.post, &err) < 0)
+		fail_msg("%s", err.msg);
+	kv_pc_dst_get_stats(z.d, &ds);
+	assert_int_equal(ds.placed, 200);
+	assert_int_equal(ds.duplicates, 1);
+	pcz_check(&z, 250);
+	pcz_free(&z);
+}
+
+/* A recovery with compression on: the link breaks in the middle of the
+ * postcopy stream (the destination reads two records of four), its
+ * received bitmap goes to the source, and both start a new zstd stream
+ * on the new link; every page ends equal. Without the restart the pages
+ * sent again decode wrong: the source's encoder matches them against
+ * their copies in the records the destination never read. */
+static void test_postcopy_zpages_recovery(void **state)
+{
+	struct kv_error err = {0};
+	struct tstream again = tstream_new();
+	const unsigned long *map;
+	struct pcz z = {0};
+	uint64_t npages = 0;
+	off_t len;
+
+	(void)state;
+	if (!pcz_setup(&z)) {
+		tstream_free(&again);
+		pcz_free(&z);
+		skip();
+	}
+	pcz_send_rest(z.src.rs, &z.post);
+	len = lseek(z.post.fd, 0, SEEK_END);
+	/* Cut in the third of four records: the pages of the last two go
+	 * again, within zstd's window of their lost copies. */
+	assert_int_equal(ftruncate(z.post.fd, len * 3 / 4), 0);
+	assert_true(pcz_load(z.dst.rs, &z.post, &err) < 0);
+	map = kv_pc_dst_received_map(z.d, 0, &npages);
+	assert_int_equal(npages, PCZ_PAGES);
+	assert_true(kv_bitmap_count(map, PCZ_PAGES) < PCZ_PAGES);
+	assert_true(kv_bitmap_count(map, PCZ_PAGES) > PCZ_PAGES - 200);
+	kv_pc_src_set_received(z.pcs, 0, map);
+	kv_ram_pc_src_resume(z.src.rs, 0, map);
+	kv_ram_pc_dst_resume(z.dst.rs);
+	pcz_send_rest(z.src.rs, &again);
+	assert_true(census(&again).zpages > 0);
+	if (pcz_load(z.dst.rs, &again, &err) < 0)
+		fail_msg("%s", err.msg);
+	pcz_check(&z, PCZ_PAGES);
+	tstream_free(&again);
+	pcz_free(&z);
+}
+
 /* A ZPAGES record of "mem0": method, count, the offsets after the first,
  * the length (as said), the payload (as given). */
 static void craft_zpages(struct craft *c, uint64_t hdr, uint8_t method,
@@ -2374,6 +2615,8 @@ int main(void)
 	    cmocka_unit_test(test_compress_auto_off_when_link_gets_fast),
 	    cmocka_unit_test(test_compress_mode_names),
 	    cmocka_unit_test(test_load_zpages),
+	    cmocka_unit_test(test_postcopy_zpages_placed),
+	    cmocka_unit_test(test_postcopy_zpages_recovery),
 	    cmocka_unit_test(test_reject_zpages_header),
 	    cmocka_unit_test(test_reject_zpages_payload),
 	    cmocka_unit_test(test_reject_multifd_flush),

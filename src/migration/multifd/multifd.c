@@ -77,6 +77,7 @@ struct mfd_job {
 	char block[KV_MFD_BLOCK_NAME_SIZE];
 	uint32_t n;
 	bool sync; /* a SYNC packet (no pages) */
+	bool postcopy; /* a POSTCOPY packet (after the switch) */
 	const uint8_t *pages[JOB_PAGES];
 	uint64_t offsets[JOB_PAGES];
 	bool known_zero[JOB_PAGES];
@@ -112,6 +113,7 @@ struct kv_mfd_send {
 	struct kv_error err;
 	struct mfd_job cur; /* the migration thread's job being filled */
 	const char *cur_block; /* the caller's name pointer for cur's block */
+	bool postcopy; /* atomic: kv_mfd_send_set_postcopy was called */
 	uint64_t packet_num; /* atomic */
 	uint64_t bytes, normal, zero; /* atomic */
 };
@@ -142,9 +144,12 @@ static bool send_failed(void *opaque)
 	return __atomic_load_n(&m->error, __ATOMIC_RELAXED) != 0;
 }
 
-/* max-bandwidth: the limiter the main stream charges too. */
+/* max-bandwidth: the limiter the main stream charges too (not after the
+ * postcopy switch: a vCPU may wait for these pages). */
 static void rate_wait(struct kv_mfd_send *m, uint64_t bytes)
 {
+	if (__atomic_load_n(&m->postcopy, __ATOMIC_ACQUIRE))
+		return;
 	if (m->cfg.rate_limit && kv_rate_limit_get(m->cfg.rate_limit))
 		kv_rate_limit_wait(kv_rate_limit_charge(m->cfg.rate_limit, bytes),
 				   send_failed, m, NULL);
@@ -177,7 +182,8 @@ static int send_job(struct mfd_send_chan *c, const struct mfd_job *j,
 	}
 	memcpy(offsets + nn, zero_offs, nz * sizeof(uint64_t));
 	pkt.flags = kv_mfd_method_flag(m->cfg.method) |
-		    (j->sync ? KV_MFD_FLAG_SYNC : 0);
+		    (j->sync ? KV_MFD_FLAG_SYNC : 0) |
+		    (j->postcopy ? KV_MFD_FLAG_POSTCOPY : 0);
 	pkt.pages_alloc = JOB_PAGES;
 	pkt.normal = nn;
 	pkt.zero = nz;
@@ -273,7 +279,8 @@ static void *send_main(void *opaque)
 		pthread_mutex_lock(&m->lock);
 		if (ret < 0) {
 			kv_error_prefix(&err, "multifd channel %u", c->id);
-			if (ret == -EPIPE || ret == -ECONNRESET)
+			if ((ret == -EPIPE || ret == -ECONNRESET) &&
+			    !__atomic_load_n(&m->postcopy, __ATOMIC_RELAXED))
 				kv_error_prefix(&err,
 						"the destination closed it (is multifd on at the destination too, with the same multifd-channels?)");
 			send_fail_locked(m, ret, &err);
@@ -438,6 +445,7 @@ int kv_mfd_send_page(struct kv_mfd_send *m, const char *block,
 		snprintf(j->block, sizeof(j->block), "%s", block);
 		m->cur_block = block;
 		j->sync = false;
+		j->postcopy = __atomic_load_n(&m->postcopy, __ATOMIC_RELAXED);
 	}
 	j->pages[j->n] = page;
 	j->offsets[j->n] = offset;
@@ -448,7 +456,9 @@ int kv_mfd_send_page(struct kv_mfd_send *m, const char *block,
 
 int kv_mfd_send_sync(struct kv_mfd_send *m, struct kv_error *err)
 {
-	static const struct mfd_job sync_job = {.sync = true};
+	struct mfd_job sync_job = {
+	    .sync = true,
+	    .postcopy = __atomic_load_n(&m->postcopy, __ATOMIC_RELAXED)};
 	bool idle;
 	int ret = flush_cur(m, err);
 
@@ -476,6 +486,21 @@ int kv_mfd_send_sync(struct kv_mfd_send *m, struct kv_error *err)
 		ret = send_error(m, err);
 	pthread_mutex_unlock(&m->lock);
 	return ret;
+}
+
+void kv_mfd_send_set_postcopy(struct kv_mfd_send *m)
+{
+	__atomic_store_n(&m->postcopy, true, __ATOMIC_RELEASE);
+}
+
+bool kv_mfd_send_has_room(struct kv_mfd_send *m)
+{
+	bool room;
+
+	pthread_mutex_lock(&m->lock);
+	room = m->error || pick_channel(m) != NULL;
+	pthread_mutex_unlock(&m->lock);
+	return room;
 }
 
 uint64_t kv_mfd_send_bytes(const struct kv_mfd_send *m)
@@ -561,6 +586,7 @@ struct mfd_recv_chan {
 	uint8_t *hdr;
 	uint8_t *payload;
 	size_t payload_size;
+	uint8_t *bounce; /* POSTCOPY packets' pages, made at the first */
 	uint64_t offsets[KV_MFD_PAGES_DEFAULT];
 };
 
@@ -577,6 +603,9 @@ struct kv_mfd_recv {
 	uint64_t release; /* bumped by the loader at each sync */
 	bool aborted;
 	bool closing; /* kv_mfd_recv_free: channel ends are not errors */
+	bool pc_advised; /* atomic: POSTCOPY packets are accepted */
+	bool pc_open; /* kv_mfd_recv_pc_listen: POSTCOPY packets go in */
+	bool error_told; /* kv_mfd_recv_take_error gave it */
 	int error;
 	struct kv_error err;
 	struct kv_listener *listener;
@@ -709,6 +738,105 @@ static int recv_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
 	return 0;
 }
 
+/* A POSTCOPY packet waits here until LISTEN armed userfaultfd. */
+static bool wait_pc_open(struct kv_mfd_recv *r)
+{
+	bool ok;
+
+	pthread_mutex_lock(&r->lock);
+	while (!r->pc_open && !r->aborted && !r->closing)
+		pthread_cond_wait(&r->cond, &r->lock);
+	ok = !r->aborted && !r->closing;
+	pthread_mutex_unlock(&r->lock);
+	return ok;
+}
+
+static bool pc_is_open(struct kv_mfd_recv *r)
+{
+	bool open;
+
+	pthread_mutex_lock(&r->lock);
+	open = r->pc_open;
+	pthread_mutex_unlock(&r->lock);
+	return open;
+}
+
+/* The payload of a POSTCOPY packet into the channel's bounce buffer, the
+ * normal pages one after the other: guest memory is userfaultfd's now,
+ * and a page goes in whole, once, through target.place. */
+static int read_pc_payload(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
+			   struct kv_error *err)
+{
+	struct kv_mfd_recv *r = c->r;
+	uint8_t *pages[KV_MFD_PAGES_DEFAULT];
+	struct iovec iov = {c->bounce, (size_t)pkt->normal * KV_PAGE_SIZE};
+	int ret;
+
+	if (r->cfg.method == KV_MFD_METHOD_NONE)
+		return read_payload(c->chan, &iov, 1, err);
+	ret = kv_chan_read_full(c->chan, c->payload, pkt->next_size, err);
+	if (ret < 0)
+		return ret;
+	for (uint32_t i = 0; i < pkt->normal; i++)
+		pages[i] = c->bounce + (size_t)i * KV_PAGE_SIZE;
+	ret = kv_mfd_decompress(c->codec, c->payload, pkt->next_size, pages,
+				pkt->normal, err);
+	if (ret < 0)
+		kv_error_prefix(err, "packet %llu",
+				(unsigned long long)pkt->packet_num);
+	return ret;
+}
+
+static int recv_pc_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
+			 struct kv_error *err)
+{
+	struct kv_mfd_recv *r = c->r;
+	unsigned long *written;
+	uint8_t *host;
+	uint64_t len;
+	int ret;
+
+	if (!wait_pc_open(r))
+		return kv_error_set(err, -ECANCELED, "aborted");
+	ret = r->target.block(r->target.opaque, pkt->block, &host, &len,
+			      &written);
+	if (ret < 0)
+		return kv_error_set(err, ret, "packet %llu: block '%s' is gone",
+				    (unsigned long long)pkt->packet_num,
+				    pkt->block);
+	if (!c->bounce)
+		c->bounce = malloc((size_t)KV_MFD_PAGES_DEFAULT * KV_PAGE_SIZE);
+	if (!c->bounce)
+		return kv_error_set(err, -ENOMEM, "out of memory for postcopy pages");
+	if (pkt->normal) {
+		ret = read_pc_payload(c, pkt, err);
+		if (ret < 0)
+			return ret;
+	}
+	ret = r->target.place(r->target.opaque, host, pkt->offsets, c->bounce,
+			      pkt->normal, pkt->zero, err);
+	if (ret < 0) {
+		kv_error_prefix(err, "packet %llu",
+				(unsigned long long)pkt->packet_num);
+		return ret;
+	}
+	__atomic_add_fetch(&r->normal, pkt->normal, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&r->zero, pkt->zero, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/* Pages of a packet: in place (precopy) or through target.place
+ * (POSTCOPY); after LISTEN only the latter. */
+static int recv_any_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
+			  struct kv_error *err)
+{
+	if (pkt->flags & KV_MFD_FLAG_POSTCOPY)
+		return recv_pc_pages(c, pkt, err);
+	if (pc_is_open(c->r))
+		return kv_error_set(err, -EINVAL, "packet %llu: pages without the POSTCOPY flag after POSTCOPY_LISTEN (they would land around userfaultfd)", (unsigned long long)pkt->packet_num);
+	return recv_pages(c, pkt, err);
+}
+
 /* At a SYNC packet: tell the loader, wait for its release. */
 static bool wait_release(struct mfd_recv_chan *c)
 {
@@ -757,6 +885,9 @@ static int recv_packet(struct mfd_recv_chan *c, struct kv_error *err)
 		return ret;
 	if (!wait_blocks_ready(r))
 		return kv_error_set(err, -ECANCELED, "aborted");
+	/* ADVISE comes before the block list, so this is settled now. */
+	rp.postcopy = r->target.place &&
+		      __atomic_load_n(&r->pc_advised, __ATOMIC_ACQUIRE);
 	ret = kv_mfd_packet_decode_header(c->hdr, KV_MFD_HDR_SIZE, &rp, &pkt,
 					  err);
 	if (ret < 0)
@@ -771,7 +902,7 @@ static int recv_packet(struct mfd_recv_chan *c, struct kv_error *err)
 	if (ret < 0)
 		return ret;
 	if (pkt.normal + pkt.zero) {
-		ret = recv_pages(c, &pkt, err);
+		ret = recv_any_pages(c, &pkt, err);
 		if (ret < 0)
 			return ret;
 	} else if (pkt.next_size) {
@@ -1106,6 +1237,32 @@ int kv_mfd_recv_sync(struct kv_mfd_recv *r, struct kv_error *err)
 	return ret;
 }
 
+void kv_mfd_recv_pc_advise(struct kv_mfd_recv *r)
+{
+	__atomic_store_n(&r->pc_advised, true, __ATOMIC_RELEASE);
+}
+
+void kv_mfd_recv_pc_listen(struct kv_mfd_recv *r)
+{
+	pthread_mutex_lock(&r->lock);
+	r->pc_open = true;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+}
+
+int kv_mfd_recv_take_error(struct kv_mfd_recv *r, struct kv_error *err)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&r->lock);
+	if (r->error && r->error != -ECANCELED && !r->error_told) {
+		ret = kv_error_set(err, r->error, "%s", r->err.msg);
+		r->error_told = true;
+	}
+	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
 void kv_mfd_recv_pages(const struct kv_mfd_recv *r, uint64_t *normal,
 		       uint64_t *zero)
 {
@@ -1170,6 +1327,7 @@ int kv_mfd_recv_free(struct kv_mfd_recv *r, struct kv_error *err)
 		kv_mfd_codec_free(c->codec);
 		free(c->hdr);
 		free(c->payload);
+		free(c->bounce);
 	}
 	ret = r->error;
 	if (ret < 0 && r->error != -ECANCELED && err)

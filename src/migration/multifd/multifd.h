@@ -18,6 +18,14 @@
  * Failure. Any channel error fails the migration: the source's next call
  * returns it (the driver then resumes the guest), the destination shuts its
  * main channel so the loader stops at once, and no vCPU ever runs.
+ *
+ * Postcopy (kvmig's extension; QEMU 7.2 refuses multifd with postcopy):
+ * after the switch's sync the background pages go on the channels in
+ * POSTCOPY packets, which the destination holds until LISTEN and then
+ * places through userfaultfd (kv_mfd_target.place). Each page leaves the
+ * source once, so no sync orders them; the last one before END makes sure
+ * every page is placed. A channel error then pauses postcopy instead
+ * (the guest runs on the destination): the caller shuts the main stream.
  */
 #ifndef KV_MIGRATION_MULTIFD_H
 #define KV_MIGRATION_MULTIFD_H
@@ -90,6 +98,16 @@ int kv_mfd_send_page(struct kv_mfd_send *m, const char *block,
  * packet on every channel, and wait until all of it is written. The
  * caller then writes MULTIFD_FLUSH on the main stream. */
 int kv_mfd_send_sync(struct kv_mfd_send *m, struct kv_error *err);
+/* Postcopy (docs/DESIGN.md "Postcopy", multifd during postcopy): called
+ * once after the switch's sync, with nothing queued. From then on every
+ * packet carries the POSTCOPY flag (the destination places its pages
+ * through userfaultfd) and max-bandwidth no longer holds them back (QEMU's
+ * max-postcopy-bandwidth, 0: none). */
+void kv_mfd_send_set_postcopy(struct kv_mfd_send *m);
+/* Whether a channel has room for a job now (or a failure is waiting to
+ * be reported): the postcopy scan serves requested pages instead of
+ * blocking behind busy channels. */
+bool kv_mfd_send_has_room(struct kv_mfd_send *m);
 /* Bytes written to the channels that the destination has not
  * acknowledged yet (the sum of their kv_chan_unsent). */
 int64_t kv_mfd_send_unsent(struct kv_mfd_send *m);
@@ -115,6 +133,14 @@ struct kv_mfd_target {
 	 * then the zero ones), called on the channel's thread. */
 	void (*placed)(void *opaque, const uint8_t *host, const uint64_t *offs,
 		       uint32_t normal, uint32_t zero);
+	/* Optional (postcopy-ram): a POSTCOPY packet's pages, once
+	 * kv_mfd_recv_pc_listen opened the way: data holds the normal
+	 * pages one after the other (offs: the normal ones, then the zero
+	 * ones). Each page is placed once, whichever path brings it first;
+	 * 0, or <0 with err set. NULL: POSTCOPY packets are refused. */
+	int (*place)(void *opaque, const uint8_t *host, const uint64_t *offs,
+		     const uint8_t *data, uint32_t normal, uint32_t zero,
+		     struct kv_error *err);
 	void *opaque;
 };
 
@@ -141,6 +167,16 @@ void kv_mfd_recv_blocks_ready(struct kv_mfd_recv *r);
  * channel's silence limit passes with no sign of life from the source
  * on any channel (kv_chan_check_silence). */
 int kv_mfd_recv_sync(struct kv_mfd_recv *r, struct kv_error *err);
+/* Postcopy's ADVISE came: POSTCOPY packets are accepted from now on
+ * (refused before, and always without target->place). */
+void kv_mfd_recv_pc_advise(struct kv_mfd_recv *r);
+/* Postcopy's LISTEN happened (userfaultfd armed): POSTCOPY packets,
+ * which wait until then, go to target->place. A packet without the flag
+ * is refused from then on: its pages would land around userfaultfd. */
+void kv_mfd_recv_pc_listen(struct kv_mfd_recv *r);
+/* A channel's failure (its error, once: 0 when none or told already),
+ * for a loader that only saw its main stream shut down because of it. */
+int kv_mfd_recv_take_error(struct kv_mfd_recv *r, struct kv_error *err);
 void kv_mfd_recv_pages(const struct kv_mfd_recv *r, uint64_t *normal,
 		       uint64_t *zero);
 /* Abort from any thread (accept, reads and waits fail). */

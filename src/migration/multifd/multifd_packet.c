@@ -153,7 +153,8 @@ static const char *method_flag_name(uint32_t bits)
 static int check_flags(const struct kv_mfd_recv_params *rp,
 		       const struct kv_mfd_packet *pkt, struct kv_error *err)
 {
-	const uint32_t known = KV_MFD_FLAG_SYNC | KV_MFD_FLAG_METHOD_MASK;
+	const uint32_t known = KV_MFD_FLAG_SYNC | KV_MFD_FLAG_METHOD_MASK |
+			       (rp->postcopy ? KV_MFD_FLAG_POSTCOPY : 0);
 	uint32_t bits = pkt->flags & KV_MFD_FLAG_METHOD_MASK;
 	uint32_t want = kv_mfd_method_flag(rp->method);
 
@@ -161,6 +162,11 @@ static int check_flags(const struct kv_mfd_recv_params *rp,
 		return kv_error_set(err, -EINVAL,
 				    "multifd channel %u, packet %" PRIu64
 				    ": flags 0x%" PRIx32 " mark a device-state packet (QEMU's VFIO state), not supported",
+				    rp->channel, pkt->packet_num, pkt->flags);
+	if ((pkt->flags & KV_MFD_FLAG_POSTCOPY) && !rp->postcopy)
+		return kv_error_set(err, -EINVAL,
+				    "multifd channel %u, packet %" PRIu64
+				    ": flags 0x%" PRIx32 " mark a postcopy packet, but postcopy-ram is off on this destination (turn it on on both sides)",
 				    rp->channel, pkt->packet_num, pkt->flags);
 	if (pkt->flags & ~known)
 		return kv_error_set(err, -EINVAL,

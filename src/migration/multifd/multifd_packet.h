@@ -50,7 +50,10 @@
 
 /* Flags. Bit 0 is SYNC; bits 1..5 are QEMU's compression methods (one at a
  * time), bit 6 QEMU's device-state packets; bit 7 is kvmig's own LZ4, which
- * no QEMU uses. */
+ * no QEMU uses; bit 8 is kvmig's POSTCOPY: the packet's pages are
+ * background pages sent after the postcopy switch, to be placed through
+ * userfaultfd (only with postcopy-ram and multifd both on; QEMU refuses
+ * that pair). */
 #define KV_MFD_FLAG_SYNC	 (1U << 0)
 #define KV_MFD_FLAG_NOCOMP	 (0U << 1)
 #define KV_MFD_FLAG_ZLIB	 (1U << 1)
@@ -60,6 +63,7 @@
 #define KV_MFD_FLAG_QATZIP	 (16U << 1)
 #define KV_MFD_FLAG_DEVICE_STATE (32U << 1)
 #define KV_MFD_FLAG_LZ4		 (1U << 7) /* kvmig extension */
+#define KV_MFD_FLAG_POSTCOPY	 (1U << 8) /* kvmig extension */
 /* Every bit that names a compression method, QEMU's and kvmig's. */
 #define KV_MFD_FLAG_METHOD_MASK ((0x1fU << 1) | KV_MFD_FLAG_LZ4)
 
@@ -145,13 +149,15 @@ struct kv_mfd_recv_params {
 	unsigned channel;   /* for messages only */
 	uint32_t max_pages; /* pages_alloc limit, <= KV_MFD_PAGES_LIMIT */
 	enum kv_mfd_method method; /* negotiated compression */
+	bool postcopy; /* POSTCOPY packets are accepted (postcopy-ram on) */
 	kv_mfd_block_len_fn block_len;
 	void *opaque;
 };
 
 /*
  * Decode and check the fixed header (KV_MFD_HDR_SIZE bytes of buf): magic,
- * version, flags (only SYNC and the negotiated method; a packet without
+ * version, flags (only SYNC, POSTCOPY when rp->postcopy, and the
+ * negotiated method; a packet without
  * normal pages may also carry no method, as QEMU's sync packets do),
  * 1 <= pages_alloc <= max_pages, normal + zero <= pages_alloc, the block
  * name NUL-terminated and known (looked up only when the packet has pages),

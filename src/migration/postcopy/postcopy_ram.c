@@ -10,12 +10,24 @@
  * a vCPU waits for them) and moves the background scan to just after the
  * page it served; the background scan claims each page in the same "sent
  * since the switch" bitmap as the requests (postcopy_src.h), so each
- * page leaves once, whole (no XBZRLE, no ZPAGES: the destination places
- * whole pages with UFFDIO_COPY).
+ * page leaves once, whole: no XBZRLE (a delta against a page the
+ * destination dropped), but background pages may go in ZPAGES records
+ * when x-compress says so (they decode to whole pages); a requested page
+ * always goes at once as a PAGE record, never in a compression batch.
  *
  * Destination: after ADVISE every page precopy loads is marked received;
- * after LISTEN every page record is placed through userfaultfd, which
- * drops a page that is already there (a request answered first).
+ * after LISTEN every page record (and each page of a ZPAGES record) is
+ * placed through userfaultfd, which drops a page that is already there
+ * (a request answered first).
+ *
+ * multifd (kvmig's extension, docs/DESIGN.md "multifd during postcopy"):
+ * at the switch the channels are synced before the discards (every
+ * precopy page is in place before one is dropped); after it background
+ * pages go on the channels as POSTCOPY packets, which the destination
+ * places through userfaultfd once LISTEN armed it; the last sync before
+ * END makes sure they are all placed. A channel's failure pauses
+ * postcopy as the main link's does; after a recovery the background
+ * pages go on the main stream.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -108,6 +120,83 @@ static int discard_block(struct kv_stream *s, const struct kv_ram_block *b,
 	return send_discard(s, b, r, &n, err);
 }
 
+/* ---- multifd during postcopy, source ---- */
+
+int kv_ram_pc_multifd_sync(struct kv_savevm *sv, struct kv_stream *s,
+			   struct kv_ram_state *rs, struct kv_pc_src *pcs,
+			   struct kv_error *err)
+{
+	int ret;
+
+	if (!rs->src.mfd_send)
+		return 0;
+	/* save_iterate dispatches to kv_ram_pc_save_iterate, which sees
+	 * pc_mfd_sync and writes the sync only. */
+	rs->src.pc = pcs;
+	rs->src.pc_mfd_sync = true;
+	ret = kv_savevm_save_iterate(sv, s, err);
+	rs->src.pc_mfd_sync = false;
+	rs->src.pc = NULL;
+	if (ret < 0)
+		kv_error_prefix(err, "postcopy: the multifd channels' sync at the switch");
+	else
+		kv_switch_log("postcopy: multifd channels synced");
+	return ret < 0 ? ret : 0;
+}
+
+/* The switch's sync is done: background pages take the channels. A
+ * requested page the background scan already handed to a channel may
+ * wait there behind a whole packet or two: it goes again on the main
+ * stream (the destination keeps whichever copy comes first). */
+static void pc_mfd_begin(struct kv_ram_state *rs)
+{
+	rs->src.pc_mfd = rs->src.mfd_send != NULL;
+	if (!rs->src.pc_mfd)
+		return;
+	kv_mfd_send_set_postcopy(rs->src.mfd_send);
+	kv_pc_src_set_resend(rs->src.pc, true);
+}
+
+/* The channels are not used any more: a page sent is on the main
+ * stream, in order. */
+static void pc_mfd_stop(struct kv_ram_state *rs)
+{
+	rs->src.pc_mfd = false;
+	if (rs->src.pc)
+		kv_pc_src_set_resend(rs->src.pc, false);
+}
+
+/* A channel failed after RUN: the destination runs the guest, so this
+ * is a break like the main link's. The main stream is shut down too, so
+ * that the destination pauses at once (its channel may be silent rather
+ * than closed), and the channels are not used again. */
+static int pc_mfd_failed(struct kv_stream *s, struct kv_ram_state *rs,
+			 struct kv_error *err)
+{
+	pc_mfd_stop(rs);
+	kv_stream_shutdown(s);
+	kv_error_prefix(err, "postcopy: a multifd channel broke");
+	return err->code ? err->code : -EPIPE;
+}
+
+/* After a break: the multifd channels are closed for good (their lost
+ * pages are missing in the destination's received bitmap, so they go
+ * again on the main stream). */
+static void pc_mfd_drop(struct kv_ram_state *rs)
+{
+	if (!rs->src.mfd_send || !rs->src.pc_mfd)
+		return;
+	pc_mfd_stop(rs);
+	kv_mfd_send_cancel(rs->src.mfd_send);
+	kv_switch_log("postcopy: multifd channels closed, pages go on the main stream");
+}
+
+/* Whether a channel can take a batch of background pages now. */
+static bool pc_mfd_room(struct kv_ram_state *rs)
+{
+	return !rs->src.pc_mfd || kv_mfd_send_has_room(rs->src.mfd_send);
+}
+
 int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
 		     struct kv_pc_src *pcs, struct kv_error *err)
 {
@@ -131,7 +220,11 @@ int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
 	rs->src.in_complete = true;
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
 	kv_pagemap_invalidate(&rs->pagemap);
+	rs->src.pc_requests_seen = 0;
+	/* RUN lifts max-bandwidth: x-compress measures the link anew. */
+	kv_ram_zc_link_changed(rs);
 	rs->src.pc = pcs;
+	pc_mfd_begin(rs);
 	return 0;
 }
 
@@ -141,6 +234,7 @@ void kv_ram_pc_src_resume(struct kv_ram_state *rs, size_t bi,
 	struct kv_ram_block *b = &rs->blocks[bi];
 	uint64_t dirty = 0;
 
+	pc_mfd_drop(rs);
 	/* What the destination lacks is what is left to send: the pages
 	 * lost with the link too. */
 	for (size_t pg = 0; pg < b->npages; pg++) {
@@ -159,6 +253,7 @@ void kv_ram_pc_src_resume(struct kv_ram_state *rs, size_t bi,
 	rs->src.search_block = 0;
 	rs->src.search_page = 0;
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
+	kv_ram_zc_restart(rs);
 	kv_switch_log("postcopy: block '%s' resumes with %llu pages to send",
 		      b->idstr, (unsigned long long)dirty);
 }
@@ -166,21 +261,44 @@ void kv_ram_pc_src_resume(struct kv_ram_state *rs, size_t bi,
 void kv_ram_pc_src_end(struct kv_ram_state *rs)
 {
 	rs->src.pc = NULL;
+	rs->src.pc_mfd = false;
 	rs->src.in_complete = false;
 }
 
-/* Every requested page not sent yet; true when one went. With
- * postcopy-preempt the preempt channel's thread serves them; the
- * background scan still moves after each. */
+/* Did the destination ask for a page since the last look (served now,
+ * or claimed already by the background scan)? */
+static bool requests_came(struct kv_ram_state *rs)
+{
+	struct kv_pc_src_stats st;
+	uint64_t seen;
+
+	kv_pc_src_get_stats(rs->src.pc, &st);
+	seen = st.urgent + st.duplicates;
+	if (seen == rs->src.pc_requests_seen)
+		return false;
+	rs->src.pc_requests_seen = seen;
+	return true;
+}
+
+/* Every requested page not sent yet, at once and whole; true when one
+ * went. A request for a page the background claimed may be for a page
+ * of the compression batch being filled: the batch goes right after the
+ * requested pages. With postcopy-preempt the preempt channel's thread
+ * serves them (and sends claimed ones again); the background scan still
+ * moves after each. */
 static bool serve_urgent(struct kv_stream *s, struct kv_ram_state *rs)
 {
+	bool preempt = __atomic_load_n(&rs->src.pc_preempt, __ATOMIC_ACQUIRE);
 	struct kv_pc_page pg;
 	bool any = false;
 
-	while (!__atomic_load_n(&rs->src.pc_preempt, __ATOMIC_ACQUIRE) &&
-	       kv_pc_src_next_urgent(rs->src.pc, &pg)) {
-		kv_ram_send_page(s, rs, pg.block,
-				 (size_t)(pg.offset >> KV_PAGE_SHIFT));
+	while (!preempt && kv_pc_src_next_urgent(rs->src.pc, &pg)) {
+		kv_ram_send_page_now(s, rs, pg.block,
+				     (size_t)(pg.offset >> KV_PAGE_SHIFT));
+		any = true;
+	}
+	if (!preempt && requests_came(rs) && rs->src.zc.n) {
+		kv_ram_zc_flush(s, rs);
 		any = true;
 	}
 	if (kv_pc_src_take_scan_hint(rs->src.pc, &pg)) {
@@ -190,22 +308,29 @@ static bool serve_urgent(struct kv_stream *s, struct kv_ram_state *rs)
 	return any;
 }
 
-/* Up to max background pages; 1 when no dirty page is left. */
+/* Up to max background pages, on the multifd channels while they are
+ * used, else on the main stream; 1 when no dirty page is left, <0 when a
+ * channel failed. */
 static int send_background(struct kv_stream *s, struct kv_ram_state *rs,
-			   unsigned max)
+			   unsigned max, struct kv_error *err)
 {
 	unsigned sent = 0;
 	size_t bi, page;
 
-	while (sent < max && kv_ram_scan_next(rs, &bi, &page)) {
+	while (sent < max) {
+		if (!kv_ram_scan_next(rs, &bi, &page))
+			return 1;
 		if (!kv_pc_src_claim(rs->src.pc, bi,
 				     (uint64_t)page << KV_PAGE_SHIFT))
 			continue; /* it went as a requested page */
 		kv_ram_stat_add(&rs->src.pass_pages, 1);
-		kv_ram_send_page(s, rs, bi, page);
+		if (!rs->src.pc_mfd)
+			kv_ram_send_page(s, rs, bi, page);
+		else if (kv_ram_send_page_multifd(s, rs, bi, page, err) < 0)
+			return pc_mfd_failed(s, rs, err);
 		sent++;
 	}
-	return sent < max ? 1 : 0;
+	return 0;
 }
 
 static int pc_stream_failed(struct kv_stream *s, struct kv_error *err)
@@ -232,12 +357,29 @@ static bool link_queue_full(struct kv_stream *s, struct kv_ram_state *rs)
 }
 
 /* The link is full: push what is buffered, then wait for a request or a
- * moment for the link to drain. */
+ * moment for the link to drain (time x-compress counts as waiting on the
+ * link). */
 static void wait_link_room(struct kv_stream *s, struct kv_ram_state *rs)
 {
+	int64_t t0;
+
 	if (kv_stream_buffered(s) && kv_stream_flush(s) < 0)
 		return;
+	t0 = kv_now_ns();
 	kv_pc_src_wait_urgent(rs->src.pc, PC_LINK_QUEUE_WAIT_MS);
+	kv_ram_zc_note_link_wait(rs, (uint64_t)(kv_now_ns() - t0));
+}
+
+/* The switch's section with multifd: the channels' sync only. */
+static int pc_mfd_sync_section(struct kv_stream *s, struct kv_ram_state *rs,
+			       struct kv_error *err)
+{
+	int ret = kv_ram_multifd_flush(s, rs, err);
+
+	if (ret < 0)
+		return ret;
+	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
+	return pc_stream_failed(s, err);
 }
 
 int kv_ram_pc_save_iterate(struct kv_stream *s, struct kv_ram_state *rs,
@@ -246,19 +388,25 @@ int kv_ram_pc_save_iterate(struct kv_stream *s, struct kv_ram_state *rs,
 	int64_t deadline = kv_now_ns() + KV_RAM_ITERATE_NS;
 	int done = 0;
 
+	if (rs->src.pc_mfd_sync)
+		return pc_mfd_sync_section(s, rs, err);
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
 	if (rs->nblocks == 0)
 		done = 1;
-	while (!done) {
+	while (done == 0) {
 		if (serve_urgent(s, rs) && kv_stream_flush(s) < 0)
 			break;
-		if (link_queue_full(s, rs))
+		if (link_queue_full(s, rs) || !pc_mfd_room(rs))
 			wait_link_room(s, rs);
 		else
-			done = send_background(s, rs, URGENT_CHECK_PAGES);
+			done = send_background(s, rs, URGENT_CHECK_PAGES, err);
+		kv_ram_zc_tick(s, rs);
 		if (kv_stream_error(s) || kv_now_ns() >= deadline)
 			break;
 	}
+	if (done < 0)
+		return done;
+	kv_ram_zc_flush(s, rs);
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
 	return pc_stream_failed(s, err) ?: done;
 }
@@ -266,9 +414,18 @@ int kv_ram_pc_save_iterate(struct kv_stream *s, struct kv_ram_state *rs,
 int kv_ram_pc_save_complete(struct kv_stream *s, struct kv_ram_state *rs,
 			    struct kv_error *err)
 {
+	int ret;
+
 	rs->src.last_sent = KV_RAM_NO_BLOCK;
-	while (send_background(s, rs, UINT32_MAX) == 0)
+	while ((ret = send_background(s, rs, UINT32_MAX, err)) == 0)
 		;
+	if (ret < 0)
+		return ret;
+	kv_ram_zc_flush(s, rs);
+	/* No END before every channel's pages are placed: the destination
+	 * waits at this MULTIFD_FLUSH for every channel's SYNC. */
+	if (rs->src.pc_mfd && kv_ram_multifd_flush(s, rs, err) < 0)
+		return pc_mfd_failed(s, rs, err);
 	kv_stream_put_be64(s, KV_RAM_FLAG_EOS);
 	return pc_stream_failed(s, err);
 }
@@ -366,14 +523,14 @@ int kv_ram_pc_load_preempt(struct kv_stream *s, struct kv_ram_state *rs,
 int kv_ram_pc_set_dst(struct kv_ram_state *rs, struct kv_pc_dst *d,
 		      struct kv_error *err)
 {
-	if (d && rs->dst.mfd_recv)
-		return kv_error_set(err, -ENOTSUP, "postcopy with multifd is not supported by kvmig yet: turn multifd off on both sides");
 	if (d && !rs->dst.pc_page) {
 		rs->dst.pc_page = malloc(KV_PAGE_SIZE);
 		if (!rs->dst.pc_page)
 			return kv_error_set(err, -ENOMEM, "ram: no memory for postcopy");
 	}
 	rs->dst.pc = d;
+	if (d && rs->dst.mfd_recv)
+		kv_mfd_recv_pc_advise(rs->dst.mfd_recv);
 	rs->dst.pc_listening = false;
 	rs->dst.pc_running = false;
 	return 0;
@@ -390,11 +547,19 @@ void kv_ram_pc_listen(struct kv_ram_state *rs)
 void kv_ram_pc_listening(struct kv_ram_state *rs)
 {
 	rs->dst.pc_listening = true;
+	/* The multifd channels' POSTCOPY packets may be placed now. */
+	if (rs->dst.mfd_recv)
+		kv_mfd_recv_pc_listen(rs->dst.mfd_recv);
 }
 
 void kv_ram_pc_running(struct kv_ram_state *rs)
 {
 	rs->dst.pc_running = true;
+}
+
+void kv_ram_pc_dst_resume(struct kv_ram_state *rs)
+{
+	kv_ram_zpages_restart(rs);
 }
 
 void kv_ram_pc_received(struct kv_ram_state *rs, size_t bi, uint64_t offset)
@@ -416,4 +581,31 @@ int kv_ram_pc_place(struct kv_ram_state *rs, size_t bi, uint64_t offset,
 	else
 		kv_ram_verify_zero(rs, bi, page);
 	return 0;
+}
+
+/* The block whose memory starts at host (a multifd packet names it). */
+static size_t block_at(const struct kv_ram_state *rs, const uint8_t *host)
+{
+	for (size_t i = 0; i < rs->nblocks; i++)
+		if (rs->blocks[i].host == host)
+			return i;
+	return KV_RAM_NO_BLOCK;
+}
+
+int kv_ram_pc_mfd_place(void *opaque, const uint8_t *host,
+			const uint64_t *offs, const uint8_t *data,
+			uint32_t normal, uint32_t zero, struct kv_error *err)
+{
+	struct kv_ram_state *rs = opaque;
+	size_t bi = block_at(rs, host);
+	int ret = 0;
+
+	if (bi == KV_RAM_NO_BLOCK || !rs->dst.pc)
+		return kv_error_set(err, -EINVAL, "postcopy pages on a multifd channel, but this destination is not in postcopy");
+	for (uint32_t i = 0; i < normal && ret == 0; i++)
+		ret = kv_ram_pc_place(rs, bi, offs[i],
+				      data + (size_t)i * KV_PAGE_SIZE, err);
+	for (uint32_t i = normal; i < normal + zero && ret == 0; i++)
+		ret = kv_ram_pc_place(rs, bi, offs[i], NULL, err);
+	return ret;
 }

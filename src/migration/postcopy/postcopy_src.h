@@ -61,10 +61,11 @@ bool kv_pc_src_next_urgent(struct kv_pc_src *s, struct kv_pc_page *pg);
 /* Wait up to timeout_ms (-1: no limit) for a request: 1 one waits, 0
  * timeout or kv_pc_src_wake. */
 int kv_pc_src_wait_urgent(struct kv_pc_src *s, int timeout_ms);
-/* postcopy-preempt: kv_pc_src_next_urgent serves a requested page even
- * when the background already sent it (still queued behind other pages
- * on the main stream, while a vCPU waits); the destination keeps the
- * first copy that arrives. Off by default. */
+/* postcopy-preempt, or multifd during postcopy: kv_pc_src_next_urgent
+ * serves a requested page even when the background already sent it
+ * (still queued behind other pages on the main stream or a multifd
+ * channel, while a vCPU waits); the destination keeps the first copy
+ * that arrives. Off by default. */
 void kv_pc_src_set_resend(struct kv_pc_src *s, bool on);
 void kv_pc_src_wake(struct kv_pc_src *s);
 

@@ -164,11 +164,23 @@ struct kv_pc_dst;
 struct kv_pc_block *kv_ram_pc_blocks(struct kv_ram_state *rs, size_t *n);
 /* Source, workload stopped: the last sync, a RAM_DISCARD command for
  * every run of dirty pages; from then on save_iterate serves pcs's
- * requests first and every page goes once, whole. */
+ * requests first (PAGE records, at once) and every page goes once,
+ * whole or in a ZPAGES record (x-compress), never as a delta. */
 int kv_ram_pc_switch(struct kv_stream *s, struct kv_ram_state *rs,
 		     struct kv_pc_src *pcs, struct kv_error *err);
+/* Source, workload stopped, before kv_ram_pc_switch: with multifd, one
+ * PART round whose RAM section is the channels' sync (MULTIFD_FLUSH), so
+ * every precopy page is in the destination's memory before a discard;
+ * after the switch background pages go on the channels (POSTCOPY
+ * packets). 0 at once without multifd. */
+struct kv_savevm;
+int kv_ram_pc_multifd_sync(struct kv_savevm *sv, struct kv_stream *s,
+			   struct kv_ram_state *rs, struct kv_pc_src *pcs,
+			   struct kv_error *err);
 /* Source, recovery: block bi's pages the destination has (its received
- * bitmap); every other page is sent again. */
+ * bitmap); every other page is sent again, on the main stream (the
+ * multifd channels are closed, not re-opened), and x-compress starts a
+ * new zstd stream on the new link (FORMAT.md 5.3). */
 void kv_ram_pc_src_resume(struct kv_ram_state *rs, size_t bi,
 			  const unsigned long *received);
 /* postcopy-preempt (QEMU 7.2's layout: a second connection made at
@@ -188,7 +200,7 @@ int kv_ram_pc_load_preempt(struct kv_stream *s, struct kv_ram_state *rs,
 /* Source: the migration ended (pcs may be freed afterwards). */
 void kv_ram_pc_src_end(struct kv_ram_state *rs);
 /* Destination, at ADVISE: pages loaded from now on are marked received
- * in d (NULL: postcopy over). Refused with multifd. */
+ * in d (NULL: postcopy over), multifd channels' pages too. */
 int kv_ram_pc_set_dst(struct kv_ram_state *rs, struct kv_pc_dst *d,
 		      struct kv_error *err);
 /* LISTEN, before kv_pc_dst_listen: stop the prefault helpers. After it,
@@ -197,6 +209,10 @@ void kv_ram_pc_listen(struct kv_ram_state *rs);
 void kv_ram_pc_listening(struct kv_ram_state *rs);
 /* RUN: the guest runs here; a failed load drops nothing any more. */
 void kv_ram_pc_running(struct kv_ram_state *rs);
+/* Recovery, at the resumed stream's POSTCOPY_RESUME (before its first
+ * RAM record): the next ZPAGES record starts a new zstd stream, as the
+ * source's does on the new link (FORMAT.md 5.3). */
+void kv_ram_pc_dst_resume(struct kv_ram_state *rs);
 
 struct kv_mfd_send;
 struct kv_mfd_recv;

@@ -47,9 +47,10 @@
  * thrown away: it costs one batch of CPU per ZC_PROBE_NS at most. The
  * wire's zstd stream starts when compression is first chosen, with the
  * first ZPAGES record (where the destination starts decoding), and lasts
- * the migration. A channel that cannot say how much the peer received (a
- * file) has no link to measure: there auto samples nothing and never
- * compresses.
+ * the migration, across a postcopy switch too (a postcopy recovery starts
+ * a new one on the new link: kv_ram_zc_restart). A channel that cannot
+ * say how much the peer received (a file) has no link to measure: there
+ * auto samples nothing and never compresses.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -143,6 +144,16 @@ static int alloc_codec(struct kv_ram_zc *zc, bool compress,
 	return codec_new(compress, &zc->codec, &zc->buf, &zc->buf_size, err);
 }
 
+/* A new zstd stream for the wire (the buffer stays). */
+static int alloc_codec_only(struct kv_ram_zc *zc, struct kv_error *err)
+{
+	zc->codec = kv_mfd_codec_new(ZC_METHOD, KV_MFD_LEVEL_DEFAULT, true,
+				     err);
+	if (!zc->codec)
+		return err->code ? err->code : -ENOMEM;
+	return 0;
+}
+
 static void sample_free(struct kv_ram_zc_sample *sm)
 {
 	if (!sm)
@@ -212,6 +223,7 @@ int kv_ram_zc_setup(struct kv_stream *s, struct kv_ram_state *rs,
 	kv_ram_zc_cleanup(rs);
 	zc->active = zc->probe = zc->raw_probe = false;
 	zc->win_start = zc->next_probe = zc->next_raw_probe = 0;
+	zc->other_wait_ns = 0;
 	zc->raw_probe_ns = ZC_RAW_PROBE_NS;
 	zc->bound_windows = 0;
 	memset(&zc->win_tcp, 0, sizeof(zc->win_tcp));
@@ -258,7 +270,9 @@ void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs)
 	for (size_t i = 0; i < n; i++)
 		pages[i] = b->host + ((uint64_t)zc->page[i] << KV_PAGE_SHIFT);
 	t0 = kv_now_ns();
-	if (kv_mfd_compress(zc->codec, pages, n, zc->buf, zc->buf_size, &len,
+	/* No codec: a postcopy recovery dropped the broken link's stream. */
+	if ((!zc->codec && alloc_codec_only(zc, &err) < 0) ||
+	    kv_mfd_compress(zc->codec, pages, n, zc->buf, zc->buf_size, &len,
 			    &err) < 0) {
 		kv_stream_set_error(s, err.code, "ram: compressing pages: %s",
 				    err.msg);
@@ -435,7 +449,7 @@ void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 		    ewma(zc->ratio, (double)zc->win_in / (double)zc->win_out);
 	}
 	peer_slow = receiver_bound(zc, chan);
-	wait_ns = kv_stream_write_wait_ns(s);
+	wait_ns = kv_stream_write_wait_ns(s) + zc->other_wait_ns;
 	if (zc->win_start) {
 		link = (double)(delivered - zc->win_delivered) * 1e9 /
 		       (double)dt;
@@ -451,6 +465,40 @@ void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs)
 	zc->win_delivered = delivered;
 	zc->win_wait_ns = wait_ns;
 	zc->win_in = zc->win_out = zc->win_ns = 0;
+}
+
+void kv_ram_zc_note_link_wait(struct kv_ram_state *rs, uint64_t ns)
+{
+	rs->src.zc.other_wait_ns += ns;
+}
+
+void kv_ram_zc_link_changed(struct kv_ram_state *rs)
+{
+	struct kv_ram_zc *zc = &rs->src.zc;
+
+	if (zc->mode != KV_RAM_COMPRESS_AUTO || !zc->sample)
+		return;
+	/* What was measured was another link (or the cap): raw pages until
+	 * two windows of this one say it is the bottleneck. */
+	if (zc->active)
+		turn_off(zc, kv_now_ns());
+	zc->raw_probe = false;
+	zc->bound_windows = 0;
+}
+
+void kv_ram_zc_restart(struct kv_ram_state *rs)
+{
+	struct kv_ram_zc *zc = &rs->src.zc;
+
+	zc->n = 0;
+	kv_mfd_codec_free(zc->codec);
+	zc->codec = NULL;
+	/* The new link is measured from scratch (its TCP and stream
+	 * counters start at zero). */
+	kv_ram_zc_link_changed(rs);
+	zc->win_start = 0;
+	zc->other_wait_ns = 0;
+	memset(&zc->win_tcp, 0, sizeof(zc->win_tcp));
 }
 
 double kv_ram_wire_factor(struct kv_ram_state *rs)

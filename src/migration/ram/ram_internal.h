@@ -93,6 +93,9 @@ struct kv_ram_zc {
 	 * speed and ratio (bytes/s, EWMA; 0 = not measured yet). */
 	int64_t win_start;
 	uint64_t win_delivered, win_wait_ns;
+	/* Waits for the link the stream does not see (postcopy's scan
+	 * waiting for room on the link), ns since setup. */
+	uint64_t other_wait_ns;
 	struct kv_tcp_limits win_tcp; /* zero: not TCP */
 	uint64_t win_in, win_out, win_ns;
 	double link_bps, comp_bps, ratio;
@@ -133,6 +136,14 @@ struct kv_ram_src {
 	 * pages first and every page once; NULL before. */
 	struct kv_pc_src *pc;
 	bool pc_preempt; /* atomic: the preempt channel serves requests */
+	/* multifd during postcopy (postcopy_ram.c): the next PART section
+	 * is the switch's multifd sync only; background pages go on the
+	 * channels (false again after a break: the main stream then). */
+	bool pc_mfd_sync;
+	bool pc_mfd;
+	/* Requests served or found sent already, at the last look (a
+	 * request flushes the compression batch being filled). */
+	uint64_t pc_requests_seen;
 
 	/* Counters (see struct kv_ram_stats). */
 	uint64_t dirty_sync_count;
@@ -172,6 +183,9 @@ struct kv_ram_dst {
 	struct kv_mfd_codec *zpages_dec;
 	uint8_t *zpages_buf;
 	size_t zpages_buf_size;
+	/* After postcopy's LISTEN a batch decodes here (KV_RAM_ZC_BATCH
+	 * pages), then each page is placed through userfaultfd. */
+	uint8_t *zpages_bounce;
 };
 
 struct kv_ram_state {
@@ -266,12 +280,24 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 uint64_t kv_ram_pending_exact(void *opaque, struct kv_error *err);
 /* failed: stop the tracker keeping its marks, for a retry. */
 void kv_ram_save_cleanup(void *opaque, bool failed);
-/* One ZERO or PAGE record (XBZRLE's or x-compress's choice before the
- * postcopy switch; after it always a whole page). */
+/* One ZERO or PAGE record, or XBZRLE's or x-compress's choice (after
+ * the postcopy switch x-compress's only: ZPAGES decode to whole pages). */
 void kv_ram_send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		      size_t page);
+/* One ZERO or PAGE record, written now (a page a vCPU waits for: never
+ * in a compression batch). */
+void kv_ram_send_page_now(struct kv_stream *s, struct kv_ram_state *rs,
+			  size_t bi, size_t page);
 /* The last sync, with the workload stopped: its pages finish the pass. */
 int kv_ram_sync_final(struct kv_ram_state *rs, struct kv_error *err);
+/* With multifd: the page to a channel (or, zero with legacy detection,
+ * a ZERO record on the main stream). */
+int kv_ram_send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
+			     size_t bi, size_t page, struct kv_error *err);
+/* With multifd: a SYNC on every channel after everything queued, then
+ * MULTIFD_FLUSH on the main stream (multifd.h). 0 without multifd. */
+int kv_ram_multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
+			 struct kv_error *err);
 
 /* postcopy/postcopy_ram.c */
 /* save_iterate and save_complete once rs->src.pc is set. */
@@ -285,6 +311,11 @@ int kv_ram_pc_place(struct kv_ram_state *rs, size_t bi, uint64_t offset,
 		    const void *data, struct kv_error *err);
 /* Precopy wrote (or left zero) this page after ADVISE. */
 void kv_ram_pc_received(struct kv_ram_state *rs, size_t bi, uint64_t offset);
+/* kv_mfd_target.place: a POSTCOPY packet's pages of the block at host,
+ * placed through userfaultfd (each once), on a multifd channel's thread. */
+int kv_ram_pc_mfd_place(void *opaque, const uint8_t *host,
+			const uint64_t *offs, const uint8_t *data,
+			uint32_t normal, uint32_t zero, struct kv_error *err);
 
 /* ram_xbzrle.c */
 /* Save setup: a fresh cache when XBZRLE is on (nothing from an earlier
@@ -321,6 +352,17 @@ bool kv_ram_zc_send(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 void kv_ram_zc_flush(struct kv_stream *s, struct kv_ram_state *rs);
 /* auto: every few dozen pages, measure and decide. */
 void kv_ram_zc_tick(struct kv_stream *s, struct kv_ram_state *rs);
+/* The sender waited ns for the link outside the stream's writes
+ * (postcopy: for room on the link): auto counts it as the stream's. */
+void kv_ram_zc_note_link_wait(struct kv_ram_state *rs, uint64_t ns);
+/* auto: the link changed (postcopy's RUN lifts max-bandwidth; a
+ * recovery's new connection): compression stops until this link has
+ * been measured to be the bottleneck again. */
+void kv_ram_zc_link_changed(struct kv_ram_state *rs);
+/* Postcopy recovery, on the new link: the batch being filled is dropped
+ * (its pages go again, as the destination's received bitmap says) and
+ * the next ZPAGES record starts a new zstd stream (FORMAT.md 5.3). */
+void kv_ram_zc_restart(struct kv_ram_state *rs);
 void kv_ram_zc_cleanup(struct kv_ram_state *rs);
 
 /* ram_verify.c */
@@ -391,5 +433,8 @@ int kv_ram_load_state(struct kv_stream *s, void *opaque, int version_id,
 void kv_ram_load_cleanup(void *opaque, bool failed);
 /* kv_ram_free: what the destination half keeps between migrations. */
 void kv_ram_load_free(struct kv_ram_state *rs);
+/* The ZPAGES decoder is dropped: the next ZPAGES record starts a new
+ * zstd stream (a postcopy recovery's new link, FORMAT.md 5.3). */
+void kv_ram_zpages_restart(struct kv_ram_state *rs);
 
 #endif

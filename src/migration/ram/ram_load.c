@@ -398,10 +398,11 @@ static int load_page_postcopy(struct kv_stream *s, struct kv_ram_state *rs,
 	return 0;
 }
 
-/* QEMU's source sends only whole pages once postcopy listens. */
+/* A delta applies to the copy the destination holds, which postcopy
+ * dropped (RAM_DISCARD) or never had. */
 static int refuse_after_listen(const struct ram_rec *r, struct kv_error *err)
 {
-	return rec_error(err, r, -EINVAL, "a delta or compressed record after POSTCOPY_LISTEN: postcopy places whole pages only");
+	return rec_error(err, r, -EINVAL, "an XBZRLE record after POSTCOPY_LISTEN: postcopy places whole pages only, and a delta needs the page it applies to");
 }
 
 static int load_zero(struct kv_stream *s, struct kv_ram_state *rs,
@@ -569,6 +570,44 @@ static void zpages_decoder_free(struct kv_ram_dst *dst)
 	free(dst->zpages_buf);
 	dst->zpages_buf = NULL;
 	dst->zpages_buf_size = 0;
+	free(dst->zpages_bounce);
+	dst->zpages_bounce = NULL;
+}
+
+void kv_ram_zpages_restart(struct kv_ram_state *rs)
+{
+	zpages_decoder_free(&rs->dst);
+}
+
+/* Postcopy after LISTEN: the batch decodes into a bounce buffer and each
+ * page is placed through userfaultfd; a page that is here already (a
+ * requested copy that came first, on this stream or the preempt
+ * channel) keeps what it has: the source sends a page once after the
+ * switch, so both copies are the same bytes anyway. */
+static int place_zpages(struct kv_ram_state *rs, const struct ram_rec *r,
+			size_t bi, struct kv_mfd_codec *dec, uint32_t len,
+			const uint64_t *off, size_t n, struct kv_error *err)
+{
+	struct kv_error perr = {0};
+	uint8_t *pages[KV_RAM_ZC_BATCH];
+
+	if (!rs->dst.zpages_bounce) {
+		rs->dst.zpages_bounce = malloc(KV_RAM_ZC_BATCH * KV_PAGE_SIZE);
+		if (!rs->dst.zpages_bounce)
+			return rec_error(err, r, -ENOMEM, "out of memory for compressed pages");
+	}
+	for (size_t i = 0; i < n; i++)
+		pages[i] = rs->dst.zpages_bounce + i * KV_PAGE_SIZE;
+	if (kv_mfd_decompress(dec, rs->dst.zpages_buf, len, pages, n,
+			      &perr) < 0)
+		return rec_error(err, r, -EINVAL, "bad compressed pages: %s",
+				 perr.msg);
+	for (size_t i = 0; i < n; i++)
+		if (kv_ram_pc_place(rs, bi, off[i], pages[i], &perr) < 0)
+			return rec_error(err, r, perr.code, "page %zu of %zu: %s",
+					 i + 1, n, perr.msg);
+	kv_ram_stat_add(&rs->normal_pages, n);
+	return 0;
 }
 
 static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
@@ -587,8 +626,6 @@ static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 
 	if (ret < 0)
 		return ret;
-	if (rs->dst.pc_listening)
-		return refuse_after_listen(r, err);
 	b = &rs->blocks[bi];
 	method = kv_stream_get_u8(s);
 	n = kv_stream_get_be16(s);
@@ -618,6 +655,8 @@ static int load_zpages(struct kv_stream *s, struct kv_ram_state *rs,
 	kv_stream_get_buffer(s, rs->dst.zpages_buf, len);
 	if (kv_stream_error(s))
 		return rec_stream_error(s, r, "the ZPAGES payload", err);
+	if (rs->dst.pc_listening)
+		return place_zpages(rs, r, bi, dec, len, off, n, err);
 	for (size_t i = 0; i < n; i++) {
 		size_t page = (size_t)(off[i] >> KV_PAGE_SHIFT);
 
@@ -677,19 +716,24 @@ static int mfd_block(void *opaque, const char *name, uint8_t **host,
 }
 
 /* A channel thread wrote these pages of the block at host (normal ones,
- * then zero ones): their hashes, on that thread. Within a pass a page is
- * on one channel only, and passes are separated by a sync. */
+ * then zero ones): their hashes, on that thread, and after postcopy's
+ * ADVISE they are received. Within a pass a page is on one channel only,
+ * and passes are separated by a sync. */
 static void mfd_placed(void *opaque, const uint8_t *host, const uint64_t *offs,
 		       uint32_t normal, uint32_t zero)
 {
 	struct kv_ram_state *rs = opaque;
 	size_t bi;
 
-	if (!rs->verify.on)
+	if (!rs->verify.on && !rs->dst.pc)
 		return;
 	for (bi = 0; bi < rs->nblocks && rs->blocks[bi].host != host; bi++)
 		;
 	if (bi == rs->nblocks)
+		return;
+	for (uint32_t i = 0; i < normal + zero; i++)
+		kv_ram_pc_received(rs, bi, offs[i]);
+	if (!rs->verify.on)
 		return;
 	for (uint32_t i = 0; i < normal; i++)
 		kv_ram_verify_page(rs, bi, (size_t)(offs[i] >> KV_PAGE_SHIFT));
@@ -699,8 +743,10 @@ static void mfd_placed(void *opaque, const uint8_t *host, const uint64_t *offs,
 
 struct kv_mfd_target kv_ram_multifd_target(struct kv_ram_state *rs)
 {
-	return (struct kv_mfd_target){
-	    .block = mfd_block, .placed = mfd_placed, .opaque = rs};
+	return (struct kv_mfd_target){.block = mfd_block,
+				      .placed = mfd_placed,
+				      .place = kv_ram_pc_mfd_place,
+				      .opaque = rs};
 }
 
 int kv_ram_load_setup(void *opaque, struct kv_error *err)

@@ -212,7 +212,7 @@ static void send_zero(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 /* multifd: the page goes to a channel, unless legacy zero-page
  * detection finds it zero here (a ZERO record on the main stream). A page
  * the pagemap shows never populated is known zero without a read. */
-static int send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
+int kv_ram_send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
 			     size_t bi, size_t page, struct kv_error *err)
 {
 	const struct kv_ram_block *b = &rs->blocks[bi];
@@ -241,7 +241,7 @@ static int send_page_multifd(struct kv_stream *s, struct kv_ram_state *rs,
 
 /* The end of a pass (or of the switch-over) with multifd: everything on
  * the channels before the MULTIFD_FLUSH record (multifd.h). */
-static int multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
+int kv_ram_multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
 			 struct kv_error *err)
 {
 	int ret;
@@ -257,28 +257,53 @@ static int multifd_flush(struct kv_stream *s, struct kv_ram_state *rs,
 	return 0;
 }
 
+/* A zero page (known without reading, or read) goes as a ZERO record. */
+static bool send_if_zero(struct kv_stream *s, struct kv_ram_state *rs,
+			 size_t bi, size_t page, const uint8_t *p)
+{
+	if (!kv_ram_page_unpopulated(rs, bi, page) &&
+	    !kv_buffer_is_zero(p, KV_PAGE_SIZE))
+		return false;
+	send_zero(s, rs, bi, page);
+	kv_ram_xbzrle_zero(rs, bi, page);
+	kv_ram_verify_zero(rs, bi, page);
+	return true;
+}
+
+static void send_whole(struct kv_stream *s, struct kv_ram_state *rs,
+		       size_t bi, size_t page, const uint8_t *p)
+{
+	kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_PAGE);
+	kv_stream_put_page_ref(s, p, KV_PAGE_SIZE);
+	kv_ram_stat_add(&rs->normal_pages, 1);
+}
+
 void kv_ram_send_page(struct kv_stream *s, struct kv_ram_state *rs, size_t bi,
 		      size_t page)
 {
 	const uint8_t *p = rs->blocks[bi].host + ((uint64_t)page << KV_PAGE_SHIFT);
 
-	if (kv_ram_page_unpopulated(rs, bi, page) ||
-	    kv_buffer_is_zero(p, KV_PAGE_SIZE)) {
-		send_zero(s, rs, bi, page);
-		kv_ram_xbzrle_zero(rs, bi, page);
-		kv_ram_verify_zero(rs, bi, page);
+	if (send_if_zero(s, rs, bi, page, p))
 		return;
-	}
 	kv_ram_verify_page(rs, bi, page);
 	/* After the postcopy switch the destination dropped its copy of a
-	 * dirty page: a delta would apply to nothing, and placing pages
-	 * through userfaultfd takes whole pages. */
-	if (rs->src.pc || (!kv_ram_xbzrle_send(s, rs, bi, page) &&
-			   !kv_ram_zc_send(s, rs, bi, page))) {
-		kv_ram_put_header(s, rs, bi, page, KV_RAM_FLAG_PAGE);
-		kv_stream_put_page_ref(s, p, KV_PAGE_SIZE);
-		kv_ram_stat_add(&rs->normal_pages, 1);
-	}
+	 * dirty page: a delta would apply to nothing. A ZPAGES record
+	 * decodes to whole pages, which it places like PAGE records. */
+	if (!rs->src.pc && kv_ram_xbzrle_send(s, rs, bi, page))
+		return;
+	if (!kv_ram_zc_send(s, rs, bi, page))
+		send_whole(s, rs, bi, page, p);
+}
+
+void kv_ram_send_page_now(struct kv_stream *s, struct kv_ram_state *rs,
+			  size_t bi, size_t page)
+{
+	const uint8_t *p = rs->blocks[bi].host + ((uint64_t)page << KV_PAGE_SHIFT);
+
+	if (send_if_zero(s, rs, bi, page, p))
+		return;
+	kv_ram_verify_page(rs, bi, page);
+	send_whole(s, rs, bi, page, p);
 }
 
 bool kv_ram_scan_next(struct kv_ram_state *rs, size_t *bi, size_t *page)
@@ -328,7 +353,7 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 			if (ret < 0)
 				return ret;
 		} else if (rs->src.mfd_send) {
-			ret = send_page_multifd(s, rs, bi, page, err);
+			ret = kv_ram_send_page_multifd(s, rs, bi, page, err);
 			if (ret < 0)
 				return ret;
 		} else {
@@ -364,7 +389,7 @@ int kv_ram_save_iterate(struct kv_stream *s, void *opaque, struct kv_error *err)
 		return err->code;
 	kv_ram_zc_flush(s, rs);
 	kv_ram_xbzrle_publish(rs);
-	if (ret == 1 && multifd_flush(s, rs, err) < 0)
+	if (ret == 1 && kv_ram_multifd_flush(s, rs, err) < 0)
 		return err->code;
 	if (ret < 0)
 		return ret;
@@ -451,7 +476,7 @@ int kv_ram_save_complete(struct kv_stream *s, void *opaque,
 	kv_ram_xbzrle_publish(rs);
 	if (ret < 0)
 		return ret;
-	ret = multifd_flush(s, rs, err);
+	ret = kv_ram_multifd_flush(s, rs, err);
 	if (ret == 0 && rs->mapped)
 		ret = kv_mapped_ram_save_complete(rs, err);
 	if (ret < 0)
