@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "base/log.h"
 
 /* QEMU's PSK user when none is given. */
 #define PSK_DEFAULT_USER "qemu"
@@ -40,9 +41,11 @@
  * two reads per 16 KiB record; served from here, one read of the socket
  * covers many records. */
 #define RX_AHEAD (128 * 1024)
+/* TLS's largest record plaintext. */
+#define RECORD_MAX 16384
 /* The most ciphertext GnuTLS holds of a record it has not decrypted
  * yet: TLS 1.3's largest record with its header. */
-#define RECORD_HELD_MAX (16384 + 256 + 5)
+#define RECORD_HELD_MAX (RECORD_MAX + 256 + 5)
 /* Plaintext one writev call encrypts at most (then it returns). */
 #define TX_PER_CALL (1024 * 1024)
 /*
@@ -92,9 +95,14 @@ struct tls_chan {
 	pthread_mutex_t tx_lock; /* reader and writer may both push */
 	uint8_t *tx;
 	size_t tx_used;
+	/* A record's plaintext gathered from small iovec entries (the
+	 * writing thread's only; empty between writev calls). */
+	uint8_t *pt;
+	size_t rec_max; /* plaintext in one record: the session's limit */
 	/* Read ahead (the reading thread's only): rx[rx_head, rx_len). */
 	uint8_t *rx;
 	size_t rx_head, rx_len;
+	bool rx_only; /* pull takes only from rx (read_records) */
 };
 
 static struct tls_chan *to_tls(struct kv_chan *c)
@@ -448,6 +456,10 @@ static ssize_t pull_ahead(struct tls_chan *t, void *buf, size_t len)
 {
 	size_t avail = t->rx_len - t->rx_head;
 
+	if (!avail && t->rx_only) {
+		gnutls_transport_set_errno(t->session, EAGAIN);
+		return -1;
+	}
 	if (!avail) {
 		ssize_t n = t->inner->ops->read(t->inner, t->rx, RX_AHEAD);
 
@@ -600,18 +612,29 @@ static ssize_t record_errno(struct tls_chan *t, ssize_t r)
 	return -EPROTO;
 }
 
-static ssize_t tls_read(struct kv_chan *c, void *buf, size_t len)
+/* Decrypted bytes into buf: >0, 0 at the end, -errno. Without may_block
+ * only from what is here already (GnuTLS's and the read-ahead buffer):
+ * -EAGAIN when that holds no whole record, and GnuTLS keeps the part it
+ * took for the next call. */
+static ssize_t read_records(struct tls_chan *t, void *buf, size_t len,
+			    bool may_block)
 {
-	struct tls_chan *t = to_tls(c);
-
 	for (;;) {
 		ssize_t r;
 
-		if (__atomic_load_n(&c->shutdown_req, __ATOMIC_ACQUIRE))
+		if (__atomic_load_n(&t->pub.shutdown_req, __ATOMIC_ACQUIRE))
 			return -ECANCELED;
+		/* No read-ahead buffer: GnuTLS would read the socket. */
+		if (!may_block && !t->rx &&
+		    !gnutls_record_check_pending(t->session))
+			return -EAGAIN;
+		t->rx_only = !may_block;
 		r = gnutls_record_recv(t->session, buf, len);
+		t->rx_only = false;
 		if (r >= 0)
 			return r;
+		if (r == GNUTLS_E_AGAIN && !may_block)
+			return -EAGAIN;
 		if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED ||
 		    r == GNUTLS_E_REHANDSHAKE)
 			continue;
@@ -623,6 +646,13 @@ static ssize_t tls_read(struct kv_chan *c, void *buf, size_t len)
 	}
 }
 
+/*
+ * One read takes every whole record that is here already, not only the
+ * first: the read-ahead buffer holds up to 8 of them, and a caller that
+ * asked for 256 KiB (the stream's buffer, a multifd payload) would
+ * otherwise come back once per 16 KiB, each time setting the socket's
+ * low-water mark again. It waits only for the first.
+ */
 static ssize_t tls_readv(struct kv_chan *c, const struct iovec *iov,
 			 int iovcnt)
 {
@@ -633,12 +663,9 @@ static ssize_t tls_readv(struct kv_chan *c, const struct iovec *iov,
 		size_t got = 0;
 
 		while (got < iov[i].iov_len) {
-			ssize_t n;
+			ssize_t n = read_records(t, (uint8_t *)iov[i].iov_base + got,
+						 iov[i].iov_len - got, total == 0);
 
-			if (total && !gnutls_record_check_pending(t->session))
-				return total;
-			n = tls_read(c, (uint8_t *)iov[i].iov_base + got,
-				     iov[i].iov_len - got);
 			if (n <= 0)
 				return total ? total : n;
 			got += (size_t)n;
@@ -648,38 +675,89 @@ static ssize_t tls_readv(struct kv_chan *c, const struct iovec *iov,
 	return total;
 }
 
+static ssize_t tls_read(struct kv_chan *c, void *buf, size_t len)
+{
+	struct iovec v = {buf, len};
+
+	return tls_readv(c, &v, 1);
+}
+
+/* All len bytes, in as many records as the session's limit needs: 0,
+ * or GnuTLS's error (GNUTLS_E_PUSH_ERROR after a shutdown). */
+static ssize_t send_records(struct tls_chan *t, const uint8_t *buf,
+			    size_t len)
+{
+	while (len) {
+		ssize_t n;
+
+		if (__atomic_load_n(&t->pub.shutdown_req, __ATOMIC_ACQUIRE))
+			return GNUTLS_E_PUSH_ERROR;
+		n = gnutls_record_send(t->session, buf, len);
+		if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
+			continue;
+		if (n < 0)
+			return n;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/*
+ * A record costs GnuTLS about as much as encrypting a few KiB (its
+ * buffer, nonce, tag, header, a push), so records are cut only where
+ * they are full or where the call ends, never at an iovec entry: the
+ * RAM stream's 8-byte headers and 4 KiB pages, and a multifd packet's
+ * pages, gather in pt into full records. An entry that starts a record
+ * and fills one goes to GnuTLS as it is, without the copy.
+ */
 static ssize_t tls_writev(struct kv_chan *c, const struct iovec *iov,
 			  int iovcnt)
 {
 	struct tls_chan *t = to_tls(c);
-	size_t total = 0;
+	size_t sent = 0, staged = 0;
+	ssize_t e = 0;
 	int r;
 
-	for (int i = 0; i < iovcnt && total < TX_PER_CALL; i++) {
-		size_t done = 0;
+	for (int i = 0; i < iovcnt && e == 0; i++) {
+		const uint8_t *p = iov[i].iov_base;
+		size_t left = iov[i].iov_len;
 
-		while (done < iov[i].iov_len && total < TX_PER_CALL) {
-			ssize_t n;
+		while (left && e == 0 && sent + staged < TX_PER_CALL) {
+			size_t take = t->rec_max - staged;
 
-			if (__atomic_load_n(&c->shutdown_req, __ATOMIC_ACQUIRE))
-				return -ECANCELED;
-			n = gnutls_record_send(t->session,
-					       (const uint8_t *)iov[i].iov_base + done,
-					       iov[i].iov_len - done);
-			if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
-				continue;
-			if (n < 0) {
-				flush(t);
-				return total ? (ssize_t)total : record_errno(t, n);
+			if (take > left)
+				take = left;
+			if (take > TX_PER_CALL - sent - staged)
+				take = TX_PER_CALL - sent - staged;
+			if (!staged && take == t->rec_max) {
+				e = send_records(t, p, take);
+				sent += e == 0 ? take : 0;
+			} else {
+				memcpy(t->pt + staged, p, take);
+				staged += take;
+				if (staged == t->rec_max) {
+					e = send_records(t, t->pt, staged);
+					sent += e == 0 ? staged : 0;
+					staged = 0;
+				}
 			}
-			done += (size_t)n;
-			total += (size_t)n;
+			p += take;
+			left -= take;
 		}
 	}
+	if (e == 0 && staged) {
+		e = send_records(t, t->pt, staged);
+		sent += e == 0 ? staged : 0;
+	}
 	r = flush(t);
-	if (r < 0 && !total)
+	if (e < 0 && __atomic_load_n(&c->shutdown_req, __ATOMIC_ACQUIRE))
+		return sent ? (ssize_t)sent : -ECANCELED;
+	if (e < 0)
+		return sent ? (ssize_t)sent : record_errno(t, e);
+	if (r < 0)
 		return r;
-	return r < 0 ? r : (ssize_t)total;
+	return (ssize_t)sent;
 }
 
 static void tls_shutdown(struct kv_chan *c)
@@ -697,6 +775,7 @@ static void tls_close(struct kv_chan *c)
 	kv_chan_close(t->inner);
 	pthread_mutex_destroy(&t->tx_lock);
 	free(t->tx);
+	free(t->pt);
 	free(t->rx);
 	free(t);
 }
@@ -742,6 +821,16 @@ static int tls_tcp_limits(const struct kv_chan *c, struct kv_tcp_limits *out)
 	return kv_chan_tcp_limits(to_tls_const(c)->inner, out);
 }
 
+/* The limit and the record go to the socket beneath, whose waits are the
+ * ones that time out (and, on TCP, its TCP_USER_TIMEOUT). */
+static int tls_set_silence(struct kv_chan *c, uint64_t limit_ms,
+			   struct kv_chan_activity *shared)
+{
+	if (!shared)
+		shared = __atomic_load_n(&c->activity, __ATOMIC_ACQUIRE);
+	return kv_chan_set_silence(to_tls(c)->inner, limit_ms, shared);
+}
+
 static int tls_peer_name(const struct kv_chan *c, char *buf, size_t size)
 {
 	kv_chan_peer_name(to_tls_const(c)->inner, buf, size);
@@ -760,6 +849,7 @@ static const struct kv_chan_ops tls_ops = {
     .unsent = tls_unsent,
     .tcp_limits = tls_tcp_limits,
     .peer_name = tls_peer_name,
+    .set_silence = tls_set_silence,
 };
 
 /* ---- the handshake ---- */
@@ -899,11 +989,18 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 			    struct kv_error *err)
 {
 	struct tls_chan *t = calloc(1, sizeof(*t));
+	int64_t t0;
 	int r;
 
-	if (t)
+	if (t) {
 		t->tx = malloc(TX_BATCH);
-	if (!t || !t->tx) {
+		t->pt = malloc(RECORD_MAX);
+	}
+	if (!t || !t->tx || !t->pt) {
+		if (t) {
+			free(t->tx);
+			free(t->pt);
+		}
 		free(t);
 		kv_error_set(err, -ENOMEM, "TLS: out of memory");
 		return NULL;
@@ -928,7 +1025,9 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 		tls_close(&t->pub);
 		return NULL;
 	}
+	t0 = kv_now_ns();
 	r = handshake(t);
+	kv_switch_log("TLS handshake with %s: %s in %.3f ms", t->peer, r < 0 ? "failed" : "done", (double)(kv_now_ns() - t0) / 1e6);
 	if (r < 0) {
 		explain_failure(t, r);
 		kv_error_set(err, r == GNUTLS_E_PULL_ERROR && t->rx_err == -ETIMEDOUT ? -ETIMEDOUT : -EACCES, "TLS with %s (%s) failed: %s", t->peer, kv_tls_creds_id(p->creds), t->why);
@@ -939,6 +1038,9 @@ struct kv_chan *kv_tls_wrap(struct kv_chan *inner,
 	t->p = NULL;
 	t->deadline_ns = -1;
 	t->handshaken = true;
+	t->rec_max = gnutls_record_get_max_size(t->session);
+	if (t->rec_max == 0 || t->rec_max > RECORD_MAX)
+		t->rec_max = RECORD_MAX;
 	t->rx = malloc(RX_AHEAD); /* NULL: GnuTLS reads the socket itself */
 	return &t->pub;
 }

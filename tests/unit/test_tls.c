@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -225,6 +226,131 @@ static void test_psk_transfer_full_duplex(void **state)
 	free(dst);
 }
 
+/* ---- where records are cut ---- */
+
+#define REC 16384
+/* TLS 1.3 with an AEAD: the content type byte and a 16-byte tag. */
+#define REC_OVERHEAD 17
+#define PAGE 4096
+
+struct writer {
+	struct kv_chan *c;
+	struct iovec *iov;
+	int iovcnt;
+	int ret;
+	pthread_t th;
+};
+
+static void *write_main(void *arg)
+{
+	struct writer *w = arg;
+	struct kv_error err = {0};
+
+	w->ret = kv_chan_writev_full(w->c, w->iov, w->iovcnt, &err);
+	return NULL;
+}
+
+/* Reads the raw records on fd until they hold plain bytes of plaintext;
+ * counts them and the full ones (REC bytes of plaintext). */
+static void count_records(int fd, size_t plain, unsigned *records,
+			  unsigned *full)
+{
+	size_t got = 0;
+
+	*records = *full = 0;
+	while (got < plain) {
+		uint8_t hdr[5], body[REC + 256];
+		size_t len;
+
+		assert_int_equal(recv(fd, hdr, 5, MSG_WAITALL), 5);
+		assert_int_equal(hdr[0], 0x17); /* application data */
+		len = (size_t)hdr[3] << 8 | hdr[4];
+		assert_true(len > REC_OVERHEAD && len <= sizeof(body));
+		assert_int_equal(recv(fd, body, len, MSG_WAITALL), (ssize_t)len);
+		got += len - REC_OVERHEAD;
+		(*records)++;
+		*full += len - REC_OVERHEAD == REC;
+	}
+	assert_int_equal(got, plain);
+}
+
+/* The RAM stream writes 8-byte headers and 4 KiB pages by reference, a
+ * multifd packet a header and its pages: each writev's bytes go out in
+ * full records (the last one cut where the call ends), not a record per
+ * iovec entry, which costs several times the encryption itself. Read
+ * on the wire, beneath the TLS channel. */
+static void test_records_are_full(void **state)
+{
+	struct dirs *d = *state;
+	struct side cl = {0}, sv = {0};
+	enum { PAGES = 64 };
+	struct iovec v[2 * PAGES];
+	uint8_t hdr[PAGES][8], *pages = calloc(PAGES, PAGE);
+	struct writer w = {0};
+	struct kv_error err = {0};
+	size_t plain = 0;
+	unsigned records, full;
+	int fd[2];
+
+	for (int i = 0; i < PAGES; i++) {
+		memset(hdr[i], i, sizeof(hdr[i]));
+		v[2 * i] = (struct iovec){hdr[i], sizeof(hdr[i])};
+		v[2 * i + 1] = (struct iovec){pages + (size_t)i * PAGE, PAGE};
+		plain += sizeof(hdr[i]) + PAGE;
+	}
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, fd), 0);
+	cl.inner = kv_chan_from_fd(fd[0], "pair:client", &err);
+	sv.inner = kv_chan_from_fd(dup(fd[1]), "pair:server", &err);
+	assert_non_null(cl.inner);
+	assert_non_null(sv.inner);
+	cl.p.creds = psk(d->good, KV_TLS_CLIENT, NULL);
+	sv.p.creds = psk(d->good, KV_TLS_SERVER, NULL);
+	cl.p.deadline_ns = sv.p.deadline_ns = kv_now_ns() + 5 * SEC;
+	assert_int_equal(pthread_create(&sv.th, NULL, wrap_main, &sv), 0);
+	wrap_main(&cl);
+	pthread_join(sv.th, NULL);
+	assert_non_null(cl.out);
+	assert_non_null(sv.out);
+	/* The channel made the socket non-blocking; the raw reads wait. */
+	assert_int_equal(fcntl(fd[1], F_SETFL, 0), 0);
+
+	/* The RAM stream's shape: 64 x (header, page) in one writev. */
+	w = (struct writer){.c = cl.out, .iov = v, .iovcnt = 2 * PAGES};
+	pthread_create(&w.th, NULL, write_main, &w);
+	count_records(fd[1], plain, &records, &full);
+	pthread_join(w.th, NULL);
+	assert_int_equal(w.ret, 0);
+	assert_int_equal(records, (plain + REC - 1) / REC);
+	assert_int_equal(full, plain / REC);
+
+	/* A multifd packet's: a header, then its pages; the header and the
+	 * first pages share a record. */
+	v[0] = (struct iovec){hdr, 100};
+	for (int i = 0; i < PAGES; i++)
+		v[1 + i] = (struct iovec){pages + (size_t)i * PAGE, PAGE};
+	plain = 100 + (size_t)PAGES * PAGE;
+	w = (struct writer){.c = cl.out, .iov = v, .iovcnt = 1 + PAGES};
+	pthread_create(&w.th, NULL, write_main, &w);
+	count_records(fd[1], plain, &records, &full);
+	pthread_join(w.th, NULL);
+	assert_int_equal(w.ret, 0);
+	assert_int_equal(records, (plain + REC - 1) / REC);
+
+	/* A small message (the return path's) is one small record, sent at
+	 * once: nothing waits for more. */
+	v[0] = (struct iovec){hdr, 12};
+	assert_int_equal(kv_chan_writev_full(cl.out, v, 1, &err), 0);
+	count_records(fd[1], 12, &records, &full);
+	assert_int_equal(records, 1);
+
+	kv_chan_close(cl.out);
+	kv_chan_close(sv.out);
+	close(fd[1]);
+	kv_tls_creds_free((struct kv_tls_creds *)cl.p.creds);
+	kv_tls_creds_free((struct kv_tls_creds *)sv.p.creds);
+	free(pages);
+}
+
 /* Decrypted bytes not handed out yet make the channel readable though the
  * socket is empty; a shutdown ends a blocked read promptly. */
 static void *shutdown_later(void *arg)
@@ -261,6 +387,68 @@ static void test_pending_and_shutdown(void **state)
 	assert_int_equal(sv.out->ops->read(sv.out, b, 1), -ECANCELED);
 	assert_true(kv_now_ns() - t0 < 2 * SEC);
 	pthread_join(th, NULL);
+	kv_chan_close(cl.out);
+	kv_chan_close(sv.out);
+	kv_tls_creds_free((struct kv_tls_creds *)cl.p.creds);
+	kv_tls_creds_free((struct kv_tls_creds *)sv.p.creds);
+}
+
+struct watchdog {
+	struct kv_chan *c;
+	int done; /* atomic */
+	pthread_t th;
+};
+
+/* Shuts c down after 3 s unless done: a read that would wait forever
+ * fails the test instead. */
+static void *watchdog_main(void *arg)
+{
+	struct watchdog *w = arg;
+	struct timespec slice = {0, 50 * 1000000L};
+
+	for (int i = 0; i < 60; i++) {
+		if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE))
+			return NULL;
+		nanosleep(&slice, NULL);
+	}
+	kv_chan_shutdown(w->c);
+	return NULL;
+}
+
+/* The silence limit (x-link-timeout) holds over TLS as over a plain
+ * socket: a read that hears nothing for it fails, saying so, and a byte
+ * that came counts as life. */
+static void test_silence_through_tls(void **state)
+{
+	struct dirs *d = *state;
+	struct side cl = {0}, sv = {0};
+	struct kv_chan_activity life;
+	struct kv_error err = {0};
+	uint8_t msg[8] = {1}, b[8];
+	struct iovec v = {msg, sizeof(msg)};
+	struct watchdog w = {0};
+	int64_t t0;
+	int ret;
+
+	cl.p.creds = psk(d->good, KV_TLS_CLIENT, NULL);
+	sv.p.creds = psk(d->good, KV_TLS_SERVER, NULL);
+	handshake(&cl, &sv);
+	assert_non_null(cl.out);
+	assert_non_null(sv.out);
+	kv_chan_activity_init(&life, "the source", "x-link-timeout");
+	assert_int_equal(kv_chan_set_silence(sv.out, 300, &life), 0);
+	assert_int_equal(kv_chan_writev_full(cl.out, &v, 1, &err), 0);
+	assert_int_equal(kv_chan_read_full(sv.out, b, sizeof(b), &err), 0);
+	w.c = sv.out;
+	pthread_create(&w.th, NULL, watchdog_main, &w);
+	t0 = kv_now_ns();
+	ret = kv_chan_read_full(sv.out, b, sizeof(b), &err);
+	__atomic_store_n(&w.done, 1, __ATOMIC_RELEASE);
+	pthread_join(w.th, NULL);
+	assert_int_equal(ret, -ETIMEDOUT);
+	assert_true(kv_now_ns() - t0 >= SEC / 5);
+	if (!strstr(err.msg, "no byte from the source"))
+		fail_msg("%s", err.msg);
 	kv_chan_close(cl.out);
 	kv_chan_close(sv.out);
 	kv_tls_creds_free((struct kv_tls_creds *)cl.p.creds);
@@ -595,6 +783,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_psk_transfer_full_duplex),
+	    cmocka_unit_test(test_records_are_full),
+	    cmocka_unit_test(test_silence_through_tls),
 	    cmocka_unit_test(test_nb_session),
 	    cmocka_unit_test(test_nb_refusals),
 	    cmocka_unit_test(test_pending_and_shutdown),
