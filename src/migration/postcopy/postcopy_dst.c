@@ -16,6 +16,7 @@
 #include "base/bitmap.h"
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/thread_role.h"
 #include "base/units.h"
 #include "migration/postcopy/postcopy_wire.h"
 #include "migration/postcopy/uffd.h"
@@ -424,6 +425,7 @@ static void *fault_thread(void *arg)
 {
 	struct kv_pc_dst *d = arg;
 
+	kv_thread_set_role(KV_THREAD_URGENT); /* a vCPU waits on each fault */
 	while (!__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
 		struct kv_error err = {0};
 		struct kv_uffd_fault f;
