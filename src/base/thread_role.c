@@ -17,6 +17,7 @@ static const struct {
 	const char *name;
 	int nice;
 } roles[KV_THREAD_ROLES] = {
+    [KV_THREAD_NORMAL] = {"normal", 0},
     [KV_THREAD_URGENT] = {"urgent", -10},
     [KV_THREAD_BACKGROUND] = {"background", 5},
 };

@@ -11,6 +11,7 @@
 #define KV_BASE_THREAD_ROLE_H
 
 enum kv_thread_role {
+	KV_THREAD_NORMAL,     /* back to the default (nice 0) */
 	KV_THREAD_URGENT,     /* a vCPU waits on what it does */
 	KV_THREAD_BACKGROUND, /* bulk work nobody waits on */
 	KV_THREAD_ROLES

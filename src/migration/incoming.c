@@ -704,6 +704,13 @@ static int pc_resume(void *opaque, struct kv_error *err)
 	return ret;
 }
 
+static void pc_listen_thread(void *opaque)
+{
+	struct kv_incoming *in = opaque;
+
+	kv_pc_in_listen_thread(in->pc);
+}
+
 static int pc_send_pong(void *opaque, uint32_t value, struct kv_error *err)
 {
 	struct kv_incoming *in = opaque;
@@ -738,6 +745,7 @@ static int postcopy_prepare(struct kv_incoming *in, struct kv_chan *c,
 	    .send_pong = pc_send_pong,
 	    .recv_bitmap = pc_recv_bitmap,
 	    .resume = pc_resume,
+	    .listen_thread = pc_listen_thread,
 	    .opaque = in,
 	};
 	kv_savevm_set_postcopy(in->sv, &in->pc_ops);

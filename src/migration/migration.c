@@ -1144,6 +1144,9 @@ static void preempt_start(struct kv_migration *m)
 					m) == 0;
 	if (!m->pre_running)
 		kv_ram_pc_set_preempt(m->rs, false);
+	/* On the migration thread: nobody waits on its pages now. */
+	if (m->pre_running)
+		kv_thread_set_role(KV_THREAD_BACKGROUND);
 }
 
 /* The preempt thread ends: at the end of postcopy with EOS; after a
@@ -1160,6 +1163,7 @@ static void preempt_stop(struct kv_migration *m, bool broken)
 	kv_pc_src_wake(m->pcs);
 	pthread_join(m->pre_thread, NULL);
 	m->pre_running = false;
+	kv_thread_set_role(KV_THREAD_NORMAL); /* it serves requests again */
 	kv_ram_pc_set_preempt(m->rs, false);
 	kv_pc_src_set_resend(m->pcs, false);
 	if (!broken && kv_error_is_set(&m->pre_err))

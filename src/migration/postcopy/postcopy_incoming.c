@@ -230,6 +230,14 @@ int kv_pc_in_listen(struct kv_pc_in *p, struct kv_error *err)
 	return 0;
 }
 
+void kv_pc_in_listen_thread(struct kv_pc_in *p)
+{
+	/* Requested pages come on the preempt channel: nobody waits on the
+	 * main stream's, and the guest's vCPUs and the urgent path go first. */
+	if (p->pre_running)
+		kv_thread_set_role(KV_THREAD_BACKGROUND);
+}
+
 void kv_pc_in_running(struct kv_pc_in *p)
 {
 	kv_ram_pc_running(p->rs);

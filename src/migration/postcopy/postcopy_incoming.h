@@ -52,6 +52,9 @@ int kv_pc_in_discard(struct kv_pc_in *p, const struct kv_pc_discard *d,
 		     struct kv_error *err);
 int kv_pc_in_listen(struct kv_pc_in *p, struct kv_error *err);
 void kv_pc_in_running(struct kv_pc_in *p);
+/* On the listen thread, first: with a preempt channel it is background
+ * work (base/thread_role.h). */
+void kv_pc_in_listen_thread(struct kv_pc_in *p);
 /* postcopy-preempt: c (taken) carries requested pages; from
  * kv_pc_in_listen on a thread of its own places them until EOS. */
 void kv_pc_in_set_preempt(struct kv_pc_in *p, struct kv_chan *c);
