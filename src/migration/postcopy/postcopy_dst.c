@@ -40,6 +40,7 @@ struct dst_block {
 	uint64_t npages;
 	unsigned long *received;
 	unsigned long *requested;
+	unsigned long *waited; /* a thread waits on the page (set under the lock) */
 	bool registered;
 };
 
@@ -74,10 +75,10 @@ struct kv_pc_dst {
 	bool stop; /* atomic */
 
 	/* The placers (background pages: the listen thread) take the lock
-	 * only when a thread waits (nwaiters, written under it, read without
-	 * it) or for the last page: a placer descheduled while holding it
-	 * would hold the fault thread up. The counters below it marked
-	 * atomic are updated without it. */
+	 * only for a page a thread waits on (the block's waited bit) or for
+	 * the last page: a placer descheduled while holding it would hold
+	 * the fault thread up. The counters below marked atomic are updated
+	 * without it. */
 	pthread_mutex_t lock;
 	pthread_cond_t changed; /* the last page arrived, or the fault thread failed */
 	struct waiter *waiters;
@@ -201,8 +202,7 @@ static int waiter_add(struct kv_pc_dst *d, uint64_t addr, int64_t now, int vcpu)
 		d->waiters = w;
 		d->waiters_cap = cap;
 	}
-	d->waiters[d->nwaiters] = (struct waiter){addr, now, vcpu};
-	__atomic_store_n(&d->nwaiters, d->nwaiters + 1, __ATOMIC_SEQ_CST);
+	d->waiters[d->nwaiters++] = (struct waiter){addr, now, vcpu};
 	if (vcpu >= 0)
 		vcpu_block(d, vcpu, now);
 	return 0;
@@ -221,9 +221,16 @@ static void waiters_served(struct kv_pc_dst *d, uint64_t addr, int64_t now)
 		lat_add(&d->lat, (uint64_t)(now - w->since));
 		if (w->vcpu >= 0)
 			vcpu_unblock(d, w->vcpu, now);
-		*w = d->waiters[d->nwaiters - 1];
-		__atomic_store_n(&d->nwaiters, d->nwaiters - 1, __ATOMIC_RELAXED);
+		*w = d->waiters[--d->nwaiters];
 	}
+}
+
+/* Block b's page is in: its waiters are served (under the lock). */
+static void page_served(struct kv_pc_dst *d, struct dst_block *b,
+			uint64_t page, int64_t now)
+{
+	kv_bitmap_test_and_clear(b->waited, page);
+	waiters_served(d, (uintptr_t)(b->host + page * KV_PAGE_SIZE), now);
 }
 
 /* ---- blocks ---- */
@@ -272,7 +279,8 @@ static int blocks_init(struct kv_pc_dst *d, const struct kv_pc_dst_config *cfg,
 		b->npages = c->length / KV_PAGE_SIZE;
 		b->received = kv_bitmap_new(b->npages);
 		b->requested = kv_bitmap_new(b->npages);
-		if (!b->idstr || !b->received || !b->requested)
+		b->waited = kv_bitmap_new(b->npages);
+		if (!b->idstr || !b->received || !b->requested || !b->waited)
 			return kv_error_set(err, -ENOMEM, "postcopy: out of memory for the bitmaps of block '%s'", c->idstr);
 		d->total_pages += b->npages;
 	}
@@ -428,13 +436,14 @@ static void handle_fault(struct kv_pc_dst *d, const struct kv_uffd_fault *f)
 	}
 	if (waiter_add(d, f->addr, now, vcpu_of(d, f->tid)) < 0)
 		kv_error_set(&d->thread_err, -ENOMEM, "postcopy: out of memory recording a fault");
-	/* A placer sets the bit, then looks for waiters without the lock;
-	 * we added ours, then look at the bit (both sequentially
-	 * consistent): one of us sees the other, so nobody waits on a page
-	 * that is in. */
+	/* A placer sets the received bit, then looks at the waited bit
+	 * without the lock; we set the waited bit, then look at the
+	 * received one (both sequentially consistent): one of us sees the
+	 * other, so nobody waits on a page that is in. */
+	kv_bitmap_set_atomic(b->waited, page);
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	if (kv_bitmap_test(b->received, page)) {
-		waiters_served(d, f->addr, now);
+		page_served(d, b, page, now);
 		pthread_mutex_unlock(&d->lock);
 		return;
 	}
@@ -588,9 +597,9 @@ int kv_pc_dst_place(struct kv_pc_dst *d, size_t block, uint64_t offset,
 	}
 	/* Whoever sets the bit serves the waiters: the page is in memory
 	 * either way. */
-	if (newly && __atomic_load_n(&d->nwaiters, __ATOMIC_SEQ_CST)) {
+	if (newly && kv_bitmap_test(b->waited, page)) {
 		pthread_mutex_lock(&d->lock);
-		waiters_served(d, (uintptr_t)(b->host + offset), kv_now_ns());
+		page_served(d, b, page, kv_now_ns());
 		pthread_mutex_unlock(&d->lock);
 	}
 	if (newly)
@@ -685,6 +694,7 @@ void kv_pc_dst_free(struct kv_pc_dst *d)
 		free(d->blocks[i].idstr);
 		kv_bitmap_free(d->blocks[i].received);
 		kv_bitmap_free(d->blocks[i].requested);
+		kv_bitmap_free(d->blocks[i].waited);
 	}
 	free(d->blocks);
 	free(d->waiters);
