@@ -550,6 +550,7 @@ static int postcopy_wait_recover(struct kv_incoming *in, struct kv_error *err);
 static int postcopy_pause(struct kv_incoming *in, struct kv_error *err);
 static int64_t hello_ns(struct kv_incoming *in);
 static void close_listener(struct kv_incoming *in);
+static void preempt_reaccept(struct kv_incoming *in);
 static struct kv_chan *tls_accept(struct kv_incoming *in, struct kv_chan *c,
 				  struct kv_error *err);
 
@@ -703,6 +704,7 @@ static int pc_resume(void *opaque, struct kv_error *err)
 	 * (the source closes them) is no reason for a later pause. */
 	if (in->mfd)
 		kv_mfd_recv_take_error(in->mfd, &old);
+	preempt_reaccept(in);
 	in_set_status(in, KV_IN_POSTCOPY_RECOVER, KV_IN_POSTCOPY_ACTIVE);
 	kv_ram_pc_dst_resume(in->rs);
 	ret = kv_rp_writer_send_u32(&in->rpw, KV_RP_MSG_RESUME_ACK,
@@ -711,6 +713,13 @@ static int pc_resume(void *opaque, struct kv_error *err)
 		ret = kv_pc_in_rerequest(in->pc, err);
 	kv_info("incoming", "postcopy resumed (RESUME_ACK sent)");
 	return ret;
+}
+
+static void pc_listen_thread(void *opaque)
+{
+	struct kv_incoming *in = opaque;
+
+	kv_pc_in_listen_thread(in->pc);
 }
 
 static int pc_send_pong(void *opaque, uint32_t value, struct kv_error *err)
@@ -747,6 +756,7 @@ static int postcopy_prepare(struct kv_incoming *in, struct kv_chan *c,
 	    .send_pong = pc_send_pong,
 	    .recv_bitmap = pc_recv_bitmap,
 	    .resume = pc_resume,
+	    .listen_thread = pc_listen_thread,
 	    .opaque = in,
 	};
 	kv_savevm_set_postcopy(in->sv, &in->pc_ops);
@@ -757,7 +767,8 @@ static int postcopy_prepare(struct kv_incoming *in, struct kv_chan *c,
  * the preempt channel; it says nothing before postcopy, so it is taken
  * as the next connection within the hello bound. None: requested pages
  * come on the main stream (the source may not have it on). */
-static void preempt_accept(struct kv_incoming *in, struct kv_listener *l)
+static struct kv_chan *preempt_take(struct kv_incoming *in,
+				    struct kv_listener *l)
 {
 	struct kv_error e = {0};
 	struct pollfd pfd = {.fd = l ? kv_listener_fd(l) : -1, .events = POLLIN};
@@ -765,24 +776,50 @@ static void preempt_accept(struct kv_incoming *in, struct kv_listener *l)
 	int fd;
 
 	if (!in->params.postcopy_preempt || pfd.fd < 0)
-		return;
+		return NULL;
 	if (in->mfd) {
 		kv_warn("incoming", "postcopy-preempt is on here with multifd, which kvmig does not combine (the source refuses the pair): requested pages come on the main stream");
-		return;
+		return NULL;
 	}
 	if (poll(&pfd, 1, (int)(hello_ns(in) / 1000000)) <= 0) {
 		kv_warn("incoming", "postcopy-preempt is on here but the source opened no preempt channel within %lld ms: requested pages come on the main stream", (long long)(hello_ns(in) / 1000000));
-		return;
+		return NULL;
 	}
 	fd = kv_listener_accept_fd(l, &e);
 	c = fd >= 0 ? kv_chan_from_fd(fd, "postcopy-preempt", &e) : NULL;
 	c = c ? tls_accept(in, c, &e) : NULL;
 	if (!c) {
 		kv_warn("incoming", "postcopy-preempt channel: %s", e.msg);
-		return;
+		return NULL;
 	}
 	watch_source(in, c);
-	kv_pc_in_set_preempt(in->pc, c);
+	return c;
+}
+
+static void preempt_accept(struct kv_incoming *in, struct kv_listener *l)
+{
+	struct kv_chan *c = preempt_take(in, l);
+
+	if (c)
+		kv_pc_in_set_preempt(in->pc, c);
+}
+
+/* A recovery (POSTCOPY_RESUME read): the source connected a new preempt
+ * channel on migrate-recover's listener after the main one, if the
+ * first link had one; it replaces the broken one. */
+static void preempt_reaccept(struct kv_incoming *in)
+{
+	struct kv_listener *l;
+	struct kv_chan *c = NULL;
+
+	pthread_mutex_lock(&in->lock);
+	l = in->listener;
+	pthread_mutex_unlock(&in->lock);
+	if (l && kv_pc_in_had_preempt(in->pc))
+		c = preempt_take(in, l);
+	close_listener(in);
+	if (c)
+		kv_pc_in_restart_preempt(in->pc, c);
 }
 
 /* The incoming run ends: the fault thread stops and userfaultfd is
@@ -851,7 +888,9 @@ static struct kv_stream *recover_stream(struct kv_incoming *in,
 	struct kv_chan *c = kv_listener_accept(l, err);
 	struct kv_stream *s;
 
-	close_listener(in);
+	/* A new preempt channel comes on it too (POSTCOPY_RESUME's). */
+	if (!kv_pc_in_had_preempt(in->pc))
+		close_listener(in);
 	c = c ? tls_accept(in, c, err) : NULL;
 	s = c ? kv_stream_new(c, KV_STREAM_READ) : NULL;
 	if (!s) {
@@ -886,6 +925,7 @@ static int postcopy_wait_recover(struct kv_incoming *in, struct kv_error *err)
 	kv_error_clear(err);
 	s = recover_stream(in, l, err);
 	ret = s ? kv_savevm_load_resume(in->sv, s, err) : err->code;
+	close_listener(in); /* a resume that broke before POSTCOPY_RESUME */
 	if (ret == 0)
 		ret = kv_pc_in_complete(in->pc, PC_COMPLETE_WAIT_MS, err);
 	if (ret == 0) {

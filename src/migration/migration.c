@@ -42,6 +42,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/rate_limit.h"
+#include "base/thread_role.h"
 #include "migration/bg_migration.h"
 #include "migration/options.h"
 #include "migration/postcopy/postcopy_auto.h"
@@ -1100,6 +1101,18 @@ static int postcopy_broken(struct kv_migration *m, struct kv_error *err)
 	return MIG_PC_PAUSED;
 }
 
+/* The preempt channel broke under its thread: the requests it would
+ * have served must not wait for the background scan, so postcopy pauses
+ * as for any broken link (QEMU's too); a recovery connects both again. */
+static void preempt_broke(struct kv_migration *m)
+{
+	kv_warn("migration", "postcopy-preempt channel: %s; postcopy pauses", m->pre_err.msg);
+	pthread_mutex_lock(&m->lock);
+	if (m->stream)
+		kv_stream_shutdown(m->stream);
+	pthread_mutex_unlock(&m->lock);
+}
+
 /* The preempt thread: every requested page at once on its own
  * connection, EOS when told to stop (QEMU's shutdown of the channel). */
 static void *preempt_main(void *opaque)
@@ -1109,6 +1122,7 @@ static void *preempt_main(void *opaque)
 	struct kv_pc_page pg;
 	int ret = 0;
 
+	kv_thread_set_role(KV_THREAD_URGENT); /* requested pages only */
 	while (ret == 0 && !__atomic_load_n(&m->pre_stop, __ATOMIC_ACQUIRE)) {
 		bool any = false;
 
@@ -1127,6 +1141,8 @@ static void *preempt_main(void *opaque)
 	}
 	if (ret < 0 && !kv_error_is_set(&m->pre_err))
 		kv_stream_error_get(m->pre_stream, &m->pre_err);
+	if (ret < 0 && !__atomic_load_n(&m->pre_stop, __ATOMIC_ACQUIRE))
+		preempt_broke(m);
 	return NULL;
 }
 
@@ -1138,6 +1154,7 @@ static void preempt_start(struct kv_migration *m)
 	if (!m->pre_stream)
 		return;
 	kv_chan_set_silence(m->pre_chan, m->params.link_timeout_ms, &m->life);
+	kv_error_clear(&m->pre_err);
 	__atomic_store_n(&m->pre_stop, 0, __ATOMIC_RELEASE);
 	kv_ram_pc_set_preempt(m->rs, true);
 	kv_pc_src_set_resend(m->pcs, true);
@@ -1145,22 +1162,29 @@ static void preempt_start(struct kv_migration *m)
 					m) == 0;
 	if (!m->pre_running)
 		kv_ram_pc_set_preempt(m->rs, false);
+	/* On the migration thread: nobody waits on its pages now. */
+	if (m->pre_running)
+		kv_thread_set_role(KV_THREAD_BACKGROUND);
 }
 
-/* The preempt thread ends (EOS sent when the link still works); the
- * requested pages go on the main stream from now on (a recovery has no
- * preempt channel). */
-static void preempt_stop(struct kv_migration *m)
+/* The preempt thread ends: at the end of postcopy with EOS; after a
+ * break (broken) at once, its channel shut down (a thread blocked on a
+ * dead link would hold the pause up). Requested pages go on the main
+ * stream until a recovery connects a new preempt channel. */
+static void preempt_stop(struct kv_migration *m, bool broken)
 {
 	if (!m->pre_running)
 		return;
 	__atomic_store_n(&m->pre_stop, 1, __ATOMIC_RELEASE);
+	if (broken)
+		kv_stream_shutdown(m->pre_stream);
 	kv_pc_src_wake(m->pcs);
 	pthread_join(m->pre_thread, NULL);
 	m->pre_running = false;
+	kv_thread_set_role(KV_THREAD_NORMAL); /* it serves requests again */
 	kv_ram_pc_set_preempt(m->rs, false);
 	kv_pc_src_set_resend(m->pcs, false);
-	if (kv_error_is_set(&m->pre_err))
+	if (!broken && kv_error_is_set(&m->pre_err))
 		kv_warn("migration", "postcopy-preempt channel: %s", m->pre_err.msg);
 }
 
@@ -1173,7 +1197,7 @@ static int postcopy_finish(struct kv_migration *m, struct kv_stream *s,
 	int ret;
 
 	ret = postcopy_pages(m, s, err);
-	preempt_stop(m);
+	preempt_stop(m, ret < 0);
 	if (ret == 0)
 		ret = kv_savevm_save_pc_complete(m->sv, s, err);
 	if (ret == 0)
@@ -1623,6 +1647,9 @@ static int postcopy_take_bitmap(struct kv_migration *m, size_t i,
 				struct kv_error *err);
 static struct kv_chan *connect_main(struct kv_migration *m, const char *uri,
 				    int *ret, struct kv_error *err);
+static int preempt_connect(struct kv_migration *m, const char *uri,
+			   struct kv_error *err);
+static void preempt_close(struct kv_migration *m);
 
 /* POSTCOPY_RUN left and the link broke: stopped for good here (the
  * guest runs on the destination), saying why. */
@@ -1669,9 +1696,13 @@ static int wait_resume(struct kv_migration *m, char *uri, size_t size,
 
 /* Recovery, QEMU's order: RECV_BITMAP for every block, each answered by
  * the destination's received bitmap (what it lacks is sent again), then
- * POSTCOPY_RESUME, answered by RESUME_ACK. */
+ * POSTCOPY_RESUME, answered by RESUME_ACK. With postcopy-preempt a new
+ * preempt channel is connected after POSTCOPY_RESUME left: the
+ * destination, which tells the channels apart by their order, has taken
+ * the main one by then, and accepts this one (TLS handshake included)
+ * when it reads POSTCOPY_RESUME, before its RESUME_ACK. */
 static int postcopy_handshake(struct kv_migration *m, struct kv_stream *s,
-			      struct kv_error *err)
+			      const char *uri, struct kv_error *err)
 {
 	size_t n = kv_ram_block_count(m->rs);
 	int ret = 0;
@@ -1694,6 +1725,8 @@ static int postcopy_handshake(struct kv_migration *m, struct kv_stream *s,
 					     0, err);
 	if (ret == 0 && kv_stream_flush(s) < 0)
 		ret = kv_stream_error(s);
+	if (ret == 0)
+		ret = preempt_connect(m, uri, err);
 	if (ret == 0)
 		ret = kv_rp_reader_wait_resume_ack(m->rp,
 						   m->params.rp_timeout_ms, err);
@@ -1739,6 +1772,7 @@ static int postcopy_resume(struct kv_migration *m, const char *uri,
 	int ret;
 
 	kv_info("migration", "postcopy: resuming over %s", uri);
+	preempt_close(m); /* the broken link's; its thread has ended */
 	c = connect_main(m, uri, &ret, err);
 	s = c ? kv_stream_new(c, KV_STREAM_WRITE) : NULL;
 	if (!s) {
@@ -1761,11 +1795,12 @@ static int postcopy_resume(struct kv_migration *m, const char *uri,
 	if (!m->rp)
 		return postcopy_broken(m, err);
 	kv_rp_reader_set_postcopy(m->rp, m->pcs);
-	ret = postcopy_handshake(m, s, err);
+	ret = postcopy_handshake(m, s, uri, err);
 	if (ret < 0)
 		return postcopy_broken(m, err);
 	mig_set_status(m, KV_MIG_POSTCOPY_RECOVER, KV_MIG_POSTCOPY_ACTIVE, true);
-	kv_info("migration", "postcopy: resumed (RESUME_ACK)");
+	kv_info("migration", "postcopy: resumed (RESUME_ACK)%s", m->pre_chan ? " with a new preempt channel" : "");
+	preempt_start(m);
 	return postcopy_finish(m, s, err);
 }
 

@@ -16,6 +16,7 @@
 
 #include "base/bytes.h"
 #include "base/clock.h"
+#include "base/thread_role.h"
 #include "migration/postcopy/postcopy_src.h"
 
 #define RP_HEADER_LEN 4
@@ -503,6 +504,9 @@ static void *reader_main(void *opaque)
 	bool gave_up;
 	int ret;
 
+	/* In postcopy a vCPU on the destination waits on each REQ_PAGES it
+	 * reads; otherwise it reads a few small messages. */
+	kv_thread_set_role(KV_THREAD_URGENT);
 	do
 		ret = rp_read_message(r, &err);
 	while (ret == 0);

@@ -373,6 +373,9 @@ static void add_incoming_postcopy(json_t *o, const struct kv_incoming_stats *in)
 		return;
 	json_object_set_new(o, "ram", json_pack("{s:I}", "postcopy-requests",
 						(json_int_t)pc->requests));
+	/* kvmig's: requested pages that came on a preempt channel. */
+	json_object_set_new(o, "x-postcopy-preempt-pages",
+			    json_integer((json_int_t)pc->preempt_pages));
 	if (!in->postcopy_blocktime)
 		return;
 	json_object_set_new(o, "postcopy-blocktime",

@@ -176,9 +176,9 @@ def with_preempt(tap, vms):
     check_completed(tap, "preempt", src, dst, qs, qd, t0)
     rd = qd.cmd("query-migrate")
     p50 = rd.get("x-postcopy-latency-p50", 0)
-    tap.ok(0 < p50 < 5_000_000,
-           "preempt: requested pages are served within 5 ms (p50)",
-           f"{rd}")
+    tap.ok(0 < p50 < 5_000_000 and rd.get("x-postcopy-preempt-pages", 0) > 0,
+           "preempt: requested pages come on the preempt channel and are "
+           "served within 5 ms (p50)", f"{rd}")
 
 
 def zpages(r):
@@ -322,16 +322,20 @@ def recovery_compressed(tap, vms):
     p1.close()
 
 
-def recovery(tap, vms):
-    """Cut mid-postcopy, cut again during the recovery, then recover."""
-    name = "recovery"
+def recovery(tap, vms, preempt=False):
+    """Cut mid-postcopy, cut again during the recovery, then recover.
+    With postcopy-preempt (1 more check): each proxy carries the preempt
+    channel too (the cut takes both), and after the recovery a new
+    preempt channel carries the requested pages."""
+    name = "recovery, preempt" if preempt else "recovery"
     src = vms.boot(f"{name}-src", "mem=512 rate=1024 pattern=random",
                    extra=VERIFY)
     workload_started(src)
     dst = vms.incoming(f"{name}-dst", "defer", extra=VERIFY)
     qs, qd = vms.qmp(src), vms.qmp(dst)
-    caps(qs, postcopy_ram=True)
-    caps(qd, postcopy_ram=True, postcopy_blocktime=True)
+    caps(qs, postcopy_ram=True, postcopy_preempt=preempt)
+    caps(qd, postcopy_ram=True, postcopy_blocktime=True,
+         postcopy_preempt=preempt)
     qs.cmd("migrate-set-parameters", **{"max-bandwidth": 32 << 20})
     port = free_port()
     qd.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
@@ -361,11 +365,20 @@ def recovery(tap, vms):
            p2.rules[0].fired.is_set(),
            f"{name}: a cut during the recovery pauses both again",
            f"{rs}\n{rd}\n{p2.log}")
+    before = rd.get("x-postcopy-preempt-pages", 0)
     port3 = free_port()
     qd.cmd("migrate-recover", uri=f"tcp:127.0.0.1:{port3}")
     qs.cmd("migrate", uri=f"tcp:127.0.0.1:{port3}", resume=True)
     resumed(qs)
     check_completed(tap, f"{name} (third link)", src, dst, qs, qd, t0)
+    if preempt:
+        after = qd.cmd("query-migrate").get("x-postcopy-preempt-pages", 0)
+        print(f"# {name}: {before} pages on the preempt channels before "
+              f"the recovery, {after} in all")
+        tap.ok(after > before and "new preempt channel" in dst.stderr,
+               f"{name}: after the recovery requested pages come on a "
+               "new preempt channel", f"{before} -> {after}\n"
+               f"{dst.describe()}")
     p1.close()
     p2.close()
 
@@ -406,7 +419,9 @@ CASES = [
      False),
     ("source killed in postcopy",
      lambda tap, vms: killed_during_postcopy(tap, vms, "source"), 3, True),
-    ("recovery, cut twice", lambda tap, vms: recovery(tap, vms), 7, True),
+    ("recovery, cut twice", lambda tap, vms: recovery(tap, vms), 7, False),
+    ("recovery with preempt, cut twice",
+     lambda tap, vms: recovery(tap, vms, preempt=True), 8, True),
     ("migrate-pause", lambda tap, vms: pause_on_purpose(tap, vms), 6, False),
     ("x-compress after the switch",
      lambda tap, vms: compress_after_switch(tap, vms), 6, True),

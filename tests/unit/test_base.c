@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Unit tests of src/base: bitmaps, zero detection, the error object, the
- * rate limiter. */
+ * rate limiter, thread roles. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -18,7 +18,12 @@
 #include "base/clock.h"
 #include "base/rate_limit.h"
 #include "base/error.h"
+#include "base/thread_role.h"
 #include "base/zero.h"
+
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* Sizes around word boundaries, and not multiples of 64. */
 static const size_t sizes[] = {1, 2, 63, 64, 65, 127, 128, 129, 200, 1000};
@@ -415,6 +420,53 @@ static void test_rate_shared_by_threads(void **state)
 	kv_rate_limit_destroy(&rl);
 }
 
+/* ---- thread roles ---- */
+
+struct role_result {
+	int bg_ret, bg_nice, urgent_ret, urgent_nice;
+};
+
+static int own_nice(void)
+{
+	errno = 0;
+	return getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+}
+
+static void *take_roles(void *opaque)
+{
+	struct role_result *r = opaque;
+
+	r->bg_ret = kv_thread_set_role(KV_THREAD_BACKGROUND);
+	r->bg_nice = own_nice();
+	r->urgent_ret = kv_thread_set_role(KV_THREAD_URGENT);
+	r->urgent_nice = own_nice();
+	return NULL;
+}
+
+/* A role changes the calling thread's nice value and no other thread's;
+ * urgent (below 0) may be refused, and then nothing changed. */
+static void test_thread_role_is_per_thread(void **state)
+{
+	struct role_result r = {0};
+	int before = own_nice();
+	pthread_t t;
+
+	(void)state;
+	assert_int_equal(pthread_create(&t, NULL, take_roles, &r), 0);
+	pthread_join(t, NULL);
+	assert_int_equal(r.bg_ret, 0);
+	assert_int_equal(r.bg_nice, kv_thread_role_nice(KV_THREAD_BACKGROUND));
+	if (r.urgent_ret == 0)
+		assert_int_equal(r.urgent_nice,
+				 kv_thread_role_nice(KV_THREAD_URGENT));
+	else
+		assert_int_equal(r.urgent_nice, r.bg_nice);
+	assert_true(kv_thread_role_nice(KV_THREAD_URGENT) < 0);
+	assert_true(kv_thread_role_nice(KV_THREAD_BACKGROUND) > 0);
+	assert_int_equal(own_nice(), before);
+	assert_int_equal(kv_thread_set_role(KV_THREAD_ROLES), -EINVAL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -434,6 +486,7 @@ int main(void)
 	    cmocka_unit_test(test_rate_new_limit_applies_to_next_charge),
 	    cmocka_unit_test(test_rate_wait_stops_on_cancel),
 	    cmocka_unit_test(test_rate_shared_by_threads),
+	    cmocka_unit_test(test_thread_role_is_per_thread),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

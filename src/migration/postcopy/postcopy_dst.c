@@ -16,6 +16,7 @@
 #include "base/bitmap.h"
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/thread_role.h"
 #include "base/units.h"
 #include "migration/postcopy/postcopy_wire.h"
 #include "migration/postcopy/uffd.h"
@@ -39,6 +40,7 @@ struct dst_block {
 	uint64_t npages;
 	unsigned long *received;
 	unsigned long *requested;
+	unsigned long *waited; /* a thread waits on the page (set under the lock) */
 	bool registered;
 };
 
@@ -72,8 +74,13 @@ struct kv_pc_dst {
 	bool thread_running;
 	bool stop; /* atomic */
 
+	/* The placers (background pages: the listen thread) take the lock
+	 * only for a page a thread waits on (the block's waited bit) or for
+	 * the last page: a placer descheduled while holding it would hold
+	 * the fault thread up. The counters below marked atomic are updated
+	 * without it. */
 	pthread_mutex_t lock;
-	pthread_cond_t changed; /* a page arrived, or the fault thread failed */
+	pthread_cond_t changed; /* the last page arrived, or the fault thread failed */
 	struct waiter *waiters;
 	size_t nwaiters, waiters_cap;
 	struct vcpu_time *vcpus;
@@ -81,8 +88,9 @@ struct kv_pc_dst {
 	int64_t all_blocked_since;
 	uint64_t blocktime_ns;
 	struct latency lat;
-	uint64_t requests, faults, placed, placed_zero, duplicates;
-	uint64_t received, total_pages;
+	uint64_t requests, faults;
+	uint64_t placed, placed_zero, duplicates, received; /* atomic */
+	uint64_t total_pages;
 	struct kv_error thread_err; /* the fault thread stopped on it */
 };
 
@@ -217,6 +225,14 @@ static void waiters_served(struct kv_pc_dst *d, uint64_t addr, int64_t now)
 	}
 }
 
+/* Block b's page is in: its waiters are served (under the lock). */
+static void page_served(struct kv_pc_dst *d, struct dst_block *b,
+			uint64_t page, int64_t now)
+{
+	kv_bitmap_test_and_clear(b->waited, page);
+	waiters_served(d, (uintptr_t)(b->host + page * KV_PAGE_SIZE), now);
+}
+
 /* ---- blocks ---- */
 
 static struct dst_block *block_at(struct kv_pc_dst *d, uint64_t addr,
@@ -263,7 +279,8 @@ static int blocks_init(struct kv_pc_dst *d, const struct kv_pc_dst_config *cfg,
 		b->npages = c->length / KV_PAGE_SIZE;
 		b->received = kv_bitmap_new(b->npages);
 		b->requested = kv_bitmap_new(b->npages);
-		if (!b->idstr || !b->received || !b->requested)
+		b->waited = kv_bitmap_new(b->npages);
+		if (!b->idstr || !b->received || !b->requested || !b->waited)
 			return kv_error_set(err, -ENOMEM, "postcopy: out of memory for the bitmaps of block '%s'", c->idstr);
 		d->total_pages += b->npages;
 	}
@@ -306,6 +323,17 @@ fail:
 
 /* ---- before LISTEN ---- */
 
+/* n more pages here; the last one wakes kv_pc_dst_wait_complete. */
+static void received_add(struct kv_pc_dst *d, uint64_t n)
+{
+	if (n && __atomic_add_fetch(&d->received, n, __ATOMIC_SEQ_CST) ==
+		     d->total_pages) {
+		pthread_mutex_lock(&d->lock);
+		pthread_cond_broadcast(&d->changed);
+		pthread_mutex_unlock(&d->lock);
+	}
+}
+
 void kv_pc_dst_mark_received(struct kv_pc_dst *d, size_t block,
 			     uint64_t offset, uint64_t len)
 {
@@ -333,9 +361,7 @@ void kv_pc_dst_mark_received(struct kv_pc_dst *d, size_t block,
 		n += kv_bitmap_set_atomic(b->received, p);
 		p++;
 	}
-	pthread_mutex_lock(&d->lock);
-	d->received += n;
-	pthread_mutex_unlock(&d->lock);
+	received_add(d, n);
 }
 
 int kv_pc_dst_discard(struct kv_pc_dst *d, size_t block, uint64_t start,
@@ -358,9 +384,7 @@ int kv_pc_dst_discard(struct kv_pc_dst *d, size_t block, uint64_t start,
 		n += kv_bitmap_test_and_clear(b->received, p);
 		kv_bitmap_test_and_clear(b->requested, p);
 	}
-	pthread_mutex_lock(&d->lock);
-	d->received -= n;
-	pthread_mutex_unlock(&d->lock);
+	__atomic_fetch_sub(&d->received, n, __ATOMIC_SEQ_CST);
 	/* No madvise here: LISTEN drops every page not received in one
 	 * call per run, these included; a call per range (thousands, in
 	 * the guest's pause) would do the same work twice. */
@@ -412,6 +436,17 @@ static void handle_fault(struct kv_pc_dst *d, const struct kv_uffd_fault *f)
 	}
 	if (waiter_add(d, f->addr, now, vcpu_of(d, f->tid)) < 0)
 		kv_error_set(&d->thread_err, -ENOMEM, "postcopy: out of memory recording a fault");
+	/* A placer sets the received bit, then looks at the waited bit
+	 * without the lock; we set the waited bit, then look at the
+	 * received one (both sequentially consistent): one of us sees the
+	 * other, so nobody waits on a page that is in. */
+	kv_bitmap_set_atomic(b->waited, page);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (kv_bitmap_test(b->received, page)) {
+		page_served(d, b, page, now);
+		pthread_mutex_unlock(&d->lock);
+		return;
+	}
 	ask = kv_bitmap_set_atomic(b->requested, page);
 	if (ask)
 		d->requests++;
@@ -424,6 +459,7 @@ static void *fault_thread(void *arg)
 {
 	struct kv_pc_dst *d = arg;
 
+	kv_thread_set_role(KV_THREAD_URGENT); /* a vCPU waits on each fault */
 	while (!__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
 		struct kv_error err = {0};
 		struct kv_uffd_fault f;
@@ -551,21 +587,23 @@ int kv_pc_dst_place(struct kv_pc_dst *d, size_t block, uint64_t offset,
 	if (r < 0)
 		return r;
 	newly = kv_bitmap_set_atomic(b->received, page);
-	pthread_mutex_lock(&d->lock);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST); /* see handle_fault */
 	if (r == 0) {
-		d->placed++;
-		d->placed_zero += !data;
+		__atomic_fetch_add(&d->placed, 1, __ATOMIC_RELAXED);
+		if (!data)
+			__atomic_fetch_add(&d->placed_zero, 1, __ATOMIC_RELAXED);
 	} else {
-		d->duplicates++;
+		__atomic_fetch_add(&d->duplicates, 1, __ATOMIC_RELAXED);
 	}
 	/* Whoever sets the bit serves the waiters: the page is in memory
 	 * either way. */
-	if (newly) {
-		d->received++;
-		waiters_served(d, (uintptr_t)(b->host + offset), kv_now_ns());
-		pthread_cond_broadcast(&d->changed);
+	if (newly && kv_bitmap_test(b->waited, page)) {
+		pthread_mutex_lock(&d->lock);
+		page_served(d, b, page, kv_now_ns());
+		pthread_mutex_unlock(&d->lock);
 	}
-	pthread_mutex_unlock(&d->lock);
+	if (newly)
+		received_add(d, 1);
 	return r;
 }
 
@@ -590,7 +628,8 @@ int kv_pc_dst_wait_complete(struct kv_pc_dst *d, int timeout_ms,
 
 	deadline_after(&until, timeout_ms < 0 ? 0 : timeout_ms);
 	pthread_mutex_lock(&d->lock);
-	while (d->received < d->total_pages && !kv_error_is_set(&d->thread_err)) {
+	while (__atomic_load_n(&d->received, __ATOMIC_SEQ_CST) < d->total_pages &&
+	       !kv_error_is_set(&d->thread_err)) {
 		if (timeout_ms < 0)
 			pthread_cond_wait(&d->changed, &d->lock);
 		else if (pthread_cond_timedwait(&d->changed, &d->lock, &until) == ETIMEDOUT)
@@ -600,7 +639,7 @@ int kv_pc_dst_wait_complete(struct kv_pc_dst *d, int timeout_ms,
 		kv_error_propagate(err, &d->thread_err);
 		r = d->thread_err.code;
 	} else {
-		r = d->received == d->total_pages;
+		r = __atomic_load_n(&d->received, __ATOMIC_SEQ_CST) == d->total_pages;
 	}
 	pthread_mutex_unlock(&d->lock);
 	return r;
@@ -637,9 +676,7 @@ int kv_pc_dst_finish(struct kv_pc_dst *d, struct kv_error *err)
 {
 	uint64_t missing;
 
-	pthread_mutex_lock(&d->lock);
-	missing = d->total_pages - d->received;
-	pthread_mutex_unlock(&d->lock);
+	missing = d->total_pages - __atomic_load_n(&d->received, __ATOMIC_SEQ_CST);
 	if (missing)
 		return kv_error_set(err, -EBUSY, "postcopy: %" PRIu64 " of %" PRIu64 " pages are still missing: userfaultfd stays armed", missing, d->total_pages);
 	if (!d->uffd)
@@ -657,6 +694,7 @@ void kv_pc_dst_free(struct kv_pc_dst *d)
 		free(d->blocks[i].idstr);
 		kv_bitmap_free(d->blocks[i].received);
 		kv_bitmap_free(d->blocks[i].requested);
+		kv_bitmap_free(d->blocks[i].waited);
 	}
 	free(d->blocks);
 	free(d->waiters);
@@ -752,10 +790,10 @@ void kv_pc_dst_get_stats(struct kv_pc_dst *d, struct kv_pc_dst_stats *st)
 	*st = (struct kv_pc_dst_stats){
 	    .requests = d->requests,
 	    .faults = d->faults,
-	    .placed = d->placed,
-	    .placed_zero = d->placed_zero,
-	    .duplicates = d->duplicates,
-	    .received = d->received,
+	    .placed = __atomic_load_n(&d->placed, __ATOMIC_RELAXED),
+	    .placed_zero = __atomic_load_n(&d->placed_zero, __ATOMIC_RELAXED),
+	    .duplicates = __atomic_load_n(&d->duplicates, __ATOMIC_RELAXED),
+	    .received = __atomic_load_n(&d->received, __ATOMIC_RELAXED),
 	    .total_pages = d->total_pages,
 	    .blocktime_ns = d->blocktime_ns,
 	    .lat_count = d->lat.count,

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "base/log.h"
+#include "base/thread_role.h"
 #include "base/units.h"
 #include "migration/ram/ram.h"
 
@@ -27,12 +28,16 @@ struct kv_pc_in {
 	pthread_mutex_t req_lock;
 	int last_block;
 
-	/* postcopy-preempt: the channel, and its thread from LISTEN on. */
+	/* postcopy-preempt: the channel, and its thread from LISTEN on (a
+	 * recovery's from POSTCOPY_RESUME on); the pages it brought, over
+	 * every link (atomic). */
 	struct kv_chan *pre_chan;
 	struct kv_stream *pre_stream;
 	pthread_t pre_thread;
 	bool pre_running;
+	bool had_preempt;
 	struct kv_error pre_err;
+	uint64_t pre_pages;
 };
 
 struct kv_pc_in *kv_pc_in_new(const struct kv_pc_in_config *cfg,
@@ -74,13 +79,21 @@ static void preempt_stop(struct kv_pc_in *p)
 void kv_pc_in_set_preempt(struct kv_pc_in *p, struct kv_chan *c)
 {
 	p->pre_chan = c;
+	p->had_preempt = c != NULL;
+}
+
+bool kv_pc_in_had_preempt(const struct kv_pc_in *p)
+{
+	return p && p->had_preempt;
 }
 
 static void *preempt_main(void *opaque)
 {
 	struct kv_pc_in *p = opaque;
 
-	if (kv_ram_pc_load_preempt(p->pre_stream, p->rs, &p->pre_err) < 0 &&
+	kv_thread_set_role(KV_THREAD_URGENT); /* requested pages only */
+	if (kv_ram_pc_load_preempt(p->pre_stream, p->rs, &p->pre_pages,
+				   &p->pre_err) < 0 &&
 	    p->pre_err.code != -ECANCELED)
 		kv_warn("postcopy", "%s", p->pre_err.msg);
 	return NULL;
@@ -90,10 +103,19 @@ static void preempt_start(struct kv_pc_in *p)
 {
 	if (!p->pre_chan)
 		return;
+	kv_error_clear(&p->pre_err);
 	p->pre_stream = kv_stream_new(p->pre_chan, KV_STREAM_READ);
 	if (p->pre_stream)
 		p->pre_running = pthread_create(&p->pre_thread, NULL,
 						preempt_main, p) == 0;
+}
+
+void kv_pc_in_restart_preempt(struct kv_pc_in *p, struct kv_chan *c)
+{
+	preempt_stop(p); /* the broken link's: its thread may still read */
+	kv_pc_in_set_preempt(p, c);
+	preempt_start(p);
+	kv_info("postcopy", "requested pages come on a new preempt channel");
 }
 
 void kv_pc_in_free(struct kv_pc_in *p)
@@ -208,6 +230,14 @@ int kv_pc_in_listen(struct kv_pc_in *p, struct kv_error *err)
 	return 0;
 }
 
+void kv_pc_in_listen_thread(struct kv_pc_in *p)
+{
+	/* Requested pages come on the preempt channel: nobody waits on the
+	 * main stream's, and the guest's vCPUs and the urgent path go first. */
+	if (p->pre_running)
+		kv_thread_set_role(KV_THREAD_BACKGROUND);
+}
+
 void kv_pc_in_running(struct kv_pc_in *p)
 {
 	kv_ram_pc_running(p->rs);
@@ -277,6 +307,7 @@ void kv_pc_in_get_stats(struct kv_pc_in *p, struct kv_pc_in_stats *st)
 	st->latency_p99_ns = d.lat_p99_ns;
 	st->latency_max_ns = d.lat_max_ns;
 	trim_dist(d.lat_hist, st->latency_dist);
+	st->preempt_pages = __atomic_load_n(&p->pre_pages, __ATOMIC_RELAXED);
 	st->faults = d.faults;
 	st->placed = d.placed;
 	st->missing = d.total_pages - d.received;

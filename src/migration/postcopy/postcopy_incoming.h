@@ -52,9 +52,17 @@ int kv_pc_in_discard(struct kv_pc_in *p, const struct kv_pc_discard *d,
 		     struct kv_error *err);
 int kv_pc_in_listen(struct kv_pc_in *p, struct kv_error *err);
 void kv_pc_in_running(struct kv_pc_in *p);
+/* On the listen thread, first: with a preempt channel it is background
+ * work (base/thread_role.h). */
+void kv_pc_in_listen_thread(struct kv_pc_in *p);
 /* postcopy-preempt: c (taken) carries requested pages; from
  * kv_pc_in_listen on a thread of its own places them until EOS. */
 void kv_pc_in_set_preempt(struct kv_pc_in *p, struct kv_chan *c);
+/* Did the first link have a preempt channel (a recovery expects one)? */
+bool kv_pc_in_had_preempt(const struct kv_pc_in *p);
+/* Recovery (POSTCOPY_RESUME): c (taken) replaces the broken channel; the
+ * old thread is stopped, a new one places what c brings. */
+void kv_pc_in_restart_preempt(struct kv_pc_in *p, struct kv_chan *c);
 /* Recovery: a block's received bitmap (RECV_BITMAP), and asking again
  * for every page a thread waits on (POSTCOPY_RESUME). */
 const unsigned long *kv_pc_in_received_map(struct kv_pc_in *p, size_t block,
@@ -81,6 +89,7 @@ struct kv_pc_in_stats {
 	uint64_t latency_p50_ns, latency_p99_ns, latency_max_ns;
 	uint64_t latency_dist[KV_PC_IN_LAT_BUCKETS];
 	uint64_t faults, placed, missing;
+	uint64_t preempt_pages; /* x-postcopy-preempt-pages: on every link */
 };
 void kv_pc_in_get_stats(struct kv_pc_in *p, struct kv_pc_in_stats *st);
 

@@ -470,7 +470,7 @@ int kv_ram_pc_send_urgent(struct kv_stream *s, struct kv_ram_state *rs,
  * once (the listen thread may place the same page from the main stream:
  * the first placement wins, the other is dropped). */
 int kv_ram_pc_load_preempt(struct kv_stream *s, struct kv_ram_state *rs,
-			   struct kv_error *err)
+			   uint64_t *pages, struct kv_error *err)
 {
 	uint8_t *buf = malloc(KV_PAGE_SIZE);
 	size_t bi = KV_RAM_NO_BLOCK;
@@ -508,6 +508,8 @@ int kv_ram_pc_load_preempt(struct kv_stream *s, struct kv_ram_state *rs,
 					      flags == KV_RAM_FLAG_PAGE ? buf
 									: NULL,
 					      err);
+		if (ret == 0 && !kv_stream_error(s))
+			__atomic_fetch_add(pages, 1, __ATOMIC_RELAXED);
 	}
 	free(buf);
 	if (ret == 0 && kv_stream_error(s)) {

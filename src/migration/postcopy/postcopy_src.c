@@ -176,7 +176,7 @@ static void set_hint(struct kv_pc_src *s, size_t block, uint64_t offset)
 		next = 0;
 	}
 	s->hint = (struct kv_pc_page){block, next};
-	s->has_hint = true;
+	__atomic_store_n(&s->has_hint, true, __ATOMIC_RELEASE);
 }
 
 bool kv_pc_src_next_urgent(struct kv_pc_src *s, struct kv_pc_page *pg)
@@ -260,11 +260,16 @@ bool kv_pc_src_take_scan_hint(struct kv_pc_src *s, struct kv_pc_page *pg)
 {
 	bool had;
 
+	/* The background scan asks before every few pages: without a hint it
+	 * leaves the lock to the urgent path (the return path's reader and
+	 * the preempt thread), which it could hold up when descheduled. */
+	if (!__atomic_load_n(&s->has_hint, __ATOMIC_ACQUIRE))
+		return false;
 	pthread_mutex_lock(&s->lock);
 	had = s->has_hint;
 	if (had)
 		*pg = s->hint;
-	s->has_hint = false;
+	__atomic_store_n(&s->has_hint, false, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&s->lock);
 	return had;
 }
@@ -283,7 +288,7 @@ void kv_pc_src_flush(struct kv_pc_src *s)
 {
 	pthread_mutex_lock(&s->lock);
 	s->head = s->count = 0;
-	s->has_hint = false;
+	__atomic_store_n(&s->has_hint, false, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&s->lock);
 }
 

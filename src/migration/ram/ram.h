@@ -188,14 +188,15 @@ void kv_ram_pc_src_resume(struct kv_ram_state *rs, size_t bi,
  * pages are the preempt thread's (kv_ram_pc_send_urgent, CONTINUE
  * against *last_block, KV_RAM_NO_BLOCK first); the background scan
  * still follows them. Destination: kv_ram_pc_load_preempt reads the
- * channel until EOS, placing each page. */
+ * channel until EOS, placing each page and counting it in *pages
+ * (atomically: query-migrate reads it). */
 struct kv_pc_page;
 void kv_ram_pc_set_preempt(struct kv_ram_state *rs, bool on);
 int kv_ram_pc_send_urgent(struct kv_stream *s, struct kv_ram_state *rs,
 			  const struct kv_pc_page *pg, size_t *last_block,
 			  struct kv_error *err);
 int kv_ram_pc_load_preempt(struct kv_stream *s, struct kv_ram_state *rs,
-			   struct kv_error *err);
+			   uint64_t *pages, struct kv_error *err);
 #define KV_RAM_PC_NO_BLOCK ((size_t)-1)
 /* Source: the migration ended (pcs may be freed afterwards). */
 void kv_ram_pc_src_end(struct kv_ram_state *rs);

@@ -1189,6 +1189,8 @@ static void *listen_main(void *opaque)
 	struct sv_pc_load *pcl = c->sv->pcl;
 
 	c->on_listen_thread = true;
+	if (c->sv->pc_ops && c->sv->pc_ops->listen_thread)
+		c->sv->pc_ops->listen_thread(c->sv->pc_ops->opaque);
 	pcl->listen_ret = load_sections(c);
 	return NULL;
 }

@@ -230,6 +230,8 @@ struct kv_savevm_pc_ops {
 	 * POSTCOPY_RESUME (RESUME_ACK, ask again for the waited pages). */
 	int (*recv_bitmap)(void *opaque, size_t block, struct kv_error *err);
 	int (*resume)(void *opaque, struct kv_error *err);
+	/* Optional: first thing on the listen thread (its priority). */
+	void (*listen_thread)(void *opaque);
 	void *opaque;
 };
 /* ops NULL: postcopy off. Not copied; set before kv_savevm_load. */
