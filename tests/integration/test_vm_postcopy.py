@@ -430,8 +430,10 @@ CASES = [
 ]
 
 
-def main():
-    tap = Tap(sum(c[2] for c in CASES))
+def run_cases(cases, prefix):
+    """The case table (name, run(tap, vms), checks, quick): the quick
+    ones always, the rest with KVMIG_TEST_FULL=1; a fresh VmSet each."""
+    tap = Tap(sum(c[2] for c in cases))
     reason = have_kvm()
     if reason:
         tap.skip_rest(reason)
@@ -439,8 +441,8 @@ def main():
     kvmig, guest = sys.argv[1], sys.argv[2]
     full = os.environ.get("KVMIG_TEST_FULL") == "1"
     os.environ["KVMIG_LOG"] = "info"  # the verification's verdicts
-    with tempfile.TemporaryDirectory(prefix="kvmig-pc-") as tmp:
-        for name, run, checks, quick in CASES:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        for name, run, checks, quick in cases:
             if not (quick or full):
                 for _ in range(checks):
                     tap.skip(name, "a longer case: KVMIG_TEST_FULL=1 runs it")
@@ -448,6 +450,10 @@ def main():
             with VmSet(kvmig, guest, tmp) as vms:
                 run(tap, vms)
     return tap.finish()
+
+
+def main():
+    return run_cases(CASES, "kvmig-pc-")
 
 
 if __name__ == "__main__":

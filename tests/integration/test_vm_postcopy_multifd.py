@@ -18,7 +18,6 @@ make check runs the quick cases; KVMIG_TEST_FULL=1 all.
 Usage: test_vm_postcopy_multifd.py KVMIG GUEST_ELF"""
 import os
 import sys
-import tempfile
 import time
 
 sys.dont_write_bytecode = True
@@ -26,10 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "faults"))
 from faultproxy import Proxy, Rule  # noqa: E402
-from kvmig_testlib import Tap  # noqa: E402
 from test_vm_postcopy import (FINAL, VERIFY, both_status, caps,  # noqa: E402
-                              check_completed, resumed, wait_status)
-from vmlib import VmSet, free_port, have_kvm, workload_started  # noqa: E402
+                              check_completed, resumed, run_cases,
+                              wait_status)
+from vmlib import free_port, workload_started  # noqa: E402
 
 CHANNELS = 2
 
@@ -190,23 +189,7 @@ CASES = [
 
 
 def main():
-    tap = Tap(sum(c[2] for c in CASES))
-    reason = have_kvm()
-    if reason:
-        tap.skip_rest(reason)
-        return tap.finish()
-    kvmig, guest = sys.argv[1], sys.argv[2]
-    full = os.environ.get("KVMIG_TEST_FULL") == "1"
-    os.environ["KVMIG_LOG"] = "info"  # the verification's verdicts
-    with tempfile.TemporaryDirectory(prefix="kvmig-pcmfd-") as tmp:
-        for name, run, checks, quick in CASES:
-            if not (quick or full):
-                for _ in range(checks):
-                    tap.skip(name, "a longer case: KVMIG_TEST_FULL=1 runs it")
-                continue
-            with VmSet(kvmig, guest, tmp) as vms:
-                run(tap, vms)
-    return tap.finish()
+    return run_cases(CASES, "kvmig-pcmfd-")
 
 
 if __name__ == "__main__":

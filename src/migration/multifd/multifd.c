@@ -644,12 +644,14 @@ static int block_len(void *opaque, const char *name, uint64_t *len)
 	return r->target.block(r->target.opaque, name, &host, len, &written);
 }
 
-static bool wait_blocks_ready(struct kv_mfd_recv *r)
+/* Until *flag (under r->lock) holds; false when the receiver is
+ * aborted or closing first. */
+static bool wait_until(struct kv_mfd_recv *r, const bool *flag)
 {
 	bool ok;
 
 	pthread_mutex_lock(&r->lock);
-	while (!r->blocks_ready && !r->aborted && !r->closing)
+	while (!*flag && !r->aborted && !r->closing)
 		pthread_cond_wait(&r->cond, &r->lock);
 	ok = !r->aborted && !r->closing;
 	pthread_mutex_unlock(&r->lock);
@@ -738,19 +740,6 @@ static int recv_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
 	return 0;
 }
 
-/* A POSTCOPY packet waits here until LISTEN armed userfaultfd. */
-static bool wait_pc_open(struct kv_mfd_recv *r)
-{
-	bool ok;
-
-	pthread_mutex_lock(&r->lock);
-	while (!r->pc_open && !r->aborted && !r->closing)
-		pthread_cond_wait(&r->cond, &r->lock);
-	ok = !r->aborted && !r->closing;
-	pthread_mutex_unlock(&r->lock);
-	return ok;
-}
-
 static bool pc_is_open(struct kv_mfd_recv *r)
 {
 	bool open;
@@ -796,7 +785,7 @@ static int recv_pc_pages(struct mfd_recv_chan *c, struct kv_mfd_packet *pkt,
 	uint64_t len;
 	int ret;
 
-	if (!wait_pc_open(r))
+	if (!wait_until(r, &r->pc_open)) /* LISTEN armed userfaultfd */
 		return kv_error_set(err, -ECANCELED, "aborted");
 	ret = r->target.block(r->target.opaque, pkt->block, &host, &len,
 			      &written);
@@ -883,7 +872,7 @@ static int recv_packet(struct mfd_recv_chan *c, struct kv_error *err)
 				KV_MFD_HDR_SIZE - (size_t)n, err);
 	if (ret < 0)
 		return ret;
-	if (!wait_blocks_ready(r))
+	if (!wait_until(r, &r->blocks_ready))
 		return kv_error_set(err, -ECANCELED, "aborted");
 	/* ADVISE comes before the block list, so this is settled now. */
 	rp.postcopy = r->target.place &&
@@ -1170,12 +1159,18 @@ int kv_mfd_recv_accept(struct kv_mfd_recv *r, struct kv_listener *l,
 	return 0;
 }
 
-void kv_mfd_recv_blocks_ready(struct kv_mfd_recv *r)
+/* *flag (one of r's) on, waking what wait_until waits for. */
+static void raise_flag(struct kv_mfd_recv *r, bool *flag)
 {
 	pthread_mutex_lock(&r->lock);
-	r->blocks_ready = true;
+	*flag = true;
 	pthread_cond_broadcast(&r->cond);
 	pthread_mutex_unlock(&r->lock);
+}
+
+void kv_mfd_recv_blocks_ready(struct kv_mfd_recv *r)
+{
+	raise_flag(r, &r->blocks_ready);
 }
 
 int kv_mfd_recv_sync(struct kv_mfd_recv *r, struct kv_error *err)
@@ -1244,10 +1239,7 @@ void kv_mfd_recv_pc_advise(struct kv_mfd_recv *r)
 
 void kv_mfd_recv_pc_listen(struct kv_mfd_recv *r)
 {
-	pthread_mutex_lock(&r->lock);
-	r->pc_open = true;
-	pthread_cond_broadcast(&r->cond);
-	pthread_mutex_unlock(&r->lock);
+	raise_flag(r, &r->pc_open);
 }
 
 int kv_mfd_recv_take_error(struct kv_mfd_recv *r, struct kv_error *err)
