@@ -14,7 +14,11 @@ profiles, each a row of the report:
             max-bandwidth): the issue's premise;
   capped    a 1 GiB guest writing 768 MiB, the snapshot capped at
             256 MiB/s (then the guest's write rate during it is the
-            cap's: its faults wait for the writer).
+            cap's: its faults wait for the writer);
+  uncapped-1vcpu  the uncapped one with a single vCPU: one host CPU is
+            left for the VMM (the snapshot's fault thread and writer),
+            as on real hosts; with 2 vCPUs on this 2-CPU host the
+            snapshot's threads can only run on a vCPU's core.
 
 For every window:
 
@@ -39,7 +43,8 @@ The disk's own O_DIRECT write speed is measured before and after.
 (A/B): their rounds interleave like the VMMs'.
 
 Usage: bench/bgsnap.py [--build build] [--vmms kvmig,qemu] [--rounds 3]
-       [--profiles uncapped,capped] [--dir /var/tmp] [--out FILE]
+       [--profiles uncapped,capped,uncapped-1vcpu] [--dir /var/tmp]
+       [--out FILE]
 """
 import argparse
 import mmap
@@ -70,8 +75,12 @@ WARMUP_S = 3.0
 LINE_S = 1.05
 
 PROFILES = {
-    "uncapped": {"memory": "4G", "mem": 3072, "bandwidth": 0},
-    "capped": {"memory": "1G", "mem": 768, "bandwidth": 256},
+    "uncapped": {"memory": "4G", "mem": 3072, "bandwidth": 0, "cpus": 2},
+    "capped": {"memory": "1G", "mem": 768, "bandwidth": 256, "cpus": 2},
+    # One vCPU: a host CPU is left for the VMM's own threads (the
+    # snapshot's fault thread and writer), the common case on real hosts.
+    "uncapped-1vcpu": {"memory": "4G", "mem": 3072, "bandwidth": 0,
+                       "cpus": 1},
 }
 
 
@@ -191,8 +200,9 @@ class Source:
         if is_kvmig(vmm):
             # The snapshot's own figures (faults, waits) at its end.
             os.environ["KVMIG_LOG"] = "info"
-        self.vm = vmlib.Vm(vmm.source_argv(prof["memory"], 2, append,
-                                           self.qpath), f"{label} source")
+        argv = vmm.source_argv(prof["memory"], prof["cpus"], append,
+                               self.qpath)
+        self.vm = vmlib.Vm(argv, f"{label} source")
         os.environ.pop("KVMIG_LOG", None)
         self.q = None
         self.rows = []
@@ -346,7 +356,7 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--vmms", default="kvmig,qemu")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--profiles", default="uncapped,capped")
+    ap.add_argument("--profiles", default="uncapped,capped,uncapped-1vcpu")
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -361,7 +371,8 @@ def main():
             results = run_profile(name, prof, targets, args, tmp)
             cap = (f"capped at {prof['bandwidth']} MiB/s"
                    if prof["bandwidth"] else "no max-bandwidth")
-            text += [f"**{name}**: guest {prof['memory']}, working set "
+            text += [f"**{name}**: guest {prof['memory']}, {prof['cpus']} "
+                     f"vCPU(s), working set "
                      f"{prof['mem']} MiB written flat out (pattern=random), "
                      f"snapshot {cap}", "", HEADER, RULE]
             text += [summarize(label, rows) for label, rows in
