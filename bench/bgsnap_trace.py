@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -139,150 +140,168 @@ def vcpu_tids(pid):
     return out
 
 
-def exit_reason(detail):
-    m = re.search(r"reason (.*?) rip", detail)
-    return m.group(1).strip() if m else "?"
+def parse_size(text):
+    units = {"K": 10, "M": 20, "G": 30, "T": 40}
+    return int(text[:-1]) << units[text[-1]] if text[-1] in units \
+        else int(text)
 
 
-class Timeline:
-    """One vCPU thread's intervals outside the guest and off its CPU."""
+class TaskWatch:
+    """The VM's threads seen during a window (the snapshot's own come
+    and go with it)."""
 
-    def __init__(self):
-        self.out = []      # (start, end, reason, page faults)
-        self.off = []      # (start, end, state, cpu)
-        self._exit = None
-        self._pf = 0
-        self._off = None
+    def __init__(self, pid):
+        self.pid, self.tids, self.done = pid, set(), threading.Event()
+        self.th = threading.Thread(target=self._run, daemon=True)
+        self.th.start()
 
-    def exit(self, t, reason):
-        self._exit = (t, reason)
-        self._pf = 0
+    def _run(self):
+        while not self.done.is_set():
+            try:
+                self.tids |= {int(x) for x in
+                              os.listdir(f"/proc/{self.pid}/task")}
+            except OSError:
+                pass
+            self.done.wait(0.02)
 
-    def entry(self, t):
-        if self._exit:
-            self.out.append((self._exit[0], t, self._exit[1], self._pf))
-        self._exit = None
-
-    def switched_out(self, t, state, cpu):
-        self._off = (t, state, cpu)
-
-    def switched_in(self, t):
-        if self._off:
-            self.off.append((self._off[0], t, self._off[1], self._off[2]))
-        self._off = None
+    def stop(self):
+        self.done.set()
+        self.th.join()
+        return self.tids
 
 
-def analyse(evs, tids, t0, t1, pts, gap_ms):
-    lines = []
-    counts = collections.Counter()
-    reasons = collections.defaultdict(collections.Counter)
-    unmap_bytes = 0
-    unmap_by = collections.Counter()    # (comm, MiB) -> calls
-    tl = {t: Timeline() for t in tids}
-    per_cpu_last, holes = {}, collections.defaultdict(list)
-    mm = []          # (t, event, detail)
-    running = {}     # cpu -> (since, comm, pid)
-    ran = collections.defaultdict(list)   # cpu -> (start, end, comm)
-    for t, cpu, comm, pid, ev, detail in evs:
-        if cpu in per_cpu_last:
-            holes[cpu].append((t - per_cpu_last[cpu], per_cpu_last[cpu]))
-        per_cpu_last[cpu] = t
-        counts[ev] += 1
-        if ev == "kvm_exit" and pid in tl:
-            r = exit_reason(detail)
-            reasons[tids[pid]][r] += 1
-            tl[pid].exit(t, r)
-        elif ev == "kvm_entry" and pid in tl:
-            tl[pid].entry(t)
-        elif ev == "kvm_page_fault" and pid in tl:
-            tl[pid]._pf += 1
-        elif ev == "kvm_userspace_exit" and pid in tl:
-            counts["userspace: " + detail.split(" (")[0]] += 1
-        elif ev == "sched_switch":
-            m = re.search(r"prev_comm=(.*) prev_pid=(\d+) .*prev_state=(\S+)"
-                          r" ==> next_comm=(.*) next_pid=(\d+)", detail)
-            if not m:
+def guest_ram_range(pid, size):
+    """The host range of the VM's guest RAM (its one mapping of that
+    size), to tell its MMU-notifier calls from other VMs'."""
+    with open(f"/proc/{pid}/maps") as f:
+        for ln in f:
+            lo, hi = (int(x, 16) for x in ln.split()[0].split("-"))
+            if hi - lo == size:
+                return lo, hi
+    return 0, 0
+
+
+def switch_fields(detail):
+    m = re.search(r"prev_comm=(.*) prev_pid=(\d+) .*prev_state=(\S+) ==> "
+                  r"next_comm=(.*) next_pid=(\d+)", detail)
+    if not m:
+        return None
+    return int(m.group(2)), m.group(3), m.group(4), int(m.group(5))
+
+
+def short(comm, pid, ours):
+    """A thread's name for the tables: digits folded, ours starred."""
+    return re.sub(r"\d+$", "#", comm) + ("*" if pid in ours else "")
+
+
+class Analysis:
+    """One window's trace: who ran, when the vCPU threads were off their
+    CPUs, and the MMU notifier's calls on this VM's guest RAM."""
+
+    def __init__(self, evs, vm_tids, vcpus, ram):
+        self.evs, self.ours, self.vcpus, self.ram = evs, vm_tids, vcpus, ram
+        self.counts = collections.Counter()
+        self.off = collections.defaultdict(list)  # vcpu -> (s, e, state)
+        self.ran = collections.defaultdict(list)  # cpu -> (s, e, who)
+        self.notifier = collections.Counter()     # (event, who, size)
+        self.notifier_bytes = collections.Counter()
+        self.mm = []
+        self._scan()
+
+    def _mine(self, detail):
+        m = re.search(r"0x([0-9a-f]+) -- 0x([0-9a-f]+)", detail)
+        if not m:
+            return 0
+        lo, hi = int(m.group(1), 16), int(m.group(2), 16)
+        return hi - lo if self.ram[0] <= lo < self.ram[1] else 0
+
+    def _scan(self):
+        running, since = {}, {}
+        for t, cpu, comm, pid, ev, detail in self.evs:
+            if ev == "sched_switch":
+                f = switch_fields(detail)
+                if not f:
+                    continue
+                prev, state, ncomm, nxt = f
+                if cpu in running:
+                    self.ran[cpu].append((running[cpu][0], t,
+                                          running[cpu][1]))
+                running[cpu] = (t, short(ncomm, nxt, self.ours))
+                if prev in self.vcpus:
+                    since[prev] = (t, state)
+                    self.counts[f"vCPU switched out ({state})"] += 1
+                if nxt in since:
+                    s, st = since.pop(nxt)
+                    self.off[self.vcpus[nxt]].append((s, t, st))
                 continue
-            prev, state, nxt = int(m.group(2)), m.group(3), int(m.group(5))
-            if prev in tl:
-                tl[prev].switched_out(t, state, cpu)
-                counts[f"vcpu switched out ({state[0]})"] += 1
-            if nxt in tl:
-                tl[nxt].switched_in(t)
-            if cpu in running:
-                s, c, _ = running[cpu]
-                ran[cpu].append((s, t, c))
-            running[cpu] = (t, m.group(4), nxt)
-        if ev in MM_EVENTS:
-            mm.append((t, ev, detail))
-            if ev == "kvm_unmap_hva_range":
-                m = re.search(r"0x([0-9a-f]+) -- 0x([0-9a-f]+)", detail)
-                if m:
-                    n = int(m.group(2), 16) - int(m.group(1), 16)
-                    unmap_bytes += n
-                    unmap_by[(re.sub(r"\d+$", "", comm), n >> 20 or
-                              f"{n >> 10}k")] += 1
-    dur = t1 - t0
-    lines.append(f"window {dur:.2f} s; events per second:")
-    for ev, n in sorted(counts.items(), key=lambda x: -x[1]):
-        lines.append(f"  {ev}: {n} ({n / dur:.0f}/s)")
-    if unmap_bytes:
-        lines.append(f"  MMU-notifier unmaps: {unmap_bytes / 2**20:.0f} MiB "
-                     f"in {counts['kvm_unmap_hva_range']} calls; by thread "
-                     f"and size (MiB): " + ", ".join(
-                         f"{c} {sz}: {n}" for (c, sz), n in
-                         unmap_by.most_common(8)))
-    for v, c in sorted(reasons.items()):
-        top = ", ".join(f"{r} {n}" for r, n in c.most_common(8))
-        lines.append(f"  vcpu{v} exits: {top}")
-    for pid, v in sorted(tids.items(), key=lambda x: x[1]):
-        outs = sorted(tl[pid].out, key=lambda x: x[1] - x[0])[-3:]
-        offs = sorted(tl[pid].off, key=lambda x: x[1] - x[0])[-3:]
-        lines.append(f"  vcpu{v}: longest outside the guest: " + "; ".join(
-            f"{(e - s) * 1e3:.1f} ms at +{s - t0:.3f} ({r}, {pf} faults)"
-            for s, e, r, pf in outs))
-        lines.append(f"  vcpu{v}: longest off its CPU: " + "; ".join(
-            f"{(e - s) * 1e3:.1f} ms at +{s - t0:.3f} ({st} on cpu{c})"
-            for s, e, st, c in offs))
-    for cpu in sorted(holes):
-        top = sorted(holes[cpu])[-3:]
-        lines.append(f"  cpu{cpu}: longest stretch without an event: " +
-                     "; ".join(f"{h * 1e3:.1f} ms at +{s - t0:.3f}"
-                               for h, s in top))
-    lines.append(f"guest status lines with maxgap >= {gap_ms} ms, and the "
-                 f"host's view of that vCPU in the second before:")
-    by_index = {v: pid for pid, v in tids.items()}
-    for t, v, _, g in pts:
-        if not (t0 < t <= t1 + bgsnap.LINE_S) or g < gap_ms:
-            continue
-        pid = by_index.get(v)
-        if pid is None:
-            continue
-        a = t - bgsnap.LINE_S
-        cand = [x for x in tl[pid].out if x[1] > a and x[0] < t]
-        desc = "no interval outside the guest in the trace"
-        if cand:
-            s, e, r, pf = max(cand, key=lambda x: x[1] - x[0])
-            off = sum(min(e2, e) - max(s2, s) for s2, e2, _, _ in
-                      tl[pid].off if e2 > s and s2 < e)
-            states = collections.Counter(st[0] for s2, e2, st, _ in
-                                         tl[pid].off if e2 > s and s2 < e)
-            who = collections.Counter()
-            for cpu, iv in ran.items():
-                for s2, e2, c in iv:
-                    if e2 > s and s2 < e and not c.startswith("vcpu"):
-                        who[c] += min(e2, e) - max(s2, s)
-            near = collections.Counter(ev for tm, ev, _ in mm
-                                       if s - 0.001 <= tm <= e)
-            desc = (f"longest outside the guest {(e - s) * 1e3:.1f} ms at "
-                    f"+{s - t0:.3f} (exit {r}, {pf} KVM page faults, off "
-                    f"its CPU {off * 1e3:.1f} ms {dict(states)}; others "
-                    f"ran: " + ", ".join(f"{c} {x * 1e3:.1f} ms" for c, x in
-                                         who.most_common(4)) +
-                    f"; memory events in it: {dict(near)})")
-        lines.append(f"  vcpu{v} line at +{t - t0:.3f}: guest maxgap "
-                     f"{g:.1f} ms; {desc}")
-    return lines
+            if ev in ("kvm_age_hva", "kvm_test_age_hva",
+                      "kvm_unmap_hva_range"):
+                n = self._mine(detail)
+                if not n:
+                    self.counts[ev + " (other VMs)"] += 1
+                    continue
+                size = f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+                self.notifier[(ev, short(comm, pid, self.ours), size)] += 1
+                self.notifier_bytes[ev] += n
+            elif ev == "kvm_userspace_exit" and pid in self.vcpus:
+                ev = "vCPU exit to the VMM: " + detail.split(" (")[0]
+            elif pid in self.vcpus or ev.startswith("kvm"):
+                ev = ev if pid in self.vcpus else ev + " (not our vCPUs)"
+            self.counts[ev] += 1
+            if ev in MM_EVENTS:
+                self.mm.append((t, ev))
+
+    def who_ran(self, a, b):
+        who = collections.Counter()
+        for iv in self.ran.values():
+            for s, e, c in iv:
+                if e > a and s < b:
+                    who[c] += min(e, b) - max(s, a)
+        return ", ".join(f"{c} {x * 1e3:.1f}" for c, x in who.most_common(5))
+
+    def longest_off(self, v, a, b):
+        iv = [x for x in self.off[v] if x[1] > a and x[0] < b]
+        return max(iv, key=lambda x: x[1] - x[0]) if iv else None
+
+    def report(self, t0, t1, pts, gap_ms):
+        dur = t1 - t0
+        out = [f"window {dur:.2f} s; events (per second):"]
+        for ev, n in sorted(self.counts.items(), key=lambda x: -x[1]):
+            out.append(f"  {ev}: {n} ({n / dur:.0f}/s)")
+        for ev, n in self.notifier_bytes.items():
+            out.append(f"  {ev} on this VM's RAM: {n / 2**20:.0f} MiB")
+        for (ev, who, size), n in self.notifier.most_common(12):
+            out.append(f"    {ev} by {who}, {size}: {n}")
+        for v in sorted(self.off):
+            iv = self.off[v]
+            tot = collections.Counter()
+            for s, e, st in iv:
+                tot[st[0]] += e - s
+            out.append(f"  vcpu{v} off its CPU {len(iv)} times, in total " +
+                       ", ".join(f"{st} {x * 1e3:.0f} ms" for st, x in
+                                 tot.items()) + " (R: runnable, waiting "
+                       "for a CPU; S/D: asleep)")
+            for s, e, st in sorted(iv, key=lambda x: x[1] - x[0])[-3:]:
+                out.append(f"    {(e - s) * 1e3:.1f} ms at +{s - t0:.3f} "
+                           f"({st}); ran meanwhile (ms): "
+                           f"{self.who_ran(s, e)}")
+        out.append(f"guest status lines with maxgap >= {gap_ms} ms, each "
+                   f"against its vCPU's longest time off its CPU in the "
+                   f"second the line covers:")
+        for t, v, _, g in pts:
+            if not (t0 < t <= t1 + bgsnap.LINE_S) or g < gap_ms:
+                continue
+            x = self.longest_off(v, t - bgsnap.LINE_S, t)
+            desc = "not off its CPU" if not x else (
+                f"off {(x[1] - x[0]) * 1e3:.1f} ms at +{x[0] - t0:.3f} "
+                f"({x[2]}); ran meanwhile (ms): {self.who_ran(x[0], x[1])}")
+            others = [f"vcpu{w} off {(y[1] - y[0]) * 1e3:.1f} ms" for w in
+                      sorted(self.off) if w != v for y in
+                      [self.longest_off(w, t - bgsnap.LINE_S, t)] if y]
+            out.append(f"  vcpu{v} line at +{t - t0:.3f}: maxgap {g:.1f} "
+                       f"ms; {desc}" + (f"; others: {', '.join(others)}"
+                                         if others else ""))
+        return out
 
 
 def run(args):
@@ -299,8 +318,11 @@ def run(args):
         src = bgsnap.Source("kvmig", vmm, prof, tmp)
         try:
             src.boot()
-            tids = vcpu_tids(src.vm.p.pid)
-            print(f"# vCPU threads {tids}; profile {args.profile} {prof}")
+            pid = src.vm.p.pid
+            vcpus = vcpu_tids(pid)
+            ram = guest_ram_range(pid, parse_size(prof["memory"]))
+            print(f"# vCPU threads {vcpus}; guest RAM {ram[0]:#x}-"
+                  f"{ram[1]:#x}; profile {args.profile} {prof}")
             trace_setup(args.buffer_kb)
             src.q.cmd("cont")
             time.sleep(bgsnap.WARMUP_S)
@@ -308,6 +330,7 @@ def run(args):
                 tw("trace", "")
                 st0 = steal_ticks()
                 load = os.getloadavg()[0]
+                watch = TaskWatch(pid)
                 tw("tracing_on", "1")
                 t0 = time.monotonic()
                 if kind == "B":
@@ -320,6 +343,7 @@ def run(args):
                     time.sleep(args.seconds)
                 t1 = time.monotonic()
                 tw("tracing_on", "0")
+                vm_tids = watch.stop()
                 time.sleep(bgsnap.LINE_S)
                 st1 = steal_ticks()
                 path = os.path.join(keep, f"{i}-{kind}.trace")
@@ -336,7 +360,8 @@ def run(args):
                       f"ms, load {load:.1f}, steal ms {steal}, "
                       f"{len(evs)} trace events"
                       + (f", {src.bg_stats()}" if kind == "B" else ""))
-                for ln in analyse(evs, tids, t0, t1, pts, args.gap_ms):
+                an = Analysis(evs, vm_tids, vcpus, ram)
+                for ln in an.report(t0, t1, pts, args.gap_ms):
                     print(ln)
                 sys.stdout.flush()
         finally:

@@ -146,6 +146,7 @@ int kv_ram_bg_protect(struct kv_ram_state *rs, struct kv_error *err);
 struct kv_ram_bg_stats {
 	uint64_t faults;       /* writes that hit a protected page */
 	uint64_t copies;       /* pages the fault thread saved first */
+	uint64_t alone;        /* of those, saved without their 2 MiB window */
 	uint64_t pool_waits;   /* writers that waited for a free copy slot */
 	uint64_t max_fault_ns; /* longest from fault read to un-protect */
 };
