@@ -18,11 +18,11 @@
  *    that);
  *  - a write to a page not saved yet blocks its writer (a vCPU inside
  *    KVM_RUN, or any thread of the process) and the fault thread claims
- *    the page's whole 2 MiB window when nothing of it was saved and the
- *    copy pool has room, else the page alone, copies it into the pool and
- *    un-protects it at once: the writer waits for at most 2 MiB of copies
- *    and one ioctl, never for the stream. The migration thread writes
- *    pooled copies first.
+ *    the page's whole 2 MiB window when nothing of it was saved (waiting
+ *    for room in the copy pool if it is full), else the page alone,
+ *    copies it into the pool and un-protects it at once: the writer waits
+ *    for 2 MiB of copies and one ioctl, and for the stream only when the
+ *    pool is full. The migration thread writes pooled copies first.
  *
  * A page claimed by one of the two is un-protected by that one only after
  * its copy exists; a fault on a page the migration thread claimed is left
@@ -224,10 +224,10 @@ static size_t save_from(struct kv_ram_bg *bg, size_t bi, size_t lo,
 }
 
 /* A write to a protected page: save it first if nobody claimed it yet.
- * When its whole 2 MiB window is still unsaved and the pool has room for
- * it, the window goes at once (one copy of 2 MiB, one un-protect, no huge
- * page split, and the writer's next writes there do not fault); else the
- * page alone (4 KiB). */
+ * When its whole 2 MiB window is still unsaved, the window goes at once
+ * (one copy of 2 MiB, one un-protect, no huge page split, and the
+ * writer's next writes there do not fault), after room in the pool if it
+ * is full; else (part of the window is saved) the page alone (4 KiB). */
 static int serve_fault(struct kv_ram_bg *bg, uint64_t addr,
 		       struct kv_error *err)
 {
