@@ -67,7 +67,7 @@ STATUS = re.compile(rb"guest: vcpu=(\d+) t=\d+ .*? writes=(\d+) .*? "
 BG_STATS = re.compile(r"background snapshot: (\d+) write faults, (\d+) pages "
                       r"copied by the fault thread, longest fault ([0-9.]+) "
                       r"ms, (\d+) waits for room(?:, pool high-water "
-                      r"(\d+) pages)?")
+                      r"(\d+) pages)?(?:, (\d+) pages alone)?")
 BOOT_TIMEOUT_S = 300
 WARMUP_S = 3.0
 # A status line covers the second before it: one whose host time is this
@@ -271,7 +271,8 @@ class Source:
               f"(guest's line with it {b['guest_stop_line']:.1f}), guest gap "
               f"running {b['guest_gap']:.1f} ms (host {b['host_gap']:.1f})"
               + (f", faults {bg[0]} copies {bg[1]} longest fault {bg[2]} ms "
-                 f"pool waits {bg[3]} high-water {bg[4] or '?'}" if bg else "")
+                 f"pool waits {bg[3]} high-water {bg[4] or '?'} alone "
+                 f"{bg[5] or '?'}" if bg else "")
               + f"; load {os.getloadavg()[0]:.1f}", flush=True)
 
     def close(self):

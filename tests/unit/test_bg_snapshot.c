@@ -42,9 +42,7 @@
 
 /* 25 MiB in two blocks, the second one smaller than a 2 MiB window (the
  * fault thread's windows are clipped to it). */
-static const size_t small_blocks[NBLOCKS] = {6144, 300};
-/* 97 MiB: more than the fault thread's copy pool (64 MiB) holds. */
-static const size_t big_blocks[NBLOCKS] = {24576, 300};
+static const size_t block_pages[NBLOCKS] = {6144, 300};
 
 struct dev {
 	uint64_t value;
@@ -66,7 +64,6 @@ static const struct kv_vmstate_desc dev_vmsd = {
 struct side {
 	struct kv_savevm *sv;
 	struct kv_ram_state *rs;
-	const size_t *pages; /* per block */
 	uint8_t *mem[NBLOCKS];
 	struct dev dev;
 
@@ -100,21 +97,20 @@ static uint8_t *map_pages(size_t n)
 	return p;
 }
 
-static void side_init(struct side *sd, const size_t *pages)
+static void side_init(struct side *sd)
 {
 	struct kv_error err = {0};
 
 	memset(sd, 0, sizeof(*sd));
-	sd->pages = pages;
 	sd->sv = kv_savevm_new("bg");
 	sd->rs = kv_ram_new();
 	for (size_t b = 0; b < NBLOCKS; b++) {
 		char name[16];
 
-		sd->mem[b] = map_pages(sd->pages[b]);
+		sd->mem[b] = map_pages(block_pages[b]);
 		snprintf(name, sizeof(name), "blk%zu", b);
 		assert_int_equal(kv_ram_add_block(sd->rs, name, sd->mem[b],
-						  sd->pages[b] * PG, &err),
+						  block_pages[b] * PG, &err),
 				 0);
 	}
 	assert_int_equal(kv_ram_register(sd->rs, sd->sv, &err), 0);
@@ -129,7 +125,7 @@ static void side_free(struct side *sd)
 	kv_savevm_free(sd->sv);
 	kv_ram_free(sd->rs);
 	for (size_t b = 0; b < NBLOCKS; b++) {
-		munmap(sd->mem[b], sd->pages[b] * PG);
+		munmap(sd->mem[b], block_pages[b] * PG);
 		free(sd->at_stop[b]);
 	}
 }
@@ -140,7 +136,7 @@ static void fill(struct side *sd)
 	uint64_t x = 0x1234567;
 
 	for (size_t b = 0; b < NBLOCKS; b++)
-		for (size_t pg = 0; pg < sd->pages[b]; pg += 2)
+		for (size_t pg = 0; pg < block_pages[b]; pg += 2)
 			for (size_t i = 0; i < PG; i += 8) {
 				uint64_t r = rng_next(&x);
 
@@ -158,7 +154,7 @@ static void *writer_main(void *arg)
 	while (__atomic_load_n(&sd->run, __ATOMIC_ACQUIRE)) {
 		uint64_t r = rng_next(&x);
 		size_t b = (size_t)(r % NBLOCKS);
-		size_t off = (size_t)((r >> 8) % (sd->pages[b] * PG / 8)) * 8;
+		size_t off = (size_t)((r >> 8) % (block_pages[b] * PG / 8)) * 8;
 
 		if (!__atomic_load_n(&sd->everywhere, __ATOMIC_ACQUIRE))
 			off &= ~(size_t)PG; /* an even page */
@@ -210,8 +206,8 @@ static int hook_stop(void *opaque, struct kv_error *err)
 		sched_yield();
 	for (size_t b = 0; b < NBLOCKS; b++) {
 		if (!sd->at_stop[b])
-			sd->at_stop[b] = malloc(sd->pages[b] * PG);
-		for (size_t pg = 0; pg < sd->pages[b]; pg++)
+			sd->at_stop[b] = malloc(block_pages[b] * PG);
+		for (size_t pg = 0; pg < block_pages[b]; pg++)
 			if (all || pg % 2 == 0)
 				memcpy(sd->at_stop[b] + pg * PG,
 				       sd->mem[b] + pg * PG, PG);
@@ -293,7 +289,7 @@ static void *touch_all(void *arg)
 	struct side *sd = arg;
 
 	for (size_t b = 0; b < NBLOCKS; b++)
-		for (size_t pg = 0; pg < sd->pages[b]; pg++)
+		for (size_t pg = 0; pg < block_pages[b]; pg++)
 			__atomic_store_n((uint64_t *)(sd->mem[b] + pg * PG + 8),
 					 0xabcdULL, __ATOMIC_RELAXED);
 	return NULL;
@@ -330,14 +326,14 @@ static void assert_loads_as_at_stop(int fd, struct side *src)
 	struct kv_stream *s;
 	struct side dst;
 
-	side_init(&dst, src->pages);
+	side_init(&dst);
 	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
 	s = stream_on(dup(fd), KV_STREAM_READ);
 	if (kv_mig_incoming(dst.sv, s, &err) < 0)
 		fail_msg("loading the snapshot: %s", err.msg);
 	kv_stream_close(s);
 	for (size_t b = 0; b < NBLOCKS; b++)
-		for (size_t pg = 0; pg < src->pages[b]; pg++)
+		for (size_t pg = 0; pg < block_pages[b]; pg++)
 			if (memcmp(dst.mem[b] + pg * PG,
 				   src->at_stop[b] + pg * PG, PG))
 				fail_msg("block %zu page %zu differs from the moment the snapshot began", b, pg);
@@ -391,7 +387,7 @@ static void test_snapshot_is_the_moment_it_began(void **state)
 		return;
 	fd = memfd_create("bgsnap", MFD_CLOEXEC);
 	assert_true(fd >= 0);
-	side_init(&src, small_blocks);
+	side_init(&src);
 	fill(&src);
 	src.dev.value = 4242;
 	writer_start(&src);
@@ -412,48 +408,6 @@ static void test_snapshot_is_the_moment_it_began(void **state)
 	assert_true(src.bg.faults > 0);
 	assert_true(src.bg.copies > 0);
 	assert_writer_runs(&src);
-	writer_stop(&src);
-	assert_writable(&src);
-	assert_loads_as_at_stop(fd, &src);
-	kv_mig_free(m);
-	side_free(&src);
-	close(fd);
-}
-
-/* More RAM than the copy pool holds, written all over: once the pool is
- * full, a write to a window nobody saved yet waits for room and the
- * window goes whole, never the page alone (a 4 KiB un-protect splits
- * the huge page: KVM then maps it 4 KiB by 4 KiB, khugepaged stalls the
- * vCPUs collapsing it again, DAMON ages it PTE by PTE). Pages alone stay
- * only for a window the migration thread already took part of. */
-static void test_full_pool_saves_whole_windows(void **state)
-{
-	struct side src;
-	struct kv_migration *m;
-	int fd;
-
-	(void)state;
-	if (!have_uffd_wp())
-		return;
-	fd = memfd_create("bgsnap", MFD_CLOEXEC);
-	assert_true(fd >= 0);
-	side_init(&src, big_blocks);
-	fill(&src);
-	src.dev.value = 4242;
-	writer_start(&src);
-	usleep(10 * 1000);
-	/* 97 MiB at 256 MiB/s: the writer fills the 64 MiB pool in a few
-	 * ms, then waits on the stream. */
-	assert_int_equal(snapshot(&src, fd, 256 * KV_MiB, &m), 0);
-	assert_int_equal(kv_mig_status(m), KV_MIG_COMPLETED);
-	printf("# %llu write faults, %llu pages copied by the fault thread, %llu of them alone, %llu waits for room\n",
-	       (unsigned long long)src.bg.faults,
-	       (unsigned long long)src.bg.copies,
-	       (unsigned long long)src.bg.alone,
-	       (unsigned long long)src.bg.pool_waits);
-	/* More than the pool: the writer outran the stream. */
-	assert_true(src.bg.copies > 16384);
-	assert_true(src.bg.alone * 64 < src.bg.copies);
 	writer_stop(&src);
 	assert_writable(&src);
 	assert_loads_as_at_stop(fd, &src);
@@ -492,7 +446,7 @@ static void test_cancel_midway_leaves_ram_unprotected(void **state)
 		return;
 	fd = memfd_create("bgsnap", MFD_CLOEXEC);
 	assert_true(fd >= 0);
-	side_init(&src, small_blocks);
+	side_init(&src);
 	fill(&src);
 	src.dev.value = 4242;
 	writer_start(&src);
@@ -536,7 +490,7 @@ static void test_refused_with_multifd_and_xbzrle(void **state)
 	struct kv_mig_hooks h;
 
 	(void)state;
-	side_init(&sd, small_blocks);
+	side_init(&sd);
 	h = hooks_of(&sd);
 	p.multifd_channels = 2;
 	m = kv_mig_new(sd.sv, sd.rs, &p, &h);
@@ -560,7 +514,6 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_snapshot_is_the_moment_it_began),
 	    cmocka_unit_test(test_cancel_midway_leaves_ram_unprotected),
-	    cmocka_unit_test(test_full_pool_saves_whole_windows),
 	    cmocka_unit_test(test_refused_with_multifd_and_xbzrle),
 	};
 
