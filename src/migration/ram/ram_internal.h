@@ -163,6 +163,7 @@ struct kv_ram_src {
 	bool peek_armed;
 	int64_t next_peek_ns;
 	unsigned long **peek_out; /* each block's `peeked`, for the peek */
+	uint64_t peek_ns, rearm_ns; /* time spent in them, for the log */
 
 	/* Counters (see struct kv_ram_stats). */
 	uint64_t dirty_sync_count;

@@ -136,6 +136,8 @@ static void put_mem_size(struct kv_stream *s, struct kv_ram_state *rs)
  * marks re-armed: skipping them on it would lose them). */
 static int rearm_pass(struct kv_ram_state *rs, struct kv_error *err)
 {
+	int64_t t0 = kv_now_ns();
+
 	rs->src.peek_armed = false;
 	if (!rs->src.skip_on)
 		return 0;
@@ -158,6 +160,8 @@ static int rearm_pass(struct kv_ram_state *rs, struct kv_error *err)
 	}
 	rs->src.peek_armed = true;
 	rs->src.next_peek_ns = kv_now_ns() + KV_RAM_PEEK_NS;
+	rs->src.rearm_ns += (uint64_t)(rs->src.next_peek_ns - KV_RAM_PEEK_NS -
+				       t0);
 	return 0;
 }
 
@@ -176,7 +180,9 @@ static int peek_if_due(struct kv_ram_state *rs, int64_t now,
 		return ret;
 	}
 	kv_ram_stat_add(&rs->src.dirty_peeks, 1);
-	rs->src.next_peek_ns = now + KV_RAM_PEEK_NS;
+	rs->src.next_peek_ns = kv_now_ns() + KV_RAM_PEEK_NS;
+	rs->src.peek_ns += (uint64_t)(rs->src.next_peek_ns - KV_RAM_PEEK_NS -
+				      now);
 	return 0;
 }
 
@@ -215,6 +221,8 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	kv_ram_stat_set(&rs->src.pass_pages, 0);
 	kv_ram_stat_set(&rs->src.dirty_peeks, 0);
 	kv_ram_stat_set(&rs->src.redirtied_skipped, 0);
+	rs->src.peek_ns = 0;
+	rs->src.rearm_ns = 0;
 	/* Pass 1 is the full pass; every later sync starts a new one. */
 	kv_ram_stat_set(&rs->src.dirty_sync_count, 1);
 	kv_ram_stat_set(&rs->src.dirty_pages, count_dirty(rs));
@@ -530,6 +538,17 @@ static int ram_sync(struct kv_ram_state *rs, bool new_pass,
 		kv_bitmap_set_all(rs->priv[i].clear_chunks,
 				  chunk_count(&rs->blocks[i]));
 	kv_pagemap_invalidate(&rs->pagemap);
+	if (rs->src.skip_on)
+		kv_debug("ram",
+			 "pass %llu: %llu peeks so far (%.1f ms), re-arms %.1f ms, %llu pages skipped so far",
+			 (unsigned long long)kv_ram_stat_get(
+			     &rs->src.dirty_sync_count),
+			 (unsigned long long)kv_ram_stat_get(
+			     &rs->src.dirty_peeks),
+			 (double)rs->src.peek_ns / 1e6,
+			 (double)rs->src.rearm_ns / 1e6,
+			 (unsigned long long)kv_ram_stat_get(
+			     &rs->src.redirtied_skipped));
 	if (new_pass) {
 		kv_ram_stat_add(&rs->src.dirty_sync_count, 1);
 		kv_ram_stat_set(&rs->src.pass_pages, 0);
