@@ -65,6 +65,7 @@ class Watch:
         self.t_dst = 0.0
         self.switch = {}
         self.src_ram = {}
+        self.src_compression = None
         self.dst = {}
         self.dst_status = None
         self.errors = []
@@ -75,6 +76,7 @@ class Watch:
         ram = info.get("ram") or {}
         if ram:
             self.src_ram = ram
+            self.src_compression = info.get("compression")
         now = time.monotonic()
         if self.t_switch is None and st == "active" and \
                 (ram.get("dirty-sync-count") or 0) >= SWITCH_AT_SYNC:
@@ -84,7 +86,9 @@ class Watch:
                 "switch_ms": round(t * 1000.0, 1),
                 "switch_passes": ram.get("dirty-sync-count"),
                 "switch_transferred": ram.get("transferred"),
-                "switch_remaining": ram.get("remaining")}
+                "switch_remaining": ram.get("remaining"),
+                "switch_ram": dict(ram),
+                "switch_compression": info.get("compression")}
         if st.startswith("postcopy") and self.t_postcopy is None:
             self.t_postcopy = now
         if st == "completed":
@@ -109,6 +113,8 @@ class Watch:
         out = dict(self.switch)
         out["postcopy"] = self.t_postcopy is not None
         out["postcopy_requests"] = self.src_ram.get("postcopy-requests")
+        out["src_ram"] = self.src_ram
+        out["src_compression"] = self.src_compression
         if self.t_switch is not None and self.t_done is not None:
             out["postcopy_ms"] = (self.t_done - self.t_switch) * 1000.0
         if self.t_done is not None:

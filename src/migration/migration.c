@@ -433,6 +433,8 @@ void kv_mig_get_stats(const struct kv_migration *m, struct kv_mig_stats *st)
 		st->zero_pages = rst.zero_pages;
 		st->normal_pages = rst.normal_pages;
 		st->passes = rst.dirty_sync_count;
+		st->dirty_peeks = rst.dirty_peeks;
+		st->redirtied_skipped = rst.redirtied_skipped;
 		kv_ram_get_xbzrle_stats(m->rs, &st->xbzrle);
 		kv_ram_get_compress_stats(m->rs, &st->compress);
 	}
@@ -1360,6 +1362,9 @@ static int run_phases(struct kv_migration *m, struct kv_stream *s,
 		if (ret < 0)
 			return ret;
 		kv_ram_set_compress(m->rs, m->params.compress);
+		/* A page re-dirtied during a pass goes again after the
+		 * switch: with postcopy-ram the pass skips it. */
+		kv_ram_set_skip_redirtied(m->rs, m->params.postcopy_ram);
 		set_mapped_ram(m);
 	}
 	ret = kv_savevm_save_header(m->sv, s, return_path, err);

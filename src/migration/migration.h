@@ -167,6 +167,8 @@ struct kv_mig_stats {
 	uint64_t transferred;      /* all channels */
 	uint64_t multifd_bytes;    /* of which on multifd channels */
 	uint64_t passes;           /* dirty syncs */
+	uint64_t dirty_peeks;	   /* looks at the tracker between syncs */
+	uint64_t redirtied_skipped; /* pages a pass left to the next sync */
 	uint64_t zero_pages;
 	uint64_t normal_pages;
 	uint64_t pages_per_pass[64]; /* first 64 passes */

@@ -332,6 +332,13 @@ static void add_optional(json_t *o, json_t *ram, const struct kv_vm_mig_info *i)
 		    json_integer((json_int_t)i->stats.multifd_bytes));
 	json_object_set_new(ram, "postcopy-requests",
 			    json_integer((json_int_t)i->stats.postcopy_requests));
+	if (i->stats.dirty_peeks) {
+		json_object_set_new(ram, "x-dirty-peeks",
+				    json_integer((json_int_t)i->stats.dirty_peeks));
+		json_object_set_new(
+		    ram, "x-redirtied-skipped",
+		    json_integer((json_int_t)i->stats.redirtied_skipped));
+	}
 	if (i->stats.postcopy_auto_reason[0])
 		json_object_set_new(o, "x-postcopy-auto-reason",
 				    json_string(i->stats.postcopy_auto_reason));

@@ -42,6 +42,7 @@ struct dirty_slot {
 	uint64_t block_page;
 	unsigned long *reported; /* log: bits of the last GET_DIRTY_LOG */
 	unsigned long *scratch;	 /* log: bits handed to CLEAR_DIRTY_LOG */
+	unsigned long *peeked;	 /* log: bits of the last peek */
 };
 
 struct dirty_ring {
@@ -213,6 +214,7 @@ void kv_kvm_dirty_free(struct kv_kvm_dirty *d)
 	for (int i = 0; d->slots && i < d->nslots; i++) {
 		kv_bitmap_free(d->slots[i].reported);
 		kv_bitmap_free(d->slots[i].scratch);
+		kv_bitmap_free(d->slots[i].peeked);
 	}
 	for (int i = 0; d->rings && i < d->nrings; i++) {
 		if (d->rings[i].gfns)
@@ -310,18 +312,53 @@ static void stop_logging(struct kv_kvm_dirty *d)
 
 /* ---- log tracker ---- */
 
-static int log_fetch(struct kv_kvm_dirty *d, struct dirty_slot *sl,
-		     struct kv_error *err)
+static int log_fetch_into(struct kv_kvm_dirty *d, struct dirty_slot *sl,
+			  unsigned long *bits, struct kv_error *err)
 {
 	struct kvm_dirty_log log;
 
 	memset(&log, 0, sizeof(log));
 	log.slot = sl->s.slot;
-	log.dirty_bitmap = sl->reported;
+	log.dirty_bitmap = bits;
 	if (ioctl(d->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0)
 		return kv_error_set_errno(
 		    err, -errno, "KVM_GET_DIRTY_LOG (slot %u)", sl->s.slot);
 	return 0;
+}
+
+static int log_fetch(struct kv_kvm_dirty *d, struct dirty_slot *sl,
+		     struct kv_error *err)
+{
+	return log_fetch_into(d, sl, sl->reported, err);
+}
+
+/* out := the soft bitmap (pages the VMM wrote, kept bits), read, not
+ * drained. */
+static void peek_soft(const struct kv_kvm_dirty *d, unsigned long *out)
+{
+	for (size_t w = 0; w < KV_BITMAP_LONGS(d->block_pages); w++)
+		out[w] = __atomic_load_n(&d->soft[w], __ATOMIC_RELAXED);
+}
+
+/* Set a slot-relative bitmap's bits in a block bitmap (single thread). */
+static void set_slot_bits(unsigned long *out, const struct dirty_slot *sl,
+			  const unsigned long *bits)
+{
+	if (sl->block_page % KV_BITS_PER_LONG == 0) {
+		unsigned long *dst = out + sl->block_page / KV_BITS_PER_LONG;
+		size_t full = sl->npages / KV_BITS_PER_LONG;
+		size_t rest = sl->npages % KV_BITS_PER_LONG;
+
+		for (size_t w = 0; w < full; w++)
+			dst[w] |= bits[w];
+		if (rest)
+			dst[full] |= bits[full] & ((1UL << rest) - 1);
+		return;
+	}
+	for (size_t p = kv_bitmap_find_next(bits, sl->npages, 0);
+	     p < sl->npages; p = kv_bitmap_find_next(bits, sl->npages, p + 1))
+		out[(sl->block_page + p) / KV_BITS_PER_LONG] |=
+		    1UL << ((sl->block_page + p) % KV_BITS_PER_LONG);
 }
 
 static int log_start(void *opaque, struct kv_error *err)
@@ -349,6 +386,28 @@ static int64_t log_sync(void *opaque, struct kv_ram_block *blocks,
 	}
 	added += kv_bitmap_drain_into(b->dirty, d->soft, d->block_pages);
 	return (int64_t)added;
+}
+
+/* KVM's log as it is now, into the slots' own `peeked` bitmaps: `reported`
+ * stays what the last sync fetched, so clear() hands KVM only pages the
+ * sync put into the migration bitmap. */
+static int log_peek(void *opaque, struct kv_ram_block *blocks, size_t nblocks,
+		    unsigned long *const *out, struct kv_error *err)
+{
+	struct kv_kvm_dirty *d = opaque;
+
+	if (!tracked_block(d, blocks, nblocks, err))
+		return -EINVAL;
+	peek_soft(d, out[0]);
+	for (int i = 0; d->started && i < d->nslots; i++) {
+		struct dirty_slot *sl = &d->slots[i];
+		int ret = log_fetch_into(d, sl, sl->peeked, err);
+
+		if (ret < 0)
+			return ret;
+		set_slot_bits(out[0], sl, sl->peeked);
+	}
+	return 0;
 }
 
 /* Re-protect the pages of slot-relative [first, end) that the last sync
@@ -452,6 +511,7 @@ static const struct kv_dirty_tracker_ops log_ops = {
     .start = log_start,
     .sync = log_sync,
     .clear = log_clear,
+    .peek = log_peek,
     .stop = log_stop,
 };
 
@@ -474,7 +534,8 @@ struct kv_kvm_dirty *kv_kvm_dirty_log_new(int vm_fd,
 
 		sl->reported = kv_bitmap_new(sl->npages);
 		sl->scratch = kv_bitmap_new(sl->npages);
-		if (!sl->reported || !sl->scratch) {
+		sl->peeked = kv_bitmap_new(sl->npages);
+		if (!sl->reported || !sl->scratch || !sl->peeked) {
 			kv_kvm_dirty_free(d);
 			kv_error_set(err, -ENOMEM, "dirty log: no memory");
 			return NULL;
@@ -590,6 +651,24 @@ static int64_t ring_sync(void *opaque, struct kv_ram_block *blocks,
 	return (int64_t)kv_bitmap_drain_into(b->dirty, d->soft, d->block_pages);
 }
 
+/* The rings harvested into the soft bitmap (which the next sync drains),
+ * then the soft bitmap read. */
+static int ring_peek(void *opaque, struct kv_ram_block *blocks,
+		     size_t nblocks, unsigned long *const *out,
+		     struct kv_error *err)
+{
+	struct kv_kvm_dirty *d = opaque;
+	int ret;
+
+	if (!tracked_block(d, blocks, nblocks, err))
+		return -EINVAL;
+	ret = ring_harvest_all(d, err);
+	if (ret < 0)
+		return ret;
+	peek_soft(d, out[0]);
+	return 0;
+}
+
 static void ring_stop(void *opaque, int failed)
 {
 	struct kv_kvm_dirty *d = opaque;
@@ -608,6 +687,7 @@ static const struct kv_dirty_tracker_ops ring_ops = {
     .start = ring_start,
     .sync = ring_sync,
     .clear = NULL, /* KVM_RESET_DIRTY_RINGS re-protects at sync */
+    .peek = ring_peek,
     .stop = ring_stop,
 };
 

@@ -27,6 +27,16 @@ struct kv_dirty_tracker_ops {
 	 * [first, first + count) of a block just before they are sent. */
 	int (*clear)(void *opaque, struct kv_ram_block *block, size_t first,
 		     size_t count, struct kv_error *err);
+	/* Optional: look without syncing. Overwrite out[i] (block i's pages)
+	 * with the pages written since their tracking was last re-armed
+	 * (clear, or start for trackers without clear), re-arming nothing
+	 * and draining nothing: every page a peek reports, the next sync
+	 * reports too, unless clear() re-armed it in between. The RAM
+	 * handler skips such a page in a pass (postcopy-ram: it goes again
+	 * anyway), so it peeks only after re-arming every page for the pass
+	 * and re-arms none again before the next sync. */
+	int (*peek)(void *opaque, struct kv_ram_block *blocks, size_t nblocks,
+		    unsigned long *const *out, struct kv_error *err);
 	/* Stop tracking. failed: the migration did not complete, keep what
 	 * was collected so a retry can resend it. */
 	void (*stop)(void *opaque, int failed);

@@ -117,6 +117,31 @@ static int64_t soft_sync(void *opaque, struct kv_ram_block *blocks,
 	return added;
 }
 
+/* The marks as they are, not drained: the next sync takes them. */
+static int soft_peek(void *opaque, struct kv_ram_block *blocks, size_t nblocks,
+		     unsigned long *const *out, struct kv_error *err)
+{
+	struct kv_soft_tracker *t = opaque;
+
+	if (nblocks != t->nregions)
+		return kv_error_set(err, -EINVAL,
+				    "soft tracker: %zu regions but %zu RAM blocks to peek",
+				    t->nregions, nblocks);
+	for (size_t i = 0; i < nblocks; i++) {
+		const struct soft_region *r = &t->regions[i];
+
+		if (blocks[i].npages != r->npages)
+			return kv_error_set(err, -EINVAL,
+					    "soft tracker: region %zu has %zu pages, block '%s' has %zu pages to peek",
+					    i, r->npages, blocks[i].idstr,
+					    blocks[i].npages);
+		for (size_t w = 0; w < KV_BITMAP_LONGS(r->npages); w++)
+			out[i][w] = __atomic_load_n(&r->marks[w],
+						    __ATOMIC_RELAXED);
+	}
+	return 0;
+}
+
 static void soft_stop(void *opaque, int failed)
 {
 	struct kv_soft_tracker *t = opaque;
@@ -138,6 +163,7 @@ static const struct kv_dirty_tracker_ops soft_tracker_ops = {
     .start = soft_start,
     .sync = soft_sync,
     .clear = NULL, /* marks are always armed: nothing to re-protect */
+    .peek = soft_peek,
     .stop = soft_stop,
 };
 

@@ -204,6 +204,11 @@ void kv_ram_set_tracker(struct kv_ram_state *rs, struct kv_dirty_tracker t)
 	rs->src.has_tracker = t.ops != NULL;
 }
 
+void kv_ram_set_skip_redirtied(struct kv_ram_state *rs, bool on)
+{
+	rs->src.skip_redirtied = on;
+}
+
 void kv_ram_set_allocator(struct kv_ram_state *rs, struct kv_ram_allocator a)
 {
 	rs->dst.allocator = a;
@@ -247,6 +252,8 @@ void kv_ram_get_stats(const struct kv_ram_state *rs, struct kv_ram_stats *st)
 	st->dirty_sync_count = kv_ram_stat_get(&rs->src.dirty_sync_count);
 	st->pass_pages = kv_ram_stat_get(&rs->src.pass_pages);
 	st->dirty_pages = kv_ram_stat_get(&rs->src.dirty_pages);
+	st->dirty_peeks = kv_ram_stat_get(&rs->src.dirty_peeks);
+	st->redirtied_skipped = kv_ram_stat_get(&rs->src.redirtied_skipped);
 }
 
 /* The channels' page counts become the handler's own when they go. */

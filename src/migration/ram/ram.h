@@ -63,6 +63,11 @@ struct kv_ram_stats {
 	uint64_t dirty_sync_count;
 	uint64_t pass_pages;     /* pages sent in the current pass */
 	uint64_t dirty_pages;    /* pages still marked in the bitmaps */
+	/* Source, kv_ram_set_skip_redirtied: looks at the tracker that were
+	 * not syncs (not in dirty_sync_count), and pages a pass did not send
+	 * because the guest had written them again since the pass began. */
+	uint64_t dirty_peeks;
+	uint64_t redirtied_skipped;
 };
 
 struct kv_ram_state;
@@ -79,6 +84,14 @@ struct kv_ram_block *kv_ram_block(struct kv_ram_state *rs, size_t i);
 
 /* Source: where dirty pages come from (required before setup). */
 void kv_ram_set_tracker(struct kv_ram_state *rs, struct kv_dirty_tracker t);
+/* Source, postcopy-ram (set before the migration's setup): each pass
+ * re-arms tracking of every page when it begins and peeks at the tracker
+ * every KV_RAM_PEEK_NS; a page the guest wrote since the pass began is
+ * not sent in the pass (it would be sent again after the switch), but
+ * left to the tracker, whose next sync reports it. Needs a tracker with
+ * peek; without one, or for mapped-ram and background snapshots, a no-op.
+ * docs/DESIGN.md "RAM precopy". */
+void kv_ram_set_skip_redirtied(struct kv_ram_state *rs, bool on);
 
 /* Destination: allow blocks announced in MEM_SIZE that were not added to be
  * created by this callback (memtest does; a VMM does not). The callback

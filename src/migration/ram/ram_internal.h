@@ -36,12 +36,18 @@
 /* A save_iterate call stops after about this long. */
 #define KV_RAM_ITERATE_NS (50 * 1000 * 1000LL)
 
+/* Skipping re-dirtied pages: how often the pass peeks at the tracker. */
+#define KV_RAM_PEEK_NS (10 * 1000 * 1000LL)
+
 #define KV_RAM_NO_BLOCK ((size_t)-1)
 
 /* Per-block state that is not part of the public kv_ram_block. */
 struct kv_ram_block_priv {
 	/* Source: chunks whose tracking is still to be re-armed. */
 	unsigned long *clear_chunks;
+	/* Source, skipping re-dirtied pages: the last peek at the tracker
+	 * (pages written since the pass began); NULL when not skipping. */
+	unsigned long *peeked;
 	/* Destination: pages the loader wrote (dropped on failure). */
 	unsigned long *touched;
 	/* Both sides: private anonymous memory, page-aligned: a page the kernel
@@ -145,10 +151,26 @@ struct kv_ram_src {
 	 * request flushes the compression batch being filled). */
 	uint64_t pc_requests_seen;
 
+	/* postcopy-ram (kv_ram_set_skip_redirtied): a page the guest wrote
+	 * again since its pass began is not sent in the pass, since it
+	 * would go again after the switch anyway; the tracker still holds
+	 * it, so the next sync (the next pass, or the switch's discards)
+	 * has it. skip_redirtied: configured; skip_on: for this migration
+	 * (a tracker that can peek, a stream); peek_armed: every page was
+	 * re-armed when this pass began, so a peek means "written since". */
+	bool skip_redirtied;
+	bool skip_on;
+	bool peek_armed;
+	int64_t next_peek_ns;
+	unsigned long **peek_out; /* each block's `peeked`, for the peek */
+	uint64_t peek_ns, rearm_ns; /* time spent in them, for the log */
+
 	/* Counters (see struct kv_ram_stats). */
 	uint64_t dirty_sync_count;
 	uint64_t pass_pages;
 	uint64_t dirty_pages;
+	uint64_t dirty_peeks;
+	uint64_t redirtied_skipped;
 };
 
 /* The destination half: the loader's context, blocks created for the

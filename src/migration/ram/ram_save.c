@@ -16,8 +16,16 @@
  * read per chunk, after the chunk's tracking was re-armed, and dropped at
  * every sync and every section: a write after the read is then always seen
  * by the tracker and sent again in a later pass.
+ *
+ * Re-dirtied pages (postcopy-ram): every page a pass would send now but the
+ * guest has written since the pass began goes again anyway, after the next
+ * sync or the switch. Such a pass re-arms tracking of every page at its
+ * start (not chunk by chunk), peeks at the tracker every KV_RAM_PEEK_NS
+ * (no sync: the tracker keeps every mark), and claims a page the last peek
+ * shows written without sending it; the next sync reports it again.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/bitmap.h"
@@ -49,7 +57,11 @@ static void free_save_bitmaps(struct kv_ram_state *rs)
 		rs->blocks[i].dirty = NULL;
 		kv_bitmap_free(rs->priv[i].clear_chunks);
 		rs->priv[i].clear_chunks = NULL;
+		kv_bitmap_free(rs->priv[i].peeked);
+		rs->priv[i].peeked = NULL;
 	}
+	free(rs->src.peek_out);
+	rs->src.peek_out = NULL;
 }
 
 static size_t chunk_count(const struct kv_ram_block *b)
@@ -60,6 +72,14 @@ static size_t chunk_count(const struct kv_ram_block *b)
 
 static int alloc_save_bitmaps(struct kv_ram_state *rs, struct kv_error *err)
 {
+	if (rs->src.skip_on && !rs->src.peek_out) {
+		rs->src.peek_out = calloc(rs->nblocks ? rs->nblocks : 1,
+					  sizeof(*rs->src.peek_out));
+		if (!rs->src.peek_out)
+			return kv_error_set(err, -ENOMEM,
+					    "ram: out of memory for the peek bitmaps of %zu blocks",
+					    rs->nblocks);
+	}
 	for (size_t i = 0; i < rs->nblocks; i++) {
 		struct kv_ram_block *b = &rs->blocks[i];
 		struct kv_ram_block_priv *p = &rs->priv[i];
@@ -68,7 +88,10 @@ static int alloc_save_bitmaps(struct kv_ram_state *rs, struct kv_error *err)
 			b->dirty = kv_bitmap_new(b->npages);
 		if (!p->clear_chunks)
 			p->clear_chunks = kv_bitmap_new(chunk_count(b));
-		if (!b->dirty || !p->clear_chunks) {
+		if (rs->src.skip_on && !p->peeked)
+			p->peeked = kv_bitmap_new(b->npages);
+		if (!b->dirty || !p->clear_chunks ||
+		    (rs->src.skip_on && !p->peeked)) {
 			free_save_bitmaps(rs);
 			return kv_error_set(err, -ENOMEM,
 					    "ram: out of memory for the dirty bitmap of block '%s' (%zu pages)",
@@ -76,6 +99,8 @@ static int alloc_save_bitmaps(struct kv_ram_state *rs, struct kv_error *err)
 		}
 		kv_bitmap_set_all(b->dirty, b->npages);
 		kv_bitmap_set_all(p->clear_chunks, chunk_count(b));
+		if (rs->src.peek_out)
+			rs->src.peek_out[i] = p->peeked;
 	}
 	return 0;
 }
@@ -104,6 +129,74 @@ static void put_mem_size(struct kv_stream *s, struct kv_ram_state *rs)
 	}
 }
 
+/* Skipping re-dirtied pages: re-arm tracking of every page as the pass
+ * begins (the per-chunk re-arm then finds nothing to do), so that a peek
+ * during the pass shows exactly the pages written since, and forget the
+ * last pass's peek (those pages are in the migration bitmap now, their
+ * marks re-armed: skipping them on it would lose them). */
+static int rearm_pass(struct kv_ram_state *rs, struct kv_error *err)
+{
+	int64_t t0 = kv_now_ns();
+
+	rs->src.peek_armed = false;
+	if (!rs->src.skip_on)
+		return 0;
+	for (size_t i = 0; i < rs->nblocks; i++) {
+		struct kv_ram_block *b = &rs->blocks[i];
+		struct kv_ram_block_priv *p = &rs->priv[i];
+		int ret = 0;
+
+		kv_bitmap_clear_all(p->peeked, b->npages);
+		if (rs->src.tracker.ops->clear && b->npages)
+			ret = rs->src.tracker.ops->clear(
+			    rs->src.tracker.opaque, b, 0, b->npages, err);
+		if (ret < 0) {
+			kv_error_prefix(err,
+					"ram: re-arming dirty tracking of block '%s' for the pass",
+					b->idstr);
+			return ret;
+		}
+		kv_bitmap_clear_all(p->clear_chunks, chunk_count(b));
+	}
+	rs->src.peek_armed = true;
+	rs->src.next_peek_ns = kv_now_ns() + KV_RAM_PEEK_NS;
+	rs->src.rearm_ns += (uint64_t)(rs->src.next_peek_ns - KV_RAM_PEEK_NS -
+				       t0);
+	return 0;
+}
+
+/* Which pages the guest wrote since the pass began, when it is time. */
+static int peek_if_due(struct kv_ram_state *rs, int64_t now,
+		       struct kv_error *err)
+{
+	int ret;
+
+	if (!rs->src.peek_armed || now < rs->src.next_peek_ns)
+		return 0;
+	ret = rs->src.tracker.ops->peek(rs->src.tracker.opaque, rs->blocks,
+					rs->nblocks, rs->src.peek_out, err);
+	if (ret < 0) {
+		kv_error_prefix(err, "ram: peeking at the dirty log");
+		return ret;
+	}
+	kv_ram_stat_add(&rs->src.dirty_peeks, 1);
+	rs->src.next_peek_ns = kv_now_ns() + KV_RAM_PEEK_NS;
+	rs->src.peek_ns += (uint64_t)(rs->src.next_peek_ns - KV_RAM_PEEK_NS -
+				      now);
+	return 0;
+}
+
+/* A claimed page the guest wrote since the pass began: the tracker holds
+ * it for the next sync, so the pass need not send it. */
+static bool redirtied(struct kv_ram_state *rs, size_t bi, size_t page)
+{
+	if (!rs->src.peek_armed || rs->src.in_complete ||
+	    !kv_bitmap_test(rs->priv[bi].peeked, page))
+		return false;
+	kv_ram_stat_add(&rs->src.redirtied_skipped, 1);
+	return true;
+}
+
 int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 {
 	struct kv_ram_state *rs = opaque;
@@ -112,6 +205,9 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	if (!rs->src.has_tracker && !rs->src.background)
 		return kv_error_set(err, -EINVAL,
 				    "ram: no dirty tracker: call kv_ram_set_tracker() before migrating");
+	rs->src.skip_on = rs->src.skip_redirtied && !rs->src.background &&
+			  !rs->mapped_cfg.on && rs->src.tracker.ops->peek;
+	rs->src.peek_armed = false;
 	ret = alloc_save_bitmaps(rs, err);
 	if (ret < 0)
 		return ret;
@@ -123,6 +219,10 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	kv_ram_stat_set(&rs->zero_pages, 0);
 	kv_ram_stat_set(&rs->normal_pages, 0);
 	kv_ram_stat_set(&rs->src.pass_pages, 0);
+	kv_ram_stat_set(&rs->src.dirty_peeks, 0);
+	kv_ram_stat_set(&rs->src.redirtied_skipped, 0);
+	rs->src.peek_ns = 0;
+	rs->src.rearm_ns = 0;
 	/* Pass 1 is the full pass; every later sync starts a new one. */
 	kv_ram_stat_set(&rs->src.dirty_sync_count, 1);
 	kv_ram_stat_set(&rs->src.dirty_pages, count_dirty(rs));
@@ -149,6 +249,11 @@ int kv_ram_save_setup(struct kv_stream *s, void *opaque, struct kv_error *err)
 	}
 	rs->src.tracker_started = !rs->src.background;
 	kv_switch_log("ram: setup: tracker started");
+	ret = rearm_pass(rs, err);
+	if (ret < 0) {
+		free_save_bitmaps(rs);
+		return ret;
+	}
 	kv_ram_pagemap_open(rs);
 	kv_switch_log("ram: setup: pagemap open");
 
@@ -336,28 +441,37 @@ bool kv_ram_scan_next(struct kv_ram_state *rs, size_t *bi, size_t *page)
  * Send dirty pages until every bitmap is empty (returns 1), the deadline
  * passes (0; deadline_ns 0 = none) or something fails (<0).
  */
+/* A page the pass claimed, to wherever this migration's pages go. */
+static int send_claimed(struct kv_stream *s, struct kv_ram_state *rs,
+			size_t bi, size_t page, struct kv_error *err)
+{
+	int ret;
+
+	kv_ram_stat_add(&rs->src.pass_pages, 1);
+	ret = rearm_chunk(rs, bi, page, err);
+	if (ret < 0)
+		return ret;
+	if (rs->mapped)
+		return kv_mapped_ram_send_page(rs, bi, page, err);
+	if (rs->src.mfd_send)
+		return kv_ram_send_page_multifd(s, rs, bi, page, err);
+	kv_ram_send_page(s, rs, bi, page);
+	return 0;
+}
+
 static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 			    int64_t deadline_ns, struct kv_error *err)
 {
 	unsigned int sent = 0;
 	size_t bi, page;
+	int64_t now;
 	int ret;
 
 	while (kv_ram_scan_next(rs, &bi, &page)) {
-		kv_ram_stat_add(&rs->src.pass_pages, 1);
-		ret = rearm_chunk(rs, bi, page, err);
-		if (ret < 0)
-			return ret;
-		if (rs->mapped) {
-			ret = kv_mapped_ram_send_page(rs, bi, page, err);
+		if (!redirtied(rs, bi, page)) {
+			ret = send_claimed(s, rs, bi, page, err);
 			if (ret < 0)
 				return ret;
-		} else if (rs->src.mfd_send) {
-			ret = kv_ram_send_page_multifd(s, rs, bi, page, err);
-			if (ret < 0)
-				return ret;
-		} else {
-			kv_ram_send_page(s, rs, bi, page);
 		}
 		if (++sent % CHECK_EVERY_PAGES)
 			continue;
@@ -365,8 +479,12 @@ static int send_dirty_pages(struct kv_stream *s, struct kv_ram_state *rs,
 		ret = stream_failed(s, err, "sending pages");
 		if (ret < 0)
 			return ret;
-		if (deadline_ns && kv_now_ns() >= deadline_ns)
+		now = kv_now_ns();
+		if (deadline_ns && now >= deadline_ns)
 			return 0;
+		ret = peek_if_due(rs, now, err);
+		if (ret < 0)
+			return ret;
 	}
 	return 1;
 }
@@ -420,13 +538,27 @@ static int ram_sync(struct kv_ram_state *rs, bool new_pass,
 		kv_bitmap_set_all(rs->priv[i].clear_chunks,
 				  chunk_count(&rs->blocks[i]));
 	kv_pagemap_invalidate(&rs->pagemap);
+	if (rs->src.skip_on)
+		kv_debug("ram",
+			 "pass %llu: %llu peeks so far (%.1f ms), re-arms %.1f ms, %llu pages skipped so far",
+			 (unsigned long long)kv_ram_stat_get(
+			     &rs->src.dirty_sync_count),
+			 (unsigned long long)kv_ram_stat_get(
+			     &rs->src.dirty_peeks),
+			 (double)rs->src.peek_ns / 1e6,
+			 (double)rs->src.rearm_ns / 1e6,
+			 (unsigned long long)kv_ram_stat_get(
+			     &rs->src.redirtied_skipped));
 	if (new_pass) {
 		kv_ram_stat_add(&rs->src.dirty_sync_count, 1);
 		kv_ram_stat_set(&rs->src.pass_pages, 0);
 		kv_ram_xbzrle_sync(rs);
+	} else {
+		/* The switch-over's pages: every one goes. */
+		rs->src.peek_armed = false;
 	}
 	kv_ram_stat_set(&rs->src.dirty_pages, count_dirty(rs));
-	return 0;
+	return new_pass ? rearm_pass(rs, err) : 0;
 }
 
 int kv_ram_sync_final(struct kv_ram_state *rs, struct kv_error *err)
